@@ -1,0 +1,427 @@
+"""One validated, immutable configuration object built from router.toml.
+
+`load_config(path)` is the only way in: it reads TOML, rejects unknown keys, wrong types,
+missing shards and duplicate ports with a ConfigError naming the key, and returns a frozen
+`Config`. Nothing else in the project reads router.toml or keeps a global config.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from router.errors import ConfigError
+
+__all__ = [
+    "REGIONS",
+    "ApiConfig",
+    "ClusterConfig",
+    "Config",
+    "DatabaseConfig",
+    "DocumentStoreConfig",
+    "HeartbeatConfig",
+    "MetricsConfig",
+    "NodeAddress",
+    "RouterConfig",
+    "ShardConfig",
+    "TableConfig",
+    "load_config",
+    "parse_config",
+    "with_port_offset",
+]
+
+# The regions georoute is built for; every one must be configured as a shard.
+REGIONS: tuple[str, ...] = ("north_america", "europe", "asia")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    host: str
+    port: int
+    database: str = "georoute"
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ShardConfig:
+    name: str
+    number: int
+    primary: NodeAddress
+    replicas: tuple[NodeAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TableConfig:
+    name: str
+    region_column: str | None = None
+    id_columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    node_name: str = "router-1"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 6600
+    auth_token_env: str = "GEOROUTE_TOKEN"
+    max_frame_bytes: int = 16 * 1024 * 1024
+    drain_timeout_seconds: float = 10.0
+    parse_cache_size: int = 4096
+    read_only_functions: tuple[str, ...] = ()
+    max_replica_lag_bytes: int = 1024 * 1024
+    lag_poll_interval_seconds: float = 0.05
+    read_your_writes_wait_ms: int = 20
+    pool_acquire_timeout_seconds: float = 5.0
+    statement_timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = 9600
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    user: str = "postgres"
+    password_env: str = "GEOROUTE_DB_PASSWORD"
+    pool_min_size: int = 2
+    pool_max_size: int = 16
+    statement_cache_size: int = 256
+    connect_timeout_seconds: float = 3.0
+
+    def password(self) -> str | None:
+        return os.environ.get(self.password_env) or None
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentStoreConfig:
+    uri: str = "mongodb://127.0.0.1:27117/?retryWrites=false"
+    database: str = "georoute"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    state_dir: str = ".georoute"
+    server_user: str = "georoute"
+    pg_bin: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatConfig:
+    host: str = "127.0.0.1"
+    port: int = 6700
+    interval_seconds: float = 0.5
+    suspect_after_seconds: float = 2.0
+    peers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    jwt_secret_env: str = "GEOROUTE_JWT_SECRET"
+    jwt_ttl_seconds: int = 3600
+    rate_limit_per_minute: int = 600
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    router: RouterConfig
+    metrics: MetricsConfig
+    database: DatabaseConfig
+    document_store: DocumentStoreConfig
+    cluster: ClusterConfig
+    heartbeat: HeartbeatConfig
+    api: ApiConfig
+    shards: Mapping[str, ShardConfig]
+    tables: Mapping[str, TableConfig] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    def shard_by_number(self, number: int) -> ShardConfig | None:
+        for shard in self.shards.values():
+            if shard.number == number:
+                return shard
+        return None
+
+    def all_nodes(self) -> list[tuple[str, str, NodeAddress]]:
+        """(shard, node name, address) for every database node, primaries first per shard."""
+        out: list[tuple[str, str, NodeAddress]] = []
+        for shard in self.shards.values():
+            out.append((shard.name, f"{shard.name}-primary", shard.primary))
+            for i, rep in enumerate(shard.replicas, start=1):
+                out.append((shard.name, f"{shard.name}-replica{i}", rep))
+        return out
+
+    def document_store_port(self) -> int | None:
+        """The port in the document store URI when it points at this machine, else None."""
+        rest = self.document_store.uri.split("://", 1)[-1].split("/", 1)[0]
+        hostport = rest.rsplit("@", 1)[-1].split(",")[0]
+        host, _, port = hostport.rpartition(":")
+        if host in ("127.0.0.1", "localhost") and port.isdigit():
+            return int(port)
+        return None
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+_SECTIONS: dict[str, type] = {
+    "router": RouterConfig,
+    "metrics": MetricsConfig,
+    "database": DatabaseConfig,
+    "document_store": DocumentStoreConfig,
+    "cluster": ClusterConfig,
+    "heartbeat": HeartbeatConfig,
+    "api": ApiConfig,
+}
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(tp, str(tp))
+
+
+def _check_scalar(key: str, value: Any, expected: type) -> Any:
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(key, f"expected an integer, got boolean {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(
+            key, f"expected {_type_name(expected)}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _check_str_list(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(key, f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _build_section(name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(name, "expected a table")
+    kwargs: dict[str, Any] = {}
+    known = {f.name: f for f in fields(cls)}
+    for key, value in raw.items():
+        full = f"{name}.{key}"
+        if key not in known:
+            raise ConfigError(full, f"unknown key (known: {', '.join(sorted(known))})")
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            kwargs[key] = _check_str_list(full, value)
+        else:
+            kwargs[key] = _check_scalar(full, value, type(default))
+    return cls(**kwargs)
+
+
+def _port(key: str, value: Any, allow_zero: bool = False) -> int:
+    value = _check_scalar(key, value, int)
+    if not (0 if allow_zero else 1) <= value <= 65535:
+        raise ConfigError(key, f"port {value} is out of range")
+    return int(value)
+
+
+def _build_node(key: str, raw: Any) -> NodeAddress:
+    if not isinstance(raw, dict):
+        raise ConfigError(key, "expected a table like { host = ..., port = ..., database = ... }")
+    for k in raw:
+        if k not in ("host", "port", "database"):
+            raise ConfigError(f"{key}.{k}", "unknown key (known: database, host, port)")
+    if "port" not in raw:
+        raise ConfigError(f"{key}.port", "missing")
+    host = _check_scalar(f"{key}.host", raw.get("host", "127.0.0.1"), str)
+    database = _check_scalar(f"{key}.database", raw.get("database", "georoute"), str)
+    return NodeAddress(host=host, port=_port(f"{key}.port", raw["port"]), database=database)
+
+
+def _build_shard(name: str, raw: Any) -> ShardConfig:
+    key = f"shards.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(key, "expected a table")
+    for k in raw:
+        if k not in ("number", "primary", "replicas"):
+            raise ConfigError(f"{key}.{k}", "unknown key (known: number, primary, replicas)")
+    for required in ("number", "primary", "replicas"):
+        if required not in raw:
+            raise ConfigError(f"{key}.{required}", "missing")
+    number = _check_scalar(f"{key}.number", raw["number"], int)
+    if not 0 <= number <= 255:
+        raise ConfigError(f"{key}.number", f"{number} is outside 0..255")
+    primary = _build_node(f"{key}.primary", raw["primary"])
+    reps = raw["replicas"]
+    if not isinstance(reps, list) or not reps:
+        raise ConfigError(f"{key}.replicas", "expected a non-empty list of nodes")
+    replicas = tuple(_build_node(f"{key}.replicas[{i}]", r) for i, r in enumerate(reps))
+    return ShardConfig(name=name, number=number, primary=primary, replicas=replicas)
+
+
+def _build_table(name: str, raw: Any) -> TableConfig:
+    key = f"tables.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(key, "expected a table")
+    for k in raw:
+        if k not in ("region_column", "id_columns"):
+            raise ConfigError(f"{key}.{k}", "unknown key (known: id_columns, region_column)")
+    region = raw.get("region_column")
+    if region is not None:
+        region = _check_scalar(f"{key}.region_column", region, str)
+    ids = _check_str_list(f"{key}.id_columns", raw.get("id_columns", []))
+    if region is None and not ids:
+        raise ConfigError(key, "needs region_column or id_columns")
+    return TableConfig(name=name, region_column=region, id_columns=ids)
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
+    """Build and validate a Config from already-parsed TOML."""
+    for key in raw:
+        if key not in (*_SECTIONS, "shards", "tables"):
+            raise ConfigError(key, "unknown section")
+    sections = {name: _build_section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+
+    raw_shards = raw.get("shards")
+    if not isinstance(raw_shards, dict) or not raw_shards:
+        raise ConfigError("shards", "missing: configure shards " + ", ".join(REGIONS))
+    for name in raw_shards:
+        if name not in REGIONS:
+            raise ConfigError(f"shards.{name}", f"unknown region (known: {', '.join(REGIONS)})")
+    for name in REGIONS:
+        if name not in raw_shards:
+            raise ConfigError(f"shards.{name}", "missing shard")
+    shards = {name: _build_shard(name, raw_shards[name]) for name in REGIONS}
+
+    raw_tables = raw.get("tables", {})
+    if not isinstance(raw_tables, dict):
+        raise ConfigError("tables", "expected a table")
+    tables = {name: _build_table(name, t) for name, t in raw_tables.items()}
+
+    config = Config(shards=shards, tables=tables, source=source, **sections)
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    numbers: dict[int, str] = {}
+    for shard in config.shards.values():
+        if shard.number in numbers:
+            raise ConfigError(
+                f"shards.{shard.name}.number",
+                f"{shard.number} is already used by shard {numbers[shard.number]}",
+            )
+        numbers[shard.number] = shard.name
+
+    ports: dict[tuple[str, int], str] = {}
+
+    def claim(key: str, host: str, port: int) -> None:
+        if port == 0:
+            return
+        # 127.0.0.1 and localhost and 0.0.0.0 all collide with one another on this machine.
+        norm = "local" if host in ("127.0.0.1", "localhost", "0.0.0.0", "::1") else host
+        if (norm, port) in ports:
+            raise ConfigError(key, f"duplicate port {port} (also used by {ports[(norm, port)]})")
+        ports[(norm, port)] = key
+
+    r = config.router
+    claim("router.listen_port", r.listen_host, _port("router.listen_port", r.listen_port))
+    m = config.metrics
+    claim("metrics.port", m.host, _port("metrics.port", m.port, allow_zero=True))
+    h = config.heartbeat
+    claim("heartbeat.port", h.host, _port("heartbeat.port", h.port, allow_zero=True))
+    a = config.api
+    claim("api.port", a.host, _port("api.port", a.port))
+    for shard in config.shards.values():
+        claim(f"shards.{shard.name}.primary.port", shard.primary.host, shard.primary.port)
+        for i, rep in enumerate(shard.replicas):
+            claim(f"shards.{shard.name}.replicas[{i}].port", rep.host, rep.port)
+    doc_port = config.document_store_port()
+    if doc_port is not None:
+        claim("document_store.uri", "127.0.0.1", doc_port)
+
+    positive = {
+        "router.max_frame_bytes": r.max_frame_bytes,
+        "router.parse_cache_size": r.parse_cache_size,
+        "router.drain_timeout_seconds": r.drain_timeout_seconds,
+        "router.lag_poll_interval_seconds": r.lag_poll_interval_seconds,
+        "router.pool_acquire_timeout_seconds": r.pool_acquire_timeout_seconds,
+        "database.pool_max_size": config.database.pool_max_size,
+        "database.connect_timeout_seconds": config.database.connect_timeout_seconds,
+        "heartbeat.interval_seconds": h.interval_seconds,
+        "api.jwt_ttl_seconds": a.jwt_ttl_seconds,
+        "api.rate_limit_per_minute": a.rate_limit_per_minute,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(key, f"must be positive, got {value}")
+    non_negative = {
+        "router.max_replica_lag_bytes": r.max_replica_lag_bytes,
+        "router.read_your_writes_wait_ms": r.read_your_writes_wait_ms,
+        "router.statement_timeout_seconds": r.statement_timeout_seconds,
+        "database.pool_min_size": config.database.pool_min_size,
+        "database.statement_cache_size": config.database.statement_cache_size,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(key, f"must not be negative, got {value}")
+    if config.database.pool_min_size > config.database.pool_max_size:
+        raise ConfigError("database.pool_min_size", "is larger than database.pool_max_size")
+    if h.suspect_after_seconds <= h.interval_seconds:
+        raise ConfigError("heartbeat.suspect_after_seconds", "must exceed heartbeat.interval_seconds")
+    for i, peer in enumerate(h.peers):
+        host, sep, port = peer.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"heartbeat.peers[{i}]", f"expected 'host:port', got {peer!r}")
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate router.toml. Raises ConfigError naming the key on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(str(p), f"cannot read config file: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), f"not valid TOML: {exc}") from exc
+    return parse_config(raw, source=str(p.resolve()))
+
+
+def with_port_offset(config: Config, offset: int, state_dir: str) -> Config:
+    """A copy of `config` with every local port moved by `offset` and its own state dir.
+
+    The test suite uses this so its cluster never collides with a running demo.
+    """
+
+    def node(n: NodeAddress) -> NodeAddress:
+        return replace(n, port=n.port + offset)
+
+    shards = {
+        name: replace(s, primary=node(s.primary), replicas=tuple(node(r) for r in s.replicas))
+        for name, s in config.shards.items()
+    }
+    doc_port = config.document_store_port()
+    uri = config.document_store.uri
+    if doc_port is not None:
+        uri = uri.replace(f":{doc_port}", f":{doc_port + offset}", 1)
+
+    def bump(port: int) -> int:
+        return port + offset if port else 0
+
+    return replace(
+        config,
+        router=replace(config.router, listen_port=bump(config.router.listen_port)),
+        metrics=replace(config.metrics, port=bump(config.metrics.port)),
+        heartbeat=replace(config.heartbeat, port=bump(config.heartbeat.port)),
+        api=replace(config.api, port=bump(config.api.port)),
+        cluster=replace(config.cluster, state_dir=state_dir),
+        document_store=replace(config.document_store, uri=uri),
+        shards=shards,
+    )
