@@ -285,7 +285,9 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
     for key in raw:
         if key not in (*_SECTIONS, "shards", "tables"):
             raise ConfigError(key, "unknown section")
-    sections = {name: _build_section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    sections = {
+        name: _build_section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()
+    }
 
     raw_shards = raw.get("shards")
     if not isinstance(raw_shards, dict) or not raw_shards:
@@ -373,7 +375,9 @@ def _validate(config: Config) -> None:
     if config.database.pool_min_size > config.database.pool_max_size:
         raise ConfigError("database.pool_min_size", "is larger than database.pool_max_size")
     if h.suspect_after_seconds <= h.interval_seconds:
-        raise ConfigError("heartbeat.suspect_after_seconds", "must exceed heartbeat.interval_seconds")
+        raise ConfigError(
+            "heartbeat.suspect_after_seconds", "must exceed heartbeat.interval_seconds"
+        )
     for i, peer in enumerate(h.peers):
         host, sep, port = peer.rpartition(":")
         if not sep or not host or not port.isdigit():

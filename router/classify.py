@@ -1,0 +1,350 @@
+# pglast's AST types mark every field Optional, though the parser fills the ones read here;
+# checking each would bury the logic, so these error codes are off for this module only.
+# mypy: disable-error-code="arg-type,index,assignment,union-attr,misc,attr-defined"
+"""What a SQL statement is, decided by PostgreSQL's own parser (pglast), once per SQL text.
+
+`Classifier.analyze(sql)` returns an `Analysis`: read-only or write, the tables it touches, where
+its shard key may be found (a column = $n or = constant, an INSERT's VALUES, a function argument),
+and whether it changes session state (so the backend connection must be reset before reuse).
+Results are kept in a bounded LRU keyed by the SQL text, so parsing stays off the hot path.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pglast import ast, parse_sql
+from pglast.enums import A_Expr_Kind, BoolExprType
+from pglast.parser import ParseError
+
+from router.config import TableConfig
+
+__all__ = [
+    "Analysis",
+    "Classifier",
+    "KeyKind",
+    "KeyRef",
+    "SqlParseError",
+    "StatementKind",
+    "UnsupportedStatementError",
+]
+
+
+class SqlParseError(Exception):
+    """PostgreSQL's parser rejected the text. `position` is a 0-based character offset."""
+
+    def __init__(self, message: str, position: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.position = position
+
+
+class UnsupportedStatementError(Exception):
+    """A statement the router will not run through a plain query (e.g. BEGIN, several at once)."""
+
+
+class StatementKind(enum.Enum):
+    READ = "read"
+    WRITE = "write"
+
+
+class KeyKind(enum.Enum):
+    REGION = "region"  # the value is a shard's name
+    ID = "id"  # the value is a shard-carrying id
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRef:
+    """A place a shard key may be read from: either bound parameter $param or a constant."""
+
+    kind: KeyKind
+    column: str
+    table: str
+    param: int | None = None  # 1-based parameter number
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    kind: StatementKind
+    command: str  # SELECT, INSERT, UPDATE, DELETE, UTILITY ...
+    tables: tuple[str, ...]
+    keys: tuple[KeyRef, ...]
+    # Function-call arguments: parameters and constants that may carry an id or a region
+    # (the fallback for `SELECT enroll($1, $2)`-style calls that name no table).
+    arg_params: tuple[int, ...]
+    arg_values: tuple[Any, ...]
+    changes_session_state: bool
+    param_count: int
+
+    @property
+    def read_only(self) -> bool:
+        return self.kind is StatementKind.READ
+
+
+_WRITE_STMTS = {
+    ast.InsertStmt: "INSERT",
+    ast.UpdateStmt: "UPDATE",
+    ast.DeleteStmt: "DELETE",
+    ast.MergeStmt: "MERGE",
+}
+_SESSION_STMTS = (
+    ast.VariableSetStmt,
+    ast.ListenStmt,
+    ast.UnlistenStmt,
+    ast.PrepareStmt,
+    ast.DeallocateStmt,
+    ast.DeclareCursorStmt,
+    ast.DiscardStmt,
+    ast.LoadStmt,
+)
+_SESSION_FUNCS = frozenset(
+    {
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+        "set_config",
+        "pg_advisory_unlock",
+        "pg_advisory_unlock_all",
+    }
+)
+
+
+def _children(node: Any) -> Iterator[Any]:
+    if isinstance(node, ast.Node):
+        for slot in node.__slots__:
+            value = getattr(node, slot, None)
+            if value is not None and not isinstance(value, (str, int, float, bool, enum.Enum)):
+                yield value
+    elif isinstance(node, (tuple, list)):
+        yield from node
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ast.Node):
+            yield item
+        stack.extend(_children(item))
+
+
+def _const_value(node: Any) -> Any:
+    if isinstance(node, ast.TypeCast):  # '...'::uuid
+        return _const_value(node.arg)
+    if isinstance(node, ast.A_Const) and not node.isnull:
+        val = node.val
+        for attr in ("sval", "ival", "fval", "boolval"):
+            if hasattr(val, attr):
+                return getattr(val, attr)
+    return None
+
+
+def _param_number(node: Any) -> int | None:
+    if isinstance(node, ast.TypeCast):
+        return _param_number(node.arg)
+    if isinstance(node, ast.ParamRef):
+        return int(node.number)
+    return None
+
+
+def _column_name(node: Any) -> tuple[str | None, str] | None:
+    """(qualifier or None, column) of a ColumnRef."""
+    if not isinstance(node, ast.ColumnRef) or not node.fields:
+        return None
+    names: list[str] = [f.sval for f in node.fields if isinstance(f, ast.String)]
+    if not names or len(names) != len(node.fields):
+        return None
+    return (names[-2] if len(names) > 1 else None, names[-1])
+
+
+class Classifier:
+    """Analyzes SQL text against the configured sharded tables, with an LRU of results."""
+
+    def __init__(
+        self,
+        tables: Mapping[str, TableConfig],
+        read_only_functions: tuple[str, ...] | frozenset[str],
+        cache_size: int = 4096,
+    ) -> None:
+        self._tables = dict(tables)
+        self._read_only_functions = frozenset(f.lower() for f in read_only_functions)
+        self._cache: OrderedDict[str, Analysis] = OrderedDict()
+        self._cache_size = cache_size
+        self.hits = 0
+        self.misses = 0
+
+    def analyze(self, sql: str) -> Analysis:
+        cache = self._cache
+        found = cache.get(sql)
+        if found is not None:
+            self.hits += 1
+            cache.move_to_end(sql)
+            return found
+        self.misses += 1
+        result = self._analyze(sql)
+        cache[sql] = result
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)
+        return result
+
+    # ---- the analysis proper ---------------------------------------------------------------
+
+    def _analyze(self, sql: str) -> Analysis:
+        try:
+            raw = parse_sql(sql)
+        except ParseError as exc:
+            args: tuple[Any, ...] = exc.args
+            position = args[1] if len(args) > 1 and isinstance(args[1], int) else None
+            raise SqlParseError(str(exc.args[0]) if exc.args else str(exc), position) from exc
+        if len(raw) != 1:
+            raise UnsupportedStatementError(
+                f"expected exactly one statement, got {len(raw)}; send them as a batch"
+            )
+        stmt: Any = raw[0].stmt
+        if isinstance(stmt, ast.TransactionStmt):
+            raise UnsupportedStatementError(
+                "transaction control (BEGIN/COMMIT/ROLLBACK) must use the protocol's "
+                "begin/commit/rollback requests, which pin a connection"
+            )
+
+        tables: list[str] = []
+        aliases: dict[str, str] = {}
+        funcs: list[Any] = []
+        params: set[int] = set()
+        write = False
+        session = isinstance(stmt, _SESSION_STMTS)
+        node: Any
+        for node in _walk(stmt):
+            if isinstance(node, ast.RangeVar):
+                name = node.relname
+                tables.append(name)
+                if node.alias is not None:
+                    aliases[node.alias.aliasname] = name
+                if node.relpersistence == "t":
+                    session = True
+            elif isinstance(node, ast.FuncCall):
+                funcs.append(node)
+            elif isinstance(node, ast.ParamRef):
+                params.add(int(node.number))
+            elif type(node) in _WRITE_STMTS:
+                write = True
+            elif isinstance(node, ast.SelectStmt) and (node.lockingClause or node.intoClause):
+                write = True
+
+        if isinstance(stmt, ast.SelectStmt):
+            command = "SELECT"
+        elif type(stmt) in _WRITE_STMTS:
+            command = _WRITE_STMTS[type(stmt)]
+        else:
+            command = "UTILITY"
+            write = True  # DDL, VACUUM, SET ...: primary only
+
+        for func in funcs:
+            fname = func.funcname[-1].sval.lower()
+            if fname in _SESSION_FUNCS:
+                session = True
+            if fname not in self._read_only_functions:
+                write = True
+
+        keys = self._find_keys(stmt, tables, aliases)
+        arg_params: list[int] = []
+        arg_values: list[Any] = []
+        for func in funcs:
+            for arg in func.args or ():
+                p = _param_number(arg)
+                if p is not None:
+                    arg_params.append(p)
+                else:
+                    v = _const_value(arg)
+                    if isinstance(v, str):
+                        arg_values.append(v)
+
+        return Analysis(
+            kind=StatementKind.WRITE if write else StatementKind.READ,
+            command=command,
+            tables=tuple(dict.fromkeys(tables)),
+            keys=tuple(keys),
+            arg_params=tuple(arg_params),
+            arg_values=tuple(arg_values),
+            changes_session_state=session,
+            param_count=max(params, default=0),
+        )
+
+    def _key_kind(self, table: str, column: str) -> KeyKind | None:
+        cfg = self._tables.get(table)
+        if cfg is None:
+            return None
+        if column == cfg.region_column:
+            return KeyKind.REGION
+        if column in cfg.id_columns:
+            return KeyKind.ID
+        return None
+
+    def _ref(
+        self, col: Any, other: Any, tables: list[str], aliases: dict[str, str]
+    ) -> KeyRef | None:
+        name = _column_name(col)
+        if name is None:
+            return None
+        qualifier, column = name
+        candidates = [aliases.get(qualifier, qualifier)] if qualifier else tables
+        for table in candidates:
+            kind = self._key_kind(table, column)
+            if kind is None:
+                continue
+            param = _param_number(other)
+            if param is not None:
+                return KeyRef(kind, column, table, param=param)
+            value = _const_value(other)
+            if value is not None:
+                return KeyRef(kind, column, table, value=value)
+        return None
+
+    def _find_keys(self, stmt: Any, tables: list[str], aliases: dict[str, str]) -> list[KeyRef]:
+        keys: list[KeyRef] = []
+        # INSERT ... (cols) VALUES (one row): the values of shard-key columns.
+        if isinstance(stmt, ast.InsertStmt) and stmt.relation is not None:
+            select: Any = stmt.selectStmt
+            rows = getattr(select, "valuesLists", None) if select is not None else None
+            if stmt.cols and rows and len(rows) == 1:
+                table = stmt.relation.relname
+                target: Any
+                for target, expr in zip(stmt.cols, rows[0], strict=False):
+                    kind = self._key_kind(table, target.name)
+                    if kind is None:
+                        continue
+                    param = _param_number(expr)
+                    value = None if param is not None else _const_value(expr)
+                    if param is not None or value is not None:
+                        keys.append(KeyRef(kind, target.name, table, param=param, value=value))
+        # Equalities in the top-level AND of every WHERE clause (an OR decides nothing).
+        for node in _walk(stmt):
+            where = getattr(node, "whereClause", None) if isinstance(node, ast.Node) else None
+            if where is None:
+                continue
+            conj: Any
+            for conj in _conjuncts(where):
+                if not isinstance(conj, ast.A_Expr) or conj.kind != A_Expr_Kind.AEXPR_OP:
+                    continue
+                if [n.sval for n in conj.name] != ["="]:
+                    continue
+                ref = self._ref(conj.lexpr, conj.rexpr, tables, aliases) or self._ref(
+                    conj.rexpr, conj.lexpr, tables, aliases
+                )
+                if ref is not None:
+                    keys.append(ref)
+        return keys
+
+
+def _conjuncts(expr: Any) -> Iterator[Any]:
+    if isinstance(expr, ast.BoolExpr) and expr.boolop == BoolExprType.AND_EXPR:
+        for arg in expr.args:
+            yield from _conjuncts(arg)
+    else:
+        yield expr

@@ -1,0 +1,140 @@
+"""Measures every node continuously: reachable or not, and each replica's replay lag in bytes.
+
+One task per shard asks the primary for its current WAL position and each replica for its
+replay position, every `lag_poll_interval_seconds`, over dedicated connections (never the
+request pools). Results go into the Topology's NodeStates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import asyncpg
+
+from router.config import Config
+from router.health import HealthEvent
+from router.topology import NodeState, ShardState, Topology
+
+__all__ = ["LagMonitor"]
+
+log = logging.getLogger("georoute.monitor")
+
+PRIMARY_LSN_SQL = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8"
+REPLAY_LSN_SQL = (
+    "SELECT pg_is_in_recovery(), "
+    "(coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn()) - '0/0'::pg_lsn)::int8"
+)
+
+
+class LagMonitor:
+    def __init__(
+        self,
+        config: Config,
+        topology: Topology,
+        on_change: Callable[[NodeState], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._topology = topology
+        self._conns: dict[str, asyncpg.Connection] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._on_change = on_change
+        self.rounds = 0
+        self._round_done = asyncio.Event()
+
+    def start(self) -> None:
+        for shard in self._topology.shards.values():
+            self._tasks.append(asyncio.create_task(self._run(shard), name=f"monitor:{shard.name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for conn in self._conns.values():
+            conn.terminate()
+        self._conns.clear()
+
+    async def wait_round(self) -> None:
+        """Wait until every shard has been measured once more (used at start-up)."""
+        self._round_done.clear()
+        await self._round_done.wait()
+
+    async def _conn(self, node: NodeState) -> asyncpg.Connection:
+        conn = self._conns.get(node.name)
+        if conn is not None and not conn.is_closed():
+            return conn
+        db = self._config.database
+        conn = await asyncpg.connect(
+            host=node.address.host,
+            port=node.address.port,
+            database=node.address.database,
+            user=db.user,
+            password=db.password(),
+            timeout=db.connect_timeout_seconds,
+            server_settings={"application_name": "georoute-monitor"},
+        )
+        self._conns[node.name] = conn
+        return conn
+
+    async def _probe(self, node: NodeState, sql: str) -> asyncpg.Record | None:
+        timeout = self._config.database.connect_timeout_seconds
+        try:
+            conn = await self._conn(node)
+            row = await conn.fetchrow(sql, timeout=timeout)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            stale = self._conns.pop(node.name, None)
+            if stale is not None:
+                stale.terminate()
+            before = node.health
+            node.record(HealthEvent.PROBE_FAILED, f"{type(exc).__name__}: {exc}")
+            if node.health is not before:
+                log.warning("node %s is %s: %s", node.name, node.health.value, exc)
+                if self._on_change:
+                    self._on_change(node)
+            return None
+        before = node.health
+        node.record(HealthEvent.PROBE_OK)
+        if node.health is not before:
+            log.info("node %s is %s", node.name, node.health.value)
+            if self._on_change:
+                self._on_change(node)
+        return row
+
+    async def measure(self, shard: ShardState) -> None:
+        """One round for one shard (public so tests and start-up can force a measurement)."""
+        primary_row, *replica_rows = await asyncio.gather(
+            self._probe(shard.primary, PRIMARY_LSN_SQL),
+            *(self._probe(r, REPLAY_LSN_SQL) for r in shard.replicas),
+        )
+        primary_lsn = primary_row[0] if primary_row is not None else None
+        shard.primary.replay_lsn = primary_lsn
+        shard.primary.lag_bytes = 0 if primary_lsn is not None else None
+        for replica, row in zip(shard.replicas, replica_rows, strict=True):
+            if row is None:
+                replica.lag_bytes = None
+                continue
+            in_recovery, replay = row
+            replica.replay_lsn = replay
+            if not in_recovery:
+                # A "replica" that is not replaying WAL cannot promise fresh data.
+                replica.lag_bytes = None
+            elif primary_lsn is None:
+                replica.lag_bytes = None
+            else:
+                replica.lag_bytes = max(0, primary_lsn - replay)
+
+    async def _run(self, shard: ShardState) -> None:
+        interval = self._config.router.lag_poll_interval_seconds
+        while True:
+            try:
+                await self.measure(shard)
+            except Exception:  # the monitor must never die
+                log.exception("measuring shard %s failed", shard.name)
+            self.rounds += 1
+            self._round_done.set()
+            await asyncio.sleep(interval)

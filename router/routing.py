@@ -1,0 +1,206 @@
+"""Pure routing decisions: which shard(s) a statement goes to, and which node serves it.
+
+Nothing here does I/O. `resolve_shards` reads the statement's analysis and bound parameters;
+`choose_replica` picks a replica from a snapshot of node health and lag. The executor carries
+the decisions out. A `Target` names a tuple of shards so scatter-gather reads and two-phase
+writes can later return several.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from router.classify import Analysis, KeyKind
+from router.config import Config
+from router.ids import shard_number_of
+
+__all__ = [
+    "Consistency",
+    "CrossShardError",
+    "MissingShardKeyError",
+    "NodeView",
+    "Role",
+    "RoutingError",
+    "Target",
+    "UnknownShardError",
+    "choose_replica",
+    "decide_role",
+    "parse_ryw_token",
+    "resolve_shards",
+]
+
+
+class RoutingError(Exception):
+    """The request cannot be routed; the message says why. Nothing was sent to a node."""
+
+
+class MissingShardKeyError(RoutingError):
+    def __init__(self, wanted: Sequence[str]) -> None:
+        self.wanted = tuple(wanted)
+        super().__init__(
+            "no shard key in the statement: give a shard hint or an equality on "
+            + "; ".join(self.wanted)
+        )
+
+
+class UnknownShardError(RoutingError):
+    pass
+
+
+class CrossShardError(RoutingError):
+    pass
+
+
+class Role(enum.Enum):
+    PRIMARY = "primary"
+    REPLICA = "replica"
+
+
+class Consistency(enum.Enum):
+    SESSION = "session"  # read-your-writes (default): replica only once it replayed our writes
+    STRONG = "strong"  # always the primary
+    EVENTUAL = "replica"  # any fresh-enough replica, ignoring the session's writes
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    shards: tuple[str, ...]
+    write: bool
+
+    @property
+    def shard(self) -> str:
+        return self.shards[0]
+
+
+def _shard_of_value(kind: KeyKind, value: Any, config: Config) -> str | None:
+    if kind is KeyKind.REGION:
+        if isinstance(value, str) and value in config.shards:
+            return value
+        raise UnknownShardError(f"{value!r} is not a region (known: {', '.join(config.shards)})")
+    number = shard_number_of(value)
+    if number is None:
+        return None
+    shard = config.shard_by_number(number)
+    if shard is None:
+        raise UnknownShardError(f"id {value} names shard number {number}, which is not configured")
+    return shard.name
+
+
+def _param(params: Sequence[Any], number: int) -> Any:
+    if not 1 <= number <= len(params):
+        raise RoutingError(f"statement uses ${number} but {len(params)} parameters were given")
+    return params[number - 1]
+
+
+def resolve_shards(
+    analysis: Analysis, params: Sequence[Any], hint: str | None, config: Config
+) -> Target:
+    """The shard(s) a statement must run on. A hint wins; else its shard key; else an error."""
+    write = not analysis.read_only
+    if hint is not None:
+        if hint not in config.shards:
+            known = ", ".join(config.shards)
+            raise UnknownShardError(f"shard hint {hint!r} is not a shard ({known})")
+        return Target((hint,), write)
+
+    found: dict[str, str] = {}  # shard -> where it came from
+    for key in analysis.keys:
+        value = key.value if key.param is None else _param(params, key.param)
+        if value is None:
+            continue
+        shard = _shard_of_value(key.kind, value, config)
+        if shard is not None:
+            found.setdefault(shard, f"{key.table}.{key.column}")
+    if not found:
+        # A call like SELECT enroll($1, $2): an argument that is an id or a region name.
+        candidates = [_param(params, p) for p in analysis.arg_params] + list(analysis.arg_values)
+        for value in candidates:
+            if isinstance(value, str) and value in config.shards:
+                found.setdefault(value, "function argument")
+                continue
+            number = shard_number_of(value)
+            shard_cfg = config.shard_by_number(number) if number is not None else None
+            if shard_cfg is not None:
+                found.setdefault(shard_cfg.name, "function argument")
+    if len(found) > 1:
+        detail = ", ".join(f"{src} -> {shard}" for shard, src in found.items())
+        raise CrossShardError(f"statement names several shards ({detail}); cross-shard "
+                              "statements are not supported yet, send one per shard")
+    if found:
+        return Target((next(iter(found)),), write)
+
+    sharded = [t for t in analysis.tables if t in config.tables]
+    if not sharded and not write:
+        # Only reference tables (identical everywhere) or no table at all: any shard will do.
+        return Target((next(iter(config.shards)),), write)
+    wanted = []
+    for table in sharded or analysis.tables:
+        cfg = config.tables.get(table)
+        if cfg is None:
+            wanted.append(f"{table} (a reference table: writes need a shard hint)")
+            continue
+        cols = ([cfg.region_column] if cfg.region_column else []) + list(cfg.id_columns)
+        wanted.append(f"{table}.{' or '.join(cols)}")
+    if not wanted:
+        wanted.append("a shard hint (the statement names no sharded table)")
+    raise MissingShardKeyError(wanted)
+
+
+class NodeView(Protocol):
+    """What the replica choice needs to know of a node (a snapshot; see topology.py)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def available(self) -> bool: ...
+    @property
+    def lag_bytes(self) -> int | None: ...
+    @property
+    def replay_lsn(self) -> int | None: ...
+    @property
+    def in_flight(self) -> int: ...
+
+
+def choose_replica(
+    replicas: Sequence[NodeView], max_lag_bytes: int, min_lsn: int | None = None
+) -> NodeView | None:
+    """The least-busy replica that is up, fresh enough, and (with a token) past `min_lsn`."""
+    best: NodeView | None = None
+    for node in replicas:
+        if not node.available or node.lag_bytes is None or node.lag_bytes > max_lag_bytes:
+            continue
+        if min_lsn is not None and (node.replay_lsn is None or node.replay_lsn < min_lsn):
+            continue
+        if best is None or node.in_flight < best.in_flight:
+            best = node
+    return best
+
+
+def decide_role(target: Target, consistency: Consistency, in_transaction: bool) -> Role:
+    if target.write or in_transaction or consistency is Consistency.STRONG:
+        return Role.PRIMARY
+    return Role.REPLICA
+
+
+def parse_ryw_token(token: Any) -> dict[str, int]:
+    """A read-your-writes token: {shard: lsn} or "shard:lsn[,shard:lsn]". Bad parts are ignored
+    (a stale or forged token can only make a read go to the primary, never return wrong data)."""
+    out: dict[str, int] = {}
+    items: list[Any]
+    if isinstance(token, Mapping):
+        items = list(token.items())
+    elif isinstance(token, str):
+        items = [tuple(part.split(":", 1)) for part in token.split(",") if ":" in part]
+    else:
+        return out
+    for shard, lsn in items:
+        try:
+            value = int(lsn)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(shard, str) and value >= 0:
+            out[shard] = max(out.get(shard, 0), value)
+    return out
