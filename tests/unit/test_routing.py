@@ -1,0 +1,267 @@
+"""Pure routing decisions: classification corpus, shard resolution, replica choice, tokens."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from router.classify import Classifier, KeyKind, SqlParseError, UnsupportedStatementError
+from router.config import load_config
+from router.health import HealthEvent, NodeHealth, next_health
+from router.ids import new_id, shard_number_of
+from router.routing import (
+    Consistency,
+    CrossShardError,
+    MissingShardKeyError,
+    Role,
+    Target,
+    UnknownShardError,
+    choose_replica,
+    decide_role,
+    parse_ryw_token,
+    resolve_shards,
+)
+
+CONFIG = load_config(Path(__file__).resolve().parents[2] / "router.toml")
+NA, EU, ASIA = (CONFIG.shards[n].number for n in ("north_america", "europe", "asia"))
+
+
+@pytest.fixture
+def classifier() -> Classifier:
+    return Classifier(CONFIG.tables, CONFIG.router.read_only_functions, cache_size=8)
+
+
+READS = [
+    "SELECT * FROM users WHERE user_id = $1",
+    "SELECT count(*), lower(title) FROM courses WHERE region = $1 GROUP BY 2",
+    "WITH recent AS (SELECT * FROM enrollments WHERE user_id = $1) SELECT * FROM recent",
+    "SELECT c.title FROM courses c JOIN lessons l ON l.course_id = c.course_id WHERE c.course_id=$1",
+    "SELECT 1",
+    "SELECT * FROM categories ORDER BY name",
+    "SELECT course_statistics($1)",
+    "SELECT * FROM users WHERE user_id = $1 UNION ALL SELECT * FROM users WHERE user_id = $2",
+]
+WRITES = [
+    "INSERT INTO users (user_id, email, home_region) VALUES ($1, $2, $3)",
+    "UPDATE lesson_progress SET completed = true WHERE enrollment_id = $1",
+    "DELETE FROM reviews WHERE review_id = $1",
+    "SELECT * FROM users WHERE user_id = $1 FOR UPDATE",
+    "SELECT * FROM users WHERE user_id = $1 FOR SHARE SKIP LOCKED",
+    "WITH d AS (DELETE FROM reviews WHERE review_id = $1 RETURNING *) SELECT * FROM d",
+    "SELECT enroll($1, $2)",
+    "SELECT nextval('some_seq')",
+    "SELECT * INTO new_table FROM users",
+    "CREATE TABLE t (a int)",
+    "SET search_path TO public",
+    "MERGE INTO courses c USING (SELECT 1 AS x) s ON false WHEN NOT MATCHED THEN DO NOTHING",
+]
+
+
+@pytest.mark.parametrize("sql", READS)
+def test_reads_are_read_only(classifier: Classifier, sql: str) -> None:
+    assert classifier.analyze(sql).read_only
+
+
+@pytest.mark.parametrize("sql", WRITES)
+def test_writes_are_writes(classifier: Classifier, sql: str) -> None:
+    assert not classifier.analyze(sql).read_only
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET statement_timeout = 0",
+        "LISTEN events",
+        "PREPARE p AS SELECT 1",
+        "CREATE TEMP TABLE scratch (a int)",
+        "SELECT pg_advisory_lock(42)",
+        "DISCARD ALL",
+    ],
+)
+def test_session_state_changes_are_flagged(classifier: Classifier, sql: str) -> None:
+    assert classifier.analyze(sql).changes_session_state
+
+
+def test_plain_statements_do_not_flag_session_state(classifier: Classifier) -> None:
+    assert not classifier.analyze("UPDATE users SET city = $2 WHERE user_id = $1").changes_session_state
+    assert not classifier.analyze("SELECT * FROM users WHERE user_id = $1").changes_session_state
+
+
+def test_parse_error_has_message_and_position(classifier: Classifier) -> None:
+    with pytest.raises(SqlParseError) as info:
+        classifier.analyze("SELECT * FORM users")
+    assert "syntax error" in info.value.message
+    assert info.value.position == 9  # "FORM" starts at offset 9
+
+
+@pytest.mark.parametrize("sql", ["BEGIN", "COMMIT", "SELECT 1; SELECT 2"])
+def test_unsupported_statements(classifier: Classifier, sql: str) -> None:
+    with pytest.raises(UnsupportedStatementError):
+        classifier.analyze(sql)
+
+
+def test_parse_cache_hits_and_bounds(classifier: Classifier) -> None:
+    classifier.analyze("SELECT 1")
+    classifier.analyze("SELECT 1")
+    assert (classifier.hits, classifier.misses) == (1, 1)
+    for i in range(20):
+        classifier.analyze(f"SELECT {i + 2}")
+    assert len(classifier._cache) == 8
+
+
+def test_key_refs_found_in_where_and_insert(classifier: Classifier) -> None:
+    a = classifier.analyze("SELECT * FROM users u WHERE u.home_region = 'asia' AND u.city = $1")
+    assert [(k.kind, k.column, k.value) for k in a.keys] == [(KeyKind.REGION, "home_region", "asia")]
+    a = classifier.analyze("INSERT INTO enrollments (enrollment_id, user_id) VALUES ($2, $1)")
+    assert {(k.column, k.param) for k in a.keys} == {("enrollment_id", 2), ("user_id", 1)}
+
+
+def test_or_does_not_decide_a_shard(classifier: Classifier) -> None:
+    a = classifier.analyze("SELECT * FROM users WHERE user_id = $1 OR email = $2")
+    assert a.keys == ()
+
+
+# ---- shard resolution ----------------------------------------------------------------------
+
+
+def route(classifier: Classifier, sql: str, params: list[object], hint: str | None = None) -> Target:
+    return resolve_shards(classifier.analyze(sql), params, hint, CONFIG)
+
+
+def test_id_routes_to_its_home_shard(classifier: Classifier) -> None:
+    for number, shard in ((NA, "north_america"), (EU, "europe"), (ASIA, "asia")):
+        target = route(classifier, "SELECT * FROM users WHERE user_id = $1", [new_id(number)])
+        assert target == Target((shard,), write=False)
+        # ids also arrive as text
+        target = route(classifier, "SELECT * FROM users WHERE user_id = $1", [str(new_id(number))])
+        assert target.shard == shard
+
+
+def test_region_constant_and_param(classifier: Classifier) -> None:
+    assert route(classifier, "SELECT * FROM courses WHERE region = 'europe'", []).shard == "europe"
+    assert route(classifier, "SELECT * FROM courses WHERE region = $1", ["asia"]).shard == "asia"
+
+
+def test_hint_wins(classifier: Classifier) -> None:
+    target = route(classifier, "SELECT * FROM users WHERE user_id = $1", [new_id(EU)], hint="asia")
+    assert target.shard == "asia"
+
+
+def test_unknown_hint_and_region(classifier: Classifier) -> None:
+    with pytest.raises(UnknownShardError):
+        route(classifier, "SELECT 1", [], hint="mars")
+    with pytest.raises(UnknownShardError):
+        route(classifier, "SELECT * FROM courses WHERE region = $1", ["antarctica"])
+
+
+def test_missing_shard_key_names_the_keys(classifier: Classifier) -> None:
+    with pytest.raises(MissingShardKeyError) as info:
+        route(classifier, "UPDATE users SET city = $1 WHERE email = $2", ["x", "y"])
+    assert "users.home_region or user_id" in str(info.value)
+
+
+def test_write_to_reference_table_needs_hint(classifier: Classifier) -> None:
+    with pytest.raises(MissingShardKeyError) as info:
+        route(classifier, "INSERT INTO categories (name) VALUES ($1)", ["x"])
+    assert "categories" in str(info.value)
+
+
+def test_reference_reads_go_anywhere(classifier: Classifier) -> None:
+    assert route(classifier, "SELECT * FROM categories", []).shard in CONFIG.shards
+
+
+def test_function_arguments_carry_ids(classifier: Classifier) -> None:
+    target = route(classifier, "SELECT enroll($1, $2)", [new_id(ASIA), new_id(ASIA)])
+    assert target == Target(("asia",), write=True)
+    target = route(classifier, "SELECT register_user($1, $2, 'europe')", ["a@b", "A"])
+    assert target.shard == "europe"
+
+
+def test_conflicting_keys_are_cross_shard(classifier: Classifier) -> None:
+    with pytest.raises(CrossShardError):
+        route(
+            classifier,
+            "SELECT * FROM enrollments WHERE user_id = $1 AND course_id = $2",
+            [new_id(NA), new_id(EU)],
+        )
+
+
+def test_random_uuid_is_not_an_id(classifier: Classifier) -> None:
+    with pytest.raises(MissingShardKeyError):
+        route(classifier, "DELETE FROM users WHERE user_id = $1", [uuid.uuid4()])
+
+
+# ---- ids -----------------------------------------------------------------------------------
+
+
+def test_id_layout_round_trips() -> None:
+    for number in (0, 1, 2, 3, 200, 255):
+        assert shard_number_of(new_id(number)) == number
+    ident = new_id(7, now_ms=0x0102030405, rand=bytes(range(9)))
+    assert ident.version == 8
+    assert ident.bytes[:6] == (0x0102030405).to_bytes(6, "big")
+    assert ident.bytes[7] == 7
+    assert shard_number_of(uuid.uuid4()) is None
+    assert shard_number_of("not a uuid") is None
+    assert shard_number_of(42) is None
+
+
+# ---- role and replica choice ---------------------------------------------------------------
+
+
+@dataclass
+class FakeNode:
+    name: str
+    available: bool = True
+    lag_bytes: int | None = 0
+    replay_lsn: int | None = 1000
+    in_flight: int = 0
+
+
+def test_choose_least_busy_fresh_replica() -> None:
+    nodes = [FakeNode("a", in_flight=3), FakeNode("b", in_flight=1), FakeNode("c", in_flight=0)]
+    nodes[2].available = False
+    assert choose_replica(nodes, max_lag_bytes=100).name == "b"
+
+
+def test_lagging_replica_is_skipped() -> None:
+    nodes = [FakeNode("a", lag_bytes=5000), FakeNode("b", lag_bytes=10, in_flight=9)]
+    assert choose_replica(nodes, max_lag_bytes=100).name == "b"
+    assert choose_replica([FakeNode("a", lag_bytes=5000)], max_lag_bytes=100) is None
+    assert choose_replica([FakeNode("a", lag_bytes=None)], max_lag_bytes=100) is None
+
+
+def test_token_requires_replay_past_it() -> None:
+    nodes = [FakeNode("a", replay_lsn=900), FakeNode("b", replay_lsn=1200, in_flight=5)]
+    assert choose_replica(nodes, 100, min_lsn=1000).name == "b"
+    assert choose_replica(nodes, 100, min_lsn=5000) is None
+
+
+def test_decide_role() -> None:
+    read, write = Target(("europe",), False), Target(("europe",), True)
+    assert decide_role(read, Consistency.SESSION, in_transaction=False) is Role.REPLICA
+    assert decide_role(read, Consistency.STRONG, in_transaction=False) is Role.PRIMARY
+    assert decide_role(read, Consistency.SESSION, in_transaction=True) is Role.PRIMARY
+    assert decide_role(write, Consistency.EVENTUAL, in_transaction=False) is Role.PRIMARY
+
+
+def test_ryw_tokens_parse_and_ignore_garbage() -> None:
+    assert parse_ryw_token({"europe": 10, "asia": "20"}) == {"europe": 10, "asia": 20}
+    assert parse_ryw_token("europe:5,asia:7,europe:9") == {"europe": 9, "asia": 7}
+    assert parse_ryw_token("garbage") == {}
+    assert parse_ryw_token({"europe": "x", "asia": -1}) == {}
+    assert parse_ryw_token(None) == {}
+
+
+def test_health_state_machine() -> None:
+    state = NodeHealth.UP
+    state = next_health(state, HealthEvent.PROBE_FAILED)
+    assert state is NodeHealth.SUSPECT
+    assert next_health(state, HealthEvent.PROBE_OK) is NodeHealth.UP
+    state = next_health(state, HealthEvent.PROBE_FAILED)
+    assert state is NodeHealth.DOWN
+    assert next_health(NodeHealth.UP, HealthEvent.CONNECT_FAILED) is NodeHealth.DOWN
+    assert next_health(state, HealthEvent.PROBE_OK) is NodeHealth.UP
