@@ -1,0 +1,16 @@
+"""protocol/ is sans-I/O: importing it must not pull in asyncio or socket."""
+
+import subprocess
+import sys
+
+
+def test_protocol_imports_no_io_modules() -> None:
+    code = (
+        "import sys, protocol\n"
+        "bad = sorted(m for m in ('asyncio', 'socket', 'selectors', 'ssl') if m in sys.modules)\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "", f"protocol imported I/O modules: {out}"
