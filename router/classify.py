@@ -80,6 +80,10 @@ class Analysis:
     arg_values: tuple[Any, ...]
     changes_session_state: bool
     param_count: int
+    # Any other `column = $n` / `column = 'literal'` and INSERT values of *_id columns: a value
+    # there that is a georoute id routes even a table that is not configured ("a row id").
+    id_params: tuple[int, ...] = ()
+    id_values: tuple[Any, ...] = ()
 
     @property
     def read_only(self) -> bool:
@@ -252,7 +256,7 @@ class Classifier:
             if fname not in self._read_only_functions:
                 write = True
 
-        keys = self._find_keys(stmt, tables, aliases)
+        keys, id_params, id_values = self._find_keys(stmt, tables, aliases)
         arg_params: list[int] = []
         arg_values: list[Any] = []
         for func in funcs:
@@ -272,6 +276,8 @@ class Classifier:
             keys=tuple(keys),
             arg_params=tuple(arg_params),
             arg_values=tuple(arg_values),
+            id_params=tuple(id_params),
+            id_values=tuple(id_values),
             changes_session_state=session,
             param_count=max(params, default=0),
         )
@@ -306,8 +312,22 @@ class Classifier:
                 return KeyRef(kind, column, table, value=value)
         return None
 
-    def _find_keys(self, stmt: Any, tables: list[str], aliases: dict[str, str]) -> list[KeyRef]:
+    def _find_keys(
+        self, stmt: Any, tables: list[str], aliases: dict[str, str]
+    ) -> tuple[list[KeyRef], list[int], list[Any]]:
         keys: list[KeyRef] = []
+        id_params: list[int] = []
+        id_values: list[Any] = []
+
+        def loose(expr: Any) -> None:
+            param = _param_number(expr)
+            if param is not None:
+                id_params.append(param)
+            else:
+                value = _const_value(expr)
+                if isinstance(value, str):
+                    id_values.append(value)
+
         # INSERT ... (cols) VALUES (one row): the values of shard-key columns.
         if isinstance(stmt, ast.InsertStmt) and stmt.relation is not None:
             select: Any = stmt.selectStmt
@@ -318,6 +338,8 @@ class Classifier:
                 for target, expr in zip(stmt.cols, rows[0], strict=False):
                     kind = self._key_kind(table, target.name)
                     if kind is None:
+                        if target.name == "id" or target.name.endswith("_id"):
+                            loose(expr)
                         continue
                     param = _param_number(expr)
                     value = None if param is not None else _const_value(expr)
@@ -339,7 +361,11 @@ class Classifier:
                 )
                 if ref is not None:
                     keys.append(ref)
-        return keys
+                elif isinstance(conj.lexpr, ast.ColumnRef):
+                    loose(conj.rexpr)
+                elif isinstance(conj.rexpr, ast.ColumnRef):
+                    loose(conj.lexpr)
+        return keys, id_params, id_values
 
 
 def _conjuncts(expr: Any) -> Iterator[Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -117,6 +118,8 @@ class BackendPool:
         self._closed = False
         self._bg: set[asyncio.Task[Any]] = set()
         self.waits_total = 0
+        self._all_idle = asyncio.Event()
+        self._all_idle.set()
 
     @property
     def size(self) -> int:
@@ -184,6 +187,17 @@ class BackendPool:
                 except ValueError:
                     pass
 
+    async def drain(self, grace: float) -> None:
+        """Wait (at most `grace` seconds) until no connection is borrowed."""
+        self._all_idle.clear()
+        if self.in_use:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_idle.wait(), grace)
+
+    def _note_returned(self) -> None:
+        if not self.in_use:
+            self._all_idle.set()
+
     def release(self, backend: Backend, *, broken: bool = False) -> None:
         if broken or backend.conn.is_closed() or self._closed:
             self._discard(backend)
@@ -200,6 +214,7 @@ class BackendPool:
                 fut.set_result(backend)
                 return
         self._idle.append(backend)
+        self._note_returned()
 
     async def _reset_and_release(self, backend: Backend) -> None:
         try:
@@ -213,6 +228,7 @@ class BackendPool:
 
     def _discard(self, backend: Backend) -> None:
         self._all.discard(backend)
+        self._note_returned()
         if not backend.conn.is_closed():
             backend.conn.terminate()
         # Someone may be waiting for a slot that just opened up.

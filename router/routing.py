@@ -9,9 +9,9 @@ writes can later return several.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from router.classify import Analysis, KeyKind
 from router.config import Config
@@ -28,7 +28,6 @@ __all__ = [
     "UnknownShardError",
     "choose_replica",
     "decide_role",
-    "parse_ryw_token",
     "resolve_shards",
 ]
 
@@ -125,6 +124,14 @@ def resolve_shards(
             shard_cfg = config.shard_by_number(number) if number is not None else None
             if shard_cfg is not None:
                 found.setdefault(shard_cfg.name, "function argument")
+    if not found:
+        # "A row id": an equality on any column with a georoute id, even in an unlisted table.
+        loose = [_param(params, p) for p in analysis.id_params] + list(analysis.id_values)
+        for value in loose:
+            number = shard_number_of(value)
+            shard_cfg = config.shard_by_number(number) if number is not None else None
+            if shard_cfg is not None:
+                found.setdefault(shard_cfg.name, "row id")
     if len(found) > 1:
         detail = ", ".join(f"{src} -> {shard}" for shard, src in found.items())
         raise CrossShardError(f"statement names several shards ({detail}); cross-shard "
@@ -164,11 +171,14 @@ class NodeView(Protocol):
     def in_flight(self) -> int: ...
 
 
+N = TypeVar("N", bound=NodeView)
+
+
 def choose_replica(
-    replicas: Sequence[NodeView], max_lag_bytes: int, min_lsn: int | None = None
-) -> NodeView | None:
+    replicas: Sequence[N], max_lag_bytes: int, min_lsn: int | None = None
+) -> N | None:
     """The least-busy replica that is up, fresh enough, and (with a token) past `min_lsn`."""
-    best: NodeView | None = None
+    best: N | None = None
     for node in replicas:
         if not node.available or node.lag_bytes is None or node.lag_bytes > max_lag_bytes:
             continue
@@ -183,24 +193,3 @@ def decide_role(target: Target, consistency: Consistency, in_transaction: bool) 
     if target.write or in_transaction or consistency is Consistency.STRONG:
         return Role.PRIMARY
     return Role.REPLICA
-
-
-def parse_ryw_token(token: Any) -> dict[str, int]:
-    """A read-your-writes token: {shard: lsn} or "shard:lsn[,shard:lsn]". Bad parts are ignored
-    (a stale or forged token can only make a read go to the primary, never return wrong data)."""
-    out: dict[str, int] = {}
-    items: list[Any]
-    if isinstance(token, Mapping):
-        items = list(token.items())
-    elif isinstance(token, str):
-        items = [tuple(part.split(":", 1)) for part in token.split(",") if ":" in part]
-    else:
-        return out
-    for shard, lsn in items:
-        try:
-            value = int(lsn)
-        except (TypeError, ValueError):
-            continue
-        if isinstance(shard, str) and value >= 0:
-            out[shard] = max(out.get(shard, 0), value)
-    return out

@@ -21,7 +21,6 @@ from router.routing import (
     UnknownShardError,
     choose_replica,
     decide_role,
-    parse_ryw_token,
     resolve_shards,
 )
 
@@ -180,6 +179,15 @@ def test_function_arguments_carry_ids(classifier: Classifier) -> None:
     assert target.shard == "europe"
 
 
+def test_row_id_routes_unlisted_tables(classifier: Classifier) -> None:
+    sql = "UPDATE scratch SET v = $2 WHERE id = $1"
+    assert route(classifier, sql, [new_id(EU), 5]).shard == "europe"
+    sql = "INSERT INTO scratch (id, v) VALUES ($1, $2)"
+    assert route(classifier, sql, [new_id(ASIA), 5]).shard == "asia"
+    with pytest.raises(MissingShardKeyError):
+        route(classifier, "INSERT INTO scratch (v, note) VALUES ($1, $2)", [5, str(new_id(EU))])
+
+
 def test_conflicting_keys_are_cross_shard(classifier: Classifier) -> None:
     with pytest.raises(CrossShardError):
         route(
@@ -246,14 +254,6 @@ def test_decide_role() -> None:
     assert decide_role(read, Consistency.STRONG, in_transaction=False) is Role.PRIMARY
     assert decide_role(read, Consistency.SESSION, in_transaction=True) is Role.PRIMARY
     assert decide_role(write, Consistency.EVENTUAL, in_transaction=False) is Role.PRIMARY
-
-
-def test_ryw_tokens_parse_and_ignore_garbage() -> None:
-    assert parse_ryw_token({"europe": 10, "asia": "20"}) == {"europe": 10, "asia": 20}
-    assert parse_ryw_token("europe:5,asia:7,europe:9") == {"europe": 9, "asia": 7}
-    assert parse_ryw_token("garbage") == {}
-    assert parse_ryw_token({"europe": "x", "asia": -1}) == {}
-    assert parse_ryw_token(None) == {}
 
 
 def test_health_state_machine() -> None:

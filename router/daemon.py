@@ -1,0 +1,226 @@
+"""One router node's lifecycle: startup -> serve -> shutdown, and reload on SIGHUP.
+
+Startup connects a pool to every database node (reporting which are reachable; a node that is
+down does not stop the router), starts the lag monitor, the metrics endpoint and the protocol
+server. SIGTERM/SIGINT stop accepting, drain in-flight requests within drain_timeout_seconds,
+then close. SIGHUP re-reads router.toml: changed nodes get new pools (old ones drained); a bad
+config is logged and the old one kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from protocol import Encoder
+from router.classify import Classifier
+from router.config import Config, load_config
+from router.db.documents import validate as validate_document
+from router.docstore import DocStore
+from router.errors import ConfigError
+from router.executor import Executor
+from router.health import HealthEvent
+from router.metrics import Metrics
+from router.monitor import LagMonitor
+from router.pool import NodeUnavailableError
+from router.server import ClientConnection
+from router.topology import NodeState, Topology
+
+__all__ = ["RouterNode", "run_router"]
+
+log = logging.getLogger("georoute.router")
+
+
+
+
+class RouterNode:
+    def __init__(self, config: Config, *, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        token = os.environ.get(config.router.auth_token_env)
+        if not token:
+            raise ConfigError(
+                "router.auth_token_env",
+                f"environment variable {config.router.auth_token_env} is not set",
+            )
+        self.auth_token = token
+        self.encoder = Encoder(config.router.max_frame_bytes)
+        self.metrics = Metrics()
+        self.topology = Topology.from_config(config)
+        self.classifier = Classifier(
+            config.tables, config.router.read_only_functions, config.router.parse_cache_size
+        )
+        self.executor = Executor(config, self.topology, self.classifier)
+        self.docstore = DocStore(config.document_store, validate_document)
+        self.monitor = LagMonitor(config, self.topology)
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self._server: asyncio.Server | None = None
+        self._stopped = asyncio.Event()
+        self._bg: set[asyncio.Task[Any]] = set()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def _start_pools(self, nodes: list[NodeState]) -> None:
+        async def start(node: NodeState) -> None:
+            try:
+                await node.pool.start()
+                node.record(HealthEvent.PROBE_OK)
+            except NodeUnavailableError as exc:
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
+
+        await asyncio.gather(*(start(n) for n in nodes))
+        for node in nodes:
+            state = "reachable" if node.available else f"UNREACHABLE ({node.last_error})"
+            log.info("node %s %s:%d %s", node.name, node.address.host, node.address.port, state)
+
+    async def startup(self) -> None:
+        await self._start_pools(list(self.topology.nodes()))
+        self.monitor.start()
+        await asyncio.wait_for(self.monitor.wait_round(), 10)
+        self.metrics.bind(self.topology, self.classifier)
+        self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
+        r = self.config.router
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self), r.listen_host, r.listen_port, backlog=1024
+        )
+        log.info("router %s listening on %s:%d", r.node_name, r.listen_host, r.listen_port)
+
+    async def serve(self) -> None:
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def shutdown(self) -> None:
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        tasks = [t for c in self.connections for t in c.tasks]
+        if tasks:
+            log.info("draining %d in-flight requests", len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=self.config.router.drain_timeout_seconds)
+            for task in pending:
+                task.cancel()
+        for conn in list(self.connections):
+            if conn.session.transactions:
+                await self.executor.close_session(conn.session)
+                conn.session.transactions.clear()
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self.monitor.stop()
+        await asyncio.gather(*(n.pool.close() for n in self.topology.nodes()))
+        await self.docstore.close()
+        self.metrics.close()
+        for task in self._bg:
+            task.cancel()
+        log.info("router %s stopped", self.config.router.node_name)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    # ---- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config file. Returns False (and keeps the old config) if it is bad."""
+        if self.config_path is None:
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return False
+        if (new.router.listen_host, new.router.listen_port) != (
+            self.config.router.listen_host,
+            self.config.router.listen_port,
+        ):
+            log.warning("router.listen_* changes need a restart; keeping the old address")
+        old_nodes = {n.name: n for n in self.topology.nodes()}
+        fresh = Topology.from_config(new)
+        to_start: list[NodeState] = []
+        retired: list[NodeState] = []
+        for shard in fresh.shards.values():
+            for i, node in enumerate(list(shard.nodes())):
+                old = old_nodes.get(node.name)
+                if old is not None and old.address == node.address:
+                    # Same node: keep its pool, health and lag.
+                    if i == 0:
+                        shard.primary = old
+                    else:
+                        shard.replicas[i - 1] = old
+                    old_nodes.pop(node.name)
+                else:
+                    to_start.append(node)
+        retired.extend(old_nodes.values())
+        await self._start_pools(to_start)
+        await self.monitor.stop()
+        self.config = new
+        self.topology = fresh
+        self.classifier = Classifier(
+            new.tables, new.router.read_only_functions, new.router.parse_cache_size
+        )
+        self.executor = Executor(new, fresh, self.classifier)
+        self.monitor = LagMonitor(new, fresh)
+        self.monitor.start()
+        self.metrics.bind(fresh, self.classifier)
+        for node in retired:
+            self.spawn(self._retire(node))
+        log.info("reloaded %s: %d new nodes, %d retired", self.config_path, len(to_start),
+                 len(retired))
+        return True
+
+    async def _retire(self, node: NodeState) -> None:
+        """Close an old pool once its borrowed connections come back (bounded by drain time)."""
+        await node.pool.drain(self.config.router.drain_timeout_seconds)
+        await node.pool.close()
+
+    def topology_report(self) -> dict[str, Any]:
+        return {
+            "router": self.config.router.node_name,
+            "config": self.config.source,
+            "connections": len(self.connections),
+            "shards": self.topology.snapshot(),
+            "document_store": self.config.document_store.uri.split("@")[-1],
+        }
+
+
+@contextlib.contextmanager
+def _signals(node: RouterNode) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: node.spawn(node.reload()))
+    try:
+        yield
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+async def _main(config: Config, config_path: str | None) -> None:
+    node = RouterNode(config, config_path=config_path)
+    await node.startup()
+    with _signals(node):
+        print(f"georoute router {config.router.node_name} ready on "
+              f"{config.router.listen_host}:{config.router.listen_port}", flush=True)
+        try:
+            await node.serve()
+        finally:
+            await node.shutdown()
+
+
+def run_router(config: Config, config_path: str | Path | None = None) -> None:
+    import uvloop
+
+    uvloop.run(_main(config, None if config_path is None else str(config_path)))

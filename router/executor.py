@@ -1,0 +1,377 @@
+"""Carries routing decisions out: pick the node, borrow a backend connection, run, give back.
+
+`Executor.query` is the hot path: a cached parse, a pure shard and replica choice, one round
+trip on a prepared statement. Writes on a primary also read the primary's WAL position, which
+becomes the session's read-your-writes token; reads carrying such a token go to a replica
+only once it has replayed past it (waiting a bounded few milliseconds), else to the primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from protocol.messages import Hints, Isolation
+from protocol.messages import Role as WireRole
+from router.classify import Analysis, Classifier
+from router.config import Config
+from router.health import HealthEvent
+from router.ids import shard_number_of
+from router.monitor import PRIMARY_LSN_SQL
+from router.pool import Backend, NodeUnavailableError
+from router.routing import (
+    Consistency,
+    CrossShardError,
+    MissingShardKeyError,
+    Role,
+    Target,
+    UnknownShardError,
+    choose_replica,
+    decide_role,
+    resolve_shards,
+)
+from router.session import Session, Transaction, TransactionError
+from router.topology import NodeState, ShardState, Topology
+
+__all__ = ["Executor", "Outcome"]
+
+REPLAY_LSN_SQL = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8"
+_CONSISTENCY = {
+    "session": Consistency.SESSION,
+    "strong": Consistency.STRONG,
+    "replica": Consistency.EVENTUAL,
+}
+_ISOLATION = {
+    Isolation.READ_COMMITTED: "READ COMMITTED",
+    Isolation.REPEATABLE_READ: "REPEATABLE READ",
+    Isolation.SERIALIZABLE: "SERIALIZABLE",
+}
+# Errors after which the backend connection cannot be trusted (the node may be gone).
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
+
+@dataclass(slots=True)
+class Outcome:
+    columns: list[str]
+    rows: list[Any]
+    status: str
+    shard: str
+    node: str
+    role: WireRole
+    ryw_token: str | None = None
+
+    @property
+    def rowcount(self) -> int:
+        last = self.status.rsplit(" ", 1)[-1]
+        return int(last) if last.isdigit() else len(self.rows)
+
+
+def _rows_changed(analysis: Analysis, status: str) -> bool:
+    """False for a DML statement that reported 0 rows (no WAL to wait for)."""
+    if analysis.command in ("INSERT", "UPDATE", "DELETE", "MERGE"):
+        return not status.endswith(" 0")
+    return True
+
+
+class Executor:
+    def __init__(self, config: Config, topology: Topology, classifier: Classifier) -> None:
+        self.config = config
+        self.topology = topology
+        self.classifier = classifier
+        self._ryw_wait = config.router.read_your_writes_wait_ms / 1000
+        self._max_lag = config.router.max_replica_lag_bytes
+
+    # ---- choosing and borrowing ------------------------------------------------------------
+
+    def _shard(self, name: str) -> ShardState:
+        return self.topology.shards[name]
+
+    def target_for(self, sql: str, params: Sequence[Any], hints: Hints) -> tuple[Analysis, Target]:
+        analysis = self.classifier.analyze(sql)
+        hint = hints.shard
+        if hint is None and hints.shard_key is not None:
+            hint = self.shard_for_key(hints.shard_key)
+        return analysis, resolve_shards(analysis, params, hint, self.config)
+
+    def shard_for_key(self, key: Any) -> str:
+        if isinstance(key, str) and key in self.config.shards:
+            return key
+        number = shard_number_of(key)
+        shard = self.config.shard_by_number(number) if number is not None else None
+        if shard is None:
+            raise CrossShardError(f"shard_key {key!r} is neither a region nor a georoute id")
+        return shard.name
+
+    async def _acquire(self, node: NodeState) -> Backend:
+        if not node.available:
+            raise NodeUnavailableError(f"{node.name} is down ({node.last_error or 'unreachable'})")
+        try:
+            return await node.pool.acquire()
+        except NodeUnavailableError as exc:
+            node.record(HealthEvent.CONNECT_FAILED, str(exc))
+            raise
+
+    async def _replica_past(
+        self, shard: ShardState, min_lsn: int
+    ) -> tuple[NodeState, Backend] | None:
+        """A fresh replica that has replayed past `min_lsn`, waiting up to the bounded wait."""
+        node = choose_replica(shard.replicas, self._max_lag, None)
+        if node is None or self._ryw_wait <= 0:
+            return None
+        backend = await self._acquire(node)
+        deadline = time.monotonic() + self._ryw_wait
+        try:
+            while True:
+                lsn = await backend.scalar(REPLAY_LSN_SQL)
+                if lsn is not None:
+                    node.replay_lsn = max(node.replay_lsn or 0, lsn)
+                    if lsn >= min_lsn:
+                        return node, backend
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.0005)  # WAL replay is typically 1-2 ms behind
+        except BaseException:
+            node.pool.release(backend, broken=True)
+            raise
+        node.pool.release(backend)
+        return None
+
+    async def _pick(
+        self, shard: ShardState, role: Role, min_lsn: int | None
+    ) -> tuple[NodeState, Backend]:
+        if role is Role.REPLICA:
+            node = choose_replica(shard.replicas, self._max_lag, min_lsn)
+            if node is not None:
+                try:
+                    return node, await self._acquire(node)
+                except NodeUnavailableError:
+                    pass  # fall through to the primary
+            elif min_lsn is not None:
+                found = await self._replica_past(shard, min_lsn)
+                if found is not None:
+                    return found
+        return shard.primary, await self._acquire(shard.primary)
+
+    # ---- running ---------------------------------------------------------------------------
+
+    async def _run(
+        self, node: NodeState, backend: Backend, sql: str, params: Sequence[Any]
+    ) -> tuple[list[str], list[Any], str]:
+        """Run on a borrowed backend; on failure the backend is given back (dropped if broken)."""
+        try:
+            return await backend.run(sql, params)
+        except asyncpg.exceptions.DataError:
+            node.pool.release(backend)  # a bad parameter, refused before anything was sent
+            raise
+        except _CONNECTION_ERRORS as exc:
+            node.pool.release(backend, broken=True)
+            node.record(HealthEvent.PROBE_FAILED, str(exc))
+            raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
+        except asyncpg.PostgresError:
+            node.pool.release(backend)  # the statement failed; the connection is fine
+            raise
+        except BaseException:
+            node.pool.release(backend, broken=True)  # e.g. cancelled mid-statement
+            raise
+
+    async def query(
+        self, session: Session, sql: str, params: Sequence[Any], hints: Hints
+    ) -> Outcome:
+        if hints.tx is not None:
+            return await self._in_transaction(session, session.get(hints.tx), sql, params, hints)
+        analysis, target = self.target_for(sql, params, hints)
+        consistency = _CONSISTENCY[hints.consistency.value]
+        role = decide_role(target, consistency, in_transaction=False)
+        shard = self._shard(target.shard)
+        min_lsn = (
+            session.min_lsn(shard.name, hints.ryw)
+            if role is Role.REPLICA and consistency is Consistency.SESSION
+            else None
+        )
+        node, backend = await self._pick(shard, role, min_lsn)
+        columns, rows, status = await self._run(node, backend, sql, params)
+        if analysis.changes_session_state:
+            backend.dirty = True
+        token = None
+        try:
+            if node.role is Role.PRIMARY and not analysis.read_only and _rows_changed(
+                analysis, status
+            ):
+                lsn = await backend.scalar(PRIMARY_LSN_SQL)
+                session.note_write(shard.name, lsn)
+                token = f"{shard.name}:{lsn}"
+        except BaseException:
+            node.pool.release(backend, broken=True)
+            raise
+        node.pool.release(backend)
+        return Outcome(columns, rows, status, shard.name, node.name, WireRole(node.role.value),
+                       token)
+
+    async def _in_transaction(
+        self, session: Session, tx: Transaction, sql: str, params: Sequence[Any], hints: Hints
+    ) -> Outcome:
+        analysis = self.classifier.analyze(sql)
+        hint = hints.shard
+        target = resolve_shards(analysis, params, hint, self.config) if (
+            hint or analysis.keys
+        ) else None
+        if target is not None and target.shard != tx.shard:
+            raise CrossShardError(
+                f"transaction {tx.id} is on shard {tx.shard}; this statement is for {target.shard}"
+            )
+        async with tx.lock:
+            if tx.failed:
+                raise TransactionError(
+                    "TRANSACTION_ABORTED",
+                    "an earlier statement failed; only rollback is accepted",
+                )
+            try:
+                columns, rows, status = await tx.backend.run(sql, params)
+            except asyncpg.PostgresError:
+                tx.failed = True
+                raise
+            if not analysis.read_only:
+                tx.wrote = True
+            if analysis.changes_session_state:
+                tx.backend.dirty = True
+        return Outcome(columns, rows, status, tx.shard, tx.node.name, WireRole.PRIMARY)
+
+    async def batch(
+        self, session: Session, statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints
+    ) -> Outcome:
+        """Run statements in order, atomically, on one shard's primary."""
+        if not statements:
+            raise CrossShardError("empty batch")
+        first_sql, first_params = statements[0]
+        _, target = self.target_for(first_sql, first_params, hints)
+        for sql, params in statements[1:]:
+            # Every statement must belong to the batch's shard (a hint covers the batch).
+            analysis = self.classifier.analyze(sql)
+            if hints.shard is None and analysis.keys:
+                other = resolve_shards(analysis, params, None, self.config)
+                if other.shard != target.shard:
+                    raise CrossShardError(
+                        f"batch mixes shards {target.shard} and {other.shard}; "
+                        "two-phase commit across shards is not supported yet"
+                    )
+        if hints.tx is not None:
+            total = 0
+            last: Outcome | None = None
+            for sql, params in statements:
+                last = await self._in_transaction(
+                    session, session.get(hints.tx), sql, params, hints
+                )
+                total += last.rowcount
+            assert last is not None
+            return Outcome([], [], last.status, last.shard, last.node, last.role)
+        shard = self._shard(target.shard)
+        node = shard.primary
+        backend = await self._acquire(node)
+        try:
+            async with backend.conn.transaction():
+                if all(sql == first_sql for sql, _ in statements):
+                    status = await backend.run_many(first_sql, [p for _, p in statements])
+                else:
+                    for sql, params in statements:
+                        _, _, status = await backend.run(sql, params)
+                    status = f"BATCH {len(statements)}"
+            lsn = await backend.scalar(PRIMARY_LSN_SQL)
+        except _CONNECTION_ERRORS as exc:
+            node.pool.release(backend, broken=True)
+            raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
+        except BaseException:
+            node.pool.release(backend, broken=backend.conn.is_in_transaction())
+            raise
+        node.pool.release(backend)
+        session.note_write(shard.name, lsn)
+        return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY,
+                       f"{shard.name}:{lsn}")
+
+    # ---- transactions ----------------------------------------------------------------------
+
+    async def begin(
+        self, session: Session, hints: Hints, isolation: Isolation | None, read_only: bool
+    ) -> Transaction:
+        if hints.shard is not None:
+            if hints.shard not in self.config.shards:
+                raise UnknownShardError(f"shard hint {hints.shard!r} is not a shard")
+            shard_name = hints.shard
+        elif hints.shard_key is not None:
+            shard_name = self.shard_for_key(hints.shard_key)
+        else:
+            raise MissingShardKeyError(["a shard or shard_key hint on begin"])
+        shard = self._shard(shard_name)
+        node = shard.primary
+        backend = await self._acquire(node)
+        sql = "BEGIN"
+        if isolation is not None:
+            sql += f" ISOLATION LEVEL {_ISOLATION[isolation]}"
+        if read_only:
+            sql += " READ ONLY"
+        try:
+            await backend.conn.execute(sql)
+            return session.open(shard_name, node, backend)
+        except BaseException:
+            node.pool.release(backend, broken=True)
+            raise
+
+    async def commit(self, session: Session, tx_id: int) -> Outcome:
+        tx = session.get(tx_id)
+        async with tx.lock:
+            del session.transactions[tx.id]
+            if tx.failed:
+                await self._finish(tx, "ROLLBACK")
+                raise TransactionError(
+                    "TRANSACTION_ABORTED", "the transaction failed earlier and was rolled back"
+                )
+            token = None
+            try:
+                await tx.backend.conn.execute("COMMIT")
+                if tx.wrote:
+                    lsn = await tx.backend.scalar(PRIMARY_LSN_SQL)
+                    session.note_write(tx.shard, lsn)
+                    token = f"{tx.shard}:{lsn}"
+            except BaseException:
+                tx.node.pool.release(tx.backend, broken=True)
+                raise
+            tx.node.pool.release(tx.backend)
+        return Outcome([], [], "COMMIT", tx.shard, tx.node.name, WireRole.PRIMARY, token)
+
+    async def rollback(self, session: Session, tx_id: int) -> Outcome:
+        tx = session.get(tx_id)
+        async with tx.lock:
+            del session.transactions[tx.id]
+            await self._finish(tx, "ROLLBACK")
+        return Outcome([], [], "ROLLBACK", tx.shard, tx.node.name, WireRole.PRIMARY)
+
+    async def _finish(self, tx: Transaction, sql: str) -> None:
+        try:
+            await tx.backend.conn.execute(sql)
+        except BaseException:
+            tx.node.pool.release(tx.backend, broken=True)
+            raise
+        tx.node.pool.release(tx.backend)
+
+    async def close_session(self, session: Session) -> None:
+        """The client went away: roll back whatever it left open."""
+        for tx in list(session.transactions.values()):
+            session.transactions.pop(tx.id, None)
+            try:
+                await self._finish(tx, "ROLLBACK")
+            except Exception:  # the connection is dropped by _finish on failure
+                pass
+
+    def topology_snapshot(self) -> dict[str, Any]:
+        return self.topology.snapshot()

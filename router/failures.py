@@ -1,0 +1,97 @@
+"""Maps whatever went wrong while serving a request to a typed protocol Error reply.
+
+One table, so every failure a client can see has a stable code, a clear message, the SQLSTATE
+when PostgreSQL raised it, and whether retrying is safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from protocol.errors import ErrorCode, ProtocolError
+from router.classify import SqlParseError, UnsupportedStatementError
+from router.docstore import (
+    DocOperationError,
+    DocUnavailableError,
+    DuplicateDocumentError,
+)
+from router.pool import NodeUnavailableError, PoolTimeoutError
+from router.routing import (
+    CrossShardError,
+    MissingShardKeyError,
+    RoutingError,
+    UnknownShardError,
+)
+from router.session import TransactionError
+
+__all__ = ["Failure", "failure_for"]
+
+
+@dataclass(slots=True)
+class Failure:
+    code: ErrorCode
+    message: str
+    sqlstate: str | None = None
+    retryable: bool = False
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class RequestTimeout(Exception):
+    pass
+
+
+class ShuttingDown(Exception):
+    pass
+
+
+def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
+    """The Error reply for `exc`. `read_only` says the request was a read (safe to retry)."""
+    if isinstance(exc, SqlParseError):
+        detail = {} if exc.position is None else {"position": exc.position + 1}
+        return Failure(ErrorCode.SQL_PARSE_ERROR, exc.message, sqlstate="42601", detail=detail)
+    if isinstance(exc, MissingShardKeyError):
+        return Failure(ErrorCode.MISSING_SHARD_KEY, str(exc), detail={"wanted": list(exc.wanted)})
+    if isinstance(exc, UnknownShardError):
+        return Failure(ErrorCode.UNKNOWN_SHARD, str(exc))
+    if isinstance(exc, CrossShardError):
+        return Failure(ErrorCode.CROSS_SHARD_UNSUPPORTED, str(exc))
+    if isinstance(exc, (RoutingError, UnsupportedStatementError)):
+        return Failure(ErrorCode.INVALID_REQUEST, str(exc))
+    if isinstance(exc, NodeUnavailableError):
+        # A write whose connection died mid-flight may have applied: only reads are safe.
+        return Failure(ErrorCode.NODE_UNAVAILABLE, str(exc), retryable=True)
+    if isinstance(exc, PoolTimeoutError):
+        return Failure(ErrorCode.POOL_EXHAUSTED, str(exc), retryable=True)
+    if isinstance(exc, RequestTimeout):
+        return Failure(ErrorCode.TIMEOUT, str(exc), retryable=read_only)
+    if isinstance(exc, ShuttingDown):
+        return Failure(ErrorCode.SHUTTING_DOWN, str(exc), retryable=True)
+    if isinstance(exc, TransactionError):
+        return Failure(ErrorCode[exc.code_name], str(exc))
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate == "25006":  # read_only_sql_transaction: a write reached a replica
+            return Failure(ErrorCode.READ_ONLY, str(exc), sqlstate=sqlstate, retryable=True)
+        if sqlstate == "57014":  # query_canceled (statement_timeout)
+            return Failure(ErrorCode.TIMEOUT, str(exc), sqlstate=sqlstate, retryable=read_only)
+        info: dict[str, Any] = {}
+        for attr in ("detail", "hint", "constraint_name", "table_name", "column_name"):
+            value = getattr(exc, attr, None)
+            if value:
+                info[attr] = value
+        return Failure(ErrorCode.POSTGRES_ERROR, str(exc), sqlstate=sqlstate, detail=info)
+    if isinstance(exc, asyncpg.exceptions.DataError) or isinstance(exc, (TypeError, ValueError)):
+        # asyncpg refuses a parameter of the wrong type before anything is sent.
+        return Failure(ErrorCode.INVALID_REQUEST, f"invalid parameters: {exc}")
+    if isinstance(exc, DuplicateDocumentError):
+        return Failure(ErrorCode.DOC_DUPLICATE_KEY, str(exc))
+    if isinstance(exc, DocUnavailableError):
+        return Failure(ErrorCode.DOC_UNAVAILABLE, str(exc), retryable=True)
+    if isinstance(exc, DocOperationError):
+        return Failure(ErrorCode.DOC_ERROR, str(exc))
+    if isinstance(exc, ProtocolError):
+        return Failure(exc.code, exc.message)
+    return Failure(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")

@@ -1,0 +1,286 @@
+"""The protocol server: one asyncio.Protocol per client connection.
+
+Bytes go through protocol.FrameDecoder; each request runs as its own task so many can be in
+flight on one connection and replies leave in completion order. Replies produced in one turn
+of the event loop are written with a single write (loopback system calls dominate a proxy's
+cost). The connection authenticates in its first message; a malformed frame gets a typed
+error and closes only that connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from protocol import (
+    Admin,
+    AdminReply,
+    Batch,
+    Begin,
+    Commit,
+    Doc,
+    DocReply,
+    Encoder,
+    ErrorCode,
+    FrameDecoder,
+    Hello,
+    HelloOk,
+    Message,
+    Ping,
+    Pong,
+    ProtocolError,
+    Query,
+    QueryKind,
+    Rollback,
+    RouteInfo,
+    TxStarted,
+    choose_version,
+)
+from protocol.messages import Role as WireRole
+from router.executor import Outcome
+from router.failures import Failure, RequestTimeout, ShuttingDown, failure_for
+from router.session import Session
+
+if TYPE_CHECKING:
+    from router.daemon import RouterNode
+
+__all__ = ["ClientConnection"]
+
+log = logging.getLogger("georoute.server")
+
+# Pause reading from a client whose replies pile up unsent beyond this many bytes.
+_HIGH_WATER = 4 * 1024 * 1024
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, node: RouterNode) -> None:
+        self._node = node
+        self._loop = asyncio.get_running_loop()
+        self._decoder = FrameDecoder(node.config.router.max_frame_bytes)
+        self._encoder: Encoder = node.encoder
+        self._transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._flush_pending = False
+        self._authed = False
+        self._closing = False
+        self.session = Session()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.peer = "?"
+        self._handlers: dict[type, Callable[[Any], Any]] = {
+            Query: self._query,
+            Batch: self._batch,
+            Begin: self._begin,
+            Commit: self._commit,
+            Rollback: self._rollback,
+            Doc: self._doc,
+            Admin: self._admin,
+        }
+
+    # ---- transport callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.set_write_buffer_limits(high=_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._node.connections.add(self)
+        self._node.metrics.connections.inc()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._node.connections.discard(self)
+        for task in self.tasks:
+            task.cancel()
+        if self.session.transactions:
+            self._node.spawn(self._node.executor.close_session(self.session))
+
+    def close(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._decoder.feed(data)
+        except ProtocolError as exc:
+            for message in getattr(exc, "messages", []):
+                self._dispatch(message)
+            self._fatal(exc.request_id or 0, exc.code, exc.message)
+            return
+        for message in messages:
+            self._dispatch(message)
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if self._closing or self._transport is None:
+            return
+        self._out.append(data)
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        out, self._out = self._out, []
+        if out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _send_failure(self, request_id: int, failure: Failure, kind: str) -> None:
+        self._node.metrics.errors.labels(failure.code.name).inc()
+        self.send(
+            self._encoder.encode_error(
+                request_id,
+                failure.code,
+                failure.message,
+                sqlstate=failure.sqlstate,
+                retryable=failure.retryable,
+                detail=failure.detail,
+            )
+        )
+
+    def _fatal(self, request_id: int, code: ErrorCode, message: str) -> None:
+        """Reply with an error, then close this connection (others are unaffected)."""
+        log.info("closing connection %s: %s", self.peer, message)
+        self._send_failure(request_id, Failure(code, message), "connection")
+        self._flush()
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    # ---- dispatch --------------------------------------------------------------------------
+
+    def _dispatch(self, message: Message) -> None:
+        if self._closing:
+            return
+        if not self._authed:
+            self._handshake(message)
+            return
+        if isinstance(message, Ping):
+            self.send(self._encoder.encode(Pong(message.id)))
+            return
+        if isinstance(message, Hello):
+            self._fatal(message.id, ErrorCode.INVALID_REQUEST, "handshake already done")
+            return
+        if self._node.draining:
+            self._send_failure(
+                message.id, failure_for(ShuttingDown("router node is shutting down")), "any"
+            )
+            return
+        task = self._loop.create_task(self._handle(message))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _handshake(self, message: Message) -> None:
+        if not isinstance(message, Hello):
+            self._fatal(
+                getattr(message, "id", 0), ErrorCode.HANDSHAKE_REQUIRED, "send Hello first"
+            )
+            return
+        expected = self._node.auth_token
+        given = message.token or ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            self._fatal(message.id, ErrorCode.AUTH_FAILED, "authentication failed: bad token")
+            return
+        try:
+            version = choose_version(message.versions)
+        except ProtocolError as exc:
+            self._fatal(message.id, exc.code, exc.message)
+            return
+        self._authed = True
+        self.session.client_name = message.client_name
+        info = {"server": "georoute", "shards": list(self._node.config.shards)}
+        self.send(
+            self._encoder.encode(HelloOk(message.id, version, self._node.config.router.node_name,
+                                         info))
+        )
+
+    async def _handle(self, message: Any) -> None:
+        started = time.perf_counter()
+        kind = type(message).__name__.lower()
+        read_only = False
+        try:
+            timeout_ms = getattr(getattr(message, "hints", None), "timeout_ms", None)
+            handler = self._handlers[type(message)]
+            if timeout_ms:
+                try:
+                    async with asyncio.timeout(timeout_ms / 1000):
+                        reply, outcome = await handler(message)
+                except TimeoutError as exc:
+                    raise RequestTimeout(f"request took longer than {timeout_ms} ms") from exc
+            else:
+                reply, outcome = await handler(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure becomes a typed error reply
+            if isinstance(message, Query):
+                try:
+                    read_only = self._node.executor.classifier.analyze(message.sql).read_only
+                except Exception:
+                    read_only = False
+            failure = failure_for(exc, read_only=read_only)
+            if failure.code is ErrorCode.INTERNAL:
+                log.exception("internal error serving %s", kind)
+            self._send_failure(message.id, failure, kind)
+            self._node.metrics.requests.labels(kind, "", "", failure.code.name).inc()
+            self._node.metrics.latency.labels(kind).observe(time.perf_counter() - started)
+            return
+        self.send(reply)
+        if outcome is not None:
+            self._node.metrics.requests.labels(kind, outcome.shard, outcome.role.value, "ok").inc()
+        else:
+            self._node.metrics.requests.labels(kind, "", "", "ok").inc()
+        self._node.metrics.latency.labels(kind).observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _route(outcome: Outcome) -> RouteInfo:
+        return RouteInfo(outcome.shard, outcome.node, outcome.role)
+
+    async def _query(self, m: Query) -> tuple[bytes, Outcome]:
+        o = await self._node.executor.query(self.session, m.sql, m.params, m.hints)
+        enc = self._encoder
+        if m.kind is QueryKind.FETCH and m.hints.want_rows:
+            return enc.encode_rows(m.id, o.columns, o.rows, o.status, self._route(o),
+                                   o.ryw_token), o
+        return enc.encode_status(m.id, o.status, o.rowcount, self._route(o), o.ryw_token), o
+
+    async def _batch(self, m: Batch) -> tuple[bytes, Outcome]:
+        o = await self._node.executor.batch(self.session, m.statements, m.hints)
+        return self._encoder.encode_status(
+            m.id, o.status, len(m.statements), self._route(o), o.ryw_token
+        ), o
+
+    async def _begin(self, m: Begin) -> tuple[bytes, None]:
+        tx = await self._node.executor.begin(self.session, m.hints, m.isolation, m.read_only)
+        route = RouteInfo(tx.shard, tx.node.name, WireRole.PRIMARY)
+        return self._encoder.encode(TxStarted(m.id, tx.id, route)), None
+
+    async def _commit(self, m: Commit) -> tuple[bytes, Outcome]:
+        o = await self._node.executor.commit(self.session, m.tx)
+        return self._encoder.encode_status(m.id, o.status, 0, self._route(o), o.ryw_token), o
+
+    async def _rollback(self, m: Rollback) -> tuple[bytes, Outcome]:
+        o = await self._node.executor.rollback(self.session, m.tx)
+        return self._encoder.encode_status(m.id, o.status, 0, self._route(o)), o
+
+    async def _doc(self, m: Doc) -> tuple[bytes, None]:
+        result = await self._node.docstore.run(m.collection, m.op, m.args)
+        return self._encoder.encode(DocReply(m.id, result)), None
+
+    async def _admin(self, m: Admin) -> tuple[bytes, None]:
+        if m.op != "topology":
+            raise ValueError(f"unknown admin op {m.op!r} (known: topology)")
+        return self._encoder.encode(AdminReply(m.id, self._node.topology_report())), None
