@@ -16,7 +16,12 @@ from router.errors import ClusterError, ConfigError, GeorouteError
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 # Modules that add subcommands; append yours here.
-COMMAND_MODULES: tuple[str, ...] = ("router.cluster.cli", "router.daemon_cli", "router.db.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "router.cluster.cli",
+    "router.daemon_cli",
+    "router.demo_cli",
+    "router.db.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
