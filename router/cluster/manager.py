@@ -36,11 +36,11 @@ R = TypeVar("R")
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from sync code, even when called inside a running loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
+    """Run a coroutine to completion from sync code.
+
+    Always on a helper thread: asyncio.run on the caller's thread would fail inside a running
+    loop and would reset the thread's current event loop (which pytest-asyncio relies on).
+    """
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
 
@@ -129,16 +129,18 @@ class LocalCluster:
             raise ClusterError("document_store.uri does not point at this machine")
         return DocStore(layout, self._docstore_port)
 
-    def _pg(self, layout: Layout, user: ServerUser | None = None) -> PgRunner:
+    def _pg(
+        self, layout: Layout, user: ServerUser | None = None, found: PgBinaries | None = None
+    ) -> PgRunner:
         """A runner for `layout`; binaries are resolved on first use (down may not need them)."""
         if self._runner is not None and self._runner.layout == layout:
             return self._runner
         user = user or ensure_server_user(self.config.cluster.server_user)
         recorded = layout.load_manifest().get("pg_bin")
-        if recorded and (Path(recorded) / "pg_ctl").exists():
+        if found is None and recorded and (Path(recorded) / "pg_ctl").exists():
             bins = PgBinaries(Path(recorded), "manifest")
         else:
-            found = find_pg_bin(self.config.cluster.pg_bin, config_dir(self.config))
+            found = found or find_pg_bin(self.config.cluster.pg_bin, config_dir(self.config))
             bins = make_reachable(found, user)
         self._runner = PgRunner(bins, user, layout, self.config.database.user)
         return self._runner
@@ -171,8 +173,10 @@ class LocalCluster:
         """Start whatever is not running; wait for writable primaries and streaming replicas."""
         deadline = time.monotonic() + self.timeout
         user = ensure_server_user(self.config.cluster.server_user)
+        # Binaries first: a bad cluster.pg_bin must fail before anything is created.
+        found = find_pg_bin(self.config.cluster.pg_bin, config_dir(self.config))
         layout = prepare_layout(self.config, user)
-        runner = self._pg(layout, user)
+        runner = self._pg(layout, user, found)
         docstore = self._docstore(layout) if self._docstore_port else None
 
         down = [n for n in self.nodes.values() if runner.pid(n) is None]

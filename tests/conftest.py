@@ -1,0 +1,40 @@
+"""Session fixtures: the test configuration (router.toml moved 10000 ports up, its own state
+dir) and one real local cluster for the whole session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from router.cluster import LocalCluster
+from router.config import Config, load_config, with_port_offset
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_PORT_OFFSET = 10000
+TEST_STATE_DIR = REPO / ".georoute-test"
+
+
+@pytest.fixture(scope="session")
+def test_config() -> Config:
+    """router.toml with every port moved up by 10000 (16501.., docstore 37117, router 16600)."""
+    return with_port_offset(
+        load_config(REPO / "router.toml"), TEST_PORT_OFFSET, str(TEST_STATE_DIR)
+    )
+
+
+@pytest.fixture(scope="session")
+def cluster(test_config: Config) -> Iterator[LocalCluster]:
+    """The running test cluster. GEOROUTE_KEEP_CLUSTER=1 leaves it up for fast reruns."""
+    local = LocalCluster(test_config)
+    local.up()
+    yield local
+    if os.environ.get("GEOROUTE_KEEP_CLUSTER") != "1":
+        local.down(purge=True)
+
+
+@pytest.fixture(scope="session")
+def docstore_uri(cluster: LocalCluster) -> str:
+    return cluster.docstore_uri

@@ -1,0 +1,151 @@
+"""`georoute cluster` against real processes: replication, idempotent up, status, a taken port,
+and clean-up after a node was killed with SIGKILL (on a separate scratch cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import asyncpg
+import pytest
+from pymongo import MongoClient
+
+from router.cluster import DOCSTORE, LocalCluster, NodeState, Role
+from router.cluster.layout import state_dir_of
+from router.cluster.process import wait_exit
+from router.cluster.status import to_json
+from router.config import Config, with_port_offset
+from router.errors import PortInUseError
+
+
+def _scratch_config(test_config: Config, extra_offset: int, name: str) -> Config:
+    """One shard (primary + replica) and a document store on ports far from the test cluster."""
+    moved = with_port_offset(
+        test_config, extra_offset, str(Path(test_config.cluster.state_dir) / name)
+    )
+    return replace(moved, shards={"north_america": moved.shards["north_america"]})
+
+
+async def _wait_for_replay(conn: asyncpg.Connection, lsn: str, deadline: float) -> None:
+    """Until the replica has replayed the primary's WAL up to `lsn`."""
+    while not await conn.fetchval("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", lsn):
+        assert time.monotonic() < deadline, f"replica never replayed up to {lsn}"
+        await asyncio.sleep(0.005)
+
+
+async def test_write_on_primary_is_visible_on_replica(
+    cluster: LocalCluster, test_config: Config
+) -> None:
+    for shard in test_config.shards.values():
+        token = uuid.uuid4().hex
+        primary = await asyncpg.connect(cluster.dsn(f"{shard.name}-primary"))
+        try:
+            await primary.execute(
+                "CREATE TABLE IF NOT EXISTS cluster_smoke (token text PRIMARY KEY, shard text)"
+            )
+            await primary.execute("INSERT INTO cluster_smoke VALUES ($1, $2)", token, shard.name)
+            lsn = await primary.fetchval("SELECT pg_current_wal_lsn()::text")
+        finally:
+            await primary.close()
+        for i in range(1, len(shard.replicas) + 1):
+            replica_dsn = cluster.dsn(f"{shard.name}-replica{i}")
+            assert f":{shard.replicas[i - 1].port}/" in replica_dsn
+            replica = await asyncpg.connect(replica_dsn)
+            try:
+                assert await replica.fetchval("SELECT pg_is_in_recovery()")
+                await _wait_for_replay(replica, lsn, time.monotonic() + 10)
+                row = await replica.fetchrow("SELECT * FROM cluster_smoke WHERE token = $1", token)
+                assert row is not None and row["shard"] == shard.name
+            finally:
+                await replica.close()
+
+
+def test_up_twice_keeps_the_same_processes(cluster: LocalCluster) -> None:
+    before = {s.name: s.pid for s in cluster.status()}
+    assert all(before.values()), before
+    after = {s.name: s.pid for s in cluster.up()}
+    assert after == before
+
+
+def test_status_reports_roles_and_streaming(cluster: LocalCluster, test_config: Config) -> None:
+    statuses = {s.name: s for s in cluster.status()}
+    for shard, name, address in test_config.all_nodes():
+        s = statuses[name]
+        assert s.state is NodeState.RUNNING and s.pid == cluster.pid(name)
+        assert s.port == address.port and s.shard == shard
+        if name.endswith("-primary"):
+            assert s.role is Role.PRIMARY
+        else:
+            assert s.role is Role.REPLICA
+            assert s.replication_state == "streaming"
+            assert s.replica_lag_bytes is not None and s.replica_lag_bytes >= 0
+    assert statuses[DOCSTORE].role is Role.DOCSTORE
+    assert statuses[DOCSTORE].state is NodeState.RUNNING
+    decoded = json.loads(to_json(list(statuses.values())))
+    assert {d["name"] for d in decoded} == set(statuses)
+
+
+def test_docstore_answers(docstore_uri: str) -> None:
+    client: MongoClient[dict[str, object]] = MongoClient(
+        docstore_uri, serverSelectionTimeoutMS=5000
+    )
+    try:
+        assert client.admin.command("ping")["ok"] == 1
+    finally:
+        client.close()
+
+
+def test_taken_port_is_named_and_nothing_starts(test_config: Config) -> None:
+    config = _scratch_config(test_config, 20100, "scratch-ports")
+    replica = config.shards["north_america"].replicas[0]
+    local = LocalCluster(config)
+    with socket.socket() as squatter:
+        # REUSEADDR: earlier runs may leave TIME_WAIT sockets; listening still blocks the port.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", replica.port))
+        squatter.listen()
+        with pytest.raises(PortInUseError) as info:
+            local.up()
+    message = str(info.value)
+    assert f"port {replica.port}" in message
+    assert "north_america-replica1" in message
+    assert "shards.north_america.replicas[0].port" in message
+    assert all(s.state is NodeState.STOPPED for s in local.status())
+    assert not list(state_dir_of(config).glob("*/data"))
+    local.down(purge=True)
+
+
+@pytest.fixture
+def scratch(test_config: Config) -> Iterator[LocalCluster]:
+    local = LocalCluster(_scratch_config(test_config, 20000, "scratch-kill"))
+    try:
+        yield local
+    finally:
+        local.down(purge=True)
+
+
+def test_down_after_kill_9_cleans_up(scratch: LocalCluster) -> None:
+    pids = {s.name: s.pid for s in scratch.up()}
+    assert all(pids.values()), pids
+    victim = pids["north_america-primary"]
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    assert wait_exit(victim, 10)
+
+    scratch.down()
+    for name, pid in pids.items():
+        assert pid is not None and wait_exit(pid, 5), f"{name} ({pid}) still running"
+    assert all(s.state is NodeState.STOPPED for s in scratch.status())
+    state = state_dir_of(scratch.config)
+    assert not list(Path(state).glob("*/data/postmaster.pid"))
+
+    scratch.down(purge=True)
+    assert not state.exists()

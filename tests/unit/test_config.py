@@ -1,0 +1,133 @@
+"""router.toml validation: each kind of mistake is a ConfigError naming the key, and the CLI
+turns it into one line on stderr and exit status 2 without starting anything."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.config import load_config, parse_config, with_port_offset
+from router.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+RAW: dict[str, Any] = tomllib.loads((REPO / "router.toml").read_text())
+
+
+def _raw() -> dict[str, Any]:
+    return copy.deepcopy(RAW)
+
+
+def _rejects(raw: dict[str, Any], key: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == key
+    assert key in str(info.value)
+    return info.value
+
+
+def test_the_shipped_config_is_valid() -> None:
+    config = load_config(REPO / "router.toml")
+    assert [name for _, name, _ in config.all_nodes()][:2] == [
+        "north_america-primary",
+        "north_america-replica1",
+    ]
+    assert config.document_store_port() == 27117
+
+
+def test_port_offset_moves_every_local_port() -> None:
+    config = with_port_offset(load_config(REPO / "router.toml"), 10000, "/tmp/x")
+    assert config.shards["north_america"].primary.port == 16501
+    assert config.document_store_port() == 37117
+    assert config.router.listen_port == 16600
+    assert config.cluster.state_dir == "/tmp/x"
+
+
+def test_unknown_key() -> None:
+    raw = _raw()
+    raw["router"]["lisen_port"] = 1
+    _rejects(raw, "router.lisen_port")
+
+
+def test_unknown_section() -> None:
+    raw = _raw()
+    raw["routr"] = {}
+    _rejects(raw, "routr")
+
+
+def test_missing_shard() -> None:
+    raw = _raw()
+    del raw["shards"]["asia"]
+    _rejects(raw, "shards.asia")
+
+
+def test_duplicate_port() -> None:
+    raw = _raw()
+    raw["shards"]["europe"]["primary"]["port"] = raw["shards"]["north_america"]["primary"]["port"]
+    error = _rejects(raw, "shards.europe.primary.port")
+    assert "duplicate port" in error.message
+
+
+def test_wrong_type() -> None:
+    raw = _raw()
+    raw["database"]["pool_max_size"] = "16"
+    _rejects(raw, "database.pool_max_size")
+
+
+@pytest.mark.parametrize("number", [256, -1])
+def test_shard_number_out_of_range(number: int) -> None:
+    raw = _raw()
+    raw["shards"]["asia"]["number"] = number
+    _rejects(raw, "shards.asia.number")
+
+
+def test_shard_number_used_twice() -> None:
+    raw = _raw()
+    raw["shards"]["asia"]["number"] = raw["shards"]["europe"]["number"]
+    _rejects(raw, "shards.asia.number")
+
+
+def test_pool_min_above_pool_max() -> None:
+    raw = _raw()
+    raw["database"]["pool_min_size"] = 20
+    raw["database"]["pool_max_size"] = 10
+    _rejects(raw, "database.pool_min_size")
+
+
+def _georoute(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "router.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    text = (REPO / "router.toml").read_text().replace("pool_max_size = 16", 'pool_max_size = "x"')
+    bad.write_text(text.replace('state_dir = ".georoute"', 'state_dir = "state"'))
+    proc = _georoute("--config", str(bad), "cluster", "up")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("georoute: invalid config: database.pool_max_size: ")
+    assert not (tmp_path / "state").exists()
+
+
+def test_cli_rejects_a_missing_pg_bin_before_creating_anything(tmp_path: Path) -> None:
+    config = tmp_path / "router.toml"
+    text = (REPO / "router.toml").read_text().replace('pg_bin = ""', 'pg_bin = "no/such/dir"')
+    config.write_text(text.replace('state_dir = ".georoute"', 'state_dir = "state"'))
+    proc = _georoute("--config", str(config), "cluster", "up")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("georoute: invalid config: cluster.pg_bin: ")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "state").exists()
