@@ -54,6 +54,10 @@ def _wait_for_line(proc: subprocess.Popen[str], marker: str, timeout: float) -> 
     return False
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the demo the way Ctrl-C does
+
+
 def _run(args: argparse.Namespace, config: Config) -> int:
     cluster = LocalCluster(config)
     already = [s for s in cluster.status() if s.running]
@@ -92,10 +96,11 @@ georoute is serving:
 
 Try it (README.md, "Try it", has more):
   export {r.auth_token_env}={token}
-  .venv/bin/python examples/quickstart.py georoute://{r.listen_host}:{r.listen_port}
+  .venv/bin/python -m client georoute://{r.listen_host}:{r.listen_port} \\
+      "SELECT title, price FROM courses WHERE region = \\$1 LIMIT 5" europe
 
 Ctrl-C stops the router{' and the cluster' if started_cluster else ''}.""", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGTERM, _interrupt)
         assert router.stdout is not None
         for line in router.stdout:  # relay the router's log until it exits or Ctrl-C
             print(line, end="")
