@@ -1,0 +1,346 @@
+"""The application-facing client: `await connect(dsn)`, then fetch/execute/transaction/docs.
+It owns the retry policy and the session's read-your-writes state; it makes no routing
+decisions (the router does)."""
+
+# A per-request `timeout=` (not an asyncio.timeout around the call) because it is also sent to
+# the router as timeout_ms and bounds all retries together.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from client.connection import Connection
+from client.docs import Collection
+from client.dsn import parse_dsn
+from client.errors import (
+    ConnectionLostError,
+    GeorouteError,
+    NoRouterAvailableError,
+    ProtocolViolationError,
+    RequestTimeoutError,
+    error_from_reply,
+)
+from client.pool import PoolConfig, RouterPool
+from client.record import Record
+from client.replies import rows_of, status_of
+from client.transaction import Transaction
+from protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    Admin,
+    AdminReply,
+    Batch,
+    Consistency,
+    Error,
+    Hints,
+    Isolation,
+    Ping,
+    Pong,
+    Query,
+    QueryKind,
+    Reply,
+    Request,
+    merge_ryw_token,
+)
+
+__all__ = ["Client", "connect", "looks_read_only"]
+
+_FIRST_WORD = re.compile(r"(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*([A-Za-z]+)", re.DOTALL)
+_READ_WORDS = frozenset({"select", "show", "values", "table"})
+
+
+def looks_read_only(sql: str) -> bool:
+    """Whether a statement is safe to retry by default: its first keyword is SELECT, SHOW,
+    VALUES or TABLE. (WITH is excluded: a CTE may write. A SELECT of a function that writes
+    must be sent with idempotent=False.)"""
+    match = _FIRST_WORD.match(sql)
+    return match is not None and match.group(1).lower() in _READ_WORDS
+
+
+class Client:
+    """A pool of pipelined connections to the router nodes plus the session state."""
+
+    def __init__(
+        self,
+        pool: RouterPool,
+        *,
+        command_timeout: float | None = None,
+        max_retries: int = 3,
+        retry_backoff: float = 0.02,
+        retry_backoff_max: float = 1.0,
+        session_consistency: bool = True,
+    ) -> None:
+        self._pool = pool
+        self.command_timeout = command_timeout
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.session_consistency = session_consistency
+        self._ryw: dict[str, int] = {}
+        self._closed = False
+
+    # -- lifecycle
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._pool.close()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    @property
+    def ryw_state(self) -> dict[str, int]:
+        """The session's read-your-writes map {shard: highest LSN written}."""
+        return dict(self._ryw)
+
+    @property
+    def connections(self) -> list[Connection]:
+        return self._pool.connections
+
+    # -- SQL
+
+    async def fetch(
+        self,
+        sql: str,
+        *args: Any,
+        shard: str | None = None,
+        shard_key: Any = None,
+        consistency: Consistency | str | None = None,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        idempotency_key: str | None = None,
+    ) -> list[Record]:
+        hints = self._hints(shard, shard_key, consistency, idempotency_key, timeout)
+        retry = _retry_ok(idempotent, idempotency_key, sql)
+        reply = await self._call(Query(0, sql, list(args), QueryKind.FETCH, hints), retry, timeout)
+        return rows_of(reply)
+
+    async def fetchrow(self, sql: str, *args: Any, **kwargs: Any) -> Record | None:
+        result = await self.fetch(sql, *args, **kwargs)
+        return result[0] if result else None
+
+    async def fetchval(self, sql: str, *args: Any, column: int = 0, **kwargs: Any) -> Any:
+        row = await self.fetchrow(sql, *args, **kwargs)
+        return None if row is None else row[column]
+
+    async def execute(
+        self,
+        sql: str,
+        *args: Any,
+        shard: str | None = None,
+        shard_key: Any = None,
+        consistency: Consistency | str | None = None,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Run a statement for its effect; returns the command status, e.g. "INSERT 0 1"."""
+        hints = self._hints(shard, shard_key, consistency, idempotency_key, timeout)
+        hints.want_rows = False
+        retry = _retry_ok(idempotent, idempotency_key, sql)
+        query = Query(0, sql, list(args), QueryKind.EXECUTE, hints)
+        return status_of(await self._call(query, retry, timeout))
+
+    async def executemany(
+        self,
+        sql: str,
+        args: Iterable[Sequence[Any]],
+        *,
+        shard: str | None = None,
+        shard_key: Any = None,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Run `sql` once per parameter list, in order, on one shard (one round trip)."""
+        hints = self._hints(shard, shard_key, None, idempotency_key, timeout)
+        retry = bool(idempotent) or idempotency_key is not None
+        batch = Batch(0, [(sql, list(a)) for a in args], hints)
+        return status_of(await self._call(batch, retry, timeout))
+
+    def transaction(
+        self,
+        *,
+        shard: str | None = None,
+        shard_key: Any = None,
+        isolation: Isolation | str | None = None,
+        read_only: bool = False,
+        timeout: float | None = None,
+    ) -> Transaction:
+        """`async with client.transaction(shard_key=region) as tx:` -- commits on success,
+        rolls back on an exception. All statements run on one pinned connection."""
+        iso = None if isolation is None else Isolation(isolation)
+        hints = self._hints(shard, shard_key, None, None, timeout)
+        return Transaction(self, hints, iso, read_only, timeout)
+
+    # -- document store
+
+    def docs(
+        self, collection: str, *, shard: str | None = None, shard_key: Any = None
+    ) -> Collection:
+        return Collection(self, collection, shard=shard, shard_key=shard_key)
+
+    # -- admin
+
+    async def ping(self, *, timeout: float | None = None) -> float:
+        """Round-trip time in seconds to one router node."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reply = await self._call(Ping(0), True, timeout)
+        if not isinstance(reply, Pong):
+            raise ProtocolViolationError(f"expected Pong, got {type(reply).__name__}")
+        return loop.time() - started
+
+    async def topology(self, *, timeout: float | None = None) -> dict[str, Any]:
+        reply = await self._call(Admin(0, "topology"), True, timeout)
+        if not isinstance(reply, AdminReply):
+            raise ProtocolViolationError(f"expected AdminReply, got {type(reply).__name__}")
+        return reply.payload
+
+    # -- internals shared with Transaction and Collection
+
+    def _hints(
+        self,
+        shard: str | None,
+        shard_key: Any,
+        consistency: Consistency | str | None,
+        idempotency_key: str | None,
+        timeout: float | None,
+    ) -> Hints:
+        hints = Hints(shard=shard, shard_key=shard_key, idempotency_key=idempotency_key)
+        if consistency is not None:
+            hints.consistency = Consistency(consistency)
+        effective = self.command_timeout if timeout is None else timeout
+        if effective is not None:
+            hints.timeout_ms = max(1, int(effective * 1000))
+        return hints
+
+    async def _call(self, message: Request, retry: bool, timeout: float | None) -> Reply:
+        reply, _ = await self._send(message, retry=retry, timeout=timeout)
+        return reply
+
+    async def _send(
+        self,
+        message: Request,
+        *,
+        retry: bool,
+        timeout: float | None,
+        conn: Connection | None = None,
+    ) -> tuple[Reply, Connection]:
+        """Send on `conn` (pinned, never retried) or on a pooled connection, retrying
+        retryable failures when `retry` allows it. Error replies are raised."""
+        if self._closed:
+            raise ConnectionLostError("client is closed")
+        loop = asyncio.get_running_loop()
+        if timeout is None:
+            timeout = self.command_timeout
+        deadline = None if timeout is None else loop.time() + timeout
+        hints: Hints | None = getattr(message, "hints", None)
+        delay = self.retry_backoff
+        attempt = 0
+        while True:
+            if hints is not None and self.session_consistency and self._ryw:
+                hints.ryw = dict(self._ryw)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise RequestTimeoutError(f"no reply within {timeout}s")
+            error: GeorouteError
+            try:
+                target = conn if conn is not None else await self._acquire(remaining, timeout)
+                reply = await target.request(message, remaining)
+            except NoRouterAvailableError:
+                raise
+            except ConnectionLostError as exc:
+                error = exc
+            else:
+                if not isinstance(reply, Error):
+                    self._observe(reply)
+                    return reply, target
+                error = error_from_reply(reply)
+            if conn is not None or not retry or not error.retryable:
+                raise error
+            if attempt >= self.max_retries:
+                raise error
+            attempt += 1
+            pause = delay if deadline is None else min(delay, max(0.0, deadline - loop.time()))
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, self.retry_backoff_max)
+
+    async def _acquire(self, remaining: float | None, timeout: float | None) -> Connection:
+        if remaining is None:
+            return await self._pool.acquire()
+        try:
+            async with asyncio.timeout(remaining):
+                return await self._pool.acquire()
+        except TimeoutError as exc:
+            if isinstance(exc, GeorouteError):
+                raise
+            raise RequestTimeoutError(f"no router connection within {timeout}s") from exc
+
+    def _observe(self, reply: Reply) -> None:
+        token = getattr(reply, "ryw_token", None)
+        if token:
+            merge_ryw_token(self._ryw, token)
+
+
+def _retry_ok(idempotent: bool | None, idempotency_key: str | None, sql: str) -> bool:
+    if idempotent is not None:
+        return idempotent
+    return idempotency_key is not None or looks_read_only(sql)
+
+
+async def connect(
+    dsn: str,
+    *,
+    token: str | None = None,
+    pool_size: int = 2,
+    client_name: str = "georoute-client",
+    connect_timeout: float = 5.0,
+    command_timeout: float | None = None,
+    max_retries: int = 3,
+    retry_backoff: float = 0.02,
+    reconnect_backoff: float = 0.05,
+    connect_rounds: int = 3,
+    session_consistency: bool = True,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> Client:
+    """Connect to the router nodes named in `dsn` ("georoute://host:port,host2:port2") and
+    return a ready Client (use it as `async with`). Raises AuthError on a bad token and
+    NoRouterAvailableError when no node answers."""
+    parsed = parse_dsn(dsn)
+    options = parsed.options
+    config = PoolConfig(
+        addresses=parsed.addresses,
+        token=token if token is not None else parsed.token,
+        size=int(options.get("pool_size", pool_size)),
+        client_name=options.get("client_name", client_name),
+        connect_timeout=float(options.get("connect_timeout", connect_timeout)),
+        reconnect_backoff=reconnect_backoff,
+        connect_rounds=connect_rounds,
+        max_frame_bytes=max_frame_bytes,
+    )
+    pool = RouterPool(config)
+    await pool.start()
+    return Client(
+        pool,
+        command_timeout=command_timeout,
+        max_retries=max_retries,
+        retry_backoff=retry_backoff,
+        session_consistency=session_consistency,
+    )
