@@ -25,13 +25,31 @@ def test_config() -> Config:
     )
 
 
+def _other_sessions(lease_dir: Path) -> bool:
+    """Whether another live test session still uses the cluster (its pid file is a lease)."""
+    for lease in lease_dir.glob("*"):
+        if lease.name.isdigit() and int(lease.name) != os.getpid():
+            if Path(f"/proc/{lease.name}").exists():
+                return True
+            lease.unlink(missing_ok=True)
+    return False
+
+
 @pytest.fixture(scope="session")
 def cluster(test_config: Config) -> Iterator[LocalCluster]:
-    """The running test cluster. GEOROUTE_KEEP_CLUSTER=1 leaves it up for fast reruns."""
+    """The running test cluster. GEOROUTE_KEEP_CLUSTER=1 leaves it up for fast reruns.
+
+    Sessions that overlap (several engineers, one checkout) share it: the last one out stops it.
+    """
     local = LocalCluster(test_config)
     local.up()
+    lease_dir = local.state_dir / "sessions"
+    lease_dir.mkdir(exist_ok=True)
+    lease = lease_dir / str(os.getpid())
+    lease.touch()
     yield local
-    if os.environ.get("GEOROUTE_KEEP_CLUSTER") != "1":
+    lease.unlink(missing_ok=True)
+    if os.environ.get("GEOROUTE_KEEP_CLUSTER") != "1" and not _other_sessions(lease_dir):
         local.down(purge=True)
 
 

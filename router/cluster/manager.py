@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import fcntl
+import hashlib
 import shutil
 import socket
+import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,10 +22,12 @@ from router.cluster.layout import (
     Layout,
     config_dir,
     existing_layout,
+    pid_is_ours,
     prepare_layout,
     state_dir_of,
 )
 from router.cluster.postgres import PgNode, PgRunner
+from router.cluster.process import terminate
 from router.cluster.status import NodeState, NodeStatus, Role
 from router.cluster.survey import collect_status
 from router.cluster.users import ServerUser, ensure_server_user
@@ -52,6 +58,22 @@ def _parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return []
     with concurrent.futures.ThreadPoolExecutor(len(todo)) as pool:
         return list(pool.map(fn, todo))
+
+
+@contextlib.contextmanager
+def _exclusive(state_dir: Path) -> Iterator[None]:
+    """Serialise up/down of one state dir across processes (e.g. two test sessions at once).
+
+    The lock file lives outside the state dir, which `down --purge` deletes.
+    """
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
+    path = Path(tempfile.gettempdir()) / f"georoute-{digest}.lock"
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _port_free(port: int) -> bool:
@@ -171,6 +193,11 @@ class LocalCluster:
 
     def up(self) -> list[NodeStatus]:
         """Start whatever is not running; wait for writable primaries and streaming replicas."""
+        with _exclusive(self.state_dir):
+            self._up()
+        return self.status()
+
+    def _up(self) -> None:
         deadline = time.monotonic() + self.timeout
         user = ensure_server_user(self.config.cluster.server_user)
         # Binaries first: a bad cluster.pg_bin must fail before anything is created.
@@ -221,7 +248,6 @@ class LocalCluster:
                 docstore.wait_ready(deadline)
         finally:
             self._record(runner, docstore)
-        return self.status()
 
     @staticmethod
     async def _wait_all(coros: Iterable[Coroutine[Any, Any, Any]]) -> None:
@@ -229,6 +255,10 @@ class LocalCluster:
 
     def down(self, purge: bool = False) -> None:
         """Stop exactly what we started (by pid), clear stale pid files; purge deletes the data."""
+        with _exclusive(self.state_dir):
+            self._down(purge)
+
+    def _down(self, purge: bool) -> None:
         layout = existing_layout(self.config)
         if not layout.state_dir.exists():
             return
@@ -241,6 +271,11 @@ class LocalCluster:
             probe.remove_stale_pidfile(node)
         if self._docstore_port is not None:
             self._docstore(layout).stop()
+        # Anything still recorded as ours (e.g. its postmaster.pid was deleted by hand).
+        for entry in layout.load_manifest().get("nodes", {}).values():
+            pid, marker = entry.get("pid"), entry.get("data_dir")
+            if isinstance(pid, int) and marker and pid_is_ours(pid, Path(marker)):
+                terminate(pid)
         if purge:
             for node in self.nodes.values():
                 sock = layout.socket_dir(node.name, node.port)

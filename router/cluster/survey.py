@@ -73,7 +73,7 @@ async def collect_status(runner: PgRunner, nodes: list[PgNode]) -> list[NodeStat
             out.append(NodeStatus(s.node.name, s.node.shard, role, s.node.port, s.pid, state))
             continue
         primary = primaries.get(s.node.shard)
-        replication = s.receiver
+        replication = s.receiver or "disconnected"
         lag: int | None = None
         if primary is not None and primary.slots is not None:
             replication = primary.slots.get(s.node.slot) or replication

@@ -93,6 +93,53 @@ def test_status_reports_roles_and_streaming(cluster: LocalCluster, test_config: 
     assert {d["name"] for d in decoded} == set(statuses)
 
 
+async def test_paused_replay_holds_back_the_replica(cluster: LocalCluster) -> None:
+    replica_name = "europe-replica1"
+    primary = await asyncpg.connect(cluster.dsn("europe-primary"))
+    replica = await asyncpg.connect(cluster.dsn(replica_name))
+    try:
+        await primary.execute("CREATE TABLE IF NOT EXISTS cluster_pause (token text PRIMARY KEY)")
+        await _wait_for_replay(
+            replica,
+            await primary.fetchval("SELECT pg_current_wal_lsn()::text"),
+            time.monotonic() + 10,
+        )
+        cluster.pause_replay(replica_name)
+        try:
+            token = uuid.uuid4().hex
+            await primary.execute("INSERT INTO cluster_pause VALUES ($1)", token)
+            lsn = await primary.fetchval("SELECT pg_current_wal_lsn()::text")
+            status = {s.name: s for s in cluster.status()}[replica_name]
+            assert status.replica_lag_bytes is not None and status.replica_lag_bytes > 0
+            query = "SELECT count(*) FROM cluster_pause WHERE token = $1"
+            assert await replica.fetchval(query, token) == 0
+        finally:
+            cluster.resume_replay(replica_name)
+        await _wait_for_replay(replica, lsn, time.monotonic() + 10)
+        assert await replica.fetchval(query, token) == 1
+    finally:
+        await primary.close()
+        await replica.close()
+
+
+def test_stop_and_start_one_node(cluster: LocalCluster) -> None:
+    name = "asia-replica1"
+    old_pid = cluster.pid(name)
+    assert old_pid is not None
+    cluster.stop_node(name)  # immediate, like a crash
+    assert wait_exit(old_pid, 5)
+    assert cluster.pid(name) is None
+    statuses = {s.name: s for s in cluster.status()}
+    assert statuses[name].state is NodeState.STOPPED
+    cluster.start_node(name)
+    new_pid = cluster.pid(name)
+    assert new_pid is not None and new_pid != old_pid
+    # up() waits until the restarted replica streams again, and leaves everything else alone.
+    statuses = {s.name: s for s in cluster.up()}
+    assert statuses[name].replication_state == "streaming"
+    assert statuses[name].pid == new_pid
+
+
 def test_docstore_answers(docstore_uri: str) -> None:
     client: MongoClient[dict[str, object]] = MongoClient(
         docstore_uri, serverSelectionTimeoutMS=5000
