@@ -186,7 +186,7 @@ async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeHealth])
             in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
             primary.role = NodeRole.REPLICA if in_recovery else NodeRole.PRIMARY
             if not in_recovery:
-                primary_lsn = str(await conn.fetchval("SELECT pg_current_wal_lsn()"))
+                primary_lsn = str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
             if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
                 report.schema_version = await conn.fetchval(
                     "SELECT coalesce(max(version), 0) FROM schema_migrations")

@@ -1,0 +1,106 @@
+"""`georoute db migrate` on the real cluster: idempotence, the shard row, replication of the
+schema, refusal when shards disagree, and `georoute health` reporting the result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from router.config import Config
+from router.db.connect import connect_node
+from router.db.health import NodeRole, NodeState, check_health
+from router.db.migrate import load_migrations, migrate
+from router.errors import MigrationError
+from tests.integration.conftest import wait_replayed
+
+
+async def test_second_run_applies_nothing(migrated: Config) -> None:
+    report = await migrate(migrated)
+    assert report.applied_count == 0
+    newest = load_migrations()[-1].version
+    for shard in report.shards.values():
+        assert shard.version_before == shard.version_after == newest
+    assert set(report.collections) == {"course_content", "user_preferences"}
+
+
+async def test_every_primary_records_versions_and_its_shard(migrated: Config) -> None:
+    files = load_migrations()
+    for shard in migrated.shards.values():
+        conn = await connect_node(migrated, shard.primary)
+        try:
+            rows = await conn.fetch(
+                "SELECT version, name, checksum, applied_at FROM schema_migrations "
+                "ORDER BY version")
+            assert [(r["version"], r["name"], r["checksum"]) for r in rows] == [
+                (m.version, m.name, m.checksum) for m in files]
+            assert tuple(await conn.fetchrow("SELECT name, number FROM georoute_shard")) == (
+                shard.name, shard.number)
+        finally:
+            await conn.close()
+
+
+async def test_replicas_receive_the_schema_by_replication(migrated: Config) -> None:
+    for shard in migrated.shards.values():
+        primary = await connect_node(migrated, shard.primary)
+        replica = await connect_node(migrated, shard.replicas[0])
+        try:
+            await wait_replayed(primary, replica)
+            assert await replica.fetchval("SELECT pg_is_in_recovery()")
+            assert await replica.fetchval("SELECT count(*) FROM schema_migrations") == len(
+                load_migrations())
+            assert await replica.fetchval("SELECT number FROM georoute_shard") == shard.number
+        finally:
+            await primary.close()
+            await replica.close()
+
+
+async def test_refuses_when_shards_are_at_different_versions(migrated: Config) -> None:
+    asia = await connect_node(migrated, migrated.shards["asia"].primary)
+    try:
+        saved = await asia.fetchrow(
+            "DELETE FROM schema_migrations WHERE version = (SELECT max(version) "
+            "FROM schema_migrations) RETURNING *")
+        try:
+            with pytest.raises(MigrationError) as err:
+                await migrate(migrated)
+            message = str(err.value)
+            assert "different schema versions" in message
+            newest = saved["version"]
+            assert f"asia at version {newest - 1}" in message
+            assert f"europe at version {newest}" in message
+            assert f"north_america at version {newest}" in message
+        finally:
+            await asia.execute(
+                "INSERT INTO schema_migrations (version, name, checksum, applied_at) "
+                "VALUES ($1, $2, $3, $4)", *saved)
+    finally:
+        await asia.close()
+    assert (await migrate(migrated)).applied_count == 0
+
+
+async def test_refuses_an_edited_migration(migrated: Config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for m in load_migrations():
+        text = m.sql + ("\n-- edited\n" if m.version == 1 else "")
+        (tmp_path / f"{m.version:03d}_{m.name}.sql").write_text(text)
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        await migrate(migrated, sql_dir=tmp_path, documents=False)
+
+
+async def test_health_reports_nodes_versions_and_rows(migrated: Config) -> None:
+    report = await check_health(migrated)
+    assert report.healthy, report.format_table()
+    by_name = {n.name: n for n in report.nodes}
+    assert by_name["europe-primary"].role is NodeRole.PRIMARY
+    replica = by_name["europe-replica1"]
+    assert replica.role is NodeRole.REPLICA and replica.state is NodeState.UP
+    assert replica.replica_lag_bytes is not None and replica.replica_lag_bytes >= 0
+    newest = load_migrations()[-1].version
+    assert all(s.schema_version == newest for s in report.shards)
+    assert all("users" in s.row_counts for s in report.shards)
+    assert report.document_store.ok
+    decoded = json.loads(report.to_json())
+    assert decoded["healthy"] is True
+    assert {n["role"] for n in decoded["nodes"]} == {"primary", "replica"}
+    table = report.format_table()
+    assert "europe-replica1" in table and "schema_version" in table
