@@ -31,6 +31,7 @@ __all__ = [
     "TableConfig",
     "load_config",
     "parse_config",
+    "config_to_toml",
     "with_port_offset",
 ]
 
@@ -429,3 +430,44 @@ def with_port_offset(config: Config, offset: int, state_dir: str) -> Config:
         document_store=replace(config.document_store, uri=uri),
         shards=shards,
     )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, NodeAddress):
+        return (
+            f"{{ host = {_toml_value(value.host)}, port = {value.port}, "
+            f"database = {_toml_value(value.database)} }}"
+        )
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def config_to_toml(config: Config) -> str:
+    """router.toml text that loads back into an equal Config (comments are not kept)."""
+    lines: list[str] = []
+    for name in _SECTIONS:
+        section = getattr(config, name)
+        lines.append(f"[{name}]")
+        lines.extend(f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in fields(section))
+        lines.append("")
+    for shard in config.shards.values():
+        lines += [
+            f"[shards.{shard.name}]",
+            f"number = {shard.number}",
+            f"primary = {_toml_value(shard.primary)}",
+            f"replicas = {_toml_value(shard.replicas)}",
+            "",
+        ]
+    for table in config.tables.values():
+        lines.append(f"[tables.{table.name}]")
+        if table.region_column is not None:
+            lines.append(f"region_column = {_toml_value(table.region_column)}")
+        lines += [f"id_columns = {_toml_value(table.id_columns)}", ""]
+    return "\n".join(lines)
