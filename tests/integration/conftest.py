@@ -39,13 +39,13 @@ async def migrated(cluster: LocalCluster, test_config: Config) -> AsyncIterator[
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout: float = 5.0, what: str = "condition"
+    check: Callable[[], Awaitable[bool]], within: float = 5.0, what: str = "condition"
 ) -> None:
-    """Re-evaluate `check` until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    """Re-evaluate `check` until it holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.005)
 
 
