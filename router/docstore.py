@@ -85,6 +85,7 @@ class DocStore:
             "delete_many": self._delete_many,
             "count": self._count,
             "aggregate": self._aggregate,
+            "distinct": self._distinct,
         }
 
     async def close(self) -> None:
@@ -164,3 +165,6 @@ class DocStore:
     async def _aggregate(self, coll: Any, a: dict[str, Any]) -> Any:
         cursor = await coll.aggregate(a["pipeline"])
         return await cursor.to_list(length=MAX_RESULTS)
+
+    async def _distinct(self, coll: Any, a: dict[str, Any]) -> Any:
+        return await coll.distinct(a["key"], a.get("filter") or {})

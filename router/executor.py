@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import msgpack
 
 from protocol.messages import Hints, Isolation
 from protocol.messages import Role as WireRole
+from protocol.values import ext_default, ext_hook
 from router.classify import Analysis, Classifier
 from router.config import Config
 from router.health import HealthEvent
@@ -40,6 +42,11 @@ from router.topology import NodeState, ShardState, Topology
 
 __all__ = ["Executor", "Outcome"]
 
+IDEM_CLAIM_SQL = (
+    "INSERT INTO georoute_idempotency (idem_key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1"
+)
+IDEM_STORE_SQL = "UPDATE georoute_idempotency SET status = $2, reply = $3 WHERE idem_key = $1"
+IDEM_FETCH_SQL = "SELECT status, reply FROM georoute_idempotency WHERE idem_key = $1"
 REPLAY_LSN_SQL = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8"
 _CONSISTENCY = {
     "session": Consistency.SESSION,
@@ -200,6 +207,8 @@ class Executor:
             if role is Role.REPLICA and consistency is Consistency.SESSION
             else None
         )
+        if hints.idempotency_key is not None and not analysis.read_only:
+            return await self._idempotent(session, shard, hints.idempotency_key, sql, params)
         node, backend = await self._pick(shard, role, min_lsn)
         columns, rows, status = await self._run(node, backend, sql, params)
         if analysis.changes_session_state:
@@ -218,6 +227,39 @@ class Executor:
         node.pool.release(backend)
         return Outcome(columns, rows, status, shard.name, node.name, WireRole(node.role.value),
                        token)
+
+    async def _idempotent(
+        self, session: Session, shard: ShardState, key: str, sql: str, params: Sequence[Any]
+    ) -> Outcome:
+        """Apply a keyed write at most once: the key is claimed in the write's own transaction,
+        and a retry that finds it gets the stored reply (columns, rows, status)."""
+        node = shard.primary
+        backend = await self._acquire(node)
+        try:
+            async with backend.conn.transaction():
+                _, claimed, _ = await backend.run(IDEM_CLAIM_SQL, [key])
+                if claimed:
+                    columns, rows, status = await backend.run(sql, params)
+                    reply = msgpack.packb([columns, rows], default=ext_default, use_bin_type=True)
+                    await backend.run(IDEM_STORE_SQL, [key, status, reply])
+                else:
+                    _, found, _ = await backend.run(IDEM_FETCH_SQL, [key])
+                    status, reply = found[0]
+                    columns, rows = msgpack.unpackb(reply, ext_hook=ext_hook, raw=False)
+            lsn = await backend.scalar(PRIMARY_LSN_SQL)
+        except asyncpg.PostgresError:
+            node.pool.release(backend)
+            raise
+        except _CONNECTION_ERRORS as exc:
+            node.pool.release(backend, broken=True)
+            raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
+        except BaseException:
+            node.pool.release(backend, broken=True)
+            raise
+        node.pool.release(backend)
+        session.note_write(shard.name, lsn)
+        return Outcome(columns, rows, status, shard.name, node.name, WireRole.PRIMARY,
+                       f"{shard.name}:{lsn}")
 
     async def _in_transaction(
         self, session: Session, tx: Transaction, sql: str, params: Sequence[Any], hints: Hints
