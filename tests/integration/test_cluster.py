@@ -93,53 +93,6 @@ def test_status_reports_roles_and_streaming(cluster: LocalCluster, test_config: 
     assert {d["name"] for d in decoded} == set(statuses)
 
 
-async def test_paused_replay_holds_back_the_replica(cluster: LocalCluster) -> None:
-    replica_name = "europe-replica1"
-    primary = await asyncpg.connect(cluster.dsn("europe-primary"))
-    replica = await asyncpg.connect(cluster.dsn(replica_name))
-    try:
-        await primary.execute("CREATE TABLE IF NOT EXISTS cluster_pause (token text PRIMARY KEY)")
-        await _wait_for_replay(
-            replica,
-            await primary.fetchval("SELECT pg_current_wal_lsn()::text"),
-            time.monotonic() + 10,
-        )
-        cluster.pause_replay(replica_name)
-        try:
-            token = uuid.uuid4().hex
-            await primary.execute("INSERT INTO cluster_pause VALUES ($1)", token)
-            lsn = await primary.fetchval("SELECT pg_current_wal_lsn()::text")
-            status = {s.name: s for s in cluster.status()}[replica_name]
-            assert status.replica_lag_bytes is not None and status.replica_lag_bytes > 0
-            query = "SELECT count(*) FROM cluster_pause WHERE token = $1"
-            assert await replica.fetchval(query, token) == 0
-        finally:
-            cluster.resume_replay(replica_name)
-        await _wait_for_replay(replica, lsn, time.monotonic() + 10)
-        assert await replica.fetchval(query, token) == 1
-    finally:
-        await primary.close()
-        await replica.close()
-
-
-def test_stop_and_start_one_node(cluster: LocalCluster) -> None:
-    name = "asia-replica1"
-    old_pid = cluster.pid(name)
-    assert old_pid is not None
-    cluster.stop_node(name)  # immediate, like a crash
-    assert wait_exit(old_pid, 5)
-    assert cluster.pid(name) is None
-    statuses = {s.name: s for s in cluster.status()}
-    assert statuses[name].state is NodeState.STOPPED
-    cluster.start_node(name)
-    new_pid = cluster.pid(name)
-    assert new_pid is not None and new_pid != old_pid
-    # up() waits until the restarted replica streams again, and leaves everything else alone.
-    statuses = {s.name: s for s in cluster.up()}
-    assert statuses[name].replication_state == "streaming"
-    assert statuses[name].pid == new_pid
-
-
 def test_docstore_answers(docstore_uri: str) -> None:
     client: MongoClient[dict[str, object]] = MongoClient(
         docstore_uri, serverSelectionTimeoutMS=5000
@@ -170,17 +123,69 @@ def test_taken_port_is_named_and_nothing_starts(test_config: Config) -> None:
     local.down(purge=True)
 
 
-@pytest.fixture
+# ---- destructive tests: a scratch cluster of its own, so the session cluster (which other
+# test sessions may share) is never disturbed. The kill test comes last: it takes it down.
+
+
+@pytest.fixture(scope="module")
 def scratch(test_config: Config) -> Iterator[LocalCluster]:
-    local = LocalCluster(_scratch_config(test_config, 20000, "scratch-kill"))
+    local = LocalCluster(_scratch_config(test_config, 20000, "scratch"))
+    local.up()
     try:
         yield local
     finally:
         local.down(purge=True)
 
 
+async def test_paused_replay_holds_back_the_replica(scratch: LocalCluster) -> None:
+    replica_name = "north_america-replica1"
+    primary = await asyncpg.connect(scratch.dsn("north_america-primary"))
+    replica = await asyncpg.connect(scratch.dsn(replica_name))
+    try:
+        await primary.execute("CREATE TABLE IF NOT EXISTS cluster_pause (token text PRIMARY KEY)")
+        await _wait_for_replay(
+            replica,
+            await primary.fetchval("SELECT pg_current_wal_lsn()::text"),
+            time.monotonic() + 10,
+        )
+        scratch.pause_replay(replica_name)
+        try:
+            token = uuid.uuid4().hex
+            await primary.execute("INSERT INTO cluster_pause VALUES ($1)", token)
+            lsn = await primary.fetchval("SELECT pg_current_wal_lsn()::text")
+            status = {s.name: s for s in scratch.status()}[replica_name]
+            assert status.replica_lag_bytes is not None and status.replica_lag_bytes > 0
+            query = "SELECT count(*) FROM cluster_pause WHERE token = $1"
+            assert await replica.fetchval(query, token) == 0
+        finally:
+            scratch.resume_replay(replica_name)
+        await _wait_for_replay(replica, lsn, time.monotonic() + 10)
+        assert await replica.fetchval(query, token) == 1
+    finally:
+        await primary.close()
+        await replica.close()
+
+
+def test_stop_and_start_one_node(scratch: LocalCluster) -> None:
+    name = "north_america-replica1"
+    old_pid = scratch.pid(name)
+    assert old_pid is not None
+    scratch.stop_node(name)  # immediate, like a crash
+    assert wait_exit(old_pid, 5)
+    assert scratch.pid(name) is None
+    statuses = {s.name: s for s in scratch.status()}
+    assert statuses[name].state is NodeState.STOPPED
+    scratch.start_node(name)
+    new_pid = scratch.pid(name)
+    assert new_pid is not None and new_pid != old_pid
+    # up() waits until the restarted replica streams again, and leaves everything else alone.
+    statuses = {s.name: s for s in scratch.up()}
+    assert statuses[name].replication_state == "streaming"
+    assert statuses[name].pid == new_pid
+
+
 def test_down_after_kill_9_cleans_up(scratch: LocalCluster) -> None:
-    pids = {s.name: s.pid for s in scratch.up()}
+    pids = {s.name: s.pid for s in scratch.up()}  # idempotent: the module's cluster
     assert all(pids.values()), pids
     victim = pids["north_america-primary"]
     assert victim is not None
