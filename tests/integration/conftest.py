@@ -4,10 +4,11 @@ small factory that builds catalogue rows through the SQL functions themselves.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,3 +137,12 @@ class Catalogue:
 @pytest.fixture
 async def catalogue(eu: asyncpg.Connection) -> Catalogue:
     return Catalogue(eu, "europe")
+
+
+@contextlib.contextmanager
+def sql_error(sqlstate: str, match: str = "") -> Iterator[None]:
+    """Expect a PostgreSQL error with this SQLSTATE (and a message containing `match`)."""
+    with pytest.raises(asyncpg.PostgresError) as err:
+        yield
+    assert err.value.sqlstate == sqlstate, f"{err.value.sqlstate}: {err.value}"
+    assert match in str(err.value), str(err.value)

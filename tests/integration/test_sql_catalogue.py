@@ -1,0 +1,125 @@
+"""Users and the catalogue: register_user, create_session, deactivate_user, create_course,
+add_module, add_lesson, publish_course, archive_course, search_catalogue, and the updated_at
+and audit triggers."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.integration.conftest import Catalogue, sql_error, unique
+
+
+async def test_register_user_refuses_duplicates_and_other_regions(catalogue: Catalogue) -> None:
+    email = f"{unique('dup')}@example.com"
+    user = await catalogue.user(email=email, password_hash="x" * 40)
+    assert await catalogue.conn.fetchval(
+        "SELECT count(*) FROM user_credentials WHERE user_id = $1", user) == 1
+    with sql_error("23505", "already registered"):
+        await catalogue.user(email=email.upper())
+    with sql_error("GR003", "does not belong on shard europe"):
+        await catalogue.user(region="asia")
+
+
+async def test_sessions_and_deactivation(catalogue: Catalogue) -> None:
+    conn = catalogue.conn
+    user = await catalogue.user()
+    for _ in range(2):
+        await conn.fetchval("SELECT create_session($1, $2)", user, unique("token-"))
+    assert await conn.fetchval("SELECT deactivate_user($1, 'fraud')", user) == 2
+    row = await conn.fetchrow("SELECT is_active, deactivated_at FROM users WHERE user_id = $1",
+                              user)
+    assert row["is_active"] is False and row["deactivated_at"] is not None
+    assert await conn.fetchval(
+        "SELECT count(*) FROM user_sessions WHERE user_id = $1 AND revoked_at IS NULL", user) == 0
+    audit = await conn.fetchrow(
+        "SELECT details FROM audit_log WHERE action = 'user.deactivated' AND entity_id = $1",
+        user)
+    assert '"reason": "fraud"' in audit["details"]
+    assert await conn.fetchval("SELECT deactivate_user($1, 'again')", user) == 0  # no-op
+    with sql_error("GR009", "deactivated"):
+        await conn.fetchval("SELECT create_session($1, 'tok-after-deactivation')", user)
+    with sql_error("P0002"):
+        await conn.fetchval("SELECT deactivate_user($1, 'x')", uuid.uuid4())
+    assert await conn.fetchval("SELECT purge_expired_sessions(now() + interval '1 hour')") >= 2
+
+
+async def test_create_course_checks_instructor_and_price(catalogue: Catalogue) -> None:
+    conn = catalogue.conn
+    student = await catalogue.user()
+    category = await catalogue.category()
+    with sql_error("GR010", "cannot create courses"):
+        await conn.fetchval("SELECT create_course($1, $2, 'T', 100)", student, category)
+    instructor = await catalogue.user("instructor")
+    with sql_error("22023", "price must be >= 0"):
+        await conn.fetchval("SELECT create_course($1, $2, 'T', -5)", instructor, category)
+    with sql_error("P0002", "category"):
+        await conn.fetchval("SELECT create_course($1, $2, 'T', 5)", instructor, uuid.uuid4())
+    course = await conn.fetchval(
+        "SELECT create_course($1, $2, 'Intro to Rust!', 1500)", instructor, category)
+    row = await conn.fetchrow("SELECT slug, region, status FROM courses WHERE course_id = $1",
+                              course)
+    assert row["slug"].startswith("intro-to-rust-") and row["region"] == "europe"
+    assert row["status"] == "draft"
+
+
+async def test_modules_lessons_and_publishing(catalogue: Catalogue) -> None:
+    conn = catalogue.conn
+    course = await catalogue.course(lessons=0, publish=False)
+    with sql_error("GR011", "has no lessons"):
+        await conn.fetchval("SELECT publish_course($1)", course.course_id)
+    m1 = await conn.fetchval("SELECT add_module($1, 'One')", course.course_id)
+    m2 = await conn.fetchval("SELECT add_module($1, 'Two')", course.course_id)
+    positions = await conn.fetch(
+        "SELECT module_id, position FROM course_modules WHERE course_id = $1 ORDER BY position",
+        course.course_id)
+    assert [(r["module_id"], r["position"]) for r in positions] == [(m1, 1), (m2, 2)]
+    lessons = [await conn.fetchval("SELECT add_lesson($1, $2, 60)", m2, f"L{i}") for i in range(3)]
+    assert [r["position"] for r in await conn.fetch(
+        "SELECT position FROM lessons WHERE module_id = $1 ORDER BY position", m2)] == [1, 2, 3]
+    with sql_error("22023"):
+        await conn.fetchval("SELECT add_lesson($1, 'neg', -1)", m2)
+    first = await conn.fetchval("SELECT publish_course($1)", course.course_id)
+    assert await conn.fetchval("SELECT publish_course($1)", course.course_id) == first
+    assert len(lessons) == 3
+    await conn.execute("SELECT archive_course($1)", course.course_id)
+    with sql_error("GR011", "archived"):
+        await conn.fetchval("SELECT publish_course($1)", course.course_id)
+    with sql_error("GR011", "archived"):
+        await conn.fetchval("SELECT add_module($1, 'Three')", course.course_id)
+
+
+async def test_search_catalogue(catalogue: Catalogue) -> None:
+    word = unique("quasar")
+    cheap = await catalogue.course(title=f"Cheap {word} basics", price_cents=500)
+    await catalogue.course(title=f"Premium {word} mastery", price_cents=50_000)
+    await catalogue.course(title=f"Draft {word}", publish=False)
+    rows = await catalogue.conn.fetch("SELECT * FROM search_catalogue($1)", word)
+    assert len(rows) == 2  # drafts are not in the catalogue
+    rows = await catalogue.conn.fetch("SELECT * FROM search_catalogue($1, NULL, 1000)", word)
+    assert [r["course_id"] for r in rows] == [cheap.course_id]
+    with sql_error("22023", "limit"):
+        await catalogue.conn.fetch("SELECT * FROM search_catalogue($1, NULL, NULL, NULL, 0)", word)
+
+
+async def test_updated_at_and_audit_triggers(catalogue: Catalogue) -> None:
+    conn = catalogue.conn
+    course = await catalogue.course()
+    # The trigger owns updated_at: an explicit value is overwritten with now().
+    await conn.execute(
+        "UPDATE courses SET updated_at = now() - interval '1 day' WHERE course_id = $1",
+        course.course_id)
+    before = await conn.fetchval("SELECT updated_at FROM courses WHERE course_id = $1",
+                                 course.course_id)
+    assert await conn.fetchval("SELECT now() - $1 < interval '1 hour'", before)
+    await conn.execute("UPDATE courses SET price_cents = 4242 WHERE course_id = $1",
+                       course.course_id)
+    after = await conn.fetchval("SELECT updated_at FROM courses WHERE course_id = $1",
+                                course.course_id)
+    assert after > before
+    changes = await conn.fetchval(
+        "SELECT details FROM audit_log WHERE action = 'courses.update' AND entity_id = $1 "
+        "ORDER BY occurred_at DESC LIMIT 1", course.course_id)
+    assert '"price_cents": [0, 4242]' in changes
+    actions = {r["action"] for r in await conn.fetch(
+        "SELECT action FROM audit_log WHERE entity_id = $1", course.course_id)}
+    assert {"courses.insert", "courses.update"} <= actions
