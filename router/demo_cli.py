@@ -97,7 +97,7 @@ georoute is serving:
 Try it (README.md, "Try it", has more):
   export {r.auth_token_env}={token}
   .venv/bin/python -m client georoute://{r.listen_host}:{r.listen_port} \\
-      "SELECT title, price FROM courses WHERE region = \\$1 LIMIT 5" europe
+      "SELECT title, price_cents FROM courses WHERE region = \\$1 LIMIT 5" europe
 
 Ctrl-C stops the router{' and the cluster' if started_cluster else ''}.""", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
