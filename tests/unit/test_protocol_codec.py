@@ -266,3 +266,16 @@ def test_ryw_tokens() -> None:
     assert state == {"eu": 5, "asia": 9}
     with pytest.raises(ValueError):
         p.parse_ryw_token("eu:")
+
+
+def test_protocol_md_worked_example_matches_the_encoder() -> None:
+    from pathlib import Path
+
+    text = Path(__file__).resolve().parents[2].joinpath("PROTOCOL.md").read_text()
+    flat = " ".join(text.split())
+    hints = p.Hints(shard="europe", ryw={"europe": 3054})
+    query = p.encode(p.Query(2, "SELECT name FROM users WHERE id = $1", [42], hints=hints))
+    route = p.RouteInfo("europe", "eu-r1", p.Role.REPLICA)
+    rows = p.encode_rows(2, ["name"], [["Ada"]], "SELECT 1", route, None)
+    for frame in (query, rows):
+        assert " ".join(f"{b:02x}" for b in frame) in flat
