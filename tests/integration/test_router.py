@@ -146,7 +146,7 @@ async def test_lagging_replica_is_skipped(
             lag = await lag_bytes()
             return lag is not None and lag > 64 * 1024
 
-        await wait_until(lagging, timeout=10, what="router to see the replica lagging")
+        await wait_until(lagging, within=10, what="router to see the replica lagging")
         port = await db.fetchval(
             "SELECT inet_server_port() FROM rt_items WHERE region = 'europe' LIMIT 1",
             consistency="replica",
@@ -159,7 +159,7 @@ async def test_lagging_replica_is_skipped(
         lag = await lag_bytes()
         return lag is not None and lag <= 64 * 1024
 
-    await wait_until(caught_up, timeout=10, what="replica to catch up")
+    await wait_until(caught_up, within=10, what="replica to catch up")
     port = await db.fetchval(
         "SELECT inet_server_port() FROM rt_items WHERE region = 'europe' LIMIT 1",
         consistency="replica",
@@ -215,7 +215,7 @@ async def test_disconnect_mid_transaction_rolls_back(
             )
             return busy == 0
 
-        await wait_until(released, timeout=10, what="the abandoned transaction to end")
+        await wait_until(released, within=10, what="the abandoned transaction to end")
         assert await pg.fetchval("SELECT count(*) FROM rt_items WHERE item_id = $1", item) == 0
     finally:
         await pg.close()
@@ -355,7 +355,7 @@ async def test_node_down_fails_fast_and_recovers(
         node = next(n for n in nodes if n["name"] == name)
         return node["health"] == "up" and node["lag_bytes"] is not None
 
-    await wait_until(back, timeout=30, what="replica back up")
+    await wait_until(back, within=30, what="replica back up")
     port = await db.fetchval(
         "SELECT inet_server_port() FROM rt_items WHERE region = 'asia' LIMIT 1",
         consistency="replica",
@@ -385,7 +385,7 @@ async def test_sighup_reload_and_bad_reload(router: RouterProcess, db: client.Cl
             r = await db.fetchrow(sql, consistency="replica")
             return r is not None and r[1] == port_of(cfg, "europe", "replica")
 
-        await wait_until(on_replica, timeout=10, what="reloaded read-only function list")
+        await wait_until(on_replica, within=10, what="reloaded read-only function list")
 
         router.path.write_text(original.replace("[router]", "[router]\nno_such_key = 1", 1))
         router.signal(signal.SIGHUP)
@@ -420,7 +420,7 @@ def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: C
                                           "WHERE query = 'SELECT 7 FROM pg_sleep(0.8)'")
                     return bool(n)
 
-                await wait_until(running, timeout=10, what="the slow query to reach PostgreSQL")
+                await wait_until(running, within=10, what="the slow query to reach PostgreSQL")
                 proc.signal(signal.SIGTERM)
                 return await slow
             finally:
