@@ -75,6 +75,9 @@ class Consistency(StrEnum):
     REPLICA = "replica"  # any replica (or the primary), possibly stale
 
 
+_CONSISTENCY: dict[Any, Consistency] = {c.value: c for c in Consistency}
+
+
 class Isolation(StrEnum):
     READ_COMMITTED = "read_committed"
     REPEATABLE_READ = "repeatable_read"
@@ -84,6 +87,10 @@ class Isolation(StrEnum):
 class Role(StrEnum):
     PRIMARY = "primary"
     REPLICA = "replica"
+
+
+_QUERY_KINDS: dict[Any, QueryKind] = {k.value: k for k in QueryKind}
+_ROLES: dict[Any, Role] = {r.value: r for r in Role}
 
 
 # --- small validators: they raise ValueError/TypeError, which decoding turns into MalformedFrame
@@ -144,7 +151,7 @@ class RouteInfo:
         if v is None:
             return None
         items = _list(v)
-        return cls(_str(items[0]), _str(items[1]), Role(_str(items[2])))
+        return cls(_str(items[0]), _str(items[1]), _ROLES[items[2]])
 
 
 def route_to_wire(route: RouteInfo | None) -> list[str] | None:
@@ -186,22 +193,30 @@ class Hints:
 
     @classmethod
     def from_wire(cls, v: Any) -> Hints:
-        m = _map(v)
-        if not m:
-            return cls()
-        ryw = m.get("ryw")
-        if ryw is not None:
-            ryw = {_str(k): _uint(lsn) for k, lsn in _map(ryw).items()}
-        return cls(
-            shard=_opt_str(m.get("shard")),
-            shard_key=m.get("shard_key"),
-            consistency=Consistency(_str(m.get("consistency", "session"))),
-            ryw=ryw,
-            idempotency_key=_opt_str(m.get("idem")),
-            timeout_ms=_opt_uint(m.get("timeout_ms")),
-            tx=_opt_uint(m.get("tx")),
-            want_rows=_bool(m.get("want_rows", True)),
-        )
+        hints = cls()
+        if not v:
+            _map(v)  # nil or {} (but not some other falsy value)
+            return hints
+        # Hot path: only the keys present are read and checked; enums via dict lookup.
+        for key, value in _map(v).items():
+            if key == "shard":
+                hints.shard = _opt_str(value)
+            elif key == "ryw":
+                if value is not None:
+                    hints.ryw = {_str(k): _uint(lsn) for k, lsn in _map(value).items()}
+            elif key == "consistency":
+                hints.consistency = _CONSISTENCY[value]
+            elif key == "shard_key":
+                hints.shard_key = value
+            elif key == "idem":
+                hints.idempotency_key = _opt_str(value)
+            elif key == "timeout_ms":
+                hints.timeout_ms = _opt_uint(value)
+            elif key == "tx":
+                hints.tx = _opt_uint(value)
+            elif key == "want_rows":
+                hints.want_rows = _bool(value)
+        return hints
 
 
 # ------------------------------------------------------------------------------- requests
@@ -260,7 +275,7 @@ class Query:
 
     @classmethod
     def from_wire(cls, b: list[Any]) -> Query:
-        return cls(b[1], _str(b[3]), _list(b[4]), QueryKind(_str(b[2])), Hints.from_wire(b[5]))
+        return cls(b[1], _str(b[3]), _list(b[4]), _QUERY_KINDS[b[2]], Hints.from_wire(b[5]))
 
 
 @dataclass(slots=True)
