@@ -210,3 +210,15 @@ async def test_connection_level_error_fails_in_flight_requests() -> None:
         with pytest.raises(georoute_client.GeorouteError) as info:
             await client.execute("INSERT INTO t VALUES (1)")
         assert info.value.code == ErrorCode.SHUTTING_DOWN
+
+
+async def test_garbage_from_router_fails_the_connection_with_a_typed_error() -> None:
+    def garbage(conn: FakeConnection, msg: Message) -> None:
+        assert conn.transport is not None
+        conn.transport.write(b"\xff\xff\xff\xff")  # a 4 GiB frame announcement
+
+    async with FakeRouter(garbage) as router, await connect(router) as client:
+        with pytest.raises(georoute_client.ProtocolViolationError) as info:
+            await client.fetch("SELECT 1")
+        assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+        assert client.connections == []
