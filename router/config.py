@@ -29,9 +29,9 @@ __all__ = [
     "RouterConfig",
     "ShardConfig",
     "TableConfig",
+    "config_to_toml",
     "load_config",
     "parse_config",
-    "config_to_toml",
     "with_port_offset",
 ]
 
