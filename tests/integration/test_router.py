@@ -364,6 +364,43 @@ async def test_node_down_fails_fast_and_recovers(
     assert port == port_of(cfg, "asia", "replica")
 
 
+async def test_primary_down_fails_fast_with_retryable_error(
+    db: client.Client, router: RouterProcess, cluster: LocalCluster
+) -> None:
+    """Writes to a shard whose primary is down fail fast, typed and retryable; other shards
+    keep serving; once the primary is back, writes succeed again."""
+    cfg = router.config
+    name = "north_america-primary"
+    cluster.stop_node(name)
+    try:
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            started = loop.time()
+            with pytest.raises(client.NodeUnavailableError) as info:
+                await db.execute(
+                    "INSERT INTO rt_items (item_id, region) VALUES ($1, 'north_america')",
+                    new_id(number(cfg, "north_america")),
+                )
+            assert info.value.retryable
+            assert loop.time() - started < 5
+        item = new_id(number(cfg, "asia"))
+        await db.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, 'asia')", item)
+    finally:
+        cluster.start_node(name)
+
+    async def writable() -> bool:
+        try:
+            await db.execute(
+                "INSERT INTO rt_items (item_id, region) VALUES ($1, 'north_america')",
+                new_id(number(cfg, "north_america")),
+            )
+        except client.NodeUnavailableError:
+            return False
+        return True
+
+    await wait_until(writable, within=30, what="writes to the restarted primary")
+
+
 async def test_sighup_reload_and_bad_reload(router: RouterProcess, db: client.Client) -> None:
     cfg = router.config
     await db.execute(
@@ -449,3 +486,38 @@ async def test_ids_from_the_schema_route_home(db: client.Client, migrated: Confi
             consistency="strong",
         )
         assert target == migrated.shards[region].primary.port
+
+
+async def test_document_store_through_the_router(db: client.Client, migrated: Config) -> None:
+    """Course content and preferences go through the router to the real document store;
+    a document of the wrong shape is refused with a typed error naming the field."""
+    from datetime import UTC, datetime
+
+    user = str(new_id(migrated.shards["europe"].number))
+    prefs = db.docs("user_preferences")
+    doc = {
+        "_id": user,
+        "user_id": user,
+        "region": "europe",
+        "language": "fr-FR",
+        "timezone": "Europe/Paris",
+        "theme": "dark",
+        "notifications": {"email": True, "push": False, "weekly_digest": True},
+        "interests": ["sql", "rust"],
+        "updated_at": datetime.now(UTC),
+    }
+    await prefs.insert_one(doc)
+    found = await prefs.find_one({"user_id": user})
+    assert found is not None and found["language"] == "fr-FR" and found["interests"] == ["sql", "rust"]
+    with pytest.raises(client.DuplicateKeyError):
+        await prefs.insert_one(doc)
+    bad = dict(doc, _id=str(new_id(2)), user_id=None)
+    bad["user_id"] = bad["_id"]
+    bad["theme"] = "neon"
+    with pytest.raises(client.DocumentStoreError) as info:
+        await prefs.insert_one(bad)
+    assert "theme" in str(info.value)
+    assert await prefs.count({"_id": bad["_id"]}) == 0
+    assert (await prefs.update_one({"_id": user}, {"$set": {"theme": "light"}}))["modified"] == 1
+    assert (await prefs.find_one({"_id": user}))["theme"] == "light"
+    assert (await prefs.delete_one({"_id": user}))["deleted"] == 1
