@@ -1,0 +1,102 @@
+"""Sampling the router process with py-spy (if it is installed) while point reads run, and
+summarising where its CPU goes: top functions by own samples, and by package."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.targets import Target
+from bench.workloads import POINT_READ, Sample, measure
+
+__all__ = ["find_py_spy", "profile_router", "summarise"]
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def find_py_spy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def _package(path: str) -> str:
+    for marker in ("/site-packages/", "/lib/python3"):
+        if marker in path:
+            rest = path.split(marker, 1)[1].lstrip("/")
+            if marker == "/lib/python3":
+                return "stdlib:" + rest.split("/", 2)[1] if rest.count("/") >= 1 else "stdlib"
+            return rest.split("/", 1)[0].removesuffix(".py")
+    parts = Path(path).parts
+    for top in ("router", "protocol", "client", "api"):
+        if top in parts:
+            return top
+    return path or "?"
+
+
+def summarise(raw: str, top: int = 15) -> dict[str, Any]:
+    """From py-spy's raw (collapsed) output: own-sample counts per function and package."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f for f in stack.split(";") if f]
+        names = []
+        for frame in frames:
+            m = _FRAME.match(frame.strip())
+            names.append(f"{m['func']} ({m['file']})" if m else frame.strip())
+        if not names:
+            continue
+        if names[0].startswith(("process ", "thread ")):
+            names = names[1:] or names
+        own[names[-1]] += n
+        for name in set(names):
+            inclusive[name] += n
+        leaf = _FRAME.match(frames[-1].strip())
+        packages[_package(leaf["file"]) if leaf else "?"] += n
+
+    def pct(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [{"name": k, "samples": v, "pct": round(100 * v / total, 1)}
+                for k, v in counter.most_common(top)]  # fmt: skip
+
+    return {"samples": total, "own": pct(own), "inclusive": pct(inclusive),
+            "packages": pct(packages)}  # fmt: skip
+
+
+async def profile_router(py_spy: str, pid: int, target: Target, sample: Sample,
+                         concurrency: int, seconds: int, out_dir: Path) -> dict[str, Any]:
+    """Run point reads through `target` while py-spy samples `pid` for `seconds`."""
+    await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+    raw_path = out_dir / "router-profile.txt"
+    proc = await asyncio.create_subprocess_exec(
+        py_spy, "record", "--format", "raw", "--rate", "250", "--duration", str(seconds),
+        "--pid", str(pid), "--output", str(raw_path), "--nonblocking",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    await target.open(concurrency)
+    try:
+        load = await measure(target, POINT_READ, sample, concurrency, seconds + 1.0, 10**8)
+    finally:
+        await target.close()
+    async with asyncio.timeout(60):
+        output, _ = await proc.communicate()
+    try:
+        raw = await asyncio.to_thread(raw_path.read_text, errors="replace")
+    except OSError:
+        raw = ""
+    if proc.returncode != 0 or not raw:
+        return {"status": "failed", "detail": output.decode(errors="replace")[-400:]}
+    summary = summarise(raw)
+    summary.update(status="ok", seconds=seconds, concurrency=concurrency,
+                   load_ops_per_s=round(load.ops_per_s, 1), raw=str(raw_path))  # fmt: skip
+    return summary

@@ -1,0 +1,132 @@
+"""The system under test: the bench cluster (its own ports and state dir), its schema and seed
+data, one `georoute router` process, and /proc readings of that process's CPU time and RSS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from router.cluster import LocalCluster
+from router.config import Config, config_to_toml, load_config, with_port_offset
+from router.db.migrate import migrate
+from router.db.seed import SeedOptions, seed
+
+__all__ = [
+    "BENCH_PORT_OFFSET",
+    "REPO",
+    "TOKEN",
+    "RouterProcess",
+    "bench_config",
+    "cpu_seconds",
+    "prepare_data",
+    "rss_kib",
+    "start_cluster",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+# The demo uses router.toml's ports as they are, the tests +10000; the bench +20000.
+BENCH_PORT_OFFSET = 20000
+TOKEN = "bench-token-0123456789"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def bench_config(offset: int, state_dir: Path) -> Config:
+    """router.toml moved `offset` ports up with its own state dir (defaults otherwise)."""
+    return with_port_offset(load_config(REPO / "router.toml"), offset, str(state_dir))
+
+
+def start_cluster(config: Config) -> LocalCluster:
+    """Bring the bench cluster up; its state dir ignores itself so `git status` stays clean."""
+    cluster = LocalCluster(config)
+    cluster.up()
+    ignore = cluster.state_dir / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n")
+    return cluster
+
+
+async def prepare_data(config: Config, users: int) -> None:
+    """Migrate every shard and load `users` users' worth of deterministic data."""
+    await migrate(config, documents=False)
+    await seed(config, SeedOptions(users=users, documents=False, progress=False))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (from /proc/<pid>/stat utime and stime)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        fields_after_name = fh.read().rsplit(b")", 1)[1].split()
+    # Fields 14 and 15 of stat(5); the list starts at field 3 (state).
+    return (int(fields_after_name[11]) + int(fields_after_name[12])) / _CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of `pid` in KiB (VmRSS in /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class RouterProcess:
+    """A `python -m router.cli router` child process; stopped by its own pid."""
+
+    config: Config
+    config_path: Path
+    proc: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)
+    _ready: threading.Event = field(default_factory=threading.Event)
+    _pump: threading.Thread | None = None
+
+    @property
+    def dsn(self) -> str:
+        return f"georoute://{self.config.router.listen_host}:{self.config.router.listen_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            if "ready on" in line:
+                self._ready.set()
+        self._ready.set()  # EOF: wake the waiter, which then sees the process gone
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(config_to_toml(self.config))
+        env = dict(os.environ)
+        env[self.config.router.auth_token_env] = TOKEN
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router.cli", "--config", str(self.config_path), "router",
+             "--log-level", "warning"],
+            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self._pump = threading.Thread(target=self._read, daemon=True)
+        self._pump.start()
+        if not self._ready.wait(timeout) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError("georoute router did not start:\n" + "".join(self.output[-20:]))
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._pump is not None:
+            self._pump.join(timeout=5)
+

@@ -1,0 +1,200 @@
+"""The workloads (point read, single-row write, 80/20 mix, catalogue) over the real schema, the
+ids they draw from, and the closed-loop measurement: N workers, bounded in time and count."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from bench.targets import Target
+
+__all__ = [
+    "CATALOGUE",
+    "MAIN_WORKLOADS",
+    "POINT_READ",
+    "Measurement",
+    "Op",
+    "Sample",
+    "Workload",
+    "load_sample",
+    "measure",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Ids of rows on the benchmarked shard, read once from its primary."""
+
+    user_ids: list[Any]
+    enrollment_ids: list[Any]
+    progress_ids: list[Any]
+
+
+async def load_sample(port: int, database: str, user: str, limit: int = 5000) -> Sample:
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user=user, database=database)
+    try:
+        async def ids(sql: str) -> list[Any]:
+            return [r[0] for r in await conn.fetch(sql, limit)]
+
+        return Sample(
+            await ids("SELECT user_id FROM users ORDER BY user_id LIMIT $1"),
+            await ids("SELECT enrollment_id FROM enrollments ORDER BY enrollment_id LIMIT $1"),
+            await ids("SELECT progress_id FROM lesson_progress ORDER BY progress_id LIMIT $1"),
+        )
+    finally:
+        await conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    name: str
+    sql: str
+    read: bool
+    args: Callable[[random.Random, Sample], tuple[Any, ...]]
+    # For scatter-gather ops: how the client merges the shards' rows.
+    merge_key: Callable[[Any], Any] = lambda row: 0
+    merge_limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    name: str
+    title: str
+    ops: tuple[tuple[Op, float], ...]  # (op, weight)
+    scatter: bool = False  # needs every shard: georoute cannot do it yet
+
+    def pick(self, rng: random.Random) -> Op:
+        if len(self.ops) == 1:
+            return self.ops[0][0]
+        x = rng.random() * sum(w for _, w in self.ops)
+        for op, weight in self.ops:
+            x -= weight
+            if x < 0:
+                return op
+        return self.ops[-1][0]
+
+
+USER_BY_ID = Op(
+    "user_by_id",
+    "SELECT user_id, email, full_name, city, country FROM users WHERE user_id = $1",
+    True,
+    lambda rng, s: (rng.choice(s.user_ids),),
+)
+ENROLLMENT_BY_ID = Op(
+    "enrollment_by_id",
+    "SELECT enrollment_id, user_id, course_id, status, progress_pct "
+    "FROM enrollments WHERE enrollment_id = $1",
+    True,
+    lambda rng, s: (rng.choice(s.enrollment_ids),),
+)
+# A learner's progress tick; the table's triggers recompute the enrollment's progress.
+PROGRESS_UPDATE = Op(
+    "progress_update",
+    "UPDATE lesson_progress SET seconds_spent = seconds_spent + 1 WHERE progress_id = $1",
+    False,
+    lambda rng, s: (rng.choice(s.progress_ids),),
+)
+TOP_COURSES = Op(
+    "top_courses",
+    "SELECT course_id, title, price_cents, enrollment_count FROM courses "
+    "WHERE status = 'published' ORDER BY enrollment_count DESC, course_id LIMIT 20",
+    True,
+    lambda rng, s: (),
+    merge_key=lambda row: (row["enrollment_count"], row["course_id"]),
+    merge_limit=20,
+)
+
+POINT_READ = Workload("point_read", "point read by id (users)", ((USER_BY_ID, 1.0),))
+WRITE = Workload("write", "single-row write (lesson_progress update)", ((PROGRESS_UPDATE, 1.0),))
+MIXED = Workload(
+    "mixed",
+    "80% reads (users, enrollments by id) / 20% progress updates",
+    ((USER_BY_ID, 0.4), (ENROLLMENT_BY_ID, 0.4), (PROGRESS_UPDATE, 0.2)),
+)
+CATALOGUE = Workload(
+    "catalogue", "catalogue over all shards (top 20 courses)", ((TOP_COURSES, 1.0),),
+    scatter=True,
+)
+MAIN_WORKLOADS = (POINT_READ, WRITE, MIXED)
+
+
+@dataclass
+class Measurement:
+    ops: int
+    errors: int
+    seconds: float
+    latencies_ns: list[int] = field(repr=False)
+    first_error: str | None = None
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        if not self.latencies_ns:
+            return 0.0
+        ordered = sorted(self.latencies_ns)
+        index = min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))
+        return ordered[index] / 1e6
+
+    def summary(self) -> dict[str, Any]:
+        mean = sum(self.latencies_ns) / len(self.latencies_ns) / 1e6 if self.latencies_ns else 0
+        return {
+            "ops": self.ops,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 3),
+            "ops_per_s": round(self.ops_per_s, 1),
+            "mean_ms": round(mean, 3),
+            "p50_ms": round(self.percentile_ms(0.50), 3),
+            "p99_ms": round(self.percentile_ms(0.99), 3),
+            "first_error": self.first_error,
+        }
+
+
+async def measure(target: Target, workload: Workload, sample: Sample, concurrency: int,
+                  duration: float, max_ops: int, seed: int = 1) -> Measurement:  # fmt: skip
+    """`concurrency` workers issue ops back to back until `duration` seconds or `max_ops`."""
+    loop = asyncio.get_running_loop()
+    latencies: list[int] = []
+    state = {"left": max_ops, "errors": 0}
+    first_error: list[str] = []
+    stop_at = loop.time() + duration
+
+    async def worker(index: int) -> None:
+        rng = random.Random(seed * 100_003 + index)
+        clock = time.perf_counter_ns
+        while state["left"] > 0 and loop.time() < stop_at:
+            state["left"] -= 1
+            op = workload.pick(rng)
+            args = op.args(rng, sample)
+            started = clock()
+            try:
+                await target.run(op, args)
+            except Exception as exc:  # counted and reported, never hidden
+                state["errors"] += 1
+                if not first_error:
+                    first_error.append(f"{op.name}: {type(exc).__name__}: {exc}"[:300])
+                continue
+            latencies.append(clock() - started)
+
+    started = time.perf_counter()
+    async with asyncio.timeout(duration + 60):
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    seconds = time.perf_counter() - started
+    return Measurement(len(latencies), state["errors"], seconds, latencies,
+                       first_error[0] if first_error else None)  # fmt: skip
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
