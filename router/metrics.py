@@ -84,6 +84,20 @@ class Metrics:
         )
         self.registry.register(_LiveCollector(self))
         self._server: Any = None
+        # labels() costs a locked dict lookup; the request path reuses the children.
+        self._request_children: dict[tuple[str, str, str, str], Any] = {}
+        self._latency_children: dict[str, Any] = {}
+
+    def record(self, kind: str, shard: str, role: str, outcome: str, seconds: float) -> None:
+        key = (kind, shard, role, outcome)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(*key)
+        counter.inc()
+        histogram = self._latency_children.get(kind)
+        if histogram is None:
+            histogram = self._latency_children[kind] = self.latency.labels(kind)
+        histogram.observe(seconds)
 
     def bind(self, topology: Topology, classifier: Classifier) -> None:
         self.topology = topology

@@ -235,15 +235,15 @@ class ClientConnection(asyncio.Protocol):
             if failure.code is ErrorCode.INTERNAL:
                 log.exception("internal error serving %s", kind)
             self._send_failure(message.id, failure, kind)
-            self._node.metrics.requests.labels(kind, "", "", failure.code.name).inc()
-            self._node.metrics.latency.labels(kind).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self._node.metrics.record(kind, "", "", failure.code.name, elapsed)
             return
         self.send(reply)
+        elapsed = time.perf_counter() - started
         if outcome is not None:
-            self._node.metrics.requests.labels(kind, outcome.shard, outcome.role.value, "ok").inc()
+            self._node.metrics.record(kind, outcome.shard, outcome.role.value, "ok", elapsed)
         else:
-            self._node.metrics.requests.labels(kind, "", "", "ok").inc()
-        self._node.metrics.latency.labels(kind).observe(time.perf_counter() - started)
+            self._node.metrics.record(kind, "", "", "ok", elapsed)
 
     @staticmethod
     def _route(outcome: Outcome) -> RouteInfo:
