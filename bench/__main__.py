@@ -198,7 +198,8 @@ class Bench:
         ratio = workloads["point_read"]["ratios"].get("georoute/direct", {}).get("throughput")
         py_spy = find_py_spy()
         want = args.profile == "always" or (
-            args.profile == "auto" and ratio is not None and ratio < PROFILE_BELOW)
+            args.profile == "auto" and not args.smoke and ratio is not None
+            and ratio < PROFILE_BELOW)
         if want and py_spy and self.router is not None:
             self.rec.say("profiling the router with py-spy during point reads")
             results["profile"] = await profile_router(
