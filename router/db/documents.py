@@ -8,7 +8,7 @@ the shard's region. Shapes are checked in Python, with errors naming the offendi
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -239,18 +239,26 @@ class DocumentStore:
         await self.db[collection].replace_one({"_id": doc["_id"]}, dict(doc), upsert=True)
 
     async def put_many(
-        self, collection: str, docs: Iterable[Mapping[str, Any]], *, batch_size: int = 1000
+        self, collection: str, docs: Iterable[Mapping[str, Any]], *, batch_size: int = 1000,
+        upsert: bool = True, on_batch: Callable[[int], object] | None = None,
     ) -> int:
-        """Validate every document first, then upsert them in batches. Returns the count."""
+        """Validate every document first, then write them in batches. Returns the count.
+
+        upsert=False inserts (faster, for collections just cleared; duplicates raise)."""
         checked = list(docs)
         for doc in checked:
             validate(collection, doc)
         for start in range(0, len(checked), batch_size):
             batch = checked[start : start + batch_size]
-            await self.db[collection].bulk_write(
-                [ReplaceOne({"_id": d["_id"]}, dict(d), upsert=True) for d in batch],
-                ordered=False,
-            )
+            if upsert:
+                await self.db[collection].bulk_write(
+                    [ReplaceOne({"_id": d["_id"]}, dict(d), upsert=True) for d in batch],
+                    ordered=False,
+                )
+            else:
+                await self.db[collection].insert_many([dict(d) for d in batch], ordered=False)
+            if on_batch is not None:
+                on_batch(len(batch))
         return len(checked)
 
     async def get(self, collection: str, doc_id: str) -> dict[str, Any] | None:

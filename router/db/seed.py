@@ -95,7 +95,9 @@ async def _load_shard(config: Config, shard: ShardConfig, data: ShardData,
                       options: SeedOptions, bar: _Progress) -> dict[str, int]:
     conn = await connect_node(config, shard.primary)
     try:
-        number = await conn.fetchval("SELECT number FROM georoute_shard")
+        number = None
+        if await conn.fetchval("SELECT to_regclass('georoute_shard') IS NOT NULL"):
+            number = await conn.fetchval("SELECT number FROM georoute_shard")
         if number != shard.number:
             raise GeorouteError(
                 f"shard {shard.name} is not migrated (georoute_shard says {number}): "
@@ -150,10 +152,10 @@ async def seed(config: Config, options: SeedOptions | None = None) -> SeedReport
                 await store.ensure_collections()
                 for data in generated:
                     await store.delete_region(data.region)
-                    n_content = await store.put_many(COURSE_CONTENT, data.course_content)
-                    bar.update(n_content)
-                    n_prefs = await store.put_many(USER_PREFERENCES, data.user_preferences)
-                    bar.update(n_prefs)
+                    n_content = await store.put_many(COURSE_CONTENT, data.course_content,
+                                                     upsert=False, on_batch=bar.update)
+                    n_prefs = await store.put_many(USER_PREFERENCES, data.user_preferences,
+                                                   upsert=False, on_batch=bar.update)
                     report.documents[data.region] = {
                         COURSE_CONTENT: n_content, USER_PREFERENCES: n_prefs}
     finally:
