@@ -123,3 +123,33 @@ async def test_updated_at_and_audit_triggers(catalogue: Catalogue) -> None:
     actions = {r["action"] for r in await conn.fetch(
         "SELECT action FROM audit_log WHERE entity_id = $1", course.course_id)}
     assert {"courses.insert", "courses.update"} <= actions
+
+
+async def test_record_audit_takes_the_actor_from_the_session(catalogue: Catalogue) -> None:
+    conn = catalogue.conn
+    actor = await catalogue.user("admin")
+    entity = uuid.uuid4()
+    async with conn.transaction():
+        await conn.execute("SELECT set_config('georoute.actor_id', $1, true)", str(actor))
+        audit = await conn.fetchval(
+            "SELECT record_audit('course.featured', 'courses', $1, '{\"slot\": 1}')", entity)
+    row = await conn.fetchrow("SELECT * FROM audit_log WHERE audit_id = $1", audit)
+    assert (row["actor_id"], row["action"], row["entity_id"], row["region"]) == (
+        actor, "course.featured", entity, "europe")
+    with sql_error("22023", "must not be empty"):
+        await conn.fetchval("SELECT record_audit('', 'courses', NULL)")
+
+
+async def test_search_catalogue_by_category_includes_children(catalogue: Catalogue) -> None:
+    conn = catalogue.conn
+    parent = unique("parent-")
+    parent_id = await conn.fetchval(
+        "INSERT INTO categories (slug, name) VALUES ($1, 'P') RETURNING category_id", parent)
+    child_id = await conn.fetchval(
+        "INSERT INTO categories (slug, name, parent_id) VALUES ($1, 'C', $2) "
+        "RETURNING category_id", unique("child-"), parent_id)
+    course = await catalogue.course()
+    await conn.execute("UPDATE courses SET category_id = $1 WHERE course_id = $2",
+                       child_id, course.course_id)
+    rows = await conn.fetch("SELECT course_id FROM search_catalogue(NULL, $1)", parent)
+    assert [r["course_id"] for r in rows] == [course.course_id]
