@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 import time
@@ -202,9 +203,11 @@ class Bench:
             and ratio < PROFILE_BELOW)
         if want and py_spy and self.router is not None:
             self.rec.say("profiling the router with py-spy during point reads")
-            results["profile"] = await profile_router(
-                py_spy, self.router.pid, GeorouteTarget(self.router.dsn, TOKEN, 4), sample,
-                args.concurrency, 2 if args.smoke else 6, args.out)  # fmt: skip
+            # Python frames (non-blocking sampling), then native frames too (pauses per sample).
+            for key, native in (("profile", False), ("profile_native", True)):
+                results[key] = await profile_router(
+                    py_spy, self.router.pid, GeorouteTarget(self.router.dsn, TOKEN, 4), sample,
+                    args.concurrency, 2 if args.smoke else 5, args.out, native)  # fmt: skip
         elif want:
             self.skipped.append("router profile: py-spy is not installed (pip install py-spy)")
         if not args.smoke:
@@ -302,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     bench = Bench(args)
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    load_start = [round(x, 2) for x in os.getloadavg()]
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     try:
         bench.start()
@@ -322,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                         "warmup": 0.1 if args.smoke else 0.5},
             "shard": SHARD, "targets": found.pop("target_descriptions"),
             "router_rss_kib_at_end": router_rss,
+            "loadavg_start": load_start, "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         },
         **found,
         "skipped": bench.skipped,

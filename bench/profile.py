@@ -38,49 +38,72 @@ def _package(path: str) -> str:
     return path or "?"
 
 
+# Leaf functions where a thread waits rather than works (the event loop, the metrics thread).
+_IDLE_LEAVES = frozenset({"epoll_wait", "epoll_pwait", "poll", "select", "_PollLikeSelector.select",
+                          "select_poll_poll_impl", "pthread_cond_timedwait", "sem_timedwait"})
+
+
+def _label(frame: str) -> tuple[str, bool]:
+    """"func (file)" for a collapsed frame, and whether it is Python code (a .py file)."""
+    m = _FRAME.match(frame.strip())
+    if m is None:
+        return frame.strip(), False
+    return f"{m['func']} ({m['file']})", m["file"].endswith(".py") or m["file"].startswith("<")
+
+
 def summarise(raw: str, top: int = 15) -> dict[str, Any]:
-    """From py-spy's raw (collapsed) output: own-sample counts per function and package."""
+    """From py-spy's raw (collapsed) output, over the samples where the router was busy: own
+    samples per function and package, inclusive samples, and for native leaves (system calls,
+    C code) the nearest Python caller."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     packages: Counter[str] = Counter()
-    total = 0
+    callers: Counter[str] = Counter()
+    total = idle = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        n = int(count)
-        total += n
-        frames = [f for f in stack.split(";") if f]
-        names = []
-        for frame in frames:
-            m = _FRAME.match(frame.strip())
-            names.append(f"{m['func']} ({m['file']})" if m else frame.strip())
-        if not names:
+        frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        if not frames:
             continue
-        if names[0].startswith(("process ", "thread ")):
-            names = names[1:] or names
-        own[names[-1]] += n
-        for name in set(names):
+        n = int(count)
+        labels = [_label(f) for f in frames]
+        leaf, leaf_is_python = labels[-1]
+        if leaf.split(" (")[0] in _IDLE_LEAVES:
+            idle += n
+            continue
+        total += n
+        own[leaf] += n
+        for name in {name for name, _ in labels}:
             inclusive[name] += n
-        leaf = _FRAME.match(frames[-1].strip())
-        packages[_package(leaf["file"]) if leaf else "?"] += n
+        m = _FRAME.match(frames[-1].strip())
+        packages[_package(m["file"]) if m else "?"] += n
+        if not leaf_is_python:
+            py = next((name for name, is_py in reversed(labels) if is_py), "?")
+            callers[f"{leaf.split(' (')[0]} <- {py}"] += n
 
     def pct(counter: Counter[str]) -> list[dict[str, Any]]:
-        return [{"name": k, "samples": v, "pct": round(100 * v / total, 1)}
+        return [{"name": k, "samples": v, "pct": round(100 * v / max(total, 1), 1)}
                 for k, v in counter.most_common(top)]  # fmt: skip
 
-    return {"samples": total, "own": pct(own), "inclusive": pct(inclusive),
-            "packages": pct(packages)}  # fmt: skip
+    return {"samples": total, "idle_samples": idle, "own": pct(own),
+            "inclusive": pct(inclusive), "packages": pct(packages),
+            "native_callers": pct(callers)}  # fmt: skip
 
 
 async def profile_router(py_spy: str, pid: int, target: Target, sample: Sample,
-                         concurrency: int, seconds: int, out_dir: Path) -> dict[str, Any]:
+                         concurrency: int, seconds: int, out_dir: Path,
+                         native: bool = False) -> dict[str, Any]:
     """Run point reads through `target` while py-spy samples `pid` for `seconds`."""
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
-    raw_path = out_dir / "router-profile.txt"
+    raw_path = out_dir / ("router-profile-native.txt" if native else "router-profile.txt")
+    # --native also samples C/Cython frames (asyncpg's protocol, uvloop, system calls); it
+    # needs to pause the process per sample (no --nonblocking), which slows it somewhat.
     proc = await asyncio.create_subprocess_exec(
         py_spy, "record", "--format", "raw", "--rate", "250", "--duration", str(seconds),
-        "--pid", str(pid), "--output", str(raw_path), "--nonblocking",
+        "--pid", str(pid), "--output", str(raw_path),
+        *(["--native"] if native else ["--nonblocking"]),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     await target.open(concurrency)
@@ -97,6 +120,6 @@ async def profile_router(py_spy: str, pid: int, target: Target, sample: Sample,
     if proc.returncode != 0 or not raw:
         return {"status": "failed", "detail": output.decode(errors="replace")[-400:]}
     summary = summarise(raw)
-    summary.update(status="ok", seconds=seconds, concurrency=concurrency,
+    summary.update(status="ok", seconds=seconds, concurrency=concurrency, native=native,
                    load_ops_per_s=round(load.ops_per_s, 1), raw=str(raw_path))  # fmt: skip
     return summary

@@ -45,14 +45,19 @@ def _ordered(targets: dict[str, Any]) -> list[str]:
 def _row(workload: str, c: Any, name: str, t: dict[str, Any], ratio: dict[str, Any] | None
          ) -> list[str]:  # fmt: skip
     if t.get("status") != "ok":
-        return [workload, str(c), name, t.get("status", "?"), "", "", "", "", ""]
+        return [workload, str(c), name, t.get("status", "?"), "", "", "", "", "", "", ""]
     r = ratio or {}
     return [
         workload, str(c), name, f"{t['ops_per_s']:,.0f}", f"{t['p50_ms']:.2f}",
         f"{t['p99_ms']:.2f}", str(t["errors"]),
         f"{r['throughput']:.2f}x" if r.get("throughput") is not None else "",
         f"{r['p99']:.2f}x" if r.get("p99") is not None else "",
+        _us(t.get("client_cpu_us_per_op")), _us(t.get("router_cpu_us_per_op")),
     ]
+
+
+def _us(value: Any) -> str:
+    return "" if value is None else f"{value:.0f}"
 
 
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
@@ -69,7 +74,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
 
 
 HEADER = ["workload", "clients", "target", "ops/s", "p50 ms", "p99 ms", "errors",
-          "ops/s vs direct", "p99 vs direct"]  # fmt: skip
+          "ops/s vs direct", "p99 vs direct", "bench CPU us/op", "router CPU us/op"]  # fmt: skip
 
 
 def render_table(results: dict[str, Any]) -> str:
@@ -133,6 +138,8 @@ def write_chart(results: dict[str, Any], path: Path) -> Path | None:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t)
         ax.set_xscale("log", base=2)
+        if key == "p99_ms":
+            ax.set_yscale("log")
         ax.set_xlabel("clients")
         ax.set_ylabel(label)
         ax.set_title(f"point reads: {label} vs clients")
@@ -161,11 +168,18 @@ def _kept_notes(path: Path) -> str:
 def _profile_md(profile: dict[str, Any]) -> list[str]:
     if profile.get("status") != "ok":
         return [f"py-spy: {profile.get('status')}: {profile.get('detail', '')}", ""]
+    frames = ("Python and native frames (`--native`, which pauses the process per sample)"
+              if profile.get("native") else "Python frames only")  # fmt: skip
     lines = [f"py-spy on the router process, {profile['seconds']} s of point reads at "
-             f"{profile['concurrency']} clients ({profile['samples']} samples, Python frames "
-             f"only; raw stacks in `{profile['raw']}`).", "",
+             f"{profile['concurrency']} clients ({profile['load_ops_per_s']:,.0f} ops/s while "
+             f"sampled): {profile['samples']} busy samples ({profile.get('idle_samples', 0)} "
+             f"idle ones left out), {frames}; raw stacks in `{profile['raw']}`. Percentages "
+             "are of busy samples.", "",
              "| own samples: function | % |", "|---|---|"]  # fmt: skip
     lines += [f"| `{f['name']}` | {f['pct']} |" for f in profile["own"][:12]]
+    if profile.get("native_callers"):
+        lines += ["", "| native leaf <- nearest Python caller | % |", "|---|---|"]
+        lines += [f"| `{f['name']}` | {f['pct']} |" for f in profile["native_callers"][:8]]
     lines += ["", "| by package (own samples) | % |", "|---|---|"]
     lines += [f"| {p['name']} | {p['pct']} |" for p in profile["packages"][:10]]
     lines += ["", "| inclusive: function | % |", "|---|---|"]
@@ -185,7 +199,9 @@ def write_results_md(results: dict[str, Any], path: Path, chart: Path | None) ->
         "machine as the database, the router and the load generator (one Python process with "
         "uvloop), so all compete for the same cores: read the ratios, not the absolute numbers.",
         "",
-        f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM, {m['kernel']}",
+        f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM, {m['kernel']}; "
+        f"load average (1/5/15 min) {meta['loadavg_start']} at start, {meta['loadavg_end']} "
+        "at end (other work shared the machine)",
         f"- Versions: {v['postgresql']}; {v['pgbouncer']}; {v['pgpool']}; Python {m['python']}; "
         f"asyncpg {v['asyncpg']}; uvloop {v['uvloop']}",
         f"- Data: `--users {meta['options']['users']}` (seed 42); shard `{meta['shard']}`; "
@@ -204,7 +220,9 @@ def write_results_md(results: dict[str, Any], path: Path, chart: Path | None) ->
         g = w["targets"].get("georoute", {})
         if g.get("status") == "ok":
             lines.append(f"- {name}: {g.get('router_cpu_us_per_op')} us of router CPU per "
-                         f"request; RSS {g.get('router_rss_kib', 0) / 1024:.1f} MiB")  # fmt: skip
+                         f"request ({g.get('router_user_us_per_op')} user + "
+                         f"{g.get('router_sys_us_per_op')} system); RSS "
+                         f"{g.get('router_rss_kib', 0) / 1024:.1f} MiB")  # fmt: skip
     lines.append("")
     headline = results.get("headline", [])
     if headline:
@@ -220,6 +238,8 @@ def write_results_md(results: dict[str, Any], path: Path, chart: Path | None) ->
         lines.append("")
     if results.get("profile"):
         lines += ["## Profile of the router", "", *_profile_md(results["profile"])]
+    if results.get("profile_native"):
+        lines += ["### With native frames", "", *_profile_md(results["profile_native"])]
     if results.get("skipped"):
         lines += ["## Skipped", "", *[f"- {s}" for s in results["skipped"]], ""]
     lines += ["## Notes", "", NOTES_START, notes, NOTES_END, ""]

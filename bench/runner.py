@@ -4,6 +4,7 @@ round (so drift hits all targets alike), the catalogue, and the concurrency swee
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,16 +54,25 @@ async def _measure(rec: Recorder, target: Target, workload: Workload, sample: Sa
     if plan.warmup > 0:
         await measure(target, workload, sample, concurrency, plan.warmup, plan.max_ops, seed + 7)
     pid = rec.router_pid if isinstance(target, GeorouteTarget) else None
-    cpu_before = cpu_seconds(pid) if pid else 0.0
+    cpu_before = cpu_seconds(pid) if pid else (0.0, 0.0)
+    own_before = time.process_time()
     m: Measurement = await measure(target, workload, sample, concurrency, duration,
                                    plan.max_ops, seed)  # fmt: skip
+    own = time.process_time() - own_before
     out = m.summary()
+    # The load generator's own CPU per request: it differs by target (client library).
+    out["client_cpu_us_per_op"] = round(own / m.ops * 1e6, 1) if m.ops else None
     if pid:
-        cpu = cpu_seconds(pid) - cpu_before
-        out["router_cpu_s"] = round(cpu, 3)
-        out["router_cpu_us_per_op"] = round(cpu / m.ops * 1e6, 1) if m.ops else None
+        user, system = (after - before for after, before in zip(cpu_seconds(pid), cpu_before,
+                                                                strict=True))  # fmt: skip
+        out["router_cpu_s"] = round(user + system, 3)
+        per_op = 1e6 / m.ops if m.ops else 0.0
+        out["router_cpu_us_per_op"] = round((user + system) * per_op, 1) if m.ops else None
+        out["router_user_us_per_op"] = round(user * per_op, 1) if m.ops else None
+        out["router_sys_us_per_op"] = round(system * per_op, 1) if m.ops else None
         out["router_rss_kib"] = rss_kib(pid)
-    extra = f" router {out['router_cpu_us_per_op']} us/op" if pid else ""
+    extra = f" client {out['client_cpu_us_per_op']} us/op"
+    extra += f" router {out['router_cpu_us_per_op']} us/op" if pid else ""
     rec.say(f"  {workload.name:<10} c={concurrency:<4} {target.name:<10} "
             f"{out['ops_per_s']:>9.0f} ops/s  p99 {out['p99_ms']:>7.2f} ms  "
             f"errors {out['errors']}{extra}")  # fmt: skip
@@ -76,9 +86,12 @@ def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         agg[key] = round(median([r[key] for r in rounds]), 3)
     agg["errors"] = sum(r["errors"] for r in rounds)
     agg["first_error"] = next((r["first_error"] for r in rounds if r["first_error"]), None)
+    client = [r["client_cpu_us_per_op"] for r in rounds if r.get("client_cpu_us_per_op")]
+    agg["client_cpu_us_per_op"] = round(median(client), 1) if client else None
     if any("router_cpu_us_per_op" in r for r in rounds):
-        per_op = [r["router_cpu_us_per_op"] for r in rounds if r.get("router_cpu_us_per_op")]
-        agg["router_cpu_us_per_op"] = round(median(per_op), 1) if per_op else None
+        for key in ("router_cpu_us_per_op", "router_user_us_per_op", "router_sys_us_per_op"):
+            values = [r[key] for r in rounds if r.get(key) is not None]
+            agg[key] = round(median(values), 1) if values else None
         agg["router_rss_kib"] = max(r["router_rss_kib"] for r in rounds)
     if agg["ops_per_s"] <= 0:
         agg["status"] = "failed"

@@ -56,12 +56,12 @@ async def prepare_data(config: Config, users: int) -> None:
     await seed(config, SeedOptions(users=users, documents=False, progress=False))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of `pid` so far (from /proc/<pid>/stat utime and stime)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of `pid` so far (/proc/<pid>/stat utime and stime)."""
     with open(f"/proc/{pid}/stat", "rb") as fh:
         fields_after_name = fh.read().rsplit(b")", 1)[1].split()
     # Fields 14 and 15 of stat(5); the list starts at field 3 (state).
-    return (int(fields_after_name[11]) + int(fields_after_name[12])) / _CLK_TCK
+    return int(fields_after_name[11]) / _CLK_TCK, int(fields_after_name[12]) / _CLK_TCK
 
 
 def rss_kib(pid: int) -> int:

@@ -4,6 +4,7 @@ through pgbouncer/pgpool-II) or the georoute client. One `run(op, args)` per req
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,11 +50,14 @@ class Target:
 
 
 class _Connections:
-    """Connections to one endpoint, handed out from a queue: no asyncpg Pool, so no reset
-    queries on release (they halve throughput; see FIELD-NOTES)."""
+    """Connections to one endpoint, handed out first come, first served: no asyncpg Pool, so
+    no reset queries on release (they halve throughput; see FIELD-NOTES). A released
+    connection goes straight to the longest waiter, so with more clients than connections a
+    client that releases and asks again cannot barge ahead of the others."""
 
     def __init__(self) -> None:
-        self.idle: asyncio.Queue[asyncpg.Connection] = asyncio.Queue()
+        self.idle: collections.deque[asyncpg.Connection] = collections.deque()
+        self.waiters: collections.deque[asyncio.Future[asyncpg.Connection]] = collections.deque()
         self.all: list[asyncpg.Connection] = []
 
     async def open(self, endpoint: Endpoint, user: str, n: int, cache: int) -> None:
@@ -62,13 +66,33 @@ class _Connections:
                             database=endpoint.database, statement_cache_size=cache, timeout=10)
             for _ in range(n)
         ))  # fmt: skip
-        for conn in conns:
-            self.all.append(conn)
-            self.idle.put_nowait(conn)
+        self.all.extend(conns)
+        self.idle.extend(conns)
+
+    async def acquire(self) -> asyncpg.Connection:
+        if self.idle:
+            return self.idle.popleft()
+        waiter: asyncio.Future[asyncpg.Connection] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())
+            raise
+
+    def release(self, conn: asyncpg.Connection) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self.idle.append(conn)
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close(timeout=5) for c in self.all), return_exceptions=True)
         self.all.clear()
+        self.idle.clear()
 
 
 class AsyncpgTarget(Target):
@@ -92,14 +116,14 @@ class AsyncpgTarget(Target):
 
     async def run(self, op: Op, args: Sequence[Any]) -> None:
         pool = self._read if op.read else self._write
-        conn = await pool.idle.get()
+        conn = await pool.acquire()
         try:
             if op.read:
                 await conn.fetch(op.sql, *args)
             else:
                 await conn.execute(op.sql, *args)
         finally:
-            pool.idle.put_nowait(conn)
+            pool.release(conn)
 
     async def close(self) -> None:
         await self._read.close()
@@ -156,11 +180,11 @@ class ScatterTarget(Target):
                                for p, e in zip(self._pools, self.replicas, strict=True)))
 
     async def _one(self, pool: _Connections, op: Op, args: Sequence[Any]) -> list[Any]:
-        conn = await pool.idle.get()
+        conn = await pool.acquire()
         try:
             return list(await conn.fetch(op.sql, *args))
         finally:
-            pool.idle.put_nowait(conn)
+            pool.release(conn)
 
     async def run(self, op: Op, args: Sequence[Any]) -> None:
         parts = await asyncio.gather(*(self._one(p, op, args) for p in self._pools))
