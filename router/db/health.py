@@ -54,7 +54,9 @@ class NodeHealth:
     expected_role: NodeRole
     role: NodeRole = NodeRole.UNKNOWN
     state: NodeState = NodeState.DOWN
-    replica_lag_bytes: int | None = None
+    replica_lag_bytes: int | None = None      # primary's WAL position minus replica's replay
+    # Seconds since the replica replayed its last transaction: grows while the primary is idle,
+    # so read it beside replica_lag_bytes (0 bytes behind + large delay = idle, not lagging).
     replay_delay_seconds: float | None = None
     error: str | None = None
 
