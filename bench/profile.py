@@ -51,7 +51,7 @@ def _label(frame: str) -> tuple[str, bool]:
     return f"{m['func']} ({m['file']})", m["file"].endswith(".py") or m["file"].startswith("<")
 
 
-def summarise(raw: str, top: int = 15) -> dict[str, Any]:
+def summarise(raw: str, top: int = 40) -> dict[str, Any]:
     """From py-spy's raw (collapsed) output, over the samples where the router was busy: own
     samples per function and package, inclusive samples, and for native leaves (system calls,
     C code) the nearest Python caller."""

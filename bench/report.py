@@ -152,6 +152,8 @@ def write_chart(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+# Frames under every sample (start-up), left out of the inclusive table.
+_ENTRY_POINTS = ("router/cli.py", "router/daemon_cli.py", "router/daemon.py")
 NOTES_START, NOTES_END = "<!-- notes: kept across runs -->", "<!-- /notes -->"
 
 
@@ -182,8 +184,11 @@ def _profile_md(profile: dict[str, Any]) -> list[str]:
         lines += [f"| `{f['name']}` | {f['pct']} |" for f in profile["native_callers"][:8]]
     lines += ["", "| by package (own samples) | % |", "|---|---|"]
     lines += [f"| {p['name']} | {p['pct']} |" for p in profile["packages"][:10]]
-    lines += ["", "| inclusive: function | % |", "|---|---|"]
-    lines += [f"| `{f['name']}` | {f['pct']} |" for f in profile["inclusive"][:12]]
+    own_code = [f for f in profile["inclusive"]
+                if any(f"({p}/" in f["name"] for p in ("router", "protocol"))
+                and not any(f"({e})" in f["name"] for e in _ENTRY_POINTS)]  # fmt: skip
+    lines += ["", "| inclusive: georoute's own functions | % |", "|---|---|"]
+    lines += [f"| `{f['name']}` | {f['pct']} |" for f in own_code[:10]]
     return [*lines, ""]
 
 
@@ -196,8 +201,11 @@ def write_results_md(results: dict[str, Any], path: Path, chart: Path | None) ->
         "",
         f"Figures from one run of `{meta['command']}` started {meta['started']} (UTC) and "
         f"finished {meta['finished']}, on the machine below. Every target ran on this same "
-        "machine as the database, the router and the load generator (one Python process with "
-        "uvloop), so all compete for the same cores: read the ratios, not the absolute numbers.",
+        "machine as the databases, the router and the load generator (one Python process on "
+        "the standard asyncio loop: the georoute client does not run on uvloop yet), so all "
+        "compete for the same cores: read the ratios, not the absolute numbers. `bench CPU "
+        "us/op` is the load generator's own CPU time per request (asyncpg or the georoute "
+        "client library); `router CPU us/op` is the router process's (utime+stime from /proc).",
         "",
         f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM, {m['kernel']}; "
         f"load average (1/5/15 min) {meta['loadavg_start']} at start, {meta['loadavg_end']} "
