@@ -124,6 +124,10 @@ class Executor:
     async def _acquire(self, node: NodeState) -> Backend:
         if not node.available:
             raise NodeUnavailableError(f"{node.name} is down ({node.last_error or 'unreachable'})")
+        if not node.pool.closed:
+            backend = node.pool.try_acquire()
+            if backend is not None:
+                return backend
         try:
             return await node.pool.acquire()
         except NodeUnavailableError as exc:

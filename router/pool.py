@@ -50,24 +50,32 @@ class Backend:
         self.dirty = False  # ran something that changed session state
         self._stmts: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
-    async def _statement(self, sql: str) -> Any:
-        stmt = self._stmts.get(sql)
-        if stmt is not None:
-            self._stmts.move_to_end(sql)
-            return stmt
+    async def _prepare(self, sql: str) -> tuple[Any, list[str]]:
         stmt = await self.conn.prepare(sql)
+        entry = (stmt, [a.name for a in stmt.get_attributes()])
         if self.cache_size > 0:
-            self._stmts[sql] = stmt
+            self._stmts[sql] = entry
             if len(self._stmts) > self.cache_size:
                 # asyncpg closes a dropped statement on the server before the next query.
                 self._stmts.popitem(last=False)
-        return stmt
+        return entry
+
+    async def _statement(self, sql: str) -> Any:
+        entry = self._stmts.get(sql)
+        if entry is None:
+            entry = await self._prepare(sql)
+        return entry[0]
 
     async def run(
         self, sql: str, params: Sequence[Any], *, retry_stale: bool = True
     ) -> QueryResult:
+        entry = self._stmts.get(sql)
+        if entry is None:
+            entry = await self._prepare(sql)
+        else:
+            self._stmts.move_to_end(sql)
+        stmt, columns = entry
         try:
-            stmt = await self._statement(sql)
             records = await stmt.fetch(*params)
         except _RETRY_ONCE:
             # The schema changed under a cached statement (e.g. a migration): re-prepare once.
@@ -75,8 +83,7 @@ class Backend:
             if not retry_stale:
                 raise
             return await self.run(sql, params, retry_stale=False)
-        columns = [a.name for a in stmt.get_attributes()]
-        return columns, [tuple(r) for r in records], stmt.get_statusmsg()
+        return columns, list(map(tuple, records)), stmt.get_statusmsg()
 
     async def run_many(self, sql: str, args: Sequence[Sequence[Any]]) -> str:
         stmt = await self._statement(sql)
@@ -126,6 +133,10 @@ class BackendPool:
         return len(self._all)
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def in_use(self) -> int:
         return len(self._all) - len(self._idle)
 
@@ -142,7 +153,10 @@ class BackendPool:
                 user=self._db.user,
                 password=self._db.password(),
                 timeout=self._db.connect_timeout_seconds,
-                statement_cache_size=0,  # we keep our own per-connection cache
+                # We keep our own per-connection statement cache, but asyncpg's must stay on:
+                # with statement_cache_size=0 even an explicitly prepared statement runs
+                # ~70% slower (measured: 157 vs 91 us per point read).
+                statement_cache_size=max(self._db.statement_cache_size, 1),
                 server_settings=self._settings,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -156,6 +170,16 @@ class BackendPool:
         """Open pool_min_size connections. Raises NodeUnavailableError if the node is down."""
         for _ in range(self._db.pool_min_size):
             self._idle.append(await self._connect())
+
+    def try_acquire(self) -> Backend | None:
+        """An idle connection without waiting, or None (then use `acquire`)."""
+        idle = self._idle
+        while idle:
+            backend = idle.pop()
+            if not backend.conn.is_closed():
+                return backend
+            self._all.discard(backend)
+        return None
 
     async def acquire(self) -> Backend:
         if self._closed:
