@@ -309,9 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     try:
         bench.start()
-        # Plain asyncio, not uvloop: client/connection.py asserts its transport is an
-        # asyncio.Transport, which uvloop's are not (reported; the same loop for every target).
-        found = asyncio.run(bench.run())
+        # The load generator runs on uvloop, the same loop for every target.
+        found = uvloop.run(bench.run())
         router_rss = rss_kib(bench.router.pid) if bench.router else 0
     finally:
         bench.close()

@@ -202,7 +202,7 @@ def write_results_md(results: dict[str, Any], path: Path, chart: Path | None) ->
         f"Figures from one run of `{meta['command']}` started {meta['started']} (UTC) and "
         f"finished {meta['finished']}, on the machine below. Every target ran on this same "
         "machine as the databases, the router and the load generator (one Python process on "
-        "the standard asyncio loop: the georoute client does not run on uvloop yet), so all "
+        "uvloop), so all "
         "compete for the same cores: read the ratios, not the absolute numbers. `bench CPU "
         "us/op` is the load generator's own CPU time per request (asyncpg or the georoute "
         "client library); `router CPU us/op` is the router process's (utime+stime from /proc).",

@@ -118,6 +118,7 @@ class RouterNode:
             await self._server.wait_closed()
         await self.monitor.stop()
         await asyncio.gather(*(n.pool.close() for n in self.topology.nodes()))
+        await asyncio.gather(*(s.lsn.close() for s in self.topology.shards.values()))
         await self.docstore.close()
         self.metrics.close()
         for task in self._bg:
@@ -164,6 +165,8 @@ class RouterNode:
         retired.extend(old_nodes.values())
         await self._start_pools(to_start)
         await self.monitor.stop()
+        for old_shard in self.topology.shards.values():
+            self.spawn(old_shard.lsn.close())
         self.config = new
         self.topology = fresh
         self.classifier = Classifier(

@@ -24,7 +24,6 @@ from router.classify import Analysis, Classifier
 from router.config import Config
 from router.health import HealthEvent
 from router.ids import shard_number_of
-from router.monitor import PRIMARY_LSN_SQL
 from router.pool import Backend, NodeUnavailableError
 from router.routing import (
     Consistency,
@@ -217,18 +216,12 @@ class Executor:
         columns, rows, status = await self._run(node, backend, sql, params)
         if analysis.changes_session_state:
             backend.dirty = True
-        token = None
-        try:
-            if node.role is Role.PRIMARY and not analysis.read_only and _rows_changed(
-                analysis, status
-            ):
-                lsn = await backend.scalar(PRIMARY_LSN_SQL)
-                session.note_write(shard.name, lsn)
-                token = f"{shard.name}:{lsn}"
-        except BaseException:
-            node.pool.release(backend, broken=True)
-            raise
         node.pool.release(backend)
+        token = None
+        if node.role is Role.PRIMARY and not analysis.read_only and _rows_changed(
+            analysis, status
+        ):
+            token = await self._token(session, shard)
         return Outcome(columns, rows, status, shard.name, node.name, WireRole(node.role.value),
                        token)
 
@@ -250,7 +243,6 @@ class Executor:
                     _, found, _ = await backend.run(IDEM_FETCH_SQL, [key])
                     status, reply = found[0]
                     columns, rows = msgpack.unpackb(reply, ext_hook=ext_hook, raw=False)
-            lsn = await backend.scalar(PRIMARY_LSN_SQL)
         except asyncpg.PostgresError:
             node.pool.release(backend)
             raise
@@ -261,9 +253,14 @@ class Executor:
             node.pool.release(backend, broken=True)
             raise
         node.pool.release(backend)
+        token = await self._token(session, shard)
+        return Outcome(columns, rows, status, shard.name, node.name, WireRole.PRIMARY, token)
+
+    async def _token(self, session: Session, shard: ShardState) -> str:
+        """The read-your-writes token after a write on `shard`'s primary (noted in session)."""
+        lsn = await shard.lsn.after_write()
         session.note_write(shard.name, lsn)
-        return Outcome(columns, rows, status, shard.name, node.name, WireRole.PRIMARY,
-                       f"{shard.name}:{lsn}")
+        return f"{shard.name}:{lsn}"
 
     async def _in_transaction(
         self, session: Session, tx: Transaction, sql: str, params: Sequence[Any], hints: Hints
@@ -333,7 +330,6 @@ class Executor:
                     for sql, params in statements:
                         _, _, status = await backend.run(sql, params)
                     status = f"BATCH {len(statements)}"
-            lsn = await backend.scalar(PRIMARY_LSN_SQL)
         except _CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
             raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
@@ -341,9 +337,8 @@ class Executor:
             node.pool.release(backend, broken=backend.conn.is_in_transaction())
             raise
         node.pool.release(backend)
-        session.note_write(shard.name, lsn)
-        return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY,
-                       f"{shard.name}:{lsn}")
+        token = await self._token(session, shard)
+        return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY, token)
 
     # ---- transactions ----------------------------------------------------------------------
 
@@ -382,17 +377,13 @@ class Executor:
                 raise TransactionError(
                     "TRANSACTION_ABORTED", "the transaction failed earlier and was rolled back"
                 )
-            token = None
             try:
                 await tx.backend.conn.execute("COMMIT")
-                if tx.wrote:
-                    lsn = await tx.backend.scalar(PRIMARY_LSN_SQL)
-                    session.note_write(tx.shard, lsn)
-                    token = f"{tx.shard}:{lsn}"
             except BaseException:
                 tx.node.pool.release(tx.backend, broken=True)
                 raise
             tx.node.pool.release(tx.backend)
+        token = await self._token(session, self._shard(tx.shard)) if tx.wrote else None
         return Outcome([], [], "COMMIT", tx.shard, tx.node.name, WireRole.PRIMARY, token)
 
     async def rollback(self, session: Session, tx_id: int) -> Outcome:

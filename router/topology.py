@@ -12,6 +12,7 @@ from typing import Any
 
 from router.config import Config, NodeAddress
 from router.health import HealthEvent, NodeHealth, next_health
+from router.lsn import LsnReader
 from router.pool import BackendPool
 from router.routing import Role
 
@@ -71,6 +72,7 @@ class ShardState:
     name: str
     number: int
     primary: NodeState
+    lsn: LsnReader  # the primary's WAL position, for read-your-writes tokens
     replicas: list[NodeState] = field(default_factory=list)
 
     def nodes(self) -> Iterator[NodeState]:
@@ -101,7 +103,10 @@ class Topology:
             role = Role.PRIMARY if node_name.endswith("-primary") else Role.REPLICA
             node = NodeState(node_name, shard_name, role, address, pool(node_name, address))
             if role is Role.PRIMARY:
-                shards[shard_name] = ShardState(shard_name, config.shards[shard_name].number, node)
+                lsn = LsnReader(node_name, address, config.database)
+                shards[shard_name] = ShardState(
+                    shard_name, config.shards[shard_name].number, node, lsn
+                )
             else:
                 shards[shard_name].replicas.append(node)
         return cls(shards)
