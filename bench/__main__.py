@@ -16,6 +16,7 @@ import asyncpg
 import uvloop
 
 from bench import peers
+from bench.placement import reads_by_port
 from bench.profile import find_py_spy, profile_router
 from bench.report import machine_info, render_table, write_chart, write_json, write_results_md
 from bench.runner import Plan, Recorder, run_catalogue, run_main, run_sweep
@@ -196,6 +197,14 @@ class Bench:
             [t.name for t in targets if t.name not in ("direct", "georoute")], sample, plan)
         sweep = await run_sweep(self.rec, targets, sample, plan, failed)
         results: dict[str, Any] = {"workloads": workloads, "sweep": sweep}
+        ports = {shard.primary.port: "primary", shard.replicas[0].port: "replica"}
+        placement: dict[str, dict[str, int]] = {}
+        for target in targets:
+            counts = await reads_by_port(target, sample, args.concurrency,
+                                         200 if args.smoke else 2000)  # fmt: skip
+            placement[target.name] = {ports.get(p, str(p)): n for p, n in counts.items()}
+            self.rec.say(f"  reads of {target.name} landed on {placement[target.name]}")
+        results["placement"] = placement
         ratio = workloads["point_read"]["ratios"].get("georoute/direct", {}).get("throughput")
         py_spy = find_py_spy()
         want = args.profile == "always" or (

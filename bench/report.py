@@ -235,6 +235,17 @@ def write_results_md(results: dict[str, Any], path: Path, chart: Path | None) ->
     headline = results.get("headline", [])
     if headline:
         lines += ["## Headline", "", *[f"- {h}" for h in headline], ""]
+    if results.get("placement"):
+        lines += ["## Where point reads land", "",
+                  "Each target ran its point reads over the same number of sessions, and "
+                  "PostgreSQL said which node answered (`inet_server_port()`).", "",
+                  "| target | on replica | on primary |", "|---|---|---|"]  # fmt: skip
+        for name, where in results["placement"].items():
+            total = sum(where.values()) or 1
+            rep, pri = where.get("replica", 0), where.get("primary", 0)
+            lines.append(f"| {name} | {rep} ({100 * rep / total:.0f}%) | "
+                         f"{pri} ({100 * pri / total:.0f}%) |")  # fmt: skip
+        lines.append("")
     if results.get("pgbench"):
         lines += ["## pgbench -S (reference)", "", "| target | tps | latency avg ms |",
                   "|---|---|---|"]  # fmt: skip
