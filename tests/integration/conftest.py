@@ -10,15 +10,25 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+import client
 from router.cluster import LocalCluster
 from router.config import Config, with_port_offset
 from router.db.connect import connect_node
 from router.db.migrate import migrate
+from tests.support.router_proc import (
+    REGIONS,
+    SCRATCH_DDL,
+    TOKEN,
+    RouterProcess,
+    router_config,
+    running_router,
+)
 
 
 @pytest.fixture(scope="session")
@@ -146,3 +156,22 @@ def sql_error(sqlstate: str, match: str = "") -> Iterator[None]:
         yield
     assert err.value.sqlstate == sqlstate, f"{err.value.sqlstate}: {err.value}"
     assert match in str(err.value), str(err.value)
+
+
+@pytest.fixture(scope="session")
+def router(cluster: LocalCluster, migrated: Config, test_config: Config) -> Iterator[RouterProcess]:
+    """One `georoute router` process for the router tests (lag bound 64 KiB)."""
+    config = router_config(test_config, max_replica_lag_bytes=64 * 1024)
+    path = Path(test_config.cluster.state_dir) / "router-test.toml"
+    with running_router(config, path) as proc:
+        yield proc
+
+
+@pytest.fixture
+async def db(router: RouterProcess) -> AsyncIterator[client.Client]:
+    """A client session on the test router, with the scratch table on every shard."""
+    c = await client.connect(router.dsn, token=TOKEN)
+    async with c:
+        for region in REGIONS:
+            await c.execute(SCRATCH_DDL, shard=region)
+        yield c

@@ -16,6 +16,22 @@ from pathlib import Path
 from router.config import Config, TableConfig, config_to_toml
 
 TOKEN = "test-token-0123456789"
+REGIONS = ("north_america", "europe", "asia")
+SCRATCH_DDL = """
+CREATE TABLE IF NOT EXISTS rt_items (
+    item_id uuid PRIMARY KEY,
+    region  text NOT NULL,
+    payload text NOT NULL DEFAULT ''
+)"""
+
+
+def number(config: Config, region: str) -> int:
+    return config.shards[region].number
+
+
+def port_of(config: Config, region: str, role: str) -> int:
+    shard = config.shards[region]
+    return shard.primary.port if role == "primary" else shard.replicas[0].port
 
 # A scratch table the router tests own: routed by its id or its region column.
 SCRATCH_TABLE = TableConfig(name="rt_items", region_column="region", id_columns=("item_id",))

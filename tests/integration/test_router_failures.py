@@ -1,0 +1,176 @@
+"""Bad input and failing nodes: typed errors, malformed frames, forged tokens, exactly-once
+writes, and nodes that go down and come back. The router keeps serving throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import uuid
+
+import pytest
+
+import client
+from protocol import ErrorCode, FrameDecoder, Hello, Query, encode
+from router.cluster import LocalCluster
+from router.ids import new_id
+from tests.integration.conftest import wait_until
+from tests.support.router_proc import (
+    TOKEN,
+    RouterProcess,
+    number,
+    port_of,
+)
+
+
+async def test_typed_errors_and_other_connections_unaffected(
+    db: client.Client, router: RouterProcess
+) -> None:
+    with pytest.raises(client.SQLSyntaxError) as parse:
+        await db.fetch("SELECT * FORM rt_items")
+    assert parse.value.sqlstate == "42601"
+    with pytest.raises(client.MissingShardKeyError) as missing:
+        await db.execute("UPDATE rt_items SET payload = $1 WHERE payload = $2", "a", "b")
+    assert "rt_items.region or item_id" in str(missing.value)
+    with pytest.raises(client.PostgresError) as pg:
+        await db.fetch("SELECT * FROM no_such_table", shard="europe")
+    assert pg.value.sqlstate == "42P01"
+    item = new_id(number(router.config, "europe"))
+    await db.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, 'europe')", item)
+    with pytest.raises(client.PostgresError) as dup:
+        await db.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, 'europe')", item)
+    assert dup.value.sqlstate == "23505"
+    assert await db.fetchval("SELECT 41 + 1") == 42
+
+
+def _raw_exchange(dsn_port: int, payload: bytes) -> list[object]:
+    with socket.create_connection(("127.0.0.1", dsn_port), timeout=10) as s:
+        s.sendall(payload)
+        decoder = FrameDecoder()
+        out: list[object] = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out.extend(decoder.feed(chunk))
+
+
+def test_bad_frames_and_tokens_get_typed_errors(router: RouterProcess) -> None:
+    port = router.config.router.listen_port
+    hello = encode(Hello(1, [1], "raw", TOKEN))
+    # Garbage after a good handshake: a MALFORMED_FRAME error, then the connection closes.
+    replies = _raw_exchange(port, hello + struct.pack(">I", 3) + b"\xc1\xc1\xc1")
+    assert [type(r).__name__ for r in replies] == ["HelloOk", "Error"]
+    assert replies[1].code == ErrorCode.MALFORMED_FRAME  # type: ignore[attr-defined]
+    # An oversized length prefix is refused before any body is read.
+    replies = _raw_exchange(port, hello + struct.pack(">I", 2**31))
+    assert replies[-1].code == ErrorCode.FRAME_TOO_LARGE  # type: ignore[attr-defined]
+    # A forged token.
+    replies = _raw_exchange(port, encode(Hello(1, [1], "raw", "forged")))
+    assert replies[0].code == ErrorCode.AUTH_FAILED  # type: ignore[attr-defined]
+    # A request before the handshake.
+    replies = _raw_exchange(port, encode(Query(5, "SELECT 1")))
+    assert replies[0].code == ErrorCode.HANDSHAKE_REQUIRED  # type: ignore[attr-defined]
+
+
+async def test_idempotency_key_applies_a_write_once(
+    db: client.Client, router: RouterProcess
+) -> None:
+    cfg = router.config
+    item = new_id(number(cfg, "europe"))
+    key = f"test-{uuid.uuid4()}"
+    sql = "INSERT INTO rt_items (item_id, region, payload) VALUES ($1, 'europe', 'once') RETURNING payload"
+    first = await db.fetch(sql, item, idempotency_key=key)
+    # The same request again (as a client retry after a lost reply would send it): no
+    # duplicate-key error, no second row, the same reply.
+    again = await db.fetch(sql, item, idempotency_key=key)
+    assert [r.values() for r in again] == [r.values() for r in first] == [["once"]]
+    counter = f"test-{uuid.uuid4()}"
+    for _ in range(3):
+        await db.execute(
+            "UPDATE rt_items SET payload = payload || '+' WHERE item_id = $1", item,
+            idempotency_key=counter,
+        )
+    assert await db.fetchval("SELECT payload FROM rt_items WHERE item_id = $1", item) == "once+"
+    # Concurrent duplicates: still exactly once.
+    racer = f"test-{uuid.uuid4()}"
+    await asyncio.gather(*(
+        db.execute("UPDATE rt_items SET payload = payload || '!' WHERE item_id = $1", item,
+                   idempotency_key=racer)
+        for _ in range(5)
+    ))
+    assert await db.fetchval("SELECT payload FROM rt_items WHERE item_id = $1", item) == "once+!"
+
+
+async def test_wrong_token_raises_auth_error(router: RouterProcess) -> None:
+    with pytest.raises(client.AuthError):
+        await client.connect(router.dsn, token="wrong", connect_rounds=1)
+
+
+async def test_node_down_fails_fast_and_recovers(
+    db: client.Client, router: RouterProcess, cluster: LocalCluster
+) -> None:
+    """A stopped replica: reads fall back to the primary at once; after restart they return."""
+    cfg = router.config
+    name = "asia-replica1"
+    cluster.stop_node(name)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        port = await db.fetchval(
+            "SELECT inet_server_port() FROM rt_items WHERE region = 'asia' LIMIT 1",
+            consistency="replica",
+        )
+        assert port == port_of(cfg, "asia", "primary")
+        assert loop.time() - started < 5
+    finally:
+        cluster.start_node(name)
+
+    async def back() -> bool:
+        nodes = (await db.topology())["shards"]["asia"]["nodes"]
+        node = next(n for n in nodes if n["name"] == name)
+        return node["health"] == "up" and node["lag_bytes"] is not None
+
+    await wait_until(back, within=30, what="replica back up")
+    port = await db.fetchval(
+        "SELECT inet_server_port() FROM rt_items WHERE region = 'asia' LIMIT 1",
+        consistency="replica",
+    )
+    assert port == port_of(cfg, "asia", "replica")
+
+
+async def test_primary_down_fails_fast_with_retryable_error(
+    db: client.Client, router: RouterProcess, cluster: LocalCluster
+) -> None:
+    """Writes to a shard whose primary is down fail fast, typed and retryable; other shards
+    keep serving; once the primary is back, writes succeed again."""
+    cfg = router.config
+    name = "north_america-primary"
+    cluster.stop_node(name)
+    try:
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            started = loop.time()
+            with pytest.raises(client.NodeUnavailableError) as info:
+                await db.execute(
+                    "INSERT INTO rt_items (item_id, region) VALUES ($1, 'north_america')",
+                    new_id(number(cfg, "north_america")),
+                )
+            assert info.value.retryable
+            assert loop.time() - started < 5
+        item = new_id(number(cfg, "asia"))
+        await db.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, 'asia')", item)
+    finally:
+        cluster.start_node(name)
+
+    async def writable() -> bool:
+        try:
+            await db.execute(
+                "INSERT INTO rt_items (item_id, region) VALUES ($1, 'north_america')",
+                new_id(number(cfg, "north_america")),
+            )
+        except client.NodeUnavailableError:
+            return False
+        return True
+
+    await wait_until(writable, within=30, what="writes to the restarted primary")

@@ -1,0 +1,117 @@
+"""The router process's lifecycle: metrics it exposes, SIGHUP reload, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+
+import client
+from router.cluster import LocalCluster
+from router.config import Config
+from tests.integration.conftest import wait_until
+from tests.support.router_proc import (
+    TOKEN,
+    RouterProcess,
+    port_of,
+    router_config,
+    running_router,
+)
+
+
+async def test_metrics_count_requests(db: client.Client, router: RouterProcess) -> None:
+    url = f"http://127.0.0.1:{router.config.metrics.port}/metrics"
+
+    def scrape() -> str:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.read().decode()
+
+    def ok_queries(text: str) -> float:
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("georoute_requests_total{") and 'kind="query"' in line \
+                    and 'outcome="ok"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    before = ok_queries(await asyncio.to_thread(scrape))
+    for _ in range(7):
+        await db.fetchval("SELECT 1")
+    text = await asyncio.to_thread(scrape)
+    assert ok_queries(text) - before == 7
+    for name in ("georoute_request_duration_seconds_bucket", "georoute_pool_connections",
+                 "georoute_replica_lag_bytes", "georoute_parse_cache_total",
+                 "georoute_errors_total"):
+        assert name in text, name
+
+
+async def test_sighup_reload_and_bad_reload(router: RouterProcess, db: client.Client) -> None:
+    cfg = router.config
+    await db.execute(
+        "CREATE OR REPLACE FUNCTION rt_answer() RETURNS int LANGUAGE sql STABLE AS 'SELECT 42'",
+        shard="europe",
+    )
+    sql = "SELECT rt_answer(), inet_server_port() FROM rt_items WHERE region = 'europe' LIMIT 1"
+    # Not a known read-only function: the statement counts as a write, on the primary.
+    row = await db.fetchrow(sql, consistency="replica")
+    assert row is not None and row[1] == port_of(cfg, "europe", "primary")
+
+    original = router.path.read_text()
+    try:
+        router.path.write_text(original.replace(
+            'read_only_functions = [', 'read_only_functions = ["rt_answer", ', 1))
+        router.signal(signal.SIGHUP)
+        assert await asyncio.to_thread(router.wait_for_output, "reloaded", 10)
+
+        async def on_replica() -> bool:
+            r = await db.fetchrow(sql, consistency="replica")
+            return r is not None and r[1] == port_of(cfg, "europe", "replica")
+
+        await wait_until(on_replica, within=10, what="reloaded read-only function list")
+
+        router.path.write_text(original.replace("[router]", "[router]\nno_such_key = 1", 1))
+        router.signal(signal.SIGHUP)
+        assert await asyncio.to_thread(router.wait_for_output, "reload refused", 10)
+        assert "router.no_such_key" in "".join(router.output)
+        assert await db.fetchval("SELECT 1") == 1  # still serving, old config kept
+        assert await on_replica()
+    finally:
+        router.path.write_text(original)
+
+
+def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: Config) -> None:
+    """A request in flight when SIGTERM arrives still gets its reply; then the router exits."""
+    config = router_config(test_config, port_shift=50, drain_timeout_seconds=10.0)
+    path = Path(test_config.cluster.state_dir) / "router-drain.toml"
+    with running_router(config, path) as proc:
+
+        primary = test_config.shards["europe"].primary
+
+        async def scenario() -> object:
+            c = await client.connect(proc.dsn, token=TOKEN)
+            pg = await asyncpg.connect(host=primary.host, port=primary.port,
+                                       database=primary.database, user=test_config.database.user)
+            try:
+                slow = asyncio.create_task(
+                    c.fetchval("SELECT 7 FROM pg_sleep(0.8)", shard="europe", idempotent=False,
+                               consistency="strong")
+                )
+
+                async def running() -> bool:
+                    n = await pg.fetchval("SELECT count(*) FROM pg_stat_activity "
+                                          "WHERE query = 'SELECT 7 FROM pg_sleep(0.8)'")
+                    return bool(n)
+
+                await wait_until(running, within=10, what="the slow query to reach PostgreSQL")
+                proc.signal(signal.SIGTERM)
+                return await slow
+            finally:
+                await pg.close()
+                await c.close()
+
+        assert asyncio.run(scenario()) == 7
+        assert proc.proc.wait(timeout=20) == 0
+        assert any("stopped" in line for line in proc.output)
