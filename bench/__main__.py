@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import shlex
 import sys
@@ -340,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": bench.skipped,
     }  # fmt: skip
     results["headline"] = headline(results)
+    if importlib.util.find_spec("matplotlib") is None:
+        results["skipped"].append("chart: matplotlib is not installed (`make bench` installs it)")
     path = write_json(results, args.out, stamp)
     chart = write_chart(results, args.out / f"bench-{stamp}.png")
     print(render_table(results))

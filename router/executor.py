@@ -347,7 +347,7 @@ class Executor:
     ) -> Transaction:
         if hints.shard is not None:
             if hints.shard not in self.config.shards:
-                raise UnknownShardError(f"shard hint {hints.shard!r} is not a shard")
+                raise UnknownShardError(f"shard hint {hints.shard!r} is not a shard", hints.shard)
             shard_name = hints.shard
         elif hints.shard_key is not None:
             shard_name = self.shard_for_key(hints.shard_key)

@@ -50,12 +50,16 @@ class ShuttingDown(Exception):
 def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
     """The Error reply for `exc`. `read_only` says the request was a read (safe to retry)."""
     if isinstance(exc, SqlParseError):
-        detail = {} if exc.position is None else {"position": exc.position + 1}
-        return Failure(ErrorCode.SQL_PARSE_ERROR, exc.message, sqlstate="42601", detail=detail)
+        where = {} if exc.position is None else {"position": exc.position + 1}
+        return Failure(ErrorCode.SQL_PARSE_ERROR, exc.message, sqlstate="42601", detail=where)
     if isinstance(exc, MissingShardKeyError):
-        return Failure(ErrorCode.MISSING_SHARD_KEY, str(exc), detail={"wanted": list(exc.wanted)})
+        detail: dict[str, Any] = {"wanted": list(exc.wanted)}
+        if exc.key is not None:
+            detail.update(key=exc.key, table=exc.table)
+        return Failure(ErrorCode.MISSING_SHARD_KEY, str(exc), detail=detail)
     if isinstance(exc, UnknownShardError):
-        return Failure(ErrorCode.UNKNOWN_SHARD, str(exc))
+        shard = exc.shard if isinstance(exc.shard, str) else None
+        return Failure(ErrorCode.UNKNOWN_SHARD, str(exc), detail={"shard": shard} if shard else {})
     if isinstance(exc, CrossShardError):
         return Failure(ErrorCode.CROSS_SHARD_UNSUPPORTED, str(exc))
     if isinstance(exc, (RoutingError, UnsupportedStatementError)):

@@ -37,8 +37,15 @@ class RoutingError(Exception):
 
 
 class MissingShardKeyError(RoutingError):
-    def __init__(self, wanted: Sequence[str]) -> None:
+    """`wanted` says in words what would have routed it; `table`/`key` name the first sharded
+    table and its first shard-key column, when there is one (the protocol's error detail)."""
+
+    def __init__(
+        self, wanted: Sequence[str], table: str | None = None, key: str | None = None
+    ) -> None:
         self.wanted = tuple(wanted)
+        self.table = table
+        self.key = key
         super().__init__(
             "no shard key in the statement: give a shard hint or an equality on "
             + "; ".join(self.wanted)
@@ -46,7 +53,9 @@ class MissingShardKeyError(RoutingError):
 
 
 class UnknownShardError(RoutingError):
-    pass
+    def __init__(self, message: str, shard: object = None) -> None:
+        super().__init__(message)
+        self.shard = shard
 
 
 class CrossShardError(RoutingError):
@@ -78,7 +87,8 @@ def _shard_of_value(kind: KeyKind, value: Any, config: Config) -> str | None:
     if kind is KeyKind.REGION:
         if isinstance(value, str) and value in config.shards:
             return value
-        raise UnknownShardError(f"{value!r} is not a region (known: {', '.join(config.shards)})")
+        known = ", ".join(config.shards)
+        raise UnknownShardError(f"{value!r} is not a region (known: {known})", value)
     number = shard_number_of(value)
     if number is None:
         return None
@@ -102,7 +112,7 @@ def resolve_shards(
     if hint is not None:
         if hint not in config.shards:
             known = ", ".join(config.shards)
-            raise UnknownShardError(f"shard hint {hint!r} is not a shard ({known})")
+            raise UnknownShardError(f"shard hint {hint!r} is not a shard ({known})", hint)
         return Target((hint,), write)
 
     found: dict[str, str] = {}  # shard -> where it came from
@@ -144,6 +154,7 @@ def resolve_shards(
         # Only reference tables (identical everywhere) or no table at all: any shard will do.
         return Target((next(iter(config.shards)),), write)
     wanted = []
+    first: tuple[str, str] | None = None
     for table in sharded or analysis.tables:
         cfg = config.tables.get(table)
         if cfg is None:
@@ -151,9 +162,10 @@ def resolve_shards(
             continue
         cols = ([cfg.region_column] if cfg.region_column else []) + list(cfg.id_columns)
         wanted.append(f"{table}.{' or '.join(cols)}")
+        first = first or (table, cols[0])
     if not wanted:
         wanted.append("a shard hint (the statement names no sharded table)")
-    raise MissingShardKeyError(wanted)
+    raise MissingShardKeyError(wanted, *(first or (None, None)))
 
 
 class NodeView(Protocol):

@@ -33,6 +33,7 @@ async def test_concurrent_writes_share_reads_and_never_get_an_older_position(
         later = await conn.fetchval(LSN_SQL)
         assert await reader.after_write() >= later
     finally:
+        await conn.execute("DROP TABLE IF EXISTS lsn_probe")  # shards must stay identical
         await conn.close()
         await reader.close()
 

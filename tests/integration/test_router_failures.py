@@ -32,6 +32,7 @@ async def test_typed_errors_and_other_connections_unaffected(
     with pytest.raises(client.MissingShardKeyError) as missing:
         await db.execute("UPDATE rt_items SET payload = $1 WHERE payload = $2", "a", "b")
     assert "rt_items.region or item_id" in str(missing.value)
+    assert (missing.value.key, missing.value.detail["table"]) == ("region", "rt_items")
     with pytest.raises(client.PostgresError) as pg:
         await db.fetch("SELECT * FROM no_such_table", shard="europe")
     assert pg.value.sqlstate == "42P01"
