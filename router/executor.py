@@ -187,7 +187,9 @@ class Executor:
             raise
         except _CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
-            node.record(HealthEvent.PROBE_FAILED, str(exc))
+            # Its other idle connections are most likely dead too: DOWN drops them, and the
+            # monitor's next good probe brings the node back.
+            node.record(HealthEvent.CONNECT_FAILED, str(exc))
             raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
         except asyncpg.PostgresError:
             node.pool.release(backend)  # the statement failed; the connection is fine
@@ -213,7 +215,14 @@ class Executor:
         if hints.idempotency_key is not None and not analysis.read_only:
             return await self._idempotent(session, shard, hints.idempotency_key, sql, params)
         node, backend = await self._pick(shard, role, min_lsn)
-        columns, rows, status = await self._run(node, backend, sql, params)
+        try:
+            columns, rows, status = await self._run(node, backend, sql, params)
+        except NodeUnavailableError:
+            if node.role is not Role.REPLICA:
+                raise
+            # The replica went away under a read: reads are safe to run again, on the primary.
+            node, backend = shard.primary, await self._acquire(shard.primary)
+            columns, rows, status = await self._run(node, backend, sql, params)
         if analysis.changes_session_state:
             backend.dirty = True
         node.pool.release(backend)

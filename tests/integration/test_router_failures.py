@@ -118,10 +118,7 @@ async def test_node_down_fails_fast_and_recovers(
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        port = await db.fetchval(
-            "SELECT inet_server_port() FROM rt_items WHERE region = 'asia' LIMIT 1",
-            consistency="replica",
-        )
+        port = await db.fetchval("SELECT inet_server_port()", shard="asia", consistency="replica")
         assert port == port_of(cfg, "asia", "primary")
         assert loop.time() - started < 5
     finally:
@@ -133,10 +130,7 @@ async def test_node_down_fails_fast_and_recovers(
         return node["health"] == "up" and node["lag_bytes"] is not None
 
     await wait_until(back, within=30, what="replica back up")
-    port = await db.fetchval(
-        "SELECT inet_server_port() FROM rt_items WHERE region = 'asia' LIMIT 1",
-        consistency="replica",
-    )
+    port = await db.fetchval("SELECT inet_server_port()", shard="asia", consistency="replica")
     assert port == port_of(cfg, "asia", "replica")
 
 
