@@ -157,6 +157,17 @@ def _param_number(node: Any) -> int | None:
     return None
 
 
+def _collect(expr: Any, params: list[int], values: list[Any]) -> None:
+    """Note where a value that may carry a shard comes from: $n, or a text constant."""
+    param = _param_number(expr)
+    if param is not None:
+        params.append(param)
+        return
+    value = _const_value(expr)
+    if isinstance(value, str):
+        values.append(value)
+
+
 def _column_name(node: Any) -> tuple[str | None, str] | None:
     """(qualifier or None, column) of a ColumnRef."""
     if not isinstance(node, ast.ColumnRef) or not node.fields:
@@ -261,13 +272,7 @@ class Classifier:
         arg_values: list[Any] = []
         for func in funcs:
             for arg in func.args or ():
-                p = _param_number(arg)
-                if p is not None:
-                    arg_params.append(p)
-                else:
-                    v = _const_value(arg)
-                    if isinstance(v, str):
-                        arg_values.append(v)
+                _collect(arg, arg_params, arg_values)
 
         return Analysis(
             kind=StatementKind.WRITE if write else StatementKind.READ,
@@ -320,13 +325,7 @@ class Classifier:
         id_values: list[Any] = []
 
         def loose(expr: Any) -> None:
-            param = _param_number(expr)
-            if param is not None:
-                id_params.append(param)
-            else:
-                value = _const_value(expr)
-                if isinstance(value, str):
-                    id_values.append(value)
+            _collect(expr, id_params, id_values)
 
         # INSERT ... (cols) VALUES (one row): the values of shard-key columns.
         if isinstance(stmt, ast.InsertStmt) and stmt.relation is not None:
