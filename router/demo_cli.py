@@ -100,7 +100,9 @@ Try it (README.md, "Try it", has more):
       "SELECT title, price_cents FROM courses WHERE region = \\$1 LIMIT 5" europe
 
 Ctrl-C stops the router{' and the cluster' if started_cluster else ''}.""", flush=True)
+        # Set both explicitly: a shell that starts us in the background leaves SIGINT ignored.
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
         assert router.stdout is not None
         for line in router.stdout:  # relay the router's log until it exits or Ctrl-C
             print(line, end="")
