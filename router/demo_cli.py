@@ -58,11 +58,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM stops the demo the way Ctrl-C does
 
 
-def _run(args: argparse.Namespace, config: Config) -> int:
-    cluster = LocalCluster(config)
-    already = [s for s in cluster.status() if s.running]
-    started_cluster = not already
-    print("== georoute demo ==")
+def _prepare(args: argparse.Namespace, config: Config, cluster: LocalCluster) -> None:
     print("1/4 local cluster (PostgreSQL 3 shards x primary+replica, document store) ...")
     for line in format_table(cluster.up()).splitlines():
         print("    " + line)
@@ -75,6 +71,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     else:
         print("3/4 sample data: already present (run `georoute seed` to regenerate)")
 
+
+def _serve(args: argparse.Namespace, config: Config, stops_cluster: bool) -> int:
     env = dict(os.environ)
     token = env.get(config.router.auth_token_env) or secrets.token_urlsafe(18)
     env[config.router.auth_token_env] = token
@@ -99,17 +97,11 @@ Try it (README.md, "Try it", has more):
   .venv/bin/python -m client georoute://{r.listen_host}:{r.listen_port} \\
       "SELECT title, price_cents FROM courses WHERE region = \\$1 LIMIT 5" europe
 
-Ctrl-C stops the router{' and the cluster' if started_cluster else ''}.""", flush=True)
-        # Set both explicitly: a shell that starts us in the background leaves SIGINT ignored.
-        signal.signal(signal.SIGTERM, _interrupt)
-        signal.signal(signal.SIGINT, _interrupt)
+Ctrl-C stops the router{' and the cluster' if stops_cluster else ''}.""", flush=True)
         assert router.stdout is not None
         for line in router.stdout:  # relay the router's log until it exits or Ctrl-C
             print(line, end="")
         return router.wait()
-    except KeyboardInterrupt:
-        print("\nstopping ...")
-        return 0
     finally:
         if router.poll() is None:
             router.send_signal(signal.SIGTERM)
@@ -117,7 +109,23 @@ Ctrl-C stops the router{' and the cluster' if started_cluster else ''}.""", flus
                 router.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 router.kill()
-        if started_cluster:
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    # Set both explicitly: a shell that starts us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    cluster = LocalCluster(config)
+    started_cluster = not any(s.running for s in cluster.status())
+    print("== georoute demo ==")
+    try:
+        _prepare(args, config, cluster)
+        return _serve(args, config, started_cluster)
+    except KeyboardInterrupt:
+        print("\nstopping ...")
+        return 0
+    finally:
+        if started_cluster:  # stop what this command started, also after Ctrl-C mid-start
             cluster.down()
             print("cluster stopped (data kept in the state dir; `georoute cluster down --purge` "
                   "removes it)")
