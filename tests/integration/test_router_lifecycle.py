@@ -80,6 +80,49 @@ async def test_sighup_reload_and_bad_reload(router: RouterProcess, db: client.Cl
         assert await on_replica()
     finally:
         router.path.write_text(original)
+        router.signal(signal.SIGHUP)
+
+
+async def test_reload_replaces_the_pool_of_a_changed_node(
+    router: RouterProcess, db: client.Client
+) -> None:
+    """SIGHUP with a replica moved to another address: the router builds a pool for the new
+    address (nothing listens there, so reads fall back to the primary) and retires the old
+    one; moving it back restores replica reads."""
+    cfg = router.config
+    replica_port = port_of(cfg, "asia", "replica")
+    original = router.path.read_text()
+    moved = original.replace(f"port = {replica_port},", "port = 1,", 1)
+    assert moved != original
+
+    async def replica_view() -> dict[str, object]:
+        nodes = (await db.topology())["shards"]["asia"]["nodes"]
+        return next(n for n in nodes if n["name"] == "asia-replica1")
+
+    try:
+        router.path.write_text(moved)
+        router.signal(signal.SIGHUP)
+
+        async def moved_away() -> bool:
+            node = await replica_view()
+            return node["port"] == 1 and node["health"] == "down"
+
+        await wait_until(moved_away, within=15, what="the replica's new, unreachable address")
+        port = await db.fetchval("SELECT inet_server_port()", shard="asia", consistency="replica")
+        assert port == port_of(cfg, "asia", "primary")
+    finally:
+        router.path.write_text(original)
+        router.signal(signal.SIGHUP)
+
+    async def back() -> bool:
+        node = await replica_view()
+        return node["port"] == replica_port and node["health"] == "up" and (
+            node["lag_bytes"] is not None
+        )
+
+    await wait_until(back, within=15, what="the replica back at its own address")
+    port = await db.fetchval("SELECT inet_server_port()", shard="asia", consistency="replica")
+    assert port == replica_port
 
 
 def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: Config) -> None:
