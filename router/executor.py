@@ -24,6 +24,7 @@ from router.classify import Analysis, Classifier
 from router.config import Config
 from router.health import HealthEvent
 from router.ids import shard_number_of
+from router.lsn import UNKNOWN_LSN
 from router.pool import Backend, NodeUnavailableError
 from router.routing import (
     Consistency,
@@ -168,7 +169,7 @@ class Executor:
                     return node, await self._acquire(node)
                 except NodeUnavailableError:
                     pass  # fall through to the primary
-            elif min_lsn is not None:
+            elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
                 found = await self._replica_past(shard, min_lsn)
                 if found is not None:
                     return found
