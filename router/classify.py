@@ -105,6 +105,9 @@ _SESSION_STMTS = (
     ast.DeclareCursorStmt,
     ast.DiscardStmt,
     ast.LoadStmt,
+    # Procedural code can change anything, set_config(..., false) included.
+    ast.DoStmt,
+    ast.CallStmt,
 )
 _SESSION_FUNCS = frozenset(
     {

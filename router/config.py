@@ -80,6 +80,7 @@ class RouterConfig:
     read_your_writes_wait_ms: int = 20
     pool_acquire_timeout_seconds: float = 5.0
     statement_timeout_seconds: float = 30.0
+    transaction_idle_timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +368,7 @@ def _validate(config: Config) -> None:
         "router.max_replica_lag_bytes": r.max_replica_lag_bytes,
         "router.read_your_writes_wait_ms": r.read_your_writes_wait_ms,
         "router.statement_timeout_seconds": r.statement_timeout_seconds,
+        "router.transaction_idle_timeout_seconds": r.transaction_idle_timeout_seconds,
         "database.pool_min_size": config.database.pool_min_size,
         "database.statement_cache_size": config.database.statement_cache_size,
     }

@@ -147,6 +147,7 @@ class RouterNode:
         ):
             log.warning("router.listen_* changes need a restart; keeping the old address")
         old_nodes = {n.name: n for n in self.topology.nodes()}
+        old_shards = dict(self.topology.shards)
         fresh = Topology.from_config(new)
         to_start: list[NodeState] = []
         retired: list[NodeState] = []
@@ -157,6 +158,9 @@ class RouterNode:
                     # Same node: keep its pool, health and lag.
                     if i == 0:
                         shard.primary = old
+                        # Same primary: keep its WAL-position reader (writes may be waiting).
+                        fresh_reader, shard.lsn = shard.lsn, old_shards[shard.name].lsn
+                        old_shards[shard.name].lsn = fresh_reader
                     else:
                         shard.replicas[i - 1] = old
                     old_nodes.pop(node.name)
@@ -165,8 +169,8 @@ class RouterNode:
         retired.extend(old_nodes.values())
         await self._start_pools(to_start)
         await self.monitor.stop()
-        for old_shard in self.topology.shards.values():
-            self.spawn(old_shard.lsn.close())
+        for old_shard in old_shards.values():
+            self.spawn(old_shard.lsn.close())  # readers of changed primaries, or unused ones
         self.config = new
         self.topology = fresh
         self.classifier = Classifier(

@@ -9,6 +9,7 @@ only once it has replayed past it (waiting a bounded few milliseconds), else to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,12 +26,13 @@ from router.config import Config
 from router.health import HealthEvent
 from router.ids import shard_number_of
 from router.lsn import UNKNOWN_LSN
-from router.pool import Backend, NodeUnavailableError
+from router.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.routing import (
     Consistency,
     CrossShardError,
     MissingShardKeyError,
     Role,
+    RoutingError,
     Target,
     UnknownShardError,
     choose_replica,
@@ -62,7 +64,6 @@ _ISOLATION = {
 _CONNECTION_ERRORS = (
     OSError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.CrashShutdownError,
@@ -99,6 +100,8 @@ class Executor:
         self.classifier = classifier
         self._ryw_wait = config.router.read_your_writes_wait_ms / 1000
         self._max_lag = config.router.max_replica_lag_bytes
+        # Pinned transactions per client connection: leave most of the pool to everyone else.
+        self._max_tx = max(1, config.database.pool_max_size // 2)
 
     # ---- choosing and borrowing ------------------------------------------------------------
 
@@ -118,7 +121,7 @@ class Executor:
         number = shard_number_of(key)
         shard = self.config.shard_by_number(number) if number is not None else None
         if shard is None:
-            raise CrossShardError(f"shard_key {key!r} is neither a region nor a georoute id")
+            raise UnknownShardError(f"shard_key {key!r} is neither a region nor a georoute id")
         return shard.name
 
     async def _acquire(self, node: NodeState) -> Backend:
@@ -153,6 +156,10 @@ class Executor:
                 if time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(0.0005)  # WAL replay is typically 1-2 ms behind
+        except _CONNECTION_ERRORS as exc:
+            node.pool.release(backend, broken=True)
+            node.record(HealthEvent.CONNECT_FAILED, str(exc))
+            raise
         except BaseException:
             node.pool.release(backend, broken=True)
             raise
@@ -170,7 +177,10 @@ class Executor:
                 except NodeUnavailableError:
                     pass  # fall through to the primary
             elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
-                found = await self._replica_past(shard, min_lsn)
+                try:
+                    found = await self._replica_past(shard, min_lsn)
+                except (NodeUnavailableError, PoolTimeoutError, *_CONNECTION_ERRORS):
+                    found = None  # the primary always has the session's writes
                 if found is not None:
                     return found
         return shard.primary, await self._acquire(shard.primary)
@@ -183,15 +193,17 @@ class Executor:
         """Run on a borrowed backend; on failure the backend is given back (dropped if broken)."""
         try:
             return await backend.run(sql, params)
-        except asyncpg.exceptions.DataError:
-            node.pool.release(backend)  # a bad parameter, refused before anything was sent
-            raise
         except _CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
             # Its other idle connections are most likely dead too: DOWN drops them, and the
             # monitor's next good probe brings the node back.
             node.record(HealthEvent.CONNECT_FAILED, str(exc))
-            raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
+            raise NodeUnavailableError(
+                f"{node.name}: connection lost: {exc}", sent=True
+            ) from exc
+        except asyncpg.exceptions.InterfaceError:
+            node.pool.release(backend)  # refused by asyncpg before anything was sent
+            raise
         except asyncpg.PostgresError:
             node.pool.release(backend)  # the statement failed; the connection is fine
             raise
@@ -205,6 +217,10 @@ class Executor:
         if hints.tx is not None:
             return await self._in_transaction(session, session.get(hints.tx), sql, params, hints)
         analysis, target = self.target_for(sql, params, hints)
+        if len(params) != analysis.param_count:
+            raise RoutingError(
+                f"the statement uses {analysis.param_count} parameters, {len(params)} were given"
+            )
         consistency = _CONSISTENCY[hints.consistency.value]
         role = decide_role(target, consistency, in_transaction=False)
         shard = self._shard(target.shard)
@@ -242,6 +258,8 @@ class Executor:
         and a retry that finds it gets the stored reply (columns, rows, status)."""
         node = shard.primary
         backend = await self._acquire(node)
+        if self.classifier.analyze(sql).changes_session_state:
+            backend.dirty = True
         try:
             async with backend.conn.transaction():
                 _, claimed, _ = await backend.run(IDEM_CLAIM_SQL, [key])
@@ -258,6 +276,8 @@ class Executor:
             raise
         except _CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
+            node.record(HealthEvent.CONNECT_FAILED, str(exc))
+            # sent=False on purpose: a retry with the same key cannot apply the write twice.
             raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
         except BaseException:
             node.pool.release(backend, broken=True)
@@ -285,6 +305,8 @@ class Executor:
                 f"transaction {tx.id} is on shard {tx.shard}; this statement is for {target.shard}"
             )
         async with tx.lock:
+            if tx.closed:  # a commit/rollback queued ahead of us finished it
+                raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx.id}")
             if tx.failed:
                 raise TransactionError(
                     "TRANSACTION_ABORTED",
@@ -292,7 +314,14 @@ class Executor:
                 )
             try:
                 columns, rows, status = await tx.backend.run(sql, params)
-            except asyncpg.PostgresError:
+            except _CONNECTION_ERRORS as exc:
+                tx.failed = True
+                raise NodeUnavailableError(
+                    f"{tx.node.name}: connection lost inside transaction {tx.id}: {exc}", sent=True
+                ) from exc
+            except BaseException:
+                # A failed, timed-out or cancelled statement may have left effects behind:
+                # from here on the transaction can only be rolled back.
                 tx.failed = True
                 raise
             if not analysis.read_only:
@@ -306,7 +335,14 @@ class Executor:
     ) -> Outcome:
         """Run statements in order, atomically, on one shard's primary."""
         if not statements:
-            raise CrossShardError("empty batch")
+            raise RoutingError("empty batch")
+        if hints.tx is not None:
+            tx = session.get(hints.tx)
+            last: Outcome | None = None
+            for sql, params in statements:
+                last = await self._in_transaction(session, tx, sql, params, hints)
+            assert last is not None
+            return Outcome([], [], last.status, last.shard, last.node, last.role)
         first_sql, first_params = statements[0]
         _, target = self.target_for(first_sql, first_params, hints)
         for sql, params in statements[1:]:
@@ -319,19 +355,11 @@ class Executor:
                         f"batch mixes shards {target.shard} and {other.shard}; "
                         "two-phase commit across shards is not supported yet"
                     )
-        if hints.tx is not None:
-            total = 0
-            last: Outcome | None = None
-            for sql, params in statements:
-                last = await self._in_transaction(
-                    session, session.get(hints.tx), sql, params, hints
-                )
-                total += last.rowcount
-            assert last is not None
-            return Outcome([], [], last.status, last.shard, last.node, last.role)
         shard = self._shard(target.shard)
         node = shard.primary
         backend = await self._acquire(node)
+        if any(self.classifier.analyze(sql).changes_session_state for sql, _ in statements):
+            backend.dirty = True  # reset before the connection serves anyone else
         try:
             async with backend.conn.transaction():
                 if all(sql == first_sql for sql, _ in statements):
@@ -342,7 +370,8 @@ class Executor:
                     status = f"BATCH {len(statements)}"
         except _CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
-            raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
+            node.record(HealthEvent.CONNECT_FAILED, str(exc))
+            raise NodeUnavailableError(f"{node.name}: connection lost: {exc}", sent=True) from exc
         except BaseException:
             node.pool.release(backend, broken=backend.conn.is_in_transaction())
             raise
@@ -363,6 +392,7 @@ class Executor:
             shard_name = self.shard_for_key(hints.shard_key)
         else:
             raise MissingShardKeyError(["a shard or shard_key hint on begin"])
+        session.check_room(self._max_tx)
         shard = self._shard(shard_name)
         node = shard.primary
         backend = await self._acquire(node)
@@ -373,52 +403,68 @@ class Executor:
             sql += " READ ONLY"
         try:
             await backend.conn.execute(sql)
-            return session.open(shard_name, node, backend)
         except BaseException:
             node.pool.release(backend, broken=True)
             raise
+        if session.closed:  # the client left while we were opening it: nobody will end it
+            await self._end(node, backend, "ROLLBACK")
+            raise TransactionError("UNKNOWN_TRANSACTION", "the client connection is closed")
+        return session.open(shard_name, node, backend)
 
     async def commit(self, session: Session, tx_id: int) -> Outcome:
         tx = session.get(tx_id)
         async with tx.lock:
-            del session.transactions[tx.id]
+            self._close(session, tx)
             if tx.failed:
-                await self._finish(tx, "ROLLBACK")
+                await self._end(tx.node, tx.backend, "ROLLBACK")
                 raise TransactionError(
                     "TRANSACTION_ABORTED", "the transaction failed earlier and was rolled back"
                 )
-            try:
-                await tx.backend.conn.execute("COMMIT")
-            except BaseException:
-                tx.node.pool.release(tx.backend, broken=True)
-                raise
-            tx.node.pool.release(tx.backend)
+            await self._end(tx.node, tx.backend, "COMMIT")
         token = await self._token(session, self._shard(tx.shard)) if tx.wrote else None
         return Outcome([], [], "COMMIT", tx.shard, tx.node.name, WireRole.PRIMARY, token)
 
     async def rollback(self, session: Session, tx_id: int) -> Outcome:
         tx = session.get(tx_id)
         async with tx.lock:
-            del session.transactions[tx.id]
-            await self._finish(tx, "ROLLBACK")
+            self._close(session, tx)
+            await self._end(tx.node, tx.backend, "ROLLBACK")
         return Outcome([], [], "ROLLBACK", tx.shard, tx.node.name, WireRole.PRIMARY)
 
-    async def _finish(self, tx: Transaction, sql: str) -> None:
+    @staticmethod
+    def _close(session: Session, tx: Transaction) -> None:
+        """Called holding tx.lock: statements queued behind us see it closed and refuse."""
+        if tx.closed:
+            raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx.id}")
+        tx.closed = True
+        session.transactions.pop(tx.id, None)
+
+    async def _end(self, node: NodeState, backend: Backend, sql: str) -> None:
+        """COMMIT or ROLLBACK on a pinned connection, then give it back to the pool."""
         try:
-            await tx.backend.conn.execute(sql)
+            await backend.conn.execute(sql)
+        except _CONNECTION_ERRORS as exc:
+            node.pool.release(backend, broken=True)
+            # Whether a COMMIT applied is unknown: never safe to retry blindly.
+            raise NodeUnavailableError(
+                f"{node.name}: connection lost during {sql}: {exc}", sent=True
+            ) from exc
         except BaseException:
-            tx.node.pool.release(tx.backend, broken=True)
+            node.pool.release(backend, broken=True)
             raise
-        tx.node.pool.release(tx.backend)
+        node.pool.release(backend)
 
     async def close_session(self, session: Session) -> None:
         """The client went away: roll back whatever it left open."""
+        session.closed = True
         for tx in list(session.transactions.values()):
-            session.transactions.pop(tx.id, None)
-            try:
-                await self._finish(tx, "ROLLBACK")
-            except Exception:  # the connection is dropped by _finish on failure
-                pass
+            async with tx.lock:
+                if tx.closed:
+                    continue
+                tx.closed = True
+                session.transactions.pop(tx.id, None)
+                with contextlib.suppress(Exception):  # a failed rollback drops the connection
+                    await self._end(tx.node, tx.backend, "ROLLBACK")
 
     def topology_snapshot(self) -> dict[str, Any]:
         return self.topology.snapshot()

@@ -65,8 +65,8 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
     if isinstance(exc, (RoutingError, UnsupportedStatementError)):
         return Failure(ErrorCode.INVALID_REQUEST, str(exc))
     if isinstance(exc, NodeUnavailableError):
-        # A write whose connection died mid-flight may have applied: only reads are safe.
-        return Failure(ErrorCode.NODE_UNAVAILABLE, str(exc), retryable=True)
+        # Once the statement was sent, a write may have applied: then only reads are safe.
+        return Failure(ErrorCode.NODE_UNAVAILABLE, str(exc), retryable=read_only or not exc.sent)
     if isinstance(exc, PoolTimeoutError):
         return Failure(ErrorCode.POOL_EXHAUSTED, str(exc), retryable=True)
     if isinstance(exc, RequestTimeout):
@@ -87,7 +87,7 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
             if value:
                 info[attr] = value
         return Failure(ErrorCode.POSTGRES_ERROR, str(exc), sqlstate=sqlstate, detail=info)
-    if isinstance(exc, asyncpg.exceptions.DataError) or isinstance(exc, (TypeError, ValueError)):
+    if isinstance(exc, (asyncpg.InterfaceError, TypeError, ValueError)):
         # asyncpg refuses a parameter of the wrong type before anything is sent.
         return Failure(ErrorCode.INVALID_REQUEST, f"invalid parameters: {exc}")
     if isinstance(exc, DuplicateDocumentError):

@@ -35,10 +35,13 @@ class LsnReader:
         self._conn: asyncpg.Connection | None = None
         self._next: asyncio.Future[int] | None = None  # the read that has not started yet
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self.reads = 0
 
     async def after_write(self) -> int:
         """A WAL position at or past every write that completed before this call."""
+        if self._closed:
+            return UNKNOWN_LSN
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
         fut = self._next
@@ -47,15 +50,23 @@ class LsnReader:
         return await asyncio.shield(fut)
 
     async def _run(self) -> None:
-        while self._next is not None:
-            fut, self._next = self._next, None  # later callers wait for the following read
-            try:
-                lsn = await self._read()
-            except Exception as exc:  # the writes succeeded; only the token is unknown
-                log.warning("cannot read WAL position of %s: %s", self.name, exc)
-                lsn = UNKNOWN_LSN
-            if not fut.done():
-                fut.set_result(lsn)
+        fut: asyncio.Future[int] | None = None
+        try:
+            while self._next is not None:
+                fut, self._next = self._next, None  # later callers wait for the next read
+                try:
+                    lsn = await self._read()
+                except Exception as exc:  # the writes succeeded; only the token is unknown
+                    log.warning("cannot read WAL position of %s: %s", self.name, exc)
+                    lsn = UNKNOWN_LSN
+                if not fut.done():
+                    fut.set_result(lsn)
+        finally:
+            # Cancelled (closing): nobody may be left waiting for a position.
+            for pending in (fut, self._next):
+                if pending is not None and not pending.done():
+                    pending.set_result(UNKNOWN_LSN)
+            self._next = None
 
     async def _read(self) -> int:
         if self._conn is None or self._conn.is_closed():
@@ -78,6 +89,7 @@ class LsnReader:
         return int(value)
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -28,7 +28,12 @@ _RETRY_ONCE = (asyncpg.exceptions.InvalidCachedStatementError,
 
 
 class NodeUnavailableError(Exception):
-    """The node cannot be reached (connect failed or it is marked down). Safe to retry."""
+    """The node cannot be reached. `sent` is True when the connection died after the statement
+    was sent, so it may have run: then only a read is safe to retry."""
+
+    def __init__(self, message: str, *, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class PoolTimeoutError(Exception):
@@ -109,6 +114,7 @@ class BackendPool:
         *,
         acquire_timeout: float,
         statement_timeout: float,
+        transaction_idle_timeout: float = 0.0,
         application_name: str = "georoute",
     ) -> None:
         self.name = name
@@ -118,6 +124,10 @@ class BackendPool:
         self._settings = {"application_name": application_name}
         if statement_timeout > 0:
             self._settings["statement_timeout"] = str(int(statement_timeout * 1000))
+        if transaction_idle_timeout > 0:
+            self._settings["idle_in_transaction_session_timeout"] = str(
+                int(transaction_idle_timeout * 1000)
+            )
         self._idle: collections.deque[Backend] = collections.deque()
         self._waiters: collections.deque[asyncio.Future[Backend]] = collections.deque()
         self._all: set[Backend] = set()
@@ -199,17 +209,22 @@ class BackendPool:
         fut: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
-            return await asyncio.wait_for(fut, self._acquire_timeout)
-        except TimeoutError as exc:
-            raise PoolTimeoutError(
-                f"{self.name}: no free backend connection within {self._acquire_timeout}s"
-            ) from exc
-        finally:
-            if not fut.done() or fut.cancelled():
-                try:
-                    self._waiters.remove(fut)
-                except ValueError:
-                    pass
+            async with asyncio.timeout(self._acquire_timeout):
+                return await fut
+        except BaseException as exc:
+            # A connection handed over in the same turn as the timeout or cancellation must
+            # go back, or the pool loses the slot for good.
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(fut.result())
+            elif not fut.done():
+                fut.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeoutError(
+                    f"{self.name}: no free backend connection within {self._acquire_timeout}s"
+                ) from exc
+            raise
 
     async def drain(self, grace: float) -> None:
         """Wait (at most `grace` seconds) until no connection is borrowed."""

@@ -56,6 +56,14 @@ log = logging.getLogger("georoute.server")
 _HIGH_WATER = 4 * 1024 * 1024
 
 
+def _ends_or_continues_transaction(message: Message) -> bool:
+    """While draining, requests of an open transaction still run so it can finish."""
+    if isinstance(message, (Commit, Rollback)):
+        return True
+    hints = getattr(message, "hints", None)
+    return hints is not None and hints.tx is not None
+
+
 class ClientConnection(asyncio.Protocol):
     def __init__(self, node: RouterNode) -> None:
         self._node = node
@@ -93,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self.session.closed = True  # a Begin still in flight rolls itself back
         self._node.connections.discard(self)
         for task in self.tasks:
             task.cancel()
@@ -175,7 +184,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(message, Hello):
             self._fatal(message.id, ErrorCode.INVALID_REQUEST, "handshake already done")
             return
-        if self._node.draining:
+        if self._node.draining and not _ends_or_continues_transaction(message):
             self._send_failure(
                 message.id, failure_for(ShuttingDown("router node is shutting down")), "any"
             )

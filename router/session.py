@@ -31,6 +31,7 @@ class Transaction:
     backend: Backend
     wrote: bool = False
     failed: bool = False
+    closed: bool = False  # committed or rolled back: its connection is back in the pool
     # Statements of one transaction run one at a time, in arrival order.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -41,6 +42,7 @@ class Session:
     # {shard: WAL position} this session has written up to (merged with the client's token).
     written: dict[str, int] = field(default_factory=dict)
     transactions: dict[int, Transaction] = field(default_factory=dict)
+    closed: bool = False  # the client connection is gone
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def note_write(self, shard: str, lsn: int) -> None:
@@ -56,17 +58,20 @@ class Session:
             return mine
         return max(mine, theirs)
 
-    def open(self, shard: str, node: NodeState, backend: Backend) -> Transaction:
-        if len(self.transactions) >= MAX_OPEN_TRANSACTIONS:
+    def check_room(self, limit: int) -> None:
+        if len(self.transactions) >= min(limit, MAX_OPEN_TRANSACTIONS):
             raise TransactionError(
-                "TOO_MANY_TRANSACTIONS", f"at most {MAX_OPEN_TRANSACTIONS} open transactions"
+                "TOO_MANY_TRANSACTIONS",
+                f"at most {min(limit, MAX_OPEN_TRANSACTIONS)} open transactions per connection",
             )
+
+    def open(self, shard: str, node: NodeState, backend: Backend) -> Transaction:
         tx = Transaction(next(self._ids), shard, node, backend)
         self.transactions[tx.id] = tx
         return tx
 
     def get(self, tx_id: int) -> Transaction:
         tx = self.transactions.get(tx_id)
-        if tx is None:
+        if tx is None or tx.closed:
             raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx_id}")
         return tx

@@ -95,6 +95,7 @@ class Topology:
                 config.database,
                 acquire_timeout=r.pool_acquire_timeout_seconds,
                 statement_timeout=r.statement_timeout_seconds,
+                transaction_idle_timeout=r.transaction_idle_timeout_seconds,
                 application_name=f"georoute:{r.node_name}",
             )
 

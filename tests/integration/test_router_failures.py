@@ -11,7 +11,17 @@ import uuid
 import pytest
 
 import client
-from protocol import ErrorCode, FrameDecoder, Hello, Query, encode
+from protocol import (
+    Commit,
+    ErrorCode,
+    FrameDecoder,
+    Hello,
+    Hints,
+    Query,
+    QueryKind,
+    Rollback,
+    encode,
+)
 from router.cluster import LocalCluster
 from router.ids import new_id
 from tests.integration.conftest import wait_until
@@ -169,3 +179,56 @@ async def test_primary_down_fails_fast_with_retryable_error(
         return True
 
     await wait_until(writable, within=30, what="writes to the restarted primary")
+
+
+async def test_wrong_parameter_count_is_a_bad_request_not_a_down_node(
+    db: client.Client, router: RouterProcess
+) -> None:
+    item = new_id(number(router.config, "europe"))
+    with pytest.raises(client.InvalidRequestError):
+        await db.fetch("SELECT * FROM rt_items WHERE item_id = $1", item, 42)
+    nodes = (await db.topology())["shards"]["europe"]["nodes"]
+    assert all(n["health"] == "up" for n in nodes)
+    port = await db.fetchval("SELECT inet_server_port()", shard="europe", consistency="replica")
+    assert port == port_of(router.config, "europe", "replica")
+
+
+async def test_statement_queued_behind_rollback_never_reaches_a_pooled_connection(
+    db: client.Client, router: RouterProcess
+) -> None:
+    """Rollback and a statement of the same transaction pipelined together: the statement
+    is refused as an unknown transaction instead of running on a connection that went back
+    to the pool; a second commit of a finished transaction is refused the same way."""
+    tx = db.transaction(shard="europe")
+    await tx.start()
+    assert tx.tx is not None
+    probe = Query(0, "SELECT 1", [], QueryKind.FETCH, Hints(tx=tx.tx))
+    done, refused = await asyncio.gather(
+        tx._pinned(Rollback(0, tx.tx), None), tx._pinned(probe, None), return_exceptions=True
+    )
+    assert not isinstance(done, BaseException)
+    assert isinstance(refused, client.UnknownTransactionError)
+
+    tx2 = db.transaction(shard="europe")
+    await tx2.start()
+    assert tx2.tx is not None
+    first, second = await asyncio.gather(
+        tx2._pinned(Commit(0, tx2.tx), None), tx2._pinned(Commit(0, tx2.tx), None),
+        return_exceptions=True,
+    )
+    assert not isinstance(first, BaseException)
+    assert isinstance(second, client.UnknownTransactionError)
+    # The pool is intact: plenty of ordinary requests still work.
+    assert await asyncio.gather(*(db.fetchval("SELECT 1", shard="europe") for _ in range(40))) == [1] * 40
+
+
+async def test_batch_inside_a_transaction_runs_on_its_connection(
+    db: client.Client, router: RouterProcess
+) -> None:
+    item = new_id(number(router.config, "asia"))
+    async with db.transaction(shard="asia") as tx:
+        await tx.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, 'asia')", item)
+        # No shard key in these statements: the transaction's shard is the route.
+        await tx.executemany("UPDATE rt_items SET payload = payload || $1 WHERE item_id::text = $2",
+                             [("a", str(item)), ("b", str(item))])
+        assert await tx.fetchval("SELECT payload FROM rt_items WHERE item_id = $1", item) == "ab"
