@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.util
 import os
 import shlex
@@ -32,7 +33,7 @@ from bench.stack import (
     start_cluster,
 )
 from bench.targets import AsyncpgTarget, Endpoint, GeorouteTarget, ScatterTarget, Target
-from bench.workloads import MAIN_WORKLOADS, load_sample
+from bench.workloads import MAIN_WORKLOADS, POINT_READ, load_sample
 from router.cluster.users import ensure_server_user
 from router.config import Config
 
@@ -51,6 +52,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=None, help="seconds per run (default 4)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
     p.add_argument("--sweep", default=None, help="client counts (default 1,4,16,64,256)")
+    p.add_argument("--data-sweep", default=None,
+                   help="further user counts to reseed and rerun point reads at, after the "
+                        "main run (default 20000; 0 = none)")
     p.add_argument("--no-peers", action="store_true", help="skip pgbouncer and pgpool-II")
     p.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
                    help="py-spy the router (auto: when point reads fall under 0.7x direct)")
@@ -59,11 +63,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     smoke = args.smoke
     defaults = {"users": 30 if smoke else 300, "concurrency": 4 if smoke else 16,
                 "duration": 0.5 if smoke else 4.0, "rounds": 1 if smoke else 3,
-                "sweep": "4" if smoke else "1,4,16,64,256"}  # fmt: skip
+                "sweep": "4" if smoke else "1,4,16,64,256",
+                "data_sweep": "60" if smoke else "20000"}  # fmt: skip
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.sweep = tuple(int(x) for x in str(args.sweep).split(",") if x.strip())
+    args.data_sweep = tuple(int(x) for x in str(args.data_sweep).split(",")
+                            if x.strip() and int(x) > 0)  # fmt: skip
     return args
 
 
@@ -222,9 +229,31 @@ class Bench:
             self.skipped.append("router profile: py-spy is not installed (pip install py-spy)")
         if not args.smoke:
             results["pgbench"] = await asyncio.to_thread(self.pgbench, args.concurrency)
+        sizes = [n for n in args.data_sweep if n != args.users]
+        if sizes:  # last: it reseeds the cluster
+            results["data_sweep"] = await self.data_sweep(
+                targets, sizes, plan, failed, workloads["point_read"])
         results["pg_version"] = pg_version
         results["target_descriptions"] = {t.name: t.description for t in targets}
         return results
+
+    async def data_sweep(self, targets: list[Target], sizes: list[int], plan: Plan,
+                         failed: dict[str, str], base: dict[str, Any]) -> dict[str, Any]:
+        """Point reads again after reseeding with more users: does throughput hold as data
+        grows? One round per size (the main run already interleaved three)."""
+        shard, user = self.config.shards[SHARD], self.config.database.user
+        steps = [{"users": self.args.users, **base}]
+        one_round = dataclasses.replace(plan, rounds=1)
+        for users in sizes:
+            self.rec.say(f"data sweep: reseeding with {users} users")
+            started = time.monotonic()
+            await prepare_data(self.config, users)
+            await _wait_replayed(shard.primary.port, shard.replicas[0].port, user)
+            self.rec.say(f"  seeded in {time.monotonic() - started:.0f} s")
+            sample = await load_sample(shard.primary.port, shard.primary.database, user)
+            found = await run_main(self.rec, targets, (POINT_READ,), sample, one_round, failed)
+            steps.append({"users": users, **found["point_read"]})
+        return {"steps": steps}
 
     def pgbench(self, clients: int) -> dict[str, Any]:
         exe = peers.pgbench_path()

@@ -70,6 +70,11 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
         for target in _ordered(step["targets"]):
             rows.append(_row("sweep:read", step["concurrency"], target, step["targets"][target],
                              step["ratios"].get(f"{target}/direct")))  # fmt: skip
+    for step in results.get("data_sweep", {}).get("steps", []):
+        for target in _ordered(step["targets"]):
+            rows.append(_row(f"data:read {step['users']} users", step["concurrency"], target,
+                             step["targets"][target],
+                             step["ratios"].get(f"{target}/direct")))  # fmt: skip
     return rows
 
 
