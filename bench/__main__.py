@@ -161,11 +161,16 @@ class Bench:
     def targets(self) -> list[Target]:
         shard = self.config.shards[SHARD]
         db, user = shard.primary.database, self.config.database.user
-        primary, replica = Endpoint(shard.primary.port, db), Endpoint(shard.replicas[0].port, db)
+        # Direct connections reach the nodes the way the router does (Unix sockets when
+        # [database] socket_dir is set), so the baseline is never the weaker transport.
+        via = self.config.database.host_for
+        primary = Endpoint(shard.primary.port, db, via(shard.primary))
+        replica = Endpoint(shard.replicas[0].port, db, via(shard.replicas[0]))
         assert self.router is not None
         out: list[Target] = [
             AsyncpgTarget("direct", "asyncpg straight to the right node (replica for reads, "
-                          "primary for writes), own connections, statement cache on",
+                          "primary for writes), own connections, statement cache on, same "
+                          "transport as the router's backends",
                           replica, primary, user, 100),
             GeorouteTarget(self.router.dsn, TOKEN, pool_size=4),
         ]  # fmt: skip
@@ -197,7 +202,8 @@ class Bench:
         targets = self.targets()
         failed: dict[str, str] = {}
         workloads = await run_main(self.rec, targets, MAIN_WORKLOADS, sample, plan, failed)
-        replicas = [Endpoint(s.replicas[0].port, s.replicas[0].database)
+        replicas = [Endpoint(s.replicas[0].port, s.replicas[0].database,
+                             self.config.database.host_for(s.replicas[0]))
                     for s in self.config.shards.values()]  # fmt: skip
         georoute = next(t for t in targets if isinstance(t, GeorouteTarget))
         workloads["catalogue"] = await run_catalogue(

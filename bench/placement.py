@@ -1,4 +1,5 @@
-"""Where each target's point reads actually land: asks PostgreSQL (inet_server_port()) for
+"""Where each target's point reads actually land: asks PostgreSQL which port answered
+(current_setting('port'), which unlike inet_server_port() also works over Unix sockets) for
 every read, so a proxy's claim to balance reads is checked, not assumed. pgpool-II balances
 per session, so with few sessions many reads can stay on the primary."""
 
@@ -14,7 +15,7 @@ from bench.workloads import Sample
 
 __all__ = ["reads_by_port"]
 
-PLACEMENT_SQL = "SELECT inet_server_port() FROM users WHERE user_id = $1"
+PLACEMENT_SQL = "SELECT current_setting('port')::int FROM users WHERE user_id = $1"
 
 
 async def reads_by_port(

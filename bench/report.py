@@ -243,7 +243,7 @@ def write_results_md(results: dict[str, Any], path: Path, chart: Path | None) ->
     if results.get("placement"):
         lines += ["## Where point reads land", "",
                   "Each target ran its point reads over the same number of sessions, and "
-                  "PostgreSQL said which node answered (`inet_server_port()`).", "",
+                  "PostgreSQL said which node answered (`current_setting('port')`).", "",
                   "| target | on replica | on primary |", "|---|---|---|"]  # fmt: skip
         for name, where in results["placement"].items():
             total = sum(where.values()) or 1

@@ -31,6 +31,7 @@ MAX_CLIENT_CONNECTIONS = 32
 class Endpoint:
     port: int
     database: str
+    host: str = "127.0.0.1"  # or a Unix socket directory
 
 
 class Target:
@@ -62,7 +63,7 @@ class _Connections:
 
     async def open(self, endpoint: Endpoint, user: str, n: int, cache: int) -> None:
         conns = await asyncio.gather(*(
-            asyncpg.connect(host="127.0.0.1", port=endpoint.port, user=user,
+            asyncpg.connect(host=endpoint.host, port=endpoint.port, user=user,
                             database=endpoint.database, statement_cache_size=cache, timeout=10)
             for _ in range(n)
         ))  # fmt: skip

@@ -97,9 +97,17 @@ class DatabaseConfig:
     pool_max_size: int = 16
     statement_cache_size: int = 256
     connect_timeout_seconds: float = 3.0
+    socket_dir: str = ""
 
     def password(self) -> str | None:
         return os.environ.get(self.password_env) or None
+
+    def host_for(self, address: NodeAddress) -> str:
+        """Where to connect to a node: its Unix socket directory when the node is on this
+        machine and socket_dir is set (fewer system-call costs than TCP loopback)."""
+        if self.socket_dir and address.host in ("127.0.0.1", "localhost", "::1"):
+            return self.socket_dir
+        return address.host
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +383,11 @@ def _validate(config: Config) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(key, f"must not be negative, got {value}")
+    socket_dir = config.database.socket_dir
+    if socket_dir and not os.path.isabs(socket_dir):
+        raise ConfigError("database.socket_dir", f"must be an absolute path, got {socket_dir!r}")
+    if len(socket_dir) > 80:  # the socket file's full path must fit in 107 bytes
+        raise ConfigError("database.socket_dir", "is too long for a Unix socket path")
     if config.database.pool_min_size > config.database.pool_max_size:
         raise ConfigError("database.pool_min_size", "is larger than database.pool_max_size")
     if h.suspect_after_seconds <= h.interval_seconds:

@@ -71,7 +71,7 @@ class LsnReader:
     async def _read(self) -> int:
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(
-                host=self._address.host,
+                host=self._db.host_for(self._address),
                 port=self._address.port,
                 database=self._address.database,
                 user=self._db.user,

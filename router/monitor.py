@@ -70,7 +70,7 @@ class LagMonitor:
             return conn
         db = self._config.database
         conn = await asyncpg.connect(
-            host=node.address.host,
+            host=db.host_for(node.address),
             port=node.address.port,
             database=node.address.database,
             user=db.user,

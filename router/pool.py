@@ -157,7 +157,7 @@ class BackendPool:
     async def _connect(self) -> Backend:
         try:
             conn = await asyncpg.connect(
-                host=self.address.host,
+                host=self._db.host_for(self.address),
                 port=self.address.port,
                 database=self.address.database,
                 user=self._db.user,

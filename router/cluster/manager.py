@@ -164,7 +164,8 @@ class LocalCluster:
         else:
             found = found or find_pg_bin(self.config.cluster.pg_bin, config_dir(self.config))
             bins = make_reachable(found, user)
-        self._runner = PgRunner(bins, user, layout, self.config.database.user)
+        self._runner = PgRunner(bins, user, layout, self.config.database.user,
+                                self.config.database.socket_dir)
         return self._runner
 
     def _record(self, runner: PgRunner, docstore: DocStore | None) -> None:

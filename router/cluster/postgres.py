@@ -94,11 +94,16 @@ async def poll_until(check: Callable[[], Awaitable[T | None]], deadline: float, 
 class PgRunner:
     """Carries out pg commands for nodes of one layout, as one server user."""
 
-    def __init__(self, bins: PgBinaries, user: ServerUser, layout: Layout, db_user: str) -> None:
+    def __init__(
+        self, bins: PgBinaries, user: ServerUser, layout: Layout, db_user: str,
+        shared_socket_dir: str = "",
+    ) -> None:
         self.bins = bins
         self.user = user
         self.layout = layout
         self.db_user = db_user
+        # [database] socket_dir: a second socket directory the router connects through.
+        self.shared_socket_dir = shared_socket_dir
 
     # ---- files and processes -----------------------------------------------------------------
 
@@ -159,10 +164,12 @@ class PgRunner:
         self.remove_stale_pidfile(node)
         self._prepare_dirs(node)
         pgdata = self.layout.pgdata(node.name)
-        sock = self.layout.socket_dir(node.name, node.port)
+        sock = str(self.layout.socket_dir(node.name, node.port))
+        if self.shared_socket_dir:
+            sock += "," + self.shared_socket_dir
         opts = (
             f"-p {node.port} -c cluster_name={node.name} "
-            f"-c unix_socket_directories={shlex.quote(str(sock))}"
+            f"-c unix_socket_directories={shlex.quote(sock)}"
         )
         run_checked(
             [self.bins.tool("pg_ctl"), "start", "-w", "-t", "60", "-D", str(pgdata),

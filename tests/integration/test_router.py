@@ -1,6 +1,6 @@
 """The router on the real cluster: where requests land, read-your-writes, lagging replicas,
 transactions, ids and documents. Each test asks PostgreSQL which node answered
-(inet_server_port()) rather than trusting the router's own account."""
+(current_setting('port')::int) rather than trusting the router's own account."""
 
 from __future__ import annotations
 
@@ -29,21 +29,21 @@ async def test_reads_on_replicas_writes_on_primaries(db: client.Client, router: 
     for region in REGIONS:
         item = new_id(number(cfg, region))
         row = await db.fetchrow(
-            "INSERT INTO rt_items (item_id, region) VALUES ($1, $2) RETURNING inet_server_port()",
+            "INSERT INTO rt_items (item_id, region) VALUES ($1, $2) RETURNING current_setting('port')::int",
             item,
             region,
         )
         assert row is not None and row[0] == port_of(cfg, region, "primary")
         # A read with no write in this session's way (eventual) goes to the replica.
         port = await db.fetchval(
-            "SELECT inet_server_port() FROM rt_items WHERE region = $1 LIMIT 1",
+            "SELECT current_setting('port')::int FROM rt_items WHERE region = $1 LIMIT 1",
             region,
             consistency="replica",
         )
         assert port == port_of(cfg, region, "replica")
         # A strong read goes to the primary.
         port = await db.fetchval(
-            "SELECT inet_server_port() FROM rt_items WHERE item_id = $1", item, consistency="strong"
+            "SELECT current_setting('port')::int FROM rt_items WHERE item_id = $1", item, consistency="strong"
         )
         assert port == port_of(cfg, region, "primary")
 
@@ -61,7 +61,7 @@ async def test_read_your_writes_is_never_stale(db: client.Client, router: Router
             f"v{i}",
         )
         row = await db.fetchrow(
-            "SELECT payload, inet_server_port() AS port FROM rt_items WHERE item_id = $1", item
+            "SELECT payload, current_setting('port')::int AS port FROM rt_items WHERE item_id = $1", item
         )
         assert row is not None, f"write {i} not visible to the next read"
         assert row["payload"] == f"v{i}"
@@ -113,7 +113,7 @@ async def test_lagging_replica_is_skipped(
 
         await wait_until(lagging, within=10, what="router to see the replica lagging")
         port = await db.fetchval(
-            "SELECT inet_server_port() FROM rt_items WHERE region = 'europe' LIMIT 1",
+            "SELECT current_setting('port')::int FROM rt_items WHERE region = 'europe' LIMIT 1",
             consistency="replica",
         )
         assert port == primary_port
@@ -126,7 +126,7 @@ async def test_lagging_replica_is_skipped(
 
     await wait_until(caught_up, within=10, what="replica to catch up")
     port = await db.fetchval(
-        "SELECT inet_server_port() FROM rt_items WHERE region = 'europe' LIMIT 1",
+        "SELECT current_setting('port')::int FROM rt_items WHERE region = 'europe' LIMIT 1",
         consistency="replica",
     )
     assert port == replica_port
@@ -142,7 +142,7 @@ async def test_transaction_is_pinned_and_atomic(db: client.Client, router: Route
         for _ in range(5):
             assert await tx.fetchval("SELECT pg_backend_pid()") == pid
             assert await tx.fetchval("SELECT txid_current()") == xid
-        assert await tx.fetchval("SELECT inet_server_port()") == port_of(cfg, "north_america", "primary")
+        assert await tx.fetchval("SELECT current_setting('port')::int") == port_of(cfg, "north_america", "primary")
     assert await db.fetchval("SELECT count(*) FROM rt_items WHERE item_id = $1", item) == 1
 
     rolled = new_id(number(cfg, "north_america"))
@@ -196,8 +196,8 @@ async def test_ids_from_the_schema_route_home(db: client.Client, migrated: Confi
         )
         assert shard_number == migrated.shards[region].number
         target = await db.fetchval(
-            "SELECT inet_server_port() FROM users WHERE user_id = $1 UNION ALL "
-            "SELECT inet_server_port() LIMIT 1",
+            "SELECT current_setting('port')::int FROM users WHERE user_id = $1 UNION ALL "
+            "SELECT current_setting('port')::int LIMIT 1",
             generated,
             consistency="strong",
         )
@@ -237,3 +237,17 @@ async def test_document_store_through_the_router(db: client.Client, migrated: Co
     assert (await prefs.update_one({"_id": user}, {"$set": {"theme": "light"}}))["modified"] == 1
     assert (await prefs.find_one({"_id": user}))["theme"] == "light"
     assert (await prefs.delete_one({"_id": user}))["deleted"] == 1
+
+
+async def test_router_reaches_local_nodes_through_unix_sockets(
+    db: client.Client, router: RouterProcess
+) -> None:
+    """[database] socket_dir is set in router.toml: a backend connection made through a Unix
+    socket has no client address in pg_stat_activity."""
+    assert router.config.database.socket_dir
+    for consistency in ("strong", "replica"):
+        over_socket = await db.fetchval(
+            "SELECT client_addr IS NULL FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            shard="asia", consistency=consistency,
+        )
+        assert over_socket is True

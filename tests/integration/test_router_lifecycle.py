@@ -54,7 +54,7 @@ async def test_sighup_reload_and_bad_reload(router: RouterProcess, db: client.Cl
         "CREATE OR REPLACE FUNCTION rt_answer() RETURNS int LANGUAGE sql STABLE AS 'SELECT 42'",
         shard="europe",
     )
-    sql = "SELECT rt_answer(), inet_server_port()"
+    sql = "SELECT rt_answer(), current_setting('port')::int"
     # Not a known read-only function: the statement counts as a write, on the primary.
     row = await db.fetchrow(sql, shard="europe", consistency="replica")
     assert row is not None and row[1] == port_of(cfg, "europe", "primary")
@@ -108,7 +108,7 @@ async def test_reload_replaces_the_pool_of_a_changed_node(
             return node["port"] == 1 and node["health"] == "down"
 
         await wait_until(moved_away, within=15, what="the replica's new, unreachable address")
-        port = await db.fetchval("SELECT inet_server_port()", shard="asia", consistency="replica")
+        port = await db.fetchval("SELECT current_setting('port')::int", shard="asia", consistency="replica")
         assert port == port_of(cfg, "asia", "primary")
     finally:
         router.path.write_text(original)
@@ -121,7 +121,7 @@ async def test_reload_replaces_the_pool_of_a_changed_node(
         )
 
     await wait_until(back, within=15, what="the replica back at its own address")
-    port = await db.fetchval("SELECT inet_server_port()", shard="asia", consistency="replica")
+    port = await db.fetchval("SELECT current_setting('port')::int", shard="asia", consistency="replica")
     assert port == replica_port
 
 

@@ -7,12 +7,13 @@ import copy
 import subprocess
 import sys
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from router.config import load_config, parse_config, with_port_offset
+from router.config import NodeAddress, load_config, parse_config, with_port_offset
 from router.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,3 +132,19 @@ def test_cli_rejects_a_missing_pg_bin_before_creating_anything(tmp_path: Path) -
     assert proc.stderr.startswith("georoute: invalid config: cluster.pg_bin: ")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "state").exists()
+
+
+def test_socket_dir_must_be_absolute() -> None:
+    raw = copy.deepcopy(RAW)
+    raw["database"]["socket_dir"] = "relative/sockets"
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "database.socket_dir"
+
+
+def test_socket_dir_applies_only_to_local_nodes() -> None:
+    config = load_config(REPO / "router.toml")
+    db = replace(config.database, socket_dir="/tmp")
+    assert db.host_for(NodeAddress("127.0.0.1", 6501)) == "/tmp"
+    assert db.host_for(NodeAddress("db.example.internal", 6501)) == "db.example.internal"
+    assert replace(db, socket_dir="").host_for(NodeAddress("127.0.0.1", 1)) == "127.0.0.1"
