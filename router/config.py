@@ -112,7 +112,7 @@ class DatabaseConfig:
 
 @dataclass(frozen=True, slots=True)
 class DocumentStoreConfig:
-    uri: str = "mongodb://127.0.0.1:27117/?retryWrites=false"
+    uri: str = "mongodb://127.0.0.1:7117/?retryWrites=false"
     database: str = "georoute"
 
 

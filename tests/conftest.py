@@ -19,7 +19,10 @@ TEST_STATE_DIR = REPO / ".georoute-test"
 
 @pytest.fixture(scope="session")
 def test_config() -> Config:
-    """router.toml with every port moved up by 10000 (16501.., docstore 37117, router 16600)."""
+    """router.toml with every port moved up by 10000 (16501.., docstore 17117, router 16600).
+
+    Every port the tests and the bench use stays below 32768, outside Linux's ephemeral range:
+    a port there can be taken at random by the source port of any client connection."""
     return with_port_offset(
         load_config(REPO / "router.toml"), TEST_PORT_OFFSET, str(TEST_STATE_DIR)
     )

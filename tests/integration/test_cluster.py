@@ -131,7 +131,7 @@ def test_pg_bin_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_taken_port_is_named_and_nothing_starts(test_config: Config) -> None:
-    config = _scratch_config(test_config, 20100, "scratch-ports")
+    config = _scratch_config(test_config, 5100, "scratch-ports")
     replica = config.shards["north_america"].replicas[0]
     local = LocalCluster(config)
     with socket.socket() as squatter:
@@ -156,7 +156,7 @@ def test_taken_port_is_named_and_nothing_starts(test_config: Config) -> None:
 
 @pytest.fixture(scope="module")
 def scratch(test_config: Config) -> Iterator[LocalCluster]:
-    local = LocalCluster(_scratch_config(test_config, 20000, "scratch"))
+    local = LocalCluster(_scratch_config(test_config, 5000, "scratch"))
     local.up()
     try:
         yield local

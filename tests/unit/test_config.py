@@ -38,13 +38,13 @@ def test_the_shipped_config_is_valid() -> None:
         "north_america-primary",
         "north_america-replica1",
     ]
-    assert config.document_store_port() == 27117
+    assert config.document_store_port() == 7117
 
 
 def test_port_offset_moves_every_local_port() -> None:
     config = with_port_offset(load_config(REPO / "router.toml"), 10000, "/tmp/x")
     assert config.shards["north_america"].primary.port == 16501
-    assert config.document_store_port() == 37117
+    assert config.document_store_port() == 17117
     assert config.router.listen_port == 16600
     assert config.cluster.state_dir == "/tmp/x"
 
