@@ -81,6 +81,7 @@ class RouterConfig:
     pool_acquire_timeout_seconds: float = 5.0
     statement_timeout_seconds: float = 30.0
     transaction_idle_timeout_seconds: float = 60.0
+    idempotency_retention_seconds: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +364,7 @@ def _validate(config: Config) -> None:
         "router.drain_timeout_seconds": r.drain_timeout_seconds,
         "router.lag_poll_interval_seconds": r.lag_poll_interval_seconds,
         "router.pool_acquire_timeout_seconds": r.pool_acquire_timeout_seconds,
+        "router.idempotency_retention_seconds": r.idempotency_retention_seconds,
         "database.pool_max_size": config.database.pool_max_size,
         "database.connect_timeout_seconds": config.database.connect_timeout_seconds,
         "heartbeat.interval_seconds": h.interval_seconds,

@@ -26,6 +26,7 @@ from router.docstore import DocStore
 from router.errors import ConfigError
 from router.executor import Executor
 from router.health import HealthEvent
+from router.idempotency import run_sweeper
 from router.metrics import Metrics
 from router.monitor import LagMonitor
 from router.pool import NodeUnavailableError
@@ -84,6 +85,9 @@ class RouterNode:
         await self._start_pools(list(self.topology.nodes()))
         self.monitor.start()
         await asyncio.wait_for(self.monitor.wait_round(), 10)
+        self.spawn(
+            run_sweeper(lambda: self.topology, self.config.router.idempotency_retention_seconds)
+        )
         self.metrics.bind(self.topology, self.classifier)
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         r = self.config.router
