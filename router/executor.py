@@ -24,7 +24,6 @@ from protocol.values import ext_default, ext_hook
 from router.classify import Analysis, Classifier
 from router.config import Config
 from router.health import HealthEvent
-from router.ids import shard_number_of
 from router.lsn import UNKNOWN_LSN
 from router.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.routing import (
@@ -38,6 +37,7 @@ from router.routing import (
     choose_replica,
     decide_role,
     resolve_shards,
+    shard_of_value,
 )
 from router.session import Session, Transaction, TransactionError
 from router.topology import NodeState, ShardState, Topology
@@ -116,13 +116,10 @@ class Executor:
         return analysis, resolve_shards(analysis, params, hint, self.config)
 
     def shard_for_key(self, key: Any) -> str:
-        if isinstance(key, str) and key in self.config.shards:
-            return key
-        number = shard_number_of(key)
-        shard = self.config.shard_by_number(number) if number is not None else None
+        shard = shard_of_value(key, self.config)
         if shard is None:
             raise UnknownShardError(f"shard_key {key!r} is neither a region nor a georoute id")
-        return shard.name
+        return shard
 
     async def _acquire(self, node: NodeState) -> Backend:
         if not node.available:

@@ -29,6 +29,7 @@ __all__ = [
     "choose_replica",
     "decide_role",
     "resolve_shards",
+    "shard_of_value",
 ]
 
 
@@ -98,6 +99,15 @@ def _shard_of_value(kind: KeyKind, value: Any, config: Config) -> str | None:
     return shard.name
 
 
+def shard_of_value(value: Any, config: Config, *, regions: bool = True) -> str | None:
+    """The shard a value names: a region name (when `regions`) or a georoute id, else None."""
+    if regions and isinstance(value, str) and value in config.shards:
+        return value
+    number = shard_number_of(value)
+    shard = config.shard_by_number(number) if number is not None else None
+    return shard.name if shard is not None else None
+
+
 def _param(params: Sequence[Any], number: int) -> Any:
     if not 1 <= number <= len(params):
         raise RoutingError(f"statement uses ${number} but {len(params)} parameters were given")
@@ -127,21 +137,16 @@ def resolve_shards(
         # A call like SELECT enroll($1, $2): an argument that is an id or a region name.
         candidates = [_param(params, p) for p in analysis.arg_params] + list(analysis.arg_values)
         for value in candidates:
-            if isinstance(value, str) and value in config.shards:
-                found.setdefault(value, "function argument")
-                continue
-            number = shard_number_of(value)
-            shard_cfg = config.shard_by_number(number) if number is not None else None
-            if shard_cfg is not None:
-                found.setdefault(shard_cfg.name, "function argument")
+            shard = shard_of_value(value, config)
+            if shard is not None:
+                found.setdefault(shard, "function argument")
     if not found:
         # "A row id": an equality on any column with a georoute id, even in an unlisted table.
         loose = [_param(params, p) for p in analysis.id_params] + list(analysis.id_values)
         for value in loose:
-            number = shard_number_of(value)
-            shard_cfg = config.shard_by_number(number) if number is not None else None
-            if shard_cfg is not None:
-                found.setdefault(shard_cfg.name, "row id")
+            shard = shard_of_value(value, config, regions=False)  # ids only: any column
+            if shard is not None:
+                found.setdefault(shard, "row id")
     if len(found) > 1:
         detail = ", ".join(f"{src} -> {shard}" for shard, src in found.items())
         raise CrossShardError(f"statement names several shards ({detail}); cross-shard "
