@@ -85,17 +85,22 @@ class FrameDecoder:
             err = self._error
             raise type(err)(f"decoder unusable after an earlier error: {err.message}")
         buffer = self._buffer
-        buffer += data
-        size = len(buffer)
-        if size < HEADER_BYTES:
-            return []
+        # With nothing buffered (the usual case: replies arrive as whole frames) the frames are
+        # decoded straight from `data`, and only an incomplete tail is copied into the buffer.
+        source: bytes | bytearray | memoryview
+        if buffer:
+            buffer += data
+            source = buffer
+        else:
+            source = data
+        size = len(source)
         out: list[Message] = []
         pos = 0
         limit = self.max_frame_bytes
         try:
-            with memoryview(buffer) as view:
+            with memoryview(source) as view:
                 while size - pos >= HEADER_BYTES:
-                    (length,) = _HEADER.unpack_from(buffer, pos)
+                    (length,) = _HEADER.unpack_from(view, pos)
                     if length > limit:
                         raise FrameTooLarge(f"frame of {length} bytes exceeds limit {limit}")
                     if length == 0:
@@ -109,12 +114,14 @@ class FrameDecoder:
                     finally:
                         body.release()
                     pos = end
+                if source is not buffer and pos < size:
+                    buffer += view[pos:]
         except ProtocolError as exc:
             self._error = exc
             exc.messages = out  # type: ignore[attr-defined]
             buffer.clear()
             raise
-        if pos:
+        if source is buffer and pos:
             del buffer[:pos]
         return out
 

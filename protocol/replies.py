@@ -9,7 +9,6 @@ from protocol.fields import (
     MessageType,
     RouteInfo,
     _bool,
-    _list,
     _map,
     _opt_str,
     _str,
@@ -75,9 +74,28 @@ class Rows:
 
     @classmethod
     def from_wire(cls, b: list[Any]) -> Rows:
-        columns = [_str(c) for c in _list(b[2])]
-        rows = [_list(r) for r in _list(b[3])]
-        return cls(b[1], columns, rows, _str(b[4]), RouteInfo.from_wire(b[5]), _opt_str(b[6]))
+        # The client's hot path: the same checks as _list/_str, inline, and the decoded lists
+        # are kept rather than copied.
+        columns = b[2]
+        if type(columns) is not list:
+            raise TypeError("expected array")
+        for column in columns:
+            if type(column) is not str:
+                raise TypeError("expected str")
+        rows = b[3]
+        if type(rows) is not list:
+            raise TypeError("expected array")
+        for row in rows:
+            if type(row) is not list:
+                raise TypeError("expected array")
+        status = b[4]
+        if type(status) is not str:
+            raise TypeError("expected str")
+        route = None if b[5] is None else RouteInfo.from_wire(b[5])
+        token = b[6]
+        if token is not None and type(token) is not str:
+            raise TypeError("expected str")
+        return cls(b[1], columns, rows, status, route, token)
 
 
 @dataclass(slots=True)

@@ -279,3 +279,33 @@ def test_protocol_md_worked_example_matches_the_encoder() -> None:
     rows = p.encode_rows(2, ["name"], [["Ada"]], "SELECT 1", route, None)
     for frame in (query, rows):
         assert " ".join(f"{b:02x}" for b in frame) in flat
+
+
+def test_whole_frames_and_a_partial_tail_in_one_chunk() -> None:
+    frames = p.encode(p.Ping(1)) + p.encode(p.Ping(2))
+    tail = p.encode(p.Query(3, "select 1"))
+    decoder = p.FrameDecoder()
+    assert decoder.feed(frames + tail[:5]) == [p.Ping(1), p.Ping(2)]
+    assert decoder.buffered_bytes == 5
+    expected = [p.Query(3, "select 1"), p.Ping(1), p.Ping(2)]
+    assert decoder.feed(bytearray(tail[5:]) + frames) == expected
+    assert decoder.buffered_bytes == 0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [["a", 1], [[1]], "SELECT 1", None, None],
+        ["a", [[1]], "SELECT 1", None, None],
+        [["a"], [(1,), 2], "SELECT 1", None, None],
+        [["a"], [[1]], None, None, None],
+        [["a"], [[1]], "SELECT 1", None, 7],
+        [["a"], [[1]], "SELECT 1", ["eu", "n", "leader"], None],
+        [["a"], [[1]], "SELECT 1", None],
+    ],
+)
+def test_malformed_rows_reply_is_rejected(fields: list[object]) -> None:
+    body = msgpack.packb([p.MessageType.ROWS, 5, *fields])
+    with pytest.raises(p.MalformedFrame) as info:
+        p.FrameDecoder().feed(struct.pack(">I", len(body)) + body)
+    assert info.value.request_id == 5

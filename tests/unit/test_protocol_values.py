@@ -146,3 +146,24 @@ def test_unencodable_value_raises_encode_error() -> None:
 def test_bigint_wire_form_is_decimal_text() -> None:
     ext = ext_default(2**70)
     assert ext == msgpack.ExtType(ExtCode.BIGINT, str(2**70).encode())
+
+
+def test_uuid_wire_form_is_the_16_bytes_and_a_bad_payload_is_malformed() -> None:
+    value = uuid.UUID("0190a1b2-c3d4-8e01-8123-456789abcdef")
+    assert ext_default(value) == msgpack.ExtType(ExtCode.UUID, value.bytes)
+    assert protocol.encode(protocol.Query(1, "s", [value])) == protocol.encode(
+        protocol.Query(1, "s", [msgpack.ExtType(ExtCode.UUID, value.bytes)])
+    )
+    decoded = ext_hook(ExtCode.UUID, value.bytes)
+    assert type(decoded) is uuid.UUID and decoded == value and str(decoded) == str(value)
+    assert decoded.is_safe is uuid.SafeUUID.unknown and hash(decoded) == hash(value)
+    with pytest.raises(ValueError):
+        ext_hook(ExtCode.UUID, b"\x01" * 15)
+
+
+def test_uuid_subclass_encodes_like_a_uuid() -> None:
+    class MyUUID(uuid.UUID):
+        pass
+
+    value = MyUUID(int=12345)
+    assert ext_default(value) == msgpack.ExtType(ExtCode.UUID, value.bytes)
