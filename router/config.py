@@ -99,6 +99,9 @@ class DatabaseConfig:
     statement_cache_size: int = 256
     connect_timeout_seconds: float = 3.0
     socket_dir: str = ""
+    pipeline_connections: int = 2
+    pipeline_max_in_flight: int = 64
+    pipeline_slow_ms: float = 20.0
 
     def password(self) -> str | None:
         return os.environ.get(self.password_env) or None
@@ -367,6 +370,8 @@ def _validate(config: Config) -> None:
         "router.idempotency_retention_seconds": r.idempotency_retention_seconds,
         "database.pool_max_size": config.database.pool_max_size,
         "database.connect_timeout_seconds": config.database.connect_timeout_seconds,
+        "database.pipeline_max_in_flight": config.database.pipeline_max_in_flight,
+        "database.pipeline_slow_ms": config.database.pipeline_slow_ms,
         "heartbeat.interval_seconds": h.interval_seconds,
         "api.jwt_ttl_seconds": a.jwt_ttl_seconds,
         "api.rate_limit_per_minute": a.rate_limit_per_minute,
@@ -381,6 +386,7 @@ def _validate(config: Config) -> None:
         "router.transaction_idle_timeout_seconds": r.transaction_idle_timeout_seconds,
         "database.pool_min_size": config.database.pool_min_size,
         "database.statement_cache_size": config.database.statement_cache_size,
+        "database.pipeline_connections": config.database.pipeline_connections,
     }
     for key, value in non_negative.items():
         if value < 0:

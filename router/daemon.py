@@ -113,6 +113,10 @@ class RouterNode:
             _, pending = await asyncio.wait(tasks, timeout=self.config.router.drain_timeout_seconds)
             for task in pending:
                 task.cancel()
+        # Requests on the pipelined fast path are not tasks: their replies go out when their
+        # statements finish, so wait for the pipelines too before closing client connections.
+        await asyncio.gather(*(n.pool.pipeline.drain(self.config.router.drain_timeout_seconds)
+                               for n in self.topology.nodes()))  # fmt: skip
         for conn in list(self.connections):
             if conn.session.transactions:
                 await self.executor.close_session(conn.session)

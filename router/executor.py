@@ -25,6 +25,7 @@ from router.classify import Analysis, Classifier
 from router.config import Config
 from router.health import HealthEvent
 from router.lsn import UNKNOWN_LSN
+from router.pgwire import PipelineError, Unsupported
 from router.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.routing import (
     Consistency,
@@ -42,7 +43,7 @@ from router.routing import (
 from router.session import Session, Transaction, TransactionError
 from router.topology import NodeState, ShardState, Topology
 
-__all__ = ["Executor", "Outcome"]
+__all__ = ["Executor", "Outcome", "Submitted"]
 
 IDEM_CLAIM_SQL = (
     "INSERT INTO georoute_idempotency (idem_key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1"
@@ -68,6 +69,20 @@ _CONNECTION_ERRORS = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.CrashShutdownError,
 )
+
+
+_WIRE_ROLE = {Role.PRIMARY: WireRole.PRIMARY, Role.REPLICA: WireRole.REPLICA}
+
+
+@dataclass(slots=True, eq=False)
+class Submitted:
+    """A statement queued on a node's pipeline by `Executor.submit`."""
+
+    future: asyncio.Future[Any]  # (rows, status, seconds the server spent on it)
+    columns: list[str]
+    node: NodeState
+    shard: ShardState
+    analysis: Analysis
 
 
 @dataclass(slots=True)
@@ -164,11 +179,15 @@ class Executor:
         return None
 
     async def _pick(
-        self, shard: ShardState, role: Role, min_lsn: int | None
-    ) -> tuple[NodeState, Backend]:
+        self, shard: ShardState, role: Role, min_lsn: int | None, pipelined: bool
+    ) -> tuple[NodeState, Backend | None]:
+        """The node to run on, and a borrowed backend; None for the backend means "try the
+        node's pipeline first" (`_run` then borrows one only if the pipeline declines)."""
         if role is Role.REPLICA:
             node = choose_replica(shard.replicas, self._max_lag, min_lsn)
             if node is not None:
+                if pipelined and node.available:
+                    return node, None
                 try:
                     return node, await self._acquire(node)
                 except NodeUnavailableError:
@@ -180,16 +199,34 @@ class Executor:
                     found = None  # the primary always has the session's writes
                 if found is not None:
                     return found
-        return shard.primary, await self._acquire(shard.primary)
+        return shard.primary, await self._primary(shard, pipelined)
+
+    async def _primary(self, shard: ShardState, pipelined: bool) -> Backend | None:
+        primary = shard.primary
+        if pipelined and primary.available:
+            return None
+        return await self._acquire(primary)
 
     # ---- running ---------------------------------------------------------------------------
 
     async def _run(
-        self, node: NodeState, backend: Backend, sql: str, params: Sequence[Any]
+        self, node: NodeState, backend: Backend | None, sql: str, params: Sequence[Any],
+        dirty: bool = False,
     ) -> tuple[list[str], list[Any], str]:
-        """Run on a borrowed backend; on failure the backend is given back (dropped if broken)."""
+        """Run on `backend`, or on the node's pipeline when it is None (a pooled backend if
+        the pipeline declines). The backend is given back afterwards (dropped if broken)."""
+        if backend is None:
+            try:
+                return await node.pool.pipeline.run(sql, params)
+            except Unsupported:
+                backend = await self._acquire(node)
+            except PipelineError as exc:
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
+                raise NodeUnavailableError(
+                    f"{node.name}: connection lost: {exc}", sent=True
+                ) from exc
         try:
-            return await backend.run(sql, params)
+            result = await backend.run(sql, params)
         except _CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
             # Its other idle connections are most likely dead too: DOWN drops them, and the
@@ -207,6 +244,68 @@ class Executor:
         except BaseException:
             node.pool.release(backend, broken=True)  # e.g. cancelled mid-statement
             raise
+        if dirty:
+            backend.dirty = True
+        node.pool.release(backend)
+        return result
+
+    def submit(
+        self, session: Session, sql: str, params: Sequence[Any], hints: Hints
+    ) -> Submitted | None:
+        """The synchronous fast path of `query`: route an autocommit statement and queue it
+        on the chosen node's pipeline, with no task and no await. None means "use `query`":
+        a transaction, an idempotency key, a statement that changes session state, a read
+        that must wait for a replica to catch up, a node or pipeline that cannot take it,
+        and every error (which `query` then reports)."""
+        if hints.tx is not None or hints.idempotency_key is not None:
+            return None
+        try:
+            analysis, target = self.target_for(sql, params, hints)
+            if (len(params) != analysis.param_count or analysis.changes_session_state
+                    or analysis.command == "UTILITY"):  # fmt: skip
+                return None
+            consistency = _CONSISTENCY[hints.consistency.value]
+            role = decide_role(target, consistency, in_transaction=False)
+            shard = self.topology.shards[target.shard]
+        except Exception:
+            return None
+        node = shard.primary
+        if role is Role.REPLICA:
+            min_lsn = (
+                session.min_lsn(shard.name, hints.ryw)
+                if consistency is Consistency.SESSION
+                else None
+            )
+            replica = choose_replica(shard.replicas, self._max_lag, min_lsn)
+            if replica is not None:
+                node = replica
+            elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
+                return None  # the bounded wait for a replica to replay past the token
+        if not node.available:
+            return None
+        sent = node.pool.pipeline.submit(sql, params)
+        if sent is None:
+            return None
+        return Submitted(sent[0], sent[1], node, shard, analysis)
+
+    def outcome(
+        self, submitted: Submitted, rows: list[Any], status: str, token: str | None
+    ) -> Outcome:
+        node = submitted.node
+        return Outcome(submitted.columns, rows, status, submitted.shard.name, node.name,
+                       _WIRE_ROLE[node.role], token)  # fmt: skip
+
+    def needs_token(self, submitted: Submitted, status: str) -> bool:
+        """A write on a primary that changed rows: its reply carries a read-your-writes token."""
+        analysis = submitted.analysis
+        return (
+            submitted.node.role is Role.PRIMARY
+            and not analysis.read_only
+            and _rows_changed(analysis, status)
+        )
+
+    async def write_token(self, session: Session, submitted: Submitted) -> str:
+        return await self._token(session, submitted.shard)
 
     async def query(
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints
@@ -228,18 +327,19 @@ class Executor:
         )
         if hints.idempotency_key is not None and not analysis.read_only:
             return await self._idempotent(session, shard, hints.idempotency_key, sql, params)
-        node, backend = await self._pick(shard, role, min_lsn)
+        # Autocommit statements that leave no session state behind may share a pipelined
+        # connection; the rest get a pooled connection of their own.
+        dirty = analysis.changes_session_state
+        pipelined = not dirty and analysis.command != "UTILITY"
+        node, backend = await self._pick(shard, role, min_lsn, pipelined)
         try:
-            columns, rows, status = await self._run(node, backend, sql, params)
+            columns, rows, status = await self._run(node, backend, sql, params, dirty)
         except NodeUnavailableError:
             if node.role is not Role.REPLICA:
                 raise
             # The replica went away under a read: reads are safe to run again, on the primary.
-            node, backend = shard.primary, await self._acquire(shard.primary)
-            columns, rows, status = await self._run(node, backend, sql, params)
-        if analysis.changes_session_state:
-            backend.dirty = True
-        node.pool.release(backend)
+            node, backend = shard.primary, await self._primary(shard, pipelined)
+            columns, rows, status = await self._run(node, backend, sql, params, dirty)
         token = None
         if node.role is Role.PRIMARY and not analysis.read_only and _rows_changed(
             analysis, status

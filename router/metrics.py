@@ -39,15 +39,29 @@ class _LiveCollector(Collector):
         up = GaugeMetricFamily(
             "georoute_node_up", "1 if the node is usable (up or suspect)", labels=["node", "role"]
         )
+        piped = CounterMetricFamily(
+            "georoute_backend_statements",
+            "Autocommit statements by path: on a pipelined connection, or handed to a pooled "
+            "connection by the pipeline (unsupported types, busy or slow)",
+            labels=["node", "path"],
+        )
+        in_flight = GaugeMetricFamily(
+            "georoute_pipeline_in_flight", "Statements in flight on pipelined connections",
+            labels=["node"],
+        )
         if topology is not None:
             for node in topology.nodes():
+                pipeline = node.pool.pipeline
+                piped.add_metric([node.name, "pipeline"], pipeline.statements)
+                piped.add_metric([node.name, "pooled"], pipeline.fallbacks)
+                in_flight.add_metric([node.name], pipeline.in_flight)
                 size.add_metric([node.name, "in_use"], node.pool.in_use)
                 size.add_metric([node.name, "idle"], node.pool.size - node.pool.in_use)
                 waits.add_metric([node.name], node.pool.waits_total)
                 up.add_metric([node.name, node.role.value], 1.0 if node.available else 0.0)
                 if node.lag_bytes is not None and node.role.value == "replica":
                     lag.add_metric([node.name], node.lag_bytes)
-        yield from (size, waits, lag, up)
+        yield from (size, waits, lag, up, piped, in_flight)
         classifier = self._metrics.classifier
         if classifier is not None:
             cache = CounterMetricFamily(

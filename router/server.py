@@ -41,8 +41,11 @@ from protocol import (
     choose_version,
 )
 from protocol.messages import Role as WireRole
-from router.executor import Outcome
+from router.executor import Outcome, Submitted
 from router.failures import Failure, RequestTimeout, ShuttingDown, failure_for
+from router.health import HealthEvent
+from router.pgwire import PipelineError
+from router.pool import NodeUnavailableError, is_stale_statement
 from router.session import Session
 
 if TYPE_CHECKING:
@@ -189,9 +192,49 @@ class ClientConnection(asyncio.Protocol):
                 message.id, failure_for(ShuttingDown("router node is shutting down")), "any"
             )
             return
+        if type(message) is Query and self._submit(message):
+            return
+        self._spawn_handle(message)
+
+    def _spawn_handle(self, message: Message) -> None:
         task = self._loop.create_task(self._handle(message))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    # ---- the fast path: autocommit statements on a pipelined backend connection ------------
+
+    def _submit(self, m: Query) -> bool:
+        """Route `m` and queue it on a pipelined connection; the reply is sent from the
+        future's callback, with no task. False: nothing was sent, use `_handle`."""
+        started = time.perf_counter()
+        submitted = self._node.executor.submit(self.session, m.sql, m.params, m.hints)
+        if submitted is None:
+            return False
+        timeout_ms = m.hints.timeout_ms
+        request = _Submitted(self, m, submitted, started)
+        if timeout_ms:
+            request.timer = self._loop.call_later(timeout_ms / 1000, request.time_out)
+        submitted.future.add_done_callback(request.done)
+        return True
+
+    def _reply_ok(self, m: Query, outcome: Outcome, started: float) -> None:
+        self.send(self._reply_for(m, outcome))
+        self._node.metrics.record("query", outcome.shard, outcome.role.value, "ok",
+                                  time.perf_counter() - started)  # fmt: skip
+
+    def _reply_failed(self, m: Query, exc: BaseException, read_only: bool,
+                      started: float) -> None:  # fmt: skip
+        failure = failure_for(exc, read_only=read_only)
+        if failure.code is ErrorCode.INTERNAL:
+            log.error("internal error serving query: %s", failure.message)
+        self._send_failure(m.id, failure, "query")
+        self._node.metrics.record("query", "", "", failure.code.name,
+                                  time.perf_counter() - started)  # fmt: skip
+
+    async def _finish_write(self, m: Query, submitted: Submitted, rows: list[Any], status: str,
+                            started: float) -> None:  # fmt: skip
+        token = await self._node.executor.write_token(self.session, submitted)
+        self._reply_ok(m, self._node.executor.outcome(submitted, rows, status, token), started)
 
     def _handshake(self, message: Message) -> None:
         if not isinstance(message, Hello):
@@ -258,13 +301,16 @@ class ClientConnection(asyncio.Protocol):
     def _route(outcome: Outcome) -> RouteInfo:
         return RouteInfo(outcome.shard, outcome.node, outcome.role)
 
-    async def _query(self, m: Query) -> tuple[bytes, Outcome]:
-        o = await self._node.executor.query(self.session, m.sql, m.params, m.hints)
+    def _reply_for(self, m: Query, o: Outcome) -> bytes:
         enc = self._encoder
         if m.kind is QueryKind.FETCH and m.hints.want_rows:
             return enc.encode_rows(m.id, o.columns, o.rows, o.status, self._route(o),
-                                   o.ryw_token), o
-        return enc.encode_status(m.id, o.status, o.rowcount, self._route(o), o.ryw_token), o
+                                   o.ryw_token)  # fmt: skip
+        return enc.encode_status(m.id, o.status, o.rowcount, self._route(o), o.ryw_token)
+
+    async def _query(self, m: Query) -> tuple[bytes, Outcome]:
+        o = await self._node.executor.query(self.session, m.sql, m.params, m.hints)
+        return self._reply_for(m, o), o
 
     async def _batch(self, m: Batch) -> tuple[bytes, Outcome]:
         o = await self._node.executor.batch(self.session, m.statements, m.hints)
@@ -293,3 +339,62 @@ class ClientConnection(asyncio.Protocol):
         if m.op != "topology":
             raise ValueError(f"unknown admin op {m.op!r} (known: topology)")
         return self._encoder.encode(AdminReply(m.id, self._node.topology_report())), None
+
+
+class _Submitted:
+    """One request on the fast path, answered once: by its result, or by its timeout."""
+
+    __slots__ = ("answered", "conn", "message", "started", "submitted", "timer")
+
+    def __init__(self, conn: ClientConnection, message: Query, submitted: Submitted,
+                 started: float) -> None:  # fmt: skip
+        self.conn = conn
+        self.message = message
+        self.submitted = submitted
+        self.started = started
+        self.timer: asyncio.TimerHandle | None = None
+        self.answered = False
+
+    def time_out(self) -> None:
+        # The statement runs on (its connection is shared); its result will be dropped.
+        self.timer = None
+        self.answered = True
+        m = self.message
+        exc = RequestTimeout(f"request took longer than {m.hints.timeout_ms} ms")
+        self.conn._reply_failed(m, exc, self.submitted.analysis.read_only, self.started)
+
+    def done(self, fut: asyncio.Future[Any]) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        conn, m, submitted = self.conn, self.message, self.submitted
+        exc = fut.exception()
+        if exc is None:
+            rows, status, server_seconds = fut.result()
+            submitted.node.pool.pipeline.finished(m.sql, server_seconds)
+            if self.answered:
+                return
+            executor = conn._node.executor
+            if executor.needs_token(submitted, status):
+                task = conn._loop.create_task(
+                    conn._finish_write(m, submitted, rows, status, self.started)
+                )
+                conn.tasks.add(task)
+                task.add_done_callback(conn.tasks.discard)
+                return
+            conn._reply_ok(m, executor.outcome(submitted, rows, status, None), self.started)
+            return
+        if self.answered:
+            return
+        read_only = submitted.analysis.read_only
+        if isinstance(exc, PipelineError):
+            node = submitted.node
+            node.record(HealthEvent.CONNECT_FAILED, str(exc))
+            if read_only:  # safe to run again: the ordinary path picks another way
+                conn._spawn_handle(m)
+                return
+            exc = NodeUnavailableError(f"{node.name}: connection lost: {exc}", sent=True)
+        elif is_stale_statement(exc):
+            submitted.node.pool.pipeline.forget(m.sql)
+            conn._spawn_handle(m)  # it prepares the statement again
+            return
+        conn._reply_failed(m, exc, read_only, self.started)

@@ -37,7 +37,7 @@ class NodeState:
 
     @property
     def in_flight(self) -> int:
-        return self.pool.in_use + self.pool.waiting
+        return self.pool.in_use + self.pool.waiting + self.pool.pipeline.in_flight
 
     def record(self, event: HealthEvent, error: str | None = None) -> NodeHealth:
         before = self.health
@@ -63,6 +63,8 @@ class NodeState:
             "pool_size": self.pool.size,
             "pool_in_use": self.pool.in_use,
             "pool_waiting": self.pool.waiting,
+            "pipeline_connections": self.pool.pipeline.connections,
+            "pipeline_in_flight": self.pool.pipeline.in_flight,
             "last_error": self.last_error,
         }
 

@@ -1,0 +1,772 @@
+"""Pipelined PostgreSQL connections for the router's hot path.
+
+asyncpg runs one statement at a time per connection, so every request cost the router (and
+PostgreSQL) its own write and read system calls: the router's largest single cost in the
+bench profile. A `PipelinedConnection` speaks the extended query protocol itself and lets many
+autocommit statements share one connection. Each request is Bind/Execute/Sync on a statement
+prepared once per connection; requests queued in one event-loop turn leave in one write, and
+replies are matched to requests in order. PostgreSQL answers a pipeline strictly in order, and
+after an error it skips only to that request's own Sync, so a failing statement never touches
+its neighbours.
+
+It takes only what it can carry exactly as asyncpg would: the parameter and column types in
+`_PARAM` and `_RESULT`, and parameters whose Python types those accept. For anything else it
+raises `Unsupported` before a byte is sent, and the caller runs the statement on an asyncpg
+connection instead. Column values of types protocol/values.py sends as ext types (uuid,
+timestamp, timestamptz, date) come back as `msgpack.ExtType` straight from PostgreSQL's binary
+form, so the reply encoder packs them without building a Python object in between.
+
+Authentication: trust, cleartext password, md5 and SCRAM-SHA-256. No TLS yet: a node that
+needs it is reached through asyncpg only (see README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import datetime as dt
+import hashlib
+import hmac
+import itertools
+import os
+import struct
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import msgpack
+
+from protocol.values import ExtCode
+
+__all__ = [
+    "PipelineError",
+    "PipelinedConnection",
+    "ScramClient",
+    "Statement",
+    "Unsupported",
+    "connect_pipelined",
+]
+
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
+_I64 = struct.Struct("!q")
+_F32 = struct.Struct("!f")
+_F64 = struct.Struct("!d")
+_HEAD = struct.Struct("!ci")
+_i32_from = _I32.unpack_from
+_monotonic = time.monotonic
+
+_PROTOCOL_3_0 = 196608
+_SYNC = b"S\x00\x00\x00\x04"
+_EXECUTE_ALL_SYNC = b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + _SYNC  # unnamed portal, all rows
+
+# PostgreSQL's epoch (2000-01-01) is this many microseconds / days after the Unix epoch, which
+# protocol/values.py uses for its ext types.
+_PG_EPOCH_MICROS = 946_684_800_000_000
+_PG_EPOCH_DAYS = 10_957
+_PG_EPOCH_UTC = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_PG_EPOCH_NAIVE = dt.datetime(2000, 1, 1)
+_PG_EPOCH_ORDINAL = dt.date(2000, 1, 1).toordinal()
+_INT64_MAX, _INT64_MIN = 2**63 - 1, -(2**63)
+_INT32_MAX, _INT32_MIN = 2**31 - 1, -(2**31)
+# asyncpg's values for PostgreSQL's +-infinity timestamps and dates.
+_INF_NAIVE = dt.datetime(dt.MAXYEAR, 12, 31, 23, 59, 59, 999999)
+_NEG_INF_NAIVE = dt.datetime(dt.MINYEAR, 1, 1)
+_INF_DATE, _NEG_INF_DATE = dt.date(dt.MAXYEAR, 12, 31), dt.date(dt.MINYEAR, 1, 1)
+
+
+class Unsupported(Exception):
+    """This statement or these parameters are not carried by the pipeline (nothing was sent)."""
+
+
+class PipelineError(ConnectionError):
+    """The pipelined connection failed or closed; requests in flight on it may have run."""
+
+
+# ---- values: PostgreSQL binary/text form -> what asyncpg returns (or its ext type) ----------
+
+Decoder = Callable[[bytearray, int, int], Any]
+
+
+def _text(b: bytearray, p: int, n: int) -> str:
+    return b[p : p + n].decode()
+
+
+def _int2(b: bytearray, p: int, n: int) -> int:
+    return int(_I16.unpack_from(b, p)[0])
+
+
+def _int4(b: bytearray, p: int, n: int) -> int:
+    return int(_i32_from(b, p)[0])
+
+
+def _int8(b: bytearray, p: int, n: int) -> int:
+    return int(_I64.unpack_from(b, p)[0])
+
+
+def _oid(b: bytearray, p: int, n: int) -> int:
+    return int(_U32.unpack_from(b, p)[0])
+
+
+def _float4(b: bytearray, p: int, n: int) -> float:
+    return float(_F32.unpack_from(b, p)[0])
+
+
+def _float8(b: bytearray, p: int, n: int) -> float:
+    return float(_F64.unpack_from(b, p)[0])
+
+
+def _bool(b: bytearray, p: int, n: int) -> bool:
+    return b[p] != 0
+
+
+def _bytea(b: bytearray, p: int, n: int) -> bytes:
+    return bytes(b[p : p + n])
+
+
+def _numeric_text(b: bytearray, p: int, n: int) -> Decimal:
+    return Decimal(b[p : p + n].decode())
+
+
+def _uuid(b: bytearray, p: int, n: int) -> msgpack.ExtType:
+    return msgpack.ExtType(ExtCode.UUID, bytes(b[p : p + 16]))
+
+
+def _timestamptz(b: bytearray, p: int, n: int) -> Any:
+    micros = _I64.unpack_from(b, p)[0]
+    if micros == _INT64_MAX:
+        return _INF_NAIVE.replace(tzinfo=dt.UTC)
+    if micros == _INT64_MIN:
+        return _NEG_INF_NAIVE.replace(tzinfo=dt.UTC)
+    return msgpack.ExtType(ExtCode.TIMESTAMPTZ, _I64.pack(micros + _PG_EPOCH_MICROS))
+
+
+def _timestamp(b: bytearray, p: int, n: int) -> Any:
+    micros = _I64.unpack_from(b, p)[0]
+    if micros == _INT64_MAX:
+        return _INF_NAIVE
+    if micros == _INT64_MIN:
+        return _NEG_INF_NAIVE
+    return msgpack.ExtType(ExtCode.TIMESTAMP, _I64.pack(micros + _PG_EPOCH_MICROS))
+
+
+def _date(b: bytearray, p: int, n: int) -> Any:
+    days = _i32_from(b, p)[0]
+    if days == _INT32_MAX:
+        return _INF_DATE
+    if days == _INT32_MIN:
+        return _NEG_INF_DATE
+    return msgpack.ExtType(ExtCode.DATE, _I32.pack(days + _PG_EPOCH_DAYS))
+
+
+# type oid -> (result format: 1 binary / 0 text, decoder)
+_RESULT: dict[int, tuple[int, Decoder]] = {
+    16: (1, _bool),
+    17: (1, _bytea),
+    19: (1, _text),  # name
+    20: (1, _int8),
+    21: (1, _int2),
+    23: (1, _int4),
+    25: (1, _text),
+    26: (1, _oid),
+    114: (0, _text),  # json: asyncpg returns the text
+    700: (1, _float4),
+    701: (1, _float8),
+    1042: (1, _text),  # bpchar
+    1043: (1, _text),  # varchar
+    1082: (1, _date),
+    1114: (1, _timestamp),
+    1184: (1, _timestamptz),
+    1700: (0, _numeric_text),
+    2950: (1, _uuid),
+    3802: (0, _text),  # jsonb
+}
+_ENUM_RESULT: tuple[int, Decoder] = (1, _text)  # an enum's binary form is its label
+
+
+# ---- parameters: Python value -> PostgreSQL binary/text form, or Unsupported -----------------
+
+Encoder = Callable[[Any], bytes]
+
+
+def _enc_int(lo: int, hi: int, packer: struct.Struct) -> Encoder:
+    def enc(v: Any) -> bytes:
+        if type(v) is not int or not lo <= v <= hi:
+            raise Unsupported
+        return packer.pack(v)
+
+    return enc
+
+
+def _enc_float(packer: struct.Struct) -> Encoder:
+    def enc(v: Any) -> bytes:
+        if type(v) is not float and type(v) is not int:
+            raise Unsupported
+        try:
+            return packer.pack(v)
+        except (struct.error, OverflowError):
+            raise Unsupported from None
+
+    return enc
+
+
+def _enc_text(v: Any) -> bytes:
+    if type(v) is not str:
+        raise Unsupported
+    return v.encode()
+
+
+def _enc_bool(v: Any) -> bytes:
+    if type(v) is not bool:
+        raise Unsupported
+    return b"\x01" if v else b"\x00"
+
+
+def _enc_bytea(v: Any) -> bytes:
+    if not isinstance(v, (bytes, bytearray, memoryview)):
+        raise Unsupported
+    return bytes(v)
+
+
+def _enc_numeric(v: Any) -> bytes:
+    if type(v) is not int and type(v) is not Decimal:
+        raise Unsupported
+    return str(v).encode()
+
+
+def _enc_uuid(v: Any) -> bytes:
+    if type(v) is uuid.UUID:
+        return v.bytes
+    if type(v) is str:
+        try:
+            return uuid.UUID(v).bytes
+        except ValueError:
+            raise Unsupported from None
+    raise Unsupported
+
+
+def _micros(delta: dt.timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _enc_timestamptz(v: Any) -> bytes:
+    if type(v) is not dt.datetime or v.tzinfo is None or v.utcoffset() is None:
+        raise Unsupported  # naive values: asyncpg's own rules apply
+    return _I64.pack(_micros(v - _PG_EPOCH_UTC))
+
+
+def _enc_timestamp(v: Any) -> bytes:
+    if type(v) is not dt.datetime or v.tzinfo is not None or v in (_INF_NAIVE, _NEG_INF_NAIVE):
+        raise Unsupported
+    return _I64.pack(_micros(v - _PG_EPOCH_NAIVE))
+
+
+def _enc_date(v: Any) -> bytes:
+    if type(v) is not dt.date or v in (_INF_DATE, _NEG_INF_DATE):
+        raise Unsupported
+    return _I32.pack(v.toordinal() - _PG_EPOCH_ORDINAL)
+
+
+# type oid -> (parameter format: 1 binary / 0 text, encoder)
+_PARAM: dict[int, tuple[int, Encoder]] = {
+    16: (1, _enc_bool),
+    17: (1, _enc_bytea),
+    19: (1, _enc_text),
+    20: (1, _enc_int(_INT64_MIN, _INT64_MAX, _I64)),
+    21: (1, _enc_int(-(2**15), 2**15 - 1, _I16)),
+    23: (1, _enc_int(_INT32_MIN, _INT32_MAX, _I32)),
+    25: (1, _enc_text),
+    26: (1, _enc_int(0, 2**32 - 1, _U32)),
+    114: (0, _enc_text),
+    700: (1, _enc_float(_F32)),
+    701: (1, _enc_float(_F64)),
+    1042: (1, _enc_text),
+    1043: (1, _enc_text),
+    1082: (1, _enc_date),
+    1114: (1, _enc_timestamp),
+    1184: (1, _enc_timestamptz),
+    1700: (0, _enc_numeric),
+    2950: (1, _enc_uuid),
+    3802: (0, _enc_text),
+}
+_ENUM_PARAM: tuple[int, Encoder] = (1, _enc_text)
+
+
+# ---- messages --------------------------------------------------------------------------------
+
+
+def _message(kind: bytes, body: bytes) -> bytes:
+    return kind + _I32.pack(len(body) + 4) + body
+
+
+def _cstr(text: str) -> bytes:
+    return text.encode() + b"\x00"
+
+
+def _error_fields(body: bytes) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for part in body.split(b"\x00"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode(errors="replace")
+    return fields
+
+
+def _postgres_error(fields: dict[str, str], query: str | None) -> asyncpg.PostgresError:
+    """The asyncpg exception class asyncpg itself would raise for these error fields."""
+    return asyncpg.PostgresError.new(fields, query=query)
+
+
+@dataclass(slots=True, eq=False)
+class Statement:
+    """A statement prepared on one pipelined connection."""
+
+    name: str
+    sql: str
+    columns: list[str]
+    supported: bool
+    decoders: tuple[Decoder, ...] = ()
+    encoders: tuple[Encoder, ...] = ()
+    _bind_head: bytes = b""  # after the length: portal, name, parameter formats, count
+    _bind_tail: bytes = b""  # result formats
+
+    def bind(self, params: Sequence[Any]) -> bytes:
+        """The Bind message for `params`, or Unsupported (then nothing may be sent)."""
+        encoders = self.encoders
+        if len(params) != len(encoders):
+            raise Unsupported
+        parts = [self._bind_head]
+        for enc, value in zip(encoders, params, strict=True):
+            if value is None:
+                parts.append(b"\xff\xff\xff\xff")
+            else:
+                data = enc(value)
+                parts.append(_I32.pack(len(data)))
+                parts.append(data)
+        parts.append(self._bind_tail)
+        body = b"".join(parts)
+        return b"B" + _I32.pack(len(body) + 4) + body
+
+
+def _make_statement(
+    name: str, sql: str, param_oids: list[int], columns: list[tuple[str, int]], enums: set[int]
+) -> Statement:
+    names = [c[0] for c in columns]
+    params: list[tuple[int, Encoder]] = []
+    results: list[tuple[int, Decoder]] = []
+    for oid in param_oids:
+        p = _PARAM.get(oid) or (_ENUM_PARAM if oid in enums else None)
+        if p is None:
+            return Statement(name, sql, names, False)
+        params.append(p)
+    for _, oid in columns:
+        r = _RESULT.get(oid) or (_ENUM_RESULT if oid in enums else None)
+        if r is None:
+            return Statement(name, sql, names, False)
+        results.append(r)
+    if len(params) > 32767 or len(results) > 32767:
+        return Statement(name, sql, names, False)
+    head = b"\x00" + _cstr(name) + _I16.pack(len(params))
+    head += b"".join(_I16.pack(fmt) for fmt, _ in params) + _I16.pack(len(params))
+    tail = _I16.pack(len(results)) + b"".join(_I16.pack(fmt) for fmt, _ in results)
+    return Statement(
+        name, sql, names, True,
+        tuple(dec for _, dec in results), tuple(enc for _, enc in params), head, tail,
+    )  # fmt: skip
+
+
+# ---- SCRAM-SHA-256 (RFC 5802 / 7677) --------------------------------------------------------
+
+
+class ScramClient:
+    """The client side of SCRAM-SHA-256 without channel binding, as PostgreSQL uses it."""
+
+    def __init__(self, password: str, *, user: str = "", nonce: str | None = None) -> None:
+        self._password = password.encode()
+        self.nonce = nonce or base64.b64encode(os.urandom(18)).decode()
+        self._first_bare = f"n={user},r={self.nonce}"
+        self._server_signature = b""
+
+    def first_message(self) -> bytes:
+        return ("n,," + self._first_bare).encode()
+
+    def final_message(self, server_first: bytes) -> bytes:
+        text = server_first.decode()
+        attrs = dict(kv.split("=", 1) for kv in text.split(","))
+        nonce, salt, rounds = attrs["r"], base64.b64decode(attrs["s"]), int(attrs["i"])
+        if not nonce.startswith(self.nonce):
+            raise PipelineError("SCRAM: the server's nonce does not extend ours")
+        salted = hashlib.pbkdf2_hmac("sha256", self._password, salt, rounds)
+        client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+        stored_key = hashlib.sha256(client_key).digest()
+        without_proof = f"c=biws,r={nonce}"
+        auth = f"{self._first_bare},{text},{without_proof}".encode()
+        signature = hmac.new(stored_key, auth, hashlib.sha256).digest()
+        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+        server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+        self._server_signature = hmac.new(server_key, auth, hashlib.sha256).digest()
+        return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+
+    def verify(self, server_final: bytes) -> None:
+        attrs = dict(kv.split("=", 1) for kv in server_final.decode().split(",") if "=" in kv)
+        given = base64.b64decode(attrs.get("v", ""))
+        if not hmac.compare_digest(given, self._server_signature):
+            raise PipelineError("SCRAM: the server's signature does not match")
+
+
+def md5_password(user: str, password: str, salt: bytes) -> bytes:
+    inner = hashlib.md5((password + user).encode()).hexdigest().encode()
+    return b"md5" + hashlib.md5(inner + salt).hexdigest().encode()
+
+
+# ---- the connection ------------------------------------------------------------------------
+
+_PREPARE, _EXECUTE, _IGNORE = 0, 1, 2
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    kind: int
+    future: asyncio.Future[Any]
+    decoders: tuple[Decoder, ...] = ()
+    query: str | None = None
+    rows: list[Any] = field(default_factory=list)
+    status: str = ""
+    error: dict[str, str] | None = None
+    param_oids: list[int] = field(default_factory=list)
+    columns: list[tuple[str, int]] = field(default_factory=list)
+    started: float = 0.0  # when it reached the head of the queue (the server works on it)
+
+
+class PipelinedConnection(asyncio.Protocol):
+    """One PostgreSQL connection carrying many autocommit statements at once."""
+
+    def __init__(
+        self, name: str, *, user: str, database: str, password: str | None,
+        settings: dict[str, str], cache_size: int,
+    ) -> None:  # fmt: skip
+        self.name = name
+        self._user, self._database, self._password = user, database, password
+        self._settings = settings
+        self._cache_size = max(1, cache_size)
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._out: list[bytes] = []
+        self._flush_pending = False
+        self._stmts: collections.OrderedDict[str, Statement] = collections.OrderedDict()
+        self._preparing: dict[str, asyncio.Task[Statement]] = {}
+        self._names = itertools.count(1)
+        self._enums: set[int] = set()
+        self._startup: asyncio.Future[None] = self._loop.create_future()
+        self._scram: ScramClient | None = None
+        self.closed = False
+        self.error: Exception | None = None
+        self.on_idle: Callable[[], None] | None = None
+
+    # ---- state ---------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queue)
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self._startup.done()
+
+    # ---- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        params = {"user": self._user, "database": self._database, "client_encoding": "UTF8",
+                  "DateStyle": "ISO", **self._settings}  # fmt: skip
+        body = _I32.pack(_PROTOCOL_3_0) + b"".join(
+            _cstr(k) + _cstr(v) for k, v in params.items()
+        ) + b"\x00"
+        transport.write(_I32.pack(len(body) + 4) + body)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(PipelineError(f"{self.name}: connection lost" + (f": {exc}" if exc else "")))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        size = len(buf)
+        pos = 0
+        queue = self._queue
+        try:
+            while size - pos >= 5:
+                kind = buf[pos]
+                end = pos + 1 + _i32_from(buf, pos + 1)[0]
+                if end > size:
+                    break
+                if kind == 68 and queue:  # 'D' DataRow: the hot case, decoded in place
+                    pending = queue[0]
+                    p = pos + 7  # past the header and the column count
+                    row: list[Any] = []
+                    for dec in pending.decoders:
+                        n = _i32_from(buf, p)[0]
+                        p += 4
+                        if n < 0:
+                            row.append(None)
+                        else:
+                            row.append(dec(buf, p, n))
+                            p += n
+                    pending.rows.append(row)
+                else:
+                    self._message(kind, bytes(buf[pos + 5 : end]))
+                pos = end
+        except Exception as exc:  # a decoding bug or a protocol violation: the stream is lost
+            self._fail(PipelineError(f"{self.name}: bad reply from server: {exc!r}"))
+            return
+        if pos:
+            del buf[:pos]
+
+    # ---- messages in -----------------------------------------------------------------------
+
+    def _message(self, kind: int, body: bytes) -> None:
+        if not self._startup.done():
+            self._startup_message(kind, body)
+            return
+        queue = self._queue
+        if kind == 90:  # 'Z' ReadyForQuery: the head request is complete
+            now = _monotonic()
+            self._complete(queue.popleft(), now)
+            if queue:
+                queue[0].started = now
+            elif self.on_idle is not None:
+                self.on_idle()
+        elif kind == 67:  # 'C' CommandComplete
+            queue[0].status = body[:-1].decode()
+        elif kind == 69:  # 'E' ErrorResponse
+            fields = _error_fields(body)
+            if fields.get("S") in ("FATAL", "PANIC") or not queue:
+                self._fail(PipelineError(f"{self.name}: {fields.get('M', 'server error')} "
+                                         f"({fields.get('C', '?')})"))  # fmt: skip
+                return
+            if queue[0].error is None:
+                queue[0].error = fields
+        elif kind == 116:  # 't' ParameterDescription
+            count = _I16.unpack_from(body, 0)[0]
+            queue[0].param_oids = [_U32.unpack_from(body, 2 + 4 * i)[0] for i in range(count)]
+        elif kind == 84:  # 'T' RowDescription
+            queue[0].columns = _row_description(body)
+        # '1' ParseComplete, '2' BindComplete, '3' CloseComplete, 'n' NoData, 'I' empty query,
+        # 'N' notices, 'S' parameter status and 'A' notifications need nothing.
+
+    def _complete(self, pending: _Pending, now: float) -> None:
+        fut = pending.future
+        if fut.done() or pending.kind == _IGNORE:  # e.g. the requester gave up (timeout)
+            return
+        if pending.error is not None:
+            fut.set_exception(_postgres_error(pending.error, pending.query))
+        elif pending.kind == _EXECUTE:
+            fut.set_result((pending.rows, pending.status, now - pending.started))
+        else:
+            fut.set_result(pending)
+
+    def _startup_message(self, kind: int, body: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        if kind == 82:  # 'R' authentication
+            code = _i32_from(body, 0)[0]
+            if code == 0:
+                return
+            password = self._password
+            if password is None:
+                self._fail_startup(f"the server asks for a password (auth code {code})")
+                return
+            if code == 3:
+                transport.write(_message(b"p", _cstr(password)))
+            elif code == 5:
+                transport.write(_message(b"p", md5_password(self._user, password, body[4:8])
+                                         + b"\x00"))  # fmt: skip
+            elif code == 10:
+                mechanisms = body[4:].split(b"\x00")
+                if b"SCRAM-SHA-256" not in mechanisms:
+                    self._fail_startup(f"no supported SASL mechanism in {mechanisms!r}")
+                    return
+                self._scram = ScramClient(password)
+                first = self._scram.first_message()
+                transport.write(_message(b"p", b"SCRAM-SHA-256\x00" + _I32.pack(len(first))
+                                         + first))  # fmt: skip
+            elif code == 11 and self._scram is not None:
+                transport.write(_message(b"p", self._scram.final_message(body[4:])))
+            elif code == 12 and self._scram is not None:
+                self._scram.verify(body[4:])
+            else:
+                self._fail_startup(f"unsupported authentication request {code}")
+        elif kind == 69:  # 'E'
+            fields = _error_fields(body)
+            self._fail_startup(f"{fields.get('M', 'refused')} ({fields.get('C', '?')})")
+        elif kind == 90:  # 'Z': ready
+            self._startup.set_result(None)
+
+    def _fail_startup(self, why: str) -> None:
+        self._fail(PipelineError(f"{self.name}: cannot start a session: {why}"))
+
+    def _fail(self, error: Exception) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.error = error
+        if not self._startup.done():
+            self._startup.set_exception(error)
+        queue, self._queue = self._queue, collections.deque()
+        for pending in queue:
+            if pending.kind != _IGNORE and not pending.future.done():
+                pending.future.set_exception(error)
+        if self._transport is not None:
+            self._transport.abort()
+        if self.on_idle is not None:
+            self.on_idle()
+
+    # ---- messages out ----------------------------------------------------------------------
+
+    def _send(self, data: bytes, pending: _Pending) -> None:
+        if self.closed:
+            raise self.error or PipelineError(f"{self.name}: closed")
+        if not self._queue:
+            pending.started = _monotonic()
+        self._queue.append(pending)
+        self._out.append(data)
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        out, self._out = self._out, []
+        if out and not self.closed and self._transport is not None:
+            self._transport.write(b"".join(out))
+
+    # ---- the API ---------------------------------------------------------------------------
+
+    async def started(self) -> None:
+        await self._startup
+        rows, _ = await self.run("SELECT oid FROM pg_catalog.pg_type WHERE typtype = 'e'", ())
+        self._enums = {row[0] for row in rows}
+
+    def cached(self, sql: str) -> Statement | None:
+        stmt = self._stmts.get(sql)
+        if stmt is not None:
+            self._stmts.move_to_end(sql)
+        return stmt
+
+    async def prepare(self, sql: str) -> Statement:
+        """The statement for `sql` on this connection, prepared once (Parse + Describe).
+        Concurrent requests for one new statement share one prepare, which runs as its own
+        task: a requester that is cancelled does not cancel it for the others."""
+        stmt = self.cached(sql)
+        if stmt is not None:
+            return stmt
+        task = self._preparing.get(sql)
+        if task is None:
+            task = self._loop.create_task(self._prepare(sql))
+            self._preparing[sql] = task
+            task.add_done_callback(self._prepared)
+        return await asyncio.shield(task)
+
+    def _prepared(self, task: asyncio.Task[Statement]) -> None:
+        for sql, t in list(self._preparing.items()):
+            if t is task:
+                del self._preparing[sql]
+        if not task.cancelled():
+            task.exception()  # retrieved here: every requester may have given up
+
+    async def _prepare(self, sql: str) -> Statement:
+        name = f"georoute_{next(self._names)}"
+        body = _cstr(name) + _cstr(sql) + b"\x00\x00"
+        pending = _Pending(_PREPARE, self._loop.create_future(), query=sql)
+        self._send(_message(b"P", body) + _message(b"D", b"S" + _cstr(name)) + _SYNC, pending)
+        done: _Pending = await pending.future
+        stmt = _make_statement(name, sql, done.param_oids, done.columns, self._enums)
+        self._stmts[sql] = stmt
+        if len(self._stmts) > self._cache_size:
+            _, old = self._stmts.popitem(last=False)
+            self._close_statement(old)
+        return stmt
+
+    def _close_statement(self, stmt: Statement) -> None:
+        if not self.closed:
+            self._send(_message(b"C", b"S" + _cstr(stmt.name)) + _SYNC,
+                       _Pending(_IGNORE, self._loop.create_future()))  # fmt: skip
+
+    def execute(self, stmt: Statement, params: Sequence[Any]) -> asyncio.Future[Any]:
+        """Queue Bind/Execute/Sync; the future gives (rows, status, seconds the server spent on
+        it). Raises Unsupported (and sends nothing) when these parameters are not carried."""
+        if not stmt.supported:
+            raise Unsupported
+        data = stmt.bind(params)
+        pending = _Pending(_EXECUTE, self._loop.create_future(), stmt.decoders, stmt.sql)
+        self._send(data + _EXECUTE_ALL_SYNC, pending)
+        return pending.future
+
+    async def run(self, sql: str, params: Sequence[Any]) -> tuple[list[Any], str]:
+        stmt = self.cached(sql) or await self.prepare(sql)
+        rows, status, _ = await self.execute(stmt, params)
+        return rows, status
+
+    def forget(self, sql: str) -> None:
+        """Drop a cached statement (e.g. after 'cached plan must not change result type')."""
+        old = self._stmts.pop(sql, None)
+        if old is not None:
+            self._close_statement(old)
+
+    def abort(self) -> None:
+        self._fail(PipelineError(f"{self.name}: closed by the router"))
+
+    async def close(self) -> None:
+        """Terminate politely once nothing is in flight (the caller waits for that)."""
+        if self.closed:
+            return
+        transport = self._transport
+        self.closed = True
+        self.error = PipelineError(f"{self.name}: closed by the router")
+        if transport is not None and not transport.is_closing():
+            transport.write(b"X\x00\x00\x00\x04")
+            transport.close()
+
+
+def _row_description(body: bytes) -> list[tuple[str, int]]:
+    count = _I16.unpack_from(body, 0)[0]
+    pos = 2
+    out: list[tuple[str, int]] = []
+    for _ in range(count):
+        end = body.index(b"\x00", pos)
+        name = body[pos:end].decode()
+        pos = end + 1
+        type_oid = _U32.unpack_from(body, pos + 6)[0]  # after table oid (4) and attnum (2)
+        out.append((name, type_oid))
+        pos += 18
+    return out
+
+
+async def connect_pipelined(
+    name: str, *, host: str, port: int, user: str, database: str, password: str | None,
+    settings: dict[str, str], cache_size: int, timeout: float,  # noqa: ASYNC109
+) -> PipelinedConnection:  # fmt: skip
+    """Open and start a pipelined connection (a Unix socket when `host` is a directory)."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> PipelinedConnection:
+        return PipelinedConnection(name, user=user, database=database, password=password,
+                                   settings=settings, cache_size=cache_size)  # fmt: skip
+
+    async with asyncio.timeout(timeout):
+        if host.startswith("/"):
+            _, conn = await loop.create_unix_connection(factory, f"{host}/.s.PGSQL.{port}")
+        else:
+            _, conn = await loop.create_connection(factory, host, port)
+        try:
+            await conn.started()
+        except BaseException:
+            conn.abort()
+            raise
+    return conn
