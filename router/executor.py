@@ -61,9 +61,12 @@ _ISOLATION = {
     Isolation.REPEATABLE_READ: "REPEATABLE READ",
     Isolation.SERIALIZABLE: "SERIALIZABLE",
 }
-# Errors after which the backend connection cannot be trusted (the node may be gone).
+# Errors after which the backend connection cannot be trusted (the node may be gone). asyncpg
+# raises InternalClientError ("cannot switch to state ...") on a connection the server ended
+# under it (seen after pg_terminate_backend); such a connection must never be reused.
 _CONNECTION_ERRORS = (
     OSError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CannotConnectNowError,

@@ -65,6 +65,7 @@ class NodeState:
             "pool_waiting": self.pool.waiting,
             "pipeline_connections": self.pool.pipeline.connections,
             "pipeline_in_flight": self.pool.pipeline.in_flight,
+            "pipeline_statements": self.pool.pipeline.statements,
             "last_error": self.last_error,
         }
 

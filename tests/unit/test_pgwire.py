@@ -1,0 +1,309 @@
+"""router/pgwire.py without a server: SCRAM against RFC 7677's worked example, parameter and
+column codecs, and the pipelined connection's reply matching fed with crafted server bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import struct
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import msgpack
+import pytest
+
+from protocol.values import ExtCode, ext_hook
+from router.pgwire import (
+    _RESULT,
+    PipelinedConnection,
+    PipelineError,
+    ScramClient,
+    Statement,
+    Unsupported,
+    _make_statement,
+)
+
+I16, I32, U32 = struct.Struct("!h"), struct.Struct("!i"), struct.Struct("!I")
+
+
+def msg(kind: bytes, body: bytes = b"") -> bytes:
+    return kind + I32.pack(len(body) + 4) + body
+
+
+def ready() -> bytes:
+    return msg(b"Z", b"I")
+
+
+def data_row(*values: bytes | None) -> bytes:
+    body = I16.pack(len(values))
+    for v in values:
+        body += b"\xff\xff\xff\xff" if v is None else I32.pack(len(v)) + v
+    return msg(b"D", body)
+
+
+def row_description(*cols: tuple[str, int]) -> bytes:
+    body = I16.pack(len(cols))
+    for name, oid in cols:
+        body += name.encode() + b"\x00" + U32.pack(0) + I16.pack(0) + U32.pack(oid)
+        body += I16.pack(-1) + I32.pack(-1) + I16.pack(1)
+    return msg(b"T", body)
+
+
+def error(sqlstate: str, message: str, severity: str = "ERROR") -> bytes:
+    fields = f"S{severity}\x00V{severity}\x00C{sqlstate}\x00M{message}\x00\x00"
+    return msg(b"E", fields.encode())
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.aborted = False
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing or self.aborted
+
+
+async def written(transport: FakeTransport) -> None:
+    """Yield to the event loop until the connection has written something (a few turns)."""
+    for _ in range(20):
+        if transport.writes:
+            return
+        await asyncio.sleep(0)  # one loop turn, not a wait for time
+    raise AssertionError("nothing written after 20 event-loop turns")
+
+
+async def started_connection() -> tuple[PipelinedConnection, FakeTransport]:
+    conn = PipelinedConnection("t", user="u", database="d", password=None, settings={},
+                               cache_size=8)  # fmt: skip
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    startup = transport.writes.pop()
+    assert b"user\x00u\x00database\x00d\x00" in startup
+    conn.data_received(msg(b"R", I32.pack(0)) + msg(b"S", b"a\x00b\x00") + msg(b"K", b"12345678")
+                       + ready())  # fmt: skip
+    assert conn.usable
+    return conn, transport
+
+
+# ---- SCRAM -----------------------------------------------------------------------------------
+
+
+def test_scram_matches_rfc7677_example() -> None:
+    scram = ScramClient("pencil", user="user", nonce="rOprNGfwEbeRWgbNEkqO")
+    assert scram.first_message() == b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
+    final = scram.final_message(
+        b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+    )
+    assert final == (b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+                     b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")  # fmt: skip
+    scram.verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+    with pytest.raises(PipelineError):
+        scram.verify(b"v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+
+
+def test_scram_refuses_a_nonce_that_is_not_ours() -> None:
+    scram = ScramClient("pencil", nonce="abc")
+    with pytest.raises(PipelineError):
+        scram.final_message(b"r=xyz123,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
+
+
+# ---- codecs ----------------------------------------------------------------------------------
+
+
+def parse_bind(data: bytes) -> tuple[str, list[int], list[bytes | None], list[int]]:
+    assert data[:1] == b"B" and I32.unpack_from(data, 1)[0] == len(data) - 1
+    pos = 5
+    assert data[pos] == 0  # unnamed portal
+    pos += 1
+    end = data.index(b"\x00", pos)
+    name = data[pos:end].decode()
+    pos = end + 1
+    n = I16.unpack_from(data, pos)[0]
+    formats = [I16.unpack_from(data, pos + 2 + 2 * i)[0] for i in range(n)]
+    pos += 2 + 2 * n
+    count = I16.unpack_from(data, pos)[0]
+    pos += 2
+    values: list[bytes | None] = []
+    for _ in range(count):
+        length = I32.unpack_from(data, pos)[0]
+        pos += 4
+        if length < 0:
+            values.append(None)
+        else:
+            values.append(data[pos : pos + length])
+            pos += length
+    nres = I16.unpack_from(data, pos)[0]
+    results = [I16.unpack_from(data, pos + 2 + 2 * i)[0] for i in range(nres)]
+    assert pos + 2 + 2 * nres == len(data)
+    return name, formats, values, results
+
+
+def test_bind_encodes_each_parameter_in_its_type() -> None:
+    u = uuid.uuid4()
+    stmt = _make_statement("s1", "sql", [21, 23, 20, 25, 2950, 16, 1700, 1184, 1082, 701],
+                           [("a", 23), ("b", 1700), ("c", 2950)], set())  # fmt: skip
+    assert stmt.supported
+    when = dt.datetime(2000, 1, 1, 0, 0, 1, tzinfo=dt.UTC)
+    name, formats, values, results = parse_bind(stmt.bind(
+        [-2, 7, 2**40, "héllo", u, True, Decimal("-1.50"), when, dt.date(2000, 1, 3), None]
+    ))  # fmt: skip
+    assert name == "s1"
+    assert formats == [1, 1, 1, 1, 1, 1, 0, 1, 1, 1]  # numeric goes as text
+    assert values == [
+        b"\xff\xfe", I32.pack(7), struct.pack("!q", 2**40), "héllo".encode(), u.bytes,
+        b"\x01", b"-1.50", struct.pack("!q", 1_000_000), I32.pack(2), None,
+    ]  # fmt: skip
+    assert results == [1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("oid", "value"),
+    [
+        (23, "7"),  # asyncpg refuses a str for an integer: so must we, by declining
+        (23, True),  # a bool is an int in Python, not in PostgreSQL
+        (23, 2**31),  # out of int4's range
+        (25, 7),
+        (2950, "not-a-uuid"),
+        (1184, dt.datetime(2020, 1, 1)),  # naive into timestamptz: asyncpg's rules apply
+        (1114, dt.datetime(2020, 1, 1, tzinfo=dt.UTC)),
+        (1082, dt.datetime(2020, 1, 1)),
+        (1700, 1.5),
+    ],
+)
+def test_bind_declines_values_asyncpg_would_judge(oid: int, value: Any) -> None:
+    stmt = _make_statement("s", "sql", [oid], [], set())
+    with pytest.raises(Unsupported):
+        stmt.bind([value])
+
+
+def test_unknown_types_leave_the_statement_to_asyncpg() -> None:
+    assert not _make_statement("s", "sql", [1007], [], set()).supported  # int4[] parameter
+    assert not _make_statement("s", "sql", [], [("i", 1186)], set()).supported  # interval
+    enum_oid = 98765
+    assert not _make_statement("s", "sql", [enum_oid], [], set()).supported
+    assert _make_statement("s", "sql", [enum_oid], [("e", enum_oid)], {enum_oid}).supported
+
+
+def decode(oid: int, raw: bytes) -> Any:
+    _, dec = _RESULT[oid]
+    return dec(bytearray(raw), 0, len(raw))
+
+
+def test_column_decoders_give_asyncpg_values_or_their_ext_types() -> None:
+    u = uuid.uuid4()
+    assert decode(23, I32.pack(-5)) == -5
+    assert decode(20, struct.pack("!q", -(2**60))) == -(2**60)
+    assert decode(16, b"\x01") is True
+    assert decode(701, struct.pack("!d", 0.1)) == 0.1
+    assert decode(1700, b"-12.50") == Decimal("-12.50")
+    assert decode(25, "ß".encode()) == "ß"
+    # ext types decode (client side) to the same Python values asyncpg would have given
+    ext = decode(2950, u.bytes)
+    assert isinstance(ext, msgpack.ExtType) and ext_hook(ext.code, ext.data) == u
+    ts = decode(1184, struct.pack("!q", 1_500_000))
+    assert ext_hook(ts.code, ts.data) == dt.datetime(2000, 1, 1, 0, 0, 1, 500000, tzinfo=dt.UTC)
+    naive = decode(1114, struct.pack("!q", -1))
+    assert naive.code == ExtCode.TIMESTAMP
+    assert ext_hook(naive.code, naive.data) == dt.datetime(1999, 12, 31, 23, 59, 59, 999999)
+    day = decode(1082, I32.pack(-1))
+    assert ext_hook(day.code, day.data) == dt.date(1999, 12, 31)
+    # infinities: asyncpg's sentinel values
+    assert decode(1184, struct.pack("!q", 2**63 - 1)) == dt.datetime.max.replace(tzinfo=dt.UTC)
+    assert decode(1082, I32.pack(-(2**31))) == dt.date.min
+
+
+# ---- the pipelined connection ------------------------------------------------------------
+
+
+async def test_pipelined_replies_are_matched_in_order_and_an_error_stays_its_own() -> None:
+    conn, transport = await started_connection()
+    preparing = asyncio.ensure_future(conn.prepare("SELECT x FROM t WHERE id = $1"))
+    await written(transport)
+    sent = transport.writes.pop()
+    assert sent.startswith(b"P") and b"SELECT x FROM t WHERE id = $1" in sent
+    conn.data_received(msg(b"1") + msg(b"t", I16.pack(1) + U32.pack(23))
+                       + row_description(("x", 25)) + ready())  # fmt: skip
+    stmt: Statement = await preparing
+    assert stmt.columns == ["x"] and stmt.supported
+
+    futures = [conn.execute(stmt, [i]) for i in range(3)]
+    assert conn.in_flight == 3
+    await written(transport)
+    assert len(transport.writes) == 1  # three requests, one write
+    assert transport.writes[0].count(b"B") >= 3
+    replies = (
+        msg(b"2") + data_row(b"zero") + msg(b"C", b"SELECT 1\x00") + ready()
+        + msg(b"2") + error("22012", "division by zero") + ready()
+        + msg(b"2") + data_row(None) + data_row(b"two") + msg(b"C", b"SELECT 2\x00") + ready()
+    )  # fmt: skip
+    for i in range(len(replies)):  # one byte at a time: framing must not care
+        conn.data_received(replies[i : i + 1])
+    rows, status, _ = futures[0].result()
+    assert (rows, status) == ([["zero"]], "SELECT 1")
+    exc = futures[1].exception()
+    assert isinstance(exc, asyncpg.DivisionByZeroError) and exc.sqlstate == "22012"
+    rows, status, _ = futures[2].result()
+    assert (rows, status) == ([[None], ["two"]], "SELECT 2")
+    assert conn.in_flight == 0
+
+
+async def test_a_lost_connection_fails_everything_in_flight() -> None:
+    conn, _ = await started_connection()
+    conn.data_received(b"")
+    stmt = _make_statement("s", "SELECT 1", [], [("a", 23)], set())
+    conn._stmts["SELECT 1"] = stmt
+    futures = [conn.execute(stmt, []) for _ in range(4)]
+    conn.data_received(msg(b"2") + data_row(I32.pack(1)))  # the first is half answered
+    conn.connection_lost(ConnectionResetError("reset by peer"))
+    for fut in futures:
+        assert isinstance(fut.exception(), PipelineError)
+    assert conn.closed and not conn.usable
+    with pytest.raises(PipelineError):
+        conn.execute(stmt, [])
+
+
+async def test_a_fatal_error_closes_the_connection() -> None:
+    conn, transport = await started_connection()
+    stmt = _make_statement("s", "SELECT 1", [], [("a", 23)], set())
+    fut = conn.execute(stmt, [])
+    conn.data_received(error("57P01", "terminating connection due to administrator command",
+                             severity="FATAL"))  # fmt: skip
+    assert isinstance(fut.exception(), PipelineError)
+    assert transport.aborted
+
+
+async def test_startup_asks_for_a_password_we_do_not_have() -> None:
+    conn = PipelinedConnection("t", user="u", database="d", password=None, settings={},
+                               cache_size=8)  # fmt: skip
+    conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+    conn.data_received(msg(b"R", I32.pack(10) + b"SCRAM-SHA-256\x00\x00"))
+    assert conn.closed and isinstance(conn.error, PipelineError)
+    assert "password" in str(conn.error)
+
+
+async def test_md5_and_cleartext_answers() -> None:
+    for code, extra, expect in ((3, b"", b"secret\x00"), (5, b"salt", b"md5")):
+        conn = PipelinedConnection("t", user="u", database="d", password="secret", settings={},
+                                   cache_size=8)  # fmt: skip
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        conn.data_received(msg(b"R", I32.pack(code) + extra))
+        answer = transport.writes[-1]
+        assert answer[:1] == b"p" and answer[5:].startswith(expect)
+        if code == 5:  # md5(md5(password + user) + salt), as PostgreSQL computes it
+            import hashlib
+
+            inner = hashlib.md5(b"secretu").hexdigest().encode()
+            assert answer[5:-1] == b"md5" + hashlib.md5(inner + b"salt").hexdigest().encode()
