@@ -9,6 +9,7 @@ decisions (the router does)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -61,6 +62,12 @@ def looks_read_only(sql: str) -> bool:
     return match is not None and match.group(1).lower() in _READ_WORDS
 
 
+# Applications send the same few statement texts over and over; the regex ran on every call.
+_looks_read_only_cached = functools.lru_cache(maxsize=1024)(looks_read_only)
+_FETCH = QueryKind.FETCH
+_EXECUTE = QueryKind.EXECUTE
+
+
 class Client:
     """A pool of pipelined connections to the router nodes plus the session state."""
 
@@ -81,6 +88,8 @@ class Client:
         self.retry_backoff_max = retry_backoff_max
         self.session_consistency = session_consistency
         self._ryw: dict[str, int] = {}
+        # A copy of _ryw that requests share (never mutated) until the next token changes it.
+        self._ryw_wire: dict[str, int] | None = None
         self._closed = False
 
     # -- lifecycle
@@ -128,7 +137,8 @@ class Client:
     ) -> list[Record]:
         hints = self._hints(shard, shard_key, consistency, idempotency_key, timeout)
         retry = _retry_ok(idempotent, idempotency_key, sql)
-        reply = await self._call(Query(0, sql, list(args), QueryKind.FETCH, hints), retry, timeout)
+        query = Query(0, sql, list(args), _FETCH, hints)
+        reply, _ = await self._send(query, retry=retry, timeout=timeout)
         return rows_of(reply)
 
     async def fetchrow(self, sql: str, *args: Any, **kwargs: Any) -> Record | None:
@@ -154,8 +164,9 @@ class Client:
         hints = self._hints(shard, shard_key, consistency, idempotency_key, timeout)
         hints.want_rows = False
         retry = _retry_ok(idempotent, idempotency_key, sql)
-        query = Query(0, sql, list(args), QueryKind.EXECUTE, hints)
-        return status_of(await self._call(query, retry, timeout))
+        query = Query(0, sql, list(args), _EXECUTE, hints)
+        reply, _ = await self._send(query, retry=retry, timeout=timeout)
+        return status_of(reply)
 
     async def executemany(
         self,
@@ -247,30 +258,53 @@ class Client:
         retryable failures when `retry` allows it. Error replies are raised."""
         if self._closed:
             raise ConnectionLostError("client is closed")
-        loop = asyncio.get_running_loop()
         if timeout is None:
             timeout = self.command_timeout
-        deadline = None if timeout is None else loop.time() + timeout
+        # Without a timeout (the common case) nothing here reads the clock or the loop.
+        loop: asyncio.AbstractEventLoop | None = None
+        deadline = 0.0
+        if timeout is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
         hints: Hints | None = getattr(message, "hints", None)
+        pool = self._pool
         delay = self.retry_backoff
         attempt = 0
         while True:
             if hints is not None and self.session_consistency and self._ryw:
-                hints.ryw = dict(self._ryw)
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise RequestTimeoutError(f"no reply within {timeout}s")
+                ryw_wire = self._ryw_wire
+                if ryw_wire is None:
+                    ryw_wire = self._ryw_wire = dict(self._ryw)
+                hints.ryw = ryw_wire
+            remaining: float | None = None
+            if loop is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise RequestTimeoutError(f"no reply within {timeout}s")
             error: GeorouteError
             try:
-                target = conn if conn is not None else await self._acquire(remaining, timeout)
-                reply = await target.request(message, remaining)
+                target = conn
+                if target is None:
+                    target = pool.acquire_nowait()
+                    if target is None:
+                        target = await self._acquire(remaining, timeout)
+                if remaining is None:
+                    future = target.send(message)
+                    try:
+                        reply = await future
+                    finally:
+                        target.forget(message.id)
+                else:
+                    reply = await target.request(message, remaining)
             except NoRouterAvailableError:
                 raise
             except ConnectionLostError as exc:
                 error = exc
             else:
-                if not isinstance(reply, Error):
-                    self._observe(reply)
+                if type(reply) is not Error:
+                    token = getattr(reply, "ryw_token", None)
+                    if token:
+                        self._observe_token(token)
                     return reply, target
                 error = error_from_reply(reply)
             if conn is not None or not retry or not error.retryable:
@@ -278,7 +312,7 @@ class Client:
             if attempt >= self.max_retries:
                 raise error
             attempt += 1
-            pause = delay if deadline is None else min(delay, max(0.0, deadline - loop.time()))
+            pause = delay if loop is None else min(delay, max(0.0, deadline - loop.time()))
             await asyncio.sleep(pause)
             delay = min(delay * 2, self.retry_backoff_max)
 
@@ -293,16 +327,15 @@ class Client:
                 raise
             raise RequestTimeoutError(f"no router connection within {timeout}s") from exc
 
-    def _observe(self, reply: Reply) -> None:
-        token = getattr(reply, "ryw_token", None)
-        if token:
-            merge_ryw_token(self._ryw, token)
+    def _observe_token(self, token: str) -> None:
+        merge_ryw_token(self._ryw, token)
+        self._ryw_wire = None
 
 
 def _retry_ok(idempotent: bool | None, idempotency_key: str | None, sql: str) -> bool:
     if idempotent is not None:
         return idempotent
-    return idempotency_key is not None or looks_read_only(sql)
+    return idempotency_key is not None or _looks_read_only_cached(sql)
 
 
 async def connect(

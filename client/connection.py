@@ -113,18 +113,8 @@ class Connection(asyncio.Protocol):
 
     async def request(self, message: Request, timeout: float | None = None) -> Reply:
         """Send `message` (its id is assigned here) and wait for its reply."""
-        if self._closed:
-            raise self._close_error or ConnectionLostError(f"connection to {self.label} closed")
-        request_id = self._next_id
-        self._next_id += 1
-        message.id = request_id
-        try:
-            frame = self._encoder.encode(message)
-        except EncodeError as exc:
-            raise ProtocolViolationError(str(exc), code=exc.code) from exc
-        future: asyncio.Future[Reply] = self._loop.create_future()
-        self._pending[request_id] = future
-        self._write(frame)
+        future = self.send(message)
+        request_id = message.id
         try:
             if timeout is None:
                 return await future
@@ -138,6 +128,30 @@ class Connection(asyncio.Protocol):
                 raise RequestTimeoutError(f"no reply within {timeout:.3f}s") from exc
         finally:
             self._pending.pop(request_id, None)
+
+    def send(self, message: Request) -> asyncio.Future[Reply]:
+        """Send `message` (its id is assigned here); the Future gets its reply. The caller must
+        `forget(message.id)` once it stops waiting, whatever the outcome (as `request` does)."""
+        if self._closed:
+            raise self._close_error or ConnectionLostError(f"connection to {self.label} closed")
+        request_id = self._next_id
+        self._next_id = request_id + 1
+        message.id = request_id
+        try:
+            frame = self._encoder.encode(message)
+        except EncodeError as exc:
+            raise ProtocolViolationError(str(exc), code=exc.code) from exc
+        future: asyncio.Future[Reply] = self._loop.create_future()
+        self._pending[request_id] = future
+        self._outgoing.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return future
+
+    def forget(self, request_id: int) -> None:
+        """Stop tracking a request: its reply, if it still comes, is dropped."""
+        self._pending.pop(request_id, None)
 
     async def handshake(
         self, versions: list[int], client_name: str, token: str | None, timeout: float | None
@@ -159,12 +173,6 @@ class Connection(asyncio.Protocol):
         self._mark_closed(ConnectionLostError(f"connection to {self.label} closed"))
 
     # -- internals
-
-    def _write(self, frame: bytes) -> None:
-        self._outgoing.append(frame)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -83,8 +83,9 @@ class RouterPool:
                 raise first
             raise NoRouterAvailableError(f"could not connect: {first}") from first
 
-    async def acquire(self) -> Connection:
-        """A live connection (round-robin), reconnecting dead slots as a side effect."""
+    def acquire_nowait(self) -> Connection | None:
+        """A live connection (round-robin), or None when none is live now; dead slots start
+        reconnecting as a side effect. The per-request fast path: no coroutine."""
         if self._closed:
             raise ConnectionLostError("client is closed")
         slots = self._slots
@@ -92,11 +93,19 @@ class RouterPool:
         for _ in range(n):
             slot = slots[self._next % n]
             self._next += 1
-            conn = slot.live
-            if conn is not None:
+            conn = slot.conn
+            if conn is not None and not conn.is_closed:
                 return conn
             self._start_connect(slot)
-        return await self._ensure(slots[self._next % n])
+        return None
+
+    async def acquire(self) -> Connection:
+        """A live connection (round-robin), waiting for a reconnect when none is live."""
+        conn = self.acquire_nowait()
+        if conn is not None:
+            return conn
+        slots = self._slots
+        return await self._ensure(slots[self._next % len(slots)])
 
     async def close(self) -> None:
         self._closed = True

@@ -3,6 +3,7 @@ Rows of one result share a single column-name index."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,8 +62,16 @@ class Record:
 
 
 def records(columns: list[str], rows: list[list[Any]]) -> list[Record]:
+    index = _column_index(tuple(columns))
+    return [Record(index, row) for row in rows]
+
+
+# Replies to the same statement repeat the same columns; Records only read their index, so one
+# dict per column list serves every reply.
+@functools.lru_cache(maxsize=256)
+def _column_index(columns: tuple[str, ...]) -> dict[str, int]:
     # Duplicate column names (e.g. two "id"s from a join) resolve to the first by name.
     index: dict[str, int] = {}
     for position, name in enumerate(columns):
         index.setdefault(name, position)
-    return [Record(index, row) for row in rows]
+    return index

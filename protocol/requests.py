@@ -67,7 +67,7 @@ class Query:
         return [
             MessageType.QUERY,
             self.id,
-            self.kind.value,
+            self.kind._value_,  # the plain str; `.value` is a slow descriptor on every request
             self.sql,
             self.params,
             self.hints.to_wire(),
