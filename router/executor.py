@@ -18,14 +18,14 @@ from typing import Any
 import asyncpg
 import msgpack
 
-from protocol.messages import Hints, Isolation
+from protocol.messages import Hints, Isolation, RouteInfo
 from protocol.messages import Role as WireRole
 from protocol.values import ext_default, ext_hook
 from router.classify import Analysis, Classifier
 from router.config import Config
 from router.health import HealthEvent
 from router.lsn import UNKNOWN_LSN
-from router.pgwire import PipelineError, Unsupported
+from router.pgwire import Callback, PipelineError, Unsupported
 from router.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.routing import (
     Consistency,
@@ -43,7 +43,7 @@ from router.routing import (
 from router.session import Session, Transaction, TransactionError
 from router.topology import NodeState, ShardState, Topology
 
-__all__ = ["Executor", "Outcome", "Submitted"]
+__all__ = ["Executor", "Outcome", "Routed"]
 
 IDEM_CLAIM_SQL = (
     "INSERT INTO georoute_idempotency (idem_key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1"
@@ -78,10 +78,9 @@ _WIRE_ROLE = {Role.PRIMARY: WireRole.PRIMARY, Role.REPLICA: WireRole.REPLICA}
 
 
 @dataclass(slots=True, eq=False)
-class Submitted:
-    """A statement queued on a node's pipeline by `Executor.submit`."""
+class Routed:
+    """Where `Executor.submit` queued a statement (on `node`'s pipeline)."""
 
-    future: asyncio.Future[Any]  # (rows, status, seconds the server spent on it)
     columns: list[str]
     node: NodeState
     shard: ShardState
@@ -120,6 +119,7 @@ class Executor:
         self._max_lag = config.router.max_replica_lag_bytes
         # Pinned transactions per client connection: leave most of the pool to everyone else.
         self._max_tx = max(1, config.database.pool_max_size // 2)
+        self._routes: dict[tuple[str, Role], RouteInfo] = {}
 
     # ---- choosing and borrowing ------------------------------------------------------------
 
@@ -253,13 +253,14 @@ class Executor:
         return result
 
     def submit(
-        self, session: Session, sql: str, params: Sequence[Any], hints: Hints
-    ) -> Submitted | None:
+        self, session: Session, sql: str, params: Sequence[Any], hints: Hints,
+        callback: Callback,
+    ) -> Routed | None:  # fmt: skip
         """The synchronous fast path of `query`: route an autocommit statement and queue it
-        on the chosen node's pipeline, with no task and no await. None means "use `query`":
-        a transaction, an idempotency key, a statement that changes session state, a read
-        that must wait for a replica to catch up, a node or pipeline that cannot take it,
-        and every error (which `query` then reports)."""
+        on the chosen node's pipeline, with no task and no await; `callback` gets the result.
+        None means "use `query`": a transaction, an idempotency key, a statement that changes
+        session state, a read that must wait for a replica to catch up, a node or pipeline
+        that cannot take it, and every error (which `query` then reports)."""
         if hints.tx is not None or hints.idempotency_key is not None:
             return None
         try:
@@ -286,29 +287,29 @@ class Executor:
                 return None  # the bounded wait for a replica to replay past the token
         if not node.available:
             return None
-        sent = node.pool.pipeline.submit(sql, params)
-        if sent is None:
+        columns = node.pool.pipeline.submit(sql, params, callback)
+        if columns is None:
             return None
-        return Submitted(sent[0], sent[1], node, shard, analysis)
+        return Routed(columns, node, shard, analysis)
 
-    def outcome(
-        self, submitted: Submitted, rows: list[Any], status: str, token: str | None
-    ) -> Outcome:
-        node = submitted.node
-        return Outcome(submitted.columns, rows, status, submitted.shard.name, node.name,
-                       _WIRE_ROLE[node.role], token)  # fmt: skip
+    def route_of(self, node: NodeState) -> RouteInfo:
+        key = (node.name, node.role)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = RouteInfo(node.shard, node.name, _WIRE_ROLE[node.role])
+        return route
 
-    def needs_token(self, submitted: Submitted, status: str) -> bool:
+    def needs_token(self, routed: Routed, status: str) -> bool:
         """A write on a primary that changed rows: its reply carries a read-your-writes token."""
-        analysis = submitted.analysis
+        analysis = routed.analysis
         return (
-            submitted.node.role is Role.PRIMARY
+            routed.node.role is Role.PRIMARY
             and not analysis.read_only
             and _rows_changed(analysis, status)
         )
 
-    async def write_token(self, session: Session, submitted: Submitted) -> str:
-        return await self._token(session, submitted.shard)
+    async def write_token(self, session: Session, routed: Routed) -> str:
+        return await self._token(session, routed.shard)
 
     async def query(
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints

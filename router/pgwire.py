@@ -29,6 +29,7 @@ import datetime as dt
 import hashlib
 import hmac
 import itertools
+import logging
 import os
 import struct
 import time
@@ -51,6 +52,8 @@ __all__ = [
     "Unsupported",
     "connect_pipelined",
 ]
+
+log = logging.getLogger("georoute.pgwire")
 
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
@@ -429,10 +432,14 @@ def md5_password(user: str, password: str, salt: bytes) -> bytes:
 _PREPARE, _EXECUTE, _IGNORE = 0, 1, 2
 
 
+# Called with (rows, status, seconds the server spent, None) or (None, "", 0.0, the error).
+Callback = Callable[[list[Any] | None, str, float, BaseException | None], None]
+
+
 @dataclass(slots=True, eq=False)
 class _Pending:
     kind: int
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None
     decoders: tuple[Decoder, ...] = ()
     query: str | None = None
     rows: list[Any] = field(default_factory=list)
@@ -441,6 +448,7 @@ class _Pending:
     param_oids: list[int] = field(default_factory=list)
     columns: list[tuple[str, int]] = field(default_factory=list)
     started: float = 0.0  # when it reached the head of the queue (the server works on it)
+    callback: Callback | None = None  # instead of the future: called as soon as it is done
 
 
 class PipelinedConnection(asyncio.Protocol):
@@ -561,8 +569,18 @@ class PipelinedConnection(asyncio.Protocol):
         # 'N' notices, 'S' parameter status and 'A' notifications need nothing.
 
     def _complete(self, pending: _Pending, now: float) -> None:
+        if pending.kind == _IGNORE:
+            return
+        callback = pending.callback
+        if callback is not None:
+            if pending.error is not None:
+                self._call(callback, None, "", 0.0, _postgres_error(pending.error, pending.query))
+            else:
+                self._call(callback, pending.rows, pending.status, now - pending.started, None)
+            return
         fut = pending.future
-        if fut.done() or pending.kind == _IGNORE:  # e.g. the requester gave up (timeout)
+        assert fut is not None
+        if fut.done():  # the requester gave up (timeout or cancellation)
             return
         if pending.error is not None:
             fut.set_exception(_postgres_error(pending.error, pending.query))
@@ -608,6 +626,14 @@ class PipelinedConnection(asyncio.Protocol):
         elif kind == 90:  # 'Z': ready
             self._startup.set_result(None)
 
+    @staticmethod
+    def _call(callback: Callback, rows: list[Any] | None, status: str, seconds: float,
+              error: BaseException | None) -> None:  # fmt: skip
+        try:
+            callback(rows, status, seconds, error)
+        except Exception:  # the requester's bug must not cost everyone the connection
+            log.exception("pipelined request callback failed")
+
     def _fail_startup(self, why: str) -> None:
         self._fail(PipelineError(f"{self.name}: cannot start a session: {why}"))
 
@@ -620,7 +646,11 @@ class PipelinedConnection(asyncio.Protocol):
             self._startup.set_exception(error)
         queue, self._queue = self._queue, collections.deque()
         for pending in queue:
-            if pending.kind != _IGNORE and not pending.future.done():
+            if pending.kind == _IGNORE:
+                continue
+            if pending.callback is not None:
+                self._call(pending.callback, None, "", 0.0, error)
+            elif pending.future is not None and not pending.future.done():
                 pending.future.set_exception(error)
         if self._transport is not None:
             self._transport.abort()
@@ -685,7 +715,7 @@ class PipelinedConnection(asyncio.Protocol):
         body = _cstr(name) + _cstr(sql) + b"\x00\x00"
         pending = _Pending(_PREPARE, self._loop.create_future(), query=sql)
         self._send(_message(b"P", body) + _message(b"D", b"S" + _cstr(name)) + _SYNC, pending)
-        done: _Pending = await pending.future
+        done: _Pending = await pending.future  # type: ignore[misc]
         stmt = _make_statement(name, sql, done.param_oids, done.columns, self._enums)
         self._stmts[sql] = stmt
         if len(self._stmts) > self._cache_size:
@@ -706,7 +736,16 @@ class PipelinedConnection(asyncio.Protocol):
         data = stmt.bind(params)
         pending = _Pending(_EXECUTE, self._loop.create_future(), stmt.decoders, stmt.sql)
         self._send(data + _EXECUTE_ALL_SYNC, pending)
-        return pending.future
+        return pending.future  # type: ignore[return-value]
+
+    def execute_then(self, stmt: Statement, params: Sequence[Any], callback: Callback) -> None:
+        """Like `execute`, but `callback` is called from the reply itself, with no future and
+        no extra turn of the event loop."""
+        if not stmt.supported:
+            raise Unsupported
+        data = stmt.bind(params)
+        pending = _Pending(_EXECUTE, None, stmt.decoders, stmt.sql, callback=callback)
+        self._send(data + _EXECUTE_ALL_SYNC, pending)
 
     async def run(self, sql: str, params: Sequence[Any]) -> tuple[list[Any], str]:
         stmt = self.cached(sql) or await self.prepare(sql)

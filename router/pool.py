@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from router.config import DatabaseConfig, NodeAddress
-from router.pgwire import PipelinedConnection, Unsupported, connect_pipelined
+from router.pgwire import Callback, PipelinedConnection, Unsupported, connect_pipelined
 
 __all__ = [
     "Backend",
@@ -129,9 +129,12 @@ class Pipeline:
     and the caller uses a pooled asyncpg connection instead.
 
     A statement that kept the server busy longer than `database.pipeline_slow_ms` goes to
-    pooled connections from then on: on a shared connection it would hold up every request
-    queued behind it."""
+    pooled connections for the next `SLOW_COOL_DOWN` seconds: on a shared connection it
+    would hold up every request queued behind it. The measure is from the router's side (the
+    time between its reply and the one before), so a stalled event loop can make a fast
+    statement look slow; hence a cool-down, not a verdict for good."""
 
+    SLOW_COOL_DOWN = 10.0
     _SLOW_MEMORY = 4096  # statements remembered as slow (forgotten all at once beyond that)
 
     def __init__(self, name: str, address: NodeAddress, db: DatabaseConfig,
@@ -147,7 +150,7 @@ class Pipeline:
         self._opening = 0
         self._retry_at = 0.0
         self._closed = False
-        self._slow: set[str] = set()
+        self._slow: dict[str, float] = {}  # sql -> until when it stays off the pipeline
         self._bg: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -207,13 +210,24 @@ class Pipeline:
             return None
         return best
 
-    def submit(self, sql: str, params: Sequence[Any]) -> Submitted | None:
-        """Queue a statement already prepared on the least busy connection, without awaiting.
-        None when the pipeline declines (nothing was sent); `run` also prepares."""
-        if sql in self._slow:
+    def submit(self, sql: str, params: Sequence[Any], callback: Callback) -> list[str] | None:
+        """Queue a statement already prepared on the least busy connection; `callback` gets
+        its result (see pgwire.Callback). Returns the column names, or None when the pipeline
+        declines (nothing was sent; `run` also prepares)."""
+        if sql in self._slow and self._still_slow(sql):
             return None
         conn = self._pick()
-        return None if conn is None else self._submit(conn, sql, params)
+        if conn is None:
+            return None
+        stmt = conn.cached(sql)
+        if stmt is None:
+            return None
+        try:
+            conn.execute_then(stmt, params, callback)
+        except Unsupported:
+            return None
+        self._idle.clear()
+        return stmt.columns
 
     def _submit(
         self, conn: PipelinedConnection, sql: str, params: Sequence[Any]
@@ -234,9 +248,15 @@ class Pipeline:
         if server_seconds > self._slow_after:
             if len(self._slow) >= self._SLOW_MEMORY:
                 self._slow.clear()
-            self._slow.add(sql)
+            self._slow[sql] = time.monotonic() + self.SLOW_COOL_DOWN
             log.info("%s: statement kept off the pipeline (took %.0f ms): %.200s",
                      self.name, server_seconds * 1000, sql)  # fmt: skip
+
+    def _still_slow(self, sql: str) -> bool:
+        if time.monotonic() < self._slow[sql]:
+            return True
+        del self._slow[sql]  # cooled down: try the pipeline again
+        return False
 
     def forget(self, sql: str) -> None:
         """Drop `sql`'s prepared statements (its result type changed, e.g. a migration)."""
@@ -249,7 +269,7 @@ class Pipeline:
         """Run one autocommit statement on the pipeline, preparing it first if need be.
         Raises Unsupported when it cannot (nothing was sent), PipelineError when the
         connection failed under it, or the statement's PostgresError."""
-        conn = None if sql in self._slow else self._pick()
+        conn = None if sql in self._slow and self._still_slow(sql) else self._pick()
         sent = None if conn is None else self._submit(conn, sql, params)
         if sent is None and conn is not None and conn.cached(sql) is None:
             await conn.prepare(sql)

@@ -41,7 +41,7 @@ from protocol import (
     choose_version,
 )
 from protocol.messages import Role as WireRole
-from router.executor import Outcome, Submitted
+from router.executor import Outcome, Routed
 from router.failures import Failure, RequestTimeout, ShuttingDown, failure_for
 from router.health import HealthEvent
 from router.pgwire import PipelineError
@@ -205,21 +205,30 @@ class ClientConnection(asyncio.Protocol):
 
     def _submit(self, m: Query) -> bool:
         """Route `m` and queue it on a pipelined connection; the reply is sent from the
-        future's callback, with no task. False: nothing was sent, use `_handle`."""
-        started = time.perf_counter()
-        submitted = self._node.executor.submit(self.session, m.sql, m.params, m.hints)
-        if submitted is None:
+        pipeline's callback, with no task. False: nothing was sent, use `_handle`."""
+        request = _Submitted(self, m, time.perf_counter())
+        routed = self._node.executor.submit(self.session, m.sql, m.params, m.hints,
+                                            request.done)  # fmt: skip
+        if routed is None:
             return False
+        request.routed = routed
         timeout_ms = m.hints.timeout_ms
-        request = _Submitted(self, m, submitted, started)
         if timeout_ms:
             request.timer = self._loop.call_later(timeout_ms / 1000, request.time_out)
-        submitted.future.add_done_callback(request.done)
         return True
 
-    def _reply_ok(self, m: Query, outcome: Outcome, started: float) -> None:
-        self.send(self._reply_for(m, outcome))
-        self._node.metrics.record("query", outcome.shard, outcome.role.value, "ok",
+    def _reply_rows(self, m: Query, routed: Routed, rows: list[Any], status: str,
+                    token: str | None, started: float) -> None:  # fmt: skip
+        node = routed.node
+        route = self._node.executor.route_of(node)
+        enc = self._encoder
+        if m.kind is QueryKind.FETCH and m.hints.want_rows:
+            self.send(enc.encode_rows(m.id, routed.columns, rows, status, route, token))
+        else:
+            last = status.rsplit(" ", 1)[-1]
+            count = int(last) if last.isdigit() else len(rows)
+            self.send(enc.encode_status(m.id, status, count, route, token))
+        self._node.metrics.record("query", node.shard, route.role.value, "ok",
                                   time.perf_counter() - started)  # fmt: skip
 
     def _reply_failed(self, m: Query, exc: BaseException, read_only: bool,
@@ -231,10 +240,10 @@ class ClientConnection(asyncio.Protocol):
         self._node.metrics.record("query", "", "", failure.code.name,
                                   time.perf_counter() - started)  # fmt: skip
 
-    async def _finish_write(self, m: Query, submitted: Submitted, rows: list[Any], status: str,
+    async def _finish_write(self, m: Query, routed: Routed, rows: list[Any], status: str,
                             started: float) -> None:  # fmt: skip
-        token = await self._node.executor.write_token(self.session, submitted)
-        self._reply_ok(m, self._node.executor.outcome(submitted, rows, status, token), started)
+        token = await self._node.executor.write_token(self.session, routed)
+        self._reply_rows(m, routed, rows, status, token, started)
 
     def _handshake(self, message: Message) -> None:
         if not isinstance(message, Hello):
@@ -344,14 +353,13 @@ class ClientConnection(asyncio.Protocol):
 class _Submitted:
     """One request on the fast path, answered once: by its result, or by its timeout."""
 
-    __slots__ = ("answered", "conn", "message", "started", "submitted", "timer")
+    __slots__ = ("answered", "conn", "message", "routed", "started", "timer")
 
-    def __init__(self, conn: ClientConnection, message: Query, submitted: Submitted,
-                 started: float) -> None:  # fmt: skip
+    def __init__(self, conn: ClientConnection, message: Query, started: float) -> None:
         self.conn = conn
         self.message = message
-        self.submitted = submitted
         self.started = started
+        self.routed: Routed | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.answered = False
 
@@ -361,40 +369,41 @@ class _Submitted:
         self.answered = True
         m = self.message
         exc = RequestTimeout(f"request took longer than {m.hints.timeout_ms} ms")
-        self.conn._reply_failed(m, exc, self.submitted.analysis.read_only, self.started)
+        assert self.routed is not None
+        self.conn._reply_failed(m, exc, self.routed.analysis.read_only, self.started)
 
-    def done(self, fut: asyncio.Future[Any]) -> None:
+    def done(self, rows: list[Any] | None, status: str, server_seconds: float,
+             exc: BaseException | None) -> None:  # fmt: skip
         if self.timer is not None:
             self.timer.cancel()
-        conn, m, submitted = self.conn, self.message, self.submitted
-        exc = fut.exception()
+        conn, m, routed = self.conn, self.message, self.routed
+        assert routed is not None
         if exc is None:
-            rows, status, server_seconds = fut.result()
-            submitted.node.pool.pipeline.finished(m.sql, server_seconds)
+            assert rows is not None
+            routed.node.pool.pipeline.finished(m.sql, server_seconds)
             if self.answered:
                 return
-            executor = conn._node.executor
-            if executor.needs_token(submitted, status):
+            if conn._node.executor.needs_token(routed, status):
                 task = conn._loop.create_task(
-                    conn._finish_write(m, submitted, rows, status, self.started)
+                    conn._finish_write(m, routed, rows, status, self.started)
                 )
                 conn.tasks.add(task)
                 task.add_done_callback(conn.tasks.discard)
                 return
-            conn._reply_ok(m, executor.outcome(submitted, rows, status, None), self.started)
+            conn._reply_rows(m, routed, rows, status, None, self.started)
             return
         if self.answered:
             return
-        read_only = submitted.analysis.read_only
+        read_only = routed.analysis.read_only
         if isinstance(exc, PipelineError):
-            node = submitted.node
+            node = routed.node
             node.record(HealthEvent.CONNECT_FAILED, str(exc))
             if read_only:  # safe to run again: the ordinary path picks another way
                 conn._spawn_handle(m)
                 return
             exc = NodeUnavailableError(f"{node.name}: connection lost: {exc}", sent=True)
         elif is_stale_statement(exc):
-            submitted.node.pool.pipeline.forget(m.sql)
+            routed.node.pool.pipeline.forget(m.sql)
             conn._spawn_handle(m)  # it prepares the statement again
             return
         conn._reply_failed(m, exc, read_only, self.started)

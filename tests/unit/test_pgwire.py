@@ -307,3 +307,21 @@ async def test_md5_and_cleartext_answers() -> None:
 
             inner = hashlib.md5(b"secretu").hexdigest().encode()
             assert answer[5:-1] == b"md5" + hashlib.md5(inner + b"salt").hexdigest().encode()
+
+
+async def test_a_slow_statement_stays_off_the_pipeline_only_for_a_cool_down() -> None:
+    import time
+
+    from router.config import DatabaseConfig, NodeAddress
+    from router.pool import Pipeline
+
+    pipeline = Pipeline("n", NodeAddress("127.0.0.1", 1, "d"), DatabaseConfig(pipeline_slow_ms=20),
+                        {})  # fmt: skip
+    pipeline.finished("SELECT fast", 0.001)
+    pipeline.finished("SELECT slow", 0.5)
+    assert pipeline.statements == 2
+    assert "SELECT fast" not in pipeline._slow
+    assert pipeline._still_slow("SELECT slow")
+    pipeline._slow["SELECT slow"] = time.monotonic() - 0.001  # the cool-down is over
+    assert not pipeline._still_slow("SELECT slow")
+    assert "SELECT slow" not in pipeline._slow
