@@ -70,6 +70,7 @@ class RouterConfig:
     node_name: str = "router-1"
     listen_host: str = "127.0.0.1"
     listen_port: int = 6600
+    listen_socket_dir: str = ""
     auth_token_env: str = "GEOROUTE_TOKEN"
     max_frame_bytes: int = 16 * 1024 * 1024
     drain_timeout_seconds: float = 10.0
@@ -82,6 +83,14 @@ class RouterConfig:
     statement_timeout_seconds: float = 30.0
     transaction_idle_timeout_seconds: float = 60.0
     idempotency_retention_seconds: float = 86400.0
+
+
+def router_socket_path(router: RouterConfig) -> str | None:
+    """The router's Unix socket (`<listen_socket_dir>/.s.georoute.<listen_port>`, named like
+    PostgreSQL's), or None when it listens on TCP only."""
+    if not router.listen_socket_dir:
+        return None
+    return f"{router.listen_socket_dir.rstrip('/')}/.s.georoute.{router.listen_port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,11 +400,12 @@ def _validate(config: Config) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(key, f"must not be negative, got {value}")
-    socket_dir = config.database.socket_dir
-    if socket_dir and not os.path.isabs(socket_dir):
-        raise ConfigError("database.socket_dir", f"must be an absolute path, got {socket_dir!r}")
-    if len(socket_dir) > 80:  # the socket file's full path must fit in 107 bytes
-        raise ConfigError("database.socket_dir", "is too long for a Unix socket path")
+    for key, socket_dir in (("database.socket_dir", config.database.socket_dir),
+                            ("router.listen_socket_dir", r.listen_socket_dir)):  # fmt: skip
+        if socket_dir and not os.path.isabs(socket_dir):
+            raise ConfigError(key, f"must be an absolute path, got {socket_dir!r}")
+        if len(socket_dir) > 80:  # the socket file's full path must fit in 107 bytes
+            raise ConfigError(key, "is too long for a Unix socket path")
     if config.database.pool_min_size > config.database.pool_max_size:
         raise ConfigError("database.pool_min_size", "is larger than database.pool_max_size")
     if h.suspect_after_seconds <= h.interval_seconds:

@@ -14,13 +14,14 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from protocol import Encoder
 from router.classify import Classifier
-from router.config import Config, load_config
+from router.config import Config, load_config, router_socket_path
 from router.db.documents import validate as validate_document
 from router.docstore import DocStore
 from router.errors import ConfigError
@@ -63,6 +64,8 @@ class RouterNode:
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self._server: asyncio.Server | None = None
+        self._unix_server: asyncio.Server | None = None
+        self._unix_path: str | None = None
         self._stopped = asyncio.Event()
         self._bg: set[asyncio.Task[Any]] = set()
 
@@ -96,6 +99,17 @@ class RouterNode:
             lambda: ClientConnection(self), r.listen_host, r.listen_port, backlog=1024
         )
         log.info("router %s listening on %s:%d", r.node_name, r.listen_host, r.listen_port)
+        path = router_socket_path(r)
+        if path is not None:
+            # The TCP port is ours now, so a socket file of that port is a stale one.
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.stat(path).st_mode):
+                    os.unlink(path)
+            self._unix_server = await loop.create_unix_server(
+                lambda: ClientConnection(self), path, backlog=1024
+            )
+            self._unix_path = path
+            log.info("router %s listening on %s", r.node_name, path)
 
     async def serve(self) -> None:
         await self._stopped.wait()
@@ -107,6 +121,11 @@ class RouterNode:
         self.draining = True
         if self._server is not None:
             self._server.close()
+        if self._unix_server is not None:
+            self._unix_server.close()
+            if self._unix_path is not None:  # Python 3.11's asyncio leaves the file behind
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._unix_path)
         tasks = [t for c in self.connections for t in c.tasks]
         if tasks:
             log.info("draining %d in-flight requests", len(tasks))
@@ -149,10 +168,10 @@ class RouterNode:
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return False
-        if (new.router.listen_host, new.router.listen_port) != (
-            self.config.router.listen_host,
-            self.config.router.listen_port,
-        ):
+        r_new, r_old = new.router, self.config.router
+        if (r_new.listen_host, r_new.listen_port, r_new.listen_socket_dir) != (
+            r_old.listen_host, r_old.listen_port, r_old.listen_socket_dir,
+        ):  # fmt: skip
             log.warning("router.listen_* changes need a restart; keeping the old address")
         old_nodes = {n.name: n for n in self.topology.nodes()}
         old_shards = dict(self.topology.shards)
@@ -227,8 +246,10 @@ async def _main(config: Config, config_path: str | None) -> None:
     node = RouterNode(config, config_path=config_path)
     await node.startup()
     with _signals(node):
+        path = router_socket_path(config.router)
         print(f"georoute router {config.router.node_name} ready on "
-              f"{config.router.listen_host}:{config.router.listen_port}", flush=True)
+              f"{config.router.listen_host}:{config.router.listen_port}"
+              + (f" and {path}" if path else ""), flush=True)
         try:
             await node.serve()
         finally:
