@@ -268,7 +268,7 @@ class Executor:
             if (len(params) != analysis.param_count or analysis.changes_session_state
                     or analysis.command == "UTILITY"):  # fmt: skip
                 return None
-            consistency = _CONSISTENCY[hints.consistency.value]
+            consistency = _CONSISTENCY[hints.consistency]
             role = decide_role(target, consistency, in_transaction=False)
             shard = self.topology.shards[target.shard]
         except Exception:
@@ -321,7 +321,7 @@ class Executor:
             raise RoutingError(
                 f"the statement uses {analysis.param_count} parameters, {len(params)} were given"
             )
-        consistency = _CONSISTENCY[hints.consistency.value]
+        consistency = _CONSISTENCY[hints.consistency]
         role = decide_role(target, consistency, in_transaction=False)
         shard = self._shard(target.shard)
         min_lsn = (

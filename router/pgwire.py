@@ -35,7 +35,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -436,19 +436,26 @@ _PREPARE, _EXECUTE, _IGNORE = 0, 1, 2
 Callback = Callable[[list[Any] | None, str, float, BaseException | None], None]
 
 
-@dataclass(slots=True, eq=False)
 class _Pending:
-    kind: int
-    future: asyncio.Future[Any] | None
-    decoders: tuple[Decoder, ...] = ()
-    query: str | None = None
-    rows: list[Any] = field(default_factory=list)
-    status: str = ""
-    error: dict[str, str] | None = None
-    param_oids: list[int] = field(default_factory=list)
-    columns: list[tuple[str, int]] = field(default_factory=list)
-    started: float = 0.0  # when it reached the head of the queue (the server works on it)
-    callback: Callback | None = None  # instead of the future: called as soon as it is done
+    """One request in flight: its replies fill it in order until it completes."""
+
+    __slots__ = ("callback", "columns", "decoders", "error", "future", "kind", "param_oids",
+                 "query", "rows", "started", "status")  # fmt: skip
+
+    def __init__(self, kind: int, future: asyncio.Future[Any] | None,
+                 decoders: tuple[Decoder, ...] = (), query: str | None = None,
+                 callback: Callback | None = None) -> None:  # fmt: skip
+        self.kind = kind
+        self.future = future
+        self.decoders = decoders
+        self.query = query
+        self.callback = callback  # instead of the future: called as soon as it is done
+        self.rows: list[Any] = []
+        self.status = ""
+        self.error: dict[str, str] | None = None
+        self.param_oids: list[int] = []
+        self.columns: list[tuple[str, int]] = []
+        self.started = 0.0  # when it reached the head of the queue (the server works on it)
 
 
 class PipelinedConnection(asyncio.Protocol):
