@@ -10,6 +10,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from router.cluster import LocalCluster
 from router.config import Config, config_to_toml, load_config, with_port_offset
@@ -86,7 +87,12 @@ class RouterProcess:
 
     @property
     def dsn(self) -> str:
-        return f"georoute://{self.config.router.listen_host}:{self.config.router.listen_port}"
+        """The router's Unix socket when it has one (the way a co-located application reaches
+        it, as the direct baseline reaches PostgreSQL), else its TCP address."""
+        r = self.config.router
+        if r.listen_socket_dir:
+            return f"georoute://{quote(r.listen_socket_dir, safe='')}:{r.listen_port}"
+        return f"georoute://{r.listen_host}:{r.listen_port}"
 
     @property
     def pid(self) -> int:

@@ -139,7 +139,9 @@ class GeorouteTarget(Target):
 
     def __init__(self, dsn: str, token: str, pool_size: int) -> None:
         self.name = "georoute"
-        self.description = f"georoute client (pool_size <= {pool_size}) -> router -> node"
+        via = "Unix socket" if "%2F" in dsn else "TCP"
+        self.description = (f"georoute client (pool_size <= {pool_size}, over the router's {via}) "
+                            "-> router -> node")  # fmt: skip
         self.dsn, self.token, self.pool_size = dsn, token, pool_size
         self._client: georoute_client.Client | None = None
 

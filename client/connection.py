@@ -210,12 +210,19 @@ async def open_connection(
     timeout: float | None,
     on_lost: Callable[[Connection], None] | None = None,
 ) -> Connection:
-    """TCP-connect to a router node (no handshake yet)."""
+    """Connect to a router node (no handshake yet): over TCP, or, when the host is a directory
+    (it starts with "/"), to the router's Unix socket <host>/.s.georoute.<port> in it."""
     loop = asyncio.get_running_loop()
+    host, port = address
+
+    def factory() -> Connection:
+        return Connection(address, max_frame_bytes=max_frame_bytes, on_lost=on_lost)
+
     async with asyncio.timeout(timeout):
-        _, protocol = await loop.create_connection(
-            lambda: Connection(address, max_frame_bytes=max_frame_bytes, on_lost=on_lost),
-            address[0],
-            address[1],
-        )
+        if host.startswith("/"):
+            _, protocol = await loop.create_unix_connection(
+                factory, f"{host.rstrip('/')}/.s.georoute.{port}"
+            )
+        else:
+            _, protocol = await loop.create_connection(factory, host, port)
     return protocol

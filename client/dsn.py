@@ -1,4 +1,8 @@
-"""Parsing of georoute:// addresses: `georoute://[token@]host[:port][,host[:port]...][?k=v]`."""
+"""Parsing of georoute:// addresses: `georoute://[token@]host[:port][,host[:port]...][?k=v]`.
+
+A host that is a directory, percent-encoded (`georoute://%2Ftmp:6600`) or not
+(`georoute:///tmp:6600`), names the router's Unix socket `<dir>/.s.georoute.<port>`, as
+libpq does for PostgreSQL's."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ def _host_port(text: str) -> tuple[str, int]:
         host, _, rest = text[1:].partition("]")
         port_text = rest.removeprefix(":")
     else:
-        host, _, port_text = text.partition(":")
+        host, _, port_text = unquote(text).partition(":")
     if not host:
         raise ValueError(f"missing host in {text!r}")
     port = int(port_text) if port_text else DEFAULT_PORT

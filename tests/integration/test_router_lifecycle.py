@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import stat
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import asyncpg
 
 import client
 from router.cluster import LocalCluster
-from router.config import Config
+from router.config import Config, router_socket_path
 from tests.integration.conftest import wait_until
 from tests.support.router_proc import (
     TOKEN,
@@ -126,15 +129,20 @@ async def test_reload_replaces_the_pool_of_a_changed_node(
 
 
 def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: Config) -> None:
-    """A request in flight when SIGTERM arrives still gets its reply; then the router exits."""
+    """A request in flight when SIGTERM arrives still gets its reply; then the router exits.
+    The client reaches it through its Unix socket, which is gone once the router stopped."""
     config = router_config(test_config, port_shift=50, drain_timeout_seconds=10.0)
     path = Path(test_config.cluster.state_dir) / "router-drain.toml"
+    socket_path = router_socket_path(config.router)
+    assert socket_path is not None
     with running_router(config, path) as proc:
-
+        assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
         primary = test_config.shards["europe"].primary
+        unix_dsn = f"georoute://{quote(config.router.listen_socket_dir, safe='')}:" \
+                   f"{config.router.listen_port}"
 
         async def scenario() -> object:
-            c = await client.connect(proc.dsn, token=TOKEN)
+            c = await client.connect(unix_dsn, token=TOKEN)
             pg = await asyncpg.connect(host=primary.host, port=primary.port,
                                        database=primary.database, user=test_config.database.user)
             try:
@@ -158,3 +166,4 @@ def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: C
         assert asyncio.run(scenario()) == 7
         assert proc.proc.wait(timeout=20) == 0
         assert any("stopped" in line for line in proc.output)
+        assert not os.path.exists(socket_path)

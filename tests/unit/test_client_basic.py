@@ -130,6 +130,9 @@ def test_parse_dsn() -> None:
         georoute_client.parse_dsn("postgres://h1")
     with pytest.raises(ValueError):
         georoute_client.parse_dsn("georoute://")
+    # A directory names the router's Unix socket in it, percent-encoded or not.
+    assert georoute_client.parse_dsn("georoute://%2Ftmp:6610").addresses == (("/tmp", 6610),)
+    assert georoute_client.parse_dsn("georoute:///run/g:6611").addresses == (("/run/g", 6611),)
 
 
 @pytest.mark.parametrize(
