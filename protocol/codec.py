@@ -32,6 +32,7 @@ __all__ = [
     "encode_many",
     "encode_rows",
     "encode_status",
+    "route_wire_of",
 ]
 
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -126,6 +127,13 @@ class FrameDecoder:
         return out
 
 
+def route_wire_of(route: RouteInfo | list[str] | None) -> list[str] | None:
+    """RouteInfo's wire form, [shard, node, role]; a list is taken to be that form already."""
+    if route is None or isinstance(route, list):
+        return route
+    return [route.shard, route.node, route.role._value_]
+
+
 class Encoder:
     """Frames messages. Holds one msgpack Packer, so one Encoder per thread (or event loop)."""
 
@@ -160,12 +168,13 @@ class Encoder:
         columns: Sequence[str],
         rows: Sequence[Sequence[Any]],
         status: str = "",
-        route: RouteInfo | None = None,
+        route: RouteInfo | list[str] | None = None,
         ryw_token: str | None = None,
     ) -> bytes:
         """A framed Rows reply without building a Rows object (rows may be tuples, e.g.
-        asyncpg Records converted by `list(map(tuple, records))`)."""
-        route_wire = None if route is None else [route.shard, route.node, route.role.value]
+        asyncpg Records converted by `list(map(tuple, records))`). `route` may be given in
+        its wire form already, [shard, node, role] (see `route_wire`)."""
+        route_wire = route_wire_of(route)
         return self._frame(
             [MessageType.ROWS, request_id, columns, rows, status, route_wire, ryw_token]
         )
@@ -175,10 +184,10 @@ class Encoder:
         request_id: int,
         status: str,
         rowcount: int = 0,
-        route: RouteInfo | None = None,
+        route: RouteInfo | list[str] | None = None,
         ryw_token: str | None = None,
     ) -> bytes:
-        route_wire = None if route is None else [route.shard, route.node, route.role.value]
+        route_wire = route_wire_of(route)
         return self._frame(
             [MessageType.STATUS, request_id, status, rowcount, route_wire, ryw_token]
         )

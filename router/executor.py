@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import msgpack
 
-from protocol.messages import Hints, Isolation, RouteInfo
+from protocol.messages import Hints, Isolation
 from protocol.messages import Role as WireRole
 from protocol.values import ext_default, ext_hook
 from router.classify import Analysis, Classifier
@@ -119,7 +119,7 @@ class Executor:
         self._max_lag = config.router.max_replica_lag_bytes
         # Pinned transactions per client connection: leave most of the pool to everyone else.
         self._max_tx = max(1, config.database.pool_max_size // 2)
-        self._routes: dict[tuple[str, Role], RouteInfo] = {}
+        self._routes: dict[NodeState, list[str]] = {}
 
     # ---- choosing and borrowing ------------------------------------------------------------
 
@@ -292,11 +292,12 @@ class Executor:
             return None
         return Routed(columns, node, shard, analysis)
 
-    def route_of(self, node: NodeState) -> RouteInfo:
-        key = (node.name, node.role)
-        route = self._routes.get(key)
-        if route is None:
-            route = self._routes[key] = RouteInfo(node.shard, node.name, _WIRE_ROLE[node.role])
+    def route_of(self, node: NodeState) -> list[str]:
+        """The reply's route in its wire form, [shard, node, role] (built once per node)."""
+        route = self._routes.get(node)
+        role = _WIRE_ROLE[node.role]._value_
+        if route is None or route[2] != role:  # new, or its role changed (failover)
+            route = self._routes[node] = [node.shard, node.name, role]
         return route
 
     def needs_token(self, routed: Routed, status: str) -> bool:

@@ -137,8 +137,17 @@ def _numeric_text(b: bytearray, p: int, n: int) -> Decimal:
     return Decimal(b[p : p + n].decode())
 
 
+# msgpack.ExtType validates its arguments in Python; these values are ours and valid.
+_ExtType = msgpack.ExtType
+_new_tuple = tuple.__new__
+_EXT_UUID = int(ExtCode.UUID)
+_EXT_TIMESTAMPTZ = int(ExtCode.TIMESTAMPTZ)
+_EXT_TIMESTAMP = int(ExtCode.TIMESTAMP)
+_EXT_DATE = int(ExtCode.DATE)
+
+
 def _uuid(b: bytearray, p: int, n: int) -> msgpack.ExtType:
-    return msgpack.ExtType(ExtCode.UUID, bytes(b[p : p + 16]))
+    return _new_tuple(_ExtType, (_EXT_UUID, bytes(b[p : p + 16])))
 
 
 def _timestamptz(b: bytearray, p: int, n: int) -> Any:
@@ -147,7 +156,7 @@ def _timestamptz(b: bytearray, p: int, n: int) -> Any:
         return _INF_NAIVE.replace(tzinfo=dt.UTC)
     if micros == _INT64_MIN:
         return _NEG_INF_NAIVE.replace(tzinfo=dt.UTC)
-    return msgpack.ExtType(ExtCode.TIMESTAMPTZ, _I64.pack(micros + _PG_EPOCH_MICROS))
+    return _new_tuple(_ExtType, (_EXT_TIMESTAMPTZ, _I64.pack(micros + _PG_EPOCH_MICROS)))
 
 
 def _timestamp(b: bytearray, p: int, n: int) -> Any:
@@ -156,7 +165,7 @@ def _timestamp(b: bytearray, p: int, n: int) -> Any:
         return _INF_NAIVE
     if micros == _INT64_MIN:
         return _NEG_INF_NAIVE
-    return msgpack.ExtType(ExtCode.TIMESTAMP, _I64.pack(micros + _PG_EPOCH_MICROS))
+    return _new_tuple(_ExtType, (_EXT_TIMESTAMP, _I64.pack(micros + _PG_EPOCH_MICROS)))
 
 
 def _date(b: bytearray, p: int, n: int) -> Any:
@@ -165,7 +174,7 @@ def _date(b: bytearray, p: int, n: int) -> Any:
         return _INF_DATE
     if days == _INT32_MIN:
         return _NEG_INF_DATE
-    return msgpack.ExtType(ExtCode.DATE, _I32.pack(days + _PG_EPOCH_DAYS))
+    return _new_tuple(_ExtType, (_EXT_DATE, _I32.pack(days + _PG_EPOCH_DAYS)))
 
 
 # type oid -> (result format: 1 binary / 0 text, decoder)
@@ -480,6 +489,7 @@ class PipelinedConnection(asyncio.Protocol):
         self._names = itertools.count(1)
         self._enums: set[int] = set()
         self._startup: asyncio.Future[None] = self._loop.create_future()
+        self._ready = False  # the session has started
         self._scram: ScramClient | None = None
         self.closed = False
         self.error: Exception | None = None
@@ -515,13 +525,16 @@ class PipelinedConnection(asyncio.Protocol):
         size = len(buf)
         pos = 0
         queue = self._queue
+        ready = self._ready
         try:
             while size - pos >= 5:
                 kind = buf[pos]
                 end = pos + 1 + _i32_from(buf, pos + 1)[0]
                 if end > size:
                     break
-                if kind == 68 and queue:  # 'D' DataRow: the hot case, decoded in place
+                # The messages of every request, handled in place: DataRow, BindComplete,
+                # CommandComplete, ReadyForQuery. The rest go through _message.
+                if kind == 68 and queue:  # 'D' DataRow
                     pending = queue[0]
                     p = pos + 7  # past the header and the column count
                     row: list[Any] = []
@@ -534,8 +547,24 @@ class PipelinedConnection(asyncio.Protocol):
                             row.append(dec(buf, p, n))
                             p += n
                     pending.rows.append(row)
+                elif kind == 50:  # '2' BindComplete
+                    pass
+                elif kind == 67 and queue:  # 'C' CommandComplete
+                    queue[0].status = buf[pos + 5 : end - 1].decode()
+                elif kind == 90 and ready:  # 'Z' ReadyForQuery: the head request is complete
+                    now = _monotonic()
+                    self._complete(queue.popleft(), now)
+                    if queue:
+                        queue[0].started = now
+                    elif self.on_idle is not None:
+                        self.on_idle()
+                    if self.closed:  # a callback closed us (e.g. the node went down)
+                        return
                 else:
                     self._message(kind, bytes(buf[pos + 5 : end]))
+                    if self.closed:
+                        return
+                    ready = self._ready
                 pos = end
         except Exception as exc:  # a decoding bug or a protocol violation: the stream is lost
             self._fail(PipelineError(f"{self.name}: bad reply from server: {exc!r}"))
@@ -550,16 +579,7 @@ class PipelinedConnection(asyncio.Protocol):
             self._startup_message(kind, body)
             return
         queue = self._queue
-        if kind == 90:  # 'Z' ReadyForQuery: the head request is complete
-            now = _monotonic()
-            self._complete(queue.popleft(), now)
-            if queue:
-                queue[0].started = now
-            elif self.on_idle is not None:
-                self.on_idle()
-        elif kind == 67:  # 'C' CommandComplete
-            queue[0].status = body[:-1].decode()
-        elif kind == 69:  # 'E' ErrorResponse
+        if kind == 69:  # 'E' ErrorResponse
             fields = _error_fields(body)
             if fields.get("S") in ("FATAL", "PANIC") or not queue:
                 self._fail(PipelineError(f"{self.name}: {fields.get('M', 'server error')} "
@@ -631,6 +651,7 @@ class PipelinedConnection(asyncio.Protocol):
             fields = _error_fields(body)
             self._fail_startup(f"{fields.get('M', 'refused')} ({fields.get('C', '?')})")
         elif kind == 90:  # 'Z': ready
+            self._ready = True
             self._startup.set_result(None)
 
     @staticmethod

@@ -125,14 +125,14 @@ def resolve_shards(
             raise UnknownShardError(f"shard hint {hint!r} is not a shard ({known})", hint)
         return Target((hint,), write)
 
-    found: dict[str, str] = {}  # shard -> where it came from
+    found: dict[str, Any] = {}  # shard -> where it came from (a key, or a description)
     for key in analysis.keys:
         value = key.value if key.param is None else _param(params, key.param)
         if value is None:
             continue
         shard = _shard_of_value(key.kind, value, config)
-        if shard is not None:
-            found.setdefault(shard, f"{key.table}.{key.column}")
+        if shard is not None and shard not in found:
+            found[shard] = key
     if not found:
         # A call like SELECT enroll($1, $2): an argument that is an id or a region name.
         candidates = [_param(params, p) for p in analysis.arg_params] + list(analysis.arg_values)
@@ -148,7 +148,10 @@ def resolve_shards(
             if shard is not None:
                 found.setdefault(shard, "row id")
     if len(found) > 1:
-        detail = ", ".join(f"{src} -> {shard}" for shard, src in found.items())
+        detail = ", ".join(
+            f"{src if isinstance(src, str) else f'{src.table}.{src.column}'} -> {shard}"
+            for shard, src in found.items()
+        )
         raise CrossShardError(f"statement names several shards ({detail}); cross-shard "
                               "statements are not supported yet, send one per shard")
     if found:

@@ -228,7 +228,7 @@ class ClientConnection(asyncio.Protocol):
             last = status.rsplit(" ", 1)[-1]
             count = int(last) if last.isdigit() else len(rows)
             self.send(enc.encode_status(m.id, status, count, route, token))
-        self._node.metrics.record("query", node.shard, route.role.value, "ok",
+        self._node.metrics.record("query", node.shard, route[2], "ok",
                                   time.perf_counter() - started)  # fmt: skip
 
     def _reply_failed(self, m: Query, exc: BaseException, read_only: bool,
