@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 
@@ -86,9 +87,11 @@ def _serve(args: argparse.Namespace, config: Config, stops_cluster: bool) -> int
             print("router failed to start; its output is above", file=sys.stderr)
             return 1
         r = config.router
+        unix = (f"\n            georoute://{quote(r.listen_socket_dir, safe='')}:{r.listen_port}"
+                "   (its Unix socket)" if r.listen_socket_dir else "")
         print(f"""
 georoute is serving:
-  router    georoute://{r.listen_host}:{r.listen_port}   token: {token}
+  router    georoute://{r.listen_host}:{r.listen_port}   token: {token}{unix}
   metrics   http://{config.metrics.host}:{config.metrics.port}/metrics
   REST API  not built yet: the /api/v1 facade is planned (see README, "What is coming")
 

@@ -287,7 +287,9 @@ class Executor:
                 return None  # the bounded wait for a replica to replay past the token
         if not node.available:
             return None
-        columns = node.pool.pipeline.submit(sql, params, callback)
+        # A write on the primary also gets the WAL position after it, for its token.
+        wal = node is shard.primary and not analysis.read_only
+        columns = node.pool.pipeline.submit(sql, params, callback, wal)
         if columns is None:
             return None
         return Routed(columns, node, shard, analysis)
@@ -311,6 +313,11 @@ class Executor:
 
     async def write_token(self, session: Session, routed: Routed) -> str:
         return await self._token(session, routed.shard)
+
+    def token_at(self, session: Session, routed: Routed, lsn: int) -> str:
+        """The token for a write whose WAL position was read on its own connection."""
+        session.note_write(routed.shard.name, lsn)
+        return f"{routed.shard.name}:{lsn}"
 
     async def query(
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints

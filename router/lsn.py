@@ -24,7 +24,7 @@ log = logging.getLogger("georoute.lsn")
 # session's reads of that shard go to the primary, which is always correct.
 UNKNOWN_LSN = 2**62
 
-_SQL = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8"
+_SQL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8"
 
 
 class LsnReader:

@@ -438,18 +438,26 @@ def md5_password(user: str, password: str, salt: bytes) -> bytes:
 
 # ---- the connection ------------------------------------------------------------------------
 
-_PREPARE, _EXECUTE, _IGNORE = 0, 1, 2
+_PREPARE, _EXECUTE, _IGNORE, _WAL = 0, 1, 2, 3
 
 
-# Called with (rows, status, seconds the server spent, None) or (None, "", 0.0, the error).
-Callback = Callable[[list[Any] | None, str, float, BaseException | None], None]
+# Called with (rows, status, seconds the server spent, None, WAL position) or
+# (None, "", 0.0, the error, None). The WAL position is given only to writes that asked for
+# one (`execute_then(..., wal_position=True)`), and is None when it could not be read.
+Callback = Callable[[list[Any] | None, str, float, BaseException | None, int | None], None]
+
+# The primary's WAL position, read on the write's own connection right after it: PostgreSQL
+# runs a connection's messages in order, so this reads a position at or past the write's
+# commit record (the insert position: with synchronous_commit off, the write position may
+# still be behind it). The same statement as router/lsn.py.
+WAL_POSITION_SQL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8"
 
 
 class _Pending:
     """One request in flight: its replies fill it in order until it completes."""
 
     __slots__ = ("callback", "columns", "decoders", "error", "future", "kind", "param_oids",
-                 "query", "rows", "started", "status")  # fmt: skip
+                 "query", "rows", "seconds", "started", "status", "wants_wal")  # fmt: skip
 
     def __init__(self, kind: int, future: asyncio.Future[Any] | None,
                  decoders: tuple[Decoder, ...] = (), query: str | None = None,
@@ -465,6 +473,8 @@ class _Pending:
         self.param_oids: list[int] = []
         self.columns: list[tuple[str, int]] = []
         self.started = 0.0  # when it reached the head of the queue (the server works on it)
+        self.seconds = 0.0  # how long the server worked on it
+        self.wants_wal = False  # a write whose callback waits for the WAL position after it
 
 
 class PipelinedConnection(asyncio.Protocol):
@@ -490,6 +500,9 @@ class PipelinedConnection(asyncio.Protocol):
         self._enums: set[int] = set()
         self._startup: asyncio.Future[None] = self._loop.create_future()
         self._ready = False  # the session has started
+        self._wal_stmt: Statement | None = None
+        self._wal_wanted = False  # a write queued since the last position read was queued
+        self._wal_waiting: list[_Pending] = []  # writes done, waiting for the position read
         self._scram: ScramClient | None = None
         self.closed = False
         self.error: Exception | None = None
@@ -596,14 +609,23 @@ class PipelinedConnection(asyncio.Protocol):
         # 'N' notices, 'S' parameter status and 'A' notifications need nothing.
 
     def _complete(self, pending: _Pending, now: float) -> None:
-        if pending.kind == _IGNORE:
+        kind = pending.kind
+        if kind == _IGNORE:
+            return
+        if kind == _WAL:
+            self._wal_read(pending)
             return
         callback = pending.callback
         if callback is not None:
             if pending.error is not None:
-                self._call(callback, None, "", 0.0, _postgres_error(pending.error, pending.query))
+                self._call(callback, None, "", 0.0, _postgres_error(pending.error, pending.query),
+                           None)  # fmt: skip
+            elif pending.wants_wal:
+                pending.seconds = now - pending.started
+                self._wal_waiting.append(pending)  # answered by the position read after it
             else:
-                self._call(callback, pending.rows, pending.status, now - pending.started, None)
+                self._call(callback, pending.rows, pending.status, now - pending.started, None,
+                           None)  # fmt: skip
             return
         fut = pending.future
         assert fut is not None
@@ -656,11 +678,21 @@ class PipelinedConnection(asyncio.Protocol):
 
     @staticmethod
     def _call(callback: Callback, rows: list[Any] | None, status: str, seconds: float,
-              error: BaseException | None) -> None:  # fmt: skip
+              error: BaseException | None, wal: int | None) -> None:  # fmt: skip
         try:
-            callback(rows, status, seconds, error)
+            callback(rows, status, seconds, error, wal)
         except Exception:  # the requester's bug must not cost everyone the connection
             log.exception("pipelined request callback failed")
+
+    def _wal_read(self, pending: _Pending) -> None:
+        """The WAL position read after some writes: it answers every write done before it."""
+        position: int | None = None
+        if pending.error is None and pending.rows and pending.rows[0][0] is not None:
+            position = int(pending.rows[0][0])
+        waiting, self._wal_waiting = self._wal_waiting, []
+        for write in waiting:
+            assert write.callback is not None
+            self._call(write.callback, write.rows, write.status, write.seconds, None, position)
 
     def _fail_startup(self, why: str) -> None:
         self._fail(PipelineError(f"{self.name}: cannot start a session: {why}"))
@@ -673,11 +705,15 @@ class PipelinedConnection(asyncio.Protocol):
         if not self._startup.done():
             self._startup.set_exception(error)
         queue, self._queue = self._queue, collections.deque()
+        waiting, self._wal_waiting = self._wal_waiting, []
+        for write in waiting:  # done, but the position after them is unknown
+            assert write.callback is not None
+            self._call(write.callback, write.rows, write.status, write.seconds, None, None)
         for pending in queue:
-            if pending.kind == _IGNORE:
+            if pending.kind in (_IGNORE, _WAL):
                 continue
             if pending.callback is not None:
-                self._call(pending.callback, None, "", 0.0, error)
+                self._call(pending.callback, None, "", 0.0, error, None)
             elif pending.future is not None and not pending.future.done():
                 pending.future.set_exception(error)
         if self._transport is not None:
@@ -699,6 +735,12 @@ class PipelinedConnection(asyncio.Protocol):
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        if self._wal_wanted and not self.closed:
+            self._wal_wanted = False
+            stmt = self._wal_stmt
+            assert stmt is not None
+            self._queue.append(_Pending(_WAL, None, stmt.decoders, stmt.sql))
+            self._out.append(stmt.bind(()) + _EXECUTE_ALL_SYNC)
         self._flush_pending = False
         out, self._out = self._out, []
         if out and not self.closed and self._transport is not None:
@@ -710,6 +752,7 @@ class PipelinedConnection(asyncio.Protocol):
         await self._startup
         rows, _ = await self.run("SELECT oid FROM pg_catalog.pg_type WHERE typtype = 'e'", ())
         self._enums = {row[0] for row in rows}
+        self._wal_stmt = await self.prepare(WAL_POSITION_SQL)  # on a replica, fails if run
 
     def cached(self, sql: str) -> Statement | None:
         stmt = self._stmts.get(sql)
@@ -766,13 +809,19 @@ class PipelinedConnection(asyncio.Protocol):
         self._send(data + _EXECUTE_ALL_SYNC, pending)
         return pending.future  # type: ignore[return-value]
 
-    def execute_then(self, stmt: Statement, params: Sequence[Any], callback: Callback) -> None:
+    def execute_then(self, stmt: Statement, params: Sequence[Any], callback: Callback,
+                     wal_position: bool = False) -> None:  # fmt: skip
         """Like `execute`, but `callback` is called from the reply itself, with no future and
-        no extra turn of the event loop."""
-        if not stmt.supported:
+        no extra turn of the event loop. With `wal_position` (a write on a primary), the
+        callback waits for the WAL position read queued after this turn's writes, one read
+        for all of them."""
+        if not stmt.supported or (wal_position and self._wal_stmt is None):
             raise Unsupported
         data = stmt.bind(params)
         pending = _Pending(_EXECUTE, None, stmt.decoders, stmt.sql, callback=callback)
+        if wal_position:
+            pending.wants_wal = True
+            self._wal_wanted = True
         self._send(data + _EXECUTE_ALL_SYNC, pending)
 
     async def run(self, sql: str, params: Sequence[Any]) -> tuple[list[Any], str]:

@@ -210,7 +210,8 @@ class Pipeline:
             return None
         return best
 
-    def submit(self, sql: str, params: Sequence[Any], callback: Callback) -> list[str] | None:
+    def submit(self, sql: str, params: Sequence[Any], callback: Callback,
+               wal_position: bool = False) -> list[str] | None:  # fmt: skip
         """Queue a statement already prepared on the least busy connection; `callback` gets
         its result (see pgwire.Callback). Returns the column names, or None when the pipeline
         declines (nothing was sent; `run` also prepares)."""
@@ -223,7 +224,7 @@ class Pipeline:
         if stmt is None:
             return None
         try:
-            conn.execute_then(stmt, params, callback)
+            conn.execute_then(stmt, params, callback, wal_position)
         except Unsupported:
             return None
         self._idle.clear()

@@ -373,7 +373,7 @@ class _Submitted:
         self.conn._reply_failed(m, exc, self.routed.analysis.read_only, self.started)
 
     def done(self, rows: list[Any] | None, status: str, server_seconds: float,
-             exc: BaseException | None) -> None:  # fmt: skip
+             exc: BaseException | None, wal: int | None) -> None:  # fmt: skip
         if self.timer is not None:
             self.timer.cancel()
         conn, m, routed = self.conn, self.message, self.routed
@@ -383,8 +383,13 @@ class _Submitted:
             routed.node.pool.pipeline.finished(m.sql, server_seconds)
             if self.answered:
                 return
-            if conn._node.executor.needs_token(routed, status):
-                task = conn._loop.create_task(
+            executor = conn._node.executor
+            if executor.needs_token(routed, status):
+                if wal is not None:
+                    token = executor.token_at(conn.session, routed, wal)
+                    conn._reply_rows(m, routed, rows, status, token, self.started)
+                    return
+                task = conn._loop.create_task(  # the position is unknown: read it apart
                     conn._finish_write(m, routed, rows, status, self.started)
                 )
                 conn.tasks.add(task)

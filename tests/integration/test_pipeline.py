@@ -15,8 +15,13 @@ import asyncpg
 import pytest
 
 import client
+from protocol import ErrorCode, FrameDecoder, Hello, Hints, Query, QueryKind, encode
+from router.cluster import LocalCluster
+from router.cluster.layout import existing_layout
+from router.config import Config
+from router.pgwire import PipelinedConnection, PipelineError, connect_pipelined
 from tests.integration.conftest import wait_until
-from tests.support.router_proc import RouterProcess, port_of
+from tests.support.router_proc import TOKEN, RouterProcess, port_of
 
 ECHO = (
     "SELECT $1::int2, $2::int4, $3::int8, $4::float8, $5::float4, $6::numeric, $7::text, "
@@ -144,3 +149,89 @@ async def test_reads_survive_their_pipelined_connections_being_killed(
                 and after["pipeline_statements"] > before["pipeline_statements"])  # fmt: skip
 
     await wait_until(back_on_the_replica_pipeline, within=15)
+
+
+@pytest.mark.parametrize(("method", "encryption"), [("scram-sha-256", "scram-sha-256"),
+                                                    ("md5", "md5")])  # fmt: skip
+async def test_pipelined_connections_authenticate_with_passwords(
+    cluster: LocalCluster, migrated: Config, method: str, encryption: str
+) -> None:
+    """The local cluster trusts every local connection; for this test one role must give a
+    password (pg_hba.conf gains a line for it alone, then loses it again)."""
+    primary = migrated.shards["europe"].primary
+    role = f"georoute_auth_{encryption.split('-')[0]}"
+    hba = existing_layout(migrated).pgdata("europe-primary") / "pg_hba.conf"
+    original = hba.read_text()
+    admin = await asyncpg.connect(host=primary.host, port=primary.port, user="postgres",
+                                  database=primary.database)  # fmt: skip
+    try:
+        await admin.execute(f"SET password_encryption = '{encryption}'")
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'right-{role}'")
+        hba.write_text(f"host all {role} 127.0.0.1/32 {method}\n{original}")
+        await admin.execute("SELECT pg_reload_conf()")
+
+        async def open_as(password: str) -> PipelinedConnection:
+            return await connect_pipelined(
+                "auth-test", host="127.0.0.1", port=primary.port, user=role,
+                database=primary.database, password=password, settings={}, cache_size=4,
+                timeout=5,
+            )  # fmt: skip
+
+        async def password_demanded() -> bool:
+            try:
+                conn = await open_as("wrong")
+            except PipelineError as exc:
+                return "28P01" in str(exc)  # invalid_password: the new line is in force
+            conn.abort()
+            return False
+
+        await wait_until(password_demanded, within=10, what="pg_hba.conf to be reloaded")
+        conn = await open_as(f"right-{role}")
+        try:
+            assert await conn.run("SELECT current_user, $1::int4 + 1", (41,)) == (
+                [[role, 42]], "SELECT 1"
+            )
+        finally:
+            conn.abort()
+    finally:
+        hba.write_text(original)
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
+
+
+async def test_a_request_timeout_on_the_fast_path_answers_at_once(router: RouterProcess) -> None:
+    """Straight protocol (the client library would give up by itself): the router replies
+    TIMEOUT when the hint expires, keeps serving the connection, and drops the late result."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.config.router.listen_port)
+    decoder = FrameDecoder()
+    replies: dict[int, Any] = {}
+
+    async def reply(request_id: int) -> Any:
+        while request_id not in replies:
+            chunk = await reader.read(65536)
+            assert chunk, "the router closed the connection"
+            for message in decoder.feed(chunk):
+                replies[message.id] = message  # type: ignore[union-attr]
+        return replies.pop(request_id)
+
+    try:
+        writer.write(encode(Hello(1, [1], "raw", TOKEN)))
+        assert type(await reply(1)).__name__ == "HelloOk"
+        slow = Query(2, "SELECT pg_sleep(0.6)", [], QueryKind.FETCH,
+                     Hints(shard="europe", timeout_ms=100))  # fmt: skip
+        writer.write(encode(slow) + encode(Query(3, "SELECT 1 + 1", [], QueryKind.FETCH,
+                                                 Hints(shard="asia"))))  # fmt: skip
+        started = asyncio.get_running_loop().time()
+        timed_out = await asyncio.wait_for(reply(2), 5)
+        assert timed_out.code == ErrorCode.TIMEOUT
+        assert asyncio.get_running_loop().time() - started < 0.5  # not after the 0.6 s sleep
+        other = await asyncio.wait_for(reply(3), 5)
+        assert other.rows == [[2]]
+        # The same connection keeps working, and the late result of request 2 never shows up.
+        writer.write(encode(Query(4, "SELECT 40 + 2", [], QueryKind.FETCH, Hints(shard="europe"))))
+        assert (await asyncio.wait_for(reply(4), 5)).rows == [[42]]
+        assert 2 not in replies
+    finally:
+        writer.close()

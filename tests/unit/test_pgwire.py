@@ -325,3 +325,40 @@ async def test_a_slow_statement_stays_off_the_pipeline_only_for_a_cool_down() ->
     pipeline._slow["SELECT slow"] = time.monotonic() - 0.001  # the cool-down is over
     assert not pipeline._still_slow("SELECT slow")
     assert "SELECT slow" not in pipeline._slow
+
+
+async def test_writes_of_one_turn_share_one_wal_position_read_after_them() -> None:
+    conn, transport = await started_connection()
+    wal = _make_statement("w", "SELECT wal", [], [("lsn", 20)], set())
+    conn._wal_stmt = wal
+    write = _make_statement("u", "UPDATE t SET x = 1 WHERE id = $1", [23], [], set())
+    got: list[tuple[Any, ...]] = []
+
+    def callback(*result: Any) -> None:
+        got.append(result)
+
+    conn.execute_then(write, [1], callback, wal_position=True)
+    conn.execute_then(write, [2], callback, wal_position=True)
+    await written(transport)
+    sent = transport.writes[0]
+    assert sent.count(b"\x00w\x00") == 1 and sent.rindex(b"\x00w\x00") > sent.rindex(b"\x00u\x00")
+    done = msg(b"2") + msg(b"C", b"UPDATE 1\x00") + ready()
+    conn.data_received(done + done)
+    assert got == []  # both wait for the position read queued after them
+    conn.data_received(msg(b"2") + data_row(struct.pack("!q", 123456)) + msg(b"C", b"SELECT 1\x00")
+                       + ready())  # fmt: skip
+    assert [(g[0], g[1], g[3], g[4]) for g in got] == [([], "UPDATE 1", None, 123456)] * 2
+
+
+async def test_a_write_done_before_the_connection_died_still_gets_its_result() -> None:
+    conn, transport = await started_connection()
+    conn._wal_stmt = _make_statement("w", "SELECT wal", [], [("lsn", 20)], set())
+    write = _make_statement("u", "UPDATE t SET x = 1", [], [], set())
+    got: list[tuple[Any, ...]] = []
+    conn.execute_then(write, [], lambda *r: got.append(r), wal_position=True)
+    await written(transport)
+    conn.data_received(msg(b"2") + msg(b"C", b"UPDATE 1\x00") + ready())
+    conn.connection_lost(None)
+    assert len(got) == 1
+    _, status, _, error, position = got[0]
+    assert (status, error, position) == ("UPDATE 1", None, None)  # applied; position unknown
