@@ -42,7 +42,7 @@ async def reads_by_port(
 async def _port_of_read(target: Target, user_id: Any) -> Any:
     if isinstance(target, GeorouteTarget):
         assert target._client is not None
-        return await target._client.fetchval(PLACEMENT_SQL, user_id)
+        return await target._client.fetchval(PLACEMENT_SQL, user_id, consistency="replica")
     if isinstance(target, AsyncpgTarget):
         pool = target._read
         conn = await pool.acquire()

@@ -109,7 +109,7 @@ class DatabaseConfig:
     connect_timeout_seconds: float = 3.0
     socket_dir: str = ""
     pipeline_connections: int = 2
-    pipeline_max_in_flight: int = 64
+    pipeline_max_in_flight: int = 256
     pipeline_slow_ms: float = 20.0
 
     def password(self) -> str | None:
