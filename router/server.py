@@ -45,7 +45,8 @@ from router.executor import Outcome, Routed
 from router.failures import Failure, RequestTimeout, ShuttingDown, failure_for
 from router.health import HealthEvent
 from router.pgwire import PipelineError
-from router.pool import NodeUnavailableError, is_stale_statement
+from router.pipeline import is_stale_statement
+from router.pool import NodeUnavailableError
 from router.session import Session
 
 if TYPE_CHECKING:

@@ -1,5 +1,6 @@
-"""router/pgwire.py without a server: SCRAM against RFC 7677's worked example, parameter and
-column codecs, and the pipelined connection's reply matching fed with crafted server bytes."""
+"""router/pgwire.py, pgtypes.py and pgauth.py without a server: SCRAM against RFC 7677's
+worked example, parameter and column codecs, and the pipelined connection's reply matching
+fed with crafted server bytes."""
 
 from __future__ import annotations
 
@@ -15,15 +16,10 @@ import msgpack
 import pytest
 
 from protocol.values import ExtCode, ext_hook
-from router.pgwire import (
-    _RESULT,
-    PipelinedConnection,
-    PipelineError,
-    ScramClient,
-    Statement,
-    Unsupported,
-    _make_statement,
-)
+from router.pgauth import AuthError, ScramClient
+from router.pgtypes import _RESULT, Statement, Unsupported
+from router.pgtypes import make_statement as _make_statement
+from router.pgwire import PipelinedConnection, PipelineError
 
 I16, I32, U32 = struct.Struct("!h"), struct.Struct("!i"), struct.Struct("!I")
 
@@ -109,13 +105,13 @@ def test_scram_matches_rfc7677_example() -> None:
     assert final == (b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
                      b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")  # fmt: skip
     scram.verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
-    with pytest.raises(PipelineError):
+    with pytest.raises(AuthError):
         scram.verify(b"v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
 
 
 def test_scram_refuses_a_nonce_that_is_not_ours() -> None:
     scram = ScramClient("pencil", nonce="abc")
-    with pytest.raises(PipelineError):
+    with pytest.raises(AuthError):
         scram.final_message(b"r=xyz123,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
 
 
@@ -313,7 +309,7 @@ async def test_a_slow_statement_stays_off_the_pipeline_only_for_a_cool_down() ->
     import time
 
     from router.config import DatabaseConfig, NodeAddress
-    from router.pool import Pipeline
+    from router.pipeline import Pipeline
 
     pipeline = Pipeline("n", NodeAddress("127.0.0.1", 1, "d"), DatabaseConfig(pipeline_slow_ms=20),
                         {})  # fmt: skip

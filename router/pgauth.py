@@ -1,0 +1,56 @@
+"""Password authentication for the pipelined connections: md5 and SCRAM-SHA-256 without
+channel binding, as PostgreSQL uses them (RFC 5802, RFC 7677)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+__all__ = ["AuthError", "ScramClient", "md5_password"]
+
+
+class AuthError(Exception):
+    """The server's side of the exchange does not check out."""
+
+
+class ScramClient:
+    """The client side of SCRAM-SHA-256 without channel binding, as PostgreSQL uses it."""
+
+    def __init__(self, password: str, *, user: str = "", nonce: str | None = None) -> None:
+        self._password = password.encode()
+        self.nonce = nonce or base64.b64encode(os.urandom(18)).decode()
+        self._first_bare = f"n={user},r={self.nonce}"
+        self._server_signature = b""
+
+    def first_message(self) -> bytes:
+        return ("n,," + self._first_bare).encode()
+
+    def final_message(self, server_first: bytes) -> bytes:
+        text = server_first.decode()
+        attrs = dict(kv.split("=", 1) for kv in text.split(","))
+        nonce, salt, rounds = attrs["r"], base64.b64decode(attrs["s"]), int(attrs["i"])
+        if not nonce.startswith(self.nonce):
+            raise AuthError("SCRAM: the server's nonce does not extend ours")
+        salted = hashlib.pbkdf2_hmac("sha256", self._password, salt, rounds)
+        client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+        stored_key = hashlib.sha256(client_key).digest()
+        without_proof = f"c=biws,r={nonce}"
+        auth = f"{self._first_bare},{text},{without_proof}".encode()
+        signature = hmac.new(stored_key, auth, hashlib.sha256).digest()
+        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+        server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+        self._server_signature = hmac.new(server_key, auth, hashlib.sha256).digest()
+        return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+
+    def verify(self, server_final: bytes) -> None:
+        attrs = dict(kv.split("=", 1) for kv in server_final.decode().split(",") if "=" in kv)
+        given = base64.b64decode(attrs.get("v", ""))
+        if not hmac.compare_digest(given, self._server_signature):
+            raise AuthError("SCRAM: the server's signature does not match")
+
+
+def md5_password(user: str, password: str, salt: bytes) -> bytes:
+    inner = hashlib.md5((password + user).encode()).hexdigest().encode()
+    return b"md5" + hashlib.md5(inner + salt).hexdigest().encode()

@@ -1,0 +1,333 @@
+"""PostgreSQL values for the pipelined connections (router/pgwire.py): which parameter and
+column types they carry, and how, exactly as asyncpg would.
+
+Columns come back in binary form where that is cheap to decode and as text where asyncpg
+itself returns text (json, jsonb) or text is exact (numeric, as Decimal). Values of types that
+protocol/values.py sends as ext types (uuid, timestamp, timestamptz, date) become
+`msgpack.ExtType` straight from PostgreSQL's binary form. A parameter is encoded only when its
+Python type is one asyncpg accepts for that PostgreSQL type; otherwise `Unsupported` is raised
+before anything is sent, and the statement runs on an asyncpg connection, which gives its own
+result or error. A statement with a parameter or column of any other type is not carried.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import msgpack
+
+from protocol.values import ExtCode
+
+__all__ = ["Decoder", "Encoder", "Statement", "Unsupported", "cstr", "make_statement"]
+
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
+_I64 = struct.Struct("!q")
+_F32 = struct.Struct("!f")
+_F64 = struct.Struct("!d")
+_i32_from = _I32.unpack_from
+
+# PostgreSQL's epoch (2000-01-01) is this many microseconds / days after the Unix epoch, which
+# protocol/values.py uses for its ext types.
+_PG_EPOCH_MICROS = 946_684_800_000_000
+_PG_EPOCH_DAYS = 10_957
+_PG_EPOCH_UTC = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_PG_EPOCH_NAIVE = dt.datetime(2000, 1, 1)
+_PG_EPOCH_ORDINAL = dt.date(2000, 1, 1).toordinal()
+_INT64_MAX, _INT64_MIN = 2**63 - 1, -(2**63)
+_INT32_MAX, _INT32_MIN = 2**31 - 1, -(2**31)
+# asyncpg's values for PostgreSQL's +-infinity timestamps and dates.
+_INF_NAIVE = dt.datetime(dt.MAXYEAR, 12, 31, 23, 59, 59, 999999)
+_NEG_INF_NAIVE = dt.datetime(dt.MINYEAR, 1, 1)
+_INF_DATE, _NEG_INF_DATE = dt.date(dt.MAXYEAR, 12, 31), dt.date(dt.MINYEAR, 1, 1)
+
+
+class Unsupported(Exception):
+    """This statement or these parameters are not carried by the pipeline (nothing was sent)."""
+
+
+# ---- values: PostgreSQL binary/text form -> what asyncpg returns (or its ext type) ----------
+
+Decoder = Callable[[bytearray, int, int], Any]
+
+
+def _text(b: bytearray, p: int, n: int) -> str:
+    return b[p : p + n].decode()
+
+
+def _int2(b: bytearray, p: int, n: int) -> int:
+    return int(_I16.unpack_from(b, p)[0])
+
+
+def _int4(b: bytearray, p: int, n: int) -> int:
+    return int(_i32_from(b, p)[0])
+
+
+def _int8(b: bytearray, p: int, n: int) -> int:
+    return int(_I64.unpack_from(b, p)[0])
+
+
+def _oid(b: bytearray, p: int, n: int) -> int:
+    return int(_U32.unpack_from(b, p)[0])
+
+
+def _float4(b: bytearray, p: int, n: int) -> float:
+    return float(_F32.unpack_from(b, p)[0])
+
+
+def _float8(b: bytearray, p: int, n: int) -> float:
+    return float(_F64.unpack_from(b, p)[0])
+
+
+def _bool(b: bytearray, p: int, n: int) -> bool:
+    return b[p] != 0
+
+
+def _bytea(b: bytearray, p: int, n: int) -> bytes:
+    return bytes(b[p : p + n])
+
+
+def _numeric_text(b: bytearray, p: int, n: int) -> Decimal:
+    return Decimal(b[p : p + n].decode())
+
+
+# msgpack.ExtType validates its arguments in Python; these values are ours and valid.
+_ExtType = msgpack.ExtType
+_new_tuple = tuple.__new__
+_EXT_UUID = int(ExtCode.UUID)
+_EXT_TIMESTAMPTZ = int(ExtCode.TIMESTAMPTZ)
+_EXT_TIMESTAMP = int(ExtCode.TIMESTAMP)
+_EXT_DATE = int(ExtCode.DATE)
+
+
+def _uuid(b: bytearray, p: int, n: int) -> msgpack.ExtType:
+    return _new_tuple(_ExtType, (_EXT_UUID, bytes(b[p : p + 16])))
+
+
+def _timestamptz(b: bytearray, p: int, n: int) -> Any:
+    micros = _I64.unpack_from(b, p)[0]
+    if micros == _INT64_MAX:
+        return _INF_NAIVE.replace(tzinfo=dt.UTC)
+    if micros == _INT64_MIN:
+        return _NEG_INF_NAIVE.replace(tzinfo=dt.UTC)
+    return _new_tuple(_ExtType, (_EXT_TIMESTAMPTZ, _I64.pack(micros + _PG_EPOCH_MICROS)))
+
+
+def _timestamp(b: bytearray, p: int, n: int) -> Any:
+    micros = _I64.unpack_from(b, p)[0]
+    if micros == _INT64_MAX:
+        return _INF_NAIVE
+    if micros == _INT64_MIN:
+        return _NEG_INF_NAIVE
+    return _new_tuple(_ExtType, (_EXT_TIMESTAMP, _I64.pack(micros + _PG_EPOCH_MICROS)))
+
+
+def _date(b: bytearray, p: int, n: int) -> Any:
+    days = _i32_from(b, p)[0]
+    if days == _INT32_MAX:
+        return _INF_DATE
+    if days == _INT32_MIN:
+        return _NEG_INF_DATE
+    return _new_tuple(_ExtType, (_EXT_DATE, _I32.pack(days + _PG_EPOCH_DAYS)))
+
+
+# type oid -> (result format: 1 binary / 0 text, decoder)
+_RESULT: dict[int, tuple[int, Decoder]] = {
+    16: (1, _bool),
+    17: (1, _bytea),
+    19: (1, _text),  # name
+    20: (1, _int8),
+    21: (1, _int2),
+    23: (1, _int4),
+    25: (1, _text),
+    26: (1, _oid),
+    114: (0, _text),  # json: asyncpg returns the text
+    700: (1, _float4),
+    701: (1, _float8),
+    1042: (1, _text),  # bpchar
+    1043: (1, _text),  # varchar
+    1082: (1, _date),
+    1114: (1, _timestamp),
+    1184: (1, _timestamptz),
+    1700: (0, _numeric_text),
+    2950: (1, _uuid),
+    3802: (0, _text),  # jsonb
+}
+_ENUM_RESULT: tuple[int, Decoder] = (1, _text)  # an enum's binary form is its label
+
+
+# ---- parameters: Python value -> PostgreSQL binary/text form, or Unsupported -----------------
+
+Encoder = Callable[[Any], bytes]
+
+
+def _enc_int(lo: int, hi: int, packer: struct.Struct) -> Encoder:
+    def enc(v: Any) -> bytes:
+        if type(v) is not int or not lo <= v <= hi:
+            raise Unsupported
+        return packer.pack(v)
+
+    return enc
+
+
+def _enc_float(packer: struct.Struct) -> Encoder:
+    def enc(v: Any) -> bytes:
+        if type(v) is not float and type(v) is not int:
+            raise Unsupported
+        try:
+            return packer.pack(v)
+        except (struct.error, OverflowError):
+            raise Unsupported from None
+
+    return enc
+
+
+def _enc_text(v: Any) -> bytes:
+    if type(v) is not str:
+        raise Unsupported
+    return v.encode()
+
+
+def _enc_bool(v: Any) -> bytes:
+    if type(v) is not bool:
+        raise Unsupported
+    return b"\x01" if v else b"\x00"
+
+
+def _enc_bytea(v: Any) -> bytes:
+    if not isinstance(v, (bytes, bytearray, memoryview)):
+        raise Unsupported
+    return bytes(v)
+
+
+def _enc_numeric(v: Any) -> bytes:
+    if type(v) is not int and type(v) is not Decimal:
+        raise Unsupported
+    return str(v).encode()
+
+
+def _enc_uuid(v: Any) -> bytes:
+    if type(v) is uuid.UUID:
+        return v.bytes
+    if type(v) is str:
+        try:
+            return uuid.UUID(v).bytes
+        except ValueError:
+            raise Unsupported from None
+    raise Unsupported
+
+
+def _micros(delta: dt.timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _enc_timestamptz(v: Any) -> bytes:
+    if type(v) is not dt.datetime or v.tzinfo is None or v.utcoffset() is None:
+        raise Unsupported  # naive values: asyncpg's own rules apply
+    return _I64.pack(_micros(v - _PG_EPOCH_UTC))
+
+
+def _enc_timestamp(v: Any) -> bytes:
+    if type(v) is not dt.datetime or v.tzinfo is not None or v in (_INF_NAIVE, _NEG_INF_NAIVE):
+        raise Unsupported
+    return _I64.pack(_micros(v - _PG_EPOCH_NAIVE))
+
+
+def _enc_date(v: Any) -> bytes:
+    if type(v) is not dt.date or v in (_INF_DATE, _NEG_INF_DATE):
+        raise Unsupported
+    return _I32.pack(v.toordinal() - _PG_EPOCH_ORDINAL)
+
+
+# type oid -> (parameter format: 1 binary / 0 text, encoder)
+_PARAM: dict[int, tuple[int, Encoder]] = {
+    16: (1, _enc_bool),
+    17: (1, _enc_bytea),
+    19: (1, _enc_text),
+    20: (1, _enc_int(_INT64_MIN, _INT64_MAX, _I64)),
+    21: (1, _enc_int(-(2**15), 2**15 - 1, _I16)),
+    23: (1, _enc_int(_INT32_MIN, _INT32_MAX, _I32)),
+    25: (1, _enc_text),
+    26: (1, _enc_int(0, 2**32 - 1, _U32)),
+    114: (0, _enc_text),
+    700: (1, _enc_float(_F32)),
+    701: (1, _enc_float(_F64)),
+    1042: (1, _enc_text),
+    1043: (1, _enc_text),
+    1082: (1, _enc_date),
+    1114: (1, _enc_timestamp),
+    1184: (1, _enc_timestamptz),
+    1700: (0, _enc_numeric),
+    2950: (1, _enc_uuid),
+    3802: (0, _enc_text),
+}
+_ENUM_PARAM: tuple[int, Encoder] = (1, _enc_text)
+
+
+def cstr(text: str) -> bytes:
+    return text.encode() + b"\x00"
+
+
+@dataclass(slots=True, eq=False)
+class Statement:
+    """A statement prepared on one pipelined connection."""
+
+    name: str
+    sql: str
+    columns: list[str]
+    supported: bool
+    decoders: tuple[Decoder, ...] = ()
+    encoders: tuple[Encoder, ...] = ()
+    _bind_head: bytes = b""  # after the length: portal, name, parameter formats, count
+    _bind_tail: bytes = b""  # result formats
+
+    def bind(self, params: Sequence[Any]) -> bytes:
+        """The Bind message for `params`, or Unsupported (then nothing may be sent)."""
+        encoders = self.encoders
+        if len(params) != len(encoders):
+            raise Unsupported
+        parts = [self._bind_head]
+        for enc, value in zip(encoders, params, strict=True):
+            if value is None:
+                parts.append(b"\xff\xff\xff\xff")
+            else:
+                data = enc(value)
+                parts.append(_I32.pack(len(data)))
+                parts.append(data)
+        parts.append(self._bind_tail)
+        body = b"".join(parts)
+        return b"B" + _I32.pack(len(body) + 4) + body
+
+
+def make_statement(
+    name: str, sql: str, param_oids: list[int], columns: list[tuple[str, int]], enums: set[int]
+) -> Statement:
+    names = [c[0] for c in columns]
+    params: list[tuple[int, Encoder]] = []
+    results: list[tuple[int, Decoder]] = []
+    for oid in param_oids:
+        p = _PARAM.get(oid) or (_ENUM_PARAM if oid in enums else None)
+        if p is None:
+            return Statement(name, sql, names, False)
+        params.append(p)
+    for _, oid in columns:
+        r = _RESULT.get(oid) or (_ENUM_RESULT if oid in enums else None)
+        if r is None:
+            return Statement(name, sql, names, False)
+        results.append(r)
+    if len(params) > 32767 or len(results) > 32767:
+        return Statement(name, sql, names, False)
+    head = b"\x00" + cstr(name) + _I16.pack(len(params))
+    head += b"".join(_I16.pack(fmt) for fmt, _ in params) + _I16.pack(len(params))
+    tail = _I16.pack(len(results)) + b"".join(_I16.pack(fmt) for fmt, _ in results)
+    return Statement(
+        name, sql, names, True,
+        tuple(dec for _, dec in results), tuple(enc for _, enc in params), head, tail,
+    )  # fmt: skip

@@ -1,0 +1,231 @@
+"""The pipelined connections to one node: the fast path for autocommit statements.
+
+`Pipeline` keeps `database.pipeline_connections` PostgreSQL connections (router/pgwire.py) per
+node and spreads statements over them; `BackendPool` (pool.py) owns one next to its pooled
+asyncpg connections, which take whatever the pipeline declines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from router.config import DatabaseConfig, NodeAddress
+from router.pgwire import Callback, PipelinedConnection, Unsupported, connect_pipelined
+
+__all__ = ["Pipeline", "QueryResult", "is_stale_statement"]
+
+log = logging.getLogger("georoute.pipeline")
+
+QueryResult = tuple[list[str], list[Any], str]  # (columns, rows, command status)
+
+
+def is_stale_statement(exc: BaseException) -> bool:
+    """PostgreSQL refused a cached statement whose result type changed under it."""
+    return isinstance(exc, asyncpg.FeatureNotSupportedError) and "cached plan" in str(exc)
+
+
+Submitted = tuple[asyncio.Future[Any], list[str]]  # (rows, status, server seconds), columns
+
+
+class Pipeline:
+    """The pipelined connections to one node (`database.pipeline_connections` of them): the
+    fast path for autocommit statements. Each carries up to `database.pipeline_max_in_flight`
+    requests at once; a request goes to the least busy one. When none can take it (busy,
+    reconnecting, types it does not carry) the pipeline declines before sending anything,
+    and the caller uses a pooled asyncpg connection instead.
+
+    A statement that kept the server busy longer than `database.pipeline_slow_ms` goes to
+    pooled connections for the next `SLOW_COOL_DOWN` seconds: on a shared connection it
+    would hold up every request queued behind it. The measure is from the router's side (the
+    time between its reply and the one before), so a stalled event loop can make a fast
+    statement look slow; hence a cool-down, not a verdict for good."""
+
+    SLOW_COOL_DOWN = 10.0
+    _SLOW_MEMORY = 4096  # statements remembered as slow (forgotten all at once beyond that)
+
+    def __init__(self, name: str, address: NodeAddress, db: DatabaseConfig,
+                 settings: dict[str, str]) -> None:  # fmt: skip
+        self.name = name
+        self._address = address
+        self._db = db
+        self._settings = settings
+        self._size = db.pipeline_connections if db.statement_cache_size > 0 else 0
+        self._max_in_flight = db.pipeline_max_in_flight
+        self._slow_after = db.pipeline_slow_ms / 1000
+        self._conns: list[PipelinedConnection] = []
+        self._opening = 0
+        self._retry_at = 0.0
+        self._closed = False
+        self._slow: dict[str, float] = {}  # sql -> until when it stays off the pipeline
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.statements = 0  # run on the pipeline
+        self.fallbacks = 0  # declined by `run`, so run on pooled connections
+
+    @property
+    def connections(self) -> int:
+        return sum(1 for c in self._conns if not c.closed)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(c.in_flight for c in self._conns)
+
+    async def start(self) -> None:
+        """Open the connections now (a failure is logged; they are retried on demand)."""
+        if self._size:
+            await asyncio.gather(*(self._open() for _ in range(self._size - len(self._conns))))
+
+    async def _open(self) -> None:
+        self._opening += 1
+        try:
+            conn = await connect_pipelined(
+                f"{self.name}/pipeline", host=self._db.host_for(self._address),
+                port=self._address.port, user=self._db.user, database=self._address.database,
+                password=self._db.password(), settings=self._settings,
+                cache_size=self._db.statement_cache_size,
+                timeout=self._db.connect_timeout_seconds,
+            )  # fmt: skip
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            self._retry_at = time.monotonic() + 1.0
+            log.info("%s: pipelined connection not opened: %s", self.name, exc)
+            return
+        finally:
+            self._opening -= 1
+        if self._closed:
+            conn.abort()
+            return
+        conn.on_idle = self._note_idle
+        self._conns = [c for c in self._conns if not c.closed] + [conn]
+
+    def _pick(self) -> PipelinedConnection | None:
+        best: PipelinedConnection | None = None
+        live = 0
+        for conn in self._conns:
+            if conn.closed:
+                continue
+            live += 1
+            if best is None or conn.in_flight < best.in_flight:
+                best = conn
+        if (live + self._opening < self._size and not self._closed
+                and time.monotonic() >= self._retry_at):  # fmt: skip
+            task = asyncio.ensure_future(self._open())
+            self._bg.add(task)
+            task.add_done_callback(self._bg.discard)
+        if best is None or best.in_flight >= self._max_in_flight or not best.usable:
+            return None
+        return best
+
+    def submit(self, sql: str, params: Sequence[Any], callback: Callback,
+               wal_position: bool = False) -> list[str] | None:  # fmt: skip
+        """Queue a statement already prepared on the least busy connection; `callback` gets
+        its result (see pgwire.Callback). Returns the column names, or None when the pipeline
+        declines (nothing was sent; `run` also prepares)."""
+        if sql in self._slow and self._still_slow(sql):
+            return None
+        conn = self._pick()
+        if conn is None:
+            return None
+        stmt = conn.cached(sql)
+        if stmt is None:
+            return None
+        try:
+            conn.execute_then(stmt, params, callback, wal_position)
+        except Unsupported:
+            return None
+        self._idle.clear()
+        return stmt.columns
+
+    def _submit(
+        self, conn: PipelinedConnection, sql: str, params: Sequence[Any]
+    ) -> Submitted | None:
+        stmt = conn.cached(sql)
+        if stmt is None:
+            return None
+        try:
+            fut = conn.execute(stmt, params)
+        except Unsupported:
+            return None
+        self._idle.clear()
+        return fut, stmt.columns
+
+    def finished(self, sql: str, server_seconds: float) -> None:
+        """Note a statement done on the pipeline (one that took long stays off it)."""
+        self.statements += 1
+        if server_seconds > self._slow_after:
+            if len(self._slow) >= self._SLOW_MEMORY:
+                self._slow.clear()
+            self._slow[sql] = time.monotonic() + self.SLOW_COOL_DOWN
+            log.info("%s: statement kept off the pipeline (took %.0f ms): %.200s",
+                     self.name, server_seconds * 1000, sql)  # fmt: skip
+
+    def _still_slow(self, sql: str) -> bool:
+        if time.monotonic() < self._slow[sql]:
+            return True
+        del self._slow[sql]  # cooled down: try the pipeline again
+        return False
+
+    def forget(self, sql: str) -> None:
+        """Drop `sql`'s prepared statements (its result type changed, e.g. a migration)."""
+        for conn in self._conns:
+            conn.forget(sql)
+
+    async def run(
+        self, sql: str, params: Sequence[Any], *, retry_stale: bool = True
+    ) -> QueryResult:
+        """Run one autocommit statement on the pipeline, preparing it first if need be.
+        Raises Unsupported when it cannot (nothing was sent), PipelineError when the
+        connection failed under it, or the statement's PostgresError."""
+        conn = None if sql in self._slow and self._still_slow(sql) else self._pick()
+        sent = None if conn is None else self._submit(conn, sql, params)
+        if sent is None and conn is not None and conn.cached(sql) is None:
+            await conn.prepare(sql)
+            if not conn.closed:
+                sent = self._submit(conn, sql, params)
+        if sent is None:
+            self.fallbacks += 1
+            raise Unsupported
+        fut, columns = sent
+        try:
+            rows, status, server_seconds = await fut
+        except asyncpg.FeatureNotSupportedError as exc:
+            if not is_stale_statement(exc) or not retry_stale:
+                raise
+            self.forget(sql)
+            return await self.run(sql, params, retry_stale=False)
+        self.finished(sql, server_seconds)
+        return columns, rows, status
+
+    def _note_idle(self) -> None:
+        if not self.in_flight:
+            self._idle.set()
+
+    async def drain(self, grace: float) -> None:
+        """Wait (at most `grace` seconds) until nothing is in flight."""
+        if self.in_flight:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+
+    def terminate_all(self) -> None:
+        """The node is gone: fail what is in flight (PipelineError) and drop the connections."""
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.abort()
+
+    async def close(self, grace: float) -> None:
+        self._closed = True
+        await self.drain(grace)
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            if conn.in_flight:
+                conn.abort()
+            else:
+                await conn.close()
