@@ -41,12 +41,16 @@ class Pipeline:
     reconnecting, types it does not carry) the pipeline declines before sending anything,
     and the caller uses a pooled asyncpg connection instead.
 
-    A statement that kept the server busy longer than `database.pipeline_slow_ms` goes to
-    pooled connections for the next `SLOW_COOL_DOWN` seconds: on a shared connection it
-    would hold up every request queued behind it. The measure is from the router's side (the
-    time between its reply and the one before), so a stalled event loop can make a fast
-    statement look slow; hence a cool-down, not a verdict for good."""
+    A statement that kept the server busy longer than `database.pipeline_slow_ms`
+    `SLOW_STREAK` times in a row goes to pooled connections for the next `SLOW_COOL_DOWN`
+    seconds: on a shared connection it would hold up every request queued behind it. The
+    measure is taken on the router's side (the time between its reply and the one before),
+    so a stalled or descheduled event loop makes the first reply it reads look slow: at 256
+    clients one look at a time demoted the hottest statement. A loop stall makes one reply of
+    a batch look slow, its neighbours fast; a slow statement is slow every time. Hence the
+    streak, and a cool-down rather than a verdict for good."""
 
+    SLOW_STREAK = 3
     SLOW_COOL_DOWN = 10.0
     _SLOW_MEMORY = 4096  # statements remembered as slow (forgotten all at once beyond that)
 
@@ -64,6 +68,7 @@ class Pipeline:
         self._retry_at = 0.0
         self._closed = False
         self._slow: dict[str, float] = {}  # sql -> until when it stays off the pipeline
+        self._streaks: dict[str, int] = {}  # sql -> how many slow runs in a row so far
         self._bg: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -159,12 +164,22 @@ class Pipeline:
     def finished(self, sql: str, server_seconds: float) -> None:
         """Note a statement done on the pipeline (one that took long stays off it)."""
         self.statements += 1
-        if server_seconds > self._slow_after:
-            if len(self._slow) >= self._SLOW_MEMORY:
-                self._slow.clear()
-            self._slow[sql] = time.monotonic() + self.SLOW_COOL_DOWN
-            log.info("%s: statement kept off the pipeline (took %.0f ms): %.200s",
-                     self.name, server_seconds * 1000, sql)  # fmt: skip
+        if server_seconds <= self._slow_after:
+            if self._streaks:
+                self._streaks.pop(sql, None)
+            return
+        streak = self._streaks.get(sql, 0) + 1
+        if streak < self.SLOW_STREAK:
+            if len(self._streaks) >= self._SLOW_MEMORY:
+                self._streaks.clear()
+            self._streaks[sql] = streak
+            return
+        del self._streaks[sql]
+        if len(self._slow) >= self._SLOW_MEMORY:
+            self._slow.clear()
+        self._slow[sql] = time.monotonic() + self.SLOW_COOL_DOWN
+        log.info("%s: statement kept off the pipeline (took %.0f ms): %.200s",
+                 self.name, server_seconds * 1000, sql)  # fmt: skip
 
     def _still_slow(self, sql: str) -> bool:
         if time.monotonic() < self._slow[sql]:
