@@ -153,14 +153,33 @@ class Executor:
             raise
 
     async def _replica_past(
-        self, shard: ShardState, min_lsn: int
-    ) -> tuple[NodeState, Backend] | None:
-        """A fresh replica that has replayed past `min_lsn`, waiting up to the bounded wait."""
+        self, shard: ShardState, min_lsn: int, pipelined: bool
+    ) -> tuple[NodeState, Backend | None] | None:
+        """A fresh replica that has replayed past `min_lsn`, waiting up to the bounded wait.
+        With `pipelined`, its replay position is asked on its pipelined connections and the
+        read goes there too (None for the backend); else on a borrowed pooled connection."""
         node = choose_replica(shard.replicas, self._max_lag, None)
         if node is None or self._ryw_wait <= 0:
             return None
-        backend = await self._acquire(node)
         deadline = time.monotonic() + self._ryw_wait
+        if pipelined:
+            try:
+                while True:
+                    _, rows, _ = await node.pool.pipeline.run(REPLAY_LSN_SQL, ())
+                    lsn = rows[0][0] if rows else None
+                    if lsn is not None:
+                        node.replay_lsn = max(node.replay_lsn or 0, lsn)
+                        if lsn >= min_lsn:
+                            return node, None
+                    if time.monotonic() >= deadline:
+                        return None
+                    await asyncio.sleep(0.0005)  # WAL replay is typically 1-2 ms behind
+            except Unsupported:
+                pass  # the pipeline declined: ask on a pooled connection
+            except PipelineError as exc:
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
+                raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
+        backend = await self._acquire(node)
         try:
             while True:
                 lsn = await backend.scalar(REPLAY_LSN_SQL)
@@ -197,7 +216,7 @@ class Executor:
                     pass  # fall through to the primary
             elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
                 try:
-                    found = await self._replica_past(shard, min_lsn)
+                    found = await self._replica_past(shard, min_lsn, pipelined)
                 except (NodeUnavailableError, PoolTimeoutError, *_CONNECTION_ERRORS):
                     found = None  # the primary always has the session's writes
                 if found is not None:

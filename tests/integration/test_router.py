@@ -48,9 +48,16 @@ async def test_reads_on_replicas_writes_on_primaries(db: client.Client, router: 
         assert port == port_of(cfg, region, "primary")
 
 
+async def replica_pipeline_statements(db: client.Client) -> int:
+    topology = await db.topology()
+    return sum(n["pipeline_statements"] for s in topology["shards"].values()
+               for n in s["nodes"] if n["role"] == "replica")  # fmt: skip
+
+
 async def test_read_your_writes_is_never_stale(db: client.Client, router: RouterProcess) -> None:
     cfg = router.config
     replica_hits = 0
+    piped_before = await replica_pipeline_statements(db)
     for i in range(60):
         region = REGIONS[i % 3]
         item = new_id(number(cfg, region))
@@ -68,6 +75,8 @@ async def test_read_your_writes_is_never_stale(db: client.Client, router: Router
         replica_hits += row["port"] == port_of(cfg, region, "replica")
     # Replicas replay within ~2 ms, so most reads should still be served by them.
     assert replica_hits > 0
+    # ... on their pipelined connections, where the wait for replay also asks.
+    assert await replica_pipeline_statements(db) - piped_before >= replica_hits
 
 
 async def test_token_from_another_session_is_honoured(
