@@ -139,7 +139,7 @@ class RouterNode:
                                for n in self.topology.nodes()))  # fmt: skip
         for conn in list(self.connections):
             if conn.session.transactions:
-                await self.executor.close_session(conn.session)
+                await self.executor.transactions.close_session(conn.session)
                 conn.session.transactions.clear()
             conn.close()
         if self._server is not None:

@@ -9,28 +9,26 @@ only once it has replayed past it (waiting a bounded few milliseconds), else to 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import msgpack
 
-from protocol.messages import Hints, Isolation
+from protocol.messages import Hints
 from protocol.messages import Role as WireRole
 from protocol.values import ext_default, ext_hook
 from router.classify import Analysis, Classifier
 from router.config import Config
 from router.health import HealthEvent
 from router.lsn import UNKNOWN_LSN
+from router.outcome import CONNECTION_ERRORS, WIRE_ROLE, Outcome, Routed, rows_changed
 from router.pgwire import Callback, PipelineError, Unsupported
 from router.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.routing import (
     Consistency,
     CrossShardError,
-    MissingShardKeyError,
     Role,
     RoutingError,
     Target,
@@ -40,10 +38,11 @@ from router.routing import (
     resolve_shards,
     shard_of_value,
 )
-from router.session import Session, Transaction, TransactionError
+from router.session import Session
 from router.topology import NodeState, ShardState, Topology
+from router.transactions import Transactions
 
-__all__ = ["Executor", "Outcome", "Routed"]
+__all__ = ["Executor"]
 
 IDEM_CLAIM_SQL = (
     "INSERT INTO georoute_idempotency (idem_key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1"
@@ -56,58 +55,9 @@ _CONSISTENCY = {
     "strong": Consistency.STRONG,
     "replica": Consistency.EVENTUAL,
 }
-_ISOLATION = {
-    Isolation.READ_COMMITTED: "READ COMMITTED",
-    Isolation.REPEATABLE_READ: "REPEATABLE READ",
-    Isolation.SERIALIZABLE: "SERIALIZABLE",
-}
-# Errors after which the backend connection cannot be trusted (the node may be gone). asyncpg
-# raises InternalClientError ("cannot switch to state ...") on a connection the server ended
-# under it (seen after pg_terminate_backend); such a connection must never be reused.
-_CONNECTION_ERRORS = (
-    OSError,
-    asyncpg.exceptions.InternalClientError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.CrashShutdownError,
-)
 
 
-_WIRE_ROLE = {Role.PRIMARY: WireRole.PRIMARY, Role.REPLICA: WireRole.REPLICA}
 
-
-@dataclass(slots=True, eq=False)
-class Routed:
-    """Where `Executor.submit` queued a statement (on `node`'s pipeline)."""
-
-    columns: list[str]
-    node: NodeState
-    shard: ShardState
-    analysis: Analysis
-
-
-@dataclass(slots=True)
-class Outcome:
-    columns: list[str]
-    rows: list[Any]
-    status: str
-    shard: str
-    node: str
-    role: WireRole
-    ryw_token: str | None = None
-
-    @property
-    def rowcount(self) -> int:
-        last = self.status.rsplit(" ", 1)[-1]
-        return int(last) if last.isdigit() else len(self.rows)
-
-
-def _rows_changed(analysis: Analysis, status: str) -> bool:
-    """False for a DML statement that reported 0 rows (no WAL to wait for)."""
-    if analysis.command in ("INSERT", "UPDATE", "DELETE", "MERGE"):
-        return not status.endswith(" 0")
-    return True
 
 
 class Executor:
@@ -117,8 +67,7 @@ class Executor:
         self.classifier = classifier
         self._ryw_wait = config.router.read_your_writes_wait_ms / 1000
         self._max_lag = config.router.max_replica_lag_bytes
-        # Pinned transactions per client connection: leave most of the pool to everyone else.
-        self._max_tx = max(1, config.database.pool_max_size // 2)
+        self.transactions = Transactions(self)
         self._routes: dict[NodeState, list[str]] = {}
 
     # ---- choosing and borrowing ------------------------------------------------------------
@@ -139,7 +88,7 @@ class Executor:
             raise UnknownShardError(f"shard_key {key!r} is neither a region nor a georoute id")
         return shard
 
-    async def _acquire(self, node: NodeState) -> Backend:
+    async def acquire(self, node: NodeState) -> Backend:
         if not node.available:
             raise NodeUnavailableError(f"{node.name} is down ({node.last_error or 'unreachable'})")
         if not node.pool.closed:
@@ -179,7 +128,7 @@ class Executor:
             except PipelineError as exc:
                 node.record(HealthEvent.CONNECT_FAILED, str(exc))
                 raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
-        backend = await self._acquire(node)
+        backend = await self.acquire(node)
         try:
             while True:
                 lsn = await backend.scalar(REPLAY_LSN_SQL)
@@ -190,7 +139,7 @@ class Executor:
                 if time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(0.0005)  # WAL replay is typically 1-2 ms behind
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
             node.record(HealthEvent.CONNECT_FAILED, str(exc))
             raise
@@ -211,13 +160,13 @@ class Executor:
                 if pipelined and node.available:
                     return node, None
                 try:
-                    return node, await self._acquire(node)
+                    return node, await self.acquire(node)
                 except NodeUnavailableError:
                     pass  # fall through to the primary
             elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
                 try:
                     found = await self._replica_past(shard, min_lsn, pipelined)
-                except (NodeUnavailableError, PoolTimeoutError, *_CONNECTION_ERRORS):
+                except (NodeUnavailableError, PoolTimeoutError, *CONNECTION_ERRORS):
                     found = None  # the primary always has the session's writes
                 if found is not None:
                     return found
@@ -227,7 +176,7 @@ class Executor:
         primary = shard.primary
         if pipelined and primary.available:
             return None
-        return await self._acquire(primary)
+        return await self.acquire(primary)
 
     # ---- running ---------------------------------------------------------------------------
 
@@ -241,7 +190,7 @@ class Executor:
             try:
                 return await node.pool.pipeline.run(sql, params)
             except Unsupported:
-                backend = await self._acquire(node)
+                backend = await self.acquire(node)
             except PipelineError as exc:
                 node.record(HealthEvent.CONNECT_FAILED, str(exc))
                 raise NodeUnavailableError(
@@ -249,7 +198,7 @@ class Executor:
                 ) from exc
         try:
             result = await backend.run(sql, params)
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
             # Its other idle connections are most likely dead too: DOWN drops them, and the
             # monitor's next good probe brings the node back.
@@ -316,7 +265,7 @@ class Executor:
     def route_of(self, node: NodeState) -> list[str]:
         """The reply's route in its wire form, [shard, node, role] (built once per node)."""
         route = self._routes.get(node)
-        role = _WIRE_ROLE[node.role]._value_
+        role = WIRE_ROLE[node.role]._value_
         if route is None or route[2] != role:  # new, or its role changed (failover)
             route = self._routes[node] = [node.shard, node.name, role]
         return route
@@ -327,11 +276,11 @@ class Executor:
         return (
             routed.node.role is Role.PRIMARY
             and not analysis.read_only
-            and _rows_changed(analysis, status)
+            and rows_changed(analysis, status)
         )
 
     async def write_token(self, session: Session, routed: Routed) -> str:
-        return await self._token(session, routed.shard)
+        return await self.token(session, routed.shard)
 
     def token_at(self, session: Session, routed: Routed, lsn: int) -> str:
         """The token for a write whose WAL position was read on its own connection."""
@@ -342,7 +291,8 @@ class Executor:
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints
     ) -> Outcome:
         if hints.tx is not None:
-            return await self._in_transaction(session, session.get(hints.tx), sql, params, hints)
+            tx = session.get(hints.tx)
+            return await self.transactions.statement(session, tx, sql, params, hints)
         analysis, target = self.target_for(sql, params, hints)
         if len(params) != analysis.param_count:
             raise RoutingError(
@@ -372,10 +322,10 @@ class Executor:
             node, backend = shard.primary, await self._primary(shard, pipelined)
             columns, rows, status = await self._run(node, backend, sql, params, dirty)
         token = None
-        if node.role is Role.PRIMARY and not analysis.read_only and _rows_changed(
+        if node.role is Role.PRIMARY and not analysis.read_only and rows_changed(
             analysis, status
         ):
-            token = await self._token(session, shard)
+            token = await self.token(session, shard)
         return Outcome(columns, rows, status, shard.name, node.name, WireRole(node.role.value),
                        token)
 
@@ -385,7 +335,7 @@ class Executor:
         """Apply a keyed write at most once: the key is claimed in the write's own transaction,
         and a retry that finds it gets the stored reply (columns, rows, status)."""
         node = shard.primary
-        backend = await self._acquire(node)
+        backend = await self.acquire(node)
         if self.classifier.analyze(sql).changes_session_state:
             backend.dirty = True
         try:
@@ -402,7 +352,7 @@ class Executor:
         except asyncpg.PostgresError:
             node.pool.release(backend)
             raise
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
             node.record(HealthEvent.CONNECT_FAILED, str(exc))
             # sent=False on purpose: a retry with the same key cannot apply the write twice.
@@ -411,52 +361,14 @@ class Executor:
             node.pool.release(backend, broken=True)
             raise
         node.pool.release(backend)
-        token = await self._token(session, shard)
+        token = await self.token(session, shard)
         return Outcome(columns, rows, status, shard.name, node.name, WireRole.PRIMARY, token)
 
-    async def _token(self, session: Session, shard: ShardState) -> str:
+    async def token(self, session: Session, shard: ShardState) -> str:
         """The read-your-writes token after a write on `shard`'s primary (noted in session)."""
         lsn = await shard.lsn.after_write()
         session.note_write(shard.name, lsn)
         return f"{shard.name}:{lsn}"
-
-    async def _in_transaction(
-        self, session: Session, tx: Transaction, sql: str, params: Sequence[Any], hints: Hints
-    ) -> Outcome:
-        analysis = self.classifier.analyze(sql)
-        hint = hints.shard
-        target = resolve_shards(analysis, params, hint, self.config) if (
-            hint or analysis.keys
-        ) else None
-        if target is not None and target.shard != tx.shard:
-            raise CrossShardError(
-                f"transaction {tx.id} is on shard {tx.shard}; this statement is for {target.shard}"
-            )
-        async with tx.lock:
-            if tx.closed:  # a commit/rollback queued ahead of us finished it
-                raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx.id}")
-            if tx.failed:
-                raise TransactionError(
-                    "TRANSACTION_ABORTED",
-                    "an earlier statement failed; only rollback is accepted",
-                )
-            try:
-                columns, rows, status = await tx.backend.run(sql, params)
-            except _CONNECTION_ERRORS as exc:
-                tx.failed = True
-                raise NodeUnavailableError(
-                    f"{tx.node.name}: connection lost inside transaction {tx.id}: {exc}", sent=True
-                ) from exc
-            except BaseException:
-                # A failed, timed-out or cancelled statement may have left effects behind:
-                # from here on the transaction can only be rolled back.
-                tx.failed = True
-                raise
-            if not analysis.read_only:
-                tx.wrote = True
-            if analysis.changes_session_state:
-                tx.backend.dirty = True
-        return Outcome(columns, rows, status, tx.shard, tx.node.name, WireRole.PRIMARY)
 
     async def batch(
         self, session: Session, statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints
@@ -468,7 +380,7 @@ class Executor:
             tx = session.get(hints.tx)
             last: Outcome | None = None
             for sql, params in statements:
-                last = await self._in_transaction(session, tx, sql, params, hints)
+                last = await self.transactions.statement(session, tx, sql, params, hints)
             assert last is not None
             return Outcome([], [], last.status, last.shard, last.node, last.role)
         first_sql, first_params = statements[0]
@@ -485,7 +397,7 @@ class Executor:
                     )
         shard = self._shard(target.shard)
         node = shard.primary
-        backend = await self._acquire(node)
+        backend = await self.acquire(node)
         if any(self.classifier.analyze(sql).changes_session_state for sql, _ in statements):
             backend.dirty = True  # reset before the connection serves anyone else
         try:
@@ -496,7 +408,7 @@ class Executor:
                     for sql, params in statements:
                         _, _, status = await backend.run(sql, params)
                     status = f"BATCH {len(statements)}"
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
             node.record(HealthEvent.CONNECT_FAILED, str(exc))
             raise NodeUnavailableError(f"{node.name}: connection lost: {exc}", sent=True) from exc
@@ -504,95 +416,8 @@ class Executor:
             node.pool.release(backend, broken=backend.conn.is_in_transaction())
             raise
         node.pool.release(backend)
-        token = await self._token(session, shard)
+        token = await self.token(session, shard)
         return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY, token)
-
-    # ---- transactions ----------------------------------------------------------------------
-
-    async def begin(
-        self, session: Session, hints: Hints, isolation: Isolation | None, read_only: bool
-    ) -> Transaction:
-        if hints.shard is not None:
-            if hints.shard not in self.config.shards:
-                raise UnknownShardError(f"shard hint {hints.shard!r} is not a shard", hints.shard)
-            shard_name = hints.shard
-        elif hints.shard_key is not None:
-            shard_name = self.shard_for_key(hints.shard_key)
-        else:
-            raise MissingShardKeyError(["a shard or shard_key hint on begin"])
-        session.check_room(self._max_tx)
-        shard = self._shard(shard_name)
-        node = shard.primary
-        backend = await self._acquire(node)
-        sql = "BEGIN"
-        if isolation is not None:
-            sql += f" ISOLATION LEVEL {_ISOLATION[isolation]}"
-        if read_only:
-            sql += " READ ONLY"
-        try:
-            await backend.conn.execute(sql)
-        except BaseException:
-            node.pool.release(backend, broken=True)
-            raise
-        if session.closed:  # the client left while we were opening it: nobody will end it
-            await self._end(node, backend, "ROLLBACK")
-            raise TransactionError("UNKNOWN_TRANSACTION", "the client connection is closed")
-        return session.open(shard_name, node, backend)
-
-    async def commit(self, session: Session, tx_id: int) -> Outcome:
-        tx = session.get(tx_id)
-        async with tx.lock:
-            self._close(session, tx)
-            if tx.failed:
-                await self._end(tx.node, tx.backend, "ROLLBACK")
-                raise TransactionError(
-                    "TRANSACTION_ABORTED", "the transaction failed earlier and was rolled back"
-                )
-            await self._end(tx.node, tx.backend, "COMMIT")
-        token = await self._token(session, self._shard(tx.shard)) if tx.wrote else None
-        return Outcome([], [], "COMMIT", tx.shard, tx.node.name, WireRole.PRIMARY, token)
-
-    async def rollback(self, session: Session, tx_id: int) -> Outcome:
-        tx = session.get(tx_id)
-        async with tx.lock:
-            self._close(session, tx)
-            await self._end(tx.node, tx.backend, "ROLLBACK")
-        return Outcome([], [], "ROLLBACK", tx.shard, tx.node.name, WireRole.PRIMARY)
-
-    @staticmethod
-    def _close(session: Session, tx: Transaction) -> None:
-        """Called holding tx.lock: statements queued behind us see it closed and refuse."""
-        if tx.closed:
-            raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx.id}")
-        tx.closed = True
-        session.transactions.pop(tx.id, None)
-
-    async def _end(self, node: NodeState, backend: Backend, sql: str) -> None:
-        """COMMIT or ROLLBACK on a pinned connection, then give it back to the pool."""
-        try:
-            await backend.conn.execute(sql)
-        except _CONNECTION_ERRORS as exc:
-            node.pool.release(backend, broken=True)
-            # Whether a COMMIT applied is unknown: never safe to retry blindly.
-            raise NodeUnavailableError(
-                f"{node.name}: connection lost during {sql}: {exc}", sent=True
-            ) from exc
-        except BaseException:
-            node.pool.release(backend, broken=True)
-            raise
-        node.pool.release(backend)
-
-    async def close_session(self, session: Session) -> None:
-        """The client went away: roll back whatever it left open."""
-        session.closed = True
-        for tx in list(session.transactions.values()):
-            async with tx.lock:
-                if tx.closed:
-                    continue
-                tx.closed = True
-                session.transactions.pop(tx.id, None)
-                with contextlib.suppress(Exception):  # a failed rollback drops the connection
-                    await self._end(tx.node, tx.backend, "ROLLBACK")
 
     def topology_snapshot(self) -> dict[str, Any]:
         return self.topology.snapshot()

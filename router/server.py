@@ -41,9 +41,9 @@ from protocol import (
     choose_version,
 )
 from protocol.messages import Role as WireRole
-from router.executor import Outcome, Routed
 from router.failures import Failure, RequestTimeout, ShuttingDown, failure_for
 from router.health import HealthEvent
+from router.outcome import Outcome, Routed
 from router.pgwire import PipelineError
 from router.pipeline import is_stale_statement
 from router.pool import NodeUnavailableError
@@ -110,7 +110,7 @@ class ClientConnection(asyncio.Protocol):
         for task in self.tasks:
             task.cancel()
         if self.session.transactions:
-            self._node.spawn(self._node.executor.close_session(self.session))
+            self._node.spawn(self._node.executor.transactions.close_session(self.session))
 
     def close(self) -> None:
         self._closing = True
@@ -329,16 +329,17 @@ class ClientConnection(asyncio.Protocol):
         ), o
 
     async def _begin(self, m: Begin) -> tuple[bytes, None]:
-        tx = await self._node.executor.begin(self.session, m.hints, m.isolation, m.read_only)
+        transactions = self._node.executor.transactions
+        tx = await transactions.begin(self.session, m.hints, m.isolation, m.read_only)
         route = RouteInfo(tx.shard, tx.node.name, WireRole.PRIMARY)
         return self._encoder.encode(TxStarted(m.id, tx.id, route)), None
 
     async def _commit(self, m: Commit) -> tuple[bytes, Outcome]:
-        o = await self._node.executor.commit(self.session, m.tx)
+        o = await self._node.executor.transactions.commit(self.session, m.tx)
         return self._encoder.encode_status(m.id, o.status, 0, self._route(o), o.ryw_token), o
 
     async def _rollback(self, m: Rollback) -> tuple[bytes, Outcome]:
-        o = await self._node.executor.rollback(self.session, m.tx)
+        o = await self._node.executor.transactions.rollback(self.session, m.tx)
         return self._encoder.encode_status(m.id, o.status, 0, self._route(o)), o
 
     async def _doc(self, m: Doc) -> tuple[bytes, None]:

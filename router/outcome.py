@@ -1,0 +1,66 @@
+"""What running a statement produces, shared by the executor and the transactions: the
+outcome a reply is made from, where a fast-path statement went, and which errors mean the
+backend connection is lost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from protocol.messages import Role as WireRole
+from router.classify import Analysis
+from router.routing import Role
+from router.topology import NodeState, ShardState
+
+__all__ = ["CONNECTION_ERRORS", "WIRE_ROLE", "Outcome", "Routed", "rows_changed"]
+
+# Errors after which the backend connection cannot be trusted (the node may be gone). asyncpg
+# raises InternalClientError ("cannot switch to state ...") on a connection the server ended
+# under it (seen after pg_terminate_backend); such a connection must never be reused.
+CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
+
+
+WIRE_ROLE = {Role.PRIMARY: WireRole.PRIMARY, Role.REPLICA: WireRole.REPLICA}
+
+
+@dataclass(slots=True, eq=False)
+class Routed:
+    """Where `Executor.submit` queued a statement (on `node`'s pipeline)."""
+
+    columns: list[str]
+    node: NodeState
+    shard: ShardState
+    analysis: Analysis
+
+
+@dataclass(slots=True)
+class Outcome:
+    columns: list[str]
+    rows: list[Any]
+    status: str
+    shard: str
+    node: str
+    role: WireRole
+    ryw_token: str | None = None
+
+    @property
+    def rowcount(self) -> int:
+        last = self.status.rsplit(" ", 1)[-1]
+        return int(last) if last.isdigit() else len(self.rows)
+
+
+def rows_changed(analysis: Analysis, status: str) -> bool:
+    """False for a DML statement that reported 0 rows (no WAL to wait for)."""
+    if analysis.command in ("INSERT", "UPDATE", "DELETE", "MERGE"):
+        return not status.endswith(" 0")
+    return True
