@@ -111,12 +111,26 @@ def _uuid(b: bytearray, p: int, n: int) -> msgpack.ExtType:
     return _new_tuple(_ExtType, (_EXT_UUID, bytes(b[p : p + 16])))
 
 
+# PostgreSQL's timestamps and dates reach far past Python's years 1-9999; asyncpg fails a query
+# that returns one, and so must we (the client could not decode it).
+_MIN_MICROS = (dt.datetime(dt.MINYEAR, 1, 1) - _PG_EPOCH_NAIVE) // dt.timedelta(microseconds=1)
+_MAX_MICROS = (_INF_NAIVE - _PG_EPOCH_NAIVE) // dt.timedelta(microseconds=1)
+_MIN_DAYS = dt.date(dt.MINYEAR, 1, 1).toordinal() - _PG_EPOCH_ORDINAL
+_MAX_DAYS = _INF_DATE.toordinal() - _PG_EPOCH_ORDINAL
+
+
+def _check_micros(micros: int) -> None:
+    if not _MIN_MICROS <= micros <= _MAX_MICROS:
+        raise ValueError("timestamp out of Python's range (years 1-9999)")
+
+
 def _timestamptz(b: bytearray, p: int, n: int) -> Any:
     micros = _I64.unpack_from(b, p)[0]
     if micros == _INT64_MAX:
         return _INF_NAIVE.replace(tzinfo=dt.UTC)
     if micros == _INT64_MIN:
         return _NEG_INF_NAIVE.replace(tzinfo=dt.UTC)
+    _check_micros(micros)
     return _new_tuple(_ExtType, (_EXT_TIMESTAMPTZ, _I64.pack(micros + _PG_EPOCH_MICROS)))
 
 
@@ -126,6 +140,7 @@ def _timestamp(b: bytearray, p: int, n: int) -> Any:
         return _INF_NAIVE
     if micros == _INT64_MIN:
         return _NEG_INF_NAIVE
+    _check_micros(micros)
     return _new_tuple(_ExtType, (_EXT_TIMESTAMP, _I64.pack(micros + _PG_EPOCH_MICROS)))
 
 
@@ -135,6 +150,8 @@ def _date(b: bytearray, p: int, n: int) -> Any:
         return _INF_DATE
     if days == _INT32_MIN:
         return _NEG_INF_DATE
+    if not _MIN_DAYS <= days <= _MAX_DAYS:
+        raise ValueError("date out of Python's range (years 1-9999)")
     return _new_tuple(_ExtType, (_EXT_DATE, _I32.pack(days + _PG_EPOCH_DAYS)))
 
 

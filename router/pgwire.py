@@ -198,15 +198,23 @@ class PipelinedConnection(asyncio.Protocol):
                     pending = queue[0]
                     p = pos + 7  # past the header and the column count
                     row: list[Any] = []
-                    for dec in pending.decoders:
-                        n = _i32_from(buf, p)[0]
-                        p += 4
-                        if n < 0:
-                            row.append(None)
-                        else:
-                            row.append(dec(buf, p, n))
-                            p += n
-                    pending.rows.append(row)
+                    try:
+                        for dec in pending.decoders:
+                            n = _i32_from(buf, p)[0]
+                            p += 4
+                            if n < 0:
+                                row.append(None)
+                            else:
+                                row.append(dec(buf, p, n))
+                                p += n
+                    except (ValueError, ArithmeticError, UnicodeDecodeError) as exc:
+                        # A value Python cannot hold (e.g. the year 10000): this request
+                        # fails, as it would under asyncpg; the connection is fine.
+                        if pending.error is None:
+                            why = f"cannot return a column value: {exc}"
+                            pending.error = {"S": "ERROR", "C": "22008", "M": why}
+                    else:
+                        pending.rows.append(row)
                 elif kind == 50:  # '2' BindComplete
                     pass
                 elif kind == 67 and queue:  # 'C' CommandComplete

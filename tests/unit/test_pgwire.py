@@ -364,3 +364,19 @@ async def test_a_write_done_before_the_connection_died_still_gets_its_result() -
     assert len(got) == 1
     _, status, _, error, position = got[0]
     assert (status, error, position) == ("UPDATE 1", None, None)  # applied; position unknown
+
+
+async def test_a_value_python_cannot_hold_fails_its_request_not_the_connection() -> None:
+    conn, _ = await started_connection()
+    stmt = _make_statement("s", "SELECT ts", [], [("ts", 1114)], set())
+    far, near = conn.execute(stmt, []), conn.execute(stmt, [])
+    year_10000 = struct.pack("!q", (dt.datetime(9999, 12, 31) - dt.datetime(2000, 1, 1))
+                             // dt.timedelta(microseconds=1) + 2 * 86_400_000_000)  # fmt: skip
+    conn.data_received(msg(b"2") + data_row(year_10000) + msg(b"C", b"SELECT 1\x00") + ready()
+                       + msg(b"2") + data_row(struct.pack("!q", 0)) + msg(b"C", b"SELECT 1\x00")
+                       + ready())  # fmt: skip
+    exc = far.exception()
+    assert isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == "22008"
+    rows, _, _ = near.result()
+    assert ext_hook(rows[0][0].code, rows[0][0].data) == dt.datetime(2000, 1, 1)
+    assert not conn.closed
