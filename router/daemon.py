@@ -102,15 +102,30 @@ class RouterNode:
         log.info("router %s listening on %s:%d", r.node_name, r.listen_host, r.listen_port)
         path = router_socket_path(r)
         if path is not None:
-            # The TCP port is ours now, so a socket file of that port is a stale one.
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.stat(path).st_mode):
-                    os.unlink(path)
-            self._unix_server = await loop.create_unix_server(
-                lambda: ClientConnection(self), path, backlog=1024
-            )
-            self._unix_path = path
-            log.info("router %s listening on %s", r.node_name, path)
+            try:
+                await self._listen_unix(loop, path)
+            except OSError as exc:  # e.g. another user's file in /tmp: TCP still serves
+                log.error("not listening on %s: %s", path, exc)
+
+    @property
+    def unix_path(self) -> str | None:
+        """The Unix socket the router listens on, if any."""
+        return self._unix_path
+
+    async def _listen_unix(self, loop: asyncio.AbstractEventLoop, path: str) -> None:
+        # The TCP port is ours now, so a socket file of that port is a stale one of ours;
+        # one that another user owns is not ours to remove (nor to trust).
+        with contextlib.suppress(FileNotFoundError):
+            found = os.lstat(path)
+            if found.st_uid != os.getuid():
+                raise PermissionError(f"{path} belongs to uid {found.st_uid}, not to us")
+            if stat.S_ISSOCK(found.st_mode):
+                os.unlink(path)
+        self._unix_server = await loop.create_unix_server(
+            lambda: ClientConnection(self), path, backlog=1024
+        )
+        self._unix_path = path
+        log.info("router %s listening on %s", self.config.router.node_name, path)
 
     async def serve(self) -> None:
         await self._stopped.wait()
@@ -127,16 +142,7 @@ class RouterNode:
             if self._unix_path is not None:  # Python 3.11's asyncio leaves the file behind
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._unix_path)
-        tasks = [t for c in self.connections for t in c.tasks]
-        if tasks:
-            log.info("draining %d in-flight requests", len(tasks))
-            _, pending = await asyncio.wait(tasks, timeout=self.config.router.drain_timeout_seconds)
-            for task in pending:
-                task.cancel()
-        # Requests on the pipelined fast path are not tasks: their replies go out when their
-        # statements finish, so wait for the pipelines too before closing client connections.
-        await asyncio.gather(*(n.pool.pipeline.drain(self.config.router.drain_timeout_seconds)
-                               for n in self.topology.nodes()))  # fmt: skip
+        await self._drain_requests(self.config.router.drain_timeout_seconds)
         for conn in list(self.connections):
             if conn.session.transactions:
                 await self.executor.transactions.close_session(conn.session)
@@ -152,6 +158,29 @@ class RouterNode:
         for task in self._bg:
             task.cancel()
         log.info("router %s stopped", self.config.router.node_name)
+
+    async def _drain_requests(self, grace: float) -> None:
+        """Let requests in flight finish, within `grace` seconds. Those on the pipelined fast
+        path are not tasks (their replies go out when their statements finish), and one that
+        finishes may start a task (a write's token read apart, a read run again): so wait for
+        tasks and pipelines in turn until both are idle."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        pipelines = [n.pool.pipeline for n in self.topology.nodes()]
+        while True:
+            tasks = [t for c in self.connections for t in c.tasks]
+            busy = [p for p in pipelines if p.in_flight]
+            left = deadline - loop.time()
+            if not tasks and not busy:
+                return
+            if left <= 0:
+                for task in tasks:
+                    task.cancel()
+                return
+            log.info("draining %d requests in tasks, %d pipelines busy", len(tasks), len(busy))
+            if tasks:
+                await asyncio.wait(tasks, timeout=left)
+            await asyncio.gather(*(p.drain(max(0.0, deadline - loop.time())) for p in busy))
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -245,16 +274,14 @@ def _signals(node: RouterNode) -> Iterator[None]:
 
 # Requests allocate many short-lived containers, freed by reference counting; with Python's
 # default of a young-generation collection every 700 allocations, the collector ran thousands
-# of times a second and found nothing. A scratch A/B at 16 clients, 4 rounds each: router CPU
-# per point read, median 74 -> 63 us.
+# of times a second and found nothing. A scratch A/B at 16 clients, 4 rounds each (with
+# gc.freeze() after start-up, since dropped): router CPU per point read, median 74 -> 63 us.
 _GC_YOUNG_THRESHOLD = 50_000
 
 
 def _tune_gc() -> None:
-    """After start-up: park what start-up built (it lives as long as the process) outside
-    the collector's scans, and collect young objects less often."""
-    gc.collect()
-    gc.freeze()
+    """Collect young objects less often. (gc.freeze() would also spare start-up's objects the
+    scans, but what a reload replaces would then never be collected.)"""
     _, middle, old = gc.get_threshold()
     gc.set_threshold(_GC_YOUNG_THRESHOLD, middle, old)
 
@@ -264,7 +291,7 @@ async def _main(config: Config, config_path: str | None) -> None:
     await node.startup()
     _tune_gc()
     with _signals(node):
-        path = router_socket_path(config.router)
+        path = node.unix_path
         print(f"georoute router {config.router.node_name} ready on "
               f"{config.router.listen_host}:{config.router.listen_port}"
               + (f" and {path}" if path else ""), flush=True)

@@ -8,7 +8,11 @@ import hashlib
 import hmac
 import os
 
-__all__ = ["AuthError", "ScramClient", "md5_password"]
+__all__ = ["MAX_ROUNDS", "AuthError", "ScramClient", "md5_password"]
+
+
+# PostgreSQL's default is 4096; a server asking for more than this is refused.
+MAX_ROUNDS = 100_000
 
 
 class AuthError(Exception):
@@ -23,6 +27,7 @@ class ScramClient:
         self.nonce = nonce or base64.b64encode(os.urandom(18)).decode()
         self._first_bare = f"n={user},r={self.nonce}"
         self._server_signature = b""
+        self.verified = False  # the server proved it knows the password
 
     def first_message(self) -> bytes:
         return ("n,," + self._first_bare).encode()
@@ -31,6 +36,8 @@ class ScramClient:
         text = server_first.decode()
         attrs = dict(kv.split("=", 1) for kv in text.split(","))
         nonce, salt, rounds = attrs["r"], base64.b64decode(attrs["s"]), int(attrs["i"])
+        if not 0 < rounds <= MAX_ROUNDS:  # PBKDF2 runs on the event loop
+            raise AuthError(f"SCRAM: iteration count {rounds} outside 1..{MAX_ROUNDS}")
         if not nonce.startswith(self.nonce):
             raise AuthError("SCRAM: the server's nonce does not extend ours")
         salted = hashlib.pbkdf2_hmac("sha256", self._password, salt, rounds)
@@ -47,8 +54,9 @@ class ScramClient:
     def verify(self, server_final: bytes) -> None:
         attrs = dict(kv.split("=", 1) for kv in server_final.decode().split(",") if "=" in kv)
         given = base64.b64decode(attrs.get("v", ""))
-        if not hmac.compare_digest(given, self._server_signature):
+        if not self._server_signature or not hmac.compare_digest(given, self._server_signature):
             raise AuthError("SCRAM: the server's signature does not match")
+        self.verified = True
 
 
 def md5_password(user: str, password: str, salt: bytes) -> bytes:

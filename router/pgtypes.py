@@ -126,10 +126,10 @@ def _check_micros(micros: int) -> None:
 
 def _timestamptz(b: bytearray, p: int, n: int) -> Any:
     micros = _I64.unpack_from(b, p)[0]
-    if micros == _INT64_MAX:
-        return _INF_NAIVE.replace(tzinfo=dt.UTC)
+    if micros == _INT64_MAX:  # asyncpg gives timestamptz's infinities naive, too
+        return _INF_NAIVE
     if micros == _INT64_MIN:
-        return _NEG_INF_NAIVE.replace(tzinfo=dt.UTC)
+        return _NEG_INF_NAIVE
     _check_micros(micros)
     return _new_tuple(_ExtType, (_EXT_TIMESTAMPTZ, _I64.pack(micros + _PG_EPOCH_MICROS)))
 
@@ -230,10 +230,17 @@ def _enc_numeric(v: Any) -> bytes:
     return str(v).encode()
 
 
+_UUID_CHARS = frozenset("0123456789abcdefABCDEF-")
+
+
 def _enc_uuid(v: Any) -> bytes:
     if type(v) is uuid.UUID:
         return v.bytes
     if type(v) is str:
+        # asyncpg takes 32-36 characters of hex digits and dashes; uuid.UUID takes braces,
+        # "urn:uuid:" and underscores too. Anything else is asyncpg's to refuse.
+        if not 32 <= len(v) <= 36 or not _UUID_CHARS.issuperset(v):
+            raise Unsupported
         try:
             return uuid.UUID(v).bytes
         except ValueError:
@@ -248,7 +255,10 @@ def _micros(delta: dt.timedelta) -> int:
 def _enc_timestamptz(v: Any) -> bytes:
     if type(v) is not dt.datetime or v.tzinfo is None or v.utcoffset() is None:
         raise Unsupported  # naive values: asyncpg's own rules apply
-    return _I64.pack(_micros(v - _PG_EPOCH_UTC))
+    micros = _micros(v - _PG_EPOCH_UTC)
+    if micros in (_MIN_MICROS, _MAX_MICROS):
+        raise Unsupported  # asyncpg sends Python's first and last instants as -infinity/infinity
+    return _I64.pack(micros)
 
 
 def _enc_timestamp(v: Any) -> bytes:

@@ -249,7 +249,8 @@ class PipelinedConnection(asyncio.Protocol):
         queue = self._queue
         if kind == 69:  # 'E' ErrorResponse
             fields = _error_fields(body)
-            if fields.get("S") in ("FATAL", "PANIC") or not queue:
+            # V: the severity, never translated (S follows lc_messages).
+            if fields.get("V", fields.get("S")) in ("FATAL", "PANIC") or not queue:
                 self._fail(PipelineError(f"{self.name}: {fields.get('M', 'server error')} "
                                          f"({fields.get('C', '?')})"))  # fmt: skip
                 return
@@ -273,8 +274,8 @@ class PipelinedConnection(asyncio.Protocol):
         callback = pending.callback
         if callback is not None:
             if pending.error is not None:
-                self._call(callback, None, "", 0.0, _postgres_error(pending.error, pending.query),
-                           None)  # fmt: skip
+                error = _postgres_error(pending.error, pending.query)
+                self._call(callback, None, "", now - pending.started, error, None)
             elif pending.wants_wal:
                 pending.seconds = now - pending.started
                 self._wal_waiting.append(pending)  # answered by the position read after it
@@ -299,6 +300,9 @@ class PipelinedConnection(asyncio.Protocol):
         if kind == 82:  # 'R' authentication
             code = _i32_from(body, 0)[0]
             if code == 0:
+                if self._scram is not None and not self._scram.verified:
+                    # SCRAM authenticates the server too: OK without its proof is refused.
+                    self._fail_startup("the server skipped SCRAM's final message")
                 return
             password = self._password
             if password is None:
@@ -407,7 +411,9 @@ class PipelinedConnection(asyncio.Protocol):
         await self._startup
         rows, _ = await self.run("SELECT oid FROM pg_catalog.pg_type WHERE typtype = 'e'", ())
         self._enums = {row[0] for row in rows}
+        # Kept out of the statement LRU: evicted (and closed) it would fail every write's read.
         self._wal_stmt = await self.prepare(WAL_POSITION_SQL)  # on a replica, fails if run
+        self._stmts.pop(WAL_POSITION_SQL, None)
 
     def cached(self, sql: str) -> Statement | None:
         stmt = self._stmts.get(sql)

@@ -19,11 +19,17 @@ import asyncpg
 from router.config import DatabaseConfig, NodeAddress
 from router.pgwire import Callback, PipelinedConnection, Unsupported, connect_pipelined
 
-__all__ = ["Pipeline", "QueryResult", "is_stale_statement"]
+__all__ = ["Pipeline", "QueryResult", "is_lock_timeout", "is_stale_statement"]
 
 log = logging.getLogger("georoute.pipeline")
 
 QueryResult = tuple[list[str], list[Any], str]  # (columns, rows, command status)
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """A pipelined statement gave up waiting for a lock (the pipeline's lock_timeout): it was
+    rolled back, and may run again on a pooled connection, which waits as long as it takes."""
+    return isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", None) == "55P03"
 
 
 def is_stale_statement(exc: BaseException) -> bool:
@@ -32,6 +38,11 @@ def is_stale_statement(exc: BaseException) -> bool:
 
 
 Submitted = tuple[asyncio.Future[Any], list[str]]  # (rows, status, server seconds), columns
+
+
+def _on_this_machine(db: DatabaseConfig, address: NodeAddress) -> bool:
+    host = db.host_for(address)
+    return host.startswith("/") or host in ("127.0.0.1", "localhost", "::1")
 
 
 class Pipeline:
@@ -59,14 +70,21 @@ class Pipeline:
         self.name = name
         self._address = address
         self._db = db
-        self._settings = settings
-        self._size = db.pipeline_connections if db.statement_cache_size > 0 else 0
+        # A statement waiting on a row lock would hold up everything queued behind it (and
+        # could wait on a transaction whose next statement is queued behind it): it gives up
+        # after pipeline_slow_ms and runs again on a pooled connection (see is_lock_timeout).
+        self._settings = {**settings, "lock_timeout": str(max(1, int(db.pipeline_slow_ms)))}
+        # No TLS yet: only nodes on this machine (a Unix socket or loopback) are pipelined, so
+        # the pipeline never carries a password or data in clear over a network.
+        usable = db.statement_cache_size > 0 and _on_this_machine(db, address)
+        self._size = db.pipeline_connections if usable else 0
         self._max_in_flight = db.pipeline_max_in_flight
         self._slow_after = db.pipeline_slow_ms / 1000
         self._conns: list[PipelinedConnection] = []
         self._opening = 0
         self._retry_at = 0.0
         self._closed = False
+        self._retiring: list[PipelinedConnection] = []  # closing once their work is done
         self._slow: dict[str, float] = {}  # sql -> until when it stays off the pipeline
         self._streaks: dict[str, int] = {}  # sql -> how many slow runs in a row so far
         self._bg: set[asyncio.Task[Any]] = set()
@@ -81,7 +99,8 @@ class Pipeline:
 
     @property
     def in_flight(self) -> int:
-        return sum(c.in_flight for c in self._conns)
+        n = sum(c.in_flight for c in self._conns)
+        return n + sum(c.in_flight for c in self._retiring) if self._retiring else n
 
     async def start(self) -> None:
         """Open the connections now (a failure is logged; they are retried on demand)."""
@@ -210,7 +229,10 @@ class Pipeline:
         fut, columns = sent
         try:
             rows, status, server_seconds = await fut
-        except asyncpg.FeatureNotSupportedError as exc:
+        except asyncpg.PostgresError as exc:
+            if is_lock_timeout(exc):  # rolled back: it may run again, on a pooled connection
+                self.fallbacks += 1
+                raise Unsupported from exc
             if not is_stale_statement(exc) or not retry_stale:
                 raise
             self.forget(sql)
@@ -230,10 +252,24 @@ class Pipeline:
                 await asyncio.wait_for(self._idle.wait(), grace)
 
     def terminate_all(self) -> None:
-        """The node is gone: fail what is in flight (PipelineError) and drop the connections."""
+        """The node looks gone: nothing new goes to these connections. An idle one closes now;
+        a busy one once its statements are answered. Aborting those would turn writes that
+        may well have committed into errors of unknown outcome; if the node is really gone,
+        they fail by themselves."""
         conns, self._conns = self._conns, []
         for conn in conns:
-            conn.abort()
+            if conn.closed or not conn.in_flight:
+                conn.abort()
+                continue
+            self._retiring.append(conn)
+
+            def retire(conn: PipelinedConnection = conn) -> None:
+                conn.abort()
+                if conn in self._retiring:
+                    self._retiring.remove(conn)
+                self._note_idle()
+
+            conn.on_idle = retire
 
     async def close(self, grace: float) -> None:
         self._closed = True

@@ -45,7 +45,7 @@ from router.failures import Failure, RequestTimeout, ShuttingDown, failure_for
 from router.health import HealthEvent
 from router.outcome import Outcome, Routed
 from router.pgwire import PipelineError
-from router.pipeline import is_stale_statement
+from router.pipeline import is_lock_timeout, is_stale_statement
 from router.pool import NodeUnavailableError
 from router.session import Session
 
@@ -376,15 +376,26 @@ class _Submitted:
 
     def done(self, rows: list[Any] | None, status: str, server_seconds: float,
              exc: BaseException | None, wal: int | None) -> None:  # fmt: skip
+        conn, m, routed = self.conn, self.message, self.routed
+        assert routed is not None
+        # Failed statements count too: one that waits on a lock is as slow for its neighbours.
+        routed.node.pool.pipeline.finished(m.sql, server_seconds)
+        if self.answered:  # timed out already; the result is dropped
+            return
+        self.answered = True
         if self.timer is not None:
             self.timer.cancel()
+        try:
+            self._answer(rows, status, exc, wal)
+        except Exception as error:  # e.g. a reply over the frame limit: still a typed reply
+            conn._reply_failed(m, error, routed.analysis.read_only, self.started)
+
+    def _answer(self, rows: list[Any] | None, status: str, exc: BaseException | None,
+                wal: int | None) -> None:  # fmt: skip
         conn, m, routed = self.conn, self.message, self.routed
         assert routed is not None
         if exc is None:
             assert rows is not None
-            routed.node.pool.pipeline.finished(m.sql, server_seconds)
-            if self.answered:
-                return
             executor = conn._node.executor
             if executor.needs_token(routed, status):
                 if wal is not None:
@@ -399,18 +410,20 @@ class _Submitted:
                 return
             conn._reply_rows(m, routed, rows, status, None, self.started)
             return
-        if self.answered:
-            return
         read_only = routed.analysis.read_only
         if isinstance(exc, PipelineError):
             node = routed.node
             node.record(HealthEvent.CONNECT_FAILED, str(exc))
-            if read_only:  # safe to run again: the ordinary path picks another way
+            if read_only and not conn._node.draining:  # safe to run again, another way
                 conn._spawn_handle(m)
                 return
             exc = NodeUnavailableError(f"{node.name}: connection lost: {exc}", sent=True)
-        elif is_stale_statement(exc):
-            routed.node.pool.pipeline.forget(m.sql)
-            conn._spawn_handle(m)  # it prepares the statement again
-            return
+        elif is_stale_statement(exc) or is_lock_timeout(exc):
+            # Nothing was applied. A stale statement is prepared again; one that waited on a
+            # lock longer than the pipeline's lock_timeout runs on a pooled connection.
+            if is_stale_statement(exc):
+                routed.node.pool.pipeline.forget(m.sql)
+            if not conn._node.draining:
+                conn._spawn_handle(m)
+                return
         conn._reply_failed(m, exc, read_only, self.started)

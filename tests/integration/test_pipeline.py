@@ -19,10 +19,11 @@ from protocol import ErrorCode, FrameDecoder, Hello, Hints, Query, QueryKind, en
 from router.cluster import LocalCluster
 from router.cluster.layout import existing_layout
 from router.config import Config
+from router.ids import new_id
 from router.pgwire import PipelinedConnection, PipelineError, connect_pipelined
 from router.pipeline import Pipeline
 from tests.integration.conftest import wait_until
-from tests.support.router_proc import TOKEN, RouterProcess, port_of
+from tests.support.router_proc import TOKEN, RouterProcess, number, port_of
 
 ECHO = (
     "SELECT $1::int2, $2::int4, $3::int8, $4::float8, $5::float4, $6::numeric, $7::text, "
@@ -237,3 +238,35 @@ async def test_a_request_timeout_on_the_fast_path_answers_at_once(router: Router
         assert 2 not in replies
     finally:
         writer.close()
+
+
+async def test_a_write_waiting_on_a_lock_does_not_hold_up_the_pipeline(
+    db: client.Client, router: RouterProcess
+) -> None:
+    """The pipelined sessions give up on a lock after pipeline_slow_ms (lock_timeout) and the
+    write runs again on a pooled connection, where it waits as long as it takes, while the
+    statements that were queued behind it on the shared connection are answered."""
+    cfg = router.config
+    item = new_id(number(cfg, "europe"))
+    await db.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, 'europe')", item)
+    primary = cfg.shards["europe"].primary
+    locker = await asyncpg.connect(host=primary.host, port=primary.port, user="postgres",
+                                   database=primary.database)  # fmt: skip
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("SELECT 1 FROM rt_items WHERE item_id = $1 FOR UPDATE", item)
+        update = asyncio.create_task(
+            db.execute("UPDATE rt_items SET payload = 'after' WHERE item_id = $1", item)
+        )
+        reads = [db.fetchval("SELECT $1::int4 + 1", i, shard="europe", consistency="strong")
+                 for i in range(40)]  # fmt: skip
+        # On both pipelined connections of the primary, so some queue behind the UPDATE.
+        assert await asyncio.wait_for(asyncio.gather(*reads), 5) == [i + 1 for i in range(40)]
+        assert not update.done()  # still waiting for the row, on a pooled connection
+        await tx.commit()
+        assert await asyncio.wait_for(update, 10) == "UPDATE 1"
+    finally:
+        await locker.close()
+    assert await db.fetchval("SELECT payload FROM rt_items WHERE item_id = $1", item,
+                             consistency="strong") == "after"  # fmt: skip

@@ -176,6 +176,10 @@ def test_bind_encodes_each_parameter_in_its_type() -> None:
         (1114, dt.datetime(2020, 1, 1, tzinfo=dt.UTC)),
         (1082, dt.datetime(2020, 1, 1)),
         (1700, 1.5),
+        (2950, "{12345678-1234-1234-1234-123456789abc}"),  # uuid.UUID takes it; asyncpg not
+        (2950, "12345678_1234_1234_1234_123456789abc"),
+        (1184, dt.datetime.max.replace(tzinfo=dt.UTC)),  # asyncpg sends it as infinity
+        (1184, dt.datetime.min.replace(tzinfo=dt.UTC)),
     ],
 )
 def test_bind_declines_values_asyncpg_would_judge(oid: int, value: Any) -> None:
@@ -216,7 +220,7 @@ def test_column_decoders_give_asyncpg_values_or_their_ext_types() -> None:
     day = decode(1082, I32.pack(-1))
     assert ext_hook(day.code, day.data) == dt.date(1999, 12, 31)
     # infinities: asyncpg's sentinel values
-    assert decode(1184, struct.pack("!q", 2**63 - 1)) == dt.datetime.max.replace(tzinfo=dt.UTC)
+    assert decode(1184, struct.pack("!q", 2**63 - 1)) == dt.datetime.max  # naive, as asyncpg
     assert decode(1082, I32.pack(-(2**31))) == dt.date.min
 
 
@@ -380,3 +384,33 @@ async def test_a_value_python_cannot_hold_fails_its_request_not_the_connection()
     rows, _, _ = near.result()
     assert ext_hook(rows[0][0].code, rows[0][0].data) == dt.datetime(2000, 1, 1)
     assert not conn.closed
+
+
+async def test_scram_without_the_servers_proof_is_refused() -> None:
+    conn = PipelinedConnection("t", user="u", database="d", password="pw", settings={},
+                               cache_size=8)  # fmt: skip
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(msg(b"R", I32.pack(10) + b"SCRAM-SHA-256\x00\x00"))
+    assert transport.writes[-1].startswith(b"p")  # our first message went out
+    conn.data_received(msg(b"R", I32.pack(0)))  # "OK", with no SASLFinal before it
+    assert conn.closed and "SCRAM" in str(conn.error)
+
+
+async def test_a_node_that_looks_down_lets_busy_pipelined_connections_finish() -> None:
+    from router.config import DatabaseConfig, NodeAddress
+    from router.pipeline import Pipeline
+
+    pipeline = Pipeline("n", NodeAddress("127.0.0.1", 1, "d"), DatabaseConfig(), {})
+    busy, _ = await started_connection()
+    idle, idle_transport = await started_connection()
+    pipeline._conns.extend([busy, idle])
+    stmt = _make_statement("s", "UPDATE t SET x = 1", [], [], set())
+    write = busy.execute(stmt, [])
+    pipeline.terminate_all()
+    assert idle.closed and idle_transport.aborted
+    assert not busy.closed and pipeline.in_flight == 1  # the write may be committing
+    assert pipeline.submit("UPDATE t SET x = 1", [], lambda *a: None) is None  # nothing new
+    busy.data_received(msg(b"2") + msg(b"C", b"UPDATE 1\x00") + ready())
+    assert write.result()[1] == "UPDATE 1"
+    assert busy.closed and pipeline.in_flight == 0
