@@ -1,5 +1,6 @@
-"""PostgreSQL values for the pipelined connections (router/pgwire.py): which parameter and
-column types they carry, and how, exactly as asyncpg would.
+"""PostgreSQL's wire formats for the pipelined connections (router/pgwire.py): the messages
+they build and read, and which parameter and column types they carry, and how, exactly as
+asyncpg would.
 
 Columns come back in binary form where that is cheap to decode and as text where asyncpg
 itself returns text (json, jsonb) or text is exact (numeric, as Decimal). Values of types that
@@ -24,15 +25,31 @@ import msgpack
 
 from protocol.values import ExtCode
 
-__all__ = ["Decoder", "Encoder", "Statement", "Unsupported", "cstr", "make_statement"]
+__all__ = [
+    "EXECUTE_ALL_SYNC",
+    "I16",
+    "I32",
+    "SYNC",
+    "U32",
+    "Decoder",
+    "Encoder",
+    "Statement",
+    "Unsupported",
+    "cstr",
+    "error_fields",
+    "make_statement",
+    "message",
+    "row_description",
+]
 
-_I16 = struct.Struct("!h")
-_I32 = struct.Struct("!i")
-_U32 = struct.Struct("!I")
+# Network-order integers, shared with pgwire.py.
+I16 = struct.Struct("!h")
+I32 = struct.Struct("!i")
+U32 = struct.Struct("!I")
 _I64 = struct.Struct("!q")
 _F32 = struct.Struct("!f")
 _F64 = struct.Struct("!d")
-_i32_from = _I32.unpack_from
+_i32_from = I32.unpack_from
 
 # PostgreSQL's epoch (2000-01-01) is this many microseconds / days after the Unix epoch, which
 # protocol/values.py uses for its ext types.
@@ -63,7 +80,7 @@ def _text(b: bytearray, p: int, n: int) -> str:
 
 
 def _int2(b: bytearray, p: int, n: int) -> int:
-    return int(_I16.unpack_from(b, p)[0])
+    return int(I16.unpack_from(b, p)[0])
 
 
 def _int4(b: bytearray, p: int, n: int) -> int:
@@ -75,7 +92,7 @@ def _int8(b: bytearray, p: int, n: int) -> int:
 
 
 def _oid(b: bytearray, p: int, n: int) -> int:
-    return int(_U32.unpack_from(b, p)[0])
+    return int(U32.unpack_from(b, p)[0])
 
 
 def _float4(b: bytearray, p: int, n: int) -> float:
@@ -152,7 +169,7 @@ def _date(b: bytearray, p: int, n: int) -> Any:
         return _NEG_INF_DATE
     if not _MIN_DAYS <= days <= _MAX_DAYS:
         raise ValueError("date out of Python's range (years 1-9999)")
-    return _new_tuple(_ExtType, (_EXT_DATE, _I32.pack(days + _PG_EPOCH_DAYS)))
+    return _new_tuple(_ExtType, (_EXT_DATE, I32.pack(days + _PG_EPOCH_DAYS)))
 
 
 # type oid -> (result format: 1 binary / 0 text, decoder)
@@ -270,7 +287,7 @@ def _enc_timestamp(v: Any) -> bytes:
 def _enc_date(v: Any) -> bytes:
     if type(v) is not dt.date or v in (_INF_DATE, _NEG_INF_DATE):
         raise Unsupported
-    return _I32.pack(v.toordinal() - _PG_EPOCH_ORDINAL)
+    return I32.pack(v.toordinal() - _PG_EPOCH_ORDINAL)
 
 
 # type oid -> (parameter format: 1 binary / 0 text, encoder)
@@ -279,10 +296,10 @@ _PARAM: dict[int, tuple[int, Encoder]] = {
     17: (1, _enc_bytea),
     19: (1, _enc_text),
     20: (1, _enc_int(_INT64_MIN, _INT64_MAX, _I64)),
-    21: (1, _enc_int(-(2**15), 2**15 - 1, _I16)),
-    23: (1, _enc_int(_INT32_MIN, _INT32_MAX, _I32)),
+    21: (1, _enc_int(-(2**15), 2**15 - 1, I16)),
+    23: (1, _enc_int(_INT32_MIN, _INT32_MAX, I32)),
     25: (1, _enc_text),
-    26: (1, _enc_int(0, 2**32 - 1, _U32)),
+    26: (1, _enc_int(0, 2**32 - 1, U32)),
     114: (0, _enc_text),
     700: (1, _enc_float(_F32)),
     701: (1, _enc_float(_F64)),
@@ -296,6 +313,38 @@ _PARAM: dict[int, tuple[int, Encoder]] = {
     3802: (0, _enc_text),
 }
 _ENUM_PARAM: tuple[int, Encoder] = (1, _enc_text)
+
+
+# ---- messages ------------------------------------------------------------------------------
+
+SYNC = b"S\x00\x00\x00\x04"
+EXECUTE_ALL_SYNC = b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + SYNC  # unnamed portal, all rows
+
+
+def message(kind: bytes, body: bytes) -> bytes:
+    return kind + I32.pack(len(body) + 4) + body
+
+
+def error_fields(body: bytes) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for part in body.split(b"\x00"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode(errors="replace")
+    return fields
+
+
+def row_description(body: bytes) -> list[tuple[str, int]]:
+    count = I16.unpack_from(body, 0)[0]
+    pos = 2
+    out: list[tuple[str, int]] = []
+    for _ in range(count):
+        end = body.index(b"\x00", pos)
+        name = body[pos:end].decode()
+        pos = end + 1
+        type_oid = U32.unpack_from(body, pos + 6)[0]  # after table oid (4) and attnum (2)
+        out.append((name, type_oid))
+        pos += 18
+    return out
 
 
 def cstr(text: str) -> bytes:
@@ -326,11 +375,11 @@ class Statement:
                 parts.append(b"\xff\xff\xff\xff")
             else:
                 data = enc(value)
-                parts.append(_I32.pack(len(data)))
+                parts.append(I32.pack(len(data)))
                 parts.append(data)
         parts.append(self._bind_tail)
         body = b"".join(parts)
-        return b"B" + _I32.pack(len(body) + 4) + body
+        return b"B" + I32.pack(len(body) + 4) + body
 
 
 def make_statement(
@@ -351,9 +400,9 @@ def make_statement(
         results.append(r)
     if len(params) > 32767 or len(results) > 32767:
         return Statement(name, sql, names, False)
-    head = b"\x00" + cstr(name) + _I16.pack(len(params))
-    head += b"".join(_I16.pack(fmt) for fmt, _ in params) + _I16.pack(len(params))
-    tail = _I16.pack(len(results)) + b"".join(_I16.pack(fmt) for fmt, _ in results)
+    head = b"\x00" + cstr(name) + I16.pack(len(params))
+    head += b"".join(I16.pack(fmt) for fmt, _ in params) + I16.pack(len(params))
+    tail = I16.pack(len(results)) + b"".join(I16.pack(fmt) for fmt, _ in results)
     return Statement(
         name, sql, names, True,
         tuple(dec for _, dec in results), tuple(enc for _, enc in params), head, tail,

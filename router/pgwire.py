@@ -23,7 +23,6 @@ import asyncio
 import collections
 import itertools
 import logging
-import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,7 +30,21 @@ from typing import Any
 import asyncpg
 
 from router.pgauth import ScramClient, md5_password
-from router.pgtypes import Decoder, Statement, Unsupported, cstr, make_statement
+from router.pgtypes import (
+    EXECUTE_ALL_SYNC,
+    I16,
+    I32,
+    SYNC,
+    U32,
+    Decoder,
+    Statement,
+    Unsupported,
+    cstr,
+    error_fields,
+    make_statement,
+    message,
+    row_description,
+)
 
 __all__ = [
     "Callback",
@@ -39,43 +52,18 @@ __all__ = [
     "PipelinedConnection",
     "Statement",
     "Unsupported",
-    "connect_pipelined",
 ]
 
 log = logging.getLogger("georoute.pgwire")
 
-_I16 = struct.Struct("!h")
-_I32 = struct.Struct("!i")
-_U32 = struct.Struct("!I")
-_I64 = struct.Struct("!q")
-_F32 = struct.Struct("!f")
-_F64 = struct.Struct("!d")
-_HEAD = struct.Struct("!ci")
-_i32_from = _I32.unpack_from
+_i32_from = I32.unpack_from
 _monotonic = time.monotonic
 
 _PROTOCOL_3_0 = 196608
-_SYNC = b"S\x00\x00\x00\x04"
-_EXECUTE_ALL_SYNC = b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + _SYNC  # unnamed portal, all rows
 
 
 class PipelineError(ConnectionError):
     """The pipelined connection failed or closed; requests in flight on it may have run."""
-
-
-# ---- messages --------------------------------------------------------------------------------
-
-
-def _message(kind: bytes, body: bytes) -> bytes:
-    return kind + _I32.pack(len(body) + 4) + body
-
-
-def _error_fields(body: bytes) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for part in body.split(b"\x00"):
-        if part:
-            fields[chr(part[0])] = part[1:].decode(errors="replace")
-    return fields
 
 
 def _postgres_error(fields: dict[str, str], query: str | None) -> asyncpg.PostgresError:
@@ -171,10 +159,10 @@ class PipelinedConnection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         params = {"user": self._user, "database": self._database, "client_encoding": "UTF8",
                   "DateStyle": "ISO", **self._settings}  # fmt: skip
-        body = _I32.pack(_PROTOCOL_3_0) + b"".join(
+        body = I32.pack(_PROTOCOL_3_0) + b"".join(
             cstr(k) + cstr(v) for k, v in params.items()
         ) + b"\x00"
-        transport.write(_I32.pack(len(body) + 4) + body)  # type: ignore[attr-defined]
+        transport.write(I32.pack(len(body) + 4) + body)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(PipelineError(f"{self.name}: connection lost" + (f": {exc}" if exc else "")))
@@ -193,7 +181,7 @@ class PipelinedConnection(asyncio.Protocol):
                 if end > size:
                     break
                 # The messages of every request, handled in place: DataRow, BindComplete,
-                # CommandComplete, ReadyForQuery. The rest go through _message.
+                # CommandComplete, ReadyForQuery. The rest go through _on_message.
                 if kind == 68 and queue:  # 'D' DataRow
                     pending = queue[0]
                     p = pos + 7  # past the header and the column count
@@ -229,7 +217,7 @@ class PipelinedConnection(asyncio.Protocol):
                     if self.closed:  # a callback closed us (e.g. the node went down)
                         return
                 else:
-                    self._message(kind, bytes(buf[pos + 5 : end]))
+                    self._on_message(kind, bytes(buf[pos + 5 : end]))
                     if self.closed:
                         return
                     ready = self._ready
@@ -242,13 +230,13 @@ class PipelinedConnection(asyncio.Protocol):
 
     # ---- messages in -----------------------------------------------------------------------
 
-    def _message(self, kind: int, body: bytes) -> None:
+    def _on_message(self, kind: int, body: bytes) -> None:
         if not self._startup.done():
-            self._startup_message(kind, body)
+            self._startupmessage(kind, body)
             return
         queue = self._queue
         if kind == 69:  # 'E' ErrorResponse
-            fields = _error_fields(body)
+            fields = error_fields(body)
             # V: the severity, never translated (S follows lc_messages).
             if fields.get("V", fields.get("S")) in ("FATAL", "PANIC") or not queue:
                 self._fail(PipelineError(f"{self.name}: {fields.get('M', 'server error')} "
@@ -257,10 +245,10 @@ class PipelinedConnection(asyncio.Protocol):
             if queue[0].error is None:
                 queue[0].error = fields
         elif kind == 116:  # 't' ParameterDescription
-            count = _I16.unpack_from(body, 0)[0]
-            queue[0].param_oids = [_U32.unpack_from(body, 2 + 4 * i)[0] for i in range(count)]
+            count = I16.unpack_from(body, 0)[0]
+            queue[0].param_oids = [U32.unpack_from(body, 2 + 4 * i)[0] for i in range(count)]
         elif kind == 84:  # 'T' RowDescription
-            queue[0].columns = _row_description(body)
+            queue[0].columns = row_description(body)
         # '1' ParseComplete, '2' BindComplete, '3' CloseComplete, 'n' NoData, 'I' empty query,
         # 'N' notices, 'S' parameter status and 'A' notifications need nothing.
 
@@ -294,7 +282,7 @@ class PipelinedConnection(asyncio.Protocol):
         else:
             fut.set_result(pending)
 
-    def _startup_message(self, kind: int, body: bytes) -> None:
+    def _startupmessage(self, kind: int, body: bytes) -> None:
         transport = self._transport
         assert transport is not None
         if kind == 82:  # 'R' authentication
@@ -309,9 +297,9 @@ class PipelinedConnection(asyncio.Protocol):
                 self._fail_startup(f"the server asks for a password (auth code {code})")
                 return
             if code == 3:
-                transport.write(_message(b"p", cstr(password)))
+                transport.write(message(b"p", cstr(password)))
             elif code == 5:
-                transport.write(_message(b"p", md5_password(self._user, password, body[4:8])
+                transport.write(message(b"p", md5_password(self._user, password, body[4:8])
                                          + b"\x00"))  # fmt: skip
             elif code == 10:
                 mechanisms = body[4:].split(b"\x00")
@@ -320,16 +308,16 @@ class PipelinedConnection(asyncio.Protocol):
                     return
                 self._scram = ScramClient(password)
                 first = self._scram.first_message()
-                transport.write(_message(b"p", b"SCRAM-SHA-256\x00" + _I32.pack(len(first))
+                transport.write(message(b"p", b"SCRAM-SHA-256\x00" + I32.pack(len(first))
                                          + first))  # fmt: skip
             elif code == 11 and self._scram is not None:
-                transport.write(_message(b"p", self._scram.final_message(body[4:])))
+                transport.write(message(b"p", self._scram.final_message(body[4:])))
             elif code == 12 and self._scram is not None:
                 self._scram.verify(body[4:])
             else:
                 self._fail_startup(f"unsupported authentication request {code}")
         elif kind == 69:  # 'E'
-            fields = _error_fields(body)
+            fields = error_fields(body)
             self._fail_startup(f"{fields.get('M', 'refused')} ({fields.get('C', '?')})")
         elif kind == 90:  # 'Z': ready
             self._ready = True
@@ -399,7 +387,7 @@ class PipelinedConnection(asyncio.Protocol):
             stmt = self._wal_stmt
             assert stmt is not None
             self._queue.append(_Pending(_WAL, None, stmt.decoders, stmt.sql))
-            self._out.append(stmt.bind(()) + _EXECUTE_ALL_SYNC)
+            self._out.append(stmt.bind(()) + EXECUTE_ALL_SYNC)
         self._flush_pending = False
         out, self._out = self._out, []
         if out and not self.closed and self._transport is not None:
@@ -446,7 +434,7 @@ class PipelinedConnection(asyncio.Protocol):
         name = f"georoute_{next(self._names)}"
         body = cstr(name) + cstr(sql) + b"\x00\x00"
         pending = _Pending(_PREPARE, self._loop.create_future(), query=sql)
-        self._send(_message(b"P", body) + _message(b"D", b"S" + cstr(name)) + _SYNC, pending)
+        self._send(message(b"P", body) + message(b"D", b"S" + cstr(name)) + SYNC, pending)
         done: _Pending = await pending.future  # type: ignore[misc]
         stmt = make_statement(name, sql, done.param_oids, done.columns, self._enums)
         self._stmts[sql] = stmt
@@ -457,7 +445,7 @@ class PipelinedConnection(asyncio.Protocol):
 
     def _close_statement(self, stmt: Statement) -> None:
         if not self.closed:
-            self._send(_message(b"C", b"S" + cstr(stmt.name)) + _SYNC,
+            self._send(message(b"C", b"S" + cstr(stmt.name)) + SYNC,
                        _Pending(_IGNORE, self._loop.create_future()))  # fmt: skip
 
     def execute(self, stmt: Statement, params: Sequence[Any]) -> asyncio.Future[Any]:
@@ -467,7 +455,7 @@ class PipelinedConnection(asyncio.Protocol):
             raise Unsupported
         data = stmt.bind(params)
         pending = _Pending(_EXECUTE, self._loop.create_future(), stmt.decoders, stmt.sql)
-        self._send(data + _EXECUTE_ALL_SYNC, pending)
+        self._send(data + EXECUTE_ALL_SYNC, pending)
         return pending.future  # type: ignore[return-value]
 
     def execute_then(self, stmt: Statement, params: Sequence[Any], callback: Callback,
@@ -483,7 +471,7 @@ class PipelinedConnection(asyncio.Protocol):
         if wal_position:
             pending.wants_wal = True
             self._wal_wanted = True
-        self._send(data + _EXECUTE_ALL_SYNC, pending)
+        self._send(data + EXECUTE_ALL_SYNC, pending)
 
     async def run(self, sql: str, params: Sequence[Any]) -> tuple[list[Any], str]:
         stmt = self.cached(sql) or await self.prepare(sql)
@@ -509,41 +497,3 @@ class PipelinedConnection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(b"X\x00\x00\x00\x04")
             transport.close()
-
-
-def _row_description(body: bytes) -> list[tuple[str, int]]:
-    count = _I16.unpack_from(body, 0)[0]
-    pos = 2
-    out: list[tuple[str, int]] = []
-    for _ in range(count):
-        end = body.index(b"\x00", pos)
-        name = body[pos:end].decode()
-        pos = end + 1
-        type_oid = _U32.unpack_from(body, pos + 6)[0]  # after table oid (4) and attnum (2)
-        out.append((name, type_oid))
-        pos += 18
-    return out
-
-
-async def connect_pipelined(
-    name: str, *, host: str, port: int, user: str, database: str, password: str | None,
-    settings: dict[str, str], cache_size: int, timeout: float,  # noqa: ASYNC109
-) -> PipelinedConnection:  # fmt: skip
-    """Open and start a pipelined connection (a Unix socket when `host` is a directory)."""
-    loop = asyncio.get_running_loop()
-
-    def factory() -> PipelinedConnection:
-        return PipelinedConnection(name, user=user, database=database, password=password,
-                                   settings=settings, cache_size=cache_size)  # fmt: skip
-
-    async with asyncio.timeout(timeout):
-        if host.startswith("/"):
-            _, conn = await loop.create_unix_connection(factory, f"{host}/.s.PGSQL.{port}")
-        else:
-            _, conn = await loop.create_connection(factory, host, port)
-        try:
-            await conn.started()
-        except BaseException:
-            conn.abort()
-            raise
-    return conn

@@ -17,9 +17,15 @@ from typing import Any
 import asyncpg
 
 from router.config import DatabaseConfig, NodeAddress
-from router.pgwire import Callback, PipelinedConnection, Unsupported, connect_pipelined
+from router.pgwire import Callback, PipelinedConnection, Unsupported
 
-__all__ = ["Pipeline", "QueryResult", "is_lock_timeout", "is_stale_statement"]
+__all__ = [
+    "Pipeline",
+    "QueryResult",
+    "connect_pipelined",
+    "is_lock_timeout",
+    "is_stale_statement",
+]
 
 log = logging.getLogger("georoute.pipeline")
 
@@ -280,3 +286,27 @@ class Pipeline:
                 conn.abort()
             else:
                 await conn.close()
+
+
+async def connect_pipelined(
+    name: str, *, host: str, port: int, user: str, database: str, password: str | None,
+    settings: dict[str, str], cache_size: int, timeout: float,  # noqa: ASYNC109
+) -> PipelinedConnection:  # fmt: skip
+    """Open and start a pipelined connection (a Unix socket when `host` is a directory)."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> PipelinedConnection:
+        return PipelinedConnection(name, user=user, database=database, password=password,
+                                   settings=settings, cache_size=cache_size)  # fmt: skip
+
+    async with asyncio.timeout(timeout):
+        if host.startswith("/"):
+            _, conn = await loop.create_unix_connection(factory, f"{host}/.s.PGSQL.{port}")
+        else:
+            _, conn = await loop.create_connection(factory, host, port)
+        try:
+            await conn.started()
+        except BaseException:
+            conn.abort()
+            raise
+    return conn

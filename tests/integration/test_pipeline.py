@@ -20,8 +20,8 @@ from router.cluster import LocalCluster
 from router.cluster.layout import existing_layout
 from router.config import Config
 from router.ids import new_id
-from router.pgwire import PipelinedConnection, PipelineError, connect_pipelined
-from router.pipeline import Pipeline
+from router.pgwire import PipelinedConnection, PipelineError
+from router.pipeline import Pipeline, connect_pipelined
 from tests.integration.conftest import wait_until
 from tests.support.router_proc import TOKEN, RouterProcess, number, port_of
 
