@@ -7,8 +7,10 @@ import base64
 import hashlib
 import hmac
 import os
+import stringprep
+import unicodedata
 
-__all__ = ["MAX_ROUNDS", "AuthError", "ScramClient", "md5_password"]
+__all__ = ["MAX_ROUNDS", "AuthError", "ScramClient", "md5_password", "saslprep"]
 
 
 # PostgreSQL's default is 4096; a server asking for more than this is refused.
@@ -19,11 +21,38 @@ class AuthError(Exception):
     """The server's side of the exchange does not check out."""
 
 
+def saslprep(password: str) -> str:
+    """SASLprep (RFC 4013), which PostgreSQL applies to SCRAM passwords, with its fallback:
+    a password that SASLprep refuses is used as it is."""
+    mapped = "".join(
+        " " if stringprep.in_table_c12(c) else c
+        for c in password
+        if not stringprep.in_table_b1(c)
+    )
+    normal = unicodedata.normalize("NFKC", mapped)
+    if not normal:
+        return password
+    prohibited = (
+        stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
+        stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6,
+        stringprep.in_table_c7, stringprep.in_table_c8, stringprep.in_table_c9,
+        stringprep.in_table_a1,
+    )  # fmt: skip
+    if any(check(c) for c in normal for check in prohibited):
+        return password
+    if any(stringprep.in_table_d1(c) for c in normal):  # right-to-left text: RFC 3454 6
+        if not (stringprep.in_table_d1(normal[0]) and stringprep.in_table_d1(normal[-1])):
+            return password
+        if any(stringprep.in_table_d2(c) for c in normal):
+            return password
+    return normal
+
+
 class ScramClient:
     """The client side of SCRAM-SHA-256 without channel binding, as PostgreSQL uses it."""
 
     def __init__(self, password: str, *, user: str = "", nonce: str | None = None) -> None:
-        self._password = password.encode()
+        self._password = saslprep(password).encode()
         self.nonce = nonce or base64.b64encode(os.urandom(18)).decode()
         self._first_bare = f"n={user},r={self.nonce}"
         self._server_signature = b""

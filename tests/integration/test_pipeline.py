@@ -170,7 +170,8 @@ async def test_pipelined_connections_authenticate_with_passwords(
     try:
         await admin.execute(f"SET password_encryption = '{encryption}'")
         await admin.execute(f"DROP ROLE IF EXISTS {role}")
-        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'right-{role}'")
+        # Not ASCII: for SCRAM both sides apply SASLprep ("\u2168" becomes "IX").
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'right-{role}-\u2168'")
         hba.write_text(f"host all {role} 127.0.0.1/32 {method}\n{original}")
         await admin.execute("SELECT pg_reload_conf()")
 
@@ -190,7 +191,7 @@ async def test_pipelined_connections_authenticate_with_passwords(
             return False
 
         await wait_until(password_demanded, within=10, what="pg_hba.conf to be reloaded")
-        conn = await open_as(f"right-{role}")
+        conn = await open_as(f"right-{role}-\u2168")
         try:
             assert await conn.run("SELECT current_user, $1::int4 + 1", (41,)) == (
                 [[role, 42]], "SELECT 1"

@@ -414,3 +414,21 @@ async def test_a_node_that_looks_down_lets_busy_pipelined_connections_finish() -
     busy.data_received(msg(b"2") + msg(b"C", b"UPDATE 1\x00") + ready())
     assert write.result()[1] == "UPDATE 1"
     assert busy.closed and pipeline.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("given", "prepared"),
+    [
+        ("pencil", "pencil"),
+        ("I\u00adX", "IX"),  # RFC 4013's examples: soft hyphen mapped to nothing
+        ("user", "user"),
+        ("\u00aa", "a"),  # NFKC
+        ("\u2168", "IX"),
+        ("a\u00a0b", "a b"),  # non-ASCII space mapped to a space
+        ("a\u0007b", "a\u0007b"),  # a prohibited control character: used as it is
+    ],
+)
+def test_saslprep_as_postgresql_applies_it(given: str, prepared: str) -> None:
+    from router.pgauth import saslprep
+
+    assert saslprep(given) == prepared
