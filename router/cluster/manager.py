@@ -263,7 +263,8 @@ class LocalCluster:
         layout = existing_layout(self.config)
         if not layout.state_dir.exists():
             return
-        probe = PgRunner(PgBinaries(Path("/nonexistent"), "none"), _NOBODY, layout, "")
+        probe = PgRunner(PgBinaries(Path("/nonexistent"), "none"), _NOBODY, layout, "",
+                         self.config.database.socket_dir)  # fmt: skip
         running = [n for n in self.nodes.values() if probe.pid(n) is not None]
         if running:
             runner = self._pg(layout)

@@ -10,6 +10,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -155,9 +156,23 @@ class PgRunner:
         )  # fmt: skip
 
     def remove_stale_pidfile(self, node: PgNode) -> None:
-        pidfile = self.layout.pgdata(node.name) / "postmaster.pid"
-        if pidfile.exists() and self.pid(node) is None:
-            pidfile.unlink(missing_ok=True)
+        """After a node died (e.g. kill -9): its postmaster.pid, and its socket and lock file
+        in the shared socket directory, which PostgreSQL only removes on a clean exit."""
+        if self.pid(node) is not None:
+            return
+        (self.layout.pgdata(node.name) / "postmaster.pid").unlink(missing_ok=True)
+        if not self.shared_socket_dir:
+            return
+        sock = Path(self.shared_socket_dir) / f".s.PGSQL.{node.port}"
+        lock = sock.with_name(sock.name + ".lock")
+        try:
+            lines = lock.read_text().splitlines()
+        except OSError:
+            return
+        # The lock file's second line is the data directory: only ours are ours to remove.
+        if len(lines) > 1 and lines[1] == str(self.layout.pgdata(node.name)):
+            sock.unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)
 
     def start(self, node: PgNode) -> int:
         """pg_ctl start and wait until it accepts connections; returns the postmaster pid."""

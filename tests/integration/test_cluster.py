@@ -225,6 +225,11 @@ def test_down_after_kill_9_cleans_up(scratch: LocalCluster) -> None:
     assert all(s.state is NodeState.STOPPED for s in scratch.status())
     state = state_dir_of(scratch.config)
     assert not list(Path(state).glob("*/data/postmaster.pid"))
+    # PostgreSQL leaves its socket and lock file in the shared socket dir on a SIGKILL.
+    shared = Path(scratch.config.database.socket_dir)
+    port = scratch.config.shards["north_america"].primary.port
+    assert not (shared / f".s.PGSQL.{port}").exists()
+    assert not (shared / f".s.PGSQL.{port}.lock").exists()
 
     scratch.down(purge=True)
     assert not state.exists()
