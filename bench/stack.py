@@ -13,7 +13,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from router.cluster import LocalCluster
-from router.config import Config, config_to_toml, load_config, with_port_offset
+from router.config import Config, load_config
+from router.config_write import config_to_toml, with_port_offset
 from router.db.migrate import migrate
 from router.db.seed import SeedOptions, seed
 

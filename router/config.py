@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from router.errors import ConfigError
 
 __all__ = [
     "REGIONS",
+    "SECTIONS",
     "ApiConfig",
     "ClusterConfig",
     "Config",
@@ -29,10 +30,8 @@ __all__ = [
     "RouterConfig",
     "ShardConfig",
     "TableConfig",
-    "config_to_toml",
     "load_config",
     "parse_config",
-    "with_port_offset",
 ]
 
 # The regions georoute is built for; every one must be configured as a shard.
@@ -194,7 +193,7 @@ class Config:
 
 # ---- loading -------------------------------------------------------------------------------
 
-_SECTIONS: dict[str, type] = {
+SECTIONS: dict[str, type] = {
     "router": RouterConfig,
     "metrics": MetricsConfig,
     "database": DatabaseConfig,
@@ -306,10 +305,10 @@ def _build_table(name: str, raw: Any) -> TableConfig:
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
     """Build and validate a Config from already-parsed TOML."""
     for key in raw:
-        if key not in (*_SECTIONS, "shards", "tables"):
+        if key not in (*SECTIONS, "shards", "tables"):
             raise ConfigError(key, "unknown section")
     sections = {
-        name: _build_section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()
+        name: _build_section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()
     }
 
     raw_shards = raw.get("shards")
@@ -430,77 +429,3 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(p), f"not valid TOML: {exc}") from exc
     return parse_config(raw, source=str(p.resolve()))
-
-
-def with_port_offset(config: Config, offset: int, state_dir: str) -> Config:
-    """A copy of `config` with every local port moved by `offset` and its own state dir.
-
-    The test suite uses this so its cluster never collides with a running demo.
-    """
-
-    def node(n: NodeAddress) -> NodeAddress:
-        return replace(n, port=n.port + offset)
-
-    shards = {
-        name: replace(s, primary=node(s.primary), replicas=tuple(node(r) for r in s.replicas))
-        for name, s in config.shards.items()
-    }
-    doc_port = config.document_store_port()
-    uri = config.document_store.uri
-    if doc_port is not None:
-        uri = uri.replace(f":{doc_port}", f":{doc_port + offset}", 1)
-
-    def bump(port: int) -> int:
-        return port + offset if port else 0
-
-    return replace(
-        config,
-        router=replace(config.router, listen_port=bump(config.router.listen_port)),
-        metrics=replace(config.metrics, port=bump(config.metrics.port)),
-        heartbeat=replace(config.heartbeat, port=bump(config.heartbeat.port)),
-        api=replace(config.api, port=bump(config.api.port)),
-        cluster=replace(config.cluster, state_dir=state_dir),
-        document_store=replace(config.document_store, uri=uri),
-        shards=shards,
-    )
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, NodeAddress):
-        return (
-            f"{{ host = {_toml_value(value.host)}, port = {value.port}, "
-            f"database = {_toml_value(value.database)} }}"
-        )
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def config_to_toml(config: Config) -> str:
-    """router.toml text that loads back into an equal Config (comments are not kept)."""
-    lines: list[str] = []
-    for name in _SECTIONS:
-        section = getattr(config, name)
-        lines.append(f"[{name}]")
-        lines.extend(f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in fields(section))
-        lines.append("")
-    for shard in config.shards.values():
-        lines += [
-            f"[shards.{shard.name}]",
-            f"number = {shard.number}",
-            f"primary = {_toml_value(shard.primary)}",
-            f"replicas = {_toml_value(shard.replicas)}",
-            "",
-        ]
-    for table in config.tables.values():
-        lines.append(f"[tables.{table.name}]")
-        if table.region_column is not None:
-            lines.append(f"region_column = {_toml_value(table.region_column)}")
-        lines += [f"id_columns = {_toml_value(table.id_columns)}", ""]
-    return "\n".join(lines)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from router.cluster import LocalCluster
-from router.config import Config, load_config, with_port_offset
+from router.config import Config, load_config
+from router.config_write import with_port_offset
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_PORT_OFFSET = 10000

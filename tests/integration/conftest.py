@@ -18,7 +18,8 @@ import pytest
 
 import client
 from router.cluster import LocalCluster
-from router.config import Config, with_port_offset
+from router.config import Config
+from router.config_write import with_port_offset
 from router.db.connect import connect_node
 from router.db.migrate import migrate
 from tests.support.router_proc import (

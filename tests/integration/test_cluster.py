@@ -23,7 +23,8 @@ from router.cluster.binaries import PgBinaries, find_pg_bin
 from router.cluster.layout import Layout, state_dir_of
 from router.cluster.process import wait_exit
 from router.cluster.status import to_json
-from router.config import Config, with_port_offset
+from router.config import Config
+from router.config_write import with_port_offset
 from router.errors import ConfigError, PortInUseError
 
 

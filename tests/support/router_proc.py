@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from router.config import Config, TableConfig, config_to_toml
+from router.config import Config, TableConfig
+from router.config_write import config_to_toml
 
 TOKEN = "test-token-0123456789"
 REGIONS = ("north_america", "europe", "asia")

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from router.config import NodeAddress, load_config, parse_config, with_port_offset
+from router.config import NodeAddress, load_config, parse_config
+from router.config_write import with_port_offset
 from router.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
