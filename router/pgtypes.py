@@ -141,24 +141,24 @@ def _check_micros(micros: int) -> None:
         raise ValueError("timestamp out of Python's range (years 1-9999)")
 
 
-def _timestamptz(b: bytearray, p: int, n: int) -> Any:
-    micros = _I64.unpack_from(b, p)[0]
-    if micros == _INT64_MAX:  # asyncpg gives timestamptz's infinities naive, too
-        return _INF_NAIVE
-    if micros == _INT64_MIN:
-        return _NEG_INF_NAIVE
-    _check_micros(micros)
-    return _new_tuple(_ExtType, (_EXT_TIMESTAMPTZ, _I64.pack(micros + _PG_EPOCH_MICROS)))
+def _timestamp_decoder(ext_code: int) -> Decoder:
+    """timestamp and timestamptz alike: their ext type, or asyncpg's naive infinities (it
+    gives timestamptz's naive too)."""
+
+    def decode(b: bytearray, p: int, n: int) -> Any:
+        micros = _I64.unpack_from(b, p)[0]
+        if micros == _INT64_MAX:
+            return _INF_NAIVE
+        if micros == _INT64_MIN:
+            return _NEG_INF_NAIVE
+        _check_micros(micros)
+        return _new_tuple(_ExtType, (ext_code, _I64.pack(micros + _PG_EPOCH_MICROS)))
+
+    return decode
 
 
-def _timestamp(b: bytearray, p: int, n: int) -> Any:
-    micros = _I64.unpack_from(b, p)[0]
-    if micros == _INT64_MAX:
-        return _INF_NAIVE
-    if micros == _INT64_MIN:
-        return _NEG_INF_NAIVE
-    _check_micros(micros)
-    return _new_tuple(_ExtType, (_EXT_TIMESTAMP, _I64.pack(micros + _PG_EPOCH_MICROS)))
+_timestamptz = _timestamp_decoder(_EXT_TIMESTAMPTZ)
+_timestamp = _timestamp_decoder(_EXT_TIMESTAMP)
 
 
 def _date(b: bytearray, p: int, n: int) -> Any:
