@@ -72,6 +72,7 @@ class RouterConfig:
     listen_socket_dir: str = ""
     auth_token_env: str = "GEOROUTE_TOKEN"
     max_frame_bytes: int = 16 * 1024 * 1024
+    reply_batch: int = 16
     drain_timeout_seconds: float = 10.0
     parse_cache_size: int = 4096
     read_only_functions: tuple[str, ...] = ()
@@ -371,6 +372,7 @@ def _validate(config: Config) -> None:
 
     positive = {
         "router.max_frame_bytes": r.max_frame_bytes,
+        "router.reply_batch": r.reply_batch,
         "router.parse_cache_size": r.parse_cache_size,
         "router.drain_timeout_seconds": r.drain_timeout_seconds,
         "router.lag_poll_interval_seconds": r.lag_poll_interval_seconds,

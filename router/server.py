@@ -77,6 +77,7 @@ class ClientConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._flush_pending = False
+        self._reply_batch = node.config.router.reply_batch
         self._authed = False
         self._closing = False
         self.session = Session()
@@ -141,13 +142,20 @@ class ClientConnection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         if self._closing or self._transport is None:
             return
-        self._out.append(data)
-        if not self._flush_pending:
+        out = self._out
+        out.append(data)
+        if len(out) >= self._reply_batch:
+            # Not all at the turn's end: the client works on these while the rest are made.
+            self._write_out()
+        elif not self._flush_pending:
             self._flush_pending = True
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_pending = False
+        self._write_out()
+
+    def _write_out(self) -> None:
         out, self._out = self._out, []
         if out and self._transport is not None and not self._transport.is_closing():
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
