@@ -39,7 +39,8 @@ from router.config import Config
 
 SHARD = "europe"
 BENCH_DIR = Path(__file__).resolve().parent
-PROFILE_BELOW = 0.7  # profile the router when its point-read throughput is under 0.7x direct
+TARGET_THROUGHPUT, TARGET_P99 = 0.7, 2.0  # the router issue's speed target for point reads
+PROFILE_BELOW = TARGET_THROUGHPUT  # profile the router when point reads are under the target
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -342,6 +343,17 @@ def headline(results: dict[str, Any]) -> list[str]:
     if r and r["throughput"] is not None and r["throughput"] < PROFILE_BELOW:
         out.append(f"georoute is BELOW {PROFILE_BELOW}x of direct on point reads "
                    f"({r['throughput']:.2f}x); see the profile below.")  # fmt: skip
+    checks = []
+    for step in results.get("sweep", {}).get("steps", []):
+        r = step["ratios"].get("georoute/direct")
+        if r and r["throughput"] is not None and r["p99"] is not None:
+            met = r["throughput"] >= TARGET_THROUGHPUT and r["p99"] <= TARGET_P99
+            checks.append(f"{step['concurrency']} clients {r['throughput']:.2f}x / "
+                          f"{r['p99']:.2f}x {'met' if met else 'NOT met'}")  # fmt: skip
+    if checks:
+        out.append(f"point-read target (georoute >= {TARGET_THROUGHPUT}x direct's throughput, "
+                   f"p99 <= {TARGET_P99}x, same clients, same run) along the sweep: "
+                   + "; ".join(checks))  # fmt: skip
     return out
 
 
