@@ -99,6 +99,10 @@ class MetricsConfig:
     port: int = 9600
 
 
+# database.sslmode, as libpq names them (see router/tls.py).
+SSL_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     user: str = "postgres"
@@ -111,6 +115,8 @@ class DatabaseConfig:
     pipeline_connections: int = 2
     pipeline_max_in_flight: int = 256
     pipeline_slow_ms: float = 20.0
+    sslmode: str = "prefer"
+    sslrootcert: str = ""
 
     def password(self) -> str | None:
         return os.environ.get(self.password_env) or None
@@ -407,6 +413,11 @@ def _validate(config: Config) -> None:
             raise ConfigError(key, f"must be an absolute path, got {socket_dir!r}")
         if len(socket_dir) > 80:  # the socket file's full path must fit in 107 bytes
             raise ConfigError(key, "is too long for a Unix socket path")
+    if config.database.sslmode not in SSL_MODES:
+        raise ConfigError("database.sslmode", f"must be one of {', '.join(SSL_MODES)}, "
+                                              f"got {config.database.sslmode!r}")  # fmt: skip
+    if config.database.sslrootcert and not os.path.isfile(config.database.sslrootcert):
+        raise ConfigError("database.sslrootcert", f"no such file: {config.database.sslrootcert}")
     if config.database.pool_min_size > config.database.pool_max_size:
         raise ConfigError("database.pool_min_size", "is larger than database.pool_max_size")
     if h.suspect_after_seconds <= h.interval_seconds:

@@ -15,6 +15,7 @@ import logging
 import asyncpg
 
 from router.config import DatabaseConfig, NodeAddress
+from router.tls import asyncpg_ssl
 
 __all__ = ["UNKNOWN_LSN", "LsnReader"]
 
@@ -77,6 +78,7 @@ class LsnReader:
                 user=self._db.user,
                 password=self._db.password(),
                 timeout=self._db.connect_timeout_seconds,
+                ssl=asyncpg_ssl(self._db, self._db.host_for(self._address)),
                 server_settings={"application_name": "georoute-lsn"},
             )
         self.reads += 1

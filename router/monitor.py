@@ -16,6 +16,7 @@ import asyncpg
 
 from router.config import Config
 from router.health import HealthEvent
+from router.tls import asyncpg_ssl
 from router.topology import NodeState, ShardState, Topology
 
 __all__ = ["LagMonitor"]
@@ -76,6 +77,7 @@ class LagMonitor:
             user=db.user,
             password=db.password(),
             timeout=db.connect_timeout_seconds,
+            ssl=asyncpg_ssl(db, db.host_for(node.address)),
             server_settings={"application_name": "georoute-monitor"},
         )
         self._conns[node.name] = conn

@@ -18,6 +18,7 @@ import asyncpg
 
 from router.config import DatabaseConfig, NodeAddress
 from router.pgwire import Callback, PipelinedConnection, Unsupported
+from router.tls import open_stream
 
 __all__ = [
     "Pipeline",
@@ -44,11 +45,6 @@ def is_stale_statement(exc: BaseException) -> bool:
 
 
 Submitted = tuple[asyncio.Future[Any], list[str]]  # (rows, status, server seconds), columns
-
-
-def _on_this_machine(db: DatabaseConfig, address: NodeAddress) -> bool:
-    host = db.host_for(address)
-    return host.startswith("/") or host in ("127.0.0.1", "localhost", "::1")
 
 
 class Pipeline:
@@ -80,10 +76,8 @@ class Pipeline:
         # could wait on a transaction whose next statement is queued behind it): it gives up
         # after pipeline_slow_ms and runs again on a pooled connection (see is_lock_timeout).
         self._settings = {**settings, "lock_timeout": str(max(1, int(db.pipeline_slow_ms)))}
-        # No TLS yet: only nodes on this machine (a Unix socket or loopback) are pipelined, so
-        # the pipeline never carries a password or data in clear over a network.
-        usable = db.statement_cache_size > 0 and _on_this_machine(db, address)
-        self._size = db.pipeline_connections if usable else 0
+        # TLS as database.sslmode says, like the pooled connections (router/tls.py).
+        self._size = db.pipeline_connections if db.statement_cache_size > 0 else 0
         self._max_in_flight = db.pipeline_max_in_flight
         self._slow_after = db.pipeline_slow_ms / 1000
         self._conns: list[PipelinedConnection] = []
@@ -121,7 +115,7 @@ class Pipeline:
                 port=self._address.port, user=self._db.user, database=self._address.database,
                 password=self._db.password(), settings=self._settings,
                 cache_size=self._db.statement_cache_size,
-                timeout=self._db.connect_timeout_seconds,
+                timeout=self._db.connect_timeout_seconds, db=self._db,
             )  # fmt: skip
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             self._retry_at = time.monotonic() + 1.0
@@ -291,19 +285,17 @@ class Pipeline:
 async def connect_pipelined(
     name: str, *, host: str, port: int, user: str, database: str, password: str | None,
     settings: dict[str, str], cache_size: int, timeout: float,  # noqa: ASYNC109
+    db: DatabaseConfig | None = None,
 ) -> PipelinedConnection:  # fmt: skip
-    """Open and start a pipelined connection (a Unix socket when `host` is a directory)."""
-    loop = asyncio.get_running_loop()
+    """Open and start a pipelined connection (a Unix socket when `host` is a directory;
+    TLS as `db.sslmode` says, prefer by default)."""
 
     def factory() -> PipelinedConnection:
         return PipelinedConnection(name, user=user, database=database, password=password,
                                    settings=settings, cache_size=cache_size)  # fmt: skip
 
     async with asyncio.timeout(timeout):
-        if host.startswith("/"):
-            _, conn = await loop.create_unix_connection(factory, f"{host}/.s.PGSQL.{port}")
-        else:
-            _, conn = await loop.create_connection(factory, host, port)
+        _, conn = await open_stream(host, port, db or DatabaseConfig(), factory)
         try:
             await conn.started()
         except BaseException:

