@@ -61,11 +61,16 @@ class Pipeline:
     so a stalled or descheduled event loop makes the first reply it reads look slow: at 256
     clients one look at a time demoted the hottest statement. A loop stall makes one reply of
     a batch look slow, its neighbours fast; a slow statement is slow every time. Hence the
-    streak, and a cool-down rather than a verdict for good."""
+    streak, and a cool-down rather than a verdict for good.
+
+    Until a statement has once been seen to finish quickly, only one copy of it at a time runs
+    on the pipeline (the others on pooled connections): a hundred copies of a new, slow
+    statement sent at once must not all queue up here before the first is judged."""
 
     SLOW_STREAK = 3
     SLOW_COOL_DOWN = 10.0
     _SLOW_MEMORY = 4096  # statements remembered as slow (forgotten all at once beyond that)
+    _FAST_MEMORY = 4096  # statements remembered as fast (likewise)
 
     def __init__(self, name: str, address: NodeAddress, db: DatabaseConfig,
                  settings: dict[str, str]) -> None:  # fmt: skip
@@ -87,6 +92,8 @@ class Pipeline:
         self._retiring: list[PipelinedConnection] = []  # closing once their work is done
         self._slow: dict[str, float] = {}  # sql -> until when it stays off the pipeline
         self._streaks: dict[str, int] = {}  # sql -> how many slow runs in a row so far
+        self._fast: set[str] = set()  # seen to finish quickly: any number of copies at once
+        self._trying: set[str] = set()  # not judged yet, and its one copy is in flight
         self._bg: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -154,6 +161,9 @@ class Pipeline:
         declines (nothing was sent; `run` also prepares)."""
         if sql in self._slow and self._still_slow(sql):
             return None
+        judged = sql in self._fast
+        if not judged and sql in self._trying:
+            return None
         conn = self._pick()
         if conn is None:
             return None
@@ -164,12 +174,17 @@ class Pipeline:
             conn.execute_then(stmt, params, callback, wal_position)
         except Unsupported:
             return None
+        if not judged:
+            self._trying.add(sql)
         self._idle.clear()
         return stmt.columns
 
     def _submit(
         self, conn: PipelinedConnection, sql: str, params: Sequence[Any]
     ) -> Submitted | None:
+        judged = sql in self._fast
+        if not judged and sql in self._trying:
+            return None
         stmt = conn.cached(sql)
         if stmt is None:
             return None
@@ -177,15 +192,23 @@ class Pipeline:
             fut = conn.execute(stmt, params)
         except Unsupported:
             return None
+        if not judged:
+            self._trying.add(sql)
         self._idle.clear()
         return fut, stmt.columns
 
     def finished(self, sql: str, server_seconds: float) -> None:
         """Note a statement done on the pipeline (one that took long stays off it)."""
         self.statements += 1
+        if self._trying:
+            self._trying.discard(sql)
         if server_seconds <= self._slow_after:
             if self._streaks:
                 self._streaks.pop(sql, None)
+            if server_seconds > 0 and sql not in self._fast:  # 0: the connection failed
+                if len(self._fast) >= self._FAST_MEMORY:
+                    self._fast.clear()
+                self._fast.add(sql)
             return
         streak = self._streaks.get(sql, 0) + 1
         if streak < self.SLOW_STREAK:
@@ -229,7 +252,10 @@ class Pipeline:
         fut, columns = sent
         try:
             rows, status, server_seconds = await fut
-        except asyncpg.PostgresError as exc:
+        except BaseException as exc:
+            self._trying.discard(sql)  # not judged: the next copy may try
+            if not isinstance(exc, asyncpg.PostgresError):
+                raise
             if is_lock_timeout(exc):  # rolled back: it may run again, on a pooled connection
                 self.fallbacks += 1
                 raise Unsupported from exc

@@ -333,6 +333,33 @@ async def test_a_slow_statement_stays_off_the_pipeline_only_for_a_cool_down() ->
     assert "SELECT slow" not in pipeline._slow
 
 
+async def test_one_copy_of_a_statement_not_yet_judged_runs_on_the_pipeline() -> None:
+    """A hundred copies of a new statement sent at once must not all queue up on the shared
+    connection before the first one shows whether it is slow."""
+    from router.config import DatabaseConfig, NodeAddress
+    from router.pipeline import Pipeline
+
+    db = DatabaseConfig(pipeline_slow_ms=20, pipeline_connections=1)
+    pipeline = Pipeline("n", NodeAddress("127.0.0.1", 1, "d"), db, {})
+    conn, _ = await started_connection()
+    pipeline._conns.append(conn)
+    sql = "SELECT report()"
+    conn._stmts[sql] = _make_statement("s", sql, [], [("r", 23)], set())
+
+    def submit() -> bool:
+        return pipeline.submit(sql, [], lambda *result: None) is not None
+
+    assert submit()
+    assert not submit()  # the others go to pooled connections meanwhile
+    pipeline.finished(sql, 0.5)  # slow: still not known to be fast
+    assert [submit(), submit()] == [True, False]
+    pipeline.finished(sql, 0.0)  # the connection failed: that says nothing either
+    assert [submit(), submit()] == [True, False]
+    pipeline.finished(sql, 0.001)  # quick: from now on any number at once
+    assert all(submit() for _ in range(10))
+    assert conn.in_flight == 13
+
+
 async def test_writes_of_one_turn_share_one_wal_position_read_after_them() -> None:
     conn, transport = await started_connection()
     wal = _make_statement("w", "SELECT wal", [], [("lsn", 20)], set())
