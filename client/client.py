@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import ssl as _ssl
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -29,6 +30,7 @@ from client.errors import (
 from client.pool import PoolConfig, RouterPool
 from client.record import Record
 from client.replies import rows_of, status_of
+from client.tls import ssl_context
 from client.transaction import Transaction
 from protocol import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -352,12 +354,16 @@ async def connect(
     connect_rounds: int = 3,
     session_consistency: bool = True,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ssl: _ssl.SSLContext | None = None,
 ) -> Client:
     """Connect to the router nodes named in `dsn` ("georoute://host:port,host2:port2") and
     return a ready Client (use it as `async with`). Raises AuthError on a bad token and
-    NoRouterAvailableError when no node answers."""
+    NoRouterAvailableError when no node answers. TLS: `ssl`, or `?sslmode=...&sslrootcert=...`
+    in the address (client/tls.py)."""
     parsed = parse_dsn(dsn)
     options = parsed.options
+    if ssl is None:
+        ssl = ssl_context(options.get("sslmode", "disable"), options.get("sslrootcert"))
     config = PoolConfig(
         addresses=parsed.addresses,
         token=token if token is not None else parsed.token,
@@ -367,6 +373,7 @@ async def connect(
         reconnect_backoff=reconnect_backoff,
         connect_rounds=connect_rounds,
         max_frame_bytes=max_frame_bytes,
+        ssl=ssl,
     )
     pool = RouterPool(config)
     await pool.start()

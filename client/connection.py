@@ -9,6 +9,7 @@ into a single transport.write (loopback syscalls dominate the cost of small requ
 from __future__ import annotations
 
 import asyncio
+import ssl as _ssl
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -209,9 +210,11 @@ async def open_connection(
     max_frame_bytes: int,
     timeout: float | None,
     on_lost: Callable[[Connection], None] | None = None,
+    ssl: _ssl.SSLContext | None = None,
 ) -> Connection:
-    """Connect to a router node (no handshake yet): over TCP, or, when the host is a directory
-    (it starts with "/"), to the router's Unix socket <host>/.s.georoute.<port> in it."""
+    """Connect to a router node (no handshake yet): over TCP (through TLS with `ssl`), or,
+    when the host is a directory (it starts with "/"), to the router's Unix socket
+    <host>/.s.georoute.<port> in it."""
     loop = asyncio.get_running_loop()
     host, port = address
 
@@ -224,5 +227,7 @@ async def open_connection(
                 factory, f"{host.rstrip('/')}/.s.georoute.{port}"
             )
         else:
-            _, protocol = await loop.create_connection(factory, host, port)
+            _, protocol = await loop.create_connection(
+                factory, host, port, ssl=ssl, server_hostname=host if ssl is not None else None
+            )
     return protocol

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from dataclasses import dataclass
 
 from client.connection import Connection, open_connection
@@ -39,6 +40,7 @@ class PoolConfig:
     reconnect_backoff_max: float = 2.0
     connect_rounds: int = 3  # full passes over the addresses before NoRouterAvailableError
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    ssl: ssl.SSLContext | None = None  # TLS to TCP addresses (see client/tls.py)
 
     def __post_init__(self) -> None:
         if not self.addresses:
@@ -192,6 +194,7 @@ class RouterPool:
             max_frame_bytes=cfg.max_frame_bytes,
             timeout=cfg.connect_timeout,
             on_lost=lambda c: self._on_lost(slot, c),
+            ssl=cfg.ssl,
         )
         try:
             await conn.handshake(

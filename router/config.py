@@ -70,6 +70,8 @@ class RouterConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 6600
     listen_socket_dir: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     auth_token_env: str = "GEOROUTE_TOKEN"
     max_frame_bytes: int = 16 * 1024 * 1024
     reply_batch: int = 16
@@ -416,6 +418,13 @@ def _validate(config: Config) -> None:
     if config.database.sslmode not in SSL_MODES:
         raise ConfigError("database.sslmode", f"must be one of {', '.join(SSL_MODES)}, "
                                               f"got {config.database.sslmode!r}")  # fmt: skip
+    if bool(r.tls_cert_file) != bool(r.tls_key_file):
+        raise ConfigError("router.tls_key_file" if r.tls_cert_file else "router.tls_cert_file",
+                          "TLS needs both a certificate and its key")  # fmt: skip
+    for key, path in (("router.tls_cert_file", r.tls_cert_file),
+                      ("router.tls_key_file", r.tls_key_file)):  # fmt: skip
+        if path and not os.path.isfile(path):
+            raise ConfigError(key, f"no such file: {path}")
     if config.database.sslrootcert and not os.path.isfile(config.database.sslrootcert):
         raise ConfigError("database.sslrootcert", f"no such file: {config.database.sslrootcert}")
     if config.database.pool_min_size > config.database.pool_max_size:

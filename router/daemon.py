@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 from protocol import Encoder
 from router.classify import Classifier
-from router.config import Config, load_config, router_socket_path
+from router.config import Config, RouterConfig, load_config, router_socket_path
 from router.db.documents import validate as validate_document
 from router.docstore import DocStore
 from router.errors import ConfigError
@@ -33,6 +34,7 @@ from router.metrics import Metrics
 from router.monitor import LagMonitor
 from router.pool import NodeUnavailableError
 from router.server import ClientConnection
+from router.tls import server_context
 from router.topology import NodeState, Topology
 
 __all__ = ["RouterNode", "run_router"]
@@ -40,6 +42,17 @@ __all__ = ["RouterNode", "run_router"]
 log = logging.getLogger("georoute.router")
 
 
+
+
+_TLS_HANDSHAKE_SECONDS = 10.0  # a client that connects and never completes TLS is dropped
+
+
+def _server_tls(router: RouterConfig) -> ssl.SSLContext | None:
+    try:
+        return server_context(router)
+    except (OSError, ValueError) as exc:
+        why = f"cannot load the certificate and key: {exc}"
+        raise ConfigError("router.tls_cert_file", why) from exc
 
 
 class RouterNode:
@@ -68,6 +81,7 @@ class RouterNode:
         self._unix_server: asyncio.Server | None = None
         self._unix_path: str | None = None
         self._stopped = asyncio.Event()
+        self._tls: ssl.SSLContext | None = None  # the TCP listener's, when it has TLS
         self._bg: set[asyncio.Task[Any]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -96,10 +110,13 @@ class RouterNode:
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         r = self.config.router
         loop = asyncio.get_running_loop()
+        self._tls = _server_tls(r)
         self._server = await loop.create_server(
-            lambda: ClientConnection(self), r.listen_host, r.listen_port, backlog=1024
-        )
-        log.info("router %s listening on %s:%d", r.node_name, r.listen_host, r.listen_port)
+            lambda: ClientConnection(self), r.listen_host, r.listen_port, backlog=1024,
+            ssl=self._tls, ssl_handshake_timeout=_TLS_HANDSHAKE_SECONDS if self._tls else None,
+        )  # fmt: skip
+        log.info("router %s listening on %s:%d%s", r.node_name, r.listen_host, r.listen_port,
+                 " (TLS)" if self._tls else "")  # fmt: skip
         path = router_socket_path(r)
         if path is not None:
             try:
@@ -203,6 +220,16 @@ class RouterNode:
             r_old.listen_host, r_old.listen_port, r_old.listen_socket_dir,
         ):  # fmt: skip
             log.warning("router.listen_* changes need a restart; keeping the old address")
+        if (r_new.tls_cert_file, r_new.tls_key_file) != (r_old.tls_cert_file, r_old.tls_key_file):
+            log.warning("router.tls_* paths changed: that needs a restart; keeping the old ones")
+        elif self._tls is not None:
+            try:  # the same paths, perhaps new files (a renewed certificate)
+                _server_tls(r_new)  # loads and checks them, apart from the live context
+                self._tls.load_cert_chain(r_new.tls_cert_file, r_new.tls_key_file)
+                log.info("reloaded the TLS certificate from %s", r_new.tls_cert_file)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running config: %s", exc)
+                return False
         old_nodes = {n.name: n for n in self.topology.nodes()}
         old_shards = dict(self.topology.shards)
         fresh = Topology.from_config(new)

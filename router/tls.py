@@ -8,7 +8,10 @@ pipelined ones (router/pipeline.py), so neither path is weaker than the other.
 - verify-ca: TLS, the certificate must chain to `database.sslrootcert` (or the system's CAs).
 - verify-full: as verify-ca, and the certificate must name the host connected to.
 
-Unix sockets never use TLS (as in libpq): they do not leave the machine."""
+Unix sockets never use TLS (as in libpq): they do not leave the machine.
+
+The router's own TCP listener speaks TLS too when `router.tls_cert_file` and `tls_key_file`
+are set (`server_context`)."""
 
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from router.config import SSL_MODES, DatabaseConfig
+from router.config import DatabaseConfig, RouterConfig
 
-__all__ = ["SSL_MODES", "TLSRefused", "asyncpg_ssl", "client_context", "open_stream"]
+__all__ = ["TLSRefused", "asyncpg_ssl", "client_context", "open_stream", "server_context"]
 
 # SSLRequest: length 8, then the code 1234.5679 (PostgreSQL's protocol, section 53.2.10).
 _SSL_REQUEST = struct.pack("!ii", 8, 80877103)
@@ -114,3 +117,13 @@ async def open_stream(
         transport.abort()
         raise
     return transport, protocol
+
+
+def server_context(router: RouterConfig) -> ssl.SSLContext | None:
+    """The TLS context of the router's TCP listener, or None when it has no certificate.
+    Raises OSError (ssl.SSLError) for files that cannot be loaded or do not match."""
+    if not router.tls_cert_file:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(router.tls_cert_file, router.tls_key_file)
+    return ctx

@@ -1,0 +1,29 @@
+"""TLS to a router node's TCP listener, chosen as libpq chooses it for PostgreSQL: in the
+address (`georoute://host:6600?sslmode=verify-full&sslrootcert=/path/ca.pem`) or as an
+`ssl.SSLContext` given to `connect`. Unix sockets never use it."""
+
+from __future__ import annotations
+
+import ssl
+
+__all__ = ["SSL_MODES", "ssl_context"]
+
+# disable: no TLS (the default: a router has none unless configured); require: TLS, the
+# certificate not checked; verify-ca: it must chain to sslrootcert (or the system's CAs);
+# verify-full: and name the host connected to.
+SSL_MODES = ("disable", "require", "verify-ca", "verify-full")
+
+
+def ssl_context(sslmode: str, sslrootcert: str | None = None) -> ssl.SSLContext | None:
+    if sslmode not in SSL_MODES:
+        raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}, got {sslmode!r}")
+    if sslmode == "disable":
+        return None
+    if sslmode == "require":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    ctx = ssl.create_default_context(cafile=sslrootcert or None)
+    ctx.check_hostname = sslmode == "verify-full"
+    return ctx

@@ -1,0 +1,119 @@
+"""TLS between the client library and a real router process (`router.tls_cert_file`): the
+client verifies the router's certificate, plain and wrongly-trusting clients are turned away
+without disturbing the router, the Unix socket stays plain, and SIGHUP picks up a renewed
+certificate. Certificates come from throwaway CAs (trustme)."""
+
+from __future__ import annotations
+
+import signal
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+import client
+from client.errors import NoRouterAvailableError
+from router.config import Config
+from tests.integration.conftest import wait_until
+from tests.support.router_proc import TOKEN, RouterProcess, router_config, running_router
+
+
+@dataclass
+class TLSRouter:
+    proc: RouterProcess
+    ca: trustme.CA
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    scratch: Path
+
+    def dsn(self, query: str = "", host: str = "127.0.0.1") -> str:
+        return f"georoute://{host}:{self.proc.config.router.listen_port}{query}"
+
+
+def _issue(ca: trustme.CA, cert_file: Path, key_file: Path) -> None:
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+
+
+@pytest.fixture(scope="module")
+def tls_router(migrated: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSRouter]:
+    scratch = tmp_path_factory.mktemp("router-tls")
+    ca = trustme.CA()
+    cert_file, key_file, ca_file = scratch / "router.pem", scratch / "router.key", scratch / "ca.pem"
+    _issue(ca, cert_file, key_file)
+    ca.cert_pem.write_to_path(str(ca_file))
+    config = router_config(migrated, port_shift=70, tls_cert_file=str(cert_file),
+                           tls_key_file=str(key_file))  # fmt: skip
+    with running_router(config, Path(migrated.cluster.state_dir) / "router-tls.toml") as proc:
+        yield TLSRouter(proc, ca, ca_file, cert_file, key_file, scratch)
+
+
+async def _answers(dsn: str, **kwargs: object) -> bool:
+    db = await client.connect(dsn, token=TOKEN, connect_rounds=1, **kwargs)  # type: ignore[arg-type]
+    async with db:
+        encrypted = all(c._transport is not None and c._transport.get_extra_info("ssl_object")
+                        for c in db.connections)  # fmt: skip
+        assert await db.fetchval("SELECT 40 + $1::int", 2, shard="europe") == 42
+        return encrypted
+
+
+@pytest.mark.parametrize(("mode", "host"), [("verify-full", "127.0.0.1"),
+                                            ("verify-full", "localhost"),
+                                            ("verify-ca", "127.0.0.1"), ("require", "127.0.0.1")])  # fmt: skip
+async def test_clients_reach_the_router_over_tls(tls_router: TLSRouter, mode: str,
+                                                 host: str) -> None:  # fmt: skip
+    query = f"?sslmode={mode}&sslrootcert={tls_router.ca_file}"
+    assert await _answers(tls_router.dsn(query, host))
+
+
+async def test_an_ssl_context_can_be_given_instead(tls_router: TLSRouter) -> None:
+    ctx = ssl.create_default_context(cafile=str(tls_router.ca_file))
+    assert await _answers(tls_router.dsn(), ssl=ctx)
+
+
+async def test_clients_that_cannot_verify_or_speak_tls_are_turned_away(
+    tls_router: TLSRouter,
+) -> None:
+    other = tls_router.scratch / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    with pytest.raises(NoRouterAvailableError) as info:
+        await _answers(tls_router.dsn(f"?sslmode=verify-full&sslrootcert={other}"))
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+    with pytest.raises(NoRouterAvailableError):  # plain msgpack to a TLS listener
+        await _answers(tls_router.dsn(), connect_timeout=3.0)
+    assert tls_router.proc.proc.poll() is None  # the router is still serving
+    assert await _answers(tls_router.dsn(f"?sslmode=verify-full&sslrootcert={tls_router.ca_file}"))
+
+
+async def test_the_unix_socket_stays_plain(tls_router: TLSRouter) -> None:
+    socket_dir = tls_router.proc.config.router.listen_socket_dir
+    if not socket_dir:
+        pytest.skip("this config has no router Unix socket")
+    encrypted = await _answers(f"georoute://{socket_dir.replace('/', '%2F')}:"
+                               f"{tls_router.proc.config.router.listen_port}")  # fmt: skip
+    assert not encrypted
+
+
+async def test_sighup_loads_a_renewed_certificate(tls_router: TLSRouter) -> None:
+    """Last in this module: the router's certificate comes from another CA afterwards."""
+    renewed_ca = trustme.CA()
+    renewed_ca_file = tls_router.scratch / "renewed-ca.pem"
+    renewed_ca.cert_pem.write_to_path(str(renewed_ca_file))
+    _issue(renewed_ca, tls_router.cert_file, tls_router.key_file)
+    tls_router.proc.proc.send_signal(signal.SIGHUP)
+    renewed = tls_router.dsn(f"?sslmode=verify-full&sslrootcert={renewed_ca_file}")
+
+    async def serves_the_renewed_certificate() -> bool:
+        try:
+            return await _answers(renewed)
+        except NoRouterAvailableError:
+            return False
+
+    await wait_until(serves_the_renewed_certificate, within=10, what="the renewed certificate")
+    with pytest.raises(NoRouterAvailableError):  # the old CA no longer vouches for it
+        await _answers(tls_router.dsn(f"?sslmode=verify-full&sslrootcert={tls_router.ca_file}"))
