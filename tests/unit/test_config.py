@@ -113,6 +113,17 @@ def test_tls_settings() -> None:
     assert parse_config(raw).database.sslmode == "verify-full"
 
 
+def test_router_tls_needs_both_files_and_they_must_exist() -> None:
+    raw = _raw()
+    raw["router"]["tls_cert_file"] = str(REPO / "router.toml")
+    _rejects(raw, "router.tls_key_file")
+    raw["router"]["tls_key_file"] = "/no/such/key.pem"
+    _rejects(raw, "router.tls_key_file")
+    raw = _raw()
+    raw["router"]["tls_key_file"] = str(REPO / "router.toml")
+    _rejects(raw, "router.tls_cert_file")
+
+
 def test_reply_batch_must_be_positive() -> None:
     raw = _raw()
     raw["router"]["reply_batch"] = 0
