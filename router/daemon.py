@@ -100,6 +100,7 @@ class RouterNode:
             log.info("node %s %s:%d %s", node.name, node.address.host, node.address.port, state)
 
     async def startup(self) -> None:
+        self._tls = _server_tls(self.config.router)  # a bad certificate stops us before anything
         await self._start_pools(list(self.topology.nodes()))
         self.monitor.start()
         await asyncio.wait_for(self.monitor.wait_round(), 10)
@@ -110,7 +111,6 @@ class RouterNode:
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         r = self.config.router
         loop = asyncio.get_running_loop()
-        self._tls = _server_tls(r)
         self._server = await loop.create_server(
             lambda: ClientConnection(self), r.listen_host, r.listen_port, backlog=1024,
             ssl=self._tls, ssl_handshake_timeout=_TLS_HANDSHAKE_SECONDS if self._tls else None,
