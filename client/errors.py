@@ -29,6 +29,7 @@ __all__ = [
     "RoutingError",
     "SQLSyntaxError",
     "ShuttingDownError",
+    "TooManyConnectionsError",
     "TransactionAbortedError",
     "TransactionError",
     "UnknownShardError",
@@ -193,6 +194,10 @@ class ShuttingDownError(InternalError):
     default_code = ErrorCode.SHUTTING_DOWN
 
 
+class TooManyConnectionsError(InternalError):
+    default_code = ErrorCode.TOO_MANY_CONNECTIONS
+
+
 _BY_CODE: dict[int, type[GeorouteError]] = {
     ErrorCode.UNSUPPORTED_VERSION: UnsupportedVersionError,
     ErrorCode.MISSING_SHARD_KEY: MissingShardKeyError,
@@ -209,6 +214,7 @@ _BY_CODE: dict[int, type[GeorouteError]] = {
     ErrorCode.TRANSACTION_ABORTED: TransactionAbortedError,
     ErrorCode.DOC_DUPLICATE_KEY: DuplicateKeyError,
     ErrorCode.SHUTTING_DOWN: ShuttingDownError,
+    ErrorCode.TOO_MANY_CONNECTIONS: TooManyConnectionsError,
 }
 
 _BY_FAMILY: dict[int, type[GeorouteError]] = {

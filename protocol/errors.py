@@ -56,6 +56,7 @@ class ErrorCode(IntEnum):
     # 9xxx: internal
     INTERNAL = 9001
     SHUTTING_DOWN = 9002  # retryable: the router node is draining; go to another
+    TOO_MANY_CONNECTIONS = 9003  # retryable: the node is at its connection limit; go to another
 
 
 # Codes whose Error replies default to retryable=True. The reply's own `retryable` flag is
@@ -67,6 +68,7 @@ RETRYABLE_CODES: frozenset[ErrorCode] = frozenset(
         ErrorCode.READ_ONLY,
         ErrorCode.DOC_UNAVAILABLE,
         ErrorCode.SHUTTING_DOWN,
+        ErrorCode.TOO_MANY_CONNECTIONS,
         ErrorCode.CONNECTION_LOST,
     }
 )

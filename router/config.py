@@ -75,6 +75,8 @@ class RouterConfig:
     auth_token_env: str = "GEOROUTE_TOKEN"
     max_frame_bytes: int = 16 * 1024 * 1024
     reply_batch: int = 16
+    max_client_connections: int = 10000
+    handshake_timeout_seconds: float = 10.0
     drain_timeout_seconds: float = 10.0
     parse_cache_size: int = 4096
     read_only_functions: tuple[str, ...] = ()
@@ -381,6 +383,8 @@ def _validate(config: Config) -> None:
     positive = {
         "router.max_frame_bytes": r.max_frame_bytes,
         "router.reply_batch": r.reply_batch,
+        "router.max_client_connections": r.max_client_connections,
+        "router.handshake_timeout_seconds": r.handshake_timeout_seconds,
         "router.parse_cache_size": r.parse_cache_size,
         "router.drain_timeout_seconds": r.drain_timeout_seconds,
         "router.lag_poll_interval_seconds": r.lag_poll_interval_seconds,

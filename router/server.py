@@ -78,6 +78,7 @@ class ClientConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_pending = False
         self._reply_batch = node.config.router.reply_batch
+        self._hello_timer: asyncio.TimerHandle | None = None
         self._authed = False
         self._closing = False
         self.session = Session()
@@ -103,8 +104,25 @@ class ClientConnection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._node.connections.add(self)
         self._node.metrics.connections.inc()
+        r = self._node.config.router
+        if len(self._node.connections) > r.max_client_connections:
+            self._fatal(0, ErrorCode.TOO_MANY_CONNECTIONS,
+                        f"router node {r.node_name} has {r.max_client_connections} client "
+                        "connections open (router.max_client_connections); try another",
+                        retryable=True)  # fmt: skip
+            return
+        self._hello_timer = self._loop.call_later(r.handshake_timeout_seconds, self._hello_overdue)
+
+    def _hello_overdue(self) -> None:
+        self._hello_timer = None
+        if not self._authed and not self._closing:
+            timeout = self._node.config.router.handshake_timeout_seconds
+            self._fatal(0, ErrorCode.HANDSHAKE_REQUIRED, f"no Hello within {timeout:g} s")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
         self._closing = True
         self.session.closed = True  # a Begin still in flight rolls itself back
         self._node.connections.discard(self)
@@ -173,10 +191,11 @@ class ClientConnection(asyncio.Protocol):
             )
         )
 
-    def _fatal(self, request_id: int, code: ErrorCode, message: str) -> None:
+    def _fatal(self, request_id: int, code: ErrorCode, message: str,
+               retryable: bool = False) -> None:  # fmt: skip
         """Reply with an error, then close this connection (others are unaffected)."""
         log.info("closing connection %s: %s", self.peer, message)
-        self._send_failure(request_id, Failure(code, message), "connection")
+        self._send_failure(request_id, Failure(code, message, retryable=retryable), "connection")
         self._flush()
         self._closing = True
         if self._transport is not None:
@@ -271,6 +290,9 @@ class ClientConnection(asyncio.Protocol):
             self._fatal(message.id, exc.code, exc.message)
             return
         self._authed = True
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
         self.session.client_name = message.client_name
         info = {"server": "georoute", "shards": list(self._node.config.shards)}
         self.send(

@@ -7,6 +7,8 @@ import asyncio
 import socket
 import struct
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ from protocol import (
     encode,
 )
 from router.cluster import LocalCluster
+from router.config import Config
 from router.ids import new_id
 from tests.integration.conftest import wait_until
 from tests.support.router_proc import (
@@ -30,6 +33,8 @@ from tests.support.router_proc import (
     RouterProcess,
     number,
     port_of,
+    router_config,
+    running_router,
 )
 
 
@@ -232,3 +237,51 @@ async def test_batch_inside_a_transaction_runs_on_its_connection(
         await tx.executemany("UPDATE rt_items SET payload = payload || $1 WHERE item_id::text = $2",
                              [("a", str(item)), ("b", str(item))])
         assert await tx.fetchval("SELECT payload FROM rt_items WHERE item_id = $1", item) == "ab"
+
+
+async def _frames_until_closed(reader: asyncio.StreamReader, within: float = 10.0) -> list[Any]:
+    """Every reply the router sends on a raw connection until it closes it."""
+    decoder, replies = FrameDecoder(1 << 20), []
+    async with asyncio.timeout(within):
+        while data := await reader.read(65536):
+            replies.extend(decoder.feed(data))
+    return replies
+
+
+async def test_connection_limit_and_handshake_timeout(migrated: Config) -> None:
+    """A node at router.max_client_connections turns the next connection away with a
+    retryable TOO_MANY_CONNECTIONS; one that sends no Hello in time is closed."""
+    config = router_config(migrated, port_shift=80, max_client_connections=2,
+                           handshake_timeout_seconds=0.5)  # fmt: skip
+    port = config.router.listen_port
+    with running_router(config, Path(migrated.cluster.state_dir) / "router-limits.toml") as proc:
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        (refused,) = await _frames_until_closed(reader)
+        writer.close()
+        assert (refused.id, refused.code, refused.retryable) == (
+            0, ErrorCode.TOO_MANY_CONNECTIONS, True)  # fmt: skip
+        for reader, writer in silent:  # no Hello within 0.5 s
+            (overdue,) = await _frames_until_closed(reader)
+            writer.close()
+            assert overdue.code == ErrorCode.HANDSHAKE_REQUIRED and "no Hello" in overdue.message
+
+        async def connects() -> bool:
+            try:
+                first = await client.connect(proc.dsn, token=TOKEN, pool_size=1, connect_rounds=1)
+            except client.NoRouterAvailableError:
+                return False  # the router has not seen the silent ones go yet
+            await first.close()
+            return True
+
+        await wait_until(connects, what="the closed connections to be forgotten")
+        first = await client.connect(proc.dsn, token=TOKEN, pool_size=1)
+        second = await client.connect(proc.dsn, token=TOKEN, pool_size=1)
+        try:
+            with pytest.raises(client.NoRouterAvailableError) as info:
+                await client.connect(proc.dsn, token=TOKEN, pool_size=1, connect_rounds=1)
+            assert isinstance(info.value.__cause__, client.TooManyConnectionsError)
+            assert await first.fetchval("SELECT 1", shard="europe") == 1  # others unaffected
+        finally:
+            await first.close()
+            await second.close()
