@@ -107,7 +107,7 @@ class RouterNode:
         self.spawn(
             run_sweeper(lambda: self.topology, self.config.router.idempotency_retention_seconds)
         )
-        self.metrics.bind(self.topology, self.classifier)
+        self.metrics.bind(self.topology, self.classifier, lambda: len(self.connections))
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         r = self.config.router
         loop = asyncio.get_running_loop()

@@ -9,7 +9,7 @@ lag and the parse cache, read from the live topology.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, start_http_server
@@ -65,6 +65,11 @@ class _LiveCollector(Collector):
                 if node.lag_bytes is not None and node.role.value == "replica":
                     lag.add_metric([node.name], node.lag_bytes)
         yield from (size, waits, lag, up, piped, in_flight)
+        if self._metrics.open_connections is not None:
+            clients = GaugeMetricFamily("georoute_client_connections_open",
+                                        "Client connections open now")  # fmt: skip
+            clients.add_metric([], self._metrics.open_connections())
+            yield clients
         yield from self._metrics.request_families()
         classifier = self._metrics.classifier
         if classifier is not None:
@@ -78,6 +83,7 @@ class _LiveCollector(Collector):
 
 class Metrics:
     def __init__(self) -> None:
+        self.open_connections: Callable[[], int] | None = None
         self.registry = CollectorRegistry()
         self.topology: Topology | None = None
         self.classifier: Classifier | None = None
@@ -125,9 +131,12 @@ class Metrics:
             latency.add_metric([kind], buckets, sum_value=total[0])
         yield latency
 
-    def bind(self, topology: Topology, classifier: Classifier) -> None:
+    def bind(self, topology: Topology, classifier: Classifier,
+             open_connections: Callable[[], int] | None = None) -> None:  # fmt: skip
         self.topology = topology
         self.classifier = classifier
+        if open_connections is not None:
+            self.open_connections = open_connections
 
     def serve(self, host: str, port: int) -> None:
         if port:

@@ -49,6 +49,9 @@ async def test_metrics_count_requests(db: client.Client, router: RouterProcess) 
                  "georoute_replica_lag_bytes", "georoute_parse_cache_total",
                  "georoute_errors_total"):
         assert name in text, name
+    (open_now,) = [line for line in text.splitlines()
+                   if line.startswith("georoute_client_connections_open ")]  # fmt: skip
+    assert float(open_now.split()[1]) >= len(db.connections) >= 1
 
 
 async def test_sighup_reload_and_bad_reload(router: RouterProcess, db: client.Client) -> None:
