@@ -8,9 +8,10 @@ import ssl
 
 __all__ = ["SSL_MODES", "ssl_context"]
 
-# disable: no TLS (the default: a router has none unless configured); require: TLS, the
-# certificate not checked; verify-ca: it must chain to sslrootcert (or the system's CAs);
-# verify-full: and name the host connected to.
+# disable: no TLS (the default: a router has none unless configured). require: TLS, the
+# certificate not checked (unless sslrootcert is given: then as verify-ca, like libpq).
+# verify-ca: it must chain to sslrootcert (or the system's CAs). verify-full: and name the
+# host connected to.
 SSL_MODES = ("disable", "require", "verify-ca", "verify-full")
 
 
@@ -19,6 +20,8 @@ def ssl_context(sslmode: str, sslrootcert: str | None = None) -> ssl.SSLContext 
         raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}, got {sslmode!r}")
     if sslmode == "disable":
         return None
+    if sslmode == "require" and sslrootcert:
+        sslmode = "verify-ca"  # as libpq does when a root certificate is given
     if sslmode == "require":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False

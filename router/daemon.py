@@ -15,7 +15,6 @@ import gc
 import logging
 import os
 import signal
-import ssl
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +33,7 @@ from router.metrics import Metrics
 from router.monitor import LagMonitor
 from router.pool import NodeUnavailableError
 from router.server import ClientConnection
-from router.tls import server_context
+from router.tls import ListenerTLS
 from router.topology import NodeState, Topology
 
 __all__ = ["RouterNode", "run_router"]
@@ -47,9 +46,11 @@ log = logging.getLogger("georoute.router")
 _TLS_HANDSHAKE_SECONDS = 10.0  # a client that connects and never completes TLS is dropped
 
 
-def _server_tls(router: RouterConfig) -> ssl.SSLContext | None:
+def _listener_tls(router: RouterConfig) -> ListenerTLS | None:
+    if not router.tls_cert_file:
+        return None
     try:
-        return server_context(router)
+        return ListenerTLS(router)
     except (OSError, ValueError) as exc:
         why = f"cannot load the certificate and key: {exc}"
         raise ConfigError("router.tls_cert_file", why) from exc
@@ -81,7 +82,7 @@ class RouterNode:
         self._unix_server: asyncio.Server | None = None
         self._unix_path: str | None = None
         self._stopped = asyncio.Event()
-        self._tls: ssl.SSLContext | None = None  # the TCP listener's, when it has TLS
+        self._tls: ListenerTLS | None = None  # the TCP listener's, when it has TLS
         self._bg: set[asyncio.Task[Any]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -100,7 +101,7 @@ class RouterNode:
             log.info("node %s %s:%d %s", node.name, node.address.host, node.address.port, state)
 
     async def startup(self) -> None:
-        self._tls = _server_tls(self.config.router)  # a bad certificate stops us before anything
+        self._tls = _listener_tls(self.config.router)  # a bad certificate stops us at once
         await self._start_pools(list(self.topology.nodes()))
         self.monitor.start()
         await asyncio.wait_for(self.monitor.wait_round(), 10)
@@ -113,7 +114,8 @@ class RouterNode:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: ClientConnection(self), r.listen_host, r.listen_port, backlog=1024,
-            ssl=self._tls, ssl_handshake_timeout=_TLS_HANDSHAKE_SECONDS if self._tls else None,
+            ssl=self._tls.context if self._tls else None,
+            ssl_handshake_timeout=_TLS_HANDSHAKE_SECONDS if self._tls else None,
         )  # fmt: skip
         log.info("router %s listening on %s:%d%s", r.node_name, r.listen_host, r.listen_port,
                  " (TLS)" if self._tls else "")  # fmt: skip
@@ -220,16 +222,23 @@ class RouterNode:
             r_old.listen_host, r_old.listen_port, r_old.listen_socket_dir,
         ):  # fmt: skip
             log.warning("router.listen_* changes need a restart; keeping the old address")
-        if (r_new.tls_cert_file, r_new.tls_key_file) != (r_old.tls_cert_file, r_old.tls_key_file):
-            log.warning("router.tls_* paths changed: that needs a restart; keeping the old ones")
+        serving = self._tls.paths if self._tls is not None else ("", "")
+        if (r_new.tls_cert_file, r_new.tls_key_file) != serving:
+            log.warning("router.tls_* changes need a restart; the listener keeps %s",
+                        serving[0] or "no TLS")  # fmt: skip
         elif self._tls is not None:
             try:  # the same paths, perhaps new files (a renewed certificate)
-                _server_tls(r_new)  # loads and checks them, apart from the live context
-                self._tls.load_cert_chain(r_new.tls_cert_file, r_new.tls_key_file)
-                log.info("reloaded the TLS certificate from %s", r_new.tls_cert_file)
-            except ConfigError as exc:
-                log.error("reload refused, keeping the running config: %s", exc)
+                self._tls.renew()
+            except (OSError, ValueError) as exc:
+                log.error("reload refused, keeping the running config: cannot load "
+                          "router.tls_cert_file and tls_key_file: %s", exc)  # fmt: skip
                 return False
+            log.info("reloaded the TLS certificate from %s", r_new.tls_cert_file)
+        if (new.database.sslmode, new.database.sslrootcert) != (
+            self.config.database.sslmode, self.config.database.sslrootcert,
+        ):  # fmt: skip
+            log.warning("database.sslmode/sslrootcert apply to nodes added or changed from "
+                        "now on; restart the router to apply them to every node")  # fmt: skip
         old_nodes = {n.name: n for n in self.topology.nodes()}
         old_shards = dict(self.topology.shards)
         fresh = Topology.from_config(new)

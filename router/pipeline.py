@@ -210,6 +210,7 @@ class Pipeline:
                     self._fast.clear()
                 self._fast.add(sql)
             return
+        self._fast.discard(sql)  # slow now: judged again, one copy at a time
         streak = self._streaks.get(sql, 0) + 1
         if streak < self.SLOW_STREAK:
             if len(self._streaks) >= self._SLOW_MEMORY:
@@ -251,7 +252,11 @@ class Pipeline:
             raise Unsupported
         fut, columns = sent
         try:
-            rows, status, server_seconds = await fut
+            rows, status, server_seconds = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # The statement runs on: it is judged (and its slot freed) when it completes.
+            fut.add_done_callback(lambda done: self._settled(sql, done))
+            raise
         except BaseException as exc:
             self._trying.discard(sql)  # not judged: the next copy may try
             if not isinstance(exc, asyncpg.PostgresError):
@@ -265,6 +270,13 @@ class Pipeline:
             return await self.run(sql, params, retry_stale=False)
         self.finished(sql, server_seconds)
         return columns, rows, status
+
+    def _settled(self, sql: str, fut: asyncio.Future[Any]) -> None:
+        """A statement whose caller gave up has completed."""
+        if fut.cancelled() or fut.exception() is not None:
+            self._trying.discard(sql)
+        else:
+            self.finished(sql, fut.result()[2])
 
     def _note_idle(self) -> None:
         if not self.in_flight:

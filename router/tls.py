@@ -4,7 +4,8 @@ pipelined ones (router/pipeline.py), so neither path is weaker than the other.
 
 - disable: never TLS.
 - prefer (the default, as in libpq and asyncpg): TLS if the server offers it, else in clear.
-- require: TLS, with the server's certificate not checked.
+- require: TLS, with the server's certificate not checked (checked as verify-ca when
+  `database.sslrootcert` is set, as libpq does).
 - verify-ca: TLS, the certificate must chain to `database.sslrootcert` (or the system's CAs).
 - verify-full: as verify-ca, and the certificate must name the host connected to.
 
@@ -24,7 +25,8 @@ from typing import Any, TypeVar
 
 from router.config import DatabaseConfig, RouterConfig
 
-__all__ = ["TLSRefused", "asyncpg_ssl", "client_context", "open_stream", "server_context"]
+__all__ = ["ListenerTLS", "TLSRefused", "asyncpg_ssl", "client_context", "open_stream",
+           "server_context"]
 
 # SSLRequest: length 8, then the code 1234.5679 (PostgreSQL's protocol, section 53.2.10).
 _SSL_REQUEST = struct.pack("!ii", 8, 80877103)
@@ -38,6 +40,8 @@ class TLSRefused(ConnectionError):
 
 @functools.lru_cache(maxsize=8)
 def _context(mode: str, rootcert: str) -> ssl.SSLContext:
+    if mode == "require" and rootcert:
+        mode = "verify-ca"  # as libpq does when a root certificate is given
     if mode in ("prefer", "require"):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -65,10 +69,13 @@ def asyncpg_ssl(db: DatabaseConfig, host: str) -> Any:
 
 
 class _Negotiation(asyncio.Protocol):
-    """Sends SSLRequest and waits for the server's one-byte answer."""
+    """Sends SSLRequest and waits for the server's one-byte answer. Whatever happens after
+    the answer and before the stream is handed over (bytes, or the end of the connection) is
+    noted, so the hand-over can refuse it: the server has nothing to say at that point."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.answer: asyncio.Future[bytes] = loop.create_future()
+        self.unexpected: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.write(_SSL_REQUEST)  # type: ignore[attr-defined]
@@ -76,10 +83,14 @@ class _Negotiation(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.answer.done():
             self.answer.set_result(data)
+        else:
+            self.unexpected = "data before the session started"
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.answer.done():
             self.answer.set_exception(exc or ConnectionResetError("closed before answering"))
+        else:
+            self.unexpected = f"connection closed ({exc or 'by the server'})"
 
 
 async def open_stream(
@@ -110,6 +121,8 @@ async def open_stream(
             pass  # the server has no TLS: prefer goes on in clear, as libpq does
         else:
             raise TLSRefused(f"{host}:{port} does not accept TLS (sslmode={db.sslmode})")
+        if negotiation.unexpected or transport.is_closing():
+            raise ConnectionResetError(f"{host}:{port}: {negotiation.unexpected or 'closed'}")
         protocol = factory()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
@@ -127,3 +140,32 @@ def server_context(router: RouterConfig) -> ssl.SSLContext | None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(router.tls_cert_file, router.tls_key_file)
     return ctx
+
+
+class ListenerTLS:
+    """TLS of the router's TCP listener, whose certificate can be renewed while it serves.
+
+    The listener keeps the context it was created with; each handshake is switched, from its
+    SNI callback (which OpenSSL calls for every ClientHello), to the newest context. A renewal
+    builds and checks a whole new context first, so a half-written file or a key that does
+    not match its certificate leaves the running one untouched."""
+
+    def __init__(self, router: RouterConfig) -> None:
+        self.paths = (router.tls_cert_file, router.tls_key_file)
+        context = server_context(router)
+        if context is None:
+            raise ValueError("router.tls_cert_file is not set")
+        self.context = context
+        self._current = context
+        context.sni_callback = self._choose
+
+    def _choose(self, conn: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        if context is not self._current:
+            conn.context = self._current
+
+    def renew(self) -> None:
+        """Load the files again from the same paths; new handshakes use them. Raises OSError
+        or ValueError (the running certificate stays) when they cannot be loaded."""
+        fresh = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        fresh.load_cert_chain(*self.paths)
+        self._current = fresh

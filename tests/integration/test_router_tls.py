@@ -5,6 +5,7 @@ certificate. Certificates come from throwaway CAs (trustme)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import ssl
 from collections.abc import Iterator
@@ -117,3 +118,18 @@ async def test_sighup_loads_a_renewed_certificate(tls_router: TLSRouter) -> None
     await wait_until(serves_the_renewed_certificate, within=10, what="the renewed certificate")
     with pytest.raises(NoRouterAvailableError):  # the old CA no longer vouches for it
         await _answers(tls_router.dsn(f"?sslmode=verify-full&sslrootcert={tls_router.ca_file}"))
+
+    # Other paths (here: none) need a restart: the listener keeps its own, reload after reload.
+    proc = tls_router.proc
+    text = proc.path.read_text()
+    proc.path.write_text(re.sub(r'(?m)^tls_(cert|key)_file = .*$', r'tls_\1_file = ""', text))
+    for times in (1, 2):
+        proc.proc.send_signal(signal.SIGHUP)
+
+        async def warned(times: int = times) -> bool:
+            return sum("changes need a restart" in line for line in proc.output) >= times
+
+        await wait_until(warned, within=10, what=f"reload {times} to warn")
+    assert await _answers(renewed)
+    assert proc.proc.poll() is None
+    assert not any("Traceback" in line for line in proc.output)

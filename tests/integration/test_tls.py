@@ -122,9 +122,11 @@ async def test_a_certificate_from_another_ca_is_refused(tls_node: TLSNode) -> No
         db = DatabaseConfig(sslmode=mode, sslrootcert=str(tls_node.other_ca_file))
         with pytest.raises(ssl.SSLCertVerificationError):
             await _encrypted(tls_node.address, db)
-    # Not checked under require, as in libpq.
+    # require checks the certificate only when given a root certificate, as libpq does.
     db = DatabaseConfig(sslmode="require", sslrootcert=str(tls_node.other_ca_file))
-    assert await _encrypted(tls_node.address, db)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await _encrypted(tls_node.address, db)
+    assert await _encrypted(tls_node.address, DatabaseConfig(sslmode="require"))
 
 
 async def test_a_server_without_tls_is_refused_unless_tls_is_only_preferred(

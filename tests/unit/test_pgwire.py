@@ -358,6 +358,34 @@ async def test_one_copy_of_a_statement_not_yet_judged_runs_on_the_pipeline() -> 
     pipeline.finished(sql, 0.001)  # quick: from now on any number at once
     assert all(submit() for _ in range(10))
     assert conn.in_flight == 13
+    pipeline.finished(sql, 0.5)  # slow again: back to one copy at a time until judged
+    assert [submit(), submit()] == [True, False]
+
+
+async def test_a_statement_whose_caller_gave_up_keeps_its_slot_until_it_completes() -> None:
+    from router.config import DatabaseConfig, NodeAddress
+    from router.pgtypes import Unsupported
+    from router.pipeline import Pipeline
+
+    db = DatabaseConfig(pipeline_slow_ms=20, pipeline_connections=1)
+    pipeline = Pipeline("n", NodeAddress("127.0.0.1", 1, "d"), db, {})
+    conn, _ = await started_connection()
+    pipeline._conns.append(conn)
+    sql = "SELECT report()"
+    conn._stmts[sql] = _make_statement("s", sql, [], [("r", 23)], set())
+    waiting = asyncio.ensure_future(pipeline.run(sql, []))
+    await asyncio.sleep(0)  # let it queue the statement
+    assert conn.in_flight == 1
+    waiting.cancel()  # e.g. the request's timeout: the statement itself runs on
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    with pytest.raises(Unsupported):  # a second copy still waits for the verdict
+        await pipeline.run(sql, [])
+    conn.data_received(msg(b"2") + data_row(b"done") + msg(b"C", b"SELECT 1\x00") + ready())
+    await asyncio.sleep(0)  # one loop turn: the future's done-callbacks run
+    assert pipeline.statements == 1  # judged when it completed
+    assert sql in pipeline._fast or sql in pipeline._streaks
+    assert sql not in pipeline._trying
 
 
 async def test_writes_of_one_turn_share_one_wal_position_read_after_them() -> None:

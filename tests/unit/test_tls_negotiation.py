@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+import trustme
 
 from router.config import DatabaseConfig
 from router.tls import TLSRefused, asyncpg_ssl, client_context, open_stream
@@ -74,7 +76,7 @@ async def test_bytes_after_the_yes_are_refused(
         await open_stream("127.0.0.1", port, DatabaseConfig(sslmode="require"), Recorder)
 
 
-def test_contexts_follow_the_mode() -> None:
+def test_contexts_follow_the_mode(tmp_path: Path) -> None:
     assert client_context(DatabaseConfig(sslmode="disable")) is None
     require = client_context(DatabaseConfig(sslmode="require"))
     verify_ca = client_context(DatabaseConfig(sslmode="verify-ca"))
@@ -87,3 +89,8 @@ def test_contexts_follow_the_mode() -> None:
     assert asyncpg_ssl(DatabaseConfig(sslmode="verify-full"), "/tmp") is False
     assert asyncpg_ssl(DatabaseConfig(), "10.0.0.5") == "prefer"
     assert asyncpg_ssl(DatabaseConfig(sslmode="require"), "10.0.0.5") is require
+    # require with a root certificate checks the chain, as libpq does.
+    ca_file = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    checked = client_context(DatabaseConfig(sslmode="require", sslrootcert=str(ca_file)))
+    assert checked is not None and checked.verify_mode.name == "CERT_REQUIRED"
