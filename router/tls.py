@@ -23,6 +23,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from client.tls import ssl_context
 from router.config import DatabaseConfig, RouterConfig
 
 __all__ = ["ListenerTLS", "TLSRefused", "asyncpg_ssl", "client_context", "open_stream",
@@ -40,15 +41,9 @@ class TLSRefused(ConnectionError):
 
 @functools.lru_cache(maxsize=8)
 def _context(mode: str, rootcert: str) -> ssl.SSLContext:
-    if mode == "require" and rootcert:
-        mode = "verify-ca"  # as libpq does when a root certificate is given
-    if mode in ("prefer", "require"):
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    ctx = ssl.create_default_context(cafile=rootcert or None)
-    ctx.check_hostname = mode == "verify-full"
+    # The client library's modes, less disable, plus prefer: TLS unchecked, if offered.
+    ctx = ssl_context("require" if mode == "prefer" else mode, rootcert)
+    assert ctx is not None
     return ctx
 
 

@@ -333,9 +333,8 @@ async def test_a_slow_statement_stays_off_the_pipeline_only_for_a_cool_down() ->
     assert "SELECT slow" not in pipeline._slow
 
 
-async def test_one_copy_of_a_statement_not_yet_judged_runs_on_the_pipeline() -> None:
-    """A hundred copies of a new statement sent at once must not all queue up on the shared
-    connection before the first one shows whether it is slow."""
+async def _pipeline_with_one_statement() -> tuple[Any, PipelinedConnection, str]:
+    """A node's pipeline of one started connection, with one statement prepared on it."""
     from router.config import DatabaseConfig, NodeAddress
     from router.pipeline import Pipeline
 
@@ -345,6 +344,13 @@ async def test_one_copy_of_a_statement_not_yet_judged_runs_on_the_pipeline() -> 
     pipeline._conns.append(conn)
     sql = "SELECT report()"
     conn._stmts[sql] = _make_statement("s", sql, [], [("r", 23)], set())
+    return pipeline, conn, sql
+
+
+async def test_one_copy_of_a_statement_not_yet_judged_runs_on_the_pipeline() -> None:
+    """A hundred copies of a new statement sent at once must not all queue up on the shared
+    connection before the first one shows whether it is slow."""
+    pipeline, conn, sql = await _pipeline_with_one_statement()
 
     def submit() -> bool:
         return pipeline.submit(sql, [], lambda *result: None) is not None
@@ -363,16 +369,9 @@ async def test_one_copy_of_a_statement_not_yet_judged_runs_on_the_pipeline() -> 
 
 
 async def test_a_statement_whose_caller_gave_up_keeps_its_slot_until_it_completes() -> None:
-    from router.config import DatabaseConfig, NodeAddress
     from router.pgtypes import Unsupported
-    from router.pipeline import Pipeline
 
-    db = DatabaseConfig(pipeline_slow_ms=20, pipeline_connections=1)
-    pipeline = Pipeline("n", NodeAddress("127.0.0.1", 1, "d"), db, {})
-    conn, _ = await started_connection()
-    pipeline._conns.append(conn)
-    sql = "SELECT report()"
-    conn._stmts[sql] = _make_statement("s", sql, [], [("r", 23)], set())
+    pipeline, conn, sql = await _pipeline_with_one_statement()
     waiting = asyncio.ensure_future(pipeline.run(sql, []))
     await asyncio.sleep(0)  # let it queue the statement
     assert conn.in_flight == 1
