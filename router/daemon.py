@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import stat
 from collections.abc import Iterator
@@ -315,6 +316,30 @@ def _signals(node: RouterNode) -> Iterator[None]:
 _GC_YOUNG_THRESHOLD = 50_000
 
 
+def raise_fd_limit(config: Config) -> int:
+    """Every client and backend connection holds a file descriptor: raise the soft limit
+    to the hard one (distributions often start daemons at 1,024), and warn when
+    router.max_client_connections cannot fit under it. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+            soft = ceiling
+        except (ValueError, OSError) as exc:  # e.g. above the kernel's nr_open
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+    db = config.database
+    nodes = sum(1 for _ in config.all_nodes())
+    needed = (config.router.max_client_connections
+              + nodes * (db.pool_max_size + db.pipeline_connections + 2) + 64)  # fmt: skip
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("the open-file limit (%d) is below the %d descriptors that "
+                    "router.max_client_connections and the pools may need: raise the hard "
+                    "limit (ulimit -Hn, LimitNOFILE=) or lower max_client_connections",
+                    soft, needed)  # fmt: skip
+    return int(soft)
+
+
 def _tune_gc() -> None:
     """Collect young objects less often. (gc.freeze() would also spare start-up's objects the
     scans, but what a reload replaces would then never be collected.)"""
@@ -323,6 +348,7 @@ def _tune_gc() -> None:
 
 
 async def _main(config: Config, config_path: str | None) -> None:
+    raise_fd_limit(config)
     node = RouterNode(config, config_path=config_path)
     await node.startup()
     _tune_gc()

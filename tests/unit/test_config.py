@@ -178,3 +178,4 @@ def test_socket_dir_applies_only_to_local_nodes() -> None:
     assert db.host_for(NodeAddress("127.0.0.1", 6501)) == "/tmp"
     assert db.host_for(NodeAddress("db.example.internal", 6501)) == "db.example.internal"
     assert replace(db, socket_dir="").host_for(NodeAddress("127.0.0.1", 1)) == "127.0.0.1"
+
