@@ -76,6 +76,7 @@ class RouterConfig:
     max_frame_bytes: int = 16 * 1024 * 1024
     reply_batch: int = 16
     max_client_connections: int = 10000
+    max_in_flight_per_connection: int = 1024
     handshake_timeout_seconds: float = 10.0
     drain_timeout_seconds: float = 10.0
     parse_cache_size: int = 4096
@@ -384,6 +385,7 @@ def _validate(config: Config) -> None:
         "router.max_frame_bytes": r.max_frame_bytes,
         "router.reply_batch": r.reply_batch,
         "router.max_client_connections": r.max_client_connections,
+        "router.max_in_flight_per_connection": r.max_in_flight_per_connection,
         "router.handshake_timeout_seconds": r.handshake_timeout_seconds,
         "router.parse_cache_size": r.parse_cache_size,
         "router.drain_timeout_seconds": r.drain_timeout_seconds,

@@ -79,6 +79,13 @@ class ClientConnection(asyncio.Protocol):
         self._flush_pending = False
         self._reply_batch = node.config.router.reply_batch
         self._hello_timer: asyncio.TimerHandle | None = None
+        # Flow control: reading pauses while the client's replies back up (pause_writing) or
+        # while it has max_in_flight_per_connection requests outstanding.
+        self._max_in_flight = node.config.router.max_in_flight_per_connection
+        self._fast_in_flight = 0  # fast-path requests whose result has not come back yet
+        self._paused_for_writes = False
+        self._paused_for_load = False
+        self._reading_paused = False
         self._authed = False
         self._closing = False
         self.session = Session()
@@ -137,12 +144,39 @@ class ClientConnection(asyncio.Protocol):
             self._transport.close()
 
     def pause_writing(self) -> None:
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._paused_for_writes = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._closing:
+        self._paused_for_writes = False
+        self._update_reading()
+
+    @property
+    def in_flight(self) -> int:
+        return self._fast_in_flight + len(self.tasks)
+
+    def _update_reading(self) -> None:
+        pause = self._paused_for_writes or self._paused_for_load
+        if pause == self._reading_paused or self._transport is None or self._closing:
+            return
+        self._reading_paused = pause
+        if pause:
+            self._transport.pause_reading()
+        else:
             self._transport.resume_reading()
+
+    def _request_done(self) -> None:
+        if self._paused_for_load and self.in_flight <= self._max_in_flight // 2:
+            self._paused_for_load = False
+            self._update_reading()
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._request_done()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -154,6 +188,9 @@ class ClientConnection(asyncio.Protocol):
             return
         for message in messages:
             self._dispatch(message)
+        if not self._paused_for_load and self.in_flight >= self._max_in_flight:
+            self._paused_for_load = True
+            self._update_reading()
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -225,9 +262,7 @@ class ClientConnection(asyncio.Protocol):
         self._spawn_handle(message)
 
     def _spawn_handle(self, message: Message) -> None:
-        task = self._loop.create_task(self._handle(message))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._track(self._loop.create_task(self._handle(message)))
 
     # ---- the fast path: autocommit statements on a pipelined backend connection ------------
 
@@ -240,6 +275,7 @@ class ClientConnection(asyncio.Protocol):
         if routed is None:
             return False
         request.routed = routed
+        self._fast_in_flight += 1
         timeout_ms = m.hints.timeout_ms
         if timeout_ms:
             request.timer = self._loop.call_later(timeout_ms / 1000, request.time_out)
@@ -410,6 +446,8 @@ class _Submitted:
         assert routed is not None
         # Failed statements count too: one that waits on a lock is as slow for its neighbours.
         routed.node.pool.pipeline.finished(m.sql, server_seconds)
+        conn._fast_in_flight -= 1
+        conn._request_done()
         if self.answered:  # timed out already; the result is dropped
             return
         self.answered = True
@@ -432,11 +470,9 @@ class _Submitted:
                     token = executor.token_at(conn.session, routed, wal)
                     conn._reply_rows(m, routed, rows, status, token, self.started)
                     return
-                task = conn._loop.create_task(  # the position is unknown: read it apart
+                conn._track(conn._loop.create_task(  # the position is unknown: read it apart
                     conn._finish_write(m, routed, rows, status, self.started)
-                )
-                conn.tasks.add(task)
-                task.add_done_callback(conn.tasks.discard)
+                ))  # fmt: skip
                 return
             conn._reply_rows(m, routed, rows, status, None, self.started)
             return

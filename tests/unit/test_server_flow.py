@@ -1,0 +1,167 @@
+"""How the router paces one client connection: replies of one event-loop turn leave in one
+write, but at most `router.reply_batch` to a write; reading pauses while
+`router.max_in_flight_per_connection` requests are outstanding. A fake transport records
+writes and pauses; the router node is built from router.toml and never started, and where a
+request must wait, its backend is a stand-in (no database is involved)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocol import Encoder, FrameDecoder, Hello, HelloOk, Hints, Ping, Pong, Query
+from protocol.messages import Role as WireRole
+from router.config import load_config
+from router.daemon import RouterNode
+from router.outcome import Outcome, Routed
+from router.server import ClientConnection
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.reading = True
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        assert self.reading, "paused twice"
+        self.reading = False
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        assert not self.reading, "resumed while reading"
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 40000)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def _connection(monkeypatch: pytest.MonkeyPatch, reply_batch: int = 16,
+                max_in_flight: int = 1024) -> tuple[ClientConnection, RecordingTransport]:  # fmt: skip
+    monkeypatch.setenv("GEOROUTE_TOKEN", "secret")
+    config = load_config(REPO / "router.toml")
+    router = dataclasses.replace(config.router, reply_batch=reply_batch,
+                                 max_in_flight_per_connection=max_in_flight)  # fmt: skip
+    config = dataclasses.replace(config, router=router)
+    conn = ClientConnection(RouterNode(config))
+    transport = RecordingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    return conn, transport
+
+
+def _frames(writes: list[bytes]) -> list[list[Any]]:
+    """The messages in each write."""
+    decoder = FrameDecoder(1 << 20)
+    return [decoder.feed(data) for data in writes]
+
+
+async def _handshake(conn: ClientConnection, transport: RecordingTransport) -> None:
+    conn.data_received(Encoder().encode(Hello(1, [1], "test", "secret")))
+    await asyncio.sleep(0)
+    (reply,) = _frames(transport.writes)
+    assert [type(m) for m in reply] == [HelloOk]
+    transport.writes.clear()
+
+
+async def test_a_turns_replies_leave_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn, transport = _connection(monkeypatch, reply_batch=16)
+    await _handshake(conn, transport)
+    conn.data_received(b"".join(Encoder().encode(Ping(i)) for i in range(2, 12)))
+    assert transport.writes == []  # nothing before the turn ends
+    await asyncio.sleep(0)
+    (replies,) = _frames(transport.writes)
+    assert replies == [Pong(i) for i in range(2, 12)]
+
+
+async def test_a_long_run_of_replies_is_written_in_parts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn, transport = _connection(monkeypatch, reply_batch=16)
+    await _handshake(conn, transport)
+    conn.data_received(b"".join(Encoder().encode(Ping(i)) for i in range(2, 42)))
+    # Two full parts went out while the turn was still running; the rest at its end.
+    assert [len(part) for part in _frames(transport.writes)] == [16, 16]
+    await asyncio.sleep(0)
+    parts = _frames(transport.writes)
+    assert [len(part) for part in parts] == [16, 16, 8]
+    assert [m for part in parts for m in part] == [Pong(i) for i in range(2, 42)]
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 3  # no empty or repeated write afterwards
+
+
+SQL = "SELECT 1 AS x"
+
+
+def _queries(first: int, count: int) -> bytes:
+    return b"".join(Encoder().encode(Query(i, SQL, hints=Hints(shard="europe")))
+                    for i in range(first, first + count))  # fmt: skip
+
+
+async def test_reading_pauses_while_too_many_requests_are_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn, transport = _connection(monkeypatch, max_in_flight=4)
+    await _handshake(conn, transport)
+    node = conn._node
+    backend_free = asyncio.Event()
+
+    async def slow_query(session: Any, sql: str, params: Any, hints: Any) -> Outcome:
+        await backend_free.wait()
+        return Outcome(["x"], [[1]], "SELECT 1", "europe", "europe-replica1", WireRole.REPLICA)
+
+    monkeypatch.setattr(node.executor, "submit", lambda *args: None)  # no pipeline here
+    monkeypatch.setattr(node.executor, "query", slow_query)
+    conn.data_received(_queries(2, 3))
+    assert transport.reading and conn.in_flight == 3
+    conn.data_received(_queries(5, 2))  # 5 >= 4: the router stops reading from this client
+    assert not transport.reading and conn.in_flight == 5
+    backend_free.set()
+    await asyncio.gather(*conn.tasks)  # their done-callbacks run before ours
+    assert transport.reading and transport.pauses == 1
+    replies = [m for part in _frames(transport.writes) for m in part]
+    assert sorted(r.id for r in replies) == [2, 3, 4, 5, 6]
+
+
+async def test_fast_path_requests_count_until_their_result_comes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn, transport = _connection(monkeypatch, max_in_flight=4)
+    await _handshake(conn, transport)
+    node = conn._node
+    shard = node.topology.shards["europe"]
+    callbacks: list[Any] = []
+
+    def submit(session: Any, sql: str, params: Any, hints: Any, callback: Any) -> Routed:
+        callbacks.append(callback)
+        return Routed(["x"], shard.replicas[0], shard, node.classifier.analyze(sql))
+
+    monkeypatch.setattr(node.executor, "submit", submit)
+    conn.data_received(_queries(2, 4))
+    assert not transport.reading and conn.in_flight == 4
+    callbacks[0]([[1]], "SELECT 1", 0.001, None, None)
+    assert not transport.reading  # 3 left: not yet down to half of 4
+    callbacks[1]([[1]], "SELECT 1", 0.001, None, None)
+    assert transport.reading and conn.in_flight == 2
+    for callback in callbacks[2:]:
+        callback([[1]], "SELECT 1", 0.001, None, None)
+    assert conn.in_flight == 0
+    await asyncio.sleep(0)  # one loop turn: the replies are written
+    assert sorted(m.id for part in _frames(transport.writes) for m in part) == [2, 3, 4, 5]
