@@ -42,11 +42,8 @@ from protocol import (
 )
 from protocol.messages import Role as WireRole
 from router.failures import Failure, RequestTimeout, ShuttingDown, failure_for
-from router.health import HealthEvent
+from router.fastpath import FastRequest
 from router.outcome import Outcome, Routed
-from router.pgwire import PipelineError
-from router.pipeline import is_lock_timeout, is_stale_statement
-from router.pool import NodeUnavailableError
 from router.session import Session
 
 if TYPE_CHECKING:
@@ -269,7 +266,7 @@ class ClientConnection(asyncio.Protocol):
     def _submit(self, m: Query) -> bool:
         """Route `m` and queue it on a pipelined connection; the reply is sent from the
         pipeline's callback, with no task. False: nothing was sent, use `_handle`."""
-        request = _Submitted(self, m, time.perf_counter())
+        request = FastRequest(self, m, time.perf_counter())
         routed = self._node.executor.submit(self.session, m.sql, m.params, m.hints,
                                             request.done)  # fmt: skip
         if routed is None:
@@ -416,80 +413,3 @@ class ClientConnection(asyncio.Protocol):
         if m.op != "topology":
             raise ValueError(f"unknown admin op {m.op!r} (known: topology)")
         return self._encoder.encode(AdminReply(m.id, self._node.topology_report())), None
-
-
-class _Submitted:
-    """One request on the fast path, answered once: by its result, or by its timeout."""
-
-    __slots__ = ("answered", "conn", "message", "routed", "started", "timer")
-
-    def __init__(self, conn: ClientConnection, message: Query, started: float) -> None:
-        self.conn = conn
-        self.message = message
-        self.started = started
-        self.routed: Routed | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.answered = False
-
-    def time_out(self) -> None:
-        # The statement runs on (its connection is shared); its result will be dropped.
-        self.timer = None
-        self.answered = True
-        m = self.message
-        exc = RequestTimeout(f"request took longer than {m.hints.timeout_ms} ms")
-        assert self.routed is not None
-        self.conn._reply_failed(m, exc, self.routed.analysis.read_only, self.started)
-
-    def done(self, rows: list[Any] | None, status: str, server_seconds: float,
-             exc: BaseException | None, wal: int | None) -> None:  # fmt: skip
-        conn, m, routed = self.conn, self.message, self.routed
-        assert routed is not None
-        # Failed statements count too: one that waits on a lock is as slow for its neighbours.
-        routed.node.pool.pipeline.finished(m.sql, server_seconds)
-        conn._fast_in_flight -= 1
-        conn._request_done()
-        if self.answered:  # timed out already; the result is dropped
-            return
-        self.answered = True
-        if self.timer is not None:
-            self.timer.cancel()
-        try:
-            self._answer(rows, status, exc, wal)
-        except Exception as error:  # e.g. a reply over the frame limit: still a typed reply
-            conn._reply_failed(m, error, routed.analysis.read_only, self.started)
-
-    def _answer(self, rows: list[Any] | None, status: str, exc: BaseException | None,
-                wal: int | None) -> None:  # fmt: skip
-        conn, m, routed = self.conn, self.message, self.routed
-        assert routed is not None
-        if exc is None:
-            assert rows is not None
-            executor = conn._node.executor
-            if executor.needs_token(routed, status):
-                if wal is not None:
-                    token = executor.token_at(conn.session, routed, wal)
-                    conn._reply_rows(m, routed, rows, status, token, self.started)
-                    return
-                conn._track(conn._loop.create_task(  # the position is unknown: read it apart
-                    conn._finish_write(m, routed, rows, status, self.started)
-                ))  # fmt: skip
-                return
-            conn._reply_rows(m, routed, rows, status, None, self.started)
-            return
-        read_only = routed.analysis.read_only
-        if isinstance(exc, PipelineError):
-            node = routed.node
-            node.record(HealthEvent.CONNECT_FAILED, str(exc))
-            if read_only and not conn._node.draining:  # safe to run again, another way
-                conn._spawn_handle(m)
-                return
-            exc = NodeUnavailableError(f"{node.name}: connection lost: {exc}", sent=True)
-        elif is_stale_statement(exc) or is_lock_timeout(exc):
-            # Nothing was applied. A stale statement is prepared again; one that waited on a
-            # lock longer than the pipeline's lock_timeout runs on a pooled connection.
-            if is_stale_statement(exc):
-                routed.node.pool.pipeline.forget(m.sql)
-            if not conn._node.draining:
-                conn._spawn_handle(m)
-                return
-        conn._reply_failed(m, exc, read_only, self.started)
