@@ -104,7 +104,14 @@ async def open_stream(
     try:
         answer = await negotiation.answer
         if answer == b"S":
-            tls = await loop.start_tls(transport, negotiation, ctx, server_hostname=host)
+            try:
+                tls = await loop.start_tls(transport, negotiation, ctx, server_hostname=host)
+            except ssl.SSLError:
+                if db.sslmode != "prefer":
+                    raise
+                # As libpq's prefer does: a TLS attempt that fails is made again in clear.
+                transport.abort()
+                return await loop.create_connection(factory, host, port)
             if tls is None:
                 raise TLSRefused(f"{host}:{port}: TLS could not start")
             transport = tls

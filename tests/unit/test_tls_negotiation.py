@@ -4,6 +4,7 @@ server's side is tested in tests/integration/test_tls.py)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -94,3 +95,38 @@ def test_contexts_follow_the_mode(tmp_path: Path) -> None:
     trustme.CA().cert_pem.write_to_path(str(ca_file))
     checked = client_context(DatabaseConfig(sslmode="require", sslrootcert=str(ca_file)))
     assert checked is not None and checked.verify_mode.name == "CERT_REQUIRED"
+
+
+async def test_prefer_tries_again_in_clear_when_the_tls_handshake_fails() -> None:
+    """libpq's prefer: a server that says yes to TLS, then cannot do it, gets a plain try."""
+    script = ["bad tls", "plain", "bad tls"]  # what the server does, connection by connection
+    seen: list[str] = []
+    plain_seen = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        act = script[len(seen)]
+        seen.append(act)
+        if act == "bad tls":
+            assert await reader.readexactly(8) == SSL_REQUEST
+            writer.write(b"S")  # yes to TLS...
+            await writer.drain()
+            await reader.read(100)  # ...then the ClientHello is answered with nonsense
+            writer.write(b"not a TLS record" * 4)
+            await writer.drain()
+        else:
+            plain_seen.set()
+            await reader.read(100)  # a plain client sends its startup message here
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        transport, protocol = await open_stream("127.0.0.1", port, DatabaseConfig(), Recorder)
+        assert await protocol.made is transport
+        await asyncio.wait_for(plain_seen.wait(), 5)  # a second, plain connection
+        assert seen == ["bad tls", "plain"]
+        assert transport.get_extra_info("ssl_object") is None
+        transport.close()
+        with pytest.raises(ssl.SSLError):  # require does not fall back
+            await open_stream("127.0.0.1", port, DatabaseConfig(sslmode="require"), Recorder)
+        assert seen == ["bad tls", "plain", "bad tls"]
