@@ -320,18 +320,25 @@ def raise_fd_limit(config: Config) -> int:
     """Every client and backend connection holds a file descriptor: raise the soft limit
     to the hard one (distributions often start daemons at 1,024), and warn when
     router.max_client_connections cannot fit under it. Returns the soft limit now in force."""
+    db = config.database
+    nodes = len(config.all_nodes())
+    needed = (config.router.max_client_connections
+              + nodes * (db.pool_max_size + db.pipeline_connections + 2) + 64)  # fmt: skip
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     ceiling = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft != resource.RLIM_INFINITY and soft < ceiling:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
-            soft = ceiling
-        except (ValueError, OSError) as exc:  # e.g. above the kernel's nr_open
-            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
-    db = config.database
-    nodes = sum(1 for _ in config.all_nodes())
-    needed = (config.router.max_client_connections
-              + nodes * (db.pool_max_size + db.pipeline_connections + 2) + 64)  # fmt: skip
+        # An infinite hard limit still has a ceiling (nr_open, macOS's OPEN_MAX): if the
+        # first try is refused, ask for what is needed.
+        for target in dict.fromkeys((ceiling, min(ceiling, needed))):
+            if target <= soft:
+                continue
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+                break
+            except (ValueError, OSError) as exc:
+                log.warning("could not raise the open-file limit from %d to %d: %s",
+                            soft, target, exc)  # fmt: skip
     if soft != resource.RLIM_INFINITY and soft < needed:
         log.warning("the open-file limit (%d) is below the %d descriptors that "
                     "router.max_client_connections and the pools may need: raise the hard "

@@ -35,9 +35,15 @@ class FastRequest:
         self.answered = False
 
     def time_out(self) -> None:
-        # The statement runs on (its connection is shared); its result will be dropped.
+        # The statement runs on (its connection is shared); its result will be dropped. It no
+        # longer counts against the client: its node may take long to answer, or never.
         self.timer = None
         self.answered = True
+        conn = self.conn
+        conn._fast_in_flight -= 1
+        conn._request_done()
+        if conn._closing:
+            return
         m = self.message
         exc = RequestTimeout(f"request took longer than {m.hints.timeout_ms} ms")
         assert self.routed is not None
@@ -49,13 +55,15 @@ class FastRequest:
         assert routed is not None
         # Failed statements count too: one that waits on a lock is as slow for its neighbours.
         routed.node.pool.pipeline.finished(m.sql, server_seconds)
-        conn._fast_in_flight -= 1
-        conn._request_done()
-        if self.answered:  # timed out already; the result is dropped
+        if self.answered:  # timed out already (and no longer counted); the result is dropped
             return
         self.answered = True
         if self.timer is not None:
             self.timer.cancel()
+        conn._fast_in_flight -= 1
+        conn._request_done()
+        if conn._closing:  # the client has gone: nothing to answer, nothing to run again
+            return
         try:
             self._answer(rows, status, exc, wal)
         except Exception as error:  # e.g. a reply over the frame limit: still a typed reply

@@ -10,6 +10,7 @@ error and closes only that connection.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import logging
 import time
@@ -83,6 +84,8 @@ class ClientConnection(asyncio.Protocol):
         self._paused_for_writes = False
         self._paused_for_load = False
         self._reading_paused = False
+        self._backlog: collections.deque[Message] = collections.deque()  # read, not yet run
+        self._backlog_scheduled = False
         self._authed = False
         self._closing = False
         self.session = Session()
@@ -163,9 +166,15 @@ class ClientConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _request_done(self) -> None:
-        if self._paused_for_load and self.in_flight <= self._max_in_flight // 2:
-            self._paused_for_load = False
-            self._update_reading()
+        if (self._paused_for_load and not self._backlog_scheduled
+                and self.in_flight <= self._max_in_flight // 2):  # fmt: skip
+            # Not from here: this runs inside a backend connection's reply callbacks.
+            self._backlog_scheduled = True
+            self._loop.call_soon(self._resume_after_load)
+
+    def _resume_after_load(self) -> None:
+        self._backlog_scheduled = False
+        self._dispatch_backlog()
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)
@@ -183,10 +192,25 @@ class ClientConnection(asyncio.Protocol):
                 self._dispatch(message)
             self._fatal(exc.request_id or 0, exc.code, exc.message)
             return
-        for message in messages:
-            self._dispatch(message)
-        if not self._paused_for_load and self.in_flight >= self._max_in_flight:
-            self._paused_for_load = True
+        if not self._backlog and self.in_flight + len(messages) < self._max_in_flight:
+            for message in messages:  # room for all of them (the usual case)
+                self._dispatch(message)
+            return
+        self._backlog.extend(messages)  # after any still waiting: the order is kept
+        if not self._paused_for_load:
+            self._dispatch_backlog()
+
+    def _dispatch_backlog(self) -> None:
+        """Dispatch what has been read, up to max_in_flight_per_connection outstanding; the
+        rest waits (and reading pauses) until half of those are answered."""
+        backlog = self._backlog
+        while backlog and not self._closing and self.in_flight < self._max_in_flight:
+            self._dispatch(backlog.popleft())
+        if self._closing:
+            backlog.clear()
+        full = self.in_flight >= self._max_in_flight
+        if full != self._paused_for_load:
+            self._paused_for_load = full
             self._update_reading()
 
     # ---- writing ---------------------------------------------------------------------------

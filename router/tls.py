@@ -3,7 +3,8 @@ connection the router opens to a node: asyncpg's (pools, lag monitor, WAL reads)
 pipelined ones (router/pipeline.py), so neither path is weaker than the other.
 
 - disable: never TLS.
-- prefer (the default, as in libpq and asyncpg): TLS if the server offers it, else in clear.
+- prefer (the default, as in libpq and asyncpg): TLS if the server offers it and the
+  handshake works, else in clear; the certificate is never checked.
 - require: TLS, with the server's certificate not checked (checked as verify-ca when
   `database.sslrootcert` is set, as libpq does).
 - verify-ca: TLS, the certificate must chain to `database.sslrootcert` (or the system's CAs).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import ssl
 import struct
 from collections.abc import Callable
@@ -33,6 +35,7 @@ __all__ = ["ListenerTLS", "TLSRefused", "asyncpg_ssl", "client_context", "open_s
 _SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
 P = TypeVar("P", bound=asyncio.Protocol)
+log = logging.getLogger(__name__)
 
 
 class TLSRefused(ConnectionError):
@@ -41,8 +44,9 @@ class TLSRefused(ConnectionError):
 
 @functools.lru_cache(maxsize=8)
 def _context(mode: str, rootcert: str) -> ssl.SSLContext:
-    # The client library's modes, less disable, plus prefer: TLS unchecked, if offered.
-    ctx = ssl_context("require" if mode == "prefer" else mode, rootcert)
+    # The client library's modes, less disable, plus prefer: TLS if offered, never checked
+    # (a check that fails would only send it back to clear text).
+    ctx = ssl_context("require", None) if mode == "prefer" else ssl_context(mode, rootcert)
     assert ctx is not None
     return ctx
 
@@ -106,10 +110,12 @@ async def open_stream(
         if answer == b"S":
             try:
                 tls = await loop.start_tls(transport, negotiation, ctx, server_hostname=host)
-            except ssl.SSLError:
+            except ssl.SSLError as exc:
                 if db.sslmode != "prefer":
                     raise
                 # As libpq's prefer does: a TLS attempt that fails is made again in clear.
+                log.warning("%s:%d: TLS failed (%s); sslmode=prefer goes on in clear",
+                            host, port, exc)  # fmt: skip
                 transport.abort()
                 return await loop.create_connection(factory, host, port)
             if tls is None:

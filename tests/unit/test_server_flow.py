@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from protocol import Encoder, FrameDecoder, Hello, HelloOk, Hints, Ping, Pong, Query
+from protocol import Encoder, ErrorCode, FrameDecoder, Hello, HelloOk, Hints, Ping, Pong, Query
 from protocol.messages import Role as WireRole
 from router.config import load_config
 from router.daemon import RouterNode
 from router.outcome import Outcome, Routed
+from router.pgwire import PipelineError
 from router.server import ClientConnection
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +29,7 @@ class RecordingTransport:
         self.writes: list[bytes] = []
         self.reading = True
         self.pauses = 0
+        self.wrote = asyncio.Event()
 
     def pause_reading(self) -> None:
         assert self.reading, "paused twice"
@@ -40,6 +42,7 @@ class RecordingTransport:
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
+        self.wrote.set()
 
     def set_write_buffer_limits(self, high: int) -> None:
         pass
@@ -131,13 +134,17 @@ async def test_reading_pauses_while_too_many_requests_are_in_flight(
     monkeypatch.setattr(node.executor, "query", slow_query)
     conn.data_received(_queries(2, 3))
     assert transport.reading and conn.in_flight == 3
-    conn.data_received(_queries(5, 2))  # 5 >= 4: the router stops reading from this client
-    assert not transport.reading and conn.in_flight == 5
+    # Three more in one read: one runs, two wait, and the router stops reading from this client.
+    conn.data_received(_queries(5, 3))
+    assert not transport.reading and conn.in_flight == 4 and len(conn._backlog) == 2
     backend_free.set()
-    await asyncio.gather(*conn.tasks)  # their done-callbacks run before ours
+    for _ in range(100):  # one loop turn at a time, a bounded number of them
+        if not conn.in_flight and not conn._backlog:
+            break
+        await asyncio.sleep(0)
     assert transport.reading and transport.pauses == 1
     replies = [m for part in _frames(transport.writes) for m in part]
-    assert sorted(r.id for r in replies) == [2, 3, 4, 5, 6]
+    assert sorted(r.id for r in replies) == [2, 3, 4, 5, 6, 7]
 
 
 async def test_fast_path_requests_count_until_their_result_comes_back(
@@ -159,9 +166,51 @@ async def test_fast_path_requests_count_until_their_result_comes_back(
     callbacks[0]([[1]], "SELECT 1", 0.001, None, None)
     assert not transport.reading  # 3 left: not yet down to half of 4
     callbacks[1]([[1]], "SELECT 1", 0.001, None, None)
-    assert transport.reading and conn.in_flight == 2
+    assert conn.in_flight == 2
+    await asyncio.sleep(0)  # one loop turn: reading resumes outside the reply callbacks
+    assert transport.reading
     for callback in callbacks[2:]:
         callback([[1]], "SELECT 1", 0.001, None, None)
     assert conn.in_flight == 0
     await asyncio.sleep(0)  # one loop turn: the replies are written
     assert sorted(m.id for part in _frames(transport.writes) for m in part) == [2, 3, 4, 5]
+
+
+async def test_a_timed_out_request_stops_counting_and_a_gone_client_gets_nothing_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fast-path request that timed out no longer holds the client back (its node may never
+    answer); one whose client has gone is neither answered nor run again."""
+    conn, transport = _connection(monkeypatch, max_in_flight=2)
+    await _handshake(conn, transport)
+    node = conn._node
+    shard = node.topology.shards["europe"]
+    callbacks: list[Any] = []
+
+    def submit(session: Any, sql: str, params: Any, hints: Any, callback: Any) -> Routed:
+        callbacks.append(callback)
+        return Routed(["x"], shard.replicas[0], shard, node.classifier.analyze(sql))
+
+    monkeypatch.setattr(node.executor, "submit", submit)
+    frames = b"".join(Encoder().encode(Query(i, SQL, hints=Hints(shard="europe", timeout_ms=1)))
+                      for i in (2, 3))  # fmt: skip
+    conn.data_received(frames)
+    assert not transport.reading and conn.in_flight == 2
+    errors: list[Any] = []
+    async with asyncio.timeout(5):  # both 1 ms timers fire, and their errors are written
+        while len(errors) < 2:
+            transport.wrote.clear()
+            await transport.wrote.wait()
+            errors = [m for part in _frames(transport.writes) for m in part]
+    await asyncio.sleep(0)  # one loop turn: reading resumes outside the timer callbacks
+    assert conn.in_flight == 0 and transport.reading
+    assert sorted(e.id for e in errors) == [2, 3] and all(e.code == ErrorCode.TIMEOUT for e in errors)
+    callbacks[0]([[1]], "SELECT 1", 0.001, None, None)  # the late result is dropped
+    assert conn.in_flight == 0
+
+    conn.data_received(_queries(4, 1))
+    conn.connection_lost(None)
+    spawned: list[Any] = []
+    monkeypatch.setattr(conn, "_spawn_handle", spawned.append)
+    callbacks[2](None, "", 0.0, PipelineError("lost"), None)  # would be run again, if anyone
+    assert spawned == [] and conn.in_flight == 0
