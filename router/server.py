@@ -328,7 +328,10 @@ class ClientConnection(asyncio.Protocol):
     async def _finish_write(self, m: Query, routed: Routed, rows: list[Any], status: str,
                             started: float) -> None:  # fmt: skip
         token = await self._node.executor.write_token(self.session, routed)
-        self._reply_rows(m, routed, rows, status, token, started)
+        try:
+            self._reply_rows(m, routed, rows, status, token, started)
+        except Exception as error:  # e.g. a reply over the frame limit: still a typed reply
+            self._reply_failed(m, error, routed.analysis.read_only, started)
 
     def _handshake(self, message: Message) -> None:
         if not isinstance(message, Hello):

@@ -4,6 +4,7 @@ server's side is tested in tests/integration/test_tls.py)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import struct
 from collections.abc import AsyncIterator
@@ -130,3 +131,27 @@ async def test_prefer_tries_again_in_clear_when_the_tls_handshake_fails() -> Non
         with pytest.raises(ssl.SSLError):  # require does not fall back
             await open_stream("127.0.0.1", port, DatabaseConfig(sslmode="require"), Recorder)
         assert seen == ["bad tls", "plain", "bad tls"]
+
+
+async def test_tcp_connections_to_nodes_are_kept_alive(
+    answering: tuple[list[bytes], list[bytes], int],
+) -> None:
+    """A node that vanishes without a word must not hold requests for TCP's quarter hour."""
+    answers, _, port = answering
+    answers.append(b"N")
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client closes
+        writer.close()
+
+    plain_server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    plain_port = plain_server.sockets[0].getsockname()[1]
+    async with plain_server:
+        for db, to in ((DatabaseConfig(), port), (DatabaseConfig(sslmode="disable"), plain_port)):
+            transport, _ = await open_stream("127.0.0.1", to, db, Recorder)
+            sock = transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+            transport.close()
