@@ -147,11 +147,9 @@ async def test_reading_pauses_while_too_many_requests_are_in_flight(
     assert sorted(r.id for r in replies) == [2, 3, 4, 5, 6, 7]
 
 
-async def test_fast_path_requests_count_until_their_result_comes_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    conn, transport = _connection(monkeypatch, max_in_flight=4)
-    await _handshake(conn, transport)
+def _fast_path_stand_in(monkeypatch: pytest.MonkeyPatch, conn: ClientConnection) -> list[Any]:
+    """Every Query takes the fast path, queued on europe's replica; the returned list gets
+    each one's reply callback, to call as its backend's answer."""
     node = conn._node
     shard = node.topology.shards["europe"]
     callbacks: list[Any] = []
@@ -161,6 +159,15 @@ async def test_fast_path_requests_count_until_their_result_comes_back(
         return Routed(["x"], shard.replicas[0], shard, node.classifier.analyze(sql))
 
     monkeypatch.setattr(node.executor, "submit", submit)
+    return callbacks
+
+
+async def test_fast_path_requests_count_until_their_result_comes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn, transport = _connection(monkeypatch, max_in_flight=4)
+    await _handshake(conn, transport)
+    callbacks = _fast_path_stand_in(monkeypatch, conn)
     conn.data_received(_queries(2, 4))
     assert not transport.reading and conn.in_flight == 4
     callbacks[0]([[1]], "SELECT 1", 0.001, None, None)
@@ -183,15 +190,7 @@ async def test_a_timed_out_request_stops_counting_and_a_gone_client_gets_nothing
     answer); one whose client has gone is neither answered nor run again."""
     conn, transport = _connection(monkeypatch, max_in_flight=2)
     await _handshake(conn, transport)
-    node = conn._node
-    shard = node.topology.shards["europe"]
-    callbacks: list[Any] = []
-
-    def submit(session: Any, sql: str, params: Any, hints: Any, callback: Any) -> Routed:
-        callbacks.append(callback)
-        return Routed(["x"], shard.replicas[0], shard, node.classifier.analyze(sql))
-
-    monkeypatch.setattr(node.executor, "submit", submit)
+    callbacks = _fast_path_stand_in(monkeypatch, conn)
     frames = b"".join(Encoder().encode(Query(i, SQL, hints=Hints(shard="europe", timeout_ms=1)))
                       for i in (2, 3))  # fmt: skip
     conn.data_received(frames)
