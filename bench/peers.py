@@ -81,12 +81,18 @@ def pgbench_path() -> str | None:
     return shutil.which("pgbench")
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(first: int = 28000, count: int = 1000) -> int:
+    """A loopback TCP port nobody listens on right now, from `first` on. Below Linux's
+    ephemeral range (32768 and up), so no client connection takes it as its source port
+    before the peer binds it."""
+    for port in range(first, first + count):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {first}-{first + count - 1}")
 
 
 @dataclass
@@ -252,7 +258,8 @@ def start_pgpool(state_dir: Path, user: ServerUser, db_user: str, primary: int, 
     home = _private_dir(state_dir, "pgpool", user)
     if len(str(home)) > 80:
         raise RuntimeError(f"{home} is too long for a unix socket directory")
-    port, pcp_port = free_port(), free_port()
+    port = free_port()
+    pcp_port = free_port(port + 1)
     (home / "pgpool_status").unlink(missing_ok=True)  # a stale "down" mark from a killed run
     conf = _PGPOOL_CONF.format(port=port, home=home, pcp_port=pcp_port, primary=primary,
                                replica=replica, children=children, db_user=db_user)
