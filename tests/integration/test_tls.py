@@ -9,7 +9,7 @@ import shutil
 import socket
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from router.cluster.layout import Layout, existing_layout
 from router.cluster.postgres import PgNode, PgRunner
 from router.cluster.users import ensure_server_user
 from router.config import Config, DatabaseConfig, NodeAddress
+from router.db.connect import connect_node
 from router.pipeline import connect_pipelined
 from router.pool import BackendPool
 from router.tls import TLSRefused
@@ -158,3 +159,17 @@ async def test_the_routers_pools_reach_a_node_over_tls_on_both_paths(tls_node: T
             pool.release(backend)
     finally:
         await pool.close()
+
+
+async def test_the_db_commands_connect_as_sslmode_says(tls_node: TLSNode, migrated: Config) -> None:
+    """`georoute db migrate/seed/health` open their connections through connect_node."""
+    database = replace(migrated.database, socket_dir="", sslmode="verify-full",
+                       sslrootcert=str(tls_node.ca_file))  # fmt: skip
+    conn = await connect_node(replace(migrated, database=database), tls_node.address)
+    try:
+        assert await conn.fetchval(ENCRYPTED) is True
+    finally:
+        await conn.close()
+    wrong = replace(database, sslrootcert=str(tls_node.other_ca_file))
+    with pytest.raises(ssl.SSLCertVerificationError):  # checked, not merely preferred
+        await connect_node(replace(migrated, database=wrong), tls_node.address)

@@ -96,6 +96,9 @@ def test_contexts_follow_the_mode(tmp_path: Path) -> None:
     trustme.CA().cert_pem.write_to_path(str(ca_file))
     checked = client_context(DatabaseConfig(sslmode="require", sslrootcert=str(ca_file)))
     assert checked is not None and checked.verify_mode.name == "CERT_REQUIRED"
+    # prefer never checks: a failed check would only send it back to clear text.
+    preferred = client_context(DatabaseConfig(sslmode="prefer", sslrootcert=str(ca_file)))
+    assert preferred is not None and preferred.verify_mode.name == "CERT_NONE"
 
 
 async def test_prefer_tries_again_in_clear_when_the_tls_handshake_fails() -> None:
