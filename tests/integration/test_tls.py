@@ -6,7 +6,6 @@ The server itself says whether a session is encrypted (pg_stat_ssl)."""
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from bench.peers import free_port
 from router.cluster.binaries import PgBinaries, find_pg_bin, make_reachable
 from router.cluster.layout import Layout, existing_layout
 from router.cluster.postgres import PgNode, PgRunner
@@ -48,12 +48,6 @@ def _ssl_capable_postgres(config: Config) -> PgBinaries | None:
     return next((bins for bins in candidates if _with_ssl(bins)), None)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 async def tls_node(migrated: Config, tmp_path_factory: pytest.TempPathFactory
                    ) -> AsyncIterator[TLSNode]:  # fmt: skip
@@ -64,7 +58,8 @@ async def tls_node(migrated: Config, tmp_path_factory: pytest.TempPathFactory
     user = ensure_server_user(migrated.cluster.server_user)
     root = existing_layout(migrated).data_root / "tls-test"
     runner = PgRunner(make_reachable(found, user), user, Layout(root, root), "postgres")
-    node = PgNode("tls-node", "europe", _free_port(), "postgres", "tls-test")
+    # Below the ephemeral range (and the bench's peers), like the cluster's own ports.
+    node = PgNode("tls-node", "europe", free_port(18500), "postgres", "tls-test")
     runner.initdb(node)
     pgdata = root / node.name / "data"
     ca = trustme.CA()
