@@ -32,6 +32,7 @@ from protocol import (
     Reply,
     Request,
 )
+from protocol.sockets import keep_alive
 
 __all__ = ["Connection", "open_connection"]
 
@@ -227,7 +228,8 @@ async def open_connection(
                 factory, f"{host.rstrip('/')}/.s.georoute.{port}"
             )
         else:
-            _, protocol = await loop.create_connection(
+            transport, protocol = await loop.create_connection(
                 factory, host, port, ssl=ssl, server_hostname=host if ssl is not None else None
             )
+            keep_alive(transport)  # a router that vanished is noticed (protocol/sockets.py)
     return protocol

@@ -42,6 +42,7 @@ from protocol import (
     choose_version,
 )
 from protocol.messages import Role as WireRole
+from protocol.sockets import keep_alive
 from router.failures import Failure, RequestTimeout, ShuttingDown, failure_for
 from router.fastpath import FastRequest
 from router.outcome import Outcome, Routed
@@ -107,6 +108,7 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=_HIGH_WATER)
+        keep_alive(transport)  # a client host that vanished is noticed (protocol/sockets.py)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._node.connections.add(self)

@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import socket
 import ssl
 import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from client.tls import ssl_context
+from protocol.sockets import keep_alive
 from router.config import DatabaseConfig, RouterConfig
 
 __all__ = ["ListenerTLS", "TLSRefused", "asyncpg_ssl", "client_context", "open_stream",
@@ -99,17 +99,17 @@ async def open_stream(
     """Connect `factory()`'s protocol to a node (a Unix socket when `host` is a directory),
     through TLS when `db.sslmode` asks for it and the server agrees. The protocol sees
     `connection_made` only once the stream is ready for PostgreSQL's startup message. TCP
-    connections get keepalives (see `_keep_alive`)."""
+    connections get keepalives (protocol/sockets.py)."""
     loop = asyncio.get_running_loop()
     if host.startswith("/"):
         return await loop.create_unix_connection(factory, f"{host}/.s.PGSQL.{port}")
     ctx = client_context(db)
     if ctx is None:
         plain, protocol = await loop.create_connection(factory, host, port)
-        _keep_alive(plain)
+        keep_alive(plain)
         return plain, protocol
     transport, negotiation = await loop.create_connection(lambda: _Negotiation(loop), host, port)
-    _keep_alive(transport)
+    keep_alive(transport)
     try:
         answer = await negotiation.answer
         if answer == b"S":
@@ -123,7 +123,7 @@ async def open_stream(
                             host, port, exc)  # fmt: skip
                 transport.abort()
                 transport, protocol = await loop.create_connection(factory, host, port)
-                _keep_alive(transport)
+                keep_alive(transport)
                 return transport, protocol
             if tls is None:
                 raise TLSRefused(f"{host}:{port}: TLS could not start")
@@ -146,25 +146,6 @@ async def open_stream(
         raise
     return transport, protocol
 
-
-# A node that vanishes without a word (a partition, a power cut) is noticed within about
-# half a minute, instead of TCP's own quarter of an hour: idle connections are probed, and
-# data left unacknowledged that long ends the connection (its requests then fail over).
-_KEEPALIVE_IDLE_S, _KEEPALIVE_INTERVAL_S, _KEEPALIVE_PROBES = 10, 5, 3
-_USER_TIMEOUT_MS = 30_000
-
-
-def _keep_alive(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", _KEEPALIVE_IDLE_S),
-                          ("TCP_KEEPINTVL", _KEEPALIVE_INTERVAL_S),
-                          ("TCP_KEEPCNT", _KEEPALIVE_PROBES),
-                          ("TCP_USER_TIMEOUT", _USER_TIMEOUT_MS)):  # fmt: skip
-        if hasattr(socket, option):  # Linux has them all; other systems some
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 def server_context(router: RouterConfig) -> ssl.SSLContext | None:
     """The TLS context of the router's TCP listener, or None when it has no certificate.

@@ -48,7 +48,7 @@ class RecordingTransport:
         pass
 
     def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 40000)
+        return ("127.0.0.1", 40000) if name == "peername" else None
 
     def is_closing(self) -> bool:
         return False
