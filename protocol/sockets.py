@@ -4,8 +4,8 @@ client, router to PostgreSQL.
 A peer that vanishes without a word (a partition, a power cut, a VM gone) is noticed within
 about half a minute instead of TCP's own quarter of an hour: an idle connection is probed
 after 10 s, every 5 s, three times; data left unacknowledged for 30 s ends the connection
-(TCP_USER_TIMEOUT). The requests on it then fail with a retryable error, and a transaction
-pinned to it is rolled back. Unix sockets need none of this."""
+(TCP_USER_TIMEOUT). The requests on it then fail with a typed error (retryable for reads),
+and a client's transaction pinned to it is rolled back. Unix sockets need none of this."""
 
 from __future__ import annotations
 
