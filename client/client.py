@@ -359,11 +359,12 @@ async def connect(
     """Connect to the router nodes named in `dsn` ("georoute://host:port,host2:port2") and
     return a ready Client (use it as `async with`). Raises AuthError on a bad token and
     NoRouterAvailableError when no node answers. TLS: `ssl`, or `?sslmode=...&sslrootcert=...`
-    in the address (client/tls.py)."""
+    in the address, with `&sslcert=...&sslkey=...` for a client certificate (client/tls.py)."""
     parsed = parse_dsn(dsn)
     options = parsed.options
     if ssl is None:
-        ssl = ssl_context(options.get("sslmode", "disable"), options.get("sslrootcert"))
+        ssl = ssl_context(options.get("sslmode", "disable"), options.get("sslrootcert"),
+                          options.get("sslcert"), options.get("sslkey"))
     config = PoolConfig(
         addresses=parsed.addresses,
         token=token if token is not None else parsed.token,

@@ -1,6 +1,7 @@
 """TLS to a router node's TCP listener, chosen as libpq chooses it for PostgreSQL: in the
 address (`georoute://host:6600?sslmode=verify-full&sslrootcert=/path/ca.pem`) or as an
-`ssl.SSLContext` given to `connect`. Unix sockets never use it."""
+`ssl.SSLContext` given to `connect`. Unix sockets never use it. A router that asks for client
+certificates (`router.tls_client_ca_file`) gets the one named by `sslcert` and `sslkey`."""
 
 from __future__ import annotations
 
@@ -15,11 +16,26 @@ __all__ = ["SSL_MODES", "ssl_context"]
 SSL_MODES = ("disable", "require", "verify-ca", "verify-full")
 
 
-def ssl_context(sslmode: str, sslrootcert: str | None = None) -> ssl.SSLContext | None:
+def ssl_context(sslmode: str, sslrootcert: str | None = None, sslcert: str | None = None,
+                sslkey: str | None = None) -> ssl.SSLContext | None:  # fmt: skip
+    """The context for `sslmode` (None for disable), presenting the client certificate
+    `sslcert` (its key in `sslkey`, or in the same file) when given."""
     if sslmode not in SSL_MODES:
         raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}, got {sslmode!r}")
     if sslmode == "disable":
+        if sslcert:
+            raise ValueError("a client certificate (sslcert) needs TLS: sslmode is disable")
         return None
+    ctx = _server_check(sslmode, sslrootcert)
+    if sslcert:
+        ctx.load_cert_chain(sslcert, sslkey or None)
+    elif sslkey:
+        raise ValueError("sslkey without sslcert")
+    return ctx
+
+
+def _server_check(sslmode: str, sslrootcert: str | None) -> ssl.SSLContext:
+    """A context that checks the server's certificate as `sslmode` says."""
     if sslmode == "require" and sslrootcert:
         sslmode = "verify-ca"  # as libpq does when a root certificate is given
     if sslmode == "require":

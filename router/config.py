@@ -72,6 +72,7 @@ class RouterConfig:
     listen_socket_dir: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # set: clients must present a certificate this CA signed
     auth_token_env: str = "GEOROUTE_TOKEN"
     max_frame_bytes: int = 16 * 1024 * 1024
     reply_batch: int = 16
@@ -122,6 +123,8 @@ class DatabaseConfig:
     pipeline_slow_ms: float = 20.0
     sslmode: str = "prefer"
     sslrootcert: str = ""
+    sslcert: str = ""  # the router's client certificate for the nodes (and sslkey, its key)
+    sslkey: str = ""
 
     def password(self) -> str | None:
         return os.environ.get(self.password_env) or None
@@ -427,12 +430,24 @@ def _validate(config: Config) -> None:
     if bool(r.tls_cert_file) != bool(r.tls_key_file):
         raise ConfigError("router.tls_key_file" if r.tls_cert_file else "router.tls_cert_file",
                           "TLS needs both a certificate and its key")  # fmt: skip
+    if r.tls_client_ca_file and not r.tls_cert_file:
+        why = "needs router.tls_cert_file and tls_key_file (the listener's TLS)"
+        raise ConfigError("router.tls_client_ca_file", why)
+    d = config.database
+    if bool(d.sslcert) != bool(d.sslkey):
+        raise ConfigError("database.sslkey" if d.sslcert else "database.sslcert",
+                          "a client certificate needs both sslcert and sslkey")  # fmt: skip
+    if d.sslcert and d.sslmode in ("disable", "prefer"):
+        why = f"a client certificate needs sslmode require or verify-*, not {d.sslmode}"
+        raise ConfigError("database.sslcert", why)
     for key, path in (("router.tls_cert_file", r.tls_cert_file),
-                      ("router.tls_key_file", r.tls_key_file)):  # fmt: skip
+                      ("router.tls_key_file", r.tls_key_file),
+                      ("router.tls_client_ca_file", r.tls_client_ca_file),
+                      ("database.sslrootcert", d.sslrootcert),
+                      ("database.sslcert", d.sslcert),
+                      ("database.sslkey", d.sslkey)):  # fmt: skip
         if path and not os.path.isfile(path):
             raise ConfigError(key, f"no such file: {path}")
-    if config.database.sslrootcert and not os.path.isfile(config.database.sslrootcert):
-        raise ConfigError("database.sslrootcert", f"no such file: {config.database.sslrootcert}")
     if config.database.pool_min_size > config.database.pool_max_size:
         raise ConfigError("database.pool_min_size", "is larger than database.pool_max_size")
     if h.suspect_after_seconds <= h.interval_seconds:

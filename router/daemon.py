@@ -223,8 +223,8 @@ class RouterNode:
             r_old.listen_host, r_old.listen_port, r_old.listen_socket_dir,
         ):  # fmt: skip
             log.warning("router.listen_* changes need a restart; keeping the old address")
-        serving = self._tls.paths if self._tls is not None else ("", "")
-        if (r_new.tls_cert_file, r_new.tls_key_file) != serving:
+        serving = self._tls.paths if self._tls is not None else ("", "", "")
+        if (r_new.tls_cert_file, r_new.tls_key_file, r_new.tls_client_ca_file) != serving:
             log.warning("router.tls_* changes need a restart; the listener keeps %s",
                         serving[0] or "no TLS")  # fmt: skip
         elif self._tls is not None:
@@ -235,11 +235,12 @@ class RouterNode:
                           "router.tls_cert_file and tls_key_file: %s", exc)  # fmt: skip
                 return False
             log.info("reloaded the TLS certificate from %s", r_new.tls_cert_file)
-        if (new.database.sslmode, new.database.sslrootcert) != (
-            self.config.database.sslmode, self.config.database.sslrootcert,
+        d_new, d_old = new.database, self.config.database
+        if (d_new.sslmode, d_new.sslrootcert, d_new.sslcert, d_new.sslkey) != (
+            d_old.sslmode, d_old.sslrootcert, d_old.sslcert, d_old.sslkey,
         ):  # fmt: skip
-            log.warning("database.sslmode/sslrootcert apply to nodes added or changed from "
-                        "now on; restart the router to apply them to every node")  # fmt: skip
+            log.warning("database.ssl* settings apply to nodes added or changed from now on; "
+                        "restart the router to apply them to every node")
         old_nodes = {n.name: n for n in self.topology.nodes()}
         old_shards = dict(self.topology.shards)
         fresh = Topology.from_config(new)

