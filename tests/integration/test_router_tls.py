@@ -101,6 +101,29 @@ async def test_the_unix_socket_stays_plain(tls_router: TLSRouter) -> None:
     assert not encrypted
 
 
+async def test_a_half_renewed_certificate_leaves_the_running_one_serving(
+    tls_router: TLSRouter,
+) -> None:
+    """SIGHUP while only the certificate has been replaced (its key not yet): the pair does not
+    match, the reload is refused, and the router goes on serving the old certificate."""
+    proc = tls_router.proc
+    old_cert = tls_router.cert_file.read_bytes()
+    trustme.CA().issue_cert("localhost", "127.0.0.1").cert_chain_pems[0].write_to_path(
+        str(tls_router.cert_file))
+    refusals = sum("reload refused" in line for line in proc.output)
+    try:
+        proc.proc.send_signal(signal.SIGHUP)
+
+        async def refused() -> bool:
+            return sum("reload refused" in line for line in proc.output) > refusals
+
+        await wait_until(refused, within=10, what="the reload to be refused")
+        verify = f"?sslmode=verify-full&sslrootcert={tls_router.ca_file}"
+        assert await _answers(tls_router.dsn(verify))  # still the old certificate
+    finally:
+        tls_router.cert_file.write_bytes(old_cert)
+
+
 async def test_sighup_loads_a_renewed_certificate(tls_router: TLSRouter) -> None:
     """Last in this module: the router's certificate comes from another CA afterwards."""
     renewed_ca = trustme.CA()
