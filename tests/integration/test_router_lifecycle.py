@@ -89,6 +89,30 @@ async def test_sighup_reload_and_bad_reload(router: RouterProcess, db: client.Cl
         router.signal(signal.SIGHUP)
 
 
+async def test_a_reload_that_changes_database_tls_says_what_it_applies_to(
+    router: RouterProcess, db: client.Client
+) -> None:
+    """Pools of unchanged nodes are kept on reload, so a new database.sslmode reaches only
+    nodes added or changed: the router says so rather than seeming to apply it."""
+    original = router.path.read_text()
+    changed = original.replace(f'sslmode = "{router.config.database.sslmode}"',
+                               'sslmode = "disable"', 1)  # fmt: skip
+    assert changed != original
+    before = sum("database.ssl* settings apply" in line for line in router.output)
+    try:
+        router.path.write_text(changed)
+        router.signal(signal.SIGHUP)
+
+        async def warned() -> bool:
+            return sum("database.ssl* settings apply" in line for line in router.output) > before
+
+        await wait_until(warned, within=10, what="the reload's warning about database TLS")
+        assert await db.fetchval("SELECT 1") == 1
+    finally:
+        router.path.write_text(original)
+        router.signal(signal.SIGHUP)
+
+
 async def test_reload_replaces_the_pool_of_a_changed_node(
     router: RouterProcess, db: client.Client
 ) -> None:
