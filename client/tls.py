@@ -28,10 +28,15 @@ def ssl_context(sslmode: str, sslrootcert: str | None = None, sslcert: str | Non
         return None
     ctx = _server_check(sslmode, sslrootcert)
     if sslcert:
-        ctx.load_cert_chain(sslcert, sslkey or None)
+        # An encrypted key fails here rather than prompting on a terminal for its password.
+        ctx.load_cert_chain(sslcert, sslkey or None, password=_no_password)
     elif sslkey:
         raise ValueError("sslkey without sslcert")
     return ctx
+
+
+def _no_password() -> str:
+    raise ValueError("the key is encrypted; give an unencrypted key file")
 
 
 def _server_check(sslmode: str, sslrootcert: str | None) -> ssl.SSLContext:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from client.tls import ssl_context
 from router.errors import ConfigError
 
 __all__ = [
@@ -117,6 +118,8 @@ class DatabaseConfig:
     pool_max_size: int = 16
     statement_cache_size: int = 256
     connect_timeout_seconds: float = 3.0
+    # TCP_USER_TIMEOUT on connections to nodes (protocol/sockets.py): 0 = off.
+    tcp_user_timeout_seconds: float = 60.0
     socket_dir: str = ""
     pipeline_connections: int = 2
     pipeline_max_in_flight: int = 256
@@ -448,6 +451,22 @@ def _validate(config: Config) -> None:
                       ("database.sslkey", d.sslkey)):  # fmt: skip
         if path and not os.path.isfile(path):
             raise ConfigError(key, f"no such file: {path}")
+    if d.sslcert or d.sslrootcert:  # loaded now, so bad files stop start-up (or a reload)
+        try:
+            ssl_context("require" if d.sslmode == "prefer" else d.sslmode, d.sslrootcert or None,
+                        d.sslcert or None, d.sslkey or None)  # fmt: skip
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            key = "database.sslcert" if d.sslcert else "database.sslrootcert"
+            raise ConfigError(key, f"cannot load: {exc}") from exc
+    if d.tcp_user_timeout_seconds < 0:
+        raise ConfigError("database.tcp_user_timeout_seconds", "must not be negative")
+    if d.tcp_user_timeout_seconds and (
+        not r.statement_timeout_seconds or d.tcp_user_timeout_seconds <= r.statement_timeout_seconds
+    ):  # fmt: skip
+        # A node does not read while it runs a statement: a connection with requests queued
+        # behind a long one would be cut while it is healthy.
+        why = "must exceed router.statement_timeout_seconds (or be 0: off)"
+        raise ConfigError("database.tcp_user_timeout_seconds", why)
     if config.database.pool_min_size > config.database.pool_max_size:
         raise ConfigError("database.pool_min_size", "is larger than database.pool_max_size")
     if h.suspect_after_seconds <= h.interval_seconds:

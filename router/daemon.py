@@ -34,7 +34,7 @@ from router.metrics import Metrics
 from router.monitor import LagMonitor
 from router.pool import NodeUnavailableError
 from router.server import ClientConnection
-from router.tls import ListenerTLS
+from router.tls import ListenerTLS, forget_contexts
 from router.topology import NodeState, Topology
 
 __all__ = ["RouterNode", "run_router"]
@@ -225,8 +225,11 @@ class RouterNode:
             log.warning("router.listen_* changes need a restart; keeping the old address")
         serving = self._tls.paths if self._tls is not None else ("", "", "")
         if (r_new.tls_cert_file, r_new.tls_key_file, r_new.tls_client_ca_file) != serving:
-            log.warning("router.tls_* changes need a restart; the listener keeps %s",
-                        serving[0] or "no TLS")  # fmt: skip
+            # Not applied while serving; loud when it would change who may connect.
+            level = logging.ERROR if r_new.tls_client_ca_file != serving[2] else logging.WARNING
+            log.log(level, "router.tls_* changes need a restart; the listener keeps "
+                    "certificate %s, client CA %s", serving[0] or "none (no TLS)",
+                    serving[2] or "none (no client certificates asked for)")  # fmt: skip
         elif self._tls is not None:
             try:  # the same paths, perhaps new files (a renewed certificate)
                 self._tls.renew()
@@ -235,12 +238,13 @@ class RouterNode:
                           "router.tls_cert_file and tls_key_file: %s", exc)  # fmt: skip
                 return False
             log.info("reloaded the TLS certificate from %s", r_new.tls_cert_file)
-        d_new, d_old = new.database, self.config.database
-        if (d_new.sslmode, d_new.sslrootcert, d_new.sslcert, d_new.sslkey) != (
-            d_old.sslmode, d_old.sslrootcert, d_old.sslcert, d_old.sslkey,
-        ):  # fmt: skip
-            log.warning("database.ssl* settings apply to nodes added or changed from now on; "
-                        "restart the router to apply them to every node")
+        # Certificates renewed at the same paths are read afresh by new connections.
+        forget_contexts()
+        # New [database] settings (TLS, user, pool sizes...) change every node: each gets a
+        # new pool, and the old ones drain. Otherwise only added or moved nodes do.
+        same_database = new.database == self.config.database
+        if not same_database:
+            log.info("[database] changed: new pools for every node")
         old_nodes = {n.name: n for n in self.topology.nodes()}
         old_shards = dict(self.topology.shards)
         fresh = Topology.from_config(new)
@@ -249,7 +253,7 @@ class RouterNode:
         for shard in fresh.shards.values():
             for i, node in enumerate(list(shard.nodes())):
                 old = old_nodes.get(node.name)
-                if old is not None and old.address == node.address:
+                if old is not None and old.address == node.address and same_database:
                     # Same node: keep its pool, health and lag.
                     if i == 0:
                         shard.primary = old

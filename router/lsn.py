@@ -15,7 +15,7 @@ import logging
 import asyncpg
 
 from router.config import DatabaseConfig, NodeAddress
-from router.tls import asyncpg_ssl
+from router.tls import connect_asyncpg
 
 __all__ = ["UNKNOWN_LSN", "LsnReader"]
 
@@ -71,16 +71,8 @@ class LsnReader:
 
     async def _read(self) -> int:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(
-                host=self._db.host_for(self._address),
-                port=self._address.port,
-                database=self._address.database,
-                user=self._db.user,
-                password=self._db.password(),
-                timeout=self._db.connect_timeout_seconds,
-                ssl=asyncpg_ssl(self._db, self._db.host_for(self._address)),
-                server_settings={"application_name": "georoute-lsn"},
-            )
+            self._conn = await connect_asyncpg(self._db, self._address,
+                                               {"application_name": "georoute-lsn"})  # fmt: skip
         self.reads += 1
         try:
             value = await self._conn.fetchval(_SQL, timeout=self._db.connect_timeout_seconds)

@@ -16,7 +16,7 @@ import asyncpg
 
 from router.config import Config
 from router.health import HealthEvent
-from router.tls import asyncpg_ssl
+from router.tls import connect_asyncpg
 from router.topology import NodeState, ShardState, Topology
 
 __all__ = ["LagMonitor"]
@@ -69,17 +69,8 @@ class LagMonitor:
         conn = self._conns.get(node.name)
         if conn is not None and not conn.is_closed():
             return conn
-        db = self._config.database
-        conn = await asyncpg.connect(
-            host=db.host_for(node.address),
-            port=node.address.port,
-            database=node.address.database,
-            user=db.user,
-            password=db.password(),
-            timeout=db.connect_timeout_seconds,
-            ssl=asyncpg_ssl(db, db.host_for(node.address)),
-            server_settings={"application_name": "georoute-monitor"},
-        )
+        conn = await connect_asyncpg(self._config.database, node.address,
+                                     {"application_name": "georoute-monitor"})  # fmt: skip
         self._conns[node.name] = conn
         return conn
 

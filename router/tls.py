@@ -25,12 +25,14 @@ import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import asyncpg
+
 from client.tls import ssl_context
 from protocol.sockets import keep_alive
-from router.config import DatabaseConfig, RouterConfig
+from router.config import DatabaseConfig, NodeAddress, RouterConfig
 
-__all__ = ["ListenerTLS", "TLSRefused", "asyncpg_ssl", "client_context", "open_stream",
-           "server_context"]
+__all__ = ["ListenerTLS", "TLSRefused", "asyncpg_ssl", "client_context", "connect_asyncpg",
+           "forget_contexts", "open_stream", "server_context"]
 
 # SSLRequest: length 8, then the code 1234.5679 (PostgreSQL's protocol, section 53.2.10).
 _SSL_REQUEST = struct.pack("!ii", 8, 80877103)
@@ -62,6 +64,30 @@ def client_context(db: DatabaseConfig) -> ssl.SSLContext | None:
     if db.sslmode == "disable":
         return None
     return _context(db.sslmode, db.sslrootcert, db.sslcert, db.sslkey)
+
+
+def forget_contexts() -> None:
+    """Build the contexts afresh from the files from now on (SIGHUP: a renewed certificate at
+    the same path). Connections already open keep theirs."""
+    _context.cache_clear()
+
+
+def _keep_node_alive(transport: Any, db: DatabaseConfig) -> None:
+    keep_alive(transport, int(db.tcp_user_timeout_seconds * 1000))
+
+
+async def connect_asyncpg(db: DatabaseConfig, address: NodeAddress, settings: dict[str, str],
+                          statement_cache_size: int = 100) -> asyncpg.Connection:  # fmt: skip
+    """An asyncpg connection to a node, as the router opens them all (pools, lag monitor, WAL
+    reads, `georoute db`): TLS as `db.sslmode` says, and on TCP the pipeline's keepalives."""
+    host = db.host_for(address)
+    conn = await asyncpg.connect(
+        host=host, port=address.port, database=address.database, user=db.user,
+        password=db.password(), timeout=db.connect_timeout_seconds, ssl=asyncpg_ssl(db, host),
+        statement_cache_size=statement_cache_size, server_settings=settings,
+    )  # fmt: skip
+    _keep_node_alive(getattr(conn, "_transport", None), db)  # asyncpg has no option for it
+    return conn
 
 
 def asyncpg_ssl(db: DatabaseConfig, host: str) -> Any:
@@ -104,17 +130,17 @@ async def open_stream(
     """Connect `factory()`'s protocol to a node (a Unix socket when `host` is a directory),
     through TLS when `db.sslmode` asks for it and the server agrees. The protocol sees
     `connection_made` only once the stream is ready for PostgreSQL's startup message. TCP
-    connections get keepalives (protocol/sockets.py)."""
+    connections get keepalives (protocol/sockets.py) and `database.tcp_user_timeout_seconds`."""
     loop = asyncio.get_running_loop()
     if host.startswith("/"):
         return await loop.create_unix_connection(factory, f"{host}/.s.PGSQL.{port}")
     ctx = client_context(db)
     if ctx is None:
         plain, protocol = await loop.create_connection(factory, host, port)
-        keep_alive(plain)
+        _keep_node_alive(plain, db)
         return plain, protocol
     transport, negotiation = await loop.create_connection(lambda: _Negotiation(loop), host, port)
-    keep_alive(transport)
+    _keep_node_alive(transport, db)
     try:
         answer = await negotiation.answer
         if answer == b"S":
@@ -128,7 +154,7 @@ async def open_stream(
                             host, port, exc)  # fmt: skip
                 transport.abort()
                 transport, protocol = await loop.create_connection(factory, host, port)
-                keep_alive(transport)
+                _keep_node_alive(transport, db)
                 return transport, protocol
             if tls is None:
                 raise TLSRefused(f"{host}:{port}: TLS could not start")

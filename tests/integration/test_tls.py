@@ -220,8 +220,9 @@ async def test_a_client_certificate_logs_the_router_in_on_both_paths(tls_node: T
         await pool.close()
     for refused, why in ((replace(db, sslcert="", sslkey=""), "requires a valid client cert"),
                          (replace(db, sslcert=str(tls_node.stranger_cert), sslkey=""),
-                          "unknown ca")):  # fmt: skip
-        with pytest.raises(PipelineError, match=why):
+                          "(?i)unknown.ca")):  # fmt: skip
+        # TLS 1.3 refuses the certificate after the handshake (PipelineError), 1.2 within it.
+        with pytest.raises((PipelineError, ssl.SSLError), match=why):
             conn = await connect_pipelined("tls-test", host="localhost", port=tls_node.address.port,
                                            user="certuser", database="postgres", password=None,
                                            settings={}, cache_size=4, timeout=5, db=refused)  # fmt: skip

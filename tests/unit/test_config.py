@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from router.config import NodeAddress, load_config, parse_config
 from router.config_write import with_port_offset
@@ -101,7 +102,7 @@ def test_pool_min_above_pool_max() -> None:
     _rejects(raw, "database.pool_min_size")
 
 
-def test_tls_settings() -> None:
+def test_tls_settings(tmp_path: Path) -> None:
     raw = _raw()
     raw["database"]["sslmode"] = "verify_full"  # libpq spells it verify-full
     assert "verify-full" in str(_rejects(raw, "database.sslmode"))
@@ -109,7 +110,10 @@ def test_tls_settings() -> None:
     raw["database"]["sslmode"] = "verify-full"
     raw["database"]["sslrootcert"] = "/no/such/ca.pem"
     _rejects(raw, "database.sslrootcert")
-    raw["database"]["sslrootcert"] = str(REPO / "router.toml")  # any readable file will parse
+    raw["database"]["sslrootcert"] = str(REPO / "router.toml")  # not certificates
+    assert "cannot load" in str(_rejects(raw, "database.sslrootcert"))
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    raw["database"]["sslrootcert"] = str(tmp_path / "ca.pem")
     assert parse_config(raw).database.sslmode == "verify-full"
 
 
@@ -124,19 +128,44 @@ def test_router_tls_needs_both_files_and_they_must_exist() -> None:
     _rejects(raw, "router.tls_cert_file")
 
 
-def test_a_client_certificate_needs_its_key_tls_and_files_that_exist() -> None:
-    readable = str(REPO / "router.toml")
+def test_a_client_certificate_needs_its_key_tls_and_files_that_load(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    mine, other = ca.issue_cert("router-1"), ca.issue_cert("router-2")
+    cert, key, other_key = tmp_path / "c.pem", tmp_path / "c.key", tmp_path / "o.key"
+    mine.cert_chain_pems[0].write_to_path(str(cert))
+    mine.private_key_pem.write_to_path(str(key))
+    other.private_key_pem.write_to_path(str(other_key))
     raw = _raw()
     raw["database"]["sslmode"] = "verify-full"
-    raw["database"]["sslcert"] = readable
+    raw["database"]["sslcert"] = str(cert)
     _rejects(raw, "database.sslkey")
     raw["database"]["sslkey"] = "/no/such/client.key"
     _rejects(raw, "database.sslkey")
-    raw["database"]["sslkey"] = readable
-    assert parse_config(raw).database.sslcert == readable
+    raw["database"]["sslkey"] = str(other_key)  # not this certificate's key: refused at load
+    assert "cannot load" in str(_rejects(raw, "database.sslcert"))
+    raw["database"]["sslkey"] = str(REPO / "router.toml")  # not PEM
+    _rejects(raw, "database.sslcert")
+    raw["database"]["sslkey"] = str(key)
+    assert parse_config(raw).database.sslcert == str(cert)
     for mode in ("prefer", "disable"):  # prefer may fall back to clear text: no certificate
         raw["database"]["sslmode"] = mode
         assert mode in str(_rejects(raw, "database.sslcert"))
+
+
+def test_the_tcp_user_timeout_must_outlast_a_statement() -> None:
+    """A node reads nothing while it runs a statement; the timeout must not cut it off."""
+    raw = _raw()
+    raw["router"]["statement_timeout_seconds"] = 30
+    raw["database"]["tcp_user_timeout_seconds"] = 30
+    _rejects(raw, "database.tcp_user_timeout_seconds")
+    raw["router"]["statement_timeout_seconds"] = 0  # statements without end
+    raw["database"]["tcp_user_timeout_seconds"] = 60
+    _rejects(raw, "database.tcp_user_timeout_seconds")
+    raw["database"]["tcp_user_timeout_seconds"] = 0  # off
+    assert parse_config(raw).database.tcp_user_timeout_seconds == 0
+    raw["router"]["statement_timeout_seconds"] = 30
+    raw["database"]["tcp_user_timeout_seconds"] = 31
+    assert parse_config(raw).database.tcp_user_timeout_seconds == 31
 
 
 def test_mutual_tls_on_the_listener_needs_its_tls() -> None:

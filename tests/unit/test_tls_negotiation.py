@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import trustme
 
+from protocol.sockets import keep_alive
 from router.config import DatabaseConfig
-from router.tls import TLSRefused, asyncpg_ssl, client_context, open_stream
+from router.tls import TLSRefused, asyncpg_ssl, client_context, forget_contexts, open_stream
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
@@ -155,6 +156,48 @@ async def test_tcp_connections_to_nodes_are_kept_alive(
             sock = transport.get_extra_info("socket")
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
             if hasattr(socket, "TCP_USER_TIMEOUT"):
-                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
             transport.close()
+
+
+async def test_keep_alive_on_a_closed_or_unix_socket_is_a_no_op() -> None:
+    """A socket closed under us (setsockopt raises) or a Unix socket: nothing to set, and
+    nothing raised into connection set-up."""
+
+    class Closed:
+        def __init__(self) -> None:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.close()
+
+        def get_extra_info(self, name: str) -> socket.socket | None:
+            return self.sock if name == "socket" else None
+
+    assert not keep_alive(Closed(), 1000)
+    left, right = socket.socketpair()
+    with left, right:
+        unix, _ = await asyncio.get_running_loop().create_unix_connection(
+            asyncio.Protocol, sock=left)
+        assert not keep_alive(unix)
+        unix.abort()
+
+
+def test_renewed_files_at_the_same_paths_are_read_after_forget_contexts(tmp_path: Path) -> None:
+    """Contexts are built once per mode and paths; a SIGHUP (forget_contexts) makes new
+    connections read renewed files, e.g. a rotated CA bundle or client certificate."""
+    ca_file = tmp_path / "ca.pem"
+    first, second = trustme.CA(), trustme.CA()
+    first.cert_pem.write_to_path(str(ca_file))
+    db = DatabaseConfig(sslmode="verify-full", sslrootcert=str(ca_file))
+
+    def trusted() -> list[bytes]:
+        ctx = client_context(db)
+        assert ctx is not None
+        return list(ctx.get_ca_certs(binary_form=True))
+
+    before = trusted()
+    second.cert_pem.write_to_path(str(ca_file))
+    assert trusted() == before  # cached: the renewed file is not read yet
+    forget_contexts()
+    after = trusted()
+    assert after != before and len(after) == 1
