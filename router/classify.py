@@ -7,13 +7,21 @@
 its shard key may be found (a column = $n or = constant, an INSERT's VALUES, a function argument),
 and whether it changes session state (so the backend connection must be reset before reuse).
 Results are kept in a bounded LRU keyed by the SQL text, so parsing stays off the hot path.
+
+Texts longer than `INLINE_PARSE_MAX` characters are parsed on one thread of their own, with a
+large stack (`analyze_async`): a deeply nested expression (`1+1+...+1`, 2 characters a level)
+overflows the event loop thread's stack inside pglast and kills the process, and a long text
+can take seconds to parse. Texts over `router.max_sql_bytes` are refused unparsed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +32,7 @@ from pglast.parser import ParseError
 from router.config import TableConfig
 
 __all__ = [
+    "INLINE_PARSE_MAX",
     "Analysis",
     "Classifier",
     "KeyKind",
@@ -34,13 +43,40 @@ __all__ = [
 ]
 
 
-class SqlParseError(Exception):
-    """PostgreSQL's parser rejected the text. `position` is a 0-based character offset."""
+# Up to this many characters a text is parsed on the calling thread: at most ~4,000 levels of
+# nesting, far below what overflows a main thread's 8 MiB stack (~25,000 measured). Longer
+# ones go to the parser thread, whose stack held 1 MiB of `1+1+...` (524,288 levels) with
+# room to spare (measured: it needed under 256 MiB; the stack is only reserved, not used).
+INLINE_PARSE_MAX = 8192
+_PARSER_STACK_BYTES = 512 * 1024 * 1024
+_parser: ThreadPoolExecutor | None = None
+_parser_lock = threading.Lock()
 
-    def __init__(self, message: str, position: int | None) -> None:
+
+def _parser_thread() -> ThreadPoolExecutor:
+    """The one thread long texts are parsed on, created with its large stack."""
+    global _parser
+    with _parser_lock:
+        if _parser is None:
+            previous = threading.stack_size(_PARSER_STACK_BYTES)
+            try:
+                pool = ThreadPoolExecutor(1, thread_name_prefix="georoute-parser")
+                pool.submit(int).result()  # its thread is made now, with this stack size
+            finally:
+                threading.stack_size(previous)
+            _parser = pool
+        return _parser
+
+
+class SqlParseError(Exception):
+    """PostgreSQL's parser rejected the text (or it was too long to parse: SQLSTATE 54000,
+    program_limit_exceeded). `position` is a 0-based character offset."""
+
+    def __init__(self, message: str, position: int | None, sqlstate: str = "42601") -> None:
         super().__init__(message)
         self.message = message
         self.position = position
+        self.sqlstate = sqlstate
 
 
 class UnsupportedStatementError(Exception):
@@ -189,7 +225,9 @@ class Classifier:
         tables: Mapping[str, TableConfig],
         read_only_functions: tuple[str, ...] | frozenset[str],
         cache_size: int = 4096,
+        max_sql_bytes: int = 1024 * 1024,
     ) -> None:
+        self._max_sql_bytes = max_sql_bytes
         self._tables = dict(tables)
         self._read_only_functions = frozenset(f.lower() for f in read_only_functions)
         self._cache: OrderedDict[str, Analysis] = OrderedDict()
@@ -205,8 +243,29 @@ class Classifier:
             cache.move_to_end(sql)
             return found
         self.misses += 1
-        result = self._analyze(sql)
+        if len(sql) <= INLINE_PARSE_MAX:
+            result = self._analyze(sql)
+        else:  # normally parsed ahead by analyze_async; this waits for the parser thread
+            result = _parser_thread().submit(self._analyze, sql).result()
+        return self._remember(sql, result)
+
+    async def analyze_async(self, sql: str) -> Analysis:
+        """`analyze`, with a long text parsed on the parser thread while the loop runs on."""
+        found = self.cached(sql)
+        if found is not None or len(sql) <= INLINE_PARSE_MAX:
+            return found or self.analyze(sql)
+        self.misses += 1
+        job = _parser_thread().submit(self._analyze, sql)
+        return self._remember(sql, await asyncio.wrap_future(job))
+
+    def cached(self, sql: str) -> Analysis | None:
+        """The analysis of `sql` if it is at hand (nothing is parsed)."""
+        return self._cache.get(sql)
+
+    def _remember(self, sql: str, result: Analysis) -> Analysis:
+        cache = self._cache
         cache[sql] = result
+        cache.move_to_end(sql)
         if len(cache) > self._cache_size:
             cache.popitem(last=False)
         return result
@@ -214,6 +273,12 @@ class Classifier:
     # ---- the analysis proper ---------------------------------------------------------------
 
     def _analyze(self, sql: str) -> Analysis:
+        limit = self._max_sql_bytes
+        if len(sql) > limit or (
+            len(sql) * 4 > limit and len(sql.encode(errors="surrogatepass")) > limit
+        ):
+            raise SqlParseError(f"the statement's text is over router.max_sql_bytes ({limit} "
+                                "bytes); send large data as parameters", None, "54000")  # fmt: skip
         try:
             raw = parse_sql(sql)
         except ParseError as exc:

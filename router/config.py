@@ -76,6 +76,7 @@ class RouterConfig:
     tls_client_ca_file: str = ""  # set: clients must present a certificate this CA signed
     auth_token_env: str = "GEOROUTE_TOKEN"
     max_frame_bytes: int = 16 * 1024 * 1024
+    max_sql_bytes: int = 1024 * 1024
     reply_batch: int = 16
     max_client_connections: int = 10000
     max_in_flight_per_connection: int = 1024
@@ -389,6 +390,7 @@ def _validate(config: Config) -> None:
 
     positive = {
         "router.max_frame_bytes": r.max_frame_bytes,
+        "router.max_sql_bytes": r.max_sql_bytes,
         "router.reply_batch": r.reply_batch,
         "router.max_client_connections": r.max_client_connections,
         "router.max_in_flight_per_connection": r.max_in_flight_per_connection,

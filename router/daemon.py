@@ -57,6 +57,11 @@ def _listener_tls(router: RouterConfig) -> ListenerTLS | None:
         raise ConfigError("router.tls_cert_file", why) from exc
 
 
+def _classifier(config: Config) -> Classifier:
+    r = config.router
+    return Classifier(config.tables, r.read_only_functions, r.parse_cache_size, r.max_sql_bytes)
+
+
 class RouterNode:
     def __init__(self, config: Config, *, config_path: str | None = None) -> None:
         self.config = config
@@ -71,9 +76,7 @@ class RouterNode:
         self.encoder = Encoder(config.router.max_frame_bytes)
         self.metrics = Metrics()
         self.topology = Topology.from_config(config)
-        self.classifier = Classifier(
-            config.tables, config.router.read_only_functions, config.router.parse_cache_size
-        )
+        self.classifier = _classifier(config)
         self.executor = Executor(config, self.topology, self.classifier)
         self.docstore = DocStore(config.document_store, validate_document)
         self.monitor = LagMonitor(config, self.topology)
@@ -272,9 +275,7 @@ class RouterNode:
             self.spawn(old_shard.lsn.close())  # readers of changed primaries, or unused ones
         self.config = new
         self.topology = fresh
-        self.classifier = Classifier(
-            new.tables, new.router.read_only_functions, new.router.parse_cache_size
-        )
+        self.classifier = _classifier(new)
         self.executor = Executor(new, fresh, self.classifier)
         self.monitor = LagMonitor(new, fresh)
         self.monitor.start()

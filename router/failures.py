@@ -51,7 +51,7 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
     """The Error reply for `exc`. `read_only` says the request was a read (safe to retry)."""
     if isinstance(exc, SqlParseError):
         where = {} if exc.position is None else {"position": exc.position + 1}
-        return Failure(ErrorCode.SQL_PARSE_ERROR, exc.message, sqlstate="42601", detail=where)
+        return Failure(ErrorCode.SQL_PARSE_ERROR, exc.message, sqlstate=exc.sqlstate, detail=where)
     if isinstance(exc, MissingShardKeyError):
         detail: dict[str, Any] = {"wanted": list(exc.wanted)}
         if exc.key is not None:

@@ -43,6 +43,7 @@ from protocol import (
 )
 from protocol.messages import Role as WireRole
 from protocol.sockets import keep_alive
+from router.classify import INLINE_PARSE_MAX
 from router.failures import Failure, RequestTimeout, ShuttingDown, failure_for
 from router.fastpath import FastRequest
 from router.outcome import Outcome, Routed
@@ -57,6 +58,17 @@ log = logging.getLogger("georoute.server")
 
 # Pause reading from a client whose replies pile up unsent beyond this many bytes.
 _HIGH_WATER = 4 * 1024 * 1024
+
+
+def _long_texts(message: Message) -> list[str]:
+    """The statement texts of `message` too long to parse on the event loop's thread."""
+    if isinstance(message, Query):
+        texts = [message.sql]
+    elif isinstance(message, Batch):
+        texts = [sql for sql, _ in message.statements]
+    else:
+        return []
+    return [sql for sql in texts if len(sql) > INLINE_PARSE_MAX]
 
 
 def _ends_or_continues_transaction(message: Message) -> bool:
@@ -280,7 +292,10 @@ class ClientConnection(asyncio.Protocol):
                 message.id, failure_for(ShuttingDown("router node is shutting down")), "any"
             )
             return
-        if type(message) is Query and self._submit(message):
+        if type(message) is Query and (len(message.sql) <= INLINE_PARSE_MAX
+                                       or self._node.classifier.cached(message.sql)) and (
+            self._submit(message)
+        ):  # fmt: skip
             return
         self._spawn_handle(message)
 
@@ -367,6 +382,8 @@ class ClientConnection(asyncio.Protocol):
         kind = type(message).__name__.lower()
         read_only = False
         try:
+            for sql in _long_texts(message):  # parsed off the event loop, before anything runs
+                await self._node.classifier.analyze_async(sql)
             timeout_ms = getattr(getattr(message, "hints", None), "timeout_ms", None)
             handler = self._handlers[type(message)]
             if timeout_ms:
@@ -380,11 +397,9 @@ class ClientConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every failure becomes a typed error reply
-            if isinstance(message, Query):
-                try:
-                    read_only = self._node.executor.classifier.analyze(message.sql).read_only
-                except Exception:
-                    read_only = False
+            if isinstance(message, Query):  # parsed by now, unless it could not be
+                analysis = self._node.executor.classifier.cached(message.sql)
+                read_only = analysis is not None and analysis.read_only
             failure = failure_for(exc, read_only=read_only)
             if failure.code is ErrorCode.INTERNAL:
                 log.exception("internal error serving %s", kind)

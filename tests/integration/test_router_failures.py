@@ -59,6 +59,22 @@ async def test_typed_errors_and_other_connections_unaffected(
     assert await db.fetchval("SELECT 41 + 1") == 42
 
 
+async def test_deep_and_oversized_statements_get_typed_errors(
+    db: client.Client, router: RouterProcess
+) -> None:
+    """30,000 levels of `1+1+...` used to kill the router inside the parser; over
+    router.max_sql_bytes a text is refused unparsed. The router serves on after both."""
+    with pytest.raises(client.PostgresError) as deep:  # the router parses it; PostgreSQL refuses
+        await db.fetchval("SELECT " + "+".join(["1"] * 30_000), shard="europe")
+    assert deep.value.sqlstate == "54001"  # statement_too_complex
+    limit = router.config.router.max_sql_bytes
+    with pytest.raises(client.SQLSyntaxError, match="max_sql_bytes") as big:
+        await db.fetchval("SELECT '" + "x" * limit + "'", shard="europe")
+    assert big.value.sqlstate == "54000"
+    assert router.proc.poll() is None
+    assert await db.fetchval("SELECT 41 + 1") == 42
+
+
 def _raw_exchange(dsn_port: int, payload: bytes) -> list[object]:
     with socket.create_connection(("127.0.0.1", dsn_port), timeout=10) as s:
         s.sendall(payload)

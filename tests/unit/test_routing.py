@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from router.classify import Classifier, KeyKind, SqlParseError, UnsupportedStatementError
+from router.classify import (
+    INLINE_PARSE_MAX,
+    Analysis,
+    Classifier,
+    KeyKind,
+    SqlParseError,
+    UnsupportedStatementError,
+)
 from router.config import load_config
 from router.health import HealthEvent, NodeHealth, next_health
 from router.ids import new_id, shard_number_of
@@ -100,6 +108,48 @@ def test_parse_error_has_message_and_position(classifier: Classifier) -> None:
 def test_unsupported_statements(classifier: Classifier, sql: str) -> None:
     with pytest.raises(UnsupportedStatementError):
         classifier.analyze(sql)
+
+
+def test_deep_nesting_is_parsed_on_the_parser_thread_not_the_callers_stack(
+    classifier: Classifier,
+) -> None:
+    """30,000 levels of `1+1+...` overflowed the main thread's stack inside pglast and killed
+    the process (a segmentation fault, measured): long texts are parsed on a thread with a
+    large stack, so this one is classified (PostgreSQL refuses it later, with its own
+    error)."""
+    sql = "SELECT " + "+".join(["1"] * 30_000)
+    assert len(sql) > INLINE_PARSE_MAX
+    assert classifier.analyze(sql).read_only
+    assert classifier.cached(sql) is not None
+
+
+async def test_analyze_async_parses_long_texts_off_the_loop(classifier: Classifier) -> None:
+    sql = "SELECT * FROM users WHERE user_id = $1 AND city IN (" + ", ".join(
+        f"'city {i}'" for i in range(2_000)) + ")"
+    assert len(sql) > INLINE_PARSE_MAX
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+    real = classifier._analyze
+
+    def spy(text: str) -> Analysis:
+        seen.append(threading.get_ident())
+        return real(text)
+
+    classifier._analyze = spy  # type: ignore[method-assign]
+    analysis = await classifier.analyze_async(sql)
+    assert [(k.column, k.param) for k in analysis.keys] == [("user_id", 1)]
+    assert seen and seen[0] != loop_thread
+    assert await classifier.analyze_async(sql) is analysis  # cached now
+    assert len(seen) == 1
+
+
+def test_texts_over_max_sql_bytes_are_refused_unparsed() -> None:
+    small = Classifier(CONFIG.tables, (), cache_size=8, max_sql_bytes=1000)
+    assert small.analyze("SELECT '" + "x" * 900 + "'").read_only
+    for sql in ("SELECT '" + "x" * 1000 + "'", "SELECT '" + "é" * 600 + "'"):  # bytes, not chars
+        with pytest.raises(SqlParseError, match="max_sql_bytes") as info:
+            small.analyze(sql)
+        assert (info.value.position, info.value.sqlstate) == (None, "54000")
 
 
 def test_parse_cache_hits_and_bounds(classifier: Classifier) -> None:
