@@ -229,6 +229,7 @@ class Classifier:
     ) -> None:
         self._max_sql_bytes = max_sql_bytes
         self._tables = dict(tables)
+        # Unquoted names, as PostgreSQL folds them: "count", or "myschema.get_course".
         self._read_only_functions = frozenset(f.lower() for f in read_only_functions)
         self._cache: OrderedDict[str, Analysis] = OrderedDict()
         self._cache_size = cache_size
@@ -301,6 +302,7 @@ class Classifier:
         funcs: list[Any] = []
         params: set[int] = set()
         write = False
+        settings_view = False
         session = isinstance(stmt, _SESSION_STMTS)
         node: Any
         for node in _walk(stmt):
@@ -309,8 +311,13 @@ class Classifier:
                 tables.append(name)
                 if node.alias is not None:
                     aliases[node.alias.aliasname] = name
-                if node.relpersistence == "t":
+                # A temporary object, made with TEMP or in pg_temp (which is searched first:
+                # a temporary `users` would hide the real one from the next client).
+                schema = node.schemaname or ""
+                if node.relpersistence == "t" or schema.startswith("pg_temp"):
                     session = True
+                if name == "pg_settings" and schema in ("", "pg_catalog"):
+                    settings_view = True  # UPDATE pg_settings is a SET
             elif isinstance(node, ast.FuncCall):
                 funcs.append(node)
             elif isinstance(node, ast.ParamRef):
@@ -328,11 +335,20 @@ class Classifier:
             command = "UTILITY"
             write = True  # DDL, VACUUM, SET ...: primary only
 
+        if settings_view and type(stmt) in _WRITE_STMTS:
+            session = True
         for func in funcs:
-            fname = func.funcname[-1].sval.lower()
-            if fname in _SESSION_FUNCS:
+            # As PostgreSQL names it: unquoted names come folded to lower case, a quoted
+            # "COUNT" is another function; a schema other than pg_catalog is another too.
+            names = [n.sval for n in func.funcname]
+            fname = names[-1]
+            schema = names[-2] if len(names) > 1 else None
+            builtin = schema in (None, "pg_catalog")
+            if builtin and fname in _SESSION_FUNCS:
                 session = True
-            if fname not in self._read_only_functions:
+            qualified = ".".join(names)
+            if not ((builtin and fname in self._read_only_functions)
+                    or qualified in self._read_only_functions):  # fmt: skip
                 write = True
 
         keys, id_params, id_values = self._find_keys(stmt, tables, aliases)

@@ -196,6 +196,8 @@ class Executor:
                 raise NodeUnavailableError(
                     f"{node.name}: connection lost: {exc}", sent=True
                 ) from exc
+        if dirty:  # before it runs: a session-level change outlives a failed statement
+            backend.dirty = True
         try:
             result = await backend.run(sql, params)
         except CONNECTION_ERRORS as exc:
@@ -215,8 +217,6 @@ class Executor:
         except BaseException:
             node.pool.release(backend, broken=True)  # e.g. cancelled mid-statement
             raise
-        if dirty:
-            backend.dirty = True
         node.pool.release(backend)
         return result
 
@@ -399,7 +399,7 @@ class Executor:
         node = shard.primary
         backend = await self.acquire(node)
         if any(self.classifier.analyze(sql).changes_session_state for sql, _ in statements):
-            backend.dirty = True  # reset before the connection serves anyone else
+            backend.dirty = True  # closed, not reused (pool.py)
         try:
             async with backend.conn.transaction():
                 if all(sql == first_sql for sql, _ in statements):

@@ -2,8 +2,11 @@
 
 asyncpg's Pool runs a reset query on every release, which halved a proxy's throughput; here a
 connection goes back to the idle list untouched unless the statement it ran changed session
-state. Each connection keeps its own LRU of prepared statements, so a hot statement costs one
-round trip (bind + execute).
+state. Such a connection is closed, not reset: no reset clears everything (asyncpg's leaves
+temporary tables, prepared statements and SET ROLE behind; DISCARD ALL would drop the cached
+statements under asyncpg), and the next client must find a clean session. Each connection
+keeps its own LRU of prepared statements, so a hot statement costs one round trip (bind +
+execute).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class Backend:
         self.conn = conn
         self.pool = pool
         self.cache_size = cache_size
-        self.dirty = False  # ran something that changed session state
+        self.dirty = False  # ran something that changed session state: closed on release
         self._stmts: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
     async def _prepare(self, sql: str) -> tuple[Any, list[str]]:
@@ -106,9 +109,6 @@ class Backend:
     async def scalar(self, sql: str) -> Any:
         stmt = await self._statement(sql)
         return await stmt.fetchval()
-
-    def forget_statements(self) -> None:
-        self._stmts.clear()
 
 
 class BackendPool:
@@ -244,8 +244,8 @@ class BackendPool:
         if broken or backend.conn.is_closed() or self._closed:
             self._discard(backend)
             return
-        if backend.dirty:
-            self._spawn(self._reset_and_release(backend))
+        if backend.dirty:  # its session changed: closed politely, and replaced on demand
+            self._discard(backend, polite=True)
             return
         self._hand_over(backend)
 
@@ -258,27 +258,26 @@ class BackendPool:
         self._idle.append(backend)
         self._note_returned()
 
-    async def _reset_and_release(self, backend: Backend) -> None:
-        try:
-            await backend.conn.reset()
-            backend.forget_statements()  # DISCARD/DEALLOCATE may have dropped them
-            backend.dirty = False
-        except Exception:
-            self._discard(backend)
-            return
-        self._hand_over(backend)
-
-    def _discard(self, backend: Backend) -> None:
+    def _discard(self, backend: Backend, *, polite: bool = False) -> None:
         self._all.discard(backend)
         self._note_returned()
         if not backend.conn.is_closed():
-            backend.conn.terminate()
+            if polite:  # a Terminate message, so the server logs no lost connection
+                self._spawn(self._close_politely(backend.conn))
+            else:
+                backend.conn.terminate()
         # Someone may be waiting for a slot that just opened up.
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
                 self._spawn(self._open_for(fut))
                 break
+
+    async def _close_politely(self, conn: asyncpg.Connection) -> None:
+        try:
+            await conn.close(timeout=self._db.connect_timeout_seconds)
+        except Exception:
+            conn.terminate()
 
     async def _open_for(self, fut: asyncio.Future[Backend]) -> None:
         self._opening += 1

@@ -53,6 +53,10 @@ class Transactions:
                     "TRANSACTION_ABORTED",
                     "an earlier statement failed; only rollback is accepted",
                 )
+            if analysis.changes_session_state:
+                # Before it runs: a session-level change (an advisory lock, SET) outlives a
+                # failed statement and the transaction's rollback.
+                tx.backend.dirty = True
             try:
                 columns, rows, status = await tx.backend.run(sql, params)
             except CONNECTION_ERRORS as exc:
@@ -67,8 +71,6 @@ class Transactions:
                 raise
             if not analysis.read_only:
                 tx.wrote = True
-            if analysis.changes_session_state:
-                tx.backend.dirty = True
         return Outcome(columns, rows, status, tx.shard, tx.node.name, WireRole.PRIMARY)
 
     async def begin(

@@ -50,6 +50,7 @@ READS = [
     "SELECT * FROM categories ORDER BY name",
     "SELECT course_statistics($1)",
     "SELECT * FROM users WHERE user_id = $1 UNION ALL SELECT * FROM users WHERE user_id = $2",
+    "SELECT pg_catalog.count(*) FROM users WHERE user_id = $1",
 ]
 WRITES = [
     "INSERT INTO users (user_id, email, home_region) VALUES ($1, $2, $3)",
@@ -64,6 +65,10 @@ WRITES = [
     "CREATE TABLE t (a int)",
     "SET search_path TO public",
     "MERGE INTO courses c USING (SELECT 1 AS x) s ON false WHEN NOT MATCHED THEN DO NOTHING",
+    # Not the configured read-only functions: another schema's `now`, a quoted "COUNT".
+    "SELECT public.now()",
+    "SELECT evil.count(*) FROM users",
+    'SELECT "COUNT"(*) FROM users',
 ]
 
 
@@ -86,6 +91,14 @@ def test_writes_are_writes(classifier: Classifier, sql: str) -> None:
         "CREATE TEMP TABLE scratch (a int)",
         "SELECT pg_advisory_lock(42)",
         "DISCARD ALL",
+        # Temporary objects made through the pg_temp schema, which is searched first.
+        "CREATE TABLE pg_temp.users (user_id uuid)",
+        "CREATE VIEW pg_temp.v AS SELECT 1",
+        "CREATE SEQUENCE pg_temp.s",
+        "SELECT * INTO pg_temp.t FROM users",
+        # UPDATE pg_settings is a SET.
+        "UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
+        "UPDATE pg_catalog.pg_settings SET setting = '0' WHERE name = 'statement_timeout'",
     ],
 )
 def test_session_state_changes_are_flagged(classifier: Classifier, sql: str) -> None:
@@ -95,6 +108,14 @@ def test_session_state_changes_are_flagged(classifier: Classifier, sql: str) -> 
 def test_plain_statements_do_not_flag_session_state(classifier: Classifier) -> None:
     assert not classifier.analyze("UPDATE users SET city = $2 WHERE user_id = $1").changes_session_state
     assert not classifier.analyze("SELECT * FROM users WHERE user_id = $1").changes_session_state
+
+
+def test_a_schema_qualified_read_only_function_is_configured_with_its_schema() -> None:
+    c = Classifier(CONFIG.tables, ("reporting.revenue", "lower"), cache_size=8)
+    assert c.analyze("SELECT reporting.revenue($1)").read_only
+    assert not c.analyze("SELECT revenue($1)").read_only  # another function, maybe
+    assert c.analyze("SELECT pg_catalog.lower('A')").read_only
+    assert not c.analyze("SELECT reporting.lower('A')").read_only
 
 
 def test_parse_error_has_message_and_position(classifier: Classifier) -> None:
