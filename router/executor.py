@@ -35,6 +35,7 @@ from router.routing import (
     UnknownShardError,
     choose_replica,
     decide_role,
+    keyed_shard,
     resolve_shards,
     shard_of_value,
 )
@@ -378,23 +379,21 @@ class Executor:
             raise RoutingError("empty batch")
         if hints.tx is not None:
             tx = session.get(hints.tx)
-            last: Outcome | None = None
-            for sql, params in statements:
-                last = await self.transactions.statement(session, tx, sql, params, hints)
-            assert last is not None
+            last = await self.transactions.statements(session, tx, statements, hints)
             return Outcome([], [], last.status, last.shard, last.node, last.role)
         first_sql, first_params = statements[0]
         _, target = self.target_for(first_sql, first_params, hints)
         for sql, params in statements[1:]:
-            # Every statement must belong to the batch's shard (a hint covers the batch).
-            analysis = self.classifier.analyze(sql)
-            if hints.shard is None and analysis.keys:
-                other = resolve_shards(analysis, params, None, self.config)
-                if other.shard != target.shard:
-                    raise CrossShardError(
-                        f"batch mixes shards {target.shard} and {other.shard}; "
-                        "two-phase commit across shards is not supported yet"
-                    )
+            # Every statement must belong to the batch's shard (a hint covers the batch),
+            # wherever its key comes from; one without any runs there.
+            if hints.shard is not None:
+                break
+            other = keyed_shard(self.classifier.analyze(sql), params, self.config)
+            if other is not None and other != target.shard:
+                raise CrossShardError(
+                    f"batch mixes shards {target.shard} and {other}; "
+                    "two-phase commit across shards is not supported yet"
+                )
         shard = self._shard(target.shard)
         node = shard.primary
         backend = await self.acquire(node)

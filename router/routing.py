@@ -114,17 +114,10 @@ def _param(params: Sequence[Any], number: int) -> Any:
     return params[number - 1]
 
 
-def resolve_shards(
-    analysis: Analysis, params: Sequence[Any], hint: str | None, config: Config
-) -> Target:
-    """The shard(s) a statement must run on. A hint wins; else its shard key; else an error."""
-    write = not analysis.read_only
-    if hint is not None:
-        if hint not in config.shards:
-            known = ", ".join(config.shards)
-            raise UnknownShardError(f"shard hint {hint!r} is not a shard ({known})", hint)
-        return Target((hint,), write)
-
+def keyed_shard(analysis: Analysis, params: Sequence[Any], config: Config) -> str | None:
+    """The shard the statement's own values name: a shard key, else an id or region among a
+    function's arguments, else a georoute id compared with any column. None when there is
+    none; CrossShardError when they name several."""
     found: dict[str, Any] = {}  # shard -> where it came from (a key, or a description)
     for key in analysis.keys:
         value = key.value if key.param is None else _param(params, key.param)
@@ -154,8 +147,22 @@ def resolve_shards(
         )
         raise CrossShardError(f"statement names several shards ({detail}); cross-shard "
                               "statements are not supported yet, send one per shard")
-    if found:
-        return Target((next(iter(found)),), write)
+    return next(iter(found), None)
+
+
+def resolve_shards(
+    analysis: Analysis, params: Sequence[Any], hint: str | None, config: Config
+) -> Target:
+    """The shard(s) a statement must run on. A hint wins; else its shard key; else an error."""
+    write = not analysis.read_only
+    if hint is not None:
+        if hint not in config.shards:
+            known = ", ".join(config.shards)
+            raise UnknownShardError(f"shard hint {hint!r} is not a shard ({known})", hint)
+        return Target((hint,), write)
+    shard = keyed_shard(analysis, params, config)
+    if shard is not None:
+        return Target((shard,), write)
 
     sharded = [t for t in analysis.tables if t in config.tables]
     if not sharded and not write:

@@ -34,6 +34,13 @@ class Transaction:
     closed: bool = False  # committed or rolled back: its connection is back in the pool
     # Statements of one transaction run one at a time, in arrival order.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Ends it when its client sends nothing for router.transaction_idle_timeout_seconds.
+    idle_timer: asyncio.TimerHandle | None = None
+
+    def stop_idle_timer(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
 
 
 @dataclass(slots=True, eq=False)
@@ -43,6 +50,9 @@ class Session:
     written: dict[str, int] = field(default_factory=dict)
     transactions: dict[int, Transaction] = field(default_factory=dict)
     closed: bool = False  # the client connection is gone
+    opening: int = 0  # begins still waiting for a connection: they count against the limit
+    # Transactions the router rolled back on its own (idle too long): id -> why.
+    expired: dict[int, str] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def note_write(self, shard: str, lsn: int) -> None:
@@ -59,7 +69,7 @@ class Session:
         return max(mine, theirs)
 
     def check_room(self, limit: int) -> None:
-        if len(self.transactions) >= min(limit, MAX_OPEN_TRANSACTIONS):
+        if len(self.transactions) + self.opening >= min(limit, MAX_OPEN_TRANSACTIONS):
             raise TransactionError(
                 "TOO_MANY_TRANSACTIONS",
                 f"at most {min(limit, MAX_OPEN_TRANSACTIONS)} open transactions per connection",
@@ -73,5 +83,15 @@ class Session:
     def get(self, tx_id: int) -> Transaction:
         tx = self.transactions.get(tx_id)
         if tx is None or tx.closed:
+            why = self.expired.get(tx_id)
+            if why is not None:
+                raise TransactionError("TRANSACTION_ABORTED", why)
             raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx_id}")
         return tx
+
+    def expire(self, tx: Transaction, why: str) -> None:
+        """`tx` was rolled back by the router: later requests for it are told why."""
+        self.transactions.pop(tx.id, None)
+        if len(self.expired) >= MAX_OPEN_TRANSACTIONS:  # a few recent ones are enough
+            self.expired.pop(next(iter(self.expired)))
+        self.expired[tx.id] = why

@@ -3,15 +3,23 @@ or rollback; a client that leaves has what it left open rolled back."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from protocol.messages import Hints, Isolation
 from protocol.messages import Role as WireRole
+from router.classify import Analysis
 from router.outcome import CONNECTION_ERRORS, Outcome
 from router.pool import Backend, NodeUnavailableError
-from router.routing import CrossShardError, MissingShardKeyError, UnknownShardError, resolve_shards
+from router.routing import (
+    CrossShardError,
+    MissingShardKeyError,
+    UnknownShardError,
+    keyed_shard,
+    resolve_shards,
+)
 from router.session import Session, Transaction, TransactionError
 from router.topology import NodeState
 
@@ -32,45 +40,84 @@ class Transactions:
         self._executor = executor
         # Pinned transactions per client connection: leave most of the pool to everyone else.
         self._max_tx = max(1, executor.config.database.pool_max_size // 2)
+        self._idle_timeout = executor.config.router.transaction_idle_timeout_seconds
+        self._bg: set[asyncio.Task[None]] = set()
+
+    def _check_shard(self, tx: Transaction, analysis: Analysis, params: Sequence[Any],
+                     hints: Hints) -> None:  # fmt: skip
+        """A statement inside `tx` must be for its shard, wherever its key comes from (a
+        column, an id among its values, a function argument); one without any runs there."""
+        config = self._executor.config
+        if hints.shard is not None:
+            shard: str | None = resolve_shards(analysis, params, hints.shard, config).shard
+        else:
+            shard = keyed_shard(analysis, params, config)
+        if shard is not None and shard != tx.shard:
+            raise CrossShardError(
+                f"transaction {tx.id} is on shard {tx.shard}; this statement is for {shard}"
+            )
 
     async def statement(
         self, session: Session, tx: Transaction, sql: str, params: Sequence[Any], hints: Hints
     ) -> Outcome:
         analysis = self._executor.classifier.analyze(sql)
-        hint = hints.shard
-        target = resolve_shards(analysis, params, hint, self._executor.config) if (
-            hint or analysis.keys
-        ) else None
-        if target is not None and target.shard != tx.shard:
-            raise CrossShardError(
-                f"transaction {tx.id} is on shard {tx.shard}; this statement is for {target.shard}"
-            )
+        self._check_shard(tx, analysis, params, hints)
         async with tx.lock:
-            if tx.closed:  # a commit/rollback queued ahead of us finished it
-                raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx.id}")
-            if tx.failed:
-                raise TransactionError(
-                    "TRANSACTION_ABORTED",
-                    "an earlier statement failed; only rollback is accepted",
-                )
-            if analysis.changes_session_state:
-                # Before it runs: a session-level change (an advisory lock, SET) outlives a
-                # failed statement and the transaction's rollback.
-                tx.backend.dirty = True
-            try:
-                columns, rows, status = await tx.backend.run(sql, params)
-            except CONNECTION_ERRORS as exc:
-                tx.failed = True
-                raise NodeUnavailableError(
-                    f"{tx.node.name}: connection lost inside transaction {tx.id}: {exc}", sent=True
-                ) from exc
-            except BaseException:
-                # A failed, timed-out or cancelled statement may have left effects behind:
-                # from here on the transaction can only be rolled back.
-                tx.failed = True
-                raise
-            if not analysis.read_only:
-                tx.wrote = True
+            return await self._run(session, tx, analysis, sql, params)
+
+    async def statements(self, session: Session, tx: Transaction,
+                         statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints
+                         ) -> Outcome:  # fmt: skip
+        """A batch inside `tx`: every statement checked first, then all run with the
+        transaction held, so a commit sent meanwhile waits for the whole batch."""
+        analyses = [self._executor.classifier.analyze(sql) for sql, _ in statements]
+        for analysis, (_, params) in zip(analyses, statements, strict=True):
+            self._check_shard(tx, analysis, params, hints)
+        last: Outcome | None = None
+        async with tx.lock:
+            for analysis, (sql, params) in zip(analyses, statements, strict=True):
+                last = await self._run(session, tx, analysis, sql, params)
+        assert last is not None
+        return last
+
+    async def _run(self, session: Session, tx: Transaction, analysis: Analysis, sql: str,
+                   params: Sequence[Any]) -> Outcome:  # fmt: skip
+        """One statement of `tx`, called holding tx.lock."""
+        if tx.closed:  # a commit/rollback queued ahead of us finished it
+            session.get(tx.id)  # says why (rolled back when idle, or simply unknown)
+            raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx.id}")
+        tx.stop_idle_timer()
+        try:
+            return await self._run_open(tx, analysis, sql, params)
+        finally:
+            if not tx.closed:
+                self._arm_idle_timer(session, tx)
+
+    async def _run_open(self, tx: Transaction, analysis: Analysis, sql: str,
+                        params: Sequence[Any]) -> Outcome:  # fmt: skip
+        if tx.failed:
+            raise TransactionError(
+                "TRANSACTION_ABORTED",
+                "an earlier statement failed; only rollback is accepted",
+            )
+        if analysis.changes_session_state:
+            # Before it runs: a session-level change (an advisory lock, SET) outlives a
+            # failed statement and the transaction's rollback.
+            tx.backend.dirty = True
+        try:
+            columns, rows, status = await tx.backend.run(sql, params)
+        except CONNECTION_ERRORS as exc:
+            tx.failed = True
+            raise NodeUnavailableError(
+                f"{tx.node.name}: connection lost inside transaction {tx.id}: {exc}", sent=True
+            ) from exc
+        except BaseException:
+            # A failed, timed-out or cancelled statement may have left effects behind:
+            # from here on the transaction can only be rolled back.
+            tx.failed = True
+            raise
+        if not analysis.read_only:
+            tx.wrote = True
         return Outcome(columns, rows, status, tx.shard, tx.node.name, WireRole.PRIMARY)
 
     async def begin(
@@ -87,7 +134,11 @@ class Transactions:
         session.check_room(self._max_tx)
         shard = self._executor.topology.shards[shard_name]
         node = shard.primary
-        backend = await self._executor.acquire(node)
+        session.opening += 1  # counted from now: concurrent begins cannot pass the limit
+        try:
+            backend = await self._executor.acquire(node)
+        finally:
+            session.opening -= 1
         sql = "BEGIN"
         if isolation is not None:
             sql += f" ISOLATION LEVEL {_ISOLATION[isolation]}"
@@ -101,12 +152,40 @@ class Transactions:
         if session.closed:  # the client left while we were opening it: nobody will end it
             await self._end(node, backend, "ROLLBACK")
             raise TransactionError("UNKNOWN_TRANSACTION", "the client connection is closed")
-        return session.open(shard_name, node, backend)
+        tx = session.open(shard_name, node, backend)
+        self._arm_idle_timer(session, tx)
+        return tx
+
+    def _arm_idle_timer(self, session: Session, tx: Transaction) -> None:
+        """PostgreSQL ends a session idle in a transaction this long; the router must too,
+        or the pinned connection stays out of the pool until the client comes back (one
+        whose Begin reply came after it had given up never does)."""
+        if self._idle_timeout > 0:
+            tx.idle_timer = asyncio.get_running_loop().call_later(
+                self._idle_timeout, self._expire_idle, session, tx)
+
+    def _expire_idle(self, session: Session, tx: Transaction) -> None:
+        tx.idle_timer = None
+        task = asyncio.ensure_future(self._roll_back_idle(session, tx))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _roll_back_idle(self, session: Session, tx: Transaction) -> None:
+        async with tx.lock:
+            if tx.closed or tx.idle_timer is not None:  # ended, or busy again meanwhile
+                return
+            tx.closed = True
+            session.expire(tx, f"transaction {tx.id} was rolled back: its client sent nothing "
+                               f"for {self._idle_timeout:g} s "
+                               "(router.transaction_idle_timeout_seconds)")  # fmt: skip
+            with contextlib.suppress(Exception):  # already ended by the server: dropped
+                await self._end(tx.node, tx.backend, "ROLLBACK")
 
     async def commit(self, session: Session, tx_id: int) -> Outcome:
         tx = session.get(tx_id)
         async with tx.lock:
             self._close(session, tx)
+            tx.stop_idle_timer()
             if tx.failed:
                 await self._end(tx.node, tx.backend, "ROLLBACK")
                 raise TransactionError(
@@ -121,6 +200,7 @@ class Transactions:
         tx = session.get(tx_id)
         async with tx.lock:
             self._close(session, tx)
+            tx.stop_idle_timer()
             await self._end(tx.node, tx.backend, "ROLLBACK")
         return Outcome([], [], "ROLLBACK", tx.shard, tx.node.name, WireRole.PRIMARY)
 
@@ -128,6 +208,7 @@ class Transactions:
     def _close(session: Session, tx: Transaction) -> None:
         """Called holding tx.lock: statements queued behind us see it closed and refuse."""
         if tx.closed:
+            session.get(tx.id)  # says why (rolled back when idle, or simply unknown)
             raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx.id}")
         tx.closed = True
         session.transactions.pop(tx.id, None)
@@ -151,6 +232,7 @@ class Transactions:
         """The client went away: roll back whatever it left open."""
         session.closed = True
         for tx in list(session.transactions.values()):
+            tx.stop_idle_timer()
             async with tx.lock:
                 if tx.closed:
                     continue

@@ -1,0 +1,156 @@
+"""The transaction state machine (router/transactions.py) with stand-in backend connections:
+the per-client limit holds under concurrent begins, a batch inside a transaction is not split
+by a commit, an idle transaction is rolled back by the router itself, and a statement whose id
+or function argument names another shard is refused. Routing uses the real router.toml and
+classifier; no database is involved."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocol.messages import Hints
+from router.classify import Classifier
+from router.config import load_config
+from router.ids import new_id
+from router.routing import CrossShardError
+from router.session import Session, TransactionError
+from router.transactions import Transactions
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = load_config(REPO / "router.toml")
+
+
+class FakeConn:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def execute(self, sql: str) -> None:
+        await asyncio.sleep(0)  # a turn of the loop, as a round trip would take
+        self.log.append(sql)
+
+
+class FakeBackend:
+    def __init__(self, log: list[str]) -> None:
+        self.conn = FakeConn(log)
+        self.dirty = False
+
+    async def run(self, sql: str, params: Any) -> tuple[list[str], list[Any], str]:
+        await asyncio.sleep(0)
+        self.conn.log.append(sql)
+        return [], [], "UPDATE 1"
+
+
+class FakePool:
+    def __init__(self) -> None:
+        self.released: list[bool] = []  # broken?
+
+    def release(self, backend: FakeBackend, broken: bool = False) -> None:
+        self.released.append(broken)
+
+
+def _transactions(idle_timeout: float = 60.0) -> tuple[Transactions, list[str], FakePool]:
+    log: list[str] = []
+    pool = FakePool()
+    node = types.SimpleNamespace(name="europe-primary", pool=pool)
+    router = dataclasses.replace(CONFIG.router, transaction_idle_timeout_seconds=idle_timeout)
+    database = dataclasses.replace(CONFIG.database, pool_max_size=4)  # 2 per client
+    config = dataclasses.replace(CONFIG, router=router, database=database)
+
+    async def acquire(node: Any) -> FakeBackend:
+        await asyncio.sleep(0)
+        return FakeBackend(log)
+
+    async def token(session: Session, shard: Any) -> str:
+        return "europe:1"
+
+    executor = types.SimpleNamespace(
+        config=config, acquire=acquire, token=token,
+        classifier=Classifier(config.tables, config.router.read_only_functions),
+        topology=types.SimpleNamespace(shards={s: types.SimpleNamespace(primary=node)
+                                               for s in config.shards}),
+    )  # fmt: skip
+    return Transactions(executor), log, pool  # type: ignore[arg-type]
+
+
+async def _until(check: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_concurrent_begins_cannot_pass_the_per_client_limit() -> None:
+    transactions, _, _ = _transactions()
+    session = Session()
+    results = await asyncio.gather(
+        *(transactions.begin(session, Hints(shard="europe"), None, False) for _ in range(10)),
+        return_exceptions=True,
+    )
+    opened = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, TransactionError)]
+    assert len(opened) == 2 and len(refused) == 8  # pool_max_size 4 // 2
+    assert {r.code_name for r in refused} == {"TOO_MANY_TRANSACTIONS"}
+    assert session.opening == 0
+
+
+async def test_a_batch_in_a_transaction_is_not_split_by_a_commit() -> None:
+    transactions, log, _ = _transactions()
+    session = Session()
+    tx = await transactions.begin(session, Hints(shard="europe"), None, False)
+    batch = [(f"UPDATE users SET city = 'c{i}' WHERE user_id = $1", [new_id(CONFIG.shards["europe"].number)])
+             for i in (1, 2)]
+    results = await asyncio.gather(transactions.statements(session, tx, batch, Hints()),
+                                   transactions.commit(session, tx.id))  # fmt: skip
+    assert results[0].status == "UPDATE 1"
+    assert log == ["BEGIN", batch[0][0], batch[1][0], "COMMIT"]
+
+
+async def test_an_idle_transaction_is_rolled_back_and_its_connection_returned() -> None:
+    transactions, log, pool = _transactions(idle_timeout=0.05)
+    session = Session()
+    tx = await transactions.begin(session, Hints(shard="europe"), None, False)
+    await transactions.statement(session, tx, "SELECT 1", [], Hints())
+    await _until(lambda: log[-1:] == ["ROLLBACK"])
+    assert pool.released == [False] and not session.transactions
+    with pytest.raises(TransactionError, match="transaction_idle_timeout") as info:
+        await transactions.statement(session, tx, "SELECT 1", [], Hints())
+    assert info.value.code_name == "TRANSACTION_ABORTED"
+    with pytest.raises(TransactionError, match="sent nothing"):
+        await transactions.commit(session, tx.id)
+
+
+async def test_a_busy_transaction_is_not_rolled_back_for_idleness() -> None:
+    transactions, log, _ = _transactions(idle_timeout=0.05)
+    session = Session()
+    tx = await transactions.begin(session, Hints(shard="europe"), None, False)
+    deadline = time.monotonic() + 0.2  # four idle timeouts, but never idle that long
+    while time.monotonic() < deadline:
+        await transactions.statement(session, tx, "SELECT 1", [], Hints())
+        await asyncio.sleep(0.01)
+    await transactions.commit(session, tx.id)
+    assert "ROLLBACK" not in log and log[-1] == "COMMIT"
+
+
+@pytest.mark.parametrize("sql", [
+    "UPDATE unconfigured SET x = 1 WHERE thing_id = $1",  # a row id in an unconfigured table
+    "SELECT enroll($1, $1)",  # a function argument
+])  # fmt: skip
+async def test_a_statement_for_another_shard_is_refused_inside_a_transaction(sql: str) -> None:
+    transactions, log, _ = _transactions()
+    session = Session()
+    tx = await transactions.begin(session, Hints(shard="europe"), None, False)
+    asia = new_id(CONFIG.shards["asia"].number)
+    with pytest.raises(CrossShardError, match="asia"):
+        await transactions.statement(session, tx, sql, [asia], Hints())
+    europe = new_id(CONFIG.shards["europe"].number)
+    await transactions.statement(session, tx, sql, [europe], Hints())
+    await transactions.statement(session, tx, "SELECT 1", [], Hints())  # no key: runs there
+    assert log == ["BEGIN", sql, "SELECT 1"]
