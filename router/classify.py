@@ -120,6 +120,9 @@ class Analysis:
     # there that is a georoute id routes even a table that is not configured ("a row id").
     id_params: tuple[int, ...] = ()
     id_values: tuple[Any, ...] = ()
+    # Shard-key columns an UPDATE (or an upsert's DO UPDATE) sets: the new value must stay on
+    # the row's shard. A KeyRef with neither param nor value was set to an expression.
+    assigned_keys: tuple[KeyRef, ...] = ()
 
     @property
     def read_only(self) -> bool:
@@ -369,7 +372,31 @@ class Classifier:
             id_values=tuple(id_values),
             changes_session_state=session,
             param_count=max(params, default=0),
+            assigned_keys=tuple(self._assigned_keys(stmt)),
         )
+
+    def _assigned_keys(self, stmt: Any) -> Iterator[KeyRef]:
+        """The shard-key columns `UPDATE ... SET` or `ON CONFLICT DO UPDATE SET` assigns."""
+        targets: Any = ()
+        if isinstance(stmt, ast.UpdateStmt):
+            targets = stmt.targetList or ()
+        elif isinstance(stmt, ast.InsertStmt) and stmt.onConflictClause is not None:
+            targets = stmt.onConflictClause.targetList or ()
+        if not targets or stmt.relation is None:
+            return
+        table = stmt.relation.relname
+        target: Any
+        for target in targets:
+            kind = self._key_kind(table, target.name)
+            if kind is None:
+                continue
+            name = _column_name(target.val)
+            if name is not None and name[1] == target.name and name[0] in (None, "excluded",
+                                                                           table):  # fmt: skip
+                continue  # SET region = region, or the upsert's own inserted value
+            param = _param_number(target.val)
+            value = None if param is not None else _const_value(target.val)
+            yield KeyRef(kind, target.name, table, param=param, value=value)
 
     def _key_kind(self, table: str, column: str) -> KeyKind | None:
         cfg = self._tables.get(table)

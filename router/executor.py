@@ -33,6 +33,7 @@ from router.routing import (
     RoutingError,
     Target,
     UnknownShardError,
+    check_assignments,
     choose_replica,
     decide_role,
     keyed_shard,
@@ -386,9 +387,9 @@ class Executor:
         for sql, params in statements[1:]:
             # Every statement must belong to the batch's shard (a hint covers the batch),
             # wherever its key comes from; one without any runs there.
-            if hints.shard is not None:
-                break
-            other = keyed_shard(self.classifier.analyze(sql), params, self.config)
+            analysis = self.classifier.analyze(sql)
+            check_assignments(analysis, params, target.shard, self.config)
+            other = None if hints.shard is not None else keyed_shard(analysis, params, self.config)
             if other is not None and other != target.shard:
                 raise CrossShardError(
                     f"batch mixes shards {target.shard} and {other}; "

@@ -150,6 +150,27 @@ def keyed_shard(analysis: Analysis, params: Sequence[Any], config: Config) -> st
     return next(iter(found), None)
 
 
+def check_assignments(analysis: Analysis, params: Sequence[Any], shard: str,
+                      config: Config) -> None:  # fmt: skip
+    """A row stays on its shard: an UPDATE may set its shard key only to a value of `shard`
+    (moving a row between shards would need a two-phase commit)."""
+    for key in analysis.assigned_keys:
+        where = f"{key.table}.{key.column}"
+        if key.param is None and key.value is None:
+            raise CrossShardError(f"the statement sets the shard key {where} to an expression; "
+                                  "set it to a parameter or a constant, so the router can "
+                                  "check that the row stays on its shard")  # fmt: skip
+        value = key.value if key.param is None else _param(params, key.param)
+        if value is None:
+            continue  # NULL: the column's own constraints decide
+        other = _shard_of_value(key.kind, value, config)
+        if other != shard:
+            raise CrossShardError(
+                f"the statement would move a row of {key.table} from shard {shard} to "
+                f"{other or 'no shard'} ({where}); moving rows between shards is not "
+                "supported: insert it there and delete it here")  # fmt: skip
+
+
 def resolve_shards(
     analysis: Analysis, params: Sequence[Any], hint: str | None, config: Config
 ) -> Target:
@@ -159,9 +180,11 @@ def resolve_shards(
         if hint not in config.shards:
             known = ", ".join(config.shards)
             raise UnknownShardError(f"shard hint {hint!r} is not a shard ({known})", hint)
+        check_assignments(analysis, params, hint, config)
         return Target((hint,), write)
     shard = keyed_shard(analysis, params, config)
     if shard is not None:
+        check_assignments(analysis, params, shard, config)
         return Target((shard,), write)
 
     sharded = [t for t in analysis.tables if t in config.tables]

@@ -17,6 +17,7 @@ from router.routing import (
     CrossShardError,
     MissingShardKeyError,
     UnknownShardError,
+    check_assignments,
     keyed_shard,
     resolve_shards,
 )
@@ -56,6 +57,7 @@ class Transactions:
             raise CrossShardError(
                 f"transaction {tx.id} is on shard {tx.shard}; this statement is for {shard}"
             )
+        check_assignments(analysis, params, tx.shard, config)
 
     async def statement(
         self, session: Session, tx: Transaction, sql: str, params: Sequence[Any], hints: Hints

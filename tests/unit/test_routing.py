@@ -336,3 +336,30 @@ def test_health_state_machine() -> None:
     assert state is NodeHealth.DOWN
     assert next_health(NodeHealth.UP, HealthEvent.CONNECT_FAILED) is NodeHealth.DOWN
     assert next_health(state, HealthEvent.PROBE_OK) is NodeHealth.UP
+
+
+def test_a_row_cannot_be_moved_to_another_shard(classifier: Classifier) -> None:
+    """Setting a shard key to another shard's value would leave the row where no one looks for
+    it (nothing in the schema stops it): refused, whichever way the shard was chosen."""
+    move = "UPDATE users SET home_region = $2 WHERE user_id = $1"
+    with pytest.raises(CrossShardError, match="move a row of users from shard europe to asia"):
+        route(classifier, move, [new_id(EU), "asia"])
+    assert route(classifier, move, [new_id(EU), "europe"]).shard == "europe"
+    with pytest.raises(CrossShardError, match=r"enrollments\.user_id"):
+        route(classifier, "UPDATE enrollments SET user_id = $2 WHERE enrollment_id = $1",
+              [new_id(EU), new_id(ASIA)])  # fmt: skip
+    with pytest.raises(CrossShardError, match="asia"):  # a hint does not make it safe
+        route(classifier, "UPDATE users SET home_region = 'asia' WHERE email = $1", ["a@b"],
+              hint="europe")  # fmt: skip
+    with pytest.raises(CrossShardError, match="to an expression"):
+        route(classifier, "UPDATE users SET home_region = lower($2) WHERE user_id = $1",
+              [new_id(EU), "EUROPE"])  # fmt: skip
+    with pytest.raises(CrossShardError, match="asia"):
+        route(classifier, "INSERT INTO users (user_id, home_region) VALUES ($1, 'europe') "
+              "ON CONFLICT (user_id) DO UPDATE SET home_region = 'asia'", [new_id(EU)])  # fmt: skip
+    # The upsert's own inserted value, and a column set to itself, stay where they are.
+    upsert = ("INSERT INTO users (user_id, home_region) VALUES ($1, $2) ON CONFLICT (user_id) "
+              "DO UPDATE SET home_region = EXCLUDED.home_region")  # fmt: skip
+    assert route(classifier, upsert, [new_id(EU), "europe"]).shard == "europe"
+    same = "UPDATE users SET home_region = home_region, city = $2 WHERE user_id = $1"
+    assert route(classifier, same, [new_id(EU), "Lyon"]).shard == "europe"

@@ -154,3 +154,14 @@ async def test_a_statement_for_another_shard_is_refused_inside_a_transaction(sql
     await transactions.statement(session, tx, sql, [europe], Hints())
     await transactions.statement(session, tx, "SELECT 1", [], Hints())  # no key: runs there
     assert log == ["BEGIN", sql, "SELECT 1"]
+
+
+async def test_a_transaction_cannot_move_a_row_to_another_shard() -> None:
+    transactions, log, _ = _transactions()
+    session = Session()
+    tx = await transactions.begin(session, Hints(shard="europe"), None, False)
+    move = "UPDATE users SET home_region = $1 WHERE email = 'a@example.com'"
+    with pytest.raises(CrossShardError, match="from shard europe to asia"):
+        await transactions.statement(session, tx, move, ["asia"], Hints())
+    await transactions.statement(session, tx, move, ["europe"], Hints())
+    assert log == ["BEGIN", move]
