@@ -45,6 +45,7 @@ log = logging.getLogger("georoute.router")
 
 
 _TLS_HANDSHAKE_SECONDS = 10.0  # a client that connects and never completes TLS is dropped
+_DRAIN_POLL_SECONDS = 0.05  # how often a drain looks again at transactions left open
 
 
 def _listener_tls(router: RouterConfig) -> ListenerTLS | None:
@@ -183,27 +184,33 @@ class RouterNode:
         log.info("router %s stopped", self.config.router.node_name)
 
     async def _drain_requests(self, grace: float) -> None:
-        """Let requests in flight finish, within `grace` seconds. Those on the pipelined fast
-        path are not tasks (their replies go out when their statements finish), and one that
-        finishes may start a task (a write's token read apart, a read run again): so wait for
-        tasks and pipelines in turn until both are idle."""
+        """Let requests in flight and open transactions finish, within `grace` seconds. Those
+        on the pipelined fast path are not tasks (their replies go out when their statements
+        finish), and one that finishes may start a task (a write's token read apart, a read
+        run again): so wait for tasks and pipelines in turn until both are idle. A client
+        with a transaction open may still send its statements and its commit meanwhile (new
+        requests outside transactions are refused)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         pipelines = [n.pool.pipeline for n in self.topology.nodes()]
         while True:
             tasks = [t for c in self.connections for t in c.tasks]
             busy = [p for p in pipelines if p.in_flight]
+            open_tx = sum(len(c.session.transactions) for c in self.connections)
             left = deadline - loop.time()
-            if not tasks and not busy:
+            if not tasks and not busy and not open_tx:
                 return
             if left <= 0:
                 for task in tasks:
                     task.cancel()
                 return
-            log.info("draining %d requests in tasks, %d pipelines busy", len(tasks), len(busy))
+            log.info("draining %d requests in tasks, %d pipelines busy, %d transactions open",
+                     len(tasks), len(busy), open_tx)  # fmt: skip
             if tasks:
                 await asyncio.wait(tasks, timeout=left)
             await asyncio.gather(*(p.drain(max(0.0, deadline - loop.time())) for p in busy))
+            if not tasks and not busy:  # only transactions: their clients' next requests
+                await asyncio.sleep(min(_DRAIN_POLL_SECONDS, max(0.0, left)))
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import asyncpg
+import pytest
 
 import client
 from router.cluster import LocalCluster
@@ -164,8 +165,9 @@ async def test_reload_replaces_the_pool_of_a_changed_node(
 
 
 def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: Config) -> None:
-    """A request in flight when SIGTERM arrives still gets its reply; then the router exits.
-    The client reaches it through its Unix socket, which is gone once the router stopped."""
+    """A request in flight when SIGTERM arrives still gets its reply, and a transaction open
+    then may still run statements and commit; then the router exits. The client reaches it
+    through its Unix socket, which is gone once the router stopped."""
     config = router_config(test_config, port_shift=50, drain_timeout_seconds=10.0)
     path = Path(test_config.cluster.state_dir) / "router-drain.toml"
     socket_path = router_socket_path(config.router)
@@ -176,29 +178,37 @@ def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: C
         unix_dsn = f"georoute://{quote(config.router.listen_socket_dir, safe='')}:" \
                    f"{config.router.listen_port}"
 
-        async def scenario() -> object:
+        async def scenario() -> tuple[object, object]:
             c = await client.connect(unix_dsn, token=TOKEN)
             pg = await asyncpg.connect(host=primary.host, port=primary.port,
                                        database=primary.database, user=test_config.database.user)
             try:
-                slow = asyncio.create_task(
-                    c.fetchval("SELECT 7 FROM pg_sleep(0.8)", shard="europe", idempotent=False,
-                               consistency="strong")
-                )
+                async with c.transaction(shard="europe") as tx:
+                    first = await tx.fetchval("SELECT txid_current()")
+                    slow = asyncio.create_task(
+                        c.fetchval("SELECT 7 FROM pg_sleep(0.8)", shard="europe",
+                                   idempotent=False, consistency="strong")
+                    )  # fmt: skip
 
-                async def running() -> bool:
-                    n = await pg.fetchval("SELECT count(*) FROM pg_stat_activity "
-                                          "WHERE query = 'SELECT 7 FROM pg_sleep(0.8)'")
-                    return bool(n)
+                    async def running() -> bool:
+                        n = await pg.fetchval("SELECT count(*) FROM pg_stat_activity "
+                                              "WHERE query = 'SELECT 7 FROM pg_sleep(0.8)'")
+                        return bool(n)
 
-                await wait_until(running, within=10, what="the slow query to reach PostgreSQL")
-                proc.signal(signal.SIGTERM)
-                return await slow
+                    await wait_until(running, within=10, what="the slow query to reach PostgreSQL")
+                    proc.signal(signal.SIGTERM)
+                    value = await slow
+                    # Draining: the open transaction goes on (same one), and commits at the end.
+                    assert await tx.fetchval("SELECT txid_current()") == first
+                with pytest.raises(client.GeorouteError):  # a new request outside it: refused
+                    await c.fetchval("SELECT 1", shard="europe", idempotent=False)
+                return value, first
             finally:
                 await pg.close()
                 await c.close()
 
-        assert asyncio.run(scenario()) == 7
+        value, _ = asyncio.run(scenario())
+        assert value == 7
         assert proc.proc.wait(timeout=20) == 0
         assert any("stopped" in line for line in proc.output)
         assert not os.path.exists(socket_path)
