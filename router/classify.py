@@ -123,6 +123,8 @@ class Analysis:
     # Shard-key columns an UPDATE (or an upsert's DO UPDATE) sets: the new value must stay on
     # the row's shard. A KeyRef with neither param nor value was set to an expression.
     assigned_keys: tuple[KeyRef, ...] = ()
+    # Tables the statement writes (INSERT/UPDATE/DELETE/MERGE targets, in CTEs too).
+    written_tables: tuple[str, ...] = ()
 
     @property
     def read_only(self) -> bool:
@@ -305,6 +307,7 @@ class Classifier:
         funcs: list[Any] = []
         params: set[int] = set()
         write = False
+        written: list[str] = []
         settings_view = False
         session = isinstance(stmt, _SESSION_STMTS)
         node: Any
@@ -327,6 +330,8 @@ class Classifier:
                 params.add(int(node.number))
             elif type(node) in _WRITE_STMTS:
                 write = True
+                if node.relation is not None:
+                    written.append(node.relation.relname)
             elif isinstance(node, ast.SelectStmt) and (node.lockingClause or node.intoClause):
                 write = True
 
@@ -373,6 +378,7 @@ class Classifier:
             changes_session_state=session,
             param_count=max(params, default=0),
             assigned_keys=tuple(self._assigned_keys(stmt)),
+            written_tables=tuple(dict.fromkeys(written)),
         )
 
     def _assigned_keys(self, stmt: Any) -> Iterator[KeyRef]:

@@ -150,6 +150,20 @@ def keyed_shard(analysis: Analysis, params: Sequence[Any], config: Config) -> st
     return next(iter(found), None)
 
 
+def _check_written_tables(analysis: Analysis, config: Config) -> None:
+    """Every sharded table a statement writes must be keyed in it: a key found elsewhere (a
+    CTE reading `users`, an `UPDATE ... FROM courses`) says nothing of which rows of the
+    written table are meant, and the write would silently cover one shard of them."""
+    keyed = {key.table for key in analysis.keys}
+    for table in analysis.written_tables:
+        cfg = config.tables.get(table)
+        if cfg is None or table in keyed:
+            continue
+        cols = ([cfg.region_column] if cfg.region_column else []) + list(cfg.id_columns)
+        raise MissingShardKeyError([f"{table}.{' or '.join(cols)} (the table it writes)"],
+                                   table, cols[0])  # fmt: skip
+
+
 def check_assignments(analysis: Analysis, params: Sequence[Any], shard: str,
                       config: Config) -> None:  # fmt: skip
     """A row stays on its shard: an UPDATE may set its shard key only to a value of `shard`
@@ -184,6 +198,7 @@ def resolve_shards(
         return Target((hint,), write)
     shard = keyed_shard(analysis, params, config)
     if shard is not None:
+        _check_written_tables(analysis, config)
         check_assignments(analysis, params, shard, config)
         return Target((shard,), write)
 

@@ -363,3 +363,25 @@ def test_a_row_cannot_be_moved_to_another_shard(classifier: Classifier) -> None:
     assert route(classifier, upsert, [new_id(EU), "europe"]).shard == "europe"
     same = "UPDATE users SET home_region = home_region, city = $2 WHERE user_id = $1"
     assert route(classifier, same, [new_id(EU), "Lyon"]).shard == "europe"
+
+
+@pytest.mark.parametrize("sql", [
+    # A key of another table says nothing of which payments are meant.
+    "WITH x AS (DELETE FROM payments RETURNING *) SELECT * FROM users WHERE user_id = $1",
+    "UPDATE users SET city = 'x' FROM courses c WHERE c.course_id = $1",
+    "UPDATE enrollments e SET status = 'cancelled' FROM courses c "
+    "WHERE e.course_id = c.course_id AND c.course_id = $1",
+])  # fmt: skip
+def test_a_write_must_be_keyed_on_the_table_it_writes(classifier: Classifier, sql: str) -> None:
+    with pytest.raises(MissingShardKeyError, match="the table it writes"):
+        route(classifier, sql, [new_id(EU)])
+    assert route(classifier, sql, [new_id(EU)], hint="europe").shard == "europe"  # explicit
+
+
+def test_writes_keyed_on_their_own_table_route(classifier: Classifier) -> None:
+    for sql in ("UPDATE enrollments SET status = 'x' WHERE enrollment_id = $1",
+                "DELETE FROM enrollments WHERE user_id = $1",
+                "WITH d AS (DELETE FROM reviews WHERE review_id = $1 RETURNING *) SELECT * FROM d",
+                "UPDATE enrollments e SET status = 'x' FROM courses c "
+                "WHERE e.course_id = $1 AND c.course_id = e.course_id"):  # fmt: skip
+        assert route(classifier, sql, [new_id(EU)]).shard == "europe"
