@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "SqlParseError",
     "StatementKind",
     "UnsupportedStatementError",
+    "start_parser",
 ]
 
 
@@ -49,23 +51,47 @@ __all__ = [
 # room to spare (measured: it needed under 256 MiB; the stack is only reserved, not used).
 INLINE_PARSE_MAX = 8192
 _PARSER_STACK_BYTES = 512 * 1024 * 1024
-_parser: ThreadPoolExecutor | None = None
+_parser_queue: queue.SimpleQueue[tuple[Callable[[str], Any], str, Future[Any]]] | None = None
 _parser_lock = threading.Lock()
 
 
-def _parser_thread() -> ThreadPoolExecutor:
-    """The one thread long texts are parsed on, created with its large stack."""
-    global _parser
+def start_parser() -> None:
+    """Start the parser thread now (the router does at start-up, before other threads: the
+    stack size is set process-wide while it is created). Called again, it does nothing."""
+    _parse_later(None)
+
+
+def _parse_later(job: tuple[Callable[[str], Any], str, Future[Any]] | None) -> None:
+    global _parser_queue
     with _parser_lock:
-        if _parser is None:
+        if _parser_queue is None:
+            _parser_queue = queue.SimpleQueue()
             previous = threading.stack_size(_PARSER_STACK_BYTES)
             try:
-                pool = ThreadPoolExecutor(1, thread_name_prefix="georoute-parser")
-                pool.submit(int).result()  # its thread is made now, with this stack size
+                # A daemon: a parse still running at exit does not hold the process up.
+                threading.Thread(target=_parser_loop, args=(_parser_queue,),
+                                 name="georoute-parser", daemon=True).start()  # fmt: skip
             finally:
                 threading.stack_size(previous)
-            _parser = pool
-        return _parser
+    if job is not None:
+        _parser_queue.put(job)
+
+
+def _parser_loop(jobs: queue.SimpleQueue[tuple[Callable[[str], Any], str, Future[Any]]]) -> None:
+    while True:
+        fn, sql, future = jobs.get()
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            future.set_result(fn(sql))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+
+def _on_parser_thread(fn: Callable[[str], Any], sql: str) -> Future[Any]:
+    future: Future[Any] = Future()
+    _parse_later((fn, sql, future))
+    return future
 
 
 class SqlParseError(Exception):
@@ -163,6 +189,24 @@ _SESSION_FUNCS = frozenset(
 )
 
 
+_CURSOR_OPT_HOLD = 0x0020  # PostgreSQL's parsenodes.h
+
+
+def _transaction_scoped(stmt: Any) -> bool:
+    """SET LOCAL and a cursor without HOLD end with their transaction: no session change."""
+    if isinstance(stmt, ast.VariableSetStmt):
+        return bool(stmt.is_local)
+    if isinstance(stmt, ast.DeclareCursorStmt):
+        return not (stmt.options or 0) & _CURSOR_OPT_HOLD
+    return False
+
+
+def _local_set_config(fname: str, func: Any) -> bool:
+    """set_config(name, value, true): local to the transaction."""
+    args = func.args or ()
+    return fname == "set_config" and len(args) == 3 and _const_value(args[2]) is True
+
+
 def _children(node: Any) -> Iterator[Any]:
     if isinstance(node, ast.Node):
         for slot in node.__slots__:
@@ -252,7 +296,7 @@ class Classifier:
         if len(sql) <= INLINE_PARSE_MAX:
             result = self._analyze(sql)
         else:  # normally parsed ahead by analyze_async; this waits for the parser thread
-            result = _parser_thread().submit(self._analyze, sql).result()
+            result = _on_parser_thread(self._analyze, sql).result()
         return self._remember(sql, result)
 
     async def analyze_async(self, sql: str) -> Analysis:
@@ -261,7 +305,7 @@ class Classifier:
         if found is not None or len(sql) <= INLINE_PARSE_MAX:
             return found or self.analyze(sql)
         self.misses += 1
-        job = _parser_thread().submit(self._analyze, sql)
+        job = _on_parser_thread(self._analyze, sql)
         return self._remember(sql, await asyncio.wrap_future(job))
 
     def cached(self, sql: str) -> Analysis | None:
@@ -309,7 +353,7 @@ class Classifier:
         write = False
         written: list[str] = []
         settings_view = False
-        session = isinstance(stmt, _SESSION_STMTS)
+        session = isinstance(stmt, _SESSION_STMTS) and not _transaction_scoped(stmt)
         node: Any
         for node in _walk(stmt):
             if isinstance(node, ast.RangeVar):
@@ -330,7 +374,10 @@ class Classifier:
                 params.add(int(node.number))
             elif type(node) in _WRITE_STMTS:
                 write = True
-                if node.relation is not None:
+                # An UPDATE/DELETE/MERGE inside a CTE: it must key its own table (routing.py).
+                if node is not stmt and node.relation is not None and not isinstance(
+                    node, ast.InsertStmt
+                ):  # fmt: skip
                     written.append(node.relation.relname)
             elif isinstance(node, ast.SelectStmt) and (node.lockingClause or node.intoClause):
                 write = True
@@ -352,7 +399,7 @@ class Classifier:
             fname = names[-1]
             schema = names[-2] if len(names) > 1 else None
             builtin = schema in (None, "pg_catalog")
-            if builtin and fname in _SESSION_FUNCS:
+            if builtin and fname in _SESSION_FUNCS and not _local_set_config(fname, func):
                 session = True
             qualified = ".".join(names)
             if not ((builtin and fname in self._read_only_functions)
@@ -391,17 +438,31 @@ class Classifier:
         if not targets or stmt.relation is None:
             return
         table = stmt.relation.relname
+        alias = stmt.relation.alias.aliasname if stmt.relation.alias is not None else table
         target: Any
         for target in targets:
             kind = self._key_kind(table, target.name)
             if kind is None:
                 continue
-            name = _column_name(target.val)
-            if name is not None and name[1] == target.name and name[0] in (None, "excluded",
-                                                                           table):  # fmt: skip
+            val = target.val
+            if isinstance(val, ast.MultiAssignRef):  # SET (a, b) = ($1, $2)
+                source = val.source
+                if not isinstance(source, ast.RowExpr):  # = (SELECT ...): an expression
+                    yield KeyRef(kind, target.name, table)
+                    continue
+                val = source.args[(val.colno or 1) - 1]
+            inner = val.arg if isinstance(val, ast.TypeCast) else val
+            if isinstance(inner, ast.SetToDefault) or (
+                isinstance(inner, ast.A_Const) and inner.isnull
+            ):  # fmt: skip
+                continue  # DEFAULT is made on this shard; NULL is the column's own business
+            name = _column_name(val)
+            if name is not None and name[1] == target.name and name[0] in (
+                None, "excluded", table, alias,
+            ):  # fmt: skip
                 continue  # SET region = region, or the upsert's own inserted value
-            param = _param_number(target.val)
-            value = None if param is not None else _const_value(target.val)
+            param = _param_number(val)
+            value = None if param is not None else _const_value(val)
             yield KeyRef(kind, target.name, table, param=param, value=value)
 
     def _key_kind(self, table: str, column: str) -> KeyKind | None:

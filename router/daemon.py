@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import Encoder
-from router.classify import Classifier
+from router.classify import Classifier, start_parser
 from router.config import Config, RouterConfig, load_config, router_socket_path
 from router.db.documents import validate as validate_document
 from router.docstore import DocStore
@@ -107,6 +107,7 @@ class RouterNode:
 
     async def startup(self) -> None:
         self._tls = _listener_tls(self.config.router)  # a bad certificate stops us at once
+        start_parser()  # first: its large stack size is set process-wide while it is made
         await self._start_pools(list(self.topology.nodes()))
         self.monitor.start()
         await asyncio.wait_for(self.monitor.wait_round(), 10)
@@ -193,6 +194,7 @@ class RouterNode:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         pipelines = [n.pool.pipeline for n in self.topology.nodes()]
+        logged: tuple[int, int, int] | None = None
         while True:
             tasks = [t for c in self.connections for t in c.tasks]
             busy = [p for p in pipelines if p.in_flight]
@@ -204,8 +206,11 @@ class RouterNode:
                 for task in tasks:
                     task.cancel()
                 return
-            log.info("draining %d requests in tasks, %d pipelines busy, %d transactions open",
-                     len(tasks), len(busy), open_tx)  # fmt: skip
+            state = (len(tasks), len(busy), open_tx)
+            if state != logged:  # not every poll: only what changed
+                logged = state
+                log.info("draining %d requests in tasks, %d pipelines busy, %d transactions "
+                         "open", *state)  # fmt: skip
             if tasks:
                 await asyncio.wait(tasks, timeout=left)
             await asyncio.gather(*(p.drain(max(0.0, deadline - loop.time())) for p in busy))

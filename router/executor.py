@@ -295,7 +295,8 @@ class Executor:
         if hints.tx is not None:
             tx = session.get(hints.tx)
             return await self.transactions.statement(session, tx, sql, params, hints)
-        analysis, target = self.target_for(sql, params, hints)
+        await self.classifier.analyze_async(sql)  # a long text: parsed off the event loop
+        analysis, target = self.target_for(sql, params, hints)  # (found in the cache now)
         if len(params) != analysis.param_count:
             raise RoutingError(
                 f"the statement uses {analysis.param_count} parameters, {len(params)} were given"
@@ -378,16 +379,16 @@ class Executor:
         """Run statements in order, atomically, on one shard's primary."""
         if not statements:
             raise RoutingError("empty batch")
+        analyses = [await self.classifier.analyze_async(sql) for sql, _ in statements]
         if hints.tx is not None:
             tx = session.get(hints.tx)
             last = await self.transactions.statements(session, tx, statements, hints)
             return Outcome([], [], last.status, last.shard, last.node, last.role)
         first_sql, first_params = statements[0]
         _, target = self.target_for(first_sql, first_params, hints)
-        for sql, params in statements[1:]:
+        for analysis, (_, params) in zip(analyses[1:], statements[1:], strict=True):
             # Every statement must belong to the batch's shard (a hint covers the batch),
             # wherever its key comes from; one without any runs there.
-            analysis = self.classifier.analyze(sql)
             check_assignments(analysis, params, target.shard, self.config)
             other = None if hints.shard is not None else keyed_shard(analysis, params, self.config)
             if other is not None and other != target.shard:
@@ -398,7 +399,7 @@ class Executor:
         shard = self._shard(target.shard)
         node = shard.primary
         backend = await self.acquire(node)
-        if any(self.classifier.analyze(sql).changes_session_state for sql, _ in statements):
+        if any(analysis.changes_session_state for analysis in analyses):
             backend.dirty = True  # closed, not reused (pool.py)
         try:
             async with backend.conn.transaction():

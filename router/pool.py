@@ -38,6 +38,9 @@ _RETRY_ONCE = (asyncpg.exceptions.InvalidCachedStatementError,
                asyncpg.exceptions.OutdatedSchemaCacheError)
 
 
+_SERVER_IDLE_MARGIN_S = 5.0
+
+
 class NodeUnavailableError(Exception):
     """The node cannot be reached. `sent` is True when the connection died after the statement
     was sent, so it may have run: then only a read is safe to retry."""
@@ -133,13 +136,16 @@ class BackendPool:
         if statement_timeout > 0:
             self._settings["statement_timeout"] = str(int(statement_timeout * 1000))
         if transaction_idle_timeout > 0:
+            # The router rolls an idle transaction back itself (transactions.py); the server's
+            # own limit, a little later, covers a router that cannot.
             self._settings["idle_in_transaction_session_timeout"] = str(
-                int(transaction_idle_timeout * 1000)
+                int((transaction_idle_timeout + _SERVER_IDLE_MARGIN_S) * 1000)
             )
         self._idle: collections.deque[Backend] = collections.deque()
         self._waiters: collections.deque[asyncio.Future[Backend]] = collections.deque()
         self._all: set[Backend] = set()
         self._opening = 0
+        self._closing = 0  # closed politely, not gone yet: they still count against max_size
         self._closed = False
         self._bg: set[asyncio.Task[Any]] = set()
         self.waits_total = 0
@@ -201,7 +207,7 @@ class BackendPool:
             if not backend.conn.is_closed():
                 return backend
             self._all.discard(backend)
-        if len(self._all) + self._opening < self._db.pool_max_size:
+        if len(self._all) + self._opening + self._closing < self._db.pool_max_size:
             self._opening += 1
             try:
                 return await self._connect()
@@ -263,10 +269,14 @@ class BackendPool:
         self._note_returned()
         if not backend.conn.is_closed():
             if polite:  # a Terminate message, so the server logs no lost connection
+                self._closing += 1
                 self._spawn(self._close_politely(backend.conn))
-            else:
-                backend.conn.terminate()
-        # Someone may be waiting for a slot that just opened up.
+                return  # its slot opens once it is gone
+            backend.conn.terminate()
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """Someone may be waiting for a slot that just opened up."""
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
@@ -278,6 +288,9 @@ class BackendPool:
             await conn.close(timeout=self._db.connect_timeout_seconds)
         except Exception:
             conn.terminate()
+        finally:
+            self._closing -= 1
+            self._slot_freed()
 
     async def _open_for(self, fut: asyncio.Future[Backend]) -> None:
         self._opening += 1

@@ -151,9 +151,11 @@ def keyed_shard(analysis: Analysis, params: Sequence[Any], config: Config) -> st
 
 
 def _check_written_tables(analysis: Analysis, config: Config) -> None:
-    """Every sharded table a statement writes must be keyed in it: a key found elsewhere (a
-    CTE reading `users`, an `UPDATE ... FROM courses`) says nothing of which rows of the
-    written table are meant, and the write would silently cover one shard of them."""
+    """A sharded table updated or deleted from inside a CTE must be keyed in the statement:
+    a key of another table (`WITH x AS (DELETE FROM payments ...) SELECT ... FROM users
+    WHERE user_id = $1`) says nothing of which of its rows are meant, and the write would
+    silently cover one shard of them. (A top-level UPDATE ... FROM or DELETE ... USING is
+    keyed through its join, and an INSERT writes the rows it is given.)"""
     keyed = {key.table for key in analysis.keys}
     for table in analysis.written_tables:
         cfg = config.tables.get(table)
@@ -178,10 +180,12 @@ def check_assignments(analysis: Analysis, params: Sequence[Any], shard: str,
         if value is None:
             continue  # NULL: the column's own constraints decide
         other = _shard_of_value(key.kind, value, config)
+        if other is None:
+            continue  # not a georoute id: it names no shard (as when routing)
         if other != shard:
             raise CrossShardError(
                 f"the statement would move a row of {key.table} from shard {shard} to "
-                f"{other or 'no shard'} ({where}); moving rows between shards is not "
+                f"{other} ({where}); moving rows between shards is not "
                 "supported: insert it there and delete it here")  # fmt: skip
 
 

@@ -60,17 +60,6 @@ log = logging.getLogger("georoute.server")
 _HIGH_WATER = 4 * 1024 * 1024
 
 
-def _long_texts(message: Message) -> list[str]:
-    """The statement texts of `message` too long to parse on the event loop's thread."""
-    if isinstance(message, Query):
-        texts = [message.sql]
-    elif isinstance(message, Batch):
-        texts = [sql for sql, _ in message.statements]
-    else:
-        return []
-    return [sql for sql in texts if len(sql) > INLINE_PARSE_MAX]
-
-
 def _ends_or_continues_transaction(message: Message) -> bool:
     """While draining, requests of an open transaction still run so it can finish."""
     if isinstance(message, (Commit, Rollback)):
@@ -382,8 +371,6 @@ class ClientConnection(asyncio.Protocol):
         kind = type(message).__name__.lower()
         read_only = False
         try:
-            for sql in _long_texts(message):  # parsed off the event loop, before anything runs
-                await self._node.classifier.analyze_async(sql)
             timeout_ms = getattr(getattr(message, "hints", None), "timeout_ms", None)
             handler = self._handlers[type(message)]
             if timeout_ms:

@@ -62,7 +62,7 @@ class Transactions:
     async def statement(
         self, session: Session, tx: Transaction, sql: str, params: Sequence[Any], hints: Hints
     ) -> Outcome:
-        analysis = self._executor.classifier.analyze(sql)
+        analysis = await self._executor.classifier.analyze_async(sql)
         self._check_shard(tx, analysis, params, hints)
         async with tx.lock:
             return await self._run(session, tx, analysis, sql, params)
@@ -72,7 +72,7 @@ class Transactions:
                          ) -> Outcome:  # fmt: skip
         """A batch inside `tx`: every statement checked first, then all run with the
         transaction held, so a commit sent meanwhile waits for the whole batch."""
-        analyses = [self._executor.classifier.analyze(sql) for sql, _ in statements]
+        analyses = [await self._executor.classifier.analyze_async(sql) for sql, _ in statements]
         for analysis, (_, params) in zip(analyses, statements, strict=True):
             self._check_shard(tx, analysis, params, hints)
         last: Outcome | None = None
@@ -136,21 +136,21 @@ class Transactions:
         session.check_room(self._max_tx)
         shard = self._executor.topology.shards[shard_name]
         node = shard.primary
-        session.opening += 1  # counted from now: concurrent begins cannot pass the limit
+        session.opening += 1  # counted until it is open: concurrent begins cannot pass the limit
         try:
             backend = await self._executor.acquire(node)
+            sql = "BEGIN"
+            if isolation is not None:
+                sql += f" ISOLATION LEVEL {_ISOLATION[isolation]}"
+            if read_only:
+                sql += " READ ONLY"
+            try:
+                await backend.conn.execute(sql)
+            except BaseException:
+                node.pool.release(backend, broken=True)
+                raise
         finally:
             session.opening -= 1
-        sql = "BEGIN"
-        if isolation is not None:
-            sql += f" ISOLATION LEVEL {_ISOLATION[isolation]}"
-        if read_only:
-            sql += " READ ONLY"
-        try:
-            await backend.conn.execute(sql)
-        except BaseException:
-            node.pool.release(backend, broken=True)
-            raise
         if session.closed:  # the client left while we were opening it: nobody will end it
             await self._end(node, backend, "ROLLBACK")
             raise TransactionError("UNKNOWN_TRANSACTION", "the client connection is closed")

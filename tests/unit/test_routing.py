@@ -91,6 +91,8 @@ def test_writes_are_writes(classifier: Classifier, sql: str) -> None:
         "CREATE TEMP TABLE scratch (a int)",
         "SELECT pg_advisory_lock(42)",
         "DISCARD ALL",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        "SELECT set_config('search_path', 'public', false)",
         # Temporary objects made through the pg_temp schema, which is searched first.
         "CREATE TABLE pg_temp.users (user_id uuid)",
         "CREATE VIEW pg_temp.v AS SELECT 1",
@@ -366,22 +368,60 @@ def test_a_row_cannot_be_moved_to_another_shard(classifier: Classifier) -> None:
 
 
 @pytest.mark.parametrize("sql", [
-    # A key of another table says nothing of which payments are meant.
+    # A key of another table says nothing of which payments the CTE deletes.
     "WITH x AS (DELETE FROM payments RETURNING *) SELECT * FROM users WHERE user_id = $1",
-    "UPDATE users SET city = 'x' FROM courses c WHERE c.course_id = $1",
-    "UPDATE enrollments e SET status = 'cancelled' FROM courses c "
-    "WHERE e.course_id = c.course_id AND c.course_id = $1",
+    "WITH x AS (UPDATE payments SET status = 'x' RETURNING *) SELECT * FROM users WHERE user_id = $1",
 ])  # fmt: skip
-def test_a_write_must_be_keyed_on_the_table_it_writes(classifier: Classifier, sql: str) -> None:
+def test_a_write_in_a_cte_must_key_the_table_it_writes(classifier: Classifier, sql: str) -> None:
     with pytest.raises(MissingShardKeyError, match="the table it writes"):
         route(classifier, sql, [new_id(EU)])
     assert route(classifier, sql, [new_id(EU)], hint="europe").shard == "europe"  # explicit
 
 
-def test_writes_keyed_on_their_own_table_route(classifier: Classifier) -> None:
+def test_writes_keyed_on_their_own_table_or_through_a_join_route(classifier: Classifier) -> None:
     for sql in ("UPDATE enrollments SET status = 'x' WHERE enrollment_id = $1",
                 "DELETE FROM enrollments WHERE user_id = $1",
                 "WITH d AS (DELETE FROM reviews WHERE review_id = $1 RETURNING *) SELECT * FROM d",
                 "UPDATE enrollments e SET status = 'x' FROM courses c "
-                "WHERE e.course_id = $1 AND c.course_id = e.course_id"):  # fmt: skip
+                "WHERE e.course_id = c.course_id AND c.course_id = $1",
+                "DELETE FROM lesson_progress lp USING enrollments en "
+                "WHERE lp.enrollment_id = en.enrollment_id AND en.user_id = $1",
+                "INSERT INTO certificates (certificate_id, enrollment_id) "
+                "SELECT georoute_id(), enrollment_id FROM enrollments WHERE enrollment_id = $1",
+                "WITH n AS (INSERT INTO reviews (review_id, rating) VALUES (georoute_id(), 5) "
+                "RETURNING *) SELECT * FROM users WHERE user_id = $1"):  # fmt: skip
         assert route(classifier, sql, [new_id(EU)]).shard == "europe"
+
+
+def test_shard_keys_may_be_set_to_null_default_themselves_or_plain_values(
+    classifier: Classifier,
+) -> None:
+    eu = new_id(EU)
+    for sql, params in (
+        ("UPDATE payments SET coupon_id = NULL WHERE payment_id = $1", [eu]),
+        ("UPDATE payments SET coupon_id = NULL::uuid WHERE payment_id = $1", [eu]),
+        ("UPDATE payments SET coupon_id = DEFAULT WHERE payment_id = $1", [eu]),
+        ("UPDATE payments SET coupon_id = $2 WHERE payment_id = $1", [eu, uuid.uuid4()]),
+        ("UPDATE users SET (home_region, city) = ($2, $3) WHERE user_id = $1",
+         [eu, "europe", "Lyon"]),
+        ("INSERT INTO users AS u (user_id, home_region) VALUES ($1, 'europe') "
+         "ON CONFLICT (user_id) DO UPDATE SET home_region = u.home_region", [eu]),
+    ):  # fmt: skip
+        assert route(classifier, sql, params).shard == "europe", sql
+    with pytest.raises(CrossShardError, match="to asia"):
+        route(classifier, "UPDATE users SET (home_region, city) = ($2, $3) WHERE user_id = $1",
+              [eu, "asia", "Osaka"])  # fmt: skip
+    with pytest.raises(CrossShardError, match="to an expression"):
+        route(classifier, "UPDATE users SET (home_region, city) = (SELECT 'asia', 'x') "
+              "WHERE user_id = $1", [eu])  # fmt: skip
+
+
+@pytest.mark.parametrize("sql", [
+    "SET LOCAL statement_timeout = 0",
+    "DECLARE c CURSOR FOR SELECT * FROM users",
+    "SELECT set_config('search_path', 'public', true)",
+])  # fmt: skip
+def test_transaction_scoped_changes_leave_the_session_alone(
+    classifier: Classifier, sql: str
+) -> None:
+    assert not classifier.analyze(sql).changes_session_state

@@ -56,7 +56,8 @@ class FakePool:
         self.released.append(broken)
 
 
-def _transactions(idle_timeout: float = 60.0) -> tuple[Transactions, list[str], FakePool]:
+def _transactions(idle_timeout: float = 60.0, acquire_yields: bool = True
+                  ) -> tuple[Transactions, list[str], FakePool]:  # fmt: skip
     log: list[str] = []
     pool = FakePool()
     node = types.SimpleNamespace(name="europe-primary", pool=pool)
@@ -65,7 +66,8 @@ def _transactions(idle_timeout: float = 60.0) -> tuple[Transactions, list[str], 
     config = dataclasses.replace(CONFIG, router=router, database=database)
 
     async def acquire(node: Any) -> FakeBackend:
-        await asyncio.sleep(0)
+        if acquire_yields:  # a connection opened; else an idle one, handed over at once
+            await asyncio.sleep(0)
         return FakeBackend(log)
 
     async def token(session: Session, shard: Any) -> str:
@@ -87,8 +89,9 @@ async def _until(check: Callable[[], bool], within: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_concurrent_begins_cannot_pass_the_per_client_limit() -> None:
-    transactions, _, _ = _transactions()
+@pytest.mark.parametrize("acquire_yields", [True, False])
+async def test_concurrent_begins_cannot_pass_the_per_client_limit(acquire_yields: bool) -> None:
+    transactions, _, _ = _transactions(acquire_yields=acquire_yields)
     session = Session()
     results = await asyncio.gather(
         *(transactions.begin(session, Hints(shard="europe"), None, False) for _ in range(10)),
@@ -131,10 +134,9 @@ async def test_a_busy_transaction_is_not_rolled_back_for_idleness() -> None:
     transactions, log, _ = _transactions(idle_timeout=0.05)
     session = Session()
     tx = await transactions.begin(session, Hints(shard="europe"), None, False)
-    deadline = time.monotonic() + 0.2  # four idle timeouts, but never idle that long
+    deadline = time.monotonic() + 0.25  # five idle timeouts; statements back to back
     while time.monotonic() < deadline:
         await transactions.statement(session, tx, "SELECT 1", [], Hints())
-        await asyncio.sleep(0.01)
     await transactions.commit(session, tx.id)
     assert "ROLLBACK" not in log and log[-1] == "COMMIT"
 
