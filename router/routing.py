@@ -198,12 +198,14 @@ def resolve_shards(
         if hint not in config.shards:
             known = ", ".join(config.shards)
             raise UnknownShardError(f"shard hint {hint!r} is not a shard ({known})", hint)
-        check_assignments(analysis, params, hint, config)
+        if analysis.assigned_keys:
+            check_assignments(analysis, params, hint, config)
         return Target((hint,), write)
     shard = keyed_shard(analysis, params, config)
     if shard is not None:
-        _check_written_tables(analysis, config)
-        check_assignments(analysis, params, shard, config)
+        if analysis.written_tables or analysis.assigned_keys:  # not on a read's hot path
+            _check_written_tables(analysis, config)
+            check_assignments(analysis, params, shard, config)
         return Target((shard,), write)
 
     sharded = [t for t in analysis.tables if t in config.tables]
