@@ -56,6 +56,10 @@ class FastRequest:
         # Failed statements count too: one that waits on a lock is as slow for its neighbours.
         routed.node.pool.pipeline.finished(m.sql, server_seconds)
         if self.answered:  # timed out already (and no longer counted); the result is dropped
+            if exc is None and wal is not None and not conn._closing:
+                # The client was told the outcome is unknown, but the write did apply: the
+                # session's later reads must see it, like any of its writes.
+                conn.session.note_write(routed.shard.name, wal)
             return
         self.answered = True
         if self.timer is not None:

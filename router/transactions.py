@@ -62,8 +62,13 @@ class Transactions:
     async def statement(
         self, session: Session, tx: Transaction, sql: str, params: Sequence[Any], hints: Hints
     ) -> Outcome:
-        analysis = await self._executor.classifier.analyze_async(sql)
-        self._check_shard(tx, analysis, params, hints)
+        tx.stop_idle_timer()  # its client is not idle: a long text may wait for the parser
+        try:
+            analysis = await self._executor.classifier.analyze_async(sql)
+            self._check_shard(tx, analysis, params, hints)
+        except BaseException:
+            self._arm_idle_timer(session, tx)
+            raise
         async with tx.lock:
             return await self._run(session, tx, analysis, sql, params)
 
@@ -72,9 +77,15 @@ class Transactions:
                          ) -> Outcome:  # fmt: skip
         """A batch inside `tx`: every statement checked first, then all run with the
         transaction held, so a commit sent meanwhile waits for the whole batch."""
-        analyses = [await self._executor.classifier.analyze_async(sql) for sql, _ in statements]
-        for analysis, (_, params) in zip(analyses, statements, strict=True):
-            self._check_shard(tx, analysis, params, hints)
+        tx.stop_idle_timer()
+        try:
+            analyses = [await self._executor.classifier.analyze_async(sql)
+                        for sql, _ in statements]  # fmt: skip
+            for analysis, (_, params) in zip(analyses, statements, strict=True):
+                self._check_shard(tx, analysis, params, hints)
+        except BaseException:
+            self._arm_idle_timer(session, tx)
+            raise
         last: Outcome | None = None
         async with tx.lock:
             for analysis, (sql, params) in zip(analyses, statements, strict=True):
@@ -162,7 +173,8 @@ class Transactions:
         """PostgreSQL ends a session idle in a transaction this long; the router must too,
         or the pinned connection stays out of the pool until the client comes back (one
         whose Begin reply came after it had given up never does)."""
-        if self._idle_timeout > 0:
+        tx.stop_idle_timer()  # at most one
+        if self._idle_timeout > 0 and not tx.closed:
             tx.idle_timer = asyncio.get_running_loop().call_later(
                 self._idle_timeout, self._expire_idle, session, tx)
 

@@ -213,3 +213,26 @@ async def test_a_timed_out_request_stops_counting_and_a_gone_client_gets_nothing
     monkeypatch.setattr(conn, "_spawn_handle", spawned.append)
     callbacks[2](None, "", 0.0, PipelineError("lost"), None)  # would be run again, if anyone
     assert spawned == [] and conn.in_flight == 0
+
+
+async def test_a_write_that_applies_after_its_timeout_is_still_read_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client was told TIMEOUT (outcome unknown); when the write's result comes in after
+    all, its WAL position joins the session's, so its next reads wait for a replica that has
+    replayed it."""
+    conn, transport = _connection(monkeypatch)
+    await _handshake(conn, transport)
+    callbacks = _fast_path_stand_in(monkeypatch, conn)
+    write = "UPDATE users SET city = 'x' WHERE user_id = $1"
+    conn.data_received(Encoder().encode(Query(2, write, hints=Hints(shard="europe",
+                                                                       timeout_ms=1))))  # fmt: skip
+    async with asyncio.timeout(5):
+        while not transport.writes:
+            transport.wrote.clear()
+            await transport.wrote.wait()
+    [[error]] = _frames(transport.writes)
+    assert error.code == ErrorCode.TIMEOUT
+    assert conn.session.written == {}
+    callbacks[0]([], "UPDATE 1", 0.001, None, 123_456)  # it applied, at this WAL position
+    assert conn.session.written == {"europe": 123_456}

@@ -167,3 +167,15 @@ async def test_a_transaction_cannot_move_a_row_to_another_shard() -> None:
         await transactions.statement(session, tx, move, ["asia"], Hints())
     await transactions.statement(session, tx, move, ["europe"], Hints())
     assert log == ["BEGIN", move]
+
+
+async def test_a_statement_waiting_for_the_parser_keeps_its_transaction_open() -> None:
+    """A long text is parsed on the parser thread (here for longer than the idle timeout):
+    its client is not idle meanwhile."""
+    transactions, log, _ = _transactions(idle_timeout=0.05)
+    session = Session()
+    tx = await transactions.begin(session, Hints(shard="europe"), None, False)
+    deep = "SELECT " + "+".join(["1"] * 30_000)  # about a second to parse
+    await transactions.statement(session, tx, deep, [], Hints())
+    await transactions.commit(session, tx.id)
+    assert log == ["BEGIN", deep, "COMMIT"]
