@@ -52,6 +52,18 @@ class _LiveCollector(Collector):
             "georoute_pipeline_in_flight", "Statements in flight on pipelined connections",
             labels=["node"],
         )
+        closed = CounterMetricFamily(
+            "georoute_pool_connections_closed",
+            "Pooled backend connections closed: their session changed (they are never "
+            "reused), or they broke",
+            labels=["node", "reason"],
+        )
+        idle_tx = CounterMetricFamily(
+            "georoute_transactions_idle_rolled_back",
+            "Transactions the router rolled back because their client sent nothing for "
+            "router.transaction_idle_timeout_seconds",
+            labels=["node"],
+        )
         if topology is not None:
             for node in topology.nodes():
                 pipeline = node.pool.pipeline
@@ -61,10 +73,13 @@ class _LiveCollector(Collector):
                 size.add_metric([node.name, "in_use"], node.pool.in_use)
                 size.add_metric([node.name, "idle"], node.pool.size - node.pool.in_use)
                 waits.add_metric([node.name], node.pool.waits_total)
+                for reason, count in node.pool.closed_total.items():
+                    closed.add_metric([node.name, reason], count)
+                idle_tx.add_metric([node.name], node.pool.idle_rollbacks)
                 up.add_metric([node.name, node.role.value], 1.0 if node.available else 0.0)
                 if node.lag_bytes is not None and node.role.value == "replica":
                     lag.add_metric([node.name], node.lag_bytes)
-        yield from (size, waits, lag, up, piped, in_flight)
+        yield from (size, waits, lag, up, piped, in_flight, closed, idle_tx)
         if self._metrics.open_connections is not None:
             clients = GaugeMetricFamily("georoute_client_connections_open",
                                         "Client connections open now")  # fmt: skip

@@ -149,6 +149,9 @@ class BackendPool:
         self._closed = False
         self._bg: set[asyncio.Task[Any]] = set()
         self.waits_total = 0
+        # Connections closed: their session changed (never reused), or they broke.
+        self.closed_total = {"session_changed": 0, "broken": 0}
+        self.idle_rollbacks = 0  # transactions rolled back by the router for idleness
         self._all_idle = asyncio.Event()
         self._all_idle.set()
         self.pipeline = Pipeline(name, address, db, self._settings)
@@ -267,6 +270,7 @@ class BackendPool:
     def _discard(self, backend: Backend, *, polite: bool = False) -> None:
         self._all.discard(backend)
         self._note_returned()
+        self.closed_total["session_changed" if polite else "broken"] += 1
         if not backend.conn.is_closed():
             if polite:  # a Terminate message, so the server logs no lost connection
                 self._closing += 1

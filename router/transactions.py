@@ -189,6 +189,7 @@ class Transactions:
             if tx.closed or tx.idle_timer is not None:  # ended, or busy again meanwhile
                 return
             tx.closed = True
+            tx.node.pool.idle_rollbacks += 1
             session.expire(tx, f"transaction {tx.id} was rolled back: its client sent nothing "
                                f"for {self._idle_timeout:g} s "
                                "(router.transaction_idle_timeout_seconds)")  # fmt: skip

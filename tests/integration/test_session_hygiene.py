@@ -5,7 +5,9 @@ last one was, if that connection were kept."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -34,6 +36,12 @@ async def db(one_connection_router: RouterProcess) -> AsyncIterator[client.Clien
         yield c
 
 
+def _scrape(router: RouterProcess) -> str:
+    url = f"http://127.0.0.1:{router.config.metrics.port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
 async def _session(db: client.Client) -> tuple[int, str, str | None, str]:
     """(backend pid, current_user, pg_temp.leak_probe if visible, whether `leaky` is prepared)
     as seen on the node's one pooled connection (a transaction runs there)."""
@@ -59,6 +67,11 @@ async def test_temp_tables_roles_and_prepared_statements_do_not_reach_the_next_c
     pid, after_user, probe, prepared = await _session(db)
     assert (after_user, probe, prepared) == (user, None, "0")
     assert pid != clean_pid  # a new connection
+    metrics = await asyncio.to_thread(_scrape, one_connection_router)
+    closed = [line for line in metrics.splitlines() if line.startswith(
+        'georoute_pool_connections_closed_total{node="europe-primary",reason="session_changed"}'
+    )]  # fmt: skip
+    assert closed and float(closed[0].split()[1]) >= 1
 
 
 async def test_a_failed_statement_that_took_a_session_lock_does_not_keep_its_connection(

@@ -51,6 +51,7 @@ class FakeBackend:
 class FakePool:
     def __init__(self) -> None:
         self.released: list[bool] = []  # broken?
+        self.idle_rollbacks = 0
 
     def release(self, backend: FakeBackend, broken: bool = False) -> None:
         self.released.append(broken)
@@ -123,6 +124,7 @@ async def test_an_idle_transaction_is_rolled_back_and_its_connection_returned() 
     await transactions.statement(session, tx, "SELECT 1", [], Hints())
     await _until(lambda: log[-1:] == ["ROLLBACK"])
     assert pool.released == [False] and not session.transactions
+    assert pool.idle_rollbacks == 1
     with pytest.raises(TransactionError, match="transaction_idle_timeout") as info:
         await transactions.statement(session, tx, "SELECT 1", [], Hints())
     assert info.value.code_name == "TRANSACTION_ABORTED"
