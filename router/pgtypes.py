@@ -242,7 +242,16 @@ def _enc_bytea(v: Any) -> bytes:
 
 
 def _enc_numeric(v: Any) -> bytes:
-    if type(v) is not int and type(v) is not Decimal:
+    if type(v) is int:
+        return str(v).encode()
+    if type(v) is not Decimal:
+        raise Unsupported
+    if not v.is_finite():
+        if v.is_snan() or (v.is_nan() and v.is_signed()):  # no such numeric in PostgreSQL
+            raise Unsupported
+        return str(v).encode()  # NaN, Infinity, -Infinity: as PostgreSQL spells them
+    exponent = v.adjusted()
+    if not -16383 <= exponent <= 131071:  # beyond numeric's range: asyncpg's error, not ours
         raise Unsupported
     return str(v).encode()
 

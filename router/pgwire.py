@@ -57,6 +57,8 @@ __all__ = [
 log = logging.getLogger("georoute.pgwire")
 
 _i32_from = I32.unpack_from
+_i16_from = I16.unpack_from
+_MAX_MESSAGE = 1 << 30  # PostgreSQL's own limit on a message (MaxAllocSize)
 _monotonic = time.monotonic
 
 _PROTOCOL_3_0 = 196608
@@ -74,6 +76,7 @@ def _postgres_error(fields: dict[str, str], query: str | None) -> asyncpg.Postgr
 # ---- the connection ------------------------------------------------------------------------
 
 _PREPARE, _EXECUTE, _IGNORE, _WAL = 0, 1, 2, 3
+_COPY_MESSAGES = frozenset(b"GHWdc")  # CopyIn/Out/Both response, CopyData, CopyDone
 
 
 # Called with (rows, status, seconds the server spent, None, WAL position) or
@@ -139,6 +142,7 @@ class PipelinedConnection(asyncio.Protocol):
         self._wal_wanted = False  # a write queued since the last position read was queued
         self._wal_waiting: list[_Pending] = []  # writes done, waiting for the position read
         self._scram: ScramClient | None = None
+        self._authenticated = False  # AuthenticationOk seen
         self.closed = False
         self.error: Exception | None = None
         self.on_idle: Callable[[], None] | None = None
@@ -177,25 +181,35 @@ class PipelinedConnection(asyncio.Protocol):
         try:
             while size - pos >= 5:
                 kind = buf[pos]
-                end = pos + 1 + _i32_from(buf, pos + 1)[0]
+                length = _i32_from(buf, pos + 1)[0]
+                if not 4 <= length <= _MAX_MESSAGE:  # -1 would never advance: the loop hangs
+                    raise ValueError(f"message {chr(kind)!r} of length {length}")
+                end = pos + 1 + length
                 if end > size:
                     break
                 # The messages of every request, handled in place: DataRow, BindComplete,
                 # CommandComplete, ReadyForQuery. The rest go through _on_message.
                 if kind == 68 and queue:  # 'D' DataRow
                     pending = queue[0]
+                    decoders = pending.decoders
+                    if _i16_from(buf, pos + 5)[0] != len(decoders):
+                        raise ValueError("a row with another number of columns than described")
                     p = pos + 7  # past the header and the column count
                     row: list[Any] = []
                     try:
-                        for dec in pending.decoders:
+                        for dec in decoders:
                             n = _i32_from(buf, p)[0]
                             p += 4
                             if n < 0:
                                 row.append(None)
+                            elif p + n > end:
+                                raise ValueError("a column value past the end of its row")
                             else:
                                 row.append(dec(buf, p, n))
                                 p += n
                     except (ValueError, ArithmeticError, UnicodeDecodeError) as exc:
+                        if p + max(n, 0) > end:  # the row itself is malformed: the stream is lost
+                            raise
                         # A value Python cannot hold (e.g. the year 10000): this request
                         # fails, as it would under asyncpg; the connection is fine.
                         if pending.error is None:
@@ -249,6 +263,8 @@ class PipelinedConnection(asyncio.Protocol):
             queue[0].param_oids = [U32.unpack_from(body, 2 + 4 * i)[0] for i in range(count)]
         elif kind == 84:  # 'T' RowDescription
             queue[0].columns = row_description(body)
+        elif kind in _COPY_MESSAGES:  # never sent COPY: replies no longer match requests
+            self._fail(PipelineError(f"{self.name}: unexpected COPY message {chr(kind)!r}"))
         # '1' ParseComplete, '2' BindComplete, '3' CloseComplete, 'n' NoData, 'I' empty query,
         # 'N' notices, 'S' parameter status and 'A' notifications need nothing.
 
@@ -291,6 +307,8 @@ class PipelinedConnection(asyncio.Protocol):
                 if self._scram is not None and not self._scram.verified:
                     # SCRAM authenticates the server too: OK without its proof is refused.
                     self._fail_startup("the server skipped SCRAM's final message")
+                    return
+                self._authenticated = True
                 return
             password = self._password
             if password is None:
@@ -319,7 +337,10 @@ class PipelinedConnection(asyncio.Protocol):
         elif kind == 69:  # 'E'
             fields = error_fields(body)
             self._fail_startup(f"{fields.get('M', 'refused')} ({fields.get('C', '?')})")
-        elif kind == 90:  # 'Z': ready
+        elif kind == 90:  # 'Z': ready, which only an authenticated session may say
+            if not self._authenticated:
+                self._fail_startup("the server said ready before authentication was done")
+                return
             self._ready = True
             self._startup.set_result(None)
 
