@@ -52,16 +52,20 @@ from protocol import (
 
 __all__ = ["Client", "connect", "looks_read_only"]
 
-_FIRST_WORD = re.compile(r"(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*([A-Za-z]+)", re.DOTALL)
+_FIRST_WORD = re.compile(r"(?:\s+|--[^\n]*\n?|\()*([A-Za-z]+)")
 _READ_WORDS = frozenset({"select", "show", "values", "table"})
+_INTO = re.compile(r"\binto\b", re.IGNORECASE)
 
 
 def looks_read_only(sql: str) -> bool:
     """Whether a statement is safe to retry by default: its first keyword is SELECT, SHOW,
-    VALUES or TABLE. (WITH is excluded: a CTE may write. A SELECT of a function that writes
-    must be sent with idempotent=False.)"""
+    VALUES or TABLE, and it has no INTO (SELECT ... INTO makes a table). Conservative: a
+    block comment before the first word (they nest in PostgreSQL, which a pattern cannot
+    follow) makes it not. (WITH is excluded: a CTE may write. A SELECT of a function that
+    writes must be sent with idempotent=False.)"""
     match = _FIRST_WORD.match(sql)
-    return match is not None and match.group(1).lower() in _READ_WORDS
+    return (match is not None and match.group(1).lower() in _READ_WORDS
+            and _INTO.search(sql) is None)  # fmt: skip
 
 
 # Applications send the same few statement texts over and over; the regex ran on every call.
@@ -310,6 +314,10 @@ class Client:
                     return reply, target
                 error = error_from_reply(reply)
             if conn is not None or not retry or not error.retryable:
+                if isinstance(error, ConnectionLostError) and error.retryable:
+                    # Lost after it may have been sent: it may have applied. Sending it again
+                    # is the caller's decision, not a default.
+                    error.retryable = False
                 raise error
             if attempt >= self.max_retries:
                 raise error

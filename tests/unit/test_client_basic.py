@@ -140,7 +140,11 @@ def test_parse_dsn() -> None:
     [
         ("SELECT 1", True),
         ("  select * from t", True),
-        ("-- comment\n/* x */ (SELECT 1)", True),
+        ("-- comment\n (SELECT 1)", True),
+        # Block comments nest in PostgreSQL: the parser sees an INSERT here. Not guessed at.
+        ("/* /* */ SELECT */ INSERT INTO t VALUES (1)", False),
+        ("/* x */ SELECT 1", False),
+        ("SELECT * INTO new_table FROM t", False),  # makes a table: a retry would fail
         ("SHOW server_version", True),
         ("INSERT INTO t VALUES (1)", False),
         ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", False),

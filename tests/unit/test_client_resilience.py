@@ -43,9 +43,10 @@ async def test_read_is_retried_after_dropped_connection() -> None:
 
 async def test_write_without_idempotency_key_is_not_retried() -> None:
     async with FakeRouter(drop_first()) as router, await connect(router) as client:
-        with pytest.raises(georoute_client.ConnectionLostError):
+        with pytest.raises(georoute_client.ConnectionLostError) as lost:
             await client.execute("INSERT INTO t VALUES (1)")
         assert len(router.requests(Query)) == 1
+        assert not lost.value.retryable  # it may have applied: not a default retry
         # The client is still usable afterwards.
         assert await client.execute("INSERT INTO t VALUES (2)") == "INSERT 0 1"
 
