@@ -47,8 +47,8 @@ class Collection:
         hints = self._client._hints(
             self._shard, self._shard_key, consistency, idempotency_key, timeout
         )
-        if idempotent is None:
-            idempotent = op in READ_OPS or idempotency_key is not None
+        if idempotent is None:  # (the router refuses idempotency keys on document writes)
+            idempotent = op in READ_OPS
         reply = await self._client._call(Doc(0, self.name, op, args, hints), idempotent, timeout)
         return doc_result_of(reply)
 

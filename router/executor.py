@@ -51,6 +51,7 @@ IDEM_CLAIM_SQL = (
 )
 IDEM_STORE_SQL = "UPDATE georoute_idempotency SET status = $2, reply = $3 WHERE idem_key = $1"
 IDEM_FETCH_SQL = "SELECT status, reply FROM georoute_idempotency WHERE idem_key = $1"
+_NO_ROWS = msgpack.packb([[], []])  # the stored reply of a keyed batch: its status says it all
 REPLAY_LSN_SQL = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8"
 _CONSISTENCY = {
     "session": Consistency.SESSION,
@@ -401,18 +402,29 @@ class Executor:
         backend = await self.acquire(node)
         if any(analysis.changes_session_state for analysis in analyses):
             backend.dirty = True  # closed, not reused (pool.py)
+        key = hints.idempotency_key
         try:
             async with backend.conn.transaction():
-                if all(sql == first_sql for sql, _ in statements):
+                # With a key, the batch applies at most once, as a keyed query does: the key is
+                # claimed in the batch's own transaction; a retry gets the stored status.
+                claimed = key is None or bool((await backend.run(IDEM_CLAIM_SQL, [key]))[1])
+                if not claimed:
+                    _, found, _ = await backend.run(IDEM_FETCH_SQL, [key])
+                    status = found[0][0]
+                elif all(sql == first_sql for sql, _ in statements):
                     status = await backend.run_many(first_sql, [p for _, p in statements])
                 else:
                     for sql, params in statements:
                         _, _, status = await backend.run(sql, params)
                     status = f"BATCH {len(statements)}"
+                if key is not None and claimed:
+                    await backend.run(IDEM_STORE_SQL, [key, status, _NO_ROWS])
         except CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
             node.record(HealthEvent.CONNECT_FAILED, str(exc))
-            raise NodeUnavailableError(f"{node.name}: connection lost: {exc}", sent=True) from exc
+            # With a key a retry cannot apply it twice (sent=False); without, it may have.
+            raise NodeUnavailableError(f"{node.name}: connection lost: {exc}",
+                                       sent=key is None) from exc  # fmt: skip
         except BaseException:
             node.pool.release(backend, broken=backend.conn.is_in_transaction())
             raise

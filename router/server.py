@@ -56,6 +56,8 @@ __all__ = ["ClientConnection"]
 
 log = logging.getLogger("georoute.server")
 
+_DOC_READS = frozenset({"find", "find_one", "count", "aggregate", "distinct"})
+
 # Pause reading from a client whose replies pile up unsent beyond this many bytes.
 _HIGH_WATER = 4 * 1024 * 1024
 
@@ -437,6 +439,10 @@ class ClientConnection(asyncio.Protocol):
         return self._encoder.encode_status(m.id, o.status, 0, self._route(o)), o
 
     async def _doc(self, m: Doc) -> tuple[bytes, None]:
+        if m.hints.idempotency_key is not None and m.op not in _DOC_READS:
+            # Not kept for document writes (yet): accepting the key would promise what a
+            # retry cannot keep, and a client would send the write again.
+            raise ValueError("idempotency keys are not supported for document writes yet")
         result = await self._node.docstore.run(m.collection, m.op, m.args)
         return self._encoder.encode(DocReply(m.id, result)), None
 

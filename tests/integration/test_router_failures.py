@@ -134,6 +134,23 @@ async def test_idempotency_key_applies_a_write_once(
     assert await db.fetchval("SELECT payload FROM rt_items WHERE item_id = $1", item) == "once+!"
 
 
+async def test_idempotency_key_applies_a_batch_once_and_is_refused_for_document_writes(
+    db: client.Client, router: RouterProcess
+) -> None:
+    item = new_id(number(router.config, "europe"))
+    await db.execute("INSERT INTO rt_items (item_id, region, payload) VALUES ($1, 'europe', '')",
+                     item)  # fmt: skip
+    key = f"test-{uuid.uuid4()}"
+    bump = "UPDATE rt_items SET payload = payload || $2 WHERE item_id = $1"
+    for _ in range(3):  # as a client retrying after lost replies would send it
+        status = await db.executemany(bump, [(item, "a"), (item, "b")], idempotency_key=key)
+        assert status == "BATCH 2"
+    assert await db.fetchval("SELECT payload FROM rt_items WHERE item_id = $1", item) == "ab"
+    docs = db.docs("rt_docs", shard="europe")
+    with pytest.raises(client.GeorouteError, match="idempotency keys are not supported"):
+        await docs.command("insert_one", {"document": {"n": 1}}, idempotency_key=key)
+
+
 async def test_wrong_token_raises_auth_error(router: RouterProcess) -> None:
     with pytest.raises(client.AuthError):
         await client.connect(router.dsn, token="wrong", connect_rounds=1)
