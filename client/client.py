@@ -276,6 +276,7 @@ class Client:
         pool = self._pool
         delay = self.retry_backoff
         attempt = 0
+        last: GeorouteError | None = None  # the failure being retried
         while True:
             if hints is not None and self.session_consistency and self._ryw:
                 ryw_wire = self._ryw_wire
@@ -286,7 +287,11 @@ class Client:
             if loop is not None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
+                    if last is not None:  # out of time backing off: the real failure, not this
+                        raise last
                     raise RequestTimeoutError(f"no reply within {timeout}s")
+                if attempt and hints is not None:  # a retry has only what time is left
+                    hints.timeout_ms = max(1, int(remaining * 1000))
             error: GeorouteError
             try:
                 target = conn
@@ -322,6 +327,7 @@ class Client:
             if attempt >= self.max_retries:
                 raise error
             attempt += 1
+            last = error
             pause = delay if loop is None else min(delay, max(0.0, deadline - loop.time()))
             await asyncio.sleep(pause)
             delay = min(delay * 2, self.retry_backoff_max)

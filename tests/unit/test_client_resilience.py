@@ -97,6 +97,28 @@ async def test_retries_are_bounded() -> None:
         assert len(router.requests(Query)) == 3
 
 
+async def test_a_retry_carries_the_time_left_and_running_out_gives_the_real_error() -> None:
+    def always_down(conn: FakeConnection, msg: Message) -> None:
+        code = ErrorCode.POOL_EXHAUSTED
+        conn.send(Error(msg.id, code, code.name, "busy", None, True))
+
+    async with FakeRouter(always_down) as router, await connect(
+        router, max_retries=2, retry_backoff=0.05
+    ) as client:  # fmt: skip
+        with pytest.raises(georoute_client.PoolExhaustedError):
+            await client.fetch("SELECT 1", timeout=5.0)
+        budgets = [q.hints.timeout_ms for q in router.requests(Query)]
+        assert len(budgets) == 3 and budgets[0] == 5000
+        assert budgets[0] > budgets[1] > budgets[2]  # each retry: only what is left
+    async with FakeRouter(always_down) as router, await connect(
+        router, max_retries=5, retry_backoff=10.0
+    ) as client:  # fmt: skip
+        # The deadline passes while backing off: the failure itself, not a bare timeout.
+        with pytest.raises(georoute_client.PoolExhaustedError):
+            await client.fetch("SELECT 1", timeout=0.2)
+        assert len(router.requests(Query)) == 1
+
+
 async def test_timeout_raises_and_late_reply_is_discarded() -> None:
     held: list[tuple[FakeConnection, Message]] = []
 
