@@ -9,7 +9,6 @@ only once it has replayed past it (waiting a bounded few milliseconds), else to 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,10 +109,19 @@ class Executor:
         """A fresh replica that has replayed past `min_lsn`, waiting up to the bounded wait.
         With `pipelined`, its replay position is asked on its pipelined connections and the
         read goes there too (None for the backend); else on a borrowed pooled connection."""
-        node = choose_replica(shard.replicas, self._max_lag, None)
+        node = choose_replica(shard.replicas, self._max_lag, None, shard.next_turn())
         if node is None or self._ryw_wait <= 0:
             return None
-        deadline = time.monotonic() + self._ryw_wait
+        try:  # the whole wait is bounded, a replica that stops answering included
+            async with asyncio.timeout(self._ryw_wait):
+                return await self._wait_for_replay(node, min_lsn, pipelined)
+        except TimeoutError:
+            return None  # the primary always has the session's writes
+
+    async def _wait_for_replay(
+        self, node: NodeState, min_lsn: int, pipelined: bool
+    ) -> tuple[NodeState, Backend | None] | None:
+        pause = 0.0005  # WAL replay is typically 1-2 ms behind; then back off to 4 ms
         if pipelined:
             try:
                 while True:
@@ -123,34 +131,33 @@ class Executor:
                         node.replay_lsn = max(node.replay_lsn or 0, lsn)
                         if lsn >= min_lsn:
                             return node, None
-                    if time.monotonic() >= deadline:
-                        return None
-                    await asyncio.sleep(0.0005)  # WAL replay is typically 1-2 ms behind
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 0.004)
             except Unsupported:
                 pass  # the pipeline declined: ask on a pooled connection
             except PipelineError as exc:
                 node.record(HealthEvent.CONNECT_FAILED, str(exc))
                 raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
         backend = await self.acquire(node)
+        querying = False
         try:
             while True:
+                querying = True
                 lsn = await backend.scalar(REPLAY_LSN_SQL)
+                querying = False
                 if lsn is not None:
                     node.replay_lsn = max(node.replay_lsn or 0, lsn)
                     if lsn >= min_lsn:
                         return node, backend
-                if time.monotonic() >= deadline:
-                    break
-                await asyncio.sleep(0.0005)  # WAL replay is typically 1-2 ms behind
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.004)
         except CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
             node.record(HealthEvent.CONNECT_FAILED, str(exc))
             raise
-        except BaseException:
-            node.pool.release(backend, broken=True)
+        except BaseException:  # the bounded wait ran out (mid-statement: the connection goes)
+            node.pool.release(backend, broken=querying)
             raise
-        node.pool.release(backend)
-        return None
 
     async def _pick(
         self, shard: ShardState, role: Role, min_lsn: int | None, pipelined: bool
@@ -158,13 +165,13 @@ class Executor:
         """The node to run on, and a borrowed backend; None for the backend means "try the
         node's pipeline first" (`_run` then borrows one only if the pipeline declines)."""
         if role is Role.REPLICA:
-            node = choose_replica(shard.replicas, self._max_lag, min_lsn)
+            node = choose_replica(shard.replicas, self._max_lag, min_lsn, shard.next_turn())
             if node is not None:
                 if pipelined and node.available:
                     return node, None
                 try:
                     return node, await self.acquire(node)
-                except NodeUnavailableError:
+                except (NodeUnavailableError, PoolTimeoutError):
                     pass  # fall through to the primary
             elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
                 try:
@@ -251,7 +258,7 @@ class Executor:
                 if consistency is Consistency.SESSION
                 else None
             )
-            replica = choose_replica(shard.replicas, self._max_lag, min_lsn)
+            replica = choose_replica(shard.replicas, self._max_lag, min_lsn, shard.next_turn())
             if replica is not None:
                 node = replica
             elif min_lsn is not None and min_lsn < UNKNOWN_LSN:

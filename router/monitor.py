@@ -79,7 +79,7 @@ class LagMonitor:
         try:
             conn = await self._conn(node)
             row = await conn.fetchrow(sql, timeout=timeout)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:  # e.g. asyncpg's InternalClientError on a dead connection
             stale = self._conns.pop(node.name, None)
             if stale is not None:
                 stale.terminate()
@@ -107,6 +107,14 @@ class LagMonitor:
         primary_lsn = primary_row[0] if primary_row is not None else None
         shard.primary.replay_lsn = primary_lsn
         shard.primary.lag_bytes = 0 if primary_lsn is not None else None
+        if primary_lsn is not None:
+            shard.last_primary_lsn = primary_lsn
+        else:
+            # The primary cannot be probed (busy, or gone): measure the replicas against its
+            # last known position, so reads keep their replicas rather than all turning to a
+            # primary that is struggling or down. (Tokens are still checked against each
+            # replica's own replay position.)
+            primary_lsn = shard.last_primary_lsn
         for replica, row in zip(shard.replicas, replica_rows, strict=True):
             if row is None:
                 replica.lag_bytes = None
@@ -128,6 +136,8 @@ class LagMonitor:
                 await self.measure(shard)
             except Exception:  # the monitor must never die
                 log.exception("measuring shard %s failed", shard.name)
+                for replica in shard.replicas:  # unmeasured lag is not fresh lag
+                    replica.lag_bytes = None
             self.rounds += 1
             self._round_done.set()
             await asyncio.sleep(interval)

@@ -246,10 +246,16 @@ N = TypeVar("N", bound=NodeView)
 
 
 def choose_replica(
-    replicas: Sequence[N], max_lag_bytes: int, min_lsn: int | None = None
+    replicas: Sequence[N], max_lag_bytes: int, min_lsn: int | None = None, start: int = 0
 ) -> N | None:
-    """The least-busy replica that is up, fresh enough, and (with a token) past `min_lsn`."""
+    """The least-busy replica that is up, fresh enough, and (with a token) past `min_lsn`.
+    Ties go to the first such one from `start` on: callers turn `start`, so equally idle
+    replicas take turns rather than the first one taking every read."""
     best: N | None = None
+    count = len(replicas)
+    if count > 1 and start % count:
+        first = start % count
+        replicas = [*replicas[first:], *replicas[:first]]
     for node in replicas:
         if not node.available or node.lag_bytes is None or node.lag_bytes > max_lag_bytes:
             continue

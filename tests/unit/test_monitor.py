@@ -1,0 +1,122 @@
+"""The lag monitor's rounds (router/monitor.py) over stand-in probe connections: replica lag
+is measured against the primary's last known position while the primary cannot be probed,
+and any probe error (asyncpg's InternalClientError on a dead connection included) marks that
+node's probe failed instead of stopping the round with the lag left as it was. Topology and
+config come from router.toml; no database is involved."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from router.config import load_config
+from router.health import NodeHealth
+from router.monitor import PRIMARY_LSN_SQL, LagMonitor
+from router.topology import NodeState, Topology
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ProbeConn:
+    """Answers the monitor's probes from a table of (node name -> answer or exception)."""
+
+    def __init__(self, node: str, answers: dict[str, Any]) -> None:
+        self.node = node
+        self.answers = answers
+
+    async def fetchrow(self, sql: str, timeout: float) -> Any:  # noqa: ASYNC109 (asyncpg's)
+        answer = self.answers[self.node]
+        if isinstance(answer, BaseException):
+            raise answer
+        return (answer,) if sql == PRIMARY_LSN_SQL else (True, answer)
+
+    def is_closed(self) -> bool:
+        return False
+
+    def terminate(self) -> None:
+        pass
+
+
+def _monitor(monkeypatch: pytest.MonkeyPatch, answers: dict[str, Any]) -> tuple[LagMonitor, Any]:
+    monkeypatch.setenv("GEOROUTE_TOKEN", "t")
+    config = load_config(REPO / "router.toml")
+    topology = Topology.from_config(config)
+    monitor = LagMonitor(config, topology)
+
+    async def conn(node: NodeState) -> ProbeConn:
+        return ProbeConn(node.name, answers)
+
+    monkeypatch.setattr(monitor, "_conn", conn)
+    return monitor, topology.shards["europe"]
+
+
+async def test_replicas_keep_their_lag_while_the_primary_cannot_be_probed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers: dict[str, Any] = {"europe-primary": 5_000, "europe-replica1": 4_000}
+    monitor, shard = _monitor(monkeypatch, answers)
+    await monitor.measure(shard)
+    replica = shard.replicas[0]
+    assert replica.lag_bytes == 1_000
+    answers["europe-primary"] = TimeoutError("busy")  # the primary stops answering probes
+    answers["europe-replica1"] = 4_500
+    await monitor.measure(shard)
+    assert shard.primary.health is NodeHealth.SUSPECT
+    assert replica.lag_bytes == 500  # against the primary's last known position, not None
+
+
+async def test_any_probe_error_fails_that_probe_and_the_round_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers: dict[str, Any] = {"europe-primary": 9_000, "europe-replica1": 8_000}
+    monitor, shard = _monitor(monkeypatch, answers)
+    await monitor.measure(shard)
+    answers["europe-primary"] = 50_000_000  # writes pile up on the primary...
+    answers["europe-replica1"] = asyncpg.InternalClientError("cannot switch to state 11")
+    await monitor.measure(shard)  # ...while the replica's probe connection is dead
+    replica = shard.replicas[0]
+    assert replica.health is NodeHealth.SUSPECT
+    assert replica.lag_bytes is None  # unknown, not the stale 1,000 bytes of the last round
+
+
+async def test_the_read_your_writes_wait_is_bounded_when_a_replica_stops_answering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wait for a replica to replay a session's write gives up after
+    router.read_your_writes_wait_ms even if the replica never answers its poll; the read
+    then goes to the primary."""
+    from router.classify import Classifier
+    from router.executor import Executor
+
+    monkeypatch.setenv("GEOROUTE_TOKEN", "t")
+    config = load_config(REPO / "router.toml")
+    topology = Topology.from_config(config)
+    executor = Executor(config, topology, Classifier(config.tables, ()))
+    shard = topology.shards["europe"]
+    replica = shard.replicas[0]
+    replica.lag_bytes, replica.replay_lsn = 0, 100
+
+    async def never_answers(sql: str, params: Any) -> Any:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(replica.pool.pipeline, "run", never_answers)
+    async with asyncio.timeout(2):  # would hang for ever without the bound
+        assert await executor._replica_past(shard, 10**9, pipelined=True) is None
+
+
+def test_equally_idle_replicas_take_turns() -> None:
+    from router.routing import choose_replica
+
+    class Idle:
+        available, lag_bytes, replay_lsn, in_flight = True, 0, 100, 0
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    replicas = [Idle("a"), Idle("b"), Idle("c")]
+    picked = [choose_replica(replicas, 100, None, turn).name for turn in range(6)]  # type: ignore[union-attr]
+    assert picked == ["a", "b", "c", "a", "b", "c"]
