@@ -18,8 +18,11 @@ import resource
 import signal
 import stat
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from pymongo.uri_parser import parse_uri
 
 from protocol import Encoder
 from router.classify import Classifier, start_parser
@@ -35,7 +38,7 @@ from router.monitor import LagMonitor
 from router.pool import NodeUnavailableError
 from router.server import ClientConnection
 from router.tls import ListenerTLS, forget_contexts
-from router.topology import NodeState, Topology
+from router.topology import NodeState, ShardState, Topology
 
 __all__ = ["RouterNode", "run_router"]
 
@@ -56,6 +59,16 @@ def _listener_tls(router: RouterConfig) -> ListenerTLS | None:
     except (OSError, ValueError) as exc:
         why = f"cannot load the certificate and key: {exc}"
         raise ConfigError("router.tls_cert_file", why) from exc
+
+
+def _hosts_of(uri: str) -> str:
+    """The document store's hosts, for the topology report: never its credentials or
+    options (a password or token may sit in either)."""
+    try:
+        nodes = parse_uri(uri, warn=True)["nodelist"]
+    except Exception:  # a URI it cannot parse is reported as unknown
+        return "?"
+    return ",".join(f"{host}:{port}" for host, port in nodes)
 
 
 def _classifier(config: Config) -> Classifier:
@@ -83,6 +96,7 @@ class RouterNode:
         self.monitor = LagMonitor(config, self.topology)
         self.connections: set[ClientConnection] = set()
         self.draining = False
+        self._reload_lock = asyncio.Lock()
         self._server: asyncio.Server | None = None
         self._unix_server: asyncio.Server | None = None
         self._unix_path: str | None = None
@@ -225,7 +239,12 @@ class RouterNode:
     # ---- reload ----------------------------------------------------------------------------
 
     async def reload(self) -> bool:
-        """Re-read the config file. Returns False (and keeps the old config) if it is bad."""
+        """Re-read the config file. Returns False (and keeps the old config) if it is bad.
+        One reload at a time: a second SIGHUP waits for the first to finish."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         if self.config_path is None:
             return False
         try:
@@ -260,11 +279,27 @@ class RouterNode:
         same_database = new.database == self.config.database
         if not same_database:
             log.info("[database] changed: new pools for every node")
+        for key, before, after in (
+            ("document_store", self.config.document_store, new.document_store),
+            ("metrics", self.config.metrics, new.metrics),
+            ("router.auth_token_env", r_old.auth_token_env, r_new.auth_token_env),
+            ("router.max_frame_bytes", r_old.max_frame_bytes, r_new.max_frame_bytes),
+            ("router.idempotency_retention_seconds", r_old.idempotency_retention_seconds,
+             r_new.idempotency_retention_seconds),
+        ):  # fmt: skip
+            if before != after:
+                log.warning("%s changes need a restart; keeping the running one", key)
+        new = replace(new, document_store=self.config.document_store, metrics=self.config.metrics,
+                      router=replace(r_new, auth_token_env=r_old.auth_token_env,
+                                     max_frame_bytes=r_old.max_frame_bytes,
+                                     idempotency_retention_seconds=(
+                                         r_old.idempotency_retention_seconds)))  # fmt: skip
         old_nodes = {n.name: n for n in self.topology.nodes()}
         old_shards = dict(self.topology.shards)
         fresh = Topology.from_config(new)
         to_start: list[NodeState] = []
         retired: list[NodeState] = []
+        kept_primaries: list[tuple[ShardState, ShardState]] = []  # (fresh, live) shards
         for shard in fresh.shards.values():
             for i, node in enumerate(list(shard.nodes())):
                 old = old_nodes.get(node.name)
@@ -272,9 +307,7 @@ class RouterNode:
                     # Same node: keep its pool, health and lag.
                     if i == 0:
                         shard.primary = old
-                        # Same primary: keep its WAL-position reader (writes may be waiting).
-                        fresh_reader, shard.lsn = shard.lsn, old_shards[shard.name].lsn
-                        old_shards[shard.name].lsn = fresh_reader
+                        kept_primaries.append((shard, old_shards[shard.name]))
                     else:
                         shard.replicas[i - 1] = old
                     old_nodes.pop(node.name)
@@ -283,6 +316,11 @@ class RouterNode:
         retired.extend(old_nodes.values())
         await self._start_pools(to_start)
         await self.monitor.stop()
+        # After the last await: the live shards keep their readers until the swap below.
+        for shard, live in kept_primaries:
+            # Same primary: keep its WAL-position reader (writes may be waiting on it); the
+            # fresh one goes with the old shard, closed below.
+            shard.lsn, live.lsn = live.lsn, shard.lsn
         for old_shard in old_shards.values():
             self.spawn(old_shard.lsn.close())  # readers of changed primaries, or unused ones
         self.config = new
@@ -309,7 +347,7 @@ class RouterNode:
             "config": self.config.source,
             "connections": len(self.connections),
             "shards": self.topology.snapshot(),
-            "document_store": self.config.document_store.uri.split("@")[-1],
+            "document_store": _hosts_of(self.config.document_store.uri),
         }
 
 

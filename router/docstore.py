@@ -11,21 +11,52 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import bson
+from bson.errors import InvalidDocument
 from pymongo import AsyncMongoClient
-from pymongo.errors import DuplicateKeyError, PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    NetworkTimeout,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
 
 from protocol.values import ObjectId
 from router.config import DocumentStoreConfig
 from router.errors import GeorouteError
 
-__all__ = ["DocOperationError", "DocStore", "DocUnavailableError", "DuplicateDocumentError"]
+__all__ = ["DocOperationError", "DocStore", "DocTimeoutError", "DocUnavailableError",
+           "DocUnknownOperationError", "DuplicateDocumentError"]  # fmt: skip
 
-_COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # fullmatch: no dots, no "system."
 MAX_RESULTS = 10_000
+# How long one document-store operation may take (pymongo's timeoutMS): a store that
+# accepts a connection and then stalls must not hold requests for ever.
+OPERATION_TIMEOUT_MS = 10_000
+
+# Aggregation stages a client may send: they read this collection (or, for $lookup,
+# $graphLookup and $unionWith, another one of this database, by a plain valid name). Not
+# $out or $merge (they write anywhere), nor $changeStream, $collStats, $currentOp and the like.
+_STAGES = frozenset({
+    "$match", "$project", "$addFields", "$set", "$unset", "$group", "$sort", "$limit", "$skip",
+    "$count", "$unwind", "$bucket", "$bucketAuto", "$facet", "$sortByCount", "$replaceRoot",
+    "$replaceWith", "$sample", "$lookup", "$graphLookup", "$unionWith",
+})  # fmt: skip
+_FOREIGN = {"$lookup": "from", "$graphLookup": "from", "$unionWith": "coll"}
+# Server-side JavaScript, refused anywhere in a request's arguments.
+_CODE_OPERATORS = frozenset({"$where", "$function", "$accumulator"})
 
 
 class DocOperationError(Exception):
     """A bad document-store request (unknown op, bad arguments, invalid document)."""
+
+
+class DocUnknownOperationError(DocOperationError):
+    """An op the document store does not have (error 6003)."""
 
 
 class DocUnavailableError(Exception):
@@ -34,6 +65,46 @@ class DocUnavailableError(Exception):
 
 class DuplicateDocumentError(Exception):
     pass
+
+
+class DocTimeoutError(Exception):
+    """The document store took longer than OPERATION_TIMEOUT_MS, or the connection was lost
+    under the operation: a write may have applied."""
+
+
+def _no_code(value: Any) -> None:
+    """Refuse server-side JavaScript anywhere in `value`."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key in _CODE_OPERATORS:
+                raise DocOperationError(f"{key} (server-side JavaScript) is not allowed")
+            _no_code(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            _no_code(inner)
+
+
+def _check_pipeline(pipeline: Any) -> None:
+    if not isinstance(pipeline, list):
+        raise DocOperationError("an aggregation pipeline must be a list of stages")
+    for stage in pipeline:
+        if not isinstance(stage, dict) or len(stage) != 1:
+            raise DocOperationError("each pipeline stage must be a map with one key")
+        ((name, spec),) = stage.items()
+        if name not in _STAGES:
+            raise DocOperationError(f"aggregation stage {name} is not allowed (allowed: "
+                                    f"{', '.join(sorted(_STAGES))})")  # fmt: skip
+        field = _FOREIGN.get(name)
+        if field is not None:
+            target = spec if name == "$unionWith" and isinstance(spec, str) else (
+                spec.get(field) if isinstance(spec, dict) else None)
+            if not isinstance(target, str) or not _COLLECTION_NAME.fullmatch(target):
+                raise DocOperationError(f"{name} must name a collection of this database")
+            if isinstance(spec, dict) and "pipeline" in spec:
+                _check_pipeline(spec["pipeline"])
+        if name == "$facet" and isinstance(spec, dict):
+            for sub in spec.values():
+                _check_pipeline(sub)
 
 
 def to_bson(value: Any) -> Any:
@@ -70,8 +141,9 @@ Validator = Callable[[str, dict[str, Any]], None]
 class DocStore:
     def __init__(self, config: DocumentStoreConfig, validator: Validator | None = None) -> None:
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            config.uri, serverSelectionTimeoutMS=3000, tz_aware=True
-        )
+            config.uri, serverSelectionTimeoutMS=3000, timeoutMS=OPERATION_TIMEOUT_MS,
+            tz_aware=True,
+        )  # fmt: skip
         self._db = self._client[config.database]
         self._validate = validator
         self._ops: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Any]]] = {
@@ -81,6 +153,7 @@ class DocStore:
             "insert_many": self._insert_many,
             "update_one": self._update_one,
             "update_many": self._update_many,
+            "replace_one": self._replace_one,
             "delete_one": self._delete_one,
             "delete_many": self._delete_many,
             "count": self._count,
@@ -99,19 +172,31 @@ class DocStore:
         return True
 
     async def run(self, collection: str, op: str, args: dict[str, Any]) -> Any:
-        if not _COLLECTION_NAME.match(collection):
+        if not _COLLECTION_NAME.fullmatch(collection):
             raise DocOperationError(f"invalid collection name {collection!r}")
         handler = self._ops.get(op)
         if handler is None:
             known = ", ".join(sorted(self._ops))
-            raise DocOperationError(f"unknown document operation {op!r} (known: {known})")
+            raise DocUnknownOperationError(f"unknown document operation {op!r} (known: {known})")
+        _no_code(args)
+        if op == "aggregate":
+            _check_pipeline(args.get("pipeline"))
         try:
             return from_bson(await handler(self._db[collection], to_bson(args)))
         except DuplicateKeyError as exc:
             raise DuplicateDocumentError(str(exc.details or exc)) from exc
+        except BulkWriteError as exc:
+            errors = (exc.details or {}).get("writeErrors") or []
+            if any(e.get("code") == 11000 for e in errors):
+                raise DuplicateDocumentError(str(errors[0].get("errmsg", exc))) from exc
+            raise DocOperationError(f"{op} failed: {exc}") from exc
         except ServerSelectionTimeoutError as exc:
             raise DocUnavailableError(f"document store unreachable: {exc}") from exc
-        except (TypeError, ValueError, KeyError) as exc:
+        except (ExecutionTimeout, NetworkTimeout, WTimeoutError, AutoReconnect) as exc:
+            raise DocTimeoutError(f"document store: {op} did not complete: {exc}") from exc
+        except OperationFailure as exc:  # the store refused it: a bad operator, say
+            raise DocOperationError(f"{op} refused by the document store: {exc}") from exc
+        except (TypeError, ValueError, KeyError, OverflowError, InvalidDocument) as exc:
             raise DocOperationError(f"bad arguments for {op}: {exc}") from exc
 
     def _check(self, collection: Any, document: Any) -> dict[str, Any]:
@@ -151,6 +236,11 @@ class DocStore:
 
     async def _update_many(self, coll: Any, a: dict[str, Any]) -> Any:
         r = await coll.update_many(a["filter"], a["update"], upsert=bool(a.get("upsert")))
+        return _updated(r)
+
+    async def _replace_one(self, coll: Any, a: dict[str, Any]) -> Any:
+        replacement = self._check(coll, a["replacement"])
+        r = await coll.replace_one(a["filter"], replacement, upsert=bool(a.get("upsert")))
         return _updated(r)
 
     async def _delete_one(self, coll: Any, a: dict[str, Any]) -> Any:

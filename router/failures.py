@@ -15,7 +15,9 @@ from protocol.errors import ErrorCode, ProtocolError
 from router.classify import SqlParseError, UnsupportedStatementError
 from router.docstore import (
     DocOperationError,
+    DocTimeoutError,
     DocUnavailableError,
+    DocUnknownOperationError,
     DuplicateDocumentError,
 )
 from router.pool import NodeUnavailableError, PoolTimeoutError
@@ -92,8 +94,12 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
         return Failure(ErrorCode.INVALID_REQUEST, f"invalid parameters: {exc}")
     if isinstance(exc, DuplicateDocumentError):
         return Failure(ErrorCode.DOC_DUPLICATE_KEY, str(exc))
-    if isinstance(exc, DocUnavailableError):
+    if isinstance(exc, DocUnavailableError):  # never reached: nothing was sent
         return Failure(ErrorCode.DOC_UNAVAILABLE, str(exc), retryable=True)
+    if isinstance(exc, DocTimeoutError):  # a read may run again; a write may have applied
+        return Failure(ErrorCode.TIMEOUT, str(exc), retryable=read_only)
+    if isinstance(exc, DocUnknownOperationError):
+        return Failure(ErrorCode.DOC_UNKNOWN_OPERATION, str(exc))
     if isinstance(exc, DocOperationError):
         return Failure(ErrorCode.DOC_ERROR, str(exc))
     if isinstance(exc, ProtocolError):

@@ -389,6 +389,8 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(message, Query):  # parsed by now, unless it could not be
                 analysis = self._node.executor.classifier.cached(message.sql)
                 read_only = analysis is not None and analysis.read_only
+            elif isinstance(message, Doc):
+                read_only = message.op in _DOC_READS
             failure = failure_for(exc, read_only=read_only)
             if failure.code is ErrorCode.INTERNAL:
                 log.exception("internal error serving %s", kind)

@@ -26,8 +26,10 @@ from protocol import (
 )
 from router.cluster import LocalCluster
 from router.config import Config
+from router.db.documents import USER_PREFERENCES
 from router.ids import new_id
 from tests.integration.conftest import wait_until
+from tests.integration.test_documents import preferences
 from tests.support.router_proc import (
     TOKEN,
     RouterProcess,
@@ -149,6 +151,25 @@ async def test_idempotency_key_applies_a_batch_once_and_is_refused_for_document_
     docs = db.docs("rt_docs", shard="europe")
     with pytest.raises(client.GeorouteError, match="idempotency keys are not supported"):
         await docs.command("insert_one", {"document": {"n": 1}}, idempotency_key=key)
+
+
+async def test_document_requests_are_checked_and_typed(db: client.Client) -> None:
+    docs = db.docs(USER_PREFERENCES, shard="europe")
+    doc = preferences(theme="light")
+    key = doc["_id"]
+    await docs.insert_one(doc)
+    replaced = await docs.replace_one({"_id": key}, {**doc, "theme": "dark"})
+    assert replaced["matched"] == 1 and (await docs.find_one({"_id": key}))["theme"] == "dark"
+    with pytest.raises(client.GeorouteError, match="theme"):  # a replacement is validated too
+        await docs.replace_one({"_id": key}, {**doc, "theme": "neon"})
+    with pytest.raises(client.GeorouteError) as unknown:
+        await docs.command("drop_database", {})
+    assert unknown.value.code == 6003  # DOC_UNKNOWN_OPERATION
+    with pytest.raises(client.GeorouteError, match=r"\$out"):  # writes elsewhere: refused
+        await docs.aggregate([{"$match": {}}, {"$out": "stolen"}])
+    with pytest.raises(client.GeorouteError, match="JavaScript"):
+        await docs.find({"$where": "true"})
+    await docs.delete_one({"_id": key})
 
 
 async def test_wrong_token_raises_auth_error(router: RouterProcess) -> None:
