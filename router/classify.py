@@ -5,24 +5,19 @@
 
 `Classifier.analyze(sql)` returns an `Analysis`: read-only or write, the tables it touches, where
 its shard key may be found (a column = $n or = constant, an INSERT's VALUES, a function argument),
-and whether it changes session state (so the backend connection must be reset before reuse).
+and whether it changes session state (so its pooled connection is closed, not reused).
 Results are kept in a bounded LRU keyed by the SQL text, so parsing stays off the hot path.
 
-Texts longer than `INLINE_PARSE_MAX` characters are parsed on one thread of their own, with a
-large stack (`analyze_async`): a deeply nested expression (`1+1+...+1`, 2 characters a level)
-overflows the event loop thread's stack inside pglast and kills the process, and a long text
-can take seconds to parse. Texts over `router.max_sql_bytes` are refused unparsed.
+Texts longer than `INLINE_PARSE_MAX` characters are parsed on a thread of their own
+(router/parser_thread.py, `analyze_async`); texts over `router.max_sql_bytes` are refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import queue
-import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +26,7 @@ from pglast.enums import A_Expr_Kind, BoolExprType
 from pglast.parser import ParseError
 
 from router.config import TableConfig
+from router.parser_thread import INLINE_PARSE_MAX, on_parser_thread
 
 __all__ = [
     "INLINE_PARSE_MAX",
@@ -41,57 +37,7 @@ __all__ = [
     "SqlParseError",
     "StatementKind",
     "UnsupportedStatementError",
-    "start_parser",
 ]
-
-
-# Up to this many characters a text is parsed on the calling thread: at most ~4,000 levels of
-# nesting, far below what overflows a main thread's 8 MiB stack (~25,000 measured). Longer
-# ones go to the parser thread, whose stack held 1 MiB of `1+1+...` (524,288 levels) with
-# room to spare (measured: it needed under 256 MiB; the stack is only reserved, not used).
-INLINE_PARSE_MAX = 8192
-_PARSER_STACK_BYTES = 512 * 1024 * 1024
-_parser_queue: queue.SimpleQueue[tuple[Callable[[str], Any], str, Future[Any]]] | None = None
-_parser_lock = threading.Lock()
-
-
-def start_parser() -> None:
-    """Start the parser thread now (the router does at start-up, before other threads: the
-    stack size is set process-wide while it is created). Called again, it does nothing."""
-    _parse_later(None)
-
-
-def _parse_later(job: tuple[Callable[[str], Any], str, Future[Any]] | None) -> None:
-    global _parser_queue
-    with _parser_lock:
-        if _parser_queue is None:
-            _parser_queue = queue.SimpleQueue()
-            previous = threading.stack_size(_PARSER_STACK_BYTES)
-            try:
-                # A daemon: a parse still running at exit does not hold the process up.
-                threading.Thread(target=_parser_loop, args=(_parser_queue,),
-                                 name="georoute-parser", daemon=True).start()  # fmt: skip
-            finally:
-                threading.stack_size(previous)
-    if job is not None:
-        _parser_queue.put(job)
-
-
-def _parser_loop(jobs: queue.SimpleQueue[tuple[Callable[[str], Any], str, Future[Any]]]) -> None:
-    while True:
-        fn, sql, future = jobs.get()
-        if not future.set_running_or_notify_cancel():
-            continue
-        try:
-            future.set_result(fn(sql))
-        except BaseException as exc:
-            future.set_exception(exc)
-
-
-def _on_parser_thread(fn: Callable[[str], Any], sql: str) -> Future[Any]:
-    future: Future[Any] = Future()
-    _parse_later((fn, sql, future))
-    return future
 
 
 class SqlParseError(Exception):
@@ -296,7 +242,7 @@ class Classifier:
         if len(sql) <= INLINE_PARSE_MAX:
             result = self._analyze(sql)
         else:  # normally parsed ahead by analyze_async; this waits for the parser thread
-            result = _on_parser_thread(self._analyze, sql).result()
+            result = on_parser_thread(self._analyze, sql).result()
         return self._remember(sql, result)
 
     async def analyze_async(self, sql: str) -> Analysis:
@@ -305,7 +251,7 @@ class Classifier:
         if found is not None or len(sql) <= INLINE_PARSE_MAX:
             return found or self.analyze(sql)
         self.misses += 1
-        job = _on_parser_thread(self._analyze, sql)
+        job = on_parser_thread(self._analyze, sql)
         return self._remember(sql, await asyncio.wrap_future(job))
 
     def cached(self, sql: str) -> Analysis | None:

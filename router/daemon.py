@@ -25,7 +25,7 @@ from typing import Any
 from pymongo.uri_parser import parse_uri
 
 from protocol import Encoder
-from router.classify import Classifier, start_parser
+from router.classify import Classifier
 from router.config import Config, RouterConfig, load_config, router_socket_path
 from router.db.documents import validate as validate_document
 from router.docstore import DocStore
@@ -35,6 +35,7 @@ from router.health import HealthEvent
 from router.idempotency import run_sweeper
 from router.metrics import Metrics
 from router.monitor import LagMonitor
+from router.parser_thread import start_parser
 from router.pool import NodeUnavailableError
 from router.server import ClientConnection
 from router.tls import ListenerTLS, forget_contexts

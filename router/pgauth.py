@@ -10,7 +10,10 @@ import os
 import stringprep
 import unicodedata
 
-__all__ = ["MAX_ROUNDS", "AuthError", "ScramClient", "md5_password", "saslprep"]
+from router.pgtypes import I32, cstr, message
+
+__all__ = ["MAX_ROUNDS", "AuthError", "Authentication", "ScramClient", "md5_password",
+           "saslprep"]  # fmt: skip
 
 
 # PostgreSQL's default is 4096; a server asking for more than this is refused.
@@ -91,3 +94,44 @@ class ScramClient:
 def md5_password(user: str, password: str, salt: bytes) -> bytes:
     inner = hashlib.md5((password + user).encode()).hexdigest().encode()
     return b"md5" + hashlib.md5(inner + salt).hexdigest().encode()
+
+
+class Authentication:
+    """The client's side of the startup exchange: answers each AuthenticationRequest ('R')
+    body with the message to send, and notes when the server said AuthenticationOk."""
+
+    def __init__(self, user: str, password: str | None) -> None:
+        self._user = user
+        self._password = password
+        self._scram: ScramClient | None = None
+        self.done = False  # AuthenticationOk seen (only then may the server say it is ready)
+
+    def answer(self, body: bytes) -> bytes | None:
+        """The reply to send, or None. Raises AuthError when it cannot go on."""
+        code = I32.unpack_from(body, 0)[0]
+        if code == 0:
+            if self._scram is not None and not self._scram.verified:
+                # SCRAM authenticates the server too: OK without its proof is refused.
+                raise AuthError("the server skipped SCRAM's final message")
+            self.done = True
+            return None
+        password = self._password
+        if password is None:
+            raise AuthError(f"the server asks for a password (auth code {code})")
+        if code == 3:
+            return message(b"p", cstr(password))
+        if code == 5:
+            return message(b"p", md5_password(self._user, password, body[4:8]) + b"\x00")
+        if code == 10:
+            mechanisms = body[4:].split(b"\x00")
+            if b"SCRAM-SHA-256" not in mechanisms:
+                raise AuthError(f"no supported SASL mechanism in {mechanisms!r}")
+            self._scram = ScramClient(password)
+            first = self._scram.first_message()
+            return message(b"p", b"SCRAM-SHA-256\x00" + I32.pack(len(first)) + first)
+        if code == 11 and self._scram is not None:
+            return message(b"p", self._scram.final_message(body[4:]))
+        if code == 12 and self._scram is not None:
+            self._scram.verify(body[4:])
+            return None
+        raise AuthError(f"unsupported authentication request {code}")

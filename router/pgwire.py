@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from router.pgauth import ScramClient, md5_password
+from router.pgauth import Authentication, AuthError
 from router.pgtypes import (
     EXECUTE_ALL_SYNC,
     I16,
@@ -123,7 +123,7 @@ class PipelinedConnection(asyncio.Protocol):
         settings: dict[str, str], cache_size: int,
     ) -> None:  # fmt: skip
         self.name = name
-        self._user, self._database, self._password = user, database, password
+        self._user, self._database = user, database
         self._settings = settings
         self._cache_size = max(1, cache_size)
         self._loop = asyncio.get_running_loop()
@@ -141,8 +141,7 @@ class PipelinedConnection(asyncio.Protocol):
         self._wal_stmt: Statement | None = None
         self._wal_wanted = False  # a write queued since the last position read was queued
         self._wal_waiting: list[_Pending] = []  # writes done, waiting for the position read
-        self._scram: ScramClient | None = None
-        self._authenticated = False  # AuthenticationOk seen
+        self._auth = Authentication(user, password)
         self.closed = False
         self.error: Exception | None = None
         self.on_idle: Callable[[], None] | None = None
@@ -302,43 +301,18 @@ class PipelinedConnection(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         if kind == 82:  # 'R' authentication
-            code = _i32_from(body, 0)[0]
-            if code == 0:
-                if self._scram is not None and not self._scram.verified:
-                    # SCRAM authenticates the server too: OK without its proof is refused.
-                    self._fail_startup("the server skipped SCRAM's final message")
-                    return
-                self._authenticated = True
+            try:
+                reply = self._auth.answer(body)
+            except AuthError as exc:
+                self._fail_startup(str(exc))
                 return
-            password = self._password
-            if password is None:
-                self._fail_startup(f"the server asks for a password (auth code {code})")
-                return
-            if code == 3:
-                transport.write(message(b"p", cstr(password)))
-            elif code == 5:
-                transport.write(message(b"p", md5_password(self._user, password, body[4:8])
-                                         + b"\x00"))  # fmt: skip
-            elif code == 10:
-                mechanisms = body[4:].split(b"\x00")
-                if b"SCRAM-SHA-256" not in mechanisms:
-                    self._fail_startup(f"no supported SASL mechanism in {mechanisms!r}")
-                    return
-                self._scram = ScramClient(password)
-                first = self._scram.first_message()
-                transport.write(message(b"p", b"SCRAM-SHA-256\x00" + I32.pack(len(first))
-                                         + first))  # fmt: skip
-            elif code == 11 and self._scram is not None:
-                transport.write(message(b"p", self._scram.final_message(body[4:])))
-            elif code == 12 and self._scram is not None:
-                self._scram.verify(body[4:])
-            else:
-                self._fail_startup(f"unsupported authentication request {code}")
+            if reply is not None:
+                transport.write(reply)
         elif kind == 69:  # 'E'
             fields = error_fields(body)
             self._fail_startup(f"{fields.get('M', 'refused')} ({fields.get('C', '?')})")
         elif kind == 90:  # 'Z': ready, which only an authenticated session may say
-            if not self._authenticated:
+            if not self._auth.done:
                 self._fail_startup("the server said ready before authentication was done")
                 return
             self._ready = True
