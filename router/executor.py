@@ -100,7 +100,8 @@ class Executor:
         try:
             return await node.pool.acquire()
         except NodeUnavailableError as exc:
-            node.record(HealthEvent.CONNECT_FAILED, str(exc))
+            if not exc.refused:  # turned away by a live server (at its connection limit): up
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
             raise
 
     async def _replica_past(

@@ -1,7 +1,9 @@
 """Node health as a state machine: every transition lives in the table below.
 
-UP serves requests. One failed probe or request makes a node SUSPECT (still tried, so a blip
-costs nothing); a second makes it DOWN (requests fail fast with a retryable error). Any
+UP serves requests. One failed probe makes a node SUSPECT (still tried, so a blip costs
+nothing); a second makes it DOWN (requests fail fast with a retryable error). A connection
+that cannot be made or is lost under a request makes it DOWN at once; one the server turns
+away (at its connection limit) changes nothing, as the server is up (executor.acquire). Any
 successful probe brings it back UP. Failover (later) acts on DOWN primaries.
 """
 

@@ -43,11 +43,14 @@ _SERVER_IDLE_MARGIN_S = 5.0
 
 class NodeUnavailableError(Exception):
     """The node cannot be reached. `sent` is True when the connection died after the statement
-    was sent, so it may have run: then only a read is safe to retry."""
+    was sent, so it may have run: then only a read is safe to retry. `refused` is True when
+    the server answered and turned a new connection away (too many connections, say): it is
+    up, so its health does not change."""
 
-    def __init__(self, message: str, *, sent: bool = False) -> None:
+    def __init__(self, message: str, *, sent: bool = False, refused: bool = False) -> None:
         super().__init__(message)
         self.sent = sent
+        self.refused = refused
 
 
 class PoolTimeoutError(Exception):
@@ -181,7 +184,8 @@ class BackendPool:
                                          max(self._db.statement_cache_size, 1))  # fmt: skip
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise NodeUnavailableError(f"cannot connect to {self.name} ({self.address.label}): "
-                                       f"{exc}") from exc
+                                       f"{exc}", refused=isinstance(exc, asyncpg.PostgresError)
+                                       ) from exc  # fmt: skip
         backend = Backend(conn, self, self._db.statement_cache_size)
         self._all.add(backend)
         return backend

@@ -125,3 +125,36 @@ def test_equally_idle_replicas_take_turns() -> None:
     replicas = [Idle("a"), Idle("b"), Idle("c")]
     picked = [choose_replica(replicas, 100, None, turn).name for turn in range(6)]  # type: ignore[union-attr]
     assert picked == ["a", "b", "c", "a", "b", "c"]
+
+
+async def test_a_server_that_turns_a_connection_away_is_not_marked_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At its connection limit a node refuses new connections (53300) but is up: marking it
+    DOWN would tear its pools down and make it flap. A node that cannot be reached is DOWN."""
+    import router.pool as pool_module
+    from router.classify import Classifier
+    from router.executor import Executor
+    from router.pool import NodeUnavailableError
+
+    monkeypatch.setenv("GEOROUTE_TOKEN", "t")
+    config = load_config(REPO / "router.toml")
+    topology = Topology.from_config(config)
+    executor = Executor(config, topology, Classifier(config.tables, ()))
+    node = topology.shards["europe"].primary
+
+    async def refuses(*args: Any, **kwargs: Any) -> Any:
+        raise asyncpg.TooManyConnectionsError("sorry, too many clients already")
+
+    monkeypatch.setattr(pool_module, "connect_asyncpg", refuses)
+    with pytest.raises(NodeUnavailableError) as info:
+        await executor.acquire(node)
+    assert info.value.refused and node.health is NodeHealth.UP
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionRefusedError("connection refused")
+
+    monkeypatch.setattr(pool_module, "connect_asyncpg", unreachable)
+    with pytest.raises(NodeUnavailableError) as info:
+        await executor.acquire(node)
+    assert not info.value.refused and node.health is NodeHealth.DOWN
