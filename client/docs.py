@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from client.replies import doc_result_of
 from protocol import Consistency, Doc
+from protocol.requests import DOC_READ_OPS
 
 if TYPE_CHECKING:
     from client.client import Client
 
 __all__ = ["READ_OPS", "Collection"]
 
-READ_OPS = frozenset({"find", "find_one", "count", "aggregate", "distinct"})
+READ_OPS = DOC_READ_OPS
 
 
 def _args(**kwargs: Any) -> dict[str, Any]:

@@ -19,7 +19,11 @@ from protocol.fields import (
     _uint,
 )
 
-__all__ = ["Admin", "Batch", "Begin", "Commit", "Doc", "Hello", "Ping", "Query", "Rollback"]
+__all__ = ["DOC_READ_OPS", "Admin", "Batch", "Begin", "Commit", "Doc", "Hello", "Ping", "Query",
+           "Rollback"]  # fmt: skip
+
+# Document-store ops that only read: safe to send again, and they take no idempotency key.
+DOC_READ_OPS = frozenset({"find", "find_one", "count", "aggregate", "distinct"})
 
 
 @dataclass(slots=True)

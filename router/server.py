@@ -42,6 +42,7 @@ from protocol import (
     choose_version,
 )
 from protocol.messages import Role as WireRole
+from protocol.requests import DOC_READ_OPS
 from protocol.sockets import keep_alive
 from router.classify import INLINE_PARSE_MAX
 from router.failures import Failure, RequestTimeout, ShuttingDown, failure_for
@@ -55,8 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["ClientConnection"]
 
 log = logging.getLogger("georoute.server")
-
-_DOC_READS = frozenset({"find", "find_one", "count", "aggregate", "distinct"})
 
 # Pause reading from a client whose replies pile up unsent beyond this many bytes.
 _HIGH_WATER = 4 * 1024 * 1024
@@ -390,7 +389,7 @@ class ClientConnection(asyncio.Protocol):
                 analysis = self._node.executor.classifier.cached(message.sql)
                 read_only = analysis is not None and analysis.read_only
             elif isinstance(message, Doc):
-                read_only = message.op in _DOC_READS
+                read_only = message.op in DOC_READ_OPS
             failure = failure_for(exc, read_only=read_only)
             if failure.code is ErrorCode.INTERNAL:
                 log.exception("internal error serving %s", kind)
@@ -441,7 +440,7 @@ class ClientConnection(asyncio.Protocol):
         return self._encoder.encode_status(m.id, o.status, 0, self._route(o)), o
 
     async def _doc(self, m: Doc) -> tuple[bytes, None]:
-        if m.hints.idempotency_key is not None and m.op not in _DOC_READS:
+        if m.hints.idempotency_key is not None and m.op not in DOC_READ_OPS:
             # Not kept for document writes (yet): accepting the key would promise what a
             # retry cannot keep, and a client would send the write again.
             raise ValueError("idempotency keys are not supported for document writes yet")

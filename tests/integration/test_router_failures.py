@@ -239,6 +239,19 @@ async def test_primary_down_fails_fast_with_retryable_error(
 
     await wait_until(writable, within=30, what="writes to the restarted primary")
 
+    # Leave the shard as other tests expect it: its replica's WAL receiver reconnects to the
+    # restarted primary on its own schedule; wait until it has replayed a write made now.
+    await db.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, 'north_america')",
+                     new_id(number(cfg, "north_america")))  # fmt: skip
+    written = db.ryw_state["north_america"]
+
+    async def replica_streaming_again() -> bool:
+        nodes = (await db.topology())["shards"]["north_america"]["nodes"]
+        replica = next(n for n in nodes if n["role"] == "replica")
+        return bool(replica["replay_lsn"] is not None and replica["replay_lsn"] >= written)
+
+    await wait_until(replica_streaming_again, within=30, what="the replica streaming again")
+
 
 async def test_wrong_parameter_count_is_a_bad_request_not_a_down_node(
     db: client.Client, router: RouterProcess
