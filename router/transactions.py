@@ -62,22 +62,14 @@ class Transactions:
     async def statement(
         self, session: Session, tx: Transaction, sql: str, params: Sequence[Any], hints: Hints
     ) -> Outcome:
-        tx.stop_idle_timer()  # its client is not idle: a long text may wait for the parser
-        try:
-            analysis = await self._executor.classifier.analyze_async(sql)
-            self._check_shard(tx, analysis, params, hints)
-        except BaseException:
-            self._arm_idle_timer(session, tx)
-            raise
-        async with tx.lock:
-            return await self._run(session, tx, analysis, sql, params)
+        return await self.statements(session, tx, [(sql, params)], hints)
 
     async def statements(self, session: Session, tx: Transaction,
                          statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints
                          ) -> Outcome:  # fmt: skip
-        """A batch inside `tx`: every statement checked first, then all run with the
-        transaction held, so a commit sent meanwhile waits for the whole batch."""
-        tx.stop_idle_timer()
+        """Statements inside `tx` (one, or a batch): every one checked first, then all run
+        with the transaction held, so a commit sent meanwhile waits for the whole batch."""
+        tx.stop_idle_timer()  # its client is not idle: a long text may wait for the parser
         try:
             analyses = [await self._executor.classifier.analyze_async(sql)
                         for sql, _ in statements]  # fmt: skip
