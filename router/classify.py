@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pglast import ast, parse_sql
-from pglast.enums import A_Expr_Kind, BoolExprType
 from pglast.parser import ParseError
 
 from router.config import TableConfig
+from router.confinement import Confinement, KeyKind, KeyRef, confinement, const_value
 from router.parser_thread import INLINE_PARSE_MAX, on_parser_thread
 
 __all__ = [
@@ -60,43 +60,33 @@ class StatementKind(enum.Enum):
     WRITE = "write"
 
 
-class KeyKind(enum.Enum):
-    REGION = "region"  # the value is a shard's name
-    ID = "id"  # the value is a shard-carrying id
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRef:
-    """A place a shard key may be read from: either bound parameter $param or a constant."""
-
-    kind: KeyKind
-    column: str
-    table: str
-    param: int | None = None  # 1-based parameter number
-    value: Any = None
+_NOTHING = Confinement()
 
 
 @dataclass(frozen=True, slots=True)
 class Analysis:
     kind: StatementKind
-    command: str  # SELECT, INSERT, UPDATE, DELETE, UTILITY ...
+    command: str  # SELECT, INSERT, UPDATE, DELETE, MERGE, UTILITY ...
     tables: tuple[str, ...]
-    keys: tuple[KeyRef, ...]
-    # Function-call arguments: parameters and constants that may carry an id or a region
-    # (the fallback for `SELECT enroll($1, $2)`-style calls that name no table).
-    arg_params: tuple[int, ...]
-    arg_values: tuple[Any, ...]
     changes_session_state: bool
     param_count: int
-    # Any other `column = $n` / `column = 'literal'` and INSERT values of *_id columns: a value
-    # there that is a georoute id routes even a table that is not configured ("a row id").
-    id_params: tuple[int, ...] = ()
-    id_values: tuple[Any, ...] = ()
-    # Shard-key columns an UPDATE (or an upsert's DO UPDATE) sets: the new value must stay on
-    # the row's shard. A KeyRef with neither param nor value was set to an expression.
-    assigned_keys: tuple[KeyRef, ...] = ()
-    # Tables the statement writes (INSERT/UPDATE/DELETE/MERGE targets, in CTEs too).
-    written_tables: tuple[str, ...] = ()
+    # Which sharded tables (and sharded functions) it touches and what confines each to a
+    # shard: routing.py binds the parameters to it (confinement.py).
+    confinement: Confinement = _NOTHING
+    # A write inside the statement that its status does not count (a writable CTE).
+    nested_write: bool = False
+
+    @property
+    def keys(self) -> tuple[KeyRef, ...]:
+        """Every shard-key value the statement compares a key column with, or writes."""
+        conf = self.confinement
+        pinned = (v for pin in conf.pins if not pin.loose for v in pin.values)
+        written = (k.key for row in conf.rows for k in row if k.key is not None)
+        return (*pinned, *written)
+
+    @property
+    def assigned_keys(self) -> tuple[KeyRef, ...]:
+        return self.confinement.assigned
 
     @property
     def read_only(self) -> bool:
@@ -150,7 +140,7 @@ def _transaction_scoped(stmt: Any) -> bool:
 def _local_set_config(fname: str, func: Any) -> bool:
     """set_config(name, value, true): local to the transaction."""
     args = func.args or ()
-    return fname == "set_config" and len(args) == 3 and _const_value(args[2]) is True
+    return fname == "set_config" and len(args) == 3 and const_value(args[2]) is True
 
 
 def _children(node: Any) -> Iterator[Any]:
@@ -172,46 +162,6 @@ def _walk(node: Any) -> Iterator[Any]:
         stack.extend(_children(item))
 
 
-def _const_value(node: Any) -> Any:
-    if isinstance(node, ast.TypeCast):  # '...'::uuid
-        return _const_value(node.arg)
-    if isinstance(node, ast.A_Const) and not node.isnull:
-        val = node.val
-        for attr in ("sval", "ival", "fval", "boolval"):
-            if hasattr(val, attr):
-                return getattr(val, attr)
-    return None
-
-
-def _param_number(node: Any) -> int | None:
-    if isinstance(node, ast.TypeCast):
-        return _param_number(node.arg)
-    if isinstance(node, ast.ParamRef):
-        return int(node.number)
-    return None
-
-
-def _collect(expr: Any, params: list[int], values: list[Any]) -> None:
-    """Note where a value that may carry a shard comes from: $n, or a text constant."""
-    param = _param_number(expr)
-    if param is not None:
-        params.append(param)
-        return
-    value = _const_value(expr)
-    if isinstance(value, str):
-        values.append(value)
-
-
-def _column_name(node: Any) -> tuple[str | None, str] | None:
-    """(qualifier or None, column) of a ColumnRef."""
-    if not isinstance(node, ast.ColumnRef) or not node.fields:
-        return None
-    names: list[str] = [f.sval for f in node.fields if isinstance(f, ast.String)]
-    if not names or len(names) != len(node.fields):
-        return None
-    return (names[-2] if len(names) > 1 else None, names[-1])
-
-
 class Classifier:
     """Analyzes SQL text against the configured sharded tables, with an LRU of results."""
 
@@ -221,11 +171,13 @@ class Classifier:
         read_only_functions: tuple[str, ...] | frozenset[str],
         cache_size: int = 4096,
         max_sql_bytes: int = 1024 * 1024,
+        sharded_functions: tuple[str, ...] | frozenset[str] = (),
     ) -> None:
         self._max_sql_bytes = max_sql_bytes
         self._tables = dict(tables)
         # Unquoted names, as PostgreSQL folds them: "count", or "myschema.get_course".
         self._read_only_functions = frozenset(f.lower() for f in read_only_functions)
+        self._sharded_functions = frozenset(f.lower() for f in sharded_functions)
         self._cache: OrderedDict[str, Analysis] = OrderedDict()
         self._cache_size = cache_size
         self.hits = 0
@@ -293,11 +245,10 @@ class Classifier:
             )
 
         tables: list[str] = []
-        aliases: dict[str, str] = {}
         funcs: list[Any] = []
         params: set[int] = set()
         write = False
-        written: list[str] = []
+        nested_write = False
         settings_view = False
         session = isinstance(stmt, _SESSION_STMTS) and not _transaction_scoped(stmt)
         node: Any
@@ -305,8 +256,6 @@ class Classifier:
             if isinstance(node, ast.RangeVar):
                 name = node.relname
                 tables.append(name)
-                if node.alias is not None:
-                    aliases[node.alias.aliasname] = name
                 # A temporary object, made with TEMP or in pg_temp (which is searched first:
                 # a temporary `users` would hide the real one from the next client).
                 schema = node.schemaname or ""
@@ -320,13 +269,11 @@ class Classifier:
                 params.add(int(node.number))
             elif type(node) in _WRITE_STMTS:
                 write = True
-                # An UPDATE/DELETE/MERGE inside a CTE: it must key its own table (routing.py).
-                if node is not stmt and node.relation is not None and not isinstance(
-                    node, ast.InsertStmt
-                ):  # fmt: skip
-                    written.append(node.relation.relname)
+                nested_write = nested_write or node is not stmt
             elif isinstance(node, ast.SelectStmt) and (node.lockingClause or node.intoClause):
                 write = True
+            if not session and _names_pg_temp(node):
+                session = True  # CREATE FUNCTION pg_temp.f, CREATE TYPE pg_temp.t, ...
 
         if isinstance(stmt, ast.SelectStmt):
             command = "SELECT"
@@ -352,148 +299,36 @@ class Classifier:
                     or qualified in self._read_only_functions):  # fmt: skip
                 write = True
 
-        keys, id_params, id_values = self._find_keys(stmt, tables, aliases)
-        arg_params: list[int] = []
-        arg_values: list[Any] = []
-        for func in funcs:
-            for arg in func.args or ():
-                _collect(arg, arg_params, arg_values)
-
         return Analysis(
             kind=StatementKind.WRITE if write else StatementKind.READ,
             command=command,
             tables=tuple(dict.fromkeys(tables)),
-            keys=tuple(keys),
-            arg_params=tuple(arg_params),
-            arg_values=tuple(arg_values),
-            id_params=tuple(id_params),
-            id_values=tuple(id_values),
             changes_session_state=session,
             param_count=max(params, default=0),
-            assigned_keys=tuple(self._assigned_keys(stmt)),
-            written_tables=tuple(dict.fromkeys(written)),
+            confinement=confinement(stmt, self._tables, self._sharded_function),
+            nested_write=nested_write,
         )
 
-    def _assigned_keys(self, stmt: Any) -> Iterator[KeyRef]:
-        """The shard-key columns `UPDATE ... SET` or `ON CONFLICT DO UPDATE SET` assigns."""
-        targets: Any = ()
-        if isinstance(stmt, ast.UpdateStmt):
-            targets = stmt.targetList or ()
-        elif isinstance(stmt, ast.InsertStmt) and stmt.onConflictClause is not None:
-            targets = stmt.onConflictClause.targetList or ()
-        if not targets or stmt.relation is None:
-            return
-        table = stmt.relation.relname
-        alias = stmt.relation.alias.aliasname if stmt.relation.alias is not None else table
-        target: Any
-        for target in targets:
-            kind = self._key_kind(table, target.name)
-            if kind is None:
-                continue
-            val = target.val
-            if isinstance(val, ast.MultiAssignRef):  # SET (a, b) = ($1, $2)
-                source = val.source
-                if not isinstance(source, ast.RowExpr):  # = (SELECT ...): an expression
-                    yield KeyRef(kind, target.name, table)
-                    continue
-                val = source.args[(val.colno or 1) - 1]
-            inner = val.arg if isinstance(val, ast.TypeCast) else val
-            if isinstance(inner, ast.SetToDefault) or (
-                isinstance(inner, ast.A_Const) and inner.isnull
-            ):  # fmt: skip
-                continue  # DEFAULT is made on this shard; NULL is the column's own business
-            name = _column_name(val)
-            if name is not None and name[1] == target.name and name[0] in (
-                None, "excluded", table, alias,
-            ):  # fmt: skip
-                continue  # SET region = region, or the upsert's own inserted value
-            param = _param_number(val)
-            value = None if param is not None else _const_value(val)
-            yield KeyRef(kind, target.name, table, param=param, value=value)
-
-    def _key_kind(self, table: str, column: str) -> KeyKind | None:
-        cfg = self._tables.get(table)
-        if cfg is None:
-            return None
-        if column == cfg.region_column:
-            return KeyKind.REGION
-        if column in cfg.id_columns:
-            return KeyKind.ID
+    def _sharded_function(self, call: Any) -> str | None:
+        """The name of a call's function when router.sharded_functions declares it. Matched by
+        its bare name in any schema too: a same-named function elsewhere is taken as sharded,
+        which can only make the router refuse, never answer from the wrong shard."""
+        names = [n.sval for n in call.funcname]
+        if names[-1] in self._sharded_functions or ".".join(names) in self._sharded_functions:
+            return ".".join(names)
         return None
 
-    def _ref(
-        self, col: Any, other: Any, tables: list[str], aliases: dict[str, str]
-    ) -> KeyRef | None:
-        name = _column_name(col)
-        if name is None:
-            return None
-        qualifier, column = name
-        candidates = [aliases.get(qualifier, qualifier)] if qualifier else tables
-        for table in candidates:
-            kind = self._key_kind(table, column)
-            if kind is None:
-                continue
-            param = _param_number(other)
-            if param is not None:
-                return KeyRef(kind, column, table, param=param)
-            value = _const_value(other)
-            if value is not None:
-                return KeyRef(kind, column, table, value=value)
-        return None
 
-    def _find_keys(
-        self, stmt: Any, tables: list[str], aliases: dict[str, str]
-    ) -> tuple[list[KeyRef], list[int], list[Any]]:
-        keys: list[KeyRef] = []
-        id_params: list[int] = []
-        id_values: list[Any] = []
-
-        def loose(expr: Any) -> None:
-            _collect(expr, id_params, id_values)
-
-        # INSERT ... (cols) VALUES (one row): the values of shard-key columns.
-        if isinstance(stmt, ast.InsertStmt) and stmt.relation is not None:
-            select: Any = stmt.selectStmt
-            rows = getattr(select, "valuesLists", None) if select is not None else None
-            if stmt.cols and rows and len(rows) == 1:
-                table = stmt.relation.relname
-                target: Any
-                for target, expr in zip(stmt.cols, rows[0], strict=False):
-                    kind = self._key_kind(table, target.name)
-                    if kind is None:
-                        if target.name == "id" or target.name.endswith("_id"):
-                            loose(expr)
-                        continue
-                    param = _param_number(expr)
-                    value = None if param is not None else _const_value(expr)
-                    if param is not None or value is not None:
-                        keys.append(KeyRef(kind, target.name, table, param=param, value=value))
-        # Equalities in the top-level AND of every WHERE clause (an OR decides nothing).
-        for node in _walk(stmt):
-            where = getattr(node, "whereClause", None) if isinstance(node, ast.Node) else None
-            if where is None:
-                continue
-            conj: Any
-            for conj in _conjuncts(where):
-                if not isinstance(conj, ast.A_Expr) or conj.kind != A_Expr_Kind.AEXPR_OP:
-                    continue
-                if [n.sval for n in conj.name] != ["="]:
-                    continue
-                ref = self._ref(conj.lexpr, conj.rexpr, tables, aliases) or self._ref(
-                    conj.rexpr, conj.lexpr, tables, aliases
-                )
-                if ref is not None:
-                    keys.append(ref)
-                elif isinstance(conj.lexpr, ast.ColumnRef):
-                    loose(conj.rexpr)
-                elif isinstance(conj.rexpr, ast.ColumnRef):
-                    loose(conj.lexpr)
-        return keys, id_params, id_values
-
-
-def _conjuncts(expr: Any) -> Iterator[Any]:
-    if isinstance(expr, ast.BoolExpr) and expr.boolop == BoolExprType.AND_EXPR:
-        for arg in expr.args:
-            yield from _conjuncts(arg)
-    else:
-        yield expr
+def _names_pg_temp(node: Any) -> bool:
+    """A qualified name in the pg_temp schema (a function, type, domain, operator ...), which is
+    searched before the others: another client would resolve the bare name to this object."""
+    for slot in node.__slots__:
+        names = getattr(node, slot, None)
+        if not isinstance(names, (list, tuple)):
+            continue
+        if isinstance(names[0], (list, tuple)) and names[0]:  # DROP ... objects: lists of names
+            names = names[0]
+        if (len(names) >= 2 and isinstance(names[0], ast.String)
+                and str(names[0].sval).lower().startswith("pg_temp")):  # fmt: skip
+            return True
+    return False

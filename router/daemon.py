@@ -74,7 +74,8 @@ def _hosts_of(uri: str) -> str:
 
 def _classifier(config: Config) -> Classifier:
     r = config.router
-    return Classifier(config.tables, r.read_only_functions, r.parse_cache_size, r.max_sql_bytes)
+    return Classifier(config.tables, r.read_only_functions, r.parse_cache_size, r.max_sql_bytes,
+                      r.sharded_functions)
 
 
 class RouterNode:

@@ -28,16 +28,17 @@ from router.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.routing import (
     Consistency,
     CrossShardError,
+    MissingShardKeyError,
     Role,
     RoutingError,
     Target,
     UnknownShardError,
-    check_assignments,
+    check_writes,
     choose_replica,
     decide_role,
-    keyed_shard,
     resolve_shards,
     shard_of_value,
+    statement_shard,
 )
 from router.session import Session
 from router.topology import NodeState, ShardState, Topology
@@ -393,19 +394,9 @@ class Executor:
             tx = session.get(hints.tx)
             last = await self.transactions.statements(session, tx, statements, hints)
             return Outcome([], [], last.status, last.shard, last.node, last.role)
-        first_sql, first_params = statements[0]
-        _, target = self.target_for(first_sql, first_params, hints)
-        for analysis, (_, params) in zip(analyses[1:], statements[1:], strict=True):
-            # Every statement must belong to the batch's shard (a hint covers the batch),
-            # wherever its key comes from; one without any runs there.
-            check_assignments(analysis, params, target.shard, self.config)
-            other = None if hints.shard is not None else keyed_shard(analysis, params, self.config)
-            if other is not None and other != target.shard:
-                raise CrossShardError(
-                    f"batch mixes shards {target.shard} and {other}; "
-                    "two-phase commit across shards is not supported yet"
-                )
-        shard = self._shard(target.shard)
+        shard_name = self._batch_shard(analyses, statements, hints)
+        first_sql = statements[0][0]
+        shard = self._shard(shard_name)
         node = shard.primary
         backend = await self.acquire(node)
         if any(analysis.changes_session_state for analysis in analyses):
@@ -439,6 +430,36 @@ class Executor:
         node.pool.release(backend)
         token = await self.token(session, shard)
         return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY, token)
+
+    def _batch_shard(self, analyses: Sequence[Analysis],
+                     statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints) -> str:
+        """The one shard a batch runs on: its hint, or the shard every statement that touches
+        sharded data is confined to (one without any, `SELECT 1`, runs there too). With a
+        hint, every statement's written rows are still checked against it."""
+        hint = hints.shard
+        if hint is None and hints.shard_key is not None:
+            hint = self.shard_for_key(hints.shard_key)
+        if hint is not None:
+            for analysis, (_, params) in zip(analyses, statements, strict=True):
+                resolve_shards(analysis, params, hint, self.config)
+            return hint
+        shards: dict[str, int] = {}
+        for number, (analysis, (_, params)) in enumerate(
+            zip(analyses, statements, strict=True), 1
+        ):
+            shard = statement_shard(analysis, params, self.config)
+            if shard is not None:
+                shards.setdefault(shard, number)
+        if len(shards) > 1:
+            detail = ", ".join(f"statement {n} -> {s}" for s, n in shards.items())
+            raise CrossShardError(
+                f"batch mixes shards ({detail}); two-phase commit is not supported yet")
+        if not shards:
+            raise MissingShardKeyError(["a shard hint (no statement of the batch names a shard)"])
+        shard = next(iter(shards))
+        for analysis, (_, params) in zip(analyses, statements, strict=True):
+            check_writes(analysis, params, shard, self.config)
+        return shard
 
     def topology_snapshot(self) -> dict[str, Any]:
         return self.topology.snapshot()

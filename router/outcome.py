@@ -60,7 +60,9 @@ class Outcome:
 
 
 def rows_changed(analysis: Analysis, status: str) -> bool:
-    """False for a DML statement that reported 0 rows (no WAL to wait for)."""
-    if analysis.command in ("INSERT", "UPDATE", "DELETE", "MERGE"):
+    """False for a DML statement that reported 0 rows (no WAL to wait for). A statement with
+    a write its status does not count (`WITH a AS (INSERT ...) UPDATE ...` says UPDATE 0)
+    may have changed rows all the same."""
+    if analysis.command in ("INSERT", "UPDATE", "DELETE", "MERGE") and not analysis.nested_write:
         return not status.endswith(" 0")
     return True

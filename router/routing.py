@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from router.classify import Analysis, KeyKind
+from router.classify import Analysis
 from router.config import Config
+from router.confinement import Confinement, KeyKind, KeyRef, Pin
 from router.ids import shard_number_of
 
 __all__ = [
@@ -26,10 +27,15 @@ __all__ = [
     "RoutingError",
     "Target",
     "UnknownShardError",
+    "check_assignments",
+    "check_writes",
     "choose_replica",
     "decide_role",
+    "keyed_shard",
+    "named_shards",
     "resolve_shards",
     "shard_of_value",
+    "statement_shard",
 ]
 
 
@@ -42,14 +48,15 @@ class MissingShardKeyError(RoutingError):
     table and its first shard-key column, when there is one (the protocol's error detail)."""
 
     def __init__(
-        self, wanted: Sequence[str], table: str | None = None, key: str | None = None
+        self, wanted: Sequence[str], table: str | None = None, key: str | None = None,
+        scope: str = "",
     ) -> None:
         self.wanted = tuple(wanted)
         self.table = table
         self.key = key
         super().__init__(
-            "no shard key in the statement: give a shard hint or an equality on "
-            + "; ".join(self.wanted)
+            "no shard key confines the statement to one shard: give a shard hint or an "
+            "equality on " + "; ".join(self.wanted) + scope
         )
 
 
@@ -114,56 +121,187 @@ def _param(params: Sequence[Any], number: int) -> Any:
     return params[number - 1]
 
 
+def _key_value(key: KeyRef, params: Sequence[Any]) -> Any:
+    return key.value if key.param is None else _param(params, key.param)
+
+
+def _pin_shards(pin: Pin, params: Sequence[Any], config: Config) -> frozenset[str] | None:
+    """The shards a pin allows, or None when it decides nothing (a value that names no shard:
+    NULL, a uuid that is not a georoute id, a function argument that is neither)."""
+    found: set[str] = set()
+    for key in pin.values:
+        raw = _key_value(key, params)
+        if key.array:
+            if not isinstance(raw, (list, tuple)) or not raw:
+                return None
+            items: Sequence[Any] = raw
+        else:
+            items = (raw,)
+        for value in items:
+            if pin.loose:  # a sharded function's argument: ids and region names count
+                shard = shard_of_value(value, config)
+                if shard is not None:
+                    found.add(shard)
+                continue
+            shard = None if value is None else _shard_of_value(key.kind, value, config)
+            if shard is None:
+                return None
+            found.add(shard)
+    return frozenset(found) or None
+
+
+def _describe(conf: Confinement, ref: int) -> str:
+    return conf.refs[ref].table
+
+
+def _confine(
+    conf: Confinement, params: Sequence[Any], config: Config
+) -> list[frozenset[str] | None]:
+    """The shards each reference is confined to, None where nothing confines it."""
+    found: list[frozenset[str] | None] = [None] * len(conf.refs)
+    for pin in conf.pins:
+        shards = _pin_shards(pin, params, config)
+        if shards is None:
+            continue
+        before = found[pin.ref]
+        found[pin.ref] = shards if before is None else before & shards
+    changed = bool(conf.edges)
+    while changed:  # sets only shrink, or go from None to a set: this ends
+        changed = False
+        for edge in conf.edges:
+            source = found[edge.source]
+            if source is None:
+                continue
+            before = found[edge.target]
+            after = source if before is None else before & source
+            if after != before:
+                found[edge.target] = after
+                changed = True
+    for ref, shards in enumerate(found):
+        if shards is not None and not shards:
+            raise CrossShardError(
+                f"the statement's keys name different shards for {_describe(conf, ref)}, so no "
+                "row could match them all; send one statement per shard")  # fmt: skip
+    return found
+
+
+def _row_shards(
+    conf: Confinement, found: list[frozenset[str] | None], params: Sequence[Any], config: Config
+) -> set[str]:
+    """The shards the rows written name by their own keys. A key set to an expression, or to a
+    reference's key where that reference spans several shards, cannot be checked: refused."""
+    if conf.unchecked is not None:
+        raise CrossShardError(conf.unchecked)
+    shards: set[str] = set()
+    for row in conf.rows:
+        named: set[str] = set()
+        for key in row:
+            where = f"{key.table}.{key.column}"
+            if key.key is not None:
+                value = _key_value(key.key, params)
+                shard = None if value is None else _shard_of_value(key.kind, value, config)
+                if shard is not None:
+                    named.add(shard)
+            elif key.ref is not None and found[key.ref] is not None:
+                named |= found[key.ref] or set()
+            elif key.ref is None:
+                raise CrossShardError(
+                    f"the statement writes {where} as an expression; write it as a parameter "
+                    "or a constant, so the router can check the row's shard")
+        if len(named) > 1:
+            raise CrossShardError(
+                f"a row written to {row[0].table} names several shards by its keys "
+                f"({', '.join(sorted(named))}); a row lives on one shard")  # fmt: skip
+        shards |= named
+    return shards
+
+
+def _unconfined(conf: Confinement, found: list[frozenset[str] | None],
+                config: Config) -> MissingShardKeyError:  # fmt: skip
+    """The error for references nothing confines: it names each and what would."""
+    wanted: list[str] = []
+    first: tuple[str, str] | None = None
+    for ref, shards in enumerate(found):
+        if shards is not None:
+            continue
+        name = conf.refs[ref].table
+        if conf.refs[ref].function:
+            text = f"{name} (a sharded function: an id or a region among its arguments)"
+        else:
+            cfg = config.tables[name]
+            cols = ([cfg.region_column] if cfg.region_column else []) + list(cfg.id_columns)
+            text = f"{name}.{' or '.join(cols)}"
+            first = first or (name, cols[0])
+        if text not in wanted:
+            wanted.append(text)
+    table, key = first or (None, None)
+    return MissingShardKeyError(
+        wanted, table, key,
+        scope=" in the scope of every reference to a sharded table (each subquery, CTE and "
+              "UNION branch is a scope of its own; an equality under OR or NOT confines "
+              "nothing)")  # fmt: skip
+
+
+def named_shards(analysis: Analysis, params: Sequence[Any], config: Config,
+                 *, strict: bool) -> set[str]:  # fmt: skip
+    """The shards the statement's own keys name (pins, joins, written rows). `strict`: every
+    sharded reference must be confined (else MissingShardKeyError). Contradictory keys and
+    rows that cannot be checked raise CrossShardError."""
+    conf = analysis.confinement
+    found = _confine(conf, params, config) if conf.refs else []
+    if strict and any(shards is None for shards in found):
+        raise _unconfined(conf, found, config)
+    shards: set[str] = set()
+    for ref_shards in found:
+        if ref_shards is not None:
+            shards |= ref_shards
+    if conf.rows or conf.unchecked is not None:
+        shards |= _row_shards(conf, found, params, config)
+    return shards
+
+
+def _one(shards: set[str], what: str) -> str:
+    if len(shards) > 1:
+        raise CrossShardError(
+            f"{what} spans shards {', '.join(sorted(shards))}; cross-shard statements are not "
+            "supported yet: send one per shard, or give a shard hint to ask one shard")  # fmt: skip
+    return next(iter(shards))
+
+
 def keyed_shard(analysis: Analysis, params: Sequence[Any], config: Config) -> str | None:
-    """The shard the statement's own values name: a shard key, else an id or region among a
-    function's arguments, else a georoute id compared with any column. None when there is
-    none; CrossShardError when they name several."""
-    found: dict[str, Any] = {}  # shard -> where it came from (a key, or a description)
-    for key in analysis.keys:
-        value = key.value if key.param is None else _param(params, key.param)
-        if value is None:
-            continue
-        shard = _shard_of_value(key.kind, value, config)
-        if shard is not None and shard not in found:
-            found[shard] = key
-    if not found:
-        # A call like SELECT enroll($1, $2): an argument that is an id or a region name.
-        candidates = [_param(params, p) for p in analysis.arg_params] + list(analysis.arg_values)
-        for value in candidates:
-            shard = shard_of_value(value, config)
-            if shard is not None:
-                found.setdefault(shard, "function argument")
-    if not found:
-        # "A row id": an equality on any column with a georoute id, even in an unlisted table.
-        loose = [_param(params, p) for p in analysis.id_params] + list(analysis.id_values)
-        for value in loose:
-            shard = shard_of_value(value, config, regions=False)  # ids only: any column
-            if shard is not None:
-                found.setdefault(shard, "row id")
-    if len(found) > 1:
-        detail = ", ".join(
-            f"{src if isinstance(src, str) else f'{src.table}.{src.column}'} -> {shard}"
-            for shard, src in found.items()
-        )
-        raise CrossShardError(f"statement names several shards ({detail}); cross-shard "
-                              "statements are not supported yet, send one per shard")
-    return next(iter(found), None)
+    """The one shard the statement's own keys name, ignoring references nothing confines
+    (inside a transaction or under a hint, which say the shard themselves); None when they
+    name none; CrossShardError when they name several."""
+    shards = named_shards(analysis, params, config, strict=False)
+    return _one(shards, "the statement") if shards else None
 
 
-def _check_written_tables(analysis: Analysis, config: Config) -> None:
-    """A sharded table updated or deleted from inside a CTE must be keyed in the statement:
-    a key of another table (`WITH x AS (DELETE FROM payments ...) SELECT ... FROM users
-    WHERE user_id = $1`) says nothing of which of its rows are meant, and the write would
-    silently cover one shard of them. (A top-level UPDATE ... FROM or DELETE ... USING is
-    keyed through its join, and an INSERT writes the rows it is given.)"""
-    keyed = {key.table for key in analysis.keys}
-    for table in analysis.written_tables:
-        cfg = config.tables.get(table)
-        if cfg is None or table in keyed:
-            continue
-        cols = ([cfg.region_column] if cfg.region_column else []) + list(cfg.id_columns)
-        raise MissingShardKeyError([f"{table}.{' or '.join(cols)} (the table it writes)"],
-                                   table, cols[0])  # fmt: skip
+def statement_shard(analysis: Analysis, params: Sequence[Any], config: Config) -> str | None:
+    """The one shard the statement is confined to, with every sharded table it touches
+    confined there; None when it touches no sharded data (a reference table, no table)."""
+    shards = named_shards(analysis, params, config, strict=True)
+    if shards:
+        return _one(shards, "the statement")
+    if analysis.confinement.rows:  # rows whose keys are all made on the shard: which shard?
+        table = analysis.confinement.rows[0][0].table if analysis.confinement.rows[0] else None
+        raise MissingShardKeyError([f"{table or 'the written table'}'s shard key, "
+                                    "or a shard hint"], table)  # fmt: skip
+    return None
+
+
+def check_writes(analysis: Analysis, params: Sequence[Any], shard: str,
+                 config: Config) -> None:  # fmt: skip
+    """Rows a statement running on `shard` writes stay on `shard`: the rows it inserts name it
+    (or no shard) by their keys, and an UPDATE sets a shard key only to a value of it."""
+    conf = analysis.confinement
+    if conf.rows or conf.unchecked is not None:
+        found = _confine(conf, params, config) if conf.refs else []
+        for other in _row_shards(conf, found, params, config):
+            if other != shard:
+                raise CrossShardError(
+                    f"the statement runs on shard {shard} but writes a row whose key names "
+                    f"{other}; a row must be written on its own shard")  # fmt: skip
+    check_assignments(analysis, params, shard, config)
 
 
 def check_assignments(analysis: Analysis, params: Sequence[Any], shard: str,
@@ -192,39 +330,37 @@ def check_assignments(analysis: Analysis, params: Sequence[Any], shard: str,
 def resolve_shards(
     analysis: Analysis, params: Sequence[Any], hint: str | None, config: Config
 ) -> Target:
-    """The shard(s) a statement must run on. A hint wins; else its shard key; else an error."""
+    """The shard a statement must run on. A hint wins (the rows it writes are still checked
+    against it); else the one shard every sharded table it touches is confined to; else an
+    error that says why (README, "How a request is routed")."""
     write = not analysis.read_only
     if hint is not None:
         if hint not in config.shards:
             known = ", ".join(config.shards)
             raise UnknownShardError(f"shard hint {hint!r} is not a shard ({known})", hint)
-        if analysis.assigned_keys:
-            check_assignments(analysis, params, hint, config)
+        if write:
+            check_writes(analysis, params, hint, config)
         return Target((hint,), write)
-    shard = keyed_shard(analysis, params, config)
-    if shard is not None:
-        if analysis.written_tables or analysis.assigned_keys:  # not on a read's hot path
-            _check_written_tables(analysis, config)
-            check_assignments(analysis, params, shard, config)
-        return Target((shard,), write)
-
-    sharded = [t for t in analysis.tables if t in config.tables]
-    if not sharded and not write:
+    conf = analysis.confinement
+    if (len(conf.refs) == 1 and len(conf.pins) == 1 and not conf.rows and not conf.edges
+            and conf.unchecked is None):  # fmt: skip
+        shards = _pin_shards(conf.pins[0], params, config)  # the point read or write
+        if shards is not None and len(shards) == 1:
+            shard = next(iter(shards))
+            if conf.assigned:
+                check_assignments(analysis, params, shard, config)
+            return Target((shard,), write)
+    confined = statement_shard(analysis, params, config)
+    if confined is not None:
+        if write:
+            check_writes(analysis, params, confined, config)
+        return Target((confined,), write)
+    if not write:
         # Only reference tables (identical everywhere) or no table at all: any shard will do.
         return Target((next(iter(config.shards)),), write)
-    wanted = []
-    first: tuple[str, str] | None = None
-    for table in sharded or analysis.tables:
-        cfg = config.tables.get(table)
-        if cfg is None:
-            wanted.append(f"{table} (a reference table: writes need a shard hint)")
-            continue
-        cols = ([cfg.region_column] if cfg.region_column else []) + list(cfg.id_columns)
-        wanted.append(f"{table}.{' or '.join(cols)}")
-        first = first or (table, cols[0])
-    if not wanted:
-        wanted.append("a shard hint (the statement names no sharded table)")
-    raise MissingShardKeyError(wanted, *(first or (None, None)))
+    others = [t for t in analysis.tables if t not in config.tables]
+    wanted = [f"{t} (a reference table: writes need a shard hint)" for t in others[:1]]
+    raise MissingShardKeyError(wanted or ["a shard hint (the statement names no sharded table)"])
 
 
 class NodeView(Protocol):

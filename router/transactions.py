@@ -17,7 +17,7 @@ from router.routing import (
     CrossShardError,
     MissingShardKeyError,
     UnknownShardError,
-    check_assignments,
+    check_writes,
     keyed_shard,
     resolve_shards,
 )
@@ -46,8 +46,9 @@ class Transactions:
 
     def _check_shard(self, tx: Transaction, analysis: Analysis, params: Sequence[Any],
                      hints: Hints) -> None:  # fmt: skip
-        """A statement inside `tx` must be for its shard, wherever its key comes from (a
-        column, an id among its values, a function argument); one without any runs there."""
+        """A statement inside `tx` runs on its shard, which the transaction named when it began
+        (as a hint does): it must not name another shard by its keys, and the rows it writes
+        must belong to the transaction's shard."""
         config = self._executor.config
         if hints.shard is not None:
             shard: str | None = resolve_shards(analysis, params, hints.shard, config).shard
@@ -57,7 +58,7 @@ class Transactions:
             raise CrossShardError(
                 f"transaction {tx.id} is on shard {tx.shard}; this statement is for {shard}"
             )
-        check_assignments(analysis, params, tx.shard, config)
+        check_writes(analysis, params, tx.shard, config)
 
     async def statement(
         self, session: Session, tx: Transaction, sql: str, params: Sequence[Any], hints: Hints

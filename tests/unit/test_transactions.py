@@ -76,7 +76,8 @@ def _transactions(idle_timeout: float = 60.0, acquire_yields: bool = True
 
     executor = types.SimpleNamespace(
         config=config, acquire=acquire, token=token,
-        classifier=Classifier(config.tables, config.router.read_only_functions),
+        classifier=Classifier(config.tables, config.router.read_only_functions,
+                              sharded_functions=config.router.sharded_functions),
         topology=types.SimpleNamespace(shards={s: types.SimpleNamespace(primary=node)
                                                for s in config.shards}),
     )  # fmt: skip
@@ -144,8 +145,9 @@ async def test_a_busy_transaction_is_not_rolled_back_for_idleness() -> None:
 
 
 @pytest.mark.parametrize("sql", [
-    "UPDATE unconfigured SET x = 1 WHERE thing_id = $1",  # a row id in an unconfigured table
-    "SELECT enroll($1, $1)",  # a function argument
+    "UPDATE users SET city = 'x' WHERE user_id = $1",  # a shard key
+    "INSERT INTO enrollments (user_id, course_id) VALUES ($1, $1)",  # a row written
+    "SELECT enroll($1, $1)",  # a sharded function's argument
 ])  # fmt: skip
 async def test_a_statement_for_another_shard_is_refused_inside_a_transaction(sql: str) -> None:
     transactions, log, _ = _transactions()

@@ -1,0 +1,205 @@
+"""Routing against the truth: issue #12's statements through the router, each compared with
+what every shard's primary says when asked directly. A statement either gets the answer one
+database holding all the rows would give, or is refused; a write never changes a subset of its
+rows; every row lands on the shard its own key names."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+
+import client
+from router.config import Config
+from router.db.connect import connect_node
+from tests.integration.conftest import Catalogue, unique, wait_until
+from tests.support.router_proc import REGIONS
+
+
+@dataclass
+class World:
+    """Three users with the same name, one per shard, and an audit row per shard."""
+
+    name: str
+    users: dict[str, uuid.UUID]
+    audits: dict[str, uuid.UUID]
+    entity: str
+    course: uuid.UUID  # a europe course
+    primaries: dict[str, asyncpg.Connection]
+
+    async def on_each(self, sql: str, *params: Any) -> dict[str, list[asyncpg.Record]]:
+        return {r: await c.fetch(sql, *params) for r, c in self.primaries.items()}
+
+
+@pytest.fixture
+async def world(migrated: Config) -> AsyncIterator[World]:
+    primaries = {r: await connect_node(migrated, migrated.shards[r].primary) for r in REGIONS}
+    try:
+        name, entity = unique("Truth "), unique("entity-")
+        users: dict[str, uuid.UUID] = {}
+        audits: dict[str, uuid.UUID] = {}
+        for region, conn in primaries.items():
+            users[region] = await conn.fetchval(
+                "INSERT INTO users (email, full_name, home_region, country, city) "
+                "VALUES ($1, $2, $3, $4, 'Town') RETURNING user_id",
+                f"{unique('t')}@example.com", name, region,
+                "DE" if region == "europe" else "US")  # fmt: skip
+            audits[region] = await conn.fetchval(
+                "INSERT INTO audit_log (action, entity) VALUES ($1, $2) RETURNING audit_id",
+                str(users["north_america"]), entity)  # fmt: skip
+        course = (await Catalogue(primaries["europe"], "europe").course(lessons=1)).course_id
+        yield World(name, users, audits, entity, course, primaries)
+    finally:
+        for conn in primaries.values():
+            await conn.close()
+
+
+def total(rows: dict[str, list[asyncpg.Record]], shards: Sequence[str]) -> int:
+    return sum(int(rows[s][0][0]) for s in shards)
+
+
+def concat(rows: dict[str, list[asyncpg.Record]], shards: Sequence[str]) -> list[Any]:
+    return sorted(tuple(r) for s in shards for r in rows[s])
+
+
+Combine = Callable[[dict[str, list[asyncpg.Record]], Sequence[str]], Any]
+READS: list[tuple[str, Callable[[World], list[Any]], Combine]] = [
+    ("SELECT count(*) FROM users WHERE full_name = $2 AND created_at >= "
+     "(SELECT created_at FROM users WHERE user_id = $1)",
+     lambda w: [w.users["north_america"], w.name], total),
+    ("SELECT user_id FROM users WHERE user_id = $1 UNION ALL "
+     "SELECT user_id FROM users WHERE full_name = $2",
+     lambda w: [w.users["europe"], w.name], concat),
+    ("SELECT user_id FROM users WHERE full_name = $2 AND (country = 'US' OR user_id IN "
+     "(SELECT user_id FROM users WHERE user_id = $1))",
+     lambda w: [w.users["europe"], w.name], concat),
+    ("SELECT count(*) FROM users u WHERE u.full_name = $2 AND NOT EXISTS "
+     "(SELECT 1 FROM enrollments e WHERE e.user_id = $1)",
+     lambda w: [w.users["europe"], w.name], total),
+    ("SELECT count(*) FROM users WHERE full_name = $2 AND home_region <> lower($1)",
+     lambda w: ["EUROPE", w.name], total),
+    ("SELECT count(*) FROM audit_log WHERE action = $1",  # text shaped like an id
+     lambda w: [str(w.users["north_america"])], total),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sql", "params", "combine"), READS)
+async def test_reads_a_key_does_not_confine_are_refused_not_answered_from_one_shard(
+    db: client.Client, world: World, sql: str, params: Callable[[World], list[Any]],
+    combine: Combine,
+) -> None:
+    args = params(world)
+    per_shard = await world.on_each(sql, *args)
+    truth = combine(per_shard, REGIONS)
+    # What the router used to answer (one shard's rows) is not the truth ...
+    assert any(combine(per_shard, [s]) != truth for s in REGIONS)
+    # ... so it must refuse, saying what would confine the statement.
+    with pytest.raises(client.MissingShardKeyError, match="no shard key confines"):
+        await db.fetch(sql, *args)
+
+
+async def test_a_confined_read_equals_the_truth(db: client.Client, world: World) -> None:
+    sql = ("SELECT u.user_id, u.full_name FROM users u WHERE u.user_id = $1 AND NOT EXISTS "
+           "(SELECT 1 FROM enrollments e WHERE e.user_id = u.user_id)")  # fmt: skip
+    for region in REGIONS:
+        user = world.users[region]
+        truth = concat(await world.on_each(sql, user), REGIONS)
+        assert truth == [(user, world.name)]
+        answer = await db.fetch(sql, user, consistency="strong")
+        assert sorted(tuple(r) for r in answer) == truth
+
+
+async def snapshot(world: World) -> dict[str, list[Any]]:
+    users = await world.on_each("SELECT user_id, city FROM users WHERE full_name = $1 "
+                                "ORDER BY 1", world.name)  # fmt: skip
+    audits = await world.on_each("SELECT audit_id, region, action, details::text FROM audit_log "
+                                 "WHERE entity = $1 ORDER BY 1", world.entity)  # fmt: skip
+    return {r: [*map(tuple, users[r]), *map(tuple, audits[r])] for r in REGIONS}
+
+
+WRITES: list[tuple[str, Callable[[World], list[Any]], dict[str, Any]]] = [
+    ("UPDATE users SET city = 'changed' WHERE full_name = $2 AND EXISTS "
+     "(SELECT 1 FROM courses WHERE course_id = $1)", lambda w: [w.course, w.name], {}),
+    ("UPDATE users SET city = 'changed' WHERE full_name = $2 AND home_region <> lower($1)",
+     lambda w: ["europe", w.name], {}),
+    ("WITH u AS (UPDATE audit_log SET details = '{\"x\": 1}' WHERE entity = $2 RETURNING 1) "
+     "SELECT count(*) FROM audit_log WHERE region = $1", lambda w: ["europe", w.entity], {}),
+    ("MERGE INTO audit_log a USING (SELECT 1) s ON a.audit_id = $1 "
+     "WHEN MATCHED THEN UPDATE SET region = 'asia'", lambda w: [w.audits["europe"]], {}),
+    ("INSERT INTO audit_log (region, action, entity) "
+     "SELECT 'asia', 'copied', entity FROM audit_log WHERE audit_id = $1",
+     lambda w: [w.audits["europe"]], {}),
+    ("WITH n AS (INSERT INTO audit_log (region, action, entity) VALUES ('asia', 'cte', $2) "
+     "RETURNING 1) SELECT * FROM users WHERE user_id = $1",
+     lambda w: [w.users["europe"], w.entity], {}),
+    ("MERGE INTO audit_log a USING (SELECT 1) s ON a.audit_id = $1 WHEN NOT MATCHED THEN "
+     "INSERT (region, action, entity) VALUES ('asia', 'merged', $2)",
+     lambda w: [uuid.uuid4(), w.entity], {"shard": "europe"}),
+    # A hint that contradicts the row's own region.
+    ("INSERT INTO audit_log (region, action, entity) VALUES ('asia', 'hinted', $1)",
+     lambda w: [w.entity], {"shard": "europe"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sql", "params", "hints"), WRITES)
+async def test_writes_that_would_touch_part_of_their_rows_or_misplace_one_are_refused(
+    db: client.Client, world: World, sql: str, params: Callable[[World], list[Any]],
+    hints: dict[str, Any],
+) -> None:
+    before = await snapshot(world)
+    with pytest.raises((client.MissingShardKeyError, client.CrossShardError)):
+        await db.execute(sql, *params(world), **hints)
+    assert await snapshot(world) == before  # not one row changed, on any shard
+
+
+async def test_a_reference_table_write_keyed_by_an_id_needs_a_hint(
+    db: client.Client, world: World
+) -> None:
+    category = await world.primaries["europe"].fetchval("SELECT category_id FROM courses "
+                                                        "WHERE course_id = $1", world.course)
+    with pytest.raises(client.MissingShardKeyError, match="categories"):
+        await db.execute("UPDATE categories SET name = $2 WHERE category_id = $1",
+                         category, "renamed")  # fmt: skip
+    names = await world.on_each("SELECT name FROM categories WHERE category_id = $1", category)
+    assert all(row[0] != "renamed" for rows in names.values() for row in rows)
+
+
+async def test_rows_land_on_the_shard_their_key_names(db: client.Client, world: World) -> None:
+    for region in REGIONS:
+        await db.execute("INSERT INTO audit_log (region, action, entity) VALUES ($1, 'placed', $2)",
+                         region, world.entity)  # fmt: skip
+    placed = await world.on_each("SELECT region FROM audit_log WHERE entity = $1 AND "
+                                 "action = 'placed'", world.entity)  # fmt: skip
+    assert {r: [row[0] for row in rows] for r, rows in placed.items()} == {r: [r] for r in REGIONS}
+
+
+async def test_a_write_inside_a_cte_gives_a_read_your_writes_token(
+    db: client.Client, world: World, migrated: Config
+) -> None:
+    """`WITH a AS (INSERT ...) UPDATE ...` reports UPDATE 0, yet it wrote: the session's next
+    read must see the row. With the europe replica's replay paused, a read the router sent
+    there would not; with the token it goes to the primary."""
+    replica = await connect_node(migrated, migrated.shards["europe"].replicas[0])
+    try:
+        await replica.execute("SELECT pg_wal_replay_pause()")
+
+        async def paused() -> bool:
+            return bool(await replica.fetchval("SELECT pg_get_wal_replay_pause_state() = "
+                                               "'paused'"))  # fmt: skip
+
+        await wait_until(paused, what="replay paused on the europe replica")
+        status = await db.execute(
+            "WITH a AS (INSERT INTO audit_log (region, action, entity) VALUES ('europe', 'cte', $2) "
+            "RETURNING 1) UPDATE users SET city = city WHERE user_id = $1 AND false",
+            world.users["europe"], world.entity)  # fmt: skip
+        assert status == "UPDATE 0"
+        seen = await db.fetchval("SELECT count(*) FROM audit_log WHERE region = 'europe' "
+                                 "AND entity = $1 AND action = 'cte'", world.entity)  # fmt: skip
+        assert seen == 1
+    finally:
+        await replica.execute("SELECT pg_wal_replay_resume()")
+        await replica.close()

@@ -1,0 +1,332 @@
+"""The confinement rule, pure: a statement goes to one shard only when every sharded table it
+reads or writes is confined to that shard (router/confinement.py, routing.resolve_shards).
+
+The cases are issue #12's, each once answered from one shard as if it were all of them (or a
+write applied to a third of its rows); the property tests nest subqueries, EXISTS, UNION
+branches, CTEs and joins at random, with keys in and out of each reference's scope."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.classify import Classifier
+from router.config import load_config
+from router.ids import new_id
+from router.routing import (
+    CrossShardError,
+    MissingShardKeyError,
+    RoutingError,
+    Target,
+    keyed_shard,
+    resolve_shards,
+)
+
+CONFIG = load_config(Path(__file__).resolve().parents[2] / "router.toml")
+SHARDS = tuple(CONFIG.shards)
+ID = {name: new_id(CONFIG.shards[name].number, now_ms=1, rand=bytes(9)) for name in SHARDS}
+EU, ASIA = ID["europe"], ID["asia"]
+CLASSIFIER = Classifier(CONFIG.tables, CONFIG.router.read_only_functions, cache_size=64,
+                        sharded_functions=CONFIG.router.sharded_functions)  # fmt: skip
+
+
+def route(sql: str, *params: object, hint: str | None = None) -> Target:
+    return resolve_shards(CLASSIFIER.analyze(sql), list(params), hint, CONFIG)
+
+
+# ---- issue #12's cases: each was routed to one shard; each must be refused -----------------
+
+UNCONFINED = [
+    # A key in a subquery's scope says nothing of the outer scan.
+    ("SELECT count(*) FROM users WHERE full_name = $2 AND created_at >= "
+     "(SELECT created_at FROM users WHERE user_id = $1)", [EU, "x"]),
+    ("SELECT user_id FROM users WHERE user_id = $1 UNION ALL "
+     "SELECT user_id FROM users WHERE full_name = $2", [EU, "x"]),
+    ("SELECT * FROM users WHERE full_name = $2 AND (country = 'US' OR user_id IN "
+     "(SELECT user_id FROM users WHERE user_id = $1))", [EU, "x"]),
+    ("SELECT * FROM users u WHERE u.full_name = $2 AND NOT EXISTS "
+     "(SELECT 1 FROM enrollments e WHERE e.user_id = $1)", [EU, "x"]),
+    ("WITH k AS (SELECT * FROM users WHERE user_id = $1) "
+     "SELECT * FROM k JOIN users u ON u.full_name = k.full_name", [EU]),
+    ("SELECT (SELECT count(*) FROM users), (SELECT email FROM users WHERE user_id = $1)", [EU]),
+    # A region inside a function call other than a sharded function's routes nothing.
+    ("SELECT count(*) FROM users WHERE home_region <> lower($1)", ["europe"]),
+    # Sharded functions that name no shard by their arguments.
+    ("SELECT * FROM revenue_report($1, $2)", ["2020-01-01", "2030-01-01"]),
+    ("SELECT enrollment_statistics($1, $2)", ["2020-01-01", "2030-01-01"]),
+    ("SELECT * FROM search_catalogue($1)", ["python"]),
+    # A value shaped like an id in a column that is not a shard key.
+    ("SELECT * FROM audit_log WHERE action = $1", [str(EU)]),
+    ("SELECT * FROM audit_log WHERE actor_id = $1", [EU]),
+    # Writes that would change one shard's matching rows only.
+    ("UPDATE users SET city = 'x' WHERE full_name = $2 AND EXISTS "
+     "(SELECT 1 FROM courses WHERE course_id = $1)", [EU, "x"]),
+    ("UPDATE users SET city = 'x' WHERE full_name = $2 AND home_region <> lower($1)",
+     ["europe", "x"]),
+    ("WITH u AS (UPDATE audit_log SET action = 'x' WHERE entity = 'e' RETURNING 1) "
+     "SELECT * FROM audit_log WHERE region = $1", ["europe"]),
+    ("MERGE INTO audit_log a USING (SELECT $1::uuid AS id) s ON a.audit_id = s.id "
+     "WHEN MATCHED THEN UPDATE SET action = 'x'", [EU]),
+    ("MERGE INTO audit_log a USING (SELECT 1) s ON a.audit_id = $1 "
+     "WHEN NOT MATCHED BY SOURCE THEN DELETE", [EU]),
+    ("MERGE INTO audit_log a USING audit_log s ON a.audit_id = s.audit_id AND a.audit_id = $1 "
+     "WHEN MATCHED THEN DELETE", [EU]),
+    # A reference table keyed by a georoute id needs a hint (all shards under 2PC, later).
+    ("UPDATE categories SET name = $2 WHERE category_id = $1", [EU, "x"]),
+    # An outer join's ON filters only its nullable side.
+    ("SELECT * FROM courses c LEFT JOIN enrollments e ON e.course_id = c.course_id "
+     "AND e.user_id = $1", [EU]),
+    ("SELECT * FROM users u FULL JOIN enrollments e ON e.user_id = u.user_id AND u.user_id = $1",
+     [EU]),
+    # A key in another table's subquery, correlated or not, does not pin the outer one.
+    ("SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM audit_log a "
+     "WHERE a.region = $1 AND u.full_name = 'x')", ["europe"]),
+    ("SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM courses c WHERE user_id = $1)", [EU]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sql", "params"), UNCONFINED)
+def test_unconfined_statements_are_refused(sql: str, params: list[object]) -> None:
+    with pytest.raises(MissingShardKeyError):
+        route(sql, *params)
+
+
+ROWS_ELSEWHERE = [
+    # Rows that name another shard than the one the statement runs on.
+    ("MERGE INTO audit_log a USING (SELECT 1) s ON a.audit_id = $1 "
+     "WHEN MATCHED THEN UPDATE SET region = 'asia'", [EU]),
+    ("MERGE INTO audit_log a USING (SELECT 1) s ON a.audit_id = $1 "
+     "WHEN NOT MATCHED THEN INSERT (region, action, entity) VALUES ('asia', 'a', 'b')", [EU]),
+    ("INSERT INTO audit_log (region, action, entity) "
+     "SELECT 'asia', action, entity FROM audit_log WHERE audit_id = $1", [EU]),
+    ("WITH n AS (INSERT INTO audit_log (region, action, entity) VALUES ('asia', 'a', 'b') "
+     "RETURNING 1) SELECT * FROM users WHERE user_id = $1", [EU]),
+    ("INSERT INTO enrollments (user_id, course_id) VALUES ($1, $2)", [EU, ASIA]),
+    ("INSERT INTO users (user_id, home_region) VALUES ($1, 'europe'), ($2, 'asia')", [EU, ASIA]),
+    ("INSERT INTO users (home_region, email) VALUES (lower($1), 'a@b.c')", ["EUROPE"]),
+    ("INSERT INTO users VALUES ($1, 'a@b.c')", [EU]),
+    ("INSERT INTO users (user_id, email) SELECT $1, 'a' UNION ALL SELECT $2, 'b'", [EU, EU]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sql", "params"), ROWS_ELSEWHERE)
+def test_rows_written_must_land_on_the_shard_their_key_names(sql: str,
+                                                             params: list[object]) -> None:
+    with pytest.raises(CrossShardError):
+        route(sql, *params)
+
+
+def test_a_hint_does_not_let_a_row_land_on_another_shard() -> None:
+    """A hint chooses the shard; it cannot put a row where its key says it does not live."""
+    insert = "INSERT INTO audit_log (region, action, entity) VALUES ($1, 'a', 'b')"
+    with pytest.raises(CrossShardError, match="europe"):
+        route(insert, "asia", hint="europe")
+    assert route(insert, "europe", hint="europe").shard == "europe"
+    with pytest.raises(CrossShardError):
+        route("INSERT INTO users (user_id, email) VALUES ($1, 'a')", ASIA, hint="europe")
+    # A read under a hint asks that shard, as the client said.
+    assert route("SELECT count(*) FROM users", hint="asia").shard == "asia"
+
+
+CONFINED = [
+    ("SELECT * FROM users WHERE user_id = $1", [EU]),
+    ("SELECT * FROM users u JOIN enrollments e ON e.user_id = u.user_id WHERE u.user_id = $1",
+     [EU]),
+    ("SELECT * FROM users u, enrollments e WHERE e.user_id = u.user_id AND e.enrollment_id = $1",
+     [EU]),
+    ("SELECT * FROM enrollments e JOIN courses c USING (course_id) WHERE e.course_id = $1", [EU]),
+    ("SELECT * FROM users u LEFT JOIN enrollments e ON e.user_id = u.user_id "
+     "WHERE u.user_id = $1", [EU]),
+    ("SELECT * FROM users u WHERE u.user_id = $1 AND NOT EXISTS "
+     "(SELECT 1 FROM enrollments e WHERE e.user_id = u.user_id)", [EU]),
+    ("SELECT u.*, (SELECT count(*) FROM enrollments e WHERE e.user_id = u.user_id) "
+     "FROM users u WHERE u.user_id = $1", [EU]),
+    ("SELECT * FROM users u WHERE u.user_id IN "
+     "(SELECT e.user_id FROM enrollments e WHERE e.course_id = $1)", [EU]),
+    ("SELECT * FROM users u WHERE u.user_id = $1 AND u.user_id IN "
+     "(SELECT e.user_id FROM enrollments e)", [EU]),
+    ("WITH mine AS (SELECT * FROM enrollments WHERE user_id = $1) SELECT * FROM mine", [EU]),
+    ("SELECT user_id FROM users WHERE user_id = $1 UNION SELECT user_id FROM enrollments "
+     "WHERE course_id = $2", [EU, EU]),
+    ("SELECT * FROM users WHERE user_id IN ($1, $2)", [EU, EU]),
+    ("SELECT * FROM users WHERE user_id = ANY($1)", [[EU, EU]]),
+    ("SELECT * FROM users WHERE home_region = 'europe'", []),
+    ("SELECT enroll($1, $2)", [EU, EU]),
+    ("SELECT * FROM course_statistics($1)", [EU]),
+    ("SELECT course_progress(e.enrollment_id) FROM enrollments e WHERE e.enrollment_id = $1",
+     [EU]),
+    ("UPDATE enrollments e SET status = 'cancelled' FROM courses c "
+     "WHERE e.course_id = c.course_id AND c.course_id = $1", [EU]),
+    ("DELETE FROM lesson_progress lp USING enrollments en "
+     "WHERE lp.enrollment_id = en.enrollment_id AND en.user_id = $1", [EU]),
+    ("INSERT INTO certificates (certificate_id, enrollment_id) "
+     "SELECT georoute_id(), enrollment_id FROM enrollments WHERE enrollment_id = $1", [EU]),
+    ("INSERT INTO users (user_id, home_region) VALUES ($1, 'europe'), ($2, $3)",
+     [EU, EU, "europe"]),
+    ("MERGE INTO audit_log a USING (SELECT 1) s ON a.audit_id = $1 "
+     "WHEN MATCHED THEN UPDATE SET action = 'x' "
+     "WHEN NOT MATCHED THEN INSERT (region, action, entity) VALUES ('europe', 'a', 'b')", [EU]),
+    ("EXPLAIN SELECT * FROM users WHERE user_id = $1", [EU]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sql", "params"), CONFINED)
+def test_confined_statements_go_to_their_shard(sql: str, params: list[object]) -> None:
+    assert route(sql, *params).shards == ("europe",)
+
+
+def test_keys_naming_several_shards_are_cross_shard() -> None:
+    for sql, params in (
+        ("SELECT * FROM users WHERE user_id IN ($1, $2)", [EU, ASIA]),
+        ("SELECT * FROM users WHERE user_id = ANY($1)", [[EU, ASIA]]),
+        ("SELECT * FROM users WHERE user_id = $1 UNION ALL SELECT * FROM users "
+         "WHERE user_id = $2", [EU, ASIA]),
+        ("SELECT enroll($1, $2)", [EU, ASIA]),
+    ):  # fmt: skip
+        with pytest.raises(CrossShardError):
+            route(sql, *params)
+
+
+def test_a_transaction_or_hint_takes_only_what_names_a_shard() -> None:
+    """Inside a transaction (begun on a shard) the statement's own keys must not name another
+    shard; references nothing confines run on the transaction's shard, as under a hint."""
+    a = CLASSIFIER.analyze("SELECT count(*) FROM users WHERE full_name = $1")
+    assert keyed_shard(a, ["x"], CONFIG) is None
+    a = CLASSIFIER.analyze("SELECT * FROM users u WHERE u.full_name = $2 AND EXISTS "
+                           "(SELECT 1 FROM enrollments e WHERE e.user_id = $1)")  # fmt: skip
+    assert keyed_shard(a, [ASIA, "x"], CONFIG) == "asia"
+
+
+def test_writable_cte_counts_as_a_write_whatever_its_status() -> None:
+    a = CLASSIFIER.analyze("WITH a AS (INSERT INTO audit_log (region, action, entity) VALUES "
+                           "('europe', 'a', 'b') RETURNING 1) UPDATE users SET city = 'x' "
+                           "WHERE user_id = $1 AND false")  # fmt: skip
+    assert a.nested_write and not a.read_only
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$",
+    "CREATE DOMAIN pg_temp.d AS int",
+    "CREATE TYPE pg_temp.t AS (a int)",
+    "CREATE TYPE pg_temp.e AS ENUM ('a')",
+    "CREATE OPERATOR pg_temp.=== (function = int4eq, leftarg = int, rightarg = int)",
+    "SELECT 1::pg_temp.d",
+])  # fmt: skip
+def test_every_pg_temp_object_is_session_state(sql: str) -> None:
+    assert CLASSIFIER.analyze(sql).changes_session_state
+
+
+# ---- property tests: random nesting, keys in and out of scope --------------------------------
+
+# (table, shard key, another column): the other column never confines anything.
+TABLES = [("users", "user_id", "full_name"), ("courses", "course_id", "title"),
+          ("enrollments", "enrollment_id", "status"), ("reviews", "review_id", "body")]  # fmt: skip
+WHERE_KEY = ["own", "none", "under_or", "under_not", "in_subquery_of_other"]
+
+
+@dataclass(frozen=True)
+class Query:
+    sql: str
+    confined: bool  # every sharded reference in it is pinned, by the rule
+    shards: frozenset[str]
+
+
+@st.composite
+def queries(draw: st.DrawFn, depth: int, names: itertools.count[int]) -> Query:
+    """A SELECT of one key column, over one table (maybe joined), with nested parts."""
+    table, key, other = draw(st.sampled_from(TABLES))
+    alias = f"t{next(names)}"
+    shard = draw(st.sampled_from(SHARDS))
+    ident = f"'{ID[shard]}'"
+    placement = draw(st.sampled_from(WHERE_KEY))
+    conds = [f"{alias}.{other} = 'x'"]
+    pinned = placement == "own"
+    if placement == "own":
+        conds.append(f"{alias}.{key} = {ident}")
+    elif placement == "under_or":
+        conds.append(f"({alias}.{key} = {ident} OR {alias}.{other} = 'y')")
+    elif placement == "under_not":
+        conds.append(f"NOT ({alias}.{key} <> {ident})")
+    elif placement == "in_subquery_of_other":  # the key sits in another scope
+        conds.append(f"EXISTS (SELECT 1 FROM categories k WHERE {alias}.{key} = {ident})")
+    confined, shards = pinned, {shard} if pinned else set()
+    from_sql = f"{table} {alias}"
+    if table == "users" and draw(st.booleans()):  # a join on the shard key
+        joined = f"j{next(names)}"
+        kind = draw(st.sampled_from(["JOIN", "LEFT JOIN", "FULL JOIN"]))
+        from_sql += f" {kind} enrollments {joined} ON {joined}.user_id = {alias}.user_id"
+        # Inner and left: the joined rows match a confined user's key. Full: nothing filtered.
+        confined = confined and kind != "FULL JOIN"
+    if depth > 0:
+        for part in draw(st.lists(st.sampled_from(["exists", "not_exists", "scalar", "in"]),
+                                  max_size=2)):  # fmt: skip
+            child = draw(queries(depth - 1, names))
+            confined = confined and child.confined
+            shards |= child.shards
+            if part == "exists":
+                conds.append(f"EXISTS ({child.sql})")
+            elif part == "not_exists":
+                conds.append(f"NOT EXISTS ({child.sql})")
+            elif part == "scalar":
+                conds.append(f"{alias}.{other} <> ({child.sql} LIMIT 1)::text")
+            else:
+                conds.append(f"{alias}.{other}::uuid IN ({child.sql})")
+    sql = f"SELECT {alias}.{key} FROM {from_sql} WHERE {' AND '.join(conds)}"
+    return Query(sql, confined, frozenset(shards))
+
+
+@st.composite
+def statements(draw: st.DrawFn) -> Query:
+    names = itertools.count()
+    first = draw(queries(2, names))
+    shape = draw(st.sampled_from(["plain", "union", "cte", "cte_unused"]))
+    if shape == "plain":
+        return first
+    second = draw(queries(1, names))
+    both = Query("", first.confined and second.confined, first.shards | second.shards)
+    if shape == "union":
+        return Query(f"({first.sql}) UNION ALL ({second.sql})", both.confined, both.shards)
+    if shape == "cte":
+        sql = f"WITH c AS ({first.sql}) SELECT * FROM c UNION ALL ({second.sql})"
+        return Query(sql, both.confined, both.shards)
+    # A CTE no one reads still runs (PostgreSQL evaluates a data-modifying one; a plain one
+    # is simply unused): its references count the same.
+    return Query(f"WITH c AS ({first.sql}) {second.sql}", both.confined, both.shards)
+
+
+@settings(max_examples=300, deadline=None)
+@given(statements())
+def test_random_nesting_routes_to_one_shard_only_when_every_reference_is_confined(
+    query: Query,
+) -> None:
+    analysis = CLASSIFIER.analyze(query.sql)
+    try:
+        target = resolve_shards(analysis, [], None, CONFIG)
+    except RoutingError as refused:
+        assert not (query.confined and len(query.shards) == 1), (query.sql, refused)
+        if not query.confined:
+            assert isinstance(refused, MissingShardKeyError), query.sql
+        return
+    assert query.confined, f"routed an unconfined statement to {target.shards}: {query.sql}"
+    assert target.shards == tuple(query.shards), query.sql
+
+
+@settings(max_examples=200, deadline=None)
+@given(statements(), st.sampled_from(SHARDS))
+def test_writes_wrapping_random_reads_follow_the_same_rule(query: Query, region: str) -> None:
+    """The same reads as the source of an INSERT ... SELECT and inside an UPDATE's WHERE."""
+    update = (f"UPDATE users SET city = 'x' WHERE user_id = '{ID[region]}' "
+              f"AND city IN (SELECT v::text FROM ({query.sql}) AS q(v))")  # fmt: skip
+    confined = query.confined
+    shards = query.shards | {region}
+    try:
+        target = route(update)
+    except RoutingError:
+        assert not (confined and len(shards) == 1), update
+        return
+    assert confined and target.shards == tuple(shards), update
