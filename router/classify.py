@@ -25,7 +25,14 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from router.config import TableConfig
-from router.confinement import Confinement, KeyKind, KeyRef, confinement, const_value
+from router.confinement import (
+    Confinement,
+    KeyKind,
+    KeyRef,
+    children,
+    confinement,
+    const_value,
+)
 from router.parser_thread import INLINE_PARSE_MAX, on_parser_thread
 
 __all__ = [
@@ -143,23 +150,13 @@ def _local_set_config(fname: str, func: Any) -> bool:
     return fname == "set_config" and len(args) == 3 and const_value(args[2]) is True
 
 
-def _children(node: Any) -> Iterator[Any]:
-    if isinstance(node, ast.Node):
-        for slot in node.__slots__:
-            value = getattr(node, slot, None)
-            if value is not None and not isinstance(value, (str, int, float, bool, enum.Enum)):
-                yield value
-    elif isinstance(node, (tuple, list)):
-        yield from node
-
-
 def _walk(node: Any) -> Iterator[Any]:
     stack = [node]
     while stack:
         item = stack.pop()
         if isinstance(item, ast.Node):
             yield item
-        stack.extend(_children(item))
+        stack.extend(children(item))
 
 
 class Classifier:

@@ -45,6 +45,7 @@ __all__ = [
     "Pin",
     "Ref",
     "RowKey",
+    "children",
     "confinement",
 ]
 
@@ -128,10 +129,11 @@ _STATEMENTS = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, a
 _SKIPPED_SLOTS = frozenset({"lockingClause", "intoClause", "location"})
 
 
-def _children(node: Any) -> Iterator[Any]:
+def children(node: Any, skipped: frozenset[str] = frozenset()) -> Iterator[Any]:
+    """The child nodes and lists of a parse-tree node (slots named in `skipped` left out)."""
     if isinstance(node, ast.Node):
         for slot in node.__slots__:
-            if slot in _SKIPPED_SLOTS:
+            if slot in skipped:
                 continue
             value = getattr(node, slot, None)
             if value is not None and not isinstance(value, (str, int, float, bool, enum.Enum)):
@@ -637,7 +639,7 @@ class _Analyzer:
                 name = self._sharded_function(item)
                 if name is not None:
                     self.function(name, item, scope)
-            stack.extend(_children(item))
+            stack.extend(children(item, _SKIPPED_SLOTS))
 
     def function(self, name: str, call: Any, scope: _Scope) -> None:
         """A sharded function's call: pinned by an id or region among its arguments, or by
