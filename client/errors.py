@@ -16,6 +16,7 @@ __all__ = [
     "DocumentStoreError",
     "DuplicateKeyError",
     "GeorouteError",
+    "IdempotencyKeyReusedError",
     "InternalError",
     "InvalidRequestError",
     "MissingShardKeyError",
@@ -134,6 +135,18 @@ class InvalidRequestError(RoutingError):
     default_code = ErrorCode.INVALID_REQUEST
 
 
+class IdempotencyKeyReusedError(InvalidRequestError):
+    """The idempotency key already names another request (another statement, other
+    parameters, another batch) on that shard: nothing was run. A new request needs a new key."""
+
+    default_code = ErrorCode.IDEMPOTENCY_KEY_REUSED
+
+    @property
+    def idempotency_key(self) -> str | None:
+        key = self.detail.get("idempotency_key")
+        return key if isinstance(key, str) else None
+
+
 # 4xxx
 class BackendError(GeorouteError):
     default_code = ErrorCode.NODE_UNAVAILABLE
@@ -205,6 +218,7 @@ _BY_CODE: dict[int, type[GeorouteError]] = {
     ErrorCode.SQL_PARSE_ERROR: SQLSyntaxError,
     ErrorCode.CROSS_SHARD_UNSUPPORTED: CrossShardError,
     ErrorCode.INVALID_REQUEST: InvalidRequestError,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReusedError,
     ErrorCode.NODE_UNAVAILABLE: NodeUnavailableError,
     ErrorCode.POSTGRES_ERROR: PostgresError,
     ErrorCode.TIMEOUT: RequestTimeoutError,

@@ -38,6 +38,7 @@ class ErrorCode(IntEnum):
     SQL_PARSE_ERROR = 3003  # detail: {"position": 1-based character offset}
     CROSS_SHARD_UNSUPPORTED = 3004  # the statement would touch several shards
     INVALID_REQUEST = 3005  # e.g. unknown consistency level, bad hint types
+    IDEMPOTENCY_KEY_REUSED = 3006  # the key already names another request; nothing was run
     # 4xxx: backend
     NODE_UNAVAILABLE = 4001  # retryable: no healthy node for the target right now
     POSTGRES_ERROR = 4002  # sqlstate is set

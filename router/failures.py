@@ -20,6 +20,7 @@ from router.docstore import (
     DocUnknownOperationError,
     DuplicateDocumentError,
 )
+from router.idempotency import IdempotencyKeyReused
 from router.pool import NodeUnavailableError, PoolTimeoutError
 from router.routing import (
     CrossShardError,
@@ -64,6 +65,9 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
         return Failure(ErrorCode.UNKNOWN_SHARD, str(exc), detail={"shard": shard} if shard else {})
     if isinstance(exc, CrossShardError):
         return Failure(ErrorCode.CROSS_SHARD_UNSUPPORTED, str(exc))
+    if isinstance(exc, IdempotencyKeyReused):
+        return Failure(ErrorCode.IDEMPOTENCY_KEY_REUSED, str(exc),
+                       detail={"idempotency_key": exc.key, "shard": exc.shard})  # fmt: skip
     if isinstance(exc, (RoutingError, UnsupportedStatementError)):
         return Failure(ErrorCode.INVALID_REQUEST, str(exc))
     if isinstance(exc, NodeUnavailableError):
