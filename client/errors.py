@@ -27,6 +27,7 @@ __all__ = [
     "ProtocolViolationError",
     "ReadOnlyError",
     "RequestTimeoutError",
+    "ResultUndeliverableError",
     "RoutingError",
     "SQLSyntaxError",
     "ShuttingDownError",
@@ -168,6 +169,39 @@ class RequestTimeoutError(BackendError, builtins.TimeoutError):
     default_code = ErrorCode.TIMEOUT
 
 
+class ResultUndeliverableError(BackendError):
+    """The write applied (committed, or inside transaction `tx` ran in it), but the router
+    could not send its result (a value with no wire form, a reply over its frame limit).
+    Never retried: sending it again would apply it twice. `status`, `rowcount` and
+    `ryw_token` say what it did; the client has noted the token for its later reads."""
+
+    default_code = ErrorCode.RESULT_UNDELIVERABLE
+
+    @property
+    def applied(self) -> bool:
+        return self.detail.get("outcome") == "applied"
+
+    @property
+    def status(self) -> str | None:
+        status = self.detail.get("status")
+        return status if isinstance(status, str) else None
+
+    @property
+    def rowcount(self) -> int | None:
+        count = self.detail.get("rowcount")
+        return count if isinstance(count, int) else None
+
+    @property
+    def ryw_token(self) -> str | None:
+        token = self.detail.get("ryw_token")
+        return token if isinstance(token, str) else None
+
+    @property
+    def tx(self) -> int | None:
+        tx = self.detail.get("tx")
+        return tx if isinstance(tx, int) else None
+
+
 class PoolExhaustedError(BackendError):
     default_code = ErrorCode.POOL_EXHAUSTED
 
@@ -224,6 +258,7 @@ _BY_CODE: dict[int, type[GeorouteError]] = {
     ErrorCode.TIMEOUT: RequestTimeoutError,
     ErrorCode.POOL_EXHAUSTED: PoolExhaustedError,
     ErrorCode.READ_ONLY: ReadOnlyError,
+    ErrorCode.RESULT_UNDELIVERABLE: ResultUndeliverableError,
     ErrorCode.UNKNOWN_TRANSACTION: UnknownTransactionError,
     ErrorCode.TRANSACTION_ABORTED: TransactionAbortedError,
     ErrorCode.DOC_DUPLICATE_KEY: DuplicateKeyError,

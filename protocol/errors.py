@@ -45,6 +45,7 @@ class ErrorCode(IntEnum):
     TIMEOUT = 4003  # the statement ran past timeout_ms (it may or may not have applied)
     POOL_EXHAUSTED = 4004  # retryable
     READ_ONLY = 4005  # retryable: a write reached a node that is (now) a replica, e.g. failover
+    RESULT_UNDELIVERABLE = 4006  # it applied, but its reply cannot be sent: detail says how
     # 5xxx: transactions
     UNKNOWN_TRANSACTION = 5001
     TRANSACTION_ABORTED = 5002  # an earlier statement failed; only Rollback is accepted

@@ -17,7 +17,7 @@ import msgpack
 
 from protocol.messages import Hints
 from protocol.messages import Role as WireRole
-from protocol.values import ext_default, ext_hook
+from protocol.values import ext_hook
 from router import idempotency
 from router.classify import Analysis, Classifier
 from router.config import Config
@@ -351,11 +351,13 @@ class Executor:
                 stored = await idempotency.claim(backend, key, shard.name, request)
                 if stored is None:
                     columns, rows, status = await backend.run(sql, params)
-                    reply = msgpack.packb([columns, rows], default=ext_default, use_bin_type=True)
+                    reply = idempotency.pack_reply(columns, rows,
+                                                   self.config.router.max_frame_bytes)
                     await idempotency.store(backend, key, status, reply)
                 else:
                     status, reply = stored.status, stored.reply
-                    columns, rows = msgpack.unpackb(reply, ext_hook=ext_hook, raw=False)
+                    if reply is not None:
+                        columns, rows = msgpack.unpackb(reply, ext_hook=ext_hook, raw=False)
         except (asyncpg.PostgresError, idempotency.IdempotencyKeyReused):
             node.pool.release(backend)  # rolled back; the connection is fine
             raise
@@ -369,6 +371,10 @@ class Executor:
             raise
         node.pool.release(backend)
         token = await self.token(session, shard)
+        if reply is None:  # applied, but its rows can never be sent, nor to a retry
+            return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY, token,
+                           rows_lost="its rows hold a value with no wire form, or exceed "
+                                     "the frame limit (router.max_frame_bytes)")  # fmt: skip
         return Outcome(columns, rows, status, shard.name, node.name, WireRole.PRIMARY, token)
 
     async def token(self, session: Session, shard: ShardState) -> str:

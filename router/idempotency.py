@@ -29,6 +29,7 @@ __all__ = [
     "Stored",
     "claim",
     "fingerprint",
+    "pack_reply",
     "run_sweeper",
     "store",
     "sweep_once",
@@ -96,6 +97,17 @@ async def claim(backend: Backend, key: str, shard: str, request: bytes) -> Store
 
 async def store(backend: Backend, key: str, status: str, reply: bytes | None) -> None:
     await backend.run(STORE_SQL, [key, status, reply])
+
+
+def pack_reply(columns: list[str], rows: list[Any], max_bytes: int) -> bytes | None:
+    """The columns and rows to store for a retry, or None when they can never be sent (a
+    value with no wire form, or more than a frame holds): the write still applies, and its
+    reply, and every retry's, says so with its status."""
+    try:
+        packed: bytes = msgpack.packb([columns, rows], default=ext_default, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return packed if len(packed) <= max_bytes else None
 
 
 SWEEP_SQL = (
