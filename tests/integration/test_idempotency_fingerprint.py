@@ -6,15 +6,19 @@ the shard's primary directly."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 import client
 from protocol import ErrorCode
+from router.config import Config
 from router.db.connect import connect_node
+from router.db.migrate import load_migrations, migrate
 from router.ids import new_id
 from tests.support.router_proc import RouterProcess, number
 
@@ -147,3 +151,40 @@ async def test_keys_claimed_before_fingerprints_are_replayed(
     await db.execute(INSERT, item, "x", shard="europe")
     assert await db.execute(DELETE, item, idempotency_key=k) == "DELETE 1"
     assert await payload_of(europe, item) == "x"
+
+
+async def test_an_existing_cluster_migrates_and_keeps_its_keys(
+    migrated: Config, tmp_path: Path
+) -> None:
+    """A cluster migrated up to 005 (keys without fingerprints) takes 006 from `georoute db
+    migrate` and keeps its keys. Run on a scratch database on each primary."""
+    scratch = f"idem_mig_{uuid.uuid4().hex[:8]}"
+    shards = {
+        name: dataclasses.replace(shard, primary=dataclasses.replace(shard.primary,
+                                                                     database=scratch))
+        for name, shard in migrated.shards.items()
+    }  # fmt: skip
+    config = dataclasses.replace(migrated, shards=shards)
+    for m in load_migrations():
+        if m.version <= 5:
+            (tmp_path / f"{m.version:03d}_{m.name}.sql").write_text(m.sql)
+    admins = [await connect_node(migrated, shard.primary) for shard in migrated.shards.values()]
+    try:
+        for admin in admins:
+            await admin.execute(f"CREATE DATABASE {scratch}")
+        await migrate(config, sql_dir=tmp_path, documents=False)
+        europe = await connect_node(config, config.shards["europe"].primary)
+        try:
+            await europe.execute("INSERT INTO georoute_idempotency (idem_key, status, reply) "
+                                 "VALUES ('old-key', 'INSERT 0 1', '\\x929090')")  # fmt: skip
+            report = await migrate(config, documents=False)
+            assert report.shards["europe"].applied == ["006_idempotency_fingerprint"]
+            row = await europe.fetchrow("SELECT status, fingerprint FROM georoute_idempotency "
+                                        "WHERE idem_key = 'old-key'")  # fmt: skip
+            assert tuple(row) == ("INSERT 0 1", None)
+        finally:
+            await europe.close()
+    finally:
+        for admin in admins:
+            await admin.execute(f"DROP DATABASE IF EXISTS {scratch} WITH (FORCE)")
+            await admin.close()
