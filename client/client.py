@@ -25,6 +25,7 @@ from client.errors import (
     NoRouterAvailableError,
     ProtocolViolationError,
     RequestTimeoutError,
+    ResultUndeliverableError,
     error_from_reply,
 )
 from client.pool import PoolConfig, RouterPool
@@ -318,6 +319,8 @@ class Client:
                         self._observe_token(token)
                     return reply, target
                 error = error_from_reply(reply)
+                if isinstance(error, ResultUndeliverableError) and error.ryw_token:
+                    self._observe_token(error.ryw_token)  # it applied: later reads see it
             if conn is not None or not retry or not error.retryable:
                 if isinstance(error, ConnectionLostError) and error.retryable:
                     # Lost after it may have been sent: it may have applied. Sending it again

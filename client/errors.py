@@ -16,6 +16,7 @@ __all__ = [
     "DocumentStoreError",
     "DuplicateKeyError",
     "GeorouteError",
+    "IdempotencyKeyReusedError",
     "InternalError",
     "InvalidRequestError",
     "MissingShardKeyError",
@@ -26,6 +27,7 @@ __all__ = [
     "ProtocolViolationError",
     "ReadOnlyError",
     "RequestTimeoutError",
+    "ResultUndeliverableError",
     "RoutingError",
     "SQLSyntaxError",
     "ShuttingDownError",
@@ -134,6 +136,18 @@ class InvalidRequestError(RoutingError):
     default_code = ErrorCode.INVALID_REQUEST
 
 
+class IdempotencyKeyReusedError(InvalidRequestError):
+    """The idempotency key already names another request (another statement, other
+    parameters, another batch) on that shard: nothing was run. A new request needs a new key."""
+
+    default_code = ErrorCode.IDEMPOTENCY_KEY_REUSED
+
+    @property
+    def idempotency_key(self) -> str | None:
+        key = self.detail.get("idempotency_key")
+        return key if isinstance(key, str) else None
+
+
 # 4xxx
 class BackendError(GeorouteError):
     default_code = ErrorCode.NODE_UNAVAILABLE
@@ -153,6 +167,39 @@ class RequestTimeoutError(BackendError, builtins.TimeoutError):
     """The request ran past its timeout (client- or router-side). A write may have applied."""
 
     default_code = ErrorCode.TIMEOUT
+
+
+class ResultUndeliverableError(BackendError):
+    """The write applied (committed, or inside transaction `tx` ran in it), but the router
+    could not send its result (a value with no wire form, a reply over its frame limit).
+    Never retried: sending it again would apply it twice. `status`, `rowcount` and
+    `ryw_token` say what it did; the client has noted the token for its later reads."""
+
+    default_code = ErrorCode.RESULT_UNDELIVERABLE
+
+    @property
+    def applied(self) -> bool:
+        return self.detail.get("outcome") == "applied"
+
+    @property
+    def status(self) -> str | None:
+        status = self.detail.get("status")
+        return status if isinstance(status, str) else None
+
+    @property
+    def rowcount(self) -> int | None:
+        count = self.detail.get("rowcount")
+        return count if isinstance(count, int) else None
+
+    @property
+    def ryw_token(self) -> str | None:
+        token = self.detail.get("ryw_token")
+        return token if isinstance(token, str) else None
+
+    @property
+    def tx(self) -> int | None:
+        tx = self.detail.get("tx")
+        return tx if isinstance(tx, int) else None
 
 
 class PoolExhaustedError(BackendError):
@@ -205,11 +252,13 @@ _BY_CODE: dict[int, type[GeorouteError]] = {
     ErrorCode.SQL_PARSE_ERROR: SQLSyntaxError,
     ErrorCode.CROSS_SHARD_UNSUPPORTED: CrossShardError,
     ErrorCode.INVALID_REQUEST: InvalidRequestError,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReusedError,
     ErrorCode.NODE_UNAVAILABLE: NodeUnavailableError,
     ErrorCode.POSTGRES_ERROR: PostgresError,
     ErrorCode.TIMEOUT: RequestTimeoutError,
     ErrorCode.POOL_EXHAUSTED: PoolExhaustedError,
     ErrorCode.READ_ONLY: ReadOnlyError,
+    ErrorCode.RESULT_UNDELIVERABLE: ResultUndeliverableError,
     ErrorCode.UNKNOWN_TRANSACTION: UnknownTransactionError,
     ErrorCode.TRANSACTION_ABORTED: TransactionAbortedError,
     ErrorCode.DOC_DUPLICATE_KEY: DuplicateKeyError,

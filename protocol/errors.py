@@ -38,12 +38,14 @@ class ErrorCode(IntEnum):
     SQL_PARSE_ERROR = 3003  # detail: {"position": 1-based character offset}
     CROSS_SHARD_UNSUPPORTED = 3004  # the statement would touch several shards
     INVALID_REQUEST = 3005  # e.g. unknown consistency level, bad hint types
+    IDEMPOTENCY_KEY_REUSED = 3006  # the key already names another request; nothing was run
     # 4xxx: backend
     NODE_UNAVAILABLE = 4001  # retryable: no healthy node for the target right now
     POSTGRES_ERROR = 4002  # sqlstate is set
     TIMEOUT = 4003  # the statement ran past timeout_ms (it may or may not have applied)
     POOL_EXHAUSTED = 4004  # retryable
     READ_ONLY = 4005  # retryable: a write reached a node that is (now) a replica, e.g. failover
+    RESULT_UNDELIVERABLE = 4006  # it applied, but its reply cannot be sent: detail says how
     # 5xxx: transactions
     UNKNOWN_TRANSACTION = 5001
     TRANSACTION_ABORTED = 5002  # an earlier statement failed; only Rollback is accepted

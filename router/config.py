@@ -18,6 +18,7 @@ from client.tls import ssl_context
 from router.errors import ConfigError
 
 __all__ = [
+    "MIN_FRAME_BYTES",
     "REGIONS",
     "SECTIONS",
     "ApiConfig",
@@ -107,6 +108,9 @@ class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9600
 
+
+# router.max_frame_bytes' floor: room for any Status or Error reply the router makes.
+MIN_FRAME_BYTES = 4096
 
 # database.sslmode, as libpq names them (see router/tls.py).
 SSL_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
@@ -412,6 +416,11 @@ def _validate(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(key, f"must be positive, got {value}")
+    if r.max_frame_bytes < MIN_FRAME_BYTES:
+        # Every Status and Error reply must fit, or a client could be left with no answer
+        # (a write's "applied, result undeliverable" error among them).
+        why = f"must be at least {MIN_FRAME_BYTES}, got {r.max_frame_bytes}"
+        raise ConfigError("router.max_frame_bytes", why)
     non_negative = {
         "router.max_replica_lag_bytes": r.max_replica_lag_bytes,
         "router.read_your_writes_wait_ms": r.read_your_writes_wait_ms,

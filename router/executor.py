@@ -17,7 +17,8 @@ import msgpack
 
 from protocol.messages import Hints
 from protocol.messages import Role as WireRole
-from protocol.values import ext_default, ext_hook
+from protocol.values import ext_hook
+from router import idempotency
 from router.classify import Analysis, Classifier
 from router.config import Config
 from router.health import HealthEvent
@@ -46,12 +47,6 @@ from router.transactions import Transactions
 
 __all__ = ["Executor"]
 
-IDEM_CLAIM_SQL = (
-    "INSERT INTO georoute_idempotency (idem_key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1"
-)
-IDEM_STORE_SQL = "UPDATE georoute_idempotency SET status = $2, reply = $3 WHERE idem_key = $1"
-IDEM_FETCH_SQL = "SELECT status, reply FROM georoute_idempotency WHERE idem_key = $1"
-_NO_ROWS = msgpack.packb([[], []])  # the stored reply of a keyed batch: its status says it all
 REPLAY_LSN_SQL = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8"
 _CONSISTENCY = {
     "session": Consistency.SESSION,
@@ -346,24 +341,26 @@ class Executor:
         self, session: Session, shard: ShardState, key: str, sql: str, params: Sequence[Any]
     ) -> Outcome:
         """Apply a keyed write at most once: the key is claimed in the write's own transaction,
-        and a retry that finds it gets the stored reply (columns, rows, status)."""
+        and a retry of the same request gets the stored reply (columns, rows, status)."""
         node = shard.primary
+        request = idempotency.fingerprint("query", shard.name, [(sql, params)])
         backend = await self.acquire(node)
         if self.classifier.analyze(sql).changes_session_state:
             backend.dirty = True
         try:
             async with backend.conn.transaction():
-                _, claimed, _ = await backend.run(IDEM_CLAIM_SQL, [key])
-                if claimed:
+                stored = await idempotency.claim(backend, key, shard.name, request)
+                if stored is None:
                     columns, rows, status = await backend.run(sql, params)
-                    reply = msgpack.packb([columns, rows], default=ext_default, use_bin_type=True)
-                    await backend.run(IDEM_STORE_SQL, [key, status, reply])
+                    reply = idempotency.pack_reply(columns, rows,
+                                                   self.config.router.max_frame_bytes)
+                    await idempotency.store(backend, key, status, reply)
                 else:
-                    _, found, _ = await backend.run(IDEM_FETCH_SQL, [key])
-                    status, reply = found[0]
-                    columns, rows = msgpack.unpackb(reply, ext_hook=ext_hook, raw=False)
-        except asyncpg.PostgresError:
-            node.pool.release(backend)
+                    status, reply = stored.status, stored.reply
+                    if reply is not None:
+                        columns, rows = msgpack.unpackb(reply, ext_hook=ext_hook, raw=False)
+        except (asyncpg.PostgresError, idempotency.IdempotencyKeyReused):
+            node.pool.release(backend)  # rolled back; the connection is fine
             raise
         except CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
@@ -375,6 +372,10 @@ class Executor:
             raise
         node.pool.release(backend)
         token = await self.token(session, shard)
+        if reply is None:  # applied, but its rows can never be sent, nor to a retry
+            return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY, token,
+                           rows_lost="its rows hold a value with no wire form, or exceed "
+                                     "the frame limit (router.max_frame_bytes)")  # fmt: skip
         return Outcome(columns, rows, status, shard.name, node.name, WireRole.PRIMARY, token)
 
     async def token(self, session: Session, shard: ShardState) -> str:
@@ -406,18 +407,20 @@ class Executor:
             async with backend.conn.transaction():
                 # With a key, the batch applies at most once, as a keyed query does: the key is
                 # claimed in the batch's own transaction; a retry gets the stored status.
-                claimed = key is None or bool((await backend.run(IDEM_CLAIM_SQL, [key]))[1])
-                if not claimed:
-                    _, found, _ = await backend.run(IDEM_FETCH_SQL, [key])
-                    status = found[0][0]
+                stored = None
+                if key is not None:
+                    request = idempotency.fingerprint("batch", shard.name, statements)
+                    stored = await idempotency.claim(backend, key, shard.name, request)
+                if stored is not None:
+                    status = stored.status
                 elif all(sql == first_sql for sql, _ in statements):
                     status = await backend.run_many(first_sql, [p for _, p in statements])
                 else:
                     for sql, params in statements:
                         _, _, status = await backend.run(sql, params)
                     status = f"BATCH {len(statements)}"
-                if key is not None and claimed:
-                    await backend.run(IDEM_STORE_SQL, [key, status, _NO_ROWS])
+                if key is not None and stored is None:
+                    await idempotency.store(backend, key, status, idempotency.NO_ROWS)
         except CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
             node.record(HealthEvent.CONNECT_FAILED, str(exc))

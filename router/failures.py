@@ -20,6 +20,7 @@ from router.docstore import (
     DocUnknownOperationError,
     DuplicateDocumentError,
 )
+from router.idempotency import IdempotencyKeyReused
 from router.pool import NodeUnavailableError, PoolTimeoutError
 from router.routing import (
     CrossShardError,
@@ -28,6 +29,7 @@ from router.routing import (
     UnknownShardError,
 )
 from router.session import TransactionError
+from router.undelivered import ResultUndeliverable
 
 __all__ = ["Failure", "failure_for"]
 
@@ -64,6 +66,11 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
         return Failure(ErrorCode.UNKNOWN_SHARD, str(exc), detail={"shard": shard} if shard else {})
     if isinstance(exc, CrossShardError):
         return Failure(ErrorCode.CROSS_SHARD_UNSUPPORTED, str(exc))
+    if isinstance(exc, ResultUndeliverable):  # it applied: never to be read as a failure
+        return Failure(ErrorCode.RESULT_UNDELIVERABLE, str(exc), detail=exc.detail())
+    if isinstance(exc, IdempotencyKeyReused):
+        return Failure(ErrorCode.IDEMPOTENCY_KEY_REUSED, str(exc),
+                       detail={"idempotency_key": exc.key, "shard": exc.shard})  # fmt: skip
     if isinstance(exc, (RoutingError, UnsupportedStatementError)):
         return Failure(ErrorCode.INVALID_REQUEST, str(exc))
     if isinstance(exc, NodeUnavailableError):

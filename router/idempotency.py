@@ -1,24 +1,114 @@
-"""Forgets idempotency keys once no client retry can still carry them.
+"""Idempotency keys: claimed with the request's fingerprint in the keyed write's own
+transaction, answered from the stored reply on a retry, refused for any other request, and
+forgotten once no client retry can still carry them.
 
-Keyed writes record their key in `georoute_idempotency` on the shard's primary (executor.py).
-Without a sweep the table only grows; `sweep_once` deletes keys older than the configured
-retention on every reachable primary, and `run_sweeper` repeats that in the background.
+Keyed writes record their key in `georoute_idempotency` on the primary of the shard they run
+on (executor.py), so a key is scoped to that shard. Without a sweep the table only grows;
+`sweep_once` deletes keys older than the configured retention on every reachable primary, and
+`run_sweeper` repeats that in the background.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
+import msgpack
 
-from router.pool import NodeUnavailableError, PoolTimeoutError
+from protocol.values import ext_default
+from router.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.topology import Topology
 
-__all__ = ["run_sweeper", "sweep_once"]
+__all__ = [
+    "IdempotencyKeyReused",
+    "Stored",
+    "claim",
+    "fingerprint",
+    "pack_reply",
+    "run_sweeper",
+    "store",
+    "sweep_once",
+]
 
 log = logging.getLogger("georoute.idempotency")
+
+CLAIM_SQL = (
+    "INSERT INTO georoute_idempotency (idem_key, fingerprint) VALUES ($1, $2) "
+    "ON CONFLICT DO NOTHING RETURNING 1"
+)
+STORE_SQL = "UPDATE georoute_idempotency SET status = $2, reply = $3 WHERE idem_key = $1"
+FETCH_SQL = "SELECT status, reply, fingerprint FROM georoute_idempotency WHERE idem_key = $1"
+# Bumped whenever what goes into a fingerprint changes, so old and new ones never collide.
+_FINGERPRINT_VERSION = 1
+NO_ROWS = msgpack.packb([[], []])  # the stored reply of a keyed batch: its status says it all
+
+
+class IdempotencyKeyReused(Exception):
+    """The key was already claimed by another request (on this shard): nothing was run."""
+
+    def __init__(self, key: str, shard: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used for another request on shard {shard} "
+            "(another statement, other parameters or another batch); nothing was run: "
+            "a new request needs a new key"
+        )
+        self.key = key
+        self.shard = shard
+
+
+def fingerprint(kind: str, shard: str, statements: Sequence[tuple[str, Sequence[Any]]]) -> bytes:
+    """What decides a keyed request's outcome: the kind of request ("query" or "batch"), the
+    shard it runs on, and each statement's text and parameters, in order. Parameters are
+    hashed in their wire form, so equal requests always give equal fingerprints."""
+    body = [_FINGERPRINT_VERSION, kind, shard, [[sql, list(params)] for sql, params in statements]]
+    packed = msgpack.packb(body, default=ext_default, use_bin_type=True)
+    return hashlib.sha256(packed).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What an earlier request under the key left: its status and reply (None when the reply
+    could not be kept: the write applied, but its result cannot be sent)."""
+
+    status: str
+    reply: bytes | None
+
+
+async def claim(backend: Backend, key: str, shard: str, request: bytes) -> Stored | None:
+    """Claim `key` for the request fingerprinted `request`, inside the caller's transaction.
+    None: claimed, run the request. Else what the earlier request under this key stored; a
+    concurrent first attempt is waited for (its row lock) until it commits or rolls back.
+    Raises IdempotencyKeyReused when that was another request."""
+    _, claimed, _ = await backend.run(CLAIM_SQL, [key, request])
+    if claimed:
+        return None
+    _, found, _ = await backend.run(FETCH_SQL, [key])
+    status, reply, earlier = found[0]
+    # Keys claimed before fingerprints were kept (migration 006) have none: replayed as then.
+    if earlier is not None and bytes(earlier) != request:
+        raise IdempotencyKeyReused(key, shard)
+    return Stored(status, None if reply is None else bytes(reply))
+
+
+async def store(backend: Backend, key: str, status: str, reply: bytes | None) -> None:
+    await backend.run(STORE_SQL, [key, status, reply])
+
+
+def pack_reply(columns: list[str], rows: list[Any], max_bytes: int) -> bytes | None:
+    """The columns and rows to store for a retry, or None when they can never be sent (a
+    value with no wire form, or more than a frame holds): the write still applies, and its
+    reply, and every retry's, says so with its status."""
+    try:
+        packed: bytes = msgpack.packb([columns, rows], default=ext_default, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return packed if len(packed) <= max_bytes else None
+
 
 SWEEP_SQL = (
     "DELETE FROM georoute_idempotency WHERE created_at < now() - make_interval(secs => $1)"

@@ -52,6 +52,9 @@ class Outcome:
     node: str
     role: WireRole
     ryw_token: str | None = None
+    # Set when the statement applied but its rows can never be sent (a keyed write whose
+    # reply could not be stored): why. Its reply then says that it applied (server.py).
+    rows_lost: str | None = None
 
     @property
     def rowcount(self) -> int:

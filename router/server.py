@@ -25,6 +25,7 @@ from protocol import (
     Commit,
     Doc,
     DocReply,
+    EncodeError,
     Encoder,
     ErrorCode,
     FrameDecoder,
@@ -41,6 +42,7 @@ from protocol import (
     TxStarted,
     choose_version,
 )
+from protocol.codec import route_wire_of
 from protocol.messages import Role as WireRole
 from protocol.requests import DOC_READ_OPS
 from protocol.sockets import keep_alive
@@ -49,6 +51,7 @@ from router.failures import Failure, RequestTimeout, ShuttingDown, failure_for
 from router.fastpath import FastRequest
 from router.outcome import Outcome, Routed
 from router.session import Session
+from router.undelivered import ResultUndeliverable, rowcount_of
 
 if TYPE_CHECKING:
     from router.daemon import RouterNode
@@ -314,12 +317,20 @@ class ClientConnection(asyncio.Protocol):
         node = routed.node
         route = self._node.executor.route_of(node)
         enc = self._encoder
-        if m.kind is QueryKind.FETCH and m.hints.want_rows:
-            self.send(enc.encode_rows(m.id, routed.columns, rows, status, route, token))
-        else:
-            last = status.rsplit(" ", 1)[-1]
-            count = int(last) if last.isdigit() else len(rows)
-            self.send(enc.encode_status(m.id, status, count, route, token))
+        try:
+            if m.kind is QueryKind.FETCH and m.hints.want_rows:
+                self.send(enc.encode_rows(m.id, routed.columns, rows, status, route, token))
+            else:
+                last = status.rsplit(" ", 1)[-1]
+                count = int(last) if last.isdigit() else len(rows)
+                self.send(enc.encode_status(m.id, status, count, route, token))
+        except EncodeError as exc:
+            if routed.analysis.read_only:
+                raise
+            undelivered = ResultUndeliverable(status, rowcount_of(status, rows), list(route),
+                                              token, None, exc.message)  # fmt: skip
+            self._reply_failed(m, undelivered, False, started)
+            return
         self._node.metrics.record("query", node.shard, route[2], "ok",
                                   time.perf_counter() - started)  # fmt: skip
 
@@ -411,13 +422,24 @@ class ClientConnection(asyncio.Protocol):
     def _reply_for(self, m: Query, o: Outcome) -> bytes:
         enc = self._encoder
         if m.kind is QueryKind.FETCH and m.hints.want_rows:
+            if o.rows_lost is not None:
+                raise EncodeError(o.rows_lost)
             return enc.encode_rows(m.id, o.columns, o.rows, o.status, self._route(o),
                                    o.ryw_token)  # fmt: skip
         return enc.encode_status(m.id, o.status, o.rowcount, self._route(o), o.ryw_token)
 
     async def _query(self, m: Query) -> tuple[bytes, Outcome]:
         o = await self._node.executor.query(self.session, m.sql, m.params, m.hints)
-        return self._reply_for(m, o), o
+        try:
+            return self._reply_for(m, o), o
+        except EncodeError as exc:
+            # After a statement that may have written, the error says that it applied, with
+            # its status and token. (Batch and Commit replies are a Status: they always fit.)
+            analysis = self._node.executor.classifier.cached(m.sql)  # None: evicted
+            if analysis is not None and analysis.read_only:
+                raise
+            raise ResultUndeliverable(o.status, o.rowcount, route_wire_of(self._route(o)),
+                                      o.ryw_token, m.hints.tx, exc.message) from exc  # fmt: skip
 
     async def _batch(self, m: Batch) -> tuple[bytes, Outcome]:
         o = await self._node.executor.batch(self.session, m.statements, m.hints)

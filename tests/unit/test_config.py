@@ -185,6 +185,14 @@ def test_reply_batch_must_be_positive() -> None:
     _rejects(raw, "router.reply_batch")
 
 
+def test_max_frame_bytes_has_room_for_every_status_and_error_reply() -> None:
+    raw = _raw()
+    raw["router"]["max_frame_bytes"] = 100
+    _rejects(raw, "router.max_frame_bytes")
+    raw["router"]["max_frame_bytes"] = 4096
+    assert parse_config(raw).router.max_frame_bytes == 4096
+
+
 def _georoute(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "router.cli", *args],
