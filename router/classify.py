@@ -24,7 +24,7 @@ from typing import Any
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
-from router.config import TableConfig
+from router.config import TableConfig, parse_function_spec
 from router.confinement import (
     Confinement,
     KeyKind,
@@ -174,7 +174,8 @@ class Classifier:
         self._tables = dict(tables)
         # Unquoted names, as PostgreSQL folds them: "count", or "myschema.get_course".
         self._read_only_functions = frozenset(f.lower() for f in read_only_functions)
-        self._sharded_functions = frozenset(f.lower() for f in sharded_functions)
+        # name -> the positions of its arguments that carry a shard (router.toml)
+        self._sharded_functions = dict(parse_function_spec(f) for f in sharded_functions)
         self._cache: OrderedDict[str, Analysis] = OrderedDict()
         self._cache_size = cache_size
         self.hits = 0
@@ -235,6 +236,9 @@ class Classifier:
                 f"expected exactly one statement, got {len(raw)}; send them as a batch"
             )
         stmt: Any = raw[0].stmt
+        if isinstance(stmt, ast.CopyStmt):  # COPY ... PROGRAM runs on the server, unseen
+            raise UnsupportedStatementError(
+                "COPY is not supported through the router: use INSERT (or executemany)")
         if isinstance(stmt, ast.TransactionStmt):
             raise UnsupportedStatementError(
                 "transaction control (BEGIN/COMMIT/ROLLBACK) must use the protocol's "
@@ -302,18 +306,28 @@ class Classifier:
             tables=tuple(dict.fromkeys(tables)),
             changes_session_state=session,
             param_count=max(params, default=0),
-            confinement=confinement(stmt, self._tables, self._sharded_function),
+            confinement=self._confinement(stmt),
             nested_write=nested_write,
         )
 
-    def _sharded_function(self, call: Any) -> str | None:
-        """The name of a call's function when router.sharded_functions declares it. Matched by
-        its bare name in any schema too: a same-named function elsewhere is taken as sharded,
-        which can only make the router refuse, never answer from the wrong shard."""
+    def _confinement(self, stmt: Any) -> Confinement:
+        try:
+            return confinement(stmt, self._tables, self._sharded_function)
+        except RecursionError:  # hundreds of nested subqueries: PostgreSQL's max_stack_depth
+            raise SqlParseError("the statement is nested too deeply for the router to check "
+                                "which shards it touches", None, "54001") from None
+
+    def _sharded_function(self, call: Any) -> tuple[str, tuple[int, ...]] | None:
+        """The name of a call's function, and its arguments that carry a shard, when
+        router.sharded_functions declares it. Matched by its bare name in any schema too: a
+        same-named function elsewhere is taken as sharded, which can only make the router
+        refuse, never answer from the wrong shard."""
         names = [n.sval for n in call.funcname]
-        if names[-1] in self._sharded_functions or ".".join(names) in self._sharded_functions:
-            return ".".join(names)
-        return None
+        qualified = ".".join(names)
+        found = self._sharded_functions.get(qualified)
+        if found is None:
+            found = self._sharded_functions.get(names[-1])
+        return None if found is None else (qualified, found)
 
 
 def _names_pg_temp(node: Any) -> bool:

@@ -8,6 +8,7 @@ missing shards and duplicate ports with a ConfigError naming the key, and return
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -34,6 +35,7 @@ __all__ = [
     "TableConfig",
     "load_config",
     "parse_config",
+    "parse_function_spec",
 ]
 
 # The regions georoute is built for; every one must be configured as a shard.
@@ -356,6 +358,22 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
     return config
 
 
+_FUNCTION_SPEC = re.compile(r"^\s*([a-z_][a-z0-9_$.]*)\s*(?:\(([0-9,\s]*)\))?\s*$")
+
+
+def parse_function_spec(spec: str) -> tuple[str, tuple[int, ...]]:
+    """A `router.sharded_functions` entry: `name`, or `name(1, 2)` naming the (1-based)
+    positional arguments that carry a shard (a georoute id or a region name)."""
+    found = _FUNCTION_SPEC.match(spec)
+    if found is None:
+        raise ValueError(f"{spec!r} is not `name` or `name(1, 2)` (lower case, argument "
+                         "positions from 1)")  # fmt: skip
+    positions = tuple(int(p) for p in (found.group(2) or "").replace(",", " ").split())
+    if any(p < 1 for p in positions):
+        raise ValueError(f"{spec!r}: argument positions count from 1")
+    return found.group(1), positions
+
+
 def _validate(config: Config) -> None:
     numbers: dict[int, str] = {}
     for shard in config.shards.values():
@@ -416,6 +434,11 @@ def _validate(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(key, f"must be positive, got {value}")
+    for spec in r.sharded_functions:
+        try:
+            parse_function_spec(spec)
+        except ValueError as exc:
+            raise ConfigError("router.sharded_functions", str(exc)) from None
     if r.max_frame_bytes < MIN_FRAME_BYTES:
         # Every Status and Error reply must fit, or a client could be left with no answer
         # (a write's "applied, result undeliverable" error among them).

@@ -38,6 +38,7 @@ from pglast.enums import A_Expr_Kind, BoolExprType, CmdType, JoinType, MergeMatc
 from router.config import TableConfig
 
 __all__ = [
+    "LOCAL_TABLES",
     "Confinement",
     "Edge",
     "KeyKind",
@@ -123,6 +124,9 @@ class Confinement:
 
 # Values whose shard is wherever the statement runs: made on the shard itself.
 _LOCAL_FUNCS = frozenset({"georoute_id", "georoute_region", "gen_random_uuid", "uuidv4", "uuidv7"})
+# georoute's own tables, one per shard with different rows: never a reference table; a
+# statement on one needs a shard hint.
+LOCAL_TABLES = frozenset({"georoute_idempotency", "georoute_shard", "schema_migrations"})
 # Schemas whose tables are never the sharded ones.
 _OTHER_SCHEMAS = ("pg_catalog", "information_schema")
 _STATEMENTS = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
@@ -143,17 +147,29 @@ def children(node: Any, skipped: frozenset[str] = frozenset()) -> Iterator[Any]:
 
 
 def conjuncts(expr: Any) -> Iterator[Any]:
-    """The terms of a top-level AND (an OR or NOT is one opaque term)."""
-    if isinstance(expr, ast.BoolExpr) and expr.boolop == BoolExprType.AND_EXPR:
-        for arg in expr.args:
-            yield from conjuncts(arg)
-    elif expr is not None:
-        yield expr
+    """The terms of a top-level AND (an OR or NOT is one opaque term). Iterative: a text of a
+    thousand nested ANDs must not exhaust Python's stack."""
+    stack = [expr]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ast.BoolExpr) and item.boolop == BoolExprType.AND_EXPR:
+            stack.extend(reversed(item.args))
+        elif item is not None:
+            yield item
+
+
+def _uncast(node: Any) -> Any:
+    """A value under casts that keep it whole ('...'::uuid, $1::text); a cast with a type
+    modifier (::varchar(8)) may cut it, so it is not looked through."""
+    while isinstance(node, ast.TypeCast):
+        if node.typeName is not None and node.typeName.typmods:
+            return node
+        node = node.arg
+    return node
 
 
 def const_value(node: Any) -> Any:
-    if isinstance(node, ast.TypeCast):  # '...'::uuid
-        return const_value(node.arg)
+    node = _uncast(node)
     if isinstance(node, ast.A_Const) and not node.isnull:
         val = node.val
         for attr in ("sval", "ival", "fval", "boolval"):
@@ -163,8 +179,7 @@ def const_value(node: Any) -> Any:
 
 
 def param_number(node: Any) -> int | None:
-    if isinstance(node, ast.TypeCast):
-        return param_number(node.arg)
+    node = _uncast(node)
     if isinstance(node, ast.ParamRef):
         return int(node.number)
     return None
@@ -181,13 +196,13 @@ def column_name(node: Any) -> tuple[str | None, str] | None:
 
 
 def _is_null(node: Any) -> bool:
-    inner = node.arg if isinstance(node, ast.TypeCast) else node
+    inner = _uncast(node)
     return isinstance(inner, ast.A_Const) and bool(inner.isnull)
 
 
 def _local_value(node: Any) -> bool:
     """DEFAULT, NULL, or a value made on the shard that runs the statement (georoute_id())."""
-    inner = node.arg if isinstance(node, ast.TypeCast) else node
+    inner = _uncast(node)
     if isinstance(inner, ast.SetToDefault) or _is_null(inner):
         return True
     if isinstance(inner, ast.FuncCall) and not inner.args:
@@ -197,16 +212,25 @@ def _local_value(node: Any) -> bool:
     return False
 
 
+# A FuncCall -> (its name, the positions of its shard-carrying arguments), or None.
+ShardedFunction = Callable[[Any], "tuple[str, tuple[int, ...]] | None"]
+
+
 class _Scope:
     """The FROM entries one query level sees, innermost first through `parent`."""
 
     __slots__ = ("ctes", "entries", "parent", "refs")
 
-    def __init__(self, parent: _Scope | None) -> None:
+    def __init__(self, parent: _Scope | None, ctes: set[str] | None = None) -> None:
         self.parent = parent
         self.entries: dict[str, int | None] = {}  # alias -> ref (None: not a sharded table)
-        self.ctes: set[str] = set()
+        self.ctes: set[str] = set() if ctes is None else ctes
         self.refs: list[int] = []  # the sharded-table references of this level
+
+    def hidden(self) -> _Scope:
+        """What a non-LATERAL subquery in FROM sees of this level: its CTEs, not its entries
+        (PostgreSQL resolves such a name to an outer query instead)."""
+        return _Scope(self.parent, self.ctes)
 
     def sees_cte(self, name: str) -> bool:
         scope: _Scope | None = self
@@ -228,7 +252,7 @@ class _Out:
 
 class _Analyzer:
     def __init__(self, tables: Mapping[str, TableConfig],
-                 sharded_function: Callable[[Any], str | None]) -> None:  # fmt: skip
+                 sharded_function: ShardedFunction) -> None:  # fmt: skip
         self._tables = tables
         self._sharded_function = sharded_function
         self.refs: list[Ref] = []
@@ -237,6 +261,7 @@ class _Analyzer:
         self.rows: list[tuple[RowKey, ...]] = []
         self.assigned: list[KeyRef] = []
         self.unchecked: str | None = None
+        self.renamed: set[int] = set()  # refs with a column alias list: names are not keys
 
     def result(self) -> Confinement:
         return Confinement(tuple(self.refs), tuple(self.pins), tuple(dict.fromkeys(self.edges)),
@@ -252,14 +277,16 @@ class _Analyzer:
             return KeyKind.ID
         return None
 
-    def _sharded(self, rv: Any, scope: _Scope) -> bool:
-        """Whether a RangeVar names a configured sharded table (not a CTE, not a temp table)."""
+    def _sharded(self, rv: Any, scope: _Scope, written: bool = False) -> bool:
+        """Whether a RangeVar names a configured sharded table (not a CTE, not a temp table).
+        The table a statement writes is always a table: a CTE of its name does not hide it."""
         schema = rv.schemaname
-        if schema is None and scope.sees_cte(rv.relname):
+        if schema is None and not written and scope.sees_cte(rv.relname):
             return False
         if schema is not None and (schema in _OTHER_SCHEMAS or schema.startswith("pg_temp")):
             return False
-        return rv.relname in self._tables and rv.relpersistence != "t"
+        name = rv.relname
+        return (name in self._tables or name in LOCAL_TABLES) and rv.relpersistence != "t"
 
     def _new_ref(self, ref: Ref) -> int:
         self.refs.append(ref)
@@ -323,14 +350,16 @@ class _Analyzer:
         if _local_value(expr):
             return _Out(local=True)
         col = self.column(expr, scope)
-        return _Out(ref=(col[0], col[1])) if col is not None else _Out()
+        if col is None or col[0] not in scope.refs:  # an outer query's column: not this one's
+            return _Out()
+        return _Out(ref=(col[0], col[1]))
 
     def insert(self, stmt: Any, parent: _Scope | None) -> None:
         scope = _Scope(parent)
         self.with_clause(stmt.withClause, scope)
         rel = stmt.relation
         table = rel.relname
-        sharded = self._sharded(rel, scope)
+        sharded = self._sharded(rel, scope, written=True)
         select = stmt.selectStmt
         rows: list[list[_Out]] = []
         if select is None:
@@ -355,6 +384,8 @@ class _Analyzer:
         target.entries["excluded"] = None
         conflict = stmt.onConflictClause
         if conflict is not None:
+            if sharded:
+                self.arbiter(table, conflict)
             self.assign(table, rel, conflict.targetList or (), excluded=True)
             self.expressions((conflict.targetList, conflict.whereClause, conflict.infer), target)
         self.expressions(stmt.returningClause, target)
@@ -374,9 +405,30 @@ class _Analyzer:
                 keys.append(RowKey(table, column, kind))
         return tuple(keys)
 
+    def arbiter(self, table: str, conflict: Any) -> None:
+        """ON CONFLICT must name a shard-key column among its arbiter's columns: a unique index
+        holds per shard, so a conflict on another (an email) would be looked for on this
+        shard only, where one database would have found it on any."""
+        infer = conflict.infer
+        names = [e.name for e in (infer.indexElems or ()) if e.name] if infer else []
+        if not any(self.key_kind(table, name) for name in names):
+            self.unchecked = (f"ON CONFLICT on {table} must name one of its shard-key columns "
+                              "(a unique index holds per shard, so a conflict on another "
+                              "column could be on another shard)")  # fmt: skip
+
     def target(self, rel: Any, scope: _Scope) -> set[int]:
-        """The table an UPDATE, DELETE or MERGE writes: a reference of its scope."""
-        return self.from_item(rel, scope)
+        """The table an UPDATE, DELETE or MERGE writes: a reference of its scope (a table,
+        even where a CTE has its name)."""
+        alias = rel.alias.aliasname if rel.alias is not None else rel.relname
+        if not self._sharded(rel, scope, written=True):
+            scope.entries[alias] = None
+            return set()
+        ref = self._new_ref(Ref(rel.relname))
+        scope.entries[alias] = ref
+        scope.refs.append(ref)
+        if rel.alias is not None and rel.alias.colnames:
+            self.renamed.add(ref)
+        return {ref}
 
     def update(self, stmt: Any, parent: _Scope | None) -> None:
         scope = _Scope(parent)
@@ -414,7 +466,10 @@ class _Analyzer:
             self.expressions((clause.condition, clause.targetList, clause.values), scope)
             if clause.commandType == CmdType.CMD_UPDATE:
                 self.assign(table, rel, clause.targetList or ())
-            elif clause.commandType == CmdType.CMD_INSERT and self._sharded(rel, scope):
+            elif clause.commandType == CmdType.CMD_INSERT and self._sharded(rel, scope, True):
+                if not clause.targetList and not clause.values:  # DEFAULT VALUES: all local
+                    self.rows.append(())
+                    continue
                 if not clause.targetList:
                     self.unchecked = (f"MERGE ... INSERT into {table} without a column list: "
                                       "name the columns, so the router can read the row's "
@@ -426,8 +481,9 @@ class _Analyzer:
 
     def assign(self, table: str, rel: Any, targets: Iterable[Any], excluded: bool = False) -> None:
         """The shard-key columns `SET` assigns: each must keep the row on its shard."""
+        # With an alias the table's own name is another FROM item's (PostgreSQL hides it).
         alias = rel.alias.aliasname if rel.alias is not None else table
-        own = (None, table, alias, "excluded") if excluded else (None, table, alias)
+        own = (None, alias, "excluded") if excluded else (None, alias)
         target: Any
         for target in targets:
             kind = self.key_kind(table, target.name)
@@ -439,7 +495,11 @@ class _Analyzer:
                 if not isinstance(source, ast.RowExpr):  # = (SELECT ...): an expression
                     self.assigned.append(KeyRef(kind, target.name, table))
                     continue
-                val = source.args[(val.colno or 1) - 1]
+                number = (val.colno or 1) - 1
+                if not 0 <= number < len(source.args or ()):  # PostgreSQL refuses it anyway
+                    self.assigned.append(KeyRef(kind, target.name, table))
+                    continue
+                val = source.args[number]
             inner = val.arg if isinstance(val, ast.TypeCast) else val
             if isinstance(inner, ast.SetToDefault) or _is_null(inner):
                 continue  # DEFAULT is made on this shard; NULL is the column's own business
@@ -462,10 +522,19 @@ class _Analyzer:
             ref = self._new_ref(Ref(item.relname))
             scope.entries[alias] = ref
             scope.refs.append(ref)
+            if item.alias is not None and item.alias.colnames:  # AS a(x, y): columns renamed
+                self.renamed.add(ref)
             return {ref}
         if isinstance(item, ast.JoinExpr):
+            before = set(scope.entries)
             left = self.from_item(item.larg, scope)
             right = self.from_item(item.rarg, scope)
+            # The ON sees the join's own inputs and the outer queries, not this level's other
+            # FROM items (a name PostgreSQL would resolve to an outer query).
+            own = {name: ref for name, ref in scope.entries.items() if name not in before}
+            on = _Scope(scope.parent, scope.ctes)
+            on.entries.update(own)
+            on.refs.extend(r for r in scope.refs if r in left | right)
             kind = item.jointype
             if kind == JoinType.JOIN_INNER:
                 filtered = left | right
@@ -475,14 +544,17 @@ class _Analyzer:
                 filtered = left
             else:  # FULL: the ON filters neither side
                 filtered = set()
-            self.where(item.quals, scope, filtered)
-            for name in item.usingClause or ():
-                self.using(name.sval, left, right, filtered)
-            if item.alias is not None:
+            self.where(item.quals, on, filtered)
+            if not item.isNatural:
+                for name in item.usingClause or ():
+                    self.using(name.sval, left, right, filtered)
+            if item.alias is not None:  # (a JOIN b) AS j hides a and b by name
+                for name in own:
+                    del scope.entries[name]
                 scope.entries[item.alias.aliasname] = None
             return left | right
         if isinstance(item, ast.RangeSubselect):
-            self.statement(item.subquery, scope)
+            self.statement(item.subquery, scope if item.lateral else scope.hidden())
             if item.alias is not None:
                 scope.entries[item.alias.aliasname] = None
             return set()
@@ -497,8 +569,10 @@ class _Analyzer:
 
     def using(self, column: str, left: set[int], right: set[int], filtered: set[int]) -> None:
         """JOIN ... USING (col): an equality of the one side's col and the other's."""
-        lhs = [r for r in left if self.key_kind(self.refs[r].table, column)]
-        rhs = [r for r in right if self.key_kind(self.refs[r].table, column)]
+        lhs = [r for r in left
+               if r not in self.renamed and self.key_kind(self.refs[r].table, column)]
+        rhs = [r for r in right
+               if r not in self.renamed and self.key_kind(self.refs[r].table, column)]
         if len(lhs) != 1 or len(rhs) != 1:
             return
         a, b = lhs[0], rhs[0]
@@ -511,22 +585,21 @@ class _Analyzer:
             self.edges.append(Edge(b, a))
 
     def column(self, node: Any, scope: _Scope) -> tuple[int, KeyKind, str] | None:
-        """The reference, key kind and name of a column, when it is a shard-key column."""
-        if isinstance(node, ast.TypeCast):
-            node = node.arg
+        """The reference, key kind and name of a column, when it is a shard-key column. A cast
+        column (`user_id::varchar(8)`) is not the key: the cast may cut or change it."""
         name = column_name(node)
         if name is None:
             return None
         qualifier, column = name
         if qualifier is None:  # only this level: we do not know every table's columns
-            found = [(r, k, column) for r in scope.refs
-                     if (k := self.key_kind(self.refs[r].table, column)) is not None]  # fmt: skip
+            found = [(r, k, column) for r in scope.refs if r not in self.renamed
+                     and (k := self.key_kind(self.refs[r].table, column)) is not None]  # fmt: skip
             return found[0] if len(found) == 1 else None
         level: _Scope | None = scope
         while level is not None:
             if qualifier in level.entries:
                 ref = level.entries[qualifier]
-                if ref is None:
+                if ref is None or ref in self.renamed:
                     return None
                 kind = self.key_kind(self.refs[ref].table, column)
                 return (ref, kind, column) if kind is not None else None
@@ -549,7 +622,7 @@ class _Analyzer:
             return self.in_subquery(conj, scope, filtered, sources)
         if not isinstance(conj, ast.A_Expr) or [n.sval for n in conj.name or ()] != ["="]:
             return False
-        if conj.kind == A_Expr_Kind.AEXPR_OP:
+        if conj.kind in (A_Expr_Kind.AEXPR_OP, A_Expr_Kind.AEXPR_NOT_DISTINCT):
             left = self.column(conj.lexpr, scope)
             right = self.column(conj.rexpr, scope)
             if left is not None and right is not None:
@@ -610,7 +683,7 @@ class _Analyzer:
             self.edges.append(Edge(inner[0], col[0]))  # the values come from a confined query
         sub = link.subselect
         plain = not (sub.limitCount or sub.limitOffset or sub.groupClause or sub.havingClause
-                     or sub.windowClause or sub.larg or sub.rarg)  # fmt: skip
+                     or sub.windowClause or sub.distinctClause or sub.larg or sub.rarg)  # fmt: skip
         if plain:  # only the inner rows with the outer row's key can match it
             self.edges.append(Edge(col[0], inner[0]))
         return True
@@ -636,24 +709,29 @@ class _Analyzer:
                     self._new_ref(Ref(item.relname))
                 continue
             if isinstance(item, ast.FuncCall):
-                name = self._sharded_function(item)
-                if name is not None:
-                    self.function(name, item, scope)
+                found = self._sharded_function(item)
+                if found is not None:
+                    self.function(*found, item, scope)
             stack.extend(children(item, _SKIPPED_SLOTS))
 
-    def function(self, name: str, call: Any, scope: _Scope) -> None:
-        """A sharded function's call: pinned by an id or region among its arguments, or by
-        an argument that is a confined reference's key column."""
+    def function(self, name: str, positions: tuple[int, ...], call: Any,
+                 scope: _Scope) -> None:  # fmt: skip
+        """A sharded function's call: confined by the arguments router.toml says carry a
+        shard (an id or a region name; positional only), or by a confined reference's key
+        column passed there. Its other arguments (a search text that reads "asia") name
+        nothing."""
         ref = self._new_ref(Ref(f"{name}()", function=True))
         values: list[KeyRef] = []
-        for arg in call.args or ():
-            expr = arg.arg if isinstance(arg, ast.NamedArgExpr) else arg
-            param = param_number(expr)
-            value = None if param is not None else const_value(expr)
-            if param is not None or isinstance(value, str):
-                values.append(KeyRef(KeyKind.ID, "", f"{name}()", param=param, value=value))
+        for number, arg in enumerate(call.args or (), 1):
+            if number not in positions or isinstance(arg, ast.NamedArgExpr):
                 continue
-            col = self.column(expr, scope)
+            param = param_number(arg)
+            value = None if param is not None else const_value(arg)
+            if param is not None or isinstance(value, str):
+                values.append(KeyRef(KeyKind.ID, f"argument {number}", f"{name}()",
+                                     param=param, value=value))  # fmt: skip
+                continue
+            col = self.column(arg, scope)
             if col is not None:
                 self.edges.append(Edge(col[0], ref))
         if values:
@@ -661,9 +739,10 @@ class _Analyzer:
 
 
 def confinement(stmt: Any, tables: Mapping[str, TableConfig],
-                sharded_function: Callable[[Any], str | None]) -> Confinement:  # fmt: skip
+                sharded_function: ShardedFunction) -> Confinement:  # fmt: skip
     """The references, pins, joins and written rows of one parsed statement.
-    `sharded_function(call)` names a FuncCall declared as reading or writing sharded data."""
+    `sharded_function(call)` names a FuncCall declared as reading or writing sharded data,
+    with the (1-based) positions of its arguments that carry a shard."""
     analyzer = _Analyzer(tables, sharded_function)
     analyzer.statement(stmt, None)
     return analyzer.result()

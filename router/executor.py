@@ -453,6 +453,9 @@ class Executor:
             shard = statement_shard(analysis, params, self.config)
             if shard is not None:
                 shards.setdefault(shard, number)
+            elif not analysis.read_only and analysis.tables:  # a reference table's copy
+                raise MissingShardKeyError([f"{analysis.tables[0]} (statement {number}: a "
+                                            "reference table: writes need a shard hint)"])
         if len(shards) > 1:
             detail = ", ".join(f"statement {n} -> {s}" for s, n in shards.items())
             raise CrossShardError(

@@ -226,7 +226,10 @@ def _unconfined(conf: Confinement, found: list[frozenset[str] | None],
             continue
         name = conf.refs[ref].table
         if conf.refs[ref].function:
-            text = f"{name} (a sharded function: an id or a region among its arguments)"
+            text = (f"{name} (a sharded function: an id or a region in an argument "
+                    "router.sharded_functions names)")  # fmt: skip
+        elif name not in config.tables:
+            text = f"{name} (georoute's own table, one per shard: a shard hint)"
         else:
             cfg = config.tables[name]
             cols = ([cfg.region_column] if cfg.region_column else []) + list(cfg.id_columns)

@@ -19,7 +19,6 @@ from router.routing import (
     UnknownShardError,
     check_writes,
     keyed_shard,
-    resolve_shards,
 )
 from router.session import Session, Transaction, TransactionError
 from router.topology import NodeState
@@ -50,10 +49,12 @@ class Transactions:
         (as a hint does): it must not name another shard by its keys, and the rows it writes
         must belong to the transaction's shard."""
         config = self._executor.config
-        if hints.shard is not None:
-            shard: str | None = resolve_shards(analysis, params, hints.shard, config).shard
-        else:
-            shard = keyed_shard(analysis, params, config)
+        if hints.shard is not None and hints.shard != tx.shard:
+            if hints.shard not in config.shards:
+                raise UnknownShardError(f"shard hint {hints.shard!r} is not a shard", hints.shard)
+            raise CrossShardError(
+                f"transaction {tx.id} is on shard {tx.shard}; the hint says {hints.shard}")
+        shard = keyed_shard(analysis, params, config)  # a hint does not silence the keys
         if shard is not None and shard != tx.shard:
             raise CrossShardError(
                 f"transaction {tx.id} is on shard {tx.shard}; this statement is for {shard}"

@@ -183,3 +183,17 @@ async def test_a_statement_waiting_for_the_parser_keeps_its_transaction_open() -
     await transactions.statement(session, tx, deep, [], Hints())
     await transactions.commit(session, tx.id)
     assert log == ["BEGIN", deep, "COMMIT"]
+
+
+@pytest.mark.parametrize("hint", ["europe", "asia"])
+async def test_a_hint_inside_a_transaction_does_not_silence_the_keys(hint: str) -> None:
+    """A statement's own keys are checked against the transaction's shard, hint or not (a
+    hint of the transaction's own shard once returned before the keys were looked at)."""
+    transactions, log, _ = _transactions()
+    session = Session()
+    tx = await transactions.begin(session, Hints(shard="europe"), None, False)
+    asia = new_id(CONFIG.shards["asia"].number)
+    for sql in ("SELECT * FROM users WHERE user_id = $1", "SELECT enroll($1, $1)"):
+        with pytest.raises(CrossShardError, match="asia"):
+            await transactions.statement(session, tx, sql, [asia], Hints(shard=hint))
+    assert log == ["BEGIN"]
