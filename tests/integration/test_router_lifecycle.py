@@ -16,8 +16,10 @@ import pytest
 import client
 from router.cluster import LocalCluster
 from router.config import Config, router_socket_path
+from router.db.connect import connect_node
 from tests.integration.conftest import wait_until
 from tests.support.router_proc import (
+    REGIONS,
     TOKEN,
     RouterProcess,
     port_of,
@@ -90,12 +92,30 @@ async def test_sighup_reload_and_bad_reload(router: RouterProcess, db: client.Cl
         router.signal(signal.SIGHUP)
 
 
+async def _backend_pids(router: RouterProcess) -> dict[str, set[int]]:
+    """Each node's backends that belong to this router's pools, pooled and pipelined (their
+    application_name names the router node), as PostgreSQL lists them."""
+    cfg = router.config
+    found: dict[str, set[int]] = {}
+    for shard in cfg.shards.values():
+        for address in (shard.primary, *shard.replicas):
+            conn = await connect_node(cfg, address)
+            try:
+                rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                                        f"georoute:{cfg.router.node_name}")  # fmt: skip
+            finally:
+                await conn.close()
+            found[f"{address.host}:{address.port}"] = {r["pid"] for r in rows}
+    return found
+
+
 async def test_a_reload_that_changes_database_settings_renews_every_pool(
     router: RouterProcess, db: client.Client
 ) -> None:
     """New [database] settings (here sslmode) reach every node, not only the ones added or
     moved: each gets a new pool and the old pools drain, so the pools and the lag monitor
-    never connect under different settings."""
+    never connect under different settings. PostgreSQL shows it: every backend the router
+    had on every node goes away, and new ones serve."""
     original = router.path.read_text()
     changed = original.replace(f'sslmode = "{router.config.database.sslmode}"',
                                'sslmode = "disable"', 1)  # fmt: skip
@@ -103,6 +123,8 @@ async def test_a_reload_that_changes_database_settings_renews_every_pool(
     nodes = sum(1 + len(shard.replicas) for shard in router.config.shards.values())
     renewed = f"{nodes} new nodes, {nodes} retired"
     before = sum(renewed in line for line in router.output)
+    old = await _backend_pids(router)
+    assert all(old.values()), old  # every node had connections of this router to replace
     try:
         router.path.write_text(changed)
         router.signal(signal.SIGHUP)
@@ -111,7 +133,15 @@ async def test_a_reload_that_changes_database_settings_renews_every_pool(
             return sum(renewed in line for line in router.output) > before
 
         await wait_until(reloaded, within=10, what=f"a reload with {renewed}")
-        assert await db.fetchval("SELECT 1", shard="europe") == 1
+        for region in REGIONS:  # the new pools serve, on primaries and replicas
+            for consistency in ("strong", "replica"):
+                assert await db.fetchval("SELECT 1", shard=region, consistency=consistency) == 1
+
+        async def replaced() -> bool:
+            now = await _backend_pids(router)
+            return all(now[node] and not now[node] & old[node] for node in old)
+
+        await wait_until(replaced, within=15, what="every node's old backends gone, new ones in")
     finally:
         router.path.write_text(original)
         router.signal(signal.SIGHUP)
