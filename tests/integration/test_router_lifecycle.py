@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import stat
+import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
@@ -17,11 +18,14 @@ import client
 from router.cluster import LocalCluster
 from router.config import Config, router_socket_path
 from router.db.connect import connect_node
+from router.ids import new_id
 from tests.integration.conftest import wait_until
 from tests.support.router_proc import (
     REGIONS,
+    SCRATCH_DDL,
     TOKEN,
     RouterProcess,
+    number,
     port_of,
     router_config,
     running_router,
@@ -197,11 +201,14 @@ async def test_reload_replaces_the_pool_of_a_changed_node(
 def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: Config) -> None:
     """A request in flight when SIGTERM arrives still gets its reply, and a transaction open
     then may still run statements and commit; then the router exits. The client reaches it
-    through its Unix socket, which is gone once the router stopped."""
+    through its Unix socket, which is gone once the router stopped. The request in flight
+    waits on a lock the test holds, and the lock is let go only once the router has said it
+    is draining: the signal cannot land after the request is over."""
     config = router_config(test_config, port_shift=50, drain_timeout_seconds=10.0)
     path = Path(test_config.cluster.state_dir) / "router-drain.toml"
     socket_path = router_socket_path(config.router)
     assert socket_path is not None
+    blocked = "SELECT 7 FROM pg_advisory_xact_lock(4210)"
     with running_router(config, path) as proc:
         assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
         primary = test_config.shards["europe"].primary
@@ -213,29 +220,32 @@ def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: C
             pg = await asyncpg.connect(host=primary.host, port=primary.port,
                                        database=primary.database, user=test_config.database.user)
             try:
+                await pg.execute("BEGIN; SELECT pg_advisory_xact_lock(4210)")
                 async with c.transaction(shard="europe") as tx:
                     first = await tx.fetchval("SELECT txid_current()")
-                    slow = asyncio.create_task(
-                        c.fetchval("SELECT 7 FROM pg_sleep(0.8)", shard="europe",
-                                   idempotent=False, consistency="strong")
-                    )  # fmt: skip
+                    slow = asyncio.create_task(c.fetchval(
+                        blocked, shard="europe", idempotent=False, consistency="strong"))
 
-                    async def running() -> bool:
-                        n = await pg.fetchval("SELECT count(*) FROM pg_stat_activity "
-                                              "WHERE query = 'SELECT 7 FROM pg_sleep(0.8)'")
+                    async def waiting() -> bool:
+                        n = await pg.fetchval("SELECT count(*) FROM pg_stat_activity WHERE "
+                                              "query = $1 AND wait_event_type = 'Lock'", blocked)
                         return bool(n)
 
-                    await wait_until(running, within=10, what="the slow query to reach PostgreSQL")
+                    await wait_until(waiting, within=10, what="the request to wait on the lock")
                     proc.signal(signal.SIGTERM)
-                    value = await slow
+                    assert await asyncio.to_thread(proc.wait_for_output, "draining", 10), \
+                        "the router did not start draining"
+                    assert not slow.done()  # in flight when the drain began (it holds the lock)
                     # Draining: a request outside the transaction is refused; the transaction
                     # goes on (the same one), and commits at the end.
                     with pytest.raises(client.ShuttingDownError):
                         await c.fetchval("SELECT 1", shard="europe", idempotent=False)
                     assert await tx.fetchval("SELECT txid_current()") == first
+                    await pg.execute("COMMIT")  # lets the request in flight finish
+                    value = await asyncio.wait_for(slow, 10)
                 return value, first
             finally:
-                await pg.close()
+                await pg.close()  # (ends its transaction, if the test failed inside it)
                 await c.close()
 
         value, _ = asyncio.run(scenario())
@@ -243,3 +253,52 @@ def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: C
         assert proc.proc.wait(timeout=20) == 0
         assert any("stopped" in line for line in proc.output)
         assert not os.path.exists(socket_path)
+
+
+def test_transactions_open_at_the_drain_timeout_are_rolled_back(
+    cluster: LocalCluster, migrated: Config
+) -> None:
+    """A transaction still open when drain_timeout_seconds ends is rolled back, not
+    committed: its statements run while the router drains, then the router waits out the
+    whole window for a commit that never comes, rolls back and exits."""
+    drain = 1.5
+    config = router_config(migrated, port_shift=51, drain_timeout_seconds=drain)
+    path = Path(migrated.cluster.state_dir) / "router-drain-timeout.toml"
+    primary = migrated.shards["europe"].primary
+    items = [new_id(number(migrated, "europe")) for _ in range(2)]
+    insert = "INSERT INTO rt_items (item_id, region) VALUES ($1, 'europe')"
+    with running_router(config, path) as proc:
+
+        async def scenario() -> float:
+            c = await client.connect(proc.dsn, token=TOKEN)
+            try:
+                await c.execute(SCRATCH_DDL, shard="europe")
+                tx = c.transaction(shard="europe")
+                await tx.start()
+                await tx.execute(insert, items[0])
+                signalled = time.monotonic()
+                proc.signal(signal.SIGTERM)
+                assert await asyncio.to_thread(proc.wait_for_output, "draining", 10)
+                await tx.execute(insert, items[1])  # still open, inside the window
+                assert await asyncio.to_thread(proc.proc.wait, drain + 20) == 0
+                exited = time.monotonic() - signalled
+                with pytest.raises(client.GeorouteError):
+                    await tx.commit()  # too late: the router is gone
+                return exited
+            finally:
+                await c.close()
+
+        exited = asyncio.run(scenario())
+        assert exited >= drain, f"exited {exited:.2f}s after SIGTERM, within its {drain}s window"
+        assert any("stopped" in line for line in proc.output)
+
+    async def committed() -> int:
+        pg = await asyncpg.connect(host=primary.host, port=primary.port,
+                                   database=primary.database, user=migrated.database.user)
+        try:
+            return int(await pg.fetchval(
+                "SELECT count(*) FROM rt_items WHERE item_id = ANY($1::uuid[])", items))
+        finally:
+            await pg.close()
+
+    assert asyncio.run(committed()) == 0
