@@ -268,7 +268,8 @@ async def test_a_request_timeout_on_the_fast_path_answers_at_once(
         assert asyncio.get_running_loop().time() - started < 1.5  # the sleep is 3 s
         other = await asyncio.wait_for(reply(3), 10)
         assert other.rows == [[2]]
-        assert await sleeping()  # it runs on after its TIMEOUT (and is what is waited for next)
+        # It runs on after its TIMEOUT (seen running, so the wait below is for its end).
+        await wait_until(sleeping, within=5, what="the timed-out statement running")
         await wait_until(settled, within=20, what="the timed-out statement to end")
         # The same connection keeps working, and the late result of request 2 never came.
         assert (await ask(Query(4, "SELECT 40 + 2", [], QueryKind.FETCH,

@@ -198,6 +198,9 @@ async def test_reload_replaces_the_pool_of_a_changed_node(
     assert port == replica_port
 
 
+DRAINING = "transactions open"  # the router's "draining N requests in tasks, ..." line
+
+
 def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: Config) -> None:
     """A request in flight when SIGTERM arrives still gets its reply, and a transaction open
     then may still run statements and commit; then the router exits. The client reaches it
@@ -233,7 +236,7 @@ def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: C
 
                     await wait_until(waiting, within=10, what="the request to wait on the lock")
                     proc.signal(signal.SIGTERM)
-                    assert await asyncio.to_thread(proc.wait_for_output, "draining", 10), \
+                    assert await asyncio.to_thread(proc.wait_for_output, DRAINING, 10), \
                         "the router did not start draining"
                     assert not slow.done()  # in flight when the drain began (it holds the lock)
                     # Draining: a request outside the transaction is refused; the transaction
@@ -278,7 +281,7 @@ def test_transactions_open_at_the_drain_timeout_are_rolled_back(
                 await tx.execute(insert, items[0])
                 signalled = time.monotonic()
                 proc.signal(signal.SIGTERM)
-                assert await asyncio.to_thread(proc.wait_for_output, "draining", 10)
+                assert await asyncio.to_thread(proc.wait_for_output, DRAINING, 10)
                 await tx.execute(insert, items[1])  # still open, inside the window
                 assert await asyncio.to_thread(proc.proc.wait, drain + 20) == 0
                 exited = time.monotonic() - signalled

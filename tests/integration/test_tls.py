@@ -256,7 +256,8 @@ async def test_a_router_process_under_verify_full_serves_over_tls_and_never_in_c
     shards["europe"] = replace(shards["europe"], primary=tls_node.address)
     config = replace(base, database=database, shards=shards)
     path = Path(migrated.cluster.state_dir) / "router-tls-nodes.toml"
-    with contextlib.ExitStack() as stack:
+    stack = contextlib.ExitStack()  # entered and left on a thread: they wait for the process
+    try:
         proc = await asyncio.to_thread(stack.enter_context, running_router(config, path))
         async with await client.connect(proc.dsn, token=TOKEN) as db:
             assert await db.fetchval(ENCRYPTED, shard="europe", consistency="strong") is True
@@ -271,3 +272,5 @@ async def test_a_router_process_under_verify_full_serves_over_tls_and_never_in_c
                 await db.fetchval("SELECT 1", shard="asia", consistency="strong")
             nodes = (await db.topology())["shards"]["asia"]["nodes"]
             assert {n["health"] for n in nodes} == {"down"}, nodes
+    finally:
+        await asyncio.to_thread(stack.close)
