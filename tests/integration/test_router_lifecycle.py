@@ -229,9 +229,9 @@ def test_sigterm_drains_in_flight_requests(cluster: LocalCluster, test_config: C
                     slow = asyncio.create_task(c.fetchval(
                         blocked, shard="europe", idempotent=False, consistency="strong"))
 
-                    async def waiting() -> bool:
-                        n = await pg.fetchval("SELECT count(*) FROM pg_stat_activity WHERE "
-                                              "query = $1 AND wait_event_type = 'Lock'", blocked)
+                    async def waiting() -> bool:  # (its query text may not show while it waits)
+                        n = await pg.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = "
+                                              "'advisory' AND objid = 4210 AND NOT granted")
                         return bool(n)
 
                     await wait_until(waiting, within=10, what="the request to wait on the lock")
