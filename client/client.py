@@ -48,7 +48,9 @@ from protocol import (
     QueryKind,
     Reply,
     Request,
+    format_ryw_token,
     merge_ryw_token,
+    parse_ryw_token,
 )
 
 __all__ = ["Client", "connect", "looks_read_only"]
@@ -124,6 +126,32 @@ class Client:
     def ryw_state(self) -> dict[str, int]:
         """The session's read-your-writes map {shard: highest LSN written}."""
         return dict(self._ryw)
+
+    def ryw_tokens(self) -> list[str]:
+        """The session's read-your-writes position as tokens, `"<shard>:<lsn>"` for each shard
+        it wrote (the form of a reply's ryw_token, PROTOCOL.md section 5). Hand them to the
+        session that serves the same user next (a web tier's next request, on another
+        process), which gives them to `observe_ryw_tokens` and then reads these writes."""
+        return [format_ryw_token(shard, lsn) for shard, lsn in sorted(self._ryw.items())]
+
+    def observe_ryw_tokens(self, tokens: Iterable[str]) -> None:
+        """Take another session's tokens (its `ryw_tokens`) as this session's own writes: its
+        later reads see them, from a replica only once it has replayed them, else from the
+        primary. The map is the Client's: a Client shared by many users' requests makes every
+        read it sends wait for all the tokens it was given. Raises ValueError for a malformed
+        token (TypeError for one that is not a str, or a bare str for the iterable); then none
+        of them is taken."""
+        if isinstance(tokens, str):
+            raise TypeError("observe_ryw_tokens takes an iterable of tokens, not one str")
+        positions = []
+        for token in tokens:
+            if not isinstance(token, str):
+                raise TypeError(f"a ryw token is a str, not {type(token).__name__}")
+            positions.append(parse_ryw_token(token))
+        for shard, lsn in positions:
+            if lsn > self._ryw.get(shard, -1):
+                self._ryw[shard] = lsn
+                self._ryw_wire = None
 
     @property
     def connections(self) -> list[Connection]:

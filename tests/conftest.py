@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from router.cluster import LocalCluster
 from router.config import Config, load_config
@@ -16,6 +17,13 @@ from router.config_write import with_port_offset
 REPO = Path(__file__).resolve().parent.parent
 TEST_PORT_OFFSET = 10000
 TEST_STATE_DIR = REPO / ".georoute-test"
+
+# Property tests assert what the code does, not how fast: on a loaded machine (CI, or two
+# cores shared by several test sessions) an example or its data can take longer than
+# Hypothesis's 200 ms deadline and health-check limits for reasons that are not the code's.
+# Loaded always, not only under CI, because that describes every machine this runs on.
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

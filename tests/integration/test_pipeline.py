@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 import client
-from protocol import ErrorCode, FrameDecoder, Hello, Hints, Query, QueryKind, encode
+from protocol import Admin, ErrorCode, FrameDecoder, Hello, Hints, Query, QueryKind, encode
 from router.cluster import LocalCluster
 from router.cluster.layout import existing_layout
 from router.config import Config
@@ -205,12 +205,17 @@ async def test_pipelined_connections_authenticate_with_passwords(
         await admin.close()
 
 
-async def test_a_request_timeout_on_the_fast_path_answers_at_once(router: RouterProcess) -> None:
+async def test_a_request_timeout_on_the_fast_path_answers_at_once(
+    router: RouterProcess, migrated: Config
+) -> None:
     """Straight protocol (the client library would give up by itself): the router replies
-    TIMEOUT when the hint expires, keeps serving the connection, and drops the late result."""
+    TIMEOUT when the hint expires, keeps serving the connection, and drops the late result:
+    once the statement has ended and the router has taken its result off the pipeline (its
+    in-flight count, asked on this same connection), no reply for it has come."""
     reader, writer = await asyncio.open_connection("127.0.0.1", router.config.router.listen_port)
     decoder = FrameDecoder()
     replies: dict[int, Any] = {}
+    ids = iter(range(10, 10**6))
 
     async def reply(request_id: int) -> Any:
         while request_id not in replies:
@@ -220,25 +225,58 @@ async def test_a_request_timeout_on_the_fast_path_answers_at_once(router: Router
                 replies[message.id] = message  # type: ignore[union-attr]
         return replies.pop(request_id)
 
+    async def ask(message: Any) -> Any:
+        writer.write(encode(message))
+        return await asyncio.wait_for(reply(message.id), 10)
+
+    # A write (pg_sleep is not read-only), so on the primary; `7`, not pg_sleep's void, which
+    # the pipeline does not carry (that would run on a pooled connection instead).
+    sleep_sql = "SELECT 7 FROM pg_sleep($1)"
+    primary = migrated.shards["europe"].primary
+    pg = await asyncpg.connect(host=primary.host, port=primary.port, database=primary.database,
+                               user=migrated.database.user)  # fmt: skip
+
+    async def sleeping() -> bool:  # by its wait, which shows even where its text may not
+        return bool(await pg.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"))
+
+    async def settled() -> bool:
+        """The sleep has ended and the router has nothing in flight on the europe primary's
+        pipeline: it has had the statement's result (and has answered this connection's
+        requests in order since)."""
+        if await sleeping():
+            return False
+        topology = await ask(Admin(next(ids), "topology"))
+        nodes = topology.payload["shards"]["europe"]["nodes"]
+        return next(n["pipeline_in_flight"] for n in nodes if n["role"] == "primary") == 0
+
     try:
         writer.write(encode(Hello(1, [1], "raw", TOKEN)))
         assert type(await reply(1)).__name__ == "HelloOk"
-        slow = Query(2, "SELECT pg_sleep(0.6)", [], QueryKind.FETCH,
-                     Hints(shard="europe", timeout_ms=100))  # fmt: skip
+        for _ in range(2):  # prepared on the pipeline and judged quick: the next is fast-pathed
+            quick = await ask(Query(next(ids), sleep_sql, [0.0], QueryKind.FETCH,
+                                    Hints(shard="europe")))  # fmt: skip
+            assert quick.rows == [[7]]
+        # A 3 s sleep with a 100 ms timeout: the TIMEOUT must come long before the sleep ends.
+        slow = Query(2, sleep_sql, [3.0], QueryKind.FETCH, Hints(shard="europe", timeout_ms=100))
         writer.write(encode(slow) + encode(Query(3, "SELECT 1 + 1", [], QueryKind.FETCH,
                                                  Hints(shard="asia"))))  # fmt: skip
         started = asyncio.get_running_loop().time()
-        timed_out = await asyncio.wait_for(reply(2), 5)
+        timed_out = await asyncio.wait_for(reply(2), 10)
         assert timed_out.code == ErrorCode.TIMEOUT
-        assert asyncio.get_running_loop().time() - started < 0.5  # not after the 0.6 s sleep
-        other = await asyncio.wait_for(reply(3), 5)
+        assert asyncio.get_running_loop().time() - started < 1.5  # the sleep is 3 s
+        other = await asyncio.wait_for(reply(3), 10)
         assert other.rows == [[2]]
-        # The same connection keeps working, and the late result of request 2 never shows up.
-        writer.write(encode(Query(4, "SELECT 40 + 2", [], QueryKind.FETCH, Hints(shard="europe"))))
-        assert (await asyncio.wait_for(reply(4), 5)).rows == [[42]]
+        # It runs on after its TIMEOUT (seen running, so the wait below is for its end).
+        await wait_until(sleeping, within=5, what="the timed-out statement running")
+        await wait_until(settled, within=20, what="the timed-out statement to end")
+        # The same connection keeps working, and the late result of request 2 never came.
+        assert (await ask(Query(4, "SELECT 40 + 2", [], QueryKind.FETCH,
+                                Hints(shard="europe")))).rows == [[42]]  # fmt: skip
         assert 2 not in replies
     finally:
         writer.close()
+        await pg.close()
 
 
 async def test_a_write_waiting_on_a_lock_does_not_hold_up_the_pipeline(

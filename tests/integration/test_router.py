@@ -79,21 +79,6 @@ async def test_read_your_writes_is_never_stale(db: client.Client, router: Router
     assert await replica_pipeline_statements(db) - piped_before >= replica_hits
 
 
-async def test_token_from_another_session_is_honoured(
-    db: client.Client, router: RouterProcess
-) -> None:
-    """A token passed between sessions (e.g. by a web tier) gives the same guarantee."""
-    cfg = router.config
-    async with await client.connect(router.dsn, token=TOKEN) as other:
-        item = new_id(number(cfg, "asia"))
-        await db.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, 'asia')", item)
-        token = db.ryw_state
-        assert "asia" in token
-        for shard, lsn in token.items():
-            other._ryw[shard] = max(other._ryw.get(shard, 0), lsn)
-        assert await other.fetchval("SELECT count(*) FROM rt_items WHERE item_id = $1", item) == 1
-
-
 async def test_lagging_replica_is_skipped(
     db: client.Client, router: RouterProcess, cluster: LocalCluster
 ) -> None:

@@ -20,6 +20,7 @@ import client
 from client.errors import NoRouterAvailableError
 from router.config import Config
 from tests.integration.conftest import wait_until
+from tests.support.ci import missing
 from tests.support.router_proc import TOKEN, RouterProcess, router_config, running_router
 
 
@@ -95,7 +96,7 @@ async def test_clients_that_cannot_verify_or_speak_tls_are_turned_away(
 async def test_the_unix_socket_stays_plain(tls_router: TLSRouter) -> None:
     socket_dir = tls_router.proc.config.router.listen_socket_dir
     if not socket_dir:
-        pytest.skip("this config has no router Unix socket")
+        missing("this config has no router Unix socket (router.listen_socket_dir)")
     encrypted = await _answers(f"georoute://{socket_dir.replace('/', '%2F')}:"
                                f"{tls_router.proc.config.router.listen_port}")  # fmt: skip
     assert not encrypted

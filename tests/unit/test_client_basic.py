@@ -17,7 +17,7 @@ from protocol import (
     Rows,
     Status,
 )
-from tests.support.fake_server import FakeConnection, FakeRouter, default_handler
+from tests.support.fake_server import FakeConnection, FakeRouter
 
 
 async def test_pipelined_requests_get_their_own_replies_out_of_order() -> None:
@@ -154,7 +154,3 @@ def test_parse_dsn() -> None:
 )
 def test_looks_read_only(sql: str, read: bool) -> None:
     assert georoute_client.looks_read_only(sql) is read
-
-
-def test_default_handler_is_importable() -> None:
-    assert callable(default_handler)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 import client as georoute_client
-from protocol import Error, ErrorCode, Message, Ping, Pong, Query, QueryKind, Rows, Status
+from protocol import Batch, Error, ErrorCode, Message, Ping, Pong, Query, QueryKind, Rows, Status
 from tests.support.fake_server import FakeConnection, FakeRouter
 
 
@@ -60,10 +60,23 @@ async def test_write_with_idempotency_key_is_retried() -> None:
 
 
 async def test_idempotent_flag_overrides_the_default() -> None:
+    """Each call meets a dropped connection first: idempotent=False keeps a read from being
+    re-sent, idempotent=True lets a write (and a batch) without a key be re-sent."""
     async with FakeRouter(drop_first()) as router, await connect(router) as client:
-        with pytest.raises(georoute_client.ConnectionLostError):
+        with pytest.raises(georoute_client.ConnectionLostError) as lost:
             await client.fetch("SELECT nextval('s')", idempotent=False)
+        assert not lost.value.retryable
+        assert len(router.requests(Query)) == 1
+    async with FakeRouter(drop_first()) as router, await connect(router) as client:
         assert await client.execute("UPDATE t SET x = 1", idempotent=True) == "INSERT 0 1"
+        first, second = router.requests(Query)
+        assert first.sql == second.sql == "UPDATE t SET x = 1"
+        assert first.hints.idempotency_key is None  # re-sent on the caller's word alone
+    async with FakeRouter(drop_first()) as router, await connect(router) as client:
+        assert await client.executemany("UPDATE t SET x = $1", [(1,)], idempotent=True) == (
+            "INSERT 0 1"
+        )
+        assert len(router.requests(Batch)) == 2
 
 
 async def test_retryable_error_reply_is_retried_for_reads_only() -> None:

@@ -51,6 +51,49 @@ async def test_ryw_token_sent_with_later_reads() -> None:
         assert client.ryw_state == {"europe": 100, "asia": 5}
 
 
+async def test_tokens_carry_a_session_to_another_client() -> None:
+    """ryw_tokens() out of one session, observe_ryw_tokens() into another (a web tier's next
+    request, elsewhere): the second sends the first one's positions with its reads, merged
+    with its own, the highest per shard."""
+    async with (
+        FakeRouter(writes_with_tokens(["europe:100", "asia:5", "asia:70"])) as router,
+        await georoute_client.connect(router.dsn, token="secret") as first,
+        await georoute_client.connect(router.dsn, token="secret") as second,
+    ):
+        await first.execute("INSERT INTO t VALUES (1)")
+        await first.execute("INSERT INTO t VALUES (2)")
+        tokens = first.ryw_tokens()
+        assert tokens == ["asia:5", "europe:100"]
+        await second.execute("INSERT INTO t VALUES (3)")  # asia:70, above the first's asia:5
+        second.observe_ryw_tokens(",".join(tokens).split(","))  # as a cookie would carry them
+        await second.fetch("SELECT 1", shard="europe")
+        assert router.requests(Query)[-1].hints.ryw == {"europe": 100, "asia": 70}
+        assert second.ryw_tokens() == ["asia:70", "europe:100"]
+        second.observe_ryw_tokens(["europe:99"])  # lower: changes nothing
+        await second.fetch("SELECT 1", shard="europe")
+        assert router.requests(Query)[-1].hints.ryw == {"europe": 100, "asia": 70}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "error"),
+    [(["europe:1", "europe"], ValueError), (["europe:1", ":5"], ValueError),
+     (["europe:1", "europe:-5"], ValueError), (["europe:1", "europe:x"], ValueError),
+     (["europe:1", 5], TypeError), ("europe:1", TypeError)],
+)  # fmt: skip
+async def test_a_malformed_token_is_refused_and_none_is_taken(
+    tokens: list[object], error: type[Exception]
+) -> None:
+    async with (
+        FakeRouter() as router,
+        await georoute_client.connect(router.dsn, token="secret") as client,
+    ):
+        with pytest.raises(error):
+            client.observe_ryw_tokens(tokens)  # type: ignore[arg-type]
+        assert client.ryw_tokens() == [] and client.ryw_state == {}
+        await client.fetch("SELECT 1")
+        assert router.requests(Query)[-1].hints.ryw is None
+
+
 async def test_session_consistency_can_be_turned_off() -> None:
     handler = writes_with_tokens(["europe:100"])
     async with (

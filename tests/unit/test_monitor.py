@@ -7,12 +7,14 @@ config come from router.toml; no database is involved."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from protocol import Hints
 from router.config import load_config
 from router.health import NodeHealth
 from router.monitor import PRIMARY_LSN_SQL, LagMonitor
@@ -88,29 +90,51 @@ async def test_any_probe_error_fails_that_probe_and_the_round_goes_on(
     assert replica.lag_bytes is None  # unknown, not the stale 1,000 bytes of the last round
 
 
+@pytest.mark.parametrize("wait_ms", [20, 300])
 async def test_the_read_your_writes_wait_is_bounded_when_a_replica_stops_answering(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, wait_ms: int
 ) -> None:
-    """The wait for a replica to replay a session's write gives up after
-    router.read_your_writes_wait_ms even if the replica never answers its poll; the read
-    then goes to the primary."""
+    """A read whose session wrote past every replica's known position waits for the replica
+    to replay it, for router.read_your_writes_wait_ms and no longer, even if the replica
+    never answers its poll; the read then runs on the primary. Two bounds, so that a wait
+    off by a factor (or fixed, whatever the setting) shows up in one of them."""
     from router.classify import Classifier
     from router.executor import Executor
+    from router.session import Session
+    from router.topology import Role
 
     monkeypatch.setenv("GEOROUTE_TOKEN", "t")
-    config = load_config(REPO / "router.toml")
+    loaded = load_config(REPO / "router.toml")
+    config = replace(loaded, router=replace(loaded.router, read_your_writes_wait_ms=wait_ms))
     topology = Topology.from_config(config)
     executor = Executor(config, topology, Classifier(config.tables, ()))
     shard = topology.shards["europe"]
     replica = shard.replicas[0]
     replica.lag_bytes, replica.replay_lsn = 0, 100
+    polls: list[str] = []
+    ran: list[tuple[str, str]] = []
 
     async def never_answers(sql: str, params: Any) -> Any:
+        polls.append(sql)
         await asyncio.Event().wait()
 
+    async def primary_runs(sql: str, params: Any) -> Any:
+        ran.append((shard.primary.name, sql))
+        return ["who"], [["the primary"]], "SELECT 1"
+
     monkeypatch.setattr(replica.pool.pipeline, "run", never_answers)
-    async with asyncio.timeout(2):  # would hang for ever without the bound
-        assert await executor._replica_past(shard, 10**9, pipelined=True) is None
+    monkeypatch.setattr(shard.primary.pool.pipeline, "run", primary_runs)
+    sql = "SELECT * FROM courses WHERE region = 'europe'"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(10):  # a hang is a failure, not a stuck suite
+        outcome = await executor.query(Session(), sql, [], Hints(ryw={"europe": 10**9}))
+    waited = loop.time() - started
+    assert polls, "the replica was never asked for its replay position"
+    assert ran == [(shard.primary.name, sql)]
+    assert (outcome.node, outcome.role.value, outcome.rows) == (
+        shard.primary.name, Role.PRIMARY.value, [["the primary"]])
+    assert wait_ms / 1000 <= waited < wait_ms / 1000 + 0.25, f"waited {waited:.3f}s"
 
 
 def test_equally_idle_replicas_take_turns() -> None:
