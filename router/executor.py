@@ -20,6 +20,7 @@ from protocol.messages import Role as WireRole
 from protocol.values import ext_default, ext_hook
 from router.classify import Analysis, Classifier
 from router.config import Config
+from router.failures import NodeReadOnlyError, is_read_only_refusal
 from router.health import HealthEvent
 from router.lsn import UNKNOWN_LSN
 from router.outcome import CONNECTION_ERRORS, WIRE_ROLE, Outcome, Routed, rows_changed
@@ -319,7 +320,12 @@ class Executor:
             else None
         )
         if hints.idempotency_key is not None and not analysis.read_only:
-            return await self._idempotent(session, shard, hints.idempotency_key, sql, params)
+            try:
+                return await self._idempotent(session, shard, hints.idempotency_key, sql, params)
+            except asyncpg.PostgresError as exc:
+                if is_read_only_refusal(exc):  # a demoted primary: nothing was applied
+                    raise NodeReadOnlyError(exc, retryable=True) from exc
+                raise
         # Autocommit statements that leave no session state behind may share a pipelined
         # connection; the rest get a pooled connection of their own.
         dirty = analysis.changes_session_state
@@ -327,6 +333,12 @@ class Executor:
         node, backend = await self._pick(shard, role, min_lsn, pipelined)
         try:
             columns, rows, status = await self._run(node, backend, sql, params, dirty)
+        except asyncpg.PostgresError as exc:
+            # A write goes to the primary: refused as read-only, it found that node demoted
+            # (nothing was applied). A read refused so wrote after all: its own error.
+            if not analysis.read_only and is_read_only_refusal(exc):
+                raise NodeReadOnlyError(exc, retryable=True) from exc
+            raise
         except NodeUnavailableError:
             if node.role is not Role.REPLICA:
                 raise

@@ -45,6 +45,7 @@ from router.pgtypes import (
     message,
     row_description,
 )
+from router.wirevalues import ResultValueError
 
 __all__ = [
     "Callback",
@@ -73,6 +74,30 @@ def _postgres_error(fields: dict[str, str], query: str | None) -> asyncpg.Postgr
     return asyncpg.PostgresError.new(fields, query=query)
 
 
+def _failure(pending: _Pending) -> Exception:
+    """Why a request failed: the server's error first (it may explain the bad value)."""
+    if pending.error is not None:
+        return _postgres_error(pending.error, pending.query)
+    assert pending.value_error is not None
+    return pending.value_error
+
+
+def _value_error(exc: Exception, pending: _Pending, index: int) -> ResultValueError:
+    """The column `index` of this request's result could not be read."""
+    stmt = pending.statement
+    type_name = "?"
+    column = None
+    if stmt is not None and index < len(stmt.columns):
+        column = stmt.columns[index]
+        type_name = stmt.columns.types[index].removeprefix("text:")
+    if isinstance(exc, ResultValueError):
+        error = exc
+    else:
+        error = ResultValueError(type_name, str(exc))
+    error.column = column
+    return error
+
+
 # ---- the connection ------------------------------------------------------------------------
 
 _PREPARE, _EXECUTE, _IGNORE, _WAL = 0, 1, 2, 3
@@ -95,19 +120,24 @@ class _Pending:
     """One request in flight: its replies fill it in order until it completes."""
 
     __slots__ = ("callback", "columns", "decoders", "error", "future", "kind", "param_oids",
-                 "query", "rows", "seconds", "started", "status", "wants_wal")  # fmt: skip
+                 "query", "rows", "seconds", "started", "statement", "status", "value_error",
+                 "wants_wal")  # fmt: skip
 
     def __init__(self, kind: int, future: asyncio.Future[Any] | None,
                  decoders: tuple[Decoder, ...] = (), query: str | None = None,
-                 callback: Callback | None = None) -> None:  # fmt: skip
+                 callback: Callback | None = None,
+                 statement: Statement | None = None) -> None:  # fmt: skip
         self.kind = kind
         self.future = future
         self.decoders = decoders
         self.query = query
         self.callback = callback  # instead of the future: called as soon as it is done
+        self.statement = statement  # to name a column whose value cannot be returned
         self.rows: list[Any] = []
         self.status = ""
         self.error: dict[str, str] | None = None
+        # A value the wire cannot give the client: the statement ran, the request fails.
+        self.value_error: ResultValueError | None = None
         self.param_oids: list[int] = []
         self.columns: list[tuple[str, int]] = []
         self.started = 0.0  # when it reached the head of the queue (the server works on it)
@@ -135,7 +165,7 @@ class PipelinedConnection(asyncio.Protocol):
         self._stmts: collections.OrderedDict[str, Statement] = collections.OrderedDict()
         self._preparing: dict[str, asyncio.Task[Statement]] = {}
         self._names = itertools.count(1)
-        self._enums: set[int] = set()
+        self._enums: dict[int, str] = {}  # enum type oid -> name
         self._startup: asyncio.Future[None] = self._loop.create_future()
         self._ready = False  # the session has started
         self._wal_stmt: Statement | None = None
@@ -206,14 +236,14 @@ class PipelinedConnection(asyncio.Protocol):
                             else:
                                 row.append(dec(buf, p, n))
                                 p += n
-                    except (ValueError, ArithmeticError, UnicodeDecodeError) as exc:
+                    except (ValueError, ArithmeticError, UnicodeDecodeError,
+                            ResultValueError) as exc:  # fmt: skip
                         if p + max(n, 0) > end:  # the row itself is malformed: the stream is lost
                             raise
                         # A value Python cannot hold (e.g. the year 10000): this request
-                        # fails, as it would under asyncpg; the connection is fine.
-                        if pending.error is None:
-                            why = f"cannot return a column value: {exc}"
-                            pending.error = {"S": "ERROR", "C": "22008", "M": why}
+                        # fails, naming the column; the connection is fine.
+                        if pending.value_error is None:
+                            pending.value_error = _value_error(exc, pending, len(row))
                     else:
                         pending.rows.append(row)
                 elif kind == 50:  # '2' BindComplete
@@ -276,8 +306,8 @@ class PipelinedConnection(asyncio.Protocol):
             return
         callback = pending.callback
         if callback is not None:
-            if pending.error is not None:
-                error = _postgres_error(pending.error, pending.query)
+            if pending.error is not None or pending.value_error is not None:
+                error = _failure(pending)
                 self._call(callback, None, "", now - pending.started, error, None)
             elif pending.wants_wal:
                 pending.seconds = now - pending.started
@@ -290,8 +320,8 @@ class PipelinedConnection(asyncio.Protocol):
         assert fut is not None
         if fut.done():  # the requester gave up (timeout or cancellation)
             return
-        if pending.error is not None:
-            fut.set_exception(_postgres_error(pending.error, pending.query))
+        if pending.error is not None or pending.value_error is not None:
+            fut.set_exception(_failure(pending))
         elif pending.kind == _EXECUTE:
             fut.set_result((pending.rows, pending.status, now - pending.started))
         else:
@@ -392,8 +422,10 @@ class PipelinedConnection(asyncio.Protocol):
 
     async def started(self) -> None:
         await self._startup
-        rows, _ = await self.run("SELECT oid FROM pg_catalog.pg_type WHERE typtype = 'e'", ())
-        self._enums = {row[0] for row in rows}
+        rows, _ = await self.run(
+            "SELECT oid, typname FROM pg_catalog.pg_type WHERE typtype = 'e'", ()
+        )
+        self._enums = {row[0]: row[1] for row in rows}
         # Kept out of the statement LRU: evicted (and closed) it would fail every write's read.
         self._wal_stmt = await self.prepare(WAL_POSITION_SQL)  # on a replica, fails if run
         self._stmts.pop(WAL_POSITION_SQL, None)
@@ -431,7 +463,8 @@ class PipelinedConnection(asyncio.Protocol):
         pending = _Pending(_PREPARE, self._loop.create_future(), query=sql)
         self._send(message(b"P", body) + message(b"D", b"S" + cstr(name)) + SYNC, pending)
         done: _Pending = await pending.future  # type: ignore[misc]
-        stmt = make_statement(name, sql, done.param_oids, done.columns, self._enums)
+        stmt = make_statement(name, sql, done.param_oids, done.columns, self._enums,
+                              self._enums)  # fmt: skip
         self._stmts[sql] = stmt
         if len(self._stmts) > self._cache_size:
             _, old = self._stmts.popitem(last=False)
@@ -449,7 +482,8 @@ class PipelinedConnection(asyncio.Protocol):
         if not stmt.supported:
             raise Unsupported
         data = stmt.bind(params)
-        pending = _Pending(_EXECUTE, self._loop.create_future(), stmt.decoders, stmt.sql)
+        pending = _Pending(_EXECUTE, self._loop.create_future(), stmt.decoders, stmt.sql,
+                           statement=stmt)  # fmt: skip
         self._send(data + EXECUTE_ALL_SYNC, pending)
         return pending.future  # type: ignore[return-value]
 
@@ -462,7 +496,8 @@ class PipelinedConnection(asyncio.Protocol):
         if not stmt.supported or (wal_position and self._wal_stmt is None):
             raise Unsupported
         data = stmt.bind(params)
-        pending = _Pending(_EXECUTE, None, stmt.decoders, stmt.sql, callback=callback)
+        pending = _Pending(_EXECUTE, None, stmt.decoders, stmt.sql, callback=callback,
+                           statement=stmt)  # fmt: skip
         if wal_position:
             pending.wants_wal = True
             self._wal_wanted = True
