@@ -15,6 +15,7 @@ statement with a parameter or column of any other type is not carried.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import struct
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -39,6 +40,7 @@ from router.wirevalues import (
 )
 
 __all__ = [
+    "EXECUTE_ALL",
     "EXECUTE_ALL_SYNC",
     "I16",
     "I32",
@@ -53,6 +55,7 @@ __all__ = [
     "make_statement",
     "message",
     "row_description",
+    "statement_timeout_prefix",
 ]
 
 # Network-order integers, shared with pgwire.py.
@@ -303,7 +306,21 @@ _ENUM_PARAM: tuple[int, Encoder] = (1, _enc_text)
 # ---- messages ------------------------------------------------------------------------------
 
 SYNC = b"S\x00\x00\x00\x04"
-EXECUTE_ALL_SYNC = b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + SYNC  # unnamed portal, all rows
+EXECUTE_ALL = b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00"  # the unnamed portal, all rows
+EXECUTE_ALL_SYNC = EXECUTE_ALL + SYNC
+_BIND_UNNAMED = b"B\x00\x00\x00\x0c" + b"\x00" * 8  # unnamed portal and statement, no values
+
+
+@functools.lru_cache(maxsize=256)  # clients use few distinct timeouts
+def statement_timeout_prefix(timeout_ms: int) -> bytes:
+    """Messages that give the statement sent right after them (with no Sync between) a
+    server-side timeout of its own: SET LOCAL, in the implicit transaction the two share,
+    which ends at that statement's Sync. PostgreSQL then stops the statement itself, so a
+    statement past its timeout_ms does not hold up the pipelined requests behind it; nor
+    can the setting outlive it (it is rolled back or committed with the statement)."""
+    parse = message(b"P", b"\x00" + cstr(f"SET LOCAL statement_timeout TO {int(timeout_ms)}")
+                    + b"\x00\x00")  # fmt: skip
+    return parse + _BIND_UNNAMED + EXECUTE_ALL
 
 
 def message(kind: bytes, body: bytes) -> bytes:

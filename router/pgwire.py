@@ -44,6 +44,7 @@ from router.pgtypes import (
     make_statement,
     message,
     row_description,
+    statement_timeout_prefix,
 )
 from router.wirevalues import ResultValueError
 
@@ -476,26 +477,34 @@ class PipelinedConnection(asyncio.Protocol):
             self._send(message(b"C", b"S" + cstr(stmt.name)) + SYNC,
                        _Pending(_IGNORE, self._loop.create_future()))  # fmt: skip
 
-    def execute(self, stmt: Statement, params: Sequence[Any]) -> asyncio.Future[Any]:
+    def execute(self, stmt: Statement, params: Sequence[Any],
+                timeout_ms: int | None = None) -> asyncio.Future[Any]:  # fmt: skip
         """Queue Bind/Execute/Sync; the future gives (rows, status, seconds the server spent on
-        it). Raises Unsupported (and sends nothing) when these parameters are not carried."""
+        it). Raises Unsupported (and sends nothing) when these parameters are not carried.
+        With `timeout_ms`, PostgreSQL stops the statement after that long (the pipelined
+        statements behind it wait no longer), with SQLSTATE 57014."""
         if not stmt.supported:
             raise Unsupported
         data = stmt.bind(params)
+        if timeout_ms:
+            data = statement_timeout_prefix(timeout_ms) + data
         pending = _Pending(_EXECUTE, self._loop.create_future(), stmt.decoders, stmt.sql,
                            statement=stmt)  # fmt: skip
         self._send(data + EXECUTE_ALL_SYNC, pending)
         return pending.future  # type: ignore[return-value]
 
     def execute_then(self, stmt: Statement, params: Sequence[Any], callback: Callback,
-                     wal_position: bool = False) -> None:  # fmt: skip
+                     wal_position: bool = False,
+                     timeout_ms: int | None = None) -> None:  # fmt: skip
         """Like `execute`, but `callback` is called from the reply itself, with no future and
         no extra turn of the event loop. With `wal_position` (a write on a primary), the
         callback waits for the WAL position read queued after this turn's writes, one read
-        for all of them."""
+        for all of them. `timeout_ms` as for `execute`."""
         if not stmt.supported or (wal_position and self._wal_stmt is None):
             raise Unsupported
         data = stmt.bind(params)
+        if timeout_ms:
+            data = statement_timeout_prefix(timeout_ms) + data
         pending = _Pending(_EXECUTE, None, stmt.decoders, stmt.sql, callback=callback,
                            statement=stmt)  # fmt: skip
         if wal_position:

@@ -21,6 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgpack
 import pytest
 
@@ -51,6 +52,8 @@ from protocol import (
     encode,
 )
 from router.cluster import LocalCluster
+from router.config import Config
+from router.pipeline import connect_pipelined
 from tests.integration.conftest import Catalogue, unique
 from tests.support.router_proc import TOKEN, RouterProcess
 
@@ -88,6 +91,17 @@ class Raw:
         self.next_id += 1
         message.id = self.next_id
         return self.send_frame(message.id, encode(message))
+
+    def send_all(self, messages: list[Any]) -> list[asyncio.Future[Message | Rejected]]:
+        """Send `messages` in one write."""
+        futures = []
+        for message in messages:
+            self.next_id += 1
+            message.id = self.next_id
+            futures.append(asyncio.get_running_loop().create_future())
+            self.waiting[message.id] = futures[-1]
+        self.writer.write(b"".join(encode(m) for m in messages))
+        return futures
 
     def send_frame(self, request_id: int, data: bytes) -> asyncio.Future[Message | Rejected]:
         future: asyncio.Future[Message | Rejected] = asyncio.get_running_loop().create_future()
@@ -322,12 +336,64 @@ async def test_a_bad_hint_is_refused_alone_and_requests_in_flight_are_answered(
 
 # ---- no spurious timeouts ------------------------------------------------------------------
 
-# Statements that may time out, by the path they take: the pipeline, a pooled connection (inet
-# is not carried by the pipeline), a transaction, a batch. They sleep about as long as their
-# timeout, so a cancel often arrives as the statement completes: the moment a cancel can
-# outlive its statement.
-SLEEPERS = ("SELECT 1 FROM pg_sleep($1::float8)",
-            "SELECT '10.0.0.9'::inet FROM pg_sleep($1::float8)")  # fmt: skip
+# Statements that time out, by the path they take: the pipeline (a new text each time: each
+# is prepared and runs there, where a new statement is tried once), a pooled connection (inet
+# is not carried by the pipeline), a transaction, a batch, an executemany.
+PIPELINED_SLEEPER = "SELECT {n} FROM pg_sleep($1::float8)"
+POOLED_SLEEPER = "SELECT '10.0.0.9'::inet FROM pg_sleep($1::float8)"
+
+
+async def test_a_fast_path_statement_past_its_timeout_does_not_hold_up_the_pipeline(
+    raw: Raw,
+) -> None:
+    """A statement known to be quick, answered from the pipeline's callback, that this time
+    sleeps 2 s with timeout_ms 100: the requests pipelined behind it (1 ms statements with a
+    timeout of 1 s) are answered, not timed out."""
+    hints = Hints(shard="asia", consistency=Consistency.STRONG)
+    sql = "SELECT $1::int FROM pg_sleep($2::float8)"
+    quick = "SELECT $1::int AS v"
+    for text, params in ((sql, [1, 0.0]), (quick, [1])):
+        # Quick once: then any number of copies may run on the pipeline; a burst of them
+        # prepares the statement on both pipelined connections.
+        assert (await rows(raw, text, *params, shard="asia",
+                           consistency=Consistency.STRONG)).rows == [[1]]
+        burst = raw.send_all([Query(0, text, params, QueryKind.FETCH, hints)
+                              for _ in range(100)])  # fmt: skip
+        assert all(isinstance(r, Rows) for r in await asyncio.gather(*burst))
+    slow = Query(0, sql, [0, 2.0], QueryKind.FETCH,
+                 Hints(shard="asia", consistency=Consistency.STRONG, timeout_ms=100))
+    hints.timeout_ms = 1000
+    behind = [Query(0, quick, [n], QueryKind.FETCH, hints) for n in range(200)]
+    # One write: read in one turn, they fill both pipelined connections, the slow one's too.
+    replies = raw.send_all([slow, *behind])
+    stopped, *answered = await asyncio.wait_for(asyncio.gather(*replies), 10)
+    assert isinstance(stopped, Error) and stopped.code == ErrorCode.TIMEOUT
+    assert [getattr(r, "rows", r) for r in answered] == [[[n]] for n in range(200)]
+
+
+async def test_a_statements_server_side_timeout_ends_with_it(migrated: Config) -> None:
+    """A pipelined statement with a timeout is stopped by the server at that timeout, and
+    the setting ends with it: the statements pipelined right behind it, on the same
+    connection, keep the session's own statement_timeout."""
+    primary = migrated.shards["asia"].primary
+    conn = await connect_pipelined(
+        "timeout-test", host="127.0.0.1", port=primary.port, user=migrated.database.user,
+        database=primary.database, password=None, settings={"statement_timeout": "30000"},
+        cache_size=8, timeout=5,
+    )  # fmt: skip
+    try:
+        sleep = await conn.prepare("SELECT 1 FROM pg_sleep($1::float8)")
+        show = await conn.prepare("SELECT current_setting('statement_timeout')")
+        stopped = conn.execute(sleep, [5.0], timeout_ms=100)
+        after = [conn.execute(show, []), conn.execute(sleep, [0.3]), conn.execute(show, [])]
+        inside = conn.execute(show, [], timeout_ms=250)
+        with pytest.raises(asyncpg.QueryCanceledError, match="statement timeout"):
+            await asyncio.wait_for(stopped, 2)  # not the 5 s it asked for
+        (shown, _, _), (slept, _, _), (again, _, _) = [await f for f in after]
+        assert (shown, slept, again) == ([["30s"]], [[1]], [["30s"]])
+        assert (await inside)[0] == [["250ms"]]
+    finally:
+        await conn.close()
 
 
 def _canceled_statements(log: Path, start: int) -> list[str]:
@@ -346,10 +412,13 @@ async def test_no_request_gets_a_timeout_it_did_not_ask_for_under_load(
     router: RouterProcess, cluster: LocalCluster
 ) -> None:
     """Many requests pipelined on few backend connections (the asia primary's two pipelined
-    connections and its pool) while others time out on every path: every request without a
-    timeout gets its own result, and PostgreSQL canceled only statements that had a timeout
-    (a timeout or cancel that outlived its statement would hit the next one on the same
-    backend connection). Bounded: 20 rounds of 120 requests, a few seconds."""
+    connections and its pool) while others, sleeping 2 s, time out after 20-100 ms on every
+    path. Bug: a statement the router had given up on ran on for its 2 s on its pipelined
+    connection, and every request queued behind it waited as long; one that carried a
+    timeout of its own (here 1 s, for a statement of a millisecond) got TIMEOUT. Now the
+    server stops it too. Every request gets its own result, and PostgreSQL canceled only
+    statements that carried a timeout (a timeout or cancel that outlived its statement
+    would hit the next one on the same backend connection). Bounded: 10 rounds of 120."""
     log = Path(cluster.state_dir) / "asia-primary" / "postgres.log"
     start = log.stat().st_size
     conns = [await Raw.open(router) for _ in range(3)]
@@ -358,7 +427,8 @@ async def test_no_request_gets_a_timeout_it_did_not_ask_for_under_load(
     timed_out = 0
 
     async def plain(conn: Raw, n: int) -> None:
-        hints = Hints(shard="asia", consistency=Consistency.STRONG)
+        hints = Hints(shard="asia", consistency=Consistency.STRONG,
+                      timeout_ms=1000 if n % 2 else None)  # fmt: skip
         if n % 3:
             query = Query(0, "SELECT $1::int AS v", [n], QueryKind.FETCH, hints)
             want = [[n]]
@@ -370,34 +440,40 @@ async def test_no_request_gets_a_timeout_it_did_not_ask_for_under_load(
         if not isinstance(reply, Rows) or reply.rows != want:
             wrong.append((query.sql, n, reply))
 
-    async def sleeper(conn: Raw) -> None:
+    async def sleeper(conn: Raw, n: int) -> None:
         nonlocal timed_out
         timeout_ms = rng.choice([20, 50, 100])
-        seconds = timeout_ms / 1000 * rng.uniform(0.5, 3.0)
-        choice = rng.randrange(4)
         hints = Hints(shard="asia", timeout_ms=timeout_ms, consistency=Consistency.STRONG)
-        if choice < 2:
-            query = Query(0, SLEEPERS[choice], [seconds], QueryKind.FETCH, hints)
-            reply = await conn.request(query)
+        sleep = [2.0]
+        choice = rng.randrange(5)
+        if choice == 0:
+            sql = PIPELINED_SLEEPER.format(n=n)
+            reply = await conn.request(Query(0, sql, sleep, QueryKind.FETCH, hints))
+        elif choice == 1:
+            reply = await conn.request(Query(0, POOLED_SLEEPER, sleep, QueryKind.FETCH, hints))
         elif choice == 2:
             begun = await conn.request(Begin(0, Hints(shard="asia")))
             assert isinstance(begun, TxStarted)
-            reply = await conn.request(Query(0, SLEEPERS[0], [seconds], QueryKind.FETCH,
+            sql = PIPELINED_SLEEPER.format(n=0)
+            reply = await conn.request(Query(0, sql, sleep, QueryKind.FETCH,
                                              Hints(tx=begun.tx, timeout_ms=timeout_ms)))
             assert isinstance(await conn.request(Rollback(0, begun.tx)), Status)
-        else:
-            reply = await conn.request(Batch(0, [(SLEEPERS[0], [seconds]), ("SELECT 1", [])],
-                                             hints))  # fmt: skip
-        if isinstance(reply, Error):
-            assert reply.code == ErrorCode.TIMEOUT, reply
-            timed_out += 1
-        else:
-            assert isinstance(reply, Rows | Status), reply
+        elif choice == 3:
+            sql = PIPELINED_SLEEPER.format(n=0)
+            reply = await conn.request(Batch(0, [(sql, sleep), ("SELECT 1", [])], hints))
+        else:  # one statement many times: asyncpg's executemany
+            sql = PIPELINED_SLEEPER.format(n=0)
+            reply = await conn.request(Batch(0, [(sql, [0.7])] * 3, hints))
+        assert isinstance(reply, Error) and reply.code == ErrorCode.TIMEOUT, reply
+        timed_out += 1
 
     try:
-        for round_ in range(20):
-            jobs = [sleeper(conns[i % 3]) if rng.random() < 0.05 else
-                    plain(conns[i % 3], round_ * 1000 + i) for i in range(120)]  # fmt: skip
+        for round_ in range(10):
+            jobs = []
+            for i in range(120):
+                n = round_ * 1000 + i + 1
+                jobs.append(sleeper(conns[i % 3], n) if rng.random() < 0.05
+                            else plain(conns[i % 3], n))  # fmt: skip
             await asyncio.gather(*jobs)
     finally:
         for conn in conns:
