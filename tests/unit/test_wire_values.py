@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 import struct
 from decimal import Decimal
 from typing import Any
@@ -180,3 +181,15 @@ def test_rows_carry_column_types_and_an_older_reply_still_decodes() -> None:
     wrong = msgpack.packb([p.MessageType.ROWS, 3, ["a"], [[1]], "SELECT 1", None, None, []])
     with pytest.raises(p.MalformedFrame):
         p.decode_body(wrong)
+
+
+def test_protocol_md_lists_every_ext_type_and_the_worked_reply_with_column_types() -> None:
+    from pathlib import Path
+
+    text = Path(__file__).resolve().parents[2].joinpath("PROTOCOL.md").read_text()
+    values = text[text.index("## 4. Values") : text.index("## 5.")]
+    listed = {int(code) for code in re.findall(r"^\| (\d+) \|", values, re.MULTILINE)}
+    assert listed == {int(code) for code in ExtCode}
+    route = p.RouteInfo("europe", "eu-r1", p.Role.REPLICA)
+    reply = p.encode_rows(2, ["name"], [["Ada"]], "SELECT 1", route, None, ["text"])
+    assert " ".join(f"{b:02x}" for b in reply) in " ".join(text.split())
