@@ -125,9 +125,11 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
             if value:
                 info[attr] = value
         return Failure(ErrorCode.POSTGRES_ERROR, str(exc), sqlstate=sqlstate, detail=info)
-    if isinstance(exc, (asyncpg.InterfaceError, TypeError, ValueError)):
-        # asyncpg refuses a parameter of the wrong type before anything is sent.
+    if isinstance(exc, asyncpg.InterfaceError):
+        # asyncpg refuses parameters before anything is sent (too many, too few).
         return Failure(ErrorCode.INVALID_REQUEST, f"invalid parameters: {exc}")
+    if isinstance(exc, (TypeError, ValueError)):  # a request's arguments (Doc, Admin, ...)
+        return Failure(ErrorCode.INVALID_REQUEST, f"invalid request: {exc}")
     if isinstance(exc, DuplicateDocumentError):
         return Failure(ErrorCode.DOC_DUPLICATE_KEY, str(exc))
     if isinstance(exc, DocUnavailableError):  # never reached: nothing was sent

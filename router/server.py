@@ -27,6 +27,7 @@ from protocol import (
     Commit,
     Doc,
     DocReply,
+    EncodeError,
     Encoder,
     Error,
     ErrorCode,
@@ -60,7 +61,7 @@ from router.failures import (
 from router.fastpath import FastRequest
 from router.outcome import Outcome, Routed
 from router.session import Session
-from router.wirevalues import types_of
+from router.wirevalues import name_unencodable, types_of
 
 if TYPE_CHECKING:
     from router.daemon import RouterNode
@@ -349,8 +350,7 @@ class ClientConnection(asyncio.Protocol):
         route = self._node.executor.route_of(node)
         enc = self._encoder
         if m.kind is QueryKind.FETCH and m.hints.want_rows:
-            columns = routed.columns
-            self.send(enc.encode_rows(m.id, columns, rows, status, route, token, types_of(columns)))
+            self.send(self._encode_rows(m.id, routed.columns, rows, status, route, token))
         else:
             last = status.rsplit(" ", 1)[-1]
             count = int(last) if last.isdigit() else len(rows)
@@ -451,11 +451,22 @@ class ClientConnection(asyncio.Protocol):
     def _route(outcome: Outcome) -> RouteInfo:
         return RouteInfo(outcome.shard, outcome.node, outcome.role)
 
+    def _encode_rows(self, request_id: int, columns: list[str], rows: list[Any], status: str,
+                     route: RouteInfo | list[str], token: str | None) -> bytes:  # fmt: skip
+        try:
+            return self._encoder.encode_rows(request_id, columns, rows, status, route, token,
+                                             types_of(columns))  # fmt: skip
+        except EncodeError as exc:
+            named = name_unencodable(exc, columns, rows)
+            if named is None:
+                raise
+            raise named from exc
+
     def _reply_for(self, m: Query, o: Outcome) -> bytes:
         enc = self._encoder
         if m.kind is QueryKind.FETCH and m.hints.want_rows:
-            return enc.encode_rows(m.id, o.columns, o.rows, o.status, self._route(o),
-                                   o.ryw_token, types_of(o.columns))  # fmt: skip
+            return self._encode_rows(m.id, o.columns, o.rows, o.status, self._route(o),
+                                     o.ryw_token)  # fmt: skip
         return enc.encode_status(m.id, o.status, o.rowcount, self._route(o), o.ryw_token)
 
     async def _query(self, m: Query) -> tuple[bytes, Outcome]:

@@ -17,7 +17,8 @@ from typing import Any
 
 import msgpack
 
-from protocol.values import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, ExtCode
+from protocol.errors import EncodeError
+from protocol.values import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, ExtCode, ext_default
 from protocol.valuetypes import Infinity, Interval, Json, Point
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "interval_value",
     "json_text",
     "json_value",
+    "name_unencodable",
     "point_bytes",
     "point_value",
     "time_micros",
@@ -288,3 +290,20 @@ def types_of(columns: Sequence[str]) -> list[str] | None:
     """The wire types of a result's columns; None when they are not known (a stored reply
     replayed for an idempotency key keeps only the names)."""
     return getattr(columns, "types", None)
+
+
+def name_unencodable(exc: EncodeError, columns: Sequence[str],
+                     rows: Sequence[Sequence[Any]]) -> EncodeError | None:  # fmt: skip
+    """The same failure, naming the first column whose value the wire cannot carry (the
+    encoder only knows a value failed); None when no single value is to blame (a reply over
+    the frame limit)."""
+    types = types_of(columns) or []
+    for row in rows:
+        for index, value in enumerate(row):
+            try:
+                msgpack.packb(value, default=ext_default, use_bin_type=True)
+            except (TypeError, ValueError, OverflowError) as why:
+                name = columns[index] if index < len(columns) else f"#{index + 1}"
+                kind = f" ({types[index]})" if index < len(types) else ""
+                return EncodeError(f"cannot send column {name!r}{kind}: {why}")
+    return None

@@ -9,6 +9,7 @@ test_transactions. No database is involved."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -27,10 +28,12 @@ from protocol import (
     Query,
     Rows,
 )
+from protocol.messages import Role as WireRole
 from router.classify import Classifier, SqlParseError
 from router.failures import NodeReadOnlyError, failure_for
+from router.outcome import Outcome
 from router.session import Session, TransactionError
-from router.wirevalues import ResultValueError
+from router.wirevalues import Columns, ResultValueError
 from tests.unit.test_server_flow import RecordingTransport, _connection, _frames
 from tests.unit.test_transactions import CONFIG, _transactions
 
@@ -48,9 +51,7 @@ async def ready(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, RecordingTranspor
 
 
 async def _flushed() -> None:
-    import asyncio
-
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the replies of a turn leave at its end
 
 
 def replies(transport: RecordingTransport) -> list[Any]:
@@ -258,3 +259,25 @@ def test_a_statement_over_max_sql_bytes_gets_a_position(text: str) -> None:
     position = failure.detail["position"]
     # 1-based: the first character past the limit, counted in characters
     assert len(text[: position - 1].encode()) <= 64 < len(text[:position].encode())
+
+
+async def test_a_row_value_without_a_wire_form_is_an_error_naming_its_column(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn, transport = await ready(monkeypatch)
+    replies(transport)
+    node = conn._node
+
+    async def query(session: Any, sql: str, params: Any, hints: Any) -> Outcome:
+        columns = Columns(["id", "weird"], ["int4", "text:weird"])
+        return Outcome(columns, [(1, object())], "SELECT 1", "europe", "europe-replica1",
+                       WireRole.REPLICA)  # fmt: skip
+
+    monkeypatch.setattr(node.executor, "submit", lambda *args: None)
+    monkeypatch.setattr(node.executor, "query", query)
+    transport.wrote.clear()
+    conn.data_received(Encoder().encode(Query(5, "SELECT 1", hints=Hints(shard="europe"))))
+    await asyncio.wait_for(transport.wrote.wait(), 5)
+    (error,) = replies(transport)
+    assert isinstance(error, Error) and error.code == ErrorCode.NOT_ENCODABLE
+    assert "'weird'" in error.message and "text:weird" in error.message

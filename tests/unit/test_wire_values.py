@@ -18,12 +18,14 @@ import pytest
 import protocol as p
 from protocol.values import ExtCode, ext_default, ext_hook
 from router.wirevalues import (
+    Columns,
     ResultValueError,
     column_type,
     date_value,
     interval_triple,
     interval_value,
     json_text,
+    name_unencodable,
     time_value,
     timestamp_micros,
     timestamp_value,
@@ -193,3 +195,12 @@ def test_protocol_md_lists_every_ext_type_and_the_worked_reply_with_column_types
     route = p.RouteInfo("europe", "eu-r1", p.Role.REPLICA)
     reply = p.encode_rows(2, ["name"], [["Ada"]], "SELECT 1", route, None, ["text"])
     assert " ".join(f"{b:02x}" for b in reply) in " ".join(text.split())
+
+
+def test_a_reply_that_cannot_be_encoded_names_the_column() -> None:
+    """#12: a value the wire has no form for names its column, not just its Python type."""
+    columns = Columns(["n", "odd"], ["int4", "text:odd"])
+    named = name_unencodable(p.EncodeError("cannot encode message"), columns,
+                             [[1, "fine"], [2, object()]])  # fmt: skip
+    assert named is not None and "'odd'" in named.message and "text:odd" in named.message
+    assert name_unencodable(p.EncodeError("too large"), columns, [[1, "x"]]) is None
