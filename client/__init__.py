@@ -36,7 +36,7 @@ from client.errors import (
 )
 from client.record import Record
 from client.transaction import Transaction
-from protocol import Consistency, Isolation, Json, ObjectId
+from protocol import Consistency, Infinity, Interval, Isolation, Json, ObjectId, Point, Range
 
 __all__ = [
     "AuthError",
@@ -50,7 +50,9 @@ __all__ = [
     "DocumentStoreError",
     "DuplicateKeyError",
     "GeorouteError",
+    "Infinity",
     "InternalError",
+    "Interval",
     "InvalidRequestError",
     "Isolation",
     "Json",
@@ -58,9 +60,11 @@ __all__ = [
     "NoRouterAvailableError",
     "NodeUnavailableError",
     "ObjectId",
+    "Point",
     "PoolExhaustedError",
     "PostgresError",
     "ProtocolViolationError",
+    "Range",
     "ReadOnlyError",
     "Record",
     "RequestTimeoutError",

@@ -89,6 +89,8 @@ def _time_micros(value: dt.time) -> int:
 # known to be valid here): the same tuple, at half the cost.
 _UUID_TYPE = uuid.UUID
 _EXT_UUID = int(ExtCode.UUID)
+_EXT_TIMESTAMPTZ = int(ExtCode.TIMESTAMPTZ)
+_timedelta = dt.timedelta
 _new_tuple = tuple.__new__
 _ExtType = msgpack.ExtType
 
@@ -269,6 +271,10 @@ def ext_hook(code: int, data: bytes) -> Any:
     newer peer's values pass through; a bad payload raises (and the frame is malformed)."""
     if code == _EXT_UUID:
         return _decode_uuid(data)
+    if code == _EXT_TIMESTAMPTZ:  # the next commonest (created_at, updated_at, ...)
+        (micros,) = _Q.unpack(data)
+        if micros != INT64_MAX and micros != INT64_MIN:
+            return _EPOCH_UTC + _timedelta(microseconds=micros)
     decode = _DECODERS.get(code)
     if decode is None:
         return msgpack.ExtType(code, data)
