@@ -31,6 +31,7 @@ __all__ = [
 log = logging.getLogger("georoute.pipeline")
 
 QueryResult = tuple[list[str], list[Any], str]  # (columns, rows, command status)
+_MAX_STATEMENT_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's largest statement_timeout
 
 
 def is_lock_timeout(exc: BaseException) -> bool:
@@ -164,7 +165,7 @@ class Pipeline:
         pipelined behind it on the same connection."""
         default = self._statement_timeout_ms
         if timeout_ms and (not default or timeout_ms < default):
-            return timeout_ms
+            return min(timeout_ms, _MAX_STATEMENT_TIMEOUT_MS)
         return None
 
     def submit(self, sql: str, params: Sequence[Any], callback: Callback,

@@ -204,3 +204,16 @@ def test_a_reply_that_cannot_be_encoded_names_the_column() -> None:
                              [[1, "fine"], [2, object()]])  # fmt: skip
     assert named is not None and "'odd'" in named.message and "text:odd" in named.message
     assert name_unencodable(p.EncodeError("too large"), columns, [[1, "x"]]) is None
+
+
+def test_a_requests_timeout_goes_to_the_server_only_below_the_sessions_own() -> None:
+    from router.config import DatabaseConfig, NodeAddress
+    from router.pipeline import Pipeline
+
+    address = NodeAddress("127.0.0.1", 1, "d")
+    pipeline = Pipeline("n", address, DatabaseConfig(), {"statement_timeout": "30000"})
+    assert pipeline._server_timeout(100) == 100
+    assert pipeline._server_timeout(30_000) is None  # not above the router's own limit
+    assert pipeline._server_timeout(None) is None and pipeline._server_timeout(0) is None
+    unlimited = Pipeline("n", address, DatabaseConfig(), {})
+    assert unlimited._server_timeout(2**40) == 2**31 - 1  # PostgreSQL's largest
