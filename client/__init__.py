@@ -38,7 +38,7 @@ from client.errors import (
 )
 from client.record import Record
 from client.transaction import Transaction
-from protocol import Consistency, Isolation, Json, ObjectId
+from protocol import Consistency, Infinity, Interval, Isolation, Json, ObjectId, Point, Range
 
 __all__ = [
     "AuthError",
@@ -53,7 +53,9 @@ __all__ = [
     "DuplicateKeyError",
     "GeorouteError",
     "IdempotencyKeyReusedError",
+    "Infinity",
     "InternalError",
+    "Interval",
     "InvalidRequestError",
     "Isolation",
     "Json",
@@ -61,9 +63,11 @@ __all__ = [
     "NoRouterAvailableError",
     "NodeUnavailableError",
     "ObjectId",
+    "Point",
     "PoolExhaustedError",
     "PostgresError",
     "ProtocolViolationError",
+    "Range",
     "ReadOnlyError",
     "Record",
     "RequestTimeoutError",

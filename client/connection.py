@@ -29,6 +29,7 @@ from protocol import (
     HelloOk,
     Message,
     ProtocolError,
+    Rejected,
     Reply,
     Request,
 )
@@ -81,7 +82,7 @@ class Connection(asyncio.Protocol):
             return
         self._dispatch(messages)
 
-    def _dispatch(self, messages: list[Message]) -> None:
+    def _dispatch(self, messages: list[Message | Rejected]) -> None:
         pending = self._pending
         for message in messages:
             if message.id == 0 and isinstance(message, Error):
@@ -89,8 +90,13 @@ class Connection(asyncio.Protocol):
                 self._fail(error_from_reply(message))
                 return
             future = pending.pop(message.id, None)
-            if future is not None and not future.done():
-                future.set_result(message)  # type: ignore[arg-type]
+            if future is None or future.done():
+                continue
+            if isinstance(message, Rejected):  # a reply of a type this client does not know
+                future.set_exception(ProtocolViolationError(
+                    f"bad reply from router: {message.message}", code=message.code))
+                continue
+            future.set_result(message)  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""

@@ -6,6 +6,7 @@ from protocol.codec import (
     HEADER_BYTES,
     Encoder,
     FrameDecoder,
+    Rejected,
     decode_body,
     encode,
     encode_error,
@@ -18,6 +19,7 @@ from protocol.errors import (
     EncodeError,
     ErrorCode,
     FrameTooLarge,
+    InvalidRequest,
     MalformedFrame,
     ProtocolError,
     UnknownMessageType,
@@ -55,7 +57,7 @@ from protocol.messages import (
     message_from_wire,
 )
 from protocol.ryw import format_ryw_token, merge_ryw_token, parse_ryw_token
-from protocol.values import ExtCode, Json, ObjectId
+from protocol.values import ExtCode, Infinity, Interval, Json, ObjectId, Point, Range
 from protocol.versions import PROTOCOL_VERSION, SUPPORTED_VERSIONS, choose_version
 
 __all__ = [
@@ -82,6 +84,9 @@ __all__ = [
     "Hello",
     "HelloOk",
     "Hints",
+    "Infinity",
+    "Interval",
+    "InvalidRequest",
     "Isolation",
     "Json",
     "MalformedFrame",
@@ -89,10 +94,13 @@ __all__ = [
     "MessageType",
     "ObjectId",
     "Ping",
+    "Point",
     "Pong",
     "ProtocolError",
     "Query",
     "QueryKind",
+    "Range",
+    "Rejected",
     "Reply",
     "Request",
     "Role",

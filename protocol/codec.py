@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -26,6 +27,7 @@ __all__ = [
     "HEADER_BYTES",
     "Encoder",
     "FrameDecoder",
+    "Rejected",
     "decode_body",
     "encode",
     "encode_error",
@@ -41,6 +43,17 @@ _HEADER = struct.Struct(">I")
 _MAX_HEADER_VALUE = 2**32 - 1
 
 
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """What FrameDecoder yields, in place of a message, for a well-framed message it refuses
+    (a request with bad field values, an unknown type code): the receiver answers that one
+    request with an Error of this code, and the connection goes on."""
+
+    id: int
+    code: ErrorCode
+    message: str
+
+
 def decode_body(body: bytes | memoryview) -> Message:
     """Decode one frame body (without its length prefix)."""
     try:
@@ -53,12 +66,14 @@ def decode_body(body: bytes | memoryview) -> Message:
 
 
 class FrameDecoder:
-    """Incremental decoder: `feed(chunk)` returns the messages completed so far.
+    """Incremental decoder: `feed(chunk)` returns the messages completed so far, and a
+    `Rejected` for each well-framed message that is refused (its fields are bad, or its type
+    is unknown): the frames after it are still read.
 
-    Any malformed input raises a ProtocolError; the decoder is then poisoned (every later feed
-    raises again) because the stream can no longer be trusted. The error's `messages`
-    attribute holds the messages decoded earlier in the same feed call, and `request_id` the
-    offending request's id when it could be read.
+    Input that cannot be parsed raises a ProtocolError; the decoder is then poisoned (every
+    later feed raises again) because the stream can no longer be trusted. The error's
+    `messages` attribute holds the messages decoded earlier in the same feed call, and
+    `request_id` the offending request's id when it could be read.
 
     The buffer is a bytearray consumed once per feed (not once per frame), and bodies are
     decoded from a memoryview, so a chunk is copied O(1) times whatever its frame count.
@@ -81,7 +96,7 @@ class FrameDecoder:
     def poisoned(self) -> bool:
         return self._error is not None
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message | Rejected]:
         if self._error is not None:
             err = self._error
             raise type(err)(f"decoder unusable after an earlier error: {err.message}")
@@ -95,7 +110,7 @@ class FrameDecoder:
         else:
             source = data
         size = len(source)
-        out: list[Message] = []
+        out: list[Message | Rejected] = []
         pos = 0
         limit = self.max_frame_bytes
         try:
@@ -112,6 +127,10 @@ class FrameDecoder:
                     body = view[pos + HEADER_BYTES : end]
                     try:
                         out.append(decode_body(body))
+                    except ProtocolError as exc:
+                        if exc.fatal or exc.request_id is None:
+                            raise
+                        out.append(Rejected(exc.request_id, exc.code, exc.message))
                     finally:
                         body.release()
                     pos = end
@@ -170,14 +189,16 @@ class Encoder:
         status: str = "",
         route: RouteInfo | list[str] | None = None,
         ryw_token: str | None = None,
+        column_types: Sequence[str] | None = None,
     ) -> bytes:
         """A framed Rows reply without building a Rows object (rows may be tuples, e.g.
         asyncpg Records converted by `list(map(tuple, records))`). `route` may be given in
         its wire form already, [shard, node, role] (see `route_wire`)."""
         route_wire = route_wire_of(route)
         return self._frame(
-            [MessageType.ROWS, request_id, columns, rows, status, route_wire, ryw_token]
-        )
+            [MessageType.ROWS, request_id, columns, rows, status, route_wire, ryw_token,
+             column_types]
+        )  # fmt: skip
 
     def encode_status(
         self,

@@ -10,6 +10,7 @@ __all__ = [
     "EncodeError",
     "ErrorCode",
     "FrameTooLarge",
+    "InvalidRequest",
     "MalformedFrame",
     "ProtocolError",
     "UnknownMessageType",
@@ -84,6 +85,9 @@ class ProtocolError(Exception):
     """Base of every error the codec raises. `code` is the ErrorCode to report to the peer."""
 
     code: ErrorCode = ErrorCode.MALFORMED_FRAME
+    # The stream can no longer be trusted (the frame could not be parsed): the connection
+    # must close. False for a well-framed message that is only refused.
+    fatal = True
 
     def __init__(self, message: str, *, request_id: int | None = None) -> None:
         super().__init__(message)
@@ -105,9 +109,19 @@ class FrameTooLarge(ProtocolError):
 
 
 class UnknownMessageType(ProtocolError):
-    """The body's type code is not one this protocol version defines."""
+    """The body's type code is not one this protocol version defines (the frame itself was
+    read: only this message is refused)."""
 
     code = ErrorCode.UNKNOWN_MESSAGE_TYPE
+    fatal = False
+
+
+class InvalidRequest(ProtocolError):
+    """A well-framed request whose fields are missing or hold bad values (an unknown
+    consistency, a str for timeout_ms): only this request is refused."""
+
+    code = ErrorCode.INVALID_REQUEST
+    fatal = False
 
 
 class UnsupportedVersion(ProtocolError):

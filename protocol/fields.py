@@ -114,6 +114,18 @@ def _bool(v: Any) -> bool:
     return v
 
 
+def _choice(table: dict[Any, Any], v: Any, what: str) -> Any:
+    """`table[v]`, or a ValueError that names the field and the values it takes."""
+    try:
+        return table[v]
+    except (KeyError, TypeError):  # TypeError: an unhashable value (a list, a map)
+        known = ", ".join(sorted(str(k) for k in table))
+        raise ValueError(f"{what} must be one of {known}, not {v!r}") from None
+
+
+_ISOLATIONS: dict[Any, Isolation] = {i.value: i for i in Isolation}
+
+
 @dataclass(frozen=True, slots=True)
 class RouteInfo:
     """Where a statement ran. Wire: `[shard, node, role]` (or nil when not applicable)."""
@@ -174,22 +186,26 @@ class Hints:
             _map(v)  # nil or {} (but not some other falsy value)
             return hints
         # Hot path: only the keys present are read and checked; enums via dict lookup.
-        for key, value in _map(v).items():
-            if key == "shard":
-                hints.shard = _opt_str(value)
-            elif key == "ryw":
-                if value is not None:
-                    hints.ryw = {_str(k): _uint(lsn) for k, lsn in _map(value).items()}
-            elif key == "consistency":
-                hints.consistency = _CONSISTENCY[value]
-            elif key == "shard_key":
-                hints.shard_key = value
-            elif key == "idem":
-                hints.idempotency_key = _opt_str(value)
-            elif key == "timeout_ms":
-                hints.timeout_ms = _opt_uint(value)
-            elif key == "tx":
-                hints.tx = _opt_uint(value)
-            elif key == "want_rows":
-                hints.want_rows = _bool(value)
+        key: Any = None
+        try:
+            for key, value in _map(v).items():
+                if key == "shard":
+                    hints.shard = _opt_str(value)
+                elif key == "ryw":
+                    if value is not None:
+                        hints.ryw = {_str(k): _uint(lsn) for k, lsn in _map(value).items()}
+                elif key == "consistency":
+                    hints.consistency = _choice(_CONSISTENCY, value, "consistency")
+                elif key == "shard_key":
+                    hints.shard_key = value
+                elif key == "idem":
+                    hints.idempotency_key = _opt_str(value)
+                elif key == "timeout_ms":
+                    hints.timeout_ms = _opt_uint(value)
+                elif key == "tx":
+                    hints.tx = _opt_uint(value)
+                elif key == "want_rows":
+                    hints.want_rows = _bool(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"hints.{key}: {exc}") from None
         return hints

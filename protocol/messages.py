@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from protocol.errors import MalformedFrame, UnknownMessageType
+from protocol.errors import InvalidRequest, MalformedFrame, UnknownMessageType
 from protocol.fields import (
     Consistency,
     Hints,
@@ -82,12 +82,31 @@ _FROM_WIRE: dict[int, Callable[[list[Any]], Message]] = {
 }
 
 
+# Requests whose fields are wrong are refused one by one (InvalidRequest); a reply with
+# wrong fields means a broken peer, and is fatal to the connection.
+_REQUEST_CODES = frozenset(
+    {
+        MessageType.HELLO,
+        MessageType.PING,
+        MessageType.QUERY,
+        MessageType.BATCH,
+        MessageType.BEGIN,
+        MessageType.COMMIT,
+        MessageType.ROLLBACK,
+        MessageType.DOC,
+        MessageType.ADMIN,
+    }
+)
+
+
 def message_from_wire(body: Any) -> Message:
-    """Turn a decoded MessagePack body into a Message, or raise a ProtocolError."""
+    """Turn a decoded MessagePack body into a Message, or raise a ProtocolError: a fatal one
+    when the body is not a message at all, InvalidRequest or UnknownMessageType when only
+    this message is refused (its id is known)."""
     if type(body) is not list or len(body) < 2:
         raise MalformedFrame("a message is an array [type_code, id, ...]")
     code, request_id = body[0], body[1]
-    if type(request_id) is not int or request_id < 0:
+    if type(request_id) is not int or not 0 <= request_id < 2**64:
         raise MalformedFrame("message id must be an unsigned integer")
     if type(code) is not int:
         raise MalformedFrame("type code must be an integer", request_id=request_id)
@@ -98,4 +117,7 @@ def message_from_wire(body: Any) -> Message:
         return decoder(body)
     except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
         name = MessageType(code).name
-        raise MalformedFrame(f"malformed {name} message: {exc}", request_id=request_id) from exc
+        why = "missing fields" if isinstance(exc, IndexError) else str(exc)
+        if code in _REQUEST_CODES:
+            raise InvalidRequest(f"bad {name} request: {why}", request_id=request_id) from exc
+        raise MalformedFrame(f"malformed {name} message: {why}", request_id=request_id) from exc

@@ -52,7 +52,9 @@ class Pong:
 
 @dataclass(slots=True)
 class Rows:
-    """Wire: [32, id, columns, rows, status, route, ryw_token]; rows are arrays in column order."""
+    """Wire: [32, id, columns, rows, status, route, ryw_token, column_types]; rows are arrays
+    in column order. `column_types` names each column's PostgreSQL type ("text:" before it
+    when the values are that type's text output), or is nil when unknown."""
 
     id: int
     columns: list[str]
@@ -60,6 +62,7 @@ class Rows:
     status: str = ""
     route: RouteInfo | None = None
     ryw_token: str | None = None
+    column_types: list[str] | None = None
 
     def to_wire(self) -> list[Any]:
         return [
@@ -70,6 +73,7 @@ class Rows:
             self.status,
             route_to_wire(self.route),
             self.ryw_token,
+            self.column_types,
         ]
 
     @classmethod
@@ -95,7 +99,14 @@ class Rows:
         token = b[6]
         if token is not None and type(token) is not str:
             raise TypeError("expected str")
-        return cls(b[1], columns, rows, status, route, token)
+        types = b[7] if len(b) > 7 else None  # absent from a router older than the field
+        if types is not None:
+            if type(types) is not list or len(types) != len(columns):
+                raise TypeError("expected one type per column")
+            for name in types:
+                if type(name) is not str:
+                    raise TypeError("expected str")
+        return cls(b[1], columns, rows, status, route, token, types)
 
 
 @dataclass(slots=True)

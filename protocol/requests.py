@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.fields import (
+    _ISOLATIONS,
     _QUERY_KINDS,
     Hints,
     Isolation,
     MessageType,
     QueryKind,
     _bool,
+    _choice,
     _list,
     _map,
     _opt_str,
@@ -79,7 +81,8 @@ class Query:
 
     @classmethod
     def from_wire(cls, b: list[Any]) -> Query:
-        return cls(b[1], _str(b[3]), _list(b[4]), _QUERY_KINDS[b[2]], Hints.from_wire(b[5]))
+        kind = _choice(_QUERY_KINDS, b[2], "kind")
+        return cls(b[1], _str(b[3]), _list(b[4]), kind, Hints.from_wire(b[5]))
 
 
 @dataclass(slots=True)
@@ -117,7 +120,7 @@ class Begin:
 
     @classmethod
     def from_wire(cls, b: list[Any]) -> Begin:
-        iso = None if b[3] is None else Isolation(_str(b[3]))
+        iso = None if b[3] is None else _choice(_ISOLATIONS, b[3], "isolation")
         return cls(b[1], Hints.from_wire(b[2]), iso, _bool(b[4]))
 
 

@@ -223,8 +223,11 @@ class Classifier:
         if len(sql) > limit or (
             len(sql) * 4 > limit and len(sql.encode(errors="surrogatepass")) > limit
         ):
+            # The position: the first character past the limit (in UTF-8 bytes).
+            within = sql.encode(errors="surrogatepass")[:limit].decode(errors="ignore")
             raise SqlParseError(f"the statement's text is over router.max_sql_bytes ({limit} "
-                                "bytes); send large data as parameters", None, "54000")  # fmt: skip
+                                "bytes); send large data as parameters", len(within),
+                                "54000")  # fmt: skip
         try:
             raw = parse_sql(sql)
         except ParseError as exc:

@@ -21,6 +21,7 @@ from protocol.values import ext_hook
 from router import idempotency
 from router.classify import Analysis, Classifier
 from router.config import Config
+from router.failures import NodeReadOnlyError, is_read_only_refusal
 from router.health import HealthEvent
 from router.lsn import UNKNOWN_LSN
 from router.outcome import CONNECTION_ERRORS, WIRE_ROLE, Outcome, Routed, rows_changed
@@ -189,13 +190,15 @@ class Executor:
 
     async def _run(
         self, node: NodeState, backend: Backend | None, sql: str, params: Sequence[Any],
-        dirty: bool = False,
+        dirty: bool = False, timeout_ms: int | None = None,
     ) -> tuple[list[str], list[Any], str]:
         """Run on `backend`, or on the node's pipeline when it is None (a pooled backend if
-        the pipeline declines). The backend is given back afterwards (dropped if broken)."""
+        the pipeline declines). The backend is given back afterwards (dropped if broken).
+        `timeout_ms` (the request's) is also enforced by the server on the pipeline, where a
+        statement the router gave up on would hold up the requests behind it."""
         if backend is None:
             try:
-                return await node.pool.pipeline.run(sql, params)
+                return await node.pool.pipeline.run(sql, params, timeout_ms=timeout_ms)
             except Unsupported:
                 backend = await self.acquire(node)
             except PipelineError as exc:
@@ -264,7 +267,7 @@ class Executor:
             return None
         # A write on the primary also gets the WAL position after it, for its token.
         wal = node is shard.primary and not analysis.read_only
-        columns = node.pool.pipeline.submit(sql, params, callback, wal)
+        columns = node.pool.pipeline.submit(sql, params, callback, wal, hints.timeout_ms)
         if columns is None:
             return None
         return Routed(columns, node, shard, analysis)
@@ -315,20 +318,33 @@ class Executor:
             else None
         )
         if hints.idempotency_key is not None and not analysis.read_only:
-            return await self._idempotent(session, shard, hints.idempotency_key, sql, params)
+            try:
+                return await self._idempotent(session, shard, hints.idempotency_key, sql, params)
+            except asyncpg.PostgresError as exc:
+                if is_read_only_refusal(exc):  # a demoted primary: nothing was applied
+                    raise NodeReadOnlyError(exc, retryable=True) from exc
+                raise
         # Autocommit statements that leave no session state behind may share a pipelined
         # connection; the rest get a pooled connection of their own.
         dirty = analysis.changes_session_state
         pipelined = not dirty and analysis.command != "UTILITY"
         node, backend = await self._pick(shard, role, min_lsn, pipelined)
         try:
-            columns, rows, status = await self._run(node, backend, sql, params, dirty)
+            columns, rows, status = await self._run(node, backend, sql, params, dirty,
+                                                    hints.timeout_ms)  # fmt: skip
+        except asyncpg.PostgresError as exc:
+            # A write goes to the primary: refused as read-only, it found that node demoted
+            # (nothing was applied). A read refused so wrote after all: its own error.
+            if not analysis.read_only and is_read_only_refusal(exc):
+                raise NodeReadOnlyError(exc, retryable=True) from exc
+            raise
         except NodeUnavailableError:
             if node.role is not Role.REPLICA:
                 raise
             # The replica went away under a read: reads are safe to run again, on the primary.
             node, backend = shard.primary, await self._primary(shard, pipelined)
-            columns, rows, status = await self._run(node, backend, sql, params, dirty)
+            columns, rows, status = await self._run(node, backend, sql, params, dirty,
+                                                    hints.timeout_ms)  # fmt: skip
         token = None
         if node.role is Role.PRIMARY and not analysis.read_only and rows_changed(
             analysis, status

@@ -6,6 +6,7 @@ when PostgreSQL raised it, and whether retrying is safe.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +31,11 @@ from router.routing import (
 )
 from router.session import TransactionError
 from router.undelivered import ResultUndeliverable
+from router.wirevalues import ResultValueError
 
-__all__ = ["Failure", "failure_for"]
+__all__ = ["Failure", "NodeReadOnlyError", "failure_for", "is_read_only_refusal"]
+
+_ARGUMENT = re.compile(r"query argument \$(\d+)")
 
 
 @dataclass(slots=True)
@@ -51,10 +55,34 @@ class ShuttingDown(Exception):
     pass
 
 
+class NodeReadOnlyError(Exception):
+    """A write that the router sent to a node it took for the primary was refused as
+    read-only (SQLSTATE 25006): the node has been demoted, e.g. during a failover. Nothing
+    was applied; outside a transaction the same request may go again (`retryable`), and
+    finds the new primary. A 25006 anywhere else is the statement's own doing (a
+    read-only transaction the client asked for) and stays a plain PostgreSQL error."""
+
+    def __init__(self, cause: BaseException, *, retryable: bool) -> None:
+        super().__init__(str(cause))
+        self.retryable = retryable
+
+
+def is_read_only_refusal(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", None) == "25006"
+
+
+def _raised_by_driver(exc: asyncpg.PostgresError) -> bool:
+    """asyncpg refused a parameter before sending it (a str for an int4): its DataError
+    carries SQLSTATE 22000 but none of the fields a server error has."""
+    return (isinstance(exc, asyncpg.DataError)
+            and getattr(exc, "server_source_filename", None) is None
+            and "query argument" in str(exc))  # fmt: skip
+
+
 def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
     """The Error reply for `exc`. `read_only` says the request was a read (safe to retry)."""
     if isinstance(exc, SqlParseError):
-        where = {} if exc.position is None else {"position": exc.position + 1}
+        where = {"position": None if exc.position is None else exc.position + 1}
         return Failure(ErrorCode.SQL_PARSE_ERROR, exc.message, sqlstate=exc.sqlstate, detail=where)
     if isinstance(exc, MissingShardKeyError):
         detail: dict[str, Any] = {"wanted": list(exc.wanted)}
@@ -84,10 +112,18 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
         return Failure(ErrorCode.SHUTTING_DOWN, str(exc), retryable=True)
     if isinstance(exc, TransactionError):
         return Failure(ErrorCode[exc.code_name], str(exc))
+    if isinstance(exc, NodeReadOnlyError):
+        return Failure(ErrorCode.READ_ONLY, str(exc), sqlstate="25006", retryable=exc.retryable)
+    if isinstance(exc, ResultValueError):  # the statement ran; its reply cannot be sent
+        failed = {"raised_by": "router", "column": exc.column, "type": exc.type_name}
+        return Failure(ErrorCode.POSTGRES_ERROR, str(exc), sqlstate=exc.sqlstate, detail=failed)
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", None)
-        if sqlstate == "25006":  # read_only_sql_transaction: a write reached a replica
-            return Failure(ErrorCode.READ_ONLY, str(exc), sqlstate=sqlstate, retryable=True)
+        if _raised_by_driver(exc):  # nothing was sent
+            found = _ARGUMENT.search(str(exc))
+            argument: dict[str, Any] = {"raised_by": "router",
+                                        "parameter": int(found[1]) if found else None}
+            return Failure(ErrorCode.POSTGRES_ERROR, str(exc), sqlstate=sqlstate, detail=argument)
         if sqlstate == "57014":  # query_canceled (statement_timeout)
             return Failure(ErrorCode.TIMEOUT, str(exc), sqlstate=sqlstate, retryable=read_only)
         info: dict[str, Any] = {}
@@ -96,9 +132,11 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
             if value:
                 info[attr] = value
         return Failure(ErrorCode.POSTGRES_ERROR, str(exc), sqlstate=sqlstate, detail=info)
-    if isinstance(exc, (asyncpg.InterfaceError, TypeError, ValueError)):
-        # asyncpg refuses a parameter of the wrong type before anything is sent.
+    if isinstance(exc, asyncpg.InterfaceError):
+        # asyncpg refuses parameters before anything is sent (too many, too few).
         return Failure(ErrorCode.INVALID_REQUEST, f"invalid parameters: {exc}")
+    if isinstance(exc, (TypeError, ValueError)):  # a request's arguments (Doc, Admin, ...)
+        return Failure(ErrorCode.INVALID_REQUEST, f"invalid request: {exc}")
     if isinstance(exc, DuplicateDocumentError):
         return Failure(ErrorCode.DOC_DUPLICATE_KEY, str(exc))
     if isinstance(exc, DocUnavailableError):  # never reached: nothing was sent

@@ -9,7 +9,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from protocol import Query
-from router.failures import RequestTimeout
+from router.failures import NodeReadOnlyError, RequestTimeout, is_read_only_refusal
 from router.health import HealthEvent
 from router.outcome import Routed
 from router.pgwire import PipelineError
@@ -99,6 +99,10 @@ class FastRequest:
                 conn._spawn_handle(m)
                 return
             exc = NodeUnavailableError(f"{node.name}: connection lost: {exc}", sent=True)
+        elif not read_only and is_read_only_refusal(exc):
+            # A write, sent to the primary, refused as read-only: that node was demoted
+            # (nothing was applied); the request may go again.
+            exc = NodeReadOnlyError(exc, retryable=True)
         elif is_stale_statement(exc) or is_lock_timeout(exc):
             # Nothing was applied. A stale statement is prepared again; one that waited on a
             # lock longer than the pipeline's lock_timeout runs on a pooled connection.

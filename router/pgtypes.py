@@ -2,21 +2,23 @@
 they build and read, and which parameter and column types they carry, and how, exactly as
 asyncpg would.
 
-Columns come back in binary form where that is cheap to decode and as text where asyncpg
-itself returns text (json, jsonb) or text is exact (numeric, as Decimal). Values of types that
-protocol/values.py sends as ext types (uuid, timestamp, timestamptz, date) become
-`msgpack.ExtType` straight from PostgreSQL's binary form. A parameter is encoded only when its
-Python type is one asyncpg accepts for that PostgreSQL type; otherwise `Unsupported` is raised
-before anything is sent, and the statement runs on an asyncpg connection, which gives its own
-result or error. A statement with a parameter or column of any other type is not carried.
+Columns come back in binary form where that is cheap to decode and as text where text is the
+wire's form (json, jsonb: ext 9 with PostgreSQL's text) or exact (numeric, as Decimal). Values
+of types that protocol/values.py sends as ext types (uuid, timestamp, timestamptz, date) become
+`msgpack.ExtType` straight from PostgreSQL's binary form, as pooled connections give them
+(wirevalues.py). A parameter is encoded only when its Python type is one a pooled connection
+accepts for that PostgreSQL type; otherwise `Unsupported` is raised before anything is sent,
+and the statement runs on a pooled connection, which gives its own result or error. A
+statement with a parameter or column of any other type is not carried.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import struct
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -24,8 +26,21 @@ from typing import Any
 import msgpack
 
 from protocol.values import ExtCode
+from protocol.valuetypes import Infinity, Json
+from router.wirevalues import (
+    Columns,
+    column_type,
+    date_days,
+    date_value,
+    json_text,
+    json_value,
+    timestamp_micros,
+    timestamp_value,
+    timestamptz_micros,
+)
 
 __all__ = [
+    "EXECUTE_ALL",
     "EXECUTE_ALL_SYNC",
     "I16",
     "I32",
@@ -40,6 +55,7 @@ __all__ = [
     "make_statement",
     "message",
     "row_description",
+    "statement_timeout_prefix",
 ]
 
 # Network-order integers, shared with pgwire.py.
@@ -51,19 +67,8 @@ _F32 = struct.Struct("!f")
 _F64 = struct.Struct("!d")
 _i32_from = I32.unpack_from
 
-# PostgreSQL's epoch (2000-01-01) is this many microseconds / days after the Unix epoch, which
-# protocol/values.py uses for its ext types.
-_PG_EPOCH_MICROS = 946_684_800_000_000
-_PG_EPOCH_DAYS = 10_957
-_PG_EPOCH_UTC = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-_PG_EPOCH_NAIVE = dt.datetime(2000, 1, 1)
-_PG_EPOCH_ORDINAL = dt.date(2000, 1, 1).toordinal()
 _INT64_MAX, _INT64_MIN = 2**63 - 1, -(2**63)
 _INT32_MAX, _INT32_MIN = 2**31 - 1, -(2**31)
-# asyncpg's values for PostgreSQL's +-infinity timestamps and dates.
-_INF_NAIVE = dt.datetime(dt.MAXYEAR, 12, 31, 23, 59, 59, 999999)
-_NEG_INF_NAIVE = dt.datetime(dt.MINYEAR, 1, 1)
-_INF_DATE, _NEG_INF_DATE = dt.date(dt.MAXYEAR, 12, 31), dt.date(dt.MINYEAR, 1, 1)
 
 
 class Unsupported(Exception):
@@ -121,55 +126,26 @@ _new_tuple = tuple.__new__
 _EXT_UUID = int(ExtCode.UUID)
 _EXT_TIMESTAMPTZ = int(ExtCode.TIMESTAMPTZ)
 _EXT_TIMESTAMP = int(ExtCode.TIMESTAMP)
-_EXT_DATE = int(ExtCode.DATE)
 
 
 def _uuid(b: bytearray, p: int, n: int) -> msgpack.ExtType:
     return _new_tuple(_ExtType, (_EXT_UUID, bytes(b[p : p + 16])))
 
 
-# PostgreSQL's timestamps and dates reach far past Python's years 1-9999; asyncpg fails a query
-# that returns one, and so must we (the client could not decode it).
-_MIN_MICROS = (dt.datetime(dt.MINYEAR, 1, 1) - _PG_EPOCH_NAIVE) // dt.timedelta(microseconds=1)
-_MAX_MICROS = (_INF_NAIVE - _PG_EPOCH_NAIVE) // dt.timedelta(microseconds=1)
-_MIN_DAYS = dt.date(dt.MINYEAR, 1, 1).toordinal() - _PG_EPOCH_ORDINAL
-_MAX_DAYS = _INF_DATE.toordinal() - _PG_EPOCH_ORDINAL
+def _timestamptz(b: bytearray, p: int, n: int) -> Any:
+    return timestamp_value(_I64.unpack_from(b, p)[0], _EXT_TIMESTAMPTZ)
 
 
-def _check_micros(micros: int) -> None:
-    if not _MIN_MICROS <= micros <= _MAX_MICROS:
-        raise ValueError("timestamp out of Python's range (years 1-9999)")
-
-
-def _timestamp_decoder(ext_code: int) -> Decoder:
-    """timestamp and timestamptz alike: their ext type, or asyncpg's naive infinities (it
-    gives timestamptz's naive too)."""
-
-    def decode(b: bytearray, p: int, n: int) -> Any:
-        micros = _I64.unpack_from(b, p)[0]
-        if micros == _INT64_MAX:
-            return _INF_NAIVE
-        if micros == _INT64_MIN:
-            return _NEG_INF_NAIVE
-        _check_micros(micros)
-        return _new_tuple(_ExtType, (ext_code, _I64.pack(micros + _PG_EPOCH_MICROS)))
-
-    return decode
-
-
-_timestamptz = _timestamp_decoder(_EXT_TIMESTAMPTZ)
-_timestamp = _timestamp_decoder(_EXT_TIMESTAMP)
+def _timestamp(b: bytearray, p: int, n: int) -> Any:
+    return timestamp_value(_I64.unpack_from(b, p)[0], _EXT_TIMESTAMP)
 
 
 def _date(b: bytearray, p: int, n: int) -> Any:
-    days = _i32_from(b, p)[0]
-    if days == _INT32_MAX:
-        return _INF_DATE
-    if days == _INT32_MIN:
-        return _NEG_INF_DATE
-    if not _MIN_DAYS <= days <= _MAX_DAYS:
-        raise ValueError("date out of Python's range (years 1-9999)")
-    return _new_tuple(_ExtType, (_EXT_DATE, I32.pack(days + _PG_EPOCH_DAYS)))
+    return date_value(_i32_from(b, p)[0])
+
+
+def _json(b: bytearray, p: int, n: int) -> Any:
+    return json_value(b[p : p + n])
 
 
 # type oid -> (result format: 1 binary / 0 text, decoder)
@@ -182,7 +158,7 @@ _RESULT: dict[int, tuple[int, Decoder]] = {
     23: (1, _int4),
     25: (1, _text),
     26: (1, _oid),
-    114: (0, _text),  # json: asyncpg returns the text
+    114: (0, _json),  # PostgreSQL's text, as ext 9
     700: (1, _float4),
     701: (1, _float8),
     1042: (1, _text),  # bpchar
@@ -192,7 +168,7 @@ _RESULT: dict[int, tuple[int, Decoder]] = {
     1184: (1, _timestamptz),
     1700: (0, _numeric_text),
     2950: (1, _uuid),
-    3802: (0, _text),  # jsonb
+    3802: (0, _json),  # jsonb
 }
 _ENUM_RESULT: tuple[int, Decoder] = (1, _text)  # an enum's binary form is its label
 
@@ -274,29 +250,32 @@ def _enc_uuid(v: Any) -> bytes:
     raise Unsupported
 
 
-def _micros(delta: dt.timedelta) -> int:
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def _enc_timestamptz(v: Any) -> bytes:
-    if type(v) is not dt.datetime or v.tzinfo is None or v.utcoffset() is None:
-        raise Unsupported  # naive values: asyncpg's own rules apply
-    micros = _micros(v - _PG_EPOCH_UTC)
-    if micros in (_MIN_MICROS, _MAX_MICROS):
-        raise Unsupported  # asyncpg sends Python's first and last instants as -infinity/infinity
-    return _I64.pack(micros)
+    if type(v) is dt.datetime and v.tzinfo is not None and v.utcoffset() is not None:
+        return _I64.pack(timestamptz_micros(v))
+    if type(v) is Infinity and v.type == "timestamptz":
+        return _I64.pack(timestamptz_micros(v))
+    raise Unsupported  # naive values (taken in local time) and errors: the pooled path's
 
 
 def _enc_timestamp(v: Any) -> bytes:
-    if type(v) is not dt.datetime or v.tzinfo is not None or v in (_INF_NAIVE, _NEG_INF_NAIVE):
-        raise Unsupported
-    return _I64.pack(_micros(v - _PG_EPOCH_NAIVE))
+    if (type(v) is dt.datetime and v.tzinfo is None) or (
+        type(v) is Infinity and v.type == "timestamp"
+    ):
+        return _I64.pack(timestamp_micros(v))
+    raise Unsupported
 
 
 def _enc_date(v: Any) -> bytes:
-    if type(v) is not dt.date or v in (_INF_DATE, _NEG_INF_DATE):
-        raise Unsupported
-    return I32.pack(v.toordinal() - _PG_EPOCH_ORDINAL)
+    if type(v) is dt.date or (type(v) is Infinity and v.type == "date"):
+        return I32.pack(date_days(v))
+    raise Unsupported
+
+
+def _enc_json(v: Any) -> bytes:
+    if type(v) is str or type(v) is Json:
+        return json_text(v).encode()
+    raise Unsupported
 
 
 # type oid -> (parameter format: 1 binary / 0 text, encoder)
@@ -309,7 +288,7 @@ _PARAM: dict[int, tuple[int, Encoder]] = {
     23: (1, _enc_int(_INT32_MIN, _INT32_MAX, I32)),
     25: (1, _enc_text),
     26: (1, _enc_int(0, 2**32 - 1, U32)),
-    114: (0, _enc_text),
+    114: (0, _enc_json),
     700: (1, _enc_float(_F32)),
     701: (1, _enc_float(_F64)),
     1042: (1, _enc_text),
@@ -319,7 +298,7 @@ _PARAM: dict[int, tuple[int, Encoder]] = {
     1184: (1, _enc_timestamptz),
     1700: (0, _enc_numeric),
     2950: (1, _enc_uuid),
-    3802: (0, _enc_text),
+    3802: (0, _enc_json),
 }
 _ENUM_PARAM: tuple[int, Encoder] = (1, _enc_text)
 
@@ -327,7 +306,21 @@ _ENUM_PARAM: tuple[int, Encoder] = (1, _enc_text)
 # ---- messages ------------------------------------------------------------------------------
 
 SYNC = b"S\x00\x00\x00\x04"
-EXECUTE_ALL_SYNC = b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + SYNC  # unnamed portal, all rows
+EXECUTE_ALL = b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00"  # the unnamed portal, all rows
+EXECUTE_ALL_SYNC = EXECUTE_ALL + SYNC
+_BIND_UNNAMED = b"B\x00\x00\x00\x0c" + b"\x00" * 8  # unnamed portal and statement, no values
+
+
+@functools.lru_cache(maxsize=256)  # clients use few distinct timeouts
+def statement_timeout_prefix(timeout_ms: int) -> bytes:
+    """Messages that give the statement sent right after them (with no Sync between) a
+    server-side timeout of its own: SET LOCAL, in the implicit transaction the two share,
+    which ends at that statement's Sync. PostgreSQL then stops the statement itself, so a
+    statement past its timeout_ms does not hold up the pipelined requests behind it; nor
+    can the setting outlive it (it is rolled back or committed with the statement)."""
+    parse = message(b"P", b"\x00" + cstr(f"SET LOCAL statement_timeout TO {int(timeout_ms)}")
+                    + b"\x00\x00")  # fmt: skip
+    return parse + _BIND_UNNAMED + EXECUTE_ALL
 
 
 def message(kind: bytes, body: bytes) -> bytes:
@@ -366,7 +359,7 @@ class Statement:
 
     name: str
     sql: str
-    columns: list[str]
+    columns: Columns  # names, and their wire types
     supported: bool
     decoders: tuple[Decoder, ...] = ()
     encoders: tuple[Encoder, ...] = ()
@@ -391,10 +384,25 @@ class Statement:
         return b"B" + I32.pack(len(body) + 4) + body
 
 
+# The names of the types the pipeline carries, for the reply's column types.
+_TYPE_NAMES = {
+    16: "bool", 17: "bytea", 19: "name", 20: "int8", 21: "int2", 23: "int4", 25: "text",
+    26: "oid", 114: "json", 700: "float4", 701: "float8", 1042: "bpchar", 1043: "varchar",
+    1082: "date", 1114: "timestamp", 1184: "timestamptz", 1700: "numeric", 2950: "uuid",
+    3802: "jsonb",
+}  # fmt: skip
+
+
 def make_statement(
-    name: str, sql: str, param_oids: list[int], columns: list[tuple[str, int]], enums: set[int]
-) -> Statement:
-    names = [c[0] for c in columns]
+    name: str, sql: str, param_oids: list[int], columns: list[tuple[str, int]],
+    enums: Collection[int], enum_names: Mapping[int, str] | None = None,
+) -> Statement:  # fmt: skip
+    """`enums`: the oids of enum types (carried as their labels); `enum_names` their names."""
+    names = Columns(
+        [c[0] for c in columns],
+        [column_type(_TYPE_NAMES.get(oid) or (enum_names or {}).get(oid, "enum"))
+         for _, oid in columns],
+    )  # fmt: skip
     params: list[tuple[int, Encoder]] = []
     results: list[tuple[int, Decoder]] = []
     for oid in param_oids:

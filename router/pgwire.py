@@ -44,7 +44,9 @@ from router.pgtypes import (
     make_statement,
     message,
     row_description,
+    statement_timeout_prefix,
 )
+from router.wirevalues import ResultValueError
 
 __all__ = [
     "Callback",
@@ -73,6 +75,30 @@ def _postgres_error(fields: dict[str, str], query: str | None) -> asyncpg.Postgr
     return asyncpg.PostgresError.new(fields, query=query)
 
 
+def _failure(pending: _Pending) -> Exception:
+    """Why a request failed: the server's error first (it may explain the bad value)."""
+    if pending.error is not None:
+        return _postgres_error(pending.error, pending.query)
+    assert pending.value_error is not None
+    return pending.value_error
+
+
+def _value_error(exc: Exception, pending: _Pending, index: int) -> ResultValueError:
+    """The column `index` of this request's result could not be read."""
+    stmt = pending.statement
+    type_name = "?"
+    column = None
+    if stmt is not None and index < len(stmt.columns):
+        column = stmt.columns[index]
+        type_name = stmt.columns.types[index].removeprefix("text:")
+    if isinstance(exc, ResultValueError):
+        error = exc
+    else:
+        error = ResultValueError(type_name, str(exc))
+    error.column = column
+    return error
+
+
 # ---- the connection ------------------------------------------------------------------------
 
 _PREPARE, _EXECUTE, _IGNORE, _WAL = 0, 1, 2, 3
@@ -95,19 +121,24 @@ class _Pending:
     """One request in flight: its replies fill it in order until it completes."""
 
     __slots__ = ("callback", "columns", "decoders", "error", "future", "kind", "param_oids",
-                 "query", "rows", "seconds", "started", "status", "wants_wal")  # fmt: skip
+                 "query", "rows", "seconds", "started", "statement", "status", "value_error",
+                 "wants_wal")  # fmt: skip
 
     def __init__(self, kind: int, future: asyncio.Future[Any] | None,
                  decoders: tuple[Decoder, ...] = (), query: str | None = None,
-                 callback: Callback | None = None) -> None:  # fmt: skip
+                 callback: Callback | None = None,
+                 statement: Statement | None = None) -> None:  # fmt: skip
         self.kind = kind
         self.future = future
         self.decoders = decoders
         self.query = query
         self.callback = callback  # instead of the future: called as soon as it is done
+        self.statement = statement  # to name a column whose value cannot be returned
         self.rows: list[Any] = []
         self.status = ""
         self.error: dict[str, str] | None = None
+        # A value the wire cannot give the client: the statement ran, the request fails.
+        self.value_error: ResultValueError | None = None
         self.param_oids: list[int] = []
         self.columns: list[tuple[str, int]] = []
         self.started = 0.0  # when it reached the head of the queue (the server works on it)
@@ -135,7 +166,7 @@ class PipelinedConnection(asyncio.Protocol):
         self._stmts: collections.OrderedDict[str, Statement] = collections.OrderedDict()
         self._preparing: dict[str, asyncio.Task[Statement]] = {}
         self._names = itertools.count(1)
-        self._enums: set[int] = set()
+        self._enums: dict[int, str] = {}  # enum type oid -> name
         self._startup: asyncio.Future[None] = self._loop.create_future()
         self._ready = False  # the session has started
         self._wal_stmt: Statement | None = None
@@ -206,14 +237,14 @@ class PipelinedConnection(asyncio.Protocol):
                             else:
                                 row.append(dec(buf, p, n))
                                 p += n
-                    except (ValueError, ArithmeticError, UnicodeDecodeError) as exc:
+                    except (ValueError, ArithmeticError, UnicodeDecodeError,
+                            ResultValueError) as exc:  # fmt: skip
                         if p + max(n, 0) > end:  # the row itself is malformed: the stream is lost
                             raise
                         # A value Python cannot hold (e.g. the year 10000): this request
-                        # fails, as it would under asyncpg; the connection is fine.
-                        if pending.error is None:
-                            why = f"cannot return a column value: {exc}"
-                            pending.error = {"S": "ERROR", "C": "22008", "M": why}
+                        # fails, naming the column; the connection is fine.
+                        if pending.value_error is None:
+                            pending.value_error = _value_error(exc, pending, len(row))
                     else:
                         pending.rows.append(row)
                 elif kind == 50:  # '2' BindComplete
@@ -276,8 +307,8 @@ class PipelinedConnection(asyncio.Protocol):
             return
         callback = pending.callback
         if callback is not None:
-            if pending.error is not None:
-                error = _postgres_error(pending.error, pending.query)
+            if pending.error is not None or pending.value_error is not None:
+                error = _failure(pending)
                 self._call(callback, None, "", now - pending.started, error, None)
             elif pending.wants_wal:
                 pending.seconds = now - pending.started
@@ -290,8 +321,8 @@ class PipelinedConnection(asyncio.Protocol):
         assert fut is not None
         if fut.done():  # the requester gave up (timeout or cancellation)
             return
-        if pending.error is not None:
-            fut.set_exception(_postgres_error(pending.error, pending.query))
+        if pending.error is not None or pending.value_error is not None:
+            fut.set_exception(_failure(pending))
         elif pending.kind == _EXECUTE:
             fut.set_result((pending.rows, pending.status, now - pending.started))
         else:
@@ -392,8 +423,10 @@ class PipelinedConnection(asyncio.Protocol):
 
     async def started(self) -> None:
         await self._startup
-        rows, _ = await self.run("SELECT oid FROM pg_catalog.pg_type WHERE typtype = 'e'", ())
-        self._enums = {row[0] for row in rows}
+        rows, _ = await self.run(
+            "SELECT oid, typname FROM pg_catalog.pg_type WHERE typtype = 'e'", ()
+        )
+        self._enums = {row[0]: row[1] for row in rows}
         # Kept out of the statement LRU: evicted (and closed) it would fail every write's read.
         self._wal_stmt = await self.prepare(WAL_POSITION_SQL)  # on a replica, fails if run
         self._stmts.pop(WAL_POSITION_SQL, None)
@@ -431,7 +464,8 @@ class PipelinedConnection(asyncio.Protocol):
         pending = _Pending(_PREPARE, self._loop.create_future(), query=sql)
         self._send(message(b"P", body) + message(b"D", b"S" + cstr(name)) + SYNC, pending)
         done: _Pending = await pending.future  # type: ignore[misc]
-        stmt = make_statement(name, sql, done.param_oids, done.columns, self._enums)
+        stmt = make_statement(name, sql, done.param_oids, done.columns, self._enums,
+                              self._enums)  # fmt: skip
         self._stmts[sql] = stmt
         if len(self._stmts) > self._cache_size:
             _, old = self._stmts.popitem(last=False)
@@ -443,26 +477,36 @@ class PipelinedConnection(asyncio.Protocol):
             self._send(message(b"C", b"S" + cstr(stmt.name)) + SYNC,
                        _Pending(_IGNORE, self._loop.create_future()))  # fmt: skip
 
-    def execute(self, stmt: Statement, params: Sequence[Any]) -> asyncio.Future[Any]:
+    def execute(self, stmt: Statement, params: Sequence[Any],
+                timeout_ms: int | None = None) -> asyncio.Future[Any]:  # fmt: skip
         """Queue Bind/Execute/Sync; the future gives (rows, status, seconds the server spent on
-        it). Raises Unsupported (and sends nothing) when these parameters are not carried."""
+        it). Raises Unsupported (and sends nothing) when these parameters are not carried.
+        With `timeout_ms`, PostgreSQL stops the statement after that long (the pipelined
+        statements behind it wait no longer), with SQLSTATE 57014."""
         if not stmt.supported:
             raise Unsupported
         data = stmt.bind(params)
-        pending = _Pending(_EXECUTE, self._loop.create_future(), stmt.decoders, stmt.sql)
+        if timeout_ms:
+            data = statement_timeout_prefix(timeout_ms) + data
+        pending = _Pending(_EXECUTE, self._loop.create_future(), stmt.decoders, stmt.sql,
+                           statement=stmt)  # fmt: skip
         self._send(data + EXECUTE_ALL_SYNC, pending)
         return pending.future  # type: ignore[return-value]
 
     def execute_then(self, stmt: Statement, params: Sequence[Any], callback: Callback,
-                     wal_position: bool = False) -> None:  # fmt: skip
+                     wal_position: bool = False,
+                     timeout_ms: int | None = None) -> None:  # fmt: skip
         """Like `execute`, but `callback` is called from the reply itself, with no future and
         no extra turn of the event loop. With `wal_position` (a write on a primary), the
         callback waits for the WAL position read queued after this turn's writes, one read
-        for all of them."""
+        for all of them. `timeout_ms` as for `execute`."""
         if not stmt.supported or (wal_position and self._wal_stmt is None):
             raise Unsupported
         data = stmt.bind(params)
-        pending = _Pending(_EXECUTE, None, stmt.decoders, stmt.sql, callback=callback)
+        if timeout_ms:
+            data = statement_timeout_prefix(timeout_ms) + data
+        pending = _Pending(_EXECUTE, None, stmt.decoders, stmt.sql, callback=callback,
+                           statement=stmt)  # fmt: skip
         if wal_position:
             pending.wants_wal = True
             self._wal_wanted = True

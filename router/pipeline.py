@@ -31,6 +31,7 @@ __all__ = [
 log = logging.getLogger("georoute.pipeline")
 
 QueryResult = tuple[list[str], list[Any], str]  # (columns, rows, command status)
+_MAX_STATEMENT_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's largest statement_timeout
 
 
 def is_lock_timeout(exc: BaseException) -> bool:
@@ -81,6 +82,9 @@ class Pipeline:
         # could wait on a transaction whose next statement is queued behind it): it gives up
         # after pipeline_slow_ms and runs again on a pooled connection (see is_lock_timeout).
         self._settings = {**settings, "lock_timeout": str(max(1, int(db.pipeline_slow_ms)))}
+        # A request's timeout_ms below the sessions' own statement_timeout (0: none) is
+        # given to its statement on the server (pgtypes.statement_timeout_prefix).
+        self._statement_timeout_ms = int(settings.get("statement_timeout", "0"))
         # TLS as database.sslmode says, like the pooled connections (router/tls.py).
         self._size = db.pipeline_connections if db.statement_cache_size > 0 else 0
         self._max_in_flight = db.pipeline_max_in_flight
@@ -154,8 +158,19 @@ class Pipeline:
             return None
         return best
 
+    def _server_timeout(self, timeout_ms: int | None) -> int | None:
+        """The timeout a statement gets on the server, if it is below the session's own:
+        PostgreSQL stops a statement past its client's timeout_ms, and a statement that the
+        router alone gave up on does not hold up, for as long as it runs on, every request
+        pipelined behind it on the same connection."""
+        default = self._statement_timeout_ms
+        if timeout_ms and (not default or timeout_ms < default):
+            return min(timeout_ms, _MAX_STATEMENT_TIMEOUT_MS)
+        return None
+
     def submit(self, sql: str, params: Sequence[Any], callback: Callback,
-               wal_position: bool = False) -> list[str] | None:  # fmt: skip
+               wal_position: bool = False,
+               timeout_ms: int | None = None) -> list[str] | None:  # fmt: skip
         """Queue a statement already prepared on the least busy connection; `callback` gets
         its result (see pgwire.Callback). Returns the column names, or None when the pipeline
         declines (nothing was sent; `run` also prepares)."""
@@ -171,7 +186,8 @@ class Pipeline:
         if stmt is None:
             return None
         try:
-            conn.execute_then(stmt, params, callback, wal_position)
+            conn.execute_then(stmt, params, callback, wal_position,
+                              self._server_timeout(timeout_ms))  # fmt: skip
         except Unsupported:
             return None
         if not judged:
@@ -180,8 +196,9 @@ class Pipeline:
         return stmt.columns
 
     def _submit(
-        self, conn: PipelinedConnection, sql: str, params: Sequence[Any]
-    ) -> Submitted | None:
+        self, conn: PipelinedConnection, sql: str, params: Sequence[Any],
+        timeout_ms: int | None = None,
+    ) -> Submitted | None:  # fmt: skip
         judged = sql in self._fast
         if not judged and sql in self._trying:
             return None
@@ -189,7 +206,7 @@ class Pipeline:
         if stmt is None:
             return None
         try:
-            fut = conn.execute(stmt, params)
+            fut = conn.execute(stmt, params, self._server_timeout(timeout_ms))
         except Unsupported:
             return None
         if not judged:
@@ -236,17 +253,19 @@ class Pipeline:
             conn.forget(sql)
 
     async def run(
-        self, sql: str, params: Sequence[Any], *, retry_stale: bool = True
-    ) -> QueryResult:
+        self, sql: str, params: Sequence[Any], *, retry_stale: bool = True,
+        timeout_ms: int | None = None,
+    ) -> QueryResult:  # fmt: skip
         """Run one autocommit statement on the pipeline, preparing it first if need be.
         Raises Unsupported when it cannot (nothing was sent), PipelineError when the
-        connection failed under it, or the statement's PostgresError."""
+        connection failed under it, or the statement's PostgresError. `timeout_ms`: the
+        request's, which the server then enforces too (see `_server_timeout`)."""
         conn = None if sql in self._slow and self._still_slow(sql) else self._pick()
-        sent = None if conn is None else self._submit(conn, sql, params)
+        sent = None if conn is None else self._submit(conn, sql, params, timeout_ms)
         if sent is None and conn is not None and conn.cached(sql) is None:
             await conn.prepare(sql)
             if not conn.closed:
-                sent = self._submit(conn, sql, params)
+                sent = self._submit(conn, sql, params, timeout_ms)
         if sent is None:
             self.fallbacks += 1
             raise Unsupported
@@ -267,7 +286,7 @@ class Pipeline:
             if not is_stale_statement(exc) or not retry_stale:
                 raise
             self.forget(sql)
-            return await self.run(sql, params, retry_stale=False)
+            return await self.run(sql, params, retry_stale=False, timeout_ms=timeout_ms)
         self.finished(sql, server_seconds)
         return columns, rows, status
 

@@ -6,7 +6,7 @@ state. Such a connection is closed, not reset: no reset clears everything (async
 temporary tables, prepared statements and SET ROLE behind; DISCARD ALL would drop the cached
 statements under asyncpg), and the next client must find a clean session. Each connection
 keeps its own LRU of prepared statements, so a hot statement costs one round trip (bind +
-execute).
+execute). Its values are read and written as the wire carries them (pgcodecs.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from typing import Any
 import asyncpg
 
 from router.config import DatabaseConfig, NodeAddress
+from router.pgcodecs import columns_of, install_codecs, name_failed_column, wire_params
 from router.pipeline import Pipeline
 from router.tls import connect_asyncpg
+from router.wirevalues import Columns, ResultValueError
 
 __all__ = [
     "Backend",
@@ -72,9 +74,9 @@ class Backend:
         self.dirty = False  # ran something that changed session state: closed on release
         self._stmts: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
-    async def _prepare(self, sql: str) -> tuple[Any, list[str]]:
+    async def _prepare(self, sql: str) -> tuple[Any, Columns]:
         stmt = await self.conn.prepare(sql)
-        entry = (stmt, [a.name for a in stmt.get_attributes()])
+        entry = (stmt, columns_of(stmt.get_attributes()))
         if self.cache_size > 0:
             self._stmts[sql] = entry
             if len(self._stmts) > self.cache_size:
@@ -98,7 +100,10 @@ class Backend:
             self._stmts.move_to_end(sql)
         stmt, columns = entry
         try:
-            records = await stmt.fetch(*params)
+            records = await stmt.fetch(*wire_params(params))
+        except ResultValueError as exc:
+            name_failed_column(exc, columns)
+            raise
         except _RETRY_ONCE:
             # The schema changed under a cached statement (e.g. a migration): re-prepare once.
             self._stmts.pop(sql, None)
@@ -109,7 +114,7 @@ class Backend:
 
     async def run_many(self, sql: str, args: Sequence[Sequence[Any]]) -> str:
         stmt = await self._statement(sql)
-        await stmt.executemany(args)
+        await stmt.executemany([wire_params(a) for a in args])
         return f"BATCH {len(args)}"
 
     async def scalar(self, sql: str) -> Any:
@@ -182,6 +187,7 @@ class BackendPool:
             # slower (measured: 157 vs 91 us per point read).
             conn = await connect_asyncpg(self._db, self.address, self._settings,
                                          max(self._db.statement_cache_size, 1))  # fmt: skip
+            await install_codecs(conn)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise NodeUnavailableError(f"cannot connect to {self.name} ({self.address.label}): "
                                        f"{exc}", refused=isinstance(exc, asyncpg.PostgresError)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+import asyncpg
+
 from protocol import (
     Admin,
     AdminReply,
@@ -27,6 +29,7 @@ from protocol import (
     DocReply,
     EncodeError,
     Encoder,
+    Error,
     ErrorCode,
     FrameDecoder,
     Hello,
@@ -37,6 +40,7 @@ from protocol import (
     ProtocolError,
     Query,
     QueryKind,
+    Rejected,
     Rollback,
     RouteInfo,
     TxStarted,
@@ -47,11 +51,19 @@ from protocol.messages import Role as WireRole
 from protocol.requests import DOC_READ_OPS
 from protocol.sockets import keep_alive
 from router.classify import INLINE_PARSE_MAX
-from router.failures import Failure, RequestTimeout, ShuttingDown, failure_for
+from router.failures import (
+    Failure,
+    NodeReadOnlyError,
+    RequestTimeout,
+    ShuttingDown,
+    failure_for,
+    is_read_only_refusal,
+)
 from router.fastpath import FastRequest
 from router.outcome import Outcome, Routed
 from router.session import Session
 from router.undelivered import ResultUndeliverable, rowcount_of
+from router.wirevalues import name_unencodable, types_of
 
 if TYPE_CHECKING:
     from router.daemon import RouterNode
@@ -90,7 +102,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused_for_writes = False
         self._paused_for_load = False
         self._reading_paused = False
-        self._backlog: collections.deque[Message] = collections.deque()  # read, not yet run
+        self._backlog: collections.deque[Message | Rejected] = collections.deque()  # not run yet
         self._backlog_scheduled = False
         self._authed = False
         self._closing = False
@@ -268,18 +280,19 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- dispatch --------------------------------------------------------------------------
 
-    def _dispatch(self, message: Message) -> None:
+    def _dispatch(self, message: Message | Rejected) -> None:
         if self._closing:
             return
         if not self._authed:
             self._handshake(message)
             return
-        if isinstance(message, Ping):
-            self.send(self._encoder.encode(Pong(message.id)))
+        if message.id == 0:  # an Error with id 0 speaks for the connection: no request has it
+            self._fatal(0, ErrorCode.MALFORMED_FRAME, "request id 0 is reserved; ids start at 1")
             return
-        if isinstance(message, Hello):
-            self._fatal(message.id, ErrorCode.INVALID_REQUEST, "handshake already done")
+        if type(message) not in self._handlers:
+            self._answer_other(message)
             return
+        message = cast(Message, message)  # a request a handler takes
         if self._node.draining and not _ends_or_continues_transaction(message):
             self._send_failure(
                 message.id, failure_for(ShuttingDown("router node is shutting down")), "any"
@@ -291,6 +304,27 @@ class ClientConnection(asyncio.Protocol):
         ):  # fmt: skip
             return
         self._spawn_handle(message)
+
+    def _answer_other(self, message: Message | Rejected) -> None:
+        """What is not a request for a handler: a Ping, or something refused alone (the
+        frame itself was read, so the connection goes on)."""
+        if isinstance(message, Ping):
+            self.send(self._encoder.encode(Pong(message.id)))
+        elif isinstance(message, Rejected):  # a request with bad fields, an unknown type
+            self._send_failure(message.id, Failure(message.code, message.message), "request")
+        elif isinstance(message, Hello):
+            self._send_failure(message.id, Failure(ErrorCode.INVALID_REQUEST,
+                                                   "handshake already done"), "hello")  # fmt: skip
+        elif isinstance(message, Pong):
+            pass  # either side may send Ping; a Pong answers one and needs no answer
+        elif isinstance(message, Error):
+            # Never answered: two peers that answer each other's errors never stop.
+            log.info("client %s sent an Error (%s); ignored", self.peer, message.message)
+        else:  # a reply type (HelloOk, Rows, ...): only the router sends those
+            name = type(message).__name__
+            self._send_failure(message.id, Failure(ErrorCode.UNKNOWN_MESSAGE_TYPE,
+                                                   f"{name} is a reply, not a request"),
+                               "request")  # fmt: skip
 
     def _spawn_handle(self, message: Message) -> None:
         self._track(self._loop.create_task(self._handle(message)))
@@ -319,7 +353,7 @@ class ClientConnection(asyncio.Protocol):
         enc = self._encoder
         try:
             if m.kind is QueryKind.FETCH and m.hints.want_rows:
-                self.send(enc.encode_rows(m.id, routed.columns, rows, status, route, token))
+                self.send(self._encode_rows(m.id, routed.columns, rows, status, route, token))
             else:
                 last = status.rsplit(" ", 1)[-1]
                 count = int(last) if last.isdigit() else len(rows)
@@ -351,11 +385,15 @@ class ClientConnection(asyncio.Protocol):
         except Exception as error:  # e.g. a reply over the frame limit: still a typed reply
             self._reply_failed(m, error, routed.analysis.read_only, started)
 
-    def _handshake(self, message: Message) -> None:
+    def _handshake(self, message: Message | Rejected) -> None:
+        if isinstance(message, Rejected):  # a Hello (or anything) that could not be read
+            self._fatal(message.id, message.code, message.message)
+            return
         if not isinstance(message, Hello):
-            self._fatal(
-                getattr(message, "id", 0), ErrorCode.HANDSHAKE_REQUIRED, "send Hello first"
-            )
+            self._fatal(message.id, ErrorCode.HANDSHAKE_REQUIRED, "send Hello first")
+            return
+        if message.id == 0:
+            self._fatal(0, ErrorCode.MALFORMED_FRAME, "request id 0 is reserved; ids start at 1")
             return
         expected = self._node.auth_token
         given = message.token or ""
@@ -372,7 +410,11 @@ class ClientConnection(asyncio.Protocol):
             self._hello_timer.cancel()
             self._hello_timer = None
         self.session.client_name = message.client_name
-        info = {"server": "georoute", "shards": list(self._node.config.shards)}
+        r = self._node.config.router
+        # The limits a client must keep within (PROTOCOL.md section 2.3).
+        info = {"server": "georoute", "shards": list(self._node.config.shards),
+                "max_frame_bytes": r.max_frame_bytes, "max_sql_bytes": r.max_sql_bytes,
+                "max_in_flight": r.max_in_flight_per_connection}  # fmt: skip
         self.send(
             self._encoder.encode(HelloOk(message.id, version, self._node.config.router.node_name,
                                          info))
@@ -419,13 +461,24 @@ class ClientConnection(asyncio.Protocol):
     def _route(outcome: Outcome) -> RouteInfo:
         return RouteInfo(outcome.shard, outcome.node, outcome.role)
 
+    def _encode_rows(self, request_id: int, columns: list[str], rows: list[Any], status: str,
+                     route: RouteInfo | list[str], token: str | None) -> bytes:  # fmt: skip
+        try:
+            return self._encoder.encode_rows(request_id, columns, rows, status, route, token,
+                                             types_of(columns))  # fmt: skip
+        except EncodeError as exc:
+            named = name_unencodable(exc, columns, rows)
+            if named is None:
+                raise
+            raise named from exc
+
     def _reply_for(self, m: Query, o: Outcome) -> bytes:
         enc = self._encoder
         if m.kind is QueryKind.FETCH and m.hints.want_rows:
             if o.rows_lost is not None:
                 raise EncodeError(o.rows_lost)
-            return enc.encode_rows(m.id, o.columns, o.rows, o.status, self._route(o),
-                                   o.ryw_token)  # fmt: skip
+            return self._encode_rows(m.id, o.columns, o.rows, o.status, self._route(o),
+                                     o.ryw_token)  # fmt: skip
         return enc.encode_status(m.id, o.status, o.rowcount, self._route(o), o.ryw_token)
 
     async def _query(self, m: Query) -> tuple[bytes, Outcome]:
@@ -442,9 +495,19 @@ class ClientConnection(asyncio.Protocol):
                                       o.ryw_token, m.hints.tx, exc.message) from exc  # fmt: skip
 
     async def _batch(self, m: Batch) -> tuple[bytes, Outcome]:
-        o = await self._node.executor.batch(self.session, m.statements, m.hints)
+        try:
+            o = await self._node.executor.batch(self.session, m.statements, m.hints)
+        except asyncpg.PostgresError as exc:
+            if m.hints.tx is None and is_read_only_refusal(exc):
+                # Outside a transaction a batch runs on the primary, in a transaction of its
+                # own: refused as read-only, it found that node demoted; nothing applied.
+                raise NodeReadOnlyError(exc, retryable=True) from exc
+            raise
+        # "BATCH <n>", in a transaction or not (PROTOCOL.md 2.1): executemany reports no
+        # statement's own status.
+        status = f"BATCH {len(m.statements)}"
         return self._encoder.encode_status(
-            m.id, o.status, len(m.statements), self._route(o), o.ryw_token
+            m.id, status, len(m.statements), self._route(o), o.ryw_token
         ), o
 
     async def _begin(self, m: Begin) -> tuple[bytes, None]:
@@ -457,8 +520,10 @@ class ClientConnection(asyncio.Protocol):
         o = await self._node.executor.transactions.commit(self.session, m.tx)
         return self._encoder.encode_status(m.id, o.status, 0, self._route(o), o.ryw_token), o
 
-    async def _rollback(self, m: Rollback) -> tuple[bytes, Outcome]:
+    async def _rollback(self, m: Rollback) -> tuple[bytes, Outcome | None]:
         o = await self._node.executor.transactions.rollback(self.session, m.tx)
+        if o is None:  # the router had rolled it back already (idle, or a failed Commit)
+            return self._encoder.encode_status(m.id, "ROLLBACK", 0, None), None
         return self._encoder.encode_status(m.id, o.status, 0, self._route(o)), o
 
     async def _doc(self, m: Doc) -> tuple[bytes, None]:

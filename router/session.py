@@ -31,6 +31,7 @@ class Transaction:
     backend: Backend
     wrote: bool = False
     failed: bool = False
+    read_only: bool = False  # begun READ ONLY by its client
     closed: bool = False  # committed or rolled back: its connection is back in the pool
     # Statements of one transaction run one at a time, in arrival order.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -51,7 +52,9 @@ class Session:
     transactions: dict[int, Transaction] = field(default_factory=dict)
     closed: bool = False  # the client connection is gone
     opening: int = 0  # begins still waiting for a connection: they count against the limit
-    # Transactions the router rolled back on its own (idle too long): id -> why.
+    # Transactions the router rolled back on its own (idle too long, or a Commit after a
+    # failed statement): id -> why. Their statements and Commit are told why; a Rollback of
+    # one answers ROLLBACK, as PostgreSQL answers a ROLLBACK of what is already over.
     expired: dict[int, str] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -88,6 +91,10 @@ class Session:
                 raise TransactionError("TRANSACTION_ABORTED", why)
             raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx_id}")
         return tx
+
+    def rolled_back(self, tx_id: int) -> bool:
+        """The router rolled `tx_id` back on its own (see `expired`)."""
+        return tx_id in self.expired and tx_id not in self.transactions
 
     def expire(self, tx: Transaction, why: str) -> None:
         """`tx` was rolled back by the router: later requests for it are told why."""

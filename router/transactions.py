@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from protocol.messages import Hints, Isolation
 from protocol.messages import Role as WireRole
 from router.classify import Analysis
+from router.failures import NodeReadOnlyError, is_read_only_refusal
 from router.outcome import CONNECTION_ERRORS, Outcome
 from router.pool import Backend, NodeUnavailableError
 from router.routing import (
@@ -118,10 +119,15 @@ class Transactions:
             raise NodeUnavailableError(
                 f"{tx.node.name}: connection lost inside transaction {tx.id}: {exc}", sent=True
             ) from exc
-        except BaseException:
+        except BaseException as exc:
             # A failed, timed-out or cancelled statement may have left effects behind:
             # from here on the transaction can only be rolled back.
             tx.failed = True
+            if is_read_only_refusal(exc) and not tx.read_only:
+                # Begun read-write, yet refused as read-only: its node is no longer the
+                # primary. The transaction is lost (begin a new one); sent again as it is,
+                # this statement could not succeed.
+                raise NodeReadOnlyError(exc, retryable=False) from exc
             raise
         if not analysis.read_only:
             tx.wrote = True
@@ -160,6 +166,7 @@ class Transactions:
             await self._end(node, backend, "ROLLBACK")
             raise TransactionError("UNKNOWN_TRANSACTION", "the client connection is closed")
         tx = session.open(shard_name, node, backend)
+        tx.read_only = read_only
         self._arm_idle_timer(session, tx)
         return tx
 
@@ -196,16 +203,23 @@ class Transactions:
             self._close(session, tx)
             tx.stop_idle_timer()
             if tx.failed:
+                # As PostgreSQL answers COMMIT in a failed transaction: rolled back, and over.
+                # Said as an error (a client that reads only errors must not take it for a
+                # commit); a Rollback sent after it answers ROLLBACK.
+                why = (f"transaction {tx.id} was rolled back, not committed: a statement in "
+                       "it had failed; the transaction is over (a Rollback is not needed)")
+                session.expire(tx, why)
                 await self._end(tx.node, tx.backend, "ROLLBACK")
-                raise TransactionError(
-                    "TRANSACTION_ABORTED", "the transaction failed earlier and was rolled back"
-                )
+                raise TransactionError("TRANSACTION_ABORTED", why)
             await self._end(tx.node, tx.backend, "COMMIT")
         shard = self._executor.topology.shards[tx.shard]
         token = await self._executor.token(session, shard) if tx.wrote else None
         return Outcome([], [], "COMMIT", tx.shard, tx.node.name, WireRole.PRIMARY, token)
 
-    async def rollback(self, session: Session, tx_id: int) -> Outcome:
+    async def rollback(self, session: Session, tx_id: int) -> Outcome | None:
+        """The transaction's Outcome; None when the router had already rolled it back."""
+        if session.rolled_back(tx_id):
+            return None
         tx = session.get(tx_id)
         async with tx.lock:
             self._close(session, tx)

@@ -15,11 +15,12 @@ import asyncpg
 import msgpack
 import pytest
 
-from protocol.values import ExtCode, ext_hook
+from protocol.values import ExtCode, Infinity, ext_hook
 from router.pgauth import AuthError, ScramClient
 from router.pgtypes import _RESULT, Statement, Unsupported
 from router.pgtypes import make_statement as _make_statement
 from router.pgwire import PipelinedConnection, PipelineError
+from router.wirevalues import ResultValueError
 
 I16, I32, U32 = struct.Struct("!h"), struct.Struct("!i"), struct.Struct("!I")
 
@@ -178,14 +179,26 @@ def test_bind_encodes_each_parameter_in_its_type() -> None:
         (1700, 1.5),
         (2950, "{12345678-1234-1234-1234-123456789abc}"),  # uuid.UUID takes it; asyncpg not
         (2950, "12345678_1234_1234_1234_123456789abc"),
-        (1184, dt.datetime.max.replace(tzinfo=dt.UTC)),  # asyncpg sends it as infinity
-        (1184, dt.datetime.min.replace(tzinfo=dt.UTC)),
+        (1184, Infinity("date")),  # an infinity of another type: the pooled path's error
     ],
 )
 def test_bind_declines_values_asyncpg_would_judge(oid: int, value: Any) -> None:
     stmt = _make_statement("s", "sql", [oid], [], set())
     with pytest.raises(Unsupported):
         stmt.bind([value])
+
+
+def test_infinity_parameters_and_the_last_instant_are_told_apart() -> None:
+    """PostgreSQL's infinity is its own value; Python's last instant is an ordinary one (it
+    was sent as infinity when asyncpg judged timestamps)."""
+    stmt = _make_statement("s", "sql", [1184, 1184, 1082], [], set())
+    last = dt.datetime.max.replace(tzinfo=dt.UTC)
+    _, _, values, _ = parse_bind(stmt.bind([Infinity("timestamptz"), last,
+                                         Infinity("date", negative=True)]))  # fmt: skip
+    assert values[0] == struct.pack("!q", 2**63 - 1)
+    assert values[1] == struct.pack("!q", (last - dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+                                    // dt.timedelta(microseconds=1))  # fmt: skip
+    assert values[2] == I32.pack(-(2**31))
 
 
 def test_unknown_types_leave_the_statement_to_asyncpg() -> None:
@@ -219,9 +232,10 @@ def test_column_decoders_give_asyncpg_values_or_their_ext_types() -> None:
     assert ext_hook(naive.code, naive.data) == dt.datetime(1999, 12, 31, 23, 59, 59, 999999)
     day = decode(1082, I32.pack(-1))
     assert ext_hook(day.code, day.data) == dt.date(1999, 12, 31)
-    # infinities: asyncpg's sentinel values
-    assert decode(1184, struct.pack("!q", 2**63 - 1)) == dt.datetime.max  # naive, as asyncpg
-    assert decode(1082, I32.pack(-(2**31))) == dt.date.min
+    # infinities keep their type (PROTOCOL.md section 4), not asyncpg's datetime.max
+    inf = decode(1184, struct.pack("!q", 2**63 - 1))
+    assert ext_hook(inf.code, inf.data) == Infinity("timestamptz")
+    assert ext_hook(*decode(1082, I32.pack(-(2**31)))) == Infinity("date", negative=True)
 
 
 # ---- the pipelined connection ------------------------------------------------------------
@@ -447,7 +461,8 @@ async def test_a_value_python_cannot_hold_fails_its_request_not_the_connection()
                        + msg(b"2") + data_row(struct.pack("!q", 0)) + msg(b"C", b"SELECT 1\x00")
                        + ready())  # fmt: skip
     exc = far.exception()
-    assert isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == "22008"
+    assert isinstance(exc, ResultValueError) and exc.sqlstate == "22008"
+    assert (exc.column, exc.type_name) == ("ts", "timestamp")
     rows, _, _ = near.result()
     assert ext_hook(rows[0][0].code, rows[0][0].data) == dt.datetime(2000, 1, 1)
     assert not conn.closed

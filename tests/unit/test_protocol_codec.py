@@ -111,7 +111,7 @@ def _feed_garbage(pieces: list[bytes], max_frame_bytes: int = 1 << 16) -> None:
     try:
         for piece in pieces:
             for message in decoder.feed(piece):
-                assert isinstance(message, p.Message)
+                assert isinstance(message, p.Message | p.Rejected)
     except p.ProtocolError as exc:
         assert isinstance(exc.code, p.ErrorCode)
         assert decoder.poisoned
@@ -180,18 +180,19 @@ def test_empty_frame_is_malformed() -> None:
         p.FrameDecoder().feed(b"\x00\x00\x00\x00")
 
 
-def test_unknown_type_reports_request_id() -> None:
+def test_unknown_type_is_refused_alone_with_its_request_id() -> None:
     body = msgpack.packb([99, 42, "x"])
-    with pytest.raises(p.UnknownMessageType) as info:
-        p.FrameDecoder().feed(struct.pack(">I", len(body)) + body)
-    assert info.value.request_id == 42
-    assert info.value.code == p.ErrorCode.UNKNOWN_MESSAGE_TYPE
+    decoder = p.FrameDecoder()
+    (refused,) = decoder.feed(struct.pack(">I", len(body)) + body)
+    assert isinstance(refused, p.Rejected)
+    assert (refused.id, refused.code) == (42, p.ErrorCode.UNKNOWN_MESSAGE_TYPE)
+    assert not decoder.poisoned
 
 
 def test_messages_before_an_error_are_kept_on_the_exception() -> None:
-    body = msgpack.packb([99, 1])
+    body = msgpack.packb([99, "not an id"])
     data = p.encode(p.Ping(5)) + struct.pack(">I", len(body)) + body
-    with pytest.raises(p.UnknownMessageType) as info:
+    with pytest.raises(p.MalformedFrame) as info:
         p.FrameDecoder().feed(data)
     assert info.value.messages == [p.Ping(5)]  # type: ignore[attr-defined]
 
