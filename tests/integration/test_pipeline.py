@@ -211,9 +211,10 @@ async def test_a_request_timeout_on_the_fast_path_answers_at_once(
     router: RouterProcess, migrated: Config
 ) -> None:
     """Straight protocol (the client library would give up by itself): the router replies
-    TIMEOUT when the hint expires, keeps serving the connection, and drops the late result:
-    once the statement has ended and the router has taken its result off the pipeline (its
-    in-flight count, asked on this same connection), no reply for it has come."""
+    TIMEOUT when the hint expires, PostgreSQL stops the statement, the connection keeps
+    serving, and the late result (the server's own cancel) is dropped: once the statement has
+    ended and the router has taken its result off the pipeline (its in-flight count, asked on
+    this same connection), no reply for it has come."""
     reader, writer = await asyncio.open_connection("127.0.0.1", router.config.router.listen_port)
     decoder = FrameDecoder()
     replies: dict[int, Any] = {}
@@ -269,9 +270,10 @@ async def test_a_request_timeout_on_the_fast_path_answers_at_once(
         assert asyncio.get_running_loop().time() - started < 1.5  # the sleep is 3 s
         other = await asyncio.wait_for(reply(3), 10)
         assert other.rows == [[2]]
-        # It runs on after its TIMEOUT (seen running, so the wait below is for its end).
-        await wait_until(sleeping, within=5, what="the timed-out statement running")
+        # PostgreSQL stops it too (the request's timeout is its statement_timeout): it ends
+        # before its 3 s sleep could have, so nothing waits behind it on the shared connection.
         await wait_until(settled, within=20, what="the timed-out statement to end")
+        assert asyncio.get_running_loop().time() - started < 3.0
         # The same connection keeps working, and the late result of request 2 never came.
         assert (await ask(Query(4, "SELECT 40 + 2", [], QueryKind.FETCH,
                                 Hints(shard="europe")))).rows == [[42]]  # fmt: skip

@@ -226,8 +226,9 @@ async def test_a_client_certificate_logs_the_router_in_on_both_paths(tls_node: T
         await pool.close()
     for refused, why in ((replace(db, sslcert="", sslkey=""), "requires a valid client cert"),
                          (replace(db, sslcert=str(tls_node.stranger_cert), sslkey=""),
-                          "(?i)unknown.ca")):  # fmt: skip
-        # TLS 1.3 refuses the certificate after the handshake (PipelineError), 1.2 within it.
+                          "(?i)unknown.ca|connection reset")):  # fmt: skip
+        # TLS 1.3 refuses the certificate after the handshake (PipelineError), 1.2 within it;
+        # on a busy machine the server's close can overtake its alert (a reset, still refused).
         with pytest.raises((PipelineError, ssl.SSLError), match=why):
             conn = await connect_pipelined("tls-test", host="localhost", port=tls_node.address.port,
                                            user="certuser", database="postgres", password=None,

@@ -118,7 +118,7 @@ async def test_the_read_your_writes_wait_is_bounded_when_a_replica_stops_answeri
         polls.append(sql)
         await asyncio.Event().wait()
 
-    async def primary_runs(sql: str, params: Any) -> Any:
+    async def primary_runs(sql: str, params: Any, **_: Any) -> Any:
         ran.append((shard.primary.name, sql))
         return ["who"], [["the primary"]], "SELECT 1"
 
