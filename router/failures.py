@@ -27,6 +27,7 @@ from router.routing import (
     RoutingError,
     UnknownShardError,
 )
+from router.scatter import ShardFailure
 from router.session import TransactionError
 
 __all__ = ["Failure", "failure_for"]
@@ -51,6 +52,11 @@ class ShuttingDown(Exception):
 
 def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
     """The Error reply for `exc`. `read_only` says the request was a read (safe to retry)."""
+    if isinstance(exc, ShardFailure):  # one shard of a cross-shard read: named in the reply
+        failure = failure_for(exc.cause, read_only=True)
+        failure.message = f"shard {exc.shard}: {failure.message}"
+        failure.detail = {**failure.detail, "shard": exc.shard}
+        return failure
     if isinstance(exc, SqlParseError):
         where = {} if exc.position is None else {"position": exc.position + 1}
         return Failure(ErrorCode.SQL_PARSE_ERROR, exc.message, sqlstate=exc.sqlstate, detail=where)

@@ -11,7 +11,9 @@ import pytest
 
 from router.classify import Classifier
 from router.config import Config, load_config
+from router.ids import new_id
 from router.merge import ShardRows, ValueOrder, merge, pg_numeric_div
+from router.routing import CrossShardError, MissingShardKeyError, Scatter, Target, route
 from router.scatter_plan import Combine, Refusal, ScatterPlan, ScatterRefused, plan_scatter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,3 +154,26 @@ def test_numeric_division_has_postgresqls_scale_and_rounding() -> None:
     assert str(pg_numeric_div(Decimal("16.26"), Decimal(6))) == "2.7100000000000000"
     assert str(pg_numeric_div(Decimal(-5), Decimal(2))) == "-2.5000000000000000"
     assert str(pg_numeric_div(Decimal(123456789), Decimal(2))) == "61728394.500000000000"
+
+
+def test_a_read_not_confined_to_one_shard_becomes_a_scatter_and_a_write_does_not(
+    classifier: Classifier, config: Config
+) -> None:
+    def kind(sql: str, *params: object, hint: str | None = None) -> object:
+        return route(classifier.analyze(sql), list(params), hint, config)
+
+    asia, europe = (new_id(config.shards[s].number) for s in ("asia", "europe"))
+    every = tuple(config.shards)
+    assert kind("SELECT count(*) FROM users") == Scatter(every)
+    assert kind("SELECT name FROM users WHERE user_id IN ($1, $2)", asia, europe) == Scatter(
+        tuple(s for s in every if s in ("asia", "europe")))  # only the shards it names
+    assert kind("SELECT name FROM users WHERE user_id = $1", asia) == Target(("asia",), False)
+    assert kind("SELECT name FROM users WHERE user_id = $1", asia, hint="*") == Scatter(every)
+    for write in ("UPDATE users SET city = 'x'", "SELECT name FROM users FOR UPDATE"):
+        with pytest.raises(MissingShardKeyError):
+            kind(write)
+        with pytest.raises(CrossShardError, match="only a read"):
+            kind(write, hint="*")
+    # Keys that contradict each other match no row: still refused, as before.
+    with pytest.raises(CrossShardError, match="different shards"):
+        kind("SELECT name FROM users WHERE user_id = $1 AND user_id = $2", asia, europe)
