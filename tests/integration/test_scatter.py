@@ -172,3 +172,15 @@ async def test_metrics_count_scatter_reads_their_width_and_refusals(
     assert grew('georoute_scatter_refusals_total{reason="distinct"}') == 1
     assert grew('georoute_scatter_shard_reads_total{shard="asia"}') == 3
     assert grew("georoute_scatter_merge_seconds_total") > 0
+
+
+async def test_the_reply_names_every_shard_that_answered(db: client.Client,
+                                                          router: RouterProcess) -> None:  # fmt: skip
+    rows, route = await db.fetch_routed("SELECT count(*) FROM users", shard=client.EVERY_SHARD,
+                                        consistency="strong")  # fmt: skip
+    assert route is not None and rows[0][0] >= 0
+    assert route.shard.split(",") == list(router.config.shards)
+    assert route.node.split(",") == [f"{s}-primary" for s in router.config.shards]
+    assert route.role.value == "primary"
+    _, one = await db.fetch_routed("SELECT count(*) FROM users WHERE home_region = 'asia'")
+    assert one is not None and one.shard == "asia"
