@@ -403,6 +403,8 @@ def route(analysis: Analysis, params: Sequence[Any], hint: str | None,
             raise
         conf = analysis.confinement
         found = _confine(conf, params, config)  # keys that contradict each other: refused
+        if any(shards is None and conf.refs[i].function for i, shards in enumerate(found)):
+            raise  # a sharded function's own rows are its business: it needs its shard named
         if any(shards is None for shards in found):
             return Scatter(tuple(config.shards))
         named = set().union(*(s for s in found if s is not None))

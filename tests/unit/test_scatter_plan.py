@@ -174,6 +174,9 @@ def test_a_read_not_confined_to_one_shard_becomes_a_scatter_and_a_write_does_not
             kind(write)
         with pytest.raises(CrossShardError, match="only a read"):
             kind(write, hint="*")
+    # A sharded function nothing confines still needs its shard named, as before.
+    with pytest.raises(MissingShardKeyError, match="search_catalogue"):
+        kind("SELECT * FROM search_catalogue($1)", "python")
     # Keys that contradict each other match no row: still refused, as before.
     with pytest.raises(CrossShardError, match="different shards"):
         kind("SELECT name FROM users WHERE user_id = $1 AND user_id = $2", asia, europe)
