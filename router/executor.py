@@ -76,7 +76,7 @@ class Executor:
         self._max_lag = config.router.max_replica_lag_bytes
         self.transactions = Transactions(self)
         self._routes: dict[NodeState, list[str]] = {}
-        self.scatter = ScatterRunner(config, topology, self._pick)
+        self.scatter = ScatterRunner(config, topology, self._pick, self.acquire)
 
     # ---- choosing and borrowing ------------------------------------------------------------
 

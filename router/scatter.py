@@ -25,6 +25,7 @@ from router.health import HealthEvent
 from router.lsn import UNKNOWN_LSN
 from router.merge import ShardRows, ValueOrder, column_orders, merge
 from router.outcome import CONNECTION_ERRORS, Outcome
+from router.pgwire import PipelineError, Unsupported
 from router.pool import Backend, NodeUnavailableError
 from router.routing import Consistency, Role, Scatter
 from router.scatter_plan import Refusal, ScatterPlan, ScatterRefused, plan_scatter
@@ -41,8 +42,10 @@ _DATABASE_SQL = (
     "FROM pg_database WHERE datname = current_database()"
 )
 
-# Executor._pick: the node for a read of one shard, and a borrowed pooled connection.
+# Executor._pick: the node for a read of one shard, and a borrowed pooled connection (None:
+# read on the node's pipelined connections); Executor.acquire: a pooled connection of a node.
 Pick = Callable[[ShardState, Role, int | None, bool], Awaitable[tuple[NodeState, Backend | None]]]
+Acquire = Callable[[NodeState], Awaitable[Backend]]
 
 
 class ShardFailure(Exception):
@@ -83,10 +86,11 @@ class _Answer:
 
 
 class ScatterRunner:
-    def __init__(self, config: Config, topology: Topology, pick: Pick) -> None:
+    def __init__(self, config: Config, topology: Topology, pick: Pick, acquire: Acquire) -> None:
         self._config = config
         self._topology = topology
         self._pick = pick
+        self._acquire = acquire
         self._max_rows = config.router.max_scatter_rows
         self._databases: dict[str, tuple[bool, frozenset[int]]] = {}  # node -> (C, enums)
         self.stats = ScatterStats()
@@ -113,7 +117,8 @@ class ScatterRunner:
         budget = [self._max_rows]
         tasks = {
             asyncio.ensure_future(
-                self._one(session, name, plan, params, hints, consistency, budget)): name
+                self._one(session, name, plan, params, analysis, hints, consistency, budget)
+            ): name
             for name in target.shards
         }  # fmt: skip
         try:
@@ -158,21 +163,21 @@ class ScatterRunner:
 
     async def _one(
         self, session: Session, name: str, plan: ScatterPlan, params: Sequence[Any],
-        hints: Hints, consistency: Consistency, budget: list[int],
+        analysis: Analysis, hints: Hints, consistency: Consistency, budget: list[int],
     ) -> _Answer:
         started = time.perf_counter()
         shard = self._topology.shards[name]
         role = Role.PRIMARY if consistency is Consistency.STRONG else Role.REPLICA
         min_lsn = session.min_lsn(name, hints.ryw) if consistency is Consistency.SESSION else None
-        node, backend = await self._pick(shard, role, min_lsn, False)
+        node, backend = await self._pick(shard, role, min_lsn, True)
         try:
-            answer = await self._read(name, node, backend, plan, params)
+            answer = await self._read(name, node, backend, plan, params, analysis)
         except NodeUnavailableError:
             if node.role is not Role.REPLICA:
                 raise
             # The replica went away under the read: a read is safe to run again on the primary.
-            node, backend = await self._pick(shard, Role.PRIMARY, UNKNOWN_LSN, False)
-            answer = await self._read(name, node, backend, plan, params)
+            node, backend = await self._pick(shard, Role.PRIMARY, UNKNOWN_LSN, True)
+            answer = await self._read(name, node, backend, plan, params, analysis)
         budget[0] -= len(answer.rows)
         if budget[0] < 0:
             raise ScatterRefused(
@@ -183,14 +188,33 @@ class ScatterRunner:
         return answer
 
     async def _read(self, name: str, node: NodeState, backend: Backend | None, plan: ScatterPlan,
-                    params: Sequence[Any]) -> _Answer:  # fmt: skip
-        assert backend is not None  # asked for a pooled connection (pipelined=False)
+                    params: Sequence[Any], analysis: Analysis) -> _Answer:  # fmt: skip
+        """One shard's part: on the node's pipelined connections once the statement's column
+        types are known (they are the same on every shard: one schema), else on a pooled
+        connection, which also learns them (and the database's collation and enums)."""
+        shard_params = plan.shard_params(params)
+        orders: list[ValueOrder] | None = analysis.scatter.get("orders")
+        if backend is None and orders is not None and node.name in self._databases:
+            try:
+                columns, rows, _ = await node.pool.pipeline.run(plan.sql, shard_params)
+            except Unsupported:
+                pass  # declined (nothing was sent): a pooled connection takes it
+            except PipelineError as exc:
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
+                raise NodeUnavailableError(f"{node.name}: connection lost: {exc}",
+                                           sent=True) from exc  # fmt: skip
+            else:
+                if len(columns) == len(orders):
+                    return _Answer(name, node, columns, rows, orders)
+                # Its result changed shape (a migration): learn the types again, below.
+        if backend is None:
+            backend = await self._acquire(node)
         try:
             if node.name not in self._databases:
                 collation, enums = (await backend.run(_DATABASE_SQL, ()))[1][0]
                 self._databases[node.name] = (collation in _CODE_POINT_COLLATIONS,
                                               frozenset(enums))  # fmt: skip
-            columns, rows, _ = await backend.run(plan.sql, plan.shard_params(params))
+            columns, rows, _ = await backend.run(plan.sql, shard_params)
             attributes = await backend.attributes(plan.sql)
         except CONNECTION_ERRORS as exc:
             node.pool.release(backend, broken=True)
@@ -204,4 +228,5 @@ class ScatterRunner:
             raise
         node.pool.release(backend)
         orders = column_orders(attributes, self._databases[node.name][1])
+        analysis.scatter["orders"] = orders
         return _Answer(name, node, columns, rows, orders)

@@ -14,9 +14,10 @@ import asyncpg
 import pytest
 
 import client
+from router.cluster import LocalCluster
 from router.config import Config
 from router.db.connect import connect_node
-from tests.integration.conftest import Catalogue, unique
+from tests.integration.conftest import Catalogue, unique, wait_until
 from tests.support.router_proc import REGIONS, TOKEN, RouterProcess, router_config, running_router
 
 
@@ -184,3 +185,49 @@ async def test_the_reply_names_every_shard_that_answered(db: client.Client,
     assert route.role.value == "primary"
     _, one = await db.fetch_routed("SELECT count(*) FROM users WHERE home_region = 'asia'")
     assert one is not None and one.shard == "asia"
+
+
+async def test_a_stopped_replica_is_replaced_by_its_primary_and_a_stopped_shard_fails_the_read(
+    db: client.Client, router: RouterProcess, cluster: LocalCluster
+) -> None:
+    sql = "SELECT count(*) FROM users"
+    replica, primary = "asia-replica1", "asia-primary"
+    cluster.stop_node(replica)
+    try:
+        rows, route = await db.fetch_routed(sql, consistency="replica")
+        assert route is not None and rows[0][0] >= 0
+        assert dict(zip(route.shard.split(","), route.node.split(","), strict=True))[
+            "asia"] == primary  # the other shards may still read their replicas
+        cluster.stop_node(primary)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(client.NodeUnavailableError) as err:  # (no client retries)
+                await db.fetch(sql, consistency="replica", timeout=10, idempotent=False)
+            assert "shard asia" in str(err.value) and err.value.retryable
+            assert err.value.detail.get("shard") == "asia"
+            assert loop.time() - started < 5
+        finally:
+            cluster.start_node(primary)
+    finally:
+        cluster.start_node(replica)
+
+    async def answered() -> bool:
+        try:
+            await db.fetch(sql, consistency="strong")
+        except client.NodeUnavailableError:
+            return False
+        return True
+
+    await wait_until(answered, within=30, what="the shard answering again")
+    # Leave the shard as other tests expect it: its replica streaming from the primary again.
+    written_at = await db.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn", shard="asia",
+                                   consistency="strong")  # fmt: skip
+
+    async def streaming() -> bool:
+        nodes = (await db.topology())["shards"]["asia"]["nodes"]
+        node = next(n for n in nodes if n["name"] == replica)
+        return bool(node["health"] == "up" and node["replay_lsn"] is not None
+                    and node["replay_lsn"] >= written_at)  # fmt: skip
+
+    await wait_until(streaming, within=30, what="the asia replica streaming again")
