@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import decimal
 import enum
-import functools
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Sequence
@@ -124,34 +123,59 @@ def _cmp(a: Any, b: Any) -> int:
     return -1 if a < b else (1 if a > b else 0)
 
 
-def _row_comparer(keys: Sequence[SortKey], orders: Sequence[ValueOrder], text_exact: bool,
-                  columns: Sequence[str]) -> Callable[[Any, Any], int]:  # fmt: skip
+class _Desc:
+    """A value that sorts in reverse (DESC on values that cannot be negated)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Desc) -> bool:
+        return bool(other.value < self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Desc) and bool(self.value == other.value)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_NUMBERS = (int, float, Decimal)
+
+
+def _row_key(keys: Sequence[SortKey], orders: Sequence[ValueOrder], text_exact: bool,
+             columns: Sequence[str]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:  # fmt: skip
+    """A sort key for rows, as PostgreSQL orders them by `keys`: NULLs first or last, NaN
+    above every number, DESC by negating numbers (and reversing the rest). A key function,
+    not a comparison: Python compares the tuples in C (a comparison function cost about
+    1 us per pair, most of a 60-row merge)."""
     width = len(orders)
     resolved = []
     for key in keys:
         index = key.column if key.column >= 0 else width + key.column
         order = orders[index]
-        name = columns[index] if index < len(columns) else f"column {index + 1}"
         if order is not ValueOrder.EXACT:  # refused now, before any row is compared
-            _comparable("", order, text_exact, f"ORDER BY {name}")
-        padded = order is ValueOrder.PADDED
-        resolved.append((index, key.descending, key.nulls_first, padded))
+            _comparable("", order, text_exact, f"ORDER BY {_name(columns, index)}")
+        null = (0,) if key.nulls_first else (2,)
+        resolved.append((index, key.descending, null, order is ValueOrder.PADDED))
 
-    def compare(x: Any, y: Any) -> int:
-        for index, descending, nulls_first, padded in resolved:
-            a, b = x[index], y[index]
-            if a is None or b is None:
-                if a is None and b is None:
-                    continue
-                return (-1 if nulls_first else 1) if a is None else (1 if nulls_first else -1)
-            if padded:
-                a, b = a.rstrip(" "), b.rstrip(" ")
-            c = _cmp(a, b)
-            if c:
-                return -c if descending else c
-        return 0
+    def value_key(value: Any, descending: bool, padded: bool) -> Any:
+        if isinstance(value, _NUMBERS) and not isinstance(value, bool):
+            if _is_nan(value):
+                return (0,) if descending else (2,)
+            return (1, -value) if descending else (1, value)
+        if padded and isinstance(value, str):
+            value = value.rstrip(" ")
+        return (1, _Desc(value)) if descending else (1, value)
 
-    return compare
+    def row_key(row: Sequence[Any]) -> tuple[Any, ...]:
+        out = []
+        for index, descending, null, padded in resolved:
+            value = row[index]
+            out.append(null if value is None else (1, value_key(value, descending, padded)))
+        return tuple(out)
+
+    return row_key
 
 
 def _bound(value: Any, what: str) -> int | None:
@@ -180,8 +204,7 @@ def merge(
             _check_distinct(plan.distinct_key, answers, columns)
         streams = [answer.rows for answer in answers]
         if plan.sort:
-            compare = _row_comparer(plan.sort, orders, text_exact, columns)
-            key = functools.cmp_to_key(compare)
+            key = _row_key(plan.sort, orders, text_exact, columns)
             if plan.presorted:
                 rows = heapq.merge(*streams, key=key)
             else:
@@ -285,8 +308,7 @@ def _grouped(plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRo
         merged = [row for row in merged
                   if _truth(grouping.having, row, params, orders, text_exact, columns)]  # fmt: skip
     if plan.sort:
-        compare = _row_comparer(plan.sort, orders, text_exact, columns)
-        merged.sort(key=functools.cmp_to_key(compare))
+        merged.sort(key=_row_key(plan.sort, orders, text_exact, columns))
     return merged
 
 
