@@ -26,8 +26,9 @@ from router.lsn import UNKNOWN_LSN
 from router.merge import ShardRows, ValueOrder, column_orders, merge
 from router.outcome import CONNECTION_ERRORS, Outcome
 from router.pgwire import PipelineError, Unsupported
+from router.pipeline import is_lock_timeout, is_stale_statement
 from router.pool import Backend, NodeUnavailableError
-from router.routing import Consistency, Role, Scatter
+from router.routing import Consistency, Role, Scatter, choose_replica
 from router.scatter_plan import Refusal, ScatterPlan, ScatterRefused, plan_scatter
 from router.session import Session
 from router.topology import NodeState, ShardState, Topology
@@ -76,6 +77,59 @@ class ScatterStats:
         self.shard_seconds[shard] = (count + 1, total + seconds)
 
 
+class _Reshaped(Exception):
+    """A part's result has another number of columns than the types kept for it."""
+
+
+class _FastParts:
+    """The parts queued on pipelined connections: `done` resolves once each has answered.
+    A part that fails in a way a read may simply run again (`failed`) waits for the rest;
+    any other failure, or too many rows, fails `done` at once."""
+
+    __slots__ = ("answers", "done", "failed", "rows", "waiting")
+
+    def __init__(self, count: int) -> None:
+        self.answers: list[_Answer | None] = [None] * count
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.failed: list[tuple[int, NodeState, BaseException]] = []
+        self.waiting = 0
+        self.rows = 0
+
+    def queued(self) -> None:
+        self.waiting += 1
+
+    def _settled(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def answer(self, index: int, answer: _Answer, max_rows: int) -> None:
+        if len(answer.columns) != len(answer.orders):
+            self.fail(index, answer.node, _Reshaped())
+            return
+        self.answers[index] = answer
+        self.rows += len(answer.rows)
+        if self.rows > max_rows and not self.done.done():
+            self.done.set_exception(_too_large(max_rows))
+        self._settled()
+
+    def fail(self, index: int, node: NodeState, exc: BaseException | None) -> None:
+        exc = exc or PipelineError("no result")
+        if (isinstance(exc, (PipelineError, _Reshaped)) or is_stale_statement(exc)
+                or is_lock_timeout(exc)):  # fmt: skip
+            self.failed.append((index, node, exc))
+        elif not self.done.done():
+            self.done.set_exception(ShardFailure(node.shard, exc))
+        self._settled()
+
+
+def _too_large(max_rows: int) -> ScatterRefused:
+    return ScatterRefused(
+        Refusal.TOO_LARGE, "the result",
+        f"the shards sent more than router.max_scatter_rows ({max_rows}) rows to merge; "
+        "narrow the read (a WHERE, a LIMIT) or read each shard")  # fmt: skip
+
+
 @dataclass(slots=True)
 class _Answer:
     shard: str
@@ -92,6 +146,7 @@ class ScatterRunner:
         self._pick = pick
         self._acquire = acquire
         self._max_rows = config.router.max_scatter_rows
+        self._max_lag = config.router.max_replica_lag_bytes
         self._databases: dict[str, tuple[bool, frozenset[int]]] = {}  # node -> (C, enums)
         self.stats = ScatterStats()
 
@@ -115,12 +170,18 @@ class ScatterRunner:
         self.stats.requests += 1
         self.stats.fanout[len(target.shards)] = self.stats.fanout.get(len(target.shards), 0) + 1
         budget = [self._max_rows]
-        tasks = {
-            asyncio.ensure_future(
-                self._one(session, name, plan, params, analysis, hints, consistency, budget)
-            ): name
-            for name in target.shards
-        }  # fmt: skip
+        # Parts queued at once on pipelined connections, answered by callbacks (no task);
+        # the rest (a replica to wait for, types not known yet, a pipeline that declines)
+        # run as tasks. Both are awaited together.
+        fast = _FastParts(len(target.shards))
+        tasks: dict[asyncio.Future[Any], str] = {}
+        for index, name in enumerate(target.shards):
+            if not self._submit(fast, index, session, name, plan, params, analysis, hints,
+                                consistency):  # fmt: skip
+                tasks[asyncio.ensure_future(self._one(
+                    session, name, plan, params, analysis, hints, consistency, budget))] = name
+        if fast.waiting:
+            tasks[fast.done] = ""
         try:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except BaseException:  # cancelled (the request's timeout): so are the shards' reads
@@ -139,9 +200,89 @@ class ScatterRunner:
             if isinstance(exc, ScatterRefused):
                 self.stats.refused(exc.reason.value)
                 raise exc
+            if isinstance(exc, ShardFailure):  # a pipelined part's, named already
+                raise exc
             raise ShardFailure(tasks[first], exc) from exc
-        answers = [task.result() for task in tasks]  # in the order the shards were named
-        return self._merge(plan, params, answers)
+        answers: list[_Answer | None] = list(fast.answers)
+        for task, name in tasks.items():
+            if name:
+                answers[target.shards.index(name)] = task.result()
+        if fast.failed:
+            await self._again(fast, answers, session, target, plan, params, analysis, hints,
+                              consistency, budget)  # fmt: skip
+        found = [a for a in answers if a is not None]
+        assert len(found) == len(target.shards)
+        if sum(len(a.rows) for a in found) > self._max_rows:  # the parts counted apart
+            self.stats.refused(Refusal.TOO_LARGE.value)
+            raise _too_large(self._max_rows)
+        return self._merge(plan, params, found)
+
+    def _submit(self, fast: _FastParts, index: int, session: Session, name: str,
+                plan: ScatterPlan, params: Sequence[Any], analysis: Analysis, hints: Hints,
+                consistency: Consistency) -> bool:  # fmt: skip
+        """Queue one shard's part on a pipelined connection with no await, as the fast path
+        does a one-shard read; False when it must run as a task instead."""
+        orders: list[ValueOrder] | None = analysis.scatter.get("orders")
+        if orders is None:
+            return False
+        shard = self._topology.shards[name]
+        node = shard.primary
+        if consistency is not Consistency.STRONG:
+            min_lsn = (session.min_lsn(name, hints.ryw)
+                       if consistency is Consistency.SESSION else None)  # fmt: skip
+            replica = choose_replica(shard.replicas, self._max_lag, min_lsn, shard.next_turn())
+            if replica is not None:
+                node = replica
+            elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
+                return False  # the bounded wait for a replica to replay the session's writes
+        if not node.available or node.name not in self._databases:
+            return False
+        pipeline = node.pool.pipeline
+        started = time.perf_counter()
+
+        def answered(rows: list[Any] | None, status: str, server_seconds: float,
+                     exc: BaseException | None, wal: int | None) -> None:  # fmt: skip
+            pipeline.finished(plan.sql, server_seconds)
+            if exc is None and rows is not None:
+                self.stats.shard_done(name, time.perf_counter() - started)
+                fast.answer(index, _Answer(name, node, columns or [], rows, orders),
+                            self._max_rows)  # fmt: skip
+            else:
+                fast.fail(index, node, exc)
+
+        columns = pipeline.submit(plan.sql, plan.shard_params(params), answered)
+        if columns is None:
+            return False
+        fast.queued()
+        return True
+
+    async def _again(self, fast: _FastParts, answers: list[_Answer | None], session: Session,
+                     target: Scatter, plan: ScatterPlan, params: Sequence[Any],
+                     analysis: Analysis, hints: Hints, consistency: Consistency,
+                     budget: list[int]) -> None:  # fmt: skip
+        """Parts the pipeline could not finish (a lost connection, a statement to prepare
+        again, a result of another shape) run again as tasks: reads are safe to repeat."""
+        for index, node, exc in fast.failed:
+            if isinstance(exc, PipelineError):
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
+            elif is_stale_statement(exc):
+                node.pool.pipeline.forget(plan.sql)
+            elif isinstance(exc, _Reshaped):
+                analysis.scatter.pop("orders", None)
+            elif not is_lock_timeout(exc):
+                raise ShardFailure(target.shards[index], exc) from exc
+        budget[0] = self._max_rows - sum(len(a.rows) for a in answers if a is not None)
+        again = [index for index, _, _ in fast.failed]
+        try:
+            found = await asyncio.gather(*(
+                self._one(session, target.shards[i], plan, params, analysis, hints,
+                          consistency, budget) for i in again))  # fmt: skip
+        except ScatterRefused:
+            raise
+        except Exception as exc:
+            raise ShardFailure(",".join(target.shards[i] for i in again), exc) from exc
+        for index, answer in zip(again, found, strict=True):
+            answers[index] = answer
 
     def _merge(self, plan: ScatterPlan, params: Sequence[Any],
                answers: list[_Answer]) -> Outcome:  # fmt: skip
@@ -180,10 +321,7 @@ class ScatterRunner:
             answer = await self._read(name, node, backend, plan, params, analysis)
         budget[0] -= len(answer.rows)
         if budget[0] < 0:
-            raise ScatterRefused(
-                Refusal.TOO_LARGE, "the result",
-                f"the shards sent more than router.max_scatter_rows ({self._max_rows}) rows "
-                "to merge; narrow the read (a WHERE, a LIMIT) or read each shard")  # fmt: skip
+            raise _too_large(self._max_rows)
         self.stats.shard_done(name, time.perf_counter() - started)
         return answer
 
