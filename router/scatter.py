@@ -4,7 +4,8 @@ needs, in parallel, and merge the answers (plan: router/scatter_plan.py; merge: 
 Each shard is read as a one-shard read is: a fresh-enough replica, past the session's
 read-your-writes position for that shard, else the primary. The fan-out runs inside the
 request's own timeout. The first shard that fails fails the request, with that shard named;
-the others are cancelled, and no partial answer is ever returned.
+the other parts are abandoned (their tasks cancelled, a pipelined statement's result
+dropped), and no partial answer is ever returned.
 """
 
 from __future__ import annotations
