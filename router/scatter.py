@@ -1,5 +1,5 @@
 """Cross-shard reads, the coordinator: run a read's per-shard statement on every shard it
-needs, in parallel, and merge the answers (plan: router/scatter_plan.py; merge: merge.py).
+needs, in parallel, and merge the answers (plan: router/scatter_rewrite.py; merge: merge.py).
 
 Each shard is read as a one-shard read is: a fresh-enough replica, past the session's
 read-your-writes position for that shard, else the primary. The fan-out runs inside the
@@ -30,7 +30,8 @@ from router.pgwire import PipelineError, Unsupported
 from router.pipeline import is_lock_timeout, is_stale_statement
 from router.pool import Backend, NodeUnavailableError
 from router.routing import Consistency, Role, Scatter, choose_replica
-from router.scatter_plan import Refusal, ScatterPlan, ScatterRefused, plan_scatter
+from router.scatter_plan import Refusal, ScatterPlan, ScatterRefused
+from router.scatter_rewrite import plan_scatter
 from router.session import Session
 from router.topology import NodeState, ShardState, Topology
 

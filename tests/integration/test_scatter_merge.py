@@ -2,7 +2,7 @@
 
 Random rows are spread over the three shards' primaries (a scratch schema on each); the same
 rows all sit in one more scratch schema on one primary, the oracle. Each random statement is
-planned (router/scatter_plan.py), its per-shard statement run on each shard, the answers
+planned (router/scatter_rewrite.py), its per-shard statement run on each shard, the answers
 merged (router/merge.py), and the result compared with the oracle running the original
 statement on all the rows: the answer one database gives, not a Python re-implementation.
 """
@@ -24,7 +24,7 @@ from router.cluster import LocalCluster
 from router.config import Config, TableConfig
 from router.db.connect import connect_node
 from router.merge import ShardRows, column_orders, merge
-from router.scatter_plan import plan_scatter
+from router.scatter_rewrite import plan_scatter
 
 SHARDS = ("north_america", "europe", "asia")
 TABLES = {"t": TableConfig(name="t", region_column="region", id_columns=("id",))}

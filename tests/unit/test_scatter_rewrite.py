@@ -1,4 +1,4 @@
-"""The cross-shard rewrite (router/scatter_plan.py) and the merge's pure parts (merge.py):
+"""The cross-shard rewrite (router/scatter_rewrite.py) and the merge's pure parts (merge.py):
 what each shard is asked, what is refused and why. Correctness of merged answers against
 PostgreSQL itself is in tests/integration/test_scatter_merge.py."""
 
@@ -14,7 +14,8 @@ from router.config import Config, load_config
 from router.ids import new_id
 from router.merge import ShardRows, ValueOrder, merge, pg_numeric_div
 from router.routing import CrossShardError, MissingShardKeyError, Scatter, Target, route
-from router.scatter_plan import Combine, Refusal, ScatterPlan, ScatterRefused, plan_scatter
+from router.scatter_plan import Combine, Refusal, ScatterPlan, ScatterRefused
+from router.scatter_rewrite import plan_scatter
 
 REPO = Path(__file__).resolve().parents[2]
 
