@@ -252,7 +252,7 @@ def _group_key(row: Sequence[Any], keys: Sequence[int], orders: Sequence[ValueOr
 
 
 def _combine(kind: Combine, a: Any, b: Any, order: ValueOrder, text_exact: bool,
-             what: str) -> Any:  # fmt: skip
+             what: str, delimiter: Any = None) -> Any:  # fmt: skip
     if kind is Combine.FIRST:
         return a
     if kind is Combine.COUNT:
@@ -268,6 +268,18 @@ def _combine(kind: Combine, a: Any, b: Any, order: ValueOrder, text_exact: bool,
             return a + b
         raise ScatterRefused(Refusal.AGGREGATE, what, f"sums of {type(a).__name__} values are "
                                                       "not combined by the merge")  # fmt: skip
+    if kind is Combine.ARRAY and isinstance(a, list) and isinstance(b, list):
+        return a + b  # array_agg of arrays too: its first dimension is the rows'
+    if kind is Combine.STRING and type(a) is type(b) and isinstance(a, (str, bytes)):
+        separator: Any = a[:0] if delimiter is None else delimiter  # NULL joins with nothing
+        if type(separator) is not type(a):
+            raise ScatterRefused(Refusal.AGGREGATE, what, "string_agg's delimiter is not of "
+                                                          "its values' type")  # fmt: skip
+        parts: tuple[Any, Any] = (a, b)
+        return separator.join(parts)
+    if kind in (Combine.ARRAY, Combine.STRING):
+        raise ScatterRefused(Refusal.AGGREGATE, what, f"parts of type {type(a).__name__} are "
+                                                      "not joined by the merge")  # fmt: skip
     if kind is Combine.AND:
         return a and b
     if kind is Combine.OR:
@@ -286,6 +298,7 @@ def _grouped(plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRo
     grouping = plan.grouping
     assert grouping is not None
     combine = grouping.combine
+    delimiters = {column: _value(d, (), params) for column, d in grouping.delimiters}
     groups: dict[tuple[Any, ...], list[Any]] = {}
     for answer in answers:
         for row in answer.rows:
@@ -297,7 +310,7 @@ def _grouped(plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRo
             for i, kind in enumerate(combine):
                 if kind is not Combine.FIRST:
                     found[i] = _combine(kind, found[i], row[i], orders[i], text_exact,
-                                        _name(columns, i))  # fmt: skip
+                                        _name(columns, i), delimiters.get(i))  # fmt: skip
     merged = list(groups.values())
     if not grouping.keys and not merged:
         return []  # not reached: an aggregate without GROUP BY answers one row per shard

@@ -60,6 +60,8 @@ class Combine(enum.Enum):
     AND = "and"
     OR = "or"
     AVG = "avg"  # the column holds a partial sum; `Grouping.avg_counts` names its count
+    ARRAY = "array"  # array_agg: the parts' arrays one after another (NULL when all are)
+    STRING = "string"  # string_agg: the parts joined by `Grouping.delimiters`' delimiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ class Grouping:
     combine: tuple[Combine, ...]  # one per column of the per-shard rows
     avg_counts: tuple[tuple[int, int], ...]  # (partial sum column, its count column)
     having: Cond | None
+    delimiters: tuple[tuple[int, Operand], ...] = ()  # (string_agg column, its delimiter)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,10 +50,11 @@ __all__ = ["plan_scatter"]
 _AGGREGATES = {
     "count": Combine.COUNT, "sum": Combine.SUM, "min": Combine.MIN, "max": Combine.MAX,
     "avg": Combine.AVG, "bool_and": Combine.AND, "every": Combine.AND, "bool_or": Combine.OR,
+    "array_agg": Combine.ARRAY, "string_agg": Combine.STRING,
 }  # fmt: skip
 # PostgreSQL's other aggregates: refused, since their parts do not combine (or not exactly).
 _OTHER_AGGREGATES = frozenset({
-    "array_agg", "string_agg", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
+    "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
     "json_objectagg", "json_arrayagg", "xmlagg", "stddev", "stddev_pop", "stddev_samp",
     "variance", "var_pop", "var_samp", "corr", "covar_pop", "covar_samp", "regr_avgx",
     "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
@@ -417,6 +418,7 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
         raise _refuse(Refusal.DISTINCT, "DISTINCT", "DISTINCT over groups is not merged")
     combine: list[Combine] = []
     avg_counts: list[tuple[int, int]] = []  # hidden count indexes, fixed up below
+    delimiters: list[tuple[int, Operand]] = []  # string_agg columns, fixed up below
     shard_targets: list[Any] = []
     originals = [_sql(t.val) for t in b.targets]
 
@@ -433,6 +435,11 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
             raise _refuse(Refusal.DISTINCT, call,
                           "equal values may be counted on several shards; only a shard key "
                           "(user_id, course_id, region ...) is counted DISTINCT exactly")
+        if kind in (Combine.ARRAY, Combine.STRING) and (call.agg_order or call.agg_distinct):
+            raise _refuse(Refusal.AGGREGATE, call,
+                          "an order or DISTINCT inside would need the shards' values merged "
+                          "one by one; without it the parts are joined (in any order, as in "
+                          "PostgreSQL)")  # fmt: skip
         if kind is not Combine.AVG:
             return call, kind, None
         total = ast.FuncCall(funcname=(ast.String(sval="sum"),), args=call.args,
@@ -460,6 +467,8 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
         combine.append(kind)
         if count is not None:
             avg_counts.append((i, -1 - b.add_hidden(count, Combine.COUNT)))
+        if kind is Combine.STRING:
+            delimiters.append((i, _delimiter(call)))
 
     def aggregate_column(call: Any) -> int:
         text = _sql(call)
@@ -468,6 +477,8 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
                 return i
         new, kind, count = partial(call)
         index = -1 - b.add_hidden(new, kind)
+        if kind is Combine.STRING:
+            delimiters.append((index, _delimiter(call)))
         if count is not None:
             avg_counts.append((index, -1 - b.add_hidden(count, Combine.COUNT)))
         return index
@@ -519,11 +530,25 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
         combine=(*combine, *b.combine),
         avg_counts=tuple((to_abs(s), to_abs(c)) for s, c in avg_counts),
         having=_remap(having, to_abs) if having is not None else None,
+        delimiters=tuple((to_abs(c), d) for c, d in delimiters),
     )
     sort = tuple(SortKey(to_abs(c), d, n) for c, d, n in raw_sort)
     sql, params = _shard_sql(stmt)
     return ScatterPlan(sql, hidden, sort, limit, offset, grouping, None, presorted=False,
                        params=params)
+
+
+def _delimiter(call: Any) -> Operand:
+    """string_agg's delimiter, a constant or a parameter: the merge joins the parts by it."""
+    args = call.args or ()
+    node = args[1] if len(args) == 2 else None
+    inner = node.arg if isinstance(node, ast.TypeCast) else node
+    if isinstance(inner, ast.ParamRef):
+        return Operand(param=inner.number)
+    if isinstance(inner, ast.A_Const) and (inner.isnull or isinstance(inner.val, ast.String)):
+        return Operand(value=None if inner.isnull else inner.val.sval)
+    raise _refuse(Refusal.AGGREGATE, call, "string_agg's delimiter must be a constant or a "
+                                           "parameter to join the shards' parts")
 
 
 def _operand(node: Any, key_column: Any) -> Operand:
