@@ -21,7 +21,7 @@ from bench import peers
 from bench.placement import reads_by_port
 from bench.profile import find_py_spy, profile_router
 from bench.report import machine_info, render_table, write_chart, write_json, write_results_md
-from bench.runner import Plan, Recorder, run_catalogue, run_main, run_sweep
+from bench.runner import Plan, Recorder, run_main, run_scatter, run_sweep
 from bench.stack import (
     BENCH_PORT_OFFSET,
     REPO,
@@ -207,9 +207,9 @@ class Bench:
                              self.config.database.host_for(s.replicas[0]))
                     for s in self.config.shards.values()]  # fmt: skip
         georoute = next(t for t in targets if isinstance(t, GeorouteTarget))
-        workloads["catalogue"] = await run_catalogue(
+        workloads.update(await run_scatter(
             self.rec, ScatterTarget(replicas, db_user), georoute,
-            [t.name for t in targets if t.name not in ("direct", "georoute")], sample, plan)
+            [t.name for t in targets if t.name not in ("direct", "georoute")], sample, plan))
         sweep = await run_sweep(self.rec, targets, sample, plan, failed)
         results: dict[str, Any] = {"workloads": workloads, "sweep": sweep}
         ports = {shard.primary.port: "primary", shard.replicas[0].port: "replica"}
@@ -329,7 +329,7 @@ async def _wait_replayed(primary: int, replica: int, user: str, limit_s: float =
 
 def headline(results: dict[str, Any]) -> list[str]:
     out = []
-    for name in ("point_read", "write", "mixed"):
+    for name in ("point_read", "write", "mixed", "catalogue", "count_by_region"):
         w = results["workloads"].get(name)
         if not w:
             continue

@@ -1,5 +1,5 @@
 """The run plan: every workload against every target at one concurrency, interleaved round by
-round (so drift hits all targets alike), the catalogue, and the concurrency sweep."""
+round (so drift hits all targets alike), the cross-shard reads, and the concurrency sweep."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from typing import Any
 from bench.stack import cpu_seconds, rss_kib
 from bench.targets import GeorouteTarget, Target
 from bench.workloads import (
-    CATALOGUE,
     POINT_READ,
-    TOP_COURSES,
+    SCATTER_WORKLOADS,
     Measurement,
     Sample,
     Workload,
@@ -22,10 +21,7 @@ from bench.workloads import (
     median,
 )
 
-__all__ = ["Plan", "aggregate", "run_catalogue", "run_main", "run_sweep"]
-
-NOT_AVAILABLE = "not available yet"
-
+__all__ = ["Plan", "aggregate", "run_main", "run_scatter", "run_sweep"]
 
 @dataclass(frozen=True, slots=True)
 class Plan:
@@ -163,36 +159,35 @@ async def run_main(rec: Recorder, targets: Sequence[Target], workloads: Sequence
     return results
 
 
-async def run_catalogue(rec: Recorder, scatter: Target, georoute: GeorouteTarget,
-                        others: Sequence[str], sample: Sample, plan: Plan) -> dict[str, Any]:
-    """Direct scatter-gather by hand is measured; georoute is asked once and says why not."""
+async def run_scatter(rec: Recorder, scatter: Target, georoute: GeorouteTarget,
+                      others: Sequence[str], sample: Sample, plan: Plan) -> dict[str, Any]:
+    """The cross-shard reads: georoute (the router reads every shard and merges) against
+    asyncpg to every shard at once with the merge in the client, interleaved round by round."""
     c = plan.concurrency
-    rec.say(f"catalogue: {CATALOGUE.title}, {c} clients")
-    targets: dict[str, dict[str, Any]] = {}
-    detail = "georoute has no scatter-gather yet"
-    try:
-        await georoute.open(1)
-        await georoute.run(TOP_COURSES, ())
-        detail += " (the router answered without error; not measured as a catalogue)"
-    except Exception as exc:
-        detail += f"; the router replies {type(exc).__name__}: {exc}"[:300]
-    finally:
-        await georoute.close()
-    targets["georoute"] = {"status": NOT_AVAILABLE, "detail": detail}
-    rec.say(f"  georoute: {NOT_AVAILABLE}: {detail}")
-    for name in others:
-        targets[name] = {"status": "not applicable", "detail": "fronts one shard only"}
-    try:
-        await scatter.open(c)
-        rounds = [await _measure(rec, scatter, CATALOGUE, sample, c, plan.duration, plan, r + 1)
-                  for r in range(plan.rounds)]  # fmt: skip
-        targets["direct"] = aggregate(rounds)
-    except Exception as exc:
-        targets["direct"] = {"status": "failed", "detail": f"{type(exc).__name__}: {exc}"}
-    finally:
-        await scatter.close()
-    return {"title": CATALOGUE.title, "concurrency": c, "status": NOT_AVAILABLE + " in georoute",
-            "targets": targets, "ratios": {}}  # fmt: skip
+    results: dict[str, Any] = {}
+    for workload in SCATTER_WORKLOADS:
+        rec.say(f"{workload.name}: {workload.title}, {c} clients")
+        targets: dict[str, dict[str, Any]] = {}
+        rounds: dict[str, list[dict[str, Any]]] = {"direct": [], "georoute": []}
+        try:
+            await scatter.open(c)
+            await georoute.open(c)
+            for r in range(plan.rounds):
+                for name, t in (("direct", scatter), ("georoute", georoute)):
+                    rounds[name].append(
+                        await _measure(rec, t, workload, sample, c, plan.duration, plan, r + 1))
+            targets = {name: aggregate(v) for name, v in rounds.items()}
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            targets = {name: {"status": "failed", "detail": detail} for name in rounds}
+        finally:
+            await scatter.close()
+            await georoute.close()
+        for name in others:
+            targets[name] = {"status": "not applicable", "detail": "fronts one shard only"}
+        results[workload.name] = {"title": workload.title, "concurrency": c, "status": "ok",
+                                  "targets": targets, "ratios": ratios(targets)}  # fmt: skip
+    return results
 
 
 async def run_sweep(rec: Recorder, targets: Sequence[Target], sample: Sample, plan: Plan,

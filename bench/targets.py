@@ -170,8 +170,8 @@ class GeorouteTarget(Target):
 
 
 class ScatterTarget(Target):
-    """A catalogue query sent by hand to every shard's replica and merged: what georoute's
-    scatter-gather would have to match. Direct asyncpg, statement cache on."""
+    """A cross-shard read sent by hand to every shard's replica in parallel and merged in the
+    client: the baseline for georoute's scatter-gather. Direct asyncpg, statement cache on."""
 
     def __init__(self, replicas: Sequence[Endpoint], user: str) -> None:
         self.name = "direct"
@@ -194,8 +194,7 @@ class ScatterTarget(Target):
 
     async def run(self, op: Op, args: Sequence[Any]) -> None:
         parts = await asyncio.gather(*(self._one(p, op, args) for p in self._pools))
-        merged = sorted((row for part in parts for row in part), key=op.merge_key, reverse=True)
-        del merged[op.merge_limit :]
+        op.merge(parts)
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self._pools))

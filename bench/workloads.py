@@ -1,9 +1,12 @@
-"""The workloads (point read, single-row write, 80/20 mix, catalogue) over the real schema, the
-ids they draw from, and the closed-loop measurement: N workers, bounded in time and count."""
+"""The workloads (point read, single-row write, 80/20 mix, and the cross-shard catalogue page
+and count by region) over the real schema, the ids they draw from, and the closed-loop
+measurement: N workers, bounded in time and count."""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -17,8 +20,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CATALOGUE",
+    "COUNT_BY_REGION",
     "MAIN_WORKLOADS",
     "POINT_READ",
+    "SCATTER_WORKLOADS",
     "Measurement",
     "Op",
     "Sample",
@@ -58,9 +63,9 @@ class Op:
     sql: str
     read: bool
     args: Callable[[random.Random, Sample], tuple[Any, ...]]
-    # For scatter-gather ops: how the client merges the shards' rows.
-    merge_key: Callable[[Any], Any] = lambda row: 0
-    merge_limit: int = 0
+    # For cross-shard ops, the direct baseline's own merge of the shards' rows (georoute
+    # merges in the router).
+    merge: Callable[[list[list[Any]]], list[Any]] = lambda parts: []
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +73,7 @@ class Workload:
     name: str
     title: str
     ops: tuple[tuple[Op, float], ...]  # (op, weight)
-    scatter: bool = False  # needs every shard: georoute cannot do it yet
+    scatter: bool = False  # reads every shard (the direct baseline merges by hand)
 
     def pick(self, rng: random.Random) -> Op:
         if len(self.ops) == 1:
@@ -101,14 +106,34 @@ PROGRESS_UPDATE = Op(
     False,
     lambda rng, s: (rng.choice(s.progress_ids),),
 )
-TOP_COURSES = Op(
-    "top_courses",
-    "SELECT course_id, title, price_cents, enrollment_count FROM courses "
-    "WHERE status = 'published' ORDER BY enrollment_count DESC, course_id LIMIT 20",
+def _page(parts: list[list[Any]]) -> list[Any]:
+    merged = heapq.merge(*parts, key=lambda row: (row["price_cents"], row["course_id"]))
+    return list(itertools.islice(merged, 20))
+
+
+def _counts(parts: list[list[Any]]) -> list[Any]:
+    totals: dict[str, int] = {}
+    for part in parts:
+        for region, count in part:
+            totals[region] = totals.get(region, 0) + count
+    return list(totals.items())
+
+
+# A catalogue page: published courses of every region under a price, cheapest first.
+CATALOGUE_PAGE = Op(
+    "catalogue_page",
+    "SELECT course_id, title, price_cents FROM courses WHERE status = 'published' "
+    "AND price_cents <= $1 ORDER BY price_cents, course_id LIMIT 20",
+    True,
+    lambda rng, s: (rng.choice((2_000, 5_000, 10_000, 1_000_000)),),
+    merge=_page,
+)
+REGION_COUNTS = Op(
+    "region_counts",
+    "SELECT home_region, count(*) FROM users GROUP BY 1",
     True,
     lambda rng, s: (),
-    merge_key=lambda row: (row["enrollment_count"], row["course_id"]),
-    merge_limit=20,
+    merge=_counts,
 )
 
 POINT_READ = Workload("point_read", "point read by id (users)", ((USER_BY_ID, 1.0),))
@@ -119,10 +144,15 @@ MIXED = Workload(
     ((USER_BY_ID, 0.4), (ENROLLMENT_BY_ID, 0.4), (PROGRESS_UPDATE, 0.2)),
 )
 CATALOGUE = Workload(
-    "catalogue", "catalogue over all shards (top 20 courses)", ((TOP_COURSES, 1.0),),
-    scatter=True,
+    "catalogue", "catalogue page over all shards (published, under a price, 20 by price)",
+    ((CATALOGUE_PAGE, 1.0),), scatter=True,
+)
+COUNT_BY_REGION = Workload(
+    "count_by_region", "users counted by home region over all shards (GROUP BY)",
+    ((REGION_COUNTS, 1.0),), scatter=True,
 )
 MAIN_WORKLOADS = (POINT_READ, WRITE, MIXED)
+SCATTER_WORKLOADS = (CATALOGUE, COUNT_BY_REGION)
 
 
 @dataclass

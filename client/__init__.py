@@ -1,7 +1,7 @@
 """georoute's asyncio client: `client = await connect("georoute://h1:6600,h2:6600", token=...)`.
 A thin layer over protocol/: a pool of pipelined connections, retries, read-your-writes."""
 
-from client.client import Client, connect, looks_read_only
+from client.client import EVERY_SHARD, Client, connect, looks_read_only
 from client.connection import Connection
 from client.docs import Collection
 from client.dsn import parse_dsn
@@ -41,6 +41,7 @@ from client.transaction import Transaction
 from protocol import Consistency, Infinity, Interval, Isolation, Json, ObjectId, Point, Range
 
 __all__ = [
+    "EVERY_SHARD",
     "AuthError",
     "BackendError",
     "Client",

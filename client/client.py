@@ -48,12 +48,16 @@ from protocol import (
     QueryKind,
     Reply,
     Request,
+    RouteInfo,
     format_ryw_token,
     merge_ryw_token,
     parse_ryw_token,
 )
 
-__all__ = ["Client", "connect", "looks_read_only"]
+__all__ = ["EVERY_SHARD", "Client", "connect", "looks_read_only"]
+
+# shard=EVERY_SHARD: a read answered by every shard and merged by the router.
+EVERY_SHARD = "*"
 
 _FIRST_WORD = re.compile(r"(?:\s+|--[^\n]*\n?|\()*([A-Za-z]+)")
 _READ_WORDS = frozenset({"select", "show", "values", "table"})
@@ -175,6 +179,17 @@ class Client:
         query = Query(0, sql, list(args), _FETCH, hints)
         reply, _ = await self._send(query, retry=retry, timeout=timeout)
         return rows_of(reply)
+
+    async def fetch_routed(
+        self, sql: str, *args: Any, shard: str | None = None, shard_key: Any = None,
+        consistency: Consistency | str | None = None, timeout: float | None = None,
+    ) -> tuple[list[Record], RouteInfo | None]:
+        """`fetch`, and where it ran. A cross-shard read's route names every shard that
+        answered, comma-separated, and their nodes in the same order (PROTOCOL.md 2.3)."""
+        hints = self._hints(shard, shard_key, consistency, None, timeout)
+        query = Query(0, sql, list(args), _FETCH, hints)
+        reply, _ = await self._send(query, retry=_retry_ok(None, None, sql), timeout=timeout)
+        return rows_of(reply), getattr(reply, "route", None)
 
     async def fetchrow(self, sql: str, *args: Any, **kwargs: Any) -> Record | None:
         result = await self.fetch(sql, *args, **kwargs)

@@ -18,7 +18,7 @@ import asyncio
 import enum
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import ast, parse_sql
@@ -82,6 +82,9 @@ class Analysis:
     confinement: Confinement = _NOTHING
     # A write inside the statement that its status does not count (a writable CTE).
     nested_write: bool = False
+    # What a cross-shard read of it needs, made when first asked (router/scatter.py), so it
+    # lives and is evicted with the analysis.
+    scatter: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def keys(self) -> tuple[KeyRef, ...]:

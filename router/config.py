@@ -95,6 +95,7 @@ class RouterConfig:
     statement_timeout_seconds: float = 30.0
     transaction_idle_timeout_seconds: float = 60.0
     idempotency_retention_seconds: float = 86400.0
+    max_scatter_rows: int = 100_000
 
 
 def router_socket_path(router: RouterConfig) -> str | None:
@@ -430,6 +431,7 @@ def _validate(config: Config) -> None:
         "heartbeat.interval_seconds": h.interval_seconds,
         "api.jwt_ttl_seconds": a.jwt_ttl_seconds,
         "api.rate_limit_per_minute": a.rate_limit_per_minute,
+        "router.max_scatter_rows": r.max_scatter_rows,
     }
     for key, value in positive.items():
         if value <= 0:

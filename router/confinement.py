@@ -120,6 +120,8 @@ class Confinement:
     # Why rows written to a sharded table cannot be checked at all (an INSERT without its
     # column list), or None.
     unchecked: str | None = None
+    # The references in the outermost query's own FROM (a cross-shard read is merged over them).
+    top: tuple[int, ...] = ()
 
 
 # Values whose shard is wherever the statement runs: made on the shard itself.
@@ -262,10 +264,12 @@ class _Analyzer:
         self.assigned: list[KeyRef] = []
         self.unchecked: str | None = None
         self.renamed: set[int] = set()  # refs with a column alias list: names are not keys
+        self.top: tuple[int, ...] = ()
 
     def result(self) -> Confinement:
         return Confinement(tuple(self.refs), tuple(self.pins), tuple(dict.fromkeys(self.edges)),
-                           tuple(self.rows), tuple(self.assigned), self.unchecked)  # fmt: skip
+                           tuple(self.rows), tuple(self.assigned), self.unchecked,
+                           self.top)  # fmt: skip
 
     def key_kind(self, table: str, column: str) -> KeyKind | None:
         cfg = self._tables.get(table)
@@ -331,6 +335,8 @@ class _Analyzer:
             return None
         for item in stmt.fromClause or ():
             self.from_item(item, scope)
+        if parent is None:
+            self.top = tuple(scope.refs)
         self.where(stmt.whereClause, scope, set(scope.refs))
         self.expressions((stmt.targetList, stmt.groupClause, stmt.havingClause,
                           stmt.windowClause, stmt.sortClause, stmt.distinctClause,
@@ -436,6 +442,8 @@ class _Analyzer:
         self.target(stmt.relation, scope)
         for item in stmt.fromClause or ():
             self.from_item(item, scope)
+        if parent is None:
+            self.top = tuple(scope.refs)
         self.where(stmt.whereClause, scope, set(scope.refs))
         self.assign(stmt.relation.relname, stmt.relation, stmt.targetList or ())
         self.expressions((stmt.targetList, stmt.returningClause), scope)

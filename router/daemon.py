@@ -94,6 +94,7 @@ class RouterNode:
         self.topology = Topology.from_config(config)
         self.classifier = _classifier(config)
         self.executor = Executor(config, self.topology, self.classifier)
+        self.executor.scatter.stats = self.metrics.scatter
         self.docstore = DocStore(config.document_store, validate_document)
         self.monitor = LagMonitor(config, self.topology)
         self.connections: set[ClientConnection] = set()
@@ -329,6 +330,7 @@ class RouterNode:
         self.topology = fresh
         self.classifier = _classifier(new)
         self.executor = Executor(new, fresh, self.classifier)
+        self.executor.scatter.stats = self.metrics.scatter
         self.monitor = LagMonitor(new, fresh)
         self.monitor.start()
         self.metrics.bind(fresh, self.classifier)

@@ -32,16 +32,20 @@ from router.routing import (
     CrossShardError,
     MissingShardKeyError,
     Role,
+    Route,
     RoutingError,
+    Scatter,
     Target,
     UnknownShardError,
     check_writes,
     choose_replica,
     decide_role,
     resolve_shards,
+    route,
     shard_of_value,
     statement_shard,
 )
+from router.scatter import ScatterRunner
 from router.session import Session
 from router.topology import NodeState, ShardState, Topology
 from router.transactions import Transactions
@@ -68,18 +72,19 @@ class Executor:
         self._max_lag = config.router.max_replica_lag_bytes
         self.transactions = Transactions(self)
         self._routes: dict[NodeState, list[str]] = {}
+        self.scatter = ScatterRunner(config, topology, self._pick, self.acquire)
 
     # ---- choosing and borrowing ------------------------------------------------------------
 
     def _shard(self, name: str) -> ShardState:
         return self.topology.shards[name]
 
-    def target_for(self, sql: str, params: Sequence[Any], hints: Hints) -> tuple[Analysis, Target]:
+    def target_for(self, sql: str, params: Sequence[Any], hints: Hints) -> tuple[Analysis, Route]:
         analysis = self.classifier.analyze(sql)
         hint = hints.shard
         if hint is None and hints.shard_key is not None:
             hint = self.shard_for_key(hints.shard_key)
-        return analysis, resolve_shards(analysis, params, hint, self.config)
+        return analysis, route(analysis, params, hint, self.config)
 
     def shard_for_key(self, key: Any) -> str:
         shard = shard_of_value(key, self.config)
@@ -246,6 +251,8 @@ class Executor:
             if (len(params) != analysis.param_count or analysis.changes_session_state
                     or analysis.command == "UTILITY"):  # fmt: skip
                 return None
+            if not isinstance(target, Target):  # a Scatter: query() runs it
+                return None
             consistency = _CONSISTENCY[hints.consistency]
             role = decide_role(target, consistency, in_transaction=False)
             shard = self.topology.shards[target.shard]
@@ -310,6 +317,9 @@ class Executor:
                 f"the statement uses {analysis.param_count} parameters, {len(params)} were given"
             )
         consistency = _CONSISTENCY[hints.consistency]
+        if isinstance(target, Scatter):  # a read over several shards, merged (scatter.py)
+            return await self.scatter.run(session, sql, params, analysis, target, hints,
+                                          consistency)  # fmt: skip
         role = decide_role(target, consistency, in_transaction=False)
         shard = self._shard(target.shard)
         min_lsn = (

@@ -29,6 +29,7 @@ from router.routing import (
     RoutingError,
     UnknownShardError,
 )
+from router.scatter import ShardFailure
 from router.session import TransactionError
 from router.undelivered import ResultUndeliverable
 from router.wirevalues import ResultValueError
@@ -81,6 +82,11 @@ def _raised_by_driver(exc: asyncpg.PostgresError) -> bool:
 
 def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
     """The Error reply for `exc`. `read_only` says the request was a read (safe to retry)."""
+    if isinstance(exc, ShardFailure):  # one shard of a cross-shard read: named in the reply
+        failure = failure_for(exc.cause, read_only=True)
+        failure.message = f"shard {exc.shard}: {failure.message}"
+        failure.detail = {**failure.detail, "shard": exc.shard}
+        return failure
     if isinstance(exc, SqlParseError):
         where = {"position": None if exc.position is None else exc.position + 1}
         return Failure(ErrorCode.SQL_PARSE_ERROR, exc.message, sqlstate=exc.sqlstate, detail=where)

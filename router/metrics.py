@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from router.classify import Classifier
+from router.scatter import ScatterStats
 from router.topology import Topology
 
 __all__ = ["Metrics"]
@@ -86,6 +87,7 @@ class _LiveCollector(Collector):
             clients.add_metric([], self._metrics.open_connections())
             yield clients
         yield from self._metrics.request_families()
+        yield from self._metrics.scatter_families()
         classifier = self._metrics.classifier
         if classifier is not None:
             cache = CounterMetricFamily(
@@ -111,6 +113,8 @@ class Metrics:
         self.connections = Counter(
             "georoute_client_connections", "Client connections accepted", registry=self.registry
         )
+        # Cross-shard reads: kept here, so a reload's new executor counts on (daemon.py).
+        self.scatter = ScatterStats()
         self.registry.register(_LiveCollector(self))
         self._server: Any = None
 
@@ -145,6 +149,35 @@ class Metrics:
                 buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
             latency.add_metric([kind], buckets, sum_value=total[0])
         yield latency
+
+    def scatter_families(self) -> Iterator[Any]:
+        stats = self.scatter
+        requests = CounterMetricFamily("georoute_scatter_requests",
+                                       "Reads answered by several shards, merged")  # fmt: skip
+        requests.add_metric([], stats.requests)
+        fanout = CounterMetricFamily("georoute_scatter_fanout",
+                                     "Cross-shard reads by how many shards they asked",
+                                     labels=["shards"])  # fmt: skip
+        for width, count in dict(stats.fanout).items():
+            fanout.add_metric([str(width)], count)
+        merge = CounterMetricFamily("georoute_scatter_merge_seconds",
+                                    "Time spent merging the shards' answers")  # fmt: skip
+        merge.add_metric([], stats.merge_seconds)
+        shard = CounterMetricFamily(
+            "georoute_scatter_shard_seconds",
+            "Time each shard took to answer its part of a cross-shard read (sum; the "
+            "_count is in georoute_scatter_shard_reads)", labels=["shard"])  # fmt: skip
+        reads = CounterMetricFamily("georoute_scatter_shard_reads",
+                                    "Parts of cross-shard reads each shard answered",
+                                    labels=["shard"])  # fmt: skip
+        for name, (count, seconds) in dict(stats.shard_seconds).items():
+            shard.add_metric([name], seconds)
+            reads.add_metric([name], count)
+        refused = CounterMetricFamily("georoute_scatter_refusals",
+                                      "Cross-shard reads refused, by reason", labels=["reason"])
+        for reason, count in dict(stats.refusals).items():
+            refused.add_metric([reason], count)
+        yield from (requests, fanout, merge, shard, reads, refused)
 
     def bind(self, topology: Topology, classifier: Classifier,
              open_connections: Callable[[], int] | None = None) -> None:  # fmt: skip

@@ -112,6 +112,10 @@ class Backend:
             return await self.run(sql, params, retry_stale=False)
         return columns, list(map(tuple, records)), stmt.get_statusmsg()
 
+    async def attributes(self, sql: str) -> tuple[Any, ...]:
+        """The result columns (names and types) of `sql`, prepared once on this connection."""
+        return tuple((await self._statement(sql)).get_attributes())
+
     async def run_many(self, sql: str, args: Sequence[Sequence[Any]]) -> str:
         stmt = await self._statement(sql)
         await stmt.executemany([wire_params(a) for a in args])

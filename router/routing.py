@@ -2,8 +2,9 @@
 
 Nothing here does I/O. `resolve_shards` reads the statement's analysis and bound parameters;
 `choose_replica` picks a replica from a snapshot of node health and lag. The executor carries
-the decisions out. A `Target` names a tuple of shards so scatter-gather reads and two-phase
-writes can later return several.
+the decisions out. A route is one of two kinds, matched where it is used: `Target` (one
+shard; `OneShard` is its other name) or `Scatter` (a read over several shards, merged by
+router/scatter.py). Only `Target` has "the shard".
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from router.confinement import Confinement, KeyKind, KeyRef, Pin
 from router.ids import shard_number_of
 
 __all__ = [
+    "SCATTER_HINT",
     "Consistency",
     "CrossShardError",
     "MissingShardKeyError",
     "NodeView",
+    "OneShard",
     "Role",
+    "Route",
     "RoutingError",
+    "Scatter",
     "Target",
     "UnknownShardError",
     "check_assignments",
@@ -34,6 +39,7 @@ __all__ = [
     "keyed_shard",
     "named_shards",
     "resolve_shards",
+    "route",
     "shard_of_value",
     "statement_shard",
 ]
@@ -83,12 +89,29 @@ class Consistency(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Target:
+    """One shard: the statement runs there (`shards` holds exactly that one)."""
+
     shards: tuple[str, ...]
     write: bool
 
     @property
     def shard(self) -> str:
         return self.shards[0]
+
+
+OneShard = Target
+
+
+@dataclass(frozen=True, slots=True)
+class Scatter:
+    """A read over `shards`, each answering for its own rows; never a write."""
+
+    shards: tuple[str, ...]
+    write: bool = False
+
+
+Route = Target | Scatter
+SCATTER_HINT = "*"  # the shard hint that asks every shard
 
 
 def _shard_of_value(kind: KeyKind, value: Any, config: Config) -> str | None:
@@ -364,6 +387,31 @@ def resolve_shards(
     others = [t for t in analysis.tables if t not in config.tables]
     wanted = [f"{t} (a reference table: writes need a shard hint)" for t in others[:1]]
     raise MissingShardKeyError(wanted or ["a shard hint (the statement names no sharded table)"])
+
+
+def route(analysis: Analysis, params: Sequence[Any], hint: str | None,
+          config: Config) -> Route:  # fmt: skip
+    """`resolve_shards`, except that a plain SELECT that is not confined to one shard (nothing
+    confines a table it reads, or its keys name several shards), or that has the hint "*",
+    becomes a Scatter over the shards it needs. Writes stay on one shard, or are refused."""
+    if hint == SCATTER_HINT:
+        if not analysis.read_only or analysis.command != "SELECT":
+            raise CrossShardError('shard "*" asks every shard, which only a read may do; '
+                                  "a write runs on one shard")  # fmt: skip
+        return Scatter(tuple(config.shards))
+    try:
+        return resolve_shards(analysis, params, hint, config)
+    except (MissingShardKeyError, CrossShardError):
+        if hint is not None or not analysis.read_only or analysis.command != "SELECT":
+            raise
+        conf = analysis.confinement
+        found = _confine(conf, params, config)  # keys that contradict each other: refused
+        if any(shards is None and conf.refs[i].function for i, shards in enumerate(found)):
+            raise  # a sharded function's own rows are its business: it needs its shard named
+        if any(shards is None for shards in found):
+            return Scatter(tuple(config.shards))
+        named = set().union(*(s for s in found if s is not None))
+        return Scatter(tuple(s for s in config.shards if s in named))
 
 
 class NodeView(Protocol):

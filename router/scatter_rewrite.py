@@ -1,0 +1,604 @@
+# pglast's AST types mark every field Optional, though the parser fills the ones read here;
+# checking each would bury the logic, so these error codes are off for this module only.
+# mypy: disable-error-code="arg-type,index,assignment,union-attr,misc,attr-defined"
+"""Cross-shard reads, the rewrite (pure): one SELECT's parse tree in, the statement each shard
+runs and the plan that merges their answers out (router/scatter_plan.py). Whatever cannot be
+merged into exactly PostgreSQL's own answer is refused here with `ScatterRefused`, naming the
+part and why; nothing is guessed.
+
+The per-shard statement keeps the original's output columns at their positions (so `GROUP BY
+1` and `ORDER BY 2` mean the same on the shards) and appends hidden columns the merge needs:
+sort keys that are not output columns, the count that turns `avg` into sum and count,
+aggregates that only HAVING or ORDER BY name, group keys not selected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from typing import Any
+
+from pglast import ast, parse_sql
+from pglast.enums import (
+    BoolExprType,
+    LimitOption,
+    NullTestType,
+    SetOperation,
+    SortByDir,
+    SortByNulls,
+)
+from pglast.stream import RawStream
+
+from router.config import TableConfig
+from router.confinement import Confinement
+from router.scatter_plan import (
+    Bound,
+    Combine,
+    Cond,
+    Grouping,
+    Operand,
+    Refusal,
+    ScatterPlan,
+    ScatterRefused,
+    SortKey,
+)
+
+__all__ = ["plan_scatter"]
+
+
+# Aggregates the merge combines from per-shard parts.
+_AGGREGATES = {
+    "count": Combine.COUNT, "sum": Combine.SUM, "min": Combine.MIN, "max": Combine.MAX,
+    "avg": Combine.AVG, "bool_and": Combine.AND, "every": Combine.AND, "bool_or": Combine.OR,
+    "array_agg": Combine.ARRAY, "string_agg": Combine.STRING,
+}  # fmt: skip
+# PostgreSQL's other aggregates: refused, since their parts do not combine (or not exactly).
+_OTHER_AGGREGATES = frozenset({
+    "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
+    "json_objectagg", "json_arrayagg", "xmlagg", "stddev", "stddev_pop", "stddev_samp",
+    "variance", "var_pop", "var_samp", "corr", "covar_pop", "covar_samp", "regr_avgx",
+    "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
+    "regr_sxy", "regr_syy", "percentile_cont", "percentile_disc", "mode", "bit_and", "bit_or",
+    "bit_xor", "any_value", "range_agg", "range_intersect_agg", "grouping",
+})  # fmt: skip
+# Functions whose value differs between shards, or from call to call: an answer built from
+# several shards' values would be none that one database gives.
+_VOLATILE = frozenset({
+    "random", "random_normal", "setseed", "clock_timestamp", "timeofday", "nextval", "currval",
+    "lastval", "setval", "gen_random_uuid", "uuidv4", "uuidv7", "uuid_generate_v4",
+    "georoute_id", "georoute_region", "txid_current", "pg_current_xact_id", "pg_backend_pid",
+    "inet_server_port", "inet_server_addr", "pg_is_in_recovery", "pg_last_wal_replay_lsn",
+    "pg_current_wal_lsn", "pg_postmaster_start_time", "pg_sleep",
+})  # fmt: skip
+_C_COLLATIONS = frozenset({"c", "posix"})
+_COMPARISONS = {"=": "=", "<>": "<>", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+def _sql(node: Any) -> str:
+    return str(RawStream()(node))
+
+
+def _shard_sql(stmt: Any) -> tuple[str, tuple[int, ...]]:
+    """The shards' statement, its parameters numbered $1.. in order of first use; and the
+    original numbers they stand for."""
+    numbers: dict[int, int] = {}
+    for node in _walk(stmt, into_queries=True):
+        if isinstance(node, ast.ParamRef):
+            numbers.setdefault(node.number, 0)
+    for new, old in enumerate(sorted(numbers), 1):
+        numbers[old] = new
+    for node in _walk(stmt, into_queries=True):
+        if isinstance(node, ast.ParamRef):
+            node.number = numbers[node.number]
+    return _sql(stmt), tuple(sorted(numbers))
+
+
+def _refuse(reason: Refusal, node: Any, why: str) -> ScatterRefused:
+    part = node if isinstance(node, str) else _sql(node)
+    return ScatterRefused(reason, part, why)
+
+
+def _func_name(call: Any) -> str:
+    names = [n.sval for n in call.funcname]
+    if len(names) > 1 and names[-2] != "pg_catalog":
+        return ".".join(names)
+    return names[-1]
+
+
+def _walk(node: Any, *, into_queries: bool) -> Iterator[Any]:
+    """Every node under `node`; sub-queries only with `into_queries`."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+            continue
+        if not isinstance(item, ast.Node):
+            continue
+        yield item
+        if not into_queries and isinstance(item, (ast.SubLink, ast.SelectStmt)):
+            continue
+        for slot in item.__slots__:
+            value = getattr(item, slot, None)
+            if isinstance(value, (ast.Node, list, tuple)):
+                stack.append(value)
+
+
+def _is_aggregate(node: Any) -> bool:
+    if not isinstance(node, ast.FuncCall) or node.over is not None:
+        return False
+    name = _func_name(node)
+    return name in _AGGREGATES or name in _OTHER_AGGREGATES or bool(node.agg_within_group)
+
+
+def _has_aggregate(node: Any) -> bool:
+    return any(_is_aggregate(n) for n in _walk(node, into_queries=False))
+
+
+# ---- the statement as a whole ----------------------------------------------------------------
+
+
+def _check_colocated(conf: Confinement) -> None:
+    """Every sharded table the statement reads must meet only rows of its own shard: all of
+    its references reached, by joins on shard keys, from one reference in the outer query's
+    FROM. Then each shard's answer is exactly the answer over that shard's rows, and the
+    answers only need merging; otherwise rows of different shards would have to meet."""
+    if not conf.refs:
+        return
+    after: dict[int, set[int]] = {}
+    for edge in conf.edges:
+        after.setdefault(edge.source, set()).add(edge.target)
+    for root in conf.top:
+        seen = {root}
+        stack = [root]
+        while stack:
+            for nxt in after.get(stack.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        if len(seen) == len(conf.refs):
+            return
+    loose = [ref.table for i, ref in enumerate(conf.refs) if i not in conf.top]
+    named = ", ".join(dict.fromkeys(loose or [r.table for r in conf.refs]))
+    raise ScatterRefused(
+        Refusal.NOT_COLOCATED, named,
+        "each shard would see only its own rows of it, but the statement does not join it to "
+        "the outer query's table on a shard key (a subquery, CTE or join that is not on "
+        "user_id, course_id, region ... would meet rows of other shards)")  # fmt: skip
+
+
+def _check_shape(stmt: Any) -> None:
+    if stmt.op != SetOperation.SETOP_NONE:
+        raise _refuse(Refusal.SHAPE, stmt.op.name.removeprefix("SETOP_"),
+                      "each branch would be answered per shard; send one read per branch")
+    if stmt.valuesLists or stmt.intoClause is not None or stmt.lockingClause:
+        raise _refuse(Refusal.SHAPE, "the statement", "only a plain SELECT is scattered")
+    if stmt.limitOption == LimitOption.LIMIT_OPTION_WITH_TIES:
+        raise _refuse(Refusal.LIMIT, "FETCH ... WITH TIES", "not merged across shards")
+    if stmt.distinctClause and stmt.distinctClause != (None,):
+        raise _refuse(Refusal.DISTINCT, "DISTINCT ON",
+                      "which row each shard keeps depends on rows of the other shards")
+    for node in _walk(stmt, into_queries=True):
+        if isinstance(node, ast.FuncCall) and _func_name(node) in _VOLATILE:
+            raise _refuse(Refusal.VOLATILE, node,
+                          "its value differs between shards or between calls")
+        if isinstance(node, ast.RangeTableSample):
+            raise _refuse(Refusal.SHAPE, "TABLESAMPLE", "each shard would sample on its own")
+        if isinstance(node, ast.GroupingSet):
+            raise _refuse(Refusal.SHAPE, "GROUPING SETS / ROLLUP / CUBE", "not merged")
+    for node in _walk((stmt.targetList, stmt.sortClause, stmt.havingClause), into_queries=False):
+        if isinstance(node, ast.FuncCall) and node.over is not None:
+            raise _refuse(Refusal.WINDOW, node,
+                          "a window function over all rows would need every shard's rows")
+    if stmt.windowClause:
+        raise _refuse(Refusal.WINDOW, "WINDOW", "window functions are not merged")
+
+
+def _bound(node: Any, what: str) -> Bound | None:
+    if node is None:
+        return None
+    if isinstance(node, ast.TypeCast):
+        node = node.arg
+    if isinstance(node, ast.ParamRef):
+        return Bound(param=node.number)
+    if isinstance(node, ast.A_Const):
+        if node.isnull:
+            return None  # LIMIT ALL / LIMIT NULL
+        if isinstance(node.val, ast.Integer):
+            return Bound(value=node.val.ival)
+    raise _refuse(Refusal.LIMIT, node, f"{what} must be a constant or a parameter here")
+
+
+# ---- output columns and shard keys -----------------------------------------------------------
+
+
+def _implicit_name(val: Any) -> str | None:
+    """The name PostgreSQL gives an output column without an alias (FigureColname)."""
+    if isinstance(val, ast.ColumnRef):
+        last = val.fields[-1]
+        return last.sval if isinstance(last, ast.String) else None
+    if isinstance(val, ast.FuncCall):
+        return val.funcname[-1].sval
+    if isinstance(val, ast.TypeCast):
+        return _implicit_name(val.arg) or val.typeName.names[-1].sval
+    return None
+
+
+def _from_tables(stmt: Any, tables: Mapping[str, TableConfig]) -> dict[str, str | None]:
+    """The outer query's FROM entries (alias -> sharded table), only those whose every row
+    appears in the result: the nullable side of an outer join would add NULL keys."""
+    ctes = {cte.ctename for cte in (stmt.withClause.ctes if stmt.withClause else ())}
+    entries: dict[str, str | None] = {}
+
+    def visit(item: Any, preserved: bool) -> None:
+        if isinstance(item, ast.RangeVar):
+            alias = item.alias.aliasname if item.alias is not None else item.relname
+            sharded = (item.relname in tables and item.relname not in ctes
+                       and item.schemaname in (None, "public"))  # fmt: skip
+            entries[alias] = item.relname if sharded and preserved else None
+        elif isinstance(item, ast.JoinExpr):
+            kind = item.jointype.name
+            visit(item.larg, preserved and kind in ("JOIN_INNER", "JOIN_LEFT"))
+            visit(item.rarg, preserved and kind in ("JOIN_INNER", "JOIN_RIGHT"))
+        else:
+            alias = getattr(item, "alias", None)
+            if alias is not None:
+                entries[alias.aliasname] = None
+
+    for item in stmt.fromClause or ():
+        visit(item, True)
+    return entries
+
+
+def _is_shard_key(val: Any, entries: Mapping[str, str | None],
+                  tables: Mapping[str, TableConfig]) -> bool:  # fmt: skip
+    """A column holding a shard key of an outer table: equal values live on one shard."""
+    if not isinstance(val, ast.ColumnRef) or not all(isinstance(f, ast.String)
+                                                     for f in val.fields):  # fmt: skip
+        return False
+    names = [f.sval for f in val.fields]
+
+    def keys(table: str) -> set[str]:
+        cfg = tables[table]
+        return {*cfg.id_columns, *([cfg.region_column] if cfg.region_column else [])}
+
+    if len(names) == 2:
+        table = entries.get(names[0])
+        return table is not None and names[1] in keys(table)
+    if len(names) == 1:
+        owners = [t for t in entries.values() if t is not None and names[0] in keys(t)]
+        return len(owners) == 1
+    return False
+
+
+def _is_star(target: Any) -> bool:
+    return isinstance(target.val, ast.ColumnRef) and isinstance(target.val.fields[-1], ast.A_Star)
+
+
+# ---- the plan ---------------------------------------------------------------------------------
+
+
+class _Builder:
+    def __init__(self, stmt: Any, tables: Mapping[str, TableConfig]) -> None:
+        self.stmt = stmt
+        self.targets: list[Any] = list(stmt.targetList or ())
+        self.hidden: list[Any] = []  # ResTargets appended after the output columns
+        self.combine: list[Combine] = []
+        self.entries = _from_tables(stmt, tables)
+        self.tables = tables
+        self.star = any(_is_star(t) for t in self.targets)
+
+    def add_hidden(self, val: Any, combine: Combine = Combine.FIRST) -> int:
+        self.hidden.append(ast.ResTarget(name=f"_georoute_{len(self.hidden)}", val=val))
+        self.combine.append(combine)
+        return len(self.hidden) - 1  # turned into a negative index once all are known
+
+    def visible_index(self, position: int) -> int | None:
+        """The row index of output column `position` (0-based) when no `*` precedes it."""
+        if any(_is_star(t) for t in self.targets[:position]):
+            return None
+        return position
+
+    def output_column(self, node: Any) -> int | None:
+        """The output column an ORDER BY / GROUP BY item names: by position, by an output
+        name (ORDER BY's rule: output names first), or as the same expression."""
+        if isinstance(node, ast.A_Const) and isinstance(node.val, ast.Integer):
+            position = int(node.val.ival or 0) - 1
+            if position < 0 or (position >= len(self.targets) and not self.star):
+                # Appended columns would make the shards accept it: refused as PostgreSQL does.
+                raise _refuse(Refusal.SHAPE, node, "position is not in select list")
+            return position
+        if isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and isinstance(
+                node.fields[0], ast.String):  # fmt: skip
+            name = node.fields[0].sval
+            for i, t in enumerate(self.targets):
+                if (t.name or _implicit_name(t.val)) == name:
+                    return self.visible_index(i)
+        text = _sql(node)
+        for i, t in enumerate(self.targets):
+            if _sql(t.val) == text:
+                return self.visible_index(i)
+        return None
+
+    def sort_keys(self, resolve: Any) -> list[tuple[int, bool, bool]]:
+        keys: list[tuple[int, bool, bool]] = []
+        for item in self.stmt.sortClause or ():
+            if item.sortby_dir == SortByDir.SORTBY_USING:
+                raise _refuse(Refusal.ORDER, item, "ORDER BY ... USING is not merged")
+            node = item.node
+            if isinstance(node, ast.CollateClause):
+                collation = node.collname[-1].sval.lower()
+                if collation not in _C_COLLATIONS:
+                    raise _refuse(Refusal.ORDER, node, "only the C collation is merged exactly")
+            descending = item.sortby_dir == SortByDir.SORTBY_DESC
+            if item.sortby_nulls == SortByNulls.SORTBY_NULLS_DEFAULT:
+                nulls_first = descending  # PostgreSQL: NULLs are larger than any value
+            else:
+                nulls_first = item.sortby_nulls == SortByNulls.SORTBY_NULLS_FIRST
+            keys.append((resolve(node), descending, nulls_first))
+        return keys
+
+
+def plan_scatter(sql: str, conf: Confinement, tables: Mapping[str, TableConfig]) -> ScatterPlan:
+    """The per-shard statement and merge plan of a read that spans shards, or ScatterRefused."""
+    stmt = parse_sql(sql)[0].stmt
+    if not isinstance(stmt, ast.SelectStmt):
+        raise _refuse(Refusal.SHAPE, "the statement", "only a SELECT is read across shards")
+    _check_shape(stmt)
+    _check_colocated(conf)
+    limit = _bound(stmt.limitCount, "LIMIT")
+    offset = _bound(stmt.limitOffset, "OFFSET")
+    grouped = bool(stmt.groupClause) or stmt.havingClause is not None or any(
+        _has_aggregate(t.val) for t in stmt.targetList or ())
+    b = _Builder(stmt, tables)
+    if grouped:
+        return _grouped(b, limit, offset)
+    return _plain(b, limit, offset)
+
+
+def _plain(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterPlan:
+    stmt = b.stmt
+    distinct_key = None
+    if stmt.distinctClause:
+        for i, t in enumerate(b.targets):
+            if _is_shard_key(t.val, b.entries, b.tables):
+                distinct_key = b.visible_index(i)
+                if distinct_key is not None:
+                    break
+        if distinct_key is None:
+            raise _refuse(Refusal.DISTINCT, "DISTINCT",
+                          "equal rows may come from several shards; select a shard key "
+                          "(user_id, course_id, region ...) among its columns to make it exact")
+
+    def resolve(node: Any) -> int:
+        found = b.output_column(node)
+        if found is not None:
+            return found
+        if stmt.distinctClause:  # PostgreSQL itself wants these in the select list
+            raise _refuse(Refusal.ORDER, node, "ORDER BY of a DISTINCT must be an output column")
+        return -1 - b.add_hidden(node)  # -1 - i: hidden column i (fixed up below)
+
+    raw = b.sort_keys(resolve)
+    hidden = len(b.hidden)
+    # Hidden column i (kept as -1 - i) is counted from the row's end: a `*` widens the row.
+    sort = tuple(SortKey((-1 - c) - hidden if c < 0 else c, d, n) for c, d, n in raw)
+    stmt.targetList = (*b.targets, *b.hidden)
+    if limit is not None:
+        stmt.limitCount = _shard_limit(limit, offset)
+        stmt.limitOffset = None
+    elif offset is not None:
+        stmt.limitOffset = None  # every shard sends all its rows; the merge skips
+    sql, params = _shard_sql(stmt)
+    return ScatterPlan(sql, hidden, sort, limit, offset, None, distinct_key, presorted=True,
+                       params=params)
+
+
+def _shard_limit(limit: Bound, offset: Bound | None) -> Any:
+    """Each shard's LIMIT: the rows it must send for the merged LIMIT and OFFSET."""
+    def expr(bound: Bound) -> Any:
+        if bound.param is None:
+            return ast.A_Const(isnull=False, val=ast.Integer(ival=bound.value or 0))
+        return ast.TypeCast(arg=ast.ParamRef(number=bound.param),
+                            typeName=ast.TypeName(names=(ast.String(sval="int8"),),
+                                                  typemod=-1))  # fmt: skip
+    if offset is None:
+        return expr(limit)
+    if limit.param is None and offset.param is None:
+        return ast.A_Const(isnull=False, val=ast.Integer(ival=(limit.value or 0)
+                                                         + (offset.value or 0)))  # fmt: skip
+    return ast.A_Expr(kind=0, name=(ast.String(sval="+"),), lexpr=expr(limit),
+                      rexpr=expr(offset))  # fmt: skip
+
+
+def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterPlan:
+    stmt = b.stmt
+    if b.star:
+        raise _refuse(Refusal.SHAPE, "*", "name the columns of a grouped cross-shard read")
+    if stmt.distinctClause:
+        raise _refuse(Refusal.DISTINCT, "DISTINCT", "DISTINCT over groups is not merged")
+    combine: list[Combine] = []
+    avg_counts: list[tuple[int, int]] = []  # hidden count indexes, fixed up below
+    delimiters: list[tuple[int, Operand]] = []  # string_agg columns, fixed up below
+    shard_targets: list[Any] = []
+    originals = [_sql(t.val) for t in b.targets]
+
+    def partial(call: Any) -> tuple[Any, Combine, Any | None]:
+        """The per-shard aggregate for `call`, how parts combine, and avg's count."""
+        name = _func_name(call)
+        kind = _AGGREGATES.get(name)
+        if kind is None or call.agg_within_group:
+            raise _refuse(Refusal.AGGREGATE, call,
+                          f"{name} cannot be combined exactly from each shard's part")
+        if call.agg_distinct and not (kind is Combine.COUNT and len(call.args or ()) == 1
+                                      and _is_shard_key(call.args[0], b.entries, b.tables)
+                                      ) and kind not in (Combine.MIN, Combine.MAX):  # fmt: skip
+            raise _refuse(Refusal.DISTINCT, call,
+                          "equal values may be counted on several shards; only a shard key "
+                          "(user_id, course_id, region ...) is counted DISTINCT exactly")
+        if kind in (Combine.ARRAY, Combine.STRING) and (call.agg_order or call.agg_distinct):
+            raise _refuse(Refusal.AGGREGATE, call,
+                          "an order or DISTINCT inside would need the shards' values merged "
+                          "one by one; without it the parts are joined (in any order, as in "
+                          "PostgreSQL)")  # fmt: skip
+        if kind is not Combine.AVG:
+            return call, kind, None
+        total = ast.FuncCall(funcname=(ast.String(sval="sum"),), args=call.args,
+                             agg_filter=call.agg_filter, agg_within_group=False,
+                             agg_star=False, agg_distinct=False, func_variadic=False,
+                             funcformat=call.funcformat)  # fmt: skip
+        count = ast.FuncCall(funcname=(ast.String(sval="count"),), args=call.args,
+                             agg_filter=call.agg_filter, agg_within_group=False,
+                             agg_star=False, agg_distinct=False, func_variadic=False,
+                             funcformat=call.funcformat)  # fmt: skip
+        return total, kind, count
+
+    for i, t in enumerate(b.targets):
+        if not _has_aggregate(t.val):
+            shard_targets.append(t)
+            combine.append(Combine.FIRST)
+            continue
+        if not _is_aggregate(t.val):
+            raise _refuse(Refusal.EXPRESSION, t.val,
+                          "an expression over an aggregate is not merged; select the "
+                          "aggregate itself and compute it in the application")
+        call, kind, count = partial(t.val)
+        name = t.name or _implicit_name(t.val)
+        shard_targets.append(ast.ResTarget(name=name, val=call))
+        combine.append(kind)
+        if count is not None:
+            avg_counts.append((i, -1 - b.add_hidden(count, Combine.COUNT)))
+        if kind is Combine.STRING:
+            delimiters.append((i, _delimiter(call)))
+
+    def aggregate_column(call: Any) -> int:
+        text = _sql(call)
+        for i, original in enumerate(originals):
+            if original == text:
+                return i
+        new, kind, count = partial(call)
+        index = -1 - b.add_hidden(new, kind)
+        if kind is Combine.STRING:
+            delimiters.append((index, _delimiter(call)))
+        if count is not None:
+            avg_counts.append((index, -1 - b.add_hidden(count, Combine.COUNT)))
+        return index
+
+    keys: list[int] = []
+    for item in stmt.groupClause or ():
+        found = b.output_column(item)
+        if (found is not None and isinstance(item, ast.ColumnRef)
+                and b.targets[found].name is not None
+                and _sql(b.targets[found].val) != _sql(item)):  # fmt: skip
+            # GROUP BY prefers an input column of that name; we cannot tell if one exists.
+            raise _refuse(Refusal.SHAPE, item, "GROUP BY an output alias is ambiguous here; "
+                                               "group by the expression or its position")
+        if found is None:
+            found = -1 - b.add_hidden(item)
+        elif combine[found] is not Combine.FIRST:
+            raise _refuse(Refusal.SHAPE, item, "GROUP BY an aggregate")
+        keys.append(found)
+
+    def key_column(node: Any) -> int:
+        """A value of a group in HAVING or ORDER BY: an output column or a group key."""
+        if _is_aggregate(node):
+            return aggregate_column(node)
+        if _has_aggregate(node):
+            raise _refuse(Refusal.EXPRESSION, node, "an expression over an aggregate is not "
+                                                    "merged; compare the aggregate itself")
+        found = b.output_column(node)
+        if found is not None:
+            return found
+        # A group key, or an expression of the group's keys (the shards check that it is):
+        # equal on every shard for one group, so any shard's value is the group's.
+        return -1 - b.add_hidden(node)
+
+    having = _condition(stmt.havingClause, key_column) if stmt.havingClause is not None else None
+    raw_sort = b.sort_keys(key_column)
+    hidden = len(b.hidden)
+    stmt.targetList = (*shard_targets, *b.hidden)
+    stmt.havingClause = None
+    stmt.sortClause = None
+    stmt.limitCount = None
+    stmt.limitOffset = None
+    width = len(shard_targets)  # no `*` here: hidden column i is at width + i
+
+    def to_abs(index: int) -> int:
+        return index if index >= 0 else width + (-1 - index)
+
+    grouping = Grouping(
+        keys=tuple(to_abs(k) for k in keys),
+        combine=(*combine, *b.combine),
+        avg_counts=tuple((to_abs(s), to_abs(c)) for s, c in avg_counts),
+        having=_remap(having, to_abs) if having is not None else None,
+        delimiters=tuple((to_abs(c), d) for c, d in delimiters),
+    )
+    sort = tuple(SortKey(to_abs(c), d, n) for c, d, n in raw_sort)
+    sql, params = _shard_sql(stmt)
+    return ScatterPlan(sql, hidden, sort, limit, offset, grouping, None, presorted=False,
+                       params=params)
+
+
+def _delimiter(call: Any) -> Operand:
+    """string_agg's delimiter, a constant or a parameter: the merge joins the parts by it."""
+    args = call.args or ()
+    node = args[1] if len(args) == 2 else None
+    inner = node.arg if isinstance(node, ast.TypeCast) else node
+    if isinstance(inner, ast.ParamRef):
+        return Operand(param=inner.number)
+    if isinstance(inner, ast.A_Const) and (inner.isnull or isinstance(inner.val, ast.String)):
+        return Operand(value=None if inner.isnull else inner.val.sval)
+    raise _refuse(Refusal.AGGREGATE, call, "string_agg's delimiter must be a constant or a "
+                                           "parameter to join the shards' parts")
+
+
+def _operand(node: Any, key_column: Any) -> Operand:
+    inner = node.arg if isinstance(node, ast.TypeCast) else node
+    if isinstance(inner, ast.ParamRef):
+        return Operand(param=inner.number)
+    if isinstance(inner, ast.A_Const) and not isinstance(node, ast.TypeCast):
+        if inner.isnull:
+            return Operand(value=None)
+        val = inner.val
+        if isinstance(val, ast.Integer):
+            return Operand(value=val.ival)
+        if isinstance(val, ast.Float):
+            return Operand(value=Decimal(val.fval))
+        if isinstance(val, ast.Boolean):
+            return Operand(value=bool(val.boolval))
+        if isinstance(val, ast.String):
+            return Operand(value=val.sval)
+    if isinstance(inner, (ast.A_Const, ast.ParamRef)):
+        raise _refuse(Refusal.EXPRESSION, node, "a cast in HAVING is not evaluated by the merge")
+    return Operand(column=key_column(node))
+
+
+def _condition(node: Any, key_column: Any) -> Cond:
+    """HAVING as a condition the merge evaluates; what it cannot evaluate exactly is refused."""
+    if isinstance(node, ast.BoolExpr):
+        op = {BoolExprType.AND_EXPR: "and", BoolExprType.OR_EXPR: "or",
+              BoolExprType.NOT_EXPR: "not"}[node.boolop]  # fmt: skip
+        return Cond(op, tuple(_condition(arg, key_column) for arg in node.args))
+    if isinstance(node, ast.NullTest):
+        op = "isnull" if node.nulltesttype == NullTestType.IS_NULL else "notnull"
+        return Cond(op, left=_operand(node.arg, key_column))
+    if isinstance(node, ast.A_Expr) and node.kind == 0 and node.lexpr is not None:
+        name = [n.sval for n in node.name]
+        if len(name) == 1 and name[0] in _COMPARISONS:
+            return Cond(_COMPARISONS[name[0]], left=_operand(node.lexpr, key_column),
+                        right=_operand(node.rexpr, key_column))  # fmt: skip
+    if _is_aggregate(node) or isinstance(node, ast.ColumnRef):  # a boolean value itself
+        return Cond("value", left=_operand(node, key_column))
+    raise _refuse(Refusal.EXPRESSION, node,
+                  "HAVING is applied after the merge, which evaluates only comparisons of "
+                  "aggregates, group keys, constants and parameters, with AND, OR, NOT and "
+                  "IS [NOT] NULL")  # fmt: skip
+
+
+def _remap(cond: Cond, to_abs: Any) -> Cond:
+    def operand(o: Operand | None) -> Operand | None:
+        if o is None or o.column is None:
+            return o
+        return Operand(column=to_abs(o.column))
+
+    return Cond(cond.op, tuple(_remap(c, to_abs) for c in cond.args), operand(cond.left),
+                operand(cond.right))  # fmt: skip

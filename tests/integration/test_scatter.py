@@ -1,0 +1,237 @@
+"""Cross-shard reads through the router on the real cluster (#15): each answer checked against
+direct queries of every shard's primary; refusals say why; read-your-writes holds across the
+fan-out; a shard that cannot answer fails the read, naming it, never with a partial answer."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+import client
+from router.cluster import LocalCluster
+from router.config import Config
+from router.db.connect import connect_node
+from tests.integration.conftest import Catalogue, unique, wait_until
+from tests.support.router_proc import REGIONS, TOKEN, RouterProcess, router_config, running_router
+
+
+@pytest.fixture
+async def primaries(migrated: Config) -> AsyncIterator[dict[str, asyncpg.Connection]]:
+    conns = {r: await connect_node(migrated, migrated.shards[r].primary) for r in REGIONS}
+    try:
+        yield conns
+    finally:
+        for conn in conns.values():
+            await conn.close()
+
+
+async def on_each(primaries: dict[str, asyncpg.Connection], sql: str,
+                  *args: Any) -> list[tuple[Any, ...]]:  # fmt: skip
+    return [tuple(r) for conn in primaries.values() for r in await conn.fetch(sql, *args)]
+
+
+async def test_count_group_by_and_a_sorted_page_equal_the_shards_own_answers(
+    db: client.Client, primaries: dict[str, asyncpg.Connection]
+) -> None:
+    # Published courses on every shard, some at one price (ties broken by course_id).
+    for region, conn in primaries.items():
+        shop = Catalogue(conn, region)
+        for price in (0, 500, 500, 1200):
+            await shop.course(price_cents=price, lessons=1)
+
+    count = await db.fetchval("SELECT count(*) FROM users", consistency="strong")
+    assert count == sum(r[0] for r in await on_each(primaries, "SELECT count(*) FROM users"))
+
+    by_region = await db.fetch("SELECT home_region, count(*) FROM users GROUP BY 1",
+                               consistency="strong")  # fmt: skip
+    truth: dict[str, int] = {}
+    for region, n in await on_each(primaries, "SELECT home_region, count(*) FROM users "
+                                              "GROUP BY 1"):  # fmt: skip
+        truth[region] = truth.get(region, 0) + n
+    assert {r[0]: r[1] for r in by_region} == truth and len(by_region) == len(truth)
+
+    page = ("SELECT title, price_cents FROM courses WHERE status = 'published' "
+            "ORDER BY price_cents, course_id LIMIT 10")  # fmt: skip
+    rows = await db.fetch(page, consistency="strong")
+    every = await on_each(primaries, "SELECT title, price_cents, course_id FROM courses "
+                                     "WHERE status = 'published'")  # fmt: skip
+    expected = [(t, p) for t, p, _ in sorted(every, key=lambda r: (r[1], r[2]))[:10]]
+    assert [tuple(r) for r in rows] == expected
+    assert rows[0].keys() == ["title", "price_cents"]  # the merge's sort key is not shown
+
+    # The same page from replicas (the default consistency) once they have replayed it.
+    assert [tuple(r) for r in await db.fetch(page, consistency="strong")] == expected
+
+
+async def test_parameters_offset_and_an_in_list_over_two_shards(
+    db: client.Client, primaries: dict[str, asyncpg.Connection]
+) -> None:
+    name = unique("Scatter ")
+    ids = {}
+    for region, conn in primaries.items():
+        ids[region] = await conn.fetchval(
+            "INSERT INTO users (email, full_name, home_region, country, city) "
+            "VALUES ($1, $2, $3, 'US', 'Town') RETURNING user_id",
+            f"{unique('s')}@example.com", name, region)  # fmt: skip
+    rows = await db.fetch("SELECT home_region FROM users WHERE full_name = $1 "
+                          "ORDER BY home_region DESC LIMIT $2 OFFSET $3", name, 2, 1,
+                          consistency="strong")  # fmt: skip
+    assert [r[0] for r in rows] == sorted(REGIONS, reverse=True)[1:3]
+    two = await db.fetch("SELECT home_region FROM users WHERE user_id IN ($1, $2) ORDER BY 1",
+                         ids["asia"], ids["europe"], consistency="strong")  # fmt: skip
+    assert [r[0] for r in two] == ["asia", "europe"]
+    hinted = await db.fetch("SELECT count(*) FROM users WHERE full_name = $1", name, shard="*",
+                            consistency="strong")  # fmt: skip
+    assert hinted[0][0] == 3
+
+
+async def test_refused_reads_say_which_part_and_why_and_writes_stay_refused(
+    db: client.Client,
+) -> None:
+    for sql, part in (
+        ("SELECT DISTINCT title FROM courses", "DISTINCT"),
+        ("SELECT title, row_number() OVER (ORDER BY price_cents) FROM courses", "OVER"),
+        ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY price_cents) FROM courses",
+         "percentile_cont"),
+        ("SELECT u.full_name FROM users u, courses c WHERE c.instructor_id <> u.user_id",
+         "users, courses"),
+    ):
+        with pytest.raises(client.CrossShardError) as err:
+            await db.fetch(sql)
+        assert part in str(err.value) and "cross-shard read refused" in str(err.value)
+        assert err.value.retryable is False
+    with pytest.raises(client.MissingShardKeyError):
+        await db.execute("UPDATE users SET city = 'X' WHERE city = 'nowhere-at-all'")
+    with pytest.raises(client.CrossShardError, match="only a read"):
+        await db.execute("UPDATE users SET city = 'X' WHERE city = 'nowhere'", shard="*")
+
+
+async def test_read_your_writes_holds_for_a_scatter_read_right_after_a_write(
+    db: client.Client,
+) -> None:
+    name = unique("RYW ")
+    for i, region in enumerate(REGIONS * 3):
+        await db.execute(
+            "INSERT INTO users (email, full_name, home_region, country, city) "
+            "VALUES ($1, $2, $3, 'US', 'Town')",
+            f"{unique('r')}@example.com", name, region, shard=region)  # fmt: skip
+        # Default consistency: each shard's replica only once it replayed this session's
+        # writes to that shard, else that shard's primary.
+        seen = await db.fetchval("SELECT count(*) FROM users WHERE full_name = $1", name)
+        assert seen == i + 1
+
+
+async def test_too_many_rows_to_merge_are_refused(router: RouterProcess, migrated: Config) -> None:
+    config = router_config(migrated, port_shift=7, max_scatter_rows=3)
+    path = Path(migrated.cluster.state_dir) / "router-scatter-rows.toml"
+    with running_router(config, path) as small:
+        async with await client.connect(small.dsn, token=TOKEN) as c:
+            for _ in range(2):  # learning the types, then on the pipelined connections
+                with pytest.raises(client.CrossShardError, match="max_scatter_rows"):
+                    await c.fetch("SELECT user_id FROM users", consistency="strong")
+            assert await c.fetchval("SELECT count(*) FROM users", consistency="strong") > 2
+
+
+async def test_a_shard_that_fails_fails_the_read_naming_it(db: client.Client) -> None:
+    # A statement that fails on one shard only: division by zero where that shard's
+    # region is, and nowhere else. No partial answer: an error that names the shard.
+    # Twice: the first run learns the result's types on pooled connections, the next is
+    # queued on the pipelined ones (answered by callbacks).
+    for _ in range(2):
+        with pytest.raises(client.PostgresError) as err:
+            await db.fetch("SELECT count(*) FROM users WHERE 1 / (CASE WHEN home_region = "
+                           "'asia' THEN 0 ELSE 1 END) = 1", consistency="strong")  # fmt: skip
+        assert "shard asia" in str(err.value) and err.value.sqlstate == "22012"
+        assert err.value.detail.get("shard") == "asia"
+
+
+async def test_metrics_count_scatter_reads_their_width_and_refusals(
+    db: client.Client, router: RouterProcess
+) -> None:
+    url = f"http://127.0.0.1:{router.config.metrics.port}/metrics"
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line.startswith("georoute_scatter")}  # fmt: skip
+
+    before = await asyncio.to_thread(scrape)
+    for _ in range(3):
+        await db.fetch("SELECT home_region, count(*) FROM users GROUP BY 1")
+    with pytest.raises(client.CrossShardError):
+        await db.fetch("SELECT DISTINCT full_name FROM users")
+    after = await asyncio.to_thread(scrape)
+
+    def grew(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("georoute_scatter_requests_total") == 3
+    assert grew('georoute_scatter_fanout_total{shards="3"}') == 3
+    assert grew('georoute_scatter_refusals_total{reason="distinct"}') == 1
+    assert grew('georoute_scatter_shard_reads_total{shard="asia"}') == 3
+    assert grew("georoute_scatter_merge_seconds_total") > 0
+
+
+async def test_the_reply_names_every_shard_that_answered(db: client.Client,
+                                                          router: RouterProcess) -> None:  # fmt: skip
+    rows, route = await db.fetch_routed("SELECT count(*) FROM users", shard=client.EVERY_SHARD,
+                                        consistency="strong")  # fmt: skip
+    assert route is not None and rows[0][0] >= 0
+    assert route.shard.split(",") == list(router.config.shards)
+    assert route.node.split(",") == [f"{s}-primary" for s in router.config.shards]
+    assert route.role.value == "primary"
+    _, one = await db.fetch_routed("SELECT count(*) FROM users WHERE home_region = 'asia'")
+    assert one is not None and one.shard == "asia"
+
+
+async def test_a_stopped_replica_is_replaced_by_its_primary_and_a_stopped_shard_fails_the_read(
+    db: client.Client, router: RouterProcess, cluster: LocalCluster
+) -> None:
+    sql = "SELECT count(*) FROM users"
+    replica, primary = "asia-replica1", "asia-primary"
+    cluster.stop_node(replica)
+    try:
+        rows, route = await db.fetch_routed(sql, consistency="replica")
+        assert route is not None and rows[0][0] >= 0
+        assert dict(zip(route.shard.split(","), route.node.split(","), strict=True))[
+            "asia"] == primary  # the other shards may still read their replicas
+        cluster.stop_node(primary)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(client.NodeUnavailableError) as err:  # (no client retries)
+                await db.fetch(sql, consistency="replica", timeout=10, idempotent=False)
+            assert "shard asia" in str(err.value) and err.value.retryable
+            assert err.value.detail.get("shard") == "asia"
+            assert loop.time() - started < 5
+        finally:
+            cluster.start_node(primary)
+    finally:
+        cluster.start_node(replica)
+
+    async def answered() -> bool:
+        try:
+            await db.fetch(sql, consistency="strong")
+        except client.NodeUnavailableError:
+            return False
+        return True
+
+    await wait_until(answered, within=30, what="the shard answering again")
+    # Leave the shard as other tests expect it: its replica streaming from the primary again.
+    written_at = await db.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn", shard="asia",
+                                   consistency="strong")  # fmt: skip
+
+    async def streaming() -> bool:
+        nodes = (await db.topology())["shards"]["asia"]["nodes"]
+        node = next(n for n in nodes if n["name"] == replica)
+        return bool(node["health"] == "up" and node["replay_lsn"] is not None
+                    and node["replay_lsn"] >= written_at)  # fmt: skip
+
+    await wait_until(streaming, within=30, what="the asia replica streaming again")

@@ -1,0 +1,187 @@
+"""The cross-shard rewrite (router/scatter_rewrite.py) and the merge's pure parts (merge.py):
+what each shard is asked, what is refused and why. Correctness of merged answers against
+PostgreSQL itself is in tests/integration/test_scatter_merge.py."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from router.classify import Classifier
+from router.config import Config, load_config
+from router.ids import new_id
+from router.merge import ShardRows, ValueOrder, merge, pg_numeric_div
+from router.routing import CrossShardError, MissingShardKeyError, Scatter, Target, route
+from router.scatter_plan import Combine, Refusal, ScatterPlan, ScatterRefused
+from router.scatter_rewrite import plan_scatter
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    return load_config(REPO / "router.toml")
+
+
+@pytest.fixture(scope="module")
+def classifier(config: Config) -> Classifier:
+    return Classifier(config.tables, config.router.read_only_functions,
+                      sharded_functions=config.router.sharded_functions)  # fmt: skip
+
+
+def plan(classifier: Classifier, config: Config, sql: str) -> ScatterPlan:
+    return plan_scatter(sql, classifier.analyze(sql).confinement, config.tables)
+
+
+def refused(classifier: Classifier, config: Config, sql: str) -> ScatterRefused:
+    with pytest.raises(ScatterRefused) as err:
+        plan(classifier, config, sql)
+    return err.value
+
+
+def test_each_shard_is_asked_for_limit_plus_offset_and_the_sort_keys(
+    classifier: Classifier, config: Config
+) -> None:
+    p = plan(classifier, config, "SELECT title FROM courses ORDER BY price_cents DESC, course_id "
+                                 "LIMIT 10 OFFSET 5")  # fmt: skip
+    assert p.sql == ("SELECT title, price_cents AS _georoute_0, course_id AS _georoute_1 FROM "
+                     "courses ORDER BY price_cents DESC, course_id LIMIT 15")  # fmt: skip
+    assert p.hidden == 2 and p.presorted
+    assert [(k.column, k.descending, k.nulls_first) for k in p.sort] == [(-2, True, True),
+                                                                         (-1, False, False)]
+    # Parameters: the shards get LIMIT $1 + $2 as int8, numbered as their statement uses them.
+    p = plan(classifier, config, "SELECT title FROM courses WHERE status = $3 ORDER BY 1 "
+                                 "LIMIT $1 OFFSET $2")  # fmt: skip
+    assert p.sql.endswith("WHERE status = $3 ORDER BY 1 LIMIT (CAST($1 AS int8) + CAST($2 AS "
+                          "int8))")  # fmt: skip
+    assert p.params == (1, 2, 3)
+
+
+def test_avg_is_split_into_sum_and_count_and_having_params_stay_with_the_merge(
+    classifier: Classifier, config: Config
+) -> None:
+    p = plan(classifier, config, "SELECT region, avg(price_cents) FROM courses WHERE status = $2 "
+                                 "GROUP BY region HAVING count(*) > $1")  # fmt: skip
+    assert p.sql == ("SELECT region, sum(price_cents) AS avg, count(price_cents) AS _georoute_0, "
+                     "count(*) AS _georoute_1 FROM courses WHERE status = $1 GROUP BY region")
+    assert p.params == (2,)  # $1 is HAVING's, evaluated by the merge
+    assert p.grouping is not None
+    assert p.grouping.combine == (Combine.FIRST, Combine.AVG, Combine.COUNT, Combine.COUNT)
+    assert p.grouping.avg_counts == ((1, 2),)
+
+
+@pytest.mark.parametrize(("sql", "reason", "part"), [
+    ("SELECT row_number() OVER () FROM users", Refusal.WINDOW, "row_number() OVER ()"),
+    ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY price_cents) FROM courses",
+     Refusal.AGGREGATE, "percentile_cont"),
+    ("SELECT string_agg(title, ',' ORDER BY title) FROM courses", Refusal.AGGREGATE,
+     "string_agg"),
+    ("SELECT array_agg(DISTINCT title) FROM courses", Refusal.DISTINCT, "array_agg"),
+    ("SELECT string_agg(title, title) FROM courses", Refusal.AGGREGATE, "delimiter"),
+    ("SELECT json_agg(title) FROM courses", Refusal.AGGREGATE, "json_agg"),
+    ("SELECT DISTINCT ON (region) title FROM courses", Refusal.DISTINCT, "DISTINCT ON"),
+    ("SELECT DISTINCT title FROM courses", Refusal.DISTINCT, "DISTINCT"),
+    ("SELECT count(DISTINCT title) FROM courses", Refusal.DISTINCT, "count(DISTINCT title)"),
+    ("SELECT title FROM courses ORDER BY random()", Refusal.VOLATILE, "random()"),
+    ("SELECT sum(price_cents) * 2 FROM courses", Refusal.EXPRESSION, "sum(price_cents) * 2"),
+    ("SELECT title FROM courses UNION SELECT name FROM users", Refusal.SHAPE, "UNION"),
+    ("SELECT u.name FROM users u, courses c", Refusal.NOT_COLOCATED, "users, courses"),
+    ("SELECT name FROM users WHERE user_id IN (SELECT user_id FROM enrollments LIMIT 3)",
+     Refusal.NOT_COLOCATED, "enrollments"),
+    ("SELECT title FROM courses WHERE price_cents > (SELECT avg(price_cents) FROM courses)",
+     Refusal.NOT_COLOCATED, "courses"),
+    ("SELECT title FROM courses ORDER BY title COLLATE \"de_DE\"", Refusal.ORDER, "de_DE"),
+    ("SELECT title FROM courses LIMIT 2 + 3", Refusal.LIMIT, "2 + 3"),
+    ("SELECT title FROM courses ORDER BY 1 FETCH FIRST 3 ROWS WITH TIES", Refusal.LIMIT, "WITH TIES"),
+    ("SELECT region, count(*) FROM courses GROUP BY ROLLUP (region)", Refusal.SHAPE,
+     "ROLLUP"),
+    ("SELECT region FROM courses GROUP BY region HAVING region LIKE 'a%'",
+     Refusal.EXPRESSION, "region LIKE 'a%'"),
+])  # fmt: skip
+def test_what_cannot_be_merged_exactly_is_refused_naming_the_part(
+    classifier: Classifier, config: Config, sql: str, reason: Refusal, part: str
+) -> None:
+    err = refused(classifier, config, sql)
+    assert err.reason is reason, err
+    assert part in str(err), err
+
+
+def test_reads_joined_on_shard_keys_and_correlated_subqueries_are_planned(
+    classifier: Classifier, config: Config
+) -> None:
+    for sql in (
+        "SELECT u.name, e.course_id FROM users u JOIN enrollments e ON e.user_id = u.user_id",
+        "SELECT u.name FROM users u LEFT JOIN enrollments e USING (user_id)",
+        "SELECT u.name, (SELECT count(*) FROM enrollments e WHERE e.user_id = u.user_id) "
+        "FROM users u",
+        "SELECT name FROM users u WHERE NOT EXISTS (SELECT 1 FROM enrollments e "
+        "WHERE e.user_id = u.user_id)",
+        "SELECT DISTINCT region FROM courses",
+        "SELECT count(DISTINCT user_id) FROM enrollments",
+        "SELECT c.title, cat.name FROM courses c JOIN categories cat USING (category_id)",
+    ):
+        plan(classifier, config, sql)  # no refusal
+
+
+def test_text_is_merged_only_when_the_shards_compare_it_by_code_point(
+    classifier: Classifier, config: Config
+) -> None:
+    p = plan(classifier, config, "SELECT title FROM courses ORDER BY title")
+    answers = [ShardRows("asia", ["title"], [("B",), ("a",)]),
+               ShardRows("europe", ["title"], [("C",)])]  # fmt: skip
+    assert merge(p, [], answers, [ValueOrder.TEXT], text_exact=True)[1] == [("B",), ("C",),
+                                                                            ("a",)]
+    with pytest.raises(ScatterRefused, match="C collation"):
+        merge(p, [], answers, [ValueOrder.TEXT], text_exact=False)
+    with pytest.raises(ScatterRefused, match="enum sorts by its declaration order"):
+        merge(p, [], answers, [ValueOrder.EQUAL], text_exact=True)
+
+
+def test_distinct_by_a_shard_key_refuses_null_keys_from_two_shards(
+    classifier: Classifier, config: Config
+) -> None:
+    p = plan(classifier, config, "SELECT DISTINCT coupon_id, amount_cents FROM payments")
+    assert p.distinct_key == 0
+    one = [ShardRows("asia", ["coupon_id", "amount_cents"], [(None, 5)]),
+           ShardRows("europe", ["coupon_id", "amount_cents"], [(1, 5)])]  # fmt: skip
+    assert len(merge(p, [], one, [ValueOrder.EXACT] * 2, text_exact=True)[1]) == 2
+    two = [one[0], ShardRows("europe", ["coupon_id", "amount_cents"], [(None, 5)])]
+    with pytest.raises(ScatterRefused, match="NULL coupon_id came from shards asia, europe"):
+        merge(p, [], two, [ValueOrder.EXACT] * 2, text_exact=True)
+
+
+def test_numeric_division_has_postgresqls_scale_and_rounding() -> None:
+    # Values checked against PostgreSQL: SELECT 8::numeric / 7, 1::numeric / 3 ...
+    assert str(pg_numeric_div(Decimal(8), Decimal(7))) == "1.1428571428571429"
+    assert str(pg_numeric_div(Decimal(1), Decimal(3))) == "0.33333333333333333333"
+    assert str(pg_numeric_div(Decimal("16.26"), Decimal(6))) == "2.7100000000000000"
+    assert str(pg_numeric_div(Decimal(-5), Decimal(2))) == "-2.5000000000000000"
+    assert str(pg_numeric_div(Decimal(123456789), Decimal(2))) == "61728394.500000000000"
+
+
+def test_a_read_not_confined_to_one_shard_becomes_a_scatter_and_a_write_does_not(
+    classifier: Classifier, config: Config
+) -> None:
+    def kind(sql: str, *params: object, hint: str | None = None) -> object:
+        return route(classifier.analyze(sql), list(params), hint, config)
+
+    asia, europe = (new_id(config.shards[s].number) for s in ("asia", "europe"))
+    every = tuple(config.shards)
+    assert kind("SELECT count(*) FROM users") == Scatter(every)
+    assert kind("SELECT name FROM users WHERE user_id IN ($1, $2)", asia, europe) == Scatter(
+        tuple(s for s in every if s in ("asia", "europe")))  # only the shards it names
+    assert kind("SELECT name FROM users WHERE user_id = $1", asia) == Target(("asia",), False)
+    assert kind("SELECT name FROM users WHERE user_id = $1", asia, hint="*") == Scatter(every)
+    for write in ("UPDATE users SET city = 'x'", "SELECT name FROM users FOR UPDATE"):
+        with pytest.raises(MissingShardKeyError):
+            kind(write)
+        with pytest.raises(CrossShardError, match="only a read"):
+            kind(write, hint="*")
+    # A sharded function nothing confines still needs its shard named, as before.
+    with pytest.raises(MissingShardKeyError, match="search_catalogue"):
+        kind("SELECT * FROM search_catalogue($1)", "python")
+    # Keys that contradict each other match no row: still refused, as before.
+    with pytest.raises(CrossShardError, match="different shards"):
+        kind("SELECT name FROM users WHERE user_id = $1 AND user_id = $2", asia, europe)
