@@ -32,6 +32,7 @@ from router.docstore import DocStore
 from router.errors import ConfigError
 from router.executor import Executor
 from router.health import HealthEvent
+from router.heartbeat import HeartbeatService
 from router.idempotency import run_sweeper
 from router.metrics import Metrics
 from router.monitor import LagMonitor
@@ -96,6 +97,8 @@ class RouterNode:
         self.executor = Executor(config, self.topology, self.classifier)
         self.docstore = DocStore(config.document_store, validate_document)
         self.monitor = LagMonitor(config, self.topology)
+        self.heartbeat = (HeartbeatService(config, lambda: self.topology)
+                          if config.heartbeat.enabled else None)  # fmt: skip
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self._reload_lock = asyncio.Lock()
@@ -127,6 +130,9 @@ class RouterNode:
         await self._start_pools(list(self.topology.nodes()))
         self.monitor.start()
         await asyncio.wait_for(self.monitor.wait_round(), 10)
+        if self.heartbeat is not None:  # after the first round: our view is measured
+            await self.heartbeat.start()
+        self.metrics.heartbeat = self.heartbeat
         self.spawn(
             run_sweeper(lambda: self.topology, self.config.router.idempotency_retention_seconds)
         )
@@ -192,6 +198,8 @@ class RouterNode:
         if self._server is not None:
             await self._server.wait_closed()
         await self.monitor.stop()
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
         await asyncio.gather(*(n.pool.close() for n in self.topology.nodes()))
         await asyncio.gather(*(s.lsn.close() for s in self.topology.shards.values()))
         await self.docstore.close()
@@ -288,10 +296,13 @@ class RouterNode:
             ("router.max_frame_bytes", r_old.max_frame_bytes, r_new.max_frame_bytes),
             ("router.idempotency_retention_seconds", r_old.idempotency_retention_seconds,
              r_new.idempotency_retention_seconds),
+            ("heartbeat", self.config.heartbeat, new.heartbeat),
+            ("failover", self.config.failover, new.failover),
         ):  # fmt: skip
             if before != after:
                 log.warning("%s changes need a restart; keeping the running one", key)
         new = replace(new, document_store=self.config.document_store, metrics=self.config.metrics,
+                      heartbeat=self.config.heartbeat, failover=self.config.failover,
                       router=replace(r_new, auth_token_env=r_old.auth_token_env,
                                      max_frame_bytes=r_old.max_frame_bytes,
                                      idempotency_retention_seconds=(
@@ -350,6 +361,7 @@ class RouterNode:
             "connections": len(self.connections),
             "shards": self.topology.snapshot(),
             "document_store": _hosts_of(self.config.document_store.uri),
+            "heartbeat": self.heartbeat.report() if self.heartbeat is not None else None,
         }
 
 
