@@ -200,13 +200,13 @@ def parse_peer(spec: str) -> tuple[str, str, int]:
 
 class FailoverMode(enum.Enum):
     OFF = "off"  # a dead primary's writes fail (retryable) until a person acts
-    EXTERNAL = "external"  # something else promotes; the router follows (not built yet)
+    EXTERNAL = "external"  # something else promotes; the router follows (router/discovery.py)
     MANAGED = "managed"  # the routers promote by quorum (not built yet)
 
 
 # The modes this build carries out; the others are refused at load rather than accepted and
 # silently not done.
-_BUILT_FAILOVER_MODES = (FailoverMode.OFF,)
+_BUILT_FAILOVER_MODES = (FailoverMode.OFF, FailoverMode.EXTERNAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,7 +588,8 @@ def _validate_ha(config: Config) -> None:
     if f.mode not in modes:
         raise ConfigError("failover.mode", f"must be one of {', '.join(modes)}, got {f.mode!r}")
     if modes[f.mode] not in _BUILT_FAILOVER_MODES:
-        raise ConfigError("failover.mode", f"{f.mode!r} is not built yet (issue #17); use 'off'")
+        why = f"{f.mode!r} is not built yet (issue #17); use 'off' or 'external'"
+        raise ConfigError("failover.mode", why)
     if f.down_after_seconds <= 0:
         raise ConfigError("failover.down_after_seconds", f"must be positive, got "
                                                          f"{f.down_after_seconds}")  # fmt: skip

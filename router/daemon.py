@@ -34,10 +34,12 @@ from router.executor import Executor
 from router.health import HealthEvent
 from router.heartbeat import HeartbeatService
 from router.idempotency import run_sweeper
+from router.lsn import LsnReader
 from router.metrics import Metrics
 from router.monitor import LagMonitor
 from router.parser_thread import start_parser
 from router.pool import NodeUnavailableError
+from router.routing import Role
 from router.server import ClientConnection
 from router.tls import ListenerTLS, forget_contexts
 from router.topology import NodeState, ShardState, Topology
@@ -336,6 +338,8 @@ class RouterNode:
             shard.lsn, live.lsn = live.lsn, shard.lsn
         for old_shard in old_shards.values():
             self.spawn(old_shard.lsn.close())  # readers of changed primaries, or unused ones
+        for shard in fresh.shards.values():
+            self._keep_live_primary(shard, new)
         self.config = new
         self.topology = fresh
         self.classifier = _classifier(new)
@@ -348,6 +352,20 @@ class RouterNode:
         log.info("reloaded %s: %d new nodes, %d retired", self.config_path, len(to_start),
                  len(retired))
         return True
+
+    def _keep_live_primary(self, shard: ShardState, new: Config) -> None:
+        """Roles are live state: a kept node that the monitor made the primary (external
+        failover) stays the primary, whatever names router.toml gives; a reload must never
+        send writes back to the old one (which may be a stale, writable node)."""
+        live = next((n for n in shard.replicas if n.role is Role.PRIMARY), None)
+        if live is None:
+            return
+        reader = (shard.lsn if shard.lsn.name == live.name
+                  else LsnReader(live.name, live.address, new.database))  # fmt: skip
+        old = shard.make_primary(live, reader)
+        if old is not reader:
+            self.spawn(old.close())
+        log.warning("shard %s keeps %s as its primary across the reload", shard.name, live.name)
 
     async def _retire(self, node: NodeState) -> None:
         """Close an old pool once its borrowed connections come back (bounded by drain time)."""
