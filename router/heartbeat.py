@@ -2,6 +2,9 @@
 interval, and feeds what arrives through protocol.heartbeat's checks into the membership
 machine (router/membership.py). The decisions live there; this module only does the I/O,
 keeps the counts and logs each change of a peer's state with its reason.
+
+Each interval it also asks router/failover.py what managed failover would decide for each
+shard, and reports and logs that plan; nothing acts on it yet (README, "High availability").
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from protocol.heartbeat import (
 )
 from router.config import Config
 from router.errors import ConfigError
+from router.failover import Decision, FailoverView, Promote, ReplicaView, plan_failover
 from router.health import NodeHealth
 from router.membership import Membership, MembershipTiming, MemberView, PeerState, Transition
 from router.topology import Topology
@@ -89,6 +93,10 @@ class HeartbeatService:
         self.send_errors = 0
         self.received = 0
         self.dropped: dict[RejectReason, int] = dict.fromkeys(RejectReason, 0)
+        self._down_after = config.failover.down_after_seconds
+        # shard -> (its primary, when this node first saw that primary DOWN, on our clock)
+        self._down_since: dict[str, tuple[str, float]] = {}
+        self.plans: dict[str, Decision] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -136,6 +144,7 @@ class HeartbeatService:
         self._log(self.membership.tick(self.now()))
         view = self.own_view()
         self.membership.own_view = view
+        self._plan(view)
         try:
             data = self.sender.encode(view.nodes, view.primaries)
         except HeartbeatTooLarge as exc:
@@ -151,6 +160,31 @@ class HeartbeatService:
             except OSError as exc:
                 self.send_errors += 1
                 log.debug("heartbeat to %s:%d not sent: %s", *address, exc)
+
+    def _plan(self, view: MemberView) -> None:
+        """What managed failover would decide now, per shard (advisory: nothing acts on it)."""
+        now = self.now()
+        members = self.membership.alive_members()
+        for shard in self._topology().shards.values():
+            primary = shard.primary.name
+            if view.nodes.get(primary) is ReportedHealth.DOWN:
+                known = self._down_since.get(shard.name)
+                if known is None or known[0] != primary:
+                    self._down_since[shard.name] = known = (primary, now)
+                down_for = now - known[1]
+            else:
+                self._down_since.pop(shard.name, None)
+                down_for = 0.0
+            replicas = tuple(ReplicaView(r.name, _REPORTED[r.health], r.in_recovery is True,
+                                         r.replay_lsn) for r in shard.replicas)  # fmt: skip
+            decision = plan_failover(FailoverView(
+                self.node_name, self.membership.cluster_size, members, shard.name, primary,
+                down_for, self._down_after, replicas,
+            ))  # fmt: skip
+            if decision != self.plans.get(shard.name):
+                log.info("failover plan for %s (advisory, not carried out): %s", shard.name,
+                         _describe(decision))  # fmt: skip
+            self.plans[shard.name] = decision
 
     # ---- receiving -------------------------------------------------------------------------
 
@@ -184,4 +218,18 @@ class HeartbeatService:
             "quorum": m.has_quorum(),
             "peers": m.snapshot(self.now()),
             "dropped": {reason.value: n for reason, n in self.dropped.items()},
+            "failover_plans": {shard: _plan_report(d) for shard, d in self.plans.items()},
         }
+
+
+def _describe(decision: Decision) -> str:
+    if isinstance(decision, Promote):
+        return f"{decision.promoter} would promote {decision.replica}: {decision.reason}"
+    return f"no action ({decision.reason.value}): {decision.detail}"
+
+
+def _plan_report(decision: Decision) -> dict[str, Any]:
+    if isinstance(decision, Promote):
+        return {"action": "promote", "promoter": decision.promoter, "replica": decision.replica,
+                "replica_lsn": decision.replica_lsn, "voters": list(decision.voters)}  # fmt: skip
+    return {"action": "none", "reason": decision.reason.value, "detail": decision.detail}

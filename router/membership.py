@@ -198,6 +198,7 @@ class Membership:
                 "state": p.state.value,
                 "silent_seconds": None if p.last_heard is None else round(now - p.last_heard, 3),
                 "incarnation": p.incarnation,
+                "nodes": {name: health.name.lower() for name, health in p.view.nodes.items()},
                 "primaries": dict(p.view.primaries),
             }
             for p in self.peers.values()

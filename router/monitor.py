@@ -134,10 +134,11 @@ class LagMonitor:
             primary_lsn = shard.last_primary_lsn
         for replica, row in zip(shard.replicas, replica_rows, strict=True):
             if row is None:
-                replica.lag_bytes = None
+                replica.lag_bytes = replica.in_recovery = None
                 continue
             in_recovery, replay = row
             replica.replay_lsn = replay
+            replica.in_recovery = bool(in_recovery)
             if not in_recovery:
                 # A "replica" that is not replaying WAL cannot promise fresh data.
                 replica.lag_bytes = None

@@ -29,6 +29,7 @@ class NodeState:
     health: NodeHealth = NodeHealth.UP
     replay_lsn: int | None = None  # replicas: last replayed WAL position; primaries: current
     lag_bytes: int | None = None  # replicas: primary's position minus replay position
+    in_recovery: bool | None = None  # replicas: a standby at the last probe (None: unknown)
     last_error: str | None = None
 
     @property
