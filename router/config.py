@@ -16,6 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from client.tls import ssl_context
+from router.config_ha import (
+    FailoverConfig,
+    FailoverMode,
+    HeartbeatConfig,
+    parse_peer,
+    validate_ha,
+)
 from router.errors import ConfigError
 
 __all__ = [
@@ -27,6 +34,8 @@ __all__ = [
     "Config",
     "DatabaseConfig",
     "DocumentStoreConfig",
+    "FailoverConfig",
+    "FailoverMode",
     "HeartbeatConfig",
     "MetricsConfig",
     "NodeAddress",
@@ -36,6 +45,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_function_spec",
+    "parse_peer",
 ]
 
 # The regions georoute is built for; every one must be configured as a shard.
@@ -163,15 +173,6 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class HeartbeatConfig:
-    host: str = "127.0.0.1"
-    port: int = 6700
-    interval_seconds: float = 0.5
-    suspect_after_seconds: float = 2.0
-    peers: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -191,6 +192,7 @@ class Config:
     api: ApiConfig
     shards: Mapping[str, ShardConfig]
     tables: Mapping[str, TableConfig] = field(default_factory=dict)
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
     source: str = "<memory>"
 
     def shard_by_number(self, number: int) -> ShardConfig | None:
@@ -227,6 +229,7 @@ SECTIONS: dict[str, type] = {
     "document_store": DocumentStoreConfig,
     "cluster": ClusterConfig,
     "heartbeat": HeartbeatConfig,
+    "failover": FailoverConfig,
     "api": ApiConfig,
 }
 
@@ -510,10 +513,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             "heartbeat.suspect_after_seconds", "must exceed heartbeat.interval_seconds"
         )
-    for i, peer in enumerate(h.peers):
-        host, sep, port = peer.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(f"heartbeat.peers[{i}]", f"expected 'host:port', got {peer!r}")
+    validate_ha(config.heartbeat, config.failover, config.router.node_name)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -32,11 +32,14 @@ from router.docstore import DocStore
 from router.errors import ConfigError
 from router.executor import Executor
 from router.health import HealthEvent
+from router.heartbeat import HeartbeatService
 from router.idempotency import run_sweeper
+from router.lsn import LsnReader
 from router.metrics import Metrics
 from router.monitor import LagMonitor
 from router.parser_thread import start_parser
 from router.pool import NodeUnavailableError
+from router.routing import Role
 from router.server import ClientConnection
 from router.tls import ListenerTLS, forget_contexts
 from router.topology import NodeState, ShardState, Topology
@@ -97,6 +100,8 @@ class RouterNode:
         self.executor.scatter.stats = self.metrics.scatter
         self.docstore = DocStore(config.document_store, validate_document)
         self.monitor = LagMonitor(config, self.topology)
+        self.heartbeat = (HeartbeatService(config, lambda: self.topology)
+                          if config.heartbeat.enabled else None)  # fmt: skip
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self._reload_lock = asyncio.Lock()
@@ -128,6 +133,9 @@ class RouterNode:
         await self._start_pools(list(self.topology.nodes()))
         self.monitor.start()
         await asyncio.wait_for(self.monitor.wait_round(), 10)
+        if self.heartbeat is not None:  # after the first round: our view is measured
+            await self.heartbeat.start()
+        self.metrics.heartbeat = self.heartbeat
         self.spawn(
             run_sweeper(lambda: self.topology, self.config.router.idempotency_retention_seconds)
         )
@@ -193,6 +201,8 @@ class RouterNode:
         if self._server is not None:
             await self._server.wait_closed()
         await self.monitor.stop()
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
         await asyncio.gather(*(n.pool.close() for n in self.topology.nodes()))
         await asyncio.gather(*(s.lsn.close() for s in self.topology.shards.values()))
         await self.docstore.close()
@@ -289,10 +299,13 @@ class RouterNode:
             ("router.max_frame_bytes", r_old.max_frame_bytes, r_new.max_frame_bytes),
             ("router.idempotency_retention_seconds", r_old.idempotency_retention_seconds,
              r_new.idempotency_retention_seconds),
+            ("heartbeat", self.config.heartbeat, new.heartbeat),
+            ("failover", self.config.failover, new.failover),
         ):  # fmt: skip
             if before != after:
                 log.warning("%s changes need a restart; keeping the running one", key)
         new = replace(new, document_store=self.config.document_store, metrics=self.config.metrics,
+                      heartbeat=self.config.heartbeat, failover=self.config.failover,
                       router=replace(r_new, auth_token_env=r_old.auth_token_env,
                                      max_frame_bytes=r_old.max_frame_bytes,
                                      idempotency_retention_seconds=(
@@ -326,6 +339,8 @@ class RouterNode:
             shard.lsn, live.lsn = live.lsn, shard.lsn
         for old_shard in old_shards.values():
             self.spawn(old_shard.lsn.close())  # readers of changed primaries, or unused ones
+        for shard in fresh.shards.values():
+            self._keep_live_primary(shard, new)
         self.config = new
         self.topology = fresh
         self.classifier = _classifier(new)
@@ -340,6 +355,20 @@ class RouterNode:
                  len(retired))
         return True
 
+    def _keep_live_primary(self, shard: ShardState, new: Config) -> None:
+        """Roles are live state: a kept node that the monitor made the primary (external
+        failover) stays the primary, whatever names router.toml gives; a reload must never
+        send writes back to the old one (which may be a stale, writable node)."""
+        live = next((n for n in shard.replicas if n.role is Role.PRIMARY), None)
+        if live is None:
+            return
+        reader = (shard.lsn if shard.lsn.name == live.name
+                  else LsnReader(live.name, live.address, new.database))  # fmt: skip
+        old = shard.make_primary(live, reader)
+        if old is not reader:
+            self.spawn(old.close())
+        log.warning("shard %s keeps %s as its primary across the reload", shard.name, live.name)
+
     async def _retire(self, node: NodeState) -> None:
         """Close an old pool once its borrowed connections come back (bounded by drain time)."""
         await node.pool.drain(self.config.router.drain_timeout_seconds)
@@ -352,6 +381,7 @@ class RouterNode:
             "connections": len(self.connections),
             "shards": self.topology.snapshot(),
             "document_store": _hosts_of(self.config.document_store.uri),
+            "heartbeat": self.heartbeat.report() if self.heartbeat is not None else None,
         }
 
 

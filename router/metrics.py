@@ -17,6 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from router.classify import Classifier
+from router.heartbeat import HeartbeatService
+from router.membership import PeerState
 from router.scatter import ScatterStats
 from router.topology import Topology
 
@@ -96,6 +98,29 @@ class _LiveCollector(Collector):
             cache.add_metric(["hit"], classifier.hits)
             cache.add_metric(["miss"], classifier.misses)
             yield cache
+        if self._metrics.heartbeat is not None:
+            yield from _heartbeat_families(self._metrics.heartbeat)
+
+
+def _heartbeat_families(service: HeartbeatService) -> Iterator[Any]:
+    peers = GaugeMetricFamily("georoute_heartbeat_peers",
+                              "Configured router peers by membership state", labels=["state"])
+    counts = service.membership.counts()
+    for state in PeerState:
+        peers.add_metric([state.value], counts[state])
+    yield peers
+    dropped = CounterMetricFamily(
+        "georoute_heartbeats_dropped", "Heartbeat datagrams dropped, by reason",
+        labels=["reason"],
+    )  # fmt: skip
+    for reason, count in service.dropped.items():
+        dropped.add_metric([reason.value], count)
+    yield dropped
+    traffic = CounterMetricFamily("georoute_heartbeats", "Heartbeat datagrams by direction",
+                                  labels=["direction"])  # fmt: skip
+    traffic.add_metric(["sent"], service.sent)
+    traffic.add_metric(["received"], service.received)
+    yield traffic
 
 
 class Metrics:
@@ -104,6 +129,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.topology: Topology | None = None
         self.classifier: Classifier | None = None
+        self.heartbeat: HeartbeatService | None = None
         # (kind, shard, role, outcome) -> count; kind -> [count per bucket..., +Inf], sum
         self._requests: dict[tuple[str, str, str, str], int] = {}
         self._latency: dict[str, tuple[list[int], list[float]]] = {}

@@ -2,7 +2,9 @@
 
 One task per shard asks the primary for its current WAL position and each replica for its
 replay position, every `lag_poll_interval_seconds`, over dedicated connections (never the
-request pools). Results go into the Topology's NodeStates.
+request pools). Results go into the Topology's NodeStates. With `[failover] mode =
+"external"` the primary is asked whether it is in recovery too, and the shard follows its
+primary to another node as router/discovery.py decides.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from collections.abc import Callable
 
 import asyncpg
 
-from router.config import Config
+from router.config import Config, FailoverMode
+from router.discovery import NodeObservation, PrimaryWatch, Stay, StayReason
 from router.health import HealthEvent
+from router.lsn import LsnReader
 from router.tls import connect_asyncpg
 from router.topology import NodeState, ShardState, Topology
 
@@ -28,6 +32,10 @@ REPLAY_LSN_SQL = (
     "SELECT pg_is_in_recovery(), "
     "(coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn()) - '0/0'::pg_lsn)::int8"
 )
+# External mode follows a node only after it said "not in recovery" this many rounds in a
+# row (0.15 s at the default lag_poll_interval_seconds): one answer from a node in the middle
+# of a restart is not enough.
+FOLLOW_CONFIRM_ROUNDS = 3
 
 
 class LagMonitor:
@@ -44,6 +52,12 @@ class LagMonitor:
         self._on_change = on_change
         self.rounds = 0
         self._round_done = asyncio.Event()
+        external = FailoverMode(config.failover.mode) is FailoverMode.EXTERNAL
+        self._watches: dict[str, PrimaryWatch] | None = {
+            name: PrimaryWatch(name, FOLLOW_CONFIRM_ROUNDS) for name in topology.shards
+        } if external else None  # fmt: skip
+        self._said: dict[str, str] = {}  # shard -> the last Stay logged, to log changes only
+        self._closing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         for shard in self._topology.shards.values():
@@ -101,10 +115,13 @@ class LagMonitor:
     async def measure(self, shard: ShardState) -> None:
         """One round for one shard (public so tests and start-up can force a measurement)."""
         primary_row, *replica_rows = await asyncio.gather(
-            self._probe(shard.primary, PRIMARY_LSN_SQL),
+            self._probe(shard.primary,
+                        PRIMARY_LSN_SQL if self._watches is None else REPLAY_LSN_SQL),
             *(self._probe(r, REPLAY_LSN_SQL) for r in shard.replicas),
-        )
-        primary_lsn = primary_row[0] if primary_row is not None else None
+        )  # fmt: skip
+        if self._watches is not None and self._follow(shard, primary_row, replica_rows):
+            return  # roles changed: the next round measures lag against the new primary
+        primary_lsn = primary_row[-1] if primary_row is not None else None
         shard.primary.replay_lsn = primary_lsn
         shard.primary.lag_bytes = 0 if primary_lsn is not None else None
         if primary_lsn is not None:
@@ -117,10 +134,11 @@ class LagMonitor:
             primary_lsn = shard.last_primary_lsn
         for replica, row in zip(shard.replicas, replica_rows, strict=True):
             if row is None:
-                replica.lag_bytes = None
+                replica.lag_bytes = replica.in_recovery = None
                 continue
             in_recovery, replay = row
             replica.replay_lsn = replay
+            replica.in_recovery = bool(in_recovery)
             if not in_recovery:
                 # A "replica" that is not replaying WAL cannot promise fresh data.
                 replica.lag_bytes = None
@@ -128,6 +146,35 @@ class LagMonitor:
                 replica.lag_bytes = None
             else:
                 replica.lag_bytes = max(0, primary_lsn - replay)
+
+    def _follow(self, shard: ShardState, primary_row: asyncpg.Record | None,
+                replica_rows: list[asyncpg.Record | None]) -> bool:  # fmt: skip
+        """External mode: make the node that says it is no standby the shard's primary, as
+        router/discovery.py decides. Returns whether the roles changed."""
+        assert self._watches is not None
+        nodes = list(shard.nodes())
+        rows = [primary_row, *replica_rows]
+        seen = [NodeObservation(n.name, None if row is None else bool(row[0]))
+                for n, row in zip(nodes, rows, strict=True)]  # fmt: skip
+        decision = self._watches[shard.name].observe(shard.primary.name, seen)
+        if isinstance(decision, Stay):
+            said = f"{decision.reason.value}: {decision.detail}"
+            if (self._said.get(shard.name) != said
+                    and decision.reason is not StayReason.PRIMARY_WRITABLE):
+                log.log(logging.ERROR if decision.reason is StayReason.SEVERAL_WRITABLE
+                        else logging.INFO, "shard %s keeps its primary %s (%s)", shard.name,
+                        shard.primary.name, said)  # fmt: skip
+            self._said[shard.name] = shard.primary_decision = said
+            return False
+        new = next(n for n in nodes if n.name == decision.new_primary)
+        old_lsn = shard.make_primary(new, LsnReader(new.name, new.address, self._config.database))
+        task = asyncio.create_task(old_lsn.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        shard.primary_decision = f"follow: {decision.detail}"
+        log.warning("shard %s follows its primary from %s to %s: %s", shard.name,
+                    decision.old_primary, decision.new_primary, decision.detail)  # fmt: skip
+        return True
 
     async def _run(self, shard: ShardState) -> None:
         interval = self._config.router.lag_poll_interval_seconds

@@ -29,6 +29,7 @@ class NodeState:
     health: NodeHealth = NodeHealth.UP
     replay_lsn: int | None = None  # replicas: last replayed WAL position; primaries: current
     lag_bytes: int | None = None  # replicas: primary's position minus replay position
+    in_recovery: bool | None = None  # replicas: a standby at the last probe (None: unknown)
     last_error: str | None = None
 
     @property
@@ -81,10 +82,27 @@ class ShardState:
     # The primary's WAL position at its last good probe: replica lag is measured against it
     # while the primary cannot be probed, so reads keep their replicas.
     last_primary_lsn: int | None = None
+    # External failover mode: the monitor's last decision about the primary, with its reason
+    # (router/discovery.py), for the topology view. None in the other modes.
+    primary_decision: str | None = None
 
     def next_turn(self) -> int:
         self.turn += 1
         return self.turn
+
+    def make_primary(self, node: NodeState, lsn: LsnReader) -> LsnReader:
+        """`node`, a replica, is the primary now (a failover; roles are live state, so a
+        node keeps its name, e.g. europe-replica1, whatever its role). The old primary stays
+        as a replica that serves no reads until the monitor sees it replaying. Returns the
+        old primary's WAL-position reader, for the caller to close."""
+        old, old_lsn = self.primary, self.lsn
+        self.replicas.remove(node)
+        old.role, node.role = Role.REPLICA, Role.PRIMARY
+        old.lag_bytes = None
+        self.replicas.append(old)
+        self.primary, self.lsn = node, lsn
+        self.last_primary_lsn = None  # the old primary's, on another timeline
+        return old_lsn
 
     def nodes(self) -> Iterator[NodeState]:
         yield self.primary
@@ -135,6 +153,7 @@ class Topology:
             name: {
                 "number": s.number,
                 "nodes": [n.snapshot() for n in s.nodes()],
+                "primary_decision": s.primary_decision,
             }
             for name, s in self.shards.items()
         }

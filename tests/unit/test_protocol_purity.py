@@ -1,4 +1,5 @@
-"""protocol/ is sans-I/O: importing it must not pull in asyncio or socket."""
+"""protocol/ is sans-I/O: importing it (and its modules outside __init__, such as the
+heartbeat datagram) must not pull in asyncio or socket."""
 
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import sys
 
 def test_protocol_imports_no_io_modules() -> None:
     code = (
-        "import sys, protocol\n"
+        "import sys, protocol, protocol.heartbeat\n"
         "bad = sorted(m for m in ('asyncio', 'socket', 'selectors', 'ssl') if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )

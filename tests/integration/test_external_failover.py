@@ -1,0 +1,139 @@
+"""`[failover] mode = "external"` on a scratch cluster of its own (a promotion must not touch
+the session's cluster): a replica promoted by hand, after its primary was stopped, becomes
+the shard's primary within seconds and takes the writes; the old primary, restarted as a
+second writable node (a split brain), gets neither writes nor reads, also after a SIGHUP
+reload (router.toml still calls it the primary)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+import client
+from router.cluster import LocalCluster
+from router.config import Config
+from router.config_write import with_port_offset
+from tests.integration.conftest import wait_until
+from tests.support.router_proc import (
+    SCRATCH_DDL,
+    TOKEN,
+    RouterProcess,
+    router_config,
+    running_router,
+)
+
+# Far from the session's cluster and from test_cluster.py's scratch ones (5000, 5100).
+SCRATCH_OFFSET = 5400
+INSERT = "INSERT INTO rt_items (item_id, region, payload) VALUES ($1, 'europe', $2)"
+
+
+@pytest.fixture(scope="module")
+def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
+    config = with_port_offset(test_config, SCRATCH_OFFSET,
+                              str(Path(test_config.cluster.state_dir) / "scratch-external"))
+    local = LocalCluster(config)
+    local.up()
+    try:
+        yield local, config
+    finally:
+        local.down(purge=True)
+
+
+@pytest.fixture(scope="module")
+def router(scratch: tuple[LocalCluster, Config]) -> Iterator[RouterProcess]:
+    local, config = scratch
+    external = router_config(config, lag_poll_interval_seconds=0.05)
+    external = replace(external, failover=replace(external.failover, mode="external"))
+    with running_router(external, local.state_dir / "router-external.toml") as proc:
+        yield proc
+
+
+def europe(topology: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in topology["shards"]["europe"]["nodes"]}
+
+
+async def payloads(dsn: str) -> set[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {r["payload"] for r in await conn.fetch("SELECT payload FROM rt_items")}
+    finally:
+        await conn.close()
+
+
+async def test_the_router_follows_a_primary_promoted_elsewhere(
+    scratch: tuple[LocalCluster, Config], router: RouterProcess,
+) -> None:  # fmt: skip
+    local, _ = scratch
+    async with await client.connect(router.dsn, token=TOKEN) as db:
+        await db.execute(SCRATCH_DDL, shard="europe")
+        await db.execute(INSERT, uuid.uuid4(), "before")
+        nodes = europe(await db.topology())
+        assert nodes["europe-primary"]["role"] == "primary"
+
+        local.stop_node("europe-primary")  # what an external tool does: fence, then promote
+        replica_dsn = local.dsn("europe-replica1")
+        conn = await asyncpg.connect(replica_dsn)
+        try:
+            assert await conn.fetchval("SELECT pg_promote(true, 60)") is True
+        finally:
+            await conn.close()
+        promoted = time.monotonic()
+
+        async def followed() -> bool:
+            nodes = europe(await db.topology())
+            return (nodes["europe-replica1"]["role"] == "primary"
+                    and nodes["europe-primary"]["role"] == "replica")  # fmt: skip
+
+        await wait_until(followed, within=5, what="the router follows europe's primary")
+        follow_seconds = time.monotonic() - promoted
+
+        async def writes() -> bool:
+            try:
+                await db.execute(INSERT, uuid.uuid4(), "after")
+            except client.GeorouteError:
+                return False
+            return True
+
+        await wait_until(writes, within=5, what="a write through the router succeeds")
+        assert {"before", "after"} <= await payloads(replica_dsn)
+        assert follow_seconds < 5
+
+        # The old primary comes back as it was: writable, on the old timeline. Two writable
+        # nodes: the router stays on the promoted one and sends the old one nothing.
+        local.start_node("europe-primary")
+
+        async def old_one_up() -> bool:
+            return europe(await db.topology())["europe-primary"]["health"] == "up"
+
+        await wait_until(old_one_up, within=10, what="the old primary probed up again")
+
+        async def split_seen() -> bool:
+            decision = (await db.topology())["shards"]["europe"]["primary_decision"]
+            return str(decision).startswith("several_writable")
+
+        await wait_until(split_seen, what="the router sees two writable nodes and stays")
+        await db.execute(INSERT, uuid.uuid4(), "split")
+        for _ in range(20):  # reads: none may land on the stale node
+            await db.fetch("SELECT payload FROM rt_items WHERE region = 'europe'")
+        nodes = europe(await db.topology())
+        assert nodes["europe-replica1"]["role"] == "primary"
+        assert nodes["europe-primary"]["lag_bytes"] is None  # not replaying: out of rotation
+        assert "split" in await payloads(replica_dsn)
+        assert "split" not in await payloads(local.dsn("europe-primary"))
+
+        router.signal(signal.SIGHUP)  # the topology is rebuilt from router.toml's names
+        assert await asyncio.to_thread(router.wait_for_output, "reloaded", 10)
+        nodes = europe(await db.topology())
+        assert nodes["europe-replica1"]["role"] == "primary"
+        await db.execute(INSERT, uuid.uuid4(), "reloaded")
+        assert "reloaded" in await payloads(replica_dsn)
+        assert "reloaded" not in await payloads(local.dsn("europe-primary"))
