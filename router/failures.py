@@ -31,7 +31,7 @@ from router.routing import (
 )
 from router.scatter import ShardFailure
 from router.session import TransactionError
-from router.undelivered import ResultUndeliverable
+from router.undelivered import ResultUndeliverable, rowcount_of
 from router.wirevalues import ResultValueError
 
 __all__ = ["Failure", "NodeReadOnlyError", "failure_for", "is_read_only_refusal"]
@@ -120,6 +120,11 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
         return Failure(ErrorCode[exc.code_name], str(exc))
     if isinstance(exc, NodeReadOnlyError):
         return Failure(ErrorCode.READ_ONLY, str(exc), sqlstate="25006", retryable=exc.retryable)
+    if isinstance(exc, ResultValueError) and exc.status is not None and not read_only:
+        # A write the server completed (and so committed): it applied, whatever its reply.
+        applied = ResultUndeliverable(exc.status, rowcount_of(exc.status, []), None, None,
+                                      None, str(exc))  # fmt: skip
+        return Failure(ErrorCode.RESULT_UNDELIVERABLE, str(applied), detail=applied.detail())
     if isinstance(exc, ResultValueError):  # the statement ran; its reply cannot be sent
         failed = {"raised_by": "router", "column": exc.column, "type": exc.type_name}
         return Failure(ErrorCode.POSTGRES_ERROR, str(exc), sqlstate=exc.sqlstate, detail=failed)

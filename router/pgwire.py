@@ -80,6 +80,7 @@ def _failure(pending: _Pending) -> Exception:
     if pending.error is not None:
         return _postgres_error(pending.error, pending.query)
     assert pending.value_error is not None
+    pending.value_error.status = pending.status or None  # completed: the server's tag
     return pending.value_error
 
 

@@ -91,6 +91,9 @@ class ResultValueError(Exception):
         self.why = why
         self.sqlstate = sqlstate
         self.column: str | None = None
+        # The command tag, when the server completed the statement without an error (so a
+        # write applied): set by the pipeline, which reads every reply to its end.
+        self.status: str | None = None
 
     def __str__(self) -> str:
         where = f"column {self.column!r} " if self.column is not None else "a column "

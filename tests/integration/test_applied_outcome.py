@@ -153,3 +153,27 @@ async def test_a_read_too_large_to_send_is_not_said_to_apply(
     assert not isinstance(err.value, client.ResultUndeliverableError)
     assert err.value.code == ErrorCode.NOT_ENCODABLE and "frame limit" in str(err.value)
     assert await db.fetchval("SELECT 41 + 1") == 42  # the router serves on
+
+
+async def test_a_write_whose_returned_value_cannot_be_read_says_it_applied(
+    db: client.Client, europe: asyncpg.Connection, small_frames: RouterProcess
+) -> None:
+    """A value Python cannot hold (the year 10000) in a write's RETURNING: the pipeline reads
+    the reply to its end, so the server's tag says the write completed (and committed): the
+    error says it applied. A read with the same value changed nothing: a plain value error."""
+    sql = ("INSERT INTO rt_items (item_id, region) VALUES ($1, 'europe') "
+           "RETURNING item_id, '10000-01-01'::date AS far")  # fmt: skip
+    for _ in range(3):  # prepared on the pipeline and judged quick: then fast-pathed
+        item = new_id(number(small_frames.config, "europe"))
+        with pytest.raises(client.GeorouteError) as info:
+            await db.fetch(sql, item)
+        err = info.value
+        assert isinstance(err, client.ResultUndeliverableError), repr(err)
+        assert err.applied and err.status == "INSERT 0 1" and err.retryable is False
+        assert "'far'" in str(err), str(err)
+        assert await europe.fetchval("SELECT count(*) FROM rt_items WHERE item_id = $1",
+                                     item) == 1  # fmt: skip
+    with pytest.raises(client.GeorouteError) as read:
+        await db.fetch("SELECT '10000-01-01'::date AS far FROM rt_items WHERE region = $1 "
+                       "LIMIT 1", "europe")  # fmt: skip
+    assert not isinstance(read.value, client.ResultUndeliverableError), repr(read.value)
