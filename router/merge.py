@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from msgpack import ExtType
+
+from protocol.values import ext_hook
 from router.routing import RoutingError
 from router.scatter_plan import (
     Combine,
@@ -188,11 +191,28 @@ def _bound(value: Any, what: str) -> int | None:
     return value
 
 
+def _canonical(answer: ShardRows) -> ShardRows:
+    """The pipelined connections give uuid, date and timestamp values as the wire's ext types
+    (their bytes ready to send), pooled connections as Python values; compared, grouped or
+    aggregated together they must be one kind. The ext bytes do not order as PostgreSQL
+    does either (a timestamp before 2000 is a negative number), so they become Python
+    values; the reply encodes them back."""
+    rows = answer.rows
+    if not any(type(value) is ExtType for row in rows for value in row):
+        return answer
+    canonical: list[Sequence[Any]] = [
+        tuple(ext_hook(v.code, v.data) if type(v) is ExtType else v for v in row)
+        for row in rows
+    ]
+    return ShardRows(answer.shard, answer.columns, canonical)
+
+
 def merge(
     plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRows],
     orders: Sequence[ValueOrder], *, text_exact: bool,
 ) -> tuple[list[str], list[Any]]:
     """The reply's columns and rows: what one database holding every shard's rows returns."""
+    answers = [_canonical(answer) for answer in answers]
     limit = _bound(plan.limit.bind(params), "LIMIT") if plan.limit is not None else None
     offset = _bound(plan.offset.bind(params), "OFFSET") if plan.offset is not None else None
     columns = list(answers[0].columns) if answers else []
