@@ -10,6 +10,7 @@ coordinator says whether the shards' databases use it). Anything else is refused
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 import enum
 import heapq
@@ -22,6 +23,7 @@ from typing import Any
 from msgpack import ExtType
 
 from protocol.values import ext_hook
+from protocol.valuetypes import Infinity
 from router.routing import RoutingError
 from router.scatter_plan import (
     Combine,
@@ -35,6 +37,7 @@ from router.scatter_plan import (
 
 __all__ = [
     "ShardRows", "ValueOrder", "column_orders", "merge", "order_of_type", "pg_numeric_div",
+    "real_columns",
 ]
 
 
@@ -69,6 +72,14 @@ def column_orders(attributes: Iterable[Any], enum_oids: frozenset[int]) -> list[
     """How each result column compares, from the types PostgreSQL described (asyncpg's
     attributes: `.type.oid`); `enum_oids` are the database's enum types."""
     return [order_of_type(a.type.oid, a.type.oid in enum_oids) for a in attributes]
+
+
+_FLOAT4_OID = 700
+
+
+def real_columns(attributes: Iterable[Any]) -> frozenset[int]:
+    """The result columns of type real (float4): their sums are not combined (merge's `real`)."""
+    return frozenset(i for i, a in enumerate(attributes) if a.type.oid == _FLOAT4_OID)
 
 
 @dataclass(slots=True)
@@ -118,11 +129,22 @@ def _comparable(value: Any, order: ValueOrder, text_exact: bool, what: str) -> A
     raise ScatterRefused(Refusal.ORDER, what, why)
 
 
+def _infinite_rank(value: Any) -> int:
+    """A timestamp's or date's infinity: 1 above, -1 below every finite value; else 0."""
+    if type(value) is Infinity:
+        return -1 if value.negative else 1
+    return 0
+
+
 def _cmp(a: Any, b: Any) -> int:
-    """Compare two non-NULL values of one column as PostgreSQL does (NaN above all)."""
+    """Compare two non-NULL values of one column as PostgreSQL does (NaN above all numbers,
+    a timestamp's or date's 'infinity' above and '-infinity' below every other value)."""
     nan_a, nan_b = _is_nan(a), _is_nan(b)
     if nan_a or nan_b:
         return 0 if nan_a and nan_b else (1 if nan_a else -1)
+    if type(a) is Infinity or type(b) is Infinity:
+        rank_a, rank_b = _infinite_rank(a), _infinite_rank(b)
+        return -1 if rank_a < rank_b else (1 if rank_a > rank_b else 0)
     return -1 if a < b else (1 if a > b else 0)
 
 
@@ -169,6 +191,11 @@ def _row_key(keys: Sequence[SortKey], orders: Sequence[ValueOrder], text_exact: 
             return (1, -value) if descending else (1, value)
         if padded and isinstance(value, str):
             value = value.rstrip(" ")
+        elif isinstance(value, (dt.date, Infinity)):  # datetime too: a subclass of date
+            # Ranked, so 'infinity' sorts after every finite value and '-infinity' before
+            # (a column holds only one of the two kinds, so every key has this shape).
+            rank = _infinite_rank(value)
+            value = (rank,) if rank else (0, value)
         return (1, _Desc(value)) if descending else (1, value)
 
     def row_key(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -209,13 +236,40 @@ def _canonical(answer: ShardRows) -> ShardRows:
 
 def merge(
     plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRows],
-    orders: Sequence[ValueOrder], *, text_exact: bool,
+    orders: Sequence[ValueOrder], *, text_exact: bool, real: frozenset[int] = frozenset(),
 ) -> tuple[list[str], list[Any]]:
-    """The reply's columns and rows: what one database holding every shard's rows returns."""
+    """The reply's columns and rows: what one database holding every shard's rows returns.
+    `real`: the columns whose type is float4 (real), whose sums are not combined."""
     answers = [_canonical(answer) for answer in answers]
+    columns = list(answers[0].columns) if answers else []
+    if plan.grouping is not None:
+        _check_real_sums(plan.grouping.combine, real, columns)
+    try:
+        return _merge(plan, params, answers, orders, text_exact, columns)
+    except (TypeError, decimal.DecimalException) as exc:
+        # Not reached by any value the merge knows; should one slip through, PostgreSQL's
+        # answer is not known, so the read is refused rather than failed with a crash.
+        raise ScatterRefused(Refusal.ORDER, "the merge", "values it cannot compare or add "
+                             f"exactly ({type(exc).__name__}: {exc})") from exc  # fmt: skip
+
+
+def _check_real_sums(combine: Sequence[Combine], real: frozenset[int],
+                     columns: Sequence[str]) -> None:  # fmt: skip
+    """sum(real) rounds to float4 and avg(real) accumulates in float8 inside PostgreSQL, so
+    neither is the sum of the shards' rounded float4 parts: refused whatever the values."""
+    for index, kind in enumerate(combine):
+        if kind in (Combine.SUM, Combine.AVG) and index in real:
+            what = "avg" if kind is Combine.AVG else "sum"
+            raise ScatterRefused(Refusal.AGGREGATE, f"{what} ({_name(columns, index)})",
+                                 f"{what} of real (float4) values is not the sum of the "
+                                 "shards' float4 parts; cast to double precision or numeric")
+
+
+def _merge(plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRows],
+           orders: Sequence[ValueOrder], text_exact: bool,
+           columns: list[str]) -> tuple[list[str], list[Any]]:  # fmt: skip
     limit = _bound(plan.limit.bind(params), "LIMIT") if plan.limit is not None else None
     offset = _bound(plan.offset.bind(params), "OFFSET") if plan.offset is not None else None
-    columns = list(answers[0].columns) if answers else []
     visible = len(columns) - plan.hidden
     if plan.grouping is not None:
         rows: Iterable[Any] = _grouped(plan, params, answers, orders, text_exact, columns)
@@ -283,9 +337,20 @@ def _combine(kind: Combine, a: Any, b: Any, order: ValueOrder, text_exact: bool,
         return a
     if kind in (Combine.SUM, Combine.AVG):
         if isinstance(a, Decimal) or isinstance(b, Decimal):
-            return _EXACT.add(Decimal(a), Decimal(b))
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-            return a + b
+            if type(a) in (int, Decimal) and type(b) in (int, Decimal):
+                return _numeric_add(Decimal(a), Decimal(b), what)
+        if isinstance(a, float) and isinstance(b, float):
+            total = a + b
+            if total in (_INF, -_INF) and a not in (_INF, -_INF) and b not in (_INF, -_INF):
+                raise ScatterRefused(Refusal.AGGREGATE, what, "the sum overflows double "
+                                     "precision, PostgreSQL's error")  # fmt: skip
+            return total  # inf + -inf is NaN, as in PostgreSQL
+        if type(a) is int and type(b) is int:  # sum of smallint/integer: a bigint
+            total = a + b
+            if not _INT8_MIN <= total <= _INT8_MAX:
+                raise ScatterRefused(Refusal.AGGREGATE, what,
+                                     "the sum is out of bigint's range, PostgreSQL's error")
+            return total
         raise ScatterRefused(Refusal.AGGREGATE, what, f"sums of {type(a).__name__} values are "
                                                       "not combined by the merge")  # fmt: skip
     if kind is Combine.ARRAY and isinstance(a, list) and isinstance(b, list):
@@ -310,6 +375,26 @@ def _combine(kind: Combine, a: Any, b: Any, order: ValueOrder, text_exact: bool,
     if kind is Combine.MIN:
         return a if c <= 0 else b
     return a if c >= 0 else b
+
+
+_INF = float("inf")
+_INT8_MIN, _INT8_MAX = -(2**63), 2**63 - 1
+
+
+def _numeric_add(a: Decimal, b: Decimal, what: str) -> Decimal:
+    """a + b as PostgreSQL's numeric adds: exactly, NaN absorbing, Infinity + -Infinity NaN
+    (numeric.c, numeric_add_opt_error); Python's decimal would raise InvalidOperation."""
+    if not a.is_finite() or not b.is_finite():
+        if a.is_nan() or b.is_nan():
+            return Decimal("NaN")
+        if a.is_infinite() and b.is_infinite() and a.is_signed() != b.is_signed():
+            return Decimal("NaN")
+        return a if a.is_infinite() else b
+    try:
+        return _EXACT.add(a, b)
+    except decimal.DecimalException as exc:  # beyond any numeric PostgreSQL keeps
+        raise ScatterRefused(Refusal.AGGREGATE, what, f"the sum cannot be added exactly "
+                                                      f"({type(exc).__name__})") from exc
 
 
 def _grouped(plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRows],
@@ -378,11 +463,16 @@ def _dscale(value: Decimal) -> int:
 
 def pg_numeric_div(x: Decimal, y: Decimal) -> Decimal:
     """x / y as PostgreSQL's numeric_div gives it: select_div_scale's result scale, rounded
-    half away from zero (numeric.c). Special values (NaN, infinities) are not handled here."""
+    half away from zero (numeric.c). NaN gives NaN and an infinity over a finite number its
+    signed infinity, as PostgreSQL 14+; an infinite divisor is refused."""
     if not x.is_finite() or not y.is_finite():
         if x.is_nan() or y.is_nan():
             return Decimal("NaN")
-        raise ScatterRefused(Refusal.AGGREGATE, "avg", "infinite sums are not combined")
+        if x.is_infinite() and y.is_finite() and not y.is_zero():
+            # PostgreSQL 14+: an infinity divided by a finite non-zero number keeps its
+            # infinity, signed by both (what avg of a sum that reached Infinity gives).
+            return Decimal("-Infinity" if x.is_signed() != y.is_signed() else "Infinity")
+        raise ScatterRefused(Refusal.AGGREGATE, "avg", "infinite divisors are not combined")
     weight1, first1 = _weight_and_first(x)
     weight2, first2 = _weight_and_first(y)
     qweight = weight1 - weight2
@@ -440,17 +530,79 @@ def _truth(cond: Cond, row: Sequence[Any], params: Sequence[Any], orders: Sequen
     right = _value(cond.right, row, params)
     if left is None or right is None:
         return None
-    for side in (cond.left, cond.right):
-        if side is not None and side.column is not None:
+    assert cond.left is not None and cond.right is not None
+    named = [side.column for side in (cond.left, cond.right) if side.column is not None]
+    part = f"HAVING on {_name(columns, named[0])}" if named else "HAVING"
+    padded = [False, False]
+    for i, side in enumerate((cond.left, cond.right)):
+        if side.column is not None:
             order = orders[side.column]
             equality = op in ("=", "<>") and order is not ValueOrder.NONE
             if order is not ValueOrder.EXACT and not equality:
                 _comparable(left, order, text_exact, f"HAVING on {_name(columns, side.column)}")
+            padded[i] = order is ValueOrder.PADDED
+    if any(padded):
+        # char(n) = char(n) (a constant or parameter is taken as char(n) too) ignores
+        # trailing blanks on both sides; against a text column, char(n) becomes text
+        # without them, and the text keeps its own.
+        strip = [padded[i] or side.column is None
+                 for i, side in enumerate((cond.left, cond.right))]  # fmt: skip
+        if isinstance(left, str) and strip[0]:
+            left = left.rstrip(" ")
+        if isinstance(right, str) and strip[1]:
+            right = right.rstrip(" ")
+    left, right = _comparable_pair(left, right, cond.left, cond.right, part)
+    try:
+        c = _cmp(left, right)
+    except TypeError as exc:
+        raise ScatterRefused(Refusal.EXPRESSION, part, f"compares a {type(left).__name__} with "
+                             f"a {type(right).__name__} in a way the merge cannot judge "
+                             f"({exc}); give the constant the column's type") from exc
+    return {"=": c == 0, "<>": c != 0, "<": c < 0, "<=": c <= 0, ">": c > 0, ">=": c >= 0}[op]
+
+
+def _comparable_pair(left: Any, right: Any, left_side: Operand, right_side: Operand,
+                     part: str) -> tuple[Any, Any]:  # fmt: skip
+    """Two HAVING values as PostgreSQL compares them, or a refusal naming `part`: a float
+    against a numeric or integer is compared as float8 (PostgreSQL has no float8 = numeric
+    operator; the numeric side is converted), infinities of timestamps and dates against
+    any of their type, and otherwise only values of one kind."""
     numbers = (int, float, Decimal)
-    same = (isinstance(left, numbers) and isinstance(right, numbers)) or type(left) is type(right)
-    if not same:
-        raise ScatterRefused(Refusal.EXPRESSION, "HAVING",
+    if isinstance(left, numbers) and isinstance(right, numbers) and not (
+            isinstance(left, bool) or isinstance(right, bool)):  # fmt: skip
+        floats = (isinstance(left, float), isinstance(right, float))
+        if floats[0] == floats[1]:
+            return left, right
+        # A float parameter against a numeric or integer column would be bound as that
+        # column's type (by its text, or refused), not compared as float8.
+        float_side = left_side if floats[0] else right_side
+        if float_side.param is not None and (left_side.column is not None
+                                             or right_side.column is not None):
+            raise ScatterRefused(Refusal.EXPRESSION, part, "compares a float parameter with "
+                                 "an integer or numeric; give the parameter the column's type")
+        return (left, _to_float8(right, part)) if floats[0] else (_to_float8(left, part), right)
+    infinite = type(left) is Infinity or type(right) is Infinity
+    if infinite and all(isinstance(v, (dt.date, Infinity)) for v in (left, right)):
+        return left, right
+    if type(left) is not type(right):
+        raise ScatterRefused(Refusal.EXPRESSION, part,
                              f"compares a {type(left).__name__} with a {type(right).__name__}; "
                              "give the constant the column's type")  # fmt: skip
-    c = _cmp(left, right)
-    return {"=": c == 0, "<>": c != 0, "<": c < 0, "<=": c <= 0, ">": c > 0, ">=": c >= 0}[op]
+    if isinstance(left, dt.datetime) and (left.utcoffset() is None) != (
+            right.utcoffset() is None):  # fmt: skip
+        # PostgreSQL would read the naive one in the session's time zone, which the merge
+        # does not know (Python's == would say False, its < raise).
+        raise ScatterRefused(Refusal.EXPRESSION, part, "compares a timestamp with time zone "
+                             "with one without; give the parameter a time zone")
+    return left, right
+
+
+def _to_float8(value: int | float | Decimal, part: str) -> float:
+    """A numeric or integer as PostgreSQL converts it to float8 (correctly rounded); out of
+    float8's range is PostgreSQL's error ("out of range"), refused here."""
+    converted = float(value)
+    if isinstance(value, Decimal) and value.is_finite() and (
+            converted in (_INF, -_INF) or (converted == 0.0 and not value.is_zero())):  # fmt: skip
+        raise ScatterRefused(Refusal.EXPRESSION, part, f"{value} is out of double precision's "
+                             "range, PostgreSQL's error")
+    return converted

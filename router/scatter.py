@@ -24,7 +24,7 @@ from router.classify import Analysis
 from router.config import Config
 from router.health import HealthEvent
 from router.lsn import UNKNOWN_LSN
-from router.merge import ShardRows, ValueOrder, column_orders, merge
+from router.merge import ShardRows, ValueOrder, column_orders, merge, real_columns
 from router.outcome import CONNECTION_ERRORS, Outcome
 from router.pgwire import PipelineError, Unsupported
 from router.pipeline import is_lock_timeout, is_stale_statement
@@ -139,6 +139,7 @@ class _Answer:
     columns: list[str]
     rows: list[Any]
     orders: list[ValueOrder]
+    real: frozenset[int]  # columns of type real (float4): merge's `real`
 
 
 class ScatterRunner:
@@ -227,6 +228,7 @@ class ScatterRunner:
         orders: list[ValueOrder] | None = analysis.scatter.get("orders")
         if orders is None:
             return False
+        real: frozenset[int] = analysis.scatter.get("real", frozenset())
         shard = self._topology.shards[name]
         node = shard.primary
         if consistency is not Consistency.STRONG:
@@ -247,7 +249,7 @@ class ScatterRunner:
             pipeline.finished(plan.sql, server_seconds)
             if exc is None and rows is not None:
                 self.stats.shard_done(name, time.perf_counter() - started)
-                fast.answer(index, _Answer(name, node, columns or [], rows, orders),
+                fast.answer(index, _Answer(name, node, columns or [], rows, orders, real),
                             self._max_rows)  # fmt: skip
             else:
                 fast.fail(index, node, exc)
@@ -294,7 +296,8 @@ class ScatterRunner:
         try:
             columns, rows = merge(plan, params,
                                   [ShardRows(a.shard, a.columns, a.rows) for a in answers],
-                                  orders, text_exact=text_exact)  # fmt: skip
+                                  orders, text_exact=text_exact,
+                                  real=answers[0].real)  # fmt: skip
         except ScatterRefused as exc:
             self.stats.refused(exc.reason.value)
             raise
@@ -345,7 +348,8 @@ class ScatterRunner:
                                            sent=True) from exc  # fmt: skip
             else:
                 if len(columns) == len(orders):
-                    return _Answer(name, node, columns, rows, orders)
+                    real = analysis.scatter.get("real", frozenset())
+                    return _Answer(name, node, columns, rows, orders, real)
                 # Its result changed shape (a migration): learn the types again, below.
         if backend is None:
             backend = await self._acquire(node)
@@ -368,5 +372,7 @@ class ScatterRunner:
             raise
         node.pool.release(backend)
         orders = column_orders(attributes, self._databases[node.name][1])
+        real = real_columns(attributes)
+        analysis.scatter["real"] = real  # before "orders", which says both are known
         analysis.scatter["orders"] = orders
-        return _Answer(name, node, columns, rows, orders)
+        return _Answer(name, node, columns, rows, orders, real)
