@@ -600,7 +600,11 @@ def _comparable_pair(left: Any, right: Any, left_side: Operand, right_side: Oper
 def _to_float8(value: int | float | Decimal, part: str) -> float:
     """A numeric or integer as PostgreSQL converts it to float8 (correctly rounded); out of
     float8's range is PostgreSQL's error ("out of range"), refused here."""
-    converted = float(value)
+    try:
+        converted = float(value)
+    except ValueError as exc:  # a signaling NaN: no such numeric in PostgreSQL
+        raise ScatterRefused(Refusal.EXPRESSION, part, f"{value} is not a number PostgreSQL "
+                             "has") from exc
     if isinstance(value, Decimal) and value.is_finite() and (
             converted in (_INF, -_INF) or (converted == 0.0 and not value.is_zero())):  # fmt: skip
         raise ScatterRefused(Refusal.EXPRESSION, part, f"{value} is out of double precision's "

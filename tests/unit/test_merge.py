@@ -68,6 +68,17 @@ def test_having_converts_a_numeric_constant_to_float8_as_postgresql_does() -> No
                    having=Cond("<", left=col(1), right=Operand(value=Decimal("1e400"))))
     with pytest.raises(ScatterRefused, match="HAVING on max"):
         run(plan, ["region", "max"], [[("a", 0.1)]], [E, E])
+    # A float parameter against a numeric would be bound as numeric: refused, not guessed;
+    # a boolean is no number (PostgreSQL has no boolean > integer).
+    plan = grouped((Combine.FIRST, Combine.SUM),
+                   having=Cond(">", left=col(1), right=Operand(param=1)))
+    for value in (0.5, True):
+        with pytest.raises(ScatterRefused, match="HAVING on sum"):
+            run(plan, ["region", "sum"], [[("a", Decimal("0.75"))]], [E, E], [value])
+    plan = grouped((Combine.FIRST, Combine.MAX),
+                   having=Cond(">", left=col(1), right=Operand(param=1)))
+    with pytest.raises(ScatterRefused, match="HAVING on max"):
+        run(plan, ["region", "max"], [[("a", 0.5)]], [E, E], [Decimal("sNaN")])
 
 
 # ---- 9: char(n) in HAVING --------------------------------------------------------------------
