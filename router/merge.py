@@ -5,14 +5,14 @@ per-shard sorted streams, groups combined from per-shard partial aggregates, the
 ORDER BY, OFFSET and LIMIT, and the plan's hidden columns dropped. Values are compared as
 PostgreSQL compares them, and only where that is known to be exact: each column's
 `ValueOrder` says how (from its type); text is exact under the C collation only (the
-coordinator says whether the shards' databases use it). Anything else is refused.
+coordinator says whether the shards' databases use it). Anything else is refused. The
+comparison of values is merge_values.py's, HAVING merge_having.py's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
-import enum
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Sequence
@@ -24,11 +24,25 @@ from msgpack import ExtType
 
 from protocol.values import ext_hook
 from protocol.valuetypes import Infinity
+from router.merge_having import operand_value, truth
+from router.merge_values import (
+    INF,
+    NAN,
+    NUMBERS,
+    Desc,
+    ValueOrder,
+    column_name,
+    column_orders,
+    comparable,
+    compare,
+    infinite_rank,
+    is_nan,
+    order_of_type,
+    real_columns,
+)
 from router.routing import RoutingError
 from router.scatter_plan import (
     Combine,
-    Cond,
-    Operand,
     Refusal,
     ScatterPlan,
     ScatterRefused,
@@ -41,47 +55,6 @@ __all__ = [
 ]
 
 
-class ValueOrder(enum.Enum):
-    """How a column's Python values compare, against how PostgreSQL compares them."""
-
-    EXACT = "exact"  # numbers, booleans, dates and times, uuid, bytea: as PostgreSQL
-    TEXT = "text"  # text: exact under the C collation (code-point order), else unknown
-    PADDED = "padded"  # character(n): trailing blanks do not count
-    EQUAL = "equal"  # equality is exact (an enum's label), order is not (declaration order)
-    NONE = "none"  # neither is known to be exact (json, arrays, intervals, other types)
-
-
-# Built-in type oids (pg_type.dat) whose values asyncpg decodes into Python values that
-# compare exactly as PostgreSQL compares them.
-_EXACT_OIDS = frozenset({16, 17, 20, 21, 23, 26, 700, 701, 1082, 1083, 1114, 1184, 1700, 2950})
-_TEXT_OIDS = frozenset({19, 25, 1043})
-_BPCHAR_OID = 1042
-
-
-def order_of_type(oid: int, enum_type: bool = False) -> ValueOrder:
-    if oid in _EXACT_OIDS:
-        return ValueOrder.EXACT
-    if oid in _TEXT_OIDS:
-        return ValueOrder.TEXT
-    if oid == _BPCHAR_OID:
-        return ValueOrder.PADDED
-    return ValueOrder.EQUAL if enum_type else ValueOrder.NONE
-
-
-def column_orders(attributes: Iterable[Any], enum_oids: frozenset[int]) -> list[ValueOrder]:
-    """How each result column compares, from the types PostgreSQL described (asyncpg's
-    attributes: `.type.oid`); `enum_oids` are the database's enum types."""
-    return [order_of_type(a.type.oid, a.type.oid in enum_oids) for a in attributes]
-
-
-_FLOAT4_OID = 700
-
-
-def real_columns(attributes: Iterable[Any]) -> frozenset[int]:
-    """The result columns of type real (float4): their sums are not combined (merge's `real`)."""
-    return frozenset(i for i, a in enumerate(attributes) if a.type.oid == _FLOAT4_OID)
-
-
 @dataclass(slots=True)
 class ShardRows:
     shard: str
@@ -91,81 +64,6 @@ class ShardRows:
 
 # Sums of numerics are exact: PostgreSQL's numeric has no rounding in addition either.
 _EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
-
-
-class _NaN:
-    """PostgreSQL's NaN: equal to itself and above every other number."""
-
-    __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _NaN)
-
-    def __hash__(self) -> int:
-        return 0x4E614E
-
-
-_NAN = _NaN()
-
-
-def _is_nan(value: Any) -> bool:
-    return (isinstance(value, float) and value != value) or (
-        isinstance(value, Decimal) and value.is_nan())  # fmt: skip
-
-
-def _comparable(value: Any, order: ValueOrder, text_exact: bool, what: str) -> Any:
-    if order is ValueOrder.EXACT:
-        return value
-    if order is ValueOrder.TEXT and text_exact:
-        return value
-    if order is ValueOrder.PADDED and text_exact:
-        return value.rstrip(" ") if isinstance(value, str) else value
-    if order is ValueOrder.NONE:
-        why = f"values of this type ({type(value).__name__}) are not compared exactly here"
-    elif order is ValueOrder.EQUAL:
-        why = "an enum sorts by its declaration order, which the merge does not know"
-    else:
-        why = "text is compared exactly only under the C collation"
-    raise ScatterRefused(Refusal.ORDER, what, why)
-
-
-def _infinite_rank(value: Any) -> int:
-    """A timestamp's or date's infinity: 1 above, -1 below every finite value; else 0."""
-    if type(value) is Infinity:
-        return -1 if value.negative else 1
-    return 0
-
-
-def _cmp(a: Any, b: Any) -> int:
-    """Compare two non-NULL values of one column as PostgreSQL does (NaN above all numbers,
-    a timestamp's or date's 'infinity' above and '-infinity' below every other value)."""
-    nan_a, nan_b = _is_nan(a), _is_nan(b)
-    if nan_a or nan_b:
-        return 0 if nan_a and nan_b else (1 if nan_a else -1)
-    if type(a) is Infinity or type(b) is Infinity:
-        rank_a, rank_b = _infinite_rank(a), _infinite_rank(b)
-        return -1 if rank_a < rank_b else (1 if rank_a > rank_b else 0)
-    return -1 if a < b else (1 if a > b else 0)
-
-
-class _Desc:
-    """A value that sorts in reverse (DESC on values that cannot be negated)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __lt__(self, other: _Desc) -> bool:
-        return bool(other.value < self.value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Desc) and bool(self.value == other.value)
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-_NUMBERS = (int, float, Decimal)
 
 
 def _row_key(keys: Sequence[SortKey], orders: Sequence[ValueOrder], text_exact: bool,
@@ -180,13 +78,13 @@ def _row_key(keys: Sequence[SortKey], orders: Sequence[ValueOrder], text_exact: 
         index = key.column if key.column >= 0 else width + key.column
         order = orders[index]
         if order is not ValueOrder.EXACT:  # refused now, before any row is compared
-            _comparable("", order, text_exact, f"ORDER BY {_name(columns, index)}")
+            comparable("", order, text_exact, f"ORDER BY {column_name(columns, index)}")
         null = (0,) if key.nulls_first else (2,)
         resolved.append((index, key.descending, null, order is ValueOrder.PADDED))
 
     def value_key(value: Any, descending: bool, padded: bool) -> Any:
-        if isinstance(value, _NUMBERS) and not isinstance(value, bool):
-            if _is_nan(value):
+        if isinstance(value, NUMBERS) and not isinstance(value, bool):
+            if is_nan(value):
                 return (0,) if descending else (2,)
             return (1, -value) if descending else (1, value)
         if padded and isinstance(value, str):
@@ -194,9 +92,9 @@ def _row_key(keys: Sequence[SortKey], orders: Sequence[ValueOrder], text_exact: 
         elif isinstance(value, (dt.date, Infinity)):  # datetime too: a subclass of date
             # Ranked, so 'infinity' sorts after every finite value and '-infinity' before
             # (a column holds only one of the two kinds, so every key has this shape).
-            rank = _infinite_rank(value)
+            rank = infinite_rank(value)
             value = (rank,) if rank else (0, value)
-        return (1, _Desc(value)) if descending else (1, value)
+        return (1, Desc(value)) if descending else (1, value)
 
     def row_key(row: Sequence[Any]) -> tuple[Any, ...]:
         out = []
@@ -260,7 +158,7 @@ def _check_real_sums(combine: Sequence[Combine], real: frozenset[int],
     for index, kind in enumerate(combine):
         if kind in (Combine.SUM, Combine.AVG) and index in real:
             what = "avg" if kind is Combine.AVG else "sum"
-            raise ScatterRefused(Refusal.AGGREGATE, f"{what} ({_name(columns, index)})",
+            raise ScatterRefused(Refusal.AGGREGATE, f"{what} ({column_name(columns, index)})",
                                  f"{what} of real (float4) values is not the sum of the "
                                  "shards' float4 parts; cast to double precision or numeric")
 
@@ -321,7 +219,7 @@ def _group_key(row: Sequence[Any], keys: Sequence[int], orders: Sequence[ValueOr
                                  "compared by the merge exactly")  # fmt: skip
         if order is ValueOrder.PADDED and isinstance(value, str):
             value = value.rstrip(" ")
-        out.append(_NAN if _is_nan(value) else value)
+        out.append(NAN if is_nan(value) else value)
     return tuple(out)
 
 
@@ -341,7 +239,7 @@ def _combine(kind: Combine, a: Any, b: Any, order: ValueOrder, text_exact: bool,
                 return _numeric_add(Decimal(a), Decimal(b), what)
         if isinstance(a, float) and isinstance(b, float):
             total = a + b
-            if total in (_INF, -_INF) and a not in (_INF, -_INF) and b not in (_INF, -_INF):
+            if total in (INF, -INF) and a not in (INF, -INF) and b not in (INF, -INF):
                 raise ScatterRefused(Refusal.AGGREGATE, what, "the sum overflows double "
                                      "precision, PostgreSQL's error")  # fmt: skip
             return total  # inf + -inf is NaN, as in PostgreSQL
@@ -369,15 +267,14 @@ def _combine(kind: Combine, a: Any, b: Any, order: ValueOrder, text_exact: bool,
         return a and b
     if kind is Combine.OR:
         return a or b
-    _comparable(a, order, text_exact, what)
+    comparable(a, order, text_exact, what)
     padded = order is ValueOrder.PADDED
-    c = _cmp(a.rstrip(" "), b.rstrip(" ")) if padded else _cmp(a, b)
+    c = compare(a.rstrip(" "), b.rstrip(" ")) if padded else compare(a, b)
     if kind is Combine.MIN:
         return a if c <= 0 else b
     return a if c >= 0 else b
 
 
-_INF = float("inf")
 _INT8_MIN, _INT8_MAX = -(2**63), 2**63 - 1
 
 
@@ -403,7 +300,7 @@ def _grouped(plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRo
     grouping = plan.grouping
     assert grouping is not None
     combine = grouping.combine
-    delimiters = {column: _value(d, (), params) for column, d in grouping.delimiters}
+    delimiters = {column: operand_value(d, (), params) for column, d in grouping.delimiters}
     groups: dict[tuple[Any, ...], list[Any]] = {}
     for answer in answers:
         for row in answer.rows:
@@ -415,23 +312,19 @@ def _grouped(plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRo
             for i, kind in enumerate(combine):
                 if kind is not Combine.FIRST:
                     found[i] = _combine(kind, found[i], row[i], orders[i], text_exact,
-                                        _name(columns, i), delimiters.get(i))  # fmt: skip
+                                        column_name(columns, i), delimiters.get(i))  # fmt: skip
     merged = list(groups.values())
     if not grouping.keys and not merged:
         return []  # not reached: an aggregate without GROUP BY answers one row per shard
     for row in merged:
         for total, count in grouping.avg_counts:
-            row[total] = _average(row[total], row[count], _name(columns, total))
+            row[total] = _average(row[total], row[count], column_name(columns, total))
     if grouping.having is not None:
         merged = [row for row in merged
-                  if _truth(grouping.having, row, params, orders, text_exact, columns)]  # fmt: skip
+                  if truth(grouping.having, row, params, orders, text_exact, columns)]  # fmt: skip
     if plan.sort:
         merged.sort(key=_row_key(plan.sort, orders, text_exact, columns))
     return merged
-
-
-def _name(columns: Sequence[str], index: int) -> str:
-    return columns[index] if index < len(columns) else f"column {index + 1}"
 
 
 def _average(total: Any, count: int, what: str) -> Any:
@@ -492,121 +385,3 @@ def pg_numeric_div(x: Decimal, y: Decimal) -> Decimal:
         q += 1
     digits = tuple(int(d) for d in str(q))
     return Decimal((1 if negative and q else 0, digits, -rscale))
-
-
-# ---- HAVING -----------------------------------------------------------------------------------
-
-
-def _value(operand: Operand | None, row: Sequence[Any], params: Sequence[Any]) -> Any:
-    assert operand is not None
-    if operand.column is not None:
-        return row[operand.column]
-    if operand.param is not None:
-        return params[operand.param - 1]
-    return operand.value
-
-
-def _truth(cond: Cond, row: Sequence[Any], params: Sequence[Any], orders: Sequence[ValueOrder],
-           text_exact: bool, columns: Sequence[str]) -> bool | None:  # fmt: skip
-    """SQL's three-valued truth of a HAVING condition (None: unknown)."""
-    op = cond.op
-    if op in ("and", "or"):
-        results = [_truth(c, row, params, orders, text_exact, columns) for c in cond.args]
-        if op == "and":
-            return False if False in results else (None if None in results else True)
-        return True if True in results else (None if None in results else False)
-    if op == "not":
-        inner = _truth(cond.args[0], row, params, orders, text_exact, columns)
-        return None if inner is None else not inner
-    left = _value(cond.left, row, params)
-    if op == "isnull":
-        return left is None
-    if op == "notnull":
-        return left is not None
-    if op == "value":
-        if left is None or isinstance(left, bool):
-            return left
-        raise ScatterRefused(Refusal.EXPRESSION, "HAVING", "a condition that is not a boolean")
-    right = _value(cond.right, row, params)
-    if left is None or right is None:
-        return None
-    assert cond.left is not None and cond.right is not None
-    named = [side.column for side in (cond.left, cond.right) if side.column is not None]
-    part = f"HAVING on {_name(columns, named[0])}" if named else "HAVING"
-    padded = [False, False]
-    for i, side in enumerate((cond.left, cond.right)):
-        if side.column is not None:
-            order = orders[side.column]
-            equality = op in ("=", "<>") and order is not ValueOrder.NONE
-            if order is not ValueOrder.EXACT and not equality:
-                _comparable(left, order, text_exact, f"HAVING on {_name(columns, side.column)}")
-            padded[i] = order is ValueOrder.PADDED
-    if any(padded):
-        # char(n) = char(n) (a constant or parameter is taken as char(n) too) ignores
-        # trailing blanks on both sides; against a text column, char(n) becomes text
-        # without them, and the text keeps its own.
-        strip = [padded[i] or side.column is None
-                 for i, side in enumerate((cond.left, cond.right))]  # fmt: skip
-        if isinstance(left, str) and strip[0]:
-            left = left.rstrip(" ")
-        if isinstance(right, str) and strip[1]:
-            right = right.rstrip(" ")
-    left, right = _comparable_pair(left, right, cond.left, cond.right, part)
-    try:
-        c = _cmp(left, right)
-    except TypeError as exc:
-        raise ScatterRefused(Refusal.EXPRESSION, part, f"compares a {type(left).__name__} with "
-                             f"a {type(right).__name__} in a way the merge cannot judge "
-                             f"({exc}); give the constant the column's type") from exc
-    return {"=": c == 0, "<>": c != 0, "<": c < 0, "<=": c <= 0, ">": c > 0, ">=": c >= 0}[op]
-
-
-def _comparable_pair(left: Any, right: Any, left_side: Operand, right_side: Operand,
-                     part: str) -> tuple[Any, Any]:  # fmt: skip
-    """Two HAVING values as PostgreSQL compares them, or a refusal naming `part`: a float
-    against a numeric or integer is compared as float8 (PostgreSQL has no float8 = numeric
-    operator; the numeric side is converted), infinities of timestamps and dates against
-    any of their type, and otherwise only values of one kind."""
-    numbers = (int, float, Decimal)
-    if isinstance(left, numbers) and isinstance(right, numbers) and not (
-            isinstance(left, bool) or isinstance(right, bool)):  # fmt: skip
-        floats = (isinstance(left, float), isinstance(right, float))
-        if floats[0] == floats[1]:
-            return left, right
-        # A float parameter against a numeric or integer column would be bound as that
-        # column's type (by its text, or refused), not compared as float8.
-        float_side = left_side if floats[0] else right_side
-        if float_side.param is not None and (left_side.column is not None
-                                             or right_side.column is not None):
-            raise ScatterRefused(Refusal.EXPRESSION, part, "compares a float parameter with "
-                                 "an integer or numeric; give the parameter the column's type")
-        return (left, _to_float8(right, part)) if floats[0] else (_to_float8(left, part), right)
-    infinite = type(left) is Infinity or type(right) is Infinity
-    if infinite and all(isinstance(v, (dt.date, Infinity)) for v in (left, right)):
-        return left, right
-    if type(left) is not type(right):
-        raise ScatterRefused(Refusal.EXPRESSION, part,
-                             f"compares a {type(left).__name__} with a {type(right).__name__}; "
-                             "give the constant the column's type")  # fmt: skip
-    if isinstance(left, dt.datetime) and (left.utcoffset() is None) != (
-            right.utcoffset() is None):  # fmt: skip
-        # PostgreSQL would read the naive one in the session's time zone, which the merge
-        # does not know (Python's == would say False, its < raise).
-        raise ScatterRefused(Refusal.EXPRESSION, part, "compares a timestamp with time zone "
-                             "with one without; give the parameter a time zone")
-    return left, right
-
-
-def _to_float8(value: int | float | Decimal, part: str) -> float:
-    """A numeric or integer as PostgreSQL converts it to float8 (correctly rounded); out of
-    float8's range is PostgreSQL's error ("out of range"), refused here."""
-    try:
-        converted = float(value)
-    except ValueError as exc:  # a signaling NaN: no such numeric in PostgreSQL
-        raise ScatterRefused(Refusal.EXPRESSION, part, f"{value} is not a number PostgreSQL "
-                             "has") from exc
-    if isinstance(value, Decimal) and value.is_finite() and (
-            converted in (_INF, -_INF) or (converted == 0.0 and not value.is_zero())):  # fmt: skip
-        raise ScatterRefused(Refusal.EXPRESSION, part, f"{value} is out of double precision's "
-                             "range, PostgreSQL's error")
-    return converted
