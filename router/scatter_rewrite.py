@@ -69,7 +69,14 @@ _VOLATILE = frozenset({
     "georoute_id", "georoute_region", "txid_current", "pg_current_xact_id", "pg_backend_pid",
     "inet_server_port", "inet_server_addr", "pg_is_in_recovery", "pg_last_wal_replay_lsn",
     "pg_current_wal_lsn", "pg_postmaster_start_time", "pg_sleep",
+    # One value per statement, or per session or node: each shard's statement has its own.
+    "now", "statement_timestamp", "transaction_timestamp", "current_setting",
+    "current_database", "current_schema", "current_schemas", "current_query", "version",
+    "inet_client_addr", "inet_client_port", "pg_conf_load_time", "txid_current_snapshot",
+    "pg_current_snapshot", "pg_my_temp_schema", "pg_trigger_depth", "pg_backend_memory_contexts",
 })  # fmt: skip
+# Text that the input functions of dates and times read as the statement's own time.
+_TIME_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})
 _C_COLLATIONS = frozenset({"c", "posix"})
 _COMPARISONS = {"=": "=", "<>": "<>", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
@@ -182,6 +189,9 @@ def _check_shape(stmt: Any) -> None:
         if isinstance(node, ast.FuncCall) and _func_name(node) in _VOLATILE:
             raise _refuse(Refusal.VOLATILE, node,
                           "its value differs between shards or between calls")
+        if isinstance(node, ast.SQLValueFunction) or _is_time_word(node):
+            raise _refuse(Refusal.VOLATILE, node, "its value is the statement's or the "
+                                                  "session's own, different on each shard")
         if isinstance(node, ast.RangeTableSample):
             raise _refuse(Refusal.SHAPE, "TABLESAMPLE", "each shard would sample on its own")
         if isinstance(node, ast.GroupingSet):
@@ -192,6 +202,14 @@ def _check_shape(stmt: Any) -> None:
                           "a window function over all rows would need every shard's rows")
     if stmt.windowClause:
         raise _refuse(Refusal.WINDOW, "WINDOW", "window functions are not merged")
+
+
+def _is_time_word(node: Any) -> bool:
+    """'now'::timestamptz and the like: read when the statement runs, on each shard."""
+    if not isinstance(node, ast.TypeCast) or not isinstance(node.arg, ast.A_Const):
+        return False
+    val = node.arg.val
+    return isinstance(val, ast.String) and val.sval.strip().lower() in _TIME_WORDS
 
 
 def _bound(node: Any, what: str) -> Bound | None:
@@ -348,8 +366,10 @@ def plan_scatter(sql: str, conf: Confinement, tables: Mapping[str, TableConfig])
     _check_colocated(conf)
     limit = _bound(stmt.limitCount, "LIMIT")
     offset = _bound(stmt.limitOffset, "OFFSET")
+    # An aggregate anywhere in the select list or ORDER BY makes one group of all rows.
     grouped = bool(stmt.groupClause) or stmt.havingClause is not None or any(
-        _has_aggregate(t.val) for t in stmt.targetList or ())
+        _has_aggregate(t.val) for t in stmt.targetList or ()) or any(
+        _has_aggregate(s.node) for s in stmt.sortClause or ())
     b = _Builder(stmt, tables)
     if grouped:
         return _grouped(b, limit, offset)

@@ -219,3 +219,30 @@ def test_pipelined_ext_values_and_pooled_python_values_merge_as_one_kind(
                ShardRows("europe", ["d", "count"], [(day, 3)])]
     assert merge(p, [], answers, [ValueOrder.EXACT, ValueOrder.EXACT],
                  text_exact=True)[1] == [(day, 5)]  # fmt: skip
+
+
+# ---- findings of the adversarial review of cross-shard reads (each once merged wrongly) ----
+
+
+def test_an_aggregate_only_in_order_by_makes_the_read_grouped(
+    classifier: Classifier, config: Config
+) -> None:
+    # PostgreSQL: one row (one group); once each shard's rows were concatenated (3 rows).
+    p = plan(classifier, config, "SELECT 1 AS one FROM users ORDER BY count(*)")
+    assert p.grouping is not None and p.grouping.keys == ()
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT now() FROM users",
+    "SELECT count(*) FROM users GROUP BY now()",
+    "SELECT user_id, current_timestamp FROM users",
+    "SELECT user_id FROM users WHERE created_at < localtimestamp",
+    "SELECT user_id, current_user FROM users",
+    "SELECT statement_timestamp(), transaction_timestamp() FROM users",
+    "SELECT user_id, current_setting('application_name') FROM users",
+    "SELECT user_id FROM users WHERE created_at < 'now'::timestamptz",
+])  # fmt: skip
+def test_values_that_differ_per_shard_or_per_statement_are_refused(
+    classifier: Classifier, config: Config, sql: str
+) -> None:
+    assert refused(classifier, config, sql).reason is Refusal.VOLATILE
