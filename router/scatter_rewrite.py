@@ -77,7 +77,22 @@ _VOLATILE = frozenset({
 })  # fmt: skip
 # Text that the input functions of dates and times read as the statement's own time.
 _TIME_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})
+# Set-returning functions: in a grouped select list they multiply each group's row, which
+# the merge would take for a group key.
+_SET_RETURNING = frozenset({
+    "generate_series", "generate_subscripts", "unnest", "regexp_matches",
+    "regexp_split_to_table", "string_to_table", "json_array_elements",
+    "json_array_elements_text", "jsonb_array_elements", "jsonb_array_elements_text",
+    "json_each", "json_each_text", "jsonb_each", "jsonb_each_text", "json_object_keys",
+    "jsonb_object_keys", "json_populate_recordset", "jsonb_populate_recordset",
+    "json_to_recordset", "jsonb_to_recordset", "jsonb_path_query", "pg_ls_dir", "ts_stat",
+    "ts_debug", "ts_parse", "ts_token_type", "aclexplode", "pg_options_to_table",
+    "pg_get_keywords", "pg_listening_channels", "json_table",
+})  # fmt: skip
 _C_COLLATIONS = frozenset({"c", "posix"})
+# The merge's own column names; a user's name like them could be read as one.
+_HIDDEN_PREFIX = "_georoute_"
+_INT8_MAX = 2**63 - 1
 _COMPARISONS = {"=": "=", "<>": "<>", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
 
@@ -189,6 +204,13 @@ def _check_shape(stmt: Any) -> None:
         if isinstance(node, ast.FuncCall) and _func_name(node) in _VOLATILE:
             raise _refuse(Refusal.VOLATILE, node,
                           "its value differs between shards or between calls")
+        if isinstance(node, ast.CollateClause) and (
+                node.collname[-1].sval.lower() not in _C_COLLATIONS):  # fmt: skip
+            # Anywhere: the merge compares, groups and takes min/max of text by code point.
+            raise _refuse(Refusal.ORDER, node, "only the C collation is merged exactly")
+        if _names(node).startswith(_HIDDEN_PREFIX):
+            raise _refuse(Refusal.SHAPE, _names(node),
+                          "names starting with _georoute_ are the merge's own columns")
         if isinstance(node, ast.SQLValueFunction) or _is_time_word(node):
             raise _refuse(Refusal.VOLATILE, node, "its value is the statement's or the "
                                                   "session's own, different on each shard")
@@ -202,6 +224,27 @@ def _check_shape(stmt: Any) -> None:
                           "a window function over all rows would need every shard's rows")
     if stmt.windowClause:
         raise _refuse(Refusal.WINDOW, "WINDOW", "window functions are not merged")
+
+
+def _names(node: Any) -> str:
+    """The user's name a node carries (an output alias, a column or a FROM alias), else ''."""
+    if isinstance(node, ast.ResTarget):
+        return node.name or ""
+    if isinstance(node, ast.Alias):
+        return node.aliasname or ""
+    if isinstance(node, ast.ColumnRef):
+        return next((f.sval for f in node.fields if isinstance(f, ast.String)
+                     and f.sval.startswith(_HIDDEN_PREFIX)), "")  # fmt: skip
+    return ""
+
+
+def _check_set_returning(stmt: Any) -> None:
+    """A grouped read: refused with a set-returning function in its select list or ORDER BY."""
+    for node in _walk((stmt.targetList, stmt.sortClause, stmt.havingClause,
+                       stmt.groupClause), into_queries=False):  # fmt: skip
+        if isinstance(node, ast.FuncCall) and _func_name(node) in _SET_RETURNING:
+            raise _refuse(Refusal.SHAPE, node, "a set-returning function in a grouped read "
+                                               "makes rows of one group the merge cannot tell")
 
 
 def _is_time_word(node: Any) -> bool:
@@ -224,6 +267,8 @@ def _bound(node: Any, what: str) -> Bound | None:
             return None  # LIMIT ALL / LIMIT NULL
         if isinstance(node.val, ast.Integer):
             return Bound(value=node.val.ival)
+        if isinstance(node.val, ast.Float) and node.val.fval.isdigit():  # beyond int4
+            return Bound(value=int(node.val.fval))
     raise _refuse(Refusal.LIMIT, node, f"{what} must be a constant or a parameter here")
 
 
@@ -312,9 +357,10 @@ class _Builder:
         return len(self.hidden) - 1  # turned into a negative index once all are known
 
     def visible_index(self, position: int) -> int | None:
-        """The row index of output column `position` (0-based) when no `*` precedes it."""
+        """The row index of output column `position` (0-based); behind a `*`, whose width the
+        plan does not know, a hidden copy of its expression (a negative index)."""
         if any(_is_star(t) for t in self.targets[:position]):
-            return None
+            return -1 - self.add_hidden(self.targets[position].val)
         return position
 
     def output_column(self, node: Any) -> int | None:
@@ -381,10 +427,11 @@ def _plain(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterPla
     distinct_key = None
     if stmt.distinctClause:
         for i, t in enumerate(b.targets):
+            if any(_is_star(u) for u in b.targets[:i]):
+                break  # its index in the row is not known
             if _is_shard_key(t.val, b.entries, b.tables):
-                distinct_key = b.visible_index(i)
-                if distinct_key is not None:
-                    break
+                distinct_key = i
+                break
         if distinct_key is None:
             raise _refuse(Refusal.DISTINCT, "DISTINCT",
                           "equal rows may come from several shards; select a shard key "
@@ -424,14 +471,24 @@ def _shard_limit(limit: Bound, offset: Bound | None) -> Any:
     if offset is None:
         return expr(limit)
     if limit.param is None and offset.param is None:
-        return ast.A_Const(isnull=False, val=ast.Integer(ival=(limit.value or 0)
-                                                         + (offset.value or 0)))  # fmt: skip
-    return ast.A_Expr(kind=0, name=(ast.String(sval="+"),), lexpr=expr(limit),
-                      rexpr=expr(offset))  # fmt: skip
+        total = min((limit.value or 0) + (offset.value or 0), _INT8_MAX)
+        return ast.A_Const(isnull=False, val=ast.Integer(ival=total))
+
+    def cast(node: Any, to: str) -> Any:
+        return ast.TypeCast(arg=node, typeName=ast.TypeName(names=(ast.String(sval=to),),
+                                                            typemod=-1))  # fmt: skip
+
+    # Added in numeric and capped at int8's maximum: a "no limit" LIMIT $1 near it plus any
+    # OFFSET would overflow int8 on the shards. A NULL (no limit) makes least() the maximum.
+    total = ast.A_Expr(kind=0, name=(ast.String(sval="+"),), lexpr=cast(expr(limit), "numeric"),
+                       rexpr=cast(expr(offset), "numeric"))  # fmt: skip
+    cap = ast.A_Const(isnull=False, val=ast.Integer(ival=_INT8_MAX))
+    return cast(ast.MinMaxExpr(op=1, args=(total, cap)), "int8")
 
 
 def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterPlan:
     stmt = b.stmt
+    _check_set_returning(stmt)
     if b.star:
         raise _refuse(Refusal.SHAPE, "*", "name the columns of a grouped cross-shard read")
     if stmt.distinctClause:

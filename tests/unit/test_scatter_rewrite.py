@@ -51,11 +51,12 @@ def test_each_shard_is_asked_for_limit_plus_offset_and_the_sort_keys(
     assert p.hidden == 2 and p.presorted
     assert [(k.column, k.descending, k.nulls_first) for k in p.sort] == [(-2, True, True),
                                                                          (-1, False, False)]
-    # Parameters: the shards get LIMIT $1 + $2 as int8, numbered as their statement uses them.
+    # Parameters: the shards get LIMIT $1 + $2 (capped at int8's maximum), numbered as their
+    # statement uses them.
     p = plan(classifier, config, "SELECT title FROM courses WHERE status = $3 ORDER BY 1 "
                                  "LIMIT $1 OFFSET $2")  # fmt: skip
-    assert p.sql.endswith("WHERE status = $3 ORDER BY 1 LIMIT (CAST($1 AS int8) + CAST($2 AS "
-                          "int8))")  # fmt: skip
+    assert p.sql.startswith("SELECT title FROM courses WHERE status = $3 ORDER BY 1 LIMIT ")
+    assert "CAST($1 AS int8)" in p.sql and "CAST($2 AS int8)" in p.sql
     assert p.params == (1, 2, 3)
 
 
@@ -246,3 +247,54 @@ def test_values_that_differ_per_shard_or_per_statement_are_refused(
     classifier: Classifier, config: Config, sql: str
 ) -> None:
     assert refused(classifier, config, sql).reason is Refusal.VOLATILE
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT min(title COLLATE \"en-x-icu\") FROM courses",
+    "SELECT title FROM courses ORDER BY lower(title COLLATE \"en-x-icu\")",
+    "SELECT title COLLATE \"en-x-icu\" AS t2 FROM courses ORDER BY t2",
+    "SELECT title COLLATE \"de_DE\", count(*) FROM courses GROUP BY 1",
+])  # fmt: skip
+def test_a_collation_other_than_c_anywhere_is_refused(
+    classifier: Classifier, config: Config, sql: str
+) -> None:
+    err = refused(classifier, config, sql)
+    assert err.reason is Refusal.ORDER and "C collation" in str(err), err
+    plan(classifier, config, "SELECT min(title COLLATE \"C\") FROM courses ORDER BY 1")
+
+
+def test_a_set_returning_function_in_a_grouped_read_is_refused(
+    classifier: Classifier, config: Config
+) -> None:
+    # PostgreSQL: one row per value of the series; the merge took it as a group key.
+    for sql in ("SELECT count(*), generate_series(1, 2) FROM users",
+                "SELECT count(*) FROM users ORDER BY unnest(ARRAY[1, 2])"):  # fmt: skip
+        err = refused(classifier, config, sql)
+        assert err.reason is Refusal.SHAPE and "set-returning" in str(err), err
+    plan(classifier, config, "SELECT user_id, generate_series(1, 2) FROM users")  # per row
+
+
+def test_the_shards_limit_for_a_limit_near_the_int8_maximum_does_not_overflow(
+    classifier: Classifier, config: Config
+) -> None:
+    p = plan(classifier, config, "SELECT title FROM courses LIMIT 9223372036854775807 OFFSET 2")
+    assert p.sql.endswith("LIMIT 9223372036854775807")
+    p = plan(classifier, config, "SELECT title FROM courses LIMIT $1 OFFSET $2")
+    assert p.sql.endswith("LIMIT CAST(LEAST(CAST(CAST($1 AS int8) AS numeric) + CAST(CAST($2 AS "
+                          "int8) AS numeric), 9223372036854775807) AS int8)"), p.sql
+
+
+def test_an_alias_after_a_star_is_sorted_by_its_expression(
+    classifier: Classifier, config: Config
+) -> None:
+    p = plan(classifier, config, "SELECT *, price_cents AS z FROM courses ORDER BY z, course_id")
+    assert p.sql.startswith("SELECT *, price_cents AS z, price_cents AS _georoute_0, "
+                            "course_id AS _georoute_1 FROM courses"), p.sql
+
+
+def test_a_name_that_could_meet_the_merges_hidden_columns_is_refused(
+    classifier: Classifier, config: Config
+) -> None:
+    err = refused(classifier, config, "SELECT title AS _georoute_0 FROM courses "
+                                      "ORDER BY price_cents, _georoute_0")  # fmt: skip
+    assert err.reason is Refusal.SHAPE and "_georoute_0" in str(err), err
