@@ -157,6 +157,53 @@ def _has_aggregate(node: Any) -> bool:
     return any(_is_aggregate(n) for n in _walk(node, into_queries=False))
 
 
+def _from_aliases(items: Any) -> set[str]:
+    """The names a FROM list's entries are qualified by."""
+    names: set[str] = set()
+    for item in items or ():
+        if isinstance(item, ast.JoinExpr):
+            names |= _from_aliases((item.larg, item.rarg))
+            if item.alias is not None:
+                names.add(item.alias.aliasname)
+        elif isinstance(item, ast.RangeVar):
+            names.add(item.alias.aliasname if item.alias is not None else item.relname)
+        elif getattr(item, "alias", None) is not None:
+            names.add(item.alias.aliasname)
+    return names
+
+
+def _check_sublink_aggregates(stmt: Any) -> None:
+    """An aggregate inside a subquery belongs to the outer query when its arguments name only
+    the outer query's columns (`SELECT (SELECT count(u.id)) FROM users u`): then it is an
+    aggregate over all rows, which each shard would answer for its own. Accepted only where
+    an argument names a column of a table inside the subquery, qualified by its alias, or
+    none (count(*))."""
+    def visit(select: Any, scope: frozenset[str]) -> None:
+        scope = scope | _from_aliases(select.fromClause)
+        for slot in select.__slots__:
+            for node in _walk(getattr(select, slot, None), into_queries=False):
+                if isinstance(node, ast.SelectStmt):
+                    visit(node, scope)
+                elif isinstance(node, ast.SubLink):
+                    visit(node.subselect, scope)
+                elif _is_aggregate(node):
+                    refs = [n for n in _walk((node.args, node.agg_filter, node.agg_order),
+                                             into_queries=False)
+                            if isinstance(n, ast.ColumnRef)]  # fmt: skip
+                    if refs and not any(
+                            len(r.fields) == 2 and isinstance(r.fields[0], ast.String)
+                            and r.fields[0].sval in scope for r in refs):  # fmt: skip
+                        raise _refuse(Refusal.AGGREGATE, node,
+                                      "an aggregate in a subquery over no column of the "
+                                      "subquery's own tables (qualified by their alias) may "
+                                      "be the outer query's, over every shard's rows")
+
+    for node in _walk([getattr(stmt, slot, None) for slot in stmt.__slots__],
+                      into_queries=False):  # fmt: skip
+        if isinstance(node, ast.SubLink):  # (FROM and WITH cannot hold the outer's aggregates)
+            visit(node.subselect, frozenset())
+
+
 # ---- the statement as a whole ----------------------------------------------------------------
 
 
@@ -410,6 +457,7 @@ def plan_scatter(sql: str, conf: Confinement, tables: Mapping[str, TableConfig])
         raise _refuse(Refusal.SHAPE, "the statement", "only a SELECT is read across shards")
     _check_shape(stmt)
     _check_colocated(conf)
+    _check_sublink_aggregates(stmt)
     limit = _bound(stmt.limitCount, "LIMIT")
     offset = _bound(stmt.limitOffset, "OFFSET")
     # An aggregate anywhere in the select list or ORDER BY makes one group of all rows.

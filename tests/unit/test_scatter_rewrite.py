@@ -298,3 +298,20 @@ def test_a_name_that_could_meet_the_merges_hidden_columns_is_refused(
     err = refused(classifier, config, "SELECT title AS _georoute_0 FROM courses "
                                       "ORDER BY price_cents, _georoute_0")  # fmt: skip
     assert err.reason is Refusal.SHAPE and "_georoute_0" in str(err), err
+
+
+def test_an_outer_aggregate_inside_a_subquery_is_refused(
+    classifier: Classifier, config: Config
+) -> None:
+    # PostgreSQL: count(u.user_id) is the outer query's aggregate, one row in all; once it was
+    # answered per shard, one row each.
+    for sql in ("SELECT (SELECT count(u.user_id)) FROM users u",
+                "SELECT u.name, (SELECT max(u.name) FROM enrollments e "
+                "WHERE e.user_id = u.user_id) FROM users u"):  # fmt: skip
+        err = refused(classifier, config, sql)
+        assert err.reason is Refusal.AGGREGATE and "subquery" in str(err), err
+    for sql in ("SELECT u.name, (SELECT max(e.course_id) FROM enrollments e "
+                "WHERE e.user_id = u.user_id) FROM users u",
+                "SELECT u.name, (SELECT count(*) FROM enrollments e "
+                "WHERE e.user_id = u.user_id) FROM users u"):  # fmt: skip
+        plan(classifier, config, sql)  # the subquery's own aggregates
