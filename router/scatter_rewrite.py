@@ -20,12 +20,15 @@ from typing import Any
 
 from pglast import ast, parse_sql
 from pglast.enums import (
+    A_Expr_Kind,
     BoolExprType,
     LimitOption,
+    MinMaxOp,
     NullTestType,
     SetOperation,
     SortByDir,
     SortByNulls,
+    SubLinkType,
 )
 from pglast.stream import RawStream
 
@@ -192,7 +195,7 @@ def _check_sublink_aggregates(stmt: Any) -> None:
                             if isinstance(n, ast.ColumnRef)]  # fmt: skip
                     if refs and not any(
                             len(r.fields) == 2 and isinstance(r.fields[0], ast.String)
-                            and r.fields[0].sval in scope for r in refs):  # fmt: skip
+                            and str(r.fields[0].sval) in scope for r in refs):  # fmt: skip
                         raise _refuse(Refusal.AGGREGATE, node,
                                       "an aggregate in a subquery over no column of the "
                                       "subquery's own tables (qualified by their alias) may "
@@ -280,7 +283,7 @@ def _names(node: Any) -> str:
     if isinstance(node, ast.Alias):
         return node.aliasname or ""
     if isinstance(node, ast.ColumnRef):
-        return next((f.sval for f in node.fields if isinstance(f, ast.String)
+        return next((str(f.sval) for f in node.fields if isinstance(f, ast.String)
                      and f.sval.startswith(_HIDDEN_PREFIX)), "")  # fmt: skip
     return ""
 
@@ -322,16 +325,37 @@ def _bound(node: Any, what: str) -> Bound | None:
 # ---- output columns and shard keys -----------------------------------------------------------
 
 
+_NAMELESS = "?column?"
+
+
 def _implicit_name(val: Any) -> str | None:
-    """The name PostgreSQL gives an output column without an alias (FigureColname)."""
+    """The name PostgreSQL gives an output column without an alias (FigureColname), or None
+    where the router cannot tell (a scalar subquery takes its inner column's name, a CASE
+    its ELSE's ...)."""
     if isinstance(val, ast.ColumnRef):
         last = val.fields[-1]
         return last.sval if isinstance(last, ast.String) else None
+    if isinstance(val, ast.A_Indirection):
+        names = [i.sval for i in val.indirection if isinstance(i, ast.String)]
+        return names[-1] if names else _implicit_name(val.arg)
     if isinstance(val, ast.FuncCall):
         return val.funcname[-1].sval
     if isinstance(val, ast.TypeCast):
-        return _implicit_name(val.arg) or val.typeName.names[-1].sval
-    return None
+        inner = _implicit_name(val.arg)
+        return val.typeName.names[-1].sval if inner == _NAMELESS else inner
+    if isinstance(val, ast.CollateClause):
+        return _implicit_name(val.arg)
+    if isinstance(val, ast.A_Expr):
+        return "nullif" if val.kind == A_Expr_Kind.AEXPR_NULLIF else _NAMELESS
+    if isinstance(val, ast.SubLink):
+        return {SubLinkType.EXISTS_SUBLINK: "exists", SubLinkType.ARRAY_SUBLINK: "array",
+                SubLinkType.EXPR_SUBLINK: None}.get(val.subLinkType, _NAMELESS)  # fmt: skip
+    if isinstance(val, ast.MinMaxExpr):
+        return "greatest" if val.op == MinMaxOp.IS_GREATEST else "least"
+    fixed = {ast.A_ArrayExpr: "array", ast.RowExpr: "row", ast.CoalesceExpr: "coalesce",
+             ast.A_Const: _NAMELESS, ast.ParamRef: _NAMELESS, ast.BoolExpr: _NAMELESS,
+             ast.NullTest: _NAMELESS, ast.BooleanTest: _NAMELESS}  # fmt: skip
+    return fixed.get(type(val))
 
 
 def _from_tables(stmt: Any, tables: Mapping[str, TableConfig]) -> dict[str, str | None]:
@@ -381,6 +405,13 @@ def _is_shard_key(val: Any, entries: Mapping[str, str | None],
     return False
 
 
+def _bare_name(node: Any) -> str | None:
+    if isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and isinstance(
+            node.fields[0], ast.String):  # fmt: skip
+        return str(node.fields[0].sval)
+    return None
+
+
 def _is_star(target: Any) -> bool:
     return isinstance(target.val, ast.ColumnRef) and isinstance(target.val.fields[-1], ast.A_Star)
 
@@ -410,26 +441,52 @@ class _Builder:
             return -1 - self.add_hidden(self.targets[position].val)
         return position
 
-    def output_column(self, node: Any) -> int | None:
+    def output_column(self, node: Any, *, by_name: bool = True) -> int | None:
         """The output column an ORDER BY / GROUP BY item names: by position, by an output
-        name (ORDER BY's rule: output names first), or as the same expression."""
-        if isinstance(node, ast.A_Const) and isinstance(node.val, ast.Integer):
+        name (ORDER BY's rule: output names first), or as the same expression. Without
+        `by_name` (HAVING) only as the same expression."""
+        if by_name and isinstance(node, ast.A_Const) and isinstance(node.val, ast.Integer):
             position = int(node.val.ival or 0) - 1
             if position < 0 or (position >= len(self.targets) and not self.star):
                 # Appended columns would make the shards accept it: refused as PostgreSQL does.
                 raise _refuse(Refusal.SHAPE, node, "position is not in select list")
             return position
-        if isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and isinstance(
-                node.fields[0], ast.String):  # fmt: skip
-            name = node.fields[0].sval
-            for i, t in enumerate(self.targets):
-                if (t.name or _implicit_name(t.val)) == name:
-                    return self.visible_index(i)
+        name = _bare_name(node)
+        if by_name and name is not None:
+            named = [i for i, t in enumerate(self.targets) if (t.name or _implicit_name(t.val))
+                     == name]  # fmt: skip
+            if len({_sql(self.targets[i].val) for i in named}) > 1:
+                raise _refuse(Refusal.ORDER, node, "the name is ambiguous among the output "
+                                                   "columns")  # fmt: skip
+            if named:
+                return self.visible_index(named[0])
+            if any(t.name is None and not _is_star(t) and _implicit_name(t.val) is None
+                   for t in self.targets):  # fmt: skip
+                raise _refuse(Refusal.ORDER, node, "an unnamed output column may carry this "
+                                                   "name; name it with AS, or sort by position")
+        return self.same_expression(node)
+
+    def same_expression(self, node: Any) -> int | None:
         text = _sql(node)
         for i, t in enumerate(self.targets):
             if _sql(t.val) == text:
                 return self.visible_index(i)
         return None
+
+    def group_column(self, node: Any) -> int | None:
+        """The output column a GROUP BY item names. A bare name is an input column first
+        (GROUP BY's rule), an output name only when no input column has it, which the router
+        cannot tell: refused when it names an output column of another expression."""
+        name = _bare_name(node)
+        if name is None:
+            return self.output_column(node)
+        found = self.same_expression(node)
+        if found is None and any((t.name or _implicit_name(t.val)) == name
+                                 for t in self.targets):  # fmt: skip
+            raise _refuse(Refusal.SHAPE, node, "GROUP BY a name of an output column of another "
+                                               "expression is ambiguous here; group by the "
+                                               "expression or its position")  # fmt: skip
+        return found
 
     def sort_keys(self, resolve: Any) -> list[tuple[int, bool, bool]]:
         keys: list[tuple[int, bool, bool]] = []
@@ -610,34 +667,32 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
 
     keys: list[int] = []
     for item in stmt.groupClause or ():
-        found = b.output_column(item)
-        if (found is not None and isinstance(item, ast.ColumnRef)
-                and b.targets[found].name is not None
-                and _sql(b.targets[found].val) != _sql(item)):  # fmt: skip
-            # GROUP BY prefers an input column of that name; we cannot tell if one exists.
-            raise _refuse(Refusal.SHAPE, item, "GROUP BY an output alias is ambiguous here; "
-                                               "group by the expression or its position")
+        found = b.group_column(item)
         if found is None:
             found = -1 - b.add_hidden(item)
         elif combine[found] is not Combine.FIRST:
             raise _refuse(Refusal.SHAPE, item, "GROUP BY an aggregate")
         keys.append(found)
 
-    def key_column(node: Any) -> int:
-        """A value of a group in HAVING or ORDER BY: an output column or a group key."""
+    def key_column(node: Any, *, by_name: bool = True) -> int:
+        """A value of a group in HAVING or ORDER BY: an output column or a group key. HAVING
+        (not `by_name`) never reads an output column's name or position."""
         if _is_aggregate(node):
             return aggregate_column(node)
         if _has_aggregate(node):
             raise _refuse(Refusal.EXPRESSION, node, "an expression over an aggregate is not "
                                                     "merged; compare the aggregate itself")
-        found = b.output_column(node)
+        found = b.output_column(node, by_name=by_name)
         if found is not None:
             return found
         # A group key, or an expression of the group's keys (the shards check that it is):
         # equal on every shard for one group, so any shard's value is the group's.
         return -1 - b.add_hidden(node)
 
-    having = _condition(stmt.havingClause, key_column) if stmt.havingClause is not None else None
+    def having_column(node: Any) -> int:
+        return key_column(node, by_name=False)
+
+    having = _condition(stmt.havingClause, having_column) if stmt.havingClause is not None else None
     raw_sort = b.sort_keys(key_column)
     hidden = len(b.hidden)
     stmt.targetList = (*shard_targets, *b.hidden)

@@ -315,3 +315,40 @@ def test_an_outer_aggregate_inside_a_subquery_is_refused(
                 "SELECT u.name, (SELECT count(*) FROM enrollments e "
                 "WHERE e.user_id = u.user_id) FROM users u"):  # fmt: skip
         plan(classifier, config, sql)  # the subquery's own aggregates
+
+
+def test_group_by_a_bare_name_that_is_also_an_output_columns_name_is_refused(
+    classifier: Classifier, config: Config
+) -> None:
+    # GROUP BY prefers the input column price_cents; once the output price_cents::int was taken.
+    err = refused(classifier, config, "SELECT price_cents::int, count(*) FROM courses "
+                                      "GROUP BY price_cents")  # fmt: skip
+    assert err.reason is Refusal.SHAPE and "price_cents" in str(err), err
+    p = plan(classifier, config, "SELECT price_cents, count(*) FROM courses GROUP BY price_cents")
+    assert p.grouping is not None and p.grouping.keys == (0,)
+
+
+def test_having_never_reads_an_output_alias(classifier: Classifier, config: Config) -> None:
+    # HAVING price_cents is the input column (a group key), not the count named price_cents.
+    p = plan(classifier, config, "SELECT region, count(*) AS price_cents FROM courses "
+                                 "GROUP BY region, courses.price_cents HAVING price_cents = 1")
+    assert p.grouping is not None and p.grouping.having is not None
+    left = p.grouping.having.left
+    assert left is not None and left.column is not None
+    assert p.grouping.combine[left.column] is Combine.FIRST, p
+    assert "price_cents AS _georoute_" in p.sql
+
+
+def test_order_by_a_name_an_unnamed_output_column_may_carry_is_refused(
+    classifier: Classifier, config: Config
+) -> None:
+    # The sublink's output column is named title (PostgreSQL takes its inner column's name);
+    # once the rows were ordered by the input column title instead.
+    err = refused(classifier, config, "SELECT c.course_id, (SELECT -c.price_cents AS title) "
+                                      "FROM courses c ORDER BY title, course_id")  # fmt: skip
+    assert err.reason is Refusal.ORDER and "title" in str(err), err
+    err = refused(classifier, config, "SELECT title AS x, region AS x FROM courses ORDER BY x")
+    assert err.reason is Refusal.ORDER and "ambiguous" in str(err), err
+    p = plan(classifier, config, "SELECT count(*) AS n, region FROM courses GROUP BY region "
+                                 "ORDER BY n DESC, region")  # fmt: skip
+    assert [k.column for k in p.sort] == [0, 1]
