@@ -329,33 +329,64 @@ _NAMELESS = "?column?"
 
 
 def _implicit_name(val: Any) -> str | None:
-    """The name PostgreSQL gives an output column without an alias (FigureColname), or None
-    where the router cannot tell (a scalar subquery takes its inner column's name, a CASE
-    its ELSE's ...)."""
+    """The name PostgreSQL gives an output column without an alias, or None where the router
+    cannot tell."""
+    figured = _figure_colname(val)
+    return None if figured is None else figured[0]
+
+
+def _figure_colname(val: Any) -> tuple[str, int] | None:
+    """PostgreSQL's FigureColnameInternal: a name and its strength (2: a real name, 1: a
+    type's or "case", 0: none), or None for what the router does not follow."""
     if isinstance(val, ast.ColumnRef):
         last = val.fields[-1]
-        return last.sval if isinstance(last, ast.String) else None
+        return (str(last.sval), 2) if isinstance(last, ast.String) else (_NAMELESS, 0)
     if isinstance(val, ast.A_Indirection):
-        names = [i.sval for i in val.indirection if isinstance(i, ast.String)]
-        return names[-1] if names else _implicit_name(val.arg)
+        names = [str(i.sval) for i in val.indirection if isinstance(i, ast.String)]
+        return (names[-1], 2) if names else _figure_colname(val.arg)
     if isinstance(val, ast.FuncCall):
-        return val.funcname[-1].sval
+        return val.funcname[-1].sval, 2
     if isinstance(val, ast.TypeCast):
-        inner = _implicit_name(val.arg)
-        return val.typeName.names[-1].sval if inner == _NAMELESS else inner
+        inner = _figure_colname(val.arg)
+        if inner is not None and inner[1] <= 1:
+            return val.typeName.names[-1].sval, 1
+        return inner
     if isinstance(val, ast.CollateClause):
-        return _implicit_name(val.arg)
+        return _figure_colname(val.arg)
+    if isinstance(val, ast.CaseExpr):
+        default = _figure_colname(val.defresult) if val.defresult is not None else (_NAMELESS, 0)
+        if default is not None and default[1] <= 1:
+            return "case", 1
+        return default
     if isinstance(val, ast.A_Expr):
-        return "nullif" if val.kind == A_Expr_Kind.AEXPR_NULLIF else _NAMELESS
+        return ("nullif", 2) if val.kind == A_Expr_Kind.AEXPR_NULLIF else (_NAMELESS, 0)
     if isinstance(val, ast.SubLink):
-        return {SubLinkType.EXISTS_SUBLINK: "exists", SubLinkType.ARRAY_SUBLINK: "array",
-                SubLinkType.EXPR_SUBLINK: None}.get(val.subLinkType, _NAMELESS)  # fmt: skip
+        if val.subLinkType == SubLinkType.EXPR_SUBLINK:
+            return _sublink_colname(val.subselect)
+        fixed = {SubLinkType.EXISTS_SUBLINK: "exists", SubLinkType.ARRAY_SUBLINK: "array"}
+        name = fixed.get(val.subLinkType)
+        return (name, 2) if name is not None else (_NAMELESS, 0)
     if isinstance(val, ast.MinMaxExpr):
-        return "greatest" if val.op == MinMaxOp.IS_GREATEST else "least"
-    fixed = {ast.A_ArrayExpr: "array", ast.RowExpr: "row", ast.CoalesceExpr: "coalesce",
-             ast.A_Const: _NAMELESS, ast.ParamRef: _NAMELESS, ast.BoolExpr: _NAMELESS,
-             ast.NullTest: _NAMELESS, ast.BooleanTest: _NAMELESS}  # fmt: skip
-    return fixed.get(type(val))
+        return ("greatest" if val.op == MinMaxOp.IS_GREATEST else "least"), 2
+    named = {ast.A_ArrayExpr: "array", ast.RowExpr: "row", ast.CoalesceExpr: "coalesce",
+             ast.GroupingFunc: "grouping"}  # fmt: skip
+    if type(val) in named:
+        return named[type(val)], 2
+    if isinstance(val, (ast.A_Const, ast.ParamRef, ast.BoolExpr, ast.NullTest,
+                        ast.BooleanTest)):  # fmt: skip
+        return _NAMELESS, 0
+    return None
+
+
+def _sublink_colname(select: Any) -> tuple[str, int] | None:
+    """A scalar subquery's column takes the name of its (leftmost branch's) first column."""
+    while select.op != SetOperation.SETOP_NONE:
+        select = select.larg
+    if select.valuesLists or not select.targetList or _is_star(select.targetList[0]):
+        return None
+    first = select.targetList[0]
+    inner = first.name or _implicit_name(first.val)
+    return None if inner is None else (inner, 2)
 
 
 def _from_tables(stmt: Any, tables: Mapping[str, TableConfig]) -> dict[str, str | None]:

@@ -339,13 +339,20 @@ def test_having_never_reads_an_output_alias(classifier: Classifier, config: Conf
     assert "price_cents AS _georoute_" in p.sql
 
 
-def test_order_by_a_name_an_unnamed_output_column_may_carry_is_refused(
+def test_order_by_the_name_of_an_unnamed_output_column_is_that_column(
     classifier: Classifier, config: Config
 ) -> None:
-    # The sublink's output column is named title (PostgreSQL takes its inner column's name);
-    # once the rows were ordered by the input column title instead.
-    err = refused(classifier, config, "SELECT c.course_id, (SELECT -c.price_cents AS title) "
-                                      "FROM courses c ORDER BY title, course_id")  # fmt: skip
+    # The scalar subquery's output column is named title (PostgreSQL takes its inner column's
+    # name) and ORDER BY title sorts by it; once the input column title was used instead.
+    p = plan(classifier, config, "SELECT c.course_id, (SELECT -c.price_cents AS title) "
+                                 "FROM courses c ORDER BY title, course_id")  # fmt: skip
+    assert [k.column for k in p.sort] == [1, 0] and p.hidden == 0, p
+    p = plan(classifier, config, "SELECT course_id, CASE WHEN true THEN 1 END FROM courses "
+                                 "ORDER BY \"case\"")  # fmt: skip
+    assert [k.column for k in p.sort] == [1], p
+    # A name the router cannot work out for an unnamed column: refused, not guessed.
+    err = refused(classifier, config, "SELECT c.course_id, (SELECT v.* FROM (VALUES (1)) "
+                                      "v(title)) FROM courses c ORDER BY title")  # fmt: skip
     assert err.reason is Refusal.ORDER and "title" in str(err), err
     err = refused(classifier, config, "SELECT title AS x, region AS x FROM courses ORDER BY x")
     assert err.reason is Refusal.ORDER and "ambiguous" in str(err), err
