@@ -512,6 +512,12 @@ class _Builder:
         if name is None:
             return self.output_column(node)
         found = self.same_expression(node)
+        if found is None:
+            # `c.region` is the input column `region` too: were another table's `region` in
+            # reach, the bare name would be ambiguous and the shards would say so.
+            found = next((self.visible_index(i) for i, t in enumerate(self.targets)
+                          if isinstance(t.val, ast.ColumnRef) and _implicit_name(t.val) == name
+                          and all(isinstance(f, ast.String) for f in t.val.fields)), None)
         if found is None and any((t.name or _implicit_name(t.val)) == name
                                  for t in self.targets):  # fmt: skip
             raise _refuse(Refusal.SHAPE, node, "GROUP BY a name of an output column of another "

@@ -326,6 +326,9 @@ def test_group_by_a_bare_name_that_is_also_an_output_columns_name_is_refused(
     assert err.reason is Refusal.SHAPE and "price_cents" in str(err), err
     p = plan(classifier, config, "SELECT price_cents, count(*) FROM courses GROUP BY price_cents")
     assert p.grouping is not None and p.grouping.keys == (0,)
+    p = plan(classifier, config, "SELECT c.price_cents AS p, count(*) FROM courses c "
+                                 "GROUP BY price_cents")  # fmt: skip
+    assert p.grouping is not None and p.grouping.keys == (0,)
 
 
 def test_having_never_reads_an_output_alias(classifier: Classifier, config: Config) -> None:
