@@ -733,7 +733,15 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
     raw_sort = b.sort_keys(key_column)
     hidden = len(b.hidden)
     stmt.targetList = (*shard_targets, *b.hidden)
-    stmt.havingClause = None
+    if stmt.havingClause is not None:
+        # The merge filters the groups; the shards keep HAVING only so that PostgreSQL checks
+        # it (types, names) as on one database: CASE WHEN cond THEN true ELSE true END keeps
+        # every group, and its WHEN must be boolean as HAVING's condition must.
+        true = ast.A_Const(isnull=False, val=ast.Boolean(boolval=True))
+        stmt.havingClause = ast.CaseExpr(
+            args=(ast.CaseWhen(expr=stmt.havingClause, result=true),), defresult=true)
+    # ORDER BY's expressions are checked as the hidden columns they became; sorting the
+    # shards' groups would be wasted, as the merge sorts the merged ones.
     stmt.sortClause = None
     stmt.limitCount = None
     stmt.limitOffset = None
