@@ -298,10 +298,10 @@ def _check_set_returning(stmt: Any) -> None:
 
 
 def _is_time_word(node: Any) -> bool:
-    """'now'::timestamptz and the like: read when the statement runs, on each shard."""
-    if not isinstance(node, ast.TypeCast) or not isinstance(node.arg, ast.A_Const):
-        return False
-    val = node.arg.val
+    """'now'::timestamptz, or created_at < 'now' (the literal takes the column's type): read
+    when each shard plans the statement. A text that happens to be one of these words is
+    refused too; the router does not know the type a bare literal takes."""
+    val = node.val if isinstance(node, ast.A_Const) else None
     return isinstance(val, ast.String) and val.sval.strip().lower() in _TIME_WORDS
 
 

@@ -245,6 +245,7 @@ def test_an_aggregate_only_in_order_by_makes_the_read_grouped(
     "SELECT statement_timestamp(), transaction_timestamp() FROM users",
     "SELECT user_id, current_setting('application_name') FROM users",
     "SELECT user_id FROM users WHERE created_at < 'now'::timestamptz",
+    "SELECT user_id FROM users WHERE created_at < 'Today '",
 ])  # fmt: skip
 def test_values_that_differ_per_shard_or_per_statement_are_refused(
     classifier: Classifier, config: Config, sql: str
