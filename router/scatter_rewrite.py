@@ -318,6 +318,8 @@ def _bound(node: Any, what: str) -> Bound | None:
         if isinstance(node.val, ast.Integer):
             return Bound(value=node.val.ival)
         if isinstance(node.val, ast.Float) and node.val.fval.isdigit():  # beyond int4
+            if int(node.val.fval) > _INT8_MAX:
+                raise _refuse(Refusal.LIMIT, node, f"{what} is out of bigint's range")
             return Bound(value=int(node.val.fval))
     raise _refuse(Refusal.LIMIT, node, f"{what} must be a constant or a parameter here")
 

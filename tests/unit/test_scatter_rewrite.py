@@ -283,6 +283,8 @@ def test_the_shards_limit_for_a_limit_near_the_int8_maximum_does_not_overflow(
 ) -> None:
     p = plan(classifier, config, "SELECT title FROM courses LIMIT 9223372036854775807 OFFSET 2")
     assert p.sql.endswith("LIMIT 9223372036854775807")
+    err = refused(classifier, config, "SELECT title FROM courses LIMIT 9223372036854775808")
+    assert err.reason is Refusal.LIMIT and "bigint" in str(err), err  # PostgreSQL: an error
     p = plan(classifier, config, "SELECT title FROM courses LIMIT $1 OFFSET $2")
     assert p.sql.endswith("LIMIT CAST(LEAST(CAST(CAST($1 AS int8) AS numeric) + CAST(CAST($2 AS "
                           "int8) AS numeric), 9223372036854775807) AS int8)"), p.sql
