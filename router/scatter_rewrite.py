@@ -14,7 +14,7 @@ aggregates that only HAVING or ORDER BY name, group keys not selected.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +22,6 @@ from pglast import ast, parse_sql
 from pglast.enums import (
     A_Expr_Kind,
     BoolExprType,
-    LimitOption,
     MinMaxOp,
     NullTestType,
     SetOperation,
@@ -30,10 +29,17 @@ from pglast.enums import (
     SortByNulls,
     SubLinkType,
 )
-from pglast.stream import RawStream
 
 from router.config import TableConfig
 from router.confinement import Confinement
+from router.scatter_checks import (
+    C_COLLATIONS,
+    HIDDEN_PREFIX,
+    check_colocated,
+    check_set_returning,
+    check_shape,
+    check_sublink_aggregates,
+)
 from router.scatter_plan import (
     Bound,
     Combine,
@@ -42,267 +48,38 @@ from router.scatter_plan import (
     Operand,
     Refusal,
     ScatterPlan,
-    ScatterRefused,
     SortKey,
+)
+from router.scatter_tree import (
+    AGGREGATES,
+    func_name,
+    has_aggregate,
+    is_aggregate,
+    refuse,
+    sql_text,
+    walk,
 )
 
 __all__ = ["plan_scatter"]
 
 
-# Aggregates the merge combines from per-shard parts.
-_AGGREGATES = {
-    "count": Combine.COUNT, "sum": Combine.SUM, "min": Combine.MIN, "max": Combine.MAX,
-    "avg": Combine.AVG, "bool_and": Combine.AND, "every": Combine.AND, "bool_or": Combine.OR,
-    "array_agg": Combine.ARRAY, "string_agg": Combine.STRING,
-}  # fmt: skip
-# PostgreSQL's other aggregates: refused, since their parts do not combine (or not exactly).
-_OTHER_AGGREGATES = frozenset({
-    "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
-    "json_objectagg", "json_arrayagg", "xmlagg", "stddev", "stddev_pop", "stddev_samp",
-    "variance", "var_pop", "var_samp", "corr", "covar_pop", "covar_samp", "regr_avgx",
-    "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
-    "regr_sxy", "regr_syy", "percentile_cont", "percentile_disc", "mode", "bit_and", "bit_or",
-    "bit_xor", "any_value", "range_agg", "range_intersect_agg", "grouping",
-})  # fmt: skip
-# Functions whose value differs between shards, or from call to call: an answer built from
-# several shards' values would be none that one database gives.
-_VOLATILE = frozenset({
-    "random", "random_normal", "setseed", "clock_timestamp", "timeofday", "nextval", "currval",
-    "lastval", "setval", "gen_random_uuid", "uuidv4", "uuidv7", "uuid_generate_v4",
-    "georoute_id", "georoute_region", "txid_current", "pg_current_xact_id", "pg_backend_pid",
-    "inet_server_port", "inet_server_addr", "pg_is_in_recovery", "pg_last_wal_replay_lsn",
-    "pg_current_wal_lsn", "pg_postmaster_start_time", "pg_sleep",
-    # One value per statement, or per session or node: each shard's statement has its own.
-    "now", "statement_timestamp", "transaction_timestamp", "current_setting",
-    "current_database", "current_schema", "current_schemas", "current_query", "version",
-    "inet_client_addr", "inet_client_port", "pg_conf_load_time", "txid_current_snapshot",
-    "pg_current_snapshot", "pg_my_temp_schema", "pg_trigger_depth", "pg_backend_memory_contexts",
-})  # fmt: skip
-# Text that the input functions of dates and times read as the statement's own time.
-_TIME_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})
-# Set-returning functions: in a grouped select list they multiply each group's row, which
-# the merge would take for a group key.
-_SET_RETURNING = frozenset({
-    "generate_series", "generate_subscripts", "unnest", "regexp_matches",
-    "regexp_split_to_table", "string_to_table", "json_array_elements",
-    "json_array_elements_text", "jsonb_array_elements", "jsonb_array_elements_text",
-    "json_each", "json_each_text", "jsonb_each", "jsonb_each_text", "json_object_keys",
-    "jsonb_object_keys", "json_populate_recordset", "jsonb_populate_recordset",
-    "json_to_recordset", "jsonb_to_recordset", "jsonb_path_query", "pg_ls_dir", "ts_stat",
-    "ts_debug", "ts_parse", "ts_token_type", "aclexplode", "pg_options_to_table",
-    "pg_get_keywords", "pg_listening_channels", "json_table",
-})  # fmt: skip
-_C_COLLATIONS = frozenset({"c", "posix"})
-# The merge's own column names; a user's name like them could be read as one.
-_HIDDEN_PREFIX = "_georoute_"
 _INT8_MAX = 2**63 - 1
 _COMPARISONS = {"=": "=", "<>": "<>", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
-
-
-def _sql(node: Any) -> str:
-    return str(RawStream()(node))
 
 
 def _shard_sql(stmt: Any) -> tuple[str, tuple[int, ...]]:
     """The shards' statement, its parameters numbered $1.. in order of first use; and the
     original numbers they stand for."""
     numbers: dict[int, int] = {}
-    for node in _walk(stmt, into_queries=True):
+    for node in walk(stmt, into_queries=True):
         if isinstance(node, ast.ParamRef):
             numbers.setdefault(node.number, 0)
     for new, old in enumerate(sorted(numbers), 1):
         numbers[old] = new
-    for node in _walk(stmt, into_queries=True):
+    for node in walk(stmt, into_queries=True):
         if isinstance(node, ast.ParamRef):
             node.number = numbers[node.number]
-    return _sql(stmt), tuple(sorted(numbers))
-
-
-def _refuse(reason: Refusal, node: Any, why: str) -> ScatterRefused:
-    part = node if isinstance(node, str) else _sql(node)
-    return ScatterRefused(reason, part, why)
-
-
-def _func_name(call: Any) -> str:
-    names = [n.sval for n in call.funcname]
-    if len(names) > 1 and names[-2] != "pg_catalog":
-        return ".".join(names)
-    return names[-1]
-
-
-def _walk(node: Any, *, into_queries: bool) -> Iterator[Any]:
-    """Every node under `node`; sub-queries only with `into_queries`."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (list, tuple)):
-            stack.extend(item)
-            continue
-        if not isinstance(item, ast.Node):
-            continue
-        yield item
-        if not into_queries and isinstance(item, (ast.SubLink, ast.SelectStmt)):
-            continue
-        for slot in item.__slots__:
-            value = getattr(item, slot, None)
-            if isinstance(value, (ast.Node, list, tuple)):
-                stack.append(value)
-
-
-def _is_aggregate(node: Any) -> bool:
-    if not isinstance(node, ast.FuncCall) or node.over is not None:
-        return False
-    name = _func_name(node)
-    return name in _AGGREGATES or name in _OTHER_AGGREGATES or bool(node.agg_within_group)
-
-
-def _has_aggregate(node: Any) -> bool:
-    return any(_is_aggregate(n) for n in _walk(node, into_queries=False))
-
-
-def _from_aliases(items: Any) -> set[str]:
-    """The names a FROM list's entries are qualified by."""
-    names: set[str] = set()
-    for item in items or ():
-        if isinstance(item, ast.JoinExpr):
-            names |= _from_aliases((item.larg, item.rarg))
-            if item.alias is not None:
-                names.add(item.alias.aliasname)
-        elif isinstance(item, ast.RangeVar):
-            names.add(item.alias.aliasname if item.alias is not None else item.relname)
-        elif getattr(item, "alias", None) is not None:
-            names.add(item.alias.aliasname)
-    return names
-
-
-def _check_sublink_aggregates(stmt: Any) -> None:
-    """An aggregate inside a subquery belongs to the outer query when its arguments name only
-    the outer query's columns (`SELECT (SELECT count(u.id)) FROM users u`): then it is an
-    aggregate over all rows, which each shard would answer for its own. Accepted only where
-    an argument names a column of a table inside the subquery, qualified by its alias, or
-    none (count(*))."""
-    def visit(select: Any, scope: frozenset[str]) -> None:
-        scope = scope | _from_aliases(select.fromClause)
-        for slot in select.__slots__:
-            for node in _walk(getattr(select, slot, None), into_queries=False):
-                if isinstance(node, ast.SelectStmt):
-                    visit(node, scope)
-                elif isinstance(node, ast.SubLink):
-                    visit(node.subselect, scope)
-                elif _is_aggregate(node):
-                    refs = [n for n in _walk((node.args, node.agg_filter, node.agg_order),
-                                             into_queries=False)
-                            if isinstance(n, ast.ColumnRef)]  # fmt: skip
-                    if refs and not any(
-                            len(r.fields) == 2 and isinstance(r.fields[0], ast.String)
-                            and str(r.fields[0].sval) in scope for r in refs):  # fmt: skip
-                        raise _refuse(Refusal.AGGREGATE, node,
-                                      "an aggregate in a subquery over no column of the "
-                                      "subquery's own tables (qualified by their alias) may "
-                                      "be the outer query's, over every shard's rows")
-
-    for node in _walk([getattr(stmt, slot, None) for slot in stmt.__slots__],
-                      into_queries=False):  # fmt: skip
-        if isinstance(node, ast.SubLink):  # (FROM and WITH cannot hold the outer's aggregates)
-            visit(node.subselect, frozenset())
-
-
-# ---- the statement as a whole ----------------------------------------------------------------
-
-
-def _check_colocated(conf: Confinement) -> None:
-    """Every sharded table the statement reads must meet only rows of its own shard: all of
-    its references reached, by joins on shard keys, from one reference in the outer query's
-    FROM. Then each shard's answer is exactly the answer over that shard's rows, and the
-    answers only need merging; otherwise rows of different shards would have to meet."""
-    if not conf.refs:
-        return
-    after: dict[int, set[int]] = {}
-    for edge in conf.edges:
-        after.setdefault(edge.source, set()).add(edge.target)
-    for root in conf.top:
-        seen = {root}
-        stack = [root]
-        while stack:
-            for nxt in after.get(stack.pop(), ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    stack.append(nxt)
-        if len(seen) == len(conf.refs):
-            return
-    loose = [ref.table for i, ref in enumerate(conf.refs) if i not in conf.top]
-    named = ", ".join(dict.fromkeys(loose or [r.table for r in conf.refs]))
-    raise ScatterRefused(
-        Refusal.NOT_COLOCATED, named,
-        "each shard would see only its own rows of it, but the statement does not join it to "
-        "the outer query's table on a shard key (a subquery, CTE or join that is not on "
-        "user_id, course_id, region ... would meet rows of other shards)")  # fmt: skip
-
-
-def _check_shape(stmt: Any) -> None:
-    if stmt.op != SetOperation.SETOP_NONE:
-        raise _refuse(Refusal.SHAPE, stmt.op.name.removeprefix("SETOP_"),
-                      "each branch would be answered per shard; send one read per branch")
-    if stmt.valuesLists or stmt.intoClause is not None or stmt.lockingClause:
-        raise _refuse(Refusal.SHAPE, "the statement", "only a plain SELECT is scattered")
-    if stmt.limitOption == LimitOption.LIMIT_OPTION_WITH_TIES:
-        raise _refuse(Refusal.LIMIT, "FETCH ... WITH TIES", "not merged across shards")
-    if stmt.distinctClause and stmt.distinctClause != (None,):
-        raise _refuse(Refusal.DISTINCT, "DISTINCT ON",
-                      "which row each shard keeps depends on rows of the other shards")
-    for node in _walk(stmt, into_queries=True):
-        if isinstance(node, ast.FuncCall) and _func_name(node) in _VOLATILE:
-            raise _refuse(Refusal.VOLATILE, node,
-                          "its value differs between shards or between calls")
-        if isinstance(node, ast.CollateClause) and (
-                node.collname[-1].sval.lower() not in _C_COLLATIONS):  # fmt: skip
-            # Anywhere: the merge compares, groups and takes min/max of text by code point.
-            raise _refuse(Refusal.ORDER, node, "only the C collation is merged exactly")
-        if _names(node).startswith(_HIDDEN_PREFIX):
-            raise _refuse(Refusal.SHAPE, _names(node),
-                          "names starting with _georoute_ are the merge's own columns")
-        if isinstance(node, ast.SQLValueFunction) or _is_time_word(node):
-            raise _refuse(Refusal.VOLATILE, node, "its value is the statement's or the "
-                                                  "session's own, different on each shard")
-        if isinstance(node, ast.RangeTableSample):
-            raise _refuse(Refusal.SHAPE, "TABLESAMPLE", "each shard would sample on its own")
-        if isinstance(node, ast.GroupingSet):
-            raise _refuse(Refusal.SHAPE, "GROUPING SETS / ROLLUP / CUBE", "not merged")
-    for node in _walk((stmt.targetList, stmt.sortClause, stmt.havingClause), into_queries=False):
-        if isinstance(node, ast.FuncCall) and node.over is not None:
-            raise _refuse(Refusal.WINDOW, node,
-                          "a window function over all rows would need every shard's rows")
-    if stmt.windowClause:
-        raise _refuse(Refusal.WINDOW, "WINDOW", "window functions are not merged")
-
-
-def _names(node: Any) -> str:
-    """The user's name a node carries (an output alias, a column or a FROM alias), else ''."""
-    if isinstance(node, ast.ResTarget):
-        return node.name or ""
-    if isinstance(node, ast.Alias):
-        return node.aliasname or ""
-    if isinstance(node, ast.ColumnRef):
-        return next((str(f.sval) for f in node.fields if isinstance(f, ast.String)
-                     and f.sval.startswith(_HIDDEN_PREFIX)), "")  # fmt: skip
-    return ""
-
-
-def _check_set_returning(stmt: Any) -> None:
-    """A grouped read: refused with a set-returning function in its select list or ORDER BY."""
-    for node in _walk((stmt.targetList, stmt.sortClause, stmt.havingClause,
-                       stmt.groupClause), into_queries=False):  # fmt: skip
-        if isinstance(node, ast.FuncCall) and _func_name(node) in _SET_RETURNING:
-            raise _refuse(Refusal.SHAPE, node, "a set-returning function in a grouped read "
-                                               "makes rows of one group the merge cannot tell")
-
-
-def _is_time_word(node: Any) -> bool:
-    """'now'::timestamptz, or created_at < 'now' (the literal takes the column's type): read
-    when each shard plans the statement. A text that happens to be one of these words is
-    refused too; the router does not know the type a bare literal takes."""
-    val = node.val if isinstance(node, ast.A_Const) else None
-    return isinstance(val, ast.String) and val.sval.strip().lower() in _TIME_WORDS
+    return sql_text(stmt), tuple(sorted(numbers))
 
 
 def _bound(node: Any, what: str) -> Bound | None:
@@ -319,9 +96,9 @@ def _bound(node: Any, what: str) -> Bound | None:
             return Bound(value=node.val.ival)
         if isinstance(node.val, ast.Float) and node.val.fval.isdigit():  # beyond int4
             if int(node.val.fval) > _INT8_MAX:
-                raise _refuse(Refusal.LIMIT, node, f"{what} is out of bigint's range")
+                raise refuse(Refusal.LIMIT, node, f"{what} is out of bigint's range")
             return Bound(value=int(node.val.fval))
-    raise _refuse(Refusal.LIMIT, node, f"{what} must be a constant or a parameter here")
+    raise refuse(Refusal.LIMIT, node, f"{what} must be a constant or a parameter here")
 
 
 # ---- output columns and shard keys -----------------------------------------------------------
@@ -463,7 +240,7 @@ class _Builder:
         self.star = any(_is_star(t) for t in self.targets)
 
     def add_hidden(self, val: Any, combine: Combine = Combine.FIRST) -> int:
-        self.hidden.append(ast.ResTarget(name=f"_georoute_{len(self.hidden)}", val=val))
+        self.hidden.append(ast.ResTarget(name=f"{HIDDEN_PREFIX}{len(self.hidden)}", val=val))
         self.combine.append(combine)
         return len(self.hidden) - 1  # turned into a negative index once all are known
 
@@ -482,27 +259,27 @@ class _Builder:
             position = int(node.val.ival or 0) - 1
             if position < 0 or (position >= len(self.targets) and not self.star):
                 # Appended columns would make the shards accept it: refused as PostgreSQL does.
-                raise _refuse(Refusal.SHAPE, node, "position is not in select list")
+                raise refuse(Refusal.SHAPE, node, "position is not in select list")
             return position
         name = _bare_name(node)
         if by_name and name is not None:
             named = [i for i, t in enumerate(self.targets) if (t.name or _implicit_name(t.val))
                      == name]  # fmt: skip
-            if len({_sql(self.targets[i].val) for i in named}) > 1:
-                raise _refuse(Refusal.ORDER, node, "the name is ambiguous among the output "
+            if len({sql_text(self.targets[i].val) for i in named}) > 1:
+                raise refuse(Refusal.ORDER, node, "the name is ambiguous among the output "
                                                    "columns")  # fmt: skip
             if named:
                 return self.visible_index(named[0])
             if any(t.name is None and not _is_star(t) and _implicit_name(t.val) is None
                    for t in self.targets):  # fmt: skip
-                raise _refuse(Refusal.ORDER, node, "an unnamed output column may carry this "
+                raise refuse(Refusal.ORDER, node, "an unnamed output column may carry this "
                                                    "name; name it with AS, or sort by position")
         return self.same_expression(node)
 
     def same_expression(self, node: Any) -> int | None:
-        text = _sql(node)
+        text = sql_text(node)
         for i, t in enumerate(self.targets):
-            if _sql(t.val) == text:
+            if sql_text(t.val) == text:
                 return self.visible_index(i)
         return None
 
@@ -522,7 +299,7 @@ class _Builder:
                           and all(isinstance(f, ast.String) for f in t.val.fields)), None)
         if found is None and any((t.name or _implicit_name(t.val)) == name
                                  for t in self.targets):  # fmt: skip
-            raise _refuse(Refusal.SHAPE, node, "GROUP BY a name of an output column of another "
+            raise refuse(Refusal.SHAPE, node, "GROUP BY a name of an output column of another "
                                                "expression is ambiguous here; group by the "
                                                "expression or its position")  # fmt: skip
         return found
@@ -531,12 +308,12 @@ class _Builder:
         keys: list[tuple[int, bool, bool]] = []
         for item in self.stmt.sortClause or ():
             if item.sortby_dir == SortByDir.SORTBY_USING:
-                raise _refuse(Refusal.ORDER, item, "ORDER BY ... USING is not merged")
+                raise refuse(Refusal.ORDER, item, "ORDER BY ... USING is not merged")
             node = item.node
             if isinstance(node, ast.CollateClause):
                 collation = node.collname[-1].sval.lower()
-                if collation not in _C_COLLATIONS:
-                    raise _refuse(Refusal.ORDER, node, "only the C collation is merged exactly")
+                if collation not in C_COLLATIONS:
+                    raise refuse(Refusal.ORDER, node, "only the C collation is merged exactly")
             descending = item.sortby_dir == SortByDir.SORTBY_DESC
             if item.sortby_nulls == SortByNulls.SORTBY_NULLS_DEFAULT:
                 nulls_first = descending  # PostgreSQL: NULLs are larger than any value
@@ -550,16 +327,16 @@ def plan_scatter(sql: str, conf: Confinement, tables: Mapping[str, TableConfig])
     """The per-shard statement and merge plan of a read that spans shards, or ScatterRefused."""
     stmt = parse_sql(sql)[0].stmt
     if not isinstance(stmt, ast.SelectStmt):
-        raise _refuse(Refusal.SHAPE, "the statement", "only a SELECT is read across shards")
-    _check_shape(stmt)
-    _check_colocated(conf)
-    _check_sublink_aggregates(stmt)
+        raise refuse(Refusal.SHAPE, "the statement", "only a SELECT is read across shards")
+    check_shape(stmt)
+    check_colocated(conf)
+    check_sublink_aggregates(stmt)
     limit = _bound(stmt.limitCount, "LIMIT")
     offset = _bound(stmt.limitOffset, "OFFSET")
     # An aggregate anywhere in the select list or ORDER BY makes one group of all rows.
     grouped = bool(stmt.groupClause) or stmt.havingClause is not None or any(
-        _has_aggregate(t.val) for t in stmt.targetList or ()) or any(
-        _has_aggregate(s.node) for s in stmt.sortClause or ())
+        has_aggregate(t.val) for t in stmt.targetList or ()) or any(
+        has_aggregate(s.node) for s in stmt.sortClause or ())
     b = _Builder(stmt, tables)
     if grouped:
         return _grouped(b, limit, offset)
@@ -577,7 +354,7 @@ def _plain(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterPla
                 distinct_key = i
                 break
         if distinct_key is None:
-            raise _refuse(Refusal.DISTINCT, "DISTINCT",
+            raise refuse(Refusal.DISTINCT, "DISTINCT",
                           "equal rows may come from several shards; select a shard key "
                           "(user_id, course_id, region ...) among its columns to make it exact")
 
@@ -586,7 +363,7 @@ def _plain(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterPla
         if found is not None:
             return found
         if stmt.distinctClause:  # PostgreSQL itself wants these in the select list
-            raise _refuse(Refusal.ORDER, node, "ORDER BY of a DISTINCT must be an output column")
+            raise refuse(Refusal.ORDER, node, "ORDER BY of a DISTINCT must be an output column")
         return -1 - b.add_hidden(node)  # -1 - i: hidden column i (fixed up below)
 
     raw = b.sort_keys(resolve)
@@ -632,32 +409,32 @@ def _shard_limit(limit: Bound, offset: Bound | None) -> Any:
 
 def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterPlan:
     stmt = b.stmt
-    _check_set_returning(stmt)
+    check_set_returning(stmt)
     if b.star:
-        raise _refuse(Refusal.SHAPE, "*", "name the columns of a grouped cross-shard read")
+        raise refuse(Refusal.SHAPE, "*", "name the columns of a grouped cross-shard read")
     if stmt.distinctClause:
-        raise _refuse(Refusal.DISTINCT, "DISTINCT", "DISTINCT over groups is not merged")
+        raise refuse(Refusal.DISTINCT, "DISTINCT", "DISTINCT over groups is not merged")
     combine: list[Combine] = []
     avg_counts: list[tuple[int, int]] = []  # hidden count indexes, fixed up below
     delimiters: list[tuple[int, Operand]] = []  # string_agg columns, fixed up below
     shard_targets: list[Any] = []
-    originals = [_sql(t.val) for t in b.targets]
+    originals = [sql_text(t.val) for t in b.targets]
 
     def partial(call: Any) -> tuple[Any, Combine, Any | None]:
         """The per-shard aggregate for `call`, how parts combine, and avg's count."""
-        name = _func_name(call)
-        kind = _AGGREGATES.get(name)
+        name = func_name(call)
+        kind = AGGREGATES.get(name)
         if kind is None or call.agg_within_group:
-            raise _refuse(Refusal.AGGREGATE, call,
+            raise refuse(Refusal.AGGREGATE, call,
                           f"{name} cannot be combined exactly from each shard's part")
         if call.agg_distinct and not (kind is Combine.COUNT and len(call.args or ()) == 1
                                       and _is_shard_key(call.args[0], b.entries, b.tables)
                                       ) and kind not in (Combine.MIN, Combine.MAX):  # fmt: skip
-            raise _refuse(Refusal.DISTINCT, call,
+            raise refuse(Refusal.DISTINCT, call,
                           "equal values may be counted on several shards; only a shard key "
                           "(user_id, course_id, region ...) is counted DISTINCT exactly")
         if kind in (Combine.ARRAY, Combine.STRING) and (call.agg_order or call.agg_distinct):
-            raise _refuse(Refusal.AGGREGATE, call,
+            raise refuse(Refusal.AGGREGATE, call,
                           "an order or DISTINCT inside would need the shards' values merged "
                           "one by one; without it the parts are joined (in any order, as in "
                           "PostgreSQL)")  # fmt: skip
@@ -674,12 +451,12 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
         return total, kind, count
 
     for i, t in enumerate(b.targets):
-        if not _has_aggregate(t.val):
+        if not has_aggregate(t.val):
             shard_targets.append(t)
             combine.append(Combine.FIRST)
             continue
-        if not _is_aggregate(t.val):
-            raise _refuse(Refusal.EXPRESSION, t.val,
+        if not is_aggregate(t.val):
+            raise refuse(Refusal.EXPRESSION, t.val,
                           "an expression over an aggregate is not merged; select the "
                           "aggregate itself and compute it in the application")
         call, kind, count = partial(t.val)
@@ -692,7 +469,7 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
             delimiters.append((i, _delimiter(call)))
 
     def aggregate_column(call: Any) -> int:
-        text = _sql(call)
+        text = sql_text(call)
         for i, original in enumerate(originals):
             if original == text:
                 return i
@@ -710,16 +487,16 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
         if found is None:
             found = -1 - b.add_hidden(item)
         elif combine[found] is not Combine.FIRST:
-            raise _refuse(Refusal.SHAPE, item, "GROUP BY an aggregate")
+            raise refuse(Refusal.SHAPE, item, "GROUP BY an aggregate")
         keys.append(found)
 
     def key_column(node: Any, *, by_name: bool = True) -> int:
         """A value of a group in HAVING or ORDER BY: an output column or a group key. HAVING
         (not `by_name`) never reads an output column's name or position."""
-        if _is_aggregate(node):
+        if is_aggregate(node):
             return aggregate_column(node)
-        if _has_aggregate(node):
-            raise _refuse(Refusal.EXPRESSION, node, "an expression over an aggregate is not "
+        if has_aggregate(node):
+            raise refuse(Refusal.EXPRESSION, node, "an expression over an aggregate is not "
                                                     "merged; compare the aggregate itself")
         found = b.output_column(node, by_name=by_name)
         if found is not None:
@@ -774,7 +551,7 @@ def _delimiter(call: Any) -> Operand:
         return Operand(param=inner.number)
     if isinstance(inner, ast.A_Const) and (inner.isnull or isinstance(inner.val, ast.String)):
         return Operand(value=None if inner.isnull else inner.val.sval)
-    raise _refuse(Refusal.AGGREGATE, call, "string_agg's delimiter must be a constant or a "
+    raise refuse(Refusal.AGGREGATE, call, "string_agg's delimiter must be a constant or a "
                                            "parameter to join the shards' parts")
 
 
@@ -795,7 +572,7 @@ def _operand(node: Any, key_column: Any) -> Operand:
         if isinstance(val, ast.String):
             return Operand(value=val.sval)
     if isinstance(inner, (ast.A_Const, ast.ParamRef)):
-        raise _refuse(Refusal.EXPRESSION, node, "a cast in HAVING is not evaluated by the merge")
+        raise refuse(Refusal.EXPRESSION, node, "a cast in HAVING is not evaluated by the merge")
     return Operand(column=key_column(node))
 
 
@@ -813,9 +590,9 @@ def _condition(node: Any, key_column: Any) -> Cond:
         if len(name) == 1 and name[0] in _COMPARISONS:
             return Cond(_COMPARISONS[name[0]], left=_operand(node.lexpr, key_column),
                         right=_operand(node.rexpr, key_column))  # fmt: skip
-    if _is_aggregate(node) or isinstance(node, ast.ColumnRef):  # a boolean value itself
+    if is_aggregate(node) or isinstance(node, ast.ColumnRef):  # a boolean value itself
         return Cond("value", left=_operand(node, key_column))
-    raise _refuse(Refusal.EXPRESSION, node,
+    raise refuse(Refusal.EXPRESSION, node,
                   "HAVING is applied after the merge, which evaluates only comparisons of "
                   "aggregates, group keys, constants and parameters, with AND, OR, NOT and "
                   "IS [NOT] NULL")  # fmt: skip
