@@ -345,3 +345,25 @@ def test_having_and_order_by_errors_are_postgresqls_own(world: World) -> None:
         with pytest.raises(asyncpg.PostgresError) as scattered:
             world.runner.run(world.scattered(sql, []))
         assert scattered.value.sqlstate == truth.value.sqlstate, sql
+
+
+def test_the_names_the_router_gives_unnamed_columns_are_postgresqls(world: World) -> None:
+    """ORDER BY a bare name reads the output columns' names: the router's own idea of the
+    name of a column without AS (FigureColname) checked against PostgreSQL's."""
+    from pglast import parse_sql
+
+    from router.scatter_rewrite import _implicit_name
+
+    exprs = ["a", "t.s", "lower(s)", "a::int", "a::numeric(8, 2)", "1::int", "'x'::text",
+             "CASE WHEN flag THEN 1 END", "CASE WHEN flag THEN 1 ELSE a END",
+             "CASE WHEN flag THEN 1 ELSE 2::int END", "(SELECT -t.a AS b)", "(SELECT 1)",
+             "(SELECT t.s)", "(SELECT lower(t.s) UNION SELECT 'x')", "EXISTS (SELECT 1)",
+             "ARRAY(SELECT 1)", "ARRAY[a, 1]", "ROW(a, 1)", "coalesce(a, 1)", "greatest(a, 1)",
+             "least(a, 1)", "nullif(a, 1)", "a + 1", "a IS NULL", "NOT flag", "$1::int",
+             "s COLLATE \"C\"", "(ARRAY[a])[1]", "a IN (SELECT 1)"]  # fmt: skip
+    for expr in exprs:
+        sql = f"SELECT {expr} FROM t"
+        stmt = world.runner.run(world.oracle.prepare(sql))
+        theirs = stmt.get_attributes()[0].name
+        ours = _implicit_name(parse_sql(sql)[0].stmt.targetList[0].val)
+        assert ours == theirs, (expr, ours, theirs)
