@@ -25,6 +25,9 @@ __all__ = [
 ]
 
 
+_BOUND_CAP = 2**61
+
+
 class Refusal(enum.Enum):
     """Why a cross-shard read was refused (a metrics label)."""
 
@@ -78,8 +81,13 @@ class Bound:
     param: int | None = None
     value: int | None = None
 
-    def bind(self, params: Sequence[Any]) -> int | None:
-        return self.value if self.param is None else params[self.param - 1]
+    def bind(self, params: Sequence[Any]) -> Any:
+        value = self.value if self.param is None else params[self.param - 1]
+        # No answer holds 2**61 rows, so a larger bound means the same as 2**61; and LIMIT
+        # plus OFFSET, each up to int8's maximum (a common "no limit"), then stays a size.
+        if isinstance(value, int) and not isinstance(value, bool) and value > _BOUND_CAP:
+            return _BOUND_CAP
+        return value
 
 
 @dataclass(frozen=True, slots=True)

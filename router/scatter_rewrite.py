@@ -14,23 +14,32 @@ aggregates that only HAVING or ORDER BY name, group keys not selected.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 from pglast import ast, parse_sql
 from pglast.enums import (
+    A_Expr_Kind,
     BoolExprType,
-    LimitOption,
+    MinMaxOp,
     NullTestType,
     SetOperation,
     SortByDir,
     SortByNulls,
+    SubLinkType,
 )
-from pglast.stream import RawStream
 
 from router.config import TableConfig
 from router.confinement import Confinement
+from router.scatter_checks import (
+    C_COLLATIONS,
+    HIDDEN_PREFIX,
+    check_colocated,
+    check_set_returning,
+    check_shape,
+    check_sublink_aggregates,
+)
 from router.scatter_plan import (
     Bound,
     Combine,
@@ -39,159 +48,38 @@ from router.scatter_plan import (
     Operand,
     Refusal,
     ScatterPlan,
-    ScatterRefused,
     SortKey,
+)
+from router.scatter_tree import (
+    AGGREGATES,
+    func_name,
+    has_aggregate,
+    is_aggregate,
+    refuse,
+    sql_text,
+    walk,
 )
 
 __all__ = ["plan_scatter"]
 
 
-# Aggregates the merge combines from per-shard parts.
-_AGGREGATES = {
-    "count": Combine.COUNT, "sum": Combine.SUM, "min": Combine.MIN, "max": Combine.MAX,
-    "avg": Combine.AVG, "bool_and": Combine.AND, "every": Combine.AND, "bool_or": Combine.OR,
-    "array_agg": Combine.ARRAY, "string_agg": Combine.STRING,
-}  # fmt: skip
-# PostgreSQL's other aggregates: refused, since their parts do not combine (or not exactly).
-_OTHER_AGGREGATES = frozenset({
-    "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
-    "json_objectagg", "json_arrayagg", "xmlagg", "stddev", "stddev_pop", "stddev_samp",
-    "variance", "var_pop", "var_samp", "corr", "covar_pop", "covar_samp", "regr_avgx",
-    "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
-    "regr_sxy", "regr_syy", "percentile_cont", "percentile_disc", "mode", "bit_and", "bit_or",
-    "bit_xor", "any_value", "range_agg", "range_intersect_agg", "grouping",
-})  # fmt: skip
-# Functions whose value differs between shards, or from call to call: an answer built from
-# several shards' values would be none that one database gives.
-_VOLATILE = frozenset({
-    "random", "random_normal", "setseed", "clock_timestamp", "timeofday", "nextval", "currval",
-    "lastval", "setval", "gen_random_uuid", "uuidv4", "uuidv7", "uuid_generate_v4",
-    "georoute_id", "georoute_region", "txid_current", "pg_current_xact_id", "pg_backend_pid",
-    "inet_server_port", "inet_server_addr", "pg_is_in_recovery", "pg_last_wal_replay_lsn",
-    "pg_current_wal_lsn", "pg_postmaster_start_time", "pg_sleep",
-})  # fmt: skip
-_C_COLLATIONS = frozenset({"c", "posix"})
+_INT8_MAX = 2**63 - 1
 _COMPARISONS = {"=": "=", "<>": "<>", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
-
-
-def _sql(node: Any) -> str:
-    return str(RawStream()(node))
 
 
 def _shard_sql(stmt: Any) -> tuple[str, tuple[int, ...]]:
     """The shards' statement, its parameters numbered $1.. in order of first use; and the
     original numbers they stand for."""
     numbers: dict[int, int] = {}
-    for node in _walk(stmt, into_queries=True):
+    for node in walk(stmt, into_queries=True):
         if isinstance(node, ast.ParamRef):
             numbers.setdefault(node.number, 0)
     for new, old in enumerate(sorted(numbers), 1):
         numbers[old] = new
-    for node in _walk(stmt, into_queries=True):
+    for node in walk(stmt, into_queries=True):
         if isinstance(node, ast.ParamRef):
             node.number = numbers[node.number]
-    return _sql(stmt), tuple(sorted(numbers))
-
-
-def _refuse(reason: Refusal, node: Any, why: str) -> ScatterRefused:
-    part = node if isinstance(node, str) else _sql(node)
-    return ScatterRefused(reason, part, why)
-
-
-def _func_name(call: Any) -> str:
-    names = [n.sval for n in call.funcname]
-    if len(names) > 1 and names[-2] != "pg_catalog":
-        return ".".join(names)
-    return names[-1]
-
-
-def _walk(node: Any, *, into_queries: bool) -> Iterator[Any]:
-    """Every node under `node`; sub-queries only with `into_queries`."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (list, tuple)):
-            stack.extend(item)
-            continue
-        if not isinstance(item, ast.Node):
-            continue
-        yield item
-        if not into_queries and isinstance(item, (ast.SubLink, ast.SelectStmt)):
-            continue
-        for slot in item.__slots__:
-            value = getattr(item, slot, None)
-            if isinstance(value, (ast.Node, list, tuple)):
-                stack.append(value)
-
-
-def _is_aggregate(node: Any) -> bool:
-    if not isinstance(node, ast.FuncCall) or node.over is not None:
-        return False
-    name = _func_name(node)
-    return name in _AGGREGATES or name in _OTHER_AGGREGATES or bool(node.agg_within_group)
-
-
-def _has_aggregate(node: Any) -> bool:
-    return any(_is_aggregate(n) for n in _walk(node, into_queries=False))
-
-
-# ---- the statement as a whole ----------------------------------------------------------------
-
-
-def _check_colocated(conf: Confinement) -> None:
-    """Every sharded table the statement reads must meet only rows of its own shard: all of
-    its references reached, by joins on shard keys, from one reference in the outer query's
-    FROM. Then each shard's answer is exactly the answer over that shard's rows, and the
-    answers only need merging; otherwise rows of different shards would have to meet."""
-    if not conf.refs:
-        return
-    after: dict[int, set[int]] = {}
-    for edge in conf.edges:
-        after.setdefault(edge.source, set()).add(edge.target)
-    for root in conf.top:
-        seen = {root}
-        stack = [root]
-        while stack:
-            for nxt in after.get(stack.pop(), ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    stack.append(nxt)
-        if len(seen) == len(conf.refs):
-            return
-    loose = [ref.table for i, ref in enumerate(conf.refs) if i not in conf.top]
-    named = ", ".join(dict.fromkeys(loose or [r.table for r in conf.refs]))
-    raise ScatterRefused(
-        Refusal.NOT_COLOCATED, named,
-        "each shard would see only its own rows of it, but the statement does not join it to "
-        "the outer query's table on a shard key (a subquery, CTE or join that is not on "
-        "user_id, course_id, region ... would meet rows of other shards)")  # fmt: skip
-
-
-def _check_shape(stmt: Any) -> None:
-    if stmt.op != SetOperation.SETOP_NONE:
-        raise _refuse(Refusal.SHAPE, stmt.op.name.removeprefix("SETOP_"),
-                      "each branch would be answered per shard; send one read per branch")
-    if stmt.valuesLists or stmt.intoClause is not None or stmt.lockingClause:
-        raise _refuse(Refusal.SHAPE, "the statement", "only a plain SELECT is scattered")
-    if stmt.limitOption == LimitOption.LIMIT_OPTION_WITH_TIES:
-        raise _refuse(Refusal.LIMIT, "FETCH ... WITH TIES", "not merged across shards")
-    if stmt.distinctClause and stmt.distinctClause != (None,):
-        raise _refuse(Refusal.DISTINCT, "DISTINCT ON",
-                      "which row each shard keeps depends on rows of the other shards")
-    for node in _walk(stmt, into_queries=True):
-        if isinstance(node, ast.FuncCall) and _func_name(node) in _VOLATILE:
-            raise _refuse(Refusal.VOLATILE, node,
-                          "its value differs between shards or between calls")
-        if isinstance(node, ast.RangeTableSample):
-            raise _refuse(Refusal.SHAPE, "TABLESAMPLE", "each shard would sample on its own")
-        if isinstance(node, ast.GroupingSet):
-            raise _refuse(Refusal.SHAPE, "GROUPING SETS / ROLLUP / CUBE", "not merged")
-    for node in _walk((stmt.targetList, stmt.sortClause, stmt.havingClause), into_queries=False):
-        if isinstance(node, ast.FuncCall) and node.over is not None:
-            raise _refuse(Refusal.WINDOW, node,
-                          "a window function over all rows would need every shard's rows")
-    if stmt.windowClause:
-        raise _refuse(Refusal.WINDOW, "WINDOW", "window functions are not merged")
+    return sql_text(stmt), tuple(sorted(numbers))
 
 
 def _bound(node: Any, what: str) -> Bound | None:
@@ -206,22 +94,78 @@ def _bound(node: Any, what: str) -> Bound | None:
             return None  # LIMIT ALL / LIMIT NULL
         if isinstance(node.val, ast.Integer):
             return Bound(value=node.val.ival)
-    raise _refuse(Refusal.LIMIT, node, f"{what} must be a constant or a parameter here")
+        if isinstance(node.val, ast.Float) and node.val.fval.isdigit():  # beyond int4
+            if int(node.val.fval) > _INT8_MAX:
+                raise refuse(Refusal.LIMIT, node, f"{what} is out of bigint's range")
+            return Bound(value=int(node.val.fval))
+    raise refuse(Refusal.LIMIT, node, f"{what} must be a constant or a parameter here")
 
 
 # ---- output columns and shard keys -----------------------------------------------------------
 
 
+_NAMELESS = "?column?"
+
+
 def _implicit_name(val: Any) -> str | None:
-    """The name PostgreSQL gives an output column without an alias (FigureColname)."""
+    """The name PostgreSQL gives an output column without an alias, or None where the router
+    cannot tell."""
+    figured = _figure_colname(val)
+    return None if figured is None else figured[0]
+
+
+def _figure_colname(val: Any) -> tuple[str, int] | None:
+    """PostgreSQL's FigureColnameInternal: a name and its strength (2: a real name, 1: a
+    type's or "case", 0: none), or None for what the router does not follow."""
     if isinstance(val, ast.ColumnRef):
         last = val.fields[-1]
-        return last.sval if isinstance(last, ast.String) else None
+        return (str(last.sval), 2) if isinstance(last, ast.String) else (_NAMELESS, 0)
+    if isinstance(val, ast.A_Indirection):
+        names = [str(i.sval) for i in val.indirection if isinstance(i, ast.String)]
+        return (names[-1], 2) if names else _figure_colname(val.arg)
     if isinstance(val, ast.FuncCall):
-        return val.funcname[-1].sval
+        return val.funcname[-1].sval, 2
     if isinstance(val, ast.TypeCast):
-        return _implicit_name(val.arg) or val.typeName.names[-1].sval
+        inner = _figure_colname(val.arg)
+        if inner is not None and inner[1] <= 1:
+            return val.typeName.names[-1].sval, 1
+        return inner
+    if isinstance(val, ast.CollateClause):
+        return _figure_colname(val.arg)
+    if isinstance(val, ast.CaseExpr):
+        default = _figure_colname(val.defresult) if val.defresult is not None else (_NAMELESS, 0)
+        if default is not None and default[1] <= 1:
+            return "case", 1
+        return default
+    if isinstance(val, ast.A_Expr):
+        return ("nullif", 2) if val.kind == A_Expr_Kind.AEXPR_NULLIF else (_NAMELESS, 0)
+    if isinstance(val, ast.SubLink):
+        if val.subLinkType == SubLinkType.EXPR_SUBLINK:
+            return _sublink_colname(val.subselect)
+        fixed = {SubLinkType.EXISTS_SUBLINK: "exists", SubLinkType.ARRAY_SUBLINK: "array"}
+        name = fixed.get(val.subLinkType)
+        return (name, 2) if name is not None else (_NAMELESS, 0)
+    if isinstance(val, ast.MinMaxExpr):
+        return ("greatest" if val.op == MinMaxOp.IS_GREATEST else "least"), 2
+    named = {ast.A_ArrayExpr: "array", ast.RowExpr: "row", ast.CoalesceExpr: "coalesce",
+             ast.GroupingFunc: "grouping"}  # fmt: skip
+    if type(val) in named:
+        return named[type(val)], 2
+    if isinstance(val, (ast.A_Const, ast.ParamRef, ast.BoolExpr, ast.NullTest,
+                        ast.BooleanTest)):  # fmt: skip
+        return _NAMELESS, 0
     return None
+
+
+def _sublink_colname(select: Any) -> tuple[str, int] | None:
+    """A scalar subquery's column takes the name of its (leftmost branch's) first column."""
+    while select.op != SetOperation.SETOP_NONE:
+        select = select.larg
+    if select.valuesLists or not select.targetList or _is_star(select.targetList[0]):
+        return None
+    first = select.targetList[0]
+    inner = first.name or _implicit_name(first.val)
+    return None if inner is None else (inner, 2)
 
 
 def _from_tables(stmt: Any, tables: Mapping[str, TableConfig]) -> dict[str, str | None]:
@@ -271,6 +215,13 @@ def _is_shard_key(val: Any, entries: Mapping[str, str | None],
     return False
 
 
+def _bare_name(node: Any) -> str | None:
+    if isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and isinstance(
+            node.fields[0], ast.String):  # fmt: skip
+        return str(node.fields[0].sval)
+    return None
+
+
 def _is_star(target: Any) -> bool:
     return isinstance(target.val, ast.ColumnRef) and isinstance(target.val.fields[-1], ast.A_Star)
 
@@ -289,47 +240,80 @@ class _Builder:
         self.star = any(_is_star(t) for t in self.targets)
 
     def add_hidden(self, val: Any, combine: Combine = Combine.FIRST) -> int:
-        self.hidden.append(ast.ResTarget(name=f"_georoute_{len(self.hidden)}", val=val))
+        self.hidden.append(ast.ResTarget(name=f"{HIDDEN_PREFIX}{len(self.hidden)}", val=val))
         self.combine.append(combine)
         return len(self.hidden) - 1  # turned into a negative index once all are known
 
     def visible_index(self, position: int) -> int | None:
-        """The row index of output column `position` (0-based) when no `*` precedes it."""
+        """The row index of output column `position` (0-based); behind a `*`, whose width the
+        plan does not know, a hidden copy of its expression (a negative index)."""
         if any(_is_star(t) for t in self.targets[:position]):
-            return None
+            return -1 - self.add_hidden(self.targets[position].val)
         return position
 
-    def output_column(self, node: Any) -> int | None:
+    def output_column(self, node: Any, *, by_name: bool = True) -> int | None:
         """The output column an ORDER BY / GROUP BY item names: by position, by an output
-        name (ORDER BY's rule: output names first), or as the same expression."""
-        if isinstance(node, ast.A_Const) and isinstance(node.val, ast.Integer):
+        name (ORDER BY's rule: output names first), or as the same expression. Without
+        `by_name` (HAVING) only as the same expression."""
+        if by_name and isinstance(node, ast.A_Const) and isinstance(node.val, ast.Integer):
             position = int(node.val.ival or 0) - 1
             if position < 0 or (position >= len(self.targets) and not self.star):
                 # Appended columns would make the shards accept it: refused as PostgreSQL does.
-                raise _refuse(Refusal.SHAPE, node, "position is not in select list")
+                raise refuse(Refusal.SHAPE, node, "position is not in select list")
             return position
-        if isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and isinstance(
-                node.fields[0], ast.String):  # fmt: skip
-            name = node.fields[0].sval
-            for i, t in enumerate(self.targets):
-                if (t.name or _implicit_name(t.val)) == name:
-                    return self.visible_index(i)
-        text = _sql(node)
+        name = _bare_name(node)
+        if by_name and name is not None:
+            named = [i for i, t in enumerate(self.targets) if (t.name or _implicit_name(t.val))
+                     == name]  # fmt: skip
+            if len({sql_text(self.targets[i].val) for i in named}) > 1:
+                raise refuse(Refusal.ORDER, node, "the name is ambiguous among the output "
+                                                   "columns")  # fmt: skip
+            if named:
+                return self.visible_index(named[0])
+            if any(t.name is None and not _is_star(t) and _implicit_name(t.val) is None
+                   for t in self.targets):  # fmt: skip
+                raise refuse(Refusal.ORDER, node, "an unnamed output column may carry this "
+                                                   "name; name it with AS, or sort by position")
+        return self.same_expression(node)
+
+    def same_expression(self, node: Any) -> int | None:
+        text = sql_text(node)
         for i, t in enumerate(self.targets):
-            if _sql(t.val) == text:
+            if sql_text(t.val) == text:
                 return self.visible_index(i)
         return None
+
+    def group_column(self, node: Any) -> int | None:
+        """The output column a GROUP BY item names. A bare name is an input column first
+        (GROUP BY's rule), an output name only when no input column has it, which the router
+        cannot tell: refused when it names an output column of another expression."""
+        name = _bare_name(node)
+        if name is None:
+            return self.output_column(node)
+        found = self.same_expression(node)
+        if found is None:
+            # `c.region` is the input column `region` too: were another table's `region` in
+            # reach, the bare name would be ambiguous and the shards would say so.
+            found = next((self.visible_index(i) for i, t in enumerate(self.targets)
+                          if isinstance(t.val, ast.ColumnRef) and _implicit_name(t.val) == name
+                          and all(isinstance(f, ast.String) for f in t.val.fields)), None)
+        if found is None and any((t.name or _implicit_name(t.val)) == name
+                                 for t in self.targets):  # fmt: skip
+            raise refuse(Refusal.SHAPE, node, "GROUP BY a name of an output column of another "
+                                               "expression is ambiguous here; group by the "
+                                               "expression or its position")  # fmt: skip
+        return found
 
     def sort_keys(self, resolve: Any) -> list[tuple[int, bool, bool]]:
         keys: list[tuple[int, bool, bool]] = []
         for item in self.stmt.sortClause or ():
             if item.sortby_dir == SortByDir.SORTBY_USING:
-                raise _refuse(Refusal.ORDER, item, "ORDER BY ... USING is not merged")
+                raise refuse(Refusal.ORDER, item, "ORDER BY ... USING is not merged")
             node = item.node
             if isinstance(node, ast.CollateClause):
                 collation = node.collname[-1].sval.lower()
-                if collation not in _C_COLLATIONS:
-                    raise _refuse(Refusal.ORDER, node, "only the C collation is merged exactly")
+                if collation not in C_COLLATIONS:
+                    raise refuse(Refusal.ORDER, node, "only the C collation is merged exactly")
             descending = item.sortby_dir == SortByDir.SORTBY_DESC
             if item.sortby_nulls == SortByNulls.SORTBY_NULLS_DEFAULT:
                 nulls_first = descending  # PostgreSQL: NULLs are larger than any value
@@ -343,13 +327,16 @@ def plan_scatter(sql: str, conf: Confinement, tables: Mapping[str, TableConfig])
     """The per-shard statement and merge plan of a read that spans shards, or ScatterRefused."""
     stmt = parse_sql(sql)[0].stmt
     if not isinstance(stmt, ast.SelectStmt):
-        raise _refuse(Refusal.SHAPE, "the statement", "only a SELECT is read across shards")
-    _check_shape(stmt)
-    _check_colocated(conf)
+        raise refuse(Refusal.SHAPE, "the statement", "only a SELECT is read across shards")
+    check_shape(stmt)
+    check_colocated(conf)
+    check_sublink_aggregates(stmt)
     limit = _bound(stmt.limitCount, "LIMIT")
     offset = _bound(stmt.limitOffset, "OFFSET")
+    # An aggregate anywhere in the select list or ORDER BY makes one group of all rows.
     grouped = bool(stmt.groupClause) or stmt.havingClause is not None or any(
-        _has_aggregate(t.val) for t in stmt.targetList or ())
+        has_aggregate(t.val) for t in stmt.targetList or ()) or any(
+        has_aggregate(s.node) for s in stmt.sortClause or ())
     b = _Builder(stmt, tables)
     if grouped:
         return _grouped(b, limit, offset)
@@ -361,12 +348,13 @@ def _plain(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterPla
     distinct_key = None
     if stmt.distinctClause:
         for i, t in enumerate(b.targets):
+            if any(_is_star(u) for u in b.targets[:i]):
+                break  # its index in the row is not known
             if _is_shard_key(t.val, b.entries, b.tables):
-                distinct_key = b.visible_index(i)
-                if distinct_key is not None:
-                    break
+                distinct_key = i
+                break
         if distinct_key is None:
-            raise _refuse(Refusal.DISTINCT, "DISTINCT",
+            raise refuse(Refusal.DISTINCT, "DISTINCT",
                           "equal rows may come from several shards; select a shard key "
                           "(user_id, course_id, region ...) among its columns to make it exact")
 
@@ -375,7 +363,7 @@ def _plain(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterPla
         if found is not None:
             return found
         if stmt.distinctClause:  # PostgreSQL itself wants these in the select list
-            raise _refuse(Refusal.ORDER, node, "ORDER BY of a DISTINCT must be an output column")
+            raise refuse(Refusal.ORDER, node, "ORDER BY of a DISTINCT must be an output column")
         return -1 - b.add_hidden(node)  # -1 - i: hidden column i (fixed up below)
 
     raw = b.sort_keys(resolve)
@@ -404,39 +392,49 @@ def _shard_limit(limit: Bound, offset: Bound | None) -> Any:
     if offset is None:
         return expr(limit)
     if limit.param is None and offset.param is None:
-        return ast.A_Const(isnull=False, val=ast.Integer(ival=(limit.value or 0)
-                                                         + (offset.value or 0)))  # fmt: skip
-    return ast.A_Expr(kind=0, name=(ast.String(sval="+"),), lexpr=expr(limit),
-                      rexpr=expr(offset))  # fmt: skip
+        total = min((limit.value or 0) + (offset.value or 0), _INT8_MAX)
+        return ast.A_Const(isnull=False, val=ast.Integer(ival=total))
+
+    def cast(node: Any, to: str) -> Any:
+        return ast.TypeCast(arg=node, typeName=ast.TypeName(names=(ast.String(sval=to),),
+                                                            typemod=-1))  # fmt: skip
+
+    # Added in numeric and capped at int8's maximum: a "no limit" LIMIT $1 near it plus any
+    # OFFSET would overflow int8 on the shards. A NULL (no limit) makes least() the maximum.
+    total = ast.A_Expr(kind=0, name=(ast.String(sval="+"),), lexpr=cast(expr(limit), "numeric"),
+                       rexpr=cast(expr(offset), "numeric"))  # fmt: skip
+    cap = ast.A_Const(isnull=False, val=ast.Integer(ival=_INT8_MAX))
+    return cast(ast.MinMaxExpr(op=1, args=(total, cap)), "int8")
 
 
 def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterPlan:
     stmt = b.stmt
+    check_set_returning(stmt)
     if b.star:
-        raise _refuse(Refusal.SHAPE, "*", "name the columns of a grouped cross-shard read")
+        raise refuse(Refusal.SHAPE, "*", "name the columns of a grouped cross-shard read")
     if stmt.distinctClause:
-        raise _refuse(Refusal.DISTINCT, "DISTINCT", "DISTINCT over groups is not merged")
+        raise refuse(Refusal.DISTINCT, "DISTINCT", "DISTINCT over groups is not merged")
     combine: list[Combine] = []
     avg_counts: list[tuple[int, int]] = []  # hidden count indexes, fixed up below
     delimiters: list[tuple[int, Operand]] = []  # string_agg columns, fixed up below
     shard_targets: list[Any] = []
-    originals = [_sql(t.val) for t in b.targets]
+    originals = [sql_text(t.val) for t in b.targets]
 
     def partial(call: Any) -> tuple[Any, Combine, Any | None]:
         """The per-shard aggregate for `call`, how parts combine, and avg's count."""
-        name = _func_name(call)
-        kind = _AGGREGATES.get(name)
+        name = func_name(call)
+        kind = AGGREGATES.get(name)
         if kind is None or call.agg_within_group:
-            raise _refuse(Refusal.AGGREGATE, call,
+            raise refuse(Refusal.AGGREGATE, call,
                           f"{name} cannot be combined exactly from each shard's part")
         if call.agg_distinct and not (kind is Combine.COUNT and len(call.args or ()) == 1
                                       and _is_shard_key(call.args[0], b.entries, b.tables)
                                       ) and kind not in (Combine.MIN, Combine.MAX):  # fmt: skip
-            raise _refuse(Refusal.DISTINCT, call,
+            raise refuse(Refusal.DISTINCT, call,
                           "equal values may be counted on several shards; only a shard key "
                           "(user_id, course_id, region ...) is counted DISTINCT exactly")
         if kind in (Combine.ARRAY, Combine.STRING) and (call.agg_order or call.agg_distinct):
-            raise _refuse(Refusal.AGGREGATE, call,
+            raise refuse(Refusal.AGGREGATE, call,
                           "an order or DISTINCT inside would need the shards' values merged "
                           "one by one; without it the parts are joined (in any order, as in "
                           "PostgreSQL)")  # fmt: skip
@@ -453,12 +451,12 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
         return total, kind, count
 
     for i, t in enumerate(b.targets):
-        if not _has_aggregate(t.val):
+        if not has_aggregate(t.val):
             shard_targets.append(t)
             combine.append(Combine.FIRST)
             continue
-        if not _is_aggregate(t.val):
-            raise _refuse(Refusal.EXPRESSION, t.val,
+        if not is_aggregate(t.val):
+            raise refuse(Refusal.EXPRESSION, t.val,
                           "an expression over an aggregate is not merged; select the "
                           "aggregate itself and compute it in the application")
         call, kind, count = partial(t.val)
@@ -471,7 +469,7 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
             delimiters.append((i, _delimiter(call)))
 
     def aggregate_column(call: Any) -> int:
-        text = _sql(call)
+        text = sql_text(call)
         for i, original in enumerate(originals):
             if original == text:
                 return i
@@ -485,38 +483,44 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
 
     keys: list[int] = []
     for item in stmt.groupClause or ():
-        found = b.output_column(item)
-        if (found is not None and isinstance(item, ast.ColumnRef)
-                and b.targets[found].name is not None
-                and _sql(b.targets[found].val) != _sql(item)):  # fmt: skip
-            # GROUP BY prefers an input column of that name; we cannot tell if one exists.
-            raise _refuse(Refusal.SHAPE, item, "GROUP BY an output alias is ambiguous here; "
-                                               "group by the expression or its position")
+        found = b.group_column(item)
         if found is None:
             found = -1 - b.add_hidden(item)
         elif combine[found] is not Combine.FIRST:
-            raise _refuse(Refusal.SHAPE, item, "GROUP BY an aggregate")
+            raise refuse(Refusal.SHAPE, item, "GROUP BY an aggregate")
         keys.append(found)
 
-    def key_column(node: Any) -> int:
-        """A value of a group in HAVING or ORDER BY: an output column or a group key."""
-        if _is_aggregate(node):
+    def key_column(node: Any, *, by_name: bool = True) -> int:
+        """A value of a group in HAVING or ORDER BY: an output column or a group key. HAVING
+        (not `by_name`) never reads an output column's name or position."""
+        if is_aggregate(node):
             return aggregate_column(node)
-        if _has_aggregate(node):
-            raise _refuse(Refusal.EXPRESSION, node, "an expression over an aggregate is not "
+        if has_aggregate(node):
+            raise refuse(Refusal.EXPRESSION, node, "an expression over an aggregate is not "
                                                     "merged; compare the aggregate itself")
-        found = b.output_column(node)
+        found = b.output_column(node, by_name=by_name)
         if found is not None:
             return found
         # A group key, or an expression of the group's keys (the shards check that it is):
         # equal on every shard for one group, so any shard's value is the group's.
         return -1 - b.add_hidden(node)
 
-    having = _condition(stmt.havingClause, key_column) if stmt.havingClause is not None else None
+    def having_column(node: Any) -> int:
+        return key_column(node, by_name=False)
+
+    having = _condition(stmt.havingClause, having_column) if stmt.havingClause is not None else None
     raw_sort = b.sort_keys(key_column)
     hidden = len(b.hidden)
     stmt.targetList = (*shard_targets, *b.hidden)
-    stmt.havingClause = None
+    if stmt.havingClause is not None:
+        # The merge filters the groups; the shards keep HAVING only so that PostgreSQL checks
+        # it (types, names) as on one database: CASE WHEN cond THEN true ELSE true END keeps
+        # every group, and its WHEN must be boolean as HAVING's condition must.
+        true = ast.A_Const(isnull=False, val=ast.Boolean(boolval=True))
+        stmt.havingClause = ast.CaseExpr(
+            args=(ast.CaseWhen(expr=stmt.havingClause, result=true),), defresult=true)
+    # ORDER BY's expressions are checked as the hidden columns they became; sorting the
+    # shards' groups would be wasted, as the merge sorts the merged ones.
     stmt.sortClause = None
     stmt.limitCount = None
     stmt.limitOffset = None
@@ -547,7 +551,7 @@ def _delimiter(call: Any) -> Operand:
         return Operand(param=inner.number)
     if isinstance(inner, ast.A_Const) and (inner.isnull or isinstance(inner.val, ast.String)):
         return Operand(value=None if inner.isnull else inner.val.sval)
-    raise _refuse(Refusal.AGGREGATE, call, "string_agg's delimiter must be a constant or a "
+    raise refuse(Refusal.AGGREGATE, call, "string_agg's delimiter must be a constant or a "
                                            "parameter to join the shards' parts")
 
 
@@ -568,7 +572,7 @@ def _operand(node: Any, key_column: Any) -> Operand:
         if isinstance(val, ast.String):
             return Operand(value=val.sval)
     if isinstance(inner, (ast.A_Const, ast.ParamRef)):
-        raise _refuse(Refusal.EXPRESSION, node, "a cast in HAVING is not evaluated by the merge")
+        raise refuse(Refusal.EXPRESSION, node, "a cast in HAVING is not evaluated by the merge")
     return Operand(column=key_column(node))
 
 
@@ -586,9 +590,9 @@ def _condition(node: Any, key_column: Any) -> Cond:
         if len(name) == 1 and name[0] in _COMPARISONS:
             return Cond(_COMPARISONS[name[0]], left=_operand(node.lexpr, key_column),
                         right=_operand(node.rexpr, key_column))  # fmt: skip
-    if _is_aggregate(node) or isinstance(node, ast.ColumnRef):  # a boolean value itself
+    if is_aggregate(node) or isinstance(node, ast.ColumnRef):  # a boolean value itself
         return Cond("value", left=_operand(node, key_column))
-    raise _refuse(Refusal.EXPRESSION, node,
+    raise refuse(Refusal.EXPRESSION, node,
                   "HAVING is applied after the merge, which evaluates only comparisons of "
                   "aggregates, group keys, constants and parameters, with AND, OR, NOT and "
                   "IS [NOT] NULL")  # fmt: skip

@@ -83,6 +83,11 @@ async def test_parameters_offset_and_an_in_list_over_two_shards(
                           "ORDER BY home_region DESC LIMIT $2 OFFSET $3", name, 2, 1,
                           consistency="strong")  # fmt: skip
     assert [r[0] for r in rows] == sorted(REGIONS, reverse=True)[1:3]
+    # A "no limit" LIMIT at int8's maximum plus an OFFSET: the shards' LIMIT must not overflow.
+    rows = await db.fetch("SELECT home_region FROM users WHERE full_name = $1 "
+                          "ORDER BY home_region DESC LIMIT $2 OFFSET $3", name, 2**63 - 1, 1,
+                          consistency="strong")  # fmt: skip
+    assert [r[0] for r in rows] == sorted(REGIONS, reverse=True)[1:]
     two = await db.fetch("SELECT home_region FROM users WHERE user_id IN ($1, $2) ORDER BY 1",
                          ids["asia"], ids["europe"], consistency="strong")  # fmt: skip
     assert [r[0] for r in two] == ["asia", "europe"]

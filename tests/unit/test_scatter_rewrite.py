@@ -51,22 +51,26 @@ def test_each_shard_is_asked_for_limit_plus_offset_and_the_sort_keys(
     assert p.hidden == 2 and p.presorted
     assert [(k.column, k.descending, k.nulls_first) for k in p.sort] == [(-2, True, True),
                                                                          (-1, False, False)]
-    # Parameters: the shards get LIMIT $1 + $2 as int8, numbered as their statement uses them.
+    # Parameters: the shards get LIMIT $1 + $2 (capped at int8's maximum), numbered as their
+    # statement uses them.
     p = plan(classifier, config, "SELECT title FROM courses WHERE status = $3 ORDER BY 1 "
                                  "LIMIT $1 OFFSET $2")  # fmt: skip
-    assert p.sql.endswith("WHERE status = $3 ORDER BY 1 LIMIT (CAST($1 AS int8) + CAST($2 AS "
-                          "int8))")  # fmt: skip
+    assert p.sql.startswith("SELECT title FROM courses WHERE status = $3 ORDER BY 1 LIMIT ")
+    assert "CAST($1 AS int8)" in p.sql and "CAST($2 AS int8)" in p.sql
     assert p.params == (1, 2, 3)
 
 
-def test_avg_is_split_into_sum_and_count_and_having_params_stay_with_the_merge(
+def test_avg_is_split_into_sum_and_count_and_having_is_checked_by_the_shards(
     classifier: Classifier, config: Config
 ) -> None:
     p = plan(classifier, config, "SELECT region, avg(price_cents) FROM courses WHERE status = $2 "
-                                 "GROUP BY region HAVING count(*) > $1")  # fmt: skip
+                                 "GROUP BY region HAVING count(*) > $1 ORDER BY 2")  # fmt: skip
+    # HAVING is applied by the merge; the shards keep every group but check the condition
+    # as PostgreSQL does on one database: a type or a name error is theirs.
     assert p.sql == ("SELECT region, sum(price_cents) AS avg, count(price_cents) AS _georoute_0, "
-                     "count(*) AS _georoute_1 FROM courses WHERE status = $1 GROUP BY region")
-    assert p.params == (2,)  # $1 is HAVING's, evaluated by the merge
+                     "count(*) AS _georoute_1 FROM courses WHERE status = $2 GROUP BY region "
+                     "HAVING CASE WHEN count(*) > $1 THEN TRUE ELSE TRUE END")
+    assert p.params == (1, 2)
     assert p.grouping is not None
     assert p.grouping.combine == (Combine.FIRST, Combine.AVG, Combine.COUNT, Combine.COUNT)
     assert p.grouping.avg_counts == ((1, 2),)
@@ -219,3 +223,148 @@ def test_pipelined_ext_values_and_pooled_python_values_merge_as_one_kind(
                ShardRows("europe", ["d", "count"], [(day, 3)])]
     assert merge(p, [], answers, [ValueOrder.EXACT, ValueOrder.EXACT],
                  text_exact=True)[1] == [(day, 5)]  # fmt: skip
+
+
+# ---- findings of the adversarial review of cross-shard reads (each once merged wrongly) ----
+
+
+def test_an_aggregate_only_in_order_by_makes_the_read_grouped(
+    classifier: Classifier, config: Config
+) -> None:
+    # PostgreSQL: one row (one group); once each shard's rows were concatenated (3 rows).
+    p = plan(classifier, config, "SELECT 1 AS one FROM users ORDER BY count(*)")
+    assert p.grouping is not None and p.grouping.keys == ()
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT now() FROM users",
+    "SELECT count(*) FROM users GROUP BY now()",
+    "SELECT user_id, current_timestamp FROM users",
+    "SELECT user_id FROM users WHERE created_at < localtimestamp",
+    "SELECT user_id, current_user FROM users",
+    "SELECT statement_timestamp(), transaction_timestamp() FROM users",
+    "SELECT user_id, current_setting('application_name') FROM users",
+    "SELECT user_id FROM users WHERE created_at < 'now'::timestamptz",
+    "SELECT user_id FROM users WHERE created_at < 'Today '",
+])  # fmt: skip
+def test_values_that_differ_per_shard_or_per_statement_are_refused(
+    classifier: Classifier, config: Config, sql: str
+) -> None:
+    assert refused(classifier, config, sql).reason is Refusal.VOLATILE
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT min(title COLLATE \"en-x-icu\") FROM courses",
+    "SELECT title FROM courses ORDER BY lower(title COLLATE \"en-x-icu\")",
+    "SELECT title COLLATE \"en-x-icu\" AS t2 FROM courses ORDER BY t2",
+    "SELECT title COLLATE \"de_DE\", count(*) FROM courses GROUP BY 1",
+])  # fmt: skip
+def test_a_collation_other_than_c_anywhere_is_refused(
+    classifier: Classifier, config: Config, sql: str
+) -> None:
+    err = refused(classifier, config, sql)
+    assert err.reason is Refusal.ORDER and "C collation" in str(err), err
+    plan(classifier, config, "SELECT min(title COLLATE \"C\") FROM courses ORDER BY 1")
+
+
+def test_a_set_returning_function_in_a_grouped_read_is_refused(
+    classifier: Classifier, config: Config
+) -> None:
+    # PostgreSQL: one row per value of the series; the merge took it as a group key.
+    for sql in ("SELECT count(*), generate_series(1, 2) FROM users",
+                "SELECT count(*) FROM users ORDER BY unnest(ARRAY[1, 2])"):  # fmt: skip
+        err = refused(classifier, config, sql)
+        assert err.reason is Refusal.SHAPE and "set-returning" in str(err), err
+    plan(classifier, config, "SELECT user_id, generate_series(1, 2) FROM users")  # per row
+
+
+def test_the_shards_limit_for_a_limit_near_the_int8_maximum_does_not_overflow(
+    classifier: Classifier, config: Config
+) -> None:
+    p = plan(classifier, config, "SELECT title FROM courses LIMIT 9223372036854775807 OFFSET 2")
+    assert p.sql.endswith("LIMIT 9223372036854775807")
+    err = refused(classifier, config, "SELECT title FROM courses LIMIT 9223372036854775808")
+    assert err.reason is Refusal.LIMIT and "bigint" in str(err), err  # PostgreSQL: an error
+    p = plan(classifier, config, "SELECT title FROM courses LIMIT $1 OFFSET $2")
+    assert p.sql.endswith("LIMIT CAST(LEAST(CAST(CAST($1 AS int8) AS numeric) + CAST(CAST($2 AS "
+                          "int8) AS numeric), 9223372036854775807) AS int8)"), p.sql
+
+
+def test_an_alias_after_a_star_is_sorted_by_its_expression(
+    classifier: Classifier, config: Config
+) -> None:
+    p = plan(classifier, config, "SELECT *, price_cents AS z FROM courses ORDER BY z, course_id")
+    assert p.sql.startswith("SELECT *, price_cents AS z, price_cents AS _georoute_0, "
+                            "course_id AS _georoute_1 FROM courses"), p.sql
+
+
+def test_a_name_that_could_meet_the_merges_hidden_columns_is_refused(
+    classifier: Classifier, config: Config
+) -> None:
+    err = refused(classifier, config, "SELECT title AS _georoute_0 FROM courses "
+                                      "ORDER BY price_cents, _georoute_0")  # fmt: skip
+    assert err.reason is Refusal.SHAPE and "_georoute_0" in str(err), err
+
+
+def test_an_outer_aggregate_inside_a_subquery_is_refused(
+    classifier: Classifier, config: Config
+) -> None:
+    # PostgreSQL: count(u.user_id) is the outer query's aggregate, one row in all; once it was
+    # answered per shard, one row each.
+    for sql in ("SELECT (SELECT count(u.user_id)) FROM users u",
+                "SELECT u.name, (SELECT max(u.name) FROM enrollments e "
+                "WHERE e.user_id = u.user_id) FROM users u"):  # fmt: skip
+        err = refused(classifier, config, sql)
+        assert err.reason is Refusal.AGGREGATE and "subquery" in str(err), err
+    for sql in ("SELECT u.name, (SELECT max(e.course_id) FROM enrollments e "
+                "WHERE e.user_id = u.user_id) FROM users u",
+                "SELECT u.name, (SELECT count(*) FROM enrollments e "
+                "WHERE e.user_id = u.user_id) FROM users u"):  # fmt: skip
+        plan(classifier, config, sql)  # the subquery's own aggregates
+
+
+def test_group_by_a_bare_name_that_is_also_an_output_columns_name_is_refused(
+    classifier: Classifier, config: Config
+) -> None:
+    # GROUP BY prefers the input column price_cents; once the output price_cents::int was taken.
+    err = refused(classifier, config, "SELECT price_cents::int, count(*) FROM courses "
+                                      "GROUP BY price_cents")  # fmt: skip
+    assert err.reason is Refusal.SHAPE and "price_cents" in str(err), err
+    p = plan(classifier, config, "SELECT price_cents, count(*) FROM courses GROUP BY price_cents")
+    assert p.grouping is not None and p.grouping.keys == (0,)
+    p = plan(classifier, config, "SELECT c.price_cents AS p, count(*) FROM courses c "
+                                 "GROUP BY price_cents")  # fmt: skip
+    assert p.grouping is not None and p.grouping.keys == (0,)
+
+
+def test_having_never_reads_an_output_alias(classifier: Classifier, config: Config) -> None:
+    # HAVING price_cents is the input column (a group key), not the count named price_cents.
+    p = plan(classifier, config, "SELECT region, count(*) AS price_cents FROM courses "
+                                 "GROUP BY region, courses.price_cents HAVING price_cents = 1")
+    assert p.grouping is not None and p.grouping.having is not None
+    left = p.grouping.having.left
+    assert left is not None and left.column is not None
+    assert p.grouping.combine[left.column] is Combine.FIRST, p
+    assert "price_cents AS _georoute_" in p.sql
+
+
+def test_order_by_the_name_of_an_unnamed_output_column_is_that_column(
+    classifier: Classifier, config: Config
+) -> None:
+    # The scalar subquery's output column is named title (PostgreSQL takes its inner column's
+    # name) and ORDER BY title sorts by it; once the input column title was used instead.
+    p = plan(classifier, config, "SELECT c.course_id, (SELECT -c.price_cents AS title) "
+                                 "FROM courses c ORDER BY title, course_id")  # fmt: skip
+    assert [k.column for k in p.sort] == [1, 0] and p.hidden == 0, p
+    p = plan(classifier, config, "SELECT course_id, CASE WHEN true THEN 1 END FROM courses "
+                                 "ORDER BY \"case\"")  # fmt: skip
+    assert [k.column for k in p.sort] == [1], p
+    # A name the router cannot work out for an unnamed column: refused, not guessed.
+    err = refused(classifier, config, "SELECT c.course_id, (SELECT v.* FROM (VALUES (1)) "
+                                      "v(title)) FROM courses c ORDER BY title")  # fmt: skip
+    assert err.reason is Refusal.ORDER and "title" in str(err), err
+    err = refused(classifier, config, "SELECT title AS x, region AS x FROM courses ORDER BY x")
+    assert err.reason is Refusal.ORDER and "ambiguous" in str(err), err
+    p = plan(classifier, config, "SELECT count(*) AS n, region FROM courses GROUP BY region "
+                                 "ORDER BY n DESC, region")  # fmt: skip
+    assert [k.column for k in p.sort] == [0, 1]
