@@ -24,7 +24,14 @@ from router.config import Config
 from router.failures import NodeReadOnlyError, is_read_only_refusal
 from router.health import HealthEvent
 from router.lsn import UNKNOWN_LSN
-from router.outcome import CONNECTION_ERRORS, WIRE_ROLE, Outcome, Routed, rows_changed
+from router.outcome import (
+    CONNECTION_ERRORS,
+    WIRE_ROLE,
+    Outcome,
+    Routed,
+    returned_after,
+    rows_changed,
+)
 from router.pgwire import Callback, PipelineError, Unsupported
 from router.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.routing import (
@@ -213,26 +220,8 @@ class Executor:
                 ) from exc
         if dirty:  # before it runs: a session-level change outlives a failed statement
             backend.dirty = True
-        try:
+        with returned_after(node, backend):
             result = await backend.run(sql, params)
-        except CONNECTION_ERRORS as exc:
-            node.pool.release(backend, broken=True)
-            # Its other idle connections are most likely dead too: DOWN drops them, and the
-            # monitor's next good probe brings the node back.
-            node.record(HealthEvent.CONNECT_FAILED, str(exc))
-            raise NodeUnavailableError(
-                f"{node.name}: connection lost: {exc}", sent=True
-            ) from exc
-        except asyncpg.exceptions.InterfaceError:
-            node.pool.release(backend)  # refused by asyncpg before anything was sent
-            raise
-        except asyncpg.PostgresError:
-            node.pool.release(backend)  # the statement failed; the connection is fine
-            raise
-        except BaseException:
-            node.pool.release(backend, broken=True)  # e.g. cancelled mid-statement
-            raise
-        node.pool.release(backend)
         return result
 
     def submit(

@@ -4,6 +4,8 @@ backend connection is lost."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,10 +13,14 @@ import asyncpg
 
 from protocol.messages import Role as WireRole
 from router.classify import Analysis
+from router.health import HealthEvent
+from router.pool import Backend, NodeUnavailableError
 from router.routing import Role
 from router.topology import NodeState, ShardState
 
-__all__ = ["CONNECTION_ERRORS", "WIRE_ROLE", "Outcome", "Routed", "rows_changed"]
+__all__ = [
+    "CONNECTION_ERRORS", "WIRE_ROLE", "Outcome", "Routed", "returned_after", "rows_changed",
+]
 
 # Errors after which the backend connection cannot be trusted (the node may be gone). asyncpg
 # raises InternalClientError ("cannot switch to state ...") on a connection the server ended
@@ -69,3 +75,24 @@ def rows_changed(analysis: Analysis, status: str) -> bool:
     if analysis.command in ("INSERT", "UPDATE", "DELETE", "MERGE") and not analysis.nested_write:
         return not status.endswith(" 0")
     return True
+
+
+@contextlib.contextmanager
+def returned_after(node: NodeState, backend: Backend) -> Iterator[None]:
+    """Give `backend` back to `node`'s pool when the block ends: kept after a statement's own
+    error or one asyncpg raised before sending; dropped when the connection cannot be trusted
+    (lost: the node's other idle connections most likely are too, so it is marked DOWN and
+    the monitor's next good probe brings it back; or cancelled mid-statement)."""
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        node.pool.release(backend, broken=True)
+        node.record(HealthEvent.CONNECT_FAILED, str(exc))
+        raise NodeUnavailableError(f"{node.name}: connection lost: {exc}", sent=True) from exc
+    except (asyncpg.PostgresError, asyncpg.exceptions.InterfaceError):
+        node.pool.release(backend)  # the statement failed (or never left); the connection is fine
+        raise
+    except BaseException:
+        node.pool.release(backend, broken=True)  # e.g. cancelled mid-statement
+        raise
+    node.pool.release(backend)

@@ -16,8 +16,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
 from protocol.messages import Hints
 from protocol.messages import Role as WireRole
 from router.classify import Analysis
@@ -25,7 +23,7 @@ from router.config import Config
 from router.health import HealthEvent
 from router.lsn import UNKNOWN_LSN
 from router.merge import ShardRows, ValueOrder, column_orders, merge, real_columns
-from router.outcome import CONNECTION_ERRORS, Outcome
+from router.outcome import Outcome, returned_after
 from router.pgwire import PipelineError, Unsupported
 from router.pipeline import is_lock_timeout, is_stale_statement
 from router.pool import Backend, NodeUnavailableError
@@ -353,24 +351,13 @@ class ScatterRunner:
                 # Its result changed shape (a migration): learn the types again, below.
         if backend is None:
             backend = await self._acquire(node)
-        try:
+        with returned_after(node, backend):
             if node.name not in self._databases:
                 collation, enums = (await backend.run(_DATABASE_SQL, ()))[1][0]
                 self._databases[node.name] = (collation in _CODE_POINT_COLLATIONS,
                                               frozenset(enums))  # fmt: skip
             columns, rows, _ = await backend.run(plan.sql, shard_params)
             attributes = await backend.attributes(plan.sql)
-        except CONNECTION_ERRORS as exc:
-            node.pool.release(backend, broken=True)
-            node.record(HealthEvent.CONNECT_FAILED, str(exc))
-            raise NodeUnavailableError(f"{node.name}: connection lost: {exc}", sent=True) from exc
-        except (asyncpg.PostgresError, asyncpg.exceptions.InterfaceError):
-            node.pool.release(backend)  # the statement failed; the connection is fine
-            raise
-        except BaseException:
-            node.pool.release(backend, broken=True)  # e.g. cancelled mid-statement
-            raise
-        node.pool.release(backend)
         orders = column_orders(attributes, self._databases[node.name][1])
         real = real_columns(attributes)
         analysis.scatter["real"] = real  # before "orders", which says both are known

@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,7 +20,6 @@ import pytest
 import client
 from router.cluster import LocalCluster
 from router.config import Config
-from router.config_write import with_port_offset
 from tests.integration.conftest import wait_until
 from tests.support.router_proc import (
     SCRATCH_DDL,
@@ -30,6 +28,7 @@ from tests.support.router_proc import (
     router_config,
     running_router,
 )
+from tests.support.scratch import scratch_cluster
 
 # Far from the session's cluster and from test_cluster.py's scratch ones (5000, 5100).
 SCRATCH_OFFSET = 5400
@@ -38,14 +37,8 @@ INSERT = "INSERT INTO rt_items (item_id, region, payload) VALUES ($1, 'europe', 
 
 @pytest.fixture(scope="module")
 def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
-    config = with_port_offset(test_config, SCRATCH_OFFSET,
-                              str(Path(test_config.cluster.state_dir) / "scratch-external"))
-    local = LocalCluster(config)
-    local.up()
-    try:
-        yield local, config
-    finally:
-        local.down(purge=True)
+    with scratch_cluster(test_config, SCRATCH_OFFSET, "scratch-external") as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")

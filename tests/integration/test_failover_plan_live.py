@@ -9,17 +9,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from router.cluster import LocalCluster
 from router.config import Config
-from router.config_write import with_port_offset
 from tests.integration.conftest import wait_until
 from tests.integration.test_heartbeat import heartbeat_report, peer_states
 from tests.support.router_proc import RouterProcess, router_config, running_router
+from tests.support.scratch import scratch_cluster
 
 # Far from the session's cluster and the other scratch ones (5000, 5100, 5400).
 SCRATCH_OFFSET = 5600
@@ -28,14 +27,8 @@ SECRET, OTHER_SECRET = "plan-test-secret-0123456789", "another-secret-9876543210
 
 @pytest.fixture(scope="module")
 def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
-    config = with_port_offset(test_config, SCRATCH_OFFSET,
-                              str(Path(test_config.cluster.state_dir) / "scratch-plan"))
-    local = LocalCluster(config)
-    local.up()
-    try:
-        yield local, config
-    finally:
-        local.down(purge=True)
+    with scratch_cluster(test_config, SCRATCH_OFFSET, "scratch-plan") as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
