@@ -172,6 +172,17 @@ def _kept_notes(path: Path) -> str:
     return ""
 
 
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _shown(path: Any) -> str:
+    """A path as the report shows it: relative to the repository, never this machine's."""
+    try:
+        return str(Path(path).resolve().relative_to(_REPO))
+    except ValueError:
+        return Path(path).name
+
+
 def _profile_md(profile: dict[str, Any]) -> list[str]:
     if profile.get("status") != "ok":
         return [f"py-spy: {profile.get('status')}: {profile.get('detail', '')}", ""]
@@ -180,8 +191,8 @@ def _profile_md(profile: dict[str, Any]) -> list[str]:
     lines = [f"py-spy on the router process, {profile['seconds']} s of point reads at "
              f"{profile['concurrency']} clients ({profile['load_ops_per_s']:,.0f} ops/s while "
              f"sampled): {profile['samples']} busy samples ({profile.get('idle_samples', 0)} "
-             f"idle ones left out), {frames}; raw stacks in `{profile['raw']}`. Percentages "
-             "are of busy samples.", "",
+             f"idle ones left out), {frames}; raw stacks in `{_shown(profile['raw'])}`. "
+             "Percentages are of busy samples.", "",
              "| own samples: function | % |", "|---|---|"]  # fmt: skip
     lines += [f"| `{f['name']}` | {f['pct']} |" for f in profile["own"][:12]]
     if profile.get("native_callers"):
@@ -227,7 +238,7 @@ def write_results_md(results: dict[str, Any], path: Path, chart: Path | None) ->
     lines += [f"- **{name}**: {desc}" for name, desc in meta["targets"].items()]
     lines += ["", "## Figures", "", markdown_table(results), ""]
     if chart is not None:
-        lines += [f"Chart: `{chart}` (bench/out is not committed).", ""]
+        lines += [f"Chart: `{_shown(chart)}` (bench/out is not committed).", ""]
     lines += ["## georoute router process", ""]
     for name, w in results["workloads"].items():
         g = w["targets"].get("georoute", {})
