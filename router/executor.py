@@ -13,11 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-import msgpack
 
 from protocol.messages import Hints
 from protocol.messages import Role as WireRole
-from protocol.values import ext_hook
 from router import idempotency
 from router.classify import Analysis, Classifier
 from router.config import Config
@@ -373,7 +371,7 @@ class Executor:
                 else:
                     status, reply = stored.status, stored.reply
                     if reply is not None:
-                        columns, rows = msgpack.unpackb(reply, ext_hook=ext_hook, raw=False)
+                        columns, rows = idempotency.unpack_reply(reply)
         except (asyncpg.PostgresError, idempotency.IdempotencyKeyReused):
             node.pool.release(backend)  # rolled back; the connection is fine
             raise

@@ -20,9 +20,10 @@ from typing import Any
 import asyncpg
 import msgpack
 
-from protocol.values import ext_default
+from protocol.values import ext_default, ext_hook
 from router.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.topology import Topology
+from router.wirevalues import Columns
 
 __all__ = [
     "IdempotencyKeyReused",
@@ -99,12 +100,23 @@ async def store(backend: Backend, key: str, status: str, reply: bytes | None) ->
     await backend.run(STORE_SQL, [key, status, reply])
 
 
+def unpack_reply(reply: bytes) -> tuple[list[str], list[Any]]:
+    """The columns (with their wire types, when stored) and rows `pack_reply` stored; replies
+    stored before the types were kept have none."""
+    stored = msgpack.unpackb(reply, ext_hook=ext_hook, raw=False)
+    names, rows = stored[0], stored[1]
+    types = stored[2] if len(stored) > 2 else None
+    return (Columns(names, types) if types is not None else names), rows
+
+
 def pack_reply(columns: list[str], rows: list[Any], max_bytes: int) -> bytes | None:
     """The columns and rows to store for a retry, or None when they can never be sent (a
     value with no wire form, or more than a frame holds): the write still applies, and its
     reply, and every retry's, says so with its status."""
+    types = getattr(columns, "types", None)  # kept, so a retry's reply has them too
     try:
-        packed: bytes = msgpack.packb([columns, rows], default=ext_default, use_bin_type=True)
+        packed: bytes = msgpack.packb([list(columns), rows, types], default=ext_default,
+                                      use_bin_type=True)  # fmt: skip
     except (TypeError, ValueError, OverflowError):
         return None
     return packed if len(packed) <= max_bytes else None

@@ -482,3 +482,16 @@ async def test_no_request_gets_a_timeout_it_did_not_ask_for_under_load(
     assert wrong == []
     canceled = _canceled_statements(log, start)
     assert canceled and all(re.search(r"pg_sleep", sql) for sql in canceled), canceled
+
+
+async def test_a_keyed_writes_retry_has_its_column_types_too(raw: Raw, db: client.Client) -> None:
+    """A keyed write's reply is stored for its retries: with its column types, so the retry's
+    reply reads as the first one did (they were nil)."""
+    key = unique("idem-types-")
+    sql = ("INSERT INTO rt_items (item_id, region) VALUES ($1, 'europe') "
+           "RETURNING item_id, '10.0.0.1'::inet AS ip, '{\"a\": 1}'::jsonb AS doc")  # fmt: skip
+    item = uuid.uuid4()
+    first = await rows(raw, sql, item, idempotency_key=key)
+    again = await rows(raw, sql, item, idempotency_key=key)
+    assert first.column_types == ["uuid", "inet", "jsonb"]
+    assert again.column_types == first.column_types and again.rows == first.rows
