@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,15 +25,9 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from router.config import TableConfig, parse_function_spec
-from router.confinement import (
-    Confinement,
-    KeyKind,
-    KeyRef,
-    children,
-    confinement,
-    const_value,
-)
+from router.confinement import Confinement, KeyKind, KeyRef, confinement
 from router.parser_thread import INLINE_PARSE_MAX, on_parser_thread
+from router.sqltree import const_value, walk
 
 __all__ = [
     "INLINE_PARSE_MAX",
@@ -153,15 +147,6 @@ def _local_set_config(fname: str, func: Any) -> bool:
     return fname == "set_config" and len(args) == 3 and const_value(args[2]) is True
 
 
-def _walk(node: Any) -> Iterator[Any]:
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, ast.Node):
-            yield item
-        stack.extend(children(item))
-
-
 class Classifier:
     """Analyzes SQL text against the configured sharded tables, with an LRU of results."""
 
@@ -259,7 +244,7 @@ class Classifier:
         settings_view = False
         session = isinstance(stmt, _SESSION_STMTS) and not _transaction_scoped(stmt)
         node: Any
-        for node in _walk(stmt):
+        for node in walk(stmt):
             if isinstance(node, ast.RangeVar):
                 name = node.relname
                 tables.append(name)

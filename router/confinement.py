@@ -28,14 +28,23 @@ What is deliberately *not* taken as a pin, because it would confine the wrong ro
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pglast import ast
-from pglast.enums import A_Expr_Kind, BoolExprType, CmdType, JoinType, MergeMatchKind, SubLinkType
+from pglast.enums import A_Expr_Kind, CmdType, JoinType, MergeMatchKind, SubLinkType
 
 from router.config import TableConfig
+from router.sqltree import (
+    children,
+    column_name,
+    conjuncts,
+    const_value,
+    is_null,
+    param_number,
+    uncast,
+)
 
 __all__ = [
     "LOCAL_TABLES",
@@ -46,7 +55,6 @@ __all__ = [
     "Pin",
     "Ref",
     "RowKey",
-    "children",
     "confinement",
 ]
 
@@ -135,77 +143,10 @@ _STATEMENTS = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, a
 _SKIPPED_SLOTS = frozenset({"lockingClause", "intoClause", "location"})
 
 
-def children(node: Any, skipped: frozenset[str] = frozenset()) -> Iterator[Any]:
-    """The child nodes and lists of a parse-tree node (slots named in `skipped` left out)."""
-    if isinstance(node, ast.Node):
-        for slot in node.__slots__:
-            if slot in skipped:
-                continue
-            value = getattr(node, slot, None)
-            if value is not None and not isinstance(value, (str, int, float, bool, enum.Enum)):
-                yield value
-    elif isinstance(node, (tuple, list)):
-        yield from node
-
-
-def conjuncts(expr: Any) -> Iterator[Any]:
-    """The terms of a top-level AND (an OR or NOT is one opaque term). Iterative: a text of a
-    thousand nested ANDs must not exhaust Python's stack."""
-    stack = [expr]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, ast.BoolExpr) and item.boolop == BoolExprType.AND_EXPR:
-            stack.extend(reversed(item.args))
-        elif item is not None:
-            yield item
-
-
-def _uncast(node: Any) -> Any:
-    """A value under casts that keep it whole ('...'::uuid, $1::text); a cast with a type
-    modifier (::varchar(8)) may cut it, so it is not looked through."""
-    while isinstance(node, ast.TypeCast):
-        if node.typeName is not None and node.typeName.typmods:
-            return node
-        node = node.arg
-    return node
-
-
-def const_value(node: Any) -> Any:
-    node = _uncast(node)
-    if isinstance(node, ast.A_Const) and not node.isnull:
-        val = node.val
-        for attr in ("sval", "ival", "fval", "boolval"):
-            if hasattr(val, attr):
-                return getattr(val, attr)
-    return None
-
-
-def param_number(node: Any) -> int | None:
-    node = _uncast(node)
-    if isinstance(node, ast.ParamRef):
-        return int(node.number)
-    return None
-
-
-def column_name(node: Any) -> tuple[str | None, str] | None:
-    """(qualifier or None, column) of a ColumnRef."""
-    if not isinstance(node, ast.ColumnRef) or not node.fields:
-        return None
-    names: list[str] = [f.sval for f in node.fields if isinstance(f, ast.String)]
-    if not names or len(names) != len(node.fields):
-        return None
-    return (names[-2] if len(names) > 1 else None, names[-1])
-
-
-def _is_null(node: Any) -> bool:
-    inner = _uncast(node)
-    return isinstance(inner, ast.A_Const) and bool(inner.isnull)
-
-
 def _local_value(node: Any) -> bool:
     """DEFAULT, NULL, or a value made on the shard that runs the statement (georoute_id())."""
-    inner = _uncast(node)
-    if isinstance(inner, ast.SetToDefault) or _is_null(inner):
+    inner = uncast(node)
+    if isinstance(inner, ast.SetToDefault) or is_null(inner):
         return True
     if isinstance(inner, ast.FuncCall) and not inner.args:
         names = [n.sval for n in inner.funcname]
@@ -509,7 +450,7 @@ class _Analyzer:
                     continue
                 val = source.args[number]
             inner = val.arg if isinstance(val, ast.TypeCast) else val
-            if isinstance(inner, ast.SetToDefault) or _is_null(inner):
+            if isinstance(inner, ast.SetToDefault) or is_null(inner):
                 continue  # DEFAULT is made on this shard; NULL is the column's own business
             name = column_name(val)
             if name is not None and name[1] == target.name and name[0] in own:

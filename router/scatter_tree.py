@@ -5,13 +5,13 @@ the rewrite (router/scatter_rewrite.py) and its checks (router/scatter_checks.py
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from pglast import ast
 from pglast.stream import RawStream
 
 from router.scatter_plan import Combine, Refusal, ScatterRefused
+from router.sqltree import walk
 
 __all__ = [
     "AGGREGATES",
@@ -55,25 +55,6 @@ def func_name(call: Any) -> str:
     if len(names) > 1 and names[-2] != "pg_catalog":
         return ".".join(names)
     return names[-1]
-
-
-def walk(node: Any, *, into_queries: bool) -> Iterator[Any]:
-    """Every node under `node`; sub-queries only with `into_queries`."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (list, tuple)):
-            stack.extend(item)
-            continue
-        if not isinstance(item, ast.Node):
-            continue
-        yield item
-        if not into_queries and isinstance(item, (ast.SubLink, ast.SelectStmt)):
-            continue
-        for slot in item.__slots__:
-            value = getattr(item, slot, None)
-            if isinstance(value, (ast.Node, list, tuple)):
-                stack.append(value)
 
 
 def is_aggregate(node: Any) -> bool:
