@@ -34,8 +34,8 @@ from bench.stack import (
 )
 from bench.targets import AsyncpgTarget, Endpoint, GeorouteTarget, ScatterTarget, Target
 from bench.workloads import MAIN_WORKLOADS, POINT_READ, load_sample
-from router.cluster.users import ensure_server_user
 from router.config import Config
+from router.tools.localcluster.users import ensure_server_user
 
 SHARD = "europe"
 BENCH_DIR = Path(__file__).resolve().parent

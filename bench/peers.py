@@ -20,7 +20,7 @@ from pathlib import Path
 
 import asyncpg
 
-from router.cluster.users import ServerUser
+from router.tools.localcluster.users import ServerUser
 
 __all__ = [
     "PeerProcess",

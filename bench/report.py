@@ -158,7 +158,7 @@ def write_chart(results: dict[str, Any], path: Path) -> Path | None:
 
 
 # Frames under every sample (start-up), left out of the inclusive table.
-_ENTRY_POINTS = ("router/cli.py", "router/daemon_cli.py", "router/daemon.py")
+_ENTRY_POINTS = ("router/tools/cli.py", "router/tools/daemon_cli.py", "router/node.py")
 NOTES_START, NOTES_END = "<!-- notes: kept across runs -->", "<!-- /notes -->"
 
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from router.cluster import LocalCluster
 from router.config import Config, load_config
-from router.config_write import config_to_toml, with_port_offset
-from router.db.migrate import migrate
-from router.db.seed import SeedOptions, seed
+from router.tools.config_write import config_to_toml, with_port_offset
+from router.tools.db.migrate import migrate
+from router.tools.db.seed import SeedOptions, seed
+from router.tools.localcluster import LocalCluster
 
 __all__ = [
     "BENCH_PORT_OFFSET",
@@ -77,7 +77,7 @@ def rss_kib(pid: int) -> int:
 
 @dataclass
 class RouterProcess:
-    """A `python -m router.cli router` child process; stopped by its own pid."""
+    """A `python -m router.tools.cli router` child process; stopped by its own pid."""
 
     config: Config
     config_path: Path
@@ -114,7 +114,7 @@ class RouterProcess:
         env = dict(os.environ)
         env[self.config.router.auth_token_env] = TOKEN
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router.cli", "--config", str(self.config_path), "router",
+            [sys.executable, "-m", "router.tools.cli", "--config", str(self.config_path), "router",
              "--log-level", "warning"],
             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip

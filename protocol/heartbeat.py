@@ -42,7 +42,7 @@ _MAX_U64 = (1 << 64) - 1
 
 
 class ReportedHealth(enum.IntEnum):
-    """A database node's health as the sending router sees it (router.health.NodeHealth)."""
+    """A database node's health as the sending router sees it (router.core.health.NodeHealth)."""
 
     UP = 0
     SUSPECT = 1

@@ -125,7 +125,7 @@ class MetricsConfig:
 # router.max_frame_bytes' floor: room for any Status or Error reply the router makes.
 MIN_FRAME_BYTES = 4096
 
-# database.sslmode, as libpq names them (see router/tls.py).
+# database.sslmode, as libpq names them (see router/backend/tls.py).
 SSL_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 
 

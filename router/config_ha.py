@@ -52,7 +52,7 @@ def parse_peer(spec: str) -> tuple[str, str, int]:
 
 class FailoverMode(enum.Enum):
     OFF = "off"  # a dead primary's writes fail (retryable) until a person acts
-    EXTERNAL = "external"  # something else promotes; the router follows (router/discovery.py)
+    EXTERNAL = "external"  # something else promotes; the router follows (router/ha/discovery.py)
     MANAGED = "managed"  # the routers promote by quorum (not built yet)
 
 

@@ -16,11 +16,11 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from router.classify import Classifier
-from router.heartbeat import HeartbeatService
-from router.membership import PeerState
-from router.scatter import ScatterStats
-from router.topology import Topology
+from router.core.membership import PeerState
+from router.engine.classifier import Classifier
+from router.engine.scatter import ScatterStats
+from router.ha.heartbeat import HeartbeatService
+from router.ha.topology import Topology
 
 __all__ = ["Metrics"]
 

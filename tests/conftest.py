@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from router.cluster import LocalCluster
 from router.config import Config, load_config
-from router.config_write import with_port_offset
+from router.tools.config_write import with_port_offset
+from router.tools.localcluster import LocalCluster
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_PORT_OFFSET = 10000

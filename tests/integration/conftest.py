@@ -17,11 +17,11 @@ import asyncpg
 import pytest
 
 import client
-from router.cluster import LocalCluster
 from router.config import Config
-from router.config_write import with_port_offset
-from router.db.connect import connect_node
-from router.db.migrate import migrate
+from router.tools.config_write import with_port_offset
+from router.tools.db.connect import connect_node
+from router.tools.db.migrate import migrate
+from router.tools.localcluster import LocalCluster
 from tests.support.router_proc import (
     REGIONS,
     SCRATCH_DDL,

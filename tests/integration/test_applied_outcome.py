@@ -14,11 +14,11 @@ import pytest
 
 import client
 from protocol import ErrorCode
-from router.cluster import LocalCluster
 from router.config import Config
-from router.db.connect import connect_node
-from router.ids import new_id
+from router.tools.db.connect import connect_node
+from router.tools.localcluster import LocalCluster
 from tests.integration.test_pipeline import node_stats
+from tests.support.ids import new_id
 from tests.support.router_proc import (
     REGIONS,
     SCRATCH_DDL,

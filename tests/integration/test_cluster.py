@@ -18,14 +18,14 @@ import asyncpg
 import pytest
 from pymongo import MongoClient
 
-from router.cluster import DOCSTORE, LocalCluster, NodeState, Role
-from router.cluster.binaries import PgBinaries, find_pg_bin
-from router.cluster.layout import Layout, state_dir_of
-from router.cluster.process import wait_exit
-from router.cluster.status import to_json
 from router.config import Config
-from router.config_write import with_port_offset
 from router.errors import ConfigError, PortInUseError
+from router.tools.config_write import with_port_offset
+from router.tools.localcluster import DOCSTORE, LocalCluster, NodeState, Role
+from router.tools.localcluster.binaries import PgBinaries, find_pg_bin
+from router.tools.localcluster.layout import Layout, state_dir_of
+from router.tools.localcluster.process import wait_exit
+from router.tools.localcluster.status import to_json
 
 
 def _scratch_config(test_config: Config, extra_offset: int, name: str) -> Config:

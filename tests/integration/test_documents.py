@@ -11,7 +11,7 @@ import pytest
 from pymongo.errors import DuplicateKeyError
 
 from router.config import Config
-from router.db.documents import (
+from router.tools.db.documents import (
     COURSE_CONTENT,
     USER_PREFERENCES,
     DocumentStore,

@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 
 import client
-from router.cluster import LocalCluster
 from router.config import Config
+from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
 from tests.support.router_proc import (
     SCRATCH_DDL,

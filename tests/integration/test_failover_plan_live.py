@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from router.cluster import LocalCluster
 from router.config import Config
+from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
 from tests.integration.test_heartbeat import heartbeat_report, peer_states
 from tests.support.router_proc import RouterProcess, router_config, running_router

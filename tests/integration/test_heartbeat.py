@@ -18,8 +18,8 @@ import pytest
 
 import client
 from protocol.heartbeat import HeartbeatSender, ReportedHealth
-from router.cluster import LocalCluster
 from router.config import Config
+from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
 from tests.support.router_proc import TOKEN, RouterProcess, router_config, running_router
 

@@ -17,9 +17,9 @@ import pytest
 import client
 from protocol import ErrorCode
 from router.config import Config
-from router.db.connect import connect_node
-from router.db.migrate import load_migrations, migrate
-from router.ids import new_id
+from router.tools.db.connect import connect_node
+from router.tools.db.migrate import load_migrations, migrate
+from tests.support.ids import new_id
 from tests.support.router_proc import RouterProcess, number
 
 INSERT = "INSERT INTO rt_items (item_id, region, payload) VALUES ($1, 'europe', $2) RETURNING payload"

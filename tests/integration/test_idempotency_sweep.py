@@ -7,8 +7,8 @@ import uuid
 import asyncpg
 
 from router.config import Config
-from router.idempotency import sweep_once
-from router.topology import Topology
+from router.engine.idempotency import sweep_once
+from router.ha.topology import Topology
 
 
 async def test_sweep_deletes_only_expired_keys(migrated: Config) -> None:

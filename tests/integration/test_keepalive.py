@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 import client
-from router.cluster import LocalCluster
+from router.backend.pool import BackendPool
 from router.config import Config, load_config
-from router.daemon import RouterNode
-from router.pool import BackendPool
-from router.server import ClientConnection
+from router.node import RouterNode
+from router.server.connection import ClientConnection
+from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
 from tests.support.router_proc import TOKEN, RouterProcess
 

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import asyncpg
 
-from router.cluster import LocalCluster
+from router.backend.wal import UNKNOWN_LSN, LsnReader
 from router.config import Config
-from router.lsn import UNKNOWN_LSN, LsnReader
+from router.tools.localcluster import LocalCluster
 
 LSN_SQL = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8"
 

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from router.config import Config
-from router.db.connect import connect_node
-from router.db.health import NodeRole, NodeState, check_health
-from router.db.migrate import load_migrations, migrate
 from router.errors import MigrationError
+from router.tools.db.connect import connect_node
+from router.tools.db.health import NodeRole, NodeState, check_health
+from router.tools.db.migrate import load_migrations, migrate
 from tests.integration.conftest import wait_replayed
 
 

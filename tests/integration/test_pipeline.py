@@ -16,13 +16,13 @@ import pytest
 
 import client
 from protocol import Admin, ErrorCode, FrameDecoder, Hello, Hints, Json, Query, QueryKind, encode
-from router.cluster import LocalCluster
-from router.cluster.layout import existing_layout
+from router.backend.pgwire import PipelinedConnection, PipelineError
+from router.backend.pipeline import Pipeline, connect_pipelined
 from router.config import Config
-from router.ids import new_id
-from router.pgwire import PipelinedConnection, PipelineError
-from router.pipeline import Pipeline, connect_pipelined
+from router.tools.localcluster import LocalCluster
+from router.tools.localcluster.layout import existing_layout
 from tests.integration.conftest import wait_until
+from tests.support.ids import new_id
 from tests.support.router_proc import TOKEN, RouterProcess, number, port_of
 
 ECHO = (

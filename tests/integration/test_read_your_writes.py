@@ -15,9 +15,9 @@ import asyncpg
 
 import client
 from router.config import Config
-from router.db.connect import connect_node
-from router.ids import new_id
+from router.tools.db.connect import connect_node
 from tests.integration.conftest import wait_until
+from tests.support.ids import new_id
 from tests.support.router_proc import TOKEN, RouterProcess, number, port_of
 
 READ = "SELECT count(*), current_setting('port')::int FROM rt_items WHERE item_id = $1"

@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 
 import client
-from router.cluster import LocalCluster
 from router.config import Config
-from router.ids import new_id
+from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
+from tests.support.ids import new_id
 from tests.support.router_proc import (
     REGIONS,
     TOKEN,

@@ -24,12 +24,12 @@ from protocol import (
     Rollback,
     encode,
 )
-from router.cluster import LocalCluster
 from router.config import Config
-from router.db.documents import USER_PREFERENCES
-from router.ids import new_id
+from router.tools.db.documents import USER_PREFERENCES
+from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
 from tests.integration.test_documents import preferences
+from tests.support.ids import new_id
 from tests.support.router_proc import (
     TOKEN,
     RouterProcess,

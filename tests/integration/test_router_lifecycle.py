@@ -15,11 +15,11 @@ import asyncpg
 import pytest
 
 import client
-from router.cluster import LocalCluster
 from router.config import Config, router_socket_path
-from router.db.connect import connect_node
-from router.ids import new_id
+from router.tools.db.connect import connect_node
+from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
+from tests.support.ids import new_id
 from tests.support.router_proc import (
     REGIONS,
     SCRATCH_DDL,

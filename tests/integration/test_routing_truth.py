@@ -15,7 +15,7 @@ import pytest
 
 import client
 from router.config import Config
-from router.db.connect import connect_node
+from router.tools.db.connect import connect_node
 from tests.integration.conftest import Catalogue, unique, wait_until
 from tests.support.router_proc import REGIONS
 

@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 
 import client
-from router.cluster import LocalCluster
 from router.config import Config
-from router.db.connect import connect_node
+from router.tools.db.connect import connect_node
+from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import Catalogue, unique, wait_until
 from tests.support.router_proc import REGIONS, TOKEN, RouterProcess, router_config, running_router
 

@@ -2,8 +2,8 @@
 
 Random rows are spread over the three shards' primaries (a scratch schema on each); the same
 rows all sit in one more scratch schema on one primary, the oracle. Each random statement is
-planned (router/scatter_rewrite.py), its per-shard statement run on each shard, the answers
-merged (router/merge.py), and the result compared with the oracle running the original
+planned (router/core/scatter_rewrite.py), its per-shard statement run on each shard, the answers
+merged (router/core/merge.py), and the result compared with the oracle running the original
 statement on all the rows: the answer one database gives, not a Python re-implementation.
 """
 
@@ -22,14 +22,14 @@ from hypothesis import strategies as st
 from msgpack import ExtType
 
 from protocol.values import ext_hook
-from router.classify import Classifier
-from router.cluster import LocalCluster
+from router.backend.pgcodecs import install_codecs
 from router.config import Config, TableConfig
-from router.db.connect import connect_node
-from router.merge import ShardRows, column_orders, merge, real_columns
-from router.pgcodecs import install_codecs
-from router.scatter_plan import ScatterRefused
-from router.scatter_rewrite import plan_scatter
+from router.core.merge import ShardRows, column_orders, merge, real_columns
+from router.core.scatter_plan import ScatterRefused
+from router.core.scatter_rewrite import plan_scatter
+from router.engine.classifier import Classifier
+from router.tools.db.connect import connect_node
+from router.tools.localcluster import LocalCluster
 
 SHARDS = ("north_america", "europe", "asia")
 TABLES = {"t": TableConfig(name="t", region_column="region", id_columns=("id",)),
@@ -427,7 +427,7 @@ def test_the_names_the_router_gives_unnamed_columns_are_postgresqls(world: World
     name of a column without AS (FigureColname) checked against PostgreSQL's."""
     from pglast import parse_sql
 
-    from router.scatter_rewrite import _implicit_name
+    from router.core.scatter_rewrite import _implicit_name
 
     exprs = ["a", "t.s", "lower(s)", "a::int", "a::numeric(8, 2)", "1::int", "'x'::text",
              "CASE WHEN flag THEN 1 END", "CASE WHEN flag THEN 1 ELSE a END",

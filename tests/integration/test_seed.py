@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from router.cli import build_parser
 from router.config import Config
-from router.db.connect import connect_node
-from router.db.documents import COURSE_CONTENT, USER_PREFERENCES, DocumentStore
-from router.db.seed import SeedOptions, seed, table_checksums
 from router.errors import GeorouteError
+from router.tools.cli import build_parser
+from router.tools.db.connect import connect_node
+from router.tools.db.documents import COURSE_CONTENT, USER_PREFERENCES, DocumentStore
+from router.tools.db.seed import SeedOptions, seed, table_checksums
 
 # Every foreign key as (child, child columns, parent, parent columns).
 _FOREIGN_KEYS = """

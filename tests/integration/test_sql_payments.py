@@ -8,7 +8,7 @@ import re
 import uuid
 
 from router.config import Config
-from router.db.connect import connect_node
+from router.tools.db.connect import connect_node
 from tests.integration.conftest import Catalogue, sql_error, unique
 
 

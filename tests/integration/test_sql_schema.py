@@ -10,8 +10,8 @@ import asyncpg
 import pytest
 
 from router.config import Config
-from router.db.connect import connect_node
-from router.ids import shard_number_of
+from router.core.ids import shard_number_of
+from router.tools.db.connect import connect_node
 from tests.integration.conftest import Catalogue
 
 TABLES = {

@@ -20,18 +20,18 @@ import trustme
 
 import client
 from bench.peers import free_port
-from router.cluster.binaries import PgBinaries, find_pg_bin, make_reachable
-from router.cluster.layout import Layout, existing_layout
-from router.cluster.postgres import PgNode, PgRunner
-from router.cluster.users import ensure_server_user
+from router.backend.pgwire import PipelineError
+from router.backend.pipeline import connect_pipelined
+from router.backend.pool import BackendPool, NodeUnavailableError
+from router.backend.tls import TLSRefused
 from router.config import Config, DatabaseConfig, NodeAddress
-from router.db.connect import connect_node
-from router.ids import new_id
-from router.pgwire import PipelineError
-from router.pipeline import connect_pipelined
-from router.pool import BackendPool, NodeUnavailableError
-from router.tls import TLSRefused
+from router.tools.db.connect import connect_node
+from router.tools.localcluster.binaries import PgBinaries, find_pg_bin, make_reachable
+from router.tools.localcluster.layout import Layout, existing_layout
+from router.tools.localcluster.postgres import PgNode, PgRunner
+from router.tools.localcluster.users import ensure_server_user
 from tests.support.ci import missing
+from tests.support.ids import new_id
 from tests.support.router_proc import SCRATCH_DDL, TOKEN, number, router_config, running_router
 
 ENCRYPTED = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"

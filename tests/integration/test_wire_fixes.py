@@ -51,9 +51,9 @@ from protocol import (
     TxStarted,
     encode,
 )
-from router.cluster import LocalCluster
+from router.backend.pipeline import connect_pipelined
 from router.config import Config
-from router.pipeline import connect_pipelined
+from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import Catalogue, unique
 from tests.support.router_proc import TOKEN, RouterProcess
 

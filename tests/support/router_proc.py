@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from router.config import Config, TableConfig
-from router.config_write import config_to_toml
+from router.tools.config_write import config_to_toml
 
 TOKEN = "test-token-0123456789"
 REGIONS = ("north_america", "europe", "asia")
@@ -109,7 +109,7 @@ def running_router(config: Config, path: Path) -> Iterator[RouterProcess]:
     env = dict(os.environ)
     env[config.router.auth_token_env] = TOKEN
     proc = subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "--config", str(path), "router"],
+        [sys.executable, "-m", "router.tools.cli", "--config", str(path), "router"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -7,9 +7,9 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from router.cluster import LocalCluster
 from router.config import Config
-from router.config_write import with_port_offset
+from router.tools.config_write import with_port_offset
+from router.tools.localcluster import LocalCluster
 
 
 @contextlib.contextmanager

@@ -15,8 +15,8 @@ import pytest
 import trustme
 
 from router.config import NodeAddress, load_config, parse_config
-from router.config_write import with_port_offset
 from router.errors import ConfigError
+from router.tools.config_write import with_port_offset
 
 REPO = Path(__file__).resolve().parents[2]
 RAW: dict[str, Any] = tomllib.loads((REPO / "router.toml").read_text())
@@ -195,7 +195,7 @@ def test_max_frame_bytes_has_room_for_every_status_and_error_reply() -> None:
 
 def _georoute(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "router.cli", *args],
+        [sys.executable, "-m", "router.tools.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -1,5 +1,5 @@
 """The confinement rule, pure: a statement goes to one shard only when every sharded table it
-reads or writes is confined to that shard (router/confinement.py, routing.resolve_shards).
+reads or writes is confined to that shard (router/core/confinement.py, routing.resolve_shards).
 
 The cases are issue #12's, each once answered from one shard as if it were all of them (or a
 write applied to a third of its rows); the property tests nest subqueries, EXISTS, UNION
@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.classify import Classifier, SqlParseError, UnsupportedStatementError
 from router.config import load_config
-from router.ids import new_id
-from router.routing import (
+from router.core.classify import SqlParseError, UnsupportedStatementError
+from router.core.ids import new_id
+from router.core.routing import (
     CrossShardError,
     MissingShardKeyError,
     RoutingError,
@@ -27,6 +27,7 @@ from router.routing import (
     keyed_shard,
     resolve_shards,
 )
+from router.engine.classifier import Classifier
 
 CONFIG = load_config(Path(__file__).resolve().parents[2] / "router.toml")
 SHARDS = tuple(CONFIG.shards)
@@ -439,7 +440,7 @@ def test_copy_is_refused() -> None:
 
 def _batch_shard(statements: list[tuple[str, list[object]]], hint: str | None = None) -> str:
     from protocol.messages import Hints
-    from router.executor import Executor
+    from router.engine.executor import Executor
 
     executor = types.SimpleNamespace(config=CONFIG, shard_for_key=None)
     analyses = [CLASSIFIER.analyze(sql) for sql, _ in statements]

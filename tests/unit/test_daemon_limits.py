@@ -14,7 +14,7 @@ def test_the_router_raises_its_open_file_limit_to_the_hard_one() -> None:
     code = (
         "import resource, sys\n"
         "from router.config import load_config\n"
-        "from router.daemon import raise_fd_limit\n"
+        "from router.node import raise_fd_limit\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
         f"now = raise_fd_limit(load_config({str(REPO / 'router.toml')!r}))\n"

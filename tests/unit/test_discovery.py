@@ -3,7 +3,7 @@ and never while the current primary is writable too (split brain)."""
 
 from __future__ import annotations
 
-from router.discovery import Follow, NodeObservation, PrimaryWatch, Stay, StayReason
+from router.ha.discovery import Follow, NodeObservation, PrimaryWatch, Stay, StayReason
 
 P, R1, R2 = "europe-primary", "europe-replica1", "europe-replica2"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from router.backend.docstore import DocOperationError, DocStore, _check_pipeline
 from router.config import DocumentStoreConfig
-from router.docstore import DocOperationError, DocStore, _check_pipeline
 
 REFUSED_PIPELINES: list[Any] = [
     [{"$out": "stolen"}],
@@ -60,7 +60,7 @@ async def test_refused_before_the_store_is_asked(collection: str, op: str,
 
 
 def test_the_topology_report_names_only_the_document_stores_hosts() -> None:
-    from router.daemon import _hosts_of
+    from router.node import _hosts_of
 
     uri = ("mongodb://app:s3cret@db1:27017,db2/?tls=true&tlsCertificateKeyFilePassword=pw"
            "&authMechanismProperties=AWS_SESSION_TOKEN:tok")  # fmt: skip

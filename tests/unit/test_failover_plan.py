@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from protocol.heartbeat import ReportedHealth
-from router.failover import (
+from router.core.failover import (
     FailoverView,
     NoAction,
     NoActionReason,
@@ -14,7 +14,7 @@ from router.failover import (
     ReplicaView,
     plan_failover,
 )
-from router.membership import MemberView
+from router.core.membership import MemberView
 
 UP, SUSPECT, DOWN = ReportedHealth.UP, ReportedHealth.SUSPECT, ReportedHealth.DOWN
 PRIMARIES = {"europe": "europe-primary"}

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from router.config import FailoverMode, parse_config
-from router.config_write import config_to_toml
 from router.errors import ConfigError
-from router.heartbeat import HeartbeatService, heartbeat_key
-from router.topology import Topology
+from router.ha.heartbeat import HeartbeatService, heartbeat_key
+from router.ha.topology import Topology
+from router.tools.config_write import config_to_toml
 
 REPO = Path(__file__).resolve().parents[2]
 RAW: dict[str, Any] = tomllib.loads((REPO / "router.toml").read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protocol.heartbeat import Heartbeat, ReportedHealth
-from router.membership import (
+from router.core.membership import (
     Membership,
     MembershipTiming,
     MemberView,

@@ -1,4 +1,4 @@
-"""The merge (router/merge.py) on values where Python and PostgreSQL part ways: floats against
+"""The merge (router/core/merge.py) on values where Python and PostgreSQL part ways: floats against
 numeric constants, blank-padded char(n), float4 sums, numeric infinities, infinite
 timestamps and comparisons Python cannot make. Plans are built by hand (pure units); the
 expected answers are PostgreSQL's, as its documentation and numeric.c/float.c define them."""
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from protocol.valuetypes import Infinity
-from router.merge import ShardRows, ValueOrder, merge
-from router.scatter_plan import (
+from router.core.merge import ShardRows, ValueOrder, merge
+from router.core.scatter_plan import (
     Combine,
     Cond,
     Grouping,

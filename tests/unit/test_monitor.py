@@ -1,4 +1,4 @@
-"""The lag monitor's rounds (router/monitor.py) over stand-in probe connections: replica lag
+"""The lag monitor's rounds (router/ha/monitor.py) over stand-in probe connections: replica lag
 is measured against the primary's last known position while the primary cannot be probed,
 and any probe error (asyncpg's InternalClientError on a dead connection included) marks that
 node's probe failed instead of stopping the round with the lag left as it was. Topology and
@@ -16,9 +16,9 @@ import pytest
 
 from protocol import Hints
 from router.config import load_config
-from router.health import NodeHealth
-from router.monitor import PRIMARY_LSN_SQL, LagMonitor
-from router.topology import NodeState, Topology
+from router.core.health import NodeHealth
+from router.ha.monitor import PRIMARY_LSN_SQL, LagMonitor
+from router.ha.topology import NodeState, Topology
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,10 +98,10 @@ async def test_the_read_your_writes_wait_is_bounded_when_a_replica_stops_answeri
     to replay it, for router.read_your_writes_wait_ms and no longer, even if the replica
     never answers its poll; the read then runs on the primary. Two bounds, so that a wait
     off by a factor (or fixed, whatever the setting) shows up in one of them."""
-    from router.classify import Classifier
-    from router.executor import Executor
-    from router.session import Session
-    from router.topology import Role
+    from router.engine.classifier import Classifier
+    from router.engine.executor import Executor
+    from router.engine.session import Session
+    from router.ha.topology import Role
 
     monkeypatch.setenv("GEOROUTE_TOKEN", "t")
     loaded = load_config(REPO / "router.toml")
@@ -138,7 +138,7 @@ async def test_the_read_your_writes_wait_is_bounded_when_a_replica_stops_answeri
 
 
 def test_equally_idle_replicas_take_turns() -> None:
-    from router.routing import choose_replica
+    from router.core.routing import choose_replica
 
     class Idle:
         available, lag_bytes, replay_lsn, in_flight = True, 0, 100, 0
@@ -156,10 +156,10 @@ async def test_a_server_that_turns_a_connection_away_is_not_marked_down(
 ) -> None:
     """At its connection limit a node refuses new connections (53300) but is up: marking it
     DOWN would tear its pools down and make it flap. A node that cannot be reached is DOWN."""
-    import router.pool as pool_module
-    from router.classify import Classifier
-    from router.executor import Executor
-    from router.pool import NodeUnavailableError
+    import router.backend.pool as pool_module
+    from router.backend.pool import NodeUnavailableError
+    from router.engine.classifier import Classifier
+    from router.engine.executor import Executor
 
     monkeypatch.setenv("GEOROUTE_TOKEN", "t")
     config = load_config(REPO / "router.toml")

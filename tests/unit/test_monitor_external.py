@@ -1,4 +1,4 @@
-"""External failover mode in the monitor's rounds (router/monitor.py), over stand-in probe
+"""External failover mode in the monitor's rounds (router/ha/monitor.py), over stand-in probe
 connections: the shard's primary moves to the node that says it is no standby once it is
 confirmed, the old one stays out of reads, and in mode "off" the same answers move nothing."""
 
@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from router.config import load_config
-from router.monitor import FOLLOW_CONFIRM_ROUNDS, PRIMARY_LSN_SQL, LagMonitor
-from router.routing import Role
-from router.topology import NodeState, ShardState, Topology
+from router.core.routing import Role
+from router.ha.monitor import FOLLOW_CONFIRM_ROUNDS, PRIMARY_LSN_SQL, LagMonitor
+from router.ha.topology import NodeState, ShardState, Topology
 
 REPO = Path(__file__).resolve().parents[2]
 

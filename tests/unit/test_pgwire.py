@@ -1,4 +1,4 @@
-"""router/pgwire.py, pgtypes.py and pgauth.py without a server: SCRAM against RFC 7677's
+"""router/backend/pgwire.py, pgtypes.py and pgauth.py without a server: SCRAM against RFC 7677's
 worked example, parameter and column codecs, and the pipelined connection's reply matching
 fed with crafted server bytes."""
 
@@ -16,11 +16,11 @@ import msgpack
 import pytest
 
 from protocol.values import ExtCode, Infinity, ext_hook
-from router.pgauth import AuthError, ScramClient
-from router.pgtypes import _RESULT, Statement, Unsupported
-from router.pgtypes import make_statement as _make_statement
-from router.pgwire import PipelinedConnection, PipelineError
-from router.wirevalues import ResultValueError
+from router.backend.pgauth import AuthError, ScramClient
+from router.backend.pgtypes import _RESULT, Statement, Unsupported
+from router.backend.pgtypes import make_statement as _make_statement
+from router.backend.pgwire import PipelinedConnection, PipelineError
+from router.backend.wirevalues import ResultValueError
 
 I16, I32, U32 = struct.Struct("!h"), struct.Struct("!i"), struct.Struct("!I")
 
@@ -326,8 +326,8 @@ async def test_md5_and_cleartext_answers() -> None:
 async def test_a_slow_statement_stays_off_the_pipeline_only_for_a_cool_down() -> None:
     import time
 
+    from router.backend.pipeline import Pipeline
     from router.config import DatabaseConfig, NodeAddress
-    from router.pipeline import Pipeline
 
     pipeline = Pipeline("n", NodeAddress("127.0.0.1", 1, "d"), DatabaseConfig(pipeline_slow_ms=20),
                         {})  # fmt: skip
@@ -349,8 +349,8 @@ async def test_a_slow_statement_stays_off_the_pipeline_only_for_a_cool_down() ->
 
 async def _pipeline_with_one_statement() -> tuple[Any, PipelinedConnection, str]:
     """A node's pipeline of one started connection, with one statement prepared on it."""
+    from router.backend.pipeline import Pipeline
     from router.config import DatabaseConfig, NodeAddress
-    from router.pipeline import Pipeline
 
     db = DatabaseConfig(pipeline_slow_ms=20, pipeline_connections=1)
     pipeline = Pipeline("n", NodeAddress("127.0.0.1", 1, "d"), db, {})
@@ -390,7 +390,7 @@ async def test_a_statement_whose_caller_gave_up_keeps_its_slot_until_it_complete
     when it completes: quick (under pipeline_slow_ms, 20 ms here) makes it fast, slow
     starts its streak. The connection's clock is driven by the test, so the verdict is
     known in advance whatever the machine's load."""
-    from router import pgwire
+    from router.backend import pgwire
 
     clock = [100.0]
     monkeypatch.setattr(pgwire, "_monotonic", lambda: clock[0])
@@ -480,8 +480,8 @@ async def test_scram_without_the_servers_proof_is_refused() -> None:
 
 
 async def test_a_node_that_looks_down_lets_busy_pipelined_connections_finish() -> None:
+    from router.backend.pipeline import Pipeline
     from router.config import DatabaseConfig, NodeAddress
-    from router.pipeline import Pipeline
 
     pipeline = Pipeline("n", NodeAddress("127.0.0.1", 1, "d"), DatabaseConfig(), {})
     busy, _ = await started_connection()
@@ -511,6 +511,6 @@ async def test_a_node_that_looks_down_lets_busy_pipelined_connections_finish() -
     ],
 )
 def test_saslprep_as_postgresql_applies_it(given: str, prepared: str) -> None:
-    from router.pgauth import saslprep
+    from router.backend.pgauth import saslprep
 
     assert saslprep(given) == prepared

@@ -1,4 +1,4 @@
-"""A server that breaks the protocol (router/pgwire.py): the connection fails, the router
+"""A server that breaks the protocol (router/backend/pgwire.py): the connection fails, the router
 neither hangs nor returns wrong values. Bytes are fed to the protocol; no server is involved."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import pytest
 
-from router.pgtypes import I16, I32, Unsupported
-from router.pgtypes import make_statement as _make_statement
-from router.pgwire import PipelinedConnection, PipelineError
+from router.backend.pgtypes import I16, I32, Unsupported
+from router.backend.pgtypes import make_statement as _make_statement
+from router.backend.pgwire import PipelinedConnection, PipelineError
 from tests.unit.test_pgwire import (
     FakeTransport,
     data_row,

@@ -8,7 +8,7 @@ import uuid
 from decimal import Decimal
 
 from protocol import Json
-from router.idempotency import fingerprint, pack_reply
+from router.engine.idempotency import fingerprint, pack_reply
 
 SQL = "UPDATE rt_items SET payload = $2 WHERE item_id = $1"
 ITEM = uuid.UUID("018f0000-0000-8001-8000-000000000001")

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from router.classify import (
+from router.config import load_config
+from router.core import ids
+from router.core.classify import (
     INLINE_PARSE_MAX,
     Analysis,
-    Classifier,
     KeyKind,
     SqlParseError,
     UnsupportedStatementError,
 )
-from router.config import load_config
-from router.health import HealthEvent, NodeHealth, next_health
-from router.ids import new_id, shard_number_of
-from router.routing import (
+from router.core.health import HealthEvent, NodeHealth, next_health
+from router.core.ids import shard_number_of
+from router.core.routing import (
     Consistency,
     CrossShardError,
     MissingShardKeyError,
@@ -31,6 +31,8 @@ from router.routing import (
     decide_role,
     resolve_shards,
 )
+from router.engine.classifier import Classifier
+from tests.support.ids import new_id
 
 CONFIG = load_config(Path(__file__).resolve().parents[2] / "router.toml")
 NA, EU, ASIA = (CONFIG.shards[n].number for n in ("north_america", "europe", "asia"))
@@ -153,13 +155,13 @@ async def test_analyze_async_parses_long_texts_off_the_loop(classifier: Classifi
     assert len(sql) > INLINE_PARSE_MAX
     loop_thread = threading.get_ident()
     seen: list[int] = []
-    real = classifier._analyze
+    real = classifier._analyzer.analyze
 
     def spy(text: str) -> Analysis:
         seen.append(threading.get_ident())
         return real(text)
 
-    classifier._analyze = spy  # type: ignore[method-assign]
+    classifier._analyzer.analyze = spy  # type: ignore[method-assign]
     analysis = await classifier.analyze_async(sql)
     assert [(k.column, k.param) for k in analysis.keys] == [("user_id", 1)]
     assert seen and seen[0] != loop_thread
@@ -291,7 +293,7 @@ def test_random_uuid_is_not_an_id(classifier: Classifier) -> None:
 def test_id_layout_round_trips() -> None:
     for number in (0, 1, 2, 3, 200, 255):
         assert shard_number_of(new_id(number)) == number
-    ident = new_id(7, now_ms=0x0102030405, rand=bytes(range(9)))
+    ident = ids.new_id(7, now_ms=0x0102030405, rand=bytes(range(9)))
     assert ident.version == 8
     assert ident.bytes[:6] == (0x0102030405).to_bytes(6, "big")
     assert ident.bytes[7] == 7

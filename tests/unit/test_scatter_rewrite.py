@@ -1,4 +1,4 @@
-"""The cross-shard rewrite (router/scatter_rewrite.py) and the merge's pure parts (merge.py):
+"""The cross-shard rewrite (router/core/scatter_rewrite.py) and the merge's pure parts (merge.py):
 what each shard is asked, what is refused and why. Correctness of merged answers against
 PostgreSQL itself is in tests/integration/test_scatter_merge.py."""
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from router.classify import Classifier
 from router.config import Config, load_config
-from router.ids import new_id
-from router.merge import ShardRows, ValueOrder, merge, pg_numeric_div
-from router.routing import CrossShardError, MissingShardKeyError, Scatter, Target, route
-from router.scatter_plan import Combine, Refusal, ScatterPlan, ScatterRefused
-from router.scatter_rewrite import plan_scatter
+from router.core.merge import ShardRows, ValueOrder, merge, pg_numeric_div
+from router.core.routing import CrossShardError, MissingShardKeyError, Scatter, Target, route
+from router.core.scatter_plan import Combine, Refusal, ScatterPlan, ScatterRefused
+from router.core.scatter_rewrite import plan_scatter
+from router.engine.classifier import Classifier
+from tests.support.ids import new_id
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,11 +15,11 @@ import pytest
 
 from protocol import Encoder, ErrorCode, FrameDecoder, Hello, HelloOk, Hints, Ping, Pong, Query
 from protocol.messages import Role as WireRole
+from router.backend.pgwire import PipelineError
 from router.config import load_config
-from router.daemon import RouterNode
-from router.outcome import Outcome, Routed
-from router.pgwire import PipelineError
-from router.server import ClientConnection
+from router.engine.outcome import Outcome, Routed
+from router.node import RouterNode
+from router.server.connection import ClientConnection
 
 REPO = Path(__file__).resolve().parents[2]
 

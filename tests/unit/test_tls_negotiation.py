@@ -1,4 +1,4 @@
-"""The SSLRequest exchange of router/tls.py against a scripted server on loopback (the real
+"""The SSLRequest exchange of router/backend/tls.py against a scripted server on loopback (the real
 server's side is tested in tests/integration/test_tls.py)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 import trustme
 
 from protocol.sockets import keep_alive
+from router.backend.tls import TLSRefused, asyncpg_ssl, client_context, forget_contexts, open_stream
 from router.config import DatabaseConfig
-from router.tls import TLSRefused, asyncpg_ssl, client_context, forget_contexts, open_stream
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 

@@ -1,4 +1,4 @@
-"""The transaction state machine (router/transactions.py) with stand-in backend connections:
+"""The transaction state machine (router/engine/transactions.py) with stand-in backend connections:
 the per-client limit holds under concurrent begins, a batch inside a transaction is not split
 by a commit, an idle transaction is rolled back by the router itself, and a statement whose id
 or function argument names another shard is refused. Routing uses the real router.toml and
@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from protocol.messages import Hints
-from router.classify import Classifier
 from router.config import load_config
-from router.ids import new_id
-from router.routing import CrossShardError
-from router.session import Session, TransactionError
-from router.transactions import Transactions
+from router.core.routing import CrossShardError
+from router.engine.classifier import Classifier
+from router.engine.session import Session, TransactionError
+from router.engine.transactions import Transactions
+from tests.support.ids import new_id
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = load_config(REPO / "router.toml")

@@ -29,11 +29,13 @@ from protocol import (
     Rows,
 )
 from protocol.messages import Role as WireRole
-from router.classify import Classifier, SqlParseError
-from router.failures import NodeReadOnlyError, failure_for
-from router.outcome import Outcome
-from router.session import Session, TransactionError
-from router.wirevalues import Columns, ResultValueError
+from router.backend.wirevalues import Columns, ResultValueError
+from router.core.classify import SqlParseError
+from router.engine.classifier import Classifier
+from router.engine.errors import NodeReadOnlyError
+from router.engine.outcome import Outcome
+from router.engine.session import Session, TransactionError
+from router.server.failures import failure_for
 from tests.unit.test_server_flow import RecordingTransport, _connection, _frames
 from tests.unit.test_transactions import CONFIG, _transactions
 

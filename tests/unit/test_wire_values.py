@@ -1,7 +1,7 @@
 """The value forms PROTOCOL.md section 4 gives the types PostgreSQL returns beyond the first
 table (inet, cidr, intervals with months, points, ranges, +-infinity), JSON as ext 9 both
 ways, the reply's column types, and how the router turns PostgreSQL's binary forms into them
-(router/wirevalues.py). Pure: no sockets, no database."""
+(router/backend/wirevalues.py). Pure: no sockets, no database."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 import protocol as p
 from protocol.values import ExtCode, ext_default, ext_hook
-from router.wirevalues import (
+from router.backend.wirevalues import (
     Columns,
     ResultValueError,
     column_type,
@@ -207,8 +207,8 @@ def test_a_reply_that_cannot_be_encoded_names_the_column() -> None:
 
 
 def test_a_requests_timeout_goes_to_the_server_only_below_the_sessions_own() -> None:
+    from router.backend.pipeline import Pipeline
     from router.config import DatabaseConfig, NodeAddress
-    from router.pipeline import Pipeline
 
     address = NodeAddress("127.0.0.1", 1, "d")
     pipeline = Pipeline("n", address, DatabaseConfig(), {"statement_timeout": "30000"})

@@ -1,0 +1,98 @@
+"""What running a statement produces, shared by the executor and the transactions: the
+outcome a reply is made from, where a fast-path statement went, and which errors mean the
+backend connection is lost."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from protocol.messages import Role as WireRole
+from router.backend.pool import Backend, NodeUnavailableError
+from router.core.classify import Analysis
+from router.core.health import HealthEvent
+from router.core.routing import Role
+from router.ha.topology import NodeState, ShardState
+
+__all__ = [
+    "CONNECTION_ERRORS", "WIRE_ROLE", "Outcome", "Routed", "returned_after", "rows_changed",
+]
+
+# Errors after which the backend connection cannot be trusted (the node may be gone). asyncpg
+# raises InternalClientError ("cannot switch to state ...") on a connection the server ended
+# under it (seen after pg_terminate_backend); such a connection must never be reused.
+CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
+
+
+WIRE_ROLE = {Role.PRIMARY: WireRole.PRIMARY, Role.REPLICA: WireRole.REPLICA}
+
+
+@dataclass(slots=True, eq=False)
+class Routed:
+    """Where `Executor.submit` queued a statement (on `node`'s pipeline)."""
+
+    columns: list[str]
+    node: NodeState
+    shard: ShardState
+    analysis: Analysis
+
+
+@dataclass(slots=True)
+class Outcome:
+    columns: list[str]
+    rows: list[Any]
+    status: str
+    shard: str
+    node: str
+    role: WireRole
+    ryw_token: str | None = None
+    # Set when the statement applied but its rows can never be sent (a keyed write whose
+    # reply could not be stored): why. Its reply then says that it applied (server.py).
+    rows_lost: str | None = None
+
+    @property
+    def rowcount(self) -> int:
+        last = self.status.rsplit(" ", 1)[-1]
+        return int(last) if last.isdigit() else len(self.rows)
+
+
+def rows_changed(analysis: Analysis, status: str) -> bool:
+    """False for a DML statement that reported 0 rows (no WAL to wait for). A statement with
+    a write its status does not count (`WITH a AS (INSERT ...) UPDATE ...` says UPDATE 0)
+    may have changed rows all the same."""
+    if analysis.command in ("INSERT", "UPDATE", "DELETE", "MERGE") and not analysis.nested_write:
+        return not status.endswith(" 0")
+    return True
+
+
+@contextlib.contextmanager
+def returned_after(node: NodeState, backend: Backend) -> Iterator[None]:
+    """Give `backend` back to `node`'s pool when the block ends: kept after a statement's own
+    error or one asyncpg raised before sending; dropped when the connection cannot be trusted
+    (lost: the node's other idle connections most likely are too, so it is marked DOWN and
+    the monitor's next good probe brings it back; or cancelled mid-statement)."""
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        node.pool.release(backend, broken=True)
+        node.record(HealthEvent.CONNECT_FAILED, str(exc))
+        raise NodeUnavailableError(f"{node.name}: connection lost: {exc}", sent=True) from exc
+    except (asyncpg.PostgresError, asyncpg.exceptions.InterfaceError):
+        node.pool.release(backend)  # the statement failed (or never left); the connection is fine
+        raise
+    except BaseException:
+        node.pool.release(backend, broken=True)  # e.g. cancelled mid-statement
+        raise
+    node.pool.release(backend)

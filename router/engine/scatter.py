@@ -1,0 +1,365 @@
+"""Cross-shard reads, the coordinator: run a read's per-shard statement on every shard it
+needs, in parallel, and merge the answers (plan: router/core/scatter_rewrite.py; merge: merge.py).
+
+Each shard is read as a one-shard read is: a fresh-enough replica, past the session's
+read-your-writes position for that shard, else the primary. The fan-out runs inside the
+request's own timeout. The first shard that fails fails the request, with that shard named;
+the other parts are abandoned (their tasks cancelled, a pipelined statement's result
+dropped), and no partial answer is ever returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.messages import Hints
+from protocol.messages import Role as WireRole
+from router.backend.pgwire import PipelineError, Unsupported
+from router.backend.pipeline import is_lock_timeout, is_stale_statement
+from router.backend.pool import Backend, NodeUnavailableError
+from router.backend.wal import UNKNOWN_LSN
+from router.config import Config
+from router.core.classify import Analysis
+from router.core.health import HealthEvent
+from router.core.merge import ShardRows, ValueOrder, column_orders, merge, real_columns
+from router.core.routing import Consistency, Role, Scatter, choose_replica
+from router.core.scatter_plan import Refusal, ScatterPlan, ScatterRefused
+from router.core.scatter_rewrite import plan_scatter
+from router.engine.outcome import Outcome, returned_after
+from router.engine.session import Session
+from router.ha.topology import NodeState, ShardState, Topology
+
+__all__ = ["ScatterRunner", "ScatterStats", "ShardFailure"]
+
+# Collations whose order is the code points' (what the merge compares text by). glibc's
+# C.UTF-8 sorts by code point too; the property tests check it against PostgreSQL.
+_CODE_POINT_COLLATIONS = frozenset({"C", "POSIX", "C.UTF-8", "C.utf8"})
+_DATABASE_SQL = (
+    "SELECT datcollate, ARRAY(SELECT oid::int8 FROM pg_type WHERE typtype = 'e') "
+    "FROM pg_database WHERE datname = current_database()"
+)
+
+# Executor._pick: the node for a read of one shard, and a borrowed pooled connection (None:
+# read on the node's pipelined connections); Executor.acquire: a pooled connection of a node.
+Pick = Callable[[ShardState, Role, int | None, bool], Awaitable[tuple[NodeState, Backend | None]]]
+Acquire = Callable[[NodeState], Awaitable[Backend]]
+
+
+class ShardFailure(Exception):
+    """One shard of a cross-shard read failed: `cause` is what it raised (failures.py maps it
+    as it would for a one-shard read, naming the shard)."""
+
+    def __init__(self, shard: str, cause: BaseException) -> None:
+        super().__init__(f"shard {shard}: {cause}")
+        self.shard = shard
+        self.cause = cause
+
+
+@dataclass(slots=True)
+class ScatterStats:
+    """Counters for the metrics endpoint (router/metrics.py reads them)."""
+
+    requests: int = 0
+    fanout: dict[int, int] = field(default_factory=dict)  # shards asked -> requests
+    merge_seconds: float = 0.0
+    shard_seconds: dict[str, tuple[int, float]] = field(default_factory=dict)
+    refusals: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+    def refused(self, reason: str) -> None:
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+
+    def shard_done(self, shard: str, seconds: float) -> None:
+        count, total = self.shard_seconds.get(shard, (0, 0.0))
+        self.shard_seconds[shard] = (count + 1, total + seconds)
+
+
+class _Reshaped(Exception):
+    """A part's result has another number of columns than the types kept for it."""
+
+
+class _FastParts:
+    """The parts queued on pipelined connections: `done` resolves once each has answered.
+    A part that fails in a way a read may simply run again (`failed`) waits for the rest;
+    any other failure, or too many rows, fails `done` at once."""
+
+    __slots__ = ("answers", "done", "failed", "rows", "waiting")
+
+    def __init__(self, count: int) -> None:
+        self.answers: list[_Answer | None] = [None] * count
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.failed: list[tuple[int, NodeState, BaseException]] = []
+        self.waiting = 0
+        self.rows = 0
+
+    def queued(self) -> None:
+        self.waiting += 1
+
+    def _settled(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def answer(self, index: int, answer: _Answer, max_rows: int) -> None:
+        if len(answer.columns) != len(answer.orders):
+            self.fail(index, answer.node, _Reshaped())
+            return
+        self.answers[index] = answer
+        self.rows += len(answer.rows)
+        if self.rows > max_rows and not self.done.done():
+            self.done.set_exception(_too_large(max_rows))
+        self._settled()
+
+    def fail(self, index: int, node: NodeState, exc: BaseException | None) -> None:
+        exc = exc or PipelineError("no result")
+        if (isinstance(exc, (PipelineError, _Reshaped)) or is_stale_statement(exc)
+                or is_lock_timeout(exc)):  # fmt: skip
+            self.failed.append((index, node, exc))
+        elif not self.done.done():
+            self.done.set_exception(ShardFailure(node.shard, exc))
+        self._settled()
+
+
+def _too_large(max_rows: int) -> ScatterRefused:
+    return ScatterRefused(
+        Refusal.TOO_LARGE, "the result",
+        f"the shards sent more than router.max_scatter_rows ({max_rows}) rows to merge; "
+        "narrow the read (a WHERE, a LIMIT) or read each shard")  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Answer:
+    shard: str
+    node: NodeState
+    columns: list[str]
+    rows: list[Any]
+    orders: list[ValueOrder]
+    real: frozenset[int]  # columns of type real (float4): merge's `real`
+
+
+class ScatterRunner:
+    def __init__(self, config: Config, topology: Topology, pick: Pick, acquire: Acquire) -> None:
+        self._config = config
+        self._topology = topology
+        self._pick = pick
+        self._acquire = acquire
+        self._max_rows = config.router.max_scatter_rows
+        self._max_lag = config.router.max_replica_lag_bytes
+        self._databases: dict[str, tuple[bool, frozenset[int]]] = {}  # node -> (C, enums)
+        self.stats = ScatterStats()
+
+    def plan(self, sql: str, analysis: Analysis) -> ScatterPlan:
+        """The plan, kept with the statement's analysis (a refusal is kept too)."""
+        found = analysis.scatter.get("plan")
+        if found is None:
+            try:
+                found = plan_scatter(sql, analysis.confinement, self._config.tables)
+            except ScatterRefused as exc:
+                found = exc
+            analysis.scatter["plan"] = found
+        if isinstance(found, ScatterRefused):
+            self.stats.refused(found.reason.value)
+            raise found
+        return found
+
+    async def run(self, session: Session, sql: str, params: Sequence[Any], analysis: Analysis,
+                  target: Scatter, hints: Hints, consistency: Consistency) -> Outcome:  # fmt: skip
+        plan = self.plan(sql, analysis)
+        self.stats.requests += 1
+        self.stats.fanout[len(target.shards)] = self.stats.fanout.get(len(target.shards), 0) + 1
+        budget = [self._max_rows]
+        # Parts queued at once on pipelined connections, answered by callbacks (no task);
+        # the rest (a replica to wait for, types not known yet, a pipeline that declines)
+        # run as tasks. Both are awaited together.
+        fast = _FastParts(len(target.shards))
+        tasks: dict[asyncio.Future[Any], str] = {}
+        for index, name in enumerate(target.shards):
+            if not self._submit(fast, index, session, name, plan, params, analysis, hints,
+                                consistency):  # fmt: skip
+                tasks[asyncio.ensure_future(self._one(
+                    session, name, plan, params, analysis, hints, consistency, budget))] = name
+        if fast.waiting:
+            tasks[fast.done] = ""
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except BaseException:  # cancelled (the request's timeout): so are the shards' reads
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+        if failed:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            first = failed[0]
+            exc = first.exception()
+            assert exc is not None
+            if isinstance(exc, ScatterRefused):
+                self.stats.refused(exc.reason.value)
+                raise exc
+            if isinstance(exc, ShardFailure):  # a pipelined part's, named already
+                raise exc
+            raise ShardFailure(tasks[first], exc) from exc
+        answers: list[_Answer | None] = list(fast.answers)
+        for task, name in tasks.items():
+            if name:
+                answers[target.shards.index(name)] = task.result()
+        if fast.failed:
+            await self._again(fast, answers, session, target, plan, params, analysis, hints,
+                              consistency, budget)  # fmt: skip
+        found = [a for a in answers if a is not None]
+        assert len(found) == len(target.shards)
+        if sum(len(a.rows) for a in found) > self._max_rows:  # the parts counted apart
+            self.stats.refused(Refusal.TOO_LARGE.value)
+            raise _too_large(self._max_rows)
+        return self._merge(plan, params, found)
+
+    def _submit(self, fast: _FastParts, index: int, session: Session, name: str,
+                plan: ScatterPlan, params: Sequence[Any], analysis: Analysis, hints: Hints,
+                consistency: Consistency) -> bool:  # fmt: skip
+        """Queue one shard's part on a pipelined connection with no await, as the fast path
+        does a one-shard read; False when it must run as a task instead."""
+        orders: list[ValueOrder] | None = analysis.scatter.get("orders")
+        if orders is None:
+            return False
+        real: frozenset[int] = analysis.scatter.get("real", frozenset())
+        shard = self._topology.shards[name]
+        node = shard.primary
+        if consistency is not Consistency.STRONG:
+            min_lsn = (session.min_lsn(name, hints.ryw)
+                       if consistency is Consistency.SESSION else None)  # fmt: skip
+            replica = choose_replica(shard.replicas, self._max_lag, min_lsn, shard.next_turn())
+            if replica is not None:
+                node = replica
+            elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
+                return False  # the bounded wait for a replica to replay the session's writes
+        if not node.available or node.name not in self._databases:
+            return False
+        pipeline = node.pool.pipeline
+        started = time.perf_counter()
+
+        def answered(rows: list[Any] | None, status: str, server_seconds: float,
+                     exc: BaseException | None, wal: int | None) -> None:  # fmt: skip
+            pipeline.finished(plan.sql, server_seconds)
+            if exc is None and rows is not None:
+                self.stats.shard_done(name, time.perf_counter() - started)
+                fast.answer(index, _Answer(name, node, columns or [], rows, orders, real),
+                            self._max_rows)  # fmt: skip
+            else:
+                fast.fail(index, node, exc)
+
+        columns = pipeline.submit(plan.sql, plan.shard_params(params), answered)
+        if columns is None:
+            return False
+        fast.queued()
+        return True
+
+    async def _again(self, fast: _FastParts, answers: list[_Answer | None], session: Session,
+                     target: Scatter, plan: ScatterPlan, params: Sequence[Any],
+                     analysis: Analysis, hints: Hints, consistency: Consistency,
+                     budget: list[int]) -> None:  # fmt: skip
+        """Parts the pipeline could not finish (a lost connection, a statement to prepare
+        again, a result of another shape) run again as tasks: reads are safe to repeat."""
+        for index, node, exc in fast.failed:
+            if isinstance(exc, PipelineError):
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
+            elif is_stale_statement(exc):
+                node.pool.pipeline.forget(plan.sql)
+            elif isinstance(exc, _Reshaped):
+                analysis.scatter.pop("orders", None)
+            elif not is_lock_timeout(exc):
+                raise ShardFailure(target.shards[index], exc) from exc
+        budget[0] = self._max_rows - sum(len(a.rows) for a in answers if a is not None)
+        again = [index for index, _, _ in fast.failed]
+        try:
+            found = await asyncio.gather(*(
+                self._one(session, target.shards[i], plan, params, analysis, hints,
+                          consistency, budget) for i in again))  # fmt: skip
+        except ScatterRefused:
+            raise
+        except Exception as exc:
+            raise ShardFailure(",".join(target.shards[i] for i in again), exc) from exc
+        for index, answer in zip(again, found, strict=True):
+            answers[index] = answer
+
+    def _merge(self, plan: ScatterPlan, params: Sequence[Any],
+               answers: list[_Answer]) -> Outcome:  # fmt: skip
+        started = time.perf_counter()
+        text_exact = all(self._databases.get(a.node.name, (False,))[0] for a in answers)
+        orders = answers[0].orders
+        try:
+            columns, rows = merge(plan, params,
+                                  [ShardRows(a.shard, a.columns, a.rows) for a in answers],
+                                  orders, text_exact=text_exact,
+                                  real=answers[0].real)  # fmt: skip
+        except ScatterRefused as exc:
+            self.stats.refused(exc.reason.value)
+            raise
+        self.stats.merge_seconds += time.perf_counter() - started
+        replica = all(a.node.role is Role.REPLICA for a in answers)
+        return Outcome(columns, rows, f"SELECT {len(rows)}",
+                       ",".join(a.shard for a in answers), ",".join(a.node.name for a in answers),
+                       WireRole.REPLICA if replica else WireRole.PRIMARY)  # fmt: skip
+
+    async def _one(
+        self, session: Session, name: str, plan: ScatterPlan, params: Sequence[Any],
+        analysis: Analysis, hints: Hints, consistency: Consistency, budget: list[int],
+    ) -> _Answer:
+        started = time.perf_counter()
+        shard = self._topology.shards[name]
+        role = Role.PRIMARY if consistency is Consistency.STRONG else Role.REPLICA
+        min_lsn = session.min_lsn(name, hints.ryw) if consistency is Consistency.SESSION else None
+        node, backend = await self._pick(shard, role, min_lsn, True)
+        try:
+            answer = await self._read(name, node, backend, plan, params, analysis)
+        except NodeUnavailableError:
+            if node.role is not Role.REPLICA:
+                raise
+            # The replica went away under the read: a read is safe to run again on the primary.
+            node, backend = await self._pick(shard, Role.PRIMARY, UNKNOWN_LSN, True)
+            answer = await self._read(name, node, backend, plan, params, analysis)
+        budget[0] -= len(answer.rows)
+        if budget[0] < 0:
+            raise _too_large(self._max_rows)
+        self.stats.shard_done(name, time.perf_counter() - started)
+        return answer
+
+    async def _read(self, name: str, node: NodeState, backend: Backend | None, plan: ScatterPlan,
+                    params: Sequence[Any], analysis: Analysis) -> _Answer:  # fmt: skip
+        """One shard's part: on the node's pipelined connections once the statement's column
+        types are known (they are the same on every shard: one schema), else on a pooled
+        connection, which also learns them (and the database's collation and enums)."""
+        shard_params = plan.shard_params(params)
+        orders: list[ValueOrder] | None = analysis.scatter.get("orders")
+        if backend is None and orders is not None and node.name in self._databases:
+            try:
+                columns, rows, _ = await node.pool.pipeline.run(plan.sql, shard_params)
+            except Unsupported:
+                pass  # declined (nothing was sent): a pooled connection takes it
+            except PipelineError as exc:
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
+                raise NodeUnavailableError(f"{node.name}: connection lost: {exc}",
+                                           sent=True) from exc  # fmt: skip
+            else:
+                if len(columns) == len(orders):
+                    real = analysis.scatter.get("real", frozenset())
+                    return _Answer(name, node, columns, rows, orders, real)
+                # Its result changed shape (a migration): learn the types again, below.
+        if backend is None:
+            backend = await self._acquire(node)
+        with returned_after(node, backend):
+            if node.name not in self._databases:
+                collation, enums = (await backend.run(_DATABASE_SQL, ()))[1][0]
+                self._databases[node.name] = (collation in _CODE_POINT_COLLATIONS,
+                                              frozenset(enums))  # fmt: skip
+            columns, rows, _ = await backend.run(plan.sql, shard_params)
+            attributes = await backend.attributes(plan.sql)
+        orders = column_orders(attributes, self._databases[node.name][1])
+        real = real_columns(attributes)
+        analysis.scatter["real"] = real  # before "orders", which says both are known
+        analysis.scatter["orders"] = orders
+        return _Answer(name, node, columns, rows, orders, real)

@@ -1,0 +1,159 @@
+"""The router's live view of the database nodes: role, health, WAL positions, pools.
+
+`Topology.from_config` builds one `NodeState` per configured node. The monitor (monitor.py)
+updates health and lag; the executor reads them through routing.choose_replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.backend.pool import BackendPool
+from router.backend.wal import LsnReader
+from router.config import Config, NodeAddress
+from router.core.health import HealthEvent, NodeHealth, next_health
+from router.core.routing import Role
+
+__all__ = ["NodeState", "ShardState", "Topology"]
+
+
+@dataclass(slots=True, eq=False)
+class NodeState:
+    name: str
+    shard: str
+    role: Role
+    address: NodeAddress
+    pool: BackendPool
+    health: NodeHealth = NodeHealth.UP
+    replay_lsn: int | None = None  # replicas: last replayed WAL position; primaries: current
+    lag_bytes: int | None = None  # replicas: primary's position minus replay position
+    in_recovery: bool | None = None  # replicas: a standby at the last probe (None: unknown)
+    last_error: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.health is not NodeHealth.DOWN
+
+    @property
+    def in_flight(self) -> int:
+        return self.pool.in_use + self.pool.waiting + self.pool.pipeline.in_flight
+
+    def record(self, event: HealthEvent, error: str | None = None) -> NodeHealth:
+        before = self.health
+        self.health = next_health(self.health, event)
+        if error is not None:
+            self.last_error = error
+        elif event is HealthEvent.PROBE_OK:
+            self.last_error = None
+        if self.health is NodeHealth.DOWN and before is not NodeHealth.DOWN:
+            self.pool.terminate_all()
+        return self.health
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shard": self.shard,
+            "role": self.role.value,
+            "host": self.address.host,
+            "port": self.address.port,
+            "health": self.health.value,
+            "replay_lsn": self.replay_lsn,
+            "lag_bytes": self.lag_bytes,
+            "pool_size": self.pool.size,
+            "pool_in_use": self.pool.in_use,
+            "pool_waiting": self.pool.waiting,
+            "pipeline_connections": self.pool.pipeline.connections,
+            "pipeline_in_flight": self.pool.pipeline.in_flight,
+            "pipeline_statements": self.pool.pipeline.statements,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(slots=True, eq=False)
+class ShardState:
+    name: str
+    number: int
+    primary: NodeState
+    lsn: LsnReader  # the primary's WAL position, for read-your-writes tokens
+    replicas: list[NodeState] = field(default_factory=list)
+    turn: int = 0  # which replica goes first among equally idle ones (choose_replica)
+    # The primary's WAL position at its last good probe: replica lag is measured against it
+    # while the primary cannot be probed, so reads keep their replicas.
+    last_primary_lsn: int | None = None
+    # External failover mode: the monitor's last decision about the primary, with its reason
+    # (router/ha/discovery.py), for the topology view. None in the other modes.
+    primary_decision: str | None = None
+
+    def next_turn(self) -> int:
+        self.turn += 1
+        return self.turn
+
+    def make_primary(self, node: NodeState, lsn: LsnReader) -> LsnReader:
+        """`node`, a replica, is the primary now (a failover; roles are live state, so a
+        node keeps its name, e.g. europe-replica1, whatever its role). The old primary stays
+        as a replica that serves no reads until the monitor sees it replaying. Returns the
+        old primary's WAL-position reader, for the caller to close."""
+        old, old_lsn = self.primary, self.lsn
+        self.replicas.remove(node)
+        old.role, node.role = Role.REPLICA, Role.PRIMARY
+        old.lag_bytes = None
+        self.replicas.append(old)
+        self.primary, self.lsn = node, lsn
+        self.last_primary_lsn = None  # the old primary's, on another timeline
+        return old_lsn
+
+    def nodes(self) -> Iterator[NodeState]:
+        yield self.primary
+        yield from self.replicas
+
+
+@dataclass(slots=True, eq=False)
+class Topology:
+    shards: dict[str, ShardState]
+
+    @classmethod
+    def from_config(cls, config: Config) -> Topology:
+        r = config.router
+
+        def pool(name: str, address: NodeAddress) -> BackendPool:
+            return BackendPool(
+                name,
+                address,
+                config.database,
+                acquire_timeout=r.pool_acquire_timeout_seconds,
+                statement_timeout=r.statement_timeout_seconds,
+                transaction_idle_timeout=r.transaction_idle_timeout_seconds,
+                application_name=f"georoute:{r.node_name}",
+            )
+
+        shards: dict[str, ShardState] = {}
+        for shard_name, node_name, address in config.all_nodes():
+            role = Role.PRIMARY if node_name.endswith("-primary") else Role.REPLICA
+            node = NodeState(node_name, shard_name, role, address, pool(node_name, address))
+            if role is Role.PRIMARY:
+                lsn = LsnReader(node_name, address, config.database)
+                shards[shard_name] = ShardState(
+                    shard_name, config.shards[shard_name].number, node, lsn
+                )
+            else:
+                shards[shard_name].replicas.append(node)
+        return cls(shards)
+
+    def nodes(self) -> Iterator[NodeState]:
+        for shard in self.shards.values():
+            yield from shard.nodes()
+
+    def node(self, name: str) -> NodeState | None:
+        return next((n for n in self.nodes() if n.name == name), None)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            name: {
+                "number": s.number,
+                "nodes": [n.snapshot() for n in s.nodes()],
+                "primary_decision": s.primary_decision,
+            }
+            for name, s in self.shards.items()
+        }

@@ -1,0 +1,466 @@
+"""One router node's lifecycle: startup -> serve -> shutdown, and reload on SIGHUP.
+
+Startup connects a pool to every database node (reporting which are reachable; a node that is
+down does not stop the router), starts the lag monitor, the metrics endpoint and the protocol
+server. SIGTERM/SIGINT stop accepting, drain in-flight requests within drain_timeout_seconds,
+then close. SIGHUP re-reads router.toml: changed nodes get new pools (old ones drained); a bad
+config is logged and the old one kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import resource
+import signal
+import stat
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pymongo.uri_parser import parse_uri
+
+from protocol import Encoder
+from router.backend.docstore import DocStore
+from router.backend.pool import NodeUnavailableError
+from router.backend.tls import ListenerTLS, forget_contexts
+from router.backend.wal import LsnReader
+from router.config import Config, RouterConfig, load_config, router_socket_path
+from router.core.health import HealthEvent
+from router.core.routing import Role
+from router.engine.classifier import Classifier
+from router.engine.executor import Executor
+from router.engine.idempotency import run_sweeper
+from router.engine.parser_thread import start_parser
+from router.errors import ConfigError
+from router.ha.heartbeat import HeartbeatService
+from router.ha.monitor import LagMonitor
+from router.ha.topology import NodeState, ShardState, Topology
+from router.metrics import Metrics
+from router.server.connection import ClientConnection
+from router.tools.db.documents import validate as validate_document
+
+__all__ = ["RouterNode", "run_router"]
+
+log = logging.getLogger("georoute.router")
+
+
+
+
+_TLS_HANDSHAKE_SECONDS = 10.0  # a client that connects and never completes TLS is dropped
+_DRAIN_POLL_SECONDS = 0.05  # how often a drain looks again at transactions left open
+
+
+def _listener_tls(router: RouterConfig) -> ListenerTLS | None:
+    if not router.tls_cert_file:
+        return None
+    try:
+        return ListenerTLS(router)
+    except (OSError, ValueError) as exc:
+        why = f"cannot load the certificate and key: {exc}"
+        raise ConfigError("router.tls_cert_file", why) from exc
+
+
+def _hosts_of(uri: str) -> str:
+    """The document store's hosts, for the topology report: never its credentials or
+    options (a password or token may sit in either)."""
+    try:
+        nodes = parse_uri(uri, warn=True)["nodelist"]
+    except Exception:  # a URI it cannot parse is reported as unknown
+        return "?"
+    return ",".join(f"{host}:{port}" for host, port in nodes)
+
+
+def _classifier(config: Config) -> Classifier:
+    r = config.router
+    return Classifier(config.tables, r.read_only_functions, r.parse_cache_size, r.max_sql_bytes,
+                      r.sharded_functions)
+
+
+class RouterNode:
+    def __init__(self, config: Config, *, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        token = os.environ.get(config.router.auth_token_env)
+        if not token:
+            raise ConfigError(
+                "router.auth_token_env",
+                f"environment variable {config.router.auth_token_env} is not set",
+            )
+        self.auth_token = token
+        self.encoder = Encoder(config.router.max_frame_bytes)
+        self.metrics = Metrics()
+        self.topology = Topology.from_config(config)
+        self.classifier = _classifier(config)
+        self.executor = Executor(config, self.topology, self.classifier)
+        self.executor.scatter.stats = self.metrics.scatter
+        self.docstore = DocStore(config.document_store, validate_document)
+        self.monitor = LagMonitor(config, self.topology)
+        self.heartbeat = (HeartbeatService(config, lambda: self.topology)
+                          if config.heartbeat.enabled else None)  # fmt: skip
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self._reload_lock = asyncio.Lock()
+        self._server: asyncio.Server | None = None
+        self._unix_server: asyncio.Server | None = None
+        self._unix_path: str | None = None
+        self._stopped = asyncio.Event()
+        self._tls: ListenerTLS | None = None  # the TCP listener's, when it has TLS
+        self._bg: set[asyncio.Task[Any]] = set()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def _start_pools(self, nodes: list[NodeState]) -> None:
+        async def start(node: NodeState) -> None:
+            try:
+                await node.pool.start()
+                node.record(HealthEvent.PROBE_OK)
+            except NodeUnavailableError as exc:
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
+
+        await asyncio.gather(*(start(n) for n in nodes))
+        for node in nodes:
+            state = "reachable" if node.available else f"UNREACHABLE ({node.last_error})"
+            log.info("node %s %s:%d %s", node.name, node.address.host, node.address.port, state)
+
+    async def startup(self) -> None:
+        self._tls = _listener_tls(self.config.router)  # a bad certificate stops us at once
+        start_parser()  # first: its large stack size is set process-wide while it is made
+        await self._start_pools(list(self.topology.nodes()))
+        self.monitor.start()
+        await asyncio.wait_for(self.monitor.wait_round(), 10)
+        if self.heartbeat is not None:  # after the first round: our view is measured
+            await self.heartbeat.start()
+        self.metrics.heartbeat = self.heartbeat
+        self.spawn(
+            run_sweeper(lambda: self.topology, self.config.router.idempotency_retention_seconds)
+        )
+        self.metrics.bind(self.topology, self.classifier, lambda: len(self.connections))
+        self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
+        r = self.config.router
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self), r.listen_host, r.listen_port, backlog=1024,
+            ssl=self._tls.context if self._tls else None,
+            ssl_handshake_timeout=_TLS_HANDSHAKE_SECONDS if self._tls else None,
+        )  # fmt: skip
+        log.info("router %s listening on %s:%d%s", r.node_name, r.listen_host, r.listen_port,
+                 " (TLS)" if self._tls else "")  # fmt: skip
+        path = router_socket_path(r)
+        if path is not None:
+            try:
+                await self._listen_unix(loop, path)
+            except OSError as exc:  # e.g. another user's file in /tmp: TCP still serves
+                log.error("not listening on %s: %s", path, exc)
+
+    @property
+    def unix_path(self) -> str | None:
+        """The Unix socket the router listens on, if any."""
+        return self._unix_path
+
+    async def _listen_unix(self, loop: asyncio.AbstractEventLoop, path: str) -> None:
+        # The TCP port is ours now, so a socket file of that port is a stale one of ours;
+        # one that another user owns is not ours to remove (nor to trust).
+        with contextlib.suppress(FileNotFoundError):
+            found = os.lstat(path)
+            if found.st_uid != os.getuid():
+                raise PermissionError(f"{path} belongs to uid {found.st_uid}, not to us")
+            if stat.S_ISSOCK(found.st_mode):
+                os.unlink(path)
+        self._unix_server = await loop.create_unix_server(
+            lambda: ClientConnection(self), path, backlog=1024
+        )
+        self._unix_path = path
+        log.info("router %s listening on %s", self.config.router.node_name, path)
+
+    async def serve(self) -> None:
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def shutdown(self) -> None:
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        if self._unix_server is not None:
+            self._unix_server.close()
+            if self._unix_path is not None:  # Python 3.11's asyncio leaves the file behind
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._unix_path)
+        await self._drain_requests(self.config.router.drain_timeout_seconds)
+        for conn in list(self.connections):
+            if conn.session.transactions:
+                await self.executor.transactions.close_session(conn.session)
+                conn.session.transactions.clear()
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self.monitor.stop()
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
+        await asyncio.gather(*(n.pool.close() for n in self.topology.nodes()))
+        await asyncio.gather(*(s.lsn.close() for s in self.topology.shards.values()))
+        await self.docstore.close()
+        self.metrics.close()
+        for task in self._bg:
+            task.cancel()
+        log.info("router %s stopped", self.config.router.node_name)
+
+    async def _drain_requests(self, grace: float) -> None:
+        """Let requests in flight and open transactions finish, within `grace` seconds. Those
+        on the pipelined fast path are not tasks (their replies go out when their statements
+        finish), and one that finishes may start a task (a write's token read apart, a read
+        run again): so wait for tasks and pipelines in turn until both are idle. A client
+        with a transaction open may still send its statements and its commit meanwhile (new
+        requests outside transactions are refused)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        pipelines = [n.pool.pipeline for n in self.topology.nodes()]
+        logged: tuple[int, int, int] | None = None
+        while True:
+            tasks = [t for c in self.connections for t in c.tasks]
+            busy = [p for p in pipelines if p.in_flight]
+            open_tx = sum(len(c.session.transactions) for c in self.connections)
+            left = deadline - loop.time()
+            if not tasks and not busy and not open_tx:
+                return
+            if left <= 0:
+                for task in tasks:
+                    task.cancel()
+                return
+            state = (len(tasks), len(busy), open_tx)
+            if state != logged:  # not every poll: only what changed
+                logged = state
+                log.info("draining %d requests in tasks, %d pipelines busy, %d transactions "
+                         "open", *state)  # fmt: skip
+            if tasks:
+                await asyncio.wait(tasks, timeout=left)
+            await asyncio.gather(*(p.drain(max(0.0, deadline - loop.time())) for p in busy))
+            if not tasks and not busy:  # only transactions: their clients' next requests
+                await asyncio.sleep(min(_DRAIN_POLL_SECONDS, max(0.0, left)))
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    # ---- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config file. Returns False (and keeps the old config) if it is bad.
+        One reload at a time: a second SIGHUP waits for the first to finish."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
+        if self.config_path is None:
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return False
+        r_new, r_old = new.router, self.config.router
+        if (r_new.listen_host, r_new.listen_port, r_new.listen_socket_dir) != (
+            r_old.listen_host, r_old.listen_port, r_old.listen_socket_dir,
+        ):  # fmt: skip
+            log.warning("router.listen_* changes need a restart; keeping the old address")
+        serving = self._tls.paths if self._tls is not None else ("", "", "")
+        if (r_new.tls_cert_file, r_new.tls_key_file, r_new.tls_client_ca_file) != serving:
+            # Not applied while serving; loud when it would change who may connect.
+            level = logging.ERROR if r_new.tls_client_ca_file != serving[2] else logging.WARNING
+            log.log(level, "router.tls_* changes need a restart; the listener keeps "
+                    "certificate %s, client CA %s", serving[0] or "none (no TLS)",
+                    serving[2] or "none (no client certificates asked for)")  # fmt: skip
+        elif self._tls is not None:
+            try:  # the same paths, perhaps new files (a renewed certificate)
+                self._tls.renew()
+            except (OSError, ValueError) as exc:
+                log.error("reload refused, keeping the running config: cannot load "
+                          "router.tls_cert_file and tls_key_file: %s", exc)  # fmt: skip
+                return False
+            log.info("reloaded the TLS certificate from %s", r_new.tls_cert_file)
+        # Certificates renewed at the same paths are read afresh by new connections.
+        forget_contexts()
+        # New [database] settings (TLS, user, pool sizes...) change every node: each gets a
+        # new pool, and the old ones drain. Otherwise only added or moved nodes do.
+        same_database = new.database == self.config.database
+        if not same_database:
+            log.info("[database] changed: new pools for every node")
+        for key, before, after in (
+            ("document_store", self.config.document_store, new.document_store),
+            ("metrics", self.config.metrics, new.metrics),
+            ("router.auth_token_env", r_old.auth_token_env, r_new.auth_token_env),
+            ("router.max_frame_bytes", r_old.max_frame_bytes, r_new.max_frame_bytes),
+            ("router.idempotency_retention_seconds", r_old.idempotency_retention_seconds,
+             r_new.idempotency_retention_seconds),
+            ("heartbeat", self.config.heartbeat, new.heartbeat),
+            ("failover", self.config.failover, new.failover),
+        ):  # fmt: skip
+            if before != after:
+                log.warning("%s changes need a restart; keeping the running one", key)
+        new = replace(new, document_store=self.config.document_store, metrics=self.config.metrics,
+                      heartbeat=self.config.heartbeat, failover=self.config.failover,
+                      router=replace(r_new, auth_token_env=r_old.auth_token_env,
+                                     max_frame_bytes=r_old.max_frame_bytes,
+                                     idempotency_retention_seconds=(
+                                         r_old.idempotency_retention_seconds)))  # fmt: skip
+        old_nodes = {n.name: n for n in self.topology.nodes()}
+        old_shards = dict(self.topology.shards)
+        fresh = Topology.from_config(new)
+        to_start: list[NodeState] = []
+        retired: list[NodeState] = []
+        kept_primaries: list[tuple[ShardState, ShardState]] = []  # (fresh, live) shards
+        for shard in fresh.shards.values():
+            for i, node in enumerate(list(shard.nodes())):
+                old = old_nodes.get(node.name)
+                if old is not None and old.address == node.address and same_database:
+                    # Same node: keep its pool, health and lag.
+                    if i == 0:
+                        shard.primary = old
+                        kept_primaries.append((shard, old_shards[shard.name]))
+                    else:
+                        shard.replicas[i - 1] = old
+                    old_nodes.pop(node.name)
+                else:
+                    to_start.append(node)
+        retired.extend(old_nodes.values())
+        await self._start_pools(to_start)
+        await self.monitor.stop()
+        # After the last await: the live shards keep their readers until the swap below.
+        for shard, live in kept_primaries:
+            # Same primary: keep its WAL-position reader (writes may be waiting on it); the
+            # fresh one goes with the old shard, closed below.
+            shard.lsn, live.lsn = live.lsn, shard.lsn
+        for old_shard in old_shards.values():
+            self.spawn(old_shard.lsn.close())  # readers of changed primaries, or unused ones
+        for shard in fresh.shards.values():
+            self._keep_live_primary(shard, new)
+        self.config = new
+        self.topology = fresh
+        self.classifier = _classifier(new)
+        self.executor = Executor(new, fresh, self.classifier)
+        self.executor.scatter.stats = self.metrics.scatter
+        self.monitor = LagMonitor(new, fresh)
+        self.monitor.start()
+        self.metrics.bind(fresh, self.classifier)
+        for node in retired:
+            self.spawn(self._retire(node))
+        log.info("reloaded %s: %d new nodes, %d retired", self.config_path, len(to_start),
+                 len(retired))
+        return True
+
+    def _keep_live_primary(self, shard: ShardState, new: Config) -> None:
+        """Roles are live state: a kept node that the monitor made the primary (external
+        failover) stays the primary, whatever names router.toml gives; a reload must never
+        send writes back to the old one (which may be a stale, writable node)."""
+        live = next((n for n in shard.replicas if n.role is Role.PRIMARY), None)
+        if live is None:
+            return
+        reader = (shard.lsn if shard.lsn.name == live.name
+                  else LsnReader(live.name, live.address, new.database))  # fmt: skip
+        old = shard.make_primary(live, reader)
+        if old is not reader:
+            self.spawn(old.close())
+        log.warning("shard %s keeps %s as its primary across the reload", shard.name, live.name)
+
+    async def _retire(self, node: NodeState) -> None:
+        """Close an old pool once its borrowed connections come back (bounded by drain time)."""
+        await node.pool.drain(self.config.router.drain_timeout_seconds)
+        await node.pool.close()
+
+    def topology_report(self) -> dict[str, Any]:
+        return {
+            "router": self.config.router.node_name,
+            "config": self.config.source,
+            "connections": len(self.connections),
+            "shards": self.topology.snapshot(),
+            "document_store": _hosts_of(self.config.document_store.uri),
+            "heartbeat": self.heartbeat.report() if self.heartbeat is not None else None,
+        }
+
+
+@contextlib.contextmanager
+def _signals(node: RouterNode) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: node.spawn(node.reload()))
+    try:
+        yield
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+# Requests allocate many short-lived containers, freed by reference counting; with Python's
+# default of a young-generation collection every 700 allocations, the collector ran thousands
+# of times a second and found nothing. A scratch A/B at 16 clients, 4 rounds each (with
+# gc.freeze() after start-up, since dropped): router CPU per point read, median 74 -> 63 us.
+_GC_YOUNG_THRESHOLD = 50_000
+
+
+def raise_fd_limit(config: Config) -> int:
+    """Every client and backend connection holds a file descriptor: raise the soft limit
+    to the hard one (distributions often start daemons at 1,024), and warn when
+    router.max_client_connections cannot fit under it. Returns the soft limit now in force."""
+    db = config.database
+    nodes = len(config.all_nodes())
+    needed = (config.router.max_client_connections
+              + nodes * (db.pool_max_size + db.pipeline_connections + 2) + 64)  # fmt: skip
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        # An infinite hard limit still has a ceiling (nr_open, macOS's OPEN_MAX): if the
+        # first try is refused, ask for what is needed.
+        for target in dict.fromkeys((ceiling, min(ceiling, needed))):
+            if target <= soft:
+                continue
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+                break
+            except (ValueError, OSError) as exc:
+                log.warning("could not raise the open-file limit from %d to %d: %s",
+                            soft, target, exc)  # fmt: skip
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("the open-file limit (%d) is below the %d descriptors that "
+                    "router.max_client_connections and the pools may need: raise the hard "
+                    "limit (ulimit -Hn, LimitNOFILE=) or lower max_client_connections",
+                    soft, needed)  # fmt: skip
+    return int(soft)
+
+
+def _tune_gc() -> None:
+    """Collect young objects less often. (gc.freeze() would also spare start-up's objects the
+    scans, but what a reload replaces would then never be collected.)"""
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, middle, old)
+
+
+async def _main(config: Config, config_path: str | None) -> None:
+    raise_fd_limit(config)
+    node = RouterNode(config, config_path=config_path)
+    await node.startup()
+    _tune_gc()
+    with _signals(node):
+        path = node.unix_path
+        print(f"georoute router {config.router.node_name} ready on "
+              f"{config.router.listen_host}:{config.router.listen_port}"
+              + (f" and {path}" if path else ""), flush=True)
+        try:
+            await node.serve()
+        finally:
+            await node.shutdown()
+
+
+def run_router(config: Config, config_path: str | Path | None = None) -> None:
+    import uvloop
+
+    uvloop.run(_main(config, None if config_path is None else str(config_path)))

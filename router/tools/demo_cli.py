@@ -1,0 +1,140 @@
+"""`georoute demo` (what `make demo` runs): the whole local stack until Ctrl-C.
+
+Brings up the local cluster (3 shards x primary + replica, and the document store), applies
+the migrations, seeds sample data when the shards are empty, and runs a router node. Ctrl-C
+stops what this command started: the router, and the cluster if it was not already running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+
+from router.config import Config
+from router.tools.db.migrate import migrate
+from router.tools.db.seed import SeedOptions, seed
+from router.tools.localcluster import LocalCluster
+from router.tools.localcluster.status import format_table
+
+__all__ = ["register"]
+
+
+async def _user_count(config: Config) -> int:
+    total = 0
+    for shard in config.shards.values():
+        a = shard.primary
+        conn = await asyncpg.connect(host=a.host, port=a.port, database=a.database,
+                                     user=config.database.user,
+                                     password=config.database.password())
+        try:
+            total += await conn.fetchval("SELECT count(*) FROM users")
+        finally:
+            await conn.close()
+    return total
+
+
+def _wait_for_line(proc: subprocess.Popen[str], marker: str, timeout: float) -> bool:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            return False
+        if marker in line:
+            return True
+    return False
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the demo the way Ctrl-C does
+
+
+def _prepare(args: argparse.Namespace, config: Config, cluster: LocalCluster) -> None:
+    print("1/4 local cluster (PostgreSQL 3 shards x primary+replica, document store) ...")
+    for line in format_table(cluster.up()).splitlines():
+        print("    " + line)
+    print("2/4 migrations ...")
+    print("    " + asyncio.run(migrate(config)).summary().replace("\n", "\n    "))
+    if asyncio.run(_user_count(config)) == 0:
+        print("3/4 sample data (georoute seed) ...")
+        report = asyncio.run(seed(config, SeedOptions(users=args.users, progress=False)))
+        print("    " + report.summary().replace("\n", "\n    "))
+    else:
+        print("3/4 sample data: already present (run `georoute seed` to regenerate)")
+
+
+def _serve(args: argparse.Namespace, config: Config, stops_cluster: bool) -> int:
+    env = dict(os.environ)
+    token = env.get(config.router.auth_token_env) or secrets.token_urlsafe(18)
+    env[config.router.auth_token_env] = token
+    print("4/4 router node ...")
+    router = subprocess.Popen(
+        [sys.executable, "-m", "router.tools.cli", "--config", args.config, "router"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        if not _wait_for_line(router, "ready on", 30):
+            print("router failed to start; its output is above", file=sys.stderr)
+            return 1
+        r = config.router
+        unix = (f"\n            georoute://{quote(r.listen_socket_dir, safe='')}:{r.listen_port}"
+                "   (its Unix socket)" if r.listen_socket_dir else "")
+        print(f"""
+georoute is serving:
+  router    georoute://{r.listen_host}:{r.listen_port}   token: {token}{unix}
+  metrics   http://{config.metrics.host}:{config.metrics.port}/metrics
+  REST API  not built yet: the /api/v1 facade is planned (see README, "What is coming")
+
+Try it (README.md, "Try it", has more):
+  export {r.auth_token_env}={token}
+  .venv/bin/python -m client georoute://{r.listen_host}:{r.listen_port} \\
+      "SELECT title, price_cents FROM courses WHERE region = \\$1 LIMIT 5" europe
+
+Ctrl-C stops the router{' and the cluster' if stops_cluster else ''}.""", flush=True)
+        assert router.stdout is not None
+        for line in router.stdout:  # relay the router's log until it exits or Ctrl-C
+            print(line, end="")
+        return router.wait()
+    finally:
+        if router.poll() is None:
+            router.send_signal(signal.SIGTERM)
+            try:
+                router.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                router.kill()
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    # Set both explicitly: a shell that starts us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    cluster = LocalCluster(config)
+    started_cluster = not any(s.running for s in cluster.status())
+    print("== georoute demo ==")
+    try:
+        _prepare(args, config, cluster)
+        return _serve(args, config, started_cluster)
+    except KeyboardInterrupt:
+        print("\nstopping ...")
+        return 0
+    finally:
+        if started_cluster:  # stop what this command started, also after Ctrl-C mid-start
+            cluster.down()
+            print("cluster stopped (data kept in the state dir; `georoute cluster down --purge` "
+                  "removes it)")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("demo", help="run the whole local stack until Ctrl-C")
+    p.add_argument("--users", type=int, default=300, help="sample users when seeding")
+    p.set_defaults(func=_run)
