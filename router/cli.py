@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "router.daemon_cli",
     "router.demo_cli",
     "router.db.cli",
+    "api.serve",  # `georoute api`: the REST facade (a tool: nothing in router imports api)
 )
 
 
