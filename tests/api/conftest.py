@@ -28,6 +28,7 @@ from api.types import Region, Role
 from router.cluster import LocalCluster
 from router.config import Config
 from router.config_write import config_to_toml
+from tests.api.openapi_check import DocumentedResponses
 from tests.integration.conftest import migrated, test_config  # noqa: F401  (fixtures)
 from tests.support.router_proc import TOKEN, RouterProcess, router_config, running_router
 
@@ -76,10 +77,24 @@ def app(api_db: client.Client, domain: Domain) -> Any:
     return create_app(api_db, SETTINGS, domain=domain, rate_limit=False)
 
 
+@pytest.fixture(scope="session")
+def documented(app: Any) -> DocumentedResponses:
+    return DocumentedResponses(app.state.openapi)
+
+
+def api_client(app: Any, documented: DocumentedResponses | None = None,
+               ip: str = "127.0.0.9") -> httpx.AsyncClient:
+    """An HTTP client of the in-process app; with `documented`, every response it gets is
+    checked against the OpenAPI document (status documented, body valid)."""
+    transport = httpx.ASGITransport(app=app, client=(ip, 40000))
+    hooks = {"response": [documented.hook]} if documented is not None else {}
+    return httpx.AsyncClient(transport=transport, base_url="http://api.test/api/v1",
+                             event_hooks=hooks)
+
+
 @pytest.fixture
-async def http(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.9", 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://api.test/api/v1") as c:
+async def http(app: Any, documented: DocumentedResponses) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(app, documented) as c:
         yield c
 
 
