@@ -32,7 +32,7 @@ from tests.api.openapi_check import DocumentedResponses
 from tests.integration.conftest import migrated, test_config  # noqa: F401  (fixtures)
 from tests.support.router_proc import TOKEN, RouterProcess, router_config, running_router
 
-SECRET = "api-test-secret-" + "x" * 40
+SECRET = "api-test-secret-" + "x" * 60
 SETTINGS = Settings(jwt_secret=SECRET, rate_limit_per_minute=60_000,
                     rate_limit_burst=10_000).validate()
 PASSWORD = "correct horse battery staple"
