@@ -7,13 +7,16 @@ with the token in `router.auth_token_env`, reads the JWT secret from the environ
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -71,6 +74,28 @@ def router_dsn(config: Any) -> str:
     return f"georoute://{r.listen_host}:{r.listen_port}"
 
 
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but SIGTERM/SIGINT only ask it to stop (drain, then exit 0):
+        uvicorn's own handlers raise the signal again after shutdown, exiting by it."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            loop = asyncio.get_running_loop()
+            stops = (signal.SIGTERM, signal.SIGINT)
+            for sig in stops:
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            try:
+                yield
+            finally:
+                for sig in stops:
+                    loop.remove_signal_handler(sig)
+
+    return Server
+
+
 async def _serve(config: Any, settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -88,7 +113,7 @@ async def _serve(config: Any, settings: Settings, args: argparse.Namespace) -> i
         sock.listen(1024)
         sock.setblocking(False)
         bound = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(
+        server = _server_class()(uvicorn.Config(
             app, loop="none", http="httptools", lifespan="off", access_log=False,
             log_config=None, server_header=False, proxy_headers=False,
             timeout_graceful_shutdown=10))
