@@ -49,13 +49,13 @@ class Analytics:
             "sum(refunded_cents) AS refunded_cents, sum(net_cents) AS net_cents "
             "FROM revenue_report($1, $2) GROUP BY day, currency ORDER BY day, currency",
             start, end)
-        return RevenueReport(start=period.start, end=period.end, items=rows)  # type: ignore[arg-type]
+        return RevenueReport(start=period.start, end=period.end, items=rows)
 
     async def enrollments(self, period: PeriodQuery, *, by: Principal) -> EnrollmentsReport:
         _admin(by)
         start, end = _bounds(period)
         rows = await self._per_region("SELECT * FROM enrollment_statistics($1, $2)", start, end)
-        return EnrollmentsReport(start=period.start, end=period.end, items=rows)  # type: ignore[arg-type]
+        return EnrollmentsReport(start=period.start, end=period.end, items=rows)
 
     async def top_courses(self, limit: int, *, by: Principal) -> TopCourses:
         _admin(by)
