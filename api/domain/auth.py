@@ -10,7 +10,6 @@ the same answer."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Any
 
 from api.domain.data import Data
@@ -52,8 +51,7 @@ class Auth:
         assert found is not None, "a user just registered is readable (read-your-writes)"
         return User.model_validate(found)
 
-    async def login(self, email: str, password: str, *, ip: str | None = None,
-                    user_agent: str | None = None) -> AccessGrant:
+    async def login(self, email: str, password: str) -> AccessGrant:
         found = await self._data.row(
             "SELECT u.user_id, u.role, u.home_region, u.is_active, c.password_hash "
             "FROM users u JOIN user_credentials c ON c.user_id = u.user_id "
@@ -114,7 +112,3 @@ class Auth:
 
     def authenticate(self, access_token: str) -> Principal:
         return self.tokens.verify(access_token)
-
-    @staticmethod
-    def user_id_of(text: str) -> uuid.UUID:
-        return uuid.UUID(text)
