@@ -174,11 +174,19 @@ class ClusterConfig:
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
+    """[api]: the REST facade (api/); api/settings.py checks the values it reads."""
+
     host: str = "127.0.0.1"
     port: int = 8000
     jwt_secret_env: str = "GEOROUTE_JWT_SECRET"
-    jwt_ttl_seconds: int = 3600
+    jwt_ttl_seconds: int = 900
+    refresh_ttl_seconds: int = 1209600
+    jwt_issuer: str = "georoute"
+    jwt_audience: str = "georoute-api"
     rate_limit_per_minute: int = 600
+    rate_limit_burst: int = 60
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 1048576
 
 
 @dataclass(frozen=True, slots=True)

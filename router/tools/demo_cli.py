@@ -14,6 +14,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 from urllib.parse import quote
@@ -82,23 +83,31 @@ def _serve(args: argparse.Namespace, config: Config, stops_cluster: bool) -> int
         [sys.executable, "-m", "router.tools.cli", "--config", args.config, "router"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    api: subprocess.Popen[str] | None = None
     try:
         if not _wait_for_line(router, "ready on", 30):
             print("router failed to start; its output is above", file=sys.stderr)
             return 1
+        api = _start_api(args, env)
+        if api is None:
+            return 1
         r = config.router
+        api_url = f"http://{config.api.host}:{config.api.port}"
         unix = (f"\n            georoute://{quote(r.listen_socket_dir, safe='')}:{r.listen_port}"
                 "   (its Unix socket)" if r.listen_socket_dir else "")
         print(f"""
 georoute is serving:
   router    georoute://{r.listen_host}:{r.listen_port}   token: {token}{unix}
   metrics   http://{config.metrics.host}:{config.metrics.port}/metrics
-  REST API  not built yet: the /api/v1 facade is planned (see README, "What is coming")
+  REST API  {api_url}/api/v1   docs: {api_url}/docs
 
 Try it (README.md, "Try it", has more):
   export {r.auth_token_env}={token}
   .venv/bin/python -m client georoute://{r.listen_host}:{r.listen_port} \\
       "SELECT title, price_cents FROM courses WHERE region = \\$1 LIMIT 5" europe
+  curl -s '{api_url}/api/v1/courses?sort=popular&limit=3'
+  curl -s {api_url}/api/v1/auth/register -H 'content-type: application/json' -d \\
+      '{{"email":"me@example.com","password":"a long password","full_name":"Me","region":"europe"}}'
 
 Ctrl-C stops the router{' and the cluster' if stops_cluster else ''}.""", flush=True)
         assert router.stdout is not None
@@ -106,12 +115,33 @@ Ctrl-C stops the router{' and the cluster' if stops_cluster else ''}.""", flush=
             print(line, end="")
         return router.wait()
     finally:
+        if api is not None and api.poll() is None:
+            api.send_signal(signal.SIGTERM)
+            try:
+                api.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                api.kill()
         if router.poll() is None:
             router.send_signal(signal.SIGTERM)
             try:
                 router.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 router.kill()
+
+
+def _start_api(args: argparse.Namespace, env: dict[str, str]) -> subprocess.Popen[str] | None:
+    """`georoute api --demo` (a JWT secret made up unless one is set), its log relayed."""
+    api = subprocess.Popen(
+        [sys.executable, "-m", "router.cli", "--config", args.config, "api", "--demo"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    if not _wait_for_line(api, "ready on", 30):
+        api.kill()
+        print("the REST API failed to start (`georoute api --demo` shows why)", file=sys.stderr)
+        return None
+    threading.Thread(target=lambda: [print(line, end="") for line in api.stdout or ()],
+                     daemon=True).start()
+    return api
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:

@@ -1,0 +1,114 @@
+"""Registration, login, refresh-token rotation and logout.
+
+A user registers on their home region's shard (`register_user`, routed by the region). An
+email is unique on each shard by a unique index; across shards the API looks it up on every
+shard first (a cross-shard read), which a concurrent registration of the same email in two
+regions can still slip past. Login finds the email on every shard, then checks the password;
+an unknown email costs one decoy argon2id check, so both failures take the same time and get
+the same answer."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from api.domain.data import Data
+from api.domain.passwords import Passwords
+from api.domain.tokens import RefreshToken, TokenIssuer
+from api.errors import Conflict, Unauthorized
+from api.models import AccessGrant, Register, User
+from api.types import Principal, Region, Role
+
+__all__ = ["USER_COLUMNS", "Auth"]
+
+USER_COLUMNS = ("user_id, email, full_name, role, home_region, country, city, is_active, "
+                "created_at")
+_BAD_LOGIN = "invalid email or password"
+
+
+class Auth:
+    def __init__(self, data: Data, passwords: Passwords, tokens: TokenIssuer,
+                 refresh_ttl_seconds: int) -> None:
+        self._data = data
+        self._passwords = passwords
+        self.tokens = tokens
+        self._refresh_ttl = refresh_ttl_seconds
+
+    async def register(self, body: Register, *, role: Role | None = None) -> User:
+        """Create a user in `body.region`. `role` overrides the body's (Python callers use it
+        to create admins; the HTTP layer never does)."""
+        taken = await self._data.row(
+            "SELECT user_id FROM users WHERE lower(email) = lower($1) LIMIT 1", body.email)
+        if taken is not None:
+            raise Conflict("this email is already registered")
+        password_hash = await self._passwords.hash(body.password)
+        user_id = await self._data.write_value(
+            "SELECT register_user($1, $2, $3, $4, $5, $6::user_role, $7)",
+            body.email, body.full_name, body.region.value, body.country.upper(), body.city,
+            (role or Role(body.role)).value, password_hash)
+        found = await self._data.row(
+            f"SELECT {USER_COLUMNS} FROM users WHERE user_id = $1", user_id)
+        assert found is not None, "a user just registered is readable (read-your-writes)"
+        return User.model_validate(found)
+
+    async def login(self, email: str, password: str) -> AccessGrant:
+        found = await self._data.row(
+            "SELECT u.user_id, u.role, u.home_region, u.is_active, c.password_hash "
+            "FROM users u JOIN user_credentials c ON c.user_id = u.user_id "
+            "WHERE lower(u.email) = lower($1) LIMIT 1", email)
+        if found is None:
+            await self._passwords.verify_unknown(password)
+            raise Unauthorized(_BAD_LOGIN)
+        if not await self._passwords.verify(found["password_hash"], password):
+            raise Unauthorized(_BAD_LOGIN)
+        if not found["is_active"]:
+            raise Unauthorized(_BAD_LOGIN)
+        principal = Principal(found["user_id"], Role(found["role"]), Region(found["home_region"]))
+        return await self._grant(principal)
+
+    async def _grant(self, principal: Principal) -> AccessGrant:
+        secret = RefreshToken.new_secret()
+        issued = await self._data.write(
+            "SELECT * FROM issue_refresh_token($1, $2, $3)",
+            principal.user_id, RefreshToken.hash_secret(secret), self._refresh_ttl)
+        session = issued[0]
+        return self._answer(principal, RefreshToken(session["session_id"], secret),
+                            session["expires_at"])
+
+    def _answer(self, principal: Principal, refresh: RefreshToken,
+                refresh_expires_at: dt.datetime) -> AccessGrant:
+        return AccessGrant(
+            access_token=self.tokens.issue(principal), expires_in=self.tokens.ttl_seconds,
+            refresh_token=str(refresh), refresh_expires_at=refresh_expires_at,
+            user_id=principal.user_id, role=principal.role, region=principal.region)
+
+    async def refresh(self, token: str) -> AccessGrant:
+        """A new access token and a new refresh token for a live one. A refresh token that was
+        already used revokes its whole family: whoever holds a copy is locked out too."""
+        presented = RefreshToken.parse(token)
+        secret = RefreshToken.new_secret()
+        rows = await self._data.write(
+            "SELECT * FROM rotate_refresh_token($1, $2, $3, $4)",
+            presented.session_id, presented.secret_hash, RefreshToken.hash_secret(secret),
+            self._refresh_ttl)
+        result: dict[str, Any] = rows[0]
+        outcome = result["outcome"]
+        if outcome == "reused":
+            raise Unauthorized("this refresh token was already used; its sessions are revoked")
+        if outcome != "rotated":
+            raise Unauthorized(f"refresh token {outcome}")
+        principal = Principal(result["user_id"], Role(result["role"]),
+                              Region(result["home_region"]))
+        return self._answer(principal, RefreshToken(result["new_session_id"], secret),
+                            result["expires_at"])
+
+    async def logout(self, token: str) -> int:
+        """Revoke the refresh token's family; returns how many sessions that ended (0 for an
+        unknown or already revoked token: logging out twice is not an error)."""
+        presented = RefreshToken.parse(token)
+        revoked = await self._data.write_value(
+            "SELECT revoke_refresh_family($1, $2)", presented.session_id, presented.secret_hash)
+        return int(revoked or 0)
+
+    def authenticate(self, access_token: str) -> Principal:
+        return self.tokens.verify(access_token)

@@ -1,0 +1,60 @@
+"""The domain's one door to data: the client library, with its errors translated. Reads may
+be retried by the client; writes (schema functions called with SELECT) never are, unless
+they carry an idempotency key."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import client
+from api.domain.failures import mapped
+from api.errors import InvalidInput
+
+__all__ = ["Data", "decode_cursor", "encode_cursor"]
+
+
+class Data:
+    def __init__(self, db: client.Client) -> None:
+        self.db = db
+
+    async def rows(self, sql: str, *args: Any, **hints: Any) -> list[dict[str, Any]]:
+        with mapped():
+            return [r.as_dict() for r in await self.db.fetch(sql, *args, **hints)]
+
+    async def row(self, sql: str, *args: Any, **hints: Any) -> dict[str, Any] | None:
+        found = await self.rows(sql, *args, **hints)
+        return found[0] if found else None
+
+    async def write(self, sql: str, *args: Any, idempotency_key: str | None = None,
+                    **hints: Any) -> list[dict[str, Any]]:
+        """A statement that changes data, sent once (or retried under its idempotency key)."""
+        with mapped():
+            found = await self.db.fetch(sql, *args, idempotent=False,
+                                        idempotency_key=idempotency_key, **hints)
+        return [r.as_dict() for r in found]
+
+    async def write_value(self, sql: str, *args: Any, **hints: Any) -> Any:
+        found = await self.write(sql, *args, **hints)
+        return next(iter(found[0].values())) if found else None
+
+    def docs(self, collection: str) -> client.Collection:
+        return self.db.docs(collection)
+
+
+def encode_cursor(values: list[Any]) -> str:
+    """An opaque page cursor: the last row's sort values, as URL-safe base64 JSON."""
+    raw = json.dumps(values, separators=(",", ":"), default=str).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, length: int) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = json.loads(raw)
+    except (ValueError, TypeError):
+        raise InvalidInput("malformed cursor") from None
+    if not isinstance(values, list) or len(values) != length:
+        raise InvalidInput("malformed cursor")
+    return values

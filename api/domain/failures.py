@@ -1,0 +1,86 @@
+"""One table from the client library's errors to the API's: PostgreSQL's SQLSTATE (the schema's
+functions raise documented codes, sql/002_functions.sql) or the router's error family. The
+message a user sees is ours or the schema function's own RAISE text, never SQL."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import client
+from api.errors import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
+
+__all__ = ["SQLSTATES", "mapped", "translate"]
+
+log = logging.getLogger("api.domain")
+
+# SQLSTATE -> (error class, whether the function's RAISE message is shown). The schema's own
+# messages name ids and states, written for callers; constraint messages name constraints.
+SQLSTATES: dict[str, tuple[type[ApiError], bool]] = {
+    "P0002": (NotFound, True),         # no such row (schema functions)
+    "23505": (Conflict, False),        # unique violation: duplicate email, enrollment ...
+    "23503": (NotFound, False),        # a referenced row does not exist
+    "23514": (InvalidInput, False),    # a CHECK constraint
+    "22023": (InvalidInput, True),     # invalid argument (schema functions)
+    "22P02": (InvalidInput, False),    # invalid text representation
+    "22003": (InvalidInput, False),    # numeric value out of range
+    "GR001": (Conflict, True),         # course full
+    "GR002": (Conflict, True),         # course not open for enrollment
+    "GR003": (InvalidInput, True),     # wrong region
+    "GR004": (IdempotencyKeyReused, False),
+    "GR005": (InvalidInput, True),     # coupon not applicable
+    "GR006": (InvalidInput, True),     # lesson not part of the course
+    "GR007": (Conflict, True),         # course not completed
+    "GR008": (Conflict, True),         # refund refused
+    "GR009": (Forbidden, True),        # user deactivated
+    "GR010": (Forbidden, True),        # not an instructor
+    "GR011": (Conflict, True),         # invalid state change
+    "GR012": (Conflict, True),         # enrollment not active
+    "GR013": (Conflict, True),         # already paid
+}
+
+_UNIQUE_DETAIL = "a resource with these values already exists"
+
+
+def translate(exc: client.GeorouteError) -> ApiError:
+    """The API error for a client error. Retryable failures (a node or the router down, a
+    timeout, a full pool) are 503 with Retry-After; the rest we did not foresee are 500."""
+    if isinstance(exc, client.IdempotencyKeyReusedError):
+        return IdempotencyKeyReused("this Idempotency-Key was used with a different request")
+    if isinstance(exc, client.PostgresError) and exc.sqlstate in SQLSTATES:
+        cls, show = SQLSTATES[exc.sqlstate]
+        message = _schema_message(exc.message) if show else None
+        if exc.sqlstate == "23505":
+            message = _UNIQUE_DETAIL
+        return cls(message)
+    if isinstance(exc, client.CrossShardError):
+        return InvalidInput("this request spans regions, which is not supported yet "
+                            "(cross-region writes need two-phase commit)")
+    if exc.retryable or isinstance(exc, client.ConnectionLostError | client.RequestTimeoutError
+                                   | client.ShuttingDownError):
+        return Unavailable("the data layer is unavailable; retry shortly", retry_after=1)
+    log.error("unmapped data-layer error: %s", exc)
+    return ApiError("the request could not be completed")
+
+
+def _schema_message(message: str) -> str:
+    # A PL/pgSQL RAISE arrives as its text alone; keep only the first line and cap its size.
+    return message.splitlines()[0][:300] if message else "refused"
+
+
+@contextlib.contextmanager
+def mapped() -> Iterator[None]:
+    """`with mapped(): await db.fetch(...)`: client errors leave as API errors."""
+    try:
+        yield
+    except client.GeorouteError as exc:
+        raise translate(exc) from exc

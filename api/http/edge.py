@@ -1,0 +1,124 @@
+"""The edge every request crosses first (pure ASGI): it gives the request an id
+(X-Request-ID, taken from the client when well-formed), refuses a client IP over its rate and
+a body over the limit (413, by Content-Length before reading, or while reading), turns any
+unexpected exception into a 500 problem with no stack trace, and writes one access-log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import ApiError, PayloadTooLarge, RateLimited
+from api.http.problems import MEDIA_TYPE, problem_body
+from api.http.ratelimit import TokenBuckets
+
+__all__ = ["ACCESS_LOG", "Edge"]
+
+ACCESS_LOG = logging.getLogger("api.access")
+log = logging.getLogger("api")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class _BodyTooLarge(PayloadTooLarge):
+    pass
+
+
+class Edge:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int,
+                 ip_buckets: TokenBuckets | None) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.ip_buckets = ip_buckets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = _headers(scope)
+        inbound = headers.get("x-request-id", "")
+        request_id = inbound if _REQUEST_ID.match(inbound) else uuid.uuid4().hex
+        scope["georoute.request_id"] = request_id
+        state = {"status": 0, "bytes_in": 0}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+            await send(message)
+
+        async def limited_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["bytes_in"] += len(message.get("body", b""))
+                if state["bytes_in"] > self.max_body_bytes:
+                    raise _BodyTooLarge(f"the body is over {self.max_body_bytes} bytes")
+            return message
+
+        client = scope.get("client")
+        client_ip = client[0] if client else "-"
+        try:
+            refusal = self._refusal(headers, client_ip)
+            if refusal is not None:
+                await _send_problem(send_with_id, refusal, scope, request_id)
+            else:
+                await self.app(scope, limited_receive, send_with_id)
+        except ApiError as exc:  # a body over the limit found while reading it
+            if state["status"] == 0:
+                await _send_problem(send_with_id, exc, scope, request_id)
+        except Exception:
+            log.exception("unhandled error in %s %s (request %s)", scope["method"],
+                          scope["path"], request_id)
+            if state["status"] == 0:
+                await _send_problem(send_with_id, ApiError("the request could not be completed"),
+                                    scope, request_id)
+        finally:
+            ACCESS_LOG.info("%s %s %s", scope["method"], scope["path"], state["status"], extra={
+                "access": {
+                    "request_id": request_id, "method": scope["method"], "path": scope["path"],
+                    "status": state["status"], "client": client_ip,
+                    "user": scope.get("georoute.user"),
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                }})
+
+    def _refusal(self, headers: dict[str, str], client_ip: str) -> ApiError | None:
+        if self.ip_buckets is not None:
+            wait = self.ip_buckets.take(f"ip:{client_ip}")
+            if wait:
+                return RateLimited(TokenBuckets.retry_after(wait),
+                                   "this client's request rate is over the limit")
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return PayloadTooLarge("Content-Length is not a number")
+            if int(length) > self.max_body_bytes:
+                return PayloadTooLarge(f"the body is over {self.max_body_bytes} bytes")
+        return None
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def _send_problem(send: Send, exc: ApiError, scope: Scope, request_id: str) -> None:
+    body = json.dumps(problem_body(exc.status, exc.slug, exc.title, exc.detail,
+                                   instance=scope["path"], request_id=request_id,
+                                   extra=exc.extra)).encode()
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", MEDIA_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    if exc.status == 413:
+        headers.append((b"connection", b"close"))
+    start: dict[str, Any] = {"type": "http.response.start", "status": exc.status,
+                             "headers": headers}
+    await send(start)
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,160 @@
+"""An operation is declared once: its method and path, who may call it, the shapes of its
+query, body and response, and its handler. The same declaration makes the Starlette route
+(authentication, role check, per-user rate limit, validation, problem responses) and the
+OpenAPI document's entry."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.domain import Domain
+from api.errors import ApiError, FieldError, Forbidden, InvalidInput, RateLimited, Unauthorized
+from api.http.problems import problem_response
+from api.http.ratelimit import TokenBuckets
+from api.types import Principal, Role
+
+__all__ = ["ANYONE", "Call", "Header", "Operation", "bearer_token", "route_for"]
+
+# roles=ANYONE: any authenticated user; roles=None: no token needed.
+ANYONE: frozenset[Role] = frozenset(Role)
+_PATH_PARAM = re.compile(r"{([a-z_]+)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A request header an operation reads (documented as a parameter)."""
+
+    name: str
+    description: str
+    required: bool = False
+    pattern: str | None = None
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as a handler sees it: already authenticated and validated."""
+
+    domain: Domain
+    request: Request
+    principal: Principal | None
+    path: dict[str, uuid.UUID]
+    query: Any
+    body: Any
+
+    @property
+    def by(self) -> Principal:
+        assert self.principal is not None, "an operation with roles=None has no caller"
+        return self.principal
+
+
+Handler = Callable[[Call], Awaitable[BaseModel | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    method: str
+    path: str  # under /api/v1; {name} parameters are ids (UUIDs)
+    handler: Handler
+    summary: str
+    tag: str
+    roles: frozenset[Role] | None = ANYONE
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    errors: tuple[int, ...] = ()  # statuses it may answer beyond the ones every route has
+    headers: tuple[Header, ...] = ()
+    description: str = ""
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__.lstrip("_")
+
+    def params(self) -> tuple[str, ...]:
+        return tuple(_PATH_PARAM.findall(self.path))
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if header is None:
+        raise Unauthorized("this operation needs a bearer access token")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _field_errors(exc: pydantic.ValidationError, location: str) -> list[FieldError]:
+    out = []
+    for err in exc.errors(include_url=False, include_context=False, include_input=False):
+        name = ".".join(str(p) for p in err["loc"]) or location
+        out.append(FieldError(location, name, err["msg"]))
+    return out
+
+
+def route_for(op: Operation, domain: Domain, user_buckets: TokenBuckets | None,
+              prefix: str) -> Route:
+    params = op.params()
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            principal = None
+            if op.roles is not None:
+                principal = domain.auth.authenticate(bearer_token(request))
+                request.scope["georoute.user"] = str(principal.user_id)
+                if user_buckets is not None:
+                    wait = user_buckets.take(f"user:{principal.user_id}")
+                    if wait:
+                        raise RateLimited(TokenBuckets.retry_after(wait),
+                                          "this user's request rate is over the limit")
+                if principal.role not in op.roles:
+                    allowed = ", ".join(sorted(r.value for r in op.roles))
+                    raise Forbidden(f"this operation is for: {allowed}")
+            path: dict[str, uuid.UUID] = {}
+            bad = []
+            for name in params:
+                try:
+                    path[name] = uuid.UUID(request.path_params[name])
+                except ValueError:
+                    bad.append(FieldError("path", name, "must be a UUID"))
+            if bad:
+                raise InvalidInput("invalid path parameter", errors=bad)
+            query = None
+            if op.query is not None:
+                try:
+                    query = op.query.model_validate(dict(request.query_params))
+                except pydantic.ValidationError as exc:
+                    raise InvalidInput("invalid query parameters",
+                                       errors=_field_errors(exc, "query")) from None
+            body = None
+            if op.body is not None:
+                raw = await request.body()
+                if not raw:
+                    raise InvalidInput("a JSON body is required",
+                                       errors=[FieldError("body", "body", "required")])
+                try:
+                    body = op.body.model_validate_json(raw)
+                except pydantic.ValidationError as exc:
+                    raise InvalidInput("invalid request body",
+                                       errors=_field_errors(exc, "body")) from None
+            result = await op.handler(Call(domain, request, principal, path, query, body))
+        except ApiError as exc:
+            return problem_response(exc, instance=request.url.path,
+                                    request_id=request.scope.get("georoute.request_id"))
+        if result is None:
+            return Response(status_code=204)
+        return Response(result.model_dump_json(by_alias=True), status_code=op.status,
+                        media_type="application/json")
+
+    endpoint.__name__ = op.operation_id
+    return Route(prefix + op.path, endpoint, methods=[op.method])

@@ -1,0 +1,231 @@
+"""`python -m bench.api_load`: the REST API's workload (GET one course, GET my enrollments,
+POST complete-lesson, in turn) through `georoute api` (uvicorn, httptools) against the same
+calls made through the client library directly (the API's own domain layer, in this
+process), at 16 concurrent clients. Prints ops/s, p50 and p99 per target, the latency the API
+adds, and the API process's CPU per request. Its own cluster (bench ports + 300).
+
+The load generator is httpx in this process, on the same two cores as everything else; the
+figures compare the two paths on one machine, they are not a capacity."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvloop
+
+import client
+from api.domain import Domain
+from api.domain.passwords import Passwords
+from api.models import CourseCreate, LessonCreate, Register
+from api.settings import Settings
+from api.types import Principal, Region, Role
+from bench.stack import (
+    BENCH_PORT_OFFSET,
+    REPO,
+    TOKEN,
+    RouterProcess,
+    bench_config,
+    cpu_seconds,
+    start_cluster,
+)
+from router.tools.config_write import config_to_toml
+from router.tools.db.migrate import migrate
+
+SECRET = "bench-api-secret-" + "s" * 48
+OFFSET = BENCH_PORT_OFFSET + 300
+STATE_DIR = REPO / ".georoute-bench-api"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+
+async def run_load(op: Callable[[int, int], Awaitable[None]], clients: int,
+                   duration: float) -> tuple[int, list[float]]:
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + duration
+
+    async def worker(index: int) -> None:
+        n = 0
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            await op(index, n)
+            latencies.append(time.perf_counter() - started)
+            n += 1
+
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    return len(latencies), latencies
+
+
+async def prepare(domain: Domain, clients: int) -> tuple[str, list[str], list[Principal],
+                                                        list[str]]:
+    """One free course of 20 lessons in Europe, and `clients` students enrolled in it."""
+    db = domain.data.db
+    category = uuid.uuid4()
+    for region in ("north_america", "europe", "asia"):
+        await db.execute("INSERT INTO categories (category_id, slug, name) VALUES ($1, $2, $3)",
+                         category, f"bench-{category.hex[:8]}", "Bench", shard=region)
+    teacher_user = await domain.auth.register(Register(
+        email=f"t-{uuid.uuid4().hex[:8]}@bench.example", password="bench password 1",
+        full_name="Teacher", role=Role.INSTRUCTOR, region=Region.EUROPE, country="DE"))
+    teacher = Principal(teacher_user.user_id, Role.INSTRUCTOR, Region.EUROPE)
+    course = await domain.courses.create(CourseCreate(
+        title="Bench course", category_id=category, price_cents=0), by=teacher)
+    module = await domain.courses.add_module(course.course_id, "Module", by=teacher)
+    lessons = [str(await domain.courses.add_lesson(module, LessonCreate(title=f"L{i}"),
+                                                   by=teacher)) for i in range(20)]
+    await domain.courses.publish(course.course_id, by=teacher)
+    students, enrollments = [], []
+    for i in range(clients):
+        user = await domain.auth.register(Register(
+            email=f"s{i}-{uuid.uuid4().hex[:8]}@bench.example", password="bench password 1",
+            full_name=f"Student {i}", region=Region.EUROPE, country="FR"))
+        who = Principal(user.user_id, Role.STUDENT, Region.EUROPE)
+        students.append(who)
+        enrollments.append(str((await domain.enrollments.enroll(course.course_id,
+                                                                by=who)).enrollment_id))
+    return str(course.course_id), lessons, students, enrollments
+
+
+def start_api(config_path: Path, port: int) -> tuple[subprocess.Popen[str], list[str]]:
+    env = dict(os.environ)
+    env["GEOROUTE_TOKEN"] = TOKEN
+    env["GEOROUTE_JWT_SECRET"] = SECRET
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router.tools.cli", "--config", str(config_path), "api", "--port",
+         str(port), "--log-level", "warning"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if "ready on" in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(30) or proc.poll() is not None:
+        proc.kill()
+        raise RuntimeError("georoute api did not start:\n" + "".join(output[-20:]))
+    return proc, output
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    config = bench_config(OFFSET, STATE_DIR)
+    cluster = start_cluster(config)
+    router = RouterProcess(config, STATE_DIR / "router-bench-api.toml")
+    api_proc: subprocess.Popen[str] | None = None
+    try:
+        await migrate(config, documents=False)
+        router.start()
+        db = await client.connect(router.dsn, token=TOKEN, pool_size=4)
+        settings = Settings(jwt_secret=SECRET).validate()
+        domain = Domain(db, settings, passwords=Passwords(time_cost=1, memory_cost_kib=1024))
+        course, lessons, students, enrollments = await prepare(domain, args.clients)
+        config_path = STATE_DIR / "api-bench.toml"
+        # One client IP makes every request here: lift the limits (they are still checked).
+        limits = dataclasses.replace(config.api, rate_limit_per_minute=100_000_000,
+                                     rate_limit_burst=1_000_000)
+        config_path.write_text(config_to_toml(dataclasses.replace(config, api=limits)))
+        port = config.api.port
+        api_proc, _ = start_api(config_path, port)
+        tokens = [domain.tokens.issue(s) for s in students]
+        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=10,
+                                 limits=httpx.Limits(max_connections=args.clients,
+                                                     max_keepalive_connections=args.clients))
+
+        async def via_api(i: int, n: int) -> None:
+            headers = {"Authorization": f"Bearer {tokens[i]}"}
+            kind = n % 3
+            if kind == 0:
+                r = await http.get(f"/courses/{course}")
+            elif kind == 1:
+                r = await http.get("/enrollments", headers=headers)
+            else:
+                lesson = lessons[n % len(lessons)]
+                r = await http.post(f"/enrollments/{enrollments[i]}/lessons/{lesson}/complete",
+                                    headers=headers, json={"seconds_spent": 1})
+            if r.status_code >= 300:
+                raise RuntimeError(f"{r.status_code} {r.text}")
+
+        async def direct(i: int, n: int) -> None:
+            kind = n % 3
+            if kind == 0:
+                await domain.courses.get(uuid.UUID(course))
+            elif kind == 1:
+                await domain.enrollments.mine(by=students[i])
+            else:
+                await domain.enrollments.complete_lesson(
+                    uuid.UUID(enrollments[i]), uuid.UUID(lessons[n % len(lessons)]), 1,
+                    by=students[i])
+
+        await run_load(via_api, args.clients, 1.0)  # warm both paths
+        await run_load(direct, args.clients, 1.0)
+        results: dict[str, Any] = {"api": [], "direct": []}
+        for _ in range(args.rounds):
+            before = sum(cpu_seconds(api_proc.pid))
+            count, lat = await run_load(via_api, args.clients, args.duration)
+            cpu = sum(cpu_seconds(api_proc.pid)) - before
+            results["api"].append({"ops": count / args.duration, "p50": percentile(lat, 0.5),
+                                   "p99": percentile(lat, 0.99),
+                                   "cpu_us_per_request": cpu / count * 1e6})
+            count, lat = await run_load(direct, args.clients, args.duration)
+            results["direct"].append({"ops": count / args.duration,
+                                      "p50": percentile(lat, 0.5),
+                                      "p99": percentile(lat, 0.99)})
+        await http.aclose()
+        await db.close()
+        return results
+    finally:
+        if api_proc is not None and api_proc.poll() is None:
+            api_proc.send_signal(signal.SIGTERM)
+            api_proc.wait(timeout=20)
+        router.stop()
+        if not args.keep:
+            cluster.down(purge=True)
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [f"REST API workload, {args.clients} clients, {args.rounds} rounds of "
+             f"{args.duration:g} s (GET course, GET my enrollments, POST complete-lesson)",
+             "target        ops/s    p50 ms   p99 ms   API CPU us/request"]
+    for name in ("direct", "api"):
+        for r in results[name]:
+            cpu = f"{r['cpu_us_per_request']:.0f}" if "cpu_us_per_request" in r else "-"
+            lines.append(f"{name:<10} {r['ops']:>8.0f} {r['p50']:>9.2f} {r['p99']:>8.2f}   {cpu}")
+    added = [a["p99"] - d["p99"] for a, d in zip(results["api"], results["direct"], strict=True)]
+    lines.append("p99 added by the API (ms), per round: " + ", ".join(f"{x:.2f}" for x in added)
+                 + "  (target: at most 2 ms)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.api_load", description=__doc__)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="leave the cluster running")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    arguments = parser.parse_args()
+    figures = uvloop.run(main(arguments))
+    print(report(figures, arguments))
+    if arguments.json is not None:
+        arguments.json.write_text(json.dumps(figures, indent=2))

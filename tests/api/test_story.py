@@ -1,0 +1,120 @@
+"""The end-to-end story through the API in process, on the real stack: register in Europe, log
+in, browse and search the catalogue across regions, enroll, pay (retried with the same key:
+one charge), complete every lesson, get the certificate, review, and an admin sees it all in
+the analytics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import httpx
+
+from api.domain import Domain
+from tests.api.conftest import build_course, make_admin, signup
+
+
+async def test_the_story(http: httpx.AsyncClient, domain: Domain, category_id: str) -> None:
+    word = f"zq{uuid.uuid4().hex[:10]}"  # a word no other course has
+    teacher = await signup(http, role="instructor", region="europe", name="Grace Hopper")
+    course = await build_course(
+        http, teacher, category_id, title=f"Compilers {word}", price_cents=4900, lessons=3,
+        description="From source text to machine code.")
+    far_teacher = await signup(http, role="instructor", region="asia")
+    far_course = await build_course(http, far_teacher, category_id,
+                                    title=f"Introduction {word} {word} {word}",
+                                    description=f"{word} everywhere")
+
+    student = await signup(http, region="europe", name="Ada Lovelace")
+    assert student.region == "europe" and student.role == "student"
+    me = (await http.get("/users/me", headers=student.headers)).json()
+    assert me["home_region"] == "europe" and me["full_name"] == "Ada Lovelace"
+
+    # Browse the catalogue of every region, page by page, until both courses are seen.
+    seen: dict[str, str] = {}
+    cursor = None
+    for _ in range(500):
+        params = {"sort": "newest", "limit": 50, **({"cursor": cursor} if cursor else {})}
+        page = (await http.get("/courses", params=params)).json()
+        for c in page["items"]:
+            seen[c["course_id"]] = c["region"]
+        cursor = page["next_cursor"]
+        if cursor is None or {course.course_id, far_course.course_id} <= set(seen):
+            break
+    assert seen[course.course_id] == "europe" and seen[far_course.course_id] == "asia"
+
+    # Search ranks across regions: the Asian course repeats the word, so it ranks first.
+    found = (await http.get("/courses/search", params={"q": word})).json()["items"]
+    assert [c["course_id"] for c in found] == [far_course.course_id, course.course_id]
+    assert found[0]["rank"] > found[1]["rank"] > 0
+
+    # Enrolling in another region's course is refused (it would need two-phase commit).
+    r = await http.post("/enrollments", headers=student.headers,
+                        json={"course_id": far_course.course_id})
+    assert r.status_code == 422 and "two-phase commit" in r.json()["detail"]
+
+    r = await http.post("/enrollments", headers=student.headers,
+                        json={"course_id": course.course_id})
+    assert r.status_code == 201, r.text
+    enrollment = r.json()
+    assert enrollment["status"] == "pending_payment"
+    eid = enrollment["enrollment_id"]
+
+    # Pay, and retry with the same key: the same answer, one charge.
+    pay = {"enrollment_id": eid}
+    key = {"Idempotency-Key": f"story-{uuid.uuid4().hex}"}
+    first = await http.post("/payments", headers=student.headers | key, json=pay)
+    assert first.status_code == 201, first.text
+    again = await http.post("/payments", headers=student.headers | key, json=pay)
+    assert again.status_code == 201 and again.json() == first.json()
+    payment = first.json()
+    assert payment["amount_cents"] == 4900 and payment["status"] == "succeeded"
+    payments = (await http.get("/payments", headers=student.headers)).json()["items"]
+    assert [p["payment_id"] for p in payments] == [payment["payment_id"]]
+    invoice = (await http.get(f"/payments/{payment['payment_id']}/invoice",
+                              headers=student.headers)).json()
+    assert invoice["subtotal_cents"] + invoice["tax_cents"] == 4900
+    assert invoice["billing_name"] == "Ada Lovelace"
+
+    for lesson in course.lessons:
+        r = await http.post(f"/enrollments/{eid}/lessons/{lesson}/complete",
+                            headers=student.headers, json={"seconds_spent": 30})
+        assert r.status_code == 200, r.text
+    assert float(r.json()["progress_pct"]) == 100.0
+    progress = (await http.get(f"/enrollments/{eid}/progress", headers=student.headers)).json()
+    assert progress["status"] == "completed" and progress["lessons_completed"] == 3
+    assert sorted(progress["completed_lessons"]) == sorted(course.lessons)
+
+    r = await http.post(f"/enrollments/{eid}/certificate", headers=student.headers)
+    assert r.status_code == 201, r.text
+    certificate = r.json()
+    assert certificate["serial_number"].startswith("CERT-")
+    assert (await http.get(f"/enrollments/{eid}/certificate",
+                           headers=student.headers)).json() == certificate
+
+    r = await http.put(f"/courses/{course.course_id}/review", headers=student.headers,
+                       json={"rating": 5, "body": "Wonderful."})
+    assert r.status_code == 200, r.text
+    reviews = (await http.get(f"/courses/{course.course_id}/reviews")).json()
+    assert reviews["review_count"] == 1 and reviews["distribution"]["5"] == 1
+    assert float(reviews["rating_avg"]) == 5.0
+
+    mine = (await http.get("/enrollments", headers=student.headers)).json()["items"]
+    assert [(e["enrollment_id"], e["status"]) for e in mine] == [(eid, "completed")]
+
+    # An admin sees the payment and the enrollment in the analytics, labelled Europe.
+    admin = await make_admin(http, domain)
+    today = dt.datetime.now(dt.UTC).date()
+    period = {"from": str(today), "to": str(today + dt.timedelta(days=1))}
+    revenue = (await http.get("/analytics/revenue", params=period,
+                              headers=admin.headers)).json()
+    europe = [row for row in revenue["items"] if row["region"] == "europe"
+              and row["currency"] == "EUR"]
+    assert europe and europe[0]["gross_cents"] >= 4900
+    stats = (await http.get("/analytics/enrollments", params=period,
+                            headers=admin.headers)).json()["items"]
+    assert any(s["region"] == "europe" and s["enrollments"] >= 1 and s["completions"] >= 1
+               for s in stats)
+    top = (await http.get("/analytics/top-courses", params={"limit": 100},
+                          headers=admin.headers)).json()["items"]
+    assert course.course_id in [c["course_id"] for c in top]
