@@ -30,6 +30,7 @@ from bench.stack import (
     bench_config,
     prepare_data,
     rss_kib,
+    smoke_offset,
     start_cluster,
 )
 from bench.targets import AsyncpgTarget, Endpoint, GeorouteTarget, ScatterTarget, Target
@@ -93,8 +94,11 @@ class Bench:
         self.args = args
         # The smoke run gets its own ports and state dir, so a test session can run it while a
         # full bench (or another test session's smoke) is using the +20000 cluster.
-        offset = BENCH_PORT_OFFSET + (1000 if args.smoke else 0)
-        state = REPO / (".georoute-bench-smoke" if args.smoke else ".georoute-bench")
+        if args.smoke:  # the first block of ports nobody listens on (another session's smoke)
+            offset = smoke_offset(REPO / "router.toml")
+            state = REPO / f".georoute-bench-smoke-{offset}"
+        else:
+            offset, state = BENCH_PORT_OFFSET, REPO / ".georoute-bench"
         self.config: Config = bench_config(offset, state)
         self.state_dir = state
         self.rec = Recorder(router_pid=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ __all__ = [
     "cpu_seconds",
     "prepare_data",
     "rss_kib",
+    "smoke_offset",
     "start_cluster",
 ]
 
@@ -40,6 +42,40 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 def bench_config(offset: int, state_dir: Path) -> Config:
     """router.toml moved `offset` ports up with its own state dir (defaults otherwise)."""
     return with_port_offset(load_config(REPO / "router.toml"), offset, str(state_dir))
+
+
+def config_ports(config: Config) -> list[tuple[int, int]]:
+    """Every local port `config` listens on, as (socket type, port)."""
+    tcp = [n.port for s in config.shards.values() for n in (s.primary, *s.replicas)]
+    tcp += [config.router.listen_port, config.metrics.port, config.api.port]
+    doc = config.document_store_port()
+    if doc is not None:
+        tcp.append(doc)
+    ports = [(socket.SOCK_STREAM, p) for p in tcp if p]
+    if config.heartbeat.port:
+        ports.append((socket.SOCK_DGRAM, config.heartbeat.port))
+    return ports
+
+
+def _free(kind: int, port: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def smoke_offset(path: Path, first: int = BENCH_PORT_OFFSET + 1000, tries: int = 20) -> int:
+    """The first offset from `first` (in steps of 100) at which every port of the config at
+    `path` is free: two test sessions' smoke runs (fixed ports before) stopped each other."""
+    base = load_config(path)
+    for k in range(tries):
+        offset = first + 100 * k
+        moved = with_port_offset(base, offset, "unused")
+        if all(_free(kind, port) for kind, port in config_ports(moved)):
+            return offset
+    raise RuntimeError(f"no free block of ports for the bench smoke run from +{first}")
 
 
 def start_cluster(config: Config) -> LocalCluster:

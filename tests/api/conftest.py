@@ -25,9 +25,9 @@ from api.domain import Domain
 from api.domain.passwords import Passwords
 from api.models import Register
 from api.types import Region, Role
-from router.tools.localcluster import LocalCluster
 from router.config import Config
 from router.tools.config_write import config_to_toml
+from router.tools.localcluster import LocalCluster
 from tests.api.openapi_check import DocumentedResponses
 from tests.integration.conftest import migrated, test_config  # noqa: F401  (fixtures)
 from tests.support.router_proc import TOKEN, RouterProcess, router_config, running_router

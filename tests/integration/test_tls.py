@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import ssl
 from collections.abc import AsyncIterator
@@ -70,8 +71,10 @@ async def tls_node(migrated: Config, tmp_path_factory: pytest.TempPathFactory
     user = ensure_server_user(migrated.cluster.server_user)
     root = existing_layout(migrated).data_root / "tls-test"
     runner = PgRunner(make_reachable(found, user), user, Layout(root, root), "postgres")
-    # Below the ephemeral range (and the bench's peers), like the cluster's own ports.
-    node = PgNode("tls-node", "europe", free_port(18500), "postgres", "tls-test")
+    # Below the ephemeral range (and the bench's peers), like the cluster's own ports; moved
+    # with the session's cluster, so two sessions do not race for one free port.
+    first = 18500 + int(os.environ.get("GEOROUTE_TEST_EXTRA_OFFSET") or 0) // 10
+    node = PgNode("tls-node", "europe", free_port(first), "postgres", "tls-test")
     runner.initdb(node)
     pgdata = root / node.name / "data"
     ca = trustme.CA()
