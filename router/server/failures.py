@@ -3,12 +3,15 @@
 The router's own errors carry their code and retryability (router/errors.py and each package's
 errors.py); the table below adds the driver's exceptions, which carry neither. Two cases depend
 on the request: a cross-shard read names the shard that failed, and a result value lost after
-a write the server completed is a write that applied.
+a write the server completed is a write that applied. Anything else is our bug: INTERNAL, never
+the client's bad input, logged with its traceback under a reference that the reply carries.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +24,9 @@ from router.engine.errors import ResultUndeliverable, ShardFailure
 from router.engine.undelivered import rowcount_of
 from router.errors import GeorouteError
 
-__all__ = ["Failure", "failure_for"]
+__all__ = ["Failure", "failure_for", "internal_failure"]
+
+log = logging.getLogger("georoute.server")
 
 _ARGUMENT = re.compile(r"query argument \$(\d+)")
 
@@ -47,6 +52,8 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
         exc = ResultUndeliverable(exc.status, rowcount_of(exc.status, []), None, None, None,
                                   str(exc))  # fmt: skip
     if isinstance(exc, GeorouteError):
+        if exc.code is ErrorCode.INTERNAL:
+            return internal_failure(exc)
         return Failure(exc.code, str(exc), exc.sqlstate, exc.retry.allows(read_only),
                        exc.detail())  # fmt: skip
     if isinstance(exc, ProtocolError):
@@ -54,9 +61,18 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
     for kind, convert in _DRIVER:
         if isinstance(exc, kind):
             return convert(exc, read_only)
-    if isinstance(exc, (TypeError, ValueError)):  # a request's arguments (Doc, Admin, ...)
-        return Failure(ErrorCode.INVALID_REQUEST, f"invalid request: {exc}")
-    return Failure(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    return internal_failure(exc)
+
+
+def internal_failure(exc: BaseException) -> Failure:
+    """Our bug: logged with its traceback under a new reference, which the reply carries so
+    that an operator can find it."""
+    reference = secrets.token_hex(6)
+    log.error("internal error %s: %s: %s", reference, type(exc).__name__, exc, exc_info=exc)
+    return Failure(ErrorCode.INTERNAL,
+                   f"internal error (reference {reference}): a fault in the router, not in "
+                   "the request; its log has the details under that reference",
+                   detail={"reference": reference})  # fmt: skip
 
 
 # ---- the driver's exceptions ---------------------------------------------------------------

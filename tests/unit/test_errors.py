@@ -1,19 +1,23 @@
 """The router's errors: every class carries its wire code and retryability, each package keeps
-them in its errors.py, and every error reaches the client with the code and detail PROTOCOL.md
-section 3 gives it."""
+them in its errors.py, every error reaches the client with the code and detail PROTOCOL.md
+section 3 gives it, and our own bugs reach it as INTERNAL with a reference to the log."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import pkgutil
+import re
 from types import ModuleType
 from typing import Any
 
 import asyncpg
 import pytest
 
+import client
 import router
+from protocol import Error
 from protocol.errors import RETRYABLE_CODES, EncodeError, ErrorCode
 from router.backend.errors import (
     AuthError,
@@ -28,6 +32,7 @@ from router.backend.errors import (
     PoolTimeoutError,
     ResultValueError,
     TLSRefused,
+    Unsupported,
 )
 from router.core.errors import (
     CoreError,
@@ -53,11 +58,12 @@ from router.engine.errors import (
     UnknownTransaction,
 )
 from router.errors import ConfigError, GeorouteError, Retry
+from router.server.errors import ServerError, UnsupportedRequest
 from router.server.failures import failure_for
 
 # Bases that only group a package's errors: they have no code, so no subclass inherits one
 # by accident.
-BASES = {GeorouteError, CoreError, EngineError, BackendError}
+BASES = {GeorouteError, CoreError, EngineError, BackendError, ServerError}
 # Not an error of its own: the reply is its cause's, naming the shard.
 ENVELOPES = {ShardFailure}
 PACKAGES = ("router.core", "router.engine", "router.backend", "router.server", "router.ha")
@@ -85,7 +91,7 @@ def _error_classes() -> list[type[GeorouteError]]:
 
 def test_the_walk_finds_every_package_errors() -> None:
     classes = set(_error_classes())
-    assert {SqlParseError, RequestTimeout, NodeUnavailableError,
+    assert {SqlParseError, RequestTimeout, NodeUnavailableError, UnsupportedRequest,
             ConfigError} <= classes  # fmt: skip
     assert len(classes) > 30
 
@@ -181,6 +187,7 @@ CASES: list[tuple[BaseException, ErrorCode, bool, bool, str | None, dict[str, An
     (DuplicateDocumentError("dup"), ErrorCode.DOC_DUPLICATE_KEY, False, False, None,
      {}),
     (DocTimeoutError("slow"), ErrorCode.TIMEOUT, True, False, None, {}),
+    (UnsupportedRequest("unknown admin op"), ErrorCode.INVALID_REQUEST, False, False, None, {}),
     (EncodeError("over the frame limit"), ErrorCode.NOT_ENCODABLE, False, False, None, {}),
     (_READ_ONLY, ErrorCode.POSTGRES_ERROR, False, False, "25006", {}),
     (asyncpg.InterfaceError("the server expects 1 argument, 2 were passed"),
@@ -215,3 +222,69 @@ def test_a_shard_of_a_cross_shard_read_is_named() -> None:
     assert (failure.code, failure.retryable) == (ErrorCode.POOL_EXHAUSTED, True)
     assert failure.message == "shard asia: no connection free"
     assert failure.detail == {"shard": "asia"}
+
+
+# ---- our own bugs ----------------------------------------------------------------------------
+
+
+def _raised(exc: BaseException) -> BaseException:
+    """`exc` with a traceback, as a bug's exception has."""
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+_REFERENCE = re.compile(r"^[0-9a-f]{12}$")
+
+
+@pytest.mark.parametrize("bug", [TypeError("unsupported operand type(s) for +: 'int' and 'str'"),
+                                 ValueError("too many values to unpack"), KeyError("shard"),
+                                 AttributeError("'NoneType' object has no attribute 'pool'")],
+                         ids=lambda e: type(e).__name__)  # fmt: skip
+def test_a_bug_in_router_code_is_internal_with_a_reference_in_the_log(
+    bug: BaseException, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bug: a TypeError or ValueError raised in router code was answered as the client's
+    bad input (3005 INVALID_REQUEST), and nothing was logged."""
+    caplog.set_level(logging.ERROR, logger="georoute.server")
+    failure = failure_for(_raised(bug))
+    assert failure.code is ErrorCode.INTERNAL and not failure.retryable
+    reference = failure.detail["reference"]
+    assert _REFERENCE.match(reference)
+    assert reference in failure.message
+    (record,) = [r for r in caplog.records if reference in r.getMessage()]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert record.exc_info[1] is bug  # with its traceback
+
+
+def test_each_internal_error_gets_its_own_reference() -> None:
+    first, second = (failure_for(_raised(TypeError("x"))) for _ in range(2))
+    assert first.detail["reference"] != second.detail["reference"]
+
+
+def test_one_of_our_errors_that_must_never_reach_a_client_is_internal_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="georoute.server")
+    failure = failure_for(_raised(Unsupported()))
+    assert failure.code is ErrorCode.INTERNAL
+    assert any(failure.detail["reference"] in r.getMessage() for r in caplog.records)
+
+
+def test_a_bug_on_one_shard_of_a_cross_shard_read_is_internal_and_named() -> None:
+    failure = failure_for(ShardFailure("europe", _raised(TypeError("x"))))
+    assert failure.code is ErrorCode.INTERNAL
+    assert failure.detail["shard"] == "europe" and _REFERENCE.match(failure.detail["reference"])
+
+
+def test_the_client_gives_the_reference_of_an_internal_error() -> None:
+    error = client.error_from_reply(Error(7, ErrorCode.INTERNAL, "INTERNAL",
+                                          "internal error (reference 0123456789ab)",
+                                          detail={"reference": "0123456789ab"}))  # fmt: skip
+    assert type(error) is client.InternalError
+    assert error.reference == "0123456789ab" and not error.retryable
+    draining = client.error_from_reply(Error(8, ErrorCode.SHUTTING_DOWN, "SHUTTING_DOWN",
+                                             "draining", retryable=True))  # fmt: skip
+    assert isinstance(draining, client.InternalError) and draining.reference is None
+
