@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import pkgutil
 import re
@@ -60,6 +61,7 @@ from router.engine.errors import (
 from router.errors import ConfigError, GeorouteError, Retry
 from router.server.errors import ServerError, UnsupportedRequest
 from router.server.failures import failure_for
+from router.tools.daemon_cli import _JsonFormatter
 
 # Bases that only group a package's errors: they have no code, so no subclass inherits one
 # by accident.
@@ -276,6 +278,16 @@ def test_a_bug_on_one_shard_of_a_cross_shard_read_is_internal_and_named() -> Non
     failure = failure_for(ShardFailure("europe", _raised(TypeError("x"))))
     assert failure.code is ErrorCode.INTERNAL
     assert failure.detail["shard"] == "europe" and _REFERENCE.match(failure.detail["reference"])
+
+
+def test_json_log_lines_keep_the_traceback() -> None:
+    """Bug: --log-json dropped exc_info, so an internal error's traceback was lost."""
+    bug = _raised(TypeError("boom"))
+    record = logging.LogRecord("georoute.server", logging.ERROR, __file__, 1,
+                               "internal error %s", ("abc",), (type(bug), bug, bug.__traceback__))  # fmt: skip
+    line = json.loads(_JsonFormatter().format(record))
+    assert line["msg"] == "internal error abc"
+    assert "Traceback" in line["exc"] and "TypeError: boom" in line["exc"]
 
 
 def test_the_client_gives_the_reference_of_an_internal_error() -> None:
