@@ -29,6 +29,9 @@ __all__ = ["Failure", "failure_for", "internal_failure"]
 log = logging.getLogger("georoute.server")
 
 _ARGUMENT = re.compile(r"query argument \$(\d+)")
+# asyncpg's InterfaceErrors about the request's parameters (asyncpg/protocol/prepared_stmt.pyx)
+_PARAMETERS = re.compile(r"the server expects \d+ arguments? for this query|"
+                         r"the number of query arguments cannot exceed")
 
 
 @dataclass(slots=True)
@@ -103,12 +106,14 @@ def _postgres(exc: BaseException, read_only: bool) -> Failure:
     return Failure(ErrorCode.POSTGRES_ERROR, str(exc), sqlstate=sqlstate, detail=info)
 
 
-def _parameters(exc: BaseException, read_only: bool) -> Failure:
-    # asyncpg refuses parameters before anything is sent (too many, too few).
-    return Failure(ErrorCode.INVALID_REQUEST, f"invalid parameters: {exc}")
+def _interface(exc: BaseException, read_only: bool) -> Failure:
+    if _PARAMETERS.match(str(exc)):  # refused before anything was sent (too many, too few)
+        return Failure(ErrorCode.INVALID_REQUEST, f"invalid parameters: {exc}")
+    # The rest are about our use of the connection ("another operation is in progress").
+    return internal_failure(exc)
 
 
 _DRIVER: tuple[tuple[type[BaseException], Callable[[BaseException, bool], Failure]], ...] = (
     (asyncpg.PostgresError, _postgres),
-    (asyncpg.InterfaceError, _parameters),
+    (asyncpg.InterfaceError, _interface),
 )

@@ -137,3 +137,13 @@ async def test_an_idempotency_key_on_a_document_write_is_the_clients_error(
     with pytest.raises(client.InvalidRequestError, match="idempotency keys are not supported"):
         await docs.command("insert_one", {"document": {"n": 1}}, idempotency_key="k-doc-1")
     assert await docs.count({"n": 1}) == 0  # nothing was run
+
+
+async def test_a_wrong_parameter_count_in_a_transaction_is_the_clients_error(
+    db: client.Client,
+) -> None:
+    """There the driver refuses it (outside a transaction the router counts them first)."""
+    async with db.transaction(shard="europe") as tx:
+        with pytest.raises(client.InvalidRequestError, match="expects 1 argument"):
+            await tx.fetchval("SELECT $1::int", 1, 2)
+        await tx.rollback()

@@ -192,7 +192,7 @@ CASES: list[tuple[BaseException, ErrorCode, bool, bool, str | None, dict[str, An
     (UnsupportedRequest("unknown admin op"), ErrorCode.INVALID_REQUEST, False, False, None, {}),
     (EncodeError("over the frame limit"), ErrorCode.NOT_ENCODABLE, False, False, None, {}),
     (_READ_ONLY, ErrorCode.POSTGRES_ERROR, False, False, "25006", {}),
-    (asyncpg.InterfaceError("the server expects 1 argument, 2 were passed"),
+    (asyncpg.InterfaceError("the server expects 1 argument for this query, 2 were passed"),
      ErrorCode.INVALID_REQUEST, False, False, None, {}),
 ]  # fmt: skip
 
@@ -272,6 +272,23 @@ def test_one_of_our_errors_that_must_never_reach_a_client_is_internal_too(
     failure = failure_for(_raised(Unsupported()))
     assert failure.code is ErrorCode.INTERNAL
     assert any(failure.detail["reference"] in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("message", ["cannot perform operation: another operation is in progress",
+                                     "cannot perform operation: connection is closed"])
+def test_a_drivers_refusal_of_our_use_of_a_connection_is_internal(message: str) -> None:
+    """Bug: every asyncpg InterfaceError was answered 3005 "invalid parameters"; these say the
+    router used a connection wrongly, which is never the request's fault."""
+    failure = failure_for(_raised(asyncpg.InterfaceError(message)))
+    assert failure.code is ErrorCode.INTERNAL and "reference" in failure.detail
+
+
+def test_the_drivers_refusal_of_the_requests_parameters_is_the_clients_error() -> None:
+    for message in ("the server expects 1 argument for this query, 2 were passed",
+                    "the server expects 2 arguments for this query, 1 was passed",
+                    "the number of query arguments cannot exceed 32767"):  # fmt: skip
+        failure = failure_for(asyncpg.InterfaceError(message))
+        assert failure.code is ErrorCode.INVALID_REQUEST and message in failure.message
 
 
 def test_a_bug_on_one_shard_of_a_cross_shard_read_is_internal_and_named() -> None:
