@@ -1,6 +1,7 @@
 """A statement that may have written ran, but its reply cannot be sent (a value with no wire
 form, a reply over router.max_frame_bytes): the client must learn that it applied, with its
-status and read-your-writes token, never read it as a failure that changed nothing."""
+status and read-your-writes token, never read it as a failure that changed nothing. The error
+that says so, ResultUndeliverable, lives with the engine's others (engine/errors.py)."""
 
 from __future__ import annotations
 
