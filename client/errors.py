@@ -234,7 +234,17 @@ class DuplicateKeyError(DocumentStoreError):
 
 # 9xxx
 class InternalError(GeorouteError):
+    """9001: a fault in the router, not in the request; a write may or may not have applied.
+    Its subclasses are a router node turning requests away (nothing was run)."""
+
     default_code = ErrorCode.INTERNAL
+
+    @property
+    def reference(self) -> str | None:
+        """For 9001 INTERNAL: the id under which the router logged the fault with its
+        traceback (PROTOCOL.md section 3); give it to whoever runs the router."""
+        reference = self.detail.get("reference")
+        return reference if isinstance(reference, str) else None
 
 
 class ShuttingDownError(InternalError):
@@ -262,6 +272,7 @@ _BY_CODE: dict[int, type[GeorouteError]] = {
     ErrorCode.UNKNOWN_TRANSACTION: UnknownTransactionError,
     ErrorCode.TRANSACTION_ABORTED: TransactionAbortedError,
     ErrorCode.DOC_DUPLICATE_KEY: DuplicateKeyError,
+    ErrorCode.INTERNAL: InternalError,
     ErrorCode.SHUTTING_DOWN: ShuttingDownError,
     ErrorCode.TOO_MANY_CONNECTIONS: TooManyConnectionsError,
 }

@@ -26,6 +26,13 @@ from pymongo.errors import (
 )
 
 from protocol.values import ObjectId
+from router.backend.errors import (
+    DocOperationError,
+    DocTimeoutError,
+    DocUnavailableError,
+    DocUnknownOperationError,
+    DuplicateDocumentError,
+)
 from router.config import DocumentStoreConfig
 from router.errors import GeorouteError
 
@@ -49,27 +56,6 @@ _STAGES = frozenset({
 _FOREIGN = {"$lookup": "from", "$graphLookup": "from", "$unionWith": "coll"}
 # Server-side JavaScript, refused anywhere in a request's arguments.
 _CODE_OPERATORS = frozenset({"$where", "$function", "$accumulator"})
-
-
-class DocOperationError(Exception):
-    """A bad document-store request (unknown op, bad arguments, invalid document)."""
-
-
-class DocUnknownOperationError(DocOperationError):
-    """An op the document store does not have (error 6003)."""
-
-
-class DocUnavailableError(Exception):
-    """The document store cannot be reached. Safe to retry."""
-
-
-class DuplicateDocumentError(Exception):
-    pass
-
-
-class DocTimeoutError(Exception):
-    """The document store took longer than OPERATION_TIMEOUT_MS, or the connection was lost
-    under the operation: a write may have applied."""
 
 
 def _no_code(value: Any) -> None:

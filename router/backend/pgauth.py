@@ -10,6 +10,7 @@ import os
 import stringprep
 import unicodedata
 
+from router.backend.errors import AuthError
 from router.backend.pgtypes import I32, cstr, message
 
 __all__ = ["MAX_ROUNDS", "AuthError", "Authentication", "ScramClient", "md5_password",
@@ -18,10 +19,6 @@ __all__ = ["MAX_ROUNDS", "AuthError", "Authentication", "ScramClient", "md5_pass
 
 # PostgreSQL's default is 4096; a server asking for more than this is refused.
 MAX_ROUNDS = 100_000
-
-
-class AuthError(Exception):
-    """The server's side of the exchange does not check out."""
 
 
 def saslprep(password: str) -> str:

@@ -27,6 +27,7 @@ import msgpack
 
 from protocol.values import ExtCode
 from protocol.valuetypes import Infinity, Json
+from router.backend.errors import Unsupported
 from router.backend.wirevalues import (
     Columns,
     column_type,
@@ -69,10 +70,6 @@ _i32_from = I32.unpack_from
 
 _INT64_MAX, _INT64_MIN = 2**63 - 1, -(2**63)
 _INT32_MAX, _INT32_MIN = 2**31 - 1, -(2**31)
-
-
-class Unsupported(Exception):
-    """This statement or these parameters are not carried by the pipeline (nothing was sent)."""
 
 
 # ---- values: PostgreSQL binary/text form -> what asyncpg returns (or its ext type) ----------

@@ -29,7 +29,8 @@ from typing import Any
 
 import asyncpg
 
-from router.backend.pgauth import Authentication, AuthError
+from router.backend.errors import AuthError, PipelineError
+from router.backend.pgauth import Authentication
 from router.backend.pgtypes import (
     EXECUTE_ALL_SYNC,
     I16,
@@ -64,10 +65,6 @@ _MAX_MESSAGE = 1 << 30  # PostgreSQL's own limit on a message (MaxAllocSize)
 _monotonic = time.monotonic
 
 _PROTOCOL_3_0 = 196608
-
-
-class PipelineError(ConnectionError):
-    """The pipelined connection failed or closed; requests in flight on it may have run."""
 
 
 def _postgres_error(fields: dict[str, str], query: str | None) -> asyncpg.PostgresError:

@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from router.backend.errors import NodeUnavailableError, PoolTimeoutError
 from router.backend.pgcodecs import columns_of, install_codecs, name_failed_column, wire_params
 from router.backend.pipeline import Pipeline
 from router.backend.tls import connect_asyncpg
@@ -41,22 +42,6 @@ _RETRY_ONCE = (asyncpg.exceptions.InvalidCachedStatementError,
 
 
 _SERVER_IDLE_MARGIN_S = 5.0
-
-
-class NodeUnavailableError(Exception):
-    """The node cannot be reached. `sent` is True when the connection died after the statement
-    was sent, so it may have run: then only a read is safe to retry. `refused` is True when
-    the server answered and turned a new connection away (too many connections, say): it is
-    up, so its health does not change."""
-
-    def __init__(self, message: str, *, sent: bool = False, refused: bool = False) -> None:
-        super().__init__(message)
-        self.sent = sent
-        self.refused = refused
-
-
-class PoolTimeoutError(Exception):
-    """No backend connection became free in time. Safe to retry."""
 
 
 QueryResult = tuple[list[str], list[Any], str]  # (columns, rows as tuples, command status)

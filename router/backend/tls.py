@@ -29,6 +29,7 @@ import asyncpg
 
 from client.tls import ssl_context
 from protocol.sockets import keep_alive
+from router.backend.errors import TLSRefused
 from router.config import DatabaseConfig, NodeAddress, RouterConfig
 
 __all__ = ["ListenerTLS", "TLSRefused", "asyncpg_ssl", "client_context", "connect_asyncpg",
@@ -39,10 +40,6 @@ _SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
 P = TypeVar("P", bound=asyncio.Protocol)
 log = logging.getLogger(__name__)
-
-
-class TLSRefused(ConnectionError):
-    """The server would not start TLS, and sslmode demands it (or the exchange was unsafe)."""
 
 
 @functools.lru_cache(maxsize=8)

@@ -20,6 +20,7 @@ import msgpack
 from protocol.errors import EncodeError
 from protocol.values import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, ExtCode, ext_default
 from protocol.valuetypes import Infinity, Interval, Json, Point
+from router.backend.errors import ResultValueError
 
 __all__ = [
     "OWN_FORM",
@@ -79,26 +80,6 @@ _INFINITE_TIMESTAMP = {
     _EXT_TIMESTAMP: (_I64.pack(INT64_MAX), _I64.pack(INT64_MIN)),
 }
 _INFINITE_DATE = (_I32.pack(INT32_MAX), _I32.pack(INT32_MIN))
-
-
-class ResultValueError(Exception):
-    """A result value the wire cannot give the client (PROTOCOL.md section 4): the statement
-    ran, and its reply cannot be sent. `column` is filled in by whoever knows the columns."""
-
-    def __init__(self, type_name: str, why: str, sqlstate: str = "22008") -> None:
-        super().__init__(why)
-        self.type_name = type_name
-        self.why = why
-        self.sqlstate = sqlstate
-        self.column: str | None = None
-        # The command tag, when the server completed the statement without an error (so a
-        # write applied): set by the pipeline, which reads every reply to its end.
-        self.status: str | None = None
-
-    def __str__(self) -> str:
-        where = f"column {self.column!r} " if self.column is not None else "a column "
-        return (f"cannot return {where}of type {self.type_name}: {self.why} (the statement "
-                "ran; cast the column, e.g. to text, to read it)")  # fmt: skip
 
 
 class Columns(list[str]):

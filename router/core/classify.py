@@ -25,6 +25,7 @@ from pglast.parser import ParseError
 
 from router.config import TableConfig, parse_function_spec
 from router.core.confinement import Confinement, KeyKind, KeyRef, confinement
+from router.core.errors import SqlParseError, UnsupportedStatementError
 from router.core.sqltree import const_value, walk
 
 __all__ = [
@@ -43,21 +44,6 @@ __all__ = [
 # nesting, far below what overflows a main thread's 8 MiB stack (~25,000 measured). Longer
 # ones go to the parser thread (router/engine/parser_thread.py).
 INLINE_PARSE_MAX = 8192
-
-
-class SqlParseError(Exception):
-    """PostgreSQL's parser rejected the text (or it was too long to parse: SQLSTATE 54000,
-    program_limit_exceeded). `position` is a 0-based character offset."""
-
-    def __init__(self, message: str, position: int | None, sqlstate: str = "42601") -> None:
-        super().__init__(message)
-        self.message = message
-        self.position = position
-        self.sqlstate = sqlstate
-
-
-class UnsupportedStatementError(Exception):
-    """A statement the router will not run through a plain query (e.g. BEGIN, several at once)."""
 
 
 class StatementKind(enum.Enum):

@@ -17,6 +17,12 @@ from typing import Any, Protocol, TypeVar
 from router.config import Config
 from router.core.classify import Analysis
 from router.core.confinement import Confinement, KeyKind, KeyRef, Pin
+from router.core.errors import (
+    CrossShardError,
+    MissingShardKeyError,
+    RoutingError,
+    UnknownShardError,
+)
 from router.core.ids import shard_number_of
 
 __all__ = [
@@ -43,37 +49,6 @@ __all__ = [
     "shard_of_value",
     "statement_shard",
 ]
-
-
-class RoutingError(Exception):
-    """The request cannot be routed; the message says why. Nothing was sent to a node."""
-
-
-class MissingShardKeyError(RoutingError):
-    """`wanted` says in words what would have routed it; `table`/`key` name the first sharded
-    table and its first shard-key column, when there is one (the protocol's error detail)."""
-
-    def __init__(
-        self, wanted: Sequence[str], table: str | None = None, key: str | None = None,
-        scope: str = "",
-    ) -> None:
-        self.wanted = tuple(wanted)
-        self.table = table
-        self.key = key
-        super().__init__(
-            "no shard key confines the statement to one shard: give a shard hint or an "
-            "equality on " + "; ".join(self.wanted) + scope
-        )
-
-
-class UnknownShardError(RoutingError):
-    def __init__(self, message: str, shard: object = None) -> None:
-        super().__init__(message)
-        self.shard = shard
-
-
-class CrossShardError(RoutingError):
-    pass
 
 
 class Role(enum.Enum):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.core.routing import CrossShardError
+from router.core.errors import Refusal, ScatterRefused
 
 __all__ = [
     "Bound",
@@ -26,30 +26,6 @@ __all__ = [
 
 
 _BOUND_CAP = 2**61
-
-
-class Refusal(enum.Enum):
-    """Why a cross-shard read was refused (a metrics label)."""
-
-    SHAPE = "shape"  # a set operation, DISTINCT ON, grouping sets, TABLESAMPLE, WITH TIES ...
-    NOT_COLOCATED = "not_colocated"  # tables or subqueries that meet rows of other shards
-    WINDOW = "window"
-    AGGREGATE = "aggregate"  # an aggregate that cannot be combined from per-shard parts
-    DISTINCT = "distinct"
-    EXPRESSION = "expression"  # an expression over aggregates, a HAVING the merge cannot judge
-    VOLATILE = "volatile"
-    ORDER = "order"  # ORDER BY USING, a collation, values that cannot be compared exactly
-    LIMIT = "limit"
-    TOO_LARGE = "too_large"
-
-
-class ScatterRefused(CrossShardError):
-    """A read that spans shards and cannot be merged exactly (CROSS_SHARD_UNSUPPORTED)."""
-
-    def __init__(self, reason: Refusal, part: str, why: str) -> None:
-        self.reason = reason
-        self.part = part
-        super().__init__(f"cross-shard read refused: {part}: {why}")
 
 
 class Combine(enum.Enum):

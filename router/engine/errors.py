@@ -1,32 +1,158 @@
-"""Errors the engine raises for the edge to answer: a deadline passed, the node is shutting
-down, a node taken for the primary refused a write as read-only."""
+"""What the engine raises for the edge to answer: a deadline passed, the node is shutting down,
+a node taken for the primary refused a write as read-only, a transaction that is unknown or
+failed, an idempotency key already used, a write that applied but cannot be answered; and
+`ShardFailure`, which only names the shard of a cross-shard read that failed."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 
-__all__ = ["NodeReadOnlyError", "RequestTimeout", "ShuttingDown", "is_read_only_refusal"]
+from protocol.errors import ErrorCode
+from router.errors import GeorouteError, Retry
+
+__all__ = [
+    "EngineError",
+    "IdempotencyKeyReused",
+    "NodeReadOnlyError",
+    "RequestTimeout",
+    "ResultUndeliverable",
+    "ShardFailure",
+    "ShuttingDown",
+    "TooManyTransactions",
+    "TransactionAborted",
+    "TransactionError",
+    "UnknownTransaction",
+    "is_read_only_refusal",
+]
 
 
-class RequestTimeout(Exception):
-    pass
+class EngineError(GeorouteError):
+    """Base of what the engine raises (no code of its own: each subclass has one)."""
 
 
-class ShuttingDown(Exception):
-    pass
+class RequestTimeout(EngineError):
+    """The request ran past its timeout_ms: a read may run again, a write may have applied."""
+
+    code = ErrorCode.TIMEOUT
+    retry = Retry.IF_READ
 
 
-class NodeReadOnlyError(Exception):
+class ShuttingDown(EngineError):
+    """The node is draining: the request was not run; another node may take it."""
+
+    code = ErrorCode.SHUTTING_DOWN
+    retry = Retry.ALWAYS
+
+
+class NodeReadOnlyError(EngineError):
     """A write that the router sent to a node it took for the primary was refused as
     read-only (SQLSTATE 25006): the node has been demoted, e.g. during a failover. Nothing
     was applied; outside a transaction the same request may go again (`retryable`), and
     finds the new primary. A 25006 anywhere else is the statement's own doing (a
     read-only transaction the client asked for) and stays a plain PostgreSQL error."""
 
+    code = ErrorCode.READ_ONLY
+    retry = Retry.ALWAYS
+    sqlstate = "25006"
+
     def __init__(self, cause: BaseException, *, retryable: bool) -> None:
         super().__init__(str(cause))
-        self.retryable = retryable
+        if not retryable:  # inside a transaction: it is lost with its connection
+            self.retry = Retry.NEVER
 
 
 def is_read_only_refusal(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", None) == "25006"
+
+
+class TransactionError(EngineError):
+    """A transaction request that cannot be served; each kind is a subclass."""
+
+    code = ErrorCode.UNKNOWN_TRANSACTION
+
+
+class UnknownTransaction(TransactionError):
+    """No open transaction with that id on this connection."""
+
+    code = ErrorCode.UNKNOWN_TRANSACTION
+
+
+class TransactionAborted(TransactionError):
+    """The transaction failed, or the router rolled it back; the message says why."""
+
+    code = ErrorCode.TRANSACTION_ABORTED
+
+
+class TooManyTransactions(TransactionError):
+    code = ErrorCode.TOO_MANY_TRANSACTIONS
+
+
+class IdempotencyKeyReused(EngineError):
+    """The key was already claimed by another request (on this shard): nothing was run."""
+
+    code = ErrorCode.IDEMPOTENCY_KEY_REUSED
+
+    def __init__(self, key: str, shard: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used for another request on shard {shard} "
+            "(another statement, other parameters or another batch); nothing was run: "
+            "a new request needs a new key"
+        )
+        self.key = key
+        self.shard = shard
+
+    def detail(self) -> dict[str, Any]:
+        return {"idempotency_key": self.key, "shard": self.shard}
+
+
+class ResultUndeliverable(EngineError):
+    """A statement that may have written ran, but its reply cannot be sent (a value with no
+    wire form, a reply over router.max_frame_bytes): the client must learn that it applied,
+    never read it as a failure that changed nothing. Outside a transaction the write is
+    committed; inside one (`tx`), the statement ran in it and commits or rolls back with it.
+    `reason` says why its reply cannot be sent. Never retryable: it would apply twice."""
+
+    code = ErrorCode.RESULT_UNDELIVERABLE
+
+    def __init__(self, status: str, rowcount: int, route: list[str] | None,
+                 ryw_token: str | None, tx: int | None, reason: str) -> None:  # fmt: skip
+        self.status = status
+        self.rowcount = rowcount
+        self.route = route
+        self.ryw_token = ryw_token
+        self.tx = tx
+        self.reason = reason
+        if tx is None:
+            what = f"the statement ran and was committed ({status}), but its result cannot be sent"
+            advice = "do not send it again"
+        else:
+            what = (f"the statement ran in transaction {tx} ({status}), which is still open, "
+                    "but its result cannot be sent")  # fmt: skip
+            advice = "it commits or rolls back with the transaction"
+        super().__init__(f"{what}: {reason}; {advice}")
+
+    def detail(self) -> dict[str, Any]:
+        """The Error reply's detail (PROTOCOL.md, section 3)."""
+        detail: dict[str, Any] = {
+            "outcome": "applied",
+            "status": self.status,
+            "rowcount": self.rowcount,
+            "ryw_token": self.ryw_token,
+            "route": self.route,
+        }
+        if self.tx is not None:
+            detail["tx"] = self.tx
+        return detail
+
+
+class ShardFailure(Exception):
+    """One shard of a cross-shard read failed: `cause` is what it raised. Not an error of its
+    own, so no code: the reply is the one `cause` gives, naming the shard
+    (router/server/failures.py)."""
+
+    def __init__(self, shard: str, cause: BaseException) -> None:
+        super().__init__(f"shard {shard}: {cause}")
+        self.shard = shard
+        self.cause = cause

@@ -23,6 +23,7 @@ import msgpack
 from protocol.values import ext_default, ext_hook
 from router.backend.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.backend.wirevalues import Columns
+from router.engine.errors import IdempotencyKeyReused
 from router.ha.topology import Topology
 
 __all__ = [
@@ -47,19 +48,6 @@ FETCH_SQL = "SELECT status, reply, fingerprint FROM georoute_idempotency WHERE i
 # Bumped whenever what goes into a fingerprint changes, so old and new ones never collide.
 _FINGERPRINT_VERSION = 1
 NO_ROWS = msgpack.packb([[], []])  # the stored reply of a keyed batch: its status says it all
-
-
-class IdempotencyKeyReused(Exception):
-    """The key was already claimed by another request (on this shard): nothing was run."""
-
-    def __init__(self, key: str, shard: str) -> None:
-        super().__init__(
-            f"idempotency key {key!r} was already used for another request on shard {shard} "
-            "(another statement, other parameters or another batch); nothing was run: "
-            "a new request needs a new key"
-        )
-        self.key = key
-        self.shard = shard
 
 
 def fingerprint(kind: str, shard: str, statements: Sequence[tuple[str, Sequence[Any]]]) -> bytes:

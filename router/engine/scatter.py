@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.errors import ErrorCode
 from protocol.messages import Hints
 from protocol.messages import Role as WireRole
 from router.backend.pgwire import PipelineError, Unsupported
@@ -29,6 +30,7 @@ from router.core.merge import ShardRows, ValueOrder, column_orders, merge, real_
 from router.core.routing import Consistency, Role, Scatter, choose_replica
 from router.core.scatter_plan import Refusal, ScatterPlan, ScatterRefused
 from router.core.scatter_rewrite import plan_scatter
+from router.engine.errors import EngineError, ShardFailure
 from router.engine.outcome import Outcome, returned_after
 from router.engine.session import Session
 from router.ha.topology import NodeState, ShardState, Topology
@@ -49,16 +51,6 @@ Pick = Callable[[ShardState, Role, int | None, bool], Awaitable[tuple[NodeState,
 Acquire = Callable[[NodeState], Awaitable[Backend]]
 
 
-class ShardFailure(Exception):
-    """One shard of a cross-shard read failed: `cause` is what it raised (failures.py maps it
-    as it would for a one-shard read, naming the shard)."""
-
-    def __init__(self, shard: str, cause: BaseException) -> None:
-        super().__init__(f"shard {shard}: {cause}")
-        self.shard = shard
-        self.cause = cause
-
-
 @dataclass(slots=True)
 class ScatterStats:
     """Counters for the metrics endpoint (router/metrics.py reads them)."""
@@ -77,8 +69,11 @@ class ScatterStats:
         self.shard_seconds[shard] = (count + 1, total + seconds)
 
 
-class _Reshaped(Exception):
-    """A part's result has another number of columns than the types kept for it."""
+class _Reshaped(EngineError):
+    """A part's result has another number of columns than the types kept for it (the part
+    is read again: one that reached a client would be our bug)."""
+
+    code = ErrorCode.INTERNAL
 
 
 class _FastParts:

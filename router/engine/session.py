@@ -8,19 +8,17 @@ import itertools
 from dataclasses import dataclass, field
 
 from router.backend.pool import Backend
+from router.engine.errors import (
+    TooManyTransactions,
+    TransactionAborted,
+    TransactionError,
+    UnknownTransaction,
+)
 from router.ha.topology import NodeState
 
 __all__ = ["Session", "Transaction", "TransactionError"]
 
 MAX_OPEN_TRANSACTIONS = 64
-
-
-class TransactionError(Exception):
-    """Unknown or failed transaction. `code_name` picks the protocol error code."""
-
-    def __init__(self, code_name: str, message: str) -> None:
-        super().__init__(message)
-        self.code_name = code_name
 
 
 @dataclass(slots=True, eq=False)
@@ -73,8 +71,7 @@ class Session:
 
     def check_room(self, limit: int) -> None:
         if len(self.transactions) + self.opening >= min(limit, MAX_OPEN_TRANSACTIONS):
-            raise TransactionError(
-                "TOO_MANY_TRANSACTIONS",
+            raise TooManyTransactions(
                 f"at most {min(limit, MAX_OPEN_TRANSACTIONS)} open transactions per connection",
             )
 
@@ -88,8 +85,8 @@ class Session:
         if tx is None or tx.closed:
             why = self.expired.get(tx_id)
             if why is not None:
-                raise TransactionError("TRANSACTION_ABORTED", why)
-            raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx_id}")
+                raise TransactionAborted(why)
+            raise UnknownTransaction(f"no open transaction {tx_id}")
         return tx
 
     def rolled_back(self, tx_id: int) -> bool:

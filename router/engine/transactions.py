@@ -19,9 +19,14 @@ from router.core.routing import (
     check_writes,
     keyed_shard,
 )
-from router.engine.errors import NodeReadOnlyError, is_read_only_refusal
+from router.engine.errors import (
+    NodeReadOnlyError,
+    TransactionAborted,
+    UnknownTransaction,
+    is_read_only_refusal,
+)
 from router.engine.outcome import CONNECTION_ERRORS, Outcome
-from router.engine.session import Session, Transaction, TransactionError
+from router.engine.session import Session, Transaction
 from router.ha.topology import NodeState
 
 if TYPE_CHECKING:
@@ -93,7 +98,7 @@ class Transactions:
         """One statement of `tx`, called holding tx.lock."""
         if tx.closed:  # a commit/rollback queued ahead of us finished it
             session.get(tx.id)  # says why (rolled back when idle, or simply unknown)
-            raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx.id}")
+            raise UnknownTransaction(f"no open transaction {tx.id}")
         tx.stop_idle_timer()
         try:
             return await self._run_open(tx, analysis, sql, params)
@@ -104,10 +109,7 @@ class Transactions:
     async def _run_open(self, tx: Transaction, analysis: Analysis, sql: str,
                         params: Sequence[Any]) -> Outcome:  # fmt: skip
         if tx.failed:
-            raise TransactionError(
-                "TRANSACTION_ABORTED",
-                "an earlier statement failed; only rollback is accepted",
-            )
+            raise TransactionAborted("an earlier statement failed; only rollback is accepted")
         if analysis.changes_session_state:
             # Before it runs: a session-level change (an advisory lock, SET) outlives a
             # failed statement and the transaction's rollback.
@@ -164,7 +166,7 @@ class Transactions:
             session.opening -= 1
         if session.closed:  # the client left while we were opening it: nobody will end it
             await self._end(node, backend, "ROLLBACK")
-            raise TransactionError("UNKNOWN_TRANSACTION", "the client connection is closed")
+            raise UnknownTransaction("the client connection is closed")
         tx = session.open(shard_name, node, backend)
         tx.read_only = read_only
         self._arm_idle_timer(session, tx)
@@ -210,7 +212,7 @@ class Transactions:
                        "it had failed; the transaction is over (a Rollback is not needed)")
                 session.expire(tx, why)
                 await self._end(tx.node, tx.backend, "ROLLBACK")
-                raise TransactionError("TRANSACTION_ABORTED", why)
+                raise TransactionAborted(why)
             await self._end(tx.node, tx.backend, "COMMIT")
         shard = self._executor.topology.shards[tx.shard]
         token = await self._executor.token(session, shard) if tx.wrote else None
@@ -232,7 +234,7 @@ class Transactions:
         """Called holding tx.lock: statements queued behind us see it closed and refuse."""
         if tx.closed:
             session.get(tx.id)  # says why (rolled back when idle, or simply unknown)
-            raise TransactionError("UNKNOWN_TRANSACTION", f"no open transaction {tx.id}")
+            raise UnknownTransaction(f"no open transaction {tx.id}")
         tx.closed = True
         session.transactions.pop(tx.id, None)
 

@@ -61,6 +61,7 @@ from router.engine.errors import (
 from router.engine.outcome import Outcome, Routed
 from router.engine.session import Session
 from router.engine.undelivered import ResultUndeliverable, rowcount_of
+from router.server.errors import UnsupportedRequest
 from router.server.failures import Failure, failure_for
 from router.server.fastpath import FastRequest
 
@@ -370,8 +371,6 @@ class ClientConnection(asyncio.Protocol):
     def _reply_failed(self, m: Query, exc: BaseException, read_only: bool,
                       started: float) -> None:  # fmt: skip
         failure = failure_for(exc, read_only=read_only)
-        if failure.code is ErrorCode.INTERNAL:
-            log.error("internal error serving query: %s", failure.message)
         self._send_failure(m.id, failure, "query")
         self._node.metrics.record("query", "", "", failure.code.name,
                                   time.perf_counter() - started)  # fmt: skip
@@ -442,9 +441,7 @@ class ClientConnection(asyncio.Protocol):
                 read_only = analysis is not None and analysis.read_only
             elif isinstance(message, Doc):
                 read_only = message.op in DOC_READ_OPS
-            failure = failure_for(exc, read_only=read_only)
-            if failure.code is ErrorCode.INTERNAL:
-                log.exception("internal error serving %s", kind)
+            failure = failure_for(exc, read_only=read_only)  # logs our own bugs
             self._send_failure(message.id, failure, kind)
             elapsed = time.perf_counter() - started
             self._node.metrics.record(kind, "", "", failure.code.name, elapsed)
@@ -529,11 +526,11 @@ class ClientConnection(asyncio.Protocol):
         if m.hints.idempotency_key is not None and m.op not in DOC_READ_OPS:
             # Not kept for document writes (yet): accepting the key would promise what a
             # retry cannot keep, and a client would send the write again.
-            raise ValueError("idempotency keys are not supported for document writes yet")
+            raise UnsupportedRequest("idempotency keys are not supported for document writes yet")
         result = await self._node.docstore.run(m.collection, m.op, m.args)
         return self._encoder.encode(DocReply(m.id, result)), None
 
     async def _admin(self, m: Admin) -> tuple[bytes, None]:
         if m.op != "topology":
-            raise ValueError(f"unknown admin op {m.op!r} (known: topology)")
+            raise UnsupportedRequest(f"unknown admin op {m.op!r} (known: topology)")
         return self._encoder.encode(AdminReply(m.id, self._node.topology_report())), None

@@ -16,14 +16,15 @@ __all__ = ["register"]
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "ts": round(record.created, 3),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "msg": record.getMessage(),
-            }
-        )
+        line: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:  # an internal error's traceback, found by its reference
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line)
 
 
 def _setup_logging(level: str, as_json: bool) -> None:

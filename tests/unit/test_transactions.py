@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from protocol.errors import ErrorCode
 from protocol.messages import Hints
 from router.config import load_config
 from router.core.routing import CrossShardError
@@ -102,7 +103,7 @@ async def test_concurrent_begins_cannot_pass_the_per_client_limit(acquire_yields
     opened = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, TransactionError)]
     assert len(opened) == 2 and len(refused) == 8  # pool_max_size 4 // 2
-    assert {r.code_name for r in refused} == {"TOO_MANY_TRANSACTIONS"}
+    assert {r.code for r in refused} == {ErrorCode.TOO_MANY_TRANSACTIONS}
     assert session.opening == 0
 
 
@@ -128,7 +129,7 @@ async def test_an_idle_transaction_is_rolled_back_and_its_connection_returned() 
     assert pool.idle_rollbacks == 1
     with pytest.raises(TransactionError, match="transaction_idle_timeout") as info:
         await transactions.statement(session, tx, "SELECT 1", [], Hints())
-    assert info.value.code_name == "TRANSACTION_ABORTED"
+    assert info.value.code is ErrorCode.TRANSACTION_ABORTED
     with pytest.raises(TransactionError, match="sent nothing"):
         await transactions.commit(session, tx.id)
 

@@ -167,7 +167,7 @@ async def test_a_commit_after_a_failed_statement_rolls_back_and_a_rollback_then_
         await transactions.statement(session, tx, "SELECT 1", [], Hints())
     with pytest.raises(TransactionError) as info:
         await transactions.commit(session, tx.id)
-    assert info.value.code_name == "TRANSACTION_ABORTED"
+    assert info.value.code is ErrorCode.TRANSACTION_ABORTED
     assert "rolled back" in str(info.value) and "over" in str(info.value)
     assert log == ["BEGIN", "ROLLBACK"] and pool.released == [False]
     assert await transactions.rollback(session, tx.id) is None  # answered as ROLLBACK
@@ -175,7 +175,7 @@ async def test_a_commit_after_a_failed_statement_rolls_back_and_a_rollback_then_
     assert log == ["BEGIN", "ROLLBACK"]  # nothing more reached the database
     with pytest.raises(TransactionError) as again:
         await transactions.commit(session, tx.id)
-    assert again.value.code_name == "TRANSACTION_ABORTED"
+    assert again.value.code is ErrorCode.TRANSACTION_ABORTED
 
 
 async def test_a_rollback_of_a_committed_transaction_is_still_unknown() -> None:
@@ -185,7 +185,7 @@ async def test_a_rollback_of_a_committed_transaction_is_still_unknown() -> None:
     await transactions.commit(session, tx.id)
     with pytest.raises(TransactionError) as info:
         await transactions.rollback(session, tx.id)
-    assert info.value.code_name == "UNKNOWN_TRANSACTION"
+    assert info.value.code is ErrorCode.UNKNOWN_TRANSACTION
 
 
 # ---- READ_ONLY: retryable only for a write that reached a demoted primary ------------------

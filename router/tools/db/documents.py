@@ -16,6 +16,7 @@ from typing import Any
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 
+from protocol.errors import ErrorCode
 from router.config import REGIONS, Config
 from router.errors import GeorouteError
 
@@ -36,6 +37,8 @@ _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 
 class DocumentValidationError(GeorouteError):
     """A document does not have its collection's shape. `field` is a dotted path."""
+
+    code = ErrorCode.DOC_ERROR
 
     def __init__(self, collection: str, field: str, message: str) -> None:
         self.collection = collection
