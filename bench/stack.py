@@ -44,7 +44,7 @@ def bench_config(offset: int, state_dir: Path) -> Config:
     return with_port_offset(load_config(REPO / "router.toml"), offset, str(state_dir))
 
 
-def config_ports(config: Config) -> list[tuple[int, int]]:
+def config_ports(config: Config) -> list[tuple[socket.SocketKind, int]]:
     """Every local port `config` listens on, as (socket type, port)."""
     tcp = [n.port for s in config.shards.values() for n in (s.primary, *s.replicas)]
     tcp += [config.router.listen_port, config.metrics.port, config.api.port]
@@ -57,7 +57,7 @@ def config_ports(config: Config) -> list[tuple[int, int]]:
     return ports
 
 
-def _free(kind: int, port: int) -> bool:
+def _free(kind: socket.SocketKind, port: int) -> bool:
     with socket.socket(socket.AF_INET, kind) as sock:
         try:
             sock.bind(("127.0.0.1", port))
