@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from router.config import Config
 from router.errors import ClusterError, PortInUseError
+from router.tools.localcluster.archive import WalArchive
 from router.tools.localcluster.binaries import PgBinaries, find_pg_bin, make_reachable
 from router.tools.localcluster.docstore import DocStore
 from router.tools.localcluster.layout import (
@@ -165,7 +166,8 @@ class LocalCluster:
             found = found or find_pg_bin(self.config.cluster.pg_bin, config_dir(self.config))
             bins = make_reachable(found, user)
         self._runner = PgRunner(bins, user, layout, self.config.database.user,
-                                self.config.database.socket_dir)
+                                self.config.database.socket_dir,
+                                WalArchive(self.config, layout, user).settings)
         return self._runner
 
     def _record(self, runner: PgRunner, docstore: DocStore | None) -> None:

@@ -8,7 +8,7 @@ import os
 import shlex
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -97,7 +97,7 @@ class PgRunner:
 
     def __init__(
         self, bins: PgBinaries, user: ServerUser, layout: Layout, db_user: str,
-        shared_socket_dir: str = "",
+        shared_socket_dir: str = "", settings: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
         self.bins = bins
         self.user = user
@@ -105,6 +105,8 @@ class PgRunner:
         self.db_user = db_user
         # [database] socket_dir: a second socket directory the router connects through.
         self.shared_socket_dir = shared_socket_dir
+        # Per-shard settings for the command line (WAL archiving: localcluster/archive.py).
+        self.settings = settings
 
     # ---- files and processes -----------------------------------------------------------------
 
@@ -186,6 +188,8 @@ class PgRunner:
             f"-p {node.port} -c cluster_name={node.name} "
             f"-c unix_socket_directories={shlex.quote(sock)}"
         )
+        for key, value in (self.settings(node.shard) if self.settings else {}).items():
+            opts += f" -c {shlex.quote(f'{key}={value}')}"
         run_checked(
             [self.bins.tool("pg_ctl"), "start", "-w", "-t", "60", "-D", str(pgdata),
              "-l", str(self.layout.log_file(node.name)), "-o", opts],
