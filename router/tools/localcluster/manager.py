@@ -31,6 +31,7 @@ from router.tools.localcluster.layout import (
 )
 from router.tools.localcluster.postgres import PgNode, PgRunner
 from router.tools.localcluster.process import terminate
+from router.tools.localcluster.restores import stop_all_restored
 from router.tools.localcluster.status import NodeState, NodeStatus, Role
 from router.tools.localcluster.survey import collect_status
 from router.tools.localcluster.users import ServerUser, ensure_server_user
@@ -275,6 +276,7 @@ class LocalCluster:
             probe.remove_stale_pidfile(node)
         if self._docstore_port is not None:
             self._docstore(layout).stop()
+        stop_all_restored(layout)  # nodes `georoute restore` made: their files are ours too
         # Anything still recorded as ours (e.g. its postmaster.pid was deleted by hand).
         for entry in layout.load_manifest().get("nodes", {}).values():
             pid, marker = entry.get("pid"), entry.get("data_dir")
