@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "router.tools.daemon_cli",
     "router.tools.demo_cli",
     "router.tools.db.cli",
+    "router.tools.backup.cli",
 )
 
 
