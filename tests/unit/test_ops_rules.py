@@ -6,10 +6,14 @@ a real router's scrape in tests/integration/test_ops_metrics.py."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
+from protocol.errors import ErrorCode
+from protocol.heartbeat import RejectReason
+from router.core.membership import PeerState
 from tests.support.ci import missing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,3 +72,14 @@ def test_the_dashboard_is_grafana_json_with_a_query_in_every_panel() -> None:
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         pos = panel["gridPos"]
         assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, panel["title"]
+
+
+def test_the_label_values_the_rules_match_are_the_routers_own() -> None:
+    """A renamed error code, peer state or drop reason would silence an alert quietly."""
+    text = RULES.read_text()
+    found = re.search(r'outcome=~"([^"]+)"', text)
+    assert found is not None
+    assert set(found.group(1).split("|")) <= set(ErrorCode.__members__)
+    assert set(re.findall(r'code="([A-Z_]+)"', text)) <= set(ErrorCode.__members__)
+    assert set(re.findall(r'state="([a-z_]+)"', text)) <= {s.value for s in PeerState}
+    assert set(re.findall(r'reason="([a-z_]+)"', text)) <= {r.value for r in RejectReason}
