@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -38,8 +38,11 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def bench_config(offset: int, state_dir: Path) -> Config:
-    """router.toml moved `offset` ports up with its own state dir (defaults otherwise)."""
-    return with_port_offset(load_config(REPO / "router.toml"), offset, str(state_dir))
+    """router.toml moved `offset` ports up with its own state dir (defaults otherwise), and no
+    WAL archiving: the bench measures routing, not copying 16 MiB segments to a disk that no
+    backup of the bench cluster ever prunes."""
+    config = with_port_offset(load_config(REPO / "router.toml"), offset, str(state_dir))
+    return replace(config, backup=replace(config.backup, archive_wal=False))
 
 
 def start_cluster(config: Config) -> LocalCluster:
