@@ -33,7 +33,8 @@ from router.tools.cli import build_parser
 from router.tools.config_write import with_port_offset
 from router.tools.localcluster import LocalCluster
 from router.tools.localcluster.archive import archive_command
-from router.tools.localcluster.restores import load_restored, restored_pid
+from router.tools.localcluster.layout import pid_is_ours
+from router.tools.localcluster.restores import load_restored, restored_layout, restored_pid
 
 SCRATCH_OFFSET = 5800
 SHARD = "north_america"
@@ -56,14 +57,13 @@ def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
     try:
         yield local, config
     finally:
-        restored = load_restored(local_tools(config).layout)
+        layout = local_tools(config).layout
+        pids = {n: restored_pid(layout, n) for n in load_restored(layout)}
         local.down(purge=True)
-        alive = [n for n in restored if Path(f"/proc/{_pid_or_0(config, n)}").exists()]
+        # Alive and still ours (an exited process that init has not reaped yet is not).
+        alive = [n for n, pid in pids.items()
+                 if pid_is_ours(pid, restored_layout(layout).pgdata(n))]  # fmt: skip
         assert not alive, f"restored nodes outlived `cluster down`: {alive}"
-
-
-def _pid_or_0(config: Config, name: str) -> int:
-    return restored_pid(local_tools(config).layout, name) or 0
 
 
 @pytest.fixture(scope="module")
