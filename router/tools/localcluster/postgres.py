@@ -41,6 +41,11 @@ max_connections = 200
 logging_collector = off
 """
 
+# WAL segments of 1 MiB, not PostgreSQL's 16: the nodes archive whole segments, and every
+# forced switch (a base backup, a restore, archive_timeout) archives one, mostly empty. With
+# 16 MiB the backup tests took 46 s, with 1 MiB 14 s, on the same loaded machine.
+_WAL_SEGMENT_MB = 1
+
 _HBA = """# written by georoute cluster: local trust only
 local all all trust
 local replication all trust
@@ -138,7 +143,8 @@ class PgRunner:
         shutil.rmtree(pgdata, ignore_errors=True)  # a half-made dir from an interrupted run
         run_checked(
             [self.bins.tool("initdb"), "-D", str(pgdata), "-U", self.db_user,
-             "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"],
+             "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions",
+             f"--wal-segsize={_WAL_SEGMENT_MB}"],
             f"initdb for {node.name}", timeout=120, **self._kwargs(),
         )  # fmt: skip
         with open(pgdata / "postgresql.conf", "a") as fh:
