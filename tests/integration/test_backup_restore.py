@@ -178,9 +178,7 @@ def test_backup_list_shows_time_size_and_wal_range(
     assert mine["size_bytes"] > 1_000_000  # a whole data directory
     assert mine["start_lsn"] and mine["end_lsn"]
     assert mine["start_wal"] <= mine["end_wal"] <= entry["archive"]["last"]
-    assert datetime.fromisoformat(mine["started_at"]) <= datetime.fromisoformat(
-        mine["finished_at"]
-    )
+    assert datetime.fromisoformat(mine["started_at"]) <= datetime.fromisoformat(mine["finished_at"])
     # The name we compute is PostgreSQL's own.
     primary = config.shards[SHARD].primary.port
 
@@ -199,8 +197,9 @@ def test_retention_deletes_older_backups_and_their_wal(
     scratch: tuple[LocalCluster, Config], tools: LocalTools
 ) -> None:
     _, config = scratch
-    keep_one = replace(tools, config=replace(config, backup=replace(config.backup,
-                                                                  keep_base_backups=1)))
+    keep_one = replace(
+        tools, config=replace(config, backup=replace(config.backup, keep_base_backups=1))
+    )
     _a_backup(tools)  # at least one older backup exists
     taken = take_base_backup(keep_one, SHARD)
     backups, incomplete = read_backups(tools.paths.base_dir(SHARD))
@@ -235,8 +234,16 @@ def test_documents_are_dumped_and_loaded_into_a_new_database(
     try:
         live = client[config.document_store.database]
         marker = uuid.uuid4()
-        docs = [{"_id": f"{marker}-{i}", "user_id": str(marker), "n": i,
-                 "at": datetime.now(UTC), "uid": Binary.from_uuid(marker)} for i in range(3)]
+        docs = [
+            {
+                "_id": f"{marker}-{i}",
+                "user_id": str(marker),
+                "n": i,
+                "at": datetime.now(UTC),
+                "uid": Binary.from_uuid(marker),
+            }
+            for i in range(3)
+        ]
         live["user_preferences"].insert_many(docs)
         live["user_preferences"].create_index("user_id", name="by_user")
         assert _cli(config, "backup", "--documents") == 0

@@ -126,7 +126,7 @@ def _rule_queries() -> list[str]:
         if rest == "|":
             indent = len(lines[i + 1]) - len(lines[i + 1].lstrip())
             block = []
-            for follow in lines[i + 1:]:
+            for follow in lines[i + 1 :]:
                 if follow.strip() and len(follow) - len(follow.lstrip()) < indent:
                     break
                 block.append(follow.strip())
