@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -40,8 +40,11 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def bench_config(offset: int, state_dir: Path) -> Config:
-    """router.toml moved `offset` ports up with its own state dir (defaults otherwise)."""
-    return with_port_offset(load_config(REPO / "router.toml"), offset, str(state_dir))
+    """router.toml moved `offset` ports up with its own state dir (defaults otherwise), and no
+    WAL archiving: the bench measures routing, not copying WAL segments to a disk that no
+    backup of the bench cluster ever prunes."""
+    config = with_port_offset(load_config(REPO / "router.toml"), offset, str(state_dir))
+    return replace(config, backup=replace(config.backup, archive_wal=False))
 
 
 def config_ports(config: Config) -> list[tuple[socket.SocketKind, int]]:

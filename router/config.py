@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from client.tls import ssl_context
+from router.config_backup import BackupConfig, validate_backup
 from router.config_ha import (
     FailoverConfig,
     FailoverMode,
@@ -30,6 +31,7 @@ __all__ = [
     "REGIONS",
     "SECTIONS",
     "ApiConfig",
+    "BackupConfig",
     "ClusterConfig",
     "Config",
     "DatabaseConfig",
@@ -201,6 +203,7 @@ class Config:
     shards: Mapping[str, ShardConfig]
     tables: Mapping[str, TableConfig] = field(default_factory=dict)
     failover: FailoverConfig = field(default_factory=FailoverConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
     source: str = "<memory>"
 
     def shard_by_number(self, number: int) -> ShardConfig | None:
@@ -239,6 +242,7 @@ SECTIONS: dict[str, type] = {
     "heartbeat": HeartbeatConfig,
     "failover": FailoverConfig,
     "api": ApiConfig,
+    "backup": BackupConfig,
 }
 
 
@@ -522,6 +526,7 @@ def _validate(config: Config) -> None:
             "heartbeat.suspect_after_seconds", "must exceed heartbeat.interval_seconds"
         )
     validate_ha(config.heartbeat, config.failover, config.router.node_name)
+    validate_backup(config.backup, list(config.shards))
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

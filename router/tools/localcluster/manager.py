@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from router.config import Config
 from router.errors import ClusterError, PortInUseError
+from router.tools.localcluster.archive import WalArchive
 from router.tools.localcluster.binaries import PgBinaries, find_pg_bin, make_reachable
 from router.tools.localcluster.docstore import DocStore
 from router.tools.localcluster.layout import (
@@ -30,6 +31,7 @@ from router.tools.localcluster.layout import (
 )
 from router.tools.localcluster.postgres import PgNode, PgRunner
 from router.tools.localcluster.process import terminate
+from router.tools.localcluster.restores import stop_all_restored
 from router.tools.localcluster.status import NodeState, NodeStatus, Role
 from router.tools.localcluster.survey import collect_status
 from router.tools.localcluster.users import ServerUser, ensure_server_user
@@ -165,7 +167,8 @@ class LocalCluster:
             found = found or find_pg_bin(self.config.cluster.pg_bin, config_dir(self.config))
             bins = make_reachable(found, user)
         self._runner = PgRunner(bins, user, layout, self.config.database.user,
-                                self.config.database.socket_dir)
+                                self.config.database.socket_dir,
+                                WalArchive(self.config, layout, user).settings)
         return self._runner
 
     def _record(self, runner: PgRunner, docstore: DocStore | None) -> None:
@@ -273,6 +276,7 @@ class LocalCluster:
             probe.remove_stale_pidfile(node)
         if self._docstore_port is not None:
             self._docstore(layout).stop()
+        stop_all_restored(layout)  # nodes `georoute restore` made: their files are ours too
         # Anything still recorded as ours (e.g. its postmaster.pid was deleted by hand).
         for entry in layout.load_manifest().get("nodes", {}).values():
             pid, marker = entry.get("pid"), entry.get("data_dir")
