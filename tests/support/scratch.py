@@ -19,8 +19,8 @@ def scratch_cluster(test_config: Config, offset: int,
     up for the block and purged after it."""
     config = with_port_offset(test_config, offset, str(Path(test_config.cluster.state_dir) / name))
     local = LocalCluster(config)
-    local.up()
     try:
+        local.up()  # inside: a start that fails half way still stops what it started
         yield local, config
     finally:
         local.down(purge=True)
