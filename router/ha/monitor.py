@@ -18,6 +18,7 @@ import asyncpg
 
 from router.backend.tls import connect_asyncpg
 from router.backend.wal import LsnReader
+from router.clock import SYSTEM_CLOCK, Clock
 from router.config import Config, FailoverMode
 from router.core.health import HealthEvent
 from router.ha.discovery import NodeObservation, PrimaryWatch, Stay, StayReason
@@ -44,9 +45,11 @@ class LagMonitor:
         config: Config,
         topology: Topology,
         on_change: Callable[[NodeState], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,  # the interval between rounds sleeps on it
     ) -> None:
         self._config = config
         self._topology = topology
+        self._clock = clock
         self._conns: dict[str, asyncpg.Connection] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._on_change = on_change
@@ -187,4 +190,4 @@ class LagMonitor:
                     replica.lag_bytes = None
             self.rounds += 1
             self._round_done.set()
-            await asyncio.sleep(interval)
+            await self._clock.sleep(interval)
