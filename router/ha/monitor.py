@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 import asyncpg
 
@@ -44,7 +43,6 @@ class LagMonitor:
         self,
         config: Config,
         topology: Topology,
-        on_change: Callable[[NodeState], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,  # the interval between rounds sleeps on it
     ) -> None:
         self._config = config
@@ -52,7 +50,6 @@ class LagMonitor:
         self._clock = clock
         self._conns: dict[str, asyncpg.Connection] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._on_change = on_change
         self.rounds = 0
         self._round_done = asyncio.Event()
         external = FailoverMode(config.failover.mode) is FailoverMode.EXTERNAL
@@ -104,15 +101,11 @@ class LagMonitor:
             node.record(HealthEvent.PROBE_FAILED, f"{type(exc).__name__}: {exc}")
             if node.health is not before:
                 log.warning("node %s is %s: %s", node.name, node.health.value, exc)
-                if self._on_change:
-                    self._on_change(node)
             return None
         before = node.health
         node.record(HealthEvent.PROBE_OK)
         if node.health is not before:
             log.info("node %s is %s", node.name, node.health.value)
-            if self._on_change:
-                self._on_change(node)
         return row
 
     async def measure(self, shard: ShardState) -> None:
