@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-## demo: local cluster + migrations + sample data + router + REST API, until Ctrl-C
+## demo: local cluster + migrations + sample data + router, until Ctrl-C (no REST API yet)
 demo: venv
 	$(VENV)/bin/georoute demo
 
