@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -26,21 +26,11 @@ from router.ha.heartbeat import HeartbeatService
 from router.ha.monitor import LagMonitor
 from router.ha.topology import NodeState, Topology
 from tests.support.clock import FakeClock
+from tests.support.wait import until
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "fake-clock-heartbeat-secret-0123"
 INTERVAL, SUSPECT_AFTER, DEAD_AFTER, DOWN_AFTER = 0.5, 2.0, 5.0, 1.0
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0, what: str = "it") -> None:
-    """Wait for real I/O (a datagram crossing loopback) on a condition with a deadline: a poll
-    of what a socket delivered, not of a timer under test."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.001)
 
 
 @dataclass
