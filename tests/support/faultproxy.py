@@ -236,6 +236,7 @@ class _Link:
     server: asyncio.StreamWriter
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     half_open: bool = False
+    held: int = 0  # bytes read from either side and not delivered yet
 
 
 class TcpFaultProxy(_Proxy):
@@ -255,7 +256,7 @@ class TcpFaultProxy(_Proxy):
         self._refusing = False
         self._closing = False
         self._counts = dict.fromkeys(
-            ("accepted", "refused", "resets", "to_server", "to_client", "held", "discarded"), 0)
+            ("accepted", "refused", "resets", "to_server", "to_client", "discarded"), 0)
 
     # ---- faults ------------------------------------------------------------------------------
 
@@ -281,8 +282,10 @@ class TcpFaultProxy(_Proxy):
 
     def half_open(self) -> int:
         """Every open connection goes half-open: the target's side is reset, the client's stays
-        open and silent (what it sends is read and discarded, nothing comes back), as when the
-        server's host vanished without a FIN or RST reaching the client. Returns how many."""
+        open and silent: what it sends is accepted (and so acknowledged by this host's TCP,
+        which TCP_USER_TIMEOUT and keepalives cannot tell from a live peer) and discarded,
+        and nothing comes back, not even a FIN. A server process that hangs, or a middlebox
+        that lost the connection's state, looks like this. Returns how many."""
         return self._control(self._half_open_all)
 
     def refuse(self, refusing: bool = True) -> None:
@@ -290,7 +293,11 @@ class TcpFaultProxy(_Proxy):
         self._control(lambda: setattr(self, "_refusing", refusing))
 
     def stats(self) -> TcpStats:
-        return self._control(lambda: TcpStats(open=len(self._links), **self._counts))
+        def now() -> TcpStats:
+            held = sum(link.held for link in self._links.values())
+            return TcpStats(open=len(self._links), held=held, **self._counts)
+
+        return self._control(now)
 
     # ---- inside ------------------------------------------------------------------------------
 
@@ -415,7 +422,7 @@ class TcpFaultProxy(_Proxy):
             if link.half_open:
                 self._counts["discarded"] += len(data)
                 continue
-            self._counts["held"] += len(data)
+            link.held += len(data)
             await queue.put((loop.time() + self._latency, data))
 
     async def _write(self, link: _Link, queue: asyncio.Queue[tuple[float, bytes] | None],
@@ -432,7 +439,7 @@ class TcpFaultProxy(_Proxy):
             if due > loop.time():
                 await asyncio.sleep(due - loop.time())  # the latency being injected
             await self._flow().wait()
-            self._counts["held"] -= len(data)
+            link.held -= len(data)
             if link.half_open:
                 self._counts["discarded"] += len(data)
                 continue
@@ -447,6 +454,8 @@ class TcpFaultProxy(_Proxy):
         for link in links:
             self._abort(link.client)
             self._abort(link.server)
+            for task in link.tasks:  # what it held (a stall, a latency) goes with it
+                task.cancel()
         self._counts["resets"] += len(links)
         return len(links)
 

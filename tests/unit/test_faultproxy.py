@@ -142,12 +142,19 @@ async def test_reset_resets_both_sides_and_new_connections_still_pass(
     reader, writer = await connect(proxy)
     writer.write(b"a")
     assert await read_exactly(reader, 1) == b"a"
+    proxy.stall()
+    writer.write(b"b")
+    await until(lambda: proxy.stats().held == 1, what="a byte held")
     assert proxy.reset() == 1
     with pytest.raises(ConnectionResetError):
         async with asyncio.timeout(10):
             await reader.read(1)
     await until(lambda: backend.ended == ["reset"], what="the server to see a reset")
     writer.close()
+    await until(lambda: proxy.stats().open == 0, what="the link to go")
+    assert proxy.stats().held == 0  # what it held went with it
+    assert bytes(backend.received) == b"a"
+    proxy.resume()
     reader, writer = await connect(proxy)
     writer.write(b"again")
     assert await read_exactly(reader, 5) == b"again"
