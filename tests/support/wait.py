@@ -8,12 +8,14 @@ from collections.abc import Callable
 __all__ = ["until"]
 
 
-async def until(condition: Callable[[], bool], within: float = 5.0, what: str = "it") -> None:
+async def until(condition: Callable[[], bool], within: float = 5.0, what: str = "it",
+                poll: float = 0.001) -> None:  # fmt: skip
     """Re-check `condition` (something real I/O changes: a datagram or bytes arriving) until
-    it holds; fail after `within` seconds."""
+    it holds; fail after `within` seconds. `poll=0` only yields to the event loop between
+    checks (no timer at all), for tests whose time is a FakeClock."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not condition():
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(poll)

@@ -82,7 +82,7 @@ class Rig:
     async def send_and_wait(self, nodes: dict[str, ReportedHealth] | None = None) -> None:
         before = self.service.received
         self.send(nodes)
-        await until(lambda: self.service.received > before, what="the heartbeat to arrive")
+        await until(lambda: self.service.received > before, what="the heartbeat to arrive", poll=0)
 
     def state(self) -> PeerState:
         return self.service.membership.peers["router-2"].state
@@ -114,7 +114,7 @@ async def test_one_round_per_interval_of_the_injected_clock(rig: Rig) -> None:
     assert rig.service.sent == 2
     await rig.clock.advance(4 * INTERVAL)
     assert rig.service.sent == 6
-    await until(lambda: len(rig.peer.got) == 6, what="six heartbeats at the peer")
+    await until(lambda: len(rig.peer.got) == 6, what="six heartbeats at the peer", poll=0)
     receiver = HeartbeatReceiver(SECRET.encode(), {"router-1": ("127.0.0.1", 0)})
     beats = [receiver.receive(d) for d in rig.peer.got]
     assert all(isinstance(b, Heartbeat) for b in beats)
