@@ -67,7 +67,7 @@ class _Proxy:
         self.port = 0  # the listening port, once started
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
-        self._stopping: asyncio.Task[None] | None = None
+        self._stop_begun = False
         self._expiry: asyncio.TimerHandle | None = None
         self._sockets: list[Any] = []  # every socket opened (asyncio's TransportSocket)
         self.expired = False  # stopped by its lifetime rather than by the test
@@ -96,8 +96,8 @@ class _Proxy:
         if asyncio.get_running_loop() is not self._loop:
             await asyncio.wrap_future(self._submit(self.stop))
             return
-        if self._stopping is None:
-            self._stopping = asyncio.current_task()
+        if not self._stop_begun:
+            self._stop_begun = True
             if self._expiry is not None:
                 self._expiry.cancel()
             try:
@@ -145,7 +145,7 @@ class _Proxy:
             started.set()
             await self.wait_stopped()
 
-        thread = threading.Thread(target=lambda: asyncio.run(main()), name=f"{self.kind}",
+        thread = threading.Thread(target=lambda: asyncio.run(main()), name=self.kind,
                                   daemon=True)  # fmt: skip
         thread.start()
         if not started.wait(_CONTROL_SECONDS):
@@ -201,6 +201,8 @@ class _Proxy:
     def _track(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            if len(self._sockets) >= 256:  # forget the closed ones: the list stays bounded
+                self._sockets = [s for s in self._sockets if s.fileno() != -1]
             self._sockets.append(sock)
 
     # ---- what each kind does -------------------------------------------------------------------
