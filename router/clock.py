@@ -1,8 +1,14 @@
-"""The time a router node reads, behind one small interface so that timers can be tested
-without sleeping: `SYSTEM_CLOCK` in the daemon, `tests/support/clock.FakeClock` in tests."""
+"""The time a router node reads and the timers it waits on, behind one small interface so that
+timers can be tested without sleeping: `SYSTEM_CLOCK` in the daemon,
+`tests/support/clock.FakeClock` in tests (its `advance()` moves time and fires the timers due).
+
+The HA timers read it: heartbeats (router/ha/heartbeat.py), the lag monitor's rounds
+(router/ha/monitor.py) and the idempotency sweeper (router/engine/idempotency.py). Pure code
+(router/core/) never reads a clock: it is handed `now`."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -18,6 +24,11 @@ class Clock(Protocol):
         """Seconds since the epoch (for ids and timestamps people read)."""
         ...
 
+    async def sleep(self, seconds: float) -> None:
+        """Return once `monotonic()` has moved on by `seconds` (a timer: heartbeat intervals,
+        monitor rounds). Cancellable, like asyncio.sleep."""
+        ...
+
 
 class SystemClock:
     __slots__ = ()
@@ -27,6 +38,9 @@ class SystemClock:
 
     def wall(self) -> float:
         return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 SYSTEM_CLOCK: Clock = SystemClock()

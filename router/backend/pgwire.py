@@ -13,8 +13,9 @@ It takes only what it can carry exactly as asyncpg would (router/backend/pgtypes
 else it raises `Unsupported` before a byte is sent, and the caller runs the statement on an
 asyncpg connection instead.
 
-Authentication: trust, cleartext password, md5 and SCRAM-SHA-256 (router/backend/pgauth.py). No TLS
-yet: the pipeline has no TLS, so a node that needs it cannot be reached this way (see README).
+Authentication: trust, cleartext password, md5 and SCRAM-SHA-256 (router/backend/pgauth.py).
+TLS is below this protocol: router/backend/pipeline.py opens the stream through
+router/backend/tls.py's `open_stream`, per `database.sslmode`, as for the pooled connections.
 """
 
 from __future__ import annotations

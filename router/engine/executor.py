@@ -480,6 +480,3 @@ class Executor:
         for analysis, (_, params) in zip(analyses, statements, strict=True):
             check_writes(analysis, params, shard, self.config)
         return shard
-
-    def topology_snapshot(self) -> dict[str, Any]:
-        return self.topology.snapshot()

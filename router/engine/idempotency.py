@@ -10,7 +10,6 @@ on (executor.py), so a key is scoped to that shard. Without a sweep the table on
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ import msgpack
 from protocol.values import ext_default, ext_hook
 from router.backend.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.backend.wirevalues import Columns
+from router.clock import SYSTEM_CLOCK, Clock
 from router.engine.errors import IdempotencyKeyReused
 from router.ha.topology import Topology
 
@@ -34,6 +34,7 @@ __all__ = [
     "pack_reply",
     "run_sweeper",
     "store",
+    "sweep_interval",
     "sweep_once",
 ]
 
@@ -143,12 +144,18 @@ async def sweep_once(topology: Topology, retention_seconds: float) -> dict[str, 
     return deleted
 
 
-async def run_sweeper(current: Callable[[], Topology], retention_seconds: float) -> None:
-    """Sweep every so often (a 24th of the retention, at most every 10 minutes), on whatever
-    topology is current (a SIGHUP reload replaces it)."""
-    interval = min(600.0, max(1.0, retention_seconds / 24))
+def sweep_interval(retention_seconds: float) -> float:
+    """A 24th of the retention, between 1 second and 10 minutes."""
+    return min(600.0, max(1.0, retention_seconds / 24))
+
+
+async def run_sweeper(current: Callable[[], Topology], retention_seconds: float,
+                      clock: Clock = SYSTEM_CLOCK) -> None:  # fmt: skip
+    """Sweep every `sweep_interval`, on whatever topology is current (a SIGHUP reload
+    replaces it); the interval sleeps on `clock`."""
+    interval = sweep_interval(retention_seconds)
     while True:
-        await asyncio.sleep(interval)
+        await clock.sleep(interval)
         try:
             deleted = await sweep_once(current(), retention_seconds)
         except Exception:  # the sweeper must never die

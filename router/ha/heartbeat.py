@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ from protocol.heartbeat import (
     RejectReason,
     ReportedHealth,
 )
+from router.clock import SYSTEM_CLOCK, Clock
 from router.config import Config
 from router.core.failover import Decision, FailoverView, Promote, ReplicaView, plan_failover
 from router.core.health import NodeHealth
@@ -70,12 +70,13 @@ class _Endpoint(asyncio.DatagramProtocol):
 
 
 class HeartbeatService:
-    """This node's heartbeats: started with the daemon, stopped with it. `clock` is monotonic
-    seconds (the event loop's time by default); the membership machine reads only it.
-    `topology` is asked each round, as a reload replaces the daemon's."""
+    """This node's heartbeats: started with the daemon, stopped with it. Every timer reads
+    `clock` (router/clock.py): the interval between rounds, the silences membership judges,
+    how long a primary has been down for the failover plan, and the incarnation (its wall
+    time). `topology` is asked each round, as a reload replaces the daemon's."""
 
     def __init__(self, config: Config, topology: Callable[[], Topology],
-                 clock: Callable[[], float] | None = None) -> None:  # fmt: skip
+                 clock: Clock = SYSTEM_CLOCK) -> None:  # fmt: skip
         h = config.heartbeat
         key = heartbeat_key(config)  # first: no secret, no start
         self._config = h
@@ -83,7 +84,8 @@ class HeartbeatService:
         self._clock = clock
         self.node_name = config.router.node_name
         self.peer_addresses = h.peer_addresses()
-        self.incarnation = time.time_ns()  # wall clock on purpose: newer across restarts
+        # wall clock on purpose: newer across restarts (nanoseconds, as the protocol carries)
+        self.incarnation = int(clock.wall() * 1_000_000_000)
         self.sender = HeartbeatSender(key, self.node_name, self.incarnation)
         self.receiver = HeartbeatReceiver(key, self.peer_addresses)
         timing = MembershipTiming(h.suspect_after_seconds, h.dead_after_seconds,
@@ -101,7 +103,15 @@ class HeartbeatService:
         self._task: asyncio.Task[None] | None = None
 
     def now(self) -> float:
-        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+        return self._clock.monotonic()
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where heartbeats are received, once started (the port chosen when the config says 0)."""
+        if self._transport is None:
+            return None
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        return str(host), int(port)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -137,7 +147,7 @@ class HeartbeatService:
                 self.beat()
             except Exception:  # the heartbeat must never die
                 log.exception("sending heartbeats failed")
-            await asyncio.sleep(self._config.interval_seconds)
+            await self._clock.sleep(self._config.interval_seconds)
 
     def beat(self) -> None:
         """One round: re-judge the peers' silence, then send our view to each of them."""

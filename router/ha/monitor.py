@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 import asyncpg
 
 from router.backend.tls import connect_asyncpg
 from router.backend.wal import LsnReader
+from router.clock import SYSTEM_CLOCK, Clock
 from router.config import Config, FailoverMode
 from router.core.health import HealthEvent
 from router.ha.discovery import NodeObservation, PrimaryWatch, Stay, StayReason
@@ -43,13 +43,13 @@ class LagMonitor:
         self,
         config: Config,
         topology: Topology,
-        on_change: Callable[[NodeState], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,  # the interval between rounds sleeps on it
     ) -> None:
         self._config = config
         self._topology = topology
+        self._clock = clock
         self._conns: dict[str, asyncpg.Connection] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._on_change = on_change
         self.rounds = 0
         self._round_done = asyncio.Event()
         external = FailoverMode(config.failover.mode) is FailoverMode.EXTERNAL
@@ -101,15 +101,11 @@ class LagMonitor:
             node.record(HealthEvent.PROBE_FAILED, f"{type(exc).__name__}: {exc}")
             if node.health is not before:
                 log.warning("node %s is %s: %s", node.name, node.health.value, exc)
-                if self._on_change:
-                    self._on_change(node)
             return None
         before = node.health
         node.record(HealthEvent.PROBE_OK)
         if node.health is not before:
             log.info("node %s is %s", node.name, node.health.value)
-            if self._on_change:
-                self._on_change(node)
         return row
 
     async def measure(self, shard: ShardState) -> None:
@@ -187,4 +183,4 @@ class LagMonitor:
                     replica.lag_bytes = None
             self.rounds += 1
             self._round_done.set()
-            await asyncio.sleep(interval)
+            await self._clock.sleep(interval)
