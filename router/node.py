@@ -39,6 +39,7 @@ from router.engine.parser_thread import start_parser
 from router.errors import ConfigError
 from router.ha.heartbeat import HeartbeatService
 from router.ha.monitor import LagMonitor
+from router.ha.sweeper import SilentLinkSweeper
 from router.ha.topology import NodeState, ShardState, Topology
 from router.metrics import Metrics
 from router.server.connection import ClientConnection
@@ -139,6 +140,7 @@ class RouterNode:
         self.spawn(
             run_sweeper(lambda: self.topology, self.config.router.idempotency_retention_seconds)
         )
+        self.spawn(SilentLinkSweeper(lambda: self.topology).run())  # half-open backend links
         self.metrics.bind(self.topology, self.classifier, lambda: len(self.connections))
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         r = self.config.router
