@@ -393,6 +393,16 @@ class Checker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
 
+    def attempts_since(self, mark: int) -> list[Attempt]:
+        """The writes attempted after the `mark`-th (an `attempted` value), in order."""
+        return self._attempts[mark:]
+
+    def longest_gap_of(self, homes: Sequence[str]) -> float:
+        """The longest time without an acknowledged write to any of `homes` (so far)."""
+        times = sorted(t for h in homes for t in self._acked_at[h])
+        marks = [self._started, *times, self._ended or time.monotonic()]
+        return max(b - a for a, b in itertools.pairwise(marks))
+
     def errors_since(self, mark: int) -> list[str]:
         """The errors of the writes attempted after the `mark`-th (an `attempted` value)."""
         return [a.error for a in self._attempts[mark:] if a.error is not None]
