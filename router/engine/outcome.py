@@ -19,7 +19,8 @@ from router.core.routing import Role
 from router.ha.topology import NodeState, ShardState
 
 __all__ = [
-    "CONNECTION_ERRORS", "WIRE_ROLE", "Outcome", "Routed", "returned_after", "rows_changed",
+    "CONNECTION_ERRORS", "WIRE_ROLE", "Outcome", "Routed", "connection_lost", "returned_after",
+    "rows_changed",
 ]
 
 # Errors after which the backend connection cannot be trusted (the node may be gone). asyncpg
@@ -34,6 +35,14 @@ CONNECTION_ERRORS = (
     asyncpg.exceptions.CrashShutdownError,
 )
 
+
+
+def connection_lost(exc: BaseException, backend: Backend) -> bool:
+    """Whether `exc` means `backend`'s connection is gone. Beyond CONNECTION_ERRORS: asyncpg
+    raises InterfaceError ("the underlying connection is closed") when a transaction block
+    ends on a connection lost inside it, hiding the loss itself."""
+    return isinstance(exc, CONNECTION_ERRORS) or (
+        isinstance(exc, asyncpg.exceptions.InterfaceError) and backend.conn.is_closed())
 
 
 WIRE_ROLE = {Role.PRIMARY: WireRole.PRIMARY, Role.REPLICA: WireRole.REPLICA}
