@@ -276,6 +276,7 @@ class Attempt:
     home: str
     outcome: Outcome
     error: str | None = None
+    message: str = ""  # the error's own words, for the report's examples
 
 
 def judge(report: Report, attempts: Sequence[Attempt], found: dict[str, list[str]]) -> Report:
@@ -307,7 +308,7 @@ def judge(report: Report, attempts: Sequence[Attempt], found: dict[str, list[str
             report.not_applied += 1
             if copies:
                 report.false_failures += 1
-                examples.append(f"{a.write_id} told {a.error} (not applied), applied")
+                examples.append(f"{a.write_id} told {a.error} (not applied), applied: {a.message}")
     report.phantoms = len(set(found) - attempted)
     if report.phantoms:
         examples.append(f"rows nobody wrote: {sorted(set(found) - attempted)[:3]}")
@@ -342,6 +343,7 @@ class Checker:
         self._read_failures = 0
         self._ryw: list[str] = []
         self._errors: collections.Counter[str] = collections.Counter()
+        self._internal: list[str] = []  # INTERNAL errors' messages (their log references)
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
         self._started = 0.0
@@ -423,9 +425,12 @@ class Checker:
                 name = _name(exc)
                 self._errors[name] += 1
                 error: str | None = name
+                message = str(exc)[:300]
+                if name.startswith("INTERNAL") and len(self._internal) < 5:
+                    self._internal.append(message)
             else:
-                outcome, error = Outcome.ACKNOWLEDGED, None
-            self._attempts.append(Attempt(write_id, home, outcome, error))
+                outcome, error, message = Outcome.ACKNOWLEDGED, None, ""
+            self._attempts.append(Attempt(write_id, home, outcome, error, message))
             if outcome is Outcome.ACKNOWLEDGED:
                 self._acked_at[home].append(time.monotonic())
                 self._changed.set()
@@ -456,6 +461,7 @@ class Checker:
                         ryw_violations=len(self._ryw), errors=dict(self._errors))  # fmt: skip
         if self._ryw:
             report.examples.append(f"not read back by its session: {self._ryw[0]}")
+        report.examples.extend(f"INTERNAL: {m}" for m in self._internal)
         judge(report, self._attempts, found)
         report.longest_unavailability, report.worst_home = self._longest_gap(ended)
         return report
