@@ -9,7 +9,6 @@ router/engine/scatter.py). Only `Target` has "the shard".
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -18,15 +17,14 @@ from router.config import Config
 from router.core.classify import Analysis
 from router.core.confinement import Confinement, KeyKind, KeyRef, Pin
 from router.core.ids import shard_number_of
+from router.types import Consistency, Role
 
 __all__ = [
     "SCATTER_HINT",
-    "Consistency",
     "CrossShardError",
     "MissingShardKeyError",
     "NodeView",
     "OneShard",
-    "Role",
     "Route",
     "RoutingError",
     "Scatter",
@@ -74,17 +72,6 @@ class UnknownShardError(RoutingError):
 
 class CrossShardError(RoutingError):
     pass
-
-
-class Role(enum.Enum):
-    PRIMARY = "primary"
-    REPLICA = "replica"
-
-
-class Consistency(enum.Enum):
-    SESSION = "session"  # read-your-writes (default): replica only once it replayed our writes
-    STRONG = "strong"  # always the primary
-    EVENTUAL = "replica"  # any fresh-enough replica, ignoring the session's writes
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,6 @@ from typing import Any
 import asyncpg
 
 from protocol.messages import Hints
-from protocol.messages import Role as WireRole
 from router.backend.pgwire import Callback, PipelineError, Unsupported
 from router.backend.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.backend.wal import UNKNOWN_LSN
@@ -23,10 +22,8 @@ from router.config import Config
 from router.core.classify import Analysis
 from router.core.health import HealthEvent
 from router.core.routing import (
-    Consistency,
     CrossShardError,
     MissingShardKeyError,
-    Role,
     Route,
     RoutingError,
     Scatter,
@@ -45,7 +42,6 @@ from router.engine.classifier import Classifier
 from router.engine.errors import NodeReadOnlyError, is_read_only_refusal
 from router.engine.outcome import (
     CONNECTION_ERRORS,
-    WIRE_ROLE,
     Outcome,
     Routed,
     returned_after,
@@ -55,15 +51,11 @@ from router.engine.scatter import ScatterRunner
 from router.engine.session import Session
 from router.engine.transactions import Transactions
 from router.ha.topology import NodeState, ShardState, Topology
+from router.types import Consistency, Role
 
 __all__ = ["Executor"]
 
 REPLAY_LSN_SQL = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8"
-_CONSISTENCY = {
-    "session": Consistency.SESSION,
-    "strong": Consistency.STRONG,
-    "replica": Consistency.EVENTUAL,
-}
 
 
 
@@ -241,7 +233,7 @@ class Executor:
                 return None
             if not isinstance(target, Target):  # a Scatter: query() runs it
                 return None
-            consistency = _CONSISTENCY[hints.consistency]
+            consistency = hints.consistency
             role = decide_role(target, consistency, in_transaction=False)
             shard = self.topology.shards[target.shard]
         except Exception:
@@ -270,7 +262,7 @@ class Executor:
     def route_of(self, node: NodeState) -> list[str]:
         """The reply's route in its wire form, [shard, node, role] (built once per node)."""
         route = self._routes.get(node)
-        role = WIRE_ROLE[node.role]._value_
+        role = node.role._value_
         if route is None or route[2] != role:  # new, or its role changed (failover)
             route = self._routes[node] = [node.shard, node.name, role]
         return route
@@ -304,7 +296,7 @@ class Executor:
             raise RoutingError(
                 f"the statement uses {analysis.param_count} parameters, {len(params)} were given"
             )
-        consistency = _CONSISTENCY[hints.consistency]
+        consistency = hints.consistency
         if isinstance(target, Scatter):  # a read over several shards, merged (scatter.py)
             return await self.scatter.run(session, sql, params, analysis, target, hints,
                                           consistency)  # fmt: skip
@@ -348,7 +340,7 @@ class Executor:
             analysis, status
         ):
             token = await self.token(session, shard)
-        return Outcome(columns, rows, status, shard.name, node.name, WireRole(node.role.value),
+        return Outcome(columns, rows, status, shard.name, node.name, node.role,
                        token)
 
     async def _idempotent(
@@ -387,10 +379,10 @@ class Executor:
         node.pool.release(backend)
         token = await self.token(session, shard)
         if reply is None:  # applied, but its rows can never be sent, nor to a retry
-            return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY, token,
+            return Outcome([], [], status, shard.name, node.name, Role.PRIMARY, token,
                            rows_lost="its rows hold a value with no wire form, or exceed "
                                      "the frame limit (router.max_frame_bytes)")  # fmt: skip
-        return Outcome(columns, rows, status, shard.name, node.name, WireRole.PRIMARY, token)
+        return Outcome(columns, rows, status, shard.name, node.name, Role.PRIMARY, token)
 
     async def token(self, session: Session, shard: ShardState) -> str:
         """The read-your-writes token after a write on `shard`'s primary (noted in session)."""
@@ -446,7 +438,7 @@ class Executor:
             raise
         node.pool.release(backend)
         token = await self.token(session, shard)
-        return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY, token)
+        return Outcome([], [], status, shard.name, node.name, Role.PRIMARY, token)
 
     def _batch_shard(self, analyses: Sequence[Analysis],
                      statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints) -> str:

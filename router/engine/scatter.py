@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.messages import Hints
-from protocol.messages import Role as WireRole
 from router.backend.pgwire import PipelineError, Unsupported
 from router.backend.pipeline import is_lock_timeout, is_stale_statement
 from router.backend.pool import Backend, NodeUnavailableError
@@ -26,12 +25,13 @@ from router.config import Config
 from router.core.classify import Analysis
 from router.core.health import HealthEvent
 from router.core.merge import ShardRows, ValueOrder, column_orders, merge, real_columns
-from router.core.routing import Consistency, Role, Scatter, choose_replica
+from router.core.routing import Scatter, choose_replica
 from router.core.scatter_plan import Refusal, ScatterPlan, ScatterRefused
 from router.core.scatter_rewrite import plan_scatter
 from router.engine.outcome import Outcome, returned_after
 from router.engine.session import Session
 from router.ha.topology import NodeState, ShardState, Topology
+from router.types import Consistency, Role
 
 __all__ = ["ScatterRunner", "ScatterStats", "ShardFailure"]
 
@@ -303,7 +303,7 @@ class ScatterRunner:
         replica = all(a.node.role is Role.REPLICA for a in answers)
         return Outcome(columns, rows, f"SELECT {len(rows)}",
                        ",".join(a.shard for a in answers), ",".join(a.node.name for a in answers),
-                       WireRole.REPLICA if replica else WireRole.PRIMARY)  # fmt: skip
+                       Role.REPLICA if replica else Role.PRIMARY)  # fmt: skip
 
     async def _one(
         self, session: Session, name: str, plan: ScatterPlan, params: Sequence[Any],

@@ -14,7 +14,7 @@ from router.backend.pool import BackendPool
 from router.backend.wal import LsnReader
 from router.config import Config, NodeAddress
 from router.core.health import HealthEvent, NodeHealth, next_health
-from router.core.routing import Role
+from router.types import Role
 
 __all__ = ["NodeState", "ShardState", "Topology"]
 

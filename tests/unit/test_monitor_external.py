@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from router.config import load_config
-from router.core.routing import Role
 from router.ha.monitor import FOLLOW_CONFIRM_ROUNDS, PRIMARY_LSN_SQL, LagMonitor
 from router.ha.topology import NodeState, ShardState, Topology
+from router.types import Role
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,10 +21,8 @@ from router.core.classify import (
 from router.core.health import HealthEvent, NodeHealth, next_health
 from router.core.ids import shard_number_of
 from router.core.routing import (
-    Consistency,
     CrossShardError,
     MissingShardKeyError,
-    Role,
     Target,
     UnknownShardError,
     choose_replica,
@@ -32,6 +30,7 @@ from router.core.routing import (
     resolve_shards,
 )
 from router.engine.classifier import Classifier
+from router.types import Consistency, Role
 from tests.support.ids import new_id
 
 CONFIG = load_config(Path(__file__).resolve().parents[2] / "router.toml")
@@ -338,7 +337,7 @@ def test_decide_role() -> None:
     assert decide_role(read, Consistency.SESSION, in_transaction=False) is Role.REPLICA
     assert decide_role(read, Consistency.STRONG, in_transaction=False) is Role.PRIMARY
     assert decide_role(read, Consistency.SESSION, in_transaction=True) is Role.PRIMARY
-    assert decide_role(write, Consistency.EVENTUAL, in_transaction=False) is Role.PRIMARY
+    assert decide_role(write, Consistency.REPLICA, in_transaction=False) is Role.PRIMARY
 
 
 def test_health_state_machine() -> None:
