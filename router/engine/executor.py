@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, assert_never
 
 import asyncpg
 
@@ -24,10 +24,10 @@ from router.core.health import HealthEvent
 from router.core.routing import (
     CrossShardError,
     MissingShardKeyError,
+    OneShard,
     Route,
     RoutingError,
     Scatter,
-    Target,
     UnknownShardError,
     check_writes,
     choose_replica,
@@ -231,7 +231,7 @@ class Executor:
             if (len(params) != analysis.param_count or analysis.changes_session_state
                     or analysis.command == "UTILITY"):  # fmt: skip
                 return None
-            if not isinstance(target, Target):  # a Scatter: query() runs it
+            if type(target) is not OneShard:  # a Scatter: query() runs it
                 return None
             consistency = hints.consistency
             role = decide_role(target, consistency, in_transaction=False)
@@ -297,9 +297,14 @@ class Executor:
                 f"the statement uses {analysis.param_count} parameters, {len(params)} were given"
             )
         consistency = hints.consistency
-        if isinstance(target, Scatter):  # a read over several shards, merged (scatter.py)
-            return await self.scatter.run(session, sql, params, analysis, target, hints,
-                                          consistency)  # fmt: skip
+        match target:
+            case Scatter():  # a read over several shards, merged (scatter.py)
+                return await self.scatter.run(session, sql, params, analysis, target, hints,
+                                              consistency)  # fmt: skip
+            case OneShard():
+                pass
+            case _:
+                assert_never(target)
         role = decide_role(target, consistency, in_transaction=False)
         shard = self._shard(target.shard)
         min_lsn = (

@@ -23,7 +23,7 @@ from router.core.ids import shard_number_of
 from router.core.routing import (
     CrossShardError,
     MissingShardKeyError,
-    Target,
+    OneShard,
     UnknownShardError,
     choose_replica,
     decide_role,
@@ -204,14 +204,14 @@ def test_or_does_not_decide_a_shard(classifier: Classifier) -> None:
 # ---- shard resolution ----------------------------------------------------------------------
 
 
-def route(classifier: Classifier, sql: str, params: list[object], hint: str | None = None) -> Target:
+def route(classifier: Classifier, sql: str, params: list[object], hint: str | None = None) -> OneShard:
     return resolve_shards(classifier.analyze(sql), params, hint, CONFIG)
 
 
 def test_id_routes_to_its_home_shard(classifier: Classifier) -> None:
     for number, shard in ((NA, "north_america"), (EU, "europe"), (ASIA, "asia")):
         target = route(classifier, "SELECT * FROM users WHERE user_id = $1", [new_id(number)])
-        assert target == Target((shard,), write=False)
+        assert target == OneShard(shard, write=False)
         # ids also arrive as text
         target = route(classifier, "SELECT * FROM users WHERE user_id = $1", [str(new_id(number))])
         assert target.shard == shard
@@ -252,7 +252,7 @@ def test_reference_reads_go_anywhere(classifier: Classifier) -> None:
 
 def test_function_arguments_carry_ids(classifier: Classifier) -> None:
     target = route(classifier, "SELECT enroll($1, $2)", [new_id(ASIA), new_id(ASIA)])
-    assert target == Target(("asia",), write=True)
+    assert target == OneShard("asia", write=True)
     target = route(classifier, "SELECT register_user($1, $2, 'europe')", ["a@b", "A"])
     assert target.shard == "europe"
 
@@ -333,7 +333,7 @@ def test_token_requires_replay_past_it() -> None:
 
 
 def test_decide_role() -> None:
-    read, write = Target(("europe",), False), Target(("europe",), True)
+    read, write = OneShard("europe", False), OneShard("europe", True)
     assert decide_role(read, Consistency.SESSION, in_transaction=False) is Role.REPLICA
     assert decide_role(read, Consistency.STRONG, in_transaction=False) is Role.PRIMARY
     assert decide_role(read, Consistency.SESSION, in_transaction=True) is Role.PRIMARY
