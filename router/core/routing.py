@@ -14,19 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from router.config import Config
 from router.core.classify import Analysis
 from router.core.confinement import Confinement, KeyKind, KeyRef, Pin
 from router.core.ids import shard_number_of
-from router.types import Consistency, Role
 
 __all__ = [
     "SCATTER_HINT",
     "CrossShardError",
     "MissingShardKeyError",
-    "NodeView",
     "OneShard",
     "Route",
     "RoutingError",
@@ -34,8 +32,6 @@ __all__ = [
     "UnknownShardError",
     "check_assignments",
     "check_writes",
-    "choose_replica",
-    "decide_role",
     "keyed_shard",
     "named_shards",
     "resolve_shards",
@@ -395,48 +391,3 @@ def route(analysis: Analysis, params: Sequence[Any], hint: str | None,
             return Scatter(tuple(config.shards))
         named = set().union(*(s for s in found if s is not None))
         return Scatter(tuple(s for s in config.shards if s in named))
-
-
-class NodeView(Protocol):
-    """What the replica choice needs to know of a node (a snapshot; see topology.py)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def available(self) -> bool: ...
-    @property
-    def lag_bytes(self) -> int | None: ...
-    @property
-    def replay_lsn(self) -> int | None: ...
-    @property
-    def in_flight(self) -> int: ...
-
-
-N = TypeVar("N", bound=NodeView)
-
-
-def choose_replica(
-    replicas: Sequence[N], max_lag_bytes: int, min_lsn: int | None = None, start: int = 0
-) -> N | None:
-    """The least-busy replica that is up, fresh enough, and (with a token) past `min_lsn`.
-    Ties go to the first such one from `start` on: callers turn `start`, so equally idle
-    replicas take turns rather than the first one taking every read."""
-    best: N | None = None
-    count = len(replicas)
-    if count > 1 and start % count:
-        first = start % count
-        replicas = [*replicas[first:], *replicas[:first]]
-    for node in replicas:
-        if not node.available or node.lag_bytes is None or node.lag_bytes > max_lag_bytes:
-            continue
-        if min_lsn is not None and (node.replay_lsn is None or node.replay_lsn < min_lsn):
-            continue
-        if best is None or node.in_flight < best.in_flight:
-            best = node
-    return best
-
-
-def decide_role(target: OneShard, consistency: Consistency, in_transaction: bool) -> Role:
-    if target.write or in_transaction or consistency is Consistency.STRONG:
-        return Role.PRIMARY
-    return Role.REPLICA

@@ -138,7 +138,7 @@ async def test_the_read_your_writes_wait_is_bounded_when_a_replica_stops_answeri
 
 
 def test_equally_idle_replicas_take_turns() -> None:
-    from router.core.routing import choose_replica
+    from router.core.reads import choose_replica
 
     class Idle:
         available, lag_bytes, replay_lsn, in_flight = True, 0, 100, 0

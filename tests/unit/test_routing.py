@@ -1,10 +1,10 @@
-"""Pure routing decisions: classification corpus, shard resolution, replica choice, tokens."""
+"""Pure routing decisions: classification corpus, shard resolution, ids, node health (the read
+decision is tests/unit/test_reads.py)."""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,12 +25,9 @@ from router.core.routing import (
     MissingShardKeyError,
     OneShard,
     UnknownShardError,
-    choose_replica,
-    decide_role,
     resolve_shards,
 )
 from router.engine.classifier import Classifier
-from router.types import Consistency, Role
 from tests.support.ids import new_id
 
 CONFIG = load_config(Path(__file__).resolve().parents[2] / "router.toml")
@@ -301,43 +298,7 @@ def test_id_layout_round_trips() -> None:
     assert shard_number_of(42) is None
 
 
-# ---- role and replica choice ---------------------------------------------------------------
-
-
-@dataclass
-class FakeNode:
-    name: str
-    available: bool = True
-    lag_bytes: int | None = 0
-    replay_lsn: int | None = 1000
-    in_flight: int = 0
-
-
-def test_choose_least_busy_fresh_replica() -> None:
-    nodes = [FakeNode("a", in_flight=3), FakeNode("b", in_flight=1), FakeNode("c", in_flight=0)]
-    nodes[2].available = False
-    assert choose_replica(nodes, max_lag_bytes=100).name == "b"
-
-
-def test_lagging_replica_is_skipped() -> None:
-    nodes = [FakeNode("a", lag_bytes=5000), FakeNode("b", lag_bytes=10, in_flight=9)]
-    assert choose_replica(nodes, max_lag_bytes=100).name == "b"
-    assert choose_replica([FakeNode("a", lag_bytes=5000)], max_lag_bytes=100) is None
-    assert choose_replica([FakeNode("a", lag_bytes=None)], max_lag_bytes=100) is None
-
-
-def test_token_requires_replay_past_it() -> None:
-    nodes = [FakeNode("a", replay_lsn=900), FakeNode("b", replay_lsn=1200, in_flight=5)]
-    assert choose_replica(nodes, 100, min_lsn=1000).name == "b"
-    assert choose_replica(nodes, 100, min_lsn=5000) is None
-
-
-def test_decide_role() -> None:
-    read, write = OneShard("europe", False), OneShard("europe", True)
-    assert decide_role(read, Consistency.SESSION, in_transaction=False) is Role.REPLICA
-    assert decide_role(read, Consistency.STRONG, in_transaction=False) is Role.PRIMARY
-    assert decide_role(read, Consistency.SESSION, in_transaction=True) is Role.PRIMARY
-    assert decide_role(write, Consistency.REPLICA, in_transaction=False) is Role.PRIMARY
+# ---- node health ---------------------------------------------------------------------------
 
 
 def test_health_state_machine() -> None:
