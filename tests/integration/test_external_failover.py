@@ -7,8 +7,10 @@ reload (router.toml still calls it the primary)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -48,6 +50,15 @@ def router(scratch: tuple[LocalCluster, Config]) -> Iterator[RouterProcess]:
     external = replace(external, failover=replace(external.failover, mode="external"))
     with running_router(external, local.state_dir / "router-external.toml") as proc:
         yield proc
+
+
+def node_up_labels(router: RouterProcess) -> dict[str, str]:
+    """node -> its role label on georoute_node_up, scraped from the router's metrics."""
+    url = f"http://127.0.0.1:{router.config.metrics.port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    found = re.findall(r'^georoute_node_up\{node="([^"]+)",role="([^"]+)"\}', text, re.M)
+    return dict(found)
 
 
 def europe(topology: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -99,6 +110,29 @@ async def test_the_router_follows_a_primary_promoted_elsewhere(
         await wait_until(writes, within=5, what="a write through the router succeeds")
         assert {"before", "after"} <= await payloads(replica_dsn)
         assert follow_seconds < 5
+
+        # The promoted node is the primary in every view, whatever its name: the replies'
+        # route, the topology and the metrics' labels.
+        _, route = await db.fetch_routed("SELECT payload FROM rt_items WHERE region = 'europe'",
+                                         consistency="strong")  # fmt: skip
+        assert route is not None and (route.node, route.role) == ("europe-replica1", "primary")
+        view = (await db.topology())["shards"]["europe"]
+        assert view["primary"] == "europe-replica1"
+        assert europe(await db.topology())["europe-replica1"]["in_recovery"] is False
+        labels = await asyncio.to_thread(node_up_labels, router)
+        assert labels["europe-replica1"] == "primary" and labels["europe-primary"] == "replica"
+        # Its position is its current WAL position, which its writes move on (not the point
+        # where its recovery ended, which is all pg_last_wal_replay_lsn() says after a
+        # promotion: replicas measured against that would all look fresh).
+        promoted_at = europe(await db.topology())["europe-replica1"]["replay_lsn"]
+        for _ in range(20):
+            await db.execute(INSERT, uuid.uuid4(), "x" * 2000)
+
+        async def position_moves() -> bool:
+            lsn = europe(await db.topology())["europe-replica1"]["replay_lsn"]
+            return lsn is not None and lsn > promoted_at
+
+        await wait_until(position_moves, within=5, what="the new primary's position to move")
 
         # The old primary comes back as it was: writable, on the old timeline. Two writable
         # nodes: the router stays on the promoted one and sends the old one nothing.

@@ -17,24 +17,27 @@ import pytest
 from protocol import Hints
 from router.config import load_config
 from router.core.health import NodeHealth
-from router.ha.monitor import PRIMARY_LSN_SQL, LagMonitor
+from router.ha.monitor import NODE_SQL, LagMonitor
 from router.ha.topology import NodeState, Topology
+from router.types import Role
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 class ProbeConn:
-    """Answers the monitor's probes from a table of (node name -> answer or exception)."""
+    """Answers the monitor's probes from a table of (node name -> WAL position or exception):
+    the shard's primary says it is no standby, the others that they are."""
 
-    def __init__(self, node: str, answers: dict[str, Any]) -> None:
+    def __init__(self, node: NodeState, answers: dict[str, Any]) -> None:
         self.node = node
         self.answers = answers
 
     async def fetchrow(self, sql: str, timeout: float) -> Any:  # noqa: ASYNC109 (asyncpg's)
-        answer = self.answers[self.node]
+        assert sql == NODE_SQL
+        answer = self.answers[self.node.name]
         if isinstance(answer, BaseException):
             raise answer
-        return (answer,) if sql == PRIMARY_LSN_SQL else (True, answer)
+        return (self.node.role is Role.REPLICA, answer)
 
     def is_closed(self) -> bool:
         return False
@@ -50,7 +53,7 @@ def _monitor(monkeypatch: pytest.MonkeyPatch, answers: dict[str, Any]) -> tuple[
     monitor = LagMonitor(config, topology)
 
     async def conn(node: NodeState) -> ProbeConn:
-        return ProbeConn(node.name, answers)
+        return ProbeConn(node, answers)
 
     monkeypatch.setattr(monitor, "_conn", conn)
     return monitor, topology.shards["europe"]

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from router.config import load_config
-from router.ha.monitor import FOLLOW_CONFIRM_ROUNDS, PRIMARY_LSN_SQL, LagMonitor
+from router.core.health import NodeHealth
+from router.ha.monitor import FOLLOW_CONFIRM_ROUNDS, NODE_SQL, LagMonitor
 from router.ha.topology import NodeState, ShardState, Topology
 from router.types import Role
 
@@ -28,8 +29,8 @@ class ProbeConn:
         answer = self.answers[self.node]
         if isinstance(answer, BaseException):
             raise answer
-        in_recovery, lsn = answer
-        return (lsn,) if sql == PRIMARY_LSN_SQL else (in_recovery, lsn)
+        assert sql == NODE_SQL
+        return answer
 
     def is_closed(self) -> bool:
         return False
@@ -38,11 +39,11 @@ class ProbeConn:
         pass
 
 
-def monitor_for(monkeypatch: pytest.MonkeyPatch, mode: str,
-                answers: dict[str, Any]) -> tuple[LagMonitor, ShardState]:  # fmt: skip
+def monitor_for(monkeypatch: pytest.MonkeyPatch, mode: str, answers: dict[str, Any],
+                topology: Topology | None = None) -> tuple[LagMonitor, ShardState]:  # fmt: skip
     config = load_config(REPO / "router.toml")
     config = replace(config, failover=replace(config.failover, mode=mode))
-    topology = Topology.from_config(config)
+    topology = topology or Topology.from_config(config)
     monitor = LagMonitor(config, topology)
 
     async def conn(node: NodeState) -> ProbeConn:
@@ -96,3 +97,41 @@ async def test_mode_off_never_moves_the_primary(monkeypatch: pytest.MonkeyPatch)
         await monitor.measure(shard)
     assert shard.primary.name == "europe-primary" and shard.primary_decision is None
     assert shard.replicas[0].role is Role.REPLICA
+
+
+async def test_every_node_says_what_it_is_and_a_standby_cannot_stay_primary_in_mode_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers: dict[str, Any] = {"europe-primary": (False, 5_000), "europe-replica1": (True, 4_000)}
+    monitor, shard = monitor_for(monkeypatch, "off", answers)
+    primary, replica = shard.primary, shard.replicas[0]
+    await monitor.measure(shard)
+    assert (primary.in_recovery, replica.in_recovery) == (False, True)
+    assert primary.health is NodeHealth.UP and replica.lag_bytes == 1_000
+
+    answers["europe-primary"] = (True, 5_000)  # demoted by someone else: now a standby
+    await monitor.measure(shard)
+    await monitor.measure(shard)
+    assert primary.in_recovery is True and primary.health is NodeHealth.DOWN
+    assert "in recovery" in str(primary.last_error)  # its writes fail fast, and say why
+    assert shard.primary is primary  # mode off moves nothing
+
+    answers["europe-primary"] = (False, 5_100)
+    await monitor.measure(shard)
+    assert primary.health is NodeHealth.UP and primary.last_error is None
+
+
+async def test_the_view_names_the_followed_primary(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers: dict[str, Any] = {"europe-primary": ConnectionRefusedError("gone"),
+                               "europe-replica1": (False, 4_100)}  # fmt: skip
+    topology = Topology.from_config(load_config(REPO / "router.toml"))
+    monitor, shard = monitor_for(monkeypatch, "external", answers, topology)
+    for _ in range(FOLLOW_CONFIRM_ROUNDS):
+        await monitor.measure(shard)
+    view = topology.snapshot()["europe"]
+    nodes = {n["name"]: n for n in view["nodes"]}
+    assert view["primary"] == "europe-replica1"
+    assert nodes["europe-replica1"]["role"] == "primary"
+    assert nodes["europe-replica1"]["in_recovery"] is False
+    assert nodes["europe-primary"]["role"] == "replica"
+    assert nodes["europe-primary"]["in_recovery"] is None  # it did not answer
