@@ -81,10 +81,10 @@ async def test_the_router_follows_a_primary_promoted_elsewhere(
         await db.execute(SCRATCH_DDL, shard="europe")
         await db.execute(INSERT, uuid.uuid4(), "before")
         nodes = europe(await db.topology())
-        assert nodes["europe-primary"]["role"] == "primary"
+        assert nodes["europe-1"]["role"] == "primary"
 
-        local.stop_node("europe-primary")  # what an external tool does: fence, then promote
-        replica_dsn = local.dsn("europe-replica1")
+        local.stop_node("europe-1")  # what an external tool does: fence, then promote
+        replica_dsn = local.dsn("europe-2")
         conn = await asyncpg.connect(replica_dsn)
         try:
             assert await conn.fetchval("SELECT pg_promote(true, 60)") is True
@@ -94,8 +94,8 @@ async def test_the_router_follows_a_primary_promoted_elsewhere(
 
         async def followed() -> bool:
             nodes = europe(await db.topology())
-            return (nodes["europe-replica1"]["role"] == "primary"
-                    and nodes["europe-primary"]["role"] == "replica")  # fmt: skip
+            return (nodes["europe-2"]["role"] == "primary"
+                    and nodes["europe-1"]["role"] == "replica")  # fmt: skip
 
         await wait_until(followed, within=5, what="the router follows europe's primary")
         follow_seconds = time.monotonic() - promoted
@@ -115,31 +115,31 @@ async def test_the_router_follows_a_primary_promoted_elsewhere(
         # route, the topology and the metrics' labels.
         _, route = await db.fetch_routed("SELECT payload FROM rt_items WHERE region = 'europe'",
                                          consistency="strong")  # fmt: skip
-        assert route is not None and (route.node, route.role) == ("europe-replica1", "primary")
+        assert route is not None and (route.node, route.role) == ("europe-2", "primary")
         view = (await db.topology())["shards"]["europe"]
-        assert view["primary"] == "europe-replica1"
-        assert europe(await db.topology())["europe-replica1"]["in_recovery"] is False
+        assert view["primary"] == "europe-2"
+        assert europe(await db.topology())["europe-2"]["in_recovery"] is False
         labels = await asyncio.to_thread(node_up_labels, router)
-        assert labels["europe-replica1"] == "primary" and labels["europe-primary"] == "replica"
+        assert labels["europe-2"] == "primary" and labels["europe-1"] == "replica"
         # Its position is its current WAL position, which its writes move on (not the point
         # where its recovery ended, which is all pg_last_wal_replay_lsn() says after a
         # promotion: replicas measured against that would all look fresh).
-        promoted_at = europe(await db.topology())["europe-replica1"]["replay_lsn"]
+        promoted_at = europe(await db.topology())["europe-2"]["replay_lsn"]
         for _ in range(20):
             await db.execute(INSERT, uuid.uuid4(), "x" * 2000)
 
         async def position_moves() -> bool:
-            lsn = europe(await db.topology())["europe-replica1"]["replay_lsn"]
+            lsn = europe(await db.topology())["europe-2"]["replay_lsn"]
             return lsn is not None and lsn > promoted_at
 
         await wait_until(position_moves, within=5, what="the new primary's position to move")
 
         # The old primary comes back as it was: writable, on the old timeline. Two writable
         # nodes: the router stays on the promoted one and sends the old one nothing.
-        local.start_node("europe-primary")
+        local.start_node("europe-1")
 
         async def old_one_up() -> bool:
-            return europe(await db.topology())["europe-primary"]["health"] == "up"
+            return europe(await db.topology())["europe-1"]["health"] == "up"
 
         await wait_until(old_one_up, within=10, what="the old primary probed up again")
 
@@ -152,15 +152,15 @@ async def test_the_router_follows_a_primary_promoted_elsewhere(
         for _ in range(20):  # reads: none may land on the stale node
             await db.fetch("SELECT payload FROM rt_items WHERE region = 'europe'")
         nodes = europe(await db.topology())
-        assert nodes["europe-replica1"]["role"] == "primary"
-        assert nodes["europe-primary"]["lag_bytes"] is None  # not replaying: out of rotation
+        assert nodes["europe-2"]["role"] == "primary"
+        assert nodes["europe-1"]["lag_bytes"] is None  # not replaying: out of rotation
         assert "split" in await payloads(replica_dsn)
-        assert "split" not in await payloads(local.dsn("europe-primary"))
+        assert "split" not in await payloads(local.dsn("europe-1"))
 
         router.signal(signal.SIGHUP)  # the topology is rebuilt from router.toml's names
         assert await asyncio.to_thread(router.wait_for_output, "reloaded", 10)
         nodes = europe(await db.topology())
-        assert nodes["europe-replica1"]["role"] == "primary"
+        assert nodes["europe-2"]["role"] == "primary"
         await db.execute(INSERT, uuid.uuid4(), "reloaded")
         assert "reloaded" in await payloads(replica_dsn)
-        assert "reloaded" not in await payloads(local.dsn("europe-primary"))
+        assert "reloaded" not in await payloads(local.dsn("europe-1"))

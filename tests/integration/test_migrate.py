@@ -91,8 +91,8 @@ async def test_health_reports_nodes_versions_and_rows(migrated: Config) -> None:
     report = await check_health(migrated)
     assert report.healthy, report.format_table()
     by_name = {n.name: n for n in report.nodes}
-    assert by_name["europe-primary"].role is NodeRole.PRIMARY
-    replica = by_name["europe-replica1"]
+    assert by_name["europe-1"].role is NodeRole.PRIMARY
+    replica = by_name["europe-2"]
     assert replica.role is NodeRole.REPLICA and replica.state is NodeState.UP
     assert replica.replica_lag_bytes is not None and replica.replica_lag_bytes >= 0
     newest = load_migrations()[-1].version
@@ -103,4 +103,4 @@ async def test_health_reports_nodes_versions_and_rows(migrated: Config) -> None:
     assert decoded["healthy"] is True
     assert {n["role"] for n in decoded["nodes"]} == {"primary", "replica"}
     table = report.format_table()
-    assert "europe-replica1" in table and "schema_version" in table
+    assert "europe-2" in table and "schema_version" in table

@@ -62,7 +62,7 @@ def _monitor(monkeypatch: pytest.MonkeyPatch, answers: dict[str, Any]) -> tuple[
 async def _measured(monkeypatch: pytest.MonkeyPatch, primary: int, replica: int
                     ) -> tuple[LagMonitor, Any, dict[str, Any]]:  # fmt: skip
     """A monitor after one good round on europe, and the answers its probes will give."""
-    answers: dict[str, Any] = {"europe-primary": primary, "europe-replica1": replica}
+    answers: dict[str, Any] = {"europe-1": primary, "europe-2": replica}
     monitor, shard = _monitor(monkeypatch, answers)
     await monitor.measure(shard)
     assert shard.replicas[0].lag_bytes == primary - replica
@@ -74,8 +74,8 @@ async def test_replicas_keep_their_lag_while_the_primary_cannot_be_probed(
 ) -> None:
     monitor, shard, answers = await _measured(monkeypatch, 5_000, 4_000)
     replica = shard.replicas[0]
-    answers["europe-primary"] = TimeoutError("busy")  # the primary stops answering probes
-    answers["europe-replica1"] = 4_500
+    answers["europe-1"] = TimeoutError("busy")  # the primary stops answering probes
+    answers["europe-2"] = 4_500
     await monitor.measure(shard)
     assert shard.primary.health is NodeHealth.SUSPECT
     assert replica.lag_bytes == 500  # against the primary's last known position, not None
@@ -85,8 +85,8 @@ async def test_any_probe_error_fails_that_probe_and_the_round_goes_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monitor, shard, answers = await _measured(monkeypatch, 9_000, 8_000)
-    answers["europe-primary"] = 50_000_000  # writes pile up on the primary...
-    answers["europe-replica1"] = asyncpg.InternalClientError("cannot switch to state 11")
+    answers["europe-1"] = 50_000_000  # writes pile up on the primary...
+    answers["europe-2"] = asyncpg.InternalClientError("cannot switch to state 11")
     await monitor.measure(shard)  # ...while the replica's probe connection is dead
     replica = shard.replicas[0]
     assert replica.health is NodeHealth.SUSPECT

@@ -224,7 +224,8 @@ async def _probe_documents(config: Config) -> DocumentStoreHealth:
 async def check_health(config: Config) -> HealthReport:
     nodes_by_shard: dict[str, list[NodeHealth]] = {}
     for shard_name, node_name, address in config.all_nodes():
-        expected = NodeRole.PRIMARY if node_name.endswith("-primary") else NodeRole.REPLICA
+        # Each shard's `primary` entry comes first: router.toml expects it to be the primary.
+        expected = NodeRole.REPLICA if shard_name in nodes_by_shard else NodeRole.PRIMARY
         nodes_by_shard.setdefault(shard_name, []).append(
             NodeHealth(node_name, shard_name, address.label, expected))
     shards, docs = await asyncio.gather(

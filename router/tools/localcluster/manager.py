@@ -89,15 +89,15 @@ def _port_free(port: int) -> bool:
 
 
 def _nodes_of(config: Config) -> dict[str, PgNode]:
+    """Every PostgreSQL node, named as the router names it (Config.all_nodes): each shard's
+    `primary` entry is made with initdb, its replicas are made from it."""
     nodes: dict[str, PgNode] = {}
     for shard in config.shards.values():
-        p = shard.primary
-        nodes[f"{shard.name}-primary"] = PgNode(
-            f"{shard.name}-primary", shard.name, p.port, p.database,
-            f"shards.{shard.name}.primary.port",
-        )  # fmt: skip
-        for i, rep in enumerate(shard.replicas):
-            name = f"{shard.name}-replica{i + 1}"
+        named = [(name, a) for s, name, a in config.all_nodes() if s == shard.name]
+        (name, p), replicas = named[0], named[1:]
+        nodes[name] = PgNode(name, shard.name, p.port, p.database,
+                             f"shards.{shard.name}.primary.port")  # fmt: skip
+        for i, (name, rep) in enumerate(replicas):
             nodes[name] = PgNode(
                 name, shard.name, rep.port, rep.database,
                 f"shards.{shard.name}.replicas[{i}].port", primary_port=p.port,
