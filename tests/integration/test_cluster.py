@@ -21,11 +21,12 @@ from pymongo import MongoClient
 from router.config import Config
 from router.errors import ConfigError, PortInUseError
 from router.tools.config_write import with_port_offset
-from router.tools.localcluster import DOCSTORE, LocalCluster, NodeState, Role
+from router.tools.localcluster import DOCSTORE, LocalCluster, ProcessState
 from router.tools.localcluster.binaries import PgBinaries, find_pg_bin
 from router.tools.localcluster.layout import Layout, state_dir_of
 from router.tools.localcluster.process import wait_exit
 from router.tools.localcluster.status import to_json
+from router.types import Role
 
 
 def _scratch_config(test_config: Config, extra_offset: int, name: str) -> Config:
@@ -81,7 +82,7 @@ def test_status_reports_roles_and_streaming(cluster: LocalCluster, test_config: 
     statuses = {s.name: s for s in cluster.status()}
     for shard, name, address in test_config.all_nodes():
         s = statuses[name]
-        assert s.state is NodeState.RUNNING and s.pid == cluster.pid(name)
+        assert s.state is ProcessState.RUNNING and s.pid == cluster.pid(name)
         assert s.port == address.port and s.shard == shard
         if address == test_config.shards[shard].primary:  # router.toml's primary entry
             assert s.role is Role.PRIMARY
@@ -89,10 +90,11 @@ def test_status_reports_roles_and_streaming(cluster: LocalCluster, test_config: 
             assert s.role is Role.REPLICA
             assert s.replication_state == "streaming"
             assert s.replica_lag_bytes is not None and s.replica_lag_bytes >= 0
-    assert statuses[DOCSTORE].role is Role.DOCSTORE
-    assert statuses[DOCSTORE].state is NodeState.RUNNING
+    assert statuses[DOCSTORE].role is None and statuses[DOCSTORE].role_label == "docstore"
+    assert statuses[DOCSTORE].state is ProcessState.RUNNING
     decoded = json.loads(to_json(list(statuses.values())))
     assert {d["name"] for d in decoded} == set(statuses)
+    assert {d["role"] for d in decoded} == {"primary", "replica", "docstore"}
 
 
 def test_docstore_answers(docstore_uri: str) -> None:
@@ -146,7 +148,7 @@ def test_taken_port_is_named_and_nothing_starts(test_config: Config) -> None:
     assert f"port {replica.port}" in message
     assert "north_america-2" in message
     assert "shards.north_america.replicas[0].port" in message
-    assert all(s.state is NodeState.STOPPED for s in local.status())
+    assert all(s.state is ProcessState.STOPPED for s in local.status())
     assert not list(state_dir_of(config).glob("*/data"))
     local.down(purge=True)
 
@@ -202,7 +204,7 @@ def test_stop_and_start_one_node(scratch: LocalCluster) -> None:
     assert wait_exit(old_pid, 5)
     assert scratch.pid(name) is None
     statuses = {s.name: s for s in scratch.status()}
-    assert statuses[name].state is NodeState.STOPPED
+    assert statuses[name].state is ProcessState.STOPPED
     scratch.start_node(name)
     new_pid = scratch.pid(name)
     assert new_pid is not None and new_pid != old_pid
@@ -223,7 +225,7 @@ def test_down_after_kill_9_cleans_up(scratch: LocalCluster) -> None:
     scratch.down()
     for name, pid in pids.items():
         assert pid is not None and wait_exit(pid, 5), f"{name} ({pid}) still running"
-    assert all(s.state is NodeState.STOPPED for s in scratch.status())
+    assert all(s.state is ProcessState.STOPPED for s in scratch.status())
     state = state_dir_of(scratch.config)
     assert not list(Path(state).glob("*/data/postmaster.pid"))
     # PostgreSQL leaves its socket and lock file in the shared socket dir on a SIGKILL.

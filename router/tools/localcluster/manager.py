@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from router.config import Config
 from router.errors import ClusterError, PortInUseError
 from router.tools.localcluster.binaries import PgBinaries, find_pg_bin, make_reachable
-from router.tools.localcluster.docstore import DocStore
+from router.tools.localcluster.docstore_process import DocStoreProcess
 from router.tools.localcluster.layout import (
     Layout,
     config_dir,
@@ -30,7 +30,7 @@ from router.tools.localcluster.layout import (
 )
 from router.tools.localcluster.postgres import PgNode, PgRunner
 from router.tools.localcluster.process import terminate
-from router.tools.localcluster.status import NodeState, NodeStatus, Role
+from router.tools.localcluster.status import NodeStatus, ProcessState
 from router.tools.localcluster.survey import collect_status
 from router.tools.localcluster.users import ServerUser, ensure_server_user
 
@@ -146,10 +146,10 @@ class LocalCluster:
 
     # ---- wiring ------------------------------------------------------------------------------
 
-    def _docstore(self, layout: Layout) -> DocStore:
+    def _docstore(self, layout: Layout) -> DocStoreProcess:
         if self._docstore_port is None:
             raise ClusterError("document_store.uri does not point at this machine")
-        return DocStore(layout, self._docstore_port)
+        return DocStoreProcess(layout, self._docstore_port)
 
     def _pg(
         self, layout: Layout, user: ServerUser | None = None, found: PgBinaries | None = None
@@ -168,7 +168,7 @@ class LocalCluster:
                                 self.config.database.socket_dir)
         return self._runner
 
-    def _record(self, runner: PgRunner, docstore: DocStore | None) -> None:
+    def _record(self, runner: PgRunner, docstore: DocStoreProcess | None) -> None:
         layout = runner.layout
         manifest = {
             "config": self.config.source,
@@ -335,8 +335,8 @@ class LocalCluster:
         if self._docstore_port is not None:
             pid = self._docstore(layout).pid()
             out.append(NodeStatus(
-                DOCSTORE, None, Role.DOCSTORE, self._docstore_port, pid,
-                NodeState.RUNNING if pid else NodeState.STOPPED,
+                DOCSTORE, None, None, self._docstore_port, pid,
+                ProcessState.RUNNING if pid else ProcessState.STOPPED,
             ))  # fmt: skip
         return out
 
