@@ -83,7 +83,7 @@ class ShardState:
     primary: NodeState
     lsn: LsnReader  # the primary's WAL position, for read-your-writes tokens
     replicas: list[NodeState] = field(default_factory=list)
-    turn: int = 0  # which replica goes first among equally idle ones (choose_replica)
+    turn: int = 0  # which replica goes first among equally idle ones (core/reads.py)
     # The primary's WAL position at its last good probe: replica lag is measured against it
     # while the primary cannot be probed, so reads keep their replicas.
     last_primary_lsn: int | None = None
