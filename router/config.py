@@ -213,12 +213,14 @@ class Config:
         return None
 
     def all_nodes(self) -> list[tuple[str, str, NodeAddress]]:
-        """(shard, node name, address) for every database node, primaries first per shard."""
+        """(shard, node name, address) for every database node, each shard's `primary` entry
+        first. A node is named by its shard and its place in router.toml: `europe-1` is the
+        `primary` entry, `europe-2` the first of `replicas`, and so on. The name says nothing
+        of the node's role, which is live state (a failover makes `europe-2` the primary)."""
         out: list[tuple[str, str, NodeAddress]] = []
         for shard in self.shards.values():
-            out.append((shard.name, f"{shard.name}-primary", shard.primary))
-            for i, rep in enumerate(shard.replicas, start=1):
-                out.append((shard.name, f"{shard.name}-replica{i}", rep))
+            for i, address in enumerate((shard.primary, *shard.replicas), start=1):
+                out.append((shard.name, f"{shard.name}-{i}", address))
         return out
 
     def document_store_port(self) -> int | None:

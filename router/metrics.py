@@ -21,6 +21,7 @@ from router.engine.classifier import Classifier
 from router.engine.scatter import ScatterStats
 from router.ha.heartbeat import HeartbeatService
 from router.ha.topology import Topology
+from router.types import Role
 
 __all__ = ["Metrics"]
 
@@ -43,7 +44,9 @@ class _LiveCollector(Collector):
             "georoute_replica_lag_bytes", "Replica replay lag behind its primary", labels=["node"]
         )
         up = GaugeMetricFamily(
-            "georoute_node_up", "1 if the node is usable (up or suspect)", labels=["node", "role"]
+            "georoute_node_up", "1 if the node is usable (up or suspect); role: primary for its "
+            "shard's primary now (live state: a failover moves it), else replica",
+            labels=["node", "role"],
         )
         piped = CounterMetricFamily(
             "georoute_backend_statements",
@@ -80,7 +83,7 @@ class _LiveCollector(Collector):
                     closed.add_metric([node.name, reason], count)
                 idle_tx.add_metric([node.name], node.pool.idle_rollbacks)
                 up.add_metric([node.name, node.role.value], 1.0 if node.available else 0.0)
-                if node.lag_bytes is not None and node.role.value == "replica":
+                if node.lag_bytes is not None and node.role is Role.REPLICA:
                     lag.add_metric([node.name], node.lag_bytes)
         yield from (size, waits, lag, up, piped, in_flight, closed, idle_tx)
         if self._metrics.open_connections is not None:

@@ -31,7 +31,6 @@ from router.backend.tls import ListenerTLS, forget_contexts
 from router.backend.wal import LsnReader
 from router.config import Config, RouterConfig, load_config, router_socket_path
 from router.core.health import HealthEvent
-from router.core.routing import Role
 from router.engine.classifier import Classifier
 from router.engine.executor import Executor
 from router.engine.idempotency import run_sweeper
@@ -43,6 +42,7 @@ from router.ha.topology import NodeState, ShardState, Topology
 from router.metrics import Metrics
 from router.server.connection import ClientConnection
 from router.tools.db.documents import validate as validate_document
+from router.types import Role
 
 __all__ = ["RouterNode", "run_router"]
 

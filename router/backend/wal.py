@@ -16,14 +16,13 @@ import asyncpg
 
 from router.backend.tls import connect_asyncpg
 from router.config import DatabaseConfig, NodeAddress
+from router.types import UNKNOWN_LSN
 
 __all__ = ["UNKNOWN_LSN", "LsnReader"]
 
 log = logging.getLogger("georoute.lsn")
 
-# Used when the position cannot be read: no replica will ever have replayed this far, so the
-# session's reads of that shard go to the primary, which is always correct.
-UNKNOWN_LSN = 2**62
+# Used when the position cannot be read (router/types.py says what it means).
 
 _SQL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8"
 

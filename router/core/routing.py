@@ -1,18 +1,20 @@
-"""Pure routing decisions: which shard(s) a statement goes to, and which node serves it.
+"""Pure routing decisions: which shard(s) a statement goes to.
 
-Nothing here does I/O. `resolve_shards` reads the statement's analysis and bound parameters;
-`choose_replica` picks a replica from a snapshot of node health and lag. The executor carries
-the decisions out. A route is one of two kinds, matched where it is used: `Target` (one
-shard; `OneShard` is its other name) or `Scatter` (a read over several shards, merged by
-router/engine/scatter.py). Only `Target` has "the shard".
+Nothing here does I/O. `route` reads the statement's analysis and bound parameters and returns
+a `Route`, whose kind is its type, matched where it is used: `OneShard` (the statement runs on
+one shard, which it names) or `Scatter` (a read over several shards, each answering for its own
+rows, merged by router/engine/scatter.py). Only `OneShard` has "the shard": a multi-shard route
+has no attribute a caller could mistake for one, so mypy refuses the mistake and so would the
+interpreter. (A third kind, a statement run on every shard's primary, comes with what needs it:
+writes to reference tables and two-phase commit. Today such writes name a shard.)
+Which node of the shard serves a read is router/core/reads.py's decision.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from router.config import Config
 from router.core.classify import Analysis
@@ -27,21 +29,15 @@ from router.core.ids import shard_number_of
 
 __all__ = [
     "SCATTER_HINT",
-    "Consistency",
     "CrossShardError",
     "MissingShardKeyError",
-    "NodeView",
     "OneShard",
-    "Role",
     "Route",
     "RoutingError",
     "Scatter",
-    "Target",
     "UnknownShardError",
     "check_assignments",
     "check_writes",
-    "choose_replica",
-    "decide_role",
     "keyed_shard",
     "named_shards",
     "resolve_shards",
@@ -51,41 +47,26 @@ __all__ = [
 ]
 
 
-class Role(enum.Enum):
-    PRIMARY = "primary"
-    REPLICA = "replica"
-
-
-class Consistency(enum.Enum):
-    SESSION = "session"  # read-your-writes (default): replica only once it replayed our writes
-    STRONG = "strong"  # always the primary
-    EVENTUAL = "replica"  # any fresh-enough replica, ignoring the session's writes
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """One shard: the statement runs there (`shards` holds exactly that one)."""
+class OneShard:
+    """The statement runs on `shard`: a write on its primary, a read where
+    router/core/reads.py says."""
 
-    shards: tuple[str, ...]
+    shard: str
     write: bool
-
-    @property
-    def shard(self) -> str:
-        return self.shards[0]
-
-
-OneShard = Target
 
 
 @dataclass(frozen=True, slots=True)
 class Scatter:
-    """A read over `shards`, each answering for its own rows; never a write."""
+    """A read over `shards` (two or more, or every shard for the hint "*"), each answering for
+    its own rows, merged by the router; never a write. It has no one shard."""
 
     shards: tuple[str, ...]
-    write: bool = False
 
 
-Route = Target | Scatter
+Route = OneShard | Scatter
 SCATTER_HINT = "*"  # the shard hint that asks every shard
 
 
@@ -330,7 +311,7 @@ def check_assignments(analysis: Analysis, params: Sequence[Any], shard: str,
 
 def resolve_shards(
     analysis: Analysis, params: Sequence[Any], hint: str | None, config: Config
-) -> Target:
+) -> OneShard:
     """The shard a statement must run on. A hint wins (the rows it writes are still checked
     against it); else the one shard every sharded table it touches is confined to; else an
     error that says why (README, "How a request is routed")."""
@@ -341,7 +322,7 @@ def resolve_shards(
             raise UnknownShardError(f"shard hint {hint!r} is not a shard ({known})", hint)
         if write:
             check_writes(analysis, params, hint, config)
-        return Target((hint,), write)
+        return OneShard(hint, write)
     conf = analysis.confinement
     if (len(conf.refs) == 1 and len(conf.pins) == 1 and not conf.rows and not conf.edges
             and conf.unchecked is None):  # fmt: skip
@@ -350,15 +331,15 @@ def resolve_shards(
             shard = next(iter(shards))
             if conf.assigned:
                 check_assignments(analysis, params, shard, config)
-            return Target((shard,), write)
+            return OneShard(shard, write)
     confined = statement_shard(analysis, params, config)
     if confined is not None:
         if write:
             check_writes(analysis, params, confined, config)
-        return Target((confined,), write)
+        return OneShard(confined, write)
     if not write:
         # Only reference tables (identical everywhere) or no table at all: any shard will do.
-        return Target((next(iter(config.shards)),), write)
+        return OneShard(next(iter(config.shards)), write)
     others = [t for t in analysis.tables if t not in config.tables]
     wanted = [f"{t} (a reference table: writes need a shard hint)" for t in others[:1]]
     raise MissingShardKeyError(wanted or ["a shard hint (the statement names no sharded table)"])
@@ -387,48 +368,3 @@ def route(analysis: Analysis, params: Sequence[Any], hint: str | None,
             return Scatter(tuple(config.shards))
         named = set().union(*(s for s in found if s is not None))
         return Scatter(tuple(s for s in config.shards if s in named))
-
-
-class NodeView(Protocol):
-    """What the replica choice needs to know of a node (a snapshot; see topology.py)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def available(self) -> bool: ...
-    @property
-    def lag_bytes(self) -> int | None: ...
-    @property
-    def replay_lsn(self) -> int | None: ...
-    @property
-    def in_flight(self) -> int: ...
-
-
-N = TypeVar("N", bound=NodeView)
-
-
-def choose_replica(
-    replicas: Sequence[N], max_lag_bytes: int, min_lsn: int | None = None, start: int = 0
-) -> N | None:
-    """The least-busy replica that is up, fresh enough, and (with a token) past `min_lsn`.
-    Ties go to the first such one from `start` on: callers turn `start`, so equally idle
-    replicas take turns rather than the first one taking every read."""
-    best: N | None = None
-    count = len(replicas)
-    if count > 1 and start % count:
-        first = start % count
-        replicas = [*replicas[first:], *replicas[:first]]
-    for node in replicas:
-        if not node.available or node.lag_bytes is None or node.lag_bytes > max_lag_bytes:
-            continue
-        if min_lsn is not None and (node.replay_lsn is None or node.replay_lsn < min_lsn):
-            continue
-        if best is None or node.in_flight < best.in_flight:
-            best = node
-    return best
-
-
-def decide_role(target: Target, consistency: Consistency, in_transaction: bool) -> Role:
-    if target.write or in_transaction or consistency is Consistency.STRONG:
-        return Role.PRIMARY
-    return Role.REPLICA

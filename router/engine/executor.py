@@ -1,40 +1,37 @@
 """Carries routing decisions out: pick the node, borrow a backend connection, run, give back.
 
-`Executor.query` is the hot path: a cached parse, a pure shard and replica choice, one round
-trip on a prepared statement. Writes on a primary also read the primary's WAL position, which
-becomes the session's read-your-writes token; reads carrying such a token go to a replica
-only once it has replayed past it (waiting a bounded few milliseconds), else to the primary.
+`Executor.submit` (the pipelined fast path) and `Executor.query` (the pooled path) each take a
+cached parse, a pure route (core/routing.py) and, for a read, the pure read decision
+(core/reads.py `plan_read`), then run the statement in one round trip on a prepared
+statement. Writes on a primary also read the primary's WAL position, which becomes the
+session's read-your-writes token; reads carrying such a token go to a replica only once it
+has replayed past it (waiting a bounded few milliseconds), else to the primary.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, assert_never
 
 import asyncpg
 
 from protocol.messages import Hints
-from protocol.messages import Role as WireRole
 from router.backend.pgwire import Callback, PipelineError, Unsupported
 from router.backend.pool import Backend, NodeUnavailableError, PoolTimeoutError
-from router.backend.wal import UNKNOWN_LSN
 from router.config import Config
 from router.core.classify import Analysis
 from router.core.health import HealthEvent
+from router.core.reads import AwaitReplay, OnPrimary, OnReplica, ReadPlan, ReadPolicy, plan_read
 from router.core.routing import (
-    Consistency,
     CrossShardError,
     MissingShardKeyError,
-    Role,
+    OneShard,
     Route,
     RoutingError,
     Scatter,
-    Target,
     UnknownShardError,
     check_writes,
-    choose_replica,
-    decide_role,
     resolve_shards,
     route,
     shard_of_value,
@@ -45,7 +42,6 @@ from router.engine.classifier import Classifier
 from router.engine.errors import NodeReadOnlyError, is_read_only_refusal
 from router.engine.outcome import (
     CONNECTION_ERRORS,
-    WIRE_ROLE,
     Outcome,
     Routed,
     returned_after,
@@ -55,15 +51,11 @@ from router.engine.scatter import ScatterRunner
 from router.engine.session import Session
 from router.engine.transactions import Transactions
 from router.ha.topology import NodeState, ShardState, Topology
+from router.types import Role
 
 __all__ = ["Executor"]
 
 REPLAY_LSN_SQL = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8"
-_CONSISTENCY = {
-    "session": Consistency.SESSION,
-    "strong": Consistency.STRONG,
-    "replica": Consistency.EVENTUAL,
-}
 
 
 
@@ -75,10 +67,10 @@ class Executor:
         self.topology = topology
         self.classifier = classifier
         self._ryw_wait = config.router.read_your_writes_wait_ms / 1000
-        self._max_lag = config.router.max_replica_lag_bytes
+        self.read_policy = ReadPolicy(config.router.max_replica_lag_bytes, self._ryw_wait > 0)
         self.transactions = Transactions(self)
         self._routes: dict[NodeState, list[str]] = {}
-        self.scatter = ScatterRunner(config, topology, self._pick, self.acquire)
+        self.scatter = ScatterRunner(config, topology, self.plan_read, self._pick, self.acquire)
 
     # ---- choosing and borrowing ------------------------------------------------------------
 
@@ -112,15 +104,18 @@ class Executor:
                 node.record(HealthEvent.CONNECT_FAILED, str(exc))
             raise
 
+    def plan_read(self, session: Session, shard: ShardState, hints: Hints) -> ReadPlan[NodeState]:
+        """Where a read of `shard` runs (core/reads.py), for this session and its hints."""
+        return plan_read(shard, session.min_lsn(shard.name, hints.ryw), hints.consistency,
+                         self.read_policy, shard.next_turn())  # fmt: skip
+
     async def _replica_past(
-        self, shard: ShardState, min_lsn: int, pipelined: bool
+        self, node: NodeState, min_lsn: int, pipelined: bool
     ) -> tuple[NodeState, Backend | None] | None:
-        """A fresh replica that has replayed past `min_lsn`, waiting up to the bounded wait.
-        With `pipelined`, its replay position is asked on its pipelined connections and the
-        read goes there too (None for the backend); else on a borrowed pooled connection."""
-        node = choose_replica(shard.replicas, self._max_lag, None, shard.next_turn())
-        if node is None or self._ryw_wait <= 0:
-            return None
+        """`node`, a fresh replica, once it has replayed past `min_lsn`, waiting up to the
+        bounded wait. With `pipelined`, its replay position is asked on its pipelined
+        connections and the read goes there too (None for the backend); else on a borrowed
+        pooled connection."""
         try:  # the whole wait is bounded, a replica that stops answering included
             async with asyncio.timeout(self._ryw_wait):
                 return await self._wait_for_replay(node, min_lsn, pipelined)
@@ -169,26 +164,31 @@ class Executor:
             raise
 
     async def _pick(
-        self, shard: ShardState, role: Role, min_lsn: int | None, pipelined: bool
+        self, shard: ShardState, plan: ReadPlan[NodeState] | None, pipelined: bool
     ) -> tuple[NodeState, Backend | None]:
-        """The node to run on, and a borrowed backend; None for the backend means "try the
-        node's pipeline first" (`_run` then borrows one only if the pipeline declines)."""
-        if role is Role.REPLICA:
-            node = choose_replica(shard.replicas, self._max_lag, min_lsn, shard.next_turn())
-            if node is not None:
+        """Carry out a read plan (None: a write, on the primary): the node to run on, and a
+        borrowed backend; None for the backend means "try the node's pipeline first" (`_run`
+        then borrows one only if the pipeline declines). A replica that cannot be had, or
+        does not catch up in time, leaves the read to the primary."""
+        match plan:
+            case OnReplica(node=node):
                 if pipelined and node.available:
                     return node, None
                 try:
                     return node, await self.acquire(node)
                 except (NodeUnavailableError, PoolTimeoutError):
-                    pass  # fall through to the primary
-            elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
+                    pass  # the primary
+            case AwaitReplay(node=node, min_lsn=min_lsn):
                 try:
-                    found = await self._replica_past(shard, min_lsn, pipelined)
+                    found = await self._replica_past(node, min_lsn, pipelined)
                 except (NodeUnavailableError, PoolTimeoutError, *CONNECTION_ERRORS):
                     found = None  # the primary always has the session's writes
                 if found is not None:
                     return found
+            case OnPrimary() | None:
+                pass
+            case _:
+                assert_never(plan)
         return shard.primary, await self._primary(shard, pipelined)
 
     async def _primary(self, shard: ShardState, pipelined: bool) -> Backend | None:
@@ -239,25 +239,18 @@ class Executor:
             if (len(params) != analysis.param_count or analysis.changes_session_state
                     or analysis.command == "UTILITY"):  # fmt: skip
                 return None
-            if not isinstance(target, Target):  # a Scatter: query() runs it
+            if type(target) is not OneShard:  # a Scatter: query() runs it
                 return None
-            consistency = _CONSISTENCY[hints.consistency]
-            role = decide_role(target, consistency, in_transaction=False)
             shard = self.topology.shards[target.shard]
+            if target.write:
+                node = shard.primary
+            else:
+                plan = self.plan_read(session, shard, hints)
+                if type(plan) is AwaitReplay:  # the bounded wait for a replica: query()
+                    return None
+                node = plan.node
         except Exception:
             return None
-        node = shard.primary
-        if role is Role.REPLICA:
-            min_lsn = (
-                session.min_lsn(shard.name, hints.ryw)
-                if consistency is Consistency.SESSION
-                else None
-            )
-            replica = choose_replica(shard.replicas, self._max_lag, min_lsn, shard.next_turn())
-            if replica is not None:
-                node = replica
-            elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
-                return None  # the bounded wait for a replica to replay past the token
         if not node.available:
             return None
         # A write on the primary also gets the WAL position after it, for its token.
@@ -270,19 +263,16 @@ class Executor:
     def route_of(self, node: NodeState) -> list[str]:
         """The reply's route in its wire form, [shard, node, role] (built once per node)."""
         route = self._routes.get(node)
-        role = WIRE_ROLE[node.role]._value_
+        role = node.role._value_
         if route is None or route[2] != role:  # new, or its role changed (failover)
             route = self._routes[node] = [node.shard, node.name, role]
         return route
 
     def needs_token(self, routed: Routed, status: str) -> bool:
-        """A write on a primary that changed rows: its reply carries a read-your-writes token."""
+        """A write (run on the primary only) that changed rows: its reply carries a
+        read-your-writes token."""
         analysis = routed.analysis
-        return (
-            routed.node.role is Role.PRIMARY
-            and not analysis.read_only
-            and rows_changed(analysis, status)
-        )
+        return not analysis.read_only and rows_changed(analysis, status)
 
     async def write_token(self, session: Session, routed: Routed) -> str:
         return await self.token(session, routed.shard)
@@ -304,17 +294,14 @@ class Executor:
             raise RoutingError(
                 f"the statement uses {analysis.param_count} parameters, {len(params)} were given"
             )
-        consistency = _CONSISTENCY[hints.consistency]
-        if isinstance(target, Scatter):  # a read over several shards, merged (scatter.py)
-            return await self.scatter.run(session, sql, params, analysis, target, hints,
-                                          consistency)  # fmt: skip
-        role = decide_role(target, consistency, in_transaction=False)
+        match target:
+            case Scatter():  # a read over several shards, merged (scatter.py)
+                return await self.scatter.run(session, sql, params, analysis, target, hints)
+            case OneShard():
+                pass
+            case _:
+                assert_never(target)
         shard = self._shard(target.shard)
-        min_lsn = (
-            session.min_lsn(shard.name, hints.ryw)
-            if role is Role.REPLICA and consistency is Consistency.SESSION
-            else None
-        )
         if hints.idempotency_key is not None and not analysis.read_only:
             try:
                 return await self._idempotent(session, shard, hints.idempotency_key, sql, params)
@@ -326,7 +313,8 @@ class Executor:
         # connection; the rest get a pooled connection of their own.
         dirty = analysis.changes_session_state
         pipelined = not dirty and analysis.command != "UTILITY"
-        node, backend = await self._pick(shard, role, min_lsn, pipelined)
+        plan = None if target.write else self.plan_read(session, shard, hints)
+        node, backend = await self._pick(shard, plan, pipelined)
         try:
             columns, rows, status = await self._run(node, backend, sql, params, dirty,
                                                     hints.timeout_ms)  # fmt: skip
@@ -337,18 +325,16 @@ class Executor:
                 raise NodeReadOnlyError(exc, retryable=True) from exc
             raise
         except NodeUnavailableError:
-            if node.role is not Role.REPLICA:
+            if node is shard.primary:
                 raise
             # The replica went away under a read: reads are safe to run again, on the primary.
             node, backend = shard.primary, await self._primary(shard, pipelined)
             columns, rows, status = await self._run(node, backend, sql, params, dirty,
                                                     hints.timeout_ms)  # fmt: skip
-        token = None
-        if node.role is Role.PRIMARY and not analysis.read_only and rows_changed(
-            analysis, status
-        ):
+        token = None  # (a write runs on the primary only)
+        if not analysis.read_only and rows_changed(analysis, status):
             token = await self.token(session, shard)
-        return Outcome(columns, rows, status, shard.name, node.name, WireRole(node.role.value),
+        return Outcome(columns, rows, status, shard.name, node.name, node.role,
                        token)
 
     async def _idempotent(
@@ -387,10 +373,10 @@ class Executor:
         node.pool.release(backend)
         token = await self.token(session, shard)
         if reply is None:  # applied, but its rows can never be sent, nor to a retry
-            return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY, token,
+            return Outcome([], [], status, shard.name, node.name, Role.PRIMARY, token,
                            rows_lost="its rows hold a value with no wire form, or exceed "
                                      "the frame limit (router.max_frame_bytes)")  # fmt: skip
-        return Outcome(columns, rows, status, shard.name, node.name, WireRole.PRIMARY, token)
+        return Outcome(columns, rows, status, shard.name, node.name, Role.PRIMARY, token)
 
     async def token(self, session: Session, shard: ShardState) -> str:
         """The read-your-writes token after a write on `shard`'s primary (noted in session)."""
@@ -446,7 +432,7 @@ class Executor:
             raise
         node.pool.release(backend)
         token = await self.token(session, shard)
-        return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY, token)
+        return Outcome([], [], status, shard.name, node.name, Role.PRIMARY, token)
 
     def _batch_shard(self, analyses: Sequence[Analysis],
                      statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints) -> str:

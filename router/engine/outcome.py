@@ -11,15 +11,14 @@ from typing import Any
 
 import asyncpg
 
-from protocol.messages import Role as WireRole
 from router.backend.pool import Backend, NodeUnavailableError
 from router.core.classify import Analysis
 from router.core.health import HealthEvent
-from router.core.routing import Role
 from router.ha.topology import NodeState, ShardState
+from router.types import Role
 
 __all__ = [
-    "CONNECTION_ERRORS", "WIRE_ROLE", "Outcome", "Routed", "returned_after", "rows_changed",
+    "CONNECTION_ERRORS", "Outcome", "Routed", "returned_after", "rows_changed",
 ]
 
 # Errors after which the backend connection cannot be trusted (the node may be gone). asyncpg
@@ -34,9 +33,6 @@ CONNECTION_ERRORS = (
     asyncpg.exceptions.CrashShutdownError,
 )
 
-
-
-WIRE_ROLE = {Role.PRIMARY: WireRole.PRIMARY, Role.REPLICA: WireRole.REPLICA}
 
 
 @dataclass(slots=True, eq=False)
@@ -56,7 +52,7 @@ class Outcome:
     status: str
     shard: str
     node: str
-    role: WireRole
+    role: Role
     ryw_token: str | None = None
     # Set when the statement applied but its rows can never be sent (a keyed write whose
     # reply could not be stored): why. Its reply then says that it applied (server.py).

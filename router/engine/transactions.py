@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from protocol.messages import Hints, Isolation
-from protocol.messages import Role as WireRole
 from router.backend.pool import Backend, NodeUnavailableError
 from router.core.classify import Analysis
 from router.core.routing import (
@@ -28,6 +27,7 @@ from router.engine.errors import (
 from router.engine.outcome import CONNECTION_ERRORS, Outcome
 from router.engine.session import Session, Transaction
 from router.ha.topology import NodeState
+from router.types import Role
 
 if TYPE_CHECKING:
     from router.engine.executor import Executor
@@ -133,7 +133,7 @@ class Transactions:
             raise
         if not analysis.read_only:
             tx.wrote = True
-        return Outcome(columns, rows, status, tx.shard, tx.node.name, WireRole.PRIMARY)
+        return Outcome(columns, rows, status, tx.shard, tx.node.name, Role.PRIMARY)
 
     async def begin(
         self, session: Session, hints: Hints, isolation: Isolation | None, read_only: bool
@@ -216,7 +216,7 @@ class Transactions:
             await self._end(tx.node, tx.backend, "COMMIT")
         shard = self._executor.topology.shards[tx.shard]
         token = await self._executor.token(session, shard) if tx.wrote else None
-        return Outcome([], [], "COMMIT", tx.shard, tx.node.name, WireRole.PRIMARY, token)
+        return Outcome([], [], "COMMIT", tx.shard, tx.node.name, Role.PRIMARY, token)
 
     async def rollback(self, session: Session, tx_id: int) -> Outcome | None:
         """The transaction's Outcome; None when the router had already rolled it back."""
@@ -227,7 +227,7 @@ class Transactions:
             self._close(session, tx)
             tx.stop_idle_timer()
             await self._end(tx.node, tx.backend, "ROLLBACK")
-        return Outcome([], [], "ROLLBACK", tx.shard, tx.node.name, WireRole.PRIMARY)
+        return Outcome([], [], "ROLLBACK", tx.shard, tx.node.name, Role.PRIMARY)
 
     @staticmethod
     def _close(session: Session, tx: Transaction) -> None:

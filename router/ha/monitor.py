@@ -1,10 +1,13 @@
-"""Measures every node continuously: reachable or not, and each replica's replay lag in bytes.
+"""Measures every node continuously: reachable or not, what it says it is (a standby in
+recovery, or not), and each replica's replay lag in bytes.
 
-One task per shard asks the primary for its current WAL position and each replica for its
-replay position, every `lag_poll_interval_seconds`, over dedicated connections (never the
-request pools). Results go into the Topology's NodeStates. With `[failover] mode =
-"external"` the primary is asked whether it is in recovery too, and the shard follows its
-primary to another node as router/ha/discovery.py decides.
+One task per shard asks every node, every `lag_poll_interval_seconds`, over dedicated
+connections (never the request pools), whether it is in recovery and its WAL position: the
+current one on a node that is not, the replayed one on a standby. Results go into the
+Topology's NodeStates. A node's role is live state, never read off its name: with
+`[failover] mode = "external"` the shard follows its primary to the node that says it is no
+standby, as router/ha/discovery.py decides; with "off" the shard keeps router.toml's primary,
+which is refused as down while it says it is a standby (it cannot take writes).
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ __all__ = ["LagMonitor"]
 
 log = logging.getLogger("georoute.monitor")
 
-PRIMARY_LSN_SQL = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8"
-REPLAY_LSN_SQL = (
-    "SELECT pg_is_in_recovery(), "
-    "(coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn()) - '0/0'::pg_lsn)::int8"
+# A promoted node's pg_last_wal_replay_lsn() stays where its recovery ended, so it is read
+# only while in recovery: a node that is not gives its current position (a coalesce of the
+# two gave a new primary's frozen promotion point, and every replica measured against it
+# looked fresh however far behind).
+NODE_SQL = (
+    "SELECT pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+    "ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::int8"
 )
 # External mode follows a node only after it said "not in recovery" this many rounds in a
 # row (0.15 s at the default lag_poll_interval_seconds): one answer from a node in the middle
@@ -57,6 +63,7 @@ class LagMonitor:
             name: PrimaryWatch(name, FOLLOW_CONFIRM_ROUNDS) for name in topology.shards
         } if external else None  # fmt: skip
         self._said: dict[str, str] = {}  # shard -> the last Stay logged, to log changes only
+        self._writable: set[str] = set()  # replicas logged as writable, to log changes only
         self._closing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
@@ -88,19 +95,24 @@ class LagMonitor:
         self._conns[node.name] = conn
         return conn
 
-    async def _probe(self, node: NodeState, sql: str) -> asyncpg.Record | None:
+    async def _probe(self, node: NodeState, primary: bool) -> asyncpg.Record | None:
+        """(in_recovery, WAL position), or None when the probe failed. With `primary` (the
+        shard's primary, in mode "off"), a node that says it is in recovery fails it."""
         timeout = self._config.database.connect_timeout_seconds
         try:
             conn = await self._conn(node)
-            row = await conn.fetchrow(sql, timeout=timeout)
+            row = await conn.fetchrow(NODE_SQL, timeout=timeout)
         except Exception as exc:  # e.g. asyncpg's InternalClientError on a dead connection
             stale = self._conns.pop(node.name, None)
             if stale is not None:
                 stale.terminate()
-            before = node.health
-            node.record(HealthEvent.PROBE_FAILED, f"{type(exc).__name__}: {exc}")
-            if node.health is not before:
-                log.warning("node %s is %s: %s", node.name, node.health.value, exc)
+            node.in_recovery = None
+            self._failed(node, f"{type(exc).__name__}: {exc}", exc)
+            return None
+        node.in_recovery = None if row is None else bool(row[0])
+        if primary and node.in_recovery:
+            self._failed(node, "in recovery (a standby): it cannot take the shard's writes, "
+                         "and [failover] mode is off")  # fmt: skip
             return None
         before = node.health
         node.record(HealthEvent.PROBE_OK)
@@ -108,14 +120,20 @@ class LagMonitor:
             log.info("node %s is %s", node.name, node.health.value)
         return row
 
+    def _failed(self, node: NodeState, error: str, exc: object = None) -> None:
+        before = node.health
+        node.record(HealthEvent.PROBE_FAILED, error)
+        if node.health is not before:
+            log.warning("node %s is %s: %s", node.name, node.health.value, exc or error)
+
     async def measure(self, shard: ShardState) -> None:
         """One round for one shard (public so tests and start-up can force a measurement)."""
+        off = self._watches is None
         primary_row, *replica_rows = await asyncio.gather(
-            self._probe(shard.primary,
-                        PRIMARY_LSN_SQL if self._watches is None else REPLAY_LSN_SQL),
-            *(self._probe(r, REPLAY_LSN_SQL) for r in shard.replicas),
+            self._probe(shard.primary, primary=off),
+            *(self._probe(r, primary=False) for r in shard.replicas),
         )  # fmt: skip
-        if self._watches is not None and self._follow(shard, primary_row, replica_rows):
+        if not off and self._follow(shard, primary_row, replica_rows):
             return  # roles changed: the next round measures lag against the new primary
         primary_lsn = primary_row[-1] if primary_row is not None else None
         shard.primary.replay_lsn = primary_lsn
@@ -130,15 +148,22 @@ class LagMonitor:
             primary_lsn = shard.last_primary_lsn
         for replica, row in zip(shard.replicas, replica_rows, strict=True):
             if row is None:
-                replica.lag_bytes = replica.in_recovery = None
+                replica.lag_bytes = None
                 continue
             in_recovery, replay = row
             replica.replay_lsn = replay
-            replica.in_recovery = bool(in_recovery)
             if not in_recovery:
-                # A "replica" that is not replaying WAL cannot promise fresh data.
+                # A replica that is not replaying WAL cannot promise fresh data: no reads.
                 replica.lag_bytes = None
-            elif primary_lsn is None:
+                if off and replica.name not in self._writable:  # (external: _follow says)
+                    self._writable.add(replica.name)
+                    log.warning("node %s says it is not in recovery (writable), yet shard %s's "
+                                "primary is %s and [failover] mode is off: it gets no reads "
+                                "or writes", replica.name, shard.name,
+                                shard.primary.name)  # fmt: skip
+                continue
+            self._writable.discard(replica.name)
+            if primary_lsn is None:
                 replica.lag_bytes = None
             else:
                 replica.lag_bytes = max(0, primary_lsn - replay)

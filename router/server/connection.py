@@ -47,7 +47,6 @@ from protocol import (
     choose_version,
 )
 from protocol.codec import route_wire_of
-from protocol.messages import Role as WireRole
 from protocol.requests import DOC_READ_OPS
 from protocol.sockets import keep_alive
 from router.backend.wirevalues import name_unencodable, types_of
@@ -64,6 +63,7 @@ from router.engine.undelivered import ResultUndeliverable, rowcount_of
 from router.server.errors import UnsupportedRequest
 from router.server.failures import Failure, failure_for
 from router.server.fastpath import FastRequest
+from router.types import Role
 
 if TYPE_CHECKING:
     from router.node import RouterNode
@@ -509,7 +509,7 @@ class ClientConnection(asyncio.Protocol):
     async def _begin(self, m: Begin) -> tuple[bytes, None]:
         transactions = self._node.executor.transactions
         tx = await transactions.begin(self.session, m.hints, m.isolation, m.read_only)
-        route = RouteInfo(tx.shard, tx.node.name, WireRole.PRIMARY)
+        route = RouteInfo(tx.shard, tx.node.name, Role.PRIMARY)
         return self._encoder.encode(TxStarted(m.id, tx.id, route)), None
 
     async def _commit(self, m: Commit) -> tuple[bytes, Outcome]:

@@ -82,11 +82,11 @@ async def test_fast_path_write_says_it_applied(
     db: client.Client, europe: asyncpg.Connection, small_frames: RouterProcess
 ) -> None:
     item = new_id(number(small_frames.config, "europe"))
-    before = await node_stats(db, "europe-primary")
+    before = await node_stats(db, "europe-1")
     with pytest.raises(client.GeorouteError) as err:
         await db.fetch(INSERT_BIG, item, BIG)
     assert_applied(err.value)
-    after = await node_stats(db, "europe-primary")
+    after = await node_stats(db, "europe-1")
     assert after["pipeline_statements"] > before["pipeline_statements"]  # the fast path ran it
     token = err.value.ryw_token  # type: ignore[attr-defined]
     assert token is not None and token.startswith("europe:")
@@ -101,11 +101,11 @@ async def test_pooled_write_says_it_applied(
     db: client.Client, europe: asyncpg.Connection, small_frames: RouterProcess
 ) -> None:
     item = new_id(number(small_frames.config, "europe"))
-    before = await node_stats(db, "europe-primary")
+    before = await node_stats(db, "europe-1")
     with pytest.raises(client.GeorouteError) as err:
         await db.fetch(INSERT_BIG_POOLED, item, BIG, [1, 2])
     assert_applied(err.value)
-    after = await node_stats(db, "europe-primary")
+    after = await node_stats(db, "europe-1")
     assert after["pipeline_statements"] == before["pipeline_statements"]  # a pooled connection
     assert err.value.ryw_token is not None  # type: ignore[attr-defined]
     assert await stored_length(europe, item) == BIG

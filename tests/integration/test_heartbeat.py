@@ -82,12 +82,12 @@ async def test_heartbeats_between_three_routers(routers: list[RouterProcess]) ->
     report = await heartbeat_report(a)
     assert report["quorum"] is True and (report["cluster_size"], report["majority"]) == (3, 2)
     seen_b = next(p for p in report["peers"] if p["name"] == names[1])
-    assert seen_b["primaries"] == {s: f"{s}-primary" for s in a.config.shards}
+    assert seen_b["primaries"] == {s: f"{s}-1" for s in a.config.shards}
 
     # Bad datagrams from the test, as B or as a stranger: each dropped and counted by A.
     key = SECRET.encode()
-    bogus = {"europe": "europe-replica1"}
-    health = {"europe-primary": ReportedHealth.DOWN}
+    bogus = {"europe": "europe-2"}
+    health = {"europe-1": ReportedHealth.DOWN}
     send_to(a, HeartbeatSender(b"not the shared secret", names[1], time.time_ns())
             .encode(health, bogus))  # forged  # fmt: skip
     send_to(a, HeartbeatSender(key, names[1], 1).encode(health, bogus))  # an old incarnation

@@ -10,8 +10,9 @@ import pytest
 from router.config import Config
 from router.errors import MigrationError
 from router.tools.db.connect import connect_node
-from router.tools.db.health import NodeRole, NodeState, check_health
+from router.tools.db.health_report import Reachability, check_health
 from router.tools.db.migrate import load_migrations, migrate
+from router.types import Role
 from tests.integration.conftest import wait_replayed
 
 
@@ -93,9 +94,9 @@ async def test_health_reports_nodes_versions_and_rows(migrated: Config) -> None:
     report = await check_health(migrated)
     assert report.healthy, report.format_table()
     by_name = {n.name: n for n in report.nodes}
-    assert by_name["europe-primary"].role is NodeRole.PRIMARY
-    replica = by_name["europe-replica1"]
-    assert replica.role is NodeRole.REPLICA and replica.state is NodeState.UP
+    assert by_name["europe-1"].role is Role.PRIMARY
+    replica = by_name["europe-2"]
+    assert replica.role is Role.REPLICA and replica.state is Reachability.UP
     assert replica.replica_lag_bytes is not None and replica.replica_lag_bytes >= 0
     newest = load_migrations()[-1].version
     assert all(s.schema_version == newest for s in report.shards)
@@ -105,4 +106,4 @@ async def test_health_reports_nodes_versions_and_rows(migrated: Config) -> None:
     assert decoded["healthy"] is True
     assert {n["role"] for n in decoded["nodes"]} == {"primary", "replica"}
     table = report.format_table()
-    assert "europe-replica1" in table and "schema_version" in table
+    assert "europe-2" in table and "schema_version" in table

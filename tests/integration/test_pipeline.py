@@ -60,7 +60,7 @@ async def direct_row(router: RouterProcess, role: str, sql: str, *args: Any) -> 
 async def test_values_come_back_as_asyncpg_gives_them(
     db: client.Client, router: RouterProcess
 ) -> None:
-    before = await node_stats(db, "europe-replica1")
+    before = await node_stats(db, "europe-2")
     assert before["pipeline_connections"] >= 1
     row = await db.fetchrow(ECHO, *VALUES, shard="europe", consistency="replica")
     assert row is not None
@@ -74,20 +74,20 @@ async def test_values_come_back_as_asyncpg_gives_them(
     nulls = await db.fetchrow(ECHO, *([None] * len(VALUES)), shard="europe",
                               consistency="replica")  # fmt: skip
     assert nulls is not None and list(nulls)[:-1] == [None] * len(VALUES)
-    after = await node_stats(db, "europe-replica1")
+    after = await node_stats(db, "europe-2")
     assert after["pipeline_statements"] >= before["pipeline_statements"] + 2
 
 
 async def test_types_the_pipeline_does_not_carry_go_through_pooled_connections(
     db: client.Client, router: RouterProcess
 ) -> None:
-    before = await node_stats(db, "europe-replica1")
+    before = await node_stats(db, "europe-2")
     sql = "SELECT $1::int4[], '1 day 2 hours'::interval, current_setting('port')::int"
     row = await db.fetchrow(sql, [1, None, 3], shard="europe", consistency="replica")
     assert row is not None
     assert list(row) == [[1, None, 3], dt.timedelta(days=1, hours=2),
                          port_of(router.config, "europe", "replica")]  # fmt: skip
-    after = await node_stats(db, "europe-replica1")
+    after = await node_stats(db, "europe-2")
     assert after["pipeline_statements"] == before["pipeline_statements"]
     # A parameter of the wrong Python type gets asyncpg's verdict (not the server's 22P02),
     # as before the pipeline: the pipeline declines it rather than send it as text.
@@ -117,15 +117,15 @@ async def test_a_slow_statement_leaves_the_pipeline(db: client.Client, router: R
     threshold = router.config.database.pipeline_slow_ms / 1000
     for _ in range(Pipeline.SLOW_STREAK):  # slow every time, not once
         await db.fetchrow(slow, threshold * 3, shard="europe")
-    before = await node_stats(db, "europe-primary")
+    before = await node_stats(db, "europe-1")
     for _ in range(3):
         row = await db.fetchrow(slow, 0.0, shard="europe")
         assert row is not None and row[1] == port_of(router.config, "europe", "primary")
-    after = await node_stats(db, "europe-primary")
+    after = await node_stats(db, "europe-1")
     assert after["pipeline_statements"] == before["pipeline_statements"]
     # Other statements still take the pipeline.
     await db.fetchval("SELECT 1 + $1::int4", 1, shard="europe", consistency="strong")
-    last = await node_stats(db, "europe-primary")
+    last = await node_stats(db, "europe-1")
     assert last["pipeline_statements"] == after["pipeline_statements"] + 1
 
 
@@ -147,9 +147,9 @@ async def test_reads_survive_their_pipelined_connections_being_killed(
     assert [r[0] for r in rows] == [2 * i for i in range(30)]
 
     async def back_on_the_replica_pipeline() -> bool:
-        before = await node_stats(db, "europe-replica1")
+        before = await node_stats(db, "europe-2")
         row = await db.fetchrow(sql, 5, shard="europe", consistency="replica")
-        after = await node_stats(db, "europe-replica1")
+        after = await node_stats(db, "europe-2")
         return (row is not None and row[1] == replica_port
                 and after["pipeline_statements"] > before["pipeline_statements"])  # fmt: skip
 
@@ -165,7 +165,7 @@ async def test_pipelined_connections_authenticate_with_passwords(
     password (pg_hba.conf gains a line for it alone, then loses it again)."""
     primary = migrated.shards["europe"].primary
     role = f"georoute_auth_{encryption.split('-')[0]}"
-    hba = existing_layout(migrated).pgdata("europe-primary") / "pg_hba.conf"
+    hba = existing_layout(migrated).pgdata("europe-1") / "pg_hba.conf"
     original = hba.read_text()
     admin = await asyncpg.connect(host=primary.host, port=primary.port, user="postgres",
                                   database=primary.database)  # fmt: skip

@@ -84,7 +84,7 @@ async def test_lagging_replica_is_skipped(
     db: client.Client, router: RouterProcess, cluster: LocalCluster
 ) -> None:
     cfg = router.config
-    replica_name = "europe-replica1"
+    replica_name = "europe-2"
     replica_port = port_of(cfg, "europe", "replica")
     primary_port = port_of(cfg, "europe", "primary")
 

@@ -182,7 +182,7 @@ async def test_node_down_fails_fast_and_recovers(
 ) -> None:
     """A stopped replica: reads fall back to the primary at once; after restart they return."""
     cfg = router.config
-    name = "asia-replica1"
+    name = "asia-2"
     cluster.stop_node(name)
     try:
         loop = asyncio.get_running_loop()
@@ -209,7 +209,7 @@ async def test_primary_down_fails_fast_with_retryable_error(
     """Writes to a shard whose primary is down fail fast, typed and retryable; other shards
     keep serving; once the primary is back, writes succeed again."""
     cfg = router.config
-    name = "north_america-primary"
+    name = "north_america-1"
     cluster.stop_node(name)
     try:
         loop = asyncio.get_running_loop()

@@ -170,7 +170,7 @@ async def test_reload_replaces_the_pool_of_a_changed_node(
 
     async def replica_view() -> dict[str, object]:
         nodes = (await db.topology())["shards"]["asia"]["nodes"]
-        return next(n for n in nodes if n["name"] == "asia-replica1")
+        return next(n for n in nodes if n["name"] == "asia-2")
 
     try:
         router.path.write_text(moved)

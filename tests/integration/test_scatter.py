@@ -190,7 +190,7 @@ async def test_the_reply_names_every_shard_that_answered(db: client.Client,
                                         consistency="strong")  # fmt: skip
     assert route is not None and rows[0][0] >= 0
     assert route.shard.split(",") == list(router.config.shards)
-    assert route.node.split(",") == [f"{s}-primary" for s in router.config.shards]
+    assert route.node.split(",") == [f"{s}-1" for s in router.config.shards]
     assert route.role.value == "primary"
     _, one = await db.fetch_routed("SELECT count(*) FROM users WHERE home_region = 'asia'")
     assert one is not None and one.shard == "asia"
@@ -200,7 +200,7 @@ async def test_a_stopped_replica_is_replaced_by_its_primary_and_a_stopped_shard_
     db: client.Client, router: RouterProcess, cluster: LocalCluster
 ) -> None:
     sql = "SELECT count(*) FROM users"
-    replica, primary = "asia-replica1", "asia-primary"
+    replica, primary = "asia-2", "asia-1"
     cluster.stop_node(replica)
     try:
         rows, route = await db.fetch_routed(sql, consistency="replica")

@@ -70,7 +70,7 @@ async def test_temp_tables_roles_and_prepared_statements_do_not_reach_the_next_c
     assert pid != clean_pid  # a new connection
     metrics = await asyncio.to_thread(_scrape, one_connection_router)
     closed = [line for line in metrics.splitlines() if line.startswith(
-        'georoute_pool_connections_closed_total{node="europe-primary",reason="session_changed"}'
+        'georoute_pool_connections_closed_total{node="europe-1",reason="session_changed"}'
     )]  # fmt: skip
     assert closed and float(closed[0].split()[1]) >= 1
 

@@ -419,7 +419,7 @@ async def test_no_request_gets_a_timeout_it_did_not_ask_for_under_load(
     server stops it too. Every request gets its own result, and PostgreSQL canceled only
     statements that carried a timeout (a timeout or cancel that outlived its statement
     would hit the next one on the same backend connection). Bounded: 10 rounds of 120."""
-    log = Path(cluster.state_dir) / "asia-primary" / "postgres.log"
+    log = Path(cluster.state_dir) / "asia-1" / "postgres.log"
     start = log.stat().st_size
     conns = [await Raw.open(router) for _ in range(3)]
     rng = random.Random(13)

@@ -37,8 +37,8 @@ def _rejects(raw: dict[str, Any], key: str) -> ConfigError:
 def test_the_shipped_config_is_valid() -> None:
     config = load_config(REPO / "router.toml")
     assert [name for _, name, _ in config.all_nodes()][:2] == [
-        "north_america-primary",
-        "north_america-replica1",
+        "north_america-1",
+        "north_america-2",
     ]
     assert config.document_store_port() == 7117
 

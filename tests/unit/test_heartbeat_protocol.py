@@ -24,9 +24,9 @@ from protocol.heartbeat import (
 )
 
 KEY = b"k" * 32
-NODES = {"europe-primary": ReportedHealth.UP, "europe-replica1": ReportedHealth.SUSPECT,
-         "asia-primary": ReportedHealth.DOWN}  # fmt: skip
-PRIMARIES = {"europe": "europe-primary", "asia": "asia-primary"}
+NODES = {"europe-1": ReportedHealth.UP, "europe-2": ReportedHealth.SUSPECT,
+         "asia-1": ReportedHealth.DOWN}  # fmt: skip
+PRIMARIES = {"europe": "europe-1", "asia": "asia-1"}
 
 
 def signed(body: bytes, key: bytes = KEY) -> bytes:
@@ -43,7 +43,7 @@ def test_round_trip_and_sequence() -> None:
     first, second = sender.encode(NODES, PRIMARIES), sender.encode(NODES, PRIMARIES)
     got = rx.receive(first)
     assert got == Heartbeat("router-2", 1_700_000_000_000_000_000, 0, NODES, PRIMARIES)
-    assert isinstance(got, Heartbeat) and got.nodes["asia-primary"] is ReportedHealth.DOWN
+    assert isinstance(got, Heartbeat) and got.nodes["asia-1"] is ReportedHealth.DOWN
     assert rx.receive(second) == Heartbeat("router-2", sender.incarnation, 1, NODES, PRIMARIES)
     assert rx.last_accepted("router-2") == (sender.incarnation, 1)
     # Three shards of two nodes fit with room to spare.

@@ -1,10 +1,10 @@
-"""Pure routing decisions: classification corpus, shard resolution, replica choice, tokens."""
+"""Pure routing decisions: classification corpus, shard resolution, ids, node health (the read
+decision is tests/unit/test_reads.py)."""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,14 +21,10 @@ from router.core.classify import (
 from router.core.health import HealthEvent, NodeHealth, next_health
 from router.core.ids import shard_number_of
 from router.core.routing import (
-    Consistency,
     CrossShardError,
     MissingShardKeyError,
-    Role,
-    Target,
+    OneShard,
     UnknownShardError,
-    choose_replica,
-    decide_role,
     resolve_shards,
 )
 from router.engine.classifier import Classifier
@@ -205,14 +201,14 @@ def test_or_does_not_decide_a_shard(classifier: Classifier) -> None:
 # ---- shard resolution ----------------------------------------------------------------------
 
 
-def route(classifier: Classifier, sql: str, params: list[object], hint: str | None = None) -> Target:
+def route(classifier: Classifier, sql: str, params: list[object], hint: str | None = None) -> OneShard:
     return resolve_shards(classifier.analyze(sql), params, hint, CONFIG)
 
 
 def test_id_routes_to_its_home_shard(classifier: Classifier) -> None:
     for number, shard in ((NA, "north_america"), (EU, "europe"), (ASIA, "asia")):
         target = route(classifier, "SELECT * FROM users WHERE user_id = $1", [new_id(number)])
-        assert target == Target((shard,), write=False)
+        assert target == OneShard(shard, write=False)
         # ids also arrive as text
         target = route(classifier, "SELECT * FROM users WHERE user_id = $1", [str(new_id(number))])
         assert target.shard == shard
@@ -253,7 +249,7 @@ def test_reference_reads_go_anywhere(classifier: Classifier) -> None:
 
 def test_function_arguments_carry_ids(classifier: Classifier) -> None:
     target = route(classifier, "SELECT enroll($1, $2)", [new_id(ASIA), new_id(ASIA)])
-    assert target == Target(("asia",), write=True)
+    assert target == OneShard("asia", write=True)
     target = route(classifier, "SELECT register_user($1, $2, 'europe')", ["a@b", "A"])
     assert target.shard == "europe"
 
@@ -302,43 +298,7 @@ def test_id_layout_round_trips() -> None:
     assert shard_number_of(42) is None
 
 
-# ---- role and replica choice ---------------------------------------------------------------
-
-
-@dataclass
-class FakeNode:
-    name: str
-    available: bool = True
-    lag_bytes: int | None = 0
-    replay_lsn: int | None = 1000
-    in_flight: int = 0
-
-
-def test_choose_least_busy_fresh_replica() -> None:
-    nodes = [FakeNode("a", in_flight=3), FakeNode("b", in_flight=1), FakeNode("c", in_flight=0)]
-    nodes[2].available = False
-    assert choose_replica(nodes, max_lag_bytes=100).name == "b"
-
-
-def test_lagging_replica_is_skipped() -> None:
-    nodes = [FakeNode("a", lag_bytes=5000), FakeNode("b", lag_bytes=10, in_flight=9)]
-    assert choose_replica(nodes, max_lag_bytes=100).name == "b"
-    assert choose_replica([FakeNode("a", lag_bytes=5000)], max_lag_bytes=100) is None
-    assert choose_replica([FakeNode("a", lag_bytes=None)], max_lag_bytes=100) is None
-
-
-def test_token_requires_replay_past_it() -> None:
-    nodes = [FakeNode("a", replay_lsn=900), FakeNode("b", replay_lsn=1200, in_flight=5)]
-    assert choose_replica(nodes, 100, min_lsn=1000).name == "b"
-    assert choose_replica(nodes, 100, min_lsn=5000) is None
-
-
-def test_decide_role() -> None:
-    read, write = Target(("europe",), False), Target(("europe",), True)
-    assert decide_role(read, Consistency.SESSION, in_transaction=False) is Role.REPLICA
-    assert decide_role(read, Consistency.STRONG, in_transaction=False) is Role.PRIMARY
-    assert decide_role(read, Consistency.SESSION, in_transaction=True) is Role.PRIMARY
-    assert decide_role(write, Consistency.EVENTUAL, in_transaction=False) is Role.PRIMARY
+# ---- node health ---------------------------------------------------------------------------
 
 
 def test_health_state_machine() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from router.config import Config, load_config
 from router.core.merge import ShardRows, ValueOrder, merge, pg_numeric_div
-from router.core.routing import CrossShardError, MissingShardKeyError, Scatter, Target, route
+from router.core.routing import CrossShardError, MissingShardKeyError, OneShard, Scatter, route
 from router.core.scatter_plan import Combine, Refusal, ScatterPlan, ScatterRefused
 from router.core.scatter_rewrite import plan_scatter
 from router.engine.classifier import Classifier
@@ -176,7 +176,7 @@ def test_a_read_not_confined_to_one_shard_becomes_a_scatter_and_a_write_does_not
     assert kind("SELECT count(*) FROM users") == Scatter(every)
     assert kind("SELECT name FROM users WHERE user_id IN ($1, $2)", asia, europe) == Scatter(
         tuple(s for s in every if s in ("asia", "europe")))  # only the shards it names
-    assert kind("SELECT name FROM users WHERE user_id = $1", asia) == Target(("asia",), False)
+    assert kind("SELECT name FROM users WHERE user_id = $1", asia) == OneShard("asia", False)
     assert kind("SELECT name FROM users WHERE user_id = $1", asia, hint="*") == Scatter(every)
     for write in ("UPDATE users SET city = 'x'", "SELECT name FROM users FOR UPDATE"):
         with pytest.raises(MissingShardKeyError):

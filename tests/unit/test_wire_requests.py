@@ -273,7 +273,7 @@ async def test_a_row_value_without_a_wire_form_is_an_error_naming_its_column(
     async def query(session: Any, sql: str, params: Any, hints: Any) -> Outcome:
         node.executor.classifier.analyze(sql)  # as the executor does: a read, by its analysis
         columns = Columns(["id", "weird"], ["int4", "text:weird"])
-        return Outcome(columns, [(1, object())], "SELECT 1", "europe", "europe-replica1",
+        return Outcome(columns, [(1, object())], "SELECT 1", "europe", "europe-2",
                        WireRole.REPLICA)  # fmt: skip
 
     monkeypatch.setattr(node.executor, "submit", lambda *args: None)

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from router.config import Config
-from router.tools.db.health import check_health
+from router.tools.db.health_report import check_health
 from router.tools.db.migrate import migrate
 from router.tools.db.seed import SeedOptions, seed
 

@@ -20,7 +20,7 @@ from router.config import Config
 from router.errors import ClusterError, PortInUseError
 from router.tools.localcluster.archive import WalArchive
 from router.tools.localcluster.binaries import PgBinaries, find_pg_bin, make_reachable
-from router.tools.localcluster.docstore import DocStore
+from router.tools.localcluster.docstore_process import DocStoreProcess
 from router.tools.localcluster.layout import (
     Layout,
     config_dir,
@@ -32,7 +32,7 @@ from router.tools.localcluster.layout import (
 from router.tools.localcluster.postgres import PgNode, PgRunner
 from router.tools.localcluster.process import terminate
 from router.tools.localcluster.restores import stop_all_restored
-from router.tools.localcluster.status import NodeState, NodeStatus, Role
+from router.tools.localcluster.status import NodeStatus, ProcessState
 from router.tools.localcluster.survey import collect_status
 from router.tools.localcluster.users import ServerUser, ensure_server_user
 
@@ -91,15 +91,15 @@ def _port_free(port: int) -> bool:
 
 
 def _nodes_of(config: Config) -> dict[str, PgNode]:
+    """Every PostgreSQL node, named as the router names it (Config.all_nodes): each shard's
+    `primary` entry is made with initdb, its replicas are made from it."""
     nodes: dict[str, PgNode] = {}
     for shard in config.shards.values():
-        p = shard.primary
-        nodes[f"{shard.name}-primary"] = PgNode(
-            f"{shard.name}-primary", shard.name, p.port, p.database,
-            f"shards.{shard.name}.primary.port",
-        )  # fmt: skip
-        for i, rep in enumerate(shard.replicas):
-            name = f"{shard.name}-replica{i + 1}"
+        named = [(name, a) for s, name, a in config.all_nodes() if s == shard.name]
+        (name, p), replicas = named[0], named[1:]
+        nodes[name] = PgNode(name, shard.name, p.port, p.database,
+                             f"shards.{shard.name}.primary.port")  # fmt: skip
+        for i, (name, rep) in enumerate(replicas):
             nodes[name] = PgNode(
                 name, shard.name, rep.port, rep.database,
                 f"shards.{shard.name}.replicas[{i}].port", primary_port=p.port,
@@ -148,10 +148,10 @@ class LocalCluster:
 
     # ---- wiring ------------------------------------------------------------------------------
 
-    def _docstore(self, layout: Layout) -> DocStore:
+    def _docstore(self, layout: Layout) -> DocStoreProcess:
         if self._docstore_port is None:
             raise ClusterError("document_store.uri does not point at this machine")
-        return DocStore(layout, self._docstore_port)
+        return DocStoreProcess(layout, self._docstore_port)
 
     def _pg(
         self, layout: Layout, user: ServerUser | None = None, found: PgBinaries | None = None
@@ -171,7 +171,7 @@ class LocalCluster:
                                 WalArchive(self.config, layout, user).settings)
         return self._runner
 
-    def _record(self, runner: PgRunner, docstore: DocStore | None) -> None:
+    def _record(self, runner: PgRunner, docstore: DocStoreProcess | None) -> None:
         layout = runner.layout
         manifest = {
             "config": self.config.source,
@@ -339,8 +339,8 @@ class LocalCluster:
         if self._docstore_port is not None:
             pid = self._docstore(layout).pid()
             out.append(NodeStatus(
-                DOCSTORE, None, Role.DOCSTORE, self._docstore_port, pid,
-                NodeState.RUNNING if pid else NodeState.STOPPED,
+                DOCSTORE, None, None, self._docstore_port, pid,
+                ProcessState.RUNNING if pid else ProcessState.STOPPED,
             ))  # fmt: skip
         return out
 

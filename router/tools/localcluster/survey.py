@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from router.tools.localcluster.postgres import PgNode, PgRunner, lsn_to_int
-from router.tools.localcluster.status import NodeState, NodeStatus, Role
+from router.tools.localcluster.status import NodeStatus, ProcessState
+from router.types import Role
 
 __all__ = ["collect_status"]
 
@@ -67,9 +68,9 @@ async def collect_status(runner: PgRunner, nodes: list[PgNode]) -> list[NodeStat
             primaries[s.node.shard] = s
     out: list[NodeStatus] = []
     for s in seen:
-        state = NodeState.RUNNING if s.pid else NodeState.STOPPED
+        state = ProcessState.RUNNING if s.pid else ProcessState.STOPPED
         if not s.in_recovery:
-            role = Role.UNKNOWN if s.in_recovery is None else Role.PRIMARY
+            role = None if s.in_recovery is None else Role.PRIMARY
             out.append(NodeStatus(s.node.name, s.node.shard, role, s.node.port, s.pid, state))
             continue
         primary = primaries.get(s.node.shard)

@@ -15,7 +15,7 @@ from router.errors import ClusterError
 from router.tools.localcluster.layout import Layout, pid_is_ours, read_pid
 from router.tools.localcluster.process import spawn_detached, terminate
 
-__all__ = ["DocStore"]
+__all__ = ["DocStoreProcess"]
 
 
 def _secantusd() -> Path:
@@ -25,7 +25,7 @@ def _secantusd() -> Path:
     return exe
 
 
-class DocStore:
+class DocStoreProcess:
     def __init__(self, layout: Layout, port: int) -> None:
         self.layout = layout
         self.port = port

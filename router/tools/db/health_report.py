@@ -1,5 +1,6 @@
 """`georoute health`: every node's role, reachability and replication lag, each shard's schema
-version and row counts, and the document store's ping, as a table or JSON."""
+version and row counts, and the document store's ping, as a table or JSON. (The router's own
+node health, a state machine, is router/core/health.py.)"""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ import asyncpg
 from router.config import Config, NodeAddress
 from router.tools.db.connect import connect_node
 from router.tools.db.documents import DocumentStore
+from router.types import Role
 
 __all__ = [
     "COUNTED_TABLES",
     "DocumentStoreHealth",
     "HealthReport",
-    "NodeHealth",
-    "NodeRole",
-    "NodeState",
+    "NodeReport",
+    "Reachability",
     "ShardHealth",
     "check_health",
 ]
@@ -35,25 +36,19 @@ COUNTED_TABLES: tuple[str, ...] = (
 )
 
 
-class NodeRole(enum.Enum):
-    PRIMARY = "primary"
-    REPLICA = "replica"
-    UNKNOWN = "unknown"
-
-
-class NodeState(enum.Enum):
+class Reachability(enum.Enum):
     UP = "up"
     DOWN = "down"
 
 
 @dataclass(slots=True)
-class NodeHealth:
+class NodeReport:
     name: str
     shard: str
     address: str
-    expected_role: NodeRole
-    role: NodeRole = NodeRole.UNKNOWN
-    state: NodeState = NodeState.DOWN
+    expected_role: Role  # router.toml's: its shard's `primary` entry, or one of its replicas
+    role: Role | None = None  # what it says of itself (pg_is_in_recovery); None: unknown
+    state: Reachability = Reachability.DOWN
     replica_lag_bytes: int | None = None      # primary's WAL position minus replica's replay
     # Seconds since the replica replayed its last transaction: grows while the primary is idle,
     # so read it beside replica_lag_bytes (0 bytes behind + large delay = idle, not lagging).
@@ -79,14 +74,14 @@ class DocumentStoreHealth:
 
 @dataclass(slots=True)
 class HealthReport:
-    nodes: list[NodeHealth]
+    nodes: list[NodeReport]
     shards: list[ShardHealth]
     document_store: DocumentStoreHealth
 
     @property
     def healthy(self) -> bool:
         return self.document_store.ok and all(
-            n.state is NodeState.UP and n.role is n.expected_role for n in self.nodes
+            n.state is Reachability.UP and n.role is n.expected_role for n in self.nodes
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,7 +96,7 @@ class HealthReport:
 
         return {
             "healthy": self.healthy,
-            "nodes": [plain(asdict(n)) for n in self.nodes],
+            "nodes": [plain(asdict(n)) | {"role": _role(n.role)} for n in self.nodes],
             "shards": [plain(asdict(s)) for s in self.shards],
             "document_store": asdict(self.document_store),
         }
@@ -112,7 +107,7 @@ class HealthReport:
     def format_table(self) -> str:
         out = [_table(
             ("NODE", "ADDRESS", "ROLE", "STATE", "LAG_BYTES", "REPLAY_DELAY_S", "ERROR"),
-            [(n.name, n.address, n.role.value, n.state.value,
+            [(n.name, n.address, _role(n.role), n.state.value,
               _dash(n.replica_lag_bytes),
               _dash(None if n.replay_delay_seconds is None else f"{n.replay_delay_seconds:.3f}"),
               n.error or "") for n in self.nodes],
@@ -131,6 +126,10 @@ class HealthReport:
         return "\n\n".join(out)
 
 
+def _role(role: Role | None) -> str:
+    return "unknown" if role is None else role.value
+
+
 def _dash(value: object) -> str:
     return "-" if value is None else str(value)
 
@@ -147,7 +146,7 @@ def _redact(uri: str) -> str:
     return re.sub(r"//[^@/]*@", "//***@", uri)
 
 
-async def _probe_node(config: Config, node: NodeHealth, address: NodeAddress,
+async def _probe_node(config: Config, node: NodeReport, address: NodeAddress,
                       primary_lsn: str | None) -> None:
     try:
         conn = await connect_node(config, address)
@@ -156,8 +155,8 @@ async def _probe_node(config: Config, node: NodeHealth, address: NodeAddress,
         return
     try:
         in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
-        node.state = NodeState.UP
-        node.role = NodeRole.REPLICA if in_recovery else NodeRole.PRIMARY
+        node.state = Reachability.UP
+        node.role = Role.REPLICA if in_recovery else Role.PRIMARY
         if in_recovery:
             row: Any = await conn.fetchrow(
                 "SELECT CASE WHEN $1::text IS NULL THEN NULL ELSE "
@@ -173,7 +172,7 @@ async def _probe_node(config: Config, node: NodeHealth, address: NodeAddress,
         await conn.close()
 
 
-async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeHealth]) -> ShardHealth:
+async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeReport]) -> ShardHealth:
     shard = config.shards[shard_name]
     report = ShardHealth(shard=shard_name, number=shard.number)
     primary_lsn: str | None = None
@@ -184,9 +183,9 @@ async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeHealth])
         primary.error = f"{type(exc).__name__}: {exc}"[:120]
     else:
         try:
-            primary.state = NodeState.UP
+            primary.state = Reachability.UP
             in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
-            primary.role = NodeRole.REPLICA if in_recovery else NodeRole.PRIMARY
+            primary.role = Role.REPLICA if in_recovery else Role.PRIMARY
             if not in_recovery:
                 primary_lsn = str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
             if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
@@ -222,11 +221,12 @@ async def _probe_documents(config: Config) -> DocumentStoreHealth:
 
 
 async def check_health(config: Config) -> HealthReport:
-    nodes_by_shard: dict[str, list[NodeHealth]] = {}
+    nodes_by_shard: dict[str, list[NodeReport]] = {}
     for shard_name, node_name, address in config.all_nodes():
-        expected = NodeRole.PRIMARY if node_name.endswith("-primary") else NodeRole.REPLICA
+        # Each shard's `primary` entry comes first: router.toml expects it to be the primary.
+        expected = Role.REPLICA if shard_name in nodes_by_shard else Role.PRIMARY
         nodes_by_shard.setdefault(shard_name, []).append(
-            NodeHealth(node_name, shard_name, address.label, expected))
+            NodeReport(node_name, shard_name, address.label, expected))
     shards, docs = await asyncio.gather(
         asyncio.gather(*(_probe_shard(config, s, n) for s, n in nodes_by_shard.items())),
         _probe_documents(config),
