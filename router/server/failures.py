@@ -33,6 +33,7 @@ from router.engine.errors import NodeReadOnlyError, RequestTimeout, ShuttingDown
 from router.engine.idempotency import IdempotencyKeyReused
 from router.engine.scatter import ShardFailure
 from router.engine.session import TransactionError
+from router.engine.twophase import OutcomeUnknown, TwoPhaseAborted
 from router.engine.undelivered import ResultUndeliverable, rowcount_of
 
 __all__ = ["Failure", "failure_for"]
@@ -95,6 +96,16 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
         return Failure(ErrorCode.SHUTTING_DOWN, str(exc), retryable=True)
     if isinstance(exc, TransactionError):
         return Failure(ErrorCode[exc.code_name], str(exc))
+    if isinstance(exc, TwoPhaseAborted):  # rolled back everywhere: PostgreSQL's reason, if any
+        cause = failure_for(exc.cause) if isinstance(exc.cause, asyncpg.PostgresError) else None
+        if cause is not None and cause.code is ErrorCode.POSTGRES_ERROR:
+            return Failure(cause.code, str(exc), sqlstate=cause.sqlstate,
+                           detail={**cause.detail, "shard": exc.shard})  # fmt: skip
+        return Failure(ErrorCode.TRANSACTION_ABORTED, str(exc), detail={"shard": exc.shard})
+    if isinstance(exc, OutcomeUnknown):
+        return Failure(ErrorCode.TRANSACTION_OUTCOME_UNKNOWN, str(exc),
+                       detail={"gtid": exc.gtid, "coordinator": exc.coordinator,
+                               "shards": list(exc.shards)})  # fmt: skip
     if isinstance(exc, NodeReadOnlyError):
         return Failure(ErrorCode.READ_ONLY, str(exc), sqlstate="25006", retryable=exc.retryable)
     if isinstance(exc, ResultValueError) and exc.status is not None and not read_only:

@@ -41,6 +41,10 @@ max_connections = 200
 logging_collector = off
 """
 
+# Prepared (two-phase) transactions a node may hold at once: each in-flight commit over
+# several shards holds one per participant until phase two, so this bounds them.
+MAX_PREPARED_TRANSACTIONS = 100
+
 _HBA = """# written by georoute cluster: local trust only
 local all all trust
 local replication all trust
@@ -184,7 +188,10 @@ class PgRunner:
             sock += "," + self.shared_socket_dir
         opts = (
             f"-p {node.port} -c cluster_name={node.name} "
-            f"-c unix_socket_directories={shlex.quote(sock)}"
+            f"-c unix_socket_directories={shlex.quote(sock)} "
+            # Two-phase commit (PREPARE TRANSACTION) needs slots; a standby needs at least as
+            # many as its primary. On the command line, so clusters made before it get it too.
+            f"-c max_prepared_transactions={MAX_PREPARED_TRANSACTIONS}"
         )
         run_checked(
             [self.bins.tool("pg_ctl"), "start", "-w", "-t", "60", "-D", str(pgdata),
