@@ -158,14 +158,19 @@ class DistributedTransactions:
             raise TransactionError("TRANSACTION_ABORTED",
                                    "an earlier statement failed; only rollback is accepted")
         try:
-            # Each to its end, so no branch is still busy when the transaction rolls back.
-            _first_error(await asyncio.gather(
-                *(self._open(tx, s) for s in shards if s not in tx.branches),
-                return_exceptions=True))
-            branches = [tx.branches[s] for s in shards]
-            results: list[Result] = _first_error(await asyncio.gather(
-                *(self._run_on(tx, b, analysis, sql, params) for b in branches),
-                return_exceptions=True))
+            if len(shards) == 1:  # the common case: no tasks
+                if shards[0] not in tx.branches:
+                    await self._open(tx, shards[0])
+                branches = [tx.branches[shards[0]]]
+                results = [await self._run_on(tx, branches[0], analysis, sql, params)]
+            else:  # each to its end, so no branch is busy when the transaction rolls back
+                _first_error(await asyncio.gather(
+                    *(self._open(tx, s) for s in shards if s not in tx.branches),
+                    return_exceptions=True))
+                branches = [tx.branches[s] for s in shards]
+                results = _first_error(await asyncio.gather(
+                    *(self._run_on(tx, b, analysis, sql, params) for b in branches),
+                    return_exceptions=True))
         except BaseException:
             # A failed, timed-out or cancelled statement may have left effects behind: from
             # here on the transaction can only be rolled back.
@@ -271,8 +276,11 @@ class DistributedTransactions:
         """The reply's Outcome: where it ran, and a read-your-writes token for every shard
         whose writes are committed (PROTOCOL.md section 5)."""
         shards = self._topology.shards
-        tokens = await asyncio.gather(*(self._token(session, shards[name])
-                                        for name in result.committed))  # fmt: skip
+        if len(result.committed) <= 1:  # no tasks for one
+            tokens = [await self._token(session, shards[name]) for name in result.committed]
+        else:
+            tokens = await asyncio.gather(*(self._token(session, shards[name])
+                                            for name in result.committed))  # fmt: skip
         return Outcome(columns or [], rows or [], status, ",".join(b.shard for b in branches),
                        ",".join(b.node.name for b in branches), WireRole.PRIMARY,
                        tokens[0] if tokens else None, ryw_tokens=tuple(tokens))  # fmt: skip
