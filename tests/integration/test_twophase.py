@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -166,3 +167,34 @@ async def test_a_transaction_given_a_shard_stays_on_it(tp: client.Client) -> Non
         assert tx.route is not None and tx.route.shard == "europe"
         with pytest.raises(client.CrossShardError):
             await tx.execute(INSERT, uuid.uuid4(), "asia", "no")
+
+
+async def test_an_idle_transaction_over_shards_is_rolled_back_on_every_shard(
+    migrated: Config, primaries: dict[str, asyncpg.Connection]
+) -> None:
+    base = tp_config(migrated, 123, "tp-idle")
+    config = replace(base, router=replace(base.router, transaction_idle_timeout_seconds=1.5))
+    app = f"georoute:{config.router.node_name}"
+
+    async def open_branches() -> dict[str, int]:
+        return {r: int(await c.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+            "AND state LIKE 'idle in transaction%'", app)) for r, c in primaries.items()}
+
+    async def none_open() -> bool:
+        return not any((await open_branches()).values())
+
+    europe, asia = uuid.uuid4(), uuid.uuid4()
+    path = Path(migrated.cluster.state_dir) / "router-tp-idle.toml"
+    with running_router(config, path) as proc:
+        async with await client.connect(proc.dsn, token=TOKEN) as db:
+            tx = db.transaction()
+            await tx.start()
+            await tx.execute(INSERT, europe, "europe", "idle")
+            await tx.execute(INSERT, asia, "asia", "idle")
+            assert await open_branches() == {"north_america": 0, "europe": 1, "asia": 1}
+            await wait_until(none_open, within=10, what="both branches rolled back")
+            with pytest.raises(client.TransactionAbortedError, match="sent nothing"):
+                await tx.execute(INSERT, uuid.uuid4(), "europe", "late")
+    assert sum((await rows_of(primaries, europe)).values()) == 0
+    assert sum((await rows_of(primaries, asia)).values()) == 0
