@@ -58,7 +58,3 @@ class DistributedTransaction:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
-
-    @property
-    def shards(self) -> tuple[str, ...]:
-        return tuple(self.branches)
