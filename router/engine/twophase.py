@@ -30,6 +30,7 @@ from router.backend.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.core.twophase import Recorded, TxEvent, TxState, advance, format_gid
 from router.engine.branches import Branch
 from router.engine.outcome import CONNECTION_ERRORS
+from router.errors import ConfigError
 from router.ha.topology import NodeState
 
 __all__ = [
@@ -70,7 +71,7 @@ class FaultPoint(enum.Enum):
 
 
 def fault_point_from_env(environ: Mapping[str, str]) -> FaultPoint | None:
-    """The fault point named in `environ`, read once at start-up; ValueError for a name that
+    """The fault point named in `environ`, read once at start-up; ConfigError for a name that
     is not one (a typo must not silently test nothing)."""
     name = environ.get(FAULT_ENV, "")
     if not name:
@@ -79,7 +80,7 @@ def fault_point_from_env(environ: Mapping[str, str]) -> FaultPoint | None:
         return FaultPoint(name)
     except ValueError:
         known = ", ".join(p.value for p in FaultPoint)
-        raise ValueError(f"{FAULT_ENV}={name!r} is not a fault point ({known})") from None
+        raise ConfigError(FAULT_ENV, f"{name!r} is not a fault point ({known})") from None
 
 
 class TwoPhaseAborted(Exception):
