@@ -245,7 +245,10 @@ class Client:
         timeout: float | None = None,
     ) -> Transaction:
         """`async with client.transaction(shard_key=region) as tx:` -- commits on success,
-        rolls back on an exception. All statements run on one pinned connection."""
+        rolls back on an exception. With a shard (or shard_key) every statement runs on that
+        shard; without one the transaction spans shards: each statement goes where its keys
+        send it, and a commit that wrote on several shards commits on all or none of them
+        (two-phase commit; README, "Transactions over several shards")."""
         iso = None if isolation is None else Isolation(isolation)
         hints = self._hints(shard, shard_key, None, None, timeout)
         return Transaction(self, hints, iso, read_only, timeout)
@@ -359,6 +362,8 @@ class Client:
                 if type(reply) is not Error:
                     token = getattr(reply, "ryw_token", None)
                     if token:
+                        self._observe_token(token)
+                    for token in getattr(reply, "ryw_tokens", None) or ():  # several shards
                         self._observe_token(token)
                     return reply, target
                 error = error_from_reply(reply)

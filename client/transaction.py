@@ -1,6 +1,7 @@
-"""A transaction on one shard, pinned to one connection: Begin on enter, Commit on success,
-Rollback on an exception. Statements inside are never retried (the transaction would not
-survive the reconnect)."""
+"""A transaction, pinned to one router connection: Begin on enter, Commit on success,
+Rollback on an exception. Begun with a shard (or shard key) it runs on that shard; without,
+it spans the shards its statements' keys name, and commits on all of them or none. Statements
+inside are never retried (the transaction would not survive the reconnect)."""
 
 # A per-request `timeout=` (not an asyncio.timeout around the call) because it is also sent to
 # the router as timeout_ms and bounds all retries together.

@@ -108,6 +108,8 @@ class RouterConfig:
     transaction_idle_timeout_seconds: float = 60.0
     idempotency_retention_seconds: float = 86400.0
     max_scatter_rows: int = 100_000
+    twophase_grace_seconds: float = 10.0
+    twophase_recovery_interval_seconds: float = 5.0
 
 
 def router_socket_path(router: RouterConfig) -> str | None:
@@ -449,6 +451,8 @@ def _validate(config: Config) -> None:
         "api.jwt_ttl_seconds": a.jwt_ttl_seconds,
         "api.rate_limit_per_minute": a.rate_limit_per_minute,
         "router.max_scatter_rows": r.max_scatter_rows,
+        "router.twophase_grace_seconds": r.twophase_grace_seconds,
+        "router.twophase_recovery_interval_seconds": r.twophase_recovery_interval_seconds,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -35,6 +35,7 @@ from router.engine.classifier import Classifier
 from router.engine.executor import Executor
 from router.engine.idempotency import run_sweeper
 from router.engine.parser_thread import start_parser
+from router.engine.recovery import Recovery
 from router.errors import ConfigError
 from router.ha.heartbeat import HeartbeatService
 from router.ha.monitor import LagMonitor
@@ -139,6 +140,10 @@ class RouterNode:
         self.spawn(
             run_sweeper(lambda: self.topology, self.config.router.idempotency_retention_seconds)
         )
+        # Two-phase commits left in doubt (by any router node): settled now, then regularly.
+        self.spawn(Recovery(lambda: self.topology, self.config.router.node_name,
+                            self.config.router.twophase_grace_seconds,
+                            self.config.router.twophase_recovery_interval_seconds).run())
         self.metrics.bind(self.topology, self.classifier, lambda: len(self.connections))
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         r = self.config.router

@@ -26,11 +26,11 @@ from api.models import (
     ReviewWrite,
     SearchQuery,
 )
-from api.types import Role
+from api.types import UserRole
 
 __all__ = ["OPERATIONS"]
 
-_TEACHERS = frozenset({Role.INSTRUCTOR, Role.ADMIN})
+_TEACHERS = frozenset({UserRole.INSTRUCTOR, UserRole.ADMIN})
 
 
 async def browse_courses(call: Call) -> CoursePage:

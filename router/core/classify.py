@@ -26,6 +26,7 @@ from pglast.parser import ParseError
 from router.config import TableConfig, parse_function_spec
 from router.core.confinement import Confinement, KeyKind, KeyRef, confinement
 from router.core.errors import SqlParseError, UnsupportedStatementError
+from router.core.reference import is_reference_table
 from router.core.sqltree import const_value, walk
 
 __all__ = [
@@ -66,6 +67,9 @@ class Analysis:
     confinement: Confinement = _NOTHING
     # A write inside the statement that its status does not count (a writable CTE).
     nested_write: bool = False
+    # The reference tables it writes (INSERT/UPDATE/DELETE/MERGE/TRUNCATE anywhere in it):
+    # such a write goes to every shard or nowhere (router/core/reference.py).
+    reference_writes: tuple[str, ...] = ()
     # What a cross-shard read of it needs, made when first asked (router/engine/scatter.py), so it
     # lives and is evicted with the analysis.
     scatter: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -193,6 +197,7 @@ class Analyzer:
             )
 
         tables: list[str] = []
+        written: list[Any] = []  # the RangeVars it writes
         funcs: list[Any] = []
         params: set[int] = set()
         write = False
@@ -218,6 +223,9 @@ class Analyzer:
             elif type(node) in _WRITE_STMTS:
                 write = True
                 nested_write = nested_write or node is not stmt
+                written.append(node.relation)
+            elif isinstance(node, ast.TruncateStmt):
+                written.extend(node.relations or ())
             elif isinstance(node, ast.SelectStmt) and (node.lockingClause or node.intoClause):
                 write = True
             if not session and _names_pg_temp(node):
@@ -255,6 +263,9 @@ class Analyzer:
             param_count=max(params, default=0),
             confinement=self._confinement(stmt),
             nested_write=nested_write,
+            reference_writes=tuple(dict.fromkeys(
+                rv.relname for rv in written
+                if is_reference_table(rv.relname, rv.schemaname, self._tables))),
         )
 
     def _confinement(self, stmt: Any) -> Confinement:

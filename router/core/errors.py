@@ -14,6 +14,7 @@ from router.errors import GeorouteError
 __all__ = [
     "CoreError",
     "CrossShardError",
+    "IllegalTransition",
     "MissingShardKeyError",
     "Refusal",
     "RoutingError",
@@ -119,3 +120,10 @@ class ScatterRefused(CrossShardError):
         self.reason = reason
         self.part = part
         super().__init__(f"cross-shard read refused: {part}: {why}")
+
+
+class IllegalTransition(CoreError):
+    """A two-phase coordinator tried a step its state does not allow: a bug, never a client's
+    doing."""
+
+    code = ErrorCode.INTERNAL

@@ -26,6 +26,7 @@ from router.core.errors import (
     UnknownShardError,
 )
 from router.core.ids import shard_number_of
+from router.core.reference import one_copy_refusal
 
 __all__ = [
     "SCATTER_HINT",
@@ -274,7 +275,11 @@ def statement_shard(analysis: Analysis, params: Sequence[Any], config: Config) -
 def check_writes(analysis: Analysis, params: Sequence[Any], shard: str,
                  config: Config) -> None:  # fmt: skip
     """Rows a statement running on `shard` writes stay on `shard`: the rows it inserts name it
-    (or no shard) by their keys, and an UPDATE sets a shard key only to a value of it."""
+    (or no shard) by their keys, and an UPDATE sets a shard key only to a value of it. A
+    reference table is written on every shard or not at all (router/core/reference.py)."""
+    if analysis.reference_writes:
+        raise CrossShardError(one_copy_refusal(analysis.reference_writes, "a write run on "
+                                               f"one shard ({shard})"))  # fmt: skip
     conf = analysis.confinement
     if conf.rows or conf.unchecked is not None:
         found = _confine(conf, params, config) if conf.refs else []
@@ -316,6 +321,9 @@ def resolve_shards(
     against it); else the one shard every sharded table it touches is confined to; else an
     error that says why (README, "How a request is routed")."""
     write = not analysis.read_only
+    if write and analysis.reference_writes:  # without a hint the executor sends it everywhere
+        raise CrossShardError(one_copy_refusal(analysis.reference_writes, "a shard hint"
+                                               if hint is not None else "a route to one shard"))
     if hint is not None:
         if hint not in config.shards:
             known = ", ".join(config.shards)

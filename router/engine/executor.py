@@ -23,6 +23,7 @@ from router.config import Config
 from router.core.classify import Analysis
 from router.core.health import HealthEvent
 from router.core.reads import AwaitReplay, OnPrimary, OnReplica, ReadPlan, ReadPolicy, plan_read
+from router.core.reference import one_copy_refusal
 from router.core.routing import (
     CrossShardError,
     MissingShardKeyError,
@@ -288,7 +289,11 @@ class Executor:
         if hints.tx is not None:
             tx = session.get(hints.tx)
             return await self.transactions.statement(session, tx, sql, params, hints)
-        await self.classifier.analyze_async(sql)  # a long text: parsed off the event loop
+        analysis = await self.classifier.analyze_async(sql)  # a long text: off the event loop
+        if analysis.reference_writes and hints.shard is None and hints.shard_key is None:
+            # A reference table's copies are all written, in one two-phase commit.
+            return await self.transactions.distributed.reference_write(session, sql, params,
+                                                                       hints, analysis)
         analysis, target = self.target_for(sql, params, hints)  # (found in the cache now)
         if len(params) != analysis.param_count:
             raise RoutingError(
@@ -454,8 +459,11 @@ class Executor:
             if shard is not None:
                 shards.setdefault(shard, number)
             elif not analysis.read_only and analysis.tables:  # a reference table's copy
-                raise MissingShardKeyError([f"{analysis.tables[0]} (statement {number}: a "
-                                            "reference table: writes need a shard hint)"])
+                if analysis.reference_writes:  # every copy, or none: not in a batch
+                    raise CrossShardError(one_copy_refusal(analysis.reference_writes,
+                                                           f"a batch (statement {number})"))
+                raise MissingShardKeyError([f"{analysis.tables[0]} (statement {number}: "
+                                            "a shard hint)"])
         if len(shards) > 1:
             detail = ", ".join(f"statement {n} -> {s}" for s, n in shards.items())
             raise CrossShardError(

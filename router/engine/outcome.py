@@ -57,6 +57,9 @@ class Outcome:
     # Set when the statement applied but its rows can never be sent (a keyed write whose
     # reply could not be stored): why. Its reply then says that it applied (server.py).
     rows_lost: str | None = None
+    # Every shard's token when the request wrote on several (a two-phase commit); the first
+    # is also `ryw_token`, for clients that read only that (PROTOCOL.md section 5).
+    ryw_tokens: tuple[str, ...] = ()
 
     @property
     def rowcount(self) -> int:

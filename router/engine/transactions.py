@@ -1,5 +1,6 @@
 """Transactions pinned to one pooled connection on one shard's primary, from begin to commit
-or rollback; a client that leaves has what it left open rolled back."""
+or rollback; a client that leaves has what it left open rolled back. A transaction begun
+without a shard spans shards: router/engine/distributed.py runs it."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from router.backend.pool import Backend, NodeUnavailableError
 from router.core.classify import Analysis
 from router.core.routing import (
     CrossShardError,
-    MissingShardKeyError,
     UnknownShardError,
     check_writes,
     keyed_shard,
 )
+from router.engine.branches import DistributedTransaction, begin_sql
+from router.engine.distributed import DistributedTransactions
 from router.engine.errors import (
     NodeReadOnlyError,
     TransactionAborted,
@@ -34,13 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Transactions"]
 
-_ISOLATION = {
-    Isolation.READ_COMMITTED: "READ COMMITTED",
-    Isolation.REPEATABLE_READ: "REPEATABLE READ",
-    Isolation.SERIALIZABLE: "SERIALIZABLE",
-}
-
-
 class Transactions:
     def __init__(self, executor: Executor) -> None:
         self._executor = executor
@@ -48,6 +43,9 @@ class Transactions:
         self._max_tx = max(1, executor.config.database.pool_max_size // 2)
         self._idle_timeout = executor.config.router.transaction_idle_timeout_seconds
         self._bg: set[asyncio.Task[None]] = set()
+        self.distributed = DistributedTransactions(executor.config, executor.topology,
+                                                   executor.classifier, executor.acquire,
+                                                   executor.token)  # fmt: skip
 
     def _check_shard(self, tx: Transaction, analysis: Analysis, params: Sequence[Any],
                      hints: Hints) -> None:  # fmt: skip
@@ -68,15 +66,18 @@ class Transactions:
         check_writes(analysis, params, tx.shard, config)
 
     async def statement(
-        self, session: Session, tx: Transaction, sql: str, params: Sequence[Any], hints: Hints
+        self, session: Session, tx: Transaction | DistributedTransaction, sql: str,
+        params: Sequence[Any], hints: Hints,
     ) -> Outcome:
         return await self.statements(session, tx, [(sql, params)], hints)
 
-    async def statements(self, session: Session, tx: Transaction,
+    async def statements(self, session: Session, tx: Transaction | DistributedTransaction,
                          statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints
                          ) -> Outcome:  # fmt: skip
         """Statements inside `tx` (one, or a batch): every one checked first, then all run
         with the transaction held, so a commit sent meanwhile waits for the whole batch."""
+        if isinstance(tx, DistributedTransaction):
+            return await self.distributed.statements(session, tx, statements, hints)
         tx.stop_idle_timer()  # its client is not idle: a long text may wait for the parser
         try:
             analyses = [await self._executor.classifier.analyze_async(sql)
@@ -137,28 +138,24 @@ class Transactions:
 
     async def begin(
         self, session: Session, hints: Hints, isolation: Isolation | None, read_only: bool
-    ) -> Transaction:
+    ) -> Transaction | DistributedTransaction:
         if hints.shard is not None:
             if hints.shard not in self._executor.config.shards:
                 raise UnknownShardError(f"shard hint {hints.shard!r} is not a shard", hints.shard)
             shard_name = hints.shard
         elif hints.shard_key is not None:
             shard_name = self._executor.shard_for_key(hints.shard_key)
-        else:
-            raise MissingShardKeyError(["a shard or shard_key hint on begin"])
+        else:  # no shard named: its statements' keys say where each goes
+            session.check_room(self._max_tx)
+            return self.distributed.begin(session, begin_sql(isolation, read_only), read_only)
         session.check_room(self._max_tx)
         shard = self._executor.topology.shards[shard_name]
         node = shard.primary
         session.opening += 1  # counted until it is open: concurrent begins cannot pass the limit
         try:
             backend = await self._executor.acquire(node)
-            sql = "BEGIN"
-            if isolation is not None:
-                sql += f" ISOLATION LEVEL {_ISOLATION[isolation]}"
-            if read_only:
-                sql += " READ ONLY"
             try:
-                await backend.conn.execute(sql)
+                await backend.conn.execute(begin_sql(isolation, read_only))
             except BaseException:
                 node.pool.release(backend, broken=True)
                 raise
@@ -201,6 +198,8 @@ class Transactions:
 
     async def commit(self, session: Session, tx_id: int) -> Outcome:
         tx = session.get(tx_id)
+        if isinstance(tx, DistributedTransaction):
+            return await self.distributed.commit(session, tx)
         async with tx.lock:
             self._close(session, tx)
             tx.stop_idle_timer()
@@ -223,6 +222,8 @@ class Transactions:
         if session.rolled_back(tx_id):
             return None
         tx = session.get(tx_id)
+        if isinstance(tx, DistributedTransaction):
+            return await self.distributed.rollback(session, tx)
         async with tx.lock:
             self._close(session, tx)
             tx.stop_idle_timer()
@@ -257,6 +258,9 @@ class Transactions:
         """The client went away: roll back whatever it left open."""
         session.closed = True
         for tx in list(session.transactions.values()):
+            if isinstance(tx, DistributedTransaction):
+                await self.distributed.close(session, tx)
+                continue
             tx.stop_idle_timer()
             async with tx.lock:
                 if tx.closed:

@@ -58,7 +58,7 @@ from router.engine.errors import (
     is_read_only_refusal,
 )
 from router.engine.outcome import Outcome, Routed
-from router.engine.session import Session
+from router.engine.session import Session, Transaction
 from router.engine.undelivered import ResultUndeliverable, rowcount_of
 from router.server.errors import UnsupportedRequest
 from router.server.failures import Failure, failure_for
@@ -454,14 +454,17 @@ class ClientConnection(asyncio.Protocol):
             self._node.metrics.record(kind, "", "", "ok", elapsed)
 
     @staticmethod
-    def _route(outcome: Outcome) -> RouteInfo:
+    def _route(outcome: Outcome) -> RouteInfo | None:
+        if not outcome.shard:  # a transaction over shards that opened none
+            return None
         return RouteInfo(outcome.shard, outcome.node, outcome.role)
 
     def _encode_rows(self, request_id: int, columns: list[str], rows: list[Any], status: str,
-                     route: RouteInfo | list[str], token: str | None) -> bytes:  # fmt: skip
+                     route: RouteInfo | list[str] | None, token: str | None,
+                     tokens: tuple[str, ...] = ()) -> bytes:  # fmt: skip
         try:
             return self._encoder.encode_rows(request_id, columns, rows, status, route, token,
-                                             types_of(columns))  # fmt: skip
+                                             types_of(columns), tokens)  # fmt: skip
         except EncodeError as exc:
             named = name_unencodable(exc, columns, rows)
             if named is None:
@@ -474,8 +477,9 @@ class ClientConnection(asyncio.Protocol):
             if o.rows_lost is not None:
                 raise EncodeError(o.rows_lost)
             return self._encode_rows(m.id, o.columns, o.rows, o.status, self._route(o),
-                                     o.ryw_token)  # fmt: skip
-        return enc.encode_status(m.id, o.status, o.rowcount, self._route(o), o.ryw_token)
+                                     o.ryw_token, o.ryw_tokens)  # fmt: skip
+        return enc.encode_status(m.id, o.status, o.rowcount, self._route(o), o.ryw_token,
+                                 o.ryw_tokens)  # fmt: skip
 
     async def _query(self, m: Query) -> tuple[bytes, Outcome]:
         o = await self._node.executor.query(self.session, m.sql, m.params, m.hints)
@@ -509,12 +513,15 @@ class ClientConnection(asyncio.Protocol):
     async def _begin(self, m: Begin) -> tuple[bytes, None]:
         transactions = self._node.executor.transactions
         tx = await transactions.begin(self.session, m.hints, m.isolation, m.read_only)
-        route = RouteInfo(tx.shard, tx.node.name, Role.PRIMARY)
+        # A transaction over shards has no route until its statements choose them.
+        route = (RouteInfo(tx.shard, tx.node.name, Role.PRIMARY)
+                 if isinstance(tx, Transaction) else None)  # fmt: skip
         return self._encoder.encode(TxStarted(m.id, tx.id, route)), None
 
     async def _commit(self, m: Commit) -> tuple[bytes, Outcome]:
         o = await self._node.executor.transactions.commit(self.session, m.tx)
-        return self._encoder.encode_status(m.id, o.status, 0, self._route(o), o.ryw_token), o
+        return self._encoder.encode_status(m.id, o.status, 0, self._route(o), o.ryw_token,
+                                           o.ryw_tokens), o  # fmt: skip
 
     async def _rollback(self, m: Rollback) -> tuple[bytes, Outcome | None]:
         o = await self._node.executor.transactions.rollback(self.session, m.tx)

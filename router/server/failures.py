@@ -20,7 +20,7 @@ import asyncpg
 
 from protocol.errors import ErrorCode, ProtocolError
 from router.backend.errors import ResultValueError
-from router.engine.errors import ResultUndeliverable, ShardFailure
+from router.engine.errors import ResultUndeliverable, ShardFailure, TwoPhaseAborted
 from router.engine.undelivered import rowcount_of
 from router.errors import GeorouteError
 
@@ -50,6 +50,12 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
         failure.message = f"shard {exc.shard}: {failure.message}"
         failure.detail = {**failure.detail, "shard": exc.shard}
         return failure
+    if isinstance(exc, TwoPhaseAborted) and isinstance(exc.cause, asyncpg.PostgresError):
+        # Rolled back everywhere for PostgreSQL's reason: answered as that error, on its shard.
+        cause = failure_for(exc.cause)
+        if cause.code is ErrorCode.POSTGRES_ERROR:
+            return Failure(cause.code, str(exc), cause.sqlstate, False,
+                           {**cause.detail, "shard": exc.shard})  # fmt: skip
     if isinstance(exc, ResultValueError) and exc.status is not None and not read_only:
         # A write the server completed (and so committed): it applied, whatever its reply.
         exc = ResultUndeliverable(exc.status, rowcount_of(exc.status, []), None, None, None,

@@ -24,7 +24,7 @@ from api import Settings, create_app
 from api.domain import Domain
 from api.domain.passwords import Passwords
 from api.models import Register
-from api.types import Region, Role
+from api.types import Region, UserRole
 from router.config import Config
 from router.tools.config_write import config_to_toml
 from router.tools.localcluster import LocalCluster
@@ -136,7 +136,7 @@ async def make_admin(http: httpx.AsyncClient, domain: Domain, region: str = "eur
     """Admins are not self-registered: made through the domain, as an operator would."""
     address = email("admin")
     await domain.auth.register(Register(email=address, password=PASSWORD, full_name="Admin",
-                                        region=Region(region), country="DE"), role=Role.ADMIN)
+                                        region=Region(region), country="DE"), role=UserRole.ADMIN)
     return await login(http, address)
 
 

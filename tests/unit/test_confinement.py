@@ -78,8 +78,6 @@ UNCONFINED = [
      "WHEN NOT MATCHED BY SOURCE THEN DELETE", [EU]),
     ("MERGE INTO audit_log a USING audit_log s ON a.audit_id = s.audit_id AND a.audit_id = $1 "
      "WHEN MATCHED THEN DELETE", [EU]),
-    # A reference table keyed by a georoute id needs a hint (all shards under 2PC, later).
-    ("UPDATE categories SET name = $2 WHERE category_id = $1", [EU, "x"]),
     # An outer join's ON filters only its nullable side.
     ("SELECT * FROM courses c LEFT JOIN enrollments e ON e.course_id = c.course_id "
      "AND e.user_id = $1", [EU]),
@@ -96,6 +94,23 @@ UNCONFINED = [
 def test_unconfined_statements_are_refused(sql: str, params: list[object]) -> None:
     with pytest.raises(MissingShardKeyError):
         route(sql, *params)
+
+
+@pytest.mark.parametrize("hint", [None, "europe"])
+@pytest.mark.parametrize(("sql", "params"), [
+    ("UPDATE categories SET name = $2 WHERE category_id = $1", [EU, "x"]),
+    ("INSERT INTO categories (slug, name) SELECT full_name, email FROM users "
+     "WHERE user_id = $1", [EU]),  # confined by its read of users: still one copy only
+    ("WITH c AS (DELETE FROM categories RETURNING 1) SELECT * FROM users WHERE user_id = $1",
+     [EU]),
+])  # fmt: skip
+def test_a_reference_table_write_is_never_routed_to_one_shard(
+    sql: str, params: list[object], hint: str | None
+) -> None:
+    """Each shard has a copy: a write to one copy would let them drift apart (the executor
+    sends such a write to every shard, in one two-phase commit)."""
+    with pytest.raises(CrossShardError, match="categories is a reference table"):
+        route(sql, *params, hint=hint)
 
 
 ROWS_ELSEWHERE = [
@@ -449,11 +464,13 @@ def _batch_shard(statements: list[tuple[str, list[object]]], hint: str | None = 
 def test_a_batch_is_confined_statement_by_statement() -> None:
     keyed = ("SELECT * FROM users WHERE user_id = $1", [EU])
     assert _batch_shard([keyed, ("SELECT 1", [])]) == "europe"
-    for other in (("UPDATE users SET city = 'x' WHERE full_name = $1", ["x"]),
-                  # a reference table's copy on one shard only: the copies would drift
-                  ("UPDATE categories SET name = 'X' WHERE slug = 'prog'", [])):  # fmt: skip
-        with pytest.raises(MissingShardKeyError):
-            _batch_shard([keyed, other])
+    with pytest.raises(MissingShardKeyError):
+        _batch_shard([keyed, ("UPDATE users SET city = 'x' WHERE full_name = $1", ["x"])])
+    # a reference table's copy on one shard only: the copies would drift apart
+    reference = ("UPDATE categories SET name = 'X' WHERE slug = 'prog'", [])
+    for hint in (None, "europe"):
+        with pytest.raises(CrossShardError, match="categories is a reference table"):
+            _batch_shard([keyed, reference], hint=hint)
     with pytest.raises(CrossShardError):
         _batch_shard([keyed, ("INSERT INTO audit_log (region, action, entity) "
                               "VALUES ('asia', 'a', 'b')", [])])  # fmt: skip

@@ -177,10 +177,14 @@ async def test_the_failover_plan_times_a_down_primary_on_the_injected_clock(rig:
 
 
 class Probe:
-    """Stands in for a node's monitor connection: answers with a fixed WAL position."""
+    """Stands in for a node's monitor connection: answers whether it is in recovery and a
+    fixed WAL position."""
+
+    def __init__(self, in_recovery: bool) -> None:
+        self.in_recovery = in_recovery
 
     async def fetchrow(self, sql: str, timeout: float) -> Any:  # noqa: ASYNC109 (asyncpg's)
-        return (True, 1000)
+        return (self.in_recovery, 1000)
 
     def is_closed(self) -> bool:
         return False
@@ -196,8 +200,10 @@ async def test_the_monitor_measures_once_per_interval(monkeypatch: pytest.Monkey
     clock = FakeClock()
     monitor = LagMonitor(config, topology, clock=clock)
 
+    primaries = {s.primary.name for s in topology.shards.values()}
+
     async def probe(node: NodeState) -> Probe:
-        return Probe()
+        return Probe(in_recovery=node.name not in primaries)
 
     monkeypatch.setattr(monitor, "_conn", probe)
     shards = len(topology.shards)

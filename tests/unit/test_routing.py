@@ -237,10 +237,12 @@ def test_missing_shard_key_names_the_keys(classifier: Classifier) -> None:
     assert "users.home_region or user_id" in str(info.value)
 
 
-def test_write_to_reference_table_needs_hint(classifier: Classifier) -> None:
-    with pytest.raises(MissingShardKeyError) as info:
-        route(classifier, "INSERT INTO categories (name) VALUES ($1)", ["x"])
-    assert "categories" in str(info.value)
+def test_a_reference_table_write_never_goes_to_one_shard(classifier: Classifier) -> None:
+    """The executor sends it to every shard (two-phase commit); a route to one is refused,
+    hinted or not."""
+    for hint in (None, "asia"):
+        with pytest.raises(CrossShardError, match="categories is a reference table"):
+            route(classifier, "INSERT INTO categories (name) VALUES ($1)", ["x"], hint)
 
 
 def test_reference_reads_go_anywhere(classifier: Classifier) -> None:
@@ -256,14 +258,14 @@ def test_function_arguments_carry_ids(classifier: Classifier) -> None:
 
 def test_only_shard_keys_of_configured_tables_route(classifier: Classifier) -> None:
     """A georoute id compared with any other column (an unlisted table's, a text column) names
-    no shard: the statement needs a key of a [tables] entry or a hint."""
+    no shard: an unlisted table is a reference table, written on every shard or refused, and
+    a sharded table needs a key of its [tables] entry or a hint."""
     for sql, params in (
         ("UPDATE scratch SET v = $2 WHERE id = $1", [new_id(EU), 5]),
         ("INSERT INTO scratch (id, v) VALUES ($1, $2)", [new_id(ASIA), 5]),
         ("INSERT INTO scratch (v, note) VALUES ($1, $2)", [5, str(new_id(EU))]),
-        ("UPDATE categories SET name = $2 WHERE category_id = $1", [new_id(EU), "x"]),
     ):  # fmt: skip
-        with pytest.raises(MissingShardKeyError):
+        with pytest.raises(CrossShardError, match="scratch is a reference table"):
             route(classifier, sql, params)
     with pytest.raises(MissingShardKeyError, match="audit_log"):
         route(classifier, "SELECT * FROM audit_log WHERE action = $1", [str(new_id(EU))])

@@ -1,6 +1,7 @@
 """`georoute health`: every node's role, reachability and replication lag, each shard's schema
-version and row counts, and the document store's ping, as a table or JSON. (The router's own
-node health, a state machine, is router/core/health.py.)"""
+version and row counts, whether the reference tables' copies agree (reference_health.py), and
+the document store's ping, as a table or JSON. (The router's own node health, a state machine,
+is router/core/health.py.)"""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import asyncpg
 from router.config import Config, NodeAddress
 from router.tools.db.connect import connect_node
 from router.tools.db.documents import DocumentStore
+from router.tools.db.reference_health import ReferenceReport, check_reference_tables
 from router.types import Role
 
 __all__ = [
@@ -77,6 +79,7 @@ class HealthReport:
     nodes: list[NodeReport]
     shards: list[ShardHealth]
     document_store: DocumentStoreHealth
+    reference: ReferenceReport = field(default_factory=lambda: ReferenceReport([]))
 
     @property
     def healthy(self) -> bool:
@@ -99,6 +102,7 @@ class HealthReport:
             "nodes": [plain(asdict(n)) | {"role": _role(n.role)} for n in self.nodes],
             "shards": [plain(asdict(s)) for s in self.shards],
             "document_store": asdict(self.document_store),
+            "reference_tables": self.reference.as_dict(),
         }
 
     def to_json(self) -> str:
@@ -118,6 +122,14 @@ class HealthReport:
         for table in COUNTED_TABLES:
             rows.append((table, *(_dash(s.row_counts.get(table)) for s in self.shards)))
         out.append(_table(("ROWS", *shard_names), rows))
+        ref = self.reference
+        if ref.tables:
+            out.append(_table(("REFERENCE TABLE", *shard_names, "AGREE"), ref.rows(shard_names)))
+        for shard, error in ref.errors.items():
+            out.append(f"reference tables on {shard}: not read: {error}")
+        if ref.differing:
+            out.append("reference tables whose copies DIFFER between shards: "
+                       + ", ".join(ref.differing))
         d = self.document_store
         status = f"ok ({d.latency_ms:.1f} ms)" if d.ok and d.latency_ms is not None else (
             f"DOWN: {d.error}")
@@ -227,9 +239,11 @@ async def check_health(config: Config) -> HealthReport:
         expected = Role.REPLICA if shard_name in nodes_by_shard else Role.PRIMARY
         nodes_by_shard.setdefault(shard_name, []).append(
             NodeReport(node_name, shard_name, address.label, expected))
-    shards, docs = await asyncio.gather(
+    shards, docs, reference = await asyncio.gather(
         asyncio.gather(*(_probe_shard(config, s, n) for s, n in nodes_by_shard.items())),
         _probe_documents(config),
+        check_reference_tables(config),
     )
     nodes = [n for group in nodes_by_shard.values() for n in group]
-    return HealthReport(nodes=nodes, shards=list(shards), document_store=docs)
+    return HealthReport(nodes=nodes, shards=list(shards), document_store=docs,
+                        reference=reference)

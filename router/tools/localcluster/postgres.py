@@ -45,6 +45,9 @@ logging_collector = off
 # forced switch (a base backup, a restore, archive_timeout) archives one, mostly empty. With
 # 16 MiB the backup tests took 46 s, with 1 MiB 14 s, on the same loaded machine.
 _WAL_SEGMENT_MB = 1
+# Prepared (two-phase) transactions a node may hold at once: each in-flight commit over
+# several shards holds one per participant until phase two, so this bounds them.
+MAX_PREPARED_TRANSACTIONS = 100
 
 _HBA = """# written by georoute cluster: local trust only
 local all all trust
@@ -192,7 +195,10 @@ class PgRunner:
             sock += "," + self.shared_socket_dir
         opts = (
             f"-p {node.port} -c cluster_name={node.name} "
-            f"-c unix_socket_directories={shlex.quote(sock)}"
+            f"-c unix_socket_directories={shlex.quote(sock)} "
+            # Two-phase commit (PREPARE TRANSACTION) needs slots; a standby needs at least as
+            # many as its primary. On the command line, so clusters made before it get it too.
+            f"-c max_prepared_transactions={MAX_PREPARED_TRANSACTIONS}"
         )
         for key, value in (self.settings(node.shard) if self.settings else {}).items():
             opts += f" -c {shlex.quote(f'{key}={value}')}"
