@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from client.tls import ssl_context
+from protocol.tlsmode import DATABASE_MODES
 from router.config_ha import (
     FailoverConfig,
     FailoverMode,
@@ -125,8 +125,8 @@ class MetricsConfig:
 # router.max_frame_bytes' floor: room for any Status or Error reply the router makes.
 MIN_FRAME_BYTES = 4096
 
-# database.sslmode, as libpq names them (see router/backend/tls.py).
-SSL_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+# database.sslmode, as libpq names them (the table in protocol/tlsmode.py).
+SSL_MODES = DATABASE_MODES
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,13 +491,7 @@ def _validate(config: Config) -> None:
                       ("database.sslkey", d.sslkey)):  # fmt: skip
         if path and not os.path.isfile(path):
             raise ConfigError(key, f"no such file: {path}")
-    if d.sslcert or d.sslrootcert:  # loaded now, so bad files stop start-up (or a reload)
-        try:
-            ssl_context("require" if d.sslmode == "prefer" else d.sslmode, d.sslrootcert or None,
-                        d.sslcert or None, d.sslkey or None)  # fmt: skip
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            key = "database.sslcert" if d.sslcert else "database.sslrootcert"
-            raise ConfigError(key, f"cannot load: {exc}") from exc
+    _check_tls_files(d)
     if d.tcp_user_timeout_seconds < 0:
         raise ConfigError("database.tcp_user_timeout_seconds", "must not be negative")
     if d.tcp_user_timeout_seconds and (
@@ -514,6 +508,30 @@ def _validate(config: Config) -> None:
             "heartbeat.suspect_after_seconds", "must exceed heartbeat.interval_seconds"
         )
     validate_ha(config.heartbeat, config.failover, config.router.node_name)
+
+
+def _check_tls_files(d: DatabaseConfig) -> None:
+    """Load `database.sslrootcert` and `sslcert`/`sslkey` now, so files that are not
+    certificates, or a key that is not the certificate's, stop start-up (or a reload) rather
+    than every connection later. router/backend/tls.py builds the contexts it uses."""
+    if not (d.sslcert or d.sslrootcert):
+        return
+    import ssl  # here, not above: router/core/ imports this module and must not load ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    key = "database.sslrootcert"
+    try:
+        if d.sslrootcert:
+            ctx.load_verify_locations(cafile=d.sslrootcert)
+        key = "database.sslcert"
+        if d.sslcert:
+            ctx.load_cert_chain(d.sslcert, d.sslkey or None, password=_no_password)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(key, f"cannot load: {exc}") from exc
+
+
+def _no_password() -> str:
+    raise ValueError("the key is encrypted; give an unencrypted key file")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
