@@ -18,7 +18,7 @@ from protocol.messages import Hints
 from protocol.messages import Role as WireRole
 from router.backend.pgwire import Callback, PipelineError, Unsupported
 from router.backend.pool import Backend, NodeUnavailableError, PoolTimeoutError
-from router.backend.wal import UNKNOWN_LSN
+from router.backend.wal import REPLAY_POSITION_SQL, UNKNOWN_LSN
 from router.config import Config
 from router.core.classify import Analysis
 from router.core.health import HealthEvent
@@ -58,7 +58,6 @@ from router.ha.topology import NodeState, ShardState, Topology
 
 __all__ = ["Executor"]
 
-REPLAY_LSN_SQL = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8"
 _CONSISTENCY = {
     "session": Consistency.SESSION,
     "strong": Consistency.STRONG,
@@ -134,7 +133,7 @@ class Executor:
         if pipelined:
             try:
                 while True:
-                    _, rows, _ = await node.pool.pipeline.run(REPLAY_LSN_SQL, ())
+                    _, rows, _ = await node.pool.pipeline.run(REPLAY_POSITION_SQL, ())
                     lsn = rows[0][0] if rows else None
                     if lsn is not None:
                         node.replay_lsn = max(node.replay_lsn or 0, lsn)
@@ -152,7 +151,7 @@ class Executor:
         try:
             while True:
                 querying = True
-                lsn = await backend.scalar(REPLAY_LSN_SQL)
+                lsn = await backend.scalar(REPLAY_POSITION_SQL)
                 querying = False
                 if lsn is not None:
                     node.replay_lsn = max(node.replay_lsn or 0, lsn)

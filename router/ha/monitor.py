@@ -17,7 +17,7 @@ from collections.abc import Callable
 import asyncpg
 
 from router.backend.tls import connect_asyncpg
-from router.backend.wal import LsnReader
+from router.backend.wal import NODE_POSITION_SQL, PRIMARY_POSITION_SQL, LsnReader
 from router.config import Config, FailoverMode
 from router.core.health import HealthEvent
 from router.ha.discovery import NodeObservation, PrimaryWatch, Stay, StayReason
@@ -27,11 +27,6 @@ __all__ = ["LagMonitor"]
 
 log = logging.getLogger("georoute.monitor")
 
-PRIMARY_LSN_SQL = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8"
-REPLAY_LSN_SQL = (
-    "SELECT pg_is_in_recovery(), "
-    "(coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn()) - '0/0'::pg_lsn)::int8"
-)
 # External mode follows a node only after it said "not in recovery" this many rounds in a
 # row (0.15 s at the default lag_poll_interval_seconds): one answer from a node in the middle
 # of a restart is not enough.
@@ -116,8 +111,8 @@ class LagMonitor:
         """One round for one shard (public so tests and start-up can force a measurement)."""
         primary_row, *replica_rows = await asyncio.gather(
             self._probe(shard.primary,
-                        PRIMARY_LSN_SQL if self._watches is None else REPLAY_LSN_SQL),
-            *(self._probe(r, REPLAY_LSN_SQL) for r in shard.replicas),
+                        PRIMARY_POSITION_SQL if self._watches is None else NODE_POSITION_SQL),
+            *(self._probe(r, NODE_POSITION_SQL) for r in shard.replicas),
         )  # fmt: skip
         if self._watches is not None and self._follow(shard, primary_row, replica_rows):
             return  # roles changed: the next round measures lag against the new primary

@@ -15,9 +15,10 @@ import asyncpg
 import pytest
 
 from protocol import Hints
+from router.backend.wal import PRIMARY_POSITION_SQL
 from router.config import load_config
 from router.core.health import NodeHealth
-from router.ha.monitor import PRIMARY_LSN_SQL, LagMonitor
+from router.ha.monitor import LagMonitor
 from router.ha.topology import NodeState, Topology
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +35,7 @@ class ProbeConn:
         answer = self.answers[self.node]
         if isinstance(answer, BaseException):
             raise answer
-        return (answer,) if sql == PRIMARY_LSN_SQL else (True, answer)
+        return (answer,) if sql == PRIMARY_POSITION_SQL else (True, answer)
 
     def is_closed(self) -> bool:
         return False

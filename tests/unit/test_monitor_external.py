@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from router.backend.wal import PRIMARY_POSITION_SQL
 from router.config import load_config
 from router.core.routing import Role
-from router.ha.monitor import FOLLOW_CONFIRM_ROUNDS, PRIMARY_LSN_SQL, LagMonitor
+from router.ha.monitor import FOLLOW_CONFIRM_ROUNDS, LagMonitor
 from router.ha.topology import NodeState, ShardState, Topology
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ class ProbeConn:
         if isinstance(answer, BaseException):
             raise answer
         in_recovery, lsn = answer
-        return (lsn,) if sql == PRIMARY_LSN_SQL else (in_recovery, lsn)
+        return (lsn,) if sql == PRIMARY_POSITION_SQL else (in_recovery, lsn)
 
     def is_closed(self) -> bool:
         return False
