@@ -57,8 +57,11 @@ PRIMARY_POSITION_SQL = f"SELECT {PRIMARY_POSITION}"
 # one, where its recovery ended, for good).
 REPLAY_POSITION = position_bytes("pg_last_wal_replay_lsn()")
 REPLAY_POSITION_SQL = f"SELECT {REPLAY_POSITION}"
-# Any node: how far it has replayed, or its own position if it is a primary.
-NODE_POSITION = position_bytes("coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())")
+# Any node's position: how far it has replayed while in recovery, else its own. Not
+# coalesce(replay, own): a promoted node's replay position stays where its recovery ended,
+# and the primary it became would seem to write nothing (every replica fresh).
+NODE_POSITION = position_bytes("CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+                               "ELSE pg_current_wal_lsn() END")  # fmt: skip
 NODE_POSITION_SQL = f"SELECT pg_is_in_recovery(), {NODE_POSITION}"
 
 

@@ -137,7 +137,7 @@ class LagMonitor:
             if not in_recovery:
                 # A "replica" that is not replaying WAL cannot promise fresh data.
                 replica.lag_bytes = None
-            elif primary_lsn is None:
+            elif primary_lsn is None or replay is None:  # nothing replayed yet: unknown
                 replica.lag_bytes = None
             else:
                 replica.lag_bytes = max(0, primary_lsn - replay)
