@@ -16,6 +16,7 @@ import asyncpg
 
 from protocol.messages import Hints
 from protocol.messages import Role as WireRole
+from protocol.ryw import format_ryw_token
 from router.backend.pgwire import Callback, PipelineError, Unsupported
 from router.backend.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.backend.wal import REPLAY_POSITION_SQL, UNKNOWN_LSN
@@ -289,7 +290,7 @@ class Executor:
     def token_at(self, session: Session, routed: Routed, lsn: int) -> str:
         """The token for a write whose WAL position was read on its own connection."""
         session.note_write(routed.shard.name, lsn)
-        return f"{routed.shard.name}:{lsn}"
+        return format_ryw_token(routed.shard.name, lsn)
 
     async def query(
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints
@@ -395,7 +396,7 @@ class Executor:
         """The read-your-writes token after a write on `shard`'s primary (noted in session)."""
         lsn = await shard.lsn.after_write()
         session.note_write(shard.name, lsn)
-        return f"{shard.name}:{lsn}"
+        return format_ryw_token(shard.name, lsn)
 
     async def batch(
         self, session: Session, statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints
