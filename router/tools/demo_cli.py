@@ -87,6 +87,7 @@ def _serve(args: argparse.Namespace, config: Config, stops_cluster: bool) -> int
             print("router failed to start; its output is above", file=sys.stderr)
             return 1
         r = config.router
+        region = next(iter(config.shards))  # a configured one: router.toml may name others
         unix = (f"\n            georoute://{quote(r.listen_socket_dir, safe='')}:{r.listen_port}"
                 "   (its Unix socket)" if r.listen_socket_dir else "")
         print(f"""
@@ -98,7 +99,7 @@ georoute is serving:
 Try it (README.md, "Try it", has more):
   export {r.auth_token_env}={token}
   .venv/bin/python -m client georoute://{r.listen_host}:{r.listen_port} \\
-      "SELECT title, price_cents FROM courses WHERE region = \\$1 LIMIT 5" europe
+      "SELECT title, price_cents FROM courses WHERE region = \\$1 LIMIT 5" {region}
 
 Ctrl-C stops the router{' and the cluster' if stops_cluster else ''}.""", flush=True)
         assert router.stdout is not None
