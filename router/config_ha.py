@@ -70,6 +70,13 @@ class FailoverConfig:
 
 def validate_ha(h: HeartbeatConfig, f: FailoverConfig, node_name: str) -> None:
     """Raises ConfigError naming the first bad [heartbeat] or [failover] key."""
+    if h.interval_seconds <= 0:
+        raise ConfigError("heartbeat.interval_seconds", f"must be positive, got "
+                                                        f"{h.interval_seconds}")  # fmt: skip
+    if h.suspect_after_seconds <= h.interval_seconds:
+        raise ConfigError(
+            "heartbeat.suspect_after_seconds", "must exceed heartbeat.interval_seconds"
+        )
     if h.dead_after_seconds <= h.suspect_after_seconds:
         raise ConfigError(
             "heartbeat.dead_after_seconds", "must exceed heartbeat.suspect_after_seconds"

@@ -30,6 +30,7 @@ from router.backend.pool import NodeUnavailableError
 from router.backend.tls import ListenerTLS, forget_contexts
 from router.backend.wal import LsnReader
 from router.config import Config, RouterConfig, load_config, router_socket_path
+from router.core.documents import DocumentShapes
 from router.core.health import HealthEvent
 from router.engine.classifier import Classifier
 from router.engine.executor import Executor
@@ -42,7 +43,6 @@ from router.ha.monitor import LagMonitor
 from router.ha.topology import NodeState, ShardState, Topology
 from router.metrics import Metrics
 from router.server.connection import ClientConnection
-from router.tools.db.documents import validate as validate_document
 from router.types import Role
 
 __all__ = ["RouterNode", "run_router"]
@@ -99,7 +99,7 @@ class RouterNode:
         self.classifier = _classifier(config)
         self.executor = Executor(config, self.topology, self.classifier)
         self.executor.scatter.stats = self.metrics.scatter
-        self.docstore = DocStore(config.document_store, validate_document)
+        self.docstore = DocStore(config.document_store, DocumentShapes(config.shards).validate)
         self.monitor = LagMonitor(config, self.topology)
         self.heartbeat = (HeartbeatService(config, lambda: self.topology)
                           if config.heartbeat.enabled else None)  # fmt: skip

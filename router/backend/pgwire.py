@@ -48,6 +48,7 @@ from router.backend.pgtypes import (
     row_description,
     statement_timeout_prefix,
 )
+from router.backend.wal import AFTER_WRITE_SQL
 from router.backend.wirevalues import ResultValueError
 
 __all__ = [
@@ -108,12 +109,6 @@ _COPY_MESSAGES = frozenset(b"GHWdc")  # CopyIn/Out/Both response, CopyData, Copy
 # (None, "", 0.0, the error, None). The WAL position is given only to writes that asked for
 # one (`execute_then(..., wal_position=True)`), and is None when it could not be read.
 Callback = Callable[[list[Any] | None, str, float, BaseException | None, int | None], None]
-
-# The primary's WAL position, read on the write's own connection right after it: PostgreSQL
-# runs a connection's messages in order, so this reads a position at or past the write's
-# commit record (the insert position: with synchronous_commit off, the write position may
-# still be behind it). The same statement as router/backend/wal.py.
-WAL_POSITION_SQL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8"
 
 
 class _Pending:
@@ -426,9 +421,11 @@ class PipelinedConnection(asyncio.Protocol):
             "SELECT oid, typname FROM pg_catalog.pg_type WHERE typtype = 'e'", ()
         )
         self._enums = {row[0]: row[1] for row in rows}
+        # A write's WAL position is read on its own connection right after it: PostgreSQL runs
+        # a connection's messages in order, so this is at or past the write's commit record.
         # Kept out of the statement LRU: evicted (and closed) it would fail every write's read.
-        self._wal_stmt = await self.prepare(WAL_POSITION_SQL)  # on a replica, fails if run
-        self._stmts.pop(WAL_POSITION_SQL, None)
+        self._wal_stmt = await self.prepare(AFTER_WRITE_SQL)  # on a replica, fails if run
+        self._stmts.pop(AFTER_WRITE_SQL, None)
 
     def cached(self, sql: str) -> Statement | None:
         stmt = self._stmts.get(sql)

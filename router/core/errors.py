@@ -14,6 +14,7 @@ from router.errors import GeorouteError
 __all__ = [
     "CoreError",
     "CrossShardError",
+    "DocumentValidationError",
     "IllegalTransition",
     "MissingShardKeyError",
     "Refusal",
@@ -127,3 +128,15 @@ class IllegalTransition(CoreError):
     doing."""
 
     code = ErrorCode.INTERNAL
+
+
+class DocumentValidationError(CoreError):
+    """A document does not have its collection's shape. `field` is a dotted path."""
+
+    code = ErrorCode.DOC_ERROR
+
+    def __init__(self, collection: str, field: str, message: str) -> None:
+        self.collection = collection
+        self.field = field
+        self.message = message
+        super().__init__(f"{collection}: field {field!r}: {message}")

@@ -17,8 +17,10 @@ from typing import Any, assert_never
 import asyncpg
 
 from protocol.messages import Hints
+from protocol.ryw import format_ryw_token
 from router.backend.pgwire import Callback, PipelineError, Unsupported
 from router.backend.pool import Backend, NodeUnavailableError, PoolTimeoutError
+from router.backend.wal import REPLAY_POSITION_SQL
 from router.config import Config
 from router.core.classify import Analysis
 from router.core.health import HealthEvent
@@ -56,7 +58,6 @@ from router.types import Role
 
 __all__ = ["Executor"]
 
-REPLAY_LSN_SQL = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8"
 
 
 
@@ -130,7 +131,7 @@ class Executor:
         if pipelined:
             try:
                 while True:
-                    _, rows, _ = await node.pool.pipeline.run(REPLAY_LSN_SQL, ())
+                    _, rows, _ = await node.pool.pipeline.run(REPLAY_POSITION_SQL, ())
                     lsn = rows[0][0] if rows else None
                     if lsn is not None:
                         node.replay_lsn = max(node.replay_lsn or 0, lsn)
@@ -148,7 +149,7 @@ class Executor:
         try:
             while True:
                 querying = True
-                lsn = await backend.scalar(REPLAY_LSN_SQL)
+                lsn = await backend.scalar(REPLAY_POSITION_SQL)
                 querying = False
                 if lsn is not None:
                     node.replay_lsn = max(node.replay_lsn or 0, lsn)
@@ -281,7 +282,7 @@ class Executor:
     def token_at(self, session: Session, routed: Routed, lsn: int) -> str:
         """The token for a write whose WAL position was read on its own connection."""
         session.note_write(routed.shard.name, lsn)
-        return f"{routed.shard.name}:{lsn}"
+        return format_ryw_token(routed.shard.name, lsn)
 
     async def query(
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints
@@ -387,7 +388,7 @@ class Executor:
         """The read-your-writes token after a write on `shard`'s primary (noted in session)."""
         lsn = await shard.lsn.after_write()
         session.note_write(shard.name, lsn)
-        return f"{shard.name}:{lsn}"
+        return format_ryw_token(shard.name, lsn)
 
     async def batch(
         self, session: Session, statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints

@@ -19,7 +19,7 @@ import logging
 import asyncpg
 
 from router.backend.tls import connect_asyncpg
-from router.backend.wal import LsnReader
+from router.backend.wal import NODE_POSITION_SQL, LsnReader
 from router.clock import SYSTEM_CLOCK, Clock
 from router.config import Config, FailoverMode
 from router.core.health import HealthEvent
@@ -30,14 +30,6 @@ __all__ = ["LagMonitor"]
 
 log = logging.getLogger("georoute.monitor")
 
-# A promoted node's pg_last_wal_replay_lsn() stays where its recovery ended, so it is read
-# only while in recovery: a node that is not gives its current position (a coalesce of the
-# two gave a new primary's frozen promotion point, and every replica measured against it
-# looked fresh however far behind).
-NODE_SQL = (
-    "SELECT pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
-    "ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::int8"
-)
 # External mode follows a node only after it said "not in recovery" this many rounds in a
 # row (0.15 s at the default lag_poll_interval_seconds): one answer from a node in the middle
 # of a restart is not enough.
@@ -101,7 +93,7 @@ class LagMonitor:
         timeout = self._config.database.connect_timeout_seconds
         try:
             conn = await self._conn(node)
-            row = await conn.fetchrow(NODE_SQL, timeout=timeout)
+            row = await conn.fetchrow(NODE_POSITION_SQL, timeout=timeout)
         except Exception as exc:  # e.g. asyncpg's InternalClientError on a dead connection
             stale = self._conns.pop(node.name, None)
             if stale is not None:
@@ -163,7 +155,7 @@ class LagMonitor:
                                 shard.primary.name)  # fmt: skip
                 continue
             self._writable.discard(replica.name)
-            if primary_lsn is None:
+            if primary_lsn is None or replay is None:  # nothing replayed yet: unknown
                 replica.lag_bytes = None
             else:
                 replica.lag_bytes = max(0, primary_lsn - replay)

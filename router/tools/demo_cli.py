@@ -93,6 +93,7 @@ def _serve(args: argparse.Namespace, config: Config, stops_cluster: bool) -> int
             return 1
         r = config.router
         api_url = f"http://{config.api.host}:{config.api.port}"
+        region = next(iter(config.shards))  # a configured one: router.toml may name others
         unix = (f"\n            georoute://{quote(r.listen_socket_dir, safe='')}:{r.listen_port}"
                 "   (its Unix socket)" if r.listen_socket_dir else "")
         print(f"""
@@ -104,10 +105,10 @@ georoute is serving:
 Try it (README.md, "Try it", has more):
   export {r.auth_token_env}={token}
   .venv/bin/python -m client georoute://{r.listen_host}:{r.listen_port} \\
-      "SELECT title, price_cents FROM courses WHERE region = \\$1 LIMIT 5" europe
+      "SELECT title, price_cents FROM courses WHERE region = \\$1 LIMIT 5" {region}
   curl -s '{api_url}/api/v1/courses?sort=popular&limit=3'
   curl -s {api_url}/api/v1/auth/register -H 'content-type: application/json' -d \\
-      '{{"email":"me@example.com","password":"a long password","full_name":"Me","region":"europe"}}'
+      '{{"email":"me@example.com","password":"passw0rd-42","full_name":"Me","region":"{region}"}}'
 
 Ctrl-C stops the router{' and the cluster' if stops_cluster else ''}.""", flush=True)
         assert router.stdout is not None

@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 import client
+from router.backend.wal import NODE_POSITION_SQL, PRIMARY_POSITION_SQL
 from router.config import Config
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
@@ -110,6 +111,17 @@ async def test_the_router_follows_a_primary_promoted_elsewhere(
         await wait_until(writes, within=5, what="a write through the router succeeds")
         assert {"before", "after"} <= await payloads(replica_dsn)
         assert follow_seconds < 5
+        # The promoted node's position, read as the monitor reads a node's, moves with its
+        # writes: its replay position stayed where its recovery ended, and measured by that
+        # the primary would seem to write nothing and every replica to be fresh.
+        conn = await asyncpg.connect(replica_dsn)
+        try:
+            _, before = await conn.fetchrow(NODE_POSITION_SQL)
+            await conn.execute(INSERT, uuid.uuid4(), "direct")
+            _, after = await conn.fetchrow(NODE_POSITION_SQL)
+            assert await conn.fetchval(PRIMARY_POSITION_SQL) >= after > before
+        finally:
+            await conn.close()
 
         # The promoted node is the primary in every view, whatever its name: the replies'
         # route, the topology and the metrics' labels.

@@ -28,7 +28,7 @@ from router.config import Config
 from router.tools.db.documents import USER_PREFERENCES
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
-from tests.integration.test_documents import preferences
+from tests.support.documents import preferences
 from tests.support.ids import new_id
 from tests.support.router_proc import (
     TOKEN,

@@ -20,7 +20,7 @@ def scratch_cluster(test_config: Config, offset: int,
     config = with_port_offset(test_config, offset, str(Path(test_config.cluster.state_dir) / name))
     local = LocalCluster(config)
     try:
-        local.up()  # inside: a start that fails half way still stops what it started
-        yield local, config
+        local.up()  # inside: a start that fails half-way (a port taken meanwhile) stops
+        yield local, config  # what it had started, e.g. the document store, rather than leak it
     finally:
         local.down(purge=True)

@@ -15,9 +15,10 @@ import asyncpg
 import pytest
 
 from protocol import Hints
+from router.backend.wal import NODE_POSITION_SQL
 from router.config import load_config
 from router.core.health import NodeHealth
-from router.ha.monitor import NODE_SQL, LagMonitor
+from router.ha.monitor import LagMonitor
 from router.ha.topology import NodeState, Topology
 from router.types import Role
 
@@ -33,7 +34,7 @@ class ProbeConn:
         self.answers = answers
 
     async def fetchrow(self, sql: str, timeout: float) -> Any:  # noqa: ASYNC109 (asyncpg's)
-        assert sql == NODE_SQL
+        assert sql == NODE_POSITION_SQL
         answer = self.answers[self.node.name]
         if isinstance(answer, BaseException):
             raise answer

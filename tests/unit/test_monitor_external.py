@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from router.backend.wal import NODE_POSITION_SQL
 from router.config import load_config
 from router.core.health import NodeHealth
-from router.ha.monitor import FOLLOW_CONFIRM_ROUNDS, NODE_SQL, LagMonitor
+from router.ha.monitor import FOLLOW_CONFIRM_ROUNDS, LagMonitor
 from router.ha.topology import NodeState, ShardState, Topology
 from router.types import Role
 
@@ -29,7 +30,7 @@ class ProbeConn:
         answer = self.answers[self.node]
         if isinstance(answer, BaseException):
             raise answer
-        assert sql == NODE_SQL
+        assert sql == NODE_POSITION_SQL
         return answer
 
     def is_closed(self) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from router.backend.wal import PRIMARY_POSITION_SQL, REPLAY_POSITION
 from router.config import Config, NodeAddress
 from router.tools.db.connect import connect_node
 from router.tools.db.documents import DocumentStore
@@ -159,7 +160,7 @@ def _redact(uri: str) -> str:
 
 
 async def _probe_node(config: Config, node: NodeReport, address: NodeAddress,
-                      primary_lsn: str | None) -> None:
+                      primary_lsn: int | None) -> None:
     try:
         conn = await connect_node(config, address)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -171,12 +172,12 @@ async def _probe_node(config: Config, node: NodeReport, address: NodeAddress,
         node.role = Role.REPLICA if in_recovery else Role.PRIMARY
         if in_recovery:
             row: Any = await conn.fetchrow(
-                "SELECT CASE WHEN $1::text IS NULL THEN NULL ELSE "
-                "greatest(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0) END "
-                "AS lag, extract(epoch FROM now() - pg_last_xact_replay_timestamp()) AS delay",
-                primary_lsn,
+                f"SELECT {REPLAY_POSITION} AS replayed, "
+                "extract(epoch FROM now() - pg_last_xact_replay_timestamp()) AS delay"
             )
-            node.replica_lag_bytes = None if row["lag"] is None else int(row["lag"])
+            replayed = row["replayed"]
+            node.replica_lag_bytes = (None if primary_lsn is None or replayed is None
+                                      else max(0, primary_lsn - replayed))  # fmt: skip
             node.replay_delay_seconds = None if row["delay"] is None else float(row["delay"])
     except asyncpg.PostgresError as exc:
         node.error = f"{type(exc).__name__}: {exc}"[:120]
@@ -187,7 +188,7 @@ async def _probe_node(config: Config, node: NodeReport, address: NodeAddress,
 async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeReport]) -> ShardHealth:
     shard = config.shards[shard_name]
     report = ShardHealth(shard=shard_name, number=shard.number)
-    primary_lsn: str | None = None
+    primary_lsn: int | None = None
     primary = nodes[0]
     try:
         conn = await connect_node(config, shard.primary)
@@ -199,7 +200,7 @@ async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeReport])
             in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
             primary.role = Role.REPLICA if in_recovery else Role.PRIMARY
             if not in_recovery:
-                primary_lsn = str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+                primary_lsn = await conn.fetchval(PRIMARY_POSITION_SQL)
             if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
                 report.schema_version = await conn.fetchval(
                     "SELECT coalesce(max(version), 0) FROM schema_migrations")

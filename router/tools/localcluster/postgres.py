@@ -21,7 +21,7 @@ from router.tools.localcluster.layout import Layout, pid_is_ours, read_pid
 from router.tools.localcluster.process import run_checked, terminate, wait_exit
 from router.tools.localcluster.users import ServerUser
 
-__all__ = ["PgNode", "PgRunner", "lsn_to_int"]
+__all__ = ["PgNode", "PgRunner"]
 
 T = TypeVar("T")
 
@@ -75,13 +75,6 @@ class PgNode:
     @property
     def slot(self) -> str:
         return self.name.replace("-", "_")
-
-
-def lsn_to_int(lsn: str | None) -> int | None:
-    if not lsn:
-        return None
-    hi, _, lo = lsn.partition("/")
-    return (int(hi, 16) << 32) + int(lo, 16)
 
 
 async def poll_until(check: Callable[[], Awaitable[T | None]], deadline: float, what: str) -> T:
