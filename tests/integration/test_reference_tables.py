@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from router.tools.db.health import check_health
+from router.tools.db.health_report import check_health
 
 import client
 from router.config import Config
