@@ -9,7 +9,7 @@ only once it has replayed past it (waiting a bounded few milliseconds), else to 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -69,14 +69,25 @@ _CONSISTENCY = {
 
 
 
+def _release(node: NodeState, backend: Backend, broken: bool) -> None:
+    node.pool.release(backend, broken=broken)
+
+
 class Executor:
-    def __init__(self, config: Config, topology: Topology, classifier: Classifier) -> None:
+    def __init__(self, config: Config, topology: Topology, classifier: Classifier, *,
+                 transaction_ended: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """`transaction_ended`: called whenever a transaction is over (a drain waits on it)."""
         self.config = config
         self.topology = topology
         self.classifier = classifier
         self._ryw_wait = config.router.read_your_writes_wait_ms / 1000
         self._max_lag = config.router.max_replica_lag_bytes
-        self.transactions = Transactions(self)
+        self.transactions = Transactions(
+            config, classifier, primary=lambda shard: self._shard(shard).primary,
+            shard_for_key=self.shard_for_key, acquire=self.acquire, release=_release,
+            token=lambda session, shard: self.token(session, self._shard(shard)),
+            ended=transaction_ended,
+        )  # fmt: skip
         self._routes: dict[NodeState, list[str]] = {}
         self.scatter = ScatterRunner(config, topology, self._pick, self.acquire)
 
