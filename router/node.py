@@ -3,8 +3,12 @@
 Startup connects a pool to every database node (reporting which are reachable; a node that is
 down does not stop the router), starts the lag monitor, the metrics endpoint and the protocol
 server. SIGTERM/SIGINT stop accepting, drain in-flight requests within drain_timeout_seconds,
-then close. SIGHUP re-reads router.toml: changed nodes get new pools (old ones drained); a bad
+then close. SIGHUP re-reads router.toml: changed nodes get new pools (old ones drained), and a
+new Runtime (config, view, classifier, executor: engine/runtime.py) is swapped in whole; a bad
 config is logged and the old one kept.
+
+The node hands its client connections a RequestHandler (server/handlers.py) and their Limits,
+nothing of itself.
 """
 
 from __future__ import annotations
@@ -32,16 +36,16 @@ from router.backend.wal import LsnReader
 from router.config import Config, RouterConfig, load_config, router_socket_path
 from router.core.health import HealthEvent
 from router.core.routing import Role
-from router.engine.classifier import Classifier
-from router.engine.executor import Executor
 from router.engine.idempotency import run_sweeper
 from router.engine.parser_thread import start_parser
+from router.engine.runtime import Runtime
 from router.errors import ConfigError
 from router.ha.heartbeat import HeartbeatService
 from router.ha.monitor import LagMonitor
 from router.ha.topology import NodeState, ShardState, Topology
 from router.metrics import Metrics
-from router.server.connection import ClientConnection
+from router.server.connection import ClientConnection, Limits
+from router.server.handlers import RequestHandler
 from router.tools.db.documents import validate as validate_document
 
 __all__ = ["RouterNode", "run_router"]
@@ -75,15 +79,8 @@ def _hosts_of(uri: str) -> str:
     return ",".join(f"{host}:{port}" for host, port in nodes)
 
 
-def _classifier(config: Config) -> Classifier:
-    r = config.router
-    return Classifier(config.tables, r.read_only_functions, r.parse_cache_size, r.max_sql_bytes,
-                      r.sharded_functions)
-
-
 class RouterNode:
     def __init__(self, config: Config, *, config_path: str | None = None) -> None:
-        self.config = config
         self.config_path = config_path
         token = os.environ.get(config.router.auth_token_env)
         if not token:
@@ -91,19 +88,18 @@ class RouterNode:
                 "router.auth_token_env",
                 f"environment variable {config.router.auth_token_env} is not set",
             )
-        self.auth_token = token
-        self.encoder = Encoder(config.router.max_frame_bytes)
         self.metrics = Metrics()
-        self.topology = Topology.from_config(config)
-        self.classifier = _classifier(config)
-        self.executor = Executor(config, self.topology, self.classifier)
-        self.executor.scatter.stats = self.metrics.scatter
         self.docstore = DocStore(config.document_store, validate_document)
+        self.runtime = self._runtime(config, Topology.from_config(config))
+        self.limits = Limits.of(config)  # a new connection's (reloaded with the config)
+        self.handler = RequestHandler(
+            self.runtime, encoder=Encoder(config.router.max_frame_bytes), metrics=self.metrics,
+            docstore=self.docstore, auth_token=token, report=self.topology_report,
+            spawn=self.spawn,
+        )  # fmt: skip
         self.monitor = LagMonitor(config, self.topology)
         self.heartbeat = (HeartbeatService(config, lambda: self.topology)
                           if config.heartbeat.enabled else None)  # fmt: skip
-        self.connections: set[ClientConnection] = set()
-        self.draining = False
         self._reload_lock = asyncio.Lock()
         self._server: asyncio.Server | None = None
         self._unix_server: asyncio.Server | None = None
@@ -111,6 +107,24 @@ class RouterNode:
         self._stopped = asyncio.Event()
         self._tls: ListenerTLS | None = None  # the TCP listener's, when it has TLS
         self._bg: set[asyncio.Task[Any]] = set()
+
+    def _runtime(self, config: Config, topology: Topology) -> Runtime:
+        return Runtime.build(config, topology, scatter_stats=self.metrics.scatter)
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    @property
+    def topology(self) -> Topology:
+        return self.runtime.topology
+
+    @property
+    def connections(self) -> set[ClientConnection]:
+        return self.handler.connections
+
+    def _accept(self) -> ClientConnection:
+        return ClientConnection(self.handler, self.limits)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -139,12 +153,12 @@ class RouterNode:
         self.spawn(
             run_sweeper(lambda: self.topology, self.config.router.idempotency_retention_seconds)
         )
-        self.metrics.bind(self.topology, self.classifier, lambda: len(self.connections))
+        self.metrics.bind(self.topology, self.runtime.classifier, lambda: len(self.connections))
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         r = self.config.router
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: ClientConnection(self), r.listen_host, r.listen_port, backlog=1024,
+            self._accept, r.listen_host, r.listen_port, backlog=1024,
             ssl=self._tls.context if self._tls else None,
             ssl_handshake_timeout=_TLS_HANDSHAKE_SECONDS if self._tls else None,
         )  # fmt: skip
@@ -171,9 +185,7 @@ class RouterNode:
                 raise PermissionError(f"{path} belongs to uid {found.st_uid}, not to us")
             if stat.S_ISSOCK(found.st_mode):
                 os.unlink(path)
-        self._unix_server = await loop.create_unix_server(
-            lambda: ClientConnection(self), path, backlog=1024
-        )
+        self._unix_server = await loop.create_unix_server(self._accept, path, backlog=1024)
         self._unix_path = path
         log.info("router %s listening on %s", self.config.router.node_name, path)
 
@@ -184,7 +196,7 @@ class RouterNode:
         self._stopped.set()
 
     async def shutdown(self) -> None:
-        self.draining = True
+        self.handler.draining = True
         if self._server is not None:
             self._server.close()
         if self._unix_server is not None:
@@ -195,7 +207,7 @@ class RouterNode:
         await self._drain_requests(self.config.router.drain_timeout_seconds)
         for conn in list(self.connections):
             if conn.session.transactions:
-                await self.executor.transactions.close_session(conn.session)
+                await self.runtime.executor.transactions.close_session(conn.session)
                 conn.session.transactions.clear()
             conn.close()
         if self._server is not None:
@@ -341,14 +353,12 @@ class RouterNode:
             self.spawn(old_shard.lsn.close())  # readers of changed primaries, or unused ones
         for shard in fresh.shards.values():
             self._keep_live_primary(shard, new)
-        self.config = new
-        self.topology = fresh
-        self.classifier = _classifier(new)
-        self.executor = Executor(new, fresh, self.classifier)
-        self.executor.scatter.stats = self.metrics.scatter
+        # One step, no await: requests from here on read the new runtime whole.
+        self.runtime = self.handler.runtime = self._runtime(new, fresh)
+        self.limits = Limits.of(new)
         self.monitor = LagMonitor(new, fresh)
         self.monitor.start()
-        self.metrics.bind(fresh, self.classifier)
+        self.metrics.bind(fresh, self.runtime.classifier)
         for node in retired:
             self.spawn(self._retire(node))
         log.info("reloaded %s: %d new nodes, %d retired", self.config_path, len(to_start),
