@@ -45,6 +45,7 @@ from router.ha.monitor import LagMonitor
 from router.ha.topology import NodeState, ShardState, Topology
 from router.metrics import Metrics
 from router.server.connection import ClientConnection, Limits
+from router.server.drain import drain
 from router.server.handlers import RequestHandler
 from router.tools.db.documents import validate as validate_document
 
@@ -56,7 +57,6 @@ log = logging.getLogger("georoute.router")
 
 
 _TLS_HANDSHAKE_SECONDS = 10.0  # a client that connects and never completes TLS is dropped
-_DRAIN_POLL_SECONDS = 0.05  # how often a drain looks again at transactions left open
 
 
 def _listener_tls(router: RouterConfig) -> ListenerTLS | None:
@@ -90,12 +90,15 @@ class RouterNode:
             )
         self.metrics = Metrics()
         self.docstore = DocStore(config.document_store, validate_document)
+        # Set when a client connection or a transaction ends: what a drain waits for, once
+        # no request is left but transactions are still open.
+        self._ended = asyncio.Event()
         self.runtime = self._runtime(config, Topology.from_config(config))
         self.limits = Limits.of(config)  # a new connection's (reloaded with the config)
         self.handler = RequestHandler(
             self.runtime, encoder=Encoder(config.router.max_frame_bytes), metrics=self.metrics,
             docstore=self.docstore, auth_token=token, report=self.topology_report,
-            spawn=self.spawn,
+            spawn=self.spawn, closed=self._ended.set,
         )  # fmt: skip
         self.monitor = LagMonitor(config, self.topology)
         self.heartbeat = (HeartbeatService(config, lambda: self.topology)
@@ -109,7 +112,8 @@ class RouterNode:
         self._bg: set[asyncio.Task[Any]] = set()
 
     def _runtime(self, config: Config, topology: Topology) -> Runtime:
-        return Runtime.build(config, topology, scatter_stats=self.metrics.scatter)
+        return Runtime.build(config, topology, scatter_stats=self.metrics.scatter,
+                             transaction_ended=self._ended.set)  # fmt: skip
 
     @property
     def config(self) -> Config:
@@ -204,7 +208,9 @@ class RouterNode:
             if self._unix_path is not None:  # Python 3.11's asyncio leaves the file behind
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._unix_path)
-        await self._drain_requests(self.config.router.drain_timeout_seconds)
+        pipelines = [n.pool.pipeline for n in self.topology.nodes()]
+        await drain(self.connections, pipelines, self._ended,
+                    self.config.router.drain_timeout_seconds)  # fmt: skip
         for conn in list(self.connections):
             if conn.session.transactions:
                 await self.runtime.executor.transactions.close_session(conn.session)
@@ -222,39 +228,6 @@ class RouterNode:
         for task in self._bg:
             task.cancel()
         log.info("router %s stopped", self.config.router.node_name)
-
-    async def _drain_requests(self, grace: float) -> None:
-        """Let requests in flight and open transactions finish, within `grace` seconds. Those
-        on the pipelined fast path are not tasks (their replies go out when their statements
-        finish), and one that finishes may start a task (a write's token read apart, a read
-        run again): so wait for tasks and pipelines in turn until both are idle. A client
-        with a transaction open may still send its statements and its commit meanwhile (new
-        requests outside transactions are refused)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        pipelines = [n.pool.pipeline for n in self.topology.nodes()]
-        logged: tuple[int, int, int] | None = None
-        while True:
-            tasks = [t for c in self.connections for t in c.tasks]
-            busy = [p for p in pipelines if p.in_flight]
-            open_tx = sum(len(c.session.transactions) for c in self.connections)
-            left = deadline - loop.time()
-            if not tasks and not busy and not open_tx:
-                return
-            if left <= 0:
-                for task in tasks:
-                    task.cancel()
-                return
-            state = (len(tasks), len(busy), open_tx)
-            if state != logged:  # not every poll: only what changed
-                logged = state
-                log.info("draining %d requests in tasks, %d pipelines busy, %d transactions "
-                         "open", *state)  # fmt: skip
-            if tasks:
-                await asyncio.wait(tasks, timeout=left)
-            await asyncio.gather(*(p.drain(max(0.0, deadline - loop.time())) for p in busy))
-            if not tasks and not busy:  # only transactions: their clients' next requests
-                await asyncio.sleep(min(_DRAIN_POLL_SECONDS, max(0.0, left)))
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
