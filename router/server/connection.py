@@ -16,6 +16,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -32,6 +33,7 @@ from protocol import (
     FrameDecoder,
     Hello,
     HelloOk,
+    Hints,
     Message,
     Ping,
     Pong,
@@ -50,6 +52,7 @@ from router.engine.errors import RequestTimeout, ShuttingDown
 from router.engine.outcome import Outcome, Routed
 from router.engine.session import Session
 from router.engine.undelivered import ResultUndeliverable, rowcount_of
+from router.ha.topology import NodeState
 from router.server.failures import Failure, failure_for
 from router.server.fastpath import FastRequest
 from router.server.replies import encode_rows
@@ -117,11 +120,12 @@ class Handler(Protocol):
         """Whether `sql` is parsed already (a long text is parsed off the loop, in a task)."""
         ...
 
-    def submit(self, session: Session, m: Query, callback: Callback) -> Routed | None:
-        """Route `m` and queue it; None: nothing was sent, use `handle`."""
+    def submit(self, session: Session, sql: str, params: Sequence[Any], hints: Hints,
+               callback: Callback) -> Routed | None:  # fmt: skip
+        """Route a statement and queue it; None: nothing was sent, use `handle`."""
         ...
 
-    def route_of(self, routed: Routed) -> list[str]:
+    def route_of(self, node: NodeState) -> list[str]:
         """The reply's route in its wire form, [shard, node, role]."""
         ...
 
@@ -392,7 +396,7 @@ class ClientConnection(asyncio.Protocol):
         """Route `m` and queue it on a pipelined connection; the reply is sent from the
         pipeline's callback, with no task. False: nothing was sent, use `_handle`."""
         request = FastRequest(self, m, time.perf_counter())
-        routed = self._handler.submit(self.session, m, request.done)
+        routed = self._handler.submit(self.session, m.sql, m.params, m.hints, request.done)
         if routed is None:
             return False
         request.routed = routed
@@ -406,7 +410,8 @@ class ClientConnection(asyncio.Protocol):
 
     def fast_request_done(self) -> None:
         self._fast_in_flight -= 1
-        self._request_done()
+        if self._paused_for_load:  # (tested here first: the usual case costs no call)
+            self._request_done()
 
     def run_again(self, m: Query) -> bool:
         if self._handler.draining:
@@ -415,30 +420,17 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def reply_result(self, m: Query, routed: Routed, rows: list[Any], status: str,
-                     wal: int | None, started: float) -> None:  # fmt: skip
+                     wal: int | None, started: float,
+                     token: str | None = None) -> None:  # fmt: skip
+        """(`token`: a write's, when it was read apart.)"""
         handler = self._handler
-        if handler.needs_token(routed, status):
-            if wal is not None:
-                token = handler.token_at(self.session, routed, wal)
-                self._reply_rows(m, routed, rows, status, token, started)
+        if token is None and handler.needs_token(routed, status):
+            if wal is None:  # the position is unknown: read it apart, then reply
+                self._track(self._loop.create_task(
+                    self._finish_write(m, routed, rows, status, started)))  # fmt: skip
                 return
-            self._track(self._loop.create_task(  # the position is unknown: read it apart
-                self._finish_write(m, routed, rows, status, started)
-            ))  # fmt: skip
-            return
-        self._reply_rows(m, routed, rows, status, None, started)
-
-    def reply_failed(self, m: Query, exc: BaseException, read_only: bool,
-                     started: float) -> None:  # fmt: skip
-        failure = failure_for(exc, read_only=read_only)
-        if failure.code is ErrorCode.INTERNAL:
-            log.error("internal error serving query: %s", failure.message)
-        self._send_failure(m.id, failure)
-        self._handler.record("query", "", "", failure.code.name, time.perf_counter() - started)
-
-    def _reply_rows(self, m: Query, routed: Routed, rows: list[Any], status: str,
-                    token: str | None, started: float) -> None:  # fmt: skip
-        route = self._handler.route_of(routed)
+            token = handler.token_at(self.session, routed, wal)
+        route = handler.route_of(routed.node)
         try:
             if m.kind is QueryKind.FETCH and m.hints.want_rows:
                 self.send(encode_rows(self._encoder, m.id, routed.columns, rows, status, route,
@@ -454,14 +446,21 @@ class ClientConnection(asyncio.Protocol):
                                               token, None, exc.message)  # fmt: skip
             self.reply_failed(m, undelivered, False, started)
             return
-        self._handler.record("query", routed.node.shard, route[2], "ok",
-                             time.perf_counter() - started)  # fmt: skip
+        handler.record("query", routed.node.shard, route[2], "ok", time.perf_counter() - started)
+
+    def reply_failed(self, m: Query, exc: BaseException, read_only: bool,
+                     started: float) -> None:  # fmt: skip
+        failure = failure_for(exc, read_only=read_only)
+        if failure.code is ErrorCode.INTERNAL:
+            log.error("internal error serving query: %s", failure.message)
+        self._send_failure(m.id, failure)
+        self._handler.record("query", "", "", failure.code.name, time.perf_counter() - started)
 
     async def _finish_write(self, m: Query, routed: Routed, rows: list[Any], status: str,
                             started: float) -> None:  # fmt: skip
         token = await self._handler.write_token(self.session, routed)
         try:
-            self._reply_rows(m, routed, rows, status, token, started)
+            self.reply_result(m, routed, rows, status, None, started, token)
         except Exception as error:  # e.g. a reply over the frame limit: still a typed reply
             self.reply_failed(m, error, routed.analysis.read_only, started)
 

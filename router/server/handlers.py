@@ -6,7 +6,7 @@ register of open client connections that a drain and the topology report read.""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 import asyncpg
@@ -23,6 +23,7 @@ from protocol import (
     EncodeError,
     Encoder,
     ErrorCode,
+    Hints,
     Message,
     Query,
     QueryKind,
@@ -40,6 +41,7 @@ from router.engine.outcome import Outcome, Routed
 from router.engine.runtime import Runtime
 from router.engine.session import Session
 from router.engine.undelivered import ResultUndeliverable
+from router.ha.topology import NodeState
 from router.server.connection import ClientConnection
 from router.server.replies import encode_rows, route_of_outcome
 
@@ -65,6 +67,15 @@ Answer = tuple[bytes, Outcome | None]  # a reply frame, and where it ran
 class RequestHandler:
     """The connections' Handler (server/connection.py) over the engine and the document store."""
 
+    # The fast path's calls into the engine, bound once per runtime rather than looked up
+    # on every point read (and with no call of their own in between).
+    submit: Callable[[Session, str, Sequence[Any], Hints, Callback], Routed | None]
+    route_of: Callable[[NodeState], list[str]]
+    needs_token: Callable[[Routed, str], bool]
+    token_at: Callable[[Session, Routed, int], str]
+    write_token: Callable[[Session, Routed], Coroutine[Any, Any, str]]
+    record: Callable[[str, str, str, str, float], None]  # the metrics'
+
     def __init__(
         self,
         runtime: Runtime,
@@ -80,11 +91,12 @@ class RequestHandler:
         """`report`: the topology report an Admin request asks for; `spawn`: runs a background
         task (a gone client's transactions rolled back); `closed`: called when a client
         connection has gone (a drain waits on it)."""
-        self.runtime = runtime  # the node swaps it whole on SIGHUP
+        self.runtime = runtime  # the node swaps it whole on SIGHUP (see the setter)
         self.encoder = encoder
         self.draining = False
         self.connections: set[ClientConnection] = set()
         self._metrics = metrics
+        self.record = metrics.record
         self._docstore = docstore
         self._auth_token = auth_token.encode()
         self._report = report
@@ -99,6 +111,21 @@ class RequestHandler:
             Doc: self._doc,
             Admin: self._admin,
         }
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    @runtime.setter
+    def runtime(self, runtime: Runtime) -> None:
+        """Swap the runtime whole: every request from here on uses the new one."""
+        self._runtime = runtime
+        executor = runtime.executor
+        self.submit = executor.submit
+        self.route_of = executor.route_of
+        self.needs_token = executor.needs_token
+        self.token_at = executor.token_at
+        self.write_token = executor.write_token
 
     # ---- the connection's lifecycle --------------------------------------------------------
 
@@ -116,31 +143,11 @@ class RequestHandler:
     def authenticate(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self._auth_token)
 
-    def record(self, kind: str, shard: str, role: str, outcome: str, seconds: float) -> None:
-        self._metrics.record(kind, shard, role, outcome, seconds)
-
     def count_error(self, code: ErrorCode) -> None:
         self._metrics.errors.labels(code.name).inc()
 
-    # ---- the fast path ---------------------------------------------------------------------
-
     def parsed(self, sql: str) -> bool:
         return self.runtime.classifier.cached(sql) is not None
-
-    def submit(self, session: Session, m: Query, callback: Callback) -> Routed | None:
-        return self.runtime.executor.submit(session, m.sql, m.params, m.hints, callback)
-
-    def route_of(self, routed: Routed) -> list[str]:
-        return self.runtime.executor.route_of(routed.node)
-
-    def needs_token(self, routed: Routed, status: str) -> bool:
-        return self.runtime.executor.needs_token(routed, status)
-
-    def token_at(self, session: Session, routed: Routed, lsn: int) -> str:
-        return self.runtime.executor.token_at(session, routed, lsn)
-
-    async def write_token(self, session: Session, routed: Routed) -> str:
-        return await self.runtime.executor.write_token(session, routed)
 
     # ---- every other request ---------------------------------------------------------------
 

@@ -61,6 +61,22 @@ class Engine:
 
         self.transactions = Transactions()
 
+    # The fast path's calls (test_server_flow drives those through a connection).
+    def submit(self, *args: Any) -> None:
+        return None
+
+    def route_of(self, node: Any) -> list[str]:
+        return [node.shard, node.name, "replica"]
+
+    def needs_token(self, routed: Any, status: str) -> bool:
+        return False
+
+    def token_at(self, session: Session, routed: Any, lsn: int) -> str:
+        return f"{routed.shard.name}:{lsn}"
+
+    async def write_token(self, session: Session, routed: Any) -> str:
+        return f"{routed.shard.name}:1"
+
     async def query(self, session: Session, sql: str, params: Any, hints: Hints) -> Outcome:
         self.calls.append(("query", session))
         return Outcome([], [], "UPDATE 1", "europe", self.name, WireRole.PRIMARY, "europe:7")

@@ -140,14 +140,15 @@ class FakeHandler:
     def parsed(self, sql: str) -> bool:
         return True
 
-    def submit(self, session: Session, m: Query, callback: Callback) -> Routed | None:
+    def submit(self, session: Session, sql: str, params: Any, hints: Hints,
+               callback: Callback) -> Routed | None:  # fmt: skip
         if not self.fast:
             return None
         self.callbacks.append(callback)
-        return routed_for(m.sql)
+        return routed_for(sql)
 
-    def route_of(self, routed: Routed) -> list[str]:
-        return [routed.node.shard, routed.node.name, "replica"]
+    def route_of(self, node: Any) -> list[str]:
+        return [node.shard, node.name, "replica"]
 
     def needs_token(self, routed: Routed, status: str) -> bool:
         return not routed.analysis.read_only

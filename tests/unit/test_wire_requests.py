@@ -41,6 +41,7 @@ from router.metrics import Metrics
 from router.server.connection import ClientConnection
 from router.server.failures import failure_for
 from router.server.handlers import RequestHandler
+from tests.unit.test_request_handler import Engine
 from tests.unit.test_server_flow import LIMITS, TOKEN, RecordingTransport, _connection, _frames
 from tests.unit.test_transactions import CONFIG, _transactions
 
@@ -268,15 +269,15 @@ async def test_a_row_value_without_a_wire_form_is_an_error_naming_its_column() -
     that has no wire form."""
     classifier = Classifier(CONFIG.tables, CONFIG.router.read_only_functions)
 
-    async def query(session: Any, sql: str, params: Any, hints: Any) -> Outcome:
-        classifier.analyze(sql)  # as the executor does: a read, by its analysis
-        columns = Columns(["id", "weird"], ["int4", "text:weird"])
-        return Outcome(columns, [(1, object())], "SELECT 1", "europe", "europe-replica1",
-                       WireRole.REPLICA)  # fmt: skip
+    class WeirdRows(Engine):
+        async def query(self, session: Any, sql: str, params: Any, hints: Any) -> Outcome:
+            classifier.analyze(sql)  # as the executor does: a read, by its analysis
+            columns = Columns(["id", "weird"], ["int4", "text:weird"])
+            return Outcome(columns, [(1, object())], "SELECT 1", "europe", "europe-replica1",
+                           WireRole.REPLICA)  # fmt: skip
 
-    engine = SimpleNamespace(submit=lambda *args: None, query=query)
     handler = RequestHandler(
-        SimpleNamespace(classifier=classifier, executor=engine),  # type: ignore[arg-type]
+        SimpleNamespace(classifier=classifier, executor=WeirdRows("n")),  # type: ignore[arg-type]
         encoder=Encoder(), metrics=Metrics(), docstore=None,  # type: ignore[arg-type]
         auth_token=TOKEN, report=dict, spawn=asyncio.ensure_future,
     )  # fmt: skip
