@@ -129,11 +129,17 @@ class Handler(Protocol):
         """The reply's route in its wire form, [shard, node, role]."""
         ...
 
-    def needs_token(self, routed: Routed, status: str) -> bool: ...
+    def needs_token(self, routed: Routed, status: str) -> bool:
+        """Whether the reply carries a read-your-writes token (a write that changed rows)."""
+        ...
 
-    def token_at(self, session: Session, routed: Routed, lsn: int) -> str: ...
+    def token_at(self, session: Session, routed: Routed, lsn: int) -> str:
+        """The token of a write whose WAL position came with its result (noted in session)."""
+        ...
 
-    async def write_token(self, session: Session, routed: Routed) -> str: ...
+    async def write_token(self, session: Session, routed: Routed) -> str:
+        """The token of a write whose position did not come with it: read apart."""
+        ...
 
     # Every other request runs as a task of its own.
 
@@ -422,7 +428,8 @@ class ClientConnection(asyncio.Protocol):
     def reply_result(self, m: Query, routed: Routed, rows: list[Any], status: str,
                      wal: int | None, started: float,
                      token: str | None = None) -> None:  # fmt: skip
-        """(`token`: a write's, when it was read apart.)"""
+        """Answer with a statement's result (`token`: a write's, when `_finish_write` read it
+        apart)."""
         handler = self._handler
         if token is None and handler.needs_token(routed, status):
             if wal is None:  # the position is unknown: read it apart, then reply
