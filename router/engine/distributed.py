@@ -62,12 +62,16 @@ class DistributedTransactions:
         classifier: Classifier,
         acquire: Callable[[NodeState], Awaitable[Backend]],
         token: Callable[[Session, ShardState], Awaitable[str]],
+        ended: Callable[[], None] | None = None,
     ) -> None:
+        """`ended`: called whenever a transaction is over, whoever ended it (a drain waits
+        for that)."""
         self._config = config
         self._topology = topology
         self._classifier = classifier
         self._acquire = acquire
         self._token = token
+        self._ended = ended or (lambda: None)
         self._idle_timeout = config.router.transaction_idle_timeout_seconds
         # The fault point is read once, here, at start-up (README, "Testing two-phase commit").
         self.coordinator = Coordinator(acquire, config.router.node_name,
@@ -225,6 +229,12 @@ class DistributedTransactions:
     # ---- commit, rollback, the client leaving -----------------------------------------------
 
     async def commit(self, session: Session, tx: DistributedTransaction) -> Outcome:
+        try:
+            return await self._commit(session, tx)
+        finally:
+            self._ended()
+
+    async def _commit(self, session: Session, tx: DistributedTransaction) -> Outcome:
         async with tx.lock:
             self._close(session, tx)
             branches = list(tx.branches.values())
@@ -244,7 +254,10 @@ class DistributedTransactions:
         async with tx.lock:
             self._close(session, tx)
             branches = list(tx.branches.values())
-            await self.coordinator.rollback(branches)
+            try:
+                await self.coordinator.rollback(branches)
+            finally:
+                self._ended()
         if not branches:
             return None
         return Outcome([], [], "ROLLBACK", ",".join(b.shard for b in branches),
@@ -258,7 +271,10 @@ class DistributedTransactions:
                 return
             tx.closed = True
             session.transactions.pop(tx.id, None)
-            await self.coordinator.rollback(list(tx.branches.values()))
+            try:
+                await self.coordinator.rollback(list(tx.branches.values()))
+            finally:
+                self._ended()
 
     @staticmethod
     def _close(session: Session, tx: DistributedTransaction) -> None:
@@ -333,4 +349,7 @@ class DistributedTransactions:
             session.expire(tx, f"transaction {tx.id} was rolled back: its client sent nothing "
                                f"for {self._idle_timeout:g} s "
                                "(router.transaction_idle_timeout_seconds)")  # fmt: skip
-            await self.coordinator.rollback(list(tx.branches.values()))
+            try:
+                await self.coordinator.rollback(list(tx.branches.values()))
+            finally:
+                self._ended()

@@ -11,7 +11,7 @@ has replayed past it (waiting a bounded few milliseconds), else to the primary.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, assert_never
 
 import asyncpg
@@ -42,6 +42,7 @@ from router.core.routing import (
 )
 from router.engine import idempotency
 from router.engine.classifier import Classifier
+from router.engine.distributed import DistributedTransactions
 from router.engine.errors import NodeReadOnlyError, is_read_only_refusal
 from router.engine.outcome import (
     CONNECTION_ERRORS,
@@ -63,14 +64,27 @@ __all__ = ["Executor"]
 
 
 
+def _release(node: NodeState, backend: Backend, broken: bool) -> None:
+    node.pool.release(backend, broken=broken)
+
+
 class Executor:
-    def __init__(self, config: Config, topology: Topology, classifier: Classifier) -> None:
+    def __init__(self, config: Config, topology: Topology, classifier: Classifier, *,
+                 transaction_ended: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """`transaction_ended`: called whenever a transaction is over (a drain waits on it)."""
         self.config = config
         self.topology = topology
         self.classifier = classifier
         self._ryw_wait = config.router.read_your_writes_wait_ms / 1000
         self.read_policy = ReadPolicy(config.router.max_replica_lag_bytes, self._ryw_wait > 0)
-        self.transactions = Transactions(self)
+        self.distributed = DistributedTransactions(config, topology, classifier, self.acquire,
+                                                   self.token, ended=transaction_ended)
+        self.transactions = Transactions(
+            config, classifier, primary=lambda shard: self._shard(shard).primary,
+            shard_for_key=self.shard_for_key, acquire=self.acquire, release=_release,
+            token=lambda session, shard: self.token(session, self._shard(shard)),
+            ended=transaction_ended, distributed=self.distributed,
+        )  # fmt: skip
         self._routes: dict[NodeState, list[str]] = {}
         self.scatter = ScatterRunner(config, topology, self.plan_read, self._pick, self.acquire)
 
@@ -293,8 +307,8 @@ class Executor:
         analysis = await self.classifier.analyze_async(sql)  # a long text: off the event loop
         if analysis.reference_writes and hints.shard is None and hints.shard_key is None:
             # A reference table's copies are all written, in one two-phase commit.
-            return await self.transactions.distributed.reference_write(session, sql, params,
-                                                                       hints, analysis)
+            return await self.distributed.reference_write(session, sql, params, hints,
+                                                          analysis)  # fmt: skip
         analysis, target = self.target_for(sql, params, hints)  # (found in the cache now)
         if len(params) != analysis.param_count:
             raise RoutingError(

@@ -114,7 +114,7 @@ async def test_the_router_end_of_a_client_connection_has_the_settings(
     accepted: list[ClientConnection] = []
 
     def accept() -> ClientConnection:
-        conn = ClientConnection(node)
+        conn = ClientConnection(node.handler, node.limits)
         accepted.append(conn)
         return conn
 

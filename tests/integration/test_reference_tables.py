@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from router.tools.db.health_report import check_health
 
 import client
 from router.config import Config
 from router.tools.db.connect import connect_node
+from router.tools.db.health_report import check_health
 from router.tools.db.reference_health import check_reference_tables
 from tests.support.router_proc import REGIONS
 

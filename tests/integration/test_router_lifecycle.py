@@ -305,3 +305,34 @@ def test_transactions_open_at_the_drain_timeout_are_rolled_back(
             await pg.close()
 
     assert asyncio.run(committed()) == 0
+
+
+def test_a_drain_left_with_an_idle_transaction_ends_when_the_router_rolls_it_back(
+    cluster: LocalCluster, migrated: Config
+) -> None:
+    """Nothing of its client's tells the drain that an idle transaction was rolled back (its
+    idle timeout did it): the transactions' own word does, and the router exits then, long
+    before drain_timeout_seconds."""
+    drain, idle = 20.0, 0.5
+    config = router_config(migrated, port_shift=52, drain_timeout_seconds=drain,
+                           transaction_idle_timeout_seconds=idle)  # fmt: skip
+    path = Path(migrated.cluster.state_dir) / "router-drain-idle.toml"
+    with running_router(config, path) as proc:
+
+        async def scenario() -> float:
+            c = await client.connect(proc.dsn, token=TOKEN)
+            try:
+                tx = c.transaction(shard="europe")
+                await tx.start()
+                await tx.fetchval("SELECT 1")
+                signalled = time.monotonic()
+                proc.signal(signal.SIGTERM)
+                assert await asyncio.to_thread(proc.wait_for_output, DRAINING, 10)
+                assert await asyncio.to_thread(proc.proc.wait, drain + 20) == 0
+                return time.monotonic() - signalled
+            finally:
+                await c.close()
+
+        exited = asyncio.run(scenario())
+        assert exited < drain / 2, f"exited {exited:.2f}s after SIGTERM: the drain ran out"
+        assert any("stopped" in line for line in proc.output)
