@@ -31,6 +31,7 @@ from router.core.reference import one_copy_refusal
 __all__ = [
     "SCATTER_HINT",
     "CrossShardError",
+    "EveryPrimary",
     "MissingShardKeyError",
     "OneShard",
     "Route",
@@ -67,7 +68,16 @@ class Scatter:
     shards: tuple[str, ...]
 
 
-Route = OneShard | Scatter
+@dataclass(frozen=True, slots=True)
+class EveryPrimary:
+    """A write to a reference table (a copy on every shard): it runs on every shard's primary,
+    in one two-phase commit (router/engine/distributed.py), or nowhere."""
+
+    shards: tuple[str, ...]
+    tables: tuple[str, ...]  # the reference tables it writes
+
+
+Route = OneShard | Scatter | EveryPrimary
 SCATTER_HINT = "*"  # the shard hint that asks every shard
 
 
@@ -357,7 +367,15 @@ def route(analysis: Analysis, params: Sequence[Any], hint: str | None,
           config: Config) -> Route:  # fmt: skip
     """`resolve_shards`, except that a plain SELECT that is not confined to one shard (nothing
     confines a table it reads, or its keys name several shards), or that has the hint "*",
-    becomes a Scatter over the shards it needs. Writes stay on one shard, or are refused."""
+    becomes a Scatter over the shards it needs, and an unhinted write to a reference table
+    goes to EveryPrimary. Other writes stay on one shard, or are refused."""
+    if analysis.reference_writes and not analysis.read_only and hint is None:
+        if analysis.confinement.refs:  # it reads sharded rows: each copy would differ
+            raise CrossShardError(
+                f"the write to {', '.join(analysis.reference_writes)} (a reference table) also "
+                "touches sharded tables: each shard would write its own rows into its copy. "
+                "Write the reference table with values of its own")  # fmt: skip
+        return EveryPrimary(tuple(config.shards), analysis.reference_writes)
     if hint == SCATTER_HINT:
         if not analysis.read_only or analysis.command != "SELECT":
             raise CrossShardError('shard "*" asks every shard, which only a read may do; '

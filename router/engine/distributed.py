@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, assert_never
 
 from protocol.messages import Hints
 from protocol.messages import Role as WireRole
@@ -22,6 +22,8 @@ from router.core.reference import one_copy_refusal
 from router.core.routing import (
     SCATTER_HINT,
     CrossShardError,
+    EveryPrimary,
+    OneShard,
     RoutingError,
     Scatter,
     UnknownShardError,
@@ -133,28 +135,24 @@ class DistributedTransactions:
             if hint is None:
                 raise UnknownShardError(f"shard_key {hints.shard_key!r} is neither a region nor "
                                         "a georoute id")  # fmt: skip
-        if analysis.reference_writes and hint is None:
-            return self._everywhere(analysis)
         if hint == SCATTER_HINT:
             raise CrossShardError('shard "*" asks every shard: inside a transaction each '
                                   "statement runs on one shard (its keys, or a hint, say which)")
         conf = analysis.confinement
         if hint is None and analysis.read_only and not conf.refs and not conf.rows:
             return (next(iter(tx.branches), next(iter(config.shards))),)
-        target = route(analysis, params, hint, config)
-        if isinstance(target, Scatter):
-            raise CrossShardError(
-                "a read over several shards inside a transaction is not supported: read them "
-                "outside it (a cross-shard read), or one shard at a time by key or hint")
-        return (target.shard,)
-
-    def _everywhere(self, analysis: Analysis) -> tuple[str, ...]:
-        if analysis.confinement.refs:
-            raise CrossShardError(
-                f"the write to {', '.join(analysis.reference_writes)} (a reference table) also "
-                "touches sharded tables: each shard would write its own rows into its copy. "
-                "Write the reference table with values of its own")  # fmt: skip
-        return tuple(self._config.shards)
+        match route(analysis, params, hint, config):
+            case OneShard(shard=shard):
+                return (shard,)
+            case EveryPrimary(shards=shards):  # a reference table: every copy, or none
+                return shards
+            case Scatter():
+                raise CrossShardError(
+                    "a read over several shards inside a transaction is not supported: read "
+                    "them outside it (a cross-shard read), or one shard at a time by key or "
+                    "hint")  # fmt: skip
+            case other:
+                assert_never(other)
 
     async def _run(self, tx: DistributedTransaction, analysis: Analysis,
                    shards: Sequence[str], sql: str, params: Sequence[Any]) -> Outcome:  # fmt: skip

@@ -28,6 +28,7 @@ from router.core.reads import AwaitReplay, OnPrimary, OnReplica, ReadPlan, ReadP
 from router.core.reference import one_copy_refusal
 from router.core.routing import (
     CrossShardError,
+    EveryPrimary,
     MissingShardKeyError,
     OneShard,
     Route,
@@ -255,7 +256,7 @@ class Executor:
             if (len(params) != analysis.param_count or analysis.changes_session_state
                     or analysis.command == "UTILITY"):  # fmt: skip
                 return None
-            if type(target) is not OneShard:  # a Scatter: query() runs it
+            if type(target) is not OneShard:  # a Scatter or EveryPrimary: query() runs them
                 return None
             shard = self.topology.shards[target.shard]
             if target.write:
@@ -304,11 +305,7 @@ class Executor:
         if hints.tx is not None:
             tx = session.get(hints.tx)
             return await self.transactions.statement(session, tx, sql, params, hints)
-        analysis = await self.classifier.analyze_async(sql)  # a long text: off the event loop
-        if analysis.reference_writes and hints.shard is None and hints.shard_key is None:
-            # A reference table's copies are all written, in one two-phase commit.
-            return await self.distributed.reference_write(session, sql, params, hints,
-                                                          analysis)  # fmt: skip
+        await self.classifier.analyze_async(sql)  # a long text: parsed off the event loop
         analysis, target = self.target_for(sql, params, hints)  # (found in the cache now)
         if len(params) != analysis.param_count:
             raise RoutingError(
@@ -317,6 +314,9 @@ class Executor:
         match target:
             case Scatter():  # a read over several shards, merged (scatter.py)
                 return await self.scatter.run(session, sql, params, analysis, target, hints)
+            case EveryPrimary():  # a reference table's copies, in one two-phase commit
+                return await self.distributed.reference_write(session, sql, params, hints,
+                                                              analysis)  # fmt: skip
             case OneShard():
                 pass
             case _:

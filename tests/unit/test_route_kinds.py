@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from router.config import load_config
-from router.core.routing import OneShard, Scatter, route
+from router.core.routing import CrossShardError, EveryPrimary, OneShard, Route, Scatter, route
 from router.engine.classifier import Classifier
 from tests.support.ids import new_id
 
@@ -23,7 +23,7 @@ CLASSIFIER = Classifier(CONFIG.tables, CONFIG.router.read_only_functions, cache_
 EU, ASIA = (new_id(CONFIG.shards[n].number) for n in ("europe", "asia"))
 
 
-def routed(sql: str, *params: object, hint: str | None = None) -> OneShard | Scatter:
+def routed(sql: str, *params: object, hint: str | None = None) -> Route:
     return route(CLASSIFIER.analyze(sql), list(params), hint, CONFIG)
 
 
@@ -45,6 +45,19 @@ def test_a_one_shard_route_names_exactly_one_shard() -> None:
     target = routed("SELECT name FROM users WHERE user_id = $1", EU)
     assert target == OneShard("europe", write=False)
     assert not hasattr(target, "shards")
+
+
+def test_a_reference_table_write_goes_to_every_primary_or_is_refused() -> None:
+    target = routed("INSERT INTO categories (category_id, slug, name) VALUES ($1, $2, $3)",
+                    EU, "s", "n")  # fmt: skip
+    assert target == EveryPrimary(tuple(CONFIG.shards), ("categories",))
+    assert not hasattr(target, "shard")
+    with pytest.raises(CrossShardError, match="a shard hint"):  # one copy would drift
+        routed("UPDATE categories SET name = $1", "n", hint="europe")
+    with pytest.raises(CrossShardError, match="touches sharded tables"):
+        routed("INSERT INTO categories (category_id, slug, name) "
+               "SELECT user_id, email, full_name FROM users")  # fmt: skip
+    assert isinstance(routed("SELECT name FROM categories", hint="asia"), OneShard)
 
 
 def _mypy(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
@@ -69,20 +82,23 @@ def test_mypy_refuses_reading_the_shard_of_any_route(tmp_path: Path) -> None:
         several = OneShard(("europe", "asia"), write=False)
     """)
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert 'Item "Scatter" of "OneShard | Scatter" has no attribute "shard"' in refused.stdout
+    assert 'Item "Scatter" of "OneShard | Scatter | EveryPrimary" has no attribute "shard"' in (
+        refused.stdout)  # fmt: skip
+    assert 'Item "EveryPrimary" of "OneShard | Scatter | EveryPrimary" has no attribute "shard"' in (
+        refused.stdout)  # fmt: skip
     # Nor can a one-shard route be made of several (the old Target held a tuple).
     assert 'Argument 1 to "OneShard" has incompatible type "tuple[str, str]"' in refused.stdout
     # Matched by kind, as the executor does, the same read type-checks; a kind left out
     # does not.
     matched = _mypy(tmp_path, """
         from typing import assert_never
-        from router.core.routing import OneShard, Route, Scatter
+        from router.core.routing import EveryPrimary, OneShard, Route, Scatter
 
         def the_shards(route: Route) -> tuple[str, ...]:
             match route:
                 case OneShard():
                     return (route.shard,)
-                case Scatter():
+                case Scatter() | EveryPrimary():
                     return route.shards
                 case _:
                     assert_never(route)
@@ -97,4 +113,5 @@ def test_mypy_refuses_reading_the_shard_of_any_route(tmp_path: Path) -> None:
     assert matched.returncode == 1, matched.stdout + matched.stderr
     errors = [line for line in matched.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1, matched.stdout  # the_shards is fine; forgets_scatter is not
-    assert '"assert_never" has incompatible type "Scatter"' in errors[0], matched.stdout
+    assert '"assert_never" has incompatible type "Scatter | EveryPrimary"' in errors[0], (
+        matched.stdout)  # fmt: skip
