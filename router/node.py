@@ -81,7 +81,10 @@ def _hosts_of(uri: str) -> str:
 
 
 class RouterNode:
-    def __init__(self, config: Config, *, config_path: str | None = None) -> None:
+    def __init__(self, config: Config, *, config_path: str | None = None,
+                 docstore: DocStore | None = None) -> None:  # fmt: skip
+        """`docstore`: the document store's component (by default one for
+        config.document_store; tests give their own)."""
         self.config_path = config_path
         token = os.environ.get(config.router.auth_token_env)
         if not token:
@@ -90,7 +93,8 @@ class RouterNode:
                 f"environment variable {config.router.auth_token_env} is not set",
             )
         self.metrics = Metrics()
-        self.docstore = DocStore(config.document_store, DocumentShapes(config.shards).validate)
+        self.docstore = docstore or DocStore(config.document_store,
+                                             DocumentShapes(config.shards).validate)
         # Set when a client connection or a transaction ends: what a drain waits for, once
         # no request is left but transactions are still open.
         self._ended = asyncio.Event()

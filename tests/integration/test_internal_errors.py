@@ -26,6 +26,7 @@ from protocol import (
 )
 from router.backend.docstore import DocStore
 from router.config import Config
+from router.core.documents import DocumentShapes
 from router.node import RouterNode
 from tests.support.router_proc import TOKEN, RouterProcess, router_config
 
@@ -60,8 +61,8 @@ async def node(migrated: Config, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
     config = router_config(migrated, port_shift=140)
     config = replace(config, metrics=replace(config.metrics, port=0))
     monkeypatch.setenv(config.router.auth_token_env, TOKEN)
-    router = RouterNode(config)
-    router.docstore = BrokenDocStore(router.docstore)  # type: ignore[assignment]
+    real = DocStore(config.document_store, DocumentShapes(config.shards).validate)
+    router = RouterNode(config, docstore=BrokenDocStore(real))  # type: ignore[arg-type]
     await router.startup()
     try:
         yield router
