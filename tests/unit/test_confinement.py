@@ -87,6 +87,13 @@ UNCONFINED = [
     ("SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM audit_log a "
      "WHERE a.region = $1 AND u.full_name = 'x')", ["europe"]),
     ("SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM courses c WHERE user_id = $1)", [EU]),
+    # A course's id says where the course is, not where its enrollments (or their progress,
+    # payments and reviews) are: students of every region may hold them.
+    ("UPDATE enrollments SET status = 'cancelled' WHERE course_id = $1", [EU]),
+    ("DELETE FROM reviews WHERE course_id = $1", [EU]),
+    ("UPDATE lesson_progress SET seconds_spent = 0 WHERE lesson_id = $1", [EU]),
+    ("UPDATE enrollments e SET status = 'x' FROM courses c "
+     "WHERE e.course_id = c.course_id AND c.course_id = $1", [EU]),
 ]  # fmt: skip
 
 
@@ -123,7 +130,7 @@ ROWS_ELSEWHERE = [
      "SELECT 'asia', action, entity FROM audit_log WHERE audit_id = $1", [EU]),
     ("WITH n AS (INSERT INTO audit_log (region, action, entity) VALUES ('asia', 'a', 'b') "
      "RETURNING 1) SELECT * FROM users WHERE user_id = $1", [EU]),
-    ("INSERT INTO enrollments (user_id, course_id) VALUES ($1, $2)", [EU, ASIA]),
+    ("INSERT INTO enrollments (enrollment_id, user_id) VALUES ($1, $2)", [EU, ASIA]),
     ("INSERT INTO users (user_id, home_region) VALUES ($1, 'europe'), ($2, 'asia')", [EU, ASIA]),
     ("INSERT INTO users (home_region, email) VALUES (lower($1), 'a@b.c')", ["EUROPE"]),
     ("INSERT INTO users VALUES ($1, 'a@b.c')", [EU]),
@@ -156,20 +163,20 @@ CONFINED = [
      [EU]),
     ("SELECT * FROM users u, enrollments e WHERE e.user_id = u.user_id AND e.enrollment_id = $1",
      [EU]),
-    ("SELECT * FROM enrollments e JOIN courses c USING (course_id) WHERE e.course_id = $1", [EU]),
+    ("SELECT * FROM coupons k JOIN courses c USING (course_id) WHERE k.course_id = $1", [EU]),
     ("SELECT * FROM users u LEFT JOIN enrollments e ON e.user_id = u.user_id "
      "WHERE u.user_id = $1", [EU]),
     ("SELECT * FROM users u WHERE u.user_id = $1 AND NOT EXISTS "
      "(SELECT 1 FROM enrollments e WHERE e.user_id = u.user_id)", [EU]),
     ("SELECT u.*, (SELECT count(*) FROM enrollments e WHERE e.user_id = u.user_id) "
      "FROM users u WHERE u.user_id = $1", [EU]),
-    ("SELECT * FROM users u WHERE u.user_id IN "
-     "(SELECT e.user_id FROM enrollments e WHERE e.course_id = $1)", [EU]),
+    ("SELECT * FROM courses c WHERE c.course_id IN "
+     "(SELECT k.course_id FROM coupons k WHERE k.coupon_id = $1)", [EU]),
     ("SELECT * FROM users u WHERE u.user_id = $1 AND u.user_id IN "
      "(SELECT e.user_id FROM enrollments e)", [EU]),
     ("WITH mine AS (SELECT * FROM enrollments WHERE user_id = $1) SELECT * FROM mine", [EU]),
     ("SELECT user_id FROM users WHERE user_id = $1 UNION SELECT user_id FROM enrollments "
-     "WHERE course_id = $2", [EU, EU]),
+     "WHERE enrollment_id = $2", [EU, EU]),
     ("SELECT * FROM users WHERE user_id IN ($1, $2)", [EU, EU]),
     ("SELECT * FROM users WHERE user_id = ANY($1)", [[EU, EU]]),
     ("SELECT * FROM users WHERE home_region = 'europe'", []),
@@ -177,8 +184,12 @@ CONFINED = [
     ("SELECT * FROM course_statistics($1)", [EU]),
     ("SELECT course_progress(e.enrollment_id) FROM enrollments e WHERE e.enrollment_id = $1",
      [EU]),
-    ("UPDATE enrollments e SET status = 'cancelled' FROM courses c "
-     "WHERE e.course_id = c.course_id AND c.course_id = $1", [EU]),
+    ("UPDATE coupons k SET code = 'x' FROM courses c "
+     "WHERE k.course_id = c.course_id AND c.course_id = $1", [EU]),
+    # An enrollment lives on its student's shard, its course perhaps on another: only the
+    # student's key places it (README, "Enrolling across regions").
+    ("INSERT INTO enrollments (user_id, course_id) VALUES ($1, $2)", [EU, ASIA]),
+    ("SELECT * FROM enrollments WHERE user_id = $1 AND course_id = $2", [EU, ASIA]),
     ("DELETE FROM lesson_progress lp USING enrollments en "
      "WHERE lp.enrollment_id = en.enrollment_id AND en.user_id = $1", [EU]),
     ("INSERT INTO certificates (certificate_id, enrollment_id) "

@@ -275,7 +275,7 @@ def test_conflicting_keys_are_cross_shard(classifier: Classifier) -> None:
     with pytest.raises(CrossShardError):
         route(
             classifier,
-            "SELECT * FROM enrollments WHERE user_id = $1 AND course_id = $2",
+            "SELECT * FROM enrollments WHERE user_id = $1 AND enrollment_id = $2",
             [new_id(NA), new_id(EU)],
         )
 
@@ -356,8 +356,8 @@ def test_writes_keyed_on_their_own_table_or_through_a_join_route(classifier: Cla
     for sql in ("UPDATE enrollments SET status = 'x' WHERE enrollment_id = $1",
                 "DELETE FROM enrollments WHERE user_id = $1",
                 "WITH d AS (DELETE FROM reviews WHERE review_id = $1 RETURNING *) SELECT * FROM d",
-                "UPDATE enrollments e SET status = 'x' FROM courses c "
-                "WHERE e.course_id = c.course_id AND c.course_id = $1",
+                "UPDATE coupons k SET code = 'x' FROM courses c "
+                "WHERE k.course_id = c.course_id AND c.course_id = $1",
                 "DELETE FROM lesson_progress lp USING enrollments en "
                 "WHERE lp.enrollment_id = en.enrollment_id AND en.user_id = $1",
                 "INSERT INTO certificates (certificate_id, enrollment_id) "
@@ -372,10 +372,11 @@ def test_shard_keys_may_be_set_to_null_default_themselves_or_plain_values(
 ) -> None:
     eu = new_id(EU)
     for sql, params in (
-        ("UPDATE payments SET coupon_id = NULL WHERE payment_id = $1", [eu]),
-        ("UPDATE payments SET coupon_id = NULL::uuid WHERE payment_id = $1", [eu]),
-        ("UPDATE payments SET coupon_id = DEFAULT WHERE payment_id = $1", [eu]),
-        ("UPDATE payments SET coupon_id = $2 WHERE payment_id = $1", [eu, uuid.uuid4()]),
+        ("UPDATE remote_enrollments SET coupon_id = NULL WHERE course_id = $1", [eu]),
+        ("UPDATE remote_enrollments SET coupon_id = NULL::uuid WHERE course_id = $1", [eu]),
+        ("UPDATE remote_enrollments SET coupon_id = DEFAULT WHERE course_id = $1", [eu]),
+        ("UPDATE remote_enrollments SET coupon_id = $2 WHERE course_id = $1",
+         [eu, uuid.uuid4()]),
         ("UPDATE users SET (home_region, city) = ($2, $3) WHERE user_id = $1",
          [eu, "europe", "Lyon"]),
         ("INSERT INTO users AS u (user_id, home_region) VALUES ($1, 'europe') "

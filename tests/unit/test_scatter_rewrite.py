@@ -146,13 +146,13 @@ def test_text_is_merged_only_when_the_shards_compare_it_by_code_point(
 def test_distinct_by_a_shard_key_refuses_null_keys_from_two_shards(
     classifier: Classifier, config: Config
 ) -> None:
-    p = plan(classifier, config, "SELECT DISTINCT coupon_id, amount_cents FROM payments")
+    p = plan(classifier, config, "SELECT DISTINCT course_id, percent_off FROM coupons")
     assert p.distinct_key == 0
-    one = [ShardRows("asia", ["coupon_id", "amount_cents"], [(None, 5)]),
-           ShardRows("europe", ["coupon_id", "amount_cents"], [(1, 5)])]  # fmt: skip
+    one = [ShardRows("asia", ["course_id", "percent_off"], [(None, 5)]),
+           ShardRows("europe", ["course_id", "percent_off"], [(1, 5)])]  # fmt: skip
     assert len(merge(p, [], one, [ValueOrder.EXACT] * 2, text_exact=True)[1]) == 2
-    two = [one[0], ShardRows("europe", ["coupon_id", "amount_cents"], [(None, 5)])]
-    with pytest.raises(ScatterRefused, match="NULL coupon_id came from shards asia, europe"):
+    two = [one[0], ShardRows("europe", ["course_id", "percent_off"], [(None, 5)])]
+    with pytest.raises(ScatterRefused, match="NULL course_id came from shards asia, europe"):
         merge(p, [], two, [ValueOrder.EXACT] * 2, text_exact=True)
 
 
