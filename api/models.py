@@ -250,6 +250,9 @@ class Enrollment(_Out):
     user_id: uuid.UUID
     course_id: uuid.UUID
     course_title: str
+    # The catalogue the course is in: another than the student's own for a cross-region
+    # enrollment (README, "Enrolling across regions").
+    course_region: str
     status: Literal["pending_payment", "active", "completed", "cancelled"]
     progress_pct: Decimal
     enrolled_at: dt.datetime

@@ -149,10 +149,11 @@ class BuiltCourse:
 
 async def build_course(http: httpx.AsyncClient, owner: Person, category_id: str, *,
                        title: str, description: str = "", price_cents: int = 0,
-                       lessons: int = 2, publish: bool = True) -> BuiltCourse:
+                       lessons: int = 2, publish: bool = True,
+                       capacity: int | None = None) -> BuiltCourse:
     r = await http.post("/courses", headers=owner.headers, json={
         "title": title, "description": description, "category_id": category_id,
-        "price_cents": price_cents, "currency": "EUR"})
+        "price_cents": price_cents, "currency": "EUR", "capacity": capacity})
     assert r.status_code == 201, r.text
     course_id = r.json()["course_id"]
     r = await http.post(f"/courses/{course_id}/modules", headers=owner.headers,
