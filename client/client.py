@@ -13,6 +13,7 @@ import asyncio
 import functools
 import re
 import ssl as _ssl
+import uuid
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -303,6 +304,19 @@ class Client:
 
     async def topology(self, *, timeout: float | None = None) -> dict[str, Any]:
         reply = await self._sender.call(Admin(0, "topology"), True, timeout)
+        if not isinstance(reply, AdminReply):
+            raise ProtocolViolationError(f"expected AdminReply, got {type(reply).__name__}")
+        return reply.payload
+
+    async def move_user(self, user_id: uuid.UUID | str, region: str, *,
+                        timeout: float | None = None) -> dict[str, Any]:
+        """Move a user and everything that is theirs to `region`'s shard (README, "Moving a
+        user between regions"). Their id changes (ids carry their shard); the reply's
+        `current_id` is the new one, and the old one still resolves (`resolve_moved_id`).
+        Running it again is harmless: it finishes what an interrupted run left. Not retried
+        on a lost connection (run it again instead)."""
+        args = {"user_id": str(user_id), "region": region}
+        reply = await self._sender.call(Admin(0, "move_user", args), False, timeout)
         if not isinstance(reply, AdminReply):
             raise ProtocolViolationError(f"expected AdminReply, got {type(reply).__name__}")
         return reply.payload

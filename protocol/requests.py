@@ -181,7 +181,8 @@ class Doc:
 
 @dataclass(slots=True)
 class Admin:
-    """Wire: [16, id, op, args]. op "topology" -> AdminReply with the cluster view."""
+    """Wire: [16, id, op, args]. op "topology" -> AdminReply with the cluster view; op
+    "move_user" {user_id, region} -> AdminReply with what the move did (PROTOCOL.md 2.1)."""
 
     id: int
     op: str

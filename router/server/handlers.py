@@ -41,6 +41,7 @@ from router.engine.outcome import Outcome, Routed
 from router.engine.runtime import Runtime
 from router.engine.session import Session
 from router.engine.undelivered import ResultUndeliverable
+from router.engine.usermove import move_request
 from router.ha.topology import NodeState
 from router.server.connection import ClientConnection
 from router.server.errors import UnsupportedRequest
@@ -229,6 +230,9 @@ class RequestHandler:
         return self.encoder.encode(DocReply(m.id, result)), None
 
     async def _admin(self, rt: Runtime, session: Session, m: Admin) -> Answer:
+        if m.op == "move_user":  # router/engine/usermove.py
+            moved = await move_request(rt.config, rt.executor.distributed, self._docstore, m.args)
+            return self.encoder.encode(AdminReply(m.id, moved)), None
         if m.op != "topology":
-            raise UnsupportedRequest(f"unknown admin op {m.op!r} (known: topology)")
+            raise UnsupportedRequest(f"unknown admin op {m.op!r} (known: topology, move_user)")
         return self.encoder.encode(AdminReply(m.id, self._report())), None
