@@ -9,8 +9,12 @@ settled by another router and a second run finishes it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,7 +29,7 @@ from router.config import Config
 from router.engine.twophase import FAULT_ENV, FAULT_EXIT_CODE
 from router.tools.db.connect import connect_node
 from tests.integration.conftest import Catalogue, Course, wait_until
-from tests.support.router_proc import REGIONS, TOKEN, running_router
+from tests.support.router_proc import REGIONS, TOKEN, RouterProcess, running_router
 from tests.support.twophase import none_prepared, tp_config
 
 Primaries = dict[str, asyncpg.Connection]
@@ -326,3 +330,30 @@ async def test_a_move_killed_after_its_decision_is_finished_by_a_second_run(
     assert not any((await _theirs(shards["europe"].conn, s.user_id)).values())
     assert await db.docs("user_preferences").find_one({"_id": str(s.user_id)}) is None
     assert (await db.docs("user_preferences").find_one({"_id": str(new_id)}))["region"] == "asia"
+
+
+async def test_georoute_user_move_asks_the_router(
+    router: RouterProcess, shards: dict[str, Catalogue], db: client.Client
+) -> None:
+    """The command sends the admin request to router.toml's router node and prints its
+    report; a second run says there is nothing to move; a refusal exits 1, saying why."""
+    user = await shards["asia"].user()
+    env = {**os.environ, router.config.router.auth_token_env: TOKEN}
+
+    async def georoute(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "router.tools.cli", "--config",
+                             str(router.path), "user", "move", *args],
+            env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    done = await georoute(str(user), "europe", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["moved"], report["from_region"], report["rows"]["users"]) == (
+        True, "asia", 1)
+    new_id = uuid.UUID(report["current_id"])
+    assert await db.fetchval("SELECT resolve_moved_id($1)", user) == new_id
+    again = await georoute(str(user), "europe")
+    assert again.returncode == 0 and "nothing to move" in again.stdout, again.stdout
+    refused = await georoute(str(new_id), "atlantis")
+    assert refused.returncode == 1 and "UNKNOWN_SHARD" in refused.stderr, refused.stderr
