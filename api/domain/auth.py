@@ -88,11 +88,12 @@ class Auth:
         already used revokes its whole family: whoever holds a copy is locked out too."""
         presented = RefreshToken.parse(token)
         secret = RefreshToken.new_secret()
-        rows = await self._data.write(
-            "SELECT * FROM rotate_refresh_token($1, $2, $3, $4)",
-            presented.session_id, presented.secret_hash, RefreshToken.hash_secret(secret),
-            self._refresh_ttl)
-        result: dict[str, Any] = rows[0]
+        result = await self._rotate(presented.session_id, presented, secret)
+        if result["outcome"] == "invalid":
+            # Issued before its user moved to another region: the session moved with them.
+            moved = await self._data.resolve(presented.session_id)
+            if moved != presented.session_id:
+                result = await self._rotate(moved, presented, secret)
         outcome = result["outcome"]
         if outcome == "reused":
             raise Unauthorized("this refresh token was already used; its sessions are revoked")
@@ -103,12 +104,22 @@ class Auth:
         return self._answer(principal, RefreshToken(result["new_session_id"], secret),
                             result["expires_at"])
 
+    async def _rotate(self, session_id: Any, presented: RefreshToken, secret: str
+                      ) -> dict[str, Any]:
+        rows = await self._data.write(
+            "SELECT * FROM rotate_refresh_token($1, $2, $3, $4)",
+            session_id, presented.secret_hash, RefreshToken.hash_secret(secret),
+            self._refresh_ttl)
+        result: dict[str, Any] = rows[0]
+        return result
+
     async def logout(self, token: str) -> int:
         """Revoke the refresh token's family; returns how many sessions that ended (0 for an
         unknown or already revoked token: logging out twice is not an error)."""
         presented = RefreshToken.parse(token)
         revoked = await self._data.write_value(
-            "SELECT revoke_refresh_family($1, $2)", presented.session_id, presented.secret_hash)
+            "SELECT revoke_refresh_family($1, $2)",
+            await self._data.resolve(presented.session_id), presented.secret_hash)
         return int(revoked or 0)
 
     def authenticate(self, access_token: str) -> Principal:

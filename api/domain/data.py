@@ -45,6 +45,12 @@ class Data:
     def docs(self, collection: str) -> client.Collection:
         return self.db.docs(collection)
 
+    async def resolve(self, row_id: Any) -> Any:
+        """Where an id lives now: the id itself, or, for a row that moved with its user to
+        another region (README, "Moving a user between regions"), its id there."""
+        found = await self.row("SELECT resolve_moved_id($1) AS id", row_id)
+        return row_id if found is None else found["id"]
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[TxData]:
         """A transaction begun without a shard: each statement goes to the shard its keys

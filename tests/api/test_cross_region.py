@@ -2,7 +2,8 @@
 in a course taught from Asia. The enrollment (and its payment, invoice, progress,
 certificate and review) is on the student's shard, the seat on the course's; both are
 written in one transaction over the two shards, or neither is; three students of three
-regions racing for a course's last seat: exactly one gets it."""
+regions racing for a course's last seat: exactly one gets it. A user who moved to another
+region is found by their old ids."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import asyncpg
 import httpx
 import pytest
 
+import client
+from api.domain import Domain
 from router.config import Config
 from router.tools.db.connect import connect_node
-from tests.api.conftest import BuiltCourse, Person, build_course, signup
+from tests.api.conftest import BuiltCourse, Person, build_course, make_admin, signup
 
 REGIONS = ("north_america", "europe", "asia")
 
@@ -205,3 +208,45 @@ async def test_the_last_seat_goes_to_exactly_one_of_three_regions(
     expected[winner.region] += 1
     assert held["enrollments"] == expected
     assert held["seats"] == (winner.region != "asia")
+
+
+async def test_a_moved_user_is_found_by_their_old_ids(
+    http: httpx.AsyncClient, category_id: str, api_db: client.Client, domain: Domain
+) -> None:
+    """After `move_user` (what `georoute user move` asks), the old ids still resolve: the
+    old access token finds the profile, the old refresh token rotates (into tokens of the
+    new id and region), an admin reads the profile by the old id; the preferences and the
+    enrollment came along."""
+    course = await _course(http, category_id, region="europe")
+    student = await signup(http, region="europe", name="Moving Person")
+    r = await http.put("/users/me/preferences", headers=student.headers,
+                       json={"language": "de", "theme": "dark"})
+    assert r.status_code == 200, r.text
+    r = await http.post("/enrollments", headers=student.headers,
+                        json={"course_id": course.course_id})
+    assert r.status_code == 201, r.text
+    report = await api_db.move_user(student.user_id, "asia")
+    new_id = report["current_id"]
+    assert report["moved"] and new_id != student.user_id
+
+    me = await http.get("/users/me", headers=student.headers)  # a token of the old id
+    assert me.status_code == 200, me.text
+    assert (me.json()["user_id"], me.json()["home_region"]) == (new_id, "asia")
+    r = await http.post("/auth/refresh", json={"refresh_token": student.refresh})
+    assert r.status_code == 200, r.text
+    grant = r.json()
+    assert (grant["user_id"], grant["region"]) == (new_id, "asia")
+    headers = {"Authorization": f"Bearer {grant['access_token']}"}
+    prefs = (await http.get("/users/me/preferences", headers=headers)).json()
+    assert (prefs["language"], prefs["theme"]) == ("de", "dark")
+    mine = (await http.get("/enrollments", headers=headers)).json()["items"]
+    assert [(e["course_id"], e["course_region"]) for e in mine] == [(course.course_id,
+                                                                     "europe")]
+    admin = await make_admin(http, domain)
+    r = await http.get(f"/users/{student.user_id}", headers=admin.headers)
+    assert r.status_code == 200 and r.json()["user_id"] == new_id, r.text
+    r = await http.get(f"/users/{student.user_id}", headers=headers)  # their own old id
+    assert r.status_code == 200 and r.json()["user_id"] == new_id, r.text
+    other = await signup(http, region="europe")
+    r = await http.get(f"/users/{student.user_id}", headers=other.headers)
+    assert r.status_code == 403, r.text
