@@ -129,6 +129,16 @@ def test_reads_joined_on_shard_keys_and_correlated_subqueries_are_planned(
         plan(classifier, config, sql)  # no refusal
 
 
+def test_an_enrollment_joined_to_its_course_is_refused(
+    classifier: Classifier, config: Config
+) -> None:
+    """A student's enrollment may be in another region's course (README, "Enrolling across
+    regions"): each shard would join its enrollments to its own courses only."""
+    assert "enrollments, courses" in str(refused(
+        classifier, config, "SELECT e.enrollment_id, c.title FROM enrollments e "
+                            "JOIN courses c ON c.course_id = e.course_id"))  # fmt: skip
+
+
 def test_text_is_merged_only_when_the_shards_compare_it_by_code_point(
     classifier: Classifier, config: Config
 ) -> None:
