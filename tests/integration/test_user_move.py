@@ -357,3 +357,20 @@ async def test_georoute_user_move_asks_the_router(
     assert again.returncode == 0 and "nothing to move" in again.stdout, again.stdout
     refused = await georoute(str(new_id), "atlantis")
     assert refused.returncode == 1 and "UNKNOWN_SHARD" in refused.stderr, refused.stderr
+
+
+async def test_two_moves_of_one_user_at_once_move_them_once(
+    router: RouterProcess, shards: dict[str, Catalogue], db: client.Client
+) -> None:
+    """The second waits on the first's lock of the user's row, then finds the rows gone: it
+    asks where the user lives now and finds nothing left to move."""
+    s = await _student(shards, db)
+    before = _counts(await _theirs(shards["europe"].conn, s.user_id))
+    async with await client.connect(router.dsn, token=TOKEN) as other:
+        reports = await asyncio.gather(db.move_user(s.user_id, "asia"),
+                                       other.move_user(s.user_id, "asia"))  # fmt: skip
+    assert sorted(r["moved"] for r in reports) == [False, True]
+    assert reports[0]["current_id"] == reports[1]["current_id"]
+    new_id = uuid.UUID(reports[0]["current_id"])
+    assert _counts(await _theirs(shards["asia"].conn, new_id)) == before
+    assert not any((await _theirs(shards["europe"].conn, s.user_id)).values())
