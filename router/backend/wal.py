@@ -18,13 +18,22 @@ from router.backend.tls import connect_asyncpg
 from router.config import DatabaseConfig, NodeAddress
 from router.types import UNKNOWN_LSN
 
-__all__ = ["UNKNOWN_LSN", "LsnReader"]
+__all__ = ["TIMELINE_SQL", "UNKNOWN_LSN", "LsnReader"]
 
 log = logging.getLogger("georoute.lsn")
 
 # Used when the position cannot be read (router/types.py says what it means).
 
 _SQL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8"
+
+# A writable node's timeline (NULL on a standby), from the name of the WAL file it writes:
+# its first 8 hex digits are the timeline. pg_control_checkpoint()'s timeline_id is only
+# updated by the checkpoint after a promotion, which may come seconds later. Every promotion
+# starts a new timeline, so the highest one is the newest primary (router/core/primary.py).
+TIMELINE_SQL = (
+    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
+    "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
+)
 
 
 class LsnReader:

@@ -37,7 +37,8 @@ class ProbeConn:
         answer = self.answers[self.node.name]
         if isinstance(answer, BaseException):
             raise answer
-        return (self.node.role is Role.REPLICA, answer)
+        replica = self.node.role is Role.REPLICA
+        return (replica, answer, None if replica else 1)  # (in recovery, LSN, timeline)
 
     def is_closed(self) -> bool:
         return False

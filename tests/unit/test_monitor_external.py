@@ -30,7 +30,8 @@ class ProbeConn:
         if isinstance(answer, BaseException):
             raise answer
         assert sql == NODE_SQL
-        return answer
+        in_recovery, lsn = answer  # the timeline (a writable node's) is 1 throughout
+        return (in_recovery, lsn, None if in_recovery else 1)
 
     def is_closed(self) -> bool:
         return False
