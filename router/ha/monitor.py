@@ -205,6 +205,12 @@ class LagMonitor:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         shard.primary_decision = f"follow: {decision.detail}"
+        shard.failovers_total += 1
+        shard.failovers.append({"old_primary": decision.old_primary,
+                                "new_primary": decision.new_primary, "timeline": new.timeline,
+                                "reason": "external", "detail": decision.detail,
+                                "seconds": None})  # fmt: skip
+        del shard.failovers[:-FAILOVERS_KEPT]
         log.warning("shard %s follows its primary from %s to %s: %s", shard.name,
                     decision.old_primary, decision.new_primary, decision.detail)  # fmt: skip
         return True
@@ -257,6 +263,7 @@ class LagMonitor:
                                 "timeline": new.timeline, "reason": choice.reason.value,
                                 "detail": choice.detail, "seconds": seconds})  # fmt: skip
         del shard.failovers[:-FAILOVERS_KEPT]
+        shard.failovers_total += 1
         log.warning("shard %s's primary is now %s (was %s; down for %s s here): %s", shard.name,
                     new.name, old, seconds, choice.detail)  # fmt: skip
         return True

@@ -100,6 +100,7 @@ class ShardState:
     primary_decision: str | None = None
     # Changes of primary this router followed (external or managed mode), the newest last.
     failovers: list[dict[str, Any]] = field(default_factory=list)
+    failovers_total: int = 0
     # Writes held while the primary is down (router/engine/executor.py), woken by the monitor.
     _writers: list[asyncio.Future[None]] = field(default_factory=list)
 

@@ -169,18 +169,24 @@ class PgRunner:
         if self.pid(node) is not None:
             return
         (self.layout.pgdata(node.name) / "postmaster.pid").unlink(missing_ok=True)
-        if not self.shared_socket_dir:
-            return
-        sock = Path(self.shared_socket_dir) / f".s.PGSQL.{node.port}"
-        lock = sock.with_name(sock.name + ".lock")
-        try:
-            lines = lock.read_text().splitlines()
-        except OSError:
-            return
-        # The lock file's second line is the data directory: only ours are ours to remove.
-        if len(lines) > 1 and lines[1] == str(self.layout.pgdata(node.name)):
-            sock.unlink(missing_ok=True)
-            lock.unlink(missing_ok=True)
+        # The node's own socket directory too: PostgreSQL removes a stale lock file itself only
+        # when its pid is gone, and a killed postmaster whose parent (init here) does not reap
+        # it stays a zombie, so its lock file refused every restart ("lock file ... already
+        # exists").
+        dirs = [self.layout.socket_dir(node.name, node.port)]
+        if self.shared_socket_dir:
+            dirs.append(Path(self.shared_socket_dir))
+        for sock_dir in dirs:
+            sock = sock_dir / f".s.PGSQL.{node.port}"
+            lock = sock.with_name(sock.name + ".lock")
+            try:
+                lines = lock.read_text().splitlines()
+            except OSError:
+                continue
+            # The lock file's second line is the data directory: only ours are ours to remove.
+            if len(lines) > 1 and lines[1] == str(self.layout.pgdata(node.name)):
+                sock.unlink(missing_ok=True)
+                lock.unlink(missing_ok=True)
 
     def start(self, node: PgNode) -> int:
         """pg_ctl start and wait until it accepts connections; returns the postmaster pid."""
