@@ -34,6 +34,7 @@ from router.config import Config
 from router.core.failover import Promote
 from router.ha.promoter import Promoter
 from router.ha.topology import Topology
+from router.tools.db.health_report import check_health
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
 from tests.integration.test_heartbeat import heartbeat_report, peer_states
@@ -304,6 +305,9 @@ async def test_kill_9_the_majority_promotes_once_and_the_old_primary_is_fenced(
                 return True
 
             await wait_until(fenced_everywhere, within=15, what="every router fences europe-1")
+            health = await check_health(base)  # `georoute health`, asking the nodes directly
+            assert [n.name for n in health.nodes if n.fenced] == ["europe-1"]
+            assert "primary FENCED" in health.format_table() and not health.healthy
             for proc in routers:
                 text = await asyncio.to_thread(scrape, proc)
                 assert re.search(r'^georoute_node_fenced\{node="europe-1"\} 1\.0$', text, re.M)
