@@ -118,6 +118,10 @@ class PgRunner:
     def _kwargs(self) -> dict[str, Any]:
         return self.user.popen_kwargs(self.layout.data_root)
 
+    def user_kwargs(self) -> dict[str, Any]:
+        """subprocess keyword arguments that run a server program as the server user."""
+        return self._kwargs()
+
     def pid(self, node: PgNode) -> int | None:
         """The postmaster pid if it is alive and ours, else None."""
         pgdata = self.layout.pgdata(node.name)
