@@ -61,6 +61,7 @@ INSERT_SQL = (
     "INSERT INTO georoute_failovers (shard, old_primary, new_primary, timeline, promoted_by, "
     f"reason) VALUES ($1, $2, $3, {TIMELINE_SQL}, $4, $5)"
 )
+ASYNC_SQL = "ALTER SYSTEM SET synchronous_standby_names = ''"
 # The whole attempt (connect, locks, snapshot, promote) is bounded; a later heartbeat round
 # tries again if the plan still says so.
 ATTEMPT_SECONDS = 15.0
@@ -158,6 +159,13 @@ class Promoter:
                                      f"{plan.reason}; {step.reason}")  # fmt: skip
             self.promotions.append(record)
             self._said(plan.shard, f"promoted {step.replica} in {seconds:.3f} s: {step.reason}")
+            if self._config.shards[plan.shard].synchronous:
+                # The new primary has no standby until the old one rejoins (which turns this
+                # back on): with synchronous_standby_names set, every write would wait forever.
+                await conn.execute(ASYNC_SQL)
+                await conn.execute("SELECT pg_reload_conf()")
+                log.warning("shard %s runs asynchronously on %s until a standby rejoins",
+                            plan.shard, step.replica)  # fmt: skip
             try:
                 await conn.execute(RECORD_SQL)
                 await conn.execute(INSERT_SQL, plan.shard, old, step.replica,

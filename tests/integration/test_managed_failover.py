@@ -51,6 +51,7 @@ from tests.support.scratch import scratch_cluster
 SCRATCH_OFFSET = 6300
 SECRET, OTHER_SECRET = "managed-test-secret-0123456789", "another-secret-9876543210"
 INSERT = "INSERT INTO rt_items (item_id, region, payload) VALUES ($1, 'europe', $2)"
+INSERT_IN = "INSERT INTO rt_items (item_id, region, payload) VALUES ($1, $2, 'w')"
 
 
 def managed_configs(base: Config) -> list[Config]:
@@ -83,7 +84,11 @@ def start_router(config: Config, path: Any, secret: str) -> Iterator[RouterProce
 
 @pytest.fixture(scope="module")
 def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
-    with scratch_cluster(test_config, SCRATCH_OFFSET, "scratch-managed") as pair:
+    # north_america replicates synchronously ([shards.north_america] synchronous = true).
+    shards = dict(test_config.shards)
+    shards["north_america"] = replace(shards["north_america"], synchronous=True)
+    with scratch_cluster(replace(test_config, shards=shards), SCRATCH_OFFSET,
+                         "scratch-managed") as pair:  # fmt: skip
         yield pair
 
 
@@ -130,8 +135,9 @@ class Writer:
     """Writes rows with unique ids through one router, one after another, until stopped;
     remembers which ones were acknowledged."""
 
-    def __init__(self, db: client.Client) -> None:
+    def __init__(self, db: client.Client, region: str = "europe") -> None:
         self.db = db
+        self.region = region
         self.acked: list[tuple[float, uuid.UUID]] = []
         self.failed = 0
         self.stop = asyncio.Event()
@@ -140,7 +146,7 @@ class Writer:
         while not self.stop.is_set():
             item = uuid.uuid4()
             try:
-                await self.db.execute(INSERT, item, "w")
+                await self.db.execute(INSERT_IN, item, self.region)
             except client.GeorouteError:
                 self.failed += 1
                 await asyncio.sleep(0.01)  # a retryable failure: the next row, a moment later
@@ -394,3 +400,64 @@ async def test_kill_9_the_majority_promotes_once_and_the_old_primary_is_fenced(
         window = max(b - a for a, b in itertools.pairwise(times))
         print(f"switchover: paused {report.pause_seconds:.2f} s (CLI), longest pause between "
               f"acknowledged writes {window:.2f} s, {writer.failed} failed writes")
+
+
+async def test_synchronous_shard_loses_no_acknowledged_write_to_kill_9(
+    scratch: tuple[LocalCluster, Config],
+) -> None:  # fmt: skip
+    """north_america replicates synchronously: eight writers, kill -9 of its primary, and
+    every write any of them saw acknowledged is on the promoted replica; writes resume (the
+    promoter turns synchronous replication off on the new primary until a standby rejoins,
+    and rejoin turns it on again)."""
+    local, base = scratch
+    configs = managed_configs(base)
+    async with contextlib.AsyncExitStack() as stack:
+        routers = [stack.enter_context(start_router(c, local.state_dir / f"router-s{i}.toml",
+                                                    SECRET))
+                   for i, c in enumerate(configs)]  # fmt: skip
+        db = await stack.enter_async_context(
+            await client.connect(routers[0].dsn, token=TOKEN, pool_size=8))
+        await db.execute(SCRATCH_DDL, shard="north_america")
+        conn = await asyncpg.connect(local.dsn("north_america-1"))
+        try:
+            assert await conn.fetchval("SHOW synchronous_standby_names") == "*"
+        finally:
+            await conn.close()
+        writers = [Writer(db, "north_america") for _ in range(8)]
+        tasks = [asyncio.create_task(w.run()) for w in writers]
+        try:
+            await wait_until(lambda: asyncio.sleep(0, sum(len(w.acked) for w in writers) >= 400),
+                             within=20, what="writes before the kill")  # fmt: skip
+            pid = local.pid("north_america-1")
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            async def promoted() -> bool:
+                view = await topology(routers[1])
+                return bool(view["shards"]["north_america"]["primary"] == "north_america-2")
+
+            await wait_until(promoted, within=20, what="north_america-2 promoted")
+            switched = time.monotonic()
+
+            async def resumed() -> bool:
+                return all(w.acked and w.acked[-1][0] > switched for w in writers)
+
+            await wait_until(resumed, within=20, what="every writer acknowledged again")
+        finally:
+            for w in writers:
+                w.stop.set()
+            await asyncio.gather(*tasks)
+        present = await fetch_ids(local.dsn("north_america-2"))
+        acked = [item for w in writers for _, item in w.acked]
+        missing = [item for item in acked if item not in present]
+        assert missing == [], f"{len(missing)} of {len(acked)} acknowledged writes lost"
+        print(f"synchronous: 0 of {len(acked)} acknowledged writes lost, "
+              f"{sum(w.failed for w in writers)} failed")
+        # rejoin: north_america-1 streams from the new primary, which is synchronous again
+        await asyncio.to_thread(local.rejoin, "north_america-1")
+        conn = await asyncpg.connect(local.dsn("north_america-2"))
+        try:
+            assert await conn.fetchval("SHOW synchronous_standby_names") == "*"
+            await conn.execute(INSERT_IN, uuid.uuid4(), "north_america")  # does not hang
+        finally:
+            await conn.close()

@@ -88,7 +88,7 @@ async def agreed_primary(runner: PgRunner, nodes: list[PgNode]) -> tuple[PgNode,
     return primary, said
 
 
-async def rejoin(runner: PgRunner, node: PgNode, nodes: list[PgNode],
+async def rejoin(runner: PgRunner, node: PgNode, nodes: list[PgNode], synchronous: bool = False,
                  within: float = 60.0) -> RejoinReport:  # fmt: skip
     """Make `node` a streaming replica of its shard's agreed primary: stop it, pg_rewind it
     from the primary (nothing to undo after a clean switchover; the old timeline's writes that
@@ -120,11 +120,15 @@ async def rejoin(runner: PgRunner, node: PgNode, nodes: list[PgNode],
                             f"primary_slot_name = '{node.slot}'\n")
     await asyncio.to_thread(runner.start, node)
     await runner.wait_streaming(node, primary.port, deadline)
+    if synchronous:  # a standby streams again: writes wait for it again
+        await runner.set_synchronous(primary.port, True)
     return RejoinReport(node.name, primary.name, time.monotonic() - started)
 
 
-async def switchover(runner: PgRunner, nodes: list[PgNode], to: str | None = None,
-                     within: float = 60.0) -> SwitchoverReport:  # fmt: skip
+async def switchover(
+    runner: PgRunner, nodes: list[PgNode], to: str | None = None, synchronous: bool = False,
+    within: float = 60.0,
+) -> SwitchoverReport:
     """A planned change of the shard's primary to `to` (default: the most advanced standby),
     with no acknowledged write lost (the module's docstring says why), then the old primary
     rejoined as a standby of the new one."""
@@ -162,8 +166,10 @@ async def switchover(runner: PgRunner, nodes: list[PgNode], to: str | None = Non
                 raise ClusterError(f"{target.name} did not finish its promotion in 30 s")
     finally:
         await conn.close()
+    if synchronous:  # no standby until the old primary rejoins: writes must not wait for one
+        await runner.set_synchronous(target.port, False)
     pause = time.monotonic() - stopped
-    report = await rejoin(runner, old, nodes, max(1.0, deadline - time.monotonic()))
+    report = await rejoin(runner, old, nodes, synchronous, max(1.0, deadline - time.monotonic()))
     return SwitchoverReport(old.shard, old.name, target.name, pause, final, report)
 
 

@@ -254,6 +254,11 @@ class LocalCluster:
             run_sync(self._wait_all(
                 runner.wait_streaming(n, n.primary_port or 0, deadline) for n in replicas
             ))  # fmt: skip
+            # [shards.<region>] synchronous, on every node: any of them may be promoted.
+            run_sync(self._wait_all(
+                runner.set_synchronous(n.port, self.config.shards[n.shard].synchronous)
+                for n in self.nodes.values()
+            ))  # fmt: skip
             if docstore is not None:
                 docstore.wait_ready(deadline)
         finally:
@@ -337,12 +342,16 @@ class LocalCluster:
         primary (failover_ops.py)."""
         node = self.node(name)
         runner = self._pg(existing_layout(self.config))
-        return run_sync(rejoin(runner, node, self.shard_nodes(node.shard), self.timeout))
+        synchronous = self.config.shards[node.shard].synchronous
+        return run_sync(rejoin(runner, node, self.shard_nodes(node.shard), synchronous,
+                               self.timeout))  # fmt: skip
 
     def switchover(self, shard: str, to: str | None = None) -> SwitchoverReport:
         """A planned change of `shard`'s primary, no acknowledged write lost (failover_ops.py)."""
         runner = self._pg(existing_layout(self.config))
-        return run_sync(switchover(runner, self.shard_nodes(shard), to, self.timeout))
+        synchronous = self.config.shards[shard].synchronous
+        return run_sync(switchover(runner, self.shard_nodes(shard), to, synchronous,
+                                   self.timeout))  # fmt: skip
 
     def pause_replay(self, name: str) -> None:
         self._sql(name, "SELECT pg_wal_replay_pause()")

@@ -247,6 +247,20 @@ class PgRunner:
         finally:
             await conn.close()
 
+    async def set_synchronous(self, port: int, synchronous: bool) -> None:
+        """Synchronous streaming replication on or off for the node at `port`, in its
+        postgresql.auto.conf (not on the command line: a promoter must be able to turn it off
+        on a new primary that has no standby yet, and rejoin on again)."""
+        conn = await self.connect(port)
+        try:
+            if synchronous:
+                await conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            else:
+                await conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+
     async def wait_writable(self, node: PgNode, deadline: float) -> None:
         """Until the primary takes a write; then create the node's database if missing."""
 
