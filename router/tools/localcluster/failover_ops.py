@@ -16,6 +16,7 @@ timeline; the pause is measured from the stop to the new primary taking writes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ IDENTITY_SQL = (
     f"END - '0/0'::pg_lsn)::int8, {TIMELINE_SQL}"
 )
 LOCK_SQL = "SELECT pg_advisory_lock(hashtext($1))"  # the routers' promoter takes the same
+REWOUND_START_SECONDS = 20
+log = logging.getLogger("georoute.cluster")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +121,17 @@ async def rejoin(runner: PgRunner, node: PgNode, nodes: list[PgNode], synchronou
     )  # fmt: skip
     await asyncio.to_thread(_append, pgdata / "postgresql.auto.conf",
                             f"primary_slot_name = '{node.slot}'\n")
-    await asyncio.to_thread(runner.start, node)
+    try:
+        await asyncio.to_thread(runner.start, node, REWOUND_START_SECONDS)
+    except ClusterError as exc:
+        # It cannot reach a consistent state: the WAL it needs from before the fork is gone
+        # from the primary. Start again from a fresh copy, as a new replica would be made.
+        log.warning("%s did not start after pg_rewind (%s): making it again with "
+                    "pg_basebackup from %s", node.name, exc, primary.name)  # fmt: skip
+        await asyncio.to_thread(runner.stop, node, "immediate")
+        await runner.drop_inactive_slot(primary.port, node.slot)
+        await asyncio.to_thread(runner.basebackup, node, primary.port)
+        await asyncio.to_thread(runner.start, node)
     await runner.wait_streaming(node, primary.port, deadline)
     if synchronous:  # a standby streams again: writes wait for it again
         await runner.set_synchronous(primary.port, True)

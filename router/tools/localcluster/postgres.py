@@ -31,6 +31,10 @@ listen_addresses = '127.0.0.1'
 wal_level = replica
 max_wal_senders = 10
 max_replication_slots = 10
+# WAL kept for standbys beyond what slots hold: a node rejoined after a failover (pg_rewind)
+# replays from the last checkpoint before the timelines forked, which the new primary's own
+# checkpoints would otherwise have recycled (a rejoin then waited for WAL that was gone).
+wal_keep_size = 128MB
 hot_standby = on
 wal_log_hints = on
 fsync = off
@@ -192,7 +196,7 @@ class PgRunner:
                 sock.unlink(missing_ok=True)
                 lock.unlink(missing_ok=True)
 
-    def start(self, node: PgNode) -> int:
+    def start(self, node: PgNode, wait_seconds: int = 60) -> int:
         """pg_ctl start and wait until it accepts connections; returns the postmaster pid."""
         self.remove_stale_pidfile(node)
         self._prepare_dirs(node)
@@ -207,10 +211,10 @@ class PgRunner:
         for key, value in (self.settings(node.shard) if self.settings else {}).items():
             opts += f" -c {shlex.quote(f'{key}={value}')}"
         run_checked(
-            [self.bins.tool("pg_ctl"), "start", "-w", "-t", "60", "-D", str(pgdata),
+            [self.bins.tool("pg_ctl"), "start", "-w", "-t", str(wait_seconds), "-D", str(pgdata),
              "-l", str(self.layout.log_file(node.name)), "-o", opts],
             f"pg_ctl start for {node.name} (log: {self.layout.log_file(node.name)})",
-            timeout=90, start_new_session=True, **self._kwargs(),
+            timeout=wait_seconds + 30, start_new_session=True, **self._kwargs(),
         )  # fmt: skip
         pid = self.pid(node)
         if pid is None:
