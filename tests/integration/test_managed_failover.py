@@ -1,6 +1,8 @@
 """`[failover] mode = "managed"` on a scratch cluster of its own, with three real router nodes,
 one of them cut off (its heartbeats are signed with another secret, so the other two drop
-them as forged and it drops theirs).
+them as forged and it drops theirs). Also: two promoters at once promote once; rejoin and
+switchover; a synchronous shard loses no acknowledged write to kill -9; a primary frozen with
+SIGSTOP is failed over and fenced when it wakes.
 
 `kill -9` of europe's primary while a client writes continuously with unique ids: the two
 routers that hear each other agree, the lowest-named of them promotes europe-2 exactly once
@@ -24,6 +26,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -461,3 +464,61 @@ async def test_synchronous_shard_loses_no_acknowledged_write_to_kill_9(
             await conn.execute(INSERT_IN, uuid.uuid4(), "north_america")  # does not hang
         finally:
             await conn.close()
+
+
+def _node_pids(postmaster: int) -> list[int]:
+    """The postmaster and its children (backends, WAL sender, checkpointer...)."""
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    return [postmaster, *map(int, children)]
+
+
+async def test_a_frozen_primary_is_fenced_when_it_wakes(
+    scratch: tuple[LocalCluster, Config],
+) -> None:  # fmt: skip
+    """SIGSTOP of north_america's primary (every process of it) looks like a dead one: the
+    majority promotes the standby; SIGCONT brings the old one back writable on the older
+    timeline, and every router fences it: no writes, no reads."""
+    local, base = scratch
+    configs = managed_configs(base)
+    async with contextlib.AsyncExitStack() as stack:
+        routers = [stack.enter_context(start_router(c, local.state_dir / f"router-f{i}.toml",
+                                                    SECRET))
+                   for i, c in enumerate(configs)]  # fmt: skip
+        db = await stack.enter_async_context(await client.connect(routers[0].dsn, token=TOKEN))
+        view = (await topology(routers[0]))["shards"]["north_america"]
+        old = view["primary"]
+        standby = next(n["name"] for n in view["nodes"] if n["name"] != old)
+        postmaster = local.pid(old)
+        assert postmaster is not None
+        frozen = _node_pids(postmaster)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            async def promoted() -> bool:
+                for proc in routers:
+                    if (await topology(proc))["shards"]["north_america"]["primary"] != standby:
+                        return False
+                return True
+
+            await wait_until(promoted, within=30, what=f"{standby} promoted while {old} froze")
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+        async def fenced() -> bool:
+            for proc in routers:
+                if (await topology(proc))["shards"]["north_america"]["fenced"] != [old]:
+                    return False
+            return True
+
+        await wait_until(fenced, within=20, what=f"every router fences the woken {old}")
+        marker = uuid.uuid4()
+        await db.execute(INSERT_IN, marker, "north_america")
+        for _ in range(20):
+            _, route = await db.fetch_routed(
+                "SELECT count(*) FROM rt_items WHERE region = 'north_america'",
+                consistency="replica")  # fmt: skip
+            assert route is not None and route.node == standby
+        assert marker in await fetch_ids(local.dsn(standby))
+        assert marker not in await fetch_ids(local.dsn(old))
