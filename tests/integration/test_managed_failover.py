@@ -485,6 +485,7 @@ async def test_a_frozen_primary_is_fenced_when_it_wakes(
                                                     SECRET))
                    for i, c in enumerate(configs)]  # fmt: skip
         db = await stack.enter_async_context(await client.connect(routers[0].dsn, token=TOKEN))
+        await db.execute(SCRATCH_DDL, shard="north_america")
         view = (await topology(routers[0]))["shards"]["north_america"]
         old = view["primary"]
         standby = next(n["name"] for n in view["nodes"] if n["name"] != old)
