@@ -74,6 +74,9 @@ class ShardConfig:
     number: int
     primary: NodeAddress
     replicas: tuple[NodeAddress, ...]
+    # Synchronous streaming replication (synchronous_standby_names) in the local cluster, so
+    # a write is acknowledged only once a standby has it (README, "High availability").
+    synchronous: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,8 +322,9 @@ def _build_shard(name: str, raw: Any) -> ShardConfig:
     if not isinstance(raw, dict):
         raise ConfigError(key, "expected a table")
     for k in raw:
-        if k not in ("number", "primary", "replicas"):
-            raise ConfigError(f"{key}.{k}", "unknown key (known: number, primary, replicas)")
+        if k not in ("number", "primary", "replicas", "synchronous"):
+            raise ConfigError(f"{key}.{k}", "unknown key (known: number, primary, replicas, "
+                                            "synchronous)")  # fmt: skip
     for required in ("number", "primary", "replicas"):
         if required not in raw:
             raise ConfigError(f"{key}.{required}", "missing")
@@ -332,7 +336,9 @@ def _build_shard(name: str, raw: Any) -> ShardConfig:
     if not isinstance(reps, list) or not reps:
         raise ConfigError(f"{key}.replicas", "expected a non-empty list of nodes")
     replicas = tuple(_build_node(f"{key}.replicas[{i}]", r) for i, r in enumerate(reps))
-    return ShardConfig(name=name, number=number, primary=primary, replicas=replicas)
+    synchronous = _check_scalar(f"{key}.synchronous", raw.get("synchronous", False), bool)
+    return ShardConfig(name=name, number=number, primary=primary, replicas=replicas,
+                       synchronous=synchronous)  # fmt: skip
 
 
 def _build_table(name: str, raw: Any) -> TableConfig:

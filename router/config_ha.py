@@ -53,12 +53,7 @@ def parse_peer(spec: str) -> tuple[str, str, int]:
 class FailoverMode(enum.Enum):
     OFF = "off"  # a dead primary's writes fail (retryable) until a person acts
     EXTERNAL = "external"  # something else promotes; the router follows (router/ha/discovery.py)
-    MANAGED = "managed"  # the routers promote by quorum (not built yet)
-
-
-# The modes this build carries out; the others are refused at load rather than accepted and
-# silently not done.
-_BUILT_FAILOVER_MODES = (FailoverMode.OFF, FailoverMode.EXTERNAL)
+    MANAGED = "managed"  # the routers promote by quorum (router/ha/promoter.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +98,9 @@ def validate_ha(h: HeartbeatConfig, f: FailoverConfig, node_name: str) -> None:
     modes = {m.value: m for m in FailoverMode}
     if f.mode not in modes:
         raise ConfigError("failover.mode", f"must be one of {', '.join(modes)}, got {f.mode!r}")
-    if modes[f.mode] not in _BUILT_FAILOVER_MODES:
-        why = f"{f.mode!r} is not built yet (issue #17); use 'off' or 'external'"
+    if modes[f.mode] is FailoverMode.MANAGED and not h.enabled:
+        why = ("'managed' needs heartbeat.peers and a heartbeat.port: a majority of the "
+               "router nodes decides a promotion")  # fmt: skip
         raise ConfigError("failover.mode", why)
     if f.down_after_seconds <= 0:
         raise ConfigError("failover.down_after_seconds", f"must be positive, got "

@@ -70,8 +70,27 @@ class _LiveCollector(Collector):
             "router.transaction_idle_timeout_seconds",
             labels=["node"],
         )
+        fenced = GaugeMetricFamily(
+            "georoute_node_fenced", "1 if the node is fenced: writable but not the shard's "
+            "agreed primary (an old primary back), so it gets no writes and no reads",
+            labels=["node"],
+        )
+        failovers = CounterMetricFamily(
+            "georoute_failovers", "Changes of a shard's primary this router followed "
+            "(managed or external failover)", labels=["shard"],
+        )
+        failover_seconds = GaugeMetricFamily(
+            "georoute_failover_seconds", "The last failover's length as this router saw it: "
+            "from its primary unusable to the new primary taking writes", labels=["shard"],
+        )
         if topology is not None:
+            for shard in topology.shards.values():
+                failovers.add_metric([shard.name], shard.failovers_total)
+                last = shard.failovers[-1]["seconds"] if shard.failovers else None
+                if last is not None:
+                    failover_seconds.add_metric([shard.name], last)
             for node in topology.nodes():
+                fenced.add_metric([node.name], 1.0 if node.fenced else 0.0)
                 pipeline = node.pool.pipeline
                 piped.add_metric([node.name, "pipeline"], pipeline.statements)
                 piped.add_metric([node.name, "pooled"], pipeline.fallbacks)
@@ -85,7 +104,8 @@ class _LiveCollector(Collector):
                 up.add_metric([node.name, node.role.value], 1.0 if node.available else 0.0)
                 if node.lag_bytes is not None and node.role is Role.REPLICA:
                     lag.add_metric([node.name], node.lag_bytes)
-        yield from (size, waits, lag, up, piped, in_flight, closed, idle_tx)
+        yield from (size, waits, lag, up, piped, in_flight, closed, idle_tx, fenced, failovers,
+                    failover_seconds)
         if self._metrics.open_connections is not None:
             clients = GaugeMetricFamily("georoute_client_connections_open",
                                         "Client connections open now")  # fmt: skip
@@ -124,6 +144,17 @@ def _heartbeat_families(service: HeartbeatService) -> Iterator[Any]:
     traffic.add_metric(["sent"], service.sent)
     traffic.add_metric(["received"], service.received)
     yield traffic
+    if service.promoter is not None:
+        promotions = CounterMetricFamily(
+            "georoute_promotions", "Replicas this router node promoted (managed failover)",
+            labels=["shard"],
+        )  # fmt: skip
+        done: dict[str, int] = {}
+        for record in service.promoter.promotions:
+            done[record.shard] = done.get(record.shard, 0) + 1
+        for shard in service.plans:
+            promotions.add_metric([shard], done.get(shard, 0))
+        yield promotions
 
 
 class Metrics:

@@ -26,10 +26,12 @@ __all__ = [
     "AFTER_WRITE_SQL",
     "NODE_POSITION",
     "NODE_POSITION_SQL",
+    "NODE_STATE_SQL",
     "PRIMARY_POSITION",
     "PRIMARY_POSITION_SQL",
     "REPLAY_POSITION",
     "REPLAY_POSITION_SQL",
+    "TIMELINE_SQL",
     "UNKNOWN_LSN",
     "LsnReader",
     "position_bytes",
@@ -62,6 +64,17 @@ REPLAY_POSITION_SQL = f"SELECT {REPLAY_POSITION}"
 NODE_POSITION = position_bytes("CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
                                "ELSE pg_current_wal_lsn() END")  # fmt: skip
 NODE_POSITION_SQL = f"SELECT pg_is_in_recovery(), {NODE_POSITION}"
+
+# A writable node's timeline (NULL on a standby), from the name of the WAL file it writes:
+# its first 8 hex digits are the timeline. pg_control_checkpoint()'s timeline_id is only
+# updated by the checkpoint after a promotion, which may come seconds later. Every promotion
+# starts a new timeline, so the highest one is the newest primary (router/core/primary.py).
+TIMELINE_SQL = (
+    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
+    "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
+)
+# What the monitor asks every node each round: in recovery or not, its position, its timeline.
+NODE_STATE_SQL = f"SELECT pg_is_in_recovery(), {NODE_POSITION}, {TIMELINE_SQL}"
 
 
 class LsnReader:

@@ -21,7 +21,7 @@ from protocol.ryw import format_ryw_token
 from router.backend.pgwire import Callback, PipelineError, Unsupported
 from router.backend.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.backend.wal import REPLAY_POSITION_SQL
-from router.config import Config
+from router.config import Config, FailoverMode
 from router.core.classify import Analysis
 from router.core.health import HealthEvent
 from router.core.reads import AwaitReplay, OnPrimary, OnReplica, ReadPlan, ReadPolicy, plan_read
@@ -86,6 +86,10 @@ class Executor:
             token=lambda session, shard: self.token(session, self._shard(shard)),
             ended=transaction_ended, distributed=self.distributed,
         )  # fmt: skip
+        # While a shard's primary is down and a failover may bring one (external or managed
+        # mode), its writes wait this long for it ([failover] write_buffer_seconds).
+        off = FailoverMode(config.failover.mode) is FailoverMode.OFF
+        self.write_hold = 0.0 if off else config.failover.write_buffer_seconds
         self._routes: dict[NodeState, list[str]] = {}
         self.scatter = ScatterRunner(config, topology, self.plan_read, self._pick, self.acquire)
 
@@ -109,7 +113,9 @@ class Executor:
 
     async def acquire(self, node: NodeState) -> Backend:
         if not node.available:
-            raise NodeUnavailableError(f"{node.name} is down ({node.last_error or 'unreachable'})")
+            state = "fenced" if node.fenced else "down"
+            raise NodeUnavailableError(f"{node.name} is {state} "
+                                       f"({node.last_error or 'unreachable'})")  # fmt: skip
         if not node.pool.closed:
             backend = node.pool.try_acquire()
             if backend is not None:
@@ -120,6 +126,15 @@ class Executor:
             if not exc.refused:  # turned away by a live server (at its connection limit): up
                 node.record(HealthEvent.CONNECT_FAILED, str(exc))
             raise
+
+    async def writable_primary(self, shard: ShardState) -> NodeState:
+        """The shard's primary, for a write. While it is down (a failover under way, or a
+        restart), the write is held up to `write_hold` seconds for a primary that can take
+        it, woken by each monitor round; then it goes there, or fails with the retryable
+        NODE_UNAVAILABLE if there is none. Reads do not wait: replicas keep serving them."""
+        if not shard.primary.available and self.write_hold > 0:
+            await shard.wait_for_primary(self.write_hold)
+        return shard.primary
 
     def plan_read(self, session: Session, shard: ShardState, hints: Hints) -> ReadPlan[NodeState]:
         """Where a read of `shard` runs (core/reads.py), for this session and its hints."""
@@ -202,7 +217,9 @@ class Executor:
                     found = None  # the primary always has the session's writes
                 if found is not None:
                     return found
-            case OnPrimary() | None:
+            case None:  # a write
+                await self.writable_primary(shard)
+            case OnPrimary():
                 pass
             case _:
                 assert_never(plan)
@@ -362,7 +379,7 @@ class Executor:
     ) -> Outcome:
         """Apply a keyed write at most once: the key is claimed in the write's own transaction,
         and a retry of the same request gets the stored reply (columns, rows, status)."""
-        node = shard.primary
+        node = await self.writable_primary(shard)
         request = idempotency.fingerprint("query", shard.name, [(sql, params)])
         backend = await self.acquire(node)
         if self.classifier.analyze(sql).changes_session_state:
@@ -418,7 +435,7 @@ class Executor:
         shard_name = self._batch_shard(analyses, statements, hints)
         first_sql = statements[0][0]
         shard = self._shard(shard_name)
-        node = shard.primary
+        node = await self.writable_primary(shard)
         backend = await self.acquire(node)
         if any(analysis.changes_session_state for analysis in analyses):
             backend.dirty = True  # closed, not reused (pool.py)

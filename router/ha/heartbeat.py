@@ -4,7 +4,9 @@ machine (router/core/membership.py). The decisions live there; this module only 
 keeps the counts and logs each change of a peer's state with its reason.
 
 Each interval it also asks router/core/failover.py what managed failover would decide for each
-shard, and reports and logs that plan; nothing acts on it yet (README, "High availability").
+shard, and reports and logs that plan. With `[failover] mode = "managed"`, a plan that names
+this node as the promoter is handed to router/ha/promoter.py, which carries it out; in the other
+modes the plan is only advisory.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from protocol.heartbeat import (
     ReportedHealth,
 )
 from router.clock import SYSTEM_CLOCK, Clock
-from router.config import Config
+from router.config import Config, FailoverMode
 from router.core.failover import Decision, FailoverView, Promote, ReplicaView, plan_failover
 from router.core.health import NodeHealth
 from router.core.membership import Membership, MembershipTiming, MemberView, PeerState, Transition
 from router.errors import ConfigError
+from router.ha.promoter import Promoter
 from router.ha.topology import Topology
 
 __all__ = ["MIN_SECRET_BYTES", "HeartbeatService", "heartbeat_key"]
@@ -99,6 +102,8 @@ class HeartbeatService:
         # shard -> (its primary, when this node first saw that primary DOWN, on our clock)
         self._down_since: dict[str, tuple[str, float]] = {}
         self.plans: dict[str, Decision] = {}
+        managed = FailoverMode(config.failover.mode) is FailoverMode.MANAGED
+        self.promoter = Promoter(config, topology, clock) if managed else None
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -124,6 +129,8 @@ class HeartbeatService:
                  self._config.port, ", ".join(self._config.peers), self.incarnation)  # fmt: skip
 
     async def stop(self) -> None:
+        if self.promoter is not None:
+            await self.promoter.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -172,7 +179,8 @@ class HeartbeatService:
                 log.debug("heartbeat to %s:%d not sent: %s", *address, exc)
 
     def _plan(self, view: MemberView) -> None:
-        """What managed failover would decide now, per shard (advisory: nothing acts on it)."""
+        """What managed failover decides now, per shard: carried out by the promoter when this
+        node is the one to promote (mode "managed"), else only reported."""
         now = self.now()
         members = self.membership.alive_members()
         for shard in self._topology().shards.values():
@@ -191,10 +199,15 @@ class HeartbeatService:
                 self.node_name, self.membership.cluster_size, members, shard.name, primary,
                 down_for, self._down_after, replicas,
             ))  # fmt: skip
+            acting = self.promoter is not None
             if decision != self.plans.get(shard.name):
-                log.info("failover plan for %s (advisory, not carried out): %s", shard.name,
+                log.info("failover plan for %s (%s): %s", shard.name,
+                         "managed" if acting else "advisory, not carried out",
                          _describe(decision))  # fmt: skip
             self.plans[shard.name] = decision
+            if (self.promoter is not None and isinstance(decision, Promote)
+                    and decision.promoter == self.node_name):
+                self.promoter.request(decision)
 
     # ---- receiving -------------------------------------------------------------------------
 
@@ -229,6 +242,7 @@ class HeartbeatService:
             "peers": m.snapshot(self.now()),
             "dropped": {reason.value: n for reason, n in self.dropped.items()},
             "failover_plans": {shard: _plan_report(d) for shard, d in self.plans.items()},
+            "promoter": self.promoter.report() if self.promoter is not None else None,
         }
 
 

@@ -10,6 +10,8 @@ view through core/reads.py's `plan_read`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +36,15 @@ class NodeState:
     replay_lsn: int | None = None  # replicas: last replayed WAL position; primaries: current
     lag_bytes: int | None = None  # replicas: primary's position minus replay position
     in_recovery: bool | None = None  # what it said at the last probe (None: no answer)
+    timeline: int | None = None  # a writable node's timeline at the last probe
     last_error: str | None = None
+    # Managed failover: an old primary writable on an older timeline, or a second writable
+    # node (router/core/primary.py). It gets no writes and no reads until it is a standby.
+    fenced: bool = False
 
     @property
     def available(self) -> bool:
-        return self.health is not NodeHealth.DOWN
+        return self.health is not NodeHealth.DOWN and not self.fenced
 
     @property
     def in_flight(self) -> int:
@@ -61,6 +67,8 @@ class NodeState:
             "shard": self.shard,
             "role": self.role.value,
             "in_recovery": self.in_recovery,
+            "timeline": self.timeline,
+            "fenced": self.fenced,
             "host": self.address.host,
             "port": self.address.port,
             "health": self.health.value,
@@ -90,6 +98,40 @@ class ShardState:
     # External failover mode: the monitor's last decision about the primary, with its reason
     # (router/ha/discovery.py), for the topology view. None in the other modes.
     primary_decision: str | None = None
+    # Changes of primary this router followed (external or managed mode), the newest last.
+    failovers: list[dict[str, Any]] = field(default_factory=list)
+    failovers_total: int = 0
+    # Writes held while the primary is down (router/engine/executor.py), woken by the monitor.
+    _writers: list[asyncio.Future[None]] = field(default_factory=list)
+
+    async def wait_for_primary(self, seconds: float) -> bool:
+        """Wait up to `seconds` for the shard to have a primary that can take writes (the same
+        one back, or a new one after a failover); True if it has one."""
+        if self.primary.available:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self.primary.available:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            waiter = loop.create_future()
+            self._writers.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, left)
+            except TimeoutError:
+                return self.primary.available
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._writers.remove(waiter)
+        return True
+
+    def wake_writers(self) -> None:
+        """Called after each monitor round: held writes look at the primary again."""
+        writers, self._writers = self._writers, []
+        for waiter in writers:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def next_turn(self) -> int:
         self.turn += 1
@@ -104,6 +146,7 @@ class ShardState:
         self.replicas.remove(node)
         old.role, node.role = Role.REPLICA, Role.PRIMARY
         old.lag_bytes = None
+        node.fenced = False
         self.replicas.append(old)
         self.primary, self.lsn = node, lsn
         self.last_primary_lsn = None  # the old primary's, on another timeline
@@ -162,6 +205,8 @@ class Topology:
                 "primary": s.primary.name,
                 "nodes": [n.snapshot() for n in s.nodes()],
                 "primary_decision": s.primary_decision,
+                "fenced": [n.name for n in s.nodes() if n.fenced],
+                "failovers": list(s.failovers),
             }
             for name, s in self.shards.items()
         }

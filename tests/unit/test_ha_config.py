@@ -78,8 +78,12 @@ def test_failover_section() -> None:
     config = parse_config(raw_with())
     assert FailoverMode(config.failover.mode) is FailoverMode.OFF
     rejects(raw_with(failover={"mode": "automatic"}), "failover.mode", "must be one of")
-    # managed is documented, and refused until it is built
-    rejects(raw_with(failover={"mode": "managed"}), "failover.mode", "not built yet")
+    # managed needs peers: a majority of router nodes decides a promotion
+    rejects(raw_with({"peers": []}, failover={"mode": "managed"}), "failover.mode",
+            "needs heartbeat.peers")  # fmt: skip
+    managed = parse_config(raw_with({"peers": ["b@127.0.0.1:6701", "c@127.0.0.1:6702"]},
+                                    failover={"mode": "managed"}))  # fmt: skip
+    assert FailoverMode(managed.failover.mode) is FailoverMode.MANAGED
     external = parse_config(raw_with(failover={"mode": "external"}))
     assert FailoverMode(external.failover.mode) is FailoverMode.EXTERNAL
     rejects(raw_with(failover={"down_after_seconds": 0}), "failover.down_after_seconds",

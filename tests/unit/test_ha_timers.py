@@ -25,6 +25,7 @@ from router.engine.idempotency import run_sweeper, sweep_interval
 from router.ha.heartbeat import HeartbeatService
 from router.ha.monitor import LagMonitor
 from router.ha.topology import NodeState, Topology
+from router.types import Role
 from tests.support.clock import FakeClock
 from tests.support.wait import until
 
@@ -177,14 +178,15 @@ async def test_the_failover_plan_times_a_down_primary_on_the_injected_clock(rig:
 
 
 class Probe:
-    """Stands in for a node's monitor connection: answers whether it is in recovery and a
-    fixed WAL position."""
+    """Stands in for a node's monitor connection: answers with a fixed WAL position, the
+    shard's primary as no standby (else mode "off" fails its probe and no lag is measured)."""
 
-    def __init__(self, in_recovery: bool) -> None:
-        self.in_recovery = in_recovery
+    def __init__(self, node: NodeState) -> None:
+        self.node = node
 
     async def fetchrow(self, sql: str, timeout: float) -> Any:  # noqa: ASYNC109 (asyncpg's)
-        return (self.in_recovery, 1000)
+        replica = self.node.role is Role.REPLICA
+        return (replica, 1000, None if replica else 1)  # (in recovery, LSN, timeline)
 
     def is_closed(self) -> bool:
         return False
@@ -200,10 +202,8 @@ async def test_the_monitor_measures_once_per_interval(monkeypatch: pytest.Monkey
     clock = FakeClock()
     monitor = LagMonitor(config, topology, clock=clock)
 
-    primaries = {s.primary.name for s in topology.shards.values()}
-
     async def probe(node: NodeState) -> Probe:
-        return Probe(in_recovery=node.name not in primaries)
+        return Probe(node)
 
     monkeypatch.setattr(monitor, "_conn", probe)
     shards = len(topology.shards)

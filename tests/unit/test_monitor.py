@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from protocol import Hints
-from router.backend.wal import NODE_POSITION_SQL
+from router.backend.wal import NODE_STATE_SQL
 from router.config import load_config
 from router.core.health import NodeHealth
 from router.ha.monitor import LagMonitor
@@ -34,11 +34,12 @@ class ProbeConn:
         self.answers = answers
 
     async def fetchrow(self, sql: str, timeout: float) -> Any:  # noqa: ASYNC109 (asyncpg's)
-        assert sql == NODE_POSITION_SQL
+        assert sql == NODE_STATE_SQL
         answer = self.answers[self.node.name]
         if isinstance(answer, BaseException):
             raise answer
-        return (self.node.role is Role.REPLICA, answer)
+        replica = self.node.role is Role.REPLICA
+        return (replica, answer, None if replica else 1)  # (in recovery, LSN, timeline)
 
     def is_closed(self) -> bool:
         return False

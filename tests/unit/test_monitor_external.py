@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from router.backend.wal import NODE_POSITION_SQL
+from router.backend.wal import NODE_STATE_SQL
 from router.config import load_config
 from router.core.health import NodeHealth
 from router.ha.monitor import FOLLOW_CONFIRM_ROUNDS, LagMonitor
@@ -30,8 +30,9 @@ class ProbeConn:
         answer = self.answers[self.node]
         if isinstance(answer, BaseException):
             raise answer
-        assert sql == NODE_POSITION_SQL
-        return answer
+        assert sql == NODE_STATE_SQL
+        in_recovery, lsn = answer  # the timeline (a writable node's) is 1 throughout
+        return (in_recovery, lsn, None if in_recovery else 1)
 
     def is_closed(self) -> bool:
         return False

@@ -15,8 +15,9 @@ from typing import Any
 
 import asyncpg
 
-from router.backend.wal import PRIMARY_POSITION_SQL, REPLAY_POSITION
+from router.backend.wal import PRIMARY_POSITION_SQL, REPLAY_POSITION, TIMELINE_SQL
 from router.config import Config, NodeAddress
+from router.core.primary import NodeSays, choose_primary
 from router.tools.db.connect import connect_node
 from router.tools.db.documents import DocumentStore
 from router.tools.db.reference_health import ReferenceReport, check_reference_tables
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 # The main tables whose row counts `georoute health` shows per shard.
+IDENTITY_SQL = f"SELECT pg_is_in_recovery(), {TIMELINE_SQL}"
 COUNTED_TABLES: tuple[str, ...] = (
     "users", "courses", "lessons", "enrollments", "lesson_progress", "payments", "invoices",
     "reviews", "certificates", "audit_log",
@@ -52,6 +54,11 @@ class NodeReport:
     expected_role: Role  # router.toml's: its shard's `primary` entry, or one of its replicas
     role: Role | None = None  # what it says of itself (pg_is_in_recovery); None: unknown
     state: Reachability = Reachability.DOWN
+    timeline: int | None = None  # a writable node's timeline
+    # Writable, but not its shard's agreed primary (the writable node on the newest timeline,
+    # router/core/primary.py): an old primary back after a failover. Routers in managed mode
+    # send it nothing; `georoute cluster rejoin` makes it a standby.
+    fenced: bool = False
     replica_lag_bytes: int | None = None      # primary's WAL position minus replica's replay
     # Seconds since the replica replayed its last transaction: grows while the primary is idle,
     # so read it beside replica_lag_bytes (0 bytes behind + large delay = idle, not lagging).
@@ -85,7 +92,8 @@ class HealthReport:
     @property
     def healthy(self) -> bool:
         return self.document_store.ok and all(
-            n.state is Reachability.UP and n.role is n.expected_role for n in self.nodes
+            n.state is Reachability.UP and n.role is n.expected_role and not n.fenced
+            for n in self.nodes
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -112,7 +120,7 @@ class HealthReport:
     def format_table(self) -> str:
         out = [_table(
             ("NODE", "ADDRESS", "ROLE", "STATE", "LAG_BYTES", "REPLAY_DELAY_S", "ERROR"),
-            [(n.name, n.address, _role(n.role), n.state.value,
+            [(n.name, n.address, _role(n.role) + (" FENCED" if n.fenced else ""), n.state.value,
               _dash(n.replica_lag_bytes),
               _dash(None if n.replay_delay_seconds is None else f"{n.replay_delay_seconds:.3f}"),
               n.error or "") for n in self.nodes],
@@ -167,7 +175,8 @@ async def _probe_node(config: Config, node: NodeReport, address: NodeAddress,
         node.error = f"{type(exc).__name__}: {exc}"[:120]
         return
     try:
-        in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
+        identity: Any = await conn.fetchrow(IDENTITY_SQL)
+        in_recovery, node.timeline = identity
         node.state = Reachability.UP
         node.role = Role.REPLICA if in_recovery else Role.PRIMARY
         if in_recovery:
@@ -197,7 +206,8 @@ async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeReport])
     else:
         try:
             primary.state = Reachability.UP
-            in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
+            identity: Any = await conn.fetchrow(IDENTITY_SQL)
+            in_recovery, primary.timeline = identity
             primary.role = Role.REPLICA if in_recovery else Role.PRIMARY
             if not in_recovery:
                 primary_lsn = await conn.fetchval(PRIMARY_POSITION_SQL)
@@ -216,6 +226,11 @@ async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeReport])
         _probe_node(config, node, replica, primary_lsn)
         for node, replica in zip(nodes[1:], shard.replicas, strict=True)
     ))
+    said = [NodeSays(n.name, None if n.role is None else n.role is Role.REPLICA, n.timeline)
+            for n in nodes]  # fmt: skip
+    fenced = choose_primary(primary.name, said).fenced
+    for node in nodes:
+        node.fenced = node.name in fenced
     return report
 
 

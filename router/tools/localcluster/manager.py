@@ -21,6 +21,12 @@ from router.errors import ClusterError, PortInUseError
 from router.tools.localcluster.archive import WalArchive
 from router.tools.localcluster.binaries import PgBinaries, find_pg_bin, make_reachable
 from router.tools.localcluster.docstore_process import DocStoreProcess
+from router.tools.localcluster.failover_ops import (
+    RejoinReport,
+    SwitchoverReport,
+    rejoin,
+    switchover,
+)
 from router.tools.localcluster.layout import (
     Layout,
     config_dir,
@@ -248,6 +254,11 @@ class LocalCluster:
             run_sync(self._wait_all(
                 runner.wait_streaming(n, n.primary_port or 0, deadline) for n in replicas
             ))  # fmt: skip
+            # [shards.<region>] synchronous, on every node: any of them may be promoted.
+            run_sync(self._wait_all(
+                runner.set_synchronous(n.port, self.config.shards[n.shard].synchronous)
+                for n in self.nodes.values()
+            ))  # fmt: skip
             if docstore is not None:
                 docstore.wait_ready(deadline)
         finally:
@@ -318,6 +329,29 @@ class LocalCluster:
         node = self.node(name)
         if runner.pid(node) is None:
             runner.start(node)
+
+    def shard_nodes(self, shard: str) -> list[PgNode]:
+        nodes = [n for n in self.nodes.values() if n.shard == shard]
+        if not nodes:
+            raise ClusterError(f"no shard {shard!r} (known: "
+                               f"{', '.join(sorted({n.shard for n in self.nodes.values()}))})")
+        return nodes
+
+    def rejoin(self, name: str) -> RejoinReport:
+        """Make `name` (e.g. a fenced old primary) a streaming replica of its shard's agreed
+        primary (failover_ops.py)."""
+        node = self.node(name)
+        runner = self._pg(existing_layout(self.config))
+        synchronous = self.config.shards[node.shard].synchronous
+        return run_sync(rejoin(runner, node, self.shard_nodes(node.shard), synchronous,
+                               self.timeout))  # fmt: skip
+
+    def switchover(self, shard: str, to: str | None = None) -> SwitchoverReport:
+        """A planned change of `shard`'s primary, no acknowledged write lost (failover_ops.py)."""
+        runner = self._pg(existing_layout(self.config))
+        synchronous = self.config.shards[shard].synchronous
+        return run_sync(switchover(runner, self.shard_nodes(shard), to, synchronous,
+                                   self.timeout))  # fmt: skip
 
     def pause_replay(self, name: str) -> None:
         self._sql(name, "SELECT pg_wal_replay_pause()")
