@@ -52,7 +52,7 @@ class RunResult:
 
 
 async def _write(db: client.Client, acked: list[tuple[float, uuid.UUID]], stop: asyncio.Event,
-                 failed: list[int]) -> None:  # fmt: skip
+                 failed: list[int]) -> None:
     while not stop.is_set():
         item = uuid.uuid4()
         try:
@@ -78,7 +78,7 @@ async def _until(check: Any, within: float, what: str) -> None:
 
 
 async def one_run(local: LocalCluster, routers: list[RouterProcess], writers: int,
-                  synchronous: bool) -> RunResult:  # fmt: skip
+                  synchronous: bool) -> RunResult:
     dsns = [f"georoute://127.0.0.1:{r.config.router.listen_port}" for r in routers]
     old = (await _topology(dsns[0]))["primary"]
     acked: list[tuple[float, uuid.UUID]] = []
@@ -124,7 +124,7 @@ async def one_run(local: LocalCluster, routers: list[RouterProcess], writers: in
         for dsn in dsns:
             view = await _topology(dsn)
             if view["fenced"] or any(n["in_recovery"] is not True for n in view["nodes"]
-                                     if n["name"] != view["primary"]):  # fmt: skip
+                                     if n["name"] != view["primary"]):
                 return False
         return True
 
@@ -139,7 +139,7 @@ async def run_mode(synchronous: bool, runs: int, writers: int, state_root: Path)
     config = replace(config, shards=shards, tables={**config.tables, TABLE.name: TABLE})
     local = await asyncio.to_thread(start_cluster, config)
     routers = [RouterProcess(c, local.state_dir / f"bench-{c.router.node_name}.toml")
-               for c in demo_router_configs(config)]  # fmt: skip
+               for c in demo_router_configs(config)]
     results: list[RunResult] = []
     try:
         for router in routers:
@@ -181,7 +181,7 @@ def _quorum(routers: list[RouterProcess]) -> Any:
 
 def table(results: list[RunResult]) -> str:
     lines = ["| synchronous | runs | median window (s) | worst window (s) | acknowledged writes "
-             "lost (all runs) |", "|---|---|---|---|---|"]  # fmt: skip
+             "lost (all runs) |", "|---|---|---|---|---|"]
     for mode, group in itertools.groupby(results, key=lambda r: r.synchronous):
         rs = list(group)
         windows = [r.window for r in rs]

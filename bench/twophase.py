@@ -74,7 +74,7 @@ WORKLOADS: dict[str, tuple[str, Txn]] = {
 
 
 async def measure(dsn: str, txn: Txn, users: Users, clients: int, duration: float,
-                  seed: int, router_pid: int) -> dict[str, Any]:  # fmt: skip
+                  seed: int, router_pid: int) -> dict[str, Any]:
     """`clients` sessions each running `txn` back to back for `duration` seconds; with the
     router process's CPU time per transaction (less moved by other load than ops/s)."""
     latencies: list[float] = []
@@ -112,7 +112,7 @@ async def measure(dsn: str, txn: Txn, users: Users, clients: int, duration: floa
     return {"ops_per_s": round(len(latencies) / elapsed, 1), "p50_ms": pct(0.50),
             "p99_ms": pct(0.99), "ops": len(latencies), "errors": sum(errors.values()),
             "router_cpu_us_per_tx": round(router_cpu / len(latencies) * 1e6) if latencies else None,
-            "error_kinds": dict(errors)}  # fmt: skip
+            "error_kinds": dict(errors)}
 
 
 async def load_users(config: Any, per_shard: int) -> Users:
@@ -123,7 +123,7 @@ async def load_users(config: Any, per_shard: int) -> Users:
                                      user=config.database.user, database=primary.database)
         try:
             rows = await conn.fetch("SELECT user_id FROM users ORDER BY user_id LIMIT $1",
-                                    per_shard)  # fmt: skip
+                                    per_shard)
         finally:
             await conn.close()
         out[shard] = [r[0] for r in rows]
@@ -142,7 +142,7 @@ async def run(args: argparse.Namespace, dsn: str, config: Any, pid: int) -> dict
                   f"p50 {figures['p50_ms']:>6.2f} ms  p99 {figures['p99_ms']:>6.2f} ms  "
                   f"router {figures['router_cpu_us_per_tx']} us/tx  "
                   f"errors {figures['error_kinds'] or 0}", file=sys.stderr,
-                  flush=True)  # fmt: skip
+                  flush=True)
     result: dict[str, Any] = {}
     for name, (what, _) in WORKLOADS.items():
         result[name] = {
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(migrate_and_seed(config, args.users))
         router.start()
         print(f"router pid {router.pid}; {args.clients} clients, {args.rounds} rounds of "
-              f"{args.duration:g} s", file=sys.stderr, flush=True)  # fmt: skip
+              f"{args.duration:g} s", file=sys.stderr, flush=True)
         result = asyncio.run(run(args, router.dsn, config, router.pid))
     finally:
         router.stop()

@@ -193,7 +193,7 @@ class Measurement:
 
 
 async def measure(target: RunsOps, workload: Workload, sample: Sample, concurrency: int,
-                  duration: float, max_ops: int, seed: int = 1) -> Measurement:  # fmt: skip
+                  duration: float, max_ops: int, seed: int = 1) -> Measurement:
     """`concurrency` workers issue ops back to back until `duration` seconds or `max_ops`."""
     loop = asyncio.get_running_loop()
     latencies: list[int] = []
@@ -223,7 +223,7 @@ async def measure(target: RunsOps, workload: Workload, sample: Sample, concurren
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
     seconds = time.perf_counter() - started
     return Measurement(len(latencies), state["errors"], seconds, latencies,
-                       first_error[0] if first_error else None)  # fmt: skip
+                       first_error[0] if first_error else None)
 
 
 def median(values: Sequence[float]) -> float:

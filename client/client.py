@@ -62,7 +62,7 @@ def looks_read_only(sql: str) -> bool:
     writes must be sent with idempotent=False.)"""
     match = _FIRST_WORD.match(sql)
     return (match is not None and match.group(1).lower() in _READ_WORDS
-            and _INTO.search(sql) is None)  # fmt: skip
+            and _INTO.search(sql) is None)
 
 
 # Applications send the same few statement texts over and over; the regex ran on every call.

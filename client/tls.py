@@ -16,7 +16,7 @@ SSL_MODES = CLIENT_MODES
 
 
 def ssl_context(sslmode: str, sslrootcert: str | None = None, sslcert: str | None = None,
-                sslkey: str | None = None) -> ssl.SSLContext | None:  # fmt: skip
+                sslkey: str | None = None) -> ssl.SSLContext | None:
     """The context for `sslmode` (None for disable), presenting the client certificate
     `sslcert` (its key in `sslkey`, or in the same file) when given."""
     policy = tls_policy(sslmode, has_root_cert=bool(sslrootcert), modes=CLIENT_MODES)

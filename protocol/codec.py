@@ -199,7 +199,7 @@ class Encoder:
         return self._frame(
             [MessageType.ROWS, request_id, columns, rows, status, route_wire, ryw_token,
              column_types, list(ryw_tokens) if ryw_tokens else None]
-        )  # fmt: skip
+        )
 
     def encode_status(
         self,
@@ -214,7 +214,7 @@ class Encoder:
         return self._frame(
             [MessageType.STATUS, request_id, status, rowcount, route_wire, ryw_token,
              list(ryw_tokens) if ryw_tokens else None]
-        )  # fmt: skip
+        )
 
     def encode_error(
         self,

@@ -22,7 +22,7 @@ from protocol.fields import (
 )
 
 __all__ = ["DOC_READ_OPS", "Admin", "Batch", "Begin", "Commit", "Doc", "Hello", "Ping", "Query",
-           "Rollback"]  # fmt: skip
+           "Rollback"]
 
 # Document-store ops that only read: safe to send again, and they take no idempotency key.
 DOC_READ_OPS = frozenset({"find", "find_one", "count", "aggregate", "distinct"})

@@ -46,7 +46,7 @@ _TABLE: dict[str, TLSPolicy] = {
         TLSPolicy("verify-full", encrypt=True, clear_fallback=False, verify_chain=True,
                   verify_host=True, client_cert=True),
     )
-}  # fmt: skip
+}
 
 # The modes each side accepts. A router node has TLS only when configured, so a client has no
 # use for prefer (it would hide a missing TLS); PostgreSQL servers often offer it, and
@@ -56,7 +56,7 @@ CLIENT_MODES: tuple[str, ...] = ("disable", "require", "verify-ca", "verify-full
 
 
 def tls_policy(mode: str, *, has_root_cert: bool = False,
-               modes: tuple[str, ...] = DATABASE_MODES) -> TLSPolicy:  # fmt: skip
+               modes: tuple[str, ...] = DATABASE_MODES) -> TLSPolicy:
     """The row for `mode`, one of `modes`; ValueError naming them otherwise. With a root
     certificate given, require checks the chain as verify-ca does (libpq's rule)."""
     if mode not in modes:

@@ -324,7 +324,7 @@ def _build_shard(name: str, raw: Any) -> ShardConfig:
     for k in raw:
         if k not in ("number", "primary", "replicas", "synchronous"):
             raise ConfigError(f"{key}.{k}", "unknown key (known: number, primary, replicas, "
-                                            "synchronous)")  # fmt: skip
+                                            "synchronous)")
     for required in ("number", "primary", "replicas"):
         if required not in raw:
             raise ConfigError(f"{key}.{required}", "missing")
@@ -338,7 +338,7 @@ def _build_shard(name: str, raw: Any) -> ShardConfig:
     replicas = tuple(_build_node(f"{key}.replicas[{i}]", r) for i, r in enumerate(reps))
     synchronous = _check_scalar(f"{key}.synchronous", raw.get("synchronous", False), bool)
     return ShardConfig(name=name, number=number, primary=primary, replicas=replicas,
-                       synchronous=synchronous)  # fmt: skip
+                       synchronous=synchronous)
 
 
 def _build_table(name: str, raw: Any) -> TableConfig:
@@ -394,7 +394,7 @@ def parse_function_spec(spec: str) -> tuple[str, tuple[int, ...]]:
     found = _FUNCTION_SPEC.match(spec)
     if found is None:
         raise ValueError(f"{spec!r} is not `name` or `name(1, 2)` (lower case, argument "
-                         "positions from 1)")  # fmt: skip
+                         "positions from 1)")
     positions = tuple(int(p) for p in (found.group(2) or "").replace(",", " ").split())
     if any(p < 1 for p in positions):
         raise ValueError(f"{spec!r}: argument positions count from 1")
@@ -452,10 +452,10 @@ def _validate_router(r: RouterConfig) -> None:
                 "drain_timeout_seconds", "lag_poll_interval_seconds",
                 "pool_acquire_timeout_seconds", "idempotency_retention_seconds",
                 "max_scatter_rows", "twophase_grace_seconds",
-                "twophase_recovery_interval_seconds"):  # fmt: skip
+                "twophase_recovery_interval_seconds"):
         _positive(f"router.{key}", getattr(r, key))
     for key in ("max_replica_lag_bytes", "read_your_writes_wait_ms", "statement_timeout_seconds",
-                "transaction_idle_timeout_seconds"):  # fmt: skip
+                "transaction_idle_timeout_seconds"):
         _non_negative(f"router.{key}", getattr(r, key))
     for spec in r.sharded_functions:
         try:
@@ -470,7 +470,7 @@ def _validate_router(r: RouterConfig) -> None:
     _socket_dir("router.listen_socket_dir", r.listen_socket_dir)
     if bool(r.tls_cert_file) != bool(r.tls_key_file):
         raise ConfigError("router.tls_key_file" if r.tls_cert_file else "router.tls_cert_file",
-                          "TLS needs both a certificate and its key")  # fmt: skip
+                          "TLS needs both a certificate and its key")
     if r.tls_client_ca_file and not r.tls_cert_file:
         why = "needs router.tls_cert_file and tls_key_file (the listener's TLS)"
         raise ConfigError("router.tls_client_ca_file", why)
@@ -480,20 +480,20 @@ def _validate_router(r: RouterConfig) -> None:
 
 def _validate_database(d: DatabaseConfig, r: RouterConfig) -> None:
     for key in ("pool_max_size", "connect_timeout_seconds", "pipeline_max_in_flight",
-                "pipeline_slow_ms"):  # fmt: skip
+                "pipeline_slow_ms"):
         _positive(f"database.{key}", getattr(d, key))
     for key in ("pool_min_size", "statement_cache_size", "pipeline_connections",
-                "tcp_user_timeout_seconds"):  # fmt: skip
+                "tcp_user_timeout_seconds"):
         _non_negative(f"database.{key}", getattr(d, key))
     if d.pool_min_size > d.pool_max_size:
         raise ConfigError("database.pool_min_size", "is larger than database.pool_max_size")
     _socket_dir("database.socket_dir", d.socket_dir)
     if d.sslmode not in SSL_MODES:
         raise ConfigError("database.sslmode", f"must be one of {', '.join(SSL_MODES)}, "
-                                              f"got {d.sslmode!r}")  # fmt: skip
+                                              f"got {d.sslmode!r}")
     if bool(d.sslcert) != bool(d.sslkey):
         raise ConfigError("database.sslkey" if d.sslcert else "database.sslcert",
-                          "a client certificate needs both sslcert and sslkey")  # fmt: skip
+                          "a client certificate needs both sslcert and sslkey")
     if d.sslcert and d.sslmode in ("disable", "prefer"):
         why = f"a client certificate needs sslmode require or verify-*, not {d.sslmode}"
         raise ConfigError("database.sslcert", why)
@@ -502,7 +502,7 @@ def _validate_database(d: DatabaseConfig, r: RouterConfig) -> None:
     _check_tls_files(d)
     if d.tcp_user_timeout_seconds and (
         not r.statement_timeout_seconds or d.tcp_user_timeout_seconds <= r.statement_timeout_seconds
-    ):  # fmt: skip
+    ):
         # A node does not read while it runs a statement: a connection with requests queued
         # behind a long one would be cut while it is healthy.
         why = "must exceed router.statement_timeout_seconds (or be 0: off)"

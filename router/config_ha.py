@@ -67,7 +67,7 @@ def validate_ha(h: HeartbeatConfig, f: FailoverConfig, node_name: str) -> None:
     """Raises ConfigError naming the first bad [heartbeat] or [failover] key."""
     if h.interval_seconds <= 0:
         raise ConfigError("heartbeat.interval_seconds", f"must be positive, got "
-                                                        f"{h.interval_seconds}")  # fmt: skip
+                                                        f"{h.interval_seconds}")
     if h.suspect_after_seconds <= h.interval_seconds:
         raise ConfigError(
             "heartbeat.suspect_after_seconds", "must exceed heartbeat.interval_seconds"
@@ -100,10 +100,10 @@ def validate_ha(h: HeartbeatConfig, f: FailoverConfig, node_name: str) -> None:
         raise ConfigError("failover.mode", f"must be one of {', '.join(modes)}, got {f.mode!r}")
     if modes[f.mode] is FailoverMode.MANAGED and not h.enabled:
         why = ("'managed' needs heartbeat.peers and a heartbeat.port: a majority of the "
-               "router nodes decides a promotion")  # fmt: skip
+               "router nodes decides a promotion")
         raise ConfigError("failover.mode", why)
     if f.down_after_seconds <= 0:
         raise ConfigError("failover.down_after_seconds", f"must be positive, got "
-                                                         f"{f.down_after_seconds}")  # fmt: skip
+                                                         f"{f.down_after_seconds}")
     if f.write_buffer_seconds < 0:
         raise ConfigError("failover.write_buffer_seconds", "must not be negative")

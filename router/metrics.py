@@ -108,7 +108,7 @@ class _LiveCollector(Collector):
                     failover_seconds)
         if self._metrics.open_connections is not None:
             clients = GaugeMetricFamily("georoute_client_connections_open",
-                                        "Client connections open now")  # fmt: skip
+                                        "Client connections open now")
             clients.add_metric([], self._metrics.open_connections())
             yield clients
         yield from self._metrics.request_families()
@@ -135,12 +135,12 @@ def _heartbeat_families(service: HeartbeatService) -> Iterator[Any]:
     dropped = CounterMetricFamily(
         "georoute_heartbeats_dropped", "Heartbeat datagrams dropped, by reason",
         labels=["reason"],
-    )  # fmt: skip
+    )
     for reason, count in service.dropped.items():
         dropped.add_metric([reason.value], count)
     yield dropped
     traffic = CounterMetricFamily("georoute_heartbeats", "Heartbeat datagrams by direction",
-                                  labels=["direction"])  # fmt: skip
+                                  labels=["direction"])
     traffic.add_metric(["sent"], service.sent)
     traffic.add_metric(["received"], service.received)
     yield traffic
@@ -148,7 +148,7 @@ def _heartbeat_families(service: HeartbeatService) -> Iterator[Any]:
         promotions = CounterMetricFamily(
             "georoute_promotions", "Replicas this router node promoted (managed failover)",
             labels=["shard"],
-        )  # fmt: skip
+        )
         done: dict[str, int] = {}
         for record in service.promoter.promotions:
             done[record.shard] = done.get(record.shard, 0) + 1
@@ -193,14 +193,14 @@ class Metrics:
         requests = CounterMetricFamily(
             "georoute_requests", "Requests by kind, shard, role and outcome",
             labels=["kind", "shard", "role", "outcome"],
-        )  # fmt: skip
+        )
         for key, count in dict(self._requests).items():
             requests.add_metric(list(key), count)
         yield requests
         latency = HistogramMetricFamily(
             "georoute_request_duration_seconds", "Time from a request's arrival to its reply",
             labels=["kind"],
-        )  # fmt: skip
+        )
         for kind, (counts, total) in dict(self._latency).items():
             counts = list(counts)
             buckets, running = [], 0
@@ -213,23 +213,23 @@ class Metrics:
     def scatter_families(self) -> Iterator[Any]:
         stats = self.scatter
         requests = CounterMetricFamily("georoute_scatter_requests",
-                                       "Reads answered by several shards, merged")  # fmt: skip
+                                       "Reads answered by several shards, merged")
         requests.add_metric([], stats.requests)
         fanout = CounterMetricFamily("georoute_scatter_fanout",
                                      "Cross-shard reads by how many shards they asked",
-                                     labels=["shards"])  # fmt: skip
+                                     labels=["shards"])
         for width, count in dict(stats.fanout).items():
             fanout.add_metric([str(width)], count)
         merge = CounterMetricFamily("georoute_scatter_merge_seconds",
-                                    "Time spent merging the shards' answers")  # fmt: skip
+                                    "Time spent merging the shards' answers")
         merge.add_metric([], stats.merge_seconds)
         shard = CounterMetricFamily(
             "georoute_scatter_shard_seconds",
             "Time each shard took to answer its part of a cross-shard read (sum; the "
-            "_count is in georoute_scatter_shard_reads)", labels=["shard"])  # fmt: skip
+            "_count is in georoute_scatter_shard_reads)", labels=["shard"])
         reads = CounterMetricFamily("georoute_scatter_shard_reads",
                                     "Parts of cross-shard reads each shard answered",
-                                    labels=["shard"])  # fmt: skip
+                                    labels=["shard"])
         for name, (count, seconds) in dict(stats.shard_seconds).items():
             shard.add_metric([name], seconds)
             reads.add_metric([name], count)
@@ -240,7 +240,7 @@ class Metrics:
         yield from (requests, fanout, merge, shard, reads, refused)
 
     def bind(self, topology: Topology, classifier: Classifier,
-             open_connections: Callable[[], int] | None = None) -> None:  # fmt: skip
+             open_connections: Callable[[], int] | None = None) -> None:
         self.topology = topology
         self.classifier = classifier
         if open_connections is not None:

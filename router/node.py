@@ -82,7 +82,7 @@ def _hosts_of(uri: str) -> str:
 
 class RouterNode:
     def __init__(self, config: Config, *, config_path: str | None = None,
-                 docstore: DocStore | None = None) -> None:  # fmt: skip
+                 docstore: DocStore | None = None) -> None:
         """`docstore`: the document store's component (by default one for
         config.document_store; tests give their own)."""
         self.config_path = config_path
@@ -104,10 +104,10 @@ class RouterNode:
             self.runtime, encoder=Encoder(config.router.max_frame_bytes), metrics=self.metrics,
             docstore=self.docstore, auth_token=token, report=self.topology_report,
             spawn=self.spawn, closed=self._ended.set,
-        )  # fmt: skip
+        )
         self.monitor = LagMonitor(config, self.topology)
         self.heartbeat = (HeartbeatService(config, lambda: self.topology)
-                          if config.heartbeat.enabled else None)  # fmt: skip
+                          if config.heartbeat.enabled else None)
         self._reload_lock = asyncio.Lock()
         self._server: asyncio.Server | None = None
         self._unix_server: asyncio.Server | None = None
@@ -118,7 +118,7 @@ class RouterNode:
 
     def _runtime(self, config: Config, topology: Topology) -> Runtime:
         return Runtime.build(config, topology, scatter_stats=self.metrics.scatter,
-                             transaction_ended=self._ended.set)  # fmt: skip
+                             transaction_ended=self._ended.set)
 
     @property
     def config(self) -> Config:
@@ -174,9 +174,9 @@ class RouterNode:
             self._accept, r.listen_host, r.listen_port, backlog=1024,
             ssl=self._tls.context if self._tls else None,
             ssl_handshake_timeout=_TLS_HANDSHAKE_SECONDS if self._tls else None,
-        )  # fmt: skip
+        )
         log.info("router %s listening on %s:%d%s", r.node_name, r.listen_host, r.listen_port,
-                 " (TLS)" if self._tls else "")  # fmt: skip
+                 " (TLS)" if self._tls else "")
         path = router_socket_path(r)
         if path is not None:
             try:
@@ -219,7 +219,7 @@ class RouterNode:
                     os.unlink(self._unix_path)
         pipelines = [n.pool.pipeline for n in self.topology.nodes()]
         await drain(self.connections, pipelines, self._ended,
-                    self.config.router.drain_timeout_seconds)  # fmt: skip
+                    self.config.router.drain_timeout_seconds)
         for conn in list(self.connections):
             if conn.session.transactions:
                 await self.runtime.executor.transactions.close_session(conn.session)
@@ -262,7 +262,7 @@ class RouterNode:
         r_new, r_old = new.router, self.config.router
         if (r_new.listen_host, r_new.listen_port, r_new.listen_socket_dir) != (
             r_old.listen_host, r_old.listen_port, r_old.listen_socket_dir,
-        ):  # fmt: skip
+        ):
             log.warning("router.listen_* changes need a restart; keeping the old address")
         serving = self._tls.paths if self._tls is not None else ("", "", "")
         if (r_new.tls_cert_file, r_new.tls_key_file, r_new.tls_client_ca_file) != serving:
@@ -270,13 +270,13 @@ class RouterNode:
             level = logging.ERROR if r_new.tls_client_ca_file != serving[2] else logging.WARNING
             log.log(level, "router.tls_* changes need a restart; the listener keeps "
                     "certificate %s, client CA %s", serving[0] or "none (no TLS)",
-                    serving[2] or "none (no client certificates asked for)")  # fmt: skip
+                    serving[2] or "none (no client certificates asked for)")
         elif self._tls is not None:
             try:  # the same paths, perhaps new files (a renewed certificate)
                 self._tls.renew()
             except (OSError, ValueError) as exc:
                 log.error("reload refused, keeping the running config: cannot load "
-                          "router.tls_cert_file and tls_key_file: %s", exc)  # fmt: skip
+                          "router.tls_cert_file and tls_key_file: %s", exc)
                 return False
             log.info("reloaded the TLS certificate from %s", r_new.tls_cert_file)
         # Certificates renewed at the same paths are read afresh by new connections.
@@ -295,7 +295,7 @@ class RouterNode:
              r_new.idempotency_retention_seconds),
             ("heartbeat", self.config.heartbeat, new.heartbeat),
             ("failover", self.config.failover, new.failover),
-        ):  # fmt: skip
+        ):
             if before != after:
                 log.warning("%s changes need a restart; keeping the running one", key)
         new = replace(new, document_store=self.config.document_store, metrics=self.config.metrics,
@@ -303,7 +303,7 @@ class RouterNode:
                       router=replace(r_new, auth_token_env=r_old.auth_token_env,
                                      max_frame_bytes=r_old.max_frame_bytes,
                                      idempotency_retention_seconds=(
-                                         r_old.idempotency_retention_seconds)))  # fmt: skip
+                                         r_old.idempotency_retention_seconds)))
         old_nodes = {n.name: n for n in self.topology.nodes()}
         old_shards = dict(self.topology.shards)
         fresh = Topology.from_config(new)
@@ -355,7 +355,7 @@ class RouterNode:
         if live is None:
             return
         reader = (shard.lsn if shard.lsn.name == live.name
-                  else LsnReader(live.name, live.address, new.database))  # fmt: skip
+                  else LsnReader(live.name, live.address, new.database))
         old = shard.make_primary(live, reader)
         if old is not reader:
             self.spawn(old.close())
@@ -405,7 +405,7 @@ def raise_fd_limit(config: Config) -> int:
     db = config.database
     nodes = len(config.all_nodes())
     needed = (config.router.max_client_connections
-              + nodes * (db.pool_max_size + db.pipeline_connections + 2) + 64)  # fmt: skip
+              + nodes * (db.pool_max_size + db.pipeline_connections + 2) + 64)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     ceiling = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft != resource.RLIM_INFINITY and soft < ceiling:
@@ -420,12 +420,12 @@ def raise_fd_limit(config: Config) -> int:
                 break
             except (ValueError, OSError) as exc:
                 log.warning("could not raise the open-file limit from %d to %d: %s",
-                            soft, target, exc)  # fmt: skip
+                            soft, target, exc)
     if soft != resource.RLIM_INFINITY and soft < needed:
         log.warning("the open-file limit (%d) is below the %d descriptors that "
                     "router.max_client_connections and the pools may need: raise the hard "
                     "limit (ulimit -Hn, LimitNOFILE=) or lower max_client_connections",
-                    soft, needed)  # fmt: skip
+                    soft, needed)
     return int(soft)
 
 

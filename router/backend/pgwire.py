@@ -116,12 +116,12 @@ class _Pending:
 
     __slots__ = ("callback", "columns", "decoders", "error", "future", "kind", "param_oids",
                  "query", "rows", "seconds", "started", "statement", "status", "value_error",
-                 "wants_wal")  # fmt: skip
+                 "wants_wal")
 
     def __init__(self, kind: int, future: asyncio.Future[Any] | None,
                  decoders: tuple[Decoder, ...] = (), query: str | None = None,
                  callback: Callback | None = None,
-                 statement: Statement | None = None) -> None:  # fmt: skip
+                 statement: Statement | None = None) -> None:
         self.kind = kind
         self.future = future
         self.decoders = decoders
@@ -146,7 +146,7 @@ class PipelinedConnection(asyncio.Protocol):
     def __init__(
         self, name: str, *, user: str, database: str, password: str | None,
         settings: dict[str, str], cache_size: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.name = name
         self._user, self._database = user, database
         self._settings = settings
@@ -186,7 +186,7 @@ class PipelinedConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         params = {"user": self._user, "database": self._database, "client_encoding": "UTF8",
-                  "DateStyle": "ISO", **self._settings}  # fmt: skip
+                  "DateStyle": "ISO", **self._settings}
         body = I32.pack(_PROTOCOL_3_0) + b"".join(
             cstr(k) + cstr(v) for k, v in params.items()
         ) + b"\x00"
@@ -232,7 +232,7 @@ class PipelinedConnection(asyncio.Protocol):
                                 row.append(dec(buf, p, n))
                                 p += n
                     except (ValueError, ArithmeticError, UnicodeDecodeError,
-                            ResultValueError) as exc:  # fmt: skip
+                            ResultValueError) as exc:
                         if p + max(n, 0) > end:  # the row itself is malformed: the stream is lost
                             raise
                         # A value Python cannot hold (e.g. the year 10000): this request
@@ -278,7 +278,7 @@ class PipelinedConnection(asyncio.Protocol):
             # V: the severity, never translated (S follows lc_messages).
             if fields.get("V", fields.get("S")) in ("FATAL", "PANIC") or not queue:
                 self._fail(PipelineError(f"{self.name}: {fields.get('M', 'server error')} "
-                                         f"({fields.get('C', '?')})"))  # fmt: skip
+                                         f"({fields.get('C', '?')})"))
                 return
             if queue[0].error is None:
                 queue[0].error = fields
@@ -309,7 +309,7 @@ class PipelinedConnection(asyncio.Protocol):
                 self._wal_waiting.append(pending)  # answered by the position read after it
             else:
                 self._call(callback, pending.rows, pending.status, now - pending.started, None,
-                           None)  # fmt: skip
+                           None)
             return
         fut = pending.future
         assert fut is not None
@@ -345,7 +345,7 @@ class PipelinedConnection(asyncio.Protocol):
 
     @staticmethod
     def _call(callback: Callback, rows: list[Any] | None, status: str, seconds: float,
-              error: BaseException | None, wal: int | None) -> None:  # fmt: skip
+              error: BaseException | None, wal: int | None) -> None:
         try:
             callback(rows, status, seconds, error, wal)
         except Exception:  # the requester's bug must not cost everyone the connection
@@ -461,7 +461,7 @@ class PipelinedConnection(asyncio.Protocol):
         self._send(message(b"P", body) + message(b"D", b"S" + cstr(name)) + SYNC, pending)
         done: _Pending = await pending.future  # type: ignore[misc]
         stmt = make_statement(name, sql, done.param_oids, done.columns, self._enums,
-                              self._enums)  # fmt: skip
+                              self._enums)
         self._stmts[sql] = stmt
         if len(self._stmts) > self._cache_size:
             _, old = self._stmts.popitem(last=False)
@@ -471,10 +471,10 @@ class PipelinedConnection(asyncio.Protocol):
     def _close_statement(self, stmt: Statement) -> None:
         if not self.closed:
             self._send(message(b"C", b"S" + cstr(stmt.name)) + SYNC,
-                       _Pending(_IGNORE, self._loop.create_future()))  # fmt: skip
+                       _Pending(_IGNORE, self._loop.create_future()))
 
     def execute(self, stmt: Statement, params: Sequence[Any],
-                timeout_ms: int | None = None) -> asyncio.Future[Any]:  # fmt: skip
+                timeout_ms: int | None = None) -> asyncio.Future[Any]:
         """Queue Bind/Execute/Sync; the future gives (rows, status, seconds the server spent on
         it). Raises Unsupported (and sends nothing) when these parameters are not carried.
         With `timeout_ms`, PostgreSQL stops the statement after that long (the pipelined
@@ -485,13 +485,13 @@ class PipelinedConnection(asyncio.Protocol):
         if timeout_ms:
             data = statement_timeout_prefix(timeout_ms) + data
         pending = _Pending(_EXECUTE, self._loop.create_future(), stmt.decoders, stmt.sql,
-                           statement=stmt)  # fmt: skip
+                           statement=stmt)
         self._send(data + EXECUTE_ALL_SYNC, pending)
         return pending.future  # type: ignore[return-value]
 
     def execute_then(self, stmt: Statement, params: Sequence[Any], callback: Callback,
                      wal_position: bool = False,
-                     timeout_ms: int | None = None) -> None:  # fmt: skip
+                     timeout_ms: int | None = None) -> None:
         """Like `execute`, but `callback` is called from the reply itself, with no future and
         no extra turn of the event loop. With `wal_position` (a write on a primary), the
         callback waits for the WAL position read queued after this turn's writes, one read
@@ -502,7 +502,7 @@ class PipelinedConnection(asyncio.Protocol):
         if timeout_ms:
             data = statement_timeout_prefix(timeout_ms) + data
         pending = _Pending(_EXECUTE, None, stmt.decoders, stmt.sql, callback=callback,
-                           statement=stmt)  # fmt: skip
+                           statement=stmt)
         if wal_position:
             pending.wants_wal = True
             self._wal_wanted = True

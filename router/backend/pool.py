@@ -175,12 +175,12 @@ class BackendPool:
             # with statement_cache_size=0 even an explicitly prepared statement runs ~70%
             # slower (measured: 157 vs 91 us per point read).
             conn = await connect_asyncpg(self._db, self.address, self._settings,
-                                         max(self._db.statement_cache_size, 1))  # fmt: skip
+                                         max(self._db.statement_cache_size, 1))
             await install_codecs(conn)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise NodeUnavailableError(f"cannot connect to {self.name} ({self.address.label}): "
                                        f"{exc}", refused=isinstance(exc, asyncpg.PostgresError)
-                                       ) from exc  # fmt: skip
+                                       ) from exc
         backend = Backend(conn, self, self._db.statement_cache_size)
         self._all.add(backend)
         return backend

@@ -77,7 +77,7 @@ def _keep_node_alive(transport: Any, db: DatabaseConfig) -> None:
 
 
 async def connect_asyncpg(db: DatabaseConfig, address: NodeAddress, settings: dict[str, str],
-                          statement_cache_size: int = 100) -> asyncpg.Connection:  # fmt: skip
+                          statement_cache_size: int = 100) -> asyncpg.Connection:
     """An asyncpg connection to a node, as the router opens them all (pools, lag monitor, WAL
     reads, `georoute db`): TLS as `db.sslmode` says, and on TCP the pipeline's keepalives."""
     host = db.host_for(address)
@@ -85,7 +85,7 @@ async def connect_asyncpg(db: DatabaseConfig, address: NodeAddress, settings: di
         host=host, port=address.port, database=address.database, user=db.user,
         password=db.password(), timeout=db.connect_timeout_seconds, ssl=asyncpg_ssl(db, host),
         statement_cache_size=statement_cache_size, server_settings=settings,
-    )  # fmt: skip
+    )
     _keep_node_alive(getattr(conn, "_transport", None), db)  # asyncpg has no option for it
     return conn
 
@@ -152,7 +152,7 @@ async def open_stream(
                     raise
                 # As libpq's prefer does: a TLS attempt that fails is made again in clear.
                 log.warning("%s:%d: TLS failed (%s); sslmode=prefer goes on in clear",
-                            host, port, exc)  # fmt: skip
+                            host, port, exc)
                 transport.abort()
                 transport, protocol = await loop.create_connection(factory, host, port)
                 _keep_node_alive(transport, db)
@@ -185,7 +185,7 @@ def server_context(router: RouterConfig) -> ssl.SSLContext | None:
     if not router.tls_cert_file:
         return None
     return _listener_context(router.tls_cert_file, router.tls_key_file,
-                             router.tls_client_ca_file)  # fmt: skip
+                             router.tls_client_ca_file)
 
 
 def _listener_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext:

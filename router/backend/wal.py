@@ -62,7 +62,7 @@ REPLAY_POSITION_SQL = f"SELECT {REPLAY_POSITION}"
 # coalesce(replay, own): a promoted node's replay position stays where its recovery ended,
 # and the primary it became would seem to write nothing (every replica fresh).
 NODE_POSITION = position_bytes("CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
-                               "ELSE pg_current_wal_lsn() END")  # fmt: skip
+                               "ELSE pg_current_wal_lsn() END")
 NODE_POSITION_SQL = f"SELECT pg_is_in_recovery(), {NODE_POSITION}"
 
 # A writable node's timeline (NULL on a standby), from the name of the WAL file it writes:
@@ -121,7 +121,7 @@ class LsnReader:
     async def _read(self) -> int:
         if self._conn is None or self._conn.is_closed():
             self._conn = await connect_asyncpg(self._db, self._address,
-                                               {"application_name": "georoute-lsn"})  # fmt: skip
+                                               {"application_name": "georoute-lsn"})
         self.reads += 1
         try:
             value = await self._conn.fetchval(AFTER_WRITE_SQL,

@@ -175,7 +175,7 @@ class Analyzer:
             within = sql.encode(errors="surrogatepass")[:limit].decode(errors="ignore")
             raise SqlParseError(f"the statement's text is over router.max_sql_bytes ({limit} "
                                 "bytes); send large data as parameters", len(within),
-                                "54000")  # fmt: skip
+                                "54000")
         try:
             raw = parse_sql(sql)
         except ParseError as exc:
@@ -252,7 +252,7 @@ class Analyzer:
                 session = True
             qualified = ".".join(names)
             if not ((builtin and fname in self._read_only_functions)
-                    or qualified in self._read_only_functions):  # fmt: skip
+                    or qualified in self._read_only_functions):
                 write = True
 
         return Analysis(
@@ -298,6 +298,6 @@ def _names_pg_temp(node: Any) -> bool:
         if isinstance(names[0], (list, tuple)) and names[0]:  # DROP ... objects: lists of names
             names = names[0]
         if (len(names) >= 2 and isinstance(names[0], ast.String)
-                and str(names[0].sval).lower().startswith("pg_temp")):  # fmt: skip
+                and str(names[0].sval).lower().startswith("pg_temp")):
             return True
     return False

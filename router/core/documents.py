@@ -155,7 +155,7 @@ def _check_object(collection: str, prefix: str, schema: Mapping[str, Field], doc
 
 
 def _validate(schemas: Mapping[str, Mapping[str, Field]], collection: str,
-              doc: Mapping[str, Any]) -> None:  # fmt: skip
+              doc: Mapping[str, Any]) -> None:
     schema = schemas.get(collection)
     if schema is None:
         raise DocumentValidationError(collection, "", "unknown collection")

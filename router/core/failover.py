@@ -88,7 +88,7 @@ class Promote:
     def reason(self) -> str:
         return (f"{len(self.voters)} router nodes ({', '.join(self.voters)}) see {self.shard}'s "
                 f"primary down; {self.replica} is the most advanced replica "
-                f"(LSN {self.replica_lsn})")  # fmt: skip
+                f"(LSN {self.replica_lsn})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,24 +109,24 @@ def plan_failover(view: FailoverView) -> Decision:
     if view.down_for_seconds < view.down_after_seconds:
         return NoAction(shard, NoActionReason.NOT_DOWN_LONG_ENOUGH,
                         f"{primary} down for {view.down_for_seconds:.2f}s here, "
-                        f"< {view.down_after_seconds:.2f}s")  # fmt: skip
+                        f"< {view.down_after_seconds:.2f}s")
     majority = view.cluster_size // 2 + 1
     alive = sorted(view.members)
     if len(alive) < majority:
         reason = NoActionReason.ISOLATED if len(alive) == 1 else NoActionReason.NO_QUORUM
         return NoAction(shard, reason, f"{len(alive)} of {view.cluster_size} router nodes "
-                                       f"alive, {majority} needed")  # fmt: skip
+                                       f"alive, {majority} needed")
     voters = tuple(name for name in alive if _sees_down(view.members[name], shard, primary))
     if len(voters) < majority:
         return NoAction(shard, NoActionReason.PRIMARY_SEEN_BY_MAJORITY,
                         f"{len(voters)} of {view.cluster_size} router nodes see {primary} "
-                        f"down, {majority} needed")  # fmt: skip
+                        f"down, {majority} needed")
     candidates = [(-r.replay_lsn, r.name) for r in view.replicas
                   if r.health is ReportedHealth.UP and r.in_recovery
-                  and r.replay_lsn is not None]  # fmt: skip
+                  and r.replay_lsn is not None]
     if not candidates:
         return NoAction(shard, NoActionReason.NO_HEALTHY_REPLICA,
-                        f"no replica of {shard} is up, replaying and measured")  # fmt: skip
+                        f"no replica of {shard} is up, replaying and measured")
     negated_lsn, replica = min(candidates)  # the most advanced; the lowest name on a tie
     return Promote(shard, voters[0], replica, -negated_lsn, voters)
 
@@ -135,7 +135,7 @@ def _sees_down(member: MemberView, shard: str, primary: str) -> bool:
     # A node that names another primary for the shard (it has seen a failover this node has
     # not) is not agreeing about this one.
     return (member.primaries.get(shard) == primary
-            and member.nodes.get(primary) is ReportedHealth.DOWN)  # fmt: skip
+            and member.nodes.get(primary) is ReportedHealth.DOWN)
 
 
 
@@ -193,11 +193,11 @@ def decide_promotion(old_primary: str, nodes: Sequence[ShardNodeState]) -> Promo
     if old is not None and old.in_recovery is False:
         return GiveUp(f"{old_primary} answers and is writable again: no failover")
     promoted = sorted((n for n in nodes if n.name != old_primary and n.in_recovery is False),
-                      key=lambda n: (-(n.timeline or 0), n.name))  # fmt: skip
+                      key=lambda n: (-(n.timeline or 0), n.name))
     if promoted:
         first = promoted[0]
         return Adopt(first.name, f"{first.name} is already out of recovery (timeline "
-                                 f"{first.timeline}): promoted before, nothing to do")  # fmt: skip
+                                 f"{first.timeline}): promoted before, nothing to do")
     standbys = [n for n in nodes if n.name != old_primary and n.in_recovery is True]
     if not standbys:
         return GiveUp(f"no replica of {old_primary}'s shard answers")

@@ -54,7 +54,7 @@ class PrimaryChoice:
 
 
 def choose_primary(current: str, nodes: Iterable[NodeSays],
-                   fenced_before: Set[str] = frozenset()) -> PrimaryChoice:  # fmt: skip
+                   fenced_before: Set[str] = frozenset()) -> PrimaryChoice:
     seen = list(nodes)
     writable = [n for n in seen if n.in_recovery is False]
     standby = {n.name for n in seen if n.in_recovery is True}
@@ -63,14 +63,14 @@ def choose_primary(current: str, nodes: Iterable[NodeSays],
     if not writable:
         fenced = frozenset(sticky - {current})
         return PrimaryChoice(current, fenced, ChoiceReason.NO_WRITABLE,
-                             f"no node is writable; {current} stays the primary")  # fmt: skip
+                             f"no node is writable; {current} stays the primary")
     top = max(-1 if n.timeline is None else n.timeline for n in writable)
     best = sorted(n.name for n in writable if (-1 if n.timeline is None else n.timeline) == top)
     if len(best) > 1:
         primary = current if current in best else best[0]
         reason = ChoiceReason.SPLIT_BRAIN
         detail = (f"{', '.join(best)} are all writable on timeline {top}: keeping {primary}, "
-                  f"fencing the others (rejoin the stale one)")  # fmt: skip
+                  f"fencing the others (rejoin the stale one)")
     else:
         [primary] = best
         if primary == current:
@@ -78,7 +78,7 @@ def choose_primary(current: str, nodes: Iterable[NodeSays],
         elif any(n.name == current for n in writable):
             reason = ChoiceReason.NEWER_TIMELINE
             detail = (f"{primary} is writable on timeline {top}, newer than {current}'s: "
-                      f"{current} is fenced")  # fmt: skip
+                      f"{current} is fenced")
         else:
             reason = ChoiceReason.CURRENT_NOT_WRITABLE
             detail = f"{primary} is writable on timeline {top}; {current} is not"

@@ -34,4 +34,4 @@ def one_copy_refusal(tables: Sequence[str], where: str) -> str:
     return (f"{names} {'is a reference table' if len(tables) == 1 else 'are reference tables'}"
             f" (a copy on every shard): {where} would change one copy only. Send the write "
             "without a shard hint, outside a transaction or in one begun without a shard "
-            "hint: it then goes to every shard's primary, in one two-phase commit")  # fmt: skip
+            "hint: it then goes to every shard's primary, in one two-phase commit")

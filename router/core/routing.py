@@ -171,7 +171,7 @@ def _confine(
         if shards is not None and not shards:
             raise CrossShardError(
                 f"the statement's keys name different shards for {_describe(conf, ref)}, so no "
-                "row could match them all; send one statement per shard")  # fmt: skip
+                "row could match them all; send one statement per shard")
     return found
 
 
@@ -201,13 +201,13 @@ def _row_shards(
         if len(named) > 1:
             raise CrossShardError(
                 f"a row written to {row[0].table} names several shards by its keys "
-                f"({', '.join(sorted(named))}); a row lives on one shard")  # fmt: skip
+                f"({', '.join(sorted(named))}); a row lives on one shard")
         shards |= named
     return shards
 
 
 def _unconfined(conf: Confinement, found: list[frozenset[str] | None],
-                config: Config) -> MissingShardKeyError:  # fmt: skip
+                config: Config) -> MissingShardKeyError:
     """The error for references nothing confines: it names each and what would."""
     wanted: list[str] = []
     first: tuple[str, str] | None = None
@@ -217,7 +217,7 @@ def _unconfined(conf: Confinement, found: list[frozenset[str] | None],
         name = conf.refs[ref].table
         if conf.refs[ref].function:
             text = (f"{name} (a sharded function: an id or a region in an argument "
-                    "router.sharded_functions names)")  # fmt: skip
+                    "router.sharded_functions names)")
         elif name not in config.tables:
             text = f"{name} (georoute's own table, one per shard: a shard hint)"
         else:
@@ -232,11 +232,11 @@ def _unconfined(conf: Confinement, found: list[frozenset[str] | None],
         wanted, table, key,
         scope=" in the scope of every reference to a sharded table (each subquery, CTE and "
               "UNION branch is a scope of its own; an equality under OR or NOT confines "
-              "nothing)")  # fmt: skip
+              "nothing)")
 
 
 def named_shards(analysis: Analysis, params: Sequence[Any], config: Config,
-                 *, strict: bool) -> set[str]:  # fmt: skip
+                 *, strict: bool) -> set[str]:
     """The shards the statement's own keys name (pins, joins, written rows). `strict`: every
     sharded reference must be confined (else MissingShardKeyError). Contradictory keys and
     rows that cannot be checked raise CrossShardError."""
@@ -257,7 +257,7 @@ def _one(shards: set[str], what: str) -> str:
     if len(shards) > 1:
         raise CrossShardError(
             f"{what} spans shards {', '.join(sorted(shards))}; cross-shard statements are not "
-            "supported yet: send one per shard, or give a shard hint to ask one shard")  # fmt: skip
+            "supported yet: send one per shard, or give a shard hint to ask one shard")
     return next(iter(shards))
 
 
@@ -278,18 +278,18 @@ def statement_shard(analysis: Analysis, params: Sequence[Any], config: Config) -
     if analysis.confinement.rows:  # rows whose keys are all made on the shard: which shard?
         table = analysis.confinement.rows[0][0].table if analysis.confinement.rows[0] else None
         raise MissingShardKeyError([f"{table or 'the written table'}'s shard key, "
-                                    "or a shard hint"], table)  # fmt: skip
+                                    "or a shard hint"], table)
     return None
 
 
 def check_writes(analysis: Analysis, params: Sequence[Any], shard: str,
-                 config: Config) -> None:  # fmt: skip
+                 config: Config) -> None:
     """Rows a statement running on `shard` writes stay on `shard`: the rows it inserts name it
     (or no shard) by their keys, and an UPDATE sets a shard key only to a value of it. A
     reference table is written on every shard or not at all (router/core/reference.py)."""
     if analysis.reference_writes:
         raise CrossShardError(one_copy_refusal(analysis.reference_writes, "a write run on "
-                                               f"one shard ({shard})"))  # fmt: skip
+                                               f"one shard ({shard})"))
     conf = analysis.confinement
     if conf.rows or conf.unchecked is not None:
         found = _confine(conf, params, config) if conf.refs else []
@@ -297,12 +297,12 @@ def check_writes(analysis: Analysis, params: Sequence[Any], shard: str,
             if other != shard:
                 raise CrossShardError(
                     f"the statement runs on shard {shard} but writes a row whose key names "
-                    f"{other}; a row must be written on its own shard")  # fmt: skip
+                    f"{other}; a row must be written on its own shard")
     check_assignments(analysis, params, shard, config)
 
 
 def check_assignments(analysis: Analysis, params: Sequence[Any], shard: str,
-                      config: Config) -> None:  # fmt: skip
+                      config: Config) -> None:
     """A row stays on its shard: an UPDATE may set its shard key only to a value of `shard`
     (moving a row between shards would need a two-phase commit)."""
     for key in analysis.assigned_keys:
@@ -310,7 +310,7 @@ def check_assignments(analysis: Analysis, params: Sequence[Any], shard: str,
         if key.param is None and key.value is None:
             raise CrossShardError(f"the statement sets the shard key {where} to an expression; "
                                   "set it to a parameter or a constant, so the router can "
-                                  "check that the row stays on its shard")  # fmt: skip
+                                  "check that the row stays on its shard")
         value = key.value if key.param is None else _param(params, key.param)
         if value is None:
             continue  # NULL: the column's own constraints decide
@@ -321,7 +321,7 @@ def check_assignments(analysis: Analysis, params: Sequence[Any], shard: str,
             raise CrossShardError(
                 f"the statement would move a row of {key.table} from shard {shard} to "
                 f"{other} ({where}); moving rows between shards is not "
-                "supported: insert it there and delete it here")  # fmt: skip
+                "supported: insert it there and delete it here")
 
 
 def resolve_shards(
@@ -343,7 +343,7 @@ def resolve_shards(
         return OneShard(hint, write)
     conf = analysis.confinement
     if (len(conf.refs) == 1 and len(conf.pins) == 1 and not conf.rows and not conf.edges
-            and conf.unchecked is None):  # fmt: skip
+            and conf.unchecked is None):
         shards = _pin_shards(conf.pins[0], params, config)  # the point read or write
         if shards is not None and len(shards) == 1:
             shard = next(iter(shards))
@@ -364,7 +364,7 @@ def resolve_shards(
 
 
 def route(analysis: Analysis, params: Sequence[Any], hint: str | None,
-          config: Config) -> Route:  # fmt: skip
+          config: Config) -> Route:
     """`resolve_shards`, except that a plain SELECT that is not confined to one shard (nothing
     confines a table it reads, or its keys name several shards), or that has the hint "*",
     becomes a Scatter over the shards it needs, and an unhinted write to a reference table
@@ -374,12 +374,12 @@ def route(analysis: Analysis, params: Sequence[Any], hint: str | None,
             raise CrossShardError(
                 f"the write to {', '.join(analysis.reference_writes)} (a reference table) also "
                 "touches sharded tables: each shard would write its own rows into its copy. "
-                "Write the reference table with values of its own")  # fmt: skip
+                "Write the reference table with values of its own")
         return EveryPrimary(tuple(config.shards), analysis.reference_writes)
     if hint == SCATTER_HINT:
         if not analysis.read_only or analysis.command != "SELECT":
             raise CrossShardError('shard "*" asks every shard, which only a read may do; '
-                                  "a write runs on one shard")  # fmt: skip
+                                  "a write runs on one shard")
         return Scatter(tuple(config.shards))
     try:
         return resolve_shards(analysis, params, hint, config)

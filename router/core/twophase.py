@@ -70,7 +70,7 @@ def format_gid(gtid: str, coordinator: str, participant: str) -> str:
     for shard in (coordinator, participant):
         if not _SHARD.match(shard):
             raise ValueError(f"shard name {shard!r} cannot be part of a prepared "
-                             "transaction's name (letters, digits, _ . - only)")  # fmt: skip
+                             "transaction's name (letters, digits, _ . - only)")
     gid = f"{GID_PREFIX}:{gtid}:{coordinator}:{participant}"
     if len(gid) > _MAX_GID_BYTES:
         raise ValueError(f"prepared transaction name too long: {gid!r}")
@@ -171,7 +171,7 @@ def recovery_action(recorded: Recorded, age_seconds: float, grace_seconds: float
 def forgettable(
     decided: Iterable[str], in_doubt: Iterable[str], answered: Iterable[str],
     shards: Iterable[str],
-) -> set[str]:  # fmt: skip
+) -> set[str]:
     """The decision rows (by gtid) that may be deleted: those read *before* the prepared
     transactions were listed (`decided`), none of whose branches is still prepared
     (`in_doubt`), when every shard's primary answered that listing. A commit row is read

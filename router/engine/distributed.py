@@ -78,7 +78,7 @@ class DistributedTransactions:
         # The fault point is read once, here, at start-up (README, "Testing two-phase commit").
         self.coordinator = Coordinator(acquire, config.router.node_name,
                                        config.router.twophase_grace_seconds,
-                                       fault_point_from_env(os.environ))  # fmt: skip
+                                       fault_point_from_env(os.environ))
         self._bg: set[asyncio.Task[None]] = set()
 
     # ---- begin, statements ------------------------------------------------------------------
@@ -93,7 +93,7 @@ class DistributedTransactions:
 
     async def statements(self, session: Session, tx: DistributedTransaction,
                          statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints
-                         ) -> Outcome:  # fmt: skip
+                         ) -> Outcome:
         """Statements inside `tx` (one, or a batch), each placed by its keys; all checked
         before any runs, then run in order holding the transaction."""
         tx.stop_idle_timer()  # its client is not idle: a long text may wait for the parser
@@ -112,7 +112,7 @@ class DistributedTransactions:
             tx.stop_idle_timer()
             try:
                 for analysis, shards, (sql, params) in zip(analyses, placed, statements,
-                                                           strict=True):  # fmt: skip
+                                                           strict=True):
                     last = await self._run(tx, analysis, shards, sql, params)
             finally:
                 if not tx.closed:
@@ -121,20 +121,20 @@ class DistributedTransactions:
         return last
 
     def _placement(self, tx: DistributedTransaction, analysis: Analysis,
-                   params: Sequence[Any], hints: Hints) -> tuple[str, ...]:  # fmt: skip
+                   params: Sequence[Any], hints: Hints) -> tuple[str, ...]:
         """The shards one statement of `tx` runs on: the one its keys (or its hint) name; every
         shard for a reference-table write; for a read of reference tables only, a shard the
         transaction has open already (any shard has them)."""
         config = self._config
         if len(params) != analysis.param_count:
             raise RoutingError(f"the statement uses {analysis.param_count} parameters, "
-                               f"{len(params)} were given")  # fmt: skip
+                               f"{len(params)} were given")
         hint = hints.shard
         if hint is None and hints.shard_key is not None:
             hint = shard_of_value(hints.shard_key, config)
             if hint is None:
                 raise UnknownShardError(f"shard_key {hints.shard_key!r} is neither a region nor "
-                                        "a georoute id")  # fmt: skip
+                                        "a georoute id")
         if hint == SCATTER_HINT:
             raise CrossShardError('shard "*" asks every shard: inside a transaction each '
                                   "statement runs on one shard (its keys, or a hint, say which)")
@@ -150,12 +150,12 @@ class DistributedTransactions:
                 raise CrossShardError(
                     "a read over several shards inside a transaction is not supported: read "
                     "them outside it (a cross-shard read), or one shard at a time by key or "
-                    "hint")  # fmt: skip
+                    "hint")
             case other:
                 assert_never(other)
 
     async def _run(self, tx: DistributedTransaction, analysis: Analysis,
-                   shards: Sequence[str], sql: str, params: Sequence[Any]) -> Outcome:  # fmt: skip
+                   shards: Sequence[str], sql: str, params: Sequence[Any]) -> Outcome:
         """One statement on the branches of `shards` (opened as needed), holding tx.lock."""
         if tx.failed:
             raise TransactionAborted("an earlier statement failed; only rollback is accepted")
@@ -186,13 +186,13 @@ class DistributedTransactions:
                 f"the write to {', '.join(analysis.reference_writes)} did not do the same on "
                 f"every shard ({said}), so it was not applied: its copies already differ "
                 "(`georoute health` names them), or the statement computes its rows on each "
-                "shard")  # fmt: skip
+                "shard")
         for branch, (_, _, status) in zip(branches, results, strict=True):
             if not analysis.read_only and rows_changed(analysis, status):
                 branch.wrote = True
         columns, rows, status = first
         return Outcome(columns, rows, status, ",".join(b.shard for b in branches),
-                       ",".join(b.node.name for b in branches), WireRole.PRIMARY)  # fmt: skip
+                       ",".join(b.node.name for b in branches), WireRole.PRIMARY)
 
     async def _open(self, tx: DistributedTransaction, shard: str) -> None:
         node = self._topology.shards[shard].primary
@@ -206,7 +206,7 @@ class DistributedTransactions:
 
     @staticmethod
     async def _run_on(tx: DistributedTransaction, branch: Branch, analysis: Analysis, sql: str,
-                      params: Sequence[Any]) -> Result:  # fmt: skip
+                      params: Sequence[Any]) -> Result:
         if analysis.changes_session_state:
             # Before it runs: a session-level change (an advisory lock, SET) outlives a failed
             # statement and the transaction's rollback.
@@ -216,7 +216,7 @@ class DistributedTransactions:
         except CONNECTION_ERRORS as exc:
             raise NodeUnavailableError(
                 f"{branch.node.name}: connection lost inside transaction {tx.id}: {exc}",
-                sent=True) from exc  # fmt: skip
+                sent=True) from exc
         except BaseException as exc:
             if is_read_only_refusal(exc) and not tx.read_only:
                 # Begun read-write, yet refused as read-only: its node is no longer the
@@ -259,7 +259,7 @@ class DistributedTransactions:
         if not branches:
             return None
         return Outcome([], [], "ROLLBACK", ",".join(b.shard for b in branches),
-                       ",".join(b.node.name for b in branches), WireRole.PRIMARY)  # fmt: skip
+                       ",".join(b.node.name for b in branches), WireRole.PRIMARY)
 
     async def close(self, session: Session, tx: DistributedTransaction) -> None:
         """Its client went away: roll back whatever it left open."""
@@ -286,7 +286,7 @@ class DistributedTransactions:
 
     async def _committed(self, session: Session, branches: Sequence[Branch],
                          result: CommitResult, status: str, columns: list[str] | None = None,
-                         rows: list[Any] | None = None) -> Outcome:  # fmt: skip
+                         rows: list[Any] | None = None) -> Outcome:
         """The reply's Outcome: where it ran, and a read-your-writes token for every shard
         whose writes are committed (PROTOCOL.md section 5)."""
         shards = self._topology.shards
@@ -294,22 +294,22 @@ class DistributedTransactions:
             tokens = [await self._token(session, shards[name]) for name in result.committed]
         else:
             tokens = await asyncio.gather(*(self._token(session, shards[name])
-                                            for name in result.committed))  # fmt: skip
+                                            for name in result.committed))
         return Outcome(columns or [], rows or [], status, ",".join(b.shard for b in branches),
                        ",".join(b.node.name for b in branches), WireRole.PRIMARY,
-                       tokens[0] if tokens else None, ryw_tokens=tuple(tokens))  # fmt: skip
+                       tokens[0] if tokens else None, ryw_tokens=tuple(tokens))
 
     # ---- a reference-table write outside a transaction ---------------------------------------
 
     async def reference_write(self, session: Session, sql: str, params: Sequence[Any],
-                              hints: Hints, analysis: Analysis) -> Outcome:  # fmt: skip
+                              hints: Hints, analysis: Analysis) -> Outcome:
         """Run `sql` on every shard's primary, committed on all of them in one two-phase
         commit, or on none."""
         if hints.shard is not None or hints.shard_key is not None:
             raise CrossShardError(one_copy_refusal(analysis.reference_writes, "a shard hint"))
         if hints.idempotency_key is not None:
             raise RoutingError("an idempotency key is not supported on a write to a reference "
-                               "table yet: send it without one")  # fmt: skip
+                               "table yet: send it without one")
         tx = DistributedTransaction(0, "BEGIN")  # the session never sees it
         shards = self._placement(tx, analysis, params, hints)
         try:
@@ -320,7 +320,7 @@ class DistributedTransactions:
         branches = list(tx.branches.values())
         result = await asyncio.shield(self.coordinator.commit(branches))
         return await self._committed(session, branches, result, ran.status, ran.columns,
-                                     ran.rows)  # fmt: skip
+                                     ran.rows)
 
     # ---- idle transactions ------------------------------------------------------------------
 
@@ -346,7 +346,7 @@ class DistributedTransactions:
                 branch.node.pool.idle_rollbacks += 1
             session.expire(tx, f"transaction {tx.id} was rolled back: its client sent nothing "
                                f"for {self._idle_timeout:g} s "
-                               "(router.transaction_idle_timeout_seconds)")  # fmt: skip
+                               "(router.transaction_idle_timeout_seconds)")
             try:
                 await self.coordinator.rollback(list(tx.branches.values()))
             finally:

@@ -106,7 +106,7 @@ class TwoPhaseAborted(TransactionError):
         self.shard = shard
         self.cause = cause
         super().__init__(f"transaction rolled back on every shard: {what} on shard {shard}: "
-                         f"{cause}")  # fmt: skip
+                         f"{cause}")
 
     def detail(self) -> dict[str, Any]:
         return {"shard": self.shard}
@@ -181,7 +181,7 @@ class ResultUndeliverable(EngineError):
     code = ErrorCode.RESULT_UNDELIVERABLE
 
     def __init__(self, status: str, rowcount: int, route: list[str] | None,
-                 ryw_token: str | None, tx: int | None, reason: str) -> None:  # fmt: skip
+                 ryw_token: str | None, tx: int | None, reason: str) -> None:
         self.status = status
         self.rowcount = rowcount
         self.route = route
@@ -193,7 +193,7 @@ class ResultUndeliverable(EngineError):
             advice = "do not send it again"
         else:
             what = (f"the statement ran in transaction {tx} ({status}), which is still open, "
-                    "but its result cannot be sent")  # fmt: skip
+                    "but its result cannot be sent")
             advice = "it commits or rolls back with the transaction"
         super().__init__(f"{what}: {reason}; {advice}")
 

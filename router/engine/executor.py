@@ -71,7 +71,7 @@ def _release(node: NodeState, backend: Backend, broken: bool) -> None:
 
 class Executor:
     def __init__(self, config: Config, topology: Topology, classifier: Classifier, *,
-                 transaction_ended: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 transaction_ended: Callable[[], None] | None = None) -> None:
         """`transaction_ended`: called whenever a transaction is over (a drain waits on it)."""
         self.config = config
         self.topology = topology
@@ -85,7 +85,7 @@ class Executor:
             shard_for_key=self.shard_for_key, acquire=self.acquire, release=_release,
             token=lambda session, shard: self.token(session, self._shard(shard)),
             ended=transaction_ended, distributed=self.distributed,
-        )  # fmt: skip
+        )
         # While a shard's primary is down and a failover may bring one (external or managed
         # mode), its writes wait this long for it ([failover] write_buffer_seconds).
         off = FailoverMode(config.failover.mode) is FailoverMode.OFF
@@ -115,7 +115,7 @@ class Executor:
         if not node.available:
             state = "fenced" if node.fenced else "down"
             raise NodeUnavailableError(f"{node.name} is {state} "
-                                       f"({node.last_error or 'unreachable'})")  # fmt: skip
+                                       f"({node.last_error or 'unreachable'})")
         if not node.pool.closed:
             backend = node.pool.try_acquire()
             if backend is not None:
@@ -139,7 +139,7 @@ class Executor:
     def plan_read(self, session: Session, shard: ShardState, hints: Hints) -> ReadPlan[NodeState]:
         """Where a read of `shard` runs (core/reads.py), for this session and its hints."""
         return plan_read(shard, session.min_lsn(shard.name, hints.ryw), hints.consistency,
-                         self.read_policy, shard.next_turn())  # fmt: skip
+                         self.read_policy, shard.next_turn())
 
     async def _replica_past(
         self, node: NodeState, min_lsn: int, pipelined: bool
@@ -260,7 +260,7 @@ class Executor:
     def submit(
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints,
         callback: Callback,
-    ) -> Routed | None:  # fmt: skip
+    ) -> Routed | None:
         """The synchronous fast path of `query`: route an autocommit statement and queue it
         on the chosen node's pipeline, with no task and no await; `callback` gets the result.
         None means "use `query`": a transaction, an idempotency key, a statement that changes
@@ -271,7 +271,7 @@ class Executor:
         try:
             analysis, target = self.target_for(sql, params, hints)
             if (len(params) != analysis.param_count or analysis.changes_session_state
-                    or analysis.command == "UTILITY"):  # fmt: skip
+                    or analysis.command == "UTILITY"):
                 return None
             if type(target) is not OneShard:  # a Scatter or EveryPrimary: query() runs them
                 return None
@@ -333,7 +333,7 @@ class Executor:
                 return await self.scatter.run(session, sql, params, analysis, target, hints)
             case EveryPrimary():  # a reference table's copies, in one two-phase commit
                 return await self.distributed.reference_write(session, sql, params, hints,
-                                                              analysis)  # fmt: skip
+                                                              analysis)
             case OneShard():
                 pass
             case _:
@@ -354,7 +354,7 @@ class Executor:
         node, backend = await self._pick(shard, plan, pipelined)
         try:
             columns, rows, status = await self._run(node, backend, sql, params, dirty,
-                                                    hints.timeout_ms)  # fmt: skip
+                                                    hints.timeout_ms)
         except asyncpg.PostgresError as exc:
             # A write goes to the primary: refused as read-only, it found that node demoted
             # (nothing was applied). A read refused so wrote after all: its own error.
@@ -367,7 +367,7 @@ class Executor:
             # The replica went away under a read: reads are safe to run again, on the primary.
             node, backend = shard.primary, await self._primary(shard, pipelined)
             columns, rows, status = await self._run(node, backend, sql, params, dirty,
-                                                    hints.timeout_ms)  # fmt: skip
+                                                    hints.timeout_ms)
         token = None  # (a write runs on the primary only)
         if not analysis.read_only and rows_changed(analysis, status):
             token = await self.token(session, shard)
@@ -412,7 +412,7 @@ class Executor:
         if reply is None:  # applied, but its rows can never be sent, nor to a retry
             return Outcome([], [], status, shard.name, node.name, Role.PRIMARY, token,
                            rows_lost="its rows hold a value with no wire form, or exceed "
-                                     "the frame limit (router.max_frame_bytes)")  # fmt: skip
+                                     "the frame limit (router.max_frame_bytes)")
         return Outcome(columns, rows, status, shard.name, node.name, Role.PRIMARY, token)
 
     async def token(self, session: Session, shard: ShardState) -> str:
@@ -463,7 +463,7 @@ class Executor:
             node.record(HealthEvent.CONNECT_FAILED, str(exc))
             # With a key a retry cannot apply it twice (sent=False); without, it may have.
             raise NodeUnavailableError(f"{node.name}: connection lost: {exc}",
-                                       sent=key is None) from exc  # fmt: skip
+                                       sent=key is None) from exc
         except BaseException:
             node.pool.release(backend, broken=backend.conn.is_in_transaction())
             raise

@@ -59,7 +59,7 @@ class SweepReport:
 
 class Recovery:
     def __init__(self, topology: Callable[[], Topology], router: str, grace_seconds: float,
-                 interval_seconds: float) -> None:  # fmt: skip
+                 interval_seconds: float) -> None:
         self._topology = topology  # the current one: a SIGHUP reload replaces it
         self._router = router
         self._grace = grace_seconds
@@ -76,7 +76,7 @@ class Recovery:
                 if report.acted:
                     log.info("two-phase recovery: committed %s, rolled back %s, forgot %d "
                              "decisions", report.committed or "none",
-                             report.rolled_back or "none", report.forgotten)  # fmt: skip
+                             report.rolled_back or "none", report.forgotten)
             await asyncio.sleep(self._interval)
 
     async def sweep_once(self) -> SweepReport:
@@ -117,7 +117,7 @@ class Recovery:
         for coordinator, gtids in by_coordinator.items():
             node = primaries.get(coordinator)
             rows = None if node is None else await self._ask(node, READ_DECISIONS_SQL,
-                                                             sorted(gtids))  # fmt: skip
+                                                             sorted(gtids))
             for gtid in gtids:
                 if rows is None:
                     recorded[gtid] = Recorded.UNREADABLE
@@ -129,7 +129,7 @@ class Recovery:
                 action = recovery_action(recorded[gid.gtid], age, self._grace)
                 if action is RecoveryAction.RECORD_ABORT:
                     recorded[gid.gtid] = await self._record_abort(primaries[gid.coordinator],
-                                                                  gid)  # fmt: skip
+                                                                  gid)
                     action = recovery_action(recorded[gid.gtid], age, self._grace)
                 await self._carry_out(primaries[shard], gid, action, report)
 
@@ -153,11 +153,11 @@ class Recovery:
         node.pool.release(backend)
         if recorded is Recorded.ABORT:
             log.warning("two-phase transaction %s had no decision after %g s: recorded as "
-                        "aborted", gid.gtid, self._grace)  # fmt: skip
+                        "aborted", gid.gtid, self._grace)
         return recorded
 
     async def _carry_out(self, node: NodeState, gid: Gid, action: RecoveryAction,
-                         report: SweepReport) -> None:  # fmt: skip
+                         report: SweepReport) -> None:
         if action is RecoveryAction.COMMIT_PREPARED:
             sql, done = f"COMMIT PREPARED '{gid}'", report.committed
         elif action is RecoveryAction.ROLLBACK_PREPARED:

@@ -27,12 +27,12 @@ class Runtime:
     @classmethod
     def build(cls, config: Config, topology: Topology, *,
               scatter_stats: ScatterStats | None = None,
-              transaction_ended: Callable[[], None] | None = None) -> Runtime:  # fmt: skip
+              transaction_ended: Callable[[], None] | None = None) -> Runtime:
         """`scatter_stats`: counters that outlive a reload (the metrics keep them);
         `transaction_ended`: called whenever a transaction is over (a drain waits on it)."""
         r = config.router
         classifier = Classifier(config.tables, r.read_only_functions, r.parse_cache_size,
-                                r.max_sql_bytes, r.sharded_functions)  # fmt: skip
+                                r.max_sql_bytes, r.sharded_functions)
         executor = Executor(config, topology, classifier, transaction_ended=transaction_ended)
         if scatter_stats is not None:
             executor.scatter.stats = scatter_stats

@@ -51,7 +51,7 @@ _DATABASE_SQL = (
 # pooled connection of a node.
 PlanRead = Callable[[Session, ShardState, Hints], ReadPlan[NodeState]]
 Pick = Callable[[ShardState, ReadPlan[NodeState] | None, bool],
-                Awaitable[tuple[NodeState, Backend | None]]]  # fmt: skip
+                Awaitable[tuple[NodeState, Backend | None]]]
 Acquire = Callable[[NodeState], Awaitable[Backend]]
 
 
@@ -115,7 +115,7 @@ class _FastParts:
     def fail(self, index: int, node: NodeState, exc: BaseException | None) -> None:
         exc = exc or PipelineError("no result")
         if (isinstance(exc, (PipelineError, _Reshaped)) or is_stale_statement(exc)
-                or is_lock_timeout(exc)):  # fmt: skip
+                or is_lock_timeout(exc)):
             self.failed.append((index, node, exc))
         elif not self.done.done():
             self.done.set_exception(ShardFailure(node.shard, exc))
@@ -126,7 +126,7 @@ def _too_large(max_rows: int) -> ScatterRefused:
     return ScatterRefused(
         Refusal.TOO_LARGE, "the result",
         f"the shards sent more than router.max_scatter_rows ({max_rows}) rows to merge; "
-        "narrow the read (a WHERE, a LIMIT) or read each shard")  # fmt: skip
+        "narrow the read (a WHERE, a LIMIT) or read each shard")
 
 
 @dataclass(slots=True)
@@ -141,7 +141,7 @@ class _Answer:
 
 class ScatterRunner:
     def __init__(self, config: Config, topology: Topology, plan_read: PlanRead, pick: Pick,
-                 acquire: Acquire) -> None:  # fmt: skip
+                 acquire: Acquire) -> None:
         self._config = config
         self._topology = topology
         self._plan_read = plan_read
@@ -166,7 +166,7 @@ class ScatterRunner:
         return found
 
     async def run(self, session: Session, sql: str, params: Sequence[Any], analysis: Analysis,
-                  target: Scatter, hints: Hints) -> Outcome:  # fmt: skip
+                  target: Scatter, hints: Hints) -> Outcome:
         plan = self.plan(sql, analysis)
         self.stats.requests += 1
         self.stats.fanout[len(target.shards)] = self.stats.fanout.get(len(target.shards), 0) + 1
@@ -209,7 +209,7 @@ class ScatterRunner:
                 answers[target.shards.index(name)] = task.result()
         if fast.failed:
             await self._again(fast, answers, session, target, plan, params, analysis, hints,
-                              budget)  # fmt: skip
+                              budget)
         found = [a for a in answers if a is not None]
         assert len(found) == len(target.shards)
         if sum(len(a.rows) for a in found) > self._max_rows:  # the parts counted apart
@@ -219,7 +219,7 @@ class ScatterRunner:
 
     def _submit(self, fast: _FastParts, index: int, session: Session, name: str,
                 plan: ScatterPlan, params: Sequence[Any], analysis: Analysis,
-                hints: Hints) -> bool:  # fmt: skip
+                hints: Hints) -> bool:
         """Queue one shard's part on a pipelined connection with no await, as the fast path
         does a one-shard read; False when it must run as a task instead."""
         orders: list[ValueOrder] | None = analysis.scatter.get("orders")
@@ -236,12 +236,12 @@ class ScatterRunner:
         started = time.perf_counter()
 
         def answered(rows: list[Any] | None, status: str, server_seconds: float,
-                     exc: BaseException | None, wal: int | None) -> None:  # fmt: skip
+                     exc: BaseException | None, wal: int | None) -> None:
             pipeline.finished(plan.sql, server_seconds)
             if exc is None and rows is not None:
                 self.stats.shard_done(name, time.perf_counter() - started)
                 fast.answer(index, _Answer(name, node, columns or [], rows, orders, real),
-                            self._max_rows)  # fmt: skip
+                            self._max_rows)
             else:
                 fast.fail(index, node, exc)
 
@@ -253,7 +253,7 @@ class ScatterRunner:
 
     async def _again(self, fast: _FastParts, answers: list[_Answer | None], session: Session,
                      target: Scatter, plan: ScatterPlan, params: Sequence[Any],
-                     analysis: Analysis, hints: Hints, budget: list[int]) -> None:  # fmt: skip
+                     analysis: Analysis, hints: Hints, budget: list[int]) -> None:
         """Parts the pipeline could not finish (a lost connection, a statement to prepare
         again, a result of another shape) run again as tasks: reads are safe to repeat."""
         for index, node, exc in fast.failed:
@@ -270,7 +270,7 @@ class ScatterRunner:
         try:
             found = await asyncio.gather(*(
                 self._one(session, target.shards[i], plan, params, analysis, hints, budget)
-                for i in again))  # fmt: skip
+                for i in again))
         except ScatterRefused:
             raise
         except Exception as exc:
@@ -279,7 +279,7 @@ class ScatterRunner:
             answers[index] = answer
 
     def _merge(self, plan: ScatterPlan, params: Sequence[Any],
-               answers: list[_Answer]) -> Outcome:  # fmt: skip
+               answers: list[_Answer]) -> Outcome:
         started = time.perf_counter()
         text_exact = all(self._databases.get(a.node.name, (False,))[0] for a in answers)
         orders = answers[0].orders
@@ -287,7 +287,7 @@ class ScatterRunner:
             columns, rows = merge(plan, params,
                                   [ShardRows(a.shard, a.columns, a.rows) for a in answers],
                                   orders, text_exact=text_exact,
-                                  real=answers[0].real)  # fmt: skip
+                                  real=answers[0].real)
         except ScatterRefused as exc:
             self.stats.refused(exc.reason.value)
             raise
@@ -295,7 +295,7 @@ class ScatterRunner:
         replica = all(a.node.role is Role.REPLICA for a in answers)
         return Outcome(columns, rows, f"SELECT {len(rows)}",
                        ",".join(a.shard for a in answers), ",".join(a.node.name for a in answers),
-                       Role.REPLICA if replica else Role.PRIMARY)  # fmt: skip
+                       Role.REPLICA if replica else Role.PRIMARY)
 
     async def _one(
         self, session: Session, name: str, plan: ScatterPlan, params: Sequence[Any],
@@ -319,7 +319,7 @@ class ScatterRunner:
         return answer
 
     async def _read(self, name: str, node: NodeState, backend: Backend | None, plan: ScatterPlan,
-                    params: Sequence[Any], analysis: Analysis) -> _Answer:  # fmt: skip
+                    params: Sequence[Any], analysis: Analysis) -> _Answer:
         """One shard's part: on the node's pipelined connections once the statement's column
         types are known (they are the same on every shard: one schema), else on a pooled
         connection, which also learns them (and the database's collation and enums)."""
@@ -333,7 +333,7 @@ class ScatterRunner:
             except PipelineError as exc:
                 node.record(HealthEvent.CONNECT_FAILED, str(exc))
                 raise NodeUnavailableError(f"{node.name}: connection lost: {exc}",
-                                           sent=True) from exc  # fmt: skip
+                                           sent=True) from exc
             else:
                 if len(columns) == len(orders):
                     real = analysis.scatter.get("real", frozenset())
@@ -345,7 +345,7 @@ class ScatterRunner:
             if node.name not in self._databases:
                 collation, enums = (await backend.run(_DATABASE_SQL, ()))[1][0]
                 self._databases[node.name] = (collation in _CODE_POINT_COLLATIONS,
-                                              frozenset(enums))  # fmt: skip
+                                              frozenset(enums))
             columns, rows, _ = await backend.run(plan.sql, shard_params)
             attributes = await backend.attributes(plan.sql)
         orders = column_orders(attributes, self._databases[node.name][1])

@@ -84,7 +84,7 @@ class Transactions:
         self.distributed = distributed
 
     def _check_shard(self, tx: Transaction, analysis: Analysis, params: Sequence[Any],
-                     hints: Hints) -> None:  # fmt: skip
+                     hints: Hints) -> None:
         """A statement inside `tx` runs on its shard, which the transaction named when it began
         (as a hint does): it must not name another shard by its keys, and the rows it writes
         must belong to the transaction's shard."""
@@ -109,7 +109,7 @@ class Transactions:
 
     async def statements(self, session: Session, tx: Transaction | DistributedTransaction,
                          statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints
-                         ) -> Outcome:  # fmt: skip
+                         ) -> Outcome:
         """Statements inside `tx` (one, or a batch): every one checked first, then all run
         with the transaction held, so a commit sent meanwhile waits for the whole batch."""
         if isinstance(tx, DistributedTransaction):
@@ -118,7 +118,7 @@ class Transactions:
         tx.stop_idle_timer()  # its client is not idle: a long text may wait for the parser
         try:
             analyses = [await self._classifier.analyze_async(sql)
-                        for sql, _ in statements]  # fmt: skip
+                        for sql, _ in statements]
             for analysis, (_, params) in zip(analyses, statements, strict=True):
                 self._check_shard(tx, analysis, params, hints)
         except BaseException:
@@ -132,7 +132,7 @@ class Transactions:
         return last
 
     async def _run(self, session: Session, tx: Transaction, analysis: Analysis, sql: str,
-                   params: Sequence[Any]) -> Outcome:  # fmt: skip
+                   params: Sequence[Any]) -> Outcome:
         """One statement of `tx`, called holding tx.lock."""
         if tx.closed:  # a commit/rollback queued ahead of us finished it
             session.get(tx.id)  # says why (rolled back when idle, or simply unknown)
@@ -145,7 +145,7 @@ class Transactions:
                 self._arm_idle_timer(session, tx)
 
     async def _run_open(self, tx: Transaction, analysis: Analysis, sql: str,
-                        params: Sequence[Any]) -> Outcome:  # fmt: skip
+                        params: Sequence[Any]) -> Outcome:
         if tx.failed:
             raise TransactionAborted("an earlier statement failed; only rollback is accepted",
             )
@@ -232,7 +232,7 @@ class Transactions:
             tx.node.pool.idle_rollbacks += 1
             session.expire(tx, f"transaction {tx.id} was rolled back: its client sent nothing "
                                f"for {self._idle_timeout:g} s "
-                               "(router.transaction_idle_timeout_seconds)")  # fmt: skip
+                               "(router.transaction_idle_timeout_seconds)")
             try:
                 with contextlib.suppress(Exception):  # already ended by the server: dropped
                     await self._end(tx.node, tx.backend, "ROLLBACK")

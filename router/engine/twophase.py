@@ -116,7 +116,7 @@ async def _rollback(branch: Branch) -> None:
 
 
 async def record_abort(backend: Backend, gtid: str, participants: Sequence[str],
-                       router: str) -> Recorded:  # fmt: skip
+                       router: str) -> Recorded:
     """Record an abort for `gtid` unless a decision is already there; return what is recorded.
     Waits at most DECISION_LOCK_TIMEOUT on a coordinator's decision that is being committed
     (asyncpg.LockNotAvailableError: that coordinator is alive; ask again later)."""
@@ -132,7 +132,7 @@ class Coordinator:
 
     def __init__(self, acquire: Acquire, router: str, grace_seconds: float,
                  fault: FaultPoint | None = None,
-                 phase_two_seconds: float = PHASE_TWO_RETRY_SECONDS) -> None:  # fmt: skip
+                 phase_two_seconds: float = PHASE_TWO_RETRY_SECONDS) -> None:
         self._acquire = acquire
         self._router = router
         # Phase one must end well within the grace period recovery gives a prepared branch
@@ -152,7 +152,7 @@ class Coordinator:
     async def rollback(self, branches: Sequence[Branch]) -> None:
         """Roll back every open branch (a failed one included); never raises."""
         for result in await asyncio.gather(*(_rollback(b) for b in branches),
-                                           return_exceptions=True):  # fmt: skip
+                                           return_exceptions=True):
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
 
@@ -206,14 +206,14 @@ class Coordinator:
         # branch, all at once. The readers are done with.
         record = coordinator.backend.run(RECORD_COMMIT_SQL, [gtid, names, self._router])
         prepares = [_execute(p.backend, f"PREPARE TRANSACTION '{gids[p.shard]}'")
-                    for p in participants]  # fmt: skip
+                    for p in participants]
         results = await asyncio.gather(record, *prepares, self._commit_readers(readers),
-                                       return_exceptions=True)  # fmt: skip
+                                       return_exceptions=True)
         failures: list[tuple[Branch, BaseException]] = [
             (b, r) for b, r in zip(writers, results, strict=False) if isinstance(r, BaseException)]
         if not failures and loop.time() - started >= self._phase_one_limit:
             slow = PhaseOneTooSlow(f"phase one took {loop.time() - started:.1f} s, over half of "
-                                "router.twophase_grace_seconds")  # fmt: skip
+                                "router.twophase_grace_seconds")
             failures = [(coordinator, slow)]
         if failures:
             state = advance(state, TxEvent.PREPARE_FAILED)
@@ -236,7 +236,7 @@ class Coordinator:
                 for participant in participants:
                     _release(participant)  # prepared: it no longer needs its session
                 raise OutcomeUnknown(gtid, coordinator.shard, [b.shard for b in writers],
-                                     exc) from exc  # fmt: skip
+                                     exc) from exc
             if recorded is Recorded.ABORT:
                 state = advance(state, TxEvent.DECISION_REFUSED)
                 await self._roll_back_prepared(participants, gids)
@@ -262,14 +262,14 @@ class Coordinator:
 
         # Phase two: the outcome is commit whatever happens now.
         done = await asyncio.gather(*(self._commit_prepared(p, gids[p.shard])
-                                      for p in participants))  # fmt: skip
+                                      for p in participants))
         advance(state, TxEvent.PHASE_TWO_DONE)
         committed = [coordinator.shard] + [p.shard for p, ok in zip(participants, done,
                                                                      strict=True) if ok]
         deferred = [p.shard for p, ok in zip(participants, done, strict=True) if not ok]
         if deferred:
             log.warning("transaction %s committed; COMMIT PREPARED on %s left to recovery",
-                        gtid, ", ".join(deferred))  # fmt: skip
+                        gtid, ", ".join(deferred))
         return CommitResult(tuple(committed), tuple(deferred), gtid)
 
     def _maybe_fail(self, point: FaultPoint) -> None:
@@ -279,7 +279,7 @@ class Coordinator:
 
     async def _abort(self, coordinator: Branch, participants: Sequence[Branch],
                      gids: Mapping[str, str],
-                     failures: Sequence[tuple[Branch, BaseException]]) -> None:  # fmt: skip
+                     failures: Sequence[tuple[Branch, BaseException]]) -> None:
         """Phase one failed: the coordinator's branch rolls back first (no commit can be
         decided after that), then every participant that did prepare, or may have."""
         failed = {id(b): exc for b, exc in failures}
@@ -303,7 +303,7 @@ class Coordinator:
         await self._roll_back_prepared(prepared, gids)
 
     async def _roll_back_prepared(self, participants: Sequence[Branch],
-                                  gids: Mapping[str, str]) -> None:  # fmt: skip
+                                  gids: Mapping[str, str]) -> None:
         """ROLLBACK PREPARED each (on its own connection, or a fresh one). One that cannot be
         reached is left to recovery, which rolls it back: its decision row is absent."""
 
@@ -313,7 +313,7 @@ class Coordinator:
                 await self._finish(branch, sql)
             except Exception as exc:
                 log.warning("ROLLBACK PREPARED on %s failed (%s); recovery will roll it back",
-                            branch.node.name, exc)  # fmt: skip
+                            branch.node.name, exc)
 
         await asyncio.gather(*(one(b) for b in participants))
 
@@ -330,7 +330,7 @@ class Coordinator:
             except asyncpg.UndefinedObjectError:
                 return True  # a recovering router committed it already
             except (asyncpg.PostgresError, NodeUnavailableError, PoolTimeoutError,
-                    *CONNECTION_ERRORS) as exc:  # fmt: skip
+                    *CONNECTION_ERRORS) as exc:
                 if loop.time() + pause > deadline:
                     log.warning("COMMIT PREPARED %s on %s: %s", gid, branch.node.name, exc)
                     return False
@@ -363,7 +363,7 @@ class Coordinator:
         branch.node.pool.release(backend)
 
     async def _read_back(self, coordinator: Branch, gtid: str,
-                         participants: Sequence[str]) -> Recorded:  # fmt: skip
+                         participants: Sequence[str]) -> Recorded:
         """After the coordinator's COMMIT was lost: what did it decide? An abort is recorded
         unless the commit is there (it waits for a COMMIT still in progress)."""
         deadline = asyncio.get_running_loop().time() + self._phase_two_seconds
@@ -372,7 +372,7 @@ class Coordinator:
                 backend = await self._acquire(coordinator.node)
             except (NodeUnavailableError, PoolTimeoutError) as exc:
                 log.warning("cannot read the decision of %s on %s: %s", gtid,
-                            coordinator.node.name, exc)  # fmt: skip
+                            coordinator.node.name, exc)
                 return Recorded.UNREADABLE
             try:
                 recorded = await record_abort(backend, gtid, participants, self._router)

@@ -52,7 +52,7 @@ _FORWARD = (
 _ATTEMPTS = 3
 # Every id the user has had: those whose chain of moves ends at theirs now.
 _FORMER_IDS = ("SELECT old_id FROM moved_ids WHERE kind = 'users' "
-               "AND resolve_moved_id(old_id) = $1 ORDER BY moved_at, old_id")  # fmt: skip
+               "AND resolve_moved_id(old_id) = $1 ORDER BY moved_at, old_id")
 
 
 @dataclass(slots=True)
@@ -71,7 +71,7 @@ class MoveReport:
     def as_wire(self) -> dict[str, Any]:
         return {"user_id": str(self.user_id), "current_id": str(self.current_id),
                 "region": self.region, "from_region": self.from_region, "moved": self.moved,
-                "rows": dict(self.rows), "documents": self.documents}  # fmt: skip
+                "rows": dict(self.rows), "documents": self.documents}
 
 
 class UserMover:
@@ -79,7 +79,7 @@ class UserMover:
     store; one per request (it holds the session its transactions belong to)."""
 
     def __init__(self, config: Config, distributed: DistributedTransactions,
-                 docstore: DocStore) -> None:  # fmt: skip
+                 docstore: DocStore) -> None:
         self._config = config
         self._distributed = distributed
         self._docstore = docstore
@@ -89,7 +89,7 @@ class UserMover:
     async def move(self, user_id: uuid.UUID, region: str) -> MoveReport:
         if region not in self._config.shards:
             raise UnknownShardError(f"no shard {region!r} (router.toml's [shards.*]: "
-                                    f"{', '.join(self._config.shards)})", region)  # fmt: skip
+                                    f"{', '.join(self._config.shards)})", region)
         for attempt in range(_ATTEMPTS):
             try:
                 report = await self._move_rows(user_id, region)
@@ -110,7 +110,7 @@ class UserMover:
             home = shard_of_value(current, self._config, regions=False)
             if home is None:
                 raise UnknownShardError(f"{user_id} is not a georoute id: it names no shard",
-                                        str(user_id))  # fmt: skip
+                                        str(user_id))
             if home == region:  # there already: a second run, or nothing to do
                 await self._distributed.rollback(self._session, tx)
                 return MoveReport(user_id, current, region, None, moved=False)
@@ -131,19 +131,19 @@ class UserMover:
         for entry in moved:
             rows[entry["kind"]] = rows.get(entry["kind"], 0) + 1
         return MoveReport(user_id, uuid.UUID(result["user_id"]), region, home, moved=True,
-                          rows=rows)  # fmt: skip
+                          rows=rows)
 
     def _course_shards(self, seats: Sequence[dict[str, Any]]) -> list[str]:
         """The shards of the courses the user is enrolled in, in config order."""
         named = {shard_of_value(uuid.UUID(s["course_id"]), self._config, regions=False)
-                 for s in seats}  # fmt: skip
+                 for s in seats}
         if None in named:
             raise RoutingError("an enrollment's course id names no configured shard")
         return [s for s in self._config.shards if s in named]
 
     async def _run(self, tx: DistributedTransaction, sql: str, params: list[Any]) -> list[Any]:
         outcome = await self._distributed.statements(self._session, tx, [(sql, params)],
-                                                     Hints())  # fmt: skip
+                                                     Hints())
         return list(outcome.rows)
 
     async def _value(self, tx: DistributedTransaction, sql: str, params: list[Any]) -> Any:
@@ -189,7 +189,7 @@ class UserMover:
 
 
 async def move_request(config: Config, distributed: DistributedTransactions,
-                       docstore: DocStore, args: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+                       docstore: DocStore, args: dict[str, Any]) -> dict[str, Any]:
     """The admin request `move_user` {"user_id", "region"}: its reply payload."""
     raw_id, region = args.get("user_id"), args.get("region")
     try:

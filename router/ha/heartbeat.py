@@ -55,7 +55,7 @@ def heartbeat_key(config: Config) -> bytes:
         state = "is not set" if not secret else f"holds {len(secret)} bytes"
         raise ConfigError("heartbeat.secret_env", f"environment variable {env} {state}; "
                           f"heartbeat peers need a shared secret of at least "
-                          f"{MIN_SECRET_BYTES} bytes")  # fmt: skip
+                          f"{MIN_SECRET_BYTES} bytes")
     return secret
 
 
@@ -79,7 +79,7 @@ class HeartbeatService:
     time). `topology` is asked each round, as a reload replaces the daemon's."""
 
     def __init__(self, config: Config, topology: Callable[[], Topology],
-                 clock: Clock = SYSTEM_CLOCK) -> None:  # fmt: skip
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         h = config.heartbeat
         key = heartbeat_key(config)  # first: no secret, no start
         self._config = h
@@ -92,7 +92,7 @@ class HeartbeatService:
         self.sender = HeartbeatSender(key, self.node_name, self.incarnation)
         self.receiver = HeartbeatReceiver(key, self.peer_addresses)
         timing = MembershipTiming(h.suspect_after_seconds, h.dead_after_seconds,
-                                  h.alive_after_heartbeats)  # fmt: skip
+                                  h.alive_after_heartbeats)
         self.membership = Membership(self.node_name, self.peer_addresses, timing)
         self.sent = 0
         self.send_errors = 0
@@ -126,7 +126,7 @@ class HeartbeatService:
         self._transport = transport
         self._task = asyncio.create_task(self._run(), name="heartbeat")
         log.info("heartbeats on udp %s:%d to %s (incarnation %d)", self._config.host,
-                 self._config.port, ", ".join(self._config.peers), self.incarnation)  # fmt: skip
+                 self._config.port, ", ".join(self._config.peers), self.incarnation)
 
     async def stop(self) -> None:
         if self.promoter is not None:
@@ -194,16 +194,16 @@ class HeartbeatService:
                 self._down_since.pop(shard.name, None)
                 down_for = 0.0
             replicas = tuple(ReplicaView(r.name, _REPORTED[r.health], r.in_recovery is True,
-                                         r.replay_lsn) for r in shard.replicas)  # fmt: skip
+                                         r.replay_lsn) for r in shard.replicas)
             decision = plan_failover(FailoverView(
                 self.node_name, self.membership.cluster_size, members, shard.name, primary,
                 down_for, self._down_after, replicas,
-            ))  # fmt: skip
+            ))
             acting = self.promoter is not None
             if decision != self.plans.get(shard.name):
                 log.info("failover plan for %s (%s): %s", shard.name,
                          "managed" if acting else "advisory, not carried out",
-                         _describe(decision))  # fmt: skip
+                         _describe(decision))
             self.plans[shard.name] = decision
             if (self.promoter is not None and isinstance(decision, Promote)
                     and decision.promoter == self.node_name):
@@ -220,13 +220,13 @@ class HeartbeatService:
             return
         self.dropped[got.reason] += 1
         log.debug("heartbeat dropped (%s%s): %s", got.reason.value,
-                  f", from {got.peer}" if got.peer else "", got.detail)  # fmt: skip
+                  f", from {got.peer}" if got.peer else "", got.detail)
 
     def _log(self, changes: list[Transition]) -> None:
         for change in changes:
             level = logging.INFO if change.after is PeerState.ALIVE else logging.WARNING
             log.log(level, "peer %s is %s (was %s: %s)", change.peer, change.after.value,
-                    change.before.value, change.event.value)  # fmt: skip
+                    change.before.value, change.event.value)
 
     # ---- reports ---------------------------------------------------------------------------
 
@@ -255,5 +255,5 @@ def _describe(decision: Decision) -> str:
 def _plan_report(decision: Decision) -> dict[str, Any]:
     if isinstance(decision, Promote):
         return {"action": "promote", "promoter": decision.promoter, "replica": decision.replica,
-                "replica_lsn": decision.replica_lsn, "voters": list(decision.voters)}  # fmt: skip
+                "replica_lsn": decision.replica_lsn, "voters": list(decision.voters)}
     return {"action": "none", "reason": decision.reason.value, "detail": decision.detail}

@@ -61,7 +61,7 @@ class LagMonitor:
         self._clock_down: dict[str, float] = {}  # shard -> when its primary was first seen DOWN
         self._watches: dict[str, PrimaryWatch] | None = {
             name: PrimaryWatch(name, FOLLOW_CONFIRM_ROUNDS) for name in topology.shards
-        } if external else None  # fmt: skip
+        } if external else None
         self._said: dict[str, str] = {}  # shard -> the last Stay logged, to log changes only
         self._writable: set[str] = set()  # replicas logged as writable, to log changes only
         self._closing: set[asyncio.Task[None]] = set()
@@ -91,7 +91,7 @@ class LagMonitor:
         if conn is not None and not conn.is_closed():
             return conn
         conn = await connect_asyncpg(self._config.database, node.address,
-                                     {"application_name": "georoute-monitor"})  # fmt: skip
+                                     {"application_name": "georoute-monitor"})
         self._conns[node.name] = conn
         return conn
 
@@ -113,7 +113,7 @@ class LagMonitor:
         node.timeline = None if row is None else row[2]
         if primary and node.in_recovery:
             self._failed(node, "in recovery (a standby): it cannot take the shard's writes, "
-                         "and [failover] mode is off")  # fmt: skip
+                         "and [failover] mode is off")
             return None
         before = node.health
         node.record(HealthEvent.PROBE_OK)
@@ -133,7 +133,7 @@ class LagMonitor:
         primary_row, *replica_rows = await asyncio.gather(
             self._probe(shard.primary, primary=off),
             *(self._probe(r, primary=False) for r in shard.replicas),
-        )  # fmt: skip
+        )
         if self._managed:
             if self._choose(shard, primary_row, replica_rows):
                 return  # roles changed: the next round measures lag against the new primary
@@ -164,7 +164,7 @@ class LagMonitor:
                     log.warning("node %s says it is not in recovery (writable), yet shard %s's "
                                 "primary is %s and [failover] mode is off: it gets no reads "
                                 "or writes", replica.name, shard.name,
-                                shard.primary.name)  # fmt: skip
+                                shard.primary.name)
                 continue
             self._writable.discard(replica.name)
             if primary_lsn is None or replay is None:  # nothing replayed yet: unknown
@@ -173,14 +173,14 @@ class LagMonitor:
                 replica.lag_bytes = max(0, primary_lsn - replay)
 
     def _follow(self, shard: ShardState, primary_row: asyncpg.Record | None,
-                replica_rows: list[asyncpg.Record | None]) -> bool:  # fmt: skip
+                replica_rows: list[asyncpg.Record | None]) -> bool:
         """External mode: make the node that says it is no standby the shard's primary, as
         router/ha/discovery.py decides. Returns whether the roles changed."""
         assert self._watches is not None
         nodes = list(shard.nodes())
         rows = [primary_row, *replica_rows]
         seen = [NodeObservation(n.name, None if row is None else bool(row[0]))
-                for n, row in zip(nodes, rows, strict=True)]  # fmt: skip
+                for n, row in zip(nodes, rows, strict=True)]
         decision = self._watches[shard.name].observe(shard.primary.name, seen)
         if isinstance(decision, Stay):
             said = f"{decision.reason.value}: {decision.detail}"
@@ -188,7 +188,7 @@ class LagMonitor:
                     and decision.reason is not StayReason.PRIMARY_WRITABLE):
                 log.log(logging.ERROR if decision.reason is StayReason.SEVERAL_WRITABLE
                         else logging.INFO, "shard %s keeps its primary %s (%s)", shard.name,
-                        shard.primary.name, said)  # fmt: skip
+                        shard.primary.name, said)
             self._said[shard.name] = shard.primary_decision = said
             return False
         new = next(n for n in nodes if n.name == decision.new_primary)
@@ -201,14 +201,14 @@ class LagMonitor:
         shard.failovers.append({"old_primary": decision.old_primary,
                                 "new_primary": decision.new_primary, "timeline": new.timeline,
                                 "reason": "external", "detail": decision.detail,
-                                "seconds": None})  # fmt: skip
+                                "seconds": None})
         del shard.failovers[:-FAILOVERS_KEPT]
         log.warning("shard %s follows its primary from %s to %s: %s", shard.name,
-                    decision.old_primary, decision.new_primary, decision.detail)  # fmt: skip
+                    decision.old_primary, decision.new_primary, decision.detail)
         return True
 
     def _choose(self, shard: ShardState, primary_row: asyncpg.Record | None,
-                replica_rows: list[asyncpg.Record | None]) -> bool:  # fmt: skip
+                replica_rows: list[asyncpg.Record | None]) -> bool:
         """Managed mode: the agreed primary is the writable node on the newest timeline; the
         other writable nodes are fenced (router/core/primary.py). Returns whether the roles
         changed."""
@@ -216,14 +216,14 @@ class LagMonitor:
         rows = [primary_row, *replica_rows]
         said = [NodeSays(n.name, None if row is None else bool(row[0]),
                          None if row is None else row[2])
-                for n, row in zip(nodes, rows, strict=True)]  # fmt: skip
+                for n, row in zip(nodes, rows, strict=True)]
         now = self._clock.monotonic()
         if shard.primary.available:
             self._clock_down.pop(shard.name, None)
         else:
             self._clock_down.setdefault(shard.name, now)
         choice = choose_primary(shard.primary.name, said,
-                                {n.name for n in nodes if n.fenced})  # fmt: skip
+                                {n.name for n in nodes if n.fenced})
         for node in nodes:
             fenced = node.name in choice.fenced
             if fenced and not node.fenced:
@@ -231,15 +231,15 @@ class LagMonitor:
                 node.lag_bytes = None
                 node.pool.terminate_all()  # nothing borrowed from it is used again
                 log.error("node %s of shard %s is fenced: no writes, no reads (%s)", node.name,
-                          shard.name, choice.detail)  # fmt: skip
+                          shard.name, choice.detail)
             elif node.fenced and not fenced:
                 node.fenced = False
                 log.warning("node %s of shard %s is no longer fenced: it says it is a standby",
-                            node.name, shard.name)  # fmt: skip
+                            node.name, shard.name)
         decision = f"{choice.reason.value}: {choice.detail}"
         if shard.primary_decision != decision and choice.reason is not ChoiceReason.KEEP:
             log.log(logging.ERROR if choice.reason is ChoiceReason.SPLIT_BRAIN else logging.INFO,
-                    "shard %s: %s", shard.name, decision)  # fmt: skip
+                    "shard %s: %s", shard.name, decision)
         shard.primary_decision = decision
         if not choice.changed(shard.primary.name):
             return False
@@ -253,11 +253,11 @@ class LagMonitor:
         seconds = None if down_since is None else round(now - down_since, 3)
         shard.failovers.append({"old_primary": old, "new_primary": new.name,
                                 "timeline": new.timeline, "reason": choice.reason.value,
-                                "detail": choice.detail, "seconds": seconds})  # fmt: skip
+                                "detail": choice.detail, "seconds": seconds})
         del shard.failovers[:-FAILOVERS_KEPT]
         shard.failovers_total += 1
         log.warning("shard %s's primary is now %s (was %s; down for %s s here): %s", shard.name,
-                    new.name, old, seconds, choice.detail)  # fmt: skip
+                    new.name, old, seconds, choice.detail)
         return True
 
     async def _run(self, shard: ShardState) -> None:

@@ -81,7 +81,7 @@ class PromotionRecord:
     def report(self) -> dict[str, Any]:
         return {"shard": self.shard, "old_primary": self.old_primary,
                 "new_primary": self.new_primary, "lsn": self.lsn,
-                "seconds": round(self.seconds, 3), "reason": self.reason}  # fmt: skip
+                "seconds": round(self.seconds, 3), "reason": self.reason}
 
 
 class Promoter:
@@ -89,7 +89,7 @@ class Promoter:
     replaces the daemon's."""
 
     def __init__(self, config: Config, topology: Callable[[], Topology],
-                 clock: Clock = SYSTEM_CLOCK) -> None:  # fmt: skip
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._config = config
         self._topology = topology
         self._clock = clock
@@ -135,7 +135,7 @@ class Promoter:
                 if name != old:  # the old primary may be back: it is checked, never locked
                     await conns[name].execute(LOCK_SQL, lock)
             states = await asyncio.gather(*(self._state(n.name, conns.get(n.name))
-                                            for n in nodes))  # fmt: skip
+                                            for n in nodes))
             step = decide_promotion(old, states)
             match step:
                 case GiveUp(reason=reason) | Adopt(reason=reason):
@@ -145,7 +145,7 @@ class Promoter:
                     pass
             conn = conns[step.replica]
             log.warning("promoting %s for shard %s (old primary %s): %s; plan: %s",
-                        step.replica, plan.shard, old, step.reason, plan.reason)  # fmt: skip
+                        step.replica, plan.shard, old, step.reason, plan.reason)
             try:
                 done = await conn.fetchval("SELECT pg_promote(true, $1)", PROMOTE_WAIT_SECONDS)
             except asyncpg.PostgresError as exc:  # e.g. "recovery is not in progress"
@@ -153,10 +153,10 @@ class Promoter:
                 return
             if not done:
                 raise TimeoutError(f"{step.replica} did not finish its promotion in "
-                                   f"{PROMOTE_WAIT_SECONDS} s")  # fmt: skip
+                                   f"{PROMOTE_WAIT_SECONDS} s")
             seconds = self._clock.monotonic() - started
             record = PromotionRecord(plan.shard, old, step.replica, step.lsn, seconds,
-                                     f"{plan.reason}; {step.reason}")  # fmt: skip
+                                     f"{plan.reason}; {step.reason}")
             self.promotions.append(record)
             self._said(plan.shard, f"promoted {step.replica} in {seconds:.3f} s: {step.reason}")
             if self._config.shards[plan.shard].synchronous:
@@ -165,14 +165,14 @@ class Promoter:
                 await conn.execute(ASYNC_SQL)
                 await conn.execute("SELECT pg_reload_conf()")
                 log.warning("shard %s runs asynchronously on %s until a standby rejoins",
-                            plan.shard, step.replica)  # fmt: skip
+                            plan.shard, step.replica)
             try:
                 await conn.execute(RECORD_SQL)
                 await conn.execute(INSERT_SQL, plan.shard, old, step.replica,
-                                   self._config.router.node_name, record.reason)  # fmt: skip
+                                   self._config.router.node_name, record.reason)
             except asyncpg.PostgresError as exc:  # the timeline is the agreement; this is a log
                 log.warning("promotion of %s not recorded in georoute_failovers: %s",
-                            step.replica, exc)  # fmt: skip
+                            step.replica, exc)
         finally:
             for conn in conns.values():  # closing releases the session locks
                 conn.terminate()
@@ -200,7 +200,7 @@ class Promoter:
             return ShardNodeState(name, None, None, None, None)
         try:
             row = await conn.fetchrow(STATE_SQL, timeout=self._config.database
-                                      .connect_timeout_seconds)  # fmt: skip
+                                      .connect_timeout_seconds)
         except Exception as exc:
             log.info("promoter: %s did not answer: %s", name, exc)
             return ShardNodeState(name, None, None, None, None)
@@ -209,4 +209,4 @@ class Promoter:
 
     def report(self) -> dict[str, Any]:
         return {"promotions": [p.report() for p in self.promotions],
-                "last_step": dict(self.last_step)}  # fmt: skip
+                "last_step": dict(self.last_step)}

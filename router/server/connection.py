@@ -87,7 +87,7 @@ class Limits:
         r = config.router
         return cls(r.node_name, tuple(config.shards), r.max_frame_bytes, r.max_sql_bytes,
                    r.max_in_flight_per_connection, r.reply_batch, r.max_client_connections,
-                   r.handshake_timeout_seconds)  # fmt: skip
+                   r.handshake_timeout_seconds)
 
 
 class Handler(Protocol):
@@ -121,7 +121,7 @@ class Handler(Protocol):
         ...
 
     def submit(self, session: Session, sql: str, params: Sequence[Any], hints: Hints,
-               callback: Callback) -> Routed | None:  # fmt: skip
+               callback: Callback) -> Routed | None:
         """Route a statement and queue it; None: nothing was sent, use `handle`."""
         ...
 
@@ -205,10 +205,10 @@ class ClientConnection(asyncio.Protocol):
             self._fatal(0, ErrorCode.TOO_MANY_CONNECTIONS,
                         f"router node {limits.node_name} has {limits.max_client_connections} "
                         "client connections open (router.max_client_connections); try another",
-                        retryable=True)  # fmt: skip
+                        retryable=True)
             return
         self._hello_timer = self._loop.call_later(limits.handshake_timeout_seconds,
-                                                  self._hello_overdue)  # fmt: skip
+                                                  self._hello_overdue)
 
     def _hello_overdue(self) -> None:
         self._hello_timer = None
@@ -255,7 +255,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _request_done(self) -> None:
         if (self._paused_for_load and not self._backlog_scheduled
-                and self.in_flight <= self._max_in_flight // 2):  # fmt: skip
+                and self.in_flight <= self._max_in_flight // 2):
             # Not from here: this runs inside a backend connection's reply callbacks.
             self._backlog_scheduled = True
             self._loop.call_soon(self._resume_after_load)
@@ -338,7 +338,7 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def _fatal(self, request_id: int, code: ErrorCode, message: str,
-               retryable: bool = False) -> None:  # fmt: skip
+               retryable: bool = False) -> None:
         """Reply with an error, then close this connection (others are unaffected)."""
         log.info("closing connection %s: %s", self.peer, message)
         self._send_failure(request_id, Failure(code, message, retryable=retryable))
@@ -369,7 +369,7 @@ class ClientConnection(asyncio.Protocol):
         if type(message) is Query and (len(message.sql) <= INLINE_PARSE_MAX
                                        or self._handler.parsed(message.sql)) and (
             self._submit(message)
-        ):  # fmt: skip
+        ):
             return
         self._spawn_handle(message)
 
@@ -382,7 +382,7 @@ class ClientConnection(asyncio.Protocol):
             self._send_failure(message.id, Failure(message.code, message.message))
         elif isinstance(message, Hello):
             self._send_failure(message.id, Failure(ErrorCode.INVALID_REQUEST,
-                                                   "handshake already done"))  # fmt: skip
+                                                   "handshake already done"))
         elif isinstance(message, Pong):
             pass  # either side may send Ping; a Pong answers one and needs no answer
         elif isinstance(message, Error):
@@ -427,21 +427,21 @@ class ClientConnection(asyncio.Protocol):
 
     def reply_result(self, m: Query, routed: Routed, rows: list[Any], status: str,
                      wal: int | None, started: float,
-                     token: str | None = None) -> None:  # fmt: skip
+                     token: str | None = None) -> None:
         """Answer with a statement's result (`token`: a write's, when `_finish_write` read it
         apart)."""
         handler = self._handler
         if token is None and handler.needs_token(routed, status):
             if wal is None:  # the position is unknown: read it apart, then reply
                 self._track(self._loop.create_task(
-                    self._finish_write(m, routed, rows, status, started)))  # fmt: skip
+                    self._finish_write(m, routed, rows, status, started)))
                 return
             token = handler.token_at(self.session, routed, wal)
         route = handler.route_of(routed.node)
         try:
             if m.kind is QueryKind.FETCH and m.hints.want_rows:
                 self.send(encode_rows(self._encoder, m.id, routed.columns, rows, status, route,
-                                      token))  # fmt: skip
+                                      token))
             else:
                 last = status.rsplit(" ", 1)[-1]
                 count = int(last) if last.isdigit() else len(rows)
@@ -450,19 +450,19 @@ class ClientConnection(asyncio.Protocol):
             if routed.analysis.read_only:
                 raise
             undelivered = ResultUndeliverable(status, rowcount_of(status, rows), list(route),
-                                              token, None, exc.message)  # fmt: skip
+                                              token, None, exc.message)
             self.reply_failed(m, undelivered, False, started)
             return
         handler.record("query", routed.node.shard, route[2], "ok", time.perf_counter() - started)
 
     def reply_failed(self, m: Query, exc: BaseException, read_only: bool,
-                     started: float) -> None:  # fmt: skip
+                     started: float) -> None:
         failure = failure_for(exc, read_only=read_only)
         self._send_failure(m.id, failure)
         self._handler.record("query", "", "", failure.code.name, time.perf_counter() - started)
 
     async def _finish_write(self, m: Query, routed: Routed, rows: list[Any], status: str,
-                            started: float) -> None:  # fmt: skip
+                            started: float) -> None:
         token = await self._handler.write_token(self.session, routed)
         try:
             self.reply_result(m, routed, rows, status, None, started, token)
@@ -498,7 +498,7 @@ class ClientConnection(asyncio.Protocol):
         # The limits a client must keep within (PROTOCOL.md section 2.3).
         info = {"server": "georoute", "shards": list(limits.shards),
                 "max_frame_bytes": limits.max_frame_bytes, "max_sql_bytes": limits.max_sql_bytes,
-                "max_in_flight": limits.max_in_flight}  # fmt: skip
+                "max_in_flight": limits.max_in_flight}
         self.send(self._encoder.encode(HelloOk(message.id, version, limits.node_name, info)))
 
     async def _handle(self, message: Message) -> None:

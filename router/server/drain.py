@@ -37,7 +37,7 @@ class Pipeline(Protocol):
 
 
 async def drain(connections: Collection[Draining], pipelines: Sequence[Pipeline],
-                ended: asyncio.Event, grace: float) -> None:  # fmt: skip
+                ended: asyncio.Event, grace: float) -> None:
     """Let requests in flight and open transactions finish, within `grace` seconds. Those on
     the pipelined fast path are not tasks (their replies go out when their statements finish),
     and one that finishes may start a task (a write's token read apart, a read run again): so
@@ -64,7 +64,7 @@ async def drain(connections: Collection[Draining], pipelines: Sequence[Pipeline]
         if state != logged:  # only what changed
             logged = state
             log.info("draining %d requests in tasks, %d pipelines busy, %d transactions open",
-                     *state)  # fmt: skip
+                     *state)
         if tasks:
             await asyncio.wait(tasks, timeout=left)
         await asyncio.gather(*(p.drain(max(0.0, deadline - loop.time())) for p in busy))

@@ -32,13 +32,13 @@ class FastPathConnection(Protocol):
         ...
 
     def reply_result(self, m: Query, routed: Routed, rows: list[Any], status: str,
-                     wal: int | None, started: float) -> None:  # fmt: skip
+                     wal: int | None, started: float) -> None:
         """Answer with the statement's result (`wal`: the WAL position after a write, if the
         pipeline read it)."""
         ...
 
     def reply_failed(self, m: Query, exc: BaseException, read_only: bool,
-                     started: float) -> None:  # fmt: skip
+                     started: float) -> None:
         """Answer with the error `exc` maps to."""
         ...
 
@@ -75,7 +75,7 @@ class FastRequest:
         conn.reply_failed(m, exc, self.routed.analysis.read_only, self.started)
 
     def done(self, rows: list[Any] | None, status: str, server_seconds: float,
-             exc: BaseException | None, wal: int | None) -> None:  # fmt: skip
+             exc: BaseException | None, wal: int | None) -> None:
         conn, m, routed = self.conn, self.message, self.routed
         assert routed is not None
         # Failed statements count too: one that waits on a lock is as slow for its neighbours.
@@ -98,7 +98,7 @@ class FastRequest:
             conn.reply_failed(m, error, routed.analysis.read_only, self.started)
 
     def _answer(self, rows: list[Any] | None, status: str, exc: BaseException | None,
-                wal: int | None) -> None:  # fmt: skip
+                wal: int | None) -> None:
         conn, m, routed = self.conn, self.message, self.routed
         assert routed is not None
         if exc is None:

@@ -170,9 +170,9 @@ class RequestHandler:
             if o.rows_lost is not None:
                 raise EncodeError(o.rows_lost)
             return encode_rows(self.encoder, m.id, o.columns, o.rows, o.status,
-                               route_of_outcome(o), o.ryw_token, o.ryw_tokens)  # fmt: skip
+                               route_of_outcome(o), o.ryw_token, o.ryw_tokens)
         return self.encoder.encode_status(m.id, o.status, o.rowcount, route_of_outcome(o),
-                                          o.ryw_token, o.ryw_tokens)  # fmt: skip
+                                          o.ryw_token, o.ryw_tokens)
 
     async def _query(self, rt: Runtime, session: Session, m: Query) -> Answer:
         o = await rt.executor.query(session, m.sql, m.params, m.hints)
@@ -185,7 +185,7 @@ class RequestHandler:
             if analysis is not None and analysis.read_only:
                 raise
             raise ResultUndeliverable(o.status, o.rowcount, route_wire_of(route_of_outcome(o)),
-                                      o.ryw_token, m.hints.tx, exc.message) from exc  # fmt: skip
+                                      o.ryw_token, m.hints.tx, exc.message) from exc
 
     async def _batch(self, rt: Runtime, session: Session, m: Batch) -> Answer:
         try:
@@ -207,13 +207,13 @@ class RequestHandler:
         tx = await rt.executor.transactions.begin(session, m.hints, m.isolation, m.read_only)
         # A transaction over shards has no route until its statements choose them.
         route = (None if isinstance(tx, DistributedTransaction)
-                 else RouteInfo(tx.shard, tx.node.name, Role.PRIMARY))  # fmt: skip
+                 else RouteInfo(tx.shard, tx.node.name, Role.PRIMARY))
         return self.encoder.encode(TxStarted(m.id, tx.id, route)), None
 
     async def _commit(self, rt: Runtime, session: Session, m: Commit) -> Answer:
         o = await rt.executor.transactions.commit(session, m.tx)
         return self.encoder.encode_status(m.id, o.status, 0, route_of_outcome(o), o.ryw_token,
-                                          o.ryw_tokens), o  # fmt: skip
+                                          o.ryw_tokens), o
 
     async def _rollback(self, rt: Runtime, session: Session, m: Rollback) -> Answer:
         o = await rt.executor.transactions.rollback(session, m.tx)

@@ -20,10 +20,10 @@ def route_of_outcome(outcome: Outcome) -> RouteInfo | None:
 
 def encode_rows(encoder: Encoder, request_id: int, columns: list[str], rows: list[Any],
                 status: str, route: RouteInfo | list[str] | None, token: str | None,
-                tokens: tuple[str, ...] = ()) -> bytes:  # fmt: skip
+                tokens: tuple[str, ...] = ()) -> bytes:
     try:
         return encoder.encode_rows(request_id, columns, rows, status, route, token,
-                                   types_of(columns), tokens)  # fmt: skip
+                                   types_of(columns), tokens)
     except EncodeError as exc:
         named = name_unencodable(exc, columns, rows)
         if named is None:

@@ -96,7 +96,7 @@ def _serve(args: argparse.Namespace, config: Config, stops_cluster: bool) -> int
             router = subprocess.Popen(
                 [sys.executable, "-m", "router.tools.cli", "--config", str(path), "router"],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            )  # fmt: skip
+            )
             routers.append(router)
             if not _wait_for_line(router, "ready on", 30):
                 print(f"router {node.router.node_name} failed to start", file=sys.stderr)
@@ -111,7 +111,7 @@ def _serve(args: argparse.Namespace, config: Config, stops_cluster: bool) -> int
         unix = (f"\n            georoute://{quote(r.listen_socket_dir, safe='')}:{r.listen_port}"
                 "   (the first node's Unix socket)" if r.listen_socket_dir else "")
         metrics = ", ".join(f"http://{c.metrics.host}:{c.metrics.port}/metrics"
-                            for c in configs if c.metrics.port)  # fmt: skip
+                            for c in configs if c.metrics.port)
         print(f"""
 georoute is serving:
   routers   {dsn}   token: {token}{unix}

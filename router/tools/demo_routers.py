@@ -29,7 +29,7 @@ def demo_router_configs(config: Config, count: int = 3) -> list[Config]:
             heartbeat=replace(h, port=h.port + i, peers=peers),
             failover=replace(config.failover, mode="managed"),
             cluster=replace(config.cluster, state_dir=state_dir),
-        ))  # fmt: skip
+        ))
     return configs
 
 

@@ -70,7 +70,7 @@ async def admin_call(config: Config, op: str, args: dict[str, Any]) -> dict[str,
         elif r.tls_cert_file:
             raise RouterCallError("the router takes TLS on TCP and has no Unix socket "
                                  "(router.listen_socket_dir): send the request with the "
-                                 "client library (client.move_user)")  # fmt: skip
+                                 "client library (client.move_user)")
         else:
             reader, writer = await asyncio.open_connection(r.listen_host, r.listen_port)
     except OSError as exc:
@@ -80,13 +80,13 @@ async def admin_call(config: Config, op: str, args: dict[str, Any]) -> dict[str,
     try:
         async with asyncio.timeout(_TIMEOUT_SECONDS):
             for message in (Hello(1, list(SUPPORTED_VERSIONS), "georoute-user", token),
-                            Admin(2, op, args)):  # fmt: skip
+                            Admin(2, op, args)):
                 writer.write(encoder.encode(message))
                 reply = await _next(reader, decoder)
                 if isinstance(reply, Error):
                     raise RouterCallError(f"{reply.name}: {reply.message}"
                                          + (f" (SQLSTATE {reply.sqlstate})"
-                                            if reply.sqlstate else ""))  # fmt: skip
+                                            if reply.sqlstate else ""))
                 if not isinstance(reply, HelloOk | AdminReply):
                     raise RouterCallError(f"unexpected reply {type(reply).__name__}")
     except TimeoutError:

@@ -48,13 +48,13 @@ async def _held(primaries: dict[str, asyncpg.Connection], course_id: str) -> dic
     shard, and its enrollment count."""
     cid = uuid.UUID(course_id)
     rows = {r: int(await c.fetchval("SELECT count(*) FROM enrollments WHERE course_id = $1", cid))
-            for r, c in primaries.items()}  # fmt: skip
+            for r, c in primaries.items()}
     asia = primaries["asia"]
     return {"enrollments": rows,
             "seats": int(await asia.fetchval("SELECT count(*) FROM remote_enrollments "
                                              "WHERE course_id = $1 AND seat_held", cid)),
             "count": await asia.fetchval("SELECT enrollment_count FROM courses "
-                                         "WHERE course_id = $1", cid)}  # fmt: skip
+                                         "WHERE course_id = $1", cid)}
 
 
 async def test_a_cross_region_enrollment_works_as_a_local_one(
@@ -176,7 +176,7 @@ async def test_both_shards_or_neither(
         "enrollments": {"north_america": 0, "europe": 0, "asia": 0}, "seats": 0, "count": 0}
     for c in primaries.values():
         assert await c.fetchval("SELECT count(*) FROM pg_prepared_xacts "
-                                "WHERE gid LIKE 'georoute:%'") == 0  # fmt: skip
+                                "WHERE gid LIKE 'georoute:%'") == 0
     # With the check gone the same request succeeds: nothing half-done stood in its way.
     r = await http.post("/enrollments", headers=student.headers,
                         json={"course_id": course.course_id})

@@ -38,7 +38,7 @@ async def test_a_client_of_all_three_survives_one_killed(migrated: Config) -> No
     tables = {**migrated.tables, SCRATCH_TABLE.name: SCRATCH_TABLE}
     base = replace(migrated, tables=tables, heartbeat=replace(
         migrated.heartbeat, interval_seconds=0.2, suspect_after_seconds=1.0,
-        dead_after_seconds=2.0, alive_after_heartbeats=2))  # fmt: skip
+        dead_after_seconds=2.0, alive_after_heartbeats=2))
     configs = demo_router_configs(base)
     with contextlib.ExitStack() as stack:
         procs = []
@@ -60,7 +60,7 @@ async def test_a_client_of_all_three_survives_one_killed(migrated: Config) -> No
 
         await wait_until(all_alive, within=20, what="three router nodes alive to each other")
         async with await client.connect(multi_host_dsn(configs), token=TOKEN,
-                                        pool_size=3) as db:  # fmt: skip
+                                        pool_size=3) as db:
             assert await db.fetchval("SELECT 1", shard="europe") == 1
             procs[0].signal(signal.SIGKILL)
             procs[0].proc.wait(timeout=10)

@@ -76,7 +76,7 @@ async def payloads(dsn: str) -> set[str]:
 
 async def test_the_router_follows_a_primary_promoted_elsewhere(
     scratch: tuple[LocalCluster, Config], router: RouterProcess,
-) -> None:  # fmt: skip
+) -> None:
     local, _ = scratch
     async with await client.connect(router.dsn, token=TOKEN) as db:
         await db.execute(SCRATCH_DDL, shard="europe")
@@ -96,7 +96,7 @@ async def test_the_router_follows_a_primary_promoted_elsewhere(
         async def followed() -> bool:
             nodes = europe(await db.topology())
             return (nodes["europe-2"]["role"] == "primary"
-                    and nodes["europe-1"]["role"] == "replica")  # fmt: skip
+                    and nodes["europe-1"]["role"] == "replica")
 
         await wait_until(followed, within=5, what="the router follows europe's primary")
         follow_seconds = time.monotonic() - promoted
@@ -126,7 +126,7 @@ async def test_the_router_follows_a_primary_promoted_elsewhere(
         # The promoted node is the primary in every view, whatever its name: the replies'
         # route, the topology and the metrics' labels.
         _, route = await db.fetch_routed("SELECT payload FROM rt_items WHERE region = 'europe'",
-                                         consistency="strong")  # fmt: skip
+                                         consistency="strong")
         assert route is not None and (route.node, route.role) == ("europe-2", "primary")
         view = (await db.topology())["shards"]["europe"]
         assert view["primary"] == "europe-2"

@@ -31,7 +31,7 @@ def with_africa(config: Config) -> Config:
     """`config` and a fourth shard beside router.toml's, on the next two ports."""
     last = max(a.port for _, _, a in config.all_nodes())
     africa = ShardConfig("africa", AFRICA, NodeAddress("127.0.0.1", last + 1),
-                         (NodeAddress("127.0.0.1", last + 2),))  # fmt: skip
+                         (NodeAddress("127.0.0.1", last + 2),))
     return replace(config, shards={**config.shards, "africa": africa})
 
 
@@ -72,7 +72,7 @@ async def test_a_fourth_region_is_bootstrapped_routed_and_merged(
         assert route is not None and route.shard == "africa"
         for region in ("north_america", "europe", "asia"):  # nowhere else
             assert await db.fetchval("SELECT count(*) FROM users WHERE user_id = $1", user_id,
-                                     shard=region) == 0  # fmt: skip
+                                     shard=region) == 0
         rows, route = await db.fetch_routed("SELECT count(*) FROM users")
         assert rows[0][0] >= 1
         assert route is not None and route.shard.split(",") == list(config.shards)

@@ -78,7 +78,7 @@ async def test_a_bug_in_the_router_is_internal_with_a_logged_reference_and_it_se
     caplog.set_level(logging.ERROR, logger="georoute")
     r = node.config.router
     async with await client.connect(f"georoute://{r.listen_host}:{r.listen_port}",
-                                    token=TOKEN) as db:  # fmt: skip
+                                    token=TOKEN) as db:
         with pytest.raises(client.InternalError) as info:
             await db.docs(BROKEN).count({})
         error = info.value

@@ -59,9 +59,9 @@ INSERT_IN = "INSERT INTO rt_items (item_id, region, payload) VALUES ($1, $2, 'w'
 
 def managed_configs(base: Config) -> list[Config]:
     base = replace(base, failover=replace(base.failover, mode="managed", down_after_seconds=0.5,
-                                          write_buffer_seconds=5.0))  # fmt: skip
+                                          write_buffer_seconds=5.0))
     configs = [router_config(base, port_shift=s, lag_poll_interval_seconds=0.05)
-               for s in (1, 2, 3)]  # fmt: skip
+               for s in (1, 2, 3)]
     addresses = [f"{c.router.node_name}@127.0.0.1:{c.heartbeat.port}" for c in configs]
     return [
         replace(c, heartbeat=replace(
@@ -70,7 +70,7 @@ def managed_configs(base: Config) -> list[Config]:
             peers=tuple(a for a in addresses if not a.startswith(c.router.node_name + "@")),
         ))
         for c in configs
-    ]  # fmt: skip
+    ]
 
 
 @contextlib.contextmanager
@@ -91,7 +91,7 @@ def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
     shards = dict(test_config.shards)
     shards["north_america"] = replace(shards["north_america"], synchronous=True)
     with scratch_cluster(replace(test_config, shards=shards), SCRATCH_OFFSET,
-                         "scratch-managed") as pair:  # fmt: skip
+                         "scratch-managed") as pair:
         yield pair
 
 
@@ -127,7 +127,7 @@ class Reader:
         while not self.stop.is_set():
             try:
                 await self.db.fetch("SELECT count(*) FROM rt_items WHERE region = 'europe'",
-                                    consistency="replica")  # fmt: skip
+                                    consistency="replica")
                 self.done += 1
             except client.GeorouteError as exc:
                 self.failed.append(repr(exc))
@@ -159,7 +159,7 @@ class Writer:
 
 async def test_two_promoters_at_once_promote_once(
     scratch: tuple[LocalCluster, Config],
-) -> None:  # fmt: skip
+) -> None:
     """Two router nodes that each believe they are the promoter (their snapshots differ) run
     at the same moment: the replica locks serialise them, and the second finds the replica
     already out of recovery and adopts it. One promotion, one record, timeline 2."""
@@ -192,24 +192,24 @@ async def test_two_promoters_at_once_promote_once(
 
 async def test_kill_9_the_majority_promotes_once_and_the_old_primary_is_fenced(
     scratch: tuple[LocalCluster, Config], tmp_path: Any,
-) -> None:  # fmt: skip
+) -> None:
     local, base = scratch
     configs = managed_configs(base)
     # The cut-off one is also the quickest to judge the primary down, so it reaches the
     # quorum question (and must answer it "isolated") before the majority has promoted.
     configs[2] = replace(configs[2], failover=replace(configs[2].failover,
-                                                      down_after_seconds=0.1))  # fmt: skip
+                                                      down_after_seconds=0.1))
     secrets = [SECRET, SECRET, OTHER_SECRET]
     with contextlib.ExitStack() as stack:
         routers = [stack.enter_context(start_router(c, local.state_dir / f"router-m{i}.toml", s))
-                   for i, (c, s) in enumerate(zip(configs, secrets, strict=True))]  # fmt: skip
+                   for i, (c, s) in enumerate(zip(configs, secrets, strict=True))]
         a, b, c = routers
         name_a, name_b = a.config.router.node_name, b.config.router.node_name
 
         async def partitioned() -> bool:
             states = [peer_states(await heartbeat_report(p)) for p in routers]
             return (states[0][name_b] == "alive" and states[1][name_a] == "alive"
-                    and set(states[2].values()) == {"dead"})  # fmt: skip
+                    and set(states[2].values()) == {"dead"})
 
         await wait_until(partitioned, within=20, what="A and B alive to each other, C cut off")
 
@@ -220,10 +220,10 @@ async def test_kill_9_the_majority_promotes_once_and_the_old_primary_is_fenced(
             reading: asyncio.Task[None] | None = None
             try:
                 await wait_until(lambda: asyncio.sleep(0, len(writer.acked) >= 50), within=10,
-                                 what="writes before the kill")  # fmt: skip
+                                 what="writes before the kill")
                 reading = asyncio.create_task(reader.run())  # (the table has replicated)
                 await wait_until(lambda: asyncio.sleep(0, reader.done >= 5), within=10,
-                                 what="reads before the kill")  # fmt: skip
+                                 what="reads before the kill")
                 pid = local.pid("europe-1")
                 assert pid is not None
                 os.kill(pid, signal.SIGKILL)
@@ -236,7 +236,7 @@ async def test_kill_9_the_majority_promotes_once_and_the_old_primary_is_fenced(
                     return True
 
                 await wait_until(promoted_everywhere, within=20,
-                                 what="every router, the cut-off one too, on europe-2")  # fmt: skip
+                                 what="every router, the cut-off one too, on europe-2")
                 switched = time.monotonic()
 
                 async def writes_resumed() -> bool:
@@ -245,7 +245,7 @@ async def test_kill_9_the_majority_promotes_once_and_the_old_primary_is_fenced(
                 await wait_until(writes_resumed, within=10, what="writes acknowledged again")
                 before = len(writer.acked)
                 await wait_until(lambda: asyncio.sleep(0, len(writer.acked) >= before + 50),
-                                 within=10, what="more writes on the new primary")  # fmt: skip
+                                 within=10, what="more writes on the new primary")
             finally:
                 writer.stop.set()
                 reader.stop.set()
@@ -282,7 +282,7 @@ async def test_kill_9_the_majority_promotes_once_and_the_old_primary_is_fenced(
             new_primary = await asyncpg.connect(local.dsn("europe-2"))
             try:
                 rows = await new_primary.fetch("SELECT shard, new_primary, timeline, promoted_by "
-                                               "FROM georoute_failovers")  # fmt: skip
+                                               "FROM georoute_failovers")
                 assert [tuple(r) for r in rows] == [("europe", "europe-2", 2, promoter)]
             finally:
                 await new_primary.close()
@@ -335,7 +335,7 @@ async def test_kill_9_the_majority_promotes_once_and_the_old_primary_is_fenced(
         # fenced (the timelines are the record, not anything the router kept).
         routers[0].stop()
         again = stack.enter_context(start_router(configs[0], local.state_dir / "router-m0b.toml",
-                                                 SECRET))  # fmt: skip
+                                                 SECRET))
 
         async def agrees() -> bool:
             europe = (await topology(again))["shards"]["europe"]
@@ -378,7 +378,7 @@ async def test_kill_9_the_majority_promotes_once_and_the_old_primary_is_fenced(
             task = asyncio.create_task(writer.run())
             try:
                 await wait_until(lambda: asyncio.sleep(0, len(writer.acked) >= 30), within=10,
-                                 what="writes before the switchover")  # fmt: skip
+                                 what="writes before the switchover")
                 report = await asyncio.to_thread(local.switchover, "europe", None)
                 assert (report.old_primary, report.new_primary) == ("europe-2", "europe-1")
                 assert report.rejoin.primary == "europe-1"
@@ -392,7 +392,7 @@ async def test_kill_9_the_majority_promotes_once_and_the_old_primary_is_fenced(
                 await wait_until(on_europe_1, within=15, what="every router on europe-1")
                 before = len(writer.acked)
                 await wait_until(lambda: asyncio.sleep(0, len(writer.acked) >= before + 30),
-                                 within=10, what="writes after the switchover")  # fmt: skip
+                                 within=10, what="writes after the switchover")
             finally:
                 writer.stop.set()
                 await task
@@ -407,7 +407,7 @@ async def test_kill_9_the_majority_promotes_once_and_the_old_primary_is_fenced(
 
 async def test_synchronous_shard_loses_no_acknowledged_write_to_kill_9(
     scratch: tuple[LocalCluster, Config],
-) -> None:  # fmt: skip
+) -> None:
     """north_america replicates synchronously: eight writers, kill -9 of its primary, and
     every write any of them saw acknowledged is on the promoted replica; writes resume (the
     promoter turns synchronous replication off on the new primary until a standby rejoins,
@@ -417,7 +417,7 @@ async def test_synchronous_shard_loses_no_acknowledged_write_to_kill_9(
     async with contextlib.AsyncExitStack() as stack:
         routers = [stack.enter_context(start_router(c, local.state_dir / f"router-s{i}.toml",
                                                     SECRET))
-                   for i, c in enumerate(configs)]  # fmt: skip
+                   for i, c in enumerate(configs)]
         db = await stack.enter_async_context(
             await client.connect(routers[0].dsn, token=TOKEN, pool_size=8))
         await db.execute(SCRATCH_DDL, shard="north_america")
@@ -430,7 +430,7 @@ async def test_synchronous_shard_loses_no_acknowledged_write_to_kill_9(
         tasks = [asyncio.create_task(w.run()) for w in writers]
         try:
             await wait_until(lambda: asyncio.sleep(0, sum(len(w.acked) for w in writers) >= 400),
-                             within=20, what="writes before the kill")  # fmt: skip
+                             within=20, what="writes before the kill")
             pid = local.pid("north_america-1")
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
@@ -474,7 +474,7 @@ def _node_pids(postmaster: int) -> list[int]:
 
 async def test_a_frozen_primary_is_fenced_when_it_wakes(
     scratch: tuple[LocalCluster, Config],
-) -> None:  # fmt: skip
+) -> None:
     """SIGSTOP of north_america's primary (every process of it) looks like a dead one: the
     majority promotes the standby; SIGCONT brings the old one back writable on the older
     timeline, and every router fences it: no writes, no reads."""
@@ -483,7 +483,7 @@ async def test_a_frozen_primary_is_fenced_when_it_wakes(
     async with contextlib.AsyncExitStack() as stack:
         routers = [stack.enter_context(start_router(c, local.state_dir / f"router-f{i}.toml",
                                                     SECRET))
-                   for i, c in enumerate(configs)]  # fmt: skip
+                   for i, c in enumerate(configs)]
         db = await stack.enter_async_context(await client.connect(routers[0].dsn, token=TOKEN))
         await db.execute(SCRATCH_DDL, shard="north_america")
         view = (await topology(routers[0]))["shards"]["north_america"]
@@ -519,7 +519,7 @@ async def test_a_frozen_primary_is_fenced_when_it_wakes(
         for _ in range(20):
             _, route = await db.fetch_routed(
                 "SELECT count(*) FROM rt_items WHERE region = 'north_america'",
-                consistency="replica")  # fmt: skip
+                consistency="replica")
             assert route is not None and route.node == standby
         assert marker in await fetch_ids(local.dsn(standby))
         assert marker not in await fetch_ids(local.dsn(old))

@@ -121,7 +121,7 @@ async def test_a_shard_bootstrapped_before_008_takes_it(migrated: Config, tmp_pa
     scratch = f"regions_mig_{uuid.uuid4().hex[:8]}"
     europe = migrated.shards["europe"]
     shard = dataclasses.replace(europe, primary=dataclasses.replace(europe.primary,
-                                                                    database=scratch))  # fmt: skip
+                                                                    database=scratch))
     config = dataclasses.replace(migrated, shards={"europe": shard})
     for m in load_migrations():
         if m.version <= 6:
@@ -137,14 +137,14 @@ async def test_a_shard_bootstrapped_before_008_takes_it(migrated: Config, tmp_pa
                 "ADD CONSTRAINT georoute_shard_name_check "
                 "CHECK (name IN ('north_america', 'europe', 'asia'))")  # the old bootstrap's
             await conn.execute("INSERT INTO users (email, full_name, home_region, country, city) "
-                               "VALUES ('a@b.eu', 'A', 'europe', 'FR', 'Lyon')")  # fmt: skip
+                               "VALUES ('a@b.eu', 'A', 'europe', 'FR', 'Lyon')")
             report = await migrate(config, documents=False)
             assert report.shards["europe"].applied == [m.label for m in load_migrations()
                                                       if m.version > 6]
             checks = {r["conname"]: r["def"] for r in await conn.fetch(
                 "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
                 "WHERE contype = 'c' AND conrelid IN ('users'::regclass, 'courses'::regclass, "
-                "'georoute_shard'::regclass)")}  # fmt: skip
+                "'georoute_shard'::regclass)")}
             assert not any("north_america" in d for d in checks.values()), checks
             assert "~" in checks["georoute_shard_name_check"]
             async with conn.transaction():  # a shard and a user of another region fit now

@@ -38,22 +38,22 @@ async def primaries(migrated: Config) -> AsyncIterator[Primaries]:
 
 async def copies(primaries: Primaries, ref: uuid.UUID) -> dict[str, list[str]]:
     return {r: [row[0] for row in await c.fetch("SELECT name FROM tp_ref WHERE ref_id = $1", ref)]
-            for r, c in primaries.items()}  # fmt: skip
+            for r, c in primaries.items()}
 
 
 async def test_a_write_reaches_every_shards_copy(db: client.Client, primaries: Primaries) -> None:
     ref = uuid.uuid4()
     assert await db.execute("INSERT INTO tp_ref (ref_id, name) VALUES ($1, $2)",
-                            ref, "first") == "INSERT 0 1"  # fmt: skip
+                            ref, "first") == "INSERT 0 1"
     assert await copies(primaries, ref) == {r: ["first"] for r in REGIONS}
     # Each shard's token came back: the session's next reads see the write on any shard.
     assert set(REGIONS) <= set(db.ryw_state)
     rows = await db.fetch("UPDATE tp_ref SET name = $2 WHERE ref_id = $1 RETURNING name",
-                          ref, "second")  # fmt: skip
+                          ref, "second")
     assert [tuple(r) for r in rows] == [("second",)]
     assert await copies(primaries, ref) == {r: ["second"] for r in REGIONS}
     for prepared in [await c.fetchval("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE "
-                                      "'georoute:%'") for c in primaries.values()]:  # fmt: skip
+                                      "'georoute:%'") for c in primaries.values()]:
         assert prepared == 0
 
 
@@ -82,7 +82,7 @@ async def test_a_write_that_would_leave_the_copies_different_is_refused(
     with pytest.raises(client.CrossShardError, match="did not do the same on every shard"):
         await db.execute("UPDATE tp_ref SET name = 'after' WHERE ref_id = $1", ref)
     assert await copies(primaries, ref) == {"north_america": ["before"], "europe": ["before"],
-                                            "asia": []}  # fmt: skip
+                                            "asia": []}
     # A default computed on each shard would give each copy its own id: refused too.
     name = f"volatile-{uuid.uuid4()}"
     with pytest.raises(client.CrossShardError, match="did not do the same on every shard"):
@@ -104,7 +104,7 @@ async def test_health_names_a_reference_table_whose_copies_differ(
     assert set(table.copies) == set(REGIONS)
 
     await primaries["europe"].execute("UPDATE tp_ref SET name = 'drifted' WHERE ref_id = $1",
-                                      ref)  # by hand, on one shard  # fmt: skip
+                                      ref)  # by hand, on one shard
     report = await check_reference_tables(migrated)
     table = {t.name: t for t in report.tables}["tp_ref"]
     assert not table.agree and "tp_ref" in report.differing

@@ -57,7 +57,7 @@ async def test_metrics_count_requests(db: client.Client, router: RouterProcess) 
                  "georoute_errors_total"):
         assert name in text, name
     (open_now,) = [line for line in text.splitlines()
-                   if line.startswith("georoute_client_connections_open ")]  # fmt: skip
+                   if line.startswith("georoute_client_connections_open ")]
     assert float(open_now.split()[1]) >= len(db.connections) >= 1
 
 
@@ -106,7 +106,7 @@ async def _backend_pids(router: RouterProcess) -> dict[str, set[int]]:
             conn = await connect_node(cfg, address)
             try:
                 rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1",
-                                        f"georoute:{cfg.router.node_name}")  # fmt: skip
+                                        f"georoute:{cfg.router.node_name}")
             finally:
                 await conn.close()
             found[f"{address.host}:{address.port}"] = {r["pid"] for r in rows}
@@ -122,7 +122,7 @@ async def test_a_reload_that_changes_database_settings_renews_every_pool(
     had on every node goes away, and new ones serve."""
     original = router.path.read_text()
     changed = original.replace(f'sslmode = "{router.config.database.sslmode}"',
-                               'sslmode = "disable"', 1)  # fmt: skip
+                               'sslmode = "disable"', 1)
     assert changed != original
     nodes = sum(1 + len(shard.replicas) for shard in router.config.shards.values())
     renewed = f"{nodes} new nodes, {nodes} retired"
@@ -315,7 +315,7 @@ def test_a_drain_left_with_an_idle_transaction_ends_when_the_router_rolls_it_bac
     before drain_timeout_seconds."""
     drain, idle = 20.0, 0.5
     config = router_config(migrated, port_shift=52, drain_timeout_seconds=drain,
-                           transaction_idle_timeout_seconds=idle)  # fmt: skip
+                           transaction_idle_timeout_seconds=idle)
     path = Path(migrated.cluster.state_dir) / "router-drain-idle.toml"
     with running_router(config, path) as proc:
 

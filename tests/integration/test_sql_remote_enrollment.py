@@ -68,7 +68,7 @@ async def test_the_checks_that_replace_the_foreign_key_to_courses(
     with sql_error("23514", "keeps no copy"):
         await eu.execute("INSERT INTO enrollments (user_id, course_id, course_price_cents, "
                          "course_currency, course_lesson_ids) VALUES ($1, $2, 0, 'EUR', '{}')",
-                         user, local.course_id)  # fmt: skip
+                         user, local.course_id)
     # enroll() and enroll_remote() each refuse the other's courses.
     with sql_error("P0002", "does not exist on this shard"):
         await eu.fetchval("SELECT enroll($1, $2)", user, far.course_id)

@@ -42,7 +42,7 @@ async def primaries(migrated: Config) -> AsyncIterator[dict[str, asyncpg.Connect
 
 @pytest.fixture
 async def tp(tp_router: RouterProcess, primaries: dict[str, asyncpg.Connection]
-             ) -> AsyncIterator[client.Client]:  # fmt: skip
+             ) -> AsyncIterator[client.Client]:
     async with await client.connect(tp_router.dsn, token=TOKEN) as c:
         yield c
 
@@ -60,7 +60,7 @@ async def test_a_transaction_without_a_shard_commits_on_every_shard_it_wrote(
         await tx.execute(INSERT, asia, "asia", "b")
         # Inside it, its own writes are visible, each on its own shard.
         assert await tx.fetchval("SELECT payload FROM tp_items WHERE item_id = $1 "
-                                 "AND region = 'asia'", asia) == "b"  # fmt: skip
+                                 "AND region = 'asia'", asia) == "b"
     assert await rows_of(primaries, europe) == {"north_america": 0, "europe": 1, "asia": 0}
     assert await rows_of(primaries, asia) == {"north_america": 0, "europe": 0, "asia": 1}
     assert await none_prepared(primaries)
@@ -87,7 +87,7 @@ async def test_the_commit_reply_gives_every_shard_its_token(
             await tx.execute(INSERT, europe, "europe", "x")  # europe decides: its token first
             await tx.execute(INSERT, asia, "asia", "y")
         seen = await tp.fetchval("SELECT payload FROM tp_items WHERE item_id = $1 "
-                                 "AND region = 'asia'", asia)  # fmt: skip
+                                 "AND region = 'asia'", asia)
         assert seen == "y"
     finally:
         await replica.execute("SELECT pg_wal_replay_resume()")
@@ -140,9 +140,9 @@ async def test_statements_whose_shard_cannot_be_told_are_refused_and_harm_nothin
             await tx.fetch("SELECT * FROM tp_items WHERE payload = 'kept'")
         # Refused before anything ran: the transaction goes on.
         await tx.execute("UPDATE tp_items SET payload = 'still' WHERE item_id = $1 "
-                         "AND region = 'europe'", europe)  # fmt: skip
+                         "AND region = 'europe'", europe)
     row = await primaries["europe"].fetchval("SELECT payload FROM tp_items WHERE item_id = $1",
-                                             europe)  # fmt: skip
+                                             europe)
     assert row == "still"
 
 

@@ -56,7 +56,7 @@ async def test_a_router_killed_mid_commit_is_settled_by_another_alike_on_every_s
             # with no PREPARE: the fault point is not reached.
             async with db.transaction() as tx:
                 await tx.fetch("SELECT * FROM tp_items WHERE item_id = $1 AND region = 'asia'",
-                               asia)  # fmt: skip
+                               asia)
                 await tx.execute(INSERT, na, "north_america", "one shard wrote")
             tx = db.transaction()
             await tx.start()
@@ -84,14 +84,14 @@ async def test_a_router_killed_mid_commit_is_settled_by_another_alike_on_every_s
     async def forgotten() -> bool:  # decision rows go once no branch of theirs is left
         for conn in primaries.values():
             if await conn.fetchval("SELECT count(*) FROM georoute_tx_decisions "
-                                   "WHERE router = ANY($1)", names):  # fmt: skip
+                                   "WHERE router = ANY($1)", names):
                 return False
         return True
 
     # Another router node (the fault point is not set on it) settles them from start-up on.
     with running_router(tp_config(migrated, 122, "tp-recovering"), state / "router-tp-2.toml"):
         await wait_until(lambda: none_prepared(primaries), within=20,
-                         what="every prepared branch settled")  # fmt: skip
+                         what="every prepared branch settled")
         await wait_until(forgotten, within=20, what="the decision rows forgotten")
     expected = 1 if committed else 0
     assert await rows_of(primaries, europe) == {"north_america": 0, "europe": expected, "asia": 0}

@@ -60,7 +60,7 @@ class Student:
 async def _enroll_remote(student: Catalogue, course_shard: Catalogue, course: Course,
                          user: uuid.UUID) -> uuid.UUID:
     terms = await course_shard.conn.fetchrow("SELECT * FROM remote_course_terms($1, $2)",
-                                             course.course_id, user)  # fmt: skip
+                                             course.course_id, user)
     assert terms is not None
     enrollment: uuid.UUID = await student.conn.fetchval(
         "SELECT enroll_remote($1, $2, $3, $4, $5)", user, course.course_id,
@@ -79,11 +79,11 @@ async def _student(shards: dict[str, Catalogue], db: client.Client) -> Student:
     user = await eu.user(email=email, name="Marie Curie", password_hash="h" * 40)
     token_hash = uuid.uuid4().hex * 2
     session = await eu.conn.fetchrow("SELECT * FROM issue_refresh_token($1, $2, 3600)", user,
-                                     token_hash)  # fmt: skip
+                                     token_hash)
     # Local: paid with a coupon, invoiced, completed, certified, reviewed.
     code = f"M{uuid.uuid4().hex[:8]}"
     await eu.conn.execute("INSERT INTO coupons (course_id, code, percent_off, max_redemptions) "
-                          "VALUES ($1, $2, 10, 5)", local.course_id, code)  # fmt: skip
+                          "VALUES ($1, $2, 10, 5)", local.course_id, code)
     _, local_enrollment = await eu.enrolled(local, user)
     payment = await eu.conn.fetchrow("SELECT * FROM process_payment($1, $2, $3)",
                                      local_enrollment, f"key-{uuid.uuid4().hex}", code)
@@ -131,7 +131,7 @@ _THEIRS = {
 async def _theirs(conn: asyncpg.Connection, user: uuid.UUID) -> dict[str, list[dict[str, Any]]]:
     return {table: sorted((json.loads(r[0]) for r in await conn.fetch(sql, user)),
                           key=json.dumps)
-            for table, sql in _THEIRS.items()}  # fmt: skip
+            for table, sql in _THEIRS.items()}
 
 
 def _counts(rows: dict[str, list[Any]]) -> dict[str, int]:
@@ -165,7 +165,7 @@ async def _old_ids_anywhere(shards: dict[str, Catalogue], ids: list[uuid.UUID],
                                ("reviews", ["review_id", "user_id"]),
                                ("certificates", ["certificate_id", "enrollment_id"]),
                                ("remote_enrollments", ["enrollment_id"]),
-                               ("audit_log", ["actor_id", "entity_id"])):  # fmt: skip
+                               ("audit_log", ["actor_id", "entity_id"])):
             where = " OR ".join(f"{c} = ANY($1)" for c in columns)
             n += await shard.conn.fetchval(f"SELECT count(*) FROM {table} WHERE {where}", ids)
         if region != "asia":
@@ -184,20 +184,20 @@ async def test_a_user_moves_with_everything_theirs_and_a_second_run_changes_noth
     before = await _theirs(eu.conn, s.user_id)
     assert _counts(before) == {"users": 1, "user_credentials": 1, "user_sessions": 1,
                                "enrollments": 3, "lesson_progress": 3, "payments": 1,
-                               "invoices": 1, "reviews": 2, "certificates": 1}  # fmt: skip
+                               "invoices": 1, "reviews": 2, "certificates": 1}
     aggregates = await _aggregates(shards, s)
     old_ids = ([s.user_id, s.session_id, *s.enrollments.values()]
                + [uuid.UUID(r[key]) for table, key in (
                    ("lesson_progress", "progress_id"), ("payments", "payment_id"),
                    ("invoices", "invoice_id"), ("reviews", "review_id"),
-                   ("certificates", "certificate_id")) for r in before[table]])  # fmt: skip
+                   ("certificates", "certificate_id")) for r in before[table]])
 
     report = await db.move_user(s.user_id, "asia")
     new_id = uuid.UUID(report["current_id"])
     assert report["moved"] and report["from_region"] == "europe" and report["documents"] == 1
     assert report["rows"] == {"users": 1, "user_sessions": 1, "enrollments": 3,
                               "lesson_progress": 3, "payments": 1, "invoices": 1, "reviews": 2,
-                              "certificates": 1}  # fmt: skip
+                              "certificates": 1}
 
     # The user's rows only on Asia's shard, as many as before; nothing of theirs elsewhere.
     after = {r: await _theirs(shards[r].conn, new_id) for r in REGIONS}
@@ -234,7 +234,7 @@ async def test_a_user_moves_with_everything_theirs_and_a_second_run_changes_noth
     session = moved["user_sessions"][0]
     rotated = await asia.conn.fetchrow("SELECT * FROM rotate_refresh_token($1, $2, $3, 60)",
                                        uuid.UUID(session["session_id"]), s.token_hash,
-                                       uuid.uuid4().hex * 2)  # fmt: skip
+                                       uuid.uuid4().hex * 2)
     assert (rotated["outcome"], rotated["user_id"]) == ("rotated", new_id)
 
     # The old ids resolve to the new ones, through the router, from any shard's copy.
@@ -313,7 +313,7 @@ async def test_a_move_killed_after_its_decision_is_finished_by_a_second_run(
     state = Path(migrated.cluster.state_dir)
     faulty = tp_config(migrated, 131, "move-faulty")
     with running_router(faulty, state / "router-move-faulty.toml",
-                        {FAULT_ENV: "after_decision"}) as proc:  # fmt: skip
+                        {FAULT_ENV: "after_decision"}) as proc:
         async with await client.connect(proc.dsn, token=TOKEN) as dying:
             with pytest.raises(client.ConnectionLostError):
                 await dying.move_user(s.user_id, "asia")
@@ -321,7 +321,7 @@ async def test_a_move_killed_after_its_decision_is_finished_by_a_second_run(
     primaries = {r: c.conn for r, c in shards.items()}
     # Every router node sweeps: the session's own router commits the prepared branches.
     await wait_until(lambda: none_prepared(primaries), within=30,
-                     what="the move's prepared branches settled")  # fmt: skip
+                     what="the move's prepared branches settled")
     assert await db.docs("user_preferences").find_one({"_id": str(s.user_id)}) is not None
     report = await db.move_user(s.user_id, "asia")
     assert (report["moved"], report["documents"]) == (False, 1)
@@ -344,7 +344,7 @@ async def test_georoute_user_move_asks_the_router(
         return await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "router.tools.cli", "--config",
                              str(router.path), "user", "move", *args],
-            env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+            env=env, capture_output=True, text=True, timeout=60)
 
     done = await georoute(str(user), "europe", "--json")
     assert done.returncode == 0, done.stderr
@@ -368,7 +368,7 @@ async def test_two_moves_of_one_user_at_once_move_them_once(
     before = _counts(await _theirs(shards["europe"].conn, s.user_id))
     async with await client.connect(router.dsn, token=TOKEN) as other:
         reports = await asyncio.gather(db.move_user(s.user_id, "asia"),
-                                       other.move_user(s.user_id, "asia"))  # fmt: skip
+                                       other.move_user(s.user_id, "asia"))
     assert sorted(r["moved"] for r in reports) == [False, True]
     assert reports[0]["current_id"] == reports[1]["current_id"]
     new_id = uuid.UUID(reports[0]["current_id"])

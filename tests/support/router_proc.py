@@ -104,7 +104,7 @@ class RouterProcess:
 
 @contextlib.contextmanager
 def running_router(config: Config, path: Path,
-                   extra_env: dict[str, str] | None = None) -> Iterator[RouterProcess]:  # fmt: skip
+                   extra_env: dict[str, str] | None = None) -> Iterator[RouterProcess]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config_to_toml(config))
     env = dict(os.environ)

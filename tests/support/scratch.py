@@ -14,7 +14,7 @@ from router.tools.localcluster import LocalCluster
 
 @contextlib.contextmanager
 def scratch_cluster(test_config: Config, offset: int,
-                    name: str) -> Iterator[tuple[LocalCluster, Config]]:  # fmt: skip
+                    name: str) -> Iterator[tuple[LocalCluster, Config]]:
     """The test cluster's layout `offset` ports further, in a state dir of its own (`name`),
     up for the block and purged after it."""
     config = with_port_offset(test_config, offset, str(Path(test_config.cluster.state_dir) / name))

@@ -43,22 +43,22 @@ Primaries = dict[str, asyncpg.Connection]
 def tp_config(migrated: Config, shift: int, name: str) -> Config:
     """A router config with tp_items sharded and a short grace before presumed aborts."""
     config = router_config(migrated, port_shift=shift, twophase_grace_seconds=GRACE,
-                           twophase_recovery_interval_seconds=0.2)  # fmt: skip
+                           twophase_recovery_interval_seconds=0.2)
     return replace(config, tables={**config.tables, TABLE.name: TABLE},
-                   router=replace(config.router, node_name=name))  # fmt: skip
+                   router=replace(config.router, node_name=name))
 
 
 async def rows_of(primaries: Primaries, item: uuid.UUID) -> dict[str, int]:
     """On each shard's primary, how many tp_items rows have this id."""
     return {r: int(await c.fetchval("SELECT count(*) FROM tp_items WHERE item_id = $1", item))
-            for r, c in primaries.items()}  # fmt: skip
+            for r, c in primaries.items()}
 
 
 async def prepared(primaries: Primaries) -> dict[str, list[str]]:
     """georoute's prepared transactions on each primary."""
     return {r: [row[0] for row in await c.fetch(
         "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'georoute:%' "
-        "AND database = current_database()")] for r, c in primaries.items()}  # fmt: skip
+        "AND database = current_database()")] for r, c in primaries.items()}
 
 
 async def none_prepared(primaries: Primaries) -> bool:

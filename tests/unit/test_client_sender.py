@@ -27,7 +27,7 @@ async def test_a_transaction_and_a_collection_share_one_senders_session() -> Non
         try:
             sender = Sender(pool, command_timeout=2.5)
             tx = Transaction(sender, sender.hints("europe", None, None, None, None), None,
-                             False, None)  # fmt: skip
+                             False, None)
             async with tx:
                 await tx.execute("UPDATE t SET x = 1")
             assert sender.ryw == {"europe": 77}  # the commit's token, kept by the sender

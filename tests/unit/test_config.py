@@ -83,7 +83,7 @@ def test_regions_are_the_shards_configured() -> None:
     assert list(load_config(REPO / "router.toml").shards) == ["north_america", "europe", "asia"]
     raw = _raw()
     raw["shards"]["africa"] = {"number": 4, "primary": {"port": 6507},
-                               "replicas": [{"port": 6508}]}  # fmt: skip
+                               "replicas": [{"port": 6508}]}
     config = parse_config(raw)
     assert list(config.shards) == ["north_america", "europe", "asia", "africa"]
     assert config.shard_by_number(4) is config.shards["africa"]

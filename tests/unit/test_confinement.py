@@ -34,7 +34,7 @@ SHARDS = tuple(CONFIG.shards)
 ID = {name: new_id(CONFIG.shards[name].number, now_ms=1, rand=bytes(9)) for name in SHARDS}
 EU, ASIA = ID["europe"], ID["asia"]
 CLASSIFIER = Classifier(CONFIG.tables, CONFIG.router.read_only_functions, cache_size=64,
-                        sharded_functions=CONFIG.router.sharded_functions)  # fmt: skip
+                        sharded_functions=CONFIG.router.sharded_functions)
 
 
 def route(sql: str, *params: object, hint: str | None = None) -> OneShard:
@@ -94,7 +94,7 @@ UNCONFINED = [
     ("UPDATE lesson_progress SET seconds_spent = 0 WHERE lesson_id = $1", [EU]),
     ("UPDATE enrollments e SET status = 'x' FROM courses c "
      "WHERE e.course_id = c.course_id AND c.course_id = $1", [EU]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("sql", "params"), UNCONFINED)
@@ -110,7 +110,7 @@ def test_unconfined_statements_are_refused(sql: str, params: list[object]) -> No
      "WHERE user_id = $1", [EU]),  # confined by its read of users: still one copy only
     ("WITH c AS (DELETE FROM categories RETURNING 1) SELECT * FROM users WHERE user_id = $1",
      [EU]),
-])  # fmt: skip
+])
 def test_a_reference_table_write_is_never_routed_to_one_shard(
     sql: str, params: list[object], hint: str | None
 ) -> None:
@@ -135,7 +135,7 @@ ROWS_ELSEWHERE = [
     ("INSERT INTO users (home_region, email) VALUES (lower($1), 'a@b.c')", ["EUROPE"]),
     ("INSERT INTO users VALUES ($1, 'a@b.c')", [EU]),
     ("INSERT INTO users (user_id, email) SELECT $1, 'a' UNION ALL SELECT $2, 'b'", [EU, EU]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("sql", "params"), ROWS_ELSEWHERE)
@@ -200,7 +200,7 @@ CONFINED = [
      "WHEN MATCHED THEN UPDATE SET action = 'x' "
      "WHEN NOT MATCHED THEN INSERT (region, action, entity) VALUES ('europe', 'a', 'b')", [EU]),
     ("EXPLAIN SELECT * FROM users WHERE user_id = $1", [EU]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("sql", "params"), CONFINED)
@@ -215,7 +215,7 @@ def test_keys_naming_several_shards_are_cross_shard() -> None:
         ("SELECT * FROM users WHERE user_id = $1 UNION ALL SELECT * FROM users "
          "WHERE user_id = $2", [EU, ASIA]),
         ("SELECT enroll($1, $2)", [EU, ASIA]),
-    ):  # fmt: skip
+    ):
         with pytest.raises(CrossShardError):
             route(sql, *params)
 
@@ -226,14 +226,14 @@ def test_a_transaction_or_hint_takes_only_what_names_a_shard() -> None:
     a = CLASSIFIER.analyze("SELECT count(*) FROM users WHERE full_name = $1")
     assert keyed_shard(a, ["x"], CONFIG) is None
     a = CLASSIFIER.analyze("SELECT * FROM users u WHERE u.full_name = $2 AND EXISTS "
-                           "(SELECT 1 FROM enrollments e WHERE e.user_id = $1)")  # fmt: skip
+                           "(SELECT 1 FROM enrollments e WHERE e.user_id = $1)")
     assert keyed_shard(a, [ASIA, "x"], CONFIG) == "asia"
 
 
 def test_writable_cte_counts_as_a_write_whatever_its_status() -> None:
     a = CLASSIFIER.analyze("WITH a AS (INSERT INTO audit_log (region, action, entity) VALUES "
                            "('europe', 'a', 'b') RETURNING 1) UPDATE users SET city = 'x' "
-                           "WHERE user_id = $1 AND false")  # fmt: skip
+                           "WHERE user_id = $1 AND false")
     assert a.nested_write and not a.read_only
 
 
@@ -244,7 +244,7 @@ def test_writable_cte_counts_as_a_write_whatever_its_status() -> None:
     "CREATE TYPE pg_temp.e AS ENUM ('a')",
     "CREATE OPERATOR pg_temp.=== (function = int4eq, leftarg = int, rightarg = int)",
     "SELECT 1::pg_temp.d",
-])  # fmt: skip
+])
 def test_every_pg_temp_object_is_session_state(sql: str) -> None:
     assert CLASSIFIER.analyze(sql).changes_session_state
 
@@ -253,7 +253,7 @@ def test_every_pg_temp_object_is_session_state(sql: str) -> None:
 
 # (table, shard key, another column): the other column never confines anything.
 TABLES = [("users", "user_id", "full_name"), ("courses", "course_id", "title"),
-          ("enrollments", "enrollment_id", "status"), ("reviews", "review_id", "body")]  # fmt: skip
+          ("enrollments", "enrollment_id", "status"), ("reviews", "review_id", "body")]
 WHERE_KEY = ["own", "none", "under_or", "under_not", "in_subquery_of_other"]
 
 
@@ -292,7 +292,7 @@ def queries(draw: st.DrawFn, depth: int, names: itertools.count[int]) -> Query:
         confined = confined and kind != "FULL JOIN"
     if depth > 0:
         for part in draw(st.lists(st.sampled_from(["exists", "not_exists", "scalar", "in"]),
-                                  max_size=2)):  # fmt: skip
+                                  max_size=2)):
             child = draw(queries(depth - 1, names))
             confined = confined and child.confined
             shards |= child.shards
@@ -349,7 +349,7 @@ def test_random_nesting_routes_to_one_shard_only_when_every_reference_is_confine
 def test_writes_wrapping_random_reads_follow_the_same_rule(query: Query, region: str) -> None:
     """The same reads as the source of an INSERT ... SELECT and inside an UPDATE's WHERE."""
     update = (f"UPDATE users SET city = 'x' WHERE user_id = '{ID[region]}' "
-              f"AND city IN (SELECT v::text FROM ({query.sql}) AS q(v))")  # fmt: skip
+              f"AND city IN (SELECT v::text FROM ({query.sql}) AS q(v))")
     confined = query.confined
     shards = query.shards | {region}
     try:
@@ -397,7 +397,7 @@ REVIEWED_UNCONFINED = [
     ("SELECT user_id FROM users WHERE user_id = $1::varchar(13)", [EU]),
     # georoute's own per-shard tables are not reference tables.
     ("SELECT reply FROM georoute_idempotency WHERE idem_key = $1", ["k"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("sql", "params"), REVIEWED_UNCONFINED)
@@ -423,22 +423,22 @@ REVIEWED_ROWS = [
      "ON CONFLICT ((lower(email))) DO UPDATE SET city = excluded.city", [EU, "a@b.c"], None),
     ("INSERT INTO users (user_id, email, home_region) VALUES ($1, $2, 'europe') "
      "ON CONFLICT DO NOTHING", [EU, "a@b.c"], None),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("sql", "params", "hint"), REVIEWED_ROWS)
 def test_reviewed_writes_cannot_misplace_rows(sql: str, params: list[object],
-                                              hint: str | None) -> None:  # fmt: skip
+                                              hint: str | None) -> None:
     with pytest.raises(CrossShardError):
         route(sql, *params, hint=hint)
 
 
 def test_upserts_on_a_shard_key_and_defaults_still_route() -> None:
     sql = ("INSERT INTO users (user_id, email, home_region) VALUES ($1, $2, 'europe') "
-           "ON CONFLICT (user_id) DO UPDATE SET email = excluded.email")  # fmt: skip
+           "ON CONFLICT (user_id) DO UPDATE SET email = excluded.email")
     assert route(sql, EU, "a@b.c").shard == "europe"
     sql = ("MERGE INTO users t USING (SELECT 1) s ON t.user_id = $1 "
-           "WHEN NOT MATCHED THEN INSERT DEFAULT VALUES")  # fmt: skip
+           "WHEN NOT MATCHED THEN INSERT DEFAULT VALUES")
     assert route(sql, EU).shard == "europe"
     assert route("SELECT * FROM users WHERE user_id IS NOT DISTINCT FROM $1", EU).shard == "europe"
     assert route("SELECT create_course($1, $2, 'T', 0)", EU, ASIA).shard == "europe"
@@ -449,7 +449,7 @@ def test_upserts_on_a_shard_key_and_defaults_still_route() -> None:
     "SELECT " + "(SELECT " * 400 + "1" + ")" * 400,
     "SELECT * FROM users WHERE " + "(" * 1300 + "user_id = $1" + " AND true)" * 1300,
     "SELECT * FROM users WHERE user_id = $1" + "::uuid" * 1300,
-])  # fmt: skip
+])
 def test_odd_or_deep_statements_get_a_typed_answer(sql: str) -> None:
     """Each raised IndexError or RecursionError inside the analysis (an INTERNAL error)."""
     try:
@@ -484,7 +484,7 @@ def test_a_batch_is_confined_statement_by_statement() -> None:
             _batch_shard([keyed, reference], hint=hint)
     with pytest.raises(CrossShardError):
         _batch_shard([keyed, ("INSERT INTO audit_log (region, action, entity) "
-                              "VALUES ('asia', 'a', 'b')", [])])  # fmt: skip
+                              "VALUES ('asia', 'a', 'b')", [])])
     with pytest.raises(CrossShardError):  # a hint does not place a row on another shard
         _batch_shard([("INSERT INTO audit_log (region, action, entity) "
-                       "VALUES ('asia', 'a', 'b')", [])], hint="europe")  # fmt: skip
+                       "VALUES ('asia', 'a', 'b')", [])], hint="europe")

@@ -17,7 +17,7 @@ import router.core
 
 CORE = Path(router.core.__file__).parent
 LOADED = ("asyncio", "asyncpg", "socket", "selectors", "ssl", "pymongo", "uvloop",
-          "prometheus_client", "threading")  # fmt: skip
+          "prometheus_client", "threading")
 IMPORTED = (*LOADED, "time")
 
 
@@ -33,7 +33,7 @@ def _loaded_by(modules: list[str]) -> list[str]:
         f"print(','.join(sorted(m for m in {LOADED!r} if m in sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()  # fmt: skip
+                         check=True).stdout.strip()
     return out.split(",") if out else []
 
 

@@ -60,7 +60,7 @@ def _config(peer_port: int) -> Config:
         "suspect_after_seconds": SUSPECT_AFTER, "dead_after_seconds": DEAD_AFTER,
         "alive_after_heartbeats": 3, "secret_env": "HB_FAKE_CLOCK_SECRET",
         "peers": [f"router-2@127.0.0.1:{peer_port}"],
-    })  # fmt: skip
+    })
     raw["failover"]["down_after_seconds"] = DOWN_AFTER
     return parse_config(raw)
 

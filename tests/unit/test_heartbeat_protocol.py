@@ -25,7 +25,7 @@ from protocol.heartbeat import (
 
 KEY = b"k" * 32
 NODES = {"europe-1": ReportedHealth.UP, "europe-2": ReportedHealth.SUSPECT,
-         "asia-1": ReportedHealth.DOWN}  # fmt: skip
+         "asia-1": ReportedHealth.DOWN}
 PRIMARIES = {"europe": "europe-1", "asia": "asia-1"}
 
 
@@ -142,9 +142,9 @@ def test_random_authenticated_bodies_never_crash_the_receiver(body: bytes) -> No
 
 
 health_maps = st.dictionaries(st.text(min_size=1, max_size=20), st.sampled_from(ReportedHealth),
-                              max_size=6)  # fmt: skip
+                              max_size=6)
 primary_maps = st.dictionaries(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20),
-                               max_size=3)  # fmt: skip
+                               max_size=3)
 
 
 @settings(max_examples=200, deadline=None)
@@ -152,7 +152,7 @@ primary_maps = st.dictionaries(st.text(min_size=1, max_size=20), st.text(min_siz
 def test_every_single_bit_flip_is_rejected(
     nodes: dict[str, ReportedHealth], primaries: dict[str, str], incarnation: int,
     data: st.DataObject,
-) -> None:  # fmt: skip
+) -> None:
     valid = HeartbeatSender(KEY, "router-2", incarnation).encode(nodes, primaries)
     assert isinstance(receiver().receive(valid), Heartbeat)
     bit = data.draw(st.integers(0, len(valid) * 8 - 1))

@@ -26,7 +26,7 @@ def _lint(root: Path, *contracts: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(root)}
     args = [f"--contract={c}" for c in contracts]
     return subprocess.run([str(LINT_IMPORTS), "--no-cache", "--no-logo", *args], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+                          env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_the_contract_is_kept() -> None:
@@ -46,7 +46,7 @@ def tree(tmp_path: Path) -> Path:
     """A copy of the packages and pyproject.toml, for breaking on purpose."""
     for name in PACKAGES:
         shutil.copytree(REPO / name, tmp_path / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+                        ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     return tmp_path
 
@@ -73,13 +73,13 @@ BROKEN = [
     ("api/__init__.py", "\nimport router.engine.executor\n",
      "api-through-client", "api -> router.engine.executor"),
     ("api/__init__.py", "\nimport protocol.codec\n", "api-not-protocol", "api -> protocol.codec"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("path", "line", "contract", "report"), BROKEN,
-                         ids=[f"{c}:{p}" for p, _, c, _ in BROKEN])  # fmt: skip
+                         ids=[f"{c}:{p}" for p, _, c, _ in BROKEN])
 def test_a_forbidden_import_breaks_the_contract(tree: Path, path: str, line: str, contract: str,
-                                                report: str) -> None:  # fmt: skip
+                                                report: str) -> None:
     assert _lint(tree, contract).returncode == 0  # the copy as it is keeps it
     with (tree / path).open("a") as source:
         source.write(line)

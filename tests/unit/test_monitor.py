@@ -62,7 +62,7 @@ def _monitor(monkeypatch: pytest.MonkeyPatch, answers: dict[str, Any]) -> tuple[
 
 
 async def _measured(monkeypatch: pytest.MonkeyPatch, primary: int, replica: int
-                    ) -> tuple[LagMonitor, Any, dict[str, Any]]:  # fmt: skip
+                    ) -> tuple[LagMonitor, Any, dict[str, Any]]:
     """A monitor after one good round on europe, and the answers its probes will give."""
     answers: dict[str, Any] = {"europe-1": primary, "europe-2": replica}
     monitor, shard = _monitor(monkeypatch, answers)

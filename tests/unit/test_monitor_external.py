@@ -42,7 +42,7 @@ class ProbeConn:
 
 
 def monitor_for(monkeypatch: pytest.MonkeyPatch, mode: str, answers: dict[str, Any],
-                topology: Topology | None = None) -> tuple[LagMonitor, ShardState]:  # fmt: skip
+                topology: Topology | None = None) -> tuple[LagMonitor, ShardState]:
     config = load_config(REPO / "router.toml")
     config = replace(config, failover=replace(config.failover, mode=mode))
     topology = topology or Topology.from_config(config)
@@ -93,7 +93,7 @@ async def test_follows_a_promoted_replica_and_keeps_the_stale_one_out(
 
 async def test_mode_off_never_moves_the_primary(monkeypatch: pytest.MonkeyPatch) -> None:
     answers: dict[str, Any] = {"europe-1": ConnectionRefusedError("gone"),
-                               "europe-2": (False, 4_100)}  # fmt: skip
+                               "europe-2": (False, 4_100)}
     monitor, shard = monitor_for(monkeypatch, "off", answers)
     for _ in range(FOLLOW_CONFIRM_ROUNDS + 2):
         await monitor.measure(shard)
@@ -125,7 +125,7 @@ async def test_every_node_says_what_it_is_and_a_standby_cannot_stay_primary_in_m
 
 async def test_the_view_names_the_followed_primary(monkeypatch: pytest.MonkeyPatch) -> None:
     answers: dict[str, Any] = {"europe-1": ConnectionRefusedError("gone"),
-                               "europe-2": (False, 4_100)}  # fmt: skip
+                               "europe-2": (False, 4_100)}
     topology = Topology.from_config(load_config(REPO / "router.toml"))
     monitor, shard = monitor_for(monkeypatch, "external", answers, topology)
     for _ in range(FOLLOW_CONFIRM_ROUNDS):

@@ -31,7 +31,7 @@ def test_an_old_primary_back_on_an_older_timeline_is_fenced_not_followed() -> No
     assert (choice.primary, choice.reason) == ("eu-2", ChoiceReason.NEWER_TIMELINE)
     assert choice.fenced == {"eu-1"}
     again = choose_primary("eu-2", [says("eu-1", False, 1), says("eu-2", False, 2)],
-                           choice.fenced)  # fmt: skip
+                           choice.fenced)
     assert (again.primary, again.reason, again.fenced) == ("eu-2", ChoiceReason.KEEP, {"eu-1"})
 
 
@@ -54,7 +54,7 @@ def test_two_writable_on_one_timeline_keep_the_current_and_fence_the_other() -> 
         "eu-2", ChoiceReason.SPLIT_BRAIN, {"eu-1"})
     # neither is the current one: the lowest name, deterministically on every router
     other = choose_primary("eu-3", [says("eu-1", False, 2), says("eu-2", False, 2),
-                                    says("eu-3", None)])  # fmt: skip
+                                    says("eu-3", None)])
     assert (other.primary, other.fenced) == ("eu-1", {"eu-2"})
 
 
@@ -64,13 +64,13 @@ def test_the_primary_is_never_fenced_even_if_it_was() -> None:
 
 
 def state(name: str, in_recovery: bool | None, received: int | None = None,
-          replayed: int | None = None, timeline: int | None = None) -> ShardNodeState:  # fmt: skip
+          replayed: int | None = None, timeline: int | None = None) -> ShardNodeState:
     return ShardNodeState(name, in_recovery, received, replayed, timeline)
 
 
 def test_promotes_the_replica_with_the_most_wal_received() -> None:
     step = decide_promotion("eu-1", [state("eu-1", None), state("eu-2", True, 900, 800),
-                                     state("eu-3", True, 850, 850)])  # fmt: skip
+                                     state("eu-3", True, 850, 850)])
     assert step == PromoteNow("eu-2", 900, step.reason) and isinstance(step, PromoteNow)
 
 
@@ -83,11 +83,11 @@ def test_a_node_already_promoted_is_adopted_so_a_second_promoter_promotes_nothin
     # The first promoter promoted eu-2; the second one, under the same locks, finds it out of
     # recovery and must not promote eu-3 too.
     step = decide_promotion("eu-1", [state("eu-1", None), state("eu-2", False, None, 1000, 2),
-                                     state("eu-3", True, 990, 990)])  # fmt: skip
+                                     state("eu-3", True, 990, 990)])
     assert isinstance(step, Adopt) and step.node == "eu-2"
     # idempotent: asked again on the same snapshot, the same answer
     assert decide_promotion("eu-1", [state("eu-1", None), state("eu-2", False, None, 1000, 2),
-                                     state("eu-3", True, 990, 990)]) == step  # fmt: skip
+                                     state("eu-3", True, 990, 990)]) == step
 
 
 def test_a_primary_that_answers_writable_again_stops_the_failover() -> None:

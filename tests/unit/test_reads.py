@@ -111,7 +111,7 @@ def test_a_session_read_goes_to_the_primary_when_waiting_cannot_help() -> None:
     # No replica is fresh enough to wait for: lagging, unmeasured, or down.
     for stale in (Node("r", replay_lsn=900, lag_bytes=10_000),
                   Node("r", replay_lsn=900, lag_bytes=None),
-                  Node("r", replay_lsn=900, available=False)):  # fmt: skip
+                  Node("r", replay_lsn=900, available=False)):
         only = shard(stale)
         assert plan_read(only, 1000, Consistency.SESSION, POLICY) == OnPrimary(only.primary)
 
@@ -130,7 +130,7 @@ def test_with_no_replica_up_every_read_goes_to_the_primary() -> None:
 def test_the_turn_rotates_the_replica_chosen() -> None:
     view = shard(Node("r1"), Node("r2"))
     chosen = {plan_read(view, None, Consistency.SESSION, POLICY, turn).node.name
-              for turn in range(4)}  # fmt: skip
+              for turn in range(4)}
     assert chosen == {"r1", "r2"}
 
 

@@ -29,7 +29,7 @@ AFRICA = 7
 def _four_shards() -> Config:
     raw: dict[str, Any] = copy.deepcopy(tomllib.loads((REPO / "router.toml").read_text()))
     raw["shards"]["africa"] = {"number": AFRICA, "primary": {"port": 6507},
-                               "replicas": [{"port": 6508}]}  # fmt: skip
+                               "replicas": [{"port": 6508}]}
     return parse_config(raw)
 
 
@@ -43,7 +43,7 @@ def classifier() -> Classifier:
 
 
 def _shards(classifier: Classifier, sql: str, params: list[object],
-            hint: str | None = None) -> tuple[str, ...]:  # fmt: skip
+            hint: str | None = None) -> tuple[str, ...]:
     match resolve_shards(classifier.analyze(sql), params, hint, CONFIG):
         case OneShard(shard=shard):
             return (shard,)
@@ -53,14 +53,14 @@ def _shards(classifier: Classifier, sql: str, params: list[object],
 
 def test_a_fourth_shard_routes_by_region_id_and_hint(classifier: Classifier) -> None:
     assert _shards(classifier, "SELECT * FROM courses WHERE region = $1", ["africa"]) == (
-        "africa",)  # fmt: skip
+        "africa",)
     assert _shards(classifier, "SELECT * FROM courses WHERE region = 'africa'", []) == ("africa",)
     by_id = "UPDATE users SET city = $2 WHERE user_id = $1"
     assert _shards(classifier, by_id, [new_id(AFRICA), "Lagos"]) == ("africa",)
     assert _shards(classifier, by_id, [new_id(CONFIG.shards["europe"].number), "Lyon"]) == (
-        "europe",)  # fmt: skip
+        "europe",)
     assert _shards(classifier, "SELECT * FROM categories WHERE name = $1", ["x"],
-                   hint="africa") == ("africa",)  # fmt: skip
+                   hint="africa") == ("africa",)
     with pytest.raises(UnknownShardError, match="africa"):  # the error lists the four
         _shards(classifier, "SELECT * FROM courses WHERE region = $1", ["oceania"])
 
@@ -71,7 +71,7 @@ def test_reads_no_key_confines_ask_every_configured_shard(classifier: Classifier
     assert every.shards == ("north_america", "europe", "asia", "africa")
     both = route(classifier.analyze("SELECT * FROM users WHERE user_id IN ($1, $2)"),
                           [new_id(AFRICA), new_id(CONFIG.shards["asia"].number)], None,
-                          CONFIG)  # fmt: skip
+                          CONFIG)
     assert isinstance(both, Scatter) and set(both.shards) == {"asia", "africa"}
 
 
@@ -93,10 +93,10 @@ def _string_literals(source: str) -> list[str]:
     """The string constants of a module's code (docstrings and comments are not code)."""
     tree = ast.parse(source)
     docstrings = {id(node.value) for node in ast.walk(tree)
-                  if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}  # fmt: skip
+                  if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
     return [node.value for node in ast.walk(tree)
             if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            and id(node) not in docstrings]  # fmt: skip
+            and id(node) not in docstrings]
 
 
 def test_no_region_is_named_in_the_routers_code() -> None:

@@ -49,7 +49,7 @@ class Engine:
 
         class Transactions:
             async def begin(self, session: Session, hints: Hints, isolation: Any,
-                            read_only: bool) -> Any:  # fmt: skip
+                            read_only: bool) -> Any:
                 engine.calls.append(("begin", session))
                 return SimpleNamespace(id=9, shard="asia", node=SimpleNamespace(name="asia-node1"))
 
@@ -112,7 +112,7 @@ def runtime(name: str, reads: set[str] | None = None) -> Any:
 
 
 def handler_over(rt: Any, docstore: DocStore | None = None, closed: Any = None
-                 ) -> tuple[RequestHandler, list[Any]]:  # fmt: skip
+                 ) -> tuple[RequestHandler, list[Any]]:
     spawned: list[Any] = []
 
     def spawn(coro: Any) -> None:
@@ -121,7 +121,7 @@ def handler_over(rt: Any, docstore: DocStore | None = None, closed: Any = None
     handler = RequestHandler(rt, encoder=Encoder(), metrics=Metrics(),
                              docstore=docstore or DocStore(),  # type: ignore[arg-type]
                              auth_token="secret", report=lambda: {"router": "r1"},
-                             spawn=spawn, closed=closed)  # fmt: skip
+                             spawn=spawn, closed=closed)
     return handler, spawned
 
 
@@ -169,7 +169,7 @@ async def test_documents_and_admin_requests() -> None:
     assert isinstance(decode(reply), DocReply) and docstore.ran == [("courses", "find")]
     with pytest.raises(UnsupportedRequest, match="idempotency keys"):
         await handler.handle(Session(), Doc(3, "courses", "insert_one", {"document": {}},
-                                            Hints(idempotency_key="k")))  # fmt: skip
+                                            Hints(idempotency_key="k")))
     assert docstore.ran == [("courses", "find")]  # refused before it ran
     reply, _ = await handler.handle(Session(), Admin(4, "topology"))
     admin = decode(reply)

@@ -19,7 +19,7 @@ from tests.support.ids import new_id
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = load_config(REPO / "router.toml")
 CLASSIFIER = Classifier(CONFIG.tables, CONFIG.router.read_only_functions, cache_size=8,
-                        sharded_functions=CONFIG.router.sharded_functions)  # fmt: skip
+                        sharded_functions=CONFIG.router.sharded_functions)
 EU, ASIA = (new_id(CONFIG.shards[n].number) for n in ("europe", "asia"))
 
 
@@ -31,10 +31,10 @@ def routed(sql: str, *params: object, hint: str | None = None) -> Route:
     ("SELECT name FROM users WHERE user_id IN ($1, $2)", (EU, ASIA), None),
     ("SELECT count(*) FROM users", (), None),
     ("SELECT name FROM users WHERE user_id = $1", (EU,), "*"),
-])  # fmt: skip
+])
 def test_a_read_over_several_shards_has_no_one_shard(
     sql: str, params: tuple[object, ...], hint: str | None,
-) -> None:  # fmt: skip
+) -> None:
     target = routed(sql, *params, hint=hint)
     assert isinstance(target, Scatter) and len(target.shards) >= 2
     with pytest.raises(AttributeError):
@@ -49,14 +49,14 @@ def test_a_one_shard_route_names_exactly_one_shard() -> None:
 
 def test_a_reference_table_write_goes_to_every_primary_or_is_refused() -> None:
     target = routed("INSERT INTO categories (category_id, slug, name) VALUES ($1, $2, $3)",
-                    EU, "s", "n")  # fmt: skip
+                    EU, "s", "n")
     assert target == EveryPrimary(tuple(CONFIG.shards), ("categories",))
     assert not hasattr(target, "shard")
     with pytest.raises(CrossShardError, match="a shard hint"):  # one copy would drift
         routed("UPDATE categories SET name = $1", "n", hint="europe")
     with pytest.raises(CrossShardError, match="touches sharded tables"):
         routed("INSERT INTO categories (category_id, slug, name) "
-               "SELECT user_id, email, full_name FROM users")  # fmt: skip
+               "SELECT user_id, email, full_name FROM users")
     assert isinstance(routed("SELECT name FROM categories", hint="asia"), OneShard)
 
 
@@ -69,7 +69,7 @@ def _mypy(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "mypy", "--config-file", str(tmp_path / "mypy.ini"),
          "--cache-dir", str(tmp_path / "cache"), str(tmp_path / "snippet.py")],
         cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    )
 
 
 def test_mypy_refuses_reading_the_shard_of_any_route(tmp_path: Path) -> None:
@@ -83,9 +83,9 @@ def test_mypy_refuses_reading_the_shard_of_any_route(tmp_path: Path) -> None:
     """)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert 'Item "Scatter" of "OneShard | Scatter | EveryPrimary" has no attribute "shard"' in (
-        refused.stdout)  # fmt: skip
+        refused.stdout)
     assert 'Item "EveryPrimary" of "OneShard | Scatter | EveryPrimary" has no attribute "shard"' in (
-        refused.stdout)  # fmt: skip
+        refused.stdout)
     # Nor can a one-shard route be made of several (the old Target held a tuple).
     assert 'Argument 1 to "OneShard" has incompatible type "tuple[str, str]"' in refused.stdout
     # Matched by kind, as the executor does, the same read type-checks; a kind left out
@@ -114,4 +114,4 @@ def test_mypy_refuses_reading_the_shard_of_any_route(tmp_path: Path) -> None:
     errors = [line for line in matched.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1, matched.stdout  # the_shards is fine; forgets_scatter is not
     assert '"assert_never" has incompatible type "Scatter | EveryPrimary"' in errors[0], (
-        matched.stdout)  # fmt: skip
+        matched.stdout)

@@ -264,7 +264,7 @@ def test_only_shard_keys_of_configured_tables_route(classifier: Classifier) -> N
         ("UPDATE scratch SET v = $2 WHERE id = $1", [new_id(EU), 5]),
         ("INSERT INTO scratch (id, v) VALUES ($1, $2)", [new_id(ASIA), 5]),
         ("INSERT INTO scratch (v, note) VALUES ($1, $2)", [5, str(new_id(EU))]),
-    ):  # fmt: skip
+    ):
         with pytest.raises(CrossShardError, match="scratch is a reference table"):
             route(classifier, sql, params)
     with pytest.raises(MissingShardKeyError, match="audit_log"):
@@ -323,19 +323,19 @@ def test_a_row_cannot_be_moved_to_another_shard(classifier: Classifier) -> None:
     assert route(classifier, move, [new_id(EU), "europe"]).shard == "europe"
     with pytest.raises(CrossShardError, match=r"enrollments\.user_id"):
         route(classifier, "UPDATE enrollments SET user_id = $2 WHERE enrollment_id = $1",
-              [new_id(EU), new_id(ASIA)])  # fmt: skip
+              [new_id(EU), new_id(ASIA)])
     with pytest.raises(CrossShardError, match="asia"):  # a hint does not make it safe
         route(classifier, "UPDATE users SET home_region = 'asia' WHERE email = $1", ["a@b"],
-              hint="europe")  # fmt: skip
+              hint="europe")
     with pytest.raises(CrossShardError, match="to an expression"):
         route(classifier, "UPDATE users SET home_region = lower($2) WHERE user_id = $1",
-              [new_id(EU), "EUROPE"])  # fmt: skip
+              [new_id(EU), "EUROPE"])
     with pytest.raises(CrossShardError, match="asia"):
         route(classifier, "INSERT INTO users (user_id, home_region) VALUES ($1, 'europe') "
-              "ON CONFLICT (user_id) DO UPDATE SET home_region = 'asia'", [new_id(EU)])  # fmt: skip
+              "ON CONFLICT (user_id) DO UPDATE SET home_region = 'asia'", [new_id(EU)])
     # The upsert's own inserted value, and a column set to itself, stay where they are.
     upsert = ("INSERT INTO users (user_id, home_region) VALUES ($1, $2) ON CONFLICT (user_id) "
-              "DO UPDATE SET home_region = EXCLUDED.home_region")  # fmt: skip
+              "DO UPDATE SET home_region = EXCLUDED.home_region")
     assert route(classifier, upsert, [new_id(EU), "europe"]).shard == "europe"
     same = "UPDATE users SET home_region = home_region, city = $2 WHERE user_id = $1"
     assert route(classifier, same, [new_id(EU), "Lyon"]).shard == "europe"
@@ -345,7 +345,7 @@ def test_a_row_cannot_be_moved_to_another_shard(classifier: Classifier) -> None:
     # A key of another table says nothing of which payments the CTE deletes.
     "WITH x AS (DELETE FROM payments RETURNING *) SELECT * FROM users WHERE user_id = $1",
     "WITH x AS (UPDATE payments SET status = 'x' RETURNING *) SELECT * FROM users WHERE user_id = $1",
-])  # fmt: skip
+])
 def test_a_write_in_a_cte_must_key_the_table_it_writes(classifier: Classifier, sql: str) -> None:
     with pytest.raises(MissingShardKeyError, match=r"payments\.payment_id"):
         route(classifier, sql, [new_id(EU)])
@@ -363,7 +363,7 @@ def test_writes_keyed_on_their_own_table_or_through_a_join_route(classifier: Cla
                 "INSERT INTO certificates (certificate_id, enrollment_id) "
                 "SELECT georoute_id(), enrollment_id FROM enrollments WHERE enrollment_id = $1",
                 "WITH n AS (INSERT INTO reviews (review_id, rating) VALUES (georoute_id(), 5) "
-                "RETURNING *) SELECT * FROM users WHERE user_id = $1"):  # fmt: skip
+                "RETURNING *) SELECT * FROM users WHERE user_id = $1"):
         assert route(classifier, sql, [new_id(EU)]).shard == "europe"
 
 
@@ -381,21 +381,21 @@ def test_shard_keys_may_be_set_to_null_default_themselves_or_plain_values(
          [eu, "europe", "Lyon"]),
         ("INSERT INTO users AS u (user_id, home_region) VALUES ($1, 'europe') "
          "ON CONFLICT (user_id) DO UPDATE SET home_region = u.home_region", [eu]),
-    ):  # fmt: skip
+    ):
         assert route(classifier, sql, params).shard == "europe", sql
     with pytest.raises(CrossShardError, match="to asia"):
         route(classifier, "UPDATE users SET (home_region, city) = ($2, $3) WHERE user_id = $1",
-              [eu, "asia", "Osaka"])  # fmt: skip
+              [eu, "asia", "Osaka"])
     with pytest.raises(CrossShardError, match="to an expression"):
         route(classifier, "UPDATE users SET (home_region, city) = (SELECT 'asia', 'x') "
-              "WHERE user_id = $1", [eu])  # fmt: skip
+              "WHERE user_id = $1", [eu])
 
 
 @pytest.mark.parametrize("sql", [
     "SET LOCAL statement_timeout = 0",
     "DECLARE c CURSOR FOR SELECT * FROM users",
     "SELECT set_config('search_path', 'public', true)",
-])  # fmt: skip
+])
 def test_transaction_scoped_changes_leave_the_session_alone(
     classifier: Classifier, sql: str
 ) -> None:

@@ -141,7 +141,7 @@ class FakeHandler:
         return True
 
     def submit(self, session: Session, sql: str, params: Any, hints: Hints,
-               callback: Callback) -> Routed | None:  # fmt: skip
+               callback: Callback) -> Routed | None:
         if not self.fast:
             return None
         self.callbacks.append(callback)
@@ -174,11 +174,11 @@ class FakeHandler:
 
 LIMITS = Limits(node_name="router-test", shards=("europe", "asia"), max_frame_bytes=1 << 20,
                 max_sql_bytes=1 << 16, max_in_flight=1024, reply_batch=16,
-                max_client_connections=100, handshake_timeout_seconds=10.0)  # fmt: skip
+                max_client_connections=100, handshake_timeout_seconds=10.0)
 
 
 def _connection(handler: FakeHandler | None = None, **limits: Any
-                ) -> tuple[ClientConnection, RecordingTransport, FakeHandler]:  # fmt: skip
+                ) -> tuple[ClientConnection, RecordingTransport, FakeHandler]:
     handler = handler or FakeHandler()
     conn = ClientConnection(handler, replace_limits(**limits))
     transport = RecordingTransport()
@@ -259,7 +259,7 @@ async def test_a_long_run_of_replies_is_written_in_parts() -> None:
 
 def _queries(first: int, count: int, sql: str = READ, **hints: Any) -> bytes:
     return b"".join(Encoder().encode(Query(i, sql, [1], hints=Hints(shard="europe", **hints)))
-                    for i in range(first, first + count))  # fmt: skip
+                    for i in range(first, first + count))
 
 
 async def test_reading_pauses_while_too_many_requests_are_in_flight() -> None:
@@ -353,7 +353,7 @@ async def test_hello_ok_tells_this_connections_limits_and_a_bad_token_closes_it(
     assert hello_ok.node == "router-b"
     assert hello_ok.server_info == {"server": "georoute", "shards": ["europe", "asia"],
                                     "max_frame_bytes": 1 << 20, "max_sql_bytes": 1 << 16,
-                                    "max_in_flight": 8}  # fmt: skip
+                                    "max_in_flight": 8}
     other, transport, handler = _connection()
     other.data_received(Encoder().encode(Hello(1, [1], "test", "wrong")))
     [refused] = _replies(transport)

@@ -41,7 +41,7 @@ def test_each_side_accepts_its_own_modes_and_names_them() -> None:
 @pytest.mark.parametrize("mode", ["require", "verify-ca", "verify-full"])
 @pytest.mark.parametrize("with_root", [False, True])
 def test_client_and_router_build_the_same_checks(mode: str, with_root: bool,
-                                                 tmp_path: Path) -> None:  # fmt: skip
+                                                 tmp_path: Path) -> None:
     ca_file = tmp_path / "ca.pem"
     trustme.CA().cert_pem.write_to_path(str(ca_file))
     root = str(ca_file) if with_root else ""

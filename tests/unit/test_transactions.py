@@ -102,22 +102,22 @@ class Ports:
 
 
 def _with_ports(idle_timeout: float = 60.0, acquire_yields: bool = True
-                ) -> tuple[Transactions, Ports]:  # fmt: skip
+                ) -> tuple[Transactions, Ports]:
     router = dataclasses.replace(CONFIG.router, transaction_idle_timeout_seconds=idle_timeout)
     database = dataclasses.replace(CONFIG.database, pool_max_size=4)  # 2 per client
     config = dataclasses.replace(CONFIG, router=router, database=database)
     ports = Ports([], FakePool(), acquire_yields)
     classifier = Classifier(config.tables, config.router.read_only_functions,
-                            sharded_functions=config.router.sharded_functions)  # fmt: skip
+                            sharded_functions=config.router.sharded_functions)
     transactions = Transactions(
         config, classifier, primary=ports.primary, shard_for_key=ports.shard_for_key,
         acquire=ports.acquire, release=ports.release, token=ports.token, ended=ports.ended,
-    )  # type: ignore[arg-type]  # fmt: skip
+    )  # type: ignore[arg-type]
     return transactions, ports
 
 
 def _transactions(idle_timeout: float = 60.0, acquire_yields: bool = True
-                  ) -> tuple[Transactions, list[str], FakePool]:  # fmt: skip
+                  ) -> tuple[Transactions, list[str], FakePool]:
     transactions, ports = _with_ports(idle_timeout, acquire_yields)
     return transactions, ports.log, ports.pool
 
@@ -151,7 +151,7 @@ async def test_a_batch_in_a_transaction_is_not_split_by_a_commit() -> None:
     batch = [(f"UPDATE users SET city = 'c{i}' WHERE user_id = $1", [new_id(CONFIG.shards["europe"].number)])
              for i in (1, 2)]
     results = await asyncio.gather(transactions.statements(session, tx, batch, Hints()),
-                                   transactions.commit(session, tx.id))  # fmt: skip
+                                   transactions.commit(session, tx.id))
     assert results[0].status == "UPDATE 1"
     assert log == ["BEGIN", batch[0][0], batch[1][0], "COMMIT"]
 
@@ -186,7 +186,7 @@ async def test_a_busy_transaction_is_not_rolled_back_for_idleness() -> None:
     "UPDATE users SET city = 'x' WHERE user_id = $1",  # a shard key
     "INSERT INTO enrollments (user_id, course_id) VALUES ($1, $1)",  # a row written
     "SELECT enroll($1, $1)",  # a sharded function's argument
-])  # fmt: skip
+])
 async def test_a_statement_for_another_shard_is_refused_inside_a_transaction(sql: str) -> None:
     transactions, log, _ = _transactions()
     session = Session()
@@ -247,7 +247,7 @@ async def test_begin_by_shard_key_pins_that_shards_primary_and_a_write_gets_its_
     assert (tx.shard, tx.node.name, ports.acquired) == ("asia", "asia-node1", ["asia-node1"])
     asia = new_id(CONFIG.shards["asia"].number)
     await transactions.statement(session, tx, "UPDATE users SET city = 'x' WHERE user_id = $1",
-                                 [asia], Hints())  # fmt: skip
+                                 [asia], Hints())
     outcome = await transactions.commit(session, tx.id)
     assert (outcome.status, outcome.ryw_token, ports.tokens) == ("COMMIT", "asia:1", ["asia"])
     assert ports.pool.released == [False]

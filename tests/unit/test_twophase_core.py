@@ -43,7 +43,7 @@ def test_a_gid_names_its_transaction_its_decision_and_its_shard() -> None:
 
 
 @given(gtid=st.text("0123456789abcdef", min_size=32, max_size=32),
-       coordinator=st.sampled_from(SHARDS), participant=st.sampled_from(SHARDS))  # fmt: skip
+       coordinator=st.sampled_from(SHARDS), participant=st.sampled_from(SHARDS))
 def test_every_gid_reads_back(gtid: str, coordinator: str, participant: str) -> None:
     assert parse_gid(format_gid(gtid, coordinator, participant)) == Gid(gtid, coordinator,
                                                                         participant)
@@ -57,14 +57,14 @@ def test_every_gid_reads_back(gtid: str, coordinator: str, participant: str) -> 
     f"{GID_PREFIX}:{GTID.upper()}:europe:asia",
     f"{GID_PREFIX}:{GTID}::asia",
     "",
-])  # fmt: skip
+])
 def test_names_that_are_not_ours_are_left_alone(gid: str) -> None:
     assert parse_gid(gid) is None
 
 
 @pytest.mark.parametrize(("gtid", "shard"), [
     ("short", "europe"), (GTID, "eu'rope"), (GTID, "a:b"), (GTID, ""), (GTID, "x" * 200),
-])  # fmt: skip
+])
 def test_a_name_that_would_not_read_back_or_would_break_its_sql_literal_is_refused(
     gtid: str, shard: str
 ) -> None:
@@ -84,13 +84,13 @@ def _walk(*events: TxEvent) -> TxState:
 
 def test_the_paths_a_commit_can_take() -> None:
     committed = _walk(TxEvent.COMMIT_REQUESTED, TxEvent.ALL_PREPARED,
-                      TxEvent.DECISION_COMMITTED, TxEvent.PHASE_TWO_DONE)  # fmt: skip
+                      TxEvent.DECISION_COMMITTED, TxEvent.PHASE_TWO_DONE)
     assert committed is TxState.COMMITTED
     refused_prepare = _walk(TxEvent.COMMIT_REQUESTED, TxEvent.PREPARE_FAILED,
-                            TxEvent.ROLLED_BACK)  # fmt: skip
+                            TxEvent.ROLLED_BACK)
     assert refused_prepare is TxState.ABORTED
     refused_decision = _walk(TxEvent.COMMIT_REQUESTED, TxEvent.ALL_PREPARED,
-                             TxEvent.DECISION_REFUSED, TxEvent.ROLLED_BACK)  # fmt: skip
+                             TxEvent.DECISION_REFUSED, TxEvent.ROLLED_BACK)
     assert refused_decision is TxState.ABORTED
     lost = _walk(TxEvent.COMMIT_REQUESTED, TxEvent.ALL_PREPARED, TxEvent.DECISION_UNREADABLE)
     assert lost is TxState.IN_DOUBT
@@ -100,7 +100,7 @@ def test_the_paths_a_commit_can_take() -> None:
 def test_nothing_is_rolled_back_once_the_decision_is_commit() -> None:
     decided = _walk(TxEvent.COMMIT_REQUESTED, TxEvent.ALL_PREPARED, TxEvent.DECISION_COMMITTED)
     for event in (TxEvent.PREPARE_FAILED, TxEvent.DECISION_REFUSED, TxEvent.ROLLBACK_REQUESTED,
-                  TxEvent.ROLLED_BACK):  # fmt: skip
+                  TxEvent.ROLLED_BACK):
         with pytest.raises(IllegalTransition):
             advance(decided, event)
 
@@ -129,7 +129,7 @@ def test_the_final_states_take_no_event() -> None:
     (Recorded.NOTHING, 9.99, RecoveryAction.WAIT),  # its coordinator may still decide
     (Recorded.NOTHING, 10.0, RecoveryAction.RECORD_ABORT),  # presumed abort, recorded first
     (Recorded.UNREADABLE, 1e6, RecoveryAction.WAIT),  # never guessed
-])  # fmt: skip
+])
 def test_recovery_obeys_a_decision_and_presumes_abort_only_after_the_grace_period(
     recorded: Recorded, age: float, action: RecoveryAction
 ) -> None:
@@ -168,9 +168,9 @@ SHARDED = {"users": TableConfig("users", "home_region", ("user_id",))}
     ("t", "pg_temp", False),
     ("t", "pg_temp_3", False),
     ("pg_settings", "pg_catalog", False),
-])  # fmt: skip
+])
 def test_which_tables_are_reference_tables(name: str, schema: str | None,
-                                           reference: bool) -> None:  # fmt: skip
+                                           reference: bool) -> None:
     assert is_reference_table(name, schema, SHARDED) is reference
 
 
@@ -187,7 +187,7 @@ def test_which_tables_are_reference_tables(name: str, schema: str | None,
     ("INSERT INTO users (home_region) SELECT 'europe' FROM categories", ()),  # only read
     ("INSERT INTO pg_temp.scratch VALUES (1)", ()),
     ("DELETE FROM georoute_idempotency WHERE idem_key = $1", ()),
-])  # fmt: skip
+])
 def test_the_analysis_names_the_reference_tables_a_statement_writes(
     sql: str, written: tuple[str, ...]
 ) -> None:

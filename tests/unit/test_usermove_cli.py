@@ -31,6 +31,6 @@ async def test_a_router_that_cannot_be_reached_is_named() -> None:
         port = s.getsockname()[1]
     config = load_config(TOML)
     config = replace(config, router=replace(config.router, listen_socket_dir="",
-                                            listen_port=port))  # fmt: skip
+                                            listen_port=port))
     with pytest.raises(RouterCallError, match=f"cannot reach the router at 127.0.0.1:{port}"):
         await admin_call(config, "move_user", {"user_id": "x", "region": "asia"})

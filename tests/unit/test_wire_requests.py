@@ -114,7 +114,7 @@ async def test_replies_sent_by_a_client_are_not_router_bugs() -> None:
     enc = Encoder()
     conn.data_received(enc.encode(Pong(3)) + enc.encode(HelloOk(4, 1, "x"))
                        + enc.encode(Error(5, 9001, "INTERNAL", "boom"))
-                       + enc.encode(Rows(6, [], [])) + enc.encode(Ping(7)))  # fmt: skip
+                       + enc.encode(Rows(6, [], [])) + enc.encode(Ping(7)))
     await _flushed()
     got = replies(transport)
     # A Pong needs no answer, an Error is never answered; the replies get 1003.
@@ -237,7 +237,7 @@ def test_a_parameter_the_driver_refused_says_the_router_raised_it() -> None:
     assert (failure.code, failure.sqlstate) == (ErrorCode.POSTGRES_ERROR, "22000")
     assert failure.detail == {"raised_by": "router", "parameter": 2}
     server = asyncpg.PostgresError.new({"C": "22000", "M": "data exception", "S": "ERROR",
-                                        "F": "int.c"})  # fmt: skip
+                                        "F": "int.c"})
     assert "raised_by" not in failure_for(server).detail
 
 
@@ -274,13 +274,13 @@ async def test_a_row_value_without_a_wire_form_is_an_error_naming_its_column() -
             classifier.analyze(sql)  # as the executor does: a read, by its analysis
             columns = Columns(["id", "weird"], ["int4", "text:weird"])
             return Outcome(columns, [(1, object())], "SELECT 1", "europe", "europe-2",
-                           WireRole.REPLICA)  # fmt: skip
+                           WireRole.REPLICA)
 
     handler = RequestHandler(
         SimpleNamespace(classifier=classifier, executor=WeirdRows("n")),  # type: ignore[arg-type]
         encoder=Encoder(), metrics=Metrics(), docstore=None,  # type: ignore[arg-type]
         auth_token=TOKEN, report=dict, spawn=asyncio.ensure_future,
-    )  # fmt: skip
+    )
     conn, transport = await ready(handler)
     replies(transport)
     transport.wrote.clear()

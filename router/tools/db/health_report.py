@@ -186,7 +186,7 @@ async def _probe_node(config: Config, node: NodeReport, address: NodeAddress,
             )
             replayed = row["replayed"]
             node.replica_lag_bytes = (None if primary_lsn is None or replayed is None
-                                      else max(0, primary_lsn - replayed))  # fmt: skip
+                                      else max(0, primary_lsn - replayed))
             node.replay_delay_seconds = None if row["delay"] is None else float(row["delay"])
     except asyncpg.PostgresError as exc:
         node.error = f"{type(exc).__name__}: {exc}"[:120]
@@ -227,7 +227,7 @@ async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeReport])
         for node, replica in zip(nodes[1:], shard.replicas, strict=True)
     ))
     said = [NodeSays(n.name, None if n.role is None else n.role is Role.REPLICA, n.timeline)
-            for n in nodes]  # fmt: skip
+            for n in nodes]
     fenced = choose_primary(primary.name, said).fenced
     for node in nodes:
         node.fenced = node.name in fenced

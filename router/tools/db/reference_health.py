@@ -25,7 +25,7 @@ WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
 """
 # The hash of each row's text form, sorted and hashed again: independent of row order.
 _COPY_SQL = ("SELECT count(*), md5(coalesce(string_agg(h, '' ORDER BY h), '')) "
-             "FROM (SELECT md5(t::text) AS h FROM {table} t) rows")  # fmt: skip
+             "FROM (SELECT md5(t::text) AS h FROM {table} t) rows")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ class ReferenceTable:
     def as_dict(self) -> dict[str, Any]:
         return {"table": self.name, "agree": self.agree,
                 "copies": {shard: None if c is None else {"rows": c.rows, "hash": c.digest}
-                           for shard, c in self.copies.items()}}  # fmt: skip
+                           for shard, c in self.copies.items()}}
 
 
 @dataclass(slots=True)
@@ -102,7 +102,7 @@ async def _read_shard(config: Config, shard: str) -> dict[str, CopyState]:
 async def check_reference_tables(config: Config) -> ReferenceReport:
     shards = list(config.shards)
     results = await asyncio.gather(*(_read_shard(config, s) for s in shards),
-                                   return_exceptions=True)  # fmt: skip
+                                   return_exceptions=True)
     report = ReferenceReport([])
     read: dict[str, dict[str, CopyState]] = {}
     for shard, result in zip(shards, results, strict=True):

@@ -32,16 +32,16 @@ def register(subparsers: Any) -> None:
 
     rejoin = actions.add_parser(
         "rejoin", help="make a node (a fenced old primary) a streaming replica of its shard's "
-        "primary: pg_rewind, then start it as a standby")  # fmt: skip
+        "primary: pg_rewind, then start it as a standby")
     rejoin.add_argument("node", help="the node's name, as `georoute cluster status` lists it")
     rejoin.set_defaults(func=_rejoin)
 
     switch = actions.add_parser(
         "switchover", help="planned change of a shard's primary: stop it, let a standby replay "
-        "all of its WAL, promote that one, rejoin the old primary as a standby")  # fmt: skip
+        "all of its WAL, promote that one, rejoin the old primary as a standby")
     switch.add_argument("shard", help="a shard (a region of router.toml)")
     switch.add_argument("--to", metavar="NODE", help="the standby to promote (default: the "
-                        "most advanced)")  # fmt: skip
+                        "most advanced)")
     switch.set_defaults(func=_switchover)
 
 

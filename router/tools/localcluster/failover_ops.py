@@ -49,7 +49,7 @@ class RejoinReport:
 
     def describe(self) -> str:
         return (f"{self.node} streams from {self.primary} "
-                f"(rejoined in {self.seconds:.2f} s)")  # fmt: skip
+                f"(rejoined in {self.seconds:.2f} s)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +82,17 @@ async def agreed_primary(runner: PgRunner, nodes: list[PgNode]) -> tuple[PgNode,
     choice = choose_primary(nodes[0].name, [
         NodeSays(name, None if row is None else bool(row[0]), None if row is None else row[3])
         for name, row in said.items()
-    ])  # fmt: skip
+    ])
     primary = next(n for n in nodes if n.name == choice.primary)
     row = said[primary.name]
     if row is None or row[0]:
         raise ClusterError(f"shard {primary.shard} has no writable primary: "
-                           f"{choice.detail}")  # fmt: skip
+                           f"{choice.detail}")
     return primary, said
 
 
 async def rejoin(runner: PgRunner, node: PgNode, nodes: list[PgNode], synchronous: bool = False,
-                 within: float = 60.0) -> RejoinReport:  # fmt: skip
+                 within: float = 60.0) -> RejoinReport:
     """Make `node` a streaming replica of its shard's agreed primary: stop it, pg_rewind it
     from the primary (nothing to undo after a clean switchover; the old timeline's writes that
     never reached the primary after a failover), start it as a standby on its own slot."""
@@ -109,7 +109,7 @@ async def rejoin(runner: PgRunner, node: PgNode, nodes: list[PgNode], synchronou
         primary.port,
         "SELECT pg_create_physical_replication_slot($1) WHERE NOT EXISTS "
         "(SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", node.slot,
-    )  # fmt: skip
+    )
     await runner.fetchrow(primary.port, "CHECKPOINT")
     pgdata = runner.layout.pgdata(node.name)
     source = f"host=127.0.0.1 port={primary.port} user={runner.db_user} dbname=postgres"
@@ -118,7 +118,7 @@ async def rejoin(runner: PgRunner, node: PgNode, nodes: list[PgNode], synchronou
         [runner.bins.tool("pg_rewind"), f"--target-pgdata={pgdata}", "-R",
          f"--source-server={source}"],
         f"pg_rewind of {node.name} from {primary.name}", 300, **runner.user_kwargs(),
-    )  # fmt: skip
+    )
     await asyncio.to_thread(_append, pgdata / "postgresql.auto.conf",
                             f"primary_slot_name = '{node.slot}'\n")
     try:
@@ -127,7 +127,7 @@ async def rejoin(runner: PgRunner, node: PgNode, nodes: list[PgNode], synchronou
         # It cannot reach a consistent state: the WAL it needs from before the fork is gone
         # from the primary. Start again from a fresh copy, as a new replica would be made.
         log.warning("%s did not start after pg_rewind (%s): making it again with "
-                    "pg_basebackup from %s", node.name, exc, primary.name)  # fmt: skip
+                    "pg_basebackup from %s", node.name, exc, primary.name)
         await asyncio.to_thread(runner.stop, node, "immediate")
         await runner.drop_inactive_slot(primary.port, node.slot)
         await asyncio.to_thread(runner.basebackup, node, primary.port)
@@ -194,7 +194,7 @@ def _append(path: Path, text: str) -> None:
 def _checkpoint_location(runner: PgRunner, node: PgNode) -> str:
     out = run_checked([runner.bins.tool("pg_controldata"), "-D",
                        str(runner.layout.pgdata(node.name))],
-                      f"pg_controldata of {node.name}", 30, **runner.user_kwargs())  # fmt: skip
+                      f"pg_controldata of {node.name}", 30, **runner.user_kwargs())
     for line in out.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "Latest checkpoint location":

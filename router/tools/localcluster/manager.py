@@ -104,12 +104,12 @@ def _nodes_of(config: Config) -> dict[str, PgNode]:
         named = [(name, a) for s, name, a in config.all_nodes() if s == shard.name]
         (name, p), replicas = named[0], named[1:]
         nodes[name] = PgNode(name, shard.name, p.port, p.database,
-                             f"shards.{shard.name}.primary.port")  # fmt: skip
+                             f"shards.{shard.name}.primary.port")
         for i, (name, rep) in enumerate(replicas):
             nodes[name] = PgNode(
                 name, shard.name, rep.port, rep.database,
                 f"shards.{shard.name}.replicas[{i}].port", primary_port=p.port,
-            )  # fmt: skip
+            )
     return nodes
 
 
@@ -191,12 +191,12 @@ class LocalCluster:
                        "data_dir": str(layout.pgdata(name)), "log": str(layout.log_file(name))}
                 for name, node in self.nodes.items()
             },
-        }  # fmt: skip
+        }
         if docstore is not None:
             manifest["nodes"][DOCSTORE] = {  # type: ignore[index]
                 "kind": "secantusdb", "port": docstore.port, "pid": docstore.pid(),
                 "data_dir": str(layout.docstore_data), "log": str(layout.docstore_log),
-            }  # fmt: skip
+            }
         layout.save_manifest(manifest)
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -242,7 +242,7 @@ class LocalCluster:
 
         fresh = [n for n in replicas if n in down and not runner.initialized(n)]
         run_sync(self._wait_all(runner.drop_inactive_slot(n.primary_port or 0, n.slot)
-                                for n in fresh))  # fmt: skip
+                                for n in fresh))
 
         def start_replica(node: PgNode) -> None:
             if not runner.initialized(node):
@@ -253,12 +253,12 @@ class LocalCluster:
             _parallel(start_replica, [n for n in replicas if n in down])
             run_sync(self._wait_all(
                 runner.wait_streaming(n, n.primary_port or 0, deadline) for n in replicas
-            ))  # fmt: skip
+            ))
             # [shards.<region>] synchronous, on every node: any of them may be promoted.
             run_sync(self._wait_all(
                 runner.set_synchronous(n.port, self.config.shards[n.shard].synchronous)
                 for n in self.nodes.values()
-            ))  # fmt: skip
+            ))
             if docstore is not None:
                 docstore.wait_ready(deadline)
         finally:
@@ -278,7 +278,7 @@ class LocalCluster:
         if not layout.state_dir.exists():
             return
         probe = PgRunner(PgBinaries(Path("/nonexistent"), "none"), _NOBODY, layout, "",
-                         self.config.database.socket_dir)  # fmt: skip
+                         self.config.database.socket_dir)
         running = [n for n in self.nodes.values() if probe.pid(n) is not None]
         if running:
             runner = self._pg(layout)
@@ -344,14 +344,14 @@ class LocalCluster:
         runner = self._pg(existing_layout(self.config))
         synchronous = self.config.shards[node.shard].synchronous
         return run_sync(rejoin(runner, node, self.shard_nodes(node.shard), synchronous,
-                               self.timeout))  # fmt: skip
+                               self.timeout))
 
     def switchover(self, shard: str, to: str | None = None) -> SwitchoverReport:
         """A planned change of `shard`'s primary, no acknowledged write lost (failover_ops.py)."""
         runner = self._pg(existing_layout(self.config))
         synchronous = self.config.shards[shard].synchronous
         return run_sync(switchover(runner, self.shard_nodes(shard), to, synchronous,
-                                   self.timeout))  # fmt: skip
+                                   self.timeout))
 
     def pause_replay(self, name: str) -> None:
         self._sql(name, "SELECT pg_wal_replay_pause()")
@@ -368,14 +368,14 @@ class LocalCluster:
     def status(self) -> list[NodeStatus]:
         layout = existing_layout(self.config)
         probe = PgRunner(PgBinaries(Path("/nonexistent"), "none"), _NOBODY, layout,
-                         self.config.database.user)  # fmt: skip
+                         self.config.database.user)
         out = run_sync(collect_status(probe, list(self.nodes.values())))
         if self._docstore_port is not None:
             pid = self._docstore(layout).pid()
             out.append(NodeStatus(
                 DOCSTORE, None, None, self._docstore_port, pid,
                 ProcessState.RUNNING if pid else ProcessState.STOPPED,
-            ))  # fmt: skip
+            ))
         return out
 
 

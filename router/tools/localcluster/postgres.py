@@ -150,7 +150,7 @@ class PgRunner:
              "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions",
              f"--wal-segsize={_WAL_SEGMENT_MB}"],
             f"initdb for {node.name}", timeout=120, **self._kwargs(),
-        )  # fmt: skip
+        )
         with open(pgdata / "postgresql.conf", "a") as fh:
             fh.write(_PRIMARY_CONF)
         (pgdata / "pg_hba.conf").write_text(_HBA)
@@ -165,7 +165,7 @@ class PgRunner:
              "--checkpoint=fast", "--no-sync"],
             f"pg_basebackup for {node.name} from port {primary_port}", timeout=300,
             **self._kwargs(),
-        )  # fmt: skip
+        )
 
     def remove_stale_pidfile(self, node: PgNode) -> None:
         """After a node died (e.g. kill -9): its postmaster.pid, and its socket and lock file
@@ -214,7 +214,7 @@ class PgRunner:
              "-l", str(self.layout.log_file(node.name)), "-o", opts],
             f"pg_ctl start for {node.name} (log: {self.layout.log_file(node.name)})",
             timeout=wait_seconds + 30, start_new_session=True, **self._kwargs(),
-        )  # fmt: skip
+        )
         pid = self.pid(node)
         if pid is None:
             raise ClusterError(f"{node.name} started but left no live postmaster.pid")
@@ -229,7 +229,7 @@ class PgRunner:
                     [self.bins.tool("pg_ctl"), "stop", "-w", "-t", str(int(timeout)),
                      "-m", mode, "-D", str(self.layout.pgdata(node.name))],
                     f"pg_ctl stop for {node.name}", timeout=timeout + 5, **self._kwargs(),
-                )  # fmt: skip
+                )
             except ClusterError:
                 pass
             if not wait_exit(pid, 1.0):

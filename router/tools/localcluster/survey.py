@@ -81,5 +81,5 @@ async def collect_status(runner: PgRunner, nodes: list[PgNode]) -> list[NodeStat
                 lag = max(0, primary.lsn - s.lsn)
         out.append(NodeStatus(
             s.node.name, s.node.shard, Role.REPLICA, s.node.port, s.pid, state, replication, lag
-        ))  # fmt: skip
+        ))
     return out
