@@ -26,7 +26,7 @@ def test_mypy() -> None:
 
 def test_no_formatter_markers() -> None:
     """The code is not run through a formatter (ruff format would rewrap every file), so a
-    `# fmt: skip` marker promises what nothing checks: none may come back."""
+    formatter's skip marker promises what nothing checks: none may come back."""
     marker = "# fmt" + ": skip"
     files = _run("git", "ls-files", "*.py").stdout.split()
     found = [f"{name}:{n}" for name in files
