@@ -43,6 +43,7 @@ from router.engine.runtime import Runtime
 from router.errors import ConfigError
 from router.ha.heartbeat import HeartbeatService
 from router.ha.monitor import LagMonitor
+from router.ha.sweeper import SilentLinkSweeper
 from router.ha.topology import NodeState, ShardState, Topology
 from router.metrics import Metrics
 from router.server.connection import ClientConnection, Limits
@@ -166,6 +167,7 @@ class RouterNode:
         self.spawn(Recovery(lambda: self.topology, self.config.router.node_name,
                             self.config.router.twophase_grace_seconds,
                             self.config.router.twophase_recovery_interval_seconds).run())
+        self.spawn(SilentLinkSweeper(lambda: self.topology).run())  # half-open backend links
         self.metrics.bind(self.topology, self.runtime.classifier, lambda: len(self.connections))
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         r = self.config.router

@@ -167,6 +167,7 @@ class PipelinedConnection(asyncio.Protocol):
         self._wal_wanted = False  # a write queued since the last position read was queued
         self._wal_waiting: list[_Pending] = []  # writes done, waiting for the position read
         self._auth = Authentication(user, password)
+        self.backend_pid: int | None = None  # the server process serving this session
         self.closed = False
         self.error: Exception | None = None
         self.on_idle: Callable[[], None] | None = None
@@ -180,6 +181,15 @@ class PipelinedConnection(asyncio.Protocol):
     @property
     def usable(self) -> bool:
         return not self.closed and self._startup.done()
+
+    @property
+    def waiting_since(self) -> float | None:
+        """Since when (time.monotonic) the request at the head of the queue has waited for
+        its reply (each completed request restarts it), or None when nothing is in flight.
+        Read by the sweeper of silent connections (router/ha/liveness.py): the hot path
+        keeps no timer of its own."""
+        queue = self._queue
+        return queue[0].started if queue else None
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
 
@@ -333,6 +343,8 @@ class PipelinedConnection(asyncio.Protocol):
                 return
             if reply is not None:
                 transport.write(reply)
+        elif kind == 75 and len(body) >= 4:  # 'K' BackendKeyData: the server process's pid
+            self.backend_pid = _i32_from(body, 0)[0]
         elif kind == 69:  # 'E'
             fields = error_fields(body)
             self._fail_startup(f"{fields.get('M', 'refused')} ({fields.get('C', '?')})")
@@ -521,6 +533,11 @@ class PipelinedConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self._fail(PipelineError(f"{self.name}: closed by the router"))
+
+    def declare_lost(self, why: str) -> None:
+        """The connection is known to be dead although no error came (a half-open link):
+        close it, failing its requests in flight, whose outcome is unknown."""
+        self._fail(PipelineError(f"{self.name}: connection lost: {why}"))
 
     async def close(self) -> None:
         """Terminate politely once nothing is in flight (the caller waits for that)."""

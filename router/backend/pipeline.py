@@ -113,6 +113,10 @@ class Pipeline:
         n = sum(c.in_flight for c in self._conns)
         return n + sum(c.in_flight for c in self._retiring) if self._retiring else n
 
+    def open_connections(self) -> list[PipelinedConnection]:
+        """Every connection not closed yet: those taking requests and those retiring."""
+        return [c for c in (*self._conns, *self._retiring) if not c.closed]
+
     async def start(self) -> None:
         """Open the connections now (a failure is logged; they are retried on demand)."""
         if self._size:

@@ -146,8 +146,10 @@ class BackendPool:
         self._closed = False
         self._bg: set[asyncio.Task[Any]] = set()
         self.waits_total = 0
-        # Connections closed: their session changed (never reused), or they broke.
-        self.closed_total = {"session_changed": 0, "broken": 0}
+        # Connections closed: their session changed (never reused), they broke, or they were
+        # found silent with their server sessions gone (router/ha/sweeper.py: pooled and
+        # pipelined ones).
+        self.closed_total = {"session_changed": 0, "broken": 0, "lost": 0}
         self.idle_rollbacks = 0  # transactions rolled back by the router for idleness
         self._all_idle = asyncio.Event()
         self._all_idle.set()
@@ -156,6 +158,10 @@ class BackendPool:
     @property
     def size(self) -> int:
         return len(self._all)
+
+    @property
+    def database(self) -> DatabaseConfig:
+        return self._db
 
     @property
     def closed(self) -> bool:
@@ -314,6 +320,30 @@ class BackendPool:
         task = asyncio.ensure_future(coro)
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
+
+    def sessions(self) -> dict[int, bool]:
+        """The server pid of each open pooled connection, and whether it is borrowed."""
+        idle = set(self._idle)
+        found: dict[int, bool] = {}
+        for backend in self._all:
+            if not backend.conn.is_closed():
+                found[backend.conn.get_server_pid()] = backend not in idle
+        return found
+
+    def drop_lost(self, pids: set[int]) -> int:
+        """Close the connections whose server sessions are gone (`pids`): an idle one leaves
+        the pool now; a borrowed one is aborted, so the statement waiting on it fails at once
+        as a lost connection (its outcome unknown) instead of waiting for a reply that cannot
+        come. Returns how many."""
+        lost = [b for b in self._all if not b.conn.is_closed()
+                and b.conn.get_server_pid() in pids]
+        for backend in lost:
+            if backend in self._idle:
+                self._idle.remove(backend)
+                self._discard(backend)
+            else:
+                backend.conn.terminate()  # its borrower releases it as broken
+        return len(lost)
 
     def terminate_all(self) -> None:
         """The node is gone: drop every connection so none is handed out again."""
