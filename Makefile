@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(VENV)/bin/georoute demo
 
-## test: the whole suite (unit, integration on a real cluster, ruff, mypy)
+## test: the whole suite (unit, integration on a real cluster, ruff, mypy, the layer contract)
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -36,6 +36,7 @@ bench-smoke: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 cluster-up: venv
 	$(VENV)/bin/georoute cluster up

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from api.types import Region, Role
+from api.types import Region, UserRole
 
 __all__ = [
     "AccessGrant",
@@ -82,7 +82,7 @@ class Register(_In):
     email: Email
     password: Annotated[str, StringConstraints(min_length=10, max_length=256)]
     full_name: Text
-    role: Literal[Role.STUDENT, Role.INSTRUCTOR] = Role.STUDENT
+    role: Literal[UserRole.STUDENT, UserRole.INSTRUCTOR] = UserRole.STUDENT
     region: Region = Field(description="home region: the user's data stays on its shard")
     country: Country = "US"
     city: Annotated[str, StringConstraints(max_length=100)] = ""
@@ -104,7 +104,7 @@ class AccessGrant(_Out):
     refresh_token: str
     refresh_expires_at: dt.datetime
     user_id: uuid.UUID
-    role: Role
+    role: UserRole
     region: Region
 
 
@@ -112,7 +112,7 @@ class User(_Out):
     user_id: uuid.UUID
     email: str
     full_name: str
-    role: Role
+    role: UserRole
     home_region: Region
     country: str
     city: str
@@ -128,7 +128,7 @@ class UserUpdate(_In):
 
 class UserListQuery(_In):
     region: Region
-    role: Role | None = None
+    role: UserRole | None = None
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = Field(None, max_length=200)
 
@@ -250,6 +250,9 @@ class Enrollment(_Out):
     user_id: uuid.UUID
     course_id: uuid.UUID
     course_title: str
+    # The catalogue the course is in: another than the student's own for a cross-region
+    # enrollment (README, "Enrolling across regions").
+    course_region: str
     status: Literal["pending_payment", "active", "completed", "cancelled"]
     progress_pct: Decimal
     enrolled_at: dt.datetime
@@ -466,7 +469,7 @@ class Preferences(BaseModel):
 
 # ---- health ------------------------------------------------------------------------------
 
-class NodeHealth(_Out):
+class NodeOverview(_Out):
     name: str
     shard: str
     role: str
@@ -477,5 +480,5 @@ class NodeHealth(_Out):
 class Health(_Out):
     status: Literal["ok", "degraded"]
     router: str
-    nodes: list[NodeHealth]
+    nodes: list[NodeOverview]
     metrics_url: str | None

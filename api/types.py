@@ -6,10 +6,10 @@ import enum
 import uuid
 from dataclasses import dataclass
 
-__all__ = ["REGIONS", "Principal", "Region", "Role"]
+__all__ = ["REGIONS", "Principal", "Region", "UserRole"]
 
 
-class Role(enum.StrEnum):
+class UserRole(enum.StrEnum):
     STUDENT = "student"
     INSTRUCTOR = "instructor"
     ADMIN = "admin"
@@ -29,9 +29,9 @@ class Principal:
     """Who is calling: read from a verified access token (or built by Python callers)."""
 
     user_id: uuid.UUID
-    role: Role
+    role: UserRole
     region: Region
 
     @property
     def is_admin(self) -> bool:
-        return self.role is Role.ADMIN
+        return self.role is UserRole.ADMIN

@@ -66,13 +66,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     defaults = {"users": 30 if smoke else 300, "concurrency": 4 if smoke else 16,
                 "duration": 0.5 if smoke else 4.0, "rounds": 1 if smoke else 3,
                 "sweep": "4" if smoke else "1,4,16,64,256",
-                "data_sweep": "60" if smoke else "20000"}  # fmt: skip
+                "data_sweep": "60" if smoke else "20000"}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.sweep = tuple(int(x) for x in str(args.sweep).split(",") if x.strip())
     args.data_sweep = tuple(int(x) for x in str(args.data_sweep).split(",")
-                            if x.strip() and int(x) > 0)  # fmt: skip
+                            if x.strip() and int(x) > 0)
     return args
 
 
@@ -116,11 +116,11 @@ class Bench:
             peers.ensure_installed(log)
             self.skipped += log
         say(f"bench cluster: state {self.state_dir}, {SHARD} primary on port "
-            f"{self.config.shards[SHARD].primary.port}")  # fmt: skip
+            f"{self.config.shards[SHARD].primary.port}")
         started = time.monotonic()
         self.cluster = start_cluster(self.config)
         say(f"  cluster up in {time.monotonic() - started:.1f} s; migrating and seeding "
-            f"{self.args.users} users")  # fmt: skip
+            f"{self.args.users} users")
         asyncio.run(prepare_data(self.config, self.args.users))
         self.router = RouterProcess(self.config, self.state_dir / "router.toml")
         self.router.start()
@@ -138,12 +138,12 @@ class Bench:
                 self.state_dir, user, db_user,
                 {db: (p, db), f"{db}_ro": (r, db), "pgbench": (p, "pgbench"),
                  "pgbench_ro": (r, "pgbench")},
-                self.config.database.pool_max_size), db)  # fmt: skip
+                self.config.database.pool_max_size), db)
         else:
             self.skipped.append("pgbouncer: not installed")
         if peers.find_program("pgpool"):
             self._start_peer(lambda: peers.start_pgpool(
-                self.state_dir, user, db_user, p, r, children=2 * 32 + 8), db)  # fmt: skip
+                self.state_dir, user, db_user, p, r, children=2 * 32 + 8), db)
         else:
             self.skipped.append("pgpool-II: not installed")
 
@@ -178,7 +178,7 @@ class Bench:
                           "transport as the router's backends",
                           replica, primary, user, 100),
             GeorouteTarget(self.router.dsn, TOKEN, pool_size=4),
-        ]  # fmt: skip
+        ]
         for proc in self.peer_procs:
             if proc.name == "pgbouncer":
                 out.append(AsyncpgTarget(
@@ -190,7 +190,7 @@ class Bench:
                     "pgpool", "asyncpg via pgpool-II (streaming replication, load balancing "
                     "per session over primary+replica), statement cache on",
                     Endpoint(proc.port, db), Endpoint(proc.port, db), user, 100))
-        return out  # fmt: skip
+        return out
 
     # ---- the run -----------------------------------------------------------------------------
 
@@ -199,17 +199,17 @@ class Bench:
         db_user = self.config.database.user
         sample = await load_sample(shard.primary.port, shard.primary.database, db_user)
         conn = await asyncpg.connect(host="127.0.0.1", port=shard.primary.port, user=db_user,
-                                     database=shard.primary.database)  # fmt: skip
+                                     database=shard.primary.database)
         pg_version = str(await conn.fetchval("SELECT version()")).split(" on ")[0]
         await conn.close()
         plan = Plan(args.concurrency, args.duration, 0.1 if args.smoke else 0.5, args.rounds,
-                    args.sweep, 0.5 if args.smoke else 2.0)  # fmt: skip
+                    args.sweep, 0.5 if args.smoke else 2.0)
         targets = self.targets()
         failed: dict[str, str] = {}
         workloads = await run_main(self.rec, targets, MAIN_WORKLOADS, sample, plan, failed)
         replicas = [Endpoint(s.replicas[0].port, s.replicas[0].database,
                              self.config.database.host_for(s.replicas[0]))
-                    for s in self.config.shards.values()]  # fmt: skip
+                    for s in self.config.shards.values()]
         georoute = next(t for t in targets if isinstance(t, GeorouteTarget))
         workloads.update(await run_scatter(
             self.rec, ScatterTarget(replicas, db_user), georoute,
@@ -220,7 +220,7 @@ class Bench:
         placement: dict[str, dict[str, int]] = {}
         for target in targets:
             counts = await reads_by_port(target, sample, args.concurrency,
-                                         200 if args.smoke else 2000)  # fmt: skip
+                                         200 if args.smoke else 2000)
             placement[target.name] = {ports.get(p, str(p)): n for p, n in counts.items()}
             self.rec.say(f"  reads of {target.name} landed on {placement[target.name]}")
         results["placement"] = placement
@@ -235,7 +235,7 @@ class Bench:
             for key, native in (("profile", False), ("profile_native", True)):
                 results[key] = await profile_router(
                     py_spy, self.router.pid, GeorouteTarget(self.router.dsn, TOKEN, 4), sample,
-                    args.concurrency, 2 if args.smoke else 5, args.out, native)  # fmt: skip
+                    args.concurrency, 2 if args.smoke else 5, args.out, native)
         elif want:
             self.skipped.append("router profile: py-spy is not installed (pip install py-spy)")
         if not args.smoke:
@@ -338,26 +338,26 @@ def headline(results: dict[str, Any]) -> list[str]:
         if not w:
             continue
         parts = [f"{t} {v['ops_per_s']:,.0f} ops/s p99 {v['p99_ms']:.2f} ms"
-                 for t, v in w["targets"].items() if v.get("status") == "ok"]  # fmt: skip
+                 for t, v in w["targets"].items() if v.get("status") == "ok"]
         r = w["ratios"].get("georoute/direct")
         ratio = (f"; georoute/direct {r['throughput']:.2f}x throughput, {r['p99']:.2f}x p99"
-                 if r else "")  # fmt: skip
+                 if r else "")
         out.append(f"{name} at {w['concurrency']} clients: " + ", ".join(parts) + ratio)
     r = results["workloads"].get("point_read", {}).get("ratios", {}).get("georoute/direct")
     if r and r["throughput"] is not None and r["throughput"] < PROFILE_BELOW:
         out.append(f"georoute is BELOW {PROFILE_BELOW}x of direct on point reads "
-                   f"({r['throughput']:.2f}x); see the profile below.")  # fmt: skip
+                   f"({r['throughput']:.2f}x); see the profile below.")
     checks = []
     for step in results.get("sweep", {}).get("steps", []):
         r = step["ratios"].get("georoute/direct")
         if r and r["throughput"] is not None and r["p99"] is not None:
             met = r["throughput"] >= TARGET_THROUGHPUT and r["p99"] <= TARGET_P99
             checks.append(f"{step['concurrency']} clients {r['throughput']:.2f}x / "
-                          f"{r['p99']:.2f}x {'met' if met else 'NOT met'}")  # fmt: skip
+                          f"{r['p99']:.2f}x {'met' if met else 'NOT met'}")
     if checks:
         out.append(f"point-read target (georoute >= {TARGET_THROUGHPUT}x direct's throughput, "
                    f"p99 <= {TARGET_P99}x, same clients, same run) along the sweep: "
-                   + "; ".join(checks))  # fmt: skip
+                   + "; ".join(checks))
     return out
 
 
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         **found,
         "skipped": bench.skipped,
-    }  # fmt: skip
+    }
     results["headline"] = headline(results)
     if importlib.util.find_spec("matplotlib") is None:
         results["skipped"].append("chart: matplotlib is not installed (`make bench` installs it)")

@@ -32,7 +32,7 @@ from api.domain import Domain
 from api.domain.passwords import Passwords
 from api.models import CourseCreate, LessonCreate, Register
 from api.settings import Settings
-from api.types import Principal, Region, Role
+from api.types import Principal, Region, UserRole
 from bench.stack import (
     BENCH_PORT_OFFSET,
     REPO,
@@ -82,8 +82,8 @@ async def prepare(domain: Domain, clients: int) -> tuple[str, list[str], list[Pr
                          category, f"bench-{category.hex[:8]}", "Bench", shard=region)
     teacher_user = await domain.auth.register(Register(
         email=f"t-{uuid.uuid4().hex[:8]}@bench.example", password="bench password 1",
-        full_name="Teacher", role=Role.INSTRUCTOR, region=Region.EUROPE, country="DE"))
-    teacher = Principal(teacher_user.user_id, Role.INSTRUCTOR, Region.EUROPE)
+        full_name="Teacher", role=UserRole.INSTRUCTOR, region=Region.EUROPE, country="DE"))
+    teacher = Principal(teacher_user.user_id, UserRole.INSTRUCTOR, Region.EUROPE)
     course = await domain.courses.create(CourseCreate(
         title="Bench course", category_id=category, price_cents=0), by=teacher)
     module = await domain.courses.add_module(course.course_id, "Module", by=teacher)
@@ -95,7 +95,7 @@ async def prepare(domain: Domain, clients: int) -> tuple[str, list[str], list[Pr
         user = await domain.auth.register(Register(
             email=f"s{i}-{uuid.uuid4().hex[:8]}@bench.example", password="bench password 1",
             full_name=f"Student {i}", region=Region.EUROPE, country="FR"))
-        who = Principal(user.user_id, Role.STUDENT, Region.EUROPE)
+        who = Principal(user.user_id, UserRole.STUDENT, Region.EUROPE)
         students.append(who)
         enrollments.append(str((await domain.enrollments.enroll(course.course_id,
                                                                 by=who)).enrollment_id))

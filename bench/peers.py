@@ -54,7 +54,7 @@ def ensure_installed(log: list[str]) -> None:
         ok = True
         for argv in attempt:
             proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600,
-                                  check=False)  # fmt: skip
+                                  check=False)
             if proc.returncode != 0:
                 ok = False
                 log.append(f"{' '.join(argv)} failed: {proc.stderr.strip()[-200:]}")
@@ -140,12 +140,12 @@ def _write(path: Path, text: str, user: ServerUser) -> None:
 
 
 def _spawn(name: str, argv: list[str], home: Path, port: int, user: ServerUser,
-           stop_signal: int) -> PeerProcess:  # fmt: skip
+           stop_signal: int) -> PeerProcess:
     log = home / f"{name}.out"
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=home, start_new_session=True,
-                                **user.popen_kwargs(home))  # fmt: skip
+                                **user.popen_kwargs(home))
     return PeerProcess(name, port, proc, log, stop_signal)
 
 
@@ -199,13 +199,13 @@ def start_pgbouncer(state_dir: Path, user: ServerUser, db_user: str,
     home = _private_dir(state_dir, "pgbouncer", user)
     port = free_port()
     dbs = "\n".join(f"{name} = host=127.0.0.1 port={p} dbname={db}"
-                    for name, (p, db) in databases.items())  # fmt: skip
+                    for name, (p, db) in databases.items())
     _write(home / "userlist.txt", f'"{db_user}" ""\n', user)
     ini = _BOUNCER_INI.format(databases=dbs, port=port, home=home, pool_size=pool_size)
     _write(home / "pgbouncer.ini", ini, user)
     # SIGINT: pgbouncer's safe shutdown (SIGTERM would drop clients at once).
     return _spawn("pgbouncer", [exe, str(home / "pgbouncer.ini")], home, port, user,
-                  signal.SIGINT)  # fmt: skip
+                  signal.SIGINT)
 
 
 _PGPOOL_CONF = """\
@@ -250,7 +250,7 @@ log_min_messages = warning
 
 
 def start_pgpool(state_dir: Path, user: ServerUser, db_user: str, primary: int, replica: int,
-                 children: int) -> PeerProcess:  # fmt: skip
+                 children: int) -> PeerProcess:
     """pgpool-II balancing reads over `primary` and `replica`, `children` client slots."""
     exe = find_program("pgpool")
     if exe is None:
@@ -275,13 +275,13 @@ _LAT = re.compile(r"latency average = ([0-9.]+) ms")
 
 
 def run_pgbench(exe: str, port: int, database: str, db_user: str, clients: int,
-                seconds: int) -> dict[str, float]:  # fmt: skip
+                seconds: int) -> dict[str, float]:
     """pgbench -S (select-only) for `seconds`; tps and average latency in ms."""
     argv = [exe, "-S", "-n", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
-            "-h", "127.0.0.1", "-p", str(port), "-U", db_user, database]  # fmt: skip
+            "-h", "127.0.0.1", "-p", str(port), "-U", db_user, database]
     env = dict(os.environ, PGCONNECT_TIMEOUT="5")
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
-                          env=env, check=False)  # fmt: skip
+                          env=env, check=False)
     tps, lat = _TPS.search(proc.stdout), _LAT.search(proc.stdout)
     if proc.returncode != 0 or tps is None or lat is None:
         tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
@@ -291,7 +291,7 @@ def run_pgbench(exe: str, port: int, database: str, db_user: str, clients: int,
 
 def init_pgbench(exe: str, port: int, database: str, db_user: str) -> None:
     argv = [exe, "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", str(port), "-U", db_user,
-            database]  # fmt: skip
+            database]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"pgbench -i failed: {proc.stderr.strip()[-300:]}")

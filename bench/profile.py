@@ -85,11 +85,11 @@ def summarise(raw: str, top: int = 40) -> dict[str, Any]:
 
     def pct(counter: Counter[str]) -> list[dict[str, Any]]:
         return [{"name": k, "samples": v, "pct": round(100 * v / max(total, 1), 1)}
-                for k, v in counter.most_common(top)]  # fmt: skip
+                for k, v in counter.most_common(top)]
 
     return {"samples": total, "idle_samples": idle, "own": pct(own),
             "inclusive": pct(inclusive), "packages": pct(packages),
-            "native_callers": pct(callers)}  # fmt: skip
+            "native_callers": pct(callers)}
 
 
 async def profile_router(py_spy: str, pid: int, target: Target, sample: Sample,
@@ -105,7 +105,7 @@ async def profile_router(py_spy: str, pid: int, target: Target, sample: Sample,
         "--pid", str(pid), "--output", str(raw_path),
         *(["--native"] if native else ["--nonblocking"]),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+    )
     await target.open(concurrency)
     try:
         load = await measure(target, POINT_READ, sample, concurrency, seconds + 1.0, 10**8)
@@ -121,5 +121,5 @@ async def profile_router(py_spy: str, pid: int, target: Target, sample: Sample,
         return {"status": "failed", "detail": output.decode(errors="replace")[-400:]}
     summary = summarise(raw)
     summary.update(status="ok", seconds=seconds, concurrency=concurrency, native=native,
-                   load_ops_per_s=round(load.ops_per_s, 1), raw=str(raw_path))  # fmt: skip
+                   load_ops_per_s=round(load.ops_per_s, 1), raw=str(raw_path))
     return summary

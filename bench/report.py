@@ -26,7 +26,7 @@ def machine_info() -> dict[str, Any]:
     try:
         with open("/proc/cpuinfo") as fh:
             cpu_model = next((ln.split(":", 1)[1].strip() for ln in fh
-                              if ln.startswith("model name")), "")  # fmt: skip
+                              if ln.startswith("model name")), "")
     except OSError:
         pass
     return {
@@ -43,7 +43,7 @@ def _ordered(targets: dict[str, Any]) -> list[str]:
 
 
 def _row(workload: str, c: Any, name: str, t: dict[str, Any], ratio: dict[str, Any] | None
-         ) -> list[str]:  # fmt: skip
+         ) -> list[str]:
     if t.get("status") != "ok":
         return [workload, str(c), name, t.get("status", "?"), "", "", "", "", "", "", ""]
     r = ratio or {}
@@ -65,21 +65,21 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
     for name, w in results["workloads"].items():
         for target in _ordered(w["targets"]):
             rows.append(_row(name, w["concurrency"], target, w["targets"][target],
-                             w["ratios"].get(f"{target}/direct")))  # fmt: skip
+                             w["ratios"].get(f"{target}/direct")))
     for step in results.get("sweep", {}).get("steps", []):
         for target in _ordered(step["targets"]):
             rows.append(_row("sweep:read", step["concurrency"], target, step["targets"][target],
-                             step["ratios"].get(f"{target}/direct")))  # fmt: skip
+                             step["ratios"].get(f"{target}/direct")))
     for step in results.get("data_sweep", {}).get("steps", []):
         for target in _ordered(step["targets"]):
             rows.append(_row(f"data:read {step['users']} users", step["concurrency"], target,
                              step["targets"][target],
-                             step["ratios"].get(f"{target}/direct")))  # fmt: skip
+                             step["ratios"].get(f"{target}/direct")))
     return rows
 
 
 HEADER = ["workload", "clients", "target", "ops/s", "p50 ms", "p99 ms", "errors",
-          "ops/s vs direct", "p99 vs direct", "bench CPU us/op", "router CPU us/op"]  # fmt: skip
+          "ops/s vs direct", "p99 vs direct", "bench CPU us/op", "router CPU us/op"]
 
 
 def render_table(results: dict[str, Any]) -> str:
@@ -87,7 +87,7 @@ def render_table(results: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(cell.rjust(w) if i >= 3 else cell.ljust(w)
                        for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
-             for row in rows]  # fmt: skip
+             for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -118,10 +118,10 @@ def write_chart(results: dict[str, Any], path: Path) -> Path | None:
     except ImportError:
         return None
     workloads = {n: w for n, w in results["workloads"].items()
-                 if any(t.get("status") == "ok" for t in w["targets"].values())}  # fmt: skip
+                 if any(t.get("status") == "ok" for t in w["targets"].values())}
     names = list(workloads)
     targets = [t for t in TARGET_ORDER
-               if any(t in w["targets"] for w in workloads.values())]  # fmt: skip
+               if any(t in w["targets"] for w in workloads.values())]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     width = 0.8 / max(len(targets), 1)
     for col, (key, label) in enumerate((("ops_per_s", "ops/s"), ("p99_ms", "p99 latency, ms"))):
@@ -133,13 +133,13 @@ def write_chart(results: dict[str, Any], path: Path) -> Path | None:
         ax.set_xticks(range(len(names)), names)
         ax.set_ylabel(label)
         ax.set_title(f"{label} by workload ({next(iter(workloads.values()))['concurrency']} "
-                     "clients)" if workloads else label)  # fmt: skip
+                     "clients)" if workloads else label)
         ax.legend()
         ax = axes[1][col]
         steps = results.get("sweep", {}).get("steps", [])
         for t in targets:
             pts = [(s["concurrency"], s["targets"][t][key]) for s in steps
-                   if s["targets"].get(t, {}).get("status") == "ok"]  # fmt: skip
+                   if s["targets"].get(t, {}).get("status") == "ok"]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t)
         ax.set_xscale("log", base=2)
@@ -187,13 +187,13 @@ def _profile_md(profile: dict[str, Any]) -> list[str]:
     if profile.get("status") != "ok":
         return [f"py-spy: {profile.get('status')}: {profile.get('detail', '')}", ""]
     frames = ("Python and native frames (`--native`, which pauses the process per sample)"
-              if profile.get("native") else "Python frames only")  # fmt: skip
+              if profile.get("native") else "Python frames only")
     lines = [f"py-spy on the router process, {profile['seconds']} s of point reads at "
              f"{profile['concurrency']} clients ({profile['load_ops_per_s']:,.0f} ops/s while "
              f"sampled): {profile['samples']} busy samples ({profile.get('idle_samples', 0)} "
              f"idle ones left out), {frames}; raw stacks in `{_shown(profile['raw'])}`. "
              "Percentages are of busy samples.", "",
-             "| own samples: function | % |", "|---|---|"]  # fmt: skip
+             "| own samples: function | % |", "|---|---|"]
     lines += [f"| `{f['name']}` | {f['pct']} |" for f in profile["own"][:12]]
     if profile.get("native_callers"):
         lines += ["", "| native leaf <- nearest Python caller | % |", "|---|---|"]
@@ -202,7 +202,7 @@ def _profile_md(profile: dict[str, Any]) -> list[str]:
     lines += [f"| {p['name']} | {p['pct']} |" for p in profile["packages"][:10]]
     own_code = [f for f in profile["inclusive"]
                 if any(f"({p}/" in f["name"] for p in ("router", "protocol"))
-                and not any(f"({e})" in f["name"] for e in _ENTRY_POINTS)]  # fmt: skip
+                and not any(f"({e})" in f["name"] for e in _ENTRY_POINTS)]
     lines += ["", "| inclusive: georoute's own functions | % |", "|---|---|"]
     lines += [f"| `{f['name']}` | {f['pct']} |" for f in own_code[:10]]
     return [*lines, ""]
@@ -246,7 +246,7 @@ def write_results_md(results: dict[str, Any], path: Path, chart: Path | None) ->
             lines.append(f"- {name}: {g.get('router_cpu_us_per_op')} us of router CPU per "
                          f"request ({g.get('router_user_us_per_op')} user + "
                          f"{g.get('router_sys_us_per_op')} system); RSS "
-                         f"{g.get('router_rss_kib', 0) / 1024:.1f} MiB")  # fmt: skip
+                         f"{g.get('router_rss_kib', 0) / 1024:.1f} MiB")
     lines.append("")
     headline = results.get("headline", [])
     if headline:
@@ -255,16 +255,16 @@ def write_results_md(results: dict[str, Any], path: Path, chart: Path | None) ->
         lines += ["## Where point reads land", "",
                   "Each target ran its point reads over the same number of sessions, and "
                   "PostgreSQL said which node answered (`current_setting('port')`).", "",
-                  "| target | on replica | on primary |", "|---|---|---|"]  # fmt: skip
+                  "| target | on replica | on primary |", "|---|---|---|"]
         for name, where in results["placement"].items():
             total = sum(where.values()) or 1
             rep, pri = where.get("replica", 0), where.get("primary", 0)
             lines.append(f"| {name} | {rep} ({100 * rep / total:.0f}%) | "
-                         f"{pri} ({100 * pri / total:.0f}%) |")  # fmt: skip
+                         f"{pri} ({100 * pri / total:.0f}%) |")
         lines.append("")
     if results.get("pgbench"):
         lines += ["## pgbench -S (reference)", "", "| target | tps | latency avg ms |",
-                  "|---|---|---|"]  # fmt: skip
+                  "|---|---|---|"]
         for name, r in results["pgbench"].items():
             if "tps" in r:
                 lines.append(f"| {name} | {r['tps']:,.0f} | {r['latency_ms']:.3f} |")

@@ -53,14 +53,14 @@ async def _measure(rec: Recorder, target: Target, workload: Workload, sample: Sa
     cpu_before = cpu_seconds(pid) if pid else (0.0, 0.0)
     own_before = time.process_time()
     m: Measurement = await measure(target, workload, sample, concurrency, duration,
-                                   plan.max_ops, seed)  # fmt: skip
+                                   plan.max_ops, seed)
     own = time.process_time() - own_before
     out = m.summary()
     # The load generator's own CPU per request: it differs by target (client library).
     out["client_cpu_us_per_op"] = round(own / m.ops * 1e6, 1) if m.ops else None
     if pid:
         user, system = (after - before for after, before in zip(cpu_seconds(pid), cpu_before,
-                                                                strict=True))  # fmt: skip
+                                                                strict=True))
         out["router_cpu_s"] = round(user + system, 3)
         per_op = 1e6 / m.ops if m.ops else 0.0
         out["router_cpu_us_per_op"] = round((user + system) * per_op, 1) if m.ops else None
@@ -71,7 +71,7 @@ async def _measure(rec: Recorder, target: Target, workload: Workload, sample: Sa
     extra += f" router {out['router_cpu_us_per_op']} us/op" if pid else ""
     rec.say(f"  {workload.name:<10} c={concurrency:<4} {target.name:<10} "
             f"{out['ops_per_s']:>9.0f} ops/s  p99 {out['p99_ms']:>7.2f} ms  "
-            f"errors {out['errors']}{extra}")  # fmt: skip
+            f"errors {out['errors']}{extra}")
     return out
 
 
@@ -112,7 +112,7 @@ def ratios(targets: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | No
 
 
 async def open_targets(rec: Recorder, targets: Sequence[Target], concurrency: int,
-                       failed: dict[str, str]) -> list[Target]:  # fmt: skip
+                       failed: dict[str, str]) -> list[Target]:
     opened = []
     for t in targets:
         if t.name in failed:
@@ -142,7 +142,7 @@ async def run_main(rec: Recorder, targets: Sequence[Target], workloads: Sequence
     try:
         for workload in workloads:
             rec.say(f"{workload.name}: {workload.title}, {c} clients, "
-                    f"{plan.rounds} x {plan.duration:g} s per target")  # fmt: skip
+                    f"{plan.rounds} x {plan.duration:g} s per target")
             rounds: dict[str, list[dict[str, Any]]] = {t.name: [] for t in opened}
             for r in range(plan.rounds):
                 for t in opened:
@@ -153,7 +153,7 @@ async def run_main(rec: Recorder, targets: Sequence[Target], workloads: Sequence
                 per_target[name] = {"status": "skipped", "detail": why}
             results[workload.name] = {"title": workload.title, "concurrency": c,
                                       "status": "ok", "targets": per_target,
-                                      "ratios": ratios(per_target)}  # fmt: skip
+                                      "ratios": ratios(per_target)}
     finally:
         await close_targets(opened)
     return results
@@ -186,7 +186,7 @@ async def run_scatter(rec: Recorder, scatter: Target, georoute: GeorouteTarget,
         for name in others:
             targets[name] = {"status": "not applicable", "detail": "fronts one shard only"}
         results[workload.name] = {"title": workload.title, "concurrency": c, "status": "ok",
-                                  "targets": targets, "ratios": ratios(targets)}  # fmt: skip
+                                  "targets": targets, "ratios": ratios(targets)}
     return results
 
 

@@ -156,7 +156,7 @@ class RouterProcess:
             [sys.executable, "-m", "router.tools.cli", "--config", str(self.config_path), "router",
              "--log-level", "warning"],
             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+        )
         self._pump = threading.Thread(target=self._read, daemon=True)
         self._pump.start()
         if not self._ready.wait(timeout) or self.proc.poll() is not None:

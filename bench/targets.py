@@ -66,7 +66,7 @@ class _Connections:
             asyncpg.connect(host=endpoint.host, port=endpoint.port, user=user,
                             database=endpoint.database, statement_cache_size=cache, timeout=10)
             for _ in range(n)
-        ))  # fmt: skip
+        ))
         self.all.extend(conns)
         self.idle.extend(conns)
 
@@ -100,7 +100,7 @@ class AsyncpgTarget(Target):
     """asyncpg to a read endpoint and a write endpoint (the same one for pgpool-II)."""
 
     def __init__(self, name: str, description: str, read: Endpoint, write: Endpoint,
-                 user: str, statement_cache_size: int) -> None:  # fmt: skip
+                 user: str, statement_cache_size: int) -> None:
         self.name = name
         self.description = description
         self.read_endpoint, self.write_endpoint = read, write
@@ -141,7 +141,7 @@ class GeorouteTarget(Target):
         self.name = "georoute"
         via = "Unix socket" if "%2F" in dsn else "TCP"
         self.description = (f"georoute client (pool_size <= {pool_size}, over the router's {via}) "
-                            "-> router -> node")  # fmt: skip
+                            "-> router -> node")
         self.dsn, self.token, self.pool_size = dsn, token, pool_size
         self._client: georoute_client.Client | None = None
 
@@ -154,7 +154,7 @@ class GeorouteTarget(Target):
         self._client = await georoute_client.connect(
             self.dsn, token=self.token, pool_size=min(concurrency, self.pool_size),
             session_consistency=False,
-        )  # fmt: skip
+        )
 
     async def run(self, op: Op, args: Sequence[Any]) -> None:
         assert self._client is not None

@@ -11,12 +11,9 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import asyncpg
-
-if TYPE_CHECKING:
-    from bench.targets import Target
 
 __all__ = [
     "CATALOGUE",
@@ -26,6 +23,7 @@ __all__ = [
     "SCATTER_WORKLOADS",
     "Measurement",
     "Op",
+    "RunsOps",
     "Sample",
     "Workload",
     "load_sample",
@@ -84,6 +82,12 @@ class Workload:
             if x < 0:
                 return op
         return self.ops[-1][0]
+
+
+class RunsOps(Protocol):
+    """What `measure` needs of a target (bench/targets.py's Target is one): run one op."""
+
+    async def run(self, op: Op, args: Sequence[Any]) -> None: ...
 
 
 USER_BY_ID = Op(
@@ -188,8 +192,8 @@ class Measurement:
         }
 
 
-async def measure(target: Target, workload: Workload, sample: Sample, concurrency: int,
-                  duration: float, max_ops: int, seed: int = 1) -> Measurement:  # fmt: skip
+async def measure(target: RunsOps, workload: Workload, sample: Sample, concurrency: int,
+                  duration: float, max_ops: int, seed: int = 1) -> Measurement:
     """`concurrency` workers issue ops back to back until `duration` seconds or `max_ops`."""
     loop = asyncio.get_running_loop()
     latencies: list[int] = []
@@ -219,7 +223,7 @@ async def measure(target: Target, workload: Workload, sample: Sample, concurrenc
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
     seconds = time.perf_counter() - started
     return Measurement(len(latencies), state["errors"], seconds, latencies,
-                       first_error[0] if first_error else None)  # fmt: skip
+                       first_error[0] if first_error else None)
 
 
 def median(values: Sequence[float]) -> float:

@@ -1,6 +1,7 @@
 """The application-facing client: `await connect(dsn)`, then fetch/execute/transaction/docs.
-It owns the retry policy and the session's read-your-writes state; it makes no routing
-decisions (the router does)."""
+Its requests, and those of its transactions and collections, go through one Sender
+(client/sender.py: the retry policy and the session's read-your-writes state); it makes no
+routing decisions (the router does)."""
 
 # A per-request `timeout=` (not an asyncio.timeout around the call) because it is also sent to
 # the router as timeout_ms and bounds all retries together.
@@ -12,6 +13,7 @@ import asyncio
 import functools
 import re
 import ssl as _ssl
+import uuid
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -19,18 +21,11 @@ from typing import Any
 from client.connection import Connection
 from client.docs import Collection
 from client.dsn import parse_dsn
-from client.errors import (
-    ConnectionLostError,
-    GeorouteError,
-    NoRouterAvailableError,
-    ProtocolViolationError,
-    RequestTimeoutError,
-    ResultUndeliverableError,
-    error_from_reply,
-)
+from client.errors import ProtocolViolationError
 from client.pool import PoolConfig, RouterPool
 from client.record import Record
 from client.replies import rows_of, status_of
+from client.sender import Sender
 from client.tls import ssl_context
 from client.transaction import Transaction
 from protocol import (
@@ -39,18 +34,13 @@ from protocol import (
     AdminReply,
     Batch,
     Consistency,
-    Error,
-    Hints,
     Isolation,
     Ping,
     Pong,
     Query,
     QueryKind,
-    Reply,
-    Request,
     RouteInfo,
     format_ryw_token,
-    merge_ryw_token,
     parse_ryw_token,
 )
 
@@ -72,7 +62,7 @@ def looks_read_only(sql: str) -> bool:
     writes must be sent with idempotent=False.)"""
     match = _FIRST_WORD.match(sql)
     return (match is not None and match.group(1).lower() in _READ_WORDS
-            and _INTO.search(sql) is None)  # fmt: skip
+            and _INTO.search(sql) is None)
 
 
 # Applications send the same few statement texts over and over; the regex ran on every call.
@@ -82,7 +72,8 @@ _EXECUTE = QueryKind.EXECUTE
 
 
 class Client:
-    """A pool of pipelined connections to the router nodes plus the session state."""
+    """A pool of pipelined connections to the router nodes, and the Sender that holds the
+    session's state."""
 
     def __init__(
         self,
@@ -95,15 +86,58 @@ class Client:
         session_consistency: bool = True,
     ) -> None:
         self._pool = pool
-        self.command_timeout = command_timeout
-        self.max_retries = max_retries
-        self.retry_backoff = retry_backoff
-        self.retry_backoff_max = retry_backoff_max
-        self.session_consistency = session_consistency
-        self._ryw: dict[str, int] = {}
-        # A copy of _ryw that requests share (never mutated) until the next token changes it.
-        self._ryw_wire: dict[str, int] | None = None
-        self._closed = False
+        self._sender = Sender(
+            pool,
+            command_timeout=command_timeout,
+            max_retries=max_retries,
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            session_consistency=session_consistency,
+        )
+
+    # -- settings (the request loop's, client/sender.py)
+
+    @property
+    def command_timeout(self) -> float | None:
+        """The timeout of a request that gives none (None: no timeout)."""
+        return self._sender.command_timeout
+
+    @command_timeout.setter
+    def command_timeout(self, value: float | None) -> None:
+        self._sender.command_timeout = value
+
+    @property
+    def max_retries(self) -> int:
+        return self._sender.max_retries
+
+    @max_retries.setter
+    def max_retries(self, value: int) -> None:
+        self._sender.max_retries = value
+
+    @property
+    def retry_backoff(self) -> float:
+        return self._sender.retry_backoff
+
+    @retry_backoff.setter
+    def retry_backoff(self, value: float) -> None:
+        self._sender.retry_backoff = value
+
+    @property
+    def retry_backoff_max(self) -> float:
+        return self._sender.retry_backoff_max
+
+    @retry_backoff_max.setter
+    def retry_backoff_max(self, value: float) -> None:
+        self._sender.retry_backoff_max = value
+
+    @property
+    def session_consistency(self) -> bool:
+        """Whether requests carry the session's read-your-writes map."""
+        return self._sender.session_consistency
+
+    @session_consistency.setter
+    def session_consistency(self, value: bool) -> None:
+        self._sender.session_consistency = value
 
     # -- lifecycle
 
@@ -119,24 +153,24 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        self._closed = True
+        self._sender.closed = True
         await self._pool.close()
 
     @property
     def is_closed(self) -> bool:
-        return self._closed
+        return self._sender.closed
 
     @property
     def ryw_state(self) -> dict[str, int]:
         """The session's read-your-writes map {shard: highest LSN written}."""
-        return dict(self._ryw)
+        return dict(self._sender.ryw)
 
     def ryw_tokens(self) -> list[str]:
         """The session's read-your-writes position as tokens, `"<shard>:<lsn>"` for each shard
         it wrote (the form of a reply's ryw_token, PROTOCOL.md section 5). Hand them to the
         session that serves the same user next (a web tier's next request, on another
         process), which gives them to `observe_ryw_tokens` and then reads these writes."""
-        return [format_ryw_token(shard, lsn) for shard, lsn in sorted(self._ryw.items())]
+        return [format_ryw_token(shard, lsn) for shard, lsn in sorted(self._sender.ryw.items())]
 
     def observe_ryw_tokens(self, tokens: Iterable[str]) -> None:
         """Take another session's tokens (its `ryw_tokens`) as this session's own writes: its
@@ -152,10 +186,7 @@ class Client:
             if not isinstance(token, str):
                 raise TypeError(f"a ryw token is a str, not {type(token).__name__}")
             positions.append(parse_ryw_token(token))
-        for shard, lsn in positions:
-            if lsn > self._ryw.get(shard, -1):
-                self._ryw[shard] = lsn
-                self._ryw_wire = None
+        self._sender.observe(positions)
 
     @property
     def connections(self) -> list[Connection]:
@@ -174,10 +205,10 @@ class Client:
         idempotent: bool | None = None,
         idempotency_key: str | None = None,
     ) -> list[Record]:
-        hints = self._hints(shard, shard_key, consistency, idempotency_key, timeout)
+        hints = self._sender.hints(shard, shard_key, consistency, idempotency_key, timeout)
         retry = _retry_ok(idempotent, idempotency_key, sql)
         query = Query(0, sql, list(args), _FETCH, hints)
-        reply, _ = await self._send(query, retry=retry, timeout=timeout)
+        reply, _ = await self._sender.send(query, retry=retry, timeout=timeout)
         return rows_of(reply)
 
     async def fetch_routed(
@@ -186,9 +217,9 @@ class Client:
     ) -> tuple[list[Record], RouteInfo | None]:
         """`fetch`, and where it ran. A cross-shard read's route names every shard that
         answered, comma-separated, and their nodes in the same order (PROTOCOL.md 2.3)."""
-        hints = self._hints(shard, shard_key, consistency, None, timeout)
+        hints = self._sender.hints(shard, shard_key, consistency, None, timeout)
         query = Query(0, sql, list(args), _FETCH, hints)
-        reply, _ = await self._send(query, retry=_retry_ok(None, None, sql), timeout=timeout)
+        reply, _ = await self._sender.send(query, retry=_retry_ok(None, None, sql), timeout=timeout)
         return rows_of(reply), getattr(reply, "route", None)
 
     async def fetchrow(self, sql: str, *args: Any, **kwargs: Any) -> Record | None:
@@ -211,11 +242,11 @@ class Client:
         idempotency_key: str | None = None,
     ) -> str:
         """Run a statement for its effect; returns the command status, e.g. "INSERT 0 1"."""
-        hints = self._hints(shard, shard_key, consistency, idempotency_key, timeout)
+        hints = self._sender.hints(shard, shard_key, consistency, idempotency_key, timeout)
         hints.want_rows = False
         retry = _retry_ok(idempotent, idempotency_key, sql)
         query = Query(0, sql, list(args), _EXECUTE, hints)
-        reply, _ = await self._send(query, retry=retry, timeout=timeout)
+        reply, _ = await self._sender.send(query, retry=retry, timeout=timeout)
         return status_of(reply)
 
     async def executemany(
@@ -230,10 +261,10 @@ class Client:
         idempotency_key: str | None = None,
     ) -> str:
         """Run `sql` once per parameter list, in order, on one shard (one round trip)."""
-        hints = self._hints(shard, shard_key, None, idempotency_key, timeout)
+        hints = self._sender.hints(shard, shard_key, None, idempotency_key, timeout)
         retry = bool(idempotent) or idempotency_key is not None
         batch = Batch(0, [(sql, list(a)) for a in args], hints)
-        return status_of(await self._call(batch, retry, timeout))
+        return status_of(await self._sender.call(batch, retry, timeout))
 
     def transaction(
         self,
@@ -245,17 +276,20 @@ class Client:
         timeout: float | None = None,
     ) -> Transaction:
         """`async with client.transaction(shard_key=region) as tx:` -- commits on success,
-        rolls back on an exception. All statements run on one pinned connection."""
+        rolls back on an exception. With a shard (or shard_key) every statement runs on that
+        shard; without one the transaction spans shards: each statement goes where its keys
+        send it, and a commit that wrote on several shards commits on all or none of them
+        (two-phase commit; README, "Transactions over several shards")."""
         iso = None if isolation is None else Isolation(isolation)
-        hints = self._hints(shard, shard_key, None, None, timeout)
-        return Transaction(self, hints, iso, read_only, timeout)
+        hints = self._sender.hints(shard, shard_key, None, None, timeout)
+        return Transaction(self._sender, hints, iso, read_only, timeout)
 
     # -- document store
 
     def docs(
         self, collection: str, *, shard: str | None = None, shard_key: Any = None
     ) -> Collection:
-        return Collection(self, collection, shard=shard, shard_key=shard_key)
+        return Collection(self._sender, collection, shard=shard, shard_key=shard_key)
 
     # -- admin
 
@@ -263,135 +297,29 @@ class Client:
         """Round-trip time in seconds to one router node."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        reply = await self._call(Ping(0), True, timeout)
+        reply = await self._sender.call(Ping(0), True, timeout)
         if not isinstance(reply, Pong):
             raise ProtocolViolationError(f"expected Pong, got {type(reply).__name__}")
         return loop.time() - started
 
     async def topology(self, *, timeout: float | None = None) -> dict[str, Any]:
-        reply = await self._call(Admin(0, "topology"), True, timeout)
+        reply = await self._sender.call(Admin(0, "topology"), True, timeout)
         if not isinstance(reply, AdminReply):
             raise ProtocolViolationError(f"expected AdminReply, got {type(reply).__name__}")
         return reply.payload
 
-    # -- internals shared with Transaction and Collection
-
-    def _hints(
-        self,
-        shard: str | None,
-        shard_key: Any,
-        consistency: Consistency | str | None,
-        idempotency_key: str | None,
-        timeout: float | None,
-    ) -> Hints:
-        hints = Hints(shard=shard, shard_key=shard_key, idempotency_key=idempotency_key)
-        if consistency is not None:
-            hints.consistency = Consistency(consistency)
-        effective = self.command_timeout if timeout is None else timeout
-        if effective is not None:
-            hints.timeout_ms = max(1, int(effective * 1000))
-        return hints
-
-    async def _call(self, message: Request, retry: bool, timeout: float | None) -> Reply:
-        reply, _ = await self._send(message, retry=retry, timeout=timeout)
-        return reply
-
-    async def _send(
-        self,
-        message: Request,
-        *,
-        retry: bool,
-        timeout: float | None,
-        conn: Connection | None = None,
-    ) -> tuple[Reply, Connection]:
-        """Send on `conn` (pinned, never retried) or on a pooled connection, retrying
-        retryable failures when `retry` allows it. Error replies are raised."""
-        if self._closed:
-            raise ConnectionLostError("client is closed")
-        if timeout is None:
-            timeout = self.command_timeout
-        # Without a timeout (the common case) nothing here reads the clock or the loop.
-        loop: asyncio.AbstractEventLoop | None = None
-        deadline = 0.0
-        if timeout is not None:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-        hints: Hints | None = getattr(message, "hints", None)
-        pool = self._pool
-        delay = self.retry_backoff
-        attempt = 0
-        last: GeorouteError | None = None  # the failure being retried
-        while True:
-            if hints is not None and self.session_consistency and self._ryw:
-                ryw_wire = self._ryw_wire
-                if ryw_wire is None:
-                    ryw_wire = self._ryw_wire = dict(self._ryw)
-                hints.ryw = ryw_wire
-            remaining: float | None = None
-            if loop is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    if last is not None:  # out of time backing off: the real failure, not this
-                        raise last
-                    raise RequestTimeoutError(f"no reply within {timeout}s")
-                if attempt and hints is not None:  # a retry has only what time is left
-                    hints.timeout_ms = max(1, int(remaining * 1000))
-            error: GeorouteError
-            try:
-                target = conn
-                if target is None:
-                    target = pool.acquire_nowait()
-                    if target is None:
-                        target = await self._acquire(remaining, timeout)
-                if remaining is None:
-                    future = target.send(message)
-                    try:
-                        reply = await future
-                    finally:
-                        target.forget(message.id)
-                else:
-                    reply = await target.request(message, remaining)
-            except NoRouterAvailableError:
-                raise
-            except ConnectionLostError as exc:
-                error = exc
-            else:
-                if type(reply) is not Error:
-                    token = getattr(reply, "ryw_token", None)
-                    if token:
-                        self._observe_token(token)
-                    return reply, target
-                error = error_from_reply(reply)
-                if isinstance(error, ResultUndeliverableError) and error.ryw_token:
-                    self._observe_token(error.ryw_token)  # it applied: later reads see it
-            if conn is not None or not retry or not error.retryable:
-                if isinstance(error, ConnectionLostError) and error.retryable:
-                    # Lost after it may have been sent: it may have applied. Sending it again
-                    # is the caller's decision, not a default.
-                    error.retryable = False
-                raise error
-            if attempt >= self.max_retries:
-                raise error
-            attempt += 1
-            last = error
-            pause = delay if loop is None else min(delay, max(0.0, deadline - loop.time()))
-            await asyncio.sleep(pause)
-            delay = min(delay * 2, self.retry_backoff_max)
-
-    async def _acquire(self, remaining: float | None, timeout: float | None) -> Connection:
-        if remaining is None:
-            return await self._pool.acquire()
-        try:
-            async with asyncio.timeout(remaining):
-                return await self._pool.acquire()
-        except TimeoutError as exc:
-            if isinstance(exc, GeorouteError):
-                raise
-            raise RequestTimeoutError(f"no router connection within {timeout}s") from exc
-
-    def _observe_token(self, token: str) -> None:
-        merge_ryw_token(self._ryw, token)
-        self._ryw_wire = None
+    async def move_user(self, user_id: uuid.UUID | str, region: str, *,
+                        timeout: float | None = None) -> dict[str, Any]:
+        """Move a user and everything that is theirs to `region`'s shard (README, "Moving a
+        user between regions"). Their id changes (ids carry their shard); the reply's
+        `current_id` is the new one, and the old one still resolves (`resolve_moved_id`).
+        Running it again is harmless: it finishes what an interrupted run left. Not retried
+        on a lost connection (run it again instead)."""
+        args = {"user_id": str(user_id), "region": region}
+        reply = await self._sender.call(Admin(0, "move_user", args), False, timeout)
+        if not isinstance(reply, AdminReply):
+            raise ProtocolViolationError(f"expected AdminReply, got {type(reply).__name__}")
+        return reply.payload
 
 
 def _retry_ok(idempotent: bool | None, idempotency_key: str | None, sql: str) -> bool:

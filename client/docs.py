@@ -7,14 +7,12 @@ request; reads retry like SQL reads, writes only with an idempotency_key."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from client.replies import doc_result_of
+from client.sender import Sender
 from protocol import Consistency, Doc
 from protocol.requests import DOC_READ_OPS
-
-if TYPE_CHECKING:
-    from client.client import Client
 
 __all__ = ["READ_OPS", "Collection"]
 
@@ -27,9 +25,9 @@ def _args(**kwargs: Any) -> dict[str, Any]:
 
 class Collection:
     def __init__(
-        self, client: Client, name: str, *, shard: str | None = None, shard_key: Any = None
+        self, sender: Sender, name: str, *, shard: str | None = None, shard_key: Any = None
     ) -> None:
-        self._client = client
+        self._sender = sender
         self.name = name
         self._shard = shard
         self._shard_key = shard_key
@@ -45,12 +43,12 @@ class Collection:
         idempotency_key: str | None = None,
     ) -> Any:
         """Any document-store operation; see PROTOCOL.md for ops and their args."""
-        hints = self._client._hints(
+        hints = self._sender.hints(
             self._shard, self._shard_key, consistency, idempotency_key, timeout
         )
         if idempotent is None:  # (the router refuses idempotency keys on document writes)
             idempotent = op in READ_OPS
-        reply = await self._client._call(Doc(0, self.name, op, args, hints), idempotent, timeout)
+        reply = await self._sender.call(Doc(0, self.name, op, args, hints), idempotent, timeout)
         return doc_result_of(reply)
 
     # -- reads

@@ -223,6 +223,14 @@ class TransactionAbortedError(TransactionError):
     default_code = ErrorCode.TRANSACTION_ABORTED
 
 
+class TransactionOutcomeUnknownError(TransactionError):
+    """A commit over several shards lost the shard that holds its decision mid-way: it
+    committed everywhere or nowhere, and the router settles every shard alike once it can.
+    `detail`: {"gtid", "coordinator", "shards"}."""
+
+    default_code = ErrorCode.TRANSACTION_OUTCOME_UNKNOWN
+
+
 # 6xxx
 class DocumentStoreError(GeorouteError):
     default_code = ErrorCode.DOC_ERROR
@@ -271,6 +279,7 @@ _BY_CODE: dict[int, type[GeorouteError]] = {
     ErrorCode.RESULT_UNDELIVERABLE: ResultUndeliverableError,
     ErrorCode.UNKNOWN_TRANSACTION: UnknownTransactionError,
     ErrorCode.TRANSACTION_ABORTED: TransactionAbortedError,
+    ErrorCode.TRANSACTION_OUTCOME_UNKNOWN: TransactionOutcomeUnknownError,
     ErrorCode.DOC_DUPLICATE_KEY: DuplicateKeyError,
     ErrorCode.INTERNAL: InternalError,
     ErrorCode.SHUTTING_DOWN: ShuttingDownError,

@@ -1,6 +1,7 @@
-"""A transaction on one shard, pinned to one connection: Begin on enter, Commit on success,
-Rollback on an exception. Statements inside are never retried (the transaction would not
-survive the reconnect)."""
+"""A transaction, pinned to one router connection: Begin on enter, Commit on success,
+Rollback on an exception. Begun with a shard (or shard key) it runs on that shard; without,
+it spans the shards its statements' keys name, and commits on all of them or none. Statements
+inside are never retried (the transaction would not survive the reconnect)."""
 
 # A per-request `timeout=` (not an asyncio.timeout around the call) because it is also sent to
 # the router as timeout_ms and bounds all retries together.
@@ -11,11 +12,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from client.connection import Connection
 from client.errors import GeorouteError, ProtocolViolationError, TransactionError
 from client.record import Record
 from client.replies import rows_of, status_of
+from client.sender import Sender
 from protocol import (
     Batch,
     Begin,
@@ -31,23 +34,19 @@ from protocol import (
     TxStarted,
 )
 
-if TYPE_CHECKING:
-    from client.client import Client
-    from client.connection import Connection
-
 __all__ = ["Transaction"]
 
 
 class Transaction:
     def __init__(
         self,
-        client: Client,
+        sender: Sender,
         hints: Hints,
         isolation: Isolation | None,
         read_only: bool,
         timeout: float | None,
     ) -> None:
-        self._client = client
+        self._sender = sender
         self._hints = hints
         self._isolation = isolation
         self._read_only = read_only
@@ -82,7 +81,7 @@ class Transaction:
             raise TransactionError("transaction already started")
         begin = Begin(0, self._hints, self._isolation, self._read_only)
         # Nothing is applied by Begin, so it may be retried on another connection.
-        reply, conn = await self._client._send(begin, retry=True, timeout=self._timeout)
+        reply, conn = await self._sender.send(begin, retry=True, timeout=self._timeout)
         if not isinstance(reply, TxStarted):
             raise ProtocolViolationError(f"expected TxStarted, got {type(reply).__name__}")
         self._conn = conn
@@ -131,13 +130,13 @@ class Transaction:
         return self.tx
 
     def _statement_hints(self, timeout: float | None) -> Hints:
-        hints = self._client._hints(None, None, None, None, timeout)
+        hints = self._sender.hints(None, None, None, None, timeout)
         hints.tx = self._require_tx()
         return hints
 
     async def _pinned(self, message: Request, timeout: float | None) -> Reply:
         assert self._conn is not None
-        reply, _ = await self._client._send(message, retry=False, timeout=timeout, conn=self._conn)
+        reply, _ = await self._sender.send(message, retry=False, timeout=timeout, conn=self._conn)
         return reply
 
     async def _finish(self, message: Commit | Rollback) -> Reply:

@@ -190,6 +190,7 @@ class Encoder:
         route: RouteInfo | list[str] | None = None,
         ryw_token: str | None = None,
         column_types: Sequence[str] | None = None,
+        ryw_tokens: Sequence[str] | None = None,
     ) -> bytes:
         """A framed Rows reply without building a Rows object (rows may be tuples, e.g.
         asyncpg Records converted by `list(map(tuple, records))`). `route` may be given in
@@ -197,8 +198,8 @@ class Encoder:
         route_wire = route_wire_of(route)
         return self._frame(
             [MessageType.ROWS, request_id, columns, rows, status, route_wire, ryw_token,
-             column_types]
-        )  # fmt: skip
+             column_types, list(ryw_tokens) if ryw_tokens else None]
+        )
 
     def encode_status(
         self,
@@ -207,10 +208,12 @@ class Encoder:
         rowcount: int = 0,
         route: RouteInfo | list[str] | None = None,
         ryw_token: str | None = None,
+        ryw_tokens: Sequence[str] | None = None,
     ) -> bytes:
         route_wire = route_wire_of(route)
         return self._frame(
-            [MessageType.STATUS, request_id, status, rowcount, route_wire, ryw_token]
+            [MessageType.STATUS, request_id, status, rowcount, route_wire, ryw_token,
+             list(ryw_tokens) if ryw_tokens else None]
         )
 
     def encode_error(

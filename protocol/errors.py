@@ -51,6 +51,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_TRANSACTION = 5001
     TRANSACTION_ABORTED = 5002  # an earlier statement failed; only Rollback is accepted
     TOO_MANY_TRANSACTIONS = 5003
+    TRANSACTION_OUTCOME_UNKNOWN = 5004  # a two-phase commit lost its decision's shard mid-way
     # 6xxx: document store
     DOC_ERROR = 6001
     DOC_DUPLICATE_KEY = 6002

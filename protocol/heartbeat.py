@@ -92,7 +92,7 @@ class HeartbeatSender:
     start time in ns), so a restarted node's heartbeats are newer than any it sent before."""
 
     def __init__(self, key: bytes, node: str, incarnation: int,
-                 max_bytes: int = MAX_DATAGRAM_BYTES) -> None:  # fmt: skip
+                 max_bytes: int = MAX_DATAGRAM_BYTES) -> None:
         self._key = _check_key(key)
         self.node = node
         self.incarnation = incarnation
@@ -114,7 +114,7 @@ def encode_heartbeat(key: bytes, beat: Heartbeat) -> bytes:
         FORMAT_VERSION, beat.node, beat.incarnation, beat.sequence,
         {name: int(health) for name, health in beat.nodes.items()},
         dict(beat.primaries),
-    ])  # fmt: skip
+    ])
     return _mac(_check_key(key), body) + body
 
 
@@ -159,7 +159,7 @@ class HeartbeatReceiver:
     MAC, the MAC before parsing, so unauthenticated bytes are never unpacked."""
 
     def __init__(self, key: bytes, peers: Collection[str],
-                 max_bytes: int = MAX_DATAGRAM_BYTES) -> None:  # fmt: skip
+                 max_bytes: int = MAX_DATAGRAM_BYTES) -> None:
         self._key = _check_key(key)
         self._peers = frozenset(peers)
         self._max_bytes = max_bytes

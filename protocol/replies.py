@@ -19,6 +19,18 @@ from protocol.fields import (
 __all__ = ["AdminReply", "DocReply", "Error", "HelloOk", "Pong", "Rows", "Status", "TxStarted"]
 
 
+def _tokens(value: Any) -> list[str] | None:
+    """`ryw_tokens`: nil, or an array of "<shard>:<lsn>" strings (PROTOCOL.md section 5)."""
+    if value is None:
+        return None
+    if type(value) is not list:
+        raise TypeError("expected array")
+    for token in value:
+        if type(token) is not str:
+            raise TypeError("expected str")
+    return value
+
+
 @dataclass(slots=True)
 class HelloOk:
     """Wire: [2, id, version, node, server_info]."""
@@ -52,9 +64,10 @@ class Pong:
 
 @dataclass(slots=True)
 class Rows:
-    """Wire: [32, id, columns, rows, status, route, ryw_token, column_types]; rows are arrays
-    in column order. `column_types` names each column's PostgreSQL type ("text:" before it
-    when the values are that type's text output), or is nil when unknown."""
+    """Wire: [32, id, columns, rows, status, route, ryw_token, column_types, ryw_tokens]; rows
+    are arrays in column order. `column_types` names each column's PostgreSQL type ("text:"
+    before it when the values are that type's text output), or is nil when unknown.
+    `ryw_tokens`: every shard's token when the request wrote on several, else nil."""
 
     id: int
     columns: list[str]
@@ -63,6 +76,7 @@ class Rows:
     route: RouteInfo | None = None
     ryw_token: str | None = None
     column_types: list[str] | None = None
+    ryw_tokens: list[str] | None = None
 
     def to_wire(self) -> list[Any]:
         return [
@@ -74,6 +88,7 @@ class Rows:
             route_to_wire(self.route),
             self.ryw_token,
             self.column_types,
+            self.ryw_tokens,
         ]
 
     @classmethod
@@ -106,18 +121,22 @@ class Rows:
             for name in types:
                 if type(name) is not str:
                     raise TypeError("expected str")
-        return cls(b[1], columns, rows, status, route, token, types)
+        tokens = _tokens(b[8]) if len(b) > 8 else None  # absent from an older router
+        return cls(b[1], columns, rows, status, route, token, types, tokens)
 
 
 @dataclass(slots=True)
 class Status:
-    """Wire: [33, id, status, rowcount, route, ryw_token]."""
+    """Wire: [33, id, status, rowcount, route, ryw_token, ryw_tokens]; `ryw_tokens`, every
+    shard's token when the request wrote on several (a commit over several shards), else
+    nil."""
 
     id: int
     status: str
     rowcount: int = 0
     route: RouteInfo | None = None
     ryw_token: str | None = None
+    ryw_tokens: list[str] | None = None
 
     def to_wire(self) -> list[Any]:
         return [
@@ -127,11 +146,14 @@ class Status:
             self.rowcount,
             route_to_wire(self.route),
             self.ryw_token,
+            self.ryw_tokens,
         ]
 
     @classmethod
     def from_wire(cls, b: list[Any]) -> Status:
-        return cls(b[1], _str(b[2]), _uint(b[3]), RouteInfo.from_wire(b[4]), _opt_str(b[5]))
+        tokens = _tokens(b[6]) if len(b) > 6 else None  # absent from an older router
+        return cls(b[1], _str(b[2]), _uint(b[3]), RouteInfo.from_wire(b[4]), _opt_str(b[5]),
+                   tokens)
 
 
 @dataclass(slots=True)

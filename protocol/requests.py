@@ -22,7 +22,7 @@ from protocol.fields import (
 )
 
 __all__ = ["DOC_READ_OPS", "Admin", "Batch", "Begin", "Commit", "Doc", "Hello", "Ping", "Query",
-           "Rollback"]  # fmt: skip
+           "Rollback"]
 
 # Document-store ops that only read: safe to send again, and they take no idempotency key.
 DOC_READ_OPS = frozenset({"find", "find_one", "count", "aggregate", "distinct"})
@@ -181,7 +181,8 @@ class Doc:
 
 @dataclass(slots=True)
 class Admin:
-    """Wire: [16, id, op, args]. op "topology" -> AdminReply with the cluster view."""
+    """Wire: [16, id, op, args]. op "topology" -> AdminReply with the cluster view; op
+    "move_user" {user_id, region} -> AdminReply with what the move did (PROTOCOL.md 2.1)."""
 
     id: int
     op: str

@@ -35,7 +35,7 @@ def keep_alive(transport: Any, user_timeout_ms: int = 0) -> bool:
             return False
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         options = [("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
-                   ("TCP_KEEPCNT", KEEPALIVE_PROBES)]  # fmt: skip
+                   ("TCP_KEEPCNT", KEEPALIVE_PROBES)]
         if user_timeout_ms > 0:
             options.append(("TCP_USER_TIMEOUT", user_timeout_ms))
         for option, value in options:

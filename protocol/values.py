@@ -128,7 +128,7 @@ def ext_default(obj: Any) -> msgpack.ExtType:
         return msgpack.ExtType(*_INFINITY_PAYLOADS[obj])
     if isinstance(obj, Interval):
         return msgpack.ExtType(ExtCode.INTERVAL_MONTHS,
-                               _IIQ.pack(obj.months, obj.days, obj.microseconds))  # fmt: skip
+                               _IIQ.pack(obj.months, obj.days, obj.microseconds))
     # An interface before an address: ipaddress makes IPv4Interface a subclass of IPv4Address.
     if isinstance(obj, _IP_INTERFACE):
         return msgpack.ExtType(ExtCode.INET, obj.packed + bytes((obj.network.prefixlen,)))
@@ -136,7 +136,7 @@ def ext_default(obj: Any) -> msgpack.ExtType:
         return msgpack.ExtType(ExtCode.INET, obj.packed + bytes((obj.max_prefixlen,)))
     if isinstance(obj, _IP_NETWORK):
         return msgpack.ExtType(ExtCode.CIDR,
-                               obj.network_address.packed + bytes((obj.prefixlen,)))  # fmt: skip
+                               obj.network_address.packed + bytes((obj.prefixlen,)))
     if isinstance(obj, Point):
         return msgpack.ExtType(ExtCode.POINT, _DD.pack(obj.x, obj.y))
     if isinstance(obj, Range) or _is_foreign_range(obj):

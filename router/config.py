@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from client.tls import ssl_context
+from protocol.tlsmode import DATABASE_MODES
 from router.config_backup import BackupConfig, validate_backup
 from router.config_ha import (
     FailoverConfig,
@@ -28,8 +28,8 @@ from router.errors import ConfigError
 
 __all__ = [
     "MIN_FRAME_BYTES",
-    "REGIONS",
     "SECTIONS",
+    "SHARD_NAME",
     "ApiConfig",
     "BackupConfig",
     "ClusterConfig",
@@ -50,8 +50,11 @@ __all__ = [
     "parse_peer",
 ]
 
-# The regions georoute is built for; every one must be configured as a shard.
-REGIONS: tuple[str, ...] = ("north_america", "europe", "asia")
+# A shard's name is its region's: the value of region columns (`home_region = 'europe'`), of
+# georoute_shard.name on its nodes, and part of node names, metric labels and read-your-writes
+# tokens. router.toml ships north_america, europe and asia; any set of names of this shape
+# works (the seed data knows those three best).
+SHARD_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,9 @@ class ShardConfig:
     number: int
     primary: NodeAddress
     replicas: tuple[NodeAddress, ...]
+    # Synchronous streaming replication (synchronous_standby_names) in the local cluster, so
+    # a write is acknowledged only once a standby has it (README, "High availability").
+    synchronous: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,8 @@ class RouterConfig:
     transaction_idle_timeout_seconds: float = 60.0
     idempotency_retention_seconds: float = 86400.0
     max_scatter_rows: int = 100_000
+    twophase_grace_seconds: float = 10.0
+    twophase_recovery_interval_seconds: float = 5.0
 
 
 def router_socket_path(router: RouterConfig) -> str | None:
@@ -127,8 +135,8 @@ class MetricsConfig:
 # router.max_frame_bytes' floor: room for any Status or Error reply the router makes.
 MIN_FRAME_BYTES = 4096
 
-# database.sslmode, as libpq names them (see router/backend/tls.py).
-SSL_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+# database.sslmode, as libpq names them (the table in protocol/tlsmode.py).
+SSL_MODES = DATABASE_MODES
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,12 +221,14 @@ class Config:
         return None
 
     def all_nodes(self) -> list[tuple[str, str, NodeAddress]]:
-        """(shard, node name, address) for every database node, primaries first per shard."""
+        """(shard, node name, address) for every database node, each shard's `primary` entry
+        first. A node is named by its shard and its place in router.toml: `europe-1` is the
+        `primary` entry, `europe-2` the first of `replicas`, and so on. The name says nothing
+        of the node's role, which is live state (a failover makes `europe-2` the primary)."""
         out: list[tuple[str, str, NodeAddress]] = []
         for shard in self.shards.values():
-            out.append((shard.name, f"{shard.name}-primary", shard.primary))
-            for i, rep in enumerate(shard.replicas, start=1):
-                out.append((shard.name, f"{shard.name}-replica{i}", rep))
+            for i, address in enumerate((shard.primary, *shard.replicas), start=1):
+                out.append((shard.name, f"{shard.name}-{i}", address))
         return out
 
     def document_store_port(self) -> int | None:
@@ -312,8 +322,9 @@ def _build_shard(name: str, raw: Any) -> ShardConfig:
     if not isinstance(raw, dict):
         raise ConfigError(key, "expected a table")
     for k in raw:
-        if k not in ("number", "primary", "replicas"):
-            raise ConfigError(f"{key}.{k}", "unknown key (known: number, primary, replicas)")
+        if k not in ("number", "primary", "replicas", "synchronous"):
+            raise ConfigError(f"{key}.{k}", "unknown key (known: number, primary, replicas, "
+                                            "synchronous)")
     for required in ("number", "primary", "replicas"):
         if required not in raw:
             raise ConfigError(f"{key}.{required}", "missing")
@@ -325,7 +336,9 @@ def _build_shard(name: str, raw: Any) -> ShardConfig:
     if not isinstance(reps, list) or not reps:
         raise ConfigError(f"{key}.replicas", "expected a non-empty list of nodes")
     replicas = tuple(_build_node(f"{key}.replicas[{i}]", r) for i, r in enumerate(reps))
-    return ShardConfig(name=name, number=number, primary=primary, replicas=replicas)
+    synchronous = _check_scalar(f"{key}.synchronous", raw.get("synchronous", False), bool)
+    return ShardConfig(name=name, number=number, primary=primary, replicas=replicas,
+                       synchronous=synchronous)
 
 
 def _build_table(name: str, raw: Any) -> TableConfig:
@@ -355,14 +368,12 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
 
     raw_shards = raw.get("shards")
     if not isinstance(raw_shards, dict) or not raw_shards:
-        raise ConfigError("shards", "missing: configure shards " + ", ".join(REGIONS))
+        raise ConfigError("shards", "missing: configure at least one [shards.<region>]")
     for name in raw_shards:
-        if name not in REGIONS:
-            raise ConfigError(f"shards.{name}", f"unknown region (known: {', '.join(REGIONS)})")
-    for name in REGIONS:
-        if name not in raw_shards:
-            raise ConfigError(f"shards.{name}", "missing shard")
-    shards = {name: _build_shard(name, raw_shards[name]) for name in REGIONS}
+        if not SHARD_NAME.fullmatch(name):
+            why = "a shard (region) name is lower case letters, digits and _, from a letter"
+            raise ConfigError(f"shards.{name}", why)
+    shards = {name: _build_shard(name, shard) for name, shard in raw_shards.items()}
 
     raw_tables = raw.get("tables", {})
     if not isinstance(raw_tables, dict):
@@ -383,7 +394,7 @@ def parse_function_spec(spec: str) -> tuple[str, tuple[int, ...]]:
     found = _FUNCTION_SPEC.match(spec)
     if found is None:
         raise ValueError(f"{spec!r} is not `name` or `name(1, 2)` (lower case, argument "
-                         "positions from 1)")  # fmt: skip
+                         "positions from 1)")
     positions = tuple(int(p) for p in (found.group(2) or "").replace(",", " ").split())
     if any(p < 1 for p in positions):
         raise ValueError(f"{spec!r}: argument positions count from 1")
@@ -391,8 +402,42 @@ def parse_function_spec(spec: str) -> tuple[str, tuple[int, ...]]:
 
 
 def _validate(config: Config) -> None:
+    """Each section's own checks, then those across sections; the first bad key raises."""
+    _validate_shards(config.shards)
+    _validate_router(config.router)
+    _validate_database(config.database, config.router)
+    _positive("api.jwt_ttl_seconds", config.api.jwt_ttl_seconds)
+    _positive("api.rate_limit_per_minute", config.api.rate_limit_per_minute)
+    validate_ha(config.heartbeat, config.failover, config.router.node_name)
+    validate_backup(config.backup, list(config.shards))
+    _validate_ports(config)
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(key, f"must be positive, got {value}")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(key, f"must not be negative, got {value}")
+
+
+def _socket_dir(key: str, socket_dir: str) -> None:
+    if socket_dir and not os.path.isabs(socket_dir):
+        raise ConfigError(key, f"must be an absolute path, got {socket_dir!r}")
+    if len(socket_dir) > 80:  # the socket file's full path must fit in 107 bytes
+        raise ConfigError(key, "is too long for a Unix socket path")
+
+
+def _existing_file(key: str, path: str) -> None:
+    if path and not os.path.isfile(path):
+        raise ConfigError(key, f"no such file: {path}")
+
+
+def _validate_shards(shards: Mapping[str, ShardConfig]) -> None:
     numbers: dict[int, str] = {}
-    for shard in config.shards.values():
+    for shard in shards.values():
         if shard.number in numbers:
             raise ConfigError(
                 f"shards.{shard.name}.number",
@@ -400,57 +445,18 @@ def _validate(config: Config) -> None:
             )
         numbers[shard.number] = shard.name
 
-    ports: dict[tuple[str, int], str] = {}
 
-    def claim(key: str, host: str, port: int) -> None:
-        if port == 0:
-            return
-        # 127.0.0.1 and localhost and 0.0.0.0 all collide with one another on this machine.
-        norm = "local" if host in ("127.0.0.1", "localhost", "0.0.0.0", "::1") else host
-        if (norm, port) in ports:
-            raise ConfigError(key, f"duplicate port {port} (also used by {ports[(norm, port)]})")
-        ports[(norm, port)] = key
-
-    r = config.router
-    claim("router.listen_port", r.listen_host, _port("router.listen_port", r.listen_port))
-    m = config.metrics
-    claim("metrics.port", m.host, _port("metrics.port", m.port, allow_zero=True))
-    h = config.heartbeat
-    claim("heartbeat.port", h.host, _port("heartbeat.port", h.port, allow_zero=True))
-    a = config.api
-    claim("api.port", a.host, _port("api.port", a.port))
-    for shard in config.shards.values():
-        claim(f"shards.{shard.name}.primary.port", shard.primary.host, shard.primary.port)
-        for i, rep in enumerate(shard.replicas):
-            claim(f"shards.{shard.name}.replicas[{i}].port", rep.host, rep.port)
-    doc_port = config.document_store_port()
-    if doc_port is not None:
-        claim("document_store.uri", "127.0.0.1", doc_port)
-
-    positive = {
-        "router.max_frame_bytes": r.max_frame_bytes,
-        "router.max_sql_bytes": r.max_sql_bytes,
-        "router.reply_batch": r.reply_batch,
-        "router.max_client_connections": r.max_client_connections,
-        "router.max_in_flight_per_connection": r.max_in_flight_per_connection,
-        "router.handshake_timeout_seconds": r.handshake_timeout_seconds,
-        "router.parse_cache_size": r.parse_cache_size,
-        "router.drain_timeout_seconds": r.drain_timeout_seconds,
-        "router.lag_poll_interval_seconds": r.lag_poll_interval_seconds,
-        "router.pool_acquire_timeout_seconds": r.pool_acquire_timeout_seconds,
-        "router.idempotency_retention_seconds": r.idempotency_retention_seconds,
-        "database.pool_max_size": config.database.pool_max_size,
-        "database.connect_timeout_seconds": config.database.connect_timeout_seconds,
-        "database.pipeline_max_in_flight": config.database.pipeline_max_in_flight,
-        "database.pipeline_slow_ms": config.database.pipeline_slow_ms,
-        "heartbeat.interval_seconds": h.interval_seconds,
-        "api.jwt_ttl_seconds": a.jwt_ttl_seconds,
-        "api.rate_limit_per_minute": a.rate_limit_per_minute,
-        "router.max_scatter_rows": r.max_scatter_rows,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(key, f"must be positive, got {value}")
+def _validate_router(r: RouterConfig) -> None:
+    for key in ("max_frame_bytes", "max_sql_bytes", "reply_batch", "max_client_connections",
+                "max_in_flight_per_connection", "handshake_timeout_seconds", "parse_cache_size",
+                "drain_timeout_seconds", "lag_poll_interval_seconds",
+                "pool_acquire_timeout_seconds", "idempotency_retention_seconds",
+                "max_scatter_rows", "twophase_grace_seconds",
+                "twophase_recovery_interval_seconds"):
+        _positive(f"router.{key}", getattr(r, key))
+    for key in ("max_replica_lag_bytes", "read_your_writes_wait_ms", "statement_timeout_seconds",
+                "transaction_idle_timeout_seconds"):
+        _non_negative(f"router.{key}", getattr(r, key))
     for spec in r.sharded_functions:
         try:
             parse_function_spec(spec)
@@ -461,72 +467,98 @@ def _validate(config: Config) -> None:
         # (a write's "applied, result undeliverable" error among them).
         why = f"must be at least {MIN_FRAME_BYTES}, got {r.max_frame_bytes}"
         raise ConfigError("router.max_frame_bytes", why)
-    non_negative = {
-        "router.max_replica_lag_bytes": r.max_replica_lag_bytes,
-        "router.read_your_writes_wait_ms": r.read_your_writes_wait_ms,
-        "router.statement_timeout_seconds": r.statement_timeout_seconds,
-        "router.transaction_idle_timeout_seconds": r.transaction_idle_timeout_seconds,
-        "database.pool_min_size": config.database.pool_min_size,
-        "database.statement_cache_size": config.database.statement_cache_size,
-        "database.pipeline_connections": config.database.pipeline_connections,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(key, f"must not be negative, got {value}")
-    for key, socket_dir in (("database.socket_dir", config.database.socket_dir),
-                            ("router.listen_socket_dir", r.listen_socket_dir)):  # fmt: skip
-        if socket_dir and not os.path.isabs(socket_dir):
-            raise ConfigError(key, f"must be an absolute path, got {socket_dir!r}")
-        if len(socket_dir) > 80:  # the socket file's full path must fit in 107 bytes
-            raise ConfigError(key, "is too long for a Unix socket path")
-    if config.database.sslmode not in SSL_MODES:
-        raise ConfigError("database.sslmode", f"must be one of {', '.join(SSL_MODES)}, "
-                                              f"got {config.database.sslmode!r}")  # fmt: skip
+    _socket_dir("router.listen_socket_dir", r.listen_socket_dir)
     if bool(r.tls_cert_file) != bool(r.tls_key_file):
         raise ConfigError("router.tls_key_file" if r.tls_cert_file else "router.tls_cert_file",
-                          "TLS needs both a certificate and its key")  # fmt: skip
+                          "TLS needs both a certificate and its key")
     if r.tls_client_ca_file and not r.tls_cert_file:
         why = "needs router.tls_cert_file and tls_key_file (the listener's TLS)"
         raise ConfigError("router.tls_client_ca_file", why)
-    d = config.database
+    for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        _existing_file(f"router.{key}", getattr(r, key))
+
+
+def _validate_database(d: DatabaseConfig, r: RouterConfig) -> None:
+    for key in ("pool_max_size", "connect_timeout_seconds", "pipeline_max_in_flight",
+                "pipeline_slow_ms"):
+        _positive(f"database.{key}", getattr(d, key))
+    for key in ("pool_min_size", "statement_cache_size", "pipeline_connections",
+                "tcp_user_timeout_seconds"):
+        _non_negative(f"database.{key}", getattr(d, key))
+    if d.pool_min_size > d.pool_max_size:
+        raise ConfigError("database.pool_min_size", "is larger than database.pool_max_size")
+    _socket_dir("database.socket_dir", d.socket_dir)
+    if d.sslmode not in SSL_MODES:
+        raise ConfigError("database.sslmode", f"must be one of {', '.join(SSL_MODES)}, "
+                                              f"got {d.sslmode!r}")
     if bool(d.sslcert) != bool(d.sslkey):
         raise ConfigError("database.sslkey" if d.sslcert else "database.sslcert",
-                          "a client certificate needs both sslcert and sslkey")  # fmt: skip
+                          "a client certificate needs both sslcert and sslkey")
     if d.sslcert and d.sslmode in ("disable", "prefer"):
         why = f"a client certificate needs sslmode require or verify-*, not {d.sslmode}"
         raise ConfigError("database.sslcert", why)
-    for key, path in (("router.tls_cert_file", r.tls_cert_file),
-                      ("router.tls_key_file", r.tls_key_file),
-                      ("router.tls_client_ca_file", r.tls_client_ca_file),
-                      ("database.sslrootcert", d.sslrootcert),
-                      ("database.sslcert", d.sslcert),
-                      ("database.sslkey", d.sslkey)):  # fmt: skip
-        if path and not os.path.isfile(path):
-            raise ConfigError(key, f"no such file: {path}")
-    if d.sslcert or d.sslrootcert:  # loaded now, so bad files stop start-up (or a reload)
-        try:
-            ssl_context("require" if d.sslmode == "prefer" else d.sslmode, d.sslrootcert or None,
-                        d.sslcert or None, d.sslkey or None)  # fmt: skip
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            key = "database.sslcert" if d.sslcert else "database.sslrootcert"
-            raise ConfigError(key, f"cannot load: {exc}") from exc
-    if d.tcp_user_timeout_seconds < 0:
-        raise ConfigError("database.tcp_user_timeout_seconds", "must not be negative")
+    for key in ("sslrootcert", "sslcert", "sslkey"):
+        _existing_file(f"database.{key}", getattr(d, key))
+    _check_tls_files(d)
     if d.tcp_user_timeout_seconds and (
         not r.statement_timeout_seconds or d.tcp_user_timeout_seconds <= r.statement_timeout_seconds
-    ):  # fmt: skip
+    ):
         # A node does not read while it runs a statement: a connection with requests queued
         # behind a long one would be cut while it is healthy.
         why = "must exceed router.statement_timeout_seconds (or be 0: off)"
         raise ConfigError("database.tcp_user_timeout_seconds", why)
-    if config.database.pool_min_size > config.database.pool_max_size:
-        raise ConfigError("database.pool_min_size", "is larger than database.pool_max_size")
-    if h.suspect_after_seconds <= h.interval_seconds:
-        raise ConfigError(
-            "heartbeat.suspect_after_seconds", "must exceed heartbeat.interval_seconds"
-        )
-    validate_ha(config.heartbeat, config.failover, config.router.node_name)
-    validate_backup(config.backup, list(config.shards))
+
+
+def _validate_ports(config: Config) -> None:
+    """No two listeners on this machine (router, metrics, heartbeat, api, database nodes, the
+    document store) share a port."""
+    ports: dict[tuple[str, int], str] = {}
+
+    def claim(key: str, host: str, port: int, allow_zero: bool = False) -> None:
+        port = _port(key, port, allow_zero)
+        if port == 0:
+            return
+        # 127.0.0.1 and localhost and 0.0.0.0 all collide with one another on this machine.
+        norm = "local" if host in ("127.0.0.1", "localhost", "0.0.0.0", "::1") else host
+        if (norm, port) in ports:
+            raise ConfigError(key, f"duplicate port {port} (also used by {ports[(norm, port)]})")
+        ports[(norm, port)] = key
+
+    claim("router.listen_port", config.router.listen_host, config.router.listen_port)
+    claim("metrics.port", config.metrics.host, config.metrics.port, allow_zero=True)
+    claim("heartbeat.port", config.heartbeat.host, config.heartbeat.port, allow_zero=True)
+    claim("api.port", config.api.host, config.api.port)
+    for shard in config.shards.values():
+        claim(f"shards.{shard.name}.primary.port", shard.primary.host, shard.primary.port)
+        for i, rep in enumerate(shard.replicas):
+            claim(f"shards.{shard.name}.replicas[{i}].port", rep.host, rep.port)
+    doc_port = config.document_store_port()
+    if doc_port is not None:
+        claim("document_store.uri", "127.0.0.1", doc_port)
+
+
+def _check_tls_files(d: DatabaseConfig) -> None:
+    """Load `database.sslrootcert` and `sslcert`/`sslkey` now, so files that are not
+    certificates, or a key that is not the certificate's, stop start-up (or a reload) rather
+    than every connection later. router/backend/tls.py builds the contexts it uses."""
+    if not (d.sslcert or d.sslrootcert):
+        return
+    import ssl  # here, not above: router/core/ imports this module and must not load ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    key = "database.sslrootcert"
+    try:
+        if d.sslrootcert:
+            ctx.load_verify_locations(cafile=d.sslrootcert)
+        key = "database.sslcert"
+        if d.sslcert:
+            ctx.load_cert_chain(d.sslcert, d.sslkey or None, password=_no_password)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(key, f"cannot load: {exc}") from exc
+
+
+def _no_password() -> str:
+    raise ValueError("the key is encrypted; give an unencrypted key file")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

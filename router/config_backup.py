@@ -47,7 +47,7 @@ def validate_backup(b: BackupConfig, shards: Collection[str]) -> None:
         raise ConfigError("backup.dir", "must not be empty")
     if b.keep_base_backups < 1:
         raise ConfigError("backup.keep_base_backups", f"must be at least 1, got "
-                                                      f"{b.keep_base_backups}")  # fmt: skip
+                                                      f"{b.keep_base_backups}")
     if b.archive_timeout_seconds < 0:
         raise ConfigError("backup.archive_timeout_seconds", "must not be negative")
     seen: set[str] = set()
@@ -58,7 +58,7 @@ def validate_backup(b: BackupConfig, shards: Collection[str]) -> None:
             raise ConfigError("backup.shard_dirs", str(exc)) from None
         if shard not in shards:
             raise ConfigError("backup.shard_dirs", f"{shard!r} is not a configured shard "
-                                                   f"(known: {', '.join(shards)})")  # fmt: skip
+                                                   f"(known: {', '.join(shards)})")
         if shard in seen:
             raise ConfigError("backup.shard_dirs", f"shard {shard!r} is listed twice")
         seen.add(shard)

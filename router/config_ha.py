@@ -53,12 +53,7 @@ def parse_peer(spec: str) -> tuple[str, str, int]:
 class FailoverMode(enum.Enum):
     OFF = "off"  # a dead primary's writes fail (retryable) until a person acts
     EXTERNAL = "external"  # something else promotes; the router follows (router/ha/discovery.py)
-    MANAGED = "managed"  # the routers promote by quorum (not built yet)
-
-
-# The modes this build carries out; the others are refused at load rather than accepted and
-# silently not done.
-_BUILT_FAILOVER_MODES = (FailoverMode.OFF, FailoverMode.EXTERNAL)
+    MANAGED = "managed"  # the routers promote by quorum (router/ha/promoter.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +65,13 @@ class FailoverConfig:
 
 def validate_ha(h: HeartbeatConfig, f: FailoverConfig, node_name: str) -> None:
     """Raises ConfigError naming the first bad [heartbeat] or [failover] key."""
+    if h.interval_seconds <= 0:
+        raise ConfigError("heartbeat.interval_seconds", f"must be positive, got "
+                                                        f"{h.interval_seconds}")
+    if h.suspect_after_seconds <= h.interval_seconds:
+        raise ConfigError(
+            "heartbeat.suspect_after_seconds", "must exceed heartbeat.interval_seconds"
+        )
     if h.dead_after_seconds <= h.suspect_after_seconds:
         raise ConfigError(
             "heartbeat.dead_after_seconds", "must exceed heartbeat.suspect_after_seconds"
@@ -96,11 +98,12 @@ def validate_ha(h: HeartbeatConfig, f: FailoverConfig, node_name: str) -> None:
     modes = {m.value: m for m in FailoverMode}
     if f.mode not in modes:
         raise ConfigError("failover.mode", f"must be one of {', '.join(modes)}, got {f.mode!r}")
-    if modes[f.mode] not in _BUILT_FAILOVER_MODES:
-        why = f"{f.mode!r} is not built yet (issue #17); use 'off' or 'external'"
+    if modes[f.mode] is FailoverMode.MANAGED and not h.enabled:
+        why = ("'managed' needs heartbeat.peers and a heartbeat.port: a majority of the "
+               "router nodes decides a promotion")
         raise ConfigError("failover.mode", why)
     if f.down_after_seconds <= 0:
         raise ConfigError("failover.down_after_seconds", f"must be positive, got "
-                                                         f"{f.down_after_seconds}")  # fmt: skip
+                                                         f"{f.down_after_seconds}")
     if f.write_buffer_seconds < 0:
         raise ConfigError("failover.write_buffer_seconds", "must not be negative")

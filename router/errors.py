@@ -18,6 +18,7 @@ __all__ = [
     "MigrationError",
     "PortInUseError",
     "Retry",
+    "RouterCallError",
 ]
 
 
@@ -72,5 +73,12 @@ class PortInUseError(ClusterError):
 
 class MigrationError(GeorouteError):
     """Schema migrations could not be applied (e.g. shards at different versions)."""
+
+    code = ErrorCode.INTERNAL
+
+
+class RouterCallError(GeorouteError):
+    """A tool's request to a router node (`georoute user move`) was refused, or the node could
+    not be reached; the message says which."""
 
     code = ErrorCode.INTERNAL

@@ -21,6 +21,7 @@ from router.engine.classifier import Classifier
 from router.engine.scatter import ScatterStats
 from router.ha.heartbeat import HeartbeatService
 from router.ha.topology import Topology
+from router.types import Role
 
 __all__ = ["Metrics"]
 
@@ -43,7 +44,9 @@ class _LiveCollector(Collector):
             "georoute_replica_lag_bytes", "Replica replay lag behind its primary", labels=["node"]
         )
         up = GaugeMetricFamily(
-            "georoute_node_up", "1 if the node is usable (up or suspect)", labels=["node", "role"]
+            "georoute_node_up", "1 if the node is usable (up or suspect); role: primary for its "
+            "shard's primary now (live state: a failover moves it), else replica",
+            labels=["node", "role"],
         )
         piped = CounterMetricFamily(
             "georoute_backend_statements",
@@ -67,8 +70,27 @@ class _LiveCollector(Collector):
             "router.transaction_idle_timeout_seconds",
             labels=["node"],
         )
+        fenced = GaugeMetricFamily(
+            "georoute_node_fenced", "1 if the node is fenced: writable but not the shard's "
+            "agreed primary (an old primary back), so it gets no writes and no reads",
+            labels=["node"],
+        )
+        failovers = CounterMetricFamily(
+            "georoute_failovers", "Changes of a shard's primary this router followed "
+            "(managed or external failover)", labels=["shard"],
+        )
+        failover_seconds = GaugeMetricFamily(
+            "georoute_failover_seconds", "The last failover's length as this router saw it: "
+            "from its primary unusable to the new primary taking writes", labels=["shard"],
+        )
         if topology is not None:
+            for shard in topology.shards.values():
+                failovers.add_metric([shard.name], shard.failovers_total)
+                last = shard.failovers[-1]["seconds"] if shard.failovers else None
+                if last is not None:
+                    failover_seconds.add_metric([shard.name], last)
             for node in topology.nodes():
+                fenced.add_metric([node.name], 1.0 if node.fenced else 0.0)
                 pipeline = node.pool.pipeline
                 piped.add_metric([node.name, "pipeline"], pipeline.statements)
                 piped.add_metric([node.name, "pooled"], pipeline.fallbacks)
@@ -80,12 +102,13 @@ class _LiveCollector(Collector):
                     closed.add_metric([node.name, reason], count)
                 idle_tx.add_metric([node.name], node.pool.idle_rollbacks)
                 up.add_metric([node.name, node.role.value], 1.0 if node.available else 0.0)
-                if node.lag_bytes is not None and node.role.value == "replica":
+                if node.lag_bytes is not None and node.role is Role.REPLICA:
                     lag.add_metric([node.name], node.lag_bytes)
-        yield from (size, waits, lag, up, piped, in_flight, closed, idle_tx)
+        yield from (size, waits, lag, up, piped, in_flight, closed, idle_tx, fenced, failovers,
+                    failover_seconds)
         if self._metrics.open_connections is not None:
             clients = GaugeMetricFamily("georoute_client_connections_open",
-                                        "Client connections open now")  # fmt: skip
+                                        "Client connections open now")
             clients.add_metric([], self._metrics.open_connections())
             yield clients
         yield from self._metrics.request_families()
@@ -112,15 +135,26 @@ def _heartbeat_families(service: HeartbeatService) -> Iterator[Any]:
     dropped = CounterMetricFamily(
         "georoute_heartbeats_dropped", "Heartbeat datagrams dropped, by reason",
         labels=["reason"],
-    )  # fmt: skip
+    )
     for reason, count in service.dropped.items():
         dropped.add_metric([reason.value], count)
     yield dropped
     traffic = CounterMetricFamily("georoute_heartbeats", "Heartbeat datagrams by direction",
-                                  labels=["direction"])  # fmt: skip
+                                  labels=["direction"])
     traffic.add_metric(["sent"], service.sent)
     traffic.add_metric(["received"], service.received)
     yield traffic
+    if service.promoter is not None:
+        promotions = CounterMetricFamily(
+            "georoute_promotions", "Replicas this router node promoted (managed failover)",
+            labels=["shard"],
+        )
+        done: dict[str, int] = {}
+        for record in service.promoter.promotions:
+            done[record.shard] = done.get(record.shard, 0) + 1
+        for shard in service.plans:
+            promotions.add_metric([shard], done.get(shard, 0))
+        yield promotions
 
 
 class Metrics:
@@ -159,14 +193,14 @@ class Metrics:
         requests = CounterMetricFamily(
             "georoute_requests", "Requests by kind, shard, role and outcome",
             labels=["kind", "shard", "role", "outcome"],
-        )  # fmt: skip
+        )
         for key, count in dict(self._requests).items():
             requests.add_metric(list(key), count)
         yield requests
         latency = HistogramMetricFamily(
             "georoute_request_duration_seconds", "Time from a request's arrival to its reply",
             labels=["kind"],
-        )  # fmt: skip
+        )
         for kind, (counts, total) in dict(self._latency).items():
             counts = list(counts)
             buckets, running = [], 0
@@ -179,23 +213,23 @@ class Metrics:
     def scatter_families(self) -> Iterator[Any]:
         stats = self.scatter
         requests = CounterMetricFamily("georoute_scatter_requests",
-                                       "Reads answered by several shards, merged")  # fmt: skip
+                                       "Reads answered by several shards, merged")
         requests.add_metric([], stats.requests)
         fanout = CounterMetricFamily("georoute_scatter_fanout",
                                      "Cross-shard reads by how many shards they asked",
-                                     labels=["shards"])  # fmt: skip
+                                     labels=["shards"])
         for width, count in dict(stats.fanout).items():
             fanout.add_metric([str(width)], count)
         merge = CounterMetricFamily("georoute_scatter_merge_seconds",
-                                    "Time spent merging the shards' answers")  # fmt: skip
+                                    "Time spent merging the shards' answers")
         merge.add_metric([], stats.merge_seconds)
         shard = CounterMetricFamily(
             "georoute_scatter_shard_seconds",
             "Time each shard took to answer its part of a cross-shard read (sum; the "
-            "_count is in georoute_scatter_shard_reads)", labels=["shard"])  # fmt: skip
+            "_count is in georoute_scatter_shard_reads)", labels=["shard"])
         reads = CounterMetricFamily("georoute_scatter_shard_reads",
                                     "Parts of cross-shard reads each shard answered",
-                                    labels=["shard"])  # fmt: skip
+                                    labels=["shard"])
         for name, (count, seconds) in dict(stats.shard_seconds).items():
             shard.add_metric([name], seconds)
             reads.add_metric([name], count)
@@ -206,7 +240,7 @@ class Metrics:
         yield from (requests, fanout, merge, shard, reads, refused)
 
     def bind(self, topology: Topology, classifier: Classifier,
-             open_connections: Callable[[], int] | None = None) -> None:  # fmt: skip
+             open_connections: Callable[[], int] | None = None) -> None:
         self.topology = topology
         self.classifier = classifier
         if open_connections is not None:

@@ -3,8 +3,12 @@
 Startup connects a pool to every database node (reporting which are reachable; a node that is
 down does not stop the router), starts the lag monitor, the metrics endpoint and the protocol
 server. SIGTERM/SIGINT stop accepting, drain in-flight requests within drain_timeout_seconds,
-then close. SIGHUP re-reads router.toml: changed nodes get new pools (old ones drained); a bad
+then close. SIGHUP re-reads router.toml: changed nodes get new pools (old ones drained), and a
+new Runtime (config, view, classifier, executor: engine/runtime.py) is swapped in whole; a bad
 config is logged and the old one kept.
+
+The node hands its client connections a RequestHandler (server/handlers.py) and their Limits,
+nothing of itself.
 """
 
 from __future__ import annotations
@@ -30,20 +34,22 @@ from router.backend.pool import NodeUnavailableError
 from router.backend.tls import ListenerTLS, forget_contexts
 from router.backend.wal import LsnReader
 from router.config import Config, RouterConfig, load_config, router_socket_path
+from router.core.documents import DocumentShapes
 from router.core.health import HealthEvent
-from router.core.routing import Role
-from router.engine.classifier import Classifier
-from router.engine.executor import Executor
 from router.engine.idempotency import run_sweeper
 from router.engine.parser_thread import start_parser
+from router.engine.recovery import Recovery
+from router.engine.runtime import Runtime
 from router.errors import ConfigError
 from router.ha.heartbeat import HeartbeatService
 from router.ha.monitor import LagMonitor
 from router.ha.sweeper import SilentLinkSweeper
 from router.ha.topology import NodeState, ShardState, Topology
 from router.metrics import Metrics
-from router.server.connection import ClientConnection
-from router.tools.db.documents import validate as validate_document
+from router.server.connection import ClientConnection, Limits
+from router.server.drain import drain
+from router.server.handlers import RequestHandler
+from router.types import Role
 
 __all__ = ["RouterNode", "run_router"]
 
@@ -53,7 +59,6 @@ log = logging.getLogger("georoute.router")
 
 
 _TLS_HANDSHAKE_SECONDS = 10.0  # a client that connects and never completes TLS is dropped
-_DRAIN_POLL_SECONDS = 0.05  # how often a drain looks again at transactions left open
 
 
 def _listener_tls(router: RouterConfig) -> ListenerTLS | None:
@@ -76,15 +81,11 @@ def _hosts_of(uri: str) -> str:
     return ",".join(f"{host}:{port}" for host, port in nodes)
 
 
-def _classifier(config: Config) -> Classifier:
-    r = config.router
-    return Classifier(config.tables, r.read_only_functions, r.parse_cache_size, r.max_sql_bytes,
-                      r.sharded_functions)
-
-
 class RouterNode:
-    def __init__(self, config: Config, *, config_path: str | None = None) -> None:
-        self.config = config
+    def __init__(self, config: Config, *, config_path: str | None = None,
+                 docstore: DocStore | None = None) -> None:
+        """`docstore`: the document store's component (by default one for
+        config.document_store; tests give their own)."""
         self.config_path = config_path
         token = os.environ.get(config.router.auth_token_env)
         if not token:
@@ -92,19 +93,22 @@ class RouterNode:
                 "router.auth_token_env",
                 f"environment variable {config.router.auth_token_env} is not set",
             )
-        self.auth_token = token
-        self.encoder = Encoder(config.router.max_frame_bytes)
         self.metrics = Metrics()
-        self.topology = Topology.from_config(config)
-        self.classifier = _classifier(config)
-        self.executor = Executor(config, self.topology, self.classifier)
-        self.executor.scatter.stats = self.metrics.scatter
-        self.docstore = DocStore(config.document_store, validate_document)
+        self.docstore = docstore or DocStore(config.document_store,
+                                             DocumentShapes(config.shards).validate)
+        # Set when a client connection or a transaction ends: what a drain waits for, once
+        # no request is left but transactions are still open.
+        self._ended = asyncio.Event()
+        self.runtime = self._runtime(config, Topology.from_config(config))
+        self.limits = Limits.of(config)  # a new connection's (reloaded with the config)
+        self.handler = RequestHandler(
+            self.runtime, encoder=Encoder(config.router.max_frame_bytes), metrics=self.metrics,
+            docstore=self.docstore, auth_token=token, report=self.topology_report,
+            spawn=self.spawn, closed=self._ended.set,
+        )
         self.monitor = LagMonitor(config, self.topology)
         self.heartbeat = (HeartbeatService(config, lambda: self.topology)
-                          if config.heartbeat.enabled else None)  # fmt: skip
-        self.connections: set[ClientConnection] = set()
-        self.draining = False
+                          if config.heartbeat.enabled else None)
         self._reload_lock = asyncio.Lock()
         self._server: asyncio.Server | None = None
         self._unix_server: asyncio.Server | None = None
@@ -112,6 +116,25 @@ class RouterNode:
         self._stopped = asyncio.Event()
         self._tls: ListenerTLS | None = None  # the TCP listener's, when it has TLS
         self._bg: set[asyncio.Task[Any]] = set()
+
+    def _runtime(self, config: Config, topology: Topology) -> Runtime:
+        return Runtime.build(config, topology, scatter_stats=self.metrics.scatter,
+                             transaction_ended=self._ended.set)
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    @property
+    def topology(self) -> Topology:
+        return self.runtime.topology
+
+    @property
+    def connections(self) -> set[ClientConnection]:
+        return self.handler.connections
+
+    def _accept(self) -> ClientConnection:
+        return ClientConnection(self.handler, self.limits)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -140,18 +163,22 @@ class RouterNode:
         self.spawn(
             run_sweeper(lambda: self.topology, self.config.router.idempotency_retention_seconds)
         )
+        # Two-phase commits left in doubt (by any router node): settled now, then regularly.
+        self.spawn(Recovery(lambda: self.topology, self.config.router.node_name,
+                            self.config.router.twophase_grace_seconds,
+                            self.config.router.twophase_recovery_interval_seconds).run())
         self.spawn(SilentLinkSweeper(lambda: self.topology).run())  # half-open backend links
-        self.metrics.bind(self.topology, self.classifier, lambda: len(self.connections))
+        self.metrics.bind(self.topology, self.runtime.classifier, lambda: len(self.connections))
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         r = self.config.router
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: ClientConnection(self), r.listen_host, r.listen_port, backlog=1024,
+            self._accept, r.listen_host, r.listen_port, backlog=1024,
             ssl=self._tls.context if self._tls else None,
             ssl_handshake_timeout=_TLS_HANDSHAKE_SECONDS if self._tls else None,
-        )  # fmt: skip
+        )
         log.info("router %s listening on %s:%d%s", r.node_name, r.listen_host, r.listen_port,
-                 " (TLS)" if self._tls else "")  # fmt: skip
+                 " (TLS)" if self._tls else "")
         path = router_socket_path(r)
         if path is not None:
             try:
@@ -173,9 +200,7 @@ class RouterNode:
                 raise PermissionError(f"{path} belongs to uid {found.st_uid}, not to us")
             if stat.S_ISSOCK(found.st_mode):
                 os.unlink(path)
-        self._unix_server = await loop.create_unix_server(
-            lambda: ClientConnection(self), path, backlog=1024
-        )
+        self._unix_server = await loop.create_unix_server(self._accept, path, backlog=1024)
         self._unix_path = path
         log.info("router %s listening on %s", self.config.router.node_name, path)
 
@@ -186,7 +211,7 @@ class RouterNode:
         self._stopped.set()
 
     async def shutdown(self) -> None:
-        self.draining = True
+        self.handler.draining = True
         if self._server is not None:
             self._server.close()
         if self._unix_server is not None:
@@ -194,10 +219,12 @@ class RouterNode:
             if self._unix_path is not None:  # Python 3.11's asyncio leaves the file behind
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._unix_path)
-        await self._drain_requests(self.config.router.drain_timeout_seconds)
+        pipelines = [n.pool.pipeline for n in self.topology.nodes()]
+        await drain(self.connections, pipelines, self._ended,
+                    self.config.router.drain_timeout_seconds)
         for conn in list(self.connections):
             if conn.session.transactions:
-                await self.executor.transactions.close_session(conn.session)
+                await self.runtime.executor.transactions.close_session(conn.session)
                 conn.session.transactions.clear()
             conn.close()
         if self._server is not None:
@@ -212,39 +239,6 @@ class RouterNode:
         for task in self._bg:
             task.cancel()
         log.info("router %s stopped", self.config.router.node_name)
-
-    async def _drain_requests(self, grace: float) -> None:
-        """Let requests in flight and open transactions finish, within `grace` seconds. Those
-        on the pipelined fast path are not tasks (their replies go out when their statements
-        finish), and one that finishes may start a task (a write's token read apart, a read
-        run again): so wait for tasks and pipelines in turn until both are idle. A client
-        with a transaction open may still send its statements and its commit meanwhile (new
-        requests outside transactions are refused)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        pipelines = [n.pool.pipeline for n in self.topology.nodes()]
-        logged: tuple[int, int, int] | None = None
-        while True:
-            tasks = [t for c in self.connections for t in c.tasks]
-            busy = [p for p in pipelines if p.in_flight]
-            open_tx = sum(len(c.session.transactions) for c in self.connections)
-            left = deadline - loop.time()
-            if not tasks and not busy and not open_tx:
-                return
-            if left <= 0:
-                for task in tasks:
-                    task.cancel()
-                return
-            state = (len(tasks), len(busy), open_tx)
-            if state != logged:  # not every poll: only what changed
-                logged = state
-                log.info("draining %d requests in tasks, %d pipelines busy, %d transactions "
-                         "open", *state)  # fmt: skip
-            if tasks:
-                await asyncio.wait(tasks, timeout=left)
-            await asyncio.gather(*(p.drain(max(0.0, deadline - loop.time())) for p in busy))
-            if not tasks and not busy:  # only transactions: their clients' next requests
-                await asyncio.sleep(min(_DRAIN_POLL_SECONDS, max(0.0, left)))
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -270,7 +264,7 @@ class RouterNode:
         r_new, r_old = new.router, self.config.router
         if (r_new.listen_host, r_new.listen_port, r_new.listen_socket_dir) != (
             r_old.listen_host, r_old.listen_port, r_old.listen_socket_dir,
-        ):  # fmt: skip
+        ):
             log.warning("router.listen_* changes need a restart; keeping the old address")
         serving = self._tls.paths if self._tls is not None else ("", "", "")
         if (r_new.tls_cert_file, r_new.tls_key_file, r_new.tls_client_ca_file) != serving:
@@ -278,13 +272,13 @@ class RouterNode:
             level = logging.ERROR if r_new.tls_client_ca_file != serving[2] else logging.WARNING
             log.log(level, "router.tls_* changes need a restart; the listener keeps "
                     "certificate %s, client CA %s", serving[0] or "none (no TLS)",
-                    serving[2] or "none (no client certificates asked for)")  # fmt: skip
+                    serving[2] or "none (no client certificates asked for)")
         elif self._tls is not None:
             try:  # the same paths, perhaps new files (a renewed certificate)
                 self._tls.renew()
             except (OSError, ValueError) as exc:
                 log.error("reload refused, keeping the running config: cannot load "
-                          "router.tls_cert_file and tls_key_file: %s", exc)  # fmt: skip
+                          "router.tls_cert_file and tls_key_file: %s", exc)
                 return False
             log.info("reloaded the TLS certificate from %s", r_new.tls_cert_file)
         # Certificates renewed at the same paths are read afresh by new connections.
@@ -303,7 +297,7 @@ class RouterNode:
              r_new.idempotency_retention_seconds),
             ("heartbeat", self.config.heartbeat, new.heartbeat),
             ("failover", self.config.failover, new.failover),
-        ):  # fmt: skip
+        ):
             if before != after:
                 log.warning("%s changes need a restart; keeping the running one", key)
         new = replace(new, document_store=self.config.document_store, metrics=self.config.metrics,
@@ -311,7 +305,7 @@ class RouterNode:
                       router=replace(r_new, auth_token_env=r_old.auth_token_env,
                                      max_frame_bytes=r_old.max_frame_bytes,
                                      idempotency_retention_seconds=(
-                                         r_old.idempotency_retention_seconds)))  # fmt: skip
+                                         r_old.idempotency_retention_seconds)))
         old_nodes = {n.name: n for n in self.topology.nodes()}
         old_shards = dict(self.topology.shards)
         fresh = Topology.from_config(new)
@@ -343,14 +337,12 @@ class RouterNode:
             self.spawn(old_shard.lsn.close())  # readers of changed primaries, or unused ones
         for shard in fresh.shards.values():
             self._keep_live_primary(shard, new)
-        self.config = new
-        self.topology = fresh
-        self.classifier = _classifier(new)
-        self.executor = Executor(new, fresh, self.classifier)
-        self.executor.scatter.stats = self.metrics.scatter
+        # One step, no await: requests from here on read the new runtime whole.
+        self.runtime = self.handler.runtime = self._runtime(new, fresh)
+        self.limits = Limits.of(new)
         self.monitor = LagMonitor(new, fresh)
         self.monitor.start()
-        self.metrics.bind(fresh, self.classifier)
+        self.metrics.bind(fresh, self.runtime.classifier)
         for node in retired:
             self.spawn(self._retire(node))
         log.info("reloaded %s: %d new nodes, %d retired", self.config_path, len(to_start),
@@ -365,7 +357,7 @@ class RouterNode:
         if live is None:
             return
         reader = (shard.lsn if shard.lsn.name == live.name
-                  else LsnReader(live.name, live.address, new.database))  # fmt: skip
+                  else LsnReader(live.name, live.address, new.database))
         old = shard.make_primary(live, reader)
         if old is not reader:
             self.spawn(old.close())
@@ -415,7 +407,7 @@ def raise_fd_limit(config: Config) -> int:
     db = config.database
     nodes = len(config.all_nodes())
     needed = (config.router.max_client_connections
-              + nodes * (db.pool_max_size + db.pipeline_connections + 2) + 64)  # fmt: skip
+              + nodes * (db.pool_max_size + db.pipeline_connections + 2) + 64)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     ceiling = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft != resource.RLIM_INFINITY and soft < ceiling:
@@ -430,12 +422,12 @@ def raise_fd_limit(config: Config) -> int:
                 break
             except (ValueError, OSError) as exc:
                 log.warning("could not raise the open-file limit from %d to %d: %s",
-                            soft, target, exc)  # fmt: skip
+                            soft, target, exc)
     if soft != resource.RLIM_INFINITY and soft < needed:
         log.warning("the open-file limit (%d) is below the %d descriptors that "
                     "router.max_client_connections and the pools may need: raise the hard "
                     "limit (ulimit -Hn, LimitNOFILE=) or lower max_client_connections",
-                    soft, needed)  # fmt: skip
+                    soft, needed)
     return int(soft)
 
 

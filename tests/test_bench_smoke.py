@@ -35,7 +35,7 @@ PEERS = {"pgbouncer": ("pgbouncer", "pgbouncer"), "pgpool": ("pgpool", "pgpool-I
 
 def _measured(figures: dict[str, Any]) -> bool:
     return bool(figures.get("status") == "ok" and figures["ops_per_s"] > 0
-                and figures["p99_ms"] > 0)  # fmt: skip
+                and figures["p99_ms"] > 0)
 
 
 def test_bench_smoke(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from api.domain.passwords import Passwords
 from api.domain.tokens import RefreshToken, TokenIssuer
 from api.errors import Conflict, Unauthorized
 from api.models import AccessGrant, Register, User
-from api.types import Principal, Region, Role
+from api.types import Principal, Region, UserRole
 
 __all__ = ["USER_COLUMNS", "Auth"]
 
@@ -34,7 +34,7 @@ class Auth:
         self.tokens = tokens
         self._refresh_ttl = refresh_ttl_seconds
 
-    async def register(self, body: Register, *, role: Role | None = None) -> User:
+    async def register(self, body: Register, *, role: UserRole | None = None) -> User:
         """Create a user in `body.region`. `role` overrides the body's (Python callers use it
         to create admins; the HTTP layer never does)."""
         taken = await self._data.row(
@@ -45,7 +45,7 @@ class Auth:
         user_id = await self._data.write_value(
             "SELECT register_user($1, $2, $3, $4, $5, $6::user_role, $7)",
             body.email, body.full_name, body.region.value, body.country.upper(), body.city,
-            (role or Role(body.role)).value, password_hash)
+            (role or UserRole(body.role)).value, password_hash)
         found = await self._data.row(
             f"SELECT {USER_COLUMNS} FROM users WHERE user_id = $1", user_id)
         assert found is not None, "a user just registered is readable (read-your-writes)"
@@ -63,7 +63,8 @@ class Auth:
             raise Unauthorized(_BAD_LOGIN)
         if not found["is_active"]:
             raise Unauthorized(_BAD_LOGIN)
-        principal = Principal(found["user_id"], Role(found["role"]), Region(found["home_region"]))
+        principal = Principal(found["user_id"], UserRole(found["role"]),
+                              Region(found["home_region"]))
         return await self._grant(principal)
 
     async def _grant(self, principal: Principal) -> AccessGrant:
@@ -87,27 +88,38 @@ class Auth:
         already used revokes its whole family: whoever holds a copy is locked out too."""
         presented = RefreshToken.parse(token)
         secret = RefreshToken.new_secret()
-        rows = await self._data.write(
-            "SELECT * FROM rotate_refresh_token($1, $2, $3, $4)",
-            presented.session_id, presented.secret_hash, RefreshToken.hash_secret(secret),
-            self._refresh_ttl)
-        result: dict[str, Any] = rows[0]
+        result = await self._rotate(presented.session_id, presented, secret)
+        if result["outcome"] == "invalid":
+            # Issued before its user moved to another region: the session moved with them.
+            moved = await self._data.resolve(presented.session_id)
+            if moved != presented.session_id:
+                result = await self._rotate(moved, presented, secret)
         outcome = result["outcome"]
         if outcome == "reused":
             raise Unauthorized("this refresh token was already used; its sessions are revoked")
         if outcome != "rotated":
             raise Unauthorized(f"refresh token {outcome}")
-        principal = Principal(result["user_id"], Role(result["role"]),
+        principal = Principal(result["user_id"], UserRole(result["role"]),
                               Region(result["home_region"]))
         return self._answer(principal, RefreshToken(result["new_session_id"], secret),
                             result["expires_at"])
+
+    async def _rotate(self, session_id: Any, presented: RefreshToken, secret: str
+                      ) -> dict[str, Any]:
+        rows = await self._data.write(
+            "SELECT * FROM rotate_refresh_token($1, $2, $3, $4)",
+            session_id, presented.secret_hash, RefreshToken.hash_secret(secret),
+            self._refresh_ttl)
+        result: dict[str, Any] = rows[0]
+        return result
 
     async def logout(self, token: str) -> int:
         """Revoke the refresh token's family; returns how many sessions that ended (0 for an
         unknown or already revoked token: logging out twice is not an error)."""
         presented = RefreshToken.parse(token)
         revoked = await self._data.write_value(
-            "SELECT revoke_refresh_family($1, $2)", presented.session_id, presented.secret_hash)
+            "SELECT revoke_refresh_family($1, $2)",
+            await self._data.resolve(presented.session_id), presented.secret_hash)
         return int(revoked or 0)
 
     def authenticate(self, access_token: str) -> Principal:

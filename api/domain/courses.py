@@ -22,7 +22,7 @@ from api.models import (
     Published,
     SearchQuery,
 )
-from api.types import Principal, Role
+from api.types import Principal, UserRole
 
 __all__ = ["SUMMARY_COLUMNS", "Courses"]
 
@@ -53,7 +53,7 @@ class Courses:
 
     async def create(self, body: CourseCreate, *, by: Principal) -> Course:
         """A draft course in the instructor's own region's catalogue."""
-        if by.role is Role.STUDENT:
+        if by.role is UserRole.STUDENT:
             raise Forbidden("only instructors and admins create courses")
         course_id = await self._data.write_value(
             "SELECT create_course($1, $2, $3, $4, $5, $6, $7::course_level, $8, $9)",

@@ -1,18 +1,21 @@
 """The domain's one door to data: the client library, with its errors translated. Reads may
 be retried by the client; writes (schema functions called with SELECT) never are, unless
-they carry an idempotency key."""
+they carry an idempotency key. `transaction()` spans the shards its statements name, and
+commits on all of them or none (two-phase commit in the router)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import client
 from api.domain.failures import mapped
 from api.errors import InvalidInput
 
-__all__ = ["Data", "decode_cursor", "encode_cursor"]
+__all__ = ["Data", "TxData", "decode_cursor", "encode_cursor"]
 
 
 class Data:
@@ -41,6 +44,40 @@ class Data:
 
     def docs(self, collection: str) -> client.Collection:
         return self.db.docs(collection)
+
+    async def resolve(self, row_id: Any) -> Any:
+        """Where an id lives now: the id itself, or, for a row that moved with its user to
+        another region (README, "Moving a user between regions"), its id there."""
+        found = await self.row("SELECT resolve_moved_id($1) AS id", row_id)
+        return row_id if found is None else found["id"]
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[TxData]:
+        """A transaction begun without a shard: each statement goes to the shard its keys
+        name; committed on every shard it wrote, or rolled back on all (an exception inside
+        rolls it back). Its statements are never retried."""
+        with mapped():
+            async with self.db.transaction() as tx:
+                yield TxData(tx)
+
+
+class TxData:
+    """Statements inside a Data.transaction()."""
+
+    def __init__(self, tx: client.Transaction) -> None:
+        self._tx = tx
+
+    async def rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        with mapped():
+            return [r.as_dict() for r in await self._tx.fetch(sql, *args)]
+
+    async def row(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        found = await self.rows(sql, *args)
+        return found[0] if found else None
+
+    async def value(self, sql: str, *args: Any) -> Any:
+        found = await self.rows(sql, *args)
+        return next(iter(found[0].values())) if found else None
 
 
 def encode_cursor(values: list[Any]) -> str:

@@ -1,21 +1,29 @@
-"""Enrollments, progress and certificates. A student enrolls only in their own region's
-catalogue: the enrollment, the user and the course must share a shard, and a cross-region
-enrollment would need a two-phase commit the router does not have yet, so it is refused."""
+"""Enrollments, progress and certificates.
+
+An enrollment lives on its student's home shard, beside their payments, progress and
+certificate; its course may be in another region's catalogue, on another shard. Enrolling
+in such a course is one transaction over the two shards (README, "Enrolling across
+regions"): the course's shard locks the course, checks it is open and not full and hands
+over its terms (remote_course_terms), the student's shard writes the enrollment with them
+(enroll_remote), and the course's shard takes the seat (hold_remote_seat). Both commit or
+neither does. A course of the student's own region is enrolled in with enroll(), on one
+shard."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from api.domain.data import Data
-from api.errors import InvalidInput, NotFound
+from api.errors import NotFound
 from api.models import Certificate, Enrollment, EnrollmentList, LessonDone, Progress
 from api.types import Principal
 
 __all__ = ["ENROLLMENT_COLUMNS", "Enrollments"]
 
-ENROLLMENT_COLUMNS = ("e.enrollment_id, e.user_id, e.course_id, c.title AS course_title, "
-                      "e.status, e.progress_pct, e.enrolled_at, e.completed_at")
+ENROLLMENT_COLUMNS = ("e.enrollment_id, e.user_id, e.course_id, e.status, e.progress_pct, "
+                      "e.enrolled_at, e.completed_at, e.course_lesson_ids IS NOT NULL AS remote")
 
 
 class Enrollments:
@@ -23,39 +31,68 @@ class Enrollments:
         self._data = data
 
     async def enroll(self, course_id: uuid.UUID, *, by: Principal) -> Enrollment:
-        region = await self._data.row(
+        course = await self._data.row(
             "SELECT region FROM courses WHERE course_id = $1", course_id)
-        if region is None:
+        if course is None:
             raise NotFound("no such course")
-        if region["region"] != by.region.value:
-            raise InvalidInput(
-                f"this course is in the {region['region']} catalogue; you can enroll only in "
-                f"your home region's ({by.region.value}): cross-region enrollment needs "
-                "two-phase commit, which is not built yet")
-        enrollment_id = await self._data.write_value(
-            "SELECT enroll($1, $2)", by.user_id, course_id)
+        if course["region"] == by.region.value:
+            enrollment_id = await self._data.write_value(
+                "SELECT enroll($1, $2)", by.user_id, course_id)
+        else:
+            enrollment_id = await self._enroll_remote(course_id, by)
         return await self.get(enrollment_id, by=by)
+
+    async def _enroll_remote(self, course_id: uuid.UUID, by: Principal) -> uuid.UUID:
+        """Both shards or neither; concurrent enrollments from every region queue on the
+        course's row, so its capacity holds."""
+        async with self._data.transaction() as tx:
+            terms = await tx.row(
+                "SELECT price_cents, currency, lesson_ids FROM remote_course_terms($1, $2)",
+                course_id, by.user_id)
+            assert terms is not None
+            enrollment_id: uuid.UUID = await tx.value(
+                "SELECT enroll_remote($1, $2, $3, $4, $5)", by.user_id, course_id,
+                terms["price_cents"], terms["currency"], list(terms["lesson_ids"]))
+            await tx.value("SELECT hold_remote_seat($1, $2)", course_id, enrollment_id)
+        return enrollment_id
+
+    async def _courses(self, course_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+        """Title and region of each course, read from the shards they are on."""
+        wanted = sorted(set(course_ids))
+        if not wanted:
+            return {}
+        rows = await self._data.rows(
+            "SELECT course_id, title, region FROM courses WHERE course_id = ANY($1)", wanted)
+        return {r["course_id"]: r for r in rows}
+
+    async def _shaped(self, rows: list[dict[str, Any]]) -> list[Enrollment]:
+        courses = await self._courses(r["course_id"] for r in rows)
+        items = []
+        for r in rows:
+            course = courses.get(r["course_id"])
+            items.append(Enrollment.model_validate({
+                **r, "course_title": course["title"] if course else "",
+                "course_region": course["region"] if course else ""}))
+        return items
 
     async def owned(self, enrollment_id: uuid.UUID, by: Principal) -> dict[str, Any]:
         """The enrollment, if `by` may see it (its student, or an admin). Another user's
         enrollment is reported missing, as if it did not exist."""
         found = await self._data.row(
-            f"SELECT {ENROLLMENT_COLUMNS} FROM enrollments e "
-            "JOIN courses c ON c.course_id = e.course_id WHERE e.enrollment_id = $1",
+            f"SELECT {ENROLLMENT_COLUMNS} FROM enrollments e WHERE e.enrollment_id = $1",
             enrollment_id)
         if found is None or (found["user_id"] != by.user_id and not by.is_admin):
             raise NotFound("no such enrollment")
         return found
 
     async def get(self, enrollment_id: uuid.UUID, *, by: Principal) -> Enrollment:
-        return Enrollment.model_validate(await self.owned(enrollment_id, by))
+        return (await self._shaped([await self.owned(enrollment_id, by)]))[0]
 
     async def mine(self, *, by: Principal) -> EnrollmentList:
         rows = await self._data.rows(
-            f"SELECT {ENROLLMENT_COLUMNS} FROM enrollments e "
-            "JOIN courses c ON c.course_id = e.course_id WHERE e.user_id = $1 "
+            f"SELECT {ENROLLMENT_COLUMNS} FROM enrollments e WHERE e.user_id = $1 "
             "ORDER BY e.enrolled_at DESC, e.enrollment_id", by.user_id)
-        return EnrollmentList(items=[Enrollment.model_validate(r) for r in rows])
+        return EnrollmentList(items=await self._shaped(rows))
 
     async def progress(self, enrollment_id: uuid.UUID, *, by: Principal) -> Progress:
         await self.owned(enrollment_id, by)
@@ -69,9 +106,19 @@ class Enrollments:
 
     async def complete_lesson(self, enrollment_id: uuid.UUID, lesson_id: uuid.UUID,
                               seconds_spent: int = 0, *, by: Principal) -> LessonDone:
-        await self.owned(enrollment_id, by)
+        """A remote enrollment's lessons are those its course's shard has now: read there
+        first, they replace the enrollment's copy in the same write."""
+        enrollment = await self.owned(enrollment_id, by)
+        lessons: list[uuid.UUID] | None = None
+        if enrollment["remote"]:
+            found = await self._data.rows(
+                "SELECT l.lesson_id FROM lessons l JOIN course_modules m USING (module_id) "
+                "WHERE m.course_id = $1 ORDER BY m.position, l.position",
+                enrollment["course_id"])
+            lessons = [r["lesson_id"] for r in found]
         pct = await self._data.write_value(
-            "SELECT complete_lesson($1, $2, $3)", enrollment_id, lesson_id, seconds_spent)
+            "SELECT complete_lesson($1, $2, $3, $4)", enrollment_id, lesson_id, seconds_spent,
+            lessons)
         return LessonDone(enrollment_id=enrollment_id, lesson_id=lesson_id, progress_pct=pct)
 
     async def issue_certificate(self, enrollment_id: uuid.UUID, *, by: Principal

@@ -46,6 +46,9 @@ SQLSTATES: dict[str, tuple[type[ApiError], bool]] = {
     "GR011": (Conflict, True),         # invalid state change
     "GR012": (Conflict, True),         # enrollment not active
     "GR013": (Conflict, True),         # already paid
+    "GR014": (Conflict, True),         # a remote enrollment's seat is held elsewhere
+    "GR015": (Conflict, True),         # the user already lives in that region
+    "GR016": (Conflict, True),         # the user teaches courses (they do not move)
 }
 
 _UNIQUE_DETAIL = "a resource with these values already exists"
@@ -63,8 +66,12 @@ def translate(exc: client.GeorouteError) -> ApiError:
             message = _UNIQUE_DETAIL
         return cls(message)
     if isinstance(exc, client.CrossShardError):
-        return InvalidInput("this request spans regions, which is not supported yet "
-                            "(cross-region writes need two-phase commit)")
+        return InvalidInput("this request spans regions in a way that is not supported")
+    if isinstance(exc, client.TransactionOutcomeUnknownError):
+        # Committed in every region or in none: the router settles it once the region that
+        # holds the decision answers. Reading the resource again tells which.
+        return Unavailable("the outcome is not known yet; read the resource again shortly",
+                           retry_after=1)
     if exc.retryable or isinstance(exc, client.ConnectionLostError | client.RequestTimeoutError
                                    | client.ShuttingDownError):
         return Unavailable("the data layer is unavailable; retry shortly", retry_after=1)

@@ -8,7 +8,7 @@ from typing import Any
 import client
 from api.domain.data import Data
 from api.errors import Unavailable
-from api.models import Health, NodeHealth
+from api.models import Health, NodeOverview
 
 __all__ = ["HealthCheck"]
 
@@ -24,7 +24,7 @@ class HealthCheck:
         except client.GeorouteError as exc:
             raise Unavailable("the router does not answer") from exc
         nodes = [
-            NodeHealth(name=n["name"], shard=shard, role=n["role"], state=n["health"],
+            NodeOverview(name=n["name"], shard=shard, role=n["role"], state=n["health"],
                        lag_bytes=n.get("lag_bytes"))
             for shard, part in view.get("shards", {}).items() for n in part.get("nodes", [])
         ]

@@ -1,5 +1,6 @@
 """Reviews: one per enrolled student and course (writing again replaces it), and a course's
-rating summary."""
+rating summary. A review lives on its author's shard; a course's reviews are read from every
+shard (its students may live in any region)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,28 @@ class Reviews:
         self._data = data
 
     async def write(self, course_id: uuid.UUID, body: ReviewWrite, *, by: Principal) -> Review:
-        """The caller's review of a course they are enrolled in (active or completed)."""
+        """The caller's review of a course they are enrolled in (active or completed). The
+        review lives with its author; for a course of another region its rating is also
+        recorded on the course's shard, in the same transaction, where the course's rating
+        counts it."""
         exists = await self._data.row(
             "SELECT region FROM courses WHERE course_id = $1 AND status <> 'draft'", course_id)
         if exists is None:
             raise NotFound("no such course")
-        review_id = await self._data.write_value(
-            "SELECT upsert_review($1, $2, $3, $4)", by.user_id, course_id, body.rating,
-            body.body)
+        if exists["region"] == by.region.value:
+            review_id = await self._data.write_value(
+                "SELECT upsert_review($1, $2, $3, $4)", by.user_id, course_id, body.rating,
+                body.body)
+        else:
+            async with self._data.transaction() as tx:
+                review_id = await tx.value(
+                    "SELECT upsert_review($1, $2, $3, $4)", by.user_id, course_id,
+                    body.rating, body.body)
+                enrollment_id = await tx.value(
+                    "SELECT enrollment_id FROM enrollments WHERE user_id = $1 "
+                    "AND course_id = $2", by.user_id, course_id)
+                await tx.value("SELECT set_remote_rating($1, $2, $3)", course_id,
+                               enrollment_id, body.rating)
         found = await self._data.row(
             f"SELECT {_COLUMNS} FROM reviews WHERE review_id = $1", review_id)
         assert found is not None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import jwt
 
 from api.errors import Unauthorized
-from api.types import Principal, Region, Role
+from api.types import Principal, Region, UserRole
 
 __all__ = ["ALGORITHM", "RefreshToken", "TokenIssuer"]
 
@@ -108,7 +108,7 @@ class TokenIssuer:
         if iat - _LEEWAY_SECONDS > now:
             raise Unauthorized("the access token was issued in the future")
         try:
-            return Principal(uuid.UUID(claims["sub"]), Role(claims["role"]),
+            return Principal(uuid.UUID(claims["sub"]), UserRole(claims["role"]),
                              Region(claims["region"]))
         except (KeyError, ValueError, TypeError):
             raise Unauthorized("the access token's claims are malformed") from None

@@ -18,10 +18,17 @@ class Users:
         self._data = data
 
     async def get(self, user_id: uuid.UUID, *, by: Principal) -> User:
-        if user_id != by.user_id and not by.is_admin:
+        """A user by id, or by an id they had before they moved to another region (the
+        profile then has their id now)."""
+        if (user_id != by.user_id and not by.is_admin
+                and await self._data.resolve(user_id) != await self._data.resolve(by.user_id)):
             raise Forbidden("only admins read other users' profiles")
-        found = await self._data.row(
-            f"SELECT {USER_COLUMNS} FROM users WHERE user_id = $1", user_id)
+        sql = f"SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
+        found = await self._data.row(sql, user_id)
+        if found is None:
+            current = await self._data.resolve(user_id)
+            if current != user_id:
+                found = await self._data.row(sql, current)
         if found is None:
             raise NotFound("no such user")
         return User.model_validate(found)

@@ -21,12 +21,12 @@ from api.domain import Domain
 from api.errors import ApiError, FieldError, Forbidden, InvalidInput, RateLimited, Unauthorized
 from api.http.problems import problem_response
 from api.http.ratelimit import TokenBuckets
-from api.types import Principal, Role
+from api.types import Principal, UserRole
 
 __all__ = ["ANYONE", "Call", "Header", "Operation", "bearer_token", "route_for"]
 
 # roles=ANYONE: any authenticated user; roles=None: no token needed.
-ANYONE: frozenset[Role] = frozenset(Role)
+ANYONE: frozenset[UserRole] = frozenset(UserRole)
 _PATH_PARAM = re.compile(r"{([a-z_]+)}")
 
 
@@ -67,7 +67,7 @@ class Operation:
     handler: Handler
     summary: str
     tag: str
-    roles: frozenset[Role] | None = ANYONE
+    roles: frozenset[UserRole] | None = ANYONE
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None

@@ -17,7 +17,7 @@ from api.models import (
     UserListQuery,
     UserUpdate,
 )
-from api.types import Role
+from api.types import UserRole
 
 __all__ = ["OPERATIONS"]
 
@@ -103,7 +103,7 @@ OPERATIONS = [
     Operation("PATCH", "/users/me", update_me, "Change my profile", "users", body=UserUpdate,
               response=User),
     Operation("GET", "/users", list_users, "List a region's users (admins)", "users",
-              roles=frozenset({Role.ADMIN}), query=UserListQuery, response=UserList,
+              roles=frozenset({UserRole.ADMIN}), query=UserListQuery, response=UserList,
               errors=(403,)),
     Operation("GET", "/users/{user_id}", get_user, "A user's profile (admins, or oneself)",
               "users", response=User, errors=(403, 404)),

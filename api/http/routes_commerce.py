@@ -22,7 +22,7 @@ from api.models import (
     TopCourses,
     TopCoursesQuery,
 )
-from api.types import Role
+from api.types import UserRole
 
 __all__ = ["IDEMPOTENCY_KEY", "OPERATIONS"]
 
@@ -31,8 +31,8 @@ IDEMPOTENCY_KEY = Header(
     "returns the first response and never charges twice", required=True,
     pattern=r"^[A-Za-z0-9_.:-]{8,128}$")
 _KEY_PATTERN = re.compile(IDEMPOTENCY_KEY.pattern or "")
-_ADMINS = frozenset({Role.ADMIN})
-_TEACHERS = frozenset({Role.INSTRUCTOR, Role.ADMIN})
+_ADMINS = frozenset({UserRole.ADMIN})
+_TEACHERS = frozenset({UserRole.INSTRUCTOR, UserRole.ADMIN})
 
 
 class PriceQuery(BaseModel):

@@ -26,11 +26,11 @@ from api.models import (
     ReviewWrite,
     SearchQuery,
 )
-from api.types import Role
+from api.types import UserRole
 
 __all__ = ["OPERATIONS"]
 
-_TEACHERS = frozenset({Role.INSTRUCTOR, Role.ADMIN})
+_TEACHERS = frozenset({UserRole.INSTRUCTOR, UserRole.ADMIN})
 
 
 async def browse_courses(call: Call) -> CoursePage:
@@ -138,11 +138,13 @@ OPERATIONS = [
               errors=(403, 404, 409)),
     Operation("POST", "/courses/{course_id}/publish", publish_course, "Publish a course",
               "courses", roles=_TEACHERS, response=Published, errors=(403, 404, 409)),
-    Operation("POST", "/enrollments", enroll, "Enroll in a course of my region", "enrollments",
-              body=EnrollmentCreate, response=Enrollment, status=201, errors=(404, 409),
-              description="Paid courses start as `pending_payment`. Only courses of the "
-                          "student's home region: cross-region enrollment needs two-phase "
-                          "commit, not built yet (422)."),
+    Operation("POST", "/enrollments", enroll, "Enroll in a course of any region",
+              "enrollments", body=EnrollmentCreate, response=Enrollment, status=201,
+              errors=(404, 409),
+              description="Paid courses start as `pending_payment`. A course of another "
+                          "region's catalogue is enrolled in with one transaction over the "
+                          "two regions (the enrollment on the student's, the seat on the "
+                          "course's): both or neither. A full course is 409."),
     Operation("GET", "/enrollments", my_enrollments, "My enrollments", "enrollments",
               response=EnrollmentList),
     Operation("GET", "/enrollments/{enrollment_id}", get_enrollment, "One of my enrollments",

@@ -37,7 +37,7 @@ from router.config import DocumentStoreConfig
 from router.errors import GeorouteError
 
 __all__ = ["DocOperationError", "DocStore", "DocTimeoutError", "DocUnavailableError",
-           "DocUnknownOperationError", "DuplicateDocumentError"]  # fmt: skip
+           "DocUnknownOperationError", "DuplicateDocumentError"]
 
 _COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # fullmatch: no dots, no "system."
 MAX_RESULTS = 10_000
@@ -56,7 +56,7 @@ _STAGES = frozenset({
     "$match", "$project", "$addFields", "$set", "$unset", "$group", "$sort", "$limit", "$skip",
     "$count", "$unwind", "$bucket", "$bucketAuto", "$facet", "$sortByCount", "$replaceRoot",
     "$replaceWith", "$sample", "$lookup", "$graphLookup", "$unionWith",
-})  # fmt: skip
+})
 _FOREIGN = {"$lookup": "from", "$graphLookup": "from", "$unionWith": "coll"}
 # Server-side JavaScript, refused anywhere in a request's arguments.
 _CODE_OPERATORS = frozenset({"$where", "$function", "$accumulator"})
@@ -83,7 +83,7 @@ def _check_pipeline(pipeline: Any) -> None:
         ((name, spec),) = stage.items()
         if name not in _STAGES:
             raise DocOperationError(f"aggregation stage {name} is not allowed (allowed: "
-                                    f"{', '.join(sorted(_STAGES))})")  # fmt: skip
+                                    f"{', '.join(sorted(_STAGES))})")
         field = _FOREIGN.get(name)
         if field is not None:
             target = spec if name == "$unionWith" and isinstance(spec, str) else (
@@ -139,7 +139,7 @@ class DocStore:
             # checker, tests/integration/test_reliability_nodes.py). Overrides the URI's.
             journal=True,
             tz_aware=True,
-        )  # fmt: skip
+        )
         self._db = self._client[config.database]
         self._validate = validator
         self._ops: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Any]]] = {

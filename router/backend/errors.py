@@ -108,7 +108,7 @@ class ResultValueError(BackendError):
     def __str__(self) -> str:
         where = f"column {self.column!r} " if self.column is not None else "a column "
         return (f"cannot return {where}of type {self.type_name}: {self.why} (the statement "
-                "ran; cast the column, e.g. to text, to read it)")  # fmt: skip
+                "ran; cast the column, e.g. to text, to read it)")
 
     def detail(self) -> dict[str, Any]:
         return {"raised_by": "router", "column": self.column, "type": self.type_name}

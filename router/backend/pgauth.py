@@ -14,7 +14,7 @@ from router.backend.errors import AuthError
 from router.backend.pgtypes import I32, cstr, message
 
 __all__ = ["MAX_ROUNDS", "AuthError", "Authentication", "ScramClient", "md5_password",
-           "saslprep"]  # fmt: skip
+           "saslprep"]
 
 
 # PostgreSQL's default is 4096; a server asking for more than this is refused.
@@ -37,7 +37,7 @@ def saslprep(password: str) -> str:
         stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6,
         stringprep.in_table_c7, stringprep.in_table_c8, stringprep.in_table_c9,
         stringprep.in_table_a1,
-    )  # fmt: skip
+    )
     if any(check(c) for c in normal for check in prohibited):
         return password
     if any(stringprep.in_table_d1(c) for c in normal):  # right-to-left text: RFC 3454 6

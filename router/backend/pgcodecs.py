@@ -75,19 +75,19 @@ _CODECS: list[tuple[str, str, Callable[[Any], Any], Callable[[Any], Any]]] = [
     (name, "text", _text_param, _identity)
     for name in ("bit", "varbit", "box", "line", "lseg", "path", "polygon", "circle", "tid",
                  "txid_snapshot", "pg_snapshot")
-]  # fmt: skip
+]
 
 
 async def install_codecs(conn: asyncpg.Connection) -> None:
     for name, fmt, encoder, decoder in _CODECS:
         await conn.set_type_codec(name, schema="pg_catalog", encoder=encoder, decoder=decoder,
-                                  format=fmt)  # fmt: skip
+                                  format=fmt)
 
 
 def columns_of(attributes: Sequence[Any]) -> Columns:
     """A prepared statement's columns (asyncpg attributes), with their wire types."""
     return Columns([a.name for a in attributes],
-                   [column_type(a.type.name, a.type.kind) for a in attributes])  # fmt: skip
+                   [column_type(a.type.name, a.type.kind) for a in attributes])
 
 
 def name_failed_column(exc: ResultValueError, columns: Columns) -> None:
@@ -95,7 +95,7 @@ def name_failed_column(exc: ResultValueError, columns: Columns) -> None:
     if exc.column is not None:
         return
     hits = [name for name, wire in zip(columns, columns.types, strict=True)
-            if wire.removeprefix("text:").removesuffix("[]") == exc.type_name]  # fmt: skip
+            if wire.removeprefix("text:").removesuffix("[]") == exc.type_name]
     if len(hits) == 1:
         exc.column = hits[0]
 
@@ -105,7 +105,7 @@ def _to_driver(value: Any) -> Any:
         if value.is_empty:
             return asyncpg.Range(empty=True)
         return asyncpg.Range(wire_param(value.lower), wire_param(value.upper),
-                             lower_inc=value.lower_inc, upper_inc=value.upper_inc)  # fmt: skip
+                             lower_inc=value.lower_inc, upper_inc=value.upper_inc)
     if isinstance(value, list):
         return [_to_driver(item) for item in value]
     return value

@@ -316,7 +316,7 @@ def statement_timeout_prefix(timeout_ms: int) -> bytes:
     statement past its timeout_ms does not hold up the pipelined requests behind it; nor
     can the setting outlive it (it is rolled back or committed with the statement)."""
     parse = message(b"P", b"\x00" + cstr(f"SET LOCAL statement_timeout TO {int(timeout_ms)}")
-                    + b"\x00\x00")  # fmt: skip
+                    + b"\x00\x00")
     return parse + _BIND_UNNAMED + EXECUTE_ALL
 
 
@@ -387,19 +387,19 @@ _TYPE_NAMES = {
     26: "oid", 114: "json", 700: "float4", 701: "float8", 1042: "bpchar", 1043: "varchar",
     1082: "date", 1114: "timestamp", 1184: "timestamptz", 1700: "numeric", 2950: "uuid",
     3802: "jsonb",
-}  # fmt: skip
+}
 
 
 def make_statement(
     name: str, sql: str, param_oids: list[int], columns: list[tuple[str, int]],
     enums: Collection[int], enum_names: Mapping[int, str] | None = None,
-) -> Statement:  # fmt: skip
+) -> Statement:
     """`enums`: the oids of enum types (carried as their labels); `enum_names` their names."""
     names = Columns(
         [c[0] for c in columns],
         [column_type(_TYPE_NAMES.get(oid) or (enum_names or {}).get(oid, "enum"))
          for _, oid in columns],
-    )  # fmt: skip
+    )
     params: list[tuple[int, Encoder]] = []
     results: list[tuple[int, Decoder]] = []
     for oid in param_oids:
@@ -420,4 +420,4 @@ def make_statement(
     return Statement(
         name, sql, names, True,
         tuple(dec for _, dec in results), tuple(enc for _, enc in params), head, tail,
-    )  # fmt: skip
+    )

@@ -48,6 +48,7 @@ from router.backend.pgtypes import (
     row_description,
     statement_timeout_prefix,
 )
+from router.backend.wal import AFTER_WRITE_SQL
 from router.backend.wirevalues import ResultValueError
 
 __all__ = [
@@ -109,24 +110,18 @@ _COPY_MESSAGES = frozenset(b"GHWdc")  # CopyIn/Out/Both response, CopyData, Copy
 # one (`execute_then(..., wal_position=True)`), and is None when it could not be read.
 Callback = Callable[[list[Any] | None, str, float, BaseException | None, int | None], None]
 
-# The primary's WAL position, read on the write's own connection right after it: PostgreSQL
-# runs a connection's messages in order, so this reads a position at or past the write's
-# commit record (the insert position: with synchronous_commit off, the write position may
-# still be behind it). The same statement as router/backend/wal.py.
-WAL_POSITION_SQL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8"
-
 
 class _Pending:
     """One request in flight: its replies fill it in order until it completes."""
 
     __slots__ = ("callback", "columns", "decoders", "error", "future", "kind", "param_oids",
                  "query", "rows", "seconds", "started", "statement", "status", "value_error",
-                 "wants_wal")  # fmt: skip
+                 "wants_wal")
 
     def __init__(self, kind: int, future: asyncio.Future[Any] | None,
                  decoders: tuple[Decoder, ...] = (), query: str | None = None,
                  callback: Callback | None = None,
-                 statement: Statement | None = None) -> None:  # fmt: skip
+                 statement: Statement | None = None) -> None:
         self.kind = kind
         self.future = future
         self.decoders = decoders
@@ -151,7 +146,7 @@ class PipelinedConnection(asyncio.Protocol):
     def __init__(
         self, name: str, *, user: str, database: str, password: str | None,
         settings: dict[str, str], cache_size: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.name = name
         self._user, self._database = user, database
         self._settings = settings
@@ -201,7 +196,7 @@ class PipelinedConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         params = {"user": self._user, "database": self._database, "client_encoding": "UTF8",
-                  "DateStyle": "ISO", **self._settings}  # fmt: skip
+                  "DateStyle": "ISO", **self._settings}
         body = I32.pack(_PROTOCOL_3_0) + b"".join(
             cstr(k) + cstr(v) for k, v in params.items()
         ) + b"\x00"
@@ -247,7 +242,7 @@ class PipelinedConnection(asyncio.Protocol):
                                 row.append(dec(buf, p, n))
                                 p += n
                     except (ValueError, ArithmeticError, UnicodeDecodeError,
-                            ResultValueError) as exc:  # fmt: skip
+                            ResultValueError) as exc:
                         if p + max(n, 0) > end:  # the row itself is malformed: the stream is lost
                             raise
                         # A value Python cannot hold (e.g. the year 10000): this request
@@ -293,7 +288,7 @@ class PipelinedConnection(asyncio.Protocol):
             # V: the severity, never translated (S follows lc_messages).
             if fields.get("V", fields.get("S")) in ("FATAL", "PANIC") or not queue:
                 self._fail(PipelineError(f"{self.name}: {fields.get('M', 'server error')} "
-                                         f"({fields.get('C', '?')})"))  # fmt: skip
+                                         f"({fields.get('C', '?')})"))
                 return
             if queue[0].error is None:
                 queue[0].error = fields
@@ -324,7 +319,7 @@ class PipelinedConnection(asyncio.Protocol):
                 self._wal_waiting.append(pending)  # answered by the position read after it
             else:
                 self._call(callback, pending.rows, pending.status, now - pending.started, None,
-                           None)  # fmt: skip
+                           None)
             return
         fut = pending.future
         assert fut is not None
@@ -362,7 +357,7 @@ class PipelinedConnection(asyncio.Protocol):
 
     @staticmethod
     def _call(callback: Callback, rows: list[Any] | None, status: str, seconds: float,
-              error: BaseException | None, wal: int | None) -> None:  # fmt: skip
+              error: BaseException | None, wal: int | None) -> None:
         try:
             callback(rows, status, seconds, error, wal)
         except Exception:  # the requester's bug must not cost everyone the connection
@@ -438,9 +433,11 @@ class PipelinedConnection(asyncio.Protocol):
             "SELECT oid, typname FROM pg_catalog.pg_type WHERE typtype = 'e'", ()
         )
         self._enums = {row[0]: row[1] for row in rows}
+        # A write's WAL position is read on its own connection right after it: PostgreSQL runs
+        # a connection's messages in order, so this is at or past the write's commit record.
         # Kept out of the statement LRU: evicted (and closed) it would fail every write's read.
-        self._wal_stmt = await self.prepare(WAL_POSITION_SQL)  # on a replica, fails if run
-        self._stmts.pop(WAL_POSITION_SQL, None)
+        self._wal_stmt = await self.prepare(AFTER_WRITE_SQL)  # on a replica, fails if run
+        self._stmts.pop(AFTER_WRITE_SQL, None)
 
     def cached(self, sql: str) -> Statement | None:
         stmt = self._stmts.get(sql)
@@ -476,7 +473,7 @@ class PipelinedConnection(asyncio.Protocol):
         self._send(message(b"P", body) + message(b"D", b"S" + cstr(name)) + SYNC, pending)
         done: _Pending = await pending.future  # type: ignore[misc]
         stmt = make_statement(name, sql, done.param_oids, done.columns, self._enums,
-                              self._enums)  # fmt: skip
+                              self._enums)
         self._stmts[sql] = stmt
         if len(self._stmts) > self._cache_size:
             _, old = self._stmts.popitem(last=False)
@@ -486,10 +483,10 @@ class PipelinedConnection(asyncio.Protocol):
     def _close_statement(self, stmt: Statement) -> None:
         if not self.closed:
             self._send(message(b"C", b"S" + cstr(stmt.name)) + SYNC,
-                       _Pending(_IGNORE, self._loop.create_future()))  # fmt: skip
+                       _Pending(_IGNORE, self._loop.create_future()))
 
     def execute(self, stmt: Statement, params: Sequence[Any],
-                timeout_ms: int | None = None) -> asyncio.Future[Any]:  # fmt: skip
+                timeout_ms: int | None = None) -> asyncio.Future[Any]:
         """Queue Bind/Execute/Sync; the future gives (rows, status, seconds the server spent on
         it). Raises Unsupported (and sends nothing) when these parameters are not carried.
         With `timeout_ms`, PostgreSQL stops the statement after that long (the pipelined
@@ -500,13 +497,13 @@ class PipelinedConnection(asyncio.Protocol):
         if timeout_ms:
             data = statement_timeout_prefix(timeout_ms) + data
         pending = _Pending(_EXECUTE, self._loop.create_future(), stmt.decoders, stmt.sql,
-                           statement=stmt)  # fmt: skip
+                           statement=stmt)
         self._send(data + EXECUTE_ALL_SYNC, pending)
         return pending.future  # type: ignore[return-value]
 
     def execute_then(self, stmt: Statement, params: Sequence[Any], callback: Callback,
                      wal_position: bool = False,
-                     timeout_ms: int | None = None) -> None:  # fmt: skip
+                     timeout_ms: int | None = None) -> None:
         """Like `execute`, but `callback` is called from the reply itself, with no future and
         no extra turn of the event loop. With `wal_position` (a write on a primary), the
         callback waits for the WAL position read queued after this turn's writes, one read
@@ -517,7 +514,7 @@ class PipelinedConnection(asyncio.Protocol):
         if timeout_ms:
             data = statement_timeout_prefix(timeout_ms) + data
         pending = _Pending(_EXECUTE, None, stmt.decoders, stmt.sql, callback=callback,
-                           statement=stmt)  # fmt: skip
+                           statement=stmt)
         if wal_position:
             pending.wants_wal = True
             self._wal_wanted = True

@@ -74,7 +74,7 @@ class Pipeline:
     _FAST_MEMORY = 4096  # statements remembered as fast (likewise)
 
     def __init__(self, name: str, address: NodeAddress, db: DatabaseConfig,
-                 settings: dict[str, str]) -> None:  # fmt: skip
+                 settings: dict[str, str]) -> None:
         self.name = name
         self._address = address
         self._db = db
@@ -131,7 +131,7 @@ class Pipeline:
                 password=self._db.password(), settings=self._settings,
                 cache_size=self._db.statement_cache_size,
                 timeout=self._db.connect_timeout_seconds, db=self._db,
-            )  # fmt: skip
+            )
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             self._retry_at = time.monotonic() + 1.0
             log.info("%s: pipelined connection not opened: %s", self.name, exc)
@@ -154,7 +154,7 @@ class Pipeline:
             if best is None or conn.in_flight < best.in_flight:
                 best = conn
         if (live + self._opening < self._size and not self._closed
-                and time.monotonic() >= self._retry_at):  # fmt: skip
+                and time.monotonic() >= self._retry_at):
             task = asyncio.ensure_future(self._open())
             self._bg.add(task)
             task.add_done_callback(self._bg.discard)
@@ -174,7 +174,7 @@ class Pipeline:
 
     def submit(self, sql: str, params: Sequence[Any], callback: Callback,
                wal_position: bool = False,
-               timeout_ms: int | None = None) -> list[str] | None:  # fmt: skip
+               timeout_ms: int | None = None) -> list[str] | None:
         """Queue a statement already prepared on the least busy connection; `callback` gets
         its result (see pgwire.Callback). Returns the column names, or None when the pipeline
         declines (nothing was sent; `run` also prepares)."""
@@ -191,7 +191,7 @@ class Pipeline:
             return None
         try:
             conn.execute_then(stmt, params, callback, wal_position,
-                              self._server_timeout(timeout_ms))  # fmt: skip
+                              self._server_timeout(timeout_ms))
         except Unsupported:
             return None
         if not judged:
@@ -202,7 +202,7 @@ class Pipeline:
     def _submit(
         self, conn: PipelinedConnection, sql: str, params: Sequence[Any],
         timeout_ms: int | None = None,
-    ) -> Submitted | None:  # fmt: skip
+    ) -> Submitted | None:
         judged = sql in self._fast
         if not judged and sql in self._trying:
             return None
@@ -243,7 +243,7 @@ class Pipeline:
             self._slow.clear()
         self._slow[sql] = time.monotonic() + self.SLOW_COOL_DOWN
         log.info("%s: statement kept off the pipeline (took %.0f ms): %.200s",
-                 self.name, server_seconds * 1000, sql)  # fmt: skip
+                 self.name, server_seconds * 1000, sql)
 
     def _still_slow(self, sql: str) -> bool:
         if time.monotonic() < self._slow[sql]:
@@ -259,7 +259,7 @@ class Pipeline:
     async def run(
         self, sql: str, params: Sequence[Any], *, retry_stale: bool = True,
         timeout_ms: int | None = None,
-    ) -> QueryResult:  # fmt: skip
+    ) -> QueryResult:
         """Run one autocommit statement on the pipeline, preparing it first if need be.
         Raises Unsupported when it cannot (nothing was sent), PipelineError when the
         connection failed under it, or the statement's PostgresError. `timeout_ms`: the
@@ -347,13 +347,13 @@ async def connect_pipelined(
     name: str, *, host: str, port: int, user: str, database: str, password: str | None,
     settings: dict[str, str], cache_size: int, timeout: float,  # noqa: ASYNC109
     db: DatabaseConfig | None = None,
-) -> PipelinedConnection:  # fmt: skip
+) -> PipelinedConnection:
     """Open and start a pipelined connection (a Unix socket when `host` is a directory;
     TLS as `db.sslmode` says, prefer by default)."""
 
     def factory() -> PipelinedConnection:
         return PipelinedConnection(name, user=user, database=database, password=password,
-                                   settings=settings, cache_size=cache_size)  # fmt: skip
+                                   settings=settings, cache_size=cache_size)
 
     async with asyncio.timeout(timeout):
         _, conn = await open_stream(host, port, db or DatabaseConfig(), factory)

@@ -181,12 +181,12 @@ class BackendPool:
             # with statement_cache_size=0 even an explicitly prepared statement runs ~70%
             # slower (measured: 157 vs 91 us per point read).
             conn = await connect_asyncpg(self._db, self.address, self._settings,
-                                         max(self._db.statement_cache_size, 1))  # fmt: skip
+                                         max(self._db.statement_cache_size, 1))
             await install_codecs(conn)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise NodeUnavailableError(f"cannot connect to {self.name} ({self.address.label}): "
                                        f"{exc}", refused=isinstance(exc, asyncpg.PostgresError)
-                                       ) from exc  # fmt: skip
+                                       ) from exc
         backend = Backend(conn, self, self._db.statement_cache_size)
         self._all.add(backend)
         return backend
@@ -336,7 +336,7 @@ class BackendPool:
         as a lost connection (its outcome unknown) instead of waiting for a reply that cannot
         come. Returns how many."""
         lost = [b for b in self._all if not b.conn.is_closed()
-                and b.conn.get_server_pid() in pids]  # fmt: skip
+                and b.conn.get_server_pid() in pids]
         for backend in lost:
             if backend in self._idle:
                 self._idle.remove(backend)

@@ -1,16 +1,9 @@
 """TLS to PostgreSQL, chosen by `database.sslmode` as libpq names its modes, for every
 connection the router opens to a node: asyncpg's (pools, lag monitor, WAL reads) and the
-pipelined ones (router/backend/pipeline.py), so neither path is weaker than the other.
-
-- disable: never TLS.
-- prefer (the default, as in libpq and asyncpg): TLS if the server offers it and the
-  handshake works, else in clear; the certificate is never checked.
-- require: TLS, with the server's certificate not checked (checked as verify-ca when
-  `database.sslrootcert` is set, as libpq does).
-- verify-ca: TLS, the certificate must chain to `database.sslrootcert` (or the system's CAs).
-- verify-full: as verify-ca, and the certificate must name the host connected to.
-
-Unix sockets never use TLS (as in libpq): they do not leave the machine.
+pipelined ones (router/backend/pipeline.py), so neither path is weaker than the other. What
+each mode does (disable, prefer, require, verify-ca, verify-full) is the table in
+protocol/tlsmode.py, which the client library builds its contexts from too. Unix sockets
+never use TLS (as in libpq): they do not leave the machine.
 
 The router's own TCP listener speaks TLS too when `router.tls_cert_file` and `tls_key_file`
 are set (`server_context`)."""
@@ -27,8 +20,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from client.tls import ssl_context
 from protocol.sockets import keep_alive
+from protocol.tlsmode import TLSPolicy, tls_policy
 from router.backend.errors import TLSRefused
 from router.config import DatabaseConfig, NodeAddress, RouterConfig
 
@@ -42,25 +35,35 @@ P = TypeVar("P", bound=asyncio.Protocol)
 log = logging.getLogger(__name__)
 
 
+def _policy(db: DatabaseConfig) -> TLSPolicy:
+    return tls_policy(db.sslmode, has_root_cert=bool(db.sslrootcert))
+
+
 @functools.lru_cache(maxsize=8)
-def _context(mode: str, rootcert: str, cert: str, key: str) -> ssl.SSLContext:
-    # The client library's modes, less disable, plus prefer: TLS if offered, never checked
-    # (a check that fails would only send it back to clear text). A client certificate
-    # needs require or stricter (router/config.py), so prefer never has one.
-    if mode == "prefer":
-        ctx = ssl_context("require", None)
-    else:
-        ctx = ssl_context(mode, rootcert or None, cert or None, key or None)
-    assert ctx is not None
+def _context(policy: TLSPolicy, rootcert: str, cert: str, key: str) -> ssl.SSLContext:
+    if policy.verify_chain:
+        ctx = ssl.create_default_context(cafile=rootcert or None)
+        ctx.check_hostname = policy.verify_host
+    else:  # prefer's TLS is never checked: a failed check would only send it back to clear
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert and policy.client_cert:  # router/config.py refuses a certificate it cannot send
+        ctx.load_cert_chain(cert, key or None, password=_no_password)
     return ctx
+
+
+def _no_password() -> str:
+    raise ValueError("the key is encrypted; give an unencrypted key file")
 
 
 def client_context(db: DatabaseConfig) -> ssl.SSLContext | None:
     """The TLS context for `db.sslmode` (None for disable), with the router's client
     certificate when `database.sslcert` is set; built once per mode and files."""
-    if db.sslmode == "disable":
+    policy = _policy(db)
+    if not policy.encrypt:
         return None
-    return _context(db.sslmode, db.sslrootcert, db.sslcert, db.sslkey)
+    return _context(policy, db.sslrootcert, db.sslcert, db.sslkey)
 
 
 def forget_contexts() -> None:
@@ -74,7 +77,7 @@ def _keep_node_alive(transport: Any, db: DatabaseConfig) -> None:
 
 
 async def connect_asyncpg(db: DatabaseConfig, address: NodeAddress, settings: dict[str, str],
-                          statement_cache_size: int = 100) -> asyncpg.Connection:  # fmt: skip
+                          statement_cache_size: int = 100) -> asyncpg.Connection:
     """An asyncpg connection to a node, as the router opens them all (pools, lag monitor, WAL
     reads, `georoute db`): TLS as `db.sslmode` says, and on TCP the pipeline's keepalives."""
     host = db.host_for(address)
@@ -82,16 +85,17 @@ async def connect_asyncpg(db: DatabaseConfig, address: NodeAddress, settings: di
         host=host, port=address.port, database=address.database, user=db.user,
         password=db.password(), timeout=db.connect_timeout_seconds, ssl=asyncpg_ssl(db, host),
         statement_cache_size=statement_cache_size, server_settings=settings,
-    )  # fmt: skip
+    )
     _keep_node_alive(getattr(conn, "_transport", None), db)  # asyncpg has no option for it
     return conn
 
 
 def asyncpg_ssl(db: DatabaseConfig, host: str) -> Any:
     """What to pass as asyncpg.connect(ssl=...) to reach `host` under `db.sslmode`."""
-    if host.startswith("/") or db.sslmode == "disable":
+    policy = _policy(db)
+    if host.startswith("/") or not policy.encrypt:
         return False
-    if db.sslmode == "prefer":
+    if policy.clear_fallback:
         return "prefer"  # asyncpg falls back to clear text itself
     return client_context(db)
 
@@ -144,11 +148,11 @@ async def open_stream(
             try:
                 tls = await loop.start_tls(transport, negotiation, ctx, server_hostname=host)
             except ssl.SSLError as exc:
-                if db.sslmode != "prefer":
+                if not _policy(db).clear_fallback:
                     raise
                 # As libpq's prefer does: a TLS attempt that fails is made again in clear.
                 log.warning("%s:%d: TLS failed (%s); sslmode=prefer goes on in clear",
-                            host, port, exc)  # fmt: skip
+                            host, port, exc)
                 transport.abort()
                 transport, protocol = await loop.create_connection(factory, host, port)
                 _keep_node_alive(transport, db)
@@ -160,7 +164,7 @@ async def open_stream(
             # Bytes after the answer came before any encryption: someone may have put them
             # there (CVE-2021-23214). Never let them pass for the server's.
             raise TLSRefused(f"{host}:{port}: unencrypted data after the TLS answer")
-        elif answer == b"N" and db.sslmode == "prefer":
+        elif answer == b"N" and _policy(db).clear_fallback:
             pass  # the server has no TLS: prefer goes on in clear, as libpq does
         else:
             raise TLSRefused(f"{host}:{port} does not accept TLS (sslmode={db.sslmode})")
@@ -181,7 +185,7 @@ def server_context(router: RouterConfig) -> ssl.SSLContext | None:
     if not router.tls_cert_file:
         return None
     return _listener_context(router.tls_cert_file, router.tls_key_file,
-                             router.tls_client_ca_file)  # fmt: skip
+                             router.tls_client_ca_file)
 
 
 def _listener_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext:

@@ -1,4 +1,8 @@
-"""Reads a primary's WAL position for read-your-writes tokens, shared by concurrent writes.
+"""WAL positions: the SQL that reads them (every reader in georoute uses these), and the
+shared reader of a primary's position after writes, for read-your-writes tokens.
+
+Positions are int8 byte offsets from 0/0 (a pg_lsn minus '0/0'): what tokens carry
+(protocol/ryw.py) and what replica lag subtracts.
 
 A write's token must be a WAL position read *after* the write committed. Asking on the write's
 own connection costs every write a second round trip; instead, writes that finish while a read
@@ -16,16 +20,61 @@ import asyncpg
 
 from router.backend.tls import connect_asyncpg
 from router.config import DatabaseConfig, NodeAddress
+from router.types import UNKNOWN_LSN
 
-__all__ = ["UNKNOWN_LSN", "LsnReader"]
+__all__ = [
+    "AFTER_WRITE_SQL",
+    "NODE_POSITION",
+    "NODE_POSITION_SQL",
+    "NODE_STATE_SQL",
+    "PRIMARY_POSITION",
+    "PRIMARY_POSITION_SQL",
+    "REPLAY_POSITION",
+    "REPLAY_POSITION_SQL",
+    "TIMELINE_SQL",
+    "UNKNOWN_LSN",
+    "LsnReader",
+    "position_bytes",
+]
 
 log = logging.getLogger("georoute.lsn")
 
-# Used when the position cannot be read: no replica will ever have replayed this far, so the
-# session's reads of that shard go to the primary, which is always correct.
-UNKNOWN_LSN = 2**62
+# Used when the position cannot be read (router/types.py says what it means).
 
-_SQL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8"
+
+def position_bytes(lsn_expression: str) -> str:
+    """SQL for a pg_lsn expression as an int8 byte offset from 0/0."""
+    return f"({lsn_expression} - '0/0'::pg_lsn)::int8"
+
+
+# A primary's position right after a write, read on the write's own connection or after it
+# completed: the insert position (with synchronous_commit off, the write position may still
+# be behind the write's commit record). Fails on a replica.
+AFTER_WRITE_SQL = f"SELECT {position_bytes('pg_current_wal_insert_lsn()')}"
+# A primary's position, that replicas are measured against (replica lag).
+PRIMARY_POSITION = position_bytes("pg_current_wal_lsn()")
+PRIMARY_POSITION_SQL = f"SELECT {PRIMARY_POSITION}"
+# How far a replica has replayed (NULL on a node that never was in recovery; on a promoted
+# one, where its recovery ended, for good).
+REPLAY_POSITION = position_bytes("pg_last_wal_replay_lsn()")
+REPLAY_POSITION_SQL = f"SELECT {REPLAY_POSITION}"
+# Any node's position: how far it has replayed while in recovery, else its own. Not
+# coalesce(replay, own): a promoted node's replay position stays where its recovery ended,
+# and the primary it became would seem to write nothing (every replica fresh).
+NODE_POSITION = position_bytes("CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+                               "ELSE pg_current_wal_lsn() END")
+NODE_POSITION_SQL = f"SELECT pg_is_in_recovery(), {NODE_POSITION}"
+
+# A writable node's timeline (NULL on a standby), from the name of the WAL file it writes:
+# its first 8 hex digits are the timeline. pg_control_checkpoint()'s timeline_id is only
+# updated by the checkpoint after a promotion, which may come seconds later. Every promotion
+# starts a new timeline, so the highest one is the newest primary (router/core/primary.py).
+TIMELINE_SQL = (
+    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
+    "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
+)
+# What the monitor asks every node each round: in recovery or not, its position, its timeline.
+NODE_STATE_SQL = f"SELECT pg_is_in_recovery(), {NODE_POSITION}, {TIMELINE_SQL}"
 
 
 class LsnReader:
@@ -72,10 +121,11 @@ class LsnReader:
     async def _read(self) -> int:
         if self._conn is None or self._conn.is_closed():
             self._conn = await connect_asyncpg(self._db, self._address,
-                                               {"application_name": "georoute-lsn"})  # fmt: skip
+                                               {"application_name": "georoute-lsn"})
         self.reads += 1
         try:
-            value = await self._conn.fetchval(_SQL, timeout=self._db.connect_timeout_seconds)
+            value = await self._conn.fetchval(AFTER_WRITE_SQL,
+                                              timeout=self._db.connect_timeout_seconds)
         except BaseException:
             self._conn.terminate()
             self._conn = None

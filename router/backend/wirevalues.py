@@ -176,7 +176,7 @@ def timestamptz_micros(value: Any) -> int:
         value = dt.datetime(value.year, value.month, value.day)
     if not isinstance(value, dt.datetime):
         raise TypeError(f"expected a datetime.date or datetime.datetime instance, "
-                        f"got {type(value).__name__!r}")  # fmt: skip
+                        f"got {type(value).__name__!r}")
     if value.tzinfo is None or value.utcoffset() is None:
         value = value.astimezone(dt.UTC)
     return _micros(value - _PG_EPOCH_UTC)
@@ -189,7 +189,7 @@ def timestamp_micros(value: Any) -> int:
         value = dt.datetime(value.year, value.month, value.day)
     if not isinstance(value, dt.datetime):
         raise TypeError(f"expected a datetime.date or datetime.datetime instance, "
-                        f"got {type(value).__name__!r}")  # fmt: skip
+                        f"got {type(value).__name__!r}")
     if value.tzinfo is not None:
         raise TypeError("can't subtract offset-naive and offset-aware datetimes")
     return _micros(value - _PG_EPOCH_NAIVE)
@@ -224,7 +224,7 @@ def interval_triple(value: Any) -> tuple[int, int, int]:
     if isinstance(value, dt.timedelta):
         return 0, value.days, value.seconds * 1_000_000 + value.microseconds
     raise TypeError(f"expected a datetime.timedelta or protocol.Interval, "
-                    f"got {type(value).__name__!r}")  # fmt: skip
+                    f"got {type(value).__name__!r}")
 
 
 def json_text(value: Any) -> str:
@@ -257,7 +257,7 @@ OWN_FORM = frozenset(
         "timetz", "timestamp", "timestamptz", "interval", "json", "jsonb", "inet", "cidr",
         "point", "pg_lsn", "void", "record", "int2vector", "oidvector",
     }
-)  # fmt: skip
+)
 _OWN_FORM_KINDS = frozenset({"range", "multirange", "composite"})
 
 
@@ -277,7 +277,7 @@ def types_of(columns: Sequence[str]) -> list[str] | None:
 
 
 def name_unencodable(exc: EncodeError, columns: Sequence[str],
-                     rows: Sequence[Sequence[Any]]) -> EncodeError | None:  # fmt: skip
+                     rows: Sequence[Sequence[Any]]) -> EncodeError | None:
     """The same failure, naming the first column whose value the wire cannot carry (the
     encoder only knows a value failed); None when no single value is to blame (a reply over
     the frame limit)."""

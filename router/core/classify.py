@@ -26,6 +26,7 @@ from pglast.parser import ParseError
 from router.config import TableConfig, parse_function_spec
 from router.core.confinement import Confinement, KeyKind, KeyRef, confinement
 from router.core.errors import SqlParseError, UnsupportedStatementError
+from router.core.reference import is_reference_table
 from router.core.sqltree import const_value, walk
 
 __all__ = [
@@ -66,6 +67,9 @@ class Analysis:
     confinement: Confinement = _NOTHING
     # A write inside the statement that its status does not count (a writable CTE).
     nested_write: bool = False
+    # The reference tables it writes (INSERT/UPDATE/DELETE/MERGE/TRUNCATE anywhere in it):
+    # such a write goes to every shard or nowhere (router/core/reference.py).
+    reference_writes: tuple[str, ...] = ()
     # What a cross-shard read of it needs, made when first asked (router/engine/scatter.py), so it
     # lives and is evicted with the analysis.
     scatter: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -171,7 +175,7 @@ class Analyzer:
             within = sql.encode(errors="surrogatepass")[:limit].decode(errors="ignore")
             raise SqlParseError(f"the statement's text is over router.max_sql_bytes ({limit} "
                                 "bytes); send large data as parameters", len(within),
-                                "54000")  # fmt: skip
+                                "54000")
         try:
             raw = parse_sql(sql)
         except ParseError as exc:
@@ -193,6 +197,7 @@ class Analyzer:
             )
 
         tables: list[str] = []
+        written: list[Any] = []  # the RangeVars it writes
         funcs: list[Any] = []
         params: set[int] = set()
         write = False
@@ -218,6 +223,9 @@ class Analyzer:
             elif type(node) in _WRITE_STMTS:
                 write = True
                 nested_write = nested_write or node is not stmt
+                written.append(node.relation)
+            elif isinstance(node, ast.TruncateStmt):
+                written.extend(node.relations or ())
             elif isinstance(node, ast.SelectStmt) and (node.lockingClause or node.intoClause):
                 write = True
             if not session and _names_pg_temp(node):
@@ -244,7 +252,7 @@ class Analyzer:
                 session = True
             qualified = ".".join(names)
             if not ((builtin and fname in self._read_only_functions)
-                    or qualified in self._read_only_functions):  # fmt: skip
+                    or qualified in self._read_only_functions):
                 write = True
 
         return Analysis(
@@ -255,6 +263,9 @@ class Analyzer:
             param_count=max(params, default=0),
             confinement=self._confinement(stmt),
             nested_write=nested_write,
+            reference_writes=tuple(dict.fromkeys(
+                rv.relname for rv in written
+                if is_reference_table(rv.relname, rv.schemaname, self._tables))),
         )
 
     def _confinement(self, stmt: Any) -> Confinement:
@@ -287,6 +298,6 @@ def _names_pg_temp(node: Any) -> bool:
         if isinstance(names[0], (list, tuple)) and names[0]:  # DROP ... objects: lists of names
             names = names[0]
         if (len(names) >= 2 and isinstance(names[0], ast.String)
-                and str(names[0].sval).lower().startswith("pg_temp")):  # fmt: skip
+                and str(names[0].sval).lower().startswith("pg_temp")):
             return True
     return False

@@ -195,7 +195,7 @@ class _Out:
 
 class _Analyzer:
     def __init__(self, tables: Mapping[str, TableConfig],
-                 sharded_function: ShardedFunction) -> None:  # fmt: skip
+                 sharded_function: ShardedFunction) -> None:
         self._tables = tables
         self._sharded_function = sharded_function
         self.refs: list[Ref] = []
@@ -210,7 +210,7 @@ class _Analyzer:
     def result(self) -> Confinement:
         return Confinement(tuple(self.refs), tuple(self.pins), tuple(dict.fromkeys(self.edges)),
                            tuple(self.rows), tuple(self.assigned), self.unchecked,
-                           self.top)  # fmt: skip
+                           self.top)
 
     def key_kind(self, table: str, column: str) -> KeyKind | None:
         cfg = self._tables.get(table)
@@ -281,7 +281,7 @@ class _Analyzer:
         self.where(stmt.whereClause, scope, set(scope.refs))
         self.expressions((stmt.targetList, stmt.groupClause, stmt.havingClause,
                           stmt.windowClause, stmt.sortClause, stmt.distinctClause,
-                          stmt.limitCount, stmt.limitOffset, stmt.valuesLists), scope)  # fmt: skip
+                          stmt.limitCount, stmt.limitOffset, stmt.valuesLists), scope)
         if stmt.valuesLists:
             rows = stmt.valuesLists
             return [self.out(expr, scope) for expr in rows[0]] if len(rows) == 1 else None
@@ -312,7 +312,7 @@ class _Analyzer:
         if select is None:
             rows = [[]]  # DEFAULT VALUES: every key is made on the shard
         elif (isinstance(select, ast.SelectStmt) and select.valuesLists
-              and select.withClause is None and not select.fromClause):  # fmt: skip
+              and select.withClause is None and not select.fromClause):
             self.expressions(select.valuesLists, scope)
             rows = [[self.out(expr, scope) for expr in row] for row in select.valuesLists]
         else:
@@ -321,7 +321,7 @@ class _Analyzer:
         if sharded:
             if stmt.cols is None and select is not None:
                 self.unchecked = (f"INSERT INTO {table} without a column list: name the columns, "
-                                  "so the router can read the row's shard key")  # fmt: skip
+                                  "so the router can read the row's shard key")
             else:
                 for row in rows:
                     self.rows.append(self.row_keys(table, [c.name for c in stmt.cols or ()], row))
@@ -361,7 +361,7 @@ class _Analyzer:
         if not any(self.key_kind(table, name) for name in names):
             self.unchecked = (f"ON CONFLICT on {table} must name one of its shard-key columns "
                               "(a unique index holds per shard, so a conflict on another "
-                              "column could be on another shard)")  # fmt: skip
+                              "column could be on another shard)")
 
     def target(self, rel: Any, scope: _Scope) -> set[int]:
         """The table an UPDATE, DELETE or MERGE writes: a reference of its scope (a table,
@@ -422,7 +422,7 @@ class _Analyzer:
                 if not clause.targetList:
                     self.unchecked = (f"MERGE ... INSERT into {table} without a column list: "
                                       "name the columns, so the router can read the row's "
-                                      "shard key")  # fmt: skip
+                                      "shard key")
                     continue
                 row = [self.out(expr, scope) for expr in clause.values or ()]
                 self.rows.append(self.row_keys(table, [t.name for t in clause.targetList], row))
@@ -526,7 +526,7 @@ class _Analyzer:
             return
         a, b = lhs[0], rhs[0]
         if self.key_kind(self.refs[a].table, column) is not self.key_kind(self.refs[b].table,
-                                                                         column):  # fmt: skip
+                                                                         column):
             return
         if b in filtered:
             self.edges.append(Edge(a, b))
@@ -542,7 +542,7 @@ class _Analyzer:
         qualifier, column = name
         if qualifier is None:  # only this level: we do not know every table's columns
             found = [(r, k, column) for r in scope.refs if r not in self.renamed
-                     and (k := self.key_kind(self.refs[r].table, column)) is not None]  # fmt: skip
+                     and (k := self.key_kind(self.refs[r].table, column)) is not None]
             return found[0] if len(found) == 1 else None
         level: _Scope | None = scope
         while level is not None:
@@ -556,7 +556,7 @@ class _Analyzer:
         return None
 
     def where(self, expr: Any, scope: _Scope, filtered: set[int],
-              sources: set[int] | None = None) -> None:  # fmt: skip
+              sources: set[int] | None = None) -> None:
         """The conjuncts of a condition that filters the references in `filtered`: pins on
         them, and joins into them from any reference (`sources` limits the joins' origins)."""
         for conj in conjuncts(expr):
@@ -564,7 +564,7 @@ class _Analyzer:
                 self.expressions(conj, scope)
 
     def conjunct(self, conj: Any, scope: _Scope, filtered: set[int],
-                 sources: set[int] | None) -> bool:  # fmt: skip
+                 sources: set[int] | None) -> bool:
         """Record a pin or a join from one conjunct; True when its sub-queries were analyzed
         here (an IN (SELECT ...)), so the caller does not walk them again."""
         if isinstance(conj, ast.SubLink):
@@ -617,7 +617,7 @@ class _Analyzer:
             self.edges.append(Edge(b, a))
 
     def in_subquery(self, link: Any, scope: _Scope, filtered: set[int],
-                    sources: set[int] | None) -> bool:  # fmt: skip
+                    sources: set[int] | None) -> bool:
         """`col IN (SELECT key FROM ...)` as a top-level conjunct: a join of the two keys."""
         oper = [n.sval for n in link.operName or ()]
         if link.subLinkType != SubLinkType.ANY_SUBLINK or oper not in ([], ["="]):
@@ -632,7 +632,7 @@ class _Analyzer:
             self.edges.append(Edge(inner[0], col[0]))  # the values come from a confined query
         sub = link.subselect
         plain = not (sub.limitCount or sub.limitOffset or sub.groupClause or sub.havingClause
-                     or sub.windowClause or sub.distinctClause or sub.larg or sub.rarg)  # fmt: skip
+                     or sub.windowClause or sub.distinctClause or sub.larg or sub.rarg)
         if plain:  # only the inner rows with the outer row's key can match it
             self.edges.append(Edge(col[0], inner[0]))
         return True
@@ -664,7 +664,7 @@ class _Analyzer:
             stack.extend(children(item, _SKIPPED_SLOTS))
 
     def function(self, name: str, positions: tuple[int, ...], call: Any,
-                 scope: _Scope) -> None:  # fmt: skip
+                 scope: _Scope) -> None:
         """A sharded function's call: confined by the arguments router.toml says carry a
         shard (an id or a region name; positional only), or by a confined reference's key
         column passed there. Its other arguments (a search text that reads "asia") name
@@ -678,7 +678,7 @@ class _Analyzer:
             value = None if param is not None else const_value(arg)
             if param is not None or isinstance(value, str):
                 values.append(KeyRef(KeyKind.ID, f"argument {number}", f"{name}()",
-                                     param=param, value=value))  # fmt: skip
+                                     param=param, value=value))
                 continue
             col = self.column(arg, scope)
             if col is not None:
@@ -688,7 +688,7 @@ class _Analyzer:
 
 
 def confinement(stmt: Any, tables: Mapping[str, TableConfig],
-                sharded_function: ShardedFunction) -> Confinement:  # fmt: skip
+                sharded_function: ShardedFunction) -> Confinement:
     """The references, pins, joins and written rows of one parsed statement.
     `sharded_function(call)` names a FuncCall declared as reading or writing sharded data,
     with the (1-based) positions of its arguments that carry a shard."""

@@ -14,6 +14,8 @@ from router.errors import GeorouteError
 __all__ = [
     "CoreError",
     "CrossShardError",
+    "DocumentValidationError",
+    "IllegalTransition",
     "MissingShardKeyError",
     "Refusal",
     "RoutingError",
@@ -119,3 +121,22 @@ class ScatterRefused(CrossShardError):
         self.reason = reason
         self.part = part
         super().__init__(f"cross-shard read refused: {part}: {why}")
+
+
+class IllegalTransition(CoreError):
+    """A two-phase coordinator tried a step its state does not allow: a bug, never a client's
+    doing."""
+
+    code = ErrorCode.INTERNAL
+
+
+class DocumentValidationError(CoreError):
+    """A document does not have its collection's shape. `field` is a dotted path."""
+
+    code = ErrorCode.DOC_ERROR
+
+    def __init__(self, collection: str, field: str, message: str) -> None:
+        self.collection = collection
+        self.field = field
+        self.message = message
+        super().__init__(f"{collection}: field {field!r}: {message}")

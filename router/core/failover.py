@@ -11,27 +11,36 @@ why. Every router node runs it on its own snapshot; the rules make them agree:
 - the promoter is the lowest-named node among those that agree, and the replica is the most
   advanced (highest replayed LSN; the lowest name on a tie) that this node sees UP and still
   replaying, so nodes that share a snapshot name the same pair.
-Two nodes whose snapshots differ (a heartbeat in flight) can still name different promoters:
-making the promotion itself happen once (the promoter's checks on the replicas, an agreed
-record of the new primary) is the job of the part that acts, not built yet (README).
+Two nodes whose snapshots differ (a heartbeat in flight) can still name different promoters.
+The promotion itself happens once because the promoter (router/ha/promoter.py) takes a lock on
+every reachable replica of the shard, in name order, and then asks `decide_promotion` on a
+fresh snapshot of the shard's nodes taken under those locks: a second promoter finds a node
+already out of recovery and adopts it instead of promoting another. The new primary is then
+agreed by its timeline (router/core/primary.py).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol.heartbeat import ReportedHealth
 from router.core.membership import MemberView
 
 __all__ = [
+    "Adopt",
     "Decision",
     "FailoverView",
+    "GiveUp",
     "NoAction",
     "NoActionReason",
     "Promote",
+    "PromoteNow",
+    "PromotionStep",
     "ReplicaView",
+    "ShardNodeState",
+    "decide_promotion",
     "plan_failover",
 ]
 
@@ -79,7 +88,7 @@ class Promote:
     def reason(self) -> str:
         return (f"{len(self.voters)} router nodes ({', '.join(self.voters)}) see {self.shard}'s "
                 f"primary down; {self.replica} is the most advanced replica "
-                f"(LSN {self.replica_lsn})")  # fmt: skip
+                f"(LSN {self.replica_lsn})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,24 +109,24 @@ def plan_failover(view: FailoverView) -> Decision:
     if view.down_for_seconds < view.down_after_seconds:
         return NoAction(shard, NoActionReason.NOT_DOWN_LONG_ENOUGH,
                         f"{primary} down for {view.down_for_seconds:.2f}s here, "
-                        f"< {view.down_after_seconds:.2f}s")  # fmt: skip
+                        f"< {view.down_after_seconds:.2f}s")
     majority = view.cluster_size // 2 + 1
     alive = sorted(view.members)
     if len(alive) < majority:
         reason = NoActionReason.ISOLATED if len(alive) == 1 else NoActionReason.NO_QUORUM
         return NoAction(shard, reason, f"{len(alive)} of {view.cluster_size} router nodes "
-                                       f"alive, {majority} needed")  # fmt: skip
+                                       f"alive, {majority} needed")
     voters = tuple(name for name in alive if _sees_down(view.members[name], shard, primary))
     if len(voters) < majority:
         return NoAction(shard, NoActionReason.PRIMARY_SEEN_BY_MAJORITY,
                         f"{len(voters)} of {view.cluster_size} router nodes see {primary} "
-                        f"down, {majority} needed")  # fmt: skip
+                        f"down, {majority} needed")
     candidates = [(-r.replay_lsn, r.name) for r in view.replicas
                   if r.health is ReportedHealth.UP and r.in_recovery
-                  and r.replay_lsn is not None]  # fmt: skip
+                  and r.replay_lsn is not None]
     if not candidates:
         return NoAction(shard, NoActionReason.NO_HEALTHY_REPLICA,
-                        f"no replica of {shard} is up, replaying and measured")  # fmt: skip
+                        f"no replica of {shard} is up, replaying and measured")
     negated_lsn, replica = min(candidates)  # the most advanced; the lowest name on a tie
     return Promote(shard, voters[0], replica, -negated_lsn, voters)
 
@@ -126,5 +135,72 @@ def _sees_down(member: MemberView, shard: str, primary: str) -> bool:
     # A node that names another primary for the shard (it has seen a failover this node has
     # not) is not agreeing about this one.
     return (member.primaries.get(shard) == primary
-            and member.nodes.get(primary) is ReportedHealth.DOWN)  # fmt: skip
+            and member.nodes.get(primary) is ReportedHealth.DOWN)
 
+
+
+# ---- the promoter's last check, under its locks ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ShardNodeState:
+    """One node of the shard as the promoter sees it, just before promoting."""
+
+    name: str
+    in_recovery: bool | None  # None: it did not answer
+    received_lsn: int | None  # a standby's WAL received (pg_last_wal_receive_lsn), bytes
+    replayed_lsn: int | None  # a standby's WAL replayed, or a writable node's current position
+    timeline: int | None  # a writable node's timeline
+
+    @property
+    def advanced(self) -> int:
+        """How far its data goes once promoted: a standby replays all it received first."""
+        return max(self.received_lsn or 0, self.replayed_lsn or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class PromoteNow:
+    replica: str
+    lsn: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """Another node is already out of recovery: someone promoted it (another router, a
+    person). Promote nothing; the monitor follows it by its timeline."""
+
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Nothing to promote now (the primary answers again, or no replica is reachable)."""
+
+    reason: str
+
+
+PromotionStep = PromoteNow | Adopt | GiveUp
+
+
+def decide_promotion(old_primary: str, nodes: Sequence[ShardNodeState]) -> PromotionStep:
+    """Idempotent: the same snapshot gives the same step, and after a promotion every snapshot
+    gives Adopt, so a promoter that runs twice, or two that run one after the other, promote
+    once. The replica is the most advanced by WAL received (then replayed; the lowest name on
+    a tie), which may differ from the plan's choice on replay alone: the data decides."""
+    old = next((n for n in nodes if n.name == old_primary), None)
+    if old is not None and old.in_recovery is False:
+        return GiveUp(f"{old_primary} answers and is writable again: no failover")
+    promoted = sorted((n for n in nodes if n.name != old_primary and n.in_recovery is False),
+                      key=lambda n: (-(n.timeline or 0), n.name))
+    if promoted:
+        first = promoted[0]
+        return Adopt(first.name, f"{first.name} is already out of recovery (timeline "
+                                 f"{first.timeline}): promoted before, nothing to do")
+    standbys = [n for n in nodes if n.name != old_primary and n.in_recovery is True]
+    if not standbys:
+        return GiveUp(f"no replica of {old_primary}'s shard answers")
+    best = min(standbys, key=lambda n: (-n.advanced, n.name))
+    return PromoteNow(best.name, best.advanced,
+                      f"{best.name} is the most advanced replica (WAL to {best.advanced})")

@@ -42,7 +42,7 @@ class ServerSession:
 
 
 def lost_sessions(ours: Mapping[int, float | None], seen: Mapping[int, ServerSession],
-                  bound: float) -> dict[int, str]:  # fmt: skip
+                  bound: float) -> dict[int, str]:
     """The pids among `ours` whose connections are lost, each with why. `ours` maps each of
     the router's connections (by its server pid) to how long it has waited for a reply
     (None: nothing in flight, or not known); `seen` is what the server reported."""
@@ -53,8 +53,8 @@ def lost_sessions(ours: Mapping[int, float | None], seen: Mapping[int, ServerSes
             lost[pid] = "its server session is gone"
         elif (waited is not None and waited >= bound and session.state == "idle"
               and session.seconds_in_state is not None
-              and session.seconds_in_state >= bound):  # fmt: skip
+              and session.seconds_in_state >= bound):
             lost[pid] = (f"no reply for {waited:.1f}s while the server has waited "
                          f"{session.seconds_in_state:.1f}s for the next request: the request "
-                         "or its reply was lost on the way")  # fmt: skip
+                         "or its reply was lost on the way")
     return lost

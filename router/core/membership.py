@@ -135,7 +135,7 @@ class Membership:
         peer.view = MemberView(dict(beat.nodes), dict(beat.primaries))
         streak = peer.streak >= self.timing.alive_after
         return self._apply(peer, PeerEvent.HEARTBEAT_STREAK if streak else PeerEvent.HEARTBEAT,
-                           now)  # fmt: skip
+                           now)
 
     def tick(self, now: float) -> list[Transition]:
         """Re-judge every peer's silence at `now`; call it at least every interval."""
@@ -179,7 +179,7 @@ class Membership:
         decision on a quorum must not rest on a node that may already be gone."""
         members = {self.self_name: self.own_view}
         members.update((p.name, p.view) for p in self.peers.values()
-                       if p.state is PeerState.ALIVE)  # fmt: skip
+                       if p.state is PeerState.ALIVE)
         return members
 
     def has_quorum(self) -> bool:

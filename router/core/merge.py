@@ -67,7 +67,7 @@ _EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=deci
 
 
 def _row_key(keys: Sequence[SortKey], orders: Sequence[ValueOrder], text_exact: bool,
-             columns: Sequence[str]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:  # fmt: skip
+             columns: Sequence[str]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
     """A sort key for rows, as PostgreSQL orders them by `keys`: NULLs first or last, NaN
     above every number, DESC by negating numbers (and reversing the rest). A key function,
     not a comparison: Python compares the tuples in C (a comparison function cost about
@@ -148,11 +148,11 @@ def merge(
         # Not reached by any value the merge knows; should one slip through, PostgreSQL's
         # answer is not known, so the read is refused rather than failed with a crash.
         raise ScatterRefused(Refusal.ORDER, "the merge", "values it cannot compare or add "
-                             f"exactly ({type(exc).__name__}: {exc})") from exc  # fmt: skip
+                             f"exactly ({type(exc).__name__}: {exc})") from exc
 
 
 def _check_real_sums(combine: Sequence[Combine], real: frozenset[int],
-                     columns: Sequence[str]) -> None:  # fmt: skip
+                     columns: Sequence[str]) -> None:
     """sum(real) rounds to float4 and avg(real) accumulates in float8 inside PostgreSQL, so
     neither is the sum of the shards' rounded float4 parts: refused whatever the values."""
     for index, kind in enumerate(combine):
@@ -165,7 +165,7 @@ def _check_real_sums(combine: Sequence[Combine], real: frozenset[int],
 
 def _merge(plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRows],
            orders: Sequence[ValueOrder], text_exact: bool,
-           columns: list[str]) -> tuple[list[str], list[Any]]:  # fmt: skip
+           columns: list[str]) -> tuple[list[str], list[Any]]:
     limit = _bound(plan.limit.bind(params), "LIMIT") if plan.limit is not None else None
     offset = _bound(plan.offset.bind(params), "OFFSET") if plan.offset is not None else None
     visible = len(columns) - plan.hidden
@@ -198,14 +198,14 @@ def _check_distinct(index: int, answers: Sequence[ShardRows], columns: Sequence[
         raise ScatterRefused(
             Refusal.DISTINCT, f"DISTINCT (by {columns[index]})",
             f"rows with a NULL {columns[index]} came from shards {', '.join(with_null)}: equal "
-            "rows of several shards cannot be told apart by it")  # fmt: skip
+            "rows of several shards cannot be told apart by it")
 
 
 # ---- groups -----------------------------------------------------------------------------------
 
 
 def _group_key(row: Sequence[Any], keys: Sequence[int], orders: Sequence[ValueOrder],
-               columns: Sequence[str]) -> tuple[Any, ...]:  # fmt: skip
+               columns: Sequence[str]) -> tuple[Any, ...]:
     out: list[Any] = []
     for index in keys:
         value = row[index]
@@ -216,7 +216,7 @@ def _group_key(row: Sequence[Any], keys: Sequence[int], orders: Sequence[ValueOr
         if order is ValueOrder.NONE:
             raise ScatterRefused(Refusal.ORDER, f"GROUP BY {columns[index]}",
                                  f"values of this type ({type(value).__name__}) are not "
-                                 "compared by the merge exactly")  # fmt: skip
+                                 "compared by the merge exactly")
         if order is ValueOrder.PADDED and isinstance(value, str):
             value = value.rstrip(" ")
         out.append(NAN if is_nan(value) else value)
@@ -224,7 +224,7 @@ def _group_key(row: Sequence[Any], keys: Sequence[int], orders: Sequence[ValueOr
 
 
 def _combine(kind: Combine, a: Any, b: Any, order: ValueOrder, text_exact: bool,
-             what: str, delimiter: Any = None) -> Any:  # fmt: skip
+             what: str, delimiter: Any = None) -> Any:
     if kind is Combine.FIRST:
         return a
     if kind is Combine.COUNT:
@@ -241,7 +241,7 @@ def _combine(kind: Combine, a: Any, b: Any, order: ValueOrder, text_exact: bool,
             total = a + b
             if total in (INF, -INF) and a not in (INF, -INF) and b not in (INF, -INF):
                 raise ScatterRefused(Refusal.AGGREGATE, what, "the sum overflows double "
-                                     "precision, PostgreSQL's error")  # fmt: skip
+                                     "precision, PostgreSQL's error")
             return total  # inf + -inf is NaN, as in PostgreSQL
         if type(a) is int and type(b) is int:  # sum of smallint/integer: a bigint
             total = a + b
@@ -250,19 +250,19 @@ def _combine(kind: Combine, a: Any, b: Any, order: ValueOrder, text_exact: bool,
                                      "the sum is out of bigint's range, PostgreSQL's error")
             return total
         raise ScatterRefused(Refusal.AGGREGATE, what, f"sums of {type(a).__name__} values are "
-                                                      "not combined by the merge")  # fmt: skip
+                                                      "not combined by the merge")
     if kind is Combine.ARRAY and isinstance(a, list) and isinstance(b, list):
         return a + b  # array_agg of arrays too: its first dimension is the rows'
     if kind is Combine.STRING and type(a) is type(b) and isinstance(a, (str, bytes)):
         separator: Any = a[:0] if delimiter is None else delimiter  # NULL joins with nothing
         if type(separator) is not type(a):
             raise ScatterRefused(Refusal.AGGREGATE, what, "string_agg's delimiter is not of "
-                                                          "its values' type")  # fmt: skip
+                                                          "its values' type")
         parts: tuple[Any, Any] = (a, b)
         return separator.join(parts)
     if kind in (Combine.ARRAY, Combine.STRING):
         raise ScatterRefused(Refusal.AGGREGATE, what, f"parts of type {type(a).__name__} are "
-                                                      "not joined by the merge")  # fmt: skip
+                                                      "not joined by the merge")
     if kind is Combine.AND:
         return a and b
     if kind is Combine.OR:
@@ -296,7 +296,7 @@ def _numeric_add(a: Decimal, b: Decimal, what: str) -> Decimal:
 
 def _grouped(plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRows],
              orders: Sequence[ValueOrder], text_exact: bool,
-             columns: Sequence[str]) -> Iterable[Any]:  # fmt: skip
+             columns: Sequence[str]) -> Iterable[Any]:
     grouping = plan.grouping
     assert grouping is not None
     combine = grouping.combine
@@ -312,7 +312,7 @@ def _grouped(plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRo
             for i, kind in enumerate(combine):
                 if kind is not Combine.FIRST:
                     found[i] = _combine(kind, found[i], row[i], orders[i], text_exact,
-                                        column_name(columns, i), delimiters.get(i))  # fmt: skip
+                                        column_name(columns, i), delimiters.get(i))
     merged = list(groups.values())
     if not grouping.keys and not merged:
         return []  # not reached: an aggregate without GROUP BY answers one row per shard
@@ -321,7 +321,7 @@ def _grouped(plan: ScatterPlan, params: Sequence[Any], answers: Sequence[ShardRo
             row[total] = _average(row[total], row[count], column_name(columns, total))
     if grouping.having is not None:
         merged = [row for row in merged
-                  if truth(grouping.having, row, params, orders, text_exact, columns)]  # fmt: skip
+                  if truth(grouping.having, row, params, orders, text_exact, columns)]
     if plan.sort:
         merged.sort(key=_row_key(plan.sort, orders, text_exact, columns))
     return merged

@@ -25,7 +25,7 @@ def operand_value(operand: Operand | None, row: Sequence[Any], params: Sequence[
 
 
 def truth(cond: Cond, row: Sequence[Any], params: Sequence[Any], orders: Sequence[ValueOrder],
-           text_exact: bool, columns: Sequence[str]) -> bool | None:  # fmt: skip
+           text_exact: bool, columns: Sequence[str]) -> bool | None:
     """SQL's three-valued truth of a HAVING condition (None: unknown)."""
     op = cond.op
     if op in ("and", "or"):
@@ -58,14 +58,14 @@ def truth(cond: Cond, row: Sequence[Any], params: Sequence[Any], orders: Sequenc
             equality = op in ("=", "<>") and order is not ValueOrder.NONE
             if order is not ValueOrder.EXACT and not equality:
                 comparable(left, order, text_exact,
-                           f"HAVING on {column_name(columns, side.column)}")  # fmt: skip
+                           f"HAVING on {column_name(columns, side.column)}")
             padded[i] = order is ValueOrder.PADDED
     if any(padded):
         # char(n) = char(n) (a constant or parameter is taken as char(n) too) ignores
         # trailing blanks on both sides; against a text column, char(n) becomes text
         # without them, and the text keeps its own.
         strip = [padded[i] or side.column is None
-                 for i, side in enumerate((cond.left, cond.right))]  # fmt: skip
+                 for i, side in enumerate((cond.left, cond.right))]
         if isinstance(left, str) and strip[0]:
             left = left.rstrip(" ")
         if isinstance(right, str) and strip[1]:
@@ -81,14 +81,14 @@ def truth(cond: Cond, row: Sequence[Any], params: Sequence[Any], orders: Sequenc
 
 
 def _comparable_pair(left: Any, right: Any, left_side: Operand, right_side: Operand,
-                     part: str) -> tuple[Any, Any]:  # fmt: skip
+                     part: str) -> tuple[Any, Any]:
     """Two HAVING values as PostgreSQL compares them, or a refusal naming `part`: a float
     against a numeric or integer is compared as float8 (PostgreSQL has no float8 = numeric
     operator; the numeric side is converted), infinities of timestamps and dates against
     any of their type, and otherwise only values of one kind."""
     numbers = (int, float, Decimal)
     if isinstance(left, numbers) and isinstance(right, numbers) and not (
-            isinstance(left, bool) or isinstance(right, bool)):  # fmt: skip
+            isinstance(left, bool) or isinstance(right, bool)):
         floats = (isinstance(left, float), isinstance(right, float))
         if floats[0] == floats[1]:
             return left, right
@@ -106,9 +106,9 @@ def _comparable_pair(left: Any, right: Any, left_side: Operand, right_side: Oper
     if type(left) is not type(right):
         raise ScatterRefused(Refusal.EXPRESSION, part,
                              f"compares a {type(left).__name__} with a {type(right).__name__}; "
-                             "give the constant the column's type")  # fmt: skip
+                             "give the constant the column's type")
     if isinstance(left, dt.datetime) and (left.utcoffset() is None) != (
-            right.utcoffset() is None):  # fmt: skip
+            right.utcoffset() is None):
         # PostgreSQL would read the naive one in the session's time zone, which the merge
         # does not know (Python's == would say False, its < raise).
         raise ScatterRefused(Refusal.EXPRESSION, part, "compares a timestamp with time zone "
@@ -125,7 +125,7 @@ def _to_float8(value: int | float | Decimal, part: str) -> float:
         raise ScatterRefused(Refusal.EXPRESSION, part, f"{value} is not a number PostgreSQL "
                              "has") from exc
     if isinstance(value, Decimal) and value.is_finite() and (
-            converted in (INF, -INF) or (converted == 0.0 and not value.is_zero())):  # fmt: skip
+            converted in (INF, -INF) or (converted == 0.0 and not value.is_zero())):
         raise ScatterRefused(Refusal.EXPRESSION, part, f"{value} is out of double precision's "
                              "range, PostgreSQL's error")
     return converted

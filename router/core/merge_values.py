@@ -79,7 +79,7 @@ NAN = _NaN()
 
 def is_nan(value: Any) -> bool:
     return (isinstance(value, float) and value != value) or (
-        isinstance(value, Decimal) and value.is_nan())  # fmt: skip
+        isinstance(value, Decimal) and value.is_nan())
 
 
 def comparable(value: Any, order: ValueOrder, text_exact: bool, what: str) -> Any:

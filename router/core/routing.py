@@ -1,18 +1,20 @@
-"""Pure routing decisions: which shard(s) a statement goes to, and which node serves it.
+"""Pure routing decisions: which shard(s) a statement goes to.
 
-Nothing here does I/O. `resolve_shards` reads the statement's analysis and bound parameters;
-`choose_replica` picks a replica from a snapshot of node health and lag. The executor carries
-the decisions out. A route is one of two kinds, matched where it is used: `Target` (one
-shard; `OneShard` is its other name) or `Scatter` (a read over several shards, merged by
-router/engine/scatter.py). Only `Target` has "the shard".
+Nothing here does I/O. `route` reads the statement's analysis and bound parameters and returns
+a `Route`, whose kind is its type, matched where it is used: `OneShard` (the statement runs on
+one shard, which it names) or `Scatter` (a read over several shards, each answering for its own
+rows, merged by router/engine/scatter.py). Only `OneShard` has "the shard": a multi-shard route
+has no attribute a caller could mistake for one, so mypy refuses the mistake and so would the
+interpreter. (A third kind, a statement run on every shard's primary, comes with what needs it:
+writes to reference tables and two-phase commit. Today such writes name a shard.)
+Which node of the shard serves a read is router/core/reads.py's decision.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from router.config import Config
 from router.core.classify import Analysis
@@ -24,24 +26,20 @@ from router.core.errors import (
     UnknownShardError,
 )
 from router.core.ids import shard_number_of
+from router.core.reference import one_copy_refusal
 
 __all__ = [
     "SCATTER_HINT",
-    "Consistency",
     "CrossShardError",
+    "EveryPrimary",
     "MissingShardKeyError",
-    "NodeView",
     "OneShard",
-    "Role",
     "Route",
     "RoutingError",
     "Scatter",
-    "Target",
     "UnknownShardError",
     "check_assignments",
     "check_writes",
-    "choose_replica",
-    "decide_role",
     "keyed_shard",
     "named_shards",
     "resolve_shards",
@@ -51,41 +49,35 @@ __all__ = [
 ]
 
 
-class Role(enum.Enum):
-    PRIMARY = "primary"
-    REPLICA = "replica"
-
-
-class Consistency(enum.Enum):
-    SESSION = "session"  # read-your-writes (default): replica only once it replayed our writes
-    STRONG = "strong"  # always the primary
-    EVENTUAL = "replica"  # any fresh-enough replica, ignoring the session's writes
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """One shard: the statement runs there (`shards` holds exactly that one)."""
+class OneShard:
+    """The statement runs on `shard`: a write on its primary, a read where
+    router/core/reads.py says."""
 
-    shards: tuple[str, ...]
+    shard: str
     write: bool
-
-    @property
-    def shard(self) -> str:
-        return self.shards[0]
-
-
-OneShard = Target
 
 
 @dataclass(frozen=True, slots=True)
 class Scatter:
-    """A read over `shards`, each answering for its own rows; never a write."""
+    """A read over `shards` (two or more, or every shard for the hint "*"), each answering for
+    its own rows, merged by the router; never a write. It has no one shard."""
 
     shards: tuple[str, ...]
-    write: bool = False
 
 
-Route = Target | Scatter
+@dataclass(frozen=True, slots=True)
+class EveryPrimary:
+    """A write to a reference table (a copy on every shard): it runs on every shard's primary,
+    in one two-phase commit (router/engine/distributed.py), or nowhere."""
+
+    shards: tuple[str, ...]
+    tables: tuple[str, ...]  # the reference tables it writes
+
+
+Route = OneShard | Scatter | EveryPrimary
 SCATTER_HINT = "*"  # the shard hint that asks every shard
 
 
@@ -179,7 +171,7 @@ def _confine(
         if shards is not None and not shards:
             raise CrossShardError(
                 f"the statement's keys name different shards for {_describe(conf, ref)}, so no "
-                "row could match them all; send one statement per shard")  # fmt: skip
+                "row could match them all; send one statement per shard")
     return found
 
 
@@ -209,13 +201,13 @@ def _row_shards(
         if len(named) > 1:
             raise CrossShardError(
                 f"a row written to {row[0].table} names several shards by its keys "
-                f"({', '.join(sorted(named))}); a row lives on one shard")  # fmt: skip
+                f"({', '.join(sorted(named))}); a row lives on one shard")
         shards |= named
     return shards
 
 
 def _unconfined(conf: Confinement, found: list[frozenset[str] | None],
-                config: Config) -> MissingShardKeyError:  # fmt: skip
+                config: Config) -> MissingShardKeyError:
     """The error for references nothing confines: it names each and what would."""
     wanted: list[str] = []
     first: tuple[str, str] | None = None
@@ -225,7 +217,7 @@ def _unconfined(conf: Confinement, found: list[frozenset[str] | None],
         name = conf.refs[ref].table
         if conf.refs[ref].function:
             text = (f"{name} (a sharded function: an id or a region in an argument "
-                    "router.sharded_functions names)")  # fmt: skip
+                    "router.sharded_functions names)")
         elif name not in config.tables:
             text = f"{name} (georoute's own table, one per shard: a shard hint)"
         else:
@@ -240,11 +232,11 @@ def _unconfined(conf: Confinement, found: list[frozenset[str] | None],
         wanted, table, key,
         scope=" in the scope of every reference to a sharded table (each subquery, CTE and "
               "UNION branch is a scope of its own; an equality under OR or NOT confines "
-              "nothing)")  # fmt: skip
+              "nothing)")
 
 
 def named_shards(analysis: Analysis, params: Sequence[Any], config: Config,
-                 *, strict: bool) -> set[str]:  # fmt: skip
+                 *, strict: bool) -> set[str]:
     """The shards the statement's own keys name (pins, joins, written rows). `strict`: every
     sharded reference must be confined (else MissingShardKeyError). Contradictory keys and
     rows that cannot be checked raise CrossShardError."""
@@ -265,7 +257,7 @@ def _one(shards: set[str], what: str) -> str:
     if len(shards) > 1:
         raise CrossShardError(
             f"{what} spans shards {', '.join(sorted(shards))}; cross-shard statements are not "
-            "supported yet: send one per shard, or give a shard hint to ask one shard")  # fmt: skip
+            "supported yet: send one per shard, or give a shard hint to ask one shard")
     return next(iter(shards))
 
 
@@ -286,14 +278,18 @@ def statement_shard(analysis: Analysis, params: Sequence[Any], config: Config) -
     if analysis.confinement.rows:  # rows whose keys are all made on the shard: which shard?
         table = analysis.confinement.rows[0][0].table if analysis.confinement.rows[0] else None
         raise MissingShardKeyError([f"{table or 'the written table'}'s shard key, "
-                                    "or a shard hint"], table)  # fmt: skip
+                                    "or a shard hint"], table)
     return None
 
 
 def check_writes(analysis: Analysis, params: Sequence[Any], shard: str,
-                 config: Config) -> None:  # fmt: skip
+                 config: Config) -> None:
     """Rows a statement running on `shard` writes stay on `shard`: the rows it inserts name it
-    (or no shard) by their keys, and an UPDATE sets a shard key only to a value of it."""
+    (or no shard) by their keys, and an UPDATE sets a shard key only to a value of it. A
+    reference table is written on every shard or not at all (router/core/reference.py)."""
+    if analysis.reference_writes:
+        raise CrossShardError(one_copy_refusal(analysis.reference_writes, "a write run on "
+                                               f"one shard ({shard})"))
     conf = analysis.confinement
     if conf.rows or conf.unchecked is not None:
         found = _confine(conf, params, config) if conf.refs else []
@@ -301,12 +297,12 @@ def check_writes(analysis: Analysis, params: Sequence[Any], shard: str,
             if other != shard:
                 raise CrossShardError(
                     f"the statement runs on shard {shard} but writes a row whose key names "
-                    f"{other}; a row must be written on its own shard")  # fmt: skip
+                    f"{other}; a row must be written on its own shard")
     check_assignments(analysis, params, shard, config)
 
 
 def check_assignments(analysis: Analysis, params: Sequence[Any], shard: str,
-                      config: Config) -> None:  # fmt: skip
+                      config: Config) -> None:
     """A row stays on its shard: an UPDATE may set its shard key only to a value of `shard`
     (moving a row between shards would need a two-phase commit)."""
     for key in analysis.assigned_keys:
@@ -314,7 +310,7 @@ def check_assignments(analysis: Analysis, params: Sequence[Any], shard: str,
         if key.param is None and key.value is None:
             raise CrossShardError(f"the statement sets the shard key {where} to an expression; "
                                   "set it to a parameter or a constant, so the router can "
-                                  "check that the row stays on its shard")  # fmt: skip
+                                  "check that the row stays on its shard")
         value = key.value if key.param is None else _param(params, key.param)
         if value is None:
             continue  # NULL: the column's own constraints decide
@@ -325,54 +321,65 @@ def check_assignments(analysis: Analysis, params: Sequence[Any], shard: str,
             raise CrossShardError(
                 f"the statement would move a row of {key.table} from shard {shard} to "
                 f"{other} ({where}); moving rows between shards is not "
-                "supported: insert it there and delete it here")  # fmt: skip
+                "supported: insert it there and delete it here")
 
 
 def resolve_shards(
     analysis: Analysis, params: Sequence[Any], hint: str | None, config: Config
-) -> Target:
+) -> OneShard:
     """The shard a statement must run on. A hint wins (the rows it writes are still checked
     against it); else the one shard every sharded table it touches is confined to; else an
     error that says why (README, "How a request is routed")."""
     write = not analysis.read_only
+    if write and analysis.reference_writes:  # without a hint the executor sends it everywhere
+        raise CrossShardError(one_copy_refusal(analysis.reference_writes, "a shard hint"
+                                               if hint is not None else "a route to one shard"))
     if hint is not None:
         if hint not in config.shards:
             known = ", ".join(config.shards)
             raise UnknownShardError(f"shard hint {hint!r} is not a shard ({known})", hint)
         if write:
             check_writes(analysis, params, hint, config)
-        return Target((hint,), write)
+        return OneShard(hint, write)
     conf = analysis.confinement
     if (len(conf.refs) == 1 and len(conf.pins) == 1 and not conf.rows and not conf.edges
-            and conf.unchecked is None):  # fmt: skip
+            and conf.unchecked is None):
         shards = _pin_shards(conf.pins[0], params, config)  # the point read or write
         if shards is not None and len(shards) == 1:
             shard = next(iter(shards))
             if conf.assigned:
                 check_assignments(analysis, params, shard, config)
-            return Target((shard,), write)
+            return OneShard(shard, write)
     confined = statement_shard(analysis, params, config)
     if confined is not None:
         if write:
             check_writes(analysis, params, confined, config)
-        return Target((confined,), write)
+        return OneShard(confined, write)
     if not write:
         # Only reference tables (identical everywhere) or no table at all: any shard will do.
-        return Target((next(iter(config.shards)),), write)
+        return OneShard(next(iter(config.shards)), write)
     others = [t for t in analysis.tables if t not in config.tables]
     wanted = [f"{t} (a reference table: writes need a shard hint)" for t in others[:1]]
     raise MissingShardKeyError(wanted or ["a shard hint (the statement names no sharded table)"])
 
 
 def route(analysis: Analysis, params: Sequence[Any], hint: str | None,
-          config: Config) -> Route:  # fmt: skip
+          config: Config) -> Route:
     """`resolve_shards`, except that a plain SELECT that is not confined to one shard (nothing
     confines a table it reads, or its keys name several shards), or that has the hint "*",
-    becomes a Scatter over the shards it needs. Writes stay on one shard, or are refused."""
+    becomes a Scatter over the shards it needs, and an unhinted write to a reference table
+    goes to EveryPrimary. Other writes stay on one shard, or are refused."""
+    if analysis.reference_writes and not analysis.read_only and hint is None:
+        if analysis.confinement.refs:  # it reads sharded rows: each copy would differ
+            raise CrossShardError(
+                f"the write to {', '.join(analysis.reference_writes)} (a reference table) also "
+                "touches sharded tables: each shard would write its own rows into its copy. "
+                "Write the reference table with values of its own")
+        return EveryPrimary(tuple(config.shards), analysis.reference_writes)
     if hint == SCATTER_HINT:
         if not analysis.read_only or analysis.command != "SELECT":
             raise CrossShardError('shard "*" asks every shard, which only a read may do; '
-                                  "a write runs on one shard")  # fmt: skip
+                                  "a write runs on one shard")
         return Scatter(tuple(config.shards))
     try:
         return resolve_shards(analysis, params, hint, config)
@@ -387,48 +394,3 @@ def route(analysis: Analysis, params: Sequence[Any], hint: str | None,
             return Scatter(tuple(config.shards))
         named = set().union(*(s for s in found if s is not None))
         return Scatter(tuple(s for s in config.shards if s in named))
-
-
-class NodeView(Protocol):
-    """What the replica choice needs to know of a node (a snapshot; see topology.py)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def available(self) -> bool: ...
-    @property
-    def lag_bytes(self) -> int | None: ...
-    @property
-    def replay_lsn(self) -> int | None: ...
-    @property
-    def in_flight(self) -> int: ...
-
-
-N = TypeVar("N", bound=NodeView)
-
-
-def choose_replica(
-    replicas: Sequence[N], max_lag_bytes: int, min_lsn: int | None = None, start: int = 0
-) -> N | None:
-    """The least-busy replica that is up, fresh enough, and (with a token) past `min_lsn`.
-    Ties go to the first such one from `start` on: callers turn `start`, so equally idle
-    replicas take turns rather than the first one taking every read."""
-    best: N | None = None
-    count = len(replicas)
-    if count > 1 and start % count:
-        first = start % count
-        replicas = [*replicas[first:], *replicas[:first]]
-    for node in replicas:
-        if not node.available or node.lag_bytes is None or node.lag_bytes > max_lag_bytes:
-            continue
-        if min_lsn is not None and (node.replay_lsn is None or node.replay_lsn < min_lsn):
-            continue
-        if best is None or node.in_flight < best.in_flight:
-            best = node
-    return best
-
-
-def decide_role(target: Target, consistency: Consistency, in_transaction: bool) -> Role:
-    if target.write or in_transaction or consistency is Consistency.STRONG:
-        return Role.PRIMARY
-    return Role.REPLICA

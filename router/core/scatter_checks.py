@@ -38,7 +38,7 @@ _VOLATILE = frozenset({
     "current_database", "current_schema", "current_schemas", "current_query", "version",
     "inet_client_addr", "inet_client_port", "pg_conf_load_time", "txid_current_snapshot",
     "pg_current_snapshot", "pg_my_temp_schema", "pg_trigger_depth", "pg_backend_memory_contexts",
-})  # fmt: skip
+})
 # Text that the input functions of dates and times read as the statement's own time.
 _TIME_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})
 # Set-returning functions: in a grouped select list they multiply each group's row, which
@@ -52,7 +52,7 @@ _SET_RETURNING = frozenset({
     "json_to_recordset", "jsonb_to_recordset", "jsonb_path_query", "pg_ls_dir", "ts_stat",
     "ts_debug", "ts_parse", "ts_token_type", "aclexplode", "pg_options_to_table",
     "pg_get_keywords", "pg_listening_channels", "json_table",
-})  # fmt: skip
+})
 C_COLLATIONS = frozenset({"c", "posix"})
 # The merge's own column names; a user's name like them could be read as one.
 HIDDEN_PREFIX = "_georoute_"
@@ -90,17 +90,17 @@ def check_sublink_aggregates(stmt: Any) -> None:
                 elif is_aggregate(node):
                     refs = [n for n in walk((node.args, node.agg_filter, node.agg_order),
                                              into_queries=False)
-                            if isinstance(n, ast.ColumnRef)]  # fmt: skip
+                            if isinstance(n, ast.ColumnRef)]
                     if refs and not any(
                             len(r.fields) == 2 and isinstance(r.fields[0], ast.String)
-                            and str(r.fields[0].sval) in scope for r in refs):  # fmt: skip
+                            and str(r.fields[0].sval) in scope for r in refs):
                         raise refuse(Refusal.AGGREGATE, node,
                                       "an aggregate in a subquery over no column of the "
                                       "subquery's own tables (qualified by their alias) may "
                                       "be the outer query's, over every shard's rows")
 
     for node in walk([getattr(stmt, slot, None) for slot in stmt.__slots__],
-                      into_queries=False):  # fmt: skip
+                      into_queries=False):
         if isinstance(node, ast.SubLink):  # (FROM and WITH cannot hold the outer's aggregates)
             visit(node.subselect, frozenset())
 
@@ -131,7 +131,7 @@ def check_colocated(conf: Confinement) -> None:
         Refusal.NOT_COLOCATED, named,
         "each shard would see only its own rows of it, but the statement does not join it to "
         "the outer query's table on a shard key (a subquery, CTE or join that is not on "
-        "user_id, course_id, region ... would meet rows of other shards)")  # fmt: skip
+        "user_id, course_id, region ... would meet rows of other shards)")
 
 
 def check_shape(stmt: Any) -> None:
@@ -150,7 +150,7 @@ def check_shape(stmt: Any) -> None:
             raise refuse(Refusal.VOLATILE, node,
                           "its value differs between shards or between calls")
         if isinstance(node, ast.CollateClause) and (
-                node.collname[-1].sval.lower() not in C_COLLATIONS):  # fmt: skip
+                node.collname[-1].sval.lower() not in C_COLLATIONS):
             # Anywhere: the merge compares, groups and takes min/max of text by code point.
             raise refuse(Refusal.ORDER, node, "only the C collation is merged exactly")
         if _names(node).startswith(HIDDEN_PREFIX):
@@ -179,14 +179,14 @@ def _names(node: Any) -> str:
         return node.aliasname or ""
     if isinstance(node, ast.ColumnRef):
         return next((str(f.sval) for f in node.fields if isinstance(f, ast.String)
-                     and f.sval.startswith(HIDDEN_PREFIX)), "")  # fmt: skip
+                     and f.sval.startswith(HIDDEN_PREFIX)), "")
     return ""
 
 
 def check_set_returning(stmt: Any) -> None:
     """A grouped read: refused with a set-returning function in its select list or ORDER BY."""
     for node in walk((stmt.targetList, stmt.sortClause, stmt.havingClause,
-                       stmt.groupClause), into_queries=False):  # fmt: skip
+                       stmt.groupClause), into_queries=False):
         if isinstance(node, ast.FuncCall) and func_name(node) in _SET_RETURNING:
             raise refuse(Refusal.SHAPE, node, "a set-returning function in a grouped read "
                                                "makes rows of one group the merge cannot tell")

@@ -148,11 +148,11 @@ def _figure_colname(val: Any) -> tuple[str, int] | None:
     if isinstance(val, ast.MinMaxExpr):
         return ("greatest" if val.op == MinMaxOp.IS_GREATEST else "least"), 2
     named = {ast.A_ArrayExpr: "array", ast.RowExpr: "row", ast.CoalesceExpr: "coalesce",
-             ast.GroupingFunc: "grouping"}  # fmt: skip
+             ast.GroupingFunc: "grouping"}
     if type(val) in named:
         return named[type(val)], 2
     if isinstance(val, (ast.A_Const, ast.ParamRef, ast.BoolExpr, ast.NullTest,
-                        ast.BooleanTest)):  # fmt: skip
+                        ast.BooleanTest)):
         return _NAMELESS, 0
     return None
 
@@ -178,7 +178,7 @@ def _from_tables(stmt: Any, tables: Mapping[str, TableConfig]) -> dict[str, str 
         if isinstance(item, ast.RangeVar):
             alias = item.alias.aliasname if item.alias is not None else item.relname
             sharded = (item.relname in tables and item.relname not in ctes
-                       and item.schemaname in (None, "public"))  # fmt: skip
+                       and item.schemaname in (None, "public"))
             entries[alias] = item.relname if sharded and preserved else None
         elif isinstance(item, ast.JoinExpr):
             kind = item.jointype.name
@@ -195,10 +195,10 @@ def _from_tables(stmt: Any, tables: Mapping[str, TableConfig]) -> dict[str, str 
 
 
 def _is_shard_key(val: Any, entries: Mapping[str, str | None],
-                  tables: Mapping[str, TableConfig]) -> bool:  # fmt: skip
+                  tables: Mapping[str, TableConfig]) -> bool:
     """A column holding a shard key of an outer table: equal values live on one shard."""
     if not isinstance(val, ast.ColumnRef) or not all(isinstance(f, ast.String)
-                                                     for f in val.fields):  # fmt: skip
+                                                     for f in val.fields):
         return False
     names = [f.sval for f in val.fields]
 
@@ -217,7 +217,7 @@ def _is_shard_key(val: Any, entries: Mapping[str, str | None],
 
 def _bare_name(node: Any) -> str | None:
     if isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and isinstance(
-            node.fields[0], ast.String):  # fmt: skip
+            node.fields[0], ast.String):
         return str(node.fields[0].sval)
     return None
 
@@ -264,14 +264,14 @@ class _Builder:
         name = _bare_name(node)
         if by_name and name is not None:
             named = [i for i, t in enumerate(self.targets) if (t.name or _implicit_name(t.val))
-                     == name]  # fmt: skip
+                     == name]
             if len({sql_text(self.targets[i].val) for i in named}) > 1:
                 raise refuse(Refusal.ORDER, node, "the name is ambiguous among the output "
-                                                   "columns")  # fmt: skip
+                                                   "columns")
             if named:
                 return self.visible_index(named[0])
             if any(t.name is None and not _is_star(t) and _implicit_name(t.val) is None
-                   for t in self.targets):  # fmt: skip
+                   for t in self.targets):
                 raise refuse(Refusal.ORDER, node, "an unnamed output column may carry this "
                                                    "name; name it with AS, or sort by position")
         return self.same_expression(node)
@@ -298,10 +298,10 @@ class _Builder:
                           if isinstance(t.val, ast.ColumnRef) and _implicit_name(t.val) == name
                           and all(isinstance(f, ast.String) for f in t.val.fields)), None)
         if found is None and any((t.name or _implicit_name(t.val)) == name
-                                 for t in self.targets):  # fmt: skip
+                                 for t in self.targets):
             raise refuse(Refusal.SHAPE, node, "GROUP BY a name of an output column of another "
                                                "expression is ambiguous here; group by the "
-                                               "expression or its position")  # fmt: skip
+                                               "expression or its position")
         return found
 
     def sort_keys(self, resolve: Any) -> list[tuple[int, bool, bool]]:
@@ -388,7 +388,7 @@ def _shard_limit(limit: Bound, offset: Bound | None) -> Any:
             return ast.A_Const(isnull=False, val=ast.Integer(ival=bound.value or 0))
         return ast.TypeCast(arg=ast.ParamRef(number=bound.param),
                             typeName=ast.TypeName(names=(ast.String(sval="int8"),),
-                                                  typemod=-1))  # fmt: skip
+                                                  typemod=-1))
     if offset is None:
         return expr(limit)
     if limit.param is None and offset.param is None:
@@ -397,12 +397,12 @@ def _shard_limit(limit: Bound, offset: Bound | None) -> Any:
 
     def cast(node: Any, to: str) -> Any:
         return ast.TypeCast(arg=node, typeName=ast.TypeName(names=(ast.String(sval=to),),
-                                                            typemod=-1))  # fmt: skip
+                                                            typemod=-1))
 
     # Added in numeric and capped at int8's maximum: a "no limit" LIMIT $1 near it plus any
     # OFFSET would overflow int8 on the shards. A NULL (no limit) makes least() the maximum.
     total = ast.A_Expr(kind=0, name=(ast.String(sval="+"),), lexpr=cast(expr(limit), "numeric"),
-                       rexpr=cast(expr(offset), "numeric"))  # fmt: skip
+                       rexpr=cast(expr(offset), "numeric"))
     cap = ast.A_Const(isnull=False, val=ast.Integer(ival=_INT8_MAX))
     return cast(ast.MinMaxExpr(op=1, args=(total, cap)), "int8")
 
@@ -429,7 +429,7 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
                           f"{name} cannot be combined exactly from each shard's part")
         if call.agg_distinct and not (kind is Combine.COUNT and len(call.args or ()) == 1
                                       and _is_shard_key(call.args[0], b.entries, b.tables)
-                                      ) and kind not in (Combine.MIN, Combine.MAX):  # fmt: skip
+                                      ) and kind not in (Combine.MIN, Combine.MAX):
             raise refuse(Refusal.DISTINCT, call,
                           "equal values may be counted on several shards; only a shard key "
                           "(user_id, course_id, region ...) is counted DISTINCT exactly")
@@ -437,17 +437,17 @@ def _grouped(b: _Builder, limit: Bound | None, offset: Bound | None) -> ScatterP
             raise refuse(Refusal.AGGREGATE, call,
                           "an order or DISTINCT inside would need the shards' values merged "
                           "one by one; without it the parts are joined (in any order, as in "
-                          "PostgreSQL)")  # fmt: skip
+                          "PostgreSQL)")
         if kind is not Combine.AVG:
             return call, kind, None
         total = ast.FuncCall(funcname=(ast.String(sval="sum"),), args=call.args,
                              agg_filter=call.agg_filter, agg_within_group=False,
                              agg_star=False, agg_distinct=False, func_variadic=False,
-                             funcformat=call.funcformat)  # fmt: skip
+                             funcformat=call.funcformat)
         count = ast.FuncCall(funcname=(ast.String(sval="count"),), args=call.args,
                              agg_filter=call.agg_filter, agg_within_group=False,
                              agg_star=False, agg_distinct=False, func_variadic=False,
-                             funcformat=call.funcformat)  # fmt: skip
+                             funcformat=call.funcformat)
         return total, kind, count
 
     for i, t in enumerate(b.targets):
@@ -580,7 +580,7 @@ def _condition(node: Any, key_column: Any) -> Cond:
     """HAVING as a condition the merge evaluates; what it cannot evaluate exactly is refused."""
     if isinstance(node, ast.BoolExpr):
         op = {BoolExprType.AND_EXPR: "and", BoolExprType.OR_EXPR: "or",
-              BoolExprType.NOT_EXPR: "not"}[node.boolop]  # fmt: skip
+              BoolExprType.NOT_EXPR: "not"}[node.boolop]
         return Cond(op, tuple(_condition(arg, key_column) for arg in node.args))
     if isinstance(node, ast.NullTest):
         op = "isnull" if node.nulltesttype == NullTestType.IS_NULL else "notnull"
@@ -589,13 +589,13 @@ def _condition(node: Any, key_column: Any) -> Cond:
         name = [n.sval for n in node.name]
         if len(name) == 1 and name[0] in _COMPARISONS:
             return Cond(_COMPARISONS[name[0]], left=_operand(node.lexpr, key_column),
-                        right=_operand(node.rexpr, key_column))  # fmt: skip
+                        right=_operand(node.rexpr, key_column))
     if is_aggregate(node) or isinstance(node, ast.ColumnRef):  # a boolean value itself
         return Cond("value", left=_operand(node, key_column))
     raise refuse(Refusal.EXPRESSION, node,
                   "HAVING is applied after the merge, which evaluates only comparisons of "
                   "aggregates, group keys, constants and parameters, with AND, OR, NOT and "
-                  "IS [NOT] NULL")  # fmt: skip
+                  "IS [NOT] NULL")
 
 
 def _remap(cond: Cond, to_abs: Any) -> Cond:
@@ -605,4 +605,4 @@ def _remap(cond: Cond, to_abs: Any) -> Cond:
         return Operand(column=to_abs(o.column))
 
     return Cond(cond.op, tuple(_remap(c, to_abs) for c in cond.args), operand(cond.left),
-                operand(cond.right))  # fmt: skip
+                operand(cond.right))

@@ -29,7 +29,7 @@ AGGREGATES = {
     "count": Combine.COUNT, "sum": Combine.SUM, "min": Combine.MIN, "max": Combine.MAX,
     "avg": Combine.AVG, "bool_and": Combine.AND, "every": Combine.AND, "bool_or": Combine.OR,
     "array_agg": Combine.ARRAY, "string_agg": Combine.STRING,
-}  # fmt: skip
+}
 # PostgreSQL's other aggregates: refused, since their parts do not combine (or not exactly).
 OTHER_AGGREGATES = frozenset({
     "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
@@ -38,7 +38,7 @@ OTHER_AGGREGATES = frozenset({
     "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
     "regr_sxy", "regr_syy", "percentile_cont", "percentile_disc", "mode", "bit_and", "bit_or",
     "bit_xor", "any_value", "range_agg", "range_intersect_agg", "grouping",
-})  # fmt: skip
+})
 
 
 def sql_text(node: Any) -> str:

@@ -5,6 +5,7 @@ failed, an idempotency key already used, a write that applied but cannot be answ
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -16,6 +17,10 @@ __all__ = [
     "EngineError",
     "IdempotencyKeyReused",
     "NodeReadOnlyError",
+    "OutcomeUnknown",
+    "PhaseOneTooSlow",
+    "RecoveryNodeUnavailable",
+    "ReferenceCopiesDiffer",
     "RequestTimeout",
     "ResultUndeliverable",
     "ShardFailure",
@@ -23,6 +28,7 @@ __all__ = [
     "TooManyTransactions",
     "TransactionAborted",
     "TransactionError",
+    "TwoPhaseAborted",
     "UnknownTransaction",
     "is_read_only_refusal",
 ]
@@ -89,6 +95,64 @@ class TooManyTransactions(TransactionError):
     code = ErrorCode.TOO_MANY_TRANSACTIONS
 
 
+class TwoPhaseAborted(TransactionError):
+    """Nothing of the transaction committed, on any shard: `cause` (raised on `shard`) made
+    it roll back. Answered as the cause's PostgreSQL error when it is one (server/failures.py),
+    else as TRANSACTION_ABORTED."""
+
+    code = ErrorCode.TRANSACTION_ABORTED
+
+    def __init__(self, shard: str, cause: BaseException, what: str) -> None:
+        self.shard = shard
+        self.cause = cause
+        super().__init__(f"transaction rolled back on every shard: {what} on shard {shard}: "
+                         f"{cause}")
+
+    def detail(self) -> dict[str, Any]:
+        return {"shard": self.shard}
+
+
+class PhaseOneTooSlow(EngineError):
+    """Phase one outlasted half the grace period: the coordinator gives up rather than risk a
+    decision after recovery presumed an abort."""
+
+    code = ErrorCode.TRANSACTION_ABORTED
+
+
+class OutcomeUnknown(EngineError):
+    """The decision was sent to the coordinator's shard, which was lost before it answered and
+    cannot be asked now. The recovery sweeper settles it (every shard alike) once it can."""
+
+    code = ErrorCode.TRANSACTION_OUTCOME_UNKNOWN
+
+    def __init__(self, gtid: str, coordinator: str, shards: Sequence[str], cause: BaseException):
+        self.gtid = gtid
+        self.coordinator = coordinator
+        self.shards = tuple(shards)
+        super().__init__(
+            f"the outcome of transaction {gtid} is unknown: shard {coordinator}, which holds "
+            f"its decision, was lost during the commit ({cause}) and cannot be asked; the "
+            f"router settles it on every shard ({', '.join(self.shards)}) alike once it can")
+
+    def detail(self) -> dict[str, Any]:
+        return {"gtid": self.gtid, "coordinator": self.coordinator, "shards": list(self.shards)}
+
+
+class RecoveryNodeUnavailable(EngineError):
+    """The two-phase recovery sweep could not reach a node this round (it tries again)."""
+
+    code = ErrorCode.NODE_UNAVAILABLE
+    retry = Retry.ALWAYS
+
+
+class ReferenceCopiesDiffer(EngineError):
+    """A reference-table write did not do the same on every shard: the copies already differ
+    (`georoute health` names them), or the statement computes its rows on each shard. Nothing
+    was committed."""
+
+    code = ErrorCode.CROSS_SHARD_UNSUPPORTED
+
+
 class IdempotencyKeyReused(EngineError):
     """The key was already claimed by another request (on this shard): nothing was run."""
 
@@ -117,7 +181,7 @@ class ResultUndeliverable(EngineError):
     code = ErrorCode.RESULT_UNDELIVERABLE
 
     def __init__(self, status: str, rowcount: int, route: list[str] | None,
-                 ryw_token: str | None, tx: int | None, reason: str) -> None:  # fmt: skip
+                 ryw_token: str | None, tx: int | None, reason: str) -> None:
         self.status = status
         self.rowcount = rowcount
         self.route = route
@@ -129,7 +193,7 @@ class ResultUndeliverable(EngineError):
             advice = "do not send it again"
         else:
             what = (f"the statement ran in transaction {tx} ({status}), which is still open, "
-                    "but its result cannot be sent")  # fmt: skip
+                    "but its result cannot be sent")
             advice = "it commits or rolls back with the transaction"
         super().__init__(f"{what}: {reason}; {advice}")
 

@@ -1,40 +1,41 @@
 """Carries routing decisions out: pick the node, borrow a backend connection, run, give back.
 
-`Executor.query` is the hot path: a cached parse, a pure shard and replica choice, one round
-trip on a prepared statement. Writes on a primary also read the primary's WAL position, which
-becomes the session's read-your-writes token; reads carrying such a token go to a replica
-only once it has replayed past it (waiting a bounded few milliseconds), else to the primary.
+`Executor.submit` (the pipelined fast path) and `Executor.query` (the pooled path) each take a
+cached parse, a pure route (core/routing.py) and, for a read, the pure read decision
+(core/reads.py `plan_read`), then run the statement in one round trip on a prepared
+statement. Writes on a primary also read the primary's WAL position, which becomes the
+session's read-your-writes token; reads carrying such a token go to a replica only once it
+has replayed past it (waiting a bounded few milliseconds), else to the primary.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, assert_never
 
 import asyncpg
 
 from protocol.messages import Hints
-from protocol.messages import Role as WireRole
+from protocol.ryw import format_ryw_token
 from router.backend.pgwire import Callback, PipelineError, Unsupported
 from router.backend.pool import Backend, NodeUnavailableError, PoolTimeoutError
-from router.backend.wal import UNKNOWN_LSN
-from router.config import Config
+from router.backend.wal import REPLAY_POSITION_SQL
+from router.config import Config, FailoverMode
 from router.core.classify import Analysis
 from router.core.health import HealthEvent
+from router.core.reads import AwaitReplay, OnPrimary, OnReplica, ReadPlan, ReadPolicy, plan_read
+from router.core.reference import one_copy_refusal
 from router.core.routing import (
-    Consistency,
     CrossShardError,
+    EveryPrimary,
     MissingShardKeyError,
-    Role,
+    OneShard,
     Route,
     RoutingError,
     Scatter,
-    Target,
     UnknownShardError,
     check_writes,
-    choose_replica,
-    decide_role,
     resolve_shards,
     route,
     shard_of_value,
@@ -42,10 +43,10 @@ from router.core.routing import (
 )
 from router.engine import idempotency
 from router.engine.classifier import Classifier
+from router.engine.distributed import DistributedTransactions
 from router.engine.errors import NodeReadOnlyError, is_read_only_refusal
 from router.engine.outcome import (
     CONNECTION_ERRORS,
-    WIRE_ROLE,
     Outcome,
     Routed,
     connection_lost,
@@ -56,30 +57,42 @@ from router.engine.scatter import ScatterRunner
 from router.engine.session import Session
 from router.engine.transactions import Transactions
 from router.ha.topology import NodeState, ShardState, Topology
+from router.types import Role
 
 __all__ = ["Executor"]
 
-REPLAY_LSN_SQL = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8"
-_CONSISTENCY = {
-    "session": Consistency.SESSION,
-    "strong": Consistency.STRONG,
-    "replica": Consistency.EVENTUAL,
-}
 
 
 
+
+
+def _release(node: NodeState, backend: Backend, broken: bool) -> None:
+    node.pool.release(backend, broken=broken)
 
 
 class Executor:
-    def __init__(self, config: Config, topology: Topology, classifier: Classifier) -> None:
+    def __init__(self, config: Config, topology: Topology, classifier: Classifier, *,
+                 transaction_ended: Callable[[], None] | None = None) -> None:
+        """`transaction_ended`: called whenever a transaction is over (a drain waits on it)."""
         self.config = config
         self.topology = topology
         self.classifier = classifier
         self._ryw_wait = config.router.read_your_writes_wait_ms / 1000
-        self._max_lag = config.router.max_replica_lag_bytes
-        self.transactions = Transactions(self)
+        self.read_policy = ReadPolicy(config.router.max_replica_lag_bytes, self._ryw_wait > 0)
+        self.distributed = DistributedTransactions(config, topology, classifier, self.acquire,
+                                                   self.token, ended=transaction_ended)
+        self.transactions = Transactions(
+            config, classifier, primary=lambda shard: self._shard(shard).primary,
+            shard_for_key=self.shard_for_key, acquire=self.acquire, release=_release,
+            token=lambda session, shard: self.token(session, self._shard(shard)),
+            ended=transaction_ended, distributed=self.distributed,
+        )
+        # While a shard's primary is down and a failover may bring one (external or managed
+        # mode), its writes wait this long for it ([failover] write_buffer_seconds).
+        off = FailoverMode(config.failover.mode) is FailoverMode.OFF
+        self.write_hold = 0.0 if off else config.failover.write_buffer_seconds
         self._routes: dict[NodeState, list[str]] = {}
-        self.scatter = ScatterRunner(config, topology, self._pick, self.acquire)
+        self.scatter = ScatterRunner(config, topology, self.plan_read, self._pick, self.acquire)
 
     # ---- choosing and borrowing ------------------------------------------------------------
 
@@ -101,7 +114,9 @@ class Executor:
 
     async def acquire(self, node: NodeState) -> Backend:
         if not node.available:
-            raise NodeUnavailableError(f"{node.name} is down ({node.last_error or 'unreachable'})")
+            state = "fenced" if node.fenced else "down"
+            raise NodeUnavailableError(f"{node.name} is {state} "
+                                       f"({node.last_error or 'unreachable'})")
         if not node.pool.closed:
             backend = node.pool.try_acquire()
             if backend is not None:
@@ -113,15 +128,27 @@ class Executor:
                 node.record(HealthEvent.CONNECT_FAILED, str(exc))
             raise
 
+    async def writable_primary(self, shard: ShardState) -> NodeState:
+        """The shard's primary, for a write. While it is down (a failover under way, or a
+        restart), the write is held up to `write_hold` seconds for a primary that can take
+        it, woken by each monitor round; then it goes there, or fails with the retryable
+        NODE_UNAVAILABLE if there is none. Reads do not wait: replicas keep serving them."""
+        if not shard.primary.available and self.write_hold > 0:
+            await shard.wait_for_primary(self.write_hold)
+        return shard.primary
+
+    def plan_read(self, session: Session, shard: ShardState, hints: Hints) -> ReadPlan[NodeState]:
+        """Where a read of `shard` runs (core/reads.py), for this session and its hints."""
+        return plan_read(shard, session.min_lsn(shard.name, hints.ryw), hints.consistency,
+                         self.read_policy, shard.next_turn())
+
     async def _replica_past(
-        self, shard: ShardState, min_lsn: int, pipelined: bool
+        self, node: NodeState, min_lsn: int, pipelined: bool
     ) -> tuple[NodeState, Backend | None] | None:
-        """A fresh replica that has replayed past `min_lsn`, waiting up to the bounded wait.
-        With `pipelined`, its replay position is asked on its pipelined connections and the
-        read goes there too (None for the backend); else on a borrowed pooled connection."""
-        node = choose_replica(shard.replicas, self._max_lag, None, shard.next_turn())
-        if node is None or self._ryw_wait <= 0:
-            return None
+        """`node`, a fresh replica, once it has replayed past `min_lsn`, waiting up to the
+        bounded wait. With `pipelined`, its replay position is asked on its pipelined
+        connections and the read goes there too (None for the backend); else on a borrowed
+        pooled connection."""
         try:  # the whole wait is bounded, a replica that stops answering included
             async with asyncio.timeout(self._ryw_wait):
                 return await self._wait_for_replay(node, min_lsn, pipelined)
@@ -135,7 +162,7 @@ class Executor:
         if pipelined:
             try:
                 while True:
-                    _, rows, _ = await node.pool.pipeline.run(REPLAY_LSN_SQL, ())
+                    _, rows, _ = await node.pool.pipeline.run(REPLAY_POSITION_SQL, ())
                     lsn = rows[0][0] if rows else None
                     if lsn is not None:
                         node.replay_lsn = max(node.replay_lsn or 0, lsn)
@@ -153,7 +180,7 @@ class Executor:
         try:
             while True:
                 querying = True
-                lsn = await backend.scalar(REPLAY_LSN_SQL)
+                lsn = await backend.scalar(REPLAY_POSITION_SQL)
                 querying = False
                 if lsn is not None:
                     node.replay_lsn = max(node.replay_lsn or 0, lsn)
@@ -170,26 +197,33 @@ class Executor:
             raise
 
     async def _pick(
-        self, shard: ShardState, role: Role, min_lsn: int | None, pipelined: bool
+        self, shard: ShardState, plan: ReadPlan[NodeState] | None, pipelined: bool
     ) -> tuple[NodeState, Backend | None]:
-        """The node to run on, and a borrowed backend; None for the backend means "try the
-        node's pipeline first" (`_run` then borrows one only if the pipeline declines)."""
-        if role is Role.REPLICA:
-            node = choose_replica(shard.replicas, self._max_lag, min_lsn, shard.next_turn())
-            if node is not None:
+        """Carry out a read plan (None: a write, on the primary): the node to run on, and a
+        borrowed backend; None for the backend means "try the node's pipeline first" (`_run`
+        then borrows one only if the pipeline declines). A replica that cannot be had, or
+        does not catch up in time, leaves the read to the primary."""
+        match plan:
+            case OnReplica(node=node):
                 if pipelined and node.available:
                     return node, None
                 try:
                     return node, await self.acquire(node)
                 except (NodeUnavailableError, PoolTimeoutError):
-                    pass  # fall through to the primary
-            elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
+                    pass  # the primary
+            case AwaitReplay(node=node, min_lsn=min_lsn):
                 try:
-                    found = await self._replica_past(shard, min_lsn, pipelined)
+                    found = await self._replica_past(node, min_lsn, pipelined)
                 except (NodeUnavailableError, PoolTimeoutError, *CONNECTION_ERRORS):
                     found = None  # the primary always has the session's writes
                 if found is not None:
                     return found
+            case None:  # a write
+                await self.writable_primary(shard)
+            case OnPrimary():
+                pass
+            case _:
+                assert_never(plan)
         return shard.primary, await self._primary(shard, pipelined)
 
     async def _primary(self, shard: ShardState, pipelined: bool) -> Backend | None:
@@ -227,7 +261,7 @@ class Executor:
     def submit(
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints,
         callback: Callback,
-    ) -> Routed | None:  # fmt: skip
+    ) -> Routed | None:
         """The synchronous fast path of `query`: route an autocommit statement and queue it
         on the chosen node's pipeline, with no task and no await; `callback` gets the result.
         None means "use `query`": a transaction, an idempotency key, a statement that changes
@@ -238,27 +272,20 @@ class Executor:
         try:
             analysis, target = self.target_for(sql, params, hints)
             if (len(params) != analysis.param_count or analysis.changes_session_state
-                    or analysis.command == "UTILITY"):  # fmt: skip
+                    or analysis.command == "UTILITY"):
                 return None
-            if not isinstance(target, Target):  # a Scatter: query() runs it
+            if type(target) is not OneShard:  # a Scatter or EveryPrimary: query() runs them
                 return None
-            consistency = _CONSISTENCY[hints.consistency]
-            role = decide_role(target, consistency, in_transaction=False)
             shard = self.topology.shards[target.shard]
+            if target.write:
+                node = shard.primary
+            else:
+                plan = self.plan_read(session, shard, hints)
+                if type(plan) is AwaitReplay:  # the bounded wait for a replica: query()
+                    return None
+                node = plan.node
         except Exception:
             return None
-        node = shard.primary
-        if role is Role.REPLICA:
-            min_lsn = (
-                session.min_lsn(shard.name, hints.ryw)
-                if consistency is Consistency.SESSION
-                else None
-            )
-            replica = choose_replica(shard.replicas, self._max_lag, min_lsn, shard.next_turn())
-            if replica is not None:
-                node = replica
-            elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
-                return None  # the bounded wait for a replica to replay past the token
         if not node.available:
             return None
         # A write on the primary also gets the WAL position after it, for its token.
@@ -271,19 +298,16 @@ class Executor:
     def route_of(self, node: NodeState) -> list[str]:
         """The reply's route in its wire form, [shard, node, role] (built once per node)."""
         route = self._routes.get(node)
-        role = WIRE_ROLE[node.role]._value_
+        role = node.role._value_
         if route is None or route[2] != role:  # new, or its role changed (failover)
             route = self._routes[node] = [node.shard, node.name, role]
         return route
 
     def needs_token(self, routed: Routed, status: str) -> bool:
-        """A write on a primary that changed rows: its reply carries a read-your-writes token."""
+        """A write (run on the primary only) that changed rows: its reply carries a
+        read-your-writes token."""
         analysis = routed.analysis
-        return (
-            routed.node.role is Role.PRIMARY
-            and not analysis.read_only
-            and rows_changed(analysis, status)
-        )
+        return not analysis.read_only and rows_changed(analysis, status)
 
     async def write_token(self, session: Session, routed: Routed) -> str:
         return await self.token(session, routed.shard)
@@ -291,7 +315,7 @@ class Executor:
     def token_at(self, session: Session, routed: Routed, lsn: int) -> str:
         """The token for a write whose WAL position was read on its own connection."""
         session.note_write(routed.shard.name, lsn)
-        return f"{routed.shard.name}:{lsn}"
+        return format_ryw_token(routed.shard.name, lsn)
 
     async def query(
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints
@@ -305,17 +329,17 @@ class Executor:
             raise RoutingError(
                 f"the statement uses {analysis.param_count} parameters, {len(params)} were given"
             )
-        consistency = _CONSISTENCY[hints.consistency]
-        if isinstance(target, Scatter):  # a read over several shards, merged (scatter.py)
-            return await self.scatter.run(session, sql, params, analysis, target, hints,
-                                          consistency)  # fmt: skip
-        role = decide_role(target, consistency, in_transaction=False)
+        match target:
+            case Scatter():  # a read over several shards, merged (scatter.py)
+                return await self.scatter.run(session, sql, params, analysis, target, hints)
+            case EveryPrimary():  # a reference table's copies, in one two-phase commit
+                return await self.distributed.reference_write(session, sql, params, hints,
+                                                              analysis)
+            case OneShard():
+                pass
+            case _:
+                assert_never(target)
         shard = self._shard(target.shard)
-        min_lsn = (
-            session.min_lsn(shard.name, hints.ryw)
-            if role is Role.REPLICA and consistency is Consistency.SESSION
-            else None
-        )
         if hints.idempotency_key is not None and not analysis.read_only:
             try:
                 return await self._idempotent(session, shard, hints.idempotency_key, sql, params)
@@ -327,10 +351,11 @@ class Executor:
         # connection; the rest get a pooled connection of their own.
         dirty = analysis.changes_session_state
         pipelined = not dirty and analysis.command != "UTILITY"
-        node, backend = await self._pick(shard, role, min_lsn, pipelined)
+        plan = None if target.write else self.plan_read(session, shard, hints)
+        node, backend = await self._pick(shard, plan, pipelined)
         try:
             columns, rows, status = await self._run(node, backend, sql, params, dirty,
-                                                    hints.timeout_ms)  # fmt: skip
+                                                    hints.timeout_ms)
         except asyncpg.PostgresError as exc:
             # A write goes to the primary: refused as read-only, it found that node demoted
             # (nothing was applied). A read refused so wrote after all: its own error.
@@ -338,18 +363,16 @@ class Executor:
                 raise NodeReadOnlyError(exc, retryable=True) from exc
             raise
         except NodeUnavailableError:
-            if node.role is not Role.REPLICA:
+            if node is shard.primary:
                 raise
             # The replica went away under a read: reads are safe to run again, on the primary.
             node, backend = shard.primary, await self._primary(shard, pipelined)
             columns, rows, status = await self._run(node, backend, sql, params, dirty,
-                                                    hints.timeout_ms)  # fmt: skip
-        token = None
-        if node.role is Role.PRIMARY and not analysis.read_only and rows_changed(
-            analysis, status
-        ):
+                                                    hints.timeout_ms)
+        token = None  # (a write runs on the primary only)
+        if not analysis.read_only and rows_changed(analysis, status):
             token = await self.token(session, shard)
-        return Outcome(columns, rows, status, shard.name, node.name, WireRole(node.role.value),
+        return Outcome(columns, rows, status, shard.name, node.name, node.role,
                        token)
 
     async def _idempotent(
@@ -357,7 +380,7 @@ class Executor:
     ) -> Outcome:
         """Apply a keyed write at most once: the key is claimed in the write's own transaction,
         and a retry of the same request gets the stored reply (columns, rows, status)."""
-        node = shard.primary
+        node = await self.writable_primary(shard)
         request = idempotency.fingerprint("query", shard.name, [(sql, params)])
         backend = await self.acquire(node)
         if self.classifier.analyze(sql).changes_session_state:
@@ -390,16 +413,16 @@ class Executor:
         node.pool.release(backend)
         token = await self.token(session, shard)
         if reply is None:  # applied, but its rows can never be sent, nor to a retry
-            return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY, token,
+            return Outcome([], [], status, shard.name, node.name, Role.PRIMARY, token,
                            rows_lost="its rows hold a value with no wire form, or exceed "
-                                     "the frame limit (router.max_frame_bytes)")  # fmt: skip
-        return Outcome(columns, rows, status, shard.name, node.name, WireRole.PRIMARY, token)
+                                     "the frame limit (router.max_frame_bytes)")
+        return Outcome(columns, rows, status, shard.name, node.name, Role.PRIMARY, token)
 
     async def token(self, session: Session, shard: ShardState) -> str:
         """The read-your-writes token after a write on `shard`'s primary (noted in session)."""
         lsn = await shard.lsn.after_write()
         session.note_write(shard.name, lsn)
-        return f"{shard.name}:{lsn}"
+        return format_ryw_token(shard.name, lsn)
 
     async def batch(
         self, session: Session, statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints
@@ -415,7 +438,7 @@ class Executor:
         shard_name = self._batch_shard(analyses, statements, hints)
         first_sql = statements[0][0]
         shard = self._shard(shard_name)
-        node = shard.primary
+        node = await self.writable_primary(shard)
         backend = await self.acquire(node)
         if any(analysis.changes_session_state for analysis in analyses):
             backend.dirty = True  # closed, not reused (pool.py)
@@ -444,12 +467,12 @@ class Executor:
                 node.record(HealthEvent.CONNECT_FAILED, str(exc))
                 # With a key a retry cannot apply it twice (sent=False); without, it may have.
                 raise NodeUnavailableError(f"{node.name}: connection lost: {exc}",
-                                           sent=key is None) from exc  # fmt: skip
+                                           sent=key is None) from exc
             node.pool.release(backend, broken=backend.conn.is_in_transaction())
             raise
         node.pool.release(backend)
         token = await self.token(session, shard)
-        return Outcome([], [], status, shard.name, node.name, WireRole.PRIMARY, token)
+        return Outcome([], [], status, shard.name, node.name, Role.PRIMARY, token)
 
     def _batch_shard(self, analyses: Sequence[Analysis],
                      statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints) -> str:
@@ -471,8 +494,11 @@ class Executor:
             if shard is not None:
                 shards.setdefault(shard, number)
             elif not analysis.read_only and analysis.tables:  # a reference table's copy
-                raise MissingShardKeyError([f"{analysis.tables[0]} (statement {number}: a "
-                                            "reference table: writes need a shard hint)"])
+                if analysis.reference_writes:  # every copy, or none: not in a batch
+                    raise CrossShardError(one_copy_refusal(analysis.reference_writes,
+                                                           f"a batch (statement {number})"))
+                raise MissingShardKeyError([f"{analysis.tables[0]} (statement {number}: "
+                                            "a shard hint)"])
         if len(shards) > 1:
             detail = ", ".join(f"statement {n} -> {s}" for s, n in shards.items())
             raise CrossShardError(

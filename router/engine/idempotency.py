@@ -105,7 +105,7 @@ def pack_reply(columns: list[str], rows: list[Any], max_bytes: int) -> bytes | N
     types = getattr(columns, "types", None)  # kept, so a retry's reply has them too
     try:
         packed: bytes = msgpack.packb([list(columns), rows, types], default=ext_default,
-                                      use_bin_type=True)  # fmt: skip
+                                      use_bin_type=True)
     except (TypeError, ValueError, OverflowError):
         return None
     return packed if len(packed) <= max_bytes else None
@@ -150,7 +150,7 @@ def sweep_interval(retention_seconds: float) -> float:
 
 
 async def run_sweeper(current: Callable[[], Topology], retention_seconds: float,
-                      clock: Clock = SYSTEM_CLOCK) -> None:  # fmt: skip
+                      clock: Clock = SYSTEM_CLOCK) -> None:
     """Sweep every `sweep_interval`, on whatever topology is current (a SIGHUP reload
     replaces it); the interval sleeps on `clock`."""
     interval = sweep_interval(retention_seconds)

@@ -11,15 +11,14 @@ from typing import Any
 
 import asyncpg
 
-from protocol.messages import Role as WireRole
 from router.backend.pool import Backend, NodeUnavailableError
 from router.core.classify import Analysis
 from router.core.health import HealthEvent
-from router.core.routing import Role
 from router.ha.topology import NodeState, ShardState
+from router.types import Role
 
 __all__ = [
-    "CONNECTION_ERRORS", "WIRE_ROLE", "Outcome", "Routed", "connection_lost", "returned_after",
+    "CONNECTION_ERRORS", "Outcome", "Routed", "connection_lost", "returned_after",
     "rows_changed",
 ]
 
@@ -45,8 +44,6 @@ def connection_lost(exc: BaseException, backend: Backend) -> bool:
         isinstance(exc, asyncpg.exceptions.InterfaceError) and backend.conn.is_closed())
 
 
-WIRE_ROLE = {Role.PRIMARY: WireRole.PRIMARY, Role.REPLICA: WireRole.REPLICA}
-
 
 @dataclass(slots=True, eq=False)
 class Routed:
@@ -65,11 +62,14 @@ class Outcome:
     status: str
     shard: str
     node: str
-    role: WireRole
+    role: Role
     ryw_token: str | None = None
     # Set when the statement applied but its rows can never be sent (a keyed write whose
     # reply could not be stored): why. Its reply then says that it applied (server.py).
     rows_lost: str | None = None
+    # Every shard's token when the request wrote on several (a two-phase commit); the first
+    # is also `ryw_token`, for clients that read only that (PROTOCOL.md section 5).
+    ryw_tokens: tuple[str, ...] = ()
 
     @property
     def rowcount(self) -> int:

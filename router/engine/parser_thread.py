@@ -37,7 +37,7 @@ def _parse_later(job: tuple[Callable[[str], Any], str, Future[Any]] | None) -> N
             try:
                 # A daemon: a parse still running at exit does not hold the process up.
                 threading.Thread(target=_parser_loop, args=(_parser_queue,),
-                                 name="georoute-parser", daemon=True).start()  # fmt: skip
+                                 name="georoute-parser", daemon=True).start()
             finally:
                 threading.stack_size(previous)
     if job is not None:

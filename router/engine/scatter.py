@@ -18,22 +18,22 @@ from typing import Any
 
 from protocol.errors import ErrorCode
 from protocol.messages import Hints
-from protocol.messages import Role as WireRole
 from router.backend.pgwire import PipelineError, Unsupported
 from router.backend.pipeline import is_lock_timeout, is_stale_statement
 from router.backend.pool import Backend, NodeUnavailableError
-from router.backend.wal import UNKNOWN_LSN
 from router.config import Config
 from router.core.classify import Analysis
 from router.core.health import HealthEvent
 from router.core.merge import ShardRows, ValueOrder, column_orders, merge, real_columns
-from router.core.routing import Consistency, Role, Scatter, choose_replica
+from router.core.reads import AwaitReplay, ReadPlan
+from router.core.routing import Scatter
 from router.core.scatter_plan import Refusal, ScatterPlan, ScatterRefused
 from router.core.scatter_rewrite import plan_scatter
 from router.engine.errors import EngineError, ShardFailure
 from router.engine.outcome import Outcome, returned_after
 from router.engine.session import Session
 from router.ha.topology import NodeState, ShardState, Topology
+from router.types import Role
 
 __all__ = ["ScatterRunner", "ScatterStats", "ShardFailure"]
 
@@ -45,9 +45,13 @@ _DATABASE_SQL = (
     "FROM pg_database WHERE datname = current_database()"
 )
 
-# Executor._pick: the node for a read of one shard, and a borrowed pooled connection (None:
-# read on the node's pipelined connections); Executor.acquire: a pooled connection of a node.
-Pick = Callable[[ShardState, Role, int | None, bool], Awaitable[tuple[NodeState, Backend | None]]]
+# Executor.plan_read: where a read of one shard runs (core/reads.py, for the session and its
+# hints); Executor._pick: that plan carried out (None: on the primary), the node and a borrowed
+# pooled connection (None: read on the node's pipelined connections); Executor.acquire: a
+# pooled connection of a node.
+PlanRead = Callable[[Session, ShardState, Hints], ReadPlan[NodeState]]
+Pick = Callable[[ShardState, ReadPlan[NodeState] | None, bool],
+                Awaitable[tuple[NodeState, Backend | None]]]
 Acquire = Callable[[NodeState], Awaitable[Backend]]
 
 
@@ -111,7 +115,7 @@ class _FastParts:
     def fail(self, index: int, node: NodeState, exc: BaseException | None) -> None:
         exc = exc or PipelineError("no result")
         if (isinstance(exc, (PipelineError, _Reshaped)) or is_stale_statement(exc)
-                or is_lock_timeout(exc)):  # fmt: skip
+                or is_lock_timeout(exc)):
             self.failed.append((index, node, exc))
         elif not self.done.done():
             self.done.set_exception(ShardFailure(node.shard, exc))
@@ -122,7 +126,7 @@ def _too_large(max_rows: int) -> ScatterRefused:
     return ScatterRefused(
         Refusal.TOO_LARGE, "the result",
         f"the shards sent more than router.max_scatter_rows ({max_rows}) rows to merge; "
-        "narrow the read (a WHERE, a LIMIT) or read each shard")  # fmt: skip
+        "narrow the read (a WHERE, a LIMIT) or read each shard")
 
 
 @dataclass(slots=True)
@@ -136,13 +140,14 @@ class _Answer:
 
 
 class ScatterRunner:
-    def __init__(self, config: Config, topology: Topology, pick: Pick, acquire: Acquire) -> None:
+    def __init__(self, config: Config, topology: Topology, plan_read: PlanRead, pick: Pick,
+                 acquire: Acquire) -> None:
         self._config = config
         self._topology = topology
+        self._plan_read = plan_read
         self._pick = pick
         self._acquire = acquire
         self._max_rows = config.router.max_scatter_rows
-        self._max_lag = config.router.max_replica_lag_bytes
         self._databases: dict[str, tuple[bool, frozenset[int]]] = {}  # node -> (C, enums)
         self.stats = ScatterStats()
 
@@ -161,7 +166,7 @@ class ScatterRunner:
         return found
 
     async def run(self, session: Session, sql: str, params: Sequence[Any], analysis: Analysis,
-                  target: Scatter, hints: Hints, consistency: Consistency) -> Outcome:  # fmt: skip
+                  target: Scatter, hints: Hints) -> Outcome:
         plan = self.plan(sql, analysis)
         self.stats.requests += 1
         self.stats.fanout[len(target.shards)] = self.stats.fanout.get(len(target.shards), 0) + 1
@@ -172,10 +177,9 @@ class ScatterRunner:
         fast = _FastParts(len(target.shards))
         tasks: dict[asyncio.Future[Any], str] = {}
         for index, name in enumerate(target.shards):
-            if not self._submit(fast, index, session, name, plan, params, analysis, hints,
-                                consistency):  # fmt: skip
+            if not self._submit(fast, index, session, name, plan, params, analysis, hints):
                 tasks[asyncio.ensure_future(self._one(
-                    session, name, plan, params, analysis, hints, consistency, budget))] = name
+                    session, name, plan, params, analysis, hints, budget))] = name
         if fast.waiting:
             tasks[fast.done] = ""
         try:
@@ -205,7 +209,7 @@ class ScatterRunner:
                 answers[target.shards.index(name)] = task.result()
         if fast.failed:
             await self._again(fast, answers, session, target, plan, params, analysis, hints,
-                              consistency, budget)  # fmt: skip
+                              budget)
         found = [a for a in answers if a is not None]
         assert len(found) == len(target.shards)
         if sum(len(a.rows) for a in found) > self._max_rows:  # the parts counted apart
@@ -214,36 +218,30 @@ class ScatterRunner:
         return self._merge(plan, params, found)
 
     def _submit(self, fast: _FastParts, index: int, session: Session, name: str,
-                plan: ScatterPlan, params: Sequence[Any], analysis: Analysis, hints: Hints,
-                consistency: Consistency) -> bool:  # fmt: skip
+                plan: ScatterPlan, params: Sequence[Any], analysis: Analysis,
+                hints: Hints) -> bool:
         """Queue one shard's part on a pipelined connection with no await, as the fast path
         does a one-shard read; False when it must run as a task instead."""
         orders: list[ValueOrder] | None = analysis.scatter.get("orders")
         if orders is None:
             return False
         real: frozenset[int] = analysis.scatter.get("real", frozenset())
-        shard = self._topology.shards[name]
-        node = shard.primary
-        if consistency is not Consistency.STRONG:
-            min_lsn = (session.min_lsn(name, hints.ryw)
-                       if consistency is Consistency.SESSION else None)  # fmt: skip
-            replica = choose_replica(shard.replicas, self._max_lag, min_lsn, shard.next_turn())
-            if replica is not None:
-                node = replica
-            elif min_lsn is not None and min_lsn < UNKNOWN_LSN:
-                return False  # the bounded wait for a replica to replay the session's writes
+        read = self._plan_read(session, self._topology.shards[name], hints)
+        if type(read) is AwaitReplay:
+            return False  # the bounded wait for a replica to replay the session's writes
+        node = read.node
         if not node.available or node.name not in self._databases:
             return False
         pipeline = node.pool.pipeline
         started = time.perf_counter()
 
         def answered(rows: list[Any] | None, status: str, server_seconds: float,
-                     exc: BaseException | None, wal: int | None) -> None:  # fmt: skip
+                     exc: BaseException | None, wal: int | None) -> None:
             pipeline.finished(plan.sql, server_seconds)
             if exc is None and rows is not None:
                 self.stats.shard_done(name, time.perf_counter() - started)
                 fast.answer(index, _Answer(name, node, columns or [], rows, orders, real),
-                            self._max_rows)  # fmt: skip
+                            self._max_rows)
             else:
                 fast.fail(index, node, exc)
 
@@ -255,8 +253,7 @@ class ScatterRunner:
 
     async def _again(self, fast: _FastParts, answers: list[_Answer | None], session: Session,
                      target: Scatter, plan: ScatterPlan, params: Sequence[Any],
-                     analysis: Analysis, hints: Hints, consistency: Consistency,
-                     budget: list[int]) -> None:  # fmt: skip
+                     analysis: Analysis, hints: Hints, budget: list[int]) -> None:
         """Parts the pipeline could not finish (a lost connection, a statement to prepare
         again, a result of another shape) run again as tasks: reads are safe to repeat."""
         for index, node, exc in fast.failed:
@@ -272,8 +269,8 @@ class ScatterRunner:
         again = [index for index, _, _ in fast.failed]
         try:
             found = await asyncio.gather(*(
-                self._one(session, target.shards[i], plan, params, analysis, hints,
-                          consistency, budget) for i in again))  # fmt: skip
+                self._one(session, target.shards[i], plan, params, analysis, hints, budget)
+                for i in again))
         except ScatterRefused:
             raise
         except Exception as exc:
@@ -282,7 +279,7 @@ class ScatterRunner:
             answers[index] = answer
 
     def _merge(self, plan: ScatterPlan, params: Sequence[Any],
-               answers: list[_Answer]) -> Outcome:  # fmt: skip
+               answers: list[_Answer]) -> Outcome:
         started = time.perf_counter()
         text_exact = all(self._databases.get(a.node.name, (False,))[0] for a in answers)
         orders = answers[0].orders
@@ -290,7 +287,7 @@ class ScatterRunner:
             columns, rows = merge(plan, params,
                                   [ShardRows(a.shard, a.columns, a.rows) for a in answers],
                                   orders, text_exact=text_exact,
-                                  real=answers[0].real)  # fmt: skip
+                                  real=answers[0].real)
         except ScatterRefused as exc:
             self.stats.refused(exc.reason.value)
             raise
@@ -298,24 +295,22 @@ class ScatterRunner:
         replica = all(a.node.role is Role.REPLICA for a in answers)
         return Outcome(columns, rows, f"SELECT {len(rows)}",
                        ",".join(a.shard for a in answers), ",".join(a.node.name for a in answers),
-                       WireRole.REPLICA if replica else WireRole.PRIMARY)  # fmt: skip
+                       Role.REPLICA if replica else Role.PRIMARY)
 
     async def _one(
         self, session: Session, name: str, plan: ScatterPlan, params: Sequence[Any],
-        analysis: Analysis, hints: Hints, consistency: Consistency, budget: list[int],
+        analysis: Analysis, hints: Hints, budget: list[int],
     ) -> _Answer:
         started = time.perf_counter()
         shard = self._topology.shards[name]
-        role = Role.PRIMARY if consistency is Consistency.STRONG else Role.REPLICA
-        min_lsn = session.min_lsn(name, hints.ryw) if consistency is Consistency.SESSION else None
-        node, backend = await self._pick(shard, role, min_lsn, True)
+        node, backend = await self._pick(shard, self._plan_read(session, shard, hints), True)
         try:
             answer = await self._read(name, node, backend, plan, params, analysis)
         except NodeUnavailableError:
-            if node.role is not Role.REPLICA:
+            if node is shard.primary:
                 raise
             # The replica went away under the read: a read is safe to run again on the primary.
-            node, backend = await self._pick(shard, Role.PRIMARY, UNKNOWN_LSN, True)
+            node, backend = await self._pick(shard, None, True)
             answer = await self._read(name, node, backend, plan, params, analysis)
         budget[0] -= len(answer.rows)
         if budget[0] < 0:
@@ -324,7 +319,7 @@ class ScatterRunner:
         return answer
 
     async def _read(self, name: str, node: NodeState, backend: Backend | None, plan: ScatterPlan,
-                    params: Sequence[Any], analysis: Analysis) -> _Answer:  # fmt: skip
+                    params: Sequence[Any], analysis: Analysis) -> _Answer:
         """One shard's part: on the node's pipelined connections once the statement's column
         types are known (they are the same on every shard: one schema), else on a pooled
         connection, which also learns them (and the database's collation and enums)."""
@@ -338,7 +333,7 @@ class ScatterRunner:
             except PipelineError as exc:
                 node.record(HealthEvent.CONNECT_FAILED, str(exc))
                 raise NodeUnavailableError(f"{node.name}: connection lost: {exc}",
-                                           sent=True) from exc  # fmt: skip
+                                           sent=True) from exc
             else:
                 if len(columns) == len(orders):
                     real = analysis.scatter.get("real", frozenset())
@@ -350,7 +345,7 @@ class ScatterRunner:
             if node.name not in self._databases:
                 collation, enums = (await backend.run(_DATABASE_SQL, ()))[1][0]
                 self._databases[node.name] = (collation in _CODE_POINT_COLLATIONS,
-                                              frozenset(enums))  # fmt: skip
+                                              frozenset(enums))
             columns, rows, _ = await backend.run(plan.sql, shard_params)
             attributes = await backend.attributes(plan.sql)
         orders = column_orders(attributes, self._databases[node.name][1])

@@ -1,5 +1,6 @@
 """Per-client-connection state: the session's read-your-writes positions and its open
-transactions, each pinned to one backend connection on one shard's primary."""
+transactions, each pinned to one backend connection on one shard's primary, or spanning
+several shards (router/engine/branches.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from router.backend.pool import Backend
+from router.engine.branches import DistributedTransaction
 from router.engine.errors import (
     TooManyTransactions,
     TransactionAborted,
@@ -47,7 +49,7 @@ class Session:
     client_name: str = ""
     # {shard: WAL position} this session has written up to (merged with the client's token).
     written: dict[str, int] = field(default_factory=dict)
-    transactions: dict[int, Transaction] = field(default_factory=dict)
+    transactions: dict[int, Transaction | DistributedTransaction] = field(default_factory=dict)
     closed: bool = False  # the client connection is gone
     opening: int = 0  # begins still waiting for a connection: they count against the limit
     # Transactions the router rolled back on its own (idle too long, or a Commit after a
@@ -80,7 +82,12 @@ class Session:
         self.transactions[tx.id] = tx
         return tx
 
-    def get(self, tx_id: int) -> Transaction:
+    def open_distributed(self, begin_sql: str, read_only: bool) -> DistributedTransaction:
+        tx = DistributedTransaction(next(self._ids), begin_sql, read_only)
+        self.transactions[tx.id] = tx
+        return tx
+
+    def get(self, tx_id: int) -> Transaction | DistributedTransaction:
         tx = self.transactions.get(tx_id)
         if tx is None or tx.closed:
             why = self.expired.get(tx_id)
@@ -93,7 +100,7 @@ class Session:
         """The router rolled `tx_id` back on its own (see `expired`)."""
         return tx_id in self.expired and tx_id not in self.transactions
 
-    def expire(self, tx: Transaction, why: str) -> None:
+    def expire(self, tx: Transaction | DistributedTransaction, why: str) -> None:
         """`tx` was rolled back by the router: later requests for it are told why."""
         self.transactions.pop(tx.id, None)
         if len(self.expired) >= MAX_OPEN_TRANSACTIONS:  # a few recent ones are enough

@@ -1,16 +1,21 @@
 """Transactions pinned to one pooled connection on one shard's primary, from begin to commit
-or rollback; a client that leaves has what it left open rolled back."""
+or rollback; a client that leaves has what it left open rolled back. A transaction begun
+without a shard spans shards: router/engine/distributed.py runs it.
+
+What they need of the rest of the engine comes in as ports (the Executor provides them, tests
+give their own): a shard's primary, a pooled connection of a node and its return, the
+read-your-writes token after a commit that wrote, and a word when a transaction ends."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from protocol.messages import Hints, Isolation
-from protocol.messages import Role as WireRole
 from router.backend.pool import Backend, NodeUnavailableError
+from router.config import Config
 from router.core.classify import Analysis
 from router.core.routing import (
     CrossShardError,
@@ -19,6 +24,9 @@ from router.core.routing import (
     check_writes,
     keyed_shard,
 )
+from router.engine.branches import DistributedTransaction, begin_sql
+from router.engine.classifier import Classifier
+from router.engine.distributed import DistributedTransactions
 from router.engine.errors import (
     NodeReadOnlyError,
     TransactionAborted,
@@ -28,33 +36,59 @@ from router.engine.errors import (
 from router.engine.outcome import CONNECTION_ERRORS, Outcome
 from router.engine.session import Session, Transaction
 from router.ha.topology import NodeState
+from router.types import Role
 
-if TYPE_CHECKING:
-    from router.engine.executor import Executor
+__all__ = ["Acquire", "Release", "Token", "Transactions"]
 
-__all__ = ["Transactions"]
+# A pooled connection of a node (raising NodeUnavailableError when it has none to give).
+Acquire = Callable[[NodeState], Awaitable[Backend]]
+# Give a connection back to its node's pool; broken: close it rather than reuse it.
+Release = Callable[[NodeState, Backend, bool], None]
+# The read-your-writes token after a write on a shard's primary, noted in the session.
+Token = Callable[[Session, str], Awaitable[str]]
 
-_ISOLATION = {
-    Isolation.READ_COMMITTED: "READ COMMITTED",
-    Isolation.REPEATABLE_READ: "REPEATABLE READ",
-    Isolation.SERIALIZABLE: "SERIALIZABLE",
-}
+def _nothing() -> None:
+    pass
 
 
 class Transactions:
-    def __init__(self, executor: Executor) -> None:
-        self._executor = executor
+    def __init__(
+        self,
+        config: Config,
+        classifier: Classifier,
+        *,
+        primary: Callable[[str], NodeState],
+        shard_for_key: Callable[[Any], str],
+        acquire: Acquire,
+        release: Release,
+        token: Token,
+        ended: Callable[[], None] | None = None,
+        distributed: DistributedTransactions | None = None,
+    ) -> None:
+        """`primary`: a shard's primary now; `shard_for_key`: the shard a shard_key hint
+        names (or UnknownShardError); `ended`: called when a transaction is over, whoever
+        ended it (a drain waits for that); `distributed`: runs the transactions begun with no
+        shard (without it, such a begin is refused)."""
+        self._config = config
+        self._classifier = classifier
+        self._primary = primary
+        self._shard_for_key = shard_for_key
+        self._acquire = acquire
+        self._release = release
+        self._token = token
+        self._ended = ended or _nothing
         # Pinned transactions per client connection: leave most of the pool to everyone else.
-        self._max_tx = max(1, executor.config.database.pool_max_size // 2)
-        self._idle_timeout = executor.config.router.transaction_idle_timeout_seconds
+        self._max_tx = max(1, config.database.pool_max_size // 2)
+        self._idle_timeout = config.router.transaction_idle_timeout_seconds
         self._bg: set[asyncio.Task[None]] = set()
+        self.distributed = distributed
 
     def _check_shard(self, tx: Transaction, analysis: Analysis, params: Sequence[Any],
-                     hints: Hints) -> None:  # fmt: skip
+                     hints: Hints) -> None:
         """A statement inside `tx` runs on its shard, which the transaction named when it began
         (as a hint does): it must not name another shard by its keys, and the rows it writes
         must belong to the transaction's shard."""
-        config = self._executor.config
+        config = self._config
         if hints.shard is not None and hints.shard != tx.shard:
             if hints.shard not in config.shards:
                 raise UnknownShardError(f"shard hint {hints.shard!r} is not a shard", hints.shard)
@@ -68,19 +102,23 @@ class Transactions:
         check_writes(analysis, params, tx.shard, config)
 
     async def statement(
-        self, session: Session, tx: Transaction, sql: str, params: Sequence[Any], hints: Hints
+        self, session: Session, tx: Transaction | DistributedTransaction, sql: str,
+        params: Sequence[Any], hints: Hints,
     ) -> Outcome:
         return await self.statements(session, tx, [(sql, params)], hints)
 
-    async def statements(self, session: Session, tx: Transaction,
+    async def statements(self, session: Session, tx: Transaction | DistributedTransaction,
                          statements: Sequence[tuple[str, Sequence[Any]]], hints: Hints
-                         ) -> Outcome:  # fmt: skip
+                         ) -> Outcome:
         """Statements inside `tx` (one, or a batch): every one checked first, then all run
         with the transaction held, so a commit sent meanwhile waits for the whole batch."""
+        if isinstance(tx, DistributedTransaction):
+            assert self.distributed is not None  # only it opens them
+            return await self.distributed.statements(session, tx, statements, hints)
         tx.stop_idle_timer()  # its client is not idle: a long text may wait for the parser
         try:
-            analyses = [await self._executor.classifier.analyze_async(sql)
-                        for sql, _ in statements]  # fmt: skip
+            analyses = [await self._classifier.analyze_async(sql)
+                        for sql, _ in statements]
             for analysis, (_, params) in zip(analyses, statements, strict=True):
                 self._check_shard(tx, analysis, params, hints)
         except BaseException:
@@ -94,7 +132,7 @@ class Transactions:
         return last
 
     async def _run(self, session: Session, tx: Transaction, analysis: Analysis, sql: str,
-                   params: Sequence[Any]) -> Outcome:  # fmt: skip
+                   params: Sequence[Any]) -> Outcome:
         """One statement of `tx`, called holding tx.lock."""
         if tx.closed:  # a commit/rollback queued ahead of us finished it
             session.get(tx.id)  # says why (rolled back when idle, or simply unknown)
@@ -107,9 +145,10 @@ class Transactions:
                 self._arm_idle_timer(session, tx)
 
     async def _run_open(self, tx: Transaction, analysis: Analysis, sql: str,
-                        params: Sequence[Any]) -> Outcome:  # fmt: skip
+                        params: Sequence[Any]) -> Outcome:
         if tx.failed:
-            raise TransactionAborted("an earlier statement failed; only rollback is accepted")
+            raise TransactionAborted("an earlier statement failed; only rollback is accepted",
+            )
         if analysis.changes_session_state:
             # Before it runs: a session-level change (an advisory lock, SET) outlives a
             # failed statement and the transaction's rollback.
@@ -133,34 +172,32 @@ class Transactions:
             raise
         if not analysis.read_only:
             tx.wrote = True
-        return Outcome(columns, rows, status, tx.shard, tx.node.name, WireRole.PRIMARY)
+        return Outcome(columns, rows, status, tx.shard, tx.node.name, Role.PRIMARY)
 
     async def begin(
         self, session: Session, hints: Hints, isolation: Isolation | None, read_only: bool
-    ) -> Transaction:
+    ) -> Transaction | DistributedTransaction:
         if hints.shard is not None:
-            if hints.shard not in self._executor.config.shards:
+            if hints.shard not in self._config.shards:
                 raise UnknownShardError(f"shard hint {hints.shard!r} is not a shard", hints.shard)
             shard_name = hints.shard
         elif hints.shard_key is not None:
-            shard_name = self._executor.shard_for_key(hints.shard_key)
+            shard_name = self._shard_for_key(hints.shard_key)
+        elif self.distributed is not None:  # no shard named: its statements' keys say where
+            session.check_room(self._max_tx)
+            return self.distributed.begin(session, begin_sql(isolation, read_only), read_only)
         else:
             raise MissingShardKeyError(["a shard or shard_key hint on begin"])
         session.check_room(self._max_tx)
-        shard = self._executor.topology.shards[shard_name]
-        node = shard.primary
+        node = self._primary(shard_name)
         session.opening += 1  # counted until it is open: concurrent begins cannot pass the limit
         try:
-            backend = await self._executor.acquire(node)
-            sql = "BEGIN"
-            if isolation is not None:
-                sql += f" ISOLATION LEVEL {_ISOLATION[isolation]}"
-            if read_only:
-                sql += " READ ONLY"
+            backend = await self._acquire(node)
+            sql = begin_sql(isolation, read_only)
             try:
                 await backend.conn.execute(sql)
             except BaseException:
-                node.pool.release(backend, broken=True)
+                self._release(node, backend, True)
                 raise
         finally:
             session.opening -= 1
@@ -195,12 +232,18 @@ class Transactions:
             tx.node.pool.idle_rollbacks += 1
             session.expire(tx, f"transaction {tx.id} was rolled back: its client sent nothing "
                                f"for {self._idle_timeout:g} s "
-                               "(router.transaction_idle_timeout_seconds)")  # fmt: skip
-            with contextlib.suppress(Exception):  # already ended by the server: dropped
-                await self._end(tx.node, tx.backend, "ROLLBACK")
+                               "(router.transaction_idle_timeout_seconds)")
+            try:
+                with contextlib.suppress(Exception):  # already ended by the server: dropped
+                    await self._end(tx.node, tx.backend, "ROLLBACK")
+            finally:
+                self._ended()  # its connection is back (no request of its client says so)
 
     async def commit(self, session: Session, tx_id: int) -> Outcome:
         tx = session.get(tx_id)
+        if isinstance(tx, DistributedTransaction):
+            assert self.distributed is not None
+            return await self.distributed.commit(session, tx)
         async with tx.lock:
             self._close(session, tx)
             tx.stop_idle_timer()
@@ -214,55 +257,64 @@ class Transactions:
                 await self._end(tx.node, tx.backend, "ROLLBACK")
                 raise TransactionAborted(why)
             await self._end(tx.node, tx.backend, "COMMIT")
-        shard = self._executor.topology.shards[tx.shard]
-        token = await self._executor.token(session, shard) if tx.wrote else None
-        return Outcome([], [], "COMMIT", tx.shard, tx.node.name, WireRole.PRIMARY, token)
+        token = await self._token(session, tx.shard) if tx.wrote else None
+        return Outcome([], [], "COMMIT", tx.shard, tx.node.name, Role.PRIMARY, token)
 
     async def rollback(self, session: Session, tx_id: int) -> Outcome | None:
         """The transaction's Outcome; None when the router had already rolled it back."""
         if session.rolled_back(tx_id):
             return None
         tx = session.get(tx_id)
+        if isinstance(tx, DistributedTransaction):
+            assert self.distributed is not None
+            return await self.distributed.rollback(session, tx)
         async with tx.lock:
             self._close(session, tx)
             tx.stop_idle_timer()
             await self._end(tx.node, tx.backend, "ROLLBACK")
-        return Outcome([], [], "ROLLBACK", tx.shard, tx.node.name, WireRole.PRIMARY)
+        return Outcome([], [], "ROLLBACK", tx.shard, tx.node.name, Role.PRIMARY)
 
-    @staticmethod
-    def _close(session: Session, tx: Transaction) -> None:
+    def _close(self, session: Session, tx: Transaction) -> None:
         """Called holding tx.lock: statements queued behind us see it closed and refuse."""
         if tx.closed:
             session.get(tx.id)  # says why (rolled back when idle, or simply unknown)
             raise UnknownTransaction(f"no open transaction {tx.id}")
         tx.closed = True
         session.transactions.pop(tx.id, None)
+        self._ended()
 
     async def _end(self, node: NodeState, backend: Backend, sql: str) -> None:
         """COMMIT or ROLLBACK on a pinned connection, then give it back to the pool."""
         try:
             await backend.conn.execute(sql)
         except CONNECTION_ERRORS as exc:
-            node.pool.release(backend, broken=True)
+            self._release(node, backend, True)
             # Whether a COMMIT applied is unknown: never safe to retry blindly.
             raise NodeUnavailableError(
                 f"{node.name}: connection lost during {sql}: {exc}", sent=True
             ) from exc
         except BaseException:
-            node.pool.release(backend, broken=True)
+            self._release(node, backend, True)
             raise
-        node.pool.release(backend)
+        self._release(node, backend, False)
 
     async def close_session(self, session: Session) -> None:
         """The client went away: roll back whatever it left open."""
         session.closed = True
         for tx in list(session.transactions.values()):
+            if isinstance(tx, DistributedTransaction):
+                assert self.distributed is not None
+                await self.distributed.close(session, tx)
+                continue
             tx.stop_idle_timer()
             async with tx.lock:
                 if tx.closed:
                     continue
                 tx.closed = True
                 session.transactions.pop(tx.id, None)
-                with contextlib.suppress(Exception):  # a failed rollback drops the connection
-                    await self._end(tx.node, tx.backend, "ROLLBACK")
+                try:
+                    with contextlib.suppress(Exception):  # a failed rollback drops the connection
+                        await self._end(tx.node, tx.backend, "ROLLBACK")
+                finally:
+                    self._ended()
 

@@ -68,7 +68,7 @@ class PrimaryWatch:
             if others:
                 return Stay(self.shard, StayReason.SEVERAL_WRITABLE,
                             f"{primary} and {', '.join(others)} are all writable: "
-                            f"staying on {primary}; fence the stale one")  # fmt: skip
+                            f"staying on {primary}; fence the stale one")
             return Stay(self.shard, StayReason.PRIMARY_WRITABLE, f"{primary} is writable")
         candidates = sorted(n.name for n in seen if n.name != primary and n.in_recovery is False)
         was = "unreachable" if current is None or current.in_recovery is None else "a standby"
@@ -77,7 +77,7 @@ class PrimaryWatch:
             return Stay(self.shard, StayReason.NO_CANDIDATE, why)
         if len(candidates) > 1:
             return Stay(self.shard, StayReason.SEVERAL_WRITABLE,
-                        f"{', '.join(candidates)} are all writable")  # fmt: skip
+                        f"{', '.join(candidates)} are all writable")
         [candidate] = candidates
         rounds = self._writable_rounds[candidate]
         if rounds < self.confirm_rounds:

@@ -4,7 +4,9 @@ machine (router/core/membership.py). The decisions live there; this module only 
 keeps the counts and logs each change of a peer's state with its reason.
 
 Each interval it also asks router/core/failover.py what managed failover would decide for each
-shard, and reports and logs that plan; nothing acts on it yet (README, "High availability").
+shard, and reports and logs that plan. With `[failover] mode = "managed"`, a plan that names
+this node as the promoter is handed to router/ha/promoter.py, which carries it out; in the other
+modes the plan is only advisory.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from protocol.heartbeat import (
     ReportedHealth,
 )
 from router.clock import SYSTEM_CLOCK, Clock
-from router.config import Config
+from router.config import Config, FailoverMode
 from router.core.failover import Decision, FailoverView, Promote, ReplicaView, plan_failover
 from router.core.health import NodeHealth
 from router.core.membership import Membership, MembershipTiming, MemberView, PeerState, Transition
 from router.errors import ConfigError
+from router.ha.promoter import Promoter
 from router.ha.topology import Topology
 
 __all__ = ["MIN_SECRET_BYTES", "HeartbeatService", "heartbeat_key"]
@@ -52,7 +55,7 @@ def heartbeat_key(config: Config) -> bytes:
         state = "is not set" if not secret else f"holds {len(secret)} bytes"
         raise ConfigError("heartbeat.secret_env", f"environment variable {env} {state}; "
                           f"heartbeat peers need a shared secret of at least "
-                          f"{MIN_SECRET_BYTES} bytes")  # fmt: skip
+                          f"{MIN_SECRET_BYTES} bytes")
     return secret
 
 
@@ -76,7 +79,7 @@ class HeartbeatService:
     time). `topology` is asked each round, as a reload replaces the daemon's."""
 
     def __init__(self, config: Config, topology: Callable[[], Topology],
-                 clock: Clock = SYSTEM_CLOCK) -> None:  # fmt: skip
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         h = config.heartbeat
         key = heartbeat_key(config)  # first: no secret, no start
         self._config = h
@@ -89,7 +92,7 @@ class HeartbeatService:
         self.sender = HeartbeatSender(key, self.node_name, self.incarnation)
         self.receiver = HeartbeatReceiver(key, self.peer_addresses)
         timing = MembershipTiming(h.suspect_after_seconds, h.dead_after_seconds,
-                                  h.alive_after_heartbeats)  # fmt: skip
+                                  h.alive_after_heartbeats)
         self.membership = Membership(self.node_name, self.peer_addresses, timing)
         self.sent = 0
         self.send_errors = 0
@@ -99,6 +102,8 @@ class HeartbeatService:
         # shard -> (its primary, when this node first saw that primary DOWN, on our clock)
         self._down_since: dict[str, tuple[str, float]] = {}
         self.plans: dict[str, Decision] = {}
+        managed = FailoverMode(config.failover.mode) is FailoverMode.MANAGED
+        self.promoter = Promoter(config, topology, clock) if managed else None
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -121,9 +126,11 @@ class HeartbeatService:
         self._transport = transport
         self._task = asyncio.create_task(self._run(), name="heartbeat")
         log.info("heartbeats on udp %s:%d to %s (incarnation %d)", self._config.host,
-                 self._config.port, ", ".join(self._config.peers), self.incarnation)  # fmt: skip
+                 self._config.port, ", ".join(self._config.peers), self.incarnation)
 
     async def stop(self) -> None:
+        if self.promoter is not None:
+            await self.promoter.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -172,7 +179,8 @@ class HeartbeatService:
                 log.debug("heartbeat to %s:%d not sent: %s", *address, exc)
 
     def _plan(self, view: MemberView) -> None:
-        """What managed failover would decide now, per shard (advisory: nothing acts on it)."""
+        """What managed failover decides now, per shard: carried out by the promoter when this
+        node is the one to promote (mode "managed"), else only reported."""
         now = self.now()
         members = self.membership.alive_members()
         for shard in self._topology().shards.values():
@@ -186,15 +194,20 @@ class HeartbeatService:
                 self._down_since.pop(shard.name, None)
                 down_for = 0.0
             replicas = tuple(ReplicaView(r.name, _REPORTED[r.health], r.in_recovery is True,
-                                         r.replay_lsn) for r in shard.replicas)  # fmt: skip
+                                         r.replay_lsn) for r in shard.replicas)
             decision = plan_failover(FailoverView(
                 self.node_name, self.membership.cluster_size, members, shard.name, primary,
                 down_for, self._down_after, replicas,
-            ))  # fmt: skip
+            ))
+            acting = self.promoter is not None
             if decision != self.plans.get(shard.name):
-                log.info("failover plan for %s (advisory, not carried out): %s", shard.name,
-                         _describe(decision))  # fmt: skip
+                log.info("failover plan for %s (%s): %s", shard.name,
+                         "managed" if acting else "advisory, not carried out",
+                         _describe(decision))
             self.plans[shard.name] = decision
+            if (self.promoter is not None and isinstance(decision, Promote)
+                    and decision.promoter == self.node_name):
+                self.promoter.request(decision)
 
     # ---- receiving -------------------------------------------------------------------------
 
@@ -207,13 +220,13 @@ class HeartbeatService:
             return
         self.dropped[got.reason] += 1
         log.debug("heartbeat dropped (%s%s): %s", got.reason.value,
-                  f", from {got.peer}" if got.peer else "", got.detail)  # fmt: skip
+                  f", from {got.peer}" if got.peer else "", got.detail)
 
     def _log(self, changes: list[Transition]) -> None:
         for change in changes:
             level = logging.INFO if change.after is PeerState.ALIVE else logging.WARNING
             log.log(level, "peer %s is %s (was %s: %s)", change.peer, change.after.value,
-                    change.before.value, change.event.value)  # fmt: skip
+                    change.before.value, change.event.value)
 
     # ---- reports ---------------------------------------------------------------------------
 
@@ -229,6 +242,7 @@ class HeartbeatService:
             "peers": m.snapshot(self.now()),
             "dropped": {reason.value: n for reason, n in self.dropped.items()},
             "failover_plans": {shard: _plan_report(d) for shard, d in self.plans.items()},
+            "promoter": self.promoter.report() if self.promoter is not None else None,
         }
 
 
@@ -241,5 +255,5 @@ def _describe(decision: Decision) -> str:
 def _plan_report(decision: Decision) -> dict[str, Any]:
     if isinstance(decision, Promote):
         return {"action": "promote", "promoter": decision.promoter, "replica": decision.replica,
-                "replica_lsn": decision.replica_lsn, "voters": list(decision.voters)}  # fmt: skip
+                "replica_lsn": decision.replica_lsn, "voters": list(decision.voters)}
     return {"action": "none", "reason": decision.reason.value, "detail": decision.detail}

@@ -73,7 +73,7 @@ class SilentLinkSweeper:
             if node.name in self._checks or now - self._checked_at.get(node.name, -1e9) < bound:
                 continue  # one check at a time, at most one per bound per node
             silent = any(since is not None and now - since >= bound
-                         for since in _waits(node))  # fmt: skip
+                         for since in _waits(node))
             unwell = node.health is not NodeHealth.UP and _has_connections(node)
             if silent or unwell:
                 self._checked_at[node.name] = now
@@ -94,7 +94,7 @@ class SilentLinkSweeper:
         are lost. Returns how many were closed."""
         self.checks += 1
         pipelined = {c.backend_pid: c for c in node.pool.pipeline.open_connections()
-                     if c.backend_pid is not None}  # fmt: skip
+                     if c.backend_pid is not None}
         pooled = node.pool.sessions()
         if not pipelined and not pooled:
             return 0
@@ -124,16 +124,16 @@ class SilentLinkSweeper:
         dead_pooled = {pid for pid in lost if pid in pooled}
         if dead_pooled:
             log.warning("%s: %d pooled connection(s) lost: their server sessions are gone",
-                        node.name, len(dead_pooled))  # fmt: skip
+                        node.name, len(dead_pooled))
             closed += node.pool.drop_lost(dead_pooled)
         self._count(node, closed)
         return closed
 
     async def _ask(self, node: NodeState, pids: list[int],
-                   bound: float) -> dict[int, ServerSession]:  # fmt: skip
+                   bound: float) -> dict[int, ServerSession]:
         conn = await connect_asyncpg(node.pool.database, node.address,
                                      {"application_name": "georoute-liveness"},
-                                     statement_cache_size=0)  # fmt: skip
+                                     statement_cache_size=0)
         try:
             rows = await conn.fetch(SESSIONS_SQL, pids, timeout=bound)
         except BaseException:
@@ -144,7 +144,7 @@ class SilentLinkSweeper:
         return {r[0]: ServerSession(r[0], r[1], r[2]) for r in rows}
 
     def _unreachable(self, node: NodeState, conns: Any, started: float, bound: float,
-                     exc: BaseException) -> int:  # fmt: skip
+                     exc: BaseException) -> int:
         """The node cannot be reached: the connections silent past the bound cannot be
         answered either; the node is down (as when any connection cannot be made)."""
         closed = 0
@@ -152,11 +152,11 @@ class SilentLinkSweeper:
             since = conn.waiting_since
             if since is not None and started - since >= bound:
                 conn.declare_lost(f"no reply for {started - since:.1f}s and {node.name} cannot "
-                                  f"be reached ({type(exc).__name__}: {exc})")  # fmt: skip
+                                  f"be reached ({type(exc).__name__}: {exc})")
                 closed += 1
         if closed:
             log.warning("%s: %d silent pipelined connection(s) closed: the node cannot be "
-                        "reached: %s", node.name, closed, exc)  # fmt: skip
+                        "reached: %s", node.name, closed, exc)
         node.record(HealthEvent.CONNECT_FAILED, f"{type(exc).__name__}: {exc}")
         self._count(node, closed)
         return closed

@@ -1,11 +1,17 @@
 """The router's live view of the database nodes: role, health, WAL positions, pools.
 
-`Topology.from_config` builds one `NodeState` per configured node. The monitor (monitor.py)
-updates health and lag; the executor reads them through routing.choose_replica.
+`Topology.from_config` builds one `NodeState` per configured node; each shard starts with
+router.toml's `primary` entry as its primary. Roles are live state from then on: the monitor
+(monitor.py) records what every node says of itself (`in_recovery`) with its health and lag,
+and in external failover mode moves a shard's primary to the node that says it is no standby
+(`ShardState.make_primary`). A node's name says nothing of its role. The executor reads the
+view through core/reads.py's `plan_read`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +20,7 @@ from router.backend.pool import BackendPool
 from router.backend.wal import LsnReader
 from router.config import Config, NodeAddress
 from router.core.health import HealthEvent, NodeHealth, next_health
-from router.core.routing import Role
+from router.types import Role
 
 __all__ = ["NodeState", "ShardState", "Topology"]
 
@@ -23,18 +29,22 @@ __all__ = ["NodeState", "ShardState", "Topology"]
 class NodeState:
     name: str
     shard: str
-    role: Role
+    role: Role  # PRIMARY: its shard's primary, where writes go (ShardState.primary)
     address: NodeAddress
     pool: BackendPool
     health: NodeHealth = NodeHealth.UP
     replay_lsn: int | None = None  # replicas: last replayed WAL position; primaries: current
     lag_bytes: int | None = None  # replicas: primary's position minus replay position
-    in_recovery: bool | None = None  # replicas: a standby at the last probe (None: unknown)
+    in_recovery: bool | None = None  # what it said at the last probe (None: no answer)
+    timeline: int | None = None  # a writable node's timeline at the last probe
     last_error: str | None = None
+    # Managed failover: an old primary writable on an older timeline, or a second writable
+    # node (router/core/primary.py). It gets no writes and no reads until it is a standby.
+    fenced: bool = False
 
     @property
     def available(self) -> bool:
-        return self.health is not NodeHealth.DOWN
+        return self.health is not NodeHealth.DOWN and not self.fenced
 
     @property
     def in_flight(self) -> int:
@@ -56,6 +66,9 @@ class NodeState:
             "name": self.name,
             "shard": self.shard,
             "role": self.role.value,
+            "in_recovery": self.in_recovery,
+            "timeline": self.timeline,
+            "fenced": self.fenced,
             "host": self.address.host,
             "port": self.address.port,
             "health": self.health.value,
@@ -78,27 +91,62 @@ class ShardState:
     primary: NodeState
     lsn: LsnReader  # the primary's WAL position, for read-your-writes tokens
     replicas: list[NodeState] = field(default_factory=list)
-    turn: int = 0  # which replica goes first among equally idle ones (choose_replica)
+    turn: int = 0  # which replica goes first among equally idle ones (core/reads.py)
     # The primary's WAL position at its last good probe: replica lag is measured against it
     # while the primary cannot be probed, so reads keep their replicas.
     last_primary_lsn: int | None = None
     # External failover mode: the monitor's last decision about the primary, with its reason
     # (router/ha/discovery.py), for the topology view. None in the other modes.
     primary_decision: str | None = None
+    # Changes of primary this router followed (external or managed mode), the newest last.
+    failovers: list[dict[str, Any]] = field(default_factory=list)
+    failovers_total: int = 0
+    # Writes held while the primary is down (router/engine/executor.py), woken by the monitor.
+    _writers: list[asyncio.Future[None]] = field(default_factory=list)
+
+    async def wait_for_primary(self, seconds: float) -> bool:
+        """Wait up to `seconds` for the shard to have a primary that can take writes (the same
+        one back, or a new one after a failover); True if it has one."""
+        if self.primary.available:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self.primary.available:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            waiter = loop.create_future()
+            self._writers.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, left)
+            except TimeoutError:
+                return self.primary.available
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._writers.remove(waiter)
+        return True
+
+    def wake_writers(self) -> None:
+        """Called after each monitor round: held writes look at the primary again."""
+        writers, self._writers = self._writers, []
+        for waiter in writers:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def next_turn(self) -> int:
         self.turn += 1
         return self.turn
 
     def make_primary(self, node: NodeState, lsn: LsnReader) -> LsnReader:
-        """`node`, a replica, is the primary now (a failover; roles are live state, so a
-        node keeps its name, e.g. europe-replica1, whatever its role). The old primary stays
+        """`node`, a replica, is the primary now (a failover; roles are live state: a node
+        keeps its name, which says nothing of its role). The old primary stays
         as a replica that serves no reads until the monitor sees it replaying. Returns the
         old primary's WAL-position reader, for the caller to close."""
         old, old_lsn = self.primary, self.lsn
         self.replicas.remove(node)
         old.role, node.role = Role.REPLICA, Role.PRIMARY
         old.lag_bytes = None
+        node.fenced = False
         self.replicas.append(old)
         self.primary, self.lsn = node, lsn
         self.last_primary_lsn = None  # the old primary's, on another timeline
@@ -130,15 +178,17 @@ class Topology:
 
         shards: dict[str, ShardState] = {}
         for shard_name, node_name, address in config.all_nodes():
-            role = Role.PRIMARY if node_name.endswith("-primary") else Role.REPLICA
+            # all_nodes lists each shard's `primary` entry first: it starts as the primary.
+            shard = shards.get(shard_name)
+            role = Role.PRIMARY if shard is None else Role.REPLICA
             node = NodeState(node_name, shard_name, role, address, pool(node_name, address))
-            if role is Role.PRIMARY:
+            if shard is None:
                 lsn = LsnReader(node_name, address, config.database)
                 shards[shard_name] = ShardState(
                     shard_name, config.shards[shard_name].number, node, lsn
                 )
             else:
-                shards[shard_name].replicas.append(node)
+                shard.replicas.append(node)
         return cls(shards)
 
     def nodes(self) -> Iterator[NodeState]:
@@ -152,8 +202,11 @@ class Topology:
         return {
             name: {
                 "number": s.number,
+                "primary": s.primary.name,
                 "nodes": [n.snapshot() for n in s.nodes()],
                 "primary_decision": s.primary_decision,
+                "fenced": [n.name for n in s.nodes() if n.fenced],
+                "failovers": list(s.failovers),
             }
             for name, s in self.shards.items()
         }

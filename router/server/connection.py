@@ -5,28 +5,27 @@ flight on one connection and replies leave in completion order. Replies produced
 of the event loop are written with a single write (loopback system calls dominate a proxy's
 cost). The connection authenticates in its first message; a malformed frame gets a typed
 error and closes only that connection.
+
+A connection is given its Handler (what the router does with requests: handlers.py over the
+engine) and its Limits, nothing else of the router node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
-
-import asyncpg
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 from protocol import (
     Admin,
-    AdminReply,
     Batch,
     Begin,
     Commit,
     Doc,
-    DocReply,
     EncodeError,
     Encoder,
     Error,
@@ -34,6 +33,7 @@ from protocol import (
     FrameDecoder,
     Hello,
     HelloOk,
+    Hints,
     Message,
     Ping,
     Pong,
@@ -42,38 +42,114 @@ from protocol import (
     QueryKind,
     Rejected,
     Rollback,
-    RouteInfo,
-    TxStarted,
     choose_version,
 )
-from protocol.codec import route_wire_of
-from protocol.messages import Role as WireRole
-from protocol.requests import DOC_READ_OPS
 from protocol.sockets import keep_alive
-from router.backend.wirevalues import name_unencodable, types_of
+from router.backend.pgwire import Callback
+from router.config import Config
 from router.core.classify import INLINE_PARSE_MAX
-from router.engine.errors import (
-    NodeReadOnlyError,
-    RequestTimeout,
-    ShuttingDown,
-    is_read_only_refusal,
-)
+from router.engine.errors import RequestTimeout, ShuttingDown
 from router.engine.outcome import Outcome, Routed
 from router.engine.session import Session
 from router.engine.undelivered import ResultUndeliverable, rowcount_of
-from router.server.errors import UnsupportedRequest
+from router.ha.topology import NodeState
 from router.server.failures import Failure, failure_for
 from router.server.fastpath import FastRequest
+from router.server.replies import encode_rows
 
-if TYPE_CHECKING:
-    from router.node import RouterNode
-
-__all__ = ["ClientConnection"]
+__all__ = ["ClientConnection", "Handler", "Limits"]
 
 log = logging.getLogger("georoute.server")
 
 # Pause reading from a client whose replies pile up unsent beyond this many bytes.
 _HIGH_WATER = 4 * 1024 * 1024
+
+# What a Handler's `handle` takes; anything else is answered here (a Ping) or refused.
+_REQUESTS = frozenset({Query, Batch, Begin, Commit, Rollback, Doc, Admin})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A client connection's limits, fixed when it is accepted (HelloOk tells them, so the
+    client keeps to what this connection enforces, whatever a reload changes meanwhile)."""
+
+    node_name: str
+    shards: tuple[str, ...]
+    max_frame_bytes: int
+    max_sql_bytes: int
+    max_in_flight: int  # requests outstanding before reading pauses
+    reply_batch: int  # replies of one turn written together, at most
+    max_client_connections: int
+    handshake_timeout_seconds: float
+
+    @classmethod
+    def of(cls, config: Config) -> Limits:
+        r = config.router
+        return cls(r.node_name, tuple(config.shards), r.max_frame_bytes, r.max_sql_bytes,
+                   r.max_in_flight_per_connection, r.reply_batch, r.max_client_connections,
+                   r.handshake_timeout_seconds)
+
+
+class Handler(Protocol):
+    """What a client connection asks of the router: server/handlers.py's RequestHandler
+    carries requests to the engine; tests give their own."""
+
+    encoder: Encoder
+    draining: bool  # new requests outside a transaction are refused
+
+    def opened(self, conn: ClientConnection) -> int:
+        """`conn` was accepted: how many client connections are open now, it included."""
+        ...
+
+    def closed(self, conn: ClientConnection) -> None:
+        """`conn` is gone: what its session left open is rolled back."""
+        ...
+
+    def authenticate(self, token: str) -> bool: ...
+
+    def record(self, kind: str, shard: str, role: str, outcome: str, seconds: float) -> None:
+        """One request answered (its metrics)."""
+        ...
+
+    def count_error(self, code: ErrorCode) -> None: ...
+
+    # The fast path (fastpath.py): an autocommit statement queued on a pipelined backend
+    # connection, answered from its callback, with no task.
+
+    def parsed(self, sql: str) -> bool:
+        """Whether `sql` is parsed already (a long text is parsed off the loop, in a task)."""
+        ...
+
+    def submit(self, session: Session, sql: str, params: Sequence[Any], hints: Hints,
+               callback: Callback) -> Routed | None:
+        """Route a statement and queue it; None: nothing was sent, use `handle`."""
+        ...
+
+    def route_of(self, node: NodeState) -> list[str]:
+        """The reply's route in its wire form, [shard, node, role]."""
+        ...
+
+    def needs_token(self, routed: Routed, status: str) -> bool:
+        """Whether the reply carries a read-your-writes token (a write that changed rows)."""
+        ...
+
+    def token_at(self, session: Session, routed: Routed, lsn: int) -> str:
+        """The token of a write whose WAL position came with its result (noted in session)."""
+        ...
+
+    async def write_token(self, session: Session, routed: Routed) -> str:
+        """The token of a write whose position did not come with it: read apart."""
+        ...
+
+    # Every other request runs as a task of its own.
+
+    async def handle(self, session: Session, message: Message) -> tuple[bytes, Outcome | None]:
+        """The reply to `message`, and where it ran (None: nowhere in particular)."""
+        ...
+
+    def read_only(self, message: Message) -> bool:
+        """Whether a failed `message` can have written nothing (for its error's retryable)."""
+        ...
 
 
 def _ends_or_continues_transaction(message: Message) -> bool:
@@ -85,19 +161,24 @@ def _ends_or_continues_transaction(message: Message) -> bool:
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, node: RouterNode) -> None:
-        self._node = node
+    """One client: framing, the handshake, flow control and the writing of replies. Requests go
+    to its handler; fast-path requests answer through the FastPathConnection interface
+    (fastpath.py), which this class implements."""
+
+    def __init__(self, handler: Handler, limits: Limits) -> None:
+        self._handler = handler
+        self._limits = limits
         self._loop = asyncio.get_running_loop()
-        self._decoder = FrameDecoder(node.config.router.max_frame_bytes)
-        self._encoder: Encoder = node.encoder
+        self._decoder = FrameDecoder(limits.max_frame_bytes)
+        self._encoder: Encoder = handler.encoder
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._flush_pending = False
-        self._reply_batch = node.config.router.reply_batch
+        self._reply_batch = limits.reply_batch
         self._hello_timer: asyncio.TimerHandle | None = None
         # Flow control: reading pauses while the client's replies back up (pause_writing) or
         # while it has max_in_flight_per_connection requests outstanding.
-        self._max_in_flight = node.config.router.max_in_flight_per_connection
+        self._max_in_flight = limits.max_in_flight
         self._fast_in_flight = 0  # fast-path requests whose result has not come back yet
         self._paused_for_writes = False
         self._paused_for_load = False
@@ -105,19 +186,10 @@ class ClientConnection(asyncio.Protocol):
         self._backlog: collections.deque[Message | Rejected] = collections.deque()  # not run yet
         self._backlog_scheduled = False
         self._authed = False
-        self._closing = False
+        self.closing = False  # closed, or closing: nothing more is read, run or answered
         self.session = Session()
         self.tasks: set[asyncio.Task[None]] = set()
         self.peer = "?"
-        self._handlers: dict[type, Callable[[Any], Any]] = {
-            Query: self._query,
-            Batch: self._batch,
-            Begin: self._begin,
-            Commit: self._commit,
-            Rollback: self._rollback,
-            Doc: self._doc,
-            Admin: self._admin,
-        }
 
     # ---- transport callbacks ---------------------------------------------------------------
 
@@ -128,37 +200,34 @@ class ClientConnection(asyncio.Protocol):
         keep_alive(transport)  # a client host that vanished is noticed (protocol/sockets.py)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._node.connections.add(self)
-        self._node.metrics.connections.inc()
-        r = self._node.config.router
-        if len(self._node.connections) > r.max_client_connections:
+        limits = self._limits
+        if self._handler.opened(self) > limits.max_client_connections:
             self._fatal(0, ErrorCode.TOO_MANY_CONNECTIONS,
-                        f"router node {r.node_name} has {r.max_client_connections} client "
-                        "connections open (router.max_client_connections); try another",
-                        retryable=True)  # fmt: skip
+                        f"router node {limits.node_name} has {limits.max_client_connections} "
+                        "client connections open (router.max_client_connections); try another",
+                        retryable=True)
             return
-        self._hello_timer = self._loop.call_later(r.handshake_timeout_seconds, self._hello_overdue)
+        self._hello_timer = self._loop.call_later(limits.handshake_timeout_seconds,
+                                                  self._hello_overdue)
 
     def _hello_overdue(self) -> None:
         self._hello_timer = None
-        if not self._authed and not self._closing:
-            timeout = self._node.config.router.handshake_timeout_seconds
+        if not self._authed and not self.closing:
+            timeout = self._limits.handshake_timeout_seconds
             self._fatal(0, ErrorCode.HANDSHAKE_REQUIRED, f"no Hello within {timeout:g} s")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
-        self._closing = True
+        self.closing = True
         self.session.closed = True  # a Begin still in flight rolls itself back
-        self._node.connections.discard(self)
         for task in self.tasks:
             task.cancel()
-        if self.session.transactions:
-            self._node.spawn(self._node.executor.transactions.close_session(self.session))
+        self._handler.closed(self)
 
     def close(self) -> None:
-        self._closing = True
+        self.closing = True
         if self._transport is not None:
             self._transport.close()
 
@@ -176,7 +245,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _update_reading(self) -> None:
         pause = self._paused_for_writes or self._paused_for_load
-        if pause == self._reading_paused or self._transport is None or self._closing:
+        if pause == self._reading_paused or self._transport is None or self.closing:
             return
         self._reading_paused = pause
         if pause:
@@ -186,7 +255,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _request_done(self) -> None:
         if (self._paused_for_load and not self._backlog_scheduled
-                and self.in_flight <= self._max_in_flight // 2):  # fmt: skip
+                and self.in_flight <= self._max_in_flight // 2):
             # Not from here: this runs inside a backend connection's reply callbacks.
             self._backlog_scheduled = True
             self._loop.call_soon(self._resume_after_load)
@@ -223,9 +292,9 @@ class ClientConnection(asyncio.Protocol):
         """Dispatch what has been read, up to max_in_flight_per_connection outstanding; the
         rest waits (and reading pauses) until half of those are answered."""
         backlog = self._backlog
-        while backlog and not self._closing and self.in_flight < self._max_in_flight:
+        while backlog and not self.closing and self.in_flight < self._max_in_flight:
             self._dispatch(backlog.popleft())
-        if self._closing:
+        if self.closing:
             backlog.clear()
         full = self.in_flight >= self._max_in_flight
         if full != self._paused_for_load:
@@ -235,7 +304,7 @@ class ClientConnection(asyncio.Protocol):
     # ---- writing ---------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        if self._closing or self._transport is None:
+        if self.closing or self._transport is None:
             return
         out = self._out
         out.append(data)
@@ -255,8 +324,8 @@ class ClientConnection(asyncio.Protocol):
         if out and self._transport is not None and not self._transport.is_closing():
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def _send_failure(self, request_id: int, failure: Failure, kind: str) -> None:
-        self._node.metrics.errors.labels(failure.code.name).inc()
+    def _send_failure(self, request_id: int, failure: Failure) -> None:
+        self._handler.count_error(failure.code)
         self.send(
             self._encoder.encode_error(
                 request_id,
@@ -269,19 +338,19 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def _fatal(self, request_id: int, code: ErrorCode, message: str,
-               retryable: bool = False) -> None:  # fmt: skip
+               retryable: bool = False) -> None:
         """Reply with an error, then close this connection (others are unaffected)."""
         log.info("closing connection %s: %s", self.peer, message)
-        self._send_failure(request_id, Failure(code, message, retryable=retryable), "connection")
+        self._send_failure(request_id, Failure(code, message, retryable=retryable))
         self._flush()
-        self._closing = True
+        self.closing = True
         if self._transport is not None:
             self._transport.close()
 
     # ---- dispatch --------------------------------------------------------------------------
 
     def _dispatch(self, message: Message | Rejected) -> None:
-        if self._closing:
+        if self.closing:
             return
         if not self._authed:
             self._handshake(message)
@@ -289,19 +358,18 @@ class ClientConnection(asyncio.Protocol):
         if message.id == 0:  # an Error with id 0 speaks for the connection: no request has it
             self._fatal(0, ErrorCode.MALFORMED_FRAME, "request id 0 is reserved; ids start at 1")
             return
-        if type(message) not in self._handlers:
+        if type(message) not in _REQUESTS:
             self._answer_other(message)
             return
         message = cast(Message, message)  # a request a handler takes
-        if self._node.draining and not _ends_or_continues_transaction(message):
-            self._send_failure(
-                message.id, failure_for(ShuttingDown("router node is shutting down")), "any"
-            )
+        if self._handler.draining and not _ends_or_continues_transaction(message):
+            shutting_down = ShuttingDown("router node is shutting down")
+            self._send_failure(message.id, failure_for(shutting_down))
             return
         if type(message) is Query and (len(message.sql) <= INLINE_PARSE_MAX
-                                       or self._node.classifier.cached(message.sql)) and (
+                                       or self._handler.parsed(message.sql)) and (
             self._submit(message)
-        ):  # fmt: skip
+        ):
             return
         self._spawn_handle(message)
 
@@ -311,10 +379,10 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(message, Ping):
             self.send(self._encoder.encode(Pong(message.id)))
         elif isinstance(message, Rejected):  # a request with bad fields, an unknown type
-            self._send_failure(message.id, Failure(message.code, message.message), "request")
+            self._send_failure(message.id, Failure(message.code, message.message))
         elif isinstance(message, Hello):
             self._send_failure(message.id, Failure(ErrorCode.INVALID_REQUEST,
-                                                   "handshake already done"), "hello")  # fmt: skip
+                                                   "handshake already done"))
         elif isinstance(message, Pong):
             pass  # either side may send Ping; a Pong answers one and needs no answer
         elif isinstance(message, Error):
@@ -322,9 +390,8 @@ class ClientConnection(asyncio.Protocol):
             log.info("client %s sent an Error (%s); ignored", self.peer, message.message)
         else:  # a reply type (HelloOk, Rows, ...): only the router sends those
             name = type(message).__name__
-            self._send_failure(message.id, Failure(ErrorCode.UNKNOWN_MESSAGE_TYPE,
-                                                   f"{name} is a reply, not a request"),
-                               "request")  # fmt: skip
+            why = f"{name} is a reply, not a request"
+            self._send_failure(message.id, Failure(ErrorCode.UNKNOWN_MESSAGE_TYPE, why))
 
     def _spawn_handle(self, message: Message) -> None:
         self._track(self._loop.create_task(self._handle(message)))
@@ -335,8 +402,7 @@ class ClientConnection(asyncio.Protocol):
         """Route `m` and queue it on a pipelined connection; the reply is sent from the
         pipeline's callback, with no task. False: nothing was sent, use `_handle`."""
         request = FastRequest(self, m, time.perf_counter())
-        routed = self._node.executor.submit(self.session, m.sql, m.params, m.hints,
-                                            request.done)  # fmt: skip
+        routed = self._handler.submit(self.session, m.sql, m.params, m.hints, request.done)
         if routed is None:
             return False
         request.routed = routed
@@ -346,42 +412,64 @@ class ClientConnection(asyncio.Protocol):
             request.timer = self._loop.call_later(timeout_ms / 1000, request.time_out)
         return True
 
-    def _reply_rows(self, m: Query, routed: Routed, rows: list[Any], status: str,
-                    token: str | None, started: float) -> None:  # fmt: skip
-        node = routed.node
-        route = self._node.executor.route_of(node)
-        enc = self._encoder
+    # FastPathConnection (fastpath.py): how a fast-path request is answered.
+
+    def fast_request_done(self) -> None:
+        self._fast_in_flight -= 1
+        if self._paused_for_load:  # (tested here first: the usual case costs no call)
+            self._request_done()
+
+    def run_again(self, m: Query) -> bool:
+        if self._handler.draining:
+            return False
+        self._spawn_handle(m)
+        return True
+
+    def reply_result(self, m: Query, routed: Routed, rows: list[Any], status: str,
+                     wal: int | None, started: float,
+                     token: str | None = None) -> None:
+        """Answer with a statement's result (`token`: a write's, when `_finish_write` read it
+        apart)."""
+        handler = self._handler
+        if token is None and handler.needs_token(routed, status):
+            if wal is None:  # the position is unknown: read it apart, then reply
+                self._track(self._loop.create_task(
+                    self._finish_write(m, routed, rows, status, started)))
+                return
+            token = handler.token_at(self.session, routed, wal)
+        route = handler.route_of(routed.node)
         try:
             if m.kind is QueryKind.FETCH and m.hints.want_rows:
-                self.send(self._encode_rows(m.id, routed.columns, rows, status, route, token))
+                self.send(encode_rows(self._encoder, m.id, routed.columns, rows, status, route,
+                                      token))
             else:
                 last = status.rsplit(" ", 1)[-1]
                 count = int(last) if last.isdigit() else len(rows)
-                self.send(enc.encode_status(m.id, status, count, route, token))
+                self.send(self._encoder.encode_status(m.id, status, count, route, token))
         except EncodeError as exc:
             if routed.analysis.read_only:
                 raise
             undelivered = ResultUndeliverable(status, rowcount_of(status, rows), list(route),
-                                              token, None, exc.message)  # fmt: skip
-            self._reply_failed(m, undelivered, False, started)
+                                              token, None, exc.message)
+            self.reply_failed(m, undelivered, False, started)
             return
-        self._node.metrics.record("query", node.shard, route[2], "ok",
-                                  time.perf_counter() - started)  # fmt: skip
+        handler.record("query", routed.node.shard, route[2], "ok", time.perf_counter() - started)
 
-    def _reply_failed(self, m: Query, exc: BaseException, read_only: bool,
-                      started: float) -> None:  # fmt: skip
+    def reply_failed(self, m: Query, exc: BaseException, read_only: bool,
+                     started: float) -> None:
         failure = failure_for(exc, read_only=read_only)
-        self._send_failure(m.id, failure, "query")
-        self._node.metrics.record("query", "", "", failure.code.name,
-                                  time.perf_counter() - started)  # fmt: skip
+        self._send_failure(m.id, failure)
+        self._handler.record("query", "", "", failure.code.name, time.perf_counter() - started)
 
     async def _finish_write(self, m: Query, routed: Routed, rows: list[Any], status: str,
-                            started: float) -> None:  # fmt: skip
-        token = await self._node.executor.write_token(self.session, routed)
+                            started: float) -> None:
+        token = await self._handler.write_token(self.session, routed)
         try:
-            self._reply_rows(m, routed, rows, status, token, started)
+            self.reply_result(m, routed, rows, status, None, started, token)
         except Exception as error:  # e.g. a reply over the frame limit: still a typed reply
-            self._reply_failed(m, error, routed.analysis.read_only, started)
+            self.reply_failed(m, error, routed.analysis.read_only, started)
+
+    # ---- the handshake, then every other request in a task of its own ----------------------
 
     def _handshake(self, message: Message | Rejected) -> None:
         if isinstance(message, Rejected):  # a Hello (or anything) that could not be read
@@ -393,9 +481,7 @@ class ClientConnection(asyncio.Protocol):
         if message.id == 0:
             self._fatal(0, ErrorCode.MALFORMED_FRAME, "request id 0 is reserved; ids start at 1")
             return
-        expected = self._node.auth_token
-        given = message.token or ""
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not self._handler.authenticate(message.token or ""):
             self._fatal(message.id, ErrorCode.AUTH_FAILED, "authentication failed: bad token")
             return
         try:
@@ -408,129 +494,37 @@ class ClientConnection(asyncio.Protocol):
             self._hello_timer.cancel()
             self._hello_timer = None
         self.session.client_name = message.client_name
-        r = self._node.config.router
+        limits = self._limits
         # The limits a client must keep within (PROTOCOL.md section 2.3).
-        info = {"server": "georoute", "shards": list(self._node.config.shards),
-                "max_frame_bytes": r.max_frame_bytes, "max_sql_bytes": r.max_sql_bytes,
-                "max_in_flight": r.max_in_flight_per_connection}  # fmt: skip
-        self.send(
-            self._encoder.encode(HelloOk(message.id, version, self._node.config.router.node_name,
-                                         info))
-        )
+        info = {"server": "georoute", "shards": list(limits.shards),
+                "max_frame_bytes": limits.max_frame_bytes, "max_sql_bytes": limits.max_sql_bytes,
+                "max_in_flight": limits.max_in_flight}
+        self.send(self._encoder.encode(HelloOk(message.id, version, limits.node_name, info)))
 
-    async def _handle(self, message: Any) -> None:
+    async def _handle(self, message: Message) -> None:
         started = time.perf_counter()
         kind = type(message).__name__.lower()
-        read_only = False
+        handler = self._handler
         try:
             timeout_ms = getattr(getattr(message, "hints", None), "timeout_ms", None)
-            handler = self._handlers[type(message)]
             if timeout_ms:
                 try:
                     async with asyncio.timeout(timeout_ms / 1000):
-                        reply, outcome = await handler(message)
+                        reply, outcome = await handler.handle(self.session, message)
                 except TimeoutError as exc:
                     raise RequestTimeout(f"request took longer than {timeout_ms} ms") from exc
             else:
-                reply, outcome = await handler(message)
+                reply, outcome = await handler.handle(self.session, message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every failure becomes a typed error reply
-            if isinstance(message, Query):  # parsed by now, unless it could not be
-                analysis = self._node.executor.classifier.cached(message.sql)
-                read_only = analysis is not None and analysis.read_only
-            elif isinstance(message, Doc):
-                read_only = message.op in DOC_READ_OPS
-            failure = failure_for(exc, read_only=read_only)  # logs our own bugs
-            self._send_failure(message.id, failure, kind)
-            elapsed = time.perf_counter() - started
-            self._node.metrics.record(kind, "", "", failure.code.name, elapsed)
+            failure = failure_for(exc, read_only=handler.read_only(message))  # logs our bugs
+            self._send_failure(message.id, failure)
+            handler.record(kind, "", "", failure.code.name, time.perf_counter() - started)
             return
         self.send(reply)
         elapsed = time.perf_counter() - started
         if outcome is not None:
-            self._node.metrics.record(kind, outcome.shard, outcome.role.value, "ok", elapsed)
+            handler.record(kind, outcome.shard, outcome.role.value, "ok", elapsed)
         else:
-            self._node.metrics.record(kind, "", "", "ok", elapsed)
-
-    @staticmethod
-    def _route(outcome: Outcome) -> RouteInfo:
-        return RouteInfo(outcome.shard, outcome.node, outcome.role)
-
-    def _encode_rows(self, request_id: int, columns: list[str], rows: list[Any], status: str,
-                     route: RouteInfo | list[str], token: str | None) -> bytes:  # fmt: skip
-        try:
-            return self._encoder.encode_rows(request_id, columns, rows, status, route, token,
-                                             types_of(columns))  # fmt: skip
-        except EncodeError as exc:
-            named = name_unencodable(exc, columns, rows)
-            if named is None:
-                raise
-            raise named from exc
-
-    def _reply_for(self, m: Query, o: Outcome) -> bytes:
-        enc = self._encoder
-        if m.kind is QueryKind.FETCH and m.hints.want_rows:
-            if o.rows_lost is not None:
-                raise EncodeError(o.rows_lost)
-            return self._encode_rows(m.id, o.columns, o.rows, o.status, self._route(o),
-                                     o.ryw_token)  # fmt: skip
-        return enc.encode_status(m.id, o.status, o.rowcount, self._route(o), o.ryw_token)
-
-    async def _query(self, m: Query) -> tuple[bytes, Outcome]:
-        o = await self._node.executor.query(self.session, m.sql, m.params, m.hints)
-        try:
-            return self._reply_for(m, o), o
-        except EncodeError as exc:
-            # After a statement that may have written, the error says that it applied, with
-            # its status and token. (Batch and Commit replies are a Status: they always fit.)
-            analysis = self._node.executor.classifier.cached(m.sql)  # None: evicted
-            if analysis is not None and analysis.read_only:
-                raise
-            raise ResultUndeliverable(o.status, o.rowcount, route_wire_of(self._route(o)),
-                                      o.ryw_token, m.hints.tx, exc.message) from exc  # fmt: skip
-
-    async def _batch(self, m: Batch) -> tuple[bytes, Outcome]:
-        try:
-            o = await self._node.executor.batch(self.session, m.statements, m.hints)
-        except asyncpg.PostgresError as exc:
-            if m.hints.tx is None and is_read_only_refusal(exc):
-                # Outside a transaction a batch runs on the primary, in a transaction of its
-                # own: refused as read-only, it found that node demoted; nothing applied.
-                raise NodeReadOnlyError(exc, retryable=True) from exc
-            raise
-        # "BATCH <n>", in a transaction or not (PROTOCOL.md 2.1): executemany reports no
-        # statement's own status.
-        status = f"BATCH {len(m.statements)}"
-        return self._encoder.encode_status(
-            m.id, status, len(m.statements), self._route(o), o.ryw_token
-        ), o
-
-    async def _begin(self, m: Begin) -> tuple[bytes, None]:
-        transactions = self._node.executor.transactions
-        tx = await transactions.begin(self.session, m.hints, m.isolation, m.read_only)
-        route = RouteInfo(tx.shard, tx.node.name, WireRole.PRIMARY)
-        return self._encoder.encode(TxStarted(m.id, tx.id, route)), None
-
-    async def _commit(self, m: Commit) -> tuple[bytes, Outcome]:
-        o = await self._node.executor.transactions.commit(self.session, m.tx)
-        return self._encoder.encode_status(m.id, o.status, 0, self._route(o), o.ryw_token), o
-
-    async def _rollback(self, m: Rollback) -> tuple[bytes, Outcome | None]:
-        o = await self._node.executor.transactions.rollback(self.session, m.tx)
-        if o is None:  # the router had rolled it back already (idle, or a failed Commit)
-            return self._encoder.encode_status(m.id, "ROLLBACK", 0, None), None
-        return self._encoder.encode_status(m.id, o.status, 0, self._route(o)), o
-
-    async def _doc(self, m: Doc) -> tuple[bytes, None]:
-        if m.hints.idempotency_key is not None and m.op not in DOC_READ_OPS:
-            # Not kept for document writes (yet): accepting the key would promise what a
-            # retry cannot keep, and a client would send the write again.
-            raise UnsupportedRequest("idempotency keys are not supported for document writes yet")
-        result = await self._node.docstore.run(m.collection, m.op, m.args)
-        return self._encoder.encode(DocReply(m.id, result)), None
-
-    async def _admin(self, m: Admin) -> tuple[bytes, None]:
-        if m.op != "topology":
-            raise UnsupportedRequest(f"unknown admin op {m.op!r} (known: topology)")
-        return self._encoder.encode(AdminReply(m.id, self._node.topology_report())), None
+            handler.record(kind, "", "", "ok", elapsed)

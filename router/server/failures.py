@@ -20,7 +20,7 @@ import asyncpg
 
 from protocol.errors import ErrorCode, ProtocolError
 from router.backend.errors import ResultValueError
-from router.engine.errors import ResultUndeliverable, ShardFailure
+from router.engine.errors import ResultUndeliverable, ShardFailure, TwoPhaseAborted
 from router.engine.undelivered import rowcount_of
 from router.errors import GeorouteError
 
@@ -50,15 +50,21 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
         failure.message = f"shard {exc.shard}: {failure.message}"
         failure.detail = {**failure.detail, "shard": exc.shard}
         return failure
+    if isinstance(exc, TwoPhaseAborted) and isinstance(exc.cause, asyncpg.PostgresError):
+        # Rolled back everywhere for PostgreSQL's reason: answered as that error, on its shard.
+        cause = failure_for(exc.cause)
+        if cause.code is ErrorCode.POSTGRES_ERROR:
+            return Failure(cause.code, str(exc), cause.sqlstate, False,
+                           {**cause.detail, "shard": exc.shard})
     if isinstance(exc, ResultValueError) and exc.status is not None and not read_only:
         # A write the server completed (and so committed): it applied, whatever its reply.
         exc = ResultUndeliverable(exc.status, rowcount_of(exc.status, []), None, None, None,
-                                  str(exc))  # fmt: skip
+                                  str(exc))
     if isinstance(exc, GeorouteError):
         if exc.code is ErrorCode.INTERNAL:
             return internal_failure(exc)
         return Failure(exc.code, str(exc), exc.sqlstate, exc.retry.allows(read_only),
-                       exc.detail())  # fmt: skip
+                       exc.detail())
     if isinstance(exc, ProtocolError):
         return Failure(exc.code, exc.message)
     for kind, convert in _DRIVER:
@@ -75,7 +81,7 @@ def internal_failure(exc: BaseException) -> Failure:
     return Failure(ErrorCode.INTERNAL,
                    f"internal error (reference {reference}): a fault in the router, not in "
                    "the request; its log has the details under that reference",
-                   detail={"reference": reference})  # fmt: skip
+                   detail={"reference": reference})
 
 
 # ---- the driver's exceptions ---------------------------------------------------------------
@@ -86,7 +92,7 @@ def _raised_by_driver(exc: asyncpg.PostgresError) -> bool:
     carries SQLSTATE 22000 but none of the fields a server error has."""
     return (isinstance(exc, asyncpg.DataError)
             and getattr(exc, "server_source_filename", None) is None
-            and "query argument" in str(exc))  # fmt: skip
+            and "query argument" in str(exc))
 
 
 def _postgres(exc: BaseException, read_only: bool) -> Failure:
@@ -94,7 +100,7 @@ def _postgres(exc: BaseException, read_only: bool) -> Failure:
     if isinstance(exc, asyncpg.PostgresError) and _raised_by_driver(exc):  # nothing was sent
         found = _ARGUMENT.search(str(exc))
         argument: dict[str, Any] = {"raised_by": "router",
-                                    "parameter": int(found[1]) if found else None}  # fmt: skip
+                                    "parameter": int(found[1]) if found else None}
         return Failure(ErrorCode.POSTGRES_ERROR, str(exc), sqlstate=sqlstate, detail=argument)
     if sqlstate == "57014":  # query_canceled (statement_timeout)
         return Failure(ErrorCode.TIMEOUT, str(exc), sqlstate=sqlstate, retryable=read_only)

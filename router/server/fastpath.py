@@ -1,12 +1,13 @@
 """One request on the fast path (server/connection.py `_submit`): routed with no task, queued on
 a pipelined backend connection, and answered from the reply's callback, or by its timeout.
 Whatever the pipeline could not finish (a lost connection under a read, a stale statement,
-a lock wait) runs again through the connection's ordinary path."""
+a lock wait) runs again through the connection's ordinary path. A request answers through
+FastPathConnection, which the client connection implements."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from protocol import Query
 from router.backend.pgwire import PipelineError
@@ -15,18 +16,43 @@ from router.backend.pool import NodeUnavailableError
 from router.core.health import HealthEvent
 from router.engine.errors import NodeReadOnlyError, RequestTimeout, is_read_only_refusal
 from router.engine.outcome import Routed
+from router.engine.session import Session
 
-if TYPE_CHECKING:
-    from router.server.connection import ClientConnection
+__all__ = ["FastPathConnection", "FastRequest"]
 
-__all__ = ["FastRequest"]
+
+class FastPathConnection(Protocol):
+    """What a fast-path request needs of its client connection."""
+
+    session: Session
+    closing: bool  # the client has gone (or is going): nothing to answer, nothing to run again
+
+    def fast_request_done(self) -> None:
+        """The request no longer counts against the client (answered, or timed out)."""
+        ...
+
+    def reply_result(self, m: Query, routed: Routed, rows: list[Any], status: str,
+                     wal: int | None, started: float) -> None:
+        """Answer with the statement's result (`wal`: the WAL position after a write, if the
+        pipeline read it)."""
+        ...
+
+    def reply_failed(self, m: Query, exc: BaseException, read_only: bool,
+                     started: float) -> None:
+        """Answer with the error `exc` maps to."""
+        ...
+
+    def run_again(self, m: Query) -> bool:
+        """Run `m` again on the ordinary path; False while draining (then answer it here)."""
+        ...
+
 
 class FastRequest:
     """One request on the fast path, answered once: by its result, or by its timeout."""
 
     __slots__ = ("answered", "conn", "message", "routed", "started", "timer")
 
-    def __init__(self, conn: ClientConnection, message: Query, started: float) -> None:
+    def __init__(self, conn: FastPathConnection, message: Query, started: float) -> None:
         self.conn = conn
         self.message = message
         self.started = started
@@ -40,23 +66,22 @@ class FastRequest:
         self.timer = None
         self.answered = True
         conn = self.conn
-        conn._fast_in_flight -= 1
-        conn._request_done()
-        if conn._closing:
+        conn.fast_request_done()
+        if conn.closing:
             return
         m = self.message
         exc = RequestTimeout(f"request took longer than {m.hints.timeout_ms} ms")
         assert self.routed is not None
-        self.conn._reply_failed(m, exc, self.routed.analysis.read_only, self.started)
+        conn.reply_failed(m, exc, self.routed.analysis.read_only, self.started)
 
     def done(self, rows: list[Any] | None, status: str, server_seconds: float,
-             exc: BaseException | None, wal: int | None) -> None:  # fmt: skip
+             exc: BaseException | None, wal: int | None) -> None:
         conn, m, routed = self.conn, self.message, self.routed
         assert routed is not None
         # Failed statements count too: one that waits on a lock is as slow for its neighbours.
         routed.node.pool.pipeline.finished(m.sql, server_seconds)
         if self.answered:  # timed out already (and no longer counted); the result is dropped
-            if exc is None and wal is not None and not conn._closing:
+            if exc is None and wal is not None and not conn.closing:
                 # The client was told the outcome is unknown, but the write did apply: the
                 # session's later reads must see it, like any of its writes.
                 conn.session.note_write(routed.shard.name, wal)
@@ -64,39 +89,27 @@ class FastRequest:
         self.answered = True
         if self.timer is not None:
             self.timer.cancel()
-        conn._fast_in_flight -= 1
-        conn._request_done()
-        if conn._closing:  # the client has gone: nothing to answer, nothing to run again
+        conn.fast_request_done()
+        if conn.closing:  # the client has gone: nothing to answer, nothing to run again
             return
         try:
             self._answer(rows, status, exc, wal)
         except Exception as error:  # e.g. a reply over the frame limit: still a typed reply
-            conn._reply_failed(m, error, routed.analysis.read_only, self.started)
+            conn.reply_failed(m, error, routed.analysis.read_only, self.started)
 
     def _answer(self, rows: list[Any] | None, status: str, exc: BaseException | None,
-                wal: int | None) -> None:  # fmt: skip
+                wal: int | None) -> None:
         conn, m, routed = self.conn, self.message, self.routed
         assert routed is not None
         if exc is None:
             assert rows is not None
-            executor = conn._node.executor
-            if executor.needs_token(routed, status):
-                if wal is not None:
-                    token = executor.token_at(conn.session, routed, wal)
-                    conn._reply_rows(m, routed, rows, status, token, self.started)
-                    return
-                conn._track(conn._loop.create_task(  # the position is unknown: read it apart
-                    conn._finish_write(m, routed, rows, status, self.started)
-                ))  # fmt: skip
-                return
-            conn._reply_rows(m, routed, rows, status, None, self.started)
+            conn.reply_result(m, routed, rows, status, wal, self.started)
             return
         read_only = routed.analysis.read_only
         if isinstance(exc, PipelineError):
             node = routed.node
             node.record(HealthEvent.CONNECT_FAILED, str(exc))
-            if read_only and not conn._node.draining:  # safe to run again, another way
-                conn._spawn_handle(m)
+            if read_only and conn.run_again(m):  # safe to run again, another way
                 return
             exc = NodeUnavailableError(f"{node.name}: connection lost: {exc}", sent=True)
         elif not read_only and is_read_only_refusal(exc):
@@ -108,7 +121,6 @@ class FastRequest:
             # lock longer than the pipeline's lock_timeout runs on a pooled connection.
             if is_stale_statement(exc):
                 routed.node.pool.pipeline.forget(m.sql)
-            if not conn._node.draining:
-                conn._spawn_handle(m)
+            if conn.run_again(m):
                 return
-        conn._reply_failed(m, exc, read_only, self.started)
+        conn.reply_failed(m, exc, read_only, self.started)

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "router.tools.db.cli",
     "api.serve",  # `georoute api`: the REST facade (a tool: nothing in router imports api)
     "router.tools.backup.cli",
+    "router.tools.usermove",
 )
 
 

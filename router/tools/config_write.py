@@ -75,6 +75,7 @@ def config_to_toml(config: Config) -> str:
             f"number = {shard.number}",
             f"primary = {_toml_value(shard.primary)}",
             f"replicas = {_toml_value(shard.replicas)}",
+            f"synchronous = {_toml_value(shard.synchronous)}",
             "",
         ]
     for table in config.tables.values():

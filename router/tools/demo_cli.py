@@ -1,8 +1,9 @@
 """`georoute demo` (what `make demo` runs): the whole local stack until Ctrl-C.
 
 Brings up the local cluster (3 shards x primary + replica, and the document store), applies
-the migrations, seeds sample data when the shards are empty, and runs a router node. Ctrl-C
-stops what this command started: the router, and the cluster if it was not already running.
+the migrations, seeds sample data when the shards are empty, and runs three router nodes that
+heartbeat each other, in managed failover mode (demo_routers.py). Ctrl-C stops what this
+command started: the routers, the API, and the cluster if it was not already running.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from urllib.parse import quote
 import asyncpg
 
 from router.config import Config
+from router.tools.config_write import config_to_toml
 from router.tools.db.migrate import migrate
 from router.tools.db.seed import SeedOptions, seed
+from router.tools.demo_routers import config_path, demo_router_configs, multi_host_dsn
 from router.tools.localcluster import LocalCluster
 from router.tools.localcluster.status import format_table
 
 __all__ = ["register"]
+
+ROUTER_NODES = 3  # on router.listen_port and the next two (6600, 6601, 6602)
 
 
 async def _user_count(config: Config) -> int:
@@ -78,55 +83,72 @@ def _serve(args: argparse.Namespace, config: Config, stops_cluster: bool) -> int
     env = dict(os.environ)
     token = env.get(config.router.auth_token_env) or secrets.token_urlsafe(18)
     env[config.router.auth_token_env] = token
-    print("4/4 router node ...")
-    router = subprocess.Popen(
-        [sys.executable, "-m", "router.tools.cli", "--config", args.config, "router"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    # The heartbeats' shared secret: made up for this run unless one is set.
+    env.setdefault(config.heartbeat.secret_env, secrets.token_urlsafe(24))
+    configs = demo_router_configs(config, ROUTER_NODES)
+    print(f"4/4 {len(configs)} router nodes (heartbeats, managed failover) ...")
+    routers: list[subprocess.Popen[str]] = []
     api: subprocess.Popen[str] | None = None
     try:
-        if not _wait_for_line(router, "ready on", 30):
-            print("router failed to start; its output is above", file=sys.stderr)
-            return 1
+        for node in configs:
+            path = config_path(node)
+            path.write_text(config_to_toml(node))
+            router = subprocess.Popen(
+                [sys.executable, "-m", "router.tools.cli", "--config", str(path), "router"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            routers.append(router)
+            if not _wait_for_line(router, "ready on", 30):
+                print(f"router {node.router.node_name} failed to start", file=sys.stderr)
+                return 1
         api = _start_api(args, env)
         if api is None:
             return 1
         r = config.router
+        dsn = multi_host_dsn(configs)
         api_url = f"http://{config.api.host}:{config.api.port}"
+        region = next(iter(config.shards))  # a configured one: router.toml may name others
         unix = (f"\n            georoute://{quote(r.listen_socket_dir, safe='')}:{r.listen_port}"
-                "   (its Unix socket)" if r.listen_socket_dir else "")
+                "   (the first node's Unix socket)" if r.listen_socket_dir else "")
+        metrics = ", ".join(f"http://{c.metrics.host}:{c.metrics.port}/metrics"
+                            for c in configs if c.metrics.port)
         print(f"""
 georoute is serving:
-  router    georoute://{r.listen_host}:{r.listen_port}   token: {token}{unix}
-  metrics   http://{config.metrics.host}:{config.metrics.port}/metrics
+  routers   {dsn}   token: {token}{unix}
+  metrics   {metrics}
   REST API  {api_url}/api/v1   docs: {api_url}/docs
 
 Try it (README.md, "Try it", has more):
   export {r.auth_token_env}={token}
-  .venv/bin/python -m client georoute://{r.listen_host}:{r.listen_port} \\
-      "SELECT title, price_cents FROM courses WHERE region = \\$1 LIMIT 5" europe
+  .venv/bin/python -m client {dsn} \\
+      "SELECT title, price_cents FROM courses WHERE region = \\$1 LIMIT 5" {region}
   curl -s '{api_url}/api/v1/courses?sort=popular&limit=3'
   curl -s {api_url}/api/v1/auth/register -H 'content-type: application/json' -d \\
-      '{{"email":"me@example.com","password":"a long password","full_name":"Me","region":"europe"}}'
+      '{{"email":"me@example.com","password":"passw0rd-42","full_name":"Me","region":"{region}"}}'
+Kill a primary (`kill -9` its postmaster, `georoute cluster status` shows the pids) and the
+routers promote its replica; `georoute cluster rejoin NODE` brings the old one back.
 
-Ctrl-C stops the router{' and the cluster' if stops_cluster else ''}.""", flush=True)
-        assert router.stdout is not None
-        for line in router.stdout:  # relay the router's log until it exits or Ctrl-C
-            print(line, end="")
-        return router.wait()
+Ctrl-C stops the routers{' and the cluster' if stops_cluster else ''}.""", flush=True)
+        for node, router in zip(configs[1:], routers[1:], strict=True):
+            _relay(router, f"[{node.router.node_name}] ")
+        assert routers[0].stdout is not None
+        for line in routers[0].stdout:  # relay the first node's log until it exits or Ctrl-C
+            print(f"[{configs[0].router.node_name}] {line}", end="")
+        return routers[0].wait()
     finally:
-        if api is not None and api.poll() is None:
-            api.send_signal(signal.SIGTERM)
+        for proc in [*([api] if api is not None else []), *routers]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [*([api] if api is not None else []), *routers]:
             try:
-                api.wait(timeout=15)
+                proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                api.kill()
-        if router.poll() is None:
-            router.send_signal(signal.SIGTERM)
-            try:
-                router.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                router.kill()
+                proc.kill()
+
+
+def _relay(proc: subprocess.Popen[str], prefix: str) -> None:
+    threading.Thread(target=lambda: [print(prefix + line, end="") for line in proc.stdout or ()],
+                     daemon=True).start()
 
 
 def _start_api(args: argparse.Namespace, env: dict[str, str]) -> subprocess.Popen[str] | None:

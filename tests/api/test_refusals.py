@@ -16,7 +16,7 @@ import jwt
 
 from api.domain import Domain
 from api.domain.tokens import TokenIssuer
-from api.types import Principal, Region, Role
+from api.types import Principal, Region, UserRole
 from tests.api.conftest import SECRET, SETTINGS, build_course, signup
 
 
@@ -36,7 +36,7 @@ def _bearer(token: str) -> dict[str, str]:
 
 
 def _someone() -> Principal:
-    return Principal(uuid.uuid4(), Role.STUDENT, Region.EUROPE)
+    return Principal(uuid.uuid4(), UserRole.STUDENT, Region.EUROPE)
 
 
 async def test_tokens_that_are_refused(http: httpx.AsyncClient) -> None:

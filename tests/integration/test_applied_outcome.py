@@ -32,11 +32,11 @@ from tests.support.router_proc import (
 FRAME_LIMIT = 64 * 1024
 BIG = 2 * FRAME_LIMIT  # a payload whose RETURNING cannot fit in one reply frame
 INSERT_BIG = ("INSERT INTO rt_items (item_id, region, payload) "
-              "VALUES ($1, 'europe', repeat('x', $2::int4)) RETURNING *")  # fmt: skip
+              "VALUES ($1, 'europe', repeat('x', $2::int4)) RETURNING *")
 # An int4[] parameter: a type the pipeline does not carry, so a pooled connection runs it.
 INSERT_BIG_POOLED = ("INSERT INTO rt_items (item_id, region, payload) "
                      "VALUES ($1, 'europe', repeat('x', $2::int4)) "
-                     "RETURNING *, cardinality($3::int4[])")  # fmt: skip
+                     "RETURNING *, cardinality($3::int4[])")
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +82,11 @@ async def test_fast_path_write_says_it_applied(
     db: client.Client, europe: asyncpg.Connection, small_frames: RouterProcess
 ) -> None:
     item = new_id(number(small_frames.config, "europe"))
-    before = await node_stats(db, "europe-primary")
+    before = await node_stats(db, "europe-1")
     with pytest.raises(client.GeorouteError) as err:
         await db.fetch(INSERT_BIG, item, BIG)
     assert_applied(err.value)
-    after = await node_stats(db, "europe-primary")
+    after = await node_stats(db, "europe-1")
     assert after["pipeline_statements"] > before["pipeline_statements"]  # the fast path ran it
     token = err.value.ryw_token  # type: ignore[attr-defined]
     assert token is not None and token.startswith("europe:")
@@ -94,18 +94,18 @@ async def test_fast_path_write_says_it_applied(
     assert await stored_length(europe, item) == BIG
     # The session reads its own write (through a replica only once it has replayed it).
     assert await db.fetchval("SELECT length(payload) FROM rt_items WHERE item_id = $1",
-                             item) == BIG  # fmt: skip
+                             item) == BIG
 
 
 async def test_pooled_write_says_it_applied(
     db: client.Client, europe: asyncpg.Connection, small_frames: RouterProcess
 ) -> None:
     item = new_id(number(small_frames.config, "europe"))
-    before = await node_stats(db, "europe-primary")
+    before = await node_stats(db, "europe-1")
     with pytest.raises(client.GeorouteError) as err:
         await db.fetch(INSERT_BIG_POOLED, item, BIG, [1, 2])
     assert_applied(err.value)
-    after = await node_stats(db, "europe-primary")
+    after = await node_stats(db, "europe-1")
     assert after["pipeline_statements"] == before["pipeline_statements"]  # a pooled connection
     assert err.value.ryw_token is not None  # type: ignore[attr-defined]
     assert await stored_length(europe, item) == BIG
@@ -138,7 +138,7 @@ async def test_statement_in_a_transaction_says_it_ran_there(
         assert "still open" in str(err.value)
         # It ran in the transaction, which goes on: the row is there, and commits with it.
         assert await tx.fetchval("SELECT length(payload) FROM rt_items WHERE item_id = $1",
-                                 item) == BIG  # fmt: skip
+                                 item) == BIG
         assert await stored_length(europe, item) is None  # not committed yet
     assert await stored_length(europe, item) == BIG
 
@@ -162,7 +162,7 @@ async def test_a_write_whose_returned_value_cannot_be_read_says_it_applied(
     the reply to its end, so the server's tag says the write completed (and committed): the
     error says it applied. A read with the same value changed nothing: a plain value error."""
     sql = ("INSERT INTO rt_items (item_id, region) VALUES ($1, 'europe') "
-           "RETURNING item_id, '10000-01-01'::date AS far")  # fmt: skip
+           "RETURNING item_id, '10000-01-01'::date AS far")
     for _ in range(3):  # prepared on the pipeline and judged quick: then fast-pathed
         item = new_id(number(small_frames.config, "europe"))
         with pytest.raises(client.GeorouteError) as info:
@@ -172,8 +172,8 @@ async def test_a_write_whose_returned_value_cannot_be_read_says_it_applied(
         assert err.applied and err.status == "INSERT 0 1" and err.retryable is False
         assert "'far'" in str(err), str(err)
         assert await europe.fetchval("SELECT count(*) FROM rt_items WHERE item_id = $1",
-                                     item) == 1  # fmt: skip
+                                     item) == 1
     with pytest.raises(client.GeorouteError) as read:
         await db.fetch("SELECT '10000-01-01'::date AS far FROM rt_items WHERE region = $1 "
-                       "LIMIT 1", "europe")  # fmt: skip
+                       "LIMIT 1", "europe")
     assert not isinstance(read.value, client.ResultUndeliverableError), repr(read.value)

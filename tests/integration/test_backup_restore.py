@@ -50,7 +50,7 @@ def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
     config = replace(
         moved, shards={SHARD: moved.shards[SHARD]},
         backup=replace(moved.backup, keep_base_backups=2),
-    )  # fmt: skip
+    )
     local = LocalCluster(config)
     local.down(purge=True)  # leftovers of an interrupted run
     local.up()
@@ -62,7 +62,7 @@ def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
         local.down(purge=True)
         # Alive and still ours (an exited process that init has not reaped yet is not).
         alive = [n for n, pid in pids.items()
-                 if pid_is_ours(pid, restored_layout(layout).pgdata(n))]  # fmt: skip
+                 if pid_is_ours(pid, restored_layout(layout).pgdata(n))]
         assert not alive, f"restored nodes outlived `cluster down`: {alive}"
 
 
@@ -86,7 +86,7 @@ def _cli(config: Config, *argv: str) -> int:
 @contextlib.asynccontextmanager
 async def _connect(port: int) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres",
-                                 database="georoute", timeout=5)  # fmt: skip
+                                 database="georoute", timeout=5)
     try:
         yield conn
     finally:
@@ -148,7 +148,7 @@ async def test_restore_to_a_noted_time_and_to_latest(
     assert "recovery stopping before commit" in at_noted.node.recovery_stop
 
     assert _cli(config, "restore", "--shard", SHARD, "--to", "latest", "--as", "at-latest",
-                "--timeout", str(RESTORE_TIMEOUT)) == 0  # fmt: skip
+                "--timeout", str(RESTORE_TIMEOUT)) == 0
     out = capsys.readouterr().out
     latest = load_restored(tools.layout)["at-latest"]
     assert f"connect: psql 'postgresql://postgres@127.0.0.1:{latest.port}/georoute'" in out
@@ -185,7 +185,7 @@ def test_backup_list_shows_time_size_and_wal_range(
     async def walfile() -> str:
         async with _connect(primary) as conn:
             return str(await conn.fetchval("SELECT pg_walfile_name($1::text::pg_lsn)",
-                                           mine["start_lsn"]))  # fmt: skip
+                                           mine["start_lsn"]))
 
     assert asyncio.run(walfile()) == mine["start_wal"]
     assert _cli(config, "backup", "list") == 0
@@ -230,7 +230,7 @@ def test_documents_are_dumped_and_loaded_into_a_new_database(
 ) -> None:
     _, config = scratch
     client: MongoClient[dict[str, Any]] = MongoClient(config.document_store.uri,
-                                                      serverSelectionTimeoutMS=5000)  # fmt: skip
+                                                      serverSelectionTimeoutMS=5000)
     try:
         live = client[config.document_store.database]
         marker = uuid.uuid4()
@@ -263,7 +263,7 @@ def test_documents_are_dumped_and_loaded_into_a_new_database(
             _cli(config, "restore", "--documents", "--to", "latest", "--as", target)
         with pytest.raises(BackupError, match="the live database"):
             _cli(config, "restore", "--documents", "--to", "latest",
-                 "--as", config.document_store.database)  # fmt: skip
+                 "--as", config.document_store.database)
     finally:
         client.close()
 
@@ -285,6 +285,6 @@ def test_a_time_before_every_backup_is_refused_with_the_earliest(
     _a_backup(tools)
     with pytest.raises(BackupError, match="earliest time this shard can be restored to"):
         restore_shard(tools, SHARD, datetime(2020, 1, 1, tzinfo=UTC), "too-early",
-                      timeout=RESTORE_TIMEOUT)  # fmt: skip
+                      timeout=RESTORE_TIMEOUT)
     assert "too-early" not in load_restored(tools.layout)
     assert not (tools.layout.data_root / "restores" / "too-early").exists()

@@ -21,11 +21,12 @@ from pymongo import MongoClient
 from router.config import Config
 from router.errors import ConfigError, PortInUseError
 from router.tools.config_write import with_port_offset
-from router.tools.localcluster import DOCSTORE, LocalCluster, NodeState, Role
+from router.tools.localcluster import DOCSTORE, LocalCluster, ProcessState
 from router.tools.localcluster.binaries import PgBinaries, find_pg_bin
 from router.tools.localcluster.layout import Layout, state_dir_of
 from router.tools.localcluster.process import wait_exit
 from router.tools.localcluster.status import to_json
+from router.types import Role
 
 
 def _scratch_config(test_config: Config, extra_offset: int, name: str) -> Config:
@@ -48,7 +49,7 @@ async def test_write_on_primary_is_visible_on_replica(
 ) -> None:
     for shard in test_config.shards.values():
         token = uuid.uuid4().hex
-        primary = await asyncpg.connect(cluster.dsn(f"{shard.name}-primary"))
+        primary = await asyncpg.connect(cluster.dsn(f"{shard.name}-1"))
         try:
             await primary.execute(
                 "CREATE TABLE IF NOT EXISTS cluster_smoke (token text PRIMARY KEY, shard text)"
@@ -58,7 +59,7 @@ async def test_write_on_primary_is_visible_on_replica(
         finally:
             await primary.close()
         for i in range(1, len(shard.replicas) + 1):
-            replica_dsn = cluster.dsn(f"{shard.name}-replica{i}")
+            replica_dsn = cluster.dsn(f"{shard.name}-{i + 1}")
             assert f":{shard.replicas[i - 1].port}/" in replica_dsn
             replica = await asyncpg.connect(replica_dsn)
             try:
@@ -81,18 +82,19 @@ def test_status_reports_roles_and_streaming(cluster: LocalCluster, test_config: 
     statuses = {s.name: s for s in cluster.status()}
     for shard, name, address in test_config.all_nodes():
         s = statuses[name]
-        assert s.state is NodeState.RUNNING and s.pid == cluster.pid(name)
+        assert s.state is ProcessState.RUNNING and s.pid == cluster.pid(name)
         assert s.port == address.port and s.shard == shard
-        if name.endswith("-primary"):
+        if address == test_config.shards[shard].primary:  # router.toml's primary entry
             assert s.role is Role.PRIMARY
         else:
             assert s.role is Role.REPLICA
             assert s.replication_state == "streaming"
             assert s.replica_lag_bytes is not None and s.replica_lag_bytes >= 0
-    assert statuses[DOCSTORE].role is Role.DOCSTORE
-    assert statuses[DOCSTORE].state is NodeState.RUNNING
+    assert statuses[DOCSTORE].role is None and statuses[DOCSTORE].role_label == "docstore"
+    assert statuses[DOCSTORE].state is ProcessState.RUNNING
     decoded = json.loads(to_json(list(statuses.values())))
     assert {d["name"] for d in decoded} == set(statuses)
+    assert {d["role"] for d in decoded} == {"primary", "replica", "docstore"}
 
 
 def test_docstore_answers(docstore_uri: str) -> None:
@@ -107,9 +109,9 @@ def test_docstore_answers(docstore_uri: str) -> None:
 
 def test_long_socket_paths_move_to_tmp() -> None:
     short = Layout(Path("/srv/c"), Path("/srv/c"))
-    assert short.socket_dir("asia-primary", 6505) == Path("/srv/c/asia-primary/sock")
+    assert short.socket_dir("asia-1", 6505) == Path("/srv/c/asia-1/sock")
     deep = Path("/srv/" + "d" * 90)
-    moved = Layout(deep, deep).socket_dir("asia-primary", 6505)
+    moved = Layout(deep, deep).socket_dir("asia-1", 6505)
     assert str(moved).startswith("/tmp/georoute-sock-")
     assert len(f"{moved}/.s.PGSQL.6505") < 107
 
@@ -144,9 +146,9 @@ def test_taken_port_is_named_and_nothing_starts(test_config: Config) -> None:
             local.up()
     message = str(info.value)
     assert f"port {replica.port}" in message
-    assert "north_america-replica1" in message
+    assert "north_america-2" in message
     assert "shards.north_america.replicas[0].port" in message
-    assert all(s.state is NodeState.STOPPED for s in local.status())
+    assert all(s.state is ProcessState.STOPPED for s in local.status())
     assert not list(state_dir_of(config).glob("*/data"))
     local.down(purge=True)
 
@@ -166,8 +168,8 @@ def scratch(test_config: Config) -> Iterator[LocalCluster]:
 
 
 async def test_paused_replay_holds_back_the_replica(scratch: LocalCluster) -> None:
-    replica_name = "north_america-replica1"
-    primary = await asyncpg.connect(scratch.dsn("north_america-primary"))
+    replica_name = "north_america-2"
+    primary = await asyncpg.connect(scratch.dsn("north_america-1"))
     replica = await asyncpg.connect(scratch.dsn(replica_name))
     try:
         await primary.execute("CREATE TABLE IF NOT EXISTS cluster_pause (token text PRIMARY KEY)")
@@ -195,14 +197,14 @@ async def test_paused_replay_holds_back_the_replica(scratch: LocalCluster) -> No
 
 
 def test_stop_and_start_one_node(scratch: LocalCluster) -> None:
-    name = "north_america-replica1"
+    name = "north_america-2"
     old_pid = scratch.pid(name)
     assert old_pid is not None
     scratch.stop_node(name)  # immediate, like a crash
     assert wait_exit(old_pid, 5)
     assert scratch.pid(name) is None
     statuses = {s.name: s for s in scratch.status()}
-    assert statuses[name].state is NodeState.STOPPED
+    assert statuses[name].state is ProcessState.STOPPED
     scratch.start_node(name)
     new_pid = scratch.pid(name)
     assert new_pid is not None and new_pid != old_pid
@@ -215,7 +217,7 @@ def test_stop_and_start_one_node(scratch: LocalCluster) -> None:
 def test_down_after_kill_9_cleans_up(scratch: LocalCluster) -> None:
     pids = {s.name: s.pid for s in scratch.up()}  # idempotent: the module's cluster
     assert all(pids.values()), pids
-    victim = pids["north_america-primary"]
+    victim = pids["north_america-1"]
     assert victim is not None
     os.kill(victim, signal.SIGKILL)
     assert wait_exit(victim, 10)
@@ -223,7 +225,7 @@ def test_down_after_kill_9_cleans_up(scratch: LocalCluster) -> None:
     scratch.down()
     for name, pid in pids.items():
         assert pid is not None and wait_exit(pid, 5), f"{name} ({pid}) still running"
-    assert all(s.state is NodeState.STOPPED for s in scratch.status())
+    assert all(s.state is ProcessState.STOPPED for s in scratch.status())
     state = state_dir_of(scratch.config)
     assert not list(Path(state).glob("*/data/postmaster.pid"))
     # PostgreSQL leaves its socket and lock file in the shared socket dir on a SIGKILL.

@@ -47,7 +47,7 @@ class _Store:
             [str(exe), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path",
              str(self.path / "data"), "--log-level", "WARNING"],
             cwd=self.path, env={**os.environ, "HOME": str(self.path)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def kill(self) -> int:
         assert self.proc is not None

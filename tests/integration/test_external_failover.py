@@ -7,8 +7,10 @@ reload (router.toml still calls it the primary)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -18,6 +20,7 @@ import asyncpg
 import pytest
 
 import client
+from router.backend.wal import NODE_POSITION_SQL, PRIMARY_POSITION_SQL
 from router.config import Config
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
@@ -50,6 +53,15 @@ def router(scratch: tuple[LocalCluster, Config]) -> Iterator[RouterProcess]:
         yield proc
 
 
+def node_up_labels(router: RouterProcess) -> dict[str, str]:
+    """node -> its role label on georoute_node_up, scraped from the router's metrics."""
+    url = f"http://127.0.0.1:{router.config.metrics.port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    found = re.findall(r'^georoute_node_up\{node="([^"]+)",role="([^"]+)"\}', text, re.M)
+    return dict(found)
+
+
 def europe(topology: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n["name"]: n for n in topology["shards"]["europe"]["nodes"]}
 
@@ -64,16 +76,16 @@ async def payloads(dsn: str) -> set[str]:
 
 async def test_the_router_follows_a_primary_promoted_elsewhere(
     scratch: tuple[LocalCluster, Config], router: RouterProcess,
-) -> None:  # fmt: skip
+) -> None:
     local, _ = scratch
     async with await client.connect(router.dsn, token=TOKEN) as db:
         await db.execute(SCRATCH_DDL, shard="europe")
         await db.execute(INSERT, uuid.uuid4(), "before")
         nodes = europe(await db.topology())
-        assert nodes["europe-primary"]["role"] == "primary"
+        assert nodes["europe-1"]["role"] == "primary"
 
-        local.stop_node("europe-primary")  # what an external tool does: fence, then promote
-        replica_dsn = local.dsn("europe-replica1")
+        local.stop_node("europe-1")  # what an external tool does: fence, then promote
+        replica_dsn = local.dsn("europe-2")
         conn = await asyncpg.connect(replica_dsn)
         try:
             assert await conn.fetchval("SELECT pg_promote(true, 60)") is True
@@ -83,8 +95,8 @@ async def test_the_router_follows_a_primary_promoted_elsewhere(
 
         async def followed() -> bool:
             nodes = europe(await db.topology())
-            return (nodes["europe-replica1"]["role"] == "primary"
-                    and nodes["europe-primary"]["role"] == "replica")  # fmt: skip
+            return (nodes["europe-2"]["role"] == "primary"
+                    and nodes["europe-1"]["role"] == "replica")
 
         await wait_until(followed, within=5, what="the router follows europe's primary")
         follow_seconds = time.monotonic() - promoted
@@ -99,13 +111,47 @@ async def test_the_router_follows_a_primary_promoted_elsewhere(
         await wait_until(writes, within=5, what="a write through the router succeeds")
         assert {"before", "after"} <= await payloads(replica_dsn)
         assert follow_seconds < 5
+        # The promoted node's position, read as the monitor reads a node's, moves with its
+        # writes: its replay position stayed where its recovery ended, and measured by that
+        # the primary would seem to write nothing and every replica to be fresh.
+        conn = await asyncpg.connect(replica_dsn)
+        try:
+            _, before = await conn.fetchrow(NODE_POSITION_SQL)
+            await conn.execute(INSERT, uuid.uuid4(), "direct")
+            _, after = await conn.fetchrow(NODE_POSITION_SQL)
+            assert await conn.fetchval(PRIMARY_POSITION_SQL) >= after > before
+        finally:
+            await conn.close()
+
+        # The promoted node is the primary in every view, whatever its name: the replies'
+        # route, the topology and the metrics' labels.
+        _, route = await db.fetch_routed("SELECT payload FROM rt_items WHERE region = 'europe'",
+                                         consistency="strong")
+        assert route is not None and (route.node, route.role) == ("europe-2", "primary")
+        view = (await db.topology())["shards"]["europe"]
+        assert view["primary"] == "europe-2"
+        assert europe(await db.topology())["europe-2"]["in_recovery"] is False
+        labels = await asyncio.to_thread(node_up_labels, router)
+        assert labels["europe-2"] == "primary" and labels["europe-1"] == "replica"
+        # Its position is its current WAL position, which its writes move on (not the point
+        # where its recovery ended, which is all pg_last_wal_replay_lsn() says after a
+        # promotion: replicas measured against that would all look fresh).
+        promoted_at = europe(await db.topology())["europe-2"]["replay_lsn"]
+        for _ in range(20):
+            await db.execute(INSERT, uuid.uuid4(), "x" * 2000)
+
+        async def position_moves() -> bool:
+            lsn = europe(await db.topology())["europe-2"]["replay_lsn"]
+            return lsn is not None and lsn > promoted_at
+
+        await wait_until(position_moves, within=5, what="the new primary's position to move")
 
         # The old primary comes back as it was: writable, on the old timeline. Two writable
         # nodes: the router stays on the promoted one and sends the old one nothing.
-        local.start_node("europe-primary")
+        local.start_node("europe-1")
 
         async def old_one_up() -> bool:
-            return europe(await db.topology())["europe-primary"]["health"] == "up"
+            return europe(await db.topology())["europe-1"]["health"] == "up"
 
         await wait_until(old_one_up, within=10, what="the old primary probed up again")
 
@@ -118,15 +164,15 @@ async def test_the_router_follows_a_primary_promoted_elsewhere(
         for _ in range(20):  # reads: none may land on the stale node
             await db.fetch("SELECT payload FROM rt_items WHERE region = 'europe'")
         nodes = europe(await db.topology())
-        assert nodes["europe-replica1"]["role"] == "primary"
-        assert nodes["europe-primary"]["lag_bytes"] is None  # not replaying: out of rotation
+        assert nodes["europe-2"]["role"] == "primary"
+        assert nodes["europe-1"]["lag_bytes"] is None  # not replaying: out of rotation
         assert "split" in await payloads(replica_dsn)
-        assert "split" not in await payloads(local.dsn("europe-primary"))
+        assert "split" not in await payloads(local.dsn("europe-1"))
 
         router.signal(signal.SIGHUP)  # the topology is rebuilt from router.toml's names
         assert await asyncio.to_thread(router.wait_for_output, "reloaded", 10)
         nodes = europe(await db.topology())
-        assert nodes["europe-replica1"]["role"] == "primary"
+        assert nodes["europe-2"]["role"] == "primary"
         await db.execute(INSERT, uuid.uuid4(), "reloaded")
         assert "reloaded" in await payloads(replica_dsn)
-        assert "reloaded" not in await payloads(local.dsn("europe-primary"))
+        assert "reloaded" not in await payloads(local.dsn("europe-1"))

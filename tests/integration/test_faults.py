@@ -68,7 +68,7 @@ def proxied_router(migrated: Config, primary_proxy: TcpFaultProxy) -> Iterator[R
 
 @pytest.fixture
 async def faulty(proxied_router: RouterProcess,
-                 primary_proxy: TcpFaultProxy) -> AsyncIterator[client.Client]:  # fmt: skip
+                 primary_proxy: TcpFaultProxy) -> AsyncIterator[client.Client]:
     """A client of the proxied router; the proxy passes everything again afterwards."""
     db = await client.connect(proxied_router.dsn, token=TOKEN)
     try:
@@ -114,7 +114,7 @@ async def _raw_request(port: int, query: Query, within: float = 20.0) -> Any:
 async def test_a_stalled_primary_gives_a_typed_timeout_and_the_router_serves_on(
     faulty: client.Client, proxied_router: RouterProcess, primary_proxy: TcpFaultProxy,
     europe_primary: asyncpg.Connection,
-) -> None:  # fmt: skip
+) -> None:
     cfg = proxied_router.config
     sql, item = _insert(cfg, "europe")
     await faulty.execute(sql, item)  # through the proxy, before any fault
@@ -133,7 +133,7 @@ async def test_a_stalled_primary_gives_a_typed_timeout_and_the_router_serves_on(
     sql, elsewhere = _insert(cfg, "asia")
     await faulty.execute(sql, elsewhere)
     assert await faulty.fetchval("SELECT count(*) FROM rt_items WHERE item_id = $1", elsewhere,
-                                 consistency="strong") == 1  # fmt: skip
+                                 consistency="strong") == 1
     assert await faulty.fetchval("SELECT 1", shard="europe", consistency="replica") == 1
     assert primary_proxy.stats().held > 0  # the stalled insert, held by the proxy
 
@@ -162,7 +162,7 @@ async def test_a_stalled_primary_gives_a_typed_timeout_and_the_router_serves_on(
 async def test_a_reset_under_a_request_gives_a_typed_error_and_the_router_serves_on(
     faulty: client.Client, proxied_router: RouterProcess, primary_proxy: TcpFaultProxy,
     europe_primary: asyncpg.Connection,
-) -> None:  # fmt: skip
+) -> None:
     cfg = proxied_router.config
     marker = f"reset-{uuid.uuid4().hex}"
     slow = f"SELECT pg_sleep(30), '{marker}'"  # not read-only: it runs on the primary
@@ -171,7 +171,7 @@ async def test_a_reset_under_a_request_gives_a_typed_error_and_the_router_serves
     async def in_flight() -> bool:
         n = await europe_primary.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1",
-            f"%'{marker}'%")  # fmt: skip
+            f"%'{marker}'%")
         return bool(n)
 
     try:
@@ -187,7 +187,7 @@ async def test_a_reset_under_a_request_gives_a_typed_error_and_the_router_serves
             await running
         await europe_primary.execute(
             "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE $1 "
-            "AND pid <> pg_backend_pid()", f"%'{marker}'%")  # fmt: skip
+            "AND pid <> pg_backend_pid()", f"%'{marker}'%")
 
     # Other shards never noticed; europe's primary comes back as soon as a probe gets through.
     sql, item = _insert(cfg, "asia")
@@ -208,7 +208,7 @@ async def test_a_reset_under_a_request_gives_a_typed_error_and_the_router_serves
 
 async def test_a_half_open_primary_connection_is_abandoned(
     faulty: client.Client, proxied_router: RouterProcess, primary_proxy: TcpFaultProxy,
-) -> None:  # fmt: skip
+) -> None:
     """The router's links to europe's primary go half-open: what it sends is acknowledged and
     lost, nothing comes back. (Found with this kit: every write to europe then timed out, for
     as long as it was watched, while the node's health read up.) The sweeper of silent links
@@ -238,7 +238,7 @@ async def test_a_half_open_primary_connection_is_abandoned(
         loop = asyncio.get_running_loop()
         started = loop.time()
         reply = await _raw_request(cfg.router.listen_port,
-                                   Query(7, sql, [lost], QueryKind.EXECUTE, Hints()))  # fmt: skip
+                                   Query(7, sql, [lost], QueryKind.EXECUTE, Hints()))
         assert (reply.code, reply.retryable) == (ErrorCode.NODE_UNAVAILABLE, False)
         assert "connection lost" in reply.message
         assert loop.time() - started < 12
@@ -280,14 +280,14 @@ def _routers_with_lossy_link(
 
     state = Path(migrated.cluster.state_dir)
     with pytest.MonkeyPatch.context() as mp, proxy.running_in_thread(), \
-            contextlib.ExitStack() as stack:  # fmt: skip
+            contextlib.ExitStack() as stack:
         mp.setenv(migrated.heartbeat.secret_env, SECRET)  # copied into each child's environment
         a = stack.enter_context(running_router(heartbeat(
             a_cfg, f"{b_cfg.router.node_name}@{LOOPBACK}:{b_cfg.heartbeat.port}"),
-            state / "router-lossy-a.toml"))  # fmt: skip
+            state / "router-lossy-a.toml"))
         b = stack.enter_context(running_router(heartbeat(
             b_cfg, f"{a_cfg.router.node_name}@{LOOPBACK}:{proxy.port}"),
-            state / "router-lossy-b.toml"))  # fmt: skip
+            state / "router-lossy-b.toml"))
         yield a, b, proxy
 
 
@@ -304,7 +304,7 @@ async def test_heartbeats_through_a_lossy_link(cluster: LocalCluster, migrated: 
 
         async def both_alive() -> bool:
             return (_state(await _peers(a), name_b) == "alive"
-                    and _state(await _peers(b), name_a) == "alive")  # fmt: skip
+                    and _state(await _peers(b), name_a) == "alive")
 
         await wait_until(both_alive, within=20, what="A and B alive to each other")
         async def through() -> bool:
@@ -326,9 +326,9 @@ async def test_heartbeats_through_a_lossy_link(cluster: LocalCluster, migrated: 
             return _state(await _peers(a), name_b) == state
 
         await wait_until(lambda: a_judges("suspect"), within=suspect_after + slack,
-                         what="A to suspect B")  # fmt: skip
+                         what="A to suspect B")
         await wait_until(lambda: a_judges("dead"), within=dead_after + slack,
-                         what="A to declare B dead")  # fmt: skip
+                         what="A to declare B dead")
         assert asyncio.get_running_loop().time() - cut >= dead_after - interval
         report_a, report_b = await _peers(a), await _peers(b)
         assert report_a["quorum"] is False  # one of two: no majority

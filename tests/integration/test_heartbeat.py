@@ -39,7 +39,7 @@ def _configs(base: Config) -> list[Config]:
             peers=tuple(a for a in addresses if not a.startswith(c.router.node_name + "@")),
         ))
         for c in configs
-    ]  # fmt: skip
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def routers(cluster: LocalCluster, migrated: Config) -> Iterator[list[RouterProc
     with pytest.MonkeyPatch.context() as mp, contextlib.ExitStack() as stack:
         mp.setenv(migrated.heartbeat.secret_env, SECRET)  # copied into each child's environment
         yield [stack.enter_context(running_router(c, state / f"router-hb-{i}.toml"))
-               for i, c in enumerate(_configs(migrated))]  # fmt: skip
+               for i, c in enumerate(_configs(migrated))]
 
 
 async def heartbeat_report(proc: RouterProcess) -> dict[str, Any]:
@@ -82,17 +82,17 @@ async def test_heartbeats_between_three_routers(routers: list[RouterProcess]) ->
     report = await heartbeat_report(a)
     assert report["quorum"] is True and (report["cluster_size"], report["majority"]) == (3, 2)
     seen_b = next(p for p in report["peers"] if p["name"] == names[1])
-    assert seen_b["primaries"] == {s: f"{s}-primary" for s in a.config.shards}
+    assert seen_b["primaries"] == {s: f"{s}-1" for s in a.config.shards}
 
     # Bad datagrams from the test, as B or as a stranger: each dropped and counted by A.
     key = SECRET.encode()
-    bogus = {"europe": "europe-replica1"}
-    health = {"europe-primary": ReportedHealth.DOWN}
+    bogus = {"europe": "europe-2"}
+    health = {"europe-1": ReportedHealth.DOWN}
     send_to(a, HeartbeatSender(b"not the shared secret", names[1], time.time_ns())
-            .encode(health, bogus))  # forged  # fmt: skip
+            .encode(health, bogus))  # forged
     send_to(a, HeartbeatSender(key, names[1], 1).encode(health, bogus))  # an old incarnation
     send_to(a, HeartbeatSender(key, names[1], seen_b["incarnation"])
-            .encode(health, bogus))  # B's own sequence 0 again  # fmt: skip
+            .encode(health, bogus))  # B's own sequence 0 again
     send_to(a, b"\x01" * 20)  # malformed
     send_to(a, b"\x00" * 1300)  # oversized
     send_to(a, HeartbeatSender(key, "stranger", time.time_ns()).encode(health, bogus))
@@ -123,7 +123,7 @@ async def test_heartbeats_between_three_routers(routers: list[RouterProcess]) ->
     async def judged(state: str) -> bool:
         for proc in (a, b):
             peer = next(p for p in (await heartbeat_report(proc))["peers"]
-                        if p["name"] == names[2])  # fmt: skip
+                        if p["name"] == names[2])
             if proc is a and peer["state"] in ("suspect", "dead") and peer["state"] not in seen:
                 seen[peer["state"]] = (time.monotonic() - stopped, peer["silent_seconds"])
             if peer["state"] != state:
@@ -131,9 +131,9 @@ async def test_heartbeats_between_three_routers(routers: list[RouterProcess]) ->
         return True
 
     await wait_until(lambda: judged("suspect"), within=SUSPECT_AFTER + INTERVAL + SLACK,
-                     what="C suspected by A and B")  # fmt: skip
+                     what="C suspected by A and B")
     await wait_until(lambda: judged("dead"), within=DEAD_AFTER + INTERVAL + SLACK,
-                     what="C dead to A and B")  # fmt: skip
+                     what="C dead to A and B")
     # Never early: each judgement came after at least its silence, on the router's own clock.
     assert seen["suspect"][1] >= SUSPECT_AFTER
     assert seen["dead"][1] >= DEAD_AFTER

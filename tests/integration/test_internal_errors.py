@@ -26,6 +26,7 @@ from protocol import (
 )
 from router.backend.docstore import DocStore
 from router.config import Config
+from router.core.documents import DocumentShapes
 from router.node import RouterNode
 from tests.support.router_proc import TOKEN, RouterProcess, router_config
 
@@ -60,8 +61,8 @@ async def node(migrated: Config, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
     config = router_config(migrated, port_shift=140)
     config = replace(config, metrics=replace(config.metrics, port=0))
     monkeypatch.setenv(config.router.auth_token_env, TOKEN)
-    router = RouterNode(config)
-    router.docstore = BrokenDocStore(router.docstore)  # type: ignore[assignment]
+    real = DocStore(config.document_store, DocumentShapes(config.shards).validate)
+    router = RouterNode(config, docstore=BrokenDocStore(real))  # type: ignore[arg-type]
     await router.startup()
     try:
         yield router
@@ -77,7 +78,7 @@ async def test_a_bug_in_the_router_is_internal_with_a_logged_reference_and_it_se
     caplog.set_level(logging.ERROR, logger="georoute")
     r = node.config.router
     async with await client.connect(f"georoute://{r.listen_host}:{r.listen_port}",
-                                    token=TOKEN) as db:  # fmt: skip
+                                    token=TOKEN) as db:
         with pytest.raises(client.InternalError) as info:
             await db.docs(BROKEN).count({})
         error = info.value

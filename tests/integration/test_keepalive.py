@@ -37,7 +37,7 @@ def assert_kept_alive(sock: socket.socket, user_timeout_ms: int) -> None:
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     tcp = socket.IPPROTO_TCP
     assert (sock.getsockopt(tcp, socket.TCP_KEEPIDLE), sock.getsockopt(tcp, socket.TCP_KEEPINTVL),
-            sock.getsockopt(tcp, socket.TCP_KEEPCNT)) == (IDLE_S, INTERVAL_S, PROBES)  # fmt: skip
+            sock.getsockopt(tcp, socket.TCP_KEEPCNT)) == (IDLE_S, INTERVAL_S, PROBES)
     assert sock.getsockopt(tcp, socket.TCP_USER_TIMEOUT) == user_timeout_ms
 
 
@@ -45,7 +45,7 @@ async def test_pooled_and_pipelined_connections_to_a_node_are_kept_alive(
     cluster: LocalCluster, migrated: Config
 ) -> None:
     db = dataclasses.replace(migrated.database, socket_dir="",  # TCP, not the Unix socket
-                             tcp_user_timeout_seconds=45.0)  # fmt: skip
+                             tcp_user_timeout_seconds=45.0)
     address = migrated.shards["europe"].primary
     pool = BackendPool("ka-node", address, db, acquire_timeout=5, statement_timeout=0)
     try:
@@ -75,7 +75,7 @@ def _timer_of(local_port: int, remote_port: int) -> tuple[int, float] | None:
         fields = line.split()
         local, remote, state, timer = fields[1], fields[2], fields[3], fields[5]
         if (state == "01" and int(local.split(":")[1], 16) == local_port
-                and int(remote.split(":")[1], 16) == remote_port):  # fmt: skip
+                and int(remote.split(":")[1], 16) == remote_port):
             kind, when = timer.split(":")
             return int(kind, 16), int(when, 16) / hz
     return None
@@ -114,7 +114,7 @@ async def test_the_router_end_of_a_client_connection_has_the_settings(
     accepted: list[ClientConnection] = []
 
     def accept() -> ClientConnection:
-        conn = ClientConnection(node)
+        conn = ClientConnection(node.handler, node.limits)
         accepted.append(conn)
         return conn
 

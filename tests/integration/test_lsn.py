@@ -18,7 +18,7 @@ async def test_concurrent_writes_share_reads_and_never_get_an_older_position(
     cluster: LocalCluster, test_config: Config
 ) -> None:
     address = test_config.shards["europe"].primary
-    reader = LsnReader("europe-primary", address, test_config.database)
+    reader = LsnReader("europe-1", address, test_config.database)
     conn = await asyncpg.connect(host=address.host, port=address.port,
                                  database=address.database, user=test_config.database.user)
     try:

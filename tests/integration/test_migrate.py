@@ -3,15 +3,20 @@ schema, refusal when shards disagree, and `georoute health` reporting the result
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import uuid
+from pathlib import Path
 
+import asyncpg
 import pytest
 
 from router.config import Config
 from router.errors import MigrationError
 from router.tools.db.connect import connect_node
-from router.tools.db.health import NodeRole, NodeState, check_health
+from router.tools.db.health_report import Reachability, check_health
 from router.tools.db.migrate import load_migrations, migrate
+from router.types import Role
 from tests.integration.conftest import wait_replayed
 
 
@@ -93,9 +98,9 @@ async def test_health_reports_nodes_versions_and_rows(migrated: Config) -> None:
     report = await check_health(migrated)
     assert report.healthy, report.format_table()
     by_name = {n.name: n for n in report.nodes}
-    assert by_name["europe-primary"].role is NodeRole.PRIMARY
-    replica = by_name["europe-replica1"]
-    assert replica.role is NodeRole.REPLICA and replica.state is NodeState.UP
+    assert by_name["europe-1"].role is Role.PRIMARY
+    replica = by_name["europe-2"]
+    assert replica.role is Role.REPLICA and replica.state is Reachability.UP
     assert replica.replica_lag_bytes is not None and replica.replica_lag_bytes >= 0
     newest = load_migrations()[-1].version
     assert all(s.schema_version == newest for s in report.shards)
@@ -105,4 +110,54 @@ async def test_health_reports_nodes_versions_and_rows(migrated: Config) -> None:
     assert decoded["healthy"] is True
     assert {n["role"] for n in decoded["nodes"]} == {"primary", "replica"}
     table = report.format_table()
-    assert "europe-replica1" in table and "schema_version" in table
+    assert "europe-2" in table and "schema_version" in table
+
+
+async def test_a_shard_bootstrapped_before_008_takes_it(migrated: Config, tmp_path: Path) -> None:
+    """A shard migrated up to 006 under the old bootstrap (georoute_shard.name checked against
+    the three shipped regions), with a user in it, takes 008: the CHECKs listing the three
+    regions go, and the name is checked by its shape, so a shard of another name fits. Run on
+    a scratch database on europe's primary."""
+    scratch = f"regions_mig_{uuid.uuid4().hex[:8]}"
+    europe = migrated.shards["europe"]
+    shard = dataclasses.replace(europe, primary=dataclasses.replace(europe.primary,
+                                                                    database=scratch))
+    config = dataclasses.replace(migrated, shards={"europe": shard})
+    for m in load_migrations():
+        if m.version <= 6:
+            (tmp_path / f"{m.version:03d}_{m.name}.sql").write_text(m.sql)
+    admin = await connect_node(migrated, europe.primary)
+    try:
+        await admin.execute(f"CREATE DATABASE {scratch}")
+        await migrate(config, sql_dir=tmp_path, documents=False)
+        conn = await connect_node(config, shard.primary)
+        try:
+            await conn.execute(
+                "ALTER TABLE georoute_shard DROP CONSTRAINT georoute_shard_name_check, "
+                "ADD CONSTRAINT georoute_shard_name_check "
+                "CHECK (name IN ('north_america', 'europe', 'asia'))")  # the old bootstrap's
+            await conn.execute("INSERT INTO users (email, full_name, home_region, country, city) "
+                               "VALUES ('a@b.eu', 'A', 'europe', 'FR', 'Lyon')")
+            report = await migrate(config, documents=False)
+            assert report.shards["europe"].applied == [m.label for m in load_migrations()
+                                                      if m.version > 6]
+            checks = {r["conname"]: r["def"] for r in await conn.fetch(
+                "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
+                "WHERE contype = 'c' AND conrelid IN ('users'::regclass, 'courses'::regclass, "
+                "'georoute_shard'::regclass)")}
+            assert not any("north_america" in d for d in checks.values()), checks
+            assert "~" in checks["georoute_shard_name_check"]
+            async with conn.transaction():  # a shard and a user of another region fit now
+                await conn.execute("UPDATE georoute_shard SET name = 'africa'")
+                await conn.execute(
+                    "INSERT INTO users (email, full_name, home_region, country, city) "
+                    "VALUES ('c@d.ng', 'C', 'africa', 'NG', 'Lagos')")
+                await conn.execute("UPDATE georoute_shard SET name = 'europe'")
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute("UPDATE georoute_shard SET name = 'Not A Region'")
+            assert await conn.fetchval("SELECT count(*) FROM users") == 2
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {scratch} WITH (FORCE)")
+        await admin.close()

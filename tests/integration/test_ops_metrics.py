@@ -67,7 +67,7 @@ async def _traffic(proc: RouterProcess) -> None:
             await db.execute(SCRATCH_DDL, shard=region)
             item = new_id(number(proc.config, region))
             await db.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, $2)", item,
-                             region)  # fmt: skip
+                             region)
             await db.fetchrow("SELECT * FROM rt_items WHERE item_id = $1", item)
         await db.fetchval("SELECT count(*) FROM rt_items")  # every shard, merged
         with pytest.raises(client.CrossShardError):

@@ -36,7 +36,7 @@ VALUES: list[Any] = [
     b"\x00\xff", uuid.uuid4(), dt.datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
     dt.datetime(2026, 11, 26, 5, 0, 0, 123), dt.date(1969, 7, 20), "v", '{"b": [1, 2], "a": 1}',
     '{"keep":  "spacing"}', "student", "pad", 4242,
-]  # fmt: skip
+]
 
 
 async def node_stats(db: client.Client, name: str) -> dict[str, Any]:
@@ -50,7 +50,7 @@ async def node_stats(db: client.Client, name: str) -> dict[str, Any]:
 
 async def direct_row(router: RouterProcess, role: str, sql: str, *args: Any) -> asyncpg.Record:
     conn = await asyncpg.connect(host="127.0.0.1", port=port_of(router.config, "europe", role),
-                                 user=router.config.database.user, database="georoute")  # fmt: skip
+                                 user=router.config.database.user, database="georoute")
     try:
         return await conn.fetchrow(sql, *args)
     finally:
@@ -60,7 +60,7 @@ async def direct_row(router: RouterProcess, role: str, sql: str, *args: Any) -> 
 async def test_values_come_back_as_asyncpg_gives_them(
     db: client.Client, router: RouterProcess
 ) -> None:
-    before = await node_stats(db, "europe-replica1")
+    before = await node_stats(db, "europe-2")
     assert before["pipeline_connections"] >= 1
     row = await db.fetchrow(ECHO, *VALUES, shard="europe", consistency="replica")
     assert row is not None
@@ -72,22 +72,22 @@ async def test_values_come_back_as_asyncpg_gives_them(
     assert row[14].dumps() != VALUES[14]  # jsonb is normalised by the server...
     assert row[15].dumps() == '{"keep":  "spacing"}'  # ... while json keeps its text
     nulls = await db.fetchrow(ECHO, *([None] * len(VALUES)), shard="europe",
-                              consistency="replica")  # fmt: skip
+                              consistency="replica")
     assert nulls is not None and list(nulls)[:-1] == [None] * len(VALUES)
-    after = await node_stats(db, "europe-replica1")
+    after = await node_stats(db, "europe-2")
     assert after["pipeline_statements"] >= before["pipeline_statements"] + 2
 
 
 async def test_types_the_pipeline_does_not_carry_go_through_pooled_connections(
     db: client.Client, router: RouterProcess
 ) -> None:
-    before = await node_stats(db, "europe-replica1")
+    before = await node_stats(db, "europe-2")
     sql = "SELECT $1::int4[], '1 day 2 hours'::interval, current_setting('port')::int"
     row = await db.fetchrow(sql, [1, None, 3], shard="europe", consistency="replica")
     assert row is not None
     assert list(row) == [[1, None, 3], dt.timedelta(days=1, hours=2),
-                         port_of(router.config, "europe", "replica")]  # fmt: skip
-    after = await node_stats(db, "europe-replica1")
+                         port_of(router.config, "europe", "replica")]
+    after = await node_stats(db, "europe-2")
     assert after["pipeline_statements"] == before["pipeline_statements"]
     # A parameter of the wrong Python type gets asyncpg's verdict (not the server's 22P02),
     # as before the pipeline: the pipeline declines it rather than send it as text.
@@ -117,15 +117,15 @@ async def test_a_slow_statement_leaves_the_pipeline(db: client.Client, router: R
     threshold = router.config.database.pipeline_slow_ms / 1000
     for _ in range(Pipeline.SLOW_STREAK):  # slow every time, not once
         await db.fetchrow(slow, threshold * 3, shard="europe")
-    before = await node_stats(db, "europe-primary")
+    before = await node_stats(db, "europe-1")
     for _ in range(3):
         row = await db.fetchrow(slow, 0.0, shard="europe")
         assert row is not None and row[1] == port_of(router.config, "europe", "primary")
-    after = await node_stats(db, "europe-primary")
+    after = await node_stats(db, "europe-1")
     assert after["pipeline_statements"] == before["pipeline_statements"]
     # Other statements still take the pipeline.
     await db.fetchval("SELECT 1 + $1::int4", 1, shard="europe", consistency="strong")
-    last = await node_stats(db, "europe-primary")
+    last = await node_stats(db, "europe-1")
     assert last["pipeline_statements"] == after["pipeline_statements"] + 1
 
 
@@ -139,25 +139,25 @@ async def test_reads_survive_their_pipelined_connections_being_killed(
         router, "replica",
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE application_name LIKE 'georoute:%' AND pid <> pg_backend_pid()",
-    )  # fmt: skip
+    )
     assert killed[0] >= 2
     # Every read still gets its answer: on the replica once reconnected, else on the primary.
     rows = await asyncio.gather(*(db.fetchrow(sql, i, shard="europe", consistency="replica")
-                                  for i in range(30)))  # fmt: skip
+                                  for i in range(30)))
     assert [r[0] for r in rows] == [2 * i for i in range(30)]
 
     async def back_on_the_replica_pipeline() -> bool:
-        before = await node_stats(db, "europe-replica1")
+        before = await node_stats(db, "europe-2")
         row = await db.fetchrow(sql, 5, shard="europe", consistency="replica")
-        after = await node_stats(db, "europe-replica1")
+        after = await node_stats(db, "europe-2")
         return (row is not None and row[1] == replica_port
-                and after["pipeline_statements"] > before["pipeline_statements"])  # fmt: skip
+                and after["pipeline_statements"] > before["pipeline_statements"])
 
     await wait_until(back_on_the_replica_pipeline, within=15)
 
 
 @pytest.mark.parametrize(("method", "encryption"), [("scram-sha-256", "scram-sha-256"),
-                                                    ("md5", "md5")])  # fmt: skip
+                                                    ("md5", "md5")])
 async def test_pipelined_connections_authenticate_with_passwords(
     cluster: LocalCluster, migrated: Config, method: str, encryption: str
 ) -> None:
@@ -165,10 +165,10 @@ async def test_pipelined_connections_authenticate_with_passwords(
     password (pg_hba.conf gains a line for it alone, then loses it again)."""
     primary = migrated.shards["europe"].primary
     role = f"georoute_auth_{encryption.split('-')[0]}"
-    hba = existing_layout(migrated).pgdata("europe-primary") / "pg_hba.conf"
+    hba = existing_layout(migrated).pgdata("europe-1") / "pg_hba.conf"
     original = hba.read_text()
     admin = await asyncpg.connect(host=primary.host, port=primary.port, user="postgres",
-                                  database=primary.database)  # fmt: skip
+                                  database=primary.database)
     try:
         await admin.execute(f"SET password_encryption = '{encryption}'")
         await admin.execute(f"DROP ROLE IF EXISTS {role}")
@@ -182,7 +182,7 @@ async def test_pipelined_connections_authenticate_with_passwords(
                 "auth-test", host="127.0.0.1", port=primary.port, user=role,
                 database=primary.database, password=password, settings={}, cache_size=4,
                 timeout=5,
-            )  # fmt: skip
+            )
 
         async def password_demanded() -> bool:
             try:
@@ -237,7 +237,7 @@ async def test_a_request_timeout_on_the_fast_path_answers_at_once(
     sleep_sql = "SELECT 7 FROM pg_sleep($1)"
     primary = migrated.shards["europe"].primary
     pg = await asyncpg.connect(host=primary.host, port=primary.port, database=primary.database,
-                               user=migrated.database.user)  # fmt: skip
+                               user=migrated.database.user)
 
     async def sleeping() -> bool:  # by its wait, which shows even where its text may not
         return bool(await pg.fetchval(
@@ -258,12 +258,12 @@ async def test_a_request_timeout_on_the_fast_path_answers_at_once(
         assert type(await reply(1)).__name__ == "HelloOk"
         for _ in range(2):  # prepared on the pipeline and judged quick: the next is fast-pathed
             quick = await ask(Query(next(ids), sleep_sql, [0.0], QueryKind.FETCH,
-                                    Hints(shard="europe")))  # fmt: skip
+                                    Hints(shard="europe")))
             assert quick.rows == [[7]]
         # A 3 s sleep with a 100 ms timeout: the TIMEOUT must come long before the sleep ends.
         slow = Query(2, sleep_sql, [3.0], QueryKind.FETCH, Hints(shard="europe", timeout_ms=100))
         writer.write(encode(slow) + encode(Query(3, "SELECT 1 + 1", [], QueryKind.FETCH,
-                                                 Hints(shard="asia"))))  # fmt: skip
+                                                 Hints(shard="asia"))))
         started = asyncio.get_running_loop().time()
         timed_out = await asyncio.wait_for(reply(2), 10)
         assert timed_out.code == ErrorCode.TIMEOUT
@@ -276,7 +276,7 @@ async def test_a_request_timeout_on_the_fast_path_answers_at_once(
         assert asyncio.get_running_loop().time() - started < 3.0
         # The same connection keeps working, and the late result of request 2 never came.
         assert (await ask(Query(4, "SELECT 40 + 2", [], QueryKind.FETCH,
-                                Hints(shard="europe")))).rows == [[42]]  # fmt: skip
+                                Hints(shard="europe")))).rows == [[42]]
         assert 2 not in replies
     finally:
         writer.close()
@@ -294,7 +294,7 @@ async def test_a_write_waiting_on_a_lock_does_not_hold_up_the_pipeline(
     await db.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, 'europe')", item)
     primary = cfg.shards["europe"].primary
     locker = await asyncpg.connect(host=primary.host, port=primary.port, user="postgres",
-                                   database=primary.database)  # fmt: skip
+                                   database=primary.database)
     try:
         tx = locker.transaction()
         await tx.start()
@@ -303,7 +303,7 @@ async def test_a_write_waiting_on_a_lock_does_not_hold_up_the_pipeline(
             db.execute("UPDATE rt_items SET payload = 'after' WHERE item_id = $1", item)
         )
         reads = [db.fetchval("SELECT $1::int4 + 1", i, shard="europe", consistency="strong")
-                 for i in range(40)]  # fmt: skip
+                 for i in range(40)]
         # On both pipelined connections of the primary, so some queue behind the UPDATE.
         assert await asyncio.wait_for(asyncio.gather(*reads), 5) == [i + 1 for i in range(40)]
         assert not update.done()  # still waiting for the row, on a pooled connection
@@ -312,4 +312,4 @@ async def test_a_write_waiting_on_a_lock_does_not_hold_up_the_pipeline(
     finally:
         await locker.close()
     assert await db.fetchval("SELECT payload FROM rt_items WHERE item_id = $1", item,
-                             consistency="strong") == "after"  # fmt: skip
+                             consistency="strong") == "after"

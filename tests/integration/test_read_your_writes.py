@@ -60,7 +60,7 @@ async def replayed(primary: asyncpg.Connection, replica: asyncpg.Connection) -> 
 
     async def caught_up() -> bool:
         return bool(await replica.fetchval(
-            "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", lsn))  # fmt: skip
+            "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", lsn))
 
     await wait_until(caught_up, within=10, what=f"replica replay up to {lsn}")
 
@@ -120,7 +120,7 @@ async def test_tokens_passed_to_another_client_make_it_read_the_write(
     ):
         async with replay_paused(replica):
             await writer.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, 'europe')",
-                                 item)  # fmt: skip
+                                 item)
             cookie = ",".join(writer.ryw_tokens())
             assert cookie == f"europe:{writer.ryw_state['europe']}"
             seen, port, _ = await read(stranger, item)  # no token: the replica, behind

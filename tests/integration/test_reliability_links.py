@@ -63,7 +63,7 @@ async def _europe_writes_again(checker: Checker, within: float) -> None:
 
     def acknowledged() -> bool:
         return any(a.home == "europe" and a.outcome.value == "acknowledged"
-                   for a in checker.attempts_since(mark))  # fmt: skip
+                   for a in checker.attempts_since(mark))
 
     await until(acknowledged, within=within, what="a europe write acknowledged again")
 
@@ -75,7 +75,7 @@ def _check(report: Report, checker: Checker, others_within: float) -> None:
 
 
 async def test_a_link_reset_under_load(router: RouterProcess, proxy: TcpFaultProxy,
-                                       target: SqlTarget) -> None:  # fmt: skip
+                                       target: SqlTarget) -> None:
     """Three times, every connection to europe's primary is reset (TCP RST both ways) while
     writes are in flight on it."""
     await target.prepare()
@@ -90,14 +90,14 @@ async def test_a_link_reset_under_load(router: RouterProcess, proxy: TcpFaultPro
     report = await checker.report()
     record("broken link to a primary (TCP reset)",
            "the fault proxy resets every router connection to europe's primary, 3 times "
-           "under load", report, connections_reset=resets)  # fmt: skip
+           "under load", report, connections_reset=resets)
     assert resets >= 3
     _check(report, checker, others_within=2)
 
 
 async def _fault_then_heal(router: RouterProcess, target: SqlTarget, start: Callable[[], object],
                            heal: Callable[[], object], hold_writes: int,
-                           within: float) -> tuple[Checker, Report, list[Attempt]]:  # fmt: skip
+                           within: float) -> tuple[Checker, Report, list[Attempt]]:
     """The checker's load; `start` a fault after 60 writes, `heal` it after `hold_writes`
     more; until europe is written again. Returns the checker, its report and the writes
     attempted during the fault."""
@@ -119,51 +119,51 @@ async def _fault_then_heal(router: RouterProcess, target: SqlTarget, start: Call
 
 @pytest.mark.chaos
 async def test_a_slow_link_under_load(router: RouterProcess, proxy: TcpFaultProxy,
-                                      target: SqlTarget) -> None:  # fmt: skip
+                                      target: SqlTarget) -> None:
     """200 ms each way on every byte to and from europe's primary: its writes slow down but
     are acknowledged; the other shards never notice."""
     checker, report, during = await _fault_then_heal(
         router, target, lambda: proxy.set_latency(0.2), lambda: proxy.set_latency(0),
-        hold_writes=150, within=20)  # fmt: skip
+        hold_writes=150, within=20)
     europe_during = sum(1 for a in during
-                        if a.home == "europe" and a.outcome.value == "acknowledged")  # fmt: skip
+                        if a.home == "europe" and a.outcome.value == "acknowledged")
     record("slow link to a primary (200 ms each way)",
            "the fault proxy delays every chunk to and from europe's primary by 200 ms, under "
-           "load", report)  # fmt: skip
+           "load", report)
     _check(report, checker, others_within=2)
     assert europe_during > 0
 
 
 @pytest.mark.chaos
 async def test_a_stalled_link_under_load(router: RouterProcess, proxy: TcpFaultProxy,
-                                         target: SqlTarget) -> None:  # fmt: skip
+                                         target: SqlTarget) -> None:
     """Nothing gets through to or from europe's primary (connections stay up) while 150
     writes go to the other shards, then the link flows again."""
     checker, report, _ = await _fault_then_heal(router, target, proxy.stall, proxy.resume,
-                                             hold_writes=150, within=30)  # fmt: skip
+                                             hold_writes=150, within=30)
     record("stalled link to a primary",
            "the fault proxy holds every byte to and from europe's primary while 150 writes "
-           "go elsewhere, then delivers them", report)  # fmt: skip
+           "go elsewhere, then delivers them", report)
     _check(report, checker, others_within=2)
 
 
 @pytest.mark.chaos
 async def test_a_half_open_link_under_load(router: RouterProcess, proxy: TcpFaultProxy,
-                                           target: SqlTarget) -> None:  # fmt: skip
+                                           target: SqlTarget) -> None:
     """Every router connection to europe's primary goes half-open (bytes acknowledged and
     dropped, nothing back): the sweeper of silent links closes them and europe is written
     again over new connections, without the link being healed."""
     checker, report, _ = await _fault_then_heal(router, target, proxy.half_open, lambda: None,
-                                             hold_writes=150, within=30)  # fmt: skip
+                                             hold_writes=150, within=30)
     record("half-open link to a primary",
            "the fault proxy makes every router connection to europe's primary half-open "
-           "under load (new connections pass)", report)  # fmt: skip
+           "under load (new connections pass)", report)
     _check(report, checker, others_within=2)
 
 
 async def test_a_keyed_write_whose_connection_is_reset_is_reported_as_lost(
     router: RouterProcess, proxy: TcpFaultProxy, target: SqlTarget, migrated: Config,
-) -> None:  # fmt: skip
+) -> None:
     """Found by the checker under resets: a keyed write whose pooled connection died under it
     was answered POSTGRES_ERROR (asyncpg's ConnectionDoesNotExistError is a PostgresError,
     caught as the statement's own error), which tells a client it was refused, while one
@@ -174,7 +174,7 @@ async def test_a_keyed_write_whose_connection_is_reset_is_reported_as_lost(
     write_id = uuid.UUID(target.new_id("europe"))
     key = f"reset-probe-{write_id}"
     sql = ("INSERT INTO chk_writes (write_id, region, writer, seq) "
-           "SELECT $1, 'europe', 'reset-probe', 0 FROM pg_sleep(3)")  # fmt: skip
+           "SELECT $1, 'europe', 'reset-probe', 0 FROM pg_sleep(3)")
     query = Query(2, sql, [write_id], QueryKind.EXECUTE, Hints(idempotency_key=key))
     direct = await connect_node(migrated, migrated.shards["europe"].primary)
     try:
@@ -193,7 +193,7 @@ async def test_a_keyed_write_whose_connection_is_reset_is_reported_as_lost(
         async with await client.connect(router.dsn, token=TOKEN) as db:
             await db.execute(sql, write_id, idempotency_key=key, timeout=20)
         copies = await direct.fetchval("SELECT count(*) FROM chk_writes WHERE write_id = $1",
-                                       write_id)  # fmt: skip
+                                       write_id)
         assert copies == 1
     finally:
         await direct.close()

@@ -76,7 +76,7 @@ async def _restart(local: LocalCluster, node: str) -> None:
 
 async def test_kill_9_of_a_replica_under_load(
     scratch: tuple[LocalCluster, Config], router: RouterProcess, db: client.Client,
-) -> None:  # fmt: skip
+) -> None:
     """europe's replica dies (SIGKILL to all its processes) while sessions write and read
     back: reads in flight on it go again to the primary, writes never notice; restarted, it
     streams again and the router reads from it again."""
@@ -102,7 +102,7 @@ async def test_kill_9_of_a_replica_under_load(
 
 async def test_kill_9_of_the_document_store(
     scratch: tuple[LocalCluster, Config], router: RouterProcess, db: client.Client,
-) -> None:  # fmt: skip
+) -> None:
     """The document store dies under document and SQL load: document requests fail with a
     typed error (DOC_UNAVAILABLE, retryable, once the driver gives up on finding it; those
     in flight as TIMEOUT, outcome unknown), SQL never notices, and documents are served
@@ -128,7 +128,7 @@ async def test_kill_9_of_the_document_store(
     doc_report, sql_report = await docs.report(), await sql.report()
     record("kill -9 of the document store",
            "SIGKILL to the document store under document and SQL load; restarted",
-           doc_report, sql=sql_report.summary())  # fmt: skip
+           doc_report, sql=sql_report.summary())
     doc_report.assert_safe()
     sql_report.assert_safe()
     assert sql_report.not_applied == sql_report.unknown == 0, sql_report.summary()
@@ -141,7 +141,7 @@ async def test_kill_9_of_the_document_store(
 
 async def test_a_node_that_hangs_sigstop_then_sigcont(
     scratch: tuple[LocalCluster, Config], router: RouterProcess, db: client.Client,
-) -> None:  # fmt: skip
+) -> None:
     """europe's primary hangs (SIGSTOP to every process of it: connections stay up, nothing
     answers). europe's writes fail (timed out, or refused fast once the node is marked
     down); the other shards go on; after SIGCONT europe serves again by itself."""
@@ -163,14 +163,14 @@ async def test_a_node_that_hangs_sigstop_then_sigcont(
 
         def europe_again() -> bool:
             return any(a.home == "europe" and a.outcome.value == "acknowledged"
-                       for a in checker.attempts_since(mark))  # fmt: skip
+                       for a in checker.attempts_since(mark))
 
         await until(europe_again, within=30, what="a europe write after SIGCONT")
         await checker.progress(30, what="after the thaw")
     report = await checker.report()
     record("a node that hangs (SIGSTOP, then SIGCONT)",
            "SIGSTOP to europe's primary and its processes until the router marks it down; "
-           "SIGCONT", report)  # fmt: skip
+           "SIGCONT", report)
     report.assert_safe()
     others = checker.longest_gap_of(("north_america", "asia"))
     assert others < 3, f"{others:.2f}s without a write on the other shards: {report.summary()}"

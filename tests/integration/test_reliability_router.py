@@ -23,13 +23,13 @@ def _two_routers(migrated: Config, name: str) -> Iterator[tuple[RouterProcess, R
     state = Path(migrated.cluster.state_dir)
     a_cfg, b_cfg = (with_checker_table(router_config(migrated, port_shift=s)) for s in SHIFTS)
     with running_router(a_cfg, state / f"{name}-a.toml") as a, \
-            running_router(b_cfg, state / f"{name}-b.toml") as b:  # fmt: skip
+            running_router(b_cfg, state / f"{name}-b.toml") as b:
         yield a, b
 
 
 def _dsn(*routers: RouterProcess) -> str:
     hosts = ",".join(f"{r.config.router.listen_host}:{r.config.router.listen_port}"
-                     for r in routers)  # fmt: skip
+                     for r in routers)
     return f"georoute://{hosts}"
 
 

@@ -28,7 +28,7 @@ from router.config import Config
 from router.tools.db.documents import USER_PREFERENCES
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
-from tests.integration.test_documents import preferences
+from tests.support.documents import preferences
 from tests.support.ids import new_id
 from tests.support.router_proc import (
     TOKEN,
@@ -141,7 +141,7 @@ async def test_idempotency_key_applies_a_batch_once_and_is_refused_for_document_
 ) -> None:
     item = new_id(number(router.config, "europe"))
     await db.execute("INSERT INTO rt_items (item_id, region, payload) VALUES ($1, 'europe', '')",
-                     item)  # fmt: skip
+                     item)
     key = f"test-{uuid.uuid4()}"
     bump = "UPDATE rt_items SET payload = payload || $2 WHERE item_id = $1"
     for _ in range(3):  # as a client retrying after lost replies would send it
@@ -182,7 +182,7 @@ async def test_node_down_fails_fast_and_recovers(
 ) -> None:
     """A stopped replica: reads fall back to the primary at once; after restart they return."""
     cfg = router.config
-    name = "asia-replica1"
+    name = "asia-2"
     cluster.stop_node(name)
     try:
         loop = asyncio.get_running_loop()
@@ -209,7 +209,7 @@ async def test_primary_down_fails_fast_with_retryable_error(
     """Writes to a shard whose primary is down fail fast, typed and retryable; other shards
     keep serving; once the primary is back, writes succeed again."""
     cfg = router.config
-    name = "north_america-primary"
+    name = "north_america-1"
     cluster.stop_node(name)
     try:
         loop = asyncio.get_running_loop()
@@ -242,7 +242,7 @@ async def test_primary_down_fails_fast_with_retryable_error(
     # Leave the shard as other tests expect it: its replica's WAL receiver reconnects to the
     # restarted primary on its own schedule; wait until it has replayed a write made now.
     await db.execute("INSERT INTO rt_items (item_id, region) VALUES ($1, 'north_america')",
-                     new_id(number(cfg, "north_america")))  # fmt: skip
+                     new_id(number(cfg, "north_america")))
     written = db.ryw_state["north_america"]
 
     async def replica_streaming_again() -> bool:
@@ -319,7 +319,7 @@ async def test_connection_limit_and_handshake_timeout(migrated: Config) -> None:
     """A node at router.max_client_connections turns the next connection away with a
     retryable TOO_MANY_CONNECTIONS; one that sends no Hello in time is closed."""
     config = router_config(migrated, port_shift=80, max_client_connections=2,
-                           handshake_timeout_seconds=0.5)  # fmt: skip
+                           handshake_timeout_seconds=0.5)
     port = config.router.listen_port
     with running_router(config, Path(migrated.cluster.state_dir) / "router-limits.toml") as proc:
         silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
@@ -327,7 +327,7 @@ async def test_connection_limit_and_handshake_timeout(migrated: Config) -> None:
         (refused,) = await _frames_until_closed(reader)
         writer.close()
         assert (refused.id, refused.code, refused.retryable) == (
-            0, ErrorCode.TOO_MANY_CONNECTIONS, True)  # fmt: skip
+            0, ErrorCode.TOO_MANY_CONNECTIONS, True)
         for reader, writer in silent:  # no Hello within 0.5 s
             (overdue,) = await _frames_until_closed(reader)
             writer.close()

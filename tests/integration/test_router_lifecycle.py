@@ -57,7 +57,7 @@ async def test_metrics_count_requests(db: client.Client, router: RouterProcess) 
                  "georoute_errors_total"):
         assert name in text, name
     (open_now,) = [line for line in text.splitlines()
-                   if line.startswith("georoute_client_connections_open ")]  # fmt: skip
+                   if line.startswith("georoute_client_connections_open ")]
     assert float(open_now.split()[1]) >= len(db.connections) >= 1
 
 
@@ -106,7 +106,7 @@ async def _backend_pids(router: RouterProcess) -> dict[str, set[int]]:
             conn = await connect_node(cfg, address)
             try:
                 rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1",
-                                        f"georoute:{cfg.router.node_name}")  # fmt: skip
+                                        f"georoute:{cfg.router.node_name}")
             finally:
                 await conn.close()
             found[f"{address.host}:{address.port}"] = {r["pid"] for r in rows}
@@ -122,7 +122,7 @@ async def test_a_reload_that_changes_database_settings_renews_every_pool(
     had on every node goes away, and new ones serve."""
     original = router.path.read_text()
     changed = original.replace(f'sslmode = "{router.config.database.sslmode}"',
-                               'sslmode = "disable"', 1)  # fmt: skip
+                               'sslmode = "disable"', 1)
     assert changed != original
     nodes = sum(1 + len(shard.replicas) for shard in router.config.shards.values())
     renewed = f"{nodes} new nodes, {nodes} retired"
@@ -170,7 +170,7 @@ async def test_reload_replaces_the_pool_of_a_changed_node(
 
     async def replica_view() -> dict[str, object]:
         nodes = (await db.topology())["shards"]["asia"]["nodes"]
-        return next(n for n in nodes if n["name"] == "asia-replica1")
+        return next(n for n in nodes if n["name"] == "asia-2")
 
     try:
         router.path.write_text(moved)
@@ -305,3 +305,34 @@ def test_transactions_open_at_the_drain_timeout_are_rolled_back(
             await pg.close()
 
     assert asyncio.run(committed()) == 0
+
+
+def test_a_drain_left_with_an_idle_transaction_ends_when_the_router_rolls_it_back(
+    cluster: LocalCluster, migrated: Config
+) -> None:
+    """Nothing of its client's tells the drain that an idle transaction was rolled back (its
+    idle timeout did it): the transactions' own word does, and the router exits then, long
+    before drain_timeout_seconds."""
+    drain, idle = 20.0, 0.5
+    config = router_config(migrated, port_shift=52, drain_timeout_seconds=drain,
+                           transaction_idle_timeout_seconds=idle)
+    path = Path(migrated.cluster.state_dir) / "router-drain-idle.toml"
+    with running_router(config, path) as proc:
+
+        async def scenario() -> float:
+            c = await client.connect(proc.dsn, token=TOKEN)
+            try:
+                tx = c.transaction(shard="europe")
+                await tx.start()
+                await tx.fetchval("SELECT 1")
+                signalled = time.monotonic()
+                proc.signal(signal.SIGTERM)
+                assert await asyncio.to_thread(proc.wait_for_output, DRAINING, 10)
+                assert await asyncio.to_thread(proc.proc.wait, drain + 20) == 0
+                return time.monotonic() - signalled
+            finally:
+                await c.close()
+
+        exited = asyncio.run(scenario())
+        assert exited < drain / 2, f"exited {exited:.2f}s after SIGTERM: the drain ran out"
+        assert any("stopped" in line for line in proc.output)

@@ -51,7 +51,7 @@ def tls_router(migrated: Config, tmp_path_factory: pytest.TempPathFactory) -> It
     _issue(ca, cert_file, key_file)
     ca.cert_pem.write_to_path(str(ca_file))
     config = router_config(migrated, port_shift=70, tls_cert_file=str(cert_file),
-                           tls_key_file=str(key_file))  # fmt: skip
+                           tls_key_file=str(key_file))
     with running_router(config, Path(migrated.cluster.state_dir) / "router-tls.toml") as proc:
         yield TLSRouter(proc, ca, ca_file, cert_file, key_file, scratch)
 
@@ -60,16 +60,16 @@ async def _answers(dsn: str, **kwargs: object) -> bool:
     db = await client.connect(dsn, token=TOKEN, connect_rounds=1, **kwargs)  # type: ignore[arg-type]
     async with db:
         encrypted = all(c._transport is not None and c._transport.get_extra_info("ssl_object")
-                        for c in db.connections)  # fmt: skip
+                        for c in db.connections)
         assert await db.fetchval("SELECT 40 + $1::int", 2, shard="europe") == 42
         return encrypted
 
 
 @pytest.mark.parametrize(("mode", "host"), [("verify-full", "127.0.0.1"),
                                             ("verify-full", "localhost"),
-                                            ("verify-ca", "127.0.0.1"), ("require", "127.0.0.1")])  # fmt: skip
+                                            ("verify-ca", "127.0.0.1"), ("require", "127.0.0.1")])
 async def test_clients_reach_the_router_over_tls(tls_router: TLSRouter, mode: str,
-                                                 host: str) -> None:  # fmt: skip
+                                                 host: str) -> None:
     query = f"?sslmode={mode}&sslrootcert={tls_router.ca_file}"
     assert await _answers(tls_router.dsn(query, host))
 
@@ -98,7 +98,7 @@ async def test_the_unix_socket_stays_plain(tls_router: TLSRouter) -> None:
     if not socket_dir:
         missing("this config has no router Unix socket (router.listen_socket_dir)")
     encrypted = await _answers(f"georoute://{socket_dir.replace('/', '%2F')}:"
-                               f"{tls_router.proc.config.router.listen_port}")  # fmt: skip
+                               f"{tls_router.proc.config.router.listen_port}")
     assert not encrypted
 
 
@@ -162,7 +162,7 @@ async def test_sighup_loads_a_renewed_certificate(tls_router: TLSRouter) -> None
 
 @pytest.fixture(scope="module")
 def mtls_router(migrated: Config, tmp_path_factory: pytest.TempPathFactory
-                ) -> Iterator[TLSRouter]:  # fmt: skip
+                ) -> Iterator[TLSRouter]:
     """A router whose TCP listener asks every client for a certificate that its client CA
     signed."""
     scratch = tmp_path_factory.mktemp("router-mtls")
@@ -176,7 +176,7 @@ def mtls_router(migrated: Config, tmp_path_factory: pytest.TempPathFactory
         signer.issue_cert("app-1").private_key_and_cert_chain_pem.write_to_path(
             str(scratch / f"{name}.pem"))
     config = router_config(migrated, port_shift=90, tls_cert_file=str(cert_file),
-                           tls_key_file=str(key_file), tls_client_ca_file=str(client_ca_file))  # fmt: skip
+                           tls_key_file=str(key_file), tls_client_ca_file=str(client_ca_file))
     with running_router(config, Path(migrated.cluster.state_dir) / "router-mtls.toml") as proc:
         yield TLSRouter(proc, ca, ca_file, cert_file, key_file, scratch)
 

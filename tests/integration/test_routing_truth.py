@@ -47,10 +47,10 @@ async def world(migrated: Config) -> AsyncIterator[World]:
                 "INSERT INTO users (email, full_name, home_region, country, city) "
                 "VALUES ($1, $2, $3, $4, 'Town') RETURNING user_id",
                 f"{unique('t')}@example.com", name, region,
-                "DE" if region == "europe" else "US")  # fmt: skip
+                "DE" if region == "europe" else "US")
             audits[region] = await conn.fetchval(
                 "INSERT INTO audit_log (action, entity) VALUES ($1, $2) RETURNING audit_id",
-                str(users["north_america"]), entity)  # fmt: skip
+                str(users["north_america"]), entity)
         course = (await Catalogue(primaries["europe"], "europe").course(lessons=1)).course_id
         yield World(name, users, audits, entity, course, primaries)
     finally:
@@ -84,7 +84,7 @@ READS: list[tuple[str, Callable[[World], list[Any]], Combine]] = [
      lambda w: ["EUROPE", w.name], total),
     ("SELECT count(*) FROM audit_log WHERE action = $1",  # text shaped like an id
      lambda w: [str(w.users["north_america"])], total),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("sql", "params", "combine"), READS)
@@ -109,7 +109,7 @@ async def test_reads_no_key_confines_get_the_truth_or_are_refused(
 
 async def test_a_confined_read_equals_the_truth(db: client.Client, world: World) -> None:
     sql = ("SELECT u.user_id, u.full_name FROM users u WHERE u.user_id = $1 AND NOT EXISTS "
-           "(SELECT 1 FROM enrollments e WHERE e.user_id = u.user_id)")  # fmt: skip
+           "(SELECT 1 FROM enrollments e WHERE e.user_id = u.user_id)")
     for region in REGIONS:
         user = world.users[region]
         truth = concat(await world.on_each(sql, user), REGIONS)
@@ -120,9 +120,9 @@ async def test_a_confined_read_equals_the_truth(db: client.Client, world: World)
 
 async def snapshot(world: World) -> dict[str, list[Any]]:
     users = await world.on_each("SELECT user_id, city FROM users WHERE full_name = $1 "
-                                "ORDER BY 1", world.name)  # fmt: skip
+                                "ORDER BY 1", world.name)
     audits = await world.on_each("SELECT audit_id, region, action, details::text FROM audit_log "
-                                 "WHERE entity = $1 ORDER BY 1", world.entity)  # fmt: skip
+                                 "WHERE entity = $1 ORDER BY 1", world.entity)
     return {r: [*map(tuple, users[r]), *map(tuple, audits[r])] for r in REGIONS}
 
 
@@ -147,7 +147,7 @@ WRITES: list[tuple[str, Callable[[World], list[Any]], dict[str, Any]]] = [
     # A hint that contradicts the row's own region.
     ("INSERT INTO audit_log (region, action, entity) VALUES ('asia', 'hinted', $1)",
      lambda w: [w.entity], {"shard": "europe"}),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("sql", "params", "hints"), WRITES)
@@ -161,14 +161,17 @@ async def test_writes_that_would_touch_part_of_their_rows_or_misplace_one_are_re
     assert await snapshot(world) == before  # not one row changed, on any shard
 
 
-async def test_a_reference_table_write_keyed_by_an_id_needs_a_hint(
+async def test_a_reference_table_write_is_refused_when_its_copies_would_differ(
     db: client.Client, world: World
 ) -> None:
+    """The category exists on europe only (written there by hand): a write to every copy
+    would change one of them, so it changes none (test_reference_tables.py has the rest)."""
     category = await world.primaries["europe"].fetchval("SELECT category_id FROM courses "
                                                         "WHERE course_id = $1", world.course)
-    with pytest.raises(client.MissingShardKeyError, match="categories"):
-        await db.execute("UPDATE categories SET name = $2 WHERE category_id = $1",
-                         category, "renamed")  # fmt: skip
+    for hints in ({}, {"shard": "europe"}):
+        with pytest.raises(client.CrossShardError, match="categories"):
+            await db.execute("UPDATE categories SET name = $2 WHERE category_id = $1",
+                             category, "renamed", **hints)
     names = await world.on_each("SELECT name FROM categories WHERE category_id = $1", category)
     assert all(row[0] != "renamed" for rows in names.values() for row in rows)
 
@@ -176,9 +179,9 @@ async def test_a_reference_table_write_keyed_by_an_id_needs_a_hint(
 async def test_rows_land_on_the_shard_their_key_names(db: client.Client, world: World) -> None:
     for region in REGIONS:
         await db.execute("INSERT INTO audit_log (region, action, entity) VALUES ($1, 'placed', $2)",
-                         region, world.entity)  # fmt: skip
+                         region, world.entity)
     placed = await world.on_each("SELECT region FROM audit_log WHERE entity = $1 AND "
-                                 "action = 'placed'", world.entity)  # fmt: skip
+                                 "action = 'placed'", world.entity)
     assert {r: [row[0] for row in rows] for r, rows in placed.items()} == {r: [r] for r in REGIONS}
 
 
@@ -194,16 +197,16 @@ async def test_a_write_inside_a_cte_gives_a_read_your_writes_token(
 
         async def paused() -> bool:
             return bool(await replica.fetchval("SELECT pg_get_wal_replay_pause_state() = "
-                                               "'paused'"))  # fmt: skip
+                                               "'paused'"))
 
         await wait_until(paused, what="replay paused on the europe replica")
         status = await db.execute(
             "WITH a AS (INSERT INTO audit_log (region, action, entity) VALUES ('europe', 'cte', $2) "
             "RETURNING 1) UPDATE users SET city = city WHERE user_id = $1 AND false",
-            world.users["europe"], world.entity)  # fmt: skip
+            world.users["europe"], world.entity)
         assert status == "UPDATE 0"
         seen = await db.fetchval("SELECT count(*) FROM audit_log WHERE region = 'europe' "
-                                 "AND entity = $1 AND action = 'cte'", world.entity)  # fmt: skip
+                                 "AND entity = $1 AND action = 'cte'", world.entity)
         assert seen == 1
     finally:
         await replica.execute("SELECT pg_wal_replay_resume()")

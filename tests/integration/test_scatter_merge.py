@@ -47,13 +47,13 @@ WORDS = ["a", "B", "b", "é", "e", "Z", "ä", "", "ab", "a b", "Ω", "zz", "10",
 
 class World:
     def __init__(self, runner: asyncio.Runner, shards: dict[str, asyncpg.Connection],
-                 oracle: asyncpg.Connection) -> None:  # fmt: skip
+                 oracle: asyncpg.Connection) -> None:
         self.runner = runner
         self.shards = shards
         self.oracle = oracle
         self.classifier = Classifier(TABLES, ("count", "sum", "avg", "min", "max", "bool_and",
                                               "bool_or", "lower", "coalesce", "abs",
-                                              "row_number"))  # fmt: skip
+                                              "row_number"))
 
     async def load(self, rows: list[tuple[Any, ...]]) -> None:
         for conn in (*self.shards.values(), self.oracle):
@@ -77,7 +77,7 @@ class World:
             orders = column_orders(stmt.get_attributes(), frozenset())
             real = real_columns(stmt.get_attributes())
             answers.append(ShardRows(shard, [a.name for a in stmt.get_attributes()],
-                                     [tuple(r) for r in records]))  # fmt: skip
+                                     [tuple(r) for r in records]))
         assert orders is not None
         return merge(plan, params, answers, orders, text_exact=True, real=real)[1]
 
@@ -106,7 +106,7 @@ def world(cluster: LocalCluster, test_config: Config) -> Iterator[World]:
         async def close() -> None:
             for conn in (*shards.values(), oracle):
                 await conn.execute("DROP SCHEMA IF EXISTS scatter_part CASCADE; "
-                                   "DROP SCHEMA IF EXISTS scatter_all CASCADE")  # fmt: skip
+                                   "DROP SCHEMA IF EXISTS scatter_all CASCADE")
                 await conn.close()
 
         runner.run(close())
@@ -124,7 +124,7 @@ def _rows(draw: st.DrawFn) -> list[tuple[Any, ...]]:
             draw(st.none() | st.sampled_from(WORDS)),
             draw(st.none() | st.booleans()),
             draw(st.none() | st.sampled_from([0.5, -1.0, 2.25, float("nan")])),
-        ))  # fmt: skip
+        ))
     return rows
 
 
@@ -165,7 +165,7 @@ def _same(a: Any, b: Any) -> bool:
 def _same_rows(got: list[tuple[Any, ...]], want: list[tuple[Any, ...]]) -> bool:
     return len(got) == len(want) and all(
         len(x) == len(y) and all(_same(p, q) for p, q in zip(x, y, strict=True))
-        for x, y in zip(got, want, strict=True))  # fmt: skip
+        for x, y in zip(got, want, strict=True))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -190,7 +190,7 @@ def grouped_case(draw: st.DrawFn) -> tuple[list[Any], str, list[Any]]:
     aggs = draw(st.lists(st.sampled_from([
         "count(*)", "count(b)", "sum(a)", "sum(b)", "min(s)", "max(s)", "min(b)", "max(a)",
         "avg(a)", "avg(b)", "bool_and(flag)", "bool_or(flag)", "count(DISTINCT region)",
-        "max(f)", "min(f)"]), min_size=1, max_size=4, unique=True))  # fmt: skip
+        "max(f)", "min(f)"]), min_size=1, max_size=4, unique=True))
     sql = f"SELECT {', '.join([*keys, *aggs])} FROM t"
     params: list[Any] = []
     if draw(st.booleans()):
@@ -210,7 +210,7 @@ def grouped_case(draw: st.DrawFn) -> tuple[list[Any], str, list[Any]]:
     if order:
         sql += " ORDER BY " + ", ".join(
             f"{i}{draw(st.sampled_from(['', ' DESC', ' NULLS FIRST', ' DESC NULLS LAST']))}"
-            for i in order)  # fmt: skip
+            for i in order)
         if draw(st.booleans()):
             sql += f" LIMIT {draw(st.integers(0, 5))} OFFSET {draw(st.integers(0, 3))}"
     return rows, sql, params
@@ -250,7 +250,7 @@ def test_an_empty_shard_and_all_empty_shards(world: World) -> None:
     world.runner.run(world.load([(1, "asia", 2, Decimal("1.50"), "x", True, 0.5)]))
     for sql in ("SELECT count(*), sum(a), avg(b), min(s), bool_and(flag) FROM t",
                 "SELECT s, count(*) FROM t GROUP BY s ORDER BY 1",
-                "SELECT a, s FROM t ORDER BY s LIMIT 5"):  # fmt: skip
+                "SELECT a, s FROM t ORDER BY s LIMIT 5"):
         assert world.runner.run(world.scattered(sql, [])) == world.runner.run(
             world.truth(sql, [])), sql
     world.runner.run(world.load([]))
@@ -298,7 +298,7 @@ def _unordered(value: Any) -> Any:
 def test_string_agg_and_array_agg_join_the_shards_parts(world: World) -> None:
     rows = [(1, "asia", 2, None, "x", True, None), (2, "europe", None, None, "y", None, None),
             (3, "europe", 5, None, None, None, None), (4, "north_america", 2, None, "z", None,
-                                                       None)]  # fmt: skip
+                                                       None)]
     world.runner.run(world.load(rows))
     for sql, params in (
         ("SELECT string_agg(s, '|'), array_agg(a) FROM t", []),
@@ -373,7 +373,7 @@ def test_special_values_merge_as_postgresql_answers_them(world: World) -> None:
     with pytest.raises(ScatterRefused, match="HAVING on max"):
         world.runner.run(world.scattered(
             "SELECT region, max(ts) FROM v GROUP BY region HAVING max(ts) > $1",
-            [dt.datetime(2000, 1, 1)]))  # fmt: skip
+            [dt.datetime(2000, 1, 1)]))
 
 
 def test_the_reviews_wrong_answers_now_equal_one_database(world: World) -> None:
@@ -384,7 +384,7 @@ def test_the_reviews_wrong_answers_now_equal_one_database(world: World) -> None:
             (2, "europe", 1, Decimal("2"), "y", False, 1.5),
             (3, "north_america", 2, Decimal("3"), "x", None, None),
             (4, "asia", 2, Decimal("4"), None, True, 2.5),
-            (5, "europe", 3, Decimal("-5"), "z", False, -1.0)]  # fmt: skip
+            (5, "europe", 3, Decimal("-5"), "z", False, -1.0)]
     world.runner.run(world.load(rows))
     wrong: list[tuple[str, Any, Any]] = []
     for sql, params in (
@@ -411,7 +411,7 @@ def test_having_and_order_by_errors_are_postgresqls_own(world: World) -> None:
     (ORDER BY r || 'x': output names are not read inside expressions):
     where one database raises an error, so does the scattered read (once it answered)."""
     world.runner.run(world.load([(1, "asia", 1, None, "x", True, None),
-                                 (2, "europe", 2, None, "y", False, None)]))  # fmt: skip
+                                 (2, "europe", 2, None, "y", False, None)]))
     for sql in ("SELECT region, count(*) FROM t GROUP BY region HAVING bool_or(flag) > 0",
                 "SELECT region, count(*) AS cnt FROM t GROUP BY region HAVING cnt > 2",
                 "SELECT region AS r, count(*) FROM t GROUP BY region ORDER BY r || 'x'"):
@@ -435,7 +435,7 @@ def test_the_names_the_router_gives_unnamed_columns_are_postgresqls(world: World
              "(SELECT t.s)", "(SELECT lower(t.s) UNION SELECT 'x')", "EXISTS (SELECT 1)",
              "ARRAY(SELECT 1)", "ARRAY[a, 1]", "ROW(a, 1)", "coalesce(a, 1)", "greatest(a, 1)",
              "least(a, 1)", "nullif(a, 1)", "a + 1", "a IS NULL", "NOT flag", "$1::int",
-             "s COLLATE \"C\"", "(ARRAY[a])[1]", "a IN (SELECT 1)"]  # fmt: skip
+             "s COLLATE \"C\"", "(ARRAY[a])[1]", "a IN (SELECT 1)"]
     for expr in exprs:
         sql = f"SELECT {expr} FROM t"
         stmt = world.runner.run(world.oracle.prepare(sql))

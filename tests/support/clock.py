@@ -107,12 +107,12 @@ class FakeClock:
     async def wait_for_sleepers(self, count: int = 1, within: float = SETTLE_SECONDS) -> None:
         """Until at least `count` tasks are asleep on this clock (their loops are parked)."""
         await self._wait(lambda: self._sleepers() >= count, within,
-                         f"{count} task(s) sleeping on the fake clock")  # fmt: skip
+                         f"{count} task(s) sleeping on the fake clock")
 
     # ---- inside ----------------------------------------------------------------------------
 
     def _add(self, deadline: float, callback: Callable[[], None],
-             task: asyncio.Task[object] | None) -> FakeTimer:  # fmt: skip
+             task: asyncio.Task[object] | None) -> FakeTimer:
         timer = FakeTimer(deadline, next(self._seq), callback, task)
         heapq.heappush(self._timers, timer)
         self._notify()
@@ -145,7 +145,7 @@ class FakeClock:
             return task.done() or any(t.task is task and not t.cancelled for t in self._timers)
 
         await self._wait(parked_or_done, SETTLE_SECONDS,
-                         f"task {task.get_name()} to sleep again or end after its timer fired")  # fmt: skip
+                         f"task {task.get_name()} to sleep again or end after its timer fired")
 
     async def _wait(self, condition: Callable[[], bool], within: float, what: str) -> None:
         if self._changed is None:

@@ -86,7 +86,7 @@ class _Proxy:
         await self._open()
         self._expiry = self._loop.call_later(self.lifetime, self._expire)
         log.debug("%s on %s:%d -> %s:%d for at most %.1fs", self.kind, LOOPBACK, self.port,
-                  *self.target, self.lifetime)  # fmt: skip
+                  *self.target, self.lifetime)
         return self
 
     async def stop(self) -> None:
@@ -122,7 +122,7 @@ class _Proxy:
 
     def _expire(self) -> None:
         log.warning("%s on port %d stops: its lifetime of %.1fs is over", self.kind, self.port,
-                    self.lifetime)  # fmt: skip
+                    self.lifetime)
         self.expired = True
         assert self._loop is not None
         task = self._loop.create_task(self.stop())
@@ -146,7 +146,7 @@ class _Proxy:
             await self.wait_stopped()
 
         thread = threading.Thread(target=lambda: asyncio.run(main()), name=self.kind,
-                                  daemon=True)  # fmt: skip
+                                  daemon=True)
         thread.start()
         if not started.wait(_CONTROL_SECONDS):
             raise RuntimeError(f"{self.kind} did not start within {_CONTROL_SECONDS}s")
@@ -245,7 +245,7 @@ class TcpFaultProxy(_Proxy):
     kind = "tcp fault proxy"
 
     def __init__(self, target: tuple[str, int], *, lifetime: float = 60.0,
-                 max_connections: int = 64, connect_timeout: float = 5.0) -> None:  # fmt: skip
+                 max_connections: int = 64, connect_timeout: float = 5.0) -> None:
         super().__init__(target, lifetime)
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
@@ -312,7 +312,7 @@ class TcpFaultProxy(_Proxy):
     async def _open(self) -> None:
         self._flow()
         self._server = await asyncio.start_server(self._accept, LOOPBACK, 0,
-                                                  backlog=self.max_connections)  # fmt: skip
+                                                  backlog=self.max_connections)
         for sock in self._server.sockets:
             self._sockets.append(sock)
         self.port = int(self._server.sockets[0].getsockname()[1])
@@ -393,7 +393,7 @@ class TcpFaultProxy(_Proxy):
                 await writer.wait_closed()
 
     async def _relay(self, link: _Link, client: asyncio.StreamReader,
-                     server: asyncio.StreamReader) -> bool:  # fmt: skip
+                     server: asyncio.StreamReader) -> bool:
         """Relay until both ways have ended (True) or one side failed (False)."""
         up: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(_QUEUE_CHUNKS)
         down: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(_QUEUE_CHUNKS)
@@ -407,14 +407,14 @@ class TcpFaultProxy(_Proxy):
             # Either side's reset ends the link; an EOF is passed on and the other way goes on.
             await asyncio.wait(link.tasks, return_when=asyncio.FIRST_EXCEPTION)
             return all(t.done() and not t.cancelled() and t.exception() is None
-                       for t in link.tasks)  # fmt: skip
+                       for t in link.tasks)
         finally:
             for t in link.tasks:
                 t.cancel()
             await asyncio.gather(*link.tasks, return_exceptions=True)
 
     async def _read(self, link: _Link, src: asyncio.StreamReader,
-                    queue: asyncio.Queue[tuple[float, bytes] | None]) -> None:  # fmt: skip
+                    queue: asyncio.Queue[tuple[float, bytes] | None]) -> None:
         loop = asyncio.get_running_loop()
         while True:
             data = await src.read(_CHUNK)
@@ -428,7 +428,7 @@ class TcpFaultProxy(_Proxy):
             await queue.put((loop.time() + self._latency, data))
 
     async def _write(self, link: _Link, queue: asyncio.Queue[tuple[float, bytes] | None],
-                     dst: asyncio.StreamWriter, counter: str) -> None:  # fmt: skip
+                     dst: asyncio.StreamWriter, counter: str) -> None:
         loop = asyncio.get_running_loop()
         while True:
             item = await queue.get()
@@ -507,7 +507,7 @@ class UdpFaultProxy(_Proxy):
     kind = "udp fault proxy"
 
     def __init__(self, target: tuple[str, int], *, lifetime: float = 60.0, seed: int = 0,
-                 max_delayed: int = 10_000) -> None:  # fmt: skip
+                 max_delayed: int = 10_000) -> None:
         super().__init__(target, lifetime)
         self.max_delayed = max_delayed
         self._random = random.Random(seed)
@@ -522,7 +522,7 @@ class UdpFaultProxy(_Proxy):
             ("received", "forwarded", "dropped", "duplicated", "replies"), 0)
 
     def set_faults(self, *, drop: float | None = None, duplicate: float | None = None,
-                   delay: float | None = None, jitter: float | None = None) -> None:  # fmt: skip
+                   delay: float | None = None, jitter: float | None = None) -> None:
         """Change the faults given; the others stay as they are."""
         for name, value in (("drop", drop), ("duplicate", duplicate)):
             if value is not None and not 0.0 <= value <= 1.0:
@@ -551,7 +551,7 @@ class UdpFaultProxy(_Proxy):
         self._track(listen)
         upstream, endpoint = await loop.create_datagram_endpoint(
             lambda: _Endpoint(self._from_target), local_addr=(LOOPBACK, 0),
-            remote_addr=self.target)  # fmt: skip
+            remote_addr=self.target)
         self._upstream = upstream
         self._endpoints.append(endpoint)
         self._track(upstream)

@@ -75,4 +75,4 @@ async def gone(pids: list[int], within: float = 30.0) -> None:
     the zombie's lock file for a live one's: restarting a node killed with SIGKILL waits for
     this first."""
     await until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids),
-                within=within, what=f"processes {pids} to be reaped", poll=0.01)  # fmt: skip
+                within=within, what=f"processes {pids} to be reaped", poll=0.01)

@@ -33,6 +33,6 @@ def record(fault: str, how: str, report: Report | None = None, **measured: Any) 
             "longest_unavailability_s": round(report.longest_unavailability, 2),
             "reads": report.reads, "read_failures": report.read_failures,
             "errors": report.errors, "problems": report.problems(),
-        }  # fmt: skip
+        }
     with open(path, "a", encoding="utf-8") as out:
         out.write(json.dumps(row, default=str) + "\n")

@@ -103,10 +103,12 @@ class RouterProcess:
 
 
 @contextlib.contextmanager
-def running_router(config: Config, path: Path) -> Iterator[RouterProcess]:
+def running_router(config: Config, path: Path,
+                   extra_env: dict[str, str] | None = None) -> Iterator[RouterProcess]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config_to_toml(config))
     env = dict(os.environ)
+    env.update(extra_env or {})
     env[config.router.auth_token_env] = TOKEN
     proc = subprocess.Popen(
         [sys.executable, "-m", "router.tools.cli", "--config", str(path), "router"],

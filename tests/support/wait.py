@@ -9,7 +9,7 @@ __all__ = ["until"]
 
 
 async def until(condition: Callable[[], bool], within: float = 5.0, what: str = "it",
-                poll: float = 0.001) -> None:  # fmt: skip
+                poll: float = 0.001) -> None:
     """Re-check `condition` (something real I/O changes: a datagram or bytes arriving) until
     it holds; fail after `within` seconds. `poll=0` only yields to the event loop between
     checks (no timer at all), for tests whose time is a FakeClock."""

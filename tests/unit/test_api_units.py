@@ -25,7 +25,7 @@ from api.errors import (
 )
 from api.http.ratelimit import TokenBuckets
 from api.settings import Settings, SettingsError
-from api.types import Principal, Region, Role
+from api.types import Principal, Region, UserRole
 from router.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_token_bucket_table_is_bounded() -> None:
 def test_access_tokens_expire_on_the_injected_clock() -> None:
     clock = Clock()
     issuer = TokenIssuer("s" * 40, issuer="i", audience="a", ttl_seconds=60, clock=clock)
-    who = Principal(uuid.uuid4(), Role.INSTRUCTOR, Region.ASIA)
+    who = Principal(uuid.uuid4(), UserRole.INSTRUCTOR, Region.ASIA)
     token = issuer.issue(who)
     assert issuer.verify(token) == who
     clock.now += 64  # within the 5 s leeway

@@ -48,7 +48,7 @@ def _backup(id: str, finished: datetime, start_lsn: int = 0x2000028) -> BaseBack
         finished_at=finished, timeline=1, start_lsn=start_lsn, end_lsn=start_lsn + 0x100,
         wal_segment_size=SEG, size_bytes=1, server_version="18.6", verified_at=finished,
         path=Path("/nonexistent") / id,
-    )  # fmt: skip
+    )
 
 
 # ---- [backup] ------------------------------------------------------------------------------
@@ -158,12 +158,12 @@ def test_wal_before_the_oldest_kept_backup_is_pruned_history_files_never() -> No
         "000000010000000000000004.00000028.backup", "000000010000000000000005",
         "000000020000000000000003.partial", "000000020000000000000006",
         "00000002.history", "000000010000000000000002.tmp", "README",
-    ]  # fmt: skip
+    ]
     pruned = wal_to_prune(names, "000000010000000000000005")
     assert pruned == [
         "000000010000000000000003", "000000010000000000000004",
         "000000010000000000000004.00000028.backup", "000000020000000000000003.partial",
-    ]  # fmt: skip
+    ]
 
 
 # ---- restore targets -----------------------------------------------------------------------

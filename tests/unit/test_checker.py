@@ -18,7 +18,7 @@ def test_a_clean_run_has_no_problems() -> None:
     report = _judge([Attempt("a", "europe", ACK), Attempt("b", "asia", NOT, "NODE_UNAVAILABLE"),
                      Attempt("c", "asia", UNKNOWN, "TIMEOUT!"),
                      Attempt("d", "asia", UNKNOWN, "TIMEOUT!")],
-                    {"a": ["europe"], "c": ["asia"]})  # fmt: skip
+                    {"a": ["europe"], "c": ["asia"]})
     assert report.problems() == []
     assert (report.acknowledged, report.not_applied, report.unknown) == (1, 1, 2)
     assert (report.unknown_applied, report.unknown_not_applied) == (1, 1)
@@ -31,7 +31,7 @@ def test_each_kind_of_loss_is_counted_and_named() -> None:
         Attempt("moved", "europe", ACK),
         Attempt("lied", "asia", NOT, "POOL_EXHAUSTED"),
     ], {"twice": ["europe", "europe"], "moved": ["asia"], "lied": ["asia"],
-        "ghost": ["asia"]})  # fmt: skip
+        "ghost": ["asia"]})
     assert (report.lost, report.duplicated, report.misplaced) == (1, 1, 1)
     assert (report.false_failures, report.phantoms) == (1, 1)
     assert len(report.problems()) == 5

@@ -117,7 +117,7 @@ async def test_a_retry_carries_the_time_left_and_running_out_gives_the_real_erro
 
     async with FakeRouter(always_down) as router, await connect(
         router, max_retries=2, retry_backoff=0.05
-    ) as client:  # fmt: skip
+    ) as client:
         with pytest.raises(georoute_client.PoolExhaustedError):
             await client.fetch("SELECT 1", timeout=5.0)
         budgets = [q.hints.timeout_ms for q in router.requests(Query)]
@@ -125,7 +125,7 @@ async def test_a_retry_carries_the_time_left_and_running_out_gives_the_real_erro
         assert budgets[0] > budgets[1] > budgets[2]  # each retry: only what is left
     async with FakeRouter(always_down) as router, await connect(
         router, max_retries=5, retry_backoff=10.0
-    ) as client:  # fmt: skip
+    ) as client:
         # The deadline passes while backing off: the failure itself, not a bare timeout.
         with pytest.raises(georoute_client.PoolExhaustedError):
             await client.fetch("SELECT 1", timeout=0.2)

@@ -79,7 +79,7 @@ async def test_tokens_carry_a_session_to_another_client() -> None:
     [(["europe:1", "europe"], ValueError), (["europe:1", ":5"], ValueError),
      (["europe:1", "europe:-5"], ValueError), (["europe:1", "europe:x"], ValueError),
      (["europe:1", 5], TypeError), ("europe:1", TypeError)],
-)  # fmt: skip
+)
 async def test_a_malformed_token_is_refused_and_none_is_taken(
     tokens: list[object], error: type[Exception]
 ) -> None:

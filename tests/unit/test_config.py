@@ -37,8 +37,8 @@ def _rejects(raw: dict[str, Any], key: str) -> ConfigError:
 def test_the_shipped_config_is_valid() -> None:
     config = load_config(REPO / "router.toml")
     assert [name for _, name, _ in config.all_nodes()][:2] == [
-        "north_america-primary",
-        "north_america-replica1",
+        "north_america-1",
+        "north_america-2",
     ]
     assert config.document_store_port() == 7117
 
@@ -63,10 +63,33 @@ def test_unknown_section() -> None:
     _rejects(raw, "routr")
 
 
-def test_missing_shard() -> None:
+def test_no_shards() -> None:
     raw = _raw()
-    del raw["shards"]["asia"]
-    _rejects(raw, "shards.asia")
+    del raw["shards"]
+    _rejects(raw, "shards")
+    raw["shards"] = {}
+    _rejects(raw, "shards")
+
+
+@pytest.mark.parametrize("name", ["Europe", "south-america", "1st", "eu:west", ""])
+def test_a_shard_name_is_a_plain_lower_case_name(name: str) -> None:
+    raw = _raw()
+    raw["shards"][name] = raw["shards"].pop("asia")
+    _rejects(raw, f"shards.{name}")
+
+
+def test_regions_are_the_shards_configured() -> None:
+    """The seed's three are what router.toml ships; a fourth, or two, load as well."""
+    assert list(load_config(REPO / "router.toml").shards) == ["north_america", "europe", "asia"]
+    raw = _raw()
+    raw["shards"]["africa"] = {"number": 4, "primary": {"port": 6507},
+                               "replicas": [{"port": 6508}]}
+    config = parse_config(raw)
+    assert list(config.shards) == ["north_america", "europe", "asia", "africa"]
+    assert config.shard_by_number(4) is config.shards["africa"]
+    assert ("africa", "africa-1", NodeAddress("127.0.0.1", 6507)) in config.all_nodes()
+    del raw["shards"]["north_america"], raw["shards"]["asia"]
+    assert list(parse_config(raw).shards) == ["europe", "africa"]
 
 
 def test_duplicate_port() -> None:

@@ -22,6 +22,6 @@ def test_the_router_raises_its_open_file_limit_to_the_hard_one() -> None:
         "print(now, hard)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True, cwd=REPO)  # fmt: skip
+                          timeout=60, check=True, cwd=REPO)
     now, hard = (int(x) for x in proc.stdout.split())
     assert now == (hard if hard != -1 else 1 << 20)  # RLIM_INFINITY is -1

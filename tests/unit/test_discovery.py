@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from router.ha.discovery import Follow, NodeObservation, PrimaryWatch, Stay, StayReason
 
-P, R1, R2 = "europe-primary", "europe-replica1", "europe-replica2"
+P, R1, R2 = "europe-1", "europe-2", "europe-3"
 
 
 def obs(primary: bool | None, r1: bool | None, r2: bool | None = True) -> list[NodeObservation]:

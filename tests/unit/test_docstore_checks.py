@@ -37,7 +37,7 @@ def test_reading_stages_and_lookups_in_this_database_pass() -> None:
         {"$lookup": {"from": "lessons", "localField": "a", "foreignField": "b", "as": "c"}},
         {"$unionWith": "archived_lessons"},
         {"$facet": {"n": [{"$count": "n"}], "top": [{"$sort": {"x": -1}}, {"$limit": 3}]}},
-    ])  # fmt: skip
+    ])
 
 
 @pytest.mark.parametrize(("collection", "op", "args"), [
@@ -48,9 +48,9 @@ def test_reading_stages_and_lookups_in_this_database_pass() -> None:
     ("lessons", "aggregate", {"pipeline": [{"$out": "stolen"}]}),
     ("lessons\n", "find", {}),
     ("system.users", "find", {}),
-])  # fmt: skip
+])
 async def test_refused_before_the_store_is_asked(collection: str, op: str,
-                                                 args: dict[str, Any]) -> None:  # fmt: skip
+                                                 args: dict[str, Any]) -> None:
     store = DocStore(DocumentStoreConfig(uri="mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=1"))
     try:
         with pytest.raises(DocOperationError):
@@ -63,6 +63,6 @@ def test_the_topology_report_names_only_the_document_stores_hosts() -> None:
     from router.node import _hosts_of
 
     uri = ("mongodb://app:s3cret@db1:27017,db2/?tls=true&tlsCertificateKeyFilePassword=pw"
-           "&authMechanismProperties=AWS_SESSION_TOKEN:tok")  # fmt: skip
+           "&authMechanismProperties=AWS_SESSION_TOKEN:tok")
     assert _hosts_of(uri) == "db1:27017,db2:27017"
     assert _hosts_of("not a uri") == "?"

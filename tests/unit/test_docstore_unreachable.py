@@ -27,7 +27,7 @@ def _closed_port() -> int:
 async def test_a_dead_store_is_unavailable_within_the_server_selection_bound() -> None:
     port = _closed_port()
     store = DocStore(DocumentStoreConfig(uri=f"mongodb://127.0.0.1:{port}/?retryWrites=false",
-                                         database="georoute_down"))  # fmt: skip
+                                         database="georoute_down"))
     try:
         started = time.monotonic()
         with pytest.raises(DocUnavailableError) as refused:

@@ -94,13 +94,13 @@ def _error_classes() -> list[type[GeorouteError]]:
 def test_the_walk_finds_every_package_errors() -> None:
     classes = set(_error_classes())
     assert {SqlParseError, RequestTimeout, NodeUnavailableError, UnsupportedRequest,
-            ConfigError} <= classes  # fmt: skip
+            ConfigError} <= classes
     assert len(classes) > 30
 
 
 def test_every_exception_class_of_the_router_is_one_of_its_errors() -> None:
     strays = [f"{c.__module__}.{c.__qualname__}" for c in _exception_classes()
-              if not issubclass(c, GeorouteError) and c not in ENVELOPES]  # fmt: skip
+              if not issubclass(c, GeorouteError) and c not in ENVELOPES]
     assert strays == []
 
 
@@ -122,7 +122,7 @@ def test_grouping_bases_have_no_code_to_hand_down() -> None:
 def test_a_packages_errors_live_in_its_errors_module() -> None:
     elsewhere = [f"{c.__module__}.{c.__qualname__}" for c in _error_classes()
                  if c.__module__.startswith(PACKAGES) and not c.__name__.startswith("_")
-                 and not c.__module__.endswith(".errors")]  # fmt: skip
+                 and not c.__module__.endswith(".errors")]
     assert elsewhere == []
 
 
@@ -139,7 +139,7 @@ _APPLIED_WRITE = ResultValueError("timestamptz", "out of Python's range (years 1
 _APPLIED_WRITE.status = "INSERT 0 1"
 _READ_ONLY = asyncpg.PostgresError.new({"C": "25006", "M": "read-only", "S": "ERROR"})
 _UNDELIVERED = ResultUndeliverable("INSERT 0 1", 1, ["europe", "n1", "primary"], "europe:42",
-                                   None, "too large")  # fmt: skip
+                                   None, "too large")
 
 # (error, retryable for a read, for a write, sqlstate, detail): codes as before the
 # hierarchy, when failures.py decided each one.
@@ -194,12 +194,12 @@ CASES: list[tuple[BaseException, ErrorCode, bool, bool, str | None, dict[str, An
     (_READ_ONLY, ErrorCode.POSTGRES_ERROR, False, False, "25006", {}),
     (asyncpg.InterfaceError("the server expects 1 argument for this query, 2 were passed"),
      ErrorCode.INVALID_REQUEST, False, False, None, {}),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("exc", "code", "read_retry", "write_retry", "sqlstate", "detail"),
                          CASES, ids=lambda v: type(v).__name__ if isinstance(v, BaseException)
-                         else None)  # fmt: skip
+                         else None)
 def test_each_error_reaches_the_client_as_section_3_says(
     exc: BaseException, code: ErrorCode, read_retry: bool, write_retry: bool,
     sqlstate: str | None, detail: dict[str, Any],
@@ -243,7 +243,7 @@ _REFERENCE = re.compile(r"^[0-9a-f]{12}$")
 @pytest.mark.parametrize("bug", [TypeError("unsupported operand type(s) for +: 'int' and 'str'"),
                                  ValueError("too many values to unpack"), KeyError("shard"),
                                  AttributeError("'NoneType' object has no attribute 'pool'")],
-                         ids=lambda e: type(e).__name__)  # fmt: skip
+                         ids=lambda e: type(e).__name__)
 def test_a_bug_in_router_code_is_internal_with_a_reference_in_the_log(
     bug: BaseException, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -286,7 +286,7 @@ def test_a_drivers_refusal_of_our_use_of_a_connection_is_internal(message: str) 
 def test_the_drivers_refusal_of_the_requests_parameters_is_the_clients_error() -> None:
     for message in ("the server expects 1 argument for this query, 2 were passed",
                     "the server expects 2 arguments for this query, 1 was passed",
-                    "the number of query arguments cannot exceed 32767"):  # fmt: skip
+                    "the number of query arguments cannot exceed 32767"):
         failure = failure_for(asyncpg.InterfaceError(message))
         assert failure.code is ErrorCode.INVALID_REQUEST and message in failure.message
 
@@ -301,7 +301,7 @@ def test_json_log_lines_keep_the_traceback() -> None:
     """Bug: --log-json dropped exc_info, so an internal error's traceback was lost."""
     bug = _raised(TypeError("boom"))
     record = logging.LogRecord("georoute.server", logging.ERROR, __file__, 1,
-                               "internal error %s", ("abc",), (type(bug), bug, bug.__traceback__))  # fmt: skip
+                               "internal error %s", ("abc",), (type(bug), bug, bug.__traceback__))
     line = json.loads(_JsonFormatter().format(record))
     assert line["msg"] == "internal error abc"
     assert "Traceback" in line["exc"] and "TypeError: boom" in line["exc"]
@@ -310,10 +310,10 @@ def test_json_log_lines_keep_the_traceback() -> None:
 def test_the_client_gives_the_reference_of_an_internal_error() -> None:
     error = client.error_from_reply(Error(7, ErrorCode.INTERNAL, "INTERNAL",
                                           "internal error (reference 0123456789ab)",
-                                          detail={"reference": "0123456789ab"}))  # fmt: skip
+                                          detail={"reference": "0123456789ab"}))
     assert type(error) is client.InternalError
     assert error.reference == "0123456789ab" and not error.retryable
     draining = client.error_from_reply(Error(8, ErrorCode.SHUTTING_DOWN, "SHUTTING_DOWN",
-                                             "draining", retryable=True))  # fmt: skip
+                                             "draining", retryable=True))
     assert isinstance(draining, client.InternalError) and draining.reference is None
 

@@ -31,10 +31,10 @@ REPLICAS = (
 
 
 def view(members: dict[str, MemberView], self_name: str = "r2", size: int = 3,
-         **changes: object) -> FailoverView:  # fmt: skip
+         **changes: object) -> FailoverView:
     base = FailoverView(self_name=self_name, cluster_size=size, members=members, shard="europe",
                         primary="europe-primary", down_for_seconds=3.0, down_after_seconds=1.0,
-                        replicas=REPLICAS)  # fmt: skip
+                        replicas=REPLICAS)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -56,7 +56,7 @@ def test_every_node_names_the_same_promoter_whatever_its_own_name() -> None:
     members = {name: sees(DOWN) for name in ("r1", "r2", "r3", "r4", "r5")}
     decisions = {plan_failover(view(members, self_name=n, size=5)) for n in members}
     assert decisions == {Promote("europe", "r1", "europe-replica2", 1500,
-                                 ("r1", "r2", "r3", "r4", "r5"))}  # fmt: skip
+                                 ("r1", "r2", "r3", "r4", "r5"))}
 
 
 def test_an_isolated_node_never_promotes() -> None:
@@ -70,7 +70,7 @@ def test_no_promotion_while_a_majority_still_sees_the_primary() -> None:
     no_action(plan_failover(view(members)), NoActionReason.PRIMARY_SEEN_BY_MAJORITY)
     # A peer that names another primary (it has seen a failover) does not vote for this one.
     members = {"r2": sees(DOWN), "r3": MemberView({"europe-primary": DOWN},
-                                                  {"europe": "europe-replica1"})}  # fmt: skip
+                                                  {"europe": "europe-replica1"})}
     no_action(plan_failover(view(members)), NoActionReason.PRIMARY_SEEN_BY_MAJORITY)
 
 
@@ -92,6 +92,6 @@ def test_only_an_up_replaying_measured_replica_is_promoted() -> None:
     )
     no_action(plan_failover(view(members, replicas=unfit)), NoActionReason.NO_HEALTHY_REPLICA)
     tied = (ReplicaView("europe-replica9", UP, True, 700),
-            ReplicaView("europe-replica3", UP, True, 700))  # fmt: skip
+            ReplicaView("europe-replica3", UP, True, 700))
     decision = plan_failover(view(members, replicas=unfit + tied))
     assert isinstance(decision, Promote) and decision.replica == "europe-replica3"

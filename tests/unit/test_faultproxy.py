@@ -124,7 +124,7 @@ async def test_latency_delays_each_way(proxy: TcpFaultProxy) -> None:
 
 
 async def test_a_stall_holds_the_bytes_until_resume(backend: Backend,
-                                                    proxy: TcpFaultProxy) -> None:  # fmt: skip
+                                                    proxy: TcpFaultProxy) -> None:
     reader, writer = await connect(proxy)
     proxy.stall()
     writer.write(b"held")

@@ -22,7 +22,7 @@ PEERS = ["router-2@127.0.0.1:6701", "router-3@10.0.0.3:6700"]
 
 
 def raw_with(heartbeat: dict[str, Any] | None = None,
-             failover: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+             failover: dict[str, Any] | None = None) -> dict[str, Any]:
     raw = copy.deepcopy(RAW)
     raw["heartbeat"].update(heartbeat or {})
     raw["failover"].update(failover or {})
@@ -40,7 +40,7 @@ def test_peers_by_name_and_address_round_trip() -> None:
     config = parse_config(raw_with({"peers": PEERS}))
     assert config.heartbeat.enabled
     assert config.heartbeat.peer_addresses() == {"router-2": ("127.0.0.1", 6701),
-                                                 "router-3": ("10.0.0.3", 6700)}  # fmt: skip
+                                                 "router-3": ("10.0.0.3", 6700)}
     again = parse_config(tomllib.loads(config_to_toml(config)))
     assert (again.heartbeat, again.failover) == (config.heartbeat, config.failover)
     assert not parse_config(raw_with({"peers": PEERS, "port": 0})).heartbeat.enabled
@@ -66,11 +66,11 @@ def test_bad_peers(peer: str, words: str) -> None:
 
 def test_duplicate_peer_names_and_timing() -> None:
     rejects(raw_with({"peers": [*PEERS, "router-2@127.0.0.1:6702"]}), "heartbeat.peers[2]",
-            "already heartbeat.peers[0]")  # fmt: skip
+            "already heartbeat.peers[0]")
     rejects(raw_with({"dead_after_seconds": 2.0}), "heartbeat.dead_after_seconds",
-            "must exceed heartbeat.suspect_after_seconds")  # fmt: skip
+            "must exceed heartbeat.suspect_after_seconds")
     rejects(raw_with({"alive_after_heartbeats": 0}), "heartbeat.alive_after_heartbeats",
-            "at least 1")  # fmt: skip
+            "at least 1")
     rejects(raw_with({"secret_env": ""}), "heartbeat.secret_env", "environment variable")
 
 
@@ -78,14 +78,18 @@ def test_failover_section() -> None:
     config = parse_config(raw_with())
     assert FailoverMode(config.failover.mode) is FailoverMode.OFF
     rejects(raw_with(failover={"mode": "automatic"}), "failover.mode", "must be one of")
-    # managed is documented, and refused until it is built
-    rejects(raw_with(failover={"mode": "managed"}), "failover.mode", "not built yet")
+    # managed needs peers: a majority of router nodes decides a promotion
+    rejects(raw_with({"peers": []}, failover={"mode": "managed"}), "failover.mode",
+            "needs heartbeat.peers")
+    managed = parse_config(raw_with({"peers": ["b@127.0.0.1:6701", "c@127.0.0.1:6702"]},
+                                    failover={"mode": "managed"}))
+    assert FailoverMode(managed.failover.mode) is FailoverMode.MANAGED
     external = parse_config(raw_with(failover={"mode": "external"}))
     assert FailoverMode(external.failover.mode) is FailoverMode.EXTERNAL
     rejects(raw_with(failover={"down_after_seconds": 0}), "failover.down_after_seconds",
-            "positive")  # fmt: skip
+            "positive")
     rejects(raw_with(failover={"write_buffer_seconds": -1}), "failover.write_buffer_seconds",
-            "negative")  # fmt: skip
+            "negative")
     rejects(raw_with(failover={"synchronous": True}), "failover.synchronous", "unknown key")
 
 

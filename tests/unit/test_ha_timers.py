@@ -25,6 +25,7 @@ from router.engine.idempotency import run_sweeper, sweep_interval
 from router.ha.heartbeat import HeartbeatService
 from router.ha.monitor import LagMonitor
 from router.ha.topology import NodeState, Topology
+from router.types import Role
 from tests.support.clock import FakeClock
 from tests.support.wait import until
 
@@ -59,7 +60,7 @@ def _config(peer_port: int) -> Config:
         "suspect_after_seconds": SUSPECT_AFTER, "dead_after_seconds": DEAD_AFTER,
         "alive_after_heartbeats": 3, "secret_env": "HB_FAKE_CLOCK_SECRET",
         "peers": [f"router-2@127.0.0.1:{peer_port}"],
-    })  # fmt: skip
+    })
     raw["failover"]["down_after_seconds"] = DOWN_AFTER
     return parse_config(raw)
 
@@ -177,10 +178,15 @@ async def test_the_failover_plan_times_a_down_primary_on_the_injected_clock(rig:
 
 
 class Probe:
-    """Stands in for a node's monitor connection: answers with a fixed WAL position."""
+    """Stands in for a node's monitor connection: answers with a fixed WAL position, the
+    shard's primary as no standby (else mode "off" fails its probe and no lag is measured)."""
+
+    def __init__(self, node: NodeState) -> None:
+        self.node = node
 
     async def fetchrow(self, sql: str, timeout: float) -> Any:  # noqa: ASYNC109 (asyncpg's)
-        return (True, 1000)
+        replica = self.node.role is Role.REPLICA
+        return (replica, 1000, None if replica else 1)  # (in recovery, LSN, timeline)
 
     def is_closed(self) -> bool:
         return False
@@ -197,7 +203,7 @@ async def test_the_monitor_measures_once_per_interval(monkeypatch: pytest.Monkey
     monitor = LagMonitor(config, topology, clock=clock)
 
     async def probe(node: NodeState) -> Probe:
-        return Probe()
+        return Probe(node)
 
     monkeypatch.setattr(monitor, "_conn", probe)
     shards = len(topology.shards)

@@ -24,9 +24,9 @@ from protocol.heartbeat import (
 )
 
 KEY = b"k" * 32
-NODES = {"europe-primary": ReportedHealth.UP, "europe-replica1": ReportedHealth.SUSPECT,
-         "asia-primary": ReportedHealth.DOWN}  # fmt: skip
-PRIMARIES = {"europe": "europe-primary", "asia": "asia-primary"}
+NODES = {"europe-1": ReportedHealth.UP, "europe-2": ReportedHealth.SUSPECT,
+         "asia-1": ReportedHealth.DOWN}
+PRIMARIES = {"europe": "europe-1", "asia": "asia-1"}
 
 
 def signed(body: bytes, key: bytes = KEY) -> bytes:
@@ -43,7 +43,7 @@ def test_round_trip_and_sequence() -> None:
     first, second = sender.encode(NODES, PRIMARIES), sender.encode(NODES, PRIMARIES)
     got = rx.receive(first)
     assert got == Heartbeat("router-2", 1_700_000_000_000_000_000, 0, NODES, PRIMARIES)
-    assert isinstance(got, Heartbeat) and got.nodes["asia-primary"] is ReportedHealth.DOWN
+    assert isinstance(got, Heartbeat) and got.nodes["asia-1"] is ReportedHealth.DOWN
     assert rx.receive(second) == Heartbeat("router-2", sender.incarnation, 1, NODES, PRIMARIES)
     assert rx.last_accepted("router-2") == (sender.incarnation, 1)
     # Three shards of two nodes fit with room to spare.
@@ -142,9 +142,9 @@ def test_random_authenticated_bodies_never_crash_the_receiver(body: bytes) -> No
 
 
 health_maps = st.dictionaries(st.text(min_size=1, max_size=20), st.sampled_from(ReportedHealth),
-                              max_size=6)  # fmt: skip
+                              max_size=6)
 primary_maps = st.dictionaries(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20),
-                               max_size=3)  # fmt: skip
+                               max_size=3)
 
 
 @settings(max_examples=200, deadline=None)
@@ -152,7 +152,7 @@ primary_maps = st.dictionaries(st.text(min_size=1, max_size=20), st.text(min_siz
 def test_every_single_bit_flip_is_rejected(
     nodes: dict[str, ReportedHealth], primaries: dict[str, str], incarnation: int,
     data: st.DataObject,
-) -> None:  # fmt: skip
+) -> None:
     valid = HeartbeatSender(KEY, "router-2", incarnation).encode(nodes, primaries)
     assert isinstance(receiver().receive(valid), Heartbeat)
     bit = data.draw(st.integers(0, len(valid) * 8 - 1))

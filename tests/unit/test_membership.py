@@ -136,12 +136,12 @@ def test_quorum_counts_this_node_and_alive_peers_only() -> None:
     b3 = Beats("r3")
     now = alive_peer(m, b3, now)
     assert m.has_quorum() and set(m.alive_members()) == {"r1", "r2", "r3"}
-    m.heard(b3.next({"europe": "europe-primary"}), now + 1.0)
+    m.heard(b3.next({"europe": "europe-1"}), now + 1.0)
     m.tick(now + 2.5)  # r2 (last heard at `now` - 1.0) falls silent: SUSPECT
     assert m.peers["r2"].state is PeerState.SUSPECT
     assert m.peers["r3"].state is PeerState.ALIVE
     assert not m.has_quorum()  # a suspect does not count
-    assert m.alive_members()["r3"] == MemberView({}, {"europe": "europe-primary"})
+    assert m.alive_members()["r3"] == MemberView({}, {"europe": "europe-1"})
     assert m.counts() == {PeerState.ALIVE: 1, PeerState.SUSPECT: 1, PeerState.DEAD: 2}
 
 

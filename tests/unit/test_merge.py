@@ -30,14 +30,14 @@ E = ValueOrder.EXACT
 
 def grouped(combine: Sequence[Combine], keys: tuple[int, ...] = (0,), having: Cond | None = None,
             avg_counts: tuple[tuple[int, int], ...] = (),
-            sort: tuple[SortKey, ...] = (), hidden: int = 0) -> ScatterPlan:  # fmt: skip
+            sort: tuple[SortKey, ...] = (), hidden: int = 0) -> ScatterPlan:
     return ScatterPlan("SELECT ...", hidden, sort, None, None,
-                       Grouping(keys, tuple(combine), avg_counts, having))  # fmt: skip
+                       Grouping(keys, tuple(combine), avg_counts, having))
 
 
 def run(plan: ScatterPlan, columns: list[str], parts: list[list[tuple[Any, ...]]],
         orders: Sequence[ValueOrder], params: Sequence[Any] = (),
-        real: frozenset[int] = frozenset()) -> list[Any]:  # fmt: skip
+        real: frozenset[int] = frozenset()) -> list[Any]:
     answers = [ShardRows(f"s{i}", columns, rows) for i, rows in enumerate(parts)]
     return merge(plan, params, answers, orders, text_exact=True, real=real)[1]
 
@@ -90,7 +90,7 @@ def test_having_on_char_n_ignores_trailing_blanks() -> None:
                    having=Cond("=", left=col(0), right=Operand(value="ab")))
     pad = ValueOrder.PADDED
     assert run(plan, ["c", "count"], [[("ab  ", 1)], [("ab  ", 3)], [("b   ", 1)]],
-               [pad, E]) == [("ab  ", 4)]  # fmt: skip
+               [pad, E]) == [("ab  ", 4)]
     # HAVING max(c) < 'ab ' is false for 'ab  ' ('ab' = 'ab' with the blanks ignored).
     plan = grouped((Combine.FIRST, Combine.MAX),
                    having=Cond("<", left=col(1), right=Operand(value="ab ")))
@@ -114,11 +114,11 @@ def test_sum_and_avg_of_real_are_refused() -> None:
     plan = grouped((Combine.FIRST, Combine.AVG, Combine.COUNT), avg_counts=((1, 2),), hidden=1)
     with pytest.raises(ScatterRefused, match="avg"):
         run(plan, ["region", "avg", "_georoute_0"], [[("a", 0.1, 1)]], [E, E, E],
-            real=frozenset({1}))  # fmt: skip
+            real=frozenset({1}))
     # min/max of real are exact (no arithmetic), and float8 sums are still combined.
     plan = grouped((Combine.FIRST, Combine.MAX))
     assert run(plan, ["region", "max"], [[("a", 0.5)], [("a", 0.25)]], [E, E],
-               real=frozenset({1})) == [("a", 0.5)]  # fmt: skip
+               real=frozenset({1})) == [("a", 0.5)]
     plan = grouped((Combine.FIRST, Combine.SUM))
     assert run(plan, ["region", "sum"], [[("a", 0.5)], [("a", 0.25)]], [E, E]) == [("a", 0.75)]
 
@@ -157,9 +157,9 @@ def test_infinite_timestamps_sort_and_aggregate_beyond_every_finite_value() -> N
     t2 = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
     rows = [[(inf,), (t1,)], [(ninf,), (t2,), (None,)]]
     for descending, expected in ((False, [ninf, t2, t1, inf, None]),
-                                 (True, [None, inf, t1, t2, ninf])):  # fmt: skip
+                                 (True, [None, inf, t1, t2, ninf])):
         plan = ScatterPlan("SELECT ...", 0, (SortKey(0, descending, descending),), None, None,
-                           None)  # fmt: skip
+                           None)
         assert [r[0] for r in run(plan, ["ts"], rows, [E])] == expected
     plan = grouped((Combine.MIN, Combine.MAX), keys=())
     assert run(plan, ["min", "max"], [[(t1, inf)], [(ninf, t2)]], [E, E]) == [(ninf, inf)]

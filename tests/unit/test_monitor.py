@@ -15,26 +15,31 @@ import asyncpg
 import pytest
 
 from protocol import Hints
+from router.backend.wal import NODE_STATE_SQL
 from router.config import load_config
 from router.core.health import NodeHealth
-from router.ha.monitor import PRIMARY_LSN_SQL, LagMonitor
+from router.ha.monitor import LagMonitor
 from router.ha.topology import NodeState, Topology
+from router.types import Role
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 class ProbeConn:
-    """Answers the monitor's probes from a table of (node name -> answer or exception)."""
+    """Answers the monitor's probes from a table of (node name -> WAL position or exception):
+    the shard's primary says it is no standby, the others that they are."""
 
-    def __init__(self, node: str, answers: dict[str, Any]) -> None:
+    def __init__(self, node: NodeState, answers: dict[str, Any]) -> None:
         self.node = node
         self.answers = answers
 
     async def fetchrow(self, sql: str, timeout: float) -> Any:  # noqa: ASYNC109 (asyncpg's)
-        answer = self.answers[self.node]
+        assert sql == NODE_STATE_SQL
+        answer = self.answers[self.node.name]
         if isinstance(answer, BaseException):
             raise answer
-        return (answer,) if sql == PRIMARY_LSN_SQL else (True, answer)
+        replica = self.node.role is Role.REPLICA
+        return (replica, answer, None if replica else 1)  # (in recovery, LSN, timeline)
 
     def is_closed(self) -> bool:
         return False
@@ -50,16 +55,16 @@ def _monitor(monkeypatch: pytest.MonkeyPatch, answers: dict[str, Any]) -> tuple[
     monitor = LagMonitor(config, topology)
 
     async def conn(node: NodeState) -> ProbeConn:
-        return ProbeConn(node.name, answers)
+        return ProbeConn(node, answers)
 
     monkeypatch.setattr(monitor, "_conn", conn)
     return monitor, topology.shards["europe"]
 
 
 async def _measured(monkeypatch: pytest.MonkeyPatch, primary: int, replica: int
-                    ) -> tuple[LagMonitor, Any, dict[str, Any]]:  # fmt: skip
+                    ) -> tuple[LagMonitor, Any, dict[str, Any]]:
     """A monitor after one good round on europe, and the answers its probes will give."""
-    answers: dict[str, Any] = {"europe-primary": primary, "europe-replica1": replica}
+    answers: dict[str, Any] = {"europe-1": primary, "europe-2": replica}
     monitor, shard = _monitor(monkeypatch, answers)
     await monitor.measure(shard)
     assert shard.replicas[0].lag_bytes == primary - replica
@@ -71,8 +76,8 @@ async def test_replicas_keep_their_lag_while_the_primary_cannot_be_probed(
 ) -> None:
     monitor, shard, answers = await _measured(monkeypatch, 5_000, 4_000)
     replica = shard.replicas[0]
-    answers["europe-primary"] = TimeoutError("busy")  # the primary stops answering probes
-    answers["europe-replica1"] = 4_500
+    answers["europe-1"] = TimeoutError("busy")  # the primary stops answering probes
+    answers["europe-2"] = 4_500
     await monitor.measure(shard)
     assert shard.primary.health is NodeHealth.SUSPECT
     assert replica.lag_bytes == 500  # against the primary's last known position, not None
@@ -82,8 +87,8 @@ async def test_any_probe_error_fails_that_probe_and_the_round_goes_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monitor, shard, answers = await _measured(monkeypatch, 9_000, 8_000)
-    answers["europe-primary"] = 50_000_000  # writes pile up on the primary...
-    answers["europe-replica1"] = asyncpg.InternalClientError("cannot switch to state 11")
+    answers["europe-1"] = 50_000_000  # writes pile up on the primary...
+    answers["europe-2"] = asyncpg.InternalClientError("cannot switch to state 11")
     await monitor.measure(shard)  # ...while the replica's probe connection is dead
     replica = shard.replicas[0]
     assert replica.health is NodeHealth.SUSPECT
@@ -138,7 +143,7 @@ async def test_the_read_your_writes_wait_is_bounded_when_a_replica_stops_answeri
 
 
 def test_equally_idle_replicas_take_turns() -> None:
-    from router.core.routing import choose_replica
+    from router.core.reads import choose_replica
 
     class Idle:
         available, lag_bytes, replay_lsn, in_flight = True, 0, 100, 0

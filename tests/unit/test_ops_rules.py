@@ -31,7 +31,7 @@ def _promtool() -> str:
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=RULES.parent, capture_output=True, text=True, timeout=120,
-                          check=False)  # fmt: skip
+                          check=False)
 
 
 def test_promtool_checks_the_alert_rules() -> None:

@@ -83,13 +83,13 @@ async def written(transport: FakeTransport) -> None:
 
 async def started_connection() -> tuple[PipelinedConnection, FakeTransport]:
     conn = PipelinedConnection("t", user="u", database="d", password=None, settings={},
-                               cache_size=8)  # fmt: skip
+                               cache_size=8)
     transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     startup = transport.writes.pop()
     assert b"user\x00u\x00database\x00d\x00" in startup
     conn.data_received(msg(b"R", I32.pack(0)) + msg(b"S", b"a\x00b\x00") + msg(b"K", b"12345678")
-                       + ready())  # fmt: skip
+                       + ready())
     assert conn.usable
     return conn, transport
 
@@ -104,7 +104,7 @@ def test_scram_matches_rfc7677_example() -> None:
         b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
     )
     assert final == (b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
-                     b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")  # fmt: skip
+                     b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
     scram.verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
     with pytest.raises(AuthError):
         scram.verify(b"v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
@@ -150,18 +150,18 @@ def parse_bind(data: bytes) -> tuple[str, list[int], list[bytes | None], list[in
 def test_bind_encodes_each_parameter_in_its_type() -> None:
     u = uuid.uuid4()
     stmt = _make_statement("s1", "sql", [21, 23, 20, 25, 2950, 16, 1700, 1184, 1082, 701],
-                           [("a", 23), ("b", 1700), ("c", 2950)], set())  # fmt: skip
+                           [("a", 23), ("b", 1700), ("c", 2950)], set())
     assert stmt.supported
     when = dt.datetime(2000, 1, 1, 0, 0, 1, tzinfo=dt.UTC)
     name, formats, values, results = parse_bind(stmt.bind(
         [-2, 7, 2**40, "héllo", u, True, Decimal("-1.50"), when, dt.date(2000, 1, 3), None]
-    ))  # fmt: skip
+    ))
     assert name == "s1"
     assert formats == [1, 1, 1, 1, 1, 1, 0, 1, 1, 1]  # numeric goes as text
     assert values == [
         b"\xff\xfe", I32.pack(7), struct.pack("!q", 2**40), "héllo".encode(), u.bytes,
         b"\x01", b"-1.50", struct.pack("!q", 1_000_000), I32.pack(2), None,
-    ]  # fmt: skip
+    ]
     assert results == [1, 0, 1]
 
 
@@ -194,10 +194,10 @@ def test_infinity_parameters_and_the_last_instant_are_told_apart() -> None:
     stmt = _make_statement("s", "sql", [1184, 1184, 1082], [], set())
     last = dt.datetime.max.replace(tzinfo=dt.UTC)
     _, _, values, _ = parse_bind(stmt.bind([Infinity("timestamptz"), last,
-                                         Infinity("date", negative=True)]))  # fmt: skip
+                                         Infinity("date", negative=True)]))
     assert values[0] == struct.pack("!q", 2**63 - 1)
     assert values[1] == struct.pack("!q", (last - dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
-                                    // dt.timedelta(microseconds=1))  # fmt: skip
+                                    // dt.timedelta(microseconds=1))
     assert values[2] == I32.pack(-(2**31))
 
 
@@ -248,7 +248,7 @@ async def test_pipelined_replies_are_matched_in_order_and_an_error_stays_its_own
     sent = transport.writes.pop()
     assert sent.startswith(b"P") and b"SELECT x FROM t WHERE id = $1" in sent
     conn.data_received(msg(b"1") + msg(b"t", I16.pack(1) + U32.pack(23))
-                       + row_description(("x", 25)) + ready())  # fmt: skip
+                       + row_description(("x", 25)) + ready())
     stmt: Statement = await preparing
     assert stmt.columns == ["x"] and stmt.supported
 
@@ -261,7 +261,7 @@ async def test_pipelined_replies_are_matched_in_order_and_an_error_stays_its_own
         msg(b"2") + data_row(b"zero") + msg(b"C", b"SELECT 1\x00") + ready()
         + msg(b"2") + error("22012", "division by zero") + ready()
         + msg(b"2") + data_row(None) + data_row(b"two") + msg(b"C", b"SELECT 2\x00") + ready()
-    )  # fmt: skip
+    )
     for i in range(len(replies)):  # one byte at a time: framing must not care
         conn.data_received(replies[i : i + 1])
     rows, status, _ = futures[0].result()
@@ -293,14 +293,14 @@ async def test_a_fatal_error_closes_the_connection() -> None:
     stmt = _make_statement("s", "SELECT 1", [], [("a", 23)], set())
     fut = conn.execute(stmt, [])
     conn.data_received(error("57P01", "terminating connection due to administrator command",
-                             severity="FATAL"))  # fmt: skip
+                             severity="FATAL"))
     assert isinstance(fut.exception(), PipelineError)
     assert transport.aborted
 
 
 async def test_startup_asks_for_a_password_we_do_not_have() -> None:
     conn = PipelinedConnection("t", user="u", database="d", password=None, settings={},
-                               cache_size=8)  # fmt: skip
+                               cache_size=8)
     conn.connection_made(FakeTransport())  # type: ignore[arg-type]
     conn.data_received(msg(b"R", I32.pack(10) + b"SCRAM-SHA-256\x00\x00"))
     assert conn.closed and isinstance(conn.error, PipelineError)
@@ -310,7 +310,7 @@ async def test_startup_asks_for_a_password_we_do_not_have() -> None:
 async def test_md5_and_cleartext_answers() -> None:
     for code, extra, expect in ((3, b"", b"secret\x00"), (5, b"salt", b"md5")):
         conn = PipelinedConnection("t", user="u", database="d", password="secret", settings={},
-                                   cache_size=8)  # fmt: skip
+                                   cache_size=8)
         transport = FakeTransport()
         conn.connection_made(transport)  # type: ignore[arg-type]
         conn.data_received(msg(b"R", I32.pack(code) + extra))
@@ -330,7 +330,7 @@ async def test_a_slow_statement_stays_off_the_pipeline_only_for_a_cool_down() ->
     from router.config import DatabaseConfig, NodeAddress
 
     pipeline = Pipeline("n", NodeAddress("127.0.0.1", 1, "d"), DatabaseConfig(pipeline_slow_ms=20),
-                        {})  # fmt: skip
+                        {})
     pipeline.finished("SELECT fast", 0.001)
     # One slow-looking run among fast ones (a stalled event loop) is forgiven...
     for seconds in (0.5, 0.5, 0.001, 0.5, 0.5):
@@ -433,7 +433,7 @@ async def test_writes_of_one_turn_share_one_wal_position_read_after_them() -> No
     conn.data_received(done + done)
     assert got == []  # both wait for the position read queued after them
     conn.data_received(msg(b"2") + data_row(struct.pack("!q", 123456)) + msg(b"C", b"SELECT 1\x00")
-                       + ready())  # fmt: skip
+                       + ready())
     assert [(g[0], g[1], g[3], g[4]) for g in got] == [([], "UPDATE 1", None, 123456)] * 2
 
 
@@ -456,10 +456,10 @@ async def test_a_value_python_cannot_hold_fails_its_request_not_the_connection()
     stmt = _make_statement("s", "SELECT ts", [], [("ts", 1114)], set())
     far, near = conn.execute(stmt, []), conn.execute(stmt, [])
     year_10000 = struct.pack("!q", (dt.datetime(9999, 12, 31) - dt.datetime(2000, 1, 1))
-                             // dt.timedelta(microseconds=1) + 2 * 86_400_000_000)  # fmt: skip
+                             // dt.timedelta(microseconds=1) + 2 * 86_400_000_000)
     conn.data_received(msg(b"2") + data_row(year_10000) + msg(b"C", b"SELECT 1\x00") + ready()
                        + msg(b"2") + data_row(struct.pack("!q", 0)) + msg(b"C", b"SELECT 1\x00")
-                       + ready())  # fmt: skip
+                       + ready())
     exc = far.exception()
     assert isinstance(exc, ResultValueError) and exc.sqlstate == "22008"
     assert (exc.column, exc.type_name) == ("ts", "timestamp")
@@ -470,7 +470,7 @@ async def test_a_value_python_cannot_hold_fails_its_request_not_the_connection()
 
 async def test_scram_without_the_servers_proof_is_refused() -> None:
     conn = PipelinedConnection("t", user="u", database="d", password="pw", settings={},
-                               cache_size=8)  # fmt: skip
+                               cache_size=8)
     transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     conn.data_received(msg(b"R", I32.pack(10) + b"SCRAM-SHA-256\x00\x00"))

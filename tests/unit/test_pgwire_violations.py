@@ -36,7 +36,7 @@ async def test_an_impossible_message_length_fails_the_connection(length: int) ->
     data_row(I32.pack(7)),  # one column for two
     data_row(I32.pack(7), I32.pack(8), I32.pack(9)),  # three for two
     msg(b"D", I16.pack(2) + I32.pack(4) + I32.pack(7) + I32.pack(40) + b"\x00" * 4),  # past end
-])  # fmt: skip
+])
 async def test_a_malformed_row_fails_the_connection_not_just_gives_wrong_values(
     row: bytes,
 ) -> None:
@@ -50,7 +50,7 @@ async def test_a_malformed_row_fails_the_connection_not_just_gives_wrong_values(
 
 async def test_ready_before_authentication_is_refused() -> None:
     conn = PipelinedConnection("t", user="u", database="d", password="pw", settings={},
-                               cache_size=8)  # fmt: skip
+                               cache_size=8)
     conn.connection_made(FakeTransport())  # type: ignore[arg-type]
     conn.data_received(msg(b"R", I32.pack(10) + b"SCRAM-SHA-256\x00\x00"))
     conn.data_received(ready())  # no SCRAM exchange, no AuthenticationOk
@@ -67,7 +67,7 @@ async def test_a_copy_message_fails_the_connection() -> None:
 
 
 @pytest.mark.parametrize("value", [Decimal("sNaN"), Decimal("-NaN"), Decimal("1E+200000"),
-                                   Decimal("1E-20000")])  # fmt: skip
+                                   Decimal("1E-20000")])
 def test_numerics_postgresql_cannot_hold_are_left_to_asyncpg(value: Decimal) -> None:
     stmt = _make_statement("s", "sql", [1700], [], set())
     with pytest.raises(Unsupported):

@@ -256,7 +256,7 @@ def test_large_frame_in_small_chunks_is_linear() -> None:
 
 
 def test_fast_reply_helpers_match_message_encoding() -> None:
-    route = p.RouteInfo("europe", "europe-primary", p.Role.PRIMARY)
+    route = p.RouteInfo("europe", "europe-1", p.Role.PRIMARY)
     assert p.encode_rows(1, ["a"], [(1,), (2,)], "SELECT 2", route, "europe:7") == p.encode(
         p.Rows(1, ["a"], [[1], [2]], "SELECT 2", route, "europe:7")
     )

@@ -7,7 +7,7 @@ import sys
 
 def test_protocol_imports_no_io_modules() -> None:
     code = (
-        "import sys, protocol, protocol.heartbeat\n"
+        "import sys, protocol, protocol.heartbeat, protocol.tlsmode\n"
         "bad = sorted(m for m in ('asyncio', 'socket', 'selectors', 'ssl') if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )

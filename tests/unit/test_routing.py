@@ -1,10 +1,10 @@
-"""Pure routing decisions: classification corpus, shard resolution, replica choice, tokens."""
+"""Pure routing decisions: classification corpus, shard resolution, ids, node health (the read
+decision is tests/unit/test_reads.py)."""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,14 +21,10 @@ from router.core.classify import (
 from router.core.health import HealthEvent, NodeHealth, next_health
 from router.core.ids import shard_number_of
 from router.core.routing import (
-    Consistency,
     CrossShardError,
     MissingShardKeyError,
-    Role,
-    Target,
+    OneShard,
     UnknownShardError,
-    choose_replica,
-    decide_role,
     resolve_shards,
 )
 from router.engine.classifier import Classifier
@@ -205,14 +201,14 @@ def test_or_does_not_decide_a_shard(classifier: Classifier) -> None:
 # ---- shard resolution ----------------------------------------------------------------------
 
 
-def route(classifier: Classifier, sql: str, params: list[object], hint: str | None = None) -> Target:
+def route(classifier: Classifier, sql: str, params: list[object], hint: str | None = None) -> OneShard:
     return resolve_shards(classifier.analyze(sql), params, hint, CONFIG)
 
 
 def test_id_routes_to_its_home_shard(classifier: Classifier) -> None:
     for number, shard in ((NA, "north_america"), (EU, "europe"), (ASIA, "asia")):
         target = route(classifier, "SELECT * FROM users WHERE user_id = $1", [new_id(number)])
-        assert target == Target((shard,), write=False)
+        assert target == OneShard(shard, write=False)
         # ids also arrive as text
         target = route(classifier, "SELECT * FROM users WHERE user_id = $1", [str(new_id(number))])
         assert target.shard == shard
@@ -241,10 +237,12 @@ def test_missing_shard_key_names_the_keys(classifier: Classifier) -> None:
     assert "users.home_region or user_id" in str(info.value)
 
 
-def test_write_to_reference_table_needs_hint(classifier: Classifier) -> None:
-    with pytest.raises(MissingShardKeyError) as info:
-        route(classifier, "INSERT INTO categories (name) VALUES ($1)", ["x"])
-    assert "categories" in str(info.value)
+def test_a_reference_table_write_never_goes_to_one_shard(classifier: Classifier) -> None:
+    """The executor sends it to every shard (two-phase commit); a route to one is refused,
+    hinted or not."""
+    for hint in (None, "asia"):
+        with pytest.raises(CrossShardError, match="categories is a reference table"):
+            route(classifier, "INSERT INTO categories (name) VALUES ($1)", ["x"], hint)
 
 
 def test_reference_reads_go_anywhere(classifier: Classifier) -> None:
@@ -253,21 +251,21 @@ def test_reference_reads_go_anywhere(classifier: Classifier) -> None:
 
 def test_function_arguments_carry_ids(classifier: Classifier) -> None:
     target = route(classifier, "SELECT enroll($1, $2)", [new_id(ASIA), new_id(ASIA)])
-    assert target == Target(("asia",), write=True)
+    assert target == OneShard("asia", write=True)
     target = route(classifier, "SELECT register_user($1, $2, 'europe')", ["a@b", "A"])
     assert target.shard == "europe"
 
 
 def test_only_shard_keys_of_configured_tables_route(classifier: Classifier) -> None:
     """A georoute id compared with any other column (an unlisted table's, a text column) names
-    no shard: the statement needs a key of a [tables] entry or a hint."""
+    no shard: an unlisted table is a reference table, written on every shard or refused, and
+    a sharded table needs a key of its [tables] entry or a hint."""
     for sql, params in (
         ("UPDATE scratch SET v = $2 WHERE id = $1", [new_id(EU), 5]),
         ("INSERT INTO scratch (id, v) VALUES ($1, $2)", [new_id(ASIA), 5]),
         ("INSERT INTO scratch (v, note) VALUES ($1, $2)", [5, str(new_id(EU))]),
-        ("UPDATE categories SET name = $2 WHERE category_id = $1", [new_id(EU), "x"]),
-    ):  # fmt: skip
-        with pytest.raises(MissingShardKeyError):
+    ):
+        with pytest.raises(CrossShardError, match="scratch is a reference table"):
             route(classifier, sql, params)
     with pytest.raises(MissingShardKeyError, match="audit_log"):
         route(classifier, "SELECT * FROM audit_log WHERE action = $1", [str(new_id(EU))])
@@ -277,7 +275,7 @@ def test_conflicting_keys_are_cross_shard(classifier: Classifier) -> None:
     with pytest.raises(CrossShardError):
         route(
             classifier,
-            "SELECT * FROM enrollments WHERE user_id = $1 AND course_id = $2",
+            "SELECT * FROM enrollments WHERE user_id = $1 AND enrollment_id = $2",
             [new_id(NA), new_id(EU)],
         )
 
@@ -302,43 +300,7 @@ def test_id_layout_round_trips() -> None:
     assert shard_number_of(42) is None
 
 
-# ---- role and replica choice ---------------------------------------------------------------
-
-
-@dataclass
-class FakeNode:
-    name: str
-    available: bool = True
-    lag_bytes: int | None = 0
-    replay_lsn: int | None = 1000
-    in_flight: int = 0
-
-
-def test_choose_least_busy_fresh_replica() -> None:
-    nodes = [FakeNode("a", in_flight=3), FakeNode("b", in_flight=1), FakeNode("c", in_flight=0)]
-    nodes[2].available = False
-    assert choose_replica(nodes, max_lag_bytes=100).name == "b"
-
-
-def test_lagging_replica_is_skipped() -> None:
-    nodes = [FakeNode("a", lag_bytes=5000), FakeNode("b", lag_bytes=10, in_flight=9)]
-    assert choose_replica(nodes, max_lag_bytes=100).name == "b"
-    assert choose_replica([FakeNode("a", lag_bytes=5000)], max_lag_bytes=100) is None
-    assert choose_replica([FakeNode("a", lag_bytes=None)], max_lag_bytes=100) is None
-
-
-def test_token_requires_replay_past_it() -> None:
-    nodes = [FakeNode("a", replay_lsn=900), FakeNode("b", replay_lsn=1200, in_flight=5)]
-    assert choose_replica(nodes, 100, min_lsn=1000).name == "b"
-    assert choose_replica(nodes, 100, min_lsn=5000) is None
-
-
-def test_decide_role() -> None:
-    read, write = Target(("europe",), False), Target(("europe",), True)
-    assert decide_role(read, Consistency.SESSION, in_transaction=False) is Role.REPLICA
-    assert decide_role(read, Consistency.STRONG, in_transaction=False) is Role.PRIMARY
-    assert decide_role(read, Consistency.SESSION, in_transaction=True) is Role.PRIMARY
-    assert decide_role(write, Consistency.EVENTUAL, in_transaction=False) is Role.PRIMARY
+# ---- node health ---------------------------------------------------------------------------
 
 
 def test_health_state_machine() -> None:
@@ -361,19 +323,19 @@ def test_a_row_cannot_be_moved_to_another_shard(classifier: Classifier) -> None:
     assert route(classifier, move, [new_id(EU), "europe"]).shard == "europe"
     with pytest.raises(CrossShardError, match=r"enrollments\.user_id"):
         route(classifier, "UPDATE enrollments SET user_id = $2 WHERE enrollment_id = $1",
-              [new_id(EU), new_id(ASIA)])  # fmt: skip
+              [new_id(EU), new_id(ASIA)])
     with pytest.raises(CrossShardError, match="asia"):  # a hint does not make it safe
         route(classifier, "UPDATE users SET home_region = 'asia' WHERE email = $1", ["a@b"],
-              hint="europe")  # fmt: skip
+              hint="europe")
     with pytest.raises(CrossShardError, match="to an expression"):
         route(classifier, "UPDATE users SET home_region = lower($2) WHERE user_id = $1",
-              [new_id(EU), "EUROPE"])  # fmt: skip
+              [new_id(EU), "EUROPE"])
     with pytest.raises(CrossShardError, match="asia"):
         route(classifier, "INSERT INTO users (user_id, home_region) VALUES ($1, 'europe') "
-              "ON CONFLICT (user_id) DO UPDATE SET home_region = 'asia'", [new_id(EU)])  # fmt: skip
+              "ON CONFLICT (user_id) DO UPDATE SET home_region = 'asia'", [new_id(EU)])
     # The upsert's own inserted value, and a column set to itself, stay where they are.
     upsert = ("INSERT INTO users (user_id, home_region) VALUES ($1, $2) ON CONFLICT (user_id) "
-              "DO UPDATE SET home_region = EXCLUDED.home_region")  # fmt: skip
+              "DO UPDATE SET home_region = EXCLUDED.home_region")
     assert route(classifier, upsert, [new_id(EU), "europe"]).shard == "europe"
     same = "UPDATE users SET home_region = home_region, city = $2 WHERE user_id = $1"
     assert route(classifier, same, [new_id(EU), "Lyon"]).shard == "europe"
@@ -383,7 +345,7 @@ def test_a_row_cannot_be_moved_to_another_shard(classifier: Classifier) -> None:
     # A key of another table says nothing of which payments the CTE deletes.
     "WITH x AS (DELETE FROM payments RETURNING *) SELECT * FROM users WHERE user_id = $1",
     "WITH x AS (UPDATE payments SET status = 'x' RETURNING *) SELECT * FROM users WHERE user_id = $1",
-])  # fmt: skip
+])
 def test_a_write_in_a_cte_must_key_the_table_it_writes(classifier: Classifier, sql: str) -> None:
     with pytest.raises(MissingShardKeyError, match=r"payments\.payment_id"):
         route(classifier, sql, [new_id(EU)])
@@ -394,14 +356,14 @@ def test_writes_keyed_on_their_own_table_or_through_a_join_route(classifier: Cla
     for sql in ("UPDATE enrollments SET status = 'x' WHERE enrollment_id = $1",
                 "DELETE FROM enrollments WHERE user_id = $1",
                 "WITH d AS (DELETE FROM reviews WHERE review_id = $1 RETURNING *) SELECT * FROM d",
-                "UPDATE enrollments e SET status = 'x' FROM courses c "
-                "WHERE e.course_id = c.course_id AND c.course_id = $1",
+                "UPDATE coupons k SET code = 'x' FROM courses c "
+                "WHERE k.course_id = c.course_id AND c.course_id = $1",
                 "DELETE FROM lesson_progress lp USING enrollments en "
                 "WHERE lp.enrollment_id = en.enrollment_id AND en.user_id = $1",
                 "INSERT INTO certificates (certificate_id, enrollment_id) "
                 "SELECT georoute_id(), enrollment_id FROM enrollments WHERE enrollment_id = $1",
                 "WITH n AS (INSERT INTO reviews (review_id, rating) VALUES (georoute_id(), 5) "
-                "RETURNING *) SELECT * FROM users WHERE user_id = $1"):  # fmt: skip
+                "RETURNING *) SELECT * FROM users WHERE user_id = $1"):
         assert route(classifier, sql, [new_id(EU)]).shard == "europe"
 
 
@@ -410,29 +372,30 @@ def test_shard_keys_may_be_set_to_null_default_themselves_or_plain_values(
 ) -> None:
     eu = new_id(EU)
     for sql, params in (
-        ("UPDATE payments SET coupon_id = NULL WHERE payment_id = $1", [eu]),
-        ("UPDATE payments SET coupon_id = NULL::uuid WHERE payment_id = $1", [eu]),
-        ("UPDATE payments SET coupon_id = DEFAULT WHERE payment_id = $1", [eu]),
-        ("UPDATE payments SET coupon_id = $2 WHERE payment_id = $1", [eu, uuid.uuid4()]),
+        ("UPDATE remote_enrollments SET coupon_id = NULL WHERE course_id = $1", [eu]),
+        ("UPDATE remote_enrollments SET coupon_id = NULL::uuid WHERE course_id = $1", [eu]),
+        ("UPDATE remote_enrollments SET coupon_id = DEFAULT WHERE course_id = $1", [eu]),
+        ("UPDATE remote_enrollments SET coupon_id = $2 WHERE course_id = $1",
+         [eu, uuid.uuid4()]),
         ("UPDATE users SET (home_region, city) = ($2, $3) WHERE user_id = $1",
          [eu, "europe", "Lyon"]),
         ("INSERT INTO users AS u (user_id, home_region) VALUES ($1, 'europe') "
          "ON CONFLICT (user_id) DO UPDATE SET home_region = u.home_region", [eu]),
-    ):  # fmt: skip
+    ):
         assert route(classifier, sql, params).shard == "europe", sql
     with pytest.raises(CrossShardError, match="to asia"):
         route(classifier, "UPDATE users SET (home_region, city) = ($2, $3) WHERE user_id = $1",
-              [eu, "asia", "Osaka"])  # fmt: skip
+              [eu, "asia", "Osaka"])
     with pytest.raises(CrossShardError, match="to an expression"):
         route(classifier, "UPDATE users SET (home_region, city) = (SELECT 'asia', 'x') "
-              "WHERE user_id = $1", [eu])  # fmt: skip
+              "WHERE user_id = $1", [eu])
 
 
 @pytest.mark.parametrize("sql", [
     "SET LOCAL statement_timeout = 0",
     "DECLARE c CURSOR FOR SELECT * FROM users",
     "SELECT set_config('search_path', 'public', true)",
-])  # fmt: skip
+])
 def test_transaction_scoped_changes_leave_the_session_alone(
     classifier: Classifier, sql: str
 ) -> None:

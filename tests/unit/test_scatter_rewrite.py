@@ -11,7 +11,7 @@ import pytest
 
 from router.config import Config, load_config
 from router.core.merge import ShardRows, ValueOrder, merge, pg_numeric_div
-from router.core.routing import CrossShardError, MissingShardKeyError, Scatter, Target, route
+from router.core.routing import CrossShardError, MissingShardKeyError, OneShard, Scatter, route
 from router.core.scatter_plan import Combine, Refusal, ScatterPlan, ScatterRefused
 from router.core.scatter_rewrite import plan_scatter
 from router.engine.classifier import Classifier
@@ -28,7 +28,7 @@ def config() -> Config:
 @pytest.fixture(scope="module")
 def classifier(config: Config) -> Classifier:
     return Classifier(config.tables, config.router.read_only_functions,
-                      sharded_functions=config.router.sharded_functions)  # fmt: skip
+                      sharded_functions=config.router.sharded_functions)
 
 
 def plan(classifier: Classifier, config: Config, sql: str) -> ScatterPlan:
@@ -45,16 +45,16 @@ def test_each_shard_is_asked_for_limit_plus_offset_and_the_sort_keys(
     classifier: Classifier, config: Config
 ) -> None:
     p = plan(classifier, config, "SELECT title FROM courses ORDER BY price_cents DESC, course_id "
-                                 "LIMIT 10 OFFSET 5")  # fmt: skip
+                                 "LIMIT 10 OFFSET 5")
     assert p.sql == ("SELECT title, price_cents AS _georoute_0, course_id AS _georoute_1 FROM "
-                     "courses ORDER BY price_cents DESC, course_id LIMIT 15")  # fmt: skip
+                     "courses ORDER BY price_cents DESC, course_id LIMIT 15")
     assert p.hidden == 2 and p.presorted
     assert [(k.column, k.descending, k.nulls_first) for k in p.sort] == [(-2, True, True),
                                                                          (-1, False, False)]
     # Parameters: the shards get LIMIT $1 + $2 (capped at int8's maximum), numbered as their
     # statement uses them.
     p = plan(classifier, config, "SELECT title FROM courses WHERE status = $3 ORDER BY 1 "
-                                 "LIMIT $1 OFFSET $2")  # fmt: skip
+                                 "LIMIT $1 OFFSET $2")
     assert p.sql.startswith("SELECT title FROM courses WHERE status = $3 ORDER BY 1 LIMIT ")
     assert "CAST($1 AS int8)" in p.sql and "CAST($2 AS int8)" in p.sql
     assert p.params == (1, 2, 3)
@@ -64,7 +64,7 @@ def test_avg_is_split_into_sum_and_count_and_having_is_checked_by_the_shards(
     classifier: Classifier, config: Config
 ) -> None:
     p = plan(classifier, config, "SELECT region, avg(price_cents) FROM courses WHERE status = $2 "
-                                 "GROUP BY region HAVING count(*) > $1 ORDER BY 2")  # fmt: skip
+                                 "GROUP BY region HAVING count(*) > $1 ORDER BY 2")
     # HAVING is applied by the merge; the shards keep every group but check the condition
     # as PostgreSQL does on one database: a type or a name error is theirs.
     assert p.sql == ("SELECT region, sum(price_cents) AS avg, count(price_cents) AS _georoute_0, "
@@ -103,7 +103,7 @@ def test_avg_is_split_into_sum_and_count_and_having_is_checked_by_the_shards(
      "ROLLUP"),
     ("SELECT region FROM courses GROUP BY region HAVING region LIKE 'a%'",
      Refusal.EXPRESSION, "region LIKE 'a%'"),
-])  # fmt: skip
+])
 def test_what_cannot_be_merged_exactly_is_refused_naming_the_part(
     classifier: Classifier, config: Config, sql: str, reason: Refusal, part: str
 ) -> None:
@@ -129,12 +129,22 @@ def test_reads_joined_on_shard_keys_and_correlated_subqueries_are_planned(
         plan(classifier, config, sql)  # no refusal
 
 
+def test_an_enrollment_joined_to_its_course_is_refused(
+    classifier: Classifier, config: Config
+) -> None:
+    """A student's enrollment may be in another region's course (README, "Enrolling across
+    regions"): each shard would join its enrollments to its own courses only."""
+    assert "enrollments, courses" in str(refused(
+        classifier, config, "SELECT e.enrollment_id, c.title FROM enrollments e "
+                            "JOIN courses c ON c.course_id = e.course_id"))
+
+
 def test_text_is_merged_only_when_the_shards_compare_it_by_code_point(
     classifier: Classifier, config: Config
 ) -> None:
     p = plan(classifier, config, "SELECT title FROM courses ORDER BY title")
     answers = [ShardRows("asia", ["title"], [("B",), ("a",)]),
-               ShardRows("europe", ["title"], [("C",)])]  # fmt: skip
+               ShardRows("europe", ["title"], [("C",)])]
     assert merge(p, [], answers, [ValueOrder.TEXT], text_exact=True)[1] == [("B",), ("C",),
                                                                             ("a",)]
     with pytest.raises(ScatterRefused, match="C collation"):
@@ -146,13 +156,13 @@ def test_text_is_merged_only_when_the_shards_compare_it_by_code_point(
 def test_distinct_by_a_shard_key_refuses_null_keys_from_two_shards(
     classifier: Classifier, config: Config
 ) -> None:
-    p = plan(classifier, config, "SELECT DISTINCT coupon_id, amount_cents FROM payments")
+    p = plan(classifier, config, "SELECT DISTINCT course_id, percent_off FROM coupons")
     assert p.distinct_key == 0
-    one = [ShardRows("asia", ["coupon_id", "amount_cents"], [(None, 5)]),
-           ShardRows("europe", ["coupon_id", "amount_cents"], [(1, 5)])]  # fmt: skip
+    one = [ShardRows("asia", ["course_id", "percent_off"], [(None, 5)]),
+           ShardRows("europe", ["course_id", "percent_off"], [(1, 5)])]
     assert len(merge(p, [], one, [ValueOrder.EXACT] * 2, text_exact=True)[1]) == 2
-    two = [one[0], ShardRows("europe", ["coupon_id", "amount_cents"], [(None, 5)])]
-    with pytest.raises(ScatterRefused, match="NULL coupon_id came from shards asia, europe"):
+    two = [one[0], ShardRows("europe", ["course_id", "percent_off"], [(None, 5)])]
+    with pytest.raises(ScatterRefused, match="NULL course_id came from shards asia, europe"):
         merge(p, [], two, [ValueOrder.EXACT] * 2, text_exact=True)
 
 
@@ -176,7 +186,7 @@ def test_a_read_not_confined_to_one_shard_becomes_a_scatter_and_a_write_does_not
     assert kind("SELECT count(*) FROM users") == Scatter(every)
     assert kind("SELECT name FROM users WHERE user_id IN ($1, $2)", asia, europe) == Scatter(
         tuple(s for s in every if s in ("asia", "europe")))  # only the shards it names
-    assert kind("SELECT name FROM users WHERE user_id = $1", asia) == Target(("asia",), False)
+    assert kind("SELECT name FROM users WHERE user_id = $1", asia) == OneShard("asia", False)
     assert kind("SELECT name FROM users WHERE user_id = $1", asia, hint="*") == Scatter(every)
     for write in ("UPDATE users SET city = 'x'", "SELECT name FROM users FOR UPDATE"):
         with pytest.raises(MissingShardKeyError):
@@ -222,7 +232,7 @@ def test_pipelined_ext_values_and_pooled_python_values_merge_as_one_kind(
     answers = [ShardRows("asia", ["d", "count"], [(ext(day), 2)]),
                ShardRows("europe", ["d", "count"], [(day, 3)])]
     assert merge(p, [], answers, [ValueOrder.EXACT, ValueOrder.EXACT],
-                 text_exact=True)[1] == [(day, 5)]  # fmt: skip
+                 text_exact=True)[1] == [(day, 5)]
 
 
 # ---- findings of the adversarial review of cross-shard reads (each once merged wrongly) ----
@@ -246,7 +256,7 @@ def test_an_aggregate_only_in_order_by_makes_the_read_grouped(
     "SELECT user_id, current_setting('application_name') FROM users",
     "SELECT user_id FROM users WHERE created_at < 'now'::timestamptz",
     "SELECT user_id FROM users WHERE created_at < 'Today '",
-])  # fmt: skip
+])
 def test_values_that_differ_per_shard_or_per_statement_are_refused(
     classifier: Classifier, config: Config, sql: str
 ) -> None:
@@ -258,7 +268,7 @@ def test_values_that_differ_per_shard_or_per_statement_are_refused(
     "SELECT title FROM courses ORDER BY lower(title COLLATE \"en-x-icu\")",
     "SELECT title COLLATE \"en-x-icu\" AS t2 FROM courses ORDER BY t2",
     "SELECT title COLLATE \"de_DE\", count(*) FROM courses GROUP BY 1",
-])  # fmt: skip
+])
 def test_a_collation_other_than_c_anywhere_is_refused(
     classifier: Classifier, config: Config, sql: str
 ) -> None:
@@ -272,7 +282,7 @@ def test_a_set_returning_function_in_a_grouped_read_is_refused(
 ) -> None:
     # PostgreSQL: one row per value of the series; the merge took it as a group key.
     for sql in ("SELECT count(*), generate_series(1, 2) FROM users",
-                "SELECT count(*) FROM users ORDER BY unnest(ARRAY[1, 2])"):  # fmt: skip
+                "SELECT count(*) FROM users ORDER BY unnest(ARRAY[1, 2])"):
         err = refused(classifier, config, sql)
         assert err.reason is Refusal.SHAPE and "set-returning" in str(err), err
     plan(classifier, config, "SELECT user_id, generate_series(1, 2) FROM users")  # per row
@@ -302,7 +312,7 @@ def test_a_name_that_could_meet_the_merges_hidden_columns_is_refused(
     classifier: Classifier, config: Config
 ) -> None:
     err = refused(classifier, config, "SELECT title AS _georoute_0 FROM courses "
-                                      "ORDER BY price_cents, _georoute_0")  # fmt: skip
+                                      "ORDER BY price_cents, _georoute_0")
     assert err.reason is Refusal.SHAPE and "_georoute_0" in str(err), err
 
 
@@ -313,13 +323,13 @@ def test_an_outer_aggregate_inside_a_subquery_is_refused(
     # answered per shard, one row each.
     for sql in ("SELECT (SELECT count(u.user_id)) FROM users u",
                 "SELECT u.name, (SELECT max(u.name) FROM enrollments e "
-                "WHERE e.user_id = u.user_id) FROM users u"):  # fmt: skip
+                "WHERE e.user_id = u.user_id) FROM users u"):
         err = refused(classifier, config, sql)
         assert err.reason is Refusal.AGGREGATE and "subquery" in str(err), err
     for sql in ("SELECT u.name, (SELECT max(e.course_id) FROM enrollments e "
                 "WHERE e.user_id = u.user_id) FROM users u",
                 "SELECT u.name, (SELECT count(*) FROM enrollments e "
-                "WHERE e.user_id = u.user_id) FROM users u"):  # fmt: skip
+                "WHERE e.user_id = u.user_id) FROM users u"):
         plan(classifier, config, sql)  # the subquery's own aggregates
 
 
@@ -328,12 +338,12 @@ def test_group_by_a_bare_name_that_is_also_an_output_columns_name_is_refused(
 ) -> None:
     # GROUP BY prefers the input column price_cents; once the output price_cents::int was taken.
     err = refused(classifier, config, "SELECT price_cents::int, count(*) FROM courses "
-                                      "GROUP BY price_cents")  # fmt: skip
+                                      "GROUP BY price_cents")
     assert err.reason is Refusal.SHAPE and "price_cents" in str(err), err
     p = plan(classifier, config, "SELECT price_cents, count(*) FROM courses GROUP BY price_cents")
     assert p.grouping is not None and p.grouping.keys == (0,)
     p = plan(classifier, config, "SELECT c.price_cents AS p, count(*) FROM courses c "
-                                 "GROUP BY price_cents")  # fmt: skip
+                                 "GROUP BY price_cents")
     assert p.grouping is not None and p.grouping.keys == (0,)
 
 
@@ -354,17 +364,17 @@ def test_order_by_the_name_of_an_unnamed_output_column_is_that_column(
     # The scalar subquery's output column is named title (PostgreSQL takes its inner column's
     # name) and ORDER BY title sorts by it; once the input column title was used instead.
     p = plan(classifier, config, "SELECT c.course_id, (SELECT -c.price_cents AS title) "
-                                 "FROM courses c ORDER BY title, course_id")  # fmt: skip
+                                 "FROM courses c ORDER BY title, course_id")
     assert [k.column for k in p.sort] == [1, 0] and p.hidden == 0, p
     p = plan(classifier, config, "SELECT course_id, CASE WHEN true THEN 1 END FROM courses "
-                                 "ORDER BY \"case\"")  # fmt: skip
+                                 "ORDER BY \"case\"")
     assert [k.column for k in p.sort] == [1], p
     # A name the router cannot work out for an unnamed column: refused, not guessed.
     err = refused(classifier, config, "SELECT c.course_id, (SELECT v.* FROM (VALUES (1)) "
-                                      "v(title)) FROM courses c ORDER BY title")  # fmt: skip
+                                      "v(title)) FROM courses c ORDER BY title")
     assert err.reason is Refusal.ORDER and "title" in str(err), err
     err = refused(classifier, config, "SELECT title AS x, region AS x FROM courses ORDER BY x")
     assert err.reason is Refusal.ORDER and "ambiguous" in str(err), err
     p = plan(classifier, config, "SELECT count(*) AS n, region FROM courses GROUP BY region "
-                                 "ORDER BY n DESC, region")  # fmt: skip
+                                 "ORDER BY n DESC, region")
     assert [k.column for k in p.sort] == [0, 1]

@@ -1,15 +1,15 @@
-"""The transaction state machine (router/engine/transactions.py) with stand-in backend connections:
-the per-client limit holds under concurrent begins, a batch inside a transaction is not split
-by a commit, an idle transaction is rolled back by the router itself, and a statement whose id
-or function argument names another shard is refused. Routing uses the real router.toml and
-classifier; no database is involved."""
+"""The transaction state machine (router/engine/transactions.py) through its ports, with
+stand-in backend connections: the per-client limit holds under concurrent begins, a batch
+inside a transaction is not split by a commit, an idle transaction is rolled back by the router
+itself, a statement whose id or function argument names another shard is refused, and every
+way a transaction ends gives its connection back and says it ended. Routing uses the real
+router.toml and classifier; no database and no Executor are involved."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,9 @@ import pytest
 
 from protocol.errors import ErrorCode
 from protocol.messages import Hints
+from router.backend.pool import NodeUnavailableError
 from router.config import load_config
-from router.core.routing import CrossShardError
+from router.core.routing import CrossShardError, UnknownShardError, shard_of_value
 from router.engine.classifier import Classifier
 from router.engine.session import Session, TransactionError
 from router.engine.transactions import Transactions
@@ -50,39 +51,75 @@ class FakeBackend:
 
 
 class FakePool:
+    """Where the ports give connections back (and the idle-rollback counter a pool keeps)."""
+
     def __init__(self) -> None:
         self.released: list[bool] = []  # broken?
         self.idle_rollbacks = 0
 
-    def release(self, backend: FakeBackend, broken: bool = False) -> None:
-        self.released.append(broken)
+
+@dataclasses.dataclass
+class FakeNode:
+    name: str
+    pool: FakePool
 
 
-def _transactions(idle_timeout: float = 60.0, acquire_yields: bool = True
-                  ) -> tuple[Transactions, list[str], FakePool]:  # fmt: skip
-    log: list[str] = []
-    pool = FakePool()
-    node = types.SimpleNamespace(name="europe-primary", pool=pool)
+@dataclasses.dataclass
+class Ports:
+    """The engine as Transactions sees it: each port records how it was used."""
+
+    log: list[str]
+    pool: FakePool
+    acquire_yields: bool = True
+    acquired: list[str] = dataclasses.field(default_factory=list)  # node names
+    tokens: list[str] = dataclasses.field(default_factory=list)  # shards
+    ends: int = 0
+
+    def primary(self, shard: str) -> FakeNode:
+        return FakeNode(f"{shard}-node1", self.pool)
+
+    def shard_for_key(self, key: Any) -> str:
+        shard = shard_of_value(key, CONFIG)
+        if shard is None:
+            raise UnknownShardError(f"shard_key {key!r} names no shard")
+        return shard
+
+    async def acquire(self, node: FakeNode) -> FakeBackend:
+        if self.acquire_yields:  # a connection opened; else an idle one, handed over at once
+            await asyncio.sleep(0)
+        self.acquired.append(node.name)
+        return FakeBackend(self.log)
+
+    def release(self, node: FakeNode, backend: FakeBackend, broken: bool) -> None:
+        self.pool.released.append(broken)
+
+    async def token(self, session: Session, shard: str) -> str:
+        self.tokens.append(shard)
+        return f"{shard}:1"
+
+    def ended(self) -> None:
+        self.ends += 1
+
+
+def _with_ports(idle_timeout: float = 60.0, acquire_yields: bool = True
+                ) -> tuple[Transactions, Ports]:
     router = dataclasses.replace(CONFIG.router, transaction_idle_timeout_seconds=idle_timeout)
     database = dataclasses.replace(CONFIG.database, pool_max_size=4)  # 2 per client
     config = dataclasses.replace(CONFIG, router=router, database=database)
+    ports = Ports([], FakePool(), acquire_yields)
+    classifier = Classifier(config.tables, config.router.read_only_functions,
+                            sharded_functions=config.router.sharded_functions)
+    transactions = Transactions(
+        config, classifier, primary=ports.primary, shard_for_key=ports.shard_for_key,
+        acquire=ports.acquire, release=ports.release, token=ports.token, ended=ports.ended,
+    )  # type: ignore[arg-type]
+    return transactions, ports
 
-    async def acquire(node: Any) -> FakeBackend:
-        if acquire_yields:  # a connection opened; else an idle one, handed over at once
-            await asyncio.sleep(0)
-        return FakeBackend(log)
 
-    async def token(session: Session, shard: Any) -> str:
-        return "europe:1"
-
-    executor = types.SimpleNamespace(
-        config=config, acquire=acquire, token=token,
-        classifier=Classifier(config.tables, config.router.read_only_functions,
-                              sharded_functions=config.router.sharded_functions),
-        topology=types.SimpleNamespace(shards={s: types.SimpleNamespace(primary=node)
-                                               for s in config.shards}),
-    )  # fmt: skip
-    return Transactions(executor), log, pool  # type: ignore[arg-type]
+def _transactions(idle_timeout: float = 60.0, acquire_yields: bool = True
+                  ) -> tuple[Transactions, list[str], FakePool]:
+    transactions, ports = _with_ports(idle_timeout, acquire_yields)
+    return transactions, ports.log, ports.pool
 
 
 async def _until(check: Callable[[], bool], within: float = 5.0) -> None:
@@ -114,7 +151,7 @@ async def test_a_batch_in_a_transaction_is_not_split_by_a_commit() -> None:
     batch = [(f"UPDATE users SET city = 'c{i}' WHERE user_id = $1", [new_id(CONFIG.shards["europe"].number)])
              for i in (1, 2)]
     results = await asyncio.gather(transactions.statements(session, tx, batch, Hints()),
-                                   transactions.commit(session, tx.id))  # fmt: skip
+                                   transactions.commit(session, tx.id))
     assert results[0].status == "UPDATE 1"
     assert log == ["BEGIN", batch[0][0], batch[1][0], "COMMIT"]
 
@@ -149,7 +186,7 @@ async def test_a_busy_transaction_is_not_rolled_back_for_idleness() -> None:
     "UPDATE users SET city = 'x' WHERE user_id = $1",  # a shard key
     "INSERT INTO enrollments (user_id, course_id) VALUES ($1, $1)",  # a row written
     "SELECT enroll($1, $1)",  # a sharded function's argument
-])  # fmt: skip
+])
 async def test_a_statement_for_another_shard_is_refused_inside_a_transaction(sql: str) -> None:
     transactions, log, _ = _transactions()
     session = Session()
@@ -198,3 +235,73 @@ async def test_a_hint_inside_a_transaction_does_not_silence_the_keys(hint: str) 
         with pytest.raises(CrossShardError, match="asia"):
             await transactions.statement(session, tx, sql, [asia], Hints(shard=hint))
     assert log == ["BEGIN"]
+
+
+# ---- through the ports: what Transactions asks of the engine -------------------------------
+
+
+async def test_begin_by_shard_key_pins_that_shards_primary_and_a_write_gets_its_token() -> None:
+    transactions, ports = _with_ports()
+    session = Session()
+    tx = await transactions.begin(session, Hints(shard_key="asia"), None, False)
+    assert (tx.shard, tx.node.name, ports.acquired) == ("asia", "asia-node1", ["asia-node1"])
+    asia = new_id(CONFIG.shards["asia"].number)
+    await transactions.statement(session, tx, "UPDATE users SET city = 'x' WHERE user_id = $1",
+                                 [asia], Hints())
+    outcome = await transactions.commit(session, tx.id)
+    assert (outcome.status, outcome.ryw_token, ports.tokens) == ("COMMIT", "asia:1", ["asia"])
+    assert ports.pool.released == [False]
+    read = await transactions.begin(session, Hints(shard="asia"), None, True)
+    await transactions.statement(session, read, "SELECT 1", [], Hints())
+    outcome = await transactions.commit(session, read.id)
+    assert outcome.ryw_token is None and ports.tokens == ["asia"]  # nothing written: no token
+
+
+async def test_an_unknown_shard_key_opens_nothing() -> None:
+    transactions, ports = _with_ports()
+    with pytest.raises(UnknownShardError):
+        await transactions.begin(Session(), Hints(shard_key="atlantis"), None, False)
+    assert ports.acquired == [] and ports.ends == 0
+
+
+async def test_every_way_a_transaction_ends_returns_its_connection_and_says_so() -> None:
+    """Commit, rollback, a commit after a failed statement, the idle timeout, the client
+    leaving: each gives the pinned connection back once and calls `ended` (what a drain
+    waits on: nothing else tells it of an idle rollback)."""
+    transactions, ports = _with_ports(idle_timeout=0.05)
+    session = Session()
+    committed = await transactions.begin(session, Hints(shard="europe"), None, False)
+    await transactions.commit(session, committed.id)
+    assert (ports.ends, ports.pool.released) == (1, [False])
+    rolled_back = await transactions.begin(session, Hints(shard="europe"), None, False)
+    await transactions.rollback(session, rolled_back.id)
+    assert (ports.ends, ports.pool.released) == (2, [False, False])
+
+    idle = await transactions.begin(session, Hints(shard="europe"), None, False)
+    await _until(lambda: ports.ends == 3)
+    assert not session.transactions and ports.pool.released == [False] * 3
+    assert ports.log[-1] == "ROLLBACK" and ports.pool.idle_rollbacks == 1
+    with pytest.raises(TransactionError, match="sent nothing"):
+        await transactions.commit(session, idle.id)
+    assert ports.ends == 3  # refused: nothing more ended
+
+    left_open = Session()
+    for _ in range(2):
+        await transactions.begin(left_open, Hints(shard="europe"), None, False)
+    await transactions.close_session(left_open)
+    assert ports.ends == 5 and not left_open.transactions
+    assert ports.pool.released == [False] * 5
+
+
+async def test_a_connection_lost_during_commit_is_dropped_not_reused() -> None:
+    transactions, ports = _with_ports()
+    session = Session()
+    tx = await transactions.begin(session, Hints(shard="europe"), None, False)
+
+    async def lost(sql: str) -> None:
+        raise ConnectionResetError("reset by peer")
+
+    tx.backend.conn.execute = lost  # type: ignore[method-assign]
+    with pytest.raises(NodeUnavailableError, match="connection lost during COMMIT"):
+        await transactions.commit(session, tx.id)
+    assert ports.pool.released == [True] and ports.ends == 1 and not session.transactions

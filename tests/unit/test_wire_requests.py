@@ -4,12 +4,14 @@ flight on it live on), a Pong or a reply type sent by a client is not a router b
 id 0 is reserved, HelloOk tells the limits, a Commit after a failed statement says the
 transaction was rolled back (and a Rollback after it succeeds), READ_ONLY is retryable only
 for a demoted primary, and errors the router raised itself say so. Client connections use
-the fake transport of test_server_flow; transactions the stand-in backends of
+the fake transport and Handler of test_server_flow (and the real RequestHandler over a
+stand-in engine where its replies matter); transactions the stand-in ports of
 test_transactions. No database is involved."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -35,8 +37,12 @@ from router.engine.classifier import Classifier
 from router.engine.errors import NodeReadOnlyError
 from router.engine.outcome import Outcome
 from router.engine.session import Session, TransactionError
+from router.metrics import Metrics
+from router.server.connection import ClientConnection
 from router.server.failures import failure_for
-from tests.unit.test_server_flow import RecordingTransport, _connection, _frames
+from router.server.handlers import RequestHandler
+from tests.unit.test_request_handler import Engine
+from tests.unit.test_server_flow import LIMITS, TOKEN, RecordingTransport, _connection, _frames
 from tests.unit.test_transactions import CONFIG, _transactions
 
 
@@ -45,9 +51,9 @@ def frame(*fields: Any) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
-async def ready(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, RecordingTransport]:
-    conn, transport = _connection(monkeypatch)
-    conn.data_received(Encoder().encode(Hello(1, [1], "test", "secret")))
+async def ready(handler: Any = None) -> tuple[ClientConnection, RecordingTransport]:
+    conn, transport, _ = _connection(handler)
+    conn.data_received(Encoder().encode(Hello(1, [1], "test", TOKEN)))
     await _flushed()
     return conn, transport
 
@@ -62,16 +68,13 @@ def replies(transport: RecordingTransport) -> list[Any]:
     return out
 
 
-async def test_hello_ok_tells_the_limits_a_client_must_keep(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    conn, transport = await ready(monkeypatch)
+async def test_hello_ok_tells_the_limits_a_client_must_keep() -> None:
+    _, transport = await ready()
     (hello_ok,) = replies(transport)
     assert isinstance(hello_ok, HelloOk)
-    r = conn._node.config.router
-    assert hello_ok.server_info["max_frame_bytes"] == r.max_frame_bytes
-    assert hello_ok.server_info["max_sql_bytes"] == r.max_sql_bytes
-    assert hello_ok.server_info["max_in_flight"] == r.max_in_flight_per_connection
+    assert hello_ok.server_info["max_frame_bytes"] == LIMITS.max_frame_bytes
+    assert hello_ok.server_info["max_sql_bytes"] == LIMITS.max_sql_bytes
+    assert hello_ok.server_info["max_in_flight"] == LIMITS.max_in_flight
 
 
 @pytest.mark.parametrize(
@@ -87,10 +90,10 @@ async def test_hello_ok_tells_the_limits_a_client_must_keep(
     ],
 )
 async def test_a_bad_request_is_refused_alone_and_the_connection_lives_on(
-    monkeypatch: pytest.MonkeyPatch, bad: bytes
+    bad: bytes,
 ) -> None:
     """Bug: 1001 MALFORMED_FRAME and the connection closed, losing every request in flight."""
-    conn, transport = await ready(monkeypatch)
+    conn, transport = await ready()
     replies(transport)
     conn.data_received(Encoder().encode(Ping(6)) + bad + Encoder().encode(Ping(8)))
     await _flushed()
@@ -98,22 +101,20 @@ async def test_a_bad_request_is_refused_alone_and_the_connection_lives_on(
     assert (pong6, pong8) == (Pong(6), Pong(8))
     assert isinstance(refused, Error) and refused.id == 7
     assert refused.code in (ErrorCode.INVALID_REQUEST, ErrorCode.UNKNOWN_MESSAGE_TYPE)
-    assert not conn._closing
+    assert not conn.closing
     if refused.code == ErrorCode.INVALID_REQUEST:
         assert "bogus" in refused.message or "timeout_ms" in refused.message or \
             "missing" in refused.message  # it names what was wrong
 
 
-async def test_replies_sent_by_a_client_are_not_router_bugs(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_replies_sent_by_a_client_are_not_router_bugs() -> None:
     """Bug: a Pong, HelloOk or Error from a client got 9001 INTERNAL (a KeyError)."""
-    conn, transport = await ready(monkeypatch)
+    conn, transport = await ready()
     replies(transport)
     enc = Encoder()
     conn.data_received(enc.encode(Pong(3)) + enc.encode(HelloOk(4, 1, "x"))
                        + enc.encode(Error(5, 9001, "INTERNAL", "boom"))
-                       + enc.encode(Rows(6, [], [])) + enc.encode(Ping(7)))  # fmt: skip
+                       + enc.encode(Rows(6, [], [])) + enc.encode(Ping(7)))
     await _flushed()
     got = replies(transport)
     # A Pong needs no answer, an Error is never answered; the replies get 1003.
@@ -122,27 +123,27 @@ async def test_replies_sent_by_a_client_are_not_router_bugs(
         ("Error", 6, ErrorCode.UNKNOWN_MESSAGE_TYPE),
         ("Pong", 7, None),
     ]
-    assert not conn._closing
+    assert not conn.closing
 
 
-async def test_request_id_0_is_reserved(monkeypatch: pytest.MonkeyPatch) -> None:
-    conn, transport = await ready(monkeypatch)
+async def test_request_id_0_is_reserved() -> None:
+    conn, transport = await ready()
     replies(transport)
     conn.data_received(Encoder().encode(Query(0, "SELECT 1", hints=Hints(shard="europe"))))
     await _flushed()
     (error,) = replies(transport)
     assert isinstance(error, Error) and error.id == 0 and error.code == ErrorCode.MALFORMED_FRAME
-    assert conn._closing
+    assert conn.closing
 
 
-async def test_a_second_hello_is_refused_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    conn, transport = await ready(monkeypatch)
+async def test_a_second_hello_is_refused_alone() -> None:
+    conn, transport = await ready()
     replies(transport)
     conn.data_received(Encoder().encode(Hello(2, [1], "again", "secret")))
     await _flushed()
     (error,) = replies(transport)
     assert isinstance(error, Error) and error.code == ErrorCode.INVALID_REQUEST
-    assert not conn._closing
+    assert not conn.closing
 
 
 # ---- transactions: a Commit after a failed statement ---------------------------------------
@@ -236,7 +237,7 @@ def test_a_parameter_the_driver_refused_says_the_router_raised_it() -> None:
     assert (failure.code, failure.sqlstate) == (ErrorCode.POSTGRES_ERROR, "22000")
     assert failure.detail == {"raised_by": "router", "parameter": 2}
     server = asyncpg.PostgresError.new({"C": "22000", "M": "data exception", "S": "ERROR",
-                                        "F": "int.c"})  # fmt: skip
+                                        "F": "int.c"})
     assert "raised_by" not in failure_for(server).detail
 
 
@@ -263,21 +264,25 @@ def test_a_statement_over_max_sql_bytes_gets_a_position(text: str) -> None:
     assert len(text[: position - 1].encode()) <= 64 < len(text[:position].encode())
 
 
-async def test_a_row_value_without_a_wire_form_is_an_error_naming_its_column(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    conn, transport = await ready(monkeypatch)
+async def test_a_row_value_without_a_wire_form_is_an_error_naming_its_column() -> None:
+    """Through the real RequestHandler: its engine (a stand-in) answers a row with a value
+    that has no wire form."""
+    classifier = Classifier(CONFIG.tables, CONFIG.router.read_only_functions)
+
+    class WeirdRows(Engine):
+        async def query(self, session: Any, sql: str, params: Any, hints: Any) -> Outcome:
+            classifier.analyze(sql)  # as the executor does: a read, by its analysis
+            columns = Columns(["id", "weird"], ["int4", "text:weird"])
+            return Outcome(columns, [(1, object())], "SELECT 1", "europe", "europe-2",
+                           WireRole.REPLICA)
+
+    handler = RequestHandler(
+        SimpleNamespace(classifier=classifier, executor=WeirdRows("n")),  # type: ignore[arg-type]
+        encoder=Encoder(), metrics=Metrics(), docstore=None,  # type: ignore[arg-type]
+        auth_token=TOKEN, report=dict, spawn=asyncio.ensure_future,
+    )
+    conn, transport = await ready(handler)
     replies(transport)
-    node = conn._node
-
-    async def query(session: Any, sql: str, params: Any, hints: Any) -> Outcome:
-        node.executor.classifier.analyze(sql)  # as the executor does: a read, by its analysis
-        columns = Columns(["id", "weird"], ["int4", "text:weird"])
-        return Outcome(columns, [(1, object())], "SELECT 1", "europe", "europe-replica1",
-                       WireRole.REPLICA)  # fmt: skip
-
-    monkeypatch.setattr(node.executor, "submit", lambda *args: None)
-    monkeypatch.setattr(node.executor, "query", query)
     transport.wrote.clear()
     conn.data_received(Encoder().encode(Query(5, "SELECT 1", hints=Hints(shard="europe"))))
     await asyncio.wait_for(transport.wrote.wait(), 5)

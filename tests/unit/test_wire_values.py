@@ -91,7 +91,7 @@ class DriverRange:
     """What asyncpg.Range looks like: the wire takes any range by these attributes."""
 
     def __init__(self, lower: Any, upper: Any, lower_inc: bool, upper_inc: bool,
-                 empty: bool = False) -> None:  # fmt: skip
+                 empty: bool = False) -> None:
         self.lower, self.upper = lower, upper
         self.lower_inc, self.upper_inc, self.isempty = lower_inc, upper_inc, empty
 
@@ -108,7 +108,7 @@ def test_a_range_with_bad_bounds_is_refused() -> None:
     bad = msgpack.ExtType(ExtCode.RANGE, msgpack.packb([1, 2, "{}"]))
     with pytest.raises(p.MalformedFrame):
         p.decode_body(msgpack.packb([p.MessageType.ROWS, 1, ["r"], [[bad]], "SELECT 1", None,
-                                     None]))  # fmt: skip
+                                     None]))
 
 
 def test_json_ext_9_keeps_its_text_both_ways() -> None:
@@ -201,7 +201,7 @@ def test_a_reply_that_cannot_be_encoded_names_the_column() -> None:
     """#12: a value the wire has no form for names its column, not just its Python type."""
     columns = Columns(["n", "odd"], ["int4", "text:odd"])
     named = name_unencodable(p.EncodeError("cannot encode message"), columns,
-                             [[1, "fine"], [2, object()]])  # fmt: skip
+                             [[1, "fine"], [2, object()]])
     assert named is not None and "'odd'" in named.message and "text:odd" in named.message
     assert name_unencodable(p.EncodeError("too large"), columns, [[1, "x"]]) is None
 

@@ -80,11 +80,11 @@ async def find_primary(config: Config, shard: str) -> PrimaryInfo:
     writable = [a for a, r in zip(nodes, answers, strict=True) if r is False]
     if not writable:
         raise BackupError(f"no node of shard {shard} answers as a writable primary "
-                          f"(asked {', '.join(a.label for a in nodes)})")  # fmt: skip
+                          f"(asked {', '.join(a.label for a in nodes)})")
     if len(writable) > 1:
         raise BackupError(f"shard {shard} has {len(writable)} writable nodes "
                           f"({', '.join(a.label for a in writable)}): a split brain; "
-                          "refusing to back up either")  # fmt: skip
+                          "refusing to back up either")
     conn = await connect_node(config, writable[0])
     try:
         row = await conn.fetchrow(_INFO_SQL)
@@ -92,14 +92,14 @@ async def find_primary(config: Config, shard: str) -> PrimaryInfo:
         await conn.close()
     assert row is not None
     return PrimaryInfo(writable[0], str(row["version"]), int(row["segment"]),
-                       str(row["archive_mode"]), str(row["archive_command"]))  # fmt: skip
+                       str(row["archive_mode"]), str(row["archive_command"]))
 
 
 def _conninfo(config: Config, address: NodeAddress) -> str:
     d = config.database
     parts = {"host": address.host, "port": str(address.port), "user": d.user,
              "sslmode": d.sslmode, "sslrootcert": d.sslrootcert, "sslcert": d.sslcert,
-             "sslkey": d.sslkey, "application_name": "georoute-backup"}  # fmt: skip
+             "sslkey": d.sslkey, "application_name": "georoute-backup"}
 
     def quote(v: str) -> str:
         return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -111,7 +111,7 @@ def verify_backup(tools: LocalTools, data_dir: Path) -> None:
     """pg_verifybackup: every file against the manifest's checksums, and the WAL it needs."""
     try:
         tools.run([tools.bins.tool("pg_verifybackup"), str(data_dir)],
-                  f"pg_verifybackup {data_dir}", timeout=600)  # fmt: skip
+                  f"pg_verifybackup {data_dir}", timeout=600)
     except ClusterError as exc:
         raise BackupError(str(exc)) from exc
 
@@ -121,7 +121,7 @@ def _manifest_wal_range(data_dir: Path) -> tuple[int, int, int]:
     manifest = json.loads((data_dir / "backup_manifest").read_text())
     ranges = manifest["WAL-Ranges"]
     return (int(ranges[-1]["Timeline"]), parse_lsn(ranges[0]["Start-LSN"]),
-            parse_lsn(ranges[-1]["End-LSN"]))  # fmt: skip
+            parse_lsn(ranges[-1]["End-LSN"]))
 
 
 @dataclass(slots=True)
@@ -172,11 +172,11 @@ def take_base_backup(tools: LocalTools, shard: str) -> TakenBackup:
             "backup restores only to its own end, not to a later time"
             + (" (restart the node: `georoute cluster down` and `up`, to start archiving)"
                if config.backup.archive_wal else " (backup.archive_wal is false)")
-        )  # fmt: skip
+        )
     elif config.backup.archive_wal and info.archive_command != archive_command(wal_dir):
         warnings.append(f"{shard}: its primary archives WAL elsewhere than {wal_dir} "
                         f"(archive_command = {info.archive_command!r}); restart it to apply "
-                        "[backup]")  # fmt: skip
+                        "[backup]")
     base_dir = tools.paths.base_dir(shard)
     with locked(tools.paths.shard_dir(shard)):
         taken = [p.name for p in base_dir.iterdir()] if base_dir.is_dir() else []
@@ -193,7 +193,7 @@ def take_base_backup(tools: LocalTools, shard: str) -> TakenBackup:
                  "-l", f"georoute {shard} {backup_id}"],
                 f"pg_basebackup of {shard} from {info.address.label}", timeout=3600,
                 env=tools.pg_env(),
-            )  # fmt: skip
+            )
         except ClusterError as exc:
             raise BackupError(str(exc)) from exc
         finished = datetime.now(UTC)
@@ -204,7 +204,7 @@ def take_base_backup(tools: LocalTools, shard: str) -> TakenBackup:
             finished_at=finished, timeline=timeline, start_lsn=start_lsn, end_lsn=end_lsn,
             wal_segment_size=info.wal_segment_size, size_bytes=tree_size(data_dir),
             server_version=info.server_version, verified_at=datetime.now(UTC), path=path,
-        )  # fmt: skip
+        )
         write_record(backup)
         pruned = prune_shard(tools, shard)
     return TakenBackup(backup, pruned, warnings)

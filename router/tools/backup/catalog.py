@@ -117,7 +117,7 @@ class BaseBackup:
             end_lsn=parse_lsn(raw["end_lsn"]), wal_segment_size=int(raw["wal_segment_size"]),
             size_bytes=int(raw["size_bytes"]), server_version=str(raw["server_version"]),
             verified_at=datetime.fromisoformat(raw["verified_at"]), path=path,
-        )  # fmt: skip
+        )
 
 
 def write_record(backup: BaseBackup) -> None:

@@ -71,7 +71,7 @@ def _take(args: argparse.Namespace, config: Config) -> int:
             continue
         b, p = taken.backup, taken.pruned
         report["shards"][shard] = {**b.as_dict(), "pruned": p.backups + p.incomplete,
-                                   "pruned_wal_files": p.wal_files}  # fmt: skip
+                                   "pruned_wal_files": p.wal_files}
         for warning in taken.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         if not args.json:
@@ -115,7 +115,7 @@ def _catalogue(tools: LocalTools, shards: list[str]) -> dict[str, Any]:
             "archive": {"dir": str(tools.paths.wal_dir(shard)),
                         "first": span[0] if span else None, "last": span[1] if span else None},
             "restorable_from": backups[0].finished_at.isoformat() if backups else None,
-        }  # fmt: skip
+        }
     out["documents"] = [d.as_dict() for d in read_dumps(tools.paths.documents_dir)]
     return out
 
@@ -131,12 +131,12 @@ def _list(args: argparse.Namespace, config: Config) -> int:
         for b in entry["backups"]:
             rows.append((shard, b["id"], b["finished_at"][:19].replace("T", " "),
                          _size(b["size_bytes"]), f"{b['start_lsn']} - {b['end_lsn']}",
-                         f"{b['start_wal']}..{b['end_wal'][-8:]}"))  # fmt: skip
+                         f"{b['start_wal']}..{b['end_wal'][-8:]}"))
         for name in entry["incomplete"]:
             rows.append((shard, name, "incomplete", "-", "-", "-"))
     for d in catalogue["documents"]:
         rows.append(("documents", d["id"], d["finished_at"][:19].replace("T", " "),
-                     _size(d["size_bytes"]), "-", "-"))  # fmt: skip
+                     _size(d["size_bytes"]), "-", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -186,7 +186,7 @@ def _restore(args: argparse.Namespace, config: Config) -> int:
         raise BackupError(REPLACE_REFUSAL)
     if not args.to or bool(args.shard) == bool(args.documents):
         raise BackupError("restore needs --to TIME|latest and one of --shard S or --documents "
-                          "(or --list, --drop NAME)")  # fmt: skip
+                          "(or --list, --drop NAME)")
     target = parse_target(args.to)
     tools = local_tools(config)
     if args.documents:
@@ -195,15 +195,15 @@ def _restore(args: argparse.Namespace, config: Config) -> int:
         counts = load_documents(config, dump, database)
         print(f"loaded dump {dump.id} (finished {dump.finished_at.isoformat()}) into database "
               f"{database!r} of the document store: "
-              + ", ".join(f"{n}: {c}" for n, c in counts.items()))  # fmt: skip
+              + ", ".join(f"{n}: {c}" for n, c in counts.items()))
         print(f"  the live database {config.document_store.database!r} is unchanged; a dump "
-              "is a copy of each collection when it was read, not of one instant")  # fmt: skip
+              "is a copy of each collection when it was read, not of one instant")
         return 0
     if args.shard not in config.shards:
         raise BackupError(f"--shard {args.shard}: no such shard "
-                          f"(known: {', '.join(config.shards)})")  # fmt: skip
+                          f"(known: {', '.join(config.shards)})")
     done = restore_shard(tools, args.shard, target, args.as_name or "", args.port,
-                         timeout=args.timeout)  # fmt: skip
+                         timeout=args.timeout)
     n = done.node
     print(f"restored {n.shard} to {n.target} from backup {done.backup.id} into node {n.name}")
     print(f"  recovery: {n.recovery_stop or '(no recovery message in the log)'}")
@@ -211,7 +211,7 @@ def _restore(args: argparse.Namespace, config: Config) -> int:
     print(f"  connect: psql '{done.dsn}'")
     print(f"  data: {done.data_dir}  log: {done.log}")
     print(f"  a separate node: shard {n.shard}'s primary, replicas and routers are unchanged; "
-          f"`georoute restore --drop {n.name}` stops and deletes it")  # fmt: skip
+          f"`georoute restore --drop {n.name}` stops and deletes it")
     return 0
 
 
@@ -219,7 +219,7 @@ def _restore_list(args: argparse.Namespace, config: Config) -> int:
     tools = local_tools(config)
     nodes = load_restored(tools.layout)
     entries = [{**n.as_dict(), "running": restored_pid(tools.layout, n.name) is not None}
-               for n in nodes.values()]  # fmt: skip
+               for n in nodes.values()]
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
@@ -228,7 +228,7 @@ def _restore_list(args: argparse.Namespace, config: Config) -> int:
     for e in entries:
         state = "running" if e["running"] else "stopped"
         print(f"{e['name']}: shard {e['shard']} at {e['target']} (backup {e['backup_id']}), "
-              f"port {e['port']}, {state}")  # fmt: skip
+              f"port {e['port']}, {state}")
     return 0
 
 

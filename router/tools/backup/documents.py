@@ -74,7 +74,7 @@ class DocumentDump:
         return {"id": self.id, "database": self.database,
                 "started_at": self.started_at.isoformat(),
                 "finished_at": self.finished_at.isoformat(), "collections": self.collections,
-                "size_bytes": self.size_bytes, "path": str(self.path)}  # fmt: skip
+                "size_bytes": self.size_bytes, "path": str(self.path)}
 
 
 @contextmanager
@@ -97,7 +97,7 @@ def _index_specs(indexes: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if index.get("name") == "_id_":
             continue
         spec: dict[str, Any] = {"key": [[k, v] for k, v in dict(index["key"]).items()],
-                                "name": index["name"]}  # fmt: skip
+                                "name": index["name"]}
         if index.get("unique"):
             spec["unique"] = True
         out.append(spec)
@@ -130,7 +130,7 @@ def dump_documents(config: Config, root: Path) -> DocumentDump:
                 "indexes": _index_specs(db[name].list_indexes()),
             }
     dump = DocumentDump(dump_id, config.document_store.database, started, datetime.now(UTC),
-                        collections, tree_size(path), path)  # fmt: skip
+                        collections, tree_size(path), path)
     tmp = path / (_RECORD + ".tmp")
     tmp.write_text(json.dumps(dump.as_dict(), indent=2, sort_keys=True) + "\n")
     tmp.replace(path / _RECORD)
@@ -152,7 +152,7 @@ def read_dumps(root: Path) -> list[DocumentDump]:
                 str(raw["id"]), str(raw["database"]), datetime.fromisoformat(raw["started_at"]),
                 datetime.fromisoformat(raw["finished_at"]), dict(raw["collections"]),
                 int(raw["size_bytes"]), entry,
-            ))  # fmt: skip
+            ))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise BackupError(f"unreadable dump record {record}: {exc}") from exc
     out.sort(key=lambda d: (d.finished_at, d.id))
@@ -189,7 +189,7 @@ def verify_dump(dump: DocumentDump) -> None:
         if count != meta["count"] or digest.hexdigest() != meta["sha256"]:
             raise BackupError(f"dump {dump.id}: {name}.bson holds {count} documents with "
                               f"checksum {digest.hexdigest()[:12]}..., the record says "
-                              f"{meta['count']} and {str(meta['sha256'])[:12]}...")  # fmt: skip
+                              f"{meta['count']} and {str(meta['sha256'])[:12]}...")
 
 
 def choose_dump(dumps: Sequence[DocumentDump], target: datetime | None) -> DocumentDump:
@@ -199,7 +199,7 @@ def choose_dump(dumps: Sequence[DocumentDump], target: datetime | None) -> Docum
     fitting = [d for d in dumps if target is None or d.finished_at < target]
     if not fitting:
         raise BackupError(f"no document dump finished before {target}: the earliest "
-                          f"finished at {dumps[0].finished_at.isoformat()}")  # fmt: skip
+                          f"finished at {dumps[0].finished_at.isoformat()}")
     return fitting[-1]
 
 
@@ -218,7 +218,7 @@ def load_documents(config: Config, dump: DocumentDump, database: str) -> dict[st
         existing = db.list_collection_names()
         if existing:
             raise BackupError(f"database {database!r} already holds {', '.join(existing)}: "
-                              "choose a new name (--as)")  # fmt: skip
+                              "choose a new name (--as)")
         for name, meta in dump.collections.items():
             db.create_collection(name)
             target = db[name].with_options(codec_options=_RAW)
@@ -236,5 +236,5 @@ def load_documents(config: Config, dump: DocumentDump, database: str) -> dict[st
             loaded[name] = db[name].count_documents({})
             if loaded[name] != meta["count"]:
                 raise BackupError(f"{database}.{name}: {loaded[name]} documents after loading, "
-                                  f"the dump holds {meta['count']}")  # fmt: skip
+                                  f"the dump holds {meta['count']}")
     return loaded

@@ -40,7 +40,7 @@ class LocalTools:
     paths: BackupPaths
 
     def run(self, argv: Sequence[str], what: str, timeout: float,
-            env: dict[str, str] | None = None) -> str:  # fmt: skip
+            env: dict[str, str] | None = None) -> str:
         """A PostgreSQL program as the server user (some refuse root); raises on failure."""
         kwargs: dict[str, Any] = self.user.popen_kwargs(self.layout.data_root)
         kwargs["env"].update(env or {})

@@ -53,7 +53,7 @@ def parse_target(text: str, now: datetime | None = None) -> datetime | None:
         value = datetime.fromisoformat(text.strip())
     except ValueError as exc:
         raise BackupError(f"--to {text!r}: expected 'latest' or an ISO 8601 time such as "
-                          "2026-12-04T10:15:00+00:00") from exc  # fmt: skip
+                          "2026-12-04T10:15:00+00:00") from exc
     if value.tzinfo is None:
         value = value.astimezone()  # local time, as `date` prints it
     value = value.astimezone(UTC)
@@ -73,10 +73,10 @@ def flush_wal(tools: LocalTools, shard: str, timeout: float) -> str:
         info = run_sync(find_primary(config, shard))
     except BackupError as exc:
         return (f"{exc}; restoring from the archive as it is: what the primary wrote after its "
-                "last archived WAL segment is not included")  # fmt: skip
+                "last archived WAL segment is not included")
     if info.archive_mode == "off":
         return (f"WAL archiving is off on {shard}'s primary ({info.address.label}): the "
-                "restore replays only what the archive holds")  # fmt: skip
+                "restore replays only what the archive holds")
 
     async def switch() -> str:
         conn = await connect_node(config, info.address)
@@ -92,7 +92,7 @@ def flush_wal(tools: LocalTools, shard: str, timeout: float) -> str:
         if time.monotonic() > deadline:
             raise BackupError(f"{shard}'s primary has not archived WAL segment {segment} into "
                               f"{wal_dir} after {timeout:.0f} s: is its archive_command "
-                              "failing? (see its log)")  # fmt: skip
+                              "failing? (see its log)")
         time.sleep(0.05)  # a CLI waiting on another process's file; no event to wait on
     return f"the primary's WAL up to segment {segment} (everything committed) is archived"
 
@@ -136,7 +136,7 @@ class Restored:
 def restore_shard(
     tools: LocalTools, shard: str, target: datetime | None, name: str = "", port: int = 0,
     timeout: float = 600.0, flush: bool = True,
-) -> Restored:  # fmt: skip
+) -> Restored:
     """Restore `shard` to `target` (None: the latest) into a new node `name` on `port` (0: any
     free one), and wait until it has recovered and accepts writes of its own."""
     layout = tools.layout
@@ -147,7 +147,7 @@ def restore_shard(
     rl = restored_layout(layout)
     if name in load_restored(layout) or rl.node_dir(name).exists():
         raise BackupError(f"a restored node {name!r} already exists: drop it first "
-                          f"(georoute restore --drop {name}) or choose another --as")  # fmt: skip
+                          f"(georoute restore --drop {name}) or choose another --as")
     note = flush_wal(tools, shard, timeout) if flush else "the archive as it is (no flush)"
     with locked(tools.paths.shard_dir(shard), shared=True):
         backups, _ = read_backups(tools.paths.base_dir(shard))
@@ -157,7 +157,7 @@ def restore_shard(
         node_dir.mkdir(parents=True)
         try:
             return _restore_into(tools, shard, target, backup, name, port, timeout, note,
-                                 started)  # fmt: skip
+                                 started)
         except BaseException:
             # Nothing half-made stays behind (the error carries the log's last lines).
             stop_restored(layout, name)
@@ -167,7 +167,7 @@ def restore_shard(
 
 def _restore_into(tools: LocalTools, shard: str, target: datetime | None, backup: BaseBackup,
                   name: str, port: int, timeout: float, note: str,
-                  started: datetime) -> Restored:  # fmt: skip
+                  started: datetime) -> Restored:
     config = tools.config
     layout = tools.layout
     rl = restored_layout(layout)
@@ -178,7 +178,7 @@ def _restore_into(tools: LocalTools, shard: str, target: datetime | None, backup
     cp = shutil.which("cp") or "/bin/cp"
     try:
         tools.run([cp, "-a", str(backup.data_dir), str(pgdata)],
-                  f"copying backup {backup.id} to {pgdata}", timeout=3600)  # fmt: skip
+                  f"copying backup {backup.id} to {pgdata}", timeout=3600)
     except ClusterError as exc:
         raise BackupError(str(exc)) from exc
     (pgdata / "backup_manifest").unlink(missing_ok=True)  # the backup's, not this node's
@@ -210,22 +210,22 @@ def _restore_into(tools: LocalTools, shard: str, target: datetime | None, backup
     run_sync(_wait_promoted(runner, node, layout, log, time.monotonic() + timeout))
     stop = "; ".join(m.group(1) for m in _RECOVERY_LINES.finditer(log.read_text(errors="replace")))
     record = RestoredNode(name, shard, port, target.isoformat() if target else "latest",
-                          backup.id, started.isoformat(), stop)  # fmt: skip
+                          backup.id, started.isoformat(), stop)
     nodes = load_restored(layout)
     nodes[name] = record
     save_restored(layout, nodes)
     return Restored(record, backup, "127.0.0.1", node.database, config.database.user, pgdata,
-                    log, note)  # fmt: skip
+                    log, note)
 
 
 async def _wait_promoted(runner: PgRunner, node: PgNode, layout: Layout, log: Path,
-                         deadline: float) -> None:  # fmt: skip
+                         deadline: float) -> None:
     """Until recovery has ended and the node is promoted; a node that exits (recovery failed,
     e.g. the target lies beyond the archived WAL) fails with its log's last lines."""
     while True:
         if restored_pid(layout, node.name) is None:
             raise BackupError(f"the restored node {node.name} stopped during recovery: "
-                              f"{_log_tail(log)}")  # fmt: skip
+                              f"{_log_tail(log)}")
         try:
             conn = await runner.connect(node.port)
             try:

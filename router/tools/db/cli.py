@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from router.config import Config
-from router.tools.db.health import check_health
+from router.tools.db.health_report import check_health
 from router.tools.db.migrate import migrate
 from router.tools.db.seed import SeedOptions, seed
 
@@ -32,7 +32,8 @@ def _cmd_seed(args: argparse.Namespace, config: Config) -> int:
 def _cmd_health(args: argparse.Namespace, config: Config) -> int:
     report = asyncio.run(check_health(config))
     print(report.to_json() if args.json else report.format_table())
-    return 0 if report.healthy else 1
+    # Copies of a reference table that differ are a fault too, though every node is up.
+    return 0 if report.healthy and report.reference.agree else 1
 
 
 def register(subparsers: Any) -> None:

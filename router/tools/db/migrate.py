@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE IF NOT EXISTS georoute_shard (
-    name   text NOT NULL CHECK (name IN ('north_america', 'europe', 'asia')),
+    name   text NOT NULL CONSTRAINT georoute_shard_name_check
+                         CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),  -- config.SHARD_NAME
     number smallint NOT NULL CHECK (number BETWEEN 0 AND 255)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS georoute_shard_one_row ON georoute_shard ((true));

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import random
 import re
 import unicodedata
@@ -23,6 +24,8 @@ from router.core.ids import new_id
 __all__ = ["BASE_TIME", "CATEGORIES", "TABLE_COLUMNS", "ShardData", "generate_shard", "split_users"]
 
 BASE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
+# The seed's flavour of the three regions of router.toml as shipped. A shard of another name
+# gets the average share of users and the _OTHER locales, currency, languages and tax.
 _SHARE = {"north_america": 0.40, "europe": 0.35, "asia": 0.25}
 _LOCALES = {
     "north_america": ["en_US", "en_US", "en_CA", "es_MX"],
@@ -34,6 +37,7 @@ _LANGUAGES = {"north_america": ["en", "en", "en", "es", "fr"],
               "europe": ["en", "en", "de", "fr", "es", "it", "pl"],
               "asia": ["en", "en", "ja", "ko", "zh", "hi"]}
 _TAX_RATE = {"north_america": 0.0, "europe": 0.2, "asia": 0.1}
+_OTHER_LOCALES, _OTHER_CURRENCY, _OTHER_LANGUAGES, _OTHER_TAX_RATE = ["en_US"], "USD", ["en"], 0.0
 # (slug, name, parent slug, topics used in course titles)
 CATEGORIES: list[tuple[str, str, str | None, list[str]]] = [
     ("programming", "Programming", None, ["Software Craftsmanship", "Algorithms", "Git"]),
@@ -96,8 +100,13 @@ class ShardData:
 
 
 def split_users(total: int, regions: list[str]) -> dict[str, int]:
-    """How many of `total` users live in each region (deterministic, remainder to the last)."""
-    counts = {r: int(total * _SHARE.get(r, 1 / len(regions))) for r in regions}
+    """How many of `total` users live in each region (deterministic, remainder to the last):
+    by _SHARE, scaled to the regions configured; a region without a share gets the average."""
+    known = [_SHARE[r] for r in regions if r in _SHARE]
+    average = math.fsum(known) / len(known) if known else 1.0
+    shares = {r: _SHARE.get(r, average) for r in regions}
+    scale = math.fsum(shares.values())  # 1.0 exactly for the three of router.toml
+    counts = {r: int(total * shares[r] / scale) for r in regions}
     counts[regions[-1]] += total - sum(counts.values())
     return counts
 
@@ -122,7 +131,7 @@ class _Gen:
         self.region = region
         self.number = number
         self.fakers = []
-        for locale in _LOCALES[region]:
+        for locale in _LOCALES.get(region, _OTHER_LOCALES):
             fake = Faker(locale)
             fake.seed_instance(self.rng.getrandbits(32))
             self.fakers.append((locale, fake))
@@ -200,10 +209,10 @@ def generate_shard(seed: int, region: str, number: int, n_users: int) -> ShardDa
         capacity = rng.choice([None, None, None, 50, 200])
         course = (cid, instructor[0], category_id(slug_c), region,
                   f"{_slug(title)}-{cid.hex[-8:]}", title, g.text.paragraph(nb_sentences=3),
-                  rng.choice(_LANGUAGES[region]),
+                  rng.choice(_LANGUAGES.get(region, _OTHER_LANGUAGES)),
                   rng.choice(["beginner", "intermediate", "advanced"]), price,
-                  _CURRENCY[region], capacity, status, published, 0, None, 0, created,
-                  published or created)
+                  _CURRENCY.get(region, _OTHER_CURRENCY), capacity, status, published, 0, None,
+                  0, created, published or created)
         courses.append(course)
         rows["courses"].append(course)
         lesson_ids: list[UUID] = []
@@ -329,7 +338,7 @@ def _enroll_all(g: _Gen, data: ShardData, users: list[tuple[Any, ...]],
                     (g.id(issued), eid, f"CERT-{hexid[:8]}-{hexid[-12:]}", issued))
     payments.sort(key=lambda p: (p[9], p[0]))
     rows["payments"] = payments
-    rate = _TAX_RATE[data.region]
+    rate = _TAX_RATE.get(data.region, _OTHER_TAX_RATE)
     for p in payments:
         data.invoice_sequence += 1
         subtotal = round(p[4] / (1 + rate))

@@ -2,6 +2,6 @@
 and a SecantusDB document store, started from router.toml for development and tests."""
 
 from router.tools.localcluster.manager import DOCSTORE, LocalCluster
-from router.tools.localcluster.status import NodeState, NodeStatus, Role
+from router.tools.localcluster.status import NodeStatus, ProcessState
 
-__all__ = ["DOCSTORE", "LocalCluster", "NodeState", "NodeStatus", "Role"]
+__all__ = ["DOCSTORE", "LocalCluster", "NodeStatus", "ProcessState"]

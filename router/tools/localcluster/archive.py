@@ -73,7 +73,7 @@ def _writable_by(user: ServerUser, path: Path) -> bool:
     test = shutil.which("test") or "/usr/bin/test"
     proc = subprocess.run([test, "-w", str(path), "-a", "-x", str(path)], user=user.uid,
                           group=user.gid, extra_groups=[], check=False,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+                          stdin=subprocess.DEVNULL)
     return proc.returncode == 0
 
 

@@ -1,4 +1,5 @@
-"""`georoute cluster up | down | status`: the local cluster from the command line."""
+"""`georoute cluster up | down | status | rejoin | switchover`: the local cluster from the
+command line."""
 
 from __future__ import annotations
 
@@ -29,6 +30,20 @@ def register(subparsers: Any) -> None:
     status.add_argument("--json", action="store_true", help="print as JSON")
     status.set_defaults(func=_status)
 
+    rejoin = actions.add_parser(
+        "rejoin", help="make a node (a fenced old primary) a streaming replica of its shard's "
+        "primary: pg_rewind, then start it as a standby")
+    rejoin.add_argument("node", help="the node's name, as `georoute cluster status` lists it")
+    rejoin.set_defaults(func=_rejoin)
+
+    switch = actions.add_parser(
+        "switchover", help="planned change of a shard's primary: stop it, let a standby replay "
+        "all of its WAL, promote that one, rejoin the old primary as a standby")
+    switch.add_argument("shard", help="a shard (a region of router.toml)")
+    switch.add_argument("--to", metavar="NODE", help="the standby to promote (default: the "
+                        "most advanced)")
+    switch.set_defaults(func=_switchover)
+
 
 def _up(args: argparse.Namespace, config: Config) -> int:
     started = time.monotonic()
@@ -42,6 +57,16 @@ def _up(args: argparse.Namespace, config: Config) -> int:
 def _down(args: argparse.Namespace, config: Config) -> int:
     LocalCluster(config).down(purge=args.purge)
     print("cluster down" + (" (data purged)" if args.purge else ""))
+    return 0
+
+
+def _rejoin(args: argparse.Namespace, config: Config) -> int:
+    print(LocalCluster(config).rejoin(args.node).describe())
+    return 0
+
+
+def _switchover(args: argparse.Namespace, config: Config) -> int:
+    print(LocalCluster(config).switchover(args.shard, args.to).describe())
     return 0
 
 

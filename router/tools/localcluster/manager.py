@@ -20,7 +20,13 @@ from router.config import Config
 from router.errors import ClusterError, PortInUseError
 from router.tools.localcluster.archive import WalArchive
 from router.tools.localcluster.binaries import PgBinaries, find_pg_bin, make_reachable
-from router.tools.localcluster.docstore import DocStore
+from router.tools.localcluster.docstore_process import DocStoreProcess
+from router.tools.localcluster.failover_ops import (
+    RejoinReport,
+    SwitchoverReport,
+    rejoin,
+    switchover,
+)
 from router.tools.localcluster.layout import (
     Layout,
     config_dir,
@@ -32,7 +38,7 @@ from router.tools.localcluster.layout import (
 from router.tools.localcluster.postgres import PgNode, PgRunner
 from router.tools.localcluster.process import terminate
 from router.tools.localcluster.restores import stop_all_restored
-from router.tools.localcluster.status import NodeState, NodeStatus, Role
+from router.tools.localcluster.status import NodeStatus, ProcessState
 from router.tools.localcluster.survey import collect_status
 from router.tools.localcluster.users import ServerUser, ensure_server_user
 
@@ -91,19 +97,19 @@ def _port_free(port: int) -> bool:
 
 
 def _nodes_of(config: Config) -> dict[str, PgNode]:
+    """Every PostgreSQL node, named as the router names it (Config.all_nodes): each shard's
+    `primary` entry is made with initdb, its replicas are made from it."""
     nodes: dict[str, PgNode] = {}
     for shard in config.shards.values():
-        p = shard.primary
-        nodes[f"{shard.name}-primary"] = PgNode(
-            f"{shard.name}-primary", shard.name, p.port, p.database,
-            f"shards.{shard.name}.primary.port",
-        )  # fmt: skip
-        for i, rep in enumerate(shard.replicas):
-            name = f"{shard.name}-replica{i + 1}"
+        named = [(name, a) for s, name, a in config.all_nodes() if s == shard.name]
+        (name, p), replicas = named[0], named[1:]
+        nodes[name] = PgNode(name, shard.name, p.port, p.database,
+                             f"shards.{shard.name}.primary.port")
+        for i, (name, rep) in enumerate(replicas):
             nodes[name] = PgNode(
                 name, shard.name, rep.port, rep.database,
                 f"shards.{shard.name}.replicas[{i}].port", primary_port=p.port,
-            )  # fmt: skip
+            )
     return nodes
 
 
@@ -148,10 +154,10 @@ class LocalCluster:
 
     # ---- wiring ------------------------------------------------------------------------------
 
-    def _docstore(self, layout: Layout) -> DocStore:
+    def _docstore(self, layout: Layout) -> DocStoreProcess:
         if self._docstore_port is None:
             raise ClusterError("document_store.uri does not point at this machine")
-        return DocStore(layout, self._docstore_port)
+        return DocStoreProcess(layout, self._docstore_port)
 
     def _pg(
         self, layout: Layout, user: ServerUser | None = None, found: PgBinaries | None = None
@@ -171,7 +177,7 @@ class LocalCluster:
                                 WalArchive(self.config, layout, user).settings)
         return self._runner
 
-    def _record(self, runner: PgRunner, docstore: DocStore | None) -> None:
+    def _record(self, runner: PgRunner, docstore: DocStoreProcess | None) -> None:
         layout = runner.layout
         manifest = {
             "config": self.config.source,
@@ -185,12 +191,12 @@ class LocalCluster:
                        "data_dir": str(layout.pgdata(name)), "log": str(layout.log_file(name))}
                 for name, node in self.nodes.items()
             },
-        }  # fmt: skip
+        }
         if docstore is not None:
             manifest["nodes"][DOCSTORE] = {  # type: ignore[index]
                 "kind": "secantusdb", "port": docstore.port, "pid": docstore.pid(),
                 "data_dir": str(layout.docstore_data), "log": str(layout.docstore_log),
-            }  # fmt: skip
+            }
         layout.save_manifest(manifest)
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -236,7 +242,7 @@ class LocalCluster:
 
         fresh = [n for n in replicas if n in down and not runner.initialized(n)]
         run_sync(self._wait_all(runner.drop_inactive_slot(n.primary_port or 0, n.slot)
-                                for n in fresh))  # fmt: skip
+                                for n in fresh))
 
         def start_replica(node: PgNode) -> None:
             if not runner.initialized(node):
@@ -247,7 +253,12 @@ class LocalCluster:
             _parallel(start_replica, [n for n in replicas if n in down])
             run_sync(self._wait_all(
                 runner.wait_streaming(n, n.primary_port or 0, deadline) for n in replicas
-            ))  # fmt: skip
+            ))
+            # [shards.<region>] synchronous, on every node: any of them may be promoted.
+            run_sync(self._wait_all(
+                runner.set_synchronous(n.port, self.config.shards[n.shard].synchronous)
+                for n in self.nodes.values()
+            ))
             if docstore is not None:
                 docstore.wait_ready(deadline)
         finally:
@@ -267,7 +278,7 @@ class LocalCluster:
         if not layout.state_dir.exists():
             return
         probe = PgRunner(PgBinaries(Path("/nonexistent"), "none"), _NOBODY, layout, "",
-                         self.config.database.socket_dir)  # fmt: skip
+                         self.config.database.socket_dir)
         running = [n for n in self.nodes.values() if probe.pid(n) is not None]
         if running:
             runner = self._pg(layout)
@@ -319,6 +330,29 @@ class LocalCluster:
         if runner.pid(node) is None:
             runner.start(node)
 
+    def shard_nodes(self, shard: str) -> list[PgNode]:
+        nodes = [n for n in self.nodes.values() if n.shard == shard]
+        if not nodes:
+            raise ClusterError(f"no shard {shard!r} (known: "
+                               f"{', '.join(sorted({n.shard for n in self.nodes.values()}))})")
+        return nodes
+
+    def rejoin(self, name: str) -> RejoinReport:
+        """Make `name` (e.g. a fenced old primary) a streaming replica of its shard's agreed
+        primary (failover_ops.py)."""
+        node = self.node(name)
+        runner = self._pg(existing_layout(self.config))
+        synchronous = self.config.shards[node.shard].synchronous
+        return run_sync(rejoin(runner, node, self.shard_nodes(node.shard), synchronous,
+                               self.timeout))
+
+    def switchover(self, shard: str, to: str | None = None) -> SwitchoverReport:
+        """A planned change of `shard`'s primary, no acknowledged write lost (failover_ops.py)."""
+        runner = self._pg(existing_layout(self.config))
+        synchronous = self.config.shards[shard].synchronous
+        return run_sync(switchover(runner, self.shard_nodes(shard), to, synchronous,
+                                   self.timeout))
+
     def pause_replay(self, name: str) -> None:
         self._sql(name, "SELECT pg_wal_replay_pause()")
 
@@ -334,14 +368,14 @@ class LocalCluster:
     def status(self) -> list[NodeStatus]:
         layout = existing_layout(self.config)
         probe = PgRunner(PgBinaries(Path("/nonexistent"), "none"), _NOBODY, layout,
-                         self.config.database.user)  # fmt: skip
+                         self.config.database.user)
         out = run_sync(collect_status(probe, list(self.nodes.values())))
         if self._docstore_port is not None:
             pid = self._docstore(layout).pid()
             out.append(NodeStatus(
-                DOCSTORE, None, Role.DOCSTORE, self._docstore_port, pid,
-                NodeState.RUNNING if pid else NodeState.STOPPED,
-            ))  # fmt: skip
+                DOCSTORE, None, None, self._docstore_port, pid,
+                ProcessState.RUNNING if pid else ProcessState.STOPPED,
+            ))
         return out
 
 

@@ -21,7 +21,7 @@ from router.tools.localcluster.layout import Layout, pid_is_ours, read_pid
 from router.tools.localcluster.process import run_checked, terminate, wait_exit
 from router.tools.localcluster.users import ServerUser
 
-__all__ = ["PgNode", "PgRunner", "lsn_to_int"]
+__all__ = ["PgNode", "PgRunner"]
 
 T = TypeVar("T")
 
@@ -31,6 +31,10 @@ listen_addresses = '127.0.0.1'
 wal_level = replica
 max_wal_senders = 10
 max_replication_slots = 10
+# WAL kept for standbys beyond what slots hold: a node rejoined after a failover (pg_rewind)
+# replays from the last checkpoint before the timelines forked, which the new primary's own
+# checkpoints would otherwise have recycled (a rejoin then waited for WAL that was gone).
+wal_keep_size = 128MB
 hot_standby = on
 wal_log_hints = on
 fsync = off
@@ -45,6 +49,9 @@ logging_collector = off
 # forced switch (a base backup, a restore, archive_timeout) archives one, mostly empty. With
 # 16 MiB the backup tests took 46 s, with 1 MiB 14 s, on the same loaded machine.
 _WAL_SEGMENT_MB = 1
+# Prepared (two-phase) transactions a node may hold at once: each in-flight commit over
+# several shards holds one per participant until phase two, so this bounds them.
+MAX_PREPARED_TRANSACTIONS = 100
 
 _HBA = """# written by georoute cluster: local trust only
 local all all trust
@@ -72,13 +79,6 @@ class PgNode:
     @property
     def slot(self) -> str:
         return self.name.replace("-", "_")
-
-
-def lsn_to_int(lsn: str | None) -> int | None:
-    if not lsn:
-        return None
-    hi, _, lo = lsn.partition("/")
-    return (int(hi, 16) << 32) + int(lo, 16)
 
 
 async def poll_until(check: Callable[[], Awaitable[T | None]], deadline: float, what: str) -> T:
@@ -118,6 +118,10 @@ class PgRunner:
     def _kwargs(self) -> dict[str, Any]:
         return self.user.popen_kwargs(self.layout.data_root)
 
+    def user_kwargs(self) -> dict[str, Any]:
+        """subprocess keyword arguments that run a server program as the server user."""
+        return self._kwargs()
+
     def pid(self, node: PgNode) -> int | None:
         """The postmaster pid if it is alive and ours, else None."""
         pgdata = self.layout.pgdata(node.name)
@@ -146,7 +150,7 @@ class PgRunner:
              "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions",
              f"--wal-segsize={_WAL_SEGMENT_MB}"],
             f"initdb for {node.name}", timeout=120, **self._kwargs(),
-        )  # fmt: skip
+        )
         with open(pgdata / "postgresql.conf", "a") as fh:
             fh.write(_PRIMARY_CONF)
         (pgdata / "pg_hba.conf").write_text(_HBA)
@@ -161,7 +165,7 @@ class PgRunner:
              "--checkpoint=fast", "--no-sync"],
             f"pg_basebackup for {node.name} from port {primary_port}", timeout=300,
             **self._kwargs(),
-        )  # fmt: skip
+        )
 
     def remove_stale_pidfile(self, node: PgNode) -> None:
         """After a node died (e.g. kill -9): its postmaster.pid, and its socket and lock file
@@ -169,20 +173,26 @@ class PgRunner:
         if self.pid(node) is not None:
             return
         (self.layout.pgdata(node.name) / "postmaster.pid").unlink(missing_ok=True)
-        if not self.shared_socket_dir:
-            return
-        sock = Path(self.shared_socket_dir) / f".s.PGSQL.{node.port}"
-        lock = sock.with_name(sock.name + ".lock")
-        try:
-            lines = lock.read_text().splitlines()
-        except OSError:
-            return
-        # The lock file's second line is the data directory: only ours are ours to remove.
-        if len(lines) > 1 and lines[1] == str(self.layout.pgdata(node.name)):
-            sock.unlink(missing_ok=True)
-            lock.unlink(missing_ok=True)
+        # The node's own socket directory too: PostgreSQL removes a stale lock file itself only
+        # when its pid is gone, and a killed postmaster whose parent (init here) does not reap
+        # it stays a zombie, so its lock file refused every restart ("lock file ... already
+        # exists").
+        dirs = [self.layout.socket_dir(node.name, node.port)]
+        if self.shared_socket_dir:
+            dirs.append(Path(self.shared_socket_dir))
+        for sock_dir in dirs:
+            sock = sock_dir / f".s.PGSQL.{node.port}"
+            lock = sock.with_name(sock.name + ".lock")
+            try:
+                lines = lock.read_text().splitlines()
+            except OSError:
+                continue
+            # The lock file's second line is the data directory: only ours are ours to remove.
+            if len(lines) > 1 and lines[1] == str(self.layout.pgdata(node.name)):
+                sock.unlink(missing_ok=True)
+                lock.unlink(missing_ok=True)
 
-    def start(self, node: PgNode) -> int:
+    def start(self, node: PgNode, wait_seconds: int = 60) -> int:
         """pg_ctl start and wait until it accepts connections; returns the postmaster pid."""
         self.remove_stale_pidfile(node)
         self._prepare_dirs(node)
@@ -192,16 +202,19 @@ class PgRunner:
             sock += "," + self.shared_socket_dir
         opts = (
             f"-p {node.port} -c cluster_name={node.name} "
-            f"-c unix_socket_directories={shlex.quote(sock)}"
+            f"-c unix_socket_directories={shlex.quote(sock)} "
+            # Two-phase commit (PREPARE TRANSACTION) needs slots; a standby needs at least as
+            # many as its primary. On the command line, so clusters made before it get it too.
+            f"-c max_prepared_transactions={MAX_PREPARED_TRANSACTIONS}"
         )
         for key, value in (self.settings(node.shard) if self.settings else {}).items():
             opts += f" -c {shlex.quote(f'{key}={value}')}"
         run_checked(
-            [self.bins.tool("pg_ctl"), "start", "-w", "-t", "60", "-D", str(pgdata),
+            [self.bins.tool("pg_ctl"), "start", "-w", "-t", str(wait_seconds), "-D", str(pgdata),
              "-l", str(self.layout.log_file(node.name)), "-o", opts],
             f"pg_ctl start for {node.name} (log: {self.layout.log_file(node.name)})",
-            timeout=90, start_new_session=True, **self._kwargs(),
-        )  # fmt: skip
+            timeout=wait_seconds + 30, start_new_session=True, **self._kwargs(),
+        )
         pid = self.pid(node)
         if pid is None:
             raise ClusterError(f"{node.name} started but left no live postmaster.pid")
@@ -216,7 +229,7 @@ class PgRunner:
                     [self.bins.tool("pg_ctl"), "stop", "-w", "-t", str(int(timeout)),
                      "-m", mode, "-D", str(self.layout.pgdata(node.name))],
                     f"pg_ctl stop for {node.name}", timeout=timeout + 5, **self._kwargs(),
-                )  # fmt: skip
+                )
             except ClusterError:
                 pass
             if not wait_exit(pid, 1.0):
@@ -234,6 +247,20 @@ class PgRunner:
         conn = await self.connect(port)
         try:
             return await conn.fetchrow(sql, *args)
+        finally:
+            await conn.close()
+
+    async def set_synchronous(self, port: int, synchronous: bool) -> None:
+        """Synchronous streaming replication on or off for the node at `port`, in its
+        postgresql.auto.conf (not on the command line: a promoter must be able to turn it off
+        on a new primary that has no standby yet, and rejoin on again)."""
+        conn = await self.connect(port)
+        try:
+            if synchronous:
+                await conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            else:
+                await conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            await conn.execute("SELECT pg_reload_conf()")
         finally:
             await conn.close()
 

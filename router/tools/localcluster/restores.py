@@ -61,7 +61,7 @@ def save_restored(layout: Layout, nodes: dict[str, RestoredNode]) -> None:
     path = layout.state_dir / _RECORD
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({n: r.as_dict() for n, r in nodes.items()}, indent=2,
-                              sort_keys=True) + "\n")  # fmt: skip
+                              sort_keys=True) + "\n")
     tmp.replace(path)
 
 

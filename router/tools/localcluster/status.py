@@ -8,17 +8,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["NodeState", "NodeStatus", "Role", "format_table", "to_json"]
+from router.types import Role
+
+__all__ = ["NodeStatus", "ProcessState", "format_table", "to_json"]
 
 
-class Role(enum.Enum):
-    PRIMARY = "primary"
-    REPLICA = "replica"
-    DOCSTORE = "docstore"
-    UNKNOWN = "unknown"  # stopped, or not answering: we cannot ask pg_is_in_recovery()
-
-
-class NodeState(enum.Enum):
+class ProcessState(enum.Enum):
     RUNNING = "running"
     STOPPED = "stopped"
 
@@ -27,20 +22,30 @@ class NodeState(enum.Enum):
 class NodeStatus:
     name: str
     shard: str | None  # None for the document store
-    role: Role
+    # What a PostgreSQL node says of itself (pg_is_in_recovery()); None when it cannot be
+    # asked (stopped, or not answering) and for the document store, which has no role.
+    role: Role | None
     port: int
     pid: int | None
-    state: NodeState
+    state: ProcessState
     replication_state: str | None = None  # replicas: pg_stat_replication.state on the primary
     replica_lag_bytes: int | None = None  # replicas: primary's WAL position minus replay position
 
     @property
     def running(self) -> bool:
-        return self.state is NodeState.RUNNING
+        return self.state is ProcessState.RUNNING
+
+    @property
+    def role_label(self) -> str:
+        """The role as printed: `docstore` for the document store, `unknown` for a node that
+        could not be asked."""
+        if self.shard is None:
+            return "docstore"
+        return "unknown" if self.role is None else self.role.value
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["role"] = self.role.value
+        out["role"] = self.role_label
         out["state"] = self.state.value
         return out
 
@@ -54,7 +59,7 @@ def format_table(statuses: Sequence[NodeStatus]) -> str:
     rows = [header] + [
         (
             s.name,
-            s.role.value,
+            s.role_label,
             str(s.port),
             str(s.pid) if s.pid else "-",
             s.state.value,

@@ -8,15 +8,15 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from router.tools.localcluster.postgres import PgNode, PgRunner, lsn_to_int
-from router.tools.localcluster.status import NodeState, NodeStatus, Role
+from router.backend.wal import NODE_POSITION
+from router.tools.localcluster.postgres import PgNode, PgRunner
+from router.tools.localcluster.status import NodeStatus, ProcessState
+from router.types import Role
 
 __all__ = ["collect_status"]
 
-_NODE_SQL = """
-SELECT pg_is_in_recovery() AS in_recovery,
-       (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-             ELSE pg_current_wal_lsn() END)::text AS lsn,
+_NODE_SQL = f"""
+SELECT pg_is_in_recovery() AS in_recovery, {NODE_POSITION} AS lsn,
        (SELECT status FROM pg_stat_wal_receiver LIMIT 1) AS receiver
 """
 _SLOTS_SQL = """
@@ -47,7 +47,7 @@ async def _probe(runner: PgRunner, seen: _Seen) -> None:
         if row is None:
             return
         seen.in_recovery = bool(row["in_recovery"])
-        seen.lsn = lsn_to_int(row["lsn"])
+        seen.lsn = row["lsn"]
         seen.receiver = row["receiver"]
         if not seen.in_recovery:
             seen.slots = {r["slot_name"]: r["state"] for r in await conn.fetch(_SLOTS_SQL)}
@@ -67,9 +67,9 @@ async def collect_status(runner: PgRunner, nodes: list[PgNode]) -> list[NodeStat
             primaries[s.node.shard] = s
     out: list[NodeStatus] = []
     for s in seen:
-        state = NodeState.RUNNING if s.pid else NodeState.STOPPED
+        state = ProcessState.RUNNING if s.pid else ProcessState.STOPPED
         if not s.in_recovery:
-            role = Role.UNKNOWN if s.in_recovery is None else Role.PRIMARY
+            role = None if s.in_recovery is None else Role.PRIMARY
             out.append(NodeStatus(s.node.name, s.node.shard, role, s.node.port, s.pid, state))
             continue
         primary = primaries.get(s.node.shard)
@@ -81,5 +81,5 @@ async def collect_status(runner: PgRunner, nodes: list[PgNode]) -> list[NodeStat
                 lag = max(0, primary.lsn - s.lsn)
         out.append(NodeStatus(
             s.node.name, s.node.shard, Role.REPLICA, s.node.port, s.pid, state, replication, lag
-        ))  # fmt: skip
+        ))
     return out

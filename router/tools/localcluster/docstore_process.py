@@ -15,7 +15,7 @@ from router.errors import ClusterError
 from router.tools.localcluster.layout import Layout, pid_is_ours, read_pid
 from router.tools.localcluster.process import spawn_detached, terminate
 
-__all__ = ["DocStore"]
+__all__ = ["DocStoreProcess"]
 
 
 def _secantusd() -> Path:
@@ -25,7 +25,7 @@ def _secantusd() -> Path:
     return exe
 
 
-class DocStore:
+class DocStoreProcess:
     def __init__(self, layout: Layout, port: int) -> None:
         self.layout = layout
         self.port = port
@@ -45,7 +45,7 @@ class DocStore:
             sys.executable, str(_secantusd()),
             "--host", "127.0.0.1", "--port", str(self.port),
             "--storage-path", str(self.layout.docstore_data), "--log-level", "WARNING",
-        ]  # fmt: skip
+        ]
         # cwd is our own dir: secantusd-py would otherwise pick up a ./secantusd.toml.
         pid = spawn_detached(argv, self.layout.docstore_log, self.layout.docstore_dir, env)
         self.layout.docstore_pidfile.write_text(f"{pid}\n")
@@ -56,7 +56,7 @@ class DocStore:
         client: MongoClient[dict[str, object]] = MongoClient(
             host="127.0.0.1", port=self.port, serverSelectionTimeoutMS=200,
             connectTimeoutMS=200, directConnection=True,
-        )  # fmt: skip
+        )
         try:
             while True:
                 try:

@@ -1,5 +1,7 @@
 """`georoute health`: every node's role, reachability and replication lag, each shard's schema
-version and row counts, and the document store's ping, as a table or JSON."""
+version and row counts, whether the reference tables' copies agree (reference_health.py), and
+the document store's ping, as a table or JSON. (The router's own node health, a state machine,
+is router/core/health.py.)"""
 
 from __future__ import annotations
 
@@ -13,47 +15,50 @@ from typing import Any
 
 import asyncpg
 
+from router.backend.wal import PRIMARY_POSITION_SQL, REPLAY_POSITION, TIMELINE_SQL
 from router.config import Config, NodeAddress
+from router.core.primary import NodeSays, choose_primary
 from router.tools.db.connect import connect_node
 from router.tools.db.documents import DocumentStore
+from router.tools.db.reference_health import ReferenceReport, check_reference_tables
+from router.types import Role
 
 __all__ = [
     "COUNTED_TABLES",
     "DocumentStoreHealth",
     "HealthReport",
-    "NodeHealth",
-    "NodeRole",
-    "NodeState",
+    "NodeReport",
+    "Reachability",
     "ShardHealth",
     "check_health",
 ]
 
 # The main tables whose row counts `georoute health` shows per shard.
+IDENTITY_SQL = f"SELECT pg_is_in_recovery(), {TIMELINE_SQL}"
 COUNTED_TABLES: tuple[str, ...] = (
     "users", "courses", "lessons", "enrollments", "lesson_progress", "payments", "invoices",
     "reviews", "certificates", "audit_log",
 )
 
 
-class NodeRole(enum.Enum):
-    PRIMARY = "primary"
-    REPLICA = "replica"
-    UNKNOWN = "unknown"
-
-
-class NodeState(enum.Enum):
+class Reachability(enum.Enum):
     UP = "up"
     DOWN = "down"
 
 
 @dataclass(slots=True)
-class NodeHealth:
+class NodeReport:
     name: str
     shard: str
     address: str
-    expected_role: NodeRole
-    role: NodeRole = NodeRole.UNKNOWN
-    state: NodeState = NodeState.DOWN
+    expected_role: Role  # router.toml's: its shard's `primary` entry, or one of its replicas
+    role: Role | None = None  # what it says of itself (pg_is_in_recovery); None: unknown
+    state: Reachability = Reachability.DOWN
+    timeline: int | None = None  # a writable node's timeline
+    # Writable, but not its shard's agreed primary (the writable node on the newest timeline,
+    # router/core/primary.py): an old primary back after a failover. Routers in managed mode
+    # send it nothing; `georoute cluster rejoin` makes it a standby.
+    fenced: bool = False
     replica_lag_bytes: int | None = None      # primary's WAL position minus replica's replay
     # Seconds since the replica replayed its last transaction: grows while the primary is idle,
     # so read it beside replica_lag_bytes (0 bytes behind + large delay = idle, not lagging).
@@ -79,14 +84,16 @@ class DocumentStoreHealth:
 
 @dataclass(slots=True)
 class HealthReport:
-    nodes: list[NodeHealth]
+    nodes: list[NodeReport]
     shards: list[ShardHealth]
     document_store: DocumentStoreHealth
+    reference: ReferenceReport = field(default_factory=lambda: ReferenceReport([]))
 
     @property
     def healthy(self) -> bool:
         return self.document_store.ok and all(
-            n.state is NodeState.UP and n.role is n.expected_role for n in self.nodes
+            n.state is Reachability.UP and n.role is n.expected_role and not n.fenced
+            for n in self.nodes
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,9 +108,10 @@ class HealthReport:
 
         return {
             "healthy": self.healthy,
-            "nodes": [plain(asdict(n)) for n in self.nodes],
+            "nodes": [plain(asdict(n)) | {"role": _role(n.role)} for n in self.nodes],
             "shards": [plain(asdict(s)) for s in self.shards],
             "document_store": asdict(self.document_store),
+            "reference_tables": self.reference.as_dict(),
         }
 
     def to_json(self) -> str:
@@ -112,7 +120,7 @@ class HealthReport:
     def format_table(self) -> str:
         out = [_table(
             ("NODE", "ADDRESS", "ROLE", "STATE", "LAG_BYTES", "REPLAY_DELAY_S", "ERROR"),
-            [(n.name, n.address, n.role.value, n.state.value,
+            [(n.name, n.address, _role(n.role) + (" FENCED" if n.fenced else ""), n.state.value,
               _dash(n.replica_lag_bytes),
               _dash(None if n.replay_delay_seconds is None else f"{n.replay_delay_seconds:.3f}"),
               n.error or "") for n in self.nodes],
@@ -123,12 +131,24 @@ class HealthReport:
         for table in COUNTED_TABLES:
             rows.append((table, *(_dash(s.row_counts.get(table)) for s in self.shards)))
         out.append(_table(("ROWS", *shard_names), rows))
+        ref = self.reference
+        if ref.tables:
+            out.append(_table(("REFERENCE TABLE", *shard_names, "AGREE"), ref.rows(shard_names)))
+        for shard, error in ref.errors.items():
+            out.append(f"reference tables on {shard}: not read: {error}")
+        if ref.differing:
+            out.append("reference tables whose copies DIFFER between shards: "
+                       + ", ".join(ref.differing))
         d = self.document_store
         status = f"ok ({d.latency_ms:.1f} ms)" if d.ok and d.latency_ms is not None else (
             f"DOWN: {d.error}")
         out.append(f"document store {d.uri}: {status}")
         out.append("overall: " + ("healthy" if self.healthy else "UNHEALTHY"))
         return "\n\n".join(out)
+
+
+def _role(role: Role | None) -> str:
+    return "unknown" if role is None else role.value
 
 
 def _dash(value: object) -> str:
@@ -147,25 +167,26 @@ def _redact(uri: str) -> str:
     return re.sub(r"//[^@/]*@", "//***@", uri)
 
 
-async def _probe_node(config: Config, node: NodeHealth, address: NodeAddress,
-                      primary_lsn: str | None) -> None:
+async def _probe_node(config: Config, node: NodeReport, address: NodeAddress,
+                      primary_lsn: int | None) -> None:
     try:
         conn = await connect_node(config, address)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         node.error = f"{type(exc).__name__}: {exc}"[:120]
         return
     try:
-        in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
-        node.state = NodeState.UP
-        node.role = NodeRole.REPLICA if in_recovery else NodeRole.PRIMARY
+        identity: Any = await conn.fetchrow(IDENTITY_SQL)
+        in_recovery, node.timeline = identity
+        node.state = Reachability.UP
+        node.role = Role.REPLICA if in_recovery else Role.PRIMARY
         if in_recovery:
             row: Any = await conn.fetchrow(
-                "SELECT CASE WHEN $1::text IS NULL THEN NULL ELSE "
-                "greatest(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0) END "
-                "AS lag, extract(epoch FROM now() - pg_last_xact_replay_timestamp()) AS delay",
-                primary_lsn,
+                f"SELECT {REPLAY_POSITION} AS replayed, "
+                "extract(epoch FROM now() - pg_last_xact_replay_timestamp()) AS delay"
             )
-            node.replica_lag_bytes = None if row["lag"] is None else int(row["lag"])
+            replayed = row["replayed"]
+            node.replica_lag_bytes = (None if primary_lsn is None or replayed is None
+                                      else max(0, primary_lsn - replayed))
             node.replay_delay_seconds = None if row["delay"] is None else float(row["delay"])
     except asyncpg.PostgresError as exc:
         node.error = f"{type(exc).__name__}: {exc}"[:120]
@@ -173,10 +194,10 @@ async def _probe_node(config: Config, node: NodeHealth, address: NodeAddress,
         await conn.close()
 
 
-async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeHealth]) -> ShardHealth:
+async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeReport]) -> ShardHealth:
     shard = config.shards[shard_name]
     report = ShardHealth(shard=shard_name, number=shard.number)
-    primary_lsn: str | None = None
+    primary_lsn: int | None = None
     primary = nodes[0]
     try:
         conn = await connect_node(config, shard.primary)
@@ -184,11 +205,12 @@ async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeHealth])
         primary.error = f"{type(exc).__name__}: {exc}"[:120]
     else:
         try:
-            primary.state = NodeState.UP
-            in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
-            primary.role = NodeRole.REPLICA if in_recovery else NodeRole.PRIMARY
+            primary.state = Reachability.UP
+            identity: Any = await conn.fetchrow(IDENTITY_SQL)
+            in_recovery, primary.timeline = identity
+            primary.role = Role.REPLICA if in_recovery else Role.PRIMARY
             if not in_recovery:
-                primary_lsn = str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+                primary_lsn = await conn.fetchval(PRIMARY_POSITION_SQL)
             if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
                 report.schema_version = await conn.fetchval(
                     "SELECT coalesce(max(version), 0) FROM schema_migrations")
@@ -204,6 +226,11 @@ async def _probe_shard(config: Config, shard_name: str, nodes: list[NodeHealth])
         _probe_node(config, node, replica, primary_lsn)
         for node, replica in zip(nodes[1:], shard.replicas, strict=True)
     ))
+    said = [NodeSays(n.name, None if n.role is None else n.role is Role.REPLICA, n.timeline)
+            for n in nodes]
+    fenced = choose_primary(primary.name, said).fenced
+    for node in nodes:
+        node.fenced = node.name in fenced
     return report
 
 
@@ -222,14 +249,17 @@ async def _probe_documents(config: Config) -> DocumentStoreHealth:
 
 
 async def check_health(config: Config) -> HealthReport:
-    nodes_by_shard: dict[str, list[NodeHealth]] = {}
+    nodes_by_shard: dict[str, list[NodeReport]] = {}
     for shard_name, node_name, address in config.all_nodes():
-        expected = NodeRole.PRIMARY if node_name.endswith("-primary") else NodeRole.REPLICA
+        # Each shard's `primary` entry comes first: router.toml expects it to be the primary.
+        expected = Role.REPLICA if shard_name in nodes_by_shard else Role.PRIMARY
         nodes_by_shard.setdefault(shard_name, []).append(
-            NodeHealth(node_name, shard_name, address.label, expected))
-    shards, docs = await asyncio.gather(
+            NodeReport(node_name, shard_name, address.label, expected))
+    shards, docs, reference = await asyncio.gather(
         asyncio.gather(*(_probe_shard(config, s, n) for s, n in nodes_by_shard.items())),
         _probe_documents(config),
+        check_reference_tables(config),
     )
     nodes = [n for group in nodes_by_shard.values() for n in group]
-    return HealthReport(nodes=nodes, shards=list(shards), document_store=docs)
+    return HealthReport(nodes=nodes, shards=list(shards), document_store=docs,
+                        reference=reference)

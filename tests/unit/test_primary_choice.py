@@ -1,0 +1,100 @@
+"""Managed failover's pure halves: which node is a shard's agreed primary and which are fenced
+(router/core/primary.py), and the promoter's last check under its locks
+(router/core/failover.py decide_promotion)."""
+
+from __future__ import annotations
+
+from router.core.failover import (
+    Adopt,
+    GiveUp,
+    PromoteNow,
+    ShardNodeState,
+    decide_promotion,
+)
+from router.core.primary import ChoiceReason, NodeSays, choose_primary
+
+
+def says(name: str, in_recovery: bool | None, timeline: int | None = None) -> NodeSays:
+    return NodeSays(name, in_recovery, timeline)
+
+
+def test_the_writable_node_on_the_newest_timeline_is_the_primary() -> None:
+    choice = choose_primary("eu-1", [says("eu-1", None), says("eu-2", False, 2)])
+    assert (choice.primary, choice.reason, choice.fenced) == (
+        "eu-2", ChoiceReason.CURRENT_NOT_WRITABLE, frozenset())
+
+
+def test_an_old_primary_back_on_an_older_timeline_is_fenced_not_followed() -> None:
+    # The router restarted and router.toml names eu-1 first; eu-1 came back writable on
+    # timeline 1, eu-2 was promoted to 2: eu-2 is the primary, eu-1 fenced.
+    choice = choose_primary("eu-1", [says("eu-1", False, 1), says("eu-2", False, 2)])
+    assert (choice.primary, choice.reason) == ("eu-2", ChoiceReason.NEWER_TIMELINE)
+    assert choice.fenced == {"eu-1"}
+    again = choose_primary("eu-2", [says("eu-1", False, 1), says("eu-2", False, 2)],
+                           choice.fenced)
+    assert (again.primary, again.reason, again.fenced) == ("eu-2", ChoiceReason.KEEP, {"eu-1"})
+
+
+def test_fenced_stays_fenced_while_unreachable_and_ends_when_a_standby() -> None:
+    gone = choose_primary("eu-2", [says("eu-1", None), says("eu-2", False, 2)], {"eu-1"})
+    assert gone.fenced == {"eu-1"}
+    rejoined = choose_primary("eu-2", [says("eu-1", True), says("eu-2", False, 2)], {"eu-1"})
+    assert rejoined.fenced == frozenset()
+
+
+def test_no_writable_node_keeps_the_current_primary() -> None:
+    choice = choose_primary("eu-1", [says("eu-1", None), says("eu-2", True)])
+    assert (choice.primary, choice.reason, choice.fenced) == (
+        "eu-1", ChoiceReason.NO_WRITABLE, frozenset())
+
+
+def test_two_writable_on_one_timeline_keep_the_current_and_fence_the_other() -> None:
+    choice = choose_primary("eu-2", [says("eu-1", False, 2), says("eu-2", False, 2)])
+    assert (choice.primary, choice.reason, choice.fenced) == (
+        "eu-2", ChoiceReason.SPLIT_BRAIN, {"eu-1"})
+    # neither is the current one: the lowest name, deterministically on every router
+    other = choose_primary("eu-3", [says("eu-1", False, 2), says("eu-2", False, 2),
+                                    says("eu-3", None)])
+    assert (other.primary, other.fenced) == ("eu-1", {"eu-2"})
+
+
+def test_the_primary_is_never_fenced_even_if_it_was() -> None:
+    choice = choose_primary("eu-1", [says("eu-1", None), says("eu-2", False, 3)], {"eu-2"})
+    assert choice.primary == "eu-2" and choice.fenced == frozenset()
+
+
+def state(name: str, in_recovery: bool | None, received: int | None = None,
+          replayed: int | None = None, timeline: int | None = None) -> ShardNodeState:
+    return ShardNodeState(name, in_recovery, received, replayed, timeline)
+
+
+def test_promotes_the_replica_with_the_most_wal_received() -> None:
+    step = decide_promotion("eu-1", [state("eu-1", None), state("eu-2", True, 900, 800),
+                                     state("eu-3", True, 850, 850)])
+    assert step == PromoteNow("eu-2", 900, step.reason) and isinstance(step, PromoteNow)
+
+
+def test_ties_go_to_the_lowest_name() -> None:
+    step = decide_promotion("eu-1", [state("eu-3", True, 5, 5), state("eu-2", True, 5, 5)])
+    assert isinstance(step, PromoteNow) and step.replica == "eu-2"
+
+
+def test_a_node_already_promoted_is_adopted_so_a_second_promoter_promotes_nothing() -> None:
+    # The first promoter promoted eu-2; the second one, under the same locks, finds it out of
+    # recovery and must not promote eu-3 too.
+    step = decide_promotion("eu-1", [state("eu-1", None), state("eu-2", False, None, 1000, 2),
+                                     state("eu-3", True, 990, 990)])
+    assert isinstance(step, Adopt) and step.node == "eu-2"
+    # idempotent: asked again on the same snapshot, the same answer
+    assert decide_promotion("eu-1", [state("eu-1", None), state("eu-2", False, None, 1000, 2),
+                                     state("eu-3", True, 990, 990)]) == step
+
+
+def test_a_primary_that_answers_writable_again_stops_the_failover() -> None:
+    step = decide_promotion("eu-1", [state("eu-1", False, None, 10, 1), state("eu-2", True, 9, 9)])
+    assert isinstance(step, GiveUp) and "writable again" in step.reason
+
+
+def test_no_replica_answers_gives_up() -> None:
+    step = decide_promotion("eu-1", [state("eu-1", None), state("eu-2", None)])
+    assert isinstance(step, GiveUp)
