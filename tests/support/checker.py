@@ -16,8 +16,9 @@ What a writer is told decides what the report expects (PROTOCOL.md section 3): a
 acknowledged write (it must be there); an error marked retryable means nothing applied (it
 must not be there); an error that is not retryable and says the connection, the node or the
 time ran out (TIMEOUT, NODE_UNAVAILABLE, CONNECTION_LOST, INTERNAL) leaves the outcome
-unknown: counted, then resolved by the direct read; any other error (a refusal) applied
-nothing. RESULT_UNDELIVERABLE is an acknowledged write whose rows were lost.
+unknown: counted, then resolved by the direct read (for a keyed write, whose retryable
+error only says it is safe to send again, whether retryable or not); any other error (a
+refusal) applied nothing. RESULT_UNDELIVERABLE is an acknowledged write whose rows were lost.
 
 Ids are georoute ids of the write's home shard (so the router routes them by key); the table
 has no unique constraint on them, so a write applied twice shows as two rows."""
@@ -90,14 +91,17 @@ class Outcome(enum.Enum):
     UNKNOWN = "unknown"
 
 
-def outcome_of(exc: BaseException) -> Outcome:
-    """What a write's error told the writer about it (see the module's docstring)."""
+def outcome_of(exc: BaseException, keyed: bool = False) -> Outcome:
+    """What a write's error told the writer about it (see the module's docstring). Under an
+    idempotency key "retryable" means "safe to send again", not "nothing applied": a keyed
+    write lost at its COMMIT is retryable (its retry gets the stored reply), so a keyed
+    write's retryable lost connection or timeout leaves its outcome unknown too."""
     if isinstance(exc, client.ResultUndeliverableError):
         return Outcome.ACKNOWLEDGED  # it applied; only its rows were lost
     if isinstance(exc, client.GeorouteError):
-        if exc.retryable:
-            return Outcome.NOT_APPLIED
-        return Outcome.UNKNOWN if exc.code in _UNKNOWN_CODES else Outcome.NOT_APPLIED
+        if exc.code in _UNKNOWN_CODES and (keyed or not exc.retryable):
+            return Outcome.UNKNOWN
+        return Outcome.NOT_APPLIED  # nothing was sent, or it was refused
     return Outcome.UNKNOWN  # a TimeoutError or OSError around the call: it may have gone
 
 
@@ -421,7 +425,7 @@ class Checker:
             try:
                 await self.target.write(db, home, write_id, writer, seq, key, self.op_timeout)
             except _EXPECTED as exc:
-                outcome = outcome_of(exc)
+                outcome = outcome_of(exc, keyed=key is not None)
                 name = _name(exc)
                 self._errors[name] += 1
                 error: str | None = name
