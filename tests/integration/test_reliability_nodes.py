@@ -81,7 +81,7 @@ async def test_kill_9_of_a_replica_under_load(
     back: reads in flight on it go again to the primary, writes never notice; restarted, it
     streams again and the router reads from it again."""
     local, config = scratch
-    victim = "europe-replica1"
+    victim = "europe-2"  # the replica (a fresh scratch cluster: the configured roles)
     checker = Checker(SqlTarget(config), router.dsn, TOKEN, writers=4)
     async with checker.running():
         await checker.progress(100, what="before the kill")
@@ -109,7 +109,7 @@ async def test_kill_9_of_the_document_store(
     again once it is restarted."""
     local, config = scratch
     docs = Checker(DocTarget(config), router.dsn, TOKEN, writers=2, op_timeout=6.0)
-    sql = Checker(SqlTarget(config), router.dsn, TOKEN, writers=2)
+    sql = Checker(SqlTarget(config), router.dsn, TOKEN, writers=3)
     async with docs.running(), sql.running():
         await docs.progress(20, what="documents before the kill")
         await sql.progress(20, what="SQL before the kill")
@@ -146,7 +146,7 @@ async def test_a_node_that_hangs_sigstop_then_sigcont(
     answers). europe's writes fail (timed out, or refused fast once the node is marked
     down); the other shards go on; after SIGCONT europe serves again by itself."""
     local, config = scratch
-    victim = "europe-primary"
+    victim = "europe-1"  # the primary (a fresh scratch cluster: the configured roles)
     checker = Checker(SqlTarget(config), router.dsn, TOKEN, writers=6, op_timeout=2.0)
     frozen: list[int] = []
     async with checker.running():

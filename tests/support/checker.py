@@ -325,7 +325,8 @@ def judge(report: Report, attempts: Sequence[Attempt], found: dict[str, list[str
 
 class Checker:
     """`writers` sessions (each its own `client.Client`, so its own read-your-writes map),
-    each writing to the target's homes in turn, one write at a time, every `keyed_every`-th
+    writer i writing to home i modulo the homes (so a shard that hangs holds up only its own
+    writers, and each shard's unavailability is its own), one write at a time, every `keyed_every`-th
     with an idempotency key, and reading each acknowledged write back at once (session
     consistency). Each call is bounded by `op_timeout`."""
 
@@ -419,7 +420,7 @@ class Checker:
         for seq in itertools.count():
             if self._stop.is_set():
                 return
-            home = homes[(seq + index) % len(homes)]
+            home = homes[index % len(homes)]
             write_id = self.target.new_id(home)
             key = f"{writer}-{seq}" if self.keyed_every and seq % self.keyed_every == 0 else None
             try:
