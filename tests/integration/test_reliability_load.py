@@ -12,16 +12,18 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import client
-from protocol import Hello, Hints, Query, QueryKind, encode
+from protocol import Begin, FrameDecoder, Hello, Hints, Query, QueryKind, encode
 from router.config import Config
 from tests.integration.conftest import wait_until
 from tests.support.faultproxy import LOOPBACK
 from tests.support.reliability import record
 from tests.support.router_proc import TOKEN, RouterProcess, router_config, running_router
+from tests.support.wait import until
 
 SHIFT = 194  # this module's router: the session router's ports moved by this
 POOL = 4  # backend connections per node in this module's router
@@ -125,3 +127,135 @@ async def test_a_client_that_stops_reading(router: RouterProcess, db: client.Cli
     assert router.wait_for_output("stopped reading", timeout=10)
     assert grown < 150 * MiB, f"the router grew by {grown / MiB:.0f} MiB for a slow consumer"
     assert max(during) < 1.0, during  # the other client was served throughout
+
+
+async def test_pool_exhaustion_ten_times_more_transactions_than_connections(
+    router: RouterProcess, db: client.Client,
+) -> None:
+    """40 sessions each begin a transaction on europe's primary, whose pool has 4
+    connections: 4 get one, the other 36 wait at most router.pool_acquire_timeout_seconds
+    and fail with POOL_EXHAUSTED (retryable); autocommit reads are served meanwhile (they
+    are pipelined, not pooled); once the 4 end, every session gets its turn."""
+    sessions = [await client.connect(router.dsn, token=TOKEN, max_retries=0)
+                for _ in range(10 * POOL)]
+    before = rss(router)
+    try:
+        async def begin(s: client.Client) -> tuple[Any, float]:
+            started = time.monotonic()
+            tx = s.transaction(shard="europe")
+            try:
+                await tx.start()
+            except client.GeorouteError as exc:
+                return exc, time.monotonic() - started
+            return tx, time.monotonic() - started
+
+        reads = asyncio.create_task(_point_reads(db, 100))
+        outcomes = await asyncio.gather(*(begin(s) for s in sessions))
+        reads_took = await reads
+        held = [tx for tx, _ in outcomes if not isinstance(tx, Exception)]
+        refused = [(exc, took) for exc, took in outcomes if isinstance(exc, Exception)]
+        for tx in held:
+            assert await tx.fetchval("SELECT 1") == 1
+            await tx.rollback()
+
+        async def one_after_another(s: client.Client) -> None:
+            async with s.transaction(shard="europe") as tx:
+                assert await tx.fetchval("SELECT 1") == 1
+
+        for s in sessions:  # the pool serves every session normally again
+            await one_after_another(s)
+        grown = rss(router) - before
+    finally:
+        for s in sessions:
+            await s.close()
+    codes = {type(exc).__name__ for exc, _ in refused}
+    longest = max(took for _, took in refused)
+    record("pool exhaustion (10x more transactions than pool slots)",
+           "40 sessions begin a transaction on one node at once; its pool has 4 connections, "
+           "pool_acquire_timeout_seconds = 1", None,
+           began=len(held), refused=len(refused), refused_as=sorted(codes),
+           longest_wait_s=round(longest, 2), point_reads_meanwhile_max_ms=round(
+               max(reads_took) * 1000, 1), router_rss_growth_mib=round(grown / MiB, 1))
+    assert len(held) == POOL and len(refused) == 9 * POOL
+    assert codes == {"PoolExhaustedError"} and all(exc.retryable for exc, _ in refused)
+    assert longest < ACQUIRE_TIMEOUT + 2.0  # bounded: the acquire timeout, and some slack
+    assert max(reads_took) < 1.0
+    assert grown < 50 * MiB
+
+
+async def test_a_storm_of_clients_that_connect_and_vanish(
+    router: RouterProcess, db: client.Client,
+) -> None:
+    """400 connections in waves of 100, each vanishing its own way: at once, after Hello,
+    with a query unread, half way through a frame, in the middle of a transaction (its
+    pooled connection must come back), or silent until the handshake timeout (2 s here). A
+    steady client is served throughout; afterwards the router holds no more connections,
+    file descriptors or memory than before (within bounds) and serves a transaction at
+    once."""
+    port = router.config.router.listen_port
+    baseline_conns = await _connections(db)
+    baseline_fds = _fds(router)
+    before = rss(router)
+    hello = encode(Hello(1, [1], "storm", TOKEN))
+    query = encode(Query(2, "SELECT 1", [], QueryKind.FETCH, Hints(shard="europe")))
+    begin = encode(Begin(3, Hints(shard="europe"), None, False))
+
+    async def vanish(kind: int) -> None:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        try:
+            if kind == 1:
+                writer.write(hello)
+            elif kind == 2:
+                writer.write(hello + query)
+            elif kind == 3:
+                writer.write(hello + query[: len(query) // 2])
+            elif kind == 4:  # a transaction left open: its connection goes back to the pool
+                writer.write(hello + begin)
+                await asyncio.wait_for(_until_reply(reader, 3), 10)
+            elif kind == 5:  # says nothing: the handshake timeout closes it
+                await asyncio.wait_for(reader.read(), 10)
+            await writer.drain()
+        finally:
+            writer.transport.abort()  # gone without a goodbye (a RST)
+
+    steady: list[float] = []
+    for wave in range(4):
+        reads = asyncio.create_task(_point_reads(db, 50))
+        await asyncio.gather(*(vanish(i % 6) for i in range(wave * 100, wave * 100 + 100)))
+        steady.extend(await reads)
+
+    async def calm() -> bool:
+        return await _connections(db) <= baseline_conns
+
+    await wait_until(calm, within=20, what="the storm's connections to be gone")
+    await until(lambda: _fds(router) <= baseline_fds + 8, within=20,
+                what="the router's file descriptors back to their level")
+    grown = rss(router) - before
+    async with await client.connect(router.dsn, token=TOKEN, max_retries=0) as fresh:
+        started = time.monotonic()
+        for _ in range(POOL):  # every pooled connection the storm's transactions held is back
+            async with fresh.transaction(shard="europe") as tx:
+                assert await tx.fetchval("SELECT 1") == 1
+        after = time.monotonic() - started
+    record("connection storm (clients that connect and vanish)",
+           "400 connections in waves of 100: closed at once, after Hello, with a query unread, "
+           "mid-frame, mid-transaction, or silent until the handshake timeout", None,
+           steady_client_max_ms=round(max(steady) * 1000, 1),
+           router_rss_growth_mib=round(grown / MiB, 1), fds_after_minus_before=_fds(router)
+           - baseline_fds, transactions_after_s=round(after, 2))
+    assert max(steady) < 1.0
+    assert grown < 50 * MiB
+    assert after < ACQUIRE_TIMEOUT
+
+
+def _fds(router: RouterProcess) -> int:
+    return len(list(Path(f"/proc/{router.proc.pid}/fd").iterdir()))
+
+
+async def _until_reply(reader: asyncio.StreamReader, request_id: int) -> None:
+    decoder = FrameDecoder(1 << 20)
+    while data := await reader.read(65536):
+        for reply in decoder.feed(data):
+            if getattr(reply, "id", None) == request_id:
+                return
+    raise AssertionError("closed without a reply")
