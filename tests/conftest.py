@@ -26,6 +26,17 @@ settings.register_profile("ci", deadline=None, suppress_health_check=[HealthChec
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The `chaos` suite (long fault runs, long fuzzing) runs only when asked for by a marker
+    expression that names it (`pytest -m chaos`); `make test` runs the quick subset."""
+    if "chaos" in (config.option.markexpr or ""):
+        return
+    chaos = [item for item in items if item.get_closest_marker("chaos") is not None]
+    if chaos:
+        config.hook.pytest_deselected(items=chaos)
+        items[:] = [item for item in items if item.get_closest_marker("chaos") is None]
+
+
 @pytest.fixture(scope="session")
 def test_config() -> Config:
     """router.toml with every port moved up by 10000 (16501.., docstore 17117, router 16600).

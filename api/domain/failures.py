@@ -33,6 +33,7 @@ SQLSTATES: dict[str, tuple[type[ApiError], bool]] = {
     "22023": (InvalidInput, True),     # invalid argument (schema functions)
     "22P02": (InvalidInput, False),    # invalid text representation
     "22003": (InvalidInput, False),    # numeric value out of range
+    "22021": (InvalidInput, False),    # a character text cannot hold (NUL)
     "GR001": (Conflict, True),         # course full
     "GR002": (Conflict, True),         # course not open for enrollment
     "GR003": (InvalidInput, True),     # wrong region

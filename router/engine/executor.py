@@ -49,6 +49,7 @@ from router.engine.outcome import (
     CONNECTION_ERRORS,
     Outcome,
     Routed,
+    connection_lost,
     returned_after,
     rows_changed,
 )
@@ -396,15 +397,17 @@ class Executor:
                     status, reply = stored.status, stored.reply
                     if reply is not None:
                         columns, rows = idempotency.unpack_reply(reply)
-        except (asyncpg.PostgresError, idempotency.IdempotencyKeyReused):
-            node.pool.release(backend)  # rolled back; the connection is fine
-            raise
-        except CONNECTION_ERRORS as exc:
-            node.pool.release(backend, broken=True)
-            node.record(HealthEvent.CONNECT_FAILED, str(exc))
-            # sent=False on purpose: a retry with the same key cannot apply the write twice.
-            raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
-        except BaseException:
+        except BaseException as exc:
+            # First: asyncpg's ConnectionDoesNotExistError is a PostgresError too, and a loss
+            # at COMMIT (which may have applied) must not read as the statement's own error.
+            if connection_lost(exc, backend):
+                node.pool.release(backend, broken=True)
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
+                # sent=False on purpose: a retry with the same key cannot apply it twice.
+                raise NodeUnavailableError(f"{node.name}: connection lost: {exc}") from exc
+            if isinstance(exc, (asyncpg.PostgresError, idempotency.IdempotencyKeyReused)):
+                node.pool.release(backend)  # rolled back; the connection is fine
+                raise
             node.pool.release(backend, broken=True)
             raise
         node.pool.release(backend)
@@ -458,13 +461,13 @@ class Executor:
                     status = f"BATCH {len(statements)}"
                 if key is not None and stored is None:
                     await idempotency.store(backend, key, status, idempotency.NO_ROWS)
-        except CONNECTION_ERRORS as exc:
-            node.pool.release(backend, broken=True)
-            node.record(HealthEvent.CONNECT_FAILED, str(exc))
-            # With a key a retry cannot apply it twice (sent=False); without, it may have.
-            raise NodeUnavailableError(f"{node.name}: connection lost: {exc}",
-                                       sent=key is None) from exc
-        except BaseException:
+        except BaseException as exc:
+            if connection_lost(exc, backend):
+                node.pool.release(backend, broken=True)
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
+                # With a key a retry cannot apply it twice (sent=False); without, it may have.
+                raise NodeUnavailableError(f"{node.name}: connection lost: {exc}",
+                                           sent=key is None) from exc
             node.pool.release(backend, broken=backend.conn.is_in_transaction())
             raise
         node.pool.release(backend)

@@ -18,7 +18,8 @@ from router.ha.topology import NodeState, ShardState
 from router.types import Role
 
 __all__ = [
-    "CONNECTION_ERRORS", "Outcome", "Routed", "returned_after", "rows_changed",
+    "CONNECTION_ERRORS", "Outcome", "Routed", "connection_lost", "returned_after",
+    "rows_changed",
 ]
 
 # Errors after which the backend connection cannot be trusted (the node may be gone). asyncpg
@@ -32,6 +33,15 @@ CONNECTION_ERRORS = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.CrashShutdownError,
 )
+
+
+
+def connection_lost(exc: BaseException, backend: Backend) -> bool:
+    """Whether `exc` means `backend`'s connection is gone. Beyond CONNECTION_ERRORS: asyncpg
+    raises InterfaceError ("the underlying connection is closed") when a transaction block
+    ends on a connection lost inside it, hiding the loss itself."""
+    return isinstance(exc, CONNECTION_ERRORS) or (
+        isinstance(exc, asyncpg.exceptions.InterfaceError) and backend.conn.is_closed())
 
 
 

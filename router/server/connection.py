@@ -61,8 +61,14 @@ __all__ = ["ClientConnection", "Handler", "Limits"]
 
 log = logging.getLogger("georoute.server")
 
-# Pause reading from a client whose replies pile up unsent beyond this many bytes.
+# Pause reading from a client whose replies pile up unsent beyond this many bytes (and run
+# none of its requests already read until they drain).
 _HIGH_WATER = 4 * 1024 * 1024
+# A client with more replies unsent than this (at least 4 frames, 64 MiB) has stopped reading:
+# it is disconnected, as Redis's client-output-buffer-limit does. The requests it had in
+# flight still make their replies, and pausing alone left them all in memory: a client that
+# sent 2,000 requests for 256 KiB replies and read none grew the router by 369 MiB.
+_MIN_OUTPUT_LIMIT = 64 * 1024 * 1024
 
 # What a Handler's `handle` takes; anything else is answered here (a Ping) or refused.
 _REQUESTS = frozenset({Query, Batch, Begin, Commit, Rollback, Doc, Admin})
@@ -175,6 +181,7 @@ class ClientConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_pending = False
         self._reply_batch = limits.reply_batch
+        self._output_limit = max(_MIN_OUTPUT_LIMIT, 4 * limits.max_frame_bytes)
         self._hello_timer: asyncio.TimerHandle | None = None
         # Flow control: reading pauses while the client's replies back up (pause_writing) or
         # while it has max_in_flight_per_connection requests outstanding.
@@ -238,6 +245,9 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused_for_writes = False
         self._update_reading()
+        if self._backlog and not self._backlog_scheduled:  # held while the replies backed up
+            self._backlog_scheduled = True
+            self._loop.call_soon(self._resume_after_load)
 
     @property
     def in_flight(self) -> int:
@@ -280,7 +290,8 @@ class ClientConnection(asyncio.Protocol):
                 self._dispatch(message)
             self._fatal(exc.request_id or 0, exc.code, exc.message)
             return
-        if not self._backlog and self.in_flight + len(messages) < self._max_in_flight:
+        if (not self._backlog and not self._paused_for_writes
+                and self.in_flight + len(messages) < self._max_in_flight):
             for message in messages:  # room for all of them (the usual case)
                 self._dispatch(message)
             return
@@ -292,7 +303,8 @@ class ClientConnection(asyncio.Protocol):
         """Dispatch what has been read, up to max_in_flight_per_connection outstanding; the
         rest waits (and reading pauses) until half of those are answered."""
         backlog = self._backlog
-        while backlog and not self.closing and self.in_flight < self._max_in_flight:
+        while (backlog and not self.closing and not self._paused_for_writes
+               and self.in_flight < self._max_in_flight):
             self._dispatch(backlog.popleft())
         if self.closing:
             backlog.clear()
@@ -321,8 +333,19 @@ class ClientConnection(asyncio.Protocol):
 
     def _write_out(self) -> None:
         out, self._out = self._out, []
-        if out and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        transport = self._transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if self._paused_for_writes and transport.get_write_buffer_size() > self._output_limit:
+                self._stopped_reading(transport)
+
+    def _stopped_reading(self, transport: asyncio.Transport) -> None:
+        """The client has stopped reading its replies: drop it (and what it has not read)."""
+        log.warning("closing connection %s: %d bytes of replies unread (it stopped reading)",
+                    self.peer, transport.get_write_buffer_size())
+        self.closing = True
+        self._backlog.clear()
+        transport.abort()
 
     def _send_failure(self, request_id: int, failure: Failure) -> None:
         self._handler.count_error(failure.code)

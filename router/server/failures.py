@@ -119,7 +119,14 @@ def _interface(exc: BaseException, read_only: bool) -> Failure:
     return internal_failure(exc)
 
 
+def _lost(exc: BaseException, read_only: bool) -> Failure:
+    """A connection lost mid-operation that no caller named as such (SQLSTATE class 08 is
+    asyncpg's, not the server's): the node's fault, and a write may have applied."""
+    return Failure(ErrorCode.NODE_UNAVAILABLE, f"connection lost: {exc}", retryable=read_only)
+
+
 _DRIVER: tuple[tuple[type[BaseException], Callable[[BaseException, bool], Failure]], ...] = (
+    (asyncpg.PostgresConnectionError, _lost),  # before PostgresError, its base
     (asyncpg.PostgresError, _postgres),
     (asyncpg.InterfaceError, _interface),
 )

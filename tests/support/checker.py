@@ -16,8 +16,9 @@ What a writer is told decides what the report expects (PROTOCOL.md section 3): a
 acknowledged write (it must be there); an error marked retryable means nothing applied (it
 must not be there); an error that is not retryable and says the connection, the node or the
 time ran out (TIMEOUT, NODE_UNAVAILABLE, CONNECTION_LOST, INTERNAL) leaves the outcome
-unknown: counted, then resolved by the direct read; any other error (a refusal) applied
-nothing. RESULT_UNDELIVERABLE is an acknowledged write whose rows were lost.
+unknown: counted, then resolved by the direct read (for a keyed write, whose retryable
+error only says it is safe to send again, whether retryable or not); any other error (a
+refusal) applied nothing. RESULT_UNDELIVERABLE is an acknowledged write whose rows were lost.
 
 Ids are georoute ids of the write's home shard (so the router routes them by key); the table
 has no unique constraint on them, so a write applied twice shows as two rows."""
@@ -90,14 +91,17 @@ class Outcome(enum.Enum):
     UNKNOWN = "unknown"
 
 
-def outcome_of(exc: BaseException) -> Outcome:
-    """What a write's error told the writer about it (see the module's docstring)."""
+def outcome_of(exc: BaseException, keyed: bool = False) -> Outcome:
+    """What a write's error told the writer about it (see the module's docstring). Under an
+    idempotency key "retryable" means "safe to send again", not "nothing applied": a keyed
+    write lost at its COMMIT is retryable (its retry gets the stored reply), so a keyed
+    write's retryable lost connection or timeout leaves its outcome unknown too."""
     if isinstance(exc, client.ResultUndeliverableError):
         return Outcome.ACKNOWLEDGED  # it applied; only its rows were lost
     if isinstance(exc, client.GeorouteError):
-        if exc.retryable:
-            return Outcome.NOT_APPLIED
-        return Outcome.UNKNOWN if exc.code in _UNKNOWN_CODES else Outcome.NOT_APPLIED
+        if exc.code in _UNKNOWN_CODES and (keyed or not exc.retryable):
+            return Outcome.UNKNOWN
+        return Outcome.NOT_APPLIED  # nothing was sent, or it was refused
     return Outcome.UNKNOWN  # a TimeoutError or OSError around the call: it may have gone
 
 
@@ -276,6 +280,7 @@ class Attempt:
     home: str
     outcome: Outcome
     error: str | None = None
+    message: str = ""  # the error's own words, for the report's examples
 
 
 def judge(report: Report, attempts: Sequence[Attempt], found: dict[str, list[str]]) -> Report:
@@ -307,7 +312,7 @@ def judge(report: Report, attempts: Sequence[Attempt], found: dict[str, list[str
             report.not_applied += 1
             if copies:
                 report.false_failures += 1
-                examples.append(f"{a.write_id} told {a.error} (not applied), applied")
+                examples.append(f"{a.write_id} told {a.error} (not applied), applied: {a.message}")
     report.phantoms = len(set(found) - attempted)
     if report.phantoms:
         examples.append(f"rows nobody wrote: {sorted(set(found) - attempted)[:3]}")
@@ -320,7 +325,8 @@ def judge(report: Report, attempts: Sequence[Attempt], found: dict[str, list[str
 
 class Checker:
     """`writers` sessions (each its own `client.Client`, so its own read-your-writes map),
-    each writing to the target's homes in turn, one write at a time, every `keyed_every`-th
+    writer i writing to home i modulo the homes (so a shard that hangs holds up only its own
+    writers, and each shard's unavailability is its own), one write at a time, every `keyed_every`-th
     with an idempotency key, and reading each acknowledged write back at once (session
     consistency). Each call is bounded by `op_timeout`."""
 
@@ -342,6 +348,7 @@ class Checker:
         self._read_failures = 0
         self._ryw: list[str] = []
         self._errors: collections.Counter[str] = collections.Counter()
+        self._internal: list[str] = []  # INTERNAL errors' messages (their log references)
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
         self._started = 0.0
@@ -393,6 +400,16 @@ class Checker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
 
+    def attempts_since(self, mark: int) -> list[Attempt]:
+        """The writes attempted after the `mark`-th (an `attempted` value), in order."""
+        return self._attempts[mark:]
+
+    def longest_gap_of(self, homes: Sequence[str]) -> float:
+        """The longest time without an acknowledged write to any of `homes` (so far)."""
+        times = sorted(t for h in homes for t in self._acked_at[h])
+        marks = [self._started, *times, self._ended or time.monotonic()]
+        return max(b - a for a, b in itertools.pairwise(marks))
+
     def errors_since(self, mark: int) -> list[str]:
         """The errors of the writes attempted after the `mark`-th (an `attempted` value)."""
         return [a.error for a in self._attempts[mark:] if a.error is not None]
@@ -403,19 +420,22 @@ class Checker:
         for seq in itertools.count():
             if self._stop.is_set():
                 return
-            home = homes[(seq + index) % len(homes)]
+            home = homes[index % len(homes)]
             write_id = self.target.new_id(home)
             key = f"{writer}-{seq}" if self.keyed_every and seq % self.keyed_every == 0 else None
             try:
                 await self.target.write(db, home, write_id, writer, seq, key, self.op_timeout)
             except _EXPECTED as exc:
-                outcome = outcome_of(exc)
+                outcome = outcome_of(exc, keyed=key is not None)
                 name = _name(exc)
                 self._errors[name] += 1
                 error: str | None = name
+                message = str(exc)[:300]
+                if name.startswith("INTERNAL") and len(self._internal) < 5:
+                    self._internal.append(message)
             else:
-                outcome, error = Outcome.ACKNOWLEDGED, None
-            self._attempts.append(Attempt(write_id, home, outcome, error))
+                outcome, error, message = Outcome.ACKNOWLEDGED, None, ""
+            self._attempts.append(Attempt(write_id, home, outcome, error, message))
             if outcome is Outcome.ACKNOWLEDGED:
                 self._acked_at[home].append(time.monotonic())
                 self._changed.set()
@@ -446,6 +466,7 @@ class Checker:
                         ryw_violations=len(self._ryw), errors=dict(self._errors))
         if self._ryw:
             report.examples.append(f"not read back by its session: {self._ryw[0]}")
+        report.examples.extend(f"INTERNAL: {m}" for m in self._internal)
         judge(report, self._attempts, found)
         report.longest_unavailability, report.worst_home = self._longest_gap(ended)
         return report

@@ -61,3 +61,6 @@ def test_what_an_error_tells_a_writer() -> None:
     assert outcome_of(error(ErrorCode.POOL_EXHAUSTED, True)) is NOT
     assert outcome_of(client.ResultUndeliverableError("applied")) is ACK
     assert outcome_of(TimeoutError()) is UNKNOWN
+    # Under a key, "retryable" says "safe to send again", not "nothing applied".
+    assert outcome_of(error(ErrorCode.NODE_UNAVAILABLE, True), keyed=True) is UNKNOWN
+    assert outcome_of(error(ErrorCode.POOL_EXHAUSTED, True), keyed=True) is NOT
