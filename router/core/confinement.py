@@ -17,6 +17,8 @@ binds the parameters and decides (one shard, several, or unknown: refused).
 
 What is deliberately *not* taken as a pin, because it would confine the wrong rows:
 - an equality under OR or NOT, or in a HAVING, or on a column wrapped in a function;
+- `a.key IS NOT DISTINCT FROM b.key` as a join (NULL meets NULL, and NULL keys are on every
+  shard); with a value it pins, as `=` does;
 - an unqualified column that does not name a key of exactly one sharded table of its own scope
   (a correlated column must be qualified to count: an inner table's column of the same name
   would take precedence in PostgreSQL, and we do not know every table's columns);
@@ -575,7 +577,9 @@ class _Analyzer:
             left = self.column(conj.lexpr, scope)
             right = self.column(conj.rexpr, scope)
             if left is not None and right is not None:
-                if left[1] is right[1]:
+                # Only `=` joins: IS NOT DISTINCT FROM also matches a NULL key with a NULL key,
+                # and a NULL key (a coupon for any course) is on every shard.
+                if left[1] is right[1] and conj.kind == A_Expr_Kind.AEXPR_OP:
                     self.join(left[0], right[0], filtered, sources)
             elif left is not None:
                 self.pin(left, conj.rexpr, filtered)

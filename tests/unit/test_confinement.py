@@ -488,3 +488,33 @@ def test_a_batch_is_confined_statement_by_statement() -> None:
     with pytest.raises(CrossShardError):  # a hint does not place a row on another shard
         _batch_shard([("INSERT INTO audit_log (region, action, entity) "
                        "VALUES ('asia', 'a', 'b')", [])], hint="europe")
+
+
+# ---- an adversarial review (2026-12-04) -------------------------------------------------------
+
+def test_is_not_distinct_from_between_keys_joins_nothing() -> None:
+    """`a.key IS NOT DISTINCT FROM b.key` matches NULL with NULL, and a NULL key (a coupon
+    for any course) is on every shard: it confines nothing, unlike `=`. Once it was taken as a
+    join, and the read answered from one shard (or merged per shard) missed the other shards'
+    NULL-keyed rows it would have met in one database."""
+    from router.core.routing import Scatter, route
+    from router.core.scatter_plan import ScatterRefused
+    from router.core.scatter_rewrite import plan_scatter
+
+    sql = ("SELECT count(*) FROM coupons a JOIN coupons b "
+           "ON b.course_id IS NOT DISTINCT FROM a.course_id WHERE a.coupon_id = $1")
+    analysis = CLASSIFIER.analyze(sql)
+    routed = route(analysis, [EU], None, CONFIG)
+    assert isinstance(routed, Scatter)  # b is not confined: every shard's coupons count
+    with pytest.raises(ScatterRefused, match="coupons"):
+        plan_scatter(sql, analysis.confinement, CONFIG.tables)
+    # the NULL-safe equality with a value still pins (a NULL value names no shard)
+    assert route_one("SELECT * FROM coupons WHERE coupon_id IS NOT DISTINCT FROM $1",
+                     EU) == "europe"
+    # and `=` still joins: NULL = NULL is not true
+    assert route_one("SELECT count(*) FROM coupons a JOIN coupons b ON b.course_id = "
+                     "a.course_id WHERE a.coupon_id = $1", EU) == "europe"
+
+
+def route_one(sql: str, *params: object) -> str:
+    return route(sql, *params).shard

@@ -1,0 +1,66 @@
+"""An adversarial review's wrong answers, through the router against the real cluster: each
+statement either gets the answer one database holding every shard's rows would give (asked of
+each primary directly and combined), or is refused saying why; never a part of the truth."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+import client
+from router.config import Config
+from router.tools.db.connect import connect_node
+from tests.integration.conftest import unique
+from tests.support.router_proc import REGIONS
+
+
+@dataclass
+class Coupons:
+    """A coupon for any course (course_id NULL) on each shard, by a code of this test's own."""
+
+    ids: dict[str, uuid.UUID]
+    codes: list[str]
+    primaries: dict[str, asyncpg.Connection]
+
+
+@pytest.fixture
+async def coupons(migrated: Config) -> AsyncIterator[Coupons]:
+    primaries = {r: await connect_node(migrated, migrated.shards[r].primary) for r in REGIONS}
+    ids: dict[str, uuid.UUID] = {}
+    codes: list[str] = []
+    try:
+        for region, conn in primaries.items():
+            code = unique("any-").replace(" ", "")[:32]
+            codes.append(code)
+            ids[region] = await conn.fetchval(
+                "INSERT INTO coupons (code, percent_off) VALUES ($1, 10) RETURNING coupon_id",
+                code)
+        yield Coupons(ids, codes, primaries)
+    finally:
+        for region, conn in primaries.items():
+            await conn.execute("DELETE FROM coupons WHERE coupon_id = $1", ids.get(region))
+            await conn.close()
+
+
+async def test_a_null_safe_join_on_a_nullable_key_meets_every_shards_nulls(
+        db: client.Client, coupons: Coupons) -> None:
+    """`IS NOT DISTINCT FROM` between shard keys matches NULL with NULL, and NULL keys are on
+    every shard: once taken as a join on the key, it was answered from europe alone (1)."""
+    sql = ("SELECT count(*) FROM coupons a JOIN coupons b "
+           "ON b.course_id IS NOT DISTINCT FROM a.course_id "
+           "WHERE a.coupon_id = $1 AND b.code = ANY($2::text[])")
+    args = (coupons.ids["europe"], coupons.codes)
+    truth = sum([await conn.fetchval(
+        "SELECT count(*) FROM coupons b WHERE b.course_id IS NULL AND b.code = ANY($1::text[])",
+        coupons.codes) for conn in coupons.primaries.values()])
+    assert truth == len(REGIONS)
+    try:
+        answer = await db.fetchval(sql, *args, consistency="strong")
+    except client.CrossShardError as exc:
+        assert "cross-shard read refused" in str(exc)
+        return
+    assert answer == truth
