@@ -15,7 +15,7 @@ import client
 from router.config import Config
 from router.tools.db.connect import connect_node
 from tests.integration.conftest import unique
-from tests.support.router_proc import REGIONS
+from tests.support.router_proc import REGIONS, TOKEN, RouterProcess
 
 
 @dataclass
@@ -64,3 +64,21 @@ async def test_a_null_safe_join_on_a_nullable_key_meets_every_shards_nulls(
         assert "cross-shard read refused" in str(exc)
         return
     assert answer == truth
+
+
+async def test_currval_never_answers_with_another_clients_sequence_value(
+        router: RouterProcess, db: client.Client) -> None:
+    """A backend connection serves client after client: currval() and lastval() of one that
+    never called nextval() answered with another client's value (one database would have
+    refused: "currval of sequence is not yet defined in this session")."""
+    await db.execute("CREATE SEQUENCE IF NOT EXISTS review_seq", shard="europe")
+    for _ in range(4):
+        await db.fetchval("SELECT nextval('review_seq')", shard="europe")
+    other = await client.connect(router.dsn, token=TOKEN)
+    async with other:
+        for sql in ("SELECT currval('review_seq')", "SELECT lastval()"):
+            for _ in range(4):
+                with pytest.raises(client.GeorouteError) as refused:
+                    await other.fetchval(sql, shard="europe")
+                assert "another client" in str(refused.value) or "not yet defined" in str(
+                    refused.value), refused.value

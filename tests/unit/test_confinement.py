@@ -518,3 +518,18 @@ def test_is_not_distinct_from_between_keys_joins_nothing() -> None:
 
 def route_one(sql: str, *params: object) -> str:
     return route(sql, *params).shard
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT currval('invoice_number_seq')", "SELECT lastval()",
+    "SELECT pg_catalog.currval($1)", "SELECT * FROM users WHERE user_id = $1 AND 1 = lastval()",
+    "INSERT INTO audit_log (action, entity, details) VALUES ('a', 'b', "
+    "jsonb_build_object('n', currval('s')))",
+])
+def test_reads_of_the_sessions_last_sequence_value_are_refused(sql: str) -> None:
+    """currval()/lastval() answer from the backend session, which the router shares between
+    clients: another client's nextval (or an invoice trigger's) would be the answer."""
+    with pytest.raises(UnsupportedStatementError, match="another client"):
+        CLASSIFIER.analyze(sql)
+    CLASSIFIER.analyze("SELECT nextval('s')")  # its own value is its own
+    CLASSIFIER.analyze("SELECT myschema.currval('s')")  # another function
