@@ -119,6 +119,8 @@ _SESSION_FUNCS = frozenset(
         "set_config",
         "pg_advisory_unlock",
         "pg_advisory_unlock_all",
+        # The session's random() sequence: the next client's random() would be predictable.
+        "setseed",
     }
 )
 

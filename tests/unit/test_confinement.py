@@ -533,3 +533,11 @@ def test_reads_of_the_sessions_last_sequence_value_are_refused(sql: str) -> None
         CLASSIFIER.analyze(sql)
     CLASSIFIER.analyze("SELECT nextval('s')")  # its own value is its own
     CLASSIFIER.analyze("SELECT myschema.currval('s')")  # another function
+
+
+def test_setseed_is_session_state() -> None:
+    """setseed() fixes the backend session's random() sequence: left on a shared connection,
+    every later client's random() there would be predictable from the seed."""
+    assert CLASSIFIER.analyze("SELECT setseed($1)").changes_session_state
+    assert CLASSIFIER.analyze("SELECT pg_catalog.setseed(0.5)").changes_session_state
+    assert not CLASSIFIER.analyze("SELECT random()").changes_session_state
