@@ -132,6 +132,10 @@ class Confinement:
     unchecked: str | None = None
     # The references in the outermost query's own FROM (a cross-shard read is merged over them).
     top: tuple[int, ...] = ()
+    # Outer joins of the outermost query's FROM whose preserved side holds no sharded table
+    # (a reference table, VALUES, a function) while the other side does: each shard would
+    # keep the preserved rows its own rows do not match, so a cross-shard read is refused.
+    unanchored: tuple[str, ...] = ()
 
 
 # Values whose shard is wherever the statement runs: made on the shard itself.
@@ -208,11 +212,12 @@ class _Analyzer:
         self.unchecked: str | None = None
         self.renamed: set[int] = set()  # refs with a column alias list: names are not keys
         self.top: tuple[int, ...] = ()
+        self.unanchored: list[str] = []
 
     def result(self) -> Confinement:
         return Confinement(tuple(self.refs), tuple(self.pins), tuple(dict.fromkeys(self.edges)),
                            tuple(self.rows), tuple(self.assigned), self.unchecked,
-                           self.top)
+                           self.top, tuple(self.unanchored))
 
     def key_kind(self, table: str, column: str) -> KeyKind | None:
         cfg = self._tables.get(table)
@@ -495,6 +500,12 @@ class _Analyzer:
                 filtered = left
             else:  # FULL: the ON filters neither side
                 filtered = set()
+            if scope.parent is None and kind != JoinType.JOIN_INNER:
+                preserved = {JoinType.JOIN_LEFT: (left,), JoinType.JOIN_RIGHT: (right,)}.get(
+                    kind, (left, right))
+                if any(not side for side in preserved) and left | right:
+                    self.unanchored.append(", ".join(
+                        dict.fromkeys(self.refs[r].table for r in sorted(left | right))))
             self.where(item.quals, on, filtered)
             if not item.isNatural:
                 for name in item.usingClause or ():
