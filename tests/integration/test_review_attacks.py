@@ -82,3 +82,25 @@ async def test_currval_never_answers_with_another_clients_sequence_value(
                     await other.fetchval(sql, shard="europe")
                 assert "another client" in str(refused.value) or "not yet defined" in str(
                     refused.value), refused.value
+
+
+async def test_every_shard_asked_for_a_reference_table_answers_once(
+        db: client.Client, migrated: Config) -> None:
+    """shard="*" over reference tables only (or no table): each shard holds the same copy, so
+    concatenating their answers gave every category three times, and count(*) three times
+    the count. One database's answer is one copy's."""
+    slug = unique("review-").lower().replace(" ", "-").replace("_", "-")
+    category = uuid.uuid4()
+    await db.execute("INSERT INTO categories (category_id, slug, name) VALUES ($1, $2, 'R')",
+                     category, slug)
+    conn = await connect_node(migrated, migrated.shards["europe"].primary)
+    try:
+        truth = await conn.fetchval("SELECT count(*) FROM categories")
+        assert truth >= 1
+        every = {"shard": client.EVERY_SHARD, "consistency": "strong"}
+        assert await db.fetchval("SELECT count(*) FROM categories", **every) == truth
+        assert len(await db.fetch("SELECT category_id FROM categories", **every)) == truth
+        assert [tuple(r) for r in await db.fetch("SELECT 1 AS one", **every)] == [(1,)]
+    finally:
+        await conn.close()
+        await db.execute("DELETE FROM categories WHERE category_id = $1", category)

@@ -188,6 +188,10 @@ def test_a_read_not_confined_to_one_shard_becomes_a_scatter_and_a_write_does_not
         tuple(s for s in every if s in ("asia", "europe")))  # only the shards it names
     assert kind("SELECT name FROM users WHERE user_id = $1", asia) == OneShard("asia", False)
     assert kind("SELECT name FROM users WHERE user_id = $1", asia, hint="*") == Scatter(every)
+    # "*" over reference tables only (or none): each shard's copy is the same, so one answers
+    # (put together, the copies came back once per shard).
+    for sql in ("SELECT count(*) FROM categories", "SELECT 1", "SELECT * FROM moved_ids"):
+        assert kind(sql, hint="*") == OneShard(every[0], False), sql
     for write in ("UPDATE users SET city = 'x'", "SELECT name FROM users FOR UPDATE"):
         with pytest.raises(MissingShardKeyError):
             kind(write)
