@@ -541,3 +541,20 @@ def test_setseed_is_session_state() -> None:
     assert CLASSIFIER.analyze("SELECT setseed($1)").changes_session_state
     assert CLASSIFIER.analyze("SELECT pg_catalog.setseed(0.5)").changes_session_state
     assert not CLASSIFIER.analyze("SELECT random()").changes_session_state
+
+
+def test_a_reference_write_returns_the_rows_it_writes_to_compare_the_copies() -> None:
+    from router.core.reference import WRITTEN_ROW, compared_write
+
+    sql, own = compared_write("UPDATE categories c SET name = $2 WHERE category_id = $1 "
+                              "RETURNING c.name", CONFIG.tables)
+    assert own and sql.endswith(f"RETURNING pg_catalog.to_jsonb(c.*) AS {WRITTEN_ROW}, c.name")
+    sql, own = compared_write("INSERT INTO categories (slug, name) VALUES ($1, 'x')",
+                              CONFIG.tables)
+    assert not own and sql.endswith(f"RETURNING pg_catalog.to_jsonb(categories.*) AS "
+                                    f"{WRITTEN_ROW}")
+    assert compared_write("TRUNCATE categories", CONFIG.tables) == ("TRUNCATE categories",
+                                                                    False)
+    with pytest.raises(CrossShardError, match="inside a WITH"):
+        compared_write("WITH d AS (DELETE FROM categories RETURNING 1) SELECT count(*) FROM d",
+                       CONFIG.tables)
