@@ -119,9 +119,16 @@ _SESSION_FUNCS = frozenset(
         "set_config",
         "pg_advisory_unlock",
         "pg_advisory_unlock_all",
+        # The session's random() sequence: the next client's random() would be predictable.
+        "setseed",
     }
 )
 
+
+# Functions that read what an earlier statement of the same session left behind. A backend
+# connection serves many clients, one after another, so their answer would be another
+# client's (currval after that client's nextval, or after an invoice's trigger): refused.
+_SESSION_READS = frozenset({"currval", "lastval"})
 
 _CURSOR_OPT_HOLD = 0x0020  # PostgreSQL's parsenodes.h
 
@@ -250,6 +257,11 @@ class Analyzer:
             builtin = schema in (None, "pg_catalog")
             if builtin and fname in _SESSION_FUNCS and not _local_set_config(fname, func):
                 session = True
+            if builtin and fname in _SESSION_READS:
+                raise UnsupportedStatementError(
+                    f"{fname}() reads the backend session's last sequence value, which through "
+                    "the router may be another client's (connections are shared): use the "
+                    "value nextval() or INSERT ... RETURNING gave you")
             qualified = ".".join(names)
             if not ((builtin and fname in self._read_only_functions)
                     or qualified in self._read_only_functions):

@@ -17,6 +17,8 @@ binds the parameters and decides (one shard, several, or unknown: refused).
 
 What is deliberately *not* taken as a pin, because it would confine the wrong rows:
 - an equality under OR or NOT, or in a HAVING, or on a column wrapped in a function;
+- `a.key IS NOT DISTINCT FROM b.key` as a join (NULL meets NULL, and NULL keys are on every
+  shard); with a value it pins, as `=` does;
 - an unqualified column that does not name a key of exactly one sharded table of its own scope
   (a correlated column must be qualified to count: an inner table's column of the same name
   would take precedence in PostgreSQL, and we do not know every table's columns);
@@ -130,6 +132,10 @@ class Confinement:
     unchecked: str | None = None
     # The references in the outermost query's own FROM (a cross-shard read is merged over them).
     top: tuple[int, ...] = ()
+    # Outer joins of the outermost query's FROM whose preserved side holds no sharded table
+    # (a reference table, VALUES, a function) while the other side does: each shard would
+    # keep the preserved rows its own rows do not match, so a cross-shard read is refused.
+    unanchored: tuple[str, ...] = ()
 
 
 # Values whose shard is wherever the statement runs: made on the shard itself.
@@ -206,11 +212,12 @@ class _Analyzer:
         self.unchecked: str | None = None
         self.renamed: set[int] = set()  # refs with a column alias list: names are not keys
         self.top: tuple[int, ...] = ()
+        self.unanchored: list[str] = []
 
     def result(self) -> Confinement:
         return Confinement(tuple(self.refs), tuple(self.pins), tuple(dict.fromkeys(self.edges)),
                            tuple(self.rows), tuple(self.assigned), self.unchecked,
-                           self.top)
+                           self.top, tuple(self.unanchored))
 
     def key_kind(self, table: str, column: str) -> KeyKind | None:
         cfg = self._tables.get(table)
@@ -493,6 +500,12 @@ class _Analyzer:
                 filtered = left
             else:  # FULL: the ON filters neither side
                 filtered = set()
+            if scope.parent is None and kind != JoinType.JOIN_INNER:
+                preserved = {JoinType.JOIN_LEFT: (left,), JoinType.JOIN_RIGHT: (right,)}.get(
+                    kind, (left, right))
+                if any(not side for side in preserved) and left | right:
+                    self.unanchored.append(", ".join(
+                        dict.fromkeys(self.refs[r].table for r in sorted(left | right))))
             self.where(item.quals, on, filtered)
             if not item.isNatural:
                 for name in item.usingClause or ():
@@ -575,7 +588,9 @@ class _Analyzer:
             left = self.column(conj.lexpr, scope)
             right = self.column(conj.rexpr, scope)
             if left is not None and right is not None:
-                if left[1] is right[1]:
+                # Only `=` joins: IS NOT DISTINCT FROM also matches a NULL key with a NULL key,
+                # and a NULL key (a coupon for any course) is on every shard.
+                if left[1] is right[1] and conj.kind == A_Expr_Kind.AEXPR_OP:
                     self.join(left[0], right[0], filtered, sources)
             elif left is not None:
                 self.pin(left, conj.rexpr, filtered)

@@ -380,6 +380,10 @@ def route(analysis: Analysis, params: Sequence[Any], hint: str | None,
         if not analysis.read_only or analysis.command != "SELECT":
             raise CrossShardError('shard "*" asks every shard, which only a read may do; '
                                   "a write runs on one shard")
+        if not analysis.confinement.refs:
+            # Reference tables only, or no table: every shard holds the same copy, and their
+            # answers put together would repeat it. One database's answer is one copy's.
+            return OneShard(next(iter(config.shards)), False)
         return Scatter(tuple(config.shards))
     try:
         return resolve_shards(analysis, params, hint, config)

@@ -112,6 +112,13 @@ def check_colocated(conf: Confinement) -> None:
     answers only need merging; otherwise rows of different shards would have to meet."""
     if not conf.refs:
         return
+    if conf.unanchored:
+        raise ScatterRefused(
+            Refusal.NOT_COLOCATED, conf.unanchored[0],
+            "an outer join keeps the rows of a side with no sharded table (a reference table, "
+            "VALUES, a function) that no row matches; each shard would keep those its own rows "
+            "do not match, so every shard would add them again. Join them inside one shard's "
+            "read, or make it an inner join")
     after: dict[int, set[int]] = {}
     for edge in conf.edges:
         after.setdefault(edge.source, set()).add(edge.target)

@@ -18,7 +18,7 @@ from protocol.messages import Role as WireRole
 from router.backend.pool import Backend, NodeUnavailableError
 from router.config import Config
 from router.core.classify import Analysis
-from router.core.reference import one_copy_refusal
+from router.core.reference import WRITTEN_ROW, compared_write, one_copy_refusal
 from router.core.routing import (
     SCATTER_HINT,
     CrossShardError,
@@ -47,6 +47,19 @@ from router.ha.topology import NodeState, ShardState, Topology
 __all__ = ["DistributedTransactions", "ReferenceCopiesDiffer"]
 
 Result = tuple[list[str], list[Any], str]
+
+
+def _written_apart(result: Result, own_returning: bool) -> tuple[Result, list[str]]:
+    """A reference write's result (compared_write's) apart: its own (RETURNING rows, or
+    none), and the rows it wrote, whole, in an order of their own (shards store rows in
+    their own order)."""
+    columns, rows, status = result
+    if not columns or columns[0] != WRITTEN_ROW:  # a TRUNCATE: nothing to compare
+        return result, []
+    written = sorted(repr(row[0]) for row in rows)
+    if not own_returning:
+        return ([], [], status), written
+    return (columns[1:], [tuple(row[1:]) for row in rows], status), written
 
 
 def _first_error(results: list[Any]) -> list[Any]:
@@ -159,6 +172,9 @@ class DistributedTransactions:
         """One statement on the branches of `shards` (opened as needed), holding tx.lock."""
         if tx.failed:
             raise TransactionAborted("an earlier statement failed; only rollback is accepted")
+        own_returning = True
+        if analysis.reference_writes:  # its written rows come first, to compare the copies
+            sql, own_returning = compared_write(sql, self._config.tables)
         try:
             if len(shards) == 1:  # the common case: no tasks
                 if shards[0] not in tx.branches:
@@ -178,8 +194,13 @@ class DistributedTransactions:
             # here on the transaction can only be rolled back.
             tx.failed = True
             raise
+        written: list[list[str]] = []
+        if analysis.reference_writes:
+            apart = [_written_apart(result, own_returning) for result in results]
+            results, written = [r for r, _ in apart], [w for _, w in apart]
         first = results[0]
-        if any(result[1:] != first[1:] for result in results[1:]):
+        if (any(result[1:] != first[1:] for result in results[1:])
+                or any(rows != written[0] for rows in written[1:])):
             tx.failed = True
             said = "; ".join(f"{b.shard}: {r[2]}" for b, r in zip(branches, results, strict=True))
             raise ReferenceCopiesDiffer(

@@ -91,6 +91,37 @@ async def test_a_write_that_would_leave_the_copies_different_is_refused(
         assert await conn.fetchval("SELECT count(*) FROM tp_ref WHERE name = $1", name) == 0
 
 
+async def test_a_write_computing_its_rows_on_each_shard_is_refused_without_returning(
+    db: client.Client, primaries: Primaries
+) -> None:
+    """Equal statuses ("INSERT 0 1" on every shard) are not equal copies: without a RETURNING,
+    a default made on each shard (gen_random_uuid(), georoute_id(), now()) or a call of
+    clock_timestamp() was committed, each copy with its own value. The rows each shard wrote
+    are compared, whole."""
+    name = f"volatile-{uuid.uuid4()}"
+    with pytest.raises(client.CrossShardError, match="did not do the same on every shard"):
+        await db.execute("INSERT INTO tp_ref (name) VALUES ($1)", name)
+    for conn in primaries.values():
+        assert await conn.fetchval("SELECT count(*) FROM tp_ref WHERE name = $1", name) == 0
+    ref = uuid.uuid4()
+    assert await db.execute("INSERT INTO tp_ref (ref_id, name) VALUES ($1, $2)",
+                            ref, name) == "INSERT 0 1"
+    with pytest.raises(client.CrossShardError, match="did not do the same on every shard"):
+        await db.execute("UPDATE tp_ref SET name = clock_timestamp()::text WHERE ref_id = $1",
+                         ref)
+    assert await copies(primaries, ref) == {r: [name] for r in REGIONS}
+    # The same rows everywhere: applied, its own RETURNING (or none) as before.
+    assert await db.execute("UPDATE tp_ref SET name = $2 WHERE ref_id = $1", ref,
+                            "same") == "UPDATE 1"
+    rows = await db.fetch("DELETE FROM tp_ref WHERE ref_id = $1 RETURNING name", ref)
+    assert [tuple(r) for r in rows] == [("same",)] and rows[0].keys() == ["name"]
+    assert await copies(primaries, ref) == {r: [] for r in REGIONS}
+    # Inside a WITH, the rows a reference write makes cannot be compared: refused.
+    with pytest.raises(client.CrossShardError, match="inside a WITH"):
+        await db.fetch("WITH w AS (INSERT INTO tp_ref (ref_id, name) VALUES ($1, 'w') "
+                       "RETURNING 1) SELECT count(*) FROM w", uuid.uuid4())
+
+
 async def test_health_names_a_reference_table_whose_copies_differ(
     db: client.Client, primaries: Primaries, migrated: Config
 ) -> None:

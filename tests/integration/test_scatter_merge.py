@@ -25,7 +25,7 @@ from protocol.values import ext_hook
 from router.backend.pgcodecs import install_codecs
 from router.config import Config, TableConfig
 from router.core.merge import ShardRows, column_orders, merge, real_columns
-from router.core.scatter_plan import ScatterRefused
+from router.core.scatter_plan import Refusal, ScatterRefused
 from router.core.scatter_rewrite import plan_scatter
 from router.engine.classifier import Classifier
 from router.tools.db.connect import connect_node
@@ -442,3 +442,39 @@ def test_the_names_the_router_gives_unnamed_columns_are_postgresqls(world: World
         theirs = stmt.get_attributes()[0].name
         ours = _implicit_name(parse_sql(sql)[0].stmt.targetList[0].val)
         assert ours == theirs, (expr, ours, theirs)
+
+
+def test_an_outer_join_from_a_table_on_every_shard_is_the_truth_or_refused(
+        world: World) -> None:
+    """A reference table is on every shard: kept by an outer join where no row of `t` matches,
+    its rows came back once per shard that had no match, where one database gives them once
+    (and only when no shard matches). Answered exactly, or refused."""
+    world.runner.run(world.load([(1, "asia", 1, None, "x", True, None),
+                                 (2, "europe", 1, None, "y", False, None),
+                                 (3, "north_america", 2, None, "z", None, None)]))
+
+    async def reference() -> None:
+        for conn in (*world.shards.values(), world.oracle):
+            await conn.execute("DROP TABLE IF EXISTS ref; CREATE TABLE ref (k int); "
+                               "INSERT INTO ref VALUES (1), (2), (99)")
+
+    world.runner.run(reference())
+    for sql in ("SELECT ref.k, t.id FROM ref LEFT JOIN t ON t.a = ref.k ORDER BY 1, 2",
+                "SELECT count(*) FROM ref LEFT JOIN t ON t.a = ref.k",
+                "SELECT ref.k, count(*) FROM t RIGHT JOIN ref ON t.a = ref.k GROUP BY 1 "
+                "ORDER BY 1",
+                "SELECT count(*) FROM ref FULL JOIN t ON t.a = ref.k",
+                "SELECT v.k, t.id FROM (VALUES (1), (99)) v(k) LEFT JOIN t ON t.a = v.k "
+                "ORDER BY 1, 2"):
+        want = world.runner.run(world.truth(sql, []))
+        try:
+            got = world.runner.run(world.scattered(sql, []))
+        except ScatterRefused as exc:
+            assert exc.reason is Refusal.NOT_COLOCATED, sql
+            continue
+        assert got == want, (sql, got, want)
+    # An inner join, or a sharded table on the kept side, is merged as before.
+    for sql in ("SELECT ref.k, t.id FROM ref JOIN t ON t.a = ref.k ORDER BY 1, 2",
+                "SELECT t.id, ref.k FROM t LEFT JOIN ref ON t.a = ref.k ORDER BY 1"):
+        assert world.runner.run(world.scattered(sql, [])) == world.runner.run(
+            world.truth(sql, [])), sql

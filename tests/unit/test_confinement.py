@@ -488,3 +488,73 @@ def test_a_batch_is_confined_statement_by_statement() -> None:
     with pytest.raises(CrossShardError):  # a hint does not place a row on another shard
         _batch_shard([("INSERT INTO audit_log (region, action, entity) "
                        "VALUES ('asia', 'a', 'b')", [])], hint="europe")
+
+
+# ---- an adversarial review (2026-12-04) -------------------------------------------------------
+
+def test_is_not_distinct_from_between_keys_joins_nothing() -> None:
+    """`a.key IS NOT DISTINCT FROM b.key` matches NULL with NULL, and a NULL key (a coupon
+    for any course) is on every shard: it confines nothing, unlike `=`. Once it was taken as a
+    join, and the read answered from one shard (or merged per shard) missed the other shards'
+    NULL-keyed rows it would have met in one database."""
+    from router.core.routing import Scatter, route
+    from router.core.scatter_plan import ScatterRefused
+    from router.core.scatter_rewrite import plan_scatter
+
+    sql = ("SELECT count(*) FROM coupons a JOIN coupons b "
+           "ON b.course_id IS NOT DISTINCT FROM a.course_id WHERE a.coupon_id = $1")
+    analysis = CLASSIFIER.analyze(sql)
+    routed = route(analysis, [EU], None, CONFIG)
+    assert isinstance(routed, Scatter)  # b is not confined: every shard's coupons count
+    with pytest.raises(ScatterRefused, match="coupons"):
+        plan_scatter(sql, analysis.confinement, CONFIG.tables)
+    # the NULL-safe equality with a value still pins (a NULL value names no shard)
+    assert route_one("SELECT * FROM coupons WHERE coupon_id IS NOT DISTINCT FROM $1",
+                     EU) == "europe"
+    # and `=` still joins: NULL = NULL is not true
+    assert route_one("SELECT count(*) FROM coupons a JOIN coupons b ON b.course_id = "
+                     "a.course_id WHERE a.coupon_id = $1", EU) == "europe"
+
+
+def route_one(sql: str, *params: object) -> str:
+    return route(sql, *params).shard
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT currval('invoice_number_seq')", "SELECT lastval()",
+    "SELECT pg_catalog.currval($1)", "SELECT * FROM users WHERE user_id = $1 AND 1 = lastval()",
+    "INSERT INTO audit_log (action, entity, details) VALUES ('a', 'b', "
+    "jsonb_build_object('n', currval('s')))",
+])
+def test_reads_of_the_sessions_last_sequence_value_are_refused(sql: str) -> None:
+    """currval()/lastval() answer from the backend session, which the router shares between
+    clients: another client's nextval (or an invoice trigger's) would be the answer."""
+    with pytest.raises(UnsupportedStatementError, match="another client"):
+        CLASSIFIER.analyze(sql)
+    CLASSIFIER.analyze("SELECT nextval('s')")  # its own value is its own
+    CLASSIFIER.analyze("SELECT myschema.currval('s')")  # another function
+
+
+def test_setseed_is_session_state() -> None:
+    """setseed() fixes the backend session's random() sequence: left on a shared connection,
+    every later client's random() there would be predictable from the seed."""
+    assert CLASSIFIER.analyze("SELECT setseed($1)").changes_session_state
+    assert CLASSIFIER.analyze("SELECT pg_catalog.setseed(0.5)").changes_session_state
+    assert not CLASSIFIER.analyze("SELECT random()").changes_session_state
+
+
+def test_a_reference_write_returns_the_rows_it_writes_to_compare_the_copies() -> None:
+    from router.core.reference import WRITTEN_ROW, compared_write
+
+    sql, own = compared_write("UPDATE categories c SET name = $2 WHERE category_id = $1 "
+                              "RETURNING c.name", CONFIG.tables)
+    assert own and sql.endswith(f"RETURNING pg_catalog.to_jsonb(c.*) AS {WRITTEN_ROW}, c.name")
+    sql, own = compared_write("INSERT INTO categories (slug, name) VALUES ($1, 'x')",
+                              CONFIG.tables)
+    assert not own and sql.endswith(f"RETURNING pg_catalog.to_jsonb(categories.*) AS "
+                                    f"{WRITTEN_ROW}")
+    assert compared_write("TRUNCATE categories", CONFIG.tables) == ("TRUNCATE categories",
+                                                                    False)
+    with pytest.raises(CrossShardError, match="inside a WITH"):
+        compared_write("WITH d AS (DELETE FROM categories RETURNING 1) SELECT count(*) FROM d",
+                       CONFIG.tables)

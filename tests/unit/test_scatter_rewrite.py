@@ -188,6 +188,10 @@ def test_a_read_not_confined_to_one_shard_becomes_a_scatter_and_a_write_does_not
         tuple(s for s in every if s in ("asia", "europe")))  # only the shards it names
     assert kind("SELECT name FROM users WHERE user_id = $1", asia) == OneShard("asia", False)
     assert kind("SELECT name FROM users WHERE user_id = $1", asia, hint="*") == Scatter(every)
+    # "*" over reference tables only (or none): each shard's copy is the same, so one answers
+    # (put together, the copies came back once per shard).
+    for sql in ("SELECT count(*) FROM categories", "SELECT 1", "SELECT * FROM moved_ids"):
+        assert kind(sql, hint="*") == OneShard(every[0], False), sql
     for write in ("UPDATE users SET city = 'x'", "SELECT name FROM users FOR UPDATE"):
         with pytest.raises(MissingShardKeyError):
             kind(write)
@@ -378,3 +382,33 @@ def test_order_by_the_name_of_an_unnamed_output_column_is_that_column(
     p = plan(classifier, config, "SELECT count(*) AS n, region FROM courses GROUP BY region "
                                  "ORDER BY n DESC, region")
     assert [k.column for k in p.sort] == [0, 1]
+
+
+def test_an_outer_join_keeping_rows_of_a_side_with_no_sharded_table_is_refused(
+        classifier: Classifier, config: Config) -> None:
+    """A reference table (or VALUES, a function) is on every shard: an outer join that keeps
+    its unmatched rows had each shard keep those its own rows did not match, and the merge
+    added them up (a category with courses on one shard came back with NULLs from the two
+    others, one with none came back three times)."""
+    for sql in (
+        "SELECT c.name, co.title FROM categories c LEFT JOIN courses co "
+        "ON co.category_id = c.category_id",
+        "SELECT count(*) FROM courses co RIGHT JOIN categories c ON co.category_id = "
+        "c.category_id",
+        "SELECT count(*) FROM categories c FULL JOIN courses co ON co.category_id = "
+        "c.category_id",
+        "SELECT v.id, u.email FROM (VALUES ($1::uuid)) v(id) LEFT JOIN users u "
+        "ON u.user_id = v.id",
+        "SELECT g, count(u.user_id) FROM generate_series(1, 3) g LEFT JOIN "
+        "(users u JOIN enrollments e ON e.user_id = u.user_id) ON u.user_id IS NULL GROUP BY g",
+    ):
+        err = refused(classifier, config, sql)
+        assert err.reason is Refusal.NOT_COLOCATED and "outer join" in str(err), sql
+    # The preserved side holds a sharded table: each kept row lives on one shard.
+    for sql in ("SELECT co.title, c.name FROM courses co LEFT JOIN categories c "
+                "ON c.category_id = co.category_id",
+                "SELECT c.name, co.title FROM categories c JOIN courses co "
+                "ON co.category_id = c.category_id",
+                "SELECT u.email, e.status FROM users u LEFT JOIN enrollments e "
+                "ON e.user_id = u.user_id"):
+        plan(classifier, config, sql)
