@@ -35,7 +35,10 @@ from router.tools.localcluster.restores import (
     stop_restored,
 )
 
-__all__ = ["Restored", "flush_wal", "parse_target", "restore_shard"]
+__all__ = ["RESTORE_BLOCK_MARK", "Restored", "flush_wal", "parse_target", "restore_shard"]
+
+# The start of the settings a restore appends to the restored node's postgresql.conf.
+RESTORE_BLOCK_MARK = "\n# ---- written by georoute restore "
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Lines of the restored node's log that say where recovery stopped and what it last replayed.
@@ -194,7 +197,7 @@ def _restore_into(tools: LocalTools, shard: str, target: datetime | None, backup
     if target is not None:
         settings["recovery_target_time"] = target.isoformat(sep=" ")
     with open(pgdata / "postgresql.conf", "a") as fh:
-        fh.write(f"\n# ---- written by georoute restore {name} from backup {backup.id}\n")
+        fh.write(f"{RESTORE_BLOCK_MARK}{name} from backup {backup.id}\n")
         fh.writelines(f"{k} = {_conf_quote(v)}\n" for k, v in settings.items())
     signal_file = pgdata / "recovery.signal"
     signal_file.touch()
