@@ -43,6 +43,7 @@ from router.engine.runtime import Runtime
 from router.errors import ConfigError
 from router.ha.heartbeat import HeartbeatService
 from router.ha.monitor import LagMonitor
+from router.ha.shard_checks import ShardChecks
 from router.ha.sweeper import SilentLinkSweeper
 from router.ha.topology import NodeState, ShardState, Topology
 from router.metrics import Metrics
@@ -109,6 +110,7 @@ class RouterNode:
         self.monitor = LagMonitor(config, self.topology)
         self.heartbeat = (HeartbeatService(config, lambda: self.topology)
                           if config.heartbeat.enabled else None)
+        self.checks = ShardChecks(lambda: self.topology, lambda: self.config)
         self._reload_lock = asyncio.Lock()
         self._server: asyncio.Server | None = None
         self._unix_server: asyncio.Server | None = None
@@ -168,6 +170,8 @@ class RouterNode:
                             self.config.router.twophase_grace_seconds,
                             self.config.router.twophase_recovery_interval_seconds).run())
         self.spawn(SilentLinkSweeper(lambda: self.topology).run())  # half-open backend links
+        self.metrics.checks = self.checks
+        self.spawn(self.checks.run())  # reference-table copies and last backups, as metrics
         self.metrics.bind(self.topology, self.runtime.classifier, lambda: len(self.connections))
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         r = self.config.router
