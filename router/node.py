@@ -95,6 +95,7 @@ class RouterNode:
                 f"environment variable {config.router.auth_token_env} is not set",
             )
         self.metrics = Metrics()
+        self._own_shapes = docstore is None  # shapes built from the config: rebuilt on reload
         self.docstore = docstore or DocStore(config.document_store,
                                              DocumentShapes(config.shards).validate)
         # Set when a client connection or a transaction ends: what a drain waits for, once
@@ -341,6 +342,11 @@ class RouterNode:
             self.spawn(old_shard.lsn.close())  # readers of changed primaries, or unused ones
         for shard in fresh.shards.values():
             self._keep_live_primary(shard, new)
+        if self._own_shapes and list(new.shards) != list(self.config.shards):
+            # Documents name their region: one added (or removed) in router.toml is (or is
+            # no longer) a valid one. Found adding a region under load: a user moved to it
+            # was refused for their preferences document until the router restarted.
+            self.docstore.set_validator(DocumentShapes(new.shards).validate)
         # One step, no await: requests from here on read the new runtime whole.
         self.runtime = self.handler.runtime = self._runtime(new, fresh)
         self.limits = Limits.of(new)

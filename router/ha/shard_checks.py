@@ -29,6 +29,7 @@ from router.ha.topology import Topology
 
 __all__ = [
     "BACKUPS_DDL",
+    "TABLES_SQL",
     "CopyState",
     "ShardChecks",
     "last_backup_time",
@@ -39,7 +40,7 @@ __all__ = [
 log = logging.getLogger("georoute.checks")
 
 # Every ordinary table outside the catalogue and the temporary schemas, with its schema.
-_TABLES_SQL = """
+TABLES_SQL = """
 SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -75,7 +76,7 @@ async def read_reference_copies(conn: asyncpg.Connection,
                                 sharded: Collection[str]) -> dict[str, CopyState]:
     """Each reference table on this node ("table", or "schema.table" outside public)."""
     found: dict[str, CopyState] = {}
-    for schema, name in await conn.fetch(_TABLES_SQL):
+    for schema, name in await conn.fetch(TABLES_SQL):
         if not is_reference_table(name, schema, sharded):
             continue
         label = name if schema == "public" else f"{schema}.{name}"
