@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from protocol.errors import ErrorCode
+from router.core.errors import Refusal
 from router.core.membership import PeerState
 from router.engine.classifier import Classifier
 from router.engine.scatter import ScatterStats
@@ -269,7 +270,9 @@ class Metrics:
             reads.add_metric([name], count)
         refused = CounterMetricFamily("georoute_scatter_refusals",
                                       "Cross-shard reads refused, by reason", labels=["reason"])
-        for reason, count in dict(stats.refusals).items():
+        counts = dict.fromkeys((r.value for r in Refusal), 0)  # every reason, 0 until used
+        counts.update(stats.refusals)
+        for reason, count in counts.items():
             refused.add_metric([reason], count)
         yield from (requests, fanout, merge, shard, reads, refused)
 

@@ -202,6 +202,10 @@ async def test_every_metric_the_dashboard_and_the_alerts_name_is_in_a_real_scrap
     assert len(dashboard) >= 20 and len(rules) >= 8, (len(dashboard), len(rules))
     problems = _problems(dashboard, scraped) + _problems(rules, scraped)
     assert not problems, "\n".join(problems)
+    # Labeled counters are in the scrape with every label value before it is first used
+    # (the traffic above causes neither an INTERNAL error nor a too_large refusal).
+    assert ("georoute_errors_total", "code", "INTERNAL") in values
+    assert ("georoute_scatter_refusals_total", "reason", "too_large") in values
     # The role values the node alerts select on are the ones the router reports.
     for role in ("primary", "replica"):
         assert ("georoute_node_up", "role", role) in values, role

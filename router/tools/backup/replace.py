@@ -167,9 +167,15 @@ def replace_shard(tools: LocalTools, shard: str, target: datetime | None,
         os.replace(live_data, aside)
     os.replace(new_data, live_data)
     forget_restored(tools.layout, name)  # its record and leftovers: the data has moved
-    runner.start(primary)
     deadline = time.monotonic() + timeout
-    run_sync(runner.wait_writable(primary, deadline))
+    try:
+        runner.start(primary)
+        run_sync(runner.wait_writable(primary, deadline))
+    except ClusterError as exc:
+        raise BackupError(
+            f"{primary.name} did not start with the restored data ({exc}); the shard is "
+            f"down. Its old data directory is at {aside}: to go back, stop {primary.name}, "
+            f"put that directory back at {live_data} and run `georoute cluster up`") from exc
     pause = time.monotonic() - stopped
     new_position = run_sync(_position(runner, primary.port))
     if new_position is None:
