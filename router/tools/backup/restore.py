@@ -35,7 +35,14 @@ from router.tools.localcluster.restores import (
     stop_restored,
 )
 
-__all__ = ["RESTORE_BLOCK_MARK", "Restored", "flush_wal", "parse_target", "restore_shard"]
+__all__ = [
+    "RESTORE_BLOCK_MARK",
+    "Restored",
+    "flush_wal",
+    "parse_target",
+    "restore_shard",
+    "without_setting",
+]
 
 # The start of the settings a restore appends to the restored node's postgresql.conf.
 RESTORE_BLOCK_MARK = "\n# ---- written by georoute restore "
@@ -98,6 +105,13 @@ def flush_wal(tools: LocalTools, shard: str, timeout: float) -> str:
                               "failing? (see its log)")
         time.sleep(0.05)  # a CLI waiting on another process's file; no event to wait on
     return f"the primary's WAL up to segment {segment} (everything committed) is archived"
+
+
+def without_setting(conf: str, key: str) -> str:
+    """A PostgreSQL configuration file's text without the lines that set `key`."""
+    kept = [line for line in conf.splitlines(keepends=True)
+            if line.split("=", 1)[0].strip().lower() != key]
+    return "".join(kept)
 
 
 def _free_port(port: int) -> int:
@@ -185,6 +199,12 @@ def _restore_into(tools: LocalTools, shard: str, target: datetime | None, backup
     except ClusterError as exc:
         raise BackupError(str(exc)) from exc
     (pgdata / "backup_manifest").unlink(missing_ok=True)  # the backup's, not this node's
+    auto = pgdata / "postgresql.auto.conf"
+    if auto.exists():
+        # A synchronous shard's primary has synchronous_standby_names = '*' in its
+        # postgresql.auto.conf (ALTER SYSTEM), which overrides postgresql.conf: the restored
+        # node, which has no standby, would make every commit wait for one.
+        auto.write_text(without_setting(auto.read_text(), "synchronous_standby_names"))
     settings = {
         "restore_command": restore_command(tools.paths.wal_dir(shard)),
         "recovery_target_timeline": "latest",
