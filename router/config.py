@@ -116,6 +116,7 @@ class RouterConfig:
     max_scatter_rows: int = 100_000
     twophase_grace_seconds: float = 10.0
     twophase_recovery_interval_seconds: float = 5.0
+    shard_check_interval_seconds: float = 60.0
 
 
 def router_socket_path(router: RouterConfig) -> str | None:
@@ -455,7 +456,7 @@ def _validate_router(r: RouterConfig) -> None:
                 "twophase_recovery_interval_seconds"):
         _positive(f"router.{key}", getattr(r, key))
     for key in ("max_replica_lag_bytes", "read_your_writes_wait_ms", "statement_timeout_seconds",
-                "transaction_idle_timeout_seconds"):
+                "transaction_idle_timeout_seconds", "shard_check_interval_seconds"):
         _non_negative(f"router.{key}", getattr(r, key))
     for spec in r.sharded_functions:
         try:

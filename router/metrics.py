@@ -16,10 +16,13 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from protocol.errors import ErrorCode
+from router.core.errors import Refusal
 from router.core.membership import PeerState
 from router.engine.classifier import Classifier
 from router.engine.scatter import ScatterStats
 from router.ha.heartbeat import HeartbeatService
+from router.ha.shard_checks import ShardChecks
 from router.ha.topology import Topology
 from router.types import Role
 
@@ -123,6 +126,35 @@ class _LiveCollector(Collector):
             yield cache
         if self._metrics.heartbeat is not None:
             yield from _heartbeat_families(self._metrics.heartbeat)
+        if self._metrics.checks is not None:
+            yield from _check_families(self._metrics.checks)
+
+
+def _check_families(checks: ShardChecks) -> Iterator[Any]:
+    """The periodic shard check's results (router/ha/shard_checks.py); the per-table and
+    per-shard series exist from its first check on, at 0 when all is well."""
+    failed = CounterMetricFamily(
+        "georoute_shard_checks_failed", "Periodic shard checks that could not read the shard's "
+        "primary", labels=["shard"])
+    for shard, count in dict(checks.failures).items():
+        failed.add_metric([shard], count)
+    yield failed
+    if not checks.checks:
+        return
+    diverged = GaugeMetricFamily(
+        "georoute_reference_table_diverged", "1 if the reference table's copies differ "
+        "between shards (row count or content hash), or one is missing, at the last check "
+        "that read every shard", labels=["table"])
+    for table, differs in dict(checks.diverged).items():
+        diverged.add_metric([table], 1.0 if differs else 0.0)
+    yield diverged
+    backup = GaugeMetricFamily(
+        "georoute_backup_last_success_timestamp_seconds", "When the shard's newest verified "
+        "base backup finished, as `georoute backup` recorded it on the shard (0: none)",
+        labels=["shard"])
+    for shard, when in dict(checks.last_backup).items():
+        backup.add_metric([shard], when)
+    yield backup
 
 
 def _heartbeat_families(service: HeartbeatService) -> Iterator[Any]:
@@ -164,12 +196,15 @@ class Metrics:
         self.topology: Topology | None = None
         self.classifier: Classifier | None = None
         self.heartbeat: HeartbeatService | None = None
+        self.checks: ShardChecks | None = None
         # (kind, shard, role, outcome) -> count; kind -> [count per bucket..., +Inf], sum
         self._requests: dict[tuple[str, str, str, str], int] = {}
         self._latency: dict[str, tuple[list[int], list[float]]] = {}
         self.errors = Counter(
             "georoute_errors", "Error replies by code name", ["code"], registry=self.registry
         )
+        for code in ErrorCode:  # every code in every scrape, at 0 until it is used
+            self.errors.labels(code.name)
         self.connections = Counter(
             "georoute_client_connections", "Client connections accepted", registry=self.registry
         )
@@ -235,7 +270,9 @@ class Metrics:
             reads.add_metric([name], count)
         refused = CounterMetricFamily("georoute_scatter_refusals",
                                       "Cross-shard reads refused, by reason", labels=["reason"])
-        for reason, count in dict(stats.refusals).items():
+        counts = dict.fromkeys((r.value for r in Refusal), 0)  # every reason, 0 until used
+        counts.update(stats.refusals)
+        for reason, count in counts.items():
             refused.add_metric([reason], count)
         yield from (requests, fanout, merge, shard, reads, refused)
 

@@ -43,6 +43,7 @@ from router.engine.runtime import Runtime
 from router.errors import ConfigError
 from router.ha.heartbeat import HeartbeatService
 from router.ha.monitor import LagMonitor
+from router.ha.shard_checks import ShardChecks
 from router.ha.sweeper import SilentLinkSweeper
 from router.ha.topology import NodeState, ShardState, Topology
 from router.metrics import Metrics
@@ -94,6 +95,7 @@ class RouterNode:
                 f"environment variable {config.router.auth_token_env} is not set",
             )
         self.metrics = Metrics()
+        self._own_shapes = docstore is None  # shapes built from the config: rebuilt on reload
         self.docstore = docstore or DocStore(config.document_store,
                                              DocumentShapes(config.shards).validate)
         # Set when a client connection or a transaction ends: what a drain waits for, once
@@ -109,6 +111,7 @@ class RouterNode:
         self.monitor = LagMonitor(config, self.topology)
         self.heartbeat = (HeartbeatService(config, lambda: self.topology)
                           if config.heartbeat.enabled else None)
+        self.checks = ShardChecks(lambda: self.topology, lambda: self.config)
         self._reload_lock = asyncio.Lock()
         self._server: asyncio.Server | None = None
         self._unix_server: asyncio.Server | None = None
@@ -168,6 +171,8 @@ class RouterNode:
                             self.config.router.twophase_grace_seconds,
                             self.config.router.twophase_recovery_interval_seconds).run())
         self.spawn(SilentLinkSweeper(lambda: self.topology).run())  # half-open backend links
+        self.metrics.checks = self.checks
+        self.spawn(self.checks.run())  # reference-table copies and last backups, as metrics
         self.metrics.bind(self.topology, self.runtime.classifier, lambda: len(self.connections))
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         r = self.config.router
@@ -337,6 +342,11 @@ class RouterNode:
             self.spawn(old_shard.lsn.close())  # readers of changed primaries, or unused ones
         for shard in fresh.shards.values():
             self._keep_live_primary(shard, new)
+        if self._own_shapes and list(new.shards) != list(self.config.shards):
+            # Documents name their region: one added (or removed) in router.toml is (or is
+            # no longer) a valid one. Found adding a region under load: a user moved to it
+            # was refused for their preferences document until the router restarted.
+            self.docstore.set_validator(DocumentShapes(new.shards).validate)
         # One step, no await: requests from here on read the new runtime whole.
         self.runtime = self.handler.runtime = self._runtime(new, fresh)
         self.limits = Limits.of(new)

@@ -195,6 +195,11 @@ class DocStore:
         except (TypeError, ValueError, KeyError, OverflowError, InvalidDocument) as exc:
             raise DocOperationError(f"bad arguments for {op}: {exc}") from exc
 
+    def set_validator(self, validator: Validator | None) -> None:
+        """The documents' shapes anew (a reload whose regions changed: a new region's name
+        becomes a valid `region` at once)."""
+        self._validate = validator
+
     def _check(self, collection: Any, document: Any) -> dict[str, Any]:
         if not isinstance(document, dict):
             raise DocOperationError("a document must be a map")

@@ -2,7 +2,7 @@
 document store, on ports of their own, purged after): WAL archiving, `georoute backup`, `backup
 list`, a restore to a noted time (rows before it are there, rows after it are not), a restore of
 `latest` (every committed row), retention, verification that catches a damaged backup, document
-dumps loaded into a new database, and --replace refused."""
+dumps loaded into a new database. (--replace: test_restore_replace.py.)"""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from pymongo import MongoClient
 from router.config import Config
 from router.tools.backup.basebackup import take_base_backup
 from router.tools.backup.catalog import BaseBackup, read_backups
-from router.tools.backup.cli import REPLACE_REFUSAL
 from router.tools.backup.errors import BackupError
 from router.tools.backup.local import LocalTools, local_tools
 from router.tools.backup.restore import restore_shard
@@ -268,14 +267,16 @@ def test_documents_are_dumped_and_loaded_into_a_new_database(
         client.close()
 
 
-def test_replace_is_refused_and_leaves_nothing(
+def test_replace_refuses_a_separate_nodes_options_and_documents(
     scratch: tuple[LocalCluster, Config], tools: LocalTools
 ) -> None:
+    """--replace itself: tests/integration/test_restore_replace.py."""
     _, config = scratch
     before = set(load_restored(tools.layout))
-    with pytest.raises(BackupError) as info:
-        _cli(config, "restore", "--shard", SHARD, "--to", "latest", "--replace")
-    assert str(info.value) == REPLACE_REFUSAL and "failover machinery" in REPLACE_REFUSAL
+    with pytest.raises(BackupError, match="--as and --port are for a separate node"):
+        _cli(config, "restore", "--shard", SHARD, "--to", "latest", "--replace", "--as", "x")
+    with pytest.raises(BackupError, match="never over the live one"):
+        _cli(config, "restore", "--documents", "--to", "latest", "--replace")
     assert set(load_restored(tools.layout)) == before
 
 

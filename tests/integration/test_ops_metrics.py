@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import client
 from router.config import Config
+from router.ha.shard_checks import record_backup
+from router.tools.db.connect import connect_node
 from router.tools.localcluster import LocalCluster
 from tests.support.ids import new_id
 from tests.support.router_proc import (
@@ -35,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "ops" / "grafana" / "georoute.json"
 RULES = REPO / "ops" / "prometheus" / "georoute-alerts.yml"
 PORT_SHIFT = 175
+CHECK_INTERVAL = 0.3  # router.shard_check_interval_seconds of the test's router
 SECRET = "ops-metrics-test-secret-0123456789"
 # Labels Prometheus adds to every series it scrapes (the router does not export them), and
 # metrics Prometheus makes itself.
@@ -50,7 +55,8 @@ _GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 @pytest.fixture(scope="module")
 def ops_router(cluster: LocalCluster, migrated: Config) -> Iterator[RouterProcess]:
     """A router with one heartbeat peer (that never answers), so the peer metrics exist."""
-    base = router_config(migrated, port_shift=PORT_SHIFT)
+    base = router_config(migrated, port_shift=PORT_SHIFT,
+                         shard_check_interval_seconds=CHECK_INTERVAL)
     ghost = f"ghost@127.0.0.1:{base.heartbeat.port + 1}"
     config = replace(base, heartbeat=replace(base.heartbeat, peers=(ghost,)))
     path = Path(migrated.cluster.state_dir) / "router-ops.toml"
@@ -158,18 +164,89 @@ def _problems(queries: list[str], scraped: dict[str, set[str]]) -> list[str]:
     return problems
 
 
+async def _scrape_when(proc: RouterProcess, holds: Callable[[set[tuple[str, str, str]]], bool],
+                       what: str, within: float = 10.0) -> tuple[dict[str, set[str]],
+                                                                   set[tuple[str, str, str]]]:
+    """Scrape until `holds` is true of the samples' (name, label, value)s, within a deadline
+    (the periodic shard check runs every CHECK_INTERVAL)."""
+    deadline = time.monotonic() + within
+    while True:
+        scraped, values = await asyncio.to_thread(_scrape, proc)
+        if holds(values):
+            return scraped, values
+        assert time.monotonic() < deadline, (f"timed out waiting for {what}; the router "
+                                             "said:\n" + "".join(proc.output[-20:]))
+        await asyncio.sleep(CHECK_INTERVAL / 3)
+
+
+def _sample(proc: RouterProcess, name: str, label: str, value: str) -> float | None:
+    url = f"http://127.0.0.1:{proc.config.metrics.port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get(label) == value:
+                return float(sample.value)
+    return None
+
+
 async def test_every_metric_the_dashboard_and_the_alerts_name_is_in_a_real_scrape(
     ops_router: RouterProcess,
 ) -> None:
     await _traffic(ops_router)
-    scraped, values = await asyncio.to_thread(_scrape, ops_router)
+    # The shard check's series exist once it has read every shard (at start, then regularly).
+    scraped, values = await _scrape_when(
+        ops_router, lambda v: any(n == "georoute_reference_table_diverged" for n, _, _ in v),
+        "the first shard check")
     dashboard, rules = _dashboard_queries(), _rule_queries()
     assert len(dashboard) >= 20 and len(rules) >= 8, (len(dashboard), len(rules))
     problems = _problems(dashboard, scraped) + _problems(rules, scraped)
     assert not problems, "\n".join(problems)
+    # Labeled counters are in the scrape with every label value before it is first used
+    # (the traffic above causes neither an INTERNAL error nor a too_large refusal).
+    assert ("georoute_errors_total", "code", "INTERNAL") in values
+    assert ("georoute_scatter_refusals_total", "reason", "too_large") in values
     # The role values the node alerts select on are the ones the router reports.
     for role in ("primary", "replica"):
         assert ("georoute_node_up", "role", role) in values, role
+
+
+async def test_the_shard_check_reports_diverged_reference_tables_and_the_last_backup(
+    ops_router: RouterProcess, migrated: Config
+) -> None:
+    """A reference table whose copy differs on one shard is 1 in
+    georoute_reference_table_diverged{table} until the copies agree again; a backup recorded on
+    a shard (as `georoute backup` records it) is its georoute_backup_last_success_timestamp."""
+    table = f"ops_ref_{uuid.uuid4().hex[:8]}"
+    conns = {r: await connect_node(migrated, migrated.shards[r].primary) for r in REGIONS}
+    try:
+        for conn in conns.values():
+            await conn.execute(f"CREATE TABLE {table} (v int PRIMARY KEY)")
+            await conn.execute(f"INSERT INTO {table} VALUES (1), (2)")
+        await conns["asia"].execute(f"UPDATE {table} SET v = 3 WHERE v = 2")  # one copy only
+
+        def diverged(v: str) -> Callable[[set[tuple[str, str, str]]], bool]:
+            return lambda _: _sample(ops_router, "georoute_reference_table_diverged",
+                                     "table", table) == float(v)
+
+        await _scrape_when(ops_router, diverged("1"), f"{table} reported diverged")
+        await conns["asia"].execute(f"UPDATE {table} SET v = 2 WHERE v = 3")
+        await _scrape_when(ops_router, diverged("0"), f"{table} reported agreeing again")
+
+        finished = datetime.now(UTC).replace(microsecond=0)
+        await record_backup(conns["europe"], f"ops-test-{table}", finished, 1, "test")
+        await _scrape_when(
+            ops_router,
+            lambda _: _sample(ops_router, "georoute_backup_last_success_timestamp_seconds",
+                              "shard", "europe") == finished.timestamp(),
+            "the recorded backup's time")
+    finally:
+        for conn in conns.values():
+            await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conns["europe"].execute("DELETE FROM georoute_backups WHERE backup_id = $1",
+                                      f"ops-test-{table}")
+        for conn in conns.values():
+            await conn.close()
 
 
 def test_the_check_catches_a_metric_or_label_that_does_not_exist() -> None:

@@ -16,6 +16,7 @@ import asyncpg
 
 from router.config import Config, NodeAddress
 from router.errors import ClusterError
+from router.ha.shard_checks import record_backup
 from router.tools.backup.catalog import (
     BaseBackup,
     new_backup_id,
@@ -160,6 +161,17 @@ class TakenBackup:
     warnings: list[str]
 
 
+async def _record_on_shard(config: Config, address: NodeAddress, backup: BaseBackup) -> None:
+    """The backup's row on the shard's primary, where every router reads it (it replicates,
+    and follows the shard through a failover)."""
+    conn = await connect_node(config, address)
+    try:
+        await record_backup(conn, backup.id, backup.finished_at, backup.size_bytes,
+                            backup.source)
+    finally:
+        await conn.close()
+
+
 def take_base_backup(tools: LocalTools, shard: str) -> TakenBackup:
     """A verified base backup of the shard's current primary, then retention."""
     config = tools.config
@@ -207,4 +219,10 @@ def take_base_backup(tools: LocalTools, shard: str) -> TakenBackup:
         )
         write_record(backup)
         pruned = prune_shard(tools, shard)
+    try:
+        run_sync(_record_on_shard(config, info.address, backup))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        warnings.append(f"{shard}: the backup is good, but it could not be recorded on the "
+                        f"shard's primary (georoute_backups), so the routers' "
+                        f"georoute_backup_last_success_timestamp_seconds does not show it: {exc}")
     return TakenBackup(backup, pruned, warnings)

@@ -21,6 +21,7 @@ from router.tools.backup.documents import (
 )
 from router.tools.backup.errors import BackupError
 from router.tools.backup.local import LocalTools, local_tools, locked
+from router.tools.backup.replace import replace_shard
 from router.tools.backup.restore import parse_target, restore_shard
 from router.tools.localcluster.restores import (
     forget_restored,
@@ -28,15 +29,7 @@ from router.tools.localcluster.restores import (
     restored_pid,
 )
 
-__all__ = ["REPLACE_REFUSAL", "register"]
-
-REPLACE_REFUSAL = (
-    "restore --replace is not built: making a restored node the shard's new primary needs the "
-    "failover machinery (fence the old primary, rebuild its replica from the new one, move "
-    "every router to it), which is not built yet. Restore as a separate node (the default), "
-    "inspect it, and copy what you need from it into the shard."
-)
-
+__all__ = ["register"]
 
 def _size(n: int) -> str:
     size = float(n)
@@ -182,11 +175,12 @@ def _restore(args: argparse.Namespace, config: Config) -> int:
         forget_restored(tools.layout, args.drop)
         print(f"restored node {args.drop} stopped and deleted")
         return 0
-    if args.replace:
-        raise BackupError(REPLACE_REFUSAL)
     if not args.to or bool(args.shard) == bool(args.documents):
         raise BackupError("restore needs --to TIME|latest and one of --shard S or --documents "
                           "(or --list, --drop NAME)")
+    if args.replace and args.documents:
+        raise BackupError("--replace is for a shard: a document dump is only ever loaded into "
+                          "a new database, never over the live one")
     target = parse_target(args.to)
     tools = local_tools(config)
     if args.documents:
@@ -202,6 +196,14 @@ def _restore(args: argparse.Namespace, config: Config) -> int:
     if args.shard not in config.shards:
         raise BackupError(f"--shard {args.shard}: no such shard "
                           f"(known: {', '.join(config.shards)})")
+    if args.replace:
+        if args.as_name or args.port:
+            raise BackupError("--replace restores into the shard's primary node: --as and "
+                              "--port are for a separate node")
+        replaced = replace_shard(tools, args.shard, target, timeout=args.timeout)
+        for line in replaced.describe():
+            print(line)
+        return 0
     done = restore_shard(tools, args.shard, target, args.as_name or "", args.port,
                          timeout=args.timeout)
     n = done.node
@@ -281,7 +283,8 @@ def register(subparsers: Any) -> None:
     restore.add_argument(
         "--replace",
         action="store_true",
-        help="make it the shard's primary: not built (needs failover)",
+        help="make it the shard's new primary (its replicas are made again from it; what "
+        "is lost and kept is printed)",
     )
     restore.add_argument("--list", action="store_true", help="the restored nodes")
     restore.add_argument("--drop", metavar="NAME", help="stop and delete a restored node")

@@ -35,7 +35,17 @@ from router.tools.localcluster.restores import (
     stop_restored,
 )
 
-__all__ = ["Restored", "flush_wal", "parse_target", "restore_shard"]
+__all__ = [
+    "RESTORE_BLOCK_MARK",
+    "Restored",
+    "flush_wal",
+    "parse_target",
+    "restore_shard",
+    "without_setting",
+]
+
+# The start of the settings a restore appends to the restored node's postgresql.conf.
+RESTORE_BLOCK_MARK = "\n# ---- written by georoute restore "
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Lines of the restored node's log that say where recovery stopped and what it last replayed.
@@ -95,6 +105,13 @@ def flush_wal(tools: LocalTools, shard: str, timeout: float) -> str:
                               "failing? (see its log)")
         time.sleep(0.05)  # a CLI waiting on another process's file; no event to wait on
     return f"the primary's WAL up to segment {segment} (everything committed) is archived"
+
+
+def without_setting(conf: str, key: str) -> str:
+    """A PostgreSQL configuration file's text without the lines that set `key`."""
+    kept = [line for line in conf.splitlines(keepends=True)
+            if line.split("=", 1)[0].strip().lower() != key]
+    return "".join(kept)
 
 
 def _free_port(port: int) -> int:
@@ -182,6 +199,12 @@ def _restore_into(tools: LocalTools, shard: str, target: datetime | None, backup
     except ClusterError as exc:
         raise BackupError(str(exc)) from exc
     (pgdata / "backup_manifest").unlink(missing_ok=True)  # the backup's, not this node's
+    auto = pgdata / "postgresql.auto.conf"
+    if auto.exists():
+        # A synchronous shard's primary has synchronous_standby_names = '*' in its
+        # postgresql.auto.conf (ALTER SYSTEM), which overrides postgresql.conf: the restored
+        # node, which has no standby, would make every commit wait for one.
+        auto.write_text(without_setting(auto.read_text(), "synchronous_standby_names"))
     settings = {
         "restore_command": restore_command(tools.paths.wal_dir(shard)),
         "recovery_target_timeline": "latest",
@@ -194,7 +217,7 @@ def _restore_into(tools: LocalTools, shard: str, target: datetime | None, backup
     if target is not None:
         settings["recovery_target_time"] = target.isoformat(sep=" ")
     with open(pgdata / "postgresql.conf", "a") as fh:
-        fh.write(f"\n# ---- written by georoute restore {name} from backup {backup.id}\n")
+        fh.write(f"{RESTORE_BLOCK_MARK}{name} from backup {backup.id}\n")
         fh.writelines(f"{k} = {_conf_quote(v)}\n" for k, v in settings.items())
     signal_file = pgdata / "recovery.signal"
     signal_file.touch()

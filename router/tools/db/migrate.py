@@ -2,13 +2,16 @@
 primary (replicas follow by streaming replication), each in its own transaction.
 
 `await migrate(config)` is idempotent, refuses to start when shards disagree on what has been
-applied, writes each primary's `georoute_shard` row, and prepares the document store.
+applied (a shard that has applied nothing is a new region: it is brought to the others'
+version, and gets their reference tables' rows), writes each primary's `georoute_shard` row,
+and prepares the document store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +19,9 @@ from pathlib import Path
 import asyncpg
 
 from router.config import Config, ShardConfig
+from router.core.reference import is_reference_table
 from router.errors import MigrationError
+from router.ha.shard_checks import TABLES_SQL
 from router.tools.db.connect import connect_node
 
 __all__ = [
@@ -71,6 +76,8 @@ class ShardMigration:
     version_before: int
     version_after: int
     applied: list[str] = field(default_factory=list)
+    # A new shard: each reference table's rows, copied from an established shard.
+    reference_rows: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -87,6 +94,10 @@ class MigrationReport:
         for s in self.shards.values():
             done = ", ".join(s.applied) if s.applied else "nothing to apply"
             lines.append(f"{s.shard}: version {s.version_before} -> {s.version_after} ({done})")
+            if s.reference_rows:
+                lines.append(f"{s.shard}: a new shard: reference tables copied from another "
+                             "shard (" + ", ".join(t if n < 0 else f"{t}: {n} rows"
+                                                   for t, n in s.reference_rows.items()) + ")")
         if self.collections:
             lines.append("document store: " + ", ".join(self.collections))
         return "\n".join(lines)
@@ -141,8 +152,11 @@ async def applied_versions(config: Config) -> dict[str, dict[int, str]]:
 
 
 def _check_consistent(applied: dict[str, dict[int, str]], migrations: list[Migration]) -> None:
+    # A shard with nothing applied is a new one (a region added to router.toml): it is brought
+    # to the schema like the first shards were. Only shards that have applied something must
+    # agree.
     described = {
-        shard: (max(v) if v else 0, sorted(v)) for shard, v in applied.items()
+        shard: (max(v) if v else 0, sorted(v)) for shard, v in applied.items() if v
     }
     if len({tuple(v) for _, v in described.values()}) > 1:
         detail = "; ".join(
@@ -216,6 +230,55 @@ async def _migrate_shard(
         await conn.close()
 
 
+async def copy_reference_tables(config: Config, source: ShardConfig,
+                                target: ShardConfig) -> dict[str, int]:
+    """A new shard's copy of every reference table (router/core/reference.py), from an
+    established shard's primary: emptied, then filled with the source's rows, in one
+    transaction with triggers and foreign-key checks off (the rows are copies of rows that
+    passed them, in any order). Read in one snapshot of the source.
+
+    A reference-table write between this copy and the routers' SIGHUP reaches only the shards
+    the routers knew; the routers' shard check (georoute_reference_table_diverged) and
+    `georoute health` show such a difference."""
+    src = await connect_node(config, source.primary)
+    dst = await connect_node(config, target.primary)
+    copied: dict[str, int] = {}
+    try:
+        async with src.transaction(isolation="repeatable_read", readonly=True), \
+                dst.transaction():
+            await dst.execute("SET LOCAL session_replication_role = replica")
+            present = {tuple(r) for r in await dst.fetch(TABLES_SQL)}
+            for schema, name in await src.fetch(TABLES_SQL):
+                if not is_reference_table(name, schema, config.tables):
+                    continue
+                if (schema, name) not in present:
+                    # Made outside the migrations (by hand on each shard): not here, so not
+                    # copied; `georoute health` shows the copy missing.
+                    copied[f"{schema}.{name} (missing here, not copied)"] = -1
+                    continue
+                table = f"{_ident(schema)}.{_ident(name)}"
+                buffer = io.BytesIO()
+                await src.copy_from_query(f"SELECT * FROM {table}", output=buffer,
+                                          format="binary")
+                buffer.seek(0)
+                await dst.execute(f"DELETE FROM {table}")
+                await dst.copy_to_table(name, schema_name=schema, source=buffer,
+                                        format="binary")
+                label = name if schema == "public" else f"{schema}.{name}"
+                copied[label] = int(await dst.fetchval(f"SELECT count(*) FROM {table}"))
+    except asyncpg.PostgresError as exc:
+        raise MigrationError(f"copying the reference tables from {source.name} to the new "
+                             f"shard {target.name} failed [{exc.sqlstate}]: {exc}") from exc
+    finally:
+        await src.close()
+        await dst.close()
+    return copied
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 async def migrate(
     config: Config, *, sql_dir: Path = SQL_DIR, documents: bool = True
 ) -> MigrationReport:
@@ -236,6 +299,12 @@ async def migrate(
     report = MigrationReport(
         shards={r.shard: r for r in results if isinstance(r, ShardMigration)}
     )
+    new = [s for s in shards if not applied[s.name]]
+    established = [s for s in shards if applied[s.name]]
+    if new and established:
+        for shard in new:
+            report.shards[shard.name].reference_rows = await copy_reference_tables(
+                config, established[0], shard)
     if documents:
         from router.tools.db.documents import ensure_collections
 

@@ -11,28 +11,10 @@ from typing import Any
 import asyncpg
 
 from router.config import Config
-from router.core.reference import is_reference_table
+from router.ha.shard_checks import CopyState, read_reference_copies
 from router.tools.db.connect import connect_node
 
 __all__ = ["CopyState", "ReferenceReport", "ReferenceTable", "check_reference_tables"]
-
-# Every ordinary table outside the catalogue and the temporary schemas, with its schema.
-_TABLES_SQL = """
-SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_temp%' AND n.nspname NOT LIKE 'pg\\_toast%'
-"""
-# The hash of each row's text form, sorted and hashed again: independent of row order.
-_COPY_SQL = ("SELECT count(*), md5(coalesce(string_agg(h, '' ORDER BY h), '')) "
-             "FROM (SELECT md5(t::text) AS h FROM {table} t) rows")
-
-
-@dataclass(frozen=True, slots=True)
-class CopyState:
-    rows: int
-    digest: str  # md5 over the sorted md5s of the rows' text forms
-
 
 @dataclass(slots=True)
 class ReferenceTable:
@@ -79,22 +61,10 @@ class ReferenceReport:
         return out
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 async def _read_shard(config: Config, shard: str) -> dict[str, CopyState]:
     conn = await connect_node(config, config.shards[shard].primary)
     try:
-        found: dict[str, CopyState] = {}
-        for schema, name in await conn.fetch(_TABLES_SQL):
-            if not is_reference_table(name, schema, config.tables):
-                continue
-            label = name if schema == "public" else f"{schema}.{name}"
-            row = await conn.fetchrow(_COPY_SQL.format(table=f"{_ident(schema)}.{_ident(name)}"))
-            assert row is not None
-            found[label] = CopyState(int(row[0]), str(row[1]))
-        return found
+        return await read_reference_copies(conn, config.tables)
     finally:
         await conn.close()
 

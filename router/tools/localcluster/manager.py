@@ -353,6 +353,11 @@ class LocalCluster:
         return run_sync(switchover(runner, self.shard_nodes(shard), to, synchronous,
                                    self.timeout))
 
+    def runner(self) -> PgRunner:
+        """What carries out pg commands on this cluster's nodes (for operator tools that
+        stop, start and rebuild nodes one by one, such as `georoute restore --replace`)."""
+        return self._pg(existing_layout(self.config))
+
     def pause_replay(self, name: str) -> None:
         self._sql(name, "SELECT pg_wal_replay_pause()")
 
