@@ -180,6 +180,14 @@ class ScatterRunner:
             if not self._submit(fast, index, session, name, plan, params, analysis, hints):
                 tasks[asyncio.ensure_future(self._one(
                     session, name, plan, params, analysis, hints, budget))] = name
+        if not tasks:  # every part on a pipelined connection (the usual case): one future
+            try:
+                await fast.done
+            except ScatterRefused as exc:
+                self.stats.refused(exc.reason.value)
+                raise
+            return await self._gathered(fast, list(fast.answers), session, target, plan,
+                                        params, analysis, hints, budget)
         if fast.waiting:
             tasks[fast.done] = ""
         try:
@@ -207,6 +215,15 @@ class ScatterRunner:
         for task, name in tasks.items():
             if name:
                 answers[target.shards.index(name)] = task.result()
+        return await self._gathered(fast, answers, session, target, plan, params, analysis,
+                                    hints, budget)
+
+    async def _gathered(self, fast: _FastParts, answers: list[_Answer | None],
+                        session: Session, target: Scatter, plan: ScatterPlan,
+                        params: Sequence[Any], analysis: Analysis, hints: Hints,
+                        budget: list[int]) -> Outcome:
+        """Every part has answered or failed in a way a read may run again: those run again,
+        then the answers are merged."""
         if fast.failed:
             await self._again(fast, answers, session, target, plan, params, analysis, hints,
                               budget)
