@@ -104,7 +104,7 @@ def _row_key(keys: Sequence[SortKey], orders: Sequence[ValueOrder], text_exact: 
     plain_text = plain | {str}
 
     def row_key(row: Sequence[Any]) -> tuple[Any, ...]:
-        out = []
+        out: list[tuple[Any, ...]] = []
         for index, descending, null, padded in resolved:
             value = row[index]
             if value is None:

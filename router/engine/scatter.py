@@ -183,8 +183,8 @@ class ScatterRunner:
         if not tasks:  # every part on a pipelined connection (the usual case): one future
             try:
                 await fast.done
-            except ScatterRefused as exc:
-                self.stats.refused(exc.reason.value)
+            except ScatterRefused as refusal:
+                self.stats.refused(refusal.reason.value)
                 raise
             return await self._gathered(fast, list(fast.answers), session, target, plan,
                                         params, analysis, hints, budget)
