@@ -27,6 +27,7 @@ from router.core.health import HealthEvent
 from router.core.reads import AwaitReplay, OnPrimary, OnReplica, ReadPlan, ReadPolicy, plan_read
 from router.core.reference import one_copy_refusal
 from router.core.routing import (
+    SHARDS_HINT_ALONE,
     CrossShardError,
     EveryPrimary,
     MissingShardKeyError,
@@ -104,7 +105,7 @@ class Executor:
         hint = hints.shard
         if hint is None and hints.shard_key is not None:
             hint = self.shard_for_key(hints.shard_key)
-        return analysis, route(analysis, params, hint, self.config)
+        return analysis, route(analysis, params, hint, self.config, hints.shards)
 
     def shard_for_key(self, key: Any) -> str:
         shard = shard_of_value(key, self.config)
@@ -321,6 +322,8 @@ class Executor:
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints
     ) -> Outcome:
         if hints.tx is not None:
+            if hints.shards is not None:
+                raise CrossShardError(SHARDS_HINT_ALONE)
             tx = session.get(hints.tx)
             return await self.transactions.statement(session, tx, sql, params, hints)
         await self.classifier.analyze_async(sql)  # a long text: parsed off the event loop
@@ -479,6 +482,8 @@ class Executor:
         """The one shard a batch runs on: its hint, or the shard every statement that touches
         sharded data is confined to (one without any, `SELECT 1`, runs there too). With a
         hint, every statement's written rows are still checked against it."""
+        if hints.shards is not None:
+            raise CrossShardError(SHARDS_HINT_ALONE)
         hint = hints.shard
         if hint is None and hints.shard_key is not None:
             hint = self.shard_for_key(hints.shard_key)

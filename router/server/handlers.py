@@ -35,6 +35,7 @@ from protocol.codec import route_wire_of
 from protocol.requests import DOC_READ_OPS
 from router.backend.docstore import DocStore
 from router.backend.pgwire import Callback
+from router.core.routing import SHARDS_HINT_ALONE, CrossShardError
 from router.engine.branches import DistributedTransaction
 from router.engine.errors import NodeReadOnlyError, is_read_only_refusal
 from router.engine.outcome import Outcome, Routed
@@ -222,6 +223,8 @@ class RequestHandler:
         return self.encoder.encode_status(m.id, o.status, 0, route_of_outcome(o)), o
 
     async def _doc(self, rt: Runtime, session: Session, m: Doc) -> Answer:
+        if m.hints.shards is not None:
+            raise CrossShardError(SHARDS_HINT_ALONE)
         if m.hints.idempotency_key is not None and m.op not in DOC_READ_OPS:
             # Not kept for document writes (yet): accepting the key would promise what a
             # retry cannot keep, and a client would send the write again.

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 import client
+from protocol import Hints, Query, QueryKind
 from router.config import Config
 from router.tools.db.connect import connect_node
 from router.tools.localcluster import LocalCluster
@@ -240,3 +241,50 @@ async def test_a_stopped_replica_is_replaced_by_its_primary_and_a_stopped_shard_
                     and node["replay_lsn"] >= written_at)
 
     await wait_until(streaming, within=30, what="the asia replica streaming again")
+
+
+async def test_a_shards_hint_reads_just_those_shards_merged(
+    db: client.Client, primaries: dict[str, asyncpg.Connection]
+) -> None:
+    """`shards=[...]`: a read on the listed shards only, merged as a scatter read is; one
+    listed shard is a one-shard read; a write to several, an unknown shard, and the hint in a
+    transaction or with `shard` are refused, each with its typed error."""
+    name = unique("Shards ")
+    for region, conn in primaries.items():
+        for _ in range(2):
+            await conn.execute(
+                "INSERT INTO users (email, full_name, home_region, country, city) "
+                "VALUES ($1, $2, $3, 'US', 'Town')", f"{unique('h')}@example.com", name, region)
+    two = ["europe", "asia"]
+    rows, route = await db.fetch_routed(
+        "SELECT home_region, count(*) FROM users WHERE full_name = $1 GROUP BY 1 ORDER BY 1",
+        name, shards=two, consistency="strong")
+    assert [tuple(r) for r in rows] == [("asia", 2), ("europe", 2)]
+    assert route is not None and sorted(route.shard.split(",")) == sorted(two)
+    # The count equals the direct count of just those shards' primaries.
+    direct = sum([await primaries[r].fetchval("SELECT count(*) FROM users") for r in two])
+    assert await db.fetchval("SELECT count(*) FROM users", shards=two,
+                             consistency="strong") == direct
+    # A sorted page over the two, against the two shards' own rows.
+    page = await db.fetch("SELECT home_region FROM users WHERE full_name = $1 "
+                          "ORDER BY home_region DESC LIMIT 3", name, shards=two,
+                          consistency="strong")
+    assert [r[0] for r in page] == ["europe", "europe", "asia"]
+    rows, route = await db.fetch_routed("SELECT count(*) FROM users WHERE full_name = $1",
+                                        name, shards=["north_america"], consistency="strong")
+    assert rows[0][0] == 2 and route is not None and route.shard == "north_america"
+
+    with pytest.raises(client.CrossShardError, match="only a read"):
+        await db.execute("UPDATE users SET city = 'X' WHERE full_name = $1", name, shards=two)
+    with pytest.raises(client.UnknownShardError, match="mars") as err:
+        await db.fetch("SELECT count(*) FROM users", shards=["europe", "mars"])
+    assert err.value.detail.get("shard") == "mars"
+    with pytest.raises(client.InvalidRequestError, match="one of the hints"):
+        await db.fetch("SELECT count(*) FROM users", shard="europe", shards=two)
+    # The client sends no `shards` inside a transaction; the router refuses one that does.
+    async with db.transaction(shard="europe") as tx:
+        hints = Hints(shards=two, tx=tx.tx)
+        with pytest.raises(client.CrossShardError, match="outside a transaction"):
+            await tx._pinned(Query(0, "SELECT count(*) FROM users", [], QueryKind.FETCH, hints),
+                             None)
+        assert await tx.fetchval("SELECT 1") == 1  # the transaction goes on

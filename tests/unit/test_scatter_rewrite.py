@@ -201,6 +201,52 @@ def test_a_read_not_confined_to_one_shard_becomes_a_scatter_and_a_write_does_not
         kind("SELECT name FROM users WHERE user_id = $1 AND user_id = $2", asia, europe)
 
 
+def test_a_shards_hint_scatters_a_read_over_just_those_shards(
+    classifier: Classifier, config: Config
+) -> None:
+    from router.core.routing import RoutingError, UnknownShardError
+
+    def kind(sql: str, *params: object, shards: list[str], hint: str | None = None) -> object:
+        return route(classifier.analyze(sql), list(params), hint, config, shards)
+
+    asia = new_id(config.shards["asia"].number)
+    in_order = tuple(s for s in config.shards if s in ("asia", "europe"))
+    # Several shards: a Scatter over them, in the configuration's order, whatever the
+    # statement's own keys say (the client asked for those shards).
+    assert kind("SELECT count(*) FROM users", shards=["europe", "asia"]) == Scatter(in_order)
+    assert kind("SELECT name FROM users WHERE user_id = $1", asia,
+                shards=["europe", "asia"]) == Scatter(in_order)
+    # One shard: as the hint `shard` (a write too, checked against it).
+    assert kind("SELECT count(*) FROM users", shards=["asia"]) == OneShard("asia", False)
+    assert kind("UPDATE users SET city = 'x' WHERE user_id = $1", asia,
+                shards=["asia"]) == OneShard("asia", True)
+    for write in ("UPDATE users SET city = 'x'", "SELECT name FROM users FOR UPDATE",
+                  "INSERT INTO categories (name) VALUES ('x')"):
+        with pytest.raises(CrossShardError, match="only a read"):
+            kind(write, shards=["asia", "europe"])
+    with pytest.raises(UnknownShardError, match="'mars' is not a shard") as err:
+        kind("SELECT count(*) FROM users", shards=["asia", "mars"])
+    assert err.value.shard == "mars"
+    with pytest.raises(RoutingError, match="one of the hints"):
+        kind("SELECT count(*) FROM users", shards=["asia", "europe"], hint="asia")
+    with pytest.raises(RoutingError, match="one of the hints"):
+        kind("SELECT count(*) FROM users", shards=["asia", "europe"], hint="*")
+
+
+def test_the_shards_hint_on_the_wire() -> None:
+    from protocol import Hints
+
+    hints = Hints(shards=["asia", "europe"])
+    assert hints.to_wire() == {"shards": ["asia", "europe"]}
+    assert Hints.from_wire({"shards": ["asia", "europe"]}).shards == ["asia", "europe"]
+    assert Hints.from_wire({"shards": None}).shards is None
+    assert "shards" not in Hints().to_wire()
+    for bad, why in (([], "one or more"), (["asia", "asia"], "more than once"),
+                     ("asia", "expected array"), ([1], "expected str")):
+        with pytest.raises(ValueError, match=f"hints.shards: .*{why}"):
+            Hints.from_wire({"shards": bad})
+
+
 def test_pipelined_ext_values_and_pooled_python_values_merge_as_one_kind(
     classifier: Classifier, config: Config
 ) -> None:
