@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 import client
-from protocol import Hints, Query, QueryKind
+from protocol import Batch, Begin, Doc, Hints, Query, QueryKind
 from router.config import Config
 from router.tools.db.connect import connect_node
 from router.tools.localcluster import LocalCluster
@@ -288,3 +288,9 @@ async def test_a_shards_hint_reads_just_those_shards_merged(
             await tx._pinned(Query(0, "SELECT count(*) FROM users", [], QueryKind.FETCH, hints),
                              None)
         assert await tx.fetchval("SELECT 1") == 1  # the transaction goes on
+    # Nor on a Batch, a Begin or a document request (each names one shard, or none).
+    for request in (Batch(0, [("SELECT 1", [])], Hints(shards=two)),
+                    Begin(0, Hints(shards=two), None, False),
+                    Doc(0, "user_preferences", "find", {"filter": {}}, Hints(shards=two))):
+        with pytest.raises(client.CrossShardError, match="outside a transaction"):
+            await db._sender.send(request, retry=False, timeout=None)
