@@ -50,6 +50,7 @@ from router.engine.outcome import (
     CONNECTION_ERRORS,
     Outcome,
     Routed,
+    ScatterDone,
     connection_lost,
     returned_after,
     rows_changed,
@@ -261,10 +262,12 @@ class Executor:
 
     def submit(
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints,
-        callback: Callback,
-    ) -> Routed | None:
+        callback: Callback, scatter_done: ScatterDone | None = None,
+    ) -> Routed | Scatter | None:
         """The synchronous fast path of `query`: route an autocommit statement and queue it
         on the chosen node's pipeline, with no task and no await; `callback` gets the result.
+        A cross-shard read is queued on every shard's pipeline the same way (its route is
+        returned) and `scatter_done` gets the merged outcome (ScatterRunner.submit).
         None means "use `query`": a transaction, an idempotency key, a statement that changes
         session state, a read that must wait for a replica to catch up, a node or pipeline
         that cannot take it, and every error (which `query` then reports)."""
@@ -275,7 +278,12 @@ class Executor:
             if (len(params) != analysis.param_count or analysis.changes_session_state
                     or analysis.command == "UTILITY"):
                 return None
-            if type(target) is not OneShard:  # a Scatter or EveryPrimary: query() runs them
+            if type(target) is Scatter:
+                if scatter_done is None or not self.scatter.submit(
+                        session, sql, params, analysis, target, hints, scatter_done):
+                    return None
+                return target
+            if type(target) is not OneShard:  # EveryPrimary: query() runs it
                 return None
             shard = self.topology.shards[target.shard]
             if target.write:

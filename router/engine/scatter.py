@@ -30,7 +30,7 @@ from router.core.routing import Scatter
 from router.core.scatter_plan import Refusal, ScatterPlan, ScatterRefused
 from router.core.scatter_rewrite import plan_scatter
 from router.engine.errors import EngineError, ShardFailure
-from router.engine.outcome import Outcome, returned_after
+from router.engine.outcome import Outcome, ScatterDone, returned_after
 from router.engine.session import Session
 from router.ha.topology import NodeState, ShardState, Topology
 from router.types import Role
@@ -165,6 +165,62 @@ class ScatterRunner:
             raise found
         return found
 
+    def submit(self, session: Session, sql: str, params: Sequence[Any], analysis: Analysis,
+               target: Scatter, hints: Hints, done: ScatterDone) -> bool:
+        """The read queued with no task and no await: every part on a pipelined connection,
+        merged and handed to `done` once the last has answered. False when any part cannot
+        go that way (the first run of a statement text, which learns its types; a replica
+        to wait for; a pipeline that declines; a refused statement): then `run` takes the
+        read, and a part already queued is abandoned (its result dropped)."""
+        plan = analysis.scatter.get("plan")
+        if plan is None or isinstance(plan, ScatterRefused) or "orders" not in analysis.scatter:
+            return False
+        fast = _FastParts(len(target.shards))
+        for index, name in enumerate(target.shards):
+            if not self._submit(fast, index, session, name, plan, params, analysis, hints):
+                fast.done.cancel()
+                return False
+
+        def finish(result: asyncio.Future[None]) -> None:
+            if not result.cancelled():
+                self._finish(result, fast, plan, params, target, analysis, done)
+
+        fast.done.add_done_callback(finish)
+        return True
+
+    def _finish(self, result: asyncio.Future[None], fast: _FastParts, plan: ScatterPlan,
+                params: Sequence[Any], target: Scatter, analysis: Analysis,
+                done: ScatterDone) -> None:
+        """A queued read's parts have answered (or one failed): merged, or its error, or
+        run again the ordinary way (reads are safe to repeat)."""
+        exc = result.exception()
+        if exc is not None:
+            if isinstance(exc, ScatterRefused):
+                self.stats.refused(exc.reason.value)
+            done(None, exc, False)
+            return
+        if fast.failed:
+            try:
+                self._forget_failures(fast, target, plan, analysis)
+            except ShardFailure as failure:
+                done(None, failure, False)
+                return
+            index, _, first = fast.failed[0]
+            done(None, ShardFailure(target.shards[index], first), True)
+            return
+        self.stats.requests += 1
+        self.stats.fanout[len(target.shards)] = self.stats.fanout.get(len(target.shards), 0) + 1
+        answers = [a for a in fast.answers if a is not None]
+        try:
+            if sum(len(a.rows) for a in answers) > self._max_rows:
+                self.stats.refused(Refusal.TOO_LARGE.value)
+                raise _too_large(self._max_rows)
+            outcome = self._merge(plan, params, answers)
+        except Exception as error:  # a refusal, a bad LIMIT: a typed reply
+            done(None, error, False)
+            return
+        done(outcome, None, False)
+
     async def run(self, session: Session, sql: str, params: Sequence[Any], analysis: Analysis,
                   target: Scatter, hints: Hints) -> Outcome:
         plan = self.plan(sql, analysis)
@@ -262,7 +318,8 @@ class ScatterRunner:
             else:
                 fast.fail(index, node, exc)
 
-        columns = pipeline.submit(plan.sql, plan.shard_params(params), answered)
+        columns = pipeline.submit(plan.sql, plan.shard_params(params), answered, False,
+                                  hints.timeout_ms)
         if columns is None:
             return False
         fast.queued()
@@ -273,15 +330,7 @@ class ScatterRunner:
                      analysis: Analysis, hints: Hints, budget: list[int]) -> None:
         """Parts the pipeline could not finish (a lost connection, a statement to prepare
         again, a result of another shape) run again as tasks: reads are safe to repeat."""
-        for index, node, exc in fast.failed:
-            if isinstance(exc, PipelineError):
-                node.record(HealthEvent.CONNECT_FAILED, str(exc))
-            elif is_stale_statement(exc):
-                node.pool.pipeline.forget(plan.sql)
-            elif isinstance(exc, _Reshaped):
-                analysis.scatter.pop("orders", None)
-            elif not is_lock_timeout(exc):
-                raise ShardFailure(target.shards[index], exc) from exc
+        self._forget_failures(fast, target, plan, analysis)
         budget[0] = self._max_rows - sum(len(a.rows) for a in answers if a is not None)
         again = [index for index, _, _ in fast.failed]
         try:
@@ -294,6 +343,20 @@ class ScatterRunner:
             raise ShardFailure(",".join(target.shards[i] for i in again), exc) from exc
         for index, answer in zip(again, found, strict=True):
             answers[index] = answer
+
+    def _forget_failures(self, fast: _FastParts, target: Scatter, plan: ScatterPlan,
+                         analysis: Analysis) -> None:
+        """What the pipeline's failed parts say: a lost connection, a statement to prepare
+        again, a result whose shape changed (its types are learnt again)."""
+        for index, node, exc in fast.failed:
+            if isinstance(exc, PipelineError):
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
+            elif is_stale_statement(exc):
+                node.pool.pipeline.forget(plan.sql)
+            elif isinstance(exc, _Reshaped):
+                analysis.scatter.pop("orders", None)
+            elif not is_lock_timeout(exc):
+                raise ShardFailure(target.shards[index], exc) from exc
 
     def _merge(self, plan: ScatterPlan, params: Sequence[Any],
                answers: list[_Answer]) -> Outcome:

@@ -294,3 +294,73 @@ async def test_a_shards_hint_reads_just_those_shards_merged(
                     Doc(0, "user_preferences", "find", {"filter": {}}, Hints(shards=two))):
         with pytest.raises(client.CrossShardError, match="outside a transaction"):
             await db._sender.send(request, retry=False, timeout=None)
+
+
+async def test_scatter_reads_queued_on_killed_pipelined_connections_still_answer(
+    db: client.Client, router: RouterProcess, primaries: dict[str, asyncpg.Connection]
+) -> None:
+    """A cross-shard read known to the router is queued on every shard's pipelined
+    connections with no task; when one node's connections are killed under it, the parts
+    they lose make the whole read run again the ordinary way: every read still answers,
+    and answers right."""
+    sql = "SELECT home_region, count(*) FROM users GROUP BY 1 ORDER BY 1"
+    truth: dict[str, int] = {}
+    for region, n in await on_each(primaries, "SELECT home_region, count(*) FROM users "
+                                              "GROUP BY 1"):
+        truth[region] = truth.get(region, 0) + n
+    expected = sorted(truth.items())
+    for _ in range(3):  # the first run learns the types; then the fast path
+        assert [tuple(r) for r in await db.fetch(sql, consistency="strong")] == expected
+    europe = router.config.shards["europe"].primary
+    conn = await asyncpg.connect(host="127.0.0.1", port=europe.port, user=router.config.database.user,
+                                 database=europe.database)
+    try:
+        reads = [asyncio.ensure_future(db.fetch(sql, consistency="strong")) for _ in range(20)]
+        await asyncio.sleep(0)  # the reads are sent; some are in flight when the kill lands
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'georoute:%' AND pid <> pg_backend_pid()")
+        assert killed >= 1
+        answers = await asyncio.gather(*reads)
+        answers += await asyncio.gather(*(db.fetch(sql, consistency="strong")
+                                          for _ in range(20)))
+    finally:
+        await conn.close()
+    assert all([tuple(r) for r in rows] == expected for rows in answers)
+
+
+async def test_a_queued_scatter_part_that_waits_on_a_lock_runs_again_the_ordinary_way(
+    db: client.Client, router: RouterProcess, primaries: dict[str, asyncpg.Connection]
+) -> None:
+    """A part queued on a pipelined connection gives up on a lock after the pipeline's
+    lock_timeout (it must not hold up its neighbours); the whole read then runs again the
+    ordinary way, where that part waits on a pooled connection, and answers once the lock
+    is gone."""
+    sql = "SELECT count(*) FROM users"
+    for _ in range(3):  # the first run learns the types; then the fast path
+        await db.fetch(sql, consistency="strong")
+    europe = router.config.shards["europe"].primary
+    locker = await asyncpg.connect(host="127.0.0.1", port=europe.port,
+                                   user=router.config.database.user, database=europe.database)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        read = asyncio.ensure_future(db.fetchval(sql, consistency="strong"))
+
+        async def waiting_on_the_lock() -> bool:
+            return bool(await primaries["asia"].fetchval("SELECT 1")) and bool(
+                await locker.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND application_name LIKE 'georoute:%' "
+                    "AND clock_timestamp() - query_start > interval '300 ms'"))
+
+        # Longer than the pipeline's lock_timeout (20 ms): on a pooled connection, not an
+        # error the client retried (each retry would give up after 20 ms again).
+        await wait_until(waiting_on_the_lock, within=10, what="the read to wait on the lock")
+        assert not read.done()
+        await tx.commit()
+        count = await read
+    finally:
+        await locker.close()
+    assert count == sum(r[0] for r in await on_each(primaries, sql))
