@@ -179,11 +179,6 @@ class PipelinedConnection(asyncio.Protocol):
         return len(self._queue)
 
     @property
-    def sending(self) -> bool:
-        """Requests are queued for this turn's write (they go out in one system call)."""
-        return self._flush_pending
-
-    @property
     def usable(self) -> bool:
         return not self.closed and self._startup.done()
 

@@ -145,23 +145,14 @@ class Pipeline:
         self._conns = [c for c in self._conns if not c.closed] + [conn]
 
     def _pick(self) -> PipelinedConnection | None:
-        """The connection that already has requests queued for this turn's write, so that a
-        turn's requests to this node go out in one system call (a scatter read sends one to
-        every node; with each to the least busy connection, the two connections each made a
-        write per turn); else the least busy one. Over turns the load still spreads."""
         best: PipelinedConnection | None = None
-        sending: PipelinedConnection | None = None
         live = 0
         for conn in self._conns:
             if conn.closed:
                 continue
             live += 1
-            if sending is None and conn.sending and conn.in_flight < self._max_in_flight:
-                sending = conn
             if best is None or conn.in_flight < best.in_flight:
                 best = conn
-        if sending is not None:
-            best = sending
         if (live + self._opening < self._size and not self._closed
                 and time.monotonic() >= self._retry_at):
             task = asyncio.ensure_future(self._open())

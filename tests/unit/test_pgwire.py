@@ -382,33 +382,6 @@ async def test_one_copy_of_a_statement_not_yet_judged_runs_on_the_pipeline() -> 
     assert [submit(), submit()] == [True, False]
 
 
-async def test_a_turns_requests_to_a_node_go_out_on_one_connection_in_one_write() -> None:
-    """A scatter read sends a part to every node; with each part given to the least busy of
-    a node's connections, a turn's parts alternated between them and made a write on each.
-    Now a turn's requests stay on the connection already writing (one system call); the next
-    turn starts on the least busy one."""
-    from router.backend.pipeline import Pipeline
-    from router.config import DatabaseConfig, NodeAddress
-
-    db = DatabaseConfig(pipeline_slow_ms=20, pipeline_connections=2)
-    pipeline = Pipeline("n", NodeAddress("127.0.0.1", 1, "d"), db, {})
-    sql = "SELECT report()"
-    started = [await started_connection() for _ in range(2)]
-    for conn, _ in started:
-        pipeline._conns.append(conn)
-        conn._stmts[sql] = _make_statement("s", sql, [], [("r", 23)], set())
-    pipeline.finished(sql, 0.001)  # known to be quick: any number of copies at once
-    (first, first_out), (second, second_out) = started
-    for _ in range(6):
-        assert pipeline.submit(sql, [], lambda *result: None) is not None
-    assert (first.in_flight, second.in_flight) == (6, 0)
-    await written(first_out)
-    assert (len(first_out.writes), len(second_out.writes)) == (1, 0)
-    # The next turn: the least busy connection takes it.
-    assert pipeline.submit(sql, [], lambda *result: None) is not None
-    assert (first.in_flight, second.in_flight) == (6, 1)
-
-
 @pytest.mark.parametrize("server_seconds", [0.001, 0.5])
 async def test_a_statement_whose_caller_gave_up_keeps_its_slot_until_it_completes(
     monkeypatch: pytest.MonkeyPatch, server_seconds: float
