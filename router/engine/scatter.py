@@ -186,7 +186,13 @@ class ScatterRunner:
                 self._finish(result, fast, plan, params, target, analysis, done)
 
         fast.done.add_done_callback(finish)
+        self._count(target)
         return True
+
+    def _count(self, target: Scatter, by: int = 1) -> None:
+        stats, width = self.stats, len(target.shards)
+        stats.requests += by
+        stats.fanout[width] = stats.fanout.get(width, 0) + by
 
     def _finish(self, result: asyncio.Future[None], fast: _FastParts, plan: ScatterPlan,
                 params: Sequence[Any], target: Scatter, analysis: Analysis,
@@ -206,10 +212,9 @@ class ScatterRunner:
                 done(None, failure, False)
                 return
             index, _, first = fast.failed[0]
+            self._count(target, -1)  # counted again by `run`
             done(None, ShardFailure(target.shards[index], first), True)
             return
-        self.stats.requests += 1
-        self.stats.fanout[len(target.shards)] = self.stats.fanout.get(len(target.shards), 0) + 1
         answers = [a for a in fast.answers if a is not None]
         try:
             if sum(len(a.rows) for a in answers) > self._max_rows:
@@ -224,8 +229,7 @@ class ScatterRunner:
     async def run(self, session: Session, sql: str, params: Sequence[Any], analysis: Analysis,
                   target: Scatter, hints: Hints) -> Outcome:
         plan = self.plan(sql, analysis)
-        self.stats.requests += 1
-        self.stats.fanout[len(target.shards)] = self.stats.fanout.get(len(target.shards), 0) + 1
+        self._count(target)
         budget = [self._max_rows]
         # Parts queued at once on pipelined connections, answered by callbacks (no task);
         # the rest (a replica to wait for, types not known yet, a pipeline that declines)
