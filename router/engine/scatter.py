@@ -389,13 +389,15 @@ class ScatterRunner:
         shard = self._topology.shards[name]
         node, backend = await self._pick(shard, self._plan_read(session, shard, hints), True)
         try:
-            answer = await self._read(name, node, backend, plan, params, analysis)
+            answer = await self._read(name, node, backend, plan, params, analysis,
+                                      hints.timeout_ms)
         except NodeUnavailableError:
             if node is shard.primary:
                 raise
             # The replica went away under the read: a read is safe to run again on the primary.
             node, backend = await self._pick(shard, None, True)
-            answer = await self._read(name, node, backend, plan, params, analysis)
+            answer = await self._read(name, node, backend, plan, params, analysis,
+                                      hints.timeout_ms)
         budget[0] -= len(answer.rows)
         if budget[0] < 0:
             raise _too_large(self._max_rows)
@@ -403,7 +405,8 @@ class ScatterRunner:
         return answer
 
     async def _read(self, name: str, node: NodeState, backend: Backend | None, plan: ScatterPlan,
-                    params: Sequence[Any], analysis: Analysis) -> _Answer:
+                    params: Sequence[Any], analysis: Analysis,
+                    timeout_ms: int | None) -> _Answer:
         """One shard's part: on the node's pipelined connections once the statement's column
         types are known (they are the same on every shard: one schema), else on a pooled
         connection, which also learns them (and the database's collation and enums)."""
@@ -411,7 +414,8 @@ class ScatterRunner:
         orders: list[ValueOrder] | None = analysis.scatter.get("orders")
         if backend is None and orders is not None and node.name in self._databases:
             try:
-                columns, rows, _ = await node.pool.pipeline.run(plan.sql, shard_params)
+                columns, rows, _ = await node.pool.pipeline.run(plan.sql, shard_params,
+                                                                 timeout_ms=timeout_ms)
             except Unsupported:
                 pass  # declined (nothing was sent): a pooled connection takes it
             except PipelineError as exc:

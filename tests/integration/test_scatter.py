@@ -364,3 +364,30 @@ async def test_a_queued_scatter_part_that_waits_on_a_lock_runs_again_the_ordinar
     finally:
         await locker.close()
     assert count == sum(r[0] for r in await on_each(primaries, sql))
+
+
+async def test_a_timed_out_scatter_read_is_stopped_on_every_shard(
+    db: client.Client, primaries: dict[str, asyncpg.Connection]
+) -> None:
+    """The request's timeout_ms reaches PostgreSQL with each pipelined part (as with
+    one-shard reads): past it the client gets TIMEOUT and no shard goes on sorting for the
+    rest of router.statement_timeout_seconds (30 s), holding up its pipelined connection."""
+    sql = "SELECT x FROM generate_series(1, $1::int8) AS g(x) ORDER BY x DESC LIMIT 1"
+    # The first run learns the result's types (on pooled connections): a cheap one.
+    assert [tuple(r) for r in await db.fetch(sql, 3, shard="*", consistency="strong")] == [(3,)]
+
+    async def stopped_everywhere() -> bool:
+        for conn in primaries.values():
+            running = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE '%generate_series%' AND pid <> pg_backend_pid()")
+            if running:
+                return False
+        return True
+
+    # Then the same text runs on the pipelined connections, with the timeout: prepared there
+    # by the first slow run (a task per part), queued with no task by the second.
+    for _ in range(2):
+        with pytest.raises(client.RequestTimeoutError):
+            await db.fetch(sql, 300_000_000, shard="*", consistency="strong", timeout=0.3)
+        await wait_until(stopped_everywhere, within=3, what="the shards to stop the slow read")
