@@ -376,18 +376,23 @@ async def test_a_timed_out_scatter_read_is_stopped_on_every_shard(
     # The first run learns the result's types (on pooled connections): a cheap one.
     assert [tuple(r) for r in await db.fetch(sql, 3, shard="*", consistency="strong")] == [(3,)]
 
+    still: list[Any] = []
+
     async def stopped_everywhere() -> bool:
-        for conn in primaries.values():
-            running = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                "AND query LIKE '%generate_series%' AND pid <> pg_backend_pid()")
-            if running:
-                return False
-        return True
+        still.clear()
+        for region, conn in primaries.items():
+            still.extend((region, *r) for r in await conn.fetch(
+                "SELECT application_name, query_start, left(query, 120) FROM pg_stat_activity "
+                "WHERE state = 'active' AND query LIKE '%generate_series%' "
+                "AND pid <> pg_backend_pid()"))
+        return not still
 
     # Then the same text runs on the pipelined connections, with the timeout: prepared there
     # by the first slow run (a task per part), queued with no task by the second.
     for _ in range(2):
         with pytest.raises(client.RequestTimeoutError):
             await db.fetch(sql, 300_000_000, shard="*", consistency="strong", timeout=0.3)
-        await wait_until(stopped_everywhere, within=3, what="the shards to stop the slow read")
+        try:
+            await wait_until(stopped_everywhere, within=3, what="the shards to stop the read")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; still running: {still}") from exc
