@@ -20,7 +20,14 @@ import uvloop
 from bench import peers
 from bench.placement import reads_by_port
 from bench.profile import find_py_spy, profile_router
-from bench.report import machine_info, render_table, write_chart, write_json, write_results_md
+from bench.report import (
+    machine_info,
+    profile_md,
+    render_table,
+    write_chart,
+    write_json,
+    write_results_md,
+)
 from bench.runner import Plan, Recorder, run_main, run_scatter, run_sweep
 from bench.stack import (
     BENCH_PORT_OFFSET,
@@ -34,7 +41,7 @@ from bench.stack import (
     start_cluster,
 )
 from bench.targets import AsyncpgTarget, Endpoint, GeorouteTarget, ScatterTarget, Target
-from bench.workloads import MAIN_WORKLOADS, POINT_READ, load_sample
+from bench.workloads import MAIN_WORKLOADS, POINT_READ, SCATTER_WORKLOADS, load_sample
 from router.config import Config
 from router.tools.localcluster.users import ensure_server_user
 
@@ -61,6 +68,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
                    help="py-spy the router (auto: when point reads fall under 0.7x direct)")
     p.add_argument("--keep-cluster", action="store_true", help="leave the bench cluster up")
+    p.add_argument("--only", choices=["all", "scatter"], default="all",
+                   help="scatter: only the cross-shard reads (catalogue, count_by_region), "
+                        "georoute against direct; prints and saves JSON, leaves RESULTS.md "
+                        "alone; --profile always samples the router under each of them")
     args = p.parse_args(argv)
     smoke = args.smoke
     defaults = {"users": 30 if smoke else 300, "concurrency": 4 if smoke else 16,
@@ -206,11 +217,13 @@ class Bench:
                     args.sweep, 0.5 if args.smoke else 2.0)
         targets = self.targets()
         failed: dict[str, str] = {}
-        workloads = await run_main(self.rec, targets, MAIN_WORKLOADS, sample, plan, failed)
         replicas = [Endpoint(s.replicas[0].port, s.replicas[0].database,
                              self.config.database.host_for(s.replicas[0]))
                     for s in self.config.shards.values()]
         georoute = next(t for t in targets if isinstance(t, GeorouteTarget))
+        if args.only == "scatter":
+            return await self.run_scatter_only(georoute, replicas, sample, plan, pg_version)
+        workloads = await run_main(self.rec, targets, MAIN_WORKLOADS, sample, plan, failed)
         workloads.update(await run_scatter(
             self.rec, ScatterTarget(replicas, db_user), georoute,
             [t.name for t in targets if t.name not in ("direct", "georoute")], sample, plan))
@@ -246,6 +259,31 @@ class Bench:
                 targets, sizes, plan, failed, workloads["point_read"])
         results["pg_version"] = pg_version
         results["target_descriptions"] = {t.name: t.description for t in targets}
+        return results
+
+    async def run_scatter_only(self, georoute: GeorouteTarget, replicas: list[Endpoint],
+                               sample: Any, plan: Plan, pg_version: str) -> dict[str, Any]:
+        """`--only scatter`: the cross-shard workloads alone, and with `--profile always` a
+        py-spy profile of the router under each."""
+        args = self.args
+        workloads = await run_scatter(self.rec, ScatterTarget(replicas, self.config.database.user),
+                                      georoute, [], sample, plan)
+        results: dict[str, Any] = {"workloads": workloads}
+        py_spy = find_py_spy()
+        if args.profile == "always" and py_spy and self.router is not None:
+            for workload in SCATTER_WORKLOADS:
+                self.rec.say(f"profiling the router with py-spy during {workload.name}")
+                for suffix, native in (("", False), ("_native", True)):
+                    results[f"profile_{workload.name}{suffix}"] = await profile_router(
+                        py_spy, self.router.pid, GeorouteTarget(self.router.dsn, TOKEN, 4),
+                        sample, args.concurrency, 2 if args.smoke else 5, args.out, native,
+                        workload)
+        elif args.profile == "always":
+            self.skipped.append("router profile: py-spy is not installed (pip install py-spy)")
+        results["pg_version"] = pg_version
+        results["target_descriptions"] = {
+            "direct": "asyncpg to every shard's replica, merged in the client",
+            "georoute": georoute.description}
         return results
 
     async def data_sweep(self, targets: list[Target], sizes: list[int], plan: Plan,
@@ -400,10 +438,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in results["headline"]:
         print(line)
+    for key, profile in results.items():
+        if key.startswith("profile_"):
+            print(f"\n{key}:")
+            print("\n".join(profile_md(profile)))
     for line in bench.skipped:
         print(f"skipped: {line}")
     print(f"results: {path}" + (f", chart: {chart}" if chart else ""))
-    if not args.smoke:
+    if not args.smoke and args.only == "all":
         write_results_md(results, BENCH_DIR / "RESULTS.md", chart)
         print(f"updated {BENCH_DIR / 'RESULTS.md'}")
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.targets import Target
-from bench.workloads import POINT_READ, Sample, measure
+from bench.workloads import POINT_READ, Sample, Workload, measure
 
 __all__ = ["find_py_spy", "profile_router", "summarise"]
 
@@ -94,10 +94,14 @@ def summarise(raw: str, top: int = 40) -> dict[str, Any]:
 
 async def profile_router(py_spy: str, pid: int, target: Target, sample: Sample,
                          concurrency: int, seconds: int, out_dir: Path,
-                         native: bool = False) -> dict[str, Any]:
-    """Run point reads through `target` while py-spy samples `pid` for `seconds`."""
+                         native: bool = False,
+                         workload: Workload = POINT_READ) -> dict[str, Any]:
+    """Run `workload` (point reads) through `target` while py-spy samples `pid` for
+    `seconds`."""
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
-    raw_path = out_dir / ("router-profile-native.txt" if native else "router-profile.txt")
+    suffix = "" if workload is POINT_READ else f"-{workload.name}"
+    raw_path = out_dir / (f"router-profile{suffix}-native.txt" if native
+                          else f"router-profile{suffix}.txt")
     # --native also samples C/Cython frames (asyncpg's protocol, uvloop, system calls); it
     # needs to pause the process per sample (no --nonblocking), which slows it somewhat.
     proc = await asyncio.create_subprocess_exec(
@@ -108,7 +112,7 @@ async def profile_router(py_spy: str, pid: int, target: Target, sample: Sample,
     )
     await target.open(concurrency)
     try:
-        load = await measure(target, POINT_READ, sample, concurrency, seconds + 1.0, 10**8)
+        load = await measure(target, workload, sample, concurrency, seconds + 1.0, 10**8)
     finally:
         await target.close()
     async with asyncio.timeout(60):
@@ -121,5 +125,6 @@ async def profile_router(py_spy: str, pid: int, target: Target, sample: Sample,
         return {"status": "failed", "detail": output.decode(errors="replace")[-400:]}
     summary = summarise(raw)
     summary.update(status="ok", seconds=seconds, concurrency=concurrency, native=native,
+                   workload="point reads" if workload is POINT_READ else workload.name,
                    load_ops_per_s=round(load.ops_per_s, 1), raw=str(raw_path))
     return summary

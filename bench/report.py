@@ -8,7 +8,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "render_table", "write_chart", "write_json", "write_results_md"]
+__all__ = ["machine_info", "profile_md", "render_table", "write_chart", "write_json",
+           "write_results_md"]
 
 TARGET_ORDER = ("direct", "georoute", "pgbouncer", "pgpool")
 
@@ -183,12 +184,13 @@ def _shown(path: Any) -> str:
         return Path(path).name
 
 
-def _profile_md(profile: dict[str, Any]) -> list[str]:
+def profile_md(profile: dict[str, Any]) -> list[str]:
     if profile.get("status") != "ok":
         return [f"py-spy: {profile.get('status')}: {profile.get('detail', '')}", ""]
     frames = ("Python and native frames (`--native`, which pauses the process per sample)"
               if profile.get("native") else "Python frames only")
-    lines = [f"py-spy on the router process, {profile['seconds']} s of point reads at "
+    lines = [f"py-spy on the router process, {profile['seconds']} s of "
+             f"{profile.get('workload', 'point reads')} at "
              f"{profile['concurrency']} clients ({profile['load_ops_per_s']:,.0f} ops/s while "
              f"sampled): {profile['samples']} busy samples ({profile.get('idle_samples', 0)} "
              f"idle ones left out), {frames}; raw stacks in `{_shown(profile['raw'])}`. "
@@ -272,9 +274,9 @@ def write_results_md(results: dict[str, Any], path: Path, chart: Path | None) ->
                 lines.append(f"| {name} | {r.get('status', '')} | |")
         lines.append("")
     if results.get("profile"):
-        lines += ["## Profile of the router", "", *_profile_md(results["profile"])]
+        lines += ["## Profile of the router", "", *profile_md(results["profile"])]
     if results.get("profile_native"):
-        lines += ["### With native frames", "", *_profile_md(results["profile_native"])]
+        lines += ["### With native frames", "", *profile_md(results["profile_native"])]
     if results.get("skipped"):
         lines += ["## Skipped", "", *[f"- {s}" for s in results["skipped"]], ""]
     lines += ["## Notes", "", NOTES_START, notes, NOTES_END, ""]

@@ -204,8 +204,12 @@ class Client:
         timeout: float | None = None,
         idempotent: bool | None = None,
         idempotency_key: str | None = None,
+        shards: Sequence[str] | None = None,
     ) -> list[Record]:
-        hints = self._sender.hints(shard, shard_key, consistency, idempotency_key, timeout)
+        """Rows of a read (or a write's RETURNING). `shard="*"` reads every shard, `shards=[...]`
+        just those, merged by the router (README, "Cross-shard reads")."""
+        hints = self._sender.hints(shard, shard_key, consistency, idempotency_key, timeout,
+                                   shards)
         retry = _retry_ok(idempotent, idempotency_key, sql)
         query = Query(0, sql, list(args), _FETCH, hints)
         reply, _ = await self._sender.send(query, retry=retry, timeout=timeout)
@@ -214,10 +218,11 @@ class Client:
     async def fetch_routed(
         self, sql: str, *args: Any, shard: str | None = None, shard_key: Any = None,
         consistency: Consistency | str | None = None, timeout: float | None = None,
+        shards: Sequence[str] | None = None,
     ) -> tuple[list[Record], RouteInfo | None]:
         """`fetch`, and where it ran. A cross-shard read's route names every shard that
         answered, comma-separated, and their nodes in the same order (PROTOCOL.md 2.3)."""
-        hints = self._sender.hints(shard, shard_key, consistency, None, timeout)
+        hints = self._sender.hints(shard, shard_key, consistency, None, timeout, shards)
         query = Query(0, sql, list(args), _FETCH, hints)
         reply, _ = await self._sender.send(query, retry=_retry_ok(None, None, sql), timeout=timeout)
         return rows_of(reply), getattr(reply, "route", None)
@@ -240,9 +245,11 @@ class Client:
         timeout: float | None = None,
         idempotent: bool | None = None,
         idempotency_key: str | None = None,
+        shards: Sequence[str] | None = None,
     ) -> str:
         """Run a statement for its effect; returns the command status, e.g. "INSERT 0 1"."""
-        hints = self._sender.hints(shard, shard_key, consistency, idempotency_key, timeout)
+        hints = self._sender.hints(shard, shard_key, consistency, idempotency_key, timeout,
+                                   shards)
         hints.want_rows = False
         retry = _retry_ok(idempotent, idempotency_key, sql)
         query = Query(0, sql, list(args), _EXECUTE, hints)

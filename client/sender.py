@@ -10,7 +10,7 @@ retry of retryable failures with backoff."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from client.connection import Connection
@@ -62,9 +62,11 @@ class Sender:
         consistency: Consistency | str | None,
         idempotency_key: str | None,
         timeout: float | None,
+        shards: Sequence[str] | None = None,
     ) -> Hints:
         """A request's hints; its timeout is `timeout`, else the command timeout."""
-        hints = Hints(shard=shard, shard_key=shard_key, idempotency_key=idempotency_key)
+        hints = Hints(shard=shard, shard_key=shard_key, idempotency_key=idempotency_key,
+                      shards=None if shards is None else list(shards))
         if consistency is not None:
             hints.consistency = Consistency(consistency)
         effective = self.command_timeout if timeout is None else timeout

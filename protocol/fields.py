@@ -108,6 +108,18 @@ def _map(v: Any) -> dict[str, Any]:
     return v
 
 
+def _shard_names(v: Any) -> list[str] | None:
+    """The "shards" hint: nil, or one or more distinct shard names."""
+    if v is None:
+        return None
+    names = [_str(name) for name in _list(v)]
+    if not names:
+        raise ValueError("expected one or more shard names")
+    if len(set(names)) != len(names):
+        raise ValueError("names a shard more than once")
+    return names
+
+
 def _bool(v: Any) -> bool:
     if type(v) is not bool:
         raise TypeError("expected bool")
@@ -158,6 +170,8 @@ class Hints:
     timeout_ms: int | None = None  # "timeout_ms"
     tx: int | None = None  # "tx": run inside this open transaction
     want_rows: bool = True  # "want_rows": false = the client discards rows (Status suffices)
+    shards: list[str] | None = None  # "shards": a read on just these shards, merged
+
 
     def to_wire(self) -> dict[str, Any]:
         m: dict[str, Any] = {}
@@ -177,6 +191,8 @@ class Hints:
             m["tx"] = self.tx
         if not self.want_rows:
             m["want_rows"] = False
+        if self.shards is not None:
+            m["shards"] = list(self.shards)
         return m
 
     @classmethod
@@ -206,6 +222,8 @@ class Hints:
                     hints.tx = _opt_uint(value)
                 elif key == "want_rows":
                     hints.want_rows = _bool(value)
+                elif key == "shards":
+                    hints.shards = _shard_names(value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"hints.{key}: {exc}") from None
         return hints

@@ -15,6 +15,7 @@ import datetime as dt
 import decimal
 import heapq
 import itertools
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,7 +23,7 @@ from typing import Any
 
 from msgpack import ExtType
 
-from protocol.values import ext_hook
+from protocol.values import ExtCode, ext_hook
 from protocol.valuetypes import Infinity
 from router.core.merge_having import operand_value, truth
 from router.core.merge_values import (
@@ -96,11 +97,22 @@ def _row_key(keys: Sequence[SortKey], orders: Sequence[ValueOrder], text_exact: 
             value = (rank,) if rank else (0, value)
         return (1, Desc(value)) if descending else (1, value)
 
+    # Values that compare as PostgreSQL's do, ascending, with no NaN or infinity: their key
+    # is the value itself (the commonest sort, by an integer, text or uuid, costs no call).
+    # A column's values are all of one type, so every key of a column has the same shape.
+    plain = frozenset({int, bool, bytes, ExtType})
+    plain_text = plain | {str}
+
     def row_key(row: Sequence[Any]) -> tuple[Any, ...]:
-        out = []
+        out: list[tuple[Any, ...]] = []
         for index, descending, null, padded in resolved:
             value = row[index]
-            out.append(null if value is None else (1, value_key(value, descending, padded)))
+            if value is None:
+                out.append(null)
+            elif not descending and type(value) in (plain if padded else plain_text):
+                out.append((1, value))
+            else:
+                out.append((1, value_key(value, descending, padded)))
         return tuple(out)
 
     return row_key
@@ -116,20 +128,59 @@ def _bound(value: Any, what: str) -> int | None:
     return value
 
 
-def _canonical(answer: ShardRows) -> ShardRows:
+_UUID_EXT = int(ExtCode.UUID)
+# Wire types whose ext bytes do not order as PostgreSQL orders the values (a timestamp or date
+# before 1970/2000 is a negative number, whose bytes sort after the positive ones).
+_BY_VALUE_TYPES = frozenset({"timestamp", "timestamptz", "date"})
+
+
+def _canonical(answer: ShardRows, uuid_ext: bool) -> ShardRows:
     """The pipelined connections give uuid, date and timestamp values as the wire's ext types
     (their bytes ready to send), pooled connections as Python values; compared, grouped or
-    aggregated together they must be one kind. The ext bytes do not order as PostgreSQL
-    does either (a timestamp before 2000 is a negative number), so they become Python
-    values; the reply encodes them back."""
+    aggregated together they must be one kind. Dates and timestamps become Python values
+    (their ext bytes do not order as PostgreSQL does); the reply encodes them back. A uuid
+    stays in its ext form when `uuid_ext` (its 16 bytes order and compare as PostgreSQL's
+    uuid does: memcmp), and a pooled part's uuid.UUID takes that form; otherwise (a HAVING,
+    which compares values with parameters) every uuid is a uuid.UUID.
+
+    A part of a pipelined connection says its columns' wire types (`Columns.types`): only
+    the columns that need it are converted, and a part with none is left as it is."""
     rows = answer.rows
-    if not any(type(value) is ExtType for row in rows for value in row):
+    types = getattr(answer.columns, "types", None)
+    if types is not None:
+        convert = [i for i, t in enumerate(types)
+                   if t in _BY_VALUE_TYPES or (t == "uuid" and not uuid_ext)]
+        if not convert:
+            return answer
+        out: list[Sequence[Any]] = []
+        for row in rows:
+            values = list(row)
+            for i in convert:
+                v = values[i]
+                if type(v) is ExtType:
+                    values[i] = ext_hook(v.code, v.data)
+            out.append(values)
+        return ShardRows(answer.shard, answer.columns, out)
+    if not any(type(value) in _CONVERTED for row in rows for value in row):
         return answer
     canonical: list[Sequence[Any]] = [
-        tuple(ext_hook(v.code, v.data) if type(v) is ExtType else v for v in row)
+        tuple(_one_kind(v, uuid_ext) if type(v) in _CONVERTED else v for v in row)
         for row in rows
     ]
     return ShardRows(answer.shard, answer.columns, canonical)
+
+
+_CONVERTED = frozenset({ExtType, uuid.UUID})
+
+
+def _one_kind(value: Any, uuid_ext: bool) -> Any:
+    if type(value) is ExtType:
+        if uuid_ext and value.code == _UUID_EXT:
+            return value
+        return ext_hook(value.code, value.data)
+    if uuid_ext:  # a uuid.UUID
+        return ExtType(_UUID_EXT, value.bytes)
+    return value
 
 
 def merge(
@@ -138,7 +189,8 @@ def merge(
 ) -> tuple[list[str], list[Any]]:
     """The reply's columns and rows: what one database holding every shard's rows returns.
     `real`: the columns whose type is float4 (real), whose sums are not combined."""
-    answers = [_canonical(answer) for answer in answers]
+    uuid_ext = plan.grouping is None or plan.grouping.having is None
+    answers = [_canonical(answer, uuid_ext) for answer in answers]
     columns = list(answers[0].columns) if answers else []
     if plan.grouping is not None:
         _check_real_sums(plan.grouping.combine, real, columns)

@@ -30,6 +30,7 @@ from router.core.reference import one_copy_refusal
 
 __all__ = [
     "SCATTER_HINT",
+    "SHARDS_HINT_ALONE",
     "CrossShardError",
     "EveryPrimary",
     "MissingShardKeyError",
@@ -40,6 +41,7 @@ __all__ = [
     "UnknownShardError",
     "check_assignments",
     "check_writes",
+    "hinted_shards",
     "keyed_shard",
     "named_shards",
     "resolve_shards",
@@ -79,6 +81,10 @@ class EveryPrimary:
 
 Route = OneShard | Scatter | EveryPrimary
 SCATTER_HINT = "*"  # the shard hint that asks every shard
+# The `shards` hint is for one Query outside a transaction (a read over those shards).
+SHARDS_HINT_ALONE = ("the shards hint asks a read of those shards, outside a transaction; a "
+                     "transaction, a batch or a document request names one shard (shard or "
+                     "shard_key)")
 
 
 def _shard_of_value(kind: KeyKind, value: Any, config: Config) -> str | None:
@@ -363,12 +369,38 @@ def resolve_shards(
     raise MissingShardKeyError(wanted or ["a shard hint (the statement names no sharded table)"])
 
 
+def hinted_shards(shards: Sequence[str], config: Config) -> tuple[str, ...]:
+    """The shards a `shards` hint names, in the configuration's order; an unknown name is
+    UnknownShardError."""
+    for name in shards:
+        if name not in config.shards:
+            known = ", ".join(config.shards)
+            raise UnknownShardError(f"shards hint: {name!r} is not a shard ({known})", name)
+    wanted = set(shards)
+    return tuple(name for name in config.shards if name in wanted)
+
+
 def route(analysis: Analysis, params: Sequence[Any], hint: str | None,
-          config: Config) -> Route:
+          config: Config, shards: Sequence[str] | None = None) -> Route:
     """`resolve_shards`, except that a plain SELECT that is not confined to one shard (nothing
     confines a table it reads, or its keys name several shards), or that has the hint "*",
     becomes a Scatter over the shards it needs, and an unhinted write to a reference table
-    goes to EveryPrimary. Other writes stay on one shard, or are refused."""
+    goes to EveryPrimary. Other writes stay on one shard, or are refused.
+
+    `shards` (the hint of that name) runs a read on just those shards, merged; one shard is
+    as the hint `shard`; a write to several is refused."""
+    if shards is not None:
+        if hint is not None:
+            raise RoutingError("give one of the hints shard, shard_key and shards, not several")
+        hinted = hinted_shards(shards, config)
+        if len(hinted) == 1:
+            hint = hinted[0]
+        elif not analysis.read_only or analysis.command != "SELECT":
+            raise CrossShardError(f"the shards hint names {len(hinted)} shards "
+                                  f"({', '.join(hinted)}), which only a read may ask; a write "
+                                  "runs on one shard")
+        else:
+            return Scatter(hinted)
     if analysis.reference_writes and not analysis.read_only and hint is None:
         if analysis.confinement.refs:  # it reads sharded rows: each copy would differ
             raise CrossShardError(

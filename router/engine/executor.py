@@ -27,6 +27,7 @@ from router.core.health import HealthEvent
 from router.core.reads import AwaitReplay, OnPrimary, OnReplica, ReadPlan, ReadPolicy, plan_read
 from router.core.reference import one_copy_refusal
 from router.core.routing import (
+    SHARDS_HINT_ALONE,
     CrossShardError,
     EveryPrimary,
     MissingShardKeyError,
@@ -49,6 +50,7 @@ from router.engine.outcome import (
     CONNECTION_ERRORS,
     Outcome,
     Routed,
+    ScatterDone,
     connection_lost,
     returned_after,
     rows_changed,
@@ -104,7 +106,7 @@ class Executor:
         hint = hints.shard
         if hint is None and hints.shard_key is not None:
             hint = self.shard_for_key(hints.shard_key)
-        return analysis, route(analysis, params, hint, self.config)
+        return analysis, route(analysis, params, hint, self.config, hints.shards)
 
     def shard_for_key(self, key: Any) -> str:
         shard = shard_of_value(key, self.config)
@@ -260,10 +262,12 @@ class Executor:
 
     def submit(
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints,
-        callback: Callback,
-    ) -> Routed | None:
+        callback: Callback, scatter_done: ScatterDone | None = None,
+    ) -> Routed | Scatter | None:
         """The synchronous fast path of `query`: route an autocommit statement and queue it
         on the chosen node's pipeline, with no task and no await; `callback` gets the result.
+        A cross-shard read is queued on every shard's pipeline the same way (its route is
+        returned) and `scatter_done` gets the merged outcome (ScatterRunner.submit).
         None means "use `query`": a transaction, an idempotency key, a statement that changes
         session state, a read that must wait for a replica to catch up, a node or pipeline
         that cannot take it, and every error (which `query` then reports)."""
@@ -274,7 +278,12 @@ class Executor:
             if (len(params) != analysis.param_count or analysis.changes_session_state
                     or analysis.command == "UTILITY"):
                 return None
-            if type(target) is not OneShard:  # a Scatter or EveryPrimary: query() runs them
+            if type(target) is Scatter:
+                if scatter_done is None or not self.scatter.submit(
+                        session, sql, params, analysis, target, hints, scatter_done):
+                    return None
+                return target
+            if type(target) is not OneShard:  # EveryPrimary: query() runs it
                 return None
             shard = self.topology.shards[target.shard]
             if target.write:
@@ -321,6 +330,8 @@ class Executor:
         self, session: Session, sql: str, params: Sequence[Any], hints: Hints
     ) -> Outcome:
         if hints.tx is not None:
+            if hints.shards is not None:
+                raise CrossShardError(SHARDS_HINT_ALONE)
             tx = session.get(hints.tx)
             return await self.transactions.statement(session, tx, sql, params, hints)
         await self.classifier.analyze_async(sql)  # a long text: parsed off the event loop
@@ -479,6 +490,8 @@ class Executor:
         """The one shard a batch runs on: its hint, or the shard every statement that touches
         sharded data is confined to (one without any, `SELECT 1`, runs there too). With a
         hint, every statement's written rows are still checked against it."""
+        if hints.shards is not None:
+            raise CrossShardError(SHARDS_HINT_ALONE)
         hint = hints.shard
         if hint is None and hints.shard_key is not None:
             hint = self.shard_for_key(hints.shard_key)

@@ -5,7 +5,7 @@ backend connection is lost."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,12 @@ def connection_lost(exc: BaseException, backend: Backend) -> bool:
     return isinstance(exc, CONNECTION_ERRORS) or (
         isinstance(exc, asyncpg.exceptions.InterfaceError) and backend.conn.is_closed())
 
+
+
+# A cross-shard read queued with no task (ScatterRunner.submit) is finished by one call:
+# (its merged outcome, None, False), or (None, the error, False), or (None, a part's error,
+# True): parts the pipeline could not finish, so the whole read runs again the ordinary way.
+ScatterDone = Callable[["Outcome | None", "BaseException | None", bool], None]
 
 
 @dataclass(slots=True, eq=False)

@@ -30,7 +30,7 @@ from router.core.routing import Scatter
 from router.core.scatter_plan import Refusal, ScatterPlan, ScatterRefused
 from router.core.scatter_rewrite import plan_scatter
 from router.engine.errors import EngineError, ShardFailure
-from router.engine.outcome import Outcome, returned_after
+from router.engine.outcome import Outcome, ScatterDone, returned_after
 from router.engine.session import Session
 from router.ha.topology import NodeState, ShardState, Topology
 from router.types import Role
@@ -165,11 +165,71 @@ class ScatterRunner:
             raise found
         return found
 
+    def submit(self, session: Session, sql: str, params: Sequence[Any], analysis: Analysis,
+               target: Scatter, hints: Hints, done: ScatterDone) -> bool:
+        """The read queued with no task and no await: every part on a pipelined connection,
+        merged and handed to `done` once the last has answered. False when any part cannot
+        go that way (the first run of a statement text, which learns its types; a replica
+        to wait for; a pipeline that declines; a refused statement): then `run` takes the
+        read, and a part already queued is abandoned (its result dropped)."""
+        plan = analysis.scatter.get("plan")
+        if plan is None or isinstance(plan, ScatterRefused) or "orders" not in analysis.scatter:
+            return False
+        fast = _FastParts(len(target.shards))
+        for index, name in enumerate(target.shards):
+            if not self._submit(fast, index, session, name, plan, params, analysis, hints):
+                fast.done.cancel()
+                return False
+
+        def finish(result: asyncio.Future[None]) -> None:
+            if not result.cancelled():
+                self._finish(result, fast, plan, params, target, analysis, done)
+
+        fast.done.add_done_callback(finish)
+        self._count(target)
+        return True
+
+    def _count(self, target: Scatter, by: int = 1) -> None:
+        stats, width = self.stats, len(target.shards)
+        stats.requests += by
+        stats.fanout[width] = stats.fanout.get(width, 0) + by
+
+    def _finish(self, result: asyncio.Future[None], fast: _FastParts, plan: ScatterPlan,
+                params: Sequence[Any], target: Scatter, analysis: Analysis,
+                done: ScatterDone) -> None:
+        """A queued read's parts have answered (or one failed): merged, or its error, or
+        run again the ordinary way (reads are safe to repeat)."""
+        exc = result.exception()
+        if exc is not None:
+            if isinstance(exc, ScatterRefused):
+                self.stats.refused(exc.reason.value)
+            done(None, exc, False)
+            return
+        if fast.failed:
+            try:
+                self._forget_failures(fast, target, plan, analysis)
+            except ShardFailure as failure:
+                done(None, failure, False)
+                return
+            index, _, first = fast.failed[0]
+            self._count(target, -1)  # counted again by `run`
+            done(None, ShardFailure(target.shards[index], first), True)
+            return
+        answers = [a for a in fast.answers if a is not None]
+        try:
+            if sum(len(a.rows) for a in answers) > self._max_rows:
+                self.stats.refused(Refusal.TOO_LARGE.value)
+                raise _too_large(self._max_rows)
+            outcome = self._merge(plan, params, answers)
+        except Exception as error:  # a refusal, a bad LIMIT: a typed reply
+            done(None, error, False)
+            return
+        done(outcome, None, False)
+
     async def run(self, session: Session, sql: str, params: Sequence[Any], analysis: Analysis,
                   target: Scatter, hints: Hints) -> Outcome:
         plan = self.plan(sql, analysis)
-        self.stats.requests += 1
-        self.stats.fanout[len(target.shards)] = self.stats.fanout.get(len(target.shards), 0) + 1
+        self._count(target)
         budget = [self._max_rows]
         # Parts queued at once on pipelined connections, answered by callbacks (no task);
         # the rest (a replica to wait for, types not known yet, a pipeline that declines)
@@ -180,6 +240,14 @@ class ScatterRunner:
             if not self._submit(fast, index, session, name, plan, params, analysis, hints):
                 tasks[asyncio.ensure_future(self._one(
                     session, name, plan, params, analysis, hints, budget))] = name
+        if not tasks:  # every part on a pipelined connection (the usual case): one future
+            try:
+                await fast.done
+            except ScatterRefused as refusal:
+                self.stats.refused(refusal.reason.value)
+                raise
+            return await self._gathered(fast, list(fast.answers), session, target, plan,
+                                        params, analysis, hints, budget)
         if fast.waiting:
             tasks[fast.done] = ""
         try:
@@ -207,6 +275,15 @@ class ScatterRunner:
         for task, name in tasks.items():
             if name:
                 answers[target.shards.index(name)] = task.result()
+        return await self._gathered(fast, answers, session, target, plan, params, analysis,
+                                    hints, budget)
+
+    async def _gathered(self, fast: _FastParts, answers: list[_Answer | None],
+                        session: Session, target: Scatter, plan: ScatterPlan,
+                        params: Sequence[Any], analysis: Analysis, hints: Hints,
+                        budget: list[int]) -> Outcome:
+        """Every part has answered or failed in a way a read may run again: those run again,
+        then the answers are merged."""
         if fast.failed:
             await self._again(fast, answers, session, target, plan, params, analysis, hints,
                               budget)
@@ -245,7 +322,8 @@ class ScatterRunner:
             else:
                 fast.fail(index, node, exc)
 
-        columns = pipeline.submit(plan.sql, plan.shard_params(params), answered)
+        columns = pipeline.submit(plan.sql, plan.shard_params(params), answered, False,
+                                  hints.timeout_ms)
         if columns is None:
             return False
         fast.queued()
@@ -256,15 +334,7 @@ class ScatterRunner:
                      analysis: Analysis, hints: Hints, budget: list[int]) -> None:
         """Parts the pipeline could not finish (a lost connection, a statement to prepare
         again, a result of another shape) run again as tasks: reads are safe to repeat."""
-        for index, node, exc in fast.failed:
-            if isinstance(exc, PipelineError):
-                node.record(HealthEvent.CONNECT_FAILED, str(exc))
-            elif is_stale_statement(exc):
-                node.pool.pipeline.forget(plan.sql)
-            elif isinstance(exc, _Reshaped):
-                analysis.scatter.pop("orders", None)
-            elif not is_lock_timeout(exc):
-                raise ShardFailure(target.shards[index], exc) from exc
+        self._forget_failures(fast, target, plan, analysis)
         budget[0] = self._max_rows - sum(len(a.rows) for a in answers if a is not None)
         again = [index for index, _, _ in fast.failed]
         try:
@@ -277,6 +347,20 @@ class ScatterRunner:
             raise ShardFailure(",".join(target.shards[i] for i in again), exc) from exc
         for index, answer in zip(again, found, strict=True):
             answers[index] = answer
+
+    def _forget_failures(self, fast: _FastParts, target: Scatter, plan: ScatterPlan,
+                         analysis: Analysis) -> None:
+        """What the pipeline's failed parts say: a lost connection, a statement to prepare
+        again, a result whose shape changed (its types are learnt again)."""
+        for index, node, exc in fast.failed:
+            if isinstance(exc, PipelineError):
+                node.record(HealthEvent.CONNECT_FAILED, str(exc))
+            elif is_stale_statement(exc):
+                node.pool.pipeline.forget(plan.sql)
+            elif isinstance(exc, _Reshaped):
+                analysis.scatter.pop("orders", None)
+            elif not is_lock_timeout(exc):
+                raise ShardFailure(target.shards[index], exc) from exc
 
     def _merge(self, plan: ScatterPlan, params: Sequence[Any],
                answers: list[_Answer]) -> Outcome:
@@ -305,13 +389,15 @@ class ScatterRunner:
         shard = self._topology.shards[name]
         node, backend = await self._pick(shard, self._plan_read(session, shard, hints), True)
         try:
-            answer = await self._read(name, node, backend, plan, params, analysis)
+            answer = await self._read(name, node, backend, plan, params, analysis,
+                                      hints.timeout_ms)
         except NodeUnavailableError:
             if node is shard.primary:
                 raise
             # The replica went away under the read: a read is safe to run again on the primary.
             node, backend = await self._pick(shard, None, True)
-            answer = await self._read(name, node, backend, plan, params, analysis)
+            answer = await self._read(name, node, backend, plan, params, analysis,
+                                      hints.timeout_ms)
         budget[0] -= len(answer.rows)
         if budget[0] < 0:
             raise _too_large(self._max_rows)
@@ -319,7 +405,8 @@ class ScatterRunner:
         return answer
 
     async def _read(self, name: str, node: NodeState, backend: Backend | None, plan: ScatterPlan,
-                    params: Sequence[Any], analysis: Analysis) -> _Answer:
+                    params: Sequence[Any], analysis: Analysis,
+                    timeout_ms: int | None) -> _Answer:
         """One shard's part: on the node's pipelined connections once the statement's column
         types are known (they are the same on every shard: one schema), else on a pooled
         connection, which also learns them (and the database's collation and enums)."""
@@ -327,7 +414,8 @@ class ScatterRunner:
         orders: list[ValueOrder] | None = analysis.scatter.get("orders")
         if backend is None and orders is not None and node.name in self._databases:
             try:
-                columns, rows, _ = await node.pool.pipeline.run(plan.sql, shard_params)
+                columns, rows, _ = await node.pool.pipeline.run(plan.sql, shard_params,
+                                                                 timeout_ms=timeout_ms)
             except Unsupported:
                 pass  # declined (nothing was sent): a pooled connection takes it
             except PipelineError as exc:

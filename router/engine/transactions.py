@@ -18,6 +18,7 @@ from router.backend.pool import Backend, NodeUnavailableError
 from router.config import Config
 from router.core.classify import Analysis
 from router.core.routing import (
+    SHARDS_HINT_ALONE,
     CrossShardError,
     MissingShardKeyError,
     UnknownShardError,
@@ -177,6 +178,8 @@ class Transactions:
     async def begin(
         self, session: Session, hints: Hints, isolation: Isolation | None, read_only: bool
     ) -> Transaction | DistributedTransaction:
+        if hints.shards is not None:
+            raise CrossShardError(SHARDS_HINT_ALONE)
         if hints.shard is not None:
             if hints.shard not in self._config.shards:
                 raise UnknownShardError(f"shard hint {hints.shard!r} is not a shard", hints.shard)

@@ -48,14 +48,15 @@ from protocol.sockets import keep_alive
 from router.backend.pgwire import Callback
 from router.config import Config
 from router.core.classify import INLINE_PARSE_MAX
+from router.core.routing import Scatter
 from router.engine.errors import RequestTimeout, ShuttingDown
-from router.engine.outcome import Outcome, Routed
+from router.engine.outcome import Outcome, Routed, ScatterDone
 from router.engine.session import Session
 from router.engine.undelivered import ResultUndeliverable, rowcount_of
 from router.ha.topology import NodeState
 from router.server.failures import Failure, failure_for
 from router.server.fastpath import FastRequest
-from router.server.replies import encode_rows
+from router.server.replies import encode_rows, route_of_outcome
 
 __all__ = ["ClientConnection", "Handler", "Limits"]
 
@@ -127,8 +128,10 @@ class Handler(Protocol):
         ...
 
     def submit(self, session: Session, sql: str, params: Sequence[Any], hints: Hints,
-               callback: Callback) -> Routed | None:
-        """Route a statement and queue it; None: nothing was sent, use `handle`."""
+               callback: Callback, scatter_done: ScatterDone | None) -> Routed | Scatter | None:
+        """Route a statement and queue it; None: nothing was sent, use `handle`. A
+        cross-shard read queued so returns its Scatter, and answers through
+        `scatter_done`."""
         ...
 
     def route_of(self, node: NodeState) -> list[str]:
@@ -425,10 +428,12 @@ class ClientConnection(asyncio.Protocol):
         """Route `m` and queue it on a pipelined connection; the reply is sent from the
         pipeline's callback, with no task. False: nothing was sent, use `_handle`."""
         request = FastRequest(self, m, time.perf_counter())
-        routed = self._handler.submit(self.session, m.sql, m.params, m.hints, request.done)
+        routed = self._handler.submit(self.session, m.sql, m.params, m.hints, request.done,
+                                      request.scattered)
         if routed is None:
             return False
-        request.routed = routed
+        if not isinstance(routed, Scatter):
+            request.routed = routed
         self._fast_in_flight += 1
         timeout_ms = m.hints.timeout_ms
         if timeout_ms:
@@ -477,6 +482,17 @@ class ClientConnection(asyncio.Protocol):
             self.reply_failed(m, undelivered, False, started)
             return
         handler.record("query", routed.node.shard, route[2], "ok", time.perf_counter() - started)
+
+    def reply_outcome(self, m: Query, o: Outcome, started: float) -> None:
+        """Answer with a cross-shard read's merged outcome."""
+        if m.kind is QueryKind.FETCH and m.hints.want_rows:
+            data = encode_rows(self._encoder, m.id, o.columns, o.rows, o.status,
+                               route_of_outcome(o), o.ryw_token, o.ryw_tokens)
+        else:
+            data = self._encoder.encode_status(m.id, o.status, o.rowcount, route_of_outcome(o),
+                                               o.ryw_token, o.ryw_tokens)
+        self.send(data)
+        self._handler.record("query", o.shard, o.role.value, "ok", time.perf_counter() - started)
 
     def reply_failed(self, m: Query, exc: BaseException, read_only: bool,
                      started: float) -> None:

@@ -15,7 +15,7 @@ from router.backend.pipeline import is_lock_timeout, is_stale_statement
 from router.backend.pool import NodeUnavailableError
 from router.core.health import HealthEvent
 from router.engine.errors import NodeReadOnlyError, RequestTimeout, is_read_only_refusal
-from router.engine.outcome import Routed
+from router.engine.outcome import Outcome, Routed
 from router.engine.session import Session
 
 __all__ = ["FastPathConnection", "FastRequest"]
@@ -37,6 +37,10 @@ class FastPathConnection(Protocol):
         pipeline read it)."""
         ...
 
+    def reply_outcome(self, m: Query, o: Outcome, started: float) -> None:
+        """Answer with a cross-shard read's merged outcome."""
+        ...
+
     def reply_failed(self, m: Query, exc: BaseException, read_only: bool,
                      started: float) -> None:
         """Answer with the error `exc` maps to."""
@@ -56,7 +60,7 @@ class FastRequest:
         self.conn = conn
         self.message = message
         self.started = started
-        self.routed: Routed | None = None
+        self.routed: Routed | None = None  # None for a cross-shard read (`scattered`)
         self.timer: asyncio.TimerHandle | None = None
         self.answered = False
 
@@ -71,8 +75,33 @@ class FastRequest:
             return
         m = self.message
         exc = RequestTimeout(f"request took longer than {m.hints.timeout_ms} ms")
-        assert self.routed is not None
-        conn.reply_failed(m, exc, self.routed.analysis.read_only, self.started)
+        read_only = self.routed is None or self.routed.analysis.read_only
+        conn.reply_failed(m, exc, read_only, self.started)
+
+    def scattered(self, outcome: Outcome | None, exc: BaseException | None,
+                  again: bool) -> None:
+        """A cross-shard read queued on every shard's pipeline is done (ScatterDone): its
+        merged outcome, its error, or parts the pipeline could not finish (`again`: the
+        whole read runs again the ordinary way, safe for a read)."""
+        if self.answered:  # timed out already; the result is dropped
+            return
+        self.answered = True
+        if self.timer is not None:
+            self.timer.cancel()
+        conn, m = self.conn, self.message
+        conn.fast_request_done()
+        if conn.closing:
+            return
+        if again and conn.run_again(m):
+            return
+        try:
+            if outcome is not None:
+                conn.reply_outcome(m, outcome, self.started)
+                return
+        except Exception as error:  # e.g. a reply over the frame limit: still a typed reply
+            exc = error
+        conn.reply_failed(m, exc or RuntimeError("cross-shard read without an outcome"), True,
+                          self.started)
 
     def done(self, rows: list[Any] | None, status: str, server_seconds: float,
              exc: BaseException | None, wal: int | None) -> None:

@@ -35,9 +35,10 @@ from protocol.codec import route_wire_of
 from protocol.requests import DOC_READ_OPS
 from router.backend.docstore import DocStore
 from router.backend.pgwire import Callback
+from router.core.routing import SHARDS_HINT_ALONE, CrossShardError, Scatter
 from router.engine.branches import DistributedTransaction
 from router.engine.errors import NodeReadOnlyError, is_read_only_refusal
-from router.engine.outcome import Outcome, Routed
+from router.engine.outcome import Outcome, Routed, ScatterDone
 from router.engine.runtime import Runtime
 from router.engine.session import Session
 from router.engine.undelivered import ResultUndeliverable
@@ -72,7 +73,8 @@ class RequestHandler:
 
     # The fast path's calls into the engine, bound once per runtime rather than looked up
     # on every point read (and with no call of their own in between).
-    submit: Callable[[Session, str, Sequence[Any], Hints, Callback], Routed | None]
+    submit: Callable[[Session, str, Sequence[Any], Hints, Callback, ScatterDone | None],
+                     Routed | Scatter | None]
     route_of: Callable[[NodeState], list[str]]
     needs_token: Callable[[Routed, str], bool]
     token_at: Callable[[Session, Routed, int], str]
@@ -222,6 +224,8 @@ class RequestHandler:
         return self.encoder.encode_status(m.id, o.status, 0, route_of_outcome(o)), o
 
     async def _doc(self, rt: Runtime, session: Session, m: Doc) -> Answer:
+        if m.hints.shards is not None:
+            raise CrossShardError(SHARDS_HINT_ALONE)
         if m.hints.idempotency_key is not None and m.op not in DOC_READ_OPS:
             # Not kept for document writes (yet): accepting the key would promise what a
             # retry cannot keep, and a client would send the write again.

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 import client
+from protocol import Batch, Begin, Doc, Hints, Query, QueryKind
 from router.config import Config
 from router.tools.db.connect import connect_node
 from router.tools.localcluster import LocalCluster
@@ -240,3 +241,158 @@ async def test_a_stopped_replica_is_replaced_by_its_primary_and_a_stopped_shard_
                     and node["replay_lsn"] >= written_at)
 
     await wait_until(streaming, within=30, what="the asia replica streaming again")
+
+
+async def test_a_shards_hint_reads_just_those_shards_merged(
+    db: client.Client, primaries: dict[str, asyncpg.Connection]
+) -> None:
+    """`shards=[...]`: a read on the listed shards only, merged as a scatter read is; one
+    listed shard is a one-shard read; a write to several, an unknown shard, and the hint in a
+    transaction or with `shard` are refused, each with its typed error."""
+    name = unique("Shards ")
+    for region, conn in primaries.items():
+        for _ in range(2):
+            await conn.execute(
+                "INSERT INTO users (email, full_name, home_region, country, city) "
+                "VALUES ($1, $2, $3, 'US', 'Town')", f"{unique('h')}@example.com", name, region)
+    two = ["europe", "asia"]
+    rows, route = await db.fetch_routed(
+        "SELECT home_region, count(*) FROM users WHERE full_name = $1 GROUP BY 1 ORDER BY 1",
+        name, shards=two, consistency="strong")
+    assert [tuple(r) for r in rows] == [("asia", 2), ("europe", 2)]
+    assert route is not None and sorted(route.shard.split(",")) == sorted(two)
+    # The count equals the direct count of just those shards' primaries.
+    direct = sum([await primaries[r].fetchval("SELECT count(*) FROM users") for r in two])
+    assert await db.fetchval("SELECT count(*) FROM users", shards=two,
+                             consistency="strong") == direct
+    # A sorted page over the two, against the two shards' own rows.
+    page = await db.fetch("SELECT home_region FROM users WHERE full_name = $1 "
+                          "ORDER BY home_region DESC LIMIT 3", name, shards=two,
+                          consistency="strong")
+    assert [r[0] for r in page] == ["europe", "europe", "asia"]
+    rows, route = await db.fetch_routed("SELECT count(*) FROM users WHERE full_name = $1",
+                                        name, shards=["north_america"], consistency="strong")
+    assert rows[0][0] == 2 and route is not None and route.shard == "north_america"
+
+    with pytest.raises(client.CrossShardError, match="only a read"):
+        await db.execute("UPDATE users SET city = 'X' WHERE full_name = $1", name, shards=two)
+    with pytest.raises(client.UnknownShardError, match="mars") as err:
+        await db.fetch("SELECT count(*) FROM users", shards=["europe", "mars"])
+    assert err.value.detail.get("shard") == "mars"
+    with pytest.raises(client.InvalidRequestError, match="one of the hints"):
+        await db.fetch("SELECT count(*) FROM users", shard="europe", shards=two)
+    # The client sends no `shards` inside a transaction; the router refuses one that does.
+    async with db.transaction(shard="europe") as tx:
+        hints = Hints(shards=two, tx=tx.tx)
+        with pytest.raises(client.CrossShardError, match="outside a transaction"):
+            await tx._pinned(Query(0, "SELECT count(*) FROM users", [], QueryKind.FETCH, hints),
+                             None)
+        assert await tx.fetchval("SELECT 1") == 1  # the transaction goes on
+    # Nor on a Batch, a Begin or a document request (each names one shard, or none).
+    for request in (Batch(0, [("SELECT 1", [])], Hints(shards=two)),
+                    Begin(0, Hints(shards=two), None, False),
+                    Doc(0, "user_preferences", "find", {"filter": {}}, Hints(shards=two))):
+        with pytest.raises(client.CrossShardError, match="outside a transaction"):
+            await db._sender.send(request, retry=False, timeout=None)
+
+
+async def test_scatter_reads_queued_on_killed_pipelined_connections_still_answer(
+    db: client.Client, router: RouterProcess, primaries: dict[str, asyncpg.Connection]
+) -> None:
+    """A cross-shard read known to the router is queued on every shard's pipelined
+    connections with no task; when one node's connections are killed under it, the parts
+    they lose make the whole read run again the ordinary way: every read still answers,
+    and answers right."""
+    sql = "SELECT home_region, count(*) FROM users GROUP BY 1 ORDER BY 1"
+    truth: dict[str, int] = {}
+    for region, n in await on_each(primaries, "SELECT home_region, count(*) FROM users "
+                                              "GROUP BY 1"):
+        truth[region] = truth.get(region, 0) + n
+    expected = sorted(truth.items())
+    for _ in range(3):  # the first run learns the types; then the fast path
+        assert [tuple(r) for r in await db.fetch(sql, consistency="strong")] == expected
+    europe = router.config.shards["europe"].primary
+    conn = await asyncpg.connect(host="127.0.0.1", port=europe.port, user=router.config.database.user,
+                                 database=europe.database)
+    try:
+        reads = [asyncio.ensure_future(db.fetch(sql, consistency="strong")) for _ in range(20)]
+        await asyncio.sleep(0)  # the reads are sent; some are in flight when the kill lands
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'georoute:%' AND pid <> pg_backend_pid()")
+        assert killed >= 1
+        answers = await asyncio.gather(*reads)
+        answers += await asyncio.gather(*(db.fetch(sql, consistency="strong")
+                                          for _ in range(20)))
+    finally:
+        await conn.close()
+    assert all([tuple(r) for r in rows] == expected for rows in answers)
+
+
+async def test_a_queued_scatter_part_that_waits_on_a_lock_runs_again_the_ordinary_way(
+    db: client.Client, router: RouterProcess, primaries: dict[str, asyncpg.Connection]
+) -> None:
+    """A part queued on a pipelined connection gives up on a lock after the pipeline's
+    lock_timeout (it must not hold up its neighbours); the whole read then runs again the
+    ordinary way, where that part waits on a pooled connection, and answers once the lock
+    is gone."""
+    sql = "SELECT count(*) FROM users"
+    for _ in range(3):  # the first run learns the types; then the fast path
+        await db.fetch(sql, consistency="strong")
+    europe = router.config.shards["europe"].primary
+    locker = await asyncpg.connect(host="127.0.0.1", port=europe.port,
+                                   user=router.config.database.user, database=europe.database)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        read = asyncio.ensure_future(db.fetchval(sql, consistency="strong"))
+
+        async def waiting_on_the_lock() -> bool:
+            return bool(await primaries["asia"].fetchval("SELECT 1")) and bool(
+                await locker.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND application_name LIKE 'georoute:%' "
+                    "AND clock_timestamp() - query_start > interval '300 ms'"))
+
+        # Longer than the pipeline's lock_timeout (20 ms): on a pooled connection, not an
+        # error the client retried (each retry would give up after 20 ms again).
+        await wait_until(waiting_on_the_lock, within=10, what="the read to wait on the lock")
+        assert not read.done()
+        await tx.commit()
+        count = await read
+    finally:
+        await locker.close()
+    assert count == sum(r[0] for r in await on_each(primaries, sql))
+
+
+async def test_a_timed_out_scatter_read_is_stopped_on_every_shard(
+    db: client.Client, primaries: dict[str, asyncpg.Connection]
+) -> None:
+    """The request's timeout_ms reaches PostgreSQL with each pipelined part (as with
+    one-shard reads): past it the client gets TIMEOUT and no shard goes on sorting for the
+    rest of router.statement_timeout_seconds (30 s), holding up its pipelined connection."""
+    sql = "SELECT x FROM generate_series(1, $1::int8) AS g(x) ORDER BY x DESC LIMIT 1"
+    # The first run learns the result's types (on pooled connections): a cheap one.
+    assert [tuple(r) for r in await db.fetch(sql, 3, shard="*", consistency="strong")] == [(3,)]
+
+    still: list[Any] = []
+
+    async def stopped_everywhere() -> bool:
+        still.clear()
+        for region, conn in primaries.items():
+            still.extend((region, *r) for r in await conn.fetch(
+                "SELECT application_name, query_start, left(query, 120) FROM pg_stat_activity "
+                "WHERE state = 'active' AND query LIKE '%generate_series%' "
+                "AND pid <> pg_backend_pid()"))
+        return not still
+
+    # Then the same text runs on the pipelined connections, with the timeout: prepared there
+    # by the first slow run (a task per part), queued with no task by the second.
+    for _ in range(2):
+        with pytest.raises(client.RequestTimeoutError):
+            await db.fetch(sql, 300_000_000, shard="*", consistency="strong", timeout=0.3)
+        try:
+            await wait_until(stopped_everywhere, within=3, what="the shards to stop the read")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; still running: {still}") from exc

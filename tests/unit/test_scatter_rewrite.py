@@ -205,6 +205,52 @@ def test_a_read_not_confined_to_one_shard_becomes_a_scatter_and_a_write_does_not
         kind("SELECT name FROM users WHERE user_id = $1 AND user_id = $2", asia, europe)
 
 
+def test_a_shards_hint_scatters_a_read_over_just_those_shards(
+    classifier: Classifier, config: Config
+) -> None:
+    from router.core.routing import RoutingError, UnknownShardError
+
+    def kind(sql: str, *params: object, shards: list[str], hint: str | None = None) -> object:
+        return route(classifier.analyze(sql), list(params), hint, config, shards)
+
+    asia = new_id(config.shards["asia"].number)
+    in_order = tuple(s for s in config.shards if s in ("asia", "europe"))
+    # Several shards: a Scatter over them, in the configuration's order, whatever the
+    # statement's own keys say (the client asked for those shards).
+    assert kind("SELECT count(*) FROM users", shards=["europe", "asia"]) == Scatter(in_order)
+    assert kind("SELECT name FROM users WHERE user_id = $1", asia,
+                shards=["europe", "asia"]) == Scatter(in_order)
+    # One shard: as the hint `shard` (a write too, checked against it).
+    assert kind("SELECT count(*) FROM users", shards=["asia"]) == OneShard("asia", False)
+    assert kind("UPDATE users SET city = 'x' WHERE user_id = $1", asia,
+                shards=["asia"]) == OneShard("asia", True)
+    for write in ("UPDATE users SET city = 'x'", "SELECT name FROM users FOR UPDATE",
+                  "INSERT INTO categories (name) VALUES ('x')"):
+        with pytest.raises(CrossShardError, match="only a read"):
+            kind(write, shards=["asia", "europe"])
+    with pytest.raises(UnknownShardError, match="'mars' is not a shard") as err:
+        kind("SELECT count(*) FROM users", shards=["asia", "mars"])
+    assert err.value.shard == "mars"
+    with pytest.raises(RoutingError, match="one of the hints"):
+        kind("SELECT count(*) FROM users", shards=["asia", "europe"], hint="asia")
+    with pytest.raises(RoutingError, match="one of the hints"):
+        kind("SELECT count(*) FROM users", shards=["asia", "europe"], hint="*")
+
+
+def test_the_shards_hint_on_the_wire() -> None:
+    from protocol import Hints
+
+    hints = Hints(shards=["asia", "europe"])
+    assert hints.to_wire() == {"shards": ["asia", "europe"]}
+    assert Hints.from_wire({"shards": ["asia", "europe"]}).shards == ["asia", "europe"]
+    assert Hints.from_wire({"shards": None}).shards is None
+    assert "shards" not in Hints().to_wire()
+    for bad, why in (([], "one or more"), (["asia", "asia"], "more than once"),
+                     ("asia", "expected array"), ([1], "expected str")):
+        with pytest.raises(ValueError, match=f"hints.shards: .*{why}"):
+            Hints.from_wire({"shards": bad})
+
+
 def test_pipelined_ext_values_and_pooled_python_values_merge_as_one_kind(
     classifier: Classifier, config: Config
 ) -> None:
@@ -230,13 +276,53 @@ def test_pipelined_ext_values_and_pooled_python_values_merge_as_one_kind(
     ids = sorted(uuid_module.uuid4() for _ in range(4))
     answers = [ShardRows("asia", ["course_id"], [(ext(ids[0]),), (ext(ids[2]),)]),
                ShardRows("europe", ["course_id"], [(ids[1],), (ids[3],)])]
-    assert [r[0] for r in merge(p, [], answers, [ValueOrder.EXACT], text_exact=True)[1]] == ids
+    # uuids merge in their ext form (16 bytes in PostgreSQL's order), the pooled ones too.
+    assert [r[0] for r in merge(p, [], answers, [ValueOrder.EXACT], text_exact=True)[1]] == [
+        ext(i) for i in ids]
+    # Grouped by uuid: a pooled part's uuid.UUID and a pipelined part's ext bytes are one group.
+    p = plan(classifier, config,
+             "SELECT course_id, count(*) FROM enrollments GROUP BY 1 ORDER BY 1")
+    answers = [ShardRows("asia", ["course_id", "count"], [(ext(ids[0]), 2), (ext(ids[1]), 1)]),
+               ShardRows("europe", ["course_id", "count"], [(ids[0], 3)])]
+    assert merge(p, [], answers, [ValueOrder.EXACT, ValueOrder.EXACT], text_exact=True)[1] == [
+        (ext(ids[0]), 5), (ext(ids[1]), 1)]
+    # Under a HAVING, which compares values with parameters (uuid.UUID), uuids are uuid.UUID.
+    p = plan(classifier, config, "SELECT course_id, count(*) FROM enrollments GROUP BY 1 "
+                                 "HAVING course_id <> $1 ORDER BY 1")
+    assert merge(p, [ids[1]], answers, [ValueOrder.EXACT, ValueOrder.EXACT],
+                 text_exact=True)[1] == [(ids[0], 5)]
     p = plan(classifier, config, "SELECT published_at::date AS d, count(*) FROM courses GROUP BY 1")
     day = dt.date(1999, 12, 31)
     answers = [ShardRows("asia", ["d", "count"], [(ext(day), 2)]),
                ShardRows("europe", ["d", "count"], [(day, 3)])]
     assert merge(p, [], answers, [ValueOrder.EXACT, ValueOrder.EXACT],
                  text_exact=True)[1] == [(day, 5)]
+
+
+def test_pipelined_parts_convert_only_the_columns_their_types_name(
+    classifier: Classifier, config: Config
+) -> None:
+    """A pipelined part says its columns' wire types (Columns.types): its timestamps become
+    Python values (their ext bytes misorder before 1970), its uuids keep their ext bytes, its
+    other values are left alone; and the merge orders them as PostgreSQL does."""
+    import datetime as dt
+    import uuid as uuid_module
+
+    from protocol.values import ext_default
+    from router.backend.wirevalues import Columns
+
+    ids = sorted(uuid_module.uuid4() for _ in range(3))
+    old, new = dt.datetime(1960, 1, 1, tzinfo=dt.UTC), dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    p = plan(classifier, config, "SELECT course_id, created_at, title FROM courses "
+                                 "ORDER BY created_at DESC, course_id LIMIT 3")
+    cols = Columns(["course_id", "created_at", "title"], ["uuid", "timestamptz", "text"])
+    answers = [ShardRows("asia", cols, [[ext_default(ids[2]), ext_default(new), "c"],
+                                        [ext_default(ids[0]), ext_default(old), "a"]]),
+               ShardRows("europe", cols, [[ext_default(ids[1]), ext_default(new), "b"]])]
+    orders = [ValueOrder.EXACT, ValueOrder.EXACT, ValueOrder.TEXT]
+    rows = merge(p, [], answers, orders, text_exact=True)[1]
+    assert rows == [(ext_default(ids[1]), new, "b"), (ext_default(ids[2]), new, "c"),
+                    (ext_default(ids[0]), old, "a")]
 
 
 # ---- findings of the adversarial review of cross-shard reads (each once merged wrongly) ----

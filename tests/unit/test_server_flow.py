@@ -141,7 +141,7 @@ class FakeHandler:
         return True
 
     def submit(self, session: Session, sql: str, params: Any, hints: Hints,
-               callback: Callback) -> Routed | None:
+               callback: Callback, scatter_done: Any = None) -> Routed | None:
         if not self.fast:
             return None
         self.callbacks.append(callback)
