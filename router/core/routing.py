@@ -399,6 +399,8 @@ def route(analysis: Analysis, params: Sequence[Any], hint: str | None,
             raise CrossShardError(f"the shards hint names {len(hinted)} shards "
                                   f"({', '.join(hinted)}), which only a read may ask; a write "
                                   "runs on one shard")
+        elif not analysis.confinement.refs:
+            return OneShard(hinted[0], False)  # one copy, as for "*" below
         else:
             return Scatter(hinted)
     if analysis.reference_writes and not analysis.read_only and hint is None:

@@ -220,6 +220,10 @@ def test_a_shards_hint_scatters_a_read_over_just_those_shards(
     assert kind("SELECT count(*) FROM users", shards=["europe", "asia"]) == Scatter(in_order)
     assert kind("SELECT name FROM users WHERE user_id = $1", asia,
                 shards=["europe", "asia"]) == Scatter(in_order)
+    # Reference tables only (or none): one copy answers, as for "*" (the listed shards' copies
+    # put together would repeat it), on the first listed in the configuration's order.
+    for sql in ("SELECT count(*) FROM categories", "SELECT 1"):
+        assert kind(sql, shards=["europe", "asia"]) == OneShard(in_order[0], False), sql
     # One shard: as the hint `shard` (a write too, checked against it).
     assert kind("SELECT count(*) FROM users", shards=["asia"]) == OneShard("asia", False)
     assert kind("UPDATE users SET city = 'x' WHERE user_id = $1", asia,
