@@ -136,13 +136,16 @@ def http_load(plan: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def start_api(config_path: Path, port: int) -> tuple[subprocess.Popen[str], list[str]]:
+def start_api(config_path: Path, port: int,
+              profile: Path | None = None) -> tuple[subprocess.Popen[str], list[str]]:
     env = dict(os.environ)
     env["GEOROUTE_TOKEN"] = TOKEN
     env["GEOROUTE_JWT_SECRET"] = SECRET
+    # With `profile`, the API runs under cProfile, which writes there when it exits (SIGTERM).
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "router.tools.cli", "--config", str(config_path), "api", "--port",
-         str(port), "--log-level", "warning"],
+        [sys.executable, *profiler, "-m", "router.tools.cli", "--config", str(config_path), "api",
+         "--port", str(port), "--log-level", "warning"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     ready = threading.Event()
@@ -180,7 +183,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                                      rate_limit_burst=1_000_000)
         config_path.write_text(config_to_toml(dataclasses.replace(config, api=limits)))
         port = config.api.port
-        api_proc, _ = start_api(config_path, port)
+        api_proc, _ = start_api(config_path, port, args.profile)
         tokens = [domain.tokens.issue(s) for s in students]
         plan = {"host": "127.0.0.1", "port": port, "duration": args.duration,
                 "clients": [api_requests(f"127.0.0.1:{port}", course, lessons, enrollments[i],
@@ -251,6 +254,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="run the API under cProfile and write its profile here (its CPU "
+                             "figures are then the profiler's, not the API's)")
     arguments = parser.parse_args()
     figures = uvloop.run(main(arguments))
     print(report(figures, arguments))
