@@ -46,6 +46,7 @@ __all__ = [
     "Progress",
     "Published",
     "RefreshRequest",
+    "RefundCreate",
     "Register",
     "RevenueReport",
     "Review",
@@ -338,6 +339,13 @@ class Invoice(_Out):
     tax_cents: int
     currency: str
     issued_at: dt.datetime
+    # Set when the payment was refunded: the amounts above stay as issued.
+    refunded_at: dt.datetime | None = None
+    refunded_cents: int | None = None
+
+
+class RefundCreate(_In):
+    reason: Text
 
 
 class CouponCreate(_In):

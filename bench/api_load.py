@@ -4,8 +4,11 @@ calls made through the client library directly (the API's own domain layer, in t
 process), at 16 concurrent clients. Prints ops/s, p50 and p99 per target, the latency the API
 adds, and the API process's CPU per request. Its own cluster (bench ports + 300).
 
-The load generator is httpx in this process, on the same two cores as everything else; the
-figures compare the two paths on one machine, they are not a capacity."""
+The HTTP load generator runs in a process of its own (bench/http_load.py: a small HTTP/1.1
+client over uvloop, one keep-alive connection per client), not in the API's or the router's;
+the direct calls run in this process, with the API idle, in the same run, round after round.
+All of it shares the machine's cores: the figures compare the two paths on one machine, they
+are not a capacity."""
 
 from __future__ import annotations
 
@@ -24,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvloop
 
 import client
@@ -77,9 +79,9 @@ async def prepare(domain: Domain, clients: int) -> tuple[str, list[str], list[Pr
     """One free course of 20 lessons in Europe, and `clients` students enrolled in it."""
     db = domain.data.db
     category = uuid.uuid4()
-    for region in ("north_america", "europe", "asia"):
-        await db.execute("INSERT INTO categories (category_id, slug, name) VALUES ($1, $2, $3)",
-                         category, f"bench-{category.hex[:8]}", "Bench", shard=region)
+    # A reference table: one write with no shard hint goes to every shard (two-phase commit).
+    await db.execute("INSERT INTO categories (category_id, slug, name) VALUES ($1, $2, $3)",
+                     category, f"bench-{category.hex[:8]}", "Bench")
     teacher_user = await domain.auth.register(Register(
         email=f"t-{uuid.uuid4().hex[:8]}@bench.example", password="bench password 1",
         full_name="Teacher", role=UserRole.INSTRUCTOR, region=Region.EUROPE, country="DE"))
@@ -102,13 +104,48 @@ async def prepare(domain: Domain, clients: int) -> tuple[str, list[str], list[Pr
     return str(course.course_id), lessons, students, enrollments
 
 
-def start_api(config_path: Path, port: int) -> tuple[subprocess.Popen[str], list[str]]:
+def api_requests(host: str, course: str, lessons: list[str], enrollment: str,
+                 token: str) -> list[str]:
+    """One client's requests, in the order the direct path makes the same calls: GET the
+    course, GET my enrollments, POST complete-lesson (each lesson in turn), as raw HTTP/1.1."""
+    auth = f"Authorization: Bearer {token}\r\n"
+    requests = []
+    for n in range(3 * len(lessons)):
+        kind = n % 3
+        if kind == 0:
+            requests.append(f"GET /api/v1/courses/{course} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+        elif kind == 1:
+            requests.append(f"GET /api/v1/enrollments HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n")
+        else:
+            body = json.dumps({"seconds_spent": 1})
+            path = f"/api/v1/enrollments/{enrollment}/lessons/{lessons[n % len(lessons)]}/complete"
+            requests.append(f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}"
+                            f"Content-Type: application/json\r\nContent-Length: {len(body)}"
+                            f"\r\n\r\n{body}")
+    return requests
+
+
+def http_load(plan: dict[str, Any]) -> dict[str, Any]:
+    """Run bench/http_load.py in a process of its own over `plan`; its figures."""
+    done = subprocess.run([sys.executable, "-m", "bench.http_load"], input=json.dumps(plan),
+                          capture_output=True, text=True, cwd=REPO, check=False,
+                          timeout=plan["duration"] + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed:\n{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def start_api(config_path: Path, port: int,
+              profile: Path | None = None) -> tuple[subprocess.Popen[str], list[str]]:
     env = dict(os.environ)
     env["GEOROUTE_TOKEN"] = TOKEN
     env["GEOROUTE_JWT_SECRET"] = SECRET
+    # With `profile`, the API runs under cProfile, which writes there when it exits (SIGTERM).
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "router.tools.cli", "--config", str(config_path), "api", "--port",
-         str(port), "--log-level", "warning"],
+        [sys.executable, *profiler, "-m", "router.tools.cli", "--config", str(config_path), "api",
+         "--port", str(port), "--log-level", "warning"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     ready = threading.Event()
@@ -146,25 +183,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                                      rate_limit_burst=1_000_000)
         config_path.write_text(config_to_toml(dataclasses.replace(config, api=limits)))
         port = config.api.port
-        api_proc, _ = start_api(config_path, port)
+        api_proc, _ = start_api(config_path, port, args.profile)
         tokens = [domain.tokens.issue(s) for s in students]
-        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=10,
-                                 limits=httpx.Limits(max_connections=args.clients,
-                                                     max_keepalive_connections=args.clients))
-
-        async def via_api(i: int, n: int) -> None:
-            headers = {"Authorization": f"Bearer {tokens[i]}"}
-            kind = n % 3
-            if kind == 0:
-                r = await http.get(f"/courses/{course}")
-            elif kind == 1:
-                r = await http.get("/enrollments", headers=headers)
-            else:
-                lesson = lessons[n % len(lessons)]
-                r = await http.post(f"/enrollments/{enrollments[i]}/lessons/{lesson}/complete",
-                                    headers=headers, json={"seconds_spent": 1})
-            if r.status_code >= 300:
-                raise RuntimeError(f"{r.status_code} {r.text}")
+        plan = {"host": "127.0.0.1", "port": port, "duration": args.duration,
+                "clients": [api_requests(f"127.0.0.1:{port}", course, lessons, enrollments[i],
+                                         tokens[i]) for i in range(args.clients)]}
 
         async def direct(i: int, n: int) -> None:
             kind = n % 3
@@ -177,21 +200,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     uuid.UUID(enrollments[i]), uuid.UUID(lessons[n % len(lessons)]), 1,
                     by=students[i])
 
-        await run_load(via_api, args.clients, 1.0)  # warm both paths
+        http_load({**plan, "duration": 1.0})  # warm both paths
         await run_load(direct, args.clients, 1.0)
         results: dict[str, Any] = {"api": [], "direct": []}
         for _ in range(args.rounds):
             before = sum(cpu_seconds(api_proc.pid))
-            count, lat = await run_load(via_api, args.clients, args.duration)
+            figures = await asyncio.to_thread(http_load, plan)
             cpu = sum(cpu_seconds(api_proc.pid)) - before
-            results["api"].append({"ops": count / args.duration, "p50": percentile(lat, 0.5),
-                                   "p99": percentile(lat, 0.99),
-                                   "cpu_us_per_request": cpu / count * 1e6})
+            if figures["failures"]:
+                raise RuntimeError(f"the API refused requests: {figures['failures'][:3]}")
+            results["api"].append({"ops": figures["ops"], "p50": figures["p50"],
+                                   "p99": figures["p99"],
+                                   "cpu_us_per_request": cpu / figures["count"] * 1e6,
+                                   "loadgen_cpu_us_per_request":
+                                       figures["loadgen_cpu_us_per_request"]})
             count, lat = await run_load(direct, args.clients, args.duration)
             results["direct"].append({"ops": count / args.duration,
                                       "p50": percentile(lat, 0.5),
                                       "p99": percentile(lat, 0.99)})
-        await http.aclose()
         await db.close()
         return results
     finally:
@@ -206,11 +232,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [f"REST API workload, {args.clients} clients, {args.rounds} rounds of "
              f"{args.duration:g} s (GET course, GET my enrollments, POST complete-lesson)",
-             "target        ops/s    p50 ms   p99 ms   API CPU us/request"]
+             "target        ops/s    p50 ms   p99 ms   API CPU us/request"
+             "   load generator us/request"]
     for name in ("direct", "api"):
         for r in results[name]:
             cpu = f"{r['cpu_us_per_request']:.0f}" if "cpu_us_per_request" in r else "-"
-            lines.append(f"{name:<10} {r['ops']:>8.0f} {r['p50']:>9.2f} {r['p99']:>8.2f}   {cpu}")
+            gen = (f"{r['loadgen_cpu_us_per_request']:.0f}"
+                   if "loadgen_cpu_us_per_request" in r else "-")
+            lines.append(f"{name:<10} {r['ops']:>8.0f} {r['p50']:>9.2f} {r['p99']:>8.2f}   "
+                         f"{cpu:>18}   {gen:>25}")
     added = [a["p99"] - d["p99"] for a, d in zip(results["api"], results["direct"], strict=True)]
     lines.append("p99 added by the API (ms), per round: " + ", ".join(f"{x:.2f}" for x in added)
                  + "  (target: at most 2 ms)")
@@ -224,6 +254,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="run the API under cProfile and write its profile here (its CPU "
+                             "figures are then the profiler's, not the API's)")
     arguments = parser.parse_args()
     figures = uvloop.run(main(arguments))
     print(report(figures, arguments))

@@ -38,6 +38,7 @@ from client.errors import (
     error_from_reply,
 )
 from client.record import Record
+from client.requestid import current_request_id, request_id
 from client.transaction import Transaction
 from protocol import Consistency, Infinity, Interval, Isolation, Json, ObjectId, Point, Range
 
@@ -86,7 +87,9 @@ __all__ = [
     "UnknownTransactionError",
     "UnsupportedVersionError",
     "connect",
+    "current_request_id",
     "error_from_reply",
     "looks_read_only",
     "parse_dsn",
+    "request_id",
 ]

@@ -23,9 +23,23 @@ from client.errors import (
     error_from_reply,
 )
 from client.pool import RouterPool
-from protocol import Consistency, Error, Hints, Reply, Request, merge_ryw_token
+from client.requestid import current_request_id
+from protocol import (
+    Admin,
+    Commit,
+    Consistency,
+    Error,
+    Hints,
+    Reply,
+    Request,
+    Rollback,
+    merge_ryw_token,
+)
 
 __all__ = ["Sender"]
+
+# The requests with no hints that carry a request id as a trailing field (PROTOCOL.md 2.1).
+_TRAILING_REQUEST_ID = (Commit, Rollback, Admin)
 
 
 class Sender:
@@ -110,6 +124,12 @@ class Sender:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
         hints: Hints | None = getattr(message, "hints", None)
+        request_id = current_request_id()
+        if request_id is not None:  # the caller's id for it (client/requestid.py)
+            if hints is not None:
+                hints.request_id = request_id
+            elif type(message) in _TRAILING_REQUEST_ID:
+                message.request_id = request_id  # type: ignore[union-attr]
         pool = self.pool
         delay = self.retry_backoff
         attempt = 0

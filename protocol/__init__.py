@@ -26,6 +26,7 @@ from protocol.errors import (
     UnsupportedVersion,
     is_retryable,
 )
+from protocol.fields import REQUEST_ID_MAX_CHARS, check_request_id
 from protocol.messages import (
     Admin,
     AdminReply,
@@ -64,6 +65,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "HEADER_BYTES",
     "PROTOCOL_VERSION",
+    "REQUEST_ID_MAX_CHARS",
     "RETRYABLE_CODES",
     "SUPPORTED_VERSIONS",
     "Admin",
@@ -111,6 +113,7 @@ __all__ = [
     "TxStarted",
     "UnknownMessageType",
     "UnsupportedVersion",
+    "check_request_id",
     "choose_version",
     "decode_body",
     "encode",

@@ -4,11 +4,13 @@ MalformedFrame)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
 __all__ = [
+    "REQUEST_ID_MAX_CHARS",
     "Consistency",
     "Hints",
     "Isolation",
@@ -16,6 +18,7 @@ __all__ = [
     "QueryKind",
     "Role",
     "RouteInfo",
+    "check_request_id",
     "route_to_wire",
 ]
 
@@ -137,6 +140,26 @@ def _choice(table: dict[Any, Any], v: Any, what: str) -> Any:
 
 _ISOLATIONS: dict[Any, Isolation] = {i.value: i for i in Isolation}
 
+# A request id (PROTOCOL.md 2.2): the caller's name for a request, written into the router's log
+# lines about it. Printable ASCII without spaces, so that it can neither break a log line nor
+# forge one; bounded, so that it costs a log line little.
+REQUEST_ID_MAX_CHARS = 128
+_REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{REQUEST_ID_MAX_CHARS}}}")
+
+
+def check_request_id(v: Any) -> str:
+    """`v` if it is a valid request id, else a TypeError or ValueError saying why."""
+    if type(v) is not str:
+        raise TypeError(f"a request id is a str, not {type(v).__name__}")
+    if _REQUEST_ID.fullmatch(v) is None:
+        raise ValueError(f"a request id is 1 to {REQUEST_ID_MAX_CHARS} printable ASCII "
+                         "characters without spaces")
+    return v
+
+
+def _opt_request_id(v: Any) -> str | None:
+    return None if v is None else check_request_id(v)
+
 
 @dataclass(frozen=True, slots=True)
 class RouteInfo:
@@ -171,7 +194,7 @@ class Hints:
     tx: int | None = None  # "tx": run inside this open transaction
     want_rows: bool = True  # "want_rows": false = the client discards rows (Status suffices)
     shards: list[str] | None = None  # "shards": a read on just these shards, merged
-
+    request_id: str | None = None  # "request_id": the caller's id for it, in the router's logs
 
     def to_wire(self) -> dict[str, Any]:
         m: dict[str, Any] = {}
@@ -193,6 +216,8 @@ class Hints:
             m["want_rows"] = False
         if self.shards is not None:
             m["shards"] = list(self.shards)
+        if self.request_id is not None:
+            m["request_id"] = self.request_id
         return m
 
     @classmethod
@@ -224,6 +249,8 @@ class Hints:
                     hints.want_rows = _bool(value)
                 elif key == "shards":
                     hints.shards = _shard_names(value)
+                elif key == "request_id":
+                    hints.request_id = _opt_request_id(value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"hints.{key}: {exc}") from None
         return hints

@@ -16,6 +16,7 @@ from protocol.fields import (
     _choice,
     _list,
     _map,
+    _opt_request_id,
     _opt_str,
     _str,
     _uint,
@@ -126,32 +127,40 @@ class Begin:
 
 @dataclass(slots=True)
 class Commit:
-    """Wire: [13, id, tx]. Reply: Status ("COMMIT", with ryw_token if the tx wrote)."""
+    """Wire: [13, id, tx, request_id|nil]. Reply: Status ("COMMIT", with ryw_token if the tx
+    wrote). `request_id` is a trailing field: a sender that predates it sends [.., tx]."""
 
     id: int
     tx: int
+    request_id: str | None = None
 
     def to_wire(self) -> list[Any]:
-        return [MessageType.COMMIT, self.id, self.tx]
+        if self.request_id is None:
+            return [MessageType.COMMIT, self.id, self.tx]
+        return [MessageType.COMMIT, self.id, self.tx, self.request_id]
 
     @classmethod
     def from_wire(cls, b: list[Any]) -> Commit:
-        return cls(b[1], _uint(b[2]))
+        return cls(b[1], _uint(b[2]), _opt_request_id(b[3]) if len(b) > 3 else None)
 
 
 @dataclass(slots=True)
 class Rollback:
-    """Wire: [14, id, tx]. Reply: Status ("ROLLBACK")."""
+    """Wire: [14, id, tx, request_id|nil]. Reply: Status ("ROLLBACK").
+    `request_id` is a trailing field: a sender that predates it sends [.., tx]."""
 
     id: int
     tx: int
+    request_id: str | None = None
 
     def to_wire(self) -> list[Any]:
-        return [MessageType.ROLLBACK, self.id, self.tx]
+        if self.request_id is None:
+            return [MessageType.ROLLBACK, self.id, self.tx]
+        return [MessageType.ROLLBACK, self.id, self.tx, self.request_id]
 
     @classmethod
     def from_wire(cls, b: list[Any]) -> Rollback:
-        return cls(b[1], _uint(b[2]))
+        return cls(b[1], _uint(b[2]), _opt_request_id(b[3]) if len(b) > 3 else None)
 
 
 @dataclass(slots=True)
@@ -181,16 +190,21 @@ class Doc:
 
 @dataclass(slots=True)
 class Admin:
-    """Wire: [16, id, op, args]. op "topology" -> AdminReply with the cluster view; op
-    "move_user" {user_id, region} -> AdminReply with what the move did (PROTOCOL.md 2.1)."""
+    """Wire: [16, id, op, args, request_id|nil]. op "topology" -> AdminReply with the cluster
+    view; op "move_user" {user_id, region} -> AdminReply with what the move did (PROTOCOL.md
+    2.1). `request_id` is a trailing field: a sender that predates it sends [.., args]."""
 
     id: int
     op: str
     args: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None
 
     def to_wire(self) -> list[Any]:
-        return [MessageType.ADMIN, self.id, self.op, self.args]
+        if self.request_id is None:
+            return [MessageType.ADMIN, self.id, self.op, self.args]
+        return [MessageType.ADMIN, self.id, self.op, self.args, self.request_id]
 
     @classmethod
     def from_wire(cls, b: list[Any]) -> Admin:
-        return cls(b[1], _str(b[2]), _map(b[3]))
+        request_id = _opt_request_id(b[4]) if len(b) > 4 else None
+        return cls(b[1], _str(b[2]), _map(b[3]), request_id)

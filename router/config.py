@@ -102,6 +102,7 @@ class RouterConfig:
     max_client_connections: int = 10000
     max_in_flight_per_connection: int = 1024
     handshake_timeout_seconds: float = 10.0
+    log_min_duration_ms: float = 1000.0
     drain_timeout_seconds: float = 10.0
     parse_cache_size: int = 4096
     read_only_functions: tuple[str, ...] = ()
@@ -458,6 +459,9 @@ def _validate_router(r: RouterConfig) -> None:
     for key in ("max_replica_lag_bytes", "read_your_writes_wait_ms", "statement_timeout_seconds",
                 "transaction_idle_timeout_seconds", "shard_check_interval_seconds"):
         _non_negative(f"router.{key}", getattr(r, key))
+    if r.log_min_duration_ms < 0 and r.log_min_duration_ms != -1:
+        raise ConfigError("router.log_min_duration_ms",
+                          f"must be -1 (off) or at least 0, got {r.log_min_duration_ms}")
     for spec in r.sharded_functions:
         try:
             parse_function_spec(spec)

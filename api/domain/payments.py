@@ -15,7 +15,16 @@ from typing import Any
 from api.domain.data import Data
 from api.domain.enrollments import Enrollments
 from api.errors import Conflict, Forbidden, InvalidInput, NotFound
-from api.models import Coupon, CouponCreate, Invoice, Payment, PaymentCreate, PaymentList, Price
+from api.models import (
+    Coupon,
+    CouponCreate,
+    Invoice,
+    Payment,
+    PaymentCreate,
+    PaymentList,
+    Price,
+    RefundCreate,
+)
 from api.types import Principal
 
 __all__ = ["Payments"]
@@ -23,7 +32,8 @@ __all__ = ["Payments"]
 _PAYMENT_COLUMNS = ("p.payment_id, p.enrollment_id, p.amount_cents, p.currency, p.status, "
                     "i.invoice_id, p.created_at")
 _INVOICE_COLUMNS = ("i.invoice_id, i.payment_id, i.invoice_number, i.billing_name, "
-                    "i.billing_country, i.subtotal_cents, i.tax_cents, i.currency, i.issued_at")
+                    "i.billing_country, i.subtotal_cents, i.tax_cents, i.currency, i.issued_at, "
+                    "i.refunded_at, i.refunded_cents")
 
 
 class Payments:
@@ -41,6 +51,17 @@ class Payments:
             body.enrollment_id, key, body.coupon_code, idempotency_key=key)
         payment_id = rows[0]["payment_id"]
         await self._data.write("SELECT issue_invoice($1, 0)", payment_id)
+        return await self._payment(payment_id)
+
+    async def refund(self, payment_id: uuid.UUID, body: RefundCreate, *,
+                     by: Principal) -> Payment:
+        """An admin refunds a captured payment: its enrollment is cancelled and its invoice
+        records the refund (sql/021). Idempotent: a refunded payment refunded again changes
+        nothing (the first reason stays) and is answered the same. Refused (409) for a
+        payment not captured, or whose course's certificate was issued."""
+        if not by.is_admin:
+            raise Forbidden("only an admin refunds a payment")
+        await self._data.write_value("SELECT refund_payment($1, $2)", payment_id, body.reason)
         return await self._payment(payment_id)
 
     async def _payment(self, payment_id: uuid.UUID) -> Payment:

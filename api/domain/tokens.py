@@ -22,6 +22,12 @@ __all__ = ["ALGORITHM", "RefreshToken", "TokenIssuer"]
 ALGORITHM = "HS256"
 _REQUIRED = ("exp", "iat", "iss", "aud", "sub")
 _LEEWAY_SECONDS = 5
+# Tokens whose signature and claims were checked, remembered with their times: a client sends
+# the same token with every request until it expires, and pyjwt's decode was the largest
+# share of the API's own CPU per request (bench/RESULTS.md). Only the very same string hits;
+# its times are checked again on every use, so an expired one is refused as before. The whole
+# memory is dropped when full (a dropped token is just verified again).
+_VERIFIED_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,8 @@ class TokenIssuer:
         self.audience = audience
         self.ttl_seconds = ttl_seconds
         self._clock = clock
+        # token -> (principal, exp, iat), for tokens already verified (_VERIFIED_MAX above)
+        self._verified: dict[str, tuple[Principal, float, float]] = {}
 
     def issue(self, principal: Principal) -> str:
         now = int(self._clock())
@@ -84,6 +92,27 @@ class TokenIssuer:
 
     def verify(self, token: str) -> Principal:
         """The caller a token names, or Unauthorized saying why (expired, wrong audience...)."""
+        known = self._verified.get(token)
+        if known is not None:  # the very same bytes were verified: only the times can change
+            principal, exp, iat = known
+            self._check_times(exp, iat)
+            return principal
+        principal, exp, iat = self._decode(token)
+        self._check_times(exp, iat)
+        if len(self._verified) >= _VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[token] = (principal, exp, iat)
+        return principal
+
+    def _check_times(self, exp: float, iat: float) -> None:
+        now = self._clock()
+        if exp + _LEEWAY_SECONDS <= now:
+            raise Unauthorized("the access token has expired")
+        if iat - _LEEWAY_SECONDS > now:
+            raise Unauthorized("the access token was issued in the future")
+
+    def _decode(self, token: str) -> tuple[Principal, float, float]:
+        """Signature, algorithm, audience, issuer and claims checked: who and when."""
         try:
             claims = jwt.decode(
                 token, self._secret, algorithms=[ALGORITHM], audience=self.audience,
@@ -99,16 +128,12 @@ class TokenIssuer:
             raise Unauthorized(f"the access token must be signed with {ALGORITHM}") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid access token ({type(exc).__name__})") from None
-        now = self._clock()
         exp, iat = claims["exp"], claims["iat"]
         if not isinstance(exp, int | float) or not isinstance(iat, int | float):
             raise Unauthorized("the access token's times are malformed")
-        if exp + _LEEWAY_SECONDS <= now:
-            raise Unauthorized("the access token has expired")
-        if iat - _LEEWAY_SECONDS > now:
-            raise Unauthorized("the access token was issued in the future")
         try:
-            return Principal(uuid.UUID(claims["sub"]), UserRole(claims["role"]),
-                             Region(claims["region"]))
+            principal = Principal(uuid.UUID(claims["sub"]), UserRole(claims["role"]),
+                                  Region(claims["region"]))
         except (KeyError, ValueError, TypeError):
             raise Unauthorized("the access token's claims are malformed") from None
+        return principal, exp, iat

@@ -1,7 +1,9 @@
 """The edge every request crosses first (pure ASGI): it gives the request an id
-(X-Request-ID, taken from the client when well-formed), refuses a client IP over its rate and
-a body over the limit (413, by Content-Length before reading, or while reading), turns any
-unexpected exception into a 500 problem with no stack trace, and writes one access-log line."""
+(X-Request-ID, taken from the client when well-formed, else made; echoed in the response and
+sent with every request to the router, whose log lines name it), refuses a client IP over its
+rate and a body over the limit (413, by Content-Length before reading, or while reading), turns
+any unexpected exception into a 500 problem with no stack trace, and writes one access-log
+line."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import client as georoute_client
 from api.errors import ApiError, PayloadTooLarge, RateLimited
 from api.http.problems import MEDIA_TYPE, problem_body
 from api.http.ratelimit import TokenBuckets
@@ -69,7 +72,9 @@ class Edge:
             if refusal is not None:
                 await _send_problem(send_with_id, refusal, scope, request_id)
             else:
-                await self.app(scope, limited_receive, send_with_id)
+                # Every request the client sends for it carries its id to the router's logs.
+                with georoute_client.request_id(request_id):
+                    await self.app(scope, limited_receive, send_with_id)
         except ApiError as exc:  # a body over the limit found while reading it
             if state["status"] == 0:
                 await _send_problem(send_with_id, exc, scope, request_id)

@@ -18,6 +18,7 @@ from api.models import (
     PaymentList,
     PeriodQuery,
     Price,
+    RefundCreate,
     RevenueReport,
     TopCourses,
     TopCoursesQuery,
@@ -57,6 +58,10 @@ async def get_invoice(call: Call) -> Invoice:
     return await call.domain.payments.invoice(call.path["payment_id"], by=call.by)
 
 
+async def refund_payment(call: Call) -> Payment:
+    return await call.domain.payments.refund(call.path["payment_id"], call.body, by=call.by)
+
+
 async def create_coupon(call: Call) -> Coupon:
     return await call.domain.payments.create_coupon(call.path["course_id"], call.body,
                                                     by=call.by)
@@ -89,6 +94,14 @@ OPERATIONS = [
               response=PaymentList),
     Operation("GET", "/payments/{payment_id}/invoice", get_invoice, "A payment's invoice",
               "payments", response=Invoice, errors=(404,)),
+    Operation("POST", "/payments/{payment_id}/refund", refund_payment,
+              "Refund a payment (admins)", "payments", roles=_ADMINS, body=RefundCreate,
+              response=Payment, errors=(403, 404, 409),
+              description="Pays the payment back and cancels its enrollment; its invoice "
+                          "keeps its amounts and records the refund (`refunded_at`, "
+                          "`refunded_cents`). Refunding again answers the refunded payment "
+                          "and changes nothing. Refused (409) for a payment not captured, "
+                          "or once the course's certificate was issued."),
     Operation("POST", "/courses/{course_id}/coupons", create_coupon, "Create a coupon",
               "payments", roles=_TEACHERS, body=CouponCreate, response=Coupon, status=201,
               errors=(403, 404, 409)),

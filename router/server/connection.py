@@ -54,6 +54,8 @@ from router.engine.outcome import Outcome, Routed, ScatterDone
 from router.engine.session import Session
 from router.engine.undelivered import ResultUndeliverable, rowcount_of
 from router.ha.topology import NodeState
+from router.logs import current_request_id
+from router.server import requestlog
 from router.server.failures import Failure, failure_for
 from router.server.fastpath import FastRequest
 from router.server.replies import encode_rows, route_of_outcome
@@ -88,13 +90,17 @@ class Limits:
     reply_batch: int  # replies of one turn written together, at most
     max_client_connections: int
     handshake_timeout_seconds: float
+    # A request answered in this many seconds or more is logged (inf: none).
+    log_min_duration_seconds: float = float("inf")
 
     @classmethod
     def of(cls, config: Config) -> Limits:
         r = config.router
+        log_after = (float("inf") if r.log_min_duration_ms < 0
+                     else r.log_min_duration_ms / 1000)
         return cls(r.node_name, tuple(config.shards), r.max_frame_bytes, r.max_sql_bytes,
                    r.max_in_flight_per_connection, r.reply_batch, r.max_client_connections,
-                   r.handshake_timeout_seconds)
+                   r.handshake_timeout_seconds, log_after)
 
 
 class Handler(Protocol):
@@ -405,6 +411,8 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(message, Ping):
             self.send(self._encoder.encode(Pong(message.id)))
         elif isinstance(message, Rejected):  # a request with bad fields, an unknown type
+            requestlog.log.info("request %d from %s refused: %s: %s", message.id, self.peer,
+                                message.code.name, message.message)
             self._send_failure(message.id, Failure(message.code, message.message))
         elif isinstance(message, Hello):
             self._send_failure(message.id, Failure(ErrorCode.INVALID_REQUEST,
@@ -481,7 +489,10 @@ class ClientConnection(asyncio.Protocol):
                                               token, None, exc.message)
             self.reply_failed(m, undelivered, False, started)
             return
-        handler.record("query", routed.node.shard, route[2], "ok", time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        handler.record("query", routed.node.shard, route[2], "ok", elapsed)
+        if elapsed >= self._limits.log_min_duration_seconds:
+            requestlog.slow(self.peer, m, elapsed, f"{route[0]} {route[1]}")
 
     def reply_outcome(self, m: Query, o: Outcome, started: float) -> None:
         """Answer with a cross-shard read's merged outcome."""
@@ -496,9 +507,11 @@ class ClientConnection(asyncio.Protocol):
 
     def reply_failed(self, m: Query, exc: BaseException, read_only: bool,
                      started: float) -> None:
-        failure = failure_for(exc, read_only=read_only)
+        failure = failure_for(exc, read_only=read_only, request_id=m.hints.request_id)
         self._send_failure(m.id, failure)
-        self._handler.record("query", "", "", failure.code.name, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._handler.record("query", "", "", failure.code.name, elapsed)
+        requestlog.failed(self.peer, m, elapsed, failure)
 
     async def _finish_write(self, m: Query, routed: Routed, rows: list[Any], status: str,
                             started: float) -> None:
@@ -544,6 +557,9 @@ class ClientConnection(asyncio.Protocol):
         started = time.perf_counter()
         kind = type(message).__name__.lower()
         handler = self._handler
+        request_id = requestlog.request_id_of(message)
+        if request_id is not None:  # in this task's context alone: every line it logs
+            current_request_id.set(request_id)
         try:
             timeout_ms = getattr(getattr(message, "hints", None), "timeout_ms", None)
             if timeout_ms:
@@ -559,7 +575,9 @@ class ClientConnection(asyncio.Protocol):
         except Exception as exc:  # every failure becomes a typed error reply
             failure = failure_for(exc, read_only=handler.read_only(message))  # logs our bugs
             self._send_failure(message.id, failure)
-            handler.record(kind, "", "", failure.code.name, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            handler.record(kind, "", "", failure.code.name, elapsed)
+            requestlog.failed(self.peer, message, elapsed, failure)
             return
         self.send(reply)
         elapsed = time.perf_counter() - started
@@ -567,3 +585,6 @@ class ClientConnection(asyncio.Protocol):
             handler.record(kind, outcome.shard, outcome.role.value, "ok", elapsed)
         else:
             handler.record(kind, "", "", "ok", elapsed)
+        if elapsed >= self._limits.log_min_duration_seconds:
+            where = "" if outcome is None else f"{outcome.shard} {outcome.node}"
+            requestlog.slow(self.peer, message, elapsed, where)

@@ -43,10 +43,12 @@ class Failure:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
-    """The Error reply for `exc`. `read_only` says the request was a read (safe to retry)."""
+def failure_for(exc: BaseException, *, read_only: bool = False,
+                request_id: str | None = None) -> Failure:
+    """The Error reply for `exc`. `read_only` says the request was a read (safe to retry);
+    `request_id`, the caller's id for it, goes into the log line of an internal error."""
     if isinstance(exc, ShardFailure):  # one shard of a cross-shard read: named in the reply
-        failure = failure_for(exc.cause, read_only=True)
+        failure = failure_for(exc.cause, read_only=True, request_id=request_id)
         failure.message = f"shard {exc.shard}: {failure.message}"
         failure.detail = {**failure.detail, "shard": exc.shard}
         return failure
@@ -62,22 +64,26 @@ def failure_for(exc: BaseException, *, read_only: bool = False) -> Failure:
                                   str(exc))
     if isinstance(exc, GeorouteError):
         if exc.code is ErrorCode.INTERNAL:
-            return internal_failure(exc)
+            return internal_failure(exc, request_id)
         return Failure(exc.code, str(exc), exc.sqlstate, exc.retry.allows(read_only),
                        exc.detail())
     if isinstance(exc, ProtocolError):
         return Failure(exc.code, exc.message)
     for kind, convert in _DRIVER:
         if isinstance(exc, kind):
-            return convert(exc, read_only)
-    return internal_failure(exc)
+            converted = convert(exc, read_only)
+            if converted is not None:
+                return converted
+            break  # ours after all
+    return internal_failure(exc, request_id)
 
 
-def internal_failure(exc: BaseException) -> Failure:
+def internal_failure(exc: BaseException, request_id: str | None = None) -> Failure:
     """Our bug: logged with its traceback under a new reference, which the reply carries so
-    that an operator can find it."""
+    that an operator can find it (and under the caller's request id, when it gave one)."""
     reference = secrets.token_hex(6)
-    log.error("internal error %s: %s: %s", reference, type(exc).__name__, exc, exc_info=exc)
+    log.error("internal error %s: %s: %s", reference, type(exc).__name__, exc, exc_info=exc,
+              extra={"request_id": request_id})
     return Failure(ErrorCode.INTERNAL,
                    f"internal error (reference {reference}): a fault in the router, not in "
                    "the request; its log has the details under that reference",
@@ -112,11 +118,12 @@ def _postgres(exc: BaseException, read_only: bool) -> Failure:
     return Failure(ErrorCode.POSTGRES_ERROR, str(exc), sqlstate=sqlstate, detail=info)
 
 
-def _interface(exc: BaseException, read_only: bool) -> Failure:
+def _interface(exc: BaseException, read_only: bool) -> Failure | None:
     if _PARAMETERS.match(str(exc)):  # refused before anything was sent (too many, too few)
         return Failure(ErrorCode.INVALID_REQUEST, f"invalid parameters: {exc}")
-    # The rest are about our use of the connection ("another operation is in progress").
-    return internal_failure(exc)
+    # The rest are about our use of the connection ("another operation is in progress"):
+    # None, an internal error.
+    return None
 
 
 def _lost(exc: BaseException, read_only: bool) -> Failure:
@@ -125,7 +132,9 @@ def _lost(exc: BaseException, read_only: bool) -> Failure:
     return Failure(ErrorCode.NODE_UNAVAILABLE, f"connection lost: {exc}", retryable=read_only)
 
 
-_DRIVER: tuple[tuple[type[BaseException], Callable[[BaseException, bool], Failure]], ...] = (
+# Each converter gives the reply, or None for an internal error (ours, not the driver's).
+_DRIVER: tuple[tuple[type[BaseException], Callable[[BaseException, bool], Failure | None]],
+               ...] = (
     (asyncpg.PostgresConnectionError, _lost),  # before PostgresError, its base
     (asyncpg.PostgresError, _postgres),
     (asyncpg.InterfaceError, _interface),

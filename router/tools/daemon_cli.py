@@ -3,37 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from typing import Any
 
 from router.config import Config
+from router.logs import JsonFormatter, RequestIdFilter, TextFormatter
 
 __all__ = ["register"]
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:  # an internal error's traceback, found by its reference
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line)
-
-
 def _setup_logging(level: str, as_json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())  # each line names the request it is about, if any
     if as_json:
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(JsonFormatter())
     else:
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-        handler.setFormatter(logging.Formatter(fmt))
+        handler.setFormatter(TextFormatter(fmt))
         logging.Formatter.converter = time.gmtime
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -109,5 +109,15 @@ async def _tour(http: httpx.AsyncClient, domain: Domain, category_id: str) -> No
     await ok("GET", "/analytics/enrollments", headers=a, params=period)
     await ok("GET", "/analytics/top-courses", headers=a)
 
+    # A second paid enrollment, refunded by the admin (the first has its certificate).
+    other = await build_course(http, teacher, category_id, title="Tour refund",
+                               price_cents=800, lessons=1)
+    second = await ok("POST", "/enrollments", 201, headers=s, json={"course_id": other.course_id})
+    paid = await ok("POST", "/payments", 201, headers=s | {"Idempotency-Key": "tour-0002"},
+                    json={"enrollment_id": second["enrollment_id"]})
+    refunded = await ok("POST", f"/payments/{paid['payment_id']}/refund", headers=a,
+                        json={"reason": "tour"})
+    assert refunded["status"] == "refunded"
+
     grant = await ok("POST", "/auth/refresh", json={"refresh_token": student.refresh})
     await ok("POST", "/auth/logout", 204, json={"refresh_token": grant["refresh_token"]})

@@ -77,6 +77,27 @@ def test_access_tokens_expire_on_the_injected_clock() -> None:
         issuer.verify(token)
 
 
+def test_a_verified_token_is_remembered_as_those_bytes_only_and_boundedly() -> None:
+    """The memory of verified tokens (tokens.py) skips pyjwt for the same string again; any
+    other string is verified in full, and the memory stays bounded."""
+    clock = Clock()
+    issuer = TokenIssuer("s" * 40, issuer="i", audience="a", ttl_seconds=60, clock=clock)
+    other = TokenIssuer("t" * 40, issuer="i", audience="a", ttl_seconds=60, clock=clock)
+    who = Principal(uuid.uuid4(), UserRole.STUDENT, Region.EUROPE)
+    token = issuer.issue(who)
+    assert issuer.verify(token) == who
+    assert issuer.verify(token) == who  # remembered
+    header, payload, signature = token.split(".")
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    with pytest.raises(Unauthorized):
+        issuer.verify(f"{header}.{payload}.{flipped}")
+    with pytest.raises(Unauthorized):
+        issuer.verify(other.issue(who))  # another secret's token, never remembered
+    for _ in range(10_050):
+        issuer.verify(issuer.issue(who))
+    assert len(issuer._verified) <= 10_000
+
+
 def test_refresh_tokens_parse_and_refuse_garbage() -> None:
     token = RefreshToken(uuid.uuid4(), RefreshToken.new_secret())
     assert RefreshToken.parse(str(token)) == token

@@ -59,9 +59,9 @@ from router.engine.errors import (
     UnknownTransaction,
 )
 from router.errors import ConfigError, GeorouteError, Retry
+from router.logs import JsonFormatter
 from router.server.errors import ServerError, UnsupportedRequest
 from router.server.failures import failure_for
-from router.tools.daemon_cli import _JsonFormatter
 
 # Bases that only group a package's errors: they have no code, so no subclass inherits one
 # by accident.
@@ -302,7 +302,7 @@ def test_json_log_lines_keep_the_traceback() -> None:
     bug = _raised(TypeError("boom"))
     record = logging.LogRecord("georoute.server", logging.ERROR, __file__, 1,
                                "internal error %s", ("abc",), (type(bug), bug, bug.__traceback__))
-    line = json.loads(_JsonFormatter().format(record))
+    line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "internal error abc"
     assert "Traceback" in line["exc"] and "TypeError: boom" in line["exc"]
 
