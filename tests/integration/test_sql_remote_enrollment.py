@@ -204,3 +204,78 @@ async def test_only_enrollments_of_other_shards_hold_remote_seats(
     with pytest.raises(asyncpg.CheckViolationError):
         await asia.conn.execute("INSERT INTO remote_enrollments (enrollment_id, course_id) "
                                 "VALUES ($1, $2)", uuid.uuid4(), course.course_id)
+
+
+async def true_course_figures(config: Config, course: Course) -> dict[str, int]:
+    """A course's enrollment and payment figures read from every shard's primary."""
+    figures = dict.fromkeys(("enrollments", "active", "completions", "cancellations",
+                             "gross_cents", "refunded_cents"), 0)
+    for shard in config.shards.values():
+        conn = await connect_node(config, shard.primary)
+        try:
+            row = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE status <> 'cancelled') AS enrollments, "
+                "count(*) FILTER (WHERE status = 'active') AS active, "
+                "count(*) FILTER (WHERE status = 'completed') AS completions, "
+                "count(*) FILTER (WHERE status = 'cancelled') AS cancellations "
+                "FROM enrollments WHERE course_id = $1", course.course_id)
+            money = await conn.fetchrow(
+                "SELECT coalesce(sum(p.amount_cents) FILTER (WHERE p.status IN "
+                "('succeeded', 'refunded')), 0) AS gross_cents, "
+                "coalesce(sum(p.amount_cents) FILTER (WHERE p.status = 'refunded'), 0) "
+                "AS refunded_cents FROM payments p JOIN enrollments e USING (enrollment_id) "
+                "WHERE e.course_id = $1", course.course_id)
+        finally:
+            await conn.close()
+        for name in figures:
+            figures[name] += (row if name in row else money)[name]
+    return figures
+
+
+async def test_course_statistics_counts_remote_students_or_says_it_cannot(
+    migrated: Config, catalogue: Catalogue, asia: Catalogue
+) -> None:
+    """course_statistics runs on the course's shard: its enrollment and cancellation counts
+    include the seats of enrollments held on other shards, and the figures only those shards
+    know (status, progress, payments) are NULL rather than this shard's part of them."""
+    eu = catalogue.conn
+    course = await asia.course(price_cents=1000, lessons=1)
+    # Before any remote student every figure is this shard's, and exact.
+    _, local = await asia.enrolled(course)
+    await asia.conn.fetchrow("SELECT * FROM process_payment($1, $2)", local,
+                             f"key-{uuid.uuid4().hex}")
+    await asia.conn.fetchval("SELECT complete_lesson($1, $2)", local, course.lessons[0])
+    stats = await asia.conn.fetchrow("SELECT * FROM course_statistics($1)", course.course_id)
+    truth = await true_course_figures(migrated, course)
+    assert truth == {"enrollments": 1, "active": 0, "completions": 1, "cancellations": 0,
+                     "gross_cents": 1000, "refunded_cents": 0}
+    assert {name: stats[name] for name in truth} == truth
+    assert stats["completion_rate"] == 1
+    before_remote = stats
+    # Remote students of europe: one completes, one is refunded, one has not paid yet.
+    done = await enroll_remote(catalogue, asia, course, await catalogue.user())
+    await eu.fetchrow("SELECT * FROM process_payment($1, $2)", done, f"key-{uuid.uuid4().hex}")
+    await eu.fetchval("SELECT complete_lesson($1, $2)", done, course.lessons[0])
+    refunded = await enroll_remote(catalogue, asia, course, await catalogue.user())
+    payment = await eu.fetchrow("SELECT * FROM process_payment($1, $2)", refunded,
+                                f"key-{uuid.uuid4().hex}")
+    await eu.fetchval("SELECT refund_payment($1, 'changed my mind', true)",
+                      payment["payment_id"])
+    assert await asia.conn.fetchval("SELECT release_remote_seat($1, $2)", course.course_id,
+                                    refunded)
+    await enroll_remote(catalogue, asia, course, await catalogue.user())
+    truth = await true_course_figures(migrated, course)
+    assert truth == {"enrollments": 3, "active": 0, "completions": 2, "cancellations": 1,
+                     "gross_cents": 3000, "refunded_cents": 1000}
+    stats = await asia.conn.fetchrow("SELECT * FROM course_statistics($1)", course.course_id)
+    # Counted exactly from the seats the course's shard holds...
+    assert (stats["enrollments"], stats["cancellations"]) == (3, 1)
+    assert stats["enrollments"] == await count_of(asia, course)
+    assert (before_remote["remote_enrollments"], stats["remote_enrollments"]) == (0, 3)
+    # ...and never a part passed off as the whole.
+    for name in ("active", "completions", "completion_rate", "avg_progress", "gross_cents",
+                 "refunded_cents"):
+        assert stats[name] is None, (name, stats[name])
+    # The student's shard has no course row: course_statistics is the course's shard's.
+    with sql_error("P0002", "does not exist"):
+        await eu.fetchrow("SELECT * FROM course_statistics($1)", course.course_id)
