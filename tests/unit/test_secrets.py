@@ -22,6 +22,7 @@ from api.settings import SettingsError, load_dotenv_file, router_token
 from router.config import load_config, parse_config
 from router.errors import ConfigError
 from router.node import RouterNode
+from tests.support.reliability import record
 
 REPO = Path(__file__).resolve().parents[2]
 RAW: dict[str, Any] = tomllib.loads((REPO / "router.toml").read_text())
@@ -75,6 +76,10 @@ def test_the_api_process_will_not_start_without_its_secrets(tmp_path: Path) -> N
         assert done.returncode == 2, (env, done.stdout, done.stderr)
         assert named in done.stderr, (env, done.stderr)
         assert "cannot reach the router" not in done.stderr  # refused before connecting
+    record("missing or blank secrets at start-up",
+           "georoute router without a token or with an empty one; georoute api without a JWT "
+           "secret, with an empty or short one, without the router's token (--demo too)",
+           None, refused_starts=2 + len(cases), exit_code=2)
 
 
 def test_router_token_for_the_api() -> None:
@@ -123,6 +128,9 @@ def test_a_private_key_others_may_read_is_refused(tmp_path: Path, build: Any,
         parse_config(build(cert, key))  # accepted
     cert.chmod(0o644)  # a certificate is public: only the key is checked
     parse_config(build(cert, key))
+    record(f"a private key others may read ({key_name})",
+           "the key file at modes 0644, 0640, 0604, 0660, 0602 (refused) and 0600, 0400",
+           None, refused_modes=5, accepted_modes=2)
 
 
 def test_a_key_root_owns_may_be_read_by_its_group(tmp_path: Path,
