@@ -7,13 +7,15 @@ The promise checked is the one README's "High availability" makes for a synchron
 no acknowledged write is lost, none is applied twice, every write whose outcome a client was
 told is unknown turns out applied or not, and writes resume on the promoted node by themselves.
 (With asynchronous replication a write acknowledged just before the kill may be lost: that is
-tests/integration/test_managed_failover.py's subject, not this one's.)"""
+tests/integration/test_managed_failover.py's subject, not this one's.) Before that, on the same
+cluster: a flood of forged heartbeats claiming the primary is down changes nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -21,10 +23,12 @@ from dataclasses import replace
 import pytest
 
 import client
+from protocol.heartbeat import MAX_DATAGRAM_BYTES, HeartbeatSender, ReportedHealth
 from router.config import Config
 from router.tools.db.migrate import migrate
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
+from tests.integration.test_heartbeat import heartbeat_report, peer_states
 from tests.integration.test_managed_failover import SECRET, managed_configs, start_router
 from tests.support.checker import Checker, SqlTarget, with_checker_table
 from tests.support.nodeproc import gone, signal_node
@@ -72,6 +76,72 @@ def _dsn(routers: list[RouterProcess]) -> str:
 
 async def _primary(db: client.Client) -> str:
     return str((await db.topology())["shards"][SHARD]["primary"])
+
+
+async def test_a_flood_of_forged_heartbeats_changes_nothing(
+    scratch: tuple[LocalCluster, Config], routers: list[RouterProcess],
+    views: list[client.Client],
+) -> None:
+    """Someone on the network without the shared secret floods router A's heartbeat port,
+    in managed mode, with datagrams claiming europe's primary is down (as each real peer, and
+    as a stranger), oversized and malformed ones, while the checker writes: each is dropped
+    and counted, the real peers stay alive, europe keeps its primary on every router, nothing
+    is promoted, and the writes never pause."""
+    _, config = scratch
+    a = routers[0]
+    names = [r.config.router.node_name for r in routers]
+    old = await _primary(views[0])
+    before = (await heartbeat_report(a))["dropped"]
+    down = {old: ReportedHealth.DOWN}
+    views_claimed = {SHARD: "europe-2"}
+    forgers = [HeartbeatSender(b"not the shared secret", name, time.time_ns())
+               for name in [*names[1:], "stranger"]]
+    sent = {"forged": 0, "oversized": 0, "malformed": 0}
+    checker = Checker(SqlTarget(config), _dsn(routers), TOKEN, writers=3)
+    async with checker.running():
+        await checker.progress(50, what="before the flood")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            address = ("127.0.0.1", a.config.heartbeat.port)
+            for i in range(6000):
+                kind = ("forged", "forged", "oversized", "malformed")[i % 4]
+                data = (forgers[i % len(forgers)].encode(down, views_claimed)
+                        if kind == "forged" else
+                        b"\0" * (MAX_DATAGRAM_BYTES + 1) if kind == "oversized" else
+                        bytes([i % 256]) * (1 + i % 30))  # shorter than a MAC
+                try:
+                    sock.sendto(data, address)
+                    sent[kind] += 1
+                except BlockingIOError:  # the socket's buffer is full: let the router read
+                    await asyncio.sleep(0)
+                if i % 200 == 0:
+                    await asyncio.sleep(0)  # the checker's sessions go on meanwhile
+
+        async def counted() -> bool:
+            dropped = (await heartbeat_report(a))["dropped"]
+            got = {k: dropped[k] - before[k] for k in sent}
+            return all(got.values()) and sum(got.values()) >= sum(sent.values()) // 2
+
+        # Loopback drops datagrams when the router's receive buffer is full (a third, in a
+        # burst like this): at least half must reach the router, each dropped as what it is.
+        await wait_until(counted, within=20, what=f"A to count the drops of {sent} "
+                         f"({before} before; now {(await heartbeat_report(a))['dropped']})")
+        await checker.progress(50, what="after the flood")
+    report = await checker.report()
+    dropped = {k: n - before[k] for k, n in (await heartbeat_report(a))["dropped"].items()}
+    states = peer_states(await heartbeat_report(a))
+    record("a flood of forged heartbeats (managed mode)",
+           f"{sum(sent.values())} UDP datagrams to a router's heartbeat port in a burst: "
+           "signed without the secret, as each peer and a stranger, claiming europe's primary "
+           "down; oversized; malformed", report, sent=sent, dropped=dropped)
+    report.assert_safe()
+    assert report.longest_unavailability < 2, report.summary()
+    assert states == {n: "alive" for n in names[1:]}, states
+    assert dropped["replayed"] == dropped["unknown_peer"] == 0  # nothing passed the MAC check
+    for db in views:
+        assert await _primary(db) == old
+    for proc in routers:
+        assert (await heartbeat_report(proc))["promoter"]["promotions"] == []
 
 
 async def test_kill_9_of_a_primary_with_managed_failover(
