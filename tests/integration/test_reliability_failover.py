@@ -90,6 +90,15 @@ async def test_a_flood_of_forged_heartbeats_changes_nothing(
     _, config = scratch
     a = routers[0]
     names = [r.config.router.node_name for r in routers]
+
+    async def all_alive() -> bool:  # peers start dead ("never heard") until heard in a row
+        for proc, name in zip(routers, names, strict=True):
+            if peer_states(await heartbeat_report(proc)) != {n: "alive" for n in names
+                                                             if n != name}:
+                return False
+        return True
+
+    await wait_until(all_alive, within=30, what="the three routers alive to one another")
     old = await _primary(views[0])
     before = (await heartbeat_report(a))["dropped"]
     down = {old: ReportedHealth.DOWN}
