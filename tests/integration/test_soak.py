@@ -251,8 +251,11 @@ async def test_soak(scratch: tuple[LocalCluster, Config]) -> None:
                     await _steady_until(soak, time.monotonic() + interval)
                     name, fault = FAULTS[n % len(FAULTS)]
                     began = time.monotonic()
+                    print(f"{began - started:7.1f}s  {name}", flush=True)
                     await fault(soak)
                     took = time.monotonic() - began
+                    print(f"{time.monotonic() - started:7.1f}s  recovered in {took:.1f}s; "
+                          f"{soak.sql.acknowledged} SQL writes acknowledged", flush=True)
                     soak.faults[name] = soak.faults.get(name, 0) + 1
                     soak.fault_seconds[name] = max(soak.fault_seconds.get(name, 0.0), took)
                     n += 1

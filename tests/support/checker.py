@@ -397,9 +397,11 @@ class Checker:
         while self.acknowledged < goal:
             left = deadline - time.monotonic()
             if left <= 0 or self._stop.is_set():
+                recent = list(dict.fromkeys(f"{a.home} {a.error}: {a.message}"
+                                            for a in self._attempts[-50:] if a.error))[-3:]
                 raise AssertionError(f"only {self.acknowledged}/{goal} writes acknowledged "
                                      f"within {within}s{' ' + what if what else ''}: "
-                                     f"errors {dict(self._errors)}")
+                                     f"errors {dict(self._errors)}; the last: {recent}")
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
