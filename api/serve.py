@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import client
 from api.http import create_app
-from api.settings import Settings, SettingsError, load_dotenv_file
+from api.settings import Settings, SettingsError, load_dotenv_file, router_token
 
 __all__ = ["main", "register", "router_dsn"]
 
@@ -99,7 +99,7 @@ def _server_class() -> Any:
 async def _serve(config: Any, settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    token = os.environ.get(config.router.auth_token_env)
+    token = router_token(config)
     dsn = args.router or router_dsn(config)
     db = await client.connect(dsn, token=token, client_name="georoute-api", pool_size=4,
                               command_timeout=args.request_timeout)
@@ -124,10 +124,11 @@ async def _serve(config: Any, settings: Settings, args: argparse.Namespace) -> i
 
 
 def _run(args: argparse.Namespace, config: Any) -> int:
-    load_dotenv_file()
     _setup_logging(args.log_level, args.log_json)
+    load_dotenv_file()  # after: its warning about a file others may read must be seen
     try:
         settings = Settings.from_config(config, demo=args.demo)
+        router_token(config)
     except SettingsError as exc:
         print(f"georoute api: {exc}", file=sys.stderr)
         return 2

@@ -4,15 +4,19 @@ environment (plus a `.env` file in the working directory, when present), then pa
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from router.config import Config
 
-__all__ = ["MIN_SECRET_BYTES", "Settings", "SettingsError", "load_dotenv_file"]
+__all__ = ["MIN_SECRET_BYTES", "Settings", "SettingsError", "load_dotenv_file", "router_token"]
+
+log = logging.getLogger("georoute.api")
 
 # HS256 keys shorter than the hash output weaken it (RFC 7518, 3.2); pyjwt warns below 32.
 MIN_SECRET_BYTES = 32
@@ -90,4 +94,21 @@ def load_dotenv_file(path: Path | None = None) -> bool:
     target = path if path is not None else Path.cwd() / ".env"
     if not target.is_file():
         return False
+    mode = stat.S_IMODE(target.stat().st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        # It may hold the JWT secret (anyone who reads it can mint any role's token): said
+        # loudly, not refused, since a .env may hold only harmless settings.
+        log.warning("%s may hold secrets and others may read it (mode %04o): chmod 600 it",
+                    target, mode)
     return bool(load_dotenv(target, override=False))
+
+
+def router_token(config: Config, env: Mapping[str, str] | None = None) -> str:
+    """The token the API presents to the router ($router.auth_token_env): refused when
+    unset or blank (`georoute demo` sets one for the API it starts)."""
+    environ = os.environ if env is None else env
+    token = environ.get(config.router.auth_token_env, "")
+    if not token.strip():
+        raise SettingsError("router.auth_token_env",
+                            f"set ${config.router.auth_token_env} to the router's auth token")
+    return token

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -437,6 +438,21 @@ def _existing_file(key: str, path: str) -> None:
         raise ConfigError(key, f"no such file: {path}")
 
 
+def _private_key_file(key: str, path: str) -> None:
+    """A private key that others may read is refused, by libpq's rule for `sslkey`: a key of
+    our own user must grant nothing to group or other (0600 or less); one that root owns may
+    also be read by its group (0640 or less, so a key can be shared through a group)."""
+    if not path:
+        return
+    st = os.stat(path)
+    root_owned = st.st_uid == 0 and st.st_uid != os.geteuid()
+    loose = st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) & ~(stat.S_IRGRP if root_owned else 0)
+    if loose:
+        allowed = "0640 or less (root owns it)" if root_owned else "0600 or less"
+        raise ConfigError(key, f"{path} holds a private key that others may read (mode "
+                               f"{stat.S_IMODE(st.st_mode):04o}); it must be {allowed}")
+
+
 def _validate_shards(shards: Mapping[str, ShardConfig]) -> None:
     numbers: dict[int, str] = {}
     for shard in shards.values():
@@ -481,6 +497,7 @@ def _validate_router(r: RouterConfig) -> None:
         raise ConfigError("router.tls_client_ca_file", why)
     for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
         _existing_file(f"router.{key}", getattr(r, key))
+    _private_key_file("router.tls_key_file", r.tls_key_file)
 
 
 def _validate_database(d: DatabaseConfig, r: RouterConfig) -> None:
@@ -504,6 +521,7 @@ def _validate_database(d: DatabaseConfig, r: RouterConfig) -> None:
         raise ConfigError("database.sslcert", why)
     for key in ("sslrootcert", "sslcert", "sslkey"):
         _existing_file(f"database.{key}", getattr(d, key))
+    _private_key_file("database.sslkey", d.sslkey)
     _check_tls_files(d)
     if d.tcp_user_timeout_seconds and (
         not r.statement_timeout_seconds or d.tcp_user_timeout_seconds <= r.statement_timeout_seconds

@@ -89,11 +89,12 @@ class RouterNode:
         config.document_store; tests give their own)."""
         self.config_path = config_path
         token = os.environ.get(config.router.auth_token_env)
-        if not token:
-            raise ConfigError(
-                "router.auth_token_env",
-                f"environment variable {config.router.auth_token_env} is not set",
-            )
+        if not token or not token.strip():
+            # No client could be told apart from another: refused, the demo included
+            # (`georoute demo` makes up a token when none is set).
+            state = "is not set" if token is None else "is empty"
+            raise ConfigError("router.auth_token_env",
+                              f"environment variable {config.router.auth_token_env} {state}")
         self.metrics = Metrics()
         self._own_shapes = docstore is None  # shapes built from the config: rebuilt on reload
         self.docstore = docstore or DocStore(config.document_store,

@@ -27,14 +27,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The `chaos` suite (long fault runs, long fuzzing) runs only when asked for by a marker
-    expression that names it (`pytest -m chaos`); `make test` runs the quick subset."""
-    if "chaos" in (config.option.markexpr or ""):
-        return
-    chaos = [item for item in items if item.get_closest_marker("chaos") is not None]
-    if chaos:
-        config.hook.pytest_deselected(items=chaos)
-        items[:] = [item for item in items if item.get_closest_marker("chaos") is None]
+    """The `chaos` suite (long fault runs, long fuzzing) and the `soak` (half an hour by
+    default) run only when asked for by a marker expression that names them (`pytest -m
+    chaos`, `pytest -m soak`); `make test` runs the quick subset."""
+    for marker in ("chaos", "soak"):
+        if marker in (config.option.markexpr or ""):
+            continue
+        held = [item for item in items if item.get_closest_marker(marker) is not None]
+        if held:
+            config.hook.pytest_deselected(items=held)
+            items[:] = [item for item in items if item.get_closest_marker(marker) is None]
 
 
 @pytest.fixture(scope="session")

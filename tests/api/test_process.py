@@ -29,6 +29,7 @@ def test_refuses_to_start_without_a_jwt_secret(api_router: RouterProcess,
 async def test_serves_with_a_secret_from_dotenv(api_router: RouterProcess,
                                                 tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("# test\nGEOROUTE_JWT_SECRET=" + "d" * 48 + "\n")
+    (tmp_path / ".env").chmod(0o600)  # (one others may read is warned about)
     api = start_api(api_router, cwd=tmp_path, extra_args=("--log-json",))
     try:
         assert any("ready on" in line for line in api.output), "".join(api.output)

@@ -21,6 +21,7 @@ from protocol.heartbeat import HeartbeatSender, ReportedHealth
 from router.config import Config
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
+from tests.support.reliability import record
 from tests.support.router_proc import TOKEN, RouterProcess, router_config, running_router
 
 SECRET = "heartbeat-test-secret-0123456789"
@@ -108,6 +109,11 @@ async def test_heartbeats_between_three_routers(routers: list[RouterProcess]) ->
     assert seen_b_after["incarnation"] == seen_b["incarnation"]
     assert seen_b_after["primaries"] == seen_b["primaries"]  # not the forged view
     assert (await heartbeat_report(b))["dropped"] == dict.fromkeys(expected, 0)
+    record("forged heartbeats", "UDP datagrams to a live router node, as a peer or a stranger: "
+           "signed with another secret, an old incarnation, a replay of a sequence, malformed, "
+           "oversized, an unknown peer; each claiming europe's primary down and another one",
+           None, dropped=(await heartbeat_report(a))["dropped"],
+           peer_view_changed=seen_b_after["primaries"] != seen_b["primaries"])
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(f"http://127.0.0.1:{a.config.metrics.port}/metrics")).text
     assert 'georoute_heartbeats_dropped_total{reason="replayed"} 2.0' in metrics

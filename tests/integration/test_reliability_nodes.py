@@ -1,10 +1,8 @@
 """Faults of the database nodes and the document store, under the checker's load
 (tests/support/checker.py), on a scratch cluster of this module's own: its nodes are killed
 (`kill -9` of the postmaster and every server process under it), frozen (SIGSTOP) and
-restarted, which the session's cluster must never see.
-
-Not here yet: `kill -9` of a primary with managed failover, which is not built (README, "High
-availability"); without it a dead primary's writes fail, retryably, until a person acts."""
+restarted, which the session's cluster must never see. (`kill -9` of a primary, with managed
+failover: tests/integration/test_reliability_failover.py.)"""
 
 from __future__ import annotations
 

@@ -41,6 +41,7 @@ def _issue(ca: trustme.CA, cert_file: Path, key_file: Path) -> None:
     cert = ca.issue_cert("localhost", "127.0.0.1")
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
+    key_file.chmod(0o600)  # the router refuses a private key others may read
 
 
 @pytest.fixture(scope="module")

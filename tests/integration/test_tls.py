@@ -101,6 +101,7 @@ async def tls_node(migrated: Config, tmp_path_factory: pytest.TempPathFactory
     client_cert, client_key = scratch / "certuser.crt", scratch / "certuser.key"
     mine.cert_chain_pems[0].write_to_path(str(client_cert))
     mine.private_key_pem.write_to_path(str(client_key))
+    client_key.chmod(0o600)  # the router refuses a private key others may read
     stranger = scratch / "stranger.pem"
     trustme.CA().issue_cert("certuser", common_name="certuser").private_key_and_cert_chain_pem \
         .write_to_path(str(stranger))

@@ -132,13 +132,15 @@ class Target(Protocol):
 
 
 class SqlTarget:
-    """Rows in chk_writes on the shards' primaries (read directly at the end)."""
+    """Rows in chk_writes on the shards' primaries (read directly at the end). After a
+    failover, `primaries` names a shard's new primary (by node name), to be read instead."""
 
     name = "sql"
 
     def __init__(self, config: Config, homes: Sequence[str] = ()) -> None:
         self.config = config
         self.homes = tuple(homes or config.shards)
+        self.primaries: dict[str, str] = {}
 
     async def prepare(self) -> None:
         """The checker's table on every shard (directly on each primary)."""
@@ -165,8 +167,10 @@ class SqlTarget:
 
     async def found(self, writers: Sequence[str]) -> dict[str, list[str]]:
         copies: dict[str, list[str]] = collections.defaultdict(list)
+        addresses = {node: address for _, node, address in self.config.all_nodes()}
         for name, shard in self.config.shards.items():
-            conn = await connect_node(self.config, shard.primary)
+            node = self.primaries.get(name)
+            conn = await connect_node(self.config, addresses[node] if node else shard.primary)
             try:
                 rows = await conn.fetch(
                     "SELECT write_id::text, count(*) FROM chk_writes WHERE writer = ANY($1) "
@@ -393,9 +397,11 @@ class Checker:
         while self.acknowledged < goal:
             left = deadline - time.monotonic()
             if left <= 0 or self._stop.is_set():
+                recent = list(dict.fromkeys(f"{a.home} {a.error}: {a.message}"
+                                            for a in self._attempts[-50:] if a.error))[-3:]
                 raise AssertionError(f"only {self.acknowledged}/{goal} writes acknowledged "
                                      f"within {within}s{' ' + what if what else ''}: "
-                                     f"errors {dict(self._errors)}")
+                                     f"errors {dict(self._errors)}; the last: {recent}")
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)

@@ -158,6 +158,10 @@ def test_a_client_certificate_needs_its_key_tls_and_files_that_load(tmp_path: Pa
     mine.cert_chain_pems[0].write_to_path(str(cert))
     mine.private_key_pem.write_to_path(str(key))
     other.private_key_pem.write_to_path(str(other_key))
+    not_pem = tmp_path / "not-a-key.pem"
+    not_pem.write_text("[router]\n")
+    for private in (key, other_key, not_pem):
+        private.chmod(0o600)  # a key others may read is refused first (tests/unit/test_secrets.py)
     raw = _raw()
     raw["database"]["sslmode"] = "verify-full"
     raw["database"]["sslcert"] = str(cert)
@@ -166,7 +170,7 @@ def test_a_client_certificate_needs_its_key_tls_and_files_that_load(tmp_path: Pa
     _rejects(raw, "database.sslkey")
     raw["database"]["sslkey"] = str(other_key)  # not this certificate's key: refused at load
     assert "cannot load" in str(_rejects(raw, "database.sslcert"))
-    raw["database"]["sslkey"] = str(REPO / "router.toml")  # not PEM
+    raw["database"]["sslkey"] = str(not_pem)  # not PEM
     _rejects(raw, "database.sslcert")
     raw["database"]["sslkey"] = str(key)
     assert parse_config(raw).database.sslcert == str(cert)
@@ -191,12 +195,15 @@ def test_the_tcp_user_timeout_must_outlast_a_statement() -> None:
     assert parse_config(raw).database.tcp_user_timeout_seconds == 31
 
 
-def test_mutual_tls_on_the_listener_needs_its_tls() -> None:
+def test_mutual_tls_on_the_listener_needs_its_tls(tmp_path: Path) -> None:
     readable = str(REPO / "router.toml")
+    private = tmp_path / "key.pem"  # (only its existence and mode are checked here)
+    private.write_text("")
+    private.chmod(0o600)
     raw = _raw()
     raw["router"]["tls_client_ca_file"] = readable
     _rejects(raw, "router.tls_client_ca_file")
-    raw["router"]["tls_cert_file"] = raw["router"]["tls_key_file"] = readable
+    raw["router"]["tls_cert_file"], raw["router"]["tls_key_file"] = readable, str(private)
     assert parse_config(raw).router.tls_client_ca_file == readable
     raw["router"]["tls_client_ca_file"] = "/no/such/ca.pem"
     _rejects(raw, "router.tls_client_ca_file")

@@ -10,7 +10,9 @@ A brief run in `make test`; `pytest -m chaos` runs 20 times more (about 3 minute
 
 from __future__ import annotations
 
+import collections
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -20,6 +22,7 @@ from hypothesis import strategies as st
 
 import protocol as p
 from protocol.values import ExtCode
+from tests.support.reliability import record
 from tests.unit.test_protocol_codec import chunked, messages
 
 QUICK = settings(max_examples=150, deadline=None,
@@ -28,6 +31,8 @@ LONG = settings(max_examples=3000, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 cuts = st.lists(st.integers(min_value=0), max_size=6)
+# What the inputs came to, for the report: messages out, requests refused, typed errors.
+OUTCOMES: collections.Counter[str] = collections.Counter()
 
 
 def _feed(pieces: list[bytes], max_frame_bytes: int = 1 << 16) -> int:
@@ -41,9 +46,13 @@ def _feed(pieces: list[bytes], max_frame_bytes: int = 1 << 16) -> int:
                 assert isinstance(message, p.Message | p.Rejected), message
                 if isinstance(message, p.Rejected):
                     assert isinstance(message.code, p.ErrorCode)
+                    OUTCOMES["rejected " + message.code.name] += 1
+                else:
+                    OUTCOMES["messages"] += 1
                 out += 1
     except p.ProtocolError as exc:
         assert isinstance(exc.code, p.ErrorCode)
+        OUTCOMES["error " + exc.code.name] += 1
         assert decoder.poisoned
         with pytest.raises(p.ProtocolError):
             decoder.feed(b"\x00")
@@ -104,13 +113,26 @@ def test_mutated_valid_frames(msgs: list[p.Message], hows: list[tuple[str, int, 
     _mutated_frames(msgs, hows, pieces)
 
 
+def _recorded(what: str, how: str, run: Callable[[], None]) -> None:
+    """Run a Hypothesis test (every example), then record what its inputs came to."""
+    OUTCOMES.clear()
+    run()
+    record(what, how, None, examples=LONG.max_examples, outcomes=dict(OUTCOMES))
+
+
 @pytest.mark.chaos
-@LONG
-@given(st.lists(messages, min_size=1, max_size=8), st.lists(mutation, min_size=1, max_size=8),
-       cuts)
-def test_mutated_valid_frames_long(msgs: list[p.Message], hows: list[tuple[str, int, Any]],
-                                   pieces: list[int]) -> None:
-    _mutated_frames(msgs, hows, pieces)
+def test_mutated_valid_frames_long() -> None:
+    @LONG
+    @given(st.lists(messages, min_size=1, max_size=8),
+           st.lists(mutation, min_size=1, max_size=8), cuts)
+    def fuzz(msgs: list[p.Message], hows: list[tuple[str, int, Any]],
+             pieces: list[int]) -> None:
+        _mutated_frames(msgs, hows, pieces)
+
+    _recorded("frame decoder fuzz: mutated valid frames",
+              "Hypothesis (target-guided): valid frames of every type with bits flipped, bytes "
+              "replaced, inserted, deleted, repeated, length prefixes changed, tails cut; fed "
+              "in random pieces", fuzz)
 
 
 # ---- ext values and wrong types inside valid requests -------------------------------------
@@ -168,10 +190,14 @@ def test_wrong_types_and_ext_values_in_valid_requests(code: int, rid: int, at: i
 
 
 @pytest.mark.chaos
-@LONG
-@given(request_codes, st.integers(1, 2**32), st.integers(0, 8), wrong,
-       st.lists(ext_values | wrong, max_size=6), cuts)
-def test_wrong_types_and_ext_values_in_valid_requests_long(
-    code: int, rid: int, at: int, value: Any, params: list[Any], pieces: list[int],
-) -> None:
-    _typed_requests(code, rid, at, value, params, pieces)
+def test_wrong_types_and_ext_values_in_valid_requests_long() -> None:
+    @LONG
+    @given(request_codes, st.integers(1, 2**32), st.integers(0, 8), wrong,
+           st.lists(ext_values | wrong, max_size=6), cuts)
+    def fuzz(code: int, rid: int, at: int, value: Any, params: list[Any],
+             pieces: list[int]) -> None:
+        _typed_requests(code, rid, at, value, params, pieces)
+
+    _recorded("frame decoder fuzz: wrong types and ext values in valid requests",
+              "Hypothesis (target-guided): each request type with one field of any type, and "
+              "parameters that are ext values of every code with random payloads", fuzz)
