@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 import client
-from protocol import ErrorCode, FrameDecoder, Hello, Hints, Query, QueryKind, encode
+from protocol import ErrorCode, Hints, Query, QueryKind
 from router.config import Config, NodeAddress
 from router.tools.db.connect import connect_node
 from router.tools.localcluster import LocalCluster
@@ -30,6 +30,7 @@ from tests.support.router_proc import (
     TOKEN,
     RouterProcess,
     number,
+    raw_request,
     router_config,
     running_router,
 )
@@ -94,23 +95,6 @@ def _insert(config: Config, region: str) -> tuple[str, uuid.UUID]:
     return f"INSERT INTO rt_items (item_id, region) VALUES ($1, '{region}')", item
 
 
-async def _raw_request(port: int, query: Query, within: float = 20.0) -> Any:
-    """One request on a raw protocol connection: the router's own reply, whatever the
-    client library's deadline would have done first."""
-    reader, writer = await asyncio.open_connection(LOOPBACK, port)
-    try:
-        writer.write(encode(Hello(1, [1], "faults", TOKEN)) + encode(query))
-        decoder = FrameDecoder(1 << 20)
-        async with asyncio.timeout(within):
-            while data := await reader.read(65536):
-                for reply in decoder.feed(data):
-                    if getattr(reply, "id", None) == query.id:
-                        return reply
-        raise AssertionError("the router closed the connection without a reply")
-    finally:
-        writer.close()
-
-
 async def test_a_stalled_primary_gives_a_typed_timeout_and_the_router_serves_on(
     faulty: client.Client, proxied_router: RouterProcess, primary_proxy: TcpFaultProxy,
     europe_primary: asyncpg.Connection,
@@ -125,7 +109,7 @@ async def test_a_stalled_primary_gives_a_typed_timeout_and_the_router_serves_on(
     loop = asyncio.get_running_loop()
     started = loop.time()
     query = Query(2, sql, [stalled], QueryKind.EXECUTE, Hints(timeout_ms=800))
-    reply = await _raw_request(cfg.router.listen_port, query)
+    reply = await raw_request(cfg.router.listen_port, query, "faults")
     assert (reply.code, reply.retryable) == (ErrorCode.TIMEOUT, False)  # a write: may apply
     assert "800 ms" in reply.message
     assert 0.8 <= loop.time() - started < 5
@@ -237,8 +221,8 @@ async def test_a_half_open_primary_connection_is_abandoned(
         sql, lost = _insert(cfg, "europe")
         loop = asyncio.get_running_loop()
         started = loop.time()
-        reply = await _raw_request(cfg.router.listen_port,
-                                   Query(7, sql, [lost], QueryKind.EXECUTE, Hints()))
+        reply = await raw_request(cfg.router.listen_port,
+                                  Query(7, sql, [lost], QueryKind.EXECUTE, Hints()), "faults")
         assert (reply.code, reply.retryable) == (ErrorCode.NODE_UNAVAILABLE, False)
         assert "connection lost" in reply.message
         assert loop.time() - started < 12

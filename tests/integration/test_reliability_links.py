@@ -12,12 +12,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import client
-from protocol import ErrorCode, FrameDecoder, Hello, Hints, Query, QueryKind, encode
+from protocol import ErrorCode, Hints, Query, QueryKind
 from router.config import Config, NodeAddress
 from router.tools.db.connect import connect_node
 from router.tools.localcluster import LocalCluster
@@ -25,7 +24,13 @@ from tests.integration.conftest import wait_until
 from tests.support.checker import Attempt, Checker, Outcome, Report, SqlTarget, with_checker_table
 from tests.support.faultproxy import LOOPBACK, TcpFaultProxy
 from tests.support.reliability import record
-from tests.support.router_proc import TOKEN, RouterProcess, router_config, running_router
+from tests.support.router_proc import (
+    TOKEN,
+    RouterProcess,
+    raw_request,
+    router_config,
+    running_router,
+)
 from tests.support.wait import until
 
 SHIFT = 193  # this module's router: the session router's ports moved by this
@@ -194,7 +199,7 @@ async def test_a_keyed_write_whose_connection_is_reset_is_reported_as_lost(
     query = Query(2, sql, [write_id], QueryKind.EXECUTE, Hints(idempotency_key=key))
     direct = await connect_node(migrated, migrated.shards["europe"].primary)
     try:
-        sent = asyncio.create_task(_raw_request(router, query))
+        sent = asyncio.create_task(raw_request(router.config.router.listen_port, query, "links"))
 
         async def running() -> bool:
             return bool(await direct.fetchval(
@@ -214,18 +219,3 @@ async def test_a_keyed_write_whose_connection_is_reset_is_reported_as_lost(
     finally:
         await direct.close()
 
-
-async def _raw_request(router: RouterProcess, query: Query) -> Any:
-    """The router's own reply to one request, on a raw protocol connection (no client
-    retries)."""
-    reader, writer = await asyncio.open_connection(LOOPBACK, router.config.router.listen_port)
-    try:
-        writer.write(encode(Hello(1, [1], "links", TOKEN)) + encode(query))
-        decoder = FrameDecoder(1 << 20)
-        while data := await reader.read(65536):
-            for reply in decoder.feed(data):
-                if getattr(reply, "id", None) == query.id:
-                    return reply
-        raise AssertionError("the router closed the connection without a reply")
-    finally:
-        writer.close()

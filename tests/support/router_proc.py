@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -12,7 +13,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from protocol import FrameDecoder, Hello, Query, encode
 from router.config import Config, TableConfig
 from router.tools.config_write import config_to_toml
 
@@ -128,3 +131,20 @@ def running_router(config: Config, path: Path,
     finally:
         rp.stop()
         pump.join(timeout=5)
+
+
+async def raw_request(port: int, query: Query, client_name: str, within: float = 20.0) -> Any:
+    """One request on a raw protocol connection to the router at `port` on 127.0.0.1: the
+    router's own reply, whatever the client library's deadline or retries would have done."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(encode(Hello(1, [1], client_name, TOKEN)) + encode(query))
+        decoder = FrameDecoder(1 << 20)
+        async with asyncio.timeout(within):
+            while data := await reader.read(65536):
+                for reply in decoder.feed(data):
+                    if getattr(reply, "id", None) == query.id:
+                        return reply
+        raise AssertionError("the router closed the connection without a reply")
+    finally:
+        writer.close()
