@@ -10,7 +10,8 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The compiled row decoder is built by the install: rebuilt when its source changes.
+$(STAMP): pyproject.toml setup.py router/backend/_rowdecode.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'

@@ -15,6 +15,7 @@ statement with a parameter or column of any other type is not carried.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import functools
 import struct
 import uuid
@@ -45,10 +46,12 @@ __all__ = [
     "EXECUTE_ALL_SYNC",
     "I16",
     "I32",
+    "ROW_KINDS",
     "SYNC",
     "U32",
     "Decoder",
     "Encoder",
+    "RowKind",
     "Statement",
     "Unsupported",
     "cstr",
@@ -77,35 +80,49 @@ _INT32_MAX, _INT32_MIN = 2**31 - 1, -(2**31)
 Decoder = Callable[[bytearray, int, int], Any]
 
 
+def _width(n: int, width: int) -> None:
+    """A binary value of a fixed width is that wide, or it is no value of its type (read
+    as one, it would take its neighbours' bytes)."""
+    if n != width:
+        raise ValueError(f"a binary value of {n} bytes where {width} were expected")
+
+
 def _text(b: bytearray, p: int, n: int) -> str:
     return b[p : p + n].decode()
 
 
 def _int2(b: bytearray, p: int, n: int) -> int:
+    _width(n, 2)
     return int(I16.unpack_from(b, p)[0])
 
 
 def _int4(b: bytearray, p: int, n: int) -> int:
+    _width(n, 4)
     return int(_i32_from(b, p)[0])
 
 
 def _int8(b: bytearray, p: int, n: int) -> int:
+    _width(n, 8)
     return int(_I64.unpack_from(b, p)[0])
 
 
 def _oid(b: bytearray, p: int, n: int) -> int:
+    _width(n, 4)
     return int(U32.unpack_from(b, p)[0])
 
 
 def _float4(b: bytearray, p: int, n: int) -> float:
+    _width(n, 4)
     return float(_F32.unpack_from(b, p)[0])
 
 
 def _float8(b: bytearray, p: int, n: int) -> float:
+    _width(n, 8)
     return float(_F64.unpack_from(b, p)[0])
 
 
 def _bool(b: bytearray, p: int, n: int) -> bool:
+    _width(n, 1)
     return b[p] != 0
 
 
@@ -123,26 +140,73 @@ _new_tuple = tuple.__new__
 _EXT_UUID = int(ExtCode.UUID)
 _EXT_TIMESTAMPTZ = int(ExtCode.TIMESTAMPTZ)
 _EXT_TIMESTAMP = int(ExtCode.TIMESTAMP)
+_EXT_DATE = int(ExtCode.DATE)
+_EXT_JSON = int(ExtCode.JSON)
 
 
 def _uuid(b: bytearray, p: int, n: int) -> msgpack.ExtType:
+    _width(n, 16)
     return _new_tuple(_ExtType, (_EXT_UUID, bytes(b[p : p + 16])))
 
 
 def _timestamptz(b: bytearray, p: int, n: int) -> Any:
+    _width(n, 8)
     return timestamp_value(_I64.unpack_from(b, p)[0], _EXT_TIMESTAMPTZ)
 
 
 def _timestamp(b: bytearray, p: int, n: int) -> Any:
+    _width(n, 8)
     return timestamp_value(_I64.unpack_from(b, p)[0], _EXT_TIMESTAMP)
 
 
 def _date(b: bytearray, p: int, n: int) -> Any:
+    _width(n, 4)
     return date_value(_i32_from(b, p)[0])
 
 
 def _json(b: bytearray, p: int, n: int) -> Any:
     return json_value(b[p : p + n])
+
+
+class RowKind(enum.IntEnum):
+    """How the compiled row decoder (router/backend/_rowdecode.c, same numbers) decodes a
+    column itself, exactly as its Python decoder here would; PYTHON: by calling it."""
+
+    PYTHON = 0
+    BOOL = 1
+    BYTES = 2
+    TEXT = 3
+    INT2 = 4
+    INT4 = 5
+    INT8 = 6
+    UINT4 = 7
+    FLOAT4 = 8
+    FLOAT8 = 9
+    EXT16 = 10  # an ext type of the value's 16 bytes
+    EXT_BYTES = 11  # an ext type of the value's bytes
+    TIMESTAMP = 12  # in Python's range: an ext type of its 1970-based microseconds
+    DATE = 13  # in Python's range: an ext type of its 1970-based days
+    DECIMAL = 14  # numeric's text
+
+
+# Each decoder above as the compiled row decoder does it: (kind, ext code).
+ROW_KINDS: dict[Decoder, tuple[RowKind, int]] = {
+    _bool: (RowKind.BOOL, 0),
+    _bytea: (RowKind.BYTES, 0),
+    _text: (RowKind.TEXT, 0),
+    _int2: (RowKind.INT2, 0),
+    _int4: (RowKind.INT4, 0),
+    _int8: (RowKind.INT8, 0),
+    _oid: (RowKind.UINT4, 0),
+    _float4: (RowKind.FLOAT4, 0),
+    _float8: (RowKind.FLOAT8, 0),
+    _uuid: (RowKind.EXT16, _EXT_UUID),
+    _json: (RowKind.EXT_BYTES, _EXT_JSON),
+    _timestamp: (RowKind.TIMESTAMP, _EXT_TIMESTAMP),
+    _timestamptz: (RowKind.TIMESTAMP, _EXT_TIMESTAMPTZ),
+    _date: (RowKind.DATE, _EXT_DATE),
+    _numeric_text: (RowKind.DECIMAL, 0),
+}
 
 
 # type oid -> (result format: 1 binary / 0 text, decoder)

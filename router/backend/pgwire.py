@@ -11,7 +11,8 @@ its neighbours.
 
 It takes only what it can carry exactly as asyncpg would (router/backend/pgtypes.py): for anything
 else it raises `Unsupported` before a byte is sent, and the caller runs the statement on an
-asyncpg connection instead.
+asyncpg connection instead. Rows are decoded a run of DataRow messages at a time, in C where
+the extension is built (router/backend/pgrows.py).
 
 Authentication: trust, cleartext password, md5 and SCRAM-SHA-256 (router/backend/pgauth.py).
 TLS is below this protocol: router/backend/pipeline.py opens the stream through
@@ -32,6 +33,7 @@ import asyncpg
 
 from router.backend.errors import AuthError, PipelineError
 from router.backend.pgauth import Authentication
+from router.backend.pgrows import MAX_MESSAGE, decode_rows
 from router.backend.pgtypes import (
     EXECUTE_ALL_SYNC,
     I16,
@@ -62,8 +64,7 @@ __all__ = [
 log = logging.getLogger("georoute.pgwire")
 
 _i32_from = I32.unpack_from
-_i16_from = I16.unpack_from
-_MAX_MESSAGE = 1 << 30  # PostgreSQL's own limit on a message (MaxAllocSize)
+_decode_rows = decode_rows  # compiled where built (router/backend/pgrows.py)
 _monotonic = time.monotonic
 
 _PROTOCOL_3_0 = 196608
@@ -216,41 +217,25 @@ class PipelinedConnection(asyncio.Protocol):
             while size - pos >= 5:
                 kind = buf[pos]
                 length = _i32_from(buf, pos + 1)[0]
-                if not 4 <= length <= _MAX_MESSAGE:  # -1 would never advance: the loop hangs
+                if not 4 <= length <= MAX_MESSAGE:  # -1 would never advance: the loop hangs
                     raise ValueError(f"message {chr(kind)!r} of length {length}")
                 end = pos + 1 + length
                 if end > size:
                     break
                 # The messages of every request, handled in place: DataRow, BindComplete,
                 # CommandComplete, ReadyForQuery. The rest go through _on_message.
-                if kind == 68 and queue:  # 'D' DataRow
+                if kind == 68 and queue:  # 'D' DataRow: this one and any that follow it
                     pending = queue[0]
-                    decoders = pending.decoders
-                    if _i16_from(buf, pos + 5)[0] != len(decoders):
-                        raise ValueError("a row with another number of columns than described")
-                    p = pos + 7  # past the header and the column count
-                    row: list[Any] = []
-                    try:
-                        for dec in decoders:
-                            n = _i32_from(buf, p)[0]
-                            p += 4
-                            if n < 0:
-                                row.append(None)
-                            elif p + n > end:
-                                raise ValueError("a column value past the end of its row")
-                            else:
-                                row.append(dec(buf, p, n))
-                                p += n
-                    except (ValueError, ArithmeticError, UnicodeDecodeError,
-                            ResultValueError) as exc:
-                        if p + max(n, 0) > end:  # the row itself is malformed: the stream is lost
-                            raise
+                    got = _decode_rows(buf, pos, pending.decoders, pending.rows)
+                    if isinstance(got, int):
+                        pos = got
+                    else:
                         # A value Python cannot hold (e.g. the year 10000): this request
                         # fails, naming the column; the connection is fine.
+                        pos, index, exc = got
                         if pending.value_error is None:
-                            pending.value_error = _value_error(exc, pending, len(row))
-                    else:
-                        pending.rows.append(row)
+                            pending.value_error = _value_error(exc, pending, index)
+                    continue
                 elif kind == 50:  # '2' BindComplete
                     pass
                 elif kind == 67 and queue:  # 'C' CommandComplete

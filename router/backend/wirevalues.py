@@ -24,6 +24,7 @@ from router.backend.errors import ResultValueError
 
 __all__ = [
     "OWN_FORM",
+    "PYTHON_RANGE",
     "Columns",
     "ResultValueError",
     "column_type",
@@ -64,6 +65,8 @@ _MIN_MICROS = (dt.datetime(dt.MINYEAR, 1, 1) - _PG_EPOCH_NAIVE) // dt.timedelta(
 _MAX_MICROS = (_LAST_NAIVE - _PG_EPOCH_NAIVE) // dt.timedelta(microseconds=1)
 _MIN_DAYS = dt.date(dt.MINYEAR, 1, 1).toordinal() - _PG_EPOCH_ORDINAL
 _MAX_DAYS = dt.date(dt.MAXYEAR, 12, 31).toordinal() - _PG_EPOCH_ORDINAL
+# The same, for the compiled row decoder (pgrows.py): values outside are this module's to judge.
+PYTHON_RANGE = (_MIN_MICROS, _MAX_MICROS, _MIN_DAYS, _MAX_DAYS)
 _TIMEDELTA_MAX_DAYS = 999_999_999
 
 _ExtType = msgpack.ExtType

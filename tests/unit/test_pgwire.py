@@ -16,6 +16,7 @@ import msgpack
 import pytest
 
 from protocol.values import ExtCode, Infinity, ext_hook
+from router.backend import pgwire
 from router.backend.pgauth import AuthError, ScramClient
 from router.backend.pgtypes import _RESULT, Statement, Unsupported
 from router.backend.pgtypes import make_statement as _make_statement
@@ -210,10 +211,16 @@ def test_unknown_types_leave_the_statement_to_asyncpg() -> None:
 
 
 def decode(oid: int, raw: bytes) -> Any:
+    """A value of type `oid` as the pipelined connections' row decoder gives it."""
     _, dec = _RESULT[oid]
-    return dec(bytearray(raw), 0, len(raw))
+    rows: list[Any] = []
+    got = pgwire._decode_rows(bytearray(data_row(raw)), 0, (dec,), rows)
+    if not isinstance(got, int):
+        raise got[2]
+    return rows[0][0]
 
 
+@pytest.mark.usefixtures("row_decoder")
 def test_column_decoders_give_asyncpg_values_or_their_ext_types() -> None:
     u = uuid.uuid4()
     assert decode(23, I32.pack(-5)) == -5
@@ -241,6 +248,7 @@ def test_column_decoders_give_asyncpg_values_or_their_ext_types() -> None:
 # ---- the pipelined connection ------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("row_decoder")
 async def test_pipelined_replies_are_matched_in_order_and_an_error_stays_its_own() -> None:
     conn, transport = await started_connection()
     preparing = asyncio.ensure_future(conn.prepare("SELECT x FROM t WHERE id = $1"))
@@ -273,6 +281,7 @@ async def test_pipelined_replies_are_matched_in_order_and_an_error_stays_its_own
     assert conn.in_flight == 0
 
 
+@pytest.mark.usefixtures("row_decoder")
 async def test_a_lost_connection_fails_everything_in_flight() -> None:
     conn, _ = await started_connection()
     conn.data_received(b"")
@@ -382,6 +391,7 @@ async def test_one_copy_of_a_statement_not_yet_judged_runs_on_the_pipeline() -> 
     assert [submit(), submit()] == [True, False]
 
 
+@pytest.mark.usefixtures("row_decoder")
 @pytest.mark.parametrize("server_seconds", [0.001, 0.5])
 async def test_a_statement_whose_caller_gave_up_keeps_its_slot_until_it_completes(
     monkeypatch: pytest.MonkeyPatch, server_seconds: float
@@ -414,6 +424,7 @@ async def test_a_statement_whose_caller_gave_up_keeps_its_slot_until_it_complete
         assert sql not in pipeline._fast and pipeline._streaks[sql] == 1
 
 
+@pytest.mark.usefixtures("row_decoder")
 async def test_writes_of_one_turn_share_one_wal_position_read_after_them() -> None:
     conn, transport = await started_connection()
     wal = _make_statement("w", "SELECT wal", [], [("lsn", 20)], set())
@@ -451,6 +462,7 @@ async def test_a_write_done_before_the_connection_died_still_gets_its_result() -
     assert (status, error, position) == ("UPDATE 1", None, None)  # applied; position unknown
 
 
+@pytest.mark.usefixtures("row_decoder")
 async def test_a_value_python_cannot_hold_fails_its_request_not_the_connection() -> None:
     conn, _ = await started_connection()
     stmt = _make_statement("s", "SELECT ts", [], [("ts", 1114)], set())
@@ -465,6 +477,30 @@ async def test_a_value_python_cannot_hold_fails_its_request_not_the_connection()
     assert (exc.column, exc.type_name) == ("ts", "timestamp")
     rows, _, _ = near.result()
     assert ext_hook(rows[0][0].code, rows[0][0].data) == dt.datetime(2000, 1, 1)
+    assert not conn.closed
+
+
+@pytest.mark.usefixtures("row_decoder")
+@pytest.mark.parametrize(("oid", "raw"), [
+    (23, b"\x00\x00\x07"),  # an int4 of 3 bytes: it used to take a byte of the next column
+    (23, b"\x00" * 8),
+    (16, b""),
+    (2950, b"\x00" * 15),
+    (1114, b"\x00" * 4),
+    (25, b"\xff"),  # not UTF-8
+])
+async def test_a_value_not_of_its_types_width_fails_its_request_not_the_connection(
+    oid: int, raw: bytes,
+) -> None:
+    conn, _ = await started_connection()
+    stmt = _make_statement("s", "SELECT v, n", [], [("v", oid), ("n", 23)], set())
+    bad, good = conn.execute(stmt, []), conn.execute(stmt, [])
+    conn.data_received(msg(b"2") + data_row(raw, I32.pack(1)) + msg(b"C", b"SELECT 1\x00")
+                       + ready() + msg(b"2") + data_row(None, I32.pack(2))
+                       + msg(b"C", b"SELECT 1\x00") + ready())
+    exc = bad.exception()
+    assert isinstance(exc, ResultValueError) and exc.column == "v"
+    assert good.result()[0] == [[None, 2]]
     assert not conn.closed
 
 

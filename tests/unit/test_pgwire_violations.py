@@ -21,21 +21,32 @@ from tests.unit.test_pgwire import (
 )
 
 
+@pytest.mark.usefixtures("row_decoder")
+@pytest.mark.parametrize("kind", [b"N", b"D"])
 @pytest.mark.parametrize("length", [-1, 0, 3, 2**31 - 1])
-async def test_an_impossible_message_length_fails_the_connection(length: int) -> None:
+async def test_an_impossible_message_length_fails_the_connection(length: int, kind: bytes) -> None:
     """-1 used to leave the read loop on the same message for ever (the router hung)."""
     conn, transport = await started_connection()
     stmt = _make_statement("s", "SELECT 1", [], [("a", 23)], set())
     fut = conn.execute(stmt, [])
-    conn.data_received(b"N" + struct.pack("!i", length) + b"\x00" * 8)
+    # A row first: the row decoder reads on into the message after it.
+    conn.data_received(msg(b"2") + data_row(I32.pack(1)) + kind + struct.pack("!i", length)
+                       + b"\x00" * 8)
     assert conn.closed and transport.aborted
     assert isinstance(fut.exception(), PipelineError)
 
 
+@pytest.mark.usefixtures("row_decoder")
 @pytest.mark.parametrize("row", [
     data_row(I32.pack(7)),  # one column for two
     data_row(I32.pack(7), I32.pack(8), I32.pack(9)),  # three for two
     msg(b"D", I16.pack(2) + I32.pack(4) + I32.pack(7) + I32.pack(40) + b"\x00" * 4),  # past end
+    # The second column's length is not in the row: it used to be read from the next message.
+    msg(b"D", I16.pack(2) + I32.pack(4) + I32.pack(7)),
+    msg(b"D", I16.pack(2) + I32.pack(4) + I32.pack(7) + I32.pack(4) + I32.pack(8) + b"\x00"),
+    msg(b"D", I16.pack(2) + I32.pack(4) + I32.pack(7) + I32.pack(-2)),  # NULL is -1 only
+    msg(b"D", b"\x00"),  # shorter than its column count
+    msg(b"D"),
 ])
 async def test_a_malformed_row_fails_the_connection_not_just_gives_wrong_values(
     row: bytes,
