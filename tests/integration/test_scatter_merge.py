@@ -23,6 +23,7 @@ from msgpack import ExtType
 
 from protocol.values import ext_hook
 from router.backend.pgcodecs import install_codecs
+from router.backend.wirevalues import Columns, column_type
 from router.config import Config, TableConfig
 from router.core.merge import ShardRows, column_orders, merge, real_columns
 from router.core.scatter_plan import Refusal, ScatterRefused
@@ -66,7 +67,10 @@ class World:
         if rows:
             await self.oracle.copy_records_to_table("t", records=rows, columns=cols)
 
-    async def scattered(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    async def scattered(self, sql: str, params: list[Any],
+                        typed: bool = False) -> list[tuple[Any, ...]]:
+        """The merged answer; `typed`: the parts say their columns' types, as the pipelined
+        connections' parts do (the merge then sorts by values where that is exact)."""
         plan = plan_scatter(sql, self.classifier.analyze(sql).confinement, TABLES)
         answers = []
         orders = None
@@ -76,7 +80,9 @@ class World:
             records = await stmt.fetch(*plan.shard_params(params))
             orders = column_orders(stmt.get_attributes(), frozenset())
             real = real_columns(stmt.get_attributes())
-            answers.append(ShardRows(shard, [a.name for a in stmt.get_attributes()],
+            names = [a.name for a in stmt.get_attributes()]
+            columns = Columns(names, [column_type(a.type.name) for a in stmt.get_attributes()])
+            answers.append(ShardRows(shard, columns if typed else names,
                                      [tuple(r) for r in records]))
         assert orders is not None
         return merge(plan, params, answers, orders, text_exact=True, real=real)[1]
@@ -178,6 +184,20 @@ def test_ordered_rows_with_limit_and_offset_equal_one_database(world: World, cas
     want = world.runner.run(world.truth(sql, params))
     # The sort keys' values, in order, are determined even among ties; the rows themselves
     # are when the order is total (ties may be broken either way, as PostgreSQL may).
+    assert _same_rows([r[:nkeys] for r in got], [r[:nkeys] for r in want]), sql
+    if total:
+        assert _same_rows(got, want), sql
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.data_too_large])
+@given(case=plain_case())
+def test_ordered_rows_of_parts_that_say_their_types_equal_one_database(world: World,
+                                                                       case: Any) -> None:
+    rows, sql, params, nkeys, total = case
+    world.runner.run(world.load(rows))
+    got = world.runner.run(world.scattered(sql, params, typed=True))
+    want = world.runner.run(world.truth(sql, params))
     assert _same_rows([r[:nkeys] for r in got], [r[:nkeys] for r in want]), sql
     if total:
         assert _same_rows(got, want), sql

@@ -11,10 +11,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from msgpack import ExtType
 
 from protocol.valuetypes import Infinity
-from router.core.merge import ShardRows, ValueOrder, merge
+from router.backend.wirevalues import Columns
+from router.core.merge import ShardRows, ValueOrder, _plain_sorted, _row_key, merge
 from router.core.scatter_plan import (
+    Bound,
     Combine,
     Cond,
     Grouping,
@@ -191,3 +196,75 @@ def test_having_comparisons_python_cannot_make_are_refused_naming_the_part() -> 
                    having=Cond("<", left=col(1), right=Operand(param=1)))
     with pytest.raises(ScatterRefused, match="HAVING on max"):
         run(plan, ["r", "max"], [[("a", {"k": 1})]], [E, E], [{"k": 2}])
+
+
+# ---- rows sorted by their values (pipelined parts, whose column types are known) ----------------
+
+# Parts of pipelined connections say their columns' types (wirevalues.Columns): for ascending
+# keys of types Python compares as PostgreSQL does, the merge sorts by the values themselves.
+# It must give exactly the rows the generic key gives, NULLs, ties and DESC included.
+_TYPED_COLUMNS = {
+    "int4": st.none() | st.integers(-3, 3),
+    "text": st.none() | st.sampled_from(["", "a", "B", "b", "ab", "é", "z"]),
+    "uuid": st.none() | st.sampled_from([ExtType(7, bytes([i]) * 16) for i in (0, 1, 200)]),
+    "bool": st.none() | st.booleans(),
+    "bytea": st.none() | st.sampled_from([b"", b"\x00", b"\x01", b"\xff\x00"]),
+    "int8": st.integers(-(2**63), 2**63 - 1),  # never NULL: the sort by values succeeds
+}
+_ORDERS = {"int4": E, "text": ValueOrder.TEXT, "uuid": E, "bool": E, "bytea": E, "int8": E}
+
+
+@st.composite
+def typed_merges(draw: st.DrawFn) -> tuple[ScatterPlan, list[str], list[list[list[Any]]], int]:
+    types = draw(st.lists(st.sampled_from(sorted(_TYPED_COLUMNS)), min_size=1, max_size=3))
+    keys = tuple(
+        SortKey(draw(st.integers(0, len(types) - 1)), draw(st.booleans()), draw(st.booleans()))
+        for _ in range(draw(st.integers(1, 3))))
+    if draw(st.integers(0, 3)):  # mostly ascending: the case sorted by values
+        keys = tuple(SortKey(k.column, False, k.nulls_first) for k in keys)
+    limit = draw(st.none() | st.integers(0, 12))
+    offset = draw(st.none() | st.integers(0, 4))
+    plan = ScatterPlan("SELECT ...", 0, keys, None if limit is None else Bound(None, limit),
+                       None if offset is None else Bound(None, offset), None, presorted=True)
+    parts = [draw(st.lists(st.tuples(*(_TYPED_COLUMNS[t] for t in types)).map(list),
+                           max_size=8)) for _ in range(3)]
+    # Each shard's rows sorted as PostgreSQL sorts them (the generic key: what is checked
+    # against PostgreSQL itself in tests/integration/test_scatter_merge.py).
+    orders = [_ORDERS[t] for t in types]
+    key = _row_key(keys, orders, True, [f"c{i}" for i in range(len(types))])
+    return plan, types, [sorted(part, key=key) for part in parts], len(types)
+
+
+@settings(max_examples=400, deadline=None)
+@given(typed_merges())
+def test_rows_sorted_by_their_values_are_the_generic_keys_rows(case: Any) -> None:
+    plan, types, parts, width = case
+    names = [f"c{i}" for i in range(width)]
+    orders = [_ORDERS[t] for t in types]
+    typed = [ShardRows(f"s{i}", Columns(names, types), rows) for i, rows in enumerate(parts)]
+    untyped = [ShardRows(f"s{i}", names, rows) for i, rows in enumerate(parts)]
+    got = merge(plan, (), typed, orders, text_exact=True)
+    want = merge(plan, (), untyped, orders, text_exact=True)
+    assert got == want
+    assert [[type(v) for v in row] for row in got[1]] == [[type(v) for v in row]
+                                                          for row in want[1]]
+
+
+def test_rows_are_sorted_by_their_values_only_where_that_is_exact() -> None:
+    rows = [[ExtType(7, b"\x01" * 16), 2], [ExtType(7, b"\x00" * 16), 1]]
+    keys = (SortKey(1, False, False), SortKey(0, False, False))
+    answer = ShardRows("s", Columns(["id", "n"], ["uuid", "int4"]), rows)
+    assert _plain_sorted(keys, [E, E], True, [answer], 2) == rows[::-1]
+    # DESC, floats, text under another collation, unknown types, a NULL against a value:
+    # the generic key's work.
+    assert _plain_sorted((SortKey(1, True, True),), [E, E], True, [answer], 2) is None
+    floats = ShardRows("s", Columns(["id", "n"], ["uuid", "float8"]), rows)
+    assert _plain_sorted(keys, [E, E], True, [floats], 2) is None
+    text = ShardRows("s", Columns(["t"], ["text"]), [["b"], ["a"]])
+    assert _plain_sorted((SortKey(0, False, False),), [ValueOrder.TEXT], False, [text], 1) is None
+    assert _plain_sorted(keys, [E, E], True, [ShardRows("s", ["id", "n"], rows)], 2) is None
+    nulls = ShardRows("s", Columns(["n"], ["int4"]), [[None], [1]])
+    assert _plain_sorted((SortKey(0, False, False),), [E], True, [nulls], 1) is None
+    both_null = ShardRows("s", Columns(["n"], ["int4"]), [[None], [None]])
+    assert _plain_sorted((SortKey(0, False, False),), [E], True, [both_null], 1) == [[None],
+                                                                                     [None]]
