@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.stack import cpu_seconds, rss_kib
+from bench.stack import cpu_seconds, rss_kib, syscalls
 from bench.targets import GeorouteTarget, Target
 from bench.workloads import (
     POINT_READ,
@@ -51,6 +51,7 @@ async def _measure(rec: Recorder, target: Target, workload: Workload, sample: Sa
         await measure(target, workload, sample, concurrency, plan.warmup, plan.max_ops, seed + 7)
     pid = rec.router_pid if isinstance(target, GeorouteTarget) else None
     cpu_before = cpu_seconds(pid) if pid else (0.0, 0.0)
+    io_before = syscalls(pid) if pid else (0, 0)
     own_before = time.process_time()
     m: Measurement = await measure(target, workload, sample, concurrency, duration,
                                    plan.max_ops, seed)
@@ -67,8 +68,15 @@ async def _measure(rec: Recorder, target: Target, workload: Workload, sample: Sa
         out["router_user_us_per_op"] = round(user * per_op, 1) if m.ops else None
         out["router_sys_us_per_op"] = round(system * per_op, 1) if m.ops else None
         out["router_rss_kib"] = rss_kib(pid)
+        reads, writes = (after - before for after, before in zip(syscalls(pid), io_before,
+                                                                 strict=True))
+        out["router_reads_per_op"] = round(reads / m.ops, 2) if m.ops else None
+        out["router_writes_per_op"] = round(writes / m.ops, 2) if m.ops else None
     extra = f" client {out['client_cpu_us_per_op']} us/op"
-    extra += f" router {out['router_cpu_us_per_op']} us/op" if pid else ""
+    if pid:
+        extra += (f" router {out['router_cpu_us_per_op']} us/op (sys "
+                  f"{out['router_sys_us_per_op']}; {out['router_reads_per_op']} reads "
+                  f"{out['router_writes_per_op']} writes)")
     rec.say(f"  {workload.name:<10} c={concurrency:<4} {target.name:<10} "
             f"{out['ops_per_s']:>9.0f} ops/s  p99 {out['p99_ms']:>7.2f} ms  "
             f"errors {out['errors']}{extra}")
@@ -85,7 +93,8 @@ def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     client = [r["client_cpu_us_per_op"] for r in rounds if r.get("client_cpu_us_per_op")]
     agg["client_cpu_us_per_op"] = round(median(client), 1) if client else None
     if any("router_cpu_us_per_op" in r for r in rounds):
-        for key in ("router_cpu_us_per_op", "router_user_us_per_op", "router_sys_us_per_op"):
+        for key in ("router_cpu_us_per_op", "router_user_us_per_op", "router_sys_us_per_op",
+                    "router_reads_per_op", "router_writes_per_op"):
             values = [r[key] for r in rounds if r.get(key) is not None]
             agg[key] = round(median(values), 1) if values else None
         agg["router_rss_kib"] = max(r["router_rss_kib"] for r in rounds)

@@ -30,6 +30,7 @@ __all__ = [
     "rss_kib",
     "smoke_offset",
     "start_cluster",
+    "syscalls",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,6 +104,17 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
         fields_after_name = fh.read().rsplit(b")", 1)[1].split()
     # Fields 14 and 15 of stat(5); the list starts at field 3 (state).
     return int(fields_after_name[11]) / _CLK_TCK, int(fields_after_name[12]) / _CLK_TCK
+
+
+def syscalls(pid: int) -> tuple[int, int]:
+    """Read and write system calls of `pid` so far (/proc/<pid>/io syscr and syscw): with the
+    CPU time they say how well the router batches its I/O."""
+    counts = {}
+    with open(f"/proc/{pid}/io") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            counts[key] = int(value)
+    return counts["syscr"], counts["syscw"]
 
 
 def rss_kib(pid: int) -> int:
