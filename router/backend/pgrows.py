@@ -17,6 +17,7 @@ requires the compiled one (an ImportError without it); unset, the compiled one w
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from collections.abc import Callable
@@ -32,6 +33,8 @@ __all__ = ["IMPLEMENTATION", "MAX_MESSAGE", "ROW_DECODER_ENV", "VALUE_ERRORS",
            "compiled_decoder", "decode_rows", "decode_rows_python"]
 
 ROW_DECODER_ENV = "GEOROUTE_ROW_DECODER"
+
+log = logging.getLogger("georoute.pgrows")
 
 # What a decoder raises for a value Python cannot hold: that request fails, not the stream.
 VALUE_ERRORS = (ValueError, ArithmeticError, UnicodeDecodeError, ResultValueError)
@@ -103,9 +106,11 @@ def _choose() -> tuple[RowsDecoder, str]:
         raise ValueError(f"{ROW_DECODER_ENV}={wanted!r}: expected 'c' or 'python'")
     try:
         return compiled_decoder(), "c"
-    except ImportError:
+    except ImportError as exc:
         if wanted == "c":
             raise
+        log.warning("the compiled row decoder is not built (%s): rows are decoded in Python, "
+                    "more slowly; reinstall with a C compiler and Python's headers", exc)
         return decode_rows_python, "python"
 
 
