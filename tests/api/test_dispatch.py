@@ -78,6 +78,34 @@ def test_every_operation_is_found_as_starlette_finds_it() -> None:
     assert found is not None and found[1] == {"enrollment_id": "e1", "lesson_id": "l2"}
 
 
+def test_declaration_order_wins_with_a_parameter_anywhere() -> None:
+    """Templates with a parameter where the others have their resource name: no keying by
+    it, and the first declared match wins, as in Starlette."""
+
+    def endpoint(name: str) -> Any:
+        async def handle(scope: Scope, receive: Receive, send: Send,
+                         params: dict[str, str]) -> None:
+            raise AssertionError("not called")
+
+        handle.__name__ = name
+        return handle
+
+    declared = [("GET", "/v/{kind}/list", "by_kind"), ("GET", "/v/users/list", "users"),
+                ("GET", "/v/users/{id}", "user"), ("POST", "/v/{kind}/list", "post")]
+    dispatch = Dispatch(_Inner(), endpoints=[(m, t, endpoint(n)) for m, t, n in declared])
+
+    def chosen(method: str, path: str) -> str | None:
+        found = dispatch.match(method, path)
+        return None if found is None else str(found[0].__name__)
+
+    assert chosen("GET", "/v/users/list") == "by_kind"
+    assert chosen("GET", "/v/users/7") == "user"
+    assert chosen("POST", "/v/users/list") == "post"
+    assert chosen("GET", "/w/users/list") is None
+    assert chosen("GET", "/v") is None
+    assert chosen("DELETE", "/v/users/list") is None
+
+
 async def test_what_it_does_not_find_goes_on_to_starlette() -> None:
     inner = _Inner()
     dispatch = _dispatch(inner)
