@@ -2,7 +2,8 @@
 POST complete-lesson, in turn) through `georoute api` (uvicorn, httptools) against the same
 calls made through the client library directly (the API's own domain layer, in this
 process), at 16 concurrent clients. Prints ops/s, p50 and p99 per target, the latency the API
-adds, and the API process's CPU per request. Its own cluster (bench ports + 300).
+adds, and the API process's CPU per request (of it, system time). Its own cluster (bench
+ports + 300).
 
 The HTTP load generator runs in a process of its own (bench/http_load.py: a small HTTP/1.1
 client over uvloop, one keep-alive connection per client), not in the API's or the router's;
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import os
 import signal
@@ -23,9 +25,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvloop
 
@@ -165,6 +168,104 @@ def start_api(config_path: Path, port: int,
     return proc, output
 
 
+def _canned(students: int) -> tuple[Any, list[Principal], str, list[str], list[str]]:
+    """The domain's three answers of the workload, made up in the shapes it returns (a course
+    of one module and 20 lessons, one enrollment, a lesson done), for --http-layer."""
+    from api.models import CourseDetail, EnrollmentList, LessonDone
+
+    now = dt.datetime.now(dt.UTC)
+    course, module, enrollment = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    lessons = [uuid.uuid4() for _ in range(20)]
+    detail = CourseDetail.model_validate({
+        "course_id": course, "title": "Bench course", "slug": "bench-course", "region": "europe",
+        "level": "beginner", "language": "en", "price_cents": 0, "currency": "USD",
+        "rating_avg": None, "review_count": 0, "enrollment_count": 16, "published_at": now,
+        "instructor_id": uuid.uuid4(), "category_id": uuid.uuid4(), "description": "",
+        "status": "published", "capacity": None, "modules": [{
+            "module_id": module, "position": 1, "title": "Module", "lessons": [
+                {"lesson_id": lesson, "position": i + 1, "title": f"L{i}",
+                 "duration_seconds": 0, "is_preview": False}
+                for i, lesson in enumerate(lessons)]}]})
+    mine = EnrollmentList.model_validate({"items": [{
+        "enrollment_id": enrollment, "user_id": uuid.uuid4(), "course_id": course,
+        "course_title": "Bench course", "course_region": "europe", "status": "active",
+        "progress_pct": Decimal("5.00"), "enrolled_at": now, "completed_at": None}]})
+    done = LessonDone(enrollment_id=enrollment, lesson_id=lessons[0],
+                      progress_pct=Decimal("5.00"))
+    who = [Principal(uuid.uuid4(), UserRole.STUDENT, Region.EUROPE) for _ in range(students)]
+    return (detail, mine, done), who, str(course), [str(x) for x in lessons], \
+        [str(uuid.uuid4()) for _ in range(students)]
+
+
+async def http_layer(requests: int, rounds: int) -> list[float]:
+    """The API's own HTTP layer alone, in this process: the ASGI app (edge, dispatch,
+    authentication, validation, JSON) over the workload's requests, one at a time, with the
+    domain's three calls answering canned results (no router, no uvicorn, no sockets). Its
+    CPU per request, per round: a steadier figure than the whole stack's on a shared machine."""
+    from api.http import create_app
+
+    answers, students, course, lessons, enrollments = _canned(16)
+    settings = dataclasses.replace(Settings(jwt_secret=SECRET).validate(),
+                                   rate_limit_per_minute=100_000_000, rate_limit_burst=1_000_000)
+    domain = Domain(cast(Any, None), settings)
+
+    async def get(course_id: uuid.UUID, *, viewer: Any = None) -> Any:
+        return answers[0]
+
+    async def mine(*, by: Any) -> Any:
+        return answers[1]
+
+    async def complete_lesson(enrollment_id: Any, lesson_id: Any, seconds: int = 0, *,
+                              by: Any) -> Any:
+        return answers[2]
+
+    vars(domain.courses)["get"] = get
+    vars(domain.enrollments)["mine"] = mine
+    vars(domain.enrollments)["complete_lesson"] = complete_lesson
+    app = create_app(cast(Any, None), settings, domain=domain)
+    plans = []
+    for i, who in enumerate(students):
+        for raw in api_requests("127.0.0.1:8000", course, lessons, enrollments[i],
+                                domain.tokens.issue(who)):
+            head, _, body = raw.partition("\r\n\r\n")
+            request_line, *header_lines = head.split("\r\n")
+            method, path, _ = request_line.split(" ")
+            headers = [(name.lower().encode(), value.strip().encode()) for name, _, value in
+                       (line.partition(":") for line in header_lines)]
+            plans.append((method, path, headers, body.encode(), i))
+    statuses: dict[int, int] = {}
+
+    async def one(method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
+                  i: int) -> None:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 40000 + i),
+                 "scheme": "http", "method": method, "root_path": "", "path": path,
+                 "raw_path": path.encode(), "query_string": b"", "headers": headers}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses[message["status"]] = statuses.get(message["status"], 0) + 1
+
+        await app(scope, receive, send)
+
+    # The clients' requests interleaved, as they arrive under load.
+    order = [plans[(n % 16) * 60 + (n // 16) % 60] for n in range(16 * 60)]
+    for plan in order:
+        await one(*plan)
+    figures = []
+    for _ in range(rounds):
+        started = time.process_time()
+        for n in range(requests):
+            await one(*order[n % len(order)])
+        figures.append((time.process_time() - started) / requests * 1e6)
+    if set(statuses) != {200}:
+        raise RuntimeError(f"the app answered {statuses}")
+    return figures
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     config = bench_config(OFFSET, STATE_DIR)
     cluster = start_cluster(config)
@@ -204,14 +305,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await run_load(direct, args.clients, 1.0)
         results: dict[str, Any] = {"api": [], "direct": []}
         for _ in range(args.rounds):
-            before = sum(cpu_seconds(api_proc.pid))
+            user_before, system_before = cpu_seconds(api_proc.pid)
             figures = await asyncio.to_thread(http_load, plan)
-            cpu = sum(cpu_seconds(api_proc.pid)) - before
+            user_after, system_after = cpu_seconds(api_proc.pid)
+            system = system_after - system_before
+            cpu = user_after - user_before + system
             if figures["failures"]:
                 raise RuntimeError(f"the API refused requests: {figures['failures'][:3]}")
             results["api"].append({"ops": figures["ops"], "p50": figures["p50"],
                                    "p99": figures["p99"],
                                    "cpu_us_per_request": cpu / figures["count"] * 1e6,
+                                   "system_us_per_request": system / figures["count"] * 1e6,
                                    "loadgen_cpu_us_per_request":
                                        figures["loadgen_cpu_us_per_request"]})
             count, lat = await run_load(direct, args.clients, args.duration)
@@ -232,15 +336,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [f"REST API workload, {args.clients} clients, {args.rounds} rounds of "
              f"{args.duration:g} s (GET course, GET my enrollments, POST complete-lesson)",
-             "target        ops/s    p50 ms   p99 ms   API CPU us/request"
+             "target        ops/s    p50 ms   p99 ms   API CPU us/request (system)"
              "   load generator us/request"]
     for name in ("direct", "api"):
         for r in results[name]:
-            cpu = f"{r['cpu_us_per_request']:.0f}" if "cpu_us_per_request" in r else "-"
+            cpu = (f"{r['cpu_us_per_request']:.0f} ({r['system_us_per_request']:.0f})"
+                   if "cpu_us_per_request" in r else "-")
             gen = (f"{r['loadgen_cpu_us_per_request']:.0f}"
                    if "loadgen_cpu_us_per_request" in r else "-")
             lines.append(f"{name:<10} {r['ops']:>8.0f} {r['p50']:>9.2f} {r['p99']:>8.2f}   "
-                         f"{cpu:>18}   {gen:>25}")
+                         f"{cpu:>27}   {gen:>25}")
     added = [a["p99"] - d["p99"] for a, d in zip(results["api"], results["direct"], strict=True)]
     lines.append("p99 added by the API (ms), per round: " + ", ".join(f"{x:.2f}" for x in added)
                  + "  (target: at most 2 ms)")
@@ -257,7 +362,15 @@ if __name__ == "__main__":
     parser.add_argument("--profile", type=Path, default=None,
                         help="run the API under cProfile and write its profile here (its CPU "
                              "figures are then the profiler's, not the API's)")
+    parser.add_argument("--http-layer", action="store_true",
+                        help="measure only the API's HTTP layer, in process, with canned "
+                             "domain answers (no cluster; see http_layer)")
     arguments = parser.parse_args()
+    if arguments.http_layer:
+        layer = uvloop.run(http_layer(20_000, 5))
+        print("API HTTP layer in process, CPU us per request, per round of 20,000: "
+              + ", ".join(f"{x:.1f}" for x in layer) + f" (least {min(layer):.1f})")
+        sys.exit(0)
     figures = uvloop.run(main(arguments))
     print(report(figures, arguments))
     if arguments.json is not None:

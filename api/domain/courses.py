@@ -98,18 +98,22 @@ class Courses:
 
     # ---- reading
 
-    async def _course(self, course_id: uuid.UUID, *, viewer: Principal | None) -> Course:
+    async def _course_row(self, course_id: uuid.UUID, *,
+                          viewer: Principal | None) -> dict[str, Any]:
         found = await self._data.row(
             f"SELECT {_COURSE_COLUMNS} FROM courses c WHERE c.course_id = $1", course_id)
         if found is None or not _visible(found, viewer):
             raise NotFound("no such course")
-        return Course.model_validate(found)
+        return found
+
+    async def _course(self, course_id: uuid.UUID, *, viewer: Principal | None) -> Course:
+        return Course.model_validate(await self._course_row(course_id, viewer=viewer))
 
     async def get(self, course_id: uuid.UUID, *, viewer: Principal | None = None
                   ) -> CourseDetail:
         """A course with its modules and lessons in order. Drafts only for their instructor
         and admins."""
-        course = await self._course(course_id, viewer=viewer)
+        course = await self._course_row(course_id, viewer=viewer)
         rows = await self._data.rows(
             "SELECT m.module_id, m.position, m.title, l.lesson_id, l.position AS lesson_position,"
             " l.title AS lesson_title, l.duration_seconds, l.is_preview "
@@ -125,8 +129,8 @@ class Courses:
                     "lesson_id": r["lesson_id"], "position": r["lesson_position"],
                     "title": r["lesson_title"], "duration_seconds": r["duration_seconds"],
                     "is_preview": r["is_preview"]})
-        return CourseDetail.model_validate(
-            {**course.model_dump(), "modules": list(modules.values())})
+        # Validated once, row and modules together (not the row as a Course first).
+        return CourseDetail.model_validate({**course, "modules": list(modules.values())})
 
     async def browse(self, query: CatalogueQuery) -> CoursePage:
         """Published courses of every region (or one), filtered, sorted, a page at a time.

@@ -17,10 +17,11 @@ import client
 from api.domain import Domain
 from api.errors import ApiError
 from api.http import routes_accounts, routes_commerce, routes_learning
+from api.http.dispatch import Dispatch
 from api.http.docs import docs_routes
 from api.http.edge import Edge
 from api.http.openapi import openapi_document
-from api.http.operations import Operation, route_for
+from api.http.operations import Endpoint, Operation
 from api.http.problems import problem_response
 from api.http.ratelimit import TokenBuckets
 from api.settings import Settings
@@ -69,7 +70,8 @@ def create_app(db: client.Client, settings: Settings, *, domain: Domain | None =
     async def openapi(request: Request) -> Response:
         return Response(document_bytes, media_type="application/json")
 
-    routes: list[BaseRoute] = [route_for(op, domain, per_user, PREFIX) for op in OPERATIONS]
+    endpoints = [Endpoint(op, domain, per_user) for op in OPERATIONS]
+    routes: list[BaseRoute] = [endpoint.route(PREFIX) for endpoint in endpoints]
     routes.append(Route(PREFIX + "/openapi.json", openapi, methods=["GET"]))
     routes += docs_routes(PREFIX + "/openapi.json")
     middleware = []
@@ -81,6 +83,10 @@ def create_app(db: client.Client, settings: Settings, *, domain: Domain | None =
             expose_headers=["X-Request-ID", "Retry-After"], max_age=600))
     middleware.append(Middleware(Edge, max_body_bytes=settings.max_body_bytes,
                                  ip_buckets=per_ip))
+    # The operations are found by method and path shape before Starlette's router is asked
+    # (which tries every route's pattern in turn): see api/http/dispatch.py.
+    middleware.append(Middleware(Dispatch, endpoints=[
+        (e.op.method, PREFIX + e.op.path, e.asgi) for e in endpoints]))
     handlers: dict[Any, Any] = {HTTPException: _http_error}
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
     app.state.domain = domain

@@ -45,30 +45,39 @@ class Edge:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = _headers(scope)
-        inbound = headers.get("x-request-id", "")
-        request_id = inbound if _REQUEST_ID.match(inbound) else uuid.uuid4().hex
+        inbound = length = None
+        for name, value in scope["headers"]:  # the two headers read here, not a dict of all
+            if name == b"x-request-id":
+                inbound = value.decode("latin-1")
+            elif name == b"content-length":
+                length = value.decode("latin-1")
+        request_id = (inbound if inbound is not None and _REQUEST_ID.match(inbound)
+                      else uuid.uuid4().hex)
         scope["georoute.request_id"] = request_id
-        state = {"status": 0, "bytes_in": 0}
+        status = 0
+        bytes_in = 0
+        max_body_bytes = self.max_body_bytes
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                state["status"] = message["status"]
+                status = message["status"]
                 MutableHeaders(scope=message).append("X-Request-ID", request_id)
             await send(message)
 
         async def limited_receive() -> Message:
+            nonlocal bytes_in
             message = await receive()
             if message["type"] == "http.request":
-                state["bytes_in"] += len(message.get("body", b""))
-                if state["bytes_in"] > self.max_body_bytes:
-                    raise _BodyTooLarge(f"the body is over {self.max_body_bytes} bytes")
+                bytes_in += len(message.get("body", b""))
+                if bytes_in > max_body_bytes:
+                    raise _BodyTooLarge(f"the body is over {max_body_bytes} bytes")
             return message
 
         client = scope.get("client")
         client_ip = client[0] if client else "-"
         try:
-            refusal = self._refusal(headers, client_ip)
+            refusal = self._refusal(length, client_ip)
             if refusal is not None:
                 await _send_problem(send_with_id, refusal, scope, request_id)
             else:
@@ -76,40 +85,37 @@ class Edge:
                 with georoute_client.request_id(request_id):
                     await self.app(scope, limited_receive, send_with_id)
         except ApiError as exc:  # a body over the limit found while reading it
-            if state["status"] == 0:
+            if status == 0:
                 await _send_problem(send_with_id, exc, scope, request_id)
         except Exception:
             log.exception("unhandled error in %s %s (request %s)", scope["method"],
                           scope["path"], request_id)
-            if state["status"] == 0:
+            if status == 0:
                 await _send_problem(send_with_id, ApiError("the request could not be completed"),
                                     scope, request_id)
         finally:
-            ACCESS_LOG.info("%s %s %s", scope["method"], scope["path"], state["status"], extra={
-                "access": {
-                    "request_id": request_id, "method": scope["method"], "path": scope["path"],
-                    "status": state["status"], "client": client_ip,
-                    "user": scope.get("georoute.user"),
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
-                }})
+            # The record (and its dict) only when the logger would write it.
+            if ACCESS_LOG.isEnabledFor(logging.INFO):
+                ACCESS_LOG.info("%s %s %s", scope["method"], scope["path"], status, extra={
+                    "access": {
+                        "request_id": request_id, "method": scope["method"],
+                        "path": scope["path"], "status": status, "client": client_ip,
+                        "user": scope.get("georoute.user"),
+                        "ms": round((time.perf_counter() - started) * 1000, 2),
+                    }})
 
-    def _refusal(self, headers: dict[str, str], client_ip: str) -> ApiError | None:
+    def _refusal(self, length: str | None, client_ip: str) -> ApiError | None:
         if self.ip_buckets is not None:
             wait = self.ip_buckets.take(f"ip:{client_ip}")
             if wait:
                 return RateLimited(TokenBuckets.retry_after(wait),
                                    "this client's request rate is over the limit")
-        length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
                 return PayloadTooLarge("Content-Length is not a number")
             if int(length) > self.max_body_bytes:
                 return PayloadTooLarge(f"the body is over {self.max_body_bytes} bytes")
         return None
-
-
-def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
 
 async def _send_problem(send: Send, exc: ApiError, scope: Scope, request_id: str) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from api.domain import Domain
 from api.errors import ApiError, FieldError, Forbidden, InvalidInput, RateLimited, Unauthorized
@@ -23,11 +24,12 @@ from api.http.problems import problem_response
 from api.http.ratelimit import TokenBuckets
 from api.types import Principal, UserRole
 
-__all__ = ["ANYONE", "Call", "Header", "Operation", "bearer_token", "route_for"]
+__all__ = ["ANYONE", "Call", "Endpoint", "Header", "Operation", "bearer_token"]
 
 # roles=ANYONE: any authenticated user; roles=None: no token needed.
 ANYONE: frozenset[UserRole] = frozenset(UserRole)
 _PATH_PARAM = re.compile(r"{([a-z_]+)}")
+_JSON_TYPE = (b"content-type", b"application/json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,59 +104,102 @@ def _field_errors(exc: pydantic.ValidationError, location: str) -> list[FieldErr
     return out
 
 
-def route_for(op: Operation, domain: Domain, user_buckets: TokenBuckets | None,
-              prefix: str) -> Route:
-    params = op.params()
+class Endpoint:
+    """One operation's request handling (authentication, role check, per-user rate limit,
+    validation, problem responses), both as a Starlette endpoint (`route`) and as the fast
+    path's ASGI endpoint (`asgi`, reached through api/http/dispatch.py), which sends the same
+    status, headers and body without Starlette's Response object."""
 
-    async def endpoint(request: Request) -> Response:
+    __slots__ = ("domain", "op", "params", "user_buckets")
+
+    def __init__(self, op: Operation, domain: Domain, user_buckets: TokenBuckets | None) -> None:
+        self.op = op
+        self.domain = domain
+        self.user_buckets = user_buckets
+        self.params = op.params()
+
+    def route(self, prefix: str) -> Route:
+        async def endpoint(request: Request) -> Response:
+            status, body = await self.answer(request)
+            if isinstance(body, Response):
+                return body
+            if body is None:
+                return Response(status_code=status)
+            return Response(body, status_code=status, media_type="application/json")
+
+        endpoint.__name__ = self.op.operation_id
+        return Route(prefix + self.op.path, endpoint, methods=[self.op.method])
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send,
+                   path_params: dict[str, str]) -> None:
+        scope["path_params"] = path_params
+        status, body = await self.answer(Request(scope, receive))
+        if isinstance(body, Response):
+            await body(scope, receive, send)
+        elif body is None:  # as Response(status_code=204): no content-length, no type
+            await send({"type": "http.response.start", "status": status, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await send({"type": "http.response.start", "status": status, "headers": [
+                (b"content-length", str(len(body)).encode()), _JSON_TYPE]})
+            await send({"type": "http.response.body", "body": body})
+
+    async def answer(self, request: Request) -> tuple[int, bytes | Response | None]:
+        """The status and JSON body of the operation's answer (None: no content), or a
+        problem response."""
+        op = self.op
         try:
-            principal = None
-            if op.roles is not None:
-                principal = domain.auth.authenticate(bearer_token(request))
-                request.scope["georoute.user"] = str(principal.user_id)
-                if user_buckets is not None:
-                    wait = user_buckets.take(f"user:{principal.user_id}")
-                    if wait:
-                        raise RateLimited(TokenBuckets.retry_after(wait),
-                                          "this user's request rate is over the limit")
-                if principal.role not in op.roles:
-                    allowed = ", ".join(sorted(r.value for r in op.roles))
-                    raise Forbidden(f"this operation is for: {allowed}")
-            path: dict[str, uuid.UUID] = {}
+            call = await self._call(request)
+            result = await op.handler(call)
+        except ApiError as exc:
+            return exc.status, problem_response(
+                exc, instance=request.url.path,
+                request_id=request.scope.get("georoute.request_id"))
+        if result is None:
+            return 204, None
+        return op.status, result.__pydantic_serializer__.to_json(result, by_alias=True)
+
+    async def _call(self, request: Request) -> Call:
+        op = self.op
+        principal = None
+        if op.roles is not None:
+            principal = self.domain.auth.authenticate(bearer_token(request))
+            request.scope["georoute.user"] = str(principal.user_id)
+            if self.user_buckets is not None:
+                wait = self.user_buckets.take(f"user:{principal.user_id}")
+                if wait:
+                    raise RateLimited(TokenBuckets.retry_after(wait),
+                                      "this user's request rate is over the limit")
+            if principal.role not in op.roles:
+                allowed = ", ".join(sorted(r.value for r in op.roles))
+                raise Forbidden(f"this operation is for: {allowed}")
+        path: dict[str, uuid.UUID] = {}
+        if self.params:
+            path_params = request.path_params
             bad = []
-            for name in params:
+            for name in self.params:
                 try:
-                    path[name] = uuid.UUID(request.path_params[name])
+                    path[name] = uuid.UUID(path_params[name])
                 except ValueError:
                     bad.append(FieldError("path", name, "must be a UUID"))
             if bad:
                 raise InvalidInput("invalid path parameter", errors=bad)
-            query = None
-            if op.query is not None:
-                try:
-                    query = op.query.model_validate(dict(request.query_params))
-                except pydantic.ValidationError as exc:
-                    raise InvalidInput("invalid query parameters",
-                                       errors=_field_errors(exc, "query")) from None
-            body = None
-            if op.body is not None:
-                raw = await request.body()
-                if not raw:
-                    raise InvalidInput("a JSON body is required",
-                                       errors=[FieldError("body", "body", "required")])
-                try:
-                    body = op.body.model_validate_json(raw)
-                except pydantic.ValidationError as exc:
-                    raise InvalidInput("invalid request body",
-                                       errors=_field_errors(exc, "body")) from None
-            result = await op.handler(Call(domain, request, principal, path, query, body))
-        except ApiError as exc:
-            return problem_response(exc, instance=request.url.path,
-                                    request_id=request.scope.get("georoute.request_id"))
-        if result is None:
-            return Response(status_code=204)
-        return Response(result.model_dump_json(by_alias=True), status_code=op.status,
-                        media_type="application/json")
-
-    endpoint.__name__ = op.operation_id
-    return Route(prefix + op.path, endpoint, methods=[op.method])
+        query = None
+        if op.query is not None:
+            try:
+                query = op.query.model_validate(dict(request.query_params))
+            except pydantic.ValidationError as exc:
+                raise InvalidInput("invalid query parameters",
+                                   errors=_field_errors(exc, "query")) from None
+        body = None
+        if op.body is not None:
+            raw = await request.body()
+            if not raw:
+                raise InvalidInput("a JSON body is required",
+                                   errors=[FieldError("body", "body", "required")])
+            try:
+                body = op.body.model_validate_json(raw)
+            except pydantic.ValidationError as exc:
+                raise InvalidInput("invalid request body",
+                                   errors=_field_errors(exc, "body")) from None
+        return Call(self.domain, request, principal, path, query, body)
