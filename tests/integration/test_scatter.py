@@ -5,6 +5,7 @@ fan-out; a shard that cannot answer fails the read, naming it, never with a part
 from __future__ import annotations
 
 import asyncio
+import datetime
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -116,6 +117,32 @@ async def test_refused_reads_say_which_part_and_why_and_writes_stay_refused(
         await db.execute("UPDATE users SET city = 'X' WHERE city = 'nowhere-at-all'")
     with pytest.raises(client.CrossShardError, match="only a read"):
         await db.execute("UPDATE users SET city = 'X' WHERE city = 'nowhere'", shard="*")
+
+
+async def test_text_each_shard_would_read_as_its_own_now_is_refused_naming_it(
+    db: client.Client, primaries: dict[str, asyncpg.Connection]
+) -> None:
+    """Each shard's statement starts at its own instant: text computed while it runs and cast
+    to a date or time reads 'now' as that shard's clock (every row of one database would
+    share one value; once these reads were accepted and mixed the shards' values)."""
+    instants = {await conn.fetchval("SELECT ('no' || 'w')::timestamptz")
+                for conn in primaries.values()}
+    assert len(instants) == len(primaries)  # what a merged answer would have mixed
+    for sql, args, part in (
+        ("SELECT ('no' || 'w')::timestamptz AS t FROM users", (), "'no' || 'w'"),
+        ("SELECT count(*) FROM users WHERE created_at < $1::text::timestamptz", ("now",),
+         "CAST($1 AS text)"),
+        ("SELECT count(*) FROM users WHERE created_at < 'today 10:00'", (), "today 10:00"),
+        ("SELECT count(*) FROM users WHERE created_at::date < concat('tod', 'ay')::date", (),
+         "concat('tod', 'ay')"),
+    ):
+        with pytest.raises(client.CrossShardError) as err:
+            await db.fetch(sql, *args, consistency="strong")
+        assert part in str(err.value) and "each shard" in str(err.value), err.value
+    # A date/time parameter is sent as one value, read alike by every shard.
+    count = await db.fetchval("SELECT count(*) FROM users WHERE created_at < $1::timestamptz",
+                              datetime.datetime.now(datetime.UTC), consistency="strong")
+    assert isinstance(count, int)
 
 
 async def test_read_your_writes_holds_for_a_scatter_read_right_after_a_write(
