@@ -103,10 +103,13 @@ class UserMoveBusy(TransactionError):
     shard, nothing moved: run it again."""
 
     code = ErrorCode.TRANSACTION_ABORTED
-    retry = Retry.ALWAYS
     sqlstate = "55P03"
 
     def __init__(self, user: str, cause: BaseException) -> None:
+        # TRANSACTION_ABORTED is not retryable by default (a client transaction must replay
+        # its statements); this one is the move's own and may simply go again. The reply's
+        # flag is authoritative (PROTOCOL.md section 3).
+        self.retry = Retry.ALWAYS
         super().__init__(
             f"user move of {user}: nothing was moved (rolled back on every shard): another "
             f"transaction holds a row the move needs, perhaps while it waits on the user's own "

@@ -140,10 +140,15 @@ async def test_text_each_shard_would_read_as_its_own_now_is_refused_naming_it(
         with pytest.raises(client.CrossShardError) as err:
             await db.fetch(sql, *args, consistency="strong")
         assert part in str(err.value) and "each shard" in str(err.value), err.value
-    # A date/time parameter is sent as one value, read alike by every shard.
+    # A date/time parameter is sent as one value, read alike by every shard; its text 'now'
+    # is not taken for one (the router sends dates and times in binary).
     count = await db.fetchval("SELECT count(*) FROM users WHERE created_at < $1::timestamptz",
                               datetime.datetime.now(datetime.UTC), consistency="strong")
     assert isinstance(count, int)
+    with pytest.raises(client.PostgresError) as refused:
+        await db.fetchval("SELECT count(*) FROM users WHERE created_at < $1", "now",
+                          consistency="strong")
+    assert refused.value.detail.get("raised_by") == "router", refused.value
 
 
 async def test_read_your_writes_holds_for_a_scatter_read_right_after_a_write(
