@@ -11,19 +11,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 import client
-from router.config import Config, NodeAddress
-from router.tools.db.connect import connect_node
+from router.config import Config
 from tests.integration.conftest import wait_until
-from tests.support.faultproxy import LOOPBACK, TcpFaultProxy
-from tests.support.router_proc import REGIONS, TOKEN, RouterProcess, running_router
-from tests.support.twophase import INSERT, SETUP, none_prepared, rows_of, tp_config
+from tests.support.faultproxy import TcpFaultProxy
+from tests.support.router_proc import TOKEN, RouterProcess, primary_through, running_router
+from tests.support.twophase import INSERT, none_prepared, rows_of, tp_config, tp_primaries
 
 SHIFT = 124  # this module's router: the session router's ports moved by this
 # The coordinator's COMMIT, as asyncpg sends it (a simple Query message); a participant's
@@ -46,12 +44,8 @@ def europe_proxy(migrated: Config) -> Iterator[TcpFaultProxy]:
 
 @pytest.fixture(scope="module")
 def links_router(migrated: Config, europe_proxy: TcpFaultProxy) -> Iterator[RouterProcess]:
-    base = tp_config(migrated, SHIFT, "tp-links")
-    europe = base.shards["europe"]
-    shards = {**base.shards, "europe": replace(
-        europe, primary=NodeAddress(LOOPBACK, europe_proxy.port, europe.primary.database))}
-    # TCP to every node: with a socket_dir the router would use the nodes' Unix sockets.
-    config = replace(base, shards=shards, database=replace(base.database, socket_dir=""))
+    config = primary_through(tp_config(migrated, SHIFT, "tp-links"), "europe",
+                             europe_proxy.port)
     with running_router(config, Path(migrated.cluster.state_dir) / "router-tp-links.toml") as p:
         yield p
 
@@ -59,14 +53,8 @@ def links_router(migrated: Config, europe_proxy: TcpFaultProxy) -> Iterator[Rout
 @pytest.fixture
 async def primaries(migrated: Config) -> AsyncIterator[dict[str, asyncpg.Connection]]:
     """Each shard's primary, reached around the proxy."""
-    conns = {r: await connect_node(migrated, migrated.shards[r].primary) for r in REGIONS}
-    try:
-        for conn in conns.values():
-            await conn.execute(SETUP)
+    async with tp_primaries(migrated) as conns:
         yield conns
-    finally:
-        for conn in conns.values():
-            await conn.close()
 
 
 @pytest.fixture
