@@ -254,8 +254,21 @@ class BackendPool:
         if not self.in_use:
             self._all_idle.set()
 
-    def release(self, backend: Backend, *, broken: bool = False) -> None:
-        if broken or backend.conn.is_closed() or self._closed:
+    def release(self, backend: Backend, *, broken: bool = False,
+                abandoned: bool = False) -> None:
+        """Give `backend` back: kept for the next borrower, or closed when `broken`.
+        `abandoned`: a statement on it was given up on mid-flight (cancelled by the request's
+        timeout, say). Closed too, but only once the server has stopped that statement:
+        PostgreSQL notices a closed connection only when it next writes to it, so a sort
+        left behind would run on for up to the session's statement_timeout."""
+        if abandoned and not backend.conn.is_closed() and not self._closed:
+            self._all.discard(backend)
+            self._note_returned()
+            self.closed_total["broken"] += 1
+            self._closing += 1  # its slot opens once it is gone
+            self._spawn(self._stop_then_close(backend.conn))
+            return
+        if broken or abandoned or backend.conn.is_closed() or self._closed:
             self._discard(backend)
             return
         if backend.dirty:  # its session changed: closed politely, and replaced on demand
@@ -298,6 +311,23 @@ class BackendPool:
         except Exception:
             conn.terminate()
         finally:
+            self._closing -= 1
+            self._slot_freed()
+
+    async def _stop_then_close(self, conn: asyncpg.Connection) -> None:
+        """Close a connection whose statement was given up on, once the server has stopped
+        it. asyncpg sends a cancel request for a query whose caller was cancelled and makes
+        the connection's next query wait for it (the cancelled one ends with 57014 first),
+        so one trivial query both waits for the cancel and shows it landed; closing at once
+        would drop that request. Bounded by connect_timeout_seconds (a node that does not
+        answer: closed anyway)."""
+        try:
+            async with asyncio.timeout(self._db.connect_timeout_seconds):
+                await conn.execute("SELECT 1")
+        except Exception as exc:  # expected when the cancel arrived late or the link is gone
+            log.debug("%s: after a statement given up on: %s", self.name, exc)
+        finally:
+            conn.terminate()
             self._closing -= 1
             self._slot_freed()
 

@@ -1,8 +1,9 @@
 # pglast's AST types mark every field Optional, though the parser fills the ones read here.
 # mypy: disable-error-code="arg-type,index,assignment,union-attr,misc,attr-defined"
 """Cross-shard reads, what is refused whatever the plan (pure): shapes that are not merged,
-values that differ per shard or per statement, collations, tables that would meet rows of
-other shards, aggregates of the outer query inside subqueries, the merge's own names."""
+values that differ per shard or per statement (scatter_volatile.py), collations, tables
+that would meet rows of other shards, aggregates of the outer query inside subqueries, the
+merge's own names."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pglast.enums import LimitOption, SetOperation
 from router.core.confinement import Confinement
 from router.core.scatter_plan import Refusal, ScatterRefused
 from router.core.scatter_tree import func_name, is_aggregate, refuse, walk
+from router.core.scatter_volatile import check_per_shard_values
 
 __all__ = [
     "C_COLLATIONS",
@@ -25,22 +27,6 @@ __all__ = [
 ]
 
 
-# Functions whose value differs between shards, or from call to call: an answer built from
-# several shards' values would be none that one database gives.
-_VOLATILE = frozenset({
-    "random", "random_normal", "setseed", "clock_timestamp", "timeofday", "nextval", "currval",
-    "lastval", "setval", "gen_random_uuid", "uuidv4", "uuidv7", "uuid_generate_v4",
-    "georoute_id", "georoute_region", "txid_current", "pg_current_xact_id", "pg_backend_pid",
-    "inet_server_port", "inet_server_addr", "pg_is_in_recovery", "pg_last_wal_replay_lsn",
-    "pg_current_wal_lsn", "pg_postmaster_start_time", "pg_sleep",
-    # One value per statement, or per session or node: each shard's statement has its own.
-    "now", "statement_timestamp", "transaction_timestamp", "current_setting",
-    "current_database", "current_schema", "current_schemas", "current_query", "version",
-    "inet_client_addr", "inet_client_port", "pg_conf_load_time", "txid_current_snapshot",
-    "pg_current_snapshot", "pg_my_temp_schema", "pg_trigger_depth", "pg_backend_memory_contexts",
-})
-# Text that the input functions of dates and times read as the statement's own time.
-_TIME_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})
 # Set-returning functions: in a grouped select list they multiply each group's row, which
 # the merge would take for a group key.
 _SET_RETURNING = frozenset({
@@ -152,10 +138,8 @@ def check_shape(stmt: Any) -> None:
     if stmt.distinctClause and stmt.distinctClause != (None,):
         raise refuse(Refusal.DISTINCT, "DISTINCT ON",
                       "which row each shard keeps depends on rows of the other shards")
+    check_per_shard_values(stmt)
     for node in walk(stmt, into_queries=True):
-        if isinstance(node, ast.FuncCall) and func_name(node) in _VOLATILE:
-            raise refuse(Refusal.VOLATILE, node,
-                          "its value differs between shards or between calls")
         if isinstance(node, ast.CollateClause) and (
                 node.collname[-1].sval.lower() not in C_COLLATIONS):
             # Anywhere: the merge compares, groups and takes min/max of text by code point.
@@ -163,9 +147,6 @@ def check_shape(stmt: Any) -> None:
         if _names(node).startswith(HIDDEN_PREFIX):
             raise refuse(Refusal.SHAPE, _names(node),
                           "names starting with _georoute_ are the merge's own columns")
-        if isinstance(node, ast.SQLValueFunction) or _is_time_word(node):
-            raise refuse(Refusal.VOLATILE, node, "its value is the statement's or the "
-                                                  "session's own, different on each shard")
         if isinstance(node, ast.RangeTableSample):
             raise refuse(Refusal.SHAPE, "TABLESAMPLE", "each shard would sample on its own")
         if isinstance(node, ast.GroupingSet):
@@ -197,11 +178,3 @@ def check_set_returning(stmt: Any) -> None:
         if isinstance(node, ast.FuncCall) and func_name(node) in _SET_RETURNING:
             raise refuse(Refusal.SHAPE, node, "a set-returning function in a grouped read "
                                                "makes rows of one group the merge cannot tell")
-
-
-def _is_time_word(node: Any) -> bool:
-    """'now'::timestamptz, or created_at < 'now' (the literal takes the column's type): read
-    when each shard plans the statement. A text that happens to be one of these words is
-    refused too; the router does not know the type a bare literal takes."""
-    val = node.val if isinstance(node, ast.A_Const) else None
-    return isinstance(val, ast.String) and val.sval.strip().lower() in _TIME_WORDS

@@ -30,6 +30,7 @@ __all__ = [
     "TransactionError",
     "TwoPhaseAborted",
     "UnknownTransaction",
+    "UserMoveBusy",
     "is_read_only_refusal",
 ]
 
@@ -93,6 +94,26 @@ class TransactionAborted(TransactionError):
 
 class TooManyTransactions(TransactionError):
     code = ErrorCode.TOO_MANY_TRANSACTIONS
+
+
+class UserMoveBusy(TransactionError):
+    """A user move gave up waiting on a row another transaction holds (its lock_timeout,
+    sql/024): on another shard than the user's, that transaction may be waiting on the user's
+    rows the move holds, a deadlock across shards no PostgreSQL can see. Rolled back on every
+    shard, nothing moved: run it again."""
+
+    code = ErrorCode.TRANSACTION_ABORTED
+    sqlstate = "55P03"
+
+    def __init__(self, user: str, cause: BaseException) -> None:
+        # TRANSACTION_ABORTED is not retryable by default (a client transaction must replay
+        # its statements); this one is the move's own and may simply go again. The reply's
+        # flag is authoritative (PROTOCOL.md section 3).
+        self.retry = Retry.ALWAYS
+        super().__init__(
+            f"user move of {user}: nothing was moved (rolled back on every shard): another "
+            f"transaction holds a row the move needs, perhaps while it waits on the user's own "
+            f"rows (an enrollment of this user, say); run the move again ({cause})")
 
 
 class TwoPhaseAborted(TransactionError):

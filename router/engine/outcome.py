@@ -108,6 +108,7 @@ def returned_after(node: NodeState, backend: Backend) -> Iterator[None]:
         node.pool.release(backend)  # the statement failed (or never left); the connection is fine
         raise
     except BaseException:
-        node.pool.release(backend, broken=True)  # e.g. cancelled mid-statement
+        # e.g. cancelled mid-statement: stopped on the server, then closed (pool.release)
+        node.pool.release(backend, abandoned=True)
         raise
     node.pool.release(backend)

@@ -10,7 +10,9 @@ connections, and otherwise left to the recovery sweeper (router/engine/recovery.
 obeys the decision row. A refusal anywhere in phase one rolls every branch back; so does a
 decision that could not be written (an abort recorded first by a recovering router). The
 client is told COMMIT, the error that rolled it back, or, only when the coordinator's COMMIT
-was sent and its shard can no longer be asked, that the outcome is unknown.
+was sent and its shard can no longer be asked, that the outcome is unknown. Every wait on a
+shard is bounded (phase one by half the grace period, the decision and phase two by
+phase_two_seconds): a stalled link delays the answer, it never withholds it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -207,10 +210,9 @@ class Coordinator:
         record = coordinator.backend.run(RECORD_COMMIT_SQL, [gtid, names, self._router])
         prepares = [_execute(p.backend, f"PREPARE TRANSACTION '{gids[p.shard]}'")
                     for p in participants]
-        results = await asyncio.gather(record, *prepares, self._commit_readers(readers),
-                                       return_exceptions=True)
+        results = await self._phase_one([record, *prepares], self._commit_readers(readers))
         failures: list[tuple[Branch, BaseException]] = [
-            (b, r) for b, r in zip(writers, results, strict=False) if isinstance(r, BaseException)]
+            (b, r) for b, r in zip(writers, results, strict=True) if r is not None]
         if not failures and loop.time() - started >= self._phase_one_limit:
             slow = PhaseOneTooSlow(f"phase one took {loop.time() - started:.1f} s, over half of "
                                 "router.twophase_grace_seconds")
@@ -225,9 +227,13 @@ class Coordinator:
         state = advance(state, TxEvent.ALL_PREPARED)
         self._maybe_fail(FaultPoint.AFTER_PREPARE)
 
-        # The decision: the coordinator's branch commits, decision row and all.
+        # The decision: the coordinator's branch commits, decision row and all. Its answer
+        # is awaited for phase_two_seconds at most: a link that stalls after the COMMIT left
+        # (or before) is taken as lost, and the decision is read back on a fresh connection
+        # (asyncio's TimeoutError is an OSError, one of CONNECTION_ERRORS).
         try:
-            await _execute(coordinator.backend, "COMMIT")
+            async with asyncio.timeout(self._phase_two_seconds):
+                await _execute(coordinator.backend, "COMMIT")
         except CONNECTION_ERRORS as exc:
             _release(coordinator, broken=True)
             recorded = await self._read_back(coordinator, gtid, names)
@@ -271,6 +277,27 @@ class Coordinator:
             log.warning("transaction %s committed; COMMIT PREPARED on %s left to recovery",
                         gtid, ", ".join(deferred))
         return CommitResult(tuple(committed), tuple(deferred), gtid)
+
+    async def _phase_one(self, steps: Sequence[Awaitable[Any]],
+                         readers: Awaitable[None]) -> list[BaseException | None]:
+        """Run phase one's steps (the decision row, the PREPAREs) and the readers' commits at
+        once; each step's failure, or None. A step with no answer within the phase-one limit
+        (a stalled link) is given up on as PhaseOneTooSlow: waited for longer, the client would
+        hang with it, and a decision written later could follow an abort recovery presumed."""
+        tasks = [asyncio.ensure_future(step) for step in steps]
+        others = asyncio.ensure_future(readers)
+        try:
+            _, late = await asyncio.wait(tasks, timeout=self._phase_one_limit)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, others, return_exceptions=True)
+        except BaseException:
+            for task in (*tasks, others):
+                task.cancel()
+            raise
+        limit = (f"no answer within {self._phase_one_limit:g} s, half of "
+                 "router.twophase_grace_seconds")
+        return [PhaseOneTooSlow(limit) if task in late else task.exception() for task in tasks]
 
     def _maybe_fail(self, point: FaultPoint) -> None:
         if self._fault is point:
@@ -325,7 +352,10 @@ class Coordinator:
         pause = 0.05
         while True:
             try:
-                await self._finish(branch, f"COMMIT PREPARED '{gid}'")
+                # Each try within what is left: a stalled link must not hold the client's
+                # answer (the decision is made; the sweeper finishes what is left).
+                async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
+                    await self._finish(branch, f"COMMIT PREPARED '{gid}'")
                 return True
             except asyncpg.UndefinedObjectError:
                 return True  # a recovering router committed it already

@@ -8,6 +8,12 @@ under ids minted on the new one, rekey_remote_enrollments keeps every course's r
 enrollments held elsewhere true, and the old -> new id of each moved row is written to
 moved_ids, a reference table, on every shard. Then the preferences document is re-keyed.
 
+Locks across shards: the move holds the user's rows on their shard while it writes on their
+courses' shards and the new one, where a transaction of the same user (an enrollment) may
+hold a course's row while it waits on the user's: a deadlock no single PostgreSQL sees. The
+functions that write there wait on a lock for 2 s at most (sql/024), and the move then fails
+as UserMoveBusy (retryable; nothing moved) instead of both waiting for the statement timeout.
+
 A move that dies before its commit leaves nothing (its branches roll back, or the recovery
 sweep settles them alike); one that dies after leaves the rows moved and perhaps the
 document not: running it again finds the user already there (their id resolves, through
@@ -34,6 +40,7 @@ from router.core.errors import RoutingError, UnknownShardError
 from router.core.routing import shard_of_value
 from router.engine.branches import DistributedTransaction
 from router.engine.distributed import DistributedTransactions
+from router.engine.errors import UserMoveBusy
 from router.engine.session import Session
 
 __all__ = ["MoveReport", "UserMover", "move_request"]
@@ -94,6 +101,8 @@ class UserMover:
             try:
                 report = await self._move_rows(user_id, region)
                 break
+            except asyncpg.LockNotAvailableError as exc:  # sql/024's lock_timeout
+                raise UserMoveBusy(str(user_id), exc) from exc
             except asyncpg.PostgresError as exc:
                 if (exc.sqlstate != "P0002" or attempt == _ATTEMPTS - 1
                         or await self._resolve(user_id) == self._tried):

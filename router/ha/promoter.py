@@ -11,8 +11,9 @@ Exactly one promotion per failure, also when two router nodes decide at once:
    timeline) and asks `decide_promotion`: a node already out of recovery means someone
    promoted it (Adopt: nothing to do), a primary that answers again means no failover;
 3. only then `pg_promote(true, ...)`; on a node already promoted it fails harmlessly;
-4. it records the promotion in `georoute_failovers` on the new primary (an audit trail that
-   replicates with the data; the agreement itself is the timeline, router/core/primary.py),
+4. it records the promotion in `georoute_failovers` (sql/023) on the new primary (an audit
+   trail that replicates with the data; the agreement itself is the timeline,
+   router/core/primary.py),
    and closes its connections, which releases the locks.
 Every router's monitor then follows the new primary by its timeline.
 """
@@ -52,11 +53,7 @@ STATE_SQL = (
     f"END - '0/0'::pg_lsn)::int8, {TIMELINE_SQL}"
 )
 LOCK_SQL = "SELECT pg_advisory_lock(hashtext($1))"
-RECORD_SQL = (
-    "CREATE TABLE IF NOT EXISTS georoute_failovers (at timestamptz NOT NULL DEFAULT now(), "
-    "shard text NOT NULL, old_primary text NOT NULL, new_primary text NOT NULL, "
-    "timeline int, promoted_by text NOT NULL, reason text NOT NULL)"
-)
+# The table is sql/023_georoute_failovers.sql's (a shard not migrated that far: not recorded).
 INSERT_SQL = (
     "INSERT INTO georoute_failovers (shard, old_primary, new_primary, timeline, promoted_by, "
     f"reason) VALUES ($1, $2, $3, {TIMELINE_SQL}, $4, $5)"
@@ -167,7 +164,6 @@ class Promoter:
                 log.warning("shard %s runs asynchronously on %s until a standby rejoins",
                             plan.shard, step.replica)
             try:
-                await conn.execute(RECORD_SQL)
                 await conn.execute(INSERT_SQL, plan.shard, old, step.replica,
                                    self._config.router.node_name, record.reason)
             except asyncpg.PostgresError as exc:  # the timeline is the agreement; this is a log

@@ -19,7 +19,7 @@ import pytest
 
 import client
 from protocol import ErrorCode, Hints, Query, QueryKind
-from router.config import Config, NodeAddress
+from router.config import Config
 from router.tools.db.connect import connect_node
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
@@ -30,6 +30,7 @@ from tests.support.router_proc import (
     TOKEN,
     RouterProcess,
     number,
+    primary_through,
     raw_request,
     router_config,
     running_router,
@@ -57,11 +58,7 @@ def primary_proxy(cluster: LocalCluster, migrated: Config) -> Iterator[TcpFaultP
 @pytest.fixture(scope="module")
 def proxied_router(migrated: Config, primary_proxy: TcpFaultProxy) -> Iterator[RouterProcess]:
     base = router_config(migrated, port_shift=PROXIED_SHIFT)
-    europe = base.shards["europe"]
-    shards = {**base.shards, "europe": replace(
-        europe, primary=NodeAddress(LOOPBACK, primary_proxy.port, europe.primary.database))}
-    # TCP to every node: with a socket_dir the router would use the nodes' Unix sockets.
-    config = replace(base, shards=shards, database=replace(base.database, socket_dir=""))
+    config = primary_through(base, "europe", primary_proxy.port)
     path = Path(migrated.cluster.state_dir) / "router-faults.toml"
     with running_router(config, path) as proc:
         yield proc

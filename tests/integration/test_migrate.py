@@ -13,6 +13,7 @@ import pytest
 
 from router.config import Config
 from router.errors import MigrationError
+from router.ha.promoter import INSERT_SQL
 from router.tools.db.connect import connect_node
 from router.tools.db.health_report import Reachability, check_health
 from router.tools.db.migrate import load_migrations, migrate
@@ -161,3 +162,62 @@ async def test_a_shard_bootstrapped_before_008_takes_it(migrated: Config, tmp_pa
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {scratch} WITH (FORCE)")
         await admin.close()
+
+
+_PROMOTERS_OLD_DDL = (  # what router/ha/promoter.py ran on first use before sql/023
+    "CREATE TABLE IF NOT EXISTS georoute_failovers (at timestamptz NOT NULL DEFAULT now(), "
+    "shard text NOT NULL, old_primary text NOT NULL, new_primary text NOT NULL, "
+    "timeline int, promoted_by text NOT NULL, reason text NOT NULL)"
+)
+
+
+async def test_georoute_failovers_is_made_by_the_migrations(migrated: Config,
+                                                             tmp_path: Path) -> None:
+    """A freshly migrated shard has georoute_failovers before any failover, and the
+    promoter's insert records into it (once the promoter made the table on first use, so a
+    shard that never failed over had none); a shard where the promoter did make it, with a
+    row in it, migrates cleanly and keeps the row. Scratch databases on europe's primary."""
+    europe = migrated.shards["europe"]
+    admin = await connect_node(migrated, europe.primary)
+    before_023 = [m for m in load_migrations() if m.version < 23]
+    for m in before_023:
+        (tmp_path / f"{m.version:03d}_{m.name}.sql").write_text(m.sql)
+    columns_sql = ("SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+                   "WHERE table_name = 'georoute_failovers' ORDER BY ordinal_position")
+    found = {}
+    try:
+        for label in ("fresh", "promoted"):
+            scratch = f"failovers_mig_{label}_{uuid.uuid4().hex[:8]}"
+            shard = dataclasses.replace(
+                europe, primary=dataclasses.replace(europe.primary, database=scratch))
+            config = dataclasses.replace(migrated, shards={"europe": shard})
+            await admin.execute(f"CREATE DATABASE {scratch}")
+            try:
+                conn = await connect_node(config, shard.primary)
+                try:
+                    if label == "promoted":  # an older cluster whose promoter made the table
+                        await migrate(config, sql_dir=tmp_path, documents=False)
+                        await conn.execute(_PROMOTERS_OLD_DDL)
+                        await conn.execute(INSERT_SQL, "europe", "europe-1", "europe-2",
+                                           "router-a", "before the migration")
+                    report = await migrate(config, documents=False)
+                    assert "023_georoute_failovers" in report.shards["europe"].applied
+                    found[label] = [tuple(r) for r in await conn.fetch(columns_sql)]
+                    await conn.execute(INSERT_SQL, "europe", "europe-2", "europe-1",
+                                       "router-b", "after the migration")
+                    rows = await conn.fetch("SELECT shard, old_primary, new_primary, timeline, "
+                                            "promoted_by, reason FROM georoute_failovers "
+                                            "ORDER BY at")
+                    assert [r["reason"] for r in rows] == (
+                        ["before the migration"] if label == "promoted" else []
+                    ) + ["after the migration"]
+                    assert all(r["timeline"] == 1 for r in rows)
+                finally:
+                    await conn.close()
+            finally:
+                await admin.execute(f"DROP DATABASE IF EXISTS {scratch} WITH (FORCE)")
+    finally:
+        await admin.close()
+    assert found["fresh"] == found["promoted"]
+    assert [c[0] for c in found["fresh"]] == ["at", "shard", "old_primary", "new_primary",
+                                              "timeline", "promoted_by", "reason"]

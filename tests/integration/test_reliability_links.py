@@ -10,23 +10,23 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import client
 from protocol import ErrorCode, Hints, Query, QueryKind
-from router.config import Config, NodeAddress
+from router.config import Config
 from router.tools.db.connect import connect_node
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
 from tests.support.checker import Attempt, Checker, Outcome, Report, SqlTarget, with_checker_table
-from tests.support.faultproxy import LOOPBACK, TcpFaultProxy
+from tests.support.faultproxy import TcpFaultProxy
 from tests.support.reliability import record
 from tests.support.router_proc import (
     TOKEN,
     RouterProcess,
+    primary_through,
     raw_request,
     router_config,
     running_router,
@@ -47,11 +47,7 @@ def proxy(cluster: LocalCluster, migrated: Config) -> Iterator[TcpFaultProxy]:
 @pytest.fixture(scope="module")
 def router(migrated: Config, proxy: TcpFaultProxy) -> Iterator[RouterProcess]:
     base = with_checker_table(router_config(migrated, port_shift=SHIFT))
-    europe = base.shards["europe"]
-    shards = {**base.shards, "europe": replace(
-        europe, primary=NodeAddress(LOOPBACK, proxy.port, europe.primary.database))}
-    # TCP to every node: with a socket_dir the router would use the nodes' Unix sockets.
-    config = replace(base, shards=shards, database=replace(base.database, socket_dir=""))
+    config = primary_through(base, "europe", proxy.port)
     with running_router(config, Path(migrated.cluster.state_dir) / "router-links.toml") as proc:
         yield proc
 

@@ -17,8 +17,8 @@ import client
 from router.config import Config
 from router.tools.db.connect import connect_node
 from tests.integration.conftest import wait_until
-from tests.support.router_proc import REGIONS, TOKEN, RouterProcess, running_router
-from tests.support.twophase import INSERT, SETUP, none_prepared, rows_of, tp_config
+from tests.support.router_proc import TOKEN, RouterProcess, running_router
+from tests.support.twophase import INSERT, none_prepared, rows_of, tp_config, tp_primaries
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +30,8 @@ def tp_router(migrated: Config) -> Iterator[RouterProcess]:
 
 @pytest.fixture
 async def primaries(migrated: Config) -> AsyncIterator[dict[str, asyncpg.Connection]]:
-    conns = {r: await connect_node(migrated, migrated.shards[r].primary) for r in REGIONS}
-    try:
-        for conn in conns.values():
-            await conn.execute(SETUP)
+    async with tp_primaries(migrated) as conns:
         yield conns
-    finally:
-        for conn in conns.values():
-            await conn.close()
 
 
 @pytest.fixture

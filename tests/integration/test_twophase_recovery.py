@@ -14,30 +14,23 @@ import pytest
 import client
 from router.config import Config
 from router.engine.twophase import FAULT_ENV, FAULT_EXIT_CODE
-from router.tools.db.connect import connect_node
 from tests.integration.conftest import wait_until
-from tests.support.router_proc import REGIONS, TOKEN, running_router
+from tests.support.router_proc import TOKEN, running_router
 from tests.support.twophase import (
     INSERT,
-    SETUP,
     Primaries,
     none_prepared,
     prepared,
     rows_of,
     tp_config,
+    tp_primaries,
 )
 
 
 @pytest.fixture
 async def primaries(migrated: Config) -> AsyncIterator[Primaries]:
-    conns = {r: await connect_node(migrated, migrated.shards[r].primary) for r in REGIONS}
-    try:
-        for conn in conns.values():
-            await conn.execute(SETUP)
+    async with tp_primaries(migrated) as conns:
         yield conns
-    finally:
-        for conn in conns.values():
-            await conn.close()
 
 
 @pytest.mark.parametrize(("point", "committed"), [("after_prepare", False),

@@ -374,3 +374,78 @@ async def test_two_moves_of_one_user_at_once_move_them_once(
     new_id = uuid.UUID(reports[0]["current_id"])
     assert _counts(await _theirs(shards["asia"].conn, new_id)) == before
     assert not any((await _theirs(shards["europe"].conn, s.user_id)).values())
+
+
+async def test_a_move_meeting_an_enrollment_of_the_same_user_fails_fast_and_it_enrolls(
+    router: RouterProcess, shards: dict[str, Catalogue], db: client.Client
+) -> None:
+    """A cross-shard wait PostgreSQL cannot see as a deadlock: an enrollment holds its course's
+    row on Asia's shard (remote_course_terms) and waits on the student's rows on Europe's,
+    which the move holds while it waits on that course's row to re-key the student's seat.
+    Once both waited until router.statement_timeout_seconds (30 s); now the move gives up
+    within its lock wait (2 s), rolled back everywhere and retryable, the enrollment goes on,
+    and the move run again moves the student, new enrollment and all."""
+    eu, asia = shards["europe"], shards["asia"]
+    far = await asia.course(lessons=1)
+    user = await eu.user()
+    first = await _enroll_remote(eu, asia, far, user)
+    await eu.conn.fetchval("SELECT cancel_enrollment($1, true)", first)
+    await asia.conn.fetchval("SELECT release_remote_seat($1, $2)", far.course_id, first)
+
+    async def move_waits_on_the_course() -> bool:
+        return bool(await asia.conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE '%rekey_remote_enrollments%'"))
+
+    async def enrollment_waits_on_the_student() -> bool:
+        return bool(await eu.conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE '%enroll_remote%'"))
+
+    on_asia = await connect_node(router.config, router.config.shards["asia"].primary)
+    on_europe = await connect_node(router.config, router.config.shards["europe"].primary)
+    try:
+        # The enrollment, as the API runs it (here on two direct connections): the course's
+        # row first.
+        asia_tx, europe_tx = on_asia.transaction(), on_europe.transaction()
+        await asia_tx.start()
+        await europe_tx.start()
+        terms = await on_asia.fetchrow("SELECT * FROM remote_course_terms($1, $2)",
+                                       far.course_id, user)
+        assert terms is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        move = asyncio.ensure_future(db.move_user(user, "north_america"))
+        await wait_until(move_waits_on_the_course, within=10,
+                         what="the move to wait on the course's row")
+        enroll = asyncio.ensure_future(on_europe.fetchval(
+            "SELECT enroll_remote($1, $2, $3, $4, $5)", user, far.course_id,
+            terms["price_cents"], terms["currency"], terms["lesson_ids"]))
+        await wait_until(lambda: enrollment_waits_on_the_student() if not enroll.done()
+                         else _true(), within=10, what="the enrollment to wait on the student")
+        with pytest.raises(client.GeorouteError) as err:
+            async with asyncio.timeout(10):
+                await move
+        assert loop.time() - started < 10  # not router.statement_timeout_seconds (30 s)
+        assert err.value.retryable, err.value
+        assert "nothing was moved" in str(err.value) and "again" in str(err.value)
+        async with asyncio.timeout(10):
+            assert await enroll == first  # the cancelled enrollment, taken up again
+        await on_asia.fetchval("SELECT hold_remote_seat($1, $2)", far.course_id, first)
+        await europe_tx.commit()
+        await asia_tx.commit()
+    finally:
+        await on_asia.close()
+        await on_europe.close()
+    assert await eu.conn.fetchval("SELECT status::text FROM enrollments "
+                                  "WHERE enrollment_id = $1", first) == "active"
+    report = await db.move_user(user, "north_america")  # run again: it moves
+    assert report["moved"] and report["rows"]["enrollments"] == 1
+    new_user = uuid.UUID(report["current_id"])
+    na = shards["north_america"]
+    assert await na.conn.fetchval("SELECT count(*) FROM enrollments WHERE user_id = $1 "
+                                  "AND status = 'active'", new_user) == 1
+
+
+async def _true() -> bool:
+    return True

@@ -257,6 +257,8 @@ class TcpFaultProxy(_Proxy):
         self._flowing: asyncio.Event | None = None
         self._refusing = False
         self._closing = False
+        self._trigger: tuple[bytes, str, bool] | None = None  # fault_on(): marker, fault, deliver
+        self._fired = False
         self._counts = dict.fromkeys(
             ("accepted", "refused", "resets", "to_server", "to_client", "discarded"), 0)
 
@@ -289,6 +291,19 @@ class TcpFaultProxy(_Proxy):
         and nothing comes back, not even a FIN. A server process that hangs, or a middlebox
         that lost the connection's state, looks like this. Returns how many."""
         return self._control(self._half_open_all)
+
+    def fault_on(self, marker: bytes, fault: str, *, deliver: bool) -> None:
+        """Arm a one-shot fault for the first chunk a client sends that contains `marker` (a
+        statement's text, say): `fault` is "reset" (every connection, as reset()) or "stall"
+        (as stall()), applied before that chunk reaches the target (`deliver` False: it never
+        does, or after a resume()) or right after it did (True: the target acts on it, and
+        its answer is lost or held). `triggered()` says whether it fired."""
+        if fault not in ("reset", "stall"):
+            raise ValueError(f"unknown fault {fault!r} (reset, stall)")
+        self._control(lambda: setattr(self, "_trigger", (marker, fault, deliver)))
+
+    def triggered(self) -> bool:
+        return self._control(lambda: self._fired)
 
     def refuse(self, refusing: bool = True) -> None:
         """Reset new connections at once (a server that is down), or relay them again."""
@@ -447,9 +462,26 @@ class TcpFaultProxy(_Proxy):
                 continue
             if dst.transport.is_closing():
                 raise ConnectionResetError("the other side is gone")
+            trigger = self._trigger
+            fire = (trigger is not None and counter == "to_server" and trigger[0] in data)
+            if fire and trigger is not None and not trigger[2]:
+                self._fire(trigger[1])  # before it reaches the target
+                if trigger[1] == "reset":
+                    raise ConnectionResetError("reset by fault_on()")
+                await self._flow().wait()  # held until resume()
             dst.write(data)
             await dst.drain()
             self._counts[counter] += len(data)
+            if fire and trigger is not None and trigger[2]:
+                self._fire(trigger[1])  # it reached the target; the answer is lost or held
+
+    def _fire(self, fault: str) -> None:
+        self._trigger = None
+        self._fired = True
+        if fault == "stall":
+            self._flow().clear()
+        else:
+            self._reset_all()
 
     def _reset_all(self) -> int:
         links = list(self._links.values())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import FrameDecoder, Hello, Query, encode
-from router.config import Config, TableConfig
+from router.config import Config, NodeAddress, TableConfig
 from router.tools.config_write import config_to_toml
 
 TOKEN = "test-token-0123456789"
@@ -55,6 +55,16 @@ def router_config(base: Config, *, port_shift: int = 0, **router_changes: object
     heartbeat = replace(base.heartbeat, port=base.heartbeat.port + port_shift)
     api = replace(base.api, port=base.api.port + port_shift)
     return replace(base, router=r, metrics=metrics, heartbeat=heartbeat, api=api, tables=tables)
+
+
+def primary_through(config: Config, shard: str, port: int) -> Config:
+    """`config` with `shard`'s primary reached on 127.0.0.1:`port` (a fault proxy in front of
+    it), and every node over TCP: with a socket_dir the router would use the nodes' Unix
+    sockets, around the proxy."""
+    entry = config.shards[shard]
+    shards = {**config.shards, shard: replace(
+        entry, primary=NodeAddress("127.0.0.1", port, entry.primary.database))}
+    return replace(config, shards=shards, database=replace(config.database, socket_dir=""))
 
 
 @dataclass

@@ -4,12 +4,15 @@ each primary holds."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import asyncpg
 
 from router.config import Config, TableConfig
+from router.tools.db.connect import connect_node
 from tests.support.router_proc import router_config
 
 TABLE = TableConfig(name="tp_items", region_column="region", id_columns=("item_id",))
@@ -46,6 +49,19 @@ def tp_config(migrated: Config, shift: int, name: str) -> Config:
                            twophase_recovery_interval_seconds=0.2)
     return replace(config, tables={**config.tables, TABLE.name: TABLE},
                    router=replace(config.router, node_name=name))
+
+
+@contextlib.asynccontextmanager
+async def tp_primaries(migrated: Config) -> AsyncIterator[Primaries]:
+    """A connection to each shard's primary (direct), with tp_items set up there."""
+    conns = {r: await connect_node(migrated, s.primary) for r, s in migrated.shards.items()}
+    try:
+        for conn in conns.values():
+            await conn.execute(SETUP)
+        yield conns
+    finally:
+        for conn in conns.values():
+            await conn.close()
 
 
 async def rows_of(primaries: Primaries, item: uuid.UUID) -> dict[str, int]:

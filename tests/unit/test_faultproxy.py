@@ -162,6 +162,37 @@ async def test_reset_resets_both_sides_and_new_connections_still_pass(
     writer.close()
 
 
+async def test_a_fault_armed_on_a_marker_fires_once_before_or_after_delivering_it(
+    backend: Backend, proxy: TcpFaultProxy
+) -> None:
+    # A reset before: the marked chunk never reaches the target; new connections pass.
+    reader, writer = await connect(proxy)
+    proxy.fault_on(b"COMMIT", "reset", deliver=False)
+    writer.write(b"hello")
+    assert await read_exactly(reader, 5) == b"hello"
+    assert not proxy.triggered()
+    writer.write(b"COMMIT")
+    with pytest.raises(ConnectionResetError):
+        async with asyncio.timeout(10):
+            await reader.read(1)
+    assert proxy.triggered() and bytes(backend.received) == b"hello"
+    writer.close()
+    # A stall after: the target gets the chunk, its answer is held until resume().
+    reader, writer = await connect(proxy)
+    proxy.fault_on(b"COMMIT", "stall", deliver=True)
+    writer.write(b"COMMIT")
+    await until(lambda: bytes(backend.received).endswith(b"helloCOMMIT"),
+                what="the target to get the marked chunk")
+    await until(lambda: proxy.stats().held == 6, what="its answer held")
+    proxy.resume()
+    assert await read_exactly(reader, 6) == b"COMMIT"
+    writer.write(b"COMMIT")  # fired once: passes now
+    assert await read_exactly(reader, 6) == b"COMMIT"
+    writer.close()
+    with pytest.raises(ValueError, match="unknown fault"):
+        proxy.fault_on(b"x", "explode", deliver=True)
+
+
 async def test_half_open_keeps_the_client_side_open_and_silent(
     backend: Backend, proxy: TcpFaultProxy
 ) -> None:

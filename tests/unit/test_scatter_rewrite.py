@@ -357,6 +357,62 @@ def test_values_that_differ_per_shard_or_per_statement_are_refused(
     assert refused(classifier, config, sql).reason is Refusal.VOLATILE
 
 
+@pytest.mark.parametrize(("sql", "part"), [
+    # Text computed while the statement runs, then cast to a date or time: PostgreSQL's
+    # input function reads 'now' in it as each shard's own clock (once accepted).
+    ("SELECT ('no' || 'w')::timestamptz AS t FROM users", "'no' || 'w'"),
+    ("SELECT user_id FROM users WHERE created_at < concat('n', 'ow')::timestamptz", "concat"),
+    ("SELECT user_id FROM users WHERE created_at < $1::text::timestamptz", "CAST($1 AS text)"),
+    ("SELECT user_id FROM users WHERE created_at < ('{now}'::text[])[1]::timestamptz", "[1]"),
+    ("SELECT user_id FROM users WHERE created_at < ('\"now\"'::jsonb #>> '{}')::date", "#>>"),
+    ("SELECT user_id FROM users WHERE created_at < timestamptz(lower('NOW'))", "timestamptz("),
+    ("SELECT user_id FROM users WHERE created_at < (SELECT replace('xnow', 'x', '')::date)",
+     "replace"),
+    ("WITH t AS (SELECT ('no' || 'w')::timestamptz AS n) SELECT user_id FROM users, t "
+     "WHERE created_at < t.n", "'no' || 'w'"),
+    ("SELECT user_id FROM users WHERE created_at < CASE WHEN $1 THEN created_at "
+     "ELSE $2::text::timestamptz END", "CAST($2 AS text)"),
+    # The time words among other fields, in arrays, ranges and JSON.
+    ("SELECT user_id FROM users WHERE created_at < 'today 10:00'::timestamptz", "today 10:00"),
+    ("SELECT user_id FROM users WHERE created_at < 'yesterday allballs'", "yesterday"),
+    ("SELECT user_id FROM users WHERE created_at = ANY('{now}'::timestamptz[])", "{now}"),
+    ("SELECT user_id FROM users WHERE created_at <@ '[-infinity,now)'::tstzrange", "now)"),
+    # Text read as values of any type, and input functions called by name.
+    ("SELECT u.user_id FROM users u, jsonb_to_record($1::jsonb) AS r(x timestamptz) "
+     "WHERE u.created_at < r.x", "jsonb_to_record"),
+    ("SELECT user_id FROM users WHERE created_at < timestamptz_in('x', 0, -1)", "timestamptz_in"),
+    # Functions that read the clock or the node themselves.
+    ("SELECT user_id FROM users WHERE age(created_at) > interval '1 day'", "age(created_at)"),
+    ("SELECT pg_database_size('georoute') FROM users", "pg_database_size"),
+    ("SELECT pg_stat_get_numscans('users'::regclass), count(*) FROM users", "pg_stat_get_num"),
+    ("SELECT txid_current_if_assigned() FROM users", "txid_current_if_assigned"),
+])
+def test_values_each_shard_computes_for_itself_are_refused_naming_them(
+    classifier: Classifier, config: Config, sql: str, part: str
+) -> None:
+    err = refused(classifier, config, sql)
+    assert err.reason is Refusal.VOLATILE and part in str(err), err
+
+
+@pytest.mark.parametrize("sql", [
+    # Dates and times computed from columns, constants and date/time parameters.
+    "SELECT created_at::date, count(*) FROM users GROUP BY 1",
+    "SELECT date_trunc('day', created_at)::date AS d, count(*) FROM users GROUP BY 1 ORDER BY 1",
+    "SELECT (created_at + interval '1 day')::date, (created_at AT TIME ZONE 'UTC')::date "
+    "FROM users",
+    "SELECT user_id FROM users WHERE created_at > '2024-01-01'::date::timestamptz",
+    "SELECT user_id FROM users WHERE coalesce(deactivated_at, created_at)::date > $1::date",
+    "SELECT user_id FROM users WHERE created_at < $1::timestamptz",
+    "SELECT age(created_at, '2020-01-01') FROM users",
+    # The words in text matched as text.
+    "SELECT user_id FROM users WHERE full_name LIKE '%now%' OR full_name ~* 'today'",
+])
+def test_dates_from_columns_constants_and_parameters_are_still_read(
+    classifier: Classifier, config: Config, sql: str
+) -> None:
+    plan(classifier, config, sql)
+
+
 @pytest.mark.parametrize("sql", [
     "SELECT min(title COLLATE \"en-x-icu\") FROM courses",
     "SELECT title FROM courses ORDER BY lower(title COLLATE \"en-x-icu\")",
