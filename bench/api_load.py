@@ -2,7 +2,8 @@
 POST complete-lesson, in turn) through `georoute api` (uvicorn, httptools) against the same
 calls made through the client library directly (the API's own domain layer, in this
 process), at 16 concurrent clients. Prints ops/s, p50 and p99 per target, the latency the API
-adds, and the API process's CPU per request (of it, system time). Its own cluster (bench
+adds, and CPU per request: the caller's (the API process, of it system time; or this process
+for the direct calls), the router's and the whole machine's. Its own cluster (bench
 ports + 300).
 
 The HTTP load generator runs in a process of its own (bench/http_load.py: a small HTTP/1.1
@@ -45,7 +46,9 @@ from bench.stack import (
     RouterProcess,
     bench_config,
     cpu_seconds,
+    machine_busy_seconds,
     start_cluster,
+    syscalls,
 )
 from router.tools.config_write import config_to_toml
 from router.tools.db.migrate import migrate
@@ -306,8 +309,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         results: dict[str, Any] = {"api": [], "direct": []}
         for _ in range(args.rounds):
             user_before, system_before = cpu_seconds(api_proc.pid)
+            router_before, busy_before = sum(cpu_seconds(router.pid)), machine_busy_seconds()
+            calls_before = sum(syscalls(router.pid)), sum(syscalls(api_proc.pid))
             figures = await asyncio.to_thread(http_load, plan)
+            calls = sum(syscalls(router.pid)), sum(syscalls(api_proc.pid))
             user_after, system_after = cpu_seconds(api_proc.pid)
+            router_cpu = sum(cpu_seconds(router.pid)) - router_before
+            busy = machine_busy_seconds() - busy_before
             system = system_after - system_before
             cpu = user_after - user_before + system
             if figures["failures"]:
@@ -316,12 +324,33 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                                    "p99": figures["p99"],
                                    "cpu_us_per_request": cpu / figures["count"] * 1e6,
                                    "system_us_per_request": system / figures["count"] * 1e6,
+                                   "router_us_per_request": router_cpu / figures["count"] * 1e6,
+                                   "machine_us_per_request": busy / figures["count"] * 1e6,
+                                   "router_syscalls_per_request":
+                                       (calls[0] - calls_before[0]) / figures["count"],
+                                   "caller_syscalls_per_request":
+                                       (calls[1] - calls_before[1]) / figures["count"],
                                    "loadgen_cpu_us_per_request":
                                        figures["loadgen_cpu_us_per_request"]})
+            # The direct path's calls run in this process: its CPU over the round is theirs.
+            own_before, router_before = time.process_time(), sum(cpu_seconds(router.pid))
+            busy_before = machine_busy_seconds()
+            calls_before = sum(syscalls(router.pid)), sum(syscalls(os.getpid()))
             count, lat = await run_load(direct, args.clients, args.duration)
+            calls = sum(syscalls(router.pid)), sum(syscalls(os.getpid()))
+            own = time.process_time() - own_before
+            router_cpu = sum(cpu_seconds(router.pid)) - router_before
+            busy = machine_busy_seconds() - busy_before
             results["direct"].append({"ops": count / args.duration,
                                       "p50": percentile(lat, 0.5),
-                                      "p99": percentile(lat, 0.99)})
+                                      "p99": percentile(lat, 0.99),
+                                      "caller_us_per_request": own / count * 1e6,
+                                      "router_us_per_request": router_cpu / count * 1e6,
+                                      "machine_us_per_request": busy / count * 1e6,
+                                      "router_syscalls_per_request":
+                                          (calls[0] - calls_before[0]) / count,
+                                      "caller_syscalls_per_request":
+                                          (calls[1] - calls_before[1]) / count})
         await db.close()
         return results
     finally:
@@ -336,16 +365,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [f"REST API workload, {args.clients} clients, {args.rounds} rounds of "
              f"{args.duration:g} s (GET course, GET my enrollments, POST complete-lesson)",
-             "target        ops/s    p50 ms   p99 ms   API CPU us/request (system)"
-             "   load generator us/request"]
+             "CPU us per request: caller = the API process (its system time in brackets) or, "
+             "direct, the bench process making the calls; machine = every core's busy time",
+             "syscalls: the router's and the caller's read and write system calls per request",
+             "target      ops/s   p50 ms   p99 ms       caller   router  machine  load generator"
+             "  syscalls"]
     for name in ("direct", "api"):
         for r in results[name]:
-            cpu = (f"{r['cpu_us_per_request']:.0f} ({r['system_us_per_request']:.0f})"
-                   if "cpu_us_per_request" in r else "-")
+            caller = (f"{r['cpu_us_per_request']:.0f} ({r['system_us_per_request']:.0f})"
+                      if "cpu_us_per_request" in r else f"{r['caller_us_per_request']:.0f}")
             gen = (f"{r['loadgen_cpu_us_per_request']:.0f}"
                    if "loadgen_cpu_us_per_request" in r else "-")
-            lines.append(f"{name:<10} {r['ops']:>8.0f} {r['p50']:>9.2f} {r['p99']:>8.2f}   "
-                         f"{cpu:>27}   {gen:>25}")
+            lines.append(f"{name:<8} {r['ops']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                         f"{caller:>12} {r['router_us_per_request']:>8.0f} "
+                         f"{r['machine_us_per_request']:>8.0f} {gen:>15}"
+                         f"  {r['router_syscalls_per_request']:.1f}, "
+                         f"{r['caller_syscalls_per_request']:.1f}")
     added = [a["p99"] - d["p99"] for a, d in zip(results["api"], results["direct"], strict=True)]
     lines.append("p99 added by the API (ms), per round: " + ", ".join(f"{x:.2f}" for x in added)
                  + "  (target: at most 2 ms)")

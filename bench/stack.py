@@ -106,6 +106,16 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields_after_name[11]) / _CLK_TCK, int(fields_after_name[12]) / _CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy so far (/proc/stat's first line:
+    all but idle and iowait), to set against a run's requests: the whole stack's CPU per
+    request, whichever process spent it."""
+    with open("/proc/stat", "rb") as fh:
+        ticks = [int(x) for x in fh.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is counted in user already)
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / _CLK_TCK
+
+
 def syscalls(pid: int) -> tuple[int, int]:
     """Read and write system calls of `pid` so far (/proc/<pid>/io syscr and syscw): with the
     CPU time they say how well the router batches its I/O."""
