@@ -75,6 +75,8 @@ async def test_request_ids(http: httpx.AsyncClient) -> None:
     generated = r.headers["x-request-id"]
     assert generated != "bad id with spaces" and len(generated) == 32
     assert r.json()["request_id"] == generated
+    made = {(await http.get("/courses/nope")).headers["x-request-id"] for _ in range(20)}
+    assert len(made) == 20 and generated not in made
 
 
 async def test_access_log_one_line_per_request(http: httpx.AsyncClient,
