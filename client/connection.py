@@ -120,21 +120,19 @@ class Connection(asyncio.Protocol):
         await self._closed_event.wait()
 
     async def request(self, message: Request, timeout: float | None = None) -> Reply:
-        """Send `message` (its id is assigned here) and wait for its reply."""
+        """Send `message` (its id is assigned here) and wait for its reply, at most `timeout`
+        seconds (then RequestTimeoutError). The wait is a timer on the reply's future, not an
+        asyncio.timeout: that costs a task-cancelling context on every request."""
         future = self.send(message)
         request_id = message.id
+        timer = None
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, _expire, future, timeout)
         try:
-            if timeout is None:
-                return await future
-            deadline = asyncio.timeout(timeout)
-            try:
-                async with deadline:
-                    return await future
-            except TimeoutError as exc:
-                if not deadline.expired():
-                    raise
-                raise RequestTimeoutError(f"no reply within {timeout:.3f}s") from exc
+            return await future
         finally:
+            if timer is not None:
+                timer.cancel()
             self._pending.pop(request_id, None)
 
     def send(self, message: Request) -> asyncio.Future[Reply]:
@@ -239,3 +237,8 @@ async def open_connection(
             )
             keep_alive(transport)  # a router that vanished is noticed (protocol/sockets.py)
     return protocol
+
+
+def _expire(future: asyncio.Future[Reply], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(RequestTimeoutError(f"no reply within {timeout:.3f}s"))
