@@ -364,6 +364,44 @@ _PARAM: dict[int, tuple[int, Encoder]] = {
 _ENUM_PARAM: tuple[int, Encoder] = (1, _enc_text)
 
 
+def _enc_array(element_oid: int, element: Encoder) -> Encoder:
+    """A one-dimensional array of a type carried in binary (`= ANY($1)`, a function's uuid[]
+    argument), in PostgreSQL's binary array form. Only a list whose items are each None or
+    a value `element` takes: a nested list (asyncpg makes a multi-dimensional array of it)
+    and any other value are the pooled path's, as asyncpg decides."""
+    head = I32.pack(element_oid)
+
+    def enc(v: Any) -> bytes:
+        if type(v) is not list:
+            raise Unsupported
+        if not v:
+            return b"\x00\x00\x00\x00\x00\x00\x00\x00" + head  # no dimensions: empty
+        parts = [b"", b"", I32.pack(len(v)), b"\x00\x00\x00\x01"]  # length, lower bound 1
+        nulls = False
+        for item in v:
+            if item is None:
+                nulls = True
+                parts.append(b"\xff\xff\xff\xff")
+            elif type(item) is list:
+                raise Unsupported
+            else:
+                data = element(item)
+                parts.append(I32.pack(len(data)))
+                parts.append(data)
+        parts[0] = b"\x00\x00\x00\x01" + (b"\x00\x00\x00\x01" if nulls else b"\x00" * 4)
+        parts[1] = head
+        return b"".join(parts)
+
+    return enc
+
+
+# array type oid -> its element's type oid, for the element types carried in binary
+_ARRAY_OF = {1000: 16, 1001: 17, 1005: 21, 1007: 23, 1016: 20, 1009: 25, 1014: 1042,
+             1015: 1043, 1021: 700, 1022: 701, 1115: 1114, 1182: 1082, 1185: 1184, 2951: 2950}
+_PARAM.update({array: (1, _enc_array(element, _PARAM[element][1]))
+               for array, element in _ARRAY_OF.items()})
+
+
 # ---- messages ------------------------------------------------------------------------------
 
 SYNC = b"S\x00\x00\x00\x04"

@@ -97,6 +97,41 @@ async def test_types_the_pipeline_does_not_carry_go_through_pooled_connections(
     assert "invalid input for query argument $1" in str(err.value)
 
 
+ARRAYS = (
+    "SELECT $1::int4[]::text, $2::text[]::text, $3::uuid[]::text, $4::int8[]::text, "
+    "$5::bool[]::text, $6::float8[]::text, $7::uuid[] IS NULL, $8::date[]::text, "
+    "$9::bytea[]::text, $10::int2[]::text, -3 = ANY($1::int4[]), current_setting('port')::int"
+)
+
+
+async def test_array_parameters_ride_the_pipeline(db: client.Client,
+                                                  router: RouterProcess) -> None:
+    """`= ANY($1)` and a function's uuid[] argument: one-dimensional arrays of the types
+    the pipeline carries are sent in its binary form, with the same results as asyncpg's."""
+    ids = [uuid.uuid4(), None, uuid.uuid4()]
+    values: list[Any] = [[1, None, -3], ["a,b", "", None, "ü"], ids, [], [True, False],
+                         [0.5, -1e300], None, [dt.date(2026, 2, 28)], [b"\x00\xff"],
+                         [-(2**15), 2**15 - 1]]
+    before = await node_stats(db, "europe-2")
+    row = await db.fetchrow(ARRAYS, *values, shard="europe", consistency="replica")
+    after = await node_stats(db, "europe-2")
+    assert row is not None and row[-1] == port_of(router.config, "europe", "replica")
+    assert list(row) == list(await direct_row(router, "replica", ARRAYS, *values))
+    assert list(row)[:4] == ["{1,NULL,-3}", '{"a,b","",NULL,ü}', f"{{{ids[0]},NULL,{ids[2]}}}",
+                             "{}"]
+    assert after["pipeline_statements"] == before["pipeline_statements"] + 1
+    # What asyncpg makes of other values is asyncpg's: a nested list (two dimensions) and a
+    # text where an array belongs go through pooled connections, with asyncpg's answer.
+    nested = "SELECT $1::int4[]::text"
+    assert await db.fetchval(nested, [[1, 2], [3, 4]], shard="europe",
+                             consistency="replica") == "{{1,2},{3,4}}"
+    with pytest.raises(client.PostgresError) as err:
+        await db.fetchval(nested, "{1,2}", shard="europe", consistency="replica")
+    assert "invalid input for query argument $1" in str(err.value)
+    assert (await node_stats(db, "europe-2"))["pipeline_statements"] == \
+        after["pipeline_statements"]
+
+
 async def test_a_failing_statement_among_concurrent_ones_fails_alone(db: client.Client) -> None:
     sql = "SELECT 100 / $1::int4"
 
