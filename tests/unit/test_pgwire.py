@@ -203,7 +203,9 @@ def test_infinity_parameters_and_the_last_instant_are_told_apart() -> None:
 
 
 def test_unknown_types_leave_the_statement_to_asyncpg() -> None:
-    assert not _make_statement("s", "sql", [1007], [], set()).supported  # int4[] parameter
+    assert not _make_statement("s", "sql", [], [("a", 1007)], set()).supported  # int4[] column
+    assert not _make_statement("s", "sql", [1231], [], set()).supported  # numeric[] parameter
+    assert not _make_statement("s", "sql", [1187], [], set()).supported  # interval[] parameter
     assert not _make_statement("s", "sql", [], [("i", 1186)], set()).supported  # interval
     enum_oid = 98765
     assert not _make_statement("s", "sql", [enum_oid], [], set()).supported
