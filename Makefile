@@ -30,7 +30,8 @@ test: venv
 ## ones), then docs/RELIABILITY.md's table from the figures they recorded
 RELIABILITY_TESTS := tests/integration/test_reliability_router.py \
 	tests/integration/test_reliability_failover.py tests/integration/test_reliability_nodes.py \
-	tests/integration/test_reliability_links.py tests/integration/test_reliability_load.py \
+	tests/integration/test_reliability_links.py tests/integration/test_twophase_links.py \
+	tests/integration/test_reliability_load.py \
 	tests/integration/test_reliability_fuzz.py tests/integration/test_heartbeat.py \
 	tests/unit/test_fuzz_decoder.py tests/unit/test_secrets.py \
 	tests/api/test_injection.py tests/api/test_escalation.py

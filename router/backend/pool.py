@@ -143,6 +143,9 @@ class BackendPool:
         self._all: set[Backend] = set()
         self._opening = 0
         self._closing = 0  # closed politely, not gone yet: they still count against max_size
+        # Connections given up on mid-statement whose cancel is still being sent, beside the
+        # pool: they no longer hold a slot (at most pool_max_size of them, see release()).
+        self._cancelling: set[asyncio.Task[None]] = set()
         self._closed = False
         self._bg: set[asyncio.Task[Any]] = set()
         self.waits_total = 0
@@ -174,6 +177,17 @@ class BackendPool:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    @property
+    def free_slots(self) -> int:
+        """How many more connections `acquire` may open now (pool_max_size less those open,
+        opening or closing)."""
+        return self._db.pool_max_size - len(self._all) - self._opening - self._closing
+
+    @property
+    def cancelling(self) -> int:
+        """Connections given up on mid-statement whose cancel is still on its way."""
+        return len(self._cancelling)
 
     async def _connect(self) -> Backend:
         try:
@@ -260,13 +274,24 @@ class BackendPool:
         `abandoned`: a statement on it was given up on mid-flight (cancelled by the request's
         timeout, say). Closed too, but only once the server has stopped that statement:
         PostgreSQL notices a closed connection only when it next writes to it, so a sort
-        left behind would run on for up to the session's statement_timeout."""
+        left behind would run on for up to the session's statement_timeout.
+        Its slot opens at once and the cancel goes on beside the pool (bounded by
+        connect_timeout_seconds): while the node does not answer, a slot held for the
+        cancel's whole wait starved the next requests of connections. At most pool_max_size
+        connections are cancelled that way at once (so the node sees at most twice
+        pool_max_size from this pool); past that, one holds its slot until its cancel ends."""
         if abandoned and not backend.conn.is_closed() and not self._closed:
             self._all.discard(backend)
             self._note_returned()
             self.closed_total["broken"] += 1
-            self._closing += 1  # its slot opens once it is gone
-            self._spawn(self._stop_then_close(backend.conn))
+            if len(self._cancelling) < self._db.pool_max_size:
+                task = self._spawn(self._stop_then_close(backend.conn, holds_slot=False))
+                self._cancelling.add(task)
+                task.add_done_callback(self._cancelling.discard)
+                self._slot_freed()
+            else:
+                self._closing += 1  # its slot opens once it is gone
+                self._spawn(self._stop_then_close(backend.conn, holds_slot=True))
             return
         if broken or abandoned or backend.conn.is_closed() or self._closed:
             self._discard(backend)
@@ -314,7 +339,7 @@ class BackendPool:
             self._closing -= 1
             self._slot_freed()
 
-    async def _stop_then_close(self, conn: asyncpg.Connection) -> None:
+    async def _stop_then_close(self, conn: asyncpg.Connection, *, holds_slot: bool) -> None:
         """Close a connection whose statement was given up on, once the server has stopped
         it. asyncpg sends a cancel request for a query whose caller was cancelled and makes
         the connection's next query wait for it (the cancelled one ends with 57014 first),
@@ -328,8 +353,9 @@ class BackendPool:
             log.debug("%s: after a statement given up on: %s", self.name, exc)
         finally:
             conn.terminate()
-            self._closing -= 1
-            self._slot_freed()
+            if holds_slot:
+                self._closing -= 1
+                self._slot_freed()
 
     async def _open_for(self, fut: asyncio.Future[Backend]) -> None:
         self._opening += 1
@@ -346,10 +372,11 @@ class BackendPool:
         else:
             fut.set_result(backend)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
+        return task
 
     def sessions(self) -> dict[int, bool]:
         """The server pid of each open pooled connection, and whether it is borrowed."""
@@ -397,3 +424,7 @@ class BackendPool:
                 await asyncio.wait_for(conn.close(), grace)
             except Exception:
                 conn.terminate()
+        if self._cancelling:  # cancels on their way: let them land (each is bounded too)
+            _, late = await asyncio.wait(list(self._cancelling), timeout=grace)
+            for task in late:
+                task.cancel()  # its connection is closed on the way out

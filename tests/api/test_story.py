@@ -32,9 +32,11 @@ async def test_the_story(http: httpx.AsyncClient, domain: Domain, category_id: s
 
     # Browse the catalogue of every region, page by page, until both courses are seen.
     seen: dict[str, str] = {}
-    cursor = None
+    cursor: str | None = None
     for _ in range(500):
-        params = {"sort": "newest", "limit": 50, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, str | int] = {"sort": "newest", "limit": 50}
+        if cursor:
+            params["cursor"] = cursor
         page = (await http.get("/courses", params=params)).json()
         for c in page["items"]:
             seen[c["course_id"]] = c["region"]

@@ -9,6 +9,7 @@ transaction that committed. A router killed mid-commit: test_twophase_recovery.p
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,8 +21,16 @@ import client
 from router.config import Config
 from tests.integration.conftest import wait_until
 from tests.support.faultproxy import TcpFaultProxy
+from tests.support.reliability import record
 from tests.support.router_proc import TOKEN, RouterProcess, primary_through, running_router
-from tests.support.twophase import INSERT, none_prepared, rows_of, tp_config, tp_primaries
+from tests.support.twophase import (
+    INSERT,
+    none_prepared,
+    prepared,
+    rows_of,
+    tp_config,
+    tp_primaries,
+)
 
 SHIFT = 124  # this module's router: the session router's ports moved by this
 # The coordinator's COMMIT, as asyncpg sends it (a simple Query message); a participant's
@@ -90,6 +99,26 @@ async def _settled_everywhere(primaries: dict[str, asyncpg.Connection],
     return found
 
 
+def _link(fault: str, deliver: bool, marker: str) -> str:
+    where = "after it reached europe" if deliver else "before it reached europe"
+    return f"{'reset' if fault == 'reset' else 'stalled'} at {marker}, {where}"
+
+
+async def _record(primaries: dict[str, asyncpg.Connection], fault: str, how: str, told: str,
+                  answered_after: float, found: dict[uuid.UUID, int],
+                  items: dict[uuid.UUID, str], healed_at: float) -> None:
+    """The report's row for one case (tests/support/reliability.py): what the client was told
+    and when, and what every shard held once its prepared branches were settled."""
+    settled_after = time.monotonic() - healed_at
+    record(f"two-phase commit: {fault}",
+           f"a transaction over asia and europe; the fault proxy in front of europe's primary, "
+           f"armed on the statement itself: {how}",
+           None, client_told=told, answered_after_s=round(answered_after, 2),
+           settled_after_heal_s=round(settled_after, 2),
+           rows_after={region: found[item] for item, region in items.items()},
+           prepared_left=sum(len(gids) for gids in (await prepared(primaries)).values()))
+
+
 @pytest.mark.parametrize(("fault", "deliver"), [
     ("reset", False), ("reset", True), ("stall", False), ("stall", True)])
 async def test_a_participant_link_lost_at_commit_prepared_still_commits_everywhere(
@@ -102,13 +131,21 @@ async def test_a_participant_link_lost_at_commit_prepared_still_commits_everywhe
     the link heals both rows are there and nothing is prepared."""
     asia, europe = uuid.uuid4(), uuid.uuid4()
     europe_proxy.fault_on(COMMIT_PREPARED, fault, deliver=deliver)
+    started = time.monotonic()
     async with asyncio.timeout(ANSWER_WITHIN):
         status = await _write_both(tp, (asia, "asia"), (europe, "europe"))
+    answered = time.monotonic() - started
     assert status == "COMMIT"
     assert europe_proxy.triggered()
     europe_proxy.resume()  # the link heals (a reset's new connections passed already)
-    assert await _settled_everywhere(primaries, {asia: "asia", europe: "europe"}) == {
-        asia: 1, europe: 1}
+    healed = time.monotonic()
+    items = {asia: "asia", europe: "europe"}
+    found = await _settled_everywhere(primaries, items)
+    assert found == {asia: 1, europe: 1}
+    await _record(primaries, f"a participant's link {_link(fault, deliver, 'COMMIT PREPARED')}",
+                  f"asia coordinates; europe's link "
+                  f"{_link(fault, deliver, 'its COMMIT PREPARED')}, then healed",
+                  status, answered, found, items, healed)
 
 
 @pytest.mark.parametrize(("fault", "deliver"), [("reset", True), ("stall", True)])
@@ -123,17 +160,26 @@ async def test_a_coordinator_link_lost_after_its_commit_is_committed_or_unknown_
     europe, asia = uuid.uuid4(), uuid.uuid4()
     europe_proxy.fault_on(COMMIT_MESSAGE, fault, deliver=deliver)
     outcome: str
+    started = time.monotonic()
     try:
         async with asyncio.timeout(ANSWER_WITHIN):
             outcome = await _write_both(tp, (europe, "europe"), (asia, "asia"))
     except client.TransactionOutcomeUnknownError as exc:
         outcome = "unknown"
         assert "europe" in str(exc)
+    answered = time.monotonic() - started
     assert europe_proxy.triggered()
     assert outcome == ("COMMIT" if fault == "reset" else "unknown")
     europe_proxy.resume()
-    assert await _settled_everywhere(primaries, {europe: "europe", asia: "asia"}) == {
-        europe: 1, asia: 1}
+    healed = time.monotonic()
+    items = {europe: "europe", asia: "asia"}
+    found = await _settled_everywhere(primaries, items)
+    assert found == {europe: 1, asia: 1}
+    await _record(primaries,
+                  f"the coordinator's link {_link(fault, deliver, 'its COMMIT (the decision)')}",
+                  f"europe coordinates; its link {_link(fault, deliver, 'its COMMIT')}, "
+                  "then healed", "outcome unknown" if outcome == "unknown" else outcome,
+                  answered, found, items, healed)
 
 
 async def test_a_coordinator_link_lost_before_its_commit_rolls_back_everywhere_and_says_so(
@@ -144,13 +190,21 @@ async def test_a_coordinator_link_lost_before_its_commit_rolls_back_everywhere_a
     back and says so. A true "rolled back"."""
     europe, asia = uuid.uuid4(), uuid.uuid4()
     europe_proxy.fault_on(COMMIT_MESSAGE, "reset", deliver=False)
+    started = time.monotonic()
     with pytest.raises(client.GeorouteError) as err:
         async with asyncio.timeout(ANSWER_WITHIN):
             await _write_both(tp, (europe, "europe"), (asia, "asia"))
+    answered = time.monotonic() - started
     assert europe_proxy.triggered()
     assert "rolled back on every shard" in str(err.value), err.value
-    assert await _settled_everywhere(primaries, {europe: "europe", asia: "asia"}) == {
-        europe: 0, asia: 0}
+    healed = time.monotonic()  # a reset: new connections pass at once
+    items = {europe: "europe", asia: "asia"}
+    found = await _settled_everywhere(primaries, items)
+    assert found == {europe: 0, asia: 0}
+    await _record(primaries,
+                  f"the coordinator's link {_link('reset', False, 'its COMMIT (the decision)')}",
+                  f"europe coordinates; its link {_link('reset', False, 'its COMMIT')}",
+                  f"rolled back ({type(err.value).__name__})", answered, found, items, healed)
 
 
 @pytest.mark.parametrize("deliver", [False, True])
@@ -164,11 +218,21 @@ async def test_a_participant_link_stalled_at_prepare_rolls_back_everywhere_in_bo
     once the link heals, what europe prepared is rolled back too (presumed abort)."""
     asia, europe = uuid.uuid4(), uuid.uuid4()
     europe_proxy.fault_on(b"PREPARE TRANSACTION '", "stall", deliver=deliver)
+    started = time.monotonic()
     with pytest.raises(client.GeorouteError) as err:
         async with asyncio.timeout(ANSWER_WITHIN):
             await _write_both(tp, (asia, "asia"), (europe, "europe"))
+    answered = time.monotonic() - started
     assert europe_proxy.triggered()
     assert "rolled back on every shard" in str(err.value) and "europe" in str(err.value)
     europe_proxy.resume()
-    assert await _settled_everywhere(primaries, {asia: "asia", europe: "europe"}) == {
-        asia: 0, europe: 0}
+    healed = time.monotonic()
+    items = {asia: "asia", europe: "europe"}
+    found = await _settled_everywhere(primaries, items)
+    assert found == {asia: 0, europe: 0}
+    await _record(primaries,
+                  f"a participant's link {_link('stall', deliver, 'PREPARE TRANSACTION')} "
+                  "(phase one)",
+                  f"asia coordinates; europe's link "
+                  f"{_link('stall', deliver, 'its PREPARE TRANSACTION')}, then healed",
+                  f"rolled back ({type(err.value).__name__})", answered, found, items, healed)

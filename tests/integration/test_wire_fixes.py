@@ -431,7 +431,7 @@ async def test_no_request_gets_a_timeout_it_did_not_ask_for_under_load(
                       timeout_ms=1000 if n % 2 else None)
         if n % 3:
             query = Query(0, "SELECT $1::int AS v", [n], QueryKind.FETCH, hints)
-            want = [[n]]
+            want: list[list[object]] = [[n]]
         else:  # not carried by the pipeline: a pooled connection
             query = Query(0, "SELECT $1::int AS v, '10.0.0.1'::inet", [n], QueryKind.FETCH,
                           hints)
