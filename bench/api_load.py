@@ -6,8 +6,8 @@ adds, and CPU per request: the caller's (the API process, of it system time; or 
 for the direct calls), the router's and the whole machine's. Its own cluster (bench
 ports + 300).
 
-The HTTP load generator runs in a process of its own (bench/http_load.py: a small HTTP/1.1
-client over uvloop, one keep-alive connection per client), not in the API's or the router's;
+The HTTP load generator runs in a process of its own (bench/http_load.py: Debian's wrk, one
+thread, one keep-alive connection per client), not in the API's or the router's;
 the direct calls run in this process, with the API idle, in the same run, round after round.
 All of it shares the machine's cores: the figures compare the two paths on one machine, they
 are not a capacity."""
@@ -132,14 +132,10 @@ def api_requests(host: str, course: str, lessons: list[str], enrollment: str,
 
 
 def http_load(plan: dict[str, Any]) -> dict[str, Any]:
-    """Run bench/http_load.py in a process of its own over `plan`; its figures."""
-    done = subprocess.run([sys.executable, "-m", "bench.http_load"], input=json.dumps(plan),
-                          capture_output=True, text=True, cwd=REPO, check=False,
-                          timeout=plan["duration"] + 60)
-    if done.returncode != 0:
-        raise RuntimeError(f"the load generator failed:\n{done.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+    """Run the load generator (bench/http_load.py: wrk) over `plan`; its figures."""
+    from bench import http_load as generator
+
+    return generator.run(plan)
 
 
 def start_api(config_path: Path, port: int,
@@ -304,7 +300,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     uuid.UUID(enrollments[i]), uuid.UUID(lessons[n % len(lessons)]), 1,
                     by=students[i])
 
-        http_load({**plan, "duration": 1.0})  # warm both paths
+        http_load({**plan, "duration": 1.0})  # warm both paths (and install wrk if need be)
         await run_load(direct, args.clients, 1.0)
         results: dict[str, Any] = {"api": [], "direct": []}
         for _ in range(args.rounds):

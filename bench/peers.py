@@ -41,14 +41,17 @@ def find_program(name: str) -> str | None:
     return shutil.which(name, path=_SBIN_PATH)
 
 
-def ensure_installed(log: list[str]) -> None:
-    """As root, apt-get install pgbouncer and pgpool2 if missing (update first if needed)."""
-    if find_program("pgbouncer") and find_program("pgpool"):
+def ensure_installed(log: list[str], packages: dict[str, str] | None = None) -> None:
+    """As root, apt-get install the Debian `packages` (program -> package; by default
+    pgbouncer and pgpool2) whose programs are missing (update first if needed)."""
+    packages = packages or {"pgbouncer": "pgbouncer", "pgpool": "pgpool2"}
+    missing = [package for program, package in packages.items() if not find_program(program)]
+    if not missing:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        log.append("pgbouncer/pgpool2 missing and not root (or no apt-get): not installing")
+        log.append(f"{'/'.join(missing)} missing and not root (or no apt-get): not installing")
         return
-    install = ["apt-get", "install", "-y", "-q", "pgbouncer", "pgpool2"]
+    install = ["apt-get", "install", "-y", "-q", *missing]
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for attempt in ([install], [["apt-get", "update", "-q"], install]):
         ok = True

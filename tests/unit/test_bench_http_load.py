@@ -1,0 +1,46 @@
+"""bench/http_load.py's pure parts: the wrk script it writes (every client's raw requests,
+interleaved, byte for byte) and the figures it reads back from wrk's output."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bench.http_load import lua_script, parse_figures
+
+
+def lua_strings(script: str) -> list[str]:
+    """The string literals of the script's request table, unescaped as Lua reads them."""
+    table = script[script.index("{") + 1:script.index("\n}\n")]
+    out = []
+    for literal in re.findall(r'"((?:[^"\\]|\\\d{3})*)"', table):
+        out.append(re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1))), literal))
+    return out
+
+
+def test_requests_interleaved_and_escaped() -> None:
+    body = '{"note": "a \\\\ b", "é": 1}'
+    clients = [["GET /a HTTP/1.1\r\nHost: h\r\n\r\n", "POST /b HTTP/1.1\r\n\r\n" + body],
+               ["GET /c HTTP/1.1\r\n\r\n"]]
+    script = lua_script(clients)
+    assert lua_strings(script) == [clients[0][0], clients[1][0], clients[0][1], clients[1][0]]
+    assert "\r" not in script.split("request = function")[0]  # escaped, not raw
+    assert "request = function()" in script and "done = function(" in script
+
+
+def test_figures_read_back() -> None:
+    output = ("Running 5s test @ http://127.0.0.1:1/\n  1 threads and 16 connections\n"
+              'GEOROUTE-FIGURES {"requests": 1000, "duration_us": 5000000, "p50_us": 7500, '
+              '"p99_us": 21000, "connect": 0, "read": 0, "write": 0, "status": 0, '
+              '"timeout": 0}\n')
+    figures = parse_figures(output, 5)
+    assert figures == {"count": 1000, "ops": 200.0, "p50": 7.5, "p99": 21.0, "failures": []}
+    failed = parse_figures(output.replace('"status": 0', '"status": 3').replace(
+        '"timeout": 0', '"timeout": 1'), 5)
+    assert failed["failures"] == ["3 answers of status 400 or over", "1 timeout errors"]
+
+
+def test_no_figures_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="no figures"):
+        parse_figures("unable to connect to 127.0.0.1:1 Connection refused\n", 5)
