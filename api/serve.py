@@ -25,7 +25,7 @@ import client
 from api.http import create_app
 from api.settings import Settings, SettingsError, load_dotenv_file, router_token
 
-__all__ = ["main", "register", "router_dsn"]
+__all__ = ["main", "register", "router_dsn", "tune_gc"]
 
 log = logging.getLogger("api")
 
@@ -149,7 +149,7 @@ def _server_class() -> Any:
 _GC_YOUNG_THRESHOLD = 50_000
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Once the app is built: start-up's objects (every imported module's, about 50 ms to
     scan) are frozen out of the collector's reach, so a full collection under load no longer
     stalls every request in flight for that long; and young objects are collected less often.
@@ -181,7 +181,7 @@ async def _serve(config: Any, settings: Settings, args: argparse.Namespace) -> i
             app, loop="none", http=_protocol_class(), lifespan="off", access_log=False,
             log_config=None, server_header=False, proxy_headers=False,
             timeout_graceful_shutdown=10))
-        _tune_gc()
+        tune_gc()
         # The socket listens already: connections wait in its backlog until uvicorn accepts.
         print(f"georoute api ready on http://{host}:{bound}/api/v1 (docs: /docs)", flush=True)
         await server.serve(sockets=[sock])

@@ -37,6 +37,7 @@ import client
 from api.domain import Domain
 from api.domain.passwords import Passwords
 from api.models import CourseCreate, LessonCreate, Register
+from api.serve import tune_gc
 from api.settings import Settings
 from api.types import Principal, Region, UserRole
 from bench.stack import (
@@ -277,6 +278,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         settings = Settings(jwt_secret=SECRET).validate()
         domain = Domain(db, settings, passwords=Passwords(time_cost=1, memory_cost_kib=1024))
         course, lessons, students, enrollments = await prepare(domain, args.clients)
+        # The direct calls' process collects garbage as `georoute api` does (start-up's
+        # objects frozen, young collections rarer), or the two paths' stalls would differ.
+        tune_gc()
         config_path = STATE_DIR / "api-bench.toml"
         # One client IP makes every request here: lift the limits (they are still checked).
         limits = dataclasses.replace(config.api, rate_limit_per_minute=100_000_000,

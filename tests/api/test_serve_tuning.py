@@ -124,12 +124,12 @@ async def test_held_bytes_are_sent_before_a_close(raw: bytes) -> None:
 def test_start_up_objects_are_frozen_out_of_collections() -> None:
     """`georoute api` freezes what start-up made (a full collection of it took about 50 ms,
     a stall for every request in flight) and collects young objects less often."""
-    from api.serve import _GC_YOUNG_THRESHOLD, _tune_gc
+    from api.serve import _GC_YOUNG_THRESHOLD, tune_gc
 
     before = gc.get_threshold()
     try:
         gc.unfreeze()
-        _tune_gc()
+        tune_gc()
         assert gc.get_freeze_count() > 10_000  # this test process's modules and more
         assert gc.get_threshold()[0] == _GC_YOUNG_THRESHOLD
     finally:
