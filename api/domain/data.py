@@ -38,6 +38,18 @@ class Data:
                                         idempotency_key=idempotency_key, **hints)
         return [r.as_dict() for r in found]
 
+    async def write_by_id(self, sql: str, *args: Any) -> list[dict[str, Any]] | None:
+        """`write` of a statement that the router routes by a row's id alone (a sharded
+        function's id argument), or None when that id names no shard (a uuid that is no
+        georoute id, or one of no shard here: MISSING_SHARD_KEY). No row has such an id, as
+        a read by it (read from every shard) would find."""
+        with mapped():
+            try:
+                found = await self.db.fetch(sql, *args, idempotent=False)
+            except client.MissingShardKeyError:
+                return None
+        return [r.as_dict() for r in found]
+
     async def write_value(self, sql: str, *args: Any, **hints: Any) -> Any:
         found = await self.write(sql, *args, **hints)
         return next(iter(found[0].values())) if found else None
