@@ -130,7 +130,8 @@ class Courses:
         and admins. One statement, on the course's shard: its modules and their lessons come
         as one JSON array beside the row (a round trip to the router costs the API, the
         router and PostgreSQL more than the aggregate does)."""
-        found = await self._data.row(_DETAIL_SQL, course_id)
+        rows = await self._data.rows_by_id(_DETAIL_SQL, course_id)
+        found = rows[0] if rows else None
         if found is None or not _visible(found, viewer):
             raise NotFound("no such course")
         modules = found.pop("modules")

@@ -33,6 +33,10 @@ _WITH_COURSE = (f"SELECT {ENROLLMENT_COLUMNS}, c.title AS course_title, "
                 "FROM enrollments e LEFT JOIN courses c ON c.course_id = e.course_id ")
 
 
+def _first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return rows[0] if rows else None
+
+
 def _own(found: dict[str, Any] | None, by: Principal) -> dict[str, Any]:
     if found is None or (found["user_id"] != by.user_id and not by.is_admin):
         raise NotFound("no such enrollment")
@@ -83,7 +87,7 @@ class Enrollments:
         `arg` (the enrollments' user's, or the enrollment's): a course of the same shard is
         joined there; only the others (a remote enrollment's course, on its own shard) are
         then read where they are, in one more read for all of them."""
-        rows = await self._data.rows(_WITH_COURSE + where, arg, shard_key=arg)
+        rows = await self._data.rows_by_id(_WITH_COURSE + where, arg, shard_key=arg)
         elsewhere = [r["course_id"] for r in rows if r["course_title"] is None]
         if elsewhere:
             courses = await self._courses(elsewhere)
@@ -104,7 +108,7 @@ class Enrollments:
 
     async def get(self, enrollment_id: uuid.UUID, *, by: Principal) -> Enrollment:
         found = await self._with_courses("WHERE e.enrollment_id = $1", enrollment_id)
-        return Enrollment.model_validate(_own(found[0] if found else None, by))
+        return Enrollment.model_validate(_own(_first(found), by))
 
     async def mine(self, *, by: Principal) -> EnrollmentList:
         rows = await self._with_courses(
@@ -112,14 +116,18 @@ class Enrollments:
         return EnrollmentList(items=[Enrollment.model_validate(r) for r in rows])
 
     async def progress(self, enrollment_id: uuid.UUID, *, by: Principal) -> Progress:
-        await self.owned(enrollment_id, by)
-        summary = await self._data.row("SELECT * FROM course_progress($1)", enrollment_id)
-        done = await self._data.rows(
-            "SELECT lesson_id FROM lesson_progress WHERE enrollment_id = $1 "
-            "AND status = 'completed' ORDER BY lesson_id", enrollment_id)
-        assert summary is not None
-        return Progress(enrollment_id=enrollment_id, **summary,
-                        completed_lessons=[r["lesson_id"] for r in done])
+        """The enrollment's progress and its completed lessons: one read, on its shard."""
+        found = _own(_first(await self._data.rows_by_id(
+            "SELECT e.user_id, p.lessons_total, p.lessons_completed, p.progress_pct, p.status,"
+            " (SELECT coalesce(json_agg(lp.lesson_id ORDER BY lp.lesson_id), '[]')"
+            "  FROM lesson_progress lp WHERE lp.enrollment_id = e.enrollment_id"
+            "  AND lp.status = 'completed') AS completed_lessons "
+            "FROM enrollments e CROSS JOIN LATERAL course_progress(e.enrollment_id) p "
+            "WHERE e.enrollment_id = $1", enrollment_id)), by)
+        return Progress(enrollment_id=enrollment_id, lessons_total=found["lessons_total"],
+                        lessons_completed=found["lessons_completed"],
+                        progress_pct=found["progress_pct"], status=found["status"],
+                        completed_lessons=found["completed_lessons"].value)
 
     async def complete_lesson(self, enrollment_id: uuid.UUID, lesson_id: uuid.UUID,
                               seconds_spent: int = 0, *, by: Principal) -> LessonDone:
@@ -163,10 +171,11 @@ class Enrollments:
         return Certificate.model_validate(found)
 
     async def certificate(self, enrollment_id: uuid.UUID, *, by: Principal) -> Certificate:
-        await self.owned(enrollment_id, by)
-        found = await self._data.row(
-            "SELECT certificate_id, enrollment_id, serial_number, issued_at FROM certificates "
-            "WHERE enrollment_id = $1", enrollment_id)
-        if found is None:
+        """The enrollment's certificate: one read, on its shard."""
+        found = _own(_first(await self._data.rows_by_id(
+            "SELECT e.user_id, e.enrollment_id, c.certificate_id, c.serial_number, c.issued_at "
+            "FROM enrollments e LEFT JOIN certificates c ON c.enrollment_id = e.enrollment_id "
+            "WHERE e.enrollment_id = $1", enrollment_id)), by)
+        if found["certificate_id"] is None:
             raise NotFound("no certificate has been issued for this enrollment")
         return Certificate.model_validate(found)

@@ -120,8 +120,9 @@ async def test_get_course_is_one_round_trip_and_drafts_stay_hidden(
         refused, requests = await counted.refused(counted.domain.courses.get(draft,
                                                                              viewer=nobody))
         assert (requests, refused.detail) == (1, "no such course")
-    refused, requests = await counted.refused(counted.domain.courses.get(uuid.uuid4()))
-    assert refused.detail == "no such course"
+    for nowhere in (uuid.uuid4(), new_id(200)):  # not a georoute id; one of no shard here
+        refused, requests = await counted.refused(counted.domain.courses.get(nowhere))
+        assert refused.detail == "no such course"
 
 
 async def test_my_enrollments_is_one_round_trip_when_the_courses_are_local(
@@ -237,3 +238,39 @@ async def test_a_remote_enrollment_completes_against_its_course_s_current_lesson
     progress = await _progress(domain, enrollment, student)
     assert (progress.status, progress.lessons_total, progress.lessons_completed) == (
         "completed", 3, 3)
+
+
+async def test_progress_and_certificate_are_one_round_trip_each(
+        domain: Domain, counted: Counted, category_id: str) -> None:
+    teacher = await person(domain, UserRole.INSTRUCTOR, Region.EUROPE)
+    course_id, lessons = await course_of(domain, category_id, teacher, 1)
+    student = await person(domain, UserRole.STUDENT, Region.EUROPE)
+    enrollment = (await domain.enrollments.enroll(course_id, by=student)).enrollment_id
+    enrollments = counted.domain.enrollments
+
+    progress, requests = await counted.run(enrollments.progress(enrollment, by=student))
+    assert requests == 1
+    assert (progress.lessons_total, progress.lessons_completed, progress.progress_pct,
+            progress.status, progress.completed_lessons) == (2, 0, Decimal("0.00"), "active", [])
+    refused, requests = await counted.refused(enrollments.certificate(enrollment, by=student))
+    assert (requests, refused.detail) == (1, "no certificate has been issued for this enrollment")
+
+    for lesson in lessons:
+        await domain.enrollments.complete_lesson(enrollment, lesson, by=student)
+    issued = await domain.enrollments.issue_certificate(enrollment, by=student)
+    progress, requests = await counted.run(enrollments.progress(enrollment, by=student))
+    assert (requests, progress.status, progress.completed_lessons) == (
+        1, "completed", sorted(lessons))
+    certificate, requests = await counted.run(enrollments.certificate(enrollment, by=student))
+    assert (requests, certificate) == (1, issued)
+
+    # An admin sees both; another user, or an id of no shard, finds nothing.
+    admin = await person(domain, UserRole.ADMIN, Region.ASIA)
+    assert await enrollments.progress(enrollment, by=admin) == progress
+    assert await enrollments.certificate(enrollment, by=admin) == issued
+    other = await person(domain, UserRole.STUDENT, Region.EUROPE)
+    for who, enrollment_id in ((other, enrollment), (student, uuid.uuid4()),
+                               (student, new_id(200))):
+        for operation in (enrollments.progress, enrollments.certificate, enrollments.get):
+            refused, _ = await counted.refused(operation(enrollment_id, by=who))
+            assert refused.detail == "no such enrollment"
