@@ -15,7 +15,7 @@ import pytest
 
 import client
 from api.domain import Domain
-from api.errors import NotFound
+from api.errors import Conflict, NotFound
 from api.models import CourseCreate, LessonCreate, Register
 from api.types import Principal, Region, UserRole
 from tests.api.conftest import PASSWORD, SETTINGS, email
@@ -240,7 +240,7 @@ async def test_a_remote_enrollment_completes_against_its_course_s_current_lesson
         "completed", 3, 3)
 
 
-async def test_progress_and_certificate_are_one_round_trip_each(
+async def test_progress_and_certificates_are_one_round_trip_each(
         domain: Domain, counted: Counted, category_id: str) -> None:
     teacher = await person(domain, UserRole.INSTRUCTOR, Region.EUROPE)
     course_id, lessons = await course_of(domain, category_id, teacher, 1)
@@ -255,9 +255,25 @@ async def test_progress_and_certificate_are_one_round_trip_each(
     refused, requests = await counted.refused(enrollments.certificate(enrollment, by=student))
     assert (requests, refused.detail) == (1, "no certificate has been issued for this enrollment")
 
+    # Issuing checks who asks in the same write; a course not completed is refused.
+    with pytest.raises(Conflict):
+        await enrollments.issue_certificate(enrollment, by=student)
     for lesson in lessons:
         await domain.enrollments.complete_lesson(enrollment, lesson, by=student)
-    issued = await domain.enrollments.issue_certificate(enrollment, by=student)
+    other = await person(domain, UserRole.STUDENT, Region.EUROPE)
+    for who, enrollment_id in ((other, enrollment), (teacher, enrollment),
+                               (student, uuid.uuid4()), (student, new_id(200))):
+        refused, requests = await counted.refused(enrollments.issue_certificate(
+            enrollment_id, by=who))
+        assert (requests, refused.detail) == (1, "no such enrollment")
+    refused, _ = await counted.refused(enrollments.certificate(enrollment, by=student))
+    assert refused.detail == "no certificate has been issued for this enrollment"
+    issued, requests = await counted.run(enrollments.issue_certificate(enrollment, by=student))
+    assert (requests, issued.enrollment_id) == (1, enrollment)
+    assert issued.serial_number.startswith("CERT-")
+    admin = await person(domain, UserRole.ADMIN, Region.ASIA)
+    again, requests = await counted.run(enrollments.issue_certificate(enrollment, by=admin))
+    assert (requests, again) == (1, issued)  # issued once; asking again returns it
     progress, requests = await counted.run(enrollments.progress(enrollment, by=student))
     assert (requests, progress.status, progress.completed_lessons) == (
         1, "completed", sorted(lessons))
@@ -265,10 +281,8 @@ async def test_progress_and_certificate_are_one_round_trip_each(
     assert (requests, certificate) == (1, issued)
 
     # An admin sees both; another user, or an id of no shard, finds nothing.
-    admin = await person(domain, UserRole.ADMIN, Region.ASIA)
     assert await enrollments.progress(enrollment, by=admin) == progress
     assert await enrollments.certificate(enrollment, by=admin) == issued
-    other = await person(domain, UserRole.STUDENT, Region.EUROPE)
     for who, enrollment_id in ((other, enrollment), (student, uuid.uuid4()),
                                (student, new_id(200))):
         for operation in (enrollments.progress, enrollments.certificate, enrollments.get):

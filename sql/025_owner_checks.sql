@@ -1,6 +1,6 @@
--- 025_complete_lesson_by_user: completing a lesson checks who asks in the same statement, so the
--- REST API's common case is one round trip to the router, not a read of the enrollment then
--- the write.
+-- 025_owner_checks: completing a lesson and issuing a certificate check who asks in the same
+-- statement, so the REST API's common case is one round trip to the router, not a read of
+-- the enrollment (is it theirs?) then the write.
 --
 -- complete_lesson gains an overload with two more arguments: the user who asks and whether
 -- they are an admin. It answers a row rather than raising for what the caller handles
@@ -40,5 +40,27 @@ BEGIN
                                         p_course_lesson_ids);
     END IF;
     RETURN NEXT;
+END
+$$;
+
+-- issue_certificate gains the same two arguments: it answers the certificate's row (issued
+-- now or before), or no row when the enrollment does not exist or is another user's and the
+-- caller is no admin (nothing is written). The one-argument issue_certificate stays as it is.
+CREATE FUNCTION issue_certificate(p_enrollment_id uuid, p_user_id uuid, p_is_admin boolean)
+RETURNS TABLE (certificate_id uuid, enrollment_id uuid, serial_number text,
+               issued_at timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_user_id uuid;
+    v_certificate_id uuid;
+BEGIN
+    SELECT e.user_id INTO v_user_id FROM enrollments e WHERE e.enrollment_id = p_enrollment_id;
+    IF NOT FOUND OR (v_user_id IS DISTINCT FROM p_user_id AND NOT coalesce(p_is_admin, false))
+    THEN
+        RETURN;
+    END IF;
+    v_certificate_id := issue_certificate(p_enrollment_id);
+    RETURN QUERY SELECT c.certificate_id, c.enrollment_id, c.serial_number, c.issued_at
+                   FROM certificates c WHERE c.certificate_id = v_certificate_id;
 END
 $$;
