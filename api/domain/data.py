@@ -38,6 +38,28 @@ class Data:
                                         idempotency_key=idempotency_key, **hints)
         return [r.as_dict() for r in found]
 
+    async def rows_by_id(self, sql: str, *args: Any, **hints: Any) -> list[dict[str, Any]]:
+        """`rows` of a read that the router routes by a row's id (a key, a sharded
+        function's id argument or a `shard_key` hint), or none when that id names no shard (a
+        uuid that is no georoute id, or one of no shard here: MISSING_SHARD_KEY or
+        UNKNOWN_SHARD). No row has such an id."""
+        with mapped():
+            try:
+                found = await self.db.fetch(sql, *args, **hints)
+            except (client.MissingShardKeyError, client.UnknownShardError):
+                return []
+        return [r.as_dict() for r in found]
+
+    async def write_by_id(self, sql: str, *args: Any) -> list[dict[str, Any]] | None:
+        """`write` of a statement that the router routes by a row's id alone (a sharded
+        function's id argument), or None when that id names no shard, as in `rows_by_id`."""
+        with mapped():
+            try:
+                found = await self.db.fetch(sql, *args, idempotent=False)
+            except (client.MissingShardKeyError, client.UnknownShardError):
+                return None
+        return [r.as_dict() for r in found]
+
     async def write_value(self, sql: str, *args: Any, **hints: Any) -> Any:
         found = await self.write(sql, *args, **hints)
         return next(iter(found[0].values())) if found else None

@@ -26,6 +26,23 @@ ENROLLMENT_COLUMNS = ("e.enrollment_id, e.user_id, e.course_id, e.status, e.prog
                       "e.enrolled_at, e.completed_at, e.course_lesson_ids IS NOT NULL AS remote")
 
 
+# An enrollment with its course's title and region when the course is on the same shard (NULL
+# for a remote enrollment's course: its id names another shard, never this one's).
+_WITH_COURSE = (f"SELECT {ENROLLMENT_COLUMNS}, c.title AS course_title, "
+                "c.region AS course_region "
+                "FROM enrollments e LEFT JOIN courses c ON c.course_id = e.course_id ")
+
+
+def _first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return rows[0] if rows else None
+
+
+def _own(found: dict[str, Any] | None, by: Principal) -> dict[str, Any]:
+    if found is None or (found["user_id"] != by.user_id and not by.is_admin):
+        raise NotFound("no such enrollment")
+    return found
+
+
 class Enrollments:
     def __init__(self, data: Data) -> None:
         self._data = data
@@ -65,15 +82,21 @@ class Enrollments:
             "SELECT course_id, title, region FROM courses WHERE course_id = ANY($1)", wanted)
         return {r["course_id"]: r for r in rows}
 
-    async def _shaped(self, rows: list[dict[str, Any]]) -> list[Enrollment]:
-        courses = await self._courses(r["course_id"] for r in rows)
-        items = []
-        for r in rows:
-            course = courses.get(r["course_id"])
-            items.append(Enrollment.model_validate({
-                **r, "course_title": course["title"] if course else "",
-                "course_region": course["region"] if course else ""}))
-        return items
+    async def _with_courses(self, where: str, arg: uuid.UUID) -> list[dict[str, Any]]:
+        """Enrollments with their courses' titles and regions. One statement on the shard of
+        `arg` (the enrollments' user's, or the enrollment's): a course of the same shard is
+        joined there; only the others (a remote enrollment's course, on its own shard) are
+        then read where they are, in one more read for all of them."""
+        rows = await self._data.rows_by_id(_WITH_COURSE + where, arg, shard_key=arg)
+        elsewhere = [r["course_id"] for r in rows if r["course_title"] is None]
+        if elsewhere:
+            courses = await self._courses(elsewhere)
+            for r in rows:
+                if r["course_title"] is None:
+                    course = courses.get(r["course_id"])
+                    r["course_title"] = course["title"] if course else ""
+                    r["course_region"] = course["region"] if course else ""
+        return rows
 
     async def owned(self, enrollment_id: uuid.UUID, by: Principal) -> dict[str, Any]:
         """The enrollment, if `by` may see it (its student, or an admin). Another user's
@@ -81,63 +104,77 @@ class Enrollments:
         found = await self._data.row(
             f"SELECT {ENROLLMENT_COLUMNS} FROM enrollments e WHERE e.enrollment_id = $1",
             enrollment_id)
-        if found is None or (found["user_id"] != by.user_id and not by.is_admin):
-            raise NotFound("no such enrollment")
-        return found
+        return _own(found, by)
 
     async def get(self, enrollment_id: uuid.UUID, *, by: Principal) -> Enrollment:
-        return (await self._shaped([await self.owned(enrollment_id, by)]))[0]
+        found = await self._with_courses("WHERE e.enrollment_id = $1", enrollment_id)
+        return Enrollment.model_validate(_own(_first(found), by))
 
     async def mine(self, *, by: Principal) -> EnrollmentList:
-        rows = await self._data.rows(
-            f"SELECT {ENROLLMENT_COLUMNS} FROM enrollments e WHERE e.user_id = $1 "
-            "ORDER BY e.enrolled_at DESC, e.enrollment_id", by.user_id)
-        return EnrollmentList(items=await self._shaped(rows))
+        rows = await self._with_courses(
+            "WHERE e.user_id = $1 ORDER BY e.enrolled_at DESC, e.enrollment_id", by.user_id)
+        return EnrollmentList(items=[Enrollment.model_validate(r) for r in rows])
 
     async def progress(self, enrollment_id: uuid.UUID, *, by: Principal) -> Progress:
-        await self.owned(enrollment_id, by)
-        summary = await self._data.row("SELECT * FROM course_progress($1)", enrollment_id)
-        done = await self._data.rows(
-            "SELECT lesson_id FROM lesson_progress WHERE enrollment_id = $1 "
-            "AND status = 'completed' ORDER BY lesson_id", enrollment_id)
-        assert summary is not None
-        return Progress(enrollment_id=enrollment_id, **summary,
-                        completed_lessons=[r["lesson_id"] for r in done])
+        """The enrollment's progress and its completed lessons: one read, on its shard."""
+        found = _own(_first(await self._data.rows_by_id(
+            "SELECT e.user_id, p.lessons_total, p.lessons_completed, p.progress_pct, p.status,"
+            " (SELECT coalesce(json_agg(lp.lesson_id ORDER BY lp.lesson_id), '[]')"
+            "  FROM lesson_progress lp WHERE lp.enrollment_id = e.enrollment_id"
+            "  AND lp.status = 'completed') AS completed_lessons "
+            "FROM enrollments e CROSS JOIN LATERAL course_progress(e.enrollment_id) p "
+            "WHERE e.enrollment_id = $1", enrollment_id)), by)
+        return Progress(enrollment_id=enrollment_id, lessons_total=found["lessons_total"],
+                        lessons_completed=found["lessons_completed"],
+                        progress_pct=found["progress_pct"], status=found["status"],
+                        completed_lessons=found["completed_lessons"].value)
 
     async def complete_lesson(self, enrollment_id: uuid.UUID, lesson_id: uuid.UUID,
                               seconds_spent: int = 0, *, by: Principal) -> LessonDone:
-        """A remote enrollment's lessons are those its course's shard has now: read there
-        first, they replace the enrollment's copy in the same write."""
-        enrollment = await self.owned(enrollment_id, by)
-        lessons: list[uuid.UUID] | None = None
-        if enrollment["remote"]:
-            found = await self._data.rows(
+        """One write that checks who asks (sql/025): another user's enrollment is missing,
+        as in owned(). A remote enrollment's lessons are those its course's shard has now:
+        the write answers that it needs them, they are read there, and the write is sent
+        again with them (they replace the enrollment's copy in the same write)."""
+        found = await self._complete_lesson(enrollment_id, lesson_id, seconds_spent, None, by)
+        if found["outcome"] == "lessons_needed":
+            rows = await self._data.rows(
                 "SELECT l.lesson_id FROM lessons l JOIN course_modules m USING (module_id) "
-                "WHERE m.course_id = $1 ORDER BY m.position, l.position",
-                enrollment["course_id"])
-            lessons = [r["lesson_id"] for r in found]
-        pct = await self._data.write_value(
-            "SELECT complete_lesson($1, $2, $3, $4)", enrollment_id, lesson_id, seconds_spent,
-            lessons)
-        return LessonDone(enrollment_id=enrollment_id, lesson_id=lesson_id, progress_pct=pct)
+                "WHERE m.course_id = $1 ORDER BY m.position, l.position", found["course_id"])
+            found = await self._complete_lesson(enrollment_id, lesson_id, seconds_spent,
+                                                [r["lesson_id"] for r in rows], by)
+        if found["outcome"] != "done":
+            raise NotFound("no such enrollment")
+        return LessonDone(enrollment_id=enrollment_id, lesson_id=lesson_id,
+                          progress_pct=found["progress_pct"])
+
+    async def _complete_lesson(self, enrollment_id: uuid.UUID, lesson_id: uuid.UUID,
+                               seconds_spent: int, lessons: list[uuid.UUID] | None,
+                               by: Principal) -> dict[str, Any]:
+        found = await self._data.write_by_id(
+            "SELECT outcome, course_id, progress_pct "
+            "FROM complete_lesson($1, $2, $3, $4, $5, $6)",
+            enrollment_id, lesson_id, seconds_spent, lessons, by.user_id, by.is_admin)
+        if found is None:  # an id of no shard: no such enrollment
+            return {"outcome": "not_found"}
+        return found[0]
 
     async def issue_certificate(self, enrollment_id: uuid.UUID, *, by: Principal
                                 ) -> Certificate:
-        """The certificate of a completed course (issued once; asking again returns it)."""
-        await self.owned(enrollment_id, by)
-        certificate_id = await self._data.write_value(
-            "SELECT issue_certificate($1)", enrollment_id)
-        found = await self._data.row(
-            "SELECT certificate_id, enrollment_id, serial_number, issued_at FROM certificates "
-            "WHERE certificate_id = $1", certificate_id)
-        assert found is not None
-        return Certificate.model_validate(found)
+        """The certificate of a completed course (issued once; asking again returns it). One
+        write that checks who asks (sql/025): another user's enrollment is missing."""
+        found = await self._data.write_by_id(
+            "SELECT certificate_id, enrollment_id, serial_number, issued_at "
+            "FROM issue_certificate($1, $2, $3)", enrollment_id, by.user_id, by.is_admin)
+        if not found:
+            raise NotFound("no such enrollment")
+        return Certificate.model_validate(found[0])
 
     async def certificate(self, enrollment_id: uuid.UUID, *, by: Principal) -> Certificate:
-        await self.owned(enrollment_id, by)
-        found = await self._data.row(
-            "SELECT certificate_id, enrollment_id, serial_number, issued_at FROM certificates "
-            "WHERE enrollment_id = $1", enrollment_id)
-        if found is None:
+        """The enrollment's certificate: one read, on its shard."""
+        found = _own(_first(await self._data.rows_by_id(
+            "SELECT e.user_id, e.enrollment_id, c.certificate_id, c.serial_number, c.issued_at "
+            "FROM enrollments e LEFT JOIN certificates c ON c.enrollment_id = e.enrollment_id "
+            "WHERE e.enrollment_id = $1", enrollment_id)), by)
+        if found["certificate_id"] is None:
             raise NotFound("no certificate has been issued for this enrollment")
         return Certificate.model_validate(found)
