@@ -26,7 +26,7 @@ After a promotion the shard's other standbys still stream from the dead old prim
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol.heartbeat import ReportedHealth
@@ -39,6 +39,7 @@ __all__ = [
     "FollowAction",
     "FollowerPlan",
     "GiveUp",
+    "LeftBehind",
     "NoAction",
     "NoActionReason",
     "Promote",
@@ -47,6 +48,7 @@ __all__ = [
     "ReplicaView",
     "ShardNodeState",
     "decide_promotion",
+    "followers_to_retry",
     "plan_failover",
     "plan_followers",
 ]
@@ -258,3 +260,24 @@ def plan_followers(old_primary: str, new_primary: str, promotion_lsn: int | None
             plans.append(FollowerPlan(node.name, FollowAction.REPOINT,
                                       f"{node.name} is a standby{at}: it follows {new_primary}"))
     return tuple(plans)
+
+
+@dataclass(frozen=True, slots=True)
+class LeftBehind:
+    """The standbys a promotion could not re-point because they did not answer: re-pointed
+    when they answer again (a standby that comes back still asks the dead old primary)."""
+
+    old_primary: str
+    new_primary: str
+    promotion_lsn: int | None
+    replicas: frozenset[str]
+
+
+def followers_to_retry(left: LeftBehind, primary_now: str,
+                       standbys_up: Collection[str]) -> tuple[str, ...] | None:
+    """Which left-behind standbys to re-point now: those the monitor sees up and in recovery
+    (`standbys_up`), by name. None: forget them all, the shard's primary has changed again
+    (that promotion re-points its own standbys)."""
+    if primary_now != left.new_primary:
+        return None
+    return tuple(sorted(left.replicas & set(standbys_up)))

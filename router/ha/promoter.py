@@ -49,13 +49,16 @@ from router.core.failover import (
     FollowAction,
     FollowerPlan,
     GiveUp,
+    LeftBehind,
     Promote,
     PromoteNow,
     ShardNodeState,
     decide_promotion,
+    followers_to_retry,
     plan_followers,
 )
-from router.ha.topology import NodeState, Topology
+from router.core.health import NodeHealth
+from router.ha.topology import NodeState, ShardState, Topology
 
 __all__ = ["FollowOutcome", "FollowerResult", "Promoter", "PromotionRecord"]
 
@@ -152,6 +155,9 @@ class Promoter:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.promotions: list[PromotionRecord] = []  # done by this router node
         self.last_step: dict[str, str] = {}  # shard -> the last step and its reason
+        # shard -> replica -> what became of it after this node's newest promotion there
+        self.followers: dict[str, dict[str, FollowerResult]] = {}
+        self._left: dict[str, LeftBehind] = {}  # shard -> standbys to re-point when back
 
     def request(self, plan: Promote) -> None:
         """Start carrying out `plan` unless this shard's previous attempt is still running."""
@@ -160,6 +166,21 @@ class Promoter:
             return
         self._tasks[plan.shard] = asyncio.create_task(self._attempt(plan),
                                                       name=f"promote:{plan.shard}")
+
+    def follow_up(self, shard: ShardState) -> None:
+        """Called every heartbeat round: re-point the standbys this node's promotion left
+        behind (unreachable then) once the monitor sees them up and in recovery again."""
+        left = self._left.get(shard.name)
+        task = self._tasks.get(shard.name)
+        if left is None or (task is not None and not task.done()):
+            return
+        back = followers_to_retry(left, shard.primary.name, [
+            n.name for n in shard.replicas if n.health is NodeHealth.UP and n.in_recovery])
+        if back is None:
+            del self._left[shard.name]
+        elif back:
+            self._tasks[shard.name] = asyncio.create_task(self._follow_later(shard.name, back),
+                                                          name=f"follow:{shard.name}")
 
     async def stop(self) -> None:
         for task in self._tasks.values():
@@ -177,6 +198,35 @@ class Promoter:
         except Exception as exc:  # the heartbeat's next round asks again
             self.last_step[plan.shard] = f"failed: {type(exc).__name__}: {exc}"
             log.error("promotion for %s failed: %s: %s", plan.shard, type(exc).__name__, exc)
+
+    async def _follow_later(self, shard: str, names: tuple[str, ...]) -> None:
+        left = self._left[shard]
+        nodes = [n for n in self._topology().shards[shard].nodes()
+                 if n.name in names or n.name == left.new_primary]
+        conns: dict[str, asyncpg.Connection] = {}
+        try:
+            async with asyncio.timeout(ATTEMPT_SECONDS):
+                opened = await asyncio.gather(*(self._connect(n, False) for n in nodes))
+                conns = {n.name: c for n, c in zip(nodes, opened, strict=True)
+                         if c is not None}
+                for name in sorted(conns):  # the promoters' lock: never beside a promotion
+                    if name != left.new_primary:
+                        await conns[name].execute(LOCK_SQL, f"georoute-failover:{shard}")
+                states = await asyncio.gather(*(self._state(n.name, conns.get(n.name))
+                                                for n in nodes))
+                new = next(s for s in states if s.name == left.new_primary)
+                if new.in_recovery is not False:
+                    return  # not the writable primary it was: the next round looks again
+                followers = await self._repoint(shard, left.old_primary, left.new_primary,
+                                                left.promotion_lsn, states, conns)
+                self._said(shard, f"standbys back after the promotion of {left.new_primary}"
+                           + _summary(followers))
+        except Exception as exc:  # the next heartbeat round tries again
+            log.error("re-pointing %s's standbys %s failed: %s: %s", shard, ", ".join(names),
+                      type(exc).__name__, exc)
+        finally:
+            for conn in conns.values():
+                conn.terminate()
 
     async def _promote(self, plan: Promote, started: float) -> None:
         shard = self._topology().shards[plan.shard]
@@ -264,6 +314,21 @@ class Promoter:
                 log.error("failover of %s: %s does not follow %s (%s): %s", shard,
                           result.replica, new, result.outcome.value, result.detail)
             results.append(result)
+        done = self.followers.setdefault(shard, {})
+        if shard in self._left and self._left[shard].new_primary == new:
+            left = set(self._left[shard].replicas)
+        else:  # a new promotion: what earlier ones said is history
+            done.clear()
+            left = set()
+        for result in results:
+            done[result.replica] = result
+            left.discard(result.replica)
+            if result.outcome is FollowOutcome.UNREACHABLE:
+                left.add(result.replica)
+        if left:
+            self._left[shard] = LeftBehind(old, new, promotion_lsn, frozenset(left))
+        else:
+            self._left.pop(shard, None)
         return tuple(results)
 
     async def _follow(self, plan: FollowerPlan, standby: asyncpg.Connection,
@@ -327,7 +392,9 @@ class Promoter:
 
     def report(self) -> dict[str, Any]:
         return {"promotions": [p.report() for p in self.promotions],
-                "last_step": dict(self.last_step)}
+                "last_step": dict(self.last_step),
+                "followers": {shard: [f.report() for f in done.values()]
+                              for shard, done in self.followers.items()}}
 
 
 def _summary(followers: tuple[FollowerResult, ...]) -> str:

@@ -154,3 +154,80 @@ async def test_the_other_replica_follows_the_promoted_one(
             ("europe-3", "repointed")]
         assert any("europe-3 repointed" in step for report in reports
                    for step in report["last_step"].values())
+
+
+async def test_a_replica_down_during_the_promotion_follows_when_it_comes_back(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    """europe-3 is stopped when europe-2 (the primary after the first test) dies: the promoter
+    names it unreachable; started again, it still asks the dead europe-2 for WAL, until the
+    promoting router sees it up and re-points it at the new primary."""
+    local, base = scratch
+    await asyncio.to_thread(local.rejoin, "europe-1")  # a standby of europe-2 again
+    local.stop_node("europe-3")
+    configs = managed_configs(base)[:2]
+    with contextlib.ExitStack() as stack:
+        routers = [stack.enter_context(start_router(c, local.state_dir / f"router-g{i}.toml",
+                                                    SECRET))
+                   for i, c in enumerate(configs)]
+
+        async def ready() -> bool:
+            for proc in routers:
+                europe = (await topology(proc))["shards"]["europe"]
+                nodes = {n["name"]: n for n in europe["nodes"]}
+                if europe["primary"] != "europe-2" or nodes["europe-1"]["health"] != "up":
+                    return False
+            return peer_states(await heartbeat_report(routers[0])).get(
+                routers[1].config.router.node_name) == "alive"
+
+        await wait_until(ready, within=20, what="routers on europe-2, europe-1 its standby")
+        async with await client.connect(routers[0].dsn, token=TOKEN) as db:
+            europe = base.shards["europe"].number
+            before = new_id(europe)
+            await db.execute(INSERT, before, "before")
+
+            async def on_europe_1() -> bool:
+                return await has_row(local.dsn("europe-1"), before)
+
+            await wait_until(on_europe_1, within=10, what="the row on europe-1")
+            pid = local.pid("europe-2")
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            async def recorded() -> list[dict[str, Any]]:
+                reports = [(await heartbeat_report(p))["promoter"] for p in routers]
+                return [r for report in reports for r in report["promotions"]]
+
+            async def promoted() -> bool:
+                return len(await recorded()) == 1
+
+            await wait_until(promoted, within=20, what="europe-1 promoted")
+            (record,) = await recorded()
+            assert record["new_primary"] == "europe-1"
+            assert [(f["replica"], f["outcome"]) for f in record["followers"]] == [
+                ("europe-3", "unreachable")]
+            after = new_id(europe)
+            await db.execute(INSERT, after, "after")
+
+            local.start_node("europe-3")  # it asks europe-2, which is dead, for WAL
+
+            async def replayed() -> bool:
+                return await has_row(local.dsn("europe-3"), after)
+
+            await wait_until(replayed, within=15, what="europe-3 replays the new primary's write")
+
+            async def read_from_europe_3() -> bool:
+                rows, route = await db.fetch_routed(
+                    "SELECT payload FROM rt_items WHERE item_id = $1", after,
+                    consistency="replica")
+                return bool(route is not None and route.node == "europe-3"
+                            and [r[0] for r in rows] == ["after"])
+
+            await wait_until(read_from_europe_3, within=10, what="reads served by europe-3")
+        conninfo, _ = await settings(local.dsn("europe-3"))
+        assert dict(parse_conninfo(conninfo))["port"] == str(local.node("europe-1").port)
+        promoter = next(r for r in [(await heartbeat_report(p))["promoter"] for p in routers]
+                        if r["promotions"])
+        assert [(f["replica"], f["outcome"]) for f in promoter["followers"]["europe"]] == [
+            ("europe-3", "repointed")]
+        assert "europe-3 repointed" in promoter["last_step"]["europe"]

@@ -16,7 +16,13 @@ from router.core.conninfo import (
     sql_literal,
 )
 from router.core.errors import ConninfoError
-from router.core.failover import FollowAction, ShardNodeState, plan_followers
+from router.core.failover import (
+    FollowAction,
+    LeftBehind,
+    ShardNodeState,
+    followers_to_retry,
+    plan_followers,
+)
 
 # What pg_basebackup -R writes (PostgreSQL 18), with a passfile path that needs quotes.
 BASEBACKUP = (
@@ -154,3 +160,12 @@ def test_an_adopted_promotion_repoints_every_standby_its_point_unknown() -> None
 def test_a_shard_of_one_replica_has_no_followers() -> None:
     nodes = [ShardNodeState("asia-1", None, None, None, None), standby("asia-2", 10)]
     assert plan_followers("asia-1", "asia-2", 10, nodes) == ()
+
+
+def test_standbys_left_behind_are_retried_once_they_answer_and_forgotten_after_a_new_failover(
+) -> None:
+    left = LeftBehind("europe-2", "europe-1", 7000, frozenset({"europe-3", "europe-4"}))
+    assert followers_to_retry(left, "europe-1", []) == ()
+    assert followers_to_retry(left, "europe-1", ["europe-4", "europe-2", "europe-3"]) == (
+        "europe-3", "europe-4")
+    assert followers_to_retry(left, "europe-4", ["europe-3"]) is None
