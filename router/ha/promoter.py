@@ -307,7 +307,10 @@ class Promoter:
                 result = await self._follow(plan, conns[plan.replica], conns[new], new, address)
             else:
                 result = FollowerResult(plan.replica, _LEFT[plan.action], plan.reason)
-            if result.outcome.follows:
+            if result.outcome is FollowOutcome.ALREADY_FOLLOWING:
+                log.info("failover of %s: %s follows %s: %s", shard, result.replica, new,
+                         result.detail)
+            elif result.outcome is FollowOutcome.REPOINTED:
                 log.warning("failover of %s: %s follows %s: %s", shard, result.replica, new,
                             result.detail)
             else:

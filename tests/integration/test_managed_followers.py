@@ -21,6 +21,7 @@ import pytest
 import client
 from router.config import Config, NodeAddress
 from router.core.conninfo import parse_conninfo
+from router.tools.db.health_report import check_health
 from router.tools.db.migrate import migrate
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
@@ -103,6 +104,8 @@ async def test_the_other_replica_follows_the_promoted_one(
                         and await has_row(local.dsn("europe-3"), before))
 
             await wait_until(on_both_replicas, within=10, what="the row on both replicas")
+            health = {n.name: n for n in (await check_health(base)).nodes}
+            assert health["europe-3"].upstream == f"127.0.0.1:{local.node('europe-1').port}"
             pid = local.pid("europe-1")
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
@@ -145,6 +148,9 @@ async def test_the_other_replica_follows_the_promoted_one(
                 "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot)
         finally:
             await primary.close()
+        # `georoute health` shows where each standby streams from.
+        health = {n.name: n for n in (await check_health(base)).nodes}
+        assert health["europe-3"].upstream == f"127.0.0.1:{local.node('europe-2').port}"
         # The promoter's report (the topology view's heartbeat section) says so.
         reports = [(await heartbeat_report(p))["promoter"] for p in routers]
         records = [r for report in reports for r in report["promotions"]]
