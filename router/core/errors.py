@@ -12,6 +12,7 @@ from protocol.errors import ErrorCode
 from router.errors import GeorouteError
 
 __all__ = [
+    "ConninfoError",
     "CoreError",
     "CrossShardError",
     "DocumentValidationError",
@@ -126,6 +127,13 @@ class ScatterRefused(CrossShardError):
 class IllegalTransition(CoreError):
     """A two-phase coordinator tried a step its state does not allow: a bug, never a client's
     doing."""
+
+    code = ErrorCode.INTERNAL
+
+
+class ConninfoError(CoreError):
+    """A libpq connection string (a standby's primary_conninfo) that cannot be parsed, or
+    written back, by router/core/conninfo.py: our peer's configuration, never a client's."""
 
     code = ErrorCode.INTERNAL
 

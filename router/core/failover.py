@@ -17,12 +17,16 @@ every reachable replica of the shard, in name order, and then asks `decide_promo
 fresh snapshot of the shard's nodes taken under those locks: a second promoter finds a node
 already out of recovery and adopts it instead of promoting another. The new primary is then
 agreed by its timeline (router/core/primary.py).
+
+After a promotion the shard's other standbys still stream from the dead old primary:
+`plan_followers` says, per standby, whether the promoter re-points it at the new primary
+(router/core/conninfo.py rewrites its primary_conninfo) or why it cannot.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol.heartbeat import ReportedHealth
@@ -32,7 +36,10 @@ __all__ = [
     "Adopt",
     "Decision",
     "FailoverView",
+    "FollowAction",
+    "FollowerPlan",
     "GiveUp",
+    "LeftBehind",
     "NoAction",
     "NoActionReason",
     "Promote",
@@ -41,7 +48,9 @@ __all__ = [
     "ReplicaView",
     "ShardNodeState",
     "decide_promotion",
+    "followers_to_retry",
     "plan_failover",
+    "plan_followers",
 ]
 
 
@@ -204,3 +213,71 @@ def decide_promotion(old_primary: str, nodes: Sequence[ShardNodeState]) -> Promo
     best = min(standbys, key=lambda n: (-n.advanced, n.name))
     return PromoteNow(best.name, best.advanced,
                       f"{best.name} is the most advanced replica (WAL to {best.advanced})")
+
+
+# ---- after the promotion: the shard's other standbys ------------------------------------------
+
+
+class FollowAction(enum.Enum):
+    REPOINT = "repoint"  # a standby at or behind the promotion point: it can follow
+    CANNOT_FOLLOW = "cannot_follow"  # it has WAL past the promotion point: pg_rewind first
+    UNREACHABLE = "unreachable"  # it did not answer the promoter: re-point it by hand
+    NOT_A_STANDBY = "not_a_standby"  # writable: fenced by the monitors, rejoined by a person
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerPlan:
+    replica: str
+    action: FollowAction
+    reason: str
+
+
+def plan_followers(old_primary: str, new_primary: str, promotion_lsn: int | None,
+                   nodes: Sequence[ShardNodeState]) -> tuple[FollowerPlan, ...]:
+    """What becomes of each node of the shard other than the old and the new primary, by
+    name. `promotion_lsn` is where the new primary's timeline forks (None: not known, as when
+    the promoter adopts someone else's promotion; then every standby is re-pointed, and one
+    that cannot follow says so in its own log). A standby whose WAL goes past the fork cannot
+    stream the new timeline: PostgreSQL refuses it, so it is left alone and named."""
+    plans: list[FollowerPlan] = []
+    for node in sorted(nodes, key=lambda n: n.name):
+        if node.name in (old_primary, new_primary):
+            continue
+        if node.in_recovery is None:
+            plans.append(FollowerPlan(node.name, FollowAction.UNREACHABLE,
+                                      f"{node.name} did not answer: it still streams from "
+                                      f"{old_primary}, if at all; re-point it at {new_primary}"))
+        elif node.in_recovery is False:
+            plans.append(FollowerPlan(node.name, FollowAction.NOT_A_STANDBY,
+                                      f"{node.name} is writable, not a standby"))
+        elif promotion_lsn is not None and node.advanced > promotion_lsn:
+            plans.append(FollowerPlan(
+                node.name, FollowAction.CANNOT_FOLLOW,
+                f"{node.name} has WAL to {node.advanced}, past {new_primary}'s promotion at "
+                f"{promotion_lsn}: it needs pg_rewind (georoute cluster rejoin {node.name})"))
+        else:
+            at = "" if promotion_lsn is None else f" (WAL to {node.advanced} <= {promotion_lsn})"
+            plans.append(FollowerPlan(node.name, FollowAction.REPOINT,
+                                      f"{node.name} is a standby{at}: it follows {new_primary}"))
+    return tuple(plans)
+
+
+@dataclass(frozen=True, slots=True)
+class LeftBehind:
+    """The standbys a promotion could not re-point because they did not answer: re-pointed
+    when they answer again (a standby that comes back still asks the dead old primary)."""
+
+    old_primary: str
+    new_primary: str
+    promotion_lsn: int | None
+    replicas: frozenset[str]
+
+
+def followers_to_retry(left: LeftBehind, primary_now: str,
+                       standbys_up: Collection[str]) -> tuple[str, ...] | None:
+    """Which left-behind standbys to re-point now: those the monitor sees up and in recovery
+    (`standbys_up`), by name. None: forget them all, the shard's primary has changed again
+    (that promotion re-points its own standbys)."""
+    if primary_now != left.new_primary:
+        return None
+    return tuple(sorted(left.replicas & set(standbys_up)))

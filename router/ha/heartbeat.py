@@ -208,6 +208,8 @@ class HeartbeatService:
             if (self.promoter is not None and isinstance(decision, Promote)
                     and decision.promoter == self.node_name):
                 self.promoter.request(decision)
+            elif self.promoter is not None:
+                self.promoter.follow_up(shard)
 
     # ---- receiving -------------------------------------------------------------------------
 

@@ -282,7 +282,8 @@ async def test_kill_9_the_majority_promotes_once_and_the_old_primary_is_fenced(
             assert not any("would promote" in line for line in c.output)
             assert c.wait_for_output("failover plan for europe (managed): no action (isolated)",
                                      timeout=1)
-            assert (await heartbeat_report(c))["promoter"] == {"promotions": [], "last_step": {}}
+            assert (await heartbeat_report(c))["promoter"] == {"promotions": [], "last_step": {},
+                                                               "followers": {}}
             new_primary = await asyncpg.connect(local.dsn("europe-2"))
             try:
                 rows = await new_primary.fetch("SELECT shard, new_primary, timeline, promoted_by "

@@ -35,6 +35,8 @@ __all__ = [
 
 # The main tables whose row counts `georoute health` shows per shard.
 IDENTITY_SQL = f"SELECT pg_is_in_recovery(), {TIMELINE_SQL}"
+UPSTREAM_SQL = ("SELECT sender_host, sender_port FROM pg_stat_wal_receiver "
+                "WHERE status = 'streaming' AND sender_host IS NOT NULL")
 COUNTED_TABLES: tuple[str, ...] = (
     "users", "courses", "lessons", "enrollments", "lesson_progress", "payments", "invoices",
     "reviews", "certificates", "audit_log",
@@ -63,6 +65,9 @@ class NodeReport:
     # Seconds since the replica replayed its last transaction: grows while the primary is idle,
     # so read it beside replica_lag_bytes (0 bytes behind + large delay = idle, not lagging).
     replay_delay_seconds: float | None = None
+    # A standby's WAL receiver: "host:port" it streams from, "" when it streams from nowhere
+    # (e.g. it still asks a dead old primary: managed failover re-points it), None: no answer.
+    upstream: str | None = None
     error: str | None = None
 
 
@@ -119,10 +124,12 @@ class HealthReport:
 
     def format_table(self) -> str:
         out = [_table(
-            ("NODE", "ADDRESS", "ROLE", "STATE", "LAG_BYTES", "REPLAY_DELAY_S", "ERROR"),
+            ("NODE", "ADDRESS", "ROLE", "STATE", "LAG_BYTES", "REPLAY_DELAY_S", "UPSTREAM",
+             "ERROR"),
             [(n.name, n.address, _role(n.role) + (" FENCED" if n.fenced else ""), n.state.value,
               _dash(n.replica_lag_bytes),
               _dash(None if n.replay_delay_seconds is None else f"{n.replay_delay_seconds:.3f}"),
+              "NOT STREAMING" if n.upstream == "" else _dash(n.upstream),
               n.error or "") for n in self.nodes],
         )]
         shard_names = [s.shard for s in self.shards]
@@ -188,6 +195,8 @@ async def _probe_node(config: Config, node: NodeReport, address: NodeAddress,
             node.replica_lag_bytes = (None if primary_lsn is None or replayed is None
                                       else max(0, primary_lsn - replayed))
             node.replay_delay_seconds = None if row["delay"] is None else float(row["delay"])
+            sender: Any = await conn.fetchrow(UPSTREAM_SQL)
+            node.upstream = "" if sender is None else f"{sender[0]}:{sender[1]}"
     except asyncpg.PostgresError as exc:
         node.error = f"{type(exc).__name__}: {exc}"[:120]
     finally:

@@ -1,0 +1,139 @@
+"""libpq connection strings (`key=value key='va lue'`), parsed and written as libpq does
+(fe-connect.c `conninfo_parse`; pg_basebackup's `appendConnStrVal` for quoting), and a
+standby's `primary_conninfo` re-pointed at another primary: the rest of it kept (user,
+password or passfile, sslmode, application_name...), only where it connects replaced.
+
+libpq's rules, as followed here: whitespace separates pairs and may surround `=`; a value is
+either unquoted (up to the next whitespace) or in single quotes (up to the next unescaped
+quote, whitespace kept); in both a backslash takes the next character literally. A repeated
+keyword: the last one counts (libpq's rule), so a rewrite keeps one. The URI form
+(`postgresql://...`) is refused rather than rewritten: a person re-points such a standby.
+"""
+
+from __future__ import annotations
+
+from router.core.errors import ConninfoError
+
+__all__ = ["format_conninfo", "parse_conninfo", "quote_conninfo_value", "repoint_conninfo",
+           "sql_literal"]
+
+# C's isspace() in the C locale, which libpq uses (Python's str.isspace() takes more).
+_SPACE = frozenset(" \t\n\v\f\r")
+# Keywords are written back as they were read: only libpq's own shape is accepted.
+_KEYWORD = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+# A value of only these characters goes unquoted (appendConnStrVal's set).
+_BARE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
+_URI_PREFIXES = ("postgresql://", "postgres://")
+# Where a connection goes: replaced together (hostaddr would win over the new host).
+_WHERE = ("host", "hostaddr", "port")
+
+
+def parse_conninfo(text: str) -> list[tuple[str, str]]:
+    """The (keyword, value) pairs of `text`, in order, repeats included."""
+    if text.startswith(_URI_PREFIXES):
+        raise ConninfoError("a connection URI, not key=value pairs: not rewritten")
+    pairs: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i] in _SPACE:
+            i += 1
+        if i == n:
+            return pairs
+        start = i
+        while i < n and text[i] != "=" and text[i] not in _SPACE:
+            i += 1
+        keyword = text[start:i]
+        while i < n and text[i] in _SPACE:
+            i += 1
+        if i == n or text[i] != "=":
+            raise ConninfoError(f'missing "=" after "{keyword}" in connection info string')
+        if not keyword or not set(keyword) <= _KEYWORD:
+            raise ConninfoError(f"invalid connection option {keyword!r}")
+        i += 1
+        while i < n and text[i] in _SPACE:
+            i += 1
+        value: list[str] = []
+        if i < n and text[i] == "'":
+            i += 1
+            while True:
+                if i == n:
+                    raise ConninfoError("unterminated quoted string in connection info string")
+                char = text[i]
+                if char == "\\":
+                    i += 1
+                    if i < n:
+                        value.append(text[i])
+                        i += 1
+                elif char == "'":
+                    i += 1
+                    break
+                else:
+                    value.append(char)
+                    i += 1
+        else:
+            while i < n and text[i] not in _SPACE:
+                if text[i] == "\\":
+                    i += 1
+                    if i < n:
+                        value.append(text[i])
+                        i += 1
+                else:
+                    value.append(text[i])
+                    i += 1
+        pairs.append((keyword, "".join(value)))
+
+
+def quote_conninfo_value(value: str) -> str:
+    """`value` as libpq reads it back: bare when it is only letters, digits, `_` and `.`;
+    otherwise in single quotes with `'` and `\\` escaped by a backslash."""
+    if value and set(value) <= _BARE:
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def format_conninfo(pairs: list[tuple[str, str]]) -> str:
+    for keyword, _ in pairs:
+        if not keyword or not set(keyword) <= _KEYWORD:
+            raise ConninfoError(f"invalid connection option {keyword!r}")
+    return " ".join(f"{k}={quote_conninfo_value(v)}" for k, v in pairs)
+
+
+def repoint_conninfo(text: str, host: str, port: int) -> str:
+    """`text` with `host` and `port` in place of where it connected (host, hostaddr, port;
+    several hosts included), every other setting kept as it was, in its order."""
+    pairs: list[tuple[str, str]] = []
+    placed = False
+    for keyword, value in _last_of_each(parse_conninfo(text)):
+        if keyword in _WHERE:
+            if not placed:
+                pairs += [("host", host), ("port", str(port))]
+                placed = True
+            continue
+        pairs.append((keyword, value))
+    if not placed:
+        pairs += [("host", host), ("port", str(port))]
+    return format_conninfo(pairs)
+
+
+def _last_of_each(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # libpq lets a repeated keyword's last value win: keep that one, at its first place.
+    last = dict(pairs)
+    seen: set[str] = set()
+    out: list[tuple[str, str]] = []
+    for keyword, _ in pairs:
+        if keyword not in seen:
+            seen.add(keyword)
+            out.append((keyword, last[keyword]))
+    return out
+
+
+def sql_literal(text: str) -> str:
+    """`text` as an SQL string literal, as PostgreSQL's quote_literal() writes it (an E''
+    literal when it holds a backslash), so it reads back the same whatever
+    standard_conforming_strings says. For statements that take no parameters (ALTER SYSTEM)."""
+    if "\x00" in text:
+        raise ConninfoError("a NUL character cannot be in an SQL string")
+    quoted = text.replace("'", "''")
+    if "\\" in text:
+        return "E'" + quoted.replace("\\", "\\\\") + "'"
+    return "'" + quoted + "'"

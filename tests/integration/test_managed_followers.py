@@ -1,0 +1,239 @@
+"""Managed failover on a shard of one primary and TWO replicas: after the promotion, the
+other replica follows the new primary (the promoter makes its slot there and re-points its
+primary_conninfo), so it replays the writes that come after and the routers read from it
+again. Without that, it would keep asking the dead old primary for WAL and never see another
+write. A scratch cluster of its own: europe gets a third node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import pytest
+
+import client
+from router.config import Config, NodeAddress
+from router.core.conninfo import parse_conninfo
+from router.tools.db.health_report import check_health
+from router.tools.db.migrate import migrate
+from router.tools.localcluster import LocalCluster
+from tests.integration.conftest import wait_until
+from tests.integration.test_heartbeat import heartbeat_report, peer_states
+from tests.integration.test_managed_failover import (
+    INSERT,
+    SECRET,
+    managed_configs,
+    start_router,
+    topology,
+)
+from tests.support.ids import new_id
+from tests.support.router_proc import SCRATCH_DDL, TOKEN
+from tests.support.scratch import scratch_cluster
+
+SCRATCH_OFFSET = 6800  # far from the session's cluster and the other scratch ones
+
+
+@pytest.fixture(scope="module")
+def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
+    shards = dict(test_config.shards)
+    europe = shards["europe"]
+    free = max(a.port for s in shards.values() for a in (s.primary, *s.replicas)) + 1
+    shards["europe"] = replace(europe, replicas=(
+        *europe.replicas, NodeAddress("127.0.0.1", free, europe.primary.database)))
+    with scratch_cluster(replace(test_config, shards=shards), SCRATCH_OFFSET,
+                         "scratch-followers") as pair:
+        asyncio.run(migrate(pair[1], documents=False))
+        yield pair
+
+
+async def settings(dsn: str) -> tuple[str, str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT current_setting('primary_conninfo'), "
+                                  "current_setting('primary_slot_name')")
+        assert row is not None
+        return row[0], row[1]
+    finally:
+        await conn.close()
+
+
+async def has_row(dsn: str, item: uuid.UUID) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(await conn.fetchval("SELECT count(*) FROM rt_items WHERE item_id = $1",
+                                        item))
+    finally:
+        await conn.close()
+
+
+async def test_the_other_replica_follows_the_promoted_one(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    local, base = scratch
+    configs = managed_configs(base)[:2]  # two of the three configured: a majority
+    conninfo_before, slot = await settings(local.dsn("europe-3"))
+    assert slot and f"port={local.node('europe-1').port}" in conninfo_before
+    with contextlib.ExitStack() as stack:
+        routers = [stack.enter_context(start_router(c, local.state_dir / f"router-f{i}.toml",
+                                                    SECRET))
+                   for i, c in enumerate(configs)]
+        names = [r.config.router.node_name for r in routers]
+
+        async def alive() -> bool:
+            for proc, other in zip(routers, reversed(names), strict=True):
+                if peer_states(await heartbeat_report(proc)).get(other) != "alive":
+                    return False
+            return True
+
+        await wait_until(alive, within=20, what="the two routers alive to each other")
+        async with await client.connect(routers[0].dsn, token=TOKEN) as db:
+            await db.execute(SCRATCH_DDL, shard="europe")
+            europe = base.shards["europe"].number  # ids that route to europe
+            before = new_id(europe)
+            await db.execute(INSERT, before, "before")
+
+            async def on_both_replicas() -> bool:
+                return (await has_row(local.dsn("europe-2"), before)
+                        and await has_row(local.dsn("europe-3"), before))
+
+            await wait_until(on_both_replicas, within=10, what="the row on both replicas")
+            health = {n.name: n for n in (await check_health(base)).nodes}
+            assert health["europe-3"].upstream == f"127.0.0.1:{local.node('europe-1').port}"
+            pid = local.pid("europe-1")
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            async def promoted() -> bool:
+                for proc in routers:
+                    if (await topology(proc))["shards"]["europe"]["primary"] != "europe-2":
+                        return False
+                return True
+
+            await wait_until(promoted, within=20, what="europe-2 the primary everywhere")
+            after = new_id(europe)
+            await db.execute(INSERT, after, "after")  # (writes held until the switch)
+            assert await has_row(local.dsn("europe-2"), after)
+
+            async def replayed() -> bool:
+                return await has_row(local.dsn("europe-3"), after)
+
+            await wait_until(replayed, within=10, what="europe-3 replays the new primary's write")
+
+            async def read_from_europe_3() -> bool:
+                rows, route = await db.fetch_routed(
+                    "SELECT payload FROM rt_items WHERE item_id = $1", after,
+                    consistency="replica")
+                return bool(route is not None and route.node == "europe-3"
+                            and [r[0] for r in rows] == ["after"])
+
+            await wait_until(read_from_europe_3, within=10, what="reads served by europe-3")
+
+        # Its primary_conninfo names the new primary; every other setting is as it was.
+        conninfo_after, slot_after = await settings(local.dsn("europe-3"))
+        assert slot_after == slot
+        old, new = dict(parse_conninfo(conninfo_before)), dict(parse_conninfo(conninfo_after))
+        assert new.pop("port") == str(local.node("europe-2").port)
+        assert new.pop("host") == "127.0.0.1"
+        assert {k: v for k, v in old.items() if k not in ("host", "port")} == new
+        primary = await asyncpg.connect(local.dsn("europe-2"))
+        try:
+            assert await primary.fetchval(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot)
+        finally:
+            await primary.close()
+        # `georoute health` shows where each standby streams from.
+        health = {n.name: n for n in (await check_health(base)).nodes}
+        assert health["europe-3"].upstream == f"127.0.0.1:{local.node('europe-2').port}"
+        # The promoter's report (the topology view's heartbeat section) says so.
+        reports = [(await heartbeat_report(p))["promoter"] for p in routers]
+        records = [r for report in reports for r in report["promotions"]]
+        assert len(records) == 1, records
+        record: dict[str, Any] = records[0]
+        assert [(f["replica"], f["outcome"]) for f in record["followers"]] == [
+            ("europe-3", "repointed")]
+        assert any("europe-3 repointed" in step for report in reports
+                   for step in report["last_step"].values())
+
+
+async def test_a_replica_down_during_the_promotion_follows_when_it_comes_back(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    """europe-3 is stopped when europe-2 (the primary after the first test) dies: the promoter
+    names it unreachable; started again, it still asks the dead europe-2 for WAL, until the
+    promoting router sees it up and re-points it at the new primary."""
+    local, base = scratch
+    await asyncio.to_thread(local.rejoin, "europe-1")  # a standby of europe-2 again
+    local.stop_node("europe-3")
+    configs = managed_configs(base)[:2]
+    with contextlib.ExitStack() as stack:
+        routers = [stack.enter_context(start_router(c, local.state_dir / f"router-g{i}.toml",
+                                                    SECRET))
+                   for i, c in enumerate(configs)]
+
+        async def ready() -> bool:
+            for proc in routers:
+                europe = (await topology(proc))["shards"]["europe"]
+                nodes = {n["name"]: n for n in europe["nodes"]}
+                if europe["primary"] != "europe-2" or nodes["europe-1"]["health"] != "up":
+                    return False
+            return peer_states(await heartbeat_report(routers[0])).get(
+                routers[1].config.router.node_name) == "alive"
+
+        await wait_until(ready, within=20, what="routers on europe-2, europe-1 its standby")
+        async with await client.connect(routers[0].dsn, token=TOKEN) as db:
+            europe = base.shards["europe"].number
+            before = new_id(europe)
+            await db.execute(INSERT, before, "before")
+
+            async def on_europe_1() -> bool:
+                return await has_row(local.dsn("europe-1"), before)
+
+            await wait_until(on_europe_1, within=10, what="the row on europe-1")
+            pid = local.pid("europe-2")
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            async def recorded() -> list[dict[str, Any]]:
+                reports = [(await heartbeat_report(p))["promoter"] for p in routers]
+                return [r for report in reports for r in report["promotions"]]
+
+            async def promoted() -> bool:
+                return len(await recorded()) == 1
+
+            await wait_until(promoted, within=20, what="europe-1 promoted")
+            (record,) = await recorded()
+            assert record["new_primary"] == "europe-1"
+            assert [(f["replica"], f["outcome"]) for f in record["followers"]] == [
+                ("europe-3", "unreachable")]
+            after = new_id(europe)
+            await db.execute(INSERT, after, "after")
+
+            local.start_node("europe-3")  # it asks europe-2, which is dead, for WAL
+
+            async def replayed() -> bool:
+                return await has_row(local.dsn("europe-3"), after)
+
+            await wait_until(replayed, within=15, what="europe-3 replays the new primary's write")
+
+            async def read_from_europe_3() -> bool:
+                rows, route = await db.fetch_routed(
+                    "SELECT payload FROM rt_items WHERE item_id = $1", after,
+                    consistency="replica")
+                return bool(route is not None and route.node == "europe-3"
+                            and [r[0] for r in rows] == ["after"])
+
+            await wait_until(read_from_europe_3, within=10, what="reads served by europe-3")
+        conninfo, _ = await settings(local.dsn("europe-3"))
+        assert dict(parse_conninfo(conninfo))["port"] == str(local.node("europe-1").port)
+        promoter = next(r for r in [(await heartbeat_report(p))["promoter"] for p in routers]
+                        if r["promotions"])
+        assert [(f["replica"], f["outcome"]) for f in promoter["followers"]["europe"]] == [
+            ("europe-3", "repointed")]
+        assert "europe-3 repointed" in promoter["last_step"]["europe"]
