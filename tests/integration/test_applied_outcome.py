@@ -33,7 +33,7 @@ FRAME_LIMIT = 64 * 1024
 BIG = 2 * FRAME_LIMIT  # a payload whose RETURNING cannot fit in one reply frame
 INSERT_BIG = ("INSERT INTO rt_items (item_id, region, payload) "
               "VALUES ($1, 'europe', repeat('x', $2::int4)) RETURNING *")
-# An int4[] parameter: a type the pipeline does not carry, so a pooled connection runs it.
+# A two-dimensional array parameter: the pipeline declines it (a pooled connection runs it).
 INSERT_BIG_POOLED = ("INSERT INTO rt_items (item_id, region, payload) "
                      "VALUES ($1, 'europe', repeat('x', $2::int4)) "
                      "RETURNING *, cardinality($3::int4[])")
@@ -103,7 +103,7 @@ async def test_pooled_write_says_it_applied(
     item = new_id(number(small_frames.config, "europe"))
     before = await node_stats(db, "europe-1")
     with pytest.raises(client.GeorouteError) as err:
-        await db.fetch(INSERT_BIG_POOLED, item, BIG, [1, 2])
+        await db.fetch(INSERT_BIG_POOLED, item, BIG, [[1, 2]])
     assert_applied(err.value)
     after = await node_stats(db, "europe-1")
     assert after["pipeline_statements"] == before["pipeline_statements"]  # a pooled connection
