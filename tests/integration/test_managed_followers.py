@@ -72,6 +72,25 @@ async def has_row(dsn: str, item: uuid.UUID) -> bool:
     finally:
         await conn.close()
 
+async def europe_3_follows(local: LocalCluster, db: client.Client, row: uuid.UUID,
+                           replay_within: float) -> None:
+    """europe-3 replays the new primary's write of `row`, and the router reads it there."""
+
+    async def replayed() -> bool:
+        return await has_row(local.dsn("europe-3"), row)
+
+    await wait_until(replayed, within=replay_within,
+                     what="europe-3 replays the new primary's write")
+
+    async def read_from_europe_3() -> bool:
+        rows, route = await db.fetch_routed(
+            "SELECT payload FROM rt_items WHERE item_id = $1", row, consistency="replica")
+        return bool(route is not None and route.node == "europe-3"
+                    and [r[0] for r in rows] == ["after"])
+
+    await wait_until(read_from_europe_3, within=10, what="reads served by europe-3")
+
+
 
 async def test_the_other_replica_follows_the_promoted_one(
     scratch: tuple[LocalCluster, Config],
@@ -121,19 +140,7 @@ async def test_the_other_replica_follows_the_promoted_one(
             await db.execute(INSERT, after, "after")  # (writes held until the switch)
             assert await has_row(local.dsn("europe-2"), after)
 
-            async def replayed() -> bool:
-                return await has_row(local.dsn("europe-3"), after)
-
-            await wait_until(replayed, within=10, what="europe-3 replays the new primary's write")
-
-            async def read_from_europe_3() -> bool:
-                rows, route = await db.fetch_routed(
-                    "SELECT payload FROM rt_items WHERE item_id = $1", after,
-                    consistency="replica")
-                return bool(route is not None and route.node == "europe-3"
-                            and [r[0] for r in rows] == ["after"])
-
-            await wait_until(read_from_europe_3, within=10, what="reads served by europe-3")
+            await europe_3_follows(local, db, after, replay_within=10)
 
         # Its primary_conninfo names the new primary; every other setting is as it was.
         conninfo_after, slot_after = await settings(local.dsn("europe-3"))
@@ -217,19 +224,7 @@ async def test_a_replica_down_during_the_promotion_follows_when_it_comes_back(
 
             local.start_node("europe-3")  # it asks europe-2, which is dead, for WAL
 
-            async def replayed() -> bool:
-                return await has_row(local.dsn("europe-3"), after)
-
-            await wait_until(replayed, within=15, what="europe-3 replays the new primary's write")
-
-            async def read_from_europe_3() -> bool:
-                rows, route = await db.fetch_routed(
-                    "SELECT payload FROM rt_items WHERE item_id = $1", after,
-                    consistency="replica")
-                return bool(route is not None and route.node == "europe-3"
-                            and [r[0] for r in rows] == ["after"])
-
-            await wait_until(read_from_europe_3, within=10, what="reads served by europe-3")
+            await europe_3_follows(local, db, after, replay_within=15)
         conninfo, _ = await settings(local.dsn("europe-3"))
         assert dict(parse_conninfo(conninfo))["port"] == str(local.node("europe-1").port)
         promoter = next(r for r in [(await heartbeat_report(p))["promoter"] for p in routers]
