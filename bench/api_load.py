@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -65,9 +66,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_load(op: Callable[[int, int], Awaitable[None]], clients: int,
-                   duration: float) -> tuple[int, list[float]]:
+                   duration: float, think_ms: int = 0) -> tuple[int, list[float]]:
+    """`clients` callers, each making its next call as soon as the last is answered, or after
+    a pause of `think_ms` on average (exponentially distributed, as the API's clients pause
+    in bench/http_load.py)."""
     latencies: list[float] = []
     stop_at = time.perf_counter() + duration
+    pauses = random.Random(1)
 
     async def worker(index: int) -> None:
         n = 0
@@ -76,6 +81,8 @@ async def run_load(op: Callable[[int, int], Awaitable[None]], clients: int,
             await op(index, n)
             latencies.append(time.perf_counter() - started)
             n += 1
+            if think_ms:  # a client's pause between calls (the load's shape, not a wait)
+                await asyncio.sleep(pauses.expovariate(1000 / think_ms))
 
     await asyncio.gather(*(worker(i) for i in range(clients)))
     return len(latencies), latencies
@@ -307,7 +314,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         http_load({**plan, "duration": 1.0})  # warm both paths (and install wrk if need be)
         await run_load(direct, args.clients, 1.0)
         results: dict[str, Any] = {"api": [], "direct": []}
-        for _ in range(args.rounds):
+        for think_ms, _ in [(t, r) for t in args.think_ms for r in range(args.rounds)]:
+            plan["think_ms"] = think_ms
             user_before, system_before = cpu_seconds(api_proc.pid)
             router_before, busy_before = sum(cpu_seconds(router.pid)), machine_busy_seconds()
             calls_before = sum(syscalls(router.pid)), sum(syscalls(api_proc.pid))
@@ -320,7 +328,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             cpu = user_after - user_before + system
             if figures["failures"]:
                 raise RuntimeError(f"the API refused requests: {figures['failures'][:3]}")
-            results["api"].append({"ops": figures["ops"], "p50": figures["p50"],
+            results["api"].append({"think_ms": think_ms, "ops": figures["ops"],
+                                   "p50": figures["p50"],
                                    "p99": figures["p99"],
                                    "cpu_us_per_request": cpu / figures["count"] * 1e6,
                                    "system_us_per_request": system / figures["count"] * 1e6,
@@ -336,12 +345,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             own_before, router_before = time.process_time(), sum(cpu_seconds(router.pid))
             busy_before = machine_busy_seconds()
             calls_before = sum(syscalls(router.pid)), sum(syscalls(os.getpid()))
-            count, lat = await run_load(direct, args.clients, args.duration)
+            count, lat = await run_load(direct, args.clients, args.duration, think_ms)
             calls = sum(syscalls(router.pid)), sum(syscalls(os.getpid()))
             own = time.process_time() - own_before
             router_cpu = sum(cpu_seconds(router.pid)) - router_before
             busy = machine_busy_seconds() - busy_before
-            results["direct"].append({"ops": count / args.duration,
+            results["direct"].append({"think_ms": think_ms, "ops": count / args.duration,
                                       "p50": percentile(lat, 0.5),
                                       "p99": percentile(lat, 0.99),
                                       "caller_us_per_request": own / count * 1e6,
@@ -365,25 +374,31 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [f"REST API workload, {args.clients} clients, {args.rounds} rounds of "
              f"{args.duration:g} s (GET course, GET my enrollments, POST complete-lesson)",
+             "think: each client's mean pause after an answer before its next request "
+             "(exponential; 0: as fast as answers come, the machine saturated)",
              "CPU us per request: caller = the API process (its system time in brackets) or, "
              "direct, the bench process making the calls; machine = every core's busy time",
-             "syscalls: the router's and the caller's read and write system calls per request",
-             "target      ops/s   p50 ms   p99 ms       caller   router  machine  load generator"
-             "  syscalls"]
-    for name in ("direct", "api"):
-        for r in results[name]:
-            caller = (f"{r['cpu_us_per_request']:.0f} ({r['system_us_per_request']:.0f})"
-                      if "cpu_us_per_request" in r else f"{r['caller_us_per_request']:.0f}")
-            gen = (f"{r['loadgen_cpu_us_per_request']:.0f}"
-                   if "loadgen_cpu_us_per_request" in r else "-")
-            lines.append(f"{name:<8} {r['ops']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
-                         f"{caller:>12} {r['router_us_per_request']:>8.0f} "
-                         f"{r['machine_us_per_request']:>8.0f} {gen:>15}"
-                         f"  {r['router_syscalls_per_request']:.1f}, "
-                         f"{r['caller_syscalls_per_request']:.1f}")
-    added = [a["p99"] - d["p99"] for a, d in zip(results["api"], results["direct"], strict=True)]
-    lines.append("p99 added by the API (ms), per round: " + ", ".join(f"{x:.2f}" for x in added)
-                 + "  (target: at most 2 ms)")
+             "syscalls: the router's and the caller's read and write system calls per request"]
+    for think_ms in args.think_ms:
+        lines.append(f"think {think_ms} ms:")
+        lines.append("target      ops/s   p50 ms   p99 ms       caller   router  machine  "
+                     "load generator  syscalls")
+        rows = {name: [r for r in results[name] if r["think_ms"] == think_ms]
+                for name in ("direct", "api")}
+        for name, found in rows.items():
+            for r in found:
+                caller = (f"{r['cpu_us_per_request']:.0f} ({r['system_us_per_request']:.0f})"
+                          if "cpu_us_per_request" in r else f"{r['caller_us_per_request']:.0f}")
+                gen = (f"{r['loadgen_cpu_us_per_request']:.0f}"
+                       if "loadgen_cpu_us_per_request" in r else "-")
+                lines.append(f"{name:<8} {r['ops']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                             f"{caller:>12} {r['router_us_per_request']:>8.0f} "
+                             f"{r['machine_us_per_request']:>8.0f} {gen:>15}"
+                             f"  {r['router_syscalls_per_request']:.1f}, "
+                             f"{r['caller_syscalls_per_request']:.1f}")
+        added = [a["p99"] - d["p99"] for a, d in zip(rows["api"], rows["direct"], strict=True)]
+        lines.append(f"p99 added by the API at think {think_ms} ms (ms), per round: "
+                     + ", ".join(f"{x:.2f}" for x in added) + "  (target: at most 2 ms)")
     return "\n".join(lines)
 
 
@@ -392,6 +407,10 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--think-ms", type=lambda text: [int(x) for x in text.split(",")],
+                        default=[0, 10], metavar="MS[,MS...]",
+                        help="the mean of each client's pause after an answer, in ms; rounds run "
+                             "at each (default 0,10: saturated, then paced)")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--profile", type=Path, default=None,

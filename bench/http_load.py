@@ -7,8 +7,11 @@ sending one request at a time; a Lua script hands out the clients' raw requests 
 prints wrk's figures as JSON: requests answered, failures, p50 and p99; its own CPU per
 request is read from the child's resource usage.
 
-The plan: {"host", "port", "duration", "clients": [[request, ...], ...]}, each request a
-string of the raw bytes (latin-1) to send. wrk runs whole seconds (at least one)."""
+The plan: {"host", "port", "duration", "clients": [[request, ...], ...], "think_ms"}, each
+request a string of the raw bytes (latin-1) to send; `think_ms` (optional) is the mean of
+each client's pause after an answer before its next request, as the direct path's clients
+pause (exponentially distributed, so that the clients do not all wake at once; wrk counts
+whole milliseconds). wrk runs whole seconds (at least one)."""
 
 from __future__ import annotations
 
@@ -48,15 +51,20 @@ def _lua_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def lua_script(clients: list[list[str]]) -> str:
+def lua_script(clients: list[list[str]], think_ms: int = 0) -> str:
     """A wrk script sending the clients' requests interleaved (one of each client's in turn,
-    as they arrive when every client sends its next at once), round and round."""
+    as they arrive when every client sends its next at once), round and round; with
+    `think_ms`, each connection pauses after an answer (wrk's `delay`) for a time drawn from
+    an exponential distribution of that mean."""
     longest = max(len(requests) for requests in clients)
     order = [requests[n % len(requests)] for n in range(longest) for requests in clients]
+    delay = (f"math.randomseed(1)\ndelay = function()\n"
+             f"  return math.floor(-math.log(1 - math.random()) * {float(think_ms)!r} + 0.5)\n"
+             "end\n" if think_ms > 0 else "")
     return ("local requests = {\n" + ",\n".join(_lua_string(r) for r in order) + "\n}\n"
             "local count = #requests\nlocal n = 0\n"
             "request = function()\n  n = n + 1\n  return requests[(n - 1) % count + 1]\nend\n"
-            + _DONE)
+            + delay + _DONE)
 
 
 def parse_figures(output: str, duration: float) -> dict[str, Any]:
@@ -90,7 +98,8 @@ def run(plan: dict[str, Any]) -> dict[str, Any]:
     seconds = max(1, round(plan["duration"]))
     with tempfile.TemporaryDirectory(prefix="georoute-wrk-") as tmp:
         script = Path(tmp) / "plan.lua"
-        script.write_text(lua_script(plan["clients"]), encoding="latin-1")
+        script.write_text(lua_script(plan["clients"], plan.get("think_ms", 0)),
+                          encoding="latin-1")
         argv = [wrk, "-t1", f"-c{len(plan['clients'])}", f"-d{seconds}s", "--timeout", "10s",
                 "-s", str(script), f"http://{plan['host']}:{plan['port']}/"]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -44,3 +44,15 @@ def test_figures_read_back() -> None:
 def test_no_figures_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="no figures"):
         parse_figures("unable to connect to 127.0.0.1:1 Connection refused\n", 5)
+
+
+def test_think_time_is_a_random_delay_of_that_mean() -> None:
+    clients = [["GET /a HTTP/1.1\r\n\r\n"], ["GET /b HTTP/1.1\r\n\r\n"]]
+    assert "delay" not in lua_script(clients)  # saturated: the next request at once
+    paced = lua_script(clients, 10)
+    assert lua_strings(paced) == [clients[0][0], clients[1][0]]
+    delay = paced[paced.index("delay = function()"):]
+    # An exponential draw (inverse transform of math.random) of mean 10 ms, rounded to
+    # wrk's whole milliseconds; seeded, so a run's pauses repeat.
+    assert "math.log(1 - math.random()) * 10.0 + 0.5" in delay
+    assert paced.index("math.randomseed(") < paced.index("delay = function()")
