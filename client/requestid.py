@@ -5,9 +5,7 @@ tier sets its own request's id (X-Request-ID) here, so one id follows a request 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from client.errors import InvalidRequestError
 from protocol import check_request_id
@@ -19,21 +17,32 @@ __all__ = ["current_request_id", "request_id"]
 _current: ContextVar[str | None] = ContextVar("georoute_request_id", default=None)
 
 
-@contextmanager
-def request_id(value: str) -> Iterator[str]:
+class request_id:  # lower case: it reads as the function it was (`with client.request_id(...)`)
     """Send `value` as the request id of every request made in this context. An invalid id
     (not a str, empty, over 128 characters, a space or a non-ASCII character) raises
-    InvalidRequestError here, before anything is sent."""
-    try:
-        check_request_id(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"invalid request id: {exc}",
-                                  detail={"field": "request_id"}) from exc
-    token = _current.set(value)
-    try:
-        yield value
-    finally:
-        _current.reset(token)
+    InvalidRequestError here, before anything is sent. (A class, not a generator context
+    manager: a web tier enters one per request, and contextlib's costs about four times as
+    much.)"""
+
+    __slots__ = ("_token", "value")
+
+    def __init__(self, value: str) -> None:
+        try:
+            check_request_id(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"invalid request id: {exc}",
+                                      detail={"field": "request_id"}) from exc
+        self.value = value
+        self._token: Token[str | None] | None = None
+
+    def __enter__(self) -> str:
+        self._token = _current.set(self.value)
+        return self.value
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None, "request_id exited without being entered"
+        _current.reset(self._token)
+        self._token = None
 
 
 def current_request_id() -> str | None:
