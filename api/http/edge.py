@@ -15,7 +15,6 @@ import secrets
 import time
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import client as georoute_client
@@ -67,11 +66,14 @@ class Edge:
         bytes_in = 0
         max_body_bytes = self.max_body_bytes
 
+        id_header = (b"x-request-id", request_id.encode("latin-1"))
+
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+                # A new list: the message's may be a Response's own headers.
+                message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
         async def limited_receive() -> Message:

@@ -135,3 +135,20 @@ async def test_an_unreachable_router_is_a_503_with_retry_after(
     assert r.headers["retry-after"] == "1"
     assert r.json()["type"].endswith("unavailable")
     assert json.dumps(r.json()).count("georoute://") == 0
+
+
+async def test_an_unexpected_failure_on_a_path_starlette_serves_is_a_500_problem_too(
+        api_db: client.Client, domain: Domain, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """HEAD is not dispatched (api/http/dispatch.py): Starlette's own route answers it."""
+    async def boom() -> Any:
+        raise RuntimeError("secret internals: SELECT * FROM users")
+
+    app = _app(api_db, domain)
+    monkeypatch.setattr(domain.courses, "categories", boom)
+    async with api_client(app) as http:
+        with caplog.at_level(logging.ERROR, logger="api"):
+            r = await http.head("/categories")
+    assert r.status_code == 500 and r.headers["content-type"] == "application/problem+json"
+    assert r.headers["x-request-id"]
+    assert any("secret internals" in (rec.exc_text or "") for rec in caplog.records)
