@@ -16,7 +16,9 @@ Exactly one promotion per failure, also when two router nodes decide at once:
    new primary if missing, then its primary_conninfo is rewritten with only host and port
    changed (router/core/conninfo.py), `ALTER SYSTEM` and `pg_reload_conf()` (PostgreSQL 13+
    restarts the WAL receiver; recovery_target_timeline 'latest' follows the new timeline).
-   A standby that cannot follow, or did not answer, is logged and named in the report;
+   A standby that cannot follow, or did not answer, is logged and named in the report; one
+   that did not answer, or whose re-point failed, is tried again by this node when the
+   monitor sees it up, after a wait that doubles with each failed try (at most a minute);
 5. it records the promotion in `georoute_failovers` (sql/023) on the new primary (an audit
    trail that replicates with the data; the agreement itself is the timeline,
    router/core/primary.py),
@@ -55,6 +57,7 @@ from router.core.failover import (
     ShardNodeState,
     decide_promotion,
     followers_to_retry,
+    left_behind_after,
     plan_followers,
 )
 from router.core.health import NodeHealth
@@ -106,6 +109,11 @@ class FollowOutcome(enum.Enum):
     @property
     def follows(self) -> bool:
         return self in (FollowOutcome.REPOINTED, FollowOutcome.ALREADY_FOLLOWING)
+
+
+# Outcomes tried again (router/core/failover.py, left_behind_after): the standby did not
+# answer, or answered but its re-point failed (a full disk, a permission, a lost connection).
+_TRY_AGAIN = (FollowOutcome.UNREACHABLE, FollowOutcome.FAILED)
 
 
 _LEFT = {FollowAction.CANNOT_FOLLOW: FollowOutcome.CANNOT_FOLLOW,
@@ -175,7 +183,8 @@ class Promoter:
         if left is None or (task is not None and not task.done()):
             return
         back = followers_to_retry(left, shard.primary.name, [
-            n.name for n in shard.replicas if n.health is NodeHealth.UP and n.in_recovery])
+            n.name for n in shard.replicas if n.health is NodeHealth.UP and n.in_recovery],
+            self._clock.monotonic())
         if back is None:
             del self._left[shard.name]
         elif back:
@@ -221,9 +230,13 @@ class Promoter:
                                                 left.promotion_lsn, states, conns)
                 self._said(shard, f"standbys back after the promotion of {left.new_primary}"
                            + _summary(followers))
-        except Exception as exc:  # the next heartbeat round tries again
-            log.error("re-pointing %s's standbys %s failed: %s: %s", shard, ", ".join(names),
-                      type(exc).__name__, exc)
+        except Exception as exc:  # a later heartbeat round tries again, after a wait
+            self._left[shard] = left_behind_after(
+                self._left.get(shard), left.old_primary, left.new_primary, left.promotion_lsn,
+                names, names, self._clock.monotonic()) or left
+            log.error("re-pointing %s's standbys %s failed: %s: %s (tried again in %.0f s)",
+                      shard, ", ".join(names), type(exc).__name__, exc,
+                      self._left[shard].not_before - self._clock.monotonic())
         finally:
             for conn in conns.values():
                 conn.terminate()
@@ -318,18 +331,16 @@ class Promoter:
                           result.replica, new, result.outcome.value, result.detail)
             results.append(result)
         done = self.followers.setdefault(shard, {})
-        if shard in self._left and self._left[shard].new_primary == new:
-            left = set(self._left[shard].replicas)
-        else:  # a new promotion: what earlier ones said is history
-            done.clear()
-            left = set()
+        previous = self._left.get(shard)
+        if previous is None or previous.new_primary != new:
+            done.clear()  # a new promotion: what earlier ones said is history
         for result in results:
             done[result.replica] = result
-            left.discard(result.replica)
-            if result.outcome is FollowOutcome.UNREACHABLE:
-                left.add(result.replica)
-        if left:
-            self._left[shard] = LeftBehind(old, new, promotion_lsn, frozenset(left))
+        left = left_behind_after(
+            previous, old, new, promotion_lsn, [r.replica for r in results],
+            [r.replica for r in results if r.outcome in _TRY_AGAIN], self._clock.monotonic())
+        if left is not None:
+            self._left[shard] = left
         else:
             self._left.pop(shard, None)
         return tuple(results)

@@ -24,6 +24,7 @@ from router.core.conninfo import parse_conninfo
 from router.tools.db.health_report import check_health
 from router.tools.db.migrate import migrate
 from router.tools.localcluster import LocalCluster
+from router.tools.localcluster.layout import existing_layout
 from tests.integration.conftest import wait_until
 from tests.integration.test_heartbeat import heartbeat_report, peer_states
 from tests.integration.test_managed_failover import (
@@ -72,23 +73,23 @@ async def has_row(dsn: str, item: uuid.UUID) -> bool:
     finally:
         await conn.close()
 
-async def europe_3_follows(local: LocalCluster, db: client.Client, row: uuid.UUID,
-                           replay_within: float) -> None:
-    """europe-3 replays the new primary's write of `row`, and the router reads it there."""
+async def follows(local: LocalCluster, db: client.Client, replica: str, row: uuid.UUID,
+                  replay_within: float) -> None:
+    """`replica` replays the new primary's write of `row`, and the router reads it there."""
 
     async def replayed() -> bool:
-        return await has_row(local.dsn("europe-3"), row)
+        return await has_row(local.dsn(replica), row)
 
     await wait_until(replayed, within=replay_within,
-                     what="europe-3 replays the new primary's write")
+                     what=f"{replica} replays the new primary's write")
 
-    async def read_from_europe_3() -> bool:
+    async def read_from_it() -> bool:
         rows, route = await db.fetch_routed(
             "SELECT payload FROM rt_items WHERE item_id = $1", row, consistency="replica")
-        return bool(route is not None and route.node == "europe-3"
+        return bool(route is not None and route.node == replica
                     and [r[0] for r in rows] == ["after"])
 
-    await wait_until(read_from_europe_3, within=10, what="reads served by europe-3")
+    await wait_until(read_from_it, within=10, what=f"reads served by {replica}")
 
 
 
@@ -140,7 +141,7 @@ async def test_the_other_replica_follows_the_promoted_one(
             await db.execute(INSERT, after, "after")  # (writes held until the switch)
             assert await has_row(local.dsn("europe-2"), after)
 
-            await europe_3_follows(local, db, after, replay_within=10)
+            await follows(local, db, "europe-3", after, replay_within=10)
 
         # Its primary_conninfo names the new primary; every other setting is as it was.
         conninfo_after, slot_after = await settings(local.dsn("europe-3"))
@@ -224,7 +225,7 @@ async def test_a_replica_down_during_the_promotion_follows_when_it_comes_back(
 
             local.start_node("europe-3")  # it asks europe-2, which is dead, for WAL
 
-            await europe_3_follows(local, db, after, replay_within=15)
+            await follows(local, db, "europe-3", after, replay_within=15)
         conninfo, _ = await settings(local.dsn("europe-3"))
         assert dict(parse_conninfo(conninfo))["port"] == str(local.node("europe-1").port)
         promoter = next(r for r in [(await heartbeat_report(p))["promoter"] for p in routers]
@@ -232,3 +233,78 @@ async def test_a_replica_down_during_the_promotion_follows_when_it_comes_back(
         assert [(f["replica"], f["outcome"]) for f in promoter["followers"]["europe"]] == [
             ("europe-3", "repointed")]
         assert "europe-3 repointed" in promoter["last_step"]["europe"]
+
+
+async def test_a_replica_whose_repoint_failed_is_tried_again_until_it_follows(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    """Both standbys' ALTER SYSTEM fails at first (a directory where PostgreSQL writes
+    postgresql.auto.conf.tmp: EISDIR, as a full or read-only disk would fail it): after the
+    promotion the promoter names the other standby failed; once the fault is gone it
+    re-points it on a later try, and it replays the new primary's writes."""
+    local, base = scratch
+    await asyncio.to_thread(local.rejoin, "europe-2")  # europe-1 primary, 2 and 3 standbys
+    configs = managed_configs(base)[:2]
+    layout = existing_layout(local.config)
+    blockers = [layout.pgdata(n) / "postgresql.auto.conf.tmp" for n in ("europe-2", "europe-3")]
+    with contextlib.ExitStack() as stack:
+        routers = [stack.enter_context(start_router(c, local.state_dir / f"router-h{i}.toml",
+                                                    SECRET))
+                   for i, c in enumerate(configs)]
+
+        async def ready() -> bool:
+            for proc in routers:
+                europe = (await topology(proc))["shards"]["europe"]
+                nodes = {n["name"]: n for n in europe["nodes"]}
+                if europe["primary"] != "europe-1" or any(
+                        nodes[n]["health"] != "up" for n in ("europe-2", "europe-3")):
+                    return False
+            return peer_states(await heartbeat_report(routers[0])).get(
+                routers[1].config.router.node_name) == "alive"
+
+        await wait_until(ready, within=30, what="routers on europe-1, two standbys up")
+        async with await client.connect(routers[0].dsn, token=TOKEN) as db:
+            europe = base.shards["europe"].number
+            before = new_id(europe)
+            await db.execute(INSERT, before, "before")
+
+            async def on_both() -> bool:
+                return (await has_row(local.dsn("europe-2"), before)
+                        and await has_row(local.dsn("europe-3"), before))
+
+            await wait_until(on_both, within=10, what="the row on both standbys")
+            for blocker in blockers:
+                blocker.mkdir()
+            try:
+                pid = local.pid("europe-1")
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+
+                async def recorded() -> list[dict[str, Any]]:
+                    reports = [(await heartbeat_report(p))["promoter"] for p in routers]
+                    return [r for report in reports for r in report["promotions"]]
+
+                async def promoted() -> bool:
+                    return len(await recorded()) == 1
+
+                await wait_until(promoted, within=20, what="a standby promoted")
+                (record,) = await recorded()
+                new_primary = record["new_primary"]
+                other = ({"europe-2", "europe-3"} - {new_primary}).pop()
+                [(replica, outcome)] = [(f["replica"], f["outcome"])
+                                        for f in record["followers"]]
+                assert (replica, outcome) == (other, "failed"), record
+                after = new_id(europe)
+                await db.execute(INSERT, after, "after")
+            finally:
+                for blocker in blockers:
+                    if blocker.exists():
+                        blocker.rmdir()
+
+            await follows(local, db, other, after, replay_within=20)
+        conninfo, _ = await settings(local.dsn(other))
+        assert dict(parse_conninfo(conninfo))["port"] == str(local.node(new_primary).port)
+        promoter = next(r for r in [(await heartbeat_report(p))["promoter"] for p in routers]
+                        if r["promotions"])
+        assert [(f["replica"], f["outcome"]) for f in promoter["followers"]["europe"]] == [
+            (other, "repointed")]
