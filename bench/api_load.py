@@ -156,7 +156,8 @@ def start_api(config_path: Path, port: int,
     proc = subprocess.Popen(
         [sys.executable, *profiler, "-m", "router.tools.cli", "--config", str(config_path), "api",
          "--port", str(port), "--log-level", "warning"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
     output: list[str] = []
     ready = threading.Event()
 

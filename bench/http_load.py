@@ -103,7 +103,7 @@ def run(plan: dict[str, Any]) -> dict[str, Any]:
         argv = [wrk, "-t1", f"-c{len(plan['clients'])}", f"-d{seconds}s", "--timeout", "10s",
                 "-s", str(script), f"http://{plan['host']}:{plan['port']}/"]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+                                text=True, start_new_session=True)
         assert proc.stdout is not None
         output = proc.stdout.read()
         # wait4: this child's own CPU time (RUSAGE_CHILDREN would add any other child's).

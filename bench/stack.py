@@ -178,6 +178,7 @@ class RouterProcess:
             [sys.executable, "-m", "router.tools.cli", "--config", str(self.config_path), "router",
              "--log-level", "warning"],
             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
         )
         self._pump = threading.Thread(target=self._read, daemon=True)
         self._pump.start()
