@@ -146,16 +146,20 @@ def http_load(plan: dict[str, Any]) -> dict[str, Any]:
     return generator.run(plan)
 
 
-def start_api(config_path: Path, port: int,
-              profile: Path | None = None) -> tuple[subprocess.Popen[str], list[str]]:
+def start_api(config_path: Path, port: int, profile: Path | None = None,
+              front: str = "api") -> tuple[subprocess.Popen[str], list[str]]:
+    """`georoute api` (or, with front="floor", bench/api_floor.py) on `port`."""
     env = dict(os.environ)
     env["GEOROUTE_TOKEN"] = TOKEN
     env["GEOROUTE_JWT_SECRET"] = SECRET
     # With `profile`, the API runs under cProfile, which writes there when it exits (SIGTERM).
     profiler = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+    served = (["-m", "bench.api_floor", "--config", str(config_path), "--port", str(port)]
+              if front == "floor" else
+              ["-m", "router.tools.cli", "--config", str(config_path), "api", "--port", str(port),
+               "--log-level", "warning"])
     proc = subprocess.Popen(
-        [sys.executable, *profiler, "-m", "router.tools.cli", "--config", str(config_path), "api",
-         "--port", str(port), "--log-level", "warning"],
+        [sys.executable, *profiler, *served],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     output: list[str] = []
@@ -295,7 +299,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                                      rate_limit_burst=1_000_000)
         config_path.write_text(config_to_toml(dataclasses.replace(config, api=limits)))
         port = config.api.port
-        api_proc, _ = start_api(config_path, port, args.profile)
+        api_proc, _ = start_api(config_path, port, args.profile, args.front)
         tokens = [domain.tokens.issue(s) for s in students]
         plan = {"host": "127.0.0.1", "port": port, "duration": args.duration,
                 "clients": [api_requests(f"127.0.0.1:{port}", course, lessons, enrollments[i],
@@ -373,8 +377,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
+    front = ("" if args.front == "api" else
+             "; 'api' is bench/api_floor.py, a bare front, not georoute api")
     lines = [f"REST API workload, {args.clients} clients, {args.rounds} rounds of "
-             f"{args.duration:g} s (GET course, GET my enrollments, POST complete-lesson)",
+             f"{args.duration:g} s (GET course, GET my enrollments, POST complete-lesson)"
+             + front,
              "think: each client's mean pause after an answer before its next request "
              "(exponential; 0: as fast as answers come, the machine saturated)",
              "CPU us per request: caller = the API process (its system time in brackets) or, "
@@ -414,6 +421,10 @@ if __name__ == "__main__":
                              "at each (default 0,10: saturated, then paced)")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--front", choices=["api", "floor"], default="api",
+                        help="what serves HTTP: georoute api (default), or bench/api_floor.py, "
+                             "a bare front over the same domain calls (what the HTTP stack "
+                             "costs is the difference)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="run the API under cProfile and write its profile here (its CPU "
                              "figures are then the profiler's, not the API's)")
