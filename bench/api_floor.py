@@ -16,7 +16,7 @@ import asyncio
 import json
 import os
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import uvloop
 
@@ -54,8 +54,8 @@ class _Front(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCP transport is a Transport in all but its base classes.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data

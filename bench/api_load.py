@@ -299,7 +299,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                                      rate_limit_burst=1_000_000)
         config_path.write_text(config_to_toml(dataclasses.replace(config, api=limits)))
         port = config.api.port
-        api_proc, _ = start_api(config_path, port, args.profile, args.front)
+        api_proc, api_output = start_api(config_path, port, args.profile, args.front)
         tokens = [domain.tokens.issue(s) for s in students]
         plan = {"host": "127.0.0.1", "port": port, "duration": args.duration,
                 "clients": [api_requests(f"127.0.0.1:{port}", course, lessons, enrollments[i],
@@ -332,7 +332,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             system = system_after - system_before
             cpu = user_after - user_before + system
             if figures["failures"]:
-                raise RuntimeError(f"the API refused requests: {figures['failures'][:3]}")
+                raise RuntimeError(f"the API refused requests: {figures['failures'][:3]}; "
+                                   "its last output:\n" + "".join(api_output[-20:]))
             results["api"].append({"think_ms": think_ms, "ops": figures["ops"],
                                    "p50": figures["p50"],
                                    "p99": figures["p99"],
