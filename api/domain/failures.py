@@ -57,7 +57,8 @@ _UNIQUE_DETAIL = "a resource with these values already exists"
 
 def translate(exc: client.GeorouteError) -> ApiError:
     """The API error for a client error. Retryable failures (a node or the router down, a
-    timeout, a full pool) are 503 with Retry-After; the rest we did not foresee are 500."""
+    timeout, a full pool) are 503 with Retry-After; an id of no shard here is 404; the rest
+    we did not foresee are 500."""
     if isinstance(exc, client.IdempotencyKeyReusedError):
         return IdempotencyKeyReused("this Idempotency-Key was used with a different request")
     if isinstance(exc, client.PostgresError) and exc.sqlstate in SQLSTATES:
@@ -66,6 +67,10 @@ def translate(exc: client.GeorouteError) -> ApiError:
         if exc.sqlstate == "23505":
             message = _UNIQUE_DETAIL
         return cls(message)
+    if isinstance(exc, client.UnknownShardError):
+        # The router routes by the ids a request names; an id whose shard this deployment
+        # does not have is no row's here (the API's region values are validated before).
+        return NotFound("no such resource (its id names no region of this deployment)")
     if isinstance(exc, client.CrossShardError):
         return InvalidInput("this request spans regions in a way that is not supported")
     if isinstance(exc, client.TransactionOutcomeUnknownError):
