@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -91,6 +91,30 @@ async def follows(local: LocalCluster, db: client.Client, replica: str, row: uui
 
     await wait_until(read_from_it, within=10, what=f"reads served by {replica}")
 
+
+async def routers_see(routers: list[Any], primary: str, standbys_up: Sequence[str]) -> bool:
+    """Every router has `primary` as europe's primary and `standbys_up` up, and the first
+    two see each other alive."""
+    for proc in routers:
+        europe = (await topology(proc))["shards"]["europe"]
+        nodes = {n["name"]: n for n in europe["nodes"]}
+        if europe["primary"] != primary or any(nodes[n]["health"] != "up"
+                                               for n in standbys_up):
+            return False
+    return peer_states(await heartbeat_report(routers[0])).get(
+        routers[1].config.router.node_name) == "alive"
+
+
+async def promotions(routers: list[Any]) -> list[dict[str, Any]]:
+    """The promotions the routers' promoters report, all of them."""
+    reports = [(await heartbeat_report(p))["promoter"] for p in routers]
+    return [r for report in reports for r in report["promotions"]]
+
+
+async def promoter_report(routers: list[Any]) -> dict[str, Any]:
+    """The report of the promoter that promoted (the one with a promotion)."""
+    reports = [(await heartbeat_report(p))["promoter"] for p in routers]
+    return next(r for r in reports if r["promotions"])
 
 
 async def test_the_other_replica_follows_the_promoted_one(
@@ -185,16 +209,8 @@ async def test_a_replica_down_during_the_promotion_follows_when_it_comes_back(
                                                     SECRET))
                    for i, c in enumerate(configs)]
 
-        async def ready() -> bool:
-            for proc in routers:
-                europe = (await topology(proc))["shards"]["europe"]
-                nodes = {n["name"]: n for n in europe["nodes"]}
-                if europe["primary"] != "europe-2" or nodes["europe-1"]["health"] != "up":
-                    return False
-            return peer_states(await heartbeat_report(routers[0])).get(
-                routers[1].config.router.node_name) == "alive"
-
-        await wait_until(ready, within=20, what="routers on europe-2, europe-1 its standby")
+        await wait_until(lambda: routers_see(routers, "europe-2", ["europe-1"]), within=20,
+                         what="routers on europe-2, europe-1 its standby")
         async with await client.connect(routers[0].dsn, token=TOKEN) as db:
             europe = base.shards["europe"].number
             before = new_id(europe)
@@ -208,15 +224,11 @@ async def test_a_replica_down_during_the_promotion_follows_when_it_comes_back(
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
 
-            async def recorded() -> list[dict[str, Any]]:
-                reports = [(await heartbeat_report(p))["promoter"] for p in routers]
-                return [r for report in reports for r in report["promotions"]]
-
             async def promoted() -> bool:
-                return len(await recorded()) == 1
+                return len(await promotions(routers)) == 1
 
             await wait_until(promoted, within=20, what="europe-1 promoted")
-            (record,) = await recorded()
+            (record,) = await promotions(routers)
             assert record["new_primary"] == "europe-1"
             assert [(f["replica"], f["outcome"]) for f in record["followers"]] == [
                 ("europe-3", "unreachable")]
@@ -228,8 +240,7 @@ async def test_a_replica_down_during_the_promotion_follows_when_it_comes_back(
             await follows(local, db, "europe-3", after, replay_within=15)
         conninfo, _ = await settings(local.dsn("europe-3"))
         assert dict(parse_conninfo(conninfo))["port"] == str(local.node("europe-1").port)
-        promoter = next(r for r in [(await heartbeat_report(p))["promoter"] for p in routers]
-                        if r["promotions"])
+        promoter = await promoter_report(routers)
         assert [(f["replica"], f["outcome"]) for f in promoter["followers"]["europe"]] == [
             ("europe-3", "repointed")]
         assert "europe-3 repointed" in promoter["last_step"]["europe"]
@@ -252,17 +263,8 @@ async def test_a_replica_whose_repoint_failed_is_tried_again_until_it_follows(
                                                     SECRET))
                    for i, c in enumerate(configs)]
 
-        async def ready() -> bool:
-            for proc in routers:
-                europe = (await topology(proc))["shards"]["europe"]
-                nodes = {n["name"]: n for n in europe["nodes"]}
-                if europe["primary"] != "europe-1" or any(
-                        nodes[n]["health"] != "up" for n in ("europe-2", "europe-3")):
-                    return False
-            return peer_states(await heartbeat_report(routers[0])).get(
-                routers[1].config.router.node_name) == "alive"
-
-        await wait_until(ready, within=30, what="routers on europe-1, two standbys up")
+        await wait_until(lambda: routers_see(routers, "europe-1", ["europe-2", "europe-3"]),
+                         within=30, what="routers on europe-1, two standbys up")
         async with await client.connect(routers[0].dsn, token=TOKEN) as db:
             europe = base.shards["europe"].number
             before = new_id(europe)
@@ -280,15 +282,11 @@ async def test_a_replica_whose_repoint_failed_is_tried_again_until_it_follows(
                 assert pid is not None
                 os.kill(pid, signal.SIGKILL)
 
-                async def recorded() -> list[dict[str, Any]]:
-                    reports = [(await heartbeat_report(p))["promoter"] for p in routers]
-                    return [r for report in reports for r in report["promotions"]]
-
                 async def promoted() -> bool:
-                    return len(await recorded()) == 1
+                    return len(await promotions(routers)) == 1
 
                 await wait_until(promoted, within=20, what="a standby promoted")
-                (record,) = await recorded()
+                (record,) = await promotions(routers)
                 new_primary = record["new_primary"]
                 other = ({"europe-2", "europe-3"} - {new_primary}).pop()
                 [(replica, outcome)] = [(f["replica"], f["outcome"])
@@ -304,7 +302,6 @@ async def test_a_replica_whose_repoint_failed_is_tried_again_until_it_follows(
             await follows(local, db, other, after, replay_within=20)
         conninfo, _ = await settings(local.dsn(other))
         assert dict(parse_conninfo(conninfo))["port"] == str(local.node(new_primary).port)
-        promoter = next(r for r in [(await heartbeat_report(p))["promoter"] for p in routers]
-                        if r["promotions"])
+        promoter = await promoter_report(routers)
         assert [(f["replica"], f["outcome"]) for f in promoter["followers"]["europe"]] == [
             (other, "repointed")]
