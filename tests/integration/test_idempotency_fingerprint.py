@@ -182,6 +182,7 @@ async def test_an_existing_cluster_migrates_and_keeps_its_keys(
             assert report.shards["europe"].applied == newer  # 006 and what came after it
             row = await europe.fetchrow("SELECT status, fingerprint FROM georoute_idempotency "
                                         "WHERE idem_key = 'old-key'")
+            assert row is not None
             assert tuple(row) == ("INSERT 0 1", None)
         finally:
             await europe.close()

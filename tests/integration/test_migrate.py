@@ -19,6 +19,7 @@ from router.tools.db.health_report import Reachability, check_health
 from router.tools.db.migrate import load_migrations, migrate
 from router.types import Role
 from tests.integration.conftest import wait_replayed
+from tests.support.present import present
 
 
 async def test_second_run_applies_nothing(migrated: Config) -> None:
@@ -40,7 +41,7 @@ async def test_every_primary_records_versions_and_its_shard(migrated: Config) ->
                 "ORDER BY version")
             assert [(r["version"], r["name"], r["checksum"]) for r in rows] == [
                 (m.version, m.name, m.checksum) for m in files]
-            assert tuple(await conn.fetchrow("SELECT name, number FROM georoute_shard")) == (
+            assert tuple(present(await conn.fetchrow("SELECT name, number FROM georoute_shard"))) == (
                 shard.name, shard.number)
         finally:
             await conn.close()
@@ -67,6 +68,7 @@ async def test_refuses_when_shards_are_at_different_versions(migrated: Config) -
         saved = await asia.fetchrow(
             "DELETE FROM schema_migrations WHERE version = (SELECT max(version) "
             "FROM schema_migrations) RETURNING *")
+        assert saved is not None
         try:
             with pytest.raises(MigrationError) as err:
                 await migrate(migrated)
@@ -87,7 +89,7 @@ async def test_refuses_when_shards_are_at_different_versions(migrated: Config) -
     assert (await migrate(migrated)).applied_count == 0
 
 
-async def test_refuses_an_edited_migration(migrated: Config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_refuses_an_edited_migration(migrated: Config, tmp_path: Path) -> None:
     for m in load_migrations():
         text = m.sql + ("\n-- edited\n" if m.version == 1 else "")
         (tmp_path / f"{m.version:03d}_{m.name}.sql").write_text(text)

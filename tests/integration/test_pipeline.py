@@ -23,6 +23,7 @@ from router.tools.localcluster import LocalCluster
 from router.tools.localcluster.layout import existing_layout
 from tests.integration.conftest import wait_until
 from tests.support.ids import new_id
+from tests.support.present import present
 from tests.support.router_proc import TOKEN, RouterProcess, number, port_of
 
 ECHO = (
@@ -52,7 +53,7 @@ async def direct_row(router: RouterProcess, role: str, sql: str, *args: Any) -> 
     conn = await asyncpg.connect(host="127.0.0.1", port=port_of(router.config, "europe", role),
                                  user=router.config.database.user, database="georoute")
     try:
-        return await conn.fetchrow(sql, *args)
+        return present(await conn.fetchrow(sql, *args))
     finally:
         await conn.close()
 
@@ -177,8 +178,8 @@ async def test_reads_survive_their_pipelined_connections_being_killed(
     )
     assert killed[0] >= 2
     # Every read still gets its answer: on the replica once reconnected, else on the primary.
-    rows = await asyncio.gather(*(db.fetchrow(sql, i, shard="europe", consistency="replica")
-                                  for i in range(30)))
+    rows = [present(r) for r in await asyncio.gather(
+        *(db.fetchrow(sql, i, shard="europe", consistency="replica") for i in range(30)))]
     assert [r[0] for r in rows] == [2 * i for i in range(30)]
 
     async def back_on_the_replica_pipeline() -> bool:
@@ -260,7 +261,7 @@ async def test_a_request_timeout_on_the_fast_path_answers_at_once(
             chunk = await reader.read(65536)
             assert chunk, "the router closed the connection"
             for message in decoder.feed(chunk):
-                replies[message.id] = message  # type: ignore[union-attr]
+                replies[message.id] = message
         return replies.pop(request_id)
 
     async def ask(message: Any) -> Any:

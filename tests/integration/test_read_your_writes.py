@@ -70,7 +70,7 @@ async def read(db: client.Client, item: object, **hints: str) -> tuple[int, int,
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with asyncio.timeout(10):  # a read that waits for ever fails, it does not hang
-        row = await db.fetchrow(READ, item, **hints)  # type: ignore[arg-type]
+        row = await db.fetchrow(READ, item, **hints)
     assert row is not None
     return row[0], row[1], loop.time() - started
 

@@ -15,6 +15,7 @@ from router.config import Config
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
 from tests.support.ids import new_id
+from tests.support.present import present
 from tests.support.router_proc import (
     REGIONS,
     TOKEN,
@@ -230,7 +231,7 @@ async def test_document_store_through_the_router(db: client.Client, migrated: Co
     assert "theme" in str(info.value)
     assert await prefs.count({"_id": bad["_id"]}) == 0
     assert (await prefs.update_one({"_id": user}, {"$set": {"theme": "light"}}))["modified"] == 1
-    assert (await prefs.find_one({"_id": user}))["theme"] == "light"
+    assert present(await prefs.find_one({"_id": user}))["theme"] == "light"
     assert (await prefs.delete_one({"_id": user}))["deleted"] == 1
 
 

@@ -30,6 +30,7 @@ from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
 from tests.support.documents import preferences
 from tests.support.ids import new_id
+from tests.support.present import present
 from tests.support.router_proc import (
     TOKEN,
     RouterProcess,
@@ -159,7 +160,7 @@ async def test_document_requests_are_checked_and_typed(db: client.Client) -> Non
     key = doc["_id"]
     await docs.insert_one(doc)
     replaced = await docs.replace_one({"_id": key}, {**doc, "theme": "dark"})
-    assert replaced["matched"] == 1 and (await docs.find_one({"_id": key}))["theme"] == "dark"
+    assert replaced["matched"] == 1 and present(await docs.find_one({"_id": key}))["theme"] == "dark"
     with pytest.raises(client.GeorouteError, match="theme"):  # a replacement is validated too
         await docs.replace_one({"_id": key}, {**doc, "theme": "neon"})
     with pytest.raises(client.GeorouteError) as unknown:

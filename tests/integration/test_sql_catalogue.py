@@ -28,12 +28,14 @@ async def test_sessions_and_deactivation(catalogue: Catalogue) -> None:
     assert await conn.fetchval("SELECT deactivate_user($1, 'fraud')", user) == 2
     row = await conn.fetchrow("SELECT is_active, deactivated_at FROM users WHERE user_id = $1",
                               user)
+    assert row is not None
     assert row["is_active"] is False and row["deactivated_at"] is not None
     assert await conn.fetchval(
         "SELECT count(*) FROM user_sessions WHERE user_id = $1 AND revoked_at IS NULL", user) == 0
     audit = await conn.fetchrow(
         "SELECT details FROM audit_log WHERE action = 'user.deactivated' AND entity_id = $1",
         user)
+    assert audit is not None
     assert '"reason": "fraud"' in audit["details"]
     assert await conn.fetchval("SELECT deactivate_user($1, 'again')", user) == 0  # no-op
     with sql_error("GR009", "deactivated"):
@@ -58,6 +60,7 @@ async def test_create_course_checks_instructor_and_price(catalogue: Catalogue) -
         "SELECT create_course($1, $2, 'Intro to Rust!', 1500)", instructor, category)
     row = await conn.fetchrow("SELECT slug, region, status FROM courses WHERE course_id = $1",
                               course)
+    assert row is not None
     assert row["slug"].startswith("intro-to-rust-") and row["region"] == "europe"
     assert row["status"] == "draft"
 
@@ -135,6 +138,7 @@ async def test_record_audit_takes_the_actor_from_the_session(catalogue: Catalogu
         audit = await conn.fetchval(
             "SELECT record_audit('course.featured', 'courses', $1, '{\"slot\": 1}')", entity)
     row = await conn.fetchrow("SELECT * FROM audit_log WHERE audit_id = $1", audit)
+    assert row is not None
     assert (row["actor_id"], row["action"], row["entity_id"], row["region"]) == (
         actor, "course.featured", entity, "europe")
     with sql_error("22023", "must not be empty"):

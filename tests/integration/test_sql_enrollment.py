@@ -73,12 +73,14 @@ async def test_progress_trigger_completes_the_enrollment(catalogue: Catalogue) -
     assert await conn.fetchval(
         "SELECT seconds_spent FROM lesson_progress WHERE enrollment_id = $1", enrollment) == 150
     progress = await conn.fetchrow("SELECT * FROM course_progress($1)", enrollment)
+    assert progress is not None
     assert tuple(progress) == (3, 1, Decimal("33.33"), "active")
     for lesson in course.lessons[1:]:
         await conn.fetchval("SELECT complete_lesson($1, $2)", enrollment, lesson)
     row = await conn.fetchrow(
         "SELECT status, progress_pct, completed_at FROM enrollments WHERE enrollment_id = $1",
         enrollment)
+    assert row is not None
     assert row["status"] == "completed" and row["progress_pct"] == 100
     assert row["completed_at"] is not None
     certificate = await conn.fetchval("SELECT issue_certificate($1)", enrollment)
@@ -94,6 +96,7 @@ async def test_progress_trigger_completes_the_enrollment(catalogue: Catalogue) -
     row = await conn.fetchrow(
         "SELECT status, progress_pct, completed_at FROM enrollments WHERE enrollment_id = $1",
         enrollment)
+    assert row is not None
     assert (row["status"], row["progress_pct"], row["completed_at"]) == ("active", Decimal("66.67"), None)
 
 
@@ -130,6 +133,7 @@ async def test_enrollment_statistics(catalogue: Catalogue) -> None:
     assert today["enrollments"] >= 2 and today["completions"] >= 1
     assert today["cancellations"] >= 1
     stats = await conn.fetchrow("SELECT * FROM course_statistics($1)", course.course_id)
+    assert stats is not None
     assert (stats["enrollments"], stats["completions"], stats["cancellations"]) == (1, 1, 1)
     assert stats["completion_rate"] == 1
     with sql_error("22023", "range is empty"):

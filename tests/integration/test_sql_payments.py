@@ -10,6 +10,7 @@ import uuid
 from router.config import Config
 from router.tools.db.connect import connect_node
 from tests.integration.conftest import Catalogue, sql_error, unique
+from tests.support.present import present
 
 
 async def test_replayed_key_returns_the_same_payment_and_never_charges_twice(
@@ -20,9 +21,11 @@ async def test_replayed_key_returns_the_same_payment_and_never_charges_twice(
     _, enrollment = await catalogue.enrolled(course)
     key = unique("idem-")
     first = await conn.fetchrow("SELECT * FROM process_payment($1, $2)", enrollment, key)
+    assert first is not None
     assert (first["amount_cents"], first["status"], first["replayed"]) == (2500, "succeeded",
                                                                           False)
     again = await conn.fetchrow("SELECT * FROM process_payment($1, $2)", enrollment, key)
+    assert again is not None
     assert again["payment_id"] == first["payment_id"] and again["replayed"] is True
     assert await conn.fetchval(
         "SELECT count(*) FROM payments WHERE enrollment_id = $1", enrollment) == 1
@@ -46,8 +49,8 @@ async def test_concurrent_replays_charge_once(catalogue: Catalogue, migrated: Co
     key = unique("race-")
     conns = [await connect_node(migrated, migrated.shards["europe"].primary) for _ in range(4)]
     try:
-        rows = await asyncio.gather(*(
-            c.fetchrow("SELECT * FROM process_payment($1, $2)", enrollment, key) for c in conns))
+        rows = [present(r) for r in await asyncio.gather(*(
+            c.fetchrow("SELECT * FROM process_payment($1, $2)", enrollment, key) for c in conns))]
     finally:
         for c in conns:
             await c.close()
@@ -66,10 +69,12 @@ async def test_coupons(catalogue: Catalogue) -> None:
         "VALUES ($1, $2, 25, 1)", course.course_id, code)
     priced = await conn.fetchrow("SELECT * FROM apply_coupon($1, $2)", course.course_id,
                                  code.lower())
+    assert priced is not None
     assert (priced["discount_cents"], priced["final_price_cents"]) == (500, 1500)
     _, enrollment = await catalogue.enrolled(course)
     paid = await conn.fetchrow("SELECT * FROM process_payment($1, $2, $3)", enrollment,
                                unique("cpn-"), code)
+    assert paid is not None
     assert paid["amount_cents"] == 1500
     with sql_error("GR005", "fully redeemed (1 of 1)"):
         await conn.fetchrow("SELECT * FROM apply_coupon($1, $2)", course.course_id, code)
@@ -145,6 +150,7 @@ async def test_refunds(catalogue: Catalogue) -> None:
     assert [(r["payments"], r["gross_cents"], r["refunded_cents"], r["net_cents"])
             for r in report] == [(1, 1200, 1200, 0)]
     stats = await conn.fetchrow("SELECT * FROM course_statistics($1)", course_id)
+    assert stats is not None
     assert (stats["gross_cents"], stats["refunded_cents"]) == (1200, 1200)
     audit = [r["action"] for r in await conn.fetch(
         "SELECT action FROM audit_log WHERE entity_id = $1 ORDER BY occurred_at", payment)]

@@ -15,6 +15,7 @@ import pytest
 from router.config import Config
 from router.tools.db.connect import connect_node
 from tests.integration.conftest import Catalogue, Course, sql_error
+from tests.support.present import present
 
 
 @pytest.fixture
@@ -97,6 +98,7 @@ async def test_seats_of_remote_enrollments_count_against_capacity(
     row = await catalogue.conn.fetchrow(
         "SELECT status, course_price_cents, course_currency FROM enrollments "
         "WHERE enrollment_id = $1", enrollment)
+    assert row is not None
     assert tuple(row) == ("pending_payment", 900, "EUR")
     # Full for remote and local students alike.
     with sql_error("GR001", "is full"):
@@ -143,6 +145,7 @@ async def test_a_remote_enrollment_pays_refunds_and_is_rated(
                           enrollment)
     payment = await eu.fetchrow("SELECT * FROM process_payment($1, $2)", enrollment,
                                 f"key-{uuid.uuid4().hex}")
+    assert payment is not None
     assert (payment["amount_cents"], payment["currency"]) == (1200, "EUR")
     # Progress and completion from the enrollment's copy of the course's lessons.
     assert await eu.fetchval("SELECT complete_lesson($1, $2)", enrollment,
@@ -151,7 +154,7 @@ async def test_a_remote_enrollment_pays_refunds_and_is_rated(
         await eu.fetchval("SELECT complete_lesson($1, $2)", enrollment, uuid.uuid4())
     assert await eu.fetchval("SELECT complete_lesson($1, $2)", enrollment,
                              course.lessons[1]) == 100
-    assert (await eu.fetchrow("SELECT * FROM course_progress($1)", enrollment))["status"] == (
+    assert present(await eu.fetchrow("SELECT * FROM course_progress($1)", enrollment))["status"] == (
         "completed")
     # The review on the student's shard, its rating on the course's.
     await eu.fetchval("SELECT upsert_review($1, $2, 5)", student, course.course_id)
@@ -163,6 +166,7 @@ async def test_a_remote_enrollment_pays_refunds_and_is_rated(
     await asia.conn.fetchval("SELECT upsert_review($1, $2, 2)", other, course.course_id)
     rating = await asia.conn.fetchrow(
         "SELECT review_count, rating_avg FROM courses WHERE course_id = $1", course.course_id)
+    assert rating is not None
     assert (rating["review_count"], float(rating["rating_avg"])) == (2, 3.5)
     # A refund cancels the enrollment: again only with its seat released.
     with sql_error("GR014"):
@@ -227,6 +231,7 @@ async def true_course_figures(config: Config, course: Course) -> dict[str, int]:
                 "WHERE e.course_id = $1", course.course_id)
         finally:
             await conn.close()
+        assert row is not None and money is not None
         for name in figures:
             figures[name] += (row if name in row else money)[name]
     return figures
@@ -246,6 +251,7 @@ async def test_course_statistics_counts_remote_students_or_says_it_cannot(
                              f"key-{uuid.uuid4().hex}")
     await asia.conn.fetchval("SELECT complete_lesson($1, $2)", local, course.lessons[0])
     stats = await asia.conn.fetchrow("SELECT * FROM course_statistics($1)", course.course_id)
+    assert stats is not None
     truth = await true_course_figures(migrated, course)
     assert truth == {"enrollments": 1, "active": 0, "completions": 1, "cancellations": 0,
                      "gross_cents": 1000, "refunded_cents": 0}
@@ -259,6 +265,7 @@ async def test_course_statistics_counts_remote_students_or_says_it_cannot(
     refunded = await enroll_remote(catalogue, asia, course, await catalogue.user())
     payment = await eu.fetchrow("SELECT * FROM process_payment($1, $2)", refunded,
                                 f"key-{uuid.uuid4().hex}")
+    assert payment is not None
     await eu.fetchval("SELECT refund_payment($1, 'changed my mind', true)",
                       payment["payment_id"])
     assert await asia.conn.fetchval("SELECT release_remote_seat($1, $2)", course.course_id,
@@ -268,6 +275,7 @@ async def test_course_statistics_counts_remote_students_or_says_it_cannot(
     assert truth == {"enrollments": 3, "active": 0, "completions": 2, "cancellations": 1,
                      "gross_cents": 3000, "refunded_cents": 1000}
     stats = await asia.conn.fetchrow("SELECT * FROM course_statistics($1)", course.course_id)
+    assert stats is not None
     # Counted exactly from the seats the course's shard holds...
     assert (stats["enrollments"], stats["cancellations"]) == (3, 1)
     assert stats["enrollments"] == await count_of(asia, course)

@@ -11,6 +11,7 @@ from tests.integration.conftest import Catalogue, sql_error
 async def rating_of(catalogue: Catalogue, course_id: object) -> tuple[Decimal | None, int]:
     row = await catalogue.conn.fetchrow(
         "SELECT rating_avg, review_count FROM courses WHERE course_id = $1", course_id)
+    assert row is not None
     return row["rating_avg"], row["review_count"]
 
 

@@ -29,6 +29,7 @@ from router.config import Config
 from router.engine.twophase import FAULT_ENV, FAULT_EXIT_CODE
 from router.tools.db.connect import connect_node
 from tests.integration.conftest import Catalogue, Course, wait_until
+from tests.support.present import present
 from tests.support.router_proc import REGIONS, TOKEN, RouterProcess, running_router
 from tests.support.twophase import none_prepared, tp_config
 
@@ -80,6 +81,7 @@ async def _student(shards: dict[str, Catalogue], db: client.Client) -> Student:
     token_hash = uuid.uuid4().hex * 2
     session = await eu.conn.fetchrow("SELECT * FROM issue_refresh_token($1, $2, 3600)", user,
                                      token_hash)
+    assert session is not None
     # Local: paid with a coupon, invoiced, completed, certified, reviewed.
     code = f"M{uuid.uuid4().hex[:8]}"
     await eu.conn.execute("INSERT INTO coupons (course_id, code, percent_off, max_redemptions) "
@@ -87,6 +89,7 @@ async def _student(shards: dict[str, Catalogue], db: client.Client) -> Student:
     _, local_enrollment = await eu.enrolled(local, user)
     payment = await eu.conn.fetchrow("SELECT * FROM process_payment($1, $2, $3)",
                                      local_enrollment, f"key-{uuid.uuid4().hex}", code)
+    assert payment is not None
     await eu.conn.fetchval("SELECT issue_invoice($1, 0.2)", payment["payment_id"])
     for lesson in local.lessons:
         await eu.conn.fetchval("SELECT complete_lesson($1, $2, 60)", local_enrollment, lesson)
@@ -144,6 +147,7 @@ async def _aggregates(shards: dict[str, Catalogue], s: Student) -> dict[str, Any
         row = await shards[region].conn.fetchrow(
             "SELECT enrollment_count, review_count, rating_avg FROM courses "
             "WHERE course_id = $1", course.course_id)
+        assert row is not None
         out[region] = tuple(row)
     return out
 
@@ -235,6 +239,7 @@ async def test_a_user_moves_with_everything_theirs_and_a_second_run_changes_noth
     rotated = await asia.conn.fetchrow("SELECT * FROM rotate_refresh_token($1, $2, $3, 60)",
                                        uuid.UUID(session["session_id"]), s.token_hash,
                                        uuid.uuid4().hex * 2)
+    assert rotated is not None
     assert (rotated["outcome"], rotated["user_id"]) == ("rotated", new_id)
 
     # The old ids resolve to the new ones, through the router, from any shard's copy.
@@ -329,7 +334,7 @@ async def test_a_move_killed_after_its_decision_is_finished_by_a_second_run(
     assert _counts(await _theirs(shards["asia"].conn, new_id)) == before
     assert not any((await _theirs(shards["europe"].conn, s.user_id)).values())
     assert await db.docs("user_preferences").find_one({"_id": str(s.user_id)}) is None
-    assert (await db.docs("user_preferences").find_one({"_id": str(new_id)}))["region"] == "asia"
+    assert present(await db.docs("user_preferences").find_one({"_id": str(new_id)}))["region"] == "asia"
 
 
 async def test_georoute_user_move_asks_the_router(

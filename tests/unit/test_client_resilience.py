@@ -8,10 +8,10 @@ import pytest
 
 import client as georoute_client
 from protocol import Batch, Error, ErrorCode, Message, Ping, Pong, Query, QueryKind, Rows, Status
-from tests.support.fake_server import FakeConnection, FakeRouter
+from tests.support.fake_server import FakeConnection, FakeRouter, Handler
 
 
-def drop_first(n: int = 1):  # type: ignore[no-untyped-def]
+def drop_first(n: int = 1) -> Handler:
     """A handler that aborts the connection on the first n requests, then answers."""
     seen = {"count": 0}
 

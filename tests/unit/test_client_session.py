@@ -19,10 +19,10 @@ from protocol import (
     Rows,
     Status,
 )
-from tests.support.fake_server import FakeConnection, FakeRouter, default_handler
+from tests.support.fake_server import FakeConnection, FakeRouter, Handler, default_handler
 
 
-def writes_with_tokens(tokens: list[str]):  # type: ignore[no-untyped-def]
+def writes_with_tokens(tokens: list[str]) -> Handler:
     """Executes answer with the next ryw token; fetches echo."""
     pending = list(tokens)
 

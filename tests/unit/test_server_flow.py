@@ -187,7 +187,7 @@ def _connection(handler: FakeHandler | None = None, **limits: Any
 
 
 def replace_limits(**changes: Any) -> Limits:
-    fields = {name: getattr(LIMITS, name) for name in Limits.__slots__}  # type: ignore[attr-defined]
+    fields = {name: getattr(LIMITS, name) for name in Limits.__slots__}
     fields.update(changes)
     return Limits(**fields)
 
