@@ -101,10 +101,13 @@ async def test_every_shard_asked_for_a_reference_table_answers_once(
     try:
         truth = await conn.fetchval("SELECT count(*) FROM categories")
         assert truth >= 1
-        every = {"shard": client.EVERY_SHARD, "consistency": "strong"}
-        assert await db.fetchval("SELECT count(*) FROM categories", **every) == truth
-        assert len(await db.fetch("SELECT category_id FROM categories", **every)) == truth
-        assert [tuple(r) for r in await db.fetch("SELECT 1 AS one", **every)] == [(1,)]
+        every = client.EVERY_SHARD
+        assert await db.fetchval("SELECT count(*) FROM categories", shard=every,
+                                 consistency="strong") == truth
+        assert len(await db.fetch("SELECT category_id FROM categories", shard=every,
+                                  consistency="strong")) == truth
+        assert [tuple(r) for r in await db.fetch("SELECT 1 AS one", shard=every,
+                                                 consistency="strong")] == [(1,)]
     finally:
         await conn.close()
         await db.execute("DELETE FROM categories WHERE category_id = $1", category)

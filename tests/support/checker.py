@@ -116,7 +116,11 @@ def _name(exc: BaseException) -> str:
 
 class Target(Protocol):
     name: str
-    homes: Sequence[str]  # where writes go (shards), for unavailability per home
+
+    @property
+    def homes(self) -> Sequence[str]:
+        """Where writes go (shards), for unavailability per home."""
+        ...
 
     def new_id(self, home: str) -> str: ...
 

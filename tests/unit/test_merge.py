@@ -40,10 +40,10 @@ def grouped(combine: Sequence[Combine], keys: tuple[int, ...] = (0,), having: Co
                        Grouping(keys, tuple(combine), avg_counts, having))
 
 
-def run(plan: ScatterPlan, columns: list[str], parts: list[list[tuple[Any, ...]]],
+def run(plan: ScatterPlan, columns: list[str], parts: Sequence[Sequence[Sequence[Any]]],
         orders: Sequence[ValueOrder], params: Sequence[Any] = (),
         real: frozenset[int] = frozenset()) -> list[Any]:
-    answers = [ShardRows(f"s{i}", columns, rows) for i, rows in enumerate(parts)]
+    answers = [ShardRows(f"s{i}", columns, [*rows]) for i, rows in enumerate(parts)]
     return merge(plan, params, answers, orders, text_exact=True, real=real)[1]
 
 
@@ -251,7 +251,7 @@ def test_rows_sorted_by_their_values_are_the_generic_keys_rows(case: Any) -> Non
 
 
 def test_rows_are_sorted_by_their_values_only_where_that_is_exact() -> None:
-    rows = [[ExtType(7, b"\x01" * 16), 2], [ExtType(7, b"\x00" * 16), 1]]
+    rows: list[Sequence[Any]] = [[ExtType(7, b"\x01" * 16), 2], [ExtType(7, b"\x00" * 16), 1]]
     keys = (SortKey(1, False, False), SortKey(0, False, False))
     answer = ShardRows("s", Columns(["id", "n"], ["uuid", "int4"]), rows)
     assert _plain_sorted(keys, [E, E], True, [answer], 2) == rows[::-1]

@@ -22,7 +22,7 @@ from router.backend.pool import NodeUnavailableError
 from router.config import load_config
 from router.core.routing import CrossShardError, UnknownShardError, shard_of_value
 from router.engine.classifier import Classifier
-from router.engine.session import Session, TransactionError
+from router.engine.session import Session, Transaction, TransactionError
 from router.engine.transactions import Transactions
 from tests.support.ids import new_id
 
@@ -109,10 +109,14 @@ def _with_ports(idle_timeout: float = 60.0, acquire_yields: bool = True
     ports = Ports([], FakePool(), acquire_yields)
     classifier = Classifier(config.tables, config.router.read_only_functions,
                             sharded_functions=config.router.sharded_functions)
+    # Fakes in the engine's place: what Transactions uses of a node and a backend, not
+    # their classes.
     transactions = Transactions(
-        config, classifier, primary=ports.primary, shard_for_key=ports.shard_for_key,
-        acquire=ports.acquire, release=ports.release, token=ports.token, ended=ports.ended,
-    )  # type: ignore[arg-type]
+        config, classifier, primary=ports.primary,  # type: ignore[arg-type]
+        shard_for_key=ports.shard_for_key,
+        acquire=ports.acquire, release=ports.release,  # type: ignore[arg-type]
+        token=ports.token, ended=ports.ended,
+    )
     return transactions, ports
 
 
@@ -244,6 +248,7 @@ async def test_begin_by_shard_key_pins_that_shards_primary_and_a_write_gets_its_
     transactions, ports = _with_ports()
     session = Session()
     tx = await transactions.begin(session, Hints(shard_key="asia"), None, False)
+    assert isinstance(tx, Transaction)  # one shard named: no two-phase commit
     assert (tx.shard, tx.node.name, ports.acquired) == ("asia", "asia-node1", ["asia-node1"])
     asia = new_id(CONFIG.shards["asia"].number)
     await transactions.statement(session, tx, "UPDATE users SET city = 'x' WHERE user_id = $1",
@@ -297,11 +302,12 @@ async def test_a_connection_lost_during_commit_is_dropped_not_reused() -> None:
     transactions, ports = _with_ports()
     session = Session()
     tx = await transactions.begin(session, Hints(shard="europe"), None, False)
+    assert isinstance(tx, Transaction)
 
     async def lost(sql: str) -> None:
         raise ConnectionResetError("reset by peer")
 
-    tx.backend.conn.execute = lost  # type: ignore[method-assign]
+    tx.backend.conn.execute = lost  # type: ignore[method-assign,assignment]  # a connection that fails
     with pytest.raises(NodeUnavailableError, match="connection lost during COMMIT"):
         await transactions.commit(session, tx.id)
     assert ports.pool.released == [True] and ports.ends == 1 and not session.transactions
