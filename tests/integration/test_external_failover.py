@@ -24,6 +24,7 @@ from router.backend.wal import NODE_POSITION_SQL, PRIMARY_POSITION_SQL
 from router.config import Config
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
+from tests.support.present import present
 from tests.support.router_proc import (
     SCRATCH_DDL,
     TOKEN,
@@ -116,9 +117,9 @@ async def test_the_router_follows_a_primary_promoted_elsewhere(
         # the primary would seem to write nothing and every replica to be fresh.
         conn = await asyncpg.connect(replica_dsn)
         try:
-            _, before = await conn.fetchrow(NODE_POSITION_SQL)
+            _, before = present(await conn.fetchrow(NODE_POSITION_SQL))
             await conn.execute(INSERT, uuid.uuid4(), "direct")
-            _, after = await conn.fetchrow(NODE_POSITION_SQL)
+            _, after = present(await conn.fetchrow(NODE_POSITION_SQL))
             assert await conn.fetchval(PRIMARY_POSITION_SQL) >= after > before
         finally:
             await conn.close()

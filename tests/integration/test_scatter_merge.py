@@ -445,7 +445,7 @@ def test_having_and_order_by_errors_are_postgresqls_own(world: World) -> None:
 def test_the_names_the_router_gives_unnamed_columns_are_postgresqls(world: World) -> None:
     """ORDER BY a bare name reads the output columns' names: the router's own idea of the
     name of a column without AS (FigureColname) checked against PostgreSQL's."""
-    from pglast import parse_sql
+    from pglast import ast, parse_sql
 
     from router.core.scatter_rewrite import _implicit_name
 
@@ -460,7 +460,9 @@ def test_the_names_the_router_gives_unnamed_columns_are_postgresqls(world: World
         sql = f"SELECT {expr} FROM t"
         stmt = world.runner.run(world.oracle.prepare(sql))
         theirs = stmt.get_attributes()[0].name
-        ours = _implicit_name(parse_sql(sql)[0].stmt.targetList[0].val)
+        select = parse_sql(sql)[0].stmt
+        assert isinstance(select, ast.SelectStmt) and select.targetList is not None
+        ours = _implicit_name(select.targetList[0].val)
         assert ours == theirs, (expr, ours, theirs)
 
 

@@ -33,6 +33,7 @@ from protocol import (
     ProtocolError,
     Query,
     QueryKind,
+    Rejected,
     Reply,
     Rollback,
     Rows,
@@ -71,7 +72,10 @@ class FakeConnection(asyncio.Protocol):
             self.drop()
             return
         for message in messages:
-            self.router._on_message(self, message)
+            if isinstance(message, Rejected):  # refused alone, as the router answers it
+                self.send(Error(message.id, message.code, message.code.name, message.message))
+            else:
+                self.router._on_message(self, message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

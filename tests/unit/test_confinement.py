@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -463,7 +464,8 @@ def test_copy_is_refused() -> None:
         CLASSIFIER.analyze("COPY audit_log (region, action, entity) FROM PROGRAM 'echo'")
 
 
-def _batch_shard(statements: list[tuple[str, list[object]]], hint: str | None = None) -> str:
+def _batch_shard(statements: Sequence[tuple[str, Sequence[object]]],
+                 hint: str | None = None) -> str:
     from protocol.messages import Hints
     from router.engine.executor import Executor
 
@@ -478,7 +480,8 @@ def test_a_batch_is_confined_statement_by_statement() -> None:
     with pytest.raises(MissingShardKeyError):
         _batch_shard([keyed, ("UPDATE users SET city = 'x' WHERE full_name = $1", ["x"])])
     # a reference table's copy on one shard only: the copies would drift apart
-    reference = ("UPDATE categories SET name = 'X' WHERE slug = 'prog'", [])
+    reference: tuple[str, list[object]] = (
+        "UPDATE categories SET name = 'X' WHERE slug = 'prog'", [])
     for hint in (None, "europe"):
         with pytest.raises(CrossShardError, match="categories is a reference table"):
             _batch_shard([keyed, reference], hint=hint)

@@ -157,7 +157,7 @@ def _typed_requests(code: int, rid: int, replace_at: int, value: Any, params: li
                     pieces: list[int]) -> None:
     """A valid request of type `code` with one field replaced by `value` (any type), and a
     Query whose parameters are ext values of every code with random payloads."""
-    valid = {
+    requests: dict[p.MessageType, list[Any]] = {
         p.MessageType.HELLO: [1, rid, [1], "fuzz", "token"],
         p.MessageType.QUERY: [10, rid, "SELECT $1", params, "fetch", {}],
         p.MessageType.BATCH: [11, rid, [["SELECT 1", params]], {}],
@@ -166,8 +166,8 @@ def _typed_requests(code: int, rid: int, replace_at: int, value: Any, params: li
         p.MessageType.DOC: [15, rid, "course_content", "find", {"filter": {}}, {}],
         p.MessageType.ADMIN: [16, rid, "topology", {}],
         p.MessageType.PING: [3, rid],
-    }[p.MessageType(code)]
-    fields = list(valid)
+    }
+    fields = list(requests[p.MessageType(code)])
     if replace_at and len(fields) > 2:
         fields[2 + replace_at % (len(fields) - 2)] = value
     elif replace_at:

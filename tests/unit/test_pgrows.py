@@ -243,8 +243,8 @@ def run_stream(decode: pgrows.RowsDecoder, data: bytes,
                 return events
             pos = got
         else:
-            pos, index, exc = got
-            events.append(("value error", pos, index, failure(exc)))
+            pos, index, error = got
+            events.append(("value error", pos, index, failure(error)))
     events.append(("end", pos))
     return events
 

@@ -90,8 +90,8 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     return pieces
 
 
-def feed_all(decoder: p.FrameDecoder, pieces: list[bytes]) -> list[p.Message]:
-    out: list[p.Message] = []
+def feed_all(decoder: p.FrameDecoder, pieces: list[bytes]) -> list[p.Message | p.Rejected]:
+    out: list[p.Message | p.Rejected] = []
     for piece in pieces:
         out.extend(decoder.feed(piece))
     return out
@@ -215,7 +215,7 @@ def test_large_frame_in_small_chunks_is_decoded() -> None:
     rows = [[i, "x" * 100] for i in range(20_000)]
     frame = p.encode_rows(9, ["n", "s"], rows, "SELECT 20000")
     decoder = p.FrameDecoder()
-    out: list[p.Message] = []
+    out: list[p.Message | p.Rejected] = []
     for start in range(0, len(frame), 4096):
         out.extend(decoder.feed(frame[start : start + 4096]))
     assert len(out) == 1 and isinstance(out[0], p.Rows) and out[0].rows == rows

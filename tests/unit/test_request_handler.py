@@ -192,7 +192,7 @@ async def test_a_gone_clients_open_transactions_are_rolled_back_in_the_backgroun
     ended: list[str] = []
     handler, spawned = handler_over(rt, closed=lambda: ended.append("closed"))  # (a drain's)
     quiet, busy = Client(), Client()
-    busy.session.transactions[1] = object()
+    busy.session.transactions[1] = object()  # type: ignore[assignment]  # any one will do
     assert [handler.opened(c) for c in (quiet, busy)] == [1, 2]  # type: ignore[arg-type]
     handler.closed(quiet)  # type: ignore[arg-type]
     assert spawned == [] and ended == ["closed"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -157,7 +158,7 @@ async def test_analyze_async_parses_long_texts_off_the_loop(classifier: Classifi
         seen.append(threading.get_ident())
         return real(text)
 
-    classifier._analyzer.analyze = spy  # type: ignore[method-assign]
+    classifier._analyzer.analyze = spy  # type: ignore[method-assign,assignment]  # a spy
     analysis = await classifier.analyze_async(sql)
     assert [(k.column, k.param) for k in analysis.keys] == [("user_id", 1)]
     assert seen and seen[0] != loop_thread
@@ -201,7 +202,8 @@ def test_or_does_not_decide_a_shard(classifier: Classifier) -> None:
 # ---- shard resolution ----------------------------------------------------------------------
 
 
-def route(classifier: Classifier, sql: str, params: list[object], hint: str | None = None) -> OneShard:
+def route(classifier: Classifier, sql: str, params: Sequence[object],
+          hint: str | None = None) -> OneShard:
     return resolve_shards(classifier.analyze(sql), params, hint, CONFIG)
 
 

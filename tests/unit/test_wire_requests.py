@@ -11,6 +11,7 @@ test_transactions. No database is involved."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from types import SimpleNamespace
 from typing import Any
 
@@ -276,10 +277,17 @@ async def test_a_row_value_without_a_wire_form_is_an_error_naming_its_column() -
             return Outcome(columns, [(1, object())], "SELECT 1", "europe", "europe-2",
                            WireRole.REPLICA)
 
+    spawned: set[asyncio.Task[None]] = set()
+
+    def spawn(work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        spawned.add(task)
+        task.add_done_callback(spawned.discard)
+
     handler = RequestHandler(
         SimpleNamespace(classifier=classifier, executor=WeirdRows("n")),  # type: ignore[arg-type]
         encoder=Encoder(), metrics=Metrics(), docstore=None,  # type: ignore[arg-type]
-        auth_token=TOKEN, report=dict, spawn=asyncio.ensure_future,
+        auth_token=TOKEN, report=dict, spawn=spawn,
     )
     conn, transport = await ready(handler)
     replies(transport)
