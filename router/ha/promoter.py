@@ -63,7 +63,7 @@ from router.core.failover import (
 from router.core.health import NodeHealth
 from router.ha.topology import NodeState, ShardState, Topology
 
-__all__ = ["FollowOutcome", "FollowerResult", "Promoter", "PromotionRecord"]
+__all__ = ["FollowOutcome", "FollowerResult", "Promoter", "PromotionRecord", "repoint_standby"]
 
 log = logging.getLogger("georoute.promoter")
 
@@ -348,31 +348,8 @@ class Promoter:
     async def _follow(self, plan: FollowerPlan, standby: asyncpg.Connection,
                       primary: asyncpg.Connection, new: str,
                       address: NodeAddress) -> FollowerResult:
-        timeout = self._config.database.connect_timeout_seconds
-        try:
-            row = await standby.fetchrow(FOLLOWER_SQL, timeout=timeout)
-            assert row is not None
-            conninfo, slot = row[0] or "", row[1] or ""
-            if not conninfo.strip():
-                return FollowerResult(plan.replica, FollowOutcome.NO_CONNINFO,
-                                      f"{plan.replica} has no primary_conninfo: left as it is")
-            # The address as router.toml names it: the standby connects, not this router, so
-            # never database.socket_dir (a path on the router's machine).
-            rewritten = repoint_conninfo(conninfo, address.host, address.port)
-            if slot:  # not replicated from the old primary: the new one needs its own
-                await primary.execute(SLOT_SQL, slot, timeout=timeout)
-            if rewritten == conninfo:
-                return FollowerResult(plan.replica, FollowOutcome.ALREADY_FOLLOWING,
-                                      f"its primary_conninfo names {new} already")
-            await standby.execute(f"ALTER SYSTEM SET primary_conninfo = {sql_literal(rewritten)}",
-                                  timeout=timeout)
-            await standby.execute("SELECT pg_reload_conf()", timeout=timeout)
-        except FOLLOWER_ERRORS as exc:
-            return FollowerResult(plan.replica, FollowOutcome.FAILED,
-                                  f"re-pointing it at {new}: {type(exc).__name__}: {exc}")
-        slot_said = f", slot {slot}" if slot else ""
-        return FollowerResult(plan.replica, FollowOutcome.REPOINTED,
-                              f"{plan.reason}; primary_conninfo now {address.label}{slot_said}")
+        return await repoint_standby(plan.replica, standby, primary, new, address, plan.reason,
+                                     self._config.database.connect_timeout_seconds)
 
     def _said(self, shard: str, step: str) -> None:
         if self.last_step.get(shard) != step:
@@ -415,3 +392,37 @@ def _summary(followers: tuple[FollowerResult, ...]) -> str:
     if not followers:
         return ""
     return "; standbys: " + ", ".join(f.describe() for f in followers)
+
+
+async def repoint_standby(replica: str, standby: asyncpg.Connection,
+                          primary: asyncpg.Connection, new: str, address: NodeAddress,
+                          reason: str, statement_seconds: float) -> FollowerResult:
+    """Point `replica` (its connection: `standby`) at `new`, the shard's primary (`primary`,
+    reached by the standby at `address`): its replication slot made there if it uses one,
+    its primary_conninfo's host and port rewritten, the configuration reloaded. What became
+    of it, and why; a failure is an outcome, not an exception. Each statement has at most
+    `statement_seconds`."""
+    try:
+        row = await standby.fetchrow(FOLLOWER_SQL, timeout=statement_seconds)
+        assert row is not None
+        conninfo, slot = row[0] or "", row[1] or ""
+        if not conninfo.strip():
+            return FollowerResult(replica, FollowOutcome.NO_CONNINFO,
+                                  f"{replica} has no primary_conninfo: left as it is")
+        # The address as router.toml names it: the standby connects, not this router, so
+        # never database.socket_dir (a path on the router's machine).
+        rewritten = repoint_conninfo(conninfo, address.host, address.port)
+        if slot:  # not replicated from the old primary: the new one needs its own
+            await primary.execute(SLOT_SQL, slot, timeout=statement_seconds)
+        if rewritten == conninfo:
+            return FollowerResult(replica, FollowOutcome.ALREADY_FOLLOWING,
+                                  f"its primary_conninfo names {new} already")
+        await standby.execute(f"ALTER SYSTEM SET primary_conninfo = {sql_literal(rewritten)}",
+                              timeout=statement_seconds)
+        await standby.execute("SELECT pg_reload_conf()", timeout=statement_seconds)
+    except FOLLOWER_ERRORS as exc:
+        return FollowerResult(replica, FollowOutcome.FAILED,
+                              f"re-pointing it at {new}: {type(exc).__name__}: {exc}")
+    slot_said = f", slot {slot}" if slot else ""
+    return FollowerResult(replica, FollowOutcome.REPOINTED,
+                          f"{reason}; primary_conninfo now {address.label}{slot_said}")

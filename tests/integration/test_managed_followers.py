@@ -305,3 +305,41 @@ async def test_a_replica_whose_repoint_failed_is_tried_again_until_it_follows(
         promoter = await promoter_report(routers)
         assert [(f["replica"], f["outcome"]) for f in promoter["followers"]["europe"]] == [
             (other, "repointed")]
+
+
+async def test_a_switchover_repoints_the_shards_other_standby(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    """`georoute cluster switchover` to one standby: the shard's other standby, which asked
+    the old primary for WAL, follows the new primary and replays its writes."""
+    local, _ = scratch
+    for name in ("europe-1", "europe-2", "europe-3"):  # what the tests before left stopped
+        if local.pid(name) is None:
+            await asyncio.to_thread(local.rejoin, name)
+
+    async def in_recovery(name: str) -> bool:
+        conn = await asyncpg.connect(local.dsn(name))
+        try:
+            return bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
+        finally:
+            await conn.close()
+
+    standbys = [n for n in ("europe-1", "europe-2", "europe-3") if await in_recovery(n)]
+    assert len(standbys) == 2, standbys
+    target, other = standbys
+    report = await asyncio.to_thread(local.switchover, "europe", target)
+    assert report.new_primary == target
+    assert [(f.replica, f.outcome.value) for f in report.followers] == [(other, "repointed")]
+    conninfo, _ = await settings(local.dsn(other))
+    assert dict(parse_conninfo(conninfo))["port"] == str(local.node(target).port)
+    row = uuid.uuid4()
+    primary = await asyncpg.connect(local.dsn(target))
+    try:
+        await primary.execute(INSERT, row, "after")
+    finally:
+        await primary.close()
+
+    async def replayed() -> bool:
+        return await has_row(local.dsn(other), row)
+
+    await wait_until(replayed, within=15, what=f"{other} replays {target}'s write")

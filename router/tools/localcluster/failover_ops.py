@@ -22,9 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from router.backend.wal import TIMELINE_SQL
+from router.config import NodeAddress
 from router.core.primary import NodeSays, choose_primary
 from router.errors import ClusterError
+from router.ha.promoter import FollowerResult, FollowOutcome, repoint_standby
 from router.tools.localcluster.postgres import PgNode, PgRunner, poll_until
 from router.tools.localcluster.process import run_checked
 
@@ -60,10 +64,13 @@ class SwitchoverReport:
     pause_seconds: float  # the old primary stopped -> the new one takes writes
     lsn: int  # the old primary's shutdown checkpoint, replayed by the new one before promotion
     rejoin: RejoinReport
+    followers: tuple[FollowerResult, ...] = ()  # the shard's other standbys, re-pointed
 
     def describe(self) -> str:
+        followed = "".join(f"; {f.describe()}" for f in self.followers)
         return (f"{self.shard}: {self.new_primary} is the primary (was {self.old_primary}); "
-                f"writes paused {self.pause_seconds:.2f} s; {self.rejoin.describe()}")
+                f"writes paused {self.pause_seconds:.2f} s{followed}; "
+                f"{self.rejoin.describe()}")
 
 
 async def _identity(runner: PgRunner, node: PgNode) -> tuple[Any, ...] | None:
@@ -182,8 +189,42 @@ async def switchover(
     if synchronous:  # no standby until the old primary rejoins: writes must not wait for one
         await runner.set_synchronous(target.port, False)
     pause = time.monotonic() - stopped
+    # The shard's other standbys asked the old primary for WAL: they follow the new one. They
+    # have no WAL past the old primary's shutdown checkpoint, which the new one replayed.
+    followers = await _repoint_others(runner, target, [n for n in standbys if n is not target])
     report = await rejoin(runner, old, nodes, synchronous, max(1.0, deadline - time.monotonic()))
-    return SwitchoverReport(old.shard, old.name, target.name, pause, final, report)
+    return SwitchoverReport(old.shard, old.name, target.name, pause, final, report, followers)
+
+
+async def _repoint_others(runner: PgRunner, target: PgNode,
+                          others: list[PgNode]) -> tuple[FollowerResult, ...]:
+    """Each of `others` re-pointed at `target` as the promoter re-points a shard's standbys
+    after a failover (router/ha/promoter.py, repoint_standby)."""
+    if not others:
+        return ()
+    address = NodeAddress("127.0.0.1", target.port, target.database)
+    results = []
+    primary = await runner.connect(target.port)
+    try:
+        for node in others:
+            try:
+                standby = await runner.connect(node.port)
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                results.append(FollowerResult(node.name, FollowOutcome.UNREACHABLE,
+                                              f"{type(exc).__name__}: {exc}"))
+                continue
+            try:
+                results.append(await repoint_standby(
+                    node.name, standby, primary, target.name, address,
+                    f"{node.name} is a standby: it follows {target.name}", 10.0))
+            finally:
+                await standby.close()
+    finally:
+        await primary.close()
+    for result in results:
+        log.log(logging.INFO if result.outcome.follows else logging.ERROR,
+                "switchover: %s", result.describe() + f" ({result.detail})")
+    return tuple(results)
 
 
 def _append(path: Path, text: str) -> None:
