@@ -54,11 +54,18 @@ SQLSTATES: dict[str, tuple[type[ApiError], bool]] = {
 
 _UNIQUE_DETAIL = "a resource with these values already exists"
 
+# PostgreSQL failures a retry may cure, answered 503 with Retry-After: the transaction was
+# rolled back (serialization failure, deadlock, a lock not granted, a statement cancelled
+# by its timeout), or the server is out of connections or resources, or shutting down or
+# starting (classes 08 and 53, and 57P01-57P03).
+_RETRY_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
+_RETRY_CLASSES = ("08", "53")
+
 
 def translate(exc: client.GeorouteError) -> ApiError:
     """The API error for a client error. Retryable failures (a node or the router down, a
-    timeout, a full pool) are 503 with Retry-After; an id of no shard here is 404; the rest
-    we did not foresee are 500."""
+    timeout, a full pool, a deadlock or a serialization failure) are 503 with Retry-After;
+    an id of no shard here is 404; the rest we did not foresee are 500."""
     if isinstance(exc, client.IdempotencyKeyReusedError):
         return IdempotencyKeyReused("this Idempotency-Key was used with a different request")
     if isinstance(exc, client.PostgresError) and exc.sqlstate in SQLSTATES:
@@ -67,6 +74,10 @@ def translate(exc: client.GeorouteError) -> ApiError:
         if exc.sqlstate == "23505":
             message = _UNIQUE_DETAIL
         return cls(message)
+    if isinstance(exc, client.PostgresError) and exc.sqlstate and (
+            exc.sqlstate in _RETRY_SQLSTATES or exc.sqlstate.startswith(_RETRY_CLASSES)):
+        return Unavailable("the database could not finish this request now; retry shortly",
+                           retry_after=1)
     if isinstance(exc, client.UnknownShardError):
         # The router routes by the ids a request names; an id whose shard this deployment
         # does not have is no row's here (the API's region values are validated before).

@@ -121,6 +121,17 @@ def test_refresh_tokens_parse_and_refuse_garbage() -> None:
     (client.RequestTimeoutError("timed out"), Unavailable, 503),
     (client.PoolExhaustedError("pool"), Unavailable, 503),
     (client.SQLSyntaxError("syntax error at or near SELECT"), ApiError, 500),
+    # Rolled back or refused for now: a retry may succeed.
+    (client.PostgresError("deadlock detected", sqlstate="40P01"), Unavailable, 503),
+    (client.PostgresError("could not serialize access", sqlstate="40001"), Unavailable, 503),
+    (client.PostgresError("could not obtain lock on row", sqlstate="55P03"), Unavailable, 503),
+    (client.PostgresError("canceling statement due to statement timeout", sqlstate="57014"),
+     Unavailable, 503),
+    (client.PostgresError("sorry, too many clients already", sqlstate="53300"),
+     Unavailable, 503),
+    (client.PostgresError("terminating connection due to administrator command",
+                          sqlstate="57P01"), Unavailable, 503),
+    (client.PostgresError("division by zero", sqlstate="22012"), ApiError, 500),
 ])
 def test_client_errors_become_problems(error: client.GeorouteError, expected: type[ApiError],
                                        status: int) -> None:
