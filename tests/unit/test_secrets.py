@@ -165,3 +165,35 @@ def test_a_dotenv_others_may_read_is_warned_about(tmp_path: Path,
         f"{dotenv} may hold secrets and others may read it (mode 0644): chmod 600 it"]
     assert os.environ["GEOROUTE_TEST_DOTENV_VALUE"] == "1"  # still read
     monkeypatch.delenv("GEOROUTE_TEST_DOTENV_VALUE")
+
+
+def test_env_example_lists_every_variable_the_code_reads() -> None:
+    """.env.example says it lists every environment variable georoute reads: each name the
+    product code spells (router, api, client, protocol) and each `*_env` default of
+    router.toml is there, set or commented out."""
+    import ast
+    import re
+
+    repo = Path(__file__).resolve().parents[2]
+    named: set[str] = set()
+    for package in ("router", "api", "client", "protocol"):
+        for path in (repo / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                        and re.fullmatch(r"GEOROUTE_[A-Z0-9_]+|PG_BIN", node.value)):
+                    named.add(node.value)
+
+    def env_keys(table: Any) -> set[str]:
+        found = set()
+        for key, value in table.items():
+            if isinstance(value, dict):
+                found |= env_keys(value)
+            elif key.endswith("_env") and isinstance(value, str):
+                found.add(value)
+        return found
+
+    named |= env_keys(tomllib.loads((repo / "router.toml").read_text()))
+    assert {"GEOROUTE_TOKEN", "GEOROUTE_JWT_SECRET", "PG_BIN"} <= named  # the scan works
+    listed = set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]*)=", (repo / ".env.example").read_text(),
+                            re.MULTILINE))
+    assert named <= listed, f"missing from .env.example: {sorted(named - listed)}"
