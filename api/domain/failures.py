@@ -65,7 +65,8 @@ _RETRY_CLASSES = ("08", "53")
 def translate(exc: client.GeorouteError) -> ApiError:
     """The API error for a client error. Retryable failures (a node or the router down, a
     timeout, a full pool, a deadlock or a serialization failure) are 503 with Retry-After;
-    an id of no shard here is 404; the rest we did not foresee are 500."""
+    the rest we did not foresee are 500. (An id of no shard here is "no such row" only
+    where the domain routes by the caller's id: api/domain/data.py's *_by_id.)"""
     if isinstance(exc, client.IdempotencyKeyReusedError):
         return IdempotencyKeyReused("this Idempotency-Key was used with a different request")
     if isinstance(exc, client.PostgresError) and exc.sqlstate in SQLSTATES:
@@ -78,10 +79,6 @@ def translate(exc: client.GeorouteError) -> ApiError:
             exc.sqlstate in _RETRY_SQLSTATES or exc.sqlstate.startswith(_RETRY_CLASSES)):
         return Unavailable("the database could not finish this request now; retry shortly",
                            retry_after=1)
-    if isinstance(exc, client.UnknownShardError):
-        # The router routes by the ids a request names; an id whose shard this deployment
-        # does not have is no row's here (the API's region values are validated before).
-        return NotFound("no such resource (its id names no region of this deployment)")
     if isinstance(exc, client.CrossShardError):
         return InvalidInput("this request spans regions in a way that is not supported")
     if isinstance(exc, client.TransactionOutcomeUnknownError):
