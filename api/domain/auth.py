@@ -106,10 +106,12 @@ class Auth:
 
     async def _rotate(self, session_id: Any, presented: RefreshToken, secret: str
                       ) -> dict[str, Any]:
-        rows = await self._data.write(
+        rows = await self._data.write_by_id(
             "SELECT * FROM rotate_refresh_token($1, $2, $3, $4)",
             session_id, presented.secret_hash, RefreshToken.hash_secret(secret),
             self._refresh_ttl)
+        if rows is None:  # a session id of no shard: no such session
+            return {"outcome": "invalid"}
         result: dict[str, Any] = rows[0]
         return result
 
@@ -117,10 +119,10 @@ class Auth:
         """Revoke the refresh token's family; returns how many sessions that ended (0 for an
         unknown or already revoked token: logging out twice is not an error)."""
         presented = RefreshToken.parse(token)
-        revoked = await self._data.write_value(
-            "SELECT revoke_refresh_family($1, $2)",
+        revoked = await self._data.write_by_id(
+            "SELECT revoke_refresh_family($1, $2) AS revoked",
             await self._data.resolve(presented.session_id), presented.secret_hash)
-        return int(revoked or 0)
+        return int(revoked[0]["revoked"] or 0) if revoked else 0
 
     def authenticate(self, access_token: str) -> Principal:
         return self.tokens.verify(access_token)

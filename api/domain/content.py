@@ -24,7 +24,7 @@ class Content:
         self._data = data
 
     async def _lesson(self, lesson_id: uuid.UUID) -> dict[str, Any]:
-        found = await self._data.row(
+        found = await self._data.row_by_id(
             "SELECT l.is_preview, c.course_id, c.instructor_id, c.region, c.status "
             "FROM lessons l JOIN course_modules m ON m.module_id = l.module_id "
             "JOIN courses c ON c.course_id = m.course_id WHERE l.lesson_id = $1", lesson_id)

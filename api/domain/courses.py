@@ -77,7 +77,7 @@ class Courses:
         return await self._course(course_id, viewer=by)
 
     async def _owned(self, course_id: uuid.UUID, by: Principal) -> dict[str, Any]:
-        found = await self._data.row(
+        found = await self._data.row_by_id(
             "SELECT course_id, instructor_id, status FROM courses WHERE course_id = $1",
             course_id)
         if found is None:
@@ -94,7 +94,7 @@ class Courses:
 
     async def add_lesson(self, module_id: uuid.UUID, body: LessonCreate, *,
                          by: Principal) -> uuid.UUID:
-        found = await self._data.row(
+        found = await self._data.row_by_id(
             "SELECT c.instructor_id FROM course_modules m "
             "JOIN courses c ON c.course_id = m.course_id WHERE m.module_id = $1", module_id)
         if found is None:
@@ -115,7 +115,7 @@ class Courses:
 
     async def _course_row(self, course_id: uuid.UUID, *,
                           viewer: Principal | None) -> dict[str, Any]:
-        found = await self._data.row(
+        found = await self._data.row_by_id(
             f"SELECT {_COURSE_COLUMNS} FROM courses c WHERE c.course_id = $1", course_id)
         if found is None or not _visible(found, viewer):
             raise NotFound("no such course")

@@ -50,6 +50,11 @@ class Data:
                 return []
         return [r.as_dict() for r in found]
 
+    async def row_by_id(self, sql: str, *args: Any, **hints: Any) -> dict[str, Any] | None:
+        """The first row of `rows_by_id`, or None."""
+        found = await self.rows_by_id(sql, *args, **hints)
+        return found[0] if found else None
+
     async def write_by_id(self, sql: str, *args: Any) -> list[dict[str, Any]] | None:
         """`write` of a statement that the router routes by a row's id alone (a sharded
         function's id argument), or None when that id names no shard, as in `rows_by_id`."""

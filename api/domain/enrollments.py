@@ -48,7 +48,7 @@ class Enrollments:
         self._data = data
 
     async def enroll(self, course_id: uuid.UUID, *, by: Principal) -> Enrollment:
-        course = await self._data.row(
+        course = await self._data.row_by_id(
             "SELECT region FROM courses WHERE course_id = $1", course_id)
         if course is None:
             raise NotFound("no such course")
@@ -101,7 +101,7 @@ class Enrollments:
     async def owned(self, enrollment_id: uuid.UUID, by: Principal) -> dict[str, Any]:
         """The enrollment, if `by` may see it (its student, or an admin). Another user's
         enrollment is reported missing, as if it did not exist."""
-        found = await self._data.row(
+        found = await self._data.row_by_id(
             f"SELECT {ENROLLMENT_COLUMNS} FROM enrollments e WHERE e.enrollment_id = $1",
             enrollment_id)
         return _own(found, by)

@@ -61,11 +61,13 @@ class Payments:
         payment not captured, or whose course's certificate was issued."""
         if not by.is_admin:
             raise Forbidden("only an admin refunds a payment")
-        await self._data.write_value("SELECT refund_payment($1, $2)", payment_id, body.reason)
+        if await self._data.write_by_id("SELECT refund_payment($1, $2)", payment_id,
+                                        body.reason) is None:
+            raise NotFound("no such payment")
         return await self._payment(payment_id)
 
     async def _payment(self, payment_id: uuid.UUID) -> Payment:
-        found = await self._data.row(
+        found = await self._data.row_by_id(
             f"SELECT {_PAYMENT_COLUMNS} FROM payments p "
             "LEFT JOIN invoices i ON i.payment_id = p.payment_id WHERE p.payment_id = $1",
             payment_id)
@@ -82,7 +84,7 @@ class Payments:
         return PaymentList(items=[Payment.model_validate(r) for r in rows])
 
     async def invoice(self, payment_id: uuid.UUID, *, by: Principal) -> Invoice:
-        found = await self._data.row(
+        found = await self._data.row_by_id(
             f"SELECT {_INVOICE_COLUMNS}, e.user_id FROM invoices i "
             "JOIN payments p ON p.payment_id = i.payment_id "
             "JOIN enrollments e ON e.enrollment_id = p.enrollment_id "
@@ -95,7 +97,7 @@ class Payments:
                             by: Principal) -> Coupon:
         if (body.percent_off is None) == (body.amount_off_cents is None):
             raise InvalidInput("give exactly one of percent_off and amount_off_cents")
-        course = await self._data.row(
+        course = await self._data.row_by_id(
             "SELECT instructor_id FROM courses WHERE course_id = $1", course_id)
         if course is None:
             raise NotFound("no such course")
@@ -115,7 +117,7 @@ class Payments:
         return Coupon.model_validate(rows[0])
 
     async def price(self, course_id: uuid.UUID, coupon_code: str | None) -> Price:
-        course = await self._data.row(
+        course = await self._data.row_by_id(
             "SELECT price_cents, currency FROM courses WHERE course_id = $1 "
             "AND status = 'published'", course_id)
         if course is None:

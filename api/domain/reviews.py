@@ -25,7 +25,7 @@ class Reviews:
         review lives with its author; for a course of another region its rating is also
         recorded on the course's shard, in the same transaction, where the course's rating
         counts it."""
-        exists = await self._data.row(
+        exists = await self._data.row_by_id(
             "SELECT region FROM courses WHERE course_id = $1 AND status <> 'draft'", course_id)
         if exists is None:
             raise NotFound("no such course")
@@ -49,7 +49,7 @@ class Reviews:
         return Review.model_validate(found)
 
     async def of_course(self, course_id: uuid.UUID, *, limit: int = 50) -> ReviewList:
-        course = await self._data.row(
+        course = await self._data.row_by_id(
             "SELECT rating_avg, review_count FROM courses WHERE course_id = $1 "
             "AND status <> 'draft'", course_id)
         if course is None:

@@ -24,11 +24,11 @@ class Users:
                 and await self._data.resolve(user_id) != await self._data.resolve(by.user_id)):
             raise Forbidden("only admins read other users' profiles")
         sql = f"SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
-        found = await self._data.row(sql, user_id)
+        found = await self._data.row_by_id(sql, user_id)
         if found is None:
             current = await self._data.resolve(user_id)
             if current != user_id:
-                found = await self._data.row(sql, current)
+                found = await self._data.row_by_id(sql, current)
         if found is None:
             raise NotFound("no such user")
         return User.model_validate(found)
