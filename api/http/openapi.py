@@ -119,6 +119,9 @@ def openapi_document(operations: list[Operation], *, prefix: str, title: str, ve
         if op.roles is not None:
             statuses |= {401, 403}
             entry["security"] = [{"bearerAuth": []}]
+        elif op.optional_bearer:  # no token, or a valid one
+            statuses.add(401)
+            entry["security"] = [{}, {"bearerAuth": []}]
         if op.params():
             statuses.add(404)
         for status in sorted(statuses):

@@ -77,6 +77,8 @@ class Operation:
     errors: tuple[int, ...] = ()  # statuses it may answer beyond the ones every route has
     headers: tuple[Header, ...] = ()
     description: str = ""
+    # roles=None, but a bearer token is read when sent (and refused, 401, when invalid).
+    optional_bearer: bool = False
 
     @property
     def operation_id(self) -> str:

@@ -98,7 +98,9 @@ OPERATIONS = [
               description="Refresh tokens rotate: each is good once. Presenting one again "
                           "revokes every token of its family."),
     Operation("POST", "/auth/logout", logout, "Log out: revoke the refresh token's family",
-              "auth", roles=None, body=RefreshRequest, status=204),
+              "auth", roles=None, body=RefreshRequest, status=204, errors=(401,),
+              description="A malformed refresh token is refused (401); an unknown or "
+                          "revoked one revokes nothing (204)."),
     Operation("GET", "/users/me", get_me, "My profile", "users", response=User),
     Operation("PATCH", "/users/me", update_me, "Change my profile", "users", body=UserUpdate,
               response=User),

@@ -127,7 +127,7 @@ OPERATIONS = [
               "courses", roles=_TEACHERS, body=CourseCreate, response=Course, status=201,
               errors=(403, 404, 409)),
     Operation("GET", "/courses/{course_id}", get_course, "A course with its modules and lessons",
-              "courses", roles=None, response=CourseDetail, errors=(404,),
+              "courses", roles=None, response=CourseDetail, errors=(404,), optional_bearer=True,
               description="Drafts are shown only to their instructor and admins (send the "
                           "bearer token)."),
     Operation("POST", "/courses/{course_id}/modules", add_module, "Add a module to a course",

@@ -245,3 +245,17 @@ async def test_login_answers_alike_for_an_unknown_email_and_a_wrong_password(
     assert a["detail"] == b["detail"] == "invalid email or password"
     # Both paths ran exactly one argon2id verification (the unknown email against a decoy).
     assert checks == ["$argon2id", "$argon2id"]
+
+
+async def test_public_operations_refuse_a_bad_token_as_documented(
+    http: httpx.AsyncClient, category_id: str,
+) -> None:
+    """A public operation that reads a token when one is sent (a course, drafts shown to
+    their instructor), and logout's malformed refresh token: 401 problems, and documented
+    (`http` checks every answer against the OpenAPI document)."""
+    owner = await signup(http, role="instructor")
+    course = await build_course(http, owner, category_id, title="Public", lessons=1)
+    r = await http.get(f"/courses/{course.course_id}", headers=_bearer("not-a-jwt"))
+    _problem(r, 401)
+    assert (await http.get(f"/courses/{course.course_id}")).status_code == 200  # no token
+    _problem(await http.post("/auth/logout", json={"refresh_token": "malformed-token"}), 401)
