@@ -102,7 +102,10 @@ class Register(_In):
     password: Annotated[str, StringConstraints(min_length=10, max_length=256)]
     full_name: Text
     role: Literal[UserRole.STUDENT, UserRole.INSTRUCTOR] = UserRole.STUDENT
-    region: Region = Field(description="home region: the user's data stays on its shard")
+    region: Region | None = Field(
+        default=None, description="home region: the user's data stays on its shard. Default: "
+        "the region serving `country` (North America, Europe or Asia); a country of none of "
+        "them must name one")
     country: Country = "US"
     city: Annotated[str, StringConstraints(max_length=100)] = ""
 

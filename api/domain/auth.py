@@ -14,8 +14,9 @@ from typing import Any
 
 from api.domain.data import Data
 from api.domain.passwords import Passwords
+from api.domain.regions import region_of_country
 from api.domain.tokens import RefreshToken, TokenIssuer
-from api.errors import Conflict, Unauthorized
+from api.errors import Conflict, FieldError, InvalidInput, Unauthorized
 from api.models import AccessGrant, Register, User
 from api.types import Principal, Region, UserRole
 
@@ -35,8 +36,13 @@ class Auth:
         self._refresh_ttl = refresh_ttl_seconds
 
     async def register(self, body: Register, *, role: UserRole | None = None) -> User:
-        """Create a user in `body.region`. `role` overrides the body's (Python callers use it
-        to create admins; the HTTP layer never does)."""
+        """Create a user in `body.region` (by default, the region serving its country).
+        `role` overrides the body's (Python callers use it to create admins; the HTTP layer
+        never does)."""
+        region = body.region or region_of_country(body.country)
+        if region is None:
+            raise InvalidInput("invalid request body", errors=[FieldError(
+                "body", "region", f"required: no region serves country {body.country.upper()}")])
         taken = await self._data.row(
             "SELECT user_id FROM users WHERE lower(email) = lower($1) LIMIT 1", body.email)
         if taken is not None:
@@ -44,7 +50,7 @@ class Auth:
         password_hash = await self._passwords.hash(body.password)
         user_id = await self._data.write_value(
             "SELECT register_user($1, $2, $3, $4, $5, $6::user_role, $7)",
-            body.email, body.full_name, body.region.value, body.country.upper(), body.city,
+            body.email, body.full_name, region.value, body.country.upper(), body.city,
             (role or UserRole(body.role)).value, password_hash)
         found = await self._data.row(
             f"SELECT {USER_COLUMNS} FROM users WHERE user_id = $1", user_id)

@@ -17,7 +17,7 @@ import jwt
 from api.domain import Domain
 from api.domain.tokens import TokenIssuer
 from api.types import Principal, Region, UserRole
-from tests.api.conftest import SECRET, SETTINGS, build_course, signup
+from tests.api.conftest import SECRET, SETTINGS, build_course, email, signup
 
 
 def _problem(r: httpx.Response, status: int, slug: str | None = None) -> dict[str, Any]:
@@ -259,3 +259,24 @@ async def test_public_operations_refuse_a_bad_token_as_documented(
     _problem(r, 401)
     assert (await http.get(f"/courses/{course.course_id}")).status_code == 200  # no token
     _problem(await http.post("/auth/logout", json={"refresh_token": "malformed-token"}), 401)
+
+
+async def test_register_with_the_seeds_body_takes_the_countrys_region(
+    http: httpx.AsyncClient,
+) -> None:
+    """The seed's register body is email, password, full_name and role: no region. The home
+    region is then the one serving the country (US by default); a country no region serves
+    must name its region, and the refusal says which field."""
+    for extra, region in (({}, "north_america"), ({"country": "de"}, "europe"),
+                          ({"country": "JP"}, "asia"),
+                          ({"country": "JP", "region": "europe"}, "europe")):
+        address = email("seed")
+        r = await http.post("/auth/register", json={
+            "email": address, "password": "a long password", "full_name": "Seed Body",
+            "role": "student", **extra})
+        assert r.status_code == 201, r.text
+        assert r.json()["home_region"] == region, (extra, r.json())
+    r = await http.post("/auth/register", json={
+        "email": email("seed"), "password": "a long password", "full_name": "Seed Body",
+        "role": "student", "country": "BR"})
+    assert [e["field"] for e in _problem(r, 422)["errors"]] == ["region"]
