@@ -11,11 +11,33 @@ import uuid
 import httpx
 
 from api.domain import Domain
-from tests.api.conftest import build_course, make_admin, signup
+from tests.api.conftest import Person, build_course, make_admin, signup
+
+
+async def europe_figures(http: httpx.AsyncClient, admin: Person,
+                         period: dict[str, str]) -> tuple[int, int, int]:
+    """Europe's EUR revenue (gross cents), enrollments and completions in `period`, as an
+    admin reads them."""
+    revenue = (await http.get("/analytics/revenue", params=period,
+                              headers=admin.headers)).json()["items"]
+    gross = sum(row["gross_cents"] for row in revenue
+                if row["region"] == "europe" and row["currency"] == "EUR")
+    stats = (await http.get("/analytics/enrollments", params=period,
+                            headers=admin.headers)).json()["items"]
+    europe = [s for s in stats if s["region"] == "europe"]
+    return (gross, sum(s["enrollments"] for s in europe),
+            sum(s["completions"] for s in europe))
 
 
 async def test_the_story(http: httpx.AsyncClient, domain: Domain, category_id: str) -> None:
     word = f"zq{uuid.uuid4().hex[:10]}"  # a word no other course has
+    # The analytics before the story: what it adds is the difference (the session's other
+    # tests paid and enrolled today too).
+    admin = await make_admin(http, domain)
+    today = dt.datetime.now(dt.UTC).date()
+    period = {"from": str(today), "to": str(today + dt.timedelta(days=1))}
+    gross_before, enrollments_before, completions_before = await europe_figures(
+        http, admin, period)
     teacher = await signup(http, role="instructor", region="europe", name="Grace Hopper")
     course = await build_course(
         http, teacher, category_id, title=f"Compilers {word}", price_cents=4900, lessons=3,
@@ -109,19 +131,14 @@ async def test_the_story(http: httpx.AsyncClient, domain: Domain, category_id: s
     assert [(e["enrollment_id"], e["status"]) for e in mine] == [
         (eid, "completed"), (far["enrollment_id"], "active")]
 
-    # An admin sees the payment and the enrollment in the analytics, labelled Europe.
-    admin = await make_admin(http, domain)
-    today = dt.datetime.now(dt.UTC).date()
-    period = {"from": str(today), "to": str(today + dt.timedelta(days=1))}
-    revenue = (await http.get("/analytics/revenue", params=period,
-                              headers=admin.headers)).json()
-    europe = [row for row in revenue["items"] if row["region"] == "europe"
-              and row["currency"] == "EUR"]
-    assert europe and europe[0]["gross_cents"] >= 4900
-    stats = (await http.get("/analytics/enrollments", params=period,
-                            headers=admin.headers)).json()["items"]
-    assert any(s["region"] == "europe" and s["enrollments"] >= 1 and s["completions"] >= 1
-               for s in stats)
+    # The admin sees the story's payment (one charge of 49 EUR), its European enrollment and
+    # its completion in the analytics, labelled Europe.
+    gross, enrollments, completions = await europe_figures(http, admin, period)
+    assert gross - gross_before == 4900
+    # Both of hers: an enrollment is counted where it is kept, her home region (Asia's
+    # course's too).
+    assert enrollments - enrollments_before == 2
+    assert completions - completions_before == 1
     top = (await http.get("/analytics/top-courses", params={"limit": 100},
                           headers=admin.headers)).json()["items"]
     assert course.course_id in [c["course_id"] for c in top]
