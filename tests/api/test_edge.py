@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tomllib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +18,11 @@ import pytest
 import client
 from api import create_app
 from api.domain import Domain
+from api.settings import Settings
+from router.config import parse_config
 from tests.api.conftest import SETTINGS, api_client, signup
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _app(db: client.Client, domain: Domain, **changes: Any) -> Any:
@@ -140,3 +146,19 @@ async def test_an_unreachable_router_is_a_503_with_retry_after(
     assert r.headers["retry-after"] == "1"
     assert r.json()["type"].endswith("unavailable")
     assert json.dumps(r.json()).count("georoute://") == 0
+
+
+async def test_cors_origins_from_router_toml(api_db: client.Client, domain: Domain) -> None:
+    """[api] cors_origins in the config file reaches the app through Settings.from_config."""
+    raw = tomllib.loads((REPO / "router.toml").read_text())
+    raw["api"]["cors_origins"] = ["https://from-config.example"]
+    settings = Settings.from_config(parse_config(raw), env={"GEOROUTE_JWT_SECRET": "k" * 40})
+    app = create_app(api_db, settings, domain=domain)
+    preflight = {"Origin": "https://from-config.example", "Access-Control-Request-Method": "GET"}
+    async with api_client(app) as http:
+        r = await http.options("/categories", headers=preflight)
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://from-config.example"
+        r = await http.options("/categories", headers=preflight | {
+            "Origin": "https://elsewhere.example"})
+        assert r.status_code == 400
