@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -69,3 +70,44 @@ async def test_serves_with_a_secret_from_dotenv(api_router: RouterProcess,
     login = [a for a in access if a.get("request_id") == "proc-login-1"]
     assert len(login) == 1
     assert login[0]["status"] == 200 and login[0]["path"] == "/api/v1/auth/login"
+
+
+async def test_refusals_through_the_served_process(api_router: RouterProcess,
+                                                   tmp_path: Path) -> None:
+    """The refusals the in-process tests check, through `georoute api` itself (uvicorn,
+    httptools, its one-write transport, real client addresses): no token 401, a bad body
+    422, an unknown id 404, a body over the limit 413 by its Content-Length and while it
+    streams in chunks, and a client IP over its rate 429 with Retry-After; each a problem
+    with its request id, and the process still running after them."""
+    env = {"GEOROUTE_JWT_SECRET": "p" * 48}
+    api = start_api(api_router, cwd=tmp_path, env=env, api_changes={
+        "max_body_bytes": 4096, "rate_limit_per_minute": 1, "rate_limit_burst": 12})
+    try:
+        assert any("ready on" in line for line in api.output), "".join(api.output)
+        async with httpx.AsyncClient(base_url=api.base_url + "/api/v1", timeout=10) as http:
+
+            def problem(r: httpx.Response, status: int) -> None:
+                assert r.status_code == status, r.text
+                assert r.headers["content-type"] == "application/problem+json"
+                assert r.headers["x-request-id"]
+
+            problem(await http.get("/users/me"), 401)
+            problem(await http.post("/auth/register", json={"email": "nope"}), 422)
+            problem(await http.get(f"/courses/{uuid.uuid4()}"), 404)
+            problem(await http.post("/auth/login", content=b"x" * 5000,
+                                    headers={"content-type": "application/json"}), 413)
+
+            async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: read, then cut
+                for _ in range(10):
+                    yield b" " * 1000
+
+            problem(await http.post("/auth/login", content=chunks(),
+                                    headers={"content-type": "application/json"}), 413)
+            statuses = [(await http.get("/categories")).status_code for _ in range(12)]
+            assert 429 in statuses, statuses
+            limited = await http.get("/categories")
+            problem(limited, 429)
+            assert int(limited.headers["retry-after"]) >= 1
+        assert api.proc.poll() is None
+    finally:
+        api.stop()
