@@ -49,6 +49,12 @@ class DocumentedResponses:
             f"{request.method} {template} answered {status}, not documented "
             f"({sorted(op['responses'])}): {response.text[:300]}")
         self.answered.add((request.method, template, response.status_code))
+        for name, spec in op["responses"][status].get("headers", {}).items():
+            value = response.headers.get(name)
+            assert value is not None, (
+                f"{request.method} {template} answered {status} without its {name} header")
+            if spec.get("schema", {}).get("type") == "integer":
+                assert value.isdigit(), f"{request.method} {template}: {name}: {value!r}"
         content = op["responses"][status].get("content")
         if not content:
             assert not response.content, f"{request.method} {template}: unexpected body"

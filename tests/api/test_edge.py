@@ -21,6 +21,7 @@ from api.domain import Domain
 from api.settings import Settings
 from router.config import parse_config
 from tests.api.conftest import SETTINGS, api_client, signup
+from tests.api.openapi_check import DocumentedResponses
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,9 +30,15 @@ def _app(db: client.Client, domain: Domain, **changes: Any) -> Any:
     return create_app(db, dataclasses.replace(SETTINGS, **changes), domain=domain)
 
 
+def _checked(app: Any, **kw: Any) -> httpx.AsyncClient:
+    """A client of `app` whose every answer is checked against its OpenAPI document (status,
+    body and documented headers such as Retry-After)."""
+    return api_client(app, DocumentedResponses(app.state.openapi), **kw)
+
+
 async def test_rate_limit_per_client_ip(api_db: client.Client, domain: Domain) -> None:
     app = _app(api_db, domain, rate_limit_per_minute=1, rate_limit_burst=3)
-    async with api_client(app, ip="10.0.0.1") as http, api_client(app, ip="10.0.0.2") as other:
+    async with _checked(app, ip="10.0.0.1") as http, _checked(app, ip="10.0.0.2") as other:
         assert [(await http.get("/categories")).status_code for _ in range(3)] == [200] * 3
         refused = await http.get("/categories")
         assert refused.status_code == 429
@@ -47,7 +54,7 @@ async def test_rate_limit_per_user_across_ips(api_db: client.Client, domain: Dom
     limited = _app(api_db, domain, rate_limit_per_minute=1, rate_limit_burst=2)
     answers = []
     for i in range(3):  # three addresses, so no IP bucket runs dry; the user's does
-        async with api_client(limited, ip=f"10.1.0.{i}") as http:
+        async with _checked(limited, ip=f"10.1.0.{i}") as http:
             answers.append(await http.get("/users/me", headers=person.headers))
     assert [r.status_code for r in answers] == [200, 200, 429]
     assert "user" in answers[2].json()["detail"] and answers[2].headers["retry-after"]
@@ -55,7 +62,7 @@ async def test_rate_limit_per_user_across_ips(api_db: client.Client, domain: Dom
 
 async def test_body_limit(api_db: client.Client, domain: Domain) -> None:
     app = _app(api_db, domain, max_body_bytes=512)
-    async with api_client(app) as http:
+    async with _checked(app) as http:
         big = {"email": "a@example.com", "password": "p" * 2000}
         r = await http.post("/auth/login", json=big)
         assert r.status_code == 413 and r.json()["type"].endswith("payload-too-large")
@@ -140,7 +147,7 @@ async def test_an_unreachable_router_is_a_503_with_retry_after(
                                   max_retries=0)
     app = create_app(lonely, SETTINGS, domain=Domain(lonely, SETTINGS))
     await lonely.close()  # every request now finds no connection to the router
-    async with api_client(app) as http:
+    async with _checked(app) as http:
         r = await http.get("/courses", params={"limit": 1})
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "1"
