@@ -154,7 +154,7 @@ def _relay(proc: subprocess.Popen[str], prefix: str) -> None:
 def _start_api(args: argparse.Namespace, env: dict[str, str]) -> subprocess.Popen[str] | None:
     """`georoute api --demo` (a JWT secret made up unless one is set), its log relayed."""
     api = subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "--config", args.config, "api", "--demo"],
+        [sys.executable, "-m", "router.tools.cli", "--config", args.config, "api", "--demo"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     if not _wait_for_line(api, "ready on", 30):
