@@ -8,18 +8,17 @@ line."""
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import re
 import secrets
 import time
-from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 import client as georoute_client
 from api.errors import ApiError, PayloadTooLarge, RateLimited
-from api.http.problems import MEDIA_TYPE, problem_body
+from api.http.dispatch import Dispatch
+from api.http.problems import problem_parts
 from api.http.ratelimit import TokenBuckets
 
 __all__ = ["ACCESS_LOG", "Edge"]
@@ -42,15 +41,19 @@ class _BodyTooLarge(PayloadTooLarge):
 
 
 class Edge:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int,
+    """In front of the operations' dispatch: an operation it finds is called directly (it
+    sends its own id header and leaves its status in the scope); anything else goes on to the
+    dispatch's app (Starlette) with a `send` that adds the id header."""
+
+    def __init__(self, dispatch: Dispatch, *, max_body_bytes: int,
                  ip_buckets: TokenBuckets | None) -> None:
-        self.app = app
+        self.dispatch = dispatch
         self.max_body_bytes = max_body_bytes
         self.ip_buckets = ip_buckets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.dispatch.app(scope, receive, send)
             return
         started = time.perf_counter()
         inbound = length = None
@@ -62,51 +65,37 @@ class Edge:
         request_id = (inbound if inbound is not None and _REQUEST_ID.match(inbound)
                       else _made_id())
         scope["georoute.request_id"] = request_id
-        status = 0
-        bytes_in = 0
-        max_body_bytes = self.max_body_bytes
-
-        id_header = (b"x-request-id", request_id.encode("latin-1"))
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                # A new list: the message's may be a Response's own headers.
-                message["headers"] = [*message.get("headers", ()), id_header]
-            await send(message)
-
-        async def limited_receive() -> Message:
-            nonlocal bytes_in
-            message = await receive()
-            if message["type"] == "http.request":
-                bytes_in += len(message.get("body", b""))
-                if bytes_in > max_body_bytes:
-                    raise _BodyTooLarge(f"the body is over {max_body_bytes} bytes")
-            return message
-
         client = scope.get("client")
         client_ip = client[0] if client else "-"
         try:
             refusal = self._refusal(length, client_ip)
             if refusal is not None:
-                await _send_problem(send_with_id, refusal, scope, request_id)
-            else:
-                # Every request the client sends for it carries its id to the router's logs.
-                with georoute_client.request_id(request_id):
-                    await self.app(scope, limited_receive, send_with_id)
+                await _send_problem(send, refusal, scope, request_id)
+                return
+            if length is None:  # no declared length (chunked): counted while read
+                receive = _limited(receive, self.max_body_bytes)
+            # (A declared length was checked above, and the parser reads no more than it.)
+            found = (None if scope.get("root_path")
+                     else self.dispatch.match(scope["method"], scope["path"]))
+            # Every request the client sends for it carries its id to the router's logs.
+            with georoute_client.request_id(request_id):
+                if found is not None:
+                    await found[0](scope, receive, send, found[1])
+                else:
+                    await self.dispatch.app(scope, receive, _with_id(send, scope, request_id))
         except ApiError as exc:  # a body over the limit found while reading it
-            if status == 0:
-                await _send_problem(send_with_id, exc, scope, request_id)
+            if "georoute.status" not in scope:
+                await _send_problem(send, exc, scope, request_id)
         except Exception:
             log.exception("unhandled error in %s %s (request %s)", scope["method"],
                           scope["path"], request_id)
-            if status == 0:
-                await _send_problem(send_with_id, ApiError("the request could not be completed"),
+            if "georoute.status" not in scope:
+                await _send_problem(send, ApiError("the request could not be completed"),
                                     scope, request_id)
         finally:
             # The record (and its dict) only when the logger would write it.
             if ACCESS_LOG.isEnabledFor(logging.INFO):
+                status = scope.get("georoute.status", 0)
                 ACCESS_LOG.info("%s %s %s", scope["method"], scope["path"], status, extra={
                     "access": {
                         "request_id": request_id, "method": scope["method"],
@@ -129,18 +118,42 @@ class Edge:
         return None
 
 
+def _with_id(send: Send, scope: Scope, request_id: str) -> Send:
+    """`send` adding the request's id header to the response, whose status it leaves in the
+    scope (`georoute.status`)."""
+    id_header = (b"x-request-id", request_id.encode("latin-1"))
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            scope["georoute.status"] = message["status"]
+            # A new list: the message's may be a Response's own headers.
+            message["headers"] = [*message.get("headers", ()), id_header]
+        await send(message)
+
+    return send_with_id
+
+
+def _limited(receive: Receive, max_body_bytes: int) -> Receive:
+    """`receive` refusing (413) a body once more than `max_body_bytes` of it is read."""
+    bytes_in = 0
+
+    async def limited_receive() -> Message:
+        nonlocal bytes_in
+        message = await receive()
+        if message["type"] == "http.request":
+            bytes_in += len(message.get("body", b""))
+            if bytes_in > max_body_bytes:
+                raise _BodyTooLarge(f"the body is over {max_body_bytes} bytes")
+        return message
+
+    return limited_receive
+
+
 async def _send_problem(send: Send, exc: ApiError, scope: Scope, request_id: str) -> None:
-    body = json.dumps(problem_body(exc.status, exc.slug, exc.title, exc.detail,
-                                   instance=scope["path"], request_id=request_id,
-                                   extra=exc.extra)).encode()
-    headers: list[tuple[bytes, bytes]] = [
-        (b"content-type", MEDIA_TYPE.encode()),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    body, headers = problem_parts(exc, instance=scope["path"], request_id=request_id)
+    headers.append((b"x-request-id", request_id.encode("latin-1")))
     if exc.status == 413:
         headers.append((b"connection", b"close"))
-    start: dict[str, Any] = {"type": "http.response.start", "status": exc.status,
-                             "headers": headers}
-    await send(start)
+    scope["georoute.status"] = exc.status
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from api.domain import Domain
 from api.errors import ApiError, FieldError, Forbidden, InvalidInput, RateLimited, Unauthorized
-from api.http.problems import problem_response
+from api.http.problems import problem_parts, problem_response
 from api.http.ratelimit import TokenBuckets
 from api.types import Principal, UserRole
 
@@ -122,9 +122,10 @@ class Endpoint:
 
     def route(self, prefix: str) -> Route:
         async def endpoint(request: Request) -> Response:
-            status, body = await self.answer(request)
-            if isinstance(body, Response):
-                return body
+            status, body, problem = await self.outcome(request)
+            if problem is not None:
+                return problem_response(problem, instance=request.url.path,
+                                        request_id=request.scope.get("georoute.request_id"))
             if body is None:
                 return Response(status_code=status)
             return Response(body, status_code=status, media_type="application/json")
@@ -134,32 +135,35 @@ class Endpoint:
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send,
                    path_params: dict[str, str]) -> None:
+        """The operation's answer, sent as the Starlette route sends it, with the request's
+        id header (the edge's `georoute.request_id`); its status is left in the scope as
+        `georoute.status` for the edge's access log."""
         scope["path_params"] = path_params
-        status, body = await self.answer(Request(scope, receive))
-        if isinstance(body, Response):
-            await body(scope, receive, send)
+        status, body, problem = await self.outcome(Request(scope, receive))
+        request_id = scope.get("georoute.request_id")
+        headers: list[tuple[bytes, bytes]]
+        if problem is not None:
+            body, headers = problem_parts(problem, instance=scope["path"], request_id=request_id)
         elif body is None:  # as Response(status_code=204): no content-length, no type
-            await send({"type": "http.response.start", "status": status, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
+            body, headers = b"", []
         else:
-            await send({"type": "http.response.start", "status": status, "headers": [
-                (b"content-length", str(len(body)).encode()), _JSON_TYPE]})
-            await send({"type": "http.response.body", "body": body})
+            headers = [(b"content-length", str(len(body)).encode()), _JSON_TYPE]
+        if request_id is not None:
+            headers.append((b"x-request-id", request_id.encode("latin-1")))
+        scope["georoute.status"] = status
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
-    async def answer(self, request: Request) -> tuple[int, bytes | Response | None]:
-        """The status and JSON body of the operation's answer (None: no content), or a
-        problem response."""
-        op = self.op
+    async def outcome(self, request: Request) -> tuple[int, bytes | None, ApiError | None]:
+        """The operation's status and JSON body (None: no content), or its refusal."""
         try:
             call = await self._call(request)
-            result = await op.handler(call)
+            result = await self.op.handler(call)
         except ApiError as exc:
-            return exc.status, problem_response(
-                exc, instance=request.url.path,
-                request_id=request.scope.get("georoute.request_id"))
+            return exc.status, None, exc
         if result is None:
-            return 204, None
-        return op.status, result.__pydantic_serializer__.to_json(result, by_alias=True)
+            return 204, None, None
+        return self.op.status, result.__pydantic_serializer__.to_json(result, by_alias=True), None
 
     async def _call(self, request: Request) -> Call:
         op = self.op

@@ -9,10 +9,11 @@ from starlette.responses import Response
 
 from api.errors import ApiError
 
-__all__ = ["PROBLEM_TYPE_PREFIX", "problem_body", "problem_response"]
+__all__ = ["PROBLEM_TYPE_PREFIX", "problem_body", "problem_parts", "problem_response"]
 
 PROBLEM_TYPE_PREFIX = "urn:georoute:problem:"
 MEDIA_TYPE = "application/problem+json"
+_MEDIA_TYPE_HEADER = (b"content-type", MEDIA_TYPE.encode())
 
 
 def problem_body(status: int, slug: str, title: str, detail: str, *, instance: str | None,
@@ -38,3 +39,15 @@ def problem_response(exc: ApiError, *, instance: str | None = None,
                         request_id=request_id, extra=exc.extra)
     return Response(json.dumps(body, default=str), status_code=exc.status,
                     headers=exc.headers, media_type=MEDIA_TYPE)
+
+
+def problem_parts(exc: ApiError, *, instance: str | None,
+                  request_id: str | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A problem's body and raw ASGI headers (its type, length and the error's own headers,
+    Retry-After for one), for the paths that send without a Starlette Response."""
+    body = json.dumps(problem_body(exc.status, exc.slug, exc.title, exc.detail,
+                                   instance=instance, request_id=request_id, extra=exc.extra),
+                      default=str).encode()
+    headers = [_MEDIA_TYPE_HEADER, (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+    return body, headers
