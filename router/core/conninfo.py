@@ -7,7 +7,10 @@ libpq's rules, as followed here: whitespace separates pairs and may surround `=`
 either unquoted (up to the next whitespace) or in single quotes (up to the next unescaped
 quote, whitespace kept); in both a backslash takes the next character literally. A repeated
 keyword: the last one counts (libpq's rule), so a rewrite keeps one. The URI form
-(`postgresql://...`) is refused rather than rewritten: a person re-points such a standby.
+(`postgresql://user:password@host:port/dbname?key=value&...`) is read as libpq reads it
+(`conninfo_uri_parse_options`: user, password, hosts and ports, dbname, then the query's
+pairs, each percent-decoded; `ssl=true` means `sslmode=require`) and written back as
+key=value pairs, which mean the same to libpq.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ _WHERE = ("host", "hostaddr", "port")
 def parse_conninfo(text: str) -> list[tuple[str, str]]:
     """The (keyword, value) pairs of `text`, in order, repeats included."""
     if text.startswith(_URI_PREFIXES):
-        raise ConninfoError("a connection URI, not key=value pairs: not rewritten")
+        return _uri_pairs(text)
     pairs: list[tuple[str, str]] = []
     i, n = 0, len(text)
     while True:
@@ -81,6 +84,101 @@ def parse_conninfo(text: str) -> list[tuple[str, str]]:
                     value.append(text[i])
                     i += 1
         pairs.append((keyword, "".join(value)))
+
+
+def _uri_pairs(uri: str) -> list[tuple[str, str]]:
+    """The pairs of a connection URI, as libpq's conninfo_uri_parse_options finds them."""
+    rest = uri.split("://", 1)[1]
+    pairs: list[tuple[str, str]] = []
+    at = _first_of(rest, "@/")
+    if at < len(rest) and rest[at] == "@":  # user[:password]@
+        user, colon, password = rest[:at].partition(":")
+        if user:
+            pairs.append(("user", _uri_decode(user)))
+        if colon and password:
+            pairs.append(("password", _uri_decode(password)))
+        rest = rest[at + 1:]
+    hosts: list[str] = []
+    ports: list[str] = []
+    while True:  # netloc[:port], several separated by commas
+        if rest.startswith("["):  # an IPv6 address
+            end = rest.find("]")
+            if end < 0:
+                raise ConninfoError('no matching "]" for an IPv6 host address in the URI')
+            if end == 1:
+                raise ConninfoError("an IPv6 host address may not be empty in the URI")
+            host, rest = rest[1:end], rest[end + 1:]
+            if rest and rest[0] not in ":/?,":
+                raise ConninfoError(f'unexpected character "{rest[0]}" after an IPv6 address '
+                                    "in the URI")
+        else:
+            end = _first_of(rest, ":/?,")
+            host, rest = rest[:end], rest[end:]
+        port = ""
+        if rest.startswith(":"):
+            end = _first_of(rest, "/?,", 1)
+            port, rest = rest[1:end], rest[end:]
+        hosts.append(host)
+        ports.append(port)
+        if not rest.startswith(","):
+            break
+        rest = rest[1:]
+    # As libpq: stored when the joined text is not empty (two hosts without ports: port=",").
+    if ",".join(hosts):
+        pairs.append(("host", _uri_decode(",".join(hosts))))
+    if ",".join(ports):
+        pairs.append(("port", _uri_decode(",".join(ports))))
+    if rest.startswith("/"):
+        end = _first_of(rest, "?")
+        if end > 1:
+            pairs.append(("dbname", _uri_decode(rest[1:end])))
+        rest = rest[end:]
+    if rest.startswith("?"):
+        params = rest[1:].split("&") if rest[1:] else []
+        if len(params) > 1 and params[-1] == "":  # one '&' may end the query
+            params.pop()
+        for param in params:
+            keyword, equals, value = param.partition("=")
+            if not equals:
+                raise ConninfoError(f'missing "=" in the URI query parameter "{param}"')
+            if "=" in value:
+                raise ConninfoError(f'extra "=" in the URI query parameter "{param}"')
+            keyword, value = _uri_decode(keyword), _uri_decode(value)
+            if (keyword, value) == ("ssl", "true"):  # libpq's JDBC compatibility
+                keyword, value = "sslmode", "require"
+            if not keyword or not set(keyword) <= _KEYWORD:
+                raise ConninfoError(f"invalid URI query parameter {keyword!r}")
+            pairs.append((keyword, value))
+    return pairs
+
+
+def _first_of(text: str, stops: str, start: int = 0) -> int:
+    """The index of the first of `stops` in `text` from `start`, or its length."""
+    return next((i for i in range(start, len(text)) if text[i] in stops), len(text))
+
+
+def _uri_decode(text: str) -> str:
+    """libpq's conninfo_uri_decode: %XX is that byte (not %00); nothing else changes ('+'
+    stays '+'). The bytes are read as UTF-8, as the server's settings are."""
+    out = bytearray()
+    i = 0
+    raw = text.encode()
+    while i < len(raw):
+        if raw[i] != ord("%"):
+            out.append(raw[i])
+            i += 1
+            continue
+        digits = raw[i + 1:i + 3].decode("ascii", "replace")
+        if len(digits) != 2 or not all(c in "0123456789abcdefABCDEF" for c in digits):
+            raise ConninfoError(f'invalid percent-encoded token in the URI: "{text}"')
+        if digits == "00":
+            raise ConninfoError(f'forbidden value %00 in a percent-encoded URI value: "{text}"')
+        out.append(int(digits, 16))
+        i += 3
+    try:
+        return out.decode()
+    except UnicodeDecodeError:
+        raise ConninfoError(f'a percent-encoded URI value is not UTF-8: "{text}"') from None
 
 
 def quote_conninfo_value(value: str) -> str:
