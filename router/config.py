@@ -107,6 +107,7 @@ class RouterConfig:
     drain_timeout_seconds: float = 10.0
     parse_cache_size: int = 4096
     read_only_functions: tuple[str, ...] = ()
+    read_only_builtins: bool = True
     sharded_functions: tuple[str, ...] = ()
     max_replica_lag_bytes: int = 1024 * 1024
     lag_poll_interval_seconds: float = 0.05

@@ -29,6 +29,7 @@ from typing import Any
 from pymongo.uri_parser import parse_uri
 
 from protocol import Encoder
+from router.backend.catalog import learn_builtin_reads
 from router.backend.docstore import DocStore
 from router.backend.pool import NodeUnavailableError
 from router.backend.tls import ListenerTLS, forget_contexts
@@ -102,6 +103,9 @@ class RouterNode:
         # Set when a client connection or a transaction ends: what a drain waits for, once
         # no request is left but transactions are still open.
         self._ended = asyncio.Event()
+        # pg_catalog's functions that are not volatile (router/backend/catalog.py), once a
+        # node has listed them; until then only router.read_only_functions are reads.
+        self._builtin_reads: frozenset[str] = frozenset()
         self.runtime = self._runtime(config, Topology.from_config(config))
         self.limits = Limits.of(config)  # a new connection's (reloaded with the config)
         self.handler = RequestHandler(
@@ -123,7 +127,13 @@ class RouterNode:
 
     def _runtime(self, config: Config, topology: Topology) -> Runtime:
         return Runtime.build(config, topology, scatter_stats=self.metrics.scatter,
-                             transaction_ended=self._ended.set)
+                             transaction_ended=self._ended.set,
+                             builtin_reads=self._builtin_reads)
+
+    def _learned_builtin_reads(self, names: frozenset[str]) -> None:
+        self._builtin_reads = names
+        if self.config.router.read_only_builtins:
+            self.runtime.classifier.learn_builtin_reads(names)
 
     @property
     def config(self) -> Config:
@@ -159,6 +169,15 @@ class RouterNode:
         self._tls = _listener_tls(self.config.router)  # a bad certificate stops us at once
         start_parser()  # first: its large stack size is set process-wide while it is made
         await self._start_pools(list(self.topology.nodes()))
+        learning = asyncio.ensure_future(learn_builtin_reads(
+            self.config.database, lambda: [(n.name, n.address) for n in self.topology.nodes()],
+            self._learned_builtin_reads))
+        with contextlib.suppress(TimeoutError):  # not learned yet: asked on in the background
+            await asyncio.wait_for(asyncio.shield(learning), self.config.database
+                                   .connect_timeout_seconds)
+        if not learning.done():
+            self._bg.add(learning)
+            learning.add_done_callback(self._bg.discard)
         self.monitor.start()
         await asyncio.wait_for(self.monitor.wait_round(), 10)
         if self.heartbeat is not None:  # after the first round: our view is measured

@@ -30,6 +30,7 @@ from router.core.reference import is_reference_table
 from router.core.sqltree import const_value, walk
 
 __all__ = [
+    "BUILTIN_PRIMARY_ONLY",
     "INLINE_PARSE_MAX",
     "Analysis",
     "Analyzer",
@@ -125,6 +126,14 @@ _SESSION_FUNCS = frozenset(
 )
 
 
+# Built-in functions PostgreSQL marks stable or immutable that still cannot run on a standby:
+# they take a transaction id, or name a WAL file of the server's own timeline ("recovery is
+# in progress"). Whatever the catalogue says, they make a statement a write (tested against a
+# real standby: tests/integration/test_builtin_reads.py).
+BUILTIN_PRIMARY_ONLY = frozenset(
+    {"txid_current", "pg_current_xact_id", "pg_walfile_name", "pg_walfile_name_offset"})
+
+
 # Functions that read what an earlier statement of the same session left behind. A backend
 # connection serves many clients, one after another, so their answer would be another
 # client's (currval after that client's nextval, or after an invoice's trigger): refused.
@@ -158,13 +167,20 @@ class Analyzer:
         read_only_functions: tuple[str, ...] | frozenset[str],
         max_sql_bytes: int = 1024 * 1024,
         sharded_functions: tuple[str, ...] | frozenset[str] = (),
+        builtin_reads: frozenset[str] = frozenset(),
     ) -> None:
         self._max_sql_bytes = max_sql_bytes
         self._tables = dict(tables)
         # Unquoted names, as PostgreSQL folds them: "count", or "myschema.get_course".
         self._read_only_functions = frozenset(f.lower() for f in read_only_functions)
+        # pg_catalog's functions none of whose forms is volatile, as the shards' own catalogue
+        # says (router/backend/catalog.py), less BUILTIN_PRIMARY_ONLY: reads, as in pgpool-II.
+        self._builtin_reads = builtin_reads - BUILTIN_PRIMARY_ONLY
         # name -> the positions of its arguments that carry a shard (router.toml)
         self._sharded_functions = dict(parse_function_spec(f) for f in sharded_functions)
+
+    def learn_builtin_reads(self, names: frozenset[str]) -> None:
+        self._builtin_reads = names - BUILTIN_PRIMARY_ONLY
 
     def analyze(self, sql: str) -> Analysis:
         """The analysis of one text. A text over `INLINE_PARSE_MAX` characters may nest deeper
@@ -263,7 +279,8 @@ class Analyzer:
                     "the router may be another client's (connections are shared): use the "
                     "value nextval() or INSERT ... RETURNING gave you")
             qualified = ".".join(names)
-            if not ((builtin and fname in self._read_only_functions)
+            if not ((builtin and (fname in self._read_only_functions
+                                  or fname in self._builtin_reads))
                     or qualified in self._read_only_functions):
                 write = True
 

@@ -24,8 +24,10 @@ class Classifier:
         cache_size: int = 4096,
         max_sql_bytes: int = 1024 * 1024,
         sharded_functions: tuple[str, ...] | frozenset[str] = (),
+        builtin_reads: frozenset[str] = frozenset(),
     ) -> None:
-        self._analyzer = Analyzer(tables, read_only_functions, max_sql_bytes, sharded_functions)
+        self._analyzer = Analyzer(tables, read_only_functions, max_sql_bytes, sharded_functions,
+                                  builtin_reads)
         self._cache: OrderedDict[str, Analysis] = OrderedDict()
         self._cache_size = cache_size
         self.hits = 0
@@ -53,6 +55,12 @@ class Classifier:
         self.misses += 1
         job = on_parser_thread(self._analyzer.analyze, sql)
         return self._remember(sql, await asyncio.wrap_future(job))
+
+    def learn_builtin_reads(self, names: frozenset[str]) -> None:
+        """Count these built-in functions as reads from now on (router/backend/catalog.py);
+        what was classified before them is forgotten."""
+        self._analyzer.learn_builtin_reads(names)
+        self._cache.clear()
 
     def cached(self, sql: str) -> Analysis | None:
         """The analysis of `sql` if it is at hand (nothing is parsed)."""

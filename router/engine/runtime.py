@@ -27,12 +27,16 @@ class Runtime:
     @classmethod
     def build(cls, config: Config, topology: Topology, *,
               scatter_stats: ScatterStats | None = None,
-              transaction_ended: Callable[[], None] | None = None) -> Runtime:
+              transaction_ended: Callable[[], None] | None = None,
+              builtin_reads: frozenset[str] = frozenset()) -> Runtime:
         """`scatter_stats`: counters that outlive a reload (the metrics keep them);
-        `transaction_ended`: called whenever a transaction is over (a drain waits on it)."""
+        `transaction_ended`: called whenever a transaction is over (a drain waits on it);
+        `builtin_reads`: the built-in functions the shards' catalogue says are reads (used
+        when router.read_only_builtins is on)."""
         r = config.router
         classifier = Classifier(config.tables, r.read_only_functions, r.parse_cache_size,
-                                r.max_sql_bytes, r.sharded_functions)
+                                r.max_sql_bytes, r.sharded_functions,
+                                builtin_reads if r.read_only_builtins else frozenset())
         executor = Executor(config, topology, classifier, transaction_ended=transaction_ended)
         if scatter_stats is not None:
             executor.scatter.stats = scatter_stats
