@@ -65,3 +65,27 @@ def test_the_setting_turns_the_learned_list_on_and_off(enabled: bool,
     config: Config = replace(base, router=replace(base.router, read_only_builtins=enabled))
     runtime = Runtime.build(config, Topology.from_config(config), builtin_reads=LEARNED)
     assert _kind(runtime.classifier, "SELECT md5($1)") is kind
+
+
+async def test_the_list_is_asked_of_each_node_in_turn_until_one_answers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No node answers in the first round (the router starts while its nodes are down): it
+    asks again, and the first node that answers gives the list."""
+    from router.backend import catalog
+    from router.config import NodeAddress
+
+    asked: list[str] = []
+
+    async def listed(db: object, address: NodeAddress) -> frozenset[str]:
+        asked.append(address.host)
+        if len(asked) < 3 or address.host == "a":
+            raise OSError("connection refused")
+        return frozenset({"md5"})
+
+    monkeypatch.setattr(catalog, "builtin_reads", listed)
+    learned: list[frozenset[str]] = []
+    nodes = [("a", NodeAddress("a", 1, "db")), ("b", NodeAddress("b", 2, "db"))]
+    await catalog.learn_builtin_reads(CONFIG.database, lambda: nodes, learned.append,
+                                      retry_seconds=0)
+    assert asked == ["a", "b", "a", "b"]
+    assert learned == [frozenset({"md5"})]
