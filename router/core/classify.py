@@ -66,8 +66,6 @@ class Analysis:
     # Which sharded tables (and sharded functions) it touches and what confines each to a
     # shard: routing.py binds the parameters to it (confinement.py).
     confinement: Confinement = _NOTHING
-    # A write inside the statement that its status does not count (a writable CTE).
-    nested_write: bool = False
     # The reference tables it writes (INSERT/UPDATE/DELETE/MERGE/TRUNCATE anywhere in it):
     # such a write goes to every shard or nowhere (router/core/reference.py).
     reference_writes: tuple[str, ...] = ()
@@ -224,7 +222,6 @@ class Analyzer:
         funcs: list[Any] = []
         params: set[int] = set()
         write = False
-        nested_write = False
         settings_view = False
         session = isinstance(stmt, _SESSION_STMTS) and not _transaction_scoped(stmt)
         node: Any
@@ -245,7 +242,6 @@ class Analyzer:
                 params.add(int(node.number))
             elif type(node) in _WRITE_STMTS:
                 write = True
-                nested_write = nested_write or node is not stmt
                 written.append(node.relation)
             elif isinstance(node, ast.TruncateStmt):
                 written.extend(node.relations or ())
@@ -291,7 +287,6 @@ class Analyzer:
             changes_session_state=session,
             param_count=max(params, default=0),
             confinement=self._confinement(stmt),
-            nested_write=nested_write,
             reference_writes=tuple(dict.fromkeys(
                 rv.relname for rv in written
                 if is_reference_table(rv.relname, rv.schemaname, self._tables))),

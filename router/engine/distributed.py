@@ -39,7 +39,7 @@ from router.engine.errors import (
     UnknownTransaction,
     is_read_only_refusal,
 )
-from router.engine.outcome import CONNECTION_ERRORS, Outcome, rows_changed
+from router.engine.outcome import CONNECTION_ERRORS, Outcome
 from router.engine.session import Session
 from router.engine.twophase import CommitResult, Coordinator, fault_point_from_env
 from router.ha.topology import NodeState, ShardState, Topology
@@ -208,8 +208,11 @@ class DistributedTransactions:
                 f"every shard ({said}), so it was not applied: its copies already differ "
                 "(`georoute health` names them), or the statement computes its rows on each "
                 "shard")
-        for branch, (_, _, status) in zip(branches, results, strict=True):
-            if not analysis.read_only and rows_changed(analysis, status):
+        if not analysis.read_only:
+            # Whatever the status says: `DELETE 0` may still have written, through a
+            # function it calls, a writable CTE or a statement trigger. A branch counted as a
+            # reader would be committed apart from the two-phase commit.
+            for branch in branches:
                 branch.wrote = True
         columns, rows, status = first
         return Outcome(columns, rows, status, ",".join(b.shard for b in branches),

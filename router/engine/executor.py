@@ -53,7 +53,6 @@ from router.engine.outcome import (
     ScatterDone,
     connection_lost,
     returned_after,
-    rows_changed,
 )
 from router.engine.scatter import ScatterRunner
 from router.engine.session import Session
@@ -313,10 +312,10 @@ class Executor:
         return route
 
     def needs_token(self, routed: Routed, status: str) -> bool:
-        """A write (run on the primary only) that changed rows: its reply carries a
-        read-your-writes token."""
-        analysis = routed.analysis
-        return not analysis.read_only and rows_changed(analysis, status)
+        """A write (run on the primary only): its reply carries a read-your-writes token,
+        whatever its status says. (`UPDATE 0` may still have written: through a function
+        it calls, a writable CTE or a statement trigger.)"""
+        return not routed.analysis.read_only
 
     async def write_token(self, session: Session, routed: Routed) -> str:
         return await self.token(session, routed.shard)
@@ -381,7 +380,7 @@ class Executor:
             columns, rows, status = await self._run(node, backend, sql, params, dirty,
                                                     hints.timeout_ms)
         token = None  # (a write runs on the primary only)
-        if not analysis.read_only and rows_changed(analysis, status):
+        if not analysis.read_only:  # whatever its status says (needs_token)
             token = await self.token(session, shard)
         return Outcome(columns, rows, status, shard.name, node.name, node.role,
                        token)

@@ -19,7 +19,6 @@ from router.types import Role
 
 __all__ = [
     "CONNECTION_ERRORS", "Outcome", "Routed", "connection_lost", "returned_after",
-    "rows_changed",
 ]
 
 # Errors after which the backend connection cannot be trusted (the node may be gone). asyncpg
@@ -81,15 +80,6 @@ class Outcome:
     def rowcount(self) -> int:
         last = self.status.rsplit(" ", 1)[-1]
         return int(last) if last.isdigit() else len(self.rows)
-
-
-def rows_changed(analysis: Analysis, status: str) -> bool:
-    """False for a DML statement that reported 0 rows (no WAL to wait for). A statement with
-    a write its status does not count (`WITH a AS (INSERT ...) UPDATE ...` says UPDATE 0)
-    may have changed rows all the same."""
-    if analysis.command in ("INSERT", "UPDATE", "DELETE", "MERGE") and not analysis.nested_write:
-        return not status.endswith(" 0")
-    return True
 
 
 @contextlib.contextmanager

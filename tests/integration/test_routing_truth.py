@@ -185,12 +185,28 @@ async def test_rows_land_on_the_shard_their_key_names(db: client.Client, world: 
     assert {r: [row[0] for row in rows] for r, rows in placed.items()} == {r: [r] for r in REGIONS}
 
 
-async def test_a_write_inside_a_cte_gives_a_read_your_writes_token(
-    db: client.Client, world: World, migrated: Config
+# Writes a DML status does not count: (statement, its parameters from the world, hints, the
+# status it reports, the audit action it writes on europe).
+_UNCOUNTED_WRITES = {
+    # A writable CTE.
+    "cte": ("WITH a AS (INSERT INTO audit_log (region, action, entity) VALUES ('europe', "
+            "'cte', $2) RETURNING 1) UPDATE users SET city = city WHERE user_id = $1 AND false",
+            lambda w: (w.users["europe"], w.entity), {}, "UPDATE 0"),
+    # A write function the DML calls once, before it finds no row (found by an audit).
+    "function": ("DELETE FROM audit_log WHERE region = 'europe' AND entity = 'no such entity' "
+                 "AND (SELECT record_audit('function', $1, NULL)) IS NOT NULL",
+                 lambda w: (w.entity,), {"shard": "europe"}, "DELETE 0"),
+}
+
+
+@pytest.mark.parametrize("action", list(_UNCOUNTED_WRITES))
+async def test_a_write_its_status_does_not_count_gives_a_read_your_writes_token(
+    db: client.Client, world: World, migrated: Config, action: str
 ) -> None:
-    """`WITH a AS (INSERT ...) UPDATE ...` reports UPDATE 0, yet it wrote: the session's next
-    read must see the row. With the europe replica's replay paused, a read the router sent
-    there would not; with the token it goes to the primary."""
+    """A statement that reports 0 rows yet wrote: the session's next read must see the row.
+    With the europe replica's replay paused, a read the router sent there would not; with the
+    token it goes to the primary."""
+    sql, params, hints, reported = _UNCOUNTED_WRITES[action]
     replica = await connect_node(migrated, migrated.shards["europe"].replicas[0])
     try:
         await replica.execute("SELECT pg_wal_replay_pause()")
@@ -200,14 +216,55 @@ async def test_a_write_inside_a_cte_gives_a_read_your_writes_token(
                                                "'paused'"))
 
         await wait_until(paused, what="replay paused on the europe replica")
-        status = await db.execute(
-            "WITH a AS (INSERT INTO audit_log (region, action, entity) VALUES ('europe', 'cte', $2) "
-            "RETURNING 1) UPDATE users SET city = city WHERE user_id = $1 AND false",
-            world.users["europe"], world.entity)
-        assert status == "UPDATE 0"
+        status = await db.execute(sql, *params(world), **hints)
+        assert status == reported
+        assert await world.primaries["europe"].fetchval(
+            "SELECT count(*) FROM audit_log WHERE entity = $1 AND action = $2",
+            world.entity, action) == 1  # it did write
         seen = await db.fetchval("SELECT count(*) FROM audit_log WHERE region = 'europe' "
-                                 "AND entity = $1 AND action = 'cte'", world.entity)
+                                 "AND entity = $1 AND action = $2", world.entity, action)
         assert seen == 1
     finally:
         await replica.execute("SELECT pg_wal_replay_resume()")
         await replica.close()
+
+
+async def test_a_write_its_status_does_not_count_is_in_the_two_phase_commit(
+    db: client.Client, world: World
+) -> None:
+    """A transaction over two shards whose europe write hides behind `DELETE 0` (a function
+    the DELETE calls inserts a session row): europe's branch wrote, so it commits with asia's
+    in two phases. When its connection is lost before the commit, the transaction fails with
+    neither write applied; it was once taken for a reader, committed apart after asia's
+    commit, and its failure ignored: the client was told COMMIT with europe's write lost
+    (found by an audit)."""
+    eu, asia = world.users["europe"], world.users["asia"]
+    marker = f"hidden-{uuid.uuid4().hex}"
+    token_hash = f"th-{uuid.uuid4().hex}"
+    europe = world.primaries["europe"]
+    committed: str | Exception
+    async with db.transaction() as tx:
+        await tx.execute("UPDATE users SET city = 'tx-asia' WHERE user_id = $1", asia)
+        status = await tx.execute(
+            f"/* {marker} */ DELETE FROM user_sessions WHERE user_id = $1 "
+            "AND token_hash = 'none' AND (SELECT create_session($1, $2)) IS NOT NULL",
+            eu, token_hash)
+        assert status == "DELETE 0"
+
+        async def killed() -> bool:  # a node restart, a network fault, an operator
+            return bool(await europe.fetchval(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE $1 AND pid <> pg_backend_pid()) t", f"%{marker}%"))
+
+        await wait_until(killed, what="the europe branch's backend terminated")
+        try:
+            committed = await tx.commit()
+        except client.GeorouteError as exc:
+            committed = exc
+    asia_city = await world.primaries["asia"].fetchval(
+        "SELECT city FROM users WHERE user_id = $1", asia)
+    sessions = await europe.fetchval(
+        "SELECT count(*) FROM user_sessions WHERE token_hash = $1", token_hash)
+    assert isinstance(committed, client.GeorouteError), committed
+    assert (asia_city, sessions) == ("Town", 0), (
+        f"told {committed!r}, but asia city {asia_city!r}, europe sessions {sessions}")
