@@ -185,17 +185,17 @@ async def test_rows_land_on_the_shard_their_key_names(db: client.Client, world: 
     assert {r: [row[0] for row in rows] for r, rows in placed.items()} == {r: [r] for r in REGIONS}
 
 
-# Writes a DML status does not count: (statement, its parameters from the world, hints, the
-# status it reports, the audit action it writes on europe).
+# Writes a DML status does not count: (statement, its parameters from the world, its shard
+# hint, the status it reports); each writes an audit row on europe named by its key.
 _UNCOUNTED_WRITES = {
     # A writable CTE.
     "cte": ("WITH a AS (INSERT INTO audit_log (region, action, entity) VALUES ('europe', "
             "'cte', $2) RETURNING 1) UPDATE users SET city = city WHERE user_id = $1 AND false",
-            lambda w: (w.users["europe"], w.entity), {}, "UPDATE 0"),
+            lambda w: (w.users["europe"], w.entity), None, "UPDATE 0"),
     # A write function the DML calls once, before it finds no row (found by an audit).
     "function": ("DELETE FROM audit_log WHERE region = 'europe' AND entity = 'no such entity' "
                  "AND (SELECT record_audit('function', $1, NULL)) IS NOT NULL",
-                 lambda w: (w.entity,), {"shard": "europe"}, "DELETE 0"),
+                 lambda w: (w.entity,), "europe", "DELETE 0"),
 }
 
 
@@ -206,7 +206,7 @@ async def test_a_write_its_status_does_not_count_gives_a_read_your_writes_token(
     """A statement that reports 0 rows yet wrote: the session's next read must see the row.
     With the europe replica's replay paused, a read the router sent there would not; with the
     token it goes to the primary."""
-    sql, params, hints, reported = _UNCOUNTED_WRITES[action]
+    sql, params, shard, reported = _UNCOUNTED_WRITES[action]
     replica = await connect_node(migrated, migrated.shards["europe"].replicas[0])
     try:
         await replica.execute("SELECT pg_wal_replay_pause()")
@@ -216,7 +216,7 @@ async def test_a_write_its_status_does_not_count_gives_a_read_your_writes_token(
                                                "'paused'"))
 
         await wait_until(paused, what="replay paused on the europe replica")
-        status = await db.execute(sql, *params(world), **hints)
+        status = await db.execute(sql, *params(world), shard=shard)
         assert status == reported
         assert await world.primaries["europe"].fetchval(
             "SELECT count(*) FROM audit_log WHERE entity = $1 AND action = $2",
