@@ -54,6 +54,10 @@ class DistributedTransaction:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     idle_timer: asyncio.TimerHandle | None = None
 
+    @property
+    def serializable(self) -> bool:
+        return "SERIALIZABLE" in self.begin_sql
+
     def stop_idle_timer(self) -> None:
         if self.idle_timer is not None:
             self.idle_timer.cancel()

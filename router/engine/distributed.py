@@ -268,7 +268,8 @@ class DistributedTransactions:
                 raise TransactionAborted(why)
             # Shielded: a commit under way finishes (or is settled) whatever becomes of its
             # request.
-            result = await asyncio.shield(self.coordinator.commit(branches))
+            result = await asyncio.shield(self.coordinator.commit(
+                branches, serializable=tx.serializable))
         return await self._committed(session, branches, result, "COMMIT")
 
     async def rollback(self, session: Session, tx: DistributedTransaction) -> Outcome | None:
@@ -342,7 +343,8 @@ class DistributedTransactions:
             await self.coordinator.rollback(list(tx.branches.values()))
             raise
         branches = list(tx.branches.values())
-        result = await asyncio.shield(self.coordinator.commit(branches))
+        result = await asyncio.shield(self.coordinator.commit(
+                branches, serializable=tx.serializable))
         return await self._committed(session, branches, result, ran.status, ran.columns,
                                      ran.rows)
 

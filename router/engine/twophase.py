@@ -144,10 +144,19 @@ class Coordinator:
         self._fault = fault
         self._phase_two_seconds = phase_two_seconds
 
-    async def commit(self, branches: Sequence[Branch]) -> CommitResult:
-        """Commit every branch (each still open) and release their connections."""
+    async def commit(self, branches: Sequence[Branch], *,
+                     serializable: bool = False) -> CommitResult:
+        """Commit every branch (each still open) and release their connections. In a
+        `serializable` transaction the branches that only read commit first, and a COMMIT
+        one of them fails (PostgreSQL may refuse one, 40001, when what it read cannot be
+        serialized) rolls the whole transaction back: what it read was not serializable, and
+        its client must hear so. Otherwise a reader's COMMIT changes nothing, whatever its
+        fate, and it goes with or after the writers'."""
         writers = [b for b in branches if b.wrote]
         readers = [b for b in branches if not b.wrote]
+        if serializable and readers:
+            await self._commit_readers_first(readers, writers)
+            readers = []
         if len(writers) <= 1:
             return await self._one_phase(writers, readers)
         return await self._two_phase(writers, readers)
@@ -179,6 +188,19 @@ class Coordinator:
             _release(writer)
         await self._commit_readers(readers)
         return CommitResult(tuple(b.shard for b in writers))
+
+    async def _commit_readers_first(self, readers: Sequence[Branch],
+                                    writers: Sequence[Branch]) -> None:
+        """The readers' COMMITs, at once, before any writer's; on any failure the writers
+        roll back (nothing of theirs was committed or prepared) and it is raised."""
+        results = await asyncio.gather(*(_execute(b.backend, "COMMIT") for b in readers),
+                                       return_exceptions=True)
+        for branch, result in zip(readers, results, strict=True):
+            _release(branch, broken=isinstance(result, BaseException))
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            await self.rollback(writers)
+            raise failed
 
     async def _commit_readers(self, readers: Sequence[Branch]) -> None:
         """Branches that wrote nothing: their COMMIT changes nothing, whatever its fate."""

@@ -268,3 +268,42 @@ async def test_a_write_its_status_does_not_count_is_in_the_two_phase_commit(
     assert isinstance(committed, client.GeorouteError), committed
     assert (asia_city, sessions) == ("Town", 0), (
         f"told {committed!r}, but asia city {asia_city!r}, europe sessions {sessions}")
+
+
+@pytest.mark.parametrize("isolation", ["serializable", "read_committed"])
+async def test_a_serializable_transaction_fails_when_a_shard_it_only_read_cannot_commit(
+    db: client.Client, world: World, isolation: str
+) -> None:
+    """Over two shards: read on europe, write on asia, then europe's branch loses its
+    connection before the commit. Serializable: PostgreSQL checks at a COMMIT that what was
+    read can be serialized (it may refuse one with 40001), and that COMMIT cannot be made, so
+    the transaction fails and asia's write is rolled back (readers commit before the writer).
+    Read committed: the reads are done and a reader's COMMIT changes nothing; the commit
+    stands."""
+    eu, asia = world.users["europe"], world.users["asia"]
+    marker = f"reader-{uuid.uuid4().hex}"
+    city = f"city-{uuid.uuid4().hex[:8]}"
+    committed: str | Exception
+    async with db.transaction(isolation=isolation) as tx:
+        assert await tx.fetchval(f"/* {marker} */ SELECT city FROM users WHERE user_id = $1",
+                                 eu) == "Town"
+        await tx.execute("UPDATE users SET city = $2 WHERE user_id = $1", asia, city)
+
+        async def killed() -> bool:
+            return bool(await world.primaries["europe"].fetchval(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE $1 AND pid <> pg_backend_pid()) t", f"%{marker}%"))
+
+        await wait_until(killed, what="the europe branch's backend terminated")
+        try:
+            committed = await tx.commit()
+        except client.GeorouteError as exc:
+            committed = exc
+    asia_city = await world.primaries["asia"].fetchval(
+        "SELECT city FROM users WHERE user_id = $1", asia)
+    if isolation == "serializable":
+        assert isinstance(committed, client.GeorouteError), committed
+        assert asia_city == "Town"
+    else:
+        assert committed == "COMMIT"
+        assert asia_city == city
