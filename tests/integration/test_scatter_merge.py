@@ -53,7 +53,7 @@ class World:
         self.shards = shards
         self.oracle = oracle
         self.classifier = Classifier(TABLES, ("count", "sum", "avg", "min", "max", "bool_and",
-                                              "bool_or", "lower", "coalesce", "abs",
+                                              "every", "bool_or", "lower", "coalesce", "abs",
                                               "row_number"))
 
     async def load(self, rows: list[tuple[Any, ...]]) -> None:
@@ -209,7 +209,8 @@ def grouped_case(draw: st.DrawFn) -> tuple[list[Any], str, list[Any]]:
     keys = draw(st.lists(st.sampled_from(["a", "s", "flag", "region"]), max_size=2, unique=True))
     aggs = draw(st.lists(st.sampled_from([
         "count(*)", "count(b)", "sum(a)", "sum(b)", "min(s)", "max(s)", "min(b)", "max(a)",
-        "avg(a)", "avg(b)", "bool_and(flag)", "bool_or(flag)", "count(DISTINCT region)",
+        "avg(a)", "avg(b)", "bool_and(flag)", "every(flag)", "bool_or(flag)",
+        "count(DISTINCT region)",
         "max(f)", "min(f)"]), min_size=1, max_size=4, unique=True))
     sql = f"SELECT {', '.join([*keys, *aggs])} FROM t"
     params: list[Any] = []
