@@ -34,7 +34,7 @@ from router.backend.docstore import DocStore
 from router.backend.pool import NodeUnavailableError
 from router.backend.tls import ListenerTLS, forget_contexts
 from router.backend.wal import LsnReader
-from router.config import Config, RouterConfig, load_config, router_socket_path
+from router.config import Config, FailoverMode, RouterConfig, load_config, router_socket_path
 from router.core.documents import DocumentShapes
 from router.core.health import HealthEvent
 from router.engine.idempotency import run_sweeper
@@ -46,6 +46,7 @@ from router.ha.heartbeat import HeartbeatService
 from router.ha.monitor import LagMonitor
 from router.ha.shard_checks import ShardChecks
 from router.ha.sweeper import SilentLinkSweeper
+from router.ha.synchrony import Synchrony
 from router.ha.topology import NodeState, ShardState, Topology
 from router.metrics import Metrics
 from router.server.connection import ClientConnection, Limits
@@ -117,6 +118,7 @@ class RouterNode:
         self.heartbeat = (HeartbeatService(config, lambda: self.topology)
                           if config.heartbeat.enabled else None)
         self.checks = ShardChecks(lambda: self.topology, lambda: self.config)
+        self.synchrony: Synchrony | None = None  # managed failover only (startup)
         self._reload_lock = asyncio.Lock()
         self._server: asyncio.Server | None = None
         self._unix_server: asyncio.Server | None = None
@@ -193,6 +195,11 @@ class RouterNode:
         self.spawn(SilentLinkSweeper(lambda: self.topology).run())  # half-open backend links
         self.metrics.checks = self.checks
         self.spawn(self.checks.run())  # reference-table copies and last backups, as metrics
+        if FailoverMode(self.config.failover.mode) is FailoverMode.MANAGED:
+            # Synchronous shards replicate synchronously again once a standby streams after
+            # a failover (the promoter turned it off).
+            self.synchrony = Synchrony(lambda: self.topology, lambda: self.config)
+            self.spawn(self.synchrony.run())
         self.metrics.bind(self.topology, self.runtime.classifier, lambda: len(self.connections))
         self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
         r = self.config.router
@@ -406,6 +413,8 @@ class RouterNode:
             "shards": self.topology.snapshot(),
             "document_store": _hosts_of(self.config.document_store.uri),
             "heartbeat": self.heartbeat.report() if self.heartbeat is not None else None,
+            # shard -> how often this node turned synchronous replication back on there
+            "synchrony": dict(self.synchrony.turned_on) if self.synchrony is not None else None,
         }
 
 

@@ -1,0 +1,113 @@
+"""A synchronous shard of three nodes, after a managed failover: the promoter turns
+synchronous replication off on the new primary (no standby may stream yet), re-points the
+other standby, and once that standby streams a router turns synchronous replication on again
+(router/ha/synchrony.py), without `georoute cluster rejoin`. Without that, acknowledged
+writes sat on the new primary alone until a person rejoined the old one. A scratch cluster of
+its own: europe replicates synchronously and gets a third node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import replace
+
+import asyncpg
+import pytest
+
+import client
+from router.config import Config, NodeAddress
+from router.tools.db.migrate import migrate
+from router.tools.localcluster import LocalCluster
+from tests.integration.conftest import wait_until
+from tests.integration.test_heartbeat import heartbeat_report, peer_states
+from tests.integration.test_managed_failover import (
+    INSERT,
+    SECRET,
+    managed_configs,
+    start_router,
+    topology,
+)
+from tests.support.ids import new_id
+from tests.support.router_proc import SCRATCH_DDL, TOKEN
+from tests.support.scratch import scratch_cluster
+
+SCRATCH_OFFSET = 7300  # far from the session's cluster and the other scratch ones
+
+
+@pytest.fixture(scope="module")
+def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
+    shards = dict(test_config.shards)
+    europe = shards["europe"]
+    free = max(a.port for s in shards.values() for a in (s.primary, *s.replicas)) + 1
+    shards["europe"] = replace(europe, synchronous=True, replicas=(
+        *europe.replicas, NodeAddress("127.0.0.1", free, europe.primary.database)))
+    with scratch_cluster(replace(test_config, shards=shards), SCRATCH_OFFSET,
+                         "scratch-synchrony") as pair:
+        asyncio.run(migrate(pair[1], documents=False))
+        yield pair
+
+
+async def replication(dsn: str) -> tuple[str, dict[str, str]]:
+    """A node's synchronous_standby_names, and each standby streaming from it: its
+    sync_state, by the port it was started on (application_name is the node's name)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        names = str(await conn.fetchval("SHOW synchronous_standby_names"))
+        rows = await conn.fetch("SELECT application_name, sync_state FROM pg_stat_replication "
+                                "WHERE state = 'streaming'")
+        return names, {str(r[0]): str(r[1]) for r in rows}
+    finally:
+        await conn.close()
+
+
+async def test_synchronous_again_once_the_repointed_standby_streams(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    local, base = scratch
+    names, _ = await replication(local.dsn("europe-1"))
+    assert names == "*"
+    configs = managed_configs(base)[:2]  # two of the three configured: a majority
+    with contextlib.ExitStack() as stack:
+        routers = [stack.enter_context(start_router(c, local.state_dir / f"router-y{i}.toml",
+                                                    SECRET))
+                   for i, c in enumerate(configs)]
+        node_names = [r.config.router.node_name for r in routers]
+
+        async def alive() -> bool:
+            for proc, other in zip(routers, reversed(node_names), strict=True):
+                if peer_states(await heartbeat_report(proc)).get(other) != "alive":
+                    return False
+            return True
+
+        await wait_until(alive, within=20, what="the two routers alive to each other")
+        async with await client.connect(routers[0].dsn, token=TOKEN) as db:
+            await db.execute(SCRATCH_DDL, shard="europe")
+            europe = base.shards["europe"].number
+            await db.execute(INSERT, new_id(europe), "before")
+            pid = local.pid("europe-1")
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            async def promoted() -> bool:
+                for proc in routers:
+                    if (await topology(proc))["shards"]["europe"]["primary"] != "europe-2":
+                        return False
+                return True
+
+            await wait_until(promoted, within=20, what="europe-2 the primary everywhere")
+            await db.execute(INSERT, new_id(europe), "after")  # not held by a missing standby
+
+            async def synchronous_again() -> bool:
+                names, streaming = await replication(local.dsn("europe-2"))
+                return names == "*" and "sync" in streaming.values()
+
+            await wait_until(synchronous_again, within=20,
+                             what="europe-2 synchronous again, with a standby in sync")
+            # Writes go on, each now acknowledged once the standby has it.
+            await db.execute(INSERT, new_id(europe), "synchronous")
+        # The router that did it says so in its topology report.
+        done = [(await topology(p))["synchrony"] for p in routers]
+        assert any(d.get("europe") for d in done), done
