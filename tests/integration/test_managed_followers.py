@@ -343,3 +343,103 @@ async def test_a_switchover_repoints_the_shards_other_standby(
         return await has_row(local.dsn(other), row)
 
     await wait_until(replayed, within=15, what=f"{other} replays {target}'s write")
+
+
+async def receiver(dsn: str) -> tuple[str, int] | None:
+    """(status, sender port) of the node's WAL receiver; None when none runs."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT status, sender_port FROM pg_stat_wal_receiver")
+        return None if row is None else (row[0], row[1])
+    finally:
+        await conn.close()
+
+
+async def test_routers_that_never_saw_the_promotion_repoint_a_standby_that_comes_back(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    """No router remembers anything: a standby stopped during a promotion is started again
+    only after the routers that promoted have stopped. It still names the dead old primary;
+    fresh routers, which never saw the promotion, find that in its primary_conninfo and
+    re-point it (reconciliation, router/core/reconcile.py), and it streams from the new
+    primary and replays its writes."""
+    local, base = scratch
+    names = ("europe-1", "europe-2", "europe-3")
+    for name in names:  # what the tests before left stopped
+        if local.pid(name) is None:
+            await asyncio.to_thread(local.rejoin, name)
+    standbys = []
+    for name in names:
+        conn = await asyncpg.connect(local.dsn(name))
+        try:
+            if await conn.fetchval("SELECT pg_is_in_recovery()"):
+                standbys.append(name)
+            else:
+                old = name
+                await conn.execute(SCRATCH_DDL)
+        finally:
+            await conn.close()
+    new, back = standbys  # `back` is stopped, so `new` is the one promoted
+    configs = managed_configs(base)[:2]
+    with contextlib.ExitStack() as stack:
+        routers = [stack.enter_context(start_router(c, local.state_dir / f"router-p{i}.toml",
+                                                    SECRET))
+                   for i, c in enumerate(configs)]
+        await wait_until(lambda: routers_see(routers, old, [new, back]), within=30,
+                         what=f"routers on {old}, two standbys up")
+        before = uuid.uuid4()
+        primary = await asyncpg.connect(local.dsn(old))
+        try:
+            await primary.execute(INSERT, before, "before")
+        finally:
+            await primary.close()
+
+        async def on_both() -> bool:
+            return (await has_row(local.dsn(new), before)
+                    and await has_row(local.dsn(back), before))
+
+        await wait_until(on_both, within=10, what="the row on both standbys")
+        local.stop_node(back)
+        pid = local.pid(old)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+
+        async def promoted() -> bool:
+            return len(await promotions(routers)) == 1
+
+        await wait_until(promoted, within=20, what=f"{new} promoted")
+        (record,) = await promotions(routers)
+        assert record["new_primary"] == new
+        assert [(f["replica"], f["outcome"]) for f in record["followers"]] == [
+            (back, "unreachable")]
+    # Every router that saw the promotion is gone. `back` comes back asking the dead `old`.
+    local.start_node(back)
+    conninfo, _ = await settings(local.dsn(back))
+    assert dict(parse_conninfo(conninfo))["port"] == str(local.node(old).port)
+    after = uuid.uuid4()
+    primary = await asyncpg.connect(local.dsn(new))
+    try:
+        await primary.execute(INSERT, after, "after")
+    finally:
+        await primary.close()
+    streaming = await receiver(local.dsn(back))
+    assert streaming is None or streaming[1] != local.node(new).port, streaming
+
+    with contextlib.ExitStack() as stack:
+        routers = [stack.enter_context(start_router(c, local.state_dir / f"router-q{i}.toml",
+                                                    SECRET))
+                   for i, c in enumerate(configs)]
+
+        async def streams_from_new() -> bool:
+            return (await receiver(local.dsn(back)) == ("streaming", local.node(new).port)
+                    and await has_row(local.dsn(back), after))
+
+        await wait_until(streams_from_new, within=30,
+                         what=f"{back} streaming from {new} and replaying its write")
+        conninfo, _ = await settings(local.dsn(back))
+        assert dict(parse_conninfo(conninfo))["port"] == str(local.node(new).port)
+        reports = [(await heartbeat_report(p))["promoter"] for p in routers]
+        assert [r["promotions"] for r in reports] == [[], []]  # they promoted nothing
+        acted = [r["followers"].get("europe", []) for r in reports]
+        assert sorted((f["replica"], f["outcome"]) for done in acted for f in done) == [
+            (back, "repointed")], reports
