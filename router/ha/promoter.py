@@ -12,11 +12,9 @@ Exactly one promotion per failure, also when two router nodes decide at once:
    promoted it (Adopt: nothing to do), a primary that answers again means no failover;
 3. only then `pg_promote(true, ...)`; on a node already promoted it fails harmlessly;
 4. still holding the locks, it re-points the shard's other standbys at the new primary
-   (`plan_followers` says which can follow): the standby's replication slot is made on the
-   new primary if missing, then its primary_conninfo is rewritten with only host and port
-   changed (router/core/conninfo.py), `ALTER SYSTEM` and `pg_reload_conf()` (PostgreSQL 13+
-   restarts the WAL receiver; recovery_target_timeline 'latest' follows the new timeline).
-   A standby that cannot follow, or did not answer, is logged and named in the report;
+   (`plan_followers` says which can follow; router/ha/followers.py's `repoint_standby`
+   rewrites each one's primary_conninfo). A standby that cannot follow, or did not answer,
+   is logged and named in the report;
 5. it records the promotion in `georoute_failovers` (sql/023) on the new primary (an audit
    trail that replicates with the data; the agreement itself is the timeline,
    router/core/primary.py),
@@ -28,19 +26,19 @@ by the next one); one that already follows the new primary is left unchanged.
 Reconciliation (`reconcile`, every heartbeat round, on the one router node entitled to act:
 router/core/reconcile.py decides) finds the standbys a promotion did not re-point from what
 they say, not from what any router remembers: one that was down then and came back, one whose
-re-point failed, one whose promoting router died or restarted. Under the same lock it reads
+re-point failed, one whose promoting router died or restarted. Under the same locks it reads
 each due standby's primary_conninfo (and its WAL receiver, for the log) and re-points one
 that names a former primary of its shard with `repoint_standby`, as a promotion does; one
-that names somewhere router.toml does not is left alone and said once.
+that names somewhere router.toml does not is left alone and said once. A promotion cancels a
+reconciliation of its shard that is under way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +48,6 @@ from router.backend.tls import connect_asyncpg
 from router.backend.wal import TIMELINE_SQL
 from router.clock import SYSTEM_CLOCK, Clock
 from router.config import Config, NodeAddress
-from router.core.conninfo import repoint_conninfo, sql_literal
-from router.core.errors import ConninfoError
 from router.core.failover import (
     Adopt,
     FollowAction,
@@ -64,17 +60,11 @@ from router.core.failover import (
     plan_followers,
 )
 from router.core.health import NodeHealth
-from router.core.reconcile import (
-    CheckWait,
-    NodeSeen,
-    Upstream,
-    due_standbys,
-    judge_upstream,
-    wait_after,
-)
+from router.core.reconcile import CheckWait, NodeSeen, due_standbys, wait_after
+from router.ha.followers import FollowerResult, FollowOutcome, follow_if_stale, repoint_standby
 from router.ha.topology import NodeState, ShardState, Topology
 
-__all__ = ["FollowOutcome", "FollowerResult", "Promoter", "PromotionRecord", "repoint_standby"]
+__all__ = ["Promoter", "PromotionRecord"]
 
 log = logging.getLogger("georoute.promoter")
 
@@ -90,21 +80,6 @@ INSERT_SQL = (
     f"reason) VALUES ($1, $2, $3, {TIMELINE_SQL}, $4, $5)"
 )
 ASYNC_SQL = "ALTER SYSTEM SET synchronous_standby_names = ''"
-FOLLOWER_SQL = "SELECT current_setting('primary_conninfo'), current_setting('primary_slot_name')"
-# Where a standby streams from: its setting, and its WAL receiver's state (no row: none runs).
-UPSTREAM_SQL = (
-    "SELECT pg_is_in_recovery(), current_setting('primary_conninfo'), "
-    "(SELECT format('%s from %s:%s', status, sender_host, sender_port) "
-    "FROM pg_stat_wal_receiver)"
-)
-# Reserved at once, so the WAL the standby still needs from the new primary is kept.
-SLOT_SQL = (
-    "SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS "
-    "(SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)"
-)
-# What can go wrong with one standby: the others are re-pointed all the same.
-FOLLOWER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, ConninfoError, OSError,
-                   TimeoutError)
 # The whole attempt (connect, locks, snapshot, promote) is bounded; a later heartbeat round
 # tries again if the plan still says so.
 ATTEMPT_SECONDS = 15.0
@@ -112,50 +87,14 @@ PROMOTE_WAIT_SECONDS = 10  # pg_promote's own wait for the promotion to finish
 OLD_PRIMARY_CONNECT_SECONDS = 0.5
 
 
-class FollowOutcome(enum.Enum):
-    """What became of one of the shard's other standbys after a promotion."""
-
-    REPOINTED = "repointed"  # its primary_conninfo now names the new primary
-    ALREADY_FOLLOWING = "already_following"  # it named the new primary already
-    NO_CONNINFO = "no_conninfo"  # it streams from nowhere (archive recovery): left alone
-    LEFT_ALONE = "left_alone"  # it names a node router.toml does not (a cascade, a choice)
-    FAILED = "failed"  # reading or changing its settings failed: the detail says why
-    CANNOT_FOLLOW = "cannot_follow"  # WAL past the promotion point: pg_rewind first
-    UNREACHABLE = "unreachable"  # it did not answer the promoter
-    NOT_A_STANDBY = "not_a_standby"
-
-    @property
-    def follows(self) -> bool:
-        return self in (FollowOutcome.REPOINTED, FollowOutcome.ALREADY_FOLLOWING)
-
-
 # Outcomes looked at again sooner, after a wait that doubles (router/core/reconcile.py,
 # wait_after): the standby did not answer, or answered but its re-point failed (a full disk,
 # a permission, a lost connection).
 _TRY_AGAIN = (FollowOutcome.UNREACHABLE, FollowOutcome.FAILED)
-# Reconciliation's answers, by where the standby's primary_conninfo points.
-_LEFT_AS_IT_IS = {Upstream.PRIMARY: FollowOutcome.ALREADY_FOLLOWING,
-                  Upstream.NONE: FollowOutcome.NO_CONNINFO,
-                  Upstream.NOT_CONFIGURED: FollowOutcome.LEFT_ALONE,
-                  Upstream.UNREADABLE: FollowOutcome.LEFT_ALONE}
-
 
 _LEFT = {FollowAction.CANNOT_FOLLOW: FollowOutcome.CANNOT_FOLLOW,
          FollowAction.UNREACHABLE: FollowOutcome.UNREACHABLE,
          FollowAction.NOT_A_STANDBY: FollowOutcome.NOT_A_STANDBY}
-
-
-@dataclass(frozen=True, slots=True)
-class FollowerResult:
-    replica: str
-    outcome: FollowOutcome
-    detail: str
-
-    def report(self) -> dict[str, Any]:
-        return {"replica": self.replica, "outcome": self.outcome.value, "detail": self.detail}
-
-    def describe(self) -> str:
-        return f"{self.replica} {self.outcome.value}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +123,8 @@ class Promoter:
         self._config = config
         self._topology = topology
         self._clock = clock
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # shard -> its promotion
+        self._looking: dict[str, asyncio.Task[None]] = {}  # shard -> its reconciliation
         self.promotions: list[PromotionRecord] = []  # done by this router node
         self.last_step: dict[str, str] = {}  # shard -> the last step and its reason
         # shard -> replica -> what became of it under the shard's current primary (a
@@ -197,10 +137,15 @@ class Promoter:
         self._told: dict[str, str] = {}  # standby -> what was last logged of it, said once
 
     def request(self, plan: Promote) -> None:
-        """Start carrying out `plan` unless this shard's previous attempt is still running."""
+        """Start carrying out `plan` unless this shard's previous attempt is still running. A
+        reconciliation of the shard's standbys under way is cancelled: it must not hold the
+        promotion up (its connections close, its locks go with them; a later look redoes it)."""
         task = self._tasks.get(plan.shard)
         if task is not None and not task.done():
             return
+        looking = self._looking.pop(plan.shard, None)
+        if looking is not None:
+            looking.cancel()
         self._tasks[plan.shard] = asyncio.create_task(self._attempt(plan),
                                                       name=f"promote:{plan.shard}")
 
@@ -209,8 +154,8 @@ class Promoter:
         (router/core/reconcile.py, `reconciler_for`): look at the standbys that are due, by
         this node's monitor and their waits, and re-point those that still stream from a
         former primary. Not while this shard's promotion or previous look is running."""
-        task = self._tasks.get(shard.name)
-        if task is not None and not task.done():
+        if any(task is not None and not task.done()
+               for task in (self._tasks.get(shard.name), self._looking.get(shard.name))):
             return
         seen = [NodeSeen(n.name, n.health is NodeHealth.UP, n.in_recovery, n.fenced)
                 for n in shard.nodes()]
@@ -218,17 +163,19 @@ class Promoter:
                              self._clock.monotonic())
         self._waits[shard.name] = dict(check.waits)
         if check.due:
-            self._tasks[shard.name] = asyncio.create_task(
+            self._looking[shard.name] = asyncio.create_task(
                 self._reconcile(shard.name, shard.primary.name, check.due),
                 name=f"reconcile:{shard.name}")
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
+        tasks = [*self._tasks.values(), *self._looking.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks.values():
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._looking.clear()
 
     async def _attempt(self, plan: Promote) -> None:
         started = self._clock.monotonic()
@@ -257,9 +204,10 @@ class Promoter:
                 if head.in_recovery is not False:
                     raise ConnectionError(f"{primary} is not a writable primary (any more)")
                 for name in names:
-                    results[name] = await self._look(name, conns.get(name), conns[primary],
-                                                     primary, nodes[primary].address,
-                                                     addresses)
+                    results[name] = await follow_if_stale(
+                        name, conns.get(name), conns[primary], primary,
+                        nodes[primary].address, addresses,
+                        self._config.database.connect_timeout_seconds)
         except Exception as exc:  # looked at again after a wait that doubles
             for name in names:
                 results.setdefault(name, FollowerResult(
@@ -276,30 +224,6 @@ class Promoter:
                       or r.outcome in _TRY_AGAIN)
         if acted:
             self._said(shard, f"reconcile: standbys of {primary}" + _summary(acted))
-
-    async def _look(self, name: str, standby: asyncpg.Connection | None,
-                    primary: asyncpg.Connection, new: str, address: NodeAddress,
-                    addresses: Mapping[str, tuple[str, int]]) -> FollowerResult:
-        """Where standby `name` streams from, and re-pointed at `new` if that is a former
-        primary of its shard."""
-        if standby is None:
-            return FollowerResult(name, FollowOutcome.UNREACHABLE, f"{name} did not answer")
-        seconds = self._config.database.connect_timeout_seconds
-        try:
-            row = await standby.fetchrow(UPSTREAM_SQL, timeout=seconds)
-        except FOLLOWER_ERRORS as exc:
-            return FollowerResult(name, FollowOutcome.FAILED,
-                                  f"reading where it streams from: {type(exc).__name__}: {exc}")
-        assert row is not None
-        if not row[0]:
-            return FollowerResult(name, FollowOutcome.NOT_A_STANDBY,
-                                  f"{name} is writable, not a standby")
-        judged = judge_upstream(name, row[1] or "", addresses, new)
-        receiver = f"; WAL receiver {row[2]}" if row[2] else "; no WAL receiver"
-        if judged.repoint:
-            return await repoint_standby(name, standby, primary, new, address,
-                                         judged.detail + receiver, seconds)
-        return FollowerResult(name, _LEFT_AS_IT_IS[judged.upstream], judged.detail + receiver)
 
     def _tell(self, shard: str, primary: str, result: FollowerResult) -> None:
         """Log what reconciliation found of a standby: a change at once, the same news once."""
@@ -473,37 +397,3 @@ def _summary(followers: tuple[FollowerResult, ...]) -> str:
     if not followers:
         return ""
     return "; standbys: " + ", ".join(f.describe() for f in followers)
-
-
-async def repoint_standby(replica: str, standby: asyncpg.Connection,
-                          primary: asyncpg.Connection, new: str, address: NodeAddress,
-                          reason: str, statement_seconds: float) -> FollowerResult:
-    """Point `replica` (its connection: `standby`) at `new`, the shard's primary (`primary`,
-    reached by the standby at `address`): its replication slot made there if it uses one,
-    its primary_conninfo's host and port rewritten, the configuration reloaded. What became
-    of it, and why; a failure is an outcome, not an exception. Each statement has at most
-    `statement_seconds`."""
-    try:
-        row = await standby.fetchrow(FOLLOWER_SQL, timeout=statement_seconds)
-        assert row is not None
-        conninfo, slot = row[0] or "", row[1] or ""
-        if not conninfo.strip():
-            return FollowerResult(replica, FollowOutcome.NO_CONNINFO,
-                                  f"{replica} has no primary_conninfo: left as it is")
-        # The address as router.toml names it: the standby connects, not this router, so
-        # never database.socket_dir (a path on the router's machine).
-        rewritten = repoint_conninfo(conninfo, address.host, address.port)
-        if slot:  # not replicated from the old primary: the new one needs its own
-            await primary.execute(SLOT_SQL, slot, timeout=statement_seconds)
-        if rewritten == conninfo:
-            return FollowerResult(replica, FollowOutcome.ALREADY_FOLLOWING,
-                                  f"its primary_conninfo names {new} already")
-        await standby.execute(f"ALTER SYSTEM SET primary_conninfo = {sql_literal(rewritten)}",
-                              timeout=statement_seconds)
-        await standby.execute("SELECT pg_reload_conf()", timeout=statement_seconds)
-    except FOLLOWER_ERRORS as exc:
-        return FollowerResult(replica, FollowOutcome.FAILED,
-                              f"re-pointing it at {new}: {type(exc).__name__}: {exc}")
-    slot_said = f", slot {slot}" if slot else ""
-    return FollowerResult(replica, FollowOutcome.REPOINTED,
-                          f"{reason}; primary_conninfo now {address.label}{slot_said}")
