@@ -1,7 +1,7 @@
 """Which standbys still stream from a former primary, and which router node re-points them: a
 decision per cycle from what the nodes say now (Patroni's shape), never from what a router
 remembers of a promotion. Nothing here talks to a database; router/ha/promoter.py reads and
-acts.
+acts (router/ha/followers.py re-points).
 
 After a promotion the promoter re-points the shard's other standbys at once
 (router/core/failover.py, `plan_followers`). One it could not reach then (it was down), one
@@ -10,7 +10,9 @@ asks the old primary for WAL. So every heartbeat round:
 - `reconciler_for`: one router node may act for a shard, by the failover's own rule: it
   hears a majority of the configured router nodes (itself included), a majority of them
   name the same primary for the shard and see it UP, and it is the lowest-named of those
-  (two routers never re-point against each other; a cut-off one never acts);
+  (nodes that share a snapshot name the same one, a cut-off one never acts; two whose
+  snapshots briefly differ are serialised by the promoters' lock on the standby, and the
+  second finds it following);
 - `due_standbys`: that node looks at each standby its monitor sees UP and in recovery, once
   the shard's primary is agreed (UP, writable, not fenced); at once when it is new to this
   router or back after being unreachable, else `RECHECK_SECONDS` after the last look, or

@@ -20,7 +20,7 @@ import pytest
 
 import client
 from router.config import Config, NodeAddress
-from router.core.conninfo import parse_conninfo
+from router.core.conninfo import format_conninfo, parse_conninfo, sql_literal
 from router.tools.db.health_report import check_health
 from router.tools.db.migrate import migrate
 from router.tools.localcluster import LocalCluster
@@ -443,3 +443,66 @@ async def test_routers_that_never_saw_the_promotion_repoint_a_standby_that_comes
         acted = [r["followers"].get("europe", []) for r in reports]
         assert sorted((f["replica"], f["outcome"]) for done in acted for f in done) == [
             (back, "repointed")], reports
+
+
+async def test_a_standby_that_names_a_node_not_configured_is_left_alone(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    """A standby whose primary_conninfo names an address router.toml does not (here
+    `localhost` for the primary's 127.0.0.1: a person's choice) is not re-pointed by the
+    reconciling router: it says so in its report and its log, and the setting stays."""
+    local, base = scratch
+    names = ("europe-1", "europe-2", "europe-3")
+    for name in names:  # what the tests before left stopped
+        if local.pid(name) is None:
+            await asyncio.to_thread(local.rejoin, name)
+    standbys = []
+    for name in names:
+        conn = await asyncpg.connect(local.dsn(name))
+        try:
+            if await conn.fetchval("SELECT pg_is_in_recovery()"):
+                standbys.append(name)
+        finally:
+            await conn.close()
+    chosen = standbys[-1]
+    conninfo, _ = await settings(local.dsn(chosen))
+    pairs = dict(parse_conninfo(conninfo))
+    assert pairs["host"] == "127.0.0.1"
+    by_hand = format_conninfo([(k, "localhost" if k == "host" else v)
+                               for k, v in parse_conninfo(conninfo)])
+
+    async def set_conninfo(text: str) -> None:
+        conn = await asyncpg.connect(local.dsn(chosen))
+        try:
+            await conn.execute(f"ALTER SYSTEM SET primary_conninfo = {sql_literal(text)}")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+
+    async def reloaded() -> bool:
+        return (await settings(local.dsn(chosen)))[0] == by_hand
+
+    await set_conninfo(by_hand)
+    try:
+        await wait_until(reloaded, within=10, what=f"{chosen}'s conninfo reloaded")
+        with contextlib.ExitStack() as stack:
+            routers = [stack.enter_context(start_router(c, local.state_dir / f"router-l{i}.toml",
+                                                        SECRET))
+                       for i, c in enumerate(managed_configs(base)[:2])]
+
+            async def looked_at() -> bool:
+                reports = [(await heartbeat_report(p))["promoter"] for p in routers]
+                return any(f["replica"] == chosen for r in reports
+                           for f in r["followers"].get("europe", []))
+
+            await wait_until(looked_at, within=30, what=f"a router looks at {chosen}")
+            reports = [(await heartbeat_report(p))["promoter"] for p in routers]
+            [found] = [f for r in reports for f in r["followers"].get("europe", [])
+                       if f["replica"] == chosen]
+            assert found["outcome"] == "left_alone", found
+            assert "localhost" in found["detail"] and "not a node of its shard" in found["detail"]
+            assert any(p.wait_for_output(f"standby {chosen} of europe: ", timeout=5)
+                       for p in routers)
+            assert (await settings(local.dsn(chosen)))[0] == by_hand
+    finally:
+        await set_conninfo(conninfo)
