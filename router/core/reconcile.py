@@ -197,9 +197,11 @@ def judge_upstream(standby: str, conninfo: str, addresses: Mapping[str, tuple[st
                    primary: str) -> UpstreamJudgement:
     """Where `standby` streams from, by its primary_conninfo, against the shard's configured
     nodes (`addresses`: name -> (host, port) as router.toml names them; a node is matched by
-    those exactly, as the promoter writes them). Several hosts: the primary among them is
-    enough (libpq tries them in turn); all of them configured and none the primary is a
-    former primary."""
+    those exactly, as the promoter writes them). A configured node other than the primary is
+    a former primary, or a sibling standby: within a shard every standby streams from the
+    primary (its slot is there), so both are re-pointed. Several hosts: the primary among
+    them is enough (libpq tries them in turn); all of them configured and none the primary
+    is a former primary."""
     if not conninfo.strip():
         return UpstreamJudgement(standby, Upstream.NONE, (),
                                  f"{standby} has no primary_conninfo: left as it is")
