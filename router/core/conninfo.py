@@ -11,14 +11,16 @@ keyword: the last one counts (libpq's rule), so a rewrite keeps one. The URI for
 (`conninfo_uri_parse_options`: user, password, hosts and ports, dbname, then the query's
 pairs, each percent-decoded; `ssl=true` means `sslmode=require`) and written back as
 key=value pairs, which mean the same to libpq.
+`conninfo_targets` says where a connection string goes (each host and port it names), so the
+reconciliation (router/core/reconcile.py) can tell which node a standby streams from.
 """
 
 from __future__ import annotations
 
 from router.core.errors import ConninfoError
 
-__all__ = ["format_conninfo", "parse_conninfo", "quote_conninfo_value", "repoint_conninfo",
-           "sql_literal"]
+__all__ = ["DEFAULT_PORT", "conninfo_targets", "format_conninfo", "parse_conninfo",
+           "quote_conninfo_value", "repoint_conninfo", "sql_literal"]
 
 # C's isspace() in the C locale, which libpq uses (Python's str.isspace() takes more).
 _SPACE = frozenset(" \t\n\v\f\r")
@@ -29,6 +31,7 @@ _BARE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 _URI_PREFIXES = ("postgresql://", "postgres://")
 # Where a connection goes: replaced together (hostaddr would win over the new host).
 _WHERE = ("host", "hostaddr", "port")
+DEFAULT_PORT = 5432  # libpq's when `port` is absent or an entry of its list is empty
 
 
 def parse_conninfo(text: str) -> list[tuple[str, str]]:
@@ -211,6 +214,33 @@ def repoint_conninfo(text: str, host: str, port: int) -> str:
     if not placed:
         pairs += [("host", host), ("port", str(port))]
     return format_conninfo(pairs)
+
+
+def conninfo_targets(text: str) -> tuple[tuple[str, int], ...]:
+    """Where `text` connects, as libpq tries them in order: (host, port) per entry of its
+    `host`/`hostaddr` lists (`hostaddr` wins where both name one: libpq connects there), with
+    `port`'s one entry for all or its entry for each (an empty one: DEFAULT_PORT). A missing
+    host is "" (libpq's default Unix socket). Refused like libpq: lists of different lengths,
+    a port that is no number."""
+    pairs = dict(parse_conninfo(text))  # a repeated keyword: its last value counts
+    hosts = pairs.get("host", "").split(",")
+    addresses = pairs.get("hostaddr", "").split(",")
+    ports = pairs.get("port", "").split(",")
+    count = max(len(hosts), len(addresses))
+    if "hostaddr" in pairs and "host" in pairs and len(hosts) != len(addresses):
+        raise ConninfoError(f"could not match {len(hosts)} host names to {len(addresses)} "
+                            f"hostaddr values")
+    if len(ports) not in (1, count):
+        raise ConninfoError(f"could not match {len(ports)} port numbers to {count} hosts")
+    targets: list[tuple[str, int]] = []
+    for i in range(count):
+        host = addresses[i] if i < len(addresses) and addresses[i] else (
+            hosts[i] if i < len(hosts) else "")
+        port = (ports[0] if len(ports) == 1 else ports[i]).strip()
+        if port and not (port.isascii() and port.isdigit()):
+            raise ConninfoError(f"invalid port number: {port!r}")
+        targets.append((host, int(port) if port else DEFAULT_PORT))
+    return tuple(targets)
 
 
 def _last_of_each(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:

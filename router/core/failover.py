@@ -20,28 +20,26 @@ agreed by its timeline (router/core/primary.py).
 
 After a promotion the shard's other standbys still stream from the dead old primary:
 `plan_followers` says, per standby, whether the promoter re-points it at the new primary
-(router/core/conninfo.py rewrites its primary_conninfo) or why it cannot.
+(router/core/conninfo.py rewrites its primary_conninfo) or why it cannot. One it could not
+re-point then is found later from what it says (router/core/reconcile.py), not remembered.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol.heartbeat import ReportedHealth
 from router.core.membership import MemberView
 
 __all__ = [
-    "FOLLOW_RETRY_FIRST_SECONDS",
-    "FOLLOW_RETRY_MAX_SECONDS",
     "Adopt",
     "Decision",
     "FailoverView",
     "FollowAction",
     "FollowerPlan",
     "GiveUp",
-    "LeftBehind",
     "NoAction",
     "NoActionReason",
     "Promote",
@@ -50,9 +48,6 @@ __all__ = [
     "ReplicaView",
     "ShardNodeState",
     "decide_promotion",
-    "follow_retry_delay",
-    "followers_to_retry",
-    "left_behind_after",
     "plan_failover",
     "plan_followers",
 ]
@@ -264,64 +259,3 @@ def plan_followers(old_primary: str, new_primary: str, promotion_lsn: int | None
             plans.append(FollowerPlan(node.name, FollowAction.REPOINT,
                                       f"{node.name} is a standby{at}: it follows {new_primary}"))
     return tuple(plans)
-
-
-# A standby left behind is tried again once it answers; after a try that fails (its re-point
-# failed, or it did not answer after all), the next waits FOLLOW_RETRY_FIRST_SECONDS, then
-# twice as long each time, at most FOLLOW_RETRY_MAX_SECONDS: never given up, never a storm.
-FOLLOW_RETRY_FIRST_SECONDS = 1.0
-FOLLOW_RETRY_MAX_SECONDS = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class LeftBehind:
-    """The standbys a promotion could not re-point, because they did not answer or their
-    re-point failed: tried again when they answer (a standby that comes back still asks the
-    dead old primary), not before `not_before` (monotonic seconds). `tries`: the tries so far
-    that left some behind."""
-
-    old_primary: str
-    new_primary: str
-    promotion_lsn: int | None
-    replicas: frozenset[str]
-    tries: int = 0
-    not_before: float = 0.0
-
-
-def follow_retry_delay(tries: int) -> float:
-    """Seconds to wait after the `tries`-th try (from 1) that left standbys behind."""
-    return min(FOLLOW_RETRY_FIRST_SECONDS * 2 ** max(0, tries - 1), FOLLOW_RETRY_MAX_SECONDS)
-
-
-def followers_to_retry(left: LeftBehind, primary_now: str, standbys_up: Collection[str],
-                       now: float) -> tuple[str, ...] | None:
-    """Which left-behind standbys to re-point now: those the monitor sees up and in recovery
-    (`standbys_up`), by name, once `now` is past the wait. None: forget them all, the shard's
-    primary has changed again (that promotion re-points its own standbys)."""
-    if primary_now != left.new_primary:
-        return None
-    if now < left.not_before:
-        return ()
-    return tuple(sorted(left.replicas & set(standbys_up)))
-
-
-def left_behind_after(previous: LeftBehind | None, old_primary: str, new_primary: str,
-                      promotion_lsn: int | None, tried: Collection[str],
-                      behind: Collection[str], now: float) -> LeftBehind | None:
-    """What is left to re-point after a try at `tried` (every standby it reached an outcome
-    for), of which `behind` did not answer or failed to be re-pointed: those, and the ones
-    `previous` (the same promotion's earlier tries) left that this try did not reach. A try
-    that leaves some of its own behind makes the next wait (`follow_retry_delay`); one that
-    does not, none. None: nothing left."""
-    earlier = previous if previous is not None and previous.new_primary == new_primary else None
-    replicas = (set(earlier.replicas) if earlier is not None else set()) - set(tried)
-    replicas |= set(behind)
-    if not replicas:
-        return None
-    tries = earlier.tries if earlier is not None else 0
-    not_before = 0.0
-    if behind:
-        tries += 1
-        not_before = now + follow_retry_delay(tries)
-    return LeftBehind(old_primary, new_primary, promotion_lsn, frozenset(replicas), tries,
-                      not_before)

@@ -6,7 +6,9 @@ keeps the counts and logs each change of a peer's state with its reason.
 Each interval it also asks router/core/failover.py what managed failover would decide for each
 shard, and reports and logs that plan. With `[failover] mode = "managed"`, a plan that names
 this node as the promoter is handed to router/ha/promoter.py, which carries it out; in the other
-modes the plan is only advisory.
+modes the plan is only advisory. Otherwise, in managed mode, the node that
+router/core/reconcile.py's `reconciler_for` names has its promoter look for standbys that still
+stream from a former primary (after a promotion that could not re-point them all).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from router.config import Config, FailoverMode
 from router.core.failover import Decision, FailoverView, Promote, ReplicaView, plan_failover
 from router.core.health import NodeHealth
 from router.core.membership import Membership, MembershipTiming, MemberView, PeerState, Transition
+from router.core.reconcile import reconciler_for
 from router.errors import ConfigError
 from router.ha.promoter import Promoter
 from router.ha.topology import Topology
@@ -209,7 +212,10 @@ class HeartbeatService:
                     and decision.promoter == self.node_name):
                 self.promoter.request(decision)
             elif self.promoter is not None:
-                self.promoter.follow_up(shard)
+                turn = reconciler_for(self.node_name, self.membership.cluster_size, members,
+                                      shard.name, primary)
+                if turn.actor == self.node_name:
+                    self.promoter.reconcile(shard)
 
     # ---- receiving -------------------------------------------------------------------------
 

@@ -12,13 +12,9 @@ Exactly one promotion per failure, also when two router nodes decide at once:
    promoted it (Adopt: nothing to do), a primary that answers again means no failover;
 3. only then `pg_promote(true, ...)`; on a node already promoted it fails harmlessly;
 4. still holding the locks, it re-points the shard's other standbys at the new primary
-   (`plan_followers` says which can follow): the standby's replication slot is made on the
-   new primary if missing, then its primary_conninfo is rewritten with only host and port
-   changed (router/core/conninfo.py), `ALTER SYSTEM` and `pg_reload_conf()` (PostgreSQL 13+
-   restarts the WAL receiver; recovery_target_timeline 'latest' follows the new timeline).
-   A standby that cannot follow, or did not answer, is logged and named in the report; one
-   that did not answer, or whose re-point failed, is tried again by this node when the
-   monitor sees it up, after a wait that doubles with each failed try (at most a minute);
+   (`plan_followers` says which can follow; router/ha/followers.py's `repoint_standby`
+   rewrites each one's primary_conninfo). A standby that cannot follow, or did not answer,
+   is logged and named in the report;
 5. it records the promotion in `georoute_failovers` (sql/023) on the new primary (an audit
    trail that replicates with the data; the agreement itself is the timeline,
    router/core/primary.py),
@@ -26,13 +22,21 @@ Exactly one promotion per failure, also when two router nodes decide at once:
 Every router's monitor then follows the new primary by its timeline. A promoter that adopts
 an earlier promotion re-points the standbys too (a promoter that stopped half-way is finished
 by the next one); one that already follows the new primary is left unchanged.
+
+Reconciliation (`reconcile`, every heartbeat round, on the one router node entitled to act:
+router/core/reconcile.py decides) finds the standbys a promotion did not re-point from what
+they say, not from what any router remembers: one that was down then and came back, one whose
+re-point failed, one whose promoting router died or restarted. Under the same locks it reads
+each due standby's primary_conninfo (and its WAL receiver, for the log) and re-points one
+that names a former primary of its shard with `repoint_standby`, as a promotion does; one
+that names somewhere router.toml does not is left alone and said once. A promotion cancels a
+reconciliation of its shard that is under way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,26 +48,23 @@ from router.backend.tls import connect_asyncpg
 from router.backend.wal import TIMELINE_SQL
 from router.clock import SYSTEM_CLOCK, Clock
 from router.config import Config, NodeAddress
-from router.core.conninfo import repoint_conninfo, sql_literal
-from router.core.errors import ConninfoError
 from router.core.failover import (
     Adopt,
     FollowAction,
     FollowerPlan,
     GiveUp,
-    LeftBehind,
     Promote,
     PromoteNow,
     ShardNodeState,
     decide_promotion,
-    followers_to_retry,
-    left_behind_after,
     plan_followers,
 )
 from router.core.health import NodeHealth
+from router.core.reconcile import CheckWait, NodeSeen, due_standbys, wait_after
+from router.ha.followers import FollowerResult, FollowOutcome, follow_if_stale, repoint_standby
 from router.ha.topology import NodeState, ShardState, Topology
 
-__all__ = ["FollowOutcome", "FollowerResult", "Promoter", "PromotionRecord", "repoint_standby"]
+__all__ = ["Promoter", "PromotionRecord"]
 
 log = logging.getLogger("georoute.promoter")
 
@@ -79,15 +80,6 @@ INSERT_SQL = (
     f"reason) VALUES ($1, $2, $3, {TIMELINE_SQL}, $4, $5)"
 )
 ASYNC_SQL = "ALTER SYSTEM SET synchronous_standby_names = ''"
-FOLLOWER_SQL = "SELECT current_setting('primary_conninfo'), current_setting('primary_slot_name')"
-# Reserved at once, so the WAL the standby still needs from the new primary is kept.
-SLOT_SQL = (
-    "SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS "
-    "(SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)"
-)
-# What can go wrong with one standby: the others are re-pointed all the same.
-FOLLOWER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, ConninfoError, OSError,
-                   TimeoutError)
 # The whole attempt (connect, locks, snapshot, promote) is bounded; a later heartbeat round
 # tries again if the plan still says so.
 ATTEMPT_SECONDS = 15.0
@@ -95,43 +87,14 @@ PROMOTE_WAIT_SECONDS = 10  # pg_promote's own wait for the promotion to finish
 OLD_PRIMARY_CONNECT_SECONDS = 0.5
 
 
-class FollowOutcome(enum.Enum):
-    """What became of one of the shard's other standbys after a promotion."""
-
-    REPOINTED = "repointed"  # its primary_conninfo now names the new primary
-    ALREADY_FOLLOWING = "already_following"  # it named the new primary already
-    NO_CONNINFO = "no_conninfo"  # it streams from nowhere (archive recovery): left alone
-    FAILED = "failed"  # reading or changing its settings failed: the detail says why
-    CANNOT_FOLLOW = "cannot_follow"  # WAL past the promotion point: pg_rewind first
-    UNREACHABLE = "unreachable"  # it did not answer the promoter
-    NOT_A_STANDBY = "not_a_standby"
-
-    @property
-    def follows(self) -> bool:
-        return self in (FollowOutcome.REPOINTED, FollowOutcome.ALREADY_FOLLOWING)
-
-
-# Outcomes tried again (router/core/failover.py, left_behind_after): the standby did not
-# answer, or answered but its re-point failed (a full disk, a permission, a lost connection).
+# Outcomes looked at again sooner, after a wait that doubles (router/core/reconcile.py,
+# wait_after): the standby did not answer, or answered but its re-point failed (a full disk,
+# a permission, a lost connection).
 _TRY_AGAIN = (FollowOutcome.UNREACHABLE, FollowOutcome.FAILED)
-
 
 _LEFT = {FollowAction.CANNOT_FOLLOW: FollowOutcome.CANNOT_FOLLOW,
          FollowAction.UNREACHABLE: FollowOutcome.UNREACHABLE,
          FollowAction.NOT_A_STANDBY: FollowOutcome.NOT_A_STANDBY}
-
-
-@dataclass(frozen=True, slots=True)
-class FollowerResult:
-    replica: str
-    outcome: FollowOutcome
-    detail: str
-
-    def report(self) -> dict[str, Any]:
-        return {"replica": self.replica, "outcome": self.outcome.value, "detail": self.detail}
-
-    def describe(self) -> str:
-        return f"{self.replica} {self.outcome.value}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,44 +123,59 @@ class Promoter:
         self._config = config
         self._topology = topology
         self._clock = clock
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # shard -> its promotion
+        self._looking: dict[str, asyncio.Task[None]] = {}  # shard -> its reconciliation
         self.promotions: list[PromotionRecord] = []  # done by this router node
         self.last_step: dict[str, str] = {}  # shard -> the last step and its reason
-        # shard -> replica -> what became of it after this node's newest promotion there
+        # shard -> replica -> what became of it under the shard's current primary (a
+        # promotion's re-point, or reconciliation's), as far as this node has seen
         self.followers: dict[str, dict[str, FollowerResult]] = {}
-        self._left: dict[str, LeftBehind] = {}  # shard -> standbys to re-point when back
+        self._followers_of: dict[str, str] = {}  # shard -> the primary `followers` is about
+        # shard -> standby -> when to look at it again: a rate limit, not a record (a router
+        # that lost it looks at once)
+        self._waits: dict[str, dict[str, CheckWait]] = {}
+        self._told: dict[str, str] = {}  # standby -> what was last logged of it, said once
 
     def request(self, plan: Promote) -> None:
-        """Start carrying out `plan` unless this shard's previous attempt is still running."""
+        """Start carrying out `plan` unless this shard's previous attempt is still running. A
+        reconciliation of the shard's standbys under way is cancelled: it must not hold the
+        promotion up (its connections close, its locks go with them; a later look redoes it)."""
         task = self._tasks.get(plan.shard)
         if task is not None and not task.done():
             return
+        looking = self._looking.pop(plan.shard, None)
+        if looking is not None:
+            looking.cancel()
         self._tasks[plan.shard] = asyncio.create_task(self._attempt(plan),
                                                       name=f"promote:{plan.shard}")
 
-    def follow_up(self, shard: ShardState) -> None:
-        """Called every heartbeat round: re-point the standbys this node's promotion left
-        behind (unreachable then) once the monitor sees them up and in recovery again."""
-        left = self._left.get(shard.name)
-        task = self._tasks.get(shard.name)
-        if left is None or (task is not None and not task.done()):
+    def reconcile(self, shard: ShardState) -> None:
+        """Called every heartbeat round on the router node entitled to act for `shard`
+        (router/core/reconcile.py, `reconciler_for`): look at the standbys that are due, by
+        this node's monitor and their waits, and re-point those that still stream from a
+        former primary. Not while this shard's promotion or previous look is running."""
+        if any(task is not None and not task.done()
+               for task in (self._tasks.get(shard.name), self._looking.get(shard.name))):
             return
-        back = followers_to_retry(left, shard.primary.name, [
-            n.name for n in shard.replicas if n.health is NodeHealth.UP and n.in_recovery],
-            self._clock.monotonic())
-        if back is None:
-            del self._left[shard.name]
-        elif back:
-            self._tasks[shard.name] = asyncio.create_task(self._follow_later(shard.name, back),
-                                                          name=f"follow:{shard.name}")
+        seen = [NodeSeen(n.name, n.health is NodeHealth.UP, n.in_recovery, n.fenced)
+                for n in shard.nodes()]
+        check = due_standbys(shard.primary.name, seen, self._waits.get(shard.name, {}),
+                             self._clock.monotonic())
+        self._waits[shard.name] = dict(check.waits)
+        if check.due:
+            self._looking[shard.name] = asyncio.create_task(
+                self._reconcile(shard.name, shard.primary.name, check.due),
+                name=f"reconcile:{shard.name}")
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
+        tasks = [*self._tasks.values(), *self._looking.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks.values():
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._looking.clear()
 
     async def _attempt(self, plan: Promote) -> None:
         started = self._clock.monotonic()
@@ -208,38 +186,77 @@ class Promoter:
             self.last_step[plan.shard] = f"failed: {type(exc).__name__}: {exc}"
             log.error("promotion for %s failed: %s: %s", plan.shard, type(exc).__name__, exc)
 
-    async def _follow_later(self, shard: str, names: tuple[str, ...]) -> None:
-        left = self._left[shard]
-        nodes = [n for n in self._topology().shards[shard].nodes()
-                 if n.name in names or n.name == left.new_primary]
+    async def _reconcile(self, shard: str, primary: str, names: tuple[str, ...]) -> None:
+        nodes = {n.name: n for n in self._topology().shards[shard].nodes()}
+        addresses = {name: (n.address.host, n.address.port) for name, n in nodes.items()}
+        wanted = [nodes[name] for name in (primary, *names) if name in nodes]
         conns: dict[str, asyncpg.Connection] = {}
+        results: dict[str, FollowerResult] = {}
         try:
             async with asyncio.timeout(ATTEMPT_SECONDS):
-                opened = await asyncio.gather(*(self._connect(n, False) for n in nodes))
-                conns = {n.name: c for n, c in zip(nodes, opened, strict=True)
+                opened = await asyncio.gather(*(self._connect(n, False) for n in wanted))
+                conns = {n.name: c for n, c in zip(wanted, opened, strict=True)
                          if c is not None}
                 for name in sorted(conns):  # the promoters' lock: never beside a promotion
-                    if name != left.new_primary:
+                    if name != primary:
                         await conns[name].execute(LOCK_SQL, f"georoute-failover:{shard}")
-                states = await asyncio.gather(*(self._state(n.name, conns.get(n.name))
-                                                for n in nodes))
-                new = next(s for s in states if s.name == left.new_primary)
-                if new.in_recovery is not False:
-                    return  # not the writable primary it was: the next round looks again
-                followers = await self._repoint(shard, left.old_primary, left.new_primary,
-                                                left.promotion_lsn, states, conns)
-                self._said(shard, f"standbys back after the promotion of {left.new_primary}"
-                           + _summary(followers))
-        except Exception as exc:  # a later heartbeat round tries again, after a wait
-            self._left[shard] = left_behind_after(
-                self._left.get(shard), left.old_primary, left.new_primary, left.promotion_lsn,
-                names, names, self._clock.monotonic()) or left
-            log.error("re-pointing %s's standbys %s failed: %s: %s (tried again in %.0f s)",
-                      shard, ", ".join(names), type(exc).__name__, exc,
-                      self._left[shard].not_before - self._clock.monotonic())
+                head = await self._state(primary, conns.get(primary))
+                if head.in_recovery is not False:
+                    raise ConnectionError(f"{primary} is not a writable primary (any more)")
+                for name in names:
+                    results[name] = await follow_if_stale(
+                        name, conns.get(name), conns[primary], primary,
+                        nodes[primary].address, addresses,
+                        self._config.database.connect_timeout_seconds)
+        except Exception as exc:  # looked at again after a wait that doubles
+            for name in names:
+                results.setdefault(name, FollowerResult(
+                    name, FollowOutcome.FAILED,
+                    f"looking at where it streams from: {type(exc).__name__}: {exc}"))
         finally:
-            for conn in conns.values():
+            for conn in conns.values():  # closing releases the session locks
                 conn.terminate()
+        done = tuple(results[name] for name in names)
+        for result in done:
+            self._tell(shard, primary, result)
+        self._record(shard, primary, done)
+        acted = tuple(r for r in done if r.outcome is FollowOutcome.REPOINTED
+                      or r.outcome in _TRY_AGAIN)
+        if acted:
+            self._said(shard, f"reconcile: standbys of {primary}" + _summary(acted))
+
+    def _tell(self, shard: str, primary: str, result: FollowerResult) -> None:
+        """Log what reconciliation found of a standby: a change at once, the same news once."""
+        outcome = result.outcome
+        if outcome is FollowOutcome.REPOINTED:
+            log.warning("standby %s of %s now follows %s: %s", result.replica, shard, primary,
+                        result.detail)
+        elif outcome in _TRY_AGAIN:  # each try, and tries wait longer and longer
+            log.error("standby %s of %s: %s (%s), looked at again later", result.replica,
+                      shard, result.detail, outcome.value)
+        elif self._told.get(result.replica) != f"{outcome.value}:{result.detail}":
+            level = (logging.DEBUG if outcome is FollowOutcome.ALREADY_FOLLOWING
+                     else logging.WARNING)
+            log.log(level, "standby %s of %s: %s (%s)", result.replica, shard, result.detail,
+                    outcome.value)
+        self._told[result.replica] = f"{outcome.value}:{result.detail}"
+
+    def _record(self, shard: str, primary: str, results: Sequence[FollowerResult]) -> None:
+        """Keep what became of each standby under `primary` for the report (a re-point stays
+        there while later looks find it following) and when to look at it again."""
+        now = self._clock.monotonic()
+        if self._followers_of.get(shard) != primary:
+            self._followers_of[shard] = primary
+            self.followers[shard] = {}  # a new primary: what was said under the last is history
+        done = self.followers.setdefault(shard, {})
+        waits = self._waits.setdefault(shard, {})
+        for result in results:
+            waits[result.replica] = wait_after(waits.get(result.replica), primary,
+                                               result.outcome in _TRY_AGAIN, now)
+            before = done.get(result.replica)
+            if not (result.outcome is FollowOutcome.ALREADY_FOLLOWING and before is not None
+                    and before.outcome.follows):
+                done[result.replica] = result
 
     async def _promote(self, plan: Promote, started: float) -> None:
         shard = self._topology().shards[plan.shard]
@@ -330,19 +347,7 @@ class Promoter:
                 log.error("failover of %s: %s does not follow %s (%s): %s", shard,
                           result.replica, new, result.outcome.value, result.detail)
             results.append(result)
-        done = self.followers.setdefault(shard, {})
-        previous = self._left.get(shard)
-        if previous is None or previous.new_primary != new:
-            done.clear()  # a new promotion: what earlier ones said is history
-        for result in results:
-            done[result.replica] = result
-        left = left_behind_after(
-            previous, old, new, promotion_lsn, [r.replica for r in results],
-            [r.replica for r in results if r.outcome in _TRY_AGAIN], self._clock.monotonic())
-        if left is not None:
-            self._left[shard] = left
-        else:
-            self._left.pop(shard, None)
+        self._record(shard, new, results)
         return tuple(results)
 
     async def _follow(self, plan: FollowerPlan, standby: asyncpg.Connection,
@@ -392,37 +397,3 @@ def _summary(followers: tuple[FollowerResult, ...]) -> str:
     if not followers:
         return ""
     return "; standbys: " + ", ".join(f.describe() for f in followers)
-
-
-async def repoint_standby(replica: str, standby: asyncpg.Connection,
-                          primary: asyncpg.Connection, new: str, address: NodeAddress,
-                          reason: str, statement_seconds: float) -> FollowerResult:
-    """Point `replica` (its connection: `standby`) at `new`, the shard's primary (`primary`,
-    reached by the standby at `address`): its replication slot made there if it uses one,
-    its primary_conninfo's host and port rewritten, the configuration reloaded. What became
-    of it, and why; a failure is an outcome, not an exception. Each statement has at most
-    `statement_seconds`."""
-    try:
-        row = await standby.fetchrow(FOLLOWER_SQL, timeout=statement_seconds)
-        assert row is not None
-        conninfo, slot = row[0] or "", row[1] or ""
-        if not conninfo.strip():
-            return FollowerResult(replica, FollowOutcome.NO_CONNINFO,
-                                  f"{replica} has no primary_conninfo: left as it is")
-        # The address as router.toml names it: the standby connects, not this router, so
-        # never database.socket_dir (a path on the router's machine).
-        rewritten = repoint_conninfo(conninfo, address.host, address.port)
-        if slot:  # not replicated from the old primary: the new one needs its own
-            await primary.execute(SLOT_SQL, slot, timeout=statement_seconds)
-        if rewritten == conninfo:
-            return FollowerResult(replica, FollowOutcome.ALREADY_FOLLOWING,
-                                  f"its primary_conninfo names {new} already")
-        await standby.execute(f"ALTER SYSTEM SET primary_conninfo = {sql_literal(rewritten)}",
-                              timeout=statement_seconds)
-        await standby.execute("SELECT pg_reload_conf()", timeout=statement_seconds)
-    except FOLLOWER_ERRORS as exc:
-        return FollowerResult(replica, FollowOutcome.FAILED,
-                              f"re-pointing it at {new}: {type(exc).__name__}: {exc}")
-    slot_said = f", slot {slot}" if slot else ""
-    return FollowerResult(replica, FollowOutcome.REPOINTED,
-                          f"{reason}; primary_conninfo now {address.label}{slot_said}")

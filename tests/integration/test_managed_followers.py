@@ -20,7 +20,7 @@ import pytest
 
 import client
 from router.config import Config, NodeAddress
-from router.core.conninfo import parse_conninfo
+from router.core.conninfo import format_conninfo, parse_conninfo, sql_literal
 from router.tools.db.health_report import check_health
 from router.tools.db.migrate import migrate
 from router.tools.localcluster import LocalCluster
@@ -343,3 +343,166 @@ async def test_a_switchover_repoints_the_shards_other_standby(
         return await has_row(local.dsn(other), row)
 
     await wait_until(replayed, within=15, what=f"{other} replays {target}'s write")
+
+
+async def receiver(dsn: str) -> tuple[str, int] | None:
+    """(status, sender port) of the node's WAL receiver; None when none runs."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT status, sender_port FROM pg_stat_wal_receiver")
+        return None if row is None else (row[0], row[1])
+    finally:
+        await conn.close()
+
+
+async def test_routers_that_never_saw_the_promotion_repoint_a_standby_that_comes_back(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    """No router remembers anything: a standby stopped during a promotion is started again
+    only after the routers that promoted have stopped. It still names the dead old primary;
+    fresh routers, which never saw the promotion, find that in its primary_conninfo and
+    re-point it (reconciliation, router/core/reconcile.py), and it streams from the new
+    primary and replays its writes."""
+    local, base = scratch
+    names = ("europe-1", "europe-2", "europe-3")
+    for name in names:  # what the tests before left stopped
+        if local.pid(name) is None:
+            await asyncio.to_thread(local.rejoin, name)
+    standbys = []
+    for name in names:
+        conn = await asyncpg.connect(local.dsn(name))
+        try:
+            if await conn.fetchval("SELECT pg_is_in_recovery()"):
+                standbys.append(name)
+            else:
+                old = name
+                await conn.execute(SCRATCH_DDL)
+        finally:
+            await conn.close()
+    new, back = standbys  # `back` is stopped, so `new` is the one promoted
+    configs = managed_configs(base)[:2]
+    with contextlib.ExitStack() as stack:
+        routers = [stack.enter_context(start_router(c, local.state_dir / f"router-p{i}.toml",
+                                                    SECRET))
+                   for i, c in enumerate(configs)]
+        await wait_until(lambda: routers_see(routers, old, [new, back]), within=30,
+                         what=f"routers on {old}, two standbys up")
+        before = uuid.uuid4()
+        primary = await asyncpg.connect(local.dsn(old))
+        try:
+            await primary.execute(INSERT, before, "before")
+        finally:
+            await primary.close()
+
+        async def on_both() -> bool:
+            return (await has_row(local.dsn(new), before)
+                    and await has_row(local.dsn(back), before))
+
+        await wait_until(on_both, within=10, what="the row on both standbys")
+        local.stop_node(back)
+        pid = local.pid(old)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+
+        async def promoted() -> bool:
+            return len(await promotions(routers)) == 1
+
+        await wait_until(promoted, within=20, what=f"{new} promoted")
+        (record,) = await promotions(routers)
+        assert record["new_primary"] == new
+        assert [(f["replica"], f["outcome"]) for f in record["followers"]] == [
+            (back, "unreachable")]
+    # Every router that saw the promotion is gone. `back` comes back asking the dead `old`.
+    local.start_node(back)
+    conninfo, _ = await settings(local.dsn(back))
+    assert dict(parse_conninfo(conninfo))["port"] == str(local.node(old).port)
+    after = uuid.uuid4()
+    primary = await asyncpg.connect(local.dsn(new))
+    try:
+        await primary.execute(INSERT, after, "after")
+    finally:
+        await primary.close()
+    streaming = await receiver(local.dsn(back))
+    assert streaming is None or streaming[1] != local.node(new).port, streaming
+
+    with contextlib.ExitStack() as stack:
+        routers = [stack.enter_context(start_router(c, local.state_dir / f"router-q{i}.toml",
+                                                    SECRET))
+                   for i, c in enumerate(configs)]
+
+        async def streams_from_new() -> bool:
+            return (await receiver(local.dsn(back)) == ("streaming", local.node(new).port)
+                    and await has_row(local.dsn(back), after))
+
+        await wait_until(streams_from_new, within=30,
+                         what=f"{back} streaming from {new} and replaying its write")
+        conninfo, _ = await settings(local.dsn(back))
+        assert dict(parse_conninfo(conninfo))["port"] == str(local.node(new).port)
+        reports = [(await heartbeat_report(p))["promoter"] for p in routers]
+        assert [r["promotions"] for r in reports] == [[], []]  # they promoted nothing
+        acted = [r["followers"].get("europe", []) for r in reports]
+        assert sorted((f["replica"], f["outcome"]) for done in acted for f in done) == [
+            (back, "repointed")], reports
+
+
+async def test_a_standby_that_names_a_node_not_configured_is_left_alone(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    """A standby whose primary_conninfo names an address router.toml does not (here
+    `localhost` for the primary's 127.0.0.1: a person's choice) is not re-pointed by the
+    reconciling router: it says so in its report and its log, and the setting stays."""
+    local, base = scratch
+    names = ("europe-1", "europe-2", "europe-3")
+    for name in names:  # what the tests before left stopped
+        if local.pid(name) is None:
+            await asyncio.to_thread(local.rejoin, name)
+    standbys = []
+    for name in names:
+        conn = await asyncpg.connect(local.dsn(name))
+        try:
+            if await conn.fetchval("SELECT pg_is_in_recovery()"):
+                standbys.append(name)
+        finally:
+            await conn.close()
+    chosen = standbys[-1]
+    conninfo, _ = await settings(local.dsn(chosen))
+    pairs = dict(parse_conninfo(conninfo))
+    assert pairs["host"] == "127.0.0.1"
+    by_hand = format_conninfo([(k, "localhost" if k == "host" else v)
+                               for k, v in parse_conninfo(conninfo)])
+
+    async def set_conninfo(text: str) -> None:
+        conn = await asyncpg.connect(local.dsn(chosen))
+        try:
+            await conn.execute(f"ALTER SYSTEM SET primary_conninfo = {sql_literal(text)}")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+
+    async def reloaded() -> bool:
+        return (await settings(local.dsn(chosen)))[0] == by_hand
+
+    await set_conninfo(by_hand)
+    try:
+        await wait_until(reloaded, within=10, what=f"{chosen}'s conninfo reloaded")
+        with contextlib.ExitStack() as stack:
+            routers = [stack.enter_context(start_router(c, local.state_dir / f"router-l{i}.toml",
+                                                        SECRET))
+                       for i, c in enumerate(managed_configs(base)[:2])]
+
+            async def looked_at() -> bool:
+                reports = [(await heartbeat_report(p))["promoter"] for p in routers]
+                return any(f["replica"] == chosen for r in reports
+                           for f in r["followers"].get("europe", []))
+
+            await wait_until(looked_at, within=30, what=f"a router looks at {chosen}")
+            reports = [(await heartbeat_report(p))["promoter"] for p in routers]
+            [found] = [f for r in reports for f in r["followers"].get("europe", [])
+                       if f["replica"] == chosen]
+            assert found["outcome"] == "left_alone", found
+            assert "localhost" in found["detail"] and "not a node of its shard" in found["detail"]
+            assert any(p.wait_for_output(f"standby {chosen} of europe: ", timeout=5)
+                       for p in routers)
+            assert (await settings(local.dsn(chosen)))[0] == by_hand
+    finally:
+        await set_conninfo(conninfo)

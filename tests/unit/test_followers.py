@@ -1,6 +1,7 @@
 """After a managed promotion, the shard's other standbys are re-pointed at the new primary:
 their primary_conninfo rewritten by libpq's rules (router/core/conninfo.py), and which of them
-can follow (router/core/failover.py's plan_followers)."""
+can follow (router/core/failover.py's plan_followers). Those it could not re-point are found
+later by reconciliation: tests/unit/test_reconcile.py."""
 
 from __future__ import annotations
 
@@ -16,16 +17,7 @@ from router.core.conninfo import (
     sql_literal,
 )
 from router.core.errors import ConninfoError
-from router.core.failover import (
-    FOLLOW_RETRY_FIRST_SECONDS,
-    FOLLOW_RETRY_MAX_SECONDS,
-    FollowAction,
-    LeftBehind,
-    ShardNodeState,
-    followers_to_retry,
-    left_behind_after,
-    plan_followers,
-)
+from router.core.failover import FollowAction, ShardNodeState, plan_followers
 
 # What pg_basebackup -R writes (PostgreSQL 18), with a passfile path that needs quotes.
 BASEBACKUP = (
@@ -162,54 +154,3 @@ def test_an_adopted_promotion_repoints_every_standby_its_point_unknown() -> None
 def test_a_shard_of_one_replica_has_no_followers() -> None:
     nodes = [ShardNodeState("asia-1", None, None, None, None), standby("asia-2", 10)]
     assert plan_followers("asia-1", "asia-2", 10, nodes) == ()
-
-
-def test_standbys_left_behind_are_retried_once_they_answer_and_forgotten_after_a_new_failover(
-) -> None:
-    left = LeftBehind("europe-2", "europe-1", 7000, frozenset({"europe-3", "europe-4"}))
-    assert followers_to_retry(left, "europe-1", [], 0.0) == ()
-    assert followers_to_retry(left, "europe-1", ["europe-4", "europe-2", "europe-3"], 0.0) == (
-        "europe-3", "europe-4")
-    assert followers_to_retry(left, "europe-4", ["europe-3"], 0.0) is None
-
-
-def test_a_promotion_leaves_behind_the_unreachable_and_the_failed_and_nothing_else() -> None:
-    left = left_behind_after(None, "europe-1", "europe-2", 7000,
-                             tried=["europe-3", "europe-4", "europe-5"],
-                             behind=["europe-4", "europe-5"], now=100.0)
-    assert left is not None
-    assert left.replicas == {"europe-4", "europe-5"} and left.new_primary == "europe-2"
-    assert (left.tries, left.not_before) == (1, 100.0 + FOLLOW_RETRY_FIRST_SECONDS)
-    assert left_behind_after(None, "europe-1", "europe-2", 7000, tried=["europe-3"],
-                             behind=[], now=100.0) is None
-
-
-def test_a_failed_retry_waits_twice_as_long_each_time_up_to_a_cap() -> None:
-    left = LeftBehind("europe-1", "europe-2", 7000, frozenset({"europe-3"}), 1, 101.0)
-    assert followers_to_retry(left, "europe-2", ["europe-3"], 100.5) == ()  # not yet
-    assert followers_to_retry(left, "europe-2", ["europe-3"], 101.0) == ("europe-3",)
-    now, waits = 101.0, []
-    for _ in range(10):
-        after = left_behind_after(left, "europe-1", "europe-2", 7000, tried=["europe-3"],
-                                  behind=["europe-3"], now=now)
-        assert after is not None and after.replicas == {"europe-3"}
-        waits.append(after.not_before - now)
-        left, now = after, after.not_before
-    assert waits[:4] == [2.0, 4.0, 8.0, 16.0]
-    assert max(waits) == waits[-1] == FOLLOW_RETRY_MAX_SECONDS
-    # It works at last: nothing left.
-    assert left_behind_after(left, "europe-1", "europe-2", 7000, tried=["europe-3"], behind=[],
-                             now=now) is None
-
-
-def test_a_try_that_reaches_its_standbys_keeps_the_others_without_a_wait() -> None:
-    left = LeftBehind("europe-1", "europe-2", 7000, frozenset({"europe-3", "europe-4"}), 2,
-                      50.0)
-    after = left_behind_after(left, "europe-1", "europe-2", 7000, tried=["europe-3"],
-                              behind=[], now=60.0)
-    assert after is not None and after.replicas == {"europe-4"}
-    assert (after.tries, after.not_before) == (2, 0.0)  # europe-4 is tried when it answers
-    # A newer promotion starts afresh: the earlier one's standbys are its business now.
-    fresh = left_behind_after(left, "europe-2", "europe-3", 9000, tried=["europe-4"],
-                              behind=["europe-4"], now=60.0)
-    assert fresh is not None and fresh.replicas == {"europe-4"} and fresh.tries == 1

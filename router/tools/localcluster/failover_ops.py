@@ -28,7 +28,7 @@ from router.backend.wal import TIMELINE_SQL
 from router.config import NodeAddress
 from router.core.primary import NodeSays, choose_primary
 from router.errors import ClusterError
-from router.ha.promoter import FollowerResult, FollowOutcome, repoint_standby
+from router.ha.followers import FollowerResult, FollowOutcome, repoint_standby
 from router.tools.localcluster.postgres import PgNode, PgRunner, poll_until
 from router.tools.localcluster.process import run_checked
 
@@ -199,7 +199,7 @@ async def switchover(
 async def _repoint_others(runner: PgRunner, target: PgNode,
                           others: list[PgNode]) -> tuple[FollowerResult, ...]:
     """Each of `others` re-pointed at `target` as the promoter re-points a shard's standbys
-    after a failover (router/ha/promoter.py, repoint_standby)."""
+    after a failover (router/ha/followers.py, repoint_standby)."""
     if not others:
         return ()
     address = NodeAddress("127.0.0.1", target.port, target.database)
