@@ -194,9 +194,7 @@ class Promoter:
         results: dict[str, FollowerResult] = {}
         try:
             async with asyncio.timeout(ATTEMPT_SECONDS):
-                opened = await asyncio.gather(*(self._connect(n, False) for n in wanted))
-                conns = {n.name: c for n, c in zip(wanted, opened, strict=True)
-                         if c is not None}
+                conns = await self._connect_all(wanted, old=None)
                 for name in sorted(conns):  # the promoters' lock: never beside a promotion
                     if name != primary:
                         await conns[name].execute(LOCK_SQL, f"georoute-failover:{shard}")
@@ -264,8 +262,7 @@ class Promoter:
         nodes = list(shard.nodes())
         conns: dict[str, asyncpg.Connection] = {}
         try:
-            opened = await asyncio.gather(*(self._connect(n, n.name == old) for n in nodes))
-            conns = {n.name: c for n, c in zip(nodes, opened, strict=True) if c is not None}
+            conns = await self._connect_all(nodes, old=old)
             lock = f"georoute-failover:{plan.shard}"
             for name in sorted(conns):
                 if name != old:  # the old primary may be back: it is checked, never locked
@@ -360,6 +357,27 @@ class Promoter:
         if self.last_step.get(shard) != step:
             log.warning("failover of %s: %s", shard, step)
         self.last_step[shard] = step
+
+    async def _connect_all(self, nodes: Sequence[NodeState],
+                           old: str | None) -> dict[str, asyncpg.Connection]:
+        """A connection to each of `nodes` that answers (`old`: the old primary's name, only
+        checked), at once. Cancelled part way (an attempt's time is up), the connections
+        already made are closed: they would stay open on their nodes, one more at each
+        attempt, while a failover keeps failing."""
+        tasks = [asyncio.ensure_future(self._connect(n, n.name == old)) for n in nodes]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled() and task.exception() is None:
+                    made = task.result()
+                    if made is not None:
+                        made.terminate()
+            raise
+        return {n.name: c for n, t in zip(nodes, tasks, strict=True)
+                if (c := t.result()) is not None}
 
     async def _connect(self, node: NodeState, old: bool) -> asyncpg.Connection | None:
         db = self._config.database
