@@ -14,6 +14,8 @@ from protocol.errors import ErrorCode
 from router.errors import GeorouteError, Retry
 
 __all__ = [
+    "COMMIT_ANSWER_SECONDS",
+    "CommitOutcomeUnknown",
     "EngineError",
     "IdempotencyKeyReused",
     "NodeReadOnlyError",
@@ -33,6 +35,12 @@ __all__ = [
     "UserMoveBusy",
     "is_read_only_refusal",
 ]
+
+
+# How long a one-shard COMMIT's answer is awaited (as the two-phase commit's decision): a
+# link that stalls after the COMMIT left (or before) is taken as lost, and the client is told
+# the outcome is unknown rather than kept waiting while the stall lasts.
+COMMIT_ANSWER_SECONDS = 5.0
 
 
 class EngineError(GeorouteError):
@@ -157,6 +165,24 @@ class OutcomeUnknown(EngineError):
 
     def detail(self) -> dict[str, Any]:
         return {"gtid": self.gtid, "coordinator": self.coordinator, "shards": list(self.shards)}
+
+
+class CommitOutcomeUnknown(EngineError):
+    """A COMMIT on one shard was sent, and its connection was lost (or gave no answer within
+    COMMIT_ANSWER_SECONDS) before it answered: the transaction may have committed or not.
+    The client must read to find out; sent again, it could apply twice."""
+
+    code = ErrorCode.TRANSACTION_OUTCOME_UNKNOWN
+
+    def __init__(self, shard: str, node: str, cause: BaseException):
+        self.shard = shard
+        super().__init__(
+            f"the outcome of the transaction is unknown: its COMMIT reached {node} (shard "
+            f"{shard}), whose connection was lost before it answered ({type(cause).__name__}: "
+            f"{cause}); it may have committed: read to find out before running it again")
+
+    def detail(self) -> dict[str, Any]:
+        return {"shard": self.shard}
 
 
 class RecoveryNodeUnavailable(EngineError):

@@ -34,6 +34,10 @@ from router.ha.topology import NodeState, Topology
 __all__ = ["Recovery", "SweepReport"]
 
 log = logging.getLogger("georoute.recovery")
+# The longest one question of the sweep waits for its answer: past the 2 s lock wait of an
+# abort record behind a decision still being committed, short of holding every other shard's
+# settling up behind one whose link stalls.
+ASK_SECONDS = 5.0
 
 LIST_PREPARED_SQL = (
     "SELECT gid, extract(epoch FROM now() - prepared)::float8 FROM pg_prepared_xacts "
@@ -201,7 +205,10 @@ class Recovery:
         except RecoveryNodeUnavailable:
             return None
         try:
-            rows: list[asyncpg.Record] = await backend.conn.fetch(sql, *args)
+            # Bounded: one shard whose link stalls must not hold the sweep up for the others
+            # (asyncio's TimeoutError is an OSError, one of CONNECTION_ERRORS).
+            async with asyncio.timeout(ASK_SECONDS):
+                rows: list[asyncpg.Record] = await backend.conn.fetch(sql, *args)
         except asyncpg.UndefinedTableError:
             node.pool.release(backend)  # not migrated yet: nothing of ours can be there
             return None

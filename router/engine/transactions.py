@@ -29,6 +29,8 @@ from router.engine.branches import DistributedTransaction, begin_sql
 from router.engine.classifier import Classifier
 from router.engine.distributed import DistributedTransactions
 from router.engine.errors import (
+    COMMIT_ANSWER_SECONDS,
+    CommitOutcomeUnknown,
     NodeReadOnlyError,
     TransactionAborted,
     UnknownTransaction,
@@ -259,7 +261,7 @@ class Transactions:
                 session.expire(tx, why)
                 await self._end(tx.node, tx.backend, "ROLLBACK")
                 raise TransactionAborted(why)
-            await self._end(tx.node, tx.backend, "COMMIT")
+            await self._end(tx.node, tx.backend, "COMMIT", shard=tx.shard)
         token = await self._token(session, tx.shard) if tx.wrote else None
         return Outcome([], [], "COMMIT", tx.shard, tx.node.name, Role.PRIMARY, token)
 
@@ -286,13 +288,23 @@ class Transactions:
         session.transactions.pop(tx.id, None)
         self._ended()
 
-    async def _end(self, node: NodeState, backend: Backend, sql: str) -> None:
-        """COMMIT or ROLLBACK on a pinned connection, then give it back to the pool."""
+    async def _end(self, node: NodeState, backend: Backend, sql: str, *,
+                   shard: str = "") -> None:
+        """COMMIT or ROLLBACK on a pinned connection, then give it back to the pool. A COMMIT
+        whose connection is lost, or that has no answer within COMMIT_ANSWER_SECONDS, may
+        have applied: CommitOutcomeUnknown (asyncio's TimeoutError is an OSError, one of
+        CONNECTION_ERRORS)."""
         try:
-            await backend.conn.execute(sql)
+            if sql == "COMMIT":
+                async with asyncio.timeout(COMMIT_ANSWER_SECONDS):
+                    await backend.conn.execute(sql)
+            else:
+                await backend.conn.execute(sql)
         except CONNECTION_ERRORS as exc:
             self._release(node, backend, True)
-            # Whether a COMMIT applied is unknown: never safe to retry blindly.
+            if sql == "COMMIT":
+                raise CommitOutcomeUnknown(shard, node.name, exc) from exc
+            # A lost ROLLBACK: the server rolls the transaction back as the connection ends.
             raise NodeUnavailableError(
                 f"{node.name}: connection lost during {sql}: {exc}", sent=True
             ) from exc

@@ -32,7 +32,13 @@ import asyncpg
 from router.backend.pool import Backend, NodeUnavailableError, PoolTimeoutError
 from router.core.twophase import Recorded, TxEvent, TxState, advance, format_gid
 from router.engine.branches import Branch
-from router.engine.errors import OutcomeUnknown, PhaseOneTooSlow, TwoPhaseAborted
+from router.engine.errors import (
+    COMMIT_ANSWER_SECONDS,
+    CommitOutcomeUnknown,
+    OutcomeUnknown,
+    PhaseOneTooSlow,
+    TwoPhaseAborted,
+)
 from router.engine.outcome import CONNECTION_ERRORS
 from router.errors import ConfigError
 from router.ha.topology import NodeState
@@ -141,6 +147,8 @@ class Coordinator:
         # Phase one must end well within the grace period recovery gives a prepared branch
         # (README): a decision written later could follow an abort recorded and forgotten.
         self._phase_one_limit = grace_seconds / 2
+        # The readers' COMMITs under way (they change nothing, and are not waited for).
+        self._readers: set[asyncio.Task[None]] = set()
         self._fault = fault
         self._phase_two_seconds = phase_two_seconds
 
@@ -173,20 +181,21 @@ class Coordinator:
     async def _one_phase(self, writers: list[Branch], readers: list[Branch]) -> CommitResult:
         for writer in writers:
             try:
-                await _execute(writer.backend, "COMMIT")
+                # Awaited COMMIT_ANSWER_SECONDS at most, as the two-phase decision: a stalled
+                # link is taken as lost (asyncio's TimeoutError is one of CONNECTION_ERRORS).
+                async with asyncio.timeout(COMMIT_ANSWER_SECONDS):
+                    await _execute(writer.backend, "COMMIT")
             except CONNECTION_ERRORS as exc:
                 _release(writer, broken=True)
                 await self.rollback(readers)
                 # Whether a COMMIT applied is unknown: never safe to retry blindly.
-                raise NodeUnavailableError(
-                    f"{writer.node.name}: connection lost during COMMIT: {exc}", sent=True
-                ) from exc
+                raise CommitOutcomeUnknown(writer.shard, writer.node.name, exc) from exc
             except BaseException:
                 _release(writer, broken=True)
                 await self.rollback(readers)
                 raise
             _release(writer)
-        await self._commit_readers(readers)
+        self._commit_readers_aside(readers)
         return CommitResult(tuple(b.shard for b in writers))
 
     async def _commit_readers_first(self, readers: Sequence[Branch],
@@ -201,6 +210,14 @@ class Coordinator:
         if failed is not None:
             await self.rollback(writers)
             raise failed
+
+    def _commit_readers_aside(self, readers: Sequence[Branch]) -> None:
+        """The readers' COMMITs, not waited for: they change nothing, and one whose link
+        stalls must not hold the answer up (each gives its connection back when done)."""
+        if readers:
+            task = asyncio.ensure_future(self._commit_readers(readers))
+            self._readers.add(task)
+            task.add_done_callback(self._readers.discard)
 
     async def _commit_readers(self, readers: Sequence[Branch]) -> None:
         """Branches that wrote nothing: their COMMIT changes nothing, whatever its fate."""
@@ -232,7 +249,8 @@ class Coordinator:
         record = coordinator.backend.run(RECORD_COMMIT_SQL, [gtid, names, self._router])
         prepares = [_execute(p.backend, f"PREPARE TRANSACTION '{gids[p.shard]}'")
                     for p in participants]
-        results = await self._phase_one([record, *prepares], self._commit_readers(readers))
+        self._commit_readers_aside(readers)
+        results = await self._phase_one([record, *prepares])
         failures: list[tuple[Branch, BaseException]] = [
             (b, r) for b, r in zip(writers, results, strict=True) if r is not None]
         if not failures and loop.time() - started >= self._phase_one_limit:
@@ -300,21 +318,19 @@ class Coordinator:
                         gtid, ", ".join(deferred))
         return CommitResult(tuple(committed), tuple(deferred), gtid)
 
-    async def _phase_one(self, steps: Sequence[Awaitable[Any]],
-                         readers: Awaitable[None]) -> list[BaseException | None]:
-        """Run phase one's steps (the decision row, the PREPAREs) and the readers' commits at
-        once; each step's failure, or None. A step with no answer within the phase-one limit
-        (a stalled link) is given up on as PhaseOneTooSlow: waited for longer, the client would
-        hang with it, and a decision written later could follow an abort recovery presumed."""
+    async def _phase_one(self, steps: Sequence[Awaitable[Any]]) -> list[BaseException | None]:
+        """Run phase one's steps (the decision row, the PREPAREs) at once; each step's
+        failure, or None. A step with no answer within the phase-one limit (a stalled link) is
+        given up on as PhaseOneTooSlow: waited for longer, the client would hang with it, and
+        a decision written later could follow an abort recovery presumed."""
         tasks = [asyncio.ensure_future(step) for step in steps]
-        others = asyncio.ensure_future(readers)
         try:
             _, late = await asyncio.wait(tasks, timeout=self._phase_one_limit)
             for task in late:
                 task.cancel()
-            await asyncio.gather(*tasks, others, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         except BaseException:
-            for task in (*tasks, others):
+            for task in tasks:
                 task.cancel()
             raise
         limit = (f"no answer within {self._phase_one_limit:g} s, half of "
@@ -333,8 +349,11 @@ class Coordinator:
         decided after that), then every participant that did prepare, or may have."""
         failed = {id(b): exc for b, exc in failures}
         cause = failed.get(id(coordinator))
-        if cause is not None and not isinstance(cause, (asyncpg.PostgresError, PhaseOneTooSlow)):
-            _release(coordinator, broken=True)  # lost: its server rolls it back
+        if cause is not None and not isinstance(cause, asyncpg.PostgresError):
+            # Lost, or given up on (PhaseOneTooSlow: its link may be stalled, and a ROLLBACK
+            # would wait behind the cancel of its decision INSERT): its server rolls it back,
+            # and COMMIT is never sent on it.
+            _release(coordinator, broken=True)
         with contextlib.suppress(Exception):
             await _rollback(coordinator)  # a failed statement leaves it open: roll it back
         prepared: list[Branch] = []
@@ -359,7 +378,9 @@ class Coordinator:
         async def one(branch: Branch) -> None:
             sql = f"ROLLBACK PREPARED '{gids[branch.shard]}'"
             try:
-                await self._finish(branch, sql)
+                # Bounded as phase two's tries: a stalled link is left to recovery too.
+                async with asyncio.timeout(self._phase_two_seconds):
+                    await self._finish(branch, sql)
             except Exception as exc:
                 log.warning("ROLLBACK PREPARED on %s failed (%s); recovery will roll it back",
                             branch.node.name, exc)
@@ -427,7 +448,10 @@ class Coordinator:
                             coordinator.node.name, exc)
                 return Recorded.UNREADABLE
             try:
-                recorded = await record_abort(backend, gtid, participants, self._router)
+                # Within what is left of the wait: an idle pooled connection's link may be
+                # stalled too (then the outcome is unknown, as when the shard cannot be asked).
+                async with asyncio.timeout_at(deadline):
+                    recorded = await record_abort(backend, gtid, participants, self._router)
             except asyncpg.LockNotAvailableError:
                 coordinator.node.pool.release(backend)
                 if asyncio.get_running_loop().time() > deadline:
