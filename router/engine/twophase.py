@@ -200,10 +200,15 @@ class Coordinator:
 
     async def _commit_readers_first(self, readers: Sequence[Branch],
                                     writers: Sequence[Branch]) -> None:
-        """The readers' COMMITs, at once, before any writer's; on any failure the writers
-        roll back (nothing of theirs was committed or prepared) and it is raised."""
-        results = await asyncio.gather(*(_execute(b.backend, "COMMIT") for b in readers),
-                                       return_exceptions=True)
+        """The readers' COMMITs, at once, before any writer's, each awaited
+        COMMIT_ANSWER_SECONDS at most; on any failure the writers roll back (nothing of theirs
+        was committed or prepared) and it is raised."""
+
+        async def commit(branch: Branch) -> None:
+            async with asyncio.timeout(COMMIT_ANSWER_SECONDS):
+                await _execute(branch.backend, "COMMIT")
+
+        results = await asyncio.gather(*(commit(b) for b in readers), return_exceptions=True)
         for branch, result in zip(readers, results, strict=True):
             _release(branch, broken=isinstance(result, BaseException))
         failed = next((r for r in results if isinstance(r, BaseException)), None)
