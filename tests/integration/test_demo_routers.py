@@ -16,7 +16,9 @@ from router.tools.config_write import config_to_toml
 from router.tools.demo_routers import config_path, demo_router_configs, multi_host_dsn
 from tests.integration.conftest import wait_until
 from tests.integration.test_heartbeat import heartbeat_report, peer_states
-from tests.support.router_proc import SCRATCH_TABLE, TOKEN, running_router
+from tests.support.router_proc import TOKEN, router_config, running_router
+
+DEMO_SHIFT = 260  # from the session router's ports: no other test's routers use these
 
 SECRET = "demo-test-secret-0123456789"
 
@@ -35,10 +37,11 @@ def test_three_configs_that_load_back_and_name_each_other(migrated: Config) -> N
 
 
 async def test_a_client_of_all_three_survives_one_killed(migrated: Config) -> None:
-    tables = {**migrated.tables, SCRATCH_TABLE.name: SCRATCH_TABLE}
-    base = replace(migrated, tables=tables, heartbeat=replace(
+    # Ports of their own (DEMO_SHIFT): the demo's are the session router's (its listener,
+    # metrics and heartbeat ports), and that router runs whenever an earlier test used it.
+    base = router_config(replace(migrated, heartbeat=replace(
         migrated.heartbeat, interval_seconds=0.2, suspect_after_seconds=1.0,
-        dead_after_seconds=2.0, alive_after_heartbeats=2))
+        dead_after_seconds=2.0, alive_after_heartbeats=2)), port_shift=DEMO_SHIFT)
     configs = demo_router_configs(base)
     with contextlib.ExitStack() as stack:
         procs = []
