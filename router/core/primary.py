@@ -10,6 +10,14 @@ a router, and an old primary that comes back (restarted after a kill, or un-froz
 SIGSTOP) is writable on an older timeline, so it is fenced: it gets no writes and no reads.
 A fenced node stays fenced while it cannot be asked, and until it says it is a standby
 (`georoute cluster rejoin` made it one); its lag then decides when it serves reads again.
+A fenced node is not chosen again unless it is writable on a timeline newer than any this
+router has seen writable in the shard (`timeline_floor`, when known: it was rejoined and
+promoted since),
+nor is any node on a timeline older than that: when the new primary misses a probe
+(frozen, busy, or its link down) while the old one is writable again, the old one stays
+fenced and the shard has no writable primary until the new one answers or a newer promotion
+happens. (Choosing it would take writes on a timeline the new primary's writes are not on: a
+split brain, found by an audit.)
 
 Two writable nodes on the same timeline (two promotions from one timeline: what the
 promoter's locks and checks exist to prevent) cannot be told apart by their history: the
@@ -40,6 +48,7 @@ class ChoiceReason(enum.Enum):
     NEWER_TIMELINE = "newer_timeline"  # another node is writable on a newer timeline: follow it
     CURRENT_NOT_WRITABLE = "current_not_writable"  # the current one is not, another one is
     SPLIT_BRAIN = "split_brain"  # two writable on the same, highest timeline
+    STALE_ONLY = "stale_only"  # only fenced nodes, or ones on an older timeline, are writable
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +62,14 @@ class PrimaryChoice:
         return self.primary != current
 
 
+def _timeline(node: NodeSays) -> int:
+    return -1 if node.timeline is None else node.timeline
+
+
 def choose_primary(current: str, nodes: Iterable[NodeSays],
-                   fenced_before: Set[str] = frozenset()) -> PrimaryChoice:
+                   fenced_before: Set[str] = frozenset(),
+                   timeline_floor: int = 0) -> PrimaryChoice:
+    """`timeline_floor`: the newest timeline this router has seen writable in the shard."""
     seen = list(nodes)
     writable = [n for n in seen if n.in_recovery is False]
     standby = {n.name for n in seen if n.in_recovery is True}
@@ -64,8 +79,21 @@ def choose_primary(current: str, nodes: Iterable[NodeSays],
         fenced = frozenset(sticky - {current})
         return PrimaryChoice(current, fenced, ChoiceReason.NO_WRITABLE,
                              f"no node is writable; {current} stays the primary")
-    top = max(-1 if n.timeline is None else n.timeline for n in writable)
-    best = sorted(n.name for n in writable if (-1 if n.timeline is None else n.timeline) == top)
+    # A fenced node comes back only on a timeline newer than any seen writable here (it
+    # was rejoined and promoted since); any other only on the newest timeline seen, or later.
+    candidates = [n for n in writable
+                  if (n.name not in sticky and _timeline(n) >= timeline_floor)
+                  or (timeline_floor > 0 and _timeline(n) > timeline_floor)]
+    if not candidates:
+        stale = sorted(n.name for n in writable)
+        fenced = frozenset((sticky | set(stale)) - {current})
+        return PrimaryChoice(current, fenced, ChoiceReason.STALE_ONLY,
+                             f"only {', '.join(stale)} is writable, fenced or on a timeline "
+                             f"older than {timeline_floor}: {current} stays the primary "
+                             "(no writes until it, or a newer promotion, answers)")
+    writable = candidates
+    top = max(_timeline(n) for n in writable)
+    best = sorted(n.name for n in writable if _timeline(n) == top)
     if len(best) > 1:
         primary = current if current in best else best[0]
         reason = ChoiceReason.SPLIT_BRAIN
@@ -82,5 +110,6 @@ def choose_primary(current: str, nodes: Iterable[NodeSays],
         else:
             reason = ChoiceReason.CURRENT_NOT_WRITABLE
             detail = f"{primary} is writable on timeline {top}; {current} is not"
-    fenced = frozenset((sticky | {n.name for n in writable}) - {primary})
+    fenced = frozenset((sticky | {n.name for n in seen if n.in_recovery is False})
+                       - {primary})
     return PrimaryChoice(primary, fenced, reason, detail)

@@ -223,7 +223,10 @@ class LagMonitor:
         else:
             self._clock_down.setdefault(shard.name, now)
         choice = choose_primary(shard.primary.name, said,
-                                {n.name for n in nodes if n.fenced})
+                                {n.name for n in nodes if n.fenced}, shard.timeline_floor)
+        chosen = next(n for n in said if n.name == choice.primary)
+        if chosen.in_recovery is False and chosen.timeline is not None:
+            shard.timeline_floor = max(shard.timeline_floor, chosen.timeline)
         for node in nodes:
             fenced = node.name in choice.fenced
             if fenced and not node.fenced:

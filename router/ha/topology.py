@@ -101,6 +101,9 @@ class ShardState:
     # Changes of primary this router followed (external or managed mode), the newest last.
     failovers: list[dict[str, Any]] = field(default_factory=list)
     failovers_total: int = 0
+    # Managed mode: the newest timeline this router has seen its primary writable on; no node
+    # on an older one becomes the primary again (router/core/primary.py).
+    timeline_floor: int = 0
     # Writes held while the primary is down (router/engine/executor.py), woken by the monitor.
     _writers: list[asyncio.Future[None]] = field(default_factory=list)
 

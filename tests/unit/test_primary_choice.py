@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from router.core.failover import (
     Adopt,
     GiveUp,
@@ -59,8 +61,32 @@ def test_two_writable_on_one_timeline_keep_the_current_and_fence_the_other() -> 
 
 
 def test_the_primary_is_never_fenced_even_if_it_was() -> None:
-    choice = choose_primary("eu-1", [says("eu-1", None), says("eu-2", False, 3)], {"eu-2"})
+    """eu-2 was fenced (writable on an old timeline), then rejoined and promoted: writable on
+    a timeline newer than any this router saw writable, it is followed and unfenced."""
+    choice = choose_primary("eu-1", [says("eu-1", None), says("eu-2", False, 3)], {"eu-2"},
+                            timeline_floor=2)
     assert choice.primary == "eu-2" and choice.fenced == frozenset()
+
+
+@pytest.mark.parametrize("floor", [0, 2])
+def test_a_fenced_old_primary_is_not_chosen_when_the_new_primary_is_silent(floor: int) -> None:
+    """europe-2 is the primary on timeline 2; the old primary europe-1 came back writable on
+    timeline 1 and is fenced. One probe of europe-2 fails (frozen, busy, its link down):
+    europe-1, the only writable node heard, stays fenced, and europe-2 stays the primary (no
+    writes until it answers). It once became the primary, unfenced, and took writes on the
+    old timeline: a split brain (found by an audit)."""
+    choice = choose_primary("europe-2", [says("europe-1", False, 1), says("europe-2", None)],
+                            {"europe-1"}, timeline_floor=floor)
+    assert (choice.primary, choice.fenced) == ("europe-2", frozenset({"europe-1"}))
+    assert choice.reason is ChoiceReason.STALE_ONLY
+
+
+def test_a_node_on_an_older_timeline_than_seen_is_not_chosen_even_unfenced() -> None:
+    """A router that saw timeline 2 writable never goes back to a node writable on timeline 1
+    (one it never fenced: it had not answered while timeline 2 was writable)."""
+    choice = choose_primary("europe-2", [says("europe-1", False, 1), says("europe-2", None)],
+                            set(), timeline_floor=2)
+    assert (choice.primary, choice.fenced) == ("europe-2", frozenset({"europe-1"}))
 
 
 def state(name: str, in_recovery: bool | None, received: int | None = None,
