@@ -365,6 +365,10 @@ class RouterNode:
             # Same primary: keep its WAL-position reader (writes may be waiting on it); the
             # fresh one goes with the old shard, closed below.
             shard.lsn, live.lsn = live.lsn, shard.lsn
+        for shard in fresh.shards.values():
+            live_shard = old_shards.get(shard.name)
+            if live_shard is not None:  # the newest timeline seen writable: no going back
+                shard.timeline_floor = live_shard.timeline_floor
         for old_shard in old_shards.values():
             self.spawn(old_shard.lsn.close())  # readers of changed primaries, or unused ones
         for shard in fresh.shards.values():
