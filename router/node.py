@@ -417,8 +417,11 @@ class RouterNode:
             "shards": self.topology.snapshot(),
             "document_store": _hosts_of(self.config.document_store.uri),
             "heartbeat": self.heartbeat.report() if self.heartbeat is not None else None,
-            # shard -> how often this node turned synchronous replication back on there
-            "synchrony": dict(self.synchrony.turned_on) if self.synchrony is not None else None,
+            # shard -> how often this node turned synchronous replication back on there, and
+            # off on a new primary whose promoter did not (router/ha/synchrony.py)
+            "synchrony": ({"on": dict(self.synchrony.turned_on),
+                           "off": dict(self.synchrony.turned_off)}
+                          if self.synchrony is not None else None),
         }
 
 

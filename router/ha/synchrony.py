@@ -11,7 +11,14 @@ again (what the local cluster and rejoin set) and reloads. Several router nodes 
 once set the same value; a primary that an operator set to some other value is left alone.
 
 Turning it on means what `synchronous = true` always meant: should that standby then die,
-the shard's writes wait until one streams again (README, "High availability")."""
+the shard's writes wait until one streams again (README, "High availability").
+
+It also does the promoter's part when the promoter could not: a shard whose primary changed
+while this node watched (a failover it followed) and whose new primary still has `'*'` and
+no standby streaming (its promoter stopped between `pg_promote` and turning synchronous
+replication off: its router died, or its attempt ran out of time) gets it turned off, as the
+promoter would have; otherwise every write would wait for a standby that may never stream
+(found by an audit). A primary that loses its standby without a failover is left as it is."""
 
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ from router.clock import SYSTEM_CLOCK, Clock
 from router.config import Config, NodeAddress
 from router.ha.topology import Topology
 
-__all__ = ["CHECK_SECONDS", "STATE_SQL", "Synchrony", "should_turn_on"]
+__all__ = ["CHECK_SECONDS", "STATE_SQL", "Synchrony", "should_turn_off", "should_turn_on"]
 
 log = logging.getLogger("georoute.synchrony")
 
@@ -35,6 +42,14 @@ CHECK_SECONDS = 1.0
 STATE_SQL = ("SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names'), "
              "(SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')")
 _ON = "*"
+
+
+def should_turn_off(in_recovery: bool, standby_names: str, streaming: int,
+                    new_primary: bool) -> bool:
+    """Whether a synchronous shard's primary should replicate asynchronously for now: it is a
+    new primary (a failover this node followed), writable, with our `'*'` still set and no
+    standby streaming, as the promoter leaves one right after pg_promote."""
+    return new_primary and not in_recovery and standby_names.strip() == _ON and streaming == 0
 
 
 def should_turn_on(in_recovery: bool, standby_names: str, streaming: int) -> bool:
@@ -52,7 +67,12 @@ class Synchrony:
     config: Callable[[], Config]
     clock: Clock = SYSTEM_CLOCK
     turned_on: dict[str, int] = field(default_factory=dict)  # shard -> times
+    turned_off: dict[str, int] = field(default_factory=dict)  # shard -> times (new primaries)
     _conns: dict[str, asyncpg.Connection] = field(default_factory=dict)  # node -> connection
+    # shard -> the primary first seen when this node started watching, then each new one
+    # (until it has been looked at); a failover followed shows as a change of name.
+    _primaries: dict[str, str] = field(default_factory=dict)
+    _new: set[str] = field(default_factory=set)  # shards whose new primary is not looked at
 
     async def run(self) -> None:
         try:
@@ -72,6 +92,14 @@ class Synchrony:
         config, topology = self.config(), self.topology()
         shards = [s for s in topology.shards.values()
                   if s.name in config.shards and config.shards[s.name].synchronous]
+        for shard in shards:
+            seen = self._primaries.get(shard.name)
+            if seen is not None and seen != shard.primary.name:
+                self._new.add(shard.name)
+                stale = self._conns.pop(seen, None)  # no longer its primary
+                if stale is not None:
+                    stale.terminate()
+            self._primaries[shard.name] = shard.primary.name
         await asyncio.gather(*(self._keep(config, s.name, s.primary.name, s.primary.address)
                                for s in shards))
 
@@ -84,7 +112,20 @@ class Synchrony:
             timeout = config.database.connect_timeout_seconds
             row = await conn.fetchrow(STATE_SQL, timeout=timeout)
             assert row is not None
-            if not should_turn_on(bool(row[0]), str(row[1]), int(row[2])):
+            in_recovery, names, streaming = bool(row[0]), str(row[1]), int(row[2])
+            if should_turn_off(in_recovery, names, streaming, shard in self._new):
+                await conn.execute("ALTER SYSTEM SET synchronous_standby_names = ''",
+                                   timeout=timeout)
+                await conn.execute("SELECT pg_reload_conf()", timeout=timeout)
+                self._new.discard(shard)
+                self.turned_off[shard] = self.turned_off.get(shard, 0) + 1
+                log.warning("shard %s's new primary %s had synchronous replication on and no "
+                            "standby streaming (its promoter did not finish): asynchronous "
+                            "until one streams", shard, node)
+                return
+            if not in_recovery:
+                self._new.discard(shard)  # looked at as the writable primary: nothing to undo
+            if not should_turn_on(in_recovery, names, streaming):
                 return
             await conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{_ON}'",
                                timeout=timeout)

@@ -3,7 +3,13 @@ synchronous replication off on the new primary (no standby may stream yet), re-p
 other standby, and once that standby streams a router turns synchronous replication on again
 (router/ha/synchrony.py), without `georoute cluster rejoin`. Without that, acknowledged
 writes sat on the new primary alone until a person rejoined the old one. A scratch cluster of
-its own: europe replicates synchronously and gets a third node."""
+its own: europe replicates synchronously and gets a third node; north_america replicates
+synchronously on its two nodes.
+
+Also: a promoter that stops between pg_promote and turning synchronous replication off (its
+router killed, or its attempt out of time) left the new primary waiting for a standby that
+on a shard of two nodes never streams: every write hung (found by an audit). A router that
+follows such a failover turns it off, as the promoter would have."""
 
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from tests.integration.test_heartbeat import heartbeat_report, peer_states
 from tests.integration.test_managed_failover import (
     INSERT,
     SECRET,
+    _node_pids,
     managed_configs,
     start_router,
     topology,
@@ -44,6 +51,7 @@ def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
     free = max(a.port for s in shards.values() for a in (s.primary, *s.replicas)) + 1
     shards["europe"] = replace(europe, synchronous=True, replicas=(
         *europe.replicas, NodeAddress("127.0.0.1", free, europe.primary.database)))
+    shards["north_america"] = replace(shards["north_america"], synchronous=True)
     with scratch_cluster(replace(test_config, shards=shards), SCRATCH_OFFSET,
                          "scratch-synchrony") as pair:
         asyncio.run(migrate(pair[1], documents=False))
@@ -110,4 +118,54 @@ async def test_synchronous_again_once_the_repointed_standby_streams(
             await db.execute(INSERT, new_id(europe), "synchronous")
         # The router that did it says so in its topology report.
         done = [(await topology(p))["synchrony"] for p in routers]
-        assert any(d.get("europe") for d in done), done
+        assert any(d["on"].get("europe") for d in done), done
+
+
+async def test_a_promotion_its_promoter_did_not_finish_does_not_hang_writes(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    """north_america's primary freezes and its standby is promoted from outside, just as a
+    promoter that stopped after pg_promote leaves it: synchronous_standby_names still '*'
+    and no standby to stream. The routers follow it (its timeline is newer), and a write
+    through them is acknowledged: a router turned synchronous replication off on it."""
+    local, base = scratch
+    configs = managed_configs(base)[:2]
+    shard = "north_america"
+    with contextlib.ExitStack() as stack:
+        routers = [stack.enter_context(start_router(c, local.state_dir / f"router-z{i}.toml",
+                                                    SECRET))
+                   for i, c in enumerate(configs)]
+        async with await client.connect(routers[0].dsn, token=TOKEN) as db:
+            await db.execute(SCRATCH_DDL, shard=shard)
+            view = (await topology(routers[0]))["shards"][shard]
+            old = view["primary"]
+            standby = next(n["name"] for n in view["nodes"] if n["name"] != old)
+            pid = local.pid(old)
+            assert pid is not None
+            frozen = _node_pids(pid)
+            conn = await asyncpg.connect(local.dsn(standby))
+            try:
+                for each in frozen:
+                    os.kill(each, signal.SIGSTOP)
+                assert await conn.fetchval("SELECT pg_promote(true, 30)")
+                assert await conn.fetchval("SHOW synchronous_standby_names") == "*"
+            finally:
+                await conn.close()
+            try:
+                async def followed() -> bool:
+                    seen = [(await topology(p))["shards"][shard]["primary"] for p in routers]
+                    return seen == [standby] * len(routers)
+
+                await wait_until(followed, within=30, what=f"every router follows {standby}")
+                number = base.shards[shard].number
+                async with asyncio.timeout(15):  # it hung, before
+                    await db.execute("INSERT INTO rt_items (item_id, region, payload) "
+                                     "VALUES ($1, 'north_america', 'after')", new_id(number))
+                names, _ = await replication(local.dsn(standby))
+                assert names == ""
+            finally:
+                for each in frozen:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(each, signal.SIGCONT)
+            done = [(await topology(p))["synchrony"] for p in routers]
+            assert any(d["off"].get(shard) for d in done), done

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.ha.synchrony import should_turn_on
+from router.ha.synchrony import should_turn_off, should_turn_on
 
 
 @pytest.mark.parametrize(("in_recovery", "names", "streaming", "on"), [
@@ -20,3 +20,16 @@ from router.ha.synchrony import should_turn_on
 def test_synchronous_again_only_on_a_writable_primary_with_a_streaming_standby(
         in_recovery: bool, names: str, streaming: int, on: bool) -> None:
     assert should_turn_on(in_recovery, names, streaming) is on
+
+
+@pytest.mark.parametrize(("in_recovery", "names", "streaming", "new", "off"), [
+    (False, "*", 0, True, True),     # a new primary as pg_promote left it: off, for now
+    (False, "*", 0, False, False),   # the same primary lost its standby: writes wait (promise)
+    (False, "*", 1, True, False),    # a standby streams already: stays on
+    (False, "", 0, True, False),     # the promoter turned it off already
+    (False, "FIRST 1 (a)", 0, True, False),  # an operator's own value
+    (True, "*", 0, True, False),     # still a standby (a stale view)
+])
+def test_asynchronous_on_a_new_primary_only_as_the_promoter_leaves_it(
+        in_recovery: bool, names: str, streaming: int, new: bool, off: bool) -> None:
+    assert should_turn_off(in_recovery, names, streaming, new) is off
