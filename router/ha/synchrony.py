@@ -39,8 +39,11 @@ __all__ = ["CHECK_SECONDS", "STATE_SQL", "Synchrony", "should_turn_off", "should
 log = logging.getLogger("georoute.synchrony")
 
 CHECK_SECONDS = 1.0
+# A standby that can acknowledge: streaming and reporting where it has flushed (a
+# pg_basebackup's WAL stream reports no flush position, and PostgreSQL does not wait for it).
 STATE_SQL = ("SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names'), "
-             "(SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')")
+             "(SELECT count(*) FROM pg_stat_replication "
+             "WHERE state = 'streaming' AND flush_lsn IS NOT NULL)")
 _ON = "*"
 
 
