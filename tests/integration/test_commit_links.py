@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -76,11 +77,31 @@ async def tp(links_router: RouterProcess, europe_proxy: TcpFaultProxy,
         europe_proxy.resume()
 
 
-async def _one_shard_commit(tp: client.Client, item: uuid.UUID, pinned: bool) -> str:
-    tx = tp.transaction(shard="europe") if pinned else tp.transaction()
-    await tx.start()
-    await tx.execute(INSERT, item, "europe", "links")
-    return await tx.commit()
+async def _commit_under_fault(
+    tp: client.Client, proxy: TcpFaultProxy, statements: Sequence[tuple[Any, ...]], *,
+    shard: str | None,
+) -> tuple[object, float]:
+    """Run `statements` in a transaction (pinned to `shard`, or over shards) and commit it,
+    the link's fault set beforehand: what the client was told ("COMMIT", its error, or "no
+    answer" within ANSWER_WITHIN) and how long it took. The link is then healed, and the
+    fault must have struck."""
+    started = time.monotonic()
+    told: object
+    try:
+        async with asyncio.timeout(ANSWER_WITHIN):
+            tx = tp.transaction(shard=shard)
+            await tx.start()
+            for sql, *params in statements:
+                await tx.execute(sql, *params)
+            told = await tx.commit()
+    except TimeoutError:
+        told = "no answer"
+    except client.GeorouteError as exc:
+        told = exc
+    waited = time.monotonic() - started
+    proxy.resume()
+    assert proxy.triggered()
+    return told, waited
 
 
 @pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "over-shards-one-writer"])
@@ -94,13 +115,8 @@ async def test_a_one_shard_commit_whose_answer_is_lost_says_the_outcome_is_unkno
     now", documented retryable), which reads as nothing applied."""
     item = uuid.uuid4()
     europe_proxy.fault_on(COMMIT_MESSAGE, "reset", deliver=True)
-    told: object
-    try:
-        async with asyncio.timeout(ANSWER_WITHIN):
-            told = await _one_shard_commit(tp, item, pinned)
-    except client.GeorouteError as exc:
-        told = exc
-    assert europe_proxy.triggered()
+    told, _ = await _commit_under_fault(tp, europe_proxy, [
+        (INSERT, item, "europe", "links")], shard="europe" if pinned else None)
     assert (await rows_of(primaries, item))["europe"] == 1  # it committed
     assert told == "COMMIT" or isinstance(told, client.TransactionOutcomeUnknownError), (
         f"a committed transaction was answered {type(told).__name__}: {told!r} "
@@ -118,18 +134,8 @@ async def test_a_one_shard_commit_whose_link_stalls_is_answered_in_bounded_time(
     within ANSWER_WITHIN, never hang on the link."""
     item = uuid.uuid4()
     europe_proxy.fault_on(COMMIT_MESSAGE, "stall", deliver=True)
-    started = time.monotonic()
-    told: object
-    try:
-        async with asyncio.timeout(ANSWER_WITHIN):
-            told = await _one_shard_commit(tp, item, pinned)
-    except TimeoutError:
-        told = "no answer"
-    except client.GeorouteError as exc:
-        told = exc
-    waited = time.monotonic() - started
-    europe_proxy.resume()
-    assert europe_proxy.triggered()
+    told, waited = await _commit_under_fault(tp, europe_proxy, [
+        (INSERT, item, "europe", "links")], shard="europe" if pinned else None)
     assert told != "no answer", f"no answer to COMMIT within {waited:.1f} s (link stalled)"
 
 
@@ -143,22 +149,9 @@ async def test_a_coordinator_link_stalled_at_the_decision_insert_rolls_back_in_b
     and nothing is prepared."""
     europe, asia = uuid.uuid4(), uuid.uuid4()
     europe_proxy.fault_on(DECISION_INSERT, "stall", deliver=True)
-    started = time.monotonic()
-    told: object
-    try:
-        async with asyncio.timeout(ANSWER_WITHIN):
-            tx = tp.transaction()
-            await tx.start()
-            await tx.execute(INSERT, europe, "europe", "links")
-            await tx.execute(INSERT, asia, "asia", "links")
-            told = await tx.commit()
-    except TimeoutError:
-        told = "no answer"
-    except client.GeorouteError as exc:
-        told = exc
-    waited = time.monotonic() - started
-    europe_proxy.resume()
-    assert europe_proxy.triggered()
+    told, waited = await _commit_under_fault(tp, europe_proxy, [
+        (INSERT, europe, "europe", "links"),
+        (INSERT, asia, "asia", "links")], shard=None)
     await wait_until(lambda: none_prepared(primaries), within=30,
                      what="every prepared branch to be settled")
     found = await rows_of(primaries, europe)
@@ -181,22 +174,9 @@ async def test_a_refused_decision_whose_participant_link_stalls_is_answered_in_b
     once it can: no decision row), not wait for the link to heal."""
     asia, europe = uuid.uuid4(), uuid.uuid4()
     europe_proxy.fault_on(b"ROLLBACK PREPARED", "stall", deliver=False)
-    started = time.monotonic()
-    told: object
-    try:
-        async with asyncio.timeout(ANSWER_WITHIN):
-            tx = tp.transaction()
-            await tx.start()
-            await tx.execute(INSERT, asia, "asia", "refuse")
-            await tx.execute(INSERT, europe, "europe", "links")
-            told = await tx.commit()
-    except TimeoutError:
-        told = "no answer"
-    except client.GeorouteError as exc:
-        told = exc
-    waited = time.monotonic() - started
-    europe_proxy.resume()
-    assert europe_proxy.triggered()
+    told, waited = await _commit_under_fault(tp, europe_proxy, [
+        (INSERT, asia, "asia", "refuse"),
+        (INSERT, europe, "europe", "links")], shard=None)
     await wait_until(lambda: none_prepared(primaries), within=30,
                      what="every prepared branch to be settled")
     rows = {**await rows_of(primaries, asia), "europe": (await rows_of(primaries, europe))["europe"]}
@@ -217,24 +197,10 @@ async def test_a_reader_whose_link_stalls_at_its_commit_does_not_hold_a_two_phas
     nor fails because of it."""
     asia, na = uuid.uuid4(), uuid.uuid4()
     europe_proxy.fault_on(COMMIT_MESSAGE, "stall", deliver=False)
-    started = time.monotonic()
-    told: object
-    try:
-        async with asyncio.timeout(ANSWER_WITHIN):
-            tx = tp.transaction()
-            await tx.start()
-            await tx.execute(INSERT, asia, "asia", "links")
-            await tx.execute(INSERT, na, "north_america", "links")
-            await tx.fetch("SELECT count(*) FROM tp_items WHERE region = 'europe' "
-                           "AND item_id = $1", uuid.uuid4())
-            told = await tx.commit()
-    except TimeoutError:
-        told = "no answer"
-    except client.GeorouteError as exc:
-        told = exc
-    waited = time.monotonic() - started
-    europe_proxy.resume()
-    assert europe_proxy.triggered()
+    told, waited = await _commit_under_fault(tp, europe_proxy, [
+        (INSERT, asia, "asia", "links"),
+        (INSERT, na, "north_america", "links"),
+        ("SELECT count(*) FROM tp_items WHERE region = 'europe' AND item_id = $1", uuid.uuid4())], shard=None)
     await wait_until(lambda: none_prepared(primaries), within=30,
                      what="every prepared branch to be settled")
     rows = {"asia": (await rows_of(primaries, asia))["asia"],
@@ -263,22 +229,9 @@ async def test_a_lost_decision_read_back_on_an_idle_pooled_connection_is_bounded
         await tx.commit()
     europe, asia = uuid.uuid4(), uuid.uuid4()
     europe_proxy.fault_on(COMMIT_MESSAGE, "stall", deliver=True)
-    started = time.monotonic()
-    told: object
-    try:
-        async with asyncio.timeout(ANSWER_WITHIN):
-            tx = tp.transaction()
-            await tx.start()
-            await tx.execute(INSERT, europe, "europe", "links")
-            await tx.execute(INSERT, asia, "asia", "links")
-            told = await tx.commit()
-    except TimeoutError:
-        told = "no answer"
-    except client.GeorouteError as exc:
-        told = exc
-    waited = time.monotonic() - started
-    europe_proxy.resume()
-    assert europe_proxy.triggered()
+    told, waited = await _commit_under_fault(tp, europe_proxy, [
+        (INSERT, europe, "europe", "links"),
+        (INSERT, asia, "asia", "links")], shard=None)
     await wait_until(lambda: none_prepared(primaries), within=30,
                      what="every prepared branch to be settled")
     rows = {"europe": (await rows_of(primaries, europe))["europe"],
@@ -316,22 +269,9 @@ async def test_a_participant_stalled_at_prepare_with_a_warm_pool_is_answered_in_
     await _warm_europe_pool(tp)
     asia, europe = uuid.uuid4(), uuid.uuid4()
     europe_proxy.fault_on(b"PREPARE TRANSACTION", "stall", deliver=True)
-    started = time.monotonic()
-    told: object
-    try:
-        async with asyncio.timeout(ANSWER_WITHIN):
-            tx = tp.transaction()
-            await tx.start()
-            await tx.execute(INSERT, asia, "asia", "links")
-            await tx.execute(INSERT, europe, "europe", "links")
-            told = await tx.commit()
-    except TimeoutError:
-        told = "no answer"
-    except client.GeorouteError as exc:
-        told = exc
-    waited = time.monotonic() - started
-    europe_proxy.resume()
-    assert europe_proxy.triggered()
+    told, waited = await _commit_under_fault(tp, europe_proxy, [
+        (INSERT, asia, "asia", "links"),
+        (INSERT, europe, "europe", "links")], shard=None)
     await wait_until(lambda: none_prepared(primaries), within=30,
                      what="every prepared branch to be settled")
     rows = {"asia": (await rows_of(primaries, asia))["asia"],
