@@ -185,6 +185,17 @@ async def test_rows_land_on_the_shard_their_key_names(db: client.Client, world: 
     assert {r: [row[0] for row in rows] for r, rows in placed.items()} == {r: [r] for r in REGIONS}
 
 
+async def _terminate_backend(conn: asyncpg.Connection, marker: str) -> None:
+    """End the backend (seen from `conn`'s node) whose last statement holds `marker`."""
+
+    async def killed() -> bool:
+        return bool(await conn.fetchval(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE $1 AND pid <> pg_backend_pid()) t", f"%{marker}%"))
+
+    await wait_until(killed, what=f"the backend of {marker} terminated")
+
+
 # Writes a DML status does not count: (statement, its parameters from the world, its shard
 # hint, the status it reports); each writes an audit row on europe named by its key.
 _UNCOUNTED_WRITES = {
@@ -251,12 +262,8 @@ async def test_a_write_its_status_does_not_count_is_in_the_two_phase_commit(
             eu, token_hash)
         assert status == "DELETE 0"
 
-        async def killed() -> bool:  # a node restart, a network fault, an operator
-            return bool(await europe.fetchval(
-                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE $1 AND pid <> pg_backend_pid()) t", f"%{marker}%"))
-
-        await wait_until(killed, what="the europe branch's backend terminated")
+        # Its connection is lost: a node restart, a network fault, an operator.
+        await _terminate_backend(europe, marker)
         try:
             committed = await tx.commit()
         except client.GeorouteError as exc:
@@ -289,12 +296,7 @@ async def test_a_serializable_transaction_fails_when_a_shard_it_only_read_cannot
                                  eu) == "Town"
         await tx.execute("UPDATE users SET city = $2 WHERE user_id = $1", asia, city)
 
-        async def killed() -> bool:
-            return bool(await world.primaries["europe"].fetchval(
-                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE $1 AND pid <> pg_backend_pid()) t", f"%{marker}%"))
-
-        await wait_until(killed, what="the europe branch's backend terminated")
+        await _terminate_backend(world.primaries["europe"], marker)
         try:
             committed = await tx.commit()
         except client.GeorouteError as exc:
