@@ -12,14 +12,13 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import pytest
 
 import client
-from router.config import Config, NodeAddress
+from router.config import Config
 from router.core.conninfo import format_conninfo, parse_conninfo, sql_literal
 from router.tools.db.health_report import check_health
 from router.tools.db.migrate import migrate
@@ -36,19 +35,14 @@ from tests.integration.test_managed_failover import (
 )
 from tests.support.ids import new_id
 from tests.support.router_proc import SCRATCH_DDL, TOKEN
-from tests.support.scratch import scratch_cluster
+from tests.support.scratch import scratch_cluster, with_third_node
 
 SCRATCH_OFFSET = 6800  # far from the session's cluster and the other scratch ones
 
 
 @pytest.fixture(scope="module")
 def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
-    shards = dict(test_config.shards)
-    europe = shards["europe"]
-    free = max(a.port for s in shards.values() for a in (s.primary, *s.replicas)) + 1
-    shards["europe"] = replace(europe, replicas=(
-        *europe.replicas, NodeAddress("127.0.0.1", free, europe.primary.database)))
-    with scratch_cluster(replace(test_config, shards=shards), SCRATCH_OFFSET,
+    with scratch_cluster(with_third_node(test_config, "europe"), SCRATCH_OFFSET,
                          "scratch-followers") as pair:
         asyncio.run(migrate(pair[1], documents=False))
         yield pair

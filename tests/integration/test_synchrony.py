@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 
 import client
-from router.config import Config, NodeAddress
+from router.config import Config
 from router.tools.db.migrate import migrate
 from router.tools.localcluster import LocalCluster
 from tests.integration.conftest import wait_until
@@ -39,20 +39,17 @@ from tests.integration.test_managed_failover import (
 )
 from tests.support.ids import new_id
 from tests.support.router_proc import SCRATCH_DDL, TOKEN
-from tests.support.scratch import scratch_cluster
+from tests.support.scratch import scratch_cluster, with_third_node
 
 SCRATCH_OFFSET = 7300  # far from the session's cluster and the other scratch ones
 
 
 @pytest.fixture(scope="module")
 def scratch(test_config: Config) -> Iterator[tuple[LocalCluster, Config]]:
-    shards = dict(test_config.shards)
-    europe = shards["europe"]
-    free = max(a.port for s in shards.values() for a in (s.primary, *s.replicas)) + 1
-    shards["europe"] = replace(europe, synchronous=True, replicas=(
-        *europe.replicas, NodeAddress("127.0.0.1", free, europe.primary.database)))
-    shards["north_america"] = replace(shards["north_america"], synchronous=True)
-    with scratch_cluster(replace(test_config, shards=shards), SCRATCH_OFFSET,
+    config = with_third_node(test_config, "europe")
+    shards = {name: replace(shard, synchronous=name in ("europe", "north_america"))
+              for name, shard in config.shards.items()}
+    with scratch_cluster(replace(config, shards=shards), SCRATCH_OFFSET,
                          "scratch-synchrony") as pair:
         asyncio.run(migrate(pair[1], documents=False))
         yield pair

@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
-from router.config import Config
+from router.config import Config, NodeAddress
 from router.tools.config_write import with_port_offset
 from router.tools.localcluster import LocalCluster
+
+
+def with_third_node(config: Config, shard: str) -> Config:
+    """`config` with one more replica for `shard`, on the port after every node's."""
+    shards = dict(config.shards)
+    grown = shards[shard]
+    free = max(a.port for s in shards.values() for a in (s.primary, *s.replicas)) + 1
+    shards[shard] = replace(grown, replicas=(
+        *grown.replicas, NodeAddress("127.0.0.1", free, grown.primary.database)))
+    return replace(config, shards=shards)
 
 
 @contextlib.contextmanager
