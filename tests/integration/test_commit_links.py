@@ -9,8 +9,8 @@ its link.
 - Every wait of the two-phase commit on a stalled link is bounded: the coordinator's ROLLBACK
   after phase one gave up on its decision INSERT; ROLLBACK PREPARED (own connection, or an
   idle pooled one); a reader's COMMIT during phase one (which then rolled the writers back);
-  the decision's read-back on an idle pooled connection; the recovery sweep asking every
-  primary in turn (one stalled shard stopped it for all)."""
+  the decision's read-back on an idle pooled connection. (The recovery sweep's is in
+  test_recovery_stall.py: it needs a cluster that no other router sweeps.)"""
 
 from __future__ import annotations
 
@@ -26,17 +26,16 @@ import pytest
 
 import client
 from router.config import Config
-from router.engine.twophase import FAULT_ENV, FAULT_EXIT_CODE
 from tests.integration.conftest import wait_until
 from tests.support.faultproxy import TcpFaultProxy
 from tests.support.router_proc import TOKEN, RouterProcess, primary_through, running_router
 from tests.support.twophase import (
     INSERT,
     none_prepared,
-    prepared,
     rows_of,
     tp_config,
     tp_primaries,
+    warm_pool,
 )
 
 SHIFT = 233
@@ -247,17 +246,6 @@ async def _said_commit(router: RouterProcess) -> bool:
     return any("request Commit" in line for line in router.output)
 
 
-async def _warm_europe_pool(tp: client.Client, count: int = 3) -> None:
-    """Leave `count` idle pooled connections to europe in the router's pool."""
-    warm = [tp.transaction(shard="europe") for _ in range(count)]
-    for tx in warm:
-        await tx.start()
-    for tx in warm:
-        await tx.fetch("SELECT 1")
-    for tx in warm:
-        await tx.commit()
-
-
 async def test_a_participant_stalled_at_prepare_with_a_warm_pool_is_answered_in_bounded_time(
     tp: client.Client, europe_proxy: TcpFaultProxy, primaries: dict[str, asyncpg.Connection],
     links_router: RouterProcess,
@@ -266,7 +254,7 @@ async def test_a_participant_stalled_at_prepare_with_a_warm_pool_is_answered_in_
     idle pooled connections to europe first: the ROLLBACK PREPARED for the lost participant
     goes to a fresh connection from the pool (twophase._finish), an idle one over the same
     stalled link, with no bound. The client must hear "rolled back" within a bound."""
-    await _warm_europe_pool(tp)
+    await warm_pool(tp, "europe")
     asia, europe = uuid.uuid4(), uuid.uuid4()
     europe_proxy.fault_on(b"PREPARE TRANSACTION", "stall", deliver=True)
     told, waited = await _commit_under_fault(tp, europe_proxy, [
@@ -282,47 +270,3 @@ async def test_a_participant_stalled_at_prepare_with_a_warm_pool_is_answered_in_
         + "".join([line for line in links_router.output if "Commit" in line][-1:]))
     assert isinstance(told, client.GeorouteError) and "rolled back" in str(told), told
     assert rows == {"asia": 0, "europe": 0}, rows
-
-
-async def test_one_stalled_shard_does_not_stop_recovery_on_the_others(
-    migrated: Config, tp: client.Client, europe_proxy: TcpFaultProxy,
-    primaries: dict[str, asyncpg.Connection], links_router: RouterProcess,
-) -> None:
-    """A router killed after the decision (fault point after_decision) of a transaction over
-    asia (coordinator) and north_america (prepared): europe has nothing to do with it. This
-    module's router is the sweeper (every 0.2 s); its link to europe stalls while its pool
-    holds idle connections there. North_america's branch, decided commit on asia, must be
-    committed within a few sweeps, not wait for europe's link: the sweep asks every primary
-    one after another (recovery._ask), with no bound, on an idle connection over the stall.
-    (Run alone: another router node with a sweeper, e.g. the session's, would settle it.)"""
-    await _warm_europe_pool(tp)
-    europe_proxy.stall()
-    asia, na = uuid.uuid4(), uuid.uuid4()
-    faulty = tp_config(migrated, SHIFT + 1, "commit-links-faulty")
-    state = Path(migrated.cluster.state_dir)
-    with running_router(faulty, state / "router-commit-links-faulty.toml",
-                        {FAULT_ENV: "after_decision"}) as proc:
-        async with await client.connect(proc.dsn, token=TOKEN) as db:
-            tx = db.transaction()
-            await tx.start()
-            await tx.execute(INSERT, asia, "asia", "links")  # asia coordinates
-            await tx.execute(INSERT, na, "north_america", "links")  # prepared
-            with pytest.raises(client.ConnectionLostError):
-                await tx.commit()
-        assert proc.proc.wait(timeout=20) == FAULT_EXIT_CODE
-    assert (await rows_of(primaries, asia))["asia"] == 1  # decided: commit
-
-    async def na_settled() -> bool:
-        return not (await prepared(primaries))["north_america"]
-
-    settled = True
-    try:
-        await wait_until(na_settled, within=10, what="north_america's branch to be committed")
-    except AssertionError:
-        settled = False
-    finally:
-        europe_proxy.resume()
-    await wait_until(lambda: none_prepared(primaries), within=30, what="everything settled")
-    assert (await rows_of(primaries, na))["north_america"] == 1
-    assert settled, ("north_america's prepared branch (decided commit on asia) stayed prepared, "
-                     "holding its locks, for 10 s while europe's link was stalled")

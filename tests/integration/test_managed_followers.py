@@ -23,6 +23,7 @@ from router.core.conninfo import format_conninfo, parse_conninfo, sql_literal
 from router.tools.db.health_report import check_health
 from router.tools.db.migrate import migrate
 from router.tools.localcluster import LocalCluster
+from router.tools.localcluster.failover_ops import agreed_primary
 from router.tools.localcluster.layout import existing_layout
 from tests.integration.conftest import wait_until
 from tests.integration.test_heartbeat import heartbeat_report, peer_states
@@ -84,6 +85,22 @@ async def follows(local: LocalCluster, db: client.Client, replica: str, row: uui
                     and [r[0] for r in rows] == ["after"])
 
     await wait_until(read_from_it, within=10, what=f"reads served by {replica}")
+
+
+async def arrange(local: LocalCluster, primary: str) -> None:
+    """europe as a test needs it, whatever the tests before left: `primary` writable and the
+    other two nodes running standbys of it, so each test also passes alone."""
+    agreed, said = await agreed_primary(local.runner(), local.shard_nodes("europe"))
+    for name, row in said.items():  # stopped, or writable on an old timeline: a standby again
+        if name != agreed.name and (row is None or not row[0]):
+            await asyncio.to_thread(local.rejoin, name)
+    if agreed.name != primary:
+        await asyncio.to_thread(local.switchover, "europe", primary)
+    conn = await asyncpg.connect(local.dsn(primary))
+    try:
+        await conn.execute(SCRATCH_DDL)  # (the first test makes it through a router)
+    finally:
+        await conn.close()
 
 
 async def routers_see(routers: list[Any], primary: str, standbys_up: Sequence[str]) -> bool:
@@ -195,7 +212,7 @@ async def test_a_replica_down_during_the_promotion_follows_when_it_comes_back(
     names it unreachable; started again, it still asks the dead europe-2 for WAL, until the
     promoting router sees it up and re-points it at the new primary."""
     local, base = scratch
-    await asyncio.to_thread(local.rejoin, "europe-1")  # a standby of europe-2 again
+    await arrange(local, "europe-2")
     local.stop_node("europe-3")
     configs = managed_configs(base)[:2]
     with contextlib.ExitStack() as stack:
@@ -248,7 +265,7 @@ async def test_a_replica_whose_repoint_failed_is_tried_again_until_it_follows(
     promotion the promoter names the other standby failed; once the fault is gone it
     re-points it on a later try, and it replays the new primary's writes."""
     local, base = scratch
-    await asyncio.to_thread(local.rejoin, "europe-2")  # europe-1 primary, 2 and 3 standbys
+    await arrange(local, "europe-1")
     configs = managed_configs(base)[:2]
     layout = existing_layout(local.config)
     blockers = [layout.pgdata(n) / "postgresql.auto.conf.tmp" for n in ("europe-2", "europe-3")]

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import asyncpg
 
+import client
 from router.config import Config, TableConfig
 from router.tools.db.connect import connect_node
 from tests.support.router_proc import router_config
@@ -79,3 +80,14 @@ async def prepared(primaries: Primaries) -> dict[str, list[str]]:
 
 async def none_prepared(primaries: Primaries) -> bool:
     return not any((await prepared(primaries)).values())
+
+
+async def warm_pool(db: client.Client, shard: str, count: int = 3) -> None:
+    """Leave `count` idle pooled connections to `shard` in the router's pool."""
+    warm = [db.transaction(shard=shard) for _ in range(count)]
+    for tx in warm:
+        await tx.start()
+    for tx in warm:
+        await tx.fetch("SELECT 1")
+    for tx in warm:
+        await tx.commit()
