@@ -61,6 +61,9 @@ class FailoverConfig:
     mode: str = "off"
     down_after_seconds: float = 1.0
     write_buffer_seconds: float = 2.0
+    # Managed mode: where this node keeps each shard's newest timeline seen writable
+    # (router/ha/memory.py); "" = <cluster.state_dir>/failover-<node_name>.json.
+    state_file: str = ""
 
 
 def validate_ha(h: HeartbeatConfig, f: FailoverConfig, node_name: str) -> None:

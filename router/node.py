@@ -43,6 +43,7 @@ from router.engine.recovery import Recovery
 from router.engine.runtime import Runtime
 from router.errors import ConfigError
 from router.ha.heartbeat import HeartbeatService
+from router.ha.memory import FailoverMemory, memory_path
 from router.ha.monitor import LagMonitor
 from router.ha.shard_checks import ShardChecks
 from router.ha.sweeper import SilentLinkSweeper
@@ -114,7 +115,10 @@ class RouterNode:
             docstore=self.docstore, auth_token=token, report=self.topology_report,
             spawn=self.spawn, closed=self._ended.set,
         )
-        self.monitor = LagMonitor(config, self.topology)
+        managed = FailoverMode(config.failover.mode) is FailoverMode.MANAGED
+        # Managed mode: each shard's newest timeline seen writable, kept across restarts.
+        self.memory = FailoverMemory(memory_path(config)) if managed else None
+        self.monitor = LagMonitor(config, self.topology, memory=self.memory)
         self.heartbeat = (HeartbeatService(config, lambda: self.topology)
                           if config.heartbeat.enabled else None)
         self.checks = ShardChecks(lambda: self.topology, lambda: self.config)
@@ -381,7 +385,7 @@ class RouterNode:
         # One step, no await: requests from here on read the new runtime whole.
         self.runtime = self.handler.runtime = self._runtime(new, fresh)
         self.limits = Limits.of(new)
-        self.monitor = LagMonitor(new, fresh)
+        self.monitor = LagMonitor(new, fresh, memory=self.memory)
         self.monitor.start()
         self.metrics.bind(fresh, self.runtime.classifier)
         for node in retired:
@@ -422,6 +426,11 @@ class RouterNode:
             "synchrony": ({"on": dict(self.synchrony.turned_on),
                            "off": dict(self.synchrony.turned_off)}
                           if self.synchrony is not None else None),
+            # managed mode: the floors kept across restarts (router/ha/memory.py)
+            "failover_memory": ({"file": str(self.memory.path),
+                                 "shards": self.memory.snapshot(),
+                                 "write_errors": self.memory.write_errors}
+                                if self.memory is not None else None),
         }
 
 

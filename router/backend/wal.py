@@ -31,6 +31,7 @@ __all__ = [
     "PRIMARY_POSITION_SQL",
     "REPLAY_POSITION",
     "REPLAY_POSITION_SQL",
+    "SYSTEM_ID_SQL",
     "TIMELINE_SQL",
     "UNKNOWN_LSN",
     "LsnReader",
@@ -73,6 +74,9 @@ TIMELINE_SQL = (
     "CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
     "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
 )
+# The cluster a node belongs to (initdb's; its replicas share it), asked once per connection
+# in managed mode (router/ha/memory.py). Any role may call pg_control_system().
+SYSTEM_ID_SQL = "SELECT system_identifier FROM pg_control_system()"
 # What the monitor asks every node each round: in recovery or not, its position, its timeline.
 NODE_STATE_SQL = f"SELECT pg_is_in_recovery(), {NODE_POSITION}, {TIMELINE_SQL}"
 

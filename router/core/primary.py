@@ -73,10 +73,11 @@ def choose_primary(current: str, nodes: Iterable[NodeSays],
     seen = list(nodes)
     writable = [n for n in seen if n.in_recovery is False]
     standby = {n.name for n in seen if n.in_recovery is True}
-    # Fenced stays fenced until the node says it is a standby; the primary is never fenced.
+    # Fenced stays fenced until the node says it is a standby. The primary is fenced only
+    # while no node is fit to be it and it is on a timeline older than the floor (below).
     sticky = {name for name in fenced_before if name not in standby}
-    if not writable:
-        fenced = frozenset(sticky - {current})
+    if not writable:  # (a current primary fenced as stale stays fenced while silent)
+        fenced = frozenset(sticky)
         return PrimaryChoice(current, fenced, ChoiceReason.NO_WRITABLE,
                              f"no node is writable; {current} stays the primary")
     # A fenced node comes back only on a timeline newer than any seen writable here (it
@@ -85,12 +86,16 @@ def choose_primary(current: str, nodes: Iterable[NodeSays],
                   if (n.name not in sticky and _timeline(n) >= timeline_floor)
                   or (timeline_floor > 0 and _timeline(n) > timeline_floor)]
     if not candidates:
+        # Even the current primary, when it is among them: a router restarted (its floor
+        # remembered, router/ha/memory.py) starts from router.toml's `primary` entry, which
+        # may be the old primary, back and writable, while the promoted one is silent.
         stale = sorted(n.name for n in writable)
-        fenced = frozenset((sticky | set(stale)) - {current})
+        fenced = frozenset(sticky | set(stale))
         return PrimaryChoice(current, fenced, ChoiceReason.STALE_ONLY,
                              f"only {', '.join(stale)} is writable, fenced or on a timeline "
                              f"older than {timeline_floor}: {current} stays the primary "
-                             "(no writes until it, or a newer promotion, answers)")
+                             + ("but is fenced " if current in fenced else "")
+                             + "(no writes until it, or a newer promotion, answers)")
     writable = candidates
     top = max(_timeline(n) for n in writable)
     best = sorted(n.name for n in writable if _timeline(n) == top)

@@ -22,12 +22,13 @@ import logging
 import asyncpg
 
 from router.backend.tls import connect_asyncpg
-from router.backend.wal import NODE_STATE_SQL, LsnReader
+from router.backend.wal import NODE_STATE_SQL, SYSTEM_ID_SQL, LsnReader
 from router.clock import SYSTEM_CLOCK, Clock
 from router.config import Config, FailoverMode
 from router.core.health import HealthEvent
 from router.core.primary import ChoiceReason, NodeSays, choose_primary
 from router.ha.discovery import NodeObservation, PrimaryWatch, Stay, StayReason
+from router.ha.memory import FailoverMemory
 from router.ha.topology import NodeState, ShardState, Topology
 
 __all__ = ["LagMonitor"]
@@ -47,8 +48,10 @@ class LagMonitor:
         config: Config,
         topology: Topology,
         clock: Clock = SYSTEM_CLOCK,  # the interval between rounds sleeps on it
+        memory: FailoverMemory | None = None,  # managed mode: floors kept across restarts
     ) -> None:
         self._config = config
+        self._memory = memory
         self._topology = topology
         self._clock = clock
         self._conns: dict[str, asyncpg.Connection] = {}
@@ -92,6 +95,12 @@ class LagMonitor:
             return conn
         conn = await connect_asyncpg(self._config.database, node.address,
                                      {"application_name": "georoute-monitor"})
+        if self._managed:
+            try:
+                node.system_id = str(await conn.fetchval(SYSTEM_ID_SQL))
+            except BaseException:
+                conn.terminate()
+                raise
         self._conns[node.name] = conn
         return conn
 
@@ -222,11 +231,20 @@ class LagMonitor:
             self._clock_down.pop(shard.name, None)
         else:
             self._clock_down.setdefault(shard.name, now)
+        if self._memory is not None:  # what a restart would otherwise not know
+            answered = [n.system_id for n, row in zip(nodes, rows, strict=True)
+                        if row is not None]
+            shard.timeline_floor = max(shard.timeline_floor,
+                                       self._memory.floor(shard.name, answered))
         choice = choose_primary(shard.primary.name, said,
                                 {n.name for n in nodes if n.fenced}, shard.timeline_floor)
         chosen = next(n for n in said if n.name == choice.primary)
         if chosen.in_recovery is False and chosen.timeline is not None:
             shard.timeline_floor = max(shard.timeline_floor, chosen.timeline)
+            if self._memory is not None:  # on disk before its writes go there
+                self._memory.keep(shard.name, next(n for n in nodes
+                                                   if n.name == chosen.name).system_id,
+                                  shard.timeline_floor)
         for node in nodes:
             fenced = node.name in choice.fenced
             if fenced and not node.fenced:

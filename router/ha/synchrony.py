@@ -103,8 +103,9 @@ class Synchrony:
                 if stale is not None:
                     stale.terminate()
             self._primaries[shard.name] = shard.primary.name
+        # A fenced primary (stale: router/core/primary.py) is not this shard's to set up.
         await asyncio.gather(*(self._keep(config, s.name, s.primary.name, s.primary.address)
-                               for s in shards))
+                               for s in shards if not s.primary.fenced))
 
     async def _keep(self, config: Config, shard: str, node: str, address: NodeAddress) -> None:
         conn = self._conns.get(node)

@@ -37,6 +37,7 @@ class NodeState:
     lag_bytes: int | None = None  # replicas: primary's position minus replay position
     in_recovery: bool | None = None  # what it said at the last probe (None: no answer)
     timeline: int | None = None  # a writable node's timeline at the last probe
+    system_id: str | None = None  # its cluster's system identifier (managed mode, on connect)
     last_error: str | None = None
     # Managed failover: an old primary writable on an older timeline, or a second writable
     # node (router/core/primary.py). It gets no writes and no reads until it is a standby.
@@ -209,6 +210,7 @@ class Topology:
                 "nodes": [n.snapshot() for n in s.nodes()],
                 "primary_decision": s.primary_decision,
                 "fenced": [n.name for n in s.nodes() if n.fenced],
+                "timeline_floor": s.timeline_floor,
                 "failovers": list(s.failovers),
             }
             for name, s in self.shards.items()

@@ -23,7 +23,6 @@ from router.core.conninfo import format_conninfo, parse_conninfo, sql_literal
 from router.tools.db.health_report import check_health
 from router.tools.db.migrate import migrate
 from router.tools.localcluster import LocalCluster
-from router.tools.localcluster.failover_ops import agreed_primary
 from router.tools.localcluster.layout import existing_layout
 from tests.integration.conftest import wait_until
 from tests.integration.test_heartbeat import heartbeat_report, peer_states
@@ -36,7 +35,7 @@ from tests.integration.test_managed_failover import (
 )
 from tests.support.ids import new_id
 from tests.support.router_proc import SCRATCH_DDL, TOKEN
-from tests.support.scratch import scratch_cluster, with_third_node
+from tests.support.scratch import arrange_shard, scratch_cluster, with_third_node
 
 SCRATCH_OFFSET = 6800  # far from the session's cluster and the other scratch ones
 
@@ -88,14 +87,8 @@ async def follows(local: LocalCluster, db: client.Client, replica: str, row: uui
 
 
 async def arrange(local: LocalCluster, primary: str) -> None:
-    """europe as a test needs it, whatever the tests before left: `primary` writable and the
-    other two nodes running standbys of it, so each test also passes alone."""
-    agreed, said = await agreed_primary(local.runner(), local.shard_nodes("europe"))
-    for name, row in said.items():  # stopped, or writable on an old timeline: a standby again
-        if name != agreed.name and (row is None or not row[0]):
-            await asyncio.to_thread(local.rejoin, name)
-    if agreed.name != primary:
-        await asyncio.to_thread(local.switchover, "europe", primary)
+    """europe with `primary` writable, the two others its standbys, rt_items there."""
+    await arrange_shard(local, "europe", primary)
     conn = await asyncpg.connect(local.dsn(primary))
     try:
         await conn.execute(SCRATCH_DDL)  # (the first test makes it through a router)

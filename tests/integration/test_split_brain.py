@@ -16,6 +16,7 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ from tests.integration.test_managed_failover import (
     topology,
 )
 from tests.support.router_proc import SCRATCH_DDL, TOKEN
-from tests.support.scratch import scratch_cluster
+from tests.support.scratch import arrange_shard, scratch_cluster
 
 SCRATCH_OFFSET = 7150  # apart from the other scratch clusters
 
@@ -120,3 +121,64 @@ async def test_fenced_old_primary_is_not_written_when_the_new_primary_freezes(
             f"a write was acknowledged on the fenced old primary {old} (timeline 1) while "
             f"{new} (timeline 2) was frozen: split brain (client told success: {told_ok})")
         assert not told_ok  # no primary to take it: the client is told it failed
+
+
+async def test_restarted_routers_do_not_take_the_old_primary_while_the_new_one_is_down(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    """After a managed failover every router stops, then the promoted primary does, and the
+    old primary comes back, writable on its older timeline. Routers started again begin from
+    router.toml, whose `primary` entry names the old one: they made it the primary and took
+    writes there, lost when the promoted one came back (the last audit's "left" case). They
+    now remember each shard's newest timeline on disk (router/ha/memory.py): the old primary
+    is fenced from their first round, writes fail, and the promoted one is followed when it
+    answers."""
+    local, base = scratch
+    shard = "europe"
+    await arrange_shard(local, shard, "europe-1")  # router.toml's `primary` entry
+    configs = managed_configs(base)
+    paths = [local.state_dir / f"router-r{i}.toml" for i in range(len(configs))]
+
+    def started(stack: contextlib.ExitStack) -> list[Any]:
+        return [stack.enter_context(start_router(c, p, SECRET))
+                for c, p in zip(configs, paths, strict=True)]
+
+    async def primary_everywhere(routers: list[Any], name: str) -> bool:
+        return {(await topology(p))["shards"][shard]["primary"] for p in routers} == {name}
+
+    acked = uuid.uuid4()
+    with contextlib.ExitStack() as stack:
+        routers = started(stack)
+        async with await client.connect(routers[0].dsn, token=TOKEN) as db:
+            await db.execute(SCRATCH_DDL, shard=shard)
+            local.stop_node("europe-1")  # immediate: as a crash
+            await wait_until(lambda: primary_everywhere(routers, "europe-2"), within=30,
+                             what="europe-2 promoted")
+            await db.execute(INSERT_IN, acked, shard)  # on the new timeline only
+        floor = (await topology(routers[0]))["shards"][shard]["timeline_floor"]
+    local.stop_node("europe-2")
+    local.start_node("europe-1")  # writable again, on the old timeline
+    marker = uuid.uuid4()
+    told_ok = False
+    with contextlib.ExitStack() as stack:
+        routers = started(stack)
+        async with await client.connect(routers[0].dsn, token=TOKEN) as db:
+            with contextlib.suppress(client.GeorouteError, TimeoutError):
+                await asyncio.wait_for(db.execute(INSERT_IN, marker, shard), 15)
+                told_ok = True
+            views = [(await topology(p))["shards"][shard] for p in routers]
+            on_old = await fetch_ids(local.dsn("europe-1"))
+            assert marker not in on_old, (
+                f"a restarted router wrote to europe-1, the old primary, while europe-2 "
+                f"(timeline {floor}) was down: split brain (client told success: {told_ok})")
+            assert not told_ok
+            assert all(v["fenced"] == ["europe-1"] and v["timeline_floor"] == floor
+                       for v in views), views
+            local.start_node("europe-2")
+            await wait_until(lambda: primary_everywhere(routers, "europe-2"), within=30,
+                             what="the restarted routers follow europe-2")
+            after = uuid.uuid4()
+            await db.execute(INSERT_IN, after, shard)
+            fenced = [(await topology(p))["shards"][shard]["fenced"] for p in routers]
+        assert {acked, after} <= await fetch_ids(local.dsn("europe-2"))
+        assert fenced == [["europe-1"]] * len(routers)

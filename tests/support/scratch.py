@@ -3,6 +3,7 @@ cluster (which other test sessions may share) is never disturbed."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
@@ -11,6 +12,7 @@ from pathlib import Path
 from router.config import Config, NodeAddress
 from router.tools.config_write import with_port_offset
 from router.tools.localcluster import LocalCluster
+from router.tools.localcluster.failover_ops import agreed_primary
 
 
 def with_third_node(config: Config, shard: str) -> Config:
@@ -35,3 +37,15 @@ def scratch_cluster(test_config: Config, offset: int,
         yield local, config  # what it had started, e.g. the document store, rather than leak it
     finally:
         local.down(purge=True)
+
+
+async def arrange_shard(local: LocalCluster, shard: str, primary: str) -> None:
+    """`shard` as a test needs it, whatever the tests before it left: `primary` writable and
+    every other node a running standby of it (stopped ones, and old primaries writable on an
+    older timeline, are rejoined), so each test also passes alone."""
+    agreed, said = await agreed_primary(local.runner(), local.shard_nodes(shard))
+    for name, row in said.items():
+        if name != agreed.name and (row is None or not row[0]):
+            await asyncio.to_thread(local.rejoin, name)
+    if agreed.name != primary:
+        await asyncio.to_thread(local.switchover, shard, primary)

@@ -89,6 +89,29 @@ def test_a_node_on_an_older_timeline_than_seen_is_not_chosen_even_unfenced() -> 
     assert (choice.primary, choice.fenced) == ("europe-2", frozenset({"europe-1"}))
 
 
+def test_a_current_primary_on_a_stale_timeline_is_fenced_too() -> None:
+    """A router restarted after a failover starts from router.toml's `primary` entry,
+    europe-1: the old primary, back and writable on timeline 1, while europe-2 (timeline 2,
+    remembered as the floor) is silent. europe-1 stays named the primary but is fenced: it
+    takes no writes (it took them, and they were lost when timeline 2 came back)."""
+    choice = choose_primary("europe-1", [says("europe-1", False, 1), says("europe-2", None)],
+                            set(), timeline_floor=2)
+    assert (choice.primary, choice.fenced) == ("europe-1", frozenset({"europe-1"}))
+    assert choice.reason is ChoiceReason.STALE_ONLY and "fenced" in choice.detail
+    # It stays fenced while it is silent, and while it is writable on the old timeline ...
+    silent = choose_primary("europe-1", [says("europe-1", None), says("europe-2", None)],
+                            choice.fenced, timeline_floor=2)
+    assert silent.fenced == frozenset({"europe-1"})
+    # ... and europe-2 is followed when it answers; europe-1 stays fenced.
+    back = choose_primary("europe-1", [says("europe-1", False, 1), says("europe-2", False, 2)],
+                          choice.fenced, timeline_floor=2)
+    assert (back.primary, back.fenced) == ("europe-2", frozenset({"europe-1"}))
+    # Rejoined (a standby), it is no longer fenced.
+    rejoined = choose_primary("europe-2", [says("europe-1", True), says("europe-2", False, 2)],
+                              back.fenced, timeline_floor=2)
+    assert (rejoined.primary, rejoined.fenced) == ("europe-2", frozenset())
+
+
 def state(name: str, in_recovery: bool | None, received: int | None = None,
           replayed: int | None = None, timeline: int | None = None) -> ShardNodeState:
     return ShardNodeState(name, in_recovery, received, replayed, timeline)
