@@ -119,7 +119,7 @@ class RouterNode:
         # Managed mode: each shard's newest timeline seen writable, kept across restarts.
         self.memory = FailoverMemory(memory_path(config)) if managed else None
         self.monitor = LagMonitor(config, self.topology, memory=self.memory)
-        self.heartbeat = (HeartbeatService(config, lambda: self.topology)
+        self.heartbeat = (HeartbeatService(config, lambda: self.topology, memory=self.memory)
                           if config.heartbeat.enabled else None)
         self.checks = ShardChecks(lambda: self.topology, lambda: self.config)
         self.synchrony: Synchrony | None = None  # managed failover only (startup)

@@ -35,6 +35,7 @@ from router.core.health import NodeHealth
 from router.core.membership import Membership, MembershipTiming, MemberView, PeerState, Transition
 from router.core.reconcile import reconciler_for
 from router.errors import ConfigError
+from router.ha.memory import FailoverMemory
 from router.ha.promoter import Promoter
 from router.ha.topology import Topology
 
@@ -82,7 +83,7 @@ class HeartbeatService:
     time). `topology` is asked each round, as a reload replaces the daemon's."""
 
     def __init__(self, config: Config, topology: Callable[[], Topology],
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, memory: FailoverMemory | None = None) -> None:
         h = config.heartbeat
         key = heartbeat_key(config)  # first: no secret, no start
         self._config = h
@@ -90,8 +91,10 @@ class HeartbeatService:
         self._clock = clock
         self.node_name = config.router.node_name
         self.peer_addresses = h.peer_addresses()
-        # wall clock on purpose: newer across restarts (nanoseconds, as the protocol carries)
-        self.incarnation = int(clock.wall() * 1_000_000_000)
+        # wall clock on purpose: newer across restarts (nanoseconds, as the protocol carries);
+        # with a memory (managed mode), never older than the last start's, whatever the clock
+        wall = int(clock.wall() * 1_000_000_000)
+        self.incarnation = wall if memory is None else memory.next_incarnation(wall)
         self.sender = HeartbeatSender(key, self.node_name, self.incarnation)
         self.receiver = HeartbeatReceiver(key, self.peer_addresses)
         timing = MembershipTiming(h.suspect_after_seconds, h.dead_after_seconds,

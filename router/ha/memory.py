@@ -1,6 +1,7 @@
 """What a router node in managed mode keeps on disk across restarts: the newest timeline it has
 seen each shard's primary writable on (the shard's `timeline_floor`, router/core/primary.py),
-with the PostgreSQL system identifier of the cluster it was seen in.
+with the PostgreSQL system identifier of the cluster it was seen in; and its last heartbeat
+incarnation, so the next is newer even if the wall clock stepped back meanwhile.
 
 Without it, a router restarted while a shard's promoted primary is unreachable knows no floor:
 if the old primary is back and writable on its older timeline, it becomes the primary again
@@ -45,8 +46,17 @@ def memory_path(config: Config) -> Path:
 class FailoverMemory:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._floors: dict[str, tuple[str, int]] = _read(path)  # shard -> (system id, timeline)
+        # shard -> (system id, timeline); and the last start's heartbeat incarnation
+        self._floors, self._incarnation = _read(path)
         self.write_errors = 0
+
+    def next_incarnation(self, wall_ns: int) -> int:
+        """This start's heartbeat incarnation: its wall time in ns, or one more than the last
+        start's when the clock stands behind that (stepped back while the router was down:
+        its peers would drop every heartbeat as replayed). Kept at once."""
+        self._incarnation = max(wall_ns, self._incarnation + 1)
+        self._save("heartbeat incarnation")
+        return self._incarnation
 
     def floor(self, shard: str, identities: Iterable[str | None]) -> int:
         """The timeline floor remembered for `shard`, once one of `identities` (the system
@@ -70,31 +80,38 @@ class FailoverMemory:
         if identity is None or self._floors.get(shard) == (identity, timeline):
             return
         self._floors[shard] = (identity, timeline)
+        self._save(f"shard {shard}'s timeline {timeline}")
+
+    def _save(self, what: str) -> None:
         try:
-            _write(self.path, self._floors)
+            _write(self.path, self._floors, self._incarnation)
         except OSError as exc:
             self.write_errors += 1
-            log.error("cannot keep shard %s's timeline %d in %s: %s (a restart of this router "
-                      "will not know it)", shard, timeline, self.path, exc)
+            log.error("cannot keep the %s in %s: %s (a restart of this router will not know "
+                      "it)", what, self.path, exc)
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         return {shard: {"system_identifier": ident, "timeline": timeline}
                 for shard, (ident, timeline) in sorted(self._floors.items())}
 
 
-def _read(path: Path) -> dict[str, tuple[str, int]]:
+def _read(path: Path) -> tuple[dict[str, tuple[str, int]], int]:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        return {}
+        return {}, 0
     except (OSError, ValueError) as exc:
         log.error("cannot read the failover memory %s: %s (started without it)", path, exc)
-        return {}
+        return {}, 0
     shards = raw.get("shards") if isinstance(raw, dict) else None
     if not isinstance(shards, dict) or raw.get("version") != FORMAT_VERSION:
         log.error("the failover memory %s is not version %d's shape: started without it",
                   path, FORMAT_VERSION)
-        return {}
+        return {}, 0
+    incarnation = raw.get("incarnation", 0)
+    if not isinstance(incarnation, int) or isinstance(incarnation, bool) or incarnation < 0:
+        log.error("the failover memory %s has a bad incarnation: ignored", path)
+        incarnation = 0
     floors: dict[str, tuple[str, int]] = {}
     for shard, entry in shards.items():
         ident = entry.get("system_identifier") if isinstance(entry, dict) else None
@@ -105,12 +122,12 @@ def _read(path: Path) -> dict[str, tuple[str, int]]:
         else:
             log.error("the failover memory %s has a bad entry for shard %s: skipped", path,
                       shard)
-    return floors
+    return floors, incarnation
 
 
-def _write(path: Path, floors: dict[str, tuple[str, int]]) -> None:
+def _write(path: Path, floors: dict[str, tuple[str, int]], incarnation: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = json.dumps({"version": FORMAT_VERSION, "shards": {
+    body = json.dumps({"version": FORMAT_VERSION, "incarnation": incarnation, "shards": {
         shard: {"system_identifier": ident, "timeline": timeline}
         for shard, (ident, timeline) in sorted(floors.items())}}, indent=1)
     temporary = path.with_name(path.name + ".tmp")

@@ -93,3 +93,16 @@ def test_where_it_lives(test_config: Config, tmp_path: Path) -> None:
     assert memory_path(chosen) == Path("/var/lib/g/m.json")
     relative = replace(config, failover=replace(config.failover, state_file="m.json"))
     assert memory_path(relative) == tmp_path / "etc" / "m.json"
+
+
+def test_each_start_takes_an_incarnation_newer_than_the_last_whatever_the_clock(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "m.json"
+    assert FailoverMemory(path).next_incarnation(5_000) == 5_000
+    assert FailoverMemory(path).next_incarnation(4_000) == 5_001  # the clock stepped back
+    assert FailoverMemory(path).next_incarnation(9_000) == 9_000
+    raw = json.loads(path.read_text())
+    raw["incarnation"] = "soon"
+    path.write_text(json.dumps(raw))
+    assert FailoverMemory(path).next_incarnation(100) == 100  # a bad one is ignored

@@ -23,6 +23,7 @@ from router.core.health import HealthEvent
 from router.core.membership import PeerState
 from router.engine.idempotency import run_sweeper, sweep_interval
 from router.ha.heartbeat import HeartbeatService
+from router.ha.memory import FailoverMemory
 from router.ha.monitor import LagMonitor
 from router.ha.topology import NodeState, Topology
 from router.types import Role
@@ -248,3 +249,27 @@ async def test_the_sweeper_wakes_once_per_interval() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_a_restart_after_the_wall_clock_stepped_back_is_still_a_newer_incarnation(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """A router node restarted after its wall clock stepped back behind its last start: with
+    the incarnation its wall time alone, its peers dropped every heartbeat as replayed until
+    they restarted. In managed mode its failover memory keeps the last incarnation, and the
+    next one is newer whatever the clock says."""
+    monkeypatch.setenv("HB_FAKE_CLOCK_SECRET", SECRET)
+    config = _config(9)
+    topology = Topology.from_config(config)
+    memory_file = tmp_path / "failover-router-1.json"
+    first = HeartbeatService(config, lambda: topology, clock=FakeClock(wall_start=2e9),
+                             memory=FailoverMemory(memory_file))
+    stepped = FakeClock(wall_start=2e9 - 3600)  # an hour back
+    plain = HeartbeatService(config, lambda: topology, clock=stepped)
+    again = HeartbeatService(config, lambda: topology, clock=stepped,
+                             memory=FailoverMemory(memory_file))
+    receiver = HeartbeatReceiver(SECRET.encode(), {"router-1": ("127.0.0.1", 0)})
+    assert isinstance(receiver.receive(first.sender.encode({}, {})), Heartbeat)
+    assert not isinstance(receiver.receive(plain.sender.encode({}, {})), Heartbeat)  # the bug
+    assert isinstance(receiver.receive(again.sender.encode({}, {})), Heartbeat)
+    assert again.incarnation == first.incarnation + 1
