@@ -27,7 +27,7 @@ re-point then is found later from what it says (router/core/reconcile.py), not r
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from protocol.heartbeat import ReportedHealth
@@ -192,15 +192,22 @@ class GiveUp:
 PromotionStep = PromoteNow | Adopt | GiveUp
 
 
-def decide_promotion(old_primary: str, nodes: Sequence[ShardNodeState]) -> PromotionStep:
+def decide_promotion(old_primary: str, nodes: Sequence[ShardNodeState],
+                     stale: Set[str] = frozenset(), timeline_floor: int = 0) -> PromotionStep:
     """Idempotent: the same snapshot gives the same step, and after a promotion every snapshot
     gives Adopt, so a promoter that runs twice, or two that run one after the other, promote
     once. The replica is the most advanced by WAL received (then replayed; the lowest name on
-    a tie), which may differ from the plan's choice on replay alone: the data decides."""
+    a tie), which may differ from the plan's choice on replay alone: the data decides.
+
+    A writable node that is `stale` (fenced by the monitor) or on a timeline older than
+    `timeline_floor` (router/core/primary.py) is an old primary back, not a promotion to
+    adopt: adopting one re-pointed the standbys at it, which cannot follow an older timeline,
+    and promoted nothing (found with a router restarted after a failover)."""
     old = next((n for n in nodes if n.name == old_primary), None)
     if old is not None and old.in_recovery is False:
         return GiveUp(f"{old_primary} answers and is writable again: no failover")
-    promoted = sorted((n for n in nodes if n.name != old_primary and n.in_recovery is False),
+    promoted = sorted((n for n in nodes if n.name != old_primary and n.in_recovery is False
+                       and n.name not in stale and (n.timeline or 0) >= timeline_floor),
                       key=lambda n: (-(n.timeline or 0), n.name))
     if promoted:
         first = promoted[0]

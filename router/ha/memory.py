@@ -10,7 +10,10 @@ promoted one answers. Remembered, the floor keeps it fenced from the first round
 
 The identifier tells a rebuilt cluster (initdb again: timelines start at 1) from the one the
 floor was seen in: a floor is used once a node of the shard says it belongs to the same
-cluster, and forgotten when the nodes that answer all say they belong to another.
+cluster, and forgotten when the nodes that answer all say they belong to another. The node
+that was the primary on it is kept too: a restarted router starts from it rather than from
+router.toml's `primary` entry, so a promoted primary that is down is seen as the shard's
+primary down (a standby may be promoted) rather than an old primary back.
 
 The file is `[failover] state_file` (default `<cluster.state_dir>/failover-<node_name>.json`;
 a relative path is under router.toml's directory). It is written, whole, through a temporary
@@ -24,11 +27,12 @@ import json
 import logging
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from router.config import Config
 
-__all__ = ["FailoverMemory", "memory_path"]
+__all__ = ["FailoverMemory", "Kept", "Recalled", "memory_path"]
 
 log = logging.getLogger("georoute.failover")
 
@@ -43,11 +47,28 @@ def memory_path(config: Config) -> Path:
     return (base / name).resolve()
 
 
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """One shard's entry: the newest timeline seen writable, in which cluster, and the node
+    that was the primary on it."""
+
+    system_id: str
+    timeline: int
+    primary: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    timeline: int  # the floor
+    primary: str | None  # where this router left the shard's writes; only the first time
+
+
 class FailoverMemory:
     def __init__(self, path: Path) -> None:
         self.path = path
-        # shard -> (system id, timeline); and the last start's heartbeat incarnation
-        self._floors, self._incarnation = _read(path)
+        # shard -> its entry; and the last start's heartbeat incarnation
+        self._kept, self._incarnation = _read(path)
+        self._recalled: set[str] = set()  # shards whose primary was given back once
         self.write_errors = 0
 
     def next_incarnation(self, wall_ns: int) -> int:
@@ -58,44 +79,51 @@ class FailoverMemory:
         self._save("heartbeat incarnation")
         return self._incarnation
 
-    def floor(self, shard: str, identities: Iterable[str | None]) -> int:
-        """The timeline floor remembered for `shard`, once one of `identities` (the system
-        identifiers its nodes answered with this round) is the one it was seen in; 0 when
-        none is remembered or none answered. Forgotten when they all name another cluster."""
-        kept = self._floors.get(shard)
+    def recall(self, shard: str, identities: Iterable[str | None]) -> Recalled | None:
+        """What is remembered of `shard`, once one of `identities` (the system identifiers its
+        nodes answered with this round) is the one it was seen in; None when nothing is
+        remembered or no node answered. Forgotten when they all name another cluster. The
+        primary is given the first time only: from then on the monitor's own choice leads."""
+        kept = self._kept.get(shard)
         if kept is None:
-            return 0
+            return None
         seen = {i for i in identities if i is not None}
-        if kept[0] in seen:
-            return kept[1]
+        if kept.system_id in seen:
+            first = shard not in self._recalled
+            self._recalled.add(shard)
+            return Recalled(kept.timeline, kept.primary if first else None)
         if seen:
             log.warning("shard %s's remembered timeline %d was seen in the cluster with system "
                         "identifier %s; its nodes now say %s: forgotten (a rebuilt cluster)",
-                        shard, kept[1], kept[0], ", ".join(sorted(seen)))
-            del self._floors[shard]
-        return 0
+                        shard, kept.timeline, kept.system_id, ", ".join(sorted(seen)))
+            del self._kept[shard]
+        return None
 
-    def keep(self, shard: str, identity: str | None, timeline: int) -> None:
-        """Remember `timeline` as `shard`'s floor (called when it rises), on disk first."""
-        if identity is None or self._floors.get(shard) == (identity, timeline):
+    def keep(self, shard: str, identity: str | None, timeline: int, primary: str) -> None:
+        """Remember `timeline` as `shard`'s floor, `primary` writable on it (called each
+        round; written when either changes), on disk before the writes go there."""
+        entry = None if identity is None else Kept(identity, timeline, primary)
+        if entry is None or self._kept.get(shard) == entry:
             return
-        self._floors[shard] = (identity, timeline)
+        self._kept[shard] = entry
+        self._recalled.add(shard)  # nothing older to give back
         self._save(f"shard {shard}'s timeline {timeline}")
 
     def _save(self, what: str) -> None:
         try:
-            _write(self.path, self._floors, self._incarnation)
+            _write(self.path, self._kept, self._incarnation)
         except OSError as exc:
             self.write_errors += 1
             log.error("cannot keep the %s in %s: %s (a restart of this router will not know "
                       "it)", what, self.path, exc)
 
     def snapshot(self) -> dict[str, dict[str, object]]:
-        return {shard: {"system_identifier": ident, "timeline": timeline}
-                for shard, (ident, timeline) in sorted(self._floors.items())}
+        return {shard: {"system_identifier": k.system_id, "timeline": k.timeline,
+                        "primary": k.primary}
+                for shard, k in sorted(self._kept.items())}
 
 
-def _read(path: Path) -> tuple[dict[str, tuple[str, int]], int]:
+def _read(path: Path) -> tuple[dict[str, Kept], int]:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
@@ -112,24 +140,26 @@ def _read(path: Path) -> tuple[dict[str, tuple[str, int]], int]:
     if not isinstance(incarnation, int) or isinstance(incarnation, bool) or incarnation < 0:
         log.error("the failover memory %s has a bad incarnation: ignored", path)
         incarnation = 0
-    floors: dict[str, tuple[str, int]] = {}
+    floors: dict[str, Kept] = {}
     for shard, entry in shards.items():
         ident = entry.get("system_identifier") if isinstance(entry, dict) else None
         timeline = entry.get("timeline") if isinstance(entry, dict) else None
+        primary = entry.get("primary") if isinstance(entry, dict) else None
         if (isinstance(ident, str) and isinstance(timeline, int)
-                and not isinstance(timeline, bool) and timeline > 0):
-            floors[str(shard)] = (ident, timeline)
+                and not isinstance(timeline, bool) and timeline > 0
+                and (primary is None or isinstance(primary, str))):
+            floors[str(shard)] = Kept(ident, timeline, primary)
         else:
             log.error("the failover memory %s has a bad entry for shard %s: skipped", path,
                       shard)
     return floors, incarnation
 
 
-def _write(path: Path, floors: dict[str, tuple[str, int]], incarnation: int) -> None:
+def _write(path: Path, kept: dict[str, Kept], incarnation: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     body = json.dumps({"version": FORMAT_VERSION, "incarnation": incarnation, "shards": {
-        shard: {"system_identifier": ident, "timeline": timeline}
-        for shard, (ident, timeline) in sorted(floors.items())}}, indent=1)
+        shard: {"system_identifier": k.system_id, "timeline": k.timeline, "primary": k.primary}
+        for shard, k in sorted(kept.items())}}, indent=1)
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "w") as f:
         f.write(body + "\n")

@@ -231,20 +231,25 @@ class LagMonitor:
             self._clock_down.pop(shard.name, None)
         else:
             self._clock_down.setdefault(shard.name, now)
+        current = shard.primary.name
         if self._memory is not None:  # what a restart would otherwise not know
-            answered = [n.system_id for n, row in zip(nodes, rows, strict=True)
-                        if row is not None]
-            shard.timeline_floor = max(shard.timeline_floor,
-                                       self._memory.floor(shard.name, answered))
-        choice = choose_primary(shard.primary.name, said,
-                                {n.name for n in nodes if n.fenced}, shard.timeline_floor)
+            recalled = self._memory.recall(shard.name, [
+                n.system_id for n, row in zip(nodes, rows, strict=True) if row is not None])
+            if recalled is not None:
+                shard.timeline_floor = max(shard.timeline_floor, recalled.timeline)
+                if recalled.primary is not None and any(n.name == recalled.primary
+                                                        for n in nodes):
+                    current = recalled.primary  # where this router left the shard's writes
+        choice = choose_primary(current, said, {n.name for n in nodes if n.fenced},
+                                shard.timeline_floor)
         chosen = next(n for n in said if n.name == choice.primary)
         if chosen.in_recovery is False and chosen.timeline is not None:
             shard.timeline_floor = max(shard.timeline_floor, chosen.timeline)
-            if self._memory is not None:  # on disk before its writes go there
+            if self._memory is not None and chosen.timeline == shard.timeline_floor:
+                # on disk before its writes go there
                 self._memory.keep(shard.name, next(n for n in nodes
                                                    if n.name == chosen.name).system_id,
-                                  shard.timeline_floor)
+                                  shard.timeline_floor, chosen.name)
         for node in nodes:
             fenced = node.name in choice.fenced
             if fenced and not node.fenced:

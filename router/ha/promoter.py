@@ -269,7 +269,8 @@ class Promoter:
                     await conns[name].execute(LOCK_SQL, lock)
             states = await asyncio.gather(*(self._state(n.name, conns.get(n.name))
                                             for n in nodes))
-            step = decide_promotion(old, states)
+            step = decide_promotion(old, states, {n.name for n in nodes if n.fenced},
+                                    shard.timeline_floor)
             match step:
                 case GiveUp(reason=reason):
                     self._said(plan.shard, f"giveup: {reason}")

@@ -510,3 +510,57 @@ async def test_a_standby_that_names_a_node_not_configured_is_left_alone(
             assert (await settings(local.dsn(chosen)))[0] == by_hand
     finally:
         await set_conninfo(conninfo)
+
+
+async def test_restarted_routers_promote_the_standby_when_the_promoted_primary_is_down(
+    scratch: tuple[LocalCluster, Config],
+) -> None:
+    """After a managed failover (europe-1 killed, europe-2 promoted, europe-3 following it)
+    the routers stop, europe-2 stops, and europe-1 comes back writable on its older timeline.
+    Routers started again remember the shard's newest timeline and the node that was the
+    primary on it (router/ha/memory.py): they fence europe-1, see europe-2 (their primary)
+    down, and promote europe-3, which has every acknowledged write. Starting from
+    router.toml's `primary` entry instead, they saw europe-1 up and promoted nothing; before
+    the floor was kept, they wrote to europe-1."""
+    local, base = scratch
+    await arrange(local, "europe-1")
+    configs = managed_configs(base)[:2]  # two of the three configured: a majority
+    paths = [local.state_dir / f"router-m{i}.toml" for i in range(len(configs))]
+    europe = base.shards["europe"].number
+
+    def started(stack: contextlib.ExitStack) -> list[Any]:
+        return [stack.enter_context(start_router(c, p, SECRET))
+                for c, p in zip(configs, paths, strict=True)]
+
+    async def primary_is(routers: list[Any], name: str) -> bool:
+        return {(await topology(p))["shards"]["europe"]["primary"] for p in routers} == {name}
+
+    acked = new_id(europe)
+    with contextlib.ExitStack() as stack:
+        routers = started(stack)
+        await wait_until(lambda: routers_see(routers, "europe-1", ["europe-2", "europe-3"]),
+                         within=30, what="routers on europe-1, two standbys up")
+        local.stop_node("europe-1")  # immediate: as a crash
+        await wait_until(lambda: primary_is(routers, "europe-2"), within=30,
+                         what="europe-2 promoted")
+        async with await client.connect(routers[0].dsn, token=TOKEN) as db:
+            await db.execute(INSERT, acked, "acked")
+
+        async def on_europe_3() -> bool:
+            return await has_row(local.dsn("europe-3"), acked)
+
+        await wait_until(on_europe_3, within=20, what="europe-3 follows europe-2")
+    local.stop_node("europe-2")
+    local.start_node("europe-1")  # writable again, on the old timeline
+    with contextlib.ExitStack() as stack:
+        routers = started(stack)
+        await wait_until(lambda: primary_is(routers, "europe-3"), within=45,
+                         what="the restarted routers promote europe-3")
+        after = new_id(europe)
+        async with await client.connect(routers[0].dsn, token=TOKEN) as db:
+            await db.execute(INSERT, after, "after")
+        views = [(await topology(p))["shards"]["europe"] for p in routers]
+        assert all(v["fenced"] == ["europe-1"] for v in views), views
+    assert await has_row(local.dsn("europe-3"), acked)
+    assert await has_row(local.dsn("europe-3"), after)
+    assert not await has_row(local.dsn("europe-1"), after)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from router.config import Config
-from router.ha.memory import FailoverMemory, memory_path
+from router.ha.memory import FailoverMemory, Recalled, memory_path
 
 CLUSTER = "7412345678901234567"
 REBUILT = "7499999999999999999"
@@ -20,13 +20,14 @@ REBUILT = "7499999999999999999"
 def test_a_kept_floor_is_read_back_by_the_next_start(tmp_path: Path) -> None:
     path = tmp_path / "state" / "failover-r1.json"
     first = FailoverMemory(path)
-    first.keep("europe", CLUSTER, 1)
-    first.keep("europe", CLUSTER, 2)
-    first.keep("asia", CLUSTER, 1)
+    first.keep("europe", CLUSTER, 1, "europe-1")
+    first.keep("europe", CLUSTER, 2, "europe-2")
+    first.keep("asia", CLUSTER, 1, "asia-1")
     again = FailoverMemory(path)
-    assert again.floor("europe", [None, CLUSTER]) == 2
-    assert again.floor("asia", [CLUSTER]) == 1
-    assert again.floor("north_america", [CLUSTER]) == 0  # never seen
+    assert again.recall("europe", [None, CLUSTER]) == Recalled(2, "europe-2")
+    assert again.recall("europe", [CLUSTER]) == Recalled(2, None)  # the primary only once
+    assert again.recall("asia", [CLUSTER]) == Recalled(1, "asia-1")
+    assert again.recall("north_america", [CLUSTER]) is None  # never seen
     assert not list(path.parent.glob("*.tmp"))
 
 
@@ -34,16 +35,16 @@ def test_a_floor_waits_for_a_node_of_its_cluster_and_is_forgotten_for_another(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "m.json"
-    FailoverMemory(path).keep("europe", CLUSTER, 3)
+    FailoverMemory(path).keep("europe", CLUSTER, 3, "europe-2")
     memory = FailoverMemory(path)
-    assert memory.floor("europe", []) == 0  # no node answered: not known yet
-    assert memory.floor("europe", [None]) == 0
-    assert memory.floor("europe", [CLUSTER]) == 3  # still there: nothing was forgotten
+    assert memory.recall("europe", []) is None  # no node answered: not known yet
+    assert memory.recall("europe", [None]) is None
+    assert memory.recall("europe", [CLUSTER]) == Recalled(3, "europe-2")  # nothing forgotten
     # initdb again (the cluster rebuilt, timelines from 1): the floor was another cluster's
-    assert memory.floor("europe", [REBUILT]) == 0
-    assert memory.floor("europe", [CLUSTER]) == 0  # forgotten, not just skipped
-    memory.keep("europe", REBUILT, 1)
-    assert FailoverMemory(path).floor("europe", [REBUILT]) == 1
+    assert memory.recall("europe", [REBUILT]) is None
+    assert memory.recall("europe", [CLUSTER]) is None  # forgotten, not just skipped
+    memory.keep("europe", REBUILT, 1, "europe-1")
+    assert FailoverMemory(path).recall("europe", [REBUILT]) == Recalled(1, "europe-1")
 
 
 @pytest.mark.parametrize("content", [
@@ -57,30 +58,32 @@ def test_a_file_that_cannot_be_read_starts_empty(tmp_path: Path, content: str) -
     path = tmp_path / "m.json"
     path.write_text(content)
     memory = FailoverMemory(path)
-    assert memory.floor("europe", [CLUSTER]) == 0
-    memory.keep("europe", CLUSTER, 2)  # and is replaced by a good one
-    assert FailoverMemory(path).floor("europe", [CLUSTER]) == 2
+    assert memory.recall("europe", [CLUSTER]) is None
+    memory.keep("europe", CLUSTER, 2, "europe-2")  # and is replaced by a good one
+    assert FailoverMemory(path).recall("europe", [CLUSTER]) == Recalled(2, "europe-2")
 
 
 def test_bad_entries_are_skipped_and_good_ones_kept(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"version": 1, "shards": {
         "europe": {"system_identifier": CLUSTER, "timeline": 2},
+        "africa": {"system_identifier": CLUSTER, "timeline": 2, "primary": 1},
         "asia": {"system_identifier": CLUSTER, "timeline": True},
         "north_america": {"system_identifier": 7, "timeline": 2},
         "oceania": "2",
     }}))
     memory = FailoverMemory(path)
-    assert memory.snapshot() == {"europe": {"system_identifier": CLUSTER, "timeline": 2}}
+    assert memory.snapshot() == {"europe": {"system_identifier": CLUSTER, "timeline": 2,
+                                            "primary": None}}
 
 
 def test_a_file_that_cannot_be_written_keeps_the_floor_in_memory(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     memory = FailoverMemory(blocker / "m.json")  # its directory is a file: ENOTDIR
-    memory.keep("europe", CLUSTER, 2)
+    memory.keep("europe", CLUSTER, 2, "europe-2")
     assert memory.write_errors == 1
-    assert memory.floor("europe", [CLUSTER]) == 2
+    assert memory.recall("europe", [CLUSTER]) == Recalled(2, None)  # kept here, given already
 
 
 def test_where_it_lives(test_config: Config, tmp_path: Path) -> None:

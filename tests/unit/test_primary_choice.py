@@ -123,6 +123,22 @@ def test_promotes_the_replica_with_the_most_wal_received() -> None:
     assert step == PromoteNow("eu-2", 900, step.reason) and isinstance(step, PromoteNow)
 
 
+@pytest.mark.parametrize(("stale", "floor"), [({"eu-1"}, 0), (set(), 2)])
+def test_an_old_primary_back_is_not_adopted_as_a_promotion(stale: set[str], floor: int) -> None:
+    """eu-2 (timeline 2) is the primary that died; eu-1, the primary before it, is back and
+    writable on timeline 1 (fenced, or older than the floor); eu-3 streamed from eu-2. The
+    promoter adopted eu-1 as "promoted before", re-pointed eu-3 at it (which cannot follow an
+    older timeline) and promoted nothing: the shard had no primary until eu-2 came back."""
+    nodes = [state("eu-1", False, timeline=1), state("eu-2", None),
+             state("eu-3", True, 900, 900)]
+    step = decide_promotion("eu-2", nodes, stale, floor)
+    assert isinstance(step, PromoteNow) and step.replica == "eu-3"
+    # A node really promoted since (a newer timeline) is still adopted.
+    promoted = [*nodes[:2], state("eu-3", False, timeline=3)]
+    adopted = decide_promotion("eu-2", promoted, stale, floor)
+    assert isinstance(adopted, Adopt) and adopted.node == "eu-3"
+
+
 def test_ties_go_to_the_lowest_name() -> None:
     step = decide_promotion("eu-1", [state("eu-3", True, 5, 5), state("eu-2", True, 5, 5)])
     assert isinstance(step, PromoteNow) and step.replica == "eu-2"
