@@ -7,6 +7,7 @@ payment gives the seat back too."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -140,6 +141,29 @@ async def test_a_cancelled_enrollment_cannot_be_paid(
     assert (await http.get("/payments", headers=student.headers)).json()["items"] == []
     assert await domain.data.db.fetchval(
         "SELECT count(*) FROM payments WHERE enrollment_id = $1", uuid.UUID(eid)) == 0
+
+
+async def test_a_payment_and_a_cancellation_racing_never_leave_a_paid_cancelled_enrollment(
+        http: httpx.AsyncClient, domain: Domain, category_id: str) -> None:
+    """Paying and cancelling one enrollment at once: one of them wins, the other is refused
+    (409); never a cancelled enrollment with a captured payment (both lock the enrollment's
+    row first; the cancellation checks for a payment under that lock)."""
+    course = await _course(http, category_id, price_cents=700)
+    for _ in range(6):
+        student = await signup(http)
+        eid = await _enroll(http, student, course)
+        paid, cancelled = await asyncio.gather(
+            _pay(http, student, eid),
+            http.post(f"/enrollments/{eid}/cancel", headers=student.headers))
+        codes = (paid.status_code, cancelled.status_code)
+        assert codes in {(201, 409), (409, 200)}, (paid.text, cancelled.text)
+        row = await domain.data.db.fetchrow(
+            "SELECT e.status, count(p.payment_id) FILTER (WHERE p.status = 'succeeded') AS paid "
+            "FROM enrollments e LEFT JOIN payments p ON p.enrollment_id = e.enrollment_id "
+            "WHERE e.enrollment_id = $1 GROUP BY e.status", uuid.UUID(eid))
+        assert row is not None
+        assert (row["status"], row["paid"]) == (
+            ("active", 1) if codes == (201, 409) else ("cancelled", 0))
 
 
 async def test_a_remote_cancellation_gives_the_seat_back_on_the_course_shard(
