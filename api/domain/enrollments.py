@@ -38,10 +38,11 @@ async def release_remote_seat(tx: TxData, course_id: uuid.UUID,
                               enrollment_id: uuid.UUID) -> None:
     """Give a remote enrollment's seat back on its course's shard, inside the transaction
     that cancels (or refunds) it on the student's shard. Sent first, so the transaction
-    takes the course's shard's locks before the enrollment's, in the order enrolling takes
-    them (remote_course_terms, then enroll_remote): a cancellation and a re-enrollment of
-    one enrollment then wait for each other on one shard, where PostgreSQL sees a deadlock,
-    never across two, where nothing would until a timeout."""
+    takes the course's row before the enrollment's, in the order enrolling takes them
+    (remote_course_terms, then enroll_remote): a cancellation and an enrollment of the same
+    student in the same course queue on the course's row, on one shard. In the other order
+    each could hold one shard's row and wait for the other's, a deadlock across two shards
+    that no PostgreSQL sees (both would wait for the statement timeout)."""
     await tx.value("SELECT release_remote_seat($1, $2)", course_id, enrollment_id)
 
 

@@ -263,3 +263,27 @@ async def test_a_remote_paid_enrollment_keeps_its_seat_until_an_admin_refunds_it
                             json={"reason": "again"})
     assert again.status_code == 200 and again.json() == refunded, again.text
     assert await _seat(asia, course, eid) == released
+
+
+async def test_a_remote_cancellation_and_a_reenrollment_racing_both_finish(
+        http: httpx.AsyncClient, category_id: str,
+        primaries: dict[str, asyncpg.Connection]) -> None:
+    """Cancelling a remote enrollment while its student enrolls in the course again: both
+    take the course's row first (the cancellation gives the seat back before it cancels), so
+    one waits for the other on the course's shard, never each for the other across two
+    shards, which no PostgreSQL sees as a deadlock (both would wait for a timeout). The
+    enrollment ends active (enrolled again after the cancellation) or cancelled (the
+    enrollment came first and was refused as a duplicate), its seat held accordingly."""
+    course = await _course(http, category_id, region="asia")
+    for _ in range(8):
+        student = await signup(http, region="europe")
+        eid = await _enroll(http, student, course)
+        cancelled, enrolled = await asyncio.wait_for(asyncio.gather(
+            http.post(f"/enrollments/{eid}/cancel", headers=student.headers),
+            http.post("/enrollments", headers=student.headers,
+                      json={"course_id": course.course_id})), timeout=15)
+        assert cancelled.status_code == 200, cancelled.text
+        assert enrolled.status_code in (201, 409), enrolled.text
+        status = await _status(http, student, eid)
+        assert status == ("active" if enrolled.status_code == 201 else "cancelled")
+        assert (await _seat(primaries["asia"], course, eid))["held"] is (status == "active")
