@@ -3,7 +3,9 @@ student or an admin cancels it, once (again answers the same); another user's is
 for every enrollment endpoint; a completed or a paid one is refused (409: a paid one is
 refunded instead); a cancelled one cannot be paid. A cross-region enrollment's seat is given
 back on its course's shard in the same transaction, both or neither; an admin's refund of its
-payment gives the seat back too."""
+payment gives the seat back too. Races: a payment and a cancellation of one enrollment never
+leave it cancelled and paid; a remote cancellation and the same student enrolling again both
+finish (no deadlock across the two shards)."""
 
 from __future__ import annotations
 
