@@ -7,7 +7,8 @@ regions"): the course's shard locks the course, checks it is open and not full a
 over its terms (remote_course_terms), the student's shard writes the enrollment with them
 (enroll_remote), and the course's shard takes the seat (hold_remote_seat). Both commit or
 neither does. A course of the student's own region is enrolled in with enroll(), on one
-shard."""
+shard. Cancelling a remote enrollment is one such transaction too: the seat given back on
+the course's shard (release_remote_seat), the enrollment cancelled on the student's."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from api.domain.data import Data
+from api.domain.data import Data, TxData
 from api.errors import NotFound
 from api.models import Certificate, Enrollment, EnrollmentList, LessonDone, Progress
 from api.types import Principal
 
-__all__ = ["ENROLLMENT_COLUMNS", "Enrollments"]
+__all__ = ["ENROLLMENT_COLUMNS", "Enrollments", "release_remote_seat"]
 
 ENROLLMENT_COLUMNS = ("e.enrollment_id, e.user_id, e.course_id, e.status, e.progress_pct, "
                       "e.enrolled_at, e.completed_at, e.course_lesson_ids IS NOT NULL AS remote")
@@ -31,6 +32,18 @@ ENROLLMENT_COLUMNS = ("e.enrollment_id, e.user_id, e.course_id, e.status, e.prog
 _WITH_COURSE = (f"SELECT {ENROLLMENT_COLUMNS}, c.title AS course_title, "
                 "c.region AS course_region "
                 "FROM enrollments e LEFT JOIN courses c ON c.course_id = e.course_id ")
+
+
+async def release_remote_seat(tx: TxData, course_id: uuid.UUID,
+                              enrollment_id: uuid.UUID) -> None:
+    """Give a remote enrollment's seat back on its course's shard, inside the transaction
+    that cancels (or refunds) it on the student's shard. Sent first, so the transaction
+    takes the course's row before the enrollment's, in the order enrolling takes them
+    (remote_course_terms, then enroll_remote): a cancellation and an enrollment of the same
+    student in the same course queue on the course's row, on one shard. In the other order
+    each could hold one shard's row and wait for the other's, a deadlock across two shards
+    that no PostgreSQL sees (both would wait for the statement timeout)."""
+    await tx.value("SELECT release_remote_seat($1, $2)", course_id, enrollment_id)
 
 
 def _first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -72,6 +85,22 @@ class Enrollments:
                 terms["price_cents"], terms["currency"], list(terms["lesson_ids"]))
             await tx.value("SELECT hold_remote_seat($1, $2)", course_id, enrollment_id)
         return enrollment_id
+
+    async def cancel(self, enrollment_id: uuid.UUID, *, by: Principal) -> Enrollment:
+        """The enrolled student, or an admin, cancels an enrollment (another user's is
+        missing, as in owned()); cancelling a cancelled one answers it unchanged. Refused
+        (409) for a completed enrollment, and for a paid one (sql/026: its payment is
+        refunded instead, which cancels it), both checked in SQL under the enrollment's lock,
+        the one a payment takes. A remote enrollment's seat is given back on its course's
+        shard in the same transaction (release_remote_seat): both commit or neither."""
+        found = await self.owned(enrollment_id, by)
+        if found["remote"]:
+            async with self._data.transaction() as tx:
+                await release_remote_seat(tx, found["course_id"], enrollment_id)
+                await tx.value("SELECT cancel_enrollment($1, true)", enrollment_id)
+        else:
+            await self._data.write("SELECT cancel_enrollment($1)", enrollment_id)
+        return await self.get(enrollment_id, by=by)
 
     async def _courses(self, course_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
         """Title and region of each course, read from the shards they are on."""

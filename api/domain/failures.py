@@ -49,6 +49,7 @@ SQLSTATES: dict[str, tuple[type[ApiError], bool]] = {
     "GR014": (Conflict, True),         # a remote enrollment's seat is held elsewhere
     "GR015": (Conflict, True),         # the user already lives in that region
     "GR016": (Conflict, True),         # the user teaches courses (they do not move)
+    "GR017": (Conflict, True),         # a paid enrollment is refunded, not cancelled
 }
 
 _UNIQUE_DETAIL = "a resource with these values already exists"

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from api.domain.data import Data
-from api.domain.enrollments import Enrollments
+from api.domain.enrollments import Enrollments, release_remote_seat
 from api.errors import Conflict, Forbidden, InvalidInput, NotFound
 from api.models import (
     Coupon,
@@ -58,12 +58,23 @@ class Payments:
         """An admin refunds a captured payment: its enrollment is cancelled and its invoice
         records the refund (sql/021). Idempotent: a refunded payment refunded again changes
         nothing (the first reason stays) and is answered the same. Refused (409) for a
-        payment not captured, or whose course's certificate was issued."""
+        payment not captured, or whose course's certificate was issued. A remote
+        enrollment's seat is given back on its course's shard in the same transaction
+        (README, "Enrolling across regions"): both commit or neither."""
         if not by.is_admin:
             raise Forbidden("only an admin refunds a payment")
-        if await self._data.write_by_id("SELECT refund_payment($1, $2)", payment_id,
-                                        body.reason) is None:
+        found = await self._data.row_by_id(
+            "SELECT e.enrollment_id, e.course_id, e.course_lesson_ids IS NOT NULL AS remote "
+            "FROM payments p JOIN enrollments e ON e.enrollment_id = p.enrollment_id "
+            "WHERE p.payment_id = $1", payment_id)
+        if found is None:
             raise NotFound("no such payment")
+        if found["remote"]:
+            async with self._data.transaction() as tx:
+                await release_remote_seat(tx, found["course_id"], found["enrollment_id"])
+                await tx.value("SELECT refund_payment($1, $2, true)", payment_id, body.reason)
+        else:
+            await self._data.write("SELECT refund_payment($1, $2)", payment_id, body.reason)
         return await self._payment(payment_id)
 
     async def _payment(self, payment_id: uuid.UUID) -> Payment:

@@ -80,6 +80,10 @@ async def get_enrollment(call: Call) -> Enrollment:
     return await call.domain.enrollments.get(call.path["enrollment_id"], by=call.by)
 
 
+async def cancel_enrollment(call: Call) -> Enrollment:
+    return await call.domain.enrollments.cancel(call.path["enrollment_id"], by=call.by)
+
+
 async def get_progress(call: Call) -> Progress:
     return await call.domain.enrollments.progress(call.path["enrollment_id"], by=call.by)
 
@@ -149,6 +153,14 @@ OPERATIONS = [
               response=EnrollmentList),
     Operation("GET", "/enrollments/{enrollment_id}", get_enrollment, "One of my enrollments",
               "enrollments", response=Enrollment, errors=(404,)),
+    Operation("POST", "/enrollments/{enrollment_id}/cancel", cancel_enrollment,
+              "Cancel one of my enrollments (admins: anyone's)", "enrollments",
+              response=Enrollment, errors=(404, 409),
+              description="Answers the enrollment, `cancelled`; cancelling it again answers "
+                          "the same. A course of another region's catalogue gives its seat "
+                          "back there in the same transaction over the two regions: both or "
+                          "neither. Refused (409) for a completed enrollment, and for a paid "
+                          "one: an admin refunds its payment, which cancels it."),
     Operation("GET", "/enrollments/{enrollment_id}/progress", get_progress,
               "My progress in a course", "enrollments", response=Progress, errors=(404,)),
     Operation("POST", "/enrollments/{enrollment_id}/lessons/{lesson_id}/complete",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -27,6 +28,7 @@ from api.models import Register
 from api.types import Region, UserRole
 from router.config import Config
 from router.tools.config_write import config_to_toml
+from router.tools.db.connect import connect_node
 from router.tools.localcluster import LocalCluster
 from tests.api.openapi_check import DocumentedResponses
 from tests.integration.conftest import migrated, test_config  # noqa: F401  (fixtures)
@@ -36,6 +38,22 @@ SECRET = "api-test-secret-" + "x" * 60
 SETTINGS = Settings(jwt_secret=SECRET, rate_limit_per_minute=60_000,
                     rate_limit_burst=10_000).validate()
 PASSWORD = "correct horse battery staple"
+
+
+REGIONS = ("north_america", "europe", "asia")
+
+
+@pytest.fixture
+async def primaries(
+    migrated: Config,  # noqa: F811
+) -> AsyncIterator[dict[str, asyncpg.Connection]]:
+    """A connection to each region's primary, to see what the API wrote where."""
+    conns = {r: await connect_node(migrated, migrated.shards[r].primary) for r in REGIONS}
+    try:
+        yield conns
+    finally:
+        for conn in conns.values():
+            await conn.close()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -18,21 +17,14 @@ import pytest
 
 import client
 from api.domain import Domain
-from router.config import Config
-from router.tools.db.connect import connect_node
-from tests.api.conftest import BuiltCourse, Person, build_course, make_admin, signup
-
-REGIONS = ("north_america", "europe", "asia")
-
-
-@pytest.fixture
-async def primaries(migrated: Config) -> AsyncIterator[dict[str, asyncpg.Connection]]:
-    conns = {r: await connect_node(migrated, migrated.shards[r].primary) for r in REGIONS}
-    try:
-        yield conns
-    finally:
-        for conn in conns.values():
-            await conn.close()
+from tests.api.conftest import (
+    REGIONS,
+    BuiltCourse,
+    Person,
+    build_course,
+    make_admin,
+    signup,
+)
 
 
 async def _course(http: httpx.AsyncClient, category_id: str, *, region: str = "asia",

@@ -119,5 +119,11 @@ async def _tour(http: httpx.AsyncClient, domain: Domain, category_id: str) -> No
                         json={"reason": "tour"})
     assert refunded["status"] == "refunded"
 
+    # A third enrollment, not paid, cancelled by its student.
+    third = await build_course(http, teacher, category_id, title="Tour cancel", lessons=1)
+    unpaid = await ok("POST", "/enrollments", 201, headers=s, json={"course_id": third.course_id})
+    cancelled = await ok("POST", f"/enrollments/{unpaid['enrollment_id']}/cancel", headers=s)
+    assert cancelled["status"] == "cancelled"
+
     grant = await ok("POST", "/auth/refresh", json={"refresh_token": student.refresh})
     await ok("POST", "/auth/logout", 204, json={"refresh_token": grant["refresh_token"]})

@@ -130,12 +130,18 @@ async def test_refunds(catalogue: Catalogue) -> None:
         "SELECT course_id FROM enrollments WHERE enrollment_id = $1", enrollment)
     count = "SELECT enrollment_count FROM courses WHERE course_id = $1"
     assert await conn.fetchval(count, course_id) == 1
+    # A paid enrollment is refunded, not cancelled (sql/026): the money would be kept.
+    with sql_error("GR017", "refund the payment"):
+        await conn.execute("SELECT cancel_enrollment($1)", enrollment)
+    assert await conn.fetchval(
+        "SELECT status FROM enrollments WHERE enrollment_id = $1", enrollment) == "active"
     assert await conn.fetchval("SELECT refund_payment($1, 'changed my mind')", payment) == (
         "refunded")
     assert await conn.fetchval("SELECT refund_payment($1, 'again')", payment) == "refunded"
     assert await conn.fetchval(
         "SELECT status FROM enrollments WHERE enrollment_id = $1", enrollment) == "cancelled"
     assert await conn.fetchval(count, course_id) == 0
+    await conn.execute("SELECT cancel_enrollment($1)", enrollment)  # cancelled: unchanged
     with sql_error("GR011", "only captured payments"):
         await conn.fetchval("SELECT issue_invoice($1)", payment)
     # A finished course with a certificate cannot be refunded.
