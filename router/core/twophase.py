@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from router.core.errors import IllegalTransition
@@ -169,16 +169,24 @@ def recovery_action(recorded: Recorded, age_seconds: float, grace_seconds: float
 
 
 def forgettable(
-    decided: Iterable[str], in_doubt: Iterable[str], answered: Iterable[str],
+    decided: Mapping[str, Iterable[str]], in_doubt: Iterable[str], answered: Iterable[str],
     shards: Iterable[str],
 ) -> set[str]:
-    """The decision rows (by gtid) that may be deleted: those read *before* the prepared
-    transactions were listed (`decided`), none of whose branches is still prepared
-    (`in_doubt`), when every shard's primary answered that listing. A commit row is read
-    only once its coordinator committed, which it does only after every participant has
-    prepared: so a branch of it that is still unresolved is in the listing. (Deleting an
-    abort row is always safe: no row reads as abort once the grace period is over.)"""
-    if set(shards) - set(answered):
+    """The decision rows (by gtid, with the participant shards each names) that may be
+    deleted: those read *before* the prepared transactions were listed (`decided`), none of
+    whose branches is still prepared (`in_doubt`), when every shard's primary answered that
+    listing, and every participant the row names is among them. A commit row is read only
+    once its coordinator committed, which it does only after every participant has
+    prepared: so a branch of it that is still unresolved is in the listing. A row naming a
+    shard this router does not know (router.toml without a region added since, before its
+    reload) is kept: the branch there was not listed, and without the row the next sweep
+    that sees it would presume an abort and roll back a committed transaction's part
+    (found by an audit). (Deleting an abort row is always safe: no row reads as abort once
+    the grace period is over.)"""
+    listed = set(answered)
+    if set(shards) - listed:
         return set()
-    return set(decided) - set(in_doubt)
+    out = set(in_doubt)
+    return {gtid for gtid, participants in decided.items()
+            if gtid not in out and set(participants) <= listed}
 

@@ -51,6 +51,7 @@ from router.engine.outcome import (
     Outcome,
     Routed,
     ScatterDone,
+    bounded_transaction,
     connection_lost,
     returned_after,
 )
@@ -396,7 +397,7 @@ class Executor:
         if self.classifier.analyze(sql).changes_session_state:
             backend.dirty = True
         try:
-            async with backend.conn.transaction():
+            async with bounded_transaction(backend):
                 stored = await idempotency.claim(backend, key, shard.name, request)
                 if stored is None:
                     columns, rows, status = await backend.run(sql, params)
@@ -454,7 +455,7 @@ class Executor:
             backend.dirty = True  # closed, not reused (pool.py)
         key = hints.idempotency_key
         try:
-            async with backend.conn.transaction():
+            async with bounded_transaction(backend):
                 # With a key, the batch applies at most once, as a keyed query does: the key is
                 # claimed in the batch's own transaction; a retry gets the stored status.
                 stored = None

@@ -4,8 +4,9 @@ backend connection is lost."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +15,13 @@ import asyncpg
 from router.backend.pool import Backend, NodeUnavailableError
 from router.core.classify import Analysis
 from router.core.health import HealthEvent
+from router.engine.errors import COMMIT_ANSWER_SECONDS
 from router.ha.topology import NodeState, ShardState
 from router.types import Role
 
 __all__ = [
-    "CONNECTION_ERRORS", "Outcome", "Routed", "connection_lost", "returned_after",
+    "CONNECTION_ERRORS", "Outcome", "Routed", "bounded_transaction", "connection_lost",
+    "returned_after",
 ]
 
 # Errors after which the backend connection cannot be trusted (the node may be gone). asyncpg
@@ -33,6 +36,27 @@ CONNECTION_ERRORS = (
     asyncpg.exceptions.CrashShutdownError,
 )
 
+
+
+@contextlib.asynccontextmanager
+async def bounded_transaction(backend: Backend,
+                              seconds: float = COMMIT_ANSWER_SECONDS) -> AsyncIterator[None]:
+    """asyncpg's transaction block on `backend`, whose COMMIT (or ROLLBACK) is awaited
+    `seconds` at most: over a link that stalls (a hung primary whose kernel still
+    acknowledges every byte, so no TCP timeout ends it) it raises TimeoutError, an OSError
+    and so a lost connection (`connection_lost`), instead of holding the request for as
+    long as the stall lasts (found by an audit). What the statements inside wait for is
+    bounded by the caller, as before."""
+    block = backend.conn.transaction()
+    await block.start()
+    try:
+        yield
+    except BaseException:
+        async with asyncio.timeout(seconds):
+            await block.rollback()
+        raise
+    async with asyncio.timeout(seconds):
+        await block.commit()
 
 
 def connection_lost(exc: BaseException, backend: Backend) -> bool:

@@ -43,7 +43,7 @@ LIST_PREPARED_SQL = (
     "SELECT gid, extract(epoch FROM now() - prepared)::float8 FROM pg_prepared_xacts "
     "WHERE gid LIKE $1 AND database = current_database()"
 )
-LIST_DECISIONS_SQL = "SELECT gtid FROM georoute_tx_decisions"
+LIST_DECISIONS_SQL = "SELECT gtid, participants FROM georoute_tx_decisions"
 READ_DECISIONS_SQL = "SELECT gtid, decision FROM georoute_tx_decisions WHERE gtid = ANY($1)"
 FORGET_SQL = "DELETE FROM georoute_tx_decisions WHERE gtid = ANY($1)"
 _RECORDED = {"commit": Recorded.COMMIT, "abort": Recorded.ABORT}
@@ -88,11 +88,11 @@ class Recovery:
         report = SweepReport()
         primaries = {name: shard.primary for name, shard in topology.shards.items()}
         # Decision rows first, prepared transactions after: see core/twophase.forgettable.
-        decided: dict[str, list[str]] = {}
+        decided: dict[str, dict[str, list[str]]] = {}  # shard -> gtid -> its participants
         for shard, node in primaries.items():
             rows = await self._ask(node, LIST_DECISIONS_SQL)
             if rows is not None:
-                decided[shard] = [r[0] for r in rows]
+                decided[shard] = {r[0]: list(r[1]) for r in rows}
         found: dict[str, list[tuple[Gid, float]]] = {}  # participant shard -> its branches
         for shard, node in primaries.items():
             rows = await self._ask(node, LIST_PREPARED_SQL, GID_SQL_PATTERN)
@@ -143,12 +143,18 @@ class Recovery:
         except RecoveryNodeUnavailable:
             return Recorded.UNREADABLE
         try:
-            recorded = await record_abort(backend, gid.gtid, [gid.participant], self._router)
+            async with asyncio.timeout(ASK_SECONDS):  # bounded, as every question of the sweep
+                recorded = await record_abort(backend, gid.gtid, [gid.participant],
+                                              self._router)
         except asyncpg.LockNotAvailableError:  # its coordinator is committing it right now
             node.pool.release(backend)
             return Recorded.UNREADABLE
         except asyncpg.PostgresError as exc:
             node.pool.release(backend)
+            log.warning("cannot record an abort for %s on %s: %s", gid, node.name, exc)
+            return Recorded.UNREADABLE
+        except CONNECTION_ERRORS as exc:  # lost, or stalled past ASK_SECONDS: next sweep
+            node.pool.release(backend, broken=True)
             log.warning("cannot record an abort for %s on %s: %s", gid, node.name, exc)
             return Recorded.UNREADABLE
         except BaseException:
@@ -175,12 +181,20 @@ class Recovery:
             report.waiting.append(str(gid))
             return
         try:
-            await backend.conn.execute(sql)
+            # Bounded (found by an audit): a link that stalls here held the whole sweep, and
+            # every other shard's decided branches stayed prepared, holding their locks.
+            async with asyncio.timeout(ASK_SECONDS):
+                await backend.conn.execute(sql)
         except asyncpg.UndefinedObjectError:  # settled meanwhile (its coordinator, a peer)
             node.pool.release(backend)
             return
         except asyncpg.PostgresError as exc:  # e.g. busy: another session is settling it
             node.pool.release(backend)
+            log.warning("%s on %s: %s", sql, node.name, exc)
+            report.waiting.append(str(gid))
+            return
+        except CONNECTION_ERRORS as exc:  # lost, or stalled past ASK_SECONDS: next sweep
+            node.pool.release(backend, broken=True)
             log.warning("%s on %s: %s", sql, node.name, exc)
             report.waiting.append(str(gid))
             return

@@ -39,7 +39,7 @@ from router.engine.errors import (
     PhaseOneTooSlow,
     TwoPhaseAborted,
 )
-from router.engine.outcome import CONNECTION_ERRORS
+from router.engine.outcome import CONNECTION_ERRORS, bounded_transaction
 from router.errors import ConfigError
 from router.ha.topology import NodeState
 
@@ -129,7 +129,7 @@ async def record_abort(backend: Backend, gtid: str, participants: Sequence[str],
     """Record an abort for `gtid` unless a decision is already there; return what is recorded.
     Waits at most DECISION_LOCK_TIMEOUT on a coordinator's decision that is being committed
     (asyncpg.LockNotAvailableError: that coordinator is alive; ask again later)."""
-    async with backend.conn.transaction():
+    async with bounded_transaction(backend):
         await backend.conn.execute(f"SET LOCAL lock_timeout = '{DECISION_LOCK_TIMEOUT}'")
         await backend.conn.execute(RECORD_ABORT_SQL, gtid, list(participants), router)
         decision = await backend.conn.fetchval(READ_DECISION_SQL, gtid)

@@ -146,11 +146,21 @@ def test_recovery_never_commits_what_was_not_decided_commit(
 
 def test_decision_rows_are_forgotten_only_when_no_branch_is_left_and_every_shard_answered(
 ) -> None:
-    decided = ["a" * 32, "b" * 32]
+    decided = {"a" * 32: ["asia"], "b" * 32: ["europe", "asia"]}
     assert forgettable(decided, {"b" * 32}, SHARDS, SHARDS) == {"a" * 32}
     # A shard that did not answer may hold a branch of any of them.
     assert forgettable(decided, set(), ["europe", "asia"], SHARDS) == set()
-    assert forgettable([], set(), SHARDS, SHARDS) == set()
+    assert forgettable({}, set(), SHARDS, SHARDS) == set()
+
+
+def test_a_decision_naming_a_shard_this_router_does_not_know_is_kept() -> None:
+    """A router whose router.toml lacks a region (added since, before its reload) did not
+    list that region's prepared branches: the commit row that still decides one there is
+    kept, or the next sweep to see the branch would presume an abort and roll it back."""
+    known = ["north_america", "europe", "asia"]
+    decided = {"a" * 32: ["oceania"], "b" * 32: ["europe", "oceania"], "c" * 32: ["asia"]}
+    assert forgettable(decided, set(), known, known) == {"c" * 32}
+    assert forgettable(decided, set(), [*known, "oceania"], [*known, "oceania"]) == set(decided)
 
 
 # ---- reference tables -----------------------------------------------------------------------
