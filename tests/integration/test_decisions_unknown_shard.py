@@ -8,7 +8,6 @@ row is now kept while it names a shard the sweeping router does not know
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,10 +19,9 @@ import pytest
 import client
 from router.config import Config
 from router.engine.twophase import FAULT_ENV, FAULT_EXIT_CODE
-from router.tools.db.migrate import migrate
 from tests.integration.conftest import wait_until
 from tests.support.router_proc import TOKEN, running_router
-from tests.support.scratch import scratch_cluster
+from tests.support.scratch import migrated_scratch
 from tests.support.twophase import (
     INSERT,
     Primaries,
@@ -42,8 +40,7 @@ SCRATCH_OFFSET = 7650
 @pytest.fixture(scope="module")
 def migrated(test_config: Config) -> Iterator[Config]:
     """A scratch cluster, migrated, that no other router node sweeps (overrides conftest's)."""
-    with scratch_cluster(test_config, SCRATCH_OFFSET, "scratch-audit-shards") as (_, config):
-        asyncio.run(migrate(config, documents=False))
+    with migrated_scratch(test_config, SCRATCH_OFFSET, "scratch-audit-shards") as config:
         yield config
 
 

@@ -11,7 +11,6 @@ decision leaves them: a branch prepared under georoute's name, its decision row 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from router.config import Config
-from router.tools.db.migrate import migrate
 from tests.integration.conftest import wait_until
 from tests.support.faultproxy import TcpFaultProxy
 from tests.support.router_proc import primary_through, running_router
-from tests.support.scratch import scratch_cluster
+from tests.support.scratch import migrated_scratch
 from tests.support.twophase import (
     INSERT,
     Primaries,
@@ -44,10 +42,8 @@ SCRATCH_OFFSET = 7750
 @pytest.fixture(scope="module")
 def migrated(test_config: Config) -> Iterator[Config]:
     """A scratch cluster, migrated, that no other router node sweeps (overrides conftest's)."""
-    with scratch_cluster(test_config, SCRATCH_OFFSET, "scratch-audit-recovery") as (_, config):
-        asyncio.run(migrate(config, documents=False))
+    with migrated_scratch(test_config, SCRATCH_OFFSET, "scratch-audit-recovery") as config:
         yield config
-
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ the branch first, and the test would pass without the bound."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,11 +17,10 @@ import pytest
 import client
 from router.config import Config
 from router.engine.twophase import FAULT_ENV, FAULT_EXIT_CODE
-from router.tools.db.migrate import migrate
 from tests.integration.conftest import wait_until
 from tests.support.faultproxy import TcpFaultProxy
 from tests.support.router_proc import TOKEN, primary_through, running_router
-from tests.support.scratch import scratch_cluster
+from tests.support.scratch import migrated_scratch
 from tests.support.twophase import (
     INSERT,
     Primaries,
@@ -40,8 +38,7 @@ SCRATCH_OFFSET = 7450  # apart from the other scratch clusters
 @pytest.fixture(scope="module")
 def lone(test_config: Config) -> Iterator[Config]:
     """A cluster that only this module's routers reach."""
-    with scratch_cluster(test_config, SCRATCH_OFFSET, "scratch-recovery-stall") as (_, config):
-        asyncio.run(migrate(config, documents=False))
+    with migrated_scratch(test_config, SCRATCH_OFFSET, "scratch-recovery-stall") as config:
         yield config
 
 

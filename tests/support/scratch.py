@@ -11,6 +11,7 @@ from pathlib import Path
 
 from router.config import Config, NodeAddress
 from router.tools.config_write import with_port_offset
+from router.tools.db.migrate import migrate
 from router.tools.localcluster import LocalCluster
 from router.tools.localcluster.failover_ops import agreed_primary
 
@@ -37,6 +38,15 @@ def scratch_cluster(test_config: Config, offset: int,
         yield local, config  # what it had started, e.g. the document store, rather than leak it
     finally:
         local.down(purge=True)
+
+
+@contextlib.contextmanager
+def migrated_scratch(test_config: Config, offset: int, name: str) -> Iterator[Config]:
+    """A scratch cluster's config, migrated (no documents): a cluster that only the test's
+    own routers reach, so no other router's recovery sweep settles what it leaves in doubt."""
+    with scratch_cluster(test_config, offset, name) as (_, config):
+        asyncio.run(migrate(config, documents=False))
+        yield config
 
 
 async def arrange_shard(local: LocalCluster, shard: str, primary: str) -> None:
